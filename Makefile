@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+## Dagster UI + daemon on http://127.0.0.1:3000, against the bundled simulator unless D23_API_URL is set.
+run: $(STAMP)
+	$(BIN)/python -m d23_pipeline.launch
+
+## The whole test suite, end-to-end tests included.
+test: $(STAMP)
+	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
+
+## Benchmarks (see benchmarks/README.md); installs dlt, a benchmark-only dependency.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

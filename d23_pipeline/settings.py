@@ -1,0 +1,153 @@
+"""Product settings, read from ``D23_*`` environment variables and validated up front.
+
+Every problem is reported as a :class:`SettingsError` that names the variable, so a typo in a
+deployment fails at load or at run start instead of half-way through a backfill.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A ``D23_*`` setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class LoginCredentials:
+    """Email/password login; the lender public id comes from the login answer."""
+
+    lender: str
+    email: str
+    password: str
+
+    def __repr__(self) -> str:  # never let the password reach a log line
+        return f"LoginCredentials(lender={self.lender!r}, email={self.email!r}, password=***)"
+
+
+@dataclass(frozen=True)
+class TokenCredentials:
+    """A bearer token already held for one lender."""
+
+    lender_public_id: str
+    token: str
+
+    def __repr__(self) -> str:
+        return f"TokenCredentials(lender_public_id={self.lender_public_id!r}, token=***)"
+
+
+Credentials = LoginCredentials | TokenCredentials
+
+DEFAULT_START_MONTH = "2026-01"
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_url: str
+    credentials: Credentials
+    data_dir: Path
+    start_month: str
+    page_limit: int
+    max_concurrency: int
+    refresh_hour_utc: int
+    refresh_lookback_months: int
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+
+def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
+    """Accept ``https://host`` anywhere and ``http://`` only on loopback; return it without a
+    trailing slash."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name} must be an http(s) URL such as https://stage-v3-api.cleargrid.ai")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise SettingsError(
+            f"{name} uses plain http:// for a non-loopback host ({parts.hostname}); use https://"
+        )
+    if parts.path not in ("", "/") or parts.query:
+        raise SettingsError(f"{name} must be the host root only, without a path or query")
+    return value.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
+    if not _MONTH.match(value):
+        raise SettingsError(f"{name} must look like YYYY-MM (got {value!r})")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number (got {raw!r})") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high} (got {value})")
+    return value
+
+
+def read_credentials(env: Mapping[str, str]) -> Credentials:
+    """Pick the login flow or the held-token flow, refusing a half-configured mix."""
+    login = {n: env.get(n, "").strip() for n in ("D23_LENDER", "D23_EMAIL", "D23_PASSWORD")}
+    token = {n: env.get(n, "").strip() for n in ("D23_LENDER_PUBLIC_ID", "D23_TOKEN")}
+    if any(token.values()):
+        missing = [n for n, v in token.items() if not v]
+        if missing:
+            raise SettingsError(f"{missing[0]} is required when using token auth (D23_TOKEN)")
+        return TokenCredentials(token["D23_LENDER_PUBLIC_ID"], token["D23_TOKEN"])
+    missing = [n for n, v in login.items() if not v]
+    if missing:
+        raise SettingsError(
+            f"{missing[0]} is not set: configure D23_LENDER, D23_EMAIL and D23_PASSWORD "
+            "(login) or D23_LENDER_PUBLIC_ID and D23_TOKEN (a token already held)"
+        )
+    return LoginCredentials(login["D23_LENDER"], login["D23_EMAIL"], login["D23_PASSWORD"])
+
+
+def start_month(env: Mapping[str, str] | None = None) -> str:
+    """The first monthly partition; needed when the definitions load, before any run."""
+    env = os.environ if env is None else env
+    return validate_month(env.get("D23_START_MONTH", "").strip() or DEFAULT_START_MONTH)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every ``D23_*`` setting."""
+    env = os.environ if env is None else env
+    api_url = env.get("D23_API_URL", "").strip()
+    if not api_url:
+        raise SettingsError("D23_API_URL is not set (e.g. https://stage-v3-api.cleargrid.ai)")
+    return Settings(
+        api_url=validate_api_url(api_url),
+        credentials=read_credentials(env),
+        data_dir=Path(env.get("D23_DATA_DIR", "").strip() or "data"),
+        start_month=start_month(env),
+        page_limit=_int(env, "D23_PAGE_LIMIT", 500, 1, 1000),
+        max_concurrency=_int(env, "D23_MAX_CONCURRENCY", 4, 1, 32),
+        refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
+        refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
+    )
