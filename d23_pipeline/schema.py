@@ -72,7 +72,9 @@ def _canonical_ts(value: Any, name: str) -> str:
     try:
         parsed = parse_timestamp(value)
     except ValueError:
-        raise ValueError(f"{name} is not an ISO-8601 timestamp with offset: {value[:40]!r}") from None
+        raise ValueError(
+            f"{name} is not an ISO-8601 timestamp with offset: {value[:40]!r}"
+        ) from None
     if _CANONICAL_TS.match(value):
         return value
     return format_timestamp(parsed)

@@ -49,15 +49,17 @@ _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 @dataclass(frozen=True)
-class Settings:
-    api_url: str
-    credentials: Credentials
+class PipelineOptions:
+    """Settings without secrets, read when the definitions load."""
+
     data_dir: Path
     start_month: str
     page_limit: int
     max_concurrency: int
+    slice_hours: int
     refresh_hour_utc: int
     refresh_lookback_months: int
+    outcome_mapping: Path | None
 
     @property
     def warehouse_path(self) -> Path:
@@ -68,12 +70,22 @@ class Settings:
         return self.data_dir / "raw"
 
 
+@dataclass(frozen=True)
+class ApiConnection:
+    """Where the Exports API is and how to authenticate; read at run start."""
+
+    api_url: str
+    credentials: Credentials
+
+
 def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
     """Accept ``https://host`` anywhere and ``http://`` only on loopback; return it without a
     trailing slash."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{name} must be an http(s) URL such as https://stage-v3-api.cleargrid.ai")
+        raise SettingsError(
+            f"{name} must be an http(s) URL such as https://stage-v3-api.cleargrid.ai"
+        )
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise SettingsError(
             f"{name} uses plain http:// for a non-loopback host ({parts.hostname}); use https://"
@@ -129,25 +141,28 @@ def read_credentials(env: Mapping[str, str]) -> Credentials:
     return LoginCredentials(login["D23_LENDER"], login["D23_EMAIL"], login["D23_PASSWORD"])
 
 
-def start_month(env: Mapping[str, str] | None = None) -> str:
-    """The first monthly partition; needed when the definitions load, before any run."""
+def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
+    """Read and validate the non-secret ``D23_*`` settings."""
     env = os.environ if env is None else env
-    return validate_month(env.get("D23_START_MONTH", "").strip() or DEFAULT_START_MONTH)
+    mapping = env.get("D23_OUTCOME_MAPPING", "").strip()
+    if mapping and not Path(mapping).is_file():
+        raise SettingsError(f"D23_OUTCOME_MAPPING points to {mapping!r}, which is not a file")
+    return PipelineOptions(
+        data_dir=Path(env.get("D23_DATA_DIR", "").strip() or "data"),
+        start_month=validate_month(env.get("D23_START_MONTH", "").strip() or DEFAULT_START_MONTH),
+        page_limit=_int(env, "D23_PAGE_LIMIT", 500, 1, 1000),
+        max_concurrency=_int(env, "D23_MAX_CONCURRENCY", 4, 1, 32),
+        slice_hours=_int(env, "D23_SLICE_HOURS", 24, 1, 24 * 31),
+        refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
+        refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
+        outcome_mapping=Path(mapping) if mapping else None,
+    )
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every ``D23_*`` setting."""
+def load_api_connection(env: Mapping[str, str] | None = None) -> ApiConnection:
+    """Read and validate the API URL and credentials."""
     env = os.environ if env is None else env
     api_url = env.get("D23_API_URL", "").strip()
     if not api_url:
         raise SettingsError("D23_API_URL is not set (e.g. https://stage-v3-api.cleargrid.ai)")
-    return Settings(
-        api_url=validate_api_url(api_url),
-        credentials=read_credentials(env),
-        data_dir=Path(env.get("D23_DATA_DIR", "").strip() or "data"),
-        start_month=start_month(env),
-        page_limit=_int(env, "D23_PAGE_LIMIT", 500, 1, 1000),
-        max_concurrency=_int(env, "D23_MAX_CONCURRENCY", 4, 1, 32),
-        refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
-        refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
-    )
+    return ApiConnection(validate_api_url(api_url), read_credentials(env))

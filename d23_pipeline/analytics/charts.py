@@ -1,0 +1,42 @@
+"""Small PNG charts, embedded as data URIs in markdown metadata for the Dagster UI."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _markdown_image(fig: plt.Figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return f"![{alt}](data:image/png;base64,{encoded})"
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> str:
+    """A horizontal bar chart, largest at the top, as a markdown image."""
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(labels), 3) + 1))
+    ax.barh(list(reversed(labels)), list(reversed(values)), color="#3b6ea8")
+    ax.set_title(title)
+    ax.set_xlabel("attempts")
+    return _markdown_image(fig, title)
+
+
+def line_chart(
+    x: Sequence[object], series: Mapping[str, Sequence[float | None]], title: str
+) -> str:
+    """One line per series over ``x``, as a markdown image."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for name, values in series.items():
+        ax.plot(list(x), [float("nan") if v is None else v for v in values], label=name)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize="small")
+    fig.autofmt_xdate()
+    return _markdown_image(fig, title)

@@ -1,0 +1,62 @@
+"""The mapping from outcome codes to the classes the KPIs count (contact, RPC, promise, refusal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+CLASSES = ("promise", "refusal", "right_party_contact", "contact", "no_contact")
+
+
+class OutcomeMappingError(ValueError):
+    """The outcome mapping file is malformed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class OutcomeClass:
+    is_contact: bool
+    is_rpc: bool
+    is_promise: bool
+    is_refusal: bool
+
+
+def default_mapping_path() -> Path:
+    return Path(str(resources.files("d23_pipeline.analytics") / "outcome_classes.yaml"))
+
+
+def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
+    """Read the mapping file (the shipped one unless ``path`` is given) into code -> class."""
+    path = path or default_mapping_path()
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise OutcomeMappingError(f"cannot read outcome mapping {path}: {exc}") from None
+    if not isinstance(document, dict) or set(document) - set(CLASSES):
+        raise OutcomeMappingError(
+            f"outcome mapping {path} must be a mapping with keys among {', '.join(CLASSES)}"
+        )
+    members: dict[str, set[str]] = {}
+    for name in CLASSES:
+        codes = document.get(name) or []
+        if not isinstance(codes, list) or not all(isinstance(c, str) and c for c in codes):
+            raise OutcomeMappingError(f"outcome mapping {path}: {name} must be a list of codes")
+        members[name] = set(codes)
+    if conflict := members["no_contact"] & set().union(*(members[c] for c in CLASSES[:4])):
+        raise OutcomeMappingError(
+            f"outcome mapping {path}: {sorted(conflict)} listed as both contact and no_contact"
+        )
+    promise = members["promise"]
+    rpc = members["right_party_contact"] | promise | members["refusal"]
+    contact = members["contact"] | rpc
+    return {
+        code: OutcomeClass(
+            is_contact=code in contact,
+            is_rpc=code in rpc,
+            is_promise=code in promise,
+            is_refusal=code in members["refusal"],
+        )
+        for code in contact | members["no_contact"]
+    }

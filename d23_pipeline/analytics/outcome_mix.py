@@ -1,0 +1,80 @@
+"""Rebuild a month of the outcome-mix tables from ``d23.logs``.
+
+Each rebuild replaces exactly one month (or that month's days) inside one transaction, so a
+re-run is idempotent and a failure leaves the previous numbers in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+import duckdb
+
+from d23_pipeline.analytics.outcome_classes import OutcomeClass
+from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.store import execute
+
+KPI_NAMES = (
+    "contact_rate",
+    "rpc_rate",
+    "ptp_per_rpc",
+    "ptp_per_attempt",
+    "refusal_rate",
+    "broken_promise_share",
+)
+
+
+def _load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeClass]) -> None:
+    con.execute(sql.CREATE_OUTCOME_CLASSES)
+    rows = [
+        (code, c.is_contact, c.is_rpc, c.is_promise, c.is_refusal) for code, c in classes.items()
+    ]
+    if rows:
+        con.executemany(sql.INSERT_OUTCOME_CLASS, rows)
+
+
+def _replace(
+    con: duckdb.DuckDBPyConnection, delete: str, insert: str, params: Mapping[str, Any]
+) -> int:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        execute(con, delete, params)
+        inserted = execute(con, insert, params).fetchone()[0]
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return inserted
+
+
+def rebuild_outcome_mix_monthly(
+    con: duckdb.DuckDBPyConnection,
+    month: date,
+    since: datetime,
+    until: datetime,
+    classes: Mapping[str, OutcomeClass],
+) -> int:
+    """Replace ``month`` in ``d23.outcome_mix_monthly``; returns the rows written."""
+    _load_classes(con, classes)
+    params = {"month": month, "since": since, "until": until}
+    return _replace(con, sql.DELETE_OUTCOME_MIX_MONTHLY, sql.INSERT_OUTCOME_MIX_MONTHLY, params)
+
+
+def rebuild_outcome_kpis_monthly(con: duckdb.DuckDBPyConnection, month: date) -> int:
+    """Replace ``month`` in ``d23.outcome_kpis_monthly`` from the month's outcome mix."""
+    params = {"month": month}
+    return _replace(con, sql.DELETE_OUTCOME_KPIS_MONTHLY, sql.INSERT_OUTCOME_KPIS_MONTHLY, params)
+
+
+def rebuild_outcome_mix_daily(
+    con: duckdb.DuckDBPyConnection,
+    since: datetime,
+    until: datetime,
+    classes: Mapping[str, OutcomeClass],
+) -> int:
+    """Replace the days of ``[since, until)`` in ``d23.outcome_mix_daily``."""
+    _load_classes(con, classes)
+    params = {"since": since, "until": until}
+    return _replace(con, sql.DELETE_OUTCOME_MIX_DAILY, sql.INSERT_OUTCOME_MIX_DAILY, params)

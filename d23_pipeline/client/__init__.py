@@ -1,0 +1,41 @@
+"""A plain-Python client for the ClearGrid Exports API (D23 by default); no Dagster here."""
+
+from d23_pipeline.client.errors import (
+    AuthenticationError,
+    CursorLoopError,
+    DatasetNotFoundError,
+    ExportsApiError,
+    LenderMismatchError,
+    ProtocolError,
+    RetriesExhaustedError,
+    WindowTooHeavyError,
+)
+from d23_pipeline.client.exports import (
+    ExportsClient,
+    SliceDone,
+    SliceEvent,
+    SlicePage,
+    WindowTotal,
+)
+from d23_pipeline.client.retry import RetryPolicy
+from d23_pipeline.client.stats import ClientStats
+from d23_pipeline.client.windows import Window
+
+__all__ = [
+    "AuthenticationError",
+    "ClientStats",
+    "CursorLoopError",
+    "DatasetNotFoundError",
+    "ExportsApiError",
+    "ExportsClient",
+    "LenderMismatchError",
+    "ProtocolError",
+    "RetriesExhaustedError",
+    "RetryPolicy",
+    "SliceDone",
+    "SliceEvent",
+    "SlicePage",
+    "Window",
+    "WindowTotal",
+    "WindowTooHeavyError",
+]

@@ -1,0 +1,144 @@
+"""Bearer tokens: login, refresh on 401, and one refresh for many threads.
+
+Concurrent workers that get a 401 at the same moment each report the token *generation* they
+used; only the first one refreshes, the others see a newer generation and simply retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from d23_pipeline.client.errors import AuthenticationError, ProtocolError, RetriesExhaustedError
+from d23_pipeline.client.retry import Retrier, Transient, decode_json, request_id_of, transient_for
+from d23_pipeline.client.stats import ClientStats
+from d23_pipeline.settings import Credentials, LoginCredentials
+
+log = logging.getLogger("d23_pipeline.client")
+
+
+class TokenManager:
+    """Holds the current token for one set of credentials; thread-safe."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        http: httpx.Client,
+        base_url: str,
+        retrier: Retrier,
+        stats: ClientStats,
+    ) -> None:
+        self._credentials = credentials
+        self._http = http
+        self._base_url = base_url
+        self._retrier = retrier
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._token: str | None = None
+        self._refresh_token: str | None = None
+        self._lender_public_id: str | None = None
+        if not isinstance(credentials, LoginCredentials):
+            self._token = credentials.token
+            self._lender_public_id = credentials.lender_public_id
+
+    @property
+    def lender_public_id(self) -> str:
+        """The lender's UUID (logs in first when using login credentials)."""
+        with self._lock:
+            self._ensure_token()
+            assert self._lender_public_id is not None
+            return self._lender_public_id
+
+    def current(self) -> tuple[str, int]:
+        """The token to send and its generation (to hand back to :meth:`recover`)."""
+        with self._lock:
+            return self._ensure_token(), self._generation
+
+    def recover(self, stale_generation: int, *, relogin: bool = False) -> None:
+        """Replace a token the API answered 401 to: refresh it, else log in again."""
+        with self._lock:
+            if stale_generation != self._generation:
+                return  # another thread already replaced it
+            credentials = self._credentials
+            if not isinstance(credentials, LoginCredentials):
+                raise AuthenticationError(
+                    "the API rejected the configured token (401) and a held token cannot be "
+                    "refreshed: supply a fresh D23_TOKEN, or use D23_LENDER/D23_EMAIL/"
+                    "D23_PASSWORD login credentials"
+                )
+            if self._refresh_token and not relogin:
+                try:
+                    self._refresh(credentials)
+                    return
+                except (AuthenticationError, ProtocolError, RetriesExhaustedError) as exc:
+                    log.info("token refresh failed (%s); logging in again", type(exc).__name__)
+            self._login(credentials)
+
+    def _ensure_token(self) -> str:
+        if self._token is None:
+            assert isinstance(self._credentials, LoginCredentials)
+            self._login(self._credentials)
+        assert self._token is not None
+        return self._token
+
+    def _auth_path(self, credentials: LoginCredentials, action: str) -> str:
+        return f"/admin/auth/{quote(credentials.lender, safe='')}/{action}"
+
+    def _post(self, path: str, payload: dict[str, str], what: str) -> dict[str, Any]:
+        def attempt() -> dict[str, Any]:
+            response = self._http.post(self._base_url + path, json=payload)
+            self._stats.add("requests")
+            failure = transient_for(response)
+            if failure is not None:
+                raise failure
+            if response.status_code != 200:
+                raise AuthenticationError(
+                    f"{what} refused",
+                    status=response.status_code,
+                    request_id=request_id_of(response),
+                    path=path,
+                )
+            answer = decode_json(response)
+            if not isinstance(answer, dict):
+                raise Transient("bad_body", status=200, detail="answer is not a JSON object")
+            return answer
+
+        return self._retrier.call(attempt, what=what, path=path)
+
+    def _login(self, credentials: LoginCredentials) -> None:
+        path = self._auth_path(credentials, "login")
+        answer = self._post(
+            path,
+            {"email": credentials.email, "password": credentials.password},
+            f"login for lender {credentials.lender!r}",
+        )
+        token, refresh, lender_id = (
+            answer.get("token"),
+            answer.get("refreshToken"),
+            answer.get("lenderPublicId"),
+        )
+        if not (isinstance(token, str) and token and isinstance(lender_id, str) and lender_id):
+            raise ProtocolError("the login answer has no token or lenderPublicId", path=path)
+        self._token = token
+        self._refresh_token = refresh if isinstance(refresh, str) and refresh else None
+        self._lender_public_id = lender_id
+        self._generation += 1
+        self._stats.add("logins")
+        log.info("logged in as lender %s (%s)", credentials.lender, lender_id)
+
+    def _refresh(self, credentials: LoginCredentials) -> None:
+        assert self._refresh_token is not None
+        path = self._auth_path(credentials, "refresh-token")
+        answer = self._post(path, {"refreshToken": self._refresh_token}, "token refresh")
+        token = answer.get("token")
+        if not (isinstance(token, str) and token):
+            raise ProtocolError("the refresh answer has no token", path=path)
+        self._token = token
+        self._generation += 1
+        self._stats.add("token_refreshes")
+        log.info("refreshed the API token after a 401")

@@ -1,0 +1,465 @@
+"""The D23 Exports API client: windowed cursor walks, 504 narrowing, concurrent slices."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from d23_pipeline.client.auth import TokenManager
+from d23_pipeline.client.errors import (
+    AuthenticationError,
+    CursorLoopError,
+    DatasetNotFoundError,
+    ExportsApiError,
+    LenderMismatchError,
+    WindowTooHeavyError,
+)
+from d23_pipeline.client.retry import (
+    Cancelled,
+    Retrier,
+    RetryPolicy,
+    Transient,
+    decode_json,
+    request_id_of,
+    transient_for,
+)
+from d23_pipeline.client.stats import ClientStats
+from d23_pipeline.client.windows import Window
+from d23_pipeline.schema import RejectedRow, parse_timestamp, validate_rows
+from d23_pipeline.settings import Credentials
+
+log = logging.getLogger("d23_pipeline.client")
+
+T = TypeVar("T")
+
+_MAX_API_LIMIT = 1000
+# Seconds a closing consumer waits for workers; a worker still inside a request exits by itself
+# (daemon thread) as soon as that request returns, because it sees the cancel flag.
+_JOIN_BUDGET_S = 5.0
+
+
+@dataclass(frozen=True)
+class SlicePage:
+    """One API page of ``slice``: its valid rows (the nine fields) and its rejects."""
+
+    slice: Window
+    rows: list[dict[str, Any]]
+    rejects: list[RejectedRow]
+
+
+@dataclass(frozen=True)
+class SliceDone:
+    """Every page of ``slice`` has been handed over; totals for the slice."""
+
+    slice: Window
+    rows: int
+    rejects: int
+    pages: int
+
+
+SliceEvent = SlicePage | SliceDone
+
+
+@dataclass(frozen=True)
+class WindowTotal:
+    """``pagination.total`` for a window: ``None`` when the API could not count."""
+
+    total: int | None
+    exact: bool
+    note: str | None
+
+
+class _GatewayTimeout(Exception):
+    def __init__(self, request_id: str | None) -> None:
+        super().__init__("504")
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+_WORKER_EXIT = object()
+
+
+def _envelope_body(response: httpx.Response) -> dict[str, Any]:
+    envelope = decode_json(response)
+    body = envelope.get("body") if isinstance(envelope, dict) else None
+    if not isinstance(body, dict):
+        raise _bad_body(response, "no body object in the envelope")
+    return body
+
+
+def _bad_body(response: httpx.Response, detail: str) -> Transient:
+    return Transient(
+        "bad_body", status=response.status_code, request_id=request_id_of(response), detail=detail
+    )
+
+
+def _parse_page(response: httpx.Response) -> tuple[list[Any], str | None]:
+    body = _envelope_body(response)
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise _bad_body(response, "no body.rows list")
+    pagination = body.get("pagination")
+    if not isinstance(pagination, dict) or "nextCursor" not in pagination:
+        # A missing cursor must not be read as "no more pages": that would truncate silently.
+        raise _bad_body(response, "no body.pagination.nextCursor")
+    cursor = pagination["nextCursor"]
+    if cursor is not None and not (isinstance(cursor, str) and cursor):
+        raise _bad_body(response, "nextCursor is neither a cursor string nor null")
+    return rows, cursor
+
+
+def _parse_total(response: httpx.Response) -> WindowTotal:
+    pagination = _envelope_body(response).get("pagination")
+    if not isinstance(pagination, dict):
+        return WindowTotal(None, False, None)
+    total = pagination.get("total")
+    note = pagination.get("totalNote")
+    return WindowTotal(
+        total if isinstance(total, int) and not isinstance(total, bool) else None,
+        pagination.get("totalExact") is True,
+        note if isinstance(note, str) else None,
+    )
+
+
+class ExportsClient:
+    """Reads one lender's rows of one dataset (default S4/D23) window by window."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        page_limit: int = 500,
+        max_concurrency: int = 4,
+        slice_size: timedelta = timedelta(days=1),
+        min_window: timedelta = timedelta(minutes=15),
+        min_page_limit: int = 50,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        section: str = "S4",
+        dataset: str = "D23",
+    ) -> None:
+        if not 1 <= min_page_limit <= page_limit <= _MAX_API_LIMIT:
+            raise ValueError(
+                f"need 1 <= min_page_limit ({min_page_limit}) <= page_limit ({page_limit}) "
+                f"<= {_MAX_API_LIMIT}"
+            )
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1 (got {max_concurrency})")
+        if min_window < timedelta(milliseconds=1) or slice_size < min_window:
+            raise ValueError("need 1 ms <= min_window <= slice_size")
+        self._base_url = base_url.rstrip("/")
+        self._page_limit = page_limit
+        self._min_page_limit = min_page_limit
+        self._max_concurrency = max_concurrency
+        self._slice_size = slice_size
+        self._min_window = min_window
+        self._section = section
+        self._dataset = dataset
+        self.stats = ClientStats(page_limit)
+        connections = max_concurrency + 1
+        self._http = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        )
+        self._retrier = Retrier(retry, self.stats, sleep)
+        self._auth = TokenManager(
+            credentials, self._http, self._base_url, self._retrier, self.stats
+        )
+
+    @property
+    def lender_public_id(self) -> str:
+        """The lender's UUID; logs in first when using login credentials."""
+        return self._auth.lender_public_id
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ExportsClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fetch_total(self, window: Window) -> WindowTotal:
+        """The API's row count for ``window`` (``includeTotal=true``)."""
+        params = {
+            "since": window.since_text,
+            "until": window.until_text,
+            "limit": "1",
+            "sort": "asc",
+            "includeTotal": "true",
+        }
+        return self._get(params, _parse_total, what="total", window=window, cancel=None)
+
+    def iter_window(self, window: Window) -> Iterator[SlicePage]:
+        """Every row of ``window`` exactly once, page by page, narrowing on 504."""
+        return self._walk(window, None)
+
+    def iter_slices(self, window: Window, *, skip: Collection[Window] = ()) -> Iterator[SliceEvent]:
+        """Walk the ``slice_size`` slices of ``window`` concurrently, except those in ``skip``.
+
+        Pages of one slice arrive in order, followed by exactly one :class:`SliceDone`. The first
+        worker error stops the other workers and is raised here; closing the generator early
+        stops the workers too.
+        """
+        done = set(skip)
+        todo = [piece for piece in window.split(self._slice_size) if piece not in done]
+        if not todo:
+            return
+        work: queue.SimpleQueue[Window] = queue.SimpleQueue()
+        for piece in todo:
+            work.put(piece)
+        # Bounded: a slow consumer blocks the workers instead of letting pages pile up in memory.
+        events: queue.Queue[object] = queue.Queue(maxsize=2 * self._max_concurrency)
+        cancel = threading.Event()
+        closed = threading.Event()
+
+        def deliver(item: object, *, final: bool = False) -> None:
+            while True:
+                try:
+                    events.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    if closed.is_set() or (cancel.is_set() and not final):
+                        raise Cancelled from None
+
+        def worker() -> None:
+            outcome: object = _WORKER_EXIT
+            try:
+                while not cancel.is_set():
+                    try:
+                        piece = work.get_nowait()
+                    except queue.Empty:
+                        break
+                    rows = rejects = pages = 0
+                    for page in self._walk(piece, cancel):
+                        pages += 1
+                        rows += len(page.rows)
+                        rejects += len(page.rejects)
+                        deliver(page)
+                    deliver(SliceDone(piece, rows, rejects, pages))
+            except Cancelled:
+                pass
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                cancel.set()
+                outcome = _Failed(exc)
+            with contextlib.suppress(Cancelled):
+                deliver(outcome, final=True)
+
+        threads = [
+            threading.Thread(target=worker, name=f"d23-client-{number}", daemon=True)
+            for number in range(min(self._max_concurrency, len(todo)))
+        ]
+        for thread in threads:
+            thread.start()
+        running = len(threads)
+        try:
+            while running:
+                item = events.get()
+                if item is _WORKER_EXIT:
+                    running -= 1
+                elif isinstance(item, _Failed):
+                    raise item.error
+                else:
+                    yield item  # type: ignore[misc]
+        finally:
+            closed.set()
+            cancel.set()
+            deadline = time.monotonic() + _JOIN_BUDGET_S
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _path(self) -> str:
+        lender = quote(self._auth.lender_public_id, safe="")
+        return f"/admin/v3/lenders/{lender}/exports/{self._section}/{self._dataset}"
+
+    def _get(
+        self,
+        params: dict[str, str],
+        parse: Callable[[httpx.Response], T],
+        *,
+        what: str,
+        window: Window,
+        cancel: threading.Event | None,
+        gateway_timeout_is_transient: bool = True,
+    ) -> T:
+        def attempt() -> T:
+            for recovery in range(3):
+                token, generation = self._auth.current()
+                path = self._path()
+                response = self._http.get(
+                    self._base_url + path,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                self.stats.add("requests")
+                if response.status_code != 401:
+                    break
+                if recovery == 2:
+                    raise AuthenticationError(
+                        "the API still answers 401 after a token refresh and a fresh login "
+                        "(is the lender inactive?)",
+                        status=401,
+                        request_id=request_id_of(response),
+                        path=path,
+                        window=window,
+                    )
+                log.info("401 on %s; replacing the token", what)
+                self._auth.recover(generation, relogin=recovery == 1)
+            status = response.status_code
+            if status == 200:
+                return parse(response)
+            if status == 504 and not gateway_timeout_is_transient:
+                raise _GatewayTimeout(request_id_of(response))
+            failure = transient_for(response)
+            if failure is not None:
+                raise failure
+            request_id = request_id_of(response)
+            if status == 403:
+                raise LenderMismatchError(
+                    f"lender public id {self._auth.lender_public_id} in the path is not the "
+                    "token's lender: check that D23_LENDER_PUBLIC_ID and the token (or the "
+                    "login) belong to the same lender",
+                    status=status,
+                    request_id=request_id,
+                    path=path,
+                )
+            if status == 404:
+                raise DatasetNotFoundError(
+                    f"dataset {self._section}/{self._dataset} is unknown or not enabled for "
+                    "this lender",
+                    status=status,
+                    request_id=request_id,
+                    path=path,
+                )
+            raise ExportsApiError(
+                f"unexpected answer to {what}",
+                status=status,
+                request_id=request_id,
+                path=path,
+                window=window,
+            )
+
+        return self._retrier.call(
+            attempt, what=what, path=self._path(), window=window, cancel=cancel
+        )
+
+    def _walk(self, window: Window, cancel: threading.Event | None) -> Iterator[SlicePage]:
+        # A stack of parts still to read, each with the public_ids already handed over that sit
+        # on its `since` instant; a 504 pushes narrower parts covering only what is left.
+        pending: list[tuple[Window, frozenset[str]]] = [(window, frozenset())]
+        limit = self._page_limit
+        strikes = 0  # 504s in a row since the last page that came through
+        delivered_rejects: set[str] = set()
+        while pending:
+            part, skip = pending.pop()
+            since, until = part.since_text, part.until_text
+            # The API orders by (communicated_at, _id), so everything before `edge` is done and
+            # at `edge` exactly `edge_ids` are; that is what a re-read must start from.
+            edge, edge_ids = since, set(skip)
+            seen_cursors: set[str] = set()
+            cursor: str | None = None
+            while True:
+                params = {"since": since, "until": until, "limit": str(limit), "sort": "asc"}
+                if cursor is not None:
+                    params["cursor"] = cursor
+                try:
+                    raw_rows, next_cursor = self._get(
+                        params,
+                        _parse_page,
+                        what=f"page of {self._section}/{self._dataset} {part}",
+                        window=part,
+                        cancel=cancel,
+                        gateway_timeout_is_transient=False,
+                    )
+                except _GatewayTimeout as exc:
+                    strikes += 1
+                    remaining = Window(parse_timestamp(edge), part.until)
+                    limit, parts = self._narrow(remaining, limit, strikes, exc.request_id)
+                    self.stats.retry("504")
+                    self._retrier.pause(self._retrier.policy.backoff(strikes), cancel)
+                    if not parts:
+                        continue
+                    pending.extend((piece, frozenset()) for piece in reversed(parts[1:]))
+                    pending.append((parts[0], frozenset(edge_ids)))
+                    break
+                strikes = 0
+                result = validate_rows(raw_rows, since, until)
+                rows = [row for row in result.rows if row["public_id"] not in skip]
+                rejects = [
+                    reject
+                    for reject in result.rejects
+                    if reject.public_id is None or reject.public_id not in delivered_rejects
+                ]
+                for row in rows:
+                    stamp = row["communicated_at"]
+                    if stamp > edge:
+                        edge, edge_ids = stamp, {row["public_id"]}
+                    elif stamp == edge:
+                        edge_ids.add(row["public_id"])
+                delivered_rejects.update(r.public_id for r in rejects if r.public_id)
+                self.stats.page(len(raw_rows), len(rows), len(rejects), result.extra_fields)
+                log.debug(
+                    "page of %s: %d rows, %d rejects, %s",
+                    part,
+                    len(rows),
+                    len(rejects),
+                    "more" if next_cursor else "last",
+                )
+                yield SlicePage(window, rows, rejects)
+                if next_cursor is None:
+                    break
+                if next_cursor == cursor or next_cursor in seen_cursors:
+                    raise CursorLoopError(
+                        f"the API returned a nextCursor already seen in this walk, after "
+                        f"{len(seen_cursors) + 1} pages; stopping rather than loop or skip",
+                        window=part,
+                        path=self._path(),
+                    )
+                seen_cursors.add(next_cursor)
+                cursor = next_cursor
+
+    def _narrow(
+        self, remaining: Window, limit: int, strikes: int, request_id: str | None
+    ) -> tuple[int, list[Window]]:
+        """After a 504: retry as is, else lower the limit, else halve what is left, else fail."""
+        if strikes == 1:
+            log.info("504 on %s at limit %d; retrying once as is", remaining, limit)
+            return limit, []
+        if limit > self._min_page_limit:
+            lower = max(self._min_page_limit, limit // 2)
+            self.stats.limit_reduced(lower)
+            log.info("504 again on %s; page limit %d -> %d", remaining, limit, lower)
+            return lower, [remaining]
+        if remaining.duration >= 2 * self._min_window:
+            halves = list(remaining.halves())
+            self.stats.add("window_splits")
+            log.info("504 again on %s at limit %d; splitting it in two", remaining, limit)
+            return limit, halves
+        raise WindowTooHeavyError(
+            f"the API kept timing out (504) even at page limit {limit} and the minimum window "
+            f"of {self._min_window}; lower D23_PAGE_LIMIT or ask the API team",
+            status=504,
+            request_id=request_id,
+            path=self._path(),
+            window=remaining,
+        )

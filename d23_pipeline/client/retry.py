@@ -1,0 +1,232 @@
+"""Bounded retries with exponential backoff, full jitter and ``Retry-After``.
+
+Policy (documented choice): a transient failure is retried up to ``max_attempts`` attempts in all.
+Without ``Retry-After`` the pause before retry *n* is uniform in ``[0, min(max_delay_s,
+base_delay_s * 2**(n-1))]`` ("full jitter", so concurrent workers do not retry in lock-step). A
+``Retry-After`` (seconds or HTTP-date) is honoured exactly: the server knows when it will take
+requests again, and retrying earlier only earns another 429. ``max_total_wait_s`` bounds the sum of
+pauses for one request; a pause that would exceed it ends the retries at once with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+from d23_pipeline.client.errors import ProtocolError, RetriesExhaustedError
+from d23_pipeline.client.stats import ClientStats
+from d23_pipeline.client.windows import Window
+
+log = logging.getLogger("d23_pipeline.client")
+
+T = TypeVar("T")
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one request (see the module docstring)."""
+
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    max_total_wait_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def backoff(self, retry_number: int) -> float:
+        """The jittered pause before retry number ``retry_number`` (1-based)."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (retry_number - 1))
+        return random.uniform(0.0, ceiling)
+
+
+class Transient(Exception):
+    """A failure worth retrying; ``cause`` is the stats key (``"503"``, ``"timeout"``, ...)."""
+
+    def __init__(
+        self,
+        cause: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.status = status
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.detail = detail
+
+    def describe(self) -> str:
+        """``cause`` plus the detail, for messages."""
+        return f"{self.cause} ({self.detail})" if self.detail else self.cause
+
+
+class Cancelled(Exception):
+    """The consumer went away; a worker stops where it is."""
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), else None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
+
+
+def request_id_of(response: httpx.Response) -> str | None:
+    """The ``requestId`` of an error envelope, or an ``X-Request-Id`` header, if any."""
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("requestId"), str):
+        return payload["requestId"]
+    return response.headers.get("x-request-id")
+
+
+def transient_for(response: httpx.Response) -> Transient | None:
+    """A :class:`Transient` for a retryable status (429, 500, 502, 503, 504), else None."""
+    if response.status_code not in RETRYABLE_STATUSES:
+        return None
+    return Transient(
+        str(response.status_code),
+        status=response.status_code,
+        request_id=request_id_of(response),
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def decode_json(response: httpx.Response) -> Any:
+    """The parsed body of a 200, or a ``bad_body`` :class:`Transient` (HTML, truncated, empty)."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        raise Transient(
+            "bad_body",
+            status=response.status_code,
+            request_id=request_id_of(response),
+            detail=f"not valid JSON: {len(response.content)} bytes of {kind}",
+        ) from None
+
+
+class Retrier:
+    """Runs one logical request under a :class:`RetryPolicy`, counting retries by cause."""
+
+    def __init__(
+        self, policy: RetryPolicy, stats: ClientStats, sleep: Callable[[float], None]
+    ) -> None:
+        self.policy = policy
+        self._stats = stats
+        self._sleep = sleep
+
+    def pause(self, seconds: float, cancel: threading.Event | None) -> None:
+        """Sleep, or raise :class:`Cancelled` if the walk was cancelled meanwhile."""
+        # With the real clock, wait on the cancel event so a closing consumer does not have to
+        # sit out a 30 s backoff; an injected sleep (tests) is called as given.
+        if cancel is not None and self._sleep is time.sleep:
+            if cancel.wait(seconds):
+                raise Cancelled
+            return
+        self._sleep(seconds)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+
+    def call(
+        self,
+        attempt: Callable[[], T],
+        *,
+        what: str,
+        path: str,
+        window: Window | None = None,
+        cancel: threading.Event | None = None,
+    ) -> T:
+        """Return ``attempt()``, retrying :class:`Transient` failures, timeouts and drops."""
+        waited = 0.0
+        number = 0
+        while True:
+            number += 1
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            try:
+                return attempt()
+            except httpx.TimeoutException as exc:
+                failure = Transient("timeout", detail=type(exc).__name__)
+            except httpx.TransportError as exc:
+                failure = Transient("connection", detail=type(exc).__name__)
+            except Transient as exc:
+                failure = exc
+            if number >= self.policy.max_attempts:
+                raise self._give_up(failure, f"{what} failed after {number} attempts", path, window)
+            delay = (
+                failure.retry_after
+                if failure.retry_after is not None
+                else self.policy.backoff(number)
+            )
+            if waited + delay > self.policy.max_total_wait_s:
+                raise self._give_up(
+                    failure,
+                    f"{what} failed after {number} attempts: waiting {delay:.1f}s more would "
+                    f"exceed the {self.policy.max_total_wait_s:.0f}s retry budget",
+                    path,
+                    window,
+                )
+            self._stats.retry(failure.cause)
+            log.info(
+                "retrying %s (%s, requestId %s) in %.2fs, attempt %d/%d",
+                what,
+                failure.describe(),
+                failure.request_id,
+                delay,
+                number + 1,
+                self.policy.max_attempts,
+            )
+            self.pause(delay, cancel)
+            waited += delay
+
+    @staticmethod
+    def _give_up(
+        failure: Transient, message: str, path: str, window: Window | None
+    ) -> ProtocolError | RetriesExhaustedError:
+        if failure.cause == "bad_body":
+            return ProtocolError(
+                f"{message}: the API kept answering with an invalid body: {failure.detail}",
+                status=failure.status,
+                request_id=failure.request_id,
+                path=path,
+                window=window,
+            )
+        return RetriesExhaustedError(
+            message,
+            cause=failure.describe(),
+            status=failure.status,
+            request_id=failure.request_id,
+            path=path,
+            window=window,
+        )

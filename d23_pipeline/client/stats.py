@@ -1,0 +1,70 @@
+"""Thread-safe counters describing what the client did, for run metadata and tests."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+
+class ClientStats:
+    """Counters shared by all worker threads of one client."""
+
+    def __init__(self, page_limit: int) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.pages = 0
+        self.empty_pages = 0
+        self.rows = 0
+        self.rejects = 0
+        self.window_splits = 0
+        self.limit_reductions = 0
+        self.final_page_limit = page_limit
+        self.token_refreshes = 0
+        self.logins = 0
+        self.retries: Counter[str] = Counter()
+        self.extra_fields: Counter[str] = Counter()
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Add to one of the integer counters."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def retry(self, cause: str) -> None:
+        """Count one retry by its cause (``"429"``, ``"503"``, ``"timeout"``, ...)."""
+        with self._lock:
+            self.retries[cause] += 1
+
+    def limit_reduced(self, new_limit: int) -> None:
+        """Count a page-limit reduction and remember the smallest limit used."""
+        with self._lock:
+            self.limit_reductions += 1
+            self.final_page_limit = min(self.final_page_limit, new_limit)
+
+    def page(self, raw_rows: int, rows: int, rejects: int, extra_fields: Iterable[str]) -> None:
+        """Count one API page: rows as received, and rows/rejects handed to the caller."""
+        with self._lock:
+            self.pages += 1
+            self.empty_pages += raw_rows == 0
+            self.rows += rows
+            self.rejects += rejects
+            self.extra_fields.update(extra_fields)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A snapshot as plain ints and dicts (``extra_fields``: name -> pages it appeared on)."""
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "pages": self.pages,
+                "empty_pages": self.empty_pages,
+                "rows": self.rows,
+                "rejects": self.rejects,
+                "retries": dict(self.retries),
+                "window_splits": self.window_splits,
+                "limit_reductions": self.limit_reductions,
+                "final_page_limit": self.final_page_limit,
+                "token_refreshes": self.token_refreshes,
+                "logins": self.logins,
+                "extra_fields": dict(self.extra_fields),
+            }

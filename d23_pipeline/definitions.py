@@ -1,0 +1,63 @@
+"""The one place where the D23 pipeline is wired together: ``defs``, loaded by workspace.yaml."""
+
+import os
+
+import dagster as dg
+
+from d23_pipeline.defs.assets.logs import logs
+from d23_pipeline.defs.assets.outcome_mix import (
+    outcome_kpis_monthly,
+    outcome_mix_daily,
+    outcome_mix_monthly,
+)
+from d23_pipeline.defs.assets.raw_logs import raw_logs
+from d23_pipeline.defs.jobs import d23_pipeline_job
+from d23_pipeline.defs.partitions import monthly_partitions
+from d23_pipeline.defs.resources import (
+    ExportsApiResource,
+    LandingZoneResource,
+    OutcomeMappingResource,
+    WarehouseResource,
+)
+from d23_pipeline.defs.sensors import build_daily_refresh_sensor
+from d23_pipeline.settings import load_options
+
+options = load_options()
+
+
+def _env(name: str) -> dg.EnvVar | None:
+    # Unset variables stay None so the resource reports which D23_* setting is missing, and
+    # secrets reach the resource as EnvVar, which the UI never displays.
+    return dg.EnvVar(name) if os.environ.get(name, "").strip() else None
+
+
+defs = dg.Definitions(
+    assets=[raw_logs, logs, outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
+    jobs=[d23_pipeline_job],
+    sensors=[
+        build_daily_refresh_sensor(
+            d23_pipeline_job,
+            monthly_partitions,
+            options.refresh_hour_utc,
+            options.refresh_lookback_months,
+        )
+    ],
+    resources={
+        "exports_api": ExportsApiResource(
+            api_url=_env("D23_API_URL"),
+            lender=_env("D23_LENDER"),
+            email=_env("D23_EMAIL"),
+            password=_env("D23_PASSWORD"),
+            lender_public_id=_env("D23_LENDER_PUBLIC_ID"),
+            token=_env("D23_TOKEN"),
+            page_limit=options.page_limit,
+            max_concurrency=options.max_concurrency,
+            slice_hours=options.slice_hours,
+        ),
+        "warehouse": WarehouseResource(database=str(options.warehouse_path.resolve())),
+        "landing_zone": LandingZoneResource(raw_dir=str(options.raw_dir.resolve())),
+        "outcome_mapping": OutcomeMappingResource(
+            mapping_path=str(options.outcome_mapping) if options.outcome_mapping else None
+        ),
+    },
+)

@@ -1,0 +1,152 @@
+"""Outcome-mix analytics over ``d23.logs``: the monthly mix, its KPIs, and a daily trend."""
+
+import dagster as dg
+
+from d23_pipeline.analytics import charts
+from d23_pipeline.analytics.outcome_mix import (
+    KPI_NAMES,
+    rebuild_outcome_kpis_monthly,
+    rebuild_outcome_mix_daily,
+    rebuild_outcome_mix_monthly,
+)
+from d23_pipeline.defs import checks
+from d23_pipeline.defs.metadata import markdown_table, schema_from_table
+from d23_pipeline.defs.partitions import monthly_partitions
+from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
+from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.store import fetch_dicts
+
+KPI_DEFINITIONS = """
+Attempts are active (is_active) log entries still present at the source (no _deleted_at).
+Outcome classes come from the outcome mapping file (a promise is a right-party contact, and
+a right-party contact is a contact).
+
+| KPI | numerator | denominator |
+|---|---|---|
+| contact_rate | contacts | attempts |
+| rpc_rate | right-party contacts | attempts |
+| ptp_per_rpc | promises to pay | right-party contacts |
+| ptp_per_attempt | promises to pay | attempts |
+| refusal_rate | refusals | right-party contacts |
+| broken_promise_share | promises with is_ptp_broken | promises to pay |
+
+broken_promise_share of recent months is low until their promises mature: a promise breaks
+weeks after it is logged, and promise dates live in D24, which is not yet enabled.
+"""
+
+_COMMON = dict(
+    partitions_def=monthly_partitions,
+    group_name="d23_analytics",
+    kinds={"duckdb"},
+    owners=["team:collections-analytics"],
+    pool="d23_warehouse",
+)
+
+
+def _month(context: dg.AssetExecutionContext):
+    return context.partition_time_window.start.date()
+
+
+@dg.asset(
+    key=checks.OUTCOME_MIX_MONTHLY,
+    deps=[checks.LOGS],
+    check_specs=[checks.UNMAPPED_OUTCOMES],
+    description=(
+        "Table d23.outcome_mix_monthly: attempts per month x communication_type x "
+        "interaction_source x outcome_option, with each code's outcome class.\n" + KPI_DEFINITIONS
+    ),
+    **_COMMON,
+)
+def outcome_mix_monthly(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    outcome_mapping: OutcomeMappingResource,
+) -> dg.MaterializeResult:
+    """Rebuild the month's outcome mix from d23.logs."""
+    window = context.partition_time_window
+    month = _month(context)
+    with warehouse.get_connection() as con:
+        rebuild_outcome_mix_monthly(con, month, window.start, window.end, outcome_mapping.classes())
+        mix = fetch_dicts(con, sql.OUTCOME_MIX_FOR_MONTH, {"month": month})
+        by_outcome = fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
+        schema = schema_from_table(con, "outcome_mix_monthly")
+        check = checks.unmapped_outcome_codes(con, month)
+    chart = charts.bar_chart(
+        [r["outcome_option"] + (" (unmapped)" if r["unmapped"] else "") for r in by_outcome],
+        [r["attempts"] for r in by_outcome],
+        f"Outcome mix, {month:%B %Y}",
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/partition_row_count": len(mix),
+            "dagster/column_schema": schema,
+            "dagster/table_name": "d23.outcome_mix_monthly",
+            "attempts": sum(r["attempts"] for r in mix),
+            "outcome_mix": dg.MetadataValue.md(markdown_table(by_outcome) + "\n\n" + chart),
+            "preview": dg.MetadataValue.md(markdown_table(mix[:25])),
+        },
+        check_results=[check],
+    )
+
+
+@dg.asset(
+    key=["d23", "outcome_kpis_monthly"],
+    deps=[checks.OUTCOME_MIX_MONTHLY],
+    description="Table d23.outcome_kpis_monthly: the month's outcome KPIs.\n" + KPI_DEFINITIONS,
+    **_COMMON,
+)
+def outcome_kpis_monthly(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Recompute the month's KPIs from its outcome mix."""
+    month = _month(context)
+    with warehouse.get_connection() as con:
+        rebuild_outcome_kpis_monthly(con, month)
+        (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
+        schema = schema_from_table(con, "outcome_kpis_monthly")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/partition_row_count": 1,
+            "dagster/column_schema": schema,
+            "dagster/table_name": "d23.outcome_kpis_monthly",
+            **{name: kpis[name] for name in KPI_NAMES},
+            "attempts": int(kpis["attempts"]),
+            "kpis": dg.MetadataValue.md(markdown_table([kpis])),
+        }
+    )
+
+
+@dg.asset(
+    key=["d23", "outcome_mix_daily"],
+    deps=[checks.LOGS],
+    description="Table d23.outcome_mix_daily: the KPIs per day, for trend charts.\n"
+    + KPI_DEFINITIONS,
+    **_COMMON,
+)
+def outcome_mix_daily(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    outcome_mapping: OutcomeMappingResource,
+) -> dg.MaterializeResult:
+    """Rebuild the daily trend for the month's days."""
+    window = context.partition_time_window
+    with warehouse.get_connection() as con:
+        rebuild_outcome_mix_daily(con, window.start, window.end, outcome_mapping.classes())
+        days = fetch_dicts(
+            con, sql.OUTCOME_MIX_DAILY_FOR_WINDOW, {"since": window.start, "until": window.end}
+        )
+        schema = schema_from_table(con, "outcome_mix_daily")
+    metadata = {
+        "dagster/partition_row_count": len(days),
+        "dagster/column_schema": schema,
+        "dagster/table_name": "d23.outcome_mix_daily",
+    }
+    if days:
+        metadata["trend"] = dg.MetadataValue.md(
+            charts.line_chart(
+                [d["day"] for d in days],
+                {k: [d[k] for d in days] for k in ("contact_rate", "rpc_rate", "ptp_per_attempt")},
+                f"Daily outcome rates, {window.start:%B %Y}",
+            )
+        )
+    return dg.MaterializeResult(metadata=metadata)

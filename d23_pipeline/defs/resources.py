@@ -1,0 +1,103 @@
+"""Dagster resources: thin wrappers that build the plain-Python client, stores and mapping."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from d23_pipeline.analytics.outcome_classes import OutcomeClass, load_outcome_classes
+from d23_pipeline.client import ExportsClient
+from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.settings import (
+    ApiConnection,
+    SettingsError,
+    read_credentials,
+    validate_api_url,
+)
+from d23_pipeline.warehouse.store import Warehouse
+
+
+class ExportsApiResource(dg.ConfigurableResource):
+    """The ClearGrid Exports API. Secrets arrive through ``dg.EnvVar`` and are never shown."""
+
+    api_url: str | None = Field(default=None, description="D23_API_URL: host root")
+    lender: str | None = Field(default=None, description="D23_LENDER: lender slug (login)")
+    email: str | None = Field(default=None, description="D23_EMAIL (login)")
+    password: str | None = Field(default=None, description="D23_PASSWORD (login)")
+    lender_public_id: str | None = Field(default=None, description="D23_LENDER_PUBLIC_ID")
+    token: str | None = Field(default=None, description="D23_TOKEN: a bearer token already held")
+    page_limit: int = Field(default=500, description="D23_PAGE_LIMIT: rows asked per page")
+    max_concurrency: int = Field(default=4, description="D23_MAX_CONCURRENCY: slices in flight")
+    slice_hours: int = Field(default=24, description="D23_SLICE_HOURS: width of one slice")
+
+    @property
+    def slice_size(self) -> timedelta:
+        return timedelta(hours=self.slice_hours)
+
+    def connection(self) -> ApiConnection:
+        """Validate the settings; a problem raises SettingsError naming the D23_* variable."""
+        if not self.api_url:
+            raise SettingsError("D23_API_URL is not set (e.g. https://stage-v3-api.cleargrid.ai)")
+        env = {
+            "D23_LENDER": self.lender or "",
+            "D23_EMAIL": self.email or "",
+            "D23_PASSWORD": self.password or "",
+            "D23_LENDER_PUBLIC_ID": self.lender_public_id or "",
+            "D23_TOKEN": self.token or "",
+        }
+        return ApiConnection(validate_api_url(self.api_url), read_credentials(env))
+
+    @contextmanager
+    def client(self) -> Iterator[ExportsClient]:
+        connection = self.connection()
+        with ExportsClient(
+            connection.api_url,
+            connection.credentials,
+            page_limit=self.page_limit,
+            max_concurrency=self.max_concurrency,
+            slice_size=self.slice_size,
+        ) as client:
+            yield client
+
+
+class WarehouseResource(DuckDBResource):
+    """``dagster-duckdb``'s resource, with connections serialised across processes by a file
+    lock and closed even when the block raises."""
+
+    lock_timeout_s: float = Field(default=900.0, description="How long to wait for the lock")
+
+    def warehouse(self) -> Warehouse:
+        return Warehouse(Path(self.database), lock_timeout_s=self.lock_timeout_s)
+
+    @contextmanager
+    def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.warehouse().connect(read_only=read_only) as con:
+            yield con
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Where raw monthly snapshots are written (``$D23_DATA_DIR/raw``)."""
+
+    raw_dir: str
+    resume_max_age_hours: int = Field(
+        default=24, description="An unfinished snapshot older than this is read again, not resumed"
+    )
+
+    def store(self) -> SnapshotStore:
+        return SnapshotStore(Path(self.raw_dir) / "d23", timedelta(hours=self.resume_max_age_hours))
+
+
+class OutcomeMappingResource(dg.ConfigurableResource):
+    """Which outcome codes count as contact, RPC, promise and refusal."""
+
+    mapping_path: str | None = Field(
+        default=None, description="D23_OUTCOME_MAPPING; the shipped mapping when unset"
+    )
+
+    def classes(self) -> dict[str, OutcomeClass]:
+        return load_outcome_classes(Path(self.mapping_path) if self.mapping_path else None)

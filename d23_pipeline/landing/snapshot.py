@@ -1,0 +1,259 @@
+"""Raw monthly snapshots on disk: one Parquet file per slice, plus a manifest.
+
+Layout under ``$D23_DATA_DIR/raw/d23/<partition>/``::
+
+    CURRENT                     id of the last complete snapshot (replaced atomically)
+    <snapshot id>/manifest.json which slices are finished, with their counts
+    <snapshot id>/<slice>.parquet / <slice>.rejects.parquet
+
+A slice's files appear under their final names only once the slice is finished, and the
+manifest is rewritten atomically after each, so a run that dies keeps every finished slice and
+the next run of the month resumes from there. Once complete, ``CURRENT`` moves to the new
+snapshot and older ones are removed: re-materializing a month replaces its snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from d23_pipeline.client import SliceDone, SlicePage, Window
+from d23_pipeline.schema import D23_FIELDS, RejectedRow
+
+ROW_SCHEMA = pa.schema(
+    [
+        (name, pa.bool_() if name in ("is_active", "is_ptp_broken") else pa.string())
+        for name in D23_FIELDS
+    ]
+)
+REJECT_SCHEMA = pa.schema(
+    [
+        ("slice_since", pa.timestamp("ms", tz="UTC")),
+        ("slice_until", pa.timestamp("ms", tz="UTC")),
+        ("public_id", pa.string()),
+        ("reason", pa.string()),
+        ("allowlisted_values", pa.string()),
+    ]
+)
+# Row groups of this size keep a slice's buffer small while DuckDB still reads fast.
+_ROW_GROUP_ROWS = 64_000
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A complete snapshot of one month, ready to merge."""
+
+    partition: str
+    directory: Path
+    row_files: list[Path]
+    reject_files: list[Path]
+    rows: int
+    rejects: int
+    completed_at: datetime
+    resumed_slices: int
+    read_stats: dict[str, Any]
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class _OpenSlice:
+    writer: pq.ParquetWriter
+    tmp_path: Path
+    buffer: list[pa.RecordBatch] = field(default_factory=list)
+    buffered: int = 0
+    rejects: list[RejectedRow] = field(default_factory=list)
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.writer.write_table(pa.Table.from_batches(self.buffer, ROW_SCHEMA))
+            self.buffer, self.buffered = [], 0
+
+
+class SnapshotWriter:
+    """Writes one month's snapshot slice by slice; knows which slices an earlier run finished."""
+
+    def __init__(self, directory: Path, partition: str, manifest: dict[str, Any]) -> None:
+        self.directory = directory
+        self.partition = partition
+        self._manifest = manifest
+        self._open: dict[Window, _OpenSlice] = {}
+
+    @property
+    def finished(self) -> set[Window]:
+        return {
+            Window(datetime.fromisoformat(s["since"]), datetime.fromisoformat(s["until"]))
+            for s in self._manifest["slices"].values()
+        }
+
+    def write_page(self, page: SlicePage) -> None:
+        state = self._open.get(page.slice)
+        if state is None:
+            tmp = self.directory / f"{page.slice.key}.parquet.partial"
+            state = _OpenSlice(pq.ParquetWriter(tmp, ROW_SCHEMA), tmp)
+            self._open[page.slice] = state
+        if page.rows:
+            state.buffer.append(pa.RecordBatch.from_pylist(page.rows, ROW_SCHEMA))
+            state.buffered += len(page.rows)
+            if state.buffered >= _ROW_GROUP_ROWS:
+                state.flush()
+        state.rejects.extend(page.rejects)
+
+    def finish_slice(self, done: SliceDone) -> None:
+        """Make the slice's files final and record it in the manifest."""
+        state = self._open.pop(done.slice, None)
+        if state is None:  # a slice without any page event still gets its (empty) file
+            self.write_page(SlicePage(done.slice, [], []))
+            state = self._open.pop(done.slice)
+        state.flush()
+        state.writer.close()
+        rows_path = self.directory / f"{done.slice.key}.parquet"
+        rejects_path = self.directory / f"{done.slice.key}.rejects.parquet"
+        pq.write_table(_rejects_table(done.slice, state.rejects), rejects_path)
+        os.replace(state.tmp_path, rows_path)
+        self._manifest["slices"][done.slice.key] = {
+            "since": done.slice.since.isoformat(),
+            "until": done.slice.until.isoformat(),
+            "rows": done.rows,
+            "rejects": done.rejects,
+            "pages": done.pages,
+        }
+        _write_json_atomically(self.directory / "manifest.json", self._manifest)
+
+    def abandon(self) -> None:
+        """Close unfinished slices' writers; their partial files are ignored on resume."""
+        for state in self._open.values():
+            state.writer.close()
+            state.tmp_path.unlink(missing_ok=True)
+        self._open.clear()
+
+    def complete(self, read_stats: dict[str, Any]) -> Snapshot:
+        """Mark the snapshot complete and make it the month's current one."""
+        missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
+        if missing:
+            raise RuntimeError(
+                f"snapshot of {self.partition} is missing {len(missing)} slice(s), "
+                f"e.g. {min(missing)}; refusing to mark it complete"
+            )
+        self._manifest["complete"] = True
+        self._manifest["completed_at"] = datetime.now(UTC).isoformat()
+        self._manifest["read_stats"] = read_stats
+        _write_json_atomically(self.directory / "manifest.json", self._manifest)
+        pointer = self.directory.parent / "CURRENT"
+        _write_json_atomically(pointer, {"snapshot": self.directory.name})
+        for other in self.directory.parent.iterdir():
+            if other.is_dir() and other != self.directory:
+                shutil.rmtree(other, ignore_errors=True)
+        return _load_snapshot(self.partition, self.directory)
+
+
+def _rejects_table(window: Window, rejects: Sequence[RejectedRow]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "slice_since": window.since,
+                "slice_until": window.until,
+                "public_id": r.public_id,
+                "reason": r.reason,
+                "allowlisted_values": json.dumps(r.values, sort_keys=True, default=str),
+            }
+            for r in rejects
+        ],
+        REJECT_SCHEMA,
+    )
+
+
+def _load_snapshot(partition: str, directory: Path) -> Snapshot:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    slices = sorted(manifest["slices"])
+    return Snapshot(
+        partition=partition,
+        directory=directory,
+        row_files=[directory / f"{key}.parquet" for key in slices],
+        reject_files=[directory / f"{key}.rejects.parquet" for key in slices],
+        rows=sum(s["rows"] for s in manifest["slices"].values()),
+        rejects=sum(s["rejects"] for s in manifest["slices"].values()),
+        completed_at=datetime.fromisoformat(manifest["completed_at"]),
+        resumed_slices=manifest.get("resumed_slices", 0),
+        read_stats=manifest.get("read_stats", {}),
+    )
+
+
+class SnapshotStore:
+    """Raw D23 snapshots of every month under one root folder."""
+
+    def __init__(self, root: Path, resume_max_age: timedelta = timedelta(hours=24)) -> None:
+        self.root = Path(root)
+        self.resume_max_age = resume_max_age
+
+    def _month_dir(self, partition: str) -> Path:
+        return self.root / partition
+
+    def begin(self, partition: str, slices: Sequence[Window], run_id: str) -> SnapshotWriter:
+        """Resume the month's unfinished snapshot if a recent one read the same slices, else start
+        a new one."""
+        month_dir = self._month_dir(partition)
+        month_dir.mkdir(parents=True, exist_ok=True)
+        slice_keys = [w.key for w in slices]
+        unfinished = self._resumable(month_dir, slice_keys)
+        if unfinished is not None:
+            directory, manifest = unfinished
+            manifest["resumed_slices"] = len(manifest["slices"])
+            manifest["run_ids"].append(run_id)
+        else:
+            directory = month_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+            directory.mkdir()
+            manifest = {
+                "partition": partition,
+                "slice_keys": slice_keys,
+                "started_at": datetime.now(UTC).isoformat(),
+                "run_ids": [run_id],
+                "complete": False,
+                "resumed_slices": 0,
+                "slices": {},
+            }
+        _write_json_atomically(directory / "manifest.json", manifest)
+        return SnapshotWriter(directory, partition, manifest)
+
+    def _resumable(
+        self, month_dir: Path, slice_keys: list[str]
+    ) -> tuple[Path, dict[str, Any]] | None:
+        # Slices older than resume_max_age would mix stale rows into a fresh read.
+        newest: tuple[datetime, Path, dict[str, Any]] | None = None
+        for directory in month_dir.iterdir():
+            manifest_path = directory / "manifest.json"
+            if not manifest_path.is_file():
+                continue
+            manifest = json.loads(manifest_path.read_text())
+            started = datetime.fromisoformat(manifest["started_at"])
+            if (
+                manifest["complete"]
+                or manifest["slice_keys"] != slice_keys
+                or datetime.now(UTC) - started > self.resume_max_age
+            ):
+                continue
+            if newest is None or started > newest[0]:
+                newest = (started, directory, manifest)
+        return None if newest is None else (newest[1], newest[2])
+
+    def current(self, partition: str) -> Snapshot | None:
+        """The month's last complete snapshot, if any."""
+        pointer = self._month_dir(partition) / "CURRENT"
+        if not pointer.is_file():
+            return None
+        name = json.loads(pointer.read_text())["snapshot"]
+        return _load_snapshot(partition, self._month_dir(partition) / name)

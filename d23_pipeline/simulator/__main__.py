@@ -1,0 +1,107 @@
+"""``python -m d23_pipeline.simulator``: serve the simulated Exports API on loopback until stopped.
+
+The first line printed is the base URL (useful with ``--port 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+
+from d23_pipeline.simulator.app import Simulator
+from d23_pipeline.simulator.config import Faults, SimulatorConfig
+from d23_pipeline.simulator.server import serve
+
+
+def recent_months(count: int, today: datetime | None = None) -> tuple[str, ...]:
+    """The ``count`` months up to and including the current UTC month, oldest first."""
+    today = today or datetime.now(UTC)
+    index = today.year * 12 + today.month - 1
+    return tuple(f"{i // 12:04d}-{i % 12 + 1:02d}" for i in range(index - count + 1, index + 1))
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = SimulatorConfig()
+    p = argparse.ArgumentParser(prog="python -m d23_pipeline.simulator", description=__doc__)
+    p.add_argument("--port", type=int, default=8023, help="0 picks a free port (default 8023)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    months = p.add_mutually_exclusive_group()
+    months.add_argument("--months", help="comma-separated YYYY-MM list, e.g. 2026-01,2026-02")
+    months.add_argument(
+        "--months-back", type=int, default=6, help="the N months up to the current one (default 6)"
+    )
+    p.add_argument("--rows-per-month", type=int, default=defaults.rows_per_month)
+    p.add_argument("--lender-slug", default=defaults.lender_slug)
+    p.add_argument("--email", default=defaults.email)
+    p.add_argument("--password", default=defaults.password)
+    p.add_argument("--token-ttl-s", type=float, default=defaults.token_ttl_s)
+    p.add_argument("--error-5xx-rate", type=float, default=0.0)
+    p.add_argument("--rate-429", type=float, default=0.0)
+    p.add_argument("--retry-after-s", type=float, default=Faults.retry_after_s)
+    p.add_argument("--drop-rate", type=float, default=0.0)
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument(
+        "--max-window-504-hours",
+        type=float,
+        default=None,
+        help="answer 504 to windows wider than this, or unbounded (default: never)",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+    """The simulator configuration a command line asks for."""
+    if args.months:
+        months = tuple(m.strip() for m in args.months.split(",") if m.strip())
+    else:
+        months = recent_months(args.months_back)
+    max_window = None
+    if args.max_window_504_hours is not None:
+        max_window = timedelta(hours=args.max_window_504_hours)
+    faults = Faults(
+        latency_s=args.latency_ms / 1000,
+        error_5xx_rate=args.error_5xx_rate,
+        rate_429=args.rate_429,
+        retry_after_s=args.retry_after_s,
+        drop_rate=args.drop_rate,
+        max_window_for_504=max_window,
+        seed=args.seed,
+    )
+    return SimulatorConfig(
+        seed=args.seed,
+        months=months,
+        rows_per_month=args.rows_per_month,
+        lender_slug=args.lender_slug,
+        email=args.email,
+        password=args.password,
+        token_ttl_s=args.token_ttl_s,
+        faults=faults,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = config_from_args(args)
+    sim = Simulator(config)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with serve(sim, args.port) as url:
+        print(url, flush=True)
+        print(
+            f"D23 simulator: lender slug {config.lender_slug!r}, email {config.email}, "
+            "password: the --password value (default: the built-in demo password); "
+            f"lenderPublicId {sim.lender_public_id}; months {', '.join(config.months)}, "
+            f"{config.rows_per_month} rows each. Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""Request handling of the simulated Exports API, independent of how it is served."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import random
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from d23_pipeline.simulator.config import Faults, SimulatorConfig
+from d23_pipeline.simulator.data import Collection, format_ms, to_ms
+
+_LOGIN = re.compile(r"^/admin/auth/([^/]+)/login/?$")
+_REFRESH = re.compile(r"^/admin/auth/([^/]+)/refresh-token/?$")
+_DATA = re.compile(r"^/admin/v3/lenders/([^/]+)/exports/([^/]+)/([^/]+)/?$")
+_JSON = {"Content-Type": "application/json"}
+_HTML = {"Content-Type": "text/html; charset=utf-8"}
+_OID_LIMIT = 1 << 96
+
+_GATEWAY_PAGE = (
+    "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+@dataclass
+class SimResponse:
+    """What the simulator answers; the servings turn it into an HTTP response."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class _Drop:
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+DROP = _Drop()
+"""Returned by ``Simulator.handle`` when the connection must be dropped without an answer."""
+
+
+class SimStats:
+    """Thread-safe request counters; read the attributes or take a :meth:`snapshot`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = 0
+            self.by_kind: Counter[str] = Counter()
+            self.by_status: Counter[int] = Counter()
+            self.data_pages = 0
+            self.empty_pages = 0
+            self.rows_served = 0
+            self.dropped = 0
+
+    def _record(self, kind: str, status: int | None, rows: int | None = None) -> None:
+        with self._lock:
+            self.requests += 1
+            self.by_kind[kind] += 1
+            if status is None:
+                self.dropped += 1
+            else:
+                self.by_status[status] += 1
+            if rows is not None:
+                self.data_pages += 1
+                self.rows_served += rows
+                if rows == 0:
+                    self.empty_pages += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "by_kind": dict(self.by_kind),
+                "by_status": dict(self.by_status),
+                "data_pages": self.data_pages,
+                "empty_pages": self.empty_pages,
+                "rows_served": self.rows_served,
+                "dropped": self.dropped,
+            }
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def encode_cursor(key: tuple[int, int]) -> str:
+    """Opaque cursor for a boundary key ``(communicated_ms, object_id)``."""
+    return _b64(orjson.dumps({"t": format_ms(key[0]), "id": f"{key[1]:024x}"}))
+
+
+def decode_cursor(cursor: str) -> tuple[int, int]:
+    """Inverse of :func:`encode_cursor`; ValueError on anything else."""
+    try:
+        raw = orjson.loads(_unb64(cursor))
+        ms = to_ms(datetime.fromisoformat(raw["t"]))
+        oid = int(raw["id"], 16)
+    except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"corrupt cursor: {exc}") from None
+    if ms < 0 or not 0 <= oid < _OID_LIMIT:
+        raise ValueError("corrupt cursor: key out of range")
+    return ms, oid
+
+
+def _parse_ts(value: str | None) -> int | None:
+    # No 400 validation upstream: a malformed bound silently becomes no bound at all.
+    if not value:
+        return None
+    try:
+        return to_ms(datetime.fromisoformat(value))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _jwt_like(claims: dict[str, Any]) -> str:
+    header = _b64(b'{"alg":"HS256","typ":"JWT"}')
+    return f"{header}.{_b64(orjson.dumps(claims))}.{_b64(secrets.token_bytes(32))}"
+
+
+class _Auth:
+    """Issued tokens, kept server-side so they can be expired and revoked at will."""
+
+    def __init__(self, config: SimulatorConfig, lender_public_id: str) -> None:
+        self._lock = threading.Lock()
+        self.slug = config.lender_slug
+        self.email = config.email
+        self.password = config.password
+        self.ttl_s = config.token_ttl_s
+        self.lender_public_id = lender_public_id
+        self._access: dict[str, float] = {}  # token -> monotonic expiry
+        self._refresh: set[str] = set()
+
+    def _issue_access(self) -> str:
+        now = time.time()
+        token = _jwt_like(
+            {
+                "sub": self.lender_public_id,
+                "lender": self.slug,
+                "typ": "access",
+                "iat": int(now),
+                "exp": int(now + self.ttl_s),
+                "jti": secrets.token_hex(8),
+            }
+        )
+        self._access[token] = time.monotonic() + self.ttl_s
+        return token
+
+    def login(self, slug: str, email: Any, password: Any) -> tuple[str, str] | None:
+        with self._lock:
+            if (slug, email, password) != (self.slug, self.email, self.password):
+                return None
+            refresh = _jwt_like(
+                {"sub": self.lender_public_id, "typ": "refresh", "jti": secrets.token_hex(8)}
+            )
+            self._refresh.add(refresh)
+            return self._issue_access(), refresh
+
+    def refresh(self, slug: str, refresh_token: Any) -> str | None:
+        with self._lock:
+            if slug != self.slug or refresh_token not in self._refresh:
+                return None
+            return self._issue_access()
+
+    def lender_of(self, authorization: str | None) -> str | None:
+        """The token's lender, or None for a missing, unknown or expired token."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        with self._lock:
+            expiry = self._access.get(token.strip())
+            if expiry is None:
+                return None
+            if time.monotonic() >= expiry:
+                del self._access[token.strip()]
+                return None
+        return self.lender_public_id
+
+    def expire_tokens(self) -> None:
+        with self._lock:
+            self._access.clear()
+
+    def revoke_refresh_tokens(self) -> None:
+        with self._lock:
+            self._refresh.clear()
+
+    def set_password(self, password: str) -> None:
+        with self._lock:
+            self.password = password
+
+
+class Simulator:
+    """A local stand-in for the Exports API serving one lender's D23 rows (section S4)."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        config = SimulatorConfig() if config is None else config
+        self.config = config
+        self.lender_public_id = str(
+            uuid.UUID(int=random.Random(f"lender:{config.seed}").getrandbits(128), version=4)
+        )
+        self._data = Collection(config)
+        self._auth = _Auth(config, self.lender_public_id)
+        self._fault_lock = threading.Lock()
+        self.faults = dataclasses.replace(config.faults)
+        self.stats = SimStats()
+
+    # -- faults -----------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        with self._fault_lock:
+            self._faults = faults
+            self._fault_rng = random.Random(faults.seed)
+
+    def _draw_fault(self) -> tuple[str, int, bool] | None:
+        """Decide this data request's injected fault: ``(kind, status, html_body)`` or None."""
+        with self._fault_lock:
+            f = self._faults
+            if f.burst_429 > 0:
+                f.burst_429 -= 1
+                return "429", 429, False
+            rng = self._fault_rng
+            roll = rng.random()
+            if roll < f.drop_rate:
+                return "drop", 0, False
+            roll -= f.drop_rate
+            if roll < f.rate_429:
+                return "429", 429, False
+            roll -= f.rate_429
+            if roll < f.error_5xx_rate:
+                status = rng.choice((500, 502, 503))
+                return "5xx", status, status != 500 and rng.random() < 0.5
+            return None
+
+    # -- ground truth and change knobs --------------------------------------------------------
+
+    def rows(self, since: datetime | None = None, until: datetime | None = None) -> list[dict]:
+        """Rows this lender's export currently serves for ``[since, until)``, as served."""
+        return self._data.rows(*self._window_ms(since, until))
+
+    def valid_rows(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[dict]:
+        """Rows a correct warehouse holds for the window: the contract-valid ones, nine fields."""
+        return self._data.valid_rows(*self._window_ms(since, until))
+
+    def bad_row_kinds(self) -> dict[str, str]:
+        """Generated ``public_id`` -> bad-row kind (a missing_public_id row does not serve it)."""
+        return self._data.bad_row_kinds()
+
+    @staticmethod
+    def _window_ms(since: datetime | None, until: datetime | None) -> tuple[int | None, ...]:
+        return (None if since is None else to_ms(since), None if until is None else to_ms(until))
+
+    def break_promises(self, n: int, month: str | None = None) -> list[str]:
+        """Break ``n`` kept promises (PTP rows); returns their public_ids."""
+        return self._data.break_promises(n, month)
+
+    def deactivate(self, n: int, month: str | None = None) -> list[str]:
+        """Soft-delete ``n`` active rows (``is_active`` becomes False)."""
+        return self._data.deactivate(n, month)
+
+    def hard_delete(self, n: int, month: str | None = None) -> list[str]:
+        """Remove ``n`` rows outright, unannounced."""
+        return self._data.hard_delete(n, month)
+
+    def add_late_rows(self, n: int, month: str) -> list[str]:
+        """Insert ``n`` rows communicated in ``month`` but created now."""
+        return self._data.add_late_rows(n, month)
+
+    def move_rows(self, n: int, from_month: str, to_month: str) -> list[str]:
+        """Move ``n`` rows' ``communicated_at`` from one month into another."""
+        return self._data.move_rows(n, from_month, to_month)
+
+    def expire_tokens(self) -> None:
+        """Invalidate every access token issued so far (refresh tokens still work)."""
+        self._auth.expire_tokens()
+
+    def revoke_refresh_tokens(self) -> None:
+        """Invalidate every refresh token, so only a new login helps."""
+        self._auth.revoke_refresh_tokens()
+
+    def set_password(self, password: str) -> None:
+        self._auth.set_password(password)
+
+    def reset_stats(self) -> None:
+        self.stats.reset()
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def transport(self) -> httpx.MockTransport:
+        """An in-process transport for ``httpx.Client(transport=...)``."""
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            answer = self.handle(
+                request.method,
+                request.url.path,
+                dict(request.url.params),
+                request.headers,
+                request.read(),
+            )
+            if isinstance(answer, _Drop):
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response.", request=request
+                )
+            return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+
+        return httpx.MockTransport(handler)
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> SimResponse | _Drop:
+        """Answer one request; the single code path of both the in-process and socket servings."""
+        request_id = uuid.uuid4().hex
+        method = method.upper()
+        if match := _LOGIN.match(path):
+            kind = "login"
+            answer = self._login(method, match.group(1), body, request_id)
+        elif match := _REFRESH.match(path):
+            kind = "refresh"
+            answer = self._refresh(method, match.group(1), body, request_id)
+        elif match := _DATA.match(path):
+            kind = "data"
+            authorization = next(
+                (v for k, v in headers.items() if k.lower() == "authorization"), None
+            )
+            answer = self._export(method, match.groups(), query, authorization, request_id)
+        else:
+            kind = "other"
+            answer = _error(404, f"Cannot {method} {path}", request_id)
+        if isinstance(answer, tuple):  # a data page: (response, rows on it)
+            response, rows = answer
+            self.stats._record(kind, response.status, rows)
+            return response
+        self.stats._record(kind, None if isinstance(answer, _Drop) else answer.status)
+        return answer
+
+    def _login(self, method: str, slug: str, body: bytes, request_id: str) -> SimResponse:
+        if method != "POST":
+            return _error(405, "Method not allowed", request_id)
+        payload = _json_object(body)
+        tokens = self._auth.login(slug, payload.get("email"), payload.get("password"))
+        if tokens is None:
+            return _error(401, "Invalid credentials", request_id)
+        token, refresh = tokens
+        return _ok(
+            {"lenderPublicId": self.lender_public_id, "token": token, "refreshToken": refresh}
+        )
+
+    def _refresh(self, method: str, slug: str, body: bytes, request_id: str) -> SimResponse:
+        if method != "POST":
+            return _error(405, "Method not allowed", request_id)
+        token = self._auth.refresh(slug, _json_object(body).get("refreshToken"))
+        if token is None:
+            return _error(401, "Invalid or expired refresh token", request_id)
+        return _ok({"token": token})
+
+    def _export(
+        self,
+        method: str,
+        route: tuple[str, ...],
+        query: Mapping[str, str],
+        authorization: str | None,
+        request_id: str,
+    ) -> SimResponse | _Drop | tuple[SimResponse, int]:
+        lender, section, dataset = route
+        if method != "GET":
+            return _error(405, "Method not allowed", request_id)
+        token_lender = self._auth.lender_of(authorization)
+        if token_lender is None:
+            return _error(401, "Unauthorized", request_id)
+        if lender != token_lender:
+            return _error(403, "Forbidden: token does not belong to this lender", request_id)
+        if (section, dataset) != ("S4", "D23"):
+            return _error(404, f"Export {section}/{dataset} not found or not enabled", request_id)
+
+        fault = self._draw_fault()
+        if fault is not None:
+            kind, status, html = fault
+            if kind == "drop":
+                return DROP
+            if kind == "429":
+                response = _error(429, "Too many requests", request_id)
+                response.headers["Retry-After"] = _seconds(self._faults.retry_after_s)
+                return response
+            if html:
+                return _html(status, _REASONS[status])
+            return _error(status, _REASONS[status], request_id)
+
+        since_raw, until_raw = query.get("since"), query.get("until")
+        since, until = _parse_ts(since_raw), _parse_ts(until_raw)
+        max_window = self._faults.max_window_for_504
+        if max_window is not None and (
+            since is None or until is None or until - since > max_window.total_seconds() * 1000
+        ):
+            return _html(504, "Gateway Time-out")
+
+        try:
+            limit = min(max(int(query.get("limit", "500")), 1), 1000)
+        except ValueError:
+            limit = 500
+        descending = query.get("sort", "asc").lower() == "desc"
+        after = None
+        if query.get("cursor"):
+            try:
+                after = decode_cursor(query["cursor"])
+            except ValueError:
+                return _error(500, "Internal server error", request_id)
+
+        if self._faults.latency_s > 0:
+            time.sleep(self._faults.latency_s)
+        page = self._data.page(since, until, after, limit, descending)
+        pagination: dict[str, Any] = {
+            "nextCursor": None if page.last_key is None else encode_cursor(page.last_key),
+            "limit": limit,
+        }
+        if query.get("includeTotal", "").lower() == "true":
+            pagination.update(self._total(since, until))
+        body = {
+            "rows": page.rows,
+            "pagination": pagination,
+            "meta": {
+                "dataset": "D23",
+                "cursorField": "communicated_at",
+                "since": since_raw,
+                "until": until_raw,
+                "sort": "desc" if descending else "asc",
+            },
+        }
+        envelope = {"code": 200, "message": "success", "errors": [], "body": body}
+        return _ok(envelope), len(page.rows)
+
+    def _total(self, since: int | None, until: int | None) -> dict[str, Any]:
+        if since is None or until is None:
+            return {"total": None, "totalExact": False, "totalNote": "window_required"}
+        count = self._data.count(since, until)
+        cap = self.config.total_cap
+        if count > cap:
+            return {"total": cap, "totalExact": False, "totalNote": "capped"}
+        return {"total": count, "totalExact": True, "totalNote": None}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _ok(payload: Any) -> SimResponse:
+    return SimResponse(200, dict(_JSON), orjson.dumps(payload))
+
+
+def _error(status: int, message: str, request_id: str) -> SimResponse:
+    body = {"success": False, "message": message, "requestId": request_id}
+    return SimResponse(status, {**_JSON, "X-Request-Id": request_id}, orjson.dumps(body))
+
+
+def _html(status: int, reason: str) -> SimResponse:
+    return SimResponse(
+        status, dict(_HTML), _GATEWAY_PAGE.format(code=status, reason=reason).encode()
+    )
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

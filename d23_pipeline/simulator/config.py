@@ -1,0 +1,48 @@
+"""Knobs of the simulated Exports API: the data it generates and the faults it injects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+
+@dataclass
+class Faults:
+    """Runtime-mutable faults, applied to authorised data requests only (never login/refresh)."""
+
+    latency_s: float = 0.0
+    error_5xx_rate: float = 0.0
+    rate_429: float = 0.0
+    retry_after_s: float = 0.05
+    burst_429: int = 0
+    drop_rate: float = 0.0
+    max_window_for_504: timedelta | None = None
+    seed: int = 0
+
+
+@dataclass
+class BadRows:
+    """Per month, how many rows are generated broken (or, for ``extra_pii``, valid but leaky)."""
+
+    missing_public_id: int = 0
+    bad_timestamp: int = 0
+    wrong_type: int = 0
+    extra_pii: int = 0
+
+
+@dataclass
+class SimulatorConfig:
+    """What the simulator generates; ``faults`` only seeds ``Simulator.faults``."""
+
+    seed: int = 23
+    months: tuple[str, ...] = ("2026-01", "2026-02", "2026-03")
+    rows_per_month: int = 2000
+    lender_slug: str = "demo"
+    email: str = "analyst@demo.example"
+    password: str = "demo-password"
+    other_lender_share: float = 0.3
+    tie_share: float = 0.2
+    token_ttl_s: float = 3600.0
+    total_cap: int = 100_000
+    bad_rows: BadRows = field(default_factory=BadRows)
+    faults: Faults = field(default_factory=Faults)

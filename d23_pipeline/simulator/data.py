@@ -1,0 +1,516 @@
+"""The simulated D23 collection: generation, via-page scans, ground truth and change knobs.
+
+Every entry of the shared collection (this lender's rows and other tenants' rows alike) is one
+Python int, so a million rows cost tens of megabytes and ``bisect`` runs in C::
+
+    entry = (((communicated_ms << 96) | object_id) << 96) | data
+
+Integer order is therefore the API's sort order, ``(communicated_at, _id)``, and ``entry >> 96``
+is the key a cursor carries. ``data`` packs the row's other fields (see ``_pack``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from bisect import bisect, bisect_left, insort
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from d23_pipeline.simulator.config import BadRows, SimulatorConfig
+
+D23_FIELDS: tuple[str, ...] = (
+    "public_id",
+    "communication_type",
+    "interaction_source",
+    "outcome_option",
+    "is_active",
+    "is_ptp_broken",
+    "communicated_at",
+    "created_at",
+    "updated_at",
+)
+
+COMMUNICATION_TYPES = ("CALL", "WHATSAPP", "SMS", "EMAIL", "FIELD_VISIT")
+INTERACTION_SOURCES = ("AGENT", "IVR", "BORROWER")
+OUTCOME_OPTIONS = (
+    "PTP",
+    "RPC",
+    "NO_ANSWER",
+    "BUSY",
+    "SWITCHED_OFF",
+    "WRONG_NUMBER",
+    "CALLBACK_REQUESTED",
+    "REFUSED_TO_PAY",
+    "DISPUTE",
+    "ALREADY_PAID",
+    "SETTLED",
+    "LEFT_MESSAGE",
+)
+_PTP = OUTCOME_OPTIONS.index("PTP")
+
+# Substrings of the fake PII carried by ``extra_pii`` rows: tests grep a warehouse for them.
+FAKE_PII_MARKERS = ("PII-NOTE", "+1-555-01", "@pii.example")
+
+INVALID_KINDS = frozenset({"missing_public_id", "bad_timestamp", "wrong_type"})
+
+_KEY_BITS = 96  # object id bits below communicated_ms in a key
+_DATA_BITS = 96
+_OID_MASK = (1 << _KEY_BITS) - 1
+_DATA_MASK = (1 << _DATA_BITS) - 1
+_TS_MASK = (1 << 42) - 1  # epoch milliseconds fit 42 bits until the year 2109
+_CREATED_SHIFT = 42
+_BROKEN = 1 << 84
+_ACTIVE = 1 << 85
+_OUTCOME_SHIFT = 86
+_SOURCE_SHIFT = 90
+_TYPE_SHIFT = 92
+_MINE = 1 << 95  # set on this lender's rows; other tenants' entries only take part in scans
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MINUTE = 60_000
+_HOUR = 60 * _MINUTE
+_DAY = 24 * _HOUR
+
+
+def _cumulative(weights: Iterable[float]) -> list[float]:
+    total, out = 0.0, []
+    weights = list(weights)
+    scale = sum(weights)
+    for w in weights:
+        total += w / scale
+        out.append(total)
+    out[-1] = 1.0
+    return out
+
+
+_TYPE_CUM = _cumulative((62, 16, 11, 6, 5))
+# Sources depend on the channel: IVR only dials calls, a field visit is always an agent.
+_SOURCE_CUM = [
+    _cumulative(w) for w in ((72, 22, 6), (70, 0, 30), (80, 10, 10), (85, 0, 15), (100, 0, 0))
+]
+_CALL_OUTCOME_CUM = _cumulative((10, 12, 30, 10, 9, 4, 7, 5, 2, 3, 2, 6))
+_MESSAGE_OUTCOME_CUM = _cumulative((8, 10, 38, 0, 0, 3, 9, 4, 3, 5, 2, 18))
+_VISIT_OUTCOME_CUM = _cumulative((14, 22, 20, 0, 0, 4, 6, 10, 4, 8, 6, 6))
+_OUTCOME_CUM = [
+    _CALL_OUTCOME_CUM,
+    _MESSAGE_OUTCOME_CUM,
+    _MESSAGE_OUTCOME_CUM,
+    _MESSAGE_OUTCOME_CUM,
+    _VISIT_OUTCOME_CUM,
+]
+
+
+def _pack(
+    ctype: int,
+    source: int,
+    outcome: int,
+    active: bool,
+    broken: bool,
+    created: int,
+    updated: int,
+    mine: bool = True,
+) -> int:
+    return (
+        (_MINE if mine else 0)
+        | ctype << _TYPE_SHIFT
+        | source << _SOURCE_SHIFT
+        | outcome << _OUTCOME_SHIFT
+        | (_ACTIVE if active else 0)
+        | (_BROKEN if broken else 0)
+        | created << _CREATED_SHIFT
+        | updated
+    )
+
+
+def _entry(ms: int, oid: int, data: int) -> int:
+    return (((ms << _KEY_BITS) | oid) << _DATA_BITS) | data
+
+
+def key_bound(ms: int, oid: int = 0) -> int:
+    """The smallest entry whose key is ``(ms, oid)`` or later: a ``bisect_left`` probe."""
+    return ((ms << _KEY_BITS) | oid) << _DATA_BITS
+
+
+def entry_key(entry: int) -> tuple[int, int]:
+    """``(communicated_ms, object_id)`` of an entry: what a cursor encodes."""
+    key = entry >> _DATA_BITS
+    return key >> _KEY_BITS, key & _OID_MASK
+
+
+def format_ms(ms: int) -> str:
+    """Epoch milliseconds as the API's ``YYYY-MM-DDTHH:MM:SS.sssZ``."""
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def to_ms(value: datetime) -> int:
+    """Epoch milliseconds of a datetime (naive ones are taken as UTC), truncated like the API."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // timedelta(milliseconds=1)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def month_bounds(month: str) -> tuple[int, int]:
+    """``[start, end)`` of a ``YYYY-MM`` month in epoch milliseconds."""
+    year, mon = (int(part) for part in month.split("-"))
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+    return to_ms(start), to_ms(end)
+
+
+def _render(entry: int, override: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+    data = entry & _DATA_MASK
+    key = entry >> _DATA_BITS
+    row: dict[str, Any] = {
+        "public_id": f"{key & _OID_MASK:024x}",
+        "communication_type": COMMUNICATION_TYPES[data >> _TYPE_SHIFT & 7],
+        "interaction_source": INTERACTION_SOURCES[data >> _SOURCE_SHIFT & 3],
+        "outcome_option": OUTCOME_OPTIONS[data >> _OUTCOME_SHIFT & 15],
+        "is_active": bool(data & _ACTIVE),
+        "is_ptp_broken": bool(data & _BROKEN),
+        "communicated_at": format_ms(key >> _KEY_BITS),
+        "created_at": format_ms(data >> _CREATED_SHIFT & _TS_MASK),
+        "updated_at": format_ms(data & _TS_MASK),
+    }
+    if override is not None:
+        for name, value in override[1].items():
+            if value is _REMOVE:
+                row.pop(name, None)
+            else:
+                row[name] = value
+    return row
+
+
+class _Remove:
+    def __repr__(self) -> str:
+        return "<remove field>"
+
+
+_REMOVE = _Remove()
+
+
+def _bad_row_patches(bad: BadRows) -> list[tuple[str, dict[str, Any]]]:
+    """The overrides for one month's bad rows, cycling through a few shapes of each kind."""
+    patches: list[tuple[str, dict[str, Any]]] = []
+    for i in range(bad.missing_public_id):
+        patches.append(("missing_public_id", {"public_id": _REMOVE if i % 2 == 0 else ""}))
+    stamps = (
+        ("updated_at", "yesterday"),
+        ("communicated_at", "yesterday"),
+        ("created_at", "31/01/2026 14:05"),
+        ("updated_at", "not-a-date"),
+    )
+    for i in range(bad.bad_timestamp):
+        name, value = stamps[i % len(stamps)]
+        patches.append(("bad_timestamp", {name: value}))
+    wrong = (("is_active", "yes"), ("outcome_option", 7), ("is_ptp_broken", 0))
+    for i in range(bad.wrong_type):
+        name, value = wrong[i % len(wrong)]
+        patches.append(("wrong_type", {name: value}))
+    for i in range(bad.extra_pii):
+        patches.append(
+            (
+                "extra_pii",
+                {
+                    "notes": f"PII-NOTE borrower asked for a call back after payday (case {i})",
+                    "phone": f"+1-555-01{i % 100:02d}",
+                    "email": f"borrower{i}@pii.example",
+                },
+            )
+        )
+    return patches
+
+
+@dataclass
+class Page:
+    """One via page: the rows found among ``scanned`` entries, and the last scanned key."""
+
+    rows: list[dict[str, Any]]
+    scanned: int
+    last_key: tuple[int, int] | None  # None when the scan reached the end of the window
+
+
+class Collection:
+    """The shared D23 collection of one simulated tenant database; every method is thread-safe."""
+
+    def __init__(self, config: SimulatorConfig, now: int | None = None) -> None:
+        self._lock = threading.RLock()
+        self._now = now_ms() if now is None else now
+        self._clock = 0
+        seed_rng = random.Random(f"d23:{config.seed}")
+        self._machines = [seed_rng.getrandbits(40) for _ in range(6)]
+        self._counter = seed_rng.getrandbits(24)
+        self._knob_rng = random.Random(f"d23:{config.seed}:knobs")
+        self._entries: list[int] = []
+        self._overrides: dict[int, tuple[str, dict[str, Any]]] = {}
+        for month in config.months:
+            self._generate_month(config, month)
+        self._entries.sort()
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _month_span(self, month: str) -> tuple[int, int, bool]:
+        """``[start, end)`` of a month, cut at now for the current month (rows are in the past)."""
+        start, end = month_bounds(month)
+        if start < self._now < end:
+            return start, self._now, True
+        return start, end, False
+
+    def _next_oid(self, created_ms: int, machine: int) -> int:
+        # ObjectId layout: 4-byte seconds, 5-byte machine/process, 3-byte counter.
+        self._counter = (self._counter + 1) & 0xFFFFFF
+        return ((created_ms // 1000) << 64) | (machine << 24) | self._counter
+
+    def _random_row(self, rng: random.Random, comm: int, cap: int | None) -> int:
+        """A packed lender row communicated at ``comm``; timestamps are cut at ``cap``."""
+        r = rng.random
+        ctype = bisect(_TYPE_CUM, r())
+        source = bisect(_SOURCE_CUM[ctype], r())
+        outcome = bisect(_OUTCOME_CUM[ctype], r())
+        # Logs are written a minute or two after the contact; a few are back-filled days later.
+        if r() < 0.02:
+            created = comm + int(r() * 3 * _DAY)
+        else:
+            created = comm + int(rng.expovariate(1 / 90_000))
+        active = r() >= 0.03
+        broken = outcome == _PTP and r() < 0.35
+        if broken:
+            updated = created + _DAY + int(r() * 13 * _DAY)
+        elif not active:
+            updated = created + 10 * _MINUTE + int(r() * 3 * _DAY)
+        elif r() < 0.05:
+            updated = created + 1000 + int(r() * _DAY)
+        else:
+            updated = created
+        if cap is not None:
+            created = min(created, cap)
+            updated = min(updated, cap)
+        data = _pack(ctype, source, outcome, active, broken, created, updated)
+        oid = self._next_oid(created, self._machines[int(r() * 4)])
+        return _entry(comm, oid, data)
+
+    def _generate_month(self, config: SimulatorConfig, month: str) -> None:
+        # One RNG per month: a month's data does not depend on which other months are configured.
+        rng = random.Random(f"d23:{config.seed}:{month}")
+        start, end, capped = self._month_span(month)
+        span = end - start
+        cap = end if capped else None
+        n = config.rows_per_month
+        r = rng.random
+
+        comms: list[int] = []
+        n_ties = int(n * config.tie_share)
+        while len(comms) < n_ties:
+            size = min(rng.randint(2, 50), n_ties - len(comms))
+            comms.extend([start + int(r() * span)] * size)
+        comms.extend(start + int(r() * span) for _ in range(n - n_ties))
+        mine = [self._random_row(rng, comm, cap) for comm in comms]
+
+        patches = _bad_row_patches(config.bad_rows)
+        for index, patch in zip(rng.sample(range(n), min(len(patches), n)), patches, strict=False):
+            self._overrides[entry_key(mine[index])[1]] = patch
+        self._entries.extend(mine)
+
+        # Other tenants' rows: half scattered (short pages), half in dense clusters whose runs
+        # of foreign entries produce empty pages with a non-null cursor.
+        share = min(max(config.other_lender_share, 0.0), 0.95)
+        n_other = round(n * share / (1 - share))
+        scattered = n_other // 2
+        other_machines = self._machines[4:]
+        for _ in range(scattered):
+            comm = start + int(r() * span)
+            oid = self._next_oid(comm, other_machines[0])
+            self._entries.append(_entry(comm, oid, 0))
+        left = n_other - scattered
+        while left > 0:
+            size = min(rng.randint(20, 600), left)
+            left -= size
+            comm = start + int(r() * max(span - size * 20, 1))
+            for _ in range(size):
+                comm = min(comm + rng.randint(0, 20), end - 1)
+                oid = self._next_oid(comm, other_machines[1])
+                self._entries.append(_entry(comm, oid, 0))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _bounds(self, since: int | None, until: int | None) -> tuple[int, int]:
+        entries = self._entries
+        lo = 0 if since is None else bisect_left(entries, key_bound(since))
+        hi = len(entries) if until is None else bisect_left(entries, key_bound(until))
+        return lo, hi
+
+    def page(
+        self,
+        since: int | None,
+        until: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+        descending: bool,
+    ) -> Page:
+        """Scan up to ``limit`` entries of the window past ``after``; return this lender's rows."""
+        with self._lock:
+            entries = self._entries
+            lo, hi = self._bounds(since, until)
+            if after is not None:
+                if descending:
+                    hi = min(hi, bisect_left(entries, key_bound(*after)))
+                else:
+                    lo = max(lo, bisect_left(entries, key_bound(after[0], after[1] + 1)))
+            if lo >= hi:
+                return Page([], 0, None)
+            if descending:
+                first = max(lo, hi - limit)
+                scanned = entries[first:hi][::-1]
+                at_end = first == lo
+            else:
+                last = min(hi, lo + limit)
+                scanned = entries[lo:last]
+                at_end = last == hi
+            overrides = self._overrides
+            picked = [
+                (e, overrides.get((e >> _DATA_BITS) & _OID_MASK)) for e in scanned if e & _MINE
+            ]
+        rows = [_render(e, o) for e, o in picked]
+        return Page(rows, len(scanned), None if at_end else entry_key(scanned[-1]))
+
+    def count(self, since: int | None, until: int | None) -> int:
+        """This lender's rows in a window."""
+        with self._lock:
+            lo, hi = self._bounds(since, until)
+            window = self._entries[lo:hi]
+        return sum(1 for e in window if e & _MINE)
+
+    def rows(self, since: int | None = None, until: int | None = None) -> list[dict[str, Any]]:
+        """Every row of this lender in the window, ascending, exactly as the API serves them."""
+        return [_render(e, o) for e, o in self._mine(since, until)]
+
+    def valid_rows(self, since: int | None = None, until: int | None = None) -> list[dict]:
+        """The contract-conforming rows of the window, reduced to the nine D23 fields."""
+        out = []
+        for e, o in self._mine(since, until):
+            if o is not None and o[0] in INVALID_KINDS:
+                continue
+            row = _render(e, None)
+            out.append(row)
+        return out
+
+    def _mine(self, since: int | None, until: int | None) -> list[tuple[int, Any]]:
+        with self._lock:
+            lo, hi = self._bounds(since, until)
+            get = self._overrides.get
+            return [
+                (e, get((e >> _DATA_BITS) & _OID_MASK)) for e in self._entries[lo:hi] if e & _MINE
+            ]
+
+    def bad_row_kinds(self) -> dict[str, str]:
+        """``public_id`` (as generated, even if not served) -> bad-row kind."""
+        with self._lock:
+            return {f"{oid:024x}": kind for oid, (kind, _) in self._overrides.items()}
+
+    # -- change knobs -----------------------------------------------------------------------
+
+    def _tick(self, previous_updated: int) -> int:
+        """The simulator clock: wall time, but strictly after the row's and the last change."""
+        self._clock = max(now_ms(), self._clock + 1, previous_updated + 1)
+        return self._clock
+
+    def _pick(self, n: int, month: str | None, wanted: Callable[[int], bool]) -> list[int]:
+        """Indices of up to ``n`` random valid lender rows matching ``wanted``, ascending."""
+        if month is None:
+            lo, hi = 0, len(self._entries)
+        else:
+            start, end = month_bounds(month)
+            lo, hi = self._bounds(start, end)
+        overrides = self._overrides
+        candidates = []
+        for i in range(lo, hi):
+            e = self._entries[i]
+            if not e & _MINE or not wanted(e & _DATA_MASK):
+                continue
+            override = overrides.get((e >> _DATA_BITS) & _OID_MASK)
+            if override is None or override[0] not in INVALID_KINDS:
+                candidates.append(i)
+        if n >= len(candidates):
+            return candidates
+        return sorted(self._knob_rng.sample(candidates, max(n, 0)))
+
+    def _update(
+        self, n: int, month: str | None, wanted: Callable[[int], bool], change: Callable[[int], int]
+    ) -> list[str]:
+        with self._lock:
+            changed = []
+            for i in self._pick(n, month, wanted):
+                e = self._entries[i]
+                data = change(e & _DATA_MASK)
+                updated = self._tick(data & _TS_MASK)
+                data = (data & ~_TS_MASK) | updated
+                self._entries[i] = (e & ~_DATA_MASK) | data
+                changed.append(f"{entry_key(e)[1]:024x}")
+            return changed
+
+    def break_promises(self, n: int, month: str | None = None) -> list[str]:
+        def unbroken_ptp(data: int) -> bool:
+            return (data >> _OUTCOME_SHIFT & 15) == _PTP and not data & _BROKEN
+
+        return self._update(n, month, unbroken_ptp, lambda data: data | _BROKEN)
+
+    def deactivate(self, n: int, month: str | None = None) -> list[str]:
+        return self._update(n, month, lambda data: bool(data & _ACTIVE), lambda d: d & ~_ACTIVE)
+
+    def hard_delete(self, n: int, month: str | None = None) -> list[str]:
+        with self._lock:
+            picked = self._pick(n, month, lambda data: True)
+            deleted = []
+            for i in reversed(picked):
+                oid = entry_key(self._entries.pop(i))[1]
+                self._overrides.pop(oid, None)
+                deleted.append(f"{oid:024x}")
+            return deleted[::-1]
+
+    def add_late_rows(self, n: int, month: str) -> list[str]:
+        with self._lock:
+            start, end, _ = self._month_span(month)
+            added = []
+            for _ in range(n):
+                comm = start + int(self._knob_rng.random() * (end - start))
+                created = self._tick(comm)
+                # Generate attributes as usual, then stamp them as created by this change.
+                e = self._random_row(self._knob_rng, comm, None)
+                data = (e & _DATA_MASK) & ~((_TS_MASK << _CREATED_SHIFT) | _TS_MASK)
+                data |= created << _CREATED_SHIFT | created
+                oid = self._next_oid(created, self._machines[0])
+                insort(self._entries, _entry(comm, oid, data))
+                added.append(f"{oid:024x}")
+            return added
+
+    def move_rows(self, n: int, from_month: str, to_month: str) -> list[str]:
+        with self._lock:
+            start, end, _ = self._month_span(to_month)
+            picked = self._pick(n, from_month, lambda data: True)
+            moved = [self._entries[i] for i in picked]
+            for i in reversed(picked):
+                self._entries.pop(i)
+            ids = []
+            for e in moved:
+                comm = start + int(self._knob_rng.random() * (end - start))
+                data = e & _DATA_MASK
+                created = max(data >> _CREATED_SHIFT & _TS_MASK, comm)
+                updated = self._tick(max(data & _TS_MASK, created))
+                data = (data & ~((_TS_MASK << _CREATED_SHIFT) | _TS_MASK)) | (
+                    created << _CREATED_SHIFT | updated
+                )
+                oid = entry_key(e)[1]
+                insort(self._entries, _entry(comm, oid, data))
+                ids.append(f"{oid:024x}")
+            return ids
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,69 @@
+"""Serving a :class:`Simulator` over a real loopback socket with the standard library."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from d23_pipeline.simulator.app import DROP, Simulator
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The pipeline walks several windows at once; the default backlog of 5 refuses bursts.
+    request_queue_size = 128
+
+
+def _handler_for(sim: Simulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like the real gateway
+        server_version = "d23-simulator"
+        timeout = 60  # an idle keep-alive connection must not pin a thread forever
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            query: dict[str, str] = {}
+            for name, value in parse_qsl(parts.query, keep_blank_values=True):
+                query.setdefault(name, value)
+            answer = sim.handle(self.command, unquote(parts.path), query, self.headers, body)
+            if answer is DROP:
+                # Closing without a status line is what a reset upstream looks like to a client.
+                self.close_connection = True
+                return
+            self.send_response(answer.status)
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # one line per page would drown the demo's console
+
+    return Handler
+
+
+@contextlib.contextmanager
+def serve(sim: Simulator, port: int = 0) -> Iterator[str]:
+    """Serve ``sim`` on ``127.0.0.1:port`` (0 picks a free port); yield the base URL."""
+    server = _Server(("127.0.0.1", port), _handler_for(sim))
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        daemon=True,
+        name=f"d23-simulator:{server.server_address[1]}",
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

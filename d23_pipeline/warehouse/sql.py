@@ -1,0 +1,327 @@
+"""Every SQL statement the pipeline runs, in one place. Values always travel as parameters."""
+
+from d23_pipeline.schema import D23_FIELDS
+
+# Bookkeeping columns start with "_" so the allowlist check can tell them from data.
+BOOKKEEPING_COLUMNS = ("_partition", "_first_seen_at", "_last_seen_at", "_deleted_at")
+
+CREATE_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS d23;
+
+CREATE TABLE IF NOT EXISTS d23.logs (
+    public_id          VARCHAR     NOT NULL,
+    communication_type VARCHAR     NOT NULL,
+    interaction_source VARCHAR     NOT NULL,
+    outcome_option     VARCHAR     NOT NULL,
+    is_active          BOOLEAN     NOT NULL,
+    is_ptp_broken      BOOLEAN     NOT NULL,
+    communicated_at    TIMESTAMPTZ NOT NULL,
+    created_at         TIMESTAMPTZ NOT NULL,
+    updated_at         TIMESTAMPTZ NOT NULL,
+    _partition         VARCHAR     NOT NULL,
+    _first_seen_at     TIMESTAMPTZ NOT NULL,
+    _last_seen_at      TIMESTAMPTZ NOT NULL,
+    _deleted_at        TIMESTAMPTZ
+);
+
+CREATE TABLE IF NOT EXISTS d23.rejected_rows (
+    _partition         VARCHAR     NOT NULL,
+    slice_since        TIMESTAMPTZ NOT NULL,
+    slice_until        TIMESTAMPTZ NOT NULL,
+    public_id          VARCHAR,
+    reason             VARCHAR     NOT NULL,
+    allowlisted_values VARCHAR     NOT NULL,
+    rejected_at        TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS d23.outcome_mix_monthly (
+    month              DATE    NOT NULL,
+    communication_type VARCHAR NOT NULL,
+    interaction_source VARCHAR NOT NULL,
+    outcome_option     VARCHAR NOT NULL,
+    is_mapped          BOOLEAN NOT NULL,
+    is_contact         BOOLEAN NOT NULL,
+    is_rpc             BOOLEAN NOT NULL,
+    is_promise         BOOLEAN NOT NULL,
+    is_refusal         BOOLEAN NOT NULL,
+    attempts           BIGINT  NOT NULL,
+    broken_promises    BIGINT  NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS d23.outcome_kpis_monthly (
+    month                DATE   NOT NULL,
+    attempts             BIGINT NOT NULL,
+    contacts             BIGINT NOT NULL,
+    rpcs                 BIGINT NOT NULL,
+    promises             BIGINT NOT NULL,
+    refusals             BIGINT NOT NULL,
+    broken_promises      BIGINT NOT NULL,
+    unmapped_attempts    BIGINT NOT NULL,
+    contact_rate         DOUBLE,
+    rpc_rate             DOUBLE,
+    ptp_per_rpc          DOUBLE,
+    ptp_per_attempt      DOUBLE,
+    refusal_rate         DOUBLE,
+    broken_promise_share DOUBLE
+);
+
+CREATE TABLE IF NOT EXISTS d23.outcome_mix_daily (
+    day                  DATE   NOT NULL,
+    attempts             BIGINT NOT NULL,
+    contacts             BIGINT NOT NULL,
+    rpcs                 BIGINT NOT NULL,
+    promises             BIGINT NOT NULL,
+    refusals             BIGINT NOT NULL,
+    broken_promises      BIGINT NOT NULL,
+    unmapped_attempts    BIGINT NOT NULL,
+    contact_rate         DOUBLE,
+    rpc_rate             DOUBLE,
+    ptp_per_rpc          DOUBLE,
+    ptp_per_attempt      DOUBLE,
+    refusal_rate         DOUBLE,
+    broken_promise_share DOUBLE
+);
+"""
+
+_DATA_COLUMNS = ", ".join(D23_FIELDS)
+
+# The latest updated_at wins; an exact tie goes to the row read last (later slice file, later
+# position), so the outcome never depends on hash order.
+STAGE_SNAPSHOT = """
+CREATE OR REPLACE TEMP TABLE snapshot AS
+SELECT
+    public_id, communication_type, interaction_source, outcome_option, is_active, is_ptp_broken,
+    CAST(communicated_at AS TIMESTAMPTZ) AS communicated_at,
+    CAST(created_at AS TIMESTAMPTZ)      AS created_at,
+    CAST(updated_at AS TIMESTAMPTZ)      AS updated_at
+FROM read_parquet($files, filename = true, file_row_number = true)
+QUALIFY row_number() OVER (
+    PARTITION BY public_id
+    ORDER BY CAST(updated_at AS TIMESTAMPTZ) DESC, filename DESC, file_row_number DESC
+) = 1
+"""
+
+STAGE_REJECTS = """
+CREATE OR REPLACE TEMP TABLE snapshot_rejects AS
+SELECT slice_since, slice_until, public_id, reason, allowlisted_values
+FROM read_parquet($files)
+"""
+
+SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
+
+# What the merge is about to do, counted before it changes anything.
+MERGE_PREVIEW = """
+SELECT
+    count(*) FILTER (WHERE t.public_id IS NULL)                                AS inserted,
+    count(*) FILTER (WHERE t.public_id IS NOT NULL AND s.updated_at > t.updated_at) AS updated,
+    count(*) FILTER (WHERE t._deleted_at IS NOT NULL)                          AS restored,
+    count(*) FILTER (WHERE t.public_id IS NOT NULL AND t._partition <> $partition)  AS moved_in
+FROM snapshot AS s
+LEFT JOIN d23.logs AS t USING (public_id)
+"""
+
+MERGE_SNAPSHOT = f"""
+MERGE INTO d23.logs AS t
+USING snapshot AS s
+ON t.public_id = s.public_id
+WHEN MATCHED AND s.updated_at >= t.updated_at THEN UPDATE SET
+    communication_type = s.communication_type,
+    interaction_source = s.interaction_source,
+    outcome_option     = s.outcome_option,
+    is_active          = s.is_active,
+    is_ptp_broken      = s.is_ptp_broken,
+    communicated_at    = s.communicated_at,
+    created_at         = s.created_at,
+    updated_at         = s.updated_at,
+    _partition         = $partition,
+    _last_seen_at      = $read_at,
+    _deleted_at        = NULL
+WHEN MATCHED THEN UPDATE SET
+    _last_seen_at = $read_at,
+    _deleted_at   = NULL
+WHEN NOT MATCHED THEN INSERT (
+    {_DATA_COLUMNS}, _partition, _first_seen_at, _last_seen_at, _deleted_at
+)
+VALUES (
+    s.public_id, s.communication_type, s.interaction_source, s.outcome_option, s.is_active,
+    s.is_ptp_broken, s.communicated_at, s.created_at, s.updated_at,
+    $partition, $read_at, $read_at, NULL
+)
+"""
+
+# A row of this month that a complete re-read no longer returns was hard-deleted at the source.
+# Rows read but rejected still exist there, so they are not marked.
+MARK_DELETED = """
+UPDATE d23.logs AS t
+SET _deleted_at = $read_at
+WHERE t._partition = $partition
+  AND t._deleted_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = t.public_id)
+  AND NOT EXISTS (
+      SELECT 1 FROM snapshot_rejects AS r
+      WHERE r.public_id IS NOT NULL AND r.public_id = t.public_id
+  )
+"""
+
+DELETE_REJECTS = "DELETE FROM d23.rejected_rows WHERE _partition = $partition"
+INSERT_REJECTS = """
+INSERT INTO d23.rejected_rows
+SELECT $partition, slice_since, slice_until, public_id, reason, allowlisted_values, $read_at
+FROM snapshot_rejects
+"""
+
+
+LOGS_ROW_COUNT = "SELECT count(*) FROM d23.logs"
+LOGS_PARTITION_ROW_COUNT = (
+    "SELECT count(*) FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL"
+)
+LOGS_PREVIEW = f"""
+SELECT {_DATA_COLUMNS}
+FROM d23.logs
+WHERE _partition = $partition AND _deleted_at IS NULL
+ORDER BY communicated_at, public_id
+LIMIT $limit
+"""
+
+DUPLICATE_PUBLIC_IDS = """
+SELECT public_id, count(*) AS copies
+FROM d23.logs
+GROUP BY public_id
+HAVING count(*) > 1
+ORDER BY copies DESC, public_id
+LIMIT 20
+"""
+
+TABLE_COLUMNS = """
+SELECT column_name, data_type
+FROM information_schema.columns
+WHERE table_schema = 'd23' AND table_name = $table
+ORDER BY ordinal_position
+"""
+
+# --- outcome mix -------------------------------------------------------------------------------
+
+CREATE_OUTCOME_CLASSES = """
+CREATE OR REPLACE TEMP TABLE outcome_classes (
+    outcome_option VARCHAR PRIMARY KEY,
+    is_contact     BOOLEAN NOT NULL,
+    is_rpc         BOOLEAN NOT NULL,
+    is_promise     BOOLEAN NOT NULL,
+    is_refusal     BOOLEAN NOT NULL
+)
+"""
+INSERT_OUTCOME_CLASS = "INSERT INTO outcome_classes VALUES (?, ?, ?, ?, ?)"
+
+# Attempts are the entries an analyst would count: active and still present at the source.
+_CLASSIFIED_LOGS = """
+SELECT
+    l.communicated_at,
+    l.communication_type,
+    l.interaction_source,
+    l.outcome_option,
+    l.is_ptp_broken,
+    c.outcome_option IS NOT NULL       AS is_mapped,
+    coalesce(c.is_contact, false)      AS is_contact,
+    coalesce(c.is_rpc, false)          AS is_rpc,
+    coalesce(c.is_promise, false)      AS is_promise,
+    coalesce(c.is_refusal, false)      AS is_refusal
+FROM d23.logs AS l
+LEFT JOIN outcome_classes AS c USING (outcome_option)
+WHERE l.is_active
+  AND l._deleted_at IS NULL
+  AND l.communicated_at >= $since
+  AND l.communicated_at < $until
+"""
+
+DELETE_OUTCOME_MIX_MONTHLY = (
+    "DELETE FROM d23.outcome_mix_monthly WHERE month = CAST($month AS DATE)"
+)
+INSERT_OUTCOME_MIX_MONTHLY = f"""
+INSERT INTO d23.outcome_mix_monthly
+SELECT
+    CAST($month AS DATE),
+    communication_type, interaction_source, outcome_option,
+    is_mapped, is_contact, is_rpc, is_promise, is_refusal,
+    count(*)                                             AS attempts,
+    count(*) FILTER (WHERE is_promise AND is_ptp_broken) AS broken_promises
+FROM ({_CLASSIFIED_LOGS})
+GROUP BY ALL
+"""
+
+
+def _kpi_select(key: str, source: str, group_by: str) -> str:
+    """Counts and rates over rows shaped like outcome_mix_monthly (attempts, broken_promises and
+    the class flags), so every rate is defined once for the monthly and the daily views."""
+    return f"""
+SELECT {key}, attempts, contacts, rpcs, promises, refusals, broken_promises, unmapped_attempts,
+    contacts / nullif(attempts, 0)        AS contact_rate,          -- per attempt
+    rpcs / nullif(attempts, 0)            AS rpc_rate,              -- per attempt
+    promises / nullif(rpcs, 0)            AS ptp_per_rpc,
+    promises / nullif(attempts, 0)        AS ptp_per_attempt,
+    refusals / nullif(rpcs, 0)            AS refusal_rate,          -- per right-party contact
+    broken_promises / nullif(promises, 0) AS broken_promise_share   -- per promise
+FROM (
+    SELECT {key},
+        coalesce(sum(attempts), 0)                              AS attempts,
+        coalesce(sum(attempts) FILTER (WHERE is_contact), 0)    AS contacts,
+        coalesce(sum(attempts) FILTER (WHERE is_rpc), 0)        AS rpcs,
+        coalesce(sum(attempts) FILTER (WHERE is_promise), 0)    AS promises,
+        coalesce(sum(attempts) FILTER (WHERE is_refusal), 0)    AS refusals,
+        coalesce(sum(broken_promises), 0)                       AS broken_promises,
+        coalesce(sum(attempts) FILTER (WHERE NOT is_mapped), 0) AS unmapped_attempts
+    FROM ({source})
+    {group_by}
+)
+"""
+
+
+DELETE_OUTCOME_KPIS_MONTHLY = (
+    "DELETE FROM d23.outcome_kpis_monthly WHERE month = CAST($month AS DATE)"
+)
+# No GROUP BY: a month without attempts still gets its row of zeros.
+INSERT_OUTCOME_KPIS_MONTHLY = "INSERT INTO d23.outcome_kpis_monthly " + _kpi_select(
+    key="CAST($month AS DATE) AS month",
+    source="SELECT * FROM d23.outcome_mix_monthly WHERE month = CAST($month AS DATE)",
+    group_by="",
+)
+
+DELETE_OUTCOME_MIX_DAILY = """
+DELETE FROM d23.outcome_mix_daily
+WHERE day >= CAST(timezone('UTC', $since) AS DATE) AND day < CAST(timezone('UTC', $until) AS DATE)
+"""
+INSERT_OUTCOME_MIX_DAILY = "INSERT INTO d23.outcome_mix_daily " + _kpi_select(
+    key="day",
+    source=f"""
+        SELECT CAST(timezone('UTC', communicated_at) AS DATE) AS day, is_mapped, is_contact,
+               is_rpc, is_promise, is_refusal,
+               1 AS attempts, CAST(is_promise AND is_ptp_broken AS INTEGER) AS broken_promises
+        FROM ({_CLASSIFIED_LOGS})""",
+    group_by="GROUP BY day",
+)
+
+OUTCOME_MIX_FOR_MONTH = """
+SELECT communication_type, interaction_source, outcome_option, attempts, broken_promises
+FROM d23.outcome_mix_monthly
+WHERE month = CAST($month AS DATE)
+ORDER BY attempts DESC, communication_type, interaction_source, outcome_option
+"""
+OUTCOME_MIX_BY_OUTCOME = """
+SELECT outcome_option, sum(attempts) AS attempts, bool_or(NOT is_mapped) AS unmapped
+FROM d23.outcome_mix_monthly
+WHERE month = CAST($month AS DATE)
+GROUP BY outcome_option
+ORDER BY attempts DESC, outcome_option
+"""
+OUTCOME_KPIS_FOR_MONTH = "SELECT * FROM d23.outcome_kpis_monthly WHERE month = CAST($month AS DATE)"
+OUTCOME_MIX_DAILY_FOR_WINDOW = """
+SELECT * FROM d23.outcome_mix_daily
+WHERE day >= CAST($since AS DATE) AND day < CAST($until AS DATE)
+ORDER BY day
+"""
+UNMAPPED_OUTCOMES = """
+SELECT outcome_option, sum(attempts) AS attempts
+FROM d23.outcome_mix_monthly
+WHERE month = CAST($month AS DATE) AND NOT is_mapped
+GROUP BY outcome_option
+ORDER BY attempts DESC, outcome_option
+"""

@@ -1,0 +1,177 @@
+"""Cursor walks: exact row sets, request shape, row validation, totals, stats."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_client_fakeapi import DAY, T0, FakeApi, ids_in, row, rows_at, walk_ids
+
+from d23_pipeline.client import CursorLoopError, ProtocolError, Window, WindowTotal
+from d23_pipeline.schema import D23_FIELDS
+
+
+def cycle(*sizes: int) -> Any:
+    sizes_iter = itertools.cycle(sizes)
+    return lambda limit: next(sizes_iter)
+
+
+def test_walk_returns_exact_rows_through_ties_short_and_empty_pages() -> None:
+    api = FakeApi(
+        rows_at([0, 0, 0, 0, 1, 1, 7, 7, 7, 9, 50, 50]), page_size=cycle(3, 0, 1, 0, 0, 5)
+    )
+    with api.client(page_limit=100, min_page_limit=10) as client:
+        assert walk_ids(client) == ids_in(api)
+        assert client.stats.empty_pages >= 3
+        assert client.stats.rows == 12
+
+
+def test_empty_page_with_a_cursor_is_not_the_end() -> None:
+    api = FakeApi(rows_at([1, 2]), page_size=cycle(0, 0, 0, 1))
+    with api.client() as client:
+        pages = list(client.iter_window(DAY))
+    assert [len(p.rows) for p in pages] == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert all(page.slice == DAY for page in pages)
+
+
+def test_every_page_resends_window_limit_and_sort_with_the_new_cursor() -> None:
+    api = FakeApi(rows_at(range(10)), page_size=cycle(4))
+    with api.client(page_limit=4, min_page_limit=1) as client:
+        walk_ids(client)
+    params = api.data_params
+    assert len(params) == 3
+    assert "cursor" not in params[0]
+    for page in params:
+        assert {k: page[k] for k in ("since", "until", "limit", "sort")} == {
+            "since": "2026-05-01T00:00:00.000Z",
+            "until": "2026-05-02T00:00:00.000Z",
+            "limit": "4",
+            "sort": "asc",
+        }
+    assert params[1]["cursor"] != params[2]["cursor"]
+
+
+def test_window_bounds_are_always_sent_in_canonical_utc_form() -> None:
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    window = Window(T0.astimezone(plus_five), (T0 + timedelta(hours=1, microseconds=1)))
+    api = FakeApi([])
+    with api.client() as client:
+        list(client.iter_window(window))
+    assert api.data_params[0]["since"] == "2026-05-01T00:00:00.000Z"
+    assert api.data_params[0]["until"] == "2026-05-01T01:00:00.001Z"
+
+
+def test_repeated_next_cursor_fails_loudly_instead_of_looping() -> None:
+    api = FakeApi(rows_at(range(5)))
+    page = {"rows": [row(99, T0)], "pagination": {"nextCursor": "same-cursor"}}
+    api.inject(lambda request: httpx.Response(200, json={"body": page}), times=10)
+    with api.client() as client, pytest.raises(CursorLoopError, match="already seen"):
+        walk_ids(client)
+
+
+def test_missing_next_cursor_is_a_protocol_error_not_the_end() -> None:
+    api = FakeApi(rows_at(range(5)))
+    body = {"body": {"rows": [row(1, T0)], "pagination": {}}}
+    api.inject(lambda request: httpx.Response(200, json=body), times=10)
+    with api.client() as client, pytest.raises(ProtocolError, match="nextCursor"):
+        walk_ids(client)
+
+
+def test_each_bad_row_kind_is_rejected_with_its_reason_and_no_pii() -> None:
+    bad = [
+        row(1, T0, public_id=None),
+        row(2, T0, communicated_at="yesterday"),
+        row(3, T0, is_active="yes"),
+        row(4, T0 - timedelta(days=1)),
+        {k: v for k, v in row(5, T0).items() if k != "outcome_option"},
+        "not an object",
+    ]
+    leaky = row(6, T0, notes="call me on +971500000000", phone="+971500000000")
+    api = FakeApi([])
+    page = {"rows": [*bad, leaky, row(7, T0)], "pagination": {"nextCursor": None}}
+    api.inject(lambda request: httpx.Response(200, json={"body": page}))
+    with api.client() as client:
+        (result,) = list(client.iter_window(DAY))
+        stats = client.stats.as_dict()
+    assert [r["public_id"] for r in result.rows] == ["r000006", "r000007"]
+    assert all(tuple(r) == D23_FIELDS for r in result.rows)
+    reasons = [reject.reason for reject in result.rejects]
+    assert reasons[0] == "public_id is NoneType, expected a non-empty string"
+    assert reasons[1].startswith("communicated_at is not an ISO-8601 timestamp")
+    assert reasons[2] == "is_active is str, expected a boolean"
+    assert "outside the requested window" in reasons[3]
+    assert reasons[4] == "missing field outcome_option"
+    assert reasons[5] == "row is str, expected an object"
+    assert [r.public_id for r in result.rejects] == [
+        None,
+        "r000002",
+        "r000003",
+        "r000004",
+        "r000005",
+        None,
+    ]
+    assert "+971" not in repr(result) and "+971" not in repr(stats)
+    assert stats["extra_fields"] == {"notes": 1, "phone": 1}
+    assert (stats["rows"], stats["rejects"]) == (2, 6)
+
+
+def test_fetch_total_reads_total_exactness_and_note() -> None:
+    api = FakeApi(rows_at(range(7)))
+    with api.client() as client:
+        assert client.fetch_total(DAY) == WindowTotal(7, True, None)
+    assert api.data_params[0]["includeTotal"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("pagination", "expected"),
+    [
+        ({"total": 100000, "totalExact": False, "totalNote": "capped"}, (100000, False, "capped")),
+        ({"total": None, "totalNote": "timeout"}, (None, False, "timeout")),
+        ({"nextCursor": None}, (None, False, None)),
+    ],
+)
+def test_fetch_total_tolerates_capped_timed_out_and_missing_counts(
+    pagination: dict[str, Any], expected: tuple[Any, ...]
+) -> None:
+    api = FakeApi([])
+    api.inject(
+        lambda request: httpx.Response(200, json={"body": {"rows": [], "pagination": pagination}})
+    )
+    with api.client() as client:
+        assert client.fetch_total(DAY) == WindowTotal(*expected)
+
+
+def test_stats_count_requests_pages_rows_and_limit() -> None:
+    api = FakeApi(rows_at(range(6)), page_size=cycle(2, 0))
+    with api.client(page_limit=2, min_page_limit=1) as client:
+        walk_ids(client)
+        stats = client.stats.as_dict()
+    assert stats["pages"] == 5 and stats["empty_pages"] == 2 and stats["rows"] == 6
+    assert stats["requests"] == 5 + 1  # pages + login
+    assert stats["final_page_limit"] == 2 and stats["retries"] == {}
+
+
+@st.composite
+def tied_rows_and_pages(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    gaps = draw(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3600_000]), min_size=0, max_size=60))
+    offsets = list(itertools.accumulate(gaps))
+    sizes = draw(st.lists(st.integers(0, 7), min_size=1, max_size=12).filter(any))
+    return offsets, sizes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tied_rows_and_pages(), st.integers(1, 8))
+def test_any_page_size_and_tie_pattern_returns_each_row_once(
+    case: tuple[list[int], list[int]], limit: int
+) -> None:
+    offsets, sizes = case
+    api = FakeApi(rows_at(offsets), page_size=cycle(*sizes))
+    with api.client(page_limit=limit, min_page_limit=1) as client:
+        assert walk_ids(client, Window(T0, T0 + timedelta(days=3))) == ids_in(
+            api, Window(T0, T0 + timedelta(days=3))
+        )

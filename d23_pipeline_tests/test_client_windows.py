@@ -1,0 +1,89 @@
+"""Window arithmetic and the retry policy's pure parts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from d23_pipeline.client import RetryPolicy, Window
+from d23_pipeline.client.retry import parse_retry_after, transient_for
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def test_window_key_is_stable_and_file_name_safe() -> None:
+    window = Window(T0, T0 + timedelta(days=1))
+    assert window.key == "20260501T000000000Z-20260502T000000000Z"
+    assert str(window) == "[2026-05-01T00:00:00.000Z, 2026-05-02T00:00:00.000Z)"
+
+
+def test_window_normalises_to_utc_and_rounds_bounds_up_to_the_millisecond() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    window = Window(datetime(2026, 5, 1, 2, tzinfo=plus_two), T0 + timedelta(microseconds=1500))
+    assert window.since == T0
+    # Rounding up keeps the same millisecond rows: t < 1.5 ms  <=>  t < 2 ms.
+    assert window.until == T0 + timedelta(milliseconds=2)
+    assert window.until_text == "2026-05-01T00:00:00.002Z"
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [(T0, T0), (T0 + timedelta(1), T0), (datetime(2026, 5, 1), datetime(2026, 5, 2))],
+)
+def test_window_refuses_empty_reversed_or_naive_bounds(since: datetime, until: datetime) -> None:
+    with pytest.raises(ValueError):
+        Window(since, until)
+
+
+def test_split_covers_the_window_with_a_shorter_last_slice() -> None:
+    window = Window(T0, T0 + timedelta(days=2, hours=12))
+    slices = window.split(timedelta(days=1))
+    assert [s.duration for s in slices] == [timedelta(days=1)] * 2 + [timedelta(hours=12)]
+    assert slices[0].since == window.since and slices[-1].until == window.until
+    assert all(a.until == b.since for a, b in zip(slices, slices[1:], strict=False))
+
+
+def test_halves_meet_at_a_millisecond_aligned_midpoint() -> None:
+    first, second = Window(T0, T0 + timedelta(milliseconds=5)).halves()
+    assert (first.since, first.until, second.until) == (
+        T0,
+        T0 + timedelta(milliseconds=2),
+        T0 + timedelta(milliseconds=5),
+    )
+    with pytest.raises(ValueError):
+        Window(T0, T0 + timedelta(milliseconds=1)).halves()
+
+
+def test_windows_sort_by_since() -> None:
+    later, earlier = Window(T0 + timedelta(1), T0 + timedelta(2)), Window(T0, T0 + timedelta(1))
+    assert sorted([later, earlier]) == [earlier, later]
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    now = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Fri, 01 May 2026 12:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Fri, 01 May 2026 11:00:00 GMT", now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_backoff_is_full_jitter_capped_at_max_delay() -> None:
+    policy = RetryPolicy(base_delay_s=1.0, max_delay_s=4.0)
+    for attempt in range(1, 10):
+        ceiling = min(4.0, 2 ** (attempt - 1))
+        assert all(0 <= policy.backoff(attempt) <= ceiling for _ in range(50))
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(429, 1), (500, 1), (502, 1), (503, 1), (504, 1), (400, 0), (401, 0), (403, 0), (404, 0)],
+)
+def test_only_documented_transient_statuses_are_retryable(status: int, retryable: int) -> None:
+    response = httpx.Response(status, json={"requestId": "abc"}, headers={"Retry-After": "2"})
+    failure = transient_for(response)
+    assert (failure is not None) == bool(retryable)
+    if failure is not None:
+        assert (failure.cause, failure.request_id, failure.retry_after) == (str(status), "abc", 2.0)

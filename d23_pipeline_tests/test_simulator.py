@@ -1,0 +1,520 @@
+"""The simulated Exports API keeps the contract in /work/shared/api-contract.md."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from d23_pipeline.schema import D23_FIELDS, validate_rows
+from d23_pipeline.simulator import (
+    FAKE_PII_MARKERS,
+    BadRows,
+    Faults,
+    Simulator,
+    SimulatorConfig,
+    serve,
+)
+
+JAN = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
+JAN_Q = {"since": "2026-01-01T00:00:00.000Z", "until": "2026-02-01T00:00:00.000Z"}
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def small(**overrides: Any) -> Simulator:
+    config = dict(months=("2026-01", "2026-02"), rows_per_month=600)
+    config.update(overrides)
+    return Simulator(SimulatorConfig(**config))
+
+
+class Api:
+    """A tiny hand-written client: just enough to drive the simulator in tests."""
+
+    def __init__(self, sim: Simulator, base_url: str | None = None) -> None:
+        self.sim = sim
+        if base_url is None:
+            self.http = httpx.Client(transport=sim.transport(), base_url="http://sim")
+        else:
+            self.http = httpx.Client(base_url=base_url)
+        self.token, self.refresh_token = self.login()
+
+    def login(self, password: str = "demo-password", slug: str = "demo") -> tuple[str, str]:
+        r = self.http.post(
+            f"/admin/auth/{slug}/login",
+            json={"email": "analyst@demo.example", "password": password},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["lenderPublicId"] == self.sim.lender_public_id
+        return body["token"], body["refreshToken"]
+
+    def get(self, lender: str | None = None, dataset: str = "S4/D23", **params: Any):
+        lender = lender or self.sim.lender_public_id
+        return self.http.get(
+            f"/admin/v3/lenders/{lender}/exports/{dataset}",
+            params={k: v for k, v in params.items() if v is not None},
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+
+    def page(self, **params: Any) -> dict:
+        r = self.get(**params)
+        assert r.status_code == 200, r.text
+        return r.json()["body"]
+
+    def walk(self, **params: Any) -> tuple[list[dict], list[dict]]:
+        """All rows of a walk and every page body, following nextCursor until null."""
+        rows, pages, cursor = [], [], None
+        for _ in range(100_000):
+            body = self.page(cursor=cursor, **params)
+            pages.append(body)
+            rows.extend(body["rows"])
+            cursor = body["pagination"]["nextCursor"]
+            if cursor is None:
+                return rows, pages
+        raise AssertionError("walk did not end")
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    return small()
+
+
+@pytest.fixture
+def api(sim: Simulator) -> Api:
+    return Api(sim)
+
+
+def ids(rows: list[dict]) -> list[str]:
+    return [r["public_id"] for r in rows]
+
+
+# -- pagination -------------------------------------------------------------------------------
+
+
+def test_walk_returns_every_row_once_through_ties_and_empty_pages(sim: Simulator, api: Api):
+    rows, pages = api.walk(limit=7, **JAN_Q)
+    assert ids(rows) == ids(sim.rows(*JAN))
+    assert len(set(ids(rows))) == len(rows) == 600
+    assert any(not p["rows"] and p["pagination"]["nextCursor"] for p in pages)
+    assert any(0 < len(p["rows"]) < 7 for p in pages)
+    # Ties straddle a page boundary: a page's last row shares communicated_at with the next's first.
+    full = [p["rows"] for p in pages if p["rows"]]
+    assert any(a[-1]["communicated_at"] == b[0]["communicated_at"] for a, b in pairwise(full))
+
+
+def test_rows_sorted_by_communicated_at_then_public_id(sim: Simulator):
+    rows = sim.rows()
+    keys = [(r["communicated_at"], r["public_id"]) for r in rows]
+    assert keys == sorted(keys)
+    counts = Counter(r["communicated_at"] for r in rows)
+    assert max(counts.values()) >= 5  # bursts of one millisecond exist
+
+
+def test_same_cursor_twice_returns_the_same_page(api: Api):
+    first = api.page(limit=50, **JAN_Q)
+    cursor = first["pagination"]["nextCursor"]
+    assert api.page(limit=50, cursor=cursor, **JAN_Q) == api.page(limit=50, cursor=cursor, **JAN_Q)
+
+
+def test_empty_pages_keep_a_cursor_and_only_null_ends_the_walk(api: Api):
+    _, pages = api.walk(limit=20, **JAN_Q)
+    empty = [p for p in pages if not p["rows"]]
+    assert empty and all(p["pagination"]["nextCursor"] for p in empty)
+    assert [p["pagination"]["nextCursor"] is None for p in pages].count(True) == 1
+
+
+@pytest.mark.parametrize(("asked", "used"), [(0, 1), (-5, 1), (5000, 1000), ("abc", 500)])
+def test_limit_is_clamped_not_rejected(api: Api, asked: Any, used: int):
+    body = api.page(limit=asked, **JAN_Q)
+    assert body["pagination"]["limit"] == used
+    assert len(body["rows"]) <= used
+
+
+def test_default_limit_is_500(api: Api):
+    assert api.page(**JAN_Q)["pagination"]["limit"] == 500
+
+
+def test_since_is_inclusive_and_until_exclusive(sim: Simulator, api: Api):
+    pivot = sim.rows(*JAN)[300]["communicated_at"]
+    after, _ = api.walk(since=pivot, until=JAN_Q["until"], limit=1000)
+    before, _ = api.walk(since=JAN_Q["since"], until=pivot, limit=1000)
+    assert after[0]["communicated_at"] == pivot
+    assert all(r["communicated_at"] < pivot for r in before)
+    assert ids(before) + ids(after) == ids(sim.rows(*JAN))
+
+
+def test_sort_desc_walks_the_window_backwards(sim: Simulator, api: Api):
+    rows, pages = api.walk(limit=9, sort="desc", **JAN_Q)
+    assert ids(rows) == ids(sim.rows(*JAN))[::-1]
+    assert pages[0]["meta"]["sort"] == "desc"
+
+
+def test_envelope_matches_the_contract(api: Api):
+    r = api.get(limit=3, **JAN_Q)
+    assert r.headers["content-type"].startswith("application/json")
+    doc = r.json()
+    assert (doc["code"], doc["message"], doc["errors"]) == (200, "success", [])
+    assert set(doc["body"]) == {"rows", "pagination", "meta"}
+    assert doc["body"]["meta"]["cursorField"] == "communicated_at"
+    assert set(doc["body"]["rows"][0]) == set(D23_FIELDS)
+
+
+def test_malformed_since_is_not_validated_and_does_not_crash(api: Api):
+    body = api.page(since="last tuesday", until=JAN_Q["until"], limit=5)
+    assert body["meta"]["since"] == "last tuesday"
+
+
+def test_corrupt_cursor_answers_500_with_request_id(api: Api):
+    for cursor in ("not-a-cursor!!", "eyJ0IjoxfQ", "AAAA"):
+        r = api.get(cursor=cursor, **JAN_Q)
+        assert r.status_code == 500
+        assert r.json()["success"] is False and r.json()["requestId"]
+
+
+def test_walk_never_duplicates_or_skips_while_rows_change(sim: Simulator, api: Api):
+    before = set(ids(sim.rows(*JAN)))
+    seen: list[str] = []
+    cursor, pages = None, 0
+    while True:
+        body = api.page(limit=40, cursor=cursor, **JAN_Q)
+        seen.extend(ids(body["rows"]))
+        pages += 1
+        if pages % 3 == 0:
+            sim.add_late_rows(3, "2026-01")
+            sim.break_promises(2, "2026-01")
+            sim.move_rows(1, "2026-02", "2026-01")
+        cursor = body["pagination"]["nextCursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen))
+    assert before <= set(seen)
+
+
+# -- totals -----------------------------------------------------------------------------------
+
+
+def test_include_total_is_exact_for_a_window(api: Api):
+    p = api.page(includeTotal="true", limit=5, **JAN_Q)["pagination"]
+    assert (p["total"], p["totalExact"], p["totalNote"]) == (600, True, None)
+
+
+def test_include_total_is_capped_above_the_cap():
+    api = Api(small(total_cap=100))
+    p = api.page(includeTotal="true", limit=5, **JAN_Q)["pagination"]
+    assert (p["total"], p["totalExact"], p["totalNote"]) == (100, False, "capped")
+
+
+def test_include_total_without_a_window_is_window_required(api: Api):
+    p = api.page(includeTotal="true", limit=5)["pagination"]
+    assert p["total"] is None and p["totalNote"] == "window_required"
+
+
+# -- auth and routes --------------------------------------------------------------------------
+
+
+def test_login_rejects_wrong_password_and_unknown_slug(api: Api):
+    for slug, password in (("demo", "nope"), ("other", "demo-password")):
+        r = api.http.post(
+            f"/admin/auth/{slug}/login",
+            json={"email": "analyst@demo.example", "password": password},
+        )
+        assert r.status_code == 401 and r.json()["requestId"]
+
+
+def test_missing_or_garbage_token_is_401(api: Api):
+    url = f"/admin/v3/lenders/{api.sim.lender_public_id}/exports/S4/D23"
+    assert api.http.get(url).status_code == 401
+    assert api.http.get(url, headers={"Authorization": "Bearer x.y.z"}).status_code == 401
+
+
+def test_expired_tokens_get_401_and_refresh_issues_a_working_one(sim: Simulator, api: Api):
+    sim.expire_tokens()
+    assert api.get(**JAN_Q).status_code == 401
+    r = api.http.post("/admin/auth/demo/refresh-token", json={"refreshToken": api.refresh_token})
+    assert r.status_code == 200
+    api.token = r.json()["token"]
+    assert api.get(**JAN_Q).status_code == 200
+
+
+def test_token_expires_after_its_ttl():
+    api = Api(small(token_ttl_s=0.05))
+    assert api.get(**JAN_Q).status_code == 200
+    time.sleep(0.1)
+    assert api.get(**JAN_Q).status_code == 401
+
+
+def test_revoked_refresh_tokens_and_changed_password_force_a_failed_login(sim: Simulator, api: Api):
+    sim.expire_tokens()
+    sim.revoke_refresh_tokens()
+    r = api.http.post("/admin/auth/demo/refresh-token", json={"refreshToken": api.refresh_token})
+    assert r.status_code == 401
+    api.token, _ = api.login()
+    assert api.get(**JAN_Q).status_code == 200
+    sim.set_password("rotated")
+    r = api.http.post(
+        "/admin/auth/demo/login",
+        json={"email": "analyst@demo.example", "password": "demo-password"},
+    )
+    assert r.status_code == 401
+
+
+def test_other_lenders_path_is_403(api: Api):
+    r = api.get(lender="00000000-0000-4000-8000-000000000000", **JAN_Q)
+    assert r.status_code == 403 and r.json()["success"] is False
+
+
+def test_d24_and_unknown_datasets_are_404_with_error_envelope(api: Api):
+    for dataset in ("S4/D24", "S1/D23", "S9/D99"):
+        r = api.get(dataset=dataset, **JAN_Q)
+        assert r.status_code == 404
+        doc = r.json()
+        assert doc["success"] is False and doc["message"] and doc["requestId"]
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def test_wide_or_unbounded_window_gets_504_html(sim: Simulator, api: Api):
+    sim.faults = Faults(max_window_for_504=timedelta(days=7))
+    for params in (JAN_Q, {}, {"since": JAN_Q["since"]}):
+        r = api.get(**params)
+        assert r.status_code == 504
+        assert r.headers["content-type"].startswith("text/html") and "<html>" in r.text
+    ok = api.get(since="2026-01-01T00:00:00.000Z", until="2026-01-08T00:00:00.000Z")
+    assert ok.status_code == 200
+
+
+def test_429_carries_retry_after_and_bursts_then_recovers(sim: Simulator, api: Api):
+    sim.faults = Faults(burst_429=2, retry_after_s=0.05)
+    first, second, third = (api.get(**JAN_Q) for _ in range(3))
+    assert [first.status_code, second.status_code, third.status_code] == [429, 429, 200]
+    assert float(first.headers["retry-after"]) == 0.05
+    sim.faults = Faults(rate_429=1.0, retry_after_s=2)
+    assert api.get(**JAN_Q).headers["retry-after"] == "2"
+
+
+def test_5xx_faults_carry_a_request_id_or_an_html_page(sim: Simulator, api: Api):
+    sim.faults = Faults(error_5xx_rate=1.0, seed=1)
+    answers = [api.get(**JAN_Q) for _ in range(40)]
+    assert {r.status_code for r in answers} == {500, 502, 503}
+    html = [r for r in answers if r.headers["content-type"].startswith("text/html")]
+    assert html and all(r.status_code in (502, 503) for r in html)
+    assert all(r.json()["requestId"] for r in answers if r not in html)
+
+
+def test_fault_rates_are_roughly_honoured_and_only_hit_data(sim: Simulator, api: Api):
+    sim.faults = Faults(error_5xx_rate=0.3, seed=5)
+    codes = Counter(api.get(**JAN_Q).status_code for _ in range(400))
+    assert 80 < 400 - codes[200] < 160
+    assert api.login()  # login is never faulted
+
+
+def test_faults_are_deterministic_for_a_seed(sim: Simulator, api: Api):
+    def run() -> list[int]:
+        sim.faults = Faults(rate_429=0.3, error_5xx_rate=0.2, seed=9)
+        return [api.get(**JAN_Q).status_code for _ in range(30)]
+
+    assert run() == run()
+
+
+def test_latency_is_added_per_data_page(sim: Simulator, api: Api):
+    sim.faults = Faults(latency_s=0.05)
+    start = time.perf_counter()
+    api.get(limit=1, **JAN_Q)
+    assert time.perf_counter() - start >= 0.05
+
+
+def test_drop_raises_remote_protocol_error_in_process(sim: Simulator, api: Api):
+    sim.faults = Faults(drop_rate=1.0)
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.get(**JAN_Q)
+    assert sim.stats.dropped == 1
+
+
+def test_drop_closes_the_real_socket_without_an_answer(sim: Simulator):
+    with serve(sim) as url:
+        api = Api(sim, url)
+        sim.faults = Faults(drop_rate=1.0)
+        with pytest.raises(httpx.TransportError):
+            api.get(**JAN_Q)
+        sim.faults = Faults()
+        assert api.get(**JAN_Q).status_code == 200
+
+
+# -- real socket and concurrency --------------------------------------------------------------
+
+
+def test_serve_binds_loopback_and_walks_concurrent_windows(sim: Simulator):
+    starts = [f"2026-01-{d:02d}T00:00:00.000Z" for d in (1, 8, 15, 22, 29)]
+    weeks = list(zip(starts, [*starts[1:], JAN_Q["until"]], strict=True))
+    with serve(sim) as url:
+        assert url.startswith("http://127.0.0.1:")
+        api = Api(sim, url)
+        with ThreadPoolExecutor(4) as pool:
+            walks = list(pool.map(lambda w: api.walk(since=w[0], until=w[1], limit=25), weeks))
+    got = [row for rows, _ in walks for row in rows]
+    assert ids(got) == ids(sim.rows(*JAN))
+
+
+def test_stats_count_requests_by_kind_status_and_pages(sim: Simulator, api: Api):
+    sim.reset_stats()
+    _, pages = api.walk(limit=20, **JAN_Q)
+    api.get(dataset="S4/D24")
+    snap = sim.stats.snapshot()
+    assert snap["by_kind"]["data"] == len(pages) + 1
+    assert snap["data_pages"] == len(pages)
+    assert snap["empty_pages"] == sum(1 for p in pages if not p["rows"])
+    assert snap["by_status"][404] == 1 and snap["rows_served"] == 600
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_data_and_another_seed_differs():
+    assert small().rows() == small().rows()
+    assert small().lender_public_id == small().lender_public_id
+    assert ids(small(seed=24).rows()) != ids(small().rows())
+
+
+def test_rows_look_like_d23(sim: Simulator):
+    rows = sim.rows()
+    assert len(rows) == 1200
+    assert all(re.fullmatch(r"[0-9a-f]{24}", r["public_id"]) for r in rows)
+    assert len(set(ids(rows))) == len(rows)
+    for r in rows:
+        assert TS.match(r["communicated_at"]) and TS.match(r["created_at"])
+        assert r["communicated_at"] <= r["created_at"] <= r["updated_at"]
+    outcomes = Counter(r["outcome_option"] for r in rows)
+    assert outcomes.most_common(1)[0][0] == "NO_ANSWER"
+    assert 0.06 <= outcomes["PTP"] / len(rows) <= 0.14
+    assert Counter(r["communication_type"] for r in rows).most_common(1)[0][0] == "CALL"
+    broken = [r for r in rows if r["is_ptp_broken"]]
+    assert broken and all(r["updated_at"] > r["created_at"] for r in broken)
+    assert any(not r["is_active"] for r in rows)
+    assert validate_rows(rows, "2026-01-01T00:00:00.000Z", "2026-03-01T00:00:00.000Z").rejects == []
+
+
+def test_current_month_only_holds_rows_in_the_past():
+    now = datetime.now(UTC)
+    month = f"{now.year:04d}-{now.month:02d}"
+    rows = small(months=(month,), rows_per_month=200).rows()
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%S.999Z")
+    assert len(rows) == 200 and all(r["updated_at"] <= stamp for r in rows)
+
+
+def test_bad_rows_are_served_and_valid_rows_excludes_them():
+    sim = small(bad_rows=BadRows(missing_public_id=2, bad_timestamp=3, wrong_type=3, extra_pii=4))
+    served = sim.rows(*JAN)
+    result = validate_rows(served, JAN_Q["since"], JAN_Q["until"])
+    assert len(result.rejects) == 8
+    assert result.extra_fields == {"notes", "phone", "email"}
+    assert sum(1 for r in served if "public_id" not in r or r["public_id"] == "") == 2
+    pii = [r for r in served if "notes" in r]
+    assert len(pii) == 4 and all(any(m in str(r) for m in FAKE_PII_MARKERS) for r in pii)
+    valid = sim.valid_rows(*JAN)
+    assert len(valid) == 600 - 8
+    assert all(set(r) == set(D23_FIELDS) for r in valid)
+    assert valid == result.rows  # what a correct warehouse holds
+    assert Counter(sim.bad_row_kinds().values())["extra_pii"] == 8  # 4 per month
+
+
+# -- change knobs -----------------------------------------------------------------------------
+
+
+def by_id(sim: Simulator) -> dict[str, dict]:
+    return {r["public_id"]: r for r in sim.rows()}
+
+
+def test_break_promises_flips_ptp_rows_and_moves_updated_at(sim: Simulator):
+    before = by_id(sim)
+    changed = sim.break_promises(5, "2026-01")
+    after = by_id(sim)
+    assert len(changed) == 5
+    for pid in changed:
+        assert before[pid]["outcome_option"] == "PTP" and not before[pid]["is_ptp_broken"]
+        assert after[pid]["is_ptp_broken"] and after[pid]["updated_at"] > before[pid]["updated_at"]
+        assert after[pid]["communicated_at"].startswith("2026-01")
+
+
+def test_deactivate_soft_deletes(sim: Simulator):
+    before = by_id(sim)
+    changed = sim.deactivate(4)
+    after = by_id(sim)
+    assert all(before[p]["is_active"] and not after[p]["is_active"] for p in changed)
+    assert all(after[p]["updated_at"] > before[p]["updated_at"] for p in changed)
+
+
+def test_hard_delete_makes_rows_vanish(sim: Simulator):
+    gone = sim.hard_delete(6, "2026-02")
+    assert len(gone) == 6 and not set(gone) & set(by_id(sim))
+    assert len(sim.rows()) == 1194
+
+
+def test_late_rows_land_in_a_past_month_created_now(sim: Simulator):
+    new = sim.add_late_rows(3, "2026-01")
+    rows = by_id(sim)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M")
+    for pid in new:
+        assert rows[pid]["communicated_at"].startswith("2026-01")
+        assert rows[pid]["created_at"] == rows[pid]["updated_at"] >= now
+    assert set(new) <= set(ids(sim.rows(*JAN)))
+
+
+def test_move_rows_changes_month_and_keeps_public_id(sim: Simulator):
+    moved = sim.move_rows(5, "2026-02", "2026-01")
+    jan = {r["public_id"]: r for r in sim.rows(*JAN)}
+    assert set(moved) <= set(jan)
+    assert all(jan[p]["created_at"] >= jan[p]["communicated_at"] for p in moved)
+    assert len(sim.rows()) == 1200
+
+
+def test_repeated_changes_keep_updated_at_strictly_increasing():
+    sim = small(months=("2026-01",), rows_per_month=1, other_lender_share=0.0)
+    stamps = [sim.rows()[0]["updated_at"]]
+    for _ in range(4):  # faster than the wall clock's millisecond
+        assert len(sim.move_rows(1, "2026-01", "2026-01")) == 1
+        stamps.append(sim.rows()[0]["updated_at"])
+    assert stamps == sorted(set(stamps))
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_prints_its_url_first_and_answers_logins():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "d23_pipeline.simulator", "--port", "0", "--rows-per-month", "50"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        r = httpx.post(
+            f"{url}/admin/auth/demo/login",
+            json={"email": "analyst@demo.example", "password": "demo-password"},
+        )
+        assert r.status_code == 200 and r.json()["token"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def test_serve_shuts_down_on_exit(sim: Simulator):
+    with serve(sim) as url:
+        pass
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=1)
+    name = f"d23-simulator:{url.rsplit(':', 1)[1]}"
+    assert name not in {t.name for t in threading.enumerate()}
