@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -106,6 +107,8 @@ class FakeApi:
     issued: int = 0
     logins: int = 0
     refreshes: int = 0
+    latency_s: float = 0.0
+    secret_prefix: str = ""
 
     def __post_init__(self) -> None:
         self.rows = sorted(self.rows, key=lambda r: (r["communicated_at"], r["public_id"]))
@@ -148,12 +151,15 @@ class FakeApi:
         return [dict(r.url.params) for r in self.requests if r.method == "GET"]
 
     def handle(self, request: httpx.Request) -> httpx.Response:
+        auth_match = _AUTH_PATH.match(request.url.path)
+        if self.latency_s:
+            time.sleep(self.latency_s)
         with self._lock:
             self.requests.append(request)
-            auth_match = _AUTH_PATH.match(request.url.path)
             fault = self._take_fault(self.auth_faults if auth_match else self.faults, request)
-            if fault is not None:
-                return fault(request)
+        if fault is not None:
+            return fault(request)  # outside the lock, so a fault may wait for other threads
+        with self._lock:
             if auth_match:
                 return self._auth(auth_match.group(1), auth_match.group(2), request)
             data_match = _DATA_PATH.match(request.url.path)
@@ -170,7 +176,7 @@ class FakeApi:
 
     def _issue(self) -> str:
         self.issued += 1
-        token = f"tok-{self.issued}"
+        token = f"{self.secret_prefix}tok-{self.issued}"
         self.tokens.add(token)
         return token
 
@@ -180,7 +186,7 @@ class FakeApi:
             if slug != SLUG or payload != {"email": EMAIL, "password": self.password}:
                 return httpx.Response(401, json={"success": False, "requestId": "req-login"})
             self.logins += 1
-            refresh = f"refresh-{self.issued + 1}"
+            refresh = f"{self.secret_prefix}refresh-{self.issued + 1}"
             self.refresh_tokens.add(refresh)
             answer = {"lenderPublicId": LENDER_ID, "token": self._issue(), "refreshToken": refresh}
             return httpx.Response(200, json=answer)

@@ -19,6 +19,13 @@ def test_window_key_is_stable_and_file_name_safe() -> None:
     assert str(window) == "[2026-05-01T00:00:00.000Z, 2026-05-02T00:00:00.000Z)"
 
 
+def test_window_round_trips_through_its_key() -> None:
+    window = Window(T0 + timedelta(milliseconds=7), T0 + timedelta(hours=1, milliseconds=250))
+    assert Window.from_key(window.key) == window
+    with pytest.raises(ValueError, match="not a window key"):
+        Window.from_key("20260501-garbage")
+
+
 def test_window_normalises_to_utc_and_rounds_bounds_up_to_the_millisecond() -> None:
     plus_two = timezone(timedelta(hours=2))
     window = Window(datetime(2026, 5, 1, 2, tzinfo=plus_two), T0 + timedelta(microseconds=1500))

@@ -518,3 +518,27 @@ def test_serve_shuts_down_on_exit(sim: Simulator):
         httpx.get(url, timeout=1)
     name = f"d23-simulator:{url.rsplit(':', 1)[1]}"
     assert name not in {t.name for t in threading.enumerate()}
+
+
+def test_serve_exit_also_cuts_kept_alive_connections(sim: Simulator):
+    with serve(sim) as url:
+        api = Api(sim, url)  # its pooled connection stays open
+        assert api.get(**JAN_Q).status_code == 200
+    with pytest.raises(httpx.TransportError):
+        api.get(**JAN_Q)
+
+
+def test_client_hanging_up_mid_page_leaves_no_server_traceback(
+    sim: Simulator, capsys: pytest.CaptureFixture[str]
+):
+    with serve(sim) as url:
+        api = Api(sim, url)
+        sim.faults = Faults(latency_s=0.2)
+        with pytest.raises(httpx.ReadTimeout):
+            api.http.get(
+                f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23",
+                headers={"Authorization": f"Bearer {api.token}"},
+                timeout=0.05,
+            )
+        time.sleep(0.3)  # let the server try to write to the closed socket
+    assert "Traceback" not in capsys.readouterr().err

@@ -53,6 +53,15 @@ class Window:
         """A stable file-name-safe id, e.g. ``20260501T000000000Z-20260502T000000000Z``."""
         return f"{_compact(self.since)}-{_compact(self.until)}"
 
+    @classmethod
+    def from_key(cls, key: str) -> Window:
+        """The window whose :attr:`key` is ``key`` (e.g. read back from a checkpoint file name)."""
+        since, _, until = key.partition("-")
+        try:
+            return cls(_uncompact(since), _uncompact(until))
+        except ValueError:
+            raise ValueError(f"not a window key: {key!r}") from None
+
     def split(self, size: timedelta) -> list[Window]:
         """Consecutive slices of ``size`` covering the window; the last one may be shorter."""
         if size < _MS:
@@ -78,3 +87,7 @@ class Window:
 
 def _compact(value: datetime) -> str:
     return format_timestamp(value).replace("-", "").replace(":", "").replace(".", "")
+
+
+def _uncompact(value: str) -> datetime:
+    return datetime.strptime(value, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)

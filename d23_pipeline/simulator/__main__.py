@@ -6,6 +6,7 @@ The first line printed is the base URL (useful with ``--port 0``).
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -23,13 +24,22 @@ def recent_months(count: int, today: datetime | None = None) -> tuple[str, ...]:
     return tuple(f"{i // 12:04d}-{i % 12 + 1:02d}" for i in range(index - count + 1, index + 1))
 
 
+def _months(value: str) -> tuple[str, ...]:
+    months = tuple(m.strip() for m in value.split(",") if m.strip())
+    if not months or not all(re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", m) for m in months):
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM[,YYYY-MM...], got {value!r}")
+    return months
+
+
 def _parser() -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
     p = argparse.ArgumentParser(prog="python -m d23_pipeline.simulator", description=__doc__)
     p.add_argument("--port", type=int, default=8023, help="0 picks a free port (default 8023)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     months = p.add_mutually_exclusive_group()
-    months.add_argument("--months", help="comma-separated YYYY-MM list, e.g. 2026-01,2026-02")
+    months.add_argument(
+        "--months", type=_months, help="comma-separated YYYY-MM list, e.g. 2026-01,2026-02"
+    )
     months.add_argument(
         "--months-back", type=int, default=6, help="the N months up to the current one (default 6)"
     )
@@ -54,10 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     """The simulator configuration a command line asks for."""
-    if args.months:
-        months = tuple(m.strip() for m in args.months.split(",") if m.strip())
-    else:
-        months = recent_months(args.months_back)
+    months = args.months or recent_months(args.months_back)
     max_window = None
     if args.max_window_504_hours is not None:
         max_window = timedelta(hours=args.max_window_504_hours)

@@ -76,7 +76,7 @@ class SimStats:
             self.rows_served = 0
             self.dropped = 0
 
-    def _record(self, kind: str, status: int | None, rows: int | None = None) -> None:
+    def record(self, kind: str, status: int | None, rows: int | None = None) -> None:
         with self._lock:
             self.requests += 1
             self.by_kind[kind] += 1
@@ -367,9 +367,9 @@ class Simulator:
             answer = _error(404, f"Cannot {method} {path}", request_id)
         if isinstance(answer, tuple):  # a data page: (response, rows on it)
             response, rows = answer
-            self.stats._record(kind, response.status, rows)
+            self.stats.record(kind, response.status, rows)
             return response
-        self.stats._record(kind, None if isinstance(answer, _Drop) else answer.status)
+        self.stats.record(kind, None if isinstance(answer, _Drop) else answer.status)
         return answer
 
     def _login(self, method: str, slug: str, body: bytes, request_id: str) -> SimResponse:

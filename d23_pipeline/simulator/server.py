@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from d23_pipeline.simulator.app import DROP, Simulator
@@ -16,12 +19,43 @@ class _Server(ThreadingHTTPServer):
     # The pipeline walks several windows at once; the default backlog of 5 refuses bursts.
     request_queue_size = 128
 
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up is normal here (tests do it on purpose).
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+    def close_open_connections(self) -> None:
+        """Cut keep-alive connections, so a stopped simulator stops answering at once."""
+        with self._open_lock:
+            connections = list(self._open)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
 
 def _handler_for(sim: Simulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like the real gateway
         server_version = "d23-simulator"
         timeout = 60  # an idle keep-alive connection must not pin a thread forever
+        # Headers and body go out in two writes; with Nagle on, each page waits for a delayed ACK.
+        disable_nagle_algorithm = True
 
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -65,5 +99,6 @@ def serve(sim: Simulator, port: int = 0) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        server.close_open_connections()
         server.server_close()
         thread.join(timeout=5)

@@ -1,0 +1,110 @@
+"""``make run``: Dagster UI and daemon on an embedded DuckDB, against the bundled simulator
+unless ``D23_API_URL`` points at a real Exports API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+import httpx
+
+SIMULATOR_PORT = 8023
+UI_PORT = 3000
+SIMULATOR_MONTHS = 6
+DEMO_CREDENTIALS = {
+    "D23_LENDER": "demo",
+    "D23_EMAIL": "analyst@demo.example",
+    "D23_PASSWORD": "demo-password",
+}
+
+
+def _prepare_dagster_home(env: dict[str, str]) -> Path:
+    home = Path(env.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))).resolve()
+    env["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        template = resources.files("d23_pipeline.deploy") / "dagster.yaml"
+        config.write_text(template.read_text())
+    return home
+
+
+def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    port = int(env.get("D23_SIMULATOR_PORT", SIMULATOR_PORT))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "d23_pipeline.simulator",
+            "--port",
+            str(port),
+            "--months-back",
+            str(SIMULATOR_MONTHS),
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the API simulator exited with code {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        process.terminate()
+        raise SystemExit(f"the API simulator did not answer on {url} within 60 s")
+    env["D23_API_URL"] = url
+    for name, value in DEMO_CREDENTIALS.items():
+        env.setdefault(name, value)
+    # The simulator serves the six months up to now; start the partitions where its data does.
+    today = date.today()
+    first = (today.year * 12 + today.month - 1) - (SIMULATOR_MONTHS - 1)
+    env.setdefault("D23_START_MONTH", f"{first // 12:04d}-{first % 12 + 1:02d}")
+    return process
+
+
+def main() -> None:
+    env = dict(os.environ)
+    home = _prepare_dagster_home(env)
+    simulator = None
+    if not env.get("D23_API_URL", "").strip():
+        simulator = _start_simulator(env)
+        print(f"Bundled API simulator on {env['D23_API_URL']} (set D23_API_URL for a real API)")
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    subprocess.run(
+        [dagster, "instance", "concurrency", "set", "d23_api", env.get("D23_API_POOL_LIMIT", "2")],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
+    ui = subprocess.Popen(
+        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(UI_PORT)], env=env
+    )
+    # `dagster dev` shuts its webserver, daemon and code server down cleanly on SIGINT; pass
+    # SIGTERM on as SIGINT too so a supervisor's stop leaves no orphans.
+    signal.signal(signal.SIGTERM, lambda *_: ui.send_signal(signal.SIGINT))
+    try:
+        while ui.poll() is None:
+            try:
+                ui.wait()
+            except KeyboardInterrupt:
+                ui.send_signal(signal.SIGINT)
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
