@@ -1,0 +1,20 @@
+"""Shared fixtures: the simulator on loopback and a pipeline wired to it in a temporary folder."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import MONTHS, Pipeline
+
+from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
+
+
+@pytest.fixture
+def simulator() -> Simulator:
+    return Simulator(SimulatorConfig(months=MONTHS, rows_per_month=1500))
+
+
+@pytest.fixture
+def pipeline(simulator: Simulator, tmp_path: Path) -> Iterator[Pipeline]:
+    with serve(simulator) as url:
+        yield Pipeline(sim=simulator, api_url=url, data_dir=tmp_path / "data")
