@@ -1,6 +1,16 @@
 """A month through the whole pipeline against the simulator: exact, idempotent, change-aware."""
 
+import dagster as dg
+import pytest
 from harness import Pipeline
+
+from d23_pipeline.landing import snapshot as snapshot_module
+from d23_pipeline.warehouse import sql, store
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in event.metadata.items()}
 
 
 def test_materialized_month_equals_the_source_exactly(pipeline: Pipeline) -> None:
@@ -9,3 +19,154 @@ def test_materialized_month_equals_the_source_exactly(pipeline: Pipeline) -> Non
     assert result.success
     assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
     assert pipeline.live_rows(["2026-03", "2026-05"]) == set()
+    (duplicates,) = pipeline.query("SELECT count(*) - count(DISTINCT public_id) FROM d23.logs")
+    assert duplicates == (0,)
+
+
+def test_rematerializing_a_month_changes_nothing(pipeline: Pipeline) -> None:
+    pipeline.materialize("2026-04")
+    before = pipeline.query("SELECT * EXCLUDE (_last_seen_at) FROM d23.logs ORDER BY public_id")
+
+    result = pipeline.materialize("2026-04")
+
+    after = pipeline.query("SELECT * EXCLUDE (_last_seen_at) FROM d23.logs ORDER BY public_id")
+    assert after == before
+    merged = _metadata(result, "d23__logs")
+    assert (merged["inserted"], merged["updated"], merged["marked_deleted"]) == (0, 0, 0)
+
+
+def test_logs_columns_have_proper_types(pipeline: Pipeline) -> None:
+    pipeline.materialize("2026-04")
+
+    types = dict(
+        pipeline.query(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'd23' AND table_name = 'logs'"
+        )
+    )
+    assert types["communicated_at"] == types["updated_at"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["is_active"] == types["is_ptp_broken"] == "BOOLEAN"
+    assert {"_partition", "_first_seen_at", "_last_seen_at", "_deleted_at"} <= set(types)
+
+
+def test_source_changes_land_when_the_month_is_read_again(pipeline: Pipeline) -> None:
+    for month in ("2026-03", "2026-04"):
+        pipeline.materialize(month)
+    sim = pipeline.sim
+    broken = sim.break_promises(5, month="2026-04")
+    deactivated = sim.deactivate(5, month="2026-04")
+    deleted = sim.hard_delete(5, month="2026-04")
+    late = sim.add_late_rows(5, month="2026-04")
+    moved = sim.move_rows(3, from_month="2026-04", to_month="2026-03")
+    assert all(len(ids) >= 3 for ids in (broken, deactivated, deleted, late, moved))
+
+    for month in ("2026-04", "2026-03"):
+        pipeline.materialize(month)
+
+    assert pipeline.live_rows(["2026-03", "2026-04"]) == pipeline.expected_rows(
+        ["2026-03", "2026-04"]
+    )
+    marked = {
+        r[0] for r in pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
+    }
+    assert marked == set(deleted)
+    (moved_copies,) = pipeline.query(
+        "SELECT count(*) FROM d23.logs WHERE public_id IN (SELECT unnest(?))", (moved,)
+    )
+    assert moved_copies == (len(moved),)
+
+
+def test_moved_row_read_in_the_new_month_first_is_neither_lost_nor_doubled(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.materialize("2026-04")
+    moved = pipeline.sim.move_rows(3, from_month="2026-04", to_month="2026-05")
+
+    pipeline.materialize("2026-05")
+    pipeline.materialize("2026-04")
+
+    assert pipeline.live_rows(["2026-04", "2026-05"]) == pipeline.expected_rows(
+        ["2026-04", "2026-05"]
+    )
+    live_moved = pipeline.query(
+        "SELECT _partition FROM d23.logs WHERE _deleted_at IS NULL AND public_id IN "
+        "(SELECT unnest(?))",
+        (moved,),
+    )
+    assert live_moved == [("2026-05-01",)] * len(moved)
+
+
+def test_interrupted_month_resumes_from_finished_slices(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished = []
+    real_finish = snapshot_module.SnapshotWriter.finish_slice
+
+    def crash_after_ten_slices(self, done):
+        real_finish(self, done)
+        finished.append(done.slice)
+        if len(finished) == 10:
+            raise RuntimeError("simulated crash mid-month")
+
+    monkeypatch.setattr(snapshot_module.SnapshotWriter, "finish_slice", crash_after_ten_slices)
+    crashed = pipeline.materialize("2026-04", raise_on_error=False)
+    assert not crashed.success
+    monkeypatch.undo()
+
+    pipeline.sim.reset_stats()
+    resumed = pipeline.materialize("2026-04")
+    resumed_pages = pipeline.sim.stats.data_pages
+    pipeline.sim.reset_stats()
+    full = pipeline.materialize("2026-04")
+    full_pages = pipeline.sim.stats.data_pages
+
+    assert _metadata(resumed, "d23__raw_logs")["slices_resumed"] == 10
+    assert _metadata(full, "d23__raw_logs")["slices_resumed"] == 0
+    assert resumed_pages < full_pages
+    assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
+
+
+def test_failure_mid_merge_leaves_the_table_as_it_was(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.materialize("2026-04")
+    pipeline.sim.break_promises(5, month="2026-04")
+    pipeline.sim.hard_delete(5, month="2026-04")
+    before = pipeline.query("SELECT * FROM d23.logs ORDER BY public_id")
+    rejects_before = pipeline.query("SELECT * FROM d23.rejected_rows ORDER BY reason")
+    real_execute = store.execute
+
+    def fail_after_the_upsert(con, statement, params=None):
+        if statement is sql.MARK_DELETED:
+            raise RuntimeError("simulated failure between upsert and delete marking")
+        return real_execute(con, statement, params)
+
+    monkeypatch.setattr(store, "execute", fail_after_the_upsert)
+    result = pipeline.materialize("2026-04", raise_on_error=False)
+
+    assert not result.success
+    assert pipeline.query("SELECT * FROM d23.logs ORDER BY public_id") == before
+    assert pipeline.query("SELECT * FROM d23.rejected_rows ORDER BY reason") == rejects_before
+
+
+def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pipeline) -> None:
+    result = pipeline.materialize("2026-04")
+
+    raw = _metadata(result, "d23__raw_logs")
+    logs = _metadata(result, "d23__logs")
+    expected = len(pipeline.expected_rows(["2026-04"]))
+    assert raw["dagster/row_count"] == raw["dagster/partition_row_count"] == expected
+    assert raw["pages"] >= raw["slices"] == 30
+    assert raw["empty_pages"] >= 0 and isinstance(raw["retries_by_cause"], dict)
+    assert raw["api_total"] == expected + raw["rejected_rows"]
+    assert logs["dagster/partition_row_count"] == expected
+    assert "public_id" in [c.name for c in logs["dagster/column_schema"].columns]
+    assert "| public_id |" in logs["preview"]
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        "rows_match_api_total": True,
+        "rejected_rows": True,
+        "public_id_unique": True,
+        "only_allowlisted_columns": True,
+        "unmapped_outcome_codes": True,
+    }

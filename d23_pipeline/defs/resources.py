@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass, load_outcome_classes
-from d23_pipeline.client import ExportsClient
+from d23_pipeline.client import ExportsClient, RetryPolicy
 from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.settings import (
     ApiConnection,
@@ -34,6 +34,9 @@ class ExportsApiResource(dg.ConfigurableResource):
     page_limit: int = Field(default=500, description="D23_PAGE_LIMIT: rows asked per page")
     max_concurrency: int = Field(default=4, description="D23_MAX_CONCURRENCY: slices in flight")
     slice_hours: int = Field(default=24, description="D23_SLICE_HOURS: width of one slice")
+    retry_base_delay_s: float = Field(
+        default=RetryPolicy.base_delay_s, description="First backoff pause before jitter"
+    )
 
     @property
     def slice_size(self) -> timedelta:
@@ -61,6 +64,7 @@ class ExportsApiResource(dg.ConfigurableResource):
             page_limit=self.page_limit,
             max_concurrency=self.max_concurrency,
             slice_size=self.slice_size,
+            retry=RetryPolicy(base_delay_s=self.retry_base_delay_s),
         ) as client:
             yield client
 

@@ -60,7 +60,6 @@ class Snapshot:
     rows: int
     rejects: int
     completed_at: datetime
-    resumed_slices: int
     read_stats: dict[str, Any]
 
 
@@ -188,7 +187,6 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         rows=sum(s["rows"] for s in manifest["slices"].values()),
         rejects=sum(s["rejects"] for s in manifest["slices"].values()),
         completed_at=datetime.fromisoformat(manifest["completed_at"]),
-        resumed_slices=manifest.get("resumed_slices", 0),
         read_stats=manifest.get("read_stats", {}),
     )
 
@@ -212,7 +210,6 @@ class SnapshotStore:
         unfinished = self._resumable(month_dir, slice_keys)
         if unfinished is not None:
             directory, manifest = unfinished
-            manifest["resumed_slices"] = len(manifest["slices"])
             manifest["run_ids"].append(run_id)
         else:
             directory = month_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -223,7 +220,6 @@ class SnapshotStore:
                 "started_at": datetime.now(UTC).isoformat(),
                 "run_ids": [run_id],
                 "complete": False,
-                "resumed_slices": 0,
                 "slices": {},
             }
         _write_json_atomically(directory / "manifest.json", manifest)

@@ -1,0 +1,147 @@
+"""Outcome mix and KPIs on a small hand-made month, checked against numbers worked out by hand."""
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from d23_pipeline.analytics.outcome_classes import (
+    OutcomeMappingError,
+    load_outcome_classes,
+)
+from d23_pipeline.analytics.outcome_mix import (
+    rebuild_outcome_kpis_monthly,
+    rebuild_outcome_mix_daily,
+    rebuild_outcome_mix_monthly,
+)
+from d23_pipeline.defs import checks
+from d23_pipeline.warehouse.store import Warehouse, fetch_dicts
+
+APRIL = (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
+
+# (public_id, outcome, is_active, is_ptp_broken, day of communicated_at, deleted)
+FIXTURE = [
+    ("p1", "PTP", True, False, "2026-04-01", False),
+    ("p2", "PTP", True, True, "2026-04-01", False),
+    ("p3", "PTP", False, False, "2026-04-01", False),  # deactivated: not an attempt
+    ("r1", "RPC", True, False, "2026-04-01", False),
+    ("f1", "REFUSED_TO_PAY", True, False, "2026-04-02", False),
+    ("w1", "WRONG_NUMBER", True, False, "2026-04-02", False),
+    ("n1", "NO_ANSWER", True, False, "2026-04-02", False),
+    ("n2", "NO_ANSWER", True, False, "2026-04-02", True),  # hard-deleted at the source
+    ("m1", "MYSTERY_CODE", True, False, "2026-04-02", False),  # not in the mapping
+    ("b1", "BUSY", True, False, "2026-05-01", False),  # next month
+]
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+    with warehouse.connect() as con:
+        for public_id, outcome, active, broken, day, deleted in FIXTURE:
+            at = datetime.fromisoformat(f"{day}T09:30:00+00:00")
+            con.execute(
+                "INSERT INTO d23.logs VALUES (?, 'CALL', 'AGENT', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [public_id, outcome, active, broken, at, at, at, f"{day[:7]}-01", at, at,
+                 at if deleted else None],
+            )  # fmt: skip
+    return warehouse
+
+
+def _kpis(warehouse: Warehouse, mapping_path: Path | None = None) -> dict:
+    classes = load_outcome_classes(mapping_path)
+    with warehouse.connect() as con:
+        rebuild_outcome_mix_monthly(con, date(2026, 4, 1), *APRIL, classes)
+        rebuild_outcome_kpis_monthly(con, date(2026, 4, 1))
+        (kpis,) = fetch_dicts(con, "SELECT * FROM d23.outcome_kpis_monthly")
+    return kpis
+
+
+def test_monthly_kpis_equal_hand_computed_values(warehouse: Warehouse) -> None:
+    kpis = _kpis(warehouse)
+
+    # Attempts: p1 p2 r1 f1 w1 n1 m1. Contacts: p1 p2 r1 f1 w1. RPCs: p1 p2 r1 f1.
+    assert (kpis["attempts"], kpis["contacts"], kpis["rpcs"]) == (7, 5, 4)
+    assert (kpis["promises"], kpis["refusals"], kpis["broken_promises"]) == (2, 1, 1)
+    assert kpis["unmapped_attempts"] == 1
+    assert kpis["contact_rate"] == pytest.approx(5 / 7)
+    assert kpis["rpc_rate"] == pytest.approx(4 / 7)
+    assert kpis["ptp_per_rpc"] == pytest.approx(2 / 4)
+    assert kpis["ptp_per_attempt"] == pytest.approx(2 / 7)
+    assert kpis["refusal_rate"] == pytest.approx(1 / 4)
+    assert kpis["broken_promise_share"] == pytest.approx(1 / 2)
+
+
+def test_rebuilding_a_month_replaces_it(warehouse: Warehouse) -> None:
+    _kpis(warehouse)
+    _kpis(warehouse)
+
+    with warehouse.connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM d23.outcome_kpis_monthly").fetchone() == (1,)
+        mix_attempts = con.execute("SELECT sum(attempts) FROM d23.outcome_mix_monthly").fetchone()
+    assert mix_attempts == (7,)
+
+
+def test_unmapped_codes_are_counted_and_reported_never_dropped(warehouse: Warehouse) -> None:
+    _kpis(warehouse)
+
+    with warehouse.connect(read_only=True) as con:
+        result = checks.unmapped_outcome_codes(con, date(2026, 4, 1))
+        (mystery,) = con.execute(
+            "SELECT attempts, is_mapped FROM d23.outcome_mix_monthly "
+            "WHERE outcome_option = 'MYSTERY_CODE'"
+        ).fetchall()
+    assert not result.passed
+    assert result.metadata["unmapped_codes"].data == {"MYSTERY_CODE": 1}
+    assert mystery == (1, False)
+
+
+def test_a_user_mapping_overrides_the_shipped_one(warehouse: Warehouse, tmp_path: Path) -> None:
+    mapping = tmp_path / "classes.yaml"
+    mapping.write_text("promise: [PTP, MYSTERY_CODE]\nno_contact: [NO_ANSWER]\n")
+
+    kpis = _kpis(warehouse, mapping)
+
+    assert kpis["promises"] == 3
+    assert kpis["rpcs"] == 3  # a promise always counts as a right-party contact
+    assert kpis["unmapped_attempts"] == 3  # RPC, REFUSED_TO_PAY and WRONG_NUMBER now unmapped
+
+
+def test_month_without_attempts_has_zero_counts_and_no_rates(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "empty.duckdb")
+
+    kpis = _kpis(warehouse)
+
+    assert kpis["attempts"] == 0
+    assert kpis["contact_rate"] is None and kpis["broken_promise_share"] is None
+
+
+def test_daily_trend_adds_up_to_the_month(warehouse: Warehouse) -> None:
+    monthly = _kpis(warehouse)
+    with warehouse.connect() as con:
+        rebuild_outcome_mix_daily(con, *APRIL, load_outcome_classes())
+        days = fetch_dicts(con, "SELECT * FROM d23.outcome_mix_daily ORDER BY day")
+
+    assert [d["day"] for d in days] == [date(2026, 4, 1), date(2026, 4, 2)]
+    assert [d["attempts"] for d in days] == [3, 4]
+    assert days[0]["ptp_per_attempt"] == pytest.approx(2 / 3)
+    for name in ("attempts", "contacts", "rpcs", "promises", "refusals", "broken_promises"):
+        assert sum(d[name] for d in days) == monthly[name]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("promise: PTP\n", "must be a list"),
+        ("promises: [PTP]\n", "keys among"),
+        ("promise: [PTP]\nno_contact: [PTP]\n", "both contact and no_contact"),
+    ],
+)
+def test_malformed_mapping_is_refused_with_the_reason(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    mapping = tmp_path / "bad.yaml"
+    mapping.write_text(text)
+
+    with pytest.raises(OutcomeMappingError, match=problem):
+        load_outcome_classes(mapping)

@@ -1,0 +1,86 @@
+"""Raw snapshots on disk: resuming, replacing, and refusing to call a partial month complete."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from d23_pipeline.client import SliceDone, SlicePage, Window
+from d23_pipeline.landing.snapshot import SnapshotStore
+
+APRIL = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 4, tzinfo=UTC))
+SLICES = APRIL.split(timedelta(days=1))
+
+
+def _row(public_id: str, window: Window) -> dict:
+    at = window.since_text
+    return {
+        "public_id": public_id,
+        "communication_type": "CALL",
+        "interaction_source": "AGENT",
+        "outcome_option": "RPC",
+        "is_active": True,
+        "is_ptp_broken": False,
+        "communicated_at": at,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+def _land(writer, window: Window) -> None:
+    writer.write_page(SlicePage(window, [_row(window.key, window)], []))
+    writer.finish_slice(SliceDone(window, rows=1, rejects=0, pages=1))
+
+
+def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    first = store.begin("2026-04-01", SLICES, "run-1")
+    _land(first, SLICES[0])
+    first.write_page(SlicePage(SLICES[1], [_row("half", SLICES[1])], []))  # dies mid-slice
+
+    second = store.begin("2026-04-01", SLICES, "run-2")
+
+    assert second.directory == first.directory
+    assert second.finished == {SLICES[0]}
+
+
+def test_stale_unfinished_snapshot_is_read_again(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, resume_max_age=timedelta(hours=24))
+    first = store.begin("2026-04-01", SLICES, "run-1")
+    _land(first, SLICES[0])
+    manifest_path = first.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["started_at"] = (datetime.now(UTC) - timedelta(hours=25)).isoformat()
+    manifest_path.write_text(json.dumps(manifest))
+
+    second = store.begin("2026-04-01", SLICES, "run-2")
+
+    assert second.directory != first.directory
+    assert second.finished == set()
+
+
+def test_complete_snapshot_replaces_the_previous_one(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    for run in ("run-1", "run-2"):
+        writer = store.begin("2026-04-01", SLICES, run)
+        for window in SLICES:
+            _land(writer, window)
+        snapshot = writer.complete({"requests": 3})
+
+    current = store.current("2026-04-01")
+    assert current is not None and current.directory == snapshot.directory
+    assert (current.rows, len(current.row_files)) == (3, 3)
+    assert [p.name for p in (tmp_path / "2026-04-01").iterdir() if p.is_dir()] == [
+        snapshot.directory.name
+    ]
+
+
+def test_partial_snapshot_is_never_marked_complete(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    writer = store.begin("2026-04-01", SLICES, "run-1")
+    _land(writer, SLICES[0])
+
+    with pytest.raises(RuntimeError, match="missing 2 slice"):
+        writer.complete({})
+    assert store.current("2026-04-01") is None
