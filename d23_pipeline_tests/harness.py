@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import sqlite3
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+import pyarrow.parquet as pq
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import (
@@ -109,3 +113,87 @@ class Pipeline:
         for month in months:
             rows |= {canonical(r) for r in self.sim.valid_rows(*month_window(month))}
         return rows
+
+
+def warehouse_digest(path: Path) -> str:
+    """A hash of every table in the warehouse file, to show that a failed run changed nothing."""
+    if not path.exists():
+        return "no warehouse"
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        digest = hashlib.sha256()
+        tables = con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() ORDER BY ALL"
+        ).fetchall()
+        for schema, table in tables:
+            rows = con.execute(f'SELECT * FROM "{schema}"."{table}" ORDER BY ALL').fetchall()
+            digest.update(repr((schema, table, rows)).encode())
+        return digest.hexdigest()
+    finally:
+        con.close()
+
+
+def failure_messages(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """Failed step -> its error message followed by every cause's, as one text."""
+    failures = {}
+    for event in result.get_step_failure_events():
+        error, parts = event.step_failure_data.error, []
+        while error is not None:
+            parts.append(error.message)
+            error = error.cause
+        failures[event.step_key] = "\n".join(parts)
+    return failures
+
+
+def _readable_forms(path: Path) -> Iterator[bytes]:
+    # Parquet pages, DuckDB blocks and Dagster's zlib-compressed snapshots hide text from a
+    # plain byte search, so each is also decoded.
+    raw = path.read_bytes()
+    yield raw
+    if raw[:4] == b"PAR1":
+        yield repr(pq.read_table(path).to_pylist()).encode()
+    elif raw[8:12] == b"DUCK":
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall()
+            for schema, table in tables:
+                yield repr(con.execute(f'SELECT * FROM "{schema}"."{table}"').fetchall()).encode()
+        finally:
+            con.close()
+    elif raw.startswith(b"SQLite format 3\x00"):
+        yield from _sqlite_cells(path)
+
+
+def _sqlite_cells(path: Path) -> Iterator[bytes]:
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        for (table,) in tables:
+            for row in con.execute(f'SELECT * FROM "{table}"'):
+                for cell in row:
+                    if isinstance(cell, str):
+                        yield cell.encode()
+                    elif isinstance(cell, bytes):
+                        yield cell
+                        yield _inflate(cell)
+    finally:
+        con.close()
+
+
+def _inflate(blob: bytes) -> bytes:
+    try:
+        return zlib.decompress(blob)
+    except zlib.error:
+        return b""
+
+
+def files_containing(root: Path, needles: Iterable[str]) -> dict[str, set[str]]:
+    """Files under ``root`` (relative path) -> which of ``needles`` they hold, decoded or not."""
+    wanted = [n.encode() for n in needles]
+    hits: dict[str, set[str]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        for form in _readable_forms(path):
+            found = {n.decode() for n in wanted if n in form}
+            if found:
+                hits.setdefault(str(path.relative_to(root)), set()).update(found)
+    return hits

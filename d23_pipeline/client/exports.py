@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.errors import (
@@ -55,6 +57,8 @@ class SlicePage:
     slice: Window
     rows: list[dict[str, Any]]
     rejects: list[RejectedRow]
+    # ``rows`` as Arrow when the page passed the columnar check, so landing need not convert.
+    batch: pa.RecordBatch | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,26 @@ def _parse_total(response: httpx.Response) -> WindowTotal:
         pagination.get("totalExact") is True,
         note if isinstance(note, str) else None,
     )
+
+
+def _advance_edge(
+    edge: str, edge_ids: set[str], rows: list[dict[str, Any]], batch: pa.RecordBatch | None
+) -> tuple[str, set[str]]:
+    """The latest ``communicated_at`` handed over so far and the public_ids at that instant."""
+    if batch is not None:
+        stamps = batch.column("communicated_at")
+        latest = pc.max(stamps).as_py()
+        if latest is None or latest < edge:
+            return edge, edge_ids
+        at_latest = batch.column("public_id").filter(pc.equal(stamps, latest)).to_pylist()
+        return latest, (edge_ids if latest == edge else set()) | set(at_latest)
+    for row in rows:
+        stamp = row["communicated_at"]
+        if stamp > edge:
+            edge, edge_ids = stamp, {row["public_id"]}
+        elif stamp == edge:
+            edge_ids.add(row["public_id"])
+    return edge, edge_ids
 
 
 class ExportsClient:
@@ -404,18 +428,15 @@ class ExportsClient:
                     break
                 strikes = 0
                 result = validate_rows(raw_rows, since, until)
-                rows = [row for row in result.rows if row["public_id"] not in skip]
+                rows, batch = result.rows, result.batch
+                if skip:
+                    rows, batch = [row for row in rows if row["public_id"] not in skip], None
                 rejects = [
                     reject
                     for reject in result.rejects
                     if reject.public_id is None or reject.public_id not in delivered_rejects
                 ]
-                for row in rows:
-                    stamp = row["communicated_at"]
-                    if stamp > edge:
-                        edge, edge_ids = stamp, {row["public_id"]}
-                    elif stamp == edge:
-                        edge_ids.add(row["public_id"])
+                edge, edge_ids = _advance_edge(edge, edge_ids, rows, batch)
                 delivered_rejects.update(r.public_id for r in rejects if r.public_id)
                 self.stats.page(len(raw_rows), len(rows), len(rejects), result.extra_fields)
                 log.debug(
@@ -425,7 +446,7 @@ class ExportsClient:
                     len(rejects),
                     "more" if next_cursor else "last",
                 )
-                yield SlicePage(window, rows, rejects)
+                yield SlicePage(window, rows, rejects, batch)
                 if next_cursor is None:
                     break
                 if next_cursor == cursor or next_cursor in seen_cursors:

@@ -35,7 +35,10 @@ class ExportsApiResource(dg.ConfigurableResource):
     max_concurrency: int = Field(default=4, description="D23_MAX_CONCURRENCY: slices in flight")
     slice_hours: int = Field(default=24, description="D23_SLICE_HOURS: width of one slice")
     retry_base_delay_s: float = Field(
-        default=RetryPolicy.base_delay_s, description="First backoff pause before jitter"
+        default=RetryPolicy.base_delay_s, description="Backoff before the first retry (doubles)"
+    )
+    retry_max_attempts: int = Field(
+        default=RetryPolicy.max_attempts, description="Attempts per request, first one included"
     )
 
     @property
@@ -64,7 +67,9 @@ class ExportsApiResource(dg.ConfigurableResource):
             page_limit=self.page_limit,
             max_concurrency=self.max_concurrency,
             slice_size=self.slice_size,
-            retry=RetryPolicy(base_delay_s=self.retry_base_delay_s),
+            retry=RetryPolicy(
+                max_attempts=self.retry_max_attempts, base_delay_s=self.retry_base_delay_s
+            ),
         ) as client:
             yield client
 

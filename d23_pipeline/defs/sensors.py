@@ -1,7 +1,8 @@
 """``d23_daily_refresh_sensor``: once a day, re-read the current month and the lookback months.
 
 The API filters on ``communicated_at``, so a promise that breaks or an entry deactivated weeks
-later is only seen when its month is read again; the lookback covers those late changes.
+later is only seen when its month is read again; the lookback covers those late changes. Older
+months only pick such changes up through a backfill.
 """
 
 import json
@@ -17,16 +18,21 @@ if TYPE_CHECKING:
         UnresolvedAssetJobDefinition,
     )
 
-_IN_FLIGHT = [
+# Statuses of a run that has not finished yet: a partition with such a run is not requested again.
+IN_FLIGHT_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+TRIGGER_TAG = "d23/trigger"
+REFRESH_DATE_TAG = "d23/refresh_date"
 
 
 @dataclass(frozen=True)
 class RefreshPlan:
+    """What one tick does: the partitions to request, those skipped, the next cursor."""
+
     partition_keys: list[str]
     skipped_in_flight: list[str]
     cursor: str | None
@@ -34,13 +40,26 @@ class RefreshPlan:
 
 
 def refresh_partitions(now: datetime, lookback_months: int, existing: Collection[str]) -> list[str]:
-    """The current month's partition key and the ``lookback_months`` before it, oldest first."""
-    keys = []
-    year, month = now.year, now.month
-    for _ in range(lookback_months + 1):
-        keys.append(f"{year:04d}-{month:02d}-01")
-        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
-    return [k for k in reversed(keys) if k in existing]
+    """The current UTC month's partition key and the ``lookback_months`` before it that exist,
+    oldest first."""
+    now = now.astimezone(UTC)
+    index = now.year * 12 + now.month - 1
+    keys = [f"{i // 12:04d}-{i % 12 + 1:02d}-01" for i in range(index - lookback_months, index + 1)]
+    return [k for k in keys if k in existing]
+
+
+def run_key(day: str, partition_key: str) -> str:
+    """The run key of one partition's refresh on one UTC day; the daemon runs a key only once."""
+    return f"d23-daily-refresh:{day}:{partition_key}"
+
+
+def _requested_day(cursor: str | None) -> str | None:
+    # A cursor edited by hand in the UI must not stop the refresh for good: unreadable means none.
+    try:
+        value = json.loads(cursor) if cursor else None
+    except ValueError:
+        return None
+    return value.get("date") if isinstance(value, dict) else None
 
 
 def plan_daily_refresh(
@@ -53,16 +72,23 @@ def plan_daily_refresh(
     in_flight_partitions: Collection[str],
 ) -> RefreshPlan:
     """Decide what one sensor tick requests; pure, so it is tested without a daemon."""
-    today = now.astimezone(UTC).date().isoformat()
-    if now.astimezone(UTC).hour < refresh_hour_utc:
+    now = now.astimezone(UTC)
+    today = now.date().isoformat()
+    if now.hour < refresh_hour_utc:
         return RefreshPlan([], [], cursor, f"Waiting for {refresh_hour_utc:02d}:00 UTC")
-    if cursor and json.loads(cursor).get("date") == today:
+    if _requested_day(cursor) == today:
         return RefreshPlan([], [], cursor, f"Refresh for {today} already requested")
     wanted = refresh_partitions(now, lookback_months, existing_partitions)
     keys = [k for k in wanted if k not in in_flight_partitions]
     skipped = [k for k in wanted if k in in_flight_partitions]
     new_cursor = json.dumps({"date": today, "requested": keys, "skipped_in_flight": skipped})
-    return RefreshPlan(keys, skipped, new_cursor, None)
+    skip_reason = None
+    if not keys:
+        skip_reason = (
+            f"Nothing to refresh for {today}: "
+            + (f"already queued or running: {', '.join(skipped)}" if skipped else "no partitions")
+        )
+    return RefreshPlan(keys, skipped, new_cursor, skip_reason)
 
 
 def build_daily_refresh_sensor(
@@ -71,44 +97,45 @@ def build_daily_refresh_sensor(
     refresh_hour_utc: int,
     lookback_months: int,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    minimum_interval_seconds: int = 300,
 ) -> dg.SensorDefinition:
     """The daily refresh sensor for ``job``; on by default."""
 
     @dg.sensor(
         name="d23_daily_refresh_sensor",
         job=job,
-        minimum_interval_seconds=300,
+        minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Daily at {refresh_hour_utc:02d}:00 UTC: refresh the current month and the "
-            f"{lookback_months} before it (late promise breaks, deactivations, deletions)."
+            f"Daily at {refresh_hour_utc:02d}:00 UTC: one run each for the current month and the "
+            f"{lookback_months} before it (late promise breaks, deactivations, deletions). "
+            "Older months need a backfill."
         ),
     )
     def d23_daily_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        in_flight = {
-            run.tags.get("dagster/partition")
-            for run in context.instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT))
-        }
         now = clock()
+        in_flight_runs = context.instance.get_runs(
+            filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES)
+        )
         plan = plan_daily_refresh(
             now=now,
             cursor=context.cursor,
             refresh_hour_utc=refresh_hour_utc,
             lookback_months=lookback_months,
             existing_partitions=set(partitions_def.get_partition_keys(current_time=now)),
-            in_flight_partitions=in_flight,
+            in_flight_partitions={run.tags.get("dagster/partition") for run in in_flight_runs},
         )
-        if plan.skip_reason:
-            return dg.SensorResult(skip_reason=plan.skip_reason)
-        day = now.astimezone(UTC).date().isoformat()
         for key in plan.skipped_in_flight:
             context.log.info(f"Skipping {key}: a run for it is already queued or in progress")
+        if plan.skip_reason:
+            return dg.SensorResult(skip_reason=plan.skip_reason, cursor=plan.cursor)
+        day = now.astimezone(UTC).date().isoformat()
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
                     partition_key=key,
-                    run_key=f"d23-daily-refresh:{day}:{key}",
-                    tags={"d23/trigger": "daily_refresh"},
+                    run_key=run_key(day, key),
+                    tags={TRIGGER_TAG: "daily_refresh", REFRESH_DATE_TAG: day},
                 )
                 for key in plan.partition_keys
             ],

@@ -28,14 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d23_pipeline.client import SliceDone, SlicePage, Window
-from d23_pipeline.schema import D23_FIELDS, RejectedRow
+from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow
 
-ROW_SCHEMA = pa.schema(
-    [
-        (name, pa.bool_() if name in ("is_active", "is_ptp_broken") else pa.string())
-        for name in D23_FIELDS
-    ]
-)
+ROW_SCHEMA = ARROW_SCHEMA
 REJECT_SCHEMA = pa.schema(
     [
         ("slice_since", pa.timestamp("ms", tz="UTC")),
@@ -61,6 +56,15 @@ class Snapshot:
     rejects: int
     completed_at: datetime
     read_stats: dict[str, Any]
+
+    def preview(self, limit: int) -> list[dict[str, Any]]:
+        """The first ``limit`` rows of the snapshot, in slice order."""
+        rows: list[dict[str, Any]] = []
+        for path in self.row_files:
+            if len(rows) >= limit:
+                break
+            rows += pq.read_table(path).slice(0, limit - len(rows)).to_pylist()
+        return rows
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -106,7 +110,12 @@ class SnapshotWriter:
             state = _OpenSlice(pq.ParquetWriter(tmp, ROW_SCHEMA), tmp)
             self._open[page.slice] = state
         if page.rows:
-            state.buffer.append(pa.RecordBatch.from_pylist(page.rows, ROW_SCHEMA))
+            batch = page.batch
+            if batch is None:
+                batch = pa.RecordBatch.from_struct_array(
+                    pa.array(page.rows, type=pa.struct(list(ROW_SCHEMA)))
+                )
+            state.buffer.append(batch)
             state.buffered += len(page.rows)
             if state.buffered >= _ROW_GROUP_ROWS:
                 state.flush()

@@ -12,7 +12,7 @@ from d23_pipeline.client import (
     WindowTotal,
 )
 from d23_pipeline.defs import checks
-from d23_pipeline.defs.metadata import schema_from_arrow
+from d23_pipeline.defs.metadata import markdown_table, schema_from_arrow
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource
 from d23_pipeline.landing.snapshot import ROW_SCHEMA
@@ -87,6 +87,7 @@ def raw_logs(
             "ignored_extra_fields": dg.MetadataValue.json(read_stats["extra_fields"]),
             "api_total": total_after.total if total_after else None,
             "api_total_note": (total_after.note if total_after else "unavailable") or "exact",
+            "preview": dg.MetadataValue.md(markdown_table(snapshot.preview(10))),
         },
         check_results=[
             checks.rows_match_api_total(

@@ -1,0 +1,236 @@
+"""The daily refresh sensor: when it fires, what it requests, and what it never repeats."""
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+from d23_pipeline.definitions import defs
+from d23_pipeline.defs.jobs import d23_pipeline_job
+from d23_pipeline.defs.sensors import (
+    REFRESH_DATE_TAG,
+    TRIGGER_TAG,
+    build_daily_refresh_sensor,
+    plan_daily_refresh,
+    run_key,
+)
+
+HOUR = 3
+PARTITIONS = dg.MonthlyPartitionsDefinition(start_date="2026-01-01", timezone="UTC", end_offset=1)
+MAY_14 = datetime(2026, 5, 14, HOUR, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock standing in for the daemon's wall clock."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def plan(now: datetime, cursor: str | None = None, **overrides):
+    arguments = dict(
+        now=now,
+        cursor=cursor,
+        refresh_hour_utc=HOUR,
+        lookback_months=2,
+        existing_partitions=set(PARTITIONS.get_partition_keys(current_time=now)),
+        in_flight_partitions=set(),
+    )
+    return plan_daily_refresh(**(arguments | overrides))
+
+
+def make_sensor(clock: Clock, partitions_def: dg.PartitionsDefinition = PARTITIONS):
+    return build_daily_refresh_sensor(d23_pipeline_job, partitions_def, HOUR, 2, clock=clock)
+
+
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None = None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    return sensor(context)
+
+
+def add_run(instance: dg.DagsterInstance, partition: str, status: dg.DagsterRunStatus) -> None:
+    # Dagster refuses a queued run without the code origin the daemon would launch it from.
+    location = InProcessCodeLocationOrigin(LoadableTargetOrigin(module_name="d23_pipeline"))
+    origin = RemoteJobOrigin(
+        repository_origin=RemoteRepositoryOrigin(location, "__repository__"),
+        job_name=d23_pipeline_job.name,
+    )
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=d23_pipeline_job.name,
+            status=status,
+            tags={"dagster/partition": partition},
+            remote_job_origin=origin,
+        )
+    )
+
+
+# --- the pure plan ---------------------------------------------------------------------------
+
+
+def test_plan_waits_for_the_refresh_hour():
+    result = plan(MAY_14 - timedelta(minutes=1))
+    assert result.partition_keys == []
+    assert "03:00 UTC" in result.skip_reason
+    assert result.cursor is None
+
+
+def test_plan_requests_the_current_month_and_the_lookback_oldest_first():
+    result = plan(MAY_14)
+    assert result.partition_keys == ["2026-03-01", "2026-04-01", "2026-05-01"]
+    assert result.skip_reason is None
+    assert json.loads(result.cursor) == {
+        "date": "2026-05-14",
+        "requested": ["2026-03-01", "2026-04-01", "2026-05-01"],
+        "skipped_in_flight": [],
+    }
+
+
+def test_plan_requests_once_a_day():
+    first = plan(MAY_14)
+    later_same_day = plan(MAY_14 + timedelta(hours=20), first.cursor)
+    assert later_same_day.partition_keys == []
+    assert later_same_day.cursor == first.cursor
+    next_day = plan(MAY_14 + timedelta(days=1), first.cursor)
+    assert next_day.partition_keys == ["2026-03-01", "2026-04-01", "2026-05-01"]
+    assert json.loads(next_day.cursor)["date"] == "2026-05-15"
+
+
+def test_plan_lookback_crosses_the_year_boundary():
+    result = plan(datetime(2027, 1, 2, 12, tzinfo=UTC))
+    assert result.partition_keys == ["2026-11-01", "2026-12-01", "2027-01-01"]
+
+
+def test_plan_skips_partitions_with_a_run_in_flight():
+    result = plan(MAY_14, in_flight_partitions={"2026-04-01"})
+    assert result.partition_keys == ["2026-03-01", "2026-05-01"]
+    assert result.skipped_in_flight == ["2026-04-01"]
+    assert json.loads(result.cursor)["skipped_in_flight"] == ["2026-04-01"]
+
+
+def test_plan_all_in_flight_records_the_day_and_says_why():
+    everything = {"2026-03-01", "2026-04-01", "2026-05-01"}
+    result = plan(MAY_14, in_flight_partitions=everything)
+    assert result.partition_keys == []
+    assert "already queued or running" in result.skip_reason
+    assert json.loads(result.cursor)["date"] == "2026-05-14"
+
+
+def test_plan_leaves_out_months_before_the_start_month():
+    starts_in_april = dg.MonthlyPartitionsDefinition(
+        start_date="2026-04-01", timezone="UTC", end_offset=1
+    )
+    existing = set(starts_in_april.get_partition_keys(current_time=MAY_14))
+    assert plan(MAY_14, existing_partitions=existing).partition_keys == ["2026-04-01", "2026-05-01"]
+
+
+def test_plan_uses_the_utc_day_and_month_whatever_the_clock_zone():
+    # 23:30 on 31 May in UTC-5 is already 04:30 on 1 June in UTC.
+    local = datetime(2026, 5, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    result = plan(local)
+    assert result.partition_keys == ["2026-04-01", "2026-05-01", "2026-06-01"]
+    assert json.loads(result.cursor)["date"] == "2026-06-01"
+
+
+def test_plan_treats_an_unreadable_cursor_as_none():
+    assert plan(MAY_14, cursor="not json").partition_keys != []
+    assert plan(MAY_14, cursor='["2026-05-14"]').partition_keys != []
+
+
+# --- the sensor, evaluated against an instance ----------------------------------------------
+
+
+def test_sensor_is_on_by_default_and_targets_the_pipeline_job():
+    sensor = defs.resolve_sensor_def("d23_daily_refresh_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "d23_pipeline_job"
+
+
+def test_sensor_skips_before_the_hour(instance):
+    clock = Clock(MAY_14 - timedelta(seconds=1))
+    result = tick(make_sensor(clock), instance)
+    assert result.run_requests == []
+    assert "03:00 UTC" in result.skip_reason.skip_message
+    assert result.cursor is None
+
+
+def test_sensor_requests_one_keyed_run_per_partition(instance):
+    clock = Clock(MAY_14 + timedelta(minutes=2))
+    result = tick(make_sensor(clock), instance)
+    assert [r.partition_key for r in result.run_requests] == [
+        "2026-03-01",
+        "2026-04-01",
+        "2026-05-01",
+    ]
+    assert [r.run_key for r in result.run_requests] == [
+        f"d23-daily-refresh:2026-05-14:{key}" for key in ("2026-03-01", "2026-04-01", "2026-05-01")
+    ]
+    for request in result.run_requests:
+        assert request.tags == {TRIGGER_TAG: "daily_refresh", REFRESH_DATE_TAG: "2026-05-14"}
+    assert json.loads(result.cursor)["requested"] == ["2026-03-01", "2026-04-01", "2026-05-01"]
+
+
+def test_sensor_second_tick_same_day_requests_nothing_and_next_day_again(instance):
+    clock = Clock(MAY_14)
+    sensor = make_sensor(clock)
+    first = tick(sensor, instance)
+    clock.now += timedelta(minutes=5)
+    second = tick(sensor, instance, first.cursor)
+    assert second.run_requests == []
+    assert second.cursor == first.cursor
+    clock.now = MAY_14 + timedelta(days=1)
+    third = tick(sensor, instance, second.cursor)
+    assert [r.run_key for r in third.run_requests] == [
+        run_key("2026-05-15", key) for key in ("2026-03-01", "2026-04-01", "2026-05-01")
+    ]
+
+
+@pytest.mark.parametrize(
+    "status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED], ids=["queued", "started"]
+)
+def test_sensor_skips_a_partition_whose_run_is_in_flight(instance, status):
+    add_run(instance, "2026-04-01", status)
+    result = tick(make_sensor(Clock(MAY_14)), instance)
+    assert [r.partition_key for r in result.run_requests] == ["2026-03-01", "2026-05-01"]
+    assert json.loads(result.cursor)["skipped_in_flight"] == ["2026-04-01"]
+
+
+def test_sensor_requests_a_partition_whose_last_run_finished(instance):
+    add_run(instance, "2026-04-01", dg.DagsterRunStatus.SUCCESS)
+    add_run(instance, "2026-05-01", dg.DagsterRunStatus.FAILURE)
+    result = tick(make_sensor(Clock(MAY_14)), instance)
+    assert len(result.run_requests) == 3
+
+
+def test_sensor_in_the_start_month_requests_only_existing_partitions(instance):
+    starts_in_may = dg.MonthlyPartitionsDefinition(
+        start_date="2026-05-01", timezone="UTC", end_offset=1
+    )
+    result = tick(make_sensor(Clock(MAY_14), starts_in_may), instance)
+    assert [r.partition_key for r in result.run_requests] == ["2026-05-01"]
+
+
+def test_sensor_before_the_start_month_requests_nothing(instance):
+    starts_in_july = dg.MonthlyPartitionsDefinition(
+        start_date="2026-07-01", timezone="UTC", end_offset=1
+    )
+    result = tick(make_sensor(Clock(MAY_14), starts_in_july), instance)
+    assert result.run_requests == []
+    assert "no partitions" in result.skip_reason.skip_message
