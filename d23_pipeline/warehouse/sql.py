@@ -5,7 +5,24 @@ from d23_pipeline.schema import D23_FIELDS
 # Bookkeeping columns start with "_" so the allowlist check can tell them from data.
 BOOKKEEPING_COLUMNS = ("_partition", "_first_seen_at", "_last_seen_at", "_deleted_at")
 
-CREATE_SCHEMA = """
+# The counts and rates of the two KPI tables (see _kpi_select for their definitions).
+_KPI_COLUMNS = """
+    attempts             BIGINT NOT NULL,
+    contacts             BIGINT NOT NULL,
+    rpcs                 BIGINT NOT NULL,
+    promises             BIGINT NOT NULL,
+    refusals             BIGINT NOT NULL,
+    broken_promises      BIGINT NOT NULL,
+    unmapped_attempts    BIGINT NOT NULL,
+    contact_rate         DOUBLE,
+    rpc_rate             DOUBLE,
+    ptp_per_rpc          DOUBLE,
+    ptp_per_attempt      DOUBLE,
+    refusal_rate         DOUBLE,
+    broken_promise_share DOUBLE
+"""
+
+CREATE_SCHEMA = f"""
 CREATE SCHEMA IF NOT EXISTS d23;
 
 CREATE TABLE IF NOT EXISTS d23.logs (
@@ -49,37 +66,13 @@ CREATE TABLE IF NOT EXISTS d23.outcome_mix_monthly (
 );
 
 CREATE TABLE IF NOT EXISTS d23.outcome_kpis_monthly (
-    month                DATE   NOT NULL,
-    attempts             BIGINT NOT NULL,
-    contacts             BIGINT NOT NULL,
-    rpcs                 BIGINT NOT NULL,
-    promises             BIGINT NOT NULL,
-    refusals             BIGINT NOT NULL,
-    broken_promises      BIGINT NOT NULL,
-    unmapped_attempts    BIGINT NOT NULL,
-    contact_rate         DOUBLE,
-    rpc_rate             DOUBLE,
-    ptp_per_rpc          DOUBLE,
-    ptp_per_attempt      DOUBLE,
-    refusal_rate         DOUBLE,
-    broken_promise_share DOUBLE
+    month DATE NOT NULL,
+    {_KPI_COLUMNS}
 );
 
 CREATE TABLE IF NOT EXISTS d23.outcome_mix_daily (
-    day                  DATE   NOT NULL,
-    attempts             BIGINT NOT NULL,
-    contacts             BIGINT NOT NULL,
-    rpcs                 BIGINT NOT NULL,
-    promises             BIGINT NOT NULL,
-    refusals             BIGINT NOT NULL,
-    broken_promises      BIGINT NOT NULL,
-    unmapped_attempts    BIGINT NOT NULL,
-    contact_rate         DOUBLE,
-    rpc_rate             DOUBLE,
-    ptp_per_rpc          DOUBLE,
-    ptp_per_attempt      DOUBLE,
-    refusal_rate         DOUBLE,
-    broken_promise_share DOUBLE
+    day DATE NOT NULL,
+    {_KPI_COLUMNS}
 );
 """
 
