@@ -23,7 +23,10 @@ def _markdown_image(fig: plt.Figure, alt: str) -> str:
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> str:
     """A horizontal bar chart, largest at the top, as a markdown image."""
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(labels), 3) + 1))
-    ax.barh(list(reversed(labels)), list(reversed(values)), color="#3b6ea8")
+    bars = ax.barh(list(reversed(labels)), list(reversed(values)), color="#3b6ea8")
+    total = sum(values) or 1
+    ax.bar_label(bars, labels=[f" {v:,} ({v / total:.0%})" for v in reversed(values)], fontsize=8)
+    ax.margins(x=0.2)
     ax.set_title(title)
     ax.set_xlabel("attempts")
     return _markdown_image(fig, title)
