@@ -26,6 +26,7 @@ LENDER_ID = "00000000-0000-4000-8000-000000000023"
 TOKEN = "benchmark-token"
 PATH = f"/admin/v3/lenders/{LENDER_ID}/exports/S4/D23"
 BASE_URL = "http://bench.invalid"
+SLICE = timedelta(days=1)  # the client's default slicing, which the page layout follows
 
 _TYPES = ("CALL", "WHATSAPP", "SMS", "EMAIL", "FIELD_VISIT")
 _SOURCES = ("AGENT", "IVR", "BORROWER")

@@ -34,6 +34,9 @@ def _env(name: str) -> dg.EnvVar | None:
 defs = dg.Definitions(
     assets=[raw_logs, logs, outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
     jobs=[d23_pipeline_job],
+    # One process per run, steps in it one after another (they depend on each other anyway): a
+    # subprocess per step costs seconds of imports while holding its pool slot.
+    executor=dg.in_process_executor,
     sensors=[
         build_daily_refresh_sensor(
             d23_pipeline_job,

@@ -30,9 +30,12 @@ def _prepare_dagster_home(env: dict[str, str]) -> Path:
     env["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
+    template = (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
     if not config.exists():
-        template = resources.files("d23_pipeline.deploy") / "dagster.yaml"
-        config.write_text(template.read_text())
+        config.write_text(template)
+    elif config.read_text() != template:
+        # An edited instance config (Postgres, other limits) is kept, never overwritten.
+        print(f"Using {config} as is: it differs from d23_pipeline/deploy/dagster.yaml")
     return home
 
 
@@ -88,6 +91,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     )
     print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
+    print("Backfill a range of months: .venv/bin/python -m d23_pipeline.backfill 2026-01 2026-06")
     ui = subprocess.Popen(
         [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(UI_PORT)], env=env
     )

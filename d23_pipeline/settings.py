@@ -81,6 +81,8 @@ class ApiConnection:
 def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
     """Accept ``https://host`` anywhere and ``http://`` only on loopback; return it without a
     trailing slash."""
+    # Values from env files often carry a trailing newline, which would end up inside every URL.
+    value = value.strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(
@@ -90,8 +92,16 @@ def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
         raise SettingsError(
             f"{name} uses plain http:// for a non-loopback host ({parts.hostname}); use https://"
         )
-    if parts.path not in ("", "/") or parts.query:
-        raise SettingsError(f"{name} must be the host root only, without a path or query")
+    # User info would travel as credentials and show up wherever the URL is printed; a fragment
+    # would swallow every path appended to the root.
+    if parts.path not in ("", "/") or parts.query or "#" in value or "@" in parts.netloc:
+        raise SettingsError(
+            f"{name} must be the host root only, without a path, query, fragment or user info"
+        )
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise SettingsError(f"{name} has an invalid port") from None
     return value.rstrip("/")
 
 

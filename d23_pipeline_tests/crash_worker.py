@@ -13,8 +13,8 @@ from typing import Any
 
 import dagster as dg
 
-from d23_pipeline.defs.assets import logs as logs_asset
 from d23_pipeline.definitions import defs
+from d23_pipeline.defs.assets import logs as logs_asset
 from d23_pipeline.warehouse import sql, store
 
 
@@ -39,9 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.hang_before:
         _hang_before(getattr(sql, args.hang_before), args.marker)
-    dg.materialize(
-        list(defs.assets), resources=defs.resources, partition_key=f"{args.month}-01"
-    )
+    dg.materialize(list(defs.assets), resources=defs.resources, partition_key=f"{args.month}-01")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from d23_pipeline.defs.resources import (
     WarehouseResource,
 )
 from d23_pipeline.schema import D23_FIELDS, format_timestamp
-from d23_pipeline.simulator import Simulator
+from d23_pipeline.simulator import SimResponse, Simulator
 
 MONTHS = ("2026-03", "2026-04", "2026-05")
 
@@ -197,3 +197,25 @@ def files_containing(root: Path, needles: Iterable[str]) -> dict[str, set[str]]:
             if found:
                 hits.setdefault(str(path.relative_to(root)), set()).update(found)
     return hits
+
+
+class ExportHookSimulator(Simulator):
+    """The simulator with a hook on export requests, for tests that bend or watch them."""
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        """The path to serve instead, and a response to answer with instead of the simulator."""
+        return path, None
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> SimResponse | object:
+        if "/exports/" in path:
+            path, answer = self.on_export(path, query)
+            if answer is not None:
+                return answer
+        return super().handle(method, path, query, headers, body)

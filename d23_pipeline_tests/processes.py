@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -53,10 +52,8 @@ def stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     # Children (code servers, run workers) may outlive a leader that exited on its own.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
@@ -204,8 +201,3 @@ def daemon_process(env: Mapping[str, str], log: Path) -> Iterator[subprocess.Pop
     """``dagster-daemon run -w workspace.yaml``."""
     with spawn([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log) as process:
         yield process
-
-
-def which(name: str) -> str | None:
-    """An executable of the project's venv."""
-    return shutil.which(name, path=str(BIN))

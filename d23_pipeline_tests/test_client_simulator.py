@@ -148,3 +148,13 @@ def test_loopback_slow_server_times_out_into_a_clear_error() -> None:
         pytest.raises(RetriesExhaustedError, match="timeout"),
     ):
         list(client.iter_window(JANUARY))
+
+
+def test_a_month_too_heavy_to_count_at_once_is_counted_in_halves() -> None:
+    sim = simulator(max_window_for_504=timedelta(days=2))
+
+    with client_for(sim) as client:
+        total = client.fetch_total(JANUARY)
+
+    assert total == WindowTotal(len(sim.rows(JANUARY.since, JANUARY.until)), True, None)
+    assert client.stats.window_splits > 0

@@ -224,7 +224,12 @@ class ExportsClient:
         self.close()
 
     def fetch_total(self, window: Window) -> WindowTotal:
-        """The API's row count for ``window`` (``includeTotal=true``)."""
+        """The API's row count for ``window`` (``includeTotal=true``).
+
+        A window the gateway cannot count in one request (504) is counted in halves, down to
+        ``min_window``, and the halves are added up: a month that only reads in slices still
+        gets its total.
+        """
         params = {
             "since": window.since_text,
             "until": window.until_text,
@@ -232,7 +237,31 @@ class ExportsClient:
             "sort": "asc",
             "includeTotal": "true",
         }
-        return self._get(params, _parse_total, what="total", window=window, cancel=None)
+        try:
+            return self._get(
+                params,
+                _parse_total,
+                what="total",
+                window=window,
+                cancel=None,
+                gateway_timeout_is_transient=False,
+            )
+        except _GatewayTimeout as exc:
+            if window.duration < 2 * self._min_window:
+                raise WindowTooHeavyError(
+                    "the API kept timing out (504) counting the minimum window",
+                    status=504,
+                    request_id=exc.request_id,
+                    path=self._path(),
+                    window=window,
+                ) from None
+            self.stats.add("window_splits")
+            first, second = (self.fetch_total(half) for half in window.halves())
+        return WindowTotal(
+            None if first.total is None or second.total is None else first.total + second.total,
+            first.exact and second.exact,
+            first.note or second.note,
+        )
 
     def iter_window(self, window: Window) -> Iterator[SlicePage]:
         """Every row of ``window`` exactly once, page by page, narrowing on 504."""

@@ -84,9 +84,8 @@ def plan_daily_refresh(
     new_cursor = json.dumps({"date": today, "requested": keys, "skipped_in_flight": skipped})
     skip_reason = None
     if not keys:
-        skip_reason = (
-            f"Nothing to refresh for {today}: "
-            + (f"already queued or running: {', '.join(skipped)}" if skipped else "no partitions")
+        skip_reason = f"Nothing to refresh for {today}: " + (
+            f"already queued or running: {', '.join(skipped)}" if skipped else "no partitions"
         )
     return RefreshPlan(keys, skipped, new_cursor, skip_reason)
 

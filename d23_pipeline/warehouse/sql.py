@@ -78,9 +78,7 @@ CREATE TABLE IF NOT EXISTS d23.outcome_mix_daily (
 
 _DATA_COLUMNS = ", ".join(D23_FIELDS)
 
-# The latest updated_at wins; an exact tie goes to the row read last (later slice file, later
-# position), so the outcome never depends on hash order.
-STAGE_SNAPSHOT = """
+STAGE_UNIQUE_SNAPSHOT = """
 CREATE OR REPLACE TEMP TABLE snapshot AS
 SELECT
     public_id, communication_type, interaction_source, outcome_option, is_active, is_ptp_broken,
@@ -88,11 +86,20 @@ SELECT
     CAST(created_at AS TIMESTAMPTZ)      AS created_at,
     CAST(updated_at AS TIMESTAMPTZ)      AS updated_at
 FROM read_parquet($files, filename = true, file_row_number = true)
-QUALIFY row_number() OVER (
+"""
+# Usually every public_id is read once; the dedupe below (a sort per id) is then pure cost, and
+# counting distinct ids first is several times cheaper.
+SNAPSHOT_HAS_DUPLICATES = "SELECT count(*) <> count(DISTINCT public_id) FROM read_parquet($files)"
+# The latest updated_at wins; an exact tie goes to the row read last (later slice file, later
+# position), so the outcome never depends on hash order.
+STAGE_SNAPSHOT = (
+    STAGE_UNIQUE_SNAPSHOT
+    + """QUALIFY row_number() OVER (
     PARTITION BY public_id
     ORDER BY CAST(updated_at AS TIMESTAMPTZ) DESC, filename DESC, file_row_number DESC
 ) = 1
 """
+)
 
 STAGE_REJECTS = """
 CREATE OR REPLACE TEMP TABLE snapshot_rejects AS

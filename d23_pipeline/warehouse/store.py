@@ -93,7 +93,9 @@ def merge_snapshot(
     }
     con.execute("BEGIN TRANSACTION")
     try:
-        execute(con, sql.STAGE_SNAPSHOT, params)
+        has_duplicates = execute(con, sql.SNAPSHOT_HAS_DUPLICATES, params).fetchone()[0]
+        stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
+        execute(con, stage, params)
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in reject_files]})
         snapshot_rows = execute(con, sql.SNAPSHOT_ROWS).fetchone()[0]
         inserted, updated, restored, moved_in = execute(con, sql.MERGE_PREVIEW, params).fetchone()

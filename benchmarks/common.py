@@ -1,0 +1,112 @@
+"""Shared by the benchmarks: landing a month as ``d23/raw_logs`` does, timing, the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.pages import BASE_URL, LENDER_ID, SLICE, TOKEN, month_end, month_start
+from d23_pipeline.client import ExportsClient, SliceDone, Window
+from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
+from d23_pipeline.settings import TokenCredentials
+from d23_pipeline.warehouse.store import MergeSummary, Warehouse, merge_snapshot
+
+
+def client_for(
+    *,
+    transport: httpx.BaseTransport | None = None,
+    base_url: str = BASE_URL,
+    page_limit: int = 1000,
+    max_concurrency: int = 4,
+) -> ExportsClient:
+    """A client with the benchmark lender's token (no login round trip)."""
+    return ExportsClient(
+        base_url,
+        TokenCredentials(LENDER_ID, TOKEN),
+        page_limit=page_limit,
+        max_concurrency=max_concurrency,
+        slice_size=SLICE,
+        transport=transport,
+    )
+
+
+def land_month(client: ExportsClient, data_dir: Path, month: str) -> Snapshot:
+    """Read ``month`` slice by slice into a complete raw snapshot, as ``d23/raw_logs`` does."""
+    window = Window(month_start(month), month_end(month))
+    writer = SnapshotStore(data_dir / "raw").begin(month, window.split(SLICE), "bench")
+    try:
+        for event in client.iter_slices(window):
+            if isinstance(event, SliceDone):
+                writer.finish_slice(event)
+            else:
+                writer.write_page(event)
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.complete(client.stats.as_dict())
+
+
+def merge_month(data_dir: Path, snapshot: Snapshot) -> MergeSummary:
+    """Merge a landed snapshot into the warehouse of ``data_dir``, as ``d23/logs`` does."""
+    with Warehouse(data_dir / "warehouse.duckdb").connect() as con:
+        return merge_snapshot(
+            con,
+            partition=snapshot.partition,
+            row_files=snapshot.row_files,
+            reject_files=snapshot.reject_files,
+            read_at=snapshot.completed_at,
+        )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of repeated runs of one measurement."""
+
+    runs: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    def __str__(self) -> str:
+        spread = f"{min(self.runs):.2f}-{max(self.runs):.2f}"
+        return f"median {self.median:.2f} s over {len(self.runs)} runs ({spread})"
+
+
+def timed(run: Callable[[], object], repeats: int) -> Timing:
+    """Wall time of ``run()`` ``repeats`` times."""
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        runs.append(time.perf_counter() - started)
+    return Timing(runs)
+
+
+def machine() -> str:
+    """nproc, CPU model, RAM, OS and Python: the line every result table starts with."""
+    cpu = platform.processor() or "unknown CPU"
+    ram_gb = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                ram_gb = int(line.split()[1]) / 1024**2
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {ram_gb:.1f} GB RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}; load average {load}"
+    )

@@ -1,0 +1,130 @@
+"""``python -m benchmarks.run [--quick] [--only NAME ...]``: the issue-5 benchmarks, as Markdown.
+
+Full sizes follow the issue (1M-row month, 5M for memory, 20M-row table); ``--quick`` runs the
+same code on small sizes in under a minute, to check the benchmarks themselves still work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+from benchmarks import latency, memory, merge_scaling, throughput
+from benchmarks.common import machine
+
+
+@dataclass(frozen=True)
+class Sizes:
+    month_rows: int
+    runs: int
+    dlt_runs: int
+    latency_rows: int
+    memory_rows: tuple[int, int]
+    big_table: int
+    big_table_runs: int
+
+
+FULL = Sizes(1_000_000, 5, 5, 100_000, (1_000_000, 5_000_000), 20_000_000, 3)
+QUICK = Sizes(50_000, 2, 1, 20_000, (20_000, 100_000), 500_000, 2)
+NAMES = ("throughput", "latency", "memory", "merge")
+
+
+def _throughput(sizes: Sizes) -> list[str]:
+    r = throughput.bench(sizes.month_rows, 1000, sizes.runs, sizes.dlt_runs)
+    return [
+        f"### 1. In-process throughput ({r['rows']:,} rows, {r['pages']} pages of "
+        f"{r['page_limit']})",
+        "",
+        "| | wall time | rows/s |",
+        "|---|---|---|",
+        f"| pipeline: client + validation + landing + merge | {r['pipeline']} "
+        f"| {r['pipeline_rows_per_s']:,.0f} |",
+        f"| of which landing (read, validate, Parquet) | {r['pipeline_land']} | |",
+        f"| of which merge into d23.logs | {r['pipeline_merge']} | |",
+        f"| dlt rest_api -> DuckDB, merge on public_id | {r['dlt']} | {r['dlt_rows_per_s']:,.0f} |",
+        "",
+        f"Pipeline / dlt speed: **{r['speedup']:.1f}x** (target >= 10x); pipeline rate "
+        f"{r['pipeline_rows_per_s']:,.0f} rows/s (target >= 250,000).",
+    ]
+
+
+def _latency(sizes: Sizes) -> list[str]:
+    lines = [
+        f"### 2. Latency-bound month over loopback ({sizes.latency_rows:,} rows, 100 ms/page)",
+        "",
+        "| C | pages served | wall time | ideal pages x 0.1 s / C | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for concurrency in (2, 4, 8):
+        r = latency.bench(sizes.latency_rows, 0.1, concurrency, 500, sizes.runs)
+        lines.append(
+            f"| {concurrency} | {r['pages']} | {r['wall']} | {r['ideal_s']:.2f} s "
+            f"| **{r['ratio']:.2f}** |"
+        )
+    lines += ["", "Target: ratio <= 1.25."]
+    return lines
+
+
+def _memory(sizes: Sizes) -> list[str]:
+    lines = [
+        "### 3. Peak RSS while landing a month (fresh process per size, pages rendered lazily)",
+        "",
+        "| rows | baseline RSS after imports | peak RSS | landing time |",
+        "|---|---|---|---|",
+    ]
+    for rows in sizes.memory_rows:
+        r = memory.bench(rows)
+        lines.append(
+            f"| {rows:,} | {r['baseline_mb']:.0f} MB | **{r['peak_mb']:.0f} MB** "
+            f"| {r['seconds']:.1f} s |"
+        )
+    lines += ["", "Target: < 400 MB, and no growth with the month's size. One run per size."]
+    return lines
+
+
+def _merge(sizes: Sizes) -> list[str]:
+    small = 0
+    r = merge_scaling.bench(
+        sizes.month_rows,
+        [small, sizes.big_table],
+        {small: sizes.runs, sizes.big_table: sizes.big_table_runs},
+    )
+    tables = r["tables"]
+    ratio = tables[sizes.big_table]["merge"].median / tables[small]["merge"].median
+    return [
+        f"### 4. Merge scaling ({r['month_rows']:,}-row month)",
+        "",
+        "| d23.logs before the merge | merge time | (building the table) |",
+        "|---|---|---|",
+        f"| empty | {tables[small]['merge']} | |",
+        f"| {sizes.big_table:,} rows | {tables[sizes.big_table]['merge']} "
+        f"| {tables[sizes.big_table]['build_s']:.0f} s |",
+        "",
+        f"Big table / empty table: **{ratio:.2f}x** for a {sizes.big_table // r['month_rows']}x "
+        "larger table.",
+    ]
+
+
+SECTIONS = {"throughput": _throughput, "latency": _latency, "memory": _memory, "merge": _merge}
+
+
+def main() -> None:
+    """Run the selected benchmarks and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--dlt-runs", type=int, help="dlt runs (full size: 5, ~3 min each)")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    if args.dlt_runs is not None:
+        sizes = Sizes(**{**sizes.__dict__, "dlt_runs": args.dlt_runs})
+    print(f"Machine: {machine()}\n")
+    for name in args.only:
+        started = time.perf_counter()
+        print("\n".join(SECTIONS[name](sizes)))
+        print(f"\n({name}: {time.perf_counter() - started:.0f} s)\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Issue 5.1: one month through client, validation, landing and merge, against dlt ``rest_api``.
+
+Both sides get the same pre-rendered pages in-process: the pipeline through an
+``httpx.MockTransport``, dlt through a ``requests`` adapter mounted on its session. Neither opens
+a socket, so what is measured is the reader, not a server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+
+from benchmarks.common import Timing, client_for, land_month, merge_month
+from benchmarks.pages import (
+    BASE_URL,
+    PATH,
+    TOKEN,
+    MonthPages,
+    Render,
+    mock_transport,
+    month_end,
+    month_start,
+    prerendered,
+)
+from d23_pipeline.schema import format_timestamp
+
+MONTH = "2026-03"
+
+
+def run_pipeline(render: Render, rows: int, limit: int) -> dict[str, float]:
+    """One end-to-end run into a fresh warehouse; seconds for landing and for the merge."""
+    data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-"))
+    try:
+        started = time.perf_counter()
+        with client_for(transport=mock_transport(render), page_limit=limit) as client:
+            snapshot = land_month(client, data_dir, MONTH)
+        landed = time.perf_counter()
+        summary = merge_month(data_dir, snapshot)
+        merged = time.perf_counter()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if summary.inserted != rows or snapshot.rows != rows:
+        raise AssertionError(f"expected {rows} rows, landed {snapshot.rows}, merged {summary}")
+    return {"total": merged - started, "land": landed - started, "merge": merged - landed}
+
+
+class _PagesAdapter(requests.adapters.BaseAdapter):
+    """Answers dlt's requests from the pre-rendered pages, like the MockTransport does."""
+
+    def __init__(self, render: Render) -> None:
+        super().__init__()
+        self._render = render
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        params = dict(parse_qsl(urlsplit(request.url).query))
+        response = requests.Response()
+        response.status_code = 200
+        response._content = self._render(params["since"], params["until"], params.get("cursor"))
+        response.headers["Content-Type"] = "application/json"
+        response.url = request.url
+        response.request = request
+        response.encoding = "utf-8"
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def run_dlt(render: Render, rows: int, limit: int) -> dict[str, float]:
+    """dlt ``rest_api`` walking the month's pages into DuckDB with a merge on public_id."""
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-dlt-"))
+    session = requests.Session()
+    session.mount(BASE_URL, _PagesAdapter(render))
+    source = rest_api_source(
+        {
+            "client": {
+                "base_url": BASE_URL,
+                "session": session,
+                "headers": {"Authorization": f"Bearer {TOKEN}"},
+                "paginator": {
+                    "type": "cursor",
+                    "cursor_path": "body.pagination.nextCursor",
+                    "cursor_param": "cursor",
+                },
+            },
+            "resources": [
+                {
+                    "name": "logs",
+                    "primary_key": "public_id",
+                    "write_disposition": "merge",
+                    "endpoint": {
+                        "path": PATH,
+                        "data_selector": "body.rows",
+                        "params": {
+                            "since": format_timestamp(month_start(MONTH)),
+                            "until": format_timestamp(month_end(MONTH)),
+                            "limit": limit,
+                            "sort": "asc",
+                        },
+                    },
+                }
+            ],
+        }
+    )
+    pipeline = dlt.pipeline(
+        pipeline_name="d23_bench",
+        destination=dlt.destinations.duckdb(str(data_dir / "dlt.duckdb")),
+        dataset_name="d23",
+        pipelines_dir=str(data_dir / "pipelines"),
+        progress=None,
+    )
+    try:
+        started = time.perf_counter()
+        pipeline.run(source)
+        elapsed = time.perf_counter() - started
+        with pipeline.sql_client() as client:
+            loaded = client.execute_sql("SELECT count(*) FROM logs")[0][0]
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if loaded != rows:
+        raise AssertionError(f"dlt loaded {loaded} rows, expected {rows}")
+    return {"total": elapsed}
+
+
+def bench(rows: int, limit: int, repeats: int, dlt_repeats: int) -> dict[str, Any]:
+    """Alternate pipeline and dlt runs over the same pages; medians and the ratio."""
+    month = MonthPages(MONTH, rows, limit)
+    render = prerendered(month)
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
+    for run in range(max(repeats, dlt_repeats)):
+        # Interleaved, so a burst of load on a shared machine hits both sides alike.
+        if run < repeats:
+            ours.append(run_pipeline(render, rows, limit))
+        if run < dlt_repeats:
+            theirs.append(run_dlt(render, rows, limit))
+    total = Timing([r["total"] for r in ours])
+    dlt_total = Timing([r["total"] for r in theirs])
+    return {
+        "rows": rows,
+        "pages": month.pages,
+        "page_limit": limit,
+        "pipeline": total,
+        "pipeline_land": Timing([r["land"] for r in ours]),
+        "pipeline_merge": Timing([r["merge"] for r in ours]),
+        "dlt": dlt_total,
+        "pipeline_rows_per_s": rows / total.median,
+        "dlt_rows_per_s": rows / dlt_total.median,
+        "speedup": dlt_total.median / total.median,
+    }

@@ -1,0 +1,130 @@
+"""``python -m d23_pipeline.backfill FIRST LAST``: backfill a range of months from the command line.
+
+It asks the running Dagster webserver for exactly what the asset graph's "Materialize" dialog
+launches: an asset backfill of every D23 asset, one run per month, each retried on its own by the
+daemon. (``dagster job backfill`` marks its backfill finished as soon as the runs are queued, and
+the daemon does not retry runs of a finished backfill.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from d23_pipeline.settings import SettingsError, validate_month
+
+DEFAULT_URL = "http://127.0.0.1:3000"
+UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
+
+LAUNCH_PARTITION_BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on PartitionKeysNotFoundError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+BACKFILL_STATUS = """
+query BackfillStatus($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status runs(limit: 1000) { runId status tags { key value } } }
+    ... on PythonError { message }
+    ... on BackfillNotFoundError { message }
+  }
+}"""
+
+
+class BackfillError(RuntimeError):
+    """The webserver refused or could not answer a backfill request."""
+
+
+def month_partitions(first: str, last: str) -> list[str]:
+    """Partition keys of the months ``first`` to ``last`` (``YYYY-MM``), both included."""
+    start = _month_index(validate_month(first, "FIRST"))
+    end = _month_index(validate_month(last, "LAST"))
+    if end < start:
+        raise SettingsError(f"LAST ({last}) is before FIRST ({first})")
+    return [f"{i // 12:04d}-{i % 12 + 1:02d}-01" for i in range(start, end + 1)]
+
+
+def _month_index(month: str) -> int:
+    year, mon = (int(part) for part in month.split("-"))
+    return year * 12 + mon - 1
+
+
+def _graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/graphql",
+            json={"query": document, "variables": variables},
+            timeout=60,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise BackfillError(f"Dagster webserver at {url} did not answer: {exc}") from exc
+    body = response.json()
+    if body.get("errors"):
+        raise BackfillError(f"Dagster webserver at {url} refused the request: {body['errors']}")
+    return body["data"]
+
+
+def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:
+    """Launch an asset backfill of every D23 asset for ``partition_keys``; return its id."""
+    from d23_pipeline.definitions import defs  # loading the definitions is slow; only here
+
+    params = {
+        "tags": [{"key": "dagster/from_ui", "value": "true"}],
+        "assetSelection": [{"path": list(key.path)} for key in defs.resolve_all_asset_keys()],
+        "partitionNames": list(partition_keys),
+        "fromFailure": False,
+    }
+    data = _graphql(url, LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})
+    result = data["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise BackfillError(f"{result['__typename']}: {result.get('message', result)}")
+    return result["backfillId"]
+
+
+def backfill_status(url: str, backfill_id: str) -> dict[str, Any]:
+    """The backfill's ``status`` and its ``runs`` (runId, status, tags) as the webserver reports."""
+    result = _graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+    if result["__typename"] != "PartitionBackfill":
+        raise BackfillError(f"{result['__typename']}: {result.get('message', result)}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m d23_pipeline.backfill", description=__doc__)
+    parser.add_argument("first", metavar="FIRST", help="first month, YYYY-MM")
+    parser.add_argument("last", metavar="LAST", help="last month, YYYY-MM (included)")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})"
+    )
+    parser.add_argument("--wait", action="store_true", help="wait until the backfill finishes")
+    args = parser.parse_args(argv)
+    try:
+        keys = month_partitions(args.first, args.last)
+        backfill_id = launch_backfill(args.url, keys)
+        print(f"Backfill {backfill_id}: {len(keys)} months, {keys[0]} to {keys[-1]}")
+        print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions")
+        if not args.wait:
+            return 0
+        while (status := backfill_status(args.url, backfill_id)["status"]) in UNFINISHED:
+            time.sleep(5)
+    except (SettingsError, BackfillError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Backfill {backfill_id} finished: {status}")
+    return 0 if status == "COMPLETED_SUCCESS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The product as it runs: simulator, dagster-webserver and dagster-daemon as real processes.
+
+A three-month backfill is launched with the README's command, which sends the webserver the same
+GraphQL request as the asset graph's "Materialize" dialog; then the daily refresh sensor is
+switched on and its runs are checked.
+"""
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from harness import Pipeline
+from processes import (
+    REPO,
+    Webserver,
+    daemon_process,
+    make_dagster_home,
+    pipeline_env,
+    simulator_process,
+    tail,
+    wait_for,
+    webserver_process,
+)
+
+from d23_pipeline.backfill import backfill_status
+from d23_pipeline.defs.sensors import REFRESH_DATE_TAG, TRIGGER_TAG, run_key
+from d23_pipeline.simulator import Simulator, SimulatorConfig
+from d23_pipeline.simulator.__main__ import recent_months
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+# The three months before the current one: the simulator cuts the month in progress at the
+# moment it starts, so only finished months have a ground truth a second Simulator reproduces.
+SIM = SimulatorConfig(months=recent_months(4)[:3], rows_per_month=400)
+PARTITIONS = [f"{month}-01" for month in SIM.months]
+# What the sensor refreshes: the current month (served empty) and the two before it.
+REFRESHED = [f"{month}-01" for month in recent_months(3)]
+SENSOR = "d23_daily_refresh_sensor"
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+SENSOR_STATE = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor {
+      id
+      jobOriginId
+      sensorState {
+        id
+        status
+        typeSpecificData { ... on SensorData { lastCursor } }
+        ticks(limit: 10) { status runKeys skipReason }
+      }
+    }
+  }
+}"""
+STOP_SENSOR = """
+mutation StopSensor($id: String, $jobOriginId: String) {
+  stopSensor(id: $id, jobOriginId: $jobOriginId) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+  }
+}"""
+START_SENSOR = """
+mutation StartSensor($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+  }
+}"""
+RUNS = """
+query Runs($filter: RunsFilter!) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}"""
+
+
+@dataclass
+class Deployment:
+    """The running product: its webserver, its data, and the logs of its processes."""
+
+    web: Webserver
+    pipeline: Pipeline
+    logs: Path
+    location: str
+
+    def sensor_selector(self) -> dict[str, str]:
+        return {
+            "repositoryLocationName": self.location,
+            "repositoryName": "__repository__",
+            "sensorName": SENSOR,
+        }
+
+    def sensor(self) -> dict:
+        data = self.web.graphql(SENSOR_STATE, {"selector": self.sensor_selector()})
+        assert data["sensorOrError"]["__typename"] == "Sensor", data
+        return data["sensorOrError"]
+
+    def runs(self, tags: dict[str, str]) -> list[dict]:
+        variables = {"filter": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
+        return self.web.graphql(RUNS, variables)["runsOrError"]["results"]
+
+    def diagnostics(self) -> str:
+        return "\n".join(f"--- {log.name}\n{tail(log)}" for log in sorted(self.logs.glob("*.log")))
+
+
+def tags_of(run: dict) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["tags"]}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("e2e")
+    logs = root / "logs"
+    logs.mkdir()
+    with simulator_process(SIM, logs / "simulator.log") as api_url:
+        env = pipeline_env(
+            api_url=api_url,
+            sim=SIM,
+            data_dir=root / "data",
+            dagster_home=make_dagster_home(root / "dagster_home"),
+        )
+        env["D23_REFRESH_HOUR_UTC"] = "0"  # due as soon as it is switched on
+        with webserver_process(env, logs / "webserver.log") as web:
+            deployment = Deployment(
+                web=web,
+                pipeline=Pipeline(sim=Simulator(SIM), api_url=api_url, data_dir=root / "data"),
+                logs=logs,
+                location="d23_pipeline.definitions",
+            )
+            # The sensor is on by default; hold it until the backfill is done, as an operator
+            # would with the UI's toggle, before the daemon first looks at it.
+            sensor = deployment.sensor()
+            ids = {"id": sensor["sensorState"]["id"], "jobOriginId": sensor["jobOriginId"]}
+            stopped = web.graphql(STOP_SENSOR, ids)
+            assert stopped["stopSensor"]["instigationState"]["status"] == "STOPPED", stopped
+            with daemon_process(env, logs / "daemon.log"):
+                yield deployment
+
+
+def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: Deployment) -> None:
+    # The README's command: the same launchPartitionBackfill request as the asset graph's dialog.
+    first, last = SIM.months[0], SIM.months[-1]
+    command = [sys.executable, "-m", "d23_pipeline.backfill", first, last, "--wait"]
+    finished = subprocess.run(
+        [*command, "--url", deployment.web.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert finished.returncode == 0, f"{finished.stdout}{finished.stderr}{deployment.diagnostics()}"
+    backfill_id = finished.stdout.split()[1].rstrip(":")
+
+    backfill = backfill_status(deployment.web.url, backfill_id)
+    assert backfill["status"] == "COMPLETED_SUCCESS"
+    runs = backfill["runs"]
+    assert sorted(tags_of(run)["dagster/partition"] for run in runs) == PARTITIONS
+    assert {run["status"] for run in runs} == {"SUCCESS"}
+    assert deployment.pipeline.live_rows(SIM.months) == deployment.pipeline.expected_rows(
+        SIM.months
+    )
+
+
+def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deployment) -> None:
+    today = datetime.now(UTC).date().isoformat()
+    started = deployment.web.graphql(START_SENSOR, {"selector": deployment.sensor_selector()})
+    assert started["startSensor"]["sensorState"]["status"] == "RUNNING", started
+
+    def sensor_runs_finished() -> list[dict] | None:
+        runs = deployment.runs({"dagster/sensor_name": SENSOR})
+        done = len(runs) >= len(REFRESHED) and all(run["status"] in FINISHED for run in runs)
+        return runs if done else None
+
+    try:
+        runs = wait_for("the sensor's runs finishing", sensor_runs_finished, timeout_s=120)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{deployment.diagnostics()}") from None
+
+    by_partition = {tags_of(run)["dagster/partition"]: run for run in runs}
+    assert sorted(by_partition) == REFRESHED
+    assert len(runs) == len(REFRESHED)
+    for partition, run in by_partition.items():
+        tags = tags_of(run)
+        assert run["status"] == "SUCCESS", deployment.diagnostics()
+        assert tags["dagster/run_key"] == run_key(today, partition)
+        assert tags[TRIGGER_TAG] == "daily_refresh"
+        assert tags[REFRESH_DATE_TAG] == today
+
+    state = deployment.sensor()["sensorState"]
+    cursor = json.loads(state["typeSpecificData"]["lastCursor"])
+    assert cursor == {"date": today, "requested": REFRESHED, "skipped_in_flight": []}
+    requested = [key for tick in state["ticks"] for key in tick["runKeys"]]
+    assert sorted(requested) == sorted(run_key(today, p) for p in REFRESHED)
+    months = recent_months(4)
+    assert deployment.pipeline.live_rows(months) == deployment.pipeline.expected_rows(months)

@@ -1,0 +1,178 @@
+"""Bad input: broken rows are quarantined with their reason, PII lands nowhere, and a broken API
+answer ends the run with one clear error and the warehouse as it was."""
+
+import shutil
+import sqlite3
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from harness import (
+    ExportHookSimulator,
+    Pipeline,
+    failure_messages,
+    files_containing,
+    warehouse_digest,
+)
+
+from d23_pipeline.simulator import (
+    FAKE_PII_MARKERS,
+    BadRows,
+    SimResponse,
+    SimulatorConfig,
+    serve,
+)
+
+MONTH = "2026-04"
+BAD = BadRows(missing_public_id=3, bad_timestamp=4, wrong_type=3, extra_pii=5)
+FAST_RETRIES = {"retry_base_delay_s": 0.001}
+
+
+class MisbehavingSimulator(ExportHookSimulator):
+    """The simulator, except that export requests get the answer named by ``mode``."""
+
+    mode = "normal"
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if self.mode == "unknown_dataset":
+            return path.replace("/S4/D23", "/S4/D99"), None
+        if self.mode == "non_json":
+            return path, SimResponse(200, {"Content-Type": "text/html"}, b"<html>down</html>")
+        if self.mode == "no_rows":
+            envelope = {"code": 200, "body": {"pagination": {"nextCursor": None, "limit": 200}}}
+            return path, SimResponse(
+                200, {"Content-Type": "application/json"}, orjson.dumps(envelope)
+            )
+        return path, None
+
+
+@dataclass
+class Loaded:
+    """A month loaded from a simulator with bad rows; tests work on copies of its data folder."""
+
+    sim: MisbehavingSimulator
+    api_url: str
+    data_dir: Path
+
+    def copy(self, tmp_path: Path) -> Pipeline:
+        shutil.copytree(self.data_dir, tmp_path / "data")
+        return Pipeline(sim=self.sim, api_url=self.api_url, data_dir=tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    sim = MisbehavingSimulator(SimulatorConfig(months=(MONTH,), rows_per_month=1500, bad_rows=BAD))
+    with serve(sim) as url:
+        data_dir = tmp_path_factory.mktemp("loaded") / "data"
+        Pipeline(sim=sim, api_url=url, data_dir=data_dir).materialize(MONTH)
+        yield Loaded(sim, url, data_dir)
+
+
+def test_each_bad_row_kind_is_quarantined_with_its_reason(loaded: Loaded, tmp_path: Path) -> None:
+    pipeline = loaded.copy(tmp_path)
+    kinds = loaded.sim.bad_row_kinds()
+    rejected = pipeline.query(
+        "SELECT public_id, reason, allowlisted_values, _partition FROM d23.rejected_rows"
+    )
+
+    by_kind: dict[str, list[str]] = {}
+    for public_id, reason, values, partition in rejected:
+        kind = kinds.get(public_id, "missing_public_id")
+        by_kind.setdefault(kind, []).append(reason)
+        assert partition == f"{MONTH}-01"
+        assert not any(marker in values for marker in FAKE_PII_MARKERS)
+    assert {k: len(v) for k, v in by_kind.items()} == {
+        "missing_public_id": BAD.missing_public_id,
+        "bad_timestamp": BAD.bad_timestamp,
+        "wrong_type": BAD.wrong_type,
+    }
+    assert all("public_id" in reason for reason in by_kind["missing_public_id"])
+    assert all("ISO-8601 timestamp" in reason for reason in by_kind["bad_timestamp"])
+    assert all(" expected a " in reason for reason in by_kind["wrong_type"])
+    # Rows carrying extra fields are valid D23 rows: kept, with the extra fields dropped.
+    leaky = {pid for pid, kind in kinds.items() if kind == "extra_pii"}
+    (kept,) = pipeline.query("SELECT count(*) FROM d23.logs WHERE public_id IN ?", (list(leaky),))
+    assert kept == (BAD.extra_pii,)
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+
+
+def test_pii_reaches_no_table_and_no_file(loaded: Loaded) -> None:
+    served = repr(loaded.sim.rows())
+    assert all(marker in served for marker in FAKE_PII_MARKERS)  # the source does send PII
+
+    assert files_containing(loaded.data_dir, FAKE_PII_MARKERS) == {}
+
+
+def test_the_file_scan_sees_through_compression(tmp_path: Path) -> None:
+    secret = FAKE_PII_MARKERS[0] + " in a compressed page"
+    pq.write_table(pa.table({"note": [secret] * 1000}), tmp_path / "rows.parquet")
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    con.execute("CREATE TABLE t AS SELECT ? || range AS note FROM range(5000)", [secret])
+    con.close()
+    sqlite = sqlite3.connect(tmp_path / "runs.db")
+    sqlite.execute("CREATE TABLE snapshots (body BLOB)")
+    sqlite.execute("INSERT INTO snapshots VALUES (?)", (zlib.compress(secret.encode() * 50),))
+    sqlite.commit()
+    sqlite.close()
+
+    hits = files_containing(tmp_path, [FAKE_PII_MARKERS[0]])
+
+    assert set(hits) >= {"rows.parquet", "warehouse.duckdb", "runs.db"}
+
+
+def _login_token(pipeline: Pipeline) -> str:
+    config = pipeline.sim.config
+    answer = httpx.post(
+        f"{pipeline.api_url}/admin/auth/{config.lender_slug}/login",
+        json={"email": config.email, "password": config.password},
+    )
+    return answer.json()["token"]
+
+
+def _wrong_lender(pipeline: Pipeline) -> dict[str, Any]:
+    other = "00000000-0000-4000-8000-000000000000"
+    return {"lender_public_id": other, "token": _login_token(pipeline)}
+
+
+def _expired_token(pipeline: Pipeline) -> dict[str, Any]:
+    token = _login_token(pipeline)
+    pipeline.sim.expire_tokens()
+    return {"lender_public_id": pipeline.sim.lender_public_id, "token": token}
+
+
+@pytest.mark.parametrize(
+    ("mode", "overrides", "message"),
+    [
+        ("non_json", None, "kept answering with an invalid body: not valid JSON"),
+        ("no_rows", None, "invalid body: no body.rows list"),
+        ("unknown_dataset", None, "dataset S4/D23 is unknown or not enabled for this lender"),
+        ("normal", _wrong_lender, "is not the token's lender: check that D23_LENDER_PUBLIC_ID"),
+        ("normal", _expired_token, "a held token cannot be refreshed: supply a fresh D23_TOKEN"),
+    ],
+    ids=["non-json-page", "no-rows", "unknown-dataset", "wrong-lender", "expired-token"],
+)
+def test_broken_answer_ends_in_one_clear_error_with_the_warehouse_unchanged(
+    loaded: Loaded, tmp_path: Path, mode: str, overrides: Any, message: str
+) -> None:
+    pipeline = loaded.copy(tmp_path)
+    before = warehouse_digest(pipeline.warehouse_path)
+    api = overrides(pipeline) if overrides else {}
+    loaded.sim.mode = mode
+    try:
+        result = pipeline.materialize(MONTH, raise_on_error=False, **FAST_RETRIES, **api)
+    finally:
+        loaded.sim.mode = "normal"
+
+    failures = failure_messages(result)
+    assert list(failures) == ["d23__raw_logs"]
+    assert message in failures["d23__raw_logs"]
+    assert not result.asset_materializations_for_node("d23__logs")
+    assert warehouse_digest(pipeline.warehouse_path) == before

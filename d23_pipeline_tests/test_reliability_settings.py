@@ -1,0 +1,123 @@
+"""Settings: a missing or malformed setting fails at load or at run start, naming the variable;
+plain ``http://`` is refused for any host but loopback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import Pipeline, failure_messages
+
+from d23_pipeline.defs.resources import ExportsApiResource
+from d23_pipeline.settings import SettingsError, load_options
+
+LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("D23_START_MONTH", "2026-13"),
+        ("D23_START_MONTH", "May 2026"),
+        ("D23_PAGE_LIMIT", "lots"),
+        ("D23_PAGE_LIMIT", "0"),
+        ("D23_PAGE_LIMIT", "5000"),
+        ("D23_MAX_CONCURRENCY", "0"),
+        ("D23_MAX_CONCURRENCY", "2.5"),
+        ("D23_SLICE_HOURS", "-24"),
+        ("D23_REFRESH_HOUR_UTC", "24"),
+        ("D23_REFRESH_LOOKBACK_MONTHS", "two"),
+        ("D23_OUTCOME_MAPPING", "/nonexistent/outcome_classes.yaml"),
+    ],
+)
+def test_malformed_option_fails_at_load_naming_it(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_options({name: value})
+
+
+def test_loading_the_definitions_with_a_bad_setting_fails_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D23_")}
+    env |= {"D23_DATA_DIR": str(tmp_path), "D23_SLICE_HOURS": "a day"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import d23_pipeline.definitions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert loaded.returncode != 0
+    last_line = loaded.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("d23_pipeline.settings.SettingsError: D23_SLICE_HOURS")
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        ({"api_url": None, **LOGIN}, "D23_API_URL"),
+        ({"api_url": "https://h.example", "email": "a@b.example", "password": "pw"}, "D23_LENDER"),
+        ({"api_url": "https://h.example", "lender": "demo", "password": "pw"}, "D23_EMAIL"),
+        ({"api_url": "https://h.example", "lender": "demo", "email": "a@b"}, "D23_PASSWORD"),
+        ({"api_url": "https://h.example", "token": "t0k"}, "D23_LENDER_PUBLIC_ID"),
+        ({"api_url": "https://h.example", "lender_public_id": "0000-uuid"}, "D23_TOKEN"),
+        ({"api_url": "ftp://h.example", **LOGIN}, "D23_API_URL"),
+        ({"api_url": "stage-v3-api.cleargrid.ai", **LOGIN}, "D23_API_URL"),
+        ({"api_url": "https://h.example/admin/v3", **LOGIN}, "D23_API_URL"),
+        ({"api_url": "https://h.example#top", **LOGIN}, "D23_API_URL"),
+        ({"api_url": "https://user:pw@h.example", **LOGIN}, "D23_API_URL"),
+        ({"api_url": "http://127.0.0.1:99999", **LOGIN}, "D23_API_URL"),
+    ],
+    ids=[
+        "no-url",
+        "no-lender",
+        "no-email",
+        "no-password",
+        "token-without-lender-id",
+        "lender-id-without-token",
+        "ftp-url",
+        "url-without-scheme",
+        "url-with-path",
+        "url-with-fragment",
+        "url-with-user-info",
+        "url-with-bad-port",
+    ],
+)
+def test_missing_or_malformed_connection_setting_fails_naming_it(fields: dict, name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        ExportsApiResource(**fields).connection()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://stage-v3-api.cleargrid.ai", "http://10.0.0.5:8023", "http://localhost.evil.example"],
+)
+def test_plain_http_to_a_non_loopback_host_is_refused(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"D23_API_URL uses plain http:// .*use https://"):
+        ExportsApiResource(api_url=url, **LOGIN).connection()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://stage-v3-api.cleargrid.ai",
+        "http://127.0.0.1:8023",
+        "http://localhost:8023/",
+        "http://[::1]:8023",
+        "https://stage-v3-api.cleargrid.ai\n",
+    ],
+)
+def test_https_anywhere_and_http_on_loopback_are_accepted(url: str) -> None:
+    accepted = ExportsApiResource(api_url=url, **LOGIN).connection().api_url
+    assert accepted == url.strip().rstrip("/")
+
+
+def test_a_run_with_a_missing_setting_fails_at_start_without_calling_the_api(
+    pipeline: Pipeline,
+) -> None:
+    result = pipeline.materialize("2026-04", raise_on_error=False, password=None)
+
+    failures = failure_messages(result)
+    assert list(failures) == ["d23__raw_logs"]
+    assert "D23_PASSWORD is not set" in failures["d23__raw_logs"]
+    assert pipeline.sim.stats.requests == 0

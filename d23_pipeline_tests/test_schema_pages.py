@@ -1,0 +1,82 @@
+"""validate_rows decides the same way for a whole clean page as row by row.
+
+A page whose rows are all canonical takes a columnar (Arrow) check; one odd value anywhere must
+send the page back to the row-by-row rules, so each row gets exactly the verdict it would get
+alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from d23_pipeline.schema import D23_FIELDS, validate_rows
+
+SINCE, UNTIL = "2026-03-01T00:00:00.000Z", "2026-04-01T00:00:00.000Z"
+
+
+def row(n: int, **changes: Any) -> dict[str, Any]:
+    base = {
+        "public_id": f"{n:024x}",
+        "communication_type": "CALL",
+        "interaction_source": "AGENT",
+        "outcome_option": "PTP",
+        "is_active": True,
+        "is_ptp_broken": n % 2 == 0,
+        "communicated_at": f"2026-03-{1 + n % 28:02d}T10:00:00.{n % 1000:03d}Z",
+        "created_at": "2026-03-01T09:00:00.000Z",
+        "updated_at": "2026-03-02T09:00:00.000Z",
+    }
+    base.update(changes)
+    return base
+
+
+def test_clean_page_keeps_every_row_and_matches_its_arrow_batch() -> None:
+    rows = [row(n) for n in range(50)]
+    result = validate_rows(rows, SINCE, UNTIL)
+    assert result.rejects == [] and result.extra_fields == set()
+    assert result.rows == [row(n) for n in range(50)]
+    assert all(tuple(r) == D23_FIELDS for r in result.rows)
+    assert result.batch is not None
+    assert result.batch.to_pylist() == result.rows
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"created_at": "2026-02-30T00:00:00.000Z"}, "created_at is not an ISO-8601"),
+        ({"updated_at": "2026-03-01T24:00:00.000Z"}, "updated_at is not an ISO-8601"),
+        ({"updated_at": "2026-03-01T23:59:60.000Z"}, "updated_at is not an ISO-8601"),
+        ({"created_at": "0000-03-01T00:00:00.000Z"}, "created_at is not an ISO-8601"),
+        ({"communicated_at": "2026-04-01T00:00:00.000Z"}, "outside the requested window"),
+        ({"communicated_at": "2026-02-28T23:59:59.999Z"}, "outside the requested window"),
+        ({"public_id": ""}, "public_id is an empty string"),
+        ({"public_id": None}, "public_id is NoneType"),
+        ({"is_active": 1}, "is_active is int"),
+        ({"is_ptp_broken": "false"}, "is_ptp_broken is str"),
+        ({"outcome_option": 7}, "outcome_option is int"),
+        ({"created_at": 1772300000000}, "created_at is int"),
+    ],
+)
+def test_one_bad_value_is_rejected_and_the_rest_of_the_page_kept(
+    changes: dict[str, Any], reason: str
+) -> None:
+    rows = [row(n) for n in range(20)]
+    rows[7] = row(7, **changes)
+    result = validate_rows(rows, SINCE, UNTIL)
+    assert [r["public_id"] for r in result.rows] == [f"{n:024x}" for n in range(20) if n != 7]
+    assert len(result.rejects) == 1 and reason in result.rejects[0].reason
+    assert result.batch is None
+
+
+def test_non_canonical_timestamps_and_extra_fields_still_come_out_canonical() -> None:
+    rows = [row(n) for n in range(5)]
+    rows[1] = row(1, created_at="2026-03-01T11:00:00+02:00")
+    rows[2] = {**row(2), "notes": "PII-NOTE call me"}
+    rows[3] = {name: row(3)[name] for name in reversed(D23_FIELDS)}
+    result = validate_rows(rows, SINCE, UNTIL)
+    assert result.rejects == [] and result.extra_fields == {"notes"}
+    assert result.rows[1]["created_at"] == "2026-03-01T09:00:00.000Z"
+    assert all(tuple(r) == D23_FIELDS for r in result.rows)
+    assert [r["public_id"] for r in result.rows] == [f"{n:024x}" for n in range(5)]
