@@ -6,6 +6,7 @@ Only the nine documented fields ever leave this module. A row that breaks the co
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 
 STRING_FIELDS = ("public_id", "communication_type", "interaction_source", "outcome_option")
 BOOL_FIELDS = ("is_active", "is_ptp_broken")
@@ -41,6 +43,22 @@ _ARROW_TS = pa.timestamp("ms", tz="UTC")
 _CANONICAL_TS_RE2 = (
     r"^(?:[1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 )
+
+# The part of a page envelope the columnar reader needs; the rest is inferred and ignored.
+_PAGE_SCHEMA = pa.schema(
+    [
+        (
+            "body",
+            pa.struct(
+                [
+                    ("rows", pa.list_(_ARROW_ROW)),
+                    ("pagination", pa.struct([("nextCursor", pa.string())])),
+                ]
+            ),
+        )
+    ]
+)
+_PAGE_PARSE = pj.ParseOptions(explicit_schema=_PAGE_SCHEMA, unexpected_field_behavior="infer")
 
 # The API's own format; anything else ISO-8601 with an offset is accepted and rewritten to it.
 _CANONICAL_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -132,6 +150,30 @@ def _allowlisted(raw: Any) -> dict[str, Any]:
     return {k: raw[k] for k in D23_FIELDS if k in raw}
 
 
+def _is_canonical(batch: pa.RecordBatch, since: str, until: str) -> bool:
+    """Whether every row of a nine-field batch is a canonical contract row inside the window."""
+    if not batch.num_rows or any(column.null_count for column in batch.columns):
+        return False
+    if not pc.all(pc.greater(pc.utf8_length(batch.column("public_id")), 0)).as_py():
+        return False
+    for name in TIMESTAMP_FIELDS:
+        column = batch.column(name)
+        if not pc.all(pc.match_substring_regex(column, _CANONICAL_TS_RE2)).as_py():
+            return False
+        try:
+            column.cast(_ARROW_TS)  # raises on impossible dates and times (Feb 30, 24:00)
+        except pa.ArrowInvalid:
+            return False
+    # Canonical strings of one fixed width compare in time order.
+    low, high = (v.as_py() for v in pc.min_max(batch.column("communicated_at")).values())
+    return since <= low <= high < until
+
+
+def rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    """Contract rows (exactly the nine fields) as an Arrow batch of :data:`ARROW_SCHEMA`."""
+    return pa.RecordBatch.from_struct_array(pa.array(rows, type=_ARROW_ROW))
+
+
 def _conforming_batch(raw_rows: list[Any], since: str, until: str) -> pa.RecordBatch | None:
     """The page as Arrow if every row already is a canonical contract row, else None.
 
@@ -141,23 +183,43 @@ def _conforming_batch(raw_rows: list[Any], since: str, until: str) -> pa.RecordB
     if not raw_rows or not all(type(raw) is dict and tuple(raw) == D23_FIELDS for raw in raw_rows):
         return None
     try:
-        batch = pa.RecordBatch.from_struct_array(pa.array(raw_rows, type=_ARROW_ROW))
-        if any(column.null_count for column in batch.columns):
-            return None
-        if not pc.all(pc.greater(pc.utf8_length(batch.column("public_id")), 0)).as_py():
-            return None
-        for name in TIMESTAMP_FIELDS:
-            column = batch.column(name)
-            if not pc.all(pc.match_substring_regex(column, _CANONICAL_TS_RE2)).as_py():
-                return None
-            column.cast(_ARROW_TS)  # raises on impossible dates and times (Feb 30, 24:00)
-        # Canonical strings of one fixed width compare in time order.
-        low, high = (v.as_py() for v in pc.min_max(batch.column("communicated_at")).values())
-        if not since <= low <= high < until:
-            return None
+        batch = rows_to_batch(raw_rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    return batch
+    return batch if _is_canonical(batch, since, until) else None
+
+
+def read_canonical_page(
+    content: bytes, since: str, until: str
+) -> tuple[pa.RecordBatch, str] | None:
+    """A page's rows as Arrow and its ``nextCursor``, parsed by Arrow's C++ JSON reader.
+
+    Only for the common page: every row exactly the nine contract fields, canonical and inside
+    ``[since, until)``, and a further page to come. Anything else (a reject, an extra field, an
+    empty or last page, a malformed body) gives None, and the caller decodes the page row by row,
+    which decides and explains. No Python object is made per row, and the parse runs without
+    the GIL, so concurrent slices really overlap.
+    """
+    try:
+        table = pj.read_json(
+            io.BytesIO(content),
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(content) + 1),
+            parse_options=_PAGE_PARSE,
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows != 1:
+        return None
+    body = table.column("body").combine_chunks()
+    rows = body.field("rows")
+    cursor = body.field("pagination").field("nextCursor")[0].as_py()
+    if rows.null_count or not cursor:
+        return None
+    flat = rows.flatten()
+    if flat.type != _ARROW_ROW:  # an extra field was inferred into the rows
+        return None
+    batch = pa.RecordBatch.from_struct_array(flat)
+    return (batch, cursor) if _is_canonical(batch, since, until) else None
 
 
 def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> ValidationResult:

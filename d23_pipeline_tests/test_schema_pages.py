@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
-from d23_pipeline.schema import D23_FIELDS, validate_rows
+from d23_pipeline.schema import D23_FIELDS, read_canonical_page, validate_rows
 
 SINCE, UNTIL = "2026-03-01T00:00:00.000Z", "2026-04-01T00:00:00.000Z"
 
@@ -80,3 +81,50 @@ def test_non_canonical_timestamps_and_extra_fields_still_come_out_canonical() ->
     assert result.rows[1]["created_at"] == "2026-03-01T09:00:00.000Z"
     assert all(tuple(r) == D23_FIELDS for r in result.rows)
     assert [r["public_id"] for r in result.rows] == [f"{n:024x}" for n in range(5)]
+
+
+def envelope(rows: list[Any], cursor: str | None = "next") -> bytes:
+    return orjson.dumps(
+        {
+            "code": 200,
+            "message": "success",
+            "errors": [],
+            "body": {"rows": rows, "pagination": {"nextCursor": cursor, "limit": 500}},
+        }
+    )
+
+
+def test_clean_page_read_from_bytes_equals_the_row_by_row_result() -> None:
+    rows = [row(n) for n in range(50)]
+
+    read = read_canonical_page(envelope(rows), SINCE, UNTIL)
+
+    assert read is not None
+    batch, cursor = read
+    assert cursor == "next"
+    assert batch.to_pylist() == validate_rows(rows, SINCE, UNTIL).rows
+
+
+@pytest.mark.parametrize(
+    ("rows", "cursor"),
+    [
+        ([row(n) for n in range(5)], None),  # the last page: its end must be read strictly
+        ([], "next"),  # an empty page
+        ([row(1), row(2, is_active="yes")], "next"),  # a wrong type
+        ([row(1), row(2, public_id=7)], "next"),
+        ([row(1), {k: v for k, v in row(2).items() if k != "outcome_option"}], "next"),
+        ([row(1), row(2, notes="call back at +44 20 7946 0000")], "next"),  # an extra field
+        ([row(1), row(2, updated_at="yesterday")], "next"),
+        ([row(1), row(2, communicated_at="2026-04-01T00:00:00.000Z")], "next"),  # outside
+        ([row(1), 5], "next"),
+    ],
+)
+def test_any_page_that_is_not_plainly_clean_goes_to_the_row_by_row_rules(
+    rows: list[Any], cursor: str | None
+) -> None:
+    assert read_canonical_page(envelope(rows, cursor), SINCE, UNTIL) is None
+
+
+@pytest.mark.parametrize("content", [b"<html>504 Gateway Time-out</html>", b'{"body": {}}', b""])
+def test_malformed_bodies_are_left_to_the_strict_parser(content: bytes) -> None:
+    assert read_canonical_page(content, SINCE, UNTIL) is None

@@ -8,6 +8,7 @@ import pytest
 
 from d23_pipeline.client import SliceDone, SlicePage, Window
 from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.schema import rows_to_batch
 
 APRIL = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 4, tzinfo=UTC))
 SLICES = APRIL.split(timedelta(days=1))
@@ -29,7 +30,7 @@ def _row(public_id: str, window: Window) -> dict:
 
 
 def _land(writer, window: Window) -> None:
-    writer.write_page(SlicePage(window, [_row(window.key, window)], []))
+    writer.write_page(SlicePage(window, rows_to_batch([_row(window.key, window)]), []))
     writer.finish_slice(SliceDone(window, rows=1, rejects=0, pages=1))
 
 
@@ -37,7 +38,9 @@ def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) ->
     store = SnapshotStore(tmp_path)
     first = store.begin("2026-04-01", SLICES, "run-1")
     _land(first, SLICES[0])
-    first.write_page(SlicePage(SLICES[1], [_row("half", SLICES[1])], []))  # dies mid-slice
+    first.write_page(
+        SlicePage(SLICES[1], rows_to_batch([_row("half", SLICES[1])]), [])
+    )  # dies mid-slice
 
     second = store.begin("2026-04-01", SLICES, "run-2")
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property, partial
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -37,7 +38,13 @@ from d23_pipeline.client.retry import (
 )
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
-from d23_pipeline.schema import RejectedRow, parse_timestamp, validate_rows
+from d23_pipeline.schema import (
+    RejectedRow,
+    parse_timestamp,
+    read_canonical_page,
+    rows_to_batch,
+    validate_rows,
+)
 from d23_pipeline.settings import Credentials
 
 log = logging.getLogger("d23_pipeline.client")
@@ -52,13 +59,16 @@ _JOIN_BUDGET_S = 5.0
 
 @dataclass(frozen=True)
 class SlicePage:
-    """One API page of ``slice``: its valid rows (the nine fields) and its rejects."""
+    """One API page of ``slice``: its valid rows (the nine fields, as Arrow) and its rejects."""
 
     slice: Window
-    rows: list[dict[str, Any]]
+    batch: pa.RecordBatch
     rejects: list[RejectedRow]
-    # ``rows`` as Arrow when the page passed the columnar check, so landing need not convert.
-    batch: pa.RecordBatch | None = None
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        """The valid rows as dicts, for callers that want Python objects."""
+        return self.batch.to_pylist()
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,28 @@ def _parse_page(response: httpx.Response) -> tuple[list[Any], str | None]:
     return rows, cursor
 
 
+@dataclass(frozen=True)
+class _Page:
+    served_rows: int
+    batch: pa.RecordBatch
+    rejects: list[RejectedRow]
+    extra_fields: set[str]
+    next_cursor: str | None
+
+
+def _read_page(response: httpx.Response, since: str, until: str) -> _Page:
+    # Most pages are clean and not the last: Arrow reads those straight from the bytes. Every
+    # other page takes the row-by-row path, which rejects with reasons.
+    clean = read_canonical_page(response.content, since, until)
+    if clean is not None:
+        batch, cursor = clean
+        return _Page(batch.num_rows, batch, [], set(), cursor)
+    raw_rows, cursor = _parse_page(response)
+    result = validate_rows(raw_rows, since, until)
+    batch = result.batch if result.batch is not None else rows_to_batch(result.rows)
+    return _Page(len(raw_rows), batch, result.rejects, result.extra_fields, cursor)
+
+
 def _parse_total(response: httpx.Response) -> WindowTotal:
     pagination = _envelope_body(response).get("pagination")
     if not isinstance(pagination, dict):
@@ -139,24 +171,14 @@ def _parse_total(response: httpx.Response) -> WindowTotal:
     )
 
 
-def _advance_edge(
-    edge: str, edge_ids: set[str], rows: list[dict[str, Any]], batch: pa.RecordBatch | None
-) -> tuple[str, set[str]]:
+def _advance_edge(edge: str, edge_ids: set[str], batch: pa.RecordBatch) -> tuple[str, set[str]]:
     """The latest ``communicated_at`` handed over so far and the public_ids at that instant."""
-    if batch is not None:
-        stamps = batch.column("communicated_at")
-        latest = pc.max(stamps).as_py()
-        if latest is None or latest < edge:
-            return edge, edge_ids
-        at_latest = batch.column("public_id").filter(pc.equal(stamps, latest)).to_pylist()
-        return latest, (edge_ids if latest == edge else set()) | set(at_latest)
-    for row in rows:
-        stamp = row["communicated_at"]
-        if stamp > edge:
-            edge, edge_ids = stamp, {row["public_id"]}
-        elif stamp == edge:
-            edge_ids.add(row["public_id"])
-    return edge, edge_ids
+    stamps = batch.column("communicated_at")
+    latest = pc.max(stamps).as_py()
+    if latest is None or latest < edge:
+        return edge, edge_ids
+    at_latest = batch.column("public_id").filter(pc.equal(stamps, latest)).to_pylist()
+    return latest, (edge_ids if latest == edge else set()) | set(at_latest)
 
 
 class ExportsClient:
@@ -306,7 +328,7 @@ class ExportsClient:
                     rows = rejects = pages = 0
                     for page in self._walk(piece, cancel):
                         pages += 1
-                        rows += len(page.rows)
+                        rows += page.batch.num_rows
                         rejects += len(page.rejects)
                         deliver(page)
                     deliver(SliceDone(piece, rows, rejects, pages))
@@ -436,9 +458,9 @@ class ExportsClient:
                 if cursor is not None:
                     params["cursor"] = cursor
                 try:
-                    raw_rows, next_cursor = self._get(
+                    page = self._get(
                         params,
-                        _parse_page,
+                        partial(_read_page, since=since, until=until),
                         what=f"page of {self._section}/{self._dataset} {part}",
                         window=part,
                         cancel=cancel,
@@ -456,26 +478,26 @@ class ExportsClient:
                     pending.append((parts[0], frozenset(edge_ids)))
                     break
                 strikes = 0
-                result = validate_rows(raw_rows, since, until)
-                rows, batch = result.rows, result.batch
+                batch, next_cursor = page.batch, page.next_cursor
                 if skip:
-                    rows, batch = [row for row in rows if row["public_id"] not in skip], None
+                    already = pa.array(list(skip), pa.string())
+                    batch = batch.filter(pc.invert(pc.is_in(batch.column("public_id"), already)))
                 rejects = [
                     reject
-                    for reject in result.rejects
+                    for reject in page.rejects
                     if reject.public_id is None or reject.public_id not in delivered_rejects
                 ]
-                edge, edge_ids = _advance_edge(edge, edge_ids, rows, batch)
+                edge, edge_ids = _advance_edge(edge, edge_ids, batch)
                 delivered_rejects.update(r.public_id for r in rejects if r.public_id)
-                self.stats.page(len(raw_rows), len(rows), len(rejects), result.extra_fields)
+                self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
                 log.debug(
                     "page of %s: %d rows, %d rejects, %s",
                     part,
-                    len(rows),
+                    batch.num_rows,
                     len(rejects),
                     "more" if next_cursor else "last",
                 )
-                yield SlicePage(window, rows, rejects, batch)
+                yield SlicePage(window, batch, rejects)
                 if next_cursor is None:
                     break
                 if next_cursor == cursor or next_cursor in seen_cursors:

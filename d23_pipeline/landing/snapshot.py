@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from d23_pipeline.client import SliceDone, SlicePage, Window
-from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow
+from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
 
 ROW_SCHEMA = ARROW_SCHEMA
 REJECT_SCHEMA = pa.schema(
@@ -113,14 +113,9 @@ class SnapshotWriter:
             writer = pq.ParquetWriter(tmp, ROW_SCHEMA, use_dictionary=_DICTIONARY_COLUMNS)
             state = _OpenSlice(writer, tmp)
             self._open[page.slice] = state
-        if page.rows:
-            batch = page.batch
-            if batch is None:
-                batch = pa.RecordBatch.from_struct_array(
-                    pa.array(page.rows, type=pa.struct(list(ROW_SCHEMA)))
-                )
-            state.buffer.append(batch)
-            state.buffered += len(page.rows)
+        if page.batch.num_rows:
+            state.buffer.append(page.batch)
+            state.buffered += page.batch.num_rows
             if state.buffered >= _ROW_GROUP_ROWS:
                 state.flush()
         state.rejects.extend(page.rejects)
@@ -129,7 +124,7 @@ class SnapshotWriter:
         """Make the slice's files final and record it in the manifest."""
         state = self._open.pop(done.slice, None)
         if state is None:  # a slice without any page event still gets its (empty) file
-            self.write_page(SlicePage(done.slice, [], []))
+            self.write_page(SlicePage(done.slice, rows_to_batch([]), []))
             state = self._open.pop(done.slice)
         state.flush()
         state.writer.close()
