@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.pages import BASE_URL, LENDER_ID, SLICE, TOKEN, month_end, month_start
-from d23_pipeline.client import ExportsClient, SliceDone, Window
+from d23_pipeline.client import ExportsClient, Window
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
 from d23_pipeline.settings import TokenCredentials
 from d23_pipeline.warehouse.store import MergeSummary, Warehouse, merge_snapshot
@@ -41,15 +41,7 @@ def land_month(client: ExportsClient, data_dir: Path, month: str) -> Snapshot:
     """Read ``month`` slice by slice into a complete raw snapshot, as ``d23/raw_logs`` does."""
     window = Window(month_start(month), month_end(month))
     writer = SnapshotStore(data_dir / "raw").begin(month, window.split(SLICE), "bench")
-    try:
-        for event in client.iter_slices(window):
-            if isinstance(event, SliceDone):
-                writer.finish_slice(event)
-            else:
-                writer.write_page(event)
-    except BaseException:
-        writer.abandon()
-        raise
+    writer.land(client.iter_slices(window))
     return writer.complete(client.stats.as_dict())
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from d23_pipeline.client import SliceDone, SlicePage, Window
+from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, Window
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
 
 ROW_SCHEMA = ARROW_SCHEMA
@@ -140,6 +140,19 @@ class SnapshotWriter:
             "pages": done.pages,
         }
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
+
+    def land(self, events: Iterable[SliceEvent]) -> None:
+        """Write every page and finished slice of ``events``. On any error the unfinished slices
+        are dropped (finished ones stay, for a resume) and the error is raised again."""
+        try:
+            for event in events:
+                if isinstance(event, SliceDone):
+                    self.finish_slice(event)
+                else:
+                    self.write_page(event)
+        except BaseException:
+            self.abandon()
+            raise
 
     def abandon(self) -> None:
         """Close unfinished slices' writers; their partial files are ignored on resume."""

@@ -6,7 +6,6 @@ from d23_pipeline.client import (
     ExportsClient,
     ProtocolError,
     RetriesExhaustedError,
-    SliceDone,
     Window,
     WindowTooHeavyError,
     WindowTotal,
@@ -57,15 +56,7 @@ def raw_logs(
         if finished:
             context.log.info(f"Resuming {partition}: {len(finished)}/{len(slices)} slices done")
         total_before = _total(client, window, context.log)
-        try:
-            for event in client.iter_slices(window, skip=finished):
-                if isinstance(event, SliceDone):
-                    writer.finish_slice(event)
-                else:
-                    writer.write_page(event)
-        except BaseException:
-            writer.abandon()
-            raise
+        writer.land(client.iter_slices(window, skip=finished))
         total_after = _total(client, window, context.log)
         read_stats = client.stats.as_dict()
     snapshot = writer.complete(read_stats)
