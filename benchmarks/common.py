@@ -40,9 +40,10 @@ def client_for(
 def land_month(client: ExportsClient, data_dir: Path, month: str) -> Snapshot:
     """Read ``month`` slice by slice into a complete raw snapshot, as ``d23/raw_logs`` does."""
     window = Window(month_start(month), month_end(month))
-    writer = SnapshotStore(data_dir / "raw").begin(month, window.split(SLICE), "bench")
-    writer.land(client.iter_slices(window))
-    return writer.complete(client.stats.as_dict())
+    store = SnapshotStore(data_dir / "raw")
+    with store.begin(month, window.split(SLICE), "bench") as writer:
+        writer.land(client.iter_slices(window))
+        return writer.complete(client.stats.as_dict())
 
 
 def merge_month(data_dir: Path, snapshot: Snapshot) -> MergeSummary:

@@ -266,3 +266,22 @@ def test_random_504s_never_duplicate_or_skip_rows(
     window = Window(T0, T0 + timedelta(seconds=1))
     with api.client(page_limit=8, min_page_limit=1, min_window=timedelta(milliseconds=1)) as client:
         assert walk_ids(client, window) == ids_in(api, window)
+
+
+def test_a_reject_without_public_id_is_handed_over_once_across_a_mid_walk_504() -> None:
+    # The reject shares the instant of the last valid row of the first page, so the re-read
+    # after the 504 starts at that instant and meets the reject again.
+    rows = rows_at([0, 0, 0, 10, 10, 20])
+    rows[3]["public_id"] = ""
+    api = FakeApi(rows, page_size=lambda limit: 5)
+    api.inject(
+        html(504), times=2, when=lambda r: r.url.params.get("cursor") and len(api.data_params) > 1
+    )
+    with api.client(page_limit=8, min_page_limit=4) as client:
+        pages = list(client.iter_window(DAY))
+
+    assert [r.public_id for p in pages for r in p.rejects] == [None]
+    assert sorted(row["public_id"] for p in pages for row in p.rows) == [
+        "r000000", "r000001", "r000002", "r000004", "r000005"
+    ]  # fmt: skip
+    assert client.stats.as_dict()["rejects"] == 1

@@ -4,6 +4,8 @@ import dagster as dg
 import pytest
 from harness import Pipeline
 
+from d23_pipeline.client import ExportsClient, WindowTotal
+from d23_pipeline.definitions import defs
 from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.warehouse import sql, store
 
@@ -170,3 +172,36 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
         "only_allowlisted_columns": True,
         "unmapped_outcome_codes": True,
     }
+
+
+def test_a_read_short_of_a_stable_api_total_is_not_merged(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.materialize("2026-04")
+    before = pipeline.query("SELECT * FROM d23.logs ORDER BY public_id")
+    pipeline.sim.hard_delete(5, month="2026-04")
+    real_total = ExportsClient.fetch_total
+
+    def one_row_more(self, window):
+        total = real_total(self, window)
+        return WindowTotal(total.total + 1, True, None)
+
+    monkeypatch.setattr(ExportsClient, "fetch_total", one_row_more)
+    result = pipeline.materialize("2026-04", raise_on_error=False)
+
+    raw = _metadata(result, "d23__raw_logs")
+    (total_check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "rows_match_api_total"
+    ]
+    assert not total_check.passed and raw["promoted"] is False
+    assert result.asset_materializations_for_node("d23__logs") == []  # blocked downstream
+    assert pipeline.query("SELECT * FROM d23.logs ORDER BY public_id") == before
+
+    merged_alone = dg.materialize(
+        list(defs.assets),
+        selection="d23/logs",
+        resources=pipeline.resources(),
+        partition_key="2026-04-01",
+    )
+    assert merged_alone.success  # it merges the month's last promoted read, not the short one
+    assert pipeline.query("SELECT * FROM d23.logs ORDER BY public_id") == before

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from d23_pipeline.client import SliceDone, SlicePage, Window
-from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.landing.snapshot import SnapshotBusyError, SnapshotStore
 from d23_pipeline.schema import rows_to_batch
 
 APRIL = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 4, tzinfo=UTC))
@@ -36,40 +36,60 @@ def _land(writer, window: Window) -> None:
 
 def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
-    first = store.begin("2026-04-01", SLICES, "run-1")
-    _land(first, SLICES[0])
-    first.write_page(
-        SlicePage(SLICES[1], rows_to_batch([_row("half", SLICES[1])]), [])
-    )  # dies mid-slice
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+        _land(first, SLICES[0])
+        first.write_page(SlicePage(SLICES[1], rows_to_batch([_row("half", SLICES[1])]), []))
+        raise RuntimeError("the run dies in the middle of the second slice")
 
-    second = store.begin("2026-04-01", SLICES, "run-2")
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.directory == first.directory
+        assert second.finished == {SLICES[0]}
 
-    assert second.directory == first.directory
-    assert second.finished == {SLICES[0]}
+
+def test_a_month_is_written_by_one_run_at_a_time(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with store.begin("2026-04-01", SLICES, "run-1"):
+        with pytest.raises(SnapshotBusyError, match="another run is reading 2026-04-01"):
+            store.begin("2026-04-01", SLICES, "run-2")
+        with store.begin("2026-05-01", SLICES, "run-3"):
+            pass  # another month is free
+    with store.begin("2026-04-01", SLICES, "run-4"):
+        pass  # and the month is free again once the first run is done
+
+
+def test_an_unpromoted_snapshot_is_neither_current_nor_resumed(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with store.begin("2026-04-01", SLICES, "run-1") as writer:
+        for window in SLICES:
+            _land(writer, window)
+        writer.complete({}, promote=False)
+
+    assert store.current("2026-04-01") is None
+    with store.begin("2026-04-01", SLICES, "run-2") as again:
+        assert again.directory != writer.directory and again.finished == set()
 
 
 def test_stale_unfinished_snapshot_is_read_again(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path, resume_max_age=timedelta(hours=24))
-    first = store.begin("2026-04-01", SLICES, "run-1")
-    _land(first, SLICES[0])
+    with store.begin("2026-04-01", SLICES, "run-1") as first:
+        _land(first, SLICES[0])
     manifest_path = first.directory / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["started_at"] = (datetime.now(UTC) - timedelta(hours=25)).isoformat()
     manifest_path.write_text(json.dumps(manifest))
 
-    second = store.begin("2026-04-01", SLICES, "run-2")
-
-    assert second.directory != first.directory
-    assert second.finished == set()
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.directory != first.directory
+        assert second.finished == set()
 
 
 def test_complete_snapshot_replaces_the_previous_one(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     for run in ("run-1", "run-2"):
-        writer = store.begin("2026-04-01", SLICES, run)
-        for window in SLICES:
-            _land(writer, window)
-        snapshot = writer.complete({"requests": 3})
+        with store.begin("2026-04-01", SLICES, run) as writer:
+            for window in SLICES:
+                _land(writer, window)
+            snapshot = writer.complete({"requests": 3})
 
     current = store.current("2026-04-01")
     assert current is not None and current.directory == snapshot.directory
@@ -81,9 +101,8 @@ def test_complete_snapshot_replaces_the_previous_one(tmp_path: Path) -> None:
 
 def test_partial_snapshot_is_never_marked_complete(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
-    writer = store.begin("2026-04-01", SLICES, "run-1")
-    _land(writer, SLICES[0])
-
-    with pytest.raises(RuntimeError, match="missing 2 slice"):
-        writer.complete({})
+    with store.begin("2026-04-01", SLICES, "run-1") as writer:
+        _land(writer, SLICES[0])
+        with pytest.raises(RuntimeError, match="missing 2 slice"):
+            writer.complete({})
     assert store.current("2026-04-01") is None

@@ -171,6 +171,12 @@ def _parse_total(response: httpx.Response) -> WindowTotal:
     )
 
 
+def _reject_key(reject: RejectedRow) -> object:
+    # The edge moves over valid rows only, so a re-read after a 504 can meet a reject again; one
+    # without a public_id is recognised by what it holds.
+    return reject.public_id or (reject.reason, repr(sorted(reject.values.items())))
+
+
 def _advance_edge(edge: str, edge_ids: set[str], batch: pa.RecordBatch) -> tuple[str, set[str]]:
     """The latest ``communicated_at`` handed over so far and the public_ids at that instant."""
     stamps = batch.column("communicated_at")
@@ -444,7 +450,7 @@ class ExportsClient:
         pending: list[tuple[Window, frozenset[str]]] = [(window, frozenset())]
         limit = self._page_limit
         strikes = 0  # 504s in a row since the last page that came through
-        delivered_rejects: set[str] = set()
+        delivered_rejects: set[object] = set()
         while pending:
             part, skip = pending.pop()
             since, until = part.since_text, part.until_text
@@ -482,13 +488,9 @@ class ExportsClient:
                 if skip:
                     already = pa.array(list(skip), pa.string())
                     batch = batch.filter(pc.invert(pc.is_in(batch.column("public_id"), already)))
-                rejects = [
-                    reject
-                    for reject in page.rejects
-                    if reject.public_id is None or reject.public_id not in delivered_rejects
-                ]
+                rejects = [r for r in page.rejects if _reject_key(r) not in delivered_rejects]
                 edge, edge_ids = _advance_edge(edge, edge_ids, batch)
-                delivered_rejects.update(r.public_id for r in rejects if r.public_id)
+                delivered_rejects.update(_reject_key(r) for r in rejects)
                 self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
                 log.debug(
                     "page of %s: %d rows, %d rejects, %s",
@@ -500,7 +502,7 @@ class ExportsClient:
                 yield SlicePage(window, batch, rejects)
                 if next_cursor is None:
                     break
-                if next_cursor == cursor or next_cursor in seen_cursors:
+                if next_cursor in seen_cursors:
                     raise CursorLoopError(
                         f"the API returned a nextCursor already seen in this walk, after "
                         f"{len(seen_cursors) + 1} pages; stopping rather than loop or skip",

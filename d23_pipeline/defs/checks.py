@@ -52,6 +52,13 @@ def _result(spec: dg.AssetCheckSpec, **kwargs: object) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, **kwargs)
 
 
+def describe_total(total: WindowTotal | None) -> str:
+    """``exact``, the API's note (``capped``, ``timeout``, ...), or ``unavailable``."""
+    if total is None:
+        return "unavailable"
+    return "exact" if total.exact else total.note or "not exact"
+
+
 def rows_match_api_total(
     served: int, before: WindowTotal | None, after: WindowTotal | None
 ) -> dg.AssetCheckResult:
@@ -61,7 +68,7 @@ def rows_match_api_total(
         "served_rows": served,
         "api_total_before": before.total if before else None,
         "api_total_after": after.total if after else None,
-        "api_total_note": (after or before).note if (after or before) else "unavailable",
+        "api_total_note": describe_total(after or before),
     }
     if not counts:
         return _result(

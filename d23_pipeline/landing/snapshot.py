@@ -6,10 +6,11 @@ Layout under ``$D23_DATA_DIR/raw/d23/<partition>/``::
     <snapshot id>/manifest.json which slices are finished, with their counts
     <snapshot id>/<slice>.parquet / <slice>.rejects.parquet
 
-A slice's files appear under their final names only once the slice is finished, and the
-manifest is rewritten atomically after each, so a run that dies keeps every finished slice and
-the next run of the month resumes from there. Once complete, ``CURRENT`` moves to the new
-snapshot and older ones are removed: re-materializing a month replaces its snapshot.
+A slice counts as finished only once the manifest, rewritten atomically after each slice, lists
+it (its rows file is renamed into place just before), so a run that dies keeps every finished
+slice and the next run of the month resumes from there. Once complete, ``CURRENT`` moves to the
+new snapshot and older ones are removed: re-materializing a month replaces its snapshot. One run
+at a time may write a month (``.reading.lock``), so two runs never share an unfinished snapshot.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, Window
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
@@ -45,6 +47,10 @@ REJECT_SCHEMA = pa.schema(
 _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_option"]
 # Row groups of this size keep a slice's buffer small while DuckDB still reads fast.
 _ROW_GROUP_ROWS = 64_000
+
+
+class SnapshotBusyError(RuntimeError):
+    """Another run holds the month's snapshot folder."""
 
 
 @dataclass(frozen=True)
@@ -93,11 +99,23 @@ class _OpenSlice:
 class SnapshotWriter:
     """Writes one month's snapshot slice by slice; knows which slices an earlier run finished."""
 
-    def __init__(self, directory: Path, partition: str, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, partition: str, manifest: dict[str, Any], lock: FileLock
+    ) -> None:
         self.directory = directory
         self.partition = partition
         self._manifest = manifest
+        self._lock = lock
         self._open: dict[Window, _OpenSlice] = {}
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        """Drop unfinished slices if the block failed, and let other runs write the month."""
+        if exc_type is not None:
+            self.abandon()
+        self._lock.release()
 
     @property
     def finished(self) -> set[Window]:
@@ -105,6 +123,12 @@ class SnapshotWriter:
             Window(datetime.fromisoformat(s["since"]), datetime.fromisoformat(s["until"]))
             for s in self._manifest["slices"].values()
         }
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """Rows and rejects of the finished slices."""
+        slices = self._manifest["slices"].values()
+        return sum(s["rows"] for s in slices), sum(s["rejects"] for s in slices)
 
     def write_page(self, page: SlicePage) -> None:
         state = self._open.get(page.slice)
@@ -161,8 +185,10 @@ class SnapshotWriter:
             state.tmp_path.unlink(missing_ok=True)
         self._open.clear()
 
-    def complete(self, read_stats: dict[str, Any]) -> Snapshot:
-        """Mark the snapshot complete and make it the month's current one."""
+    def complete(self, read_stats: dict[str, Any], promote: bool = True) -> Snapshot:
+        """Mark the snapshot complete and, unless ``promote`` is false, make it the month's
+        current one. An unpromoted snapshot stays on disk for inspection, never to be merged
+        or resumed."""
         missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
         if missing:
             raise RuntimeError(
@@ -173,6 +199,8 @@ class SnapshotWriter:
         self._manifest["completed_at"] = datetime.now(UTC).isoformat()
         self._manifest["read_stats"] = read_stats
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
+        if not promote:
+            return _load_snapshot(self.partition, self.directory)
         pointer = self.directory.parent / "CURRENT"
         _write_json_atomically(pointer, {"snapshot": self.directory.name})
         for other in self.directory.parent.iterdir():
@@ -224,9 +252,18 @@ class SnapshotStore:
 
     def begin(self, partition: str, slices: Sequence[Window], run_id: str) -> SnapshotWriter:
         """Resume the month's unfinished snapshot if a recent one read the same slices, else start
-        a new one."""
+        a new one. Use the writer as a context manager: it holds the month until the block ends.
+        """
         month_dir = self._month_dir(partition)
         month_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(month_dir / ".reading.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SnapshotBusyError(
+                f"another run is reading {partition} right now; this run stops rather than share "
+                "its unfinished snapshot (run it again once that run has finished)"
+            ) from None
         slice_keys = [w.key for w in slices]
         unfinished = self._resumable(month_dir, slice_keys)
         if unfinished is not None:
@@ -244,7 +281,7 @@ class SnapshotStore:
                 "slices": {},
             }
         _write_json_atomically(directory / "manifest.json", manifest)
-        return SnapshotWriter(directory, partition, manifest)
+        return SnapshotWriter(directory, partition, manifest, lock)
 
     def _resumable(
         self, month_dir: Path, slice_keys: list[str]
