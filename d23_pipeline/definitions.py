@@ -12,6 +12,7 @@ from d23_pipeline.defs.assets.outcome_mix import (
 )
 from d23_pipeline.defs.assets.raw_logs import raw_logs
 from d23_pipeline.defs.jobs import d23_pipeline_job
+from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import (
     ExportsApiResource,
@@ -20,9 +21,6 @@ from d23_pipeline.defs.resources import (
     WarehouseResource,
 )
 from d23_pipeline.defs.sensors import build_daily_refresh_sensor
-from d23_pipeline.settings import load_options
-
-options = load_options()
 
 
 def _env(name: str) -> dg.EnvVar | None:

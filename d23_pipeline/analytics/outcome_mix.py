@@ -14,7 +14,7 @@ import duckdb
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import execute
+from d23_pipeline.warehouse.store import execute, transaction
 
 KPI_NAMES = (
     "contact_rate",
@@ -38,15 +38,9 @@ def _load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeC
 def _replace(
     con: duckdb.DuckDBPyConnection, delete: str, insert: str, params: Mapping[str, Any]
 ) -> int:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         execute(con, delete, params)
-        inserted = execute(con, insert, params).fetchone()[0]
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return inserted
+        return execute(con, insert, params).fetchone()[0]
 
 
 def rebuild_outcome_mix_monthly(

@@ -28,8 +28,8 @@ REJECTED_ROWS = dg.AssetCheckSpec(
     "rejected_rows",
     asset=RAW_LOGS,
     description=(
-        "WARN when any row was quarantined in d23.rejected_rows; ERROR above "
-        f"{REJECT_ERROR_SHARE:.0%} of the month's served rows."
+        "WARN when any row of the month broke the D23 contract (d23/logs quarantines them in "
+        f"d23.rejected_rows); ERROR above {REJECT_ERROR_SHARE:.0%} of the month's served rows."
     ),
 )
 PUBLIC_ID_UNIQUE = dg.AssetCheckSpec(

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from d23_pipeline.settings import load_options
+from d23_pipeline.defs.options import options
 
 # end_offset=1 keeps the month in progress, which the daily refresh re-reads.
 monthly_partitions = dg.MonthlyPartitionsDefinition(
-    start_date=f"{load_options().start_month}-01", timezone="UTC", end_offset=1
+    start_date=f"{options.start_month}-01", timezone="UTC", end_offset=1
 )

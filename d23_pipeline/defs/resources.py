@@ -13,12 +13,7 @@ from pydantic import Field
 from d23_pipeline.analytics.outcome_classes import OutcomeClass, load_outcome_classes
 from d23_pipeline.client import ExportsClient, RetryPolicy
 from d23_pipeline.landing.snapshot import SnapshotStore
-from d23_pipeline.settings import (
-    ApiConnection,
-    SettingsError,
-    read_credentials,
-    validate_api_url,
-)
+from d23_pipeline.settings import ApiConnection, load_api_connection
 from d23_pipeline.warehouse.store import Warehouse
 
 
@@ -47,16 +42,16 @@ class ExportsApiResource(dg.ConfigurableResource):
 
     def connection(self) -> ApiConnection:
         """Validate the settings; a problem raises SettingsError naming the D23_* variable."""
-        if not self.api_url:
-            raise SettingsError("D23_API_URL is not set (e.g. https://stage-v3-api.cleargrid.ai)")
-        env = {
-            "D23_LENDER": self.lender or "",
-            "D23_EMAIL": self.email or "",
-            "D23_PASSWORD": self.password or "",
-            "D23_LENDER_PUBLIC_ID": self.lender_public_id or "",
-            "D23_TOKEN": self.token or "",
-        }
-        return ApiConnection(validate_api_url(self.api_url), read_credentials(env))
+        return load_api_connection(
+            {
+                "D23_API_URL": self.api_url or "",
+                "D23_LENDER": self.lender or "",
+                "D23_EMAIL": self.email or "",
+                "D23_PASSWORD": self.password or "",
+                "D23_LENDER_PUBLIC_ID": self.lender_public_id or "",
+                "D23_TOKEN": self.token or "",
+            }
+        )
 
     @contextmanager
     def client(self) -> Iterator[ExportsClient]:

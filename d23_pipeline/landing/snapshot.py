@@ -119,10 +119,8 @@ class SnapshotWriter:
 
     @property
     def finished(self) -> set[Window]:
-        return {
-            Window(datetime.fromisoformat(s["since"]), datetime.fromisoformat(s["until"]))
-            for s in self._manifest["slices"].values()
-        }
+        """The slices an earlier run of this snapshot finished."""
+        return {Window.from_key(key) for key in self._manifest["slices"]}
 
     @property
     def counts(self) -> tuple[int, int]:
@@ -157,8 +155,6 @@ class SnapshotWriter:
         pq.write_table(_rejects_table(done.slice, state.rejects), rejects_path)
         os.replace(state.tmp_path, rows_path)
         self._manifest["slices"][done.slice.key] = {
-            "since": done.slice.since.isoformat(),
-            "until": done.slice.until.isoformat(),
             "rows": done.rows,
             "rejects": done.rejects,
             "pages": done.pages,

@@ -2,8 +2,10 @@
 
 from d23_pipeline.schema import D23_FIELDS
 
-# Bookkeeping columns start with "_" so the allowlist check can tell them from data.
-BOOKKEEPING_COLUMNS = ("_partition", "_first_seen_at", "_last_seen_at", "_deleted_at")
+SESSION_SETUP = "SET TimeZone = 'UTC'"
+BEGIN = "BEGIN TRANSACTION"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
 
 # The counts and rates of the two KPI tables (see _kpi_select for their definitions).
 _KPI_COLUMNS = """
@@ -109,13 +111,16 @@ FROM read_parquet($files)
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
-# What the merge is about to do, counted before it changes anything.
+# What the merge is about to do, counted before it changes anything, with the MERGE's own
+# conditions: "updated" counts rows whose updated_at moved forward (an exact tie is rewritten
+# by the MERGE but changes nothing worth counting), "moved_in" rows the MERGE takes over from
+# another month.
 MERGE_PREVIEW = """
 SELECT
-    count(*) FILTER (WHERE t.public_id IS NULL)                                AS inserted,
-    count(*) FILTER (WHERE t.public_id IS NOT NULL AND s.updated_at > t.updated_at) AS updated,
-    count(*) FILTER (WHERE t._deleted_at IS NOT NULL)                          AS restored,
-    count(*) FILTER (WHERE t.public_id IS NOT NULL AND t._partition <> $partition)  AS moved_in
+    count(*) FILTER (WHERE t.public_id IS NULL) AS inserted,
+    count(*) FILTER (WHERE s.updated_at > t.updated_at) AS updated,
+    count(*) FILTER (WHERE t._deleted_at IS NOT NULL) AS restored,
+    count(*) FILTER (WHERE s.updated_at >= t.updated_at AND t._partition <> $partition) AS moved_in
 FROM snapshot AS s
 LEFT JOIN d23.logs AS t USING (public_id)
 """

@@ -31,6 +31,18 @@ def execute(
     return con.execute(statement, {k: v for k, v in (params or {}).items() if k in wanted})
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All of the block's statements or none of them."""
+    con.execute(sql.BEGIN)
+    try:
+        yield
+    except BaseException:
+        con.execute(sql.ROLLBACK)
+        raise
+    con.execute(sql.COMMIT)
+
+
 class Warehouse:
     """The DuckDB file under ``D23_DATA_DIR`` and the lock that serialises access to it."""
 
@@ -47,7 +59,7 @@ class Warehouse:
                 self._create()
             con = duckdb.connect(str(self.path), read_only=read_only)
             try:
-                con.execute("SET TimeZone = 'UTC'")
+                con.execute(sql.SESSION_SETUP)
                 if not read_only:
                     con.execute(sql.CREATE_SCHEMA)
                 yield con
@@ -91,8 +103,7 @@ def merge_snapshot(
         "partition": partition,
         "read_at": read_at,
     }
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         has_duplicates = execute(con, sql.SNAPSHOT_HAS_DUPLICATES, params).fetchone()[0]
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
@@ -103,10 +114,6 @@ def merge_snapshot(
         marked_deleted = execute(con, sql.MARK_DELETED, params).fetchone()[0]
         execute(con, sql.DELETE_REJECTS, params)
         rejects = execute(con, sql.INSERT_REJECTS, params).fetchone()[0]
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return MergeSummary(
         snapshot_rows=snapshot_rows,
         inserted=inserted,
