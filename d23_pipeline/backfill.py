@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from d23_pipeline.months import month_index, month_name
 from d23_pipeline.settings import SettingsError, validate_month
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -48,16 +49,11 @@ class BackfillError(RuntimeError):
 
 def month_partitions(first: str, last: str) -> list[str]:
     """Partition keys of the months ``first`` to ``last`` (``YYYY-MM``), both included."""
-    start = _month_index(validate_month(first, "FIRST"))
-    end = _month_index(validate_month(last, "LAST"))
+    start = month_index(validate_month(first, "FIRST"))
+    end = month_index(validate_month(last, "LAST"))
     if end < start:
         raise SettingsError(f"LAST ({last}) is before FIRST ({first})")
-    return [f"{i // 12:04d}-{i % 12 + 1:02d}-01" for i in range(start, end + 1)]
-
-
-def _month_index(month: str) -> int:
-    year, mon = (int(part) for part in month.split("-"))
-    return year * 12 + mon - 1
+    return [f"{month_name(i)}-01" for i in range(start, end + 1)]
 
 
 def _graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from d23_pipeline.months import months_up_to
+
 SIMULATOR_PORT = 8023
 UI_PORT = 3000
 SIMULATOR_MONTHS = 6
@@ -70,9 +72,7 @@ def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
     for name, value in DEMO_CREDENTIALS.items():
         env.setdefault(name, value)
     # The simulator serves the six months up to now; start the partitions where its data does.
-    today = date.today()
-    first = (today.year * 12 + today.month - 1) - (SIMULATOR_MONTHS - 1)
-    env.setdefault("D23_START_MONTH", f"{first // 12:04d}-{first % 12 + 1:02d}")
+    env.setdefault("D23_START_MONTH", months_up_to(date.today(), SIMULATOR_MONTHS)[0])
     return process
 
 

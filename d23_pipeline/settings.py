@@ -45,6 +45,9 @@ class TokenCredentials:
 Credentials = LoginCredentials | TokenCredentials
 
 DEFAULT_START_MONTH = "2026-01"
+DEFAULT_PAGE_LIMIT = 500
+DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_SLICE_HOURS = 24
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
@@ -160,9 +163,9 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     return PipelineOptions(
         data_dir=Path(env.get("D23_DATA_DIR", "").strip() or "data"),
         start_month=validate_month(env.get("D23_START_MONTH", "").strip() or DEFAULT_START_MONTH),
-        page_limit=_int(env, "D23_PAGE_LIMIT", 500, 1, 1000),
-        max_concurrency=_int(env, "D23_MAX_CONCURRENCY", 4, 1, 32),
-        slice_hours=_int(env, "D23_SLICE_HOURS", 24, 1, 24 * 31),
+        page_limit=_int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, 1, 1000),
+        max_concurrency=_int(env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, 1, 32),
+        slice_hours=_int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, 1, 24 * 31),
         refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
         outcome_mapping=Path(mapping) if mapping else None,

@@ -13,7 +13,13 @@ from pydantic import Field
 from d23_pipeline.analytics.outcome_classes import OutcomeClass, load_outcome_classes
 from d23_pipeline.client import ExportsClient, RetryPolicy
 from d23_pipeline.landing.snapshot import SnapshotStore
-from d23_pipeline.settings import ApiConnection, load_api_connection
+from d23_pipeline.settings import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PAGE_LIMIT,
+    DEFAULT_SLICE_HOURS,
+    ApiConnection,
+    load_api_connection,
+)
 from d23_pipeline.warehouse.store import Warehouse
 
 
@@ -26,9 +32,15 @@ class ExportsApiResource(dg.ConfigurableResource):
     password: str | None = Field(default=None, description="D23_PASSWORD (login)")
     lender_public_id: str | None = Field(default=None, description="D23_LENDER_PUBLIC_ID")
     token: str | None = Field(default=None, description="D23_TOKEN: a bearer token already held")
-    page_limit: int = Field(default=500, description="D23_PAGE_LIMIT: rows asked per page")
-    max_concurrency: int = Field(default=4, description="D23_MAX_CONCURRENCY: slices in flight")
-    slice_hours: int = Field(default=24, description="D23_SLICE_HOURS: width of one slice")
+    page_limit: int = Field(
+        default=DEFAULT_PAGE_LIMIT, description="D23_PAGE_LIMIT: rows asked per page"
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY, description="D23_MAX_CONCURRENCY: slices in flight"
+    )
+    slice_hours: int = Field(
+        default=DEFAULT_SLICE_HOURS, description="D23_SLICE_HOURS: width of one slice"
+    )
     retry_base_delay_s: float = Field(
         default=RetryPolicy.base_delay_s, description="Backoff before the first retry (doubles)"
     )

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from d23_pipeline.months import months_up_to
+
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
         UnresolvedAssetJobDefinition,
@@ -42,9 +44,7 @@ class RefreshPlan:
 def refresh_partitions(now: datetime, lookback_months: int, existing: Collection[str]) -> list[str]:
     """The current UTC month's partition key and the ``lookback_months`` before it that exist,
     oldest first."""
-    now = now.astimezone(UTC)
-    index = now.year * 12 + now.month - 1
-    keys = [f"{i // 12:04d}-{i % 12 + 1:02d}-01" for i in range(index - lookback_months, index + 1)]
+    keys = [f"{month}-01" for month in months_up_to(now.astimezone(UTC), lookback_months + 1)]
     return [k for k in keys if k in existing]
 
 

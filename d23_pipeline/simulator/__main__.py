@@ -12,6 +12,7 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
+from d23_pipeline.months import months_up_to
 from d23_pipeline.simulator.app import Simulator
 from d23_pipeline.simulator.config import Faults, SimulatorConfig
 from d23_pipeline.simulator.server import serve
@@ -19,9 +20,7 @@ from d23_pipeline.simulator.server import serve
 
 def recent_months(count: int, today: datetime | None = None) -> tuple[str, ...]:
     """The ``count`` months up to and including the current UTC month, oldest first."""
-    today = today or datetime.now(UTC)
-    index = today.year * 12 + today.month - 1
-    return tuple(f"{i // 12:04d}-{i % 12 + 1:02d}" for i in range(index - count + 1, index + 1))
+    return tuple(months_up_to(today or datetime.now(UTC), count))
 
 
 def _months(value: str) -> tuple[str, ...]:
