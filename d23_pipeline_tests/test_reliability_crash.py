@@ -17,6 +17,7 @@ import dagster as dg
 import pytest
 from harness import ExportHookSimulator, Pipeline, month_window, warehouse_digest
 
+from d23_pipeline.client import Window
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs import checks
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
@@ -114,6 +115,11 @@ def _window(since: str, until: str) -> tuple[datetime, datetime]:
     return datetime.fromisoformat(since), datetime.fromisoformat(until)
 
 
+def _slice_window(key: str) -> tuple[datetime, datetime]:
+    window = Window.from_key(key)  # the manifest names each finished slice by its window
+    return window.since, window.until
+
+
 def _raw_logs_metadata(result: dg.ExecuteInProcessResult) -> dict:
     (event,) = result.asset_materializations_for_node("d23__raw_logs")
     return {k: v.value for k, v in event.metadata.items()}
@@ -138,7 +144,7 @@ def test_kill_during_download_then_rerun_reads_only_unfinished_slices(tmp_path: 
         finally:
             sim.release()
         (killed,) = [json.loads(p.read_text()) for p in month_dir.glob("*/manifest.json")]
-        finished = {_window(s["since"], s["until"]) for s in killed["slices"].values()}
+        finished = {_slice_window(key) for key in killed["slices"]}
         assert not killed["complete"] and not (month_dir / "CURRENT").exists()
         assert 0 < len(finished) < len(killed["slice_keys"])
         assert warehouse_digest(pipeline.warehouse_path) == before
@@ -149,10 +155,10 @@ def test_kill_during_download_then_rerun_reads_only_unfinished_slices(tmp_path: 
     assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
     assert _raw_logs_metadata(result)["slices_resumed"] == len(finished)
     current = json.loads((month_dir / "CURRENT").read_text())["snapshot"]
-    slices = json.loads((month_dir / current / "manifest.json").read_text())["slices"].values()
-    full_read_pages = sum(s["pages"] for s in slices)
+    slices = json.loads((month_dir / current / "manifest.json").read_text())["slices"]
+    full_read_pages = sum(s["pages"] for s in slices.values())
     unfinished_pages = sum(
-        s["pages"] for s in slices if _window(s["since"], s["until"]) not in finished
+        s["pages"] for key, s in slices.items() if _slice_window(key) not in finished
     )
     for since, until in (_window(*w) for w in sim.page_windows):
         assert not any(f_since <= since and until <= f_until for f_since, f_until in finished)
