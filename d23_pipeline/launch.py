@@ -3,6 +3,7 @@ unless ``D23_API_URL`` points at a real Exports API."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -77,6 +78,9 @@ def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def main() -> None:
+    # A shell starting us in the background makes SIGINT ignored, and children inherit that;
+    # with a handler here, Ctrl-C stops us and every process started below sees SIGINT again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     env = dict(os.environ)
     home = _prepare_dagster_home(env)
     simulator = None
@@ -92,11 +96,16 @@ def main() -> None:
     )
     print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
     print("Backfill a range of months: .venv/bin/python -m d23_pipeline.backfill 2026-01 2026-06")
+    # Its own process group: a stop reaches `dagster dev` once, through the handlers below, and
+    # whatever it leaves behind (a code server it restarted while shutting down) is ended with
+    # the group.
     ui = subprocess.Popen(
-        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(UI_PORT)], env=env
+        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(UI_PORT)],
+        env=env,
+        start_new_session=True,
     )
-    # `dagster dev` shuts its webserver, daemon and code server down cleanly on SIGINT; pass
-    # SIGTERM on as SIGINT too so a supervisor's stop leaves no orphans.
+    # `dagster dev` shuts its webserver, daemon and code server down cleanly on SIGINT; a
+    # supervisor's SIGTERM is passed on as SIGINT too.
     signal.signal(signal.SIGTERM, lambda *_: ui.send_signal(signal.SIGINT))
     try:
         while ui.poll() is None:
@@ -105,6 +114,8 @@ def main() -> None:
             except KeyboardInterrupt:
                 ui.send_signal(signal.SIGINT)
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ui.pid, signal.SIGKILL)
         if simulator is not None:
             simulator.terminate()
             simulator.wait(timeout=10)
