@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from d23_pipeline.landing.snapshot import REJECT_SCHEMA, ROW_SCHEMA
+from d23_pipeline.landing.snapshot import REJECT_SCHEMA
+from d23_pipeline.schema import ARROW_SCHEMA
 from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
 
 PARTITION = "2026-04-01"
@@ -42,7 +43,7 @@ class Months:
         for rows in slices:
             self.count += 1
             path = self.dir / f"{self.count:04d}.parquet"
-            pq.write_table(pa.Table.from_pylist(rows, ROW_SCHEMA), path)
+            pq.write_table(pa.Table.from_pylist(rows, ARROW_SCHEMA), path)
             files.append(path)
         reject_path = self.dir / f"{self.count:04d}.rejects.parquet"
         pq.write_table(pa.Table.from_pylist(list(rejects), REJECT_SCHEMA), reject_path)

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass, load_outcome_classes
 from d23_pipeline.client import ExportsClient, RetryPolicy
-from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.landing.snapshot import RESUME_MAX_AGE, SnapshotStore
 from d23_pipeline.settings import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_PAGE_LIMIT,
@@ -20,7 +20,7 @@ from d23_pipeline.settings import (
     ApiConnection,
     load_api_connection,
 )
-from d23_pipeline.warehouse.store import Warehouse
+from d23_pipeline.warehouse.store import LOCK_TIMEOUT_S, Warehouse
 
 
 class ExportsApiResource(dg.ConfigurableResource):
@@ -85,7 +85,9 @@ class WarehouseResource(DuckDBResource):
     """``dagster-duckdb``'s resource, with connections serialised across processes by a file
     lock and closed even when the block raises."""
 
-    lock_timeout_s: float = Field(default=900.0, description="How long to wait for the lock")
+    lock_timeout_s: float = Field(
+        default=LOCK_TIMEOUT_S, description="How long to wait for the lock"
+    )
 
     def warehouse(self) -> Warehouse:
         return Warehouse(Path(self.database), lock_timeout_s=self.lock_timeout_s)
@@ -101,7 +103,8 @@ class LandingZoneResource(dg.ConfigurableResource):
 
     raw_dir: str
     resume_max_age_hours: int = Field(
-        default=24, description="An unfinished snapshot older than this is read again, not resumed"
+        default=RESUME_MAX_AGE // timedelta(hours=1),
+        description="An unfinished snapshot older than this is read again, not resumed",
     )
 
     def store(self) -> SnapshotStore:

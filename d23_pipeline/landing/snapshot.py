@@ -32,7 +32,6 @@ from filelock import FileLock, Timeout
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, Window
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
 
-ROW_SCHEMA = ARROW_SCHEMA
 REJECT_SCHEMA = pa.schema(
     [
         ("slice_since", pa.timestamp("ms", tz="UTC")),
@@ -45,6 +44,8 @@ REJECT_SCHEMA = pa.schema(
 # Only the vocabulary columns repeat; dictionary-encoding the unique ids and timestamps doubled
 # the cost of writing a slice and made the file larger.
 _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_option"]
+# An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
+RESUME_MAX_AGE = timedelta(hours=24)
 # Row groups of this size keep a slice's buffer small while DuckDB still reads fast.
 _ROW_GROUP_ROWS = 64_000
 
@@ -92,7 +93,7 @@ class _OpenSlice:
 
     def flush(self) -> None:
         if self.buffer:
-            self.writer.write_table(pa.Table.from_batches(self.buffer, ROW_SCHEMA))
+            self.writer.write_table(pa.Table.from_batches(self.buffer, ARROW_SCHEMA))
             self.buffer, self.buffered = [], 0
 
 
@@ -132,7 +133,7 @@ class SnapshotWriter:
         state = self._open.get(page.slice)
         if state is None:
             tmp = self.directory / f"{page.slice.key}.parquet.partial"
-            writer = pq.ParquetWriter(tmp, ROW_SCHEMA, use_dictionary=_DICTIONARY_COLUMNS)
+            writer = pq.ParquetWriter(tmp, ARROW_SCHEMA, use_dictionary=_DICTIONARY_COLUMNS)
             state = _OpenSlice(writer, tmp)
             self._open[page.slice] = state
         if page.batch.num_rows:
@@ -239,7 +240,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
 class SnapshotStore:
     """Raw D23 snapshots of every month under one root folder."""
 
-    def __init__(self, root: Path, resume_max_age: timedelta = timedelta(hours=24)) -> None:
+    def __init__(self, root: Path, resume_max_age: timedelta = RESUME_MAX_AGE) -> None:
         self.root = Path(root)
         self.resume_max_age = resume_max_age
 

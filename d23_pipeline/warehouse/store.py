@@ -20,6 +20,8 @@ from filelock import FileLock
 
 from d23_pipeline.warehouse import sql
 
+# How long a connection waits for another process to finish with the file before failing.
+LOCK_TIMEOUT_S = 900.0
 _PARAM = re.compile(r"\$([a-z_]+)")
 
 
@@ -46,7 +48,7 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 class Warehouse:
     """The DuckDB file under ``D23_DATA_DIR`` and the lock that serialises access to it."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = 900.0) -> None:
+    def __init__(self, path: Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self.path = Path(path)
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
 

@@ -14,7 +14,7 @@ from d23_pipeline.defs import checks
 from d23_pipeline.defs.metadata import markdown_table, schema_from_arrow
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource
-from d23_pipeline.landing.snapshot import ROW_SCHEMA
+from d23_pipeline.schema import ARROW_SCHEMA
 
 
 def _total(client: ExportsClient, window: Window, log: dg.DagsterLogManager) -> WindowTotal | None:
@@ -78,7 +78,7 @@ def raw_logs(
         metadata={
             "dagster/row_count": snapshot.rows,
             "dagster/partition_row_count": snapshot.rows,
-            "dagster/column_schema": schema_from_arrow(ROW_SCHEMA),
+            "dagster/column_schema": schema_from_arrow(ARROW_SCHEMA),
             "snapshot": dg.MetadataValue.path(str(snapshot.directory)),
             "rejected_rows": snapshot.rejects,
             "slices": len(slices),
