@@ -53,6 +53,21 @@ CREATE TABLE IF NOT EXISTS d23.rejected_rows (
     rejected_at        TIMESTAMPTZ NOT NULL
 );
 
+-- How each slice of each month was last read: what it served against the API's exact counts
+-- taken before and after its walk, and whether that proves the read complete. Replaced per
+-- month by every merge.
+CREATE TABLE IF NOT EXISTS d23.slice_verification (
+    _partition   VARCHAR     NOT NULL,
+    slice_since  TIMESTAMPTZ NOT NULL,
+    slice_until  TIMESTAMPTZ NOT NULL,
+    served       BIGINT      NOT NULL,
+    total_before BIGINT,
+    total_after  BIGINT,
+    verified     BOOLEAN     NOT NULL,
+    reads        INTEGER     NOT NULL,
+    read_at      TIMESTAMPTZ NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS d23.outcome_mix_monthly (
     month              DATE    NOT NULL,
     communication_type VARCHAR NOT NULL,
