@@ -14,6 +14,7 @@ import httpx
 
 from benchmarks.pages import BASE_URL, LENDER_ID, SLICE, TOKEN, month_end, month_start
 from d23_pipeline.client import ExportsClient, Window
+from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
 from d23_pipeline.settings import TokenCredentials
 from d23_pipeline.warehouse.store import MergeSummary, Warehouse, merge_snapshot
@@ -40,22 +41,20 @@ def client_for(
 def land_month(client: ExportsClient, data_dir: Path, month: str) -> Snapshot:
     """Read ``month`` slice by slice into a complete raw snapshot, as ``d23/raw_logs`` does."""
     window = Window(month_start(month), month_end(month))
-    store = SnapshotStore(data_dir / "raw")
-    with store.begin(month, window.split(SLICE), "bench") as writer:
-        writer.land(client.iter_slices(window))
-        return writer.complete(client.stats.as_dict())
+    return read_month(
+        client,
+        SnapshotStore(data_dir / "raw"),
+        Warehouse(data_dir / "warehouse.duckdb"),
+        partition=month,
+        slices=window.split(SLICE),
+        run_id="bench",
+    ).snapshot
 
 
 def merge_month(data_dir: Path, snapshot: Snapshot) -> MergeSummary:
     """Merge a landed snapshot into the warehouse of ``data_dir``, as ``d23/logs`` does."""
     with Warehouse(data_dir / "warehouse.duckdb").connect() as con:
-        return merge_snapshot(
-            con,
-            partition=snapshot.partition,
-            row_files=snapshot.row_files,
-            reject_files=snapshot.reject_files,
-            read_at=snapshot.completed_at,
-        )
+        return merge_snapshot(con, snapshot)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def child(rows: int) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         month = MonthPages(MONTH, rows, 1000)
-        with client_for(transport=mock_transport(lazy_renderer(month))) as client:
+        with client_for(transport=mock_transport(month, lazy_renderer(month))) as client:
             snapshot = land_month(client, data_dir, MONTH)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -53,7 +53,7 @@ def bench(month_rows: int, table_sizes: list[int], repeats: dict[int, int]) -> d
     work = Path(tempfile.mkdtemp(prefix="d23-bench-merge-"))
     try:
         month = MonthPages(MONTH, month_rows, 1000)
-        with client_for(transport=mock_transport(lazy_renderer(month))) as client:
+        with client_for(transport=mock_transport(month, lazy_renderer(month))) as client:
             snapshot = land_month(client, work / "landed", MONTH)
         results: dict[int, Any] = {}
         for size in table_sizes:

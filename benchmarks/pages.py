@@ -71,6 +71,15 @@ class MonthPages:
     def day_text(self, day: int) -> str:
         return format_timestamp(month_start(self.month) + timedelta(days=day))
 
+    def count(self, since: str, until: str) -> int:
+        """Rows of the whole days inside ``[since, until)``: what ``includeTotal`` answers."""
+        ends = [self.day_text(d + 1) for d in range(self.days - 1)] + [_until(self)]
+        return sum(
+            self.day_rows(d)
+            for d in range(self.days)
+            if since <= self.day_text(d) and ends[d] <= until
+        )
+
     def page_rows(self, day: int, page: int) -> list[dict]:
         """The rows of page ``page`` of day ``day``, in the API's order."""
         count = self.day_rows(day)
@@ -182,12 +191,17 @@ def prerendered(month: MonthPages) -> Render:
 _HEADERS = {"content-type": "application/json"}
 
 
-def mock_transport(render: Render) -> httpx.MockTransport:
-    """An in-process transport answering data requests from ``render`` (no socket)."""
+def mock_transport(month: MonthPages, render: Render) -> httpx.MockTransport:
+    """An in-process transport answering pages from ``render`` and counts from ``month``."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         params = request.url.params
-        body = render(params["since"], params["until"], params.get("cursor"))
+        if params.get("includeTotal") == "true":
+            total = month.count(params["since"], params["until"])
+            pagination = {"nextCursor": None, "total": total, "totalExact": True}
+            body = orjson.dumps({"body": {"rows": [], "pagination": pagination}})
+        else:
+            body = render(params["since"], params["until"], params.get("cursor"))
         return httpx.Response(200, headers=_HEADERS, content=body)
 
     return httpx.MockTransport(handler)

@@ -33,12 +33,12 @@ from d23_pipeline.schema import format_timestamp
 MONTH = "2026-03"
 
 
-def run_pipeline(render: Render, rows: int, limit: int) -> dict[str, float]:
+def run_pipeline(month: MonthPages, render: Render, rows: int, limit: int) -> dict[str, float]:
     """One end-to-end run into a fresh warehouse; seconds for landing and for the merge."""
     data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-"))
     try:
         started = time.perf_counter()
-        with client_for(transport=mock_transport(render), page_limit=limit) as client:
+        with client_for(transport=mock_transport(month, render), page_limit=limit) as client:
             snapshot = land_month(client, data_dir, MONTH)
         landed = time.perf_counter()
         summary = merge_month(data_dir, snapshot)
@@ -140,7 +140,7 @@ def bench(rows: int, limit: int, repeats: int, dlt_repeats: int) -> dict[str, An
     for run in range(max(repeats, dlt_repeats)):
         # Interleaved, so a burst of load on a shared machine hits both sides alike.
         if run < repeats:
-            ours.append(run_pipeline(render, rows, limit))
+            ours.append(run_pipeline(month, render, rows, limit))
         if run < dlt_repeats:
             theirs.append(run_dlt(render, rows, limit))
     total = Timing([r["total"] for r in ours])

@@ -55,7 +55,10 @@ defs = dg.Definitions(
             max_concurrency=options.max_concurrency,
             slice_hours=options.slice_hours,
         ),
-        "warehouse": WarehouseResource(database=str(options.warehouse_path.resolve())),
+        "warehouse": WarehouseResource(
+            database=str(options.warehouse_path.resolve()),
+            max_deletion_share=options.max_deletion_share,
+        ),
         "landing_zone": LandingZoneResource(raw_dir=str(options.raw_dir.resolve())),
         "outcome_mapping": OutcomeMappingResource(
             mapping_path=str(options.outcome_mapping) if options.outcome_mapping else None

@@ -48,6 +48,9 @@ DEFAULT_START_MONTH = "2026-01"
 DEFAULT_PAGE_LIMIT = 500
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_SLICE_HOURS = 24
+# A merge that would mark more than this share of a month's live rows deleted marks none until
+# an operator confirms: a source losing that much at once is more often a fault than the truth.
+DEFAULT_MAX_DELETION_SHARE = 0.02
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
@@ -63,6 +66,7 @@ class PipelineOptions:
     refresh_hour_utc: int
     refresh_lookback_months: int
     outcome_mapping: Path | None
+    max_deletion_share: float
 
     @property
     def warehouse_path(self) -> Path:
@@ -136,6 +140,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number between 0 and 1 (got {raw!r})") from None
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be between 0 and 1 (got {value})")
+    return value
+
+
 def read_credentials(env: Mapping[str, str]) -> Credentials:
     """Pick the login flow or the held-token flow, refusing a half-configured mix."""
     login = {n: env.get(n, "").strip() for n in ("D23_LENDER", "D23_EMAIL", "D23_PASSWORD")}
@@ -169,6 +186,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
         outcome_mapping=Path(mapping) if mapping else None,
+        max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
     )
 
 

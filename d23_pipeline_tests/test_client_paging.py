@@ -128,22 +128,42 @@ def test_fetch_total_reads_total_exactness_and_note() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pagination", "expected"),
+    "pagination",
     [
-        ({"total": 100000, "totalExact": False, "totalNote": "capped"}, (100000, False, "capped")),
-        ({"total": None, "totalNote": "timeout"}, (None, False, "timeout")),
-        ({"nextCursor": None}, (None, False, None)),
+        {"total": 100000, "totalExact": False, "totalNote": "capped"},
+        {"total": None, "totalNote": "timeout"},
+        {"nextCursor": None},
     ],
 )
-def test_fetch_total_tolerates_capped_timed_out_and_missing_counts(
-    pagination: dict[str, Any], expected: tuple[Any, ...]
+def test_a_count_that_is_not_exact_is_split_until_its_parts_are(
+    pagination: dict[str, Any],
 ) -> None:
-    api = FakeApi([])
+    api = FakeApi(rows_at([0, 1, 2, 43_200_000, 43_200_001]))  # 3 in the morning, 2 after noon
     api.inject(
         lambda request: httpx.Response(200, json={"body": {"rows": [], "pagination": pagination}})
     )
     with api.client() as client:
-        assert client.fetch_total(DAY) == WindowTotal(*expected)
+        parts = client.count_parts(DAY)
+
+    assert [total for _, total in parts] == [WindowTotal(3, True, None), WindowTotal(2, True, None)]
+    assert [window for window, _ in parts] == list(DAY.halves())
+    assert client.stats.count_splits == 1
+
+
+def test_a_count_still_inexact_at_the_minimum_window_is_returned_as_answered() -> None:
+    api = FakeApi(rows_at(range(3)))
+    capped = {"total": 100000, "totalExact": False, "totalNote": "capped"}
+    api.inject(
+        lambda request: httpx.Response(200, json={"body": {"rows": [], "pagination": capped}}),
+        times=1000,
+    )
+    with api.client(min_window=timedelta(hours=6)) as client:
+        parts = client.count_parts(DAY)
+        total = client.fetch_total(DAY)
+
+    assert len(parts) == 4  # a day halved twice down to the 6-hour minimum
+    assert all(total == WindowTotal(100000, False, "capped") for _, total in parts)
+    assert (total.exact, total.note) == (False, "capped")
 
 
 def test_stats_count_requests_pages_rows_and_limit() -> None:

@@ -157,4 +157,4 @@ def test_a_month_too_heavy_to_count_at_once_is_counted_in_halves() -> None:
         total = client.fetch_total(JANUARY)
 
     assert total == WindowTotal(len(sim.rows(JANUARY.since, JANUARY.until)), True, None)
-    assert client.stats.window_splits > 0
+    assert client.stats.count_splits > 0

@@ -4,9 +4,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
-from d23_pipeline.client import SliceDone, SlicePage, Window
+from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
 from d23_pipeline.landing.snapshot import SnapshotBusyError, SnapshotStore
 from d23_pipeline.schema import rows_to_batch
 
@@ -29,9 +30,12 @@ def _row(public_id: str, window: Window) -> dict:
     }
 
 
-def _land(writer, window: Window) -> None:
+def _land(writer, window: Window, verified: bool = True) -> None:
     writer.write_page(SlicePage(window, rows_to_batch([_row(window.key, window)]), []))
-    writer.finish_slice(SliceDone(window, rows=1, rejects=0, pages=1))
+    proof = SliceProof(
+        served=1, total_before=1, total_after=1 if verified else 2, verified=verified
+    )
+    writer.finish_slice(SliceDone(window, rows=1, rejects=0, pages=1, proof=proof))
 
 
 def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) -> None:
@@ -57,16 +61,40 @@ def test_a_month_is_written_by_one_run_at_a_time(tmp_path: Path) -> None:
         pass  # and the month is free again once the first run is done
 
 
-def test_an_unpromoted_snapshot_is_neither_current_nor_resumed(tmp_path: Path) -> None:
+def test_each_slices_proof_is_kept_through_a_resume(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+        _land(first, SLICES[0], verified=False)
+        raise RuntimeError("the run dies after one slice")
+
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        for window in SLICES[1:]:
+            _land(second, window)
+        snapshot = second.complete({}, absent=["gone-1", "gone-2"])
+
+    assert [s.verified for s in snapshot.slices] == [False, True, True]
+    assert [s.window for s in snapshot.unverified] == [SLICES[0]]
+    assert (snapshot.unverified[0].total_before, snapshot.unverified[0].total_after) == (1, 2)
+    absent = pq.read_table(snapshot.absent_file).column("public_id").to_pylist()
+    assert absent == ["gone-1", "gone-2"]
+
+
+def test_a_slice_read_again_keeps_only_its_last_read(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     with store.begin("2026-04-01", SLICES, "run-1") as writer:
+        first_read = [_row("first-read", SLICES[0]), _row("dropped", SLICES[0])]
+        writer.land(
+            [
+                SlicePage(SLICES[0], rows_to_batch(first_read), []),
+                SliceRestart(SLICES[0]),
+            ]
+        )
         for window in SLICES:
             _land(writer, window)
-        writer.complete({}, promote=False)
+        snapshot = writer.complete({})
 
-    assert store.current("2026-04-01") is None
-    with store.begin("2026-04-01", SLICES, "run-2") as again:
-        assert again.directory != writer.directory and again.finished == set()
+    ids = pq.read_table(snapshot.row_files[0]).column("public_id").to_pylist()
+    assert ids == [SLICES[0].key]
 
 
 def test_stale_unfinished_snapshot_is_read_again(tmp_path: Path) -> None:

@@ -7,9 +7,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from d23_pipeline.landing.snapshot import REJECT_SCHEMA
+from d23_pipeline.client import Window
+from d23_pipeline.landing.snapshot import (
+    ABSENT_SCHEMA,
+    REJECT_SCHEMA,
+    SliceRecord,
+    Snapshot,
+    rejects_path,
+    rows_path,
+)
 from d23_pipeline.schema import ARROW_SCHEMA
-from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
+from d23_pipeline.warehouse.store import MergeSummary, Warehouse, merge_snapshot
 
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
@@ -31,30 +39,56 @@ def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes)
 
 
 class Months:
-    """Writes snapshot files and merges them, as the logs asset does."""
+    """Writes snapshots of day slices and merges them, as the logs asset does."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.dir = tmp_path
         self.warehouse = Warehouse(tmp_path / "warehouse.duckdb")
         self.count = 0
 
-    def merge(self, *slices: list[dict], rejects: list[dict] = (), partition: str = PARTITION):
-        files = []
-        for rows in slices:
-            self.count += 1
-            path = self.dir / f"{self.count:04d}.parquet"
-            pq.write_table(pa.Table.from_pylist(rows, ARROW_SCHEMA), path)
-            files.append(path)
-        reject_path = self.dir / f"{self.count:04d}.rejects.parquet"
-        pq.write_table(pa.Table.from_pylist(list(rejects), REJECT_SCHEMA), reject_path)
-        with self.warehouse.connect() as con:
-            return merge_snapshot(
-                con,
-                partition=partition,
-                row_files=files,
-                reject_files=[reject_path],
-                read_at=READ_AT,
+    def merge(
+        self,
+        *slices: list[dict],
+        rejects: list[dict] = (),
+        absent: tuple[str, ...] = (),
+        partition: str = PARTITION,
+        verified: bool = True,
+        **options: object,
+    ) -> MergeSummary:
+        """Merge ``slices`` (one file each) whose read proved ``absent`` gone from the source."""
+        self.count += 1
+        directory = self.dir / f"snapshot-{self.count}"
+        directory.mkdir()
+        records = []
+        for day, rows in enumerate(slices, start=1):
+            window = Window(
+                datetime(2026, 4, day, tzinfo=UTC), datetime(2026, 4, day + 1, tzinfo=UTC)
             )
+            slice_rejects = list(rejects) if day == 1 else []
+            pq.write_table(pa.Table.from_pylist(rows, ARROW_SCHEMA), rows_path(directory, window))
+            pq.write_table(
+                pa.Table.from_pylist(slice_rejects, REJECT_SCHEMA), rejects_path(directory, window)
+            )
+            served = len(rows) + len(slice_rejects)
+            records.append(
+                SliceRecord(
+                    window, len(rows), len(slice_rejects), 1, served, served, served, verified, 1
+                )
+            )
+        pq.write_table(
+            pa.table({"public_id": list(absent)}, ABSENT_SCHEMA), directory / "absent.parquet"
+        )
+        snapshot = Snapshot(
+            partition=partition,
+            directory=directory,
+            slices=records,
+            rows=sum(r.rows for r in records),
+            rejects=len(rejects),
+            completed_at=READ_AT,
+            read_stats={},
+        )
+        with self.warehouse.connect() as con:
+            return merge_snapshot(con, snapshot, **options)
 
     def logs(self) -> dict[str, dict]:
         with self.warehouse.connect(read_only=True) as con:
@@ -107,12 +141,10 @@ def test_later_update_wins_and_keeps_first_seen(months: Months) -> None:
     assert summary.updated == 1
 
 
-def test_row_missing_from_a_complete_reread_is_marked_deleted_then_restored(
-    months: Months,
-) -> None:
+def test_row_a_reread_proved_gone_is_marked_deleted_then_restored(months: Months) -> None:
     months.merge([row("a"), row("b")])
 
-    gone = months.merge([row("a")])
+    gone = months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
     assert gone.marked_deleted == 1
     assert months.logs()["b"]["_deleted_at"] == READ_AT
 
@@ -131,7 +163,7 @@ def test_rejected_row_is_not_taken_for_a_deletion(months: Months) -> None:
         "reason": "updated_at is not an ISO-8601 timestamp with offset: 'yesterday'",
         "allowlisted_values": '{"public_id": "b"}',
     }
-    summary = months.merge([row("a")], rejects=[rejected])
+    summary = months.merge([row("a")], rejects=[rejected], absent=("b",), max_deletion_share=1.0)
 
     assert summary.marked_deleted == 0
     assert months.logs()["b"]["_deleted_at"] is None
@@ -160,7 +192,7 @@ def test_rejects_of_a_month_are_replaced_not_appended(months: Months) -> None:
 def test_other_months_are_untouched_by_a_months_deletions(months: Months) -> None:
     months.merge([row("may", communicated_at="2026-05-03T00:00:00.000Z")], partition="2026-05-01")
 
-    months.merge([row("a")])
+    months.merge([row("a")], absent=("may",), max_deletion_share=1.0)
 
     assert months.logs()["may"]["_deleted_at"] is None
 
@@ -176,3 +208,49 @@ def test_row_that_moved_month_follows_its_newest_read(months: Months) -> None:
     assert summary.moved_in == 1
     assert logs["a"]["_partition"] == "2026-05-01"
     assert logs["a"]["_deleted_at"] is None
+
+
+def test_a_row_missing_from_a_reread_without_proof_is_not_deleted(months: Months) -> None:
+    months.merge([row("a"), row("b")])
+
+    summary = months.merge([row("a")], max_deletion_share=1.0)
+
+    assert summary.marked_deleted == 0
+    assert months.logs()["b"]["_deleted_at"] is None
+
+
+def test_deletions_above_the_allowed_share_wait_for_confirmation(months: Months) -> None:
+    months.merge([row(f"r{i}") for i in range(100)])
+    gone = tuple(f"r{i}" for i in range(3))
+    kept = [row(f"r{i}") for i in range(3, 100)]
+
+    held = months.merge(kept, absent=gone, max_deletion_share=0.02)
+    assert (held.deletions_held, held.deletions_proven, held.marked_deleted) == (True, 3, 0)
+    assert held.deletion_share == pytest.approx(0.03)
+    assert all(months.logs()[i]["_deleted_at"] is None for i in gone)
+
+    confirmed = months.merge(kept, absent=gone, max_deletion_share=0.02, confirm_deletions=True)
+    assert (confirmed.deletions_held, confirmed.marked_deleted) == (False, 3)
+    assert all(months.logs()[i]["_deleted_at"] == READ_AT for i in gone)
+
+
+def test_deletions_at_the_allowed_share_are_applied(months: Months) -> None:
+    months.merge([row(f"r{i}") for i in range(100)])
+
+    summary = months.merge(
+        [row(f"r{i}") for i in range(2, 100)], absent=("r0", "r1"), max_deletion_share=0.02
+    )
+
+    assert (summary.deletions_held, summary.marked_deleted) == (False, 2)
+
+
+def test_each_merge_replaces_its_months_slice_proofs(months: Months) -> None:
+    months.merge([row("a")], [row("b")], verified=False)
+    months.merge([row("a")], verified=True)
+
+    with months.warehouse.connect(read_only=True) as con:
+        proofs = con.execute(
+            "SELECT _partition, slice_since, served, total_before, total_after, verified, reads "
+            "FROM d23.slice_verification"
+        ).fetchall()
+    assert proofs == [(PARTITION, datetime(2026, 4, 1, tzinfo=UTC), 1, 1, 1, True, 1)]

@@ -1,5 +1,6 @@
 """A plain-Python client for the ClearGrid Exports API (D23 by default); no Dagster here."""
 
+from d23_pipeline.client.completeness import SliceProof, WindowTotal
 from d23_pipeline.client.errors import (
     AuthenticationError,
     CursorLoopError,
@@ -15,7 +16,7 @@ from d23_pipeline.client.exports import (
     SliceDone,
     SliceEvent,
     SlicePage,
-    WindowTotal,
+    SliceRestart,
 )
 from d23_pipeline.client.retry import RetryPolicy
 from d23_pipeline.client.stats import ClientStats
@@ -35,6 +36,8 @@ __all__ = [
     "SliceDone",
     "SliceEvent",
     "SlicePage",
+    "SliceProof",
+    "SliceRestart",
     "Window",
     "WindowTotal",
     "WindowTooHeavyError",

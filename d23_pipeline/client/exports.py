@@ -7,9 +7,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property, partial
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from d23_pipeline.client.auth import TokenManager
+from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
 from d23_pipeline.client.errors import (
     AuthenticationError,
     CursorLoopError,
@@ -52,6 +55,7 @@ log = logging.getLogger("d23_pipeline.client")
 T = TypeVar("T")
 
 _MAX_API_LIMIT = 1000
+_MS = timedelta(milliseconds=1)
 # Seconds a closing consumer waits for workers; a worker still inside a request exits by itself
 # (daemon thread) as soon as that request returns, because it sees the cancel flag.
 _JOIN_BUDGET_S = 5.0
@@ -72,25 +76,24 @@ class SlicePage:
 
 
 @dataclass(frozen=True)
+class SliceRestart:
+    """The read of ``slice`` so far was not proven complete and starts over: drop its pages."""
+
+    slice: Window
+
+
+@dataclass(frozen=True)
 class SliceDone:
-    """Every page of ``slice`` has been handed over; totals for the slice."""
+    """Every page of ``slice`` has been handed over; totals for the slice and its proof."""
 
     slice: Window
     rows: int
     rejects: int
     pages: int
+    proof: SliceProof
 
 
-SliceEvent = SlicePage | SliceDone
-
-
-@dataclass(frozen=True)
-class WindowTotal:
-    """``pagination.total`` for a window: ``None`` when the API could not count."""
-
-    total: int | None
-    exact: bool
-    note: str | None
+SliceEvent = SlicePage | SliceRestart | SliceDone
 
 
 class _GatewayTimeout(Exception):
@@ -200,6 +203,7 @@ class ExportsClient:
         slice_size: timedelta = timedelta(days=1),
         min_window: timedelta = timedelta(minutes=15),
         min_page_limit: int = 50,
+        slice_reads: int = 3,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
@@ -214,14 +218,17 @@ class ExportsClient:
             )
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1 (got {max_concurrency})")
-        if min_window < timedelta(milliseconds=1) or slice_size < min_window:
+        if min_window < _MS or slice_size < min_window:
             raise ValueError("need 1 ms <= min_window <= slice_size")
+        if slice_reads < 1:
+            raise ValueError(f"slice_reads must be at least 1 (got {slice_reads})")
         self._base_url = base_url.rstrip("/")
         self._page_limit = page_limit
         self._min_page_limit = min_page_limit
         self._max_concurrency = max_concurrency
         self._slice_size = slice_size
         self._min_window = min_window
+        self._slice_reads = slice_reads
         self._section = section
         self._dataset = dataset
         self.stats = ClientStats(page_limit)
@@ -252,12 +259,26 @@ class ExportsClient:
         self.close()
 
     def fetch_total(self, window: Window) -> WindowTotal:
-        """The API's row count for ``window`` (``includeTotal=true``).
+        """The API's row count for ``window``, added up from :meth:`count_parts`."""
+        return sum_totals([total for _, total in self.count_parts(window)])
 
-        A window the gateway cannot count in one request (504) is counted in halves, down to
-        ``min_window``, and the halves are added up: a month that only reads in slices still
-        gets its total.
+    def count_parts(
+        self, window: Window, cancel: threading.Event | None = None
+    ) -> list[tuple[Window, WindowTotal]]:
+        """Exact counts for parts tiling ``window`` (``includeTotal=true``).
+
+        The API counts small windows exactly where it caps, times out on or declines a large
+        one, so a window without an exact count is halved until every part has one, down to
+        ``min_window``; a part still inexact there is returned as the API answered.
         """
+        total = self.count(window, cancel)
+        if total.exact_total is not None or window.duration < 2 * self._min_window:
+            return [(window, total)]
+        self.stats.add("count_splits")
+        return [part for half in window.halves() for part in self.count_parts(half, cancel)]
+
+    def count(self, window: Window, cancel: threading.Event | None = None) -> WindowTotal:
+        """One ``includeTotal`` request; a gateway timeout is an inexact answer, not an error."""
         params = {
             "since": window.since_text,
             "until": window.until_text,
@@ -271,34 +292,54 @@ class ExportsClient:
                 _parse_total,
                 what="total",
                 window=window,
-                cancel=None,
+                cancel=cancel,
                 gateway_timeout_is_transient=False,
             )
-        except _GatewayTimeout as exc:
-            if window.duration < 2 * self._min_window:
-                raise WindowTooHeavyError(
-                    "the API kept timing out (504) counting the minimum window",
-                    status=504,
-                    request_id=exc.request_id,
-                    path=self._path(),
-                    window=window,
-                ) from None
-            self.stats.add("window_splits")
-            first, second = (self.fetch_total(half) for half in window.halves())
-        return WindowTotal(
-            None if first.total is None or second.total is None else first.total + second.total,
-            first.exact and second.exact,
-            first.note or second.note,
-        )
+        except _GatewayTimeout:
+            return WindowTotal(None, False, "timeout")
+
+    def confirm_absent(self, candidates: Sequence[tuple[str, datetime]]) -> set[str]:
+        """Of ``(public_id, communicated_at)`` pairs, those a proven-complete read of their
+        instant no longer returns: the evidence a deletion needs.
+
+        Each distinct instant is read as its own one-millisecond window and counted after the
+        walk; an instant whose walk served fewer rows than the exact count proves nothing, so
+        its candidates are kept.
+        """
+        by_instant: dict[datetime, set[str]] = defaultdict(set)
+        for public_id, communicated_at in candidates:
+            by_instant[communicated_at].add(public_id)
+        if not by_instant:
+            return set()
+
+        def absent_at(instant: datetime, ids: set[str]) -> set[str]:
+            window = Window(instant, instant + _MS)
+            served_ids: set[str] = set()
+            served = 0
+            for page in self._walk(window, None, self._page_limit):
+                served_ids.update(page.batch.column("public_id").to_pylist())
+                served_ids.update(r.public_id for r in page.rejects if r.public_id)
+                served += page.batch.num_rows + len(page.rejects)
+            if self.count(window).exact_total != served:
+                return set()
+            return ids - served_ids
+
+        workers = min(self._max_concurrency, len(by_instant))
+        with ThreadPoolExecutor(workers, thread_name_prefix="d23-confirm") as pool:
+            found = pool.map(lambda item: absent_at(*item), by_instant.items())
+            return set().union(*found)
 
     def iter_window(self, window: Window) -> Iterator[SlicePage]:
         """Every row of ``window`` exactly once, page by page, narrowing on 504."""
-        return self._walk(window, None)
+        return self._walk(window, None, self._page_limit)
 
     def iter_slices(self, window: Window, *, skip: Collection[Window] = ()) -> Iterator[SliceEvent]:
         """Walk the ``slice_size`` slices of ``window`` concurrently, except those in ``skip``.
 
-        Pages of one slice arrive in order, followed by exactly one :class:`SliceDone`. The first
+        Each slice is counted before and after its walk (:meth:`count_parts`) and read again,
+        up to ``slice_reads`` reads in all, while what it served is not proven complete; a
+        re-read is announced by a :class:`SliceRestart`. Pages of one slice arrive in order,
+        followed by exactly one :class:`SliceDone` carrying the last read's proof. The first
         worker error stops the other workers and is raised here; closing the generator early
         stops the workers too.
         """
@@ -331,13 +372,7 @@ class ExportsClient:
                         piece = work.get_nowait()
                     except queue.Empty:
                         break
-                    rows = rejects = pages = 0
-                    for page in self._walk(piece, cancel):
-                        pages += 1
-                        rows += page.batch.num_rows
-                        rejects += len(page.rejects)
-                        deliver(page)
-                    deliver(SliceDone(piece, rows, rejects, pages))
+                    deliver(self._read_slice(piece, cancel, deliver))
             except Cancelled:
                 pass
             except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -368,6 +403,32 @@ class ExportsClient:
             deadline = time.monotonic() + _JOIN_BUDGET_S
             for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _read_slice(
+        self, piece: Window, cancel: threading.Event, deliver: Callable[[object], None]
+    ) -> SliceDone:
+        limit = self._page_limit
+        for read in range(1, self._slice_reads + 1):
+            if read > 1:
+                deliver(SliceRestart(piece))
+            parts = self.count_parts(piece, cancel)
+            rows = rejects = pages = 0
+            for page in self._walk(piece, cancel, limit):
+                pages += 1
+                rows += page.batch.num_rows
+                rejects += len(page.rejects)
+                deliver(page)
+            after = [self.count(part, cancel) for part, _ in parts]
+            proof = judge(
+                rows + rejects, sum_totals([t for _, t in parts]), sum_totals(after), read
+            )
+            if proof.verified or read == self._slice_reads:
+                break
+            self.stats.add("slice_rereads")
+            log.warning("slice %s not proven complete (%s); reading it again", piece, proof.reason)
+            # Smaller pages fall on other boundaries, so the re-read is a different walk.
+            limit = max(self._min_page_limit, limit * 3 // 4)
+        return SliceDone(piece, rows, rejects, pages, proof)
 
     def _path(self) -> str:
         lender = quote(self._auth.lender_public_id, safe="")
@@ -444,11 +505,12 @@ class ExportsClient:
             attempt, what=what, path=self._path(), window=window, cancel=cancel
         )
 
-    def _walk(self, window: Window, cancel: threading.Event | None) -> Iterator[SlicePage]:
+    def _walk(
+        self, window: Window, cancel: threading.Event | None, limit: int
+    ) -> Iterator[SlicePage]:
         # A stack of parts still to read, each with the public_ids already handed over that sit
         # on its `since` instant; a 504 pushes narrower parts covering only what is left.
         pending: list[tuple[Window, frozenset[str]]] = [(window, frozenset())]
-        limit = self._page_limit
         strikes = 0  # 504s in a row since the last page that came through
         delivered_rejects: set[object] = set()
         while pending:

@@ -19,6 +19,8 @@ class ClientStats:
         self.rows = 0
         self.rejects = 0
         self.window_splits = 0
+        self.count_splits = 0
+        self.slice_rereads = 0
         self.limit_reductions = 0
         self.final_page_limit = page_limit
         self.token_refreshes = 0
@@ -62,6 +64,8 @@ class ClientStats:
                 "rejects": self.rejects,
                 "retries": dict(self.retries),
                 "window_splits": self.window_splits,
+                "count_splits": self.count_splits,
+                "slice_rereads": self.slice_rereads,
                 "limit_reductions": self.limit_reductions,
                 "final_page_limit": self.final_page_limit,
                 "token_refreshes": self.token_refreshes,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dagster as dg
 import duckdb
 
-from d23_pipeline.client import WindowTotal
+from d23_pipeline.defs.metadata import markdown_table
+from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
 from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import execute, table_columns
+from d23_pipeline.warehouse.store import MergeSummary, execute, table_columns
 
 RAW_LOGS = dg.AssetKey(["d23", "raw_logs"])
 LOGS = dg.AssetKey(["d23", "logs"])
@@ -18,11 +19,15 @@ OUTCOME_MIX_MONTHLY = dg.AssetKey(["d23", "outcome_mix_monthly"])
 # rows are the source's problem to fix, a percent means the contract moved under us.
 REJECT_ERROR_SHARE = 0.01
 
+# Not blocking: the rows of an unverified slice are still merged (they may add and update);
+# d23/logs' slices_verified check then fails the run, after the merge.
 ROWS_MATCH_API_TOTAL = dg.AssetCheckSpec(
     "rows_match_api_total",
     asset=RAW_LOGS,
-    blocking=True,
-    description="Rows served for the month (landed + rejected) equal the API's exact total.",
+    description=(
+        "Every slice's rows served (landed + rejected) are consistent with the API's exact "
+        "counts taken before and after its walk."
+    ),
 )
 REJECTED_ROWS = dg.AssetCheckSpec(
     "rejected_rows",
@@ -41,6 +46,24 @@ ONLY_ALLOWLISTED_COLUMNS = dg.AssetCheckSpec(
     blocking=True,
     description="d23.logs stores the 9 D23 fields and _-prefixed bookkeeping columns only.",
 )
+SLICES_VERIFIED = dg.AssetCheckSpec(
+    "slices_verified",
+    asset=LOGS,
+    blocking=True,
+    description=(
+        "Every slice of the merged read is proven complete; an unverified slice added and "
+        "updated rows but deleted none, and fails the run so that it is read again."
+    ),
+)
+DELETIONS_WITHIN_LIMIT = dg.AssetCheckSpec(
+    "deletions_within_limit",
+    asset=LOGS,
+    blocking=True,
+    description=(
+        "The merge marked deleted no more than the allowed share of the month's live rows, or "
+        "an operator confirmed the deletions for this run."
+    ),
+)
 UNMAPPED_OUTCOMES = dg.AssetCheckSpec(
     "unmapped_outcome_codes",
     asset=OUTCOME_MIX_MONTHLY,
@@ -52,42 +75,96 @@ def _result(spec: dg.AssetCheckSpec, **kwargs: object) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, **kwargs)
 
 
-def describe_total(total: WindowTotal | None) -> str:
-    """``exact``, the API's note (``capped``, ``timeout``, ...), or ``unavailable``."""
-    if total is None:
-        return "unavailable"
-    return "exact" if total.exact else total.note or "not exact"
+def slice_table(slices: list[SliceRecord], limit: int = 40) -> str:
+    """Slices as a markdown table: which day of the month, what it served against its counts."""
+    rows = [
+        {
+            "since": s.window.since_text,
+            "until": s.window.until_text,
+            "served": s.served,
+            "count_before": s.total_before,
+            "count_after": s.total_after,
+            "reads": s.reads,
+            "verified": s.verified,
+        }
+        for s in slices[:limit]
+    ]
+    more = f"\n\n… and {len(slices) - limit} more" if len(slices) > limit else ""
+    return markdown_table(rows, empty="_none_") + more
 
 
-def rows_match_api_total(
-    served: int, before: WindowTotal | None, after: WindowTotal | None
-) -> dg.AssetCheckResult:
-    """Compare the rows served with the API's count taken before and after the read."""
-    counts = [t for t in (before, after) if t is not None and t.exact and t.total is not None]
-    metadata = {
-        "served_rows": served,
-        "api_total_before": before.total if before else None,
-        "api_total_after": after.total if after else None,
-        "api_total_note": describe_total(after or before),
+def _proof_metadata(snapshot: Snapshot) -> dict[str, object]:
+    unverified = snapshot.unverified
+    return {
+        "slices": len(snapshot.slices),
+        "slices_verified": len(snapshot.slices) - len(unverified),
+        "unverified_slices": dg.MetadataValue.md(slice_table(unverified)),
     }
-    if not counts:
-        return _result(
-            ROWS_MATCH_API_TOTAL,
-            passed=True,
-            metadata={**metadata, "result": "no exact API total to compare (reported only)"},
-        )
-    if any(t.total == served for t in counts):
-        return _result(ROWS_MATCH_API_TOTAL, passed=True, metadata=metadata)
-    if len({t.total for t in counts}) > 1:
-        # The source changed while we read; the next refresh of the month settles it.
-        return _result(
-            ROWS_MATCH_API_TOTAL,
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata=metadata,
-        )
+
+
+def describe_unverified(snapshot: Snapshot) -> str:
+    """One line naming the unverified slices with their counts, for logs and check results."""
+    parts = [
+        f"{s.window} served {s.served}, counts {s.total_before} before / {s.total_after} after"
+        for s in snapshot.unverified
+    ]
+    return (
+        f"{snapshot.partition}: {len(parts)} slice(s) not proven complete after up to "
+        f"{max(s.reads for s in snapshot.unverified)} reads, so no row in them was marked "
+        f"deleted: {'; '.join(parts[:5])}{' ...' if len(parts) > 5 else ''}"
+    )
+
+
+def rows_match_api_total(snapshot: Snapshot) -> dg.AssetCheckResult:
+    """Whether every slice served what the API's counts around its walk allow."""
     return _result(
-        ROWS_MATCH_API_TOTAL, passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata
+        ROWS_MATCH_API_TOTAL,
+        passed=not snapshot.unverified,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=describe_unverified(snapshot) if snapshot.unverified else None,
+        metadata={"served_rows": snapshot.rows + snapshot.rejects, **_proof_metadata(snapshot)},
+    )
+
+
+def slices_verified(snapshot: Snapshot) -> dg.AssetCheckResult:
+    return _result(
+        SLICES_VERIFIED,
+        passed=not snapshot.unverified,
+        description=describe_unverified(snapshot) if snapshot.unverified else None,
+        metadata=_proof_metadata(snapshot),
+    )
+
+
+def describe_held_deletions(partition: str, summary: MergeSummary, max_share: float) -> str:
+    """Why a merge marked nothing deleted, and how an operator lets it."""
+    return (
+        f"{partition}: the read proved {summary.deletions_proven} of {summary.live_rows} live "
+        f"rows ({summary.deletion_share:.1%}) gone from the source, more than the allowed "
+        f"{max_share:.1%}; none was marked deleted. If the source really lost them, confirm "
+        "once by re-running d23/logs for this month with run config "
+        '{"ops": {"d23__logs": {"config": {"confirm_deletions": true}}}} '
+        "(the UI's launchpad, or --config-json with dagster asset materialize)."
+    )
+
+
+def deletions_within_limit(
+    partition: str, summary: MergeSummary, max_share: float
+) -> dg.AssetCheckResult:
+    return _result(
+        DELETIONS_WITHIN_LIMIT,
+        passed=not summary.deletions_held,
+        description=(
+            describe_held_deletions(partition, summary, max_share)
+            if summary.deletions_held
+            else None
+        ),
+        metadata={
+            "deletions_proven": summary.deletions_proven,
+            "marked_deleted": summary.marked_deleted,
+            "live_rows": summary.live_rows,
+            "deletion_share": dg.MetadataValue.float(round(summary.deletion_share, 6)),
+            "max_deletion_share": dg.MetadataValue.float(max_share),
+        },
     )
 
 

@@ -15,6 +15,7 @@ from d23_pipeline.client import ExportsClient, RetryPolicy
 from d23_pipeline.landing.snapshot import RESUME_MAX_AGE, SnapshotStore
 from d23_pipeline.settings import (
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DELETION_SHARE,
     DEFAULT_PAGE_LIMIT,
     DEFAULT_SLICE_HOURS,
     ApiConnection,
@@ -87,6 +88,13 @@ class WarehouseResource(DuckDBResource):
 
     lock_timeout_s: float = Field(
         default=LOCK_TIMEOUT_S, description="How long to wait for the lock"
+    )
+    max_deletion_share: float = Field(
+        default=DEFAULT_MAX_DELETION_SHARE,
+        description=(
+            "D23_MAX_DELETION_SHARE: a merge that would mark more of a month's live rows "
+            "deleted marks none until confirmed"
+        ),
     )
 
     def warehouse(self) -> Warehouse:

@@ -3,8 +3,9 @@
 Layout under ``$D23_DATA_DIR/raw/d23/<partition>/``::
 
     CURRENT                     id of the last complete snapshot (replaced atomically)
-    <snapshot id>/manifest.json which slices are finished, with their counts
+    <snapshot id>/manifest.json which slices are finished, with their counts and proof
     <snapshot id>/<slice>.parquet / <slice>.rejects.parquet
+    <snapshot id>/absent.parquet public_ids a proven-complete read no longer returns
 
 A slice counts as finished only once the manifest, rewritten atomically after each slice, lists
 it (its rows file is renamed into place just before), so a run that dies keeps every finished
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, Window
+from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
 
 REJECT_SCHEMA = pa.schema(
@@ -50,8 +51,55 @@ RESUME_MAX_AGE = timedelta(hours=24)
 _ROW_GROUP_ROWS = 64_000
 
 
+ABSENT_SCHEMA = pa.schema([("public_id", pa.string())])
+
+
 class SnapshotBusyError(RuntimeError):
     """Another run holds the month's snapshot folder."""
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    """One finished slice as the manifest holds it: its counts and whether its read is proven
+    complete (see :mod:`d23_pipeline.client.completeness`)."""
+
+    window: Window
+    rows: int
+    rejects: int
+    pages: int
+    served: int
+    total_before: int | None
+    total_after: int | None
+    verified: bool
+    reads: int
+
+    @classmethod
+    def from_manifest(cls, key: str, entry: dict[str, Any]) -> SliceRecord:
+        # Manifests written before slices were counted carry no proof: such a read is unverified.
+        served = entry.get("served", entry["rows"] + entry["rejects"])
+        return cls(
+            Window.from_key(key),
+            rows=entry["rows"],
+            rejects=entry["rejects"],
+            pages=entry["pages"],
+            served=served,
+            total_before=entry.get("total_before"),
+            total_after=entry.get("total_after"),
+            verified=entry.get("verified", False),
+            reads=entry.get("reads", 1),
+        )
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "rejects": self.rejects,
+            "pages": self.pages,
+            "served": self.served,
+            "total_before": self.total_before,
+            "total_after": self.total_after,
+            "verified": self.verified,
+            "reads": self.reads,
+        }
 
 
 @dataclass(frozen=True)
@@ -60,12 +108,29 @@ class Snapshot:
 
     partition: str
     directory: Path
-    row_files: list[Path]
-    reject_files: list[Path]
+    slices: list[SliceRecord]
     rows: int
     rejects: int
     completed_at: datetime
     read_stats: dict[str, Any]
+
+    @property
+    def row_files(self) -> list[Path]:
+        return [rows_path(self.directory, s.window) for s in self.slices]
+
+    @property
+    def reject_files(self) -> list[Path]:
+        return [rejects_path(self.directory, s.window) for s in self.slices]
+
+    @property
+    def absent_file(self) -> Path:
+        """Rows this read proved gone from the source; the only rows a merge may mark deleted."""
+        return self.directory / "absent.parquet"
+
+    @property
+    def unverified(self) -> list[SliceRecord]:
+        """Slices whose read is not proven complete: they may add and update, never delete."""
+        return [s for s in self.slices if not s.verified]
 
     def preview(self, limit: int) -> list[dict[str, Any]]:
         """The first ``limit`` rows of the snapshot, in slice order."""
@@ -75,6 +140,16 @@ class Snapshot:
                 break
             rows += pq.read_table(path).slice(0, limit - len(rows)).to_pylist()
         return rows
+
+
+def rows_path(directory: Path, window: Window) -> Path:
+    """The valid rows of one finished slice."""
+    return directory / f"{window.key}.parquet"
+
+
+def rejects_path(directory: Path, window: Window) -> Path:
+    """The quarantined rows of one finished slice."""
+    return directory / f"{window.key}.rejects.parquet"
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -124,10 +199,10 @@ class SnapshotWriter:
         return {Window.from_key(key) for key in self._manifest["slices"]}
 
     @property
-    def counts(self) -> tuple[int, int]:
-        """Rows and rejects of the finished slices."""
-        slices = self._manifest["slices"].values()
-        return sum(s["rows"] for s in slices), sum(s["rejects"] for s in slices)
+    def slices(self) -> list[SliceRecord]:
+        """The finished slices, in time order."""
+        entries = self._manifest["slices"]
+        return [SliceRecord.from_manifest(key, entries[key]) for key in sorted(entries)]
 
     def write_page(self, page: SlicePage) -> None:
         state = self._open.get(page.slice)
@@ -143,6 +218,13 @@ class SnapshotWriter:
                 state.flush()
         state.rejects.extend(page.rejects)
 
+    def restart_slice(self, restart: SliceRestart) -> None:
+        """Forget what was written of the slice so far: it is being read again."""
+        state = self._open.pop(restart.slice, None)
+        if state is not None:
+            state.writer.close()
+            state.tmp_path.unlink(missing_ok=True)
+
     def finish_slice(self, done: SliceDone) -> None:
         """Make the slice's files final and record it in the manifest."""
         state = self._open.pop(done.slice, None)
@@ -151,15 +233,23 @@ class SnapshotWriter:
             state = self._open.pop(done.slice)
         state.flush()
         state.writer.close()
-        rows_path = self.directory / f"{done.slice.key}.parquet"
-        rejects_path = self.directory / f"{done.slice.key}.rejects.parquet"
-        pq.write_table(_rejects_table(done.slice, state.rejects), rejects_path)
-        os.replace(state.tmp_path, rows_path)
-        self._manifest["slices"][done.slice.key] = {
-            "rows": done.rows,
-            "rejects": done.rejects,
-            "pages": done.pages,
-        }
+        pq.write_table(
+            _rejects_table(done.slice, state.rejects), rejects_path(self.directory, done.slice)
+        )
+        os.replace(state.tmp_path, rows_path(self.directory, done.slice))
+        proof = done.proof
+        record = SliceRecord(
+            done.slice,
+            done.rows,
+            done.rejects,
+            done.pages,
+            proof.served,
+            proof.total_before,
+            proof.total_after,
+            proof.verified,
+            proof.reads,
+        )
+        self._manifest["slices"][done.slice.key] = record.manifest_entry()
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
 
     def land(self, events: Iterable[SliceEvent]) -> None:
@@ -169,6 +259,8 @@ class SnapshotWriter:
             for event in events:
                 if isinstance(event, SliceDone):
                     self.finish_slice(event)
+                elif isinstance(event, SliceRestart):
+                    self.restart_slice(event)
                 else:
                     self.write_page(event)
         except BaseException:
@@ -182,22 +274,23 @@ class SnapshotWriter:
             state.tmp_path.unlink(missing_ok=True)
         self._open.clear()
 
-    def complete(self, read_stats: dict[str, Any], promote: bool = True) -> Snapshot:
-        """Mark the snapshot complete and, unless ``promote`` is false, make it the month's
-        current one. An unpromoted snapshot stays on disk for inspection, never to be merged
-        or resumed."""
+    def complete(self, read_stats: dict[str, Any], absent: Iterable[str] = ()) -> Snapshot:
+        """Mark the snapshot complete, with the public_ids its read proved ``absent`` from the
+        source, and make it the month's current one."""
         missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
         if missing:
             raise RuntimeError(
                 f"snapshot of {self.partition} is missing {len(missing)} slice(s), "
                 f"e.g. {min(missing)}; refusing to mark it complete"
             )
+        pq.write_table(
+            pa.table({"public_id": sorted(set(absent))}, ABSENT_SCHEMA),
+            self.directory / "absent.parquet",
+        )
         self._manifest["complete"] = True
         self._manifest["completed_at"] = datetime.now(UTC).isoformat()
         self._manifest["read_stats"] = read_stats
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
-        if not promote:
-            return _load_snapshot(self.partition, self.directory)
         pointer = self.directory.parent / "CURRENT"
         _write_json_atomically(pointer, {"snapshot": self.directory.name})
         for other in self.directory.parent.iterdir():
@@ -224,14 +317,14 @@ def _rejects_table(window: Window, rejects: Sequence[RejectedRow]) -> pa.Table:
 
 def _load_snapshot(partition: str, directory: Path) -> Snapshot:
     manifest = json.loads((directory / "manifest.json").read_text())
-    slices = sorted(manifest["slices"])
+    entries = manifest["slices"]
+    slices = [SliceRecord.from_manifest(key, entries[key]) for key in sorted(entries)]
     return Snapshot(
         partition=partition,
         directory=directory,
-        row_files=[directory / f"{key}.parquet" for key in slices],
-        reject_files=[directory / f"{key}.rejects.parquet" for key in slices],
-        rows=sum(s["rows"] for s in manifest["slices"].values()),
-        rejects=sum(s["rejects"] for s in manifest["slices"].values()),
+        slices=slices,
+        rows=sum(s.rows for s in slices),
+        rejects=sum(s.rejects for s in slices),
         completed_at=datetime.fromisoformat(manifest["completed_at"]),
         read_stats=manifest.get("read_stats", {}),
     )

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--email", default=defaults.email)
     p.add_argument("--password", default=defaults.password)
     p.add_argument("--token-ttl-s", type=float, default=defaults.token_ttl_s)
+    p.add_argument(
+        "--total-cap",
+        type=int,
+        default=defaults.total_cap,
+        help="counts above this are answered as capped, not exact",
+    )
     p.add_argument("--error-5xx-rate", type=float, default=0.0)
     p.add_argument("--rate-429", type=float, default=0.0)
     p.add_argument("--retry-after-s", type=float, default=Faults.retry_after_s)
@@ -57,6 +63,21 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="answer 504 to windows wider than this, or unbounded (default: never)",
+    )
+    p.add_argument(
+        "--truncate-rate",
+        type=float,
+        default=0.0,
+        help="share of page requests that end the walk early (nextCursor null, rows left)",
+    )
+    p.add_argument(
+        "--grow-per-page", type=int, default=0, help="rows added to the month per page served"
+    )
+    p.add_argument(
+        "--delete-per-page",
+        type=int,
+        default=0,
+        help="rows hard-deleted from the month per page served",
     )
     return p
 
@@ -74,6 +95,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         retry_after_s=args.retry_after_s,
         drop_rate=args.drop_rate,
         max_window_for_504=max_window,
+        truncate_rate=args.truncate_rate,
+        grow_per_page=args.grow_per_page,
+        delete_per_page=args.delete_per_page,
         seed=args.seed,
     )
     return SimulatorConfig(
@@ -84,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         email=args.email,
         password=args.password,
         token_ttl_s=args.token_ttl_s,
+        total_cap=args.total_cap,
         faults=faults,
     )
 

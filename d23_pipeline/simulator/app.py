@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import random
 import re
 import secrets
@@ -21,7 +22,7 @@ import httpx
 import orjson
 
 from d23_pipeline.simulator.config import Faults, SimulatorConfig
-from d23_pipeline.simulator.data import Collection, format_ms, to_ms
+from d23_pipeline.simulator.data import Collection, format_ms, month_of, to_ms
 
 _LOGIN = re.compile(r"^/admin/auth/([^/]+)/login/?$")
 _REFRESH = re.compile(r"^/admin/auth/([^/]+)/refresh-token/?$")
@@ -357,7 +358,8 @@ class Simulator:
             kind = "refresh"
             answer = self._refresh(method, match.group(1), body, request_id)
         elif match := _DATA.match(path):
-            kind = "data"
+            # Counts (includeTotal) are told apart from pages, so page statistics stay exact.
+            kind = "count" if _is_count(query) else "data"
             authorization = next(
                 (v for k, v in headers.items() if k.lower() == "authorization"), None
             )
@@ -446,12 +448,18 @@ class Simulator:
 
         if self._faults.latency_s > 0:
             time.sleep(self._faults.latency_s)
+        counting = _is_count(query)
+        if not counting and since is not None:
+            self._churn(month_of(since))
         page = self._data.page(since, until, after, limit, descending)
+        last_key = page.last_key
+        if not counting and last_key is not None and self._ends_early(query):
+            last_key = None
         pagination: dict[str, Any] = {
-            "nextCursor": None if page.last_key is None else encode_cursor(page.last_key),
+            "nextCursor": None if last_key is None else encode_cursor(last_key),
             "limit": limit,
         }
-        if query.get("includeTotal", "").lower() == "true":
+        if counting:
             pagination.update(self._total(since, until))
         body = {
             "rows": page.rows,
@@ -465,7 +473,24 @@ class Simulator:
             },
         }
         envelope = {"code": 200, "message": "success", "errors": [], "body": body}
+        if counting:
+            return _ok(envelope)
         return _ok(envelope), len(page.rows)
+
+    def _churn(self, month: str) -> None:
+        faults = self._faults
+        if faults.grow_per_page:
+            self._data.add_late_rows(faults.grow_per_page, month)
+        if faults.delete_per_page:
+            self._data.hard_delete(faults.delete_per_page, month)
+
+    def _ends_early(self, query: Mapping[str, str]) -> bool:
+        rate = self._faults.truncate_rate
+        if rate <= 0:
+            return False
+        request = repr((self._faults.seed, sorted(query.items()))).encode()
+        draw = int.from_bytes(hashlib.blake2b(request, digest_size=8).digest(), "big")
+        return draw / 2**64 < rate
 
     def _total(self, since: int | None, until: int | None) -> dict[str, Any]:
         if since is None or until is None:
@@ -475,6 +500,10 @@ class Simulator:
         if count > cap:
             return {"total": cap, "totalExact": False, "totalNote": "capped"}
         return {"total": count, "totalExact": True, "totalNote": None}
+
+
+def _is_count(query: Mapping[str, str]) -> bool:
+    return query.get("includeTotal", "").lower() == "true"
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -17,6 +17,13 @@ class Faults:
     burst_429: int = 0
     drop_rate: float = 0.0
     max_window_for_504: timedelta | None = None
+    # Share of page requests whose walk ends early: `nextCursor: null` although rows remain.
+    # Decided by a hash of the request, so the same request always ends the same way.
+    truncate_rate: float = 0.0
+    # Rows added to / hard-deleted from the month being read, on every page request: a month
+    # that changes while it is read, as the current month does every day.
+    grow_per_page: int = 0
+    delete_per_page: int = 0
     seed: int = 0
 
 

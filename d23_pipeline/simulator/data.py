@@ -160,6 +160,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def month_of(ms: int) -> str:
+    """The ``YYYY-MM`` month (UTC) of an epoch-millisecond instant."""
+    return time.strftime("%Y-%m", time.gmtime(ms // 1000))
+
+
 def month_bounds(month: str) -> tuple[int, int]:
     """``[start, end)`` of a ``YYYY-MM`` month in epoch milliseconds."""
     year, mon = (int(part) for part in month.split("-"))

@@ -169,18 +169,50 @@ VALUES (
 )
 """
 
-# A row of this month that a complete re-read no longer returns was hard-deleted at the source.
-# Rows read but rejected still exist there, so they are not marked.
-MARK_DELETED = """
-UPDATE d23.logs AS t
-SET _deleted_at = $read_at
+STAGE_ABSENT = """
+CREATE OR REPLACE TEMP TABLE snapshot_absent AS
+SELECT DISTINCT public_id FROM read_parquet($files)
+"""
+# Snapshots landed before reads were proven complete carry no absent.parquet: nothing to delete.
+STAGE_NO_ABSENT = "CREATE OR REPLACE TEMP TABLE snapshot_absent (public_id VARCHAR)"
+
+# Absence is not evidence: a row of this month is marked deleted only when the read proved it
+# gone (its slice verified and a read of its own instant no longer returning it, see
+# ExportsClient.confirm_absent) and this snapshot holds it neither as a row nor as a reject.
+_PROVEN_DELETED = """
+t._partition = $partition
+  AND t._deleted_at IS NULL
+  AND EXISTS (SELECT 1 FROM snapshot_absent AS a WHERE a.public_id = t.public_id)
+  AND NOT EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = t.public_id)
+  AND NOT EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
+"""
+DELETIONS_PROVEN = f"SELECT count(*) FROM d23.logs AS t WHERE {_PROVEN_DELETED}"
+MARK_DELETED = f"UPDATE d23.logs AS t SET _deleted_at = $read_at WHERE {_PROVEN_DELETED}"
+
+# The rows a re-read must prove gone before they may be marked deleted: live rows of the month
+# whose communicated_at lies in a verified slice and which the read (valid rows or rejects,
+# anywhere in the month) did not return.
+DELETION_CANDIDATES = """
+SELECT t.public_id, t.communicated_at
+FROM d23.logs AS t
+JOIN (SELECT unnest($verified_since) AS since, unnest($verified_until) AS until) AS v
+  ON t.communicated_at >= v.since AND t.communicated_at < v.until
 WHERE t._partition = $partition
   AND t._deleted_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = t.public_id)
   AND NOT EXISTS (
-      SELECT 1 FROM snapshot_rejects AS r
-      WHERE r.public_id IS NOT NULL AND r.public_id = t.public_id
+      SELECT 1 FROM read_parquet($files) AS s WHERE s.public_id = t.public_id
   )
+  AND NOT EXISTS (
+      SELECT 1 FROM read_parquet($reject_files) AS r WHERE r.public_id = t.public_id
+  )
+ORDER BY t.communicated_at, t.public_id
+"""
+
+DELETE_SLICE_VERIFICATION = "DELETE FROM d23.slice_verification WHERE _partition = $partition"
+INSERT_SLICE_VERIFICATION = """
+INSERT INTO d23.slice_verification
+SELECT $partition, unnest($since), unnest($until), unnest($served), unnest($total_before),
+       unnest($total_after), unnest($verified), unnest($reads), $read_at
 """
 
 DELETE_REJECTS = "DELETE FROM d23.rejected_rows WHERE _partition = $partition"

@@ -18,6 +18,8 @@ from typing import Any
 import duckdb
 from filelock import FileLock
 
+from d23_pipeline.landing.snapshot import Snapshot
+from d23_pipeline.settings import DEFAULT_MAX_DELETION_SHARE
 from d23_pipeline.warehouse import sql
 
 # How long a connection waits for another process to finish with the file before failing.
@@ -85,37 +87,70 @@ class MergeSummary:
     moved_in: int
     marked_deleted: int
     rejects: int
+    live_rows: int
+    deletions_proven: int
+    deletions_held: bool
+
+    @property
+    def deletion_share(self) -> float:
+        """Proven deletions as a share of the month's live rows."""
+        return self.deletions_proven / self.live_rows if self.live_rows else 0.0
 
 
 def merge_snapshot(
     con: duckdb.DuckDBPyConnection,
+    snapshot: Snapshot,
     *,
-    partition: str,
-    row_files: Sequence[Path],
-    reject_files: Sequence[Path],
-    read_at: datetime,
+    max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
+    confirm_deletions: bool = False,
 ) -> MergeSummary:
     """Upsert one month's complete snapshot into ``d23.logs`` in a single transaction.
 
-    Latest ``updated_at`` wins; rows of this month that the snapshot no longer holds get
-    ``_deleted_at``; the month's rejected rows are replaced. On any error nothing changes.
+    Latest ``updated_at`` wins; rows of this month that the snapshot's read proved gone get
+    ``_deleted_at``, unless they exceed ``max_deletion_share`` of the month's live rows and
+    ``confirm_deletions`` is false (then none is marked and ``deletions_held`` says so). The
+    month's rejected rows and slice proofs are replaced. On any error nothing changes.
     """
+    partition, read_at = snapshot.partition, snapshot.completed_at
     params = {
-        "files": [str(f) for f in row_files],
+        "files": [str(f) for f in snapshot.row_files],
         "partition": partition,
         "read_at": read_at,
     }
+    slices = snapshot.slices
     with transaction(con):
         has_duplicates = execute(con, sql.SNAPSHOT_HAS_DUPLICATES, params).fetchone()[0]
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
-        execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in reject_files]})
+        execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
+        if snapshot.absent_file.is_file():
+            execute(con, sql.STAGE_ABSENT, {"files": [str(snapshot.absent_file)]})
+        else:
+            execute(con, sql.STAGE_NO_ABSENT)
         snapshot_rows = execute(con, sql.SNAPSHOT_ROWS).fetchone()[0]
         inserted, updated, restored, moved_in = execute(con, sql.MERGE_PREVIEW, params).fetchone()
         execute(con, sql.MERGE_SNAPSHOT, params)
-        marked_deleted = execute(con, sql.MARK_DELETED, params).fetchone()[0]
+        live_rows = execute(con, sql.LOGS_PARTITION_ROW_COUNT, params).fetchone()[0]
+        proven = execute(con, sql.DELETIONS_PROVEN, params).fetchone()[0]
+        held = not confirm_deletions and proven > max_deletion_share * live_rows
+        marked_deleted = 0 if held else execute(con, sql.MARK_DELETED, params).fetchone()[0]
         execute(con, sql.DELETE_REJECTS, params)
         rejects = execute(con, sql.INSERT_REJECTS, params).fetchone()[0]
+        execute(con, sql.DELETE_SLICE_VERIFICATION, params)
+        execute(
+            con,
+            sql.INSERT_SLICE_VERIFICATION,
+            {
+                **params,
+                "since": [s.window.since for s in slices],
+                "until": [s.window.until for s in slices],
+                "served": [s.served for s in slices],
+                "total_before": [s.total_before for s in slices],
+                "total_after": [s.total_after for s in slices],
+                "verified": [s.verified for s in slices],
+                "reads": [s.reads for s in slices],
+            },
+        )
     return MergeSummary(
         snapshot_rows=snapshot_rows,
         inserted=inserted,
@@ -124,7 +159,35 @@ def merge_snapshot(
         moved_in=moved_in,
         marked_deleted=marked_deleted,
         rejects=rejects,
+        live_rows=live_rows,
+        deletions_proven=proven,
+        deletions_held=held,
     )
+
+
+def deletion_candidates(
+    con: duckdb.DuckDBPyConnection,
+    snapshot_files: Sequence[Path],
+    reject_files: Sequence[Path],
+    *,
+    partition: str,
+    verified: Sequence[tuple[datetime, datetime]],
+) -> list[tuple[str, datetime]]:
+    """Live rows of the month inside a ``verified`` ``(since, until)`` window that a read's
+    files do not hold: what that read must prove gone before any may be marked deleted."""
+    if not verified or not snapshot_files:
+        return []
+    return execute(
+        con,
+        sql.DELETION_CANDIDATES,
+        {
+            "partition": partition,
+            "files": [str(f) for f in snapshot_files],
+            "reject_files": [str(f) for f in reject_files],
+            "verified_since": [since for since, _ in verified],
+            "verified_until": [until for _, until in verified],
+        },
+    ).fetchall()
 
 
 def fetch_dicts(

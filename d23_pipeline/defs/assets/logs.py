@@ -10,6 +10,13 @@ from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import execute, fetch_dicts, merge_snapshot
 
 
+class LogsMergeConfig(dg.Config):
+    """Per-run choices of the merge."""
+
+    confirm_deletions: bool = False
+    """Apply the proven deletions of this run even above the warehouse's max_deletion_share."""
+
+
 @dg.asset(
     key=checks.LOGS,
     deps=[checks.RAW_LOGS],
@@ -18,15 +25,21 @@ from d23_pipeline.warehouse.store import execute, fetch_dicts, merge_snapshot
     kinds={"duckdb"},
     owners=["team:data-engineering"],
     pool="d23_warehouse",
-    check_specs=[checks.PUBLIC_ID_UNIQUE, checks.ONLY_ALLOWLISTED_COLUMNS],
+    check_specs=[
+        checks.PUBLIC_ID_UNIQUE,
+        checks.ONLY_ALLOWLISTED_COLUMNS,
+        checks.SLICES_VERIFIED,
+        checks.DELETIONS_WITHIN_LIMIT,
+    ],
     description=(
         "Table d23.logs: every D23 row once per public_id, latest updated_at winning. Each month's "
-        "raw snapshot is merged in one transaction; rows gone from a complete re-read get "
-        "_deleted_at."
+        "raw snapshot is merged in one transaction; a row gets _deleted_at only when a verified "
+        "re-read of its day no longer returns it."
     ),
 )
 def logs(
     context: dg.AssetExecutionContext,
+    config: LogsMergeConfig,
     landing_zone: LandingZoneResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
@@ -40,10 +53,9 @@ def logs(
     with warehouse.get_connection() as con:
         summary = merge_snapshot(
             con,
-            partition=partition,
-            row_files=snapshot.row_files,
-            reject_files=snapshot.reject_files,
-            read_at=snapshot.completed_at,
+            snapshot,
+            max_deletion_share=warehouse.max_deletion_share,
+            confirm_deletions=config.confirm_deletions,
         )
         total_rows = execute(con, sql.LOGS_ROW_COUNT).fetchone()[0]
         month_rows = execute(
@@ -51,7 +63,18 @@ def logs(
         ).fetchone()[0]
         preview = fetch_dicts(con, sql.LOGS_PREVIEW, {"partition": partition, "limit": 10})
         schema = schema_from_table(con, "logs")
-        check_results = [checks.public_id_unique(con), checks.only_allowlisted_columns(con)]
+        check_results = [
+            checks.public_id_unique(con),
+            checks.only_allowlisted_columns(con),
+            checks.slices_verified(snapshot),
+            checks.deletions_within_limit(partition, summary, warehouse.max_deletion_share),
+        ]
+    if snapshot.unverified:
+        context.log.error(checks.describe_unverified(snapshot))
+    if summary.deletions_held:
+        context.log.error(
+            checks.describe_held_deletions(partition, summary, warehouse.max_deletion_share)
+        )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": total_rows,
@@ -64,6 +87,8 @@ def logs(
             "restored": summary.restored,
             "moved_from_other_month": summary.moved_in,
             "marked_deleted": summary.marked_deleted,
+            "deletions_proven": summary.deletions_proven,
+            "deletions_held": summary.deletions_held,
             "rejected_rows": summary.rejects,
             "preview": dg.MetadataValue.md(markdown_table(preview)),
         },

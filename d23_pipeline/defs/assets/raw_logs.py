@@ -2,28 +2,13 @@
 
 import dagster as dg
 
-from d23_pipeline.client import (
-    ExportsClient,
-    ProtocolError,
-    RetriesExhaustedError,
-    Window,
-    WindowTooHeavyError,
-    WindowTotal,
-)
+from d23_pipeline.client import Window
 from d23_pipeline.defs import checks
 from d23_pipeline.defs.metadata import markdown_table, schema_from_arrow
 from d23_pipeline.defs.partitions import monthly_partitions
-from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource
+from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource, WarehouseResource
+from d23_pipeline.landing.month import read_month
 from d23_pipeline.schema import ARROW_SCHEMA
-
-
-def _total(client: ExportsClient, window: Window, log: dg.DagsterLogManager) -> WindowTotal | None:
-    # A count the API cannot produce is reported, not fatal: the rows are what matter.
-    try:
-        return client.fetch_total(window)
-    except (RetriesExhaustedError, WindowTooHeavyError, ProtocolError) as exc:
-        log.warning(f"API total unavailable for {window}: {exc}")
-        return None
 
 
 @dg.asset(
@@ -35,45 +20,34 @@ def _total(client: ExportsClient, window: Window, log: dg.DagsterLogManager) -> 
     pool="d23_api",
     check_specs=[checks.ROWS_MATCH_API_TOTAL, checks.REJECTED_ROWS],
     description=(
-        "One month of D23 contact outcomes pulled from the Exports API in time slices, landed as "
-        "a Parquet snapshot under $D23_DATA_DIR/raw; an interrupted month resumes from its "
-        "finished slices."
+        "One month of D23 contact outcomes pulled from the Exports API in time slices, each "
+        "counted before and after its walk, landed as a Parquet snapshot under $D23_DATA_DIR/raw; "
+        "an interrupted month resumes from its finished slices."
     ),
 )
 def raw_logs(
     context: dg.AssetExecutionContext,
     exports_api: ExportsApiResource,
     landing_zone: LandingZoneResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Read the partition's month from the API into a fresh raw snapshot."""
     time_window = context.partition_time_window
-    window = Window(time_window.start, time_window.end)
-    partition = context.partition_key
-    slices = window.split(exports_api.slice_size)
-    store = landing_zone.store()
-    with (
-        exports_api.client() as client,
-        store.begin(partition, slices, context.run.run_id) as writer,
-    ):
-        finished = writer.finished
-        if finished:
-            context.log.info(f"Resuming {partition}: {len(finished)}/{len(slices)} slices done")
-        total_before = _total(client, window, context.log)
-        writer.land(client.iter_slices(window, skip=finished))
-        total_after = _total(client, window, context.log)
-        read_stats = client.stats.as_dict()
-        rows, rejects = writer.counts
-        total_check = checks.rows_match_api_total(rows + rejects, total_before, total_after)
-        # Rows short of a stable API count are kept for inspection but never merged: the merge
-        # would take the missing rows for deletions.
-        promote = total_check.passed or total_check.severity == dg.AssetCheckSeverity.WARN
-        snapshot = writer.complete(read_stats, promote=promote)
-    if not promote:
-        context.log.error(
-            f"{partition}: {rows + rejects} rows served against a stable API total of "
-            f"{total_after.total if total_after else None}; snapshot {snapshot.directory} kept but "
-            "not made current, so d23/logs keeps the previous read of this month"
+    slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
+    with exports_api.client() as client:
+        read = read_month(
+            client,
+            landing_zone.store(),
+            warehouse.warehouse(),
+            partition=context.partition_key,
+            slices=slices,
+            run_id=context.run.run_id,
         )
+    snapshot = read.snapshot
+    stats = snapshot.read_stats
+    if snapshot.unverified:
+        context.log.error(checks.describe_unverified(snapshot))
+    after = [s.total_after for s in snapshot.slices]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": snapshot.rows,
@@ -82,18 +56,25 @@ def raw_logs(
             "snapshot": dg.MetadataValue.path(str(snapshot.directory)),
             "rejected_rows": snapshot.rejects,
             "slices": len(slices),
-            "slices_resumed": len(finished),
-            "requests": read_stats["requests"],
-            "pages": read_stats["pages"],
-            "empty_pages": read_stats["empty_pages"],
-            "retries_by_cause": dg.MetadataValue.json(read_stats["retries"]),
-            "window_splits": read_stats["window_splits"],
-            "final_page_limit": read_stats["final_page_limit"],
-            "ignored_extra_fields": dg.MetadataValue.json(read_stats["extra_fields"]),
-            "api_total": total_after.total if total_after else None,
-            "api_total_note": checks.describe_total(total_after),
-            "promoted": promote,
+            "slices_resumed": read.slices_resumed,
+            "slices_verified": len(slices) - len(snapshot.unverified),
+            "unverified_slices": dg.MetadataValue.md(checks.slice_table(snapshot.unverified)),
+            "slice_rereads": stats["slice_rereads"],
+            "deletion_candidates": read.deletion_candidates,
+            "proven_absent": read.proven_absent,
+            "requests": stats["requests"],
+            "pages": stats["pages"],
+            "empty_pages": stats["empty_pages"],
+            "retries_by_cause": dg.MetadataValue.json(stats["retries"]),
+            "window_splits": stats["window_splits"],
+            "count_splits": stats["count_splits"],
+            "final_page_limit": stats["final_page_limit"],
+            "ignored_extra_fields": dg.MetadataValue.json(stats["extra_fields"]),
+            "api_total": None if None in after else sum(after),
             "preview": dg.MetadataValue.md(markdown_table(snapshot.preview(10))),
         },
-        check_results=[total_check, checks.rejected_rows(snapshot.rows, snapshot.rejects)],
+        check_results=[
+            checks.rows_match_api_total(snapshot),
+            checks.rejected_rows(snapshot.rows, snapshot.rejects),
+        ],
     )

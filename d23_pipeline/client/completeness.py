@@ -1,0 +1,75 @@
+"""Whether a slice's read is proven complete, from the API's exact counts around its walk.
+
+The API's only end-of-data signal is ``nextCursor: null``, and nothing promises that a walk which
+ends has returned every row of its window (a "via" dataset joined through a parent can end a
+walk early). Exact totals of small windows, counted before and after the walk, are the one
+cross-check the API offers. A slice is *verified* when what it served is consistent with them:
+
+- equal to a count that did not move during the walk, or
+- for a window that changed while it was read, between the two counts (rows written ahead of
+  the cursor are served, rows deleted ahead of it are not, so a complete walk lands in between).
+
+Anything else (fewer rows than both counts, a count the API would not give exactly) leaves the
+slice unverified: its rows may add and update, never delete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WindowTotal:
+    """``pagination.total`` for a window: ``None`` when the API could not count."""
+
+    total: int | None
+    exact: bool
+    note: str | None
+
+    @property
+    def exact_total(self) -> int | None:
+        """The total when the API vouches for it, else ``None``."""
+        return self.total if self.exact and self.total is not None else None
+
+
+def sum_totals(totals: Sequence[WindowTotal]) -> WindowTotal:
+    """The count of a window from the counts of parts that tile it."""
+    if not totals:
+        return WindowTotal(0, True, None)
+    known = [t.total for t in totals if t.total is not None]
+    return WindowTotal(
+        sum(known) if len(known) == len(totals) else None,
+        all(t.exact for t in totals),
+        next((t.note for t in totals if t.note), None),
+    )
+
+
+@dataclass(frozen=True)
+class SliceProof:
+    """What one read of a slice served against the API's counts around it."""
+
+    served: int
+    total_before: int | None
+    total_after: int | None
+    verified: bool
+    reads: int = 1
+
+    @property
+    def reason(self) -> str:
+        """Why the slice is (not) verified, for run logs and check metadata."""
+        before, after = self.total_before, self.total_after
+        if before is None or after is None:
+            return "the API gave no exact count for the slice"
+        if self.verified:
+            return "served equals the count" if before == after else "changed while read"
+        return f"served {self.served} against exact counts {before} before and {after} after"
+
+
+def judge(served: int, before: WindowTotal, after: WindowTotal, reads: int = 1) -> SliceProof:
+    """Verify one read of a slice: ``served`` rows (valid and rejected) between two counts."""
+    low, high = before.exact_total, after.exact_total
+    verified = (
+        low is not None and high is not None and min(low, high) <= served <= max(low, high)
+    )
+    return SliceProof(served, low, high, verified, reads)

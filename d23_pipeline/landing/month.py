@@ -1,0 +1,58 @@
+"""Reading one month from the API into a snapshot, with the evidence its deletions need."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from d23_pipeline.client import ExportsClient, Window
+from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore, rejects_path, rows_path
+from d23_pipeline.warehouse.store import Warehouse, deletion_candidates
+
+log = logging.getLogger("d23_pipeline.landing")
+
+
+@dataclass(frozen=True)
+class MonthRead:
+    """A finished read of one month and what it took."""
+
+    snapshot: Snapshot
+    slices_resumed: int
+    deletion_candidates: int
+    proven_absent: int
+
+
+def read_month(
+    client: ExportsClient,
+    store: SnapshotStore,
+    warehouse: Warehouse,
+    *,
+    partition: str,
+    slices: Sequence[Window],
+    run_id: str,
+) -> MonthRead:
+    """Land ``slices`` (one month) as the month's current snapshot, resuming finished slices.
+
+    Rows the warehouse holds for a verified slice but the read did not return are only
+    candidates: each is looked up again at its own instant (:meth:`ExportsClient.confirm_absent`)
+    and only those proven gone are recorded as absent, the one input a merge deletes from.
+    """
+    month = Window(slices[0].since, slices[-1].until)
+    with store.begin(partition, slices, run_id) as writer:
+        finished = writer.finished
+        if finished:
+            log.info("resuming %s: %d/%d slices done", partition, len(finished), len(slices))
+        writer.land(client.iter_slices(month, skip=finished))
+        landed = writer.slices
+        with warehouse.connect(read_only=True) as con:
+            candidates = deletion_candidates(
+                con,
+                [rows_path(writer.directory, s.window) for s in landed],
+                [rejects_path(writer.directory, s.window) for s in landed],
+                partition=partition,
+                verified=[(s.window.since, s.window.until) for s in landed if s.verified],
+            )
+        absent = client.confirm_absent(candidates)
+        snapshot = writer.complete(client.stats.as_dict(), absent=absent)
+    return MonthRead(snapshot, len(finished), len(candidates), len(absent))
