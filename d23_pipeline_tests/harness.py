@@ -75,13 +75,21 @@ class Pipeline:
         }
 
     def materialize(
-        self, month: str, *, raise_on_error: bool = True, **api_overrides: Any
+        self,
+        month: str,
+        *,
+        raise_on_error: bool = True,
+        selection: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
+        **api_overrides: Any,
     ) -> dg.ExecuteInProcessResult:
-        """Materialize every D23 asset for one month, in process."""
+        """Materialize the D23 assets (all, or ``selection``) for one month, in process."""
         return dg.materialize(
             list(defs.assets),
+            selection=selection,
             resources=self.resources(**api_overrides),
             partition_key=f"{month}-01",
+            run_config=run_config,
             raise_on_error=raise_on_error,
         )
 

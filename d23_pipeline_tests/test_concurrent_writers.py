@@ -2,7 +2,9 @@
 
 ``dg.materialize`` runs in one process and can never hit DuckDB's single-writer lock; here two
 ``dagster asset materialize`` commands do, while a third writer holds the file open. Their Dagster
-home sets no pool limits, so nothing but the warehouse's own file lock keeps them apart.
+home sets no pool limits, so nothing but the warehouse's own file lock keeps them apart. The raw
+snapshots are landed first (``d23/raw_logs`` reads the warehouse too, to know which rows a read
+must prove gone), so that both runs meet in their write step.
 """
 
 import contextlib
@@ -29,10 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SIM = SimulatorConfig(months=("2026-03", "2026-04"), rows_per_month=4000)
 WRITE_STEP = "d23__logs"
-MATERIALIZE = [
-    str(BIN / "dagster"),
-    *("asset", "materialize", "-m", "d23_pipeline.definitions", "--select", "*", "--partition"),
-]
+MATERIALIZE = [str(BIN / "dagster"), "asset", "materialize", "-m", "d23_pipeline.definitions"]
 
 
 def step_events(instance: dg.DagsterInstance, partition: str) -> dict[str, float]:
@@ -60,12 +59,23 @@ def test_two_processes_write_different_months_at_once(tmp_path: Path, simulator_
     partitions = [f"{month}-01" for month in SIM.months]
     pipeline = Pipeline(sim=Simulator(SIM), api_url=simulator_url, data_dir=data_dir)
 
+    for partition in partitions:
+        landing = tmp_path / f"land-{partition}.log"
+        with spawn(
+            [*MATERIALIZE, "--select", "d23/raw_logs", "--partition", partition], env, landing
+        ) as process:
+            assert process.wait(timeout=180) == 0, tail(landing, 60)
+
     logs = [tmp_path / f"materialize-{partition}.log" for partition in partitions]
     with dg.DagsterInstance.from_config(str(home)) as instance, contextlib.ExitStack() as stack:
         # A third writer holds the database until both runs are inside their write step.
         with Warehouse(pipeline.warehouse_path).connect():
             processes = [
-                stack.enter_context(spawn([*MATERIALIZE, partition], env, log))
+                stack.enter_context(
+                    spawn(
+                        [*MATERIALIZE, "--select", "d23/logs*", "--partition", partition], env, log
+                    )
+                )
                 for partition, log in zip(partitions, logs, strict=True)
             ]
             wait_for(

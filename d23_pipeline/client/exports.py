@@ -211,6 +211,8 @@ class ExportsClient:
         section: str = "S4",
         dataset: str = "D23",
     ) -> None:
+        # A page limit configured below the floor is its own floor (D23_PAGE_LIMIT may be 1).
+        min_page_limit = min(min_page_limit, page_limit)
         if not 1 <= min_page_limit <= page_limit <= _MAX_API_LIMIT:
             raise ValueError(
                 f"need 1 <= min_page_limit ({min_page_limit}) <= page_limit ({page_limit}) "

@@ -1,0 +1,224 @@
+"""A short read never turns into deletions: slices are proven complete, deletions proven too."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from harness import Pipeline, failure_messages, month_window
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from d23_pipeline.client import ExportsClient, Window
+from d23_pipeline.landing.month import read_month
+from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.settings import LoginCredentials
+from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig, serve
+from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
+
+MONTH = "2026-04"
+CONFIRM = {"ops": {"d23__logs": {"config": {"confirm_deletions": True}}}}
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _deleted_ids(pipeline: Pipeline) -> set[str]:
+    return {
+        r[0] for r in pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
+    }
+
+
+def _unverified_slices(pipeline: Pipeline) -> int:
+    (count,) = pipeline.query("SELECT count(*) FROM d23.slice_verification WHERE NOT verified")
+    return count[0]
+
+
+def _fault(pipeline: Pipeline, **faults: object) -> None:
+    pipeline.sim.faults = dataclasses.replace(Faults(), **faults)
+
+
+def test_truncated_walks_above_the_total_cap_mark_no_live_row_deleted(pipeline: Pipeline) -> None:
+    # The month (1,500 rows) is far above the cap; a day (~50, some more with ties) is counted
+    # exactly, or in parts where a busy day is capped.
+    pipeline.sim.config.total_cap = 60
+    assert pipeline.materialize(MONTH, page_limit=10).success
+    _fault(pipeline, truncate_rate=0.3, seed=7)
+
+    result = pipeline.materialize(MONTH, page_limit=10, raise_on_error=False)
+
+    assert not result.success
+    assert "slices_verified" in failure_messages(result)["d23__logs"]
+    check = _checks(result)["slices_verified"]
+    assert not check.passed and "not proven complete" in check.description
+    assert "[2026-04-" in check.description and "counts " in check.description
+    assert _deleted_ids(pipeline) == set()
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    assert _unverified_slices(pipeline) > 0
+
+    _fault(pipeline)
+    clean = pipeline.materialize(MONTH, page_limit=10)
+
+    assert clean.success
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    assert _unverified_slices(pipeline) == 0
+
+
+def test_a_month_that_grows_and_loses_rows_while_truncated_marks_no_live_row_deleted(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.sim.config.total_cap = 60
+    assert pipeline.materialize(MONTH, page_limit=25).success
+    _fault(pipeline, truncate_rate=0.3, grow_per_page=1, delete_per_page=1, seed=11)
+
+    result = pipeline.materialize(MONTH, page_limit=25, raise_on_error=False)
+
+    assert not result.success
+    existing = {row["public_id"] for row in pipeline.sim.valid_rows(*month_window(MONTH))}
+    assert _deleted_ids(pipeline) & existing == set()
+
+    _fault(pipeline)
+    clean = pipeline.materialize(MONTH, page_limit=25, run_config=CONFIRM)
+
+    assert clean.success
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    assert _unverified_slices(pipeline) == 0
+
+
+def test_a_source_that_lost_30_percent_is_not_applied_until_confirmed(pipeline: Pipeline) -> None:
+    pipeline.materialize(MONTH)
+    live = len(pipeline.expected_rows([MONTH]))
+    lost = set(pipeline.sim.hard_delete(round(live * 0.3), month=MONTH))
+
+    held = pipeline.materialize(MONTH, raise_on_error=False)
+
+    assert not held.success
+    check = _checks(held)["deletions_within_limit"]
+    assert not check.passed
+    assert "2026-04-01" in check.description and "30.0%" in check.description
+    assert '"confirm_deletions": true' in check.description
+    assert _deleted_ids(pipeline) == set()
+
+    confirmed = pipeline.materialize(MONTH, selection="d23/logs", run_config=CONFIRM)
+
+    assert confirmed.success
+    assert _deleted_ids(pipeline) == lost
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+
+
+def test_a_few_real_deletions_in_verified_slices_are_marked(pipeline: Pipeline) -> None:
+    pipeline.materialize(MONTH)
+    gone = set(pipeline.sim.hard_delete(5, month=MONTH))
+
+    result = pipeline.materialize(MONTH)
+
+    raw = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("d23__raw_logs")[0].metadata.items()
+    }
+    assert (raw["deletion_candidates"], raw["proven_absent"]) == (5, 5)
+    assert _deleted_ids(pipeline) == gone
+
+
+@st.composite
+def _read_faults(draw: st.DrawFn) -> Faults:
+    return dataclasses.replace(
+        Faults(),
+        truncate_rate=draw(st.sampled_from([0.0, 0.2, 0.5, 0.9])),
+        grow_per_page=draw(st.integers(0, 2)),
+        delete_per_page=draw(st.integers(0, 2)),
+        seed=draw(st.integers(0, 10_000)),
+    )
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    faults=_read_faults(),
+    page_limit=st.sampled_from([5, 10, 40]),
+    total_cap=st.sampled_from([8, 1000]),
+    deleted_before=st.integers(0, 6),
+)
+def test_no_row_that_exists_at_the_end_of_a_read_is_ever_marked_deleted(
+    faults: Faults, page_limit: int, total_cap: int, deleted_before: int
+) -> None:
+    sim = Simulator(SimulatorConfig(months=(MONTH,), rows_per_month=120, total_cap=total_cap))
+    since, until = month_window(MONTH)
+    slices = Window(since, until).split(timedelta(days=2))
+    with tempfile.TemporaryDirectory() as tmp, _client(sim, page_limit) as client:
+        store, warehouse = SnapshotStore(Path(tmp) / "raw"), Warehouse(Path(tmp) / "w.duckdb")
+
+        def read_and_merge(run_id: str) -> None:
+            read = read_month(
+                client, store, warehouse, partition=MONTH, slices=slices, run_id=run_id
+            )
+            with warehouse.connect() as con:
+                merge_snapshot(con, read.snapshot, max_deletion_share=1.0)
+
+        read_and_merge("first")
+        sim.hard_delete(deleted_before, month=MONTH)
+        sim.faults = faults
+        read_and_merge("second")
+
+        existing = {row["public_id"] for row in sim.valid_rows(since, until)}
+        with warehouse.connect(read_only=True) as con:
+            deleted = {
+                r[0]
+                for r in con.execute(
+                    "SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL"
+                ).fetchall()
+            }
+    assert deleted & existing == set()
+
+
+def _client(sim: Simulator, page_limit: int) -> ExportsClient:
+    config = sim.config
+    return ExportsClient(
+        "http://127.0.0.1",
+        LoginCredentials(config.lender_slug, config.email, config.password),
+        page_limit=page_limit,
+        slice_size=timedelta(days=2),
+        min_window=timedelta(hours=1),
+        transport=sim.transport(),
+        sleep=lambda seconds: None,
+    )
+
+
+@pytest.mark.e2e
+def test_the_cli_exits_non_zero_naming_the_slices_in_doubt(tmp_path: Path) -> None:
+    sim = Simulator(SimulatorConfig(months=(MONTH,), rows_per_month=600))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D23_", "DAGSTER_"))}
+    env |= {
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "D23_LENDER": sim.config.lender_slug,
+        "D23_EMAIL": sim.config.email,
+        "D23_PASSWORD": sim.config.password,
+        "D23_DATA_DIR": str(tmp_path / "data"),
+        "D23_PAGE_LIMIT": "10",
+    }
+    (tmp_path / "home").mkdir()
+    command = [
+        str(Path(sys.executable).with_name("dagster")),
+        *("asset", "materialize", "-m", "d23_pipeline.definitions", "--select", "*"),
+        *("--partition", f"{MONTH}-01"),
+    ]
+    with serve(sim) as url:
+        env["D23_API_URL"] = url
+        clean = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        sim.faults = dataclasses.replace(Faults(), truncate_rate=0.5, seed=3)
+        doubtful = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    assert doubtful.returncode != 0
+    output = doubtful.stdout + doubtful.stderr
+    assert "slice(s) not proven complete" in output
+    assert "[2026-04-" in output
