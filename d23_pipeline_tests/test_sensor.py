@@ -16,6 +16,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.jobs import d23_pipeline_job
 from d23_pipeline.defs.sensors import (
+    IN_FLIGHT_STATUSES,
     REFRESH_DATE_TAG,
     TRIGGER_TAG,
     build_daily_refresh_sensor,
@@ -202,8 +203,17 @@ def test_sensor_second_tick_same_day_requests_nothing_and_next_day_again(instanc
     ]
 
 
+def test_in_flight_statuses_are_every_status_of_an_unfinished_run():
+    # MANAGED runs are driven outside Dagster, which may never see them finish.
+    not_in_flight = {"SUCCESS", "FAILURE", "CANCELED", "MANAGED"}
+    expected = {status for status in dg.DagsterRunStatus if status.value not in not_in_flight}
+    assert set(IN_FLIGHT_STATUSES) == expected
+
+
 @pytest.mark.parametrize(
-    "status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED], ids=["queued", "started"]
+    "status",
+    [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING],
+    ids=["queued", "started", "canceling"],
 )
 def test_sensor_skips_a_partition_whose_run_is_in_flight(instance, status):
     add_run(instance, "2026-04-01", status)
@@ -215,6 +225,7 @@ def test_sensor_skips_a_partition_whose_run_is_in_flight(instance, status):
 def test_sensor_requests_a_partition_whose_last_run_finished(instance):
     add_run(instance, "2026-04-01", dg.DagsterRunStatus.SUCCESS)
     add_run(instance, "2026-05-01", dg.DagsterRunStatus.FAILURE)
+    add_run(instance, "2026-03-01", dg.DagsterRunStatus.CANCELED)
     result = tick(make_sensor(Clock(MAY_14)), instance)
     assert len(result.run_requests) == 3
 

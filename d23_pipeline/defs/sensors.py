@@ -21,11 +21,15 @@ if TYPE_CHECKING:
     )
 
 # Statuses of a run that has not finished yet: a partition with such a run is not requested again.
+# A canceling run may still be writing, and a suspended one will resume. MANAGED is left out:
+# Dagster does not drive such runs, so one could block its month for good.
 IN_FLIGHT_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.SUSPENDED,
+    dg.DagsterRunStatus.CANCELING,
 ]
 TRIGGER_TAG = "d23/trigger"
 REFRESH_DATE_TAG = "d23/refresh_date"
