@@ -135,6 +135,10 @@ def test_daily_trend_adds_up_to_the_month(warehouse: Warehouse) -> None:
         ("promise: PTP\n", "must be a list"),
         ("promises: [PTP]\n", "keys among"),
         ("promise: [PTP]\nno_contact: [PTP]\n", "both contact and no_contact"),
+        (
+            "promise: [PTP, MAYBE]\nrefusal: [REFUSED_TO_PAY, MAYBE]\n",
+            r"\['MAYBE'\] listed as both promise and refusal",
+        ),
     ],
 )
 def test_malformed_mapping_is_refused_with_the_reason(

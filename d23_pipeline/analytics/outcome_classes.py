@@ -48,6 +48,11 @@ def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
         raise OutcomeMappingError(
             f"outcome mapping {path}: {sorted(conflict)} listed as both contact and no_contact"
         )
+    # Both would count the code in the PTP and the refusal numerators of the same attempts.
+    if clash := members["promise"] & members["refusal"]:
+        raise OutcomeMappingError(
+            f"outcome mapping {path}: {sorted(clash)} listed as both promise and refusal"
+        )
     promise = members["promise"]
     rpc = members["right_party_contact"] | promise | members["refusal"]
     contact = members["contact"] | rpc
