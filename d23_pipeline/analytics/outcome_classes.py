@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,17 @@ class OutcomeClass:
 
 def default_mapping_path() -> Path:
     return Path(str(resources.files("d23_pipeline.analytics") / "outcome_classes.yaml"))
+
+
+def mapping_version(path: Path | None = None) -> str:
+    """A digest of the mapping file (the shipped one unless ``path`` is given), for the code
+    version of the assets that count with it: editing the mapping then marks them stale."""
+    path = path or default_mapping_path()
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise OutcomeMappingError(f"cannot read outcome mapping {path}: {exc}") from None
+    return hashlib.sha256(content).hexdigest()[:16]
 
 
 def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
