@@ -37,7 +37,7 @@ defs = dg.Definitions(
     executor=dg.in_process_executor,
     sensors=[
         build_daily_refresh_sensor(
-            d23_pipeline_job,
+            d23_pipeline_job.name,
             monthly_partitions,
             options.refresh_hour_utc,
             options.refresh_lookback_months,

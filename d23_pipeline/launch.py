@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -40,6 +40,12 @@ def _prepare_dagster_home(env: dict[str, str]) -> Path:
         # An edited instance config (Postgres, other limits) is kept, never overwritten.
         print(f"Using {config} as is: it differs from d23_pipeline/deploy/dagster.yaml")
     return home
+
+
+def simulator_start_month(now: datetime) -> str:
+    """The first of the months the simulator serves from ``now`` on: it counts them in UTC, so a
+    local date near a month's end would start the partitions a month off."""
+    return months_up_to(now.astimezone(UTC), SIMULATOR_MONTHS)[0]
 
 
 def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -73,7 +79,7 @@ def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
     for name, value in DEMO_CREDENTIALS.items():
         env.setdefault(name, value)
     # The simulator serves the six months up to now; start the partitions where its data does.
-    env.setdefault("D23_START_MONTH", months_up_to(date.today(), SIMULATOR_MONTHS)[0])
+    env.setdefault("D23_START_MONTH", simulator_start_month(datetime.now(UTC)))
     return process
 
 

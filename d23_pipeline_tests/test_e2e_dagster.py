@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 SIM = SimulatorConfig(months=recent_months(4)[:3], rows_per_month=400)
 PARTITIONS = [f"{month}-01" for month in SIM.months]
 # What the sensor refreshes: the current month (served empty) and the two before it.
-REFRESHED = [f"{month}-01" for month in recent_months(3)]
+REFRESHED_MONTHS = 3
 SENSOR = "d23_daily_refresh_sensor"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -170,13 +170,13 @@ def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: De
 
 
 def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deployment) -> None:
-    today = datetime.now(UTC).date().isoformat()
+    started_on = datetime.now(UTC).date().isoformat()
     started = deployment.web.graphql(START_SENSOR, {"selector": deployment.sensor_selector()})
     assert started["startSensor"]["sensorState"]["status"] == "RUNNING", started
 
     def sensor_runs_finished() -> list[dict] | None:
         runs = deployment.runs({"dagster/sensor_name": SENSOR})
-        done = len(runs) >= len(REFRESHED) and all(run["status"] in FINISHED for run in runs)
+        done = len(runs) >= REFRESHED_MONTHS and all(run["status"] in FINISHED for run in runs)
         return runs if done else None
 
     try:
@@ -184,9 +184,19 @@ def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deplo
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{deployment.diagnostics()}") from None
 
+    # The tick may come after a UTC midnight that started_on was read before: expect the day the
+    # sensor recorded, which must be one of the two.
+    state = deployment.sensor()["sensorState"]
+    cursor = json.loads(state["typeSpecificData"]["lastCursor"])
+    today = cursor["date"]
+    assert today in {started_on, datetime.now(UTC).date().isoformat()}
+    refreshed = [
+        f"{month}-01" for month in recent_months(REFRESHED_MONTHS, datetime.fromisoformat(today))
+    ]
+
     by_partition = {tags_of(run)["dagster/partition"]: run for run in runs}
-    assert sorted(by_partition) == REFRESHED
-    assert len(runs) == len(REFRESHED)
+    assert sorted(by_partition) == refreshed
+    assert len(runs) == len(refreshed)
     for partition, run in by_partition.items():
         tags = tags_of(run)
         assert run["status"] == "SUCCESS", deployment.diagnostics()
@@ -194,10 +204,8 @@ def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deplo
         assert tags[TRIGGER_TAG] == "daily_refresh"
         assert tags[REFRESH_DATE_TAG] == today
 
-    state = deployment.sensor()["sensorState"]
-    cursor = json.loads(state["typeSpecificData"]["lastCursor"])
-    assert cursor == {"date": today, "requested": REFRESHED, "skipped_in_flight": []}
+    assert cursor == {"date": today, "requested": refreshed, "skipped_in_flight": []}
     requested = [key for tick in state["ticks"] for key in tick["runKeys"]]
-    assert sorted(requested) == sorted(run_key(today, p) for p in REFRESHED)
-    months = recent_months(4)
+    assert sorted(requested) == sorted(run_key(today, p) for p in refreshed)
+    months = recent_months(4, datetime.fromisoformat(today))
     assert deployment.pipeline.live_rows(months) == deployment.pipeline.expected_rows(months)

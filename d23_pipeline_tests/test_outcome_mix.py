@@ -7,7 +7,9 @@ import pytest
 
 from d23_pipeline.analytics.outcome_classes import (
     OutcomeMappingError,
+    default_mapping_path,
     load_outcome_classes,
+    mapping_version,
 )
 from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_kpis_monthly,
@@ -15,6 +17,12 @@ from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_mix_monthly,
 )
 from d23_pipeline.defs import checks
+from d23_pipeline.defs.assets.outcome_mix import (
+    outcome_kpis_monthly,
+    outcome_mix_daily,
+    outcome_mix_monthly,
+)
+from d23_pipeline.defs.options import options
 from d23_pipeline.warehouse.store import Warehouse, fetch_dicts
 
 APRIL = (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
@@ -107,6 +115,23 @@ def test_a_user_mapping_overrides_the_shipped_one(warehouse: Warehouse, tmp_path
     assert kpis["unmapped_attempts"] == 3  # RPC, REFUSED_TO_PAY and WRONG_NUMBER now unmapped
 
 
+def test_mapping_version_changes_with_the_mapping_content_only(tmp_path: Path) -> None:
+    shipped = default_mapping_path().read_text()
+    copy, edited = tmp_path / "copy.yaml", tmp_path / "edited.yaml"
+    copy.write_text(shipped)
+    edited.write_text(shipped.replace("  - WRONG_NUMBER\n", ""))
+
+    assert mapping_version(copy) == mapping_version() == mapping_version(default_mapping_path())
+    assert mapping_version(edited) != mapping_version()
+
+
+def test_outcome_mix_assets_carry_the_mapping_version_as_code_version() -> None:
+    # Dagster marks an asset stale when its code version changes, so an edited mapping does.
+    expected = mapping_version(options.outcome_mapping)
+    for asset in (outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily):
+        assert list(asset.code_versions_by_key.values()) == [expected]
+
+
 def test_month_without_attempts_has_zero_counts_and_no_rates(tmp_path: Path) -> None:
     warehouse = Warehouse(tmp_path / "empty.duckdb")
 
@@ -135,6 +160,10 @@ def test_daily_trend_adds_up_to_the_month(warehouse: Warehouse) -> None:
         ("promise: PTP\n", "must be a list"),
         ("promises: [PTP]\n", "keys among"),
         ("promise: [PTP]\nno_contact: [PTP]\n", "both contact and no_contact"),
+        (
+            "promise: [PTP, MAYBE]\nrefusal: [REFUSED_TO_PAY, MAYBE]\n",
+            r"\['MAYBE'\] listed as both promise and refusal",
+        ),
     ],
 )
 def test_malformed_mapping_is_refused_with_the_reason(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,17 @@ def default_mapping_path() -> Path:
     return Path(str(resources.files("d23_pipeline.analytics") / "outcome_classes.yaml"))
 
 
+def mapping_version(path: Path | None = None) -> str:
+    """A digest of the mapping file (the shipped one unless ``path`` is given), for the code
+    version of the assets that count with it: editing the mapping then marks them stale."""
+    path = path or default_mapping_path()
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise OutcomeMappingError(f"cannot read outcome mapping {path}: {exc}") from None
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
 def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
     """Read the mapping file (the shipped one unless ``path`` is given) into code -> class."""
     path = path or default_mapping_path()
@@ -47,6 +59,11 @@ def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
     if conflict := members["no_contact"] & set().union(*(members[c] for c in CLASSES[:4])):
         raise OutcomeMappingError(
             f"outcome mapping {path}: {sorted(conflict)} listed as both contact and no_contact"
+        )
+    # Both would count the code in the PTP and the refusal numerators of the same attempts.
+    if clash := members["promise"] & members["refusal"]:
+        raise OutcomeMappingError(
+            f"outcome mapping {path}: {sorted(clash)} listed as both promise and refusal"
         )
     promise = members["promise"]
     rpc = members["right_party_contact"] | promise | members["refusal"]

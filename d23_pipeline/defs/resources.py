@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass, load_outcome_classes
@@ -82,10 +81,11 @@ class ExportsApiResource(dg.ConfigurableResource):
             yield client
 
 
-class WarehouseResource(DuckDBResource):
-    """``dagster-duckdb``'s resource, with connections serialised across processes by a file
-    lock and closed even when the block raises."""
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file: connections are serialised across processes by a file lock and
+    closed even when the block raises."""
 
+    database: str = Field(description="Path of the DuckDB file ($D23_DATA_DIR/warehouse.duckdb)")
     lock_timeout_s: float = Field(
         default=LOCK_TIMEOUT_S, description="How long to wait for the lock"
     )

@@ -9,23 +9,21 @@ import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from d23_pipeline.months import months_up_to
 
-if TYPE_CHECKING:
-    from dagster._core.definitions.unresolved_asset_job_definition import (
-        UnresolvedAssetJobDefinition,
-    )
-
 # Statuses of a run that has not finished yet: a partition with such a run is not requested again.
+# A canceling run may still be writing, and a suspended one will resume. MANAGED is left out:
+# Dagster does not drive such runs, so one could block its month for good.
 IN_FLIGHT_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.SUSPENDED,
+    dg.DagsterRunStatus.CANCELING,
 ]
 TRIGGER_TAG = "d23/trigger"
 REFRESH_DATE_TAG = "d23/refresh_date"
@@ -91,18 +89,18 @@ def plan_daily_refresh(
 
 
 def build_daily_refresh_sensor(
-    job: "UnresolvedAssetJobDefinition",
+    job_name: str,
     partitions_def: dg.PartitionsDefinition,
     refresh_hour_utc: int,
     lookback_months: int,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     minimum_interval_seconds: int = 300,
 ) -> dg.SensorDefinition:
-    """The daily refresh sensor for ``job``; on by default."""
+    """The daily refresh sensor for the job named ``job_name``; on by default."""
 
     @dg.sensor(
         name="d23_daily_refresh_sensor",
-        job=job,
+        job_name=job_name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
@@ -113,7 +111,7 @@ def build_daily_refresh_sensor(
     )
     def d23_daily_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         now = clock()
-        in_flight_runs = context.instance.get_runs(
+        in_flight = context.instance.get_run_records(
             filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES)
         )
         plan = plan_daily_refresh(
@@ -122,7 +120,9 @@ def build_daily_refresh_sensor(
             refresh_hour_utc=refresh_hour_utc,
             lookback_months=lookback_months,
             existing_partitions=set(partitions_def.get_partition_keys(current_time=now)),
-            in_flight_partitions={run.tags.get("dagster/partition") for run in in_flight_runs},
+            in_flight_partitions={
+                record.dagster_run.tags.get("dagster/partition") for record in in_flight
+            },
         )
         for key in plan.skipped_in_flight:
             context.log.info(f"Skipping {key}: a run for it is already queued or in progress")

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from d23_pipeline.analytics import charts
+from d23_pipeline.analytics.outcome_classes import mapping_version
 from d23_pipeline.analytics.outcome_mix import (
     KPI_NAMES,
     rebuild_outcome_kpis_monthly,
@@ -11,6 +12,7 @@ from d23_pipeline.analytics.outcome_mix import (
 )
 from d23_pipeline.defs import checks
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
+from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
 from d23_pipeline.warehouse import sql
@@ -40,6 +42,8 @@ _COMMON = dict(
     kinds={"duckdb"},
     owners=["team:collections-analytics"],
     pool="d23_warehouse",
+    # The counts change with the outcome mapping: a new mapping marks every month stale.
+    code_version=mapping_version(options.outcome_mapping),
 )
 
 

@@ -1,0 +1,38 @@
+"""The Dagster resources' own contracts, apart from the assets that use them."""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from d23_pipeline.defs.resources import WarehouseResource
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> WarehouseResource:
+    return WarehouseResource(database=str(tmp_path / "warehouse.duckdb"), lock_timeout_s=5)
+
+
+def test_warehouse_resource_refuses_a_setting_it_would_ignore(tmp_path: Path) -> None:
+    # Connections are opened by the warehouse's own code, which takes no DuckDB options.
+    with pytest.raises(dg.DagsterInvalidConfigError, match="connection_config"):
+        WarehouseResource(database=str(tmp_path / "w.duckdb"), connection_config={"threads": 1})
+
+
+def test_warehouse_connection_writes_unless_read_only(warehouse: WarehouseResource) -> None:
+    with warehouse.get_connection() as con:
+        con.execute("CREATE TABLE d23.probe AS SELECT 1 AS x")
+    with warehouse.get_connection(read_only=True) as con:
+        assert con.execute("SELECT x FROM d23.probe").fetchall() == [(1,)]
+        with pytest.raises(duckdb.Error, match="read-only"):
+            con.execute("INSERT INTO d23.probe VALUES (2)")
+
+
+def test_warehouse_connection_is_closed_even_when_the_block_raises(
+    warehouse: WarehouseResource,
+) -> None:
+    with pytest.raises(RuntimeError), warehouse.get_connection() as con:
+        raise RuntimeError("the step failed")
+    with pytest.raises(duckdb.ConnectionException):
+        con.execute("SELECT 1")
