@@ -19,6 +19,7 @@ run: $(STAMP)
 ## The whole test suite, end-to-end tests included.
 test: $(STAMP)
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
+	$(BIN)/dg check defs
 	$(BIN)/pytest
 
 lint: $(STAMP)
