@@ -7,6 +7,7 @@ switched on and its runs are checked. Both run twice: on the embedded instance `
 dagster.postgres.yaml copied as it ships, against a throwaway PostgreSQL.
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -246,14 +247,24 @@ def test_postgres_instance_holds_runs_events_and_sensor_state(deployment: Deploy
     assert not list(deployment.home.rglob("*.db")), "a SQLite storage was created"
 
     # The password reaches Dagster only through DAGSTER_PG_PASSWORD: it is in no process log,
-    # compute log, run record or event.
+    # compute log, run record or event, and in no command line (code servers get the instance's
+    # config on theirs, where `ps` shows it).
+    secret = postgres.password.encode()
     leaks = [
         path
         for folder in (deployment.logs, deployment.home)
         for path in folder.rglob("*")
-        if path.is_file() and postgres.password.encode() in path.read_bytes()
+        if path.is_file() and secret in path.read_bytes()
     ]
     assert leaks == []
+    command_lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # processes come and go
+            command_lines.append(cmdline.read_bytes())
+    # Code servers carry the instance's storage config on their command line: the variable's
+    # name is there, so the scan did look at them.
+    assert any(b"DAGSTER_PG_PASSWORD" in line for line in command_lines)
+    assert not [line for line in command_lines if secret in line]
     for table, column in (("event_logs", "event"), ("runs", "run_body")):
         found = postgres.query(
             f"SELECT count(*) FROM {table} WHERE strpos({column}, %s) > 0", [postgres.password]
