@@ -1,6 +1,7 @@
 """The throwaway PostgreSQL the production-instance tests run against (postgres.py)."""
 
 import os
+import pwd
 import socket
 
 import psycopg2
@@ -13,10 +14,8 @@ def test_cluster_is_loopback_only_unprivileged_password_protected_and_gone_after
         assert server.query("SHOW listen_addresses") == [("127.0.0.1",)]
         assert server.query("SELECT current_database()") == [("dagster",)]
         postmaster = int((server.folder / "data" / "postmaster.pid").read_text().split()[0])
-        uid = os.stat(f"/proc/{postmaster}").st_uid
-        assert uid != 0
-        if os.geteuid() != 0:
-            assert uid == os.geteuid()
+        runs_as = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
+        assert os.stat(f"/proc/{postmaster}").st_uid == runs_as != 0
         with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
             psycopg2.connect(
                 host=server.host, port=server.port, user=server.user, password="wrong"
