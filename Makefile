@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean postgres-server
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,24 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/python -m d23_pipeline.launch
 
+## PostgreSQL server binaries for the tests' throwaway clusters (Debian's package, only when
+## missing). The drop-in stops the package from creating and starting a system-wide cluster.
+postgres-server:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  exit 0; \
+	fi; \
+	sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	echo "Installing the PostgreSQL server for the tests (apt-get install postgresql)"; \
+	$$sudo mkdir -p /etc/postgresql-common/createcluster.d && \
+	echo "create_main_cluster = false" | \
+	  $$sudo tee /etc/postgresql-common/createcluster.d/d23-no-main-cluster.conf >/dev/null && \
+	$$sudo apt-get update && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+
 ## The whole test suite, end-to-end tests included.
-test: $(STAMP)
+test: $(STAMP) postgres-server
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
+	$(BIN)/dg check defs
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -93,7 +93,8 @@ def main() -> None:
     if not env.get("D23_API_URL", "").strip():
         simulator = _start_simulator(env)
         print(f"Bundled API simulator on {env['D23_API_URL']} (set D23_API_URL for a real API)")
-    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    bindir = str(Path(sys.executable).parent)
+    dagster = shutil.which("dagster", path=bindir) or "dagster"
     subprocess.run(
         [dagster, "instance", "concurrency", "set", "d23_api", env.get("D23_API_POOL_LIMIT", "2")],
         env=env,
@@ -102,15 +103,16 @@ def main() -> None:
     )
     print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
     print("Backfill a range of months: .venv/bin/python -m d23_pipeline.backfill 2026-01 2026-06")
-    # Its own process group: a stop reaches `dagster dev` once, through the handlers below, and
-    # whatever it leaves behind (a code server it restarted while shutting down) is ended with
-    # the group.
+    # `dg dev` loads the code location pyproject.toml's [tool.dg] names, under the same location
+    # name as workspace.yaml. Its own process group: a stop reaches it once, through the handlers
+    # below, and whatever it leaves behind (a code server it restarted while shutting down) is
+    # ended with the group.
     ui = subprocess.Popen(
-        [dagster, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(UI_PORT)],
+        [shutil.which("dg", path=bindir) or "dg", "dev", "-h", "127.0.0.1", "-p", str(UI_PORT)],
         env=env,
         start_new_session=True,
     )
-    # `dagster dev` shuts its webserver, daemon and code server down cleanly on SIGINT; a
+    # `dg dev` shuts its webserver, daemon and code server down cleanly on SIGINT; a
     # supervisor's SIGTERM is passed on as SIGINT too.
     signal.signal(signal.SIGTERM, lambda *_: ui.send_signal(signal.SIGINT))
     try:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from harness import MONTHS, Pipeline
+from postgres import PostgresServer, postgres_cluster
 
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
 
@@ -18,3 +19,10 @@ def simulator() -> Simulator:
 def pipeline(simulator: Simulator, tmp_path: Path) -> Iterator[Pipeline]:
     with serve(simulator) as url:
         yield Pipeline(sim=simulator, api_url=url, data_dir=tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole run (see postgres.py)."""
+    with postgres_cluster() as server:
+        yield server

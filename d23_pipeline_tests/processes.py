@@ -133,11 +133,14 @@ def pipeline_env(
     return env
 
 
-def make_dagster_home(path: Path, config: str | None = None) -> Path:
-    """A Dagster home holding the product's dagster.yaml (or ``config``)."""
+def make_dagster_home(
+    path: Path, config: str | None = None, template: str = "dagster.yaml"
+) -> Path:
+    """A Dagster home holding one of the product's instance files, d23_pipeline/deploy/TEMPLATE,
+    as its dagster.yaml (or ``config``)."""
     path.mkdir(parents=True, exist_ok=True)
-    template = resources.files("d23_pipeline.deploy") / "dagster.yaml"
-    (path / "dagster.yaml").write_text(template.read_text() if config is None else config)
+    shipped = resources.files("d23_pipeline.deploy") / template
+    (path / "dagster.yaml").write_text(shipped.read_text() if config is None else config)
     return path
 
 

@@ -2,9 +2,12 @@
 
 A three-month backfill is launched with the README's command, which sends the webserver the same
 GraphQL request as the asset graph's "Materialize" dialog; then the daily refresh sensor is
-switched on and its runs are checked.
+switched on and its runs are checked. Both run twice: on the embedded instance `make run` uses
+(d23_pipeline/deploy/dagster.yaml) and on the production one, d23_pipeline/deploy/
+dagster.postgres.yaml copied as it ships, against a throwaway PostgreSQL.
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,8 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from harness import Pipeline
+from postgres import PostgresServer
 from processes import (
     REPO,
     Webserver,
@@ -90,6 +95,8 @@ class Deployment:
     pipeline: Pipeline
     logs: Path
     location: str
+    home: Path
+    postgres: PostgresServer | None
 
     def sensor_selector(self) -> dict[str, str]:
         return {
@@ -115,18 +122,24 @@ def tags_of(run: dict) -> dict[str, str]:
     return {tag["key"]: tag["value"] for tag in run["tags"]}
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    root = tmp_path_factory.mktemp("e2e")
+# Which instance file of d23_pipeline/deploy/ each variant runs.
+INSTANCE_FILES = {"embedded": "dagster.yaml", "postgres": "dagster.postgres.yaml"}
+
+
+@pytest.fixture(scope="module", params=list(INSTANCE_FILES))
+def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    # Started only for the variant that uses it, and shared with anything else that needs one.
+    postgres = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    root = tmp_path_factory.mktemp(f"e2e-{request.param}")
     logs = root / "logs"
     logs.mkdir()
+    home = make_dagster_home(root / "dagster_home", template=INSTANCE_FILES[request.param])
     with simulator_process(SIM, logs / "simulator.log") as api_url:
-        env = pipeline_env(
-            api_url=api_url,
-            sim=SIM,
-            data_dir=root / "data",
-            dagster_home=make_dagster_home(root / "dagster_home"),
-        )
+        env = pipeline_env(api_url=api_url, sim=SIM, data_dir=root / "data", dagster_home=home)
+        if postgres is not None:
+            env.update(postgres.dagster_env())
         env["D23_REFRESH_HOUR_UTC"] = "0"  # due as soon as it is switched on
         with webserver_process(env, logs / "webserver.log") as web:
             deployment = Deployment(
@@ -134,6 +147,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 pipeline=Pipeline(sim=Simulator(SIM), api_url=api_url, data_dir=root / "data"),
                 logs=logs,
                 location="d23_pipeline.definitions",
+                home=home,
+                postgres=postgres,
             )
             # The sensor is on by default; hold it until the backfill is done, as an operator
             # would with the UI's toggle, before the daemon first looks at it.
@@ -209,3 +224,57 @@ def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deplo
     assert sorted(requested) == sorted(run_key(today, p) for p in refreshed)
     months = recent_months(4, datetime.fromisoformat(today))
     assert deployment.pipeline.live_rows(months) == deployment.pipeline.expected_rows(months)
+
+
+@pytest.mark.parametrize("deployment", ["postgres"], indirect=True)
+def test_postgres_instance_holds_runs_events_and_sensor_state(deployment: Deployment) -> None:
+    # Runs after the backfill and the sensor's runs: everything the webserver and the daemon
+    # recorded must be in PostgreSQL, nothing in SQLite files under DAGSTER_HOME.
+    postgres = deployment.postgres
+    assert postgres is not None
+    runs = deployment.runs({})
+    assert len(runs) == len(PARTITIONS) + len(REFRESHED)
+    stored = dict(postgres.query("SELECT run_id, status FROM runs"))
+    assert stored == {run["runId"]: run["status"] for run in runs}
+    materialized = postgres.query(
+        "SELECT DISTINCT partition FROM event_logs "
+        "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key = %s",
+        [dg.AssetKey(["d23", "logs"]).to_string()],
+    )
+    assert sorted(row[0] for row in materialized) == sorted({*PARTITIONS, *REFRESHED})
+    sensor = "SELECT selector_id FROM instigators WHERE strpos(instigator_body, %s) > 0"
+    sensor_state = postgres.query(
+        f"SELECT status FROM instigators WHERE selector_id IN ({sensor})", [SENSOR]
+    )
+    assert sensor_state == [("RUNNING",)]
+    ticks = postgres.query(
+        f"SELECT count(*) FROM job_ticks WHERE status = 'SUCCESS' AND selector_id IN ({sensor})",
+        [SENSOR],
+    )
+    assert ticks[0][0] >= 1
+    assert not list(deployment.home.rglob("*.db")), "a SQLite storage was created"
+
+    # The password reaches Dagster only through DAGSTER_PG_PASSWORD: it is in no process log,
+    # compute log, run record or event, and in no command line (code servers get the instance's
+    # config on theirs, where `ps` shows it).
+    secret = postgres.password.encode()
+    leaks = [
+        path
+        for folder in (deployment.logs, deployment.home)
+        for path in folder.rglob("*")
+        if path.is_file() and secret in path.read_bytes()
+    ]
+    assert leaks == []
+    command_lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # processes come and go
+            command_lines.append(cmdline.read_bytes())
+    # Code servers carry the instance's storage config on their command line: the variable's
+    # name is there, so the scan did look at them.
+    assert any(b"DAGSTER_PG_PASSWORD" in line for line in command_lines)
+    assert not [line for line in command_lines if secret in line]
+    for table, column in (("event_logs", "event"), ("runs", "run_body")):
+        found = postgres.query(
+            f"SELECT count(*) FROM {table} WHERE strpos({column}, %s) > 0", [postgres.password]
+        )
+        assert found == [(0,)], table
