@@ -1,4 +1,5 @@
-"""Issue 5.2: a month over loopback at 100 ms per page, against the ideal pages x latency / C."""
+"""A month over loopback at a fixed latency per request, against the ideal requests x latency / C;
+and the cost of learning the gateway's window width from 504s, against a reader that knew it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ MONTH = "2026-03"
 
 
 @contextmanager
-def _simulator_process(rows: int, latency_s: float) -> Iterator[str]:
+def _simulator_process(rows: int, latency_s: float, *extra: str) -> Iterator[str]:
     # In its own process, like the real API: served from a thread of the benchmark, its page
     # rendering competed with the client for the GIL and added ~25 ms to every page at C=8.
     process = subprocess.Popen(
@@ -38,6 +40,7 @@ def _simulator_process(rows: int, latency_s: float) -> Iterator[str]:
             str(rows),
             "--latency-ms",
             str(latency_s * 1000),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -50,45 +53,78 @@ def _simulator_process(rows: int, latency_s: float) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+def _land(url: str, concurrency: int, page_limit: int, **options: Any) -> tuple[float, dict]:
+    """Wall time and client statistics of landing the month once, login excluded."""
+    config = SimulatorConfig()
+    credentials = LoginCredentials(config.lender_slug, config.email, config.password)
+    data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-latency-"))
+    client = ExportsClient(
+        url,
+        credentials,
+        page_limit=page_limit,
+        max_concurrency=concurrency,
+        slice_size=SLICE,
+        **options,
+    )
+    try:
+        assert client.lender_public_id  # logs in before the clock starts
+        started = time.perf_counter()
+        land_month(client, data_dir, MONTH)
+        return time.perf_counter() - started, client.stats.as_dict()
+    finally:
+        client.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _data_requests(stats: dict) -> int:
+    return stats["requests"] - stats["logins"]
+
+
 def bench(
     rows: int, latency_s: float, concurrency: int, page_limit: int, repeats: int
 ) -> dict[str, Any]:
-    """Wall time of landing one month, and the ideal from the pages the simulator served."""
-    config = SimulatorConfig()
-    credentials = LoginCredentials(config.lender_slug, config.email, config.password)
+    """Wall time of landing one month, and the ideal from the requests it took: pages and each
+    slice's two counts, every one of them paying the latency."""
     walls: list[float] = []
-    pages: list[int] = []
+    requests: list[int] = []
     with _simulator_process(rows, latency_s) as url:
         for _ in range(repeats):
-            data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-latency-"))
-            client = ExportsClient(
-                url,
-                credentials,
-                page_limit=page_limit,
-                max_concurrency=concurrency,
-                slice_size=SLICE,
-            )
-            try:
-                assert client.lender_public_id  # logs in before the clock starts
-                started = time.perf_counter()
-                land_month(client, data_dir, MONTH)
-                walls.append(time.perf_counter() - started)
-                stats = client.stats.as_dict()
-            finally:
-                client.close()
-                shutil.rmtree(data_dir, ignore_errors=True)
-            # Without retries every data request is one page the simulator served.
-            if stats["retries"] or stats["requests"] != stats["pages"] + stats["logins"]:
-                raise AssertionError(f"requests other than pages were made: {stats}")
-            pages.append(stats["pages"])
+            wall, stats = _land(url, concurrency, page_limit)
+            if stats["retries"]:
+                raise AssertionError(f"a latency run retried: {stats}")
+            walls.append(wall)
+            requests.append(_data_requests(stats))
     wall = Timing(walls)
-    ideal = pages[0] * latency_s / concurrency
+    ideal = requests[0] * latency_s / concurrency
     return {
         "rows": rows,
-        "pages": pages[0],
+        "requests": requests[0],
         "concurrency": concurrency,
         "latency_s": latency_s,
         "wall": wall,
         "ideal_s": ideal,
         "ratio": wall.median / ideal,
     }
+
+
+def bench_gateway(
+    rows: int, latency_s: float, max_window_hours: float, concurrency: int, repeats: int
+) -> dict[str, Any]:
+    """A gateway answering 504 to windows wider than ``max_window_hours``: requests and wall
+    time of the client learning the width, and of one told a working width up front."""
+    known = timedelta(hours=24 / -(-24 // max_window_hours))  # the widest whole part of a day
+    results: dict[str, Any] = {"rows": rows, "max_window_hours": max_window_hours}
+    extra = ("--max-window-504-hours", str(max_window_hours))
+    with _simulator_process(rows, latency_s, *extra) as url:
+        for name, max_window in (("learning", None), ("knowing", known)):
+            runs = [_land(url, concurrency, 500, max_window=max_window) for _ in range(repeats)]
+            results[name] = {
+                "wall": Timing([wall for wall, _ in runs]),
+                "requests": _data_requests(runs[0][1]),
+                "504s": runs[0][1]["retries"].get("504", 0),
+            }
+    results["request_ratio"] = results["learning"]["requests"] / results["knowing"]["requests"]
+    results["wall_ratio"] = (
+        results["learning"]["wall"].median / results["knowing"]["wall"].median
+    )
+    return results

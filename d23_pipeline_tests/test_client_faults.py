@@ -167,20 +167,37 @@ def test_an_unexpected_status_is_an_error_not_an_empty_result() -> None:
         walk_ids(client)
 
 
-def test_a_single_504_is_retried_as_is() -> None:
+def test_a_504_on_a_wide_window_reads_the_rest_in_halves_without_a_pause() -> None:
     api = paged(range(10))
     api.inject(html(504), when=has_cursor)
-    with api.client() as client:
+    pauses: list[float] = []
+    with api.client(sleep=pauses.append) as client:
+        assert walk_ids(client) == ids_in(api)
+        stats = client.stats.as_dict()
+    assert (stats["retries"], stats["window_splits"], stats["limit_reductions"]) == (
+        {"504": 1},
+        1,
+        0,
+    )
+    assert pauses == []
+    resumed = api.data_params[2]
+    assert "cursor" not in resumed and resumed["until"] < api.data_params[1]["until"]
+
+
+def test_a_single_504_at_the_narrowest_window_is_retried_as_is() -> None:
+    api = paged(range(10))
+    api.inject(html(504), when=has_cursor)
+    with api.client(min_window=timedelta(days=1)) as client:
         assert walk_ids(client) == ids_in(api)
         stats = client.stats.as_dict()
     assert stats["retries"] == {"504": 1} and stats["limit_reductions"] == 0
     assert api.data_params[1] == api.data_params[2]
 
 
-def test_repeated_504_lowers_the_page_limit_down_to_what_works() -> None:
+def test_repeated_504_at_the_narrowest_window_lowers_the_page_limit() -> None:
     api = FakeApi(rows_at(spread(30)))
     api.heavy = lambda since, until, limit: limit > 100
-    with api.client(page_limit=400, min_page_limit=50) as client:
+    with api.client(page_limit=400, min_page_limit=50, min_window=timedelta(days=1)) as client:
         assert walk_ids(client) == ids_in(api)
         stats = client.stats.as_dict()
     assert (stats["limit_reductions"], stats["final_page_limit"], stats["window_splits"]) == (
@@ -191,7 +208,7 @@ def test_repeated_504_lowers_the_page_limit_down_to_what_works() -> None:
     assert [p["limit"] for p in api.data_params] == ["400", "400", "200", "100"]
 
 
-def test_504_at_the_minimum_limit_halves_the_window_until_it_reads() -> None:
+def test_504s_on_wide_windows_narrow_them_and_later_parts_start_at_the_learned_width() -> None:
     api = FakeApi(rows_at(spread(60)), page_size=lambda limit: 4)
     six_hours = timedelta(hours=6)
     api.heavy = lambda since, until, limit: (
@@ -200,7 +217,10 @@ def test_504_at_the_minimum_limit_halves_the_window_until_it_reads() -> None:
     with api.client(page_limit=100, min_page_limit=50) as client:
         assert walk_ids(client) == ids_in(api)
         stats = client.stats.as_dict()
-    assert stats["window_splits"] == 3 and stats["final_page_limit"] == 50
+    # 24 h fails, 12 h fails (twice at 12 h or more: 6 h is learned), the second 12 h half
+    # starts at 6 h without failing; the page limit never drops.
+    assert stats["window_splits"] == 2 and stats["final_page_limit"] == 100
+    assert client.max_window == six_hours
     windows = {(p["since"], p["until"]) for p in api.data_params}
     read = sorted(w for w in windows if not api.heavy(*w, 50))
     assert [w[0][11:13] for w in read] == ["00", "06", "12", "18"]  # four 6-hour quarters
@@ -215,9 +235,10 @@ def test_mid_walk_504_rereads_only_the_rest_without_duplicates_or_gaps() -> None
     )
     with api.client(page_limit=8, min_page_limit=4) as client:
         assert walk_ids(client) == ids_in(api)
-    # Requests 0-1 delivered 6 rows (5 at 0.000, 1 at 0.010); 2-3 were 504s; 4 resumes.
-    resumed = api.data_params[4]
-    assert "cursor" not in resumed and resumed["limit"] == "4"
+    # Requests 0-1 delivered 6 rows (5 at 0.000, 1 at 0.010); 2 was a 504, so 3 reads what was
+    # left in narrower parts, starting at the last instant read, without a cursor.
+    resumed = api.data_params[3]
+    assert "cursor" not in resumed and resumed["limit"] == "8"
     assert resumed["since"] == "2026-05-01T00:00:00.010Z"
 
 

@@ -97,7 +97,9 @@ def test_simulator_504s_narrow_the_window_to_the_exact_rows() -> None:
         rows, _, done = collect(client.iter_slices(JANUARY))
         stats = client.stats.as_dict()
     assert rows == truth(sim) and done == 8
-    assert stats["window_splits"] > 0 and stats["retries"]["504"] > 0
+    # The counts before each walk meet the gateway first and teach the walks the width.
+    assert stats["count_splits"] > 0 and stats["retries"]["504"] > 0
+    assert client.max_window == timedelta(hours=6)
 
 
 def test_simulator_token_expiry_and_revocation_mid_walk() -> None:

@@ -1,5 +1,8 @@
 """A month through the whole pipeline against the simulator: exact, idempotent, change-aware."""
 
+import dataclasses
+from datetime import timedelta
+
 import dagster as dg
 import pytest
 from harness import Pipeline
@@ -179,3 +182,20 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
         "deletions_within_limit": True,
         "unmapped_outcome_codes": True,
     }
+
+
+def test_the_window_width_learned_from_504s_starts_the_months_next_read(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.sim.faults = dataclasses.replace(
+        pipeline.sim.faults, max_window_for_504=timedelta(hours=6)
+    )
+    first = pipeline.materialize("2026-04")
+    pipeline.sim.reset_stats()
+    second = pipeline.materialize("2026-04")
+
+    learned = _metadata(first, "d23__raw_logs")["max_window_minutes"]
+    assert learned == _metadata(second, "d23__raw_logs")["max_window_minutes"] == 360
+    # The second read starts at twice the learned width: two 504s teach it again.
+    assert pipeline.sim.stats.by_status[504] == 2
+    assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])

@@ -66,7 +66,8 @@ class ExportsApiResource(dg.ConfigurableResource):
         )
 
     @contextmanager
-    def client(self) -> Iterator[ExportsClient]:
+    def client(self, max_window: timedelta | None = None) -> Iterator[ExportsClient]:
+        """A client; ``max_window``: the widest window worth asking for (learned earlier)."""
         connection = self.connection()
         with ExportsClient(
             connection.api_url,
@@ -74,6 +75,7 @@ class ExportsApiResource(dg.ConfigurableResource):
             page_limit=self.page_limit,
             max_concurrency=self.max_concurrency,
             slice_size=self.slice_size,
+            max_window=max_window,
             retry=RetryPolicy(
                 max_attempts=self.retry_max_attempts, base_delay_s=self.retry_base_delay_s
             ),

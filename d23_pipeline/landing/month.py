@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from d23_pipeline.client import ExportsClient, Window
+from d23_pipeline.client import ExportsClient, SliceDone, SliceEvent, Window
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore, rejects_path, rows_path
 from d23_pipeline.warehouse.store import Warehouse, deletion_candidates
 
@@ -31,19 +32,22 @@ def read_month(
     partition: str,
     slices: Sequence[Window],
     run_id: str,
+    progress: Callable[[str], None] = log.info,
 ) -> MonthRead:
     """Land ``slices`` (one month) as the month's current snapshot, resuming finished slices.
 
     Rows the warehouse holds for a verified slice but the read did not return are only
     candidates: each is looked up again at its own instant (:meth:`ExportsClient.confirm_absent`)
     and only those proven gone are recorded as absent, the one input a merge deletes from.
+    ``progress`` hears of every finished slice.
     """
     month = Window(slices[0].since, slices[-1].until)
     with store.begin(partition, slices, run_id) as writer:
         finished = writer.finished
         if finished:
             log.info("resuming %s: %d/%d slices done", partition, len(finished), len(slices))
-        writer.land(client.iter_slices(month, skip=finished))
+        events = client.iter_slices(month, skip=finished)
+        writer.land(_reporting(events, client, partition, len(slices), len(finished), progress))
         landed = writer.slices
         with warehouse.connect(read_only=True) as con:
             candidates = deletion_candidates(
@@ -56,3 +60,28 @@ def read_month(
         absent = client.confirm_absent(candidates)
         snapshot = writer.complete(client.stats.as_dict(), absent=absent)
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
+
+
+def _reporting(
+    events: Iterable[SliceEvent],
+    client: ExportsClient,
+    partition: str,
+    total: int,
+    resumed: int,
+    progress: Callable[[str], None],
+) -> Iterator[SliceEvent]:
+    """Pass ``events`` on, telling ``progress`` about each finished slice with an ETA."""
+    started, done = time.monotonic(), resumed
+    for event in events:
+        yield event
+        if isinstance(event, SliceDone):
+            done += 1
+            stats = client.stats.as_dict()
+            per_slice = (time.monotonic() - started) / (done - resumed)
+            progress(
+                f"{partition}: {done}/{total} slices read ({event.slice} "
+                f"{'verified' if event.proof.verified else 'NOT verified'}); "
+                f"{stats['rows']} rows, {stats['pages']} pages, "
+                f"{sum(stats['retries'].values())} retries so far; "
+                f"about {per_slice * (total - done):.0f} s left"
+            )

@@ -394,6 +394,23 @@ class SnapshotStore:
                 newest = (started, directory, manifest)
         return None if newest is None else (newest[1], newest[2])
 
+    def max_window(self, partition: str) -> timedelta | None:
+        """The window width to start the month's next read at: twice the widest one the gateway
+        answered last time, so a gateway that got faster is found again within two 504s."""
+        path = self._month_dir(partition) / "max_window.json"
+        if not path.is_file():
+            return None
+        return 2 * timedelta(milliseconds=json.loads(path.read_text())["milliseconds"])
+
+    def remember_max_window(self, partition: str, width: timedelta | None) -> None:
+        """Keep the widest window a read of the month learned the gateway answers."""
+        path = self._month_dir(partition) / "max_window.json"
+        if width is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomically(path, {"milliseconds": width // timedelta(milliseconds=1)})
+
     def current(self, partition: str) -> Snapshot | None:
         """The month's last complete snapshot, if any."""
         pointer = self._month_dir(partition) / "CURRENT"

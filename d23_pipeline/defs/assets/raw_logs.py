@@ -1,5 +1,7 @@
 """``d23/raw_logs``: one month of D23, read from the Exports API into a raw snapshot on disk."""
 
+from datetime import timedelta
+
 import dagster as dg
 
 from d23_pipeline.client import Window
@@ -34,15 +36,19 @@ def raw_logs(
     """Read the partition's month from the API into a fresh raw snapshot."""
     time_window = context.partition_time_window
     slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
-    with exports_api.client() as client:
+    store, partition = landing_zone.store(), context.partition_key
+    with exports_api.client(max_window=store.max_window(partition)) as client:
         read = read_month(
             client,
-            landing_zone.store(),
+            store,
             warehouse.warehouse(),
-            partition=context.partition_key,
+            partition=partition,
             slices=slices,
             run_id=context.run.run_id,
+            progress=context.log.info,
         )
+        learned = client.max_window
+        store.remember_max_window(partition, learned)
     snapshot = read.snapshot
     stats = snapshot.read_stats
     if snapshot.unverified:
@@ -67,6 +73,7 @@ def raw_logs(
             "empty_pages": stats["empty_pages"],
             "retries_by_cause": dg.MetadataValue.json(stats["retries"]),
             "window_splits": stats["window_splits"],
+            "max_window_minutes": None if learned is None else learned / timedelta(minutes=1),
             "count_splits": stats["count_splits"],
             "final_page_limit": stats["final_page_limit"],
             "ignored_extra_fields": dg.MetadataValue.json(stats["extra_fields"]),

@@ -1,0 +1,102 @@
+"""Work on several slices at once, handing their events to one consumer in bounded memory."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from d23_pipeline.client.retry import Cancelled
+
+Item = TypeVar("Item")
+Event = TypeVar("Event")
+
+# Seconds a closing consumer waits for workers; a worker still inside a request exits by itself
+# (daemon thread) as soon as that request returns, because it sees the cancel flag.
+_JOIN_BUDGET_S = 5.0
+_WORKER_EXIT = object()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+Deliver = Callable[[object], None]
+
+
+def fan_out(
+    items: Sequence[Item],
+    work: Callable[[Item, threading.Event, Deliver], None],
+    *,
+    workers: int,
+    name: str,
+) -> Iterator[Event]:
+    """Run ``work(item, cancel, deliver)`` for every item on up to ``workers`` threads and yield
+    what they ``deliver``, in the order delivered.
+
+    The queue holds at most two events per worker: a slow consumer blocks the workers instead
+    of letting pages pile up in memory. The first worker error stops the others and is raised
+    here; closing the generator early stops the workers too.
+    """
+    if not items:
+        return
+    todo: queue.SimpleQueue[Item] = queue.SimpleQueue()
+    for item in items:
+        todo.put(item)
+    events: queue.Queue[object] = queue.Queue(maxsize=2 * workers)
+    cancel = threading.Event()
+    closed = threading.Event()
+
+    def deliver(event: object, *, final: bool = False) -> None:
+        while True:
+            try:
+                events.put(event, timeout=0.05)
+                return
+            except queue.Full:
+                if closed.is_set() or (cancel.is_set() and not final):
+                    raise Cancelled from None
+
+    def worker() -> None:
+        outcome: object = _WORKER_EXIT
+        try:
+            while not cancel.is_set():
+                try:
+                    item = todo.get_nowait()
+                except queue.Empty:
+                    break
+                work(item, cancel, deliver)
+        except Cancelled:
+            pass
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            cancel.set()
+            outcome = _Failed(exc)
+        with contextlib.suppress(Cancelled):
+            deliver(outcome, final=True)
+
+    threads = [
+        threading.Thread(target=worker, name=f"{name}-{number}", daemon=True)
+        for number in range(min(workers, len(items)))
+    ]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            event = events.get()
+            if event is _WORKER_EXIT:
+                running -= 1
+            elif isinstance(event, _Failed):
+                raise event.error
+            else:
+                yield event  # type: ignore[misc]
+    finally:
+        closed.set()
+        cancel.set()
+        deadline = time.monotonic() + _JOIN_BUDGET_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

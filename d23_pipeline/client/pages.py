@@ -1,0 +1,82 @@
+"""Reading the API's answers: the envelope, a page of rows, a window's total. Defensive: a
+missing cursor or rows list is an error to retry, never "end of data"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from d23_pipeline.client.completeness import WindowTotal
+from d23_pipeline.client.retry import Transient, decode_json, request_id_of
+from d23_pipeline.schema import RejectedRow, read_canonical_page, rows_to_batch, validate_rows
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page as served: rows as received, the valid ones as Arrow, rejects, the cursor."""
+
+    served_rows: int
+    batch: pa.RecordBatch
+    rejects: list[RejectedRow]
+    extra_fields: set[str]
+    next_cursor: str | None
+
+
+def read_page(response: httpx.Response, since: str, until: str) -> Page:
+    """The page of a 200 answer for ``[since, until)``, every row validated."""
+    # Most pages are clean and not the last: Arrow reads those straight from the bytes. Every
+    # other page takes the row-by-row path, which rejects with reasons.
+    clean = read_canonical_page(response.content, since, until)
+    if clean is not None:
+        batch, cursor = clean
+        return Page(batch.num_rows, batch, [], set(), cursor)
+    raw_rows, cursor = _rows_and_cursor(response)
+    result = validate_rows(raw_rows, since, until)
+    batch = result.batch if result.batch is not None else rows_to_batch(result.rows)
+    return Page(len(raw_rows), batch, result.rejects, result.extra_fields, cursor)
+
+
+def read_total(response: httpx.Response) -> WindowTotal:
+    """``pagination.total`` of a 200 answer to an ``includeTotal`` request."""
+    pagination = _envelope_body(response).get("pagination")
+    if not isinstance(pagination, dict):
+        return WindowTotal(None, False, None)
+    total = pagination.get("total")
+    note = pagination.get("totalNote")
+    return WindowTotal(
+        total if isinstance(total, int) and not isinstance(total, bool) else None,
+        pagination.get("totalExact") is True,
+        note if isinstance(note, str) else None,
+    )
+
+
+def _envelope_body(response: httpx.Response) -> dict[str, Any]:
+    envelope = decode_json(response)
+    body = envelope.get("body") if isinstance(envelope, dict) else None
+    if not isinstance(body, dict):
+        raise _bad_body(response, "no body object in the envelope")
+    return body
+
+
+def _bad_body(response: httpx.Response, detail: str) -> Transient:
+    return Transient(
+        "bad_body", status=response.status_code, request_id=request_id_of(response), detail=detail
+    )
+
+
+def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
+    body = _envelope_body(response)
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise _bad_body(response, "no body.rows list")
+    pagination = body.get("pagination")
+    if not isinstance(pagination, dict) or "nextCursor" not in pagination:
+        # A missing cursor must not be read as "no more pages": that would truncate silently.
+        raise _bad_body(response, "no body.pagination.nextCursor")
+    cursor = pagination["nextCursor"]
+    if cursor is not None and not (isinstance(cursor, str) and cursor):
+        raise _bad_body(response, "nextCursor is neither a cursor string nor null")
+    return rows, cursor

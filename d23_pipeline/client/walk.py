@@ -1,0 +1,228 @@
+"""The cursor walk over one window, as a state machine: no HTTP, no clock, no threads.
+
+The caller asks :meth:`WindowWalk.next_request` what to fetch, and reports back either the page
+(:meth:`WindowWalk.page_served`) or a gateway timeout (:meth:`WindowWalk.gateway_timeout`). The
+walk hands every row of the window over exactly once, whatever the timeouts: the API orders by
+``(communicated_at, _id)``, so everything before the last instant handed over is done, and at that
+instant exactly the ids already handed over are; a re-read starts there and skips those ids.
+
+A 504 is an answer about the window (the documented advice is to narrow it), so a wide part is
+halved at once, without a pause, and two 504s at a width teach every walk of the client
+(:class:`WidthHint`) to start narrower. Only at the narrowest window does a 504 earn a retry with
+backoff and then smaller pages; the page limit comes back for the next part.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from d23_pipeline.client.errors import CursorLoopError, WindowTooHeavyError
+from d23_pipeline.client.windows import Window
+from d23_pipeline.schema import RejectedRow, parse_timestamp
+
+_MS = timedelta(milliseconds=1)
+
+
+class WidthHint:
+    """The widest window worth asking for, learned from 504s and shared by a client's walks."""
+
+    def __init__(self, min_window: timedelta, ceiling: timedelta | None = None) -> None:
+        self._lock = threading.Lock()
+        self._min_window = min_window
+        self._ceiling = None if ceiling is None else max(ceiling, min_window)
+        self._failed: list[timedelta] = []
+
+    @property
+    def ceiling(self) -> timedelta | None:
+        """``None`` until a width has failed twice."""
+        return self._ceiling
+
+    def split(self, window: Window) -> list[Window]:
+        """``window`` in parts no wider than the ceiling."""
+        ceiling = self._ceiling
+        return [window] if ceiling is None else window.split(ceiling)
+
+    def failed(self, width: timedelta) -> None:
+        """A window of ``width`` timed out; a second timeout at that width or wider lowers the
+        ceiling to half of it, so one passing hiccup does not narrow a whole month."""
+        with self._lock:
+            if any(seen >= width for seen in self._failed):
+                narrower = max(self._min_window, (width // 2 // _MS) * _MS)
+                if self._ceiling is None or narrower < self._ceiling:
+                    self._ceiling = narrower
+            self._failed.append(width)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """One page to fetch: ``part`` of the window, at ``limit``, after ``cursor``."""
+
+    part: Window
+    limit: int
+    cursor: str | None
+
+    def params(self) -> dict[str, str]:
+        """The query; since, until, limit and sort go on every page (the cursor has no filter)."""
+        params = {
+            "since": self.part.since_text,
+            "until": self.part.until_text,
+            "limit": str(self.limit),
+            "sort": "asc",
+        }
+        if self.cursor is not None:
+            params["cursor"] = self.cursor
+        return params
+
+
+@dataclass(frozen=True)
+class Narrowing:
+    """What a 504 changed: ``split`` the rest of the part, or ``retry`` it (at ``limit``) after a
+    pause for the ``pause_strikes``-th time."""
+
+    split: bool
+    limit: int
+    pause_strikes: int
+
+
+@dataclass
+class _Part:
+    window: Window
+    skip: frozenset[str]
+
+
+def _reject_key(reject: RejectedRow) -> object:
+    # The edge moves over valid rows only, so a re-read after a 504 can meet a reject again; one
+    # without a public_id is recognised by what it holds.
+    return reject.public_id or (reject.reason, repr(sorted(reject.values.items())))
+
+
+class WindowWalk:
+    """Every row of one window exactly once, part by part, narrowing on gateway timeouts."""
+
+    def __init__(
+        self,
+        window: Window,
+        *,
+        limit: int,
+        min_limit: int,
+        min_window: timedelta,
+        hint: WidthHint,
+        path: str | None = None,
+    ) -> None:
+        self._limit = self._default_limit = limit
+        self._min_limit = min_limit
+        self._min_window = min_window
+        self._hint = hint
+        self._path = path
+        self._pending = [_Part(part, frozenset()) for part in reversed(hint.split(window))]
+        self._delivered_rejects: set[object] = set()
+        self._part: _Part | None = None
+        self._start_next_part()
+
+    def _start_next_part(self) -> None:
+        self._part = self._pending.pop() if self._pending else None
+        if self._part is not None:
+            # A part queued before the width was learned starts at the learned width.
+            first, *rest = self._hint.split(self._part.window)
+            self._pending.extend(_Part(piece, frozenset()) for piece in reversed(rest))
+            self._part = _Part(first, self._part.skip)
+            # The API orders by (communicated_at, _id): everything before `edge` is done and at
+            # `edge` exactly `edge_ids` are; that is what a re-read must start from.
+            self._edge = self._part.window.since_text
+            self._edge_ids = set(self._part.skip)
+            self._cursor: str | None = None
+            self._seen_cursors: set[str] = set()
+            self._strikes = 0
+
+    def next_request(self) -> PageRequest | None:
+        """The page to fetch next, or ``None`` once the window is done."""
+        if self._part is None:
+            return None
+        return PageRequest(self._part.window, self._limit, self._cursor)
+
+    def page_served(
+        self, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], next_cursor: str | None
+    ) -> tuple[pa.RecordBatch, list[RejectedRow]]:
+        """Take in the page answering :meth:`next_request`; returns its rows and rejects not
+        handed over before (a re-read after a 504 starts inside the last instant read)."""
+        part = self._require_part()
+        if part.skip:
+            already = pa.array(list(part.skip), pa.string())
+            batch = batch.filter(pc.invert(pc.is_in(batch.column("public_id"), already)))
+        fresh = [r for r in rejects if _reject_key(r) not in self._delivered_rejects]
+        self._delivered_rejects.update(_reject_key(r) for r in fresh)
+        self._advance_edge(batch)
+        self._strikes = 0
+        if next_cursor is None:
+            self._limit = self._default_limit
+            self._start_next_part()
+        elif next_cursor in self._seen_cursors:
+            raise CursorLoopError(
+                f"the API returned a nextCursor already seen in this walk, after "
+                f"{len(self._seen_cursors) + 1} pages; stopping rather than loop or skip",
+                window=part.window,
+                path=self._path,
+            )
+        else:
+            self._seen_cursors.add(next_cursor)
+            self._cursor = next_cursor
+        return batch, fresh
+
+    def gateway_timeout(self, request_id: str | None = None) -> Narrowing:
+        """The request from :meth:`next_request` timed out at the gateway (504)."""
+        part = self._require_part()
+        remaining = Window(parse_timestamp(self._edge), part.window.until)
+        self._strikes += 1
+        if remaining.duration >= 2 * self._min_window:
+            self._hint.failed(part.window.duration)
+            pieces = self._hint.split(remaining)
+            if len(pieces) < 2:
+                pieces = list(remaining.halves())
+            self._pending.extend(_Part(piece, frozenset()) for piece in reversed(pieces[1:]))
+            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids)))
+            self._start_next_part()
+            return Narrowing(split=True, limit=self._limit, pause_strikes=0)
+        if self._strikes == 1:
+            return Narrowing(split=False, limit=self._limit, pause_strikes=1)
+        if self._limit > self._min_limit:
+            self._limit = max(self._min_limit, self._limit // 2)
+            self._restart_part(remaining)
+            return Narrowing(split=False, limit=self._limit, pause_strikes=self._strikes)
+        raise WindowTooHeavyError(
+            f"the API kept timing out (504) even at page limit {self._limit} and the minimum "
+            f"window of {self._min_window}; lower D23_PAGE_LIMIT or ask the API team",
+            status=504,
+            request_id=request_id,
+            path=self._path,
+            window=remaining,
+        )
+
+    def _restart_part(self, remaining: Window) -> None:
+        # A smaller page of the same part starts again from the resume point, keeping the strikes.
+        strikes, edge_ids = self._strikes, frozenset(self._edge_ids)
+        self._part = _Part(remaining, edge_ids)
+        self._edge = remaining.since_text
+        self._edge_ids = set(edge_ids)
+        self._cursor = None
+        self._seen_cursors = set()
+        self._strikes = strikes
+
+    def _require_part(self) -> _Part:
+        if self._part is None:
+            raise RuntimeError("the walk is done: no request is outstanding")
+        return self._part
+
+    def _advance_edge(self, batch: pa.RecordBatch) -> None:
+        stamps = batch.column("communicated_at")
+        latest = pc.max(stamps).as_py()
+        if latest is None or latest < self._edge:
+            return
+        at_latest = batch.column("public_id").filter(pc.equal(stamps, latest)).to_pylist()
+        self._edge_ids = (self._edge_ids if latest == self._edge else set()) | set(at_latest)
+        self._edge = latest

@@ -1,0 +1,140 @@
+"""The walk over one window as a state machine, driven by an in-memory source: no HTTP at all."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_client_fakeapi import DAY, T0, rows_at
+
+from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError
+from d23_pipeline.client.walk import PageRequest, WidthHint, WindowWalk
+from d23_pipeline.schema import rows_to_batch
+
+MINUTE = timedelta(minutes=1)
+
+
+class Source:
+    """Rows served in ``(communicated_at, public_id)`` order, in pages of the given sizes (an
+    empty page stands for one that scanned only other tenants' rows). The cursor carries the
+    last key served and, like the real one, moves on with every page."""
+
+    def __init__(self, rows: list[dict], page_sizes: itertools.cycle) -> None:
+        self.rows = sorted(rows, key=lambda r: (r["communicated_at"], r["public_id"]))
+        self.page_sizes = page_sizes
+        self.pages = itertools.count()
+
+    def page(self, request: PageRequest) -> tuple[list[dict], str | None]:
+        since, until = request.part.since_text, request.part.until_text
+        window = [r for r in self.rows if since <= r["communicated_at"] < until]
+        if request.cursor is not None:
+            at, public_id, _ = request.cursor.split("|")
+            window = [r for r in window if (r["communicated_at"], r["public_id"]) > (at, public_id)]
+        size = min(next(self.page_sizes), request.limit)
+        served, rest = window[:size], window[size:]
+        if not rest:
+            return served, None
+        last = served[-1] if served else None
+        boundary = (last["communicated_at"], last["public_id"]) if last else (since, "")
+        if request.cursor is not None and last is None:
+            boundary = tuple(request.cursor.split("|")[:2])
+        return served, "|".join([*boundary, str(next(self.pages))])
+
+
+def drive(walk: WindowWalk, source: Source, timeouts: itertools.cycle) -> list[str]:
+    """Run the walk to its end; ``timeouts`` says which requests the gateway times out."""
+    handed = []
+    for _ in range(10_000):
+        request = walk.next_request()
+        if request is None:
+            return handed
+        if next(timeouts):
+            walk.gateway_timeout()
+            continue
+        rows, cursor = source.page(request)
+        batch, _ = walk.page_served(rows_to_batch(rows), [], cursor)
+        handed += batch.column("public_id").to_pylist()
+    raise AssertionError("the walk did not end")
+
+
+def walk_of(window: Window, *, limit: int = 8, min_window: timedelta = MINUTE, hint=None):
+    hint = hint or WidthHint(min_window)
+    return WindowWalk(window, limit=limit, min_limit=1, min_window=min_window, hint=hint)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    gaps=st.lists(st.sampled_from([0, 0, 1, 7, 3_600_000]), max_size=60),
+    sizes=st.lists(st.integers(0, 8), min_size=1, max_size=10),
+    timeouts=st.lists(st.booleans(), min_size=1, max_size=12),
+)
+def test_every_row_is_handed_over_once_whatever_the_pages_and_timeouts(
+    gaps: list[int], sizes: list[int], timeouts: list[bool]
+) -> None:
+    rows = rows_at(itertools.accumulate(gaps))
+    if not any(sizes):
+        sizes = [*sizes, 1]  # a source that never serves a row would never end a walk
+    # Each timeout is followed by a served page, so the walk never runs out of narrowing.
+    script = itertools.cycle([t for timeout in timeouts for t in (timeout, False)])
+    handed = drive(walk_of(DAY), Source(rows, itertools.cycle(sizes)), script)
+
+    assert Counter(handed) == Counter(r["public_id"] for r in rows)
+
+
+def test_a_timeout_on_a_wide_window_splits_what_is_left_without_a_pause() -> None:
+    walk = walk_of(DAY)
+    narrowing = walk.gateway_timeout()
+
+    assert narrowing.split and narrowing.pause_strikes == 0
+    request = walk.next_request()
+    assert request is not None and request.part == DAY.halves()[0]
+
+
+def test_two_timeouts_at_a_width_teach_every_walk_the_narrower_width() -> None:
+    hint = WidthHint(MINUTE)
+    first, second = walk_of(DAY, hint=hint), walk_of(DAY, hint=hint)
+    first.gateway_timeout()
+    assert hint.ceiling is None  # one timeout could be a passing hiccup
+    second.gateway_timeout()
+
+    assert hint.ceiling == timedelta(hours=12)
+    third = walk_of(DAY, hint=hint).next_request()
+    assert third is not None and third.part.duration == timedelta(hours=12)
+
+
+def test_at_the_narrowest_window_a_timeout_retries_then_lowers_the_limit_then_fails() -> None:
+    walk = walk_of(Window(T0, T0 + MINUTE), limit=8, min_window=MINUTE)
+
+    retry = walk.gateway_timeout()
+    lower = walk.gateway_timeout()
+    assert (retry.split, retry.limit, retry.pause_strikes) == (False, 8, 1)
+    assert (lower.split, lower.limit, lower.pause_strikes) == (False, 4, 2)
+    walk.gateway_timeout()
+    walk.gateway_timeout()
+    with pytest.raises(WindowTooHeavyError, match="minimum window"):
+        walk.gateway_timeout()
+
+
+def test_the_page_limit_comes_back_for_the_next_part() -> None:
+    first, second = (Window(T0, T0 + MINUTE), Window(T0 + MINUTE, T0 + 2 * MINUTE))
+    walk = walk_of(Window(T0, T0 + 2 * MINUTE), min_window=MINUTE)
+    walk.gateway_timeout()  # splits into the two minutes
+    walk.gateway_timeout()  # retried as is
+    walk.gateway_timeout()  # the first minute at half the limit
+    assert walk.next_request() == PageRequest(first, 4, None)
+
+    walk.page_served(rows_to_batch([]), [], None)
+
+    assert walk.next_request() == PageRequest(second, 8, None)
+
+
+def test_a_repeated_cursor_stops_the_walk() -> None:
+    walk = walk_of(DAY)
+    walk.page_served(rows_to_batch(rows_at([0])), [], "same")
+
+    with pytest.raises(CursorLoopError, match="already seen"):
+        walk.page_served(rows_to_batch(rows_at([1])), [], "same")
