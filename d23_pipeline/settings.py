@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class SettingsError(ValueError):
@@ -63,6 +64,7 @@ class PipelineOptions:
     refresh_hour_utc: int
     refresh_lookback_months: int
     outcome_mapping: Path | None
+    report_timezone: str
 
     @property
     def warehouse_path(self) -> Path:
@@ -71,6 +73,10 @@ class PipelineOptions:
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
+
+    @property
+    def dashboard_path(self) -> Path:
+        return self.data_dir / "reports" / "outcome_dashboard.html"
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,17 @@ def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
     return value
 
 
+def validate_timezone(value: str, name: str = "D23_REPORT_TIMEZONE") -> str:
+    """An IANA time zone name such as ``Europe/Berlin``."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"{name} must be an IANA time zone name such as Asia/Kolkata (got {value!r})"
+        ) from None
+    return value
+
+
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -169,6 +186,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
         outcome_mapping=Path(mapping) if mapping else None,
+        report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
     )
 
 
