@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/python -m d23_pipeline.launch
 
+## Headless Chromium for the dashboard's browser test, from Debian's package: playwright drives
+## the chromium on PATH and never downloads a browser. Installed once, skipped when present.
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
 ## The whole test suite, end-to-end tests included.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
 	$(BIN)/pytest
 

@@ -326,7 +326,7 @@ def weekday_hour_matrix(
 
 def weekday_hour_chart(rows: Sequence[Mapping[str, Any]], timezone: str) -> go.Figure:
     fig = make_subplots(
-        rows=2, cols=1, subplot_titles=("Contact rate", "RPC rate"), vertical_spacing=0.14
+        rows=2, cols=1, subplot_titles=("Contact rate", "RPC rate"), vertical_spacing=0.2
     )
     attempts = [[0] * 24 for _ in WEEKDAYS]
     for r in rows:
@@ -340,14 +340,15 @@ def weekday_hour_chart(rows: Sequence[Mapping[str, Any]], timezone: str) -> go.F
                 customdata=attempts,
                 colorscale="Blues",
                 zmin=0,
-                colorbar={"title": {"text": "%"}, "len": 0.42, "y": 0.79 - i * 0.57},
+                colorbar={"title": {"text": "%"}, "len": 0.4, "y": 0.8 - i * 0.6},
                 hovertemplate=f"%{{y}} %{{x}}:00: {label} %{{z:.1f}}% "
                 "of %{customdata} attempts<extra></extra>",
             ),
             row=i + 1,
             col=1,
         )
-    fig.update_xaxes(title_text=f"hour of day ({timezone})", dtick=1)
+    fig.update_xaxes(dtick=1)
+    fig.update_xaxes(title_text=f"hour of day ({timezone})", row=2, col=1)
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, 560)
 
