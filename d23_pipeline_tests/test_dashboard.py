@@ -85,9 +85,9 @@ def _open(path: Path) -> Page:
             # Anything but the file itself is refused, so a CDN script would fail loudly too.
             page.route(
                 "**/*",
-                lambda route: route.continue_()
-                if route.request.url.startswith("file:")
-                else route.abort(),
+                lambda route: (
+                    route.continue_() if route.request.url.startswith("file:") else route.abort()
+                ),
             )
             page.goto(path.as_uri())
             page.wait_for_function(
@@ -124,9 +124,7 @@ def test_kpi_tiles_show_the_warehouse_values_of_the_latest_ended_month(
     latest = dict(zip(names, rows[-1], strict=True))
 
     assert latest["month"] == date(2026, 6, 1)
-    assert page.tiles == {
-        name: f"{latest[name] * 100:.1f}%" for name in dashboard.KPI_LABELS
-    }
+    assert page.tiles == {name: f"{latest[name] * 100:.1f}%" for name in dashboard.KPI_LABELS}
     assert "KPIs, Jun 2026" in page.text
     assert "change against May 2026" in page.text
 
