@@ -81,7 +81,12 @@ class Pipeline:
         }
 
     def materialize(
-        self, month: str, *, raise_on_error: bool = True, **api_overrides: Any
+        self,
+        month: str,
+        *,
+        raise_on_error: bool = True,
+        instance: dg.DagsterInstance | None = None,
+        **api_overrides: Any,
     ) -> dg.ExecuteInProcessResult:
         """Materialize every D23 asset for one month, in process."""
         return dg.materialize(
@@ -89,6 +94,7 @@ class Pipeline:
             resources=self.resources(**api_overrides),
             partition_key=f"{month}-01",
             raise_on_error=raise_on_error,
+            instance=instance,
         )
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:

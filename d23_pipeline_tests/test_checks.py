@@ -4,12 +4,14 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from harness import Pipeline
 
 from d23_pipeline.client import WindowTotal
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs import checks
 from d23_pipeline.defs.partitions import monthly_partitions
+from d23_pipeline.defs.resources import OutcomeMappingResource
 from d23_pipeline.warehouse.store import Warehouse
 
 
@@ -136,10 +138,33 @@ def test_every_check_of_a_monthly_asset_has_the_monthly_partitions() -> None:
     assert all(spec.partitions_def == monthly_partitions for spec in specs)
 
 
-def test_check_results_are_recorded_per_month(pipeline: Pipeline) -> None:
-    result = pipeline.materialize("2026-04")
+def test_a_failing_month_stays_visible_after_a_passing_later_one(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # March with a mapping that does not know NO_ANSWER (about a third of attempts), then May
+    # with the shipped one; the instance is what the UI's Checks tab reads.
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("promise: [PTP]\nright_party_contact: [RPC]\n")
+    instance = dg.DagsterInstance.ephemeral()
+    march = dg.materialize(
+        list(defs.assets),
+        instance=instance,
+        partition_key="2026-03-01",
+        resources={
+            **pipeline.resources(),
+            "outcome_mapping": OutcomeMappingResource(mapping_path=str(partial)),
+        },
+    )
+    may = pipeline.materialize("2026-05", instance=instance)
 
-    evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 9
-    assert {e.partition for e in evaluations} == {"2026-04-01"}
-    assert all(e.passed for e in evaluations)
+    assert {e.partition for e in march.get_asset_check_evaluations()} == {"2026-03-01"}
+    assert {e.partition for e in may.get_asset_check_evaluations()} == {"2026-05-01"}
+    key = dg.AssetCheckKey(checks.OUTCOME_KPIS_MONTHLY, checks.KPI_UNMAPPED_SHARE.name)
+    status = {
+        info.partition_key: info.latest_execution_status
+        for info in instance.event_log_storage.get_asset_check_partition_info([key])
+    }
+    assert status == {
+        "2026-03-01": AssetCheckExecutionRecordStatus.FAILED,
+        "2026-05-01": AssetCheckExecutionRecordStatus.SUCCEEDED,
+    }

@@ -169,14 +169,28 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
     assert logs["dagster/partition_row_count"] == expected
     assert "public_id" in [c.name for c in logs["dagster/column_schema"].columns]
     assert "| public_id |" in logs["preview"]
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {
-        "rows_match_api_total": True,
-        "rejected_rows": True,
-        "public_id_unique": True,
-        "only_allowlisted_columns": True,
-        "unmapped_outcome_codes": True,
+    checks = {
+        (e.asset_key.path[-1], e.check_name): e.passed
+        for e in result.get_asset_check_evaluations()
     }
+    assert checks == {
+        ("raw_logs", "rows_match_api_total"): True,
+        ("raw_logs", "rejected_rows"): True,
+        ("logs", "public_id_unique"): True,
+        ("logs", "only_allowlisted_columns"): True,
+        ("outcome_mix_monthly", "unmapped_outcome_codes"): True,
+        ("outcome_mix_daily", "rates_within_0_and_1"): True,
+        ("outcome_kpis_monthly", "rates_within_0_and_1"): True,
+        ("outcome_kpis_monthly", "attempts_equal_outcome_mix"): True,
+        ("outcome_kpis_monthly", "unmapped_share"): True,
+    }
+    # KPIs as an analyst quotes them: percentages with one decimal.
+    kpis = _metadata(result, "d23__outcome_kpis_monthly")
+    (rpc_rate,) = pipeline.query(
+        "SELECT rpc_rate FROM d23.outcome_kpis_monthly WHERE month = '2026-04-01'"
+    )[0]
+    assert kpis["rpc_rate (%)"] == round(rpc_rate * 100, 1)
+    assert "| rpc_rate | " + f"{rpc_rate * 100:.1f}%" in kpis["kpis"]
 
 
 def test_a_read_short_of_a_stable_api_total_is_not_merged(

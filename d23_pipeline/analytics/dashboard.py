@@ -458,10 +458,12 @@ def _tiles_section(data: DashboardData) -> str:
             f'<div class="value">{percent(latest[name])}</div>'
             f'<div class="delta">{_points(latest[name], old)}{was}</div></div>'
         )
+    maturing = any(f.month == latest["month"] and f.status == "maturing" for f in data.freshness)
+    caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
     return (
         f"<section id='kpis'><h2>KPIs, {_month_label(latest['month'])}</h2>"
         f"<p>The latest month that has ended ({latest['attempts']:,} attempts), {compared}; "
-        "pp = percentage points.</p>"
+        f"pp = percentage points.{caveat}</p>"
         f"<div class='tiles'>{''.join(tiles)}</div></section>"
     )
 
@@ -486,12 +488,14 @@ _STATUS_TEXT = {
 def _freshness_section(data: DashboardData) -> str:
     rows = [
         (f"{f.month:%Y-%m}", f"{f.rows:,}", _local(f.last_read, data.timezone),
-         _STATUS_TEXT[f.status])
+         _STATUS_TEXT[f.status], f.unverified_slices, f.rejected_rows, f.unmapped_attempts)
         for f in data.freshness
     ]  # fmt: skip
+    headers = ("month", "rows in d23.logs", "last read", "state", "unverified slices",
+               "rejected rows", "unmapped attempts")  # fmt: skip
     return (
         "<section id='freshness'><h2>Data freshness</h2>"
-        + _table(("month", "rows in d23.logs", "last read", "state"), rows, "no months")
+        + _table(headers, rows, "no months")
         + "<p>Months outside the daily refresh's lookback are only read again by a backfill.</p>"
         "</section>"
     )
