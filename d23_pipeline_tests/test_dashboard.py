@@ -5,6 +5,7 @@ is the one the pipeline writes. Chromium is Debian's (``make test`` installs it)
 drives it and never downloads a browser.
 """
 
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,11 +70,13 @@ def page(materialized: Pipeline) -> Page:
 
 
 def _open(path: Path) -> Page:
+    chromium = shutil.which("chromium")
+    assert chromium, "no chromium on PATH: `make browser` installs Debian's (make test does)"
     console_errors: list[str] = []
     requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=shutil.which("chromium"),
+            executable_path=chromium,
             # Root in CI and containers: Chromium's sandbox needs user namespaces it may not have.
             args=["--no-sandbox"],
         )
@@ -134,6 +137,7 @@ def test_open_data_quality_problems_are_listed(page: Page) -> None:
     # broken timestamps.
     assert "2026-05\t2026-05-07 00:00\t2026-05-08 00:00\t41\t45\t45\t2" in page.text
     assert "\t40\t40\t40\t" not in page.text
+    assert re.search(r"2026-05\t[\d,]+\t[^\t]+\tsettled\t1\t2\t0", page.text)  # freshness row
     assert "updated_at is not an ISO-8601 timestamp with offset: 'yesterday'" in page.text
     assert "every code is mapped" in page.text
     assert "D23 carries no agent or account identifier" in page.text
