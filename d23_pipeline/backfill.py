@@ -77,7 +77,8 @@ def _graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, An
         )
     except httpx.HTTPError as exc:
         raise BackfillError(f"Dagster webserver at {url} did not answer: {exc}") from exc
-    # The webserver answers a failed GraphQL request with a 500 whose body says why: show that.
+    # The webserver answers a failed request with a 500 whose body says why (GraphQL errors,
+    # or data holding a PythonError that the caller reports): show that, not the status.
     try:
         body = response.json()
     except ValueError:
@@ -85,7 +86,7 @@ def _graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, An
     if body.get("errors"):
         reasons = "; ".join(str(e.get("message", e)) for e in body["errors"])
         raise BackfillError(f"Dagster webserver at {url} refused the request: {reasons}")
-    if response.is_error or "data" not in body:
+    if not body.get("data"):
         raise BackfillError(
             f"Dagster webserver at {url} answered {response.status_code}: {response.text[:500]}"
         )
