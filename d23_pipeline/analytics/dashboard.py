@@ -409,6 +409,7 @@ def render(data: DashboardData) -> str:
             [
                 _tiles_section(data),
                 "<section id='trends'><h2>KPI trends</h2>",
+                _caveats(data),
                 _chart("kpi-trend", kpi_trend_chart(data.kpis)),
                 "<h3>By communication_type</h3>",
                 _chart(
@@ -466,6 +467,16 @@ def _tiles_section(data: DashboardData) -> str:
         f"pp = percentage points.{caveat}</p>"
         f"<div class='tiles'>{''.join(tiles)}</div></section>"
     )
+
+
+def _caveats(data: DashboardData) -> str:
+    """Which points of the trends are not final, so a dip is not read as a change."""
+    notes = [
+        f"{_month_label(f.month)} is {_STATUS_TEXT[f.status]}."
+        for f in data.freshness
+        if f.status != "settled"
+    ]
+    return f"<p>{html.escape(' '.join(notes))}</p>" if notes else ""
 
 
 def _definitions() -> str:
