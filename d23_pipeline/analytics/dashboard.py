@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -569,6 +570,13 @@ th { background: #f4f4f4; }
 def write_dashboard(path: Path, page: str) -> None:
     """Replace the file in one step, so a browser or a file share never sees half a page."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)
+    # A name of its own, so two runs writing at once never share a half-written file.
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(page)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the page from other readers
+        os.replace(partial, path)
+    except BaseException:
+        os.unlink(partial)
+        raise
