@@ -31,6 +31,7 @@ MONTHS = ("2026-04", "2026-05", "2026-06")
 CHARTS = {"kpi-trend", "kpi-by-channel", "kpi-by-source", "outcome-mix", "weekday-hour",
           "channel-daily"}  # fmt: skip
 # A slice the merge could not prove complete (inserted by hand: the merge fills this table).
+HOSTILE_CODE = "<img src=x onerror=console.error('injected')>"
 UNVERIFIED = ("2026-05-01", "2026-05-07 00:00:00+00", "2026-05-08 00:00:00+00", 41, 45, 45)
 
 
@@ -63,6 +64,12 @@ def page(materialized: Pipeline) -> Page:
             "INSERT INTO d23.slice_verification VALUES "
             "(?, ?, ?, ?, ?, ?, false, 2, now()), (?, ?, ?, 40, 40, 40, true, 1, now())",
             [*UNVERIFIED, *UNVERIFIED[:3]],
+        )
+        # An outcome code from the API is data, never markup: it must show as text.
+        con.execute(
+            "INSERT INTO d23.outcome_mix_monthly VALUES ('2026-04-01', 'CALL', 'AGENT', ?, "
+            "false, false, false, false, false, 3, 0)",
+            [HOSTILE_CODE],
         )
     # The dashboard alone, as a run of any month would rebuild it.
     dg.materialize([outcome_dashboard], resources=materialized.resources())
@@ -139,7 +146,7 @@ def test_open_data_quality_problems_are_listed(page: Page) -> None:
     assert "\t40\t40\t40\t" not in page.text
     assert re.search(r"2026-05\t[\d,]+\t[^\t]+\tsettled\t1\t2\t0", page.text)  # freshness row
     assert "updated_at is not an ISO-8601 timestamp with offset: 'yesterday'" in page.text
-    assert "every code is mapped" in page.text
+    assert f"2026-04\t{HOSTILE_CODE}\t3" in page.text  # listed as unmapped, as plain text
     assert "D23 carries no agent or account identifier" in page.text
 
 
