@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean postgres-server
+.PHONY: run test lint bench clean postgres-server browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ postgres-server:
 	$$sudo apt-get update && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
 
+## Headless Chromium for the dashboard's browser test, from Debian's package: playwright drives
+## the chromium on PATH and never downloads a browser. Installed once, skipped when present.
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
 ## The whole test suite, end-to-end tests included.
-test: $(STAMP) postgres-server
+test: $(STAMP) postgres-server browser
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
 	$(BIN)/dg check defs
 	$(BIN)/pytest

@@ -43,6 +43,18 @@ query BackfillStatus($id: String!) {
 }"""
 
 
+PARTITION_KEYS = """
+query PartitionKeys($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    __typename
+    ... on AssetNode { partitionKeys }
+    ... on AssetNotFoundError { message }
+  }
+}"""
+# Every monthly D23 asset shares one partitioning; this one stands for all of them.
+PARTITIONED_ASSET = ["d23", "raw_logs"]
+
+
 class BackfillError(RuntimeError):
     """The webserver refused or could not answer a backfill request."""
 
@@ -63,13 +75,39 @@ def _graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, An
             json={"query": document, "variables": variables},
             timeout=60,
         )
-        response.raise_for_status()
     except httpx.HTTPError as exc:
         raise BackfillError(f"Dagster webserver at {url} did not answer: {exc}") from exc
-    body = response.json()
+    # The webserver answers a failed request with a 500 whose body says why (GraphQL errors,
+    # or data holding a PythonError that the caller reports): show that, not the status.
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
     if body.get("errors"):
-        raise BackfillError(f"Dagster webserver at {url} refused the request: {body['errors']}")
+        reasons = "; ".join(str(e.get("message", e)) for e in body["errors"])
+        raise BackfillError(f"Dagster webserver at {url} refused the request: {reasons}")
+    if not body.get("data"):
+        raise BackfillError(
+            f"Dagster webserver at {url} answered {response.status_code}: {response.text[:500]}"
+        )
     return body["data"]
+
+
+def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
+    """Refuse months the running deployment has no partition for, naming its first and last."""
+    result = _graphql(url, PARTITION_KEYS, {"assetKey": {"path": PARTITIONED_ASSET}})
+    node = result["assetNodeOrError"]
+    if node["__typename"] != "AssetNode":
+        raise BackfillError(f"{node['__typename']}: {node.get('message', node)}")
+    known = set(node["partitionKeys"])
+    missing = [key[:7] for key in partition_keys if key not in known]
+    if missing:
+        span = (
+            f"{min(known)[:7]} to {max(known)[:7]}" if known else "none (check D23_START_MONTH)"
+        )
+        raise SettingsError(
+            f"no partition for {', '.join(missing)}: the deployment at {url} has months {span}"
+        )
 
 
 def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:
@@ -108,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         keys = month_partitions(args.first, args.last)
+        check_partitions(args.url, keys)
         backfill_id = launch_backfill(args.url, keys)
         print(f"Backfill {backfill_id}: {len(keys)} months, {keys[0]} to {keys[-1]}")
         print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions")

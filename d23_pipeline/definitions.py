@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from d23_pipeline.defs.assets.dashboard import outcome_dashboard
 from d23_pipeline.defs.assets.logs import logs
 from d23_pipeline.defs.assets.outcome_mix import (
     outcome_kpis_monthly,
@@ -15,6 +16,7 @@ from d23_pipeline.defs.jobs import d23_pipeline_job
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import (
+    DashboardResource,
     ExportsApiResource,
     LandingZoneResource,
     OutcomeMappingResource,
@@ -30,7 +32,14 @@ def _env(name: str) -> dg.EnvVar | None:
 
 
 defs = dg.Definitions(
-    assets=[raw_logs, logs, outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
+    assets=[
+        raw_logs,
+        logs,
+        outcome_mix_monthly,
+        outcome_kpis_monthly,
+        outcome_mix_daily,
+        outcome_dashboard,
+    ],
     jobs=[d23_pipeline_job],
     # One process per run, steps in it one after another (they depend on each other anyway): a
     # subprocess per step costs seconds of imports while holding its pool slot.
@@ -62,6 +71,9 @@ defs = dg.Definitions(
         "landing_zone": LandingZoneResource(raw_dir=str(options.raw_dir.resolve())),
         "outcome_mapping": OutcomeMappingResource(
             mapping_path=str(options.outcome_mapping) if options.outcome_mapping else None
+        ),
+        "dashboard_file": DashboardResource(
+            path=str(options.dashboard_path.resolve()), timezone=options.report_timezone
         ),
     },
 )

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from d23_pipeline.months import months_up_to
+from d23_pipeline.settings import SettingsError, load_options
 
 SIMULATOR_PORT = 8023
 UI_PORT = 3000
@@ -83,6 +84,22 @@ def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return process
 
 
+def _guide(env: dict[str, str]) -> str:
+    """Where the dashboard is and a backfill command for the months the partitions have."""
+    try:
+        options = load_options(env)
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    first = options.start_month
+    last = months_up_to(datetime.now(UTC).date(), 1)[0]
+    return (
+        f"Backfill months {first} to {last}: "
+        f".venv/bin/python -m d23_pipeline.backfill {first} {last}\n"
+        f"Dashboard (rebuilt by every run; open it in a browser): "
+        f"{options.dashboard_path.resolve()}"
+    )
+
+
 def main() -> None:
     # A shell starting us in the background makes SIGINT ignored, and children inherit that;
     # with a handler here, Ctrl-C stops us and every process started below sees SIGINT again.
@@ -102,7 +119,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     )
     print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
-    print("Backfill a range of months: .venv/bin/python -m d23_pipeline.backfill 2026-01 2026-06")
+    print(_guide(env))
     # `dg dev` loads the code location pyproject.toml's [tool.dg] names, under the same location
     # name as workspace.yaml. Its own process group: a stop reaches it once, through the handlers
     # below, and whatever it leaves behind (a code server it restarted while shutting down) is

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class SettingsError(ValueError):
@@ -67,6 +68,7 @@ class PipelineOptions:
     refresh_lookback_months: int
     outcome_mapping: Path | None
     max_deletion_share: float
+    report_timezone: str
 
     @property
     def warehouse_path(self) -> Path:
@@ -75,6 +77,10 @@ class PipelineOptions:
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
+
+    @property
+    def dashboard_path(self) -> Path:
+        return self.data_dir / "reports" / "outcome_dashboard.html"
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,17 @@ def _is_loopback(host: str) -> bool:
 def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
     if not _MONTH.match(value):
         raise SettingsError(f"{name} must look like YYYY-MM (got {value!r})")
+    return value
+
+
+def validate_timezone(value: str, name: str = "D23_REPORT_TIMEZONE") -> str:
+    """An IANA time zone name such as ``Europe/Berlin``."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"{name} must be an IANA time zone name such as Asia/Kolkata (got {value!r})"
+        ) from None
     return value
 
 
@@ -187,6 +204,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
         outcome_mapping=Path(mapping) if mapping else None,
         max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
+        report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
     )
 
 

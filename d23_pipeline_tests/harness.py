@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import (
+    DashboardResource,
     ExportsApiResource,
     LandingZoneResource,
     OutcomeMappingResource,
@@ -56,6 +57,10 @@ class Pipeline:
     def warehouse_path(self) -> Path:
         return self.data_dir / "warehouse.duckdb"
 
+    @property
+    def dashboard_path(self) -> Path:
+        return self.data_dir / "reports" / "outcome_dashboard.html"
+
     def resources(self, **api_overrides: Any) -> dict[str, Any]:
         api = {
             "api_url": self.api_url,
@@ -72,6 +77,7 @@ class Pipeline:
             "warehouse": WarehouseResource(database=str(self.warehouse_path)),
             "landing_zone": LandingZoneResource(raw_dir=str(self.data_dir / "raw")),
             "outcome_mapping": OutcomeMappingResource(),
+            "dashboard_file": DashboardResource(path=str(self.dashboard_path)),
         }
 
     def materialize(
@@ -81,6 +87,7 @@ class Pipeline:
         raise_on_error: bool = True,
         selection: str | None = None,
         run_config: Mapping[str, Any] | None = None,
+        instance: dg.DagsterInstance | None = None,
         **api_overrides: Any,
     ) -> dg.ExecuteInProcessResult:
         """Materialize the D23 assets (all, or ``selection``) for one month, in process."""
@@ -91,6 +98,7 @@ class Pipeline:
             partition_key=f"{month}-01",
             run_config=run_config,
             raise_on_error=raise_on_error,
+            instance=instance,
         )
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:

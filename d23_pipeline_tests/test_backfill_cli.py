@@ -1,5 +1,10 @@
 """``python -m d23_pipeline.backfill``: month ranges and clear errors (the launch itself is e2e)."""
 
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 from processes import free_port
 
@@ -39,3 +44,83 @@ def test_cli_reports_a_webserver_that_is_not_running(capsys):
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["2026-05", "2026-06", "--url", url]) == 2
     assert f"Dagster webserver at {url} did not answer" in capsys.readouterr().err
+
+
+class FakeWebserver(BaseHTTPRequestHandler):
+    """Dagster's GraphQL endpoint as the backfill command sees it: the months it has, and a
+    launch it refuses with a 500 and its own message."""
+
+    partitions = [f"2026-{m:02d}-01" for m in range(7, 13)]
+    launches: list[dict] = []
+    refusal: dict = {}
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if request["query"].lstrip().startswith("query PartitionKeys"):
+            status = 200
+            body = {"data": {"assetNodeOrError": {
+                "__typename": "AssetNode", "partitionKeys": self.partitions}}}  # fmt: skip
+        else:
+            self.launches.append(request["variables"])
+            status, body = 500, self.refusal
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webserver() -> Iterator[str]:
+    FakeWebserver.launches = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebserver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_months_the_deployment_does_not_have_are_refused_before_launching(webserver, capsys):
+    assert main(["2026-05", "2026-08", "--url", webserver]) == 2
+
+    assert (
+        f"no partition for 2026-05, 2026-06: the deployment at {webserver} has months "
+        "2026-07 to 2026-12"
+    ) in capsys.readouterr().err
+    assert FakeWebserver.launches == []
+
+
+# Dagster answers 500 either with GraphQL errors or with data naming a PythonError (seen from
+# dagster-webserver 1.13.27 for a backfill of months it has no partition for).
+@pytest.mark.parametrize(
+    ("refusal", "shown"),
+    [
+        (
+            {"data": None, "errors": [{"message": "DagsterInvariantViolationError: boom"}]},
+            "refused the request: DagsterInvariantViolationError: boom",
+        ),
+        (
+            {"data": {"launchPartitionBackfill": {
+                "__typename": "PythonError", "message": "CheckError: Invariant failed"}}},
+            "PythonError: CheckError: Invariant failed",
+        ),
+    ],
+)  # fmt: skip
+def test_the_servers_own_error_is_shown_not_just_its_status(webserver, capsys, refusal, shown):
+    FakeWebserver.refusal = refusal
+
+    assert main(["2026-07", "2026-08", "--url", webserver]) == 2
+
+    err = capsys.readouterr().err
+    assert shown in err and "500" not in err
+    assert FakeWebserver.launches[0]["backfillParams"]["partitionNames"] == [
+        "2026-07-01",
+        "2026-08-01",
+    ]

@@ -26,6 +26,7 @@ from d23_pipeline.simulator import (
     SimulatorConfig,
     serve,
 )
+from d23_pipeline.simulator.data import Collection, month_bounds, to_ms
 
 JAN = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
 JAN_Q = {"since": "2026-01-01T00:00:00.000Z", "until": "2026-02-01T00:00:00.000Z"}
@@ -408,9 +409,41 @@ def test_rows_look_like_d23(sim: Simulator):
 def test_current_month_only_holds_rows_in_the_past():
     now = datetime.now(UTC)
     month = f"{now.year:04d}-{now.month:02d}"
-    rows = small(months=(month,), rows_per_month=200).rows()
+    rows = small(months=(month,), rows_per_month=20_000).rows()
     stamp = now.strftime("%Y-%m-%dT%H:%M:%S.999Z")
-    assert len(rows) == 200 and all(r["updated_at"] <= stamp for r in rows)
+    assert all(r["updated_at"] <= stamp for r in rows)
+
+
+def test_current_month_holds_its_days_so_far_at_the_usual_daily_rate():
+    now = datetime(2026, 6, 10, 12, tzinfo=UTC)
+    data = Collection(
+        SimulatorConfig(months=("2026-05", "2026-06"), rows_per_month=3000), to_ms(now)
+    )
+
+    may = data.rows(*month_bounds("2026-05"))
+    june = data.rows(*month_bounds("2026-06"))
+
+    assert len(may) == 3000
+    assert len(june) == round(3000 * 9.5 / 30)  # 9.5 of June's 30 days
+    days = Counter(r["communicated_at"][:10] for r in june)
+    assert sorted(days)[0] == "2026-06-01" and sorted(days)[-1] == "2026-06-10"
+    assert max(days.values()) < 3 * 3000 / 30  # no day crammed with the month's rows
+
+
+def test_promises_break_only_once_they_are_old_enough():
+    now = datetime(2026, 6, 4, tzinfo=UTC)
+    data = Collection(
+        SimulatorConfig(months=("2026-03", "2026-06"), rows_per_month=4000), to_ms(now)
+    )
+
+    def broken_share(month: str) -> float:
+        promises = [r for r in data.rows(*month_bounds(month)) if r["outcome_option"] == "PTP"]
+        return sum(r["is_ptp_broken"] for r in promises) / len(promises)
+
+    assert 0.28 < broken_share("2026-03") < 0.42  # mature: about a third broke
+    assert broken_share("2026-06") < 0.1  # three days old: few have broken yet
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert all(r["updated_at"] <= stamp for r in data.rows())
 
 
 def test_bad_rows_are_served_and_valid_rows_excludes_them():

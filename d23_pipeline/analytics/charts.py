@@ -32,14 +32,17 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> str
     return _markdown_image(fig, title)
 
 
-def line_chart(
+def rate_chart(
     x: Sequence[object], series: Mapping[str, Sequence[float | None]], title: str
 ) -> str:
-    """One line per series over ``x``, as a markdown image."""
+    """One line per rate (a share between 0 and 1) over ``x``, in percent, as a markdown image."""
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for name, values in series.items():
-        ax.plot(list(x), [float("nan") if v is None else v for v in values], label=name)
+        ax.plot(list(x), [float("nan") if v is None else v * 100 for v in values], label=name)
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.set_ylabel("% (see the KPI definitions)")
+    ax.set_ylim(bottom=0)
+    # Right of the axes, never over the lines.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.autofmt_xdate()
     return _markdown_image(fig, title)

@@ -26,7 +26,8 @@ KPI_NAMES = (
 )
 
 
-def _load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeClass]) -> None:
+def load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeClass]) -> None:
+    """The mapping as the session's temp table ``outcome_classes``, which the SQL joins."""
     con.execute(sql.CREATE_OUTCOME_CLASSES)
     rows = [
         (code, c.is_contact, c.is_rpc, c.is_promise, c.is_refusal) for code, c in classes.items()
@@ -51,7 +52,7 @@ def rebuild_outcome_mix_monthly(
     classes: Mapping[str, OutcomeClass],
 ) -> int:
     """Replace ``month`` in ``d23.outcome_mix_monthly``; returns the rows written."""
-    _load_classes(con, classes)
+    load_classes(con, classes)
     params = {"month": month, "since": since, "until": until}
     return _replace(con, sql.DELETE_OUTCOME_MIX_MONTHLY, sql.INSERT_OUTCOME_MIX_MONTHLY, params)
 
@@ -69,6 +70,6 @@ def rebuild_outcome_mix_daily(
     classes: Mapping[str, OutcomeClass],
 ) -> int:
     """Replace the days of ``[since, until)`` in ``d23.outcome_mix_daily``."""
-    _load_classes(con, classes)
+    load_classes(con, classes)
     params = {"since": since, "until": until}
     return _replace(con, sql.DELETE_OUTCOME_MIX_DAILY, sql.INSERT_OUTCOME_MIX_DAILY, params)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 import duckdb
 
 from d23_pipeline.defs.metadata import markdown_table
+from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
 from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.warehouse import sql
@@ -14,16 +17,27 @@ from d23_pipeline.warehouse.store import MergeSummary, execute, table_columns
 RAW_LOGS = dg.AssetKey(["d23", "raw_logs"])
 LOGS = dg.AssetKey(["d23", "logs"])
 OUTCOME_MIX_MONTHLY = dg.AssetKey(["d23", "outcome_mix_monthly"])
+OUTCOME_KPIS_MONTHLY = dg.AssetKey(["d23", "outcome_kpis_monthly"])
+OUTCOME_MIX_DAILY = dg.AssetKey(["d23", "outcome_mix_daily"])
 
 # Above this share of a month's served rows, rejects are an ERROR rather than a WARN: a few bad
 # rows are the source's problem to fix, a percent means the contract moved under us.
 REJECT_ERROR_SHARE = 0.01
+# Above this share of a month's attempts in codes the mapping does not know, the month's rates
+# are no longer comparable with other months': the mapping file needs those codes.
+UNMAPPED_ERROR_SHARE = 0.02
+
+# Every check below is per month (the partitions of the asset it checks), so the UI keeps a
+# failing month's result visible next to other months' passing ones. Dagster 1.13 flags
+# partitioned checks as a preview; the warning would repeat on every load of the definitions.
+warnings.filterwarnings("ignore", ".*partitions_def on an AssetCheckSpec", dg.PreviewWarning)
 
 # Not blocking: the rows of an unverified slice are still merged (they may add and update);
 # d23/logs' slices_verified check then fails the run, after the merge.
 ROWS_MATCH_API_TOTAL = dg.AssetCheckSpec(
     "rows_match_api_total",
     asset=RAW_LOGS,
+    partitions_def=monthly_partitions,
     description=(
         "Every slice's rows served (landed + rejected) are consistent with the API's exact "
         "counts taken before and after its walk."
@@ -32,23 +46,30 @@ ROWS_MATCH_API_TOTAL = dg.AssetCheckSpec(
 REJECTED_ROWS = dg.AssetCheckSpec(
     "rejected_rows",
     asset=RAW_LOGS,
+    partitions_def=monthly_partitions,
     description=(
         "WARN when any row of the month broke the D23 contract (d23/logs quarantines them in "
         f"d23.rejected_rows); ERROR above {REJECT_ERROR_SHARE:.0%} of the month's served rows."
     ),
 )
 PUBLIC_ID_UNIQUE = dg.AssetCheckSpec(
-    "public_id_unique", asset=LOGS, blocking=True, description="One row per public_id in d23.logs."
+    "public_id_unique",
+    asset=LOGS,
+    partitions_def=monthly_partitions,
+    blocking=True,
+    description="One row per public_id in d23.logs.",
 )
 ONLY_ALLOWLISTED_COLUMNS = dg.AssetCheckSpec(
     "only_allowlisted_columns",
     asset=LOGS,
+    partitions_def=monthly_partitions,
     blocking=True,
     description="d23.logs stores the 9 D23 fields and _-prefixed bookkeeping columns only.",
 )
 SLICES_VERIFIED = dg.AssetCheckSpec(
     "slices_verified",
     asset=LOGS,
+    partitions_def=monthly_partitions,
     blocking=True,
     description=(
         "Every slice of the merged read is proven complete; an unverified slice added and "
@@ -58,6 +79,7 @@ SLICES_VERIFIED = dg.AssetCheckSpec(
 DELETIONS_WITHIN_LIMIT = dg.AssetCheckSpec(
     "deletions_within_limit",
     asset=LOGS,
+    partitions_def=monthly_partitions,
     blocking=True,
     description=(
         "The merge marked deleted no more than the allowed share of the month's live rows, or "
@@ -67,7 +89,37 @@ DELETIONS_WITHIN_LIMIT = dg.AssetCheckSpec(
 UNMAPPED_OUTCOMES = dg.AssetCheckSpec(
     "unmapped_outcome_codes",
     asset=OUTCOME_MIX_MONTHLY,
+    partitions_def=monthly_partitions,
     description="WARN when the month holds outcome codes the mapping file does not classify.",
+)
+
+KPI_RATES_IN_RANGE = dg.AssetCheckSpec(
+    "rates_within_0_and_1",
+    asset=OUTCOME_KPIS_MONTHLY,
+    partitions_def=monthly_partitions,
+    description="Every KPI of the month is a share: between 0 and 1, or empty without attempts.",
+)
+KPI_ATTEMPTS_MATCH_MIX = dg.AssetCheckSpec(
+    "attempts_equal_outcome_mix",
+    asset=OUTCOME_KPIS_MONTHLY,
+    partitions_def=monthly_partitions,
+    description="The month's attempts equal the sum of its outcome mix (d23.outcome_mix_monthly).",
+)
+KPI_UNMAPPED_SHARE = dg.AssetCheckSpec(
+    "unmapped_share",
+    asset=OUTCOME_KPIS_MONTHLY,
+    partitions_def=monthly_partitions,
+    description=(
+        "ERROR when more than "
+        f"{UNMAPPED_ERROR_SHARE:.0%} of the month's attempts have outcome codes the mapping does "
+        "not classify: the rates then undercount contacts, RPCs and promises."
+    ),
+)
+DAILY_RATES_IN_RANGE = dg.AssetCheckSpec(
+    "rates_within_0_and_1",
+    asset=OUTCOME_MIX_DAILY,
+    partitions_def=monthly_partitions,
+    description="Every daily KPI of the month is between 0 and 1, or empty without attempts.",
 )
 
 
@@ -207,4 +259,55 @@ def unmapped_outcome_codes(con: duckdb.DuckDBPyConnection, month: object) -> dg.
         passed=not unmapped,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"unmapped_codes": {code: int(n) for code, n in unmapped}},
+    )
+
+
+def _rates_in_range(
+    spec: dg.AssetCheckSpec, con: duckdb.DuckDBPyConnection, statement: str, params: dict
+) -> dg.AssetCheckResult:
+    bad = execute(con, statement, params).fetchall()
+    return _result(
+        spec,
+        passed=not bad,
+        metadata={"rates_out_of_range": [" ".join(map(str, row)) for row in bad]},
+    )
+
+
+def kpi_rates_in_range(con: duckdb.DuckDBPyConnection, month: object) -> dg.AssetCheckResult:
+    return _rates_in_range(KPI_RATES_IN_RANGE, con, sql.KPI_RATES_OUT_OF_RANGE, {"month": month})
+
+
+def daily_rates_in_range(
+    con: duckdb.DuckDBPyConnection, since: object, until: object
+) -> dg.AssetCheckResult:
+    return _rates_in_range(
+        DAILY_RATES_IN_RANGE,
+        con,
+        sql.DAILY_RATES_OUT_OF_RANGE,
+        {"since": since, "until": until},
+    )
+
+
+def kpi_attempts_match_mix(con: duckdb.DuckDBPyConnection, month: object) -> dg.AssetCheckResult:
+    kpi_attempts, mix_attempts = execute(
+        con, sql.KPI_ATTEMPTS_AND_MIX_ATTEMPTS, {"month": month}
+    ).fetchone()
+    return _result(
+        KPI_ATTEMPTS_MATCH_MIX,
+        passed=kpi_attempts == mix_attempts,
+        metadata={"kpi_attempts": kpi_attempts, "outcome_mix_attempts": int(mix_attempts)},
+    )
+
+
+def kpi_unmapped_share(attempts: int, unmapped_attempts: int) -> dg.AssetCheckResult:
+    share = unmapped_attempts / attempts if attempts else 0.0
+    return _result(
+        KPI_UNMAPPED_SHARE,
+        passed=share <= UNMAPPED_ERROR_SHARE,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "unmapped_attempts": unmapped_attempts,
+            "unmapped_share_percent": round(share * 100, 2),
+            "threshold_percent": UNMAPPED_ERROR_SHARE * 100,
+        },
     )

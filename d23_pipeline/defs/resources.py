@@ -19,6 +19,7 @@ from d23_pipeline.settings import (
     DEFAULT_SLICE_HOURS,
     ApiConnection,
     load_api_connection,
+    validate_timezone,
 )
 from d23_pipeline.warehouse.store import LOCK_TIMEOUT_S, Warehouse
 
@@ -130,3 +131,14 @@ class OutcomeMappingResource(dg.ConfigurableResource):
 
     def classes(self) -> dict[str, OutcomeClass]:
         return load_outcome_classes(Path(self.mapping_path) if self.mapping_path else None)
+
+
+class DashboardResource(dg.ConfigurableResource):
+    """Where the outcome dashboard is written, and the time zone its times of day are in."""
+
+    path: str = Field(description="The HTML file ($D23_DATA_DIR/reports/outcome_dashboard.html)")
+    timezone: str = Field(default="UTC", description="D23_REPORT_TIMEZONE: an IANA time zone")
+
+    def zone(self) -> str:
+        """The time zone, validated; a bad name raises SettingsError naming the variable."""
+        return validate_timezone(self.timezone)

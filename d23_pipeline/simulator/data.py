@@ -287,9 +287,15 @@ class Collection:
         else:
             created = comm + int(rng.expovariate(1 / 90_000))
         active = r() >= 0.03
-        broken = outcome == _PTP and r() < 0.35
+        # A third of promises break, one to fourteen days after they were logged; one that is
+        # due to break after "now" is still unbroken, so recent months' broken share is low.
+        breaks = outcome == _PTP and r() < 0.35
+        broken_at = created + _DAY + int(r() * 13 * _DAY) if breaks else 0
+        broken = breaks and broken_at <= self._now
         if broken:
-            updated = created + _DAY + int(r() * 13 * _DAY)
+            updated = broken_at
+        elif breaks:
+            updated = created
         elif not active:
             updated = created + 10 * _MINUTE + int(r() * 3 * _DAY)
         elif r() < 0.05:
@@ -309,7 +315,9 @@ class Collection:
         start, end, capped = self._month_span(month)
         span = end - start
         cap = end if capped else None
-        n = config.rows_per_month
+        # The month in progress holds only its days so far, at the month's usual rate.
+        full_span = month_bounds(month)[1] - start
+        n = round(config.rows_per_month * span / full_span)
         r = rng.random
 
         comms: list[int] = []

@@ -357,11 +357,21 @@ FROM d23.outcome_mix_monthly
 WHERE month = CAST($month AS DATE)
 ORDER BY attempts DESC, communication_type, interaction_source, outcome_option
 """
-OUTCOME_MIX_BY_OUTCOME = """
-SELECT outcome_option, sum(attempts) AS attempts, bool_or(NOT is_mapped) AS unmapped
+# The class a code counts as, named by its most specific flag (a promise is also an RPC and a
+# contact); the same mapping gives every row of a code the same flags.
+_OUTCOME_CLASS = """CASE
+    WHEN NOT is_mapped THEN 'unmapped'
+    WHEN is_promise THEN 'promise'
+    WHEN is_refusal THEN 'refusal'
+    WHEN is_rpc THEN 'right_party_contact'
+    WHEN is_contact THEN 'contact'
+    ELSE 'no_contact'
+END"""
+OUTCOME_MIX_BY_OUTCOME = f"""
+SELECT outcome_option, {_OUTCOME_CLASS} AS outcome_class, sum(attempts) AS attempts
 FROM d23.outcome_mix_monthly
 WHERE month = CAST($month AS DATE)
-GROUP BY outcome_option
+GROUP BY ALL
 ORDER BY attempts DESC, outcome_option
 """
 OUTCOME_KPIS_FOR_MONTH = "SELECT * FROM d23.outcome_kpis_monthly WHERE month = CAST($month AS DATE)"
@@ -376,4 +386,126 @@ FROM d23.outcome_mix_monthly
 WHERE month = CAST($month AS DATE) AND NOT is_mapped
 GROUP BY outcome_option
 ORDER BY attempts DESC, outcome_option
+"""
+
+# --- KPI checks --------------------------------------------------------------------------------
+
+
+def _rates_out_of_range(key: str, rows: str) -> str:
+    """The KPIs of ``rows`` (shaped like the KPI tables) outside [0, 1]: a numerator that
+    counted rows its denominator did not."""
+    return f"""
+SELECT {key}, name, rate
+FROM (
+    UNPIVOT ({rows})
+    ON contact_rate, rpc_rate, ptp_per_rpc, ptp_per_attempt, refusal_rate, broken_promise_share
+    INTO NAME name VALUE rate
+)
+WHERE rate < 0 OR rate > 1
+ORDER BY ALL
+"""
+
+
+KPI_RATES_OUT_OF_RANGE = _rates_out_of_range(
+    "month", "SELECT * FROM d23.outcome_kpis_monthly WHERE month = CAST($month AS DATE)"
+)
+DAILY_RATES_OUT_OF_RANGE = _rates_out_of_range(
+    "day",
+    "SELECT * FROM d23.outcome_mix_daily "
+    "WHERE day >= CAST($since AS DATE) AND day < CAST($until AS DATE)",
+)
+KPI_ATTEMPTS_AND_MIX_ATTEMPTS = """
+SELECT
+    (SELECT sum(attempts) FROM d23.outcome_kpis_monthly WHERE month = CAST($month AS DATE)),
+    (SELECT coalesce(sum(attempts), 0) FROM d23.outcome_mix_monthly
+     WHERE month = CAST($month AS DATE))
+"""
+
+# --- dashboard and notebooks -------------------------------------------------------------------
+
+OUTCOME_KPIS_ALL = "SELECT * FROM d23.outcome_kpis_monthly ORDER BY month"
+OUTCOME_MIX_ALL = """
+SELECT * FROM d23.outcome_mix_monthly
+ORDER BY month, communication_type, interaction_source, outcome_option
+"""
+OUTCOME_MIX_DAILY_ALL = "SELECT * FROM d23.outcome_mix_daily ORDER BY day"
+
+OUTCOME_KPIS_BY_CHANNEL = (
+    _kpi_select(
+        key="month, communication_type",
+        source="SELECT * FROM d23.outcome_mix_monthly",
+        group_by="GROUP BY month, communication_type",
+    )
+    + "ORDER BY month, communication_type"
+)
+OUTCOME_KPIS_BY_SOURCE = (
+    _kpi_select(
+        key="month, interaction_source",
+        source="SELECT * FROM d23.outcome_mix_monthly",
+        group_by="GROUP BY month, interaction_source",
+    )
+    + "ORDER BY month, interaction_source"
+)
+OUTCOME_SHARES_BY_MONTH = f"""
+SELECT month, outcome_option, {_OUTCOME_CLASS} AS outcome_class, sum(attempts) AS attempts,
+    sum(attempts) / sum(sum(attempts)) OVER (PARTITION BY month) AS share
+FROM d23.outcome_mix_monthly
+GROUP BY month, outcome_option, outcome_class
+ORDER BY month, outcome_class, outcome_option
+"""
+
+# Local wall-clock time in the lender's zone: ISO weekday (1 = Monday) and hour of day.
+CONTACT_BY_WEEKDAY_HOUR = f"""
+SELECT
+    isodow(timezone($timezone, communicated_at)) AS weekday,
+    hour(timezone($timezone, communicated_at))   AS hour,
+    count(*)                                     AS attempts,
+    count(*) FILTER (WHERE is_contact)           AS contacts,
+    count(*) FILTER (WHERE is_rpc)               AS rpcs
+FROM ({_CLASSIFIED_LOGS})
+GROUP BY ALL
+ORDER BY weekday, hour
+"""
+CHANNEL_DAILY = f"""
+SELECT
+    CAST(timezone($timezone, communicated_at) AS DATE) AS day,
+    communication_type,
+    interaction_source,
+    count(*)                           AS attempts,
+    count(*) FILTER (WHERE is_contact) AS contacts,
+    count(*) FILTER (WHERE is_rpc)     AS rpcs,
+    count(*) FILTER (WHERE is_promise) AS promises
+FROM ({_CLASSIFIED_LOGS})
+GROUP BY ALL
+ORDER BY day, communication_type, interaction_source
+"""
+
+# When each month was last read: every merge stamps the rows it read with _last_seen_at.
+MONTHS_LAST_READ = """
+SELECT _partition AS partition,
+    count(*) FILTER (WHERE _deleted_at IS NULL) AS rows,
+    max(_last_seen_at)                          AS last_read
+FROM d23.logs
+GROUP BY _partition
+ORDER BY _partition
+"""
+REJECTED_ROWS_BY_MONTH = """
+SELECT _partition AS partition, reason, count(*) AS rows
+FROM d23.rejected_rows
+GROUP BY ALL
+ORDER BY partition, rows DESC, reason
+"""
+UNMAPPED_CODES_ALL = """
+SELECT month, outcome_option, sum(attempts) AS attempts
+FROM d23.outcome_mix_monthly
+WHERE NOT is_mapped
+GROUP BY ALL
+ORDER BY month, attempts DESC, outcome_option
+"""
+UNVERIFIED_SLICES = """
+SELECT _partition AS partition, slice_since, slice_until, served, total_before, total_after,
+    reads, read_at
+FROM d23.slice_verification
+WHERE NOT verified
+ORDER BY partition, slice_since
 """

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from d23_pipeline.analytics import charts
+from d23_pipeline.analytics.dashboard import KPI_FRACTIONS, percent
 from d23_pipeline.analytics.outcome_classes import mapping_version
 from d23_pipeline.analytics.outcome_mix import (
     KPI_NAMES,
@@ -76,7 +77,7 @@ def outcome_mix_monthly(
         schema = schema_from_table(con, "outcome_mix_monthly")
         check = checks.unmapped_outcome_codes(con, month)
     chart = charts.bar_chart(
-        [r["outcome_option"] + (" (unmapped)" if r["unmapped"] else "") for r in by_outcome],
+        [f"{r['outcome_option']} ({r['outcome_class']})" for r in by_outcome],
         [r["attempts"] for r in by_outcome],
         f"Outcome mix, {month:%B %Y}",
     )
@@ -94,8 +95,13 @@ def outcome_mix_monthly(
 
 
 @dg.asset(
-    key=["d23", "outcome_kpis_monthly"],
+    key=checks.OUTCOME_KPIS_MONTHLY,
     deps=[checks.OUTCOME_MIX_MONTHLY],
+    check_specs=[
+        checks.KPI_RATES_IN_RANGE,
+        checks.KPI_ATTEMPTS_MATCH_MIX,
+        checks.KPI_UNMAPPED_SHARE,
+    ],
     description="Table d23.outcome_kpis_monthly: the month's outcome KPIs.\n" + KPI_DEFINITIONS,
     **_COMMON,
 )
@@ -108,21 +114,48 @@ def outcome_kpis_monthly(
         rebuild_outcome_kpis_monthly(con, month)
         (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
         schema = schema_from_table(con, "outcome_kpis_monthly")
+        check_results = [
+            checks.kpi_rates_in_range(con, month),
+            checks.kpi_attempts_match_mix(con, month),
+            checks.kpi_unmapped_share(kpis["attempts"], kpis["unmapped_attempts"]),
+        ]
     return dg.MaterializeResult(
         metadata={
             "dagster/partition_row_count": 1,
             "dagster/column_schema": schema,
             "dagster/table_name": "d23.outcome_kpis_monthly",
-            **{name: kpis[name] for name in KPI_NAMES},
+            # Percentages with one decimal, as analysts quote them (numbers, so the UI plots
+            # them across materializations).
+            **{f"{name} (%)": _percent(kpis[name]) for name in KPI_NAMES},
             "attempts": int(kpis["attempts"]),
-            "kpis": dg.MetadataValue.md(markdown_table([kpis])),
-        }
+            "kpis": dg.MetadataValue.md(_kpi_table(kpis)),
+        },
+        check_results=check_results,
     )
 
 
+def _percent(rate: float | None) -> float | None:
+    return None if rate is None else round(rate * 100, 1)
+
+
+def _kpi_table(kpis: dict) -> str:
+    """One row per KPI (one 14-column row is cut off in the UI): value, numerator, denominator."""
+    rows = [
+        {
+            "KPI": name,
+            "value": percent(kpis[name]),
+            "numerator": f"{kpis[num]:,} {num}",
+            "denominator": f"{kpis[den]:,} {den}",
+        }
+        for name, (num, den) in KPI_FRACTIONS.items()
+    ]
+    return markdown_table(rows) + f"\n\nUnmapped attempts: {kpis['unmapped_attempts']:,}"
+
+
 @dg.asset(
-    key=["d23", "outcome_mix_daily"],
+    key=checks.OUTCOME_MIX_DAILY,
     deps=[checks.LOGS],
+    check_specs=[checks.DAILY_RATES_IN_RANGE],
     description="Table d23.outcome_mix_daily: the KPIs per day, for trend charts.\n"
     + KPI_DEFINITIONS,
     **_COMMON,
@@ -140,6 +173,7 @@ def outcome_mix_daily(
             con, sql.OUTCOME_MIX_DAILY_FOR_WINDOW, {"since": window.start, "until": window.end}
         )
         schema = schema_from_table(con, "outcome_mix_daily")
+        check = checks.daily_rates_in_range(con, window.start, window.end)
     metadata = {
         "dagster/partition_row_count": len(days),
         "dagster/column_schema": schema,
@@ -147,10 +181,10 @@ def outcome_mix_daily(
     }
     if days:
         metadata["trend"] = dg.MetadataValue.md(
-            charts.line_chart(
+            charts.rate_chart(
                 [d["day"] for d in days],
                 {k: [d[k] for d in days] for k in ("contact_rate", "rpc_rate", "ptp_per_attempt")},
                 f"Daily outcome rates, {window.start:%B %Y}",
             )
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])

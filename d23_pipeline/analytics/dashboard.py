@@ -1,0 +1,582 @@
+"""The outcome dashboard: one self-contained HTML file that an analyst opens in a browser.
+
+The charts are Plotly. Its JavaScript bundle ships inside the ``plotly`` wheel and is inlined once
+in the page's head, so the file works offline, from a file share, with no server and no CDN.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import duckdb
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from d23_pipeline.analytics.outcome_classes import OutcomeClass
+from d23_pipeline.analytics.outcome_mix import KPI_NAMES, load_classes
+from d23_pipeline.months import month_index, month_name
+from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.store import fetch_dicts
+
+KPI_LABELS = {
+    "contact_rate": "Contact rate",
+    "rpc_rate": "RPC rate",
+    "ptp_per_rpc": "PTP per RPC",
+    "ptp_per_attempt": "PTP per attempt",
+    "refusal_rate": "Refusal rate",
+    "broken_promise_share": "Broken-promise share",
+}
+# Each KPI as numerator / denominator, in the KPI tables' count columns.
+KPI_FRACTIONS = {
+    "contact_rate": ("contacts", "attempts"),
+    "rpc_rate": ("rpcs", "attempts"),
+    "ptp_per_rpc": ("promises", "rpcs"),
+    "ptp_per_attempt": ("promises", "attempts"),
+    "refusal_rate": ("refusals", "rpcs"),
+    "broken_promise_share": ("broken_promises", "promises"),
+}
+assert tuple(KPI_LABELS) == KPI_NAMES == tuple(KPI_FRACTIONS)
+
+# A promise breaks weeks after it is logged (the simulator: within two weeks). A month read less
+# than this long after its end may still see its broken-promise share rise on the next read.
+PROMISE_MATURITY = timedelta(days=30)
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # ISO weekdays 1..7
+# One hue per outcome class, so a code's class reads off its colour in the stacked mix.
+CLASS_COLOURS = {
+    "promise": ("#1b7837", "#5aae61", "#a6dba0"),
+    "right_party_contact": ("#2166ac", "#4393c3", "#92c5de"),
+    "refusal": ("#b2182b", "#d6604d", "#f4a582"),
+    "contact": ("#e08214", "#fdb863", "#fee0b6"),
+    "no_contact": ("#4d4d4d", "#878787", "#bababa", "#e0e0e0", "#666666", "#a0a0a0"),
+    "unmapped": ("#762a83", "#9970ab", "#c2a5cf"),
+}
+LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
+                "#7b4173")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MonthFreshness:
+    """How complete a month's numbers are."""
+
+    month: date
+    rows: int
+    last_read: datetime | None
+    status: str  # "partial", "maturing" or "settled"
+    rejected_rows: int
+    unmapped_attempts: int
+    unverified_slices: int
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    """Everything the page shows, read from the warehouse in one go."""
+
+    generated_at: datetime
+    timezone: str
+    kpis: list[dict[str, Any]]
+    kpis_by_channel: list[dict[str, Any]]
+    kpis_by_source: list[dict[str, Any]]
+    outcome_shares: list[dict[str, Any]]
+    weekday_hour: list[dict[str, Any]]
+    channel_daily: list[dict[str, Any]]
+    freshness: list[MonthFreshness]
+    rejected: list[dict[str, Any]]
+    unmapped: list[dict[str, Any]]
+    unverified_slices: list[dict[str, Any]]
+
+    def tile_months(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The KPIs of the latest month that has ended, and of the month before it."""
+        ended = [k for k in self.kpis if month_end(k["month"]) <= self.generated_at]
+        if not ended:
+            return None, None
+        latest = ended[-1]
+        before = [k for k in ended if k["month"] == previous_month(latest["month"])]
+        return latest, before[0] if before else None
+
+
+def month_start(month: date) -> datetime:
+    return datetime(month.year, month.month, 1, tzinfo=UTC)
+
+
+def month_end(month: date) -> datetime:
+    return month_start(_shift(month, 1))
+
+
+def previous_month(month: date) -> date:
+    return _shift(month, -1)
+
+
+def _shift(month: date, months: int) -> date:
+    return date.fromisoformat(f"{month_name(month_index(month.isoformat()) + months)}-01")
+
+
+def month_status(month: date, last_read: datetime | None, now: datetime) -> str:
+    """``partial`` while the month runs, ``maturing`` until a read long enough after its end
+    has seen its promises break, ``settled`` after that."""
+    if now < month_end(month):
+        return "partial"
+    if last_read is None or last_read < month_end(month) + PROMISE_MATURITY:
+        return "maturing"
+    return "settled"
+
+
+def gather(
+    con: duckdb.DuckDBPyConnection,
+    classes: Mapping[str, OutcomeClass],
+    timezone: str,
+    now: datetime,
+) -> DashboardData:
+    """Read what the page shows: every month that has KPIs, and the data-quality state."""
+    kpis = fetch_dicts(con, sql.OUTCOME_KPIS_ALL)
+    weekday_hour: list[dict[str, Any]] = []
+    channel_daily: list[dict[str, Any]] = []
+    if kpis:
+        load_classes(con, classes)
+        window = {
+            "since": month_start(kpis[0]["month"]),
+            "until": month_end(kpis[-1]["month"]),
+            "timezone": timezone,
+        }
+        weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR, window)
+        channel_daily = fetch_dicts(con, sql.CHANNEL_DAILY, window)
+    reads = {r["partition"]: r for r in fetch_dicts(con, sql.MONTHS_LAST_READ)}
+    rejected = fetch_dicts(con, sql.REJECTED_ROWS_BY_MONTH)
+    unmapped = fetch_dicts(con, sql.UNMAPPED_CODES_ALL)
+    unverified = fetch_dicts(con, sql.UNVERIFIED_SLICES)
+    freshness = []
+    for k in kpis:
+        partition = k["month"].isoformat()
+        read = reads.get(partition, {})
+        freshness.append(
+            MonthFreshness(
+                month=k["month"],
+                rows=read.get("rows", 0),
+                last_read=read.get("last_read"),
+                status=month_status(k["month"], read.get("last_read"), now),
+                rejected_rows=sum(r["rows"] for r in rejected if r["partition"] == partition),
+                unmapped_attempts=k["unmapped_attempts"],
+                unverified_slices=sum(1 for s in unverified if s["partition"] == partition),
+            )
+        )
+    return DashboardData(
+        generated_at=now,
+        timezone=timezone,
+        kpis=kpis,
+        kpis_by_channel=fetch_dicts(con, sql.OUTCOME_KPIS_BY_CHANNEL),
+        kpis_by_source=fetch_dicts(con, sql.OUTCOME_KPIS_BY_SOURCE),
+        outcome_shares=fetch_dicts(con, sql.OUTCOME_SHARES_BY_MONTH),
+        weekday_hour=weekday_hour,
+        channel_daily=channel_daily,
+        freshness=freshness,
+        rejected=rejected,
+        unmapped=unmapped,
+        unverified_slices=unverified,
+    )
+
+
+# --- formatting -------------------------------------------------------------------------------
+
+
+def percent(rate: float | None) -> str:
+    """A rate as the page shows it: a percentage with one decimal."""
+    return "n/a" if rate is None else f"{rate * 100:.1f}%"
+
+
+def _points(rate: float | None, before: float | None) -> str:
+    if rate is None or before is None:
+        return "no comparison"
+    return f"{(rate - before) * 100:+.1f} pp"
+
+
+def _month_label(month: date) -> str:
+    return f"{month:%b %Y}"
+
+
+def _pct(rate: float | None) -> float | None:
+    return None if rate is None else rate * 100
+
+
+def _local(moment: datetime | None, timezone: str) -> str:
+    return "never" if moment is None else f"{moment.astimezone(ZoneInfo(timezone)):%Y-%m-%d %H:%M}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> str:
+    if not rows:
+        return f'<p class="ok">{html.escape(empty)}</p>'
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# --- charts -----------------------------------------------------------------------------------
+
+
+def _layout(fig: go.Figure, height: int, y_title: str | None = None) -> go.Figure:
+    # Legends sit right of the plot, never over the lines.
+    fig.update_layout(
+        height=height,
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        legend={"x": 1.02, "y": 1, "xanchor": "left"},
+        template="plotly_white",
+    )
+    if y_title:
+        fig.update_yaxes(title_text=y_title, rangemode="tozero")
+    return fig
+
+
+def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]]) -> go.Figure:
+    months = [_month_label(k["month"]) for k in kpis]
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=months,
+                y=[_pct(k[name]) for k in kpis],
+                name=label,
+                mode="lines+markers",
+                hovertemplate="%{x}: %{y:.1f}%<extra>" + label + "</extra>",
+            )
+            for name, label in KPI_LABELS.items()
+        ]
+    )
+    return _layout(fig, 420, "% (see definitions)")
+
+
+def kpi_split_chart(rows: Sequence[Mapping[str, Any]], dimension: str) -> go.Figure:
+    """One panel per KPI, one line per value of ``dimension`` over the months."""
+    fig = make_subplots(rows=2, cols=3, subplot_titles=list(KPI_LABELS.values()))
+    values = sorted({r[dimension] for r in rows})
+    for i, value in enumerate(values):
+        mine = [r for r in rows if r[dimension] == value]
+        colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+        for j, (name, label) in enumerate(KPI_LABELS.items()):
+            fig.add_trace(
+                go.Scatter(
+                    x=[_month_label(r["month"]) for r in mine],
+                    y=[_pct(r[name]) for r in mine],
+                    name=value,
+                    legendgroup=value,
+                    showlegend=j == 0,
+                    line={"color": colour},
+                    mode="lines+markers",
+                    hovertemplate=f"{value}, %{{x}}: %{{y:.1f}}%<extra>{label}</extra>",
+                ),
+                row=j // 3 + 1,
+                col=j % 3 + 1,
+            )
+    return _layout(fig, 560, "%")
+
+
+def outcome_mix_chart(shares: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Each code's share of the month's attempts, stacked to 100 %, coloured by its class."""
+    codes: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in shares:
+        codes.setdefault((r["outcome_class"], r["outcome_option"]), []).append(r)
+    fig = go.Figure()
+    seen: dict[str, int] = {}
+    for (outcome_class, code), rows in sorted(
+        codes.items(), key=lambda item: _class_order(item[0])
+    ):
+        palette = CLASS_COLOURS.get(outcome_class, CLASS_COLOURS["unmapped"])
+        shade = palette[seen.get(outcome_class, 0) % len(palette)]
+        seen[outcome_class] = seen.get(outcome_class, 0) + 1
+        fig.add_trace(
+            go.Bar(
+                x=[_month_label(r["month"]) for r in rows],
+                y=[r["share"] * 100 for r in rows],
+                customdata=[r["attempts"] for r in rows],
+                name=f"{code} ({outcome_class})",
+                legendgroup=outcome_class,
+                marker_color=shade,
+                hovertemplate=f"{code} ({outcome_class}), %{{x}}: %{{y:.1f}}% "
+                "(%{customdata} attempts)<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="stack")
+    return _layout(fig, 480, "% of the month's attempts")
+
+
+def _class_order(key: tuple[str, str]) -> tuple[int, str]:
+    outcome_class, code = key
+    order = list(CLASS_COLOURS)
+    return (order.index(outcome_class) if outcome_class in order else len(order), code)
+
+
+def weekday_hour_matrix(
+    rows: Sequence[Mapping[str, Any]], numerator: str
+) -> list[list[float | None]]:
+    """``numerator`` per attempt, as a percentage, for weekday (rows) x hour (columns)."""
+    matrix: list[list[float | None]] = [[None] * 24 for _ in WEEKDAYS]
+    for r in rows:
+        if r["attempts"]:
+            matrix[r["weekday"] - 1][r["hour"]] = r[numerator] / r["attempts"] * 100
+    return matrix
+
+
+def weekday_hour_chart(rows: Sequence[Mapping[str, Any]], timezone: str) -> go.Figure:
+    fig = make_subplots(
+        rows=2, cols=1, subplot_titles=("Contact rate", "RPC rate"), vertical_spacing=0.2
+    )
+    attempts = [[0] * 24 for _ in WEEKDAYS]
+    for r in rows:
+        attempts[r["weekday"] - 1][r["hour"]] = r["attempts"]
+    for i, (numerator, label) in enumerate((("contacts", "contact rate"), ("rpcs", "RPC rate"))):
+        fig.add_trace(
+            go.Heatmap(
+                z=weekday_hour_matrix(rows, numerator),
+                x=list(range(24)),
+                y=list(WEEKDAYS),
+                customdata=attempts,
+                colorscale="Blues",
+                zmin=0,
+                colorbar={"title": {"text": "%"}, "len": 0.4, "y": 0.8 - i * 0.6},
+                hovertemplate=f"%{{y}} %{{x}}:00: {label} %{{z:.1f}}% "
+                "of %{customdata} attempts<extra></extra>",
+            ),
+            row=i + 1,
+            col=1,
+        )
+    fig.update_xaxes(dtick=1)
+    fig.update_xaxes(title_text=f"hour of day ({timezone})", row=2, col=1)
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, 560)
+
+
+def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> go.Figure:
+    measures = (("attempts", "Attempts"), ("contacts", "Contacts"), ("rpcs", "RPCs"),
+                ("promises", "Promises to pay"))  # fmt: skip
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, subplot_titles=[m[1] for m in measures])
+    pairs = sorted({(r["communication_type"], r["interaction_source"]) for r in rows})
+    for i, pair in enumerate(pairs):
+        mine = [r for r in rows if (r["communication_type"], r["interaction_source"]) == pair]
+        name = " / ".join(pair)
+        for j, (measure, label) in enumerate(measures):
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["day"] for r in mine],
+                    y=[r[measure] for r in mine],
+                    name=name,
+                    legendgroup=name,
+                    showlegend=j == 0,
+                    line={"color": LINE_COLOURS[i % len(LINE_COLOURS)], "width": 1.5},
+                    hovertemplate=f"{name}, %{{x}}: %{{y}} {label.lower()}<extra></extra>",
+                ),
+                row=j + 1,
+                col=1,
+            )
+    fig.update_yaxes(title_text="per day", rangemode="tozero")
+    return _layout(fig, 900)
+
+
+def _chart(name: str, fig: go.Figure) -> str:
+    div = fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=f"chart-{name}",
+        config={"displaylogo": False, "responsive": True},
+    )
+    return f'<div class="chart" data-chart="{name}">{div}</div>'
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+def render(data: DashboardData) -> str:
+    """The whole page: one HTML document with Plotly's JavaScript inlined."""
+    first, last = (data.kpis[0]["month"], data.kpis[-1]["month"]) if data.kpis else (None, None)
+    span = f"{_month_label(first)} to {_month_label(last)}" if first else "no months yet"
+    header = (
+        "<header><h1>D23 outcome dashboard</h1>"
+        f"<p>Months {html.escape(span)}. Generated {_local(data.generated_at, data.timezone)}; "
+        f"times of day and days are in {html.escape(data.timezone)} (D23_REPORT_TIMEZONE).</p>"
+        "</header>"
+    )
+    if not data.kpis:
+        body = "<p>No month has been materialized yet: materialize a month in Dagster.</p>"
+    else:
+        body = "".join(
+            [
+                _tiles_section(data),
+                "<section id='trends'><h2>KPI trends</h2>",
+                _caveats(data),
+                _chart("kpi-trend", kpi_trend_chart(data.kpis)),
+                "<h3>By communication_type</h3>",
+                _chart(
+                    "kpi-by-channel", kpi_split_chart(data.kpis_by_channel, "communication_type")
+                ),
+                "<h3>By interaction_source</h3>",
+                _chart("kpi-by-source", kpi_split_chart(data.kpis_by_source, "interaction_source")),
+                _definitions(),
+                "</section><section id='mix'><h2>Outcome mix</h2>"
+                "<p>Each code's share of the month's attempts; the class in brackets is what the "
+                "outcome mapping counts it as (a promise is also an RPC and a contact).</p>",
+                _chart("outcome-mix", outcome_mix_chart(data.outcome_shares)),
+                "</section><section id='when'><h2>When agents reach people</h2>"
+                f"<p>Contact and RPC rate by weekday and hour of day in "
+                f"{html.escape(data.timezone)}, over all months shown.</p>",
+                _chart("weekday-hour", weekday_hour_chart(data.weekday_hour, data.timezone)),
+                "</section><section id='channels'><h2>Channel productivity</h2>"
+                "<p>Attempts, contacts, RPCs and promises per channel and source per day. D23 "
+                "carries no agent or account identifier: per-agent benchmarking and per-account "
+                "cohorts need other datasets.</p>",
+                _chart("channel-daily", channel_daily_chart(data.channel_daily)),
+                "</section>",
+                _freshness_section(data),
+                _quality_section(data),
+            ]
+        )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>D23 outcome dashboard</title>"
+        f"<style>{_CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script>'
+        f"</head><body>{header}{body}</body></html>"
+    )
+
+
+def _tiles_section(data: DashboardData) -> str:
+    latest, before = data.tile_months()
+    if latest is None:
+        return "<section id='kpis'><h2>KPIs</h2><p>No month has ended yet.</p></section>"
+    compared = f"change against {_month_label(before['month'])}" if before else "no month before it"
+    tiles = []
+    for name, label in KPI_LABELS.items():
+        old = before[name] if before else None
+        was = f" (was {percent(old)})" if before else ""
+        tiles.append(
+            f'<div class="tile" data-kpi="{name}"><div class="label">{label}</div>'
+            f'<div class="value">{percent(latest[name])}</div>'
+            f'<div class="delta">{_points(latest[name], old)}{was}</div></div>'
+        )
+    maturing = any(f.month == latest["month"] and f.status == "maturing" for f in data.freshness)
+    caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
+    return (
+        f"<section id='kpis'><h2>KPIs, {_month_label(latest['month'])}</h2>"
+        f"<p>The latest month that has ended ({latest['attempts']:,} attempts), {compared}; "
+        f"pp = percentage points.{caveat}</p>"
+        f"<div class='tiles'>{''.join(tiles)}</div></section>"
+    )
+
+
+def _caveats(data: DashboardData) -> str:
+    """Which points of the trends are not final, so a dip is not read as a change."""
+    notes = [
+        f"{_month_label(f.month)} is {_STATUS_TEXT[f.status]}."
+        for f in data.freshness
+        if f.status != "settled"
+    ]
+    return f"<p>{html.escape(' '.join(notes))}</p>" if notes else ""
+
+
+def _definitions() -> str:
+    rows = [(KPI_LABELS[n], n, " / ".join(KPI_FRACTIONS[n])) for n in KPI_NAMES]
+    return (
+        "<details><summary>KPI definitions</summary>"
+        + _table(("KPI", "column", "definition"), rows, "")
+        + "<p>Attempts are active log entries still present at the source.</p></details>"
+    )
+
+
+_STATUS_TEXT = {
+    "partial": "partial: the month is still running",
+    "maturing": "maturing: read less than "
+    f"{PROMISE_MATURITY.days} days after it ended; its broken-promise share may still rise",
+    "settled": "settled",
+}
+
+
+def _freshness_section(data: DashboardData) -> str:
+    rows = [
+        (f"{f.month:%Y-%m}", f"{f.rows:,}", _local(f.last_read, data.timezone),
+         _STATUS_TEXT[f.status], f.unverified_slices, f.rejected_rows, f.unmapped_attempts)
+        for f in data.freshness
+    ]  # fmt: skip
+    headers = ("month", "rows in d23.logs", "last read", "state", "unverified slices",
+               "rejected rows", "unmapped attempts")  # fmt: skip
+    return (
+        "<section id='freshness'><h2>Data freshness</h2>"
+        + _table(headers, rows, "no months")
+        + "<p>Months outside the daily refresh's lookback are only read again by a backfill.</p>"
+        "</section>"
+    )
+
+
+def _quality_section(data: DashboardData) -> str:
+    slices = [
+        (s["partition"][:7], _local(s["slice_since"], "UTC"), _local(s["slice_until"], "UTC"),
+         s["served"], s["total_before"], s["total_after"], s["reads"],
+         _local(s["read_at"], data.timezone))
+        for s in data.unverified_slices
+    ]  # fmt: skip
+    rejected = [(r["partition"][:7], r["reason"], r["rows"]) for r in data.rejected]
+    unmapped = [(f"{u['month']:%Y-%m}", u["outcome_option"], u["attempts"]) for u in data.unmapped]
+    problems = len(slices) + len(rejected) + len(unmapped)
+    return (
+        "<section id='quality'><h2>Open data-quality problems</h2>"
+        f"<p class='summary'>{problems} open problem(s).</p>"
+        "<h3>Unverified slices</h3><p>Slices whose rows served could not be proven complete "
+        "against the API's exact counts before and after the read (times in UTC).</p>"
+        + _table(
+            (
+                "month",
+                "since",
+                "until",
+                "served",
+                "total before",
+                "total after",
+                "reads",
+                "read at",
+            ),
+            slices,
+            "every slice read is verified",
+        )  # fmt: skip
+        + "<h3>Rejected rows</h3><p>Rows that broke the D23 contract, in d23.rejected_rows.</p>"
+        + _table(("month", "reason", "rows"), rejected, "no rejected rows")
+        + "<h3>Unmapped outcome codes</h3><p>Codes the outcome mapping does not classify; add "
+        "them to the mapping file (D23_OUTCOME_MAPPING).</p>"
+        + _table(("month", "outcome_option", "attempts"), unmapped, "every code is mapped")
+        + "</section>"
+    )
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1280px; padding: 0 24px;
+       color: #222; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+.tiles { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 12px; }
+.tile { border: 1px solid #ddd; border-radius: 6px; padding: 12px; }
+.tile .label { color: #555; font-size: 14px; }
+.tile .value { font-size: 28px; font-weight: 600; }
+.tile .delta { color: #555; font-size: 13px; }
+table { border-collapse: collapse; font-size: 14px; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; }
+th { background: #f4f4f4; }
+.ok { color: #1b7837; }
+"""
+
+
+def write_dashboard(path: Path, page: str) -> None:
+    """Replace the file in one step, so a browser or a file share never sees half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own, so two runs writing at once never share a half-written file.
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(page)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the page from other readers
+        os.replace(partial, path)
+    except BaseException:
+        os.unlink(partial)
+        raise

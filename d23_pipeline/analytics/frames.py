@@ -1,0 +1,72 @@
+"""Numbers for notebooks: the KPI and outcome-mix tables as pandas DataFrames, in one call.
+
+    from d23_pipeline.analytics.frames import load_outcome_tables
+
+    tables = load_outcome_tables()  # $D23_DATA_DIR/warehouse.duckdb, else data/warehouse.duckdb
+    tables.kpis_monthly.tail()
+
+The warehouse is opened read-only and closed before the call returns, so a notebook never
+holds it: DuckDB lets no other process in while one has the file open for writing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from filelock import Timeout
+
+from d23_pipeline.settings import load_options
+from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.store import Warehouse
+
+# A run holds the warehouse for seconds per step; a notebook should say so rather than hang.
+DEFAULT_WAIT_S = 10.0
+
+
+class WarehouseBusyError(RuntimeError):
+    """A pipeline run (or another process) is writing to the warehouse; try again shortly."""
+
+
+@dataclass(frozen=True)
+class OutcomeTables:
+    """``d23.outcome_kpis_monthly``, ``d23.outcome_mix_monthly`` and ``d23.outcome_mix_daily``;
+    rates are shares between 0 and 1."""
+
+    kpis_monthly: pd.DataFrame
+    mix_monthly: pd.DataFrame
+    mix_daily: pd.DataFrame
+
+
+def load_outcome_tables(
+    data_dir: str | Path | None = None, wait_s: float = DEFAULT_WAIT_S
+) -> OutcomeTables:
+    """Read the KPI and mix tables of the warehouse in ``data_dir`` (default: ``D23_DATA_DIR``)."""
+    path = Path(data_dir if data_dir is not None else load_options().data_dir) / "warehouse.duckdb"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no warehouse at {path}: materialize a month first, or pass the D23_DATA_DIR in use"
+        )
+    try:
+        with Warehouse(path, lock_timeout_s=wait_s).connect(read_only=True) as con:
+            return OutcomeTables(
+                kpis_monthly=con.execute(sql.OUTCOME_KPIS_ALL).df(),
+                mix_monthly=con.execute(sql.OUTCOME_MIX_ALL).df(),
+                mix_daily=con.execute(sql.OUTCOME_MIX_DAILY_ALL).df(),
+            )
+    except Timeout:
+        raise WarehouseBusyError(
+            f"{path} is being written by a pipeline run (it held {path.name}.lock for more than "
+            f"{wait_s:g} s); try again when the run's warehouse steps have finished"
+        ) from None
+    except duckdb.IOException as exc:
+        # A process that opened the file without the pipeline's lock, e.g. a notebook that
+        # connected read-write, keeps DuckDB's own lock.
+        if "lock" not in str(exc).lower():
+            raise
+        raise WarehouseBusyError(
+            f"{path} is open for writing in another process; close it there "
+            f"(open notebooks with read_only=True): {exc}"
+        ) from None

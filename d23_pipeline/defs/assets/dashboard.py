@@ -1,0 +1,55 @@
+"""``d23/outcome_dashboard``: the analysts' HTML dashboard over every materialized month.
+
+It is not partitioned: whichever month a run materializes, the page is rebuilt from all months
+in the warehouse, so one run of any month (the UI, a backfill, the daily refresh or
+``dagster asset materialize --partition``) refreshes it.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from d23_pipeline.analytics import dashboard
+from d23_pipeline.defs import checks
+from d23_pipeline.defs.resources import DashboardResource, OutcomeMappingResource, WarehouseResource
+
+
+@dg.asset(
+    key=["d23", "outcome_dashboard"],
+    deps=[checks.OUTCOME_KPIS_MONTHLY, checks.OUTCOME_MIX_MONTHLY, checks.OUTCOME_MIX_DAILY],
+    group_name="d23_analytics",
+    kinds={"html"},
+    owners=["team:collections-analytics"],
+    pool="d23_warehouse",
+    description=(
+        "$D23_DATA_DIR/reports/outcome_dashboard.html: one self-contained page (open it in a "
+        "browser, offline too) with the KPI tiles and trends, the outcome mix, contact and RPC "
+        "rates by weekday and hour (D23_REPORT_TIMEZONE), channel productivity per day, data "
+        "freshness and open data-quality problems, over every materialized month."
+    ),
+)
+def outcome_dashboard(
+    warehouse: WarehouseResource,
+    outcome_mapping: OutcomeMappingResource,
+    dashboard_file: DashboardResource,
+) -> dg.MaterializeResult:
+    """Rebuild the dashboard from every month in the warehouse."""
+    timezone = dashboard_file.zone()
+    with warehouse.get_connection() as con:
+        data = dashboard.gather(con, outcome_mapping.classes(), timezone, datetime.now(UTC))
+    path = Path(dashboard_file.path).resolve()
+    dashboard.write_dashboard(path, dashboard.render(data))
+    latest, _ = data.tile_months()
+    metadata: dict[str, object] = {
+        "path": dg.MetadataValue.path(str(path)),
+        "open": dg.MetadataValue.url(path.as_uri()),
+        "months": [f"{k['month']:%Y-%m}" for k in data.kpis],
+        "open_data_quality_problems": (
+            len(data.unverified_slices) + len(data.rejected) + len(data.unmapped)
+        ),
+    }
+    if latest is not None:
+        metadata["tiles_month"] = f"{latest['month']:%Y-%m}"
+        metadata.update({name: dashboard.percent(latest[name]) for name in dashboard.KPI_LABELS})
+    return dg.MaterializeResult(metadata=metadata)

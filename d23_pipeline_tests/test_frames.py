@@ -1,0 +1,82 @@
+"""The notebook loader: the KPI and mix tables as DataFrames, and a clear word when it must wait."""
+
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from d23_pipeline.analytics.frames import WarehouseBusyError, load_outcome_tables
+from d23_pipeline.analytics.outcome_classes import load_outcome_classes
+from d23_pipeline.analytics.outcome_mix import (
+    rebuild_outcome_kpis_monthly,
+    rebuild_outcome_mix_daily,
+    rebuild_outcome_mix_monthly,
+)
+from d23_pipeline.warehouse.store import Warehouse
+
+APRIL = (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
+# (public_id, outcome, day): 2 promises, 1 RPC, 2 no answers over two days.
+ROWS = [("a", "PTP", 1), ("b", "PTP", 1), ("c", "RPC", 2), ("d", "NO_ANSWER", 2),
+        ("e", "NO_ANSWER", 2)]  # fmt: skip
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+    classes = load_outcome_classes()
+    with warehouse.connect() as con:
+        for public_id, outcome, day in ROWS:
+            at = datetime(2026, 4, day, 10, tzinfo=UTC)
+            con.execute(
+                "INSERT INTO d23.logs VALUES (?, 'CALL', 'AGENT', ?, true, false, ?, ?, ?, "
+                "'2026-04-01', ?, ?, NULL)",
+                [public_id, outcome, at, at, at, at, at],
+            )
+        rebuild_outcome_mix_monthly(con, date(2026, 4, 1), *APRIL, classes)
+        rebuild_outcome_kpis_monthly(con, date(2026, 4, 1))
+        rebuild_outcome_mix_daily(con, *APRIL, classes)
+    return tmp_path
+
+
+def test_one_call_returns_the_kpi_mix_and_daily_tables(data_dir: Path) -> None:
+    tables = load_outcome_tables(data_dir)
+
+    (april,) = tables.kpis_monthly.to_dict("records")
+    assert april["month"] == pd.Timestamp("2026-04-01")
+    assert april["attempts"] == 5
+    assert april["rpc_rate"] == pytest.approx(3 / 5)
+    assert tables.mix_monthly.groupby("outcome_option")["attempts"].sum().to_dict() == {
+        "PTP": 2, "RPC": 1, "NO_ANSWER": 2
+    }  # fmt: skip
+    assert tables.mix_daily["attempts"].tolist() == [2, 3]
+
+
+def test_a_run_holding_the_warehouse_gives_a_clear_error_not_a_hang(data_dir: Path) -> None:
+    # A pipeline step in another process, holding the lock while it writes.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from d23_pipeline.warehouse.store import Warehouse\n"
+         f"with Warehouse({str(data_dir / 'warehouse.duckdb')!r}).connect():\n"
+         "    print('holding', flush=True); time.sleep(30)\n"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(WarehouseBusyError, match="being written by a pipeline run"):
+            load_outcome_tables(data_dir, wait_s=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert len(load_outcome_tables(data_dir).kpis_monthly) == 1  # free again
+
+
+def test_a_missing_warehouse_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"no warehouse at {tmp_path}"):
+        load_outcome_tables(tmp_path)
+    assert not (tmp_path / "warehouse.duckdb").exists()  # reading never creates one
