@@ -7,7 +7,7 @@ import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,11 @@ from d23_pipeline.defs.resources import (
     OutcomeMappingResource,
     WarehouseResource,
 )
+from d23_pipeline.months import month_window
 from d23_pipeline.schema import D23_FIELDS, format_timestamp
 from d23_pipeline.simulator import SimResponse, Simulator
 
 MONTHS = ("2026-03", "2026-04", "2026-05")
-
-
-def month_window(month: str) -> tuple[datetime, datetime]:
-    year, mon = (int(p) for p in month.split("-"))
-    nxt = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    return datetime(year, mon, 1, tzinfo=UTC), datetime(*nxt, 1, tzinfo=UTC)
 
 
 def canonical(row: dict[str, Any]) -> tuple:

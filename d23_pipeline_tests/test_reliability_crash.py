@@ -15,11 +15,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import ExportHookSimulator, Pipeline, month_window, warehouse_digest
+from harness import ExportHookSimulator, Pipeline, warehouse_digest
 
 from d23_pipeline.client import Window
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs import checks
+from d23_pipeline.months import month_window
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
 
 MONTH = "2026-04"
