@@ -1,6 +1,6 @@
 """Every SQL statement the pipeline runs, in one place. Values always travel as parameters."""
 
-from d23_pipeline.schema import D23_FIELDS
+from d23_pipeline.schema import BOOL_FIELDS, D23_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
 
 SESSION_SETUP = "SET TimeZone = 'UTC'"
 BEGIN = "BEGIN TRANSACTION"
@@ -24,19 +24,21 @@ _KPI_COLUMNS = """
     broken_promise_share DOUBLE
 """
 
+# d23.logs' nine data columns, typed from the contract in schema.py (timestamps in UTC).
+_SQL_TYPES = {
+    **dict.fromkeys(STRING_FIELDS, "VARCHAR"),
+    **dict.fromkeys(BOOL_FIELDS, "BOOLEAN"),
+    **dict.fromkeys(TIMESTAMP_FIELDS, "TIMESTAMPTZ"),
+}
+_LOGS_FIELD_COLUMNS = ",\n    ".join(
+    f"{name:<18} {_SQL_TYPES[name]:<11} NOT NULL" for name in D23_FIELDS
+)
+
 CREATE_SCHEMA = f"""
 CREATE SCHEMA IF NOT EXISTS d23;
 
 CREATE TABLE IF NOT EXISTS d23.logs (
-    public_id          VARCHAR     NOT NULL,
-    communication_type VARCHAR     NOT NULL,
-    interaction_source VARCHAR     NOT NULL,
-    outcome_option     VARCHAR     NOT NULL,
-    is_active          BOOLEAN     NOT NULL,
-    is_ptp_broken      BOOLEAN     NOT NULL,
-    communicated_at    TIMESTAMPTZ NOT NULL,
-    created_at         TIMESTAMPTZ NOT NULL,
-    updated_at         TIMESTAMPTZ NOT NULL,
+    {_LOGS_FIELD_COLUMNS},
     _partition         VARCHAR     NOT NULL,
     _first_seen_at     TIMESTAMPTZ NOT NULL,
     _last_seen_at      TIMESTAMPTZ NOT NULL,

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
@@ -18,8 +18,8 @@ class LogsMergeConfig(dg.Config):
 
 
 @dg.asset(
-    key=checks.LOGS,
-    deps=[checks.RAW_LOGS],
+    key=keys.LOGS,
+    deps=[keys.RAW_LOGS],
     partitions_def=monthly_partitions,
     group_name="d23_ingest",
     kinds={"duckdb"},

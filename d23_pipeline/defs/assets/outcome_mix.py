@@ -10,7 +10,7 @@ from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_mix_daily,
     rebuild_outcome_mix_monthly,
 )
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
@@ -52,8 +52,8 @@ def _month(context: dg.AssetExecutionContext):
 
 
 @dg.asset(
-    key=checks.OUTCOME_MIX_MONTHLY,
-    deps=[checks.LOGS],
+    key=keys.OUTCOME_MIX_MONTHLY,
+    deps=[keys.LOGS],
     check_specs=[checks.UNMAPPED_OUTCOMES],
     description=(
         "Table d23.outcome_mix_monthly: attempts per month x communication_type x "
@@ -94,8 +94,8 @@ def outcome_mix_monthly(
 
 
 @dg.asset(
-    key=["d23", "outcome_kpis_monthly"],
-    deps=[checks.OUTCOME_MIX_MONTHLY],
+    key=keys.OUTCOME_KPIS_MONTHLY,
+    deps=[keys.OUTCOME_MIX_MONTHLY],
     description="Table d23.outcome_kpis_monthly: the month's outcome KPIs.\n" + KPI_DEFINITIONS,
     **_COMMON,
 )
@@ -121,8 +121,8 @@ def outcome_kpis_monthly(
 
 
 @dg.asset(
-    key=["d23", "outcome_mix_daily"],
-    deps=[checks.LOGS],
+    key=keys.OUTCOME_MIX_DAILY,
+    deps=[keys.LOGS],
     description="Table d23.outcome_mix_daily: the KPIs per day, for trend charts.\n"
     + KPI_DEFINITIONS,
     **_COMMON,
