@@ -9,9 +9,9 @@ import pytest
 from harness import MONTHS, Pipeline
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
-from d23_pipeline.analytics.outcome_mix import KPI_NAMES
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.sensors import plan_daily_refresh
+from d23_pipeline.kpis import KPI_NAMES
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import Simulator
 

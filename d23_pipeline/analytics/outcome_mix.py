@@ -16,15 +16,6 @@ from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import execute, transaction
 
-KPI_NAMES = (
-    "contact_rate",
-    "rpc_rate",
-    "ptp_per_rpc",
-    "ptp_per_attempt",
-    "refusal_rate",
-    "broken_promise_share",
-)
-
 
 def _load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeClass]) -> None:
     con.execute(sql.CREATE_OUTCOME_CLASSES)

@@ -5,7 +5,6 @@ import dagster as dg
 from d23_pipeline.analytics import charts
 from d23_pipeline.analytics.outcome_classes import mapping_version
 from d23_pipeline.analytics.outcome_mix import (
-    KPI_NAMES,
     rebuild_outcome_kpis_monthly,
     rebuild_outcome_mix_daily,
     rebuild_outcome_mix_monthly,
@@ -15,22 +14,16 @@ from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
+from d23_pipeline.kpis import KPI_NAMES, kpi_table
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import fetch_dicts
 
-KPI_DEFINITIONS = """
+KPI_DEFINITIONS = f"""
 Attempts are active (is_active) log entries still present at the source (no _deleted_at).
 Outcome classes come from the outcome mapping file (a promise is a right-party contact, and
 a right-party contact is a contact).
 
-| KPI | numerator | denominator |
-|---|---|---|
-| contact_rate | contacts | attempts |
-| rpc_rate | right-party contacts | attempts |
-| ptp_per_rpc | promises to pay | right-party contacts |
-| ptp_per_attempt | promises to pay | attempts |
-| refusal_rate | refusals | right-party contacts |
-| broken_promise_share | promises with is_ptp_broken | promises to pay |
+{kpi_table()}
 
 broken_promise_share of recent months is low until their promises mature: a promise breaks
 weeks after it is logged, and promise dates live in D24, which is not yet enabled.
