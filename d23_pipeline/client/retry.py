@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from d23_pipeline.client.errors import ProtocolError, RetriesExhaustedError
+from d23_pipeline.client.errors import ErrorContext, ProtocolError, RetriesExhaustedError
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
 
@@ -214,19 +214,15 @@ class Retrier:
     def _give_up(
         failure: Transient, message: str, path: str, window: Window | None
     ) -> ProtocolError | RetriesExhaustedError:
+        context: ErrorContext = {
+            "status": failure.status,
+            "request_id": failure.request_id,
+            "path": path,
+            "window": window,
+        }
         if failure.cause == "bad_body":
             return ProtocolError(
                 f"{message}: the API kept answering with an invalid body: {failure.detail}",
-                status=failure.status,
-                request_id=failure.request_id,
-                path=path,
-                window=window,
+                **context,
             )
-        return RetriesExhaustedError(
-            message,
-            cause=failure.describe(),
-            status=failure.status,
-            request_id=failure.request_id,
-            path=path,
-            window=window,
-        )
+        return RetriesExhaustedError(message, cause=failure.describe(), **context)
