@@ -30,9 +30,10 @@ postgres-server:
 	$$sudo apt-get update && \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
 
-## The whole test suite, end-to-end tests included.
+## The whole test suite, end-to-end tests included; mypy checks the files pyproject.toml names.
 test: $(STAMP) postgres-server
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/dg check defs
 	$(BIN)/pytest
 
@@ -45,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

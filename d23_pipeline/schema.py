@@ -157,7 +157,7 @@ def _is_canonical(batch: pa.RecordBatch, since: str, until: str) -> bool:
             return False
     # Canonical strings of one fixed width compare in time order.
     low, high = (v.as_py() for v in pc.min_max(batch.column("communicated_at")).values())
-    return since <= low <= high < until
+    return bool(since <= low <= high < until)
 
 
 def rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:

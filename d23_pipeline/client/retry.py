@@ -105,9 +105,11 @@ def request_id_of(response: httpx.Response) -> str | None:
         payload = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         payload = None
-    if isinstance(payload, dict) and isinstance(payload.get("requestId"), str):
-        return payload["requestId"]
-    return response.headers.get("x-request-id")
+    request_id = payload.get("requestId") if isinstance(payload, dict) else None
+    if isinstance(request_id, str):
+        return request_id
+    header: str | None = response.headers.get("x-request-id")  # httpx types it as Any
+    return header
 
 
 def transient_for(response: httpx.Response) -> Transient | None:
