@@ -1,9 +1,11 @@
 """The one place where the D23 pipeline is wired together: ``defs``, loaded by workspace.yaml."""
 
 import os
+from collections.abc import Callable
 
 import dagster as dg
 
+from d23_pipeline.analytics.outcome_classes import mapping_version
 from d23_pipeline.defs.assets.logs import logs
 from d23_pipeline.defs.assets.outcome_mix import (
     outcome_kpis_monthly,
@@ -29,8 +31,19 @@ def _env(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name, "").strip() else None
 
 
+def _with_code_version(version: str) -> Callable[[dg.AssetSpec], dg.AssetSpec]:
+    return lambda spec: spec.replace_attributes(code_version=version)
+
+
+# The outcome-mix counts change with the outcome mapping, so its digest is their code version:
+# a new mapping marks every month stale. Set here, from the same setting the resource gets.
+outcome_assets = dg.map_asset_specs(
+    _with_code_version(mapping_version(options.outcome_mapping)),
+    [outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
+)
+
 defs = dg.Definitions(
-    assets=[raw_logs, logs, outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
+    assets=[raw_logs, logs, *outcome_assets],
     jobs=[d23_pipeline_job],
     # One process per run, steps in it one after another (they depend on each other anyway): a
     # subprocess per step costs seconds of imports while holding its pool slot.

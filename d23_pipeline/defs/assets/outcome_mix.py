@@ -3,7 +3,6 @@
 import dagster as dg
 
 from d23_pipeline.analytics import charts
-from d23_pipeline.analytics.outcome_classes import mapping_version
 from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_kpis_monthly,
     rebuild_outcome_mix_daily,
@@ -11,7 +10,6 @@ from d23_pipeline.analytics.outcome_mix import (
 )
 from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
-from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
 from d23_pipeline.kpis import KPI_NAMES, kpi_table
@@ -35,8 +33,6 @@ _COMMON = dict(
     kinds={"duckdb"},
     owners=["team:collections-analytics"],
     pool="d23_warehouse",
-    # The counts change with the outcome mapping: a new mapping marks every month stale.
-    code_version=mapping_version(options.outcome_mapping),
 )
 
 
