@@ -29,6 +29,23 @@ from d23_pipeline.simulator import SimResponse, Simulator
 MONTHS = ("2026-03", "2026-04", "2026-05")
 
 
+def d23_row(public_id: str, at: str, **changes: Any) -> dict[str, Any]:
+    """A valid D23 row, a promise to pay by an agent's call communicated, created and updated
+    at ``at`` (an API timestamp), with ``changes`` applied; fields in the API's order."""
+    return {
+        "public_id": public_id,
+        "communication_type": "CALL",
+        "interaction_source": "AGENT",
+        "outcome_option": "PTP",
+        "is_active": True,
+        "is_ptp_broken": False,
+        "communicated_at": at,
+        "created_at": at,
+        "updated_at": at,
+        **changes,
+    }
+
+
 def canonical(row: dict[str, Any]) -> tuple:
     """A row's nine fields, timestamps as the API's strings, for exact comparison."""
     return tuple(

@@ -1,6 +1,6 @@
 """Outcome mix and KPIs on a small hand-made month, checked against numbers worked out by hand."""
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,10 @@ from d23_pipeline.defs.assets.outcome_mix import (
     outcome_mix_monthly,
 )
 from d23_pipeline.defs.options import options
+from d23_pipeline.months import month_window
 from d23_pipeline.warehouse.store import Warehouse, fetch_dicts
 
-APRIL = (datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
+APRIL = month_window("2026-04")
 
 # (public_id, outcome, is_active, is_ptp_broken, day of communicated_at, deleted)
 FIXTURE = [
