@@ -1,7 +1,6 @@
 """The one place where the D23 pipeline is wired together: ``defs``, loaded by workspace.yaml."""
 
 import os
-from collections.abc import Callable
 
 import dagster as dg
 
@@ -31,14 +30,11 @@ def _env(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name, "").strip() else None
 
 
-def _with_code_version(version: str) -> Callable[[dg.AssetSpec], dg.AssetSpec]:
-    return lambda spec: spec.replace_attributes(code_version=version)
-
-
 # The outcome-mix counts change with the outcome mapping, so its digest is their code version:
 # a new mapping marks every month stale. Set here, from the same setting the resource gets.
+_mapping_version = mapping_version(options.outcome_mapping)
 outcome_assets = dg.map_asset_specs(
-    _with_code_version(mapping_version(options.outcome_mapping)),
+    lambda spec: spec.replace_attributes(code_version=_mapping_version),
     [outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
 )
 

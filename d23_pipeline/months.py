@@ -7,12 +7,12 @@ plain Python, so the simulator can use it without importing Dagster.
 import re
 from datetime import UTC, date, datetime
 
-MONTH_PATTERN = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
 def is_month(value: str) -> bool:
     """Whether ``value`` is exactly a ``YYYY-MM`` month."""
-    return MONTH_PATTERN.fullmatch(value) is not None
+    return _MONTH.fullmatch(value) is not None
 
 
 def month_index(month: str) -> int:
