@@ -37,9 +37,10 @@ browser:
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-## The whole test suite, end-to-end tests included.
+## The whole test suite, end-to-end tests included; mypy checks the files pyproject.toml names.
 test: $(STAMP) postgres-server browser
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/dg check defs
 	$(BIN)/pytest
 
@@ -52,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

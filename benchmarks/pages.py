@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import orjson
 
+from d23_pipeline.months import month_end, month_start
 from d23_pipeline.schema import format_timestamp
 
 LENDER_ID = "00000000-0000-4000-8000-000000000023"
@@ -32,17 +33,6 @@ _TYPES = ("CALL", "WHATSAPP", "SMS", "EMAIL", "FIELD_VISIT")
 _SOURCES = ("AGENT", "IVR", "BORROWER")
 _OUTCOMES = ("PTP", "RPC", "NO_ANSWER", "BUSY", "SWITCHED_OFF", "WRONG_NUMBER", "SETTLED")
 _MONTH_WALK = "m"
-
-
-def month_start(month: str) -> datetime:
-    """``YYYY-MM`` as its first instant in UTC."""
-    return datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
-
-
-def month_end(month: str) -> datetime:
-    """The first instant of the month after ``month``."""
-    start = month_start(month)
-    return (start + timedelta(days=32)).replace(day=1)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ def month_partitions(first: str, last: str) -> list[str]:
     return [f"{month_name(i)}-01" for i in range(start, end + 1)]
 
 
-def _graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """POST one GraphQL document to the webserver at ``url``; its ``data``, or BackfillError."""
     try:
         response = httpx.post(
             f"{url.rstrip('/')}/graphql",
@@ -95,7 +96,7 @@ def _graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, An
 
 def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
     """Refuse months the running deployment has no partition for, naming its first and last."""
-    result = _graphql(url, PARTITION_KEYS, {"assetKey": {"path": PARTITIONED_ASSET}})
+    result = graphql(url, PARTITION_KEYS, {"assetKey": {"path": PARTITIONED_ASSET}})
     node = result["assetNodeOrError"]
     if node["__typename"] != "AssetNode":
         raise BackfillError(f"{node['__typename']}: {node.get('message', node)}")
@@ -120,7 +121,7 @@ def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:
         "partitionNames": list(partition_keys),
         "fromFailure": False,
     }
-    data = _graphql(url, LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})
+    data = graphql(url, LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})
     result = data["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise BackfillError(f"{result['__typename']}: {result.get('message', result)}")
@@ -129,7 +130,7 @@ def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:
 
 def backfill_status(url: str, backfill_id: str) -> dict[str, Any]:
     """The backfill's ``status`` and its ``runs`` (runId, status, tags) as the webserver reports."""
-    result = _graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+    result = graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
     if result["__typename"] != "PartitionBackfill":
         raise BackfillError(f"{result['__typename']}: {result.get('message', result)}")
     return result

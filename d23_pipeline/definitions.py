@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from d23_pipeline.analytics.outcome_classes import mapping_version
 from d23_pipeline.defs.assets.dashboard import outcome_dashboard
 from d23_pipeline.defs.assets.logs import logs
 from d23_pipeline.defs.assets.outcome_mix import (
@@ -31,15 +32,16 @@ def _env(name: str) -> dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name, "").strip() else None
 
 
+# The outcome-mix counts change with the outcome mapping, so its digest is their code version:
+# a new mapping marks every month stale. Set here, from the same setting the resource gets.
+_mapping_version = mapping_version(options.outcome_mapping)
+outcome_assets = dg.map_asset_specs(
+    lambda spec: spec.replace_attributes(code_version=_mapping_version),
+    [outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
+)
+
 defs = dg.Definitions(
-    assets=[
-        raw_logs,
-        logs,
-        outcome_mix_monthly,
-        outcome_kpis_monthly,
-        outcome_mix_daily,
-        outcome_dashboard,
-    ],
+    assets=[raw_logs, logs, *outcome_assets, outcome_dashboard],
     jobs=[d23_pipeline_job],
     # One process per run, steps in it one after another (they depend on each other anyway): a
     # subprocess per step costs seconds of imports while holding its pool slot.

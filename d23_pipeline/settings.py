@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from d23_pipeline.months import is_month
 
 
 class SettingsError(ValueError):
@@ -52,7 +53,6 @@ DEFAULT_SLICE_HOURS = 24
 # A merge that would mark more than this share of a month's live rows deleted marks none until
 # an operator confirms: a source losing that much at once is more often a fault than the truth.
 DEFAULT_MAX_DELETION_SHARE = 0.02
-_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
-    if not _MONTH.match(value):
+    if not is_month(value):
         raise SettingsError(f"{name} must look like YYYY-MM (got {value!r})")
     return value
 

@@ -7,7 +7,7 @@ import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,28 @@ from d23_pipeline.defs.resources import (
     OutcomeMappingResource,
     WarehouseResource,
 )
+from d23_pipeline.months import month_window
 from d23_pipeline.schema import D23_FIELDS, format_timestamp
 from d23_pipeline.simulator import SimResponse, Simulator
 
 MONTHS = ("2026-03", "2026-04", "2026-05")
 
 
-def month_window(month: str) -> tuple[datetime, datetime]:
-    year, mon = (int(p) for p in month.split("-"))
-    nxt = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    return datetime(year, mon, 1, tzinfo=UTC), datetime(*nxt, 1, tzinfo=UTC)
+def d23_row(public_id: str, at: str, **changes: Any) -> dict[str, Any]:
+    """A valid D23 row, a promise to pay by an agent's call communicated, created and updated
+    at ``at`` (an API timestamp), with ``changes`` applied; fields in the API's order."""
+    return {
+        "public_id": public_id,
+        "communication_type": "CALL",
+        "interaction_source": "AGENT",
+        "outcome_option": "PTP",
+        "is_active": True,
+        "is_ptp_broken": False,
+        "communicated_at": at,
+        "created_at": at,
+        "updated_at": at,
+        **changes,
+    }
 
 
 def canonical(row: dict[str, Any]) -> tuple:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from d23_pipeline import backfill
 from d23_pipeline.simulator import SimulatorConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,17 +167,8 @@ class Webserver:
     url: str
 
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """POST one GraphQL document; raise on transport or GraphQL errors."""
-        response = httpx.post(
-            f"{self.url}/graphql",
-            json={"query": query, "variables": dict(variables or {})},
-            timeout=60,
-        )
-        response.raise_for_status()
-        body = response.json()
-        if body.get("errors"):
-            raise AssertionError(f"GraphQL errors: {body['errors']}")
-        return body["data"]
+        """POST one GraphQL document the way the backfill CLI does; raise on any error."""
+        return backfill.graphql(self.url, query, dict(variables or {}))
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from harness import Pipeline
 from d23_pipeline.client import Window, WindowTotal
 from d23_pipeline.client.completeness import judge
 from d23_pipeline.definitions import defs
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource
 from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
@@ -188,7 +188,7 @@ def test_a_failing_month_stays_visible_after_a_passing_later_one(
 
     assert {e.partition for e in march.get_asset_check_evaluations()} == {"2026-03-01"}
     assert {e.partition for e in may.get_asset_check_evaluations()} == {"2026-05-01"}
-    key = dg.AssetCheckKey(checks.OUTCOME_KPIS_MONTHLY, checks.KPI_UNMAPPED_SHARE.name)
+    key = dg.AssetCheckKey(keys.OUTCOME_KPIS_MONTHLY, checks.KPI_UNMAPPED_SHARE.name)
     status = {
         info.partition_key: info.latest_execution_status.value
         for info in instance.event_log_storage.get_asset_check_partition_info([key])

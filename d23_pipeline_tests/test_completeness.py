@@ -12,13 +12,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import Pipeline, failure_messages, month_window
+from harness import Pipeline, failure_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from d23_pipeline.client import ExportsClient, Window
 from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.months import month_window
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse, merge_snapshot

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import ExportHookSimulator, Pipeline, month_window, warehouse_digest
+from harness import ExportHookSimulator, Pipeline, warehouse_digest
 
 from d23_pipeline.client import Window
 from d23_pipeline.definitions import defs
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import keys
+from d23_pipeline.months import month_window
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
 
 MONTH = "2026-04"
@@ -205,7 +206,7 @@ def test_kill_during_merge_leaves_the_table_old_or_new_and_rerun_is_exact(
         sim.reset_stats()
         result = dg.materialize(
             list(defs.assets),
-            selection=dg.AssetSelection.assets(checks.LOGS).downstream(),
+            selection=dg.AssetSelection.assets(keys.LOGS).downstream(),
             resources=pipeline.resources(),
             partition_key=PARTITION,
         )

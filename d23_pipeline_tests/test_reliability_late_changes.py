@@ -6,12 +6,13 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from harness import MONTHS, Pipeline, month_window
+from harness import MONTHS, Pipeline
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
-from d23_pipeline.analytics.outcome_mix import KPI_NAMES
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.sensors import plan_daily_refresh
+from d23_pipeline.kpis import KPI_NAMES
+from d23_pipeline.months import month_window
 from d23_pipeline.simulator import Simulator
 
 # A tick at 04:00 UTC late in the last month, with one month of lookback: MONTHS[0] is outside.

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from harness import d23_row
 
 from d23_pipeline.schema import D23_FIELDS, read_canonical_page, validate_rows
 
@@ -18,19 +19,14 @@ SINCE, UNTIL = "2026-03-01T00:00:00.000Z", "2026-04-01T00:00:00.000Z"
 
 
 def row(n: int, **changes: Any) -> dict[str, Any]:
-    base = {
-        "public_id": f"{n:024x}",
-        "communication_type": "CALL",
-        "interaction_source": "AGENT",
-        "outcome_option": "PTP",
-        "is_active": True,
-        "is_ptp_broken": n % 2 == 0,
-        "communicated_at": f"2026-03-{1 + n % 28:02d}T10:00:00.{n % 1000:03d}Z",
-        "created_at": "2026-03-01T09:00:00.000Z",
-        "updated_at": "2026-03-02T09:00:00.000Z",
-    }
-    base.update(changes)
-    return base
+    base = d23_row(
+        f"{n:024x}",
+        f"2026-03-{1 + n % 28:02d}T10:00:00.{n % 1000:03d}Z",
+        is_ptp_broken=n % 2 == 0,
+        created_at="2026-03-01T09:00:00.000Z",
+        updated_at="2026-03-02T09:00:00.000Z",
+    )
+    return base | changes
 
 
 def test_clean_page_keeps_every_row_and_matches_its_arrow_batch() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from d23_pipeline.months import month_window
 from d23_pipeline.schema import D23_FIELDS, validate_rows
 from d23_pipeline.simulator import (
     FAKE_PII_MARKERS,
@@ -28,7 +29,7 @@ from d23_pipeline.simulator import (
 )
 from d23_pipeline.simulator.data import Collection, month_bounds, to_ms
 
-JAN = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
+JAN = month_window("2026-01")
 JAN_Q = {"since": "2026-01-01T00:00:00.000Z", "until": "2026-02-01T00:00:00.000Z"}
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

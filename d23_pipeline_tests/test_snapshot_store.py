@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from harness import d23_row
 
 from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
 from d23_pipeline.landing.snapshot import SnapshotBusyError, SnapshotStore
@@ -16,18 +17,7 @@ SLICES = APRIL.split(timedelta(days=1))
 
 
 def _row(public_id: str, window: Window) -> dict:
-    at = window.since_text
-    return {
-        "public_id": public_id,
-        "communication_type": "CALL",
-        "interaction_source": "AGENT",
-        "outcome_option": "RPC",
-        "is_active": True,
-        "is_ptp_broken": False,
-        "communicated_at": at,
-        "created_at": at,
-        "updated_at": at,
-    }
+    return d23_row(public_id, window.since_text, outcome_option="RPC")
 
 
 def _land(writer, window: Window, verified: bool = True) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from harness import d23_row
 
 from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import (
@@ -24,18 +25,7 @@ READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
 
 
 def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes) -> dict:
-    return {
-        "public_id": public_id,
-        "communication_type": "CALL",
-        "interaction_source": "AGENT",
-        "outcome_option": "PTP",
-        "is_active": True,
-        "is_ptp_broken": False,
-        "communicated_at": "2026-04-01T10:00:00.000Z",
-        "created_at": "2026-04-01T10:00:00.000Z",
-        "updated_at": updated_at,
-        **changes,
-    }
+    return d23_row(public_id, "2026-04-01T10:00:00.000Z", updated_at=updated_at, **changes)
 
 
 class Months:

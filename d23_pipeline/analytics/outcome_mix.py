@@ -14,16 +14,7 @@ import duckdb
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import execute, transaction
-
-KPI_NAMES = (
-    "contact_rate",
-    "rpc_rate",
-    "ptp_per_rpc",
-    "ptp_per_attempt",
-    "refusal_rate",
-    "broken_promise_share",
-)
+from d23_pipeline.warehouse.store import execute, fetch_row, transaction
 
 
 def load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeClass]) -> None:
@@ -41,7 +32,7 @@ def _replace(
 ) -> int:
     with transaction(con):
         execute(con, delete, params)
-        return execute(con, insert, params).fetchone()[0]
+        return fetch_row(con, insert, params)[0]
 
 
 def rebuild_outcome_mix_monthly(

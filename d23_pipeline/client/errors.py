@@ -6,35 +6,38 @@ window. Never headers, request bodies, tokens or passwords.
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 from d23_pipeline.client.windows import Window
+
+
+class ErrorContext(TypedDict, total=False):
+    """Where an answer came from: what every :class:`ExportsApiError` may name, all optional."""
+
+    status: int | None
+    request_id: str | None
+    path: str | None
+    window: Window | None
 
 
 class ExportsApiError(Exception):
     """Base class: the API could not give a trustworthy answer."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        request_id: str | None = None,
-        path: str | None = None,
-        window: Window | None = None,
-    ) -> None:
+    def __init__(self, message: str, **context: Unpack[ErrorContext]) -> None:
+        self.status = context.get("status")
+        self.request_id = context.get("request_id")
+        self.path = context.get("path")
+        self.window = context.get("window")
         details = []
-        if path:
-            details.append(f"path {path}")
-        if window is not None:
-            details.append(f"window {window}")
-        if status is not None:
-            details.append(f"HTTP {status}")
-        if request_id:
-            details.append(f"requestId {request_id}")
+        if self.path:
+            details.append(f"path {self.path}")
+        if self.window is not None:
+            details.append(f"window {self.window}")
+        if self.status is not None:
+            details.append(f"HTTP {self.status}")
+        if self.request_id:
+            details.append(f"requestId {self.request_id}")
         super().__init__(f"{message} ({', '.join(details)})" if details else message)
-        self.status = status
-        self.request_id = request_id
-        self.path = path
-        self.window = window
 
 
 class AuthenticationError(ExportsApiError):
@@ -52,23 +55,8 @@ class DatasetNotFoundError(ExportsApiError):
 class RetriesExhaustedError(ExportsApiError):
     """A transient failure (429, 5xx, timeout, dropped connection) outlasted the retry budget."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        cause: str,
-        status: int | None = None,
-        request_id: str | None = None,
-        path: str | None = None,
-        window: Window | None = None,
-    ) -> None:
-        super().__init__(
-            f"{message}; last failure: {cause}",
-            status=status,
-            request_id=request_id,
-            path=path,
-            window=window,
-        )
+    def __init__(self, message: str, *, cause: str, **context: Unpack[ErrorContext]) -> None:
+        super().__init__(f"{message}; last failure: {cause}", **context)
         self.cause = cause
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from d23_pipeline.client.errors import ProtocolError, RetriesExhaustedError
+from d23_pipeline.client.errors import ErrorContext, ProtocolError, RetriesExhaustedError
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
 
@@ -105,9 +105,11 @@ def request_id_of(response: httpx.Response) -> str | None:
         payload = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         payload = None
-    if isinstance(payload, dict) and isinstance(payload.get("requestId"), str):
-        return payload["requestId"]
-    return response.headers.get("x-request-id")
+    request_id = payload.get("requestId") if isinstance(payload, dict) else None
+    if isinstance(request_id, str):
+        return request_id
+    header: str | None = response.headers.get("x-request-id")  # httpx types it as Any
+    return header
 
 
 def transient_for(response: httpx.Response) -> Transient | None:
@@ -214,19 +216,15 @@ class Retrier:
     def _give_up(
         failure: Transient, message: str, path: str, window: Window | None
     ) -> ProtocolError | RetriesExhaustedError:
+        context: ErrorContext = {
+            "status": failure.status,
+            "request_id": failure.request_id,
+            "path": path,
+            "window": window,
+        }
         if failure.cause == "bad_body":
             return ProtocolError(
                 f"{message}: the API kept answering with an invalid body: {failure.detail}",
-                status=failure.status,
-                request_id=failure.request_id,
-                path=path,
-                window=window,
+                **context,
             )
-        return RetriesExhaustedError(
-            message,
-            cause=failure.describe(),
-            status=failure.status,
-            request_id=failure.request_id,
-            path=path,
-            window=window,
-        )
+        return RetriesExhaustedError(message, cause=failure.describe(), **context)

@@ -7,18 +7,19 @@ import warnings
 import dagster as dg
 import duckdb
 
+from d23_pipeline.defs.keys import (
+    LOGS,
+    OUTCOME_KPIS_MONTHLY,
+    OUTCOME_MIX_DAILY,
+    OUTCOME_MIX_MONTHLY,
+    RAW_LOGS,
+)
 from d23_pipeline.defs.metadata import markdown_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
 from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import MergeSummary, execute, table_columns
-
-RAW_LOGS = dg.AssetKey(["d23", "raw_logs"])
-LOGS = dg.AssetKey(["d23", "logs"])
-OUTCOME_MIX_MONTHLY = dg.AssetKey(["d23", "outcome_mix_monthly"])
-OUTCOME_KPIS_MONTHLY = dg.AssetKey(["d23", "outcome_kpis_monthly"])
-OUTCOME_MIX_DAILY = dg.AssetKey(["d23", "outcome_mix_daily"])
 
 # Above this share of a month's served rows, rejects are an ERROR rather than a WARN: a few bad
 # rows are the source's problem to fix, a percent means the contract moved under us.

@@ -6,13 +6,12 @@ The first line printed is the base URL (useful with ``--port 0``).
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
-from d23_pipeline.months import months_up_to
+from d23_pipeline.months import is_month, months_up_to
 from d23_pipeline.simulator.app import Simulator
 from d23_pipeline.simulator.config import Faults, SimulatorConfig
 from d23_pipeline.simulator.server import serve
@@ -25,7 +24,7 @@ def recent_months(count: int, today: datetime | None = None) -> tuple[str, ...]:
 
 def _months(value: str) -> tuple[str, ...]:
     months = tuple(m.strip() for m in value.split(",") if m.strip())
-    if not months or not all(re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", m) for m in months):
+    if not months or not all(is_month(m) for m in months):
         raise argparse.ArgumentTypeError(f"expected YYYY-MM[,YYYY-MM...], got {value!r}")
     return months
 

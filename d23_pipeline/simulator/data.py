@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from d23_pipeline import months
 from d23_pipeline.simulator.config import BadRows, SimulatorConfig
 
 COMMUNICATION_TYPES = ("CALL", "WHATSAPP", "SMS", "EMAIL", "FIELD_VISIT")
@@ -162,14 +163,12 @@ def now_ms() -> int:
 
 def month_of(ms: int) -> str:
     """The ``YYYY-MM`` month (UTC) of an epoch-millisecond instant."""
-    return time.strftime("%Y-%m", time.gmtime(ms // 1000))
+    return months.month_of(_EPOCH + timedelta(milliseconds=ms))
 
 
 def month_bounds(month: str) -> tuple[int, int]:
     """``[start, end)`` of a ``YYYY-MM`` month in epoch milliseconds."""
-    year, mon = (int(part) for part in month.split("-"))
-    start = datetime(year, mon, 1, tzinfo=UTC)
-    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+    start, end = months.month_window(month)
     return to_ms(start), to_ms(end)
 
 

@@ -1,13 +1,14 @@
 """Every SQL statement the pipeline runs, in one place. Values always travel as parameters."""
 
-from d23_pipeline.schema import D23_FIELDS
+from d23_pipeline.kpis import KPIS
+from d23_pipeline.schema import BOOL_FIELDS, D23_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
 
 SESSION_SETUP = "SET TimeZone = 'UTC'"
 BEGIN = "BEGIN TRANSACTION"
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
-# The counts and rates of the two KPI tables (see _kpi_select for their definitions).
+# The counts and rates of the two KPI tables (see _kpi_select); the rates are d23_pipeline.kpis'.
 _KPI_COLUMNS = """
     attempts             BIGINT NOT NULL,
     contacts             BIGINT NOT NULL,
@@ -16,27 +17,26 @@ _KPI_COLUMNS = """
     refusals             BIGINT NOT NULL,
     broken_promises      BIGINT NOT NULL,
     unmapped_attempts    BIGINT NOT NULL,
-    contact_rate         DOUBLE,
-    rpc_rate             DOUBLE,
-    ptp_per_rpc          DOUBLE,
-    ptp_per_attempt      DOUBLE,
-    refusal_rate         DOUBLE,
-    broken_promise_share DOUBLE
-"""
+""" + ",\n".join(f"    {kpi.name:<20} DOUBLE" for kpi in KPIS)
+_KPI_RATES = ",\n    ".join(
+    f"{kpi.numerator.column} / nullif({kpi.denominator.column}, 0) AS {kpi.name}" for kpi in KPIS
+)
+
+# d23.logs' nine data columns, typed from the contract in schema.py (timestamps in UTC).
+_SQL_TYPES = {
+    **dict.fromkeys(STRING_FIELDS, "VARCHAR"),
+    **dict.fromkeys(BOOL_FIELDS, "BOOLEAN"),
+    **dict.fromkeys(TIMESTAMP_FIELDS, "TIMESTAMPTZ"),
+}
+_LOGS_FIELD_COLUMNS = ",\n    ".join(
+    f"{name:<18} {_SQL_TYPES[name]:<11} NOT NULL" for name in D23_FIELDS
+)
 
 CREATE_SCHEMA = f"""
 CREATE SCHEMA IF NOT EXISTS d23;
 
 CREATE TABLE IF NOT EXISTS d23.logs (
-    public_id          VARCHAR     NOT NULL,
-    communication_type VARCHAR     NOT NULL,
-    interaction_source VARCHAR     NOT NULL,
-    outcome_option     VARCHAR     NOT NULL,
-    is_active          BOOLEAN     NOT NULL,
-    is_ptp_broken      BOOLEAN     NOT NULL,
-    communicated_at    TIMESTAMPTZ NOT NULL,
-    created_at         TIMESTAMPTZ NOT NULL,
-    updated_at         TIMESTAMPTZ NOT NULL,
+    {_LOGS_FIELD_COLUMNS},
     _partition         VARCHAR     NOT NULL,
     _first_seen_at     TIMESTAMPTZ NOT NULL,
     _last_seen_at      TIMESTAMPTZ NOT NULL,
@@ -303,15 +303,10 @@ GROUP BY ALL
 
 def _kpi_select(key: str, source: str, group_by: str) -> str:
     """Counts and rates over rows shaped like outcome_mix_monthly (attempts, broken_promises and
-    the class flags), so every rate is defined once for the monthly and the daily views."""
+    the class flags), so every rate is computed the same way for the monthly and the daily views."""
     return f"""
 SELECT {key}, attempts, contacts, rpcs, promises, refusals, broken_promises, unmapped_attempts,
-    contacts / nullif(attempts, 0)        AS contact_rate,          -- per attempt
-    rpcs / nullif(attempts, 0)            AS rpc_rate,              -- per attempt
-    promises / nullif(rpcs, 0)            AS ptp_per_rpc,
-    promises / nullif(attempts, 0)        AS ptp_per_attempt,
-    refusals / nullif(rpcs, 0)            AS refusal_rate,          -- per right-party contact
-    broken_promises / nullif(promises, 0) AS broken_promise_share   -- per promise
+    {_KPI_RATES}
 FROM (
     SELECT {key},
         coalesce(sum(attempts), 0)                              AS attempts,

@@ -35,6 +35,16 @@ def execute(
     return con.execute(statement, {k: v for k, v in (params or {}).items() if k in wanted})
 
 
+def fetch_row(
+    con: duckdb.DuckDBPyConnection, statement: str, params: Mapping[str, Any] | None = None
+) -> tuple[Any, ...]:
+    """The row of a statement that always returns exactly one (a count, an aggregate)."""
+    row = execute(con, statement, params).fetchone()
+    if row is None:  # a broken statement, not a state of the data
+        raise RuntimeError(f"no row from {statement.split()[:4]}")
+    return row
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """All of the block's statements or none of them."""
@@ -119,7 +129,7 @@ def merge_snapshot(
     }
     slices = snapshot.slices
     with transaction(con):
-        has_duplicates = execute(con, sql.SNAPSHOT_HAS_DUPLICATES, params).fetchone()[0]
+        has_duplicates = fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, params)[0]
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
@@ -127,15 +137,15 @@ def merge_snapshot(
             execute(con, sql.STAGE_ABSENT, {"files": [str(snapshot.absent_file)]})
         else:
             execute(con, sql.STAGE_NO_ABSENT)
-        snapshot_rows = execute(con, sql.SNAPSHOT_ROWS).fetchone()[0]
-        inserted, updated, restored, moved_in = execute(con, sql.MERGE_PREVIEW, params).fetchone()
+        snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
+        inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
         execute(con, sql.MERGE_SNAPSHOT, params)
-        live_rows = execute(con, sql.LOGS_PARTITION_ROW_COUNT, params).fetchone()[0]
-        proven = execute(con, sql.DELETIONS_PROVEN, params).fetchone()[0]
+        live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
+        proven = fetch_row(con, sql.DELETIONS_PROVEN, params)[0]
         held = not confirm_deletions and proven > max_deletion_share * live_rows
-        marked_deleted = 0 if held else execute(con, sql.MARK_DELETED, params).fetchone()[0]
+        marked_deleted = 0 if held else fetch_row(con, sql.MARK_DELETED, params)[0]
         execute(con, sql.DELETE_REJECTS, params)
-        rejects = execute(con, sql.INSERT_REJECTS, params).fetchone()[0]
+        rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
         execute(con, sql.DELETE_SLICE_VERIFICATION, params)
         execute(
             con,

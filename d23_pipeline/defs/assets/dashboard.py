@@ -11,13 +11,13 @@ from pathlib import Path
 import dagster as dg
 
 from d23_pipeline.analytics import dashboard
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import keys
 from d23_pipeline.defs.resources import DashboardResource, OutcomeMappingResource, WarehouseResource
 
 
 @dg.asset(
-    key=["d23", "outcome_dashboard"],
-    deps=[checks.OUTCOME_KPIS_MONTHLY, checks.OUTCOME_MIX_MONTHLY, checks.OUTCOME_MIX_DAILY],
+    key=keys.OUTCOME_DASHBOARD,
+    deps=[keys.OUTCOME_KPIS_MONTHLY, keys.OUTCOME_MIX_MONTHLY, keys.OUTCOME_MIX_DAILY],
     group_name="d23_analytics",
     kinds={"html"},
     owners=["team:collections-analytics"],

@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import execute, fetch_dicts, merge_snapshot
+from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_snapshot
 
 
 class LogsMergeConfig(dg.Config):
@@ -18,8 +18,8 @@ class LogsMergeConfig(dg.Config):
 
 
 @dg.asset(
-    key=checks.LOGS,
-    deps=[checks.RAW_LOGS],
+    key=keys.LOGS,
+    deps=[keys.RAW_LOGS],
     partitions_def=monthly_partitions,
     group_name="d23_ingest",
     kinds={"duckdb"},
@@ -57,10 +57,8 @@ def logs(
             max_deletion_share=warehouse.max_deletion_share,
             confirm_deletions=config.confirm_deletions,
         )
-        total_rows = execute(con, sql.LOGS_ROW_COUNT).fetchone()[0]
-        month_rows = execute(
-            con, sql.LOGS_PARTITION_ROW_COUNT, {"partition": partition}
-        ).fetchone()[0]
+        total_rows = fetch_row(con, sql.LOGS_ROW_COUNT)[0]
+        month_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, {"partition": partition})[0]
         preview = fetch_dicts(con, sql.LOGS_PREVIEW, {"partition": partition, "limit": 10})
         schema = schema_from_table(con, "logs")
         check_results = [

@@ -4,34 +4,25 @@ import dagster as dg
 
 from d23_pipeline.analytics import charts
 from d23_pipeline.analytics.dashboard import KPI_FRACTIONS, percent
-from d23_pipeline.analytics.outcome_classes import mapping_version
 from d23_pipeline.analytics.outcome_mix import (
-    KPI_NAMES,
     rebuild_outcome_kpis_monthly,
     rebuild_outcome_mix_daily,
     rebuild_outcome_mix_monthly,
 )
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
-from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
+from d23_pipeline.kpis import KPI_NAMES, kpi_table
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import fetch_dicts
 
-KPI_DEFINITIONS = """
+KPI_DEFINITIONS = f"""
 Attempts are active (is_active) log entries still present at the source (no _deleted_at).
 Outcome classes come from the outcome mapping file (a promise is a right-party contact, and
 a right-party contact is a contact).
 
-| KPI | numerator | denominator |
-|---|---|---|
-| contact_rate | contacts | attempts |
-| rpc_rate | right-party contacts | attempts |
-| ptp_per_rpc | promises to pay | right-party contacts |
-| ptp_per_attempt | promises to pay | attempts |
-| refusal_rate | refusals | right-party contacts |
-| broken_promise_share | promises with is_ptp_broken | promises to pay |
+{kpi_table()}
 
 broken_promise_share of recent months is low until their promises mature: a promise breaks
 weeks after it is logged, and promise dates live in D24, which is not yet enabled.
@@ -43,8 +34,6 @@ _COMMON = dict(
     kinds={"duckdb"},
     owners=["team:collections-analytics"],
     pool="d23_warehouse",
-    # The counts change with the outcome mapping: a new mapping marks every month stale.
-    code_version=mapping_version(options.outcome_mapping),
 )
 
 
@@ -53,8 +42,8 @@ def _month(context: dg.AssetExecutionContext):
 
 
 @dg.asset(
-    key=checks.OUTCOME_MIX_MONTHLY,
-    deps=[checks.LOGS],
+    key=keys.OUTCOME_MIX_MONTHLY,
+    deps=[keys.LOGS],
     check_specs=[checks.UNMAPPED_OUTCOMES],
     description=(
         "Table d23.outcome_mix_monthly: attempts per month x communication_type x "
@@ -95,8 +84,8 @@ def outcome_mix_monthly(
 
 
 @dg.asset(
-    key=checks.OUTCOME_KPIS_MONTHLY,
-    deps=[checks.OUTCOME_MIX_MONTHLY],
+    key=keys.OUTCOME_KPIS_MONTHLY,
+    deps=[keys.OUTCOME_MIX_MONTHLY],
     check_specs=[
         checks.KPI_RATES_IN_RANGE,
         checks.KPI_ATTEMPTS_MATCH_MIX,
@@ -153,8 +142,8 @@ def _kpi_table(kpis: dict) -> str:
 
 
 @dg.asset(
-    key=checks.OUTCOME_MIX_DAILY,
-    deps=[checks.LOGS],
+    key=keys.OUTCOME_MIX_DAILY,
+    deps=[keys.LOGS],
     check_specs=[checks.DAILY_RATES_IN_RANGE],
     description="Table d23.outcome_mix_daily: the KPIs per day, for trend charts.\n"
     + KPI_DEFINITIONS,

@@ -5,7 +5,7 @@ from datetime import timedelta
 import dagster as dg
 
 from d23_pipeline.client import Window
-from d23_pipeline.defs import checks
+from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_arrow
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource, WarehouseResource
@@ -14,7 +14,7 @@ from d23_pipeline.schema import ARROW_SCHEMA
 
 
 @dg.asset(
-    key=checks.RAW_LOGS,
+    key=keys.RAW_LOGS,
     partitions_def=monthly_partitions,
     group_name="d23_ingest",
     kinds={"python", "parquet"},

@@ -1,0 +1,53 @@
+"""The outcome KPIs, defined once: each is a ratio of two of the counts the KPI tables hold.
+
+The SQL that computes the rates (``warehouse/sql.py``), the outcome-mix assets' descriptions and
+the README's KPI table (checked by a test) all come from :data:`KPIS`.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Count:
+    """A count column of ``d23.outcome_kpis_monthly`` / ``d23.outcome_mix_daily``."""
+
+    column: str
+    description: str
+
+
+ATTEMPTS = Count("attempts", "attempts")
+CONTACTS = Count("contacts", "contacts")
+RPCS = Count("rpcs", "right-party contacts")
+PROMISES = Count("promises", "promises to pay")
+REFUSALS = Count("refusals", "refusals")
+BROKEN_PROMISES = Count("broken_promises", "promises with `is_ptp_broken`")
+
+
+@dataclass(frozen=True)
+class Kpi:
+    """``numerator / denominator``, NULL when the denominator is zero."""
+
+    name: str
+    numerator: Count
+    denominator: Count
+
+
+# In the KPI tables' column order.
+KPIS = (
+    Kpi("contact_rate", CONTACTS, ATTEMPTS),
+    Kpi("rpc_rate", RPCS, ATTEMPTS),
+    Kpi("ptp_per_rpc", PROMISES, RPCS),
+    Kpi("ptp_per_attempt", PROMISES, ATTEMPTS),
+    Kpi("refusal_rate", REFUSALS, RPCS),
+    Kpi("broken_promise_share", BROKEN_PROMISES, PROMISES),
+)
+KPI_NAMES = tuple(kpi.name for kpi in KPIS)
+
+
+def kpi_table() -> str:
+    """The KPIs as a markdown table: name, numerator, denominator."""
+    lines = ["| KPI | numerator | denominator |", "|---|---|---|"]
+    lines += [
+        f"| `{k.name}` | {k.numerator.description} | {k.denominator.description} |" for k in KPIS
+    ]
+    return "\n".join(lines)
