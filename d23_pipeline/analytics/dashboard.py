@@ -22,7 +22,8 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
-from d23_pipeline.analytics.outcome_mix import KPI_NAMES, load_classes
+from d23_pipeline.analytics.outcome_mix import load_classes
+from d23_pipeline.kpis import KPI_NAMES
 from d23_pipeline.months import month_index, month_name
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import fetch_dicts
