@@ -28,18 +28,19 @@ class Kpi:
     """``numerator / denominator``, NULL when the denominator is zero."""
 
     name: str
+    label: str
     numerator: Count
     denominator: Count
 
 
 # In the KPI tables' column order.
 KPIS = (
-    Kpi("contact_rate", CONTACTS, ATTEMPTS),
-    Kpi("rpc_rate", RPCS, ATTEMPTS),
-    Kpi("ptp_per_rpc", PROMISES, RPCS),
-    Kpi("ptp_per_attempt", PROMISES, ATTEMPTS),
-    Kpi("refusal_rate", REFUSALS, RPCS),
-    Kpi("broken_promise_share", BROKEN_PROMISES, PROMISES),
+    Kpi("contact_rate", "Contact rate", CONTACTS, ATTEMPTS),
+    Kpi("rpc_rate", "RPC rate", RPCS, ATTEMPTS),
+    Kpi("ptp_per_rpc", "PTP per RPC", PROMISES, RPCS),
+    Kpi("ptp_per_attempt", "PTP per attempt", PROMISES, ATTEMPTS),
+    Kpi("refusal_rate", "Refusal rate", REFUSALS, RPCS),
+    Kpi("broken_promise_share", "Broken-promise share", BROKEN_PROMISES, PROMISES),
 )
 KPI_NAMES = tuple(kpi.name for kpi in KPIS)
 

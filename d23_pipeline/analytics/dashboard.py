@@ -23,29 +23,14 @@ from plotly.subplots import make_subplots
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.analytics.outcome_mix import load_classes
-from d23_pipeline.kpis import KPI_NAMES
+from d23_pipeline.kpis import KPI_NAMES, KPIS
 from d23_pipeline.months import month_index, month_name
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import fetch_dicts
 
-KPI_LABELS = {
-    "contact_rate": "Contact rate",
-    "rpc_rate": "RPC rate",
-    "ptp_per_rpc": "PTP per RPC",
-    "ptp_per_attempt": "PTP per attempt",
-    "refusal_rate": "Refusal rate",
-    "broken_promise_share": "Broken-promise share",
-}
+KPI_LABELS = {kpi.name: kpi.label for kpi in KPIS}
 # Each KPI as numerator / denominator, in the KPI tables' count columns.
-KPI_FRACTIONS = {
-    "contact_rate": ("contacts", "attempts"),
-    "rpc_rate": ("rpcs", "attempts"),
-    "ptp_per_rpc": ("promises", "rpcs"),
-    "ptp_per_attempt": ("promises", "attempts"),
-    "refusal_rate": ("refusals", "rpcs"),
-    "broken_promise_share": ("broken_promises", "promises"),
-}
-assert tuple(KPI_LABELS) == KPI_NAMES == tuple(KPI_FRACTIONS)
+KPI_FRACTIONS = {kpi.name: (kpi.numerator.column, kpi.denominator.column) for kpi in KPIS}
 
 # A promise breaks weeks after it is logged (the simulator: within two weeks). A month read less
 # than this long after its end may still see its broken-promise share rise on the next read.
