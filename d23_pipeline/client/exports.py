@@ -50,7 +50,8 @@ class SlicePage:
     @cached_property
     def rows(self) -> list[dict[str, Any]]:
         """The valid rows as dicts, for callers that want Python objects."""
-        return self.batch.to_pylist()
+        rows: list[dict[str, Any]] = self.batch.to_pylist()
+        return rows
 
 
 @dataclass(frozen=True)

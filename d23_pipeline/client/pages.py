@@ -31,12 +31,12 @@ def read_page(response: httpx.Response, since: str, until: str) -> Page:
     # other page takes the row-by-row path, which rejects with reasons.
     clean = read_canonical_page(response.content, since, until)
     if clean is not None:
-        batch, cursor = clean
-        return Page(batch.num_rows, batch, [], set(), cursor)
+        batch, next_cursor = clean
+        return Page(batch.num_rows, batch, [], set(), next_cursor)
     raw_rows, cursor = _rows_and_cursor(response)
     result = validate_rows(raw_rows, since, until)
-    batch = result.batch if result.batch is not None else rows_to_batch(result.rows)
-    return Page(len(raw_rows), batch, result.rejects, result.extra_fields, cursor)
+    rows = result.batch if result.batch is not None else rows_to_batch(result.rows)
+    return Page(len(raw_rows), rows, result.rejects, result.extra_fields, cursor)
 
 
 def read_total(response: httpx.Response) -> WindowTotal:
