@@ -21,6 +21,14 @@ from d23_pipeline.settings import SettingsError, validate_month
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
+# How a month stands, from the statuses of its runs (a retried month has several): any success
+# makes it done, any run still going makes it running, otherwise its last word is a failure.
+_MONTH_STANDING = (
+    ("SUCCESS", {"SUCCESS"}),
+    ("running", {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}),
+    ("FAILURE", {"FAILURE"}),
+    ("CANCELED", {"CANCELED"}),
+)
 
 LAUNCH_PARTITION_BACKFILL = """
 mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
@@ -136,6 +144,36 @@ def backfill_status(url: str, backfill_id: str) -> dict[str, Any]:
     return result
 
 
+def month_progress(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each month's standing (``SUCCESS``, ``running``, ``FAILURE``, ``CANCELED``) from the
+    backfill's runs; months whose runs have not been created yet are absent."""
+    statuses: dict[str, set[str]] = {}
+    for run in runs:
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        if "dagster/partition" in tags:
+            statuses.setdefault(tags["dagster/partition"][:7], set()).add(run["status"])
+    return {
+        month: next((name for name, kinds in _MONTH_STANDING if seen & kinds), "running")
+        for month, seen in sorted(statuses.items())
+    }
+
+
+def wait_for_backfill(url: str, backfill_id: str, months: int, poll_s: float = 5.0) -> str:
+    """Poll until the backfill ends, printing each month whose standing changes; its status."""
+    shown: dict[str, str] = {}
+    while True:
+        backfill = backfill_status(url, backfill_id)
+        progress = month_progress(backfill["runs"])
+        done = sum(standing == "SUCCESS" for standing in progress.values())
+        for month, standing in progress.items():
+            if shown.get(month) != standing:
+                print(f"  {month}: {standing} ({done}/{months} months done)", flush=True)
+        shown = progress
+        if backfill["status"] not in UNFINISHED:
+            return str(backfill["status"])
+        time.sleep(poll_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m d23_pipeline.backfill", description=__doc__)
     parser.add_argument("first", metavar="FIRST", help="first month, YYYY-MM")
@@ -153,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions")
         if not args.wait:
             return 0
-        while (status := backfill_status(args.url, backfill_id)["status"]) in UNFINISHED:
-            time.sleep(5)
+        status = wait_for_backfill(args.url, backfill_id, len(keys))
     except (SettingsError, BackfillError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

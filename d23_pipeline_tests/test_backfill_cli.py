@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from processes import free_port
 
-from d23_pipeline.backfill import main, month_partitions
+from d23_pipeline.backfill import main, month_partitions, month_progress
 from d23_pipeline.settings import SettingsError
 
 
@@ -124,3 +124,24 @@ def test_the_servers_own_error_is_shown_not_just_its_status(webserver, capsys, r
         "2026-07-01",
         "2026-08-01",
     ]
+
+
+def _run(partition: str, status: str) -> dict:
+    return {"runId": f"{partition}-{status}", "status": status,
+            "tags": [{"key": "dagster/partition", "value": partition}]}  # fmt: skip
+
+
+def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():
+    runs = [
+        _run("2026-07-01", "FAILURE"),
+        _run("2026-07-01", "SUCCESS"),  # the daemon's retry
+        _run("2026-08-01", "STARTED"),
+        _run("2026-09-01", "FAILURE"),
+        {"runId": "dashboard", "status": "QUEUED", "tags": []},
+    ]
+
+    assert month_progress(runs) == {
+        "2026-07": "SUCCESS",
+        "2026-08": "running",
+        "2026-09": "FAILURE",
+    }

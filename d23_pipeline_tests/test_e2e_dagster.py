@@ -183,6 +183,10 @@ def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: De
     ]
     assert sorted(months) == PARTITIONS
     assert len(runs) == len(PARTITIONS) + 1
+    # --wait told the operator how each month ended, as it ended.
+    for month in SIM.months:
+        assert f"  {month}: SUCCESS (" in finished.stdout, finished.stdout
+    assert f"({len(PARTITIONS)}/{len(PARTITIONS)} months done)" in finished.stdout
     assert {run["status"] for run in runs} == {"SUCCESS"}
     assert deployment.pipeline.dashboard_path.is_file()
     assert deployment.pipeline.live_rows(SIM.months) == deployment.pipeline.expected_rows(
