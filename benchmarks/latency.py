@@ -3,51 +3,19 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Timing, land_month
 from benchmarks.pages import SLICE
+from benchmarks.simulator_process import simulator
 from d23_pipeline.client import ExportsClient
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import SimulatorConfig
 
 MONTH = "2026-03"
-
-
-@contextmanager
-def _simulator_process(rows: int, latency_s: float) -> Iterator[str]:
-    # In its own process, like the real API: served from a thread of the benchmark, its page
-    # rendering competed with the client for the GIL and added ~25 ms to every page at C=8.
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "d23_pipeline.simulator",
-            "--port",
-            "0",
-            "--months",
-            MONTH,
-            "--rows-per-month",
-            str(rows),
-            "--latency-ms",
-            str(latency_s * 1000),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        yield process.stdout.readline().strip()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def bench(
@@ -58,7 +26,7 @@ def bench(
     credentials = LoginCredentials(config.lender_slug, config.email, config.password)
     walls: list[float] = []
     pages: list[int] = []
-    with _simulator_process(rows, latency_s) as url:
+    with simulator(rows, MONTH, "--latency-ms", str(latency_s * 1000)) as url:
         for _ in range(repeats):
             data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-latency-"))
             client = ExportsClient(
