@@ -24,6 +24,10 @@ from d23_pipeline.warehouse import sql
 
 # How long a connection waits for another process to finish with the file before failing.
 LOCK_TIMEOUT_S = 900.0
+# DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
+# then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
+# stays flat in the month's size (at some speed: see benchmarks/README.md).
+DEFAULT_MEMORY_LIMIT = "96MB"
 _PARAM = re.compile(r"\$([a-z_]+)")
 
 
@@ -50,9 +54,23 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 class Warehouse:
     """The DuckDB file under ``D23_DATA_DIR`` and the lock that serialises access to it."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+        memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    ) -> None:
         self.path = Path(path)
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
+        # Passed as connection config, not as SET statements: DuckDB's SET takes no prepared
+        # parameters, and the config dict needs no quoting of the path.
+        self._config = {"memory_limit": memory_limit, "temp_directory": str(self.temp_directory)}
+
+    @property
+    def temp_directory(self) -> Path:
+        """Where DuckDB spills what does not fit its memory limit: beside the file, under
+        ``D23_DATA_DIR`` (DuckDB deletes its files there when the connection closes)."""
+        return self.path.with_name(self.path.name + ".tmp")
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -61,7 +79,7 @@ class Warehouse:
         with self._lock:
             if read_only and not self.path.exists():
                 self._create()
-            con = duckdb.connect(str(self.path), read_only=read_only)
+            con = duckdb.connect(str(self.path), read_only=read_only, config=self._config)
             try:
                 con.execute(sql.SESSION_SETUP)
                 if not read_only:
@@ -71,7 +89,7 @@ class Warehouse:
                 con.close()
 
     def _create(self) -> None:
-        con = duckdb.connect(str(self.path))
+        con = duckdb.connect(str(self.path), config=self._config)
         try:
             con.execute(sql.CREATE_SCHEMA)
         finally:
@@ -176,6 +194,8 @@ def deletion_candidates(
     """Live rows of the month inside a ``verified`` ``(since, until)`` window that a read's
     files do not hold: what that read must prove gone before any may be marked deleted."""
     if not verified or not snapshot_files:
+        return []
+    if not execute(con, sql.MONTH_HAS_LIVE_ROWS, {"partition": partition}).fetchone()[0]:
         return []
     return execute(
         con,
