@@ -198,6 +198,9 @@ class SnapshotWriter:
         if exc_type is not None:
             self.abandon()
         self._lock.release()
+        # Hand what the month's pages freed back to the OS (malloc_trim for the system allocator,
+        # see schema.py) before the merge, which runs next in the same process.
+        pa.default_memory_pool().release_unused()
 
     @property
     def finished(self) -> set[Window]:

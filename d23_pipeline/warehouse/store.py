@@ -26,8 +26,14 @@ from d23_pipeline.warehouse import sql
 LOCK_TIMEOUT_S = 900.0
 # DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
 # then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
-# stays flat in the month's size (at some speed: see benchmarks/README.md).
+# stays flat in the month's size (at some speed: see benchmarks/README.md). Not everything
+# spills (a transaction's pending inserts and updates do not): at 64 MB a 5M-row month's merge
+# ran out of memory, at 96 MB it and its re-merge passed. Raise it if a merge reports DuckDB's
+# "Out of Memory Error".
 DEFAULT_MEMORY_LIMIT = "96MB"
+# DuckDB's working memory grows with its threads (default: one per core); the limit above was
+# tested with two, so a bigger machine does not meet it with more threads than were tested.
+DUCKDB_THREADS = 2
 _PARAM = re.compile(r"\$([a-z_]+)")
 
 
@@ -64,7 +70,11 @@ class Warehouse:
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
         # Passed as connection config, not as SET statements: DuckDB's SET takes no prepared
         # parameters, and the config dict needs no quoting of the path.
-        self._config = {"memory_limit": memory_limit, "temp_directory": str(self.temp_directory)}
+        self._config = {
+            "memory_limit": memory_limit,
+            "temp_directory": str(self.temp_directory),
+            "threads": DUCKDB_THREADS,
+        }
 
     @property
     def temp_directory(self) -> Path:
