@@ -24,6 +24,7 @@ from d23_pipeline.warehouse.store import (
     MergeSummary,
     Warehouse,
     merge_snapshot,
+    merge_within_memory_limit,
 )
 
 PARTITION = "2026-04-01"
@@ -340,3 +341,15 @@ def test_without_its_temp_directory_the_same_merge_runs_out_of_memory(tmp_path: 
             merge_snapshot(con, snapshot)
     finally:
         con.close()
+
+
+def test_a_merge_that_needs_more_than_the_limit_runs_again_without_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    months = Months(tmp_path, memory_limit="16MB")  # too small for this month even spilling
+    snapshot = _big_month(months)
+
+    summary = merge_within_memory_limit(months.warehouse, snapshot)
+
+    assert (summary.inserted, len(months.logs())) == (400_000, 400_000)
+    assert "ran out of memory" in caplog.text and "without the limit" in caplog.text

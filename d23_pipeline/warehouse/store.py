@@ -7,6 +7,7 @@ short a time as the work needs; downloads never hold it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,14 +28,15 @@ LOCK_TIMEOUT_S = 900.0
 # DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
 # then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
 # stays flat in the month's size (at some speed: see benchmarks/README.md). Not everything
-# spills (a transaction's pending inserts and updates do not): at 64 MB a 5M-row month's merge
-# ran out of memory, at 96 MB it and its re-merge passed. Raise it if a merge reports DuckDB's
-# "Out of Memory Error".
+# spills: a 1M-row month's merge ran out of memory at 48 MB, a 5M-row month's at 64 MB (not
+# every time), and both merged and re-merged at 96 MB; what a merge needs grows slowly with the
+# month, so merge_within_memory_limit falls back to no limit rather than fail.
 DEFAULT_MEMORY_LIMIT = "96MB"
 # DuckDB's working memory grows with its threads (default: one per core); the limit above was
 # tested with two, so a bigger machine does not meet it with more threads than were tested.
 DUCKDB_THREADS = 2
 _PARAM = re.compile(r"\$([a-z_]+)")
+log = logging.getLogger("d23_pipeline.warehouse")
 
 
 def execute(
@@ -64,17 +66,20 @@ class Warehouse:
         self,
         path: Path,
         lock_timeout_s: float = LOCK_TIMEOUT_S,
-        memory_limit: str = DEFAULT_MEMORY_LIMIT,
+        memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.memory_limit = memory_limit
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
         # Passed as connection config, not as SET statements: DuckDB's SET takes no prepared
-        # parameters, and the config dict needs no quoting of the path.
-        self._config = {
-            "memory_limit": memory_limit,
+        # parameters, and the config dict needs no quoting of the path. No limit: DuckDB's own.
+        self._config: dict[str, str | int] = {
             "temp_directory": str(self.temp_directory),
             "threads": DUCKDB_THREADS,
         }
+        if memory_limit is not None:
+            self._config["memory_limit"] = memory_limit
 
     @property
     def temp_directory(self) -> Path:
@@ -191,6 +196,38 @@ def merge_snapshot(
         deletions_proven=proven,
         deletions_held=held,
     )
+
+
+def merge_within_memory_limit(
+    warehouse: Warehouse,
+    snapshot: Snapshot,
+    *,
+    max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
+    confirm_deletions: bool = False,
+) -> MergeSummary:
+    """:func:`merge_snapshot` on its own connection, within the warehouse's memory limit.
+
+    Not all of a merge spills (see ``DEFAULT_MEMORY_LIMIT``): if DuckDB runs out of memory, the
+    transaction has rolled back and the month is merged again without the limit, as before the
+    limit existed, rather than failing the run.
+    """
+    options = {"max_deletion_share": max_deletion_share, "confirm_deletions": confirm_deletions}
+    try:
+        with warehouse.connect() as con:
+            return merge_snapshot(con, snapshot, **options)
+    except duckdb.OutOfMemoryException as exc:
+        if warehouse.memory_limit is None:
+            raise
+        log.warning(
+            "merging %s within DuckDB's memory_limit %s ran out of memory (%s); merging it "
+            "again without the limit",
+            snapshot.partition,
+            warehouse.memory_limit,
+            str(exc).splitlines()[0],
+        )
+    unbounded = Warehouse(warehouse.path, warehouse.lock_timeout_s, memory_limit=None)
+    with unbounded.connect() as con:
+        return merge_snapshot(con, snapshot, **options)
 
 
 def deletion_candidates(
