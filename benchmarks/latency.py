@@ -4,53 +4,20 @@ and the cost of learning the gateway's window width from 504s, against a reader 
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Timing, land_month
 from benchmarks.pages import SLICE
+from benchmarks.simulator_process import simulator
 from d23_pipeline.client import ExportsClient
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import SimulatorConfig
 
 MONTH = "2026-03"
-
-
-@contextmanager
-def _simulator_process(rows: int, latency_s: float, *extra: str) -> Iterator[str]:
-    # In its own process, like the real API: served from a thread of the benchmark, its page
-    # rendering competed with the client for the GIL and added ~25 ms to every page at C=8.
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "d23_pipeline.simulator",
-            "--port",
-            "0",
-            "--months",
-            MONTH,
-            "--rows-per-month",
-            str(rows),
-            "--latency-ms",
-            str(latency_s * 1000),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        yield process.stdout.readline().strip()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _land(url: str, concurrency: int, page_limit: int, **options: Any) -> tuple[float, dict]:
@@ -87,7 +54,7 @@ def bench(
     slice's two counts, every one of them paying the latency."""
     walls: list[float] = []
     requests: list[int] = []
-    with _simulator_process(rows, latency_s) as url:
+    with simulator(rows, MONTH, "--latency-ms", str(latency_s * 1000)) as url:
         for _ in range(repeats):
             wall, stats = _land(url, concurrency, page_limit)
             if stats["retries"]:
@@ -115,7 +82,7 @@ def bench_gateway(
     known = timedelta(hours=24 / -(-24 // max_window_hours))  # the widest whole part of a day
     results: dict[str, Any] = {"rows": rows, "max_window_hours": max_window_hours}
     extra = ("--max-window-504-hours", str(max_window_hours))
-    with _simulator_process(rows, latency_s, *extra) as url:
+    with simulator(rows, MONTH, "--latency-ms", str(latency_s * 1000), *extra) as url:
         for name, max_window in (("learning", None), ("knowing", known)):
             runs = [_land(url, concurrency, 500, max_window=max_window) for _ in range(repeats)]
             results[name] = {

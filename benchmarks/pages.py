@@ -25,7 +25,8 @@ from d23_pipeline.schema import format_timestamp
 
 LENDER_ID = "00000000-0000-4000-8000-000000000023"
 TOKEN = "benchmark-token"
-PATH = f"/admin/v3/lenders/{LENDER_ID}/exports/S4/D23"
+PATH_TEMPLATE = "/admin/v3/lenders/{lender}/exports/S4/D23"
+PATH = PATH_TEMPLATE.format(lender=LENDER_ID)
 BASE_URL = "http://bench.invalid"
 SLICE = timedelta(days=1)  # the client's default slicing, which the page layout follows
 

@@ -1,7 +1,8 @@
-"""``python -m benchmarks.run [--quick] [--only NAME ...]``: the issue-5 benchmarks, as Markdown.
+"""``python -m benchmarks.run [--quick] [--only NAME ...]``: the benchmarks, as Markdown.
 
-Full sizes follow the issue (1M-row month, 5M for memory, 20M-row table); ``--quick`` runs the
-same code on small sizes in under a minute, to check the benchmarks themselves still work.
+Full sizes follow the issues (issue 5: 1M-row month, 5M for memory, 20M-row table; issue 10:
+empty, 200k, 1M and 5M-row months end to end through the CLI); ``--quick`` runs the same code on
+small sizes, to check the benchmarks themselves still work.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
-from benchmarks import latency, memory, merge_scaling, throughput
+from benchmarks import end_to_end, latency, memory, merge_scaling, throughput
 from benchmarks.common import machine
 
 
@@ -23,11 +24,19 @@ class Sizes:
     memory_rows: tuple[int, int]
     big_table: int
     big_table_runs: int
+    e2e_rows: tuple[int, ...]
+    e2e_runs: int
+    e2e_big_rows: tuple[int, ...]
+    e2e_big_runs: int
+    e2e_dlt_runs: int
 
 
-FULL = Sizes(1_000_000, 5, 5, 100_000, (1_000_000, 5_000_000), 20_000_000, 3)
-QUICK = Sizes(50_000, 2, 1, 20_000, (20_000, 100_000), 500_000, 2)
-NAMES = ("throughput", "latency", "memory", "merge")
+FULL = Sizes(
+    1_000_000, 5, 5, 100_000, (1_000_000, 5_000_000), 20_000_000, 3,
+    (0, 200_000, 1_000_000), 3, (5_000_000,), 1, 3,
+)  # fmt: skip
+QUICK = Sizes(50_000, 2, 1, 20_000, (20_000, 100_000), 500_000, 2, (0, 20_000), 1, (), 1, 1)
+NAMES = ("throughput", "latency", "memory", "merge", "end_to_end")
 
 
 def _throughput(sizes: Sizes) -> list[str]:
@@ -125,7 +134,25 @@ def _merge(sizes: Sizes) -> list[str]:
     ]
 
 
-SECTIONS = {"throughput": _throughput, "latency": _latency, "memory": _memory, "merge": _merge}
+def _end_to_end(sizes: Sizes) -> list[str]:
+    return end_to_end.markdown(
+        end_to_end.bench_in_subprocess(
+            sizes.e2e_rows,
+            sizes.e2e_runs,
+            sizes.e2e_big_rows,
+            sizes.e2e_big_runs,
+            sizes.e2e_dlt_runs,
+        )
+    )
+
+
+SECTIONS = {
+    "throughput": _throughput,
+    "latency": _latency,
+    "memory": _memory,
+    "merge": _merge,
+    "end_to_end": _end_to_end,
+}
 
 
 def main() -> None:

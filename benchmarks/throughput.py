@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -74,35 +75,68 @@ class _PagesAdapter(requests.adapters.BaseAdapter):
 
 def run_dlt(render: Render, rows: int, limit: int) -> dict[str, float]:
     """dlt ``rest_api`` walking the month's pages into DuckDB with a merge on public_id."""
-    import dlt
-    from dlt.sources.rest_api import rest_api_source
-
     data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-dlt-"))
     session = requests.Session()
     session.mount(BASE_URL, _PagesAdapter(render))
+    try:
+        elapsed = dlt_load(
+            rows,
+            limit,
+            base_url=BASE_URL,
+            path=PATH,
+            token=TOKEN,
+            since=month_start(MONTH),
+            until=month_end(MONTH),
+            data_dir=data_dir,
+            session=session,
+        )
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return {"total": elapsed}
+
+
+def dlt_load(
+    rows: int,
+    limit: int,
+    *,
+    base_url: str,
+    path: str,
+    token: str,
+    since: datetime,
+    until: datetime,
+    data_dir: Path,
+    session: requests.Session | None = None,
+) -> float:
+    """dlt ``rest_api`` reading ``[since, until)`` as one cursor walk into a DuckDB file under
+    ``data_dir``, merging on public_id; seconds taken. Fails unless it loaded ``rows`` rows."""
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    client: dict[str, Any] = {
+        "base_url": base_url,
+        "headers": {"Authorization": f"Bearer {token}"},
+        "paginator": {
+            "type": "cursor",
+            "cursor_path": "body.pagination.nextCursor",
+            "cursor_param": "cursor",
+        },
+    }
+    if session is not None:
+        client["session"] = session
     source = rest_api_source(
         {
-            "client": {
-                "base_url": BASE_URL,
-                "session": session,
-                "headers": {"Authorization": f"Bearer {TOKEN}"},
-                "paginator": {
-                    "type": "cursor",
-                    "cursor_path": "body.pagination.nextCursor",
-                    "cursor_param": "cursor",
-                },
-            },
+            "client": client,
             "resources": [
                 {
                     "name": "logs",
                     "primary_key": "public_id",
                     "write_disposition": "merge",
                     "endpoint": {
-                        "path": PATH,
+                        "path": path,
                         "data_selector": "body.rows",
                         "params": {
-                            "since": format_timestamp(month_start(MONTH)),
-                            "until": format_timestamp(month_end(MONTH)),
+                            "since": format_timestamp(since),
+                            "until": format_timestamp(until),
                             "limit": limit,
                             "sort": "asc",
                         },
@@ -118,17 +152,14 @@ def run_dlt(render: Render, rows: int, limit: int) -> dict[str, float]:
         pipelines_dir=str(data_dir / "pipelines"),
         progress=None,
     )
-    try:
-        started = time.perf_counter()
-        pipeline.run(source)
-        elapsed = time.perf_counter() - started
-        with pipeline.sql_client() as client:
-            loaded = client.execute_sql("SELECT count(*) FROM logs")[0][0]
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    started = time.perf_counter()
+    pipeline.run(source)
+    elapsed = time.perf_counter() - started
+    with pipeline.sql_client() as sql_client:
+        loaded = sql_client.execute_sql("SELECT count(*) FROM logs")[0][0]
     if loaded != rows:
         raise AssertionError(f"dlt loaded {loaded} rows, expected {rows}")
-    return {"total": elapsed}
+    return elapsed
 
 
 def bench(rows: int, limit: int, repeats: int, dlt_repeats: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,10 +19,18 @@ from d23_pipeline.landing.snapshot import (
     rows_path,
 )
 from d23_pipeline.schema import ARROW_SCHEMA
-from d23_pipeline.warehouse.store import MergeSummary, Warehouse, merge_snapshot
+from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.store import (
+    DEFAULT_MEMORY_LIMIT,
+    MergeSummary,
+    Warehouse,
+    merge_snapshot,
+    merge_within_memory_limit,
+)
 
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
+SNAPSHOT_OPTIONS = ("rejects", "absent", "partition", "verified")
 
 
 def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes) -> dict:
@@ -31,21 +40,28 @@ def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes)
 class Months:
     """Writes snapshots of day slices and merges them, as the logs asset does."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
         self.dir = tmp_path
-        self.warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+        self.warehouse = Warehouse(tmp_path / "warehouse.duckdb", memory_limit=memory_limit)
         self.count = 0
 
-    def merge(
+    def merge(self, *slices: list[dict], **options: object) -> MergeSummary:
+        """Merge ``slices`` (one file each); ``options`` as :meth:`snapshot` and merge_snapshot
+        take them."""
+        snapshot_options = {k: options.pop(k) for k in SNAPSHOT_OPTIONS if k in options}
+        snapshot = self.snapshot(*slices, **snapshot_options)
+        with self.warehouse.connect() as con:
+            return merge_snapshot(con, snapshot, **options)
+
+    def snapshot(
         self,
         *slices: list[dict],
         rejects: list[dict] = (),
         absent: tuple[str, ...] = (),
         partition: str = PARTITION,
         verified: bool = True,
-        **options: object,
-    ) -> MergeSummary:
-        """Merge ``slices`` (one file each) whose read proved ``absent`` gone from the source."""
+    ) -> Snapshot:
+        """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone."""
         self.count += 1
         directory = self.dir / f"snapshot-{self.count}"
         directory.mkdir()
@@ -68,7 +84,7 @@ class Months:
         pq.write_table(
             pa.table({"public_id": list(absent)}, ABSENT_SCHEMA), directory / "absent.parquet"
         )
-        snapshot = Snapshot(
+        return Snapshot(
             partition=partition,
             directory=directory,
             slices=records,
@@ -77,8 +93,6 @@ class Months:
             completed_at=READ_AT,
             read_stats={},
         )
-        with self.warehouse.connect() as con:
-            return merge_snapshot(con, snapshot, **options)
 
     def logs(self) -> dict[str, dict]:
         with self.warehouse.connect(read_only=True) as con:
@@ -244,3 +258,88 @@ def test_each_merge_replaces_its_months_slice_proofs(months: Months) -> None:
             "FROM d23.slice_verification"
         ).fetchall()
     assert proofs == [(PARTITION, datetime(2026, 4, 1, tzinfo=UTC), 1, 1, 1, True, 1)]
+
+
+def _write_rows(path: Path, ids: range, updated_at: str, outcome: str) -> None:
+    """A slice file of one row per id in ``ids``, written by DuckDB (fast at this size)."""
+    con = duckdb.connect()
+    try:
+        con.execute(
+            f"""
+            COPY (
+                SELECT printf('%024x', i) AS public_id, 'CALL' AS communication_type,
+                    'AGENT' AS interaction_source, $outcome AS outcome_option,
+                    true AS is_active, false AS is_ptp_broken,
+                    '2026-04-01T10:00:00.000Z' AS communicated_at,
+                    '2026-04-01T10:00:00.000Z' AS created_at, $updated_at AS updated_at
+                FROM range({ids.start}, {ids.stop}) AS t(i)
+            ) TO '{path}' (FORMAT parquet)
+            """,
+            {"outcome": outcome, "updated_at": updated_at},
+        )
+    finally:
+        con.close()
+
+
+def _big_month(months: Months) -> Snapshot:
+    """400,000 rows, then 50,000 of them read again later with a newer update: several times
+    what 64 MB holds once DuckDB has staged, deduplicated and joined them."""
+    snapshot = months.snapshot([], [])
+    first, second = snapshot.row_files
+    _write_rows(first, range(400_000), "2026-04-02T00:00:00.000Z", "PTP")
+    _write_rows(second, range(350_000, 400_000), "2026-04-03T00:00:00.000Z", "RPC")
+    return snapshot
+
+
+def test_duckdb_memory_is_bounded_and_spills_under_the_data_dir(tmp_path: Path) -> None:
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb", memory_limit="48MB")
+
+    with warehouse.connect() as con:
+        limit, temp = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone()
+
+    assert limit.replace(" ", "") in ("48.0MB", "45.7MiB")  # DuckDB prints either unit
+    assert Path(temp) == tmp_path / "warehouse.duckdb.tmp"
+
+
+def test_a_month_larger_than_the_memory_limit_merges_by_spilling(tmp_path: Path) -> None:
+    months = Months(tmp_path, memory_limit="64MB")
+    snapshot = _big_month(months)
+
+    with months.warehouse.connect() as con:
+        first = merge_snapshot(con, snapshot)
+        again = merge_snapshot(con, snapshot)
+        outcomes = dict(
+            con.execute("SELECT outcome_option, count(*) FROM d23.logs GROUP BY ALL").fetchall()
+        )
+
+    assert (first.snapshot_rows, first.inserted) == (400_000, 400_000)
+    assert outcomes == {"PTP": 350_000, "RPC": 50_000}  # the later update won every duplicate
+    assert (again.inserted, again.updated) == (0, 0)
+
+
+def test_without_its_temp_directory_the_same_merge_runs_out_of_memory(tmp_path: Path) -> None:
+    """What the temp directory is for: the merge above does not fit 64 MB on its own."""
+    snapshot = _big_month(Months(tmp_path))
+    con = duckdb.connect(
+        str(tmp_path / "bare.duckdb"), config={"memory_limit": "64MB", "temp_directory": ""}
+    )
+    try:
+        con.execute(sql.CREATE_SCHEMA)
+        with pytest.raises(duckdb.OutOfMemoryException):
+            merge_snapshot(con, snapshot)
+    finally:
+        con.close()
+
+
+def test_a_merge_that_needs_more_than_the_limit_runs_again_without_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    months = Months(tmp_path, memory_limit="16MB")  # too small for this month even spilling
+    snapshot = _big_month(months)
+
+    summary = merge_within_memory_limit(months.warehouse, snapshot)
+
+    assert (summary.inserted, len(months.logs())) == (400_000, 400_000)
+    assert "ran out of memory" in caplog.text and "without the limit" in caplog.text

@@ -21,7 +21,7 @@ from d23_pipeline.settings import (
     load_api_connection,
     validate_timezone,
 )
-from d23_pipeline.warehouse.store import LOCK_TIMEOUT_S, Warehouse
+from d23_pipeline.warehouse.store import DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S, Warehouse
 
 
 class ExportsApiResource(dg.ConfigurableResource):
@@ -100,8 +100,18 @@ class WarehouseResource(dg.ConfigurableResource):
         ),
     )
 
+    memory_limit: str = Field(
+        default=DEFAULT_MEMORY_LIMIT,
+        description=(
+            "DuckDB's memory_limit for every connection; beyond it DuckDB spills to "
+            "warehouse.duckdb.tmp beside the file"
+        ),
+    )
+
     def warehouse(self) -> Warehouse:
-        return Warehouse(Path(self.database), lock_timeout_s=self.lock_timeout_s)
+        return Warehouse(
+            Path(self.database), lock_timeout_s=self.lock_timeout_s, memory_limit=self.memory_limit
+        )
 
     @contextmanager
     def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -47,8 +47,11 @@ REJECT_SCHEMA = pa.schema(
 _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_option"]
 # An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
 RESUME_MAX_AGE = timedelta(hours=24)
-# Row groups of this size keep a slice's buffer small while DuckDB still reads fast.
-_ROW_GROUP_ROWS = 64_000
+# Row groups of this size keep a slice's buffer small while DuckDB still reads fast. Every open
+# slice (D23_MAX_CONCURRENCY of them) buffers up to this many rows, so the landing step's memory
+# is bounded whatever the month's size; at 64,000 a 5M-row month's day slices filled their
+# buffers and a 1M-row month's (32,000 rows a day) did not, so the peak still grew with the month.
+_ROW_GROUP_ROWS = 16_384
 
 
 ABSENT_SCHEMA = pa.schema([("public_id", pa.string())])
@@ -138,7 +141,10 @@ class Snapshot:
         for path in self.row_files:
             if len(rows) >= limit:
                 break
-            rows += pq.read_table(path).slice(0, limit - len(rows)).to_pylist()
+            # One small batch, not the slice: a 5M-row month's slice file is ~160,000 rows.
+            with pq.ParquetFile(path) as file:
+                first = next(file.iter_batches(batch_size=limit - len(rows)), None)
+            rows += [] if first is None else first.to_pylist()
         return rows
 
 
@@ -192,6 +198,9 @@ class SnapshotWriter:
         if exc_type is not None:
             self.abandon()
         self._lock.release()
+        # Hand what the month's pages freed back to the OS (malloc_trim for the system allocator,
+        # see schema.py) before the merge, which runs next in the same process.
+        pa.default_memory_pool().release_unused()
 
     @property
     def finished(self) -> set[Window]:

@@ -189,6 +189,13 @@ t._partition = $partition
 DELETIONS_PROVEN = f"SELECT count(*) FROM d23.logs AS t WHERE {_PROVEN_DELETED}"
 MARK_DELETED = f"UPDATE d23.logs AS t SET _deleted_at = $read_at WHERE {_PROVEN_DELETED}"
 
+# Whether the month holds any live row at all: on a month's first read it does not, and the
+# candidates query below would still build its anti-join over every id the read landed (~75 MB
+# for a 1M-row month).
+MONTH_HAS_LIVE_ROWS = """
+SELECT EXISTS (SELECT 1 FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL)
+"""
+
 # The rows a re-read must prove gone before they may be marked deleted: live rows of the month
 # whose communicated_at lies in a verified slice and which the read (valid rows or rejects,
 # anywhere in the month) did not return.

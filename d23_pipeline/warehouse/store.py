@@ -7,6 +7,7 @@ short a time as the work needs; downloads never hold it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,18 @@ from d23_pipeline.warehouse import sql
 
 # How long a connection waits for another process to finish with the file before failing.
 LOCK_TIMEOUT_S = 900.0
+# DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
+# then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
+# stays flat in the month's size (at some speed: see benchmarks/README.md). Not everything
+# spills: a 1M-row month's merge ran out of memory at 48 MB, a 5M-row month's at 64 MB (not
+# every time), and both merged and re-merged at 96 MB; what a merge needs grows slowly with the
+# month, so merge_within_memory_limit falls back to no limit rather than fail.
+DEFAULT_MEMORY_LIMIT = "96MB"
+# DuckDB's working memory grows with its threads (default: one per core); the limit above was
+# tested with two, so a bigger machine does not meet it with more threads than were tested.
+DUCKDB_THREADS = 2
 _PARAM = re.compile(r"\$([a-z_]+)")
+log = logging.getLogger("d23_pipeline.warehouse")
 
 
 def execute(
@@ -60,9 +72,30 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 class Warehouse:
     """The DuckDB file under ``D23_DATA_DIR`` and the lock that serialises access to it."""
 
-    def __init__(self, path: Path, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+        memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
+    ) -> None:
         self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.memory_limit = memory_limit
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
+        # Passed as connection config, not as SET statements: DuckDB's SET takes no prepared
+        # parameters, and the config dict needs no quoting of the path. No limit: DuckDB's own.
+        self._config: dict[str, str | bool | int | float | list[str]] = {
+            "temp_directory": str(self.temp_directory),
+            "threads": DUCKDB_THREADS,
+        }
+        if memory_limit is not None:
+            self._config["memory_limit"] = memory_limit
+
+    @property
+    def temp_directory(self) -> Path:
+        """Where DuckDB spills what does not fit its memory limit: beside the file, under
+        ``D23_DATA_DIR`` (DuckDB deletes its files there when the connection closes)."""
+        return self.path.with_name(self.path.name + ".tmp")
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -71,7 +104,7 @@ class Warehouse:
         with self._lock:
             if read_only and not self.path.exists():
                 self._create()
-            con = duckdb.connect(str(self.path), read_only=read_only)
+            con = duckdb.connect(str(self.path), read_only=read_only, config=self._config)
             try:
                 con.execute(sql.SESSION_SETUP)
                 if not read_only:
@@ -81,7 +114,7 @@ class Warehouse:
                 con.close()
 
     def _create(self) -> None:
-        con = duckdb.connect(str(self.path))
+        con = duckdb.connect(str(self.path), config=self._config)
         try:
             con.execute(sql.CREATE_SCHEMA)
         finally:
@@ -175,6 +208,45 @@ def merge_snapshot(
     )
 
 
+def merge_within_memory_limit(
+    warehouse: Warehouse,
+    snapshot: Snapshot,
+    *,
+    max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
+    confirm_deletions: bool = False,
+) -> MergeSummary:
+    """:func:`merge_snapshot` on its own connection, within the warehouse's memory limit.
+
+    Not all of a merge spills (see ``DEFAULT_MEMORY_LIMIT``): if DuckDB runs out of memory, the
+    transaction has rolled back and the month is merged again without the limit, as before the
+    limit existed, rather than failing the run.
+    """
+    def merge(con: duckdb.DuckDBPyConnection) -> MergeSummary:
+        return merge_snapshot(
+            con,
+            snapshot,
+            max_deletion_share=max_deletion_share,
+            confirm_deletions=confirm_deletions,
+        )
+
+    try:
+        with warehouse.connect() as con:
+            return merge(con)
+    except duckdb.OutOfMemoryException as exc:
+        if warehouse.memory_limit is None:
+            raise
+        log.warning(
+            "merging %s within DuckDB's memory_limit %s ran out of memory (%s); merging it "
+            "again without the limit",
+            snapshot.partition,
+            warehouse.memory_limit,
+            str(exc).splitlines()[0],
+        )
+    unbounded = Warehouse(warehouse.path, warehouse.lock_timeout_s, memory_limit=None)
+    with unbounded.connect() as con:
+        return merge(con)
+
+
 def deletion_candidates(
     con: duckdb.DuckDBPyConnection,
     snapshot_files: Sequence[Path],
@@ -186,6 +258,8 @@ def deletion_candidates(
     """Live rows of the month inside a ``verified`` ``(since, until)`` window that a read's
     files do not hold: what that read must prove gone before any may be marked deleted."""
     if not verified or not snapshot_files:
+        return []
+    if not fetch_row(con, sql.MONTH_HAS_LIVE_ROWS, {"partition": partition})[0]:
         return []
     return execute(
         con,

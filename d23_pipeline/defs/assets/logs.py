@@ -7,7 +7,7 @@ from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_snapshot
+from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
 
 
 class LogsMergeConfig(dg.Config):
@@ -50,13 +50,13 @@ def logs(
         raise dg.Failure(
             f"No complete raw snapshot for {partition}: materialize d23/raw_logs for it first."
         )
+    summary = merge_within_memory_limit(
+        warehouse.warehouse(),
+        snapshot,
+        max_deletion_share=warehouse.max_deletion_share,
+        confirm_deletions=config.confirm_deletions,
+    )
     with warehouse.get_connection() as con:
-        summary = merge_snapshot(
-            con,
-            snapshot,
-            max_deletion_share=warehouse.max_deletion_share,
-            confirm_deletions=config.confirm_deletions,
-        )
         total_rows = fetch_row(con, sql.LOGS_ROW_COUNT)[0]
         month_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, {"partition": partition})[0]
         preview = fetch_dicts(con, sql.LOGS_PREVIEW, {"partition": partition, "limit": 10})

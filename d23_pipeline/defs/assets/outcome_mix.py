@@ -65,10 +65,15 @@ def outcome_mix_monthly(
         by_outcome = fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
         schema = schema_from_table(con, "outcome_mix_monthly")
         check = checks.unmapped_outcome_codes(con, month)
-    chart = charts.bar_chart(
-        [f"{r['outcome_option']} ({r['outcome_class']})" for r in by_outcome],
-        [r["attempts"] for r in by_outcome],
-        f"Outcome mix, {month:%B %Y}",
+    # No chart of an empty month: drawing nothing would still load matplotlib (~30 MB).
+    chart = (
+        charts.bar_chart(
+            [f"{r['outcome_option']} ({r['outcome_class']})" for r in by_outcome],
+            [r["attempts"] for r in by_outcome],
+            f"Outcome mix, {month:%B %Y}",
+        )
+        if by_outcome
+        else ""
     )
     return dg.MaterializeResult(
         metadata={

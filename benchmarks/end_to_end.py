@@ -1,0 +1,441 @@
+"""Issue 10: a month through ``dagster asset materialize``, the command a user runs, end to end.
+
+Each run is one ``dagster asset materialize -m d23_pipeline.definitions --select '*'
+--partition 2026-03-01`` process (the project's executor is in-process, so every step runs in
+it) against the bundled simulator in its own process, with a fresh ``D23_DATA_DIR`` and
+``DAGSTER_HOME``. Measured per run: peak RSS (``ru_maxrss`` from ``wait4``), wall time, CPU time
+(user + sys of every thread), and per phase (start-up, each step, Dagster's own work between and
+after steps) the peak of ``VmRSS`` sampled every 20 ms and the CPU from ``/proc/<pid>/stat``.
+
+``python -m benchmarks.end_to_end --rows 0 200000 1000000 --runs 3`` prints the tables; run.py
+calls it as a subprocess. This process must stay small: Linux carries the spawning process's
+peak RSS over into a child's ``ru_maxrss`` (the child starts as a copy of it), so nothing heavy
+(pyarrow, DuckDB, Dagster) is imported here, and its own peak is printed beside the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from benchmarks.simulator_process import simulator
+
+MONTH = "2026-03"
+PARTITION = f"{MONTH}-01"
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# The simulator's demo lender (SimulatorConfig's defaults).
+LOGIN = {"D23_LENDER": "demo", "D23_EMAIL": "analyst@demo.example", "D23_PASSWORD": "demo-password"}
+RUN_TIMEOUT_S = 1800
+SAMPLE_EVERY_S = 0.02
+_CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+_STEP_EVENT = re.compile(r" - (\S+) - (STEP_START|STEP_SUCCESS|STEP_FAILURE) - ")
+STARTUP, DAGSTER = "start-up", "dagster (between and after steps)"
+
+# Reads the import cost in a fresh interpreter: the interpreter alone, + dagster, + the project.
+_IMPORT_PROBE = """
+import json, time
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+out = {"python_mb": hwm()}
+t = time.perf_counter()
+import dagster
+out["dagster_s"], out["dagster_mb"] = time.perf_counter() - t, hwm()
+t = time.perf_counter()
+import d23_pipeline.definitions
+out["definitions_s"], out["definitions_mb"] = time.perf_counter() - t, hwm()
+print(json.dumps(out))
+"""
+
+
+def _own_peak_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc")
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None  # exited, or a zombie whose memory is gone
+
+
+def _cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * _CLOCK_TICK_S  # utime + stime
+
+
+@dataclass
+class Phase:
+    name: str
+    wall_s: float
+    cpu_s: float
+    peak_mb: float
+
+
+@dataclass
+class Run:
+    """One materialize process, measured."""
+
+    rows: int
+    peak_mb: float
+    wall_s: float
+    cpu_s: float
+    phases: list[Phase] = field(default_factory=list)
+
+
+def _env(api_url: str, data_dir: Path, dagster_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D23_", "DAGSTER_"))}
+    env.update(
+        LOGIN,
+        D23_API_URL=api_url,
+        D23_DATA_DIR=str(data_dir),
+        D23_START_MONTH=MONTH,
+        DAGSTER_HOME=str(dagster_home),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def materialize(rows: int, api_url: str, module: str = "d23_pipeline.definitions") -> Run:
+    """Run ``dagster asset materialize`` once with a fresh data dir and Dagster home."""
+    scratch = Path(tempfile.mkdtemp(prefix="d23-bench-e2e-"))
+    home = scratch / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
+    )
+    args = [str(BIN / "dagster"), "asset", "materialize", "-m", module, "--select", "*"]
+    if module == "d23_pipeline.definitions":
+        args += ["--partition", PARTITION]
+    samples: list[tuple[float, float]] = []
+    events: list[tuple[float, str, str, float]] = []
+    log_tail: list[str] = []
+    try:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            args,
+            env=_env(api_url, scratch / "data", home),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                rss = _rss_mb(process.pid)
+                if rss is not None:
+                    samples.append((time.monotonic(), rss))
+                time.sleep(SAMPLE_EVERY_S)
+
+        def read_log() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                log_tail[:] = [*log_tail[-30:], line.rstrip()]
+                if match := _STEP_EVENT.search(line):
+                    cpu = _cpu_s(process.pid)
+                    events.append((time.monotonic(), match[1], match[2], cpu or 0.0))
+
+        threads = [threading.Thread(target=t, daemon=True) for t in (sample, read_log)]
+        for t in threads:
+            t.start()
+        try:
+            status, usage = _wait(process, RUN_TIMEOUT_S)
+        finally:
+            done.set()
+            for t in threads:
+                t.join(timeout=10)
+        ended = time.monotonic()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(args)} failed:\n" + "\n".join(log_tail))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(
+        rows=rows,
+        peak_mb=usage.ru_maxrss / 1024,
+        wall_s=ended - started,
+        cpu_s=cpu,
+        phases=_phases(started, ended, cpu, events, samples),
+    )
+
+
+def _wait(process: subprocess.Popen, timeout_s: float) -> tuple[int, Any]:
+    """``wait4`` the process (its rusage is the point), killing its group after ``timeout_s``."""
+    timer = threading.Timer(timeout_s, lambda: os.killpg(process.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return status, usage
+
+
+def _phases(
+    started: float,
+    ended: float,
+    cpu_total: float,
+    events: list[tuple[float, str, str, float]],
+    samples: list[tuple[float, float]],
+) -> list[Phase]:
+    """Split the run at its step events: start-up, each step, and Dagster's time outside steps."""
+    bounds = [(started, STARTUP, 0.0)]
+    for at, step, kind, cpu in events:
+        bounds.append((at, step if kind == "STEP_START" else DAGSTER, cpu))
+    bounds.append((ended, "", cpu_total))
+    merged: dict[str, Phase] = {}
+    for (begin, name, cpu_begin), (end, _, cpu_end) in zip(bounds, bounds[1:], strict=False):
+        peak = max((rss for at, rss in samples if begin <= at <= end), default=0.0)
+        phase = merged.setdefault(name, Phase(name, 0.0, 0.0, 0.0))
+        phase.wall_s += end - begin
+        phase.cpu_s += max(cpu_end - cpu_begin, 0.0)
+        phase.peak_mb = max(phase.peak_mb, peak)
+    return list(merged.values())
+
+
+def import_cost(runs: int) -> dict[str, float]:
+    """Medians over ``runs`` fresh interpreters of the import time and peak RSS of the
+    definitions (and of ``import dagster`` alone, which they include)."""
+    results = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _IMPORT_PROBE],
+                env=_env("http://127.0.0.1:9", Path(tempfile.gettempdir()), REPO),
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        for _ in range(runs)
+    ]
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def dlt_run(rows: int, api_url: str) -> Run:
+    """dlt ``rest_api`` reading the same simulator into DuckDB, in its own measured process."""
+    scratch = Path(tempfile.mkdtemp(prefix="d23-bench-e2e-dlt-"))
+    try:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.end_to_end", "--dlt-child", api_url, str(rows)],
+            env=_env(api_url, scratch, scratch),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        status, usage = _wait(process, RUN_TIMEOUT_S)
+        ended = time.monotonic()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError("the dlt run failed")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Run(rows, usage.ru_maxrss / 1024, ended - started, usage.ru_utime + usage.ru_stime)
+
+
+def _dlt_child(api_url: str, rows: int) -> None:
+    import httpx
+
+    from benchmarks.pages import PATH_TEMPLATE, month_end, month_start
+    from benchmarks.throughput import dlt_load
+
+    login = httpx.post(
+        f"{api_url}/admin/auth/{LOGIN['D23_LENDER']}/login",
+        json={"email": LOGIN["D23_EMAIL"], "password": LOGIN["D23_PASSWORD"]},
+    ).json()
+    dlt_load(
+        rows,
+        500,  # the pipeline's default page limit, D23_PAGE_LIMIT
+        base_url=api_url,
+        path=PATH_TEMPLATE.format(lender=login["lenderPublicId"]),
+        token=login["token"],
+        since=month_start(MONTH),
+        until=month_end(MONTH),
+        data_dir=Path(os.environ["D23_DATA_DIR"]),
+    )
+
+
+def bench(
+    sizes: Sequence[int], runs: int, big: Sequence[int] = (), big_runs: int = 1, dlt_runs: int = 0
+) -> dict[str, Any]:
+    """Every size in ``sizes`` ``runs`` times (``big`` sizes ``big_runs`` times), each against
+    its own simulator; the trivial project and the import cost ``runs`` times; dlt ``dlt_runs``
+    times on the same server as the smallest non-empty size."""
+    out: dict[str, Any] = {"runs": {}, "dlt": []}
+    out["trivial"] = [
+        asdict(materialize(0, "http://127.0.0.1:9", "benchmarks.trivial_definitions"))
+        for _ in range(runs)
+    ]
+    out["imports"] = import_cost(runs)
+    plan = [(rows, runs) for rows in sizes] + [(rows, big_runs) for rows in big]
+    dlt_rows = min((rows for rows, _ in plan if rows), default=0)
+    for rows, repeats in plan:
+        with simulator(rows, MONTH) as url:
+            measured = []
+            for run in range(max(repeats, dlt_runs if rows == dlt_rows else 0)):
+                # Interleaved with dlt, so a burst of load on the shared machine hits both.
+                if run < repeats:
+                    measured.append(asdict(materialize(rows, url)))
+                if rows == dlt_rows and run < dlt_runs:
+                    out["dlt"].append(asdict(dlt_run(rows, url)))
+            out["runs"][str(rows)] = measured
+    out["measuring_process_peak_mb"] = _own_peak_mb()
+    return out
+
+
+def bench_in_subprocess(
+    sizes: Sequence[int], runs: int, big: Sequence[int] = (), big_runs: int = 1, dlt_runs: int = 0
+) -> dict[str, Any]:
+    """:func:`bench` from a fresh, small interpreter (see the module docstring)."""
+    args = ["--rows", *map(str, sizes), "--runs", str(runs), "--dlt-runs", str(dlt_runs)]
+    if big:
+        args += ["--big-rows", *map(str, big), "--big-runs", str(big_runs)]
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.end_to_end", *args, "--json"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _spread(runs: list[dict[str, Any]], key: str, fmt: str) -> str:
+    values = [r[key] for r in runs]
+    median = format(statistics.median(values), fmt)
+    if len(values) == 1:
+        return f"{median} (1 run)"
+    return f"{median} ({format(min(values), fmt)}-{format(max(values), fmt)}, {len(values)} runs)"
+
+
+def _phase_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    names = [p["name"] for p in runs[0]["phases"]]
+    return {
+        name: {
+            key: statistics.median(
+                next((p[key] for p in r["phases"] if p["name"] == name), 0.0) for r in runs
+            )
+            for key in ("wall_s", "cpu_s", "peak_mb")
+        }
+        for name in names
+    }
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+    """The benchmark's tables."""
+    runs = result["runs"]
+    empty = runs.get("0")
+    empty_cpu = _median(empty, "cpu_s") if empty else 0.0
+    trivial = result["trivial"]
+    lines = [
+        f"### End to end: `dagster asset materialize --select '*' --partition {PARTITION}`",
+        "",
+        "One process per run, fresh D23_DATA_DIR and DAGSTER_HOME, the simulator in its own "
+        "process on 127.0.0.1, `D23_PAGE_LIMIT` 500, `D23_MAX_CONCURRENCY` 4. Median (min-max).",
+        "",
+        "| month | peak RSS (MB) | wall (s) | CPU user+sys (s) | CPU per row, net of the empty "
+        "month |",
+        "|---|---|---|---|---|",
+        f"| trivial one-asset project | {_spread(trivial, 'peak_mb', '.0f')} "
+        f"| {_spread(trivial, 'wall_s', '.2f')} | {_spread(trivial, 'cpu_s', '.2f')} | |",
+    ]
+    for rows, measured in runs.items():
+        per_row = ""
+        if int(rows) and empty:
+            per_row = f"{(_median(measured, 'cpu_s') - empty_cpu) / int(rows) * 1e6:.2f} µs"
+        label = "empty month" if rows == "0" else f"{int(rows):,} rows"
+        lines.append(
+            f"| {label} | **{_spread(measured, 'peak_mb', '.0f')}** "
+            f"| {_spread(measured, 'wall_s', '.2f')} | {_spread(measured, 'cpu_s', '.2f')} "
+            f"| {per_row} |"
+        )
+    for dlt in result["dlt"][:1]:
+        dlt_runs = result["dlt"]
+        per_row = (_median(dlt_runs, "cpu_s")) / dlt["rows"] * 1e6
+        lines.append(
+            f"| dlt rest_api, {dlt['rows']:,} rows, same server | "
+            f"{_spread(dlt_runs, 'peak_mb', '.0f')} | {_spread(dlt_runs, 'wall_s', '.2f')} "
+            f"| {_spread(dlt_runs, 'cpu_s', '.2f')} | {per_row:.1f} µs (gross) |"
+        )
+    imports = result["imports"]
+    lines += [
+        "",
+        f"Import cost (median of fresh interpreters): Python alone {imports['python_mb']:.0f} MB; "
+        f"`import dagster` {imports['dagster_s']:.2f} s, {imports['dagster_mb']:.0f} MB; then "
+        f"`import d23_pipeline.definitions` +{imports['definitions_s']:.2f} s, "
+        f"{imports['definitions_mb']:.0f} MB peak.",
+        "",
+        "Per phase (medians; peak of VmRSS sampled every 20 ms; CPU from /proc, 10 ms ticks):",
+        "",
+        "| month | " + " | ".join(_phase_medians(next(iter(runs.values())))) + " |",
+        "|---|" + "---|" * len(_phase_medians(next(iter(runs.values())))),
+    ]
+    for rows, measured in runs.items():
+        phases = _phase_medians(measured)
+        cells = [
+            f"{p['peak_mb']:.0f} MB, {p['wall_s']:.2f} s, {p['cpu_s']:.2f} s CPU"
+            for p in phases.values()
+        ]
+        lines.append(f"| {int(rows):,} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"(Measuring process peak: {result['measuring_process_peak_mb']:.0f} MB, the most a "
+        "child's ru_maxrss can inherit from it.)",
+    ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, nargs="+", default=[0, 200_000, 1_000_000])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--big-rows", type=int, nargs="*", default=[])
+    parser.add_argument("--big-runs", type=int, default=1)
+    parser.add_argument("--dlt-runs", type=int, default=0, help="dlt on the smallest month")
+    parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    parser.add_argument("--dlt-child", nargs=2, metavar=("URL", "ROWS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.dlt_child:
+        _dlt_child(args.dlt_child[0], int(args.dlt_child[1]))
+        return
+    result = bench(args.rows, args.runs, args.big_rows, args.big_runs, args.dlt_runs)
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(result) if args.json else "\n".join(markdown(result)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
