@@ -1,0 +1,39 @@
+"""Which warehouse a process talks to (``D23_WAREHOUSE``): both give DuckDB connections on which
+``d23.logs`` and the other tables resolve, so the merge, checks and KPIs run unchanged."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+
+from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
+from d23_pipeline.warehouse.store import LOCK_TIMEOUT_S, Warehouse
+
+
+class WarehouseBackend(Protocol):
+    def connect(
+        self, read_only: bool = False
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
+
+
+def open_warehouse(
+    backend: str,
+    *,
+    database: Path,
+    dsn: str | None = None,
+    ducklake_data_path: str | None = None,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+) -> WarehouseBackend:
+    """The embedded DuckDB file ``database`` (``duckdb``) or the DuckLake (``ducklake``)."""
+    if backend == "duckdb":
+        return Warehouse(database, lock_timeout_s=lock_timeout_s)
+    if backend != "ducklake":
+        raise ValueError(f"unknown warehouse backend {backend!r}")
+    if not dsn:
+        raise ValueError("D23_WAREHOUSE_DSN is not set: the DuckLake catalog's PostgreSQL DSN")
+    if ducklake_data_path is None:
+        raise ValueError("D23_DUCKLAKE_DATA_PATH is not set: the DuckLake's data folder")
+    return DuckLakeWarehouse(dsn, ducklake_data_path)
