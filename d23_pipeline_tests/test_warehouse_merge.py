@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from harness import d23_row
+from harness import Lake, d23_row
 
 from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import (
@@ -18,6 +18,8 @@ from d23_pipeline.landing.snapshot import (
     rows_path,
 )
 from d23_pipeline.schema import ARROW_SCHEMA
+from d23_pipeline.warehouse.backend import WarehouseBackend
+from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
 from d23_pipeline.warehouse.store import MergeSummary, Warehouse, merge_snapshot
 
 PARTITION = "2026-04-01"
@@ -31,9 +33,9 @@ def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes)
 class Months:
     """Writes snapshots of day slices and merges them, as the logs asset does."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, warehouse: WarehouseBackend) -> None:
         self.dir = tmp_path
-        self.warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+        self.warehouse = warehouse
         self.count = 0
 
     def merge(
@@ -87,9 +89,13 @@ class Months:
             return {r[0]: dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
 
 
-@pytest.fixture
-def months(tmp_path: Path) -> Months:
-    return Months(tmp_path)
+@pytest.fixture(params=["duckdb", "ducklake"])
+def months(tmp_path: Path, request: pytest.FixtureRequest) -> Months:
+    """Every merge rule holds on both warehouse backends."""
+    if request.param == "duckdb":
+        return Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb"))
+    lake = Lake.create(request.getfixturevalue("postgres"), tmp_path / "lake")
+    return Months(tmp_path, DuckLakeWarehouse(lake.dsn, str(lake.data_path)))
 
 
 def test_duplicates_inside_a_snapshot_collapse_to_the_latest_update(months: Months) -> None:
