@@ -9,6 +9,7 @@ from typing import Protocol
 
 import duckdb
 
+from d23_pipeline.settings import SettingsError
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
 from d23_pipeline.warehouse.store import LOCK_TIMEOUT_S, Warehouse
 
@@ -31,9 +32,9 @@ def open_warehouse(
     if backend == "duckdb":
         return Warehouse(database, lock_timeout_s=lock_timeout_s)
     if backend != "ducklake":
-        raise ValueError(f"unknown warehouse backend {backend!r}")
+        raise SettingsError(f"D23_WAREHOUSE must be duckdb or ducklake (got {backend!r})")
     if not dsn:
-        raise ValueError("D23_WAREHOUSE_DSN is not set: the DuckLake catalog's PostgreSQL DSN")
-    if ducklake_data_path is None:
-        raise ValueError("D23_DUCKLAKE_DATA_PATH is not set: the DuckLake's data folder")
+        raise SettingsError("D23_WAREHOUSE_DSN is not set: the DuckLake catalog's PostgreSQL DSN")
+    if not ducklake_data_path:
+        raise SettingsError("D23_DUCKLAKE_DATA_PATH is not set: the DuckLake's data folder")
     return DuckLakeWarehouse(dsn, ducklake_data_path)
