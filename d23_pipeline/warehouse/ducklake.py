@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,6 @@ from typing import TypeVar
 import duckdb
 
 from d23_pipeline.warehouse import ducklake_sql, sql
-from d23_pipeline.warehouse.store import fetch_row
 
 T = TypeVar("T")
 
@@ -94,6 +94,13 @@ def retry_on_conflict(
     raise AssertionError("unreachable")
 
 
+# One in-memory DuckDB per process and lake, shared by every session on it: loading the two
+# extensions (DuckDB checks their signatures) and attaching the catalog cost about a second, so
+# they happen once. Each session is a cursor of its own: own transaction, own temp tables.
+_LAKES: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
+_LAKES_LOCK = threading.Lock()
+
+
 class DuckLakeWarehouse:
     """DuckLake with its catalog in the PostgreSQL database ``dsn`` and data under ``data_path``."""
 
@@ -106,40 +113,40 @@ class DuckLakeWarehouse:
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A session on the lake (schema ``d23`` created if missing); closed whatever happens.
-        ``read_only`` attaches the catalog read-only."""
-        con = duckdb.connect(
-            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-        )
+        """A session on the lake; closed whatever happens. Readers and writers alike see the
+        last committed snapshot; ``read_only`` is accepted for the embedded file's sake."""
+        con = self._lake().cursor()
         try:
-            for name in EXTENSIONS:
-                con.execute(ducklake_sql.load_extension(extension_path(name)))
-            if not (read_only and self._attach_existing(con)):
-                self._attach(con, read_only=False)
-                con.execute(ducklake_sql.USE_CATALOG)
-                retry_on_conflict(lambda: con.execute(sql.CREATE_SCHEMA))
-                if read_only:
-                    con.execute(ducklake_sql.DETACH_CATALOG)
-                    self._attach(con, read_only=True)
             con.execute(ducklake_sql.USE_CATALOG)
             con.execute(sql.SESSION_SETUP)
             yield con
         finally:
             con.close()
 
-    def _attach_existing(self, con: duckdb.DuckDBPyConnection) -> bool:
-        """Attach read-only if the lake and its schema exist (a reader writes nothing)."""
-        try:
-            self._attach(con, read_only=True)
-        except WarehouseConnectionError:
-            return False  # a catalog never written to; _attach read-write says what else is wrong
-        if fetch_row(con, ducklake_sql.SCHEMA_EXISTS)[0]:
-            return True
-        con.execute(ducklake_sql.DETACH_CATALOG)
-        return False
+    def _lake(self) -> duckdb.DuckDBPyConnection:
+        """This process's DuckDB with the lake attached and schema ``d23`` created if missing."""
+        key = (self._dsn, self.data_path)
+        with _LAKES_LOCK:
+            lake = _LAKES.get(key)
+            if lake is not None:
+                return lake
+            lake = duckdb.connect(
+                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+            )
+            try:
+                for name in EXTENSIONS:
+                    lake.execute(ducklake_sql.load_extension(extension_path(name)))
+                self._attach(lake)
+                lake.execute(ducklake_sql.USE_CATALOG)
+                retry_on_conflict(lambda: lake.execute(sql.CREATE_SCHEMA))
+            except BaseException:
+                lake.close()
+                raise
+            _LAKES[key] = lake
+            return lake
 
-    def _attach(self, con: duckdb.DuckDBPyConnection, *, read_only: bool) -> None:
-        statement = ducklake_sql.attach(self._dsn, self.data_path, read_only)
+    def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        statement = ducklake_sql.attach(self._dsn, self.data_path)
         try:
             retry_on_conflict(lambda: con.execute(statement))
         except duckdb.Error as exc:

@@ -9,8 +9,6 @@ from pathlib import Path
 # The catalog's name in the session; ``USE`` makes ``d23.logs`` resolve to it.
 CATALOG = "d23_lake"
 USE_CATALOG = f"USE {CATALOG}"
-# The default catalog cannot be detached: back to DuckDB's own in-memory one first.
-DETACH_CATALOG = f"USE memory; DETACH {CATALOG}"
 
 
 def _literal(value: str) -> str:
@@ -22,15 +20,8 @@ def load_extension(path: Path) -> str:
     return f"LOAD {_literal(str(path))}"
 
 
-def attach(dsn: str, data_path: str, read_only: bool) -> str:
+def attach(dsn: str, data_path: str) -> str:
     """Attach the DuckLake whose catalog is the PostgreSQL database ``dsn``."""
-    options = f"DATA_PATH {_literal(data_path.rstrip('/') + '/')}"
-    if read_only:
-        options += ", READ_ONLY"
-    return f"ATTACH {_literal('ducklake:postgres:' + dsn)} AS {CATALOG} ({options})"
+    data = _literal(data_path.rstrip("/") + "/")
+    return f"ATTACH {_literal('ducklake:postgres:' + dsn)} AS {CATALOG} (DATA_PATH {data})"
 
-
-SCHEMA_EXISTS = f"""
-SELECT count(*) > 0 FROM information_schema.schemata
-WHERE catalog_name = '{CATALOG}' AND schema_name = 'd23'
-"""
