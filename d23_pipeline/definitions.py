@@ -68,6 +68,9 @@ defs = dg.Definitions(
         ),
         "warehouse": WarehouseResource(
             database=str(options.warehouse_path.resolve()),
+            backend=options.warehouse,
+            dsn=_env("D23_WAREHOUSE_DSN"),
+            ducklake_data_path=options.ducklake_data_path,
             max_deletion_share=options.max_deletion_share,
         ),
         "landing_zone": LandingZoneResource(raw_dir=str(options.raw_dir.resolve())),

@@ -53,6 +53,9 @@ DEFAULT_SLICE_HOURS = 24
 # A merge that would mark more than this share of a month's live rows deleted marks none until
 # an operator confirms: a source losing that much at once is more often a fault than the truth.
 DEFAULT_MAX_DELETION_SHARE = 0.02
+# Where the warehouse lives: the embedded DuckDB file (default) or DuckLake, Parquet files under
+# D23_DUCKLAKE_DATA_PATH with its catalog in the PostgreSQL database D23_WAREHOUSE_DSN names.
+WAREHOUSE_BACKENDS = ("duckdb", "ducklake")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class PipelineOptions:
     outcome_mapping: Path | None
     max_deletion_share: float
     report_timezone: str
+    warehouse: str = "duckdb"
+    # A local folder (made absolute) or, not run here, an object-storage URL such as s3://...
+    ducklake_data_path: str | None = None
 
     @property
     def warehouse_path(self) -> Path:
@@ -144,6 +150,34 @@ def validate_timezone(value: str, name: str = "D23_REPORT_TIMEZONE") -> str:
     return value
 
 
+def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """``D23_WAREHOUSE`` and, for DuckLake, its data path; the DSN (a secret) is only checked
+    to be set here, and reaches the resource as an ``EnvVar``."""
+    backend = env.get("D23_WAREHOUSE", "").strip().lower() or "duckdb"
+    if backend == "postgres":
+        raise SettingsError(
+            "D23_WAREHOUSE=postgres is not built: the server-backed warehouse is DuckLake on a "
+            "PostgreSQL catalog (D23_WAREHOUSE=ducklake)"
+        )
+    if backend not in WAREHOUSE_BACKENDS:
+        raise SettingsError(f"D23_WAREHOUSE must be duckdb or ducklake (got {backend!r})")
+    if backend == "duckdb":
+        return backend, None
+    if not env.get("D23_WAREHOUSE_DSN", "").strip():
+        raise SettingsError(
+            "D23_WAREHOUSE_DSN is not set: D23_WAREHOUSE=ducklake needs the PostgreSQL "
+            "connection string of its catalog, e.g. 'host=db port=5432 dbname=d23 user=d23 "
+            "password=...'"
+        )
+    data_path = env.get("D23_DUCKLAKE_DATA_PATH", "").strip()
+    if not data_path:
+        raise SettingsError(
+            "D23_DUCKLAKE_DATA_PATH is not set: D23_WAREHOUSE=ducklake needs the folder its "
+            "Parquet files go to, the same for every process"
+        )
+    return backend, data_path if "://" in data_path else str(Path(data_path).resolve())
+
+
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -192,6 +226,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     """Read and validate the non-secret ``D23_*`` settings."""
     env = os.environ if env is None else env
     mapping = env.get("D23_OUTCOME_MAPPING", "").strip()
+    warehouse, ducklake_data_path = validate_warehouse(env)
     if mapping and not Path(mapping).is_file():
         raise SettingsError(f"D23_OUTCOME_MAPPING points to {mapping!r}, which is not a file")
     return PipelineOptions(
@@ -205,6 +240,8 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         outcome_mapping=Path(mapping) if mapping else None,
         max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
         report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
+        warehouse=warehouse,
+        ducklake_data_path=ducklake_data_path,
     )
 
 

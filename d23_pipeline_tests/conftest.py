@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import MONTHS, Pipeline
+from harness import MONTHS, Lake, Pipeline
 from postgres import PostgresServer, postgres_cluster
 
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
@@ -16,9 +16,17 @@ def simulator() -> Simulator:
 
 
 @pytest.fixture
-def pipeline(simulator: Simulator, tmp_path: Path) -> Iterator[Pipeline]:
+def pipeline(
+    simulator: Simulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
+    """On the embedded DuckDB file, or on a fresh DuckLake when parametrized with "ducklake"
+    (harness.BOTH_WAREHOUSES)."""
+    data_dir = tmp_path / "data"
+    lake = None
+    if getattr(request, "param", "duckdb") == "ducklake":
+        lake = Lake.create(request.getfixturevalue("postgres"), data_dir / "lake")
     with serve(simulator) as url:
-        yield Pipeline(sim=simulator, api_url=url, data_dir=tmp_path / "data")
+        yield Pipeline(sim=simulator, api_url=url, data_dir=data_dir, lake=lake)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ from typing import Any
 import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
+import pytest
+from postgres import PostgresServer
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import (
@@ -26,8 +30,42 @@ from d23_pipeline.defs.resources import (
 from d23_pipeline.months import month_window
 from d23_pipeline.schema import D23_FIELDS, format_timestamp
 from d23_pipeline.simulator import SimResponse, Simulator
+from d23_pipeline.warehouse.backend import open_warehouse
+from d23_pipeline.warehouse.store import WarehouseBackend
 
 MONTHS = ("2026-03", "2026-04", "2026-05")
+# The tests that prove the warehouse exact run once per backend: the embedded DuckDB file and
+# DuckLake on the session's throwaway PostgreSQL (the `pipeline` fixture reads the parameter).
+BOTH_WAREHOUSES = pytest.mark.parametrize("pipeline", ["duckdb", "ducklake"], indirect=True)
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A fresh DuckLake: its own catalog database on the test PostgreSQL and a data folder."""
+
+    dsn: str
+    data_path: Path
+
+    @classmethod
+    def create(cls, server: PostgresServer, data_path: Path) -> Lake:
+        database = f"lake_{uuid.uuid4().hex[:12]}"
+        with contextlib.closing(server.connect("postgres")) as conn:
+            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+            with conn.cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE {database}")
+        dsn = (
+            f"host={server.host} port={server.port} user={server.user} "
+            f"password={server.password} dbname={database}"
+        )
+        return cls(dsn=dsn, data_path=data_path)
+
+    def env(self) -> dict[str, str]:
+        """The settings that point the pipeline at this lake."""
+        return {
+            "D23_WAREHOUSE": "ducklake",
+            "D23_WAREHOUSE_DSN": self.dsn,
+            "D23_DUCKLAKE_DATA_PATH": str(self.data_path),
+        }
 
 
 def d23_row(public_id: str, at: str, **changes: Any) -> dict[str, Any]:
@@ -64,6 +102,11 @@ class Pipeline:
     slice_hours: int = 24
     page_limit: int = 200
     max_concurrency: int = 4
+    lake: Lake | None = None  # None: the embedded DuckDB file
+
+    @property
+    def backend(self) -> str:
+        return "duckdb" if self.lake is None else "ducklake"
 
     @property
     def warehouse_path(self) -> Path:
@@ -86,11 +129,30 @@ class Pipeline:
         }
         return {
             "exports_api": ExportsApiResource(**api),
-            "warehouse": WarehouseResource(database=str(self.warehouse_path)),
+            "warehouse": self.warehouse_resource(),
             "landing_zone": LandingZoneResource(raw_dir=str(self.data_dir / "raw")),
             "outcome_mapping": OutcomeMappingResource(),
             "dashboard_file": DashboardResource(path=str(self.dashboard_path)),
         }
+
+    def warehouse_resource(self) -> WarehouseResource:
+        return WarehouseResource(
+            database=str(self.warehouse_path),
+            backend=self.backend,
+            dsn=None if self.lake is None else self.lake.dsn,
+            ducklake_data_path=None if self.lake is None else str(self.lake.data_path),
+        )
+
+    def warehouse(self) -> WarehouseBackend:
+        lake = self.lake
+        if lake is None:
+            return open_warehouse("duckdb", database=self.warehouse_path)
+        return open_warehouse(
+            "ducklake",
+            database=self.warehouse_path,
+            dsn=lake.dsn,
+            ducklake_data_path=str(lake.data_path),
+        )
 
     def materialize(
         self,
@@ -114,6 +176,10 @@ class Pipeline:
         )
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
+        if self.lake is not None:  # readers need no lock: they read the last committed state
+            with self.warehouse().connect(read_only=True) as con:
+                return con.execute(statement, list(params)).fetchall()
+        # The DuckDB file directly, without the pipeline's lock (tests hold it themselves).
         con = duckdb.connect(str(self.warehouse_path), read_only=True)
         try:
             con.execute("SET TimeZone = 'UTC'")

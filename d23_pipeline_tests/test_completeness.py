@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import Pipeline, failure_messages
+from harness import BOTH_WAREHOUSES, Pipeline, failure_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +94,7 @@ def test_a_month_that_grows_and_loses_rows_while_truncated_marks_no_live_row_del
     assert _unverified_slices(pipeline) == 0
 
 
+@BOTH_WAREHOUSES
 def test_a_source_that_lost_30_percent_is_not_applied_until_confirmed(pipeline: Pipeline) -> None:
     pipeline.materialize(MONTH)
     live = len(pipeline.expected_rows([MONTH]))
@@ -115,6 +116,7 @@ def test_a_source_that_lost_30_percent_is_not_applied_until_confirmed(pipeline: 
     assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
 
 
+@BOTH_WAREHOUSES
 def test_a_few_real_deletions_in_verified_slices_are_marked(pipeline: Pipeline) -> None:
     pipeline.materialize(MONTH)
     gone = set(pipeline.sim.hard_delete(5, month=MONTH))

@@ -1,19 +1,21 @@
-"""Two real Dagster processes write different months into one DuckDB file at the same time.
+"""Two real Dagster processes write different months into one warehouse at the same time.
 
 ``dg.materialize`` runs in one process and can never hit DuckDB's single-writer lock; here two
-``dagster asset materialize`` commands do, while a third writer holds the file open. Their Dagster
-home sets no pool limits, so nothing but the warehouse's own file lock keeps them apart. The raw
-snapshots are landed first (``d23/raw_logs`` reads the warehouse too, to know which rows a read
-must prove gone), so that both runs meet in their write step.
+``dagster asset materialize`` commands do. On the DuckDB file a third writer holds it open; their
+Dagster home sets no pool limits, so nothing but the warehouse's own file lock keeps them apart.
+On DuckLake nothing keeps them apart: no lock file, and a commit that conflicts runs again. The
+raw snapshots are landed first (``d23/raw_logs`` reads the warehouse too, to know which rows a
+read must prove gone), so that both runs meet in their write step.
 """
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import Pipeline
+from harness import Lake, Pipeline, files_containing
 from processes import (
     BIN,
     make_dagster_home,
@@ -52,12 +54,19 @@ def simulator_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def test_two_processes_write_different_months_at_once(tmp_path: Path, simulator_url: str) -> None:
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
+def test_two_processes_write_different_months_at_once(
+    tmp_path: Path, simulator_url: str, backend: str, request: pytest.FixtureRequest
+) -> None:
     home = make_dagster_home(tmp_path / "dagster_home", config="telemetry:\n  enabled: false\n")
     data_dir = tmp_path / "data"
     env = pipeline_env(api_url=simulator_url, sim=SIM, data_dir=data_dir, dagster_home=home)
+    lake = None
+    if backend == "ducklake":
+        lake = Lake.create(request.getfixturevalue("postgres"), tmp_path / "lake")
+        env |= lake.env()
     partitions = [f"{month}-01" for month in SIM.months]
-    pipeline = Pipeline(sim=Simulator(SIM), api_url=simulator_url, data_dir=data_dir)
+    pipeline = Pipeline(sim=Simulator(SIM), api_url=simulator_url, data_dir=data_dir, lake=lake)
 
     for partition in partitions:
         landing = tmp_path / f"land-{partition}.log"
@@ -68,8 +77,8 @@ def test_two_processes_write_different_months_at_once(tmp_path: Path, simulator_
 
     logs = [tmp_path / f"materialize-{partition}.log" for partition in partitions]
     with dg.DagsterInstance.from_config(str(home)) as instance, contextlib.ExitStack() as stack:
-        # A third writer holds the database until both runs are inside their write step.
-        with Warehouse(pipeline.warehouse_path).connect():
+        # A third writer holds the DuckDB file until both runs are inside their write step.
+        with Warehouse(pipeline.warehouse_path).connect() if lake is None else nullcontext():
             processes = [
                 stack.enter_context(
                     spawn(
@@ -98,3 +107,8 @@ def test_two_processes_write_different_months_at_once(tmp_path: Path, simulator_
     assert pipeline.live_rows(SIM.months) == pipeline.expected_rows(SIM.months)
     (duplicates,) = pipeline.query("SELECT count(*) - count(DISTINCT public_id) FROM d23.logs")
     assert duplicates == (0,)
+    if lake is not None:  # no DuckDB file and no lock file: nothing serialised the writers
+        assert sorted(p.name for p in data_dir.iterdir()) == ["raw", "reports"]
+        # The catalog's password (in D23_WAREHOUSE_DSN) is in no log, run record or data file.
+        password = request.getfixturevalue("postgres").password
+        assert files_containing(tmp_path, [password]) == {}

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 import pytest
-from harness import Pipeline
+from harness import BOTH_WAREHOUSES, Pipeline
 
 from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.warehouse import sql, store
@@ -16,6 +16,7 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return {k: v.value for k, v in event.metadata.items()}
 
 
+@BOTH_WAREHOUSES
 def test_materialized_month_equals_the_source_exactly(pipeline: Pipeline) -> None:
     result = pipeline.materialize("2026-04")
 
@@ -26,6 +27,7 @@ def test_materialized_month_equals_the_source_exactly(pipeline: Pipeline) -> Non
     assert duplicates == (0,)
 
 
+@BOTH_WAREHOUSES
 def test_rematerializing_a_month_changes_nothing(pipeline: Pipeline) -> None:
     pipeline.materialize("2026-04")
     before = pipeline.query("SELECT * EXCLUDE (_last_seen_at) FROM d23.logs ORDER BY public_id")
@@ -38,6 +40,7 @@ def test_rematerializing_a_month_changes_nothing(pipeline: Pipeline) -> None:
     assert (merged["inserted"], merged["updated"], merged["marked_deleted"]) == (0, 0, 0)
 
 
+@BOTH_WAREHOUSES
 def test_logs_columns_have_proper_types(pipeline: Pipeline) -> None:
     pipeline.materialize("2026-04")
 
@@ -52,6 +55,7 @@ def test_logs_columns_have_proper_types(pipeline: Pipeline) -> None:
     assert {"_partition", "_first_seen_at", "_last_seen_at", "_deleted_at"} <= set(types)
 
 
+@BOTH_WAREHOUSES
 def test_source_changes_land_when_the_month_is_read_again(pipeline: Pipeline) -> None:
     for month in ("2026-03", "2026-04"):
         pipeline.materialize(month)

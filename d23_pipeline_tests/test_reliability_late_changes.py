@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from harness import MONTHS, Pipeline
+from harness import BOTH_WAREHOUSES, MONTHS, Pipeline
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.defs.partitions import monthly_partitions
@@ -88,6 +88,7 @@ def _deleted_ids(pipeline: Pipeline) -> set[str]:
     }
 
 
+@BOTH_WAREHOUSES
 def test_daily_refresh_makes_lookback_months_exact_and_leaves_older_ones_stale(
     pipeline: Pipeline,
 ) -> None:

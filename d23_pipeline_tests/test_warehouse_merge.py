@@ -7,7 +7,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from harness import d23_row
+from harness import Lake, d23_row
 
 from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import (
@@ -20,10 +20,11 @@ from d23_pipeline.landing.snapshot import (
 )
 from d23_pipeline.schema import ARROW_SCHEMA
 from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
 from d23_pipeline.warehouse.store import (
-    DEFAULT_MEMORY_LIMIT,
     MergeSummary,
     Warehouse,
+    WarehouseBackend,
     merge_snapshot,
     merge_within_memory_limit,
 )
@@ -40,9 +41,9 @@ def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes)
 class Months:
     """Writes snapshots of day slices and merges them, as the logs asset does."""
 
-    def __init__(self, tmp_path: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
+    def __init__(self, tmp_path: Path, warehouse: WarehouseBackend) -> None:
         self.dir = tmp_path
-        self.warehouse = Warehouse(tmp_path / "warehouse.duckdb", memory_limit=memory_limit)
+        self.warehouse = warehouse
         self.count = 0
 
     def merge(self, *slices: list[dict], **options: object) -> MergeSummary:
@@ -101,9 +102,13 @@ class Months:
             return {r[0]: dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
 
 
-@pytest.fixture
-def months(tmp_path: Path) -> Months:
-    return Months(tmp_path)
+@pytest.fixture(params=["duckdb", "ducklake"])
+def months(tmp_path: Path, request: pytest.FixtureRequest) -> Months:
+    """Every merge rule holds on both warehouse backends."""
+    if request.param == "duckdb":
+        return Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb"))
+    lake = Lake.create(request.getfixturevalue("postgres"), tmp_path / "lake")
+    return Months(tmp_path, DuckLakeWarehouse(lake.dsn, str(lake.data_path)))
 
 
 def test_duplicates_inside_a_snapshot_collapse_to_the_latest_update(months: Months) -> None:
@@ -304,7 +309,7 @@ def test_duckdb_memory_is_bounded_and_spills_under_the_data_dir(tmp_path: Path) 
 
 
 def test_a_month_larger_than_the_memory_limit_merges_by_spilling(tmp_path: Path) -> None:
-    months = Months(tmp_path, memory_limit="64MB")
+    months = Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb", memory_limit="96MB"))
     snapshot = _big_month(months)
 
     with months.warehouse.connect() as con:
@@ -321,7 +326,7 @@ def test_a_month_larger_than_the_memory_limit_merges_by_spilling(tmp_path: Path)
 
 def test_without_its_temp_directory_the_same_merge_runs_out_of_memory(tmp_path: Path) -> None:
     """What the temp directory is for: the merge above does not fit 64 MB on its own."""
-    snapshot = _big_month(Months(tmp_path))
+    snapshot = _big_month(Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb")))
     con = duckdb.connect(
         str(tmp_path / "bare.duckdb"), config={"memory_limit": "64MB", "temp_directory": ""}
     )
@@ -336,7 +341,8 @@ def test_without_its_temp_directory_the_same_merge_runs_out_of_memory(tmp_path: 
 def test_a_merge_that_needs_more_than_the_limit_runs_again_without_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    months = Months(tmp_path, memory_limit="16MB")  # too small for this month even spilling
+    # too small for this month even spilling
+    months = Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb", memory_limit="16MB"))
     snapshot = _big_month(months)
 
     summary = merge_within_memory_limit(months.warehouse, snapshot)

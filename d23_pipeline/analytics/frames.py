@@ -6,11 +6,14 @@
     tables.kpis_monthly.tail()
 
 The warehouse is opened read-only and closed before the call returns, so a notebook never
-holds it: DuckDB lets no other process in while one has the file open for writing.
+holds it: DuckDB lets no other process in while one has the file open for writing. With
+``D23_WAREHOUSE=ducklake`` it reads the lake instead, the last committed state, never waiting
+for a writer.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from filelock import Timeout
 
 from d23_pipeline.settings import load_options
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import Warehouse
+from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
+from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend
 
 # A run holds the warehouse for seconds per step; a notebook should say so rather than hang.
 DEFAULT_WAIT_S = 10.0
@@ -40,22 +44,30 @@ class OutcomeTables:
     mix_daily: pd.DataFrame
 
 
+def _read(warehouse: WarehouseBackend) -> OutcomeTables:
+    with warehouse.connect(read_only=True) as con:
+        return OutcomeTables(
+            kpis_monthly=con.execute(sql.OUTCOME_KPIS_ALL).df(),
+            mix_monthly=con.execute(sql.OUTCOME_MIX_ALL).df(),
+            mix_daily=con.execute(sql.OUTCOME_MIX_DAILY_ALL).df(),
+        )
+
+
 def load_outcome_tables(
     data_dir: str | Path | None = None, wait_s: float = DEFAULT_WAIT_S
 ) -> OutcomeTables:
-    """Read the KPI and mix tables of the warehouse in ``data_dir`` (default: ``D23_DATA_DIR``)."""
-    path = Path(data_dir if data_dir is not None else load_options().data_dir) / "warehouse.duckdb"
+    """Read the KPI and mix tables of the warehouse in ``data_dir`` (default: ``D23_DATA_DIR``),
+    or of the DuckLake that ``D23_WAREHOUSE=ducklake`` names."""
+    options = load_options()
+    if options.warehouse == "ducklake" and options.ducklake_data_path:
+        return _read(DuckLakeWarehouse(os.environ["D23_WAREHOUSE_DSN"], options.ducklake_data_path))
+    path = Path(data_dir if data_dir is not None else options.data_dir) / "warehouse.duckdb"
     if not path.is_file():
         raise FileNotFoundError(
             f"no warehouse at {path}: materialize a month first, or pass the D23_DATA_DIR in use"
         )
     try:
-        with Warehouse(path, lock_timeout_s=wait_s).connect(read_only=True) as con:
-            return OutcomeTables(
-                kpis_monthly=con.execute(sql.OUTCOME_KPIS_ALL).df(),
-                mix_monthly=con.execute(sql.OUTCOME_MIX_ALL).df(),
-                mix_daily=con.execute(sql.OUTCOME_MIX_DAILY_ALL).df(),
-            )
+        return _read(Warehouse(path, lock_timeout_s=wait_s))
     except Timeout:
         raise WarehouseBusyError(
             f"{path} is being written by a pipeline run (it held {path.name}.lock for more than "

@@ -14,6 +14,7 @@ import duckdb
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.ducklake import retry_on_conflict
 from d23_pipeline.warehouse.store import execute, fetch_row, transaction
 
 
@@ -30,9 +31,12 @@ def load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeCl
 def _replace(
     con: duckdb.DuckDBPyConnection, delete: str, insert: str, params: Mapping[str, Any]
 ) -> int:
-    with transaction(con):
-        execute(con, delete, params)
-        return fetch_row(con, insert, params)[0]
+    def replace() -> int:
+        with transaction(con):
+            execute(con, delete, params)
+            return int(fetch_row(con, insert, params)[0])
+
+    return retry_on_conflict(replace)
 
 
 def rebuild_outcome_mix_monthly(

@@ -21,7 +21,8 @@ from d23_pipeline.settings import (
     load_api_connection,
     validate_timezone,
 )
-from d23_pipeline.warehouse.store import DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S, Warehouse
+from d23_pipeline.warehouse.backend import open_warehouse
+from d23_pipeline.warehouse.store import DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S, WarehouseBackend
 
 
 class ExportsApiResource(dg.ConfigurableResource):
@@ -85,10 +86,18 @@ class ExportsApiResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file: connections are serialised across processes by a file lock and
-    closed even when the block raises."""
+    """The warehouse: the embedded DuckDB file, whose connections are serialised across processes
+    by a file lock, or DuckLake on a PostgreSQL catalog; connections are closed even when the
+    block raises."""
 
     database: str = Field(description="Path of the DuckDB file ($D23_DATA_DIR/warehouse.duckdb)")
+    backend: str = Field(default="duckdb", description="D23_WAREHOUSE: duckdb or ducklake")
+    dsn: str | None = Field(
+        default=None, description="D23_WAREHOUSE_DSN: the DuckLake catalog's PostgreSQL DSN"
+    )
+    ducklake_data_path: str | None = Field(
+        default=None, description="D23_DUCKLAKE_DATA_PATH: where DuckLake writes its Parquet files"
+    )
     lock_timeout_s: float = Field(
         default=LOCK_TIMEOUT_S, description="How long to wait for the lock"
     )
@@ -103,14 +112,19 @@ class WarehouseResource(dg.ConfigurableResource):
     memory_limit: str = Field(
         default=DEFAULT_MEMORY_LIMIT,
         description=(
-            "DuckDB's memory_limit for every connection; beyond it DuckDB spills to "
-            "warehouse.duckdb.tmp beside the file"
+            "DuckDB's memory_limit for every connection to the embedded file; beyond it DuckDB "
+            "spills to warehouse.duckdb.tmp beside the file"
         ),
     )
 
-    def warehouse(self) -> Warehouse:
-        return Warehouse(
-            Path(self.database), lock_timeout_s=self.lock_timeout_s, memory_limit=self.memory_limit
+    def warehouse(self) -> WarehouseBackend:
+        return open_warehouse(
+            self.backend,
+            database=Path(self.database),
+            dsn=self.dsn,
+            ducklake_data_path=self.ducklake_data_path,
+            lock_timeout_s=self.lock_timeout_s,
+            memory_limit=self.memory_limit,
         )
 
     @contextmanager

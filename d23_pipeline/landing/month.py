@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from d23_pipeline.client import ExportsClient, SliceDone, SliceEvent, Window
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore, rejects_path, rows_path
-from d23_pipeline.warehouse.store import Warehouse, deletion_candidates
+from d23_pipeline.warehouse.store import WarehouseBackend, deletion_candidates
 
 log = logging.getLogger("d23_pipeline.landing")
 
@@ -27,7 +27,7 @@ class MonthRead:
 def read_month(
     client: ExportsClient,
     store: SnapshotStore,
-    warehouse: Warehouse,
+    warehouse: WarehouseBackend,
     *,
     partition: str,
     slices: Sequence[Window],

@@ -140,25 +140,24 @@ FROM snapshot AS s
 LEFT JOIN d23.logs AS t USING (public_id)
 """
 
+# One UPDATE action (DuckLake's MERGE allows no more): a matched row takes the snapshot's
+# fields only when it is at least as new; either way it was seen now and is not deleted.
+_NEWER = "s.updated_at >= t.updated_at"
+_TAKE_IF_NEWER = ",\n    ".join(
+    f"{name:<18} = CASE WHEN {_NEWER} THEN {new} ELSE t.{name} END"
+    for name, new in [
+        *((f, f"s.{f}") for f in D23_FIELDS if f != "public_id"),
+        ("_partition", "$partition"),
+    ]
+)
 MERGE_SNAPSHOT = f"""
 MERGE INTO d23.logs AS t
 USING snapshot AS s
 ON t.public_id = s.public_id
-WHEN MATCHED AND s.updated_at >= t.updated_at THEN UPDATE SET
-    communication_type = s.communication_type,
-    interaction_source = s.interaction_source,
-    outcome_option     = s.outcome_option,
-    is_active          = s.is_active,
-    is_ptp_broken      = s.is_ptp_broken,
-    communicated_at    = s.communicated_at,
-    created_at         = s.created_at,
-    updated_at         = s.updated_at,
-    _partition         = $partition,
+WHEN MATCHED THEN UPDATE SET
+    {_TAKE_IF_NEWER},
     _last_seen_at      = $read_at,
     _deleted_at        = NULL
-WHEN MATCHED THEN UPDATE SET
-    _last_seen_at = $read_at,
-    _deleted_at   = NULL
 WHEN NOT MATCHED THEN INSERT (
     {_DATA_COLUMNS}, _partition, _first_seen_at, _last_seen_at, _deleted_at
 )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 from filelock import FileLock
@@ -121,6 +121,14 @@ class Warehouse:
             con.close()
 
 
+class WarehouseBackend(Protocol):
+    """Where connections on which ``d23.*`` resolve come from: the file, or a DuckLake."""
+
+    def connect(
+        self, read_only: bool = False
+    ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
+
+
 @dataclass(frozen=True)
 class MergeSummary:
     snapshot_rows: int
@@ -209,7 +217,7 @@ def merge_snapshot(
 
 
 def merge_within_memory_limit(
-    warehouse: Warehouse,
+    warehouse: WarehouseBackend,
     snapshot: Snapshot,
     *,
     max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
@@ -233,7 +241,7 @@ def merge_within_memory_limit(
         with warehouse.connect() as con:
             return merge(con)
     except duckdb.OutOfMemoryException as exc:
-        if warehouse.memory_limit is None:
+        if not isinstance(warehouse, Warehouse) or warehouse.memory_limit is None:
             raise
         log.warning(
             "merging %s within DuckDB's memory_limit %s ran out of memory (%s); merging it "

@@ -7,6 +7,7 @@ from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.ducklake import retry_on_conflict
 from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
 
 
@@ -50,11 +51,15 @@ def logs(
         raise dg.Failure(
             f"No complete raw snapshot for {partition}: materialize d23/raw_logs for it first."
         )
-    summary = merge_within_memory_limit(
-        warehouse.warehouse(),
-        snapshot,
-        max_deletion_share=warehouse.max_deletion_share,
-        confirm_deletions=config.confirm_deletions,
+    # DuckLake: a writer of another month that committed first makes this one run again.
+    summary = retry_on_conflict(
+        lambda: merge_within_memory_limit(
+            warehouse.warehouse(),
+            snapshot,
+            max_deletion_share=warehouse.max_deletion_share,
+            confirm_deletions=config.confirm_deletions,
+        ),
+        on_retry=context.log.warning,
     )
     with warehouse.get_connection() as con:
         total_rows = fetch_row(con, sql.LOGS_ROW_COUNT)[0]

@@ -1,0 +1,154 @@
+"""DuckLake on a PostgreSQL catalog (D23_WAREHOUSE=ducklake): its settings, its secret, and two
+writers of different months plus a reader at the same time, without a lock."""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pytest
+from harness import Lake
+from postgres import PostgresServer
+from test_warehouse_merge import Months, row
+
+from d23_pipeline.analytics.frames import load_outcome_tables
+from d23_pipeline.settings import SettingsError, load_options
+from d23_pipeline.warehouse import store
+from d23_pipeline.warehouse.ducklake import (
+    DuckLakeWarehouse,
+    WarehouseConnectionError,
+    redact,
+    retry_on_conflict,
+)
+
+LATER = "2026-04-03T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"D23_WAREHOUSE": "sqlite"}, "D23_WAREHOUSE"),
+        ({"D23_WAREHOUSE": "postgres"}, "D23_WAREHOUSE"),
+        ({"D23_WAREHOUSE": "ducklake", "D23_DUCKLAKE_DATA_PATH": "/lake"}, "D23_WAREHOUSE_DSN"),
+        ({"D23_WAREHOUSE": "ducklake", "D23_WAREHOUSE_DSN": "dbname=x"}, "D23_DUCKLAKE_DATA_PATH"),
+    ],
+)
+def test_warehouse_settings_fail_naming_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_options(env)
+
+
+def test_ducklake_settings_keep_the_dsn_out_of_the_options(tmp_path: Path) -> None:
+    options = load_options(
+        {
+            "D23_WAREHOUSE": "DuckLake",
+            "D23_WAREHOUSE_DSN": "host=db password=s3cret dbname=d23",
+            "D23_DUCKLAKE_DATA_PATH": str(tmp_path / "lake"),
+        }
+    )
+    assert (options.warehouse, options.ducklake_data_path) == ("ducklake", str(tmp_path / "lake"))
+    assert "s3cret" not in repr(options)
+    assert load_options({}).warehouse == "duckdb"
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=127.0.0.1 port={port} user=d23_test password=WRONG-pw-123 dbname=nowhere",
+        "postgresql://d23_test:WRONG-pw-123@127.0.0.1:{port}/nowhere",
+    ],
+)
+def test_a_refused_catalog_names_the_setting_never_the_password(
+    postgres: PostgresServer, tmp_path: Path, dsn: str
+) -> None:
+    warehouse = DuckLakeWarehouse(dsn.format(port=postgres.port), str(tmp_path / "lake"))
+
+    with pytest.raises(WarehouseConnectionError) as raised, warehouse.connect():
+        pass
+
+    message = str(raised.value)
+    assert "D23_WAREHOUSE_DSN" in message and "authentication failed" in message
+    assert "WRONG-pw-123" not in message + repr(warehouse)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_redact_hides_key_value_and_uri_passwords() -> None:
+    text = "at 'host=h password=p1 dbname=d' and postgresql://u:p2@h/d and PASSWORD = 'p 3'"
+    assert not {"p1", "p2", "p 3"} & set(redact(text, "").replace("'", " ").split())
+    assert "p1" not in redact(text, "") and "p2" not in redact(text, "")
+
+
+@pytest.fixture
+def lake(postgres: PostgresServer, tmp_path: Path) -> Lake:
+    return Lake.create(postgres, tmp_path / "lake")
+
+
+@contextmanager
+def commit_paused_in(thread_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
+    """The first transaction of thread ``thread_name`` waits before its COMMIT until released."""
+    paused, release = threading.Event(), threading.Event()
+    real = store.transaction
+
+    @contextmanager
+    def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        with real(con):
+            yield
+            if threading.current_thread().name == thread_name and not paused.is_set():
+                paused.set()
+                release.wait(60)
+
+    monkeypatch.setattr(store, "transaction", transaction)
+    try:
+        yield paused, release
+    finally:
+        release.set()
+
+
+def test_two_months_merged_at_once_both_land_and_a_reader_never_waits(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    april, may = Months(tmp_path / "april", warehouse), Months(tmp_path / "may", warehouse)
+    for months in (april, may):
+        months.dir.mkdir()
+    april.merge([row("a1")])
+    may.merge([row("m1")], partition="2026-05-01")
+    retries: list[str] = []
+    errors: list[BaseException] = []
+
+    def merge_april() -> None:
+        try:
+            retry_on_conflict(
+                lambda: april.merge([row("a1", updated_at=LATER), row("a2")]),
+                on_retry=retries.append,
+            )
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    with commit_paused_in("april", monkeypatch) as (paused, release):
+        writer = threading.Thread(target=merge_april, name="april")
+        writer.start()
+        assert paused.wait(60), "april's merge never reached its commit"
+        # April's transaction is open: May's writer and a reader go ahead without waiting.
+        may.merge([row("m1", updated_at=LATER), row("m2")], partition="2026-05-01")
+        seen = may.logs()
+        monkeypatch.setenv("D23_WAREHOUSE", "ducklake")
+        monkeypatch.setenv("D23_WAREHOUSE_DSN", lake.dsn)
+        monkeypatch.setenv("D23_DUCKLAKE_DATA_PATH", str(lake.data_path))
+        tables = load_outcome_tables()
+        release.set()
+        writer.join(120)
+
+    assert not errors
+    # The reader saw April as last committed and May's new rows.
+    assert sorted(seen) == ["a1", "m1", "m2"]
+    assert seen["a1"]["updated_at"] < seen["m1"]["updated_at"]
+    assert list(tables.kpis_monthly.columns)[:2] == ["month", "attempts"]
+    # April committed second, conflicted with May's commit and ran again on top of it.
+    assert len(retries) >= 1 and "another writer committed first" in retries[0]
+    logs = april.logs()
+    assert sorted(logs) == ["a1", "a2", "m1", "m2"]
+    assert {logs[i]["_partition"] for i in ("a1", "a2")} == {"2026-04-01"}
+    assert {logs[i]["_partition"] for i in ("m1", "m2")} == {"2026-05-01"}
+    assert all(logs[i]["updated_at"] == seen["m1"]["updated_at"] for i in ("a1", "m1"))
