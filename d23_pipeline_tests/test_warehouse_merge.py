@@ -349,3 +349,15 @@ def test_a_merge_that_needs_more_than_the_limit_runs_again_without_it(
 
     assert (summary.inserted, len(months.logs())) == (400_000, 400_000)
     assert "ran out of memory" in caplog.text and "without the limit" in caplog.text
+
+
+def test_a_snapshot_landed_before_reads_were_proven_deletes_nothing(months: Months) -> None:
+    months.merge([row("a"), row("b")])
+    older = months.snapshot([row("a")], absent=("b",))
+    older.absent_file.unlink()  # snapshots landed before this change have no absent.parquet
+
+    with months.warehouse.connect() as con:
+        summary = merge_snapshot(con, older, max_deletion_share=1.0)
+
+    assert (summary.deletions_proven, summary.marked_deleted) == (0, 0)
+    assert months.logs()["b"]["_deleted_at"] is None
