@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -123,8 +123,14 @@ def _env(api_url: str, data_dir: Path, dagster_home: Path) -> dict[str, str]:
     return env
 
 
-def materialize(rows: int, api_url: str, module: str = "d23_pipeline.definitions") -> Run:
-    """Run ``dagster asset materialize`` once with a fresh data dir and Dagster home."""
+def materialize(
+    rows: int,
+    api_url: str,
+    module: str = "d23_pipeline.definitions",
+    check: Callable[[Path], None] | None = None,
+) -> Run:
+    """Run ``dagster asset materialize`` once with a fresh data dir and Dagster home;
+    ``check(data_dir)``, if given, runs on the data dir before it is removed."""
     scratch = Path(tempfile.mkdtemp(prefix="d23-bench-e2e-"))
     home = scratch / "dagster_home"
     home.mkdir()
@@ -177,6 +183,8 @@ def materialize(rows: int, api_url: str, module: str = "d23_pipeline.definitions
         ended = time.monotonic()
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n" + "\n".join(log_tail))
+        if check is not None:
+            check(scratch / "data")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     cpu = usage.ru_utime + usage.ru_stime
