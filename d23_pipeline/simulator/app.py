@@ -437,7 +437,8 @@ class Simulator:
         for which ``when`` holds with ``answer``, ahead of everything else the simulator checks.
 
         Scripts are tried in the order given. ``when`` is called outside the simulator's locks,
-        so it may wait for other requests (a barrier). In process and over the socket alike.
+        so it may wait for other requests (a barrier); requests arriving together may all be
+        asked about before the answers run out. In process and over the socket alike.
         """
         with self._script_lock:
             self._scripts = [s for s in self._scripts if s.times > 0]
@@ -462,26 +463,7 @@ class Simulator:
 
     def transport(self) -> httpx.MockTransport:
         """An in-process transport for ``httpx.Client(transport=...)``."""
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            answer = self.handle(
-                request.method,
-                request.url.path,
-                dict(request.url.params),
-                request.headers,
-                request.read(),
-            )
-            if isinstance(answer, Drop):
-                read_timeout = request.extensions.get("timeout", {}).get("read")
-                if read_timeout is not None and answer.after_s >= read_timeout:
-                    raise httpx.ReadTimeout("The read operation timed out", request=request)
-                time.sleep(answer.after_s)
-                raise httpx.RemoteProtocolError(
-                    "Server disconnected without sending a response.", request=request
-                )
-            return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
-
-        return httpx.MockTransport(handler)
+        return in_process(self.handle)
 
     def handle(
         self,
@@ -667,6 +649,35 @@ class Simulator:
         if count > cap:
             return {"total": cap, "totalExact": False, "totalNote": "capped"}
         return {"total": count, "totalExact": True, "totalNote": None}
+
+
+Handler = Callable[[str, str, Mapping[str, str], Mapping[str, str], bytes], Answer]
+"""What answers a request: ``Simulator.handle``'s signature, ``(method, path, query, headers,
+body)``."""
+
+
+def in_process(handle: Handler) -> httpx.MockTransport:
+    """An in-process transport answering with ``handle``: a simulator's, or one in front of it."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = handle(
+            request.method,
+            request.url.path,
+            dict(request.url.params),
+            request.headers,
+            request.read(),
+        )
+        if isinstance(answer, Drop):
+            read_timeout = request.extensions.get("timeout", {}).get("read")
+            if read_timeout is not None and answer.after_s >= read_timeout:
+                raise httpx.ReadTimeout("The read operation timed out", request=request)
+            time.sleep(answer.after_s)
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+
+    return httpx.MockTransport(handler)
 
 
 def _is_count(query: Mapping[str, str]) -> bool:
