@@ -75,10 +75,11 @@ def client(sim: Simulator, credentials: Credentials | None = None, **options: An
         credentials = LoginCredentials(config.lender_slug, config.email, config.password)
     options.setdefault("sleep", lambda seconds: None)
     options.setdefault("retry", RetryPolicy(max_attempts=4))
-    return ExportsClient(BASE_URL, credentials, transport=_checked(sim), **options)
+    options.setdefault("transport", checked_transport(sim))
+    return ExportsClient(BASE_URL, credentials, **options)
 
 
-def _checked(sim: Simulator) -> httpx.MockTransport:
+def checked_transport(sim: Simulator) -> httpx.MockTransport:
     """``sim``'s transport, asserting first what the API never checks (it has no 400 answers,
     so a malformed bound would quietly widen the window): canonical bounds and ``sort=asc``."""
     transport = sim.transport()

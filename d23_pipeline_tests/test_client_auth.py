@@ -7,10 +7,13 @@ import re
 import threading
 from datetime import timedelta
 
+import httpx
+import orjson
 import pytest
 from api import (
     DAY,
     answered,
+    checked_transport,
     client,
     error,
     ids_in,
@@ -27,22 +30,22 @@ from d23_pipeline.simulator import SimRequest
 
 def test_login_gives_the_lender_id_and_a_bearer_token_for_data_calls() -> None:
     sim = simulator(rows_at(range(3)))
-    with client(sim) as reader:
+    checked = checked_transport(sim)
+    exchanges: list[tuple[httpx.Request, httpx.Response]] = []
+
+    def recorded(request: httpx.Request) -> httpx.Response:
+        exchanges.append((request, checked.handle_request(request)))
+        return exchanges[-1][1]
+
+    with client(sim, transport=httpx.MockTransport(recorded)) as reader:
         assert reader.lender_public_id == sim.lender_public_id
         walk_ids(reader)
-    login, data = sim.stats.log
-    # The simulator answers a login only to the configured email and password in a JSON body,
-    # and a data call only with the issued token as a bearer token.
-    assert (login.request.method, login.request.path, login.status) == (
-        "POST",
-        f"/admin/auth/{sim.config.lender_slug}/login",
-        200,
-    )
-    assert (data.request.method, data.request.path, data.status) == (
-        "GET",
-        f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23",
-        200,
-    )
+    (login, answer), (data, _) = exchanges
+    config = sim.config
+    assert login.url.path == f"/admin/auth/{config.lender_slug}/login"
+    assert orjson.loads(login.content) == {"email": config.email, "password": config.password}
+    assert data.url.path == f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23"
+    assert data.headers["authorization"] == f"Bearer {answer.json()['token']}"
 
 
 def test_token_expiry_mid_walk_refreshes_once_and_keeps_every_row() -> None:
