@@ -42,9 +42,9 @@ def held_token(sim: Simulator) -> TokenCredentials:
 class Replay:
     """A simulator's answers to export GETs, rendered on first request and replayed after.
 
-    A replayed answer skips the simulator's token check: the first request of each kind was
-    checked, and a benchmark's token does not expire. Other requests and other answers than 200
-    go to the simulator every time.
+    A replayed answer skips the simulator's token check: the request that had it rendered was
+    checked, and a benchmark's token does not expire. Other requests, and answers other than
+    200, go to the simulator every time.
     """
 
     def __init__(self, sim: Simulator) -> None:
