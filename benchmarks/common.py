@@ -8,29 +8,33 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
-from benchmarks.pages import BASE_URL, LENDER_ID, SLICE, TOKEN, month_end, month_start
 from d23_pipeline.client import ExportsClient, Window
 from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
-from d23_pipeline.settings import TokenCredentials
+from d23_pipeline.months import month_end, month_start
+from d23_pipeline.settings import Credentials
 from d23_pipeline.warehouse.store import MergeSummary, Warehouse, merge_snapshot
+
+SLICE = timedelta(days=1)  # the client's default slicing
 
 
 def client_for(
+    base_url: str,
+    credentials: Credentials,
     *,
     transport: httpx.BaseTransport | None = None,
-    base_url: str = BASE_URL,
     page_limit: int = 1000,
     max_concurrency: int = 4,
 ) -> ExportsClient:
-    """A client with the benchmark lender's token (no login round trip)."""
+    """A client reading day slices, as the pipeline's does."""
     return ExportsClient(
         base_url,
-        TokenCredentials(LENDER_ID, TOKEN),
+        credentials,
         page_limit=page_limit,
         max_concurrency=max_concurrency,
         slice_size=SLICE,

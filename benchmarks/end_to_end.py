@@ -274,8 +274,9 @@ def dlt_run(rows: int, api_url: str) -> Run:
 def _dlt_child(api_url: str, rows: int) -> None:
     import httpx
 
-    from benchmarks.pages import PATH_TEMPLATE, month_end, month_start
+    from benchmarks.pages import PATH_TEMPLATE
     from benchmarks.throughput import dlt_load
+    from d23_pipeline.months import month_end, month_start
 
     login = httpx.post(
         f"{api_url}/admin/auth/{LOGIN['D23_LENDER']}/login",

@@ -10,8 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Timing, land_month
-from benchmarks.pages import SLICE
+from benchmarks.common import SLICE, Timing, land_month
 from benchmarks.simulator_process import simulator
 from d23_pipeline.client import ExportsClient
 from d23_pipeline.settings import LoginCredentials

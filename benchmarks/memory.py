@@ -1,7 +1,8 @@
 """Issue 5.3: peak RSS of landing a month, measured in a fresh process per size.
 
-The child renders each page only when it is requested (``lazy_renderer``), so the source never
-holds the month and the peak is the pipeline's own.
+The child reads the month from the simulator in a process of its own over loopback, so the
+source's memory (the simulator holds the month) is never in the child and the peak is the
+pipeline's own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import client_for, land_month
-from benchmarks.pages import MonthPages, lazy_renderer, mock_transport
+from benchmarks.simulator_process import simulator
+from d23_pipeline.settings import LoginCredentials
+from d23_pipeline.simulator import SimulatorConfig
 
 MONTH = "2026-03"
 
@@ -31,16 +34,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(rows: int) -> dict[str, Any]:
-    """Land ``rows`` rows in this process; its peak RSS before and after."""
+def child(api_url: str, rows: int) -> dict[str, Any]:
+    """Land ``rows`` rows from the simulator at ``api_url`` in this process; its peak RSS
+    before and after."""
     import pyarrow  # noqa: F401 - its import is part of the baseline, not of the month
 
     data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-memory-"))
     baseline = _peak_rss_mb()
     started = time.perf_counter()
+    config = SimulatorConfig()  # the simulator process serves its default lender
+    credentials = LoginCredentials(config.lender_slug, config.email, config.password)
     try:
-        month = MonthPages(MONTH, rows, 1000)
-        with client_for(transport=mock_transport(month, lazy_renderer(month))) as client:
+        with client_for(api_url, credentials) as client:
             snapshot = land_month(client, data_dir, MONTH)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -55,15 +60,17 @@ def child(rows: int) -> dict[str, Any]:
 
 
 def bench(rows: int) -> dict[str, Any]:
-    """Run :func:`child` in a new interpreter, so nothing earlier inflates the peak."""
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", str(rows)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    """Run :func:`child` in a new interpreter, so nothing earlier inflates the peak, against a
+    simulator of the month in another."""
+    with simulator(rows, MONTH) as api_url:
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", api_url, str(rows)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     return json.loads(out.stdout.splitlines()[-1])
 
 
 if __name__ == "__main__":
-    print(json.dumps(child(int(sys.argv[1]))))
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]))))

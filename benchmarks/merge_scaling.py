@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Timing, client_for, land_month, merge_month
-from benchmarks.pages import MonthPages, lazy_renderer, mock_transport
+from benchmarks.pages import BASE_URL, held_token, month_simulator
 from d23_pipeline.warehouse.store import Warehouse
 
 MONTH = "2026-03"
 
-# Ids far from the month's (which count up from 0), spread over 24 earlier months.
+# Ids far from the month's (ObjectIds, which start with their creation second), spread over 24
+# earlier months.
 _FILL_LOGS = """
 INSERT INTO d23.logs
 SELECT
@@ -52,8 +53,8 @@ def bench(month_rows: int, table_sizes: list[int], repeats: dict[int, int]) -> d
     """Merge the same landed month into a copy of each table; seconds per table size."""
     work = Path(tempfile.mkdtemp(prefix="d23-bench-merge-"))
     try:
-        month = MonthPages(MONTH, month_rows, 1000)
-        with client_for(transport=mock_transport(month, lazy_renderer(month))) as client:
+        sim = month_simulator(MONTH, month_rows)
+        with client_for(BASE_URL, held_token(sim), transport=sim.transport()) as client:
             snapshot = land_month(client, work / "landed", MONTH)
         results: dict[int, Any] = {}
         for size in table_sizes:

@@ -96,7 +96,7 @@ def _latency(sizes: Sizes) -> list[str]:
 
 def _memory(sizes: Sizes) -> list[str]:
     lines = [
-        "### 3. Peak RSS while landing a month (fresh process per size, pages rendered lazily)",
+        "### 3. Peak RSS while landing a month (fresh process per size, simulator in its own)",
         "",
         "| rows | baseline RSS after imports | peak RSS | landing time |",
         "|---|---|---|---|",

@@ -1,8 +1,9 @@
 """Issue 5.1: one month through client, validation, landing and merge, against dlt ``rest_api``.
 
-Both sides get the same pre-rendered pages in-process: the pipeline through an
-``httpx.MockTransport``, dlt through a ``requests`` adapter mounted on its session. Neither opens
-a socket, so what is measured is the reader, not a server.
+Both sides get the simulator's pages in-process, rendered before the clock starts and replayed
+(``pages.Replay``): the pipeline through an ``httpx.MockTransport``, dlt through a ``requests``
+adapter mounted on its session. Neither opens a socket, so what is measured is the reader, not a
+server.
 """
 
 from __future__ import annotations
@@ -18,28 +19,24 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 
 from benchmarks.common import Timing, client_for, land_month, merge_month
-from benchmarks.pages import (
-    BASE_URL,
-    PATH,
-    TOKEN,
-    MonthPages,
-    Render,
-    mock_transport,
-    month_end,
-    month_start,
-    prerendered,
-)
+from benchmarks.pages import BASE_URL, PATH_TEMPLATE, Replay, held_token, month_simulator
+from d23_pipeline.months import month_end, month_start
 from d23_pipeline.schema import format_timestamp
+from d23_pipeline.settings import TokenCredentials
+from d23_pipeline.simulator import SimResponse
 
 MONTH = "2026-03"
 
 
-def run_pipeline(month: MonthPages, render: Render, rows: int, limit: int) -> dict[str, float]:
+def run_pipeline(
+    replay: Replay, credentials: TokenCredentials, rows: int, limit: int
+) -> dict[str, float]:
     """One end-to-end run into a fresh warehouse; seconds for landing and for the merge."""
     data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-"))
     try:
         started = time.perf_counter()
-        with client_for(transport=mock_transport(month, render), page_limit=limit) as client:
+        transport = replay.transport()
+        with client_for(BASE_URL, credentials, transport=transport, page_limit=limit) as client:
             snapshot = land_month(client, data_dir, MONTH)
         landed = time.perf_counter()
         summary = merge_month(data_dir, snapshot)
@@ -51,19 +48,28 @@ def run_pipeline(month: MonthPages, render: Render, rows: int, limit: int) -> di
     return {"total": merged - started, "land": landed - started, "merge": merged - landed}
 
 
-class _PagesAdapter(requests.adapters.BaseAdapter):
-    """Answers dlt's requests from the pre-rendered pages, like the MockTransport does."""
+class _ReplayAdapter(requests.adapters.BaseAdapter):
+    """Answers dlt's requests from the replay, like the pipeline's MockTransport does."""
 
-    def __init__(self, render: Render) -> None:
+    def __init__(self, replay: Replay) -> None:
         super().__init__()
-        self._render = render
+        self._replay = replay
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ReplayAdapter:
+        # dlt deep-copies its configuration, this session included: the replay (and the
+        # simulator's locks) is shared, not copied.
+        return self
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        params = dict(parse_qsl(urlsplit(request.url).query))
+        url = urlsplit(request.url)
+        answer = self._replay.handle(
+            request.method, url.path, dict(parse_qsl(url.query)), request.headers, b""
+        )
+        assert isinstance(answer, SimResponse), answer  # the benchmark scripts no drops
         response = requests.Response()
-        response.status_code = 200
-        response._content = self._render(params["since"], params["until"], params.get("cursor"))
-        response.headers["Content-Type"] = "application/json"
+        response.status_code = answer.status
+        response._content = answer.body
+        response.headers.update(answer.headers)
         response.url = request.url
         response.request = request
         response.encoding = "utf-8"
@@ -73,18 +79,18 @@ class _PagesAdapter(requests.adapters.BaseAdapter):
         pass
 
 
-def run_dlt(render: Render, rows: int, limit: int) -> dict[str, float]:
+def run_dlt(replay: Replay, token: str, rows: int, limit: int) -> dict[str, float]:
     """dlt ``rest_api`` walking the month's pages into DuckDB with a merge on public_id."""
     data_dir = Path(tempfile.mkdtemp(prefix="d23-bench-dlt-"))
     session = requests.Session()
-    session.mount(BASE_URL, _PagesAdapter(render))
+    session.mount(BASE_URL, _ReplayAdapter(replay))
     try:
         elapsed = dlt_load(
             rows,
             limit,
             base_url=BASE_URL,
-            path=PATH,
-            token=TOKEN,
+            path=PATH_TEMPLATE.format(lender=replay.sim.lender_public_id),
+            token=token,
             since=month_start(MONTH),
             until=month_end(MONTH),
             data_dir=data_dir,
@@ -134,12 +140,7 @@ def dlt_load(
                     "endpoint": {
                         "path": path,
                         "data_selector": "body.rows",
-                        "params": {
-                            "since": format_timestamp(since),
-                            "until": format_timestamp(until),
-                            "limit": limit,
-                            "sort": "asc",
-                        },
+                        "params": month_walk_params(since, until, limit),
                     },
                 }
             ],
@@ -162,23 +163,58 @@ def dlt_load(
     return elapsed
 
 
+def month_walk_params(since: datetime, until: datetime, limit: int) -> dict[str, Any]:
+    """The query of dlt's walk: the whole window as one cursor walk (plus ``cursor``)."""
+    return {
+        "since": format_timestamp(since),
+        "until": format_timestamp(until),
+        "limit": limit,
+        "sort": "asc",
+    }
+
+
+def _render_month_walk(replay: Replay, token: str, limit: int) -> None:
+    """Have the replay render every page of dlt's walk of the month, before any timed run."""
+    path = PATH_TEMPLATE.format(lender=replay.sim.lender_public_id)
+    params = month_walk_params(month_start(MONTH), month_end(MONTH), limit)
+    query = {name: str(value) for name, value in params.items()}
+    headers = {"Authorization": f"Bearer {token}"}
+    while True:
+        answer = replay.handle("GET", path, query, headers, b"")
+        assert isinstance(answer, SimResponse) and answer.status == 200, answer
+        cursor = answer.json()["body"]["pagination"]["nextCursor"]
+        if cursor is None:
+            return
+        query["cursor"] = cursor
+
+
 def bench(rows: int, limit: int, repeats: int, dlt_repeats: int) -> dict[str, Any]:
     """Alternate pipeline and dlt runs over the same pages; medians and the ratio."""
-    month = MonthPages(MONTH, rows, limit)
-    render = prerendered(month)
+    sim = month_simulator(MONTH, rows)
+    replay = Replay(sim)
+    credentials = held_token(sim)
+    # An untimed first run has the simulator render every page and count the pipeline asks for.
+    run_pipeline(replay, credentials, rows, limit)
+    pages = sim.stats.data_pages
+    if dlt_repeats:
+        _render_month_walk(replay, credentials.token, limit)
+    rendered = replay.rendered
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
     for run in range(max(repeats, dlt_repeats)):
         # Interleaved, so a burst of load on a shared machine hits both sides alike.
         if run < repeats:
-            ours.append(run_pipeline(month, render, rows, limit))
+            ours.append(run_pipeline(replay, credentials, rows, limit))
         if run < dlt_repeats:
-            theirs.append(run_dlt(render, rows, limit))
+            theirs.append(run_dlt(replay, credentials.token, rows, limit))
+    if replay.rendered != rendered:
+        # A timed run would have paid for rendering: its numbers would not be the reader's.
+        raise AssertionError(f"timed runs asked for {replay.rendered - rendered} unseen answers")
     total = Timing([r["total"] for r in ours])
     dlt_total = Timing([r["total"] for r in theirs])
     return {
         "rows": rows,
-        "pages": month.pages,
+        "pages": pages,
         "page_limit": limit,
         "pipeline": total,
         "pipeline_land": Timing([r["land"] for r in ours]),

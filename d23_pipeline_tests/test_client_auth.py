@@ -2,141 +2,156 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import threading
 from datetime import timedelta
 
 import httpx
 import orjson
 import pytest
-from test_client_fakeapi import (
-    BASE_URL,
+from api import (
     DAY,
-    EMAIL,
-    LENDER_ID,
-    SLUG,
-    FakeApi,
+    answered,
+    checked_transport,
+    client,
     error,
     ids_in,
+    login,
     rows_at,
+    simulator,
     walk_ids,
 )
 
-from d23_pipeline.client import AuthenticationError, ExportsClient, SlicePage
+from d23_pipeline.client import AuthenticationError, SlicePage
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
+from d23_pipeline.simulator import SimRequest
 
 
 def test_login_gives_the_lender_id_and_a_bearer_token_for_data_calls() -> None:
-    api = FakeApi(rows_at(range(3)))
-    with api.client() as client:
-        assert client.lender_public_id == LENDER_ID
-        walk_ids(client)
-    login, data = api.requests
-    assert login.url.path == f"/admin/auth/{SLUG}/login"
-    assert orjson.loads(login.content) == {"email": EMAIL, "password": api.password}
-    assert data.url.path == f"/admin/v3/lenders/{LENDER_ID}/exports/S4/D23"
-    assert data.headers["authorization"] == "Bearer tok-1"
+    sim = simulator(rows_at(range(3)))
+    checked = checked_transport(sim)
+    exchanges: list[tuple[httpx.Request, httpx.Response]] = []
+
+    def recorded(request: httpx.Request) -> httpx.Response:
+        exchanges.append((request, checked.handle_request(request)))
+        return exchanges[-1][1]
+
+    with client(sim, transport=httpx.MockTransport(recorded)) as reader:
+        assert reader.lender_public_id == sim.lender_public_id
+        walk_ids(reader)
+    (login, answer), (data, _) = exchanges
+    config = sim.config
+    assert login.url.path == f"/admin/auth/{config.lender_slug}/login"
+    assert orjson.loads(login.content) == {"email": config.email, "password": config.password}
+    assert data.url.path == f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23"
+    assert data.headers["authorization"] == f"Bearer {answer.json()['token']}"
 
 
 def test_token_expiry_mid_walk_refreshes_once_and_keeps_every_row() -> None:
-    api = FakeApi(rows_at(range(9)), page_size=lambda limit: 2)
-    with api.client() as client:
-        pages = client.iter_window(DAY)
+    sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
+    with client(sim) as reader:
+        pages = reader.iter_window(DAY)
         first = next(pages)
-        api.expire_tokens()
+        sim.expire_tokens()
         ids = [r["public_id"] for page in [first, *pages] for r in page.rows]
-        assert client.stats.token_refreshes == 1
-    assert ids == ids_in(api)
-    assert (api.logins, api.refreshes) == (1, 1)
+        assert reader.stats.token_refreshes == 1
+    assert ids == ids_in(sim)
+    assert (answered(sim, "login"), answered(sim, "refresh")) == (1, 1)
 
 
 def test_a_failed_refresh_falls_back_to_a_fresh_login() -> None:
-    api = FakeApi(rows_at(range(9)), page_size=lambda limit: 2)
-    with api.client() as client:
-        pages = client.iter_window(DAY)
+    sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
+    with client(sim) as reader:
+        pages = reader.iter_window(DAY)
         first = next(pages)
-        api.expire_tokens()
-        api.refresh_tokens.clear()
+        sim.expire_tokens()
+        sim.revoke_refresh_tokens()
         ids = [r["public_id"] for page in [first, *pages] for r in page.rows]
-    assert ids == ids_in(api)
-    assert (api.logins, api.refreshes) == (2, 0)
+    assert ids == ids_in(sim)
+    assert (answered(sim, "login"), answered(sim, "refresh")) == (2, 0)
+    assert answered(sim, "refresh", 401) == 1
 
 
 def test_a_refused_relogin_is_an_authentication_error() -> None:
-    api = FakeApi(rows_at(range(9)), page_size=lambda limit: 2)
-    with api.client() as client:
-        pages = client.iter_window(DAY)
+    sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
+    with client(sim) as reader:
+        pages = reader.iter_window(DAY)
         next(pages)
-        api.expire_tokens()
-        api.refresh_tokens.clear()
-        api.password = "changed"
+        sim.expire_tokens()
+        sim.revoke_refresh_tokens()
+        sim.set_password("changed")
         with pytest.raises(AuthenticationError, match="login for lender 'demo' refused"):
             list(pages)
 
 
 def test_a_401_that_survives_refresh_and_relogin_is_an_authentication_error() -> None:
-    api = FakeApi(rows_at(range(3)))
-    api.inject(error(401, "req-401"), times=99)
-    with api.client() as client, pytest.raises(AuthenticationError, match="still answers 401"):
-        walk_ids(client)
-    assert (api.logins, api.refreshes) == (2, 1)
+    sim = simulator(rows_at(range(3)))
+    sim.script(error(401, "req-401"), times=99)
+    with client(sim) as reader, pytest.raises(AuthenticationError, match="still answers 401"):
+        walk_ids(reader)
+    assert (answered(sim, "login"), answered(sim, "refresh")) == (2, 1)
 
 
 def test_wrong_password_is_an_authentication_error() -> None:
-    api = FakeApi(rows_at(range(3)))
-    api.password = "right"
-    client = ExportsClient(
-        BASE_URL,
-        LoginCredentials(SLUG, EMAIL, "wrong"),
-        transport=api.transport(),
-    )
-    with client, pytest.raises(AuthenticationError) as caught:
-        client.lender_public_id  # noqa: B018 - the property logs in
-    assert "HTTP 401" in str(caught.value) and "req-login" in str(caught.value)
+    sim = simulator(rows_at(range(3)))
+    config = sim.config
+    wrong = LoginCredentials(config.lender_slug, config.email, "wrong")
+    with client(sim, wrong) as reader, pytest.raises(AuthenticationError) as caught:
+        reader.lender_public_id  # noqa: B018 - the property logs in
+    request_id = caught.value.request_id
+    assert request_id is not None and re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert "HTTP 401" in str(caught.value) and request_id in str(caught.value)
 
 
 def test_login_survives_a_transient_failure() -> None:
-    api = FakeApi(rows_at(range(3)))
-    api.inject(error(503), auth=True)
-    with api.client() as client:
-        assert walk_ids(client) == ids_in(api)
-        assert client.stats.as_dict()["retries"] == {"503": 1}
+    sim = simulator(rows_at(range(3)))
+    sim.script(error(503), auth=True)
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        assert reader.stats.as_dict()["retries"] == {"503": 1}
 
 
 def test_a_held_token_is_sent_as_is() -> None:
-    api = FakeApi(rows_at(range(3)))
-    api.tokens.add("held-token")
-    credentials = TokenCredentials(LENDER_ID, "held-token")
-    with ExportsClient(BASE_URL, credentials, transport=api.transport()) as client:
-        assert walk_ids(client) == ids_in(api)
-        assert client.lender_public_id == LENDER_ID
-    assert api.logins == 0
+    sim = simulator(rows_at(range(3)))
+    # A token from a login of the test's own: what an operator's D23_TOKEN is.
+    credentials = TokenCredentials(sim.lender_public_id, login(sim)["token"])
+    with client(sim, credentials) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        assert reader.lender_public_id == sim.lender_public_id
+        assert reader.stats.logins == 0
+    assert sim.stats.by_kind["login"] == 1  # the test's own
 
 
 def test_a_rejected_held_token_is_an_authentication_error_without_refresh() -> None:
-    api = FakeApi(rows_at(range(3)))
-    credentials = TokenCredentials(LENDER_ID, "stale-token")
+    sim = simulator(rows_at(range(3)))
+    credentials = TokenCredentials(sim.lender_public_id, "stale-token")
     with (
-        ExportsClient(BASE_URL, credentials, transport=api.transport()) as client,
+        client(sim, credentials) as reader,
         pytest.raises(AuthenticationError, match="cannot be refreshed"),
     ):
-        walk_ids(client)
-    assert api.logins == api.refreshes == 0
+        walk_ids(reader)
+    assert sim.stats.by_kind["login"] == sim.stats.by_kind["refresh"] == 0
 
 
 def test_concurrent_401s_cause_a_single_refresh() -> None:
-    api = FakeApi(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
     barrier = threading.Barrier(4)
+    asked = itertools.count()
 
-    def all_at_once(request: httpx.Request) -> httpx.Response:
-        barrier.wait(timeout=5)  # all four workers hold the same token at the same moment
-        return httpx.Response(401, json={"success": False})
+    def all_at_once(request: SimRequest) -> bool:
+        # The first four requests are the four workers' first (their counts): none is answered
+        # before all four have been sent, so all four carry the login's token.
+        if next(asked) >= 4:
+            return False
+        barrier.wait(timeout=5)
+        return True
 
-    api.inject(
-        all_at_once, times=4, when=lambda r: r.headers.get("authorization") == "Bearer tok-1"
-    )
-    with api.client(max_concurrency=4, slice_size=timedelta(hours=6)) as client:
-        events = list(client.iter_slices(DAY))
-        assert client.stats.token_refreshes == 1
+    sim.script(error(401), times=4, when=all_at_once)
+    with client(sim, max_concurrency=4, slice_size=timedelta(hours=6)) as reader:
+        events = list(reader.iter_slices(DAY))
+        assert reader.stats.token_refreshes == 1
     ids = sorted(r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows)
-    assert ids == ids_in(api)
-    assert (api.logins, api.refreshes) == (1, 1)
+    assert ids == ids_in(sim)
+    assert (answered(sim, "login"), answered(sim, "refresh")) == (1, 1)
+    assert answered(sim, "count", 401) == 4

@@ -8,9 +8,10 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from test_client_fakeapi import DAY, T0, FakeApi, error, ids_in, rows_at
+from api import DAY, T0, client, error, ids_in, queries, rows_at, simulator
 
 from d23_pipeline.client import LenderMismatchError, SliceDone, SlicePage, Window
+from d23_pipeline.simulator import Simulator
 
 THREE_DAYS = Window(T0, T0 + timedelta(days=3))
 SIX_HOURS = timedelta(hours=6)
@@ -27,18 +28,18 @@ def wait_for_no_client_threads(budget_s: float = 3.0) -> None:
     assert client_threads() == []
 
 
-def hourly_api(**options: object) -> FakeApi:
+def hourly_api(latency_s: float = 0.0) -> Simulator:
     # Two tied rows every 20 minutes over three days; pages of 2 rows.
     offsets = [ms for ms in range(0, 3 * 86_400_000, 1_200_000) for _ in range(2)]
-    return FakeApi(rows_at(offsets), page_size=lambda limit: 2, **options)  # type: ignore[arg-type]
+    return simulator(rows_at(offsets), page_size=lambda limit: 2, latency_s=latency_s)
 
 
 def test_every_row_arrives_once_and_each_slice_ends_with_one_done() -> None:
-    api = hourly_api()
-    with api.client(max_concurrency=4, slice_size=SIX_HOURS) as client:
-        events = list(client.iter_slices(THREE_DAYS))
+    sim = hourly_api()
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
+        events = list(reader.iter_slices(THREE_DAYS))
     ids = [r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows]
-    assert sorted(ids) == sorted(ids_in(api, THREE_DAYS)) and len(set(ids)) == len(ids)
+    assert sorted(ids) == sorted(ids_in(sim, THREE_DAYS)) and len(set(ids)) == len(ids)
     done = [e for e in events if isinstance(e, SliceDone)]
     assert sorted(d.slice for d in done) == THREE_DAYS.split(SIX_HOURS)
     for finished in done:
@@ -51,64 +52,64 @@ def test_every_row_arrives_once_and_each_slice_ends_with_one_done() -> None:
 
 
 def test_skipped_slices_are_not_fetched() -> None:
-    api = hourly_api()
+    sim = hourly_api()
     slices = THREE_DAYS.split(SIX_HOURS)
     finished = set(slices[::2])
-    with api.client(max_concurrency=3, slice_size=SIX_HOURS) as client:
-        events = list(client.iter_slices(THREE_DAYS, skip=finished))
+    with client(sim, max_concurrency=3, slice_size=SIX_HOURS) as reader:
+        events = list(reader.iter_slices(THREE_DAYS, skip=finished))
     assert {e.slice for e in events} == set(slices[1::2])
-    assert {p["since"] for p in api.data_params} == {s.since_text for s in slices[1::2]}
+    assert {p["since"] for p in queries(sim)} == {s.since_text for s in slices[1::2]}
 
 
 def test_skipping_every_slice_makes_no_request() -> None:
-    api = hourly_api()
-    with api.client(slice_size=SIX_HOURS) as client:
-        assert list(client.iter_slices(DAY, skip=DAY.split(SIX_HOURS))) == []
-    assert api.requests == []
+    sim = hourly_api()
+    with client(sim, slice_size=SIX_HOURS) as reader:
+        assert list(reader.iter_slices(DAY, skip=DAY.split(SIX_HOURS))) == []
+    assert sim.stats.log == []
 
 
 def test_a_worker_error_stops_the_others_and_is_raised() -> None:
-    api = hourly_api(latency_s=0.005)
+    sim = hourly_api(latency_s=0.005)
     second = THREE_DAYS.split(SIX_HOURS)[1]
-    api.inject(error(403), when=lambda r: r.url.params["since"] == second.since_text)
+    sim.script(error(403), when=lambda r: r.query["since"] == second.since_text)
     with (
-        api.client(max_concurrency=2, slice_size=SIX_HOURS) as client,
+        client(sim, max_concurrency=2, slice_size=SIX_HOURS) as reader,
         pytest.raises(LenderMismatchError),
     ):
-        list(client.iter_slices(THREE_DAYS))
+        list(reader.iter_slices(THREE_DAYS))
     wait_for_no_client_threads()
-    assert len(api.data_params) < 40  # far from the ~110 pages of a full run
+    assert len(queries(sim)) < 40  # far from the ~110 pages of a full run
 
 
 def test_closing_the_generator_early_stops_the_workers() -> None:
-    api = hourly_api(latency_s=0.002)
-    with api.client(max_concurrency=4, slice_size=SIX_HOURS) as client:
-        events = client.iter_slices(THREE_DAYS)
+    sim = hourly_api(latency_s=0.002)
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
+        events = reader.iter_slices(THREE_DAYS)
         next(events)
         events.close()
         wait_for_no_client_threads()
-        requests = len(api.data_params)
+        requests = len(queries(sim))
         time.sleep(0.05)
-        assert len(api.data_params) == requests < 40
+        assert len(queries(sim)) == requests < 40
 
 
 def test_a_slow_consumer_holds_workers_back() -> None:
-    api = hourly_api()
-    with api.client(max_concurrency=2, slice_size=SIX_HOURS) as client:
-        events = client.iter_slices(THREE_DAYS)
+    sim = hourly_api()
+    with client(sim, max_concurrency=2, slice_size=SIX_HOURS) as reader:
+        events = reader.iter_slices(THREE_DAYS)
         next(events)
         time.sleep(0.2)
         # one consumed, a queue of 2 * max_concurrency, one page in each worker's hands, and
         # each worker's count of its slice before the walk
-        assert len(api.data_params) <= 1 + 4 + 2 + 2
+        assert len(queries(sim)) <= 1 + 4 + 2 + 2
         events.close()
     wait_for_no_client_threads()
 
 
 def test_events_interleave_slices_but_not_pages_within_one() -> None:
-    api = hourly_api(latency_s=0.001)
-    with api.client(max_concurrency=4, slice_size=SIX_HOURS) as client:
-        events = list(client.iter_slices(THREE_DAYS))
+    sim = hourly_api(latency_s=0.001)
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
+        events = list(reader.iter_slices(THREE_DAYS))
     order = [e.slice for e in events]
     first_done = next(i for i, e in enumerate(events) if isinstance(e, SliceDone))
     assert len(set(order[: first_done + 1])) > 1  # concurrency really happened

@@ -6,14 +6,14 @@ import itertools
 from datetime import timedelta, timezone
 from typing import Any
 
-import httpx
 import pytest
+from api import DAY, T0, client, ids_in, pid, queries, row, rows_at, simulator, walk_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_client_fakeapi import DAY, T0, FakeApi, ids_in, row, rows_at, walk_ids
 
 from d23_pipeline.client import CursorLoopError, ProtocolError, Window, WindowTotal
 from d23_pipeline.schema import D23_FIELDS
+from d23_pipeline.simulator import SimResponse
 
 
 def cycle(*sizes: int) -> Any:
@@ -22,28 +22,28 @@ def cycle(*sizes: int) -> Any:
 
 
 def test_walk_returns_exact_rows_through_ties_short_and_empty_pages() -> None:
-    api = FakeApi(
+    sim = simulator(
         rows_at([0, 0, 0, 0, 1, 1, 7, 7, 7, 9, 50, 50]), page_size=cycle(3, 0, 1, 0, 0, 5)
     )
-    with api.client(page_limit=100, min_page_limit=10) as client:
-        assert walk_ids(client) == ids_in(api)
-        assert client.stats.empty_pages >= 3
-        assert client.stats.rows == 12
+    with client(sim, page_limit=100, min_page_limit=10) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        assert reader.stats.empty_pages >= 3
+        assert reader.stats.rows == 12
 
 
 def test_empty_page_with_a_cursor_is_not_the_end() -> None:
-    api = FakeApi(rows_at([1, 2]), page_size=cycle(0, 0, 0, 1))
-    with api.client() as client:
-        pages = list(client.iter_window(DAY))
+    sim = simulator(rows_at([1, 2]), page_size=cycle(0, 0, 0, 1))
+    with client(sim) as reader:
+        pages = list(reader.iter_window(DAY))
     assert [len(p.rows) for p in pages] == [0, 0, 0, 1, 0, 0, 0, 1]
     assert all(page.slice == DAY for page in pages)
 
 
 def test_every_page_resends_window_limit_and_sort_with_the_new_cursor() -> None:
-    api = FakeApi(rows_at(range(10)), page_size=cycle(4))
-    with api.client(page_limit=4, min_page_limit=1) as client:
-        walk_ids(client)
-    params = api.data_params
+    sim = simulator(rows_at(range(10)), page_size=cycle(4))
+    with client(sim, page_limit=4, min_page_limit=1) as reader:
+        walk_ids(reader)
+    params = queries(sim)
     assert len(params) == 3
     assert "cursor" not in params[0]
     for page in params:
@@ -59,27 +59,27 @@ def test_every_page_resends_window_limit_and_sort_with_the_new_cursor() -> None:
 def test_window_bounds_are_always_sent_in_canonical_utc_form() -> None:
     plus_five = timezone(timedelta(hours=5, minutes=30))
     window = Window(T0.astimezone(plus_five), (T0 + timedelta(hours=1, microseconds=1)))
-    api = FakeApi([])
-    with api.client() as client:
-        list(client.iter_window(window))
-    assert api.data_params[0]["since"] == "2026-05-01T00:00:00.000Z"
-    assert api.data_params[0]["until"] == "2026-05-01T01:00:00.001Z"
+    sim = simulator([])
+    with client(sim) as reader:
+        list(reader.iter_window(window))
+    assert queries(sim)[0]["since"] == "2026-05-01T00:00:00.000Z"
+    assert queries(sim)[0]["until"] == "2026-05-01T01:00:00.001Z"
 
 
 def test_repeated_next_cursor_fails_loudly_instead_of_looping() -> None:
-    api = FakeApi(rows_at(range(5)))
+    sim = simulator(rows_at(range(5)))
     page = {"rows": [row(99, T0)], "pagination": {"nextCursor": "same-cursor"}}
-    api.inject(lambda request: httpx.Response(200, json={"body": page}), times=10)
-    with api.client() as client, pytest.raises(CursorLoopError, match="already seen"):
-        walk_ids(client)
+    sim.script(SimResponse.from_json({"body": page}), times=10)
+    with client(sim) as reader, pytest.raises(CursorLoopError, match="already seen"):
+        walk_ids(reader)
 
 
 def test_missing_next_cursor_is_a_protocol_error_not_the_end() -> None:
-    api = FakeApi(rows_at(range(5)))
+    sim = simulator(rows_at(range(5)))
     body = {"body": {"rows": [row(1, T0)], "pagination": {}}}
-    api.inject(lambda request: httpx.Response(200, json=body), times=10)
-    with api.client() as client, pytest.raises(ProtocolError, match="nextCursor"):
-        walk_ids(client)
+    sim.script(SimResponse.from_json(body), times=10)
+    with client(sim) as reader, pytest.raises(ProtocolError, match="nextCursor"):
+        walk_ids(reader)
 
 
 def test_each_bad_row_kind_is_rejected_with_its_reason_and_no_pii() -> None:
@@ -92,13 +92,13 @@ def test_each_bad_row_kind_is_rejected_with_its_reason_and_no_pii() -> None:
         "not an object",
     ]
     leaky = row(6, T0, notes="call me on +971500000000", phone="+971500000000")
-    api = FakeApi([])
+    sim = simulator([])
     page = {"rows": [*bad, leaky, row(7, T0)], "pagination": {"nextCursor": None}}
-    api.inject(lambda request: httpx.Response(200, json={"body": page}))
-    with api.client() as client:
-        (result,) = list(client.iter_window(DAY))
-        stats = client.stats.as_dict()
-    assert [r["public_id"] for r in result.rows] == ["r000006", "r000007"]
+    sim.script(SimResponse.from_json({"body": page}))
+    with client(sim) as reader:
+        (result,) = list(reader.iter_window(DAY))
+        stats = reader.stats.as_dict()
+    assert [r["public_id"] for r in result.rows] == [pid(6), pid(7)]
     assert all(tuple(r) == D23_FIELDS for r in result.rows)
     reasons = [reject.reason for reject in result.rejects]
     assert reasons[0] == "public_id is NoneType, expected a non-empty string"
@@ -107,24 +107,17 @@ def test_each_bad_row_kind_is_rejected_with_its_reason_and_no_pii() -> None:
     assert "outside the requested window" in reasons[3]
     assert reasons[4] == "missing field outcome_option"
     assert reasons[5] == "row is str, expected an object"
-    assert [r.public_id for r in result.rejects] == [
-        None,
-        "r000002",
-        "r000003",
-        "r000004",
-        "r000005",
-        None,
-    ]
+    assert [r.public_id for r in result.rejects] == [None, pid(2), pid(3), pid(4), pid(5), None]
     assert "+971" not in repr(result) and "+971" not in repr(stats)
     assert stats["extra_fields"] == {"notes": 1, "phone": 1}
     assert (stats["rows"], stats["rejects"]) == (2, 6)
 
 
 def test_fetch_total_reads_total_exactness_and_note() -> None:
-    api = FakeApi(rows_at(range(7)))
-    with api.client() as client:
-        assert client.fetch_total(DAY) == WindowTotal(7, True, None)
-    assert api.data_params[0]["includeTotal"] == "true"
+    sim = simulator(rows_at(range(7)))
+    with client(sim) as reader:
+        assert reader.fetch_total(DAY) == WindowTotal(7, True, None)
+    assert queries(sim)[0]["includeTotal"] == "true"
 
 
 @pytest.mark.parametrize(
@@ -138,28 +131,23 @@ def test_fetch_total_reads_total_exactness_and_note() -> None:
 def test_a_count_that_is_not_exact_is_split_until_its_parts_are(
     pagination: dict[str, Any],
 ) -> None:
-    api = FakeApi(rows_at([0, 1, 2, 43_200_000, 43_200_001]))  # 3 in the morning, 2 after noon
-    api.inject(
-        lambda request: httpx.Response(200, json={"body": {"rows": [], "pagination": pagination}})
-    )
-    with api.client() as client:
-        parts = client.count_parts(DAY)
+    sim = simulator(rows_at([0, 1, 2, 43_200_000, 43_200_001]))  # 3 in the morning, 2 after noon
+    sim.script(SimResponse.from_json({"body": {"rows": [], "pagination": pagination}}))
+    with client(sim) as reader:
+        parts = reader.count_parts(DAY)
 
     assert [total for _, total in parts] == [WindowTotal(3, True, None), WindowTotal(2, True, None)]
     assert [window for window, _ in parts] == list(DAY.halves())
-    assert client.stats.count_splits == 1
+    assert reader.stats.count_splits == 1
 
 
 def test_a_count_still_inexact_at_the_minimum_window_is_returned_as_answered() -> None:
-    api = FakeApi(rows_at(range(3)))
+    sim = simulator(rows_at(range(3)))
     capped = {"total": 100000, "totalExact": False, "totalNote": "capped"}
-    api.inject(
-        lambda request: httpx.Response(200, json={"body": {"rows": [], "pagination": capped}}),
-        times=1000,
-    )
-    with api.client(min_window=timedelta(hours=6)) as client:
-        parts = client.count_parts(DAY)
-        total = client.fetch_total(DAY)
+    sim.script(SimResponse.from_json({"body": {"rows": [], "pagination": capped}}), times=1000)
+    with client(sim, min_window=timedelta(hours=6)) as reader:
+        parts = reader.count_parts(DAY)
+        total = reader.fetch_total(DAY)
 
     assert len(parts) == 4  # a day halved twice down to the 6-hour minimum
     assert all(total == WindowTotal(100000, False, "capped") for _, total in parts)
@@ -167,10 +155,10 @@ def test_a_count_still_inexact_at_the_minimum_window_is_returned_as_answered() -
 
 
 def test_stats_count_requests_pages_rows_and_limit() -> None:
-    api = FakeApi(rows_at(range(6)), page_size=cycle(2, 0))
-    with api.client(page_limit=2, min_page_limit=1) as client:
-        walk_ids(client)
-        stats = client.stats.as_dict()
+    sim = simulator(rows_at(range(6)), page_size=cycle(2, 0))
+    with client(sim, page_limit=2, min_page_limit=1) as reader:
+        walk_ids(reader)
+        stats = reader.stats.as_dict()
     assert stats["pages"] == 5 and stats["empty_pages"] == 2 and stats["rows"] == 6
     assert stats["requests"] == 5 + 1  # pages + login
     assert stats["final_page_limit"] == 2 and stats["retries"] == {}
@@ -190,8 +178,7 @@ def test_any_page_size_and_tie_pattern_returns_each_row_once(
     case: tuple[list[int], list[int]], limit: int
 ) -> None:
     offsets, sizes = case
-    api = FakeApi(rows_at(offsets), page_size=cycle(*sizes))
-    with api.client(page_limit=limit, min_page_limit=1) as client:
-        assert walk_ids(client, Window(T0, T0 + timedelta(days=3))) == ids_in(
-            api, Window(T0, T0 + timedelta(days=3))
-        )
+    sim = simulator(rows_at(offsets), page_size=cycle(*sizes))
+    three_days = Window(T0, T0 + timedelta(days=3))
+    with client(sim, page_limit=limit, min_page_limit=1) as reader:
+        assert walk_ids(reader, three_days) == ids_in(sim, three_days)

@@ -7,9 +7,8 @@ import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
-import httpx
 import pytest
-from test_client_fakeapi import BASE_URL, DAY, EMAIL, SLUG, T0, FakeApi, error, html, raises, row
+from api import DAY, T0, TIMEOUT, client, error, login, row, simulator
 
 from d23_pipeline.client import (
     AuthenticationError,
@@ -23,11 +22,13 @@ from d23_pipeline.client import (
     WindowTooHeavyError,
 )
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
+from d23_pipeline.simulator import Drop, SimResponse, Simulator, SimulatorConfig
 
 PASSWORD = "PW-SECRET-e1f2"
-PREFIX = "TOKEN-SECRET-"  # every issued access and refresh token starts with this
+# Every token the simulator issues, access or refresh, is a JWT that starts with this header.
+TOKEN_HEADER = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
 HELD = "HELD-SECRET-9a8b"
-SECRETS = (PASSWORD, PREFIX, HELD, "SECRET")
+SECRETS = (PASSWORD, TOKEN_HEADER, HELD, "SECRET")
 
 
 def _walk(client: ExportsClient) -> None:
@@ -35,74 +36,67 @@ def _walk(client: ExportsClient) -> None:
         pass
 
 
-def _after_first_page(prepare: Callable[[FakeApi], None]) -> Callable[[FakeApi], None]:
-    def run(api: FakeApi) -> None:
-        with api.client() as client:
-            pages = client.iter_window(DAY)
+def _after_first_page(prepare: Callable[[Simulator], None]) -> Callable[[Simulator], None]:
+    def run(sim: Simulator) -> None:
+        with client(sim) as reader:
+            pages = reader.iter_window(DAY)
             next(pages)
-            prepare(api)
+            prepare(sim)
             list(pages)
 
     return run
 
 
-def _with(inject: Callable[[FakeApi], None], **options: object) -> Callable[[FakeApi], None]:
-    def run(api: FakeApi) -> None:
-        inject(api)
-        with api.client(**options) as client:  # type: ignore[arg-type]
-            _walk(client)
+def _with(prepare: Callable[[Simulator], None], **options: object) -> Callable[[Simulator], None]:
+    def run(sim: Simulator) -> None:
+        prepare(sim)
+        with client(sim, **options) as reader:
+            _walk(reader)
 
     return run
 
 
-def _wrong_password(api: FakeApi) -> None:
-    credentials = LoginCredentials(SLUG, EMAIL, PASSWORD + "-wrong")
-    with ExportsClient(BASE_URL, credentials, transport=api.transport()) as client:
-        _walk(client)
+def _wrong_password(sim: Simulator) -> None:
+    credentials = LoginCredentials(sim.config.lender_slug, sim.config.email, PASSWORD + "-wrong")
+    with client(sim, credentials) as reader:
+        _walk(reader)
 
 
-def _held_token(api: FakeApi) -> None:
-    credentials = TokenCredentials("7f1c2d3e-0000-4000-8000-00000000d23a", HELD)
-    with ExportsClient(BASE_URL, credentials, transport=api.transport()) as client:
-        _walk(client)
+def _held_token(sim: Simulator) -> None:
+    with client(sim, TokenCredentials(sim.lender_public_id, HELD)) as reader:
+        _walk(reader)
 
 
-def _relogin_refused(api: FakeApi) -> None:
-    api.expire_tokens()
-    api.refresh_tokens.clear()
-    api.password = "rotated"
+def _relogin_refused(sim: Simulator) -> None:
+    sim.expire_tokens()
+    sim.revoke_refresh_tokens()
+    sim.set_password("rotated")
 
 
-def _loop_page(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, json={"body": {"rows": [], "pagination": {"nextCursor": "c"}}})
+def _heavy(sim: Simulator) -> None:
+    sim.faults.max_window_for_504 = timedelta(hours=1)  # narrower than the client's floor
 
 
-def _heavy(api: FakeApi) -> None:
-    api.heavy = lambda since, until, limit: True
+def _scripted(answer: SimResponse | Drop, auth: bool = False) -> Callable[[Simulator], None]:
+    return lambda sim: sim.script(answer, times=99, auth=auth)
 
 
-SCENARIOS: list[tuple[str, Callable[[FakeApi], None], type[ExportsApiError]]] = [
+_LOOP_PAGE = SimResponse.from_json({"body": {"rows": [], "pagination": {"nextCursor": "c"}}})
+
+SCENARIOS: list[tuple[str, Callable[[Simulator], None], type[ExportsApiError]]] = [
     ("login refused", _wrong_password, AuthenticationError),
     ("held token rejected", _held_token, AuthenticationError),
     ("relogin refused mid-walk", _after_first_page(_relogin_refused), AuthenticationError),
-    ("401 forever", _with(lambda a: a.inject(error(401), times=99)), AuthenticationError),
-    ("403", _with(lambda a: a.inject(error(403), times=99)), LenderMismatchError),
-    ("404", _with(lambda a: a.inject(error(404), times=99)), DatasetNotFoundError),
-    ("500 forever", _with(lambda a: a.inject(error(500), times=99)), RetriesExhaustedError),
-    (
-        "timeouts",
-        _with(lambda a: a.inject(raises(httpx.ReadTimeout), times=99)),
-        RetriesExhaustedError,
-    ),
-    (
-        "login 503s",
-        _with(lambda a: a.inject(error(503), times=99, auth=True)),
-        RetriesExhaustedError,
-    ),
-    ("html 200s", _with(lambda a: a.inject(html(200), times=99)), ProtocolError),
+    ("401 forever", _with(_scripted(error(401))), AuthenticationError),
+    ("403", _with(_scripted(error(403))), LenderMismatchError),
+    ("404", _with(_scripted(error(404))), DatasetNotFoundError),
+    ("500 forever", _with(_scripted(error(500))), RetriesExhaustedError),
+    ("timeouts", _with(_scripted(TIMEOUT)), RetriesExhaustedError),
+    ("login 503s", _with(_scripted(error(503), auth=True)), RetriesExhaustedError),
+    ("html 200s", _with(_scripted(SimResponse.gateway_page(200))), ProtocolError),
     ("504 at floor", _with(_heavy, min_window=timedelta(hours=12)), WindowTooHeavyError),
-    ("cursor loop", _with(lambda a: a.inject(_loop_page, times=99)), CursorLoopError),
-    ("teapot", _with(lambda a: a.inject(error(418))), ExportsApiError),
+    ("cursor loop", _with(_scripted(_LOOP_PAGE)), CursorLoopError),
+    ("teapot", _with(lambda sim: sim.script(error(418))), ExportsApiError),
 ]
 
 
@@ -110,19 +104,18 @@ SCENARIOS: list[tuple[str, Callable[[FakeApi], None], type[ExportsApiError]]] = 
     ("scenario", "expected"), [(s[1], s[2]) for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
 )
 def test_errors_and_logs_never_carry_secrets(
-    scenario: Callable[[FakeApi], None],
+    scenario: Callable[[Simulator], None],
     expected: type[ExportsApiError],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    api = FakeApi(
+    sim = simulator(
         [row(n, T0 + timedelta(minutes=n)) for n in range(6)],
+        SimulatorConfig(password=PASSWORD),
         page_size=lambda limit: 2,
-        password=PASSWORD,
-        secret_prefix=PREFIX,
     )
     with pytest.raises(expected) as caught:
-        scenario(api)
+        scenario(sim)
     assert type(caught.value) is expected
     shown = "\n".join(
         [str(caught.value), repr(caught.value), *traceback.format_exception(caught.value)]
@@ -131,3 +124,9 @@ def test_errors_and_logs_never_carry_secrets(
         assert secret not in shown
         assert secret not in caplog.text
     assert caplog.records  # the scenario did log something worth checking
+
+
+def test_every_token_the_simulator_issues_starts_with_the_header_looked_for() -> None:
+    answer = login(simulator([]))
+    assert answer["token"].startswith(TOKEN_HEADER)
+    assert answer["refreshToken"].startswith(TOKEN_HEADER)

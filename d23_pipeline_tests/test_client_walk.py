@@ -7,9 +7,9 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from api import DAY, T0, rows_at
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_client_fakeapi import DAY, T0, rows_at
 
 from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError
 from d23_pipeline.client.walk import PageRequest, WidthHint, WindowWalk

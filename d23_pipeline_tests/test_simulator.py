@@ -16,13 +16,18 @@ from typing import Any
 
 import httpx
 import pytest
+from api import T0, row
+from api import pid as id_of
 
 from d23_pipeline.months import month_window
 from d23_pipeline.schema import D23_FIELDS, validate_rows
 from d23_pipeline.simulator import (
+    DROP,
     FAKE_PII_MARKERS,
     BadRows,
+    Drop,
     Faults,
+    SimResponse,
     Simulator,
     SimulatorConfig,
     serve,
@@ -520,6 +525,150 @@ def test_repeated_changes_keep_updated_at_strictly_increasing():
         assert len(sim.move_rows(1, "2026-01", "2026-01")) == 1
         stamps.append(sim.rows()[0]["updated_at"])
     assert stamps == sorted(set(stamps))
+
+
+# -- a test's own rows, page sizes, scripted answers and request log -----------------------------
+
+MAY_Q = {"since": "2026-05-01T00:00:00.000Z", "until": "2026-05-02T00:00:00.000Z"}
+
+
+def given_row(n: int, ms: int, **changes: Any) -> dict[str, Any]:
+    return row(n, T0 + timedelta(milliseconds=ms), **changes)
+
+
+def test_given_rows_are_served_exactly_through_ties_and_short_pages():
+    # Ids out of order within a tie: the API orders a tie by _id, not by the order given.
+    rows = [given_row(n, ms) for n, ms in ((5, 0), (1, 0), (3, 0), (2, 5), (4, 5), (9, 9))]
+    sizes = iter([2, 1, 0, 0, 3, 2])
+    sim = Simulator(rows=rows)
+    sim.faults = Faults(page_size=lambda limit: next(sizes))
+    served, pages = Api(sim).walk(limit=50, **MAY_Q)
+    assert ids(served) == ids(sim.rows()) == [id_of(n) for n in (1, 3, 5, 2, 4, 9)]
+    assert served == sorted(rows, key=lambda r: (r["communicated_at"], r["public_id"]))
+    assert [len(p["rows"]) for p in pages] == [2, 1, 0, 0, 3]
+    assert pages[-1]["pagination"]["nextCursor"] is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"public_id": "r000001"},  # not an ObjectId's hex digits
+        {"communicated_at": "2026-05-01T00:00:00Z"},  # not canonical
+        {"outcome_option": "SOMETHING_NEW"},
+        {"is_active": "yes"},
+        {"notes": "an extra field"},
+    ],
+)
+def test_rows_the_simulator_cannot_serve_exactly_are_refused(change: dict[str, Any]):
+    with pytest.raises(ValueError, match="cannot serve"):
+        Simulator(rows=[given_row(1, 0, **change)])
+
+
+def test_rows_repeating_a_public_id_are_refused():
+    with pytest.raises(ValueError, match="repeat a public_id"):
+        Simulator(rows=[given_row(1, 0), given_row(1, 5)])
+
+
+def test_empty_pages_of_the_page_size_hook_stay_put_with_cursors_of_their_own():
+    sim = Simulator(rows=[given_row(1, 1), given_row(2, 2)])
+    sim.faults = Faults(page_size=lambda limit: 0)
+    api = Api(sim)
+    cursors = [None]
+    for _ in range(3):  # the first page too: it has no key to resume after yet
+        body = api.page(limit=10, cursor=cursors[-1], **MAY_Q)
+        assert body["rows"] == [] and body["pagination"]["nextCursor"]
+        cursors.append(body["pagination"]["nextCursor"])
+    assert len(set(cursors)) == 4
+    assert api.page(limit=10, cursor=cursors[2], **MAY_Q)["pagination"]["nextCursor"] == cursors[3]
+    sim.faults = Faults()
+    assert ids(api.page(limit=10, cursor=cursors[-1], **MAY_Q)["rows"]) == [id_of(1), id_of(2)]
+
+
+def test_a_page_limit_above_the_gateways_maximum_gets_504(sim: Simulator, api: Api):
+    sim.faults = Faults(max_limit_for_504=100)
+    assert api.get(limit=101, **JAN_Q).status_code == 504
+    assert api.get(limit=100, **JAN_Q).status_code == 200
+    assert api.get(limit=5, includeTotal="true", **JAN_Q).status_code == 200
+
+
+def test_scripted_answers_come_first_for_the_requests_they_match(sim: Simulator, api: Api):
+    teapot = SimResponse(418, {"X-Why": "scripted"}, b"short and stout")
+    sim.script(teapot, times=2, when=lambda request: request.query.get("limit") == "7")
+    sim.script(SimResponse.error(503, "busy", "req-x"), auth=True)
+    unauthorised = api.http.get(f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23")
+    assert unauthorised.status_code == 401  # not matched: no limit of 7
+    answers = [api.get(limit=7, **JAN_Q) for _ in range(3)]
+    assert [a.status_code for a in answers] == [418, 418, 200]
+    assert answers[0].headers["x-why"] == "scripted" and answers[0].content == b"short and stout"
+    refused = api.http.post("/admin/auth/demo/login", json={})
+    assert (refused.status_code, refused.json()["requestId"]) == (503, "req-x")
+    api.login()  # the auth script is used up
+    assert sim.stats.by_status[418] == 2
+
+
+def test_a_scripted_drop_held_past_the_read_timeout_is_a_timeout_in_process(
+    sim: Simulator, api: Api
+):
+    sim.script(Drop(after_s=30.0))
+    sim.script(Drop(after_s=0.01))
+    assert api.http.get("/").status_code == 404  # not an export request: never scripted
+    started = time.perf_counter()
+    with pytest.raises(httpx.ReadTimeout):
+        api.get(**JAN_Q)  # httpx gives up after 5 s, before the 30 s hold ends
+    assert time.perf_counter() - started < 1  # in process, nobody waits for it
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.get(**JAN_Q)  # held 10 ms, then dropped
+    assert sim.stats.dropped == 2
+
+
+def test_scripted_answers_work_over_the_socket(sim: Simulator):
+    with serve(sim) as url:
+        api = Api(sim, url)
+        sim.script(SimResponse.gateway_page(502))
+        sim.script(DROP)
+        sim.script(Drop(after_s=0.5))
+        assert api.get(**JAN_Q).status_code == 502
+        with pytest.raises(httpx.TransportError):
+            api.get(**JAN_Q)
+        with pytest.raises(httpx.ReadTimeout):
+            api.http.get(
+                f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23",
+                params=JAN_Q,
+                headers={"Authorization": f"Bearer {api.token}"},
+                timeout=0.1,
+            )
+        assert api.get(**JAN_Q).status_code == 200
+
+
+def test_the_request_log_keeps_each_request_and_its_answer():
+    sim = Simulator(SimulatorConfig(months=("2026-01",), rows_per_month=50), log_requests=True)
+    api = Api(sim)
+    api.get(limit=3, includeTotal="true", **JAN_Q)
+    sim.faults = Faults(drop_rate=1.0)
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.get(limit=3, **JAN_Q)
+    log = sim.stats.log
+    assert [(e.request.kind, e.request.method, e.status) for e in log] == [
+        ("login", "POST", 200),
+        ("count", "GET", 200),
+        ("data", "GET", None),
+    ]
+    assert log[2].request.query == {"limit": "3", **JAN_Q}
+    assert log[2].request.path == f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23"
+    sim.reset_stats()
+    assert sim.stats.log == []
+    with pytest.raises(RuntimeError, match="log_requests"):
+        small().stats.log  # noqa: B018 - the property raises
+
+
+def test_a_corrupted_row_is_served_broken_and_left_out_of_the_valid_rows():
+    sim = Simulator(rows=[given_row(1, 0), given_row(2, 0)])
+    sim.corrupt_row(id_of(2), "wrong_type", is_active="yes")
+    assert sim.rows()[1]["is_active"] == "yes"
+    assert ids(sim.valid_rows()) == [id_of(1)]
+    assert sim.bad_row_kinds() == {id_of(2): "wrong_type"}
+    with pytest.raises(KeyError):
+        sim.corrupt_row(id_of(3), "wrong_type", is_active="yes")
 
 
 # -- CLI --------------------------------------------------------------------------------------

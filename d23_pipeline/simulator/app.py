@@ -13,15 +13,16 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 
 import httpx
 import orjson
 
-from d23_pipeline.simulator.config import Faults, SimulatorConfig
+from d23_pipeline.simulator.config import BadRowKind, Faults, SimulatorConfig
 from d23_pipeline.simulator.data import Collection, format_ms, month_of, to_ms
 
 _LOGIN = re.compile(r"^/admin/auth/([^/]+)/login/?$")
@@ -36,7 +37,6 @@ _GATEWAY_PAGE = (
     "<center><h1>{code} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n"
     "</body>\r\n</html>\r\n"
 )
-_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
 @dataclass
@@ -50,21 +50,81 @@ class SimResponse:
     def json(self) -> Any:
         return orjson.loads(self.body)
 
+    @classmethod
+    def from_json(
+        cls, payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> SimResponse:
+        """``payload`` as a JSON body."""
+        return cls(status, {**_JSON, **(headers or {})}, orjson.dumps(payload))
 
-class _Drop:
-    def __repr__(self) -> str:
-        return "DROP"
+    @classmethod
+    def error(
+        cls, status: int, message: str, request_id: str, headers: Mapping[str, str] | None = None
+    ) -> SimResponse:
+        """The documented error envelope; its ``requestId`` is also sent as ``X-Request-Id``."""
+        body = {"success": False, "message": message, "requestId": request_id}
+        return cls.from_json(body, status, {"X-Request-Id": request_id, **(headers or {})})
+
+    @classmethod
+    def gateway_page(cls, status: int, reason: str | None = None) -> SimResponse:
+        """The gateway's own HTML error page, no JSON at all (``reason``: the status phrase)."""
+        reason = HTTPStatus(status).phrase if reason is None else reason
+        return cls(status, dict(_HTML), _GATEWAY_PAGE.format(code=status, reason=reason).encode())
 
 
-DROP = _Drop()
+@dataclass(frozen=True)
+class Drop:
+    """No answer: the connection is closed after ``after_s`` seconds. A client whose read
+    timeout is shorter times out first; in process it does so at once, without the wait."""
+
+    after_s: float = 0.0
+
+
+DROP = Drop()
 """Returned by ``Simulator.handle`` when the connection must be dropped without an answer."""
+
+Answer = SimResponse | Drop
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    """A request as the simulator sees it: what a script's ``when`` tests, and what the request
+    log keeps (never headers or bodies, which carry tokens and passwords)."""
+
+    kind: str  # "login", "refresh", "data" (a page), "count" (includeTotal) or "other"
+    method: str
+    path: str
+    query: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """A request and the status it was answered with (None: the connection was dropped)."""
+
+    request: SimRequest
+    status: int | None
+
+
+@dataclass
+class _Scripted:
+    answer: Answer
+    times: int
+    when: Callable[[SimRequest], bool]
+    auth: bool
+
+
+def _always(request: SimRequest) -> bool:
+    return True
 
 
 class SimStats:
-    """Thread-safe request counters; read the attributes or take a :meth:`snapshot`."""
+    """Thread-safe request counters; read the attributes or take a :meth:`snapshot`. With
+    ``keep_log`` it also keeps every request in :attr:`log` (tests; a server left running would
+    grow it without end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_log: bool = False) -> None:
         self._lock = threading.Lock()
+        self._keep_log = keep_log
         self.reset()
 
     def reset(self) -> None:
@@ -76,11 +136,14 @@ class SimStats:
             self.empty_pages = 0
             self.rows_served = 0
             self.dropped = 0
+            self._log: list[LoggedRequest] = []
 
-    def record(self, kind: str, status: int | None, rows: int | None = None) -> None:
+    def record(self, request: SimRequest, status: int | None, rows: int | None = None) -> None:
         with self._lock:
             self.requests += 1
-            self.by_kind[kind] += 1
+            self.by_kind[request.kind] += 1
+            if self._keep_log:
+                self._log.append(LoggedRequest(request, status))
             if status is None:
                 self.dropped += 1
             else:
@@ -90,6 +153,14 @@ class SimStats:
                 self.rows_served += rows
                 if rows == 0:
                     self.empty_pages += 1
+
+    @property
+    def log(self) -> list[LoggedRequest]:
+        """Every request since the last reset, in the order they were answered."""
+        if not self._keep_log:
+            raise RuntimeError("no request log: create the Simulator with log_requests=True")
+        with self._lock:
+            return list(self._log)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -112,22 +183,40 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def encode_cursor(key: tuple[int, int]) -> str:
-    """Opaque cursor for a boundary key ``(communicated_ms, object_id)``."""
-    return _b64(orjson.dumps({"t": format_ms(key[0]), "id": f"{key[1]:024x}"}))
+def encode_cursor(key: tuple[int, int] | None, empty_pages: int = 0) -> str:
+    """Opaque cursor resuming after the boundary key ``(communicated_ms, object_id)`` (None: at
+    the window's start). ``empty_pages`` counts the pages in a row that scanned nothing there
+    (the page-size hook's), so that each of them still hands out a new cursor."""
+    payload: dict[str, Any] = {}
+    if key is not None:
+        payload.update(t=format_ms(key[0]), id=f"{key[1]:024x}")
+    if empty_pages:
+        payload["e"] = empty_pages
+    return _b64(orjson.dumps(payload))
 
 
-def decode_cursor(cursor: str) -> tuple[int, int]:
-    """Inverse of :func:`encode_cursor`; ValueError on anything else."""
+def decode_cursor(cursor: str) -> tuple[tuple[int, int] | None, int]:
+    """Inverse of :func:`encode_cursor`: ``(key, empty_pages)``; ValueError on anything else."""
     try:
         raw = orjson.loads(_unb64(cursor))
-        ms = to_ms(datetime.fromisoformat(raw["t"]))
-        oid = int(raw["id"], 16)
-    except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        empty_pages = raw.get("e", 0)
+        key = None
+        if "t" in raw or "id" in raw or not empty_pages:
+            key = (to_ms(datetime.fromisoformat(raw["t"])), int(raw["id"], 16))
+    except (
+        AttributeError,
+        binascii.Error,
+        orjson.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as exc:
         raise ValueError(f"corrupt cursor: {exc}") from None
-    if ms < 0 or not 0 <= oid < _OID_LIMIT:
+    if not isinstance(empty_pages, int) or empty_pages < 0:
+        raise ValueError("corrupt cursor: bad page count")
+    if key is not None and (key[0] < 0 or not 0 <= key[1] < _OID_LIMIT):
         raise ValueError("corrupt cursor: key out of range")
-    return ms, oid
+    return key, empty_pages
 
 
 def _parse_ts(value: str | None) -> int | None:
@@ -221,17 +310,28 @@ class _Auth:
 class Simulator:
     """A local stand-in for the Exports API serving one lender's D23 rows (section S4)."""
 
-    def __init__(self, config: SimulatorConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        rows: Iterable[Mapping[str, Any]] | None = None,
+        log_requests: bool = False,
+    ) -> None:
+        """Generate ``config.months``, or serve exactly ``rows`` (D23 rows as served: a 24-hex
+        ``public_id``, canonical timestamps, the simulator's vocabulary) and nothing else.
+        ``log_requests`` keeps every request in ``stats.log``."""
         config = SimulatorConfig() if config is None else config
         self.config = config
         self.lender_public_id = str(
             uuid.UUID(int=random.Random(f"lender:{config.seed}").getrandbits(128), version=4)
         )
-        self._data = Collection(config)
+        self._data = Collection(config, rows=rows)
         self._auth = _Auth(config, self.lender_public_id)
         self._fault_lock = threading.Lock()
         self.faults = dataclasses.replace(config.faults)
-        self.stats = SimStats()
+        self.stats = SimStats(keep_log=log_requests)
+        self._script_lock = threading.Lock()
+        self._scripts: list[_Scripted] = []
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -305,6 +405,11 @@ class Simulator:
         """Move ``n`` rows' ``communicated_at`` from one month into another."""
         return self._data.move_rows(n, from_month, to_month)
 
+    def corrupt_row(self, public_id: str, kind: BadRowKind, /, **fields: Any) -> None:
+        """Serve the row ``public_id`` with ``fields`` replaced from now on: a bad row of
+        ``kind`` (a :class:`BadRows` field), which ``valid_rows`` then treats as generated ones."""
+        self._data.corrupt(public_id, kind, fields)
+
     def expire_tokens(self) -> None:
         """Invalidate every access token issued so far (refresh tokens still work)."""
         self._auth.expire_tokens()
@@ -319,26 +424,46 @@ class Simulator:
     def reset_stats(self) -> None:
         self.stats.reset()
 
+    # -- scripted answers ---------------------------------------------------------------------
+
+    def script(
+        self,
+        answer: Answer,
+        times: int = 1,
+        when: Callable[[SimRequest], bool] = _always,
+        auth: bool = False,
+    ) -> None:
+        """Answer the next ``times`` export requests (with ``auth``: login and refresh requests)
+        for which ``when`` holds with ``answer``, ahead of everything else the simulator checks.
+
+        Scripts are tried in the order given. ``when`` is called outside the simulator's locks,
+        so it may wait for other requests (a barrier); requests arriving together may all be
+        asked about before the answers run out. In process and over the socket alike.
+        """
+        with self._script_lock:
+            self._scripts = [s for s in self._scripts if s.times > 0]
+            self._scripts.append(_Scripted(answer, times, when, auth))
+
+    def _scripted(self, request: SimRequest) -> Answer | None:
+        auth = request.kind in ("login", "refresh")
+        if not auth and request.kind not in ("data", "count"):
+            return None
+        with self._script_lock:
+            candidates = [s for s in self._scripts if s.auth == auth and s.times > 0]
+        for scripted in candidates:
+            if scripted.when(request):
+                with self._script_lock:
+                    # Another request may have used up its last answer while ``when`` ran.
+                    if scripted.times > 0:
+                        scripted.times -= 1
+                        return scripted.answer
+        return None
+
     # -- HTTP -------------------------------------------------------------------------------
 
     def transport(self) -> httpx.MockTransport:
         """An in-process transport for ``httpx.Client(transport=...)``."""
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            answer = self.handle(
-                request.method,
-                request.url.path,
-                dict(request.url.params),
-                request.headers,
-                request.read(),
-            )
-            if isinstance(answer, _Drop):
-                raise httpx.RemoteProtocolError(
-                    "Server disconnected without sending a response.", request=request
-                )
-            return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
-
-        return httpx.MockTransport(handler)
+        return in_process(self.handle)
 
     def handle(
         self,
@@ -347,52 +472,59 @@ class Simulator:
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
-    ) -> SimResponse | _Drop:
+    ) -> Answer:
         """Answer one request; the single code path of both the in-process and socket servings."""
         request_id = uuid.uuid4().hex
         method = method.upper()
+        route: tuple[str, ...] = ()
         if match := _LOGIN.match(path):
-            kind = "login"
-            answer = self._login(method, match.group(1), body, request_id)
+            kind, route = "login", match.groups()
         elif match := _REFRESH.match(path):
-            kind = "refresh"
-            answer = self._refresh(method, match.group(1), body, request_id)
+            kind, route = "refresh", match.groups()
         elif match := _DATA.match(path):
             # Counts (includeTotal) are told apart from pages, so page statistics stay exact.
-            kind = "count" if _is_count(query) else "data"
+            kind, route = ("count" if _is_count(query) else "data"), match.groups()
+        else:
+            kind = "other"
+        request = SimRequest(kind, method, path, dict(query))
+        scripted = self._scripted(request)
+        if scripted is not None:
+            served: Answer | tuple[SimResponse, int] = scripted
+        elif kind == "login":
+            served = self._login(method, route[0], body, request_id)
+        elif kind == "refresh":
+            served = self._refresh(method, route[0], body, request_id)
+        elif kind == "other":
+            served = SimResponse.error(404, f"Cannot {method} {path}", request_id)
+        else:
             authorization = next(
                 (v for k, v in headers.items() if k.lower() == "authorization"), None
             )
-            answer = self._export(method, match.groups(), query, authorization, request_id)
-        else:
-            kind = "other"
-            answer = _error(404, f"Cannot {method} {path}", request_id)
-        if isinstance(answer, tuple):  # a data page: (response, rows on it)
-            response, rows = answer
-            self.stats.record(kind, response.status, rows)
-            return response
-        self.stats.record(kind, None if isinstance(answer, _Drop) else answer.status)
+            served = self._export(method, route, query, authorization, request_id)
+        # A data page comes with the number of rows on it, for the page statistics.
+        answer, rows = served if isinstance(served, tuple) else (served, None)
+        self.stats.record(request, None if isinstance(answer, Drop) else answer.status, rows)
         return answer
 
     def _login(self, method: str, slug: str, body: bytes, request_id: str) -> SimResponse:
         if method != "POST":
-            return _error(405, "Method not allowed", request_id)
+            return SimResponse.error(405, "Method not allowed", request_id)
         payload = _json_object(body)
         tokens = self._auth.login(slug, payload.get("email"), payload.get("password"))
         if tokens is None:
-            return _error(401, "Invalid credentials", request_id)
+            return SimResponse.error(401, "Invalid credentials", request_id)
         token, refresh = tokens
-        return _ok(
+        return SimResponse.from_json(
             {"lenderPublicId": self.lender_public_id, "token": token, "refreshToken": refresh}
         )
 
     def _refresh(self, method: str, slug: str, body: bytes, request_id: str) -> SimResponse:
         if method != "POST":
-            return _error(405, "Method not allowed", request_id)
+            return SimResponse.error(405, "Method not allowed", request_id)
         token = self._auth.refresh(slug, _json_object(body).get("refreshToken"))
         if token is None:
-            return _error(401, "Invalid or expired refresh token", request_id)
-        return _ok({"token": token})
+            return SimResponse.error(401, "Invalid or expired refresh token", request_id)
+        return SimResponse.from_json({"token": token})
 
     def _export(
         self,
@@ -401,17 +533,21 @@ class Simulator:
         query: Mapping[str, str],
         authorization: str | None,
         request_id: str,
-    ) -> SimResponse | _Drop | tuple[SimResponse, int]:
+    ) -> Answer | tuple[SimResponse, int]:
         lender, section, dataset = route
         if method != "GET":
-            return _error(405, "Method not allowed", request_id)
+            return SimResponse.error(405, "Method not allowed", request_id)
         token_lender = self._auth.lender_of(authorization)
         if token_lender is None:
-            return _error(401, "Unauthorized", request_id)
+            return SimResponse.error(401, "Unauthorized", request_id)
         if lender != token_lender:
-            return _error(403, "Forbidden: token does not belong to this lender", request_id)
+            return SimResponse.error(
+                403, "Forbidden: token does not belong to this lender", request_id
+            )
         if (section, dataset) != ("S4", "D23"):
-            return _error(404, f"Export {section}/{dataset} not found or not enabled", request_id)
+            return SimResponse.error(
+                404, f"Export {section}/{dataset} not found or not enabled", request_id
+            )
 
         fault = self._draw_fault()
         if fault is not None:
@@ -419,46 +555,47 @@ class Simulator:
             if kind == "drop":
                 return DROP
             if kind == "429":
-                response = _error(429, "Too many requests", request_id)
-                response.headers["Retry-After"] = _seconds(self._faults.retry_after_s)
-                return response
+                retry_after = {"Retry-After": _seconds(self._faults.retry_after_s)}
+                return SimResponse.error(429, "Too many requests", request_id, retry_after)
             if html:
-                return _html(status, _REASONS[status])
-            return _error(status, _REASONS[status], request_id)
+                return SimResponse.gateway_page(status)
+            return SimResponse.error(status, HTTPStatus(status).phrase, request_id)
 
         since_raw, until_raw = query.get("since"), query.get("until")
         since, until = _parse_ts(since_raw), _parse_ts(until_raw)
-        max_window = self._faults.max_window_for_504
-        if max_window is not None and (
-            since is None or until is None or until - since > max_window.total_seconds() * 1000
-        ):
-            return _html(504, "Gateway Time-out")
-
         try:
             limit = min(max(int(query.get("limit", "500")), 1), 1000)
         except ValueError:
             limit = 500
+        if self._too_heavy(since, until, limit):
+            return SimResponse.gateway_page(504, "Gateway Time-out")
+
         descending = query.get("sort", "asc").lower() == "desc"
-        after = None
+        after, empty_pages = None, 0
         if query.get("cursor"):
             try:
-                after = decode_cursor(query["cursor"])
+                after, empty_pages = decode_cursor(query["cursor"])
             except ValueError:
-                return _error(500, "Internal server error", request_id)
+                return SimResponse.error(500, "Internal server error", request_id)
 
         if self._faults.latency_s > 0:
             time.sleep(self._faults.latency_s)
         counting = _is_count(query)
-        if not counting and since is not None:
-            self._churn(month_of(since))
-        page = self._data.page(since, until, after, limit, descending)
-        last_key = page.last_key
-        if not counting and last_key is not None and self._ends_early(query):
-            last_key = None
-        pagination: dict[str, Any] = {
-            "nextCursor": None if last_key is None else encode_cursor(last_key),
-            "limit": limit,
-        }
+        scan = limit
+        if not counting:
+            if since is not None:
+                self._churn(month_of(since))
+            if self._faults.page_size is not None:
+                scan = min(limit, max(0, self._faults.page_size(limit)))
+        page = self._data.page(since, until, after, scan, descending)
+        if page.at_end or (not counting and self._ends_early(query)):
+            next_cursor = None
+        elif page.last_key is None:
+            # A page that scanned nothing stays where it was, but with a cursor of its own.
+            next_cursor = encode_cursor(after, empty_pages + 1)
+        else:
+            next_cursor = encode_cursor(page.last_key)
+        pagination: dict[str, Any] = {"nextCursor": next_cursor, "limit": limit}
         if counting:
             pagination.update(self._total(since, until))
         body = {
@@ -472,10 +609,22 @@ class Simulator:
                 "sort": "desc" if descending else "asc",
             },
         }
-        envelope = {"code": 200, "message": "success", "errors": [], "body": body}
+        answer = SimResponse.from_json(
+            {"code": 200, "message": "success", "errors": [], "body": body}
+        )
         if counting:
-            return _ok(envelope)
-        return _ok(envelope), len(page.rows)
+            return answer
+        return answer, len(page.rows)
+
+    def _too_heavy(self, since: int | None, until: int | None, limit: int) -> bool:
+        """Whether the gateway times out on this request (504): a window too wide or unbounded,
+        or a page limit too high."""
+        max_window, max_limit = self._faults.max_window_for_504, self._faults.max_limit_for_504
+        if max_window is not None and (
+            since is None or until is None or until - since > max_window.total_seconds() * 1000
+        ):
+            return True
+        return max_limit is not None and limit > max_limit
 
     def _churn(self, month: str) -> None:
         faults = self._faults
@@ -502,6 +651,35 @@ class Simulator:
         return {"total": count, "totalExact": True, "totalNote": None}
 
 
+Handler = Callable[[str, str, Mapping[str, str], Mapping[str, str], bytes], Answer]
+"""What answers a request: ``Simulator.handle``'s signature, ``(method, path, query, headers,
+body)``."""
+
+
+def in_process(handle: Handler) -> httpx.MockTransport:
+    """An in-process transport answering with ``handle``: a simulator's, or one in front of it."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = handle(
+            request.method,
+            request.url.path,
+            dict(request.url.params),
+            request.headers,
+            request.read(),
+        )
+        if isinstance(answer, Drop):
+            read_timeout = request.extensions.get("timeout", {}).get("read")
+            if read_timeout is not None and answer.after_s >= read_timeout:
+                raise httpx.ReadTimeout("The read operation timed out", request=request)
+            time.sleep(answer.after_s)
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+
+    return httpx.MockTransport(handler)
+
+
 def _is_count(query: Mapping[str, str]) -> bool:
     return query.get("includeTotal", "").lower() == "true"
 
@@ -512,21 +690,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return payload if isinstance(payload, dict) else {}
-
-
-def _ok(payload: Any) -> SimResponse:
-    return SimResponse(200, dict(_JSON), orjson.dumps(payload))
-
-
-def _error(status: int, message: str, request_id: str) -> SimResponse:
-    body = {"success": False, "message": message, "requestId": request_id}
-    return SimResponse(status, {**_JSON, "X-Request-Id": request_id}, orjson.dumps(body))
-
-
-def _html(status: int, reason: str) -> SimResponse:
-    return SimResponse(
-        status, dict(_HTML), _GATEWAY_PAGE.format(code=status, reason=reason).encode()
-    )
 
 
 def _seconds(value: float) -> str:

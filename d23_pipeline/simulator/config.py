@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Literal
 
 
 @dataclass
@@ -17,6 +19,12 @@ class Faults:
     burst_429: int = 0
     drop_rate: float = 0.0
     max_window_for_504: timedelta | None = None
+    # The gateway's other advice, "lower the limit": pages asking more rows than this get 504.
+    max_limit_for_504: int | None = None
+    # Entries the next page scans, given the limit it asks (capped at that limit): short and
+    # empty pages on demand. A page that scans nothing still moves its cursor on, as a page of
+    # other tenants' rows does; with only this lender's rows the scan is the page's row count.
+    page_size: Callable[[int], int] | None = None
     # Share of page requests whose walk ends early: `nextCursor: null` although rows remain.
     # Decided by a hash of the request, so the same request always ends the same way.
     truncate_rate: float = 0.0
@@ -25,6 +33,10 @@ class Faults:
     grow_per_page: int = 0
     delete_per_page: int = 0
     seed: int = 0
+
+
+# The kinds of bad row, one per field of BadRows.
+BadRowKind = Literal["missing_public_id", "bad_timestamp", "wrong_type", "extra_pii"]
 
 
 @dataclass

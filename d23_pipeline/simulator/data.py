@@ -18,13 +18,13 @@ import random
 import threading
 import time
 from bisect import bisect, bisect_left, insort
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from d23_pipeline import months
-from d23_pipeline.simulator.config import BadRows, SimulatorConfig
+from d23_pipeline.simulator.config import BadRowKind, BadRows, SimulatorConfig
 
 COMMUNICATION_TYPES = ("CALL", "WHATSAPP", "SMS", "EMAIL", "FIELD_VISIT")
 INTERACTION_SOURCES = ("AGENT", "IVR", "BORROWER")
@@ -195,6 +195,30 @@ def _render(entry: int, override: tuple[str, dict[str, Any]] | None) -> dict[str
     return row
 
 
+def _given_entry(row: Mapping[str, Any]) -> int:
+    """The entry that serves ``row`` exactly as given; ValueError for a row it cannot, since
+    entries hold the simulator's own form: an ObjectId's 24 hex digits as ``public_id``,
+    canonical timestamps and its vocabulary."""
+    try:
+        data = _pack(
+            COMMUNICATION_TYPES.index(row["communication_type"]),
+            INTERACTION_SOURCES.index(row["interaction_source"]),
+            OUTCOME_OPTIONS.index(row["outcome_option"]),
+            bool(row["is_active"]),
+            bool(row["is_ptp_broken"]),
+            to_ms(datetime.fromisoformat(row["created_at"])),
+            to_ms(datetime.fromisoformat(row["updated_at"])),
+        )
+        entry = _entry(
+            to_ms(datetime.fromisoformat(row["communicated_at"])), int(row["public_id"], 16), data
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the simulator cannot serve {dict(row)!r}: {exc!r}") from None
+    if _render(entry, None) != dict(row):
+        raise ValueError(f"the simulator cannot serve {dict(row)!r} exactly as given")
+    return entry
+
+
 class _Remove:
     def __repr__(self) -> str:
         return "<remove field>"
@@ -240,13 +264,21 @@ class Page:
     """One via page: this lender's rows among the scanned entries, and the last scanned key."""
 
     rows: list[dict[str, Any]]
-    last_key: tuple[int, int] | None  # None when the scan reached the end of the window
+    last_key: tuple[int, int] | None  # None when nothing was scanned
+    at_end: bool  # the scan reached the end of the window
 
 
 class Collection:
     """The shared D23 collection of one simulated tenant database; every method is thread-safe."""
 
-    def __init__(self, config: SimulatorConfig, now: int | None = None) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        now: int | None = None,
+        rows: Iterable[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Generate ``config.months``, or hold exactly ``rows`` (this lender's, none of other
+        tenants) when they are given."""
         self._lock = threading.RLock()
         self._now = now_ms() if now is None else now
         self._clock = 0
@@ -256,8 +288,13 @@ class Collection:
         self._knob_rng = random.Random(f"d23:{config.seed}:knobs")
         self._entries: list[int] = []
         self._overrides: dict[int, tuple[str, dict[str, Any]]] = {}
-        for month in config.months:
-            self._generate_month(config, month)
+        if rows is None:
+            for month in config.months:
+                self._generate_month(config, month)
+        else:
+            self._entries = [_given_entry(row) for row in rows]
+            if len({entry_key(e)[1] for e in self._entries}) < len(self._entries):
+                raise ValueError("the rows repeat a public_id")
         self._entries.sort()
 
     # -- generation -------------------------------------------------------------------------
@@ -378,7 +415,7 @@ class Collection:
                 else:
                     lo = max(lo, bisect_left(entries, key_bound(after[0], after[1] + 1)))
             if lo >= hi:
-                return Page([], None)
+                return Page([], None, at_end=True)
             if descending:
                 first = max(lo, hi - limit)
                 scanned = entries[first:hi][::-1]
@@ -392,7 +429,7 @@ class Collection:
                 (e, overrides.get((e >> _DATA_BITS) & _OID_MASK)) for e in scanned if e & _MINE
             ]
         rows = [_render(e, o) for e, o in picked]
-        return Page(rows, None if at_end else entry_key(scanned[-1]))
+        return Page(rows, entry_key(scanned[-1]) if scanned else None, at_end)
 
     def count(self, since: int | None, until: int | None) -> int:
         """This lender's rows in a window."""
@@ -422,6 +459,17 @@ class Collection:
             return [
                 (e, get((e >> _DATA_BITS) & _OID_MASK)) for e in self._entries[lo:hi] if e & _MINE
             ]
+
+    def corrupt(self, public_id: str, kind: BadRowKind, fields: Mapping[str, Any]) -> None:
+        """Serve this lender's row ``public_id`` with ``fields`` replaced, as a bad row of
+        ``kind``, like a generated one (so ``valid_rows`` and ``bad_row_kinds`` know it)."""
+        if kind not in get_args(BadRowKind):
+            raise ValueError(f"unknown bad-row kind {kind!r}")
+        oid = int(public_id, 16)
+        with self._lock:
+            if not any(e & _MINE and entry_key(e)[1] == oid for e in self._entries):
+                raise KeyError(public_id)
+            self._overrides[oid] = (kind, dict(fields))
 
     def bad_row_kinds(self) -> dict[str, str]:
         """``public_id`` (as generated, even if not served) -> bad-row kind."""

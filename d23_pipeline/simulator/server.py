@@ -6,12 +6,13 @@ import contextlib
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from d23_pipeline.simulator.app import DROP, Simulator
+from d23_pipeline.simulator.app import Drop, Simulator
 
 
 class _Server(ThreadingHTTPServer):
@@ -65,8 +66,10 @@ def _handler_for(sim: Simulator) -> type[BaseHTTPRequestHandler]:
             for name, value in parse_qsl(parts.query, keep_blank_values=True):
                 query.setdefault(name, value)
             answer = sim.handle(self.command, unquote(parts.path), query, self.headers, body)
-            if answer is DROP:
-                # Closing without a status line is what a reset upstream looks like to a client.
+            if isinstance(answer, Drop):
+                # Closing without a status line is what a reset upstream looks like to a client;
+                # held open first, it is an upstream that never answers.
+                time.sleep(answer.after_s)
                 self.close_connection = True
                 return
             self.send_response(answer.status)
