@@ -41,7 +41,7 @@ def outcome_dashboard(
     with warehouse.get_connection() as con:
         data = dashboard.gather(con, outcome_mapping.classes(), timezone, datetime.now(UTC))
     path = Path(dashboard_file.path).resolve()
-    dashboard.write_dashboard(path, dashboard.render(data))
+    dashboard.write_dashboard(path, data)
     latest, _ = data.tile_months()
     metadata: dict[str, object] = {
         "path": dg.MetadataValue.path(str(path)),
