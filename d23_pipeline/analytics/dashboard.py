@@ -277,16 +277,18 @@ def _subplots(
     plotly's make_subplots(rows, cols, subplot_titles=titles, ...) lays it out."""
     h_gap = 0.2 / cols
     v_gap = 0.5 / rows if vertical_spacing is None else vertical_spacing
-    widths = [(1.0 - h_gap * (cols - 1)) / cols] * cols
-    heights = [(1.0 - v_gap * (rows - 1)) / rows] * rows
+    width = (1.0 - h_gap * (cols - 1)) / cols
+    height = (1.0 - v_gap * (rows - 1)) / rows
     layout: dict[str, Any] = {"annotations": []}
     for row in range(1, rows + 1):
-        below = rows - row  # cells stack up from the bottom of the figure
-        bottom = sum(heights[:below]) + below * v_gap
-        y = [max(bottom, 0.0), min(bottom + heights[row - 1], 1.0)]
+        # Cells stack up from the bottom. Sizes are summed, not multiplied, as make_subplots
+        # sums them: the same floats to the last digit.
+        below = rows - row
+        bottom = sum([height] * below) + below * v_gap
+        y = [max(bottom, 0.0), min(bottom + height, 1.0)]
         for col in range(1, cols + 1):
-            left = sum(widths[: col - 1]) + (col - 1) * h_gap
-            x = [left, left + widths[col - 1]]
+            left = sum([width] * (col - 1)) + (col - 1) * h_gap
+            x = [left, left + width]
             cell = _cell(row, col, cols)
             layout[f"xaxis{cell}"] = {"anchor": f"y{cell}", "domain": x}
             layout[f"yaxis{cell}"] = {"anchor": f"x{cell}", "domain": y}

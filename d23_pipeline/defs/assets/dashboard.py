@@ -34,7 +34,7 @@ def outcome_dashboard(
     dashboard_file: DashboardResource,
 ) -> dg.MaterializeResult:
     """Rebuild the dashboard from every month in the warehouse."""
-    # Imported when the step runs, not when the definitions load (DuckDB, Plotly).
+    # Imported when the step runs, not when the definitions load (DuckDB, the warehouse code).
     from d23_pipeline.analytics import dashboard
 
     timezone = dashboard_file.zone()
