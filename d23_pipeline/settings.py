@@ -10,6 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -56,6 +57,26 @@ DEFAULT_MAX_DELETION_SHARE = 0.02
 # Where the warehouse lives: the embedded DuckDB file (default) or DuckLake, Parquet files under
 # D23_DUCKLAKE_DATA_PATH with its catalog in the PostgreSQL database D23_WAREHOUSE_DSN names.
 WAREHOUSE_BACKENDS = ("duckdb", "ducklake")
+
+# The defaults below are resource config, not D23_* variables. Their home is here rather than
+# beside the code they tune (warehouse/store.py, landing/snapshot.py, client/retry.py) so that the
+# resources show them without importing DuckDB, Arrow or httpx when the definitions load.
+
+# How long a warehouse connection waits for another process to finish with the file.
+LOCK_TIMEOUT_S = 900.0
+# DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
+# then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
+# stays flat in the month's size (at some speed: see benchmarks/README.md). Not everything
+# spills: a 1M-row month's merge ran out of memory at 48 MB, a 5M-row month's at 64 MB (not
+# every time), and both merged and re-merged at 96 MB; what a merge needs grows slowly with the
+# month, so merge_within_memory_limit falls back to no limit rather than fail.
+DEFAULT_MEMORY_LIMIT = "96MB"
+# An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
+RESUME_MAX_AGE = timedelta(hours=24)
+# The client's retries of one request (RetryPolicy): attempts, the first one included, and the
+# ceiling of the jittered pause before the first retry, which doubles with each retry.
+DEFAULT_RETRY_MAX_ATTEMPTS = 6
+DEFAULT_RETRY_BASE_DELAY_S = 0.5
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Rules for the code itself that no linter here enforces."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,3 +32,24 @@ def test_no_module_imports_private_dagster_modules() -> None:
         if module.startswith("dagster") and any(p.startswith("_") for p in module.split(".")[1:])
     }
     assert not private, sorted(private)
+
+
+# What the steps need, never what loading the definitions needs: the webserver, the daemon,
+# `dg check defs` and every run (before its first step) load them, and these cost ~100 MB and
+# ~0.5 s there (benchmarks/README.md, "Dagster's own overhead").
+HEAVY_AT_LOAD = (
+    "pyarrow", "numpy", "pandas", "duckdb", "plotly", "narwhals", "httpx", "orjson", "PIL",
+    "matplotlib", "d23_pipeline.client", "d23_pipeline.landing", "d23_pipeline.warehouse",
+    "d23_pipeline.schema", "d23_pipeline.analytics.dashboard", "d23_pipeline.analytics.outcome_mix",
+)  # fmt: skip
+
+
+def test_loading_the_definitions_imports_nothing_a_step_brings() -> None:
+    # A fresh interpreter: this one has imported everything already.
+    probe = "import sys, d23_pipeline.definitions; print(*sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.split()
+    heavy = [m for m in loaded if any(m == h or m.startswith(f"{h}.") for h in HEAVY_AT_LOAD)]
+    assert "d23_pipeline.definitions" in loaded
+    assert heavy == []

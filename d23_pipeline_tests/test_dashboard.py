@@ -7,15 +7,19 @@ drives it and never downloads a browser.
 
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 from harness import Pipeline
 from playwright.sync_api import sync_playwright
+from plotly.subplots import make_subplots
 
 from d23_pipeline.analytics import dashboard
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
@@ -158,6 +162,44 @@ def test_months_read_soon_after_their_end_are_maturing() -> None:
     assert dashboard.month_status(june, read, datetime(2026, 12, 1, tzinfo=UTC)) == "maturing"
     late_read = datetime(2026, 8, 2, tzinfo=UTC)
     assert dashboard.month_status(june, late_read, datetime(2026, 12, 1, tzinfo=UTC)) == "settled"
+
+
+# -- the figures as plotly.py would have built them --------------------------------------------
+# The dashboard writes Plotly's figure JSON itself (plotly's figure classes cost the run ~22 MB).
+# What plotly.py added to a figure, the grid of make_subplots, the template and the "Blues" scale,
+# is checked against plotly.py itself, so an upgrade that changes them shows here.
+
+GRIDS = [
+    (lambda: dashboard.kpi_split_chart([], "communication_type"),
+     {"rows": 2, "cols": 3, "subplot_titles": list(dashboard.KPI_LABELS.values())}),
+    (lambda: dashboard.weekday_hour_chart([], "UTC"),
+     {"rows": 2, "cols": 1, "subplot_titles": ("Contact rate", "RPC rate"),
+      "vertical_spacing": 0.2}),
+    (lambda: dashboard.channel_daily_chart([]),
+     {"rows": 4, "cols": 1, "subplot_titles": ("Attempts", "Contacts", "RPCs", "Promises to pay"),
+      "shared_xaxes": True}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("chart", "grid"), GRIDS)
+def test_chart_grids_are_laid_out_as_make_subplots_lays_them_out(
+    chart: Callable[[], dict[str, Any]], grid: dict[str, Any]
+) -> None:
+    layout = chart()["layout"]
+    expected = make_subplots(**grid).to_plotly_json()["layout"]
+    del expected["template"]  # plotly.py's default; the charts set plotly_white
+
+    assert layout["annotations"] == expected.pop("annotations")
+    for name, axis in expected.items():  # the charts add titles and ranges to the axes
+        assert {key: layout[name][key] for key in axis} == axis, name
+
+
+def test_template_and_colour_scale_are_plotly_pys() -> None:
+    fig = dashboard.weekday_hour_chart([], "UTC")
+
+    assert fig["layout"]["template"] == pio.templates["plotly_white"].to_plotly_json()
+    blues = go.Heatmap(colorscale="Blues").colorscale
+    assert fig["data"][0]["colorscale"] == [list(stop) for stop in blues]
 
 
 # -- hour x weekday in the lender's time zone --------------------------------------------------

@@ -26,6 +26,7 @@ import orjson
 from d23_pipeline.client.errors import ErrorContext, ProtocolError, RetriesExhaustedError
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
+from d23_pipeline.settings import DEFAULT_RETRY_BASE_DELAY_S, DEFAULT_RETRY_MAX_ATTEMPTS
 
 log = logging.getLogger("d23_pipeline.client")
 
@@ -38,8 +39,8 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 class RetryPolicy:
     """How often and how long to retry one request (see the module docstring)."""
 
-    max_attempts: int = 6
-    base_delay_s: float = 0.5
+    max_attempts: int = DEFAULT_RETRY_MAX_ATTEMPTS
+    base_delay_s: float = DEFAULT_RETRY_BASE_DELAY_S
     max_delay_s: float = 30.0
     max_total_wait_s: float = 300.0
 

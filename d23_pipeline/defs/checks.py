@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import duckdb
 
 from d23_pipeline.defs.keys import (
     LOGS,
@@ -16,10 +16,14 @@ from d23_pipeline.defs.keys import (
 )
 from d23_pipeline.defs.metadata import markdown_table
 from d23_pipeline.defs.partitions import monthly_partitions
-from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
-from d23_pipeline.schema import D23_FIELDS
-from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import MergeSummary, execute, table_columns
+
+# The specs load with the definitions (the assets declare them); the checks that query the
+# warehouse import it (DuckDB, and Arrow through the field contract) only when they run.
+if TYPE_CHECKING:
+    import duckdb
+
+    from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
+    from d23_pipeline.warehouse.store import MergeSummary
 
 # Above this share of a month's served rows, rejects are an ERROR rather than a WARN: a few bad
 # rows are the source's problem to fix, a percent means the contract moved under us.
@@ -234,6 +238,9 @@ def rejected_rows(rows: int, rejects: int) -> dg.AssetCheckResult:
 
 
 def public_id_unique(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import execute
+
     duplicates = execute(con, sql.DUPLICATE_PUBLIC_IDS).fetchall()
     return _result(
         PUBLIC_ID_UNIQUE,
@@ -243,6 +250,9 @@ def public_id_unique(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
 
 
 def only_allowlisted_columns(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    from d23_pipeline.schema import D23_FIELDS
+    from d23_pipeline.warehouse.store import table_columns
+
     unexpected = [
         name
         for name, _ in table_columns(con, "logs")
@@ -254,6 +264,9 @@ def only_allowlisted_columns(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckRes
 
 
 def unmapped_outcome_codes(con: duckdb.DuckDBPyConnection, month: object) -> dg.AssetCheckResult:
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import execute
+
     unmapped = execute(con, sql.UNMAPPED_OUTCOMES, {"month": month}).fetchall()
     return _result(
         UNMAPPED_OUTCOMES,
@@ -266,6 +279,8 @@ def unmapped_outcome_codes(con: duckdb.DuckDBPyConnection, month: object) -> dg.
 def _rates_in_range(
     spec: dg.AssetCheckSpec, con: duckdb.DuckDBPyConnection, statement: str, params: dict
 ) -> dg.AssetCheckResult:
+    from d23_pipeline.warehouse.store import execute
+
     bad = execute(con, statement, params).fetchall()
     return _result(
         spec,
@@ -275,12 +290,16 @@ def _rates_in_range(
 
 
 def kpi_rates_in_range(con: duckdb.DuckDBPyConnection, month: object) -> dg.AssetCheckResult:
+    from d23_pipeline.warehouse import sql
+
     return _rates_in_range(KPI_RATES_IN_RANGE, con, sql.KPI_RATES_OUT_OF_RANGE, {"month": month})
 
 
 def daily_rates_in_range(
     con: duckdb.DuckDBPyConnection, since: object, until: object
 ) -> dg.AssetCheckResult:
+    from d23_pipeline.warehouse import sql
+
     return _rates_in_range(
         DAILY_RATES_IN_RANGE,
         con,
@@ -290,6 +309,9 @@ def daily_rates_in_range(
 
 
 def kpi_attempts_match_mix(con: duckdb.DuckDBPyConnection, month: object) -> dg.AssetCheckResult:
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import execute
+
     kpi_attempts, mix_attempts = execute(
         con, sql.KPI_ATTEMPTS_AND_MIX_ATTEMPTS, {"month": month}
     ).fetchone()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import duckdb
-import pyarrow as pa
 
-from d23_pipeline.warehouse.store import table_columns
+# Imported by the asset modules when the definitions load: Arrow and DuckDB only where a step
+# builds metadata from them.
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
 
 
 def schema_from_arrow(schema: pa.Schema) -> dg.TableSchema:
@@ -18,6 +20,8 @@ def schema_from_arrow(schema: pa.Schema) -> dg.TableSchema:
 
 def schema_from_table(con: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:
     """The column schema of ``d23.<table>`` as DuckDB reports it."""
+    from d23_pipeline.warehouse.store import table_columns
+
     return dg.TableSchema(
         columns=[dg.TableColumn(name, kind) for name, kind in table_columns(con, table)]
     )

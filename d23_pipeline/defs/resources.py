@@ -1,28 +1,44 @@
-"""Dagster resources: thin wrappers that build the plain-Python client, stores and mapping."""
+"""Dagster resources: thin wrappers that build the plain-Python client, stores and mapping.
+
+Dagster reads these classes when the definitions load (the assets' parameters name them), and
+the webserver, the daemon and every run load the definitions: so this module imports no DuckDB,
+Arrow or httpx. Each method imports what it builds when a step calls it.
+"""
+
+from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import duckdb
 from pydantic import Field
 
-from d23_pipeline.analytics.outcome_classes import OutcomeClass, load_outcome_classes
-from d23_pipeline.client import ExportsClient, RetryPolicy
-from d23_pipeline.landing.snapshot import RESUME_MAX_AGE, SnapshotStore
+from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.settings import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DELETION_SHARE,
+    DEFAULT_MEMORY_LIMIT,
     DEFAULT_PAGE_LIMIT,
+    DEFAULT_RETRY_BASE_DELAY_S,
+    DEFAULT_RETRY_MAX_ATTEMPTS,
     DEFAULT_SLICE_HOURS,
+    LOCK_TIMEOUT_S,
+    RESUME_MAX_AGE,
     ApiConnection,
     load_api_connection,
     validate_timezone,
 )
-from d23_pipeline.warehouse.backend import open_warehouse
-from d23_pipeline.warehouse.store import DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S, WarehouseBackend
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from d23_pipeline.analytics.outcome_classes import OutcomeClass
+    from d23_pipeline.client import ExportsClient
+    from d23_pipeline.landing.snapshot import SnapshotStore
+    from d23_pipeline.warehouse.store import WarehouseBackend
 
 
 class ExportsApiResource(dg.ConfigurableResource):
@@ -44,10 +60,10 @@ class ExportsApiResource(dg.ConfigurableResource):
         default=DEFAULT_SLICE_HOURS, description="D23_SLICE_HOURS: width of one slice"
     )
     retry_base_delay_s: float = Field(
-        default=RetryPolicy.base_delay_s, description="Backoff before the first retry (doubles)"
+        default=DEFAULT_RETRY_BASE_DELAY_S, description="Backoff before the first retry (doubles)"
     )
     retry_max_attempts: int = Field(
-        default=RetryPolicy.max_attempts, description="Attempts per request, first one included"
+        default=DEFAULT_RETRY_MAX_ATTEMPTS, description="Attempts per request, first one included"
     )
 
     @property
@@ -70,6 +86,8 @@ class ExportsApiResource(dg.ConfigurableResource):
     @contextmanager
     def client(self, max_window: timedelta | None = None) -> Iterator[ExportsClient]:
         """A client; ``max_window``: the widest window worth asking for (learned earlier)."""
+        from d23_pipeline.client import ExportsClient, RetryPolicy
+
         connection = self.connection()
         with ExportsClient(
             connection.api_url,
@@ -118,6 +136,8 @@ class WarehouseResource(dg.ConfigurableResource):
     )
 
     def warehouse(self) -> WarehouseBackend:
+        from d23_pipeline.warehouse.backend import open_warehouse
+
         return open_warehouse(
             self.backend,
             database=Path(self.database),
@@ -143,6 +163,8 @@ class LandingZoneResource(dg.ConfigurableResource):
     )
 
     def store(self) -> SnapshotStore:
+        from d23_pipeline.landing.snapshot import SnapshotStore
+
         return SnapshotStore(Path(self.raw_dir) / "d23", timedelta(hours=self.resume_max_age_hours))
 
 

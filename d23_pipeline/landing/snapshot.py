@@ -32,6 +32,7 @@ from filelock import FileLock, Timeout
 
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
+from d23_pipeline.settings import RESUME_MAX_AGE
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -45,8 +46,6 @@ REJECT_SCHEMA = pa.schema(
 # Only the vocabulary columns repeat; dictionary-encoding the unique ids and timestamps doubled
 # the cost of writing a slice and made the file larger.
 _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_option"]
-# An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
-RESUME_MAX_AGE = timedelta(hours=24)
 # Row groups of this size keep a slice's buffer small while DuckDB still reads fast. Every open
 # slice (D23_MAX_CONCURRENCY of them) buffers up to this many rows, so the landing step's memory
 # is bounded whatever the month's size; at 64,000 a 5M-row month's day slices filled their

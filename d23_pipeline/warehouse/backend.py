@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from d23_pipeline.settings import SettingsError
+from d23_pipeline.settings import DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S, SettingsError
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
-from d23_pipeline.warehouse.store import (
-    DEFAULT_MEMORY_LIMIT,
-    LOCK_TIMEOUT_S,
-    Warehouse,
-    WarehouseBackend,
-)
+from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend
 
 
 def open_warehouse(

@@ -20,22 +20,13 @@ import duckdb
 from filelock import FileLock
 
 from d23_pipeline.landing.snapshot import Snapshot
-from d23_pipeline.settings import DEFAULT_MAX_DELETION_SHARE
+from d23_pipeline.settings import DEFAULT_MAX_DELETION_SHARE, DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import sql
 
-# How long a connection waits for another process to finish with the file before failing.
-LOCK_TIMEOUT_S = 900.0
-# DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
-# then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
-# stays flat in the month's size (at some speed: see benchmarks/README.md). Not everything
-# spills: a 1M-row month's merge ran out of memory at 48 MB, a 5M-row month's at 64 MB (not
-# every time), and both merged and re-merged at 96 MB; what a merge needs grows slowly with the
-# month, so merge_within_memory_limit falls back to no limit rather than fail.
-DEFAULT_MEMORY_LIMIT = "96MB"
-# DuckDB's memory beyond its limit (what it does not track: per-thread hash tables, buffers)
-# grows with its threads. Merging a 5M-row month in process peaked at 374 MB with two threads and
-# 273 MB with one, and used less CPU (22 s against 35 s; the wall time is longer): the merge is
-# not what a run waits for, the API is. See benchmarks/README.md.
+# DuckDB's memory beyond DEFAULT_MEMORY_LIMIT (what it does not track: per-thread hash tables,
+# buffers) grows with its threads. Merging a 5M-row month in process peaked at 374 MB with two
+# threads and 273 MB with one, and used less CPU (22 s against 35 s; the wall time is longer).
+# See benchmarks/README.md.
 DUCKDB_THREADS = 1
 _PARAM = re.compile(r"\$([a-z_]+)")
 log = logging.getLogger("d23_pipeline.warehouse")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from d23_pipeline.analytics import dashboard
 from d23_pipeline.defs import keys
 from d23_pipeline.defs.resources import DashboardResource, OutcomeMappingResource, WarehouseResource
 
@@ -35,11 +34,14 @@ def outcome_dashboard(
     dashboard_file: DashboardResource,
 ) -> dg.MaterializeResult:
     """Rebuild the dashboard from every month in the warehouse."""
+    # Imported when the step runs, not when the definitions load (DuckDB, the warehouse code).
+    from d23_pipeline.analytics import dashboard
+
     timezone = dashboard_file.zone()
     with warehouse.get_connection() as con:
         data = dashboard.gather(con, outcome_mapping.classes(), timezone, datetime.now(UTC))
     path = Path(dashboard_file.path).resolve()
-    dashboard.write_dashboard(path, dashboard.render(data))
+    dashboard.write_dashboard(path, data)
     latest, _ = data.tile_months()
     metadata: dict[str, object] = {
         "path": dg.MetadataValue.path(str(path)),

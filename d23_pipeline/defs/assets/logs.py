@@ -6,9 +6,6 @@ from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
-from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.ducklake import retry_on_conflict
-from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
 
 
 class LogsMergeConfig(dg.Config):
@@ -45,6 +42,11 @@ def logs(
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Merge the month's latest raw snapshot into d23.logs."""
+    # Imported when the step runs, not when the definitions load (DuckDB, Arrow).
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.ducklake import retry_on_conflict
+    from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
+
     partition = context.partition_key
     snapshot = landing_zone.store().current(partition)
     if snapshot is None:

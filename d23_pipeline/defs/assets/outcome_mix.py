@@ -3,19 +3,14 @@
 import dagster as dg
 
 from d23_pipeline.analytics import charts
-from d23_pipeline.analytics.dashboard import KPI_FRACTIONS, percent
-from d23_pipeline.analytics.outcome_mix import (
-    rebuild_outcome_kpis_monthly,
-    rebuild_outcome_mix_daily,
-    rebuild_outcome_mix_monthly,
-)
 from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
 from d23_pipeline.kpis import KPI_NAMES, kpi_table
-from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import fetch_dicts
+
+# The steps import the warehouse code (DuckDB, Arrow) when they run, not when the definitions
+# load; charts.py imports matplotlib only when it draws.
 
 KPI_DEFINITIONS = f"""
 Attempts are active (is_active) log entries still present at the source (no _deleted_at).
@@ -57,6 +52,10 @@ def outcome_mix_monthly(
     outcome_mapping: OutcomeMappingResource,
 ) -> dg.MaterializeResult:
     """Rebuild the month's outcome mix from d23.logs."""
+    from d23_pipeline.analytics.outcome_mix import rebuild_outcome_mix_monthly
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import fetch_dicts
+
     window = context.partition_time_window
     month = _month(context)
     with warehouse.get_connection() as con:
@@ -103,6 +102,10 @@ def outcome_kpis_monthly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Recompute the month's KPIs from its outcome mix."""
+    from d23_pipeline.analytics.outcome_mix import rebuild_outcome_kpis_monthly
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import fetch_dicts
+
     month = _month(context)
     with warehouse.get_connection() as con:
         rebuild_outcome_kpis_monthly(con, month)
@@ -134,6 +137,8 @@ def _percent(rate: float | None) -> float | None:
 
 def _kpi_table(kpis: dict) -> str:
     """One row per KPI (one 14-column row is cut off in the UI): value, numerator, denominator."""
+    from d23_pipeline.analytics.dashboard import KPI_FRACTIONS, percent
+
     rows = [
         {
             "KPI": name,
@@ -160,6 +165,10 @@ def outcome_mix_daily(
     outcome_mapping: OutcomeMappingResource,
 ) -> dg.MaterializeResult:
     """Rebuild the daily trend for the month's days."""
+    from d23_pipeline.analytics.outcome_mix import rebuild_outcome_mix_daily
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import fetch_dicts
+
     window = context.partition_time_window
     with warehouse.get_connection() as con:
         rebuild_outcome_mix_daily(con, window.start, window.end, outcome_mapping.classes())

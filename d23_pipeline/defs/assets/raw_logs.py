@@ -4,13 +4,10 @@ from datetime import timedelta
 
 import dagster as dg
 
-from d23_pipeline.client import Window
 from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_arrow
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource, WarehouseResource
-from d23_pipeline.landing.month import read_month
-from d23_pipeline.schema import ARROW_SCHEMA
 
 
 @dg.asset(
@@ -34,6 +31,12 @@ def raw_logs(
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Read the partition's month from the API into a fresh raw snapshot."""
+    # Imported here, not when the definitions load: the client and the landing code bring
+    # httpx, Arrow and DuckDB, which only this step needs.
+    from d23_pipeline.client import Window
+    from d23_pipeline.landing.month import read_month
+    from d23_pipeline.schema import ARROW_SCHEMA
+
     time_window = context.partition_time_window
     slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
     store, partition = landing_zone.store(), context.partition_key
