@@ -21,7 +21,7 @@ from api import (
     simulator,
     walk_ids,
 )
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from d23_pipeline.client import (
@@ -292,6 +292,7 @@ def test_504_that_persists_at_the_floor_names_the_window() -> None:
     st.lists(st.booleans(), max_size=25),
     st.integers(1, 6),
 )
+@example(gaps=[], outages=[True] * 4 + [False] * 2 + [True] * 5, size=1)  # gives up at the floor
 def test_random_504s_never_duplicate_or_skip_rows(
     gaps: list[int], outages: list[bool], size: int
 ) -> None:
@@ -299,10 +300,17 @@ def test_random_504s_never_duplicate_or_skip_rows(
     script = iter(outages)
     sim.script(GATEWAY_TIMEOUT, times=10_000, when=lambda request: next(script, False))
     window = Window(T0, T0 + timedelta(seconds=1))
-    with client(
-        sim, page_limit=8, min_page_limit=1, min_window=timedelta(milliseconds=1)
-    ) as reader:
-        assert walk_ids(reader, window) == ids_in(sim, window)
+    floor = timedelta(milliseconds=1)
+    with client(sim, page_limit=8, min_page_limit=1, min_window=floor) as reader:
+        try:
+            ids = walk_ids(reader, window)
+        except WindowTooHeavyError as error:
+            # Five 504s in a row on a part already at the narrowest window outlast the client
+            # by design; it gives up loudly there, never earlier and never with a partial read.
+            assert error.window is not None and error.window.duration <= floor
+            assert reader.stats.final_page_limit == 1
+            return
+    assert ids == ids_in(sim, window)
 
 
 def test_a_reject_without_public_id_is_handed_over_once_across_a_mid_walk_504() -> None:
