@@ -11,7 +11,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
-from benchmarks import end_to_end, latency, memory, merge_scaling, throughput
+from benchmarks import busy_month, end_to_end, latency, memory, merge_scaling, throughput
 from benchmarks.common import machine
 
 
@@ -29,14 +29,17 @@ class Sizes:
     e2e_big_rows: tuple[int, ...]
     e2e_big_runs: int
     e2e_dlt_runs: int
+    busy_rows: int
 
 
 FULL = Sizes(
     1_000_000, 5, 5, 100_000, (1_000_000, 5_000_000), 20_000_000, 3,
-    (0, 200_000, 1_000_000), 3, (5_000_000,), 1, 3,
+    (0, 200_000, 1_000_000), 3, (5_000_000,), 1, 3, 5_000_000,
 )  # fmt: skip
-QUICK = Sizes(50_000, 2, 1, 20_000, (20_000, 100_000), 500_000, 2, (0, 20_000), 1, (), 1, 1)
-NAMES = ("throughput", "latency", "memory", "merge", "end_to_end")
+QUICK = Sizes(
+    50_000, 2, 1, 20_000, (20_000, 100_000), 500_000, 2, (0, 20_000), 1, (), 1, 1, 20_000
+)  # fmt: skip
+NAMES = ("throughput", "latency", "memory", "merge", "end_to_end", "busy_month")
 
 
 def _throughput(sizes: Sizes) -> list[str]:
@@ -146,12 +149,17 @@ def _end_to_end(sizes: Sizes) -> list[str]:
     )
 
 
+def _busy_month(sizes: Sizes) -> list[str]:
+    return busy_month.table_in_subprocess(sizes.busy_rows)
+
+
 SECTIONS = {
     "throughput": _throughput,
     "latency": _latency,
     "memory": _memory,
     "merge": _merge,
     "end_to_end": _end_to_end,
+    "busy_month": _busy_month,
 }
 
 
