@@ -272,10 +272,16 @@ def test_504_that_persists_at_the_floor_names_the_window() -> None:
     assert str(window) in str(caught.value) and "504" in str(caught.value)
 
 
+def windowed(items: list[bool], size: int) -> list[list[bool]]:
+    return [items[i : i + size] for i in range(len(items) - size + 1)]
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(st.sampled_from([0, 0, 1, 5]), max_size=40),
-    st.lists(st.booleans(), max_size=25),
+    # Five 504s in a row at the narrowest window end the walk by design (see
+    # test_at_the_narrowest_window_a_timeout_retries_then_lowers_the_limit_then_fails).
+    st.lists(st.booleans(), max_size=25).filter(lambda o: [True] * 5 not in windowed(o, 5)),
     st.integers(1, 6),
 )
 def test_random_504s_never_duplicate_or_skip_rows(
