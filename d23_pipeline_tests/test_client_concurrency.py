@@ -102,9 +102,9 @@ def test_a_slow_consumer_holds_workers_back() -> None:
         events = client.iter_slices(THREE_DAYS)
         next(events)
         time.sleep(0.2)
-        # one consumed, a queue of 2 * max_concurrency, one page in each worker's hands, and
-        # each worker's count of its slice before the walk
-        assert len(api.data_params) <= 1 + 4 + 2 + 2
+        # one consumed, a queue of 2 events per worker (max_concurrency + 1 workers), one page
+        # in each worker's hands, and each worker's count of its slice before the walk
+        assert len(api.data_params) <= 1 + 6 + 3 + 3
         events.close()
     wait_for_no_client_threads()
 

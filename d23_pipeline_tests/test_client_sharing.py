@@ -1,4 +1,5 @@
-"""The end of a month shared out: walks cut between pages, shares of a slice read, its proof."""
+"""Keeping the API busy: one spare walk beyond the requests in flight, and the end of a month
+shared out (walks cut between pages, shares of a slice read, its proof)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_client_fakeapi import DAY, T0, rows_at
@@ -153,6 +155,26 @@ def test_slices_are_taken_in_time_order_then_the_walk_with_most_pages_left_is_sh
     assert request is not None and request.part == Window(second.since, middle)
 
 
+def test_a_worker_that_asks_ahead_takes_its_share_as_soon_as_it_is_free() -> None:
+    schedule = SliceSchedule([DAY], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel)
+    owner = _read(schedule, DAY, total=200)
+    taken: list[Any] = []
+
+    def worker() -> None:
+        schedule.ask_ahead()  # then its last requests: the counts after its own walk
+        owner.between_pages()  # meanwhile the owner reaches a page boundary
+        taken.append(schedule.take(cancel))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(5)
+
+    (share,) = taken
+    assert isinstance(share, Part) and share.walk.rest == Window(DAY.halves()[1].since, DAY.until)
+
+
 def test_no_walk_is_shared_without_enough_pages_left_or_an_exact_count() -> None:
     first, second = DAY.halves()
     schedule = SliceSchedule([first, second], page_limit=10)
@@ -244,3 +266,45 @@ def test_closing_the_events_while_workers_wait_for_a_share_stops_every_worker() 
         _wait_for(
             lambda: not [t for t in threading.enumerate() if t.name.startswith("d23-client-")]
         )
+
+
+class _InFlight(httpx.BaseTransport):
+    """Counts the data requests in flight at once, and the threads that send them."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._now = 0
+        self.most = 0
+        self.senders: set[str] = set()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if "/exports/" not in request.url.path:
+            return self._inner.handle_request(request)
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+            self.senders.add(threading.current_thread().name)
+        try:
+            return self._inner.handle_request(request)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_one_walk_more_than_requests_in_flight_and_never_more_in_flight() -> None:
+    sim = _simulator(latency_s=0.003)
+    transport = _InFlight(sim.transport())
+    config = sim.config
+    with ExportsClient(
+        "http://sim.test",
+        LoginCredentials(config.lender_slug, config.email, config.password),
+        transport=transport,
+        page_limit=50,
+        max_concurrency=3,
+    ) as client:
+        events = list(client.iter_slices(JANUARY))
+
+    assert sum(isinstance(e, SliceDone) for e in events) == 31
+    assert transport.most == 3
+    assert len(transport.senders) == 4

@@ -9,9 +9,11 @@ cover the whole slice: its counts before the walk are taken once, and the last p
 takes the counts after it and judges what all parts served.
 
 Pages left are estimated from what the counts told: the slice's exact count before its walk,
-less what its parts have served, spread over its parts by the time each has left, at the
-average page size seen so far. A share costs about one more request (both parts end in a part
-page), so only a walk with several pages left is split.
+less what its parts have served, spread over its parts by the time each has left, at the rows
+per page the slice has had so far (short pages of a "via" dataset included). A share costs about
+one more request (both parts end in a part page), so a walk is split only if that still leaves
+each part less to do: two pages left or more. A worker whose work ends with counts asks for its
+next share before sending them, so the owner hands it over while they are in flight.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from d23_pipeline.client.walk import WindowWalk
 from d23_pipeline.client.windows import Window
 
 # A walk is split only if it has at least this many pages left: the two halves each end in a
-# part page, and the one asking waits up to a request for the owner to reach a page boundary.
-MIN_PAGES_TO_SPLIT = 4
+# part page, so with fewer the split would not shorten the end of the walk. (At 4, workers at
+# C=4 still sat idle for ~0.35 s of the last second; at 2, ~0.15 s: benchmarks/README.md, 0b.)
+MIN_PAGES_TO_SPLIT = 2
 # How often a waiting worker looks at the cancel flag.
 _POLL_S = 0.05
 _MS = timedelta(milliseconds=1)
@@ -106,29 +109,42 @@ class SliceSchedule:
         self._changed = threading.Condition()
         self._parts: set[Part] = set()
         self._open_reads = 0  # slices taken and not done
-        self._rows = 0
+        self._rows = 0  # served, of every slice, for slices without pages yet
         self._pages = 0
+        self._asked_ahead = threading.local()
 
     def take(self, cancel: threading.Event) -> Window | Part | None:
         """A slice to start, or a share of another worker's walk; ``None`` once no work can
         appear any more (every slice read is done) or on cancel."""
+        ask: _Ask | None = getattr(self._asked_ahead, "ask", None)
+        self._asked_ahead.ask = None
         while not cancel.is_set():
-            with self._changed:
-                if self._todo:
-                    self._open_reads += 1
-                    return self._todo.popleft()
-                owner = self._most_pages_left()
-                if owner is None:
-                    if not self._open_reads:
-                        return None
-                    # A read still counting, or restarting, may yet have pages to share.
-                    self._changed.wait(_POLL_S)
-                    continue
-                ask = owner.asked = _Ask()
+            if ask is None:
+                with self._changed:
+                    if self._todo:
+                        self._open_reads += 1
+                        return self._todo.popleft()
+                    ask = self._ask()
+                    if ask is None:
+                        if not self._open_reads:
+                            return None
+                        # A read still counting, or restarting, may yet have pages to share.
+                        self._changed.wait(_POLL_S)
+                        continue
             share = ask.wait(cancel)
             if share is not None:
                 return share
+            ask = None
         return None
+
+    def ask_ahead(self) -> None:
+        """The caller's work ends with requests that need no page boundary of anyone (a read's
+        counts after its walk): ask for its next share now, so the owner hands it over while
+        those requests are in flight, and :meth:`take` has it at once."""
+        with self._changed:
+            # A worker reading its slice again after an earlier ask keeps that one.
+            if not self._todo and getattr(self._asked_ahead, "ask", None) is None:
+                self._asked_ahead.ask = self._ask()
 
     def begin(self, read: SliceRead, walk: WindowWalk) -> Part:
         """The first part of a read: the whole slice, walked by the worker that counted it."""
@@ -189,12 +205,16 @@ class SliceSchedule:
         self._parts.add(part)
         return part
 
-    def _most_pages_left(self) -> Part | None:
+    def _ask(self) -> _Ask | None:
+        """Ask the walk with the most pages left for a share, if one is worth splitting."""
         best, most = None, float(MIN_PAGES_TO_SPLIT)
         for part in self._parts:
             if part.asked is None and (left := self._pages_left(part)) >= most:
                 best, most = part, left
-        return best
+        if best is None:
+            return None
+        best.asked = _Ask()
+        return best.asked
 
     def _pages_left(self, part: Part) -> float:
         # The slice's exact count less what it served, spread over its parts by time left. A
@@ -208,5 +228,8 @@ class SliceSchedule:
             timedelta(),
         )
         rows_left = max(0, expected - read.rows - read.rejects) * (part.rest.duration / rests)
-        rows_per_page = self._rows / self._pages if self._pages else self._page_limit
+        served, pages = read.rows + read.rejects, read.pages
+        if not pages:  # nothing of this slice yet: what other slices had
+            served, pages = self._rows, self._pages
+        rows_per_page = served / pages if pages else self._page_limit
         return rows_left / max(rows_per_page, 1.0)

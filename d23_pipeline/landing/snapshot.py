@@ -48,9 +48,10 @@ _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_opti
 # An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
 RESUME_MAX_AGE = timedelta(hours=24)
 # Row groups of this size keep a slice's buffer small while DuckDB still reads fast. Every open
-# slice (D23_MAX_CONCURRENCY of them) buffers up to this many rows, so the landing step's memory
-# is bounded whatever the month's size; at 64,000 a 5M-row month's day slices filled their
-# buffers and a 1M-row month's (32,000 rows a day) did not, so the peak still grew with the month.
+# slice (one per client worker: D23_MAX_CONCURRENCY + 1) buffers up to this many rows, so the
+# landing step's memory is bounded whatever the month's size; at 64,000 a 5M-row month's day
+# slices filled their buffers and a 1M-row month's (32,000 rows a day) did not, so the peak still
+# grew with the month.
 _ROW_GROUP_ROWS = 16_384
 
 
