@@ -41,7 +41,7 @@ _MS = timedelta(milliseconds=1)
 # Slices are walked by one more worker than there are requests in flight: while a worker parses
 # its page and hands it over (~3-10 ms a page, more on a busy machine), the spare one takes the
 # slot it freed, so the API sees ``max_concurrency`` requests at all times. A second spare
-# only added GIL contention (benchmarks/README.md, 0b).
+# measured no better and holds one more slice open (benchmarks/README.md, 0b).
 _SPARE_WALKS = 1
 
 
