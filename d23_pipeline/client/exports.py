@@ -27,6 +27,7 @@ from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
 from d23_pipeline.client.retry import Retrier, RetryPolicy
 from d23_pipeline.client.session import ExportsSession, GatewayTimeout
+from d23_pipeline.client.sharing import Part, SliceRead, SliceSchedule
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.walk import WidthHint, WindowWalk
 from d23_pipeline.client.windows import Window
@@ -37,6 +38,11 @@ log = logging.getLogger("d23_pipeline.client")
 
 _MAX_API_LIMIT = 1000
 _MS = timedelta(milliseconds=1)
+# Slices are walked by one more worker than there are requests in flight: while a worker parses
+# its page and hands it over (~3-10 ms a page, more on a busy machine), the spare one takes the
+# slot it freed, so the API sees ``max_concurrency`` requests at all times. A second spare
+# measured no better and holds one more slice open (benchmarks/README.md, 0b).
+_SPARE_WALKS = 1
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,8 @@ SliceEvent = SlicePage | SliceRestart | SliceDone
 
 
 class ExportsClient:
-    """Reads one lender's rows of one dataset (default S4/D23) window by window."""
+    """Reads one lender's rows of one dataset (default S4/D23) window by window, with at most
+    ``max_concurrency`` requests in flight."""
 
     def __init__(
         self,
@@ -135,6 +142,7 @@ class ExportsClient:
             self.stats,
             section=section,
             dataset=dataset,
+            max_in_flight=max_concurrency,
         )
 
     @property
@@ -234,57 +242,121 @@ class ExportsClient:
         return self._walk(window, None, self._page_limit)
 
     def iter_slices(self, window: Window, *, skip: Collection[Window] = ()) -> Iterator[SliceEvent]:
-        """Walk the ``slice_size`` slices of ``window`` concurrently, except those in ``skip``.
+        """Walk the ``slice_size`` slices of ``window`` concurrently, except those in ``skip``,
+        on ``max_concurrency`` + 1 workers (one more than requests in flight).
 
         Each slice is counted before and after its walk (:meth:`count_parts`) and read again,
         up to ``slice_reads`` reads in all, while what it served is not proven complete; a
-        re-read is announced by a :class:`SliceRestart`. Pages of one slice arrive in order,
-        followed by exactly one :class:`SliceDone` carrying the last read's proof. The first
-        worker error stops the other workers and is raised here; closing the generator early
-        stops the workers too.
+        re-read is announced by a :class:`SliceRestart`, after every page of the read before.
+        At the end of the window a slice's walk may be shared out in parts among workers that
+        have no slice left (:mod:`~d23_pipeline.client.sharing`): pages of one part arrive in
+        order, parts of one slice interleave. Every page of a slice's read is followed by
+        exactly one :class:`SliceDone` carrying the last read's proof. The first worker error
+        stops the other workers and is raised here; closing the generator early stops the
+        workers too.
         """
         done = set(skip)
         todo = [piece for piece in window.split(self._slice_size) if piece not in done]
-        return fan_out(todo, self._read_slice, workers=self._max_concurrency, name="d23-client")
+        if not todo:
+            return iter(())
+        schedule = SliceSchedule(todo, self._page_limit)
+        return fan_out(
+            schedule.take,
+            partial(self._read, schedule),
+            workers=self._max_concurrency + _SPARE_WALKS,
+            name="d23-client",
+        )
 
-    def _read_slice(self, piece: Window, cancel: threading.Event, deliver: Deliver) -> None:
-        limit = self._page_limit
-        for read in range(1, self._slice_reads + 1):
-            if read > 1:
-                deliver(SliceRestart(piece))
-            parts = self.count_parts(piece, cancel)
-            rows = rejects = pages = 0
-            for page in self._walk(piece, cancel, limit):
-                pages += 1
-                rows += page.batch.num_rows
-                rejects += len(page.rejects)
-                deliver(page)
-            after = [self.count(part, cancel) for part, _ in parts]
-            proof = judge(
-                rows + rejects, sum_totals([t for _, t in parts]), sum_totals(after), read
-            )
-            if proof.verified or read == self._slice_reads:
-                break
-            self.stats.add("slice_rereads")
-            log.warning("slice %s not proven complete (%s); reading it again", piece, proof.reason)
-            # Smaller pages fall on other boundaries, so the re-read is a different walk.
-            limit = max(self._min_page_limit, limit * 3 // 4)
-        deliver(SliceDone(piece, rows, rejects, pages, proof))
+    def _read(
+        self,
+        schedule: SliceSchedule,
+        work: Window | Part,
+        cancel: threading.Event,
+        deliver: Deliver,
+    ) -> None:
+        """Walk a slice taken from ``schedule``, or a share of another worker's walk; the
+        worker finishing a read's last part proves it, and reads the slice again if need be."""
+        if isinstance(work, Part):
+            self.stats.add("shared_parts")
+            part: Part | None = work
+        else:
+            part = self._begin_read(schedule, work, 1, self._page_limit, cancel)
+        while part is not None:
+            try:
+                for page in self._pages(part.walk, part.read.slice, cancel, part):
+                    deliver(page)
+            finally:
+                last = part.close()
+            part = self._prove(schedule, part.read, cancel, deliver) if last else None
+
+    def _begin_read(
+        self,
+        schedule: SliceSchedule,
+        piece: Window,
+        number: int,
+        limit: int,
+        cancel: threading.Event,
+    ) -> Part:
+        read = SliceRead(piece, number, limit, self.count_parts(piece, cancel))
+        return schedule.begin(read, self._window_walk(piece, limit))
+
+    def _prove(
+        self,
+        schedule: SliceSchedule,
+        read: SliceRead,
+        cancel: threading.Event,
+        deliver: Deliver,
+    ) -> Part | None:
+        """Judge a read whose parts are all walked; the first part of the next read if it is
+        not proven complete and reads are left."""
+        schedule.ask_ahead()
+        after = [self.count(part, cancel) for part, _ in read.before]
+        proof = judge(read.rows + read.rejects, read.total_before, sum_totals(after), read.number)
+        if proof.verified or read.number == self._slice_reads:
+            deliver(SliceDone(read.slice, read.rows, read.rejects, read.pages, proof))
+            schedule.read_done()
+            return None
+        self.stats.add("slice_rereads")
+        log.warning(
+            "slice %s not proven complete (%s); reading it again", read.slice, proof.reason
+        )
+        deliver(SliceRestart(read.slice))
+        # Smaller pages fall on other boundaries, so the re-read is a different walk.
+        limit = max(self._min_page_limit, read.limit * 3 // 4)
+        return self._begin_read(schedule, read.slice, read.number + 1, limit, cancel)
 
     def _walk(
         self, window: Window, cancel: threading.Event | None, limit: int
     ) -> Iterator[SlicePage]:
-        session = self._session
-        walk = WindowWalk(
+        return self._pages(self._window_walk(window, limit), window, cancel)
+
+    def _window_walk(self, window: Window, limit: int) -> WindowWalk:
+        return WindowWalk(
             window,
             limit=limit,
             min_limit=self._min_page_limit,
             min_window=self._min_window,
             hint=self._widths,
-            path=session.path,
+            path=self._session.path,
         )
+
+    def _pages(
+        self,
+        walk: WindowWalk,
+        slice_: Window,
+        cancel: threading.Event | None,
+        part: Part | None = None,
+    ) -> Iterator[SlicePage]:
+        """The pages of ``walk``, as pages of ``slice_``; as ``part`` of a slice read, the rest
+        of the walk can be handed to another worker between pages."""
+        session = self._session
         what = f"page of {session.section}/{session.dataset}"
-        while (request := walk.next_request()) is not None:
+        while True:
+            if part is not None:
+                part.between_pages()
+            request = walk.next_request()
+            if request is None:
+                return
             since, until = request.part.since_text, request.part.until_text
             try:
                 page = session.get(
@@ -309,4 +381,6 @@ class ExportsClient:
                 continue
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
-            yield SlicePage(window, batch, rejects)
+            if part is not None:
+                part.served(batch.num_rows, len(rejects))
+            yield SlicePage(slice_, batch, rejects)

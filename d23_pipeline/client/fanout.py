@@ -6,7 +6,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -30,24 +30,20 @@ Deliver = Callable[[object], None]
 
 
 def fan_out(
-    items: Sequence[Item],
+    take: Callable[[threading.Event], Item | None],
     work: Callable[[Item, threading.Event, Deliver], None],
     *,
     workers: int,
     name: str,
 ) -> Iterator[Event]:
-    """Run ``work(item, cancel, deliver)`` for every item on up to ``workers`` threads and yield
-    what they ``deliver``, in the order delivered.
+    """Run ``work(item, cancel, deliver)`` on ``workers`` threads for every item ``take(cancel)``
+    gives them, until it gives ``None``, and yield what they ``deliver``, in the order delivered.
 
-    The queue holds at most two events per worker: a slow consumer blocks the workers instead
-    of letting pages pile up in memory. The first worker error stops the others and is raised
-    here; closing the generator early stops the workers too.
+    ``take`` may block: work can appear while others work (a share of a running walk). The queue
+    holds at most two events per worker: a slow consumer blocks the workers instead of letting
+    pages pile up in memory. The first worker error stops the others and is raised here; closing
+    the generator early stops the workers too.
     """
-    if not items:
-        return
-    todo: queue.SimpleQueue[Item] = queue.SimpleQueue()
-    for item in items:
-        todo.put(item)
     events: queue.Queue[object] = queue.Queue(maxsize=2 * workers)
     cancel = threading.Event()
     closed = threading.Event()
@@ -64,11 +60,7 @@ def fan_out(
     def worker() -> None:
         outcome: object = _WORKER_EXIT
         try:
-            while not cancel.is_set():
-                try:
-                    item = todo.get_nowait()
-                except queue.Empty:
-                    break
+            while not cancel.is_set() and (item := take(cancel)) is not None:
                 work(item, cancel, deliver)
         except Cancelled:
             pass
@@ -80,7 +72,7 @@ def fan_out(
 
     threads = [
         threading.Thread(target=worker, name=f"{name}-{number}", daemon=True)
-        for number in range(min(workers, len(items)))
+        for number in range(workers)
     ]
     for thread in threads:
         thread.start()

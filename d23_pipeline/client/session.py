@@ -18,13 +18,16 @@ from d23_pipeline.client.errors import (
     ExportsApiError,
     LenderMismatchError,
 )
-from d23_pipeline.client.retry import Retrier, request_id_of, transient_for
+from d23_pipeline.client.retry import Cancelled, Retrier, request_id_of, transient_for
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
 
 log = logging.getLogger("d23_pipeline.client")
 
 T = TypeVar("T")
+
+# How often a request waiting for a free slot looks at the cancel flag.
+_SLOT_POLL_S = 0.05
 
 
 class GatewayTimeout(Exception):
@@ -36,7 +39,8 @@ class GatewayTimeout(Exception):
 
 
 class ExportsSession:
-    """GETs of one lender's export of one dataset, with tokens and retries."""
+    """GETs of one lender's export of one dataset, with tokens and retries, at most
+    ``max_in_flight`` of them at a time whichever threads send them."""
 
     def __init__(
         self,
@@ -48,7 +52,9 @@ class ExportsSession:
         *,
         section: str,
         dataset: str,
+        max_in_flight: int,
     ) -> None:
+        self._slots = threading.BoundedSemaphore(max_in_flight)
         self._http = http
         self._base_url = base_url
         self._auth = auth
@@ -75,7 +81,7 @@ class ExportsSession:
         """``parse`` of the 200 answer to ``params``; a 504 raises :class:`GatewayTimeout`."""
 
         def attempt() -> T:
-            response = self._send(params, what, window)
+            response = self._send(params, what, window, cancel)
             status = response.status_code
             if status == 200:
                 return parse(response)
@@ -88,14 +94,20 @@ class ExportsSession:
 
         return self._retrier.call(attempt, what=what, path=self.path, window=window, cancel=cancel)
 
-    def _send(self, params: dict[str, str], what: str, window: Window) -> httpx.Response:
+    def _send(
+        self, params: dict[str, str], what: str, window: Window, cancel: threading.Event | None
+    ) -> httpx.Response:
         for recovery in range(3):
             token, generation = self._auth.current()
-            response = self._http.get(
-                self._base_url + self.path,
-                params=params,
-                headers={"Authorization": f"Bearer {token}"},
-            )
+            self._take_slot(cancel)
+            try:
+                response = self._http.get(
+                    self._base_url + self.path,
+                    params=params,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            finally:
+                self._slots.release()
             self._stats.add("requests")
             if response.status_code != 401:
                 return response
@@ -110,6 +122,11 @@ class ExportsSession:
             path=self.path,
             window=window,
         )
+
+    def _take_slot(self, cancel: threading.Event | None) -> None:
+        while not self._slots.acquire(timeout=_SLOT_POLL_S):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
 
     def _refusal(self, response: httpx.Response, what: str, window: Window) -> ExportsApiError:
         status, request_id = response.status_code, request_id_of(response)

@@ -21,6 +21,7 @@ class ClientStats:
         self.window_splits = 0
         self.count_splits = 0
         self.slice_rereads = 0
+        self.shared_parts = 0
         self.limit_reductions = 0
         self.final_page_limit = page_limit
         self.token_refreshes = 0
@@ -66,6 +67,7 @@ class ClientStats:
                 "window_splits": self.window_splits,
                 "count_splits": self.count_splits,
                 "slice_rereads": self.slice_rereads,
+                "shared_parts": self.shared_parts,
                 "limit_reductions": self.limit_reductions,
                 "final_page_limit": self.final_page_limit,
                 "token_refreshes": self.token_refreshes,

@@ -10,6 +10,10 @@ A 504 is an answer about the window (the documented advice is to narrow it), so 
 halved at once, without a pause, and two 504s at a width teach every walk of the client
 (:class:`WidthHint`) to start narrower. Only at the narrowest window does a 504 earn a retry with
 backoff and then smaller pages; the page limit comes back for the next part.
+
+Between pages, the rest of the window from some instant on can be given away to another walk
+(:meth:`WindowWalk.cut`); the part in progress then resumes from its edge in the narrower window,
+the same re-read as after a 504.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -121,6 +125,7 @@ class WindowWalk:
         self._hint = hint
         self._path = path
         self._pending = [_Part(part, frozenset()) for part in reversed(hint.split(window))]
+        self._until = window.until
         self._delivered_rejects: set[object] = set()
         self._part: _Part | None = None
         self._start_next_part()
@@ -145,6 +150,46 @@ class WindowWalk:
         if self._part is None:
             return None
         return PageRequest(self._part.window, self._limit, self._cursor)
+
+    @property
+    def rest(self) -> Window | None:
+        """What is left to walk, from the instant of the last row handed over (``None`` once
+        done)."""
+        if self._part is None:
+            return None
+        return Window(parse_timestamp(self._edge), self._until)
+
+    def cut(self, at: datetime) -> WindowWalk | None:
+        """Stop this walk at ``at`` and return a walk of ``[at, end)`` for another worker, or
+        ``None`` when ``at`` is not inside :attr:`rest`.
+
+        Only between pages: a request already sent would still cover the given-away window.
+        No valid row at or after ``at`` has been handed over (``at`` is past the edge), and the
+        new walk knows the rejects handed over so far, which need not lie before the edge. The
+        part in progress resumes from its edge in ``[edge, at)`` with a fresh cursor, since a
+        cursor belongs to the filter it was issued under.
+        """
+        rest = self.rest
+        part = self._part
+        if rest is None or part is None or not rest.since < at < rest.until:
+            return None
+        kept = [p for p in self._pending if p.window.since < at]
+        self._pending = [
+            p if p.window.until <= at else _Part(Window(p.window.since, at), p.skip) for p in kept
+        ]
+        if part.window.until > at:
+            self._restart_part(Window(rest.since, at))
+        self._until = at
+        given = WindowWalk(
+            Window(at, rest.until),
+            limit=self._default_limit,
+            min_limit=self._min_limit,
+            min_window=self._min_window,
+            hint=self._hint,
+            path=self._path,
+        )
+        given._delivered_rejects = set(self._delivered_rejects)
+        return given
 
     def page_served(
         self, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], next_cursor: str | None
@@ -204,7 +249,8 @@ class WindowWalk:
         )
 
     def _restart_part(self, remaining: Window) -> None:
-        # A smaller page of the same part starts again from the resume point, keeping the strikes.
+        # The part starts again from the resume point (at a smaller page after 504s, or in a
+        # narrower window after a cut), keeping the strikes.
         strikes, edge_ids = self._strikes, frozenset(self._edge_ids)
         self._part = _Part(remaining, edge_ids)
         self._edge = remaining.since_text

@@ -54,7 +54,7 @@ class ExportsApiResource(dg.ConfigurableResource):
         default=DEFAULT_PAGE_LIMIT, description="D23_PAGE_LIMIT: rows asked per page"
     )
     max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY, description="D23_MAX_CONCURRENCY: slices in flight"
+        default=DEFAULT_MAX_CONCURRENCY, description="D23_MAX_CONCURRENCY: requests in flight"
     )
     slice_hours: int = Field(
         default=DEFAULT_SLICE_HOURS, description="D23_SLICE_HOURS: width of one slice"

@@ -47,9 +47,10 @@ REJECT_SCHEMA = pa.schema(
 # the cost of writing a slice and made the file larger.
 _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_option"]
 # Row groups of this size keep a slice's buffer small while DuckDB still reads fast. Every open
-# slice (D23_MAX_CONCURRENCY of them) buffers up to this many rows, so the landing step's memory
-# is bounded whatever the month's size; at 64,000 a 5M-row month's day slices filled their
-# buffers and a 1M-row month's (32,000 rows a day) did not, so the peak still grew with the month.
+# slice (one per client worker: D23_MAX_CONCURRENCY + 1) buffers up to this many rows, so the
+# landing step's memory is bounded whatever the month's size; at 64,000 a 5M-row month's day
+# slices filled their buffers and a 1M-row month's (32,000 rows a day) did not, so the peak still
+# grew with the month.
 _ROW_GROUP_ROWS = 16_384
 
 

@@ -1,0 +1,310 @@
+"""Keeping the API busy: one spare walk beyond the requests in flight, and the end of a month
+shared out (walks cut between pages, shares of a slice read, its proof)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from api import DAY, T0, rows_at
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_client_walk import Source, walk_of
+
+from d23_pipeline.client import (
+    ExportsClient,
+    SliceDone,
+    SlicePage,
+    SliceRestart,
+    Window,
+    WindowTotal,
+)
+from d23_pipeline.client.sharing import MIN_PAGES_TO_SPLIT, Part, SliceRead, SliceSchedule
+from d23_pipeline.schema import RejectedRow, rows_to_batch
+from d23_pipeline.settings import LoginCredentials
+from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig
+
+HOUR = timedelta(hours=1)
+JANUARY = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
+
+
+def _at(rest: Window, fraction: float) -> datetime:
+    return rest.since + (rest.duration * fraction // timedelta(milliseconds=1)) * timedelta(
+        milliseconds=1
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    gaps=st.lists(st.sampled_from([0, 0, 1, 7, 3_600_000]), max_size=60),
+    sizes=st.lists(st.integers(1, 8), min_size=1, max_size=10),
+    steps=st.lists(
+        st.tuples(st.integers(0, 7), st.sampled_from(["page", "cut", "timeout"]), st.floats(0, 1)),
+        max_size=40,
+    ),
+)
+def test_walks_cut_between_pages_hand_over_every_row_once(
+    gaps: list[int], sizes: list[int], steps: list[tuple[int, str, float]]
+) -> None:
+    rows = rows_at(itertools.accumulate(gaps))
+    source = Source(rows, itertools.cycle(sizes))
+    walks = [walk_of(DAY)]
+    handed: list[str] = []
+
+    def serve(walk: Any) -> None:
+        request = walk.next_request()
+        served, cursor = source.page(request)
+        batch, _ = walk.page_served(rows_to_batch(served), [], cursor)
+        handed.extend(batch.column("public_id").to_pylist())
+
+    # The drawn steps in any order over the walks alive, then pages until every walk ends.
+    for pick, action, fraction in itertools.chain(steps, itertools.repeat((0, "page", 0.0))):
+        alive = [w for w in walks if w.next_request() is not None]
+        if not alive:
+            break
+        walk = alive[pick % len(alive)]
+        if action == "cut":
+            given_away = walk.cut(_at(walk.rest, fraction))
+            if given_away is not None:
+                walks.append(given_away)
+        else:
+            if action == "timeout":
+                walk.gateway_timeout()  # followed by a page, so narrowing never runs out
+            if walk.next_request() is not None:
+                serve(walk)
+
+    assert Counter(handed) == Counter(r["public_id"] for r in rows)
+
+
+def test_a_cut_gives_away_the_rest_and_resumes_the_part_at_its_edge() -> None:
+    walk = walk_of(DAY)
+    walk.page_served(rows_to_batch(rows_at([0, 3_600_000])), [], "c1")
+    one_am = T0 + HOUR
+
+    assert walk.cut(one_am) is None  # not past the edge: a row at 01:00 was handed over
+    given_away = walk.cut(T0 + 12 * HOUR)
+
+    assert given_away is not None and given_away.rest == Window(T0 + 12 * HOUR, DAY.until)
+    request = walk.next_request()
+    assert request is not None and (request.part, request.cursor) == (
+        Window(one_am, T0 + 12 * HOUR),
+        None,
+    )
+    assert walk.rest == Window(one_am, T0 + 12 * HOUR)
+
+
+def test_a_reject_handed_over_before_a_cut_is_not_handed_over_again_by_the_new_walk() -> None:
+    # Rejects may lie past the edge (which moves over valid rows only).
+    reject = RejectedRow("outcome_option is int, expected a string", "bad-1", {})
+    walk = walk_of(DAY)
+    _, fresh = walk.page_served(rows_to_batch(rows_at([0])), [reject], "c1")
+    assert fresh == [reject]
+    given_away = walk.cut(T0 + 12 * HOUR)
+    assert given_away is not None
+
+    batch, fresh = given_away.page_served(
+        rows_to_batch(rows_at([13 * 3_600_000])), [reject], None
+    )
+
+    assert fresh == [] and batch.num_rows == 1
+
+
+def _read(schedule: SliceSchedule, piece: Window, total: int | None, limit: int = 10) -> Part:
+    count = WindowTotal(total, total is not None, None if total is not None else "capped")
+    return schedule.begin(SliceRead(piece, 1, limit, [(piece, count)]), walk_of(piece, limit=limit))
+
+
+def _taking(schedule: SliceSchedule) -> tuple[threading.Thread, list[Any]]:
+    taken: list[Any] = []
+    thread = threading.Thread(target=lambda: taken.append(schedule.take(threading.Event())))
+    thread.start()
+    return thread, taken
+
+
+def _wait_for(condition: Any) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_slices_are_taken_in_time_order_then_the_walk_with_most_pages_left_is_shared() -> None:
+    first, second = DAY.halves()
+    schedule = SliceSchedule([first, second], page_limit=10)
+    cancel = threading.Event()
+    assert [schedule.take(cancel), schedule.take(cancel)] == [first, second]
+    small = _read(schedule, first, total=MIN_PAGES_TO_SPLIT * 10)
+    big = _read(schedule, second, total=200)
+
+    thread, taken = _taking(schedule)
+    _wait_for(lambda: big.asked is not None)
+    assert small.asked is None
+    big.between_pages()  # the owner, between two pages
+    thread.join(5)
+
+    (share,) = taken
+    middle = second.halves()[1].since
+    assert isinstance(share, Part) and share.read is big.read
+    assert share.walk.rest == Window(middle, second.until)
+    request = big.walk.next_request()
+    assert request is not None and request.part == Window(second.since, middle)
+
+
+def test_a_worker_that_asks_ahead_takes_its_share_as_soon_as_it_is_free() -> None:
+    schedule = SliceSchedule([DAY], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel)
+    owner = _read(schedule, DAY, total=200)
+    taken: list[Any] = []
+
+    def worker() -> None:
+        schedule.ask_ahead()  # then its last requests: the counts after its own walk
+        owner.between_pages()  # meanwhile the owner reaches a page boundary
+        taken.append(schedule.take(cancel))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(5)
+
+    (share,) = taken
+    assert isinstance(share, Part) and share.walk.rest == Window(DAY.halves()[1].since, DAY.until)
+
+
+def test_no_walk_is_shared_without_enough_pages_left_or_an_exact_count() -> None:
+    first, second = DAY.halves()
+    schedule = SliceSchedule([first, second], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel), schedule.take(cancel)
+    parts = [_read(schedule, first, total=10), _read(schedule, second, total=None)]
+
+    thread, taken = _taking(schedule)
+    time.sleep(0.2)
+    assert thread.is_alive() and all(p.asked is None for p in parts)  # waits: reads are open
+    for part in parts:
+        assert part.close()
+        schedule.read_done()
+    thread.join(5)
+
+    assert taken == [None]
+
+
+def _simulator(**faults: Any) -> Simulator:
+    sim = Simulator(SimulatorConfig(months=("2026-01",), rows_per_month=2000))
+    sim.faults = Faults(**faults)
+    return sim
+
+
+def _client(sim: Simulator, **options: Any) -> ExportsClient:
+    config = sim.config
+    return ExportsClient(
+        "http://sim.test",
+        LoginCredentials(config.lender_slug, config.email, config.password),
+        transport=sim.transport(),
+        sleep=lambda seconds: None,
+        **options,
+    )
+
+
+def _landed(events: list[Any]) -> dict[Window, list[str]]:
+    """Public ids per slice as a snapshot keeps them: a restart drops what its slice had."""
+    landed: dict[Window, list[str]] = {}
+    for event in events:
+        if isinstance(event, SliceRestart):
+            landed.pop(event.slice, None)
+        elif isinstance(event, SlicePage):
+            landed.setdefault(event.slice, []).extend(r["public_id"] for r in event.rows)
+    return landed
+
+
+def test_one_slice_read_by_four_workers_lands_every_row_once_and_is_proven_whole() -> None:
+    sim = _simulator(latency_s=0.001)
+    with _client(sim, page_limit=20, max_concurrency=4, slice_size=JANUARY.duration) as client:
+        events = list(client.iter_slices(JANUARY))
+        shared = client.stats.shared_parts
+
+    assert shared > 0
+    done = events[-1]
+    assert isinstance(done, SliceDone) and sum(isinstance(e, SliceDone) for e in events) == 1
+    ids = _landed(events)[JANUARY]
+    expected = [r["public_id"] for r in sim.valid_rows(JANUARY.since, JANUARY.until)]
+    assert Counter(ids) == Counter(expected)
+    pages = [e for e in events if isinstance(e, SlicePage)]
+    assert (done.rows, done.pages) == (len(ids), len(pages))
+    assert done.proof.verified and done.proof.total_before == done.proof.served == len(ids)
+
+
+def test_a_shared_read_not_proven_complete_is_read_again_after_all_its_pages() -> None:
+    # One page in ten ends its walk early, so every read of the slice is short, whichever parts
+    # it had (with this seed, not on the first page of a read, so each read has pages to share).
+    sim = _simulator(latency_s=0.001, truncate_rate=0.1, seed=2)
+    with _client(sim, page_limit=20, max_concurrency=4, slice_size=JANUARY.duration) as client:
+        events = list(client.iter_slices(JANUARY))
+        stats = client.stats.as_dict()
+
+    assert stats["shared_parts"] > 0 and stats["slice_rereads"] >= 1
+    assert any(isinstance(e, SliceRestart) for e in events)
+    done = events[-1]
+    assert isinstance(done, SliceDone) and done.proof.reads == stats["slice_rereads"] + 1
+    # What lands is the last read alone: each row at most once, and what its proof counted.
+    ids = _landed(events)[JANUARY]
+    expected = {r["public_id"] for r in sim.valid_rows(JANUARY.since, JANUARY.until)}
+    assert len(ids) == len(set(ids)) == done.rows and set(ids) <= expected
+    assert done.proof.served == done.rows + done.rejects
+
+
+def test_closing_the_events_while_workers_wait_for_a_share_stops_every_worker() -> None:
+    sim = _simulator(latency_s=0.002)
+    with _client(sim, page_limit=20, max_concurrency=4, slice_size=JANUARY.duration) as client:
+        events = client.iter_slices(JANUARY)
+        next(events)
+        events.close()
+        _wait_for(
+            lambda: not [t for t in threading.enumerate() if t.name.startswith("d23-client-")]
+        )
+
+
+class _InFlight(httpx.BaseTransport):
+    """Counts the data requests in flight at once, and the threads that send them."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self._now = 0
+        self.most = 0
+        self.senders: set[str] = set()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if "/exports/" not in request.url.path:
+            return self._inner.handle_request(request)
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+            self.senders.add(threading.current_thread().name)
+        try:
+            return self._inner.handle_request(request)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_one_walk_more_than_requests_in_flight_and_never_more_in_flight() -> None:
+    sim = _simulator(latency_s=0.003)
+    transport = _InFlight(sim.transport())
+    config = sim.config
+    with ExportsClient(
+        "http://sim.test",
+        LoginCredentials(config.lender_slug, config.email, config.password),
+        transport=transport,
+        page_limit=50,
+        max_concurrency=3,
+    ) as client:
+        events = list(client.iter_slices(JANUARY))
+
+    assert sum(isinstance(e, SliceDone) for e in events) == 31
+    assert transport.most == 3
+    assert len(transport.senders) == 4
