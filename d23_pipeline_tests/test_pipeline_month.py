@@ -1,13 +1,14 @@
 """A month through the whole pipeline against the simulator: exact, idempotent, change-aware."""
 
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 import pytest
 from harness import BOTH_WAREHOUSES, Pipeline
 
 from d23_pipeline.landing import snapshot as snapshot_module
+from d23_pipeline.simulator.app import SimStats
 from d23_pipeline.warehouse import sql, store
 
 
@@ -208,17 +209,32 @@ def test_the_window_width_learned_from_504s_starts_the_months_next_read(
     pipeline.sim.faults = dataclasses.replace(
         pipeline.sim.faults, max_window_for_504=timedelta(hours=6)
     )
+    pipeline.sim.stats = SimStats(keep_log=True)
     first = pipeline.materialize("2026-04")
-    learning = pipeline.sim.stats.by_status[504]
-    pipeline.sim.reset_stats()
+    first_widths = _window_widths(pipeline.sim.stats)
+    pipeline.sim.stats = SimStats(keep_log=True)
     second = pipeline.materialize("2026-04")
+    second_widths = _window_widths(pipeline.sim.stats)
 
     learned = _metadata(first, "d23__raw_logs")["max_window_minutes"]
     assert learned == _metadata(second, "d23__raw_logs")["max_window_minutes"] == 360
-    # The second read starts at twice the learned width: two 504s teach it again. Its workers
-    # (one more than max_concurrency) may each send their first request before that, and one
-    # 504 alone sets no ceiling (it may be transient), so the first worker to meet one may try
-    # the wide width once more before a second 504 lands.
+    # The first read starts at a day slice; the second at twice the width the first learned,
+    # never wider (two 504s there teach it again).
+    assert max(first_widths) == timedelta(days=1)
+    assert max(second_widths) == timedelta(hours=12)
+    # Its workers (one more than max_concurrency) may each send their first request before
+    # those two 504s land, and one 504 alone sets no ceiling (it may be transient), so the
+    # first worker to meet one may try the wide width once more.
     workers = pipeline.max_concurrency + 1
-    assert 2 <= pipeline.sim.stats.by_status[504] <= workers + 1 < learning
+    assert 2 <= pipeline.sim.stats.by_status[504] <= workers + 1
     assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
+
+
+def _window_widths(stats: SimStats) -> list[timedelta]:
+    """The window width of every page and count request the simulator logged."""
+    return [
+        datetime.fromisoformat(logged.request.query["until"])
+        - datetime.fromisoformat(logged.request.query["since"])
+        for logged in stats.log
+        if logged.request.kind in ("data", "count")
+    ]
