@@ -107,9 +107,7 @@ def test_a_reject_handed_over_before_a_cut_is_not_handed_over_again_by_the_new_w
     given_away = walk.cut(T0 + 12 * HOUR)
     assert given_away is not None
 
-    batch, fresh = given_away.page_served(
-        rows_to_batch(rows_at([13 * 3_600_000])), [reject], None
-    )
+    batch, fresh = given_away.page_served(rows_to_batch(rows_at([13 * 3_600_000])), [reject], None)
 
     assert fresh == [] and batch.num_rows == 1
 

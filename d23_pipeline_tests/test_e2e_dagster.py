@@ -85,6 +85,25 @@ query Runs($filter: RunsFilter!) {
     ... on Runs { results { runId status tags { key value } } }
   }
 }"""
+# What went wrong in the runs that failed, for a test's failure message.
+FAILED_RUNS = """
+query FailedRuns {
+  runsOrError(filter: {statuses: [FAILURE]}) {
+    ... on Runs {
+      results {
+        runId
+        tags { key value }
+        eventConnection {
+          events {
+            __typename
+            ... on MessageEvent { message stepKey }
+            ... on ErrorEvent { error { message stack } }
+          }
+        }
+      }
+    }
+  }
+}"""
 
 
 @dataclass
@@ -116,6 +135,20 @@ class Deployment:
 
     def diagnostics(self) -> str:
         return "\n".join(f"--- {log.name}\n{tail(log)}" for log in sorted(self.logs.glob("*.log")))
+
+    def failed_runs(self) -> str:
+        """Every failed run's tags, messages and errors: a retried run leaves only this."""
+        report = []
+        for run in self.web.graphql(FAILED_RUNS)["runsOrError"]["results"]:
+            report.append(f"--- failed run {run['runId']} {tags_of(run)}")
+            for event in run["eventConnection"]["events"]:
+                error = event.get("error") or {}
+                report.append(
+                    f"{event['__typename']} {event.get('stepKey')}: {event.get('message')}"
+                )
+                if error:
+                    report.append(f"{error['message']}{''.join(error['stack'])}")
+        return "\n".join(report)
 
 
 def tags_of(run: dict) -> dict[str, str]:
@@ -181,7 +214,7 @@ def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: De
     months = [
         tags_of(run)["dagster/partition"] for run in runs if "dagster/partition" in tags_of(run)
     ]
-    assert sorted(months) == PARTITIONS
+    assert sorted(months) == PARTITIONS, deployment.failed_runs()
     assert len(runs) == len(PARTITIONS) + 1
     # --wait told the operator how each month ended, as it ended.
     for month in SIM.months:
@@ -249,7 +282,7 @@ def test_postgres_instance_holds_runs_events_and_sensor_state(deployment: Deploy
     # One run per month (the backfill's, then the sensor's), plus the backfill's run of the
     # unpartitioned dashboard.
     partitioned = [run for run in runs if "dagster/partition" in tags_of(run)]
-    assert len(partitioned) == len(PARTITIONS) + len(refreshed)
+    assert len(partitioned) == len(PARTITIONS) + len(refreshed), deployment.failed_runs()
     stored = dict(postgres.query("SELECT run_id, status FROM runs"))
     assert stored == {run["runId"]: run["status"] for run in runs}
     materialized = postgres.query(

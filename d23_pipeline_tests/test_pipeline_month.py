@@ -178,8 +178,7 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
     assert "public_id" in [c.name for c in logs["dagster/column_schema"].columns]
     assert "| public_id |" in logs["preview"]
     checks = {
-        (e.asset_key.path[-1], e.check_name): e.passed
-        for e in result.get_asset_check_evaluations()
+        (e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()
     }
     assert checks == {
         ("raw_logs", "rows_match_api_total"): True,
