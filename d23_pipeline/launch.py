@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -100,6 +101,32 @@ def _guide(env: dict[str, str]) -> str:
     )
 
 
+def pool_limits(env: Mapping[str, str]) -> dict[str, str]:
+    """Each pool's limit: months downloading at once, and warehouse steps at once (one: the
+    DuckDB file has one writer; a DuckLake can take more)."""
+    return {
+        "d23_api": env.get("D23_API_POOL_LIMIT", "2"),
+        "d23_warehouse": env.get("D23_WAREHOUSE_POOL_LIMIT", "1"),
+    }
+
+
+def set_pool_limits(env: Mapping[str, str]) -> None:
+    """Write every pool's limit into the instance of ``env``'s DAGSTER_HOME.
+
+    Set explicitly, not left to the instance's ``default_limit``: on PostgreSQL, two runs that
+    claim a pool for the first time at once make Dagster insert its default limit twice, and
+    the second run fails (dagster-io/dagster#33552; a backfill's months reach d23/logs together).
+    """
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
+    for pool, limit in pool_limits(env).items():
+        subprocess.run(
+            [dagster, "instance", "concurrency", "set", pool, limit],
+            env=dict(env),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
 def main() -> None:
     # A shell starting us in the background makes SIGINT ignored, and children inherit that;
     # with a handler here, Ctrl-C stops us and every process started below sees SIGINT again.
@@ -110,14 +137,8 @@ def main() -> None:
     if not env.get("D23_API_URL", "").strip():
         simulator = _start_simulator(env)
         print(f"Bundled API simulator on {env['D23_API_URL']} (set D23_API_URL for a real API)")
+    set_pool_limits(env)
     bindir = str(Path(sys.executable).parent)
-    dagster = shutil.which("dagster", path=bindir) or "dagster"
-    subprocess.run(
-        [dagster, "instance", "concurrency", "set", "d23_api", env.get("D23_API_POOL_LIMIT", "2")],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
     print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
     print(_guide(env))
     # `dg dev` loads the code location pyproject.toml's [tool.dg] names, under the same location

@@ -34,6 +34,7 @@ from processes import (
 from d23_pipeline.backfill import backfill_status
 from d23_pipeline.defs import keys
 from d23_pipeline.defs.sensors import REFRESH_DATE_TAG, TRIGGER_TAG, run_key
+from d23_pipeline.launch import set_pool_limits
 from d23_pipeline.simulator import Simulator, SimulatorConfig
 from d23_pipeline.simulator.__main__ import recent_months
 
@@ -174,6 +175,7 @@ def deployment(
         if postgres is not None:
             env.update(postgres.dagster_env())
         env["D23_REFRESH_HOUR_UTC"] = "0"  # due as soon as it is switched on
+        set_pool_limits(env)  # as `make run` does, and the README's production steps
         with webserver_process(env, logs / "webserver.log") as web:
             deployment = Deployment(
                 web=web,

@@ -1,12 +1,16 @@
-"""``make run``'s choices that need no real processes: its first month, what it prints."""
+"""``make run``'s choices: its first month, what it prints, the pool limits it sets."""
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import dagster as dg
 import pytest
+from processes import make_dagster_home
 
-from d23_pipeline.launch import _guide, simulator_start_month
+from d23_pipeline.definitions import defs
+from d23_pipeline.launch import _guide, pool_limits, set_pool_limits, simulator_start_month
 
 
 def test_simulator_start_month_counts_in_utc_whatever_the_local_zone() -> None:
@@ -31,3 +35,21 @@ def test_the_backfill_hint_covers_exactly_the_partitions_and_the_dashboard_path_
 def test_a_bad_setting_stops_make_run_naming_it() -> None:
     with pytest.raises(SystemExit, match="D23_REPORT_TIMEZONE"):
         _guide({"D23_REPORT_TIMEZONE": "Atlantis/Capital"})
+
+
+def test_every_pool_the_assets_use_gets_an_explicit_limit(tmp_path: Path) -> None:
+    # A limit left to the instance's default_limit is inserted by the first run that claims the
+    # pool; two runs doing so at once fail one of them on PostgreSQL (dagster-io/dagster#33552).
+    home = make_dagster_home(tmp_path / "dagster_home")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "D23_API_POOL_LIMIT": "3"}
+
+    set_pool_limits(env)
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        limits = instance.event_log_storage.get_pool_limits()
+    assert {(p.name, p.limit, p.from_default) for p in limits} == {
+        ("d23_api", 3, False),
+        ("d23_warehouse", 1, False),
+    }
+    assert {asset.op.pool for asset in defs.assets} == set(pool_limits(env))
+    assert pool_limits({"D23_WAREHOUSE_POOL_LIMIT": "4"})["d23_warehouse"] == "4"
