@@ -614,7 +614,9 @@ class Simulator:
         # The latency is the time to answer, rendering included, as an API's is. Rendered after
         # the sleep, each page came ~3.5 ms later than asked, and more at high concurrency: one
         # GIL renders every page of this process (benchmarks/README.md, 0b).
-        time.sleep(max(0.0, self._faults.latency_s - (time.monotonic() - started)))
+        left = self._faults.latency_s - (time.monotonic() - started)
+        if left > 0:
+            time.sleep(left)
         if counting:
             return answer
         return answer, len(page.rows)
