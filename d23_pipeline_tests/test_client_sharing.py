@@ -119,7 +119,10 @@ def _read(schedule: SliceSchedule, piece: Window, total: int | None, limit: int 
 
 def _taking(schedule: SliceSchedule) -> tuple[threading.Thread, list[Any]]:
     taken: list[Any] = []
-    thread = threading.Thread(target=lambda: taken.append(schedule.take(threading.Event())))
+    # A daemon: a test that fails while it waits must not hang the run.
+    thread = threading.Thread(
+        target=lambda: taken.append(schedule.take(threading.Event())), daemon=True
+    )
     thread.start()
     return thread, taken
 
