@@ -8,7 +8,7 @@ import pytest
 from harness import BOTH_WAREHOUSES, Pipeline
 
 from d23_pipeline.landing import snapshot as snapshot_module
-from d23_pipeline.simulator.app import SimStats
+from d23_pipeline.simulator import SimStats
 from d23_pipeline.warehouse import sql, store
 
 
