@@ -56,7 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-429", type=float, default=0.0)
     p.add_argument("--retry-after-s", type=float, default=Faults.retry_after_s)
     p.add_argument("--drop-rate", type=float, default=0.0)
-    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="time to answer each page or count, rendering included",
+    )
     p.add_argument(
         "--max-window-504-hours",
         type=float,

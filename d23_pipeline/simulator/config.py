@@ -12,6 +12,7 @@ from typing import Literal
 class Faults:
     """Runtime-mutable faults, applied to authorised data requests only (never login/refresh)."""
 
+    # The time to answer a page or count, rendering included (the rest of it is slept).
     latency_s: float = 0.0
     error_5xx_rate: float = 0.0
     rate_429: float = 0.0
