@@ -110,7 +110,7 @@ def test_a_slow_consumer_holds_workers_back() -> None:
     wait_for_no_client_threads()
 
 
-def test_events_interleave_slices_but_not_pages_within_one() -> None:
+def test_events_of_slices_interleave_and_each_slice_ends_once() -> None:
     sim = hourly_api(latency_s=0.001)
     with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
         events = list(reader.iter_slices(THREE_DAYS))

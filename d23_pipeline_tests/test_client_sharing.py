@@ -24,7 +24,13 @@ from d23_pipeline.client import (
     Window,
     WindowTotal,
 )
-from d23_pipeline.client.sharing import MIN_PAGES_TO_SPLIT, Part, SliceRead, SliceSchedule
+from d23_pipeline.client.sharing import (
+    MIN_PAGES_TO_SPLIT,
+    Part,
+    ReadAgain,
+    SliceRead,
+    SliceSchedule,
+)
 from d23_pipeline.schema import RejectedRow, rows_to_batch
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig
@@ -176,6 +182,34 @@ def test_a_worker_that_asks_ahead_takes_its_share_as_soon_as_it_is_free() -> Non
     assert isinstance(share, Part) and share.walk.rest == Window(DAY.halves()[1].since, DAY.until)
 
 
+def test_a_slice_to_read_again_goes_to_a_free_worker_while_its_judge_walks_its_share() -> None:
+    first, second = DAY.halves()
+    schedule = SliceSchedule([first, second], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel), schedule.take(cancel)
+    owner = _read(schedule, second, total=200)
+    judged = _read(schedule, first, total=10)
+    again = ReadAgain(first, 2, 7)
+    taken: list[Any] = []
+
+    def judge() -> None:  # the worker that walked `first`
+        assert judged.close()
+        schedule.ask_ahead()  # then its counts after the walk, while the owner hands over
+        owner.between_pages()
+        schedule.read_again(again)  # the counts did not prove the read
+        taken.append(schedule.take(cancel))
+
+    thread = threading.Thread(target=judge, daemon=True)
+    thread.start()
+    thread.join(5)
+
+    # It walks the half of `second` it was handed, not leave it unwalked through a re-read;
+    # the next free worker reads `first` again.
+    (share,) = taken
+    assert isinstance(share, Part) and share.read is owner.read
+    assert schedule.take(cancel) == again
+
+
 def test_no_walk_is_shared_without_enough_pages_left_or_an_exact_count() -> None:
     first, second = DAY.halves()
     schedule = SliceSchedule([first, second], page_limit=10)
@@ -256,6 +290,25 @@ def test_a_shared_read_not_proven_complete_is_read_again_after_all_its_pages() -
     expected = {r["public_id"] for r in sim.valid_rows(JANUARY.since, JANUARY.until)}
     assert len(ids) == len(set(ids)) == done.rows and set(ids) <= expected
     assert done.proof.served == done.rows + done.rejects
+
+
+def test_slices_read_again_while_others_are_shared_each_land_their_last_read_once() -> None:
+    # Five slices, reads cut short at random: some are read again while workers share walks
+    # (and ask for shares ahead of their counts), so a re-read is queued for a free worker.
+    sim = _simulator(latency_s=0.001, truncate_rate=0.05, seed=3)
+    with _client(sim, page_limit=20, max_concurrency=4, slice_size=timedelta(days=7)) as client:
+        events = list(client.iter_slices(JANUARY))
+        stats = client.stats.as_dict()
+
+    assert stats["shared_parts"] > 0 and stats["slice_rereads"] >= 1
+    done = {e.slice: e for e in events if isinstance(e, SliceDone)}
+    assert sorted(done) == JANUARY.split(timedelta(days=7))
+    landed = _landed(events)
+    for piece, finished in done.items():
+        ids = landed.get(piece, [])
+        expected = {r["public_id"] for r in sim.valid_rows(piece.since, piece.until)}
+        assert len(ids) == len(set(ids)) == finished.rows and set(ids) <= expected
+        assert finished.proof.served == finished.rows + finished.rejects
 
 
 def test_closing_the_events_while_workers_wait_for_a_share_stops_every_worker() -> None:

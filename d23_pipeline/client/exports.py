@@ -27,7 +27,7 @@ from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
 from d23_pipeline.client.retry import Retrier, RetryPolicy
 from d23_pipeline.client.session import ExportsSession, GatewayTimeout
-from d23_pipeline.client.sharing import Part, SliceRead, SliceSchedule
+from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedule
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.walk import WidthHint, WindowWalk
 from d23_pipeline.client.windows import Window
@@ -270,24 +270,26 @@ class ExportsClient:
     def _read(
         self,
         schedule: SliceSchedule,
-        work: Window | Part,
+        work: Window | ReadAgain | Part,
         cancel: threading.Event,
         deliver: Deliver,
     ) -> None:
-        """Walk a slice taken from ``schedule``, or a share of another worker's walk; the
-        worker finishing a read's last part proves it, and reads the slice again if need be."""
+        """Walk a slice taken from ``schedule`` (or its next read), or a share of another
+        worker's walk; the worker finishing a read's last part proves it."""
         if isinstance(work, Part):
             self.stats.add("shared_parts")
-            part: Part | None = work
+            part = work
+        elif isinstance(work, ReadAgain):
+            part = self._begin_read(schedule, work.slice, work.number, work.limit, cancel)
         else:
             part = self._begin_read(schedule, work, 1, self._page_limit, cancel)
-        while part is not None:
-            try:
-                for page in self._pages(part.walk, part.read.slice, cancel, part):
-                    deliver(page)
-            finally:
-                last = part.close()
-            part = self._prove(schedule, part.read, cancel, deliver) if last else None
+        try:
+            for page in self._pages(part.walk, part.read.slice, cancel, part):
+                deliver(page)
+        finally:
+            last = part.close()
+        if last:
+            self._prove(schedule, part.read, cancel, deliver)
 
     def _begin_read(
         self,
@@ -306,16 +308,16 @@ class ExportsClient:
         read: SliceRead,
         cancel: threading.Event,
         deliver: Deliver,
-    ) -> Part | None:
-        """Judge a read whose parts are all walked; the first part of the next read if it is
-        not proven complete and reads are left."""
+    ) -> None:
+        """Judge a read whose parts are all walked; schedule the slice's next read if it is not
+        proven complete and reads are left."""
         schedule.ask_ahead()
         after = [self.count(part, cancel) for part, _ in read.before]
         proof = judge(read.rows + read.rejects, read.total_before, sum_totals(after), read.number)
         if proof.verified or read.number == self._slice_reads:
             deliver(SliceDone(read.slice, read.rows, read.rejects, read.pages, proof))
             schedule.read_done()
-            return None
+            return
         self.stats.add("slice_rereads")
         log.warning(
             "slice %s not proven complete (%s); reading it again", read.slice, proof.reason
@@ -323,7 +325,7 @@ class ExportsClient:
         deliver(SliceRestart(read.slice))
         # Smaller pages fall on other boundaries, so the re-read is a different walk.
         limit = max(self._min_page_limit, read.limit * 3 // 4)
-        return self._begin_read(schedule, read.slice, read.number + 1, limit, cancel)
+        schedule.read_again(ReadAgain(read.slice, read.number + 1, limit))
 
     def _walk(
         self, window: Window, cancel: threading.Event | None, limit: int

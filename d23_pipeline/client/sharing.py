@@ -37,6 +37,16 @@ _POLL_S = 0.05
 _MS = timedelta(milliseconds=1)
 
 
+@dataclass(frozen=True)
+class ReadAgain:
+    """A slice whose read was not proven complete, to be read again: as which read, and with
+    which page limit."""
+
+    slice: Window
+    number: int
+    limit: int
+
+
 @dataclass(eq=False)
 class SliceRead:
     """One read of one slice: its counts before the walk, and what its parts have served."""
@@ -104,7 +114,7 @@ class SliceSchedule:
     :meth:`~d23_pipeline.client.ExportsClient.iter_slices`."""
 
     def __init__(self, slices: Sequence[Window], page_limit: int) -> None:
-        self._todo = deque(slices)
+        self._todo: deque[Window | ReadAgain] = deque(slices)
         self._page_limit = page_limit
         self._changed = threading.Condition()
         self._parts: set[Part] = set()
@@ -113,9 +123,10 @@ class SliceSchedule:
         self._pages = 0
         self._asked_ahead = threading.local()
 
-    def take(self, cancel: threading.Event) -> Window | Part | None:
-        """A slice to start, or a share of another worker's walk; ``None`` once no work can
-        appear any more (every slice read is done) or on cancel."""
+    def take(self, cancel: threading.Event) -> Window | ReadAgain | Part | None:
+        """The share this worker asked for ahead, a slice to read (again), or a share of another
+        worker's walk; ``None`` once no work can appear any more (every slice read is done) or
+        on cancel."""
         ask: _Ask | None = getattr(self._asked_ahead, "ask", None)
         self._asked_ahead.ask = None
         while not cancel.is_set():
@@ -142,8 +153,7 @@ class SliceSchedule:
         counts after its walk): ask for its next share now, so the owner hands it over while
         those requests are in flight, and :meth:`take` has it at once."""
         with self._changed:
-            # A worker reading its slice again after an earlier ask keeps that one.
-            if not self._todo and getattr(self._asked_ahead, "ask", None) is None:
+            if not self._todo:
                 self._asked_ahead.ask = self._ask()
 
     def begin(self, read: SliceRead, walk: WindowWalk) -> Part:
@@ -159,16 +169,25 @@ class SliceSchedule:
             self._open_reads -= 1
             self._changed.notify_all()
 
+    def read_again(self, again: ReadAgain) -> None:
+        """The read of a slice taken from :meth:`take` is not proven complete: its next read
+        goes first to whichever worker is free. Not walked by the worker that judged it, which
+        may have asked for a share ahead (:meth:`ask_ahead`) and is handed one: it walks that
+        first, rather than leave it unwalked, and its slice unproven, for a whole re-read."""
+        with self._changed:
+            self._todo.appendleft(again)
+            self._open_reads -= 1
+            self._changed.notify_all()
+
     def hand_over(self, part: Part) -> None:
         with self._changed:
             ask, part.asked = part.asked, None
             if ask is None:
                 return
             share = None
-            rest = part.walk.rest
+            rest = part.rest = part.walk.rest  # what _pages_left judges is what is cut
             if (
                 rest is not None
-                and rest.duration >= 2 * _MS
                 and self._pages_left(part) >= MIN_PAGES_TO_SPLIT
                 and (given := part.walk.cut(rest.halves()[1].since)) is not None
             ):
@@ -219,9 +238,11 @@ class SliceSchedule:
     def _pages_left(self, part: Part) -> float:
         # The slice's exact count less what it served, spread over its parts by time left. A
         # slice without an exact count is not split: there is nothing to estimate from.
+        # Nor is a walk with less than 2 ms left, which cannot be halved: asked again and again,
+        # it would keep the asker from the walk with the most pages left after it.
         read = part.read
         expected = read.total_before.exact_total
-        if part.rest is None or expected is None:
+        if part.rest is None or part.rest.duration < 2 * _MS or expected is None:
             return 0.0
         rests = sum(
             (p.rest.duration for p in self._parts if p.read is read and p.rest is not None),
