@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 from d23_pipeline.client.completeness import WindowTotal, sum_totals
 from d23_pipeline.client.walk import WindowWalk
@@ -60,7 +61,7 @@ class SliceRead:
     pages: int = 0
     parts: int = 0  # parts handed out and not finished
 
-    @property
+    @cached_property
     def total_before(self) -> WindowTotal:
         """The slice's count before its walk, from the counts of its parts."""
         return sum_totals([total for _, total in self.before])

@@ -19,7 +19,7 @@ the same re-read as after a 504.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -118,7 +118,10 @@ class WindowWalk:
         min_window: timedelta,
         hint: WidthHint,
         path: str | None = None,
+        delivered_rejects: Iterable[object] = (),
     ) -> None:
+        """``delivered_rejects``: keys of rejects another walk of the slice handed over already
+        (see :meth:`cut`)."""
         self._limit = self._default_limit = limit
         self._min_limit = min_limit
         self._min_window = min_window
@@ -126,7 +129,7 @@ class WindowWalk:
         self._path = path
         self._pending = [_Part(part, frozenset()) for part in reversed(hint.split(window))]
         self._until = window.until
-        self._delivered_rejects: set[object] = set()
+        self._delivered_rejects: set[object] = set(delivered_rejects)
         self._part: _Part | None = None
         self._start_next_part()
 
@@ -180,16 +183,15 @@ class WindowWalk:
         if part.window.until > at:
             self._restart_part(Window(rest.since, at))
         self._until = at
-        given = WindowWalk(
+        return WindowWalk(
             Window(at, rest.until),
             limit=self._default_limit,
             min_limit=self._min_limit,
             min_window=self._min_window,
             hint=self._hint,
             path=self._path,
+            delivered_rejects=self._delivered_rejects,
         )
-        given._delivered_rejects = set(self._delivered_rejects)
-        return given
 
     def page_served(
         self, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], next_cursor: str | None
