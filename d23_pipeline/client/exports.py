@@ -83,7 +83,8 @@ SliceEvent = SlicePage | SliceRestart | SliceDone
 
 class ExportsClient:
     """Reads one lender's rows of one dataset (default S4/D23) window by window, with at most
-    ``max_concurrency`` requests in flight."""
+    ``max_concurrency`` export requests (pages and counts) in flight; a token's login or refresh,
+    one at a time, comes on top."""
 
     def __init__(
         self,
