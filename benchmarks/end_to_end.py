@@ -48,7 +48,9 @@ _CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 _STEP_EVENT = re.compile(r" - (\S+) - (STEP_START|STEP_SUCCESS|STEP_FAILURE) - ")
 STARTUP, DAGSTER = "start-up", "dagster (between and after steps)"
 
-# Reads the import cost in a fresh interpreter: the interpreter alone, + dagster, + the project.
+# Reads the import cost in a fresh interpreter: the interpreter alone, + dagster, + the project,
+# then the libraries the steps load when they run, in the order a month's first step meets them
+# (the floor under every month, empty or not).
 _IMPORT_PROBE = """
 import json, time
 def hwm():
@@ -62,6 +64,14 @@ out["dagster_s"], out["dagster_mb"] = time.perf_counter() - t, hwm()
 t = time.perf_counter()
 import d23_pipeline.definitions
 out["definitions_s"], out["definitions_mb"] = time.perf_counter() - t, hwm()
+import d23_pipeline.client, d23_pipeline.landing.snapshot
+out["landing_mb"] = hwm()
+import duckdb
+con = duckdb.connect()
+con.execute("SELECT 1").fetchall()
+out["duckdb_mb"] = hwm()
+con.execute("SELECT ?", [1]).fetchall()
+out["pandas_mb"] = hwm()
 print(json.dumps(out))
 """
 
@@ -406,7 +416,14 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"Import cost (median of fresh interpreters): Python alone {imports['python_mb']:.0f} MB; "
         f"`import dagster` {imports['dagster_s']:.2f} s, {imports['dagster_mb']:.0f} MB; then "
         f"`import d23_pipeline.definitions` +{imports['definitions_s']:.2f} s, "
-        f"{imports['definitions_mb']:.0f} MB peak.",
+        f"{imports['definitions_mb']:.0f} MB peak. The libraries the steps load when they run, "
+        f"then: the client and landing (pyarrow, numpy, httpx) "
+        f"+{imports['landing_mb'] - imports['definitions_mb']:.0f} MB, "
+        f"DuckDB and a connection +{imports['duckdb_mb'] - imports['landing_mb']:.0f} MB, pandas "
+        f"(DuckDB imports it on the first bound parameter) "
+        f"+{imports['pandas_mb'] - imports['duckdb_mb']:.0f} MB: "
+        f"+{imports['pandas_mb'] - imports['definitions_mb']:.0f} MB on top of the start-up "
+        "before the first row.",
         "",
         "Per phase (medians; peak of VmRSS sampled every 20 ms; CPU from /proc, 10 ms ticks):",
         "",
