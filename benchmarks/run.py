@@ -58,6 +58,11 @@ def _throughput(sizes: Sizes) -> list[str]:
         "",
         f"Pipeline / dlt speed: **{r['speedup']:.1f}x** (target >= 10x); pipeline rate "
         f"{r['pipeline_rows_per_s']:,.0f} rows/s (target >= 250,000).",
+        "",
+        f"The pipeline's timed runs asked for {r['unseen_answers']} answers the untimed run had "
+        f"not (walks are cut where they stand when a worker asks for a share); rendering them "
+        f"took {r['unseen_render_s']:.2f} s of the timed runs' {r['timed_s']:.2f} s, counted "
+        "in the pipeline's times above.",
     ]
 
 

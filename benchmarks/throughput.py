@@ -3,7 +3,8 @@
 Both sides get the simulator's pages in-process, rendered before the clock starts and replayed
 (``pages.Replay``): the pipeline through an ``httpx.MockTransport``, dlt through a ``requests``
 adapter mounted on its session. Neither opens a socket, so what is measured is the reader, not a
-server.
+server. The exception: windows of walks cut at other rows than in the untimed run, rendered in
+the timed run and reported with their rendering time (counted against the pipeline).
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def bench(rows: int, limit: int, repeats: int, dlt_repeats: int) -> dict[str, An
     pages = sim.stats.data_pages
     if dlt_repeats:
         _render_month_walk(replay, credentials.token, limit)
-    rendered = replay.rendered
+    rendered, render_s = replay.rendered, replay.render_s
     ours: list[dict[str, float]] = []
     theirs: list[dict[str, float]] = []
     for run in range(max(repeats, dlt_repeats)):
@@ -207,9 +208,6 @@ def bench(rows: int, limit: int, repeats: int, dlt_repeats: int) -> dict[str, An
             ours.append(run_pipeline(replay, credentials, rows, limit))
         if run < dlt_repeats:
             theirs.append(run_dlt(replay, credentials.token, rows, limit))
-    if replay.rendered != rendered:
-        # A timed run would have paid for rendering: its numbers would not be the reader's.
-        raise AssertionError(f"timed runs asked for {replay.rendered - rendered} unseen answers")
     total = Timing([r["total"] for r in ours])
     dlt_total = Timing([r["total"] for r in theirs])
     return {
@@ -223,4 +221,7 @@ def bench(rows: int, limit: int, repeats: int, dlt_repeats: int) -> dict[str, An
         "pipeline_rows_per_s": rows / total.median,
         "dlt_rows_per_s": rows / dlt_total.median,
         "speedup": dlt_total.median / total.median,
+        "unseen_answers": replay.rendered - rendered,
+        "unseen_render_s": replay.render_s - render_s,
+        "timed_s": sum(total.runs),
     }
