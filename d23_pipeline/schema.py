@@ -111,7 +111,10 @@ def _canonical_ts(value: Any, name: str) -> str:
         ) from None
     if _CANONICAL_TS.match(value):
         return value
-    return format_timestamp(parsed)
+    try:
+        return format_timestamp(parsed)
+    except OverflowError:  # year 1 at +01:00 has no UTC instant in datetime's range
+        raise ValueError(f"{name} is outside the range of UTC timestamps: {value[:40]!r}") from None
 
 
 def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
@@ -145,9 +148,16 @@ def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
 
 
 def _allowlisted(raw: Any) -> dict[str, Any]:
+    # An allowlisted field can still carry an object or a list of anything (notes, a phone
+    # number): only what a contract field can hold is kept, the rest by its kind alone.
     if not isinstance(raw, dict):
         return {}
-    return {k: raw[k] for k in D23_FIELDS if k in raw}
+    return {
+        k: v if v is None or isinstance(v, str | bool | int | float) else f"<{_describe(v)}>"
+        for k in D23_FIELDS
+        if k in raw
+        for v in (raw[k],)
+    }
 
 
 def _is_canonical(batch: pa.RecordBatch, since: str, until: str) -> bool:

@@ -176,3 +176,58 @@ def test_broken_answer_ends_in_one_clear_error_with_the_warehouse_unchanged(
     assert message in failures["d23__raw_logs"]
     assert not result.asset_materializations_for_node("d23__logs")
     assert warehouse_digest(pipeline.warehouse_path) == before
+
+
+@pytest.fixture
+def small_month(tmp_path: Path) -> Iterator[Pipeline]:
+    sim = MisbehavingSimulator(SimulatorConfig(months=(MONTH,), rows_per_month=300))
+    with serve(sim) as url:
+        yield Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+
+
+def test_pii_nested_in_a_contract_field_reaches_no_table_and_no_file(
+    small_month: Pipeline,
+) -> None:
+    marker = "PII-NOTE-call-me-+15550100"
+    victim = small_month.sim.rows()[10]["public_id"]
+    small_month.sim.corrupt_row(victim, "wrong_type", outcome_option={"notes": marker})
+
+    small_month.materialize(MONTH)
+
+    ((values,),) = small_month.query(
+        "SELECT allowlisted_values FROM d23.rejected_rows WHERE public_id = ?", (victim,)
+    )
+    assert orjson.loads(values)["outcome_option"] == "<dict>"
+    assert files_containing(small_month.data_dir, [marker]) == {}
+
+
+def test_a_timestamp_with_no_utc_instant_is_quarantined_and_the_month_lands(
+    small_month: Pipeline,
+) -> None:
+    # Year 1 at +01:00 is 31 December of year 0 in UTC, outside Python's datetime range.
+    victim = small_month.sim.rows()[10]["public_id"]
+    small_month.sim.corrupt_row(victim, "bad_timestamp", created_at="0001-01-01T00:30:00.000+01:00")
+
+    result = small_month.materialize(MONTH, raise_on_error=False)
+
+    assert result.success, failure_messages(result)
+    ((reason,),) = small_month.query(
+        "SELECT reason FROM d23.rejected_rows WHERE public_id = ?", (victim,)
+    )
+    assert reason.startswith("created_at is outside the range of UTC timestamps")
+
+
+def test_a_row_served_without_its_public_id_keeps_its_last_good_version(
+    small_month: Pipeline,
+) -> None:
+    small_month.materialize(MONTH)
+    victim = small_month.sim.rows()[10]["public_id"]
+    small_month.sim.corrupt_row(victim, "missing_public_id", public_id="")
+
+    small_month.materialize(MONTH, raise_on_error=False)
+
+    assert small_month.query(
+        "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (victim,)
+    ) == [(None,)]
+    (rejects,) = small_month.query("SELECT count(*) FROM d23.rejected_rows WHERE public_id IS NULL")
+    assert rejects == (1,)

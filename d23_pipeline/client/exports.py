@@ -213,7 +213,8 @@ class ExportsClient:
 
         Each distinct instant is read as its own one-millisecond window and counted after the
         walk; an instant whose walk served fewer rows than the exact count proves nothing, so
-        its candidates are kept.
+        its candidates are kept. Nor does one that served a bad row without a usable
+        ``public_id``: that row may be any candidate's new version.
         """
         by_instant: dict[datetime, set[str]] = defaultdict(set)
         for public_id, communicated_at in candidates:
@@ -225,11 +226,13 @@ class ExportsClient:
             window = Window(instant, instant + _MS)
             served_ids: set[str] = set()
             served = 0
+            anonymous = False
             for page in self._walk(window, None, self._page_limit):
                 served_ids.update(page.batch.column("public_id").to_pylist())
                 served_ids.update(r.public_id for r in page.rejects if r.public_id)
+                anonymous = anonymous or any(not r.public_id for r in page.rejects)
                 served += page.batch.num_rows + len(page.rejects)
-            if self.count(window).exact_total != served:
+            if anonymous or self.count(window).exact_total != served:
                 return set()
             return ids - served_ids
 
