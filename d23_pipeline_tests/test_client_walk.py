@@ -7,15 +7,16 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from api import DAY, T0, rows_at
+from api import DAY, T0, row, rows_at
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError
 from d23_pipeline.client.walk import PageRequest, WidthHint, WindowWalk
-from d23_pipeline.schema import rows_to_batch
+from d23_pipeline.schema import format_timestamp, rows_to_batch
 
 MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
 
 
 class Source:
@@ -92,6 +93,23 @@ def test_a_timeout_on_a_wide_window_splits_what_is_left_without_a_pause() -> Non
     assert narrowing.split and narrowing.pause_strikes == 0
     request = walk.next_request()
     assert request is not None and request.part == DAY.halves()[0]
+
+
+def test_a_row_moved_forward_while_a_timed_out_window_is_read_again_lands_as_its_new_version() -> (
+    None
+):
+    walk = walk_of(DAY, limit=2)
+    first = [row(1, T0 + HOUR), row(2, T0 + 2 * HOUR)]
+    handed, _ = walk.page_served(rows_to_batch(first), [], "c1")
+    walk.gateway_timeout()  # the re-read starts at 02:00, skipping row 2 there
+    # Meanwhile row 2 moved from 02:00 to 05:00: the re-read serves its new version.
+    moved = row(2, T0 + 5 * HOUR, updated_at=format_timestamp(T0 + 4 * HOUR))
+    request = walk.next_request()
+    assert request is not None and request.part.since == T0 + 2 * HOUR
+
+    again, _ = walk.page_served(rows_to_batch([row(3, T0 + 3 * HOUR), moved]), [], None)
+
+    assert again.to_pylist() == [row(3, T0 + 3 * HOUR), moved]
 
 
 def test_two_timeouts_at_a_width_teach_every_walk_the_narrower_width() -> None:

@@ -200,8 +200,14 @@ class WindowWalk:
         handed over before (a re-read after a 504 starts inside the last instant read)."""
         part = self._require_part()
         if part.skip:
+            # Only at the instant the re-read starts from: the same id later in the part is the
+            # row's newer version, moved forward while the window was read.
             already = pa.array(list(part.skip), pa.string())
-            batch = batch.filter(pc.invert(pc.is_in(batch.column("public_id"), already)))
+            handed = pc.and_(
+                pc.equal(batch.column("communicated_at"), part.window.since_text),
+                pc.is_in(batch.column("public_id"), already),
+            )
+            batch = batch.filter(pc.invert(handed))
         fresh = [r for r in rejects if _reject_key(r) not in self._delivered_rejects]
         self._delivered_rejects.update(_reject_key(r) for r in fresh)
         self._advance_edge(batch)
