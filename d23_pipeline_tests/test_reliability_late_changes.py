@@ -2,18 +2,22 @@
 its lookback makes the months it covers exact again, and a month outside it stays stale until it
 is backfilled."""
 
+import threading
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
-from harness import BOTH_WAREHOUSES, MONTHS, Pipeline
+from harness import BOTH_WAREHOUSES, MONTHS, ExportHookSimulator, Pipeline
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.sensors import plan_daily_refresh
 from d23_pipeline.kpis import KPI_NAMES
 from d23_pipeline.months import month_window
-from d23_pipeline.simulator import Simulator
+from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
 
 # A tick at 04:00 UTC late in the last month, with one month of lookback: MONTHS[0] is outside.
 NOW = datetime(2026, 5, 28, 4, 0, tzinfo=UTC)
@@ -132,3 +136,50 @@ def test_daily_refresh_makes_lookback_months_exact_and_leaves_older_ones_stale(
     assert _deleted_ids(pipeline) == set().union(*deleted.values())
     assert _mix_in_warehouse(pipeline, OLD) == _expected_mix(sim, OLD)
     assert _kpis_in_warehouse(pipeline, OLD) == pytest.approx(_expected_kpis(sim, OLD))
+
+
+class MovesARowBackDuringARead(ExportHookSimulator):
+    """Once armed: at the first export request for ``trigger`` or later, one row moves from late
+    in the month into a slice already read."""
+
+    armed = False
+    moved = False
+
+    def __init__(self, row: str, to: datetime, trigger: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.row, self.to, self.trigger = row, to, trigger
+        self._lock = threading.Lock()
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        with self._lock:
+            if self.armed and not self.moved and query.get("since", "") >= self.trigger:
+                self.move_row(self.row, self.to)
+                self.moved = True
+        return path, None
+
+
+def test_a_row_moved_into_a_slice_read_earlier_is_not_marked_deleted(tmp_path: Path) -> None:
+    month = MONTHS[-1]
+    probe = Simulator(SimulatorConfig(months=(month,), rows_per_month=300))
+    late = [r for r in probe.rows() if r["communicated_at"] >= f"{month}-27"][0]["public_id"]
+    sim = MovesARowBackDuringARead(
+        late,
+        datetime.fromisoformat(f"{month}-05T10:00:00+00:00"),
+        f"{month}-20",
+        SimulatorConfig(months=(month,), rows_per_month=300),
+    )
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize(month)
+        sim.armed = True
+
+        pipeline.materialize(month, raise_on_error=False)
+        assert sim.moved
+        # Gone from its instant, and read nowhere else: the slice it moved into has a row more
+        # than when it was read, so it is read again and the row found there.
+        assert pipeline.query(
+            "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (late,)
+        ) == [(None,)]
+
+        pipeline.materialize(month)
+        assert pipeline.live_rows([month]) == pipeline.expected_rows([month])

@@ -223,23 +223,29 @@ class ExportsClient:
             return set()
 
         def absent_at(instant: datetime, ids: set[str]) -> set[str]:
-            window = Window(instant, instant + _MS)
-            served_ids: set[str] = set()
-            served = 0
-            anonymous = False
-            for page in self._walk(window, None, self._page_limit):
-                served_ids.update(page.batch.column("public_id").to_pylist())
-                served_ids.update(r.public_id for r in page.rejects if r.public_id)
-                anonymous = anonymous or any(not r.public_id for r in page.rejects)
-                served += page.batch.num_rows + len(page.rejects)
-            if anonymous or self.count(window).exact_total != served:
-                return set()
-            return ids - served_ids
+            served = self.served_ids(Window(instant, instant + _MS))
+            return set() if served is None else ids - served
 
         workers = min(self._max_concurrency, len(by_instant))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-confirm") as pool:
             found = pool.map(lambda item: absent_at(*item), by_instant.items())
             return set().union(*found)
+
+    def served_ids(self, window: Window) -> set[str] | None:
+        """The ids a walk of ``window`` serves (valid rows and rejects), or ``None`` unless the
+        walk is proven complete by the window's exact count after it. A bad row without a usable
+        ``public_id`` also gives ``None``: it may be any row's new version."""
+        ids: set[str] = set()
+        served = 0
+        anonymous = False
+        for page in self._walk(window, None, self._page_limit):
+            ids.update(page.batch.column("public_id").to_pylist())
+            ids.update(r.public_id for r in page.rejects if r.public_id)
+            anonymous = anonymous or any(not r.public_id for r in page.rejects)
+            served += page.batch.num_rows + len(page.rejects)
+        if anonymous or self.fetch_total(window).exact_total != served:
+            return None
+        return ids
 
     def iter_window(self, window: Window) -> Iterator[SlicePage]:
         """Every row of ``window`` exactly once, page by page, narrowing on 504."""

@@ -8,7 +8,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from d23_pipeline.client import ExportsClient, SliceDone, SliceEvent, Window
-from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore, rejects_path, rows_path
+from d23_pipeline.landing.snapshot import (
+    SliceRecord,
+    Snapshot,
+    SnapshotStore,
+    rejects_path,
+    rows_path,
+)
 from d23_pipeline.warehouse.store import WarehouseBackend, deletion_candidates
 
 log = logging.getLogger("d23_pipeline.landing")
@@ -39,7 +45,9 @@ def read_month(
     Rows the warehouse holds for a verified slice but the read did not return are only
     candidates: each is looked up again at its own instant (:meth:`ExportsClient.confirm_absent`)
     and only those proven gone are recorded as absent, the one input a merge deletes from.
-    ``progress`` hears of every finished slice.
+    Gone from its instant is not gone from the month, though: a row can have moved into a slice
+    read earlier (or by an earlier run), so before anything counts as absent every slice must
+    still be proven complete (:func:`_not_moved`). ``progress`` hears of every finished slice.
     """
     month = Window(slices[0].since, slices[-1].until)
     with store.begin(partition, slices, run_id) as writer:
@@ -58,8 +66,48 @@ def read_month(
                 verified=[(s.window.since, s.window.until) for s in landed if s.verified],
             )
         absent = client.confirm_absent(candidates)
+        if absent:
+            absent = _not_moved(client, landed, absent, partition)
         snapshot = writer.complete(client.stats.as_dict(), absent=absent)
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
+
+
+def _not_moved(
+    client: ExportsClient, landed: Sequence[SliceRecord], absent: set[str], partition: str
+) -> set[str]:
+    """Of the rows proven gone from their instants, those no slice of the month holds now.
+
+    A verified slice whose exact count is what it was when the slice was read took no row in
+    since (a count that rose by one row and fell by another is the one case this misses); any
+    other slice, unverified or changed, is walked again, and a row found there lives on. One
+    such walk that is not proven complete leaves nothing provably gone.
+    """
+    left = set(absent)
+    for record in landed:
+        if record.verified and client.fetch_total(record.window).exact_total == record.total_after:
+            continue
+        found = client.served_ids(record.window)
+        if found is None:
+            log.warning(
+                "%s: %d rows look deleted, but slice %s could not be proven complete again, so "
+                "one of them may have moved there: none is marked deleted by this read",
+                partition,
+                len(absent),
+                record.window.key,
+            )
+            return set()
+        left -= found
+        if not left:
+            break
+    if len(left) < len(absent):
+        log.warning(
+            "%s: %d of %d rows gone from their instants were found in another slice of the "
+            "month (moved while it was read): not deleted",
+            partition,
+            len(absent) - len(left),
+            len(absent),
+        )
+    return left
 
 
 def _reporting(

@@ -405,6 +405,10 @@ class Simulator:
         """Move ``n`` rows' ``communicated_at`` from one month into another."""
         return self._data.move_rows(n, from_month, to_month)
 
+    def move_row(self, public_id: str, communicated_at: datetime) -> None:
+        """Move this lender's row ``public_id`` to ``communicated_at``, as an update."""
+        self._data.move_row(public_id, int(communicated_at.timestamp() * 1000))
+
     def corrupt_row(self, public_id: str, kind: BadRowKind, /, **fields: Any) -> None:
         """Serve the row ``public_id`` with ``fields`` replaced from now on: a bad row of
         ``kind`` (a :class:`BadRows` field), which ``valid_rows`` then treats as generated ones."""

@@ -562,16 +562,30 @@ class Collection:
             ids = []
             for e in moved:
                 comm = start + int(self._knob_rng.random() * (end - start))
-                data = e & _DATA_MASK
-                created = max(data >> _CREATED_SHIFT & _TS_MASK, comm)
-                updated = self._tick(max(data & _TS_MASK, created))
-                data = (data & ~((_TS_MASK << _CREATED_SHIFT) | _TS_MASK)) | (
-                    created << _CREATED_SHIFT | updated
-                )
-                oid = entry_key(e)[1]
-                insort(self._entries, _entry(comm, oid, data))
-                ids.append(f"{oid:024x}")
+                insort(self._entries, self._retimed(e, comm))
+                ids.append(f"{entry_key(e)[1]:024x}")
             return ids
+
+    def move_row(self, public_id: str, communicated_at_ms: int) -> None:
+        oid = int(public_id, 16)
+        with self._lock:
+            index = next(
+                (i for i, e in enumerate(self._entries) if e & _MINE and entry_key(e)[1] == oid),
+                None,
+            )
+            if index is None:
+                raise KeyError(public_id)
+            insort(self._entries, self._retimed(self._entries.pop(index), communicated_at_ms))
+
+    def _retimed(self, entry: int, comm: int) -> int:
+        # The entry at a new communicated_at, updated now (created no later than communicated).
+        data = entry & _DATA_MASK
+        created = max(data >> _CREATED_SHIFT & _TS_MASK, comm)
+        updated = self._tick(max(data & _TS_MASK, created))
+        data = (data & ~((_TS_MASK << _CREATED_SHIFT) | _TS_MASK)) | (
+            created << _CREATED_SHIFT | updated
+        )
+        return _entry(comm, entry_key(entry)[1], data)
 
     def __len__(self) -> int:
         return len(self._entries)
