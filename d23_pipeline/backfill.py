@@ -121,10 +121,13 @@ def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
 
 def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:
     """Launch an asset backfill of every D23 asset for ``partition_keys``; return its id."""
-    from d23_pipeline.definitions import defs  # loading the definitions is slow; only here
+    # Loading the definitions is slow; only here.
+    from d23_pipeline.definitions import defs
+    from d23_pipeline.defs.jobs import RETRY_WHOLE_RUN_TAGS
 
+    tags = {"dagster/from_ui": "true", **RETRY_WHOLE_RUN_TAGS}
     params = {
-        "tags": [{"key": "dagster/from_ui", "value": "true"}],
+        "tags": [{"key": key, "value": value} for key, value in tags.items()],
         "assetSelection": [{"path": list(key.path)} for key in defs.resolve_all_asset_keys()],
         "partitionNames": list(partition_keys),
         "fromFailure": False,

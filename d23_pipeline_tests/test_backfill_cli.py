@@ -126,6 +126,13 @@ def test_the_servers_own_error_is_shown_not_just_its_status(webserver, capsys, r
     ]
 
 
+def test_a_backfills_failed_months_are_retried_from_their_read(webserver):
+    main(["2026-07", "2026-08", "--url", webserver])
+
+    tags = {t["key"]: t["value"] for t in FakeWebserver.launches[0]["backfillParams"]["tags"]}
+    assert tags["dagster/retry_strategy"] == "ALL_STEPS"
+
+
 def _run(partition: str, status: str) -> dict:
     return {"runId": f"{partition}-{status}", "status": status,
             "tags": [{"key": "dagster/partition", "value": partition}]}  # fmt: skip

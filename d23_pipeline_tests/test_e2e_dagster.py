@@ -223,6 +223,8 @@ def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: De
         assert f"  {month}: SUCCESS (" in finished.stdout, finished.stdout
     assert f"({len(PARTITIONS)}/{len(PARTITIONS)} months done)" in finished.stdout
     assert {run["status"] for run in runs} == {"SUCCESS"}
+    # A failed month is retried from its read (see RETRY_WHOLE_RUN_TAGS).
+    assert {tags_of(run).get("dagster/retry_strategy") for run in runs} == {"ALL_STEPS"}
     assert deployment.pipeline.dashboard_path.is_file()
     assert deployment.pipeline.live_rows(SIM.months) == deployment.pipeline.expected_rows(
         SIM.months
@@ -263,6 +265,7 @@ def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deplo
         assert tags["dagster/run_key"] == run_key(today, partition)
         assert tags[TRIGGER_TAG] == "daily_refresh"
         assert tags[REFRESH_DATE_TAG] == today
+        assert tags["dagster/retry_strategy"] == "ALL_STEPS"  # the job's tag, on its runs
 
     assert cursor == {"date": today, "requested": refreshed, "skipped_in_flight": []}
     requested = [key for tick in state["ticks"] for key in tick["runKeys"]]
