@@ -1,7 +1,11 @@
 """DuckLake on a PostgreSQL catalog (D23_WAREHOUSE=ducklake): its settings, its secret, and two
 writers of different months plus a reader at the same time, without a lock."""
 
+import contextlib
+import secrets
 import threading
+import traceback
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +75,67 @@ def test_a_refused_catalog_names_the_setting_never_the_password(
     assert "D23_WAREHOUSE_DSN" in message and "authentication failed" in message
     assert "WRONG-pw-123" not in message + repr(warehouse)
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    # Not even hidden: DuckDB's own error, which quotes the DSN, is not kept as the context.
+    assert raised.value.__context__ is None
+
+
+def test_a_dsn_libpq_cannot_read_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    # libpq's message would quote the text around the fault: here the password's second word.
+    warehouse = DuckLakeWarehouse("host=h password=first second", str(tmp_path / "lake"))
+
+    with (
+        pytest.raises(WarehouseConnectionError, match="D23_WAREHOUSE_DSN") as raised,
+        warehouse.connect(),
+    ):
+        pass
+
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "first" not in shown and "second" not in shown
+
+
+@pytest.mark.parametrize("form", ["key-value", "uri"])
+def test_a_catalog_that_refuses_the_reconnect_after_the_attach_shows_no_password(
+    postgres: PostgresServer, tmp_path: Path, form: str
+) -> None:
+    """The catalog's PostgreSQL restarts or rotates the password after this process attached:
+    DuckDB's driver reconnects and its error, a step failure in Dagster's event log, quotes the
+    connection string it was given; the password is never in that string. libpq's sslpassword
+    (for a client key; unused here) stays in it, and is cut out of the error instead."""
+    role, password = f"lake_{uuid.uuid4().hex[:12]}", f"pw-{secrets.token_urlsafe(12)}"
+    key_password = f"key-{secrets.token_urlsafe(12)}"
+    with contextlib.closing(postgres.connect("postgres")) as admin:
+        admin.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+            cursor.execute(f"CREATE DATABASE {role} OWNER {role}")
+    dsn = {
+        "key-value": f"host={postgres.host} port={postgres.port} user={role} "
+        f"password={password} dbname={role} sslpassword={key_password}",
+        "uri": f"postgresql://{role}:{password}@{postgres.host}:{postgres.port}/{role}",
+    }[form]
+    warehouse = DuckLakeWarehouse(dsn, str(tmp_path / "lake"))
+    with warehouse.connect() as con:
+        con.execute("CREATE TABLE d23.t AS SELECT 1 AS x")
+
+    with contextlib.closing(postgres.connect("postgres")) as admin:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f"ALTER ROLE {role} PASSWORD 'rotated-elsewhere'")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+    shown = []
+    for _ in range(3):
+        try:
+            with warehouse.connect() as con:
+                con.execute("INSERT INTO d23.t VALUES (2)")
+                con.execute("SELECT count(*) FROM d23.t").fetchall()
+        except duckdb.Error as exc:
+            shown.append("".join(traceback.format_exception(exc)))
+
+    assert len(shown) == 3 and all("password authentication failed" in s for s in shown), shown
+    assert not [s for s in shown if password in s or key_password in s], shown
 
 
 def test_redact_hides_key_value_and_uri_passwords() -> None:

@@ -9,6 +9,12 @@ runs it again from the start, on the other's result.
 
 Extensions come from the ``duckdb-extension-*`` packages pinned with DuckDB and are loaded from
 their files; DuckDB's automatic download and loading of extensions is switched off.
+
+The catalog's password never reaches DuckDB in a connection string: DuckDB's postgres driver
+quotes the string it connects with in its errors, on the ATTACH and on every later reconnect (the
+catalog's PostgreSQL restarted, failed over or rotated its password), and such an error becomes a
+step failure in Dagster's event log. The password is split off the DSN and handed over as a
+temporary DuckDB secret; errors raised in a session are also passed through :func:`redact`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
+import psycopg2
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from d23_pipeline.warehouse import ducklake_sql, sql
 
@@ -60,6 +68,18 @@ def redact(message: str, dsn: str) -> str:
         lambda m: f"{m[1]}***" if m[1] else f"{m[3]}***{m[5]}",
         message,
     )
+
+
+def split_password(dsn: str) -> tuple[str, str | None] | None:
+    """``dsn`` (libpq ``key=value`` pairs or a ``postgresql://`` URI) as ``key=value`` pairs
+    without its password, and the password; None if libpq cannot read it."""
+    try:
+        params: dict[str, str] = parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return None  # libpq's message quotes the DSN around the fault, the password perhaps
+    password = params.pop("password", None)
+    conninfo: str = make_dsn(**params)
+    return conninfo, password
 
 
 def is_conflict(exc: BaseException) -> bool:
@@ -106,6 +126,7 @@ class DuckLakeWarehouse:
 
     def __init__(self, dsn: str, data_path: str) -> None:
         self._dsn = dsn
+        self._split = split_password(dsn)
         self.data_path = data_path
 
     def __repr__(self) -> str:  # the DSN holds a password
@@ -120,6 +141,9 @@ class DuckLakeWarehouse:
             con.execute(ducklake_sql.USE_CATALOG)
             con.execute(sql.SESSION_SETUP)
             yield con
+        except BaseException as exc:  # a DuckDB error, or one that holds one in its chain
+            self._hide_secrets(exc)
+            raise
         finally:
             con.close()
 
@@ -139,18 +163,52 @@ class DuckLakeWarehouse:
                 self._attach(lake)
                 lake.execute(ducklake_sql.USE_CATALOG)
                 retry_on_conflict(lambda: lake.execute(sql.CREATE_SCHEMA))
-            except BaseException:
+            except BaseException as exc:
                 lake.close()
+                self._hide_secrets(exc)
                 raise
             _LAKES[key] = lake
             return lake
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        statement = ducklake_sql.attach(self._dsn, self.data_path)
+        if self._split is None:
+            raise WarehouseConnectionError(
+                "D23_WAREHOUSE_DSN is not a PostgreSQL connection string: key=value pairs "
+                "(host=... port=5432 dbname=... user=... password=...) or a postgresql:// URI"
+            )
+        conninfo, password = self._split
+        if password is not None:
+            con.execute(ducklake_sql.CREATE_CATALOG_SECRET, [password])
+        statement = ducklake_sql.attach(
+            conninfo, self.data_path, password_secret=password is not None
+        )
+        failure = None
         try:
             retry_on_conflict(lambda: con.execute(statement))
         except duckdb.Error as exc:
+            # Raised after this block, not in it: there the new error would keep DuckDB's, with
+            # its text, as __context__ (``from None`` only hides that from tracebacks).
+            failure = self._redact(str(exc))
+        if failure is not None:
             raise WarehouseConnectionError(
-                f"cannot open the DuckLake catalog named by D23_WAREHOUSE_DSN: "
-                f"{redact(str(exc), self._dsn)}"
+                f"cannot open the DuckLake catalog named by D23_WAREHOUSE_DSN: {failure}"
             ) from None
+
+    def _redact(self, message: str) -> str:
+        """``message`` without the DSN, the connection string DuckDB was given, or a password."""
+        if self._split is not None and self._split[0]:
+            message = message.replace(self._split[0], "<D23_WAREHOUSE_DSN>")
+        return redact(message, self._dsn)
+
+    def _hide_secrets(self, exc: BaseException) -> None:
+        """Redact the DuckDB errors of ``exc``'s chain in place, keeping their types (a write
+        conflict stays one): a new exception would hold the old as ``__context__``. A fallback:
+        DuckDB never gets the password (it is in a secret), but a DSN may hold another, such as
+        libpq's ``sslpassword``."""
+        seen: set[int] = set()
+        error: BaseException | None = exc
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, duckdb.Error) and error.args and isinstance(error.args[0], str):
+                error.args = (self._redact(error.args[0]), *error.args[1:])
+            error = error.__cause__ or error.__context__

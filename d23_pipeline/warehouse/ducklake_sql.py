@@ -1,7 +1,9 @@
 """The statements that open the DuckLake warehouse; the tables' own SQL is sql.py's, unchanged.
 
 ``LOAD`` and ``ATTACH`` take no parameters, so their paths and the catalog's connection string
-are quoted here as SQL string literals.
+are quoted here as SQL string literals. That string never holds the catalog's password: DuckDB's
+postgres driver prints it in every error it raises when it (re)connects, so the password goes
+into a temporary secret, as a bound parameter, and the ``ATTACH`` names that secret.
 """
 
 from pathlib import Path
@@ -9,6 +11,12 @@ from pathlib import Path
 # The catalog's name in the session; ``USE`` makes ``d23.logs`` resolve to it.
 CATALOG = "d23_lake"
 USE_CATALOG = f"USE {CATALOG}"
+
+# The catalog's password, in this process's in-memory DuckDB only (TEMPORARY: never written to
+# disk). duckdb_secrets() shows it as "redacted"; DuckDB's postgres driver passes it to libpq
+# apart from the connection string, so its errors cannot print it.
+CATALOG_SECRET = f"{CATALOG}_catalog_password"
+CREATE_CATALOG_SECRET = f"CREATE TEMPORARY SECRET {CATALOG_SECRET} (TYPE postgres, PASSWORD ?)"
 
 
 def _literal(value: str) -> str:
@@ -20,8 +28,13 @@ def load_extension(path: Path) -> str:
     return f"LOAD {_literal(str(path))}"
 
 
-def attach(dsn: str, data_path: str) -> str:
-    """Attach the DuckLake whose catalog is the PostgreSQL database ``dsn``."""
+def attach(conninfo: str, data_path: str, *, password_secret: bool) -> str:
+    """Attach the DuckLake whose catalog is the PostgreSQL database ``conninfo`` (a libpq
+    connection string without its password), with the password of :data:`CREATE_CATALOG_SECRET`
+    when ``password_secret``."""
     data = _literal(data_path.rstrip("/") + "/")
-    return f"ATTACH {_literal('ducklake:postgres:' + dsn)} AS {CATALOG} (DATA_PATH {data})"
+    options = f"DATA_PATH {data}"
+    if password_secret:
+        options += f", META_SECRET {_literal(CATALOG_SECRET)}"
+    return f"ATTACH {_literal('ducklake:postgres:' + conninfo)} AS {CATALOG} ({options})"
 
