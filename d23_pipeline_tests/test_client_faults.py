@@ -328,3 +328,22 @@ def test_a_reject_without_public_id_is_handed_over_once_across_a_mid_walk_504() 
         pid(0), pid(1), pid(2), pid(4), pid(5)
     ]  # fmt: skip
     assert reader.stats.as_dict()["rejects"] == 1
+
+
+def _anonymous_page(rows: list, cursor: str | None) -> SimResponse:
+    return SimResponse.from_json(
+        {"code": 200, "body": {"rows": rows, "pagination": {"nextCursor": cursor}}}
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", [None, {"publicId": "renamed", "outcome_option": "PTP"}], ids=["null", "renamed-id"]
+)
+def test_two_alike_rejects_without_public_id_on_two_pages_are_two_rejects(bad: object) -> None:
+    sim = simulator([])
+    sim.script(_anonymous_page([bad], "c1"), when=lambda r: r.kind == "data")
+    sim.script(_anonymous_page([bad], None), when=lambda r: r.kind == "data")
+    with client(sim) as reader:
+        rejects = [r for page in reader.iter_window(DAY) for r in page.rejects]
+
+    assert len(rejects) == 2 and rejects[0] == rejects[1]

@@ -19,6 +19,7 @@ the same re-read as after a 504.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -98,11 +99,14 @@ class Narrowing:
 class _Part:
     window: Window
     skip: frozenset[str]
+    # Whether the part reads again where rejects were handed over already (after a 504 or a
+    # cut): the edge moves over valid rows only, so a reject past it can be served again.
+    again: bool = False
 
 
 def _reject_key(reject: RejectedRow) -> object:
-    # The edge moves over valid rows only, so a re-read after a 504 can meet a reject again; one
-    # without a public_id is recognised by what it holds.
+    # One without a public_id is recognised by what it holds; two alike are two rejects, unless
+    # a re-read serves one again.
     return reject.public_id or (reject.reason, repr(sorted(reject.values.items())))
 
 
@@ -120,16 +124,19 @@ class WindowWalk:
         path: str | None = None,
         delivered_rejects: Iterable[object] = (),
     ) -> None:
-        """``delivered_rejects``: keys of rejects another walk of the slice handed over already
-        (see :meth:`cut`)."""
+        """``delivered_rejects``: keys of rejects another walk of the slice handed over already,
+        which this one may be served again (see :meth:`cut`)."""
         self._limit = self._default_limit = limit
         self._min_limit = min_limit
         self._min_window = min_window
         self._hint = hint
         self._path = path
-        self._pending = [_Part(part, frozenset()) for part in reversed(hint.split(window))]
+        again = bool(delivered_rejects)
+        self._pending = [_Part(part, frozenset(), again) for part in reversed(hint.split(window))]
         self._until = window.until
-        self._delivered_rejects: set[object] = set(delivered_rejects)
+        # Every reject handed over (a multiset), and those a re-read may still serve again.
+        self._delivered_rejects: Counter[object] = Counter(delivered_rejects)
+        self._served_again: Counter[object] = Counter()
         self._part: _Part | None = None
         self._start_next_part()
 
@@ -138,8 +145,10 @@ class WindowWalk:
         if self._part is not None:
             # A part queued before the width was learned starts at the learned width.
             first, *rest = self._hint.split(self._part.window)
-            self._pending.extend(_Part(piece, frozenset()) for piece in reversed(rest))
-            self._part = _Part(first, self._part.skip)
+            again = self._part.again
+            self._pending.extend(_Part(piece, frozenset(), again) for piece in reversed(rest))
+            self._part = _Part(first, self._part.skip, again)
+            self._served_again = Counter(self._delivered_rejects) if again else Counter()
             # The API orders by (communicated_at, _id): everything before `edge` is done and at
             # `edge` exactly `edge_ids` are; that is what a re-read must start from.
             self._edge = self._part.window.since_text
@@ -178,7 +187,8 @@ class WindowWalk:
             return None
         kept = [p for p in self._pending if p.window.since < at]
         self._pending = [
-            p if p.window.until <= at else _Part(Window(p.window.since, at), p.skip) for p in kept
+            p if p.window.until <= at else _Part(Window(p.window.since, at), p.skip, p.again)
+            for p in kept
         ]
         if part.window.until > at:
             self._restart_part(Window(rest.since, at))
@@ -208,9 +218,18 @@ class WindowWalk:
                 pc.is_in(batch.column("public_id"), already),
             )
             batch = batch.filter(pc.invert(handed))
-        fresh = [r for r in rejects if _reject_key(r) not in self._delivered_rejects]
+        fresh = []
+        for reject in rejects:
+            key = _reject_key(reject)
+            if self._served_again[key] > 0:
+                self._served_again[key] -= 1
+            else:
+                fresh.append(reject)
         self._delivered_rejects.update(_reject_key(r) for r in fresh)
-        self._advance_edge(batch)
+        if self._advance_edge(batch):
+            # Rows past where the read started were never handed over, so neither are rejects
+            # from here on: they come after every one handed over before.
+            self._served_again.clear()
         self._strikes = 0
         if next_cursor is None:
             self._limit = self._default_limit
@@ -237,8 +256,8 @@ class WindowWalk:
             pieces = self._hint.split(remaining)
             if len(pieces) < 2:
                 pieces = list(remaining.halves())
-            self._pending.extend(_Part(piece, frozenset()) for piece in reversed(pieces[1:]))
-            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids)))
+            self._pending.extend(_Part(piece, frozenset(), True) for piece in reversed(pieces[1:]))
+            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), True))
             self._start_next_part()
             return Narrowing(split=True, limit=self._limit, pause_strikes=0)
         if self._strikes == 1:
@@ -260,7 +279,8 @@ class WindowWalk:
         # The part starts again from the resume point (at a smaller page after 504s, or in a
         # narrower window after a cut), keeping the strikes.
         strikes, edge_ids = self._strikes, frozenset(self._edge_ids)
-        self._part = _Part(remaining, edge_ids)
+        self._part = _Part(remaining, edge_ids, True)
+        self._served_again = Counter(self._delivered_rejects)
         self._edge = remaining.since_text
         self._edge_ids = set(edge_ids)
         self._cursor = None
@@ -272,11 +292,14 @@ class WindowWalk:
             raise RuntimeError("the walk is done: no request is outstanding")
         return self._part
 
-    def _advance_edge(self, batch: pa.RecordBatch) -> None:
+    def _advance_edge(self, batch: pa.RecordBatch) -> bool:
+        """Move the edge over the page's valid rows; whether it moved to a later instant."""
         stamps = batch.column("communicated_at")
         latest = pc.max(stamps).as_py()
         if latest is None or latest < self._edge:
-            return
+            return False
         at_latest = batch.column("public_id").filter(pc.equal(stamps, latest)).to_pylist()
-        self._edge_ids = (self._edge_ids if latest == self._edge else set()) | set(at_latest)
+        later: bool = latest > self._edge
+        self._edge_ids = (set() if later else self._edge_ids) | set(at_latest)
         self._edge = latest
+        return later
