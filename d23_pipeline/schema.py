@@ -117,6 +117,16 @@ def _canonical_ts(value: Any, name: str) -> str:
         raise ValueError(f"{name} is outside the range of UTC timestamps: {value[:40]!r}") from None
 
 
+def _is_text(value: str) -> bool:
+    # JSON may escape half of a surrogate pair (what JavaScript emits for a cut emoji); Python
+    # reads it, but it is no Unicode character, and UTF-8 (Arrow, Parquet, DuckDB) cannot hold it.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for name in STRING_FIELDS:
@@ -126,6 +136,8 @@ def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
         if not isinstance(value, str) or (name == "public_id" and not value):
             expected = "a non-empty string" if name == "public_id" else "a string"
             raise ValueError(f"{name} is {_describe(value)}, expected {expected}")
+        if not _is_text(value):
+            raise ValueError(f"{name} is not valid Unicode text (it holds a lone surrogate)")
         row[name] = value
     for name in BOOL_FIELDS:
         if name not in raw:
@@ -255,10 +267,11 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
             rows.append(_check_row(raw, since, until))
         except ValueError as exc:
             public_id = raw.get("public_id")
+            usable = isinstance(public_id, str) and public_id and _is_text(public_id)
             rejects.append(
                 RejectedRow(
                     str(exc),
-                    public_id if isinstance(public_id, str) and public_id else None,
+                    public_id if usable else None,
                     _allowlisted(raw),
                 )
             )

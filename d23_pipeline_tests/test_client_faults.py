@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -17,6 +18,7 @@ from api import (
     ids_in,
     pid,
     queries,
+    row,
     rows_at,
     simulator,
     walk_ids,
@@ -347,3 +349,29 @@ def test_two_alike_rejects_without_public_id_on_two_pages_are_two_rejects(bad: o
         rejects = [r for page in reader.iter_window(DAY) for r in page.rejects]
 
     assert len(rejects) == 2 and rejects[0] == rejects[1]
+
+
+def _page_with_raw_json(rows: list[dict]) -> SimResponse:
+    # The stdlib writes a lone surrogate as the escape JavaScript's JSON.stringify emits for a
+    # string cut inside an emoji; orjson refuses such a document, Python's json reads it.
+    body = json.dumps({"code": 200, "body": {"rows": rows, "pagination": {"nextCursor": None}}})
+    assert "\\ud83d" in body
+    return SimResponse(200, {"Content-Type": "application/json"}, body.encode())
+
+
+def test_a_lone_surrogate_outside_the_allowlist_costs_nothing_and_inside_it_one_reject() -> None:
+    good, cut, bad_id = row(1, T0), row(2, T0), row(3, T0)
+    cut["outcome_option"] = "PTP \ud83d"
+    bad_id["public_id"] = "id-\ud83d"
+    rows = [{**good, "notes": "call back \ud83d"}, cut, bad_id]
+    sim = simulator([])
+    sim.script(_page_with_raw_json(rows), when=lambda r: r.kind == "data")
+    with client(sim) as reader:
+        pages = list(reader.iter_window(DAY))
+
+    assert [r["public_id"] for p in pages for r in p.rows] == [good["public_id"]]
+    rejects = [(r.public_id, r.reason) for p in pages for r in p.rejects]
+    assert rejects == [
+        (cut["public_id"], "outcome_option is not valid Unicode text (it holds a lone surrogate)"),
+        (None, "public_id is not valid Unicode text (it holds a lone surrogate)"),
+    ]

@@ -10,6 +10,7 @@ pauses for one request; a pause that would exceed it ends the retries at once wi
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -130,6 +131,12 @@ def decode_json(response: httpx.Response) -> Any:
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError:
+        pass
+    try:
+        # Valid JSON that orjson refuses: a lone surrogate escape, a number past a double. One
+        # such value is one bad row (schema.validate_rows), not a page that fails every retry.
+        return json.loads(response.content)
+    except ValueError:
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise Transient(
             "bad_body",
