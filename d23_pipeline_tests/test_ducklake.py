@@ -18,7 +18,7 @@ from test_warehouse_merge import Months, row
 
 from d23_pipeline.analytics.frames import load_outcome_tables
 from d23_pipeline.settings import SettingsError, load_options
-from d23_pipeline.warehouse import store
+from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.ducklake import (
     DuckLakeWarehouse,
     WarehouseConnectionError,
@@ -217,3 +217,79 @@ def test_two_months_merged_at_once_both_land_and_a_reader_never_waits(
     assert {logs[i]["_partition"] for i in ("a1", "a2")} == {"2026-04-01"}
     assert {logs[i]["_partition"] for i in ("m1", "m2")} == {"2026-05-01"}
     assert all(logs[i]["updated_at"] == seen["m1"]["updated_at"] for i in ("a1", "m1"))
+
+
+@contextmanager
+def commits_held_until_both_staged(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each thread's first transaction waits before its COMMIT until the other's has staged
+    everything too, as two runs' merges overlap with the warehouse pool raised; a transaction
+    run again after a conflict commits at once."""
+    both_staged = threading.Barrier(2, timeout=60)
+    held: set[str] = set()
+    real = store.transaction
+
+    @contextmanager
+    def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        with real(con):
+            yield
+            if threading.current_thread().name not in held:
+                held.add(threading.current_thread().name)
+                both_staged.wait()
+
+    monkeypatch.setattr(store, "transaction", transaction)
+    try:
+        yield
+    finally:
+        both_staged.abort()
+
+
+def test_two_first_merges_racing_on_a_row_that_moved_months_leave_one_copy(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither month holds a row yet, so each merge only inserts: without a write both touch,
+    # DuckLake would let both commit and "moved" would be stored in both months.
+    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    march, april = Months(tmp_path / "march", warehouse), Months(tmp_path / "april", warehouse)
+    for months in (march, april):
+        months.dir.mkdir()
+    in_march = {
+        "communicated_at": "2026-03-20T10:00:00.000Z",
+        "updated_at": "2026-03-21T00:00:00.000Z",
+    }
+    read = {  # March read "moved" before it moved to April; April read it after
+        "2026-03-01": (march, [row("m1", **in_march), row("moved", **in_march)]),
+        "2026-04-01": (april, [row("a1"), row("moved", updated_at=LATER)]),
+    }
+    retries: list[str] = []
+    errors: list[BaseException] = []
+
+    def merge(partition: str) -> None:
+        months, rows = read[partition]
+        try:
+            retry_on_conflict(
+                lambda: months.merge(rows, partition=partition), on_retry=retries.append
+            )
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    with commits_held_until_both_staged(monkeypatch):
+        writers = [threading.Thread(target=merge, args=(p,), name=p) for p in read]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(120)
+
+    assert not errors
+    with warehouse.connect(read_only=True) as con:
+        duplicates = con.execute(sql.DUPLICATE_PUBLIC_IDS).fetchall()
+    assert duplicates == []
+    logs = april.logs()
+    assert sorted(logs) == ["a1", "m1", "moved"]
+    # Its newest read wins whichever month committed last; the others stay in their months.
+    assert {i: logs[i]["_partition"] for i in logs} == {
+        "m1": "2026-03-01",
+        "moved": "2026-04-01",
+        "a1": "2026-04-01",
+    }
+    # The merge that committed second conflicted and ran again on the other's rows.
+    assert len(retries) == 1 and "another writer committed first" in retries[0]

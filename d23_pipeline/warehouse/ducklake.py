@@ -2,10 +2,12 @@
 PostgreSQL, queried by DuckDB with the same SQL as the embedded file (``sql.py``).
 
 Every process opens its own in-memory DuckDB and attaches the lake; there is no file lock.
-Readers see the last committed snapshot while writers write. Writers are optimistic: two
-transactions that both change one table (a month's MERGE rewrites rows of ``d23.logs``) cannot
-both commit, so the one that commits second fails with a conflict and :func:`retry_on_conflict`
-runs it again from the start, on the other's result.
+Readers see the last committed snapshot while writers write. Writers are optimistic: of two
+transactions open at once, the one that commits second fails with a conflict when one of them
+deleted or updated rows of a table the other also wrote to, and :func:`retry_on_conflict` runs
+it again from the start, on the other's result. Two that only insert both commit; so that two
+months' first merges (which only insert) cannot both store a row that moved between their
+reads, every merge also updates the one row of ``d23.last_merge`` (``sql.RECORD_MERGE``).
 
 Extensions come from the ``duckdb-extension-*`` packages pinned with DuckDB and are loaded from
 their files; DuckDB's automatic download and loading of extensions is switched off.

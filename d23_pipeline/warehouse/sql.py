@@ -68,6 +68,16 @@ CREATE TABLE IF NOT EXISTS d23.slice_verification (
     read_at      TIMESTAMPTZ NOT NULL
 );
 
+-- The one row every month's merge updates (RECORD_MERGE), so that on DuckLake any two merges
+-- open at once conflict: DuckLake lets two transactions that only insert into a table both
+-- commit, and two months' first merges insert every row, so a row that moved from one month to
+-- the other between their reads would be stored twice. Created with its row in one statement:
+-- processes creating it at once race on the table (one conflicts and retries), never on the row.
+CREATE TABLE IF NOT EXISTS d23.last_merge AS
+SELECT CAST(0 AS BIGINT)         AS merges,
+       CAST(NULL AS VARCHAR)     AS _partition,
+       CAST(NULL AS TIMESTAMPTZ) AS read_at;
+
 CREATE TABLE IF NOT EXISTS d23.outcome_mix_monthly (
     month              DATE    NOT NULL,
     communication_type VARCHAR NOT NULL,
@@ -94,6 +104,14 @@ CREATE TABLE IF NOT EXISTS d23.outcome_mix_daily (
 """
 
 _DATA_COLUMNS = ", ".join(D23_FIELDS)
+
+# Every merge's first write: on DuckLake, of two merges open at once the one that commits second
+# then always conflicts (both replaced this row) and runs again on the other's result, even when
+# neither changed a row of d23.logs that the other did. On the DuckDB file, where merges take
+# turns under the file lock, it only counts them.
+RECORD_MERGE = """
+UPDATE d23.last_merge SET merges = merges + 1, _partition = $partition, read_at = $read_at
+"""
 
 STAGE_UNIQUE_SNAPSHOT = """
 CREATE OR REPLACE TEMP TABLE snapshot AS

@@ -163,6 +163,12 @@ def merge_snapshot(
     }
     slices = snapshot.slices
     with transaction(con):
+        # DuckLake: makes this merge conflict with any other one open at once (see sql.py).
+        if fetch_row(con, sql.RECORD_MERGE, params)[0] < 1:
+            raise RuntimeError(
+                "d23.last_merge has lost its row: without it two DuckLake merges can both "
+                "commit; insert one (see CREATE_SCHEMA in d23_pipeline/warehouse/sql.py)"
+            )
         has_duplicates = fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, params)[0]
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
