@@ -375,3 +375,18 @@ def test_a_lone_surrogate_outside_the_allowlist_costs_nothing_and_inside_it_one_
         (cut["public_id"], "outcome_option is not valid Unicode text (it holds a lone surrogate)"),
         (None, "public_id is not valid Unicode text (it holds a lone surrogate)"),
     ]
+
+
+def test_a_page_whose_compressed_body_is_corrupt_is_retried() -> None:
+    sim = simulator([row(1, T0)])
+    corrupt = SimResponse(
+        200,
+        {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        b"\x1f\x8b\x08\x00not-deflate",
+    )
+    sim.script(corrupt, when=lambda r: r.kind == "data")
+    with client(sim) as reader:
+        ids = [r["public_id"] for page in reader.iter_window(DAY) for r in page.rows]
+
+        assert ids == [row(1, T0)["public_id"]]
+        assert reader.stats.as_dict()["retries"]["bad_body"] == 1

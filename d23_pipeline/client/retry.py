@@ -190,6 +190,8 @@ class Retrier:
                 failure = Transient("timeout", detail=type(exc).__name__)
             except httpx.TransportError as exc:
                 failure = Transient("connection", detail=type(exc).__name__)
+            except httpx.DecodingError as exc:  # a body its Content-Encoding cannot undo
+                failure = Transient("bad_body", detail=type(exc).__name__)
             except Transient as exc:
                 failure = exc
             if number >= self.policy.max_attempts:
