@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError
 from d23_pipeline.client.walk import PageRequest, WidthHint, WindowWalk
-from d23_pipeline.schema import format_timestamp, rows_to_batch
+from d23_pipeline.schema import RejectedRow, format_timestamp, rows_to_batch
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -107,6 +107,37 @@ def test_a_row_moved_forward_while_its_window_is_read_again_lands_as_its_new_ver
     again, _ = walk.page_served(rows_to_batch([row(3, T0 + 3 * HOUR), moved]), [], None)
 
     assert again.to_pylist() == [row(3, T0 + 3 * HOUR), moved]
+
+
+def _null_row() -> RejectedRow:
+    return RejectedRow("row is NoneType, expected an object", None)
+
+
+def test_a_re_read_drops_no_new_reject_alike_one_handed_over_before_its_start() -> None:
+    walk = walk_of(DAY, limit=2)
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_null_row()], "c1")  # null at 00:30
+    walk.page_served(rows_to_batch([row(2, T0 + 2 * HOUR), row(3, T0 + 3 * HOUR)]), [], "c2")
+    walk.gateway_timeout()  # read again from 03:00: the null at 00:30 cannot come again
+
+    rows = rows_to_batch([row(3, T0 + 3 * HOUR), row(4, T0 + 4 * HOUR)])
+    _, fresh = walk.page_served(rows, [_null_row()], None)  # a new null at 03:30
+
+    assert fresh == [_null_row()]
+
+
+def test_a_reject_served_again_by_one_piece_of_a_re_read_is_not_dropped_again_by_the_next() -> None:
+    walk = walk_of(DAY, limit=3)
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR), row(2, T0 + 2 * HOUR)]), [_null_row()], "c1")
+    walk.gateway_timeout()  # pieces [02:00, 13:00) and [13:00, 24:00)
+    rows = rows_to_batch([row(2, T0 + 2 * HOUR), row(3, T0 + 3 * HOUR)])
+    _, fresh = walk.page_served(rows, [_null_row()], None)  # the null at 02:30, again
+    assert fresh == []
+    request = walk.next_request()
+    assert request is not None and request.part.since == T0 + 13 * HOUR
+
+    _, fresh = walk.page_served(rows_to_batch([row(4, T0 + 14 * HOUR)]), [_null_row()], None)
+
+    assert fresh == [_null_row()]
 
 
 def test_two_timeouts_at_a_width_teach_every_walk_the_narrower_width() -> None:

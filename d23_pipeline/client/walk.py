@@ -99,9 +99,10 @@ class Narrowing:
 class _Part:
     window: Window
     skip: frozenset[str]
-    # Whether the part reads again where rejects were handed over already (after a 504 or a
-    # cut): the edge moves over valid rows only, so a reject past it can be served again.
-    again: bool = False
+    # For a part that reads again where rejects were handed over already (after a 504 or a
+    # cut; the edge moves over valid rows only, so a reject past it can come again): those
+    # rejects, shared by the pieces of one re-read, so that one served again counts once.
+    again: Counter[object] | None = None
 
 
 def _reject_key(reject: RejectedRow) -> object:
@@ -131,11 +132,12 @@ class WindowWalk:
         self._min_window = min_window
         self._hint = hint
         self._path = path
-        again = bool(delivered_rejects)
+        again = Counter(delivered_rejects) or None
         self._pending = [_Part(part, frozenset(), again) for part in reversed(hint.split(window))]
         self._until = window.until
-        # Every reject handed over (a multiset), and those a re-read may still serve again.
-        self._delivered_rejects: Counter[object] = Counter(delivered_rejects)
+        # Rejects handed over that a re-read from the edge could be served again (a multiset;
+        # an over-estimate near the edge), and those the current re-read may still serve again.
+        self._past_edge: Counter[object] = Counter(delivered_rejects)
         self._served_again: Counter[object] = Counter()
         self._part: _Part | None = None
         self._start_next_part()
@@ -148,7 +150,7 @@ class WindowWalk:
             again = self._part.again
             self._pending.extend(_Part(piece, frozenset(), again) for piece in reversed(rest))
             self._part = _Part(first, self._part.skip, again)
-            self._served_again = Counter(self._delivered_rejects) if again else Counter()
+            self._served_again = again if again is not None else Counter()
             # The API orders by (communicated_at, _id): everything before `edge` is done and at
             # `edge` exactly `edge_ids` are; that is what a re-read must start from.
             self._edge = self._part.window.since_text
@@ -200,7 +202,7 @@ class WindowWalk:
             min_window=self._min_window,
             hint=self._hint,
             path=self._path,
-            delivered_rejects=self._delivered_rejects,
+            delivered_rejects=self._past_edge,
         )
 
     def page_served(
@@ -225,11 +227,19 @@ class WindowWalk:
                 self._served_again[key] -= 1
             else:
                 fresh.append(reject)
-        self._delivered_rejects.update(_reject_key(r) for r in fresh)
         if self._advance_edge(batch):
-            # Rows past where the read started were never handed over, so neither are rejects
+            # Rows past where a re-read started were never handed over, so neither are rejects
             # from here on: they come after every one handed over before.
-            self._served_again.clear()
+            self._served_again = Counter()
+            # Rejects of earlier pages come before this page's rows: past the new edge only if
+            # every row here is at that instant.
+            everything = Counter(_reject_key(r) for r in rejects)
+            if pc.min(batch.column("communicated_at")).as_py() == self._edge:
+                self._past_edge.update(everything)
+            else:
+                self._past_edge = everything
+        else:
+            self._past_edge.update(_reject_key(r) for r in fresh)
         self._strikes = 0
         if next_cursor is None:
             self._limit = self._default_limit
@@ -256,8 +266,9 @@ class WindowWalk:
             pieces = self._hint.split(remaining)
             if len(pieces) < 2:
                 pieces = list(remaining.halves())
-            self._pending.extend(_Part(piece, frozenset(), True) for piece in reversed(pieces[1:]))
-            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), True))
+            again = Counter(self._past_edge)
+            self._pending.extend(_Part(piece, frozenset(), again) for piece in reversed(pieces[1:]))
+            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again))
             self._start_next_part()
             return Narrowing(split=True, limit=self._limit, pause_strikes=0)
         if self._strikes == 1:
@@ -279,8 +290,8 @@ class WindowWalk:
         # The part starts again from the resume point (at a smaller page after 504s, or in a
         # narrower window after a cut), keeping the strikes.
         strikes, edge_ids = self._strikes, frozenset(self._edge_ids)
-        self._part = _Part(remaining, edge_ids, True)
-        self._served_again = Counter(self._delivered_rejects)
+        self._served_again = Counter(self._past_edge)
+        self._part = _Part(remaining, edge_ids, self._served_again)
         self._edge = remaining.since_text
         self._edge_ids = set(edge_ids)
         self._cursor = None
