@@ -4,7 +4,7 @@ is backfilled."""
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,48 +138,72 @@ def test_daily_refresh_makes_lookback_months_exact_and_leaves_older_ones_stale(
     assert _kpis_in_warehouse(pipeline, OLD) == pytest.approx(_expected_kpis(sim, OLD))
 
 
-class MovesARowBackDuringARead(ExportHookSimulator):
-    """Once armed: at the first export request for ``trigger`` or later, one row moves from late
-    in the month into a slice already read."""
+class MovesARowDuringARead(ExportHookSimulator):
+    """Once armed: at the first export request ``when`` accepts, one row moves to ``to``."""
 
     armed = False
     moved = False
 
-    def __init__(self, row: str, to: datetime, trigger: str, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        row: str,
+        to: datetime,
+        when: Callable[[Mapping[str, str]], bool],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.row, self.to, self.trigger = row, to, trigger
+        self.row, self.to, self.when = row, to, when
         self._lock = threading.Lock()
 
     def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
         with self._lock:
-            if self.armed and not self.moved and query.get("since", "") >= self.trigger:
+            if self.armed and not self.moved and self.when(query):
                 self.move_row(self.row, self.to)
                 self.moved = True
         return path, None
 
 
-def test_a_row_moved_into_a_slice_read_earlier_is_not_marked_deleted(tmp_path: Path) -> None:
-    month = MONTHS[-1]
-    probe = Simulator(SimulatorConfig(months=(month,), rows_per_month=300))
-    late = [r for r in probe.rows() if r["communicated_at"] >= f"{month}-27"][0]["public_id"]
-    sim = MovesARowBackDuringARead(
-        late,
-        datetime.fromisoformat(f"{month}-05T10:00:00+00:00"),
-        f"{month}-20",
-        SimulatorConfig(months=(month,), rows_per_month=300),
-    )
+MOVED_MONTH = MONTHS[-1]
+
+
+@pytest.mark.parametrize(
+    ("to", "when"),
+    [
+        pytest.param(
+            f"{MOVED_MONTH}-05T10:00:00",
+            lambda query: query.get("since", "") >= f"{MOVED_MONTH}-20",
+            id="into-a-slice-read-earlier",
+        ),
+        pytest.param(
+            f"{MOVED_MONTH}-05T00:00:00",
+            lambda query: (
+                query.get("since") == f"{MOVED_MONTH}-05T00:00:00.000Z" and "cursor" in query
+            ),
+            id="behind-the-cursor-of-the-slice-being-read",
+        ),
+    ],
+)
+def test_a_row_moved_back_while_its_month_is_read_is_not_marked_deleted(
+    tmp_path: Path, to: str, when: Callable[[Mapping[str, str]], bool]
+) -> None:
+    config = SimulatorConfig(months=(MOVED_MONTH,), rows_per_month=300)
+    late = [r for r in Simulator(config).rows() if r["communicated_at"] >= f"{MOVED_MONTH}-27"]
+    moved = late[0]["public_id"]
+    sim = MovesARowDuringARead(moved, datetime.fromisoformat(f"{to}+00:00"), when, config)
     with serve(sim) as url:
-        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
-        pipeline.materialize(month)
+        # Small pages, so that a slice's walk has pages after its first.
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=2)
+        pipeline.materialize(MOVED_MONTH)
         sim.armed = True
 
-        pipeline.materialize(month, raise_on_error=False)
+        pipeline.materialize(MOVED_MONTH, raise_on_error=False)
         assert sim.moved
         # Gone from its instant, and read nowhere else: the slice it moved into has a row more
-        # than when it was read, so it is read again and the row found there.
-        assert pipeline.query(
-            "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (late,)
-        ) == [(None,)]
+        # than it served, so it is read again and the row found there.
+        assert pipeline.query("SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (moved,)) == [
+            (None,)
+        ]
 
-        pipeline.materialize(month)
-        assert pipeline.live_rows([month]) == pipeline.expected_rows([month])
+        pipeline.materialize(MOVED_MONTH)
+        assert pipeline.live_rows([MOVED_MONTH]) == pipeline.expected_rows([MOVED_MONTH])

@@ -77,14 +77,19 @@ def _not_moved(
 ) -> set[str]:
     """Of the rows proven gone from their instants, those no slice of the month holds now.
 
-    A verified slice whose exact count is what it was when the slice was read took no row in
-    since (a count that rose by one row and fell by another is the one case this misses); any
-    other slice, unverified or changed, is walked again, and a row found there lives on. One
-    such walk that is not proven complete leaves nothing provably gone.
+    A slice whose read served exactly its count, which did not move during the read and is
+    the same now, took no row in (a count that rose by one row and fell by another is the one
+    case this misses); any other slice (unverified, changed while it was read, so a row may have
+    moved in behind its cursor, or changed since) is walked again, and a row found there lives
+    on. One such walk that is not proven complete leaves nothing provably gone.
     """
     left = set(absent)
     for record in landed:
-        if record.verified and client.fetch_total(record.window).exact_total == record.total_after:
+        if (
+            record.verified
+            and record.total_before == record.total_after == record.served
+            and client.fetch_total(record.window).exact_total == record.served
+        ):
             continue
         found = client.served_ids(record.window)
         if found is None:
