@@ -390,3 +390,14 @@ def test_a_page_whose_compressed_body_is_corrupt_is_retried() -> None:
 
         assert ids == [row(1, T0)["public_id"]]
         assert reader.stats.as_dict()["retries"]["bad_body"] == 1
+
+
+def test_a_page_nested_deeper_than_any_parser_reads_is_retried() -> None:
+    sim = simulator([row(1, T0)])
+    nested = SimResponse(200, {"Content-Type": "application/json"}, b"[" * 5000 + b"]" * 5000)
+    sim.script(nested, when=lambda r: r.kind == "data")
+    with client(sim) as reader:
+        ids = [r["public_id"] for page in reader.iter_window(DAY) for r in page.rows]
+
+        assert ids == [row(1, T0)["public_id"]]
+        assert reader.stats.as_dict()["retries"]["bad_body"] == 1

@@ -136,7 +136,7 @@ def decode_json(response: httpx.Response) -> Any:
         # Valid JSON that orjson refuses: a lone surrogate escape, a number past a double. One
         # such value is one bad row (schema.validate_rows), not a page that fails every retry.
         return json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise Transient(
             "bad_body",
