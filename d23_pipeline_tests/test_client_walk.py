@@ -140,6 +140,16 @@ def test_a_reject_served_again_by_one_piece_of_a_re_read_is_not_dropped_again_by
     assert fresh == [_null_row()]
 
 
+def test_a_re_read_of_one_part_drops_no_new_reject_alike_one_of_an_earlier_part() -> None:
+    walk = walk_of(DAY, limit=2, hint=WidthHint(MINUTE, ceiling=12 * HOUR))
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_null_row()], None)  # part 1 ends
+    walk.gateway_timeout()  # the second part, [12:00, 24:00), is read again in halves
+
+    _, fresh = walk.page_served(rows_to_batch([row(2, T0 + 13 * HOUR)]), [_null_row()], None)
+
+    assert fresh == [_null_row()]
+
+
 def test_two_timeouts_at_a_width_teach_every_walk_the_narrower_width() -> None:
     hint = WidthHint(MINUTE)
     first, second = walk_of(DAY, hint=hint), walk_of(DAY, hint=hint)

@@ -151,6 +151,8 @@ class WindowWalk:
             self._pending.extend(_Part(piece, frozenset(), again) for piece in reversed(rest))
             self._part = _Part(first, self._part.skip, again)
             self._served_again = again if again is not None else Counter()
+            # Of what was handed over, only what this part may be served again lies past its start.
+            self._past_edge = Counter(again) if again is not None else Counter()
             # The API orders by (communicated_at, _id): everything before `edge` is done and at
             # `edge` exactly `edge_ids` are; that is what a re-read must start from.
             self._edge = self._part.window.since_text
