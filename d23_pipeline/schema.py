@@ -85,6 +85,9 @@ class RejectedRow:
     reason: str
     public_id: str | None
     values: dict[str, Any] = field(default_factory=dict)
+    # How many valid rows of its page come before it: where it lies in the API's order, which a
+    # walk needs to tell a reject served again after a 504 from a new one alike.
+    rows_before: int | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -259,7 +262,11 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
     extra: set[str] = set()
     for raw in raw_rows:
         if not isinstance(raw, dict):
-            rejects.append(RejectedRow(f"row is {type(raw).__name__}, expected an object", None))
+            rejects.append(
+                RejectedRow(
+                    f"row is {type(raw).__name__}, expected an object", None, {}, len(rows)
+                )
+            )
             continue
         if len(raw) != len(D23_FIELDS) or not _ALLOWED.issuperset(raw):
             extra.update(k for k in raw if k not in _ALLOWED)
@@ -273,6 +280,7 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
                     str(exc),
                     public_id if usable else None,
                     _allowlisted(raw),
+                    len(rows),
                 )
             )
     return ValidationResult(rows, rejects, extra)

@@ -6,8 +6,9 @@ import itertools
 from collections import Counter
 from datetime import timedelta
 
+import pyarrow as pa
 import pytest
-from api import DAY, T0, row, rows_at
+from api import DAY, T0, pid, row, rows_at
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from d23_pipeline.client.walk import PageRequest, WidthHint, WindowWalk
 from d23_pipeline.schema import RejectedRow, format_timestamp, rows_to_batch
 
 MINUTE = timedelta(minutes=1)
+MS = timedelta(milliseconds=1)
 HOUR = timedelta(hours=1)
 
 
@@ -109,45 +111,127 @@ def test_a_row_moved_forward_while_its_window_is_read_again_lands_as_its_new_ver
     assert again.to_pylist() == [row(3, T0 + 3 * HOUR), moved]
 
 
-def _null_row() -> RejectedRow:
-    return RejectedRow("row is NoneType, expected an object", None)
+def _null_row(rows_before: int) -> RejectedRow:
+    """A null row, after ``rows_before`` valid rows of its page."""
+    return RejectedRow("row is NoneType, expected an object", None, {}, rows_before)
 
 
 def test_a_re_read_drops_no_new_reject_alike_one_handed_over_before_its_start() -> None:
     walk = walk_of(DAY, limit=2)
-    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_null_row()], "c1")  # null at 00:30
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_null_row(0)], "c1")  # null at 00:30
     walk.page_served(rows_to_batch([row(2, T0 + 2 * HOUR), row(3, T0 + 3 * HOUR)]), [], "c2")
     walk.gateway_timeout()  # read again from 03:00: the null at 00:30 cannot come again
 
     rows = rows_to_batch([row(3, T0 + 3 * HOUR), row(4, T0 + 4 * HOUR)])
-    _, fresh = walk.page_served(rows, [_null_row()], None)  # a new null at 03:30
+    _, fresh = walk.page_served(rows, [_null_row(1)], None)  # a new null at 03:30
 
-    assert fresh == [_null_row()]
+    assert fresh == [_null_row(1)]
 
 
 def test_a_reject_served_again_by_one_piece_of_a_re_read_is_not_dropped_again_by_the_next() -> None:
     walk = walk_of(DAY, limit=3)
-    walk.page_served(rows_to_batch([row(1, T0 + HOUR), row(2, T0 + 2 * HOUR)]), [_null_row()], "c1")
+    walk.page_served(
+        rows_to_batch([row(1, T0 + HOUR), row(2, T0 + 2 * HOUR)]), [_null_row(2)], "c1"
+    )
     walk.gateway_timeout()  # pieces [02:00, 13:00) and [13:00, 24:00)
     rows = rows_to_batch([row(2, T0 + 2 * HOUR), row(3, T0 + 3 * HOUR)])
-    _, fresh = walk.page_served(rows, [_null_row()], None)  # the null at 02:30, again
+    _, fresh = walk.page_served(rows, [_null_row(1)], None)  # the null at 02:30, again
     assert fresh == []
     request = walk.next_request()
     assert request is not None and request.part.since == T0 + 13 * HOUR
 
-    _, fresh = walk.page_served(rows_to_batch([row(4, T0 + 14 * HOUR)]), [_null_row()], None)
+    _, fresh = walk.page_served(rows_to_batch([row(4, T0 + 14 * HOUR)]), [_null_row(0)], None)
 
-    assert fresh == [_null_row()]
+    assert fresh == [_null_row(0)]
 
 
 def test_a_re_read_of_one_part_drops_no_new_reject_alike_one_of_an_earlier_part() -> None:
     walk = walk_of(DAY, limit=2, hint=WidthHint(MINUTE, ceiling=12 * HOUR))
-    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_null_row()], None)  # part 1 ends
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_null_row(1)], None)  # part 1 ends
     walk.gateway_timeout()  # the second part, [12:00, 24:00), is read again in halves
 
-    _, fresh = walk.page_served(rows_to_batch([row(2, T0 + 13 * HOUR)]), [_null_row()], None)
+    _, fresh = walk.page_served(rows_to_batch([row(2, T0 + 13 * HOUR)]), [_null_row(0)], None)
 
-    assert fresh == [_null_row()]
+    assert fresh == [_null_row(0)]
+
+
+class SourceWithNulls(Source):
+    """:class:`Source` whose items may be null rows (``None`` at an instant), served as rejects
+    with their place on the page, as the client's page reader gives them."""
+
+    def __init__(self, items: list[tuple[str, str, dict | None]], page_sizes) -> None:
+        self.rows = sorted(items, key=lambda item: item[:2])
+        self.page_sizes = page_sizes
+        self.pages = itertools.count()
+
+    def serve(self, request: PageRequest) -> tuple[pa.RecordBatch, list[RejectedRow], str | None]:
+        since, until = request.part.since_text, request.part.until_text
+        window = [item for item in self.rows if since <= item[0] < until]
+        if request.cursor is not None:
+            at, key, _ = request.cursor.split("|")
+            window = [item for item in window if item[:2] > (at, key)]
+        size = min(next(self.page_sizes), request.limit)
+        served, rest = window[:size], window[size:]
+        rows: list[dict] = []
+        rejects = []
+        for _, _, data in served:
+            if data is None:
+                rejects.append(_null_row(len(rows)))
+            else:
+                rows.append(data)
+        if not rest:
+            return rows_to_batch(rows), rejects, None
+        boundary = served[-1][:2] if served else (since, "")
+        if request.cursor is not None and not served:
+            boundary = tuple(request.cursor.split("|")[:2])
+        return rows_to_batch(rows), rejects, "|".join([*boundary, str(next(self.pages))])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(st.sampled_from([0, 0, 1, 7, 3_600_000, 4 * 3_600_000]), st.booleans()),
+        max_size=40,
+    ),
+    sizes=st.lists(st.integers(1, 8), min_size=1, max_size=10),
+    steps=st.lists(
+        st.tuples(st.integers(0, 7), st.sampled_from(["page", "cut", "timeout"]), st.floats(0, 1)),
+        max_size=40,
+    ),
+)
+def test_every_row_and_every_null_row_is_handed_over_once_whatever_the_timeouts_and_cuts(
+    items: list[tuple[int, bool]], sizes: list[int], steps: list[tuple[int, str, float]]
+) -> None:
+    served, offset = [], 0
+    for n, (gap, is_null) in enumerate(items):
+        offset += gap
+        if offset < 86_400_000:
+            at = T0 + timedelta(milliseconds=offset)
+            served.append((format_timestamp(at), pid(n), None if is_null else row(n, at)))
+    source = SourceWithNulls(served, itertools.cycle(sizes))
+    walks = [walk_of(DAY)]
+    ids, rejects = [], 0
+    for pick, action, share in itertools.chain(steps, itertools.repeat((0, "page", 0.0))):
+        alive = [walk for walk in walks if walk.next_request() is not None]
+        if not alive:
+            break
+        walk = alive[pick % len(alive)]
+        if action == "cut":
+            rest = walk.rest
+            assert rest is not None
+            given_away = walk.cut(rest.since + (rest.duration * share // MS) * MS)
+            walks += [given_away] if given_away is not None else []
+            continue
+        if action == "timeout":
+            walk.gateway_timeout()
+        if (request := walk.next_request()) is not None:
+            batch, page_rejects, cursor = source.serve(request)
+            handed, fresh = walk.page_served(batch, page_rejects, cursor)
+            ids += handed.column("public_id").to_pylist()
+            rejects += len(fresh)
+
+    assert sorted(ids) == sorted(data["public_id"] for _, _, data in served if data is not None)
+    assert rejects == sum(data is None for _, _, data in served)
 
 
 def test_two_timeouts_at_a_width_teach_every_walk_the_narrower_width() -> None:

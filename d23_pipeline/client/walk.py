@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -101,8 +101,21 @@ class _Part:
     skip: frozenset[str]
     # For a part that reads again where rejects were handed over already (after a 504 or a
     # cut; the edge moves over valid rows only, so a reject past it can come again): those
-    # rejects, shared by the pieces of one re-read, so that one served again counts once.
-    again: Counter[object] | None = None
+    # rejects, shared by the pieces of one re-read, so that one served again counts once, and
+    # how many rows at the edge's instant had been handed over (see ``_PastEdge``).
+    again: Counter[_PastEdge] | None = None
+    edge_rows: int = 0
+
+
+# A reject handed over, and how many rows at the edge's instant come before it in the API's
+# order: a re-read from that instant serves those rows (skipped) in the same order, so a reject
+# served again comes after as many of them, and one alike elsewhere is a new reject.
+_PastEdge = tuple[object, int]
+
+
+def _position(reject: RejectedRow) -> int:
+    # A reject whose place on its page is not known is taken to lie before every row.
+    return reject.rows_before if reject.rows_before is not None else 0
 
 
 def _reject_key(reject: RejectedRow) -> object:
@@ -123,22 +136,21 @@ class WindowWalk:
         min_window: timedelta,
         hint: WidthHint,
         path: str | None = None,
-        delivered_rejects: Iterable[object] = (),
     ) -> None:
-        """``delivered_rejects``: keys of rejects another walk of the slice handed over already,
-        which this one may be served again (see :meth:`cut`)."""
         self._limit = self._default_limit = limit
         self._min_limit = min_limit
         self._min_window = min_window
         self._hint = hint
         self._path = path
-        again = Counter(delivered_rejects) or None
-        self._pending = [_Part(part, frozenset(), again) for part in reversed(hint.split(window))]
+        self._pending = [_Part(part, frozenset()) for part in reversed(hint.split(window))]
         self._until = window.until
-        # Rejects handed over that a re-read from the edge could be served again (a multiset;
-        # an over-estimate near the edge), and those the current re-read may still serve again.
-        self._past_edge: Counter[object] = Counter(delivered_rejects)
-        self._served_again: Counter[object] = Counter()
+        # Rejects handed over that a re-read from the edge could be served again (a multiset,
+        # by position; one between the last row before the edge's instant and the first at it
+        # counts too), and those the current re-read may still serve again.
+        self._past_edge: Counter[_PastEdge] = Counter()
+        self._served_again: Counter[_PastEdge] = Counter()
+        # Rows at the edge's instant met so far, in order, skipped ones included.
+        self._at_edge = 0
         self._part: _Part | None = None
         self._start_next_part()
 
@@ -147,12 +159,22 @@ class WindowWalk:
         if self._part is not None:
             # A part queued before the width was learned starts at the learned width.
             first, *rest = self._hint.split(self._part.window)
-            again = self._part.again
-            self._pending.extend(_Part(piece, frozenset(), again) for piece in reversed(rest))
-            self._part = _Part(first, self._part.skip, again)
+            again, edge_rows = self._part.again, self._part.edge_rows
+            self._pending.extend(
+                _Part(piece, frozenset(), again, edge_rows) for piece in reversed(rest)
+            )
+            self._part = _Part(first, self._part.skip, again, edge_rows)
             self._served_again = again if again is not None else Counter()
-            # Of what was handed over, only what this part may be served again lies past its start.
-            self._past_edge = Counter(again) if again is not None else Counter()
+            # Of what was handed over, only what this part may be served again lies past its
+            # start: all of it when it starts at the edge, else what came after the edge's rows.
+            self._past_edge = Counter()
+            if again is not None and self._part.skip:
+                self._past_edge = Counter(again)
+            elif again is not None:
+                for (kind, rows), n in again.items():
+                    if rows == edge_rows:
+                        self._past_edge[(kind, 0)] += n
+            self._at_edge = 0
             # The API orders by (communicated_at, _id): everything before `edge` is done and at
             # `edge` exactly `edge_ids` are; that is what a re-read must start from.
             self._edge = self._part.window.since_text
@@ -177,17 +199,17 @@ class WindowWalk:
 
     def cut(self, at: datetime) -> WindowWalk | None:
         """Stop this walk at ``at`` and return a walk of ``[at, end)`` for another worker, or
-        ``None`` when ``at`` is not inside :attr:`rest`.
+        ``None`` when ``at`` is not inside :attr:`rest`, or while a reject handed over may lie
+        past the edge (which of the two walks would be served it again is unknown).
 
         Only between pages: a request already sent would still cover the given-away window.
-        No valid row at or after ``at`` has been handed over (``at`` is past the edge), and the
-        new walk knows the rejects handed over so far, which need not lie before the edge. The
+        No valid row at or after ``at`` has been handed over (``at`` is past the edge). The
         part in progress resumes from its edge in ``[edge, at)`` with a fresh cursor, since a
         cursor belongs to the filter it was issued under.
         """
         rest = self.rest
         part = self._part
-        if rest is None or part is None or not rest.since < at < rest.until:
+        if rest is None or part is None or not rest.since < at < rest.until or +self._past_edge:
             return None
         kept = [p for p in self._pending if p.window.since < at]
         self._pending = [
@@ -204,7 +226,6 @@ class WindowWalk:
             min_window=self._min_window,
             hint=self._hint,
             path=self._path,
-            delivered_rejects=self._past_edge,
         )
 
     def page_served(
@@ -213,6 +234,8 @@ class WindowWalk:
         """Take in the page answering :meth:`next_request`; returns its rows and rejects not
         handed over before (a re-read after a 504 starts inside the last instant read)."""
         part = self._require_part()
+        stamps: list[str] = batch.column("communicated_at").to_pylist()  # in the API's order
+        first_new = 0  # the page's first row not handed over before
         if part.skip:
             # Only at the instant the re-read starts from: the same id later in the part is the
             # row's newer version, moved forward while the window was read.
@@ -221,27 +244,38 @@ class WindowWalk:
                 pc.equal(batch.column("communicated_at"), part.window.since_text),
                 pc.is_in(batch.column("public_id"), already),
             )
+            first_new = next(
+                (i for i, seen in enumerate(handed.to_pylist()) if not seen), len(stamps)
+            )
             batch = batch.filter(pc.invert(handed))
         fresh = []
         for reject in rejects:
-            key = _reject_key(reject)
-            if self._served_again[key] > 0:
+            position = _position(reject)
+            # What was handed over before all comes before the first row that was not; in a
+            # re-read from the edge, after as many of the edge's rows as it did the first time.
+            rows = (
+                self._at_edge + stamps[:position].count(self._edge) if part.skip else part.edge_rows
+            )
+            key = (_reject_key(reject), rows)
+            if position <= first_new and self._served_again[key] > 0:
                 self._served_again[key] -= 1
             else:
                 fresh.append(reject)
+        if first_new < len(stamps):
+            self._served_again.clear()  # shared by the pieces of the re-read
+        edge = self._edge
         if self._advance_edge(batch):
-            # Rows past where a re-read started were never handed over, so neither are rejects
-            # from here on: they come after every one handed over before.
-            self._served_again = Counter()
-            # Rejects of earlier pages come before this page's rows: past the new edge only if
-            # every row here is at that instant.
-            everything = Counter(_reject_key(r) for r in rejects)
-            if pc.min(batch.column("communicated_at")).as_py() == self._edge:
-                self._past_edge.update(everything)
-            else:
-                self._past_edge = everything
+            # Rejects of earlier pages come before this page's first row: past the new edge
+            # (or just before its first row there) only if that row is at its instant.
+            kept: Counter[_PastEdge] = Counter()
+            if stamps[0] >= self._edge:
+                for (kind, _), n in self._past_edge.items():
+                    kept[(kind, 0)] += n
+            self._past_edge = kept + self._keys_past_edge(rejects, stamps, 0)
+            self._at_edge = stamps.count(self._edge)
         else:
-            self._past_edge.update(_reject_key(r) for r in fresh)
+            self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
+            self._at_edge += stamps.count(edge)
         self._strikes = 0
         if next_cursor is None:
             self._limit = self._default_limit
@@ -268,9 +302,11 @@ class WindowWalk:
             pieces = self._hint.split(remaining)
             if len(pieces) < 2:
                 pieces = list(remaining.halves())
-            again = Counter(self._past_edge)
-            self._pending.extend(_Part(piece, frozenset(), again) for piece in reversed(pieces[1:]))
-            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again))
+            again, edge_rows = self._budget_to_read_again()
+            self._pending.extend(
+                _Part(piece, frozenset(), again, edge_rows) for piece in reversed(pieces[1:])
+            )
+            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows))
             self._start_next_part()
             return Narrowing(split=True, limit=self._limit, pause_strikes=0)
         if self._strikes == 1:
@@ -292,18 +328,52 @@ class WindowWalk:
         # The part starts again from the resume point (at a smaller page after 504s, or in a
         # narrower window after a cut), keeping the strikes.
         strikes, edge_ids = self._strikes, frozenset(self._edge_ids)
-        self._served_again = Counter(self._past_edge)
-        self._part = _Part(remaining, edge_ids, self._served_again)
+        self._served_again, edge_rows = self._budget_to_read_again()
+        self._part = _Part(remaining, edge_ids, self._served_again, edge_rows)
+        self._at_edge = 0
         self._edge = remaining.since_text
         self._edge_ids = set(edge_ids)
         self._cursor = None
         self._seen_cursors = set()
         self._strikes = strikes
 
+    def _budget_to_read_again(self) -> tuple[Counter[_PastEdge], int]:
+        """What a re-read from the edge may be served again, and the edge's rows before it.
+        The later pieces of a re-read still in progress share it from now on: what they may be
+        served again is what this re-read may, and one served again here is not there."""
+        again, edge_rows = Counter(self._past_edge), len(self._edge_ids)
+        current = self._part.again if self._part is not None else None
+        if current is not None:
+            for pending in self._pending:
+                if pending.again is current:
+                    pending.again, pending.edge_rows = again, edge_rows
+        return again, edge_rows
+
     def _require_part(self) -> _Part:
         if self._part is None:
             raise RuntimeError("the walk is done: no request is outstanding")
         return self._part
+
+    def _keys_past_edge(
+        self, rejects: Sequence[RejectedRow], stamps: list[str], at_edge_before: int
+    ) -> Counter[_PastEdge]:
+        """Of ``rejects`` (of a page whose rows, in order, were communicated at ``stamps``),
+        those a re-read from the edge could serve again: after a row at the edge's instant, or
+        just before one (their own instant unknown), or on a page without rows; each with the
+        number of the edge's rows before it (``at_edge_before`` of them on earlier pages)."""
+        past: Counter[_PastEdge] = Counter()
+        for reject in rejects:
+            position = _position(reject)
+            before = stamps[position - 1] if 0 < position <= len(stamps) else None
+            after = stamps[position] if position < len(stamps) else None
+            if (
+                (before is not None and before >= self._edge)
+                or after is None
+                or after >= self._edge
+            ):
+                rows = at_edge_before + stamps[:position].count(self._edge)
+                past[(_reject_key(reject), rows)] += 1
+        return past
 
     def _advance_edge(self, batch: pa.RecordBatch) -> bool:
         """Move the edge over the page's valid rows; whether it moved to a later instant."""
