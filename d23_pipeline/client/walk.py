@@ -5,6 +5,11 @@ The caller asks :meth:`WindowWalk.next_request` what to fetch, and reports back 
 walk hands every row of the window over exactly once, whatever the timeouts: the API orders by
 ``(communicated_at, _id)``, so everything before the last instant handed over is done, and at that
 instant exactly the ids already handed over are; a re-read starts there and skips those ids.
+Rejects hold no usable instant, so they are placed by their rows: a re-read serves again only
+those after (or just before) a row at the edge's instant, after as many of its rows as before,
+and so every reject is handed over once too. A row or reject written into that stretch while it
+is read again can make the walk drop a new reject alike, or hand one over twice; the slice's
+counts then disagree with what it served and it is read again.
 
 A 504 is an answer about the window (the documented advice is to narrow it), so a wide part is
 halved at once, without a pause, and two 504s at a width teach every walk of the client
