@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
 from datetime import timedelta
@@ -155,11 +156,41 @@ def test_a_re_read_of_one_part_drops_no_new_reject_alike_one_of_an_earlier_part(
     assert fresh == [_null_row(0)]
 
 
-class SourceWithNulls(Source):
-    """:class:`Source` whose items may be null rows (``None`` at an instant), served as rejects
-    with their place on the page, as the client's page reader gives them."""
+def test_a_cut_keeps_what_a_later_piece_of_a_re_read_may_be_served_again() -> None:
+    hint = WidthHint(MS)
+    walk = walk_of(DAY, limit=3, min_window=MS, hint=hint)
+    at_two = [row(1, T0 + 2 * HOUR), row(2, T0 + 2 * HOUR)]
+    walk.page_served(rows_to_batch(at_two), [_null_row(0)], "c1")  # a null at 01:00 first
+    hint.failed(2 * HOUR)  # another walk of the client learned a ceiling of 1 h
+    hint.failed(2 * HOUR)
+    walk.gateway_timeout()  # [02:00, 24:00) read again from 02:00, in pieces of 1 h
+    walk.page_served(rows_to_batch(at_two), [], None)  # both skipped
+    assert walk.cut(T0 + 4.5 * HOUR) is not None  # trims the piece [04:00, 05:00)
+    walk.page_served(rows_to_batch([]), [], None)  # nothing in [03:00, 04:00)
+    request = walk.next_request()
+    assert request is not None and request.part == Window(T0 + 4 * HOUR, T0 + 4.5 * HOUR)
 
-    def __init__(self, items: list[tuple[str, str, dict | None]], page_sizes) -> None:
+    _, fresh = walk.page_served(rows_to_batch([]), [_null_row(0)], None)  # a new null at 04:10
+
+    assert fresh == [_null_row(0)]
+
+
+def _bad_row(kind: str, n: int, rows_before: int) -> RejectedRow:
+    """A reject of ``kind``: a null row, one alike to every other of its kind, or one with an id."""
+    if kind == "null":
+        return _null_row(rows_before)
+    values = {"outcome_option": 7}
+    return RejectedRow(
+        "outcome_option is int", pid(n) if kind == "with_id" else None, values, rows_before
+    )
+
+
+class SourceWithRejects(Source):
+    """:class:`Source` whose items may be bad rows (a kind of :func:`_bad_row` instead of the
+    row), served as rejects with their place on the page, as the client's page reader gives
+    them."""
+
+    def __init__(self, items: list[tuple[str, str, dict | str]], page_sizes) -> None:
         self.rows = sorted(items, key=lambda item: item[:2])
         self.page_sizes = page_sizes
         self.pages = itertools.count()
@@ -174,9 +205,9 @@ class SourceWithNulls(Source):
         served, rest = window[:size], window[size:]
         rows: list[dict] = []
         rejects = []
-        for _, _, data in served:
-            if data is None:
-                rejects.append(_null_row(len(rows)))
+        for _, key, data in served:
+            if isinstance(data, str):
+                rejects.append(_bad_row(data, int(key, 16), len(rows)))
             else:
                 rows.append(data)
         if not rest:
@@ -187,51 +218,81 @@ class SourceWithNulls(Source):
         return rows_to_batch(rows), rejects, "|".join([*boundary, str(next(self.pages))])
 
 
-@settings(max_examples=200, deadline=None)
+def _reject_id(reject: RejectedRow) -> tuple:
+    return reject.reason, reject.public_id, repr(sorted(reject.values.items()))
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     items=st.lists(
-        st.tuples(st.sampled_from([0, 0, 1, 7, 3_600_000, 4 * 3_600_000]), st.booleans()),
+        st.tuples(
+            st.sampled_from([0, 0, 1, 2, 7, 3_600_000]),
+            st.sampled_from(["row", "row", "null", "alike", "with_id"]),
+        ),
         max_size=40,
     ),
-    sizes=st.lists(st.integers(1, 8), min_size=1, max_size=10),
+    span_ms=st.sampled_from([4, 40, 400]),
+    limit=st.integers(1, 8),
+    sizes=st.lists(st.integers(0, 8), min_size=1, max_size=10).filter(any),
     steps=st.lists(
-        st.tuples(st.integers(0, 7), st.sampled_from(["page", "cut", "timeout"]), st.floats(0, 1)),
-        max_size=40,
+        st.tuples(
+            st.integers(0, 7),
+            st.sampled_from(["page", "page", "cut", "timeout", "timeouts", "learn"]),
+            st.floats(0, 1),
+        ),
+        max_size=50,
     ),
 )
-def test_every_row_and_every_null_row_is_handed_over_once_whatever_the_timeouts_and_cuts(
-    items: list[tuple[int, bool]], sizes: list[int], steps: list[tuple[int, str, float]]
+def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_and_cuts(
+    items: list[tuple[int, str]],
+    span_ms: int,
+    limit: int,
+    sizes: list[int],
+    steps: list[tuple[int, str, float]],
 ) -> None:
     served, offset = [], 0
-    for n, (gap, is_null) in enumerate(items):
+    for n, (gap, kind) in enumerate(items):
         offset += gap
-        if offset < 86_400_000:
+        if offset < span_ms:
             at = T0 + timedelta(milliseconds=offset)
-            served.append((format_timestamp(at), pid(n), None if is_null else row(n, at)))
-    source = SourceWithNulls(served, itertools.cycle(sizes))
-    walks = [walk_of(DAY)]
-    ids, rejects = [], 0
+            served.append((format_timestamp(at), pid(n), row(n, at) if kind == "row" else kind))
+    source = SourceWithRejects(served, itertools.cycle(sizes))
+    # Narrow windows reach the narrowest width, where a 504 lowers the page limit instead.
+    hint = WidthHint(MS)
+    walks = [walk_of(Window(T0, T0 + span_ms * MS), limit=limit, min_window=MS, hint=hint)]
+    ids, rejects = [], Counter()
     for pick, action, share in itertools.chain(steps, itertools.repeat((0, "page", 0.0))):
         alive = [walk for walk in walks if walk.next_request() is not None]
         if not alive:
             break
         walk = alive[pick % len(alive)]
+        if action == "learn":  # another walk of the client learned a width
+            hint.failed(share * span_ms * MS + MS)
+            hint.failed(share * span_ms * MS + MS)
+            continue
         if action == "cut":
             rest = walk.rest
             assert rest is not None
             given_away = walk.cut(rest.since + (rest.duration * share // MS) * MS)
             walks += [given_away] if given_away is not None else []
             continue
-        if action == "timeout":
-            walk.gateway_timeout()
+        for _ in range({"timeout": 1, "timeouts": 3}.get(action, 0)):
+            with contextlib.suppress(WindowTooHeavyError):  # the client stops there; not the walk
+                walk.gateway_timeout()
         if (request := walk.next_request()) is not None:
             batch, page_rejects, cursor = source.serve(request)
             handed, fresh = walk.page_served(batch, page_rejects, cursor)
             ids += handed.column("public_id").to_pylist()
-            rejects += len(fresh)
+            rejects.update(_reject_id(reject) for reject in fresh)
 
-    assert sorted(ids) == sorted(data["public_id"] for _, _, data in served if data is not None)
-    assert rejects == sum(data is None for _, _, data in served)
+    assert sorted(ids) == sorted(
+        data["public_id"] for _, _, data in served if isinstance(data, dict)
+    )
+    assert rejects == Counter(
+        _reject_id(_bad_row(data, int(key, 16), 0))
+        for _, key, data in served
+        if isinstance(data, str)
+    )
 
 
 def test_two_timeouts_at_a_width_teach_every_walk_the_narrower_width() -> None:

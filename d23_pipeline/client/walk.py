@@ -218,7 +218,9 @@ class WindowWalk:
             return None
         kept = [p for p in self._pending if p.window.since < at]
         self._pending = [
-            p if p.window.until <= at else _Part(Window(p.window.since, at), p.skip, p.again)
+            p
+            if p.window.until <= at
+            else _Part(Window(p.window.since, at), p.skip, p.again, p.edge_rows)
             for p in kept
         ]
         if part.window.until > at:
