@@ -123,6 +123,10 @@ def _position(reject: RejectedRow) -> int:
     return reject.rows_before if reject.rows_before is not None else 0
 
 
+def _count(column: pa.Array, value: str) -> int:
+    return pc.sum(pc.equal(column, value)).as_py() or 0
+
+
 def _reject_key(reject: RejectedRow) -> object:
     # One without a public_id is recognised by what it holds; two alike are two rejects, unless
     # a re-read serves one again.
@@ -241,7 +245,9 @@ class WindowWalk:
         """Take in the page answering :meth:`next_request`; returns its rows and rejects not
         handed over before (a re-read after a 504 starts inside the last instant read)."""
         part = self._require_part()
-        stamps: list[str] = batch.column("communicated_at").to_pylist()  # in the API's order
+        column = batch.column("communicated_at")  # in the API's order, skipped rows included
+        # As Python strings only where rejects need placing: a clean page makes no object per row.
+        stamps: list[str] = column.to_pylist() if rejects else []
         first_new = 0  # the page's first row not handed over before
         if part.skip:
             # Only at the instant the re-read starts from: the same id later in the part is the
@@ -252,7 +258,7 @@ class WindowWalk:
                 pc.is_in(batch.column("public_id"), already),
             )
             first_new = next(
-                (i for i, seen in enumerate(handed.to_pylist()) if not seen), len(stamps)
+                (i for i, seen in enumerate(handed.to_pylist()) if not seen), len(column)
             )
             batch = batch.filter(pc.invert(handed))
         fresh = []
@@ -268,21 +274,21 @@ class WindowWalk:
                 self._served_again[key] -= 1
             else:
                 fresh.append(reject)
-        if first_new < len(stamps):
+        if first_new < len(column):
             self._served_again.clear()  # shared by the pieces of the re-read
         edge = self._edge
         if self._advance_edge(batch):
             # Rejects of earlier pages come before this page's first row: past the new edge
             # (or just before its first row there) only if that row is at its instant.
             kept: Counter[_PastEdge] = Counter()
-            if stamps[0] >= self._edge:
+            if column[0].as_py() >= self._edge:
                 for (kind, _), n in self._past_edge.items():
                     kept[(kind, 0)] += n
             self._past_edge = kept + self._keys_past_edge(rejects, stamps, 0)
-            self._at_edge = stamps.count(self._edge)
+            self._at_edge = _count(column, self._edge)
         else:
             self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
-            self._at_edge += stamps.count(edge)
+            self._at_edge += _count(column, edge)
         self._strikes = 0
         if next_cursor is None:
             self._limit = self._default_limit

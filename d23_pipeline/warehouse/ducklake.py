@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import duckdb
-import psycopg2
-from psycopg2.extensions import make_dsn, parse_dsn
 
 from d23_pipeline.warehouse import ducklake_sql, sql
 
@@ -75,6 +73,10 @@ def redact(message: str, dsn: str) -> str:
 def split_password(dsn: str) -> tuple[str, str | None] | None:
     """``dsn`` (libpq ``key=value`` pairs or a ``postgresql://`` URI) as ``key=value`` pairs
     without its password, and the password; None if libpq cannot read it."""
+    # Imported here: the embedded warehouse never needs libpq (4 MB more in every step).
+    import psycopg2
+    from psycopg2.extensions import make_dsn, parse_dsn
+
     try:
         params: dict[str, str] = parse_dsn(dsn)
     except psycopg2.ProgrammingError:
