@@ -155,9 +155,8 @@ class WindowWalk:
         self._until = window.until
         # Rejects handed over that a re-read from the edge could be served again (a multiset,
         # by position; one between the last row before the edge's instant and the first at it
-        # counts too), and those the current re-read may still serve again.
+        # counts too). Those the current re-read may still serve again are its part's ``again``.
         self._past_edge: Counter[_PastEdge] = Counter()
-        self._served_again: Counter[_PastEdge] = Counter()
         # Rows at the edge's instant met so far, in order, skipped ones included.
         self._at_edge = 0
         self._part: _Part | None = None
@@ -173,7 +172,6 @@ class WindowWalk:
                 _Part(piece, frozenset(), again, edge_rows) for piece in reversed(rest)
             )
             self._part = _Part(first, self._part.skip, again, edge_rows)
-            self._served_again = again if again is not None else Counter()
             # Of what was handed over, only what this part may be served again lies past its
             # start: all of it when it starts at the edge, else what came after the edge's rows.
             self._past_edge = Counter()
@@ -261,6 +259,7 @@ class WindowWalk:
                 (i for i, seen in enumerate(handed.to_pylist()) if not seen), len(column)
             )
             batch = batch.filter(pc.invert(handed))
+        served_again = part.again if part.again is not None else Counter()
         fresh = []
         for reject in rejects:
             position = _position(reject)
@@ -270,12 +269,12 @@ class WindowWalk:
                 self._at_edge + stamps[:position].count(self._edge) if part.skip else part.edge_rows
             )
             key = (_reject_key(reject), rows)
-            if position <= first_new and self._served_again[key] > 0:
-                self._served_again[key] -= 1
+            if position <= first_new and served_again[key] > 0:
+                served_again[key] -= 1
             else:
                 fresh.append(reject)
         if first_new < len(column):
-            self._served_again.clear()  # shared by the pieces of the re-read
+            served_again.clear()  # shared by the pieces of the re-read
         edge = self._edge
         if self._advance_edge(batch):
             # Rejects of earlier pages come before this page's first row: past the new edge
@@ -341,8 +340,8 @@ class WindowWalk:
         # The part starts again from the resume point (at a smaller page after 504s, or in a
         # narrower window after a cut), keeping the strikes.
         strikes, edge_ids = self._strikes, frozenset(self._edge_ids)
-        self._served_again, edge_rows = self._budget_to_read_again()
-        self._part = _Part(remaining, edge_ids, self._served_again, edge_rows)
+        again, edge_rows = self._budget_to_read_again()
+        self._part = _Part(remaining, edge_ids, again, edge_rows)
         self._at_edge = 0
         self._edge = remaining.since_text
         self._edge_ids = set(edge_ids)
