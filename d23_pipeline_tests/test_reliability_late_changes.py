@@ -2,10 +2,11 @@
 its lookback makes the months it covers exact again, and a month outside it stays stale until it
 is backfilled."""
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -206,4 +207,64 @@ def test_a_row_moved_back_while_its_month_is_read_is_not_marked_deleted(
         ]
 
         pipeline.materialize(MOVED_MONTH)
+        assert pipeline.live_rows([MOVED_MONTH]) == pipeline.expected_rows([MOVED_MONTH])
+
+
+class KeepsChangingASlice(ExportHookSimulator):
+    """Once armed and past the read's first instant lookup (``confirm_absent``), every count of
+    the slice starting at ``since`` finds one row more: one of ``movers`` has moved into it."""
+
+    armed = False
+    confirming = False
+
+    def __init__(self, since: str, movers: list[str], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.since, self.movers = since, list(movers)
+        self.moved: list[str] = []
+        self._lock = threading.Lock()
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        with self._lock:
+            if self.armed and "includeTotal" not in query:
+                width = datetime.fromisoformat(query["until"]) - datetime.fromisoformat(
+                    query["since"]
+                )
+                self.confirming = self.confirming or width.total_seconds() < 1
+            elif self.confirming and query.get("since") == self.since and self.movers:
+                row = self.movers.pop(0)
+                self.move_row(row, datetime.fromisoformat(self.since) + timedelta(hours=12))
+                self.moved.append(row)
+        return path, None
+
+
+def test_a_deletion_waits_while_another_slice_cannot_be_proven_complete_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = SimulatorConfig(months=(MOVED_MONTH,), rows_per_month=300)
+    rows = Simulator(config).rows()
+    late = [r["public_id"] for r in rows if r["communicated_at"] >= f"{MOVED_MONTH}-27"]
+    sim = KeepsChangingASlice(f"{MOVED_MONTH}-10T00:00:00.000Z", late, config)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=5)
+        pipeline.materialize(MOVED_MONTH)
+        [gone] = sim.hard_delete(1, MOVED_MONTH)
+        sim.armed = True
+
+        with caplog.at_level(logging.WARNING, logger="d23_pipeline.landing"):
+            pipeline.materialize(MOVED_MONTH)
+        # Proven gone from its own instant, but a row could have moved into the slice that
+        # kept changing while it was walked again: nothing may be deleted on this read.
+        assert len(sim.moved) >= 2
+        assert pipeline.query("SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (gone,)) == [
+            (None,)
+        ]
+        assert "could not be proven complete again" in caplog.text
+        assert "none is marked deleted by this read" in caplog.text
+
+        sim.armed = sim.confirming = False
+        pipeline.materialize(MOVED_MONTH)
+        [(deleted_at,)] = pipeline.query(
+            "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (gone,)
+        )
+        assert deleted_at is not None
         assert pipeline.live_rows([MOVED_MONTH]) == pipeline.expected_rows([MOVED_MONTH])
