@@ -192,6 +192,7 @@ SELECT DISTINCT public_id FROM read_parquet($files)
 """
 # Snapshots landed before reads were proven complete carry no absent.parquet: nothing to delete.
 STAGE_NO_ABSENT = "CREATE OR REPLACE TEMP TABLE snapshot_absent (public_id VARCHAR)"
+ANY_ABSENT = "SELECT EXISTS (SELECT 1 FROM snapshot_absent)"
 
 # Absence is not evidence: a row of this month is marked deleted only when the read proved it
 # gone (its slice verified and a read of its own instant no longer returning it, see

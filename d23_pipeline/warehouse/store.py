@@ -175,9 +175,13 @@ def merge_snapshot(
         inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
         execute(con, sql.MERGE_SNAPSHOT, params)
         live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
-        proven = fetch_row(con, sql.DELETIONS_PROVEN, params)[0]
+        # Most reads prove nothing gone; the two anti-joins over the month would still cost
+        # ~20 % of a 1M-row month's merge (1.2 of 6.3 s) and build a hash table of its ids.
+        proven = 0
+        if fetch_row(con, sql.ANY_ABSENT)[0]:
+            proven = fetch_row(con, sql.DELETIONS_PROVEN, params)[0]
         held = not confirm_deletions and proven > max_deletion_share * live_rows
-        marked_deleted = 0 if held else fetch_row(con, sql.MARK_DELETED, params)[0]
+        marked_deleted = fetch_row(con, sql.MARK_DELETED, params)[0] if proven and not held else 0
         execute(con, sql.DELETE_REJECTS, params)
         rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
         execute(con, sql.DELETE_SLICE_VERIFICATION, params)
