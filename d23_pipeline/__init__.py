@@ -1,0 +1,9 @@
+"""D23 contact outcomes, from the ClearGrid Exports API into the lender's own warehouse."""
+
+import os
+
+# Arrow's bundled mimalloc keeps much of what it frees: a 1M-row month's whole `dagster asset
+# materialize` peaked 15-25 MB higher with it (390-401 MB against 375-378, benchmarks/README.md)
+# and landed it with ~10 % more CPU. Arrow reads this when it first allocates, so it is set here,
+# before any module of the package imports pyarrow; a value the operator sets wins.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")

@@ -1,6 +1,7 @@
 """Rules for the code itself that no linter here enforces."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,16 @@ def test_loading_the_definitions_imports_nothing_a_step_brings() -> None:
     heavy = [m for m in loaded if any(m == h or m.startswith(f"{h}.") for h in HEAVY_AT_LOAD)]
     assert "d23_pipeline.definitions" in loaded
     assert heavy == []
+
+
+def _arrow_pool(env: dict[str, str]) -> str:
+    probe = "import d23_pipeline.client, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    return subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_arrow_allocates_with_the_system_allocator_unless_the_operator_chose_one() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    assert _arrow_pool(env) == "system"
+    assert _arrow_pool({**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "mimalloc"
