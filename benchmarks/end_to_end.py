@@ -138,8 +138,10 @@ def materialize(
     api_url: str,
     module: str = "d23_pipeline.definitions",
     check: Callable[[Path], None] | None = None,
+    times: int = 1,
 ) -> Run:
-    """Run ``dagster asset materialize`` once with a fresh data dir and Dagster home;
+    """Run ``dagster asset materialize`` ``times`` times with one fresh data dir and Dagster
+    home and measure the last (with 2: a month read again, as the daily refresh does);
     ``check(data_dir)``, if given, runs on the data dir before it is removed."""
     scratch = Path(tempfile.mkdtemp(prefix="d23-bench-e2e-"))
     home = scratch / "dagster_home"
@@ -150,53 +152,59 @@ def materialize(
     args = [str(BIN / "dagster"), "asset", "materialize", "-m", module, "--select", "*"]
     if module == "d23_pipeline.definitions":
         args += ["--partition", PARTITION]
-    samples: list[tuple[float, float]] = []
-    events: list[tuple[float, str, str, float]] = []
-    log_tail: list[str] = []
     try:
-        started = time.monotonic()
-        process = subprocess.Popen(
-            args,
-            env=_env(api_url, scratch / "data", home),
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                rss = _rss_mb(process.pid)
-                if rss is not None:
-                    samples.append((time.monotonic(), rss))
-                time.sleep(SAMPLE_EVERY_S)
-
-        def read_log() -> None:
-            assert process.stderr is not None
-            for line in process.stderr:
-                log_tail[:] = [*log_tail[-30:], line.rstrip()]
-                if match := _STEP_EVENT.search(line):
-                    cpu = _cpu_s(process.pid)
-                    events.append((time.monotonic(), match[1], match[2], cpu or 0.0))
-
-        threads = [threading.Thread(target=t, daemon=True) for t in (sample, read_log)]
-        for t in threads:
-            t.start()
-        try:
-            status, usage = _wait(process, RUN_TIMEOUT_S)
-        finally:
-            done.set()
-            for t in threads:
-                t.join(timeout=10)
-        ended = time.monotonic()
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{' '.join(args)} failed:\n" + "\n".join(log_tail))
+        for _ in range(times):
+            run = _measured(rows, args, _env(api_url, scratch / "data", home))
         if check is not None:
             check(scratch / "data")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return run
+
+
+def _measured(rows: int, args: list[str], env: dict[str, str]) -> Run:
+    samples: list[tuple[float, float]] = []
+    events: list[tuple[float, str, str, float]] = []
+    log_tail: list[str] = []
+    started = time.monotonic()
+    process = subprocess.Popen(
+        args,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            rss = _rss_mb(process.pid)
+            if rss is not None:
+                samples.append((time.monotonic(), rss))
+            time.sleep(SAMPLE_EVERY_S)
+
+    def read_log() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log_tail[:] = [*log_tail[-30:], line.rstrip()]
+            if match := _STEP_EVENT.search(line):
+                cpu = _cpu_s(process.pid)
+                events.append((time.monotonic(), match[1], match[2], cpu or 0.0))
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (sample, read_log)]
+    for t in threads:
+        t.start()
+    try:
+        status, usage = _wait(process, RUN_TIMEOUT_S)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=10)
+    ended = time.monotonic()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n" + "\n".join(log_tail))
     cpu = usage.ru_utime + usage.ru_stime
     return Run(
         rows=rows,
@@ -305,12 +313,18 @@ def _dlt_child(api_url: str, rows: int) -> None:
 
 
 def bench(
-    sizes: Sequence[int], runs: int, big: Sequence[int] = (), big_runs: int = 1, dlt_runs: int = 0
+    sizes: Sequence[int],
+    runs: int,
+    big: Sequence[int] = (),
+    big_runs: int = 1,
+    dlt_runs: int = 0,
+    reread: bool = False,
 ) -> dict[str, Any]:
     """Every size in ``sizes`` ``runs`` times (``big`` sizes ``big_runs`` times), each against
     its own simulator; the trivial project and the import cost ``runs`` times; dlt ``dlt_runs``
-    times on the same server as the smallest non-empty size."""
-    out: dict[str, Any] = {"runs": {}, "dlt": []}
+    times on the same server as the smallest non-empty size; with ``reread``, each non-empty
+    size of ``sizes`` also read again into the warehouse its first read filled."""
+    out: dict[str, Any] = {"runs": {}, "dlt": [], "rereads": {}}
     out["trivial"] = [
         asdict(materialize(0, "http://127.0.0.1:9", "benchmarks.trivial_definitions"))
         for _ in range(runs)
@@ -328,15 +342,26 @@ def bench(
                 if rows == dlt_rows and run < dlt_runs:
                     out["dlt"].append(asdict(dlt_run(rows, url)))
             out["runs"][str(rows)] = measured
+            if reread and rows and rows in sizes:
+                out["rereads"][str(rows)] = [
+                    asdict(materialize(rows, url, times=2)) for _ in range(repeats)
+                ]
     out["measuring_process_peak_mb"] = _own_peak_mb()
     return out
 
 
 def bench_in_subprocess(
-    sizes: Sequence[int], runs: int, big: Sequence[int] = (), big_runs: int = 1, dlt_runs: int = 0
+    sizes: Sequence[int],
+    runs: int,
+    big: Sequence[int] = (),
+    big_runs: int = 1,
+    dlt_runs: int = 0,
+    reread: bool = False,
 ) -> dict[str, Any]:
     """:func:`bench` from a fresh, small interpreter (see the module docstring)."""
     args = ["--rows", *map(str, sizes), "--runs", str(runs), "--dlt-runs", str(dlt_runs)]
+    if reread:
+        args.append("--reread")
     if big:
         args += ["--big-rows", *map(str, big), "--big-runs", str(big_runs)]
     out = subprocess.run(
@@ -374,6 +399,19 @@ def _phase_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
+def _measured_months(result: dict[str, Any]) -> list[tuple[str, int, list[dict[str, Any]]]]:
+    """``(label, rows, runs)`` of every month measured: first reads, then reads again."""
+    first = [
+        ("empty month" if rows == "0" else f"{int(rows):,} rows", int(rows), measured)
+        for rows, measured in result["runs"].items()
+    ]
+    again = [
+        (f"{int(rows):,} rows, read again", int(rows), measured)
+        for rows, measured in result.get("rereads", {}).items()
+    ]
+    return first + again
+
+
 def markdown(result: dict[str, Any]) -> list[str]:
     """The benchmark's tables."""
     runs = result["runs"]
@@ -392,11 +430,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"| trivial one-asset project | {_spread(trivial, 'peak_mb', '.0f')} "
         f"| {_spread(trivial, 'wall_s', '.2f')} | {_spread(trivial, 'cpu_s', '.2f')} | |",
     ]
-    for rows, measured in runs.items():
+    for label, rows, measured in _measured_months(result):
         per_row = ""
-        if int(rows) and empty:
-            per_row = f"{(_median(measured, 'cpu_s') - empty_cpu) / int(rows) * 1e6:.2f} µs"
-        label = "empty month" if rows == "0" else f"{int(rows):,} rows"
+        if rows and empty:
+            per_row = f"{(_median(measured, 'cpu_s') - empty_cpu) / rows * 1e6:.2f} µs"
         lines.append(
             f"| {label} | **{_spread(measured, 'peak_mb', '.0f')}** "
             f"| {_spread(measured, 'wall_s', '.2f')} | {_spread(measured, 'cpu_s', '.2f')} "
@@ -430,13 +467,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "| month | " + " | ".join(_phase_medians(next(iter(runs.values())))) + " |",
         "|---|" + "---|" * len(_phase_medians(next(iter(runs.values())))),
     ]
-    for rows, measured in runs.items():
+    for label, _, measured in _measured_months(result):
         phases = _phase_medians(measured)
         cells = [
             f"{p['peak_mb']:.0f} MB, {p['wall_s']:.2f} s, {p['cpu_s']:.2f} s CPU"
             for p in phases.values()
         ]
-        lines.append(f"| {int(rows):,} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"(Measuring process peak: {result['measuring_process_peak_mb']:.0f} MB, the most a "
@@ -453,12 +490,17 @@ def main() -> None:
     parser.add_argument("--big-runs", type=int, default=1)
     parser.add_argument("--dlt-runs", type=int, default=0, help="dlt on the smallest month")
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    parser.add_argument(
+        "--reread", action="store_true", help="also read each month again (the daily refresh)"
+    )
     parser.add_argument("--dlt-child", nargs=2, metavar=("URL", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dlt_child:
         _dlt_child(args.dlt_child[0], int(args.dlt_child[1]))
         return
-    result = bench(args.rows, args.runs, args.big_rows, args.big_runs, args.dlt_runs)
+    result = bench(
+        args.rows, args.runs, args.big_rows, args.big_runs, args.dlt_runs, reread=args.reread
+    )
     with contextlib.suppress(BrokenPipeError):
         print(json.dumps(result) if args.json else "\n".join(markdown(result)), flush=True)
 

@@ -150,6 +150,7 @@ def _end_to_end(sizes: Sizes) -> list[str]:
             sizes.e2e_big_rows,
             sizes.e2e_big_runs,
             sizes.e2e_dlt_runs,
+            reread=True,
         )
     )
 
