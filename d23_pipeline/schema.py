@@ -7,7 +7,6 @@ Only the nine documented fields ever leave this module. A row that breaks the co
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,14 +16,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
-
-# Arrow's default allocator (mimalloc) keeps a heap per thread that freed memory stays in: with
-# the client's reader threads, d23/raw_logs of a 1M-row month peaked at 312 MB with it and at
-# 240 MB with the system allocator, for no more CPU (benchmarks/README.md). An operator's own
-# ARROW_DEFAULT_MEMORY_POOL still wins.
-if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-    pa.set_memory_pool(pa.system_memory_pool())
-
 
 # The one statement of the contract: each field once, by kind, in the API's (and storage) order.
 STRING_FIELDS = ("public_id", "communication_type", "interaction_source", "outcome_option")

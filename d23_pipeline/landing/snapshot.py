@@ -199,7 +199,7 @@ class SnapshotWriter:
             self.abandon()
         self._lock.release()
         # Hand what the month's pages freed back to the OS (malloc_trim for the system allocator,
-        # see schema.py) before the merge, which runs next in the same process.
+        # see d23_pipeline/__init__.py) before the merge, which runs next in the same process.
         pa.default_memory_pool().release_unused()
 
     @property
