@@ -152,9 +152,11 @@ def materialize(
     args = [str(BIN / "dagster"), "asset", "materialize", "-m", module, "--select", "*"]
     if module == "d23_pipeline.definitions":
         args += ["--partition", PARTITION]
+    env = _env(api_url, scratch / "data", home)
     try:
-        for _ in range(times):
-            run = _measured(rows, args, _env(api_url, scratch / "data", home))
+        for _ in range(times - 1):
+            _measured(rows, args, env)
+        run = _measured(rows, args, env)
         if check is not None:
             check(scratch / "data")
     finally:
