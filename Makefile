@@ -42,7 +42,7 @@ test: $(STAMP) postgres-server browser
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/dg check defs
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
