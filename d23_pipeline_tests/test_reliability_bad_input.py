@@ -1,11 +1,13 @@
 """Bad input: broken rows are quarantined with their reason, PII lands nowhere, and a broken API
 answer ends the run with one clear error and the warehouse as it was."""
 
+import logging
 import shutil
 import sqlite3
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +233,25 @@ def test_a_row_served_without_its_public_id_keeps_its_last_good_version(
     ) == [(None,)]
     (rejects,) = small_month.query("SELECT count(*) FROM d23.rejected_rows WHERE public_id IS NULL")
     assert rejects == (1,)
+
+
+def test_a_row_moved_within_its_month_and_served_without_its_public_id_is_not_deleted(
+    small_month: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The row leaves its instant (so a lookup there proves it gone) for another day's slice,
+    # which does not change while it is read, and comes back without a usable public_id: the
+    # bad row the read served there may be this one, so nothing proves it deleted.
+    small_month.materialize(MONTH)
+    victim = small_month.sim.valid_rows()[10]
+    moved_to = datetime.fromisoformat(victim["communicated_at"]) + timedelta(days=12)
+    small_month.sim.move_row(victim["public_id"], moved_to)
+    small_month.sim.corrupt_row(victim["public_id"], "missing_public_id", public_id="")
+
+    with caplog.at_level(logging.WARNING, logger="d23_pipeline.landing"):
+        small_month.materialize(MONTH, raise_on_error=False)
+
+    assert small_month.query(
+        "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (victim["public_id"],)
+    ) == [(None,)]
+    assert "bad rows without a usable public_id" in caplog.text
+    assert "none is marked deleted by this read" in caplog.text

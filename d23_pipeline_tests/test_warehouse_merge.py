@@ -1,6 +1,6 @@
 """The month merge into d23.logs, on hand-made snapshots: who wins, what is deleted, what stays."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -31,7 +31,7 @@ from d23_pipeline.warehouse.store import (
 
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
-SNAPSHOT_OPTIONS = ("rejects", "absent", "partition", "verified")
+SNAPSHOT_OPTIONS = ("rejects", "absent", "partition", "verified", "read_at")
 
 
 def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes) -> dict:
@@ -45,6 +45,7 @@ class Months:
         self.dir = tmp_path
         self.warehouse = warehouse
         self.count = 0
+        self.read_at = READ_AT
 
     def merge(self, *slices: list[dict], **options: object) -> MergeSummary:
         """Merge ``slices`` (one file each); ``options`` as :meth:`snapshot` and merge_snapshot
@@ -61,9 +62,12 @@ class Months:
         absent: tuple[str, ...] = (),
         partition: str = PARTITION,
         verified: bool = True,
+        read_at: datetime | None = None,
     ) -> Snapshot:
-        """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone."""
+        """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone; read an
+        hour after the one before unless ``read_at`` says when."""
         self.count += 1
+        self.read_at = read_at or READ_AT + timedelta(hours=self.count)
         directory = self.dir / f"snapshot-{self.count}"
         directory.mkdir()
         records = []
@@ -91,7 +95,7 @@ class Months:
             slices=records,
             rows=sum(r.rows for r in records),
             rejects=len(rejects),
-            completed_at=READ_AT,
+            completed_at=self.read_at,
             read_stats={},
         )
 
@@ -155,24 +159,85 @@ def test_row_a_reread_proved_gone_is_marked_deleted_then_restored(months: Months
 
     gone = months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
     assert gone.marked_deleted == 1
-    assert months.logs()["b"]["_deleted_at"] == READ_AT
+    assert months.logs()["b"]["_deleted_at"] == months.read_at
 
     back = months.merge([row("a"), row("b")])
     assert back.restored == 1
     assert months.logs()["b"]["_deleted_at"] is None
 
 
+def rejected(public_id: str) -> dict:
+    return {
+        "slice_since": datetime(2026, 4, 1, tzinfo=UTC),
+        "slice_until": datetime(2026, 4, 2, tzinfo=UTC),
+        "public_id": public_id,
+        "reason": "updated_at is not an ISO-8601 timestamp with offset: 'yesterday'",
+        "allowlisted_values": f'{{"public_id": "{public_id}"}}',
+    }
+
+
+def test_a_snapshot_merged_again_after_a_newer_read_brings_no_deleted_row_back(
+    months: Months,
+) -> None:
+    older = months.snapshot([row("a"), row("b")])
+    months.merge([row("a"), row("b")])
+    months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
+    before = months.logs()["b"]
+
+    with months.warehouse.connect() as con:
+        summary = merge_snapshot(con, older)
+
+    b = months.logs()["b"]
+    assert summary.restored == 0
+    assert b["_deleted_at"] == before["_deleted_at"]
+    assert b["_last_seen_at"] == before["_last_seen_at"]
+
+
+def test_a_snapshot_merged_again_deletes_no_row_a_newer_read_saw(months: Months) -> None:
+    months.merge([row("a"), row("b")])
+    proved_gone = months.snapshot([row("a")], absent=("b",))
+    months.merge([row("a"), row("b")])
+
+    with months.warehouse.connect() as con:
+        summary = merge_snapshot(con, proved_gone, max_deletion_share=1.0)
+
+    assert summary.marked_deleted == 0
+    assert months.logs()["b"]["_deleted_at"] is None
+
+
+def test_a_deleted_row_a_later_read_serves_as_a_reject_comes_back(months: Months) -> None:
+    # b moves to May and breaks on the way: April's read proves it gone from April, and May's
+    # read serves it only as a reject. It exists, so it keeps its last good version, live.
+    months.merge([row("a"), row("b", outcome_option="PTP")])
+    months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
+    assert months.logs()["b"]["_deleted_at"] is not None
+
+    summary = months.merge([], rejects=[rejected("b")], partition="2026-05-01")
+
+    b = months.logs()["b"]
+    assert summary.restored == 1
+    assert (b["_deleted_at"], b["_partition"], b["outcome_option"]) == (None, PARTITION, "PTP")
+    assert b["_last_seen_at"] == months.read_at
+
+
+def test_a_reject_read_before_a_deletion_brings_no_row_back(months: Months) -> None:
+    months.merge([row("a"), row("b")])
+    earlier = months.snapshot([], rejects=[rejected("b")], partition="2026-05-01")
+    months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
+
+    with months.warehouse.connect() as con:
+        summary = merge_snapshot(con, earlier)
+
+    assert summary.restored == 0
+    assert months.logs()["b"]["_deleted_at"] is not None
+
+
 def test_rejected_row_is_not_taken_for_a_deletion(months: Months) -> None:
     months.merge([row("a"), row("b")])
 
-    rejected = {
-        "slice_since": datetime(2026, 4, 1, tzinfo=UTC),
-        "slice_until": datetime(2026, 4, 2, tzinfo=UTC),
-        "public_id": "b",
-        "reason": "updated_at is not an ISO-8601 timestamp with offset: 'yesterday'",
-        "allowlisted_values": '{"public_id": "b"}',
-    }
-    summary = months.merge([row("a")], rejects=[rejected], absent=("b",), max_deletion_share=1.0)
+    summary = months.merge(
+        [row("a")], rejects=[rejected("b")], absent=("b",), max_deletion_share=1.0
+    )
 
     assert summary.marked_deleted == 0
     assert months.logs()["b"]["_deleted_at"] is None
@@ -180,7 +245,7 @@ def test_rejected_row_is_not_taken_for_a_deletion(months: Months) -> None:
         stored = con.execute(
             "SELECT _partition, public_id, reason FROM d23.rejected_rows"
         ).fetchall()
-    assert stored == [(PARTITION, "b", rejected["reason"])]
+    assert stored == [(PARTITION, "b", rejected("b")["reason"])]
 
 
 def test_rejects_of_a_month_are_replaced_not_appended(months: Months) -> None:
@@ -240,7 +305,7 @@ def test_deletions_above_the_allowed_share_wait_for_confirmation(months: Months)
 
     confirmed = months.merge(kept, absent=gone, max_deletion_share=0.02, confirm_deletions=True)
     assert (confirmed.deletions_held, confirmed.marked_deleted) == (False, 3)
-    assert all(months.logs()[i]["_deleted_at"] == READ_AT for i in gone)
+    assert all(months.logs()[i]["_deleted_at"] == months.read_at for i in gone)
 
 
 def test_deletions_at_the_allowed_share_are_applied(months: Months) -> None:

@@ -15,7 +15,11 @@ from d23_pipeline.landing.snapshot import (
     rejects_path,
     rows_path,
 )
-from d23_pipeline.warehouse.store import WarehouseBackend, deletion_candidates
+from d23_pipeline.warehouse.store import (
+    WarehouseBackend,
+    anonymous_rejects,
+    deletion_candidates,
+)
 
 log = logging.getLogger("d23_pipeline.landing")
 
@@ -47,7 +51,9 @@ def read_month(
     and only those proven gone are recorded as absent, the one input a merge deletes from.
     Gone from its instant is not gone from the month, though: a row can have moved into a slice
     read earlier (or by an earlier run), so before anything counts as absent every slice must
-    still be proven complete (:func:`_not_moved`). ``progress`` hears of every finished slice.
+    still be proven complete (:func:`_not_moved`), and no bad row without a usable
+    ``public_id`` may have been served anywhere in the month: it may be one of those rows.
+    ``progress`` hears of every finished slice.
     """
     month = Window(slices[0].since, slices[-1].until)
     with store.begin(partition, slices, run_id) as writer:
@@ -57,15 +63,27 @@ def read_month(
         events = client.iter_slices(month, skip=finished)
         writer.land(_reporting(events, client, partition, len(slices), len(finished), progress))
         landed = writer.slices
+        reject_files = [rejects_path(writer.directory, s.window) for s in landed]
         with warehouse.connect(read_only=True) as con:
             candidates = deletion_candidates(
                 con,
                 [rows_path(writer.directory, s.window) for s in landed],
-                [rejects_path(writer.directory, s.window) for s in landed],
+                reject_files,
                 partition=partition,
                 verified=[(s.window.since, s.window.until) for s in landed if s.verified],
             )
+            anonymous = anonymous_rejects(con, reject_files) if candidates else 0
         absent = client.confirm_absent(candidates)
+        if absent and anonymous:
+            log.warning(
+                "%s: %d rows look deleted, but the read served %d bad rows without a usable "
+                "public_id, and any of them may be one of those rows, moved and broken: none is "
+                "marked deleted by this read (see d23.rejected_rows)",
+                partition,
+                len(absent),
+                anonymous,
+            )
+            absent = set()
         if absent:
             absent = _not_moved(client, landed, absent, partition)
         snapshot = writer.complete(client.stats.as_dict(), absent=absent)

@@ -144,22 +144,28 @@ FROM read_parquet($files)
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
+# A row marked deleted comes back only when a read that finished after the one that proved it
+# gone serves it again: a snapshot read earlier (its d23/logs step run again on its own) saw the
+# row before it went, which is no evidence that it is back.
+_SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
+
 # What the merge is about to do, counted before it changes anything, with the MERGE's own
 # conditions: "updated" counts rows whose updated_at moved forward (an exact tie is rewritten
 # by the MERGE but changes nothing worth counting), "moved_in" rows the MERGE takes over from
 # another month.
-MERGE_PREVIEW = """
+MERGE_PREVIEW = f"""
 SELECT
     count(*) FILTER (WHERE t.public_id IS NULL) AS inserted,
     count(*) FILTER (WHERE s.updated_at > t.updated_at) AS updated,
-    count(*) FILTER (WHERE t._deleted_at IS NOT NULL) AS restored,
+    count(*) FILTER (WHERE {_SEEN_SINCE_DELETED}) AS restored,
     count(*) FILTER (WHERE s.updated_at >= t.updated_at AND t._partition <> $partition) AS moved_in
 FROM snapshot AS s
 LEFT JOIN d23.logs AS t USING (public_id)
 """
 
 # One UPDATE action (DuckLake's MERGE allows no more): a matched row takes the snapshot's
-# fields only when it is at least as new; either way it was seen now and is not deleted.
+# fields only when it is at least as new; either way the read saw it, and it is not deleted
+# unless it was proven gone by a read that finished later than this one.
 _NEWER = "s.updated_at >= t.updated_at"
 _TAKE_IF_NEWER = ",\n    ".join(
     f"{name:<18} = CASE WHEN {_NEWER} THEN {new} ELSE t.{name} END"
@@ -174,8 +180,8 @@ USING snapshot AS s
 ON t.public_id = s.public_id
 WHEN MATCHED THEN UPDATE SET
     {_TAKE_IF_NEWER},
-    _last_seen_at      = $read_at,
-    _deleted_at        = NULL
+    _last_seen_at      = greatest(t._last_seen_at, $read_at),
+    _deleted_at        = CASE WHEN {_SEEN_SINCE_DELETED} THEN NULL ELSE t._deleted_at END
 WHEN NOT MATCHED THEN INSERT (
     {_DATA_COLUMNS}, _partition, _first_seen_at, _last_seen_at, _deleted_at
 )
@@ -196,16 +202,33 @@ ANY_ABSENT = "SELECT EXISTS (SELECT 1 FROM snapshot_absent)"
 
 # Absence is not evidence: a row of this month is marked deleted only when the read proved it
 # gone (its slice verified and a read of its own instant no longer returning it, see
-# ExportsClient.confirm_absent) and this snapshot holds it neither as a row nor as a reject.
+# ExportsClient.confirm_absent), this snapshot holds it neither as a row nor as a reject, and
+# no read that finished later has seen it (a snapshot merged again after newer reads).
 _PROVEN_DELETED = """
 t._partition = $partition
   AND t._deleted_at IS NULL
+  AND t._last_seen_at < $read_at
   AND EXISTS (SELECT 1 FROM snapshot_absent AS a WHERE a.public_id = t.public_id)
   AND NOT EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = t.public_id)
   AND NOT EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
 """
 DELETIONS_PROVEN = f"SELECT count(*) FROM d23.logs AS t WHERE {_PROVEN_DELETED}"
 MARK_DELETED = f"UPDATE d23.logs AS t SET _deleted_at = $read_at WHERE {_PROVEN_DELETED}"
+
+# A row served only as a reject still exists at the source: one marked deleted (by its old
+# month's read after it moved to this one, say) comes back with its last good version, as a
+# rejected row of the month it was stored in keeps its own (see _PROVEN_DELETED).
+ANY_IDENTIFIED_REJECT = "SELECT EXISTS (SELECT 1 FROM snapshot_rejects WHERE public_id IS NOT NULL)"
+RESTORE_REJECTED = f"""
+UPDATE d23.logs AS t
+SET _deleted_at = NULL, _last_seen_at = greatest(t._last_seen_at, $read_at)
+WHERE {_SEEN_SINCE_DELETED}
+  AND EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
+"""
+
+# Bad rows a read served without a usable public_id: any of them may be a row that looks
+# deleted, moved within the month and broken on the way (see landing/month.py).
+ANONYMOUS_REJECTS = "SELECT count(*) FROM read_parquet($files) WHERE public_id IS NULL"
 
 # Whether the month holds any live row at all: on a month's first read it does not, and the
 # candidates query below would still build its anti-join over every id the read landed (~75 MB

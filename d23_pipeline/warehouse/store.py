@@ -182,6 +182,8 @@ def merge_snapshot(
             proven = fetch_row(con, sql.DELETIONS_PROVEN, params)[0]
         held = not confirm_deletions and proven > max_deletion_share * live_rows
         marked_deleted = fetch_row(con, sql.MARK_DELETED, params)[0] if proven and not held else 0
+        if fetch_row(con, sql.ANY_IDENTIFIED_REJECT)[0]:
+            restored += fetch_row(con, sql.RESTORE_REJECTED, params)[0]
         execute(con, sql.DELETE_REJECTS, params)
         rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
         execute(con, sql.DELETE_SLICE_VERIFICATION, params)
@@ -285,6 +287,14 @@ def deletion_candidates(
             "verified_until": [until for _, until in verified],
         },
     ).fetchall()
+
+
+def anonymous_rejects(con: duckdb.DuckDBPyConnection, reject_files: Sequence[Path]) -> int:
+    """How many bad rows in ``reject_files`` came without a usable ``public_id``."""
+    if not reject_files:
+        return 0
+    count: int = fetch_row(con, sql.ANONYMOUS_REJECTS, {"files": [str(f) for f in reject_files]})[0]
+    return count
 
 
 def fetch_dicts(
