@@ -34,12 +34,25 @@ class LoginCredentials:
         return f"LoginCredentials(lender={self.lender!r}, email={self.email!r}, password=***)"
 
 
+def fits_a_header(token: str) -> bool:
+    """Whether ``token`` can travel in an HTTP header: printable ASCII. Anything else (a
+    typographic quote pasted with it) would fail inside httpx, in an error holding the header."""
+    return token.isascii() and token.isprintable()
+
+
 @dataclass(frozen=True)
 class TokenCredentials:
     """A bearer token already held for one lender."""
 
     lender_public_id: str
     token: str
+
+    def __post_init__(self) -> None:
+        if not fits_a_header(self.token):
+            raise SettingsError(
+                "D23_TOKEN holds a character an HTTP header cannot carry (only printable ASCII "
+                "can): copy the token again"
+            )
 
     def __repr__(self) -> str:
         return f"TokenCredentials(lender_public_id={self.lender_public_id!r}, token=***)"

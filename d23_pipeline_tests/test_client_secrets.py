@@ -82,6 +82,10 @@ def _scripted(answer: SimResponse | Drop, auth: bool = False) -> Callable[[Simul
 
 
 _LOOP_PAGE = SimResponse.from_json({"body": {"rows": [], "pagination": {"nextCursor": "c"}}})
+# A login answer whose token no HTTP header can carry (httpx's error would hold the header).
+_UNSENDABLE_TOKEN = SimResponse.from_json(
+    {"token": f"{TOKEN_HEADER}.SECRET\u2019", "lenderPublicId": "0000-uuid"}
+)
 
 SCENARIOS: list[tuple[str, Callable[[Simulator], None], type[ExportsApiError]]] = [
     ("login refused", _wrong_password, AuthenticationError),
@@ -94,6 +98,7 @@ SCENARIOS: list[tuple[str, Callable[[Simulator], None], type[ExportsApiError]]] 
     ("timeouts", _with(_scripted(TIMEOUT)), RetriesExhaustedError),
     ("login 503s", _with(_scripted(error(503), auth=True)), RetriesExhaustedError),
     ("html 200s", _with(_scripted(SimResponse.gateway_page(200))), ProtocolError),
+    ("login token not ASCII", _with(_scripted(_UNSENDABLE_TOKEN, auth=True)), ProtocolError),
     ("504 at floor", _with(_heavy, min_window=timedelta(hours=12)), WindowTooHeavyError),
     ("cursor loop", _with(_scripted(_LOOP_PAGE)), CursorLoopError),
     ("teapot", _with(lambda sim: sim.script(error(418))), ExportsApiError),

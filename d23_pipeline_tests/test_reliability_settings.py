@@ -90,6 +90,18 @@ def test_missing_or_malformed_connection_setting_fails_naming_it(fields: dict, n
         ExportsApiResource(**fields).connection()
 
 
+def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_token() -> None:
+    # A typographic quote pasted with the token: httpx would fail encoding the header, in an
+    # error whose arguments hold the whole header.
+    token = "eyJ-held-SECRET-token\u2019"
+    fields = {"api_url": "https://h.example", "lender_public_id": "0000-uuid", "token": token}
+
+    with pytest.raises(SettingsError, match="D23_TOKEN") as caught:
+        ExportsApiResource(**fields).connection()
+
+    assert "SECRET" not in f"{caught.value!s} {caught.value!r}"
+
+
 @pytest.mark.parametrize(
     "url",
     ["http://stage-v3-api.cleargrid.ai", "http://10.0.0.5:8023", "http://localhost.evil.example"],

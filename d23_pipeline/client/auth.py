@@ -16,7 +16,7 @@ import httpx
 from d23_pipeline.client.errors import AuthenticationError, ProtocolError, RetriesExhaustedError
 from d23_pipeline.client.retry import Retrier, Transient, decode_json, request_id_of, transient_for
 from d23_pipeline.client.stats import ClientStats
-from d23_pipeline.settings import Credentials, LoginCredentials
+from d23_pipeline.settings import Credentials, LoginCredentials, fits_a_header
 
 log = logging.getLogger("d23_pipeline.client")
 
@@ -124,6 +124,8 @@ class TokenManager:
         )
         if not (isinstance(token, str) and token and isinstance(lender_id, str) and lender_id):
             raise ProtocolError("the login answer has no token or lenderPublicId", path=path)
+        if not fits_a_header(token):
+            raise ProtocolError("the login answer's token is not printable ASCII", path=path)
         self._token = token
         self._refresh_token = refresh if isinstance(refresh, str) and refresh else None
         self._lender_public_id = lender_id
@@ -138,6 +140,8 @@ class TokenManager:
         token = answer.get("token")
         if not (isinstance(token, str) and token):
             raise ProtocolError("the refresh answer has no token", path=path)
+        if not fits_a_header(token):
+            raise ProtocolError("the refresh answer's token is not printable ASCII", path=path)
         self._token = token
         self._generation += 1
         self._stats.add("token_refreshes")
