@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from api import DAY, T0, row, rows_at
+import pytest
+from api import DAY, T0, client, error, row, rows_at, simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_client_walk import Source, walk_of
 
 from d23_pipeline.client import (
+    ExportsApiError,
     ExportsClient,
     SliceDone,
     SlicePage,
@@ -193,7 +195,7 @@ def test_a_slice_to_read_again_goes_to_a_free_worker_while_its_judge_walks_its_s
     taken: list[Any] = []
 
     def judge() -> None:  # the worker that walked `first`
-        assert judged.close()
+        assert judged.close(walked=True)
         schedule.ask_ahead()  # then its counts after the walk, while the owner hands over
         owner.between_pages()
         schedule.read_again(again)  # the counts did not prove the read
@@ -210,6 +212,61 @@ def test_a_slice_to_read_again_goes_to_a_free_worker_while_its_judge_walks_its_s
     assert schedule.take(cancel) == again
 
 
+def test_a_read_with_a_part_that_stopped_early_is_proven_by_none_of_its_parts() -> None:
+    # The part that fails closes first; its share's owner closes last, before the failure has
+    # stopped the other workers: it must not judge (and so deliver) a read with a hole in it.
+    schedule = SliceSchedule([DAY], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel)
+    owner = _read(schedule, DAY, total=200)
+    thread, taken = _taking(schedule)
+    _wait_for(lambda: owner.asked is not None)
+    owner.between_pages()
+    thread.join(5)
+    (share,) = taken
+
+    assert owner.close(walked=False) is False
+    assert share.close(walked=True) is False
+
+
+def test_a_slice_whose_shared_part_failed_is_not_delivered_as_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The failing part's owner is held up between closing its part and raising (as a thread
+    # descheduled there would be), so the other part finishes and closes last meanwhile.
+    close = SliceSchedule.close
+
+    def slow_to_fail(schedule: SliceSchedule, part: Part, walked: bool) -> bool:
+        last = close(schedule, part, walked)
+        if not walked:
+            time.sleep(0.5)
+        return last
+
+    monkeypatch.setattr(SliceSchedule, "close", slow_to_fail)
+    sim = simulator([row(n, T0 + timedelta(minutes=5 * n)) for n in range(200)])
+    # The first part's walk (the one ending before the day ends) fails on its 2nd cursor page.
+    cursor_pages = itertools.count(1)
+    sim.script(
+        error(418),
+        times=100,
+        when=lambda r: (
+            r.kind == "data"
+            and r.query.get("until") != DAY.until_text
+            and "cursor" in r.query
+            and next(cursor_pages) >= 2
+        ),
+    )
+    reader = client(sim, page_limit=5, min_page_limit=5, max_concurrency=1, slice_reads=1)
+
+    events: list[object] = []
+    with pytest.raises(ExportsApiError):
+        for event in reader.iter_slices(DAY):
+            events.append(event)
+
+    assert reader.stats.as_dict()["shared_parts"] >= 1
+    assert not [e for e in events if isinstance(e, SliceDone)]
+
+
 def test_no_walk_is_shared_without_enough_pages_left_or_an_exact_count() -> None:
     first, second = DAY.halves()
     schedule = SliceSchedule([first, second], page_limit=10)
@@ -221,7 +278,7 @@ def test_no_walk_is_shared_without_enough_pages_left_or_an_exact_count() -> None
     time.sleep(0.2)
     assert thread.is_alive() and all(p.asked is None for p in parts)  # waits: reads are open
     for part in parts:
-        assert part.close()
+        assert part.close(walked=True)
         schedule.read_done()
     thread.join(5)
 

@@ -293,11 +293,15 @@ class ExportsClient:
             part = self._begin_read(schedule, work.slice, work.number, work.limit, cancel)
         else:
             part = self._begin_read(schedule, work, 1, self._page_limit, cancel)
+        walked = False
         try:
             for page in self._pages(part.walk, part.read.slice, cancel, part):
                 deliver(page)
+            walked = True
         finally:
-            last = part.close()
+            # A part that stops (its error is on the way to the consumer) must not leave the
+            # read to be proven by another part that happens to close after it.
+            last = part.close(walked)
         if last:
             self._prove(schedule, part.read, cancel, deliver)
 

@@ -60,6 +60,8 @@ class SliceRead:
     rejects: int = 0
     pages: int = 0
     parts: int = 0  # parts handed out and not finished
+    # A part stopped before the end of its walk (an error, a cancel): nothing proves the read.
+    broken: bool = False
 
     @cached_property
     def total_before(self) -> WindowTotal:
@@ -104,10 +106,11 @@ class Part:
         """Count a page of the part handed to the caller."""
         self._schedule.served(self, rows, rejects)
 
-    def close(self) -> bool:
-        """The owner is done with the part (or stops): decline a pending ask. True when this was
-        the read's last part, whose owner then proves the read."""
-        return self._schedule.close(self)
+    def close(self, walked: bool) -> bool:
+        """The owner is done with the part, ``walked`` to its end or stopped: decline a pending
+        ask. True when this was the read's last part and no part stopped early: its owner then
+        proves the read."""
+        return self._schedule.close(self, walked)
 
 
 class SliceSchedule:
@@ -207,13 +210,14 @@ class SliceSchedule:
             part.rest = part.walk.rest
             self._changed.notify_all()
 
-    def close(self, part: Part) -> bool:
+    def close(self, part: Part, walked: bool) -> bool:
         with self._changed:
             ask, part.asked = part.asked, None
             self._parts.discard(part)
             part.rest = None
             part.read.parts -= 1
-            last = part.read.parts == 0
+            part.read.broken = part.read.broken or not walked
+            last = part.read.parts == 0 and not part.read.broken
             self._changed.notify_all()
         if ask is not None:
             ask.answer(None)
