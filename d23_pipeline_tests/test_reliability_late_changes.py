@@ -210,6 +210,61 @@ def test_a_row_moved_back_while_its_month_is_read_is_not_marked_deleted(
         assert pipeline.live_rows([MOVED_MONTH]) == pipeline.expected_rows([MOVED_MONTH])
 
 
+class SwapsTwoRowsInASlice(ExportHookSimulator):
+    """Once armed, after the first page of the slice starting at ``since``: its first row moves
+    to the slice's end (ahead of the cursor, served again) and its last row to the slice's start
+    (behind the cursor, never served). Its count does not change."""
+
+    armed = False
+    swapped = False
+
+    def __init__(self, since: datetime, first: str, last: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.since, self.first, self.last = since, first, last
+        self._lock = threading.Lock()
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        with self._lock:
+            if (
+                self.armed
+                and not self.swapped
+                and "cursor" in query
+                and datetime.fromisoformat(query["since"]) == self.since
+            ):
+                self.move_row(self.first, self.since + timedelta(hours=23, minutes=59))
+                self.move_row(self.last, self.since)
+                self.swapped = True
+        return path, None
+
+
+def test_a_row_that_moved_within_a_slice_as_another_moved_out_of_reach_is_not_deleted(
+    tmp_path: Path,
+) -> None:
+    # The slice's counts agree with what it served (a row served twice, a row not at all), and
+    # the unserved row is gone from its instant: only the id served twice shows the slice moved.
+    config = SimulatorConfig(months=(MOVED_MONTH,), rows_per_month=300)
+    day = datetime.fromisoformat(f"{MOVED_MONTH}-15T00:00:00+00:00")
+    in_day = [
+        r["public_id"]
+        for r in Simulator(config).rows()
+        if day <= datetime.fromisoformat(r["communicated_at"]) < day + timedelta(days=1)
+    ]
+    sim = SwapsTwoRowsInASlice(day, in_day[0], in_day[-1], config)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3)
+        pipeline.materialize(MOVED_MONTH)
+        sim.armed = True
+
+        pipeline.materialize(MOVED_MONTH)
+
+        assert sim.swapped and len(in_day) > 3
+        assert pipeline.query(
+            "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (in_day[-1],)
+        ) == [(None,)]
+        pipeline.materialize(MOVED_MONTH)
+        assert pipeline.live_rows([MOVED_MONTH]) == pipeline.expected_rows([MOVED_MONTH])
+
+
 class KeepsChangingASlice(ExportHookSimulator):
     """Once armed and past the read's first instant lookup (``confirm_absent``), every count of
     the slice starting at ``since`` finds one row more: one of ``movers`` has moved into it."""

@@ -19,6 +19,7 @@ from d23_pipeline.warehouse.store import (
     WarehouseBackend,
     anonymous_rejects,
     deletion_candidates,
+    files_serving_an_id_twice,
 )
 
 log = logging.getLogger("d23_pipeline.landing")
@@ -63,16 +64,20 @@ def read_month(
         events = client.iter_slices(month, skip=finished)
         writer.land(_reporting(events, client, partition, len(slices), len(finished), progress))
         landed = writer.slices
+        row_files = [rows_path(writer.directory, s.window) for s in landed]
         reject_files = [rejects_path(writer.directory, s.window) for s in landed]
+        anonymous, twice = 0, set()
         with warehouse.connect(read_only=True) as con:
             candidates = deletion_candidates(
                 con,
-                [rows_path(writer.directory, s.window) for s in landed],
+                row_files,
                 reject_files,
                 partition=partition,
                 verified=[(s.window.since, s.window.until) for s in landed if s.verified],
             )
-            anonymous = anonymous_rejects(con, reject_files) if candidates else 0
+            if candidates:
+                anonymous = anonymous_rejects(con, reject_files)
+                twice = files_serving_an_id_twice(con, row_files, reject_files)
         absent = client.confirm_absent(candidates)
         if absent and anonymous:
             log.warning(
@@ -85,26 +90,39 @@ def read_month(
             )
             absent = set()
         if absent:
-            absent = _not_moved(client, landed, absent, partition)
+            served_twice = {
+                r.window
+                for r, f, g in zip(landed, row_files, reject_files, strict=True)
+                if f in twice or g in twice
+            }
+            absent = _not_moved(client, landed, served_twice, absent, partition)
         snapshot = writer.complete(client.stats.as_dict(), absent=absent)
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
 
 
 def _not_moved(
-    client: ExportsClient, landed: Sequence[SliceRecord], absent: set[str], partition: str
+    client: ExportsClient,
+    landed: Sequence[SliceRecord],
+    served_twice: set[Window],
+    absent: set[str],
+    partition: str,
 ) -> set[str]:
     """Of the rows proven gone from their instants, those no slice of the month holds now.
 
     A slice whose read served exactly its count, which did not move during the read and is
-    the same now, took no row in (a count that rose by one row and fell by another is the one
-    case this misses); any other slice (unverified, changed while it was read, so a row may have
-    moved in behind its cursor, or changed since) is walked again, and a row found there lives
-    on. One such walk that is not proven complete leaves nothing provably gone.
+    the same now, took no row in, unless a row moved within it as another moved in behind its
+    cursor: its count stays the same, and the row that moved ahead of the cursor is served twice
+    (``served_twice``: slices that served an id the read served elsewhere too). A count that rose by
+    one row and fell by another with no row served twice is the one case this misses. Any other
+    slice (unverified, changed while it was read, so a row may have moved in behind its cursor,
+    changed since, or in ``served_twice``) is walked again, and a row found there lives on. One such
+    walk that is not proven complete leaves nothing provably gone.
     """
     left = set(absent)
     for record in landed:
         if (
-            record.verified
+            record.window not in served_twice
+            and record.verified
             and record.total_before == record.total_after == record.served
             and client.fetch_total(record.window).exact_total == record.served
         ):

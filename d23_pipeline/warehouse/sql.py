@@ -230,6 +230,20 @@ WHERE {_SEEN_SINCE_DELETED}
 # deleted, moved within the month and broken on the way (see landing/month.py).
 ANONYMOUS_REJECTS = "SELECT count(*) FROM read_parquet($files) WHERE public_id IS NULL"
 
+# The files of a read that hold a public_id some file of it holds too (or holds twice): a row
+# moved while the month was read, and the counts of the slices it moved in may hide another row
+# that moved the other way unread (see landing/month.py).
+FILES_SERVING_AN_ID_TWICE = """
+SELECT DISTINCT filename
+FROM (
+    SELECT public_id, filename FROM read_parquet($files, filename = true)
+    UNION ALL
+    SELECT public_id, filename FROM read_parquet($reject_files, filename = true)
+    WHERE public_id IS NOT NULL
+)
+QUALIFY count(*) OVER (PARTITION BY public_id) > 1
+"""
+
 # Whether the month holds any live row at all: on a month's first read it does not, and the
 # candidates query below would still build its anti-join over every id the read landed (~75 MB
 # for a 1M-row month).

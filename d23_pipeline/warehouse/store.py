@@ -297,6 +297,18 @@ def anonymous_rejects(con: duckdb.DuckDBPyConnection, reject_files: Sequence[Pat
     return count
 
 
+def files_serving_an_id_twice(
+    con: duckdb.DuckDBPyConnection, row_files: Sequence[Path], reject_files: Sequence[Path]
+) -> set[Path]:
+    """The files among ``row_files`` and ``reject_files`` holding a ``public_id`` that they
+    hold more than once in all."""
+    if not row_files:
+        return set()
+    params = {"files": [str(f) for f in row_files], "reject_files": [str(f) for f in reject_files]}
+    found = execute(con, sql.FILES_SERVING_AN_ID_TWICE, params).fetchall()
+    return {Path(name) for (name,) in found}
+
+
 def fetch_dicts(
     con: duckdb.DuckDBPyConnection, statement: str, params: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
