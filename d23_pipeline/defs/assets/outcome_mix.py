@@ -14,8 +14,8 @@ from d23_pipeline.kpis import KPI_NAMES, kpi_table
 
 KPI_DEFINITIONS = f"""
 Attempts are active (is_active) log entries still present at the source (no _deleted_at).
-Outcome classes come from the outcome mapping file (a promise is a right-party contact, and
-a right-party contact is a contact).
+Outcome classes come from the outcome mapping file (a promise and a refusal are right-party
+contacts, and a right-party contact is a contact).
 
 {kpi_table()}
 
