@@ -139,6 +139,32 @@ def test_daily_refresh_makes_lookback_months_exact_and_leaves_older_ones_stale(
     assert _kpis_in_warehouse(pipeline, OLD) == pytest.approx(_expected_kpis(sim, OLD))
 
 
+@BOTH_WAREHOUSES
+def test_rows_moved_into_a_refreshed_month_are_counted_there_and_nowhere_else(
+    pipeline: Pipeline,
+) -> None:
+    older, newer = MONTHS[0], MONTHS[1]
+    pipeline.materialize(older)
+    pipeline.materialize(newer)
+    assert pipeline.sim.move_rows(3, older, newer)
+
+    pipeline.materialize(newer)  # the daily refresh, with the older month outside its lookback
+
+    # The older month is not read again, but its outcome mix is rebuilt from d23.logs, which
+    # holds the moved rows in the newer month now: no attempt is counted in both.
+    sim = pipeline.sim
+    for month in (older, newer):
+        assert _mix_in_warehouse(pipeline, month) == _expected_mix(sim, month)
+        assert _kpis_in_warehouse(pipeline, month) == pytest.approx(_expected_kpis(sim, month))
+    start, end = month_window(older)
+    ((daily_attempts,),) = pipeline.query(
+        "SELECT sum(attempts) FROM d23.outcome_mix_daily WHERE day >= ? AND day < ?",
+        (start.date(), end.date()),
+    )
+    assert daily_attempts == _expected_kpis(sim, older)["attempts"]
+    assert pipeline.query("SELECT count(*) FROM d23.mix_rebuilds_due") == [(0,)]
+
+
 class MovesARowDuringARead(ExportHookSimulator):
     """Once armed: at the first export request ``when`` accepts, one row moves to ``to``."""
 

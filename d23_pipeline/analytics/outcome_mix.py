@@ -1,18 +1,21 @@
 """Rebuild a month of the outcome-mix tables from ``d23.logs``.
 
 Each rebuild replaces exactly one month (or that month's days) inside one transaction, so a
-re-run is idempotent and a failure leaves the previous numbers in place.
+re-run is idempotent and a failure leaves the previous numbers in place. The same transaction
+takes the month off ``d23.mix_rebuilds_due``, where a merge of another month puts the months whose
+rows it changed (:func:`rebuild_months_due`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any
 
 import duckdb
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
+from d23_pipeline.months import month_window
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.ducklake import retry_on_conflict
 from d23_pipeline.warehouse.store import execute, fetch_row, transaction
@@ -29,14 +32,35 @@ def load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeCl
 
 
 def _replace(
-    con: duckdb.DuckDBPyConnection, delete: str, insert: str, params: Mapping[str, Any]
+    con: duckdb.DuckDBPyConnection,
+    delete: str,
+    insert: str,
+    params: Mapping[str, Any],
+    due: Mapping[str, Any],
 ) -> int:
     def replace() -> int:
         with transaction(con):
             execute(con, delete, params)
-            return int(fetch_row(con, insert, params)[0])
+            written = int(fetch_row(con, insert, params)[0])
+            execute(con, sql.MIX_REBUILD_DONE, due)
+            return written
 
     return retry_on_conflict(replace)
+
+
+def rebuild_months_due(
+    con: duckdb.DuckDBPyConnection,
+    mix_table: str,
+    rebuild: Callable[[date, datetime, datetime], object],
+) -> list[date]:
+    """Rebuild, with ``rebuild(month, since, until)``, the months of ``mix_table`` that a merge of
+    another month changed rows of; the KPIs only once their month's mix is rebuilt."""
+    built_from = "outcome_mix_monthly" if mix_table == "outcome_kpis_monthly" else ""
+    params = {"mix_table": mix_table, "built_from": built_from}
+    months = [month for (month,) in execute(con, sql.MIX_REBUILDS_DUE, params).fetchall()]
+    for month in months:
+        rebuild(month, *month_window(f"{month:%Y-%m}"))
+    return months
 
 
 def rebuild_outcome_mix_monthly(
@@ -49,13 +73,19 @@ def rebuild_outcome_mix_monthly(
     """Replace ``month`` in ``d23.outcome_mix_monthly``; returns the rows written."""
     load_classes(con, classes)
     params = {"month": month, "since": since, "until": until}
-    return _replace(con, sql.DELETE_OUTCOME_MIX_MONTHLY, sql.INSERT_OUTCOME_MIX_MONTHLY, params)
+    due = {"mix_table": "outcome_mix_monthly", "month": month}
+    return _replace(
+        con, sql.DELETE_OUTCOME_MIX_MONTHLY, sql.INSERT_OUTCOME_MIX_MONTHLY, params, due
+    )
 
 
 def rebuild_outcome_kpis_monthly(con: duckdb.DuckDBPyConnection, month: date) -> int:
     """Replace ``month`` in ``d23.outcome_kpis_monthly`` from the month's outcome mix."""
     params = {"month": month}
-    return _replace(con, sql.DELETE_OUTCOME_KPIS_MONTHLY, sql.INSERT_OUTCOME_KPIS_MONTHLY, params)
+    due = {"mix_table": "outcome_kpis_monthly", "month": month}
+    return _replace(
+        con, sql.DELETE_OUTCOME_KPIS_MONTHLY, sql.INSERT_OUTCOME_KPIS_MONTHLY, params, due
+    )
 
 
 def rebuild_outcome_mix_daily(
@@ -67,4 +97,5 @@ def rebuild_outcome_mix_daily(
     """Replace the days of ``[since, until)`` in ``d23.outcome_mix_daily``."""
     load_classes(con, classes)
     params = {"since": since, "until": until}
-    return _replace(con, sql.DELETE_OUTCOME_MIX_DAILY, sql.INSERT_OUTCOME_MIX_DAILY, params)
+    due = {"mix_table": "outcome_mix_daily", "month": since.date()}
+    return _replace(con, sql.DELETE_OUTCOME_MIX_DAILY, sql.INSERT_OUTCOME_MIX_DAILY, params, due)

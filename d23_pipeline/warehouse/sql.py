@@ -101,6 +101,13 @@ CREATE TABLE IF NOT EXISTS d23.outcome_mix_daily (
     day DATE NOT NULL,
     {_KPI_COLUMNS}
 );
+
+-- Months whose outcome-mix tables count rows a merge of another month changed (see
+-- RECORD_MIX_REBUILDS_DUE): one row per month and table until that table's month is rebuilt.
+CREATE TABLE IF NOT EXISTS d23.mix_rebuilds_due (
+    month     DATE    NOT NULL,
+    mix_table VARCHAR NOT NULL
+);
 """
 
 _DATA_COLUMNS = ", ".join(D23_FIELDS)
@@ -190,6 +197,38 @@ VALUES (
     s.is_ptp_broken, s.communicated_at, s.created_at, s.updated_at,
     $partition, $read_at, $read_at, NULL
 )
+"""
+
+# The months of rows this merge changes in another month: rows it takes over (their
+# communicated_at moved into this month) and rows it brings back there. Those months' outcome
+# mix still counts them as they were; each outcome-mix asset rebuilds the months due for its
+# table from d23.logs, whichever month it runs for, and so nothing is counted in two months.
+MIX_TABLES = ("outcome_mix_monthly", "outcome_kpis_monthly", "outcome_mix_daily")
+RECORD_MIX_REBUILDS_DUE = f"""
+INSERT INTO d23.mix_rebuilds_due
+SELECT DISTINCT CAST(changed._partition AS DATE), unnest($mix_tables)
+FROM (
+    SELECT t._partition
+    FROM snapshot AS s
+    JOIN d23.logs AS t USING (public_id)
+    WHERE s.updated_at >= t.updated_at OR {_SEEN_SINCE_DELETED}
+    UNION ALL
+    SELECT t._partition
+    FROM snapshot_rejects AS r
+    JOIN d23.logs AS t USING (public_id)
+    WHERE {_SEEN_SINCE_DELETED}
+) AS changed
+WHERE changed._partition <> $partition
+"""
+# A table's months due, except those still due for the table it is built from.
+MIX_REBUILDS_DUE = """
+SELECT DISTINCT month FROM d23.mix_rebuilds_due
+WHERE mix_table = $mix_table
+  AND month NOT IN (SELECT month FROM d23.mix_rebuilds_due WHERE mix_table = $built_from)
+ORDER BY month
+"""
+MIX_REBUILD_DONE = """
+DELETE FROM d23.mix_rebuilds_due WHERE mix_table = $mix_table AND month = $month
 """
 
 STAGE_ABSENT = """

@@ -166,13 +166,17 @@ def merge_snapshot(
         has_duplicates = fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, params)[0]
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
-        execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
         if snapshot.absent_file.is_file():
             execute(con, sql.STAGE_ABSENT, {"files": [str(snapshot.absent_file)]})
         else:
             execute(con, sql.STAGE_NO_ABSENT)
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
         inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
+        execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
+        identified_rejects = fetch_row(con, sql.ANY_IDENTIFIED_REJECT)[0]
+        if moved_in or restored or identified_rejects:
+            due = {**params, "mix_tables": list(sql.MIX_TABLES)}
+            execute(con, sql.RECORD_MIX_REBUILDS_DUE, due)
         execute(con, sql.MERGE_SNAPSHOT, params)
         live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
         # Most reads prove nothing gone; the two anti-joins over the month would still cost
@@ -182,7 +186,7 @@ def merge_snapshot(
             proven = fetch_row(con, sql.DELETIONS_PROVEN, params)[0]
         held = not confirm_deletions and proven > max_deletion_share * live_rows
         marked_deleted = fetch_row(con, sql.MARK_DELETED, params)[0] if proven and not held else 0
-        if fetch_row(con, sql.ANY_IDENTIFIED_REJECT)[0]:
+        if identified_rejects:
             restored += fetch_row(con, sql.RESTORE_REJECTED, params)[0]
         execute(con, sql.DELETE_REJECTS, params)
         rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]

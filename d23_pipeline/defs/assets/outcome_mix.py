@@ -52,14 +52,22 @@ def outcome_mix_monthly(
     outcome_mapping: OutcomeMappingResource,
 ) -> dg.MaterializeResult:
     """Rebuild the month's outcome mix from d23.logs."""
-    from d23_pipeline.analytics.outcome_mix import rebuild_outcome_mix_monthly
+    from d23_pipeline.analytics.outcome_mix import rebuild_months_due, rebuild_outcome_mix_monthly
     from d23_pipeline.warehouse import sql
     from d23_pipeline.warehouse.store import fetch_dicts
 
     window = context.partition_time_window
     month = _month(context)
+    classes = outcome_mapping.classes()
     with warehouse.get_connection() as con:
-        rebuild_outcome_mix_monthly(con, month, window.start, window.end, outcome_mapping.classes())
+        rebuild_outcome_mix_monthly(con, month, window.start, window.end, classes)
+        also = rebuild_months_due(
+            con,
+            "outcome_mix_monthly",
+            lambda other, since, until: rebuild_outcome_mix_monthly(
+                con, other, since, until, classes
+            ),
+        )
         mix = fetch_dicts(con, sql.OUTCOME_MIX_FOR_MONTH, {"month": month})
         by_outcome = fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
         schema = schema_from_table(con, "outcome_mix_monthly")
@@ -82,6 +90,7 @@ def outcome_mix_monthly(
             "attempts": sum(r["attempts"] for r in mix),
             "outcome_mix": dg.MetadataValue.md(markdown_table(by_outcome) + "\n\n" + chart),
             "preview": dg.MetadataValue.md(markdown_table(mix[:25])),
+            **_rebuilt_too(context, also),
         },
         check_results=[check],
     )
@@ -102,13 +111,16 @@ def outcome_kpis_monthly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Recompute the month's KPIs from its outcome mix."""
-    from d23_pipeline.analytics.outcome_mix import rebuild_outcome_kpis_monthly
+    from d23_pipeline.analytics.outcome_mix import rebuild_months_due, rebuild_outcome_kpis_monthly
     from d23_pipeline.warehouse import sql
     from d23_pipeline.warehouse.store import fetch_dicts
 
     month = _month(context)
     with warehouse.get_connection() as con:
         rebuild_outcome_kpis_monthly(con, month)
+        also = rebuild_months_due(
+            con, "outcome_kpis_monthly", lambda other, *_: rebuild_outcome_kpis_monthly(con, other)
+        )
         (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
         schema = schema_from_table(con, "outcome_kpis_monthly")
         check_results = [
@@ -126,9 +138,20 @@ def outcome_kpis_monthly(
             **{f"{name} (%)": _percent(kpis[name]) for name in KPI_NAMES},
             "attempts": int(kpis["attempts"]),
             "kpis": dg.MetadataValue.md(_kpi_table(kpis)),
+            **_rebuilt_too(context, also),
         },
         check_results=check_results,
     )
+
+
+def _rebuilt_too(context: dg.AssetExecutionContext, months: list) -> dict[str, str]:
+    """Metadata (and a log line) for other months rebuilt because this run's merge changed
+    their rows: rows whose communicated_at moved into this month, or that came back there."""
+    if not months:
+        return {}
+    names = ", ".join(f"{m:%Y-%m}" for m in months)
+    context.log.info(f"also rebuilt {names}: this month's merge changed rows counted there")
+    return {"months_rebuilt_too": names}
 
 
 def _percent(rate: float | None) -> float | None:
@@ -165,13 +188,19 @@ def outcome_mix_daily(
     outcome_mapping: OutcomeMappingResource,
 ) -> dg.MaterializeResult:
     """Rebuild the daily trend for the month's days."""
-    from d23_pipeline.analytics.outcome_mix import rebuild_outcome_mix_daily
+    from d23_pipeline.analytics.outcome_mix import rebuild_months_due, rebuild_outcome_mix_daily
     from d23_pipeline.warehouse import sql
     from d23_pipeline.warehouse.store import fetch_dicts
 
     window = context.partition_time_window
+    classes = outcome_mapping.classes()
     with warehouse.get_connection() as con:
-        rebuild_outcome_mix_daily(con, window.start, window.end, outcome_mapping.classes())
+        rebuild_outcome_mix_daily(con, window.start, window.end, classes)
+        also = rebuild_months_due(
+            con,
+            "outcome_mix_daily",
+            lambda _, since, until: rebuild_outcome_mix_daily(con, since, until, classes),
+        )
         days = fetch_dicts(
             con, sql.OUTCOME_MIX_DAILY_FOR_WINDOW, {"since": window.start, "until": window.end}
         )
@@ -181,6 +210,7 @@ def outcome_mix_daily(
         "dagster/partition_row_count": len(days),
         "dagster/column_schema": schema,
         "dagster/table_name": "d23.outcome_mix_daily",
+        **_rebuilt_too(context, also),
     }
     if days:
         metadata["trend"] = dg.MetadataValue.md(
