@@ -137,10 +137,22 @@ def main() -> None:
     if not env.get("D23_API_URL", "").strip():
         simulator = _start_simulator(env)
         print(f"Bundled API simulator on {env['D23_API_URL']} (set D23_API_URL for a real API)")
-    set_pool_limits(env)
+    # From here on the simulator stops with us, also when a bad setting stops us before the UI
+    # starts: left running, it would hold its port against the next `make run`.
+    try:
+        set_pool_limits(env)
+        print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
+        print(_guide(env))
+        _serve_ui(env)
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(timeout=10)
+
+
+def _serve_ui(env: dict[str, str]) -> None:
+    """Run `dg dev` until it stops, passing Ctrl-C and a supervisor's SIGTERM on to it."""
     bindir = str(Path(sys.executable).parent)
-    print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
-    print(_guide(env))
     # `dg dev` loads the code location pyproject.toml's [tool.dg] names, under the same location
     # name as workspace.yaml. Its own process group: a stop reaches it once, through the handlers
     # below, and whatever it leaves behind (a code server it restarted while shutting down) is
@@ -162,9 +174,6 @@ def main() -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(ui.pid, signal.SIGKILL)
-        if simulator is not None:
-            simulator.terminate()
-            simulator.wait(timeout=10)
 
 
 if __name__ == "__main__":

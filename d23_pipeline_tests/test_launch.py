@@ -1,13 +1,16 @@
 """``make run``'s choices: its first month, what it prints, the pool limits it sets."""
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import httpx
 import pytest
-from processes import make_dagster_home
+from processes import free_port, make_dagster_home
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.launch import _guide, pool_limits, set_pool_limits, simulator_start_month
@@ -35,6 +38,32 @@ def test_the_backfill_hint_covers_exactly_the_partitions_and_the_dashboard_path_
 def test_a_bad_setting_stops_make_run_naming_it() -> None:
     with pytest.raises(SystemExit, match="D23_REPORT_TIMEZONE"):
         _guide({"D23_REPORT_TIMEZONE": "Atlantis/Capital"})
+
+
+def test_a_bad_setting_stops_make_run_and_the_simulator_it_started(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "D23_DATA_DIR": str(tmp_path / "data"),
+        "D23_SIMULATOR_PORT": str(port),
+        "D23_PAGE_LIMIT": "0",
+    }
+    env.pop("D23_API_URL", None)
+
+    launched = subprocess.run(
+        [sys.executable, "-m", "d23_pipeline.launch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert launched.returncode == 1
+    assert "D23_PAGE_LIMIT" in launched.stderr
+    assert "Bundled API simulator" in launched.stdout  # it had been started
+    with pytest.raises(httpx.TransportError):  # and is gone: the next `make run` gets its port
+        httpx.get(f"http://127.0.0.1:{port}", timeout=2)
 
 
 def test_every_pool_the_assets_use_gets_an_explicit_limit(tmp_path: Path) -> None:
