@@ -270,7 +270,9 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         max_concurrency=_int(env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, 1, 32),
         slice_hours=_int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, 1, 24 * 31),
         refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
-        refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 0, 24),
+        # At least 1: with none, the rows a month gets after its last refresh (on its last day,
+        # after D23_REFRESH_HOUR_UTC) would never be read.
+        refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 1, 24),
         outcome_mapping=Path(mapping) if mapping else None,
         max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
         report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),

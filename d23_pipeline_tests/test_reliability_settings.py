@@ -28,6 +28,7 @@ LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
         ("D23_SLICE_HOURS", "-24"),
         ("D23_REFRESH_HOUR_UTC", "24"),
         ("D23_REFRESH_LOOKBACK_MONTHS", "two"),
+        ("D23_REFRESH_LOOKBACK_MONTHS", "0"),
         ("D23_OUTCOME_MAPPING", "/nonexistent/outcome_classes.yaml"),
         ("D23_REPORT_TIMEZONE", "Mars/Olympus_Mons"),
         ("D23_REPORT_TIMEZONE", "+05:30"),
