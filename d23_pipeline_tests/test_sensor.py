@@ -119,6 +119,17 @@ def test_plan_all_in_flight_records_the_day_and_says_why():
     assert json.loads(result.cursor)["date"] == "2026-05-14"
 
 
+def test_plan_requests_a_month_skipped_while_in_flight_once_its_run_has_ended():
+    first = plan(MAY_14, in_flight_partitions={"2026-04-01"})
+    running = plan(MAY_14 + timedelta(minutes=5), first.cursor, in_flight_partitions={"2026-04-01"})
+    ended = plan(MAY_14 + timedelta(minutes=10), running.cursor)
+
+    assert running.partition_keys == [] and "2026-04-01" in running.skip_reason
+    assert ended.partition_keys == ["2026-04-01"]
+    assert json.loads(ended.cursor)["requested"] == ["2026-03-01", "2026-04-01", "2026-05-01"]
+    assert plan(MAY_14 + timedelta(minutes=15), ended.cursor).partition_keys == []
+
+
 def test_plan_leaves_out_months_before_the_start_month():
     starts_in_april = dg.MonthlyPartitionsDefinition(
         start_date="2026-04-01", timezone="UTC", end_offset=1
@@ -207,6 +218,18 @@ def test_sensor_skips_a_partition_whose_run_is_in_flight(instance, status):
     result = tick(make_sensor(Clock(MAY_14)), instance)
     assert [r.partition_key for r in result.run_requests] == ["2026-03-01", "2026-05-01"]
     assert json.loads(result.cursor)["skipped_in_flight"] == ["2026-04-01"]
+
+
+def test_sensor_skips_a_partition_whose_failed_run_waits_for_its_retry(instance):
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=d23_pipeline_job.name,
+            status=dg.DagsterRunStatus.FAILURE,
+            tags={"dagster/partition": "2026-04-01", "dagster/will_retry": "true"},
+        )
+    )
+    result = tick(make_sensor(Clock(MAY_14)), instance)
+    assert [r.partition_key for r in result.run_requests] == ["2026-03-01", "2026-05-01"]
 
 
 def test_sensor_requests_a_partition_whose_last_run_finished(instance):

@@ -8,7 +8,7 @@ months only pick such changes up through a backfill.
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -25,6 +25,9 @@ IN_FLIGHT_STATUSES = [
     dg.DagsterRunStatus.SUSPENDED,
     dg.DagsterRunStatus.CANCELING,
 ]
+# How far back the sensor looks for a failed run still waiting for its automatic retry (the
+# daemon launches a retry within seconds).
+RETRY_WINDOW = timedelta(hours=1)
 TRIGGER_TAG = "d23/trigger"
 REFRESH_DATE_TAG = "d23/refresh_date"
 
@@ -51,13 +54,18 @@ def run_key(day: str, partition_key: str) -> str:
     return f"d23-daily-refresh:{day}:{partition_key}"
 
 
-def _requested_day(cursor: str | None) -> str | None:
-    # A cursor edited by hand in the UI must not stop the refresh for good: unreadable means none.
+def _requested_on(cursor: str | None, day: str) -> list[str] | None:
+    """The partitions the cursor says were requested on ``day``; ``None`` if it is of another
+    day. A cursor edited by hand in the UI must not stop the refresh for good: unreadable means
+    none."""
     try:
         value = json.loads(cursor) if cursor else None
     except ValueError:
         return None
-    return value.get("date") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or value.get("date") != day:
+        return None
+    requested = value.get("requested")
+    return [k for k in requested if isinstance(k, str)] if isinstance(requested, list) else []
 
 
 def plan_daily_refresh(
@@ -74,16 +82,23 @@ def plan_daily_refresh(
     today = now.date().isoformat()
     if now.hour < refresh_hour_utc:
         return RefreshPlan([], [], cursor, f"Waiting for {refresh_hour_utc:02d}:00 UTC")
-    if _requested_day(cursor) == today:
-        return RefreshPlan([], [], cursor, f"Refresh for {today} already requested")
+    requested = _requested_on(cursor, today)
     wanted = refresh_partitions(now, lookback_months, existing_partitions)
-    keys = [k for k in wanted if k not in in_flight_partitions]
-    skipped = [k for k in wanted if k in in_flight_partitions]
-    new_cursor = json.dumps({"date": today, "requested": keys, "skipped_in_flight": skipped})
+    # A month skipped because a run of it was in flight is requested at a later tick of the
+    # same day, once that run has ended: the day's read must still happen after the hour.
+    left = [k for k in wanted if k not in (requested or [])]
+    if requested is not None and not left:
+        return RefreshPlan([], [], cursor, f"Refresh for {today} already requested")
+    keys = [k for k in left if k not in in_flight_partitions]
+    skipped = [k for k in left if k in in_flight_partitions]
+    done = [k for k in wanted if k in (requested or []) or k in keys]
+    new_cursor = json.dumps({"date": today, "requested": done, "skipped_in_flight": skipped})
     skip_reason = None
     if not keys:
-        skip_reason = f"Nothing to refresh for {today}: " + (
-            f"already queued or running: {', '.join(skipped)}" if skipped else "no partitions"
+        skip_reason = f"Nothing to refresh for {today} yet: " + (
+            f"already queued or running: {', '.join(skipped)}; requested once that run ends"
+            if skipped
+            else "no partitions"
         )
     return RefreshPlan(keys, skipped, new_cursor, skip_reason)
 
@@ -114,6 +129,14 @@ def build_daily_refresh_sensor(
         in_flight = context.instance.get_run_records(
             filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES)
         )
+        # A failed run about to be retried by the daemon is in flight too: its retry reads the
+        # month again.
+        failed = context.instance.get_run_records(
+            filters=dg.RunsFilter(
+                statuses=[dg.DagsterRunStatus.FAILURE], updated_after=now - RETRY_WINDOW
+            )
+        )
+        in_flight += [r for r in failed if r.dagster_run.is_complete_and_waiting_to_retry]
         plan = plan_daily_refresh(
             now=now,
             cursor=context.cursor,
