@@ -136,7 +136,10 @@ def build_daily_refresh_sensor(
                 statuses=[dg.DagsterRunStatus.FAILURE], updated_after=now - RETRY_WINDOW
             )
         )
-        in_flight += [r for r in failed if r.dagster_run.is_complete_and_waiting_to_retry]
+        in_flight = [
+            *in_flight,
+            *(r for r in failed if r.dagster_run.is_complete_and_waiting_to_retry),
+        ]
         plan = plan_daily_refresh(
             now=now,
             cursor=context.cursor,
