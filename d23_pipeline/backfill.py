@@ -61,6 +61,10 @@ query PartitionKeys($assetKey: AssetKeyInput!) {
 }"""
 # Every monthly D23 asset shares one partitioning; this one stands for all of them.
 PARTITIONED_ASSET = ["d23", "raw_logs"]
+ASSET_KEYS = """
+query AssetKeys {
+  assetNodes { assetKey { path } }
+}"""
 
 
 class BackfillError(RuntimeError):
@@ -120,15 +124,18 @@ def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
 
 
 def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:
-    """Launch an asset backfill of every D23 asset for ``partition_keys``; return its id."""
-    # Loading the definitions is slow; only here.
-    from d23_pipeline.definitions import defs
-    from d23_pipeline.defs.jobs import RETRY_WHOLE_RUN_TAGS
+    """Launch an asset backfill of every D23 asset the deployment has for ``partition_keys``;
+    return its id."""
+    from d23_pipeline.defs.keys import RETRY_WHOLE_RUN_TAGS  # imports dagster: only here
 
+    # The deployment's own assets, not this process's definitions: loading those would be slow
+    # and would need the run's settings (D23_WAREHOUSE_DSN, say) just to queue a backfill.
+    nodes = graphql(url, ASSET_KEYS, {})["assetNodes"]
+    paths = [node["assetKey"]["path"] for node in nodes if node["assetKey"]["path"][0] == "d23"]
     tags = {"dagster/from_ui": "true", **RETRY_WHOLE_RUN_TAGS}
     params = {
         "tags": [{"key": key, "value": value} for key, value in tags.items()],
-        "assetSelection": [{"path": list(key.path)} for key in defs.resolve_all_asset_keys()],
+        "assetSelection": [{"path": path} for path in paths],
         "partitionNames": list(partition_keys),
         "fromFailure": False,
     }

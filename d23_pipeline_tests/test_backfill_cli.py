@@ -1,6 +1,9 @@
 """``python -m d23_pipeline.backfill``: month ranges and clear errors (the launch itself is e2e)."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +54,8 @@ class FakeWebserver(BaseHTTPRequestHandler):
     launch it refuses with a 500 and its own message."""
 
     partitions = [f"2026-{m:02d}-01" for m in range(7, 13)]
+    # A deployment's assets: the D23 ones, and one of another code location.
+    assets = [["d23", "raw_logs"], ["d23", "logs"], ["other", "table"]]
     launches: list[dict] = []
     refusal: dict = {}
 
@@ -60,6 +65,9 @@ class FakeWebserver(BaseHTTPRequestHandler):
             status = 200
             body = {"data": {"assetNodeOrError": {
                 "__typename": "AssetNode", "partitionKeys": self.partitions}}}  # fmt: skip
+        elif request["query"].lstrip().startswith("query AssetKeys"):
+            status = 200
+            body = {"data": {"assetNodes": [{"assetKey": {"path": p}} for p in self.assets]}}
         else:
             self.launches.append(request["variables"])
             status, body = 500, self.refusal
@@ -123,6 +131,30 @@ def test_the_servers_own_error_is_shown_not_just_its_status(webserver, capsys, r
     assert FakeWebserver.launches[0]["backfillParams"]["partitionNames"] == [
         "2026-07-01",
         "2026-08-01",
+    ]
+
+
+def test_a_backfill_selects_the_deployments_d23_assets_without_loading_the_definitions(
+    webserver,
+):
+    # No D23_WAREHOUSE_DSN: loading the definitions would fail on it, queueing must not.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("D23_")}
+    env["D23_WAREHOUSE"] = "ducklake"
+    probe = (
+        "import sys; from d23_pipeline.backfill import main; "
+        f"code = main(['2026-07', '2026-07', '--url', '{webserver}']); "
+        "print('d23_pipeline.definitions' in sys.modules)"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.stdout.strip() == "False", done.stderr
+    (launch,) = FakeWebserver.launches
+    assert launch["backfillParams"]["assetSelection"] == [
+        {"path": ["d23", "raw_logs"]},
+        {"path": ["d23", "logs"]},
     ]
 
 
