@@ -115,11 +115,25 @@ def simulator_process(config: SimulatorConfig, log: Path) -> Iterator[str]:
         yield first_line.read_text().splitlines()[0].strip()
 
 
+def clean_env(**settings: str) -> dict[str, str]:
+    """This process's environment without the shell's D23_* and DAGSTER_* settings, plus
+    ``settings``: a product process a test starts sees only what the test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D23_", "DAGSTER_"))}
+    return env | settings
+
+
+def run_python(args: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
+    """``python ARGS`` (this interpreter) with ``env``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, *args], env=dict(env), capture_output=True, text=True, timeout=120
+    )
+
+
 def pipeline_env(
     *, api_url: str, sim: SimulatorConfig, data_dir: Path, dagster_home: Path | None = None
 ) -> dict[str, str]:
     """The environment a Dagster process of the product gets, pointed at a simulator."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("D23_", "DAGSTER_"))}
+    env = clean_env()
     env.update(
         D23_API_URL=api_url,
         D23_LENDER=sim.lender_slug,

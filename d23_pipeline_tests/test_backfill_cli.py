@@ -1,15 +1,12 @@
 """``python -m d23_pipeline.backfill``: month ranges and clear errors (the launch itself is e2e)."""
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from processes import free_port
+from processes import clean_env, free_port, run_python
 
 from d23_pipeline.backfill import main, month_partitions, month_progress
 from d23_pipeline.settings import SettingsError
@@ -138,17 +135,13 @@ def test_a_backfill_selects_the_deployments_d23_assets_without_loading_the_defin
     webserver,
 ):
     # No D23_WAREHOUSE_DSN: loading the definitions would fail on it, queueing must not.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("D23_")}
-    env["D23_WAREHOUSE"] = "ducklake"
     probe = (
         "import sys; from d23_pipeline.backfill import main; "
         f"code = main(['2026-07', '2026-07', '--url', '{webserver}']); "
         "print('d23_pipeline.definitions' in sys.modules)"
     )
 
-    done = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = run_python(["-c", probe], clean_env(D23_WAREHOUSE="ducklake"))
 
     assert done.stdout.strip() == "False", done.stderr
     (launch,) = FakeWebserver.launches

@@ -1,8 +1,6 @@
 """``make run``'s choices: its first month, what it prints, the pool limits it sets."""
 
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -10,7 +8,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import httpx
 import pytest
-from processes import free_port, make_dagster_home
+from processes import clean_env, free_port, make_dagster_home, run_python
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.launch import _guide, pool_limits, set_pool_limits, simulator_start_month
@@ -42,22 +40,14 @@ def test_a_bad_setting_stops_make_run_naming_it() -> None:
 
 def test_a_bad_setting_stops_make_run_and_the_simulator_it_started(tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "D23_DATA_DIR": str(tmp_path / "data"),
-        "D23_SIMULATOR_PORT": str(port),
-        "D23_PAGE_LIMIT": "0",
-    }
-    env.pop("D23_API_URL", None)
-
-    launched = subprocess.run(
-        [sys.executable, "-m", "d23_pipeline.launch"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    env = clean_env(
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        D23_DATA_DIR=str(tmp_path / "data"),
+        D23_SIMULATOR_PORT=str(port),
+        D23_PAGE_LIMIT="0",
     )
+
+    launched = run_python(["-m", "d23_pipeline.launch"], env)
 
     assert launched.returncode == 1
     assert "D23_PAGE_LIMIT" in launched.stderr

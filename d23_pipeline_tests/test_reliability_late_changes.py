@@ -148,7 +148,8 @@ def test_rows_moved_into_a_refreshed_month_are_counted_there_and_nowhere_else(
     pipeline.materialize(newer)
     assert pipeline.sim.move_rows(3, older, newer)
 
-    pipeline.materialize(newer)  # the daily refresh, with the older month outside its lookback
+    # the daily refresh, with the older month outside its lookback
+    result = pipeline.materialize(newer)
 
     # The older month is not read again, but its outcome mix is rebuilt from d23.logs, which
     # holds the moved rows in the newer month now: no attempt is counted in both.
@@ -163,6 +164,16 @@ def test_rows_moved_into_a_refreshed_month_are_counted_there_and_nowhere_else(
     )
     assert daily_attempts == _expected_kpis(sim, older)["attempts"]
     assert pipeline.query("SELECT count(*) FROM d23.mix_rebuilds_due") == [(0,)]
+    rebuilt_too = {
+        event.asset_key.to_user_string(): event.materialization.metadata["months_rebuilt_too"].value
+        for event in result.get_asset_materialization_events()
+        if "months_rebuilt_too" in event.materialization.metadata
+    }
+    assert rebuilt_too == {
+        "d23/outcome_mix_monthly": older,
+        "d23/outcome_kpis_monthly": older,
+        "d23/outcome_mix_daily": older,
+    }
 
 
 class MovesARowDuringARead(ExportHookSimulator):

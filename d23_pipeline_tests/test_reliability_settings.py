@@ -1,13 +1,11 @@
 """Settings: a missing or malformed setting fails at load or at run start, naming the variable;
 plain ``http://`` is refused for any host but loopback."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from harness import Pipeline, failure_messages
+from processes import clean_env, run_python
 
 from d23_pipeline.defs.resources import ExportsApiResource
 from d23_pipeline.settings import SettingsError, load_options
@@ -40,15 +38,8 @@ def test_malformed_option_fails_at_load_naming_it(name: str, value: str) -> None
 
 
 def test_loading_the_definitions_with_a_bad_setting_fails_naming_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("D23_")}
-    env |= {"D23_DATA_DIR": str(tmp_path), "D23_SLICE_HOURS": "a day"}
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import d23_pipeline.definitions"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = clean_env(D23_DATA_DIR=str(tmp_path), D23_SLICE_HOURS="a day")
+    loaded = run_python(["-c", "import d23_pipeline.definitions"], env)
 
     assert loaded.returncode != 0
     last_line = loaded.stderr.strip().splitlines()[-1]

@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS d23.outcome_mix_daily (
 );
 
 -- Months whose outcome-mix tables count rows a merge of another month changed (see
--- RECORD_MIX_REBUILDS_DUE): one row per month and table until that table's month is rebuilt.
+-- MIX_REBUILDS_DUE_FROM_ROWS): one row per month and table until that table's month is rebuilt.
 CREATE TABLE IF NOT EXISTS d23.mix_rebuilds_due (
     month     DATE    NOT NULL,
     mix_table VARCHAR NOT NULL
@@ -200,26 +200,24 @@ VALUES (
 """
 
 # The months of rows this merge changes in another month: rows it takes over (their
-# communicated_at moved into this month) and rows it brings back there. Those months' outcome
-# mix still counts them as they were; each outcome-mix asset rebuilds the months due for its
-# table from d23.logs, whichever month it runs for, and so nothing is counted in two months.
+# communicated_at moved into this month) and rows it brings back there, as valid rows or as
+# rejects. Those months' outcome mix still counts them as they were; each outcome-mix asset
+# rebuilds the months due for its table from d23.logs, whichever month it runs for, and so
+# nothing is counted in two months. Two statements, each run only when the merge's preview (or
+# its rejects) says it can find something: the first joins the whole snapshot with d23.logs.
 MIX_TABLES = ("outcome_mix_monthly", "outcome_kpis_monthly", "outcome_mix_daily")
-RECORD_MIX_REBUILDS_DUE = f"""
+_RECORD_MIX_REBUILDS_DUE = """
 INSERT INTO d23.mix_rebuilds_due
-SELECT DISTINCT CAST(changed._partition AS DATE), unnest($mix_tables)
-FROM (
-    SELECT t._partition
-    FROM snapshot AS s
-    JOIN d23.logs AS t USING (public_id)
-    WHERE s.updated_at >= t.updated_at OR {_SEEN_SINCE_DELETED}
-    UNION ALL
-    SELECT t._partition
-    FROM snapshot_rejects AS r
-    JOIN d23.logs AS t USING (public_id)
-    WHERE {_SEEN_SINCE_DELETED}
-) AS changed
-WHERE changed._partition <> $partition
+SELECT DISTINCT CAST(t._partition AS DATE), unnest($mix_tables)
+FROM {source} JOIN d23.logs AS t USING (public_id)
+WHERE t._partition <> $partition AND ({changed})
 """
+MIX_REBUILDS_DUE_FROM_ROWS = _RECORD_MIX_REBUILDS_DUE.format(
+    source="snapshot AS s", changed=f"s.updated_at >= t.updated_at OR {_SEEN_SINCE_DELETED}"
+)
+MIX_REBUILDS_DUE_FROM_REJECTS = _RECORD_MIX_REBUILDS_DUE.format(
+    source="snapshot_rejects AS r", changed=_SEEN_SINCE_DELETED
+)
 # A table's months due, except those still due for the table it is built from.
 MIX_REBUILDS_DUE = """
 SELECT DISTINCT month FROM d23.mix_rebuilds_due

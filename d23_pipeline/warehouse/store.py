@@ -174,9 +174,11 @@ def merge_snapshot(
         inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
         identified_rejects = fetch_row(con, sql.ANY_IDENTIFIED_REJECT)[0]
-        if moved_in or restored or identified_rejects:
-            due = {**params, "mix_tables": list(sql.MIX_TABLES)}
-            execute(con, sql.RECORD_MIX_REBUILDS_DUE, due)
+        due = {**params, "mix_tables": list(sql.MIX_TABLES)}
+        if moved_in or restored:
+            execute(con, sql.MIX_REBUILDS_DUE_FROM_ROWS, due)
+        if identified_rejects:
+            execute(con, sql.MIX_REBUILDS_DUE_FROM_REJECTS, due)
         execute(con, sql.MERGE_SNAPSHOT, params)
         live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
         # Most reads prove nothing gone; the two anti-joins over the month would still cost
