@@ -44,7 +44,10 @@ BACKFILL_STATUS = """
 query BackfillStatus($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
     __typename
-    ... on PartitionBackfill { status runs(limit: 1000) { runId status tags { key value } } }
+    ... on PartitionBackfill {
+      status
+      runs(limit: 1000) { runId status creationTime tags { key value } }
+    }
     ... on PythonError { message }
     ... on BackfillNotFoundError { message }
   }
@@ -57,6 +60,23 @@ query PartitionKeys($assetKey: AssetKeyInput!) {
     __typename
     ... on AssetNode { partitionKeys }
     ... on AssetNotFoundError { message }
+  }
+}"""
+RUN_CHECK_EVALUATIONS = """
+query RunCheckEvaluations($runId: ID!, $cursor: String) {
+  logsForRun(runId: $runId, afterCursor: $cursor, limit: 1000) {
+    __typename
+    ... on EventConnection {
+      cursor
+      hasMore
+      events {
+        ... on AssetCheckEvaluationEvent {
+          evaluation { checkName success severity description assetKey { path } }
+        }
+      }
+    }
+    ... on RunNotFoundError { message }
+    ... on PythonError { message }
   }
 }"""
 # Every monthly D23 asset shares one partitioning; this one stands for all of them.
@@ -168,8 +188,54 @@ def month_progress(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
     }
 
 
-def wait_for_backfill(url: str, backfill_id: str, months: int, poll_s: float = 5.0) -> str:
-    """Poll until the backfill ends, printing each month whose standing changes; its status."""
+def deciding_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per month, the run whose outcome stands: its latest success, else its latest run."""
+    deciding: dict[str, dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: (r["status"] == "SUCCESS", r["creationTime"])):
+        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+        if "dagster/partition" in tags:
+            deciding[tags["dagster/partition"][:7]] = run
+    return deciding
+
+
+def check_evaluations(url: str, run_id: str) -> list[dict[str, Any]]:
+    """The asset check evaluations of run ``run_id``: checkName, success, severity,
+    description, assetKey."""
+    evaluations: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        result = graphql(url, RUN_CHECK_EVALUATIONS, {"runId": run_id, "cursor": cursor})
+        events = result["logsForRun"]
+        if events["__typename"] != "EventConnection":
+            raise BackfillError(f"{events['__typename']}: {events.get('message', events)}")
+        evaluations += [e["evaluation"] for e in events["events"] if "evaluation" in e]
+        if not events["hasMore"]:
+            return evaluations
+        cursor = events["cursor"]
+
+
+def report_failed_checks(url: str, runs: Sequence[dict[str, Any]]) -> bool:
+    """Print every check that failed in each month's deciding run; whether one was an ERROR."""
+    errors = False
+    for month, run in deciding_runs(runs).items():
+        failed = [e for e in check_evaluations(url, run["runId"]) if not e["success"]]
+        for evaluation in failed:
+            errors = errors or evaluation["severity"] == "ERROR"
+            asset = "/".join(evaluation["assetKey"]["path"])
+            why = (evaluation["description"] or "").splitlines()[:1]
+            print(
+                f"  {month}: check {asset} {evaluation['checkName']} failed "
+                f"({evaluation['severity']}){': ' + why[0][:300] if why else ''}",
+                flush=True,
+            )
+    return errors
+
+
+def wait_for_backfill(
+    url: str, backfill_id: str, months: int, poll_s: float = 5.0
+) -> dict[str, Any]:
+    """Poll until the backfill ends, printing each month whose standing changes; the ended
+    backfill's status and runs."""
     shown: dict[str, str] = {}
     while True:
         backfill = backfill_status(url, backfill_id)
@@ -180,7 +246,7 @@ def wait_for_backfill(url: str, backfill_id: str, months: int, poll_s: float = 5
                 print(f"  {month}: {standing} ({done}/{months} months done)", flush=True)
         shown = progress
         if backfill["status"] not in UNFINISHED:
-            return str(backfill["status"])
+            return backfill
         time.sleep(poll_s)
 
 
@@ -191,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})"
     )
-    parser.add_argument("--wait", action="store_true", help="wait until the backfill finishes")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the backfill finishes, then list the checks that failed; exit 0 only "
+        "if every month succeeded and no ERROR check failed",
+    )
     args = parser.parse_args(argv)
     try:
         keys = month_partitions(args.first, args.last)
@@ -201,12 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions")
         if not args.wait:
             return 0
-        status = wait_for_backfill(args.url, backfill_id, len(keys))
+        backfill = wait_for_backfill(args.url, backfill_id, len(keys))
+        print(f"Backfill {backfill_id} finished: {backfill['status']}", flush=True)
+        check_errors = report_failed_checks(args.url, backfill["runs"])
     except (SettingsError, BackfillError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"Backfill {backfill_id} finished: {status}")
-    return 0 if status == "COMPLETED_SUCCESS" else 1
+    return 0 if backfill["status"] == "COMPLETED_SUCCESS" and not check_errors else 1
 
 
 if __name__ == "__main__":

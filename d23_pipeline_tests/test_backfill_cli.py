@@ -47,14 +47,18 @@ def test_cli_reports_a_webserver_that_is_not_running(capsys):
 
 
 class FakeWebserver(BaseHTTPRequestHandler):
-    """Dagster's GraphQL endpoint as the backfill command sees it: the months it has, and a
-    launch it refuses with a 500 and its own message."""
+    """Dagster's GraphQL endpoint as the backfill command sees it: the months it has, a launch
+    it refuses with a 500 and its own message (or accepts), and an ended backfill's runs with
+    their check evaluations, served in pages of one event."""
 
     partitions = [f"2026-{m:02d}-01" for m in range(7, 13)]
     # A deployment's assets: the D23 ones, and one of another code location.
     assets = [["d23", "raw_logs"], ["d23", "logs"], ["other", "table"]]
     launches: list[dict] = []
     refusal: dict = {}
+    accept = False
+    backfill_runs: list[dict] = []
+    run_checks: dict[str, list[dict]] = {}
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -65,6 +69,22 @@ class FakeWebserver(BaseHTTPRequestHandler):
         elif request["query"].lstrip().startswith("query AssetKeys"):
             status = 200
             body = {"data": {"assetNodes": [{"assetKey": {"path": p}} for p in self.assets]}}
+        elif request["query"].lstrip().startswith("query BackfillStatus"):
+            status = 200
+            body = {"data": {"partitionBackfillOrError": {"__typename": "PartitionBackfill",
+                "status": "COMPLETED_SUCCESS", "runs": self.backfill_runs}}}  # fmt: skip
+        elif request["query"].lstrip().startswith("query RunCheckEvaluations"):
+            status = 200
+            events = self.run_checks[request["variables"]["runId"]]
+            at = int(request["variables"]["cursor"] or 0)
+            body = {"data": {"logsForRun": {"__typename": "EventConnection",
+                "events": events[at : at + 1], "cursor": str(at + 1),
+                "hasMore": at + 1 < len(events)}}}  # fmt: skip
+        elif self.accept:
+            self.launches.append(request["variables"])
+            status = 200
+            body = {"data": {"launchPartitionBackfill": {
+                "__typename": "LaunchBackfillSuccess", "backfillId": "bf1"}}}  # fmt: skip
         else:
             self.launches.append(request["variables"])
             status, body = 500, self.refusal
@@ -161,6 +181,59 @@ def test_a_backfills_failed_months_are_retried_from_their_read(webserver):
 def _run(partition: str, status: str) -> dict:
     return {"runId": f"{partition}-{status}", "status": status,
             "tags": [{"key": "dagster/partition", "value": partition}]}  # fmt: skip
+
+
+def _evaluation(asset: str, check: str, passed: bool, severity: str, why: str = "") -> dict:
+    return {"evaluation": {"checkName": check, "success": passed, "severity": severity,
+        "description": why or None, "assetKey": {"path": asset.split("/")}}}  # fmt: skip
+
+
+@pytest.fixture
+def ended_backfill(webserver: str) -> Iterator[str]:
+    """A backfill of 2026-07 (failed once on an unverified slice, then retried) and 2026-08,
+    both successful in the end; 2026-08 with rates the mapping does not cover."""
+    FakeWebserver.accept = True
+    failed, retried, august = (
+        _run("2026-07-01", "FAILURE") | {"creationTime": 1.0},
+        _run("2026-07-01", "SUCCESS") | {"creationTime": 2.0},
+        _run("2026-08-01", "SUCCESS") | {"creationTime": 1.5},
+    )
+    FakeWebserver.backfill_runs = [august, retried, failed]
+    other_event: dict = {}  # what GraphQL gives for an event no fragment of the query matches
+    FakeWebserver.run_checks = {
+        failed["runId"]: [_evaluation("d23/logs", "slices_verified", False, "ERROR")],
+        retried["runId"]: [
+            other_event,
+            _evaluation("d23/logs", "slices_verified", True, "ERROR"),
+            _evaluation("d23/raw_logs", "rejected_rows", False, "WARN"),
+        ],
+        august["runId"]: [
+            _evaluation("d23/logs", "slices_verified", True, "ERROR"),
+            _evaluation(
+                "d23/outcome_kpis", "unmapped_share", False, "ERROR", "41 attempts\nunmapped"
+            ),
+        ],
+    }
+    yield webserver
+    FakeWebserver.accept = False
+
+
+def test_wait_lists_the_checks_that_failed_and_fails_on_an_error_one(ended_backfill, capsys):
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 1
+
+    out = capsys.readouterr().out
+    assert "finished: COMPLETED_SUCCESS" in out
+    assert "2026-07: check d23/raw_logs rejected_rows failed (WARN)" in out
+    assert "2026-08: check d23/outcome_kpis unmapped_share failed (ERROR): 41 attempts" in out
+    # The run the daemon retried does not count: its retry verified the slice.
+    assert "slices_verified" not in out
+
+
+def test_wait_exits_0_when_only_warnings_failed(ended_backfill, capsys):
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
+    assert "rejected_rows failed (WARN)" in capsys.readouterr().out
 
 
 def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():

@@ -31,7 +31,7 @@ from processes import (
     webserver_process,
 )
 
-from d23_pipeline.backfill import backfill_status
+from d23_pipeline.backfill import backfill_status, check_evaluations, deciding_runs
 from d23_pipeline.defs import keys
 from d23_pipeline.defs.sensors import REFRESH_DATE_TAG, TRIGGER_TAG, run_key
 from d23_pipeline.launch import set_pool_limits
@@ -223,6 +223,15 @@ def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: De
         assert f"  {month}: SUCCESS (" in finished.stdout, finished.stdout
     assert f"({len(PARTITIONS)}/{len(PARTITIONS)} months done)" in finished.stdout
     assert {run["status"] for run in runs} == {"SUCCESS"}
+    # ... and which checks failed: none here, from evaluations the webserver does report.
+    assert " failed (" not in finished.stdout
+    for run in deciding_runs(runs).values():
+        evaluations = {
+            e["checkName"]: e["success"]
+            for e in check_evaluations(deployment.web.url, run["runId"])
+        }
+        assert evaluations["slices_verified"] is True
+        assert evaluations["rows_match_api_total"] is True
     # A failed month is retried from its read (see RETRY_WHOLE_RUN_TAGS).
     assert {tags_of(run).get("dagster/retry_strategy") for run in runs} == {"ALL_STEPS"}
     assert deployment.pipeline.dashboard_path.is_file()
