@@ -76,6 +76,54 @@ def test_a_run_holding_the_warehouse_gives_a_clear_error_not_a_hang(data_dir: Pa
     assert len(load_outcome_tables(data_dir).kpis_monthly) == 1  # free again
 
 
+def _notebook(path: Path, read_only: bool, hold_s: float) -> subprocess.Popen:
+    """A notebook that connected with plain DuckDB, not through the pipeline's lock."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, time\n"
+         f"con = duckdb.connect({str(path)!r}, read_only={read_only})\n"
+         f"print('open', flush=True); time.sleep({hold_s}); con.close()\n"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "open"
+    return holder
+
+
+def test_a_run_step_waits_for_a_notebooks_read_only_connection_to_close(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = data_dir / "warehouse.duckdb"
+    notebook = _notebook(path, read_only=True, hold_s=1.5)
+    try:
+        with Warehouse(path, lock_timeout_s=60).connect() as con:  # what a writing step does
+            con.execute("DELETE FROM d23.logs WHERE public_id = 'a'")
+    finally:
+        notebook.kill()
+        notebook.wait()
+
+    assert "held by another process" in caplog.text
+    assert len(load_outcome_tables(data_dir).mix_daily) == 2
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_notebook_holding_the_warehouse_too_long_gives_a_clear_error(
+    data_dir: Path, read_only: bool
+) -> None:
+    path = data_dir / "warehouse.duckdb"
+    notebook = _notebook(path, read_only=read_only, hold_s=30)
+    try:
+        with pytest.raises(WarehouseBusyError, match="held by another process for more than 0.5 s"):
+            with Warehouse(path, lock_timeout_s=0.5).connect():
+                pass
+        if not read_only:  # readers are refused only by a writer
+            with pytest.raises(WarehouseBusyError, match="close its connection"):
+                load_outcome_tables(data_dir, wait_s=0.5)
+    finally:
+        notebook.kill()
+        notebook.wait()
+
+
 def test_a_missing_warehouse_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"no warehouse at {tmp_path}"):
         load_outcome_tables(tmp_path)

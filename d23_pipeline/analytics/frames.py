@@ -6,7 +6,8 @@
     tables.kpis_monthly.tail()
 
 The warehouse is opened read-only and closed before the call returns, so a notebook never
-holds it: DuckDB lets no other process in while one has the file open for writing. With
+holds it: while any process has the file open, even read-only, DuckDB lets no other process
+write it, and while one writes, none may read. With
 ``D23_WAREHOUSE=ducklake`` it reads the lake instead, the last committed state, never waiting
 for a writer.
 """
@@ -17,21 +18,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 from filelock import Timeout
 
 from d23_pipeline.settings import load_options
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
-from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend
+from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend, WarehouseBusyError
 
 # A run holds the warehouse for seconds per step; a notebook should say so rather than hang.
 DEFAULT_WAIT_S = 10.0
-
-
-class WarehouseBusyError(RuntimeError):
-    """A pipeline run (or another process) is writing to the warehouse; try again shortly."""
 
 
 @dataclass(frozen=True)
@@ -72,13 +68,4 @@ def load_outcome_tables(
         raise WarehouseBusyError(
             f"{path} is being written by a pipeline run (it held {path.name}.lock for more than "
             f"{wait_s:g} s); try again when the run's warehouse steps have finished"
-        ) from None
-    except duckdb.IOException as exc:
-        # A process that opened the file without the pipeline's lock, e.g. a notebook that
-        # connected read-write, keeps DuckDB's own lock.
-        if "lock" not in str(exc).lower():
-            raise
-        raise WarehouseBusyError(
-            f"{path} is open for writing in another process; close it there "
-            f"(open notebooks with read_only=True): {exc}"
         ) from None

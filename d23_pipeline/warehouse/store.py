@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,15 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     con.execute(sql.COMMIT)
 
 
+class WarehouseBusyError(RuntimeError):
+    """Another process holds the warehouse longer than a connection may wait for it."""
+
+
+def _held_by_another_process(exc: duckdb.IOException) -> bool:
+    # DuckDB's own file lock: "Could not set lock on file ...: Conflicting lock is held in ..."
+    return "conflicting lock" in str(exc).lower()
+
+
 class Warehouse:
     """The DuckDB file under ``D23_DATA_DIR`` and the lock that serialises access to it."""
 
@@ -97,7 +107,7 @@ class Warehouse:
         with self._lock:
             if read_only and not self.path.exists():
                 self._create()
-            con = duckdb.connect(str(self.path), read_only=read_only, config=self._config)
+            con = self._open(read_only)
             try:
                 con.execute(sql.SESSION_SETUP)
                 if not read_only:
@@ -105,6 +115,33 @@ class Warehouse:
                 yield con
             finally:
                 con.close()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Connect, waiting up to ``lock_timeout_s`` for a process that holds DuckDB's own lock
+        without taking ours: a notebook's connection, even a read-only one, blocks writers."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        pause = 0.05
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only, config=self._config)
+            except duckdb.IOException as exc:
+                if not _held_by_another_process(exc):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise WarehouseBusyError(
+                        f"{self.path} is held by another process for more than "
+                        f"{self.lock_timeout_s:g} s ({exc}); close its connection, e.g. a "
+                        "notebook's (query through load_outcome_tables, which closes at once)"
+                    ) from None
+                if pause == 0.05:
+                    log.warning(
+                        "%s is held by another process (%s); waiting up to %g s for it to close",
+                        self.path,
+                        exc,
+                        self.lock_timeout_s,
+                    )
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def _create(self) -> None:
         con = duckdb.connect(str(self.path), config=self._config)
