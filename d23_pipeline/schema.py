@@ -131,7 +131,10 @@ def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
             expected = "a non-empty string" if name == "public_id" else "a string"
             raise ValueError(f"{name} is {_describe(value)}, expected {expected}")
         if not _is_text(value):
-            raise ValueError(f"{name} is not valid Unicode text (it holds a lone surrogate)")
+            raise ValueError(
+                f"{name} is not valid Unicode text (it holds a lone surrogate, or bytes that are "
+                "not UTF-8)"
+            )
         row[name] = value
     for name in BOOL_FIELDS:
         if name not in raw:
@@ -172,6 +175,11 @@ def _is_canonical(batch: pa.RecordBatch, since: str, until: str) -> bool:
         return False
     if not pc.all(pc.greater(pc.utf8_length(batch.column("public_id")), 0)).as_py():
         return False
+    try:
+        # Arrow's JSON reader passes bytes that are not UTF-8 through; Parquet and DuckDB don't.
+        batch.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
     for name in TIMESTAMP_FIELDS:
         column = batch.column(name)
         if not pc.all(pc.match_substring_regex(column, _CANONICAL_TS_RE2)).as_py():
@@ -200,7 +208,7 @@ def _conforming_batch(raw_rows: list[Any], since: str, until: str) -> pa.RecordB
         return None
     try:
         batch = rows_to_batch(raw_rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):  # the last: a surrogate
         return None
     return batch if _is_canonical(batch, since, until) else None
 

@@ -141,6 +141,25 @@ def test_a_body_that_stays_invalid_is_a_protocol_error_with_the_request_id() -> 
     assert "not valid JSON" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("pagination", "named"),
+    [
+        ({"total": "7", "totalExact": True}, "pagination.total is a string, expected an integer"),
+        ({"total": 7, "totalExact": "true"}, "pagination.totalExact is a string, expected true"),
+    ],
+)
+def test_a_count_of_the_wrong_type_is_a_clear_error_not_a_search_for_one(
+    pagination: dict, named: str
+) -> None:
+    sim = paged(range(7))
+    answer = {"body": {"rows": [], "pagination": {"nextCursor": None, **pagination}}}
+    sim.script(SimResponse.from_json(answer), times=99, when=lambda r: r.kind == "count")
+    with client(sim) as reader, pytest.raises(ProtocolError, match=named):
+        reader.fetch_total(DAY)
+    # Read as "no exact count", the day was halved down to the narrowest window: 127 requests.
+    assert sim.stats.snapshot()["by_kind"]["count"] <= 6
+
+
 def test_a_persistent_500_exhausts_retries_naming_request_id_and_window() -> None:
     sim = paged(range(10))
     sim.script(error(500, "req-500"), times=99, when=has_cursor)
@@ -351,6 +370,9 @@ def test_two_alike_rejects_without_public_id_on_two_pages_are_two_rejects(bad: o
     assert len(rejects) == 2 and rejects[0] == rejects[1]
 
 
+NOT_UNICODE = "is not valid Unicode text (it holds a lone surrogate, or bytes that are not UTF-8)"
+
+
 def _page_with_raw_json(rows: list[dict]) -> SimResponse:
     # The stdlib writes a lone surrogate as the escape JavaScript's JSON.stringify emits for a
     # string cut inside an emoji; orjson refuses such a document, Python's json reads it.
@@ -372,8 +394,8 @@ def test_a_lone_surrogate_outside_the_allowlist_costs_nothing_and_inside_it_one_
     assert [r["public_id"] for p in pages for r in p.rows] == [good["public_id"]]
     rejects = [(r.public_id, r.reason) for p in pages for r in p.rejects]
     assert rejects == [
-        (cut["public_id"], "outcome_option is not valid Unicode text (it holds a lone surrogate)"),
-        (None, "public_id is not valid Unicode text (it holds a lone surrogate)"),
+        (cut["public_id"], f"outcome_option {NOT_UNICODE}"),
+        (None, f"public_id {NOT_UNICODE}"),
     ]
 
 

@@ -113,9 +113,9 @@ def test_a_notebook_holding_the_warehouse_too_long_gives_a_clear_error(
     path = data_dir / "warehouse.duckdb"
     notebook = _notebook(path, read_only=read_only, hold_s=30)
     try:
-        with pytest.raises(WarehouseBusyError, match="held by another process for more than 0.5 s"):
-            with Warehouse(path, lock_timeout_s=0.5).connect():
-                pass
+        held = "held by another process for more than 0.5 s"
+        with pytest.raises(WarehouseBusyError, match=held), Warehouse(path, 0.5).connect():
+            pass
         if not read_only:  # readers are refused only by a writer
             with pytest.raises(WarehouseBusyError, match="close its connection"):
                 load_outcome_tables(data_dir, wait_s=0.5)

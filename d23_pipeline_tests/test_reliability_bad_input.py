@@ -39,9 +39,18 @@ FAST_RETRIES = {"retry_base_delay_s": 0.001}
 
 
 class MisbehavingSimulator(ExportHookSimulator):
-    """The simulator, except that export requests get the answer named by ``mode``."""
+    """The simulator, except that export requests get the answer named by ``mode``, and pages
+    serve ``latin1``, if set, in Latin-1 instead of UTF-8."""
 
     mode = "normal"
+    latin1: str | None = None
+
+    def handle(self, *args: Any) -> SimResponse | object:
+        answer = super().handle(*args)
+        if self.latin1 and isinstance(answer, SimResponse) and answer.status == 200:
+            body = answer.body.replace(self.latin1.encode(), self.latin1.encode("latin-1"))
+            answer = SimResponse(answer.status, answer.headers, body)
+        return answer
 
     def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
         if self.mode == "unknown_dataset":
@@ -201,6 +210,29 @@ def test_pii_nested_in_a_contract_field_reaches_no_table_and_no_file(
     )
     assert orjson.loads(values)["outcome_option"] == "<dict>"
     assert files_containing(small_month.data_dir, [marker]) == {}
+
+
+@pytest.mark.parametrize("page_limit", [3, 500], ids=["within a walk", "on its last page"])
+def test_a_value_that_is_not_utf8_costs_its_row_only(
+    small_month: Pipeline, page_limit: int
+) -> None:
+    outcome = "NO_CONTESTA_TEL\u00c9FONO"
+    days: dict[str, list[str]] = {}
+    for row in small_month.sim.rows():
+        days.setdefault(str(row["communicated_at"])[:10], []).append(row["public_id"])
+    # A day's second row: on its slice's first page of 3, which has a page after it.
+    victim = next(ids for ids in days.values() if len(ids) > 6)[1]
+    small_month.sim.corrupt_row(victim, "wrong_type", outcome_option=outcome)
+    small_month.sim.latin1 = outcome
+
+    result = small_month.materialize(MONTH, raise_on_error=False, page_limit=page_limit)
+
+    assert result.success, failure_messages(result)
+    ((reason,),) = small_month.query(
+        "SELECT reason FROM d23.rejected_rows WHERE public_id = ?", (victim,)
+    )
+    assert reason.startswith("outcome_option is not valid Unicode text") and "UTF-8" in reason
+    assert small_month.live_rows([MONTH]) == small_month.expected_rows([MONTH])
 
 
 def test_a_timestamp_with_no_utc_instant_is_quarantined_and_the_month_lands(

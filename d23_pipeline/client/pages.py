@@ -45,12 +45,23 @@ def read_total(response: httpx.Response) -> WindowTotal:
     if not isinstance(pagination, dict):
         return WindowTotal(None, False, None)
     total = pagination.get("total")
+    exact = pagination.get("totalExact")
     note = pagination.get("totalNote")
-    return WindowTotal(
-        total if isinstance(total, int) and not isinstance(total, bool) else None,
-        pagination.get("totalExact") is True,
-        note if isinstance(note, str) else None,
-    )
+    # A count of the wrong type is a broken answer, not "the API could not count": read as
+    # the latter, it would narrow the window to its minimum looking for an exact count.
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+        wrong = f"pagination.total is {_json_type(total)}, expected an integer"
+        raise _bad_body(response, wrong)
+    if exact is not None and not isinstance(exact, bool):
+        wrong = f"pagination.totalExact is {_json_type(exact)}, expected true or false"
+        raise _bad_body(response, wrong)
+    return WindowTotal(total, exact is True, note if isinstance(note, str) else None)
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _envelope_body(response: httpx.Response) -> dict[str, Any]:

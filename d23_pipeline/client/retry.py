@@ -133,9 +133,10 @@ def decode_json(response: httpx.Response) -> Any:
     except orjson.JSONDecodeError:
         pass
     try:
-        # Valid JSON that orjson refuses: a lone surrogate escape, a number past a double. One
-        # such value is one bad row (schema.validate_rows), not a page that fails every retry.
-        return json.loads(response.content)
+        # Valid JSON that orjson refuses: a lone surrogate escape, a number past a double, a
+        # byte that is not UTF-8 (kept as a lone surrogate). One such value is one bad row
+        # (schema.validate_rows), not a page that fails every retry.
+        return json.loads(response.content.decode("utf-8", "surrogateescape"))
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise Transient(
