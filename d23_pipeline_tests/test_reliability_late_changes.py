@@ -5,7 +5,7 @@ is backfilled."""
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -361,3 +361,80 @@ def test_a_deletion_waits_while_another_slice_cannot_be_proven_complete_again(
         )
         assert deleted_at is not None
         assert pipeline.live_rows([MOVED_MONTH]) == pipeline.expected_rows([MOVED_MONTH])
+
+
+class StopsPartWay(ExportHookSimulator):
+    """While ``stop_from`` is set, export requests for windows from that day on are refused
+    (404, which the client does not retry): a run of the month dies part-way through its read."""
+
+    stop_from: str | None = None
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if self.stop_from and query.get("since", "") >= self.stop_from:
+            return path, SimResponse.error(404, "dataset not enabled", "req-stop")
+        return path, None
+
+
+OLDER, NEWER = MONTHS[0], MONTHS[1]
+
+
+@pytest.fixture
+def two_months(tmp_path: Path) -> Iterator[Pipeline]:
+    sim = StopsPartWay(SimulatorConfig(months=(OLDER, NEWER), rows_per_month=300))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize(OLDER)
+        pipeline.materialize(NEWER)
+        yield pipeline
+
+
+def _interrupted_read(pipeline: Pipeline, month: str) -> None:
+    """A run of ``month`` that finishes its first days' slices, then dies."""
+    sim = pipeline.sim
+    assert isinstance(sim, StopsPartWay)
+    sim.stop_from = f"{month}-20"
+    assert not pipeline.materialize(month, raise_on_error=False).success
+    sim.stop_from = None
+
+
+def _state(pipeline: Pipeline, public_id: str) -> tuple[str, bool]:
+    ((partition, deleted_at),) = pipeline.query(
+        "SELECT _partition, _deleted_at FROM d23.logs WHERE public_id = ?", (public_id,)
+    )
+    return partition[:7], deleted_at is not None
+
+
+def test_a_resumed_read_brings_back_no_row_deleted_after_its_slices_were_read(
+    two_months: Pipeline,
+) -> None:
+    moved = two_months.sim.rows(*month_window(OLDER))[0]["public_id"]
+    two_months.sim.move_row(moved, datetime.fromisoformat(f"{NEWER}-01T10:00:00+00:00"))
+    _interrupted_read(two_months, NEWER)  # its first day's slice serves the moved row
+    two_months.sim.hard_delete_row(moved)
+    two_months.materialize(OLDER)  # proves it gone from its instant: marked deleted
+    assert _state(two_months, moved) == (OLDER, True)
+
+    two_months.materialize(NEWER)  # the re-run, within a day of the interrupted one
+
+    assert _state(two_months, moved)[1] is True
+    assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])
+
+
+def test_a_read_resumed_after_a_deletion_reads_its_finished_slices_again(
+    two_months: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    _interrupted_read(two_months, NEWER)
+    moved = two_months.sim.rows(*month_window(OLDER))[0]["public_id"]
+    # Into a slice the interrupted run finished; its old month's refresh no longer finds it.
+    two_months.sim.move_row(moved, datetime.fromisoformat(f"{NEWER}-01T10:00:00+00:00"))
+    two_months.materialize(OLDER)
+    assert _state(two_months, moved) == (OLDER, True)
+
+    result = two_months.materialize(NEWER)
+
+    assert "not resuming the read begun at" in caplog.text
+    assert result.asset_materializations_for_node("d23__raw_logs")[0].metadata[
+        "slices_resumed"
+    ].value == 0
+    assert _state(two_months, moved) == (NEWER, False)
+    assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from d23_pipeline.client import ExportsClient, SliceDone, SliceEvent, Window
 from d23_pipeline.landing.snapshot import (
@@ -20,6 +21,7 @@ from d23_pipeline.warehouse.store import (
     anonymous_rejects,
     deletion_candidates,
     files_serving_an_id_twice,
+    last_deletion,
 )
 
 log = logging.getLogger("d23_pipeline.landing")
@@ -59,6 +61,15 @@ def read_month(
     month = Window(slices[0].since, slices[-1].until)
     with store.begin(partition, slices, run_id) as writer:
         finished = writer.finished
+        if finished and _deleted_since(warehouse, writer.started_at):
+            log.warning(
+                "%s: not resuming the read begun at %s: since then a read proved rows gone, and "
+                "one may have moved into a slice it finished; reading every slice again",
+                partition,
+                writer.started_at.isoformat(timespec="seconds"),
+            )
+            writer.start_over()
+            finished = set()
         if finished:
             log.info("resuming %s: %d/%d slices done", partition, len(finished), len(slices))
         events = client.iter_slices(month, skip=finished)
@@ -98,6 +109,12 @@ def read_month(
             absent = _not_moved(client, landed, served_twice, absent, partition)
         snapshot = writer.complete(client.stats.as_dict(), absent=absent)
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
+
+
+def _deleted_since(warehouse: WarehouseBackend, started_at: datetime) -> bool:
+    with warehouse.connect(read_only=True) as con:
+        last = last_deletion(con)
+    return last is not None and last >= started_at
 
 
 def _not_moved(

@@ -116,6 +116,13 @@ class Snapshot:
     rejects: int
     completed_at: datetime
     read_stats: dict[str, Any]
+    # When the read of its first slice began (a resumed read: the interrupted run's start).
+    started_at: datetime | None = None
+
+    @property
+    def served_since(self) -> datetime:
+        """A time every row of the snapshot was served after."""
+        return self.started_at or self.completed_at
 
     @property
     def row_files(self) -> list[Path]:
@@ -206,6 +213,18 @@ class SnapshotWriter:
     def finished(self) -> set[Window]:
         """The slices an earlier run of this snapshot finished."""
         return {Window.from_key(key) for key in self._manifest["slices"]}
+
+    @property
+    def started_at(self) -> datetime:
+        """When the read of this snapshot's first slice began."""
+        return datetime.fromisoformat(self._manifest["started_at"])
+
+    def start_over(self) -> None:
+        """Read every slice again, as of now: an earlier run's finished slices are not reused
+        (their files are replaced as the slices are read again)."""
+        self._manifest["slices"] = {}
+        self._manifest["started_at"] = datetime.now(UTC).isoformat()
+        _write_json_atomically(self.directory / "manifest.json", self._manifest)
 
     @property
     def slices(self) -> list[SliceRecord]:
@@ -336,6 +355,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         rejects=sum(s.rejects for s in slices),
         completed_at=datetime.fromisoformat(manifest["completed_at"]),
         read_stats=manifest.get("read_stats", {}),
+        started_at=datetime.fromisoformat(manifest["started_at"]),
     )
 
 

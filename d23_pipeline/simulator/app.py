@@ -409,6 +409,10 @@ class Simulator:
         """Move this lender's row ``public_id`` to ``communicated_at``, as an update."""
         self._data.move_row(public_id, int(communicated_at.timestamp() * 1000))
 
+    def hard_delete_row(self, public_id: str) -> None:
+        """Remove this lender's row ``public_id`` outright, unannounced."""
+        self._data.hard_delete_row(public_id)
+
     def corrupt_row(self, public_id: str, kind: BadRowKind, /, **fields: Any) -> None:
         """Serve the row ``public_id`` with ``fields`` replaced from now on: a bad row of
         ``kind`` (a :class:`BadRows` field), which ``valid_rows`` then treats as generated ones."""

@@ -567,15 +567,23 @@ class Collection:
             return ids
 
     def move_row(self, public_id: str, communicated_at_ms: int) -> None:
-        oid = int(public_id, 16)
         with self._lock:
-            index = next(
-                (i for i, e in enumerate(self._entries) if e & _MINE and entry_key(e)[1] == oid),
-                None,
-            )
-            if index is None:
-                raise KeyError(public_id)
-            insort(self._entries, self._retimed(self._entries.pop(index), communicated_at_ms))
+            entry = self._entries.pop(self._index_of(public_id))
+            insort(self._entries, self._retimed(entry, communicated_at_ms))
+
+    def hard_delete_row(self, public_id: str) -> None:
+        with self._lock:
+            self._entries.pop(self._index_of(public_id))
+            self._overrides.pop(int(public_id, 16), None)
+
+    def _index_of(self, public_id: str) -> int:
+        oid = int(public_id, 16)
+        index = next(
+            (i for i, e in enumerate(self._entries) if e & _MINE and entry_key(e)[1] == oid), None
+        )
+        if index is None:
+            raise KeyError(public_id)
+        return index
 
     def _retimed(self, entry: int, comm: int) -> int:
         # The entry at a new communicated_at, updated now (created no later than communicated).

@@ -151,10 +151,11 @@ FROM read_parquet($files)
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
-# A row marked deleted comes back only when a read that finished after the one that proved it
-# gone serves it again: a snapshot read earlier (its d23/logs step run again on its own) saw the
-# row before it went, which is no evidence that it is back.
-_SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
+# A row marked deleted comes back only when a read that began after the one that proved it gone
+# had finished serves it again. A snapshot read earlier (its d23/logs step run again on its own),
+# or while the row went (a long read, or one resumed from slices read before), may have served
+# it before it went, which is no evidence that it is back; the month's next read will say.
+_SEEN_SINCE_DELETED = "t._deleted_at < $served_since"
 
 # What the merge is about to do, counted before it changes anything, with the MERGE's own
 # conditions: "updated" counts rows whose updated_at moved forward (an exact tie is rewritten
@@ -262,6 +263,10 @@ SET _deleted_at = NULL, _last_seen_at = greatest(t._last_seen_at, $read_at)
 WHERE {_SEEN_SINCE_DELETED}
   AND EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
 """
+
+# The last time a read proved a row gone, of any month: one that moved into a slice read before
+# then may be among them (see landing/month.py).
+LAST_DELETION = "SELECT max(_deleted_at) FROM d23.logs"
 
 # Bad rows a read served without a usable public_id: any of them may be a row that looks
 # deleted, moved within the month and broken on the way (see landing/month.py).

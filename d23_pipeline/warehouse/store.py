@@ -197,6 +197,7 @@ def merge_snapshot(
         "files": [str(f) for f in snapshot.row_files],
         "partition": partition,
         "read_at": read_at,
+        "served_since": snapshot.served_since,
     }
     slices = snapshot.slices
     with transaction(con):
@@ -330,6 +331,12 @@ def deletion_candidates(
             "verified_until": [until for _, until in verified],
         },
     ).fetchall()
+
+
+def last_deletion(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """When a read last marked a row of any month deleted, if ever."""
+    last: datetime | None = fetch_row(con, sql.LAST_DELETION)[0]
+    return last
 
 
 def anonymous_rejects(con: duckdb.DuckDBPyConnection, reject_files: Sequence[Path]) -> int:
