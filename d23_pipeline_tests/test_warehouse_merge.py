@@ -1,6 +1,5 @@
 """The month merge into d23.logs, on hand-made snapshots: who wins, what is deleted, what stays."""
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -192,24 +191,6 @@ def test_a_snapshot_merged_again_after_a_newer_read_brings_no_deleted_row_back(
     assert summary.restored == 0
     assert b["_deleted_at"] == before["_deleted_at"]
     assert b["_last_seen_at"] == before["_last_seen_at"]
-
-
-def test_only_a_read_begun_after_a_deletion_brings_the_row_back(months: Months) -> None:
-    months.merge([row("a"), row("b")])
-    months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
-    deleted_at = months.logs()["b"]["_deleted_at"]
-    # Finished after the deletion, but begun before it: b may have been served before it went.
-    during = months.snapshot([row("a"), row("b")])
-    after = months.snapshot([row("a"), row("b")])
-
-    with months.warehouse.connect() as con:
-        kept = merge_snapshot(con, replace(during, started_at=deleted_at - timedelta(minutes=1)))
-    assert months.logs()["b"]["_deleted_at"] == deleted_at
-    with months.warehouse.connect() as con:
-        back = merge_snapshot(con, replace(after, started_at=deleted_at + timedelta(minutes=1)))
-
-    assert (kept.restored, back.restored) == (0, 1)
-    assert months.logs()["b"]["_deleted_at"] is None
 
 
 def test_a_snapshot_merged_again_deletes_no_row_a_newer_read_saw(months: Months) -> None:

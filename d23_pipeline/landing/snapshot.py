@@ -116,13 +116,6 @@ class Snapshot:
     rejects: int
     completed_at: datetime
     read_stats: dict[str, Any]
-    # When the read of its first slice began (a resumed read: the interrupted run's start).
-    started_at: datetime | None = None
-
-    @property
-    def served_since(self) -> datetime:
-        """A time every row of the snapshot was served after."""
-        return self.started_at or self.completed_at
 
     @property
     def row_files(self) -> list[Path]:
@@ -355,7 +348,6 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         rejects=sum(s.rejects for s in slices),
         completed_at=datetime.fromisoformat(manifest["completed_at"]),
         read_stats=manifest.get("read_stats", {}),
-        started_at=datetime.fromisoformat(manifest["started_at"]),
     )
 
 

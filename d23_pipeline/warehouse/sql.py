@@ -151,11 +151,10 @@ FROM read_parquet($files)
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
-# A row marked deleted comes back only when a read that began after the one that proved it gone
-# had finished serves it again. A snapshot read earlier (its d23/logs step run again on its own),
-# or while the row went (a long read, or one resumed from slices read before), may have served
-# it before it went, which is no evidence that it is back; the month's next read will say.
-_SEEN_SINCE_DELETED = "t._deleted_at < $served_since"
+# A row marked deleted comes back only when a read that finished after the one that proved it
+# gone serves it again: a snapshot read earlier (its d23/logs step run again on its own) saw the
+# row before it went, which is no evidence that it is back.
+_SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
 
 # What the merge is about to do, counted before it changes anything, with the MERGE's own
 # conditions: "updated" counts rows whose updated_at moved forward (an exact tie is rewritten

@@ -197,7 +197,6 @@ def merge_snapshot(
         "files": [str(f) for f in snapshot.row_files],
         "partition": partition,
         "read_at": read_at,
-        "served_since": snapshot.served_since,
     }
     slices = snapshot.slices
     with transaction(con):
