@@ -8,6 +8,7 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -16,7 +17,11 @@ from harness import Lake
 from postgres import PostgresServer
 from test_warehouse_merge import Months, row
 
+from d23_pipeline.analytics import outcome_mix
 from d23_pipeline.analytics.frames import load_outcome_tables
+from d23_pipeline.analytics.outcome_classes import load_outcome_classes
+from d23_pipeline.analytics.outcome_mix import rebuild_outcome_mix_monthly
+from d23_pipeline.months import month_window
 from d23_pipeline.settings import SettingsError, load_options
 from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.ducklake import (
@@ -220,10 +225,12 @@ def test_two_months_merged_at_once_both_land_and_a_reader_never_waits(
 
 
 @contextmanager
-def commits_held_until_both_staged(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each thread's first transaction waits before its COMMIT until the other's has staged
-    everything too, as two runs' merges overlap with the warehouse pool raised; a transaction
-    run again after a conflict commits at once."""
+def commits_held_until_both_staged(
+    monkeypatch: pytest.MonkeyPatch, where: object = store
+) -> Iterator[None]:
+    """Each thread's first transaction (of module ``where``) waits before its COMMIT until the
+    other's has staged everything too, as two runs' steps overlap with the warehouse pool
+    raised; a transaction run again after a conflict commits at once."""
     both_staged = threading.Barrier(2, timeout=60)
     held: set[str] = set()
     real = store.transaction
@@ -236,7 +243,7 @@ def commits_held_until_both_staged(monkeypatch: pytest.MonkeyPatch) -> Iterator[
                 held.add(threading.current_thread().name)
                 both_staged.wait()
 
-    monkeypatch.setattr(store, "transaction", transaction)
+    monkeypatch.setattr(where, "transaction", transaction)
     try:
         yield
     finally:
@@ -293,3 +300,33 @@ def test_two_first_merges_racing_on_a_row_that_moved_months_leave_one_copy(
     }
     # The merge that committed second conflicted and ran again on the other's rows.
     assert len(retries) == 1 and "another writer committed first" in retries[0]
+
+
+def test_two_first_rebuilds_of_a_months_outcome_mix_at_once_count_it_once(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The month has no outcome-mix rows yet, so each rebuild deletes nothing and only inserts.
+    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    april = Months(tmp_path, warehouse)
+    april.merge([row("a"), row("b"), row("c")])
+    errors: list[BaseException] = []
+
+    def rebuild() -> None:
+        try:
+            with warehouse.connect() as con:
+                rebuild_outcome_mix_monthly(
+                    con, date(2026, 4, 1), *month_window("2026-04"), load_outcome_classes()
+                )
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    with commits_held_until_both_staged(monkeypatch, where=outcome_mix):
+        rebuilds = [threading.Thread(target=rebuild, name=f"rebuild-{n}") for n in (1, 2)]
+        for thread in rebuilds:
+            thread.start()
+        for thread in rebuilds:
+            thread.join(120)
+
+    assert not errors
+    with warehouse.connect(read_only=True) as con:
+        assert con.execute("SELECT sum(attempts) FROM d23.outcome_mix_monthly").fetchone() == (3,)

@@ -12,6 +12,7 @@ from d23_pipeline.analytics.outcome_classes import (
     mapping_version,
 )
 from d23_pipeline.analytics.outcome_mix import (
+    rebuild_months_due,
     rebuild_outcome_kpis_monthly,
     rebuild_outcome_mix_daily,
     rebuild_outcome_mix_monthly,
@@ -90,6 +91,47 @@ def test_rebuilding_a_month_replaces_it(warehouse: Warehouse) -> None:
         assert con.execute("SELECT count(*) FROM d23.outcome_kpis_monthly").fetchone() == (1,)
         mix_attempts = con.execute("SELECT sum(attempts) FROM d23.outcome_mix_monthly").fetchone()
     assert mix_attempts == (7,)
+
+
+def test_a_months_kpis_stay_due_until_they_are_built_from_its_rebuilt_mix(
+    warehouse: Warehouse,
+) -> None:
+    april = date(2026, 4, 1)
+    _kpis(warehouse)
+    with warehouse.connect() as con:
+        # A merge of May took r1 over from April: April's mix and KPIs count it still.
+        con.execute(
+            "UPDATE d23.logs SET _partition = '2026-05-01', communicated_at = ? "
+            "WHERE public_id = 'r1'",
+            [datetime.fromisoformat("2026-05-03T09:30:00+00:00")],
+        )
+        con.execute(
+            "INSERT INTO d23.mix_rebuilds_due VALUES (?, 'outcome_mix_monthly'), "
+            "(?, 'outcome_kpis_monthly')",
+            [april, april],
+        )
+        # April's own KPI step runs before any mix step has rebuilt April's mix ...
+        rebuild_outcome_kpis_monthly(con, april)
+        assert rebuild_months_due(con, "outcome_kpis_monthly", lambda *_: None) == []
+        # ... then May's mix step rebuilds April's, and May's KPI step April's KPIs.
+        classes = load_outcome_classes()
+        rebuild_months_due(
+            con,
+            "outcome_mix_monthly",
+            lambda month, since, until: rebuild_outcome_mix_monthly(
+                con, month, since, until, classes
+            ),
+        )
+        rebuilt = rebuild_months_due(
+            con,
+            "outcome_kpis_monthly",
+            lambda month, *_: rebuild_outcome_kpis_monthly(con, month),
+        )
+        (attempts,) = con.execute("SELECT attempts FROM d23.outcome_kpis_monthly").fetchone()
+        due = con.execute("SELECT count(*) FROM d23.mix_rebuilds_due").fetchone()
+
+    assert rebuilt == [april]
+    assert (attempts, due) == (6, (0,))
 
 
 def test_unmapped_codes_are_counted_and_reported_never_dropped(warehouse: Warehouse) -> None:

@@ -31,18 +31,31 @@ def load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeCl
         con.executemany(sql.INSERT_OUTCOME_CLASS, rows)
 
 
+# The table each mix table is built from, rather than from d23.logs.
+_BUILT_FROM = {"outcome_kpis_monthly": "outcome_mix_monthly"}
+
+
 def _replace(
     con: duckdb.DuckDBPyConnection,
     delete: str,
     insert: str,
     params: Mapping[str, Any],
-    due: Mapping[str, Any],
+    mix_table: str,
+    month: date,
 ) -> int:
+    due = {"mix_table": mix_table, "month": month, "built_from": _BUILT_FROM.get(mix_table, "")}
+
     def replace() -> int:
         with transaction(con):
             execute(con, delete, params)
             written = int(fetch_row(con, insert, params)[0])
             execute(con, sql.MIX_REBUILD_DONE, due)
+            # On DuckLake: conflicts with any other rebuild open at once (see sql.py).
+            if fetch_row(con, sql.RECORD_MIX_REBUILD)[0] < 1:
+                raise RuntimeError(
+                    "d23.mix_rebuilds has lost its row: insert one (see CREATE_SCHEMA in "
+                    "d23_pipeline/warehouse/sql.py)"
+                )
             return written
 
     return retry_on_conflict(replace)
@@ -55,8 +68,7 @@ def rebuild_months_due(
 ) -> list[date]:
     """Rebuild, with ``rebuild(month, since, until)``, the months of ``mix_table`` that a merge of
     another month changed rows of; the KPIs only once their month's mix is rebuilt."""
-    built_from = "outcome_mix_monthly" if mix_table == "outcome_kpis_monthly" else ""
-    params = {"mix_table": mix_table, "built_from": built_from}
+    params = {"mix_table": mix_table, "built_from": _BUILT_FROM.get(mix_table, "")}
     months = [month for (month,) in execute(con, sql.MIX_REBUILDS_DUE, params).fetchall()]
     for month in months:
         rebuild(month, *month_window(f"{month:%Y-%m}"))
@@ -73,18 +85,26 @@ def rebuild_outcome_mix_monthly(
     """Replace ``month`` in ``d23.outcome_mix_monthly``; returns the rows written."""
     load_classes(con, classes)
     params = {"month": month, "since": since, "until": until}
-    due = {"mix_table": "outcome_mix_monthly", "month": month}
     return _replace(
-        con, sql.DELETE_OUTCOME_MIX_MONTHLY, sql.INSERT_OUTCOME_MIX_MONTHLY, params, due
+        con,
+        sql.DELETE_OUTCOME_MIX_MONTHLY,
+        sql.INSERT_OUTCOME_MIX_MONTHLY,
+        params,
+        "outcome_mix_monthly",
+        month,
     )
 
 
 def rebuild_outcome_kpis_monthly(con: duckdb.DuckDBPyConnection, month: date) -> int:
     """Replace ``month`` in ``d23.outcome_kpis_monthly`` from the month's outcome mix."""
     params = {"month": month}
-    due = {"mix_table": "outcome_kpis_monthly", "month": month}
     return _replace(
-        con, sql.DELETE_OUTCOME_KPIS_MONTHLY, sql.INSERT_OUTCOME_KPIS_MONTHLY, params, due
+        con,
+        sql.DELETE_OUTCOME_KPIS_MONTHLY,
+        sql.INSERT_OUTCOME_KPIS_MONTHLY,
+        params,
+        "outcome_kpis_monthly",
+        month,
     )
 
 
@@ -97,5 +117,11 @@ def rebuild_outcome_mix_daily(
     """Replace the days of ``[since, until)`` in ``d23.outcome_mix_daily``."""
     load_classes(con, classes)
     params = {"since": since, "until": until}
-    due = {"mix_table": "outcome_mix_daily", "month": since.date()}
-    return _replace(con, sql.DELETE_OUTCOME_MIX_DAILY, sql.INSERT_OUTCOME_MIX_DAILY, params, due)
+    return _replace(
+        con,
+        sql.DELETE_OUTCOME_MIX_DAILY,
+        sql.INSERT_OUTCOME_MIX_DAILY,
+        params,
+        "outcome_mix_daily",
+        since.date(),
+    )

@@ -78,6 +78,10 @@ SELECT CAST(0 AS BIGINT)         AS merges,
        CAST(NULL AS VARCHAR)     AS _partition,
        CAST(NULL AS TIMESTAMPTZ) AS read_at;
 
+-- The same for the outcome-mix tables: every rebuild updates this row (RECORD_MIX_REBUILD), so
+-- that two rebuilds of a month that has no rows there yet do not both insert it.
+CREATE TABLE IF NOT EXISTS d23.mix_rebuilds AS SELECT CAST(0 AS BIGINT) AS rebuilds;
+
 CREATE TABLE IF NOT EXISTS d23.outcome_mix_monthly (
     month              DATE    NOT NULL,
     communication_type VARCHAR NOT NULL,
@@ -225,9 +229,13 @@ WHERE mix_table = $mix_table
   AND month NOT IN (SELECT month FROM d23.mix_rebuilds_due WHERE mix_table = $built_from)
 ORDER BY month
 """
+# A month stays due for the KPIs while its mix is still due: KPIs built from a stale mix are stale.
 MIX_REBUILD_DONE = """
-DELETE FROM d23.mix_rebuilds_due WHERE mix_table = $mix_table AND month = $month
+DELETE FROM d23.mix_rebuilds_due
+WHERE mix_table = $mix_table AND month = $month
+  AND month NOT IN (SELECT month FROM d23.mix_rebuilds_due WHERE mix_table = $built_from)
 """
+RECORD_MIX_REBUILD = "UPDATE d23.mix_rebuilds SET rebuilds = rebuilds + 1"
 
 STAGE_ABSENT = """
 CREATE OR REPLACE TEMP TABLE snapshot_absent AS
