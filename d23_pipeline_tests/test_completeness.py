@@ -109,11 +109,17 @@ def test_a_source_that_lost_30_percent_is_not_applied_until_confirmed(pipeline: 
     assert '"confirm_deletions": true' in check.description
     assert _deleted_ids(pipeline) == set()
 
-    confirmed = pipeline.materialize(MONTH, selection="d23/logs", run_config=CONFIRM)
+    assert "selection 'd23/logs*'" in check.description
+    confirmed = pipeline.materialize(MONTH, selection="d23/logs*", run_config=CONFIRM)
 
     assert confirmed.success
     assert _deleted_ids(pipeline) == lost
     assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    # The month's numbers follow the confirmed deletions.
+    attempts = sum(r["is_active"] for r in pipeline.sim.valid_rows(*month_window(MONTH)))
+    assert pipeline.query(
+        "SELECT attempts FROM d23.outcome_kpis_monthly WHERE month = ?", (f"{MONTH}-01",)
+    ) == [(attempts,)]
 
 
 @BOTH_WAREHOUSES

@@ -198,7 +198,8 @@ def describe_held_deletions(partition: str, summary: MergeSummary, max_share: fl
         f"{partition}: the read proved {summary.deletions_proven} of {summary.live_rows} live "
         f"rows ({summary.deletion_share:.1%}) gone from the source, more than the allowed "
         f"{max_share:.1%}; none was marked deleted. If the source really lost them, confirm "
-        "once by re-running d23/logs for this month with run config "
+        "once by re-running d23/logs and the assets downstream of it (selection 'd23/logs*') "
+        "for this month with run config "
         '{"ops": {"d23__logs": {"config": {"confirm_deletions": true}}}} '
         "(the UI's launchpad, or --config-json with dagster asset materialize)."
     )
