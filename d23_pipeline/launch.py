@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from d23_pipeline.months import months_up_to
-from d23_pipeline.settings import SettingsError, load_options
+from d23_pipeline.settings import SettingsError, load_options, read_pool_limits
 
 SIMULATOR_PORT = 8023
 UI_PORT = 3000
@@ -101,15 +101,6 @@ def _guide(env: dict[str, str]) -> str:
     )
 
 
-def pool_limits(env: Mapping[str, str]) -> dict[str, str]:
-    """Each pool's limit: months downloading at once, and warehouse steps at once (one: the
-    DuckDB file has one writer; a DuckLake can take more)."""
-    return {
-        "d23_api": env.get("D23_API_POOL_LIMIT", "2"),
-        "d23_warehouse": env.get("D23_WAREHOUSE_POOL_LIMIT", "1"),
-    }
-
-
 def set_pool_limits(env: Mapping[str, str]) -> None:
     """Write every pool's limit into the instance of ``env``'s DAGSTER_HOME.
 
@@ -118,9 +109,9 @@ def set_pool_limits(env: Mapping[str, str]) -> None:
     the second run fails (dagster-io/dagster#33552; a backfill's months reach d23/logs together).
     """
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"
-    for pool, limit in pool_limits(env).items():
+    for pool, limit in read_pool_limits(env).items():
         subprocess.run(
-            [dagster, "instance", "concurrency", "set", pool, limit],
+            [dagster, "instance", "concurrency", "set", pool, str(limit)],
             env=dict(env),
             check=True,
             stdout=subprocess.DEVNULL,

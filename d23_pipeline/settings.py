@@ -170,6 +170,8 @@ def _is_loopback(host: str) -> bool:
 def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
     if not is_month(value):
         raise SettingsError(f"{name} must look like YYYY-MM (got {value!r})")
+    if not 1970 <= int(value[:4]) <= 2999:  # Dagster's partitions are Unix timestamps
+        raise SettingsError(f"{name} must be a month from 1970 on (got {value!r})")
     return value
 
 
@@ -225,6 +227,15 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def read_pool_limits(env: Mapping[str, str]) -> dict[str, int]:
+    """Each Dagster pool's limit: months downloading at once (``d23_api``), and warehouse steps
+    at once (``d23_warehouse``: one, as the DuckDB file has one writer; a DuckLake takes more)."""
+    return {
+        "d23_api": _int(env, "D23_API_POOL_LIMIT", 2, 1, 64),
+        "d23_warehouse": _int(env, "D23_WAREHOUSE_POOL_LIMIT", 1, 1, 64),
+    }
+
+
 def _share(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -273,7 +284,8 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         # At least 1: with none, the rows a month gets after its last refresh (on its last day,
         # after D23_REFRESH_HOUR_UTC) would never be read.
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 1, 24),
-        outcome_mapping=Path(mapping) if mapping else None,
+        # Absolute: a run's process may start in another folder than the code server's.
+        outcome_mapping=Path(mapping).resolve() if mapping else None,
         max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
         report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
         warehouse=warehouse,

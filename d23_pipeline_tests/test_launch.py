@@ -11,7 +11,8 @@ import pytest
 from processes import clean_env, free_port, make_dagster_home, run_python
 
 from d23_pipeline.definitions import defs
-from d23_pipeline.launch import _guide, pool_limits, set_pool_limits, simulator_start_month
+from d23_pipeline.launch import _guide, set_pool_limits, simulator_start_month
+from d23_pipeline.settings import read_pool_limits
 
 
 def test_simulator_start_month_counts_in_utc_whatever_the_local_zone() -> None:
@@ -70,5 +71,5 @@ def test_every_pool_the_assets_use_gets_an_explicit_limit(tmp_path: Path) -> Non
         ("d23_api", 3, False),
         ("d23_warehouse", 1, False),
     }
-    assert {asset.op.pool for asset in defs.assets} == set(pool_limits(env))
-    assert pool_limits({"D23_WAREHOUSE_POOL_LIMIT": "4"})["d23_warehouse"] == "4"
+    assert {asset.op.pool for asset in defs.assets} == set(read_pool_limits(env))
+    assert read_pool_limits({"D23_WAREHOUSE_POOL_LIMIT": "4"})["d23_warehouse"] == 4

@@ -8,7 +8,7 @@ from harness import Pipeline, failure_messages
 from processes import clean_env, run_python
 
 from d23_pipeline.defs.resources import ExportsApiResource
-from d23_pipeline.settings import SettingsError, load_options
+from d23_pipeline.settings import SettingsError, load_options, read_pool_limits
 
 LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
 
@@ -18,6 +18,7 @@ LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
     [
         ("D23_START_MONTH", "2026-13"),
         ("D23_START_MONTH", "May 2026"),
+        ("D23_START_MONTH", "0202-01"),
         ("D23_PAGE_LIMIT", "lots"),
         ("D23_PAGE_LIMIT", "0"),
         ("D23_PAGE_LIMIT", "5000"),
@@ -44,6 +45,34 @@ def test_loading_the_definitions_with_a_bad_setting_fails_naming_it(tmp_path: Pa
     assert loaded.returncode != 0
     last_line = loaded.stderr.strip().splitlines()[-1]
     assert last_line.startswith("d23_pipeline.settings.SettingsError: D23_SLICE_HOURS")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("D23_API_POOL_LIMIT", "0"),
+        ("D23_API_POOL_LIMIT", "two"),
+        ("D23_WAREHOUSE_POOL_LIMIT", "-1"),
+    ],
+)
+def test_a_pool_limit_that_would_hold_every_run_fails_naming_it(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        read_pool_limits({name: value})
+    assert read_pool_limits({}) == {"d23_api": 2, "d23_warehouse": 1}
+
+
+def test_a_mapping_file_the_outcome_mix_would_refuse_fails_the_definitions_load(
+    tmp_path: Path,
+) -> None:
+    mapping = tmp_path / "outcome_classes.yaml"
+    mapping.write_text("promise: PTP\n")  # a code, not a list of codes
+    env = clean_env(D23_DATA_DIR=str(tmp_path), D23_OUTCOME_MAPPING=str(mapping))
+
+    loaded = run_python(["-c", "import d23_pipeline.definitions"], env)
+
+    last_line = loaded.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("d23_pipeline.settings.SettingsError: D23_OUTCOME_MAPPING")
+    assert "promise must be a list of codes" in last_line
 
 
 @pytest.mark.parametrize(
