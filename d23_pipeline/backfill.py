@@ -91,6 +91,16 @@ class BackfillError(RuntimeError):
     """The webserver refused or could not answer a backfill request."""
 
 
+class LostTrackError(RuntimeError):
+    """The webserver stopped answering while a launched backfill went on."""
+
+
+POLL_S = 5.0
+# How long --wait keeps polling a webserver that does not answer (a restart, a proxy's 502)
+# before it gives up on following the backfill, which goes on regardless.
+POLL_PATIENCE_S = 300.0
+
+
 def month_partitions(first: str, last: str) -> list[str]:
     """Partition keys of the months ``first`` to ``last`` (``YYYY-MM``), both included."""
     start = month_index(validate_month(first, "FIRST"))
@@ -231,14 +241,27 @@ def report_failed_checks(url: str, runs: Sequence[dict[str, Any]]) -> bool:
     return errors
 
 
-def wait_for_backfill(
-    url: str, backfill_id: str, months: int, poll_s: float = 5.0
-) -> dict[str, Any]:
+def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]:
     """Poll until the backfill ends, printing each month whose standing changes; the ended
-    backfill's status and runs."""
+    backfill's status and runs. A webserver that stops answering is polled again for
+    ``POLL_PATIENCE_S``, then :class:`LostTrackError`."""
     shown: dict[str, str] = {}
+    silent_since: float | None = None
     while True:
-        backfill = backfill_status(url, backfill_id)
+        try:
+            backfill = backfill_status(url, backfill_id)
+        except BackfillError as exc:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > POLL_PATIENCE_S:
+                raise LostTrackError(
+                    f"stopped following backfill {backfill_id} after {POLL_PATIENCE_S:g} s "
+                    f"without an answer ({exc}); it goes on in Dagster: follow it at "
+                    f"{url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions"
+                ) from None
+            print(f"  (no answer from the webserver, trying again: {exc})", file=sys.stderr)
+            time.sleep(POLL_S)
+            continue
+        silent_since = None
         progress = month_progress(backfill["runs"])
         done = sum(standing == "SUCCESS" for standing in progress.values())
         for month, standing in progress.items():
@@ -247,7 +270,7 @@ def wait_for_backfill(
         shown = progress
         if backfill["status"] not in UNFINISHED:
             return backfill
-        time.sleep(poll_s)
+        time.sleep(POLL_S)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,23 +284,28 @@ def main(argv: list[str] | None = None) -> int:
         "--wait",
         action="store_true",
         help="wait until the backfill finishes, then list the checks that failed; exit 0 only "
-        "if every month succeeded and no ERROR check failed",
+        "if every month succeeded and no ERROR check failed, 3 if the webserver stopped "
+        "answering meanwhile",
     )
     args = parser.parse_args(argv)
     try:
         keys = month_partitions(args.first, args.last)
         check_partitions(args.url, keys)
         backfill_id = launch_backfill(args.url, keys)
-        print(f"Backfill {backfill_id}: {len(keys)} months, {keys[0]} to {keys[-1]}")
-        print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions")
-        if not args.wait:
-            return 0
-        backfill = wait_for_backfill(args.url, backfill_id, len(keys))
-        print(f"Backfill {backfill_id} finished: {backfill['status']}", flush=True)
-        check_errors = report_failed_checks(args.url, backfill["runs"])
     except (SettingsError, BackfillError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"Backfill {backfill_id}: {len(keys)} months, {keys[0]} to {keys[-1]}")
+    print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions", flush=True)
+    if not args.wait:
+        return 0
+    try:
+        backfill = wait_for_backfill(args.url, backfill_id, len(keys))
+        print(f"Backfill {backfill_id} finished: {backfill['status']}", flush=True)
+        check_errors = report_failed_checks(args.url, backfill["runs"])
+    except (LostTrackError, BackfillError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return 0 if backfill["status"] == "COMPLETED_SUCCESS" and not check_errors else 1
 
 

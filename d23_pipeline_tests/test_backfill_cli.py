@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from processes import clean_env, free_port, run_python
 
+from d23_pipeline import backfill
 from d23_pipeline.backfill import main, month_partitions, month_progress
 from d23_pipeline.settings import SettingsError
 
@@ -59,6 +60,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
     accept = False
     backfill_runs: list[dict] = []
     run_checks: dict[str, list[dict]] = {}
+    status_failures = 0  # polls of the backfill's status answered with a proxy's 502 first
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -69,6 +71,11 @@ class FakeWebserver(BaseHTTPRequestHandler):
         elif request["query"].lstrip().startswith("query AssetKeys"):
             status = 200
             body = {"data": {"assetNodes": [{"assetKey": {"path": p}} for p in self.assets]}}
+        elif request["query"].lstrip().startswith("query BackfillStatus") and (
+            FakeWebserver.status_failures > 0
+        ):
+            FakeWebserver.status_failures -= 1
+            status, body = 502, {}
         elif request["query"].lstrip().startswith("query BackfillStatus"):
             status = 200
             body = {"data": {"partitionBackfillOrError": {"__typename": "PartitionBackfill",
@@ -216,6 +223,7 @@ def ended_backfill(webserver: str) -> Iterator[str]:
     }
     yield webserver
     FakeWebserver.accept = False
+    FakeWebserver.status_failures = 0
 
 
 def test_wait_lists_the_checks_that_failed_and_fails_on_an_error_one(ended_backfill, capsys):
@@ -234,6 +242,31 @@ def test_wait_exits_0_when_only_warnings_failed(ended_backfill, capsys):
 
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
     assert "rejected_rows failed (WARN)" in capsys.readouterr().out
+
+
+def test_wait_follows_a_backfill_through_a_webserver_that_stops_answering_for_a_while(
+    ended_backfill, capsys, monkeypatch
+):
+    monkeypatch.setattr(backfill, "POLL_S", 0.01)
+    FakeWebserver.status_failures = 3
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
+    captured = capsys.readouterr()
+    assert "finished: COMPLETED_SUCCESS" in captured.out
+    assert captured.err.count("no answer from the webserver, trying again") == 3
+
+
+def test_wait_gives_up_following_with_its_own_exit_code_and_says_the_backfill_goes_on(
+    ended_backfill, capsys, monkeypatch
+):
+    monkeypatch.setattr(backfill, "POLL_S", 0.01)
+    monkeypatch.setattr(backfill, "POLL_PATIENCE_S", 0.1)
+    FakeWebserver.status_failures = 10**6
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 3
+    err = capsys.readouterr().err
+    assert "it goes on in Dagster: follow it at" in err and "/runs/b/bf1" in err
 
 
 def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():
