@@ -1,5 +1,6 @@
 """The month merge into d23.logs, on hand-made snapshots: who wins, what is deleted, what stays."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -127,10 +128,24 @@ def test_duplicates_inside_a_snapshot_collapse_to_the_latest_update(months: Mont
     assert summary.inserted == 2
 
 
-def test_exact_tie_goes_to_the_row_read_last(months: Months) -> None:
-    months.merge([row("a", outcome_option="RPC")], [row("a", outcome_option="PTP")])
+def test_exact_tie_goes_to_the_row_read_last_and_the_other_version_is_quarantined(
+    months: Months,
+) -> None:
+    summary = months.merge(
+        [row("a", outcome_option="RPC"), row("b"), row("c", "2026-04-03T00:00:00.000Z")],
+        [row("a", outcome_option="PTP"), row("b"), row("c", outcome_option="PTP")],
+    )
 
     assert months.logs()["a"]["outcome_option"] == "PTP"
+    # b was served twice alike, c in two versions of different updated_at: nothing to report.
+    with months.warehouse.connect(read_only=True) as con:
+        ((public_id, since, reason, values),) = con.execute(
+            "SELECT public_id, slice_since, reason, allowlisted_values FROM d23.rejected_rows"
+        ).fetchall()
+    assert (public_id, since.day) == ("a", 1)
+    assert reason.startswith("served again by this read with the same updated_at")
+    assert json.loads(values) == row("a", outcome_option="RPC")
+    assert summary.rejects == 1
 
 
 def test_a_stale_read_never_overwrites_a_newer_row(months: Months) -> None:

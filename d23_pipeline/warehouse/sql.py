@@ -153,6 +153,36 @@ SELECT slice_since, slice_until, public_id, reason, allowlisted_values
 FROM read_parquet($files)
 """
 
+# Versions of one public_id that a read served with the same updated_at but other values break
+# the contract (updated_at moves when a row changes). STAGE_SNAPSHOT keeps the one read last; the
+# others are quarantined with the reason, in the slice of their communicated_at, never dropped
+# unseen. Run only when the read served some public_id twice.
+_VERSION = "struct_pack(" + ", ".join(sorted(D23_FIELDS)) + ")"
+QUARANTINE_CONFLICTING_VERSIONS = f"""
+INSERT INTO snapshot_rejects
+SELECT v.since, v.until, s.public_id,
+       'served again by this read with the same updated_at and other values; the version read '
+       || 'last is kept',
+       to_json(s.version)
+FROM (
+    SELECT public_id, communicated_at, updated_at, {_VERSION} AS version,
+           first_value({_VERSION}) OVER latest AS kept,
+           row_number() OVER latest AS rank
+    FROM read_parquet($files, filename = true, file_row_number = true)
+    WHERE public_id IN (
+        SELECT public_id FROM read_parquet($files) GROUP BY public_id HAVING count(*) > 1
+    )
+    WINDOW latest AS (
+        PARTITION BY public_id
+        ORDER BY CAST(updated_at AS TIMESTAMPTZ) DESC, filename DESC, file_row_number DESC
+    )
+) AS s
+JOIN (SELECT unnest($since) AS since, unnest($until) AS until) AS v
+  ON CAST(s.communicated_at AS TIMESTAMPTZ) >= v.since
+ AND CAST(s.communicated_at AS TIMESTAMPTZ) < v.until
+WHERE s.rank > 1 AND s.updated_at = s.kept.updated_at AND s.version <> s.kept
+"""
+
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
 # A row marked deleted comes back only when a read that finished after the one that proved it

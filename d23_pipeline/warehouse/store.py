@@ -199,6 +199,7 @@ def merge_snapshot(
         "read_at": read_at,
     }
     slices = snapshot.slices
+    windows = {"since": [s.window.since for s in slices], "until": [s.window.until for s in slices]}
     with transaction(con):
         has_duplicates = fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, params)[0]
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
@@ -210,6 +211,18 @@ def merge_snapshot(
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
         inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
+        if has_duplicates:
+            conflicting = fetch_row(
+                con, sql.QUARANTINE_CONFLICTING_VERSIONS, {**params, **windows}
+            )[0]
+            if conflicting:
+                log.warning(
+                    "%s: %d rows were served again by this read with the same updated_at and "
+                    "other values; the version read last is kept, the others are in "
+                    "d23.rejected_rows",
+                    partition,
+                    conflicting,
+                )
         identified_rejects = fetch_row(con, sql.ANY_IDENTIFIED_REJECT)[0]
         due = {**params, "mix_tables": list(sql.MIX_TABLES)}
         if moved_in or restored:
@@ -235,8 +248,7 @@ def merge_snapshot(
             sql.INSERT_SLICE_VERIFICATION,
             {
                 **params,
-                "since": [s.window.since for s in slices],
-                "until": [s.window.until for s in slices],
+                **windows,
                 "served": [s.served for s in slices],
                 "total_before": [s.total_before for s in slices],
                 "total_after": [s.total_after for s in slices],
