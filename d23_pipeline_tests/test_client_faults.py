@@ -399,6 +399,31 @@ def test_a_lone_surrogate_outside_the_allowlist_costs_nothing_and_inside_it_one_
     ]
 
 
+def test_an_integer_too_long_for_python_costs_one_row_in_the_allowlist_none_outside() -> None:
+    kept, bad = row(1, T0), row(2, T0)
+    body = json.dumps(
+        {
+            "body": {
+                "rows": [{**kept, "trace": "HUGE"}, {**bad, "outcome_option": "HUGE"}],
+                "pagination": {"nextCursor": None},
+            }
+        }
+    )
+    huge = "7" * 4301  # Python converts integers of up to 4,300 digits
+    content = body.replace('"HUGE"', huge).encode()
+    sim = simulator([])
+    sim.script(
+        SimResponse(200, {"Content-Type": "application/json"}, content),
+        when=lambda r: r.kind == "data",
+    )
+    with client(sim) as reader:
+        pages = list(reader.iter_window(DAY))
+
+    assert [r["public_id"] for p in pages for r in p.rows] == [kept["public_id"]]
+    rejects = [(r.public_id, r.reason) for p in pages for r in p.rejects]
+    assert rejects == [(bad["public_id"], "outcome_option is OversizedInt, expected a string")]
+
+
 def test_a_page_whose_compressed_body_is_corrupt_is_retried() -> None:
     sim = simulator([row(1, T0)])
     corrupt = SimResponse(

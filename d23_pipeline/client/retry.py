@@ -126,6 +126,23 @@ def transient_for(response: httpx.Response) -> Transient | None:
     )
 
 
+class OversizedInt:
+    """A JSON integer longer than Python converts (4,300 digits), kept as its text: one bad
+    value, or an extra field ignored like any other, not a page that cannot be parsed."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: str) -> None:
+        self.digits = digits
+
+
+def _parse_int(text: str) -> int | OversizedInt:
+    try:
+        return int(text)
+    except ValueError:
+        return OversizedInt(text)
+
+
 def decode_json(response: httpx.Response) -> Any:
     """The parsed body of a 200, or a ``bad_body`` :class:`Transient` (HTML, truncated, empty)."""
     try:
@@ -134,16 +151,20 @@ def decode_json(response: httpx.Response) -> Any:
         pass
     try:
         # Valid JSON that orjson refuses: a lone surrogate escape, a number past a double, a
-        # byte that is not UTF-8 (kept as a lone surrogate). One such value is one bad row
-        # (schema.validate_rows), not a page that fails every retry.
-        return json.loads(response.content.decode("utf-8", "surrogateescape"))
+        # byte that is not UTF-8 (kept as a lone surrogate), an integer too long for Python.
+        # One such value is one bad row (schema.validate_rows), not a page that fails every
+        # retry.
+        return json.loads(
+            response.content.decode("utf-8", "surrogateescape"), parse_int=_parse_int
+        )
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise Transient(
             "bad_body",
             status=response.status_code,
             request_id=request_id_of(response),
-            detail=f"not valid JSON: {len(response.content)} bytes of {kind}",
+            detail=f"not valid JSON (or nested deeper than the parser goes): "
+            f"{len(response.content)} bytes of {kind}",
         ) from None
 
 
