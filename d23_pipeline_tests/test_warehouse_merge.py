@@ -220,6 +220,23 @@ def test_a_snapshot_merged_again_deletes_no_row_a_newer_read_saw(months: Months)
     assert months.logs()["b"]["_deleted_at"] is None
 
 
+def test_an_older_read_merged_last_keeps_the_newer_reads_rejects_and_proofs(
+    months: Months,
+) -> None:
+    # Two hosts read the month (DuckLake, raw folders not shared); the older read merges last.
+    older = months.snapshot([row("a"), row("b")], read_at=READ_AT)
+    newer = months.snapshot([row("a")], rejects=[rejected("b")], read_at=READ_AT + timedelta(1))
+    with months.warehouse.connect() as con:
+        merge_snapshot(con, newer)
+        summary = merge_snapshot(con, older)
+
+    assert summary.rejects == 0
+    with months.warehouse.connect(read_only=True) as con:
+        assert con.execute("SELECT public_id FROM d23.rejected_rows").fetchall() == [("b",)]
+        (read_at,) = con.execute("SELECT DISTINCT read_at FROM d23.slice_verification").fetchone()
+    assert read_at == READ_AT + timedelta(1)
+
+
 def test_a_deleted_row_a_later_read_serves_as_a_reject_comes_back(months: Months) -> None:
     # b moves to May and breaks on the way: April's read proves it gone from April, and May's
     # read serves it only as a reject. It exists, so it keeps its last good version, live.

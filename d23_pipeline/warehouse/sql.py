@@ -355,6 +355,7 @@ WHERE t._partition = $partition
 ORDER BY t.communicated_at, t.public_id
 """
 
+MONTH_LAST_READ = "SELECT max(read_at) FROM d23.slice_verification WHERE _partition = $partition"
 DELETE_SLICE_VERIFICATION = "DELETE FROM d23.slice_verification WHERE _partition = $partition"
 INSERT_SLICE_VERIFICATION = """
 INSERT INTO d23.slice_verification

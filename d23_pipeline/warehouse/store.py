@@ -240,22 +240,35 @@ def merge_snapshot(
         marked_deleted = fetch_row(con, sql.MARK_DELETED, params)[0] if proven and not held else 0
         if identified_rejects:
             restored += fetch_row(con, sql.RESTORE_REJECTED, params)[0]
-        execute(con, sql.DELETE_REJECTS, params)
-        rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
-        execute(con, sql.DELETE_SLICE_VERIFICATION, params)
-        execute(
-            con,
-            sql.INSERT_SLICE_VERIFICATION,
-            {
-                **params,
-                **windows,
-                "served": [s.served for s in slices],
-                "total_before": [s.total_before for s in slices],
-                "total_after": [s.total_after for s in slices],
-                "verified": [s.verified for s in slices],
-                "reads": [s.reads for s in slices],
-            },
-        )
+        # A read older than the month's last merged one (another host's, on DuckLake) still
+        # adds and updates rows, but the month's rejects and slice proofs stay the newer read's.
+        last_read = fetch_row(con, sql.MONTH_LAST_READ, params)[0]
+        rejects = 0
+        if last_read is not None and last_read > read_at:
+            log.warning(
+                "%s: this read (finished %s) is older than the one merged last (%s): its rows "
+                "are merged; d23.rejected_rows and d23.slice_verification keep the newer read's",
+                partition,
+                read_at.isoformat(),
+                last_read.isoformat(),
+            )
+        else:
+            execute(con, sql.DELETE_REJECTS, params)
+            rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
+            execute(con, sql.DELETE_SLICE_VERIFICATION, params)
+            execute(
+                con,
+                sql.INSERT_SLICE_VERIFICATION,
+                {
+                    **params,
+                    **windows,
+                    "served": [s.served for s in slices],
+                    "total_before": [s.total_before for s in slices],
+                    "total_after": [s.total_after for s in slices],
+                    "verified": [s.verified for s in slices],
+                    "reads": [s.reads for s in slices],
+                },
+            )
         # DuckLake: makes this merge conflict with any other one open at once (see sql.py).
         # Last, not first: with it ahead of the MERGE, a 1M-row month's merge on the DuckDB
         # file peaked at 413-414 MB in 2 of 3 runs, against 395-407 MB in 4 runs with it last.
