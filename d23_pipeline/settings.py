@@ -252,6 +252,8 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
 def read_credentials(env: Mapping[str, str]) -> Credentials:
     """Pick the login flow or the held-token flow, refusing a half-configured mix."""
     login = {n: env.get(n, "").strip() for n in ("D23_LENDER", "D23_EMAIL", "D23_PASSWORD")}
+    # A password may begin or end with a space: sent as given, only a blank one is missing.
+    password = env.get("D23_PASSWORD", "") if login["D23_PASSWORD"] else ""
     token = {n: env.get(n, "").strip() for n in ("D23_LENDER_PUBLIC_ID", "D23_TOKEN")}
     if any(token.values()):
         missing = [n for n, v in token.items() if not v]
@@ -264,7 +266,7 @@ def read_credentials(env: Mapping[str, str]) -> Credentials:
             f"{missing[0]} is not set: configure D23_LENDER, D23_EMAIL and D23_PASSWORD "
             "(login) or D23_LENDER_PUBLIC_ID and D23_TOKEN (a token already held)"
         )
-    return LoginCredentials(login["D23_LENDER"], login["D23_EMAIL"], login["D23_PASSWORD"])
+    return LoginCredentials(login["D23_LENDER"], login["D23_EMAIL"], password)
 
 
 def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:

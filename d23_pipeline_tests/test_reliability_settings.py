@@ -8,7 +8,13 @@ from harness import Pipeline, failure_messages
 from processes import clean_env, run_python
 
 from d23_pipeline.defs.resources import ExportsApiResource
-from d23_pipeline.settings import SettingsError, load_options, read_pool_limits
+from d23_pipeline.settings import (
+    LoginCredentials,
+    SettingsError,
+    load_api_connection,
+    load_options,
+    read_pool_limits,
+)
 
 LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
 
@@ -73,6 +79,17 @@ def test_a_mapping_file_the_outcome_mix_would_refuse_fails_the_definitions_load(
     last_line = loaded.stderr.strip().splitlines()[-1]
     assert last_line.startswith("d23_pipeline.settings.SettingsError: D23_OUTCOME_MAPPING")
     assert "promise must be a list of codes" in last_line
+
+
+def test_a_password_is_sent_as_given_spaces_included() -> None:
+    env = {"D23_API_URL": "https://api.example", "D23_LENDER": " demo ",
+           "D23_EMAIL": "analyst@demo.example", "D23_PASSWORD": " s3cret pass "}  # fmt: skip
+
+    credentials = load_api_connection(env).credentials
+
+    assert credentials == LoginCredentials("demo", "analyst@demo.example", " s3cret pass ")
+    with pytest.raises(SettingsError, match="D23_PASSWORD"):
+        load_api_connection({**env, "D23_PASSWORD": "   "})
 
 
 @pytest.mark.parametrize(
