@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import httpx
 import pytest
 from api import (
     DAY,
@@ -36,6 +37,7 @@ from d23_pipeline.client import (
     RetryPolicy,
     Window,
     WindowTooHeavyError,
+    retry,
 )
 from d23_pipeline.schema import parse_timestamp
 from d23_pipeline.settings import LoginCredentials
@@ -118,8 +120,17 @@ def test_a_refused_connection_is_retried_then_a_clear_error() -> None:
         pytest.raises(RetriesExhaustedError, match="connection") as caught,
     ):
         walk_ids(reader)
-    assert "ConnectError" in str(caught.value)
+    # The socket's own words say what to fix (refused here; name not resolved, a certificate).
+    assert "ConnectError: [Errno 111] Connection refused" in str(caught.value)
     assert reader.stats.as_dict()["retries"] == {"connection": 2}
+
+
+def test_a_connection_failure_quoting_a_url_shows_no_userinfo() -> None:
+    error = httpx.ProxyError("cannot reach http://proxy-user:hunter2@proxy.internal:3128/")
+
+    assert retry._connection_failure(error) == (
+        "ProxyError: cannot reach http://***@proxy.internal:3128/"
+    )
 
 
 def test_html_truncated_and_rowless_bodies_are_retried() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -126,6 +127,17 @@ def transient_for(response: httpx.Response) -> Transient | None:
     )
 
 
+# user:password@ in a URL (a proxy's, say) that a socket or TLS error might quote.
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def _connection_failure(exc: httpx.TransportError) -> str:
+    """The error's kind and the socket's or TLS layer's own words (name not resolved, refused,
+    certificate), which tell the operator what to fix; never a header, and no URL's userinfo."""
+    reason = _USERINFO.sub("//***@", str(exc))[:200]
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
 class OversizedInt:
     """A JSON integer longer than Python converts (4,300 digits), kept as its text: one bad
     value, or an extra field ignored like any other, not a page that cannot be parsed."""
@@ -211,7 +223,7 @@ class Retrier:
             except httpx.TimeoutException as exc:
                 failure = Transient("timeout", detail=type(exc).__name__)
             except httpx.TransportError as exc:
-                failure = Transient("connection", detail=type(exc).__name__)
+                failure = Transient("connection", detail=_connection_failure(exc))
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot undo
                 failure = Transient("bad_body", detail=type(exc).__name__)
             except Transient as exc:
