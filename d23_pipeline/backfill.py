@@ -91,6 +91,10 @@ class BackfillError(RuntimeError):
     """The webserver refused or could not answer a backfill request."""
 
 
+class WebserverUnreachable(BackfillError):
+    """No answer, or a 5xx that is not Dagster's own (a proxy's, a restarting webserver's)."""
+
+
 class LostTrackError(RuntimeError):
     """The webserver stopped answering while a launched backfill went on."""
 
@@ -119,7 +123,7 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
             timeout=60,
         )
     except httpx.HTTPError as exc:
-        raise BackfillError(f"Dagster webserver at {url} did not answer: {exc}") from exc
+        raise WebserverUnreachable(f"Dagster webserver at {url} did not answer: {exc}") from exc
     # The webserver answers a failed request with a 500 whose body says why (GraphQL errors,
     # or data holding a PythonError that the caller reports): show that, not the status.
     try:
@@ -130,7 +134,8 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
         reasons = "; ".join(str(e.get("message", e)) for e in body["errors"])
         raise BackfillError(f"Dagster webserver at {url} refused the request: {reasons}")
     if not body.get("data"):
-        raise BackfillError(
+        error = WebserverUnreachable if response.status_code >= 500 and not body else BackfillError
+        raise error(
             f"Dagster webserver at {url} answered {response.status_code}: {response.text[:500]}"
         )
     return body["data"]
@@ -250,7 +255,7 @@ def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]
     while True:
         try:
             backfill = backfill_status(url, backfill_id)
-        except BackfillError as exc:
+        except WebserverUnreachable as exc:
             silent_since = silent_since or time.monotonic()
             if time.monotonic() - silent_since > POLL_PATIENCE_S:
                 raise LostTrackError(
@@ -301,12 +306,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         backfill = wait_for_backfill(args.url, backfill_id, len(keys))
-        print(f"Backfill {backfill_id} finished: {backfill['status']}", flush=True)
-        check_errors = report_failed_checks(args.url, backfill["runs"])
     except (LostTrackError, BackfillError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    return 0 if backfill["status"] == "COMPLETED_SUCCESS" and not check_errors else 1
+    print(f"Backfill {backfill_id} finished: {backfill['status']}", flush=True)
+    succeeded = backfill["status"] == "COMPLETED_SUCCESS"
+    try:
+        check_errors = report_failed_checks(args.url, backfill["runs"])
+    except BackfillError as exc:
+        print(f"error: could not list the checks that failed: {exc}", file=sys.stderr)
+        return 3 if succeeded else 1
+    return 0 if succeeded and not check_errors else 1
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
     if not is_month(value):
         raise SettingsError(f"{name} must look like YYYY-MM (got {value!r})")
     if not 1970 <= int(value[:4]) <= 2999:  # Dagster's partitions are Unix timestamps
-        raise SettingsError(f"{name} must be a month from 1970 on (got {value!r})")
+        raise SettingsError(f"{name} must be a month from 1970 to 2999 (got {value!r})")
     return value
 
 
@@ -252,8 +252,9 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
 def read_credentials(env: Mapping[str, str]) -> Credentials:
     """Pick the login flow or the held-token flow, refusing a half-configured mix."""
     login = {n: env.get(n, "").strip() for n in ("D23_LENDER", "D23_EMAIL", "D23_PASSWORD")}
-    # A password may begin or end with a space: sent as given, only a blank one is missing.
-    password = env.get("D23_PASSWORD", "") if login["D23_PASSWORD"] else ""
+    # A password may begin or end with a space: sent as given but for the line break a secret
+    # mounted from a file ends with; only a blank one is missing.
+    password = env.get("D23_PASSWORD", "").rstrip("\r\n") if login["D23_PASSWORD"] else ""
     token = {n: env.get(n, "").strip() for n in ("D23_LENDER_PUBLIC_ID", "D23_TOKEN")}
     if any(token.values()):
         missing = [n for n, v in token.items() if not v]

@@ -61,6 +61,9 @@ class FakeWebserver(BaseHTTPRequestHandler):
     backfill_runs: list[dict] = []
     run_checks: dict[str, list[dict]] = {}
     status_failures = 0  # polls of the backfill's status answered with a proxy's 502 first
+    status_gone = False  # the backfill's status answered with Dagster's BackfillNotFoundError
+    backfill_status = "COMPLETED_SUCCESS"
+    check_failures = 0  # requests for check evaluations answered with a proxy's 502 first
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -76,10 +79,19 @@ class FakeWebserver(BaseHTTPRequestHandler):
         ):
             FakeWebserver.status_failures -= 1
             status, body = 502, {}
+        elif request["query"].lstrip().startswith("query BackfillStatus") and self.status_gone:
+            status = 200
+            body = {"data": {"partitionBackfillOrError": {
+                "__typename": "BackfillNotFoundError", "message": "no backfill bf1"}}}  # fmt: skip
         elif request["query"].lstrip().startswith("query BackfillStatus"):
             status = 200
             body = {"data": {"partitionBackfillOrError": {"__typename": "PartitionBackfill",
-                "status": "COMPLETED_SUCCESS", "runs": self.backfill_runs}}}  # fmt: skip
+                "status": self.backfill_status, "runs": self.backfill_runs}}}  # fmt: skip
+        elif request["query"].lstrip().startswith("query RunCheckEvaluations") and (
+            FakeWebserver.check_failures > 0
+        ):
+            FakeWebserver.check_failures -= 1
+            status, body = 502, {}
         elif request["query"].lstrip().startswith("query RunCheckEvaluations"):
             status = 200
             events = self.run_checks[request["variables"]["runId"]]
@@ -223,7 +235,9 @@ def ended_backfill(webserver: str) -> Iterator[str]:
     }
     yield webserver
     FakeWebserver.accept = False
-    FakeWebserver.status_failures = 0
+    FakeWebserver.status_failures = FakeWebserver.check_failures = 0
+    FakeWebserver.status_gone = False
+    FakeWebserver.backfill_status = "COMPLETED_SUCCESS"
 
 
 def test_wait_lists_the_checks_that_failed_and_fails_on_an_error_one(ended_backfill, capsys):
@@ -267,6 +281,27 @@ def test_wait_gives_up_following_with_its_own_exit_code_and_says_the_backfill_go
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 3
     err = capsys.readouterr().err
     assert "it goes on in Dagster: follow it at" in err and "/runs/b/bf1" in err
+
+
+def test_wait_does_not_poll_for_minutes_a_backfill_the_webserver_says_it_does_not_have(
+    ended_backfill, capsys, monkeypatch
+):
+    monkeypatch.setattr(backfill, "POLL_S", 10.0)  # a retry would make this test slow
+    FakeWebserver.status_gone = True
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 3
+    assert "BackfillNotFoundError: no backfill bf1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("status", "code"), [("COMPLETED_SUCCESS", 3), ("FAILED", 1)])
+def test_checks_that_cannot_be_listed_leave_a_failed_backfill_failed(
+    ended_backfill, capsys, status, code
+):
+    FakeWebserver.backfill_status = status
+    FakeWebserver.check_failures = 1
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == code
+    assert "could not list the checks that failed" in capsys.readouterr().err
 
 
 def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():

@@ -435,6 +435,22 @@ def test_an_integer_too_long_for_python_costs_one_row_in_the_allowlist_none_outs
     assert rejects == [(bad["public_id"], "outcome_option is OversizedInt, expected a string")]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_body_with_a_byte_order_mark_or_in_utf16_is_read(encoding: str) -> None:
+    good = row(1, T0)
+    body = json.dumps({"body": {"rows": [good, {**good, "public_id": ""}],
+                                "pagination": {"nextCursor": None}}})  # fmt: skip
+    sim = simulator([])
+    sim.script(
+        SimResponse(200, {"Content-Type": "application/json"}, body.encode(encoding)),
+        when=lambda r: r.kind == "data",
+    )
+    with client(sim) as reader:
+        pages = list(reader.iter_window(DAY))
+
+    assert [r["public_id"] for p in pages for r in p.rows] == [good["public_id"]]
+
+
 def test_a_page_whose_compressed_body_is_corrupt_is_retried() -> None:
     sim = simulator([row(1, T0)])
     corrupt = SimResponse(

@@ -81,9 +81,9 @@ def test_a_mapping_file_the_outcome_mix_would_refuse_fails_the_definitions_load(
     assert "promise must be a list of codes" in last_line
 
 
-def test_a_password_is_sent_as_given_spaces_included() -> None:
+def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> None:
     env = {"D23_API_URL": "https://api.example", "D23_LENDER": " demo ",
-           "D23_EMAIL": "analyst@demo.example", "D23_PASSWORD": " s3cret pass "}  # fmt: skip
+           "D23_EMAIL": "analyst@demo.example", "D23_PASSWORD": " s3cret pass \n"}  # fmt: skip
 
     credentials = load_api_connection(env).credentials
 

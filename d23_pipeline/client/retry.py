@@ -166,9 +166,9 @@ def decode_json(response: httpx.Response) -> Any:
         # byte that is not UTF-8 (kept as a lone surrogate), an integer too long for Python.
         # One such value is one bad row (schema.validate_rows), not a page that fails every
         # retry.
-        return json.loads(
-            response.content.decode("utf-8", "surrogateescape"), parse_int=_parse_int
-        )
+        content = response.content
+        text = content.decode(json.detect_encoding(content), "surrogateescape")  # a BOM, UTF-16
+        return json.loads(text, parse_int=_parse_int)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise Transient(

@@ -104,10 +104,11 @@ class Warehouse:
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the file under the lock; the connection is closed whatever happens."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s  # one wait in all, for both locks
         with self._lock:
             if read_only and not self.path.exists():
                 self._create()
-            con = self._open(read_only)
+            con = self._open(read_only, deadline)
             try:
                 con.execute(sql.SESSION_SETUP)
                 if not read_only:
@@ -116,10 +117,9 @@ class Warehouse:
             finally:
                 con.close()
 
-    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        """Connect, waiting up to ``lock_timeout_s`` for a process that holds DuckDB's own lock
-        without taking ours: a notebook's connection, even a read-only one, blocks writers."""
-        deadline = time.monotonic() + self.lock_timeout_s
+    def _open(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+        """Connect, waiting until ``deadline`` for a process that holds DuckDB's own lock without
+        taking ours: a notebook's connection, even a read-only one, blocks writers."""
         pause = 0.05
         while True:
             try:
@@ -211,18 +211,10 @@ def merge_snapshot(
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
         inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
+        conflicting = 0
         if has_duplicates:
-            conflicting = fetch_row(
-                con, sql.QUARANTINE_CONFLICTING_VERSIONS, {**params, **windows}
-            )[0]
-            if conflicting:
-                log.warning(
-                    "%s: %d rows were served again by this read with the same updated_at and "
-                    "other values; the version read last is kept, the others are in "
-                    "d23.rejected_rows",
-                    partition,
-                    conflicting,
-                )
+            windowed = {**params, **windows}
+            conflicting = fetch_row(con, sql.QUARANTINE_CONFLICTING_VERSIONS, windowed)[0]
         identified_rejects = fetch_row(con, sql.ANY_IDENTIFIED_REJECT)[0]
         due = {**params, "mix_tables": list(sql.MIX_TABLES)}
         if moved_in or restored:
@@ -244,6 +236,13 @@ def merge_snapshot(
         # adds and updates rows, but the month's rejects and slice proofs stay the newer read's.
         last_read = fetch_row(con, sql.MONTH_LAST_READ, params)[0]
         rejects = 0
+        if conflicting:
+            log.warning(
+                "%s: %d rows were served again by this read with the same updated_at and other "
+                "values; the version read last is kept, the others are rejects of this read",
+                partition,
+                conflicting,
+            )
         if last_read is not None and last_read > read_at:
             log.warning(
                 "%s: this read (finished %s) is older than the one merged last (%s): its rows "
