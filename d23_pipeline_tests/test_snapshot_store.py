@@ -40,6 +40,31 @@ def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) ->
         assert second.finished == {SLICES[0]}
 
 
+def test_a_finished_slice_damaged_on_disk_is_read_again_on_resume(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+        _land(first, SLICES[0])
+        _land(first, SLICES[1])
+        raise RuntimeError("the machine loses power")
+    # The manifest reached the disk, the second slice's file only in part.
+    damaged = first.directory / f"{SLICES[1].key}.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.finished == {SLICES[0]}
+
+
+def test_a_damaged_manifest_starts_the_read_over(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+        _land(first, SLICES[0])
+        raise RuntimeError("the machine loses power")
+    (first.directory / "manifest.json").write_text('{"partition": "2026-04-01", "sli')
+
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.directory != first.directory and second.finished == set()
+
+
 def test_a_month_is_written_by_one_run_at_a_time(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     with store.begin("2026-04-01", SLICES, "run-1"):

@@ -17,6 +17,7 @@ at a time may write a month (``.reading.lock``), so two runs never share an unfi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -33,6 +34,8 @@ from filelock import FileLock, Timeout
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
 from d23_pipeline.settings import RESUME_MAX_AGE
+
+log = logging.getLogger("d23_pipeline.landing")
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -158,9 +161,32 @@ def rejects_path(directory: Path, window: Window) -> Path:
     return directory / f"{window.key}.rejects.parquet"
 
 
+def _intact_slices(directory: Path, entries: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's finished slices whose two files are readable Parquet holding the counts
+    it recorded; any other (a disk full, a crash before the file reached the disk) is read again
+    rather than failing every merge of the month."""
+    intact = {}
+    for key, entry in entries.items():
+        window = Window.from_key(key)
+        try:
+            rows = pq.read_metadata(rows_path(directory, window)).num_rows
+            rejects = pq.read_metadata(rejects_path(directory, window)).num_rows
+        except (OSError, pa.ArrowInvalid):
+            rows = rejects = -1
+        if (rows, rejects) == (entry["rows"], entry["rejects"]):
+            intact[key] = entry
+        else:
+            log.warning("slice %s of %s is damaged on disk; reading it again", key, directory)
+    return intact
+
+
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+    with tmp.open("w") as file:
+        file.write(json.dumps(payload, indent=1, sort_keys=True, default=str))
+        file.flush()
+        # On disk before it replaces the old one: after a power loss, the old or the new.
+        os.fsync(file.fileno())
     os.replace(tmp, path)
 
 
@@ -380,6 +406,7 @@ class SnapshotStore:
         if unfinished is not None:
             directory, manifest = unfinished
             manifest["run_ids"].append(run_id)
+            manifest["slices"] = _intact_slices(directory, manifest["slices"])
         else:
             directory = month_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
             directory.mkdir()
@@ -403,7 +430,11 @@ class SnapshotStore:
             manifest_path = directory / "manifest.json"
             if not manifest_path.is_file():
                 continue
-            manifest = json.loads(manifest_path.read_text())
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except ValueError:  # damaged on disk: that read cannot be resumed
+                log.warning("%s is damaged; not resuming from it", manifest_path)
+                continue
             started = datetime.fromisoformat(manifest["started_at"])
             if (
                 manifest["complete"]
