@@ -111,7 +111,8 @@ def _canonical_ts(value: Any, name: str) -> str:
         raise ValueError(f"{name} is outside the range of UTC timestamps: {value[:40]!r}") from None
 
 
-def _is_text(value: str) -> bool:
+def is_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text that UTF-8 can hold."""
     # JSON may escape half of a surrogate pair (what JavaScript emits for a cut emoji); Python
     # reads it, but it is no Unicode character, and UTF-8 (Arrow, Parquet, DuckDB) cannot hold it.
     try:
@@ -130,7 +131,7 @@ def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
         if not isinstance(value, str) or (name == "public_id" and not value):
             expected = "a non-empty string" if name == "public_id" else "a string"
             raise ValueError(f"{name} is {_describe(value)}, expected {expected}")
-        if not _is_text(value):
+        if not is_text(value):
             raise ValueError(
                 f"{name} is not valid Unicode text (it holds a lone surrogate, or bytes that are "
                 "not UTF-8)"
@@ -236,7 +237,10 @@ def read_canonical_page(
         return None
     body = table.column("body").combine_chunks()
     rows = body.field("rows")
-    cursor = body.field("pagination").field("nextCursor")[0].as_py()
+    try:
+        cursor = body.field("pagination").field("nextCursor")[0].as_py()
+    except UnicodeDecodeError:  # not UTF-8: the strict parser says so
+        return None
     if rows.null_count or not cursor:
         return None
     flat = rows.flatten()
@@ -273,7 +277,7 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
             rows.append(_check_row(raw, since, until))
         except ValueError as exc:
             public_id = raw.get("public_id")
-            usable = isinstance(public_id, str) and public_id and _is_text(public_id)
+            usable = isinstance(public_id, str) and public_id and is_text(public_id)
             rejects.append(
                 RejectedRow(
                     str(exc),

@@ -451,6 +451,16 @@ def test_a_body_with_a_byte_order_mark_or_in_utf16_is_read(encoding: str) -> Non
     assert [r["public_id"] for p in pages for r in p.rows] == [good["public_id"]]
 
 
+def test_a_cursor_that_is_not_utf8_is_a_clear_error() -> None:
+    sim = paged(range(10))
+    cursor = {"nextCursor": "c\u00c9"}
+    page = json.dumps({"body": {"rows": [row(1, T0)], "pagination": cursor}}, ensure_ascii=False)
+    content = page.encode().replace("\u00c9".encode(), b"\xc9")  # É in Latin-1
+    sim.script(SimResponse(200, {"Content-Type": "application/json"}, content), times=99)
+    with client(sim) as reader, pytest.raises(ProtocolError, match="nextCursor is not valid UTF-8"):
+        walk_ids(reader)
+
+
 def test_a_page_whose_compressed_body_is_corrupt_is_retried() -> None:
     sim = simulator([row(1, T0)])
     corrupt = SimResponse(

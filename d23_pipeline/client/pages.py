@@ -11,7 +11,13 @@ import pyarrow as pa
 
 from d23_pipeline.client.completeness import WindowTotal
 from d23_pipeline.client.retry import Transient, decode_json, request_id_of
-from d23_pipeline.schema import RejectedRow, read_canonical_page, rows_to_batch, validate_rows
+from d23_pipeline.schema import (
+    RejectedRow,
+    is_text,
+    read_canonical_page,
+    rows_to_batch,
+    validate_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -90,4 +96,6 @@ def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
     cursor = pagination["nextCursor"]
     if cursor is not None and not (isinstance(cursor, str) and cursor):
         raise _bad_body(response, "nextCursor is neither a cursor string nor null")
+    if cursor is not None and not is_text(cursor):
+        raise _bad_body(response, "nextCursor is not valid UTF-8 text")
     return rows, cursor
