@@ -214,6 +214,28 @@ def _conforming_batch(raw_rows: list[Any], since: str, until: str) -> pa.RecordB
     return batch if _is_canonical(batch, since, until) else None
 
 
+class RepeatedKeysError(ValueError):
+    """A page names some key twice in one object: decode it with :func:`note_repeated_keys`."""
+
+
+class RepeatedKeys(dict[str, Any]):
+    """A JSON object that named some keys more than once (``repeated``); the last value of each
+    is kept, as JSON parsers do, but which one the API meant is unknown."""
+
+    repeated: frozenset[str] = frozenset()
+
+
+def note_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads`: a dict, or :class:`RepeatedKeys`."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    noted = RepeatedKeys(obj)
+    names = [k for k, _ in pairs]
+    noted.repeated = frozenset(k for k in obj if names.count(k) > 1)
+    return noted
+
+
 def read_canonical_page(
     content: bytes, since: str, until: str
 ) -> tuple[pa.RecordBatch, str] | None:
@@ -223,7 +245,8 @@ def read_canonical_page(
     ``[since, until)``, and a further page to come. Anything else (a reject, an extra field, an
     empty or last page, a malformed body) gives None, and the caller decodes the page row by row,
     which decides and explains. No Python object is made per row, and the parse runs without
-    the GIL, so concurrent slices really overlap.
+    the GIL, so concurrent slices really overlap. A page naming some key twice in one object
+    raises :class:`RepeatedKeysError`: the usual decoder would keep the last value unseen.
     """
     try:
         table = pj.read_json(
@@ -231,7 +254,11 @@ def read_canonical_page(
             read_options=pj.ReadOptions(use_threads=False, block_size=len(content) + 1),
             parse_options=_PAGE_PARSE,
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except pa.ArrowInvalid as exc:
+        if "was specified twice" in str(exc):
+            raise RepeatedKeysError(str(exc)) from None
+        return None
+    except pa.ArrowTypeError:
         return None
     if table.num_rows != 1:
         return None
@@ -264,6 +291,18 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
     rejects: list[RejectedRow] = []
     extra: set[str] = set()
     for raw in raw_rows:
+        if isinstance(raw, RepeatedKeys):
+            public_id = None if "public_id" in raw.repeated else raw.get("public_id")
+            usable = isinstance(public_id, str) and public_id and is_text(public_id)
+            rejects.append(
+                RejectedRow(
+                    f"the row names {', '.join(sorted(raw.repeated))} more than once",
+                    public_id if usable else None,
+                    _allowlisted(raw),
+                    len(rows),
+                )
+            )
+            continue
         if not isinstance(raw, dict):
             rejects.append(
                 RejectedRow(

@@ -461,6 +461,30 @@ def test_a_cursor_that_is_not_utf8_is_a_clear_error() -> None:
         walk_ids(reader)
 
 
+def test_a_row_naming_a_key_twice_is_quarantined_not_read_as_its_last_value() -> None:
+    good, twice, two_ids = row(1, T0), row(2, T0), row(3, T0)
+    # JSON parsers keep a repeated key's last value; which one the API meant is unknown.
+    rows = [
+        json.dumps(good),
+        json.dumps(twice)[:-1] + ', "is_ptp_broken": true}',
+        json.dumps(two_ids)[:-1] + ', "public_id": "someone-else"}',
+    ]
+    body = '{"body": {"rows": [' + ", ".join(rows) + '], "pagination": {"nextCursor": null}}}'
+    sim = simulator([])
+    sim.script(
+        SimResponse(200, {"Content-Type": "application/json"}, body.encode()),
+        when=lambda r: r.kind == "data",
+    )
+    with client(sim) as reader:
+        pages = list(reader.iter_window(DAY))
+
+    assert [r["public_id"] for p in pages for r in p.rows] == [good["public_id"]]
+    assert [(r.public_id, r.reason) for p in pages for r in p.rejects] == [
+        (twice["public_id"], "the row names is_ptp_broken more than once"),
+        (None, "the row names public_id more than once"),
+    ]
+
+
 def test_a_page_whose_compressed_body_is_corrupt_is_retried() -> None:
     sim = simulator([row(1, T0)])
     corrupt = SimResponse(

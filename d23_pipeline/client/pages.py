@@ -3,6 +3,7 @@ missing cursor or rows list is an error to retry, never "end of data"."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +14,15 @@ from d23_pipeline.client.completeness import WindowTotal
 from d23_pipeline.client.retry import Transient, decode_json, request_id_of
 from d23_pipeline.schema import (
     RejectedRow,
+    RepeatedKeysError,
     is_text,
+    note_repeated_keys,
     read_canonical_page,
     rows_to_batch,
     validate_rows,
 )
+
+PairsHook = Callable[[list[tuple[str, Any]]], Any]
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,15 @@ def read_page(response: httpx.Response, since: str, until: str) -> Page:
     """The page of a 200 answer for ``[since, until)``, every row validated."""
     # Most pages are clean and not the last: Arrow reads those straight from the bytes. Every
     # other page takes the row-by-row path, which rejects with reasons.
-    clean = read_canonical_page(response.content, since, until)
+    hook = None
+    try:
+        clean = read_canonical_page(response.content, since, until)
+    except RepeatedKeysError:
+        clean, hook = None, note_repeated_keys
     if clean is not None:
         batch, next_cursor = clean
         return Page(batch.num_rows, batch, [], set(), next_cursor)
-    raw_rows, cursor = _rows_and_cursor(response)
+    raw_rows, cursor = _rows_and_cursor(response, hook)
     result = validate_rows(raw_rows, since, until)
     rows = result.batch if result.batch is not None else rows_to_batch(result.rows)
     return Page(len(raw_rows), rows, result.rejects, result.extra_fields, cursor)
@@ -70,8 +79,8 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _envelope_body(response: httpx.Response) -> dict[str, Any]:
-    envelope = decode_json(response)
+def _envelope_body(response: httpx.Response, hook: PairsHook | None = None) -> dict[str, Any]:
+    envelope = decode_json(response, hook)
     body = envelope.get("body") if isinstance(envelope, dict) else None
     if not isinstance(body, dict):
         raise _bad_body(response, "no body object in the envelope")
@@ -84,8 +93,10 @@ def _bad_body(response: httpx.Response, detail: str) -> Transient:
     )
 
 
-def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
-    body = _envelope_body(response)
+def _rows_and_cursor(
+    response: httpx.Response, hook: PairsHook | None = None
+) -> tuple[list[Any], str | None]:
+    body = _envelope_body(response, hook)
     rows = body.get("rows")
     if not isinstance(rows, list):
         raise _bad_body(response, "no body.rows list")

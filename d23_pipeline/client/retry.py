@@ -155,12 +155,17 @@ def _parse_int(text: str) -> int | OversizedInt:
         return OversizedInt(text)
 
 
-def decode_json(response: httpx.Response) -> Any:
-    """The parsed body of a 200, or a ``bad_body`` :class:`Transient` (HTML, truncated, empty)."""
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        pass
+def decode_json(
+    response: httpx.Response,
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
+    """The parsed body of a 200, or a ``bad_body`` :class:`Transient` (HTML, truncated, empty).
+    With ``object_pairs_hook``, every object goes through it (Python's parser, slower)."""
+    if object_pairs_hook is None:
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            pass
     try:
         # Valid JSON that orjson refuses: a lone surrogate escape, a number past a double, a
         # byte that is not UTF-8 (kept as a lone surrogate), an integer too long for Python.
@@ -168,7 +173,7 @@ def decode_json(response: httpx.Response) -> Any:
         # retry.
         content = response.content
         text = content.decode(json.detect_encoding(content), "surrogateescape")  # a BOM, UTF-16
-        return json.loads(text, parse_int=_parse_int)
+        return json.loads(text, parse_int=_parse_int, object_pairs_hook=object_pairs_hook)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         raise Transient(
