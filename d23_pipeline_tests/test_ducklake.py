@@ -2,14 +2,17 @@
 writers of different months plus a reader at the same time, without a lock."""
 
 import contextlib
+import multiprocessing
 import secrets
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -330,3 +333,39 @@ def test_two_first_rebuilds_of_a_months_outcome_mix_at_once_count_it_once(
     assert not errors
     with warehouse.connect(read_only=True) as con:
         assert con.execute("SELECT sum(attempts) FROM d23.outcome_mix_monthly").fetchone() == (3,)
+
+
+def _first_connection(dsn: str, data_path: str, start: float, results: Any) -> None:
+    from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse  # in a process of its own
+
+    while time.time() < start:
+        time.sleep(0.001)
+    try:
+        with DuckLakeWarehouse(dsn, data_path).connect() as con:
+            con.execute("SELECT merges FROM d23.last_merge").fetchall()
+        results.put("ok")
+    except Exception as exc:  # reported by the assertion below
+        results.put(f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+@pytest.mark.e2e
+def test_processes_opening_a_new_lake_at_once_all_connect(lake: Lake) -> None:
+    # A first backfill: its months' first steps all create DuckLake's catalog tables at once,
+    # and PostgreSQL refuses all creations but one (without the retry, 5 of 6 failed in 3 of 3
+    # trials here).
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    start = time.time() + 3  # every process has imported and waits at the same line
+    workers = [
+        spawn.Process(
+            target=_first_connection, args=(lake.dsn, str(lake.data_path), start, results)
+        )
+        for _ in range(6)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+
+    assert outcomes == ["ok"] * 6

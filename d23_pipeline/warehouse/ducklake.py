@@ -91,13 +91,26 @@ def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
 
 
+def lost_catalog_creation(exc: BaseException) -> bool:
+    """The first ATTACH of a new lake, run by several processes at once: DuckLake creates its
+    catalog tables in each, and PostgreSQL refuses all but one (the others find them made)."""
+    message = str(exc)
+    return (
+        isinstance(exc, duckdb.Error)
+        and "Failed to initialize DuckLake" in message
+        and ("already exists" in message or "duplicate key value" in message)
+    )
+
+
 def retry_on_conflict(
     work: Callable[[], T],
     *,
     attempts: int = CONFLICT_ATTEMPTS,
     on_retry: Callable[[str], None] | None = None,
+    retryable: Callable[[BaseException], bool] = is_conflict,
 ) -> T:
-    """Run ``work`` (one whole transaction) again while it fails on a write conflict.
+    """Run ``work`` (one whole transaction) again while it fails on a write conflict (or
+    another failure ``retryable`` says another writer caused).
 
     Harmless on the embedded DuckDB file, where writers queue on a lock and never conflict.
     """
@@ -106,7 +119,7 @@ def retry_on_conflict(
         try:
             return work()
         except duckdb.Error as exc:
-            if not is_conflict(exc) or attempt == attempts:
+            if not retryable(exc) or attempt == attempts:
                 raise
             delay = random.uniform(first, min(longest, first * 2**attempt))
             if on_retry is not None:
@@ -188,7 +201,10 @@ class DuckLakeWarehouse:
         )
         failure = None
         try:
-            retry_on_conflict(lambda: con.execute(statement))
+            retry_on_conflict(
+                lambda: con.execute(statement),
+                retryable=lambda exc: is_conflict(exc) or lost_catalog_creation(exc),
+            )
         except duckdb.Error as exc:
             # Raised after this block, not in it: there the new error would keep DuckDB's, with
             # its text, as __context__ (``from None`` only hides that from tracebacks).
