@@ -10,7 +10,7 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,13 @@ from harness import Lake
 from postgres import PostgresServer
 from test_warehouse_merge import Months, row
 
-from d23_pipeline.analytics import outcome_mix
+from d23_pipeline.analytics import dashboard, outcome_mix
 from d23_pipeline.analytics.frames import load_outcome_tables
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
-from d23_pipeline.analytics.outcome_mix import rebuild_outcome_mix_monthly
+from d23_pipeline.analytics.outcome_mix import (
+    rebuild_outcome_kpis_monthly,
+    rebuild_outcome_mix_monthly,
+)
 from d23_pipeline.months import month_window
 from d23_pipeline.settings import SettingsError, load_options
 from d23_pipeline.warehouse import sql, store
@@ -369,3 +372,33 @@ def test_processes_opening_a_new_lake_at_once_all_connect(lake: Lake) -> None:
         worker.join(60)
 
     assert outcomes == ["ok"] * 6
+
+
+def test_the_dashboard_shows_one_committed_state_while_a_merge_commits(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    april = Months(tmp_path, warehouse)
+    april.merge([row("a"), row("b"), row("c")])
+    classes = load_outcome_classes()
+    with warehouse.connect() as con:
+        rebuild_outcome_mix_monthly(con, date(2026, 4, 1), *month_window("2026-04"), classes)
+        rebuild_outcome_kpis_monthly(con, date(2026, 4, 1))
+    real = dashboard.fetch_dicts
+    merged: list[object] = []
+
+    def fetch_dicts(con: duckdb.DuckDBPyConnection, statement: str, params: Any = None) -> Any:
+        rows = real(con, statement, params)
+        if statement is sql.CONTACT_BY_WEEKDAY_HOUR and not merged:
+            # Another run's merge commits between two of the dashboard's queries.
+            merged.append(april.merge([row("a"), row("b"), row("c"), row("d")]))
+        return rows
+
+    monkeypatch.setattr(dashboard, "fetch_dicts", fetch_dicts)
+    with warehouse.connect() as con:
+        data = dashboard.gather(con, classes, "UTC", datetime(2026, 5, 10, tzinfo=UTC))
+
+    assert merged
+    by_hour = sum(r["attempts"] for r in data.weekday_hour)
+    by_channel = sum(r["attempts"] for r in data.channel_daily)
+    assert (by_hour, by_channel, data.freshness[0].rows) == (3, 3, 3)

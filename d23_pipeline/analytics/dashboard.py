@@ -29,7 +29,7 @@ from d23_pipeline.analytics.outcome_mix import load_classes
 from d23_pipeline.kpis import KPI_NAMES, KPIS
 from d23_pipeline.months import month_index, month_name
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import fetch_dicts
+from d23_pipeline.warehouse.store import fetch_dicts, transaction
 
 KPI_LABELS = {kpi.name: kpi.label for kpi in KPIS}
 # Each KPI as numerator / denominator, in the KPI tables' count columns.
@@ -126,7 +126,19 @@ def gather(
     timezone: str,
     now: datetime,
 ) -> DashboardData:
-    """Read what the page shows: every month that has KPIs, and the data-quality state."""
+    """Read what the page shows: every month that has KPIs, and the data-quality state, in one
+    transaction, so that every panel shows the same committed state (on DuckLake, other runs
+    commit while it reads)."""
+    with transaction(con):
+        return _gather(con, classes, timezone, now)
+
+
+def _gather(
+    con: duckdb.DuckDBPyConnection,
+    classes: Mapping[str, OutcomeClass],
+    timezone: str,
+    now: datetime,
+) -> DashboardData:
     kpis = fetch_dicts(con, sql.OUTCOME_KPIS_ALL)
     weekday_hour: list[dict[str, Any]] = []
     channel_daily: list[dict[str, Any]] = []

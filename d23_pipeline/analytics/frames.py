@@ -24,7 +24,12 @@ from filelock import Timeout
 from d23_pipeline.settings import load_options
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
-from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend, WarehouseBusyError
+from d23_pipeline.warehouse.store import (
+    Warehouse,
+    WarehouseBackend,
+    WarehouseBusyError,
+    transaction,
+)
 
 # A run holds the warehouse for seconds per step; a notebook should say so rather than hang.
 DEFAULT_WAIT_S = 10.0
@@ -41,7 +46,8 @@ class OutcomeTables:
 
 
 def _read(warehouse: WarehouseBackend) -> OutcomeTables:
-    with warehouse.connect(read_only=True) as con:
+    # One transaction: the three tables as of one commit, while runs write (DuckLake).
+    with warehouse.connect(read_only=True) as con, transaction(con):
         return OutcomeTables(
             kpis_monthly=con.execute(sql.OUTCOME_KPIS_ALL).df(),
             mix_monthly=con.execute(sql.OUTCOME_MIX_ALL).df(),
