@@ -144,11 +144,19 @@ def test_kpi_attempts_must_equal_the_sum_of_the_outcome_mix(tmp_path: Path) -> N
         con.execute("DELETE FROM d23.outcome_mix_monthly WHERE outcome_option = 'RPC'")
         stale = checks.kpi_attempts_match_mix(con, date(2026, 4, 1))
 
+        # Rows moved to another month: its steps rebuild this month's mix, then its KPIs.
+        con.execute(
+            "INSERT INTO d23.mix_rebuilds_due VALUES ('2026-04-01', 'outcome_kpis_monthly')"
+        )
+        waiting = checks.kpi_attempts_match_mix(con, date(2026, 4, 1))
+
     assert not stale.passed
     assert (stale.metadata["kpi_attempts"].value, stale.metadata["outcome_mix_attempts"].value) == (
         10,
         6,
     )
+    assert waiting.passed and waiting.metadata["kpi_rebuild_due"].value is True
+    assert "due for a rebuild" in waiting.description
 
 
 def test_an_unmapped_share_over_the_threshold_is_an_error() -> None:

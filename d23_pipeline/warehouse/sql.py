@@ -561,7 +561,9 @@ KPI_ATTEMPTS_AND_MIX_ATTEMPTS = """
 SELECT
     (SELECT sum(attempts) FROM d23.outcome_kpis_monthly WHERE month = CAST($month AS DATE)),
     (SELECT coalesce(sum(attempts), 0) FROM d23.outcome_mix_monthly
-     WHERE month = CAST($month AS DATE))
+     WHERE month = CAST($month AS DATE)),
+    EXISTS (SELECT 1 FROM d23.mix_rebuilds_due
+            WHERE month = CAST($month AS DATE) AND mix_table = 'outcome_kpis_monthly')
 """
 
 # --- dashboard and notebooks -------------------------------------------------------------------
