@@ -237,6 +237,22 @@ def test_an_older_read_merged_last_keeps_the_newer_reads_rejects_and_proofs(
     assert read_at == READ_AT + timedelta(1)
 
 
+def test_a_row_another_months_last_read_served_as_a_reject_is_not_deleted(
+    months: Months,
+) -> None:
+    # r moved from March to May and broke on the way: May serves it only as a reject, so it is
+    # still stored in March, where March's read no longer finds it.
+    months.merge([row("a"), row("r")], partition="2026-03-01")
+    months.merge([row("m")], rejects=[rejected("r")], partition="2026-05-01")
+
+    summary = months.merge(
+        [row("a")], absent=("r",), partition="2026-03-01", max_deletion_share=1.0
+    )
+
+    assert summary.marked_deleted == 0
+    assert months.logs()["r"]["_deleted_at"] is None
+
+
 def test_a_deleted_row_a_later_read_serves_as_a_reject_comes_back(months: Months) -> None:
     # b moves to May and breaks on the way: April's read proves it gone from April, and May's
     # read serves it only as a reject. It exists, so it keeps its last good version, live.

@@ -277,8 +277,10 @@ ANY_ABSENT = "SELECT EXISTS (SELECT 1 FROM snapshot_absent)"
 
 # Absence is not evidence: a row of this month is marked deleted only when the read proved it
 # gone (its slice verified and a read of its own instant no longer returning it, see
-# ExportsClient.confirm_absent), this snapshot holds it neither as a row nor as a reject, and
-# no read that finished later has seen it (a snapshot merged again after newer reads).
+# ExportsClient.confirm_absent), this snapshot holds it neither as a row nor as a reject, no
+# read that finished later has seen it (a snapshot merged again after newer reads), and the
+# last read of another month did not serve it as a reject (moved there and broken on the way:
+# no valid row takes it over, so it stays stored in this month).
 _PROVEN_DELETED = """
 t._partition = $partition
   AND t._deleted_at IS NULL
@@ -286,6 +288,10 @@ t._partition = $partition
   AND EXISTS (SELECT 1 FROM snapshot_absent AS a WHERE a.public_id = t.public_id)
   AND NOT EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = t.public_id)
   AND NOT EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
+  AND NOT EXISTS (
+      SELECT 1 FROM d23.rejected_rows AS o
+      WHERE o.public_id = t.public_id AND o._partition <> $partition
+  )
 """
 DELETIONS_PROVEN = f"SELECT count(*) FROM d23.logs AS t WHERE {_PROVEN_DELETED}"
 MARK_DELETED = f"UPDATE d23.logs AS t SET _deleted_at = $read_at WHERE {_PROVEN_DELETED}"
