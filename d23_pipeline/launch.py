@@ -93,9 +93,14 @@ def _guide(env: dict[str, str]) -> str:
         raise SystemExit(f"error: {exc}") from None
     first = options.start_month
     last = months_up_to(datetime.now(UTC).date(), 1)[0]
-    return (
+    backfill = (
         f"Backfill months {first} to {last}: "
-        f".venv/bin/python -m d23_pipeline.backfill {first} {last}\n"
+        f".venv/bin/python -m d23_pipeline.backfill {first} {last}"
+        if first <= last  # YYYY-MM strings sort as months do
+        else f"No month to backfill yet: D23_START_MONTH ({first}) is after this month ({last})"
+    )
+    return (
+        f"{backfill}\n"
         f"Dashboard (rebuilt by every run; open it in a browser): "
         f"{options.dashboard_path.resolve()}"
     )

@@ -178,6 +178,9 @@ def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
 def validate_timezone(value: str, name: str = "D23_REPORT_TIMEZONE") -> str:
     """An IANA time zone name such as ``Europe/Berlin``."""
     try:
+        # Files of the zone database that name no zone DuckDB knows (the report runs there).
+        if value in ("localtime", "posixrules"):
+            raise ValueError(value)
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
         raise SettingsError(

@@ -34,6 +34,13 @@ def test_the_backfill_hint_covers_exactly_the_partitions_and_the_dashboard_path_
     assert guide.endswith(str(tmp_path.resolve() / "reports" / "outcome_dashboard.html"))
 
 
+def test_a_start_month_after_this_month_gets_no_backfill_command(tmp_path: Path) -> None:
+    guide = _guide({"D23_START_MONTH": "2999-01", "D23_DATA_DIR": str(tmp_path)})
+
+    assert "d23_pipeline.backfill" not in guide
+    assert "No month to backfill yet: D23_START_MONTH (2999-01) is after this month" in guide
+
+
 def test_a_bad_setting_stops_make_run_naming_it() -> None:
     with pytest.raises(SystemExit, match="D23_REPORT_TIMEZONE"):
         _guide({"D23_REPORT_TIMEZONE": "Atlantis/Capital"})

@@ -37,6 +37,8 @@ LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
         ("D23_OUTCOME_MAPPING", "/nonexistent/outcome_classes.yaml"),
         ("D23_REPORT_TIMEZONE", "Mars/Olympus_Mons"),
         ("D23_REPORT_TIMEZONE", "+05:30"),
+        ("D23_REPORT_TIMEZONE", "localtime"),
+        ("D23_REPORT_TIMEZONE", "posixrules"),
     ],
 )
 def test_malformed_option_fails_at_load_naming_it(name: str, value: str) -> None:
