@@ -189,14 +189,19 @@ def backfill_status(url: str, backfill_id: str) -> dict[str, Any]:
     return result
 
 
+def _month_of(run: dict[str, Any]) -> str | None:
+    """``YYYY-MM`` of a backfill run's partition; None for the unpartitioned dashboard's run."""
+    partition = next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), None)
+    return partition[:7] if partition else None
+
+
 def month_progress(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Each month's standing (``SUCCESS``, ``running``, ``FAILURE``, ``CANCELED``) from the
     backfill's runs; months whose runs have not been created yet are absent."""
     statuses: dict[str, set[str]] = {}
     for run in runs:
-        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
-        if "dagster/partition" in tags:
-            statuses.setdefault(tags["dagster/partition"][:7], set()).add(run["status"])
+        if month := _month_of(run):
+            statuses.setdefault(month, set()).add(run["status"])
     return {
         month: next((name for name, kinds in _MONTH_STANDING if seen & kinds), "running")
         for month, seen in sorted(statuses.items())
@@ -207,9 +212,8 @@ def deciding_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per month, the run whose outcome stands: its latest success, else its latest run."""
     deciding: dict[str, dict[str, Any]] = {}
     for run in sorted(runs, key=lambda r: (r["status"] == "SUCCESS", r["creationTime"])):
-        tags = {tag["key"]: tag["value"] for tag in run["tags"]}
-        if "dagster/partition" in tags:
-            deciding[tags["dagster/partition"][:7]] = run
+        if month := _month_of(run):
+            deciding[month] = run
     return deciding
 
 

@@ -308,13 +308,19 @@ def test_two_first_merges_racing_on_a_row_that_moved_months_leave_one_copy(
     assert len(retries) == 1 and "another writer committed first" in retries[0]
 
 
+@pytest.fixture
+def april(lake: Lake, tmp_path: Path) -> Months:
+    """April merged into the lake, three rows, no outcome-mix rows yet."""
+    months = Months(tmp_path, DuckLakeWarehouse(lake.dsn, str(lake.data_path)))
+    months.merge([row("a"), row("b"), row("c")])
+    return months
+
+
 def test_two_first_rebuilds_of_a_months_outcome_mix_at_once_count_it_once(
-    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    april: Months, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The month has no outcome-mix rows yet, so each rebuild deletes nothing and only inserts.
-    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
-    april = Months(tmp_path, warehouse)
-    april.merge([row("a"), row("b"), row("c")])
+    warehouse = april.warehouse
     errors: list[BaseException] = []
 
     def rebuild() -> None:
@@ -375,11 +381,9 @@ def test_processes_opening_a_new_lake_at_once_all_connect(lake: Lake) -> None:
 
 
 def test_the_dashboard_shows_one_committed_state_while_a_merge_commits(
-    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    april: Months, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
-    april = Months(tmp_path, warehouse)
-    april.merge([row("a"), row("b"), row("c")])
+    warehouse = april.warehouse
     classes = load_outcome_classes()
     with warehouse.connect() as con:
         rebuild_outcome_mix_monthly(con, date(2026, 4, 1), *month_window("2026-04"), classes)
