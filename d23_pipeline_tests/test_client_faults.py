@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import itertools
 import json
+import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
+import orjson
 import pytest
 from api import (
     DAY,
@@ -509,3 +514,59 @@ def test_a_page_nested_deeper_than_any_parser_reads_is_retried() -> None:
 
         assert ids == [row(1, T0)["public_id"]]
         assert reader.stats.as_dict()["retries"]["bad_body"] == 1
+
+
+def _page_body(rows: list[dict]) -> bytes:
+    return orjson.dumps({"body": {"rows": rows, "pagination": {"nextCursor": None}}})
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_a_page_at_the_body_limit_is_read_and_one_byte_past_it_is_a_clear_error(
+    encoding: str,
+) -> None:
+    body = _page_body([row(1, T0), row(2, T0)])
+    sent = gzip.compress(body) if encoding == "gzip" else body
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+    for limit, fits in [(len(body), True), (len(body) - 1, False)]:
+        sim = simulator([])
+        sim.script(SimResponse(200, headers, sent), times=99, when=lambda r: r.kind == "data")
+        with client(sim, max_body_bytes=limit) as reader:
+            if fits:
+                assert walk_ids(reader) == [pid(1), pid(2)]
+            else:
+                with pytest.raises(ProtocolError) as caught:
+                    walk_ids(reader)
+                assert f"a body longer than {limit:,} bytes (decoded)" in str(caught.value)
+
+
+def test_a_gzip_bomb_is_not_read_past_the_limit() -> None:
+    sim = simulator([])
+    sent: list[int] = []
+
+    def bomb() -> Iterator[bytes]:
+        """One gzip stream of 1 GiB, sent 1 MiB (decoded) at a time from ~1 KiB each."""
+        packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        for n in range(1024):
+            sent.append(n)
+            yield packer.compress(b"[" * 2**20) + packer.flush(zlib.Z_SYNC_FLUSH)
+        yield packer.flush()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if "/exports/" not in request.url.path:
+            return sim.transport().handle_request(request)
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=bomb())
+
+    reader = client(sim, transport=httpx.MockTransport(handle), max_body_bytes=4 * 2**20)
+    with reader, pytest.raises(ProtocolError, match="a body longer than 4,194,304 bytes"):
+        walk_ids(reader)
+    attempts = reader.stats.as_dict()["retries"]["bad_body"] + 1
+    assert len(sent) <= attempts * 5  # each attempt stops after the 5th decoded MiB
+
+
+def test_an_error_answer_with_a_body_past_the_limit_keeps_its_meaning() -> None:
+    sim = paged(range(4))
+    huge = SimResponse.error(403, "status 403", "req-403")
+    sim.script(dataclasses.replace(huge, body=huge.body + b" " * 2**20), times=99)
+    with client(sim, max_body_bytes=2**16) as reader, pytest.raises(LenderMismatchError):
+        walk_ids(reader)
+    assert len(queries(sim)) == 1

@@ -11,8 +11,7 @@ import threading
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
+from d23_pipeline.client.body import BoundedHttp
 from d23_pipeline.client.errors import AuthenticationError, ProtocolError, RetriesExhaustedError
 from d23_pipeline.client.retry import Retrier, Transient, decode_json, request_id_of, transient_for
 from d23_pipeline.client.stats import ClientStats
@@ -27,7 +26,7 @@ class TokenManager:
     def __init__(
         self,
         credentials: Credentials,
-        http: httpx.Client,
+        http: BoundedHttp,
         base_url: str,
         retrier: Retrier,
         stats: ClientStats,

@@ -22,6 +22,7 @@ import httpx
 import pyarrow as pa
 
 from d23_pipeline.client.auth import TokenManager
+from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
@@ -100,6 +101,7 @@ class ExportsClient:
         slice_reads: int = 3,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
         timeout: float = 60.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         section: str = "S4",
@@ -127,10 +129,15 @@ class ExportsClient:
         self._widths = WidthHint(min_window, max_window)
         self.stats = ClientStats(page_limit)
         connections = max_concurrency + 1
-        self._http = httpx.Client(
-            transport=transport,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        self._http = BoundedHttp(
+            httpx.Client(
+                transport=transport,
+                timeout=timeout,
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+            ),
+            max_body_bytes,
         )
         self._retrier = Retrier(retry, self.stats, sleep)
         base_url = base_url.rstrip("/")

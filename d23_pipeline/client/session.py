@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from d23_pipeline.client.auth import TokenManager
+from d23_pipeline.client.body import BoundedHttp
 from d23_pipeline.client.errors import (
     AuthenticationError,
     DatasetNotFoundError,
@@ -44,7 +45,7 @@ class ExportsSession:
 
     def __init__(
         self,
-        http: httpx.Client,
+        http: BoundedHttp,
         base_url: str,
         auth: TokenManager,
         retrier: Retrier,
