@@ -360,14 +360,23 @@ def test_deletions_above_the_allowed_share_wait_for_confirmation(months: Months)
     assert all(months.logs()[i]["_deleted_at"] == months.read_at for i in gone)
 
 
-def test_deletions_at_the_allowed_share_are_applied(months: Months) -> None:
+@pytest.mark.parametrize(
+    ("share", "gone", "held"),
+    # 0.29 * 100 is 28.999999999999996 in floating point: 29 of 100 must still pass at 0.29.
+    [(0.02, 2, False), (0.02, 3, True), (0.29, 29, False), (0.29, 30, True), (0.57, 57, False)],
+)
+def test_deletions_at_the_allowed_share_are_applied_and_one_more_is_held(
+    months: Months, share: float, gone: int, held: bool
+) -> None:
     months.merge([row(f"r{i}") for i in range(100)])
 
     summary = months.merge(
-        [row(f"r{i}") for i in range(2, 100)], absent=("r0", "r1"), max_deletion_share=0.02
+        [row(f"r{i}") for i in range(gone, 100)],
+        absent=tuple(f"r{i}" for i in range(gone)),
+        max_deletion_share=share,
     )
 
-    assert (summary.deletions_held, summary.marked_deleted) == (False, 2)
+    assert (summary.deletions_held, summary.marked_deleted) == (held, 0 if held else gone)
 
 
 def test_each_merge_replaces_its_months_slice_proofs(months: Months) -> None:

@@ -228,7 +228,8 @@ def merge_snapshot(
         proven = 0
         if fetch_row(con, sql.ANY_ABSENT)[0]:
             proven = fetch_row(con, sql.DELETIONS_PROVEN, params)[0]
-        held = not confirm_deletions and proven > max_deletion_share * live_rows
+        # The share itself, not share * live_rows: 0.29 * 100 is 28.999999999999996.
+        held = not confirm_deletions and proven > 0 and proven / live_rows > max_deletion_share
         marked_deleted = fetch_row(con, sql.MARK_DELETED, params)[0] if proven and not held else 0
         if identified_rejects:
             restored += fetch_row(con, sql.RESTORE_REJECTED, params)[0]
