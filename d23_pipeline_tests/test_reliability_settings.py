@@ -1,8 +1,12 @@
 """Settings: a missing or malformed setting fails at load or at run start, naming the variable;
 plain ``http://`` is refused for any host but loopback."""
 
+import contextlib
+import os
+import zoneinfo
 from pathlib import Path
 
+import duckdb
 import pytest
 from harness import Pipeline, failure_messages
 from processes import clean_env, run_python
@@ -14,6 +18,7 @@ from d23_pipeline.settings import (
     load_api_connection,
     load_options,
     read_pool_limits,
+    validate_timezone,
 )
 
 LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
@@ -39,11 +44,32 @@ LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
         ("D23_REPORT_TIMEZONE", "+05:30"),
         ("D23_REPORT_TIMEZONE", "localtime"),
         ("D23_REPORT_TIMEZONE", "posixrules"),
+        ("D23_REPORT_TIMEZONE", "posix/Asia/Kolkata"),
+        ("D23_REPORT_TIMEZONE", "right/UTC"),
     ],
 )
 def test_malformed_option_fails_at_load_naming_it(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         load_options({name: value})
+
+
+def test_every_report_timezone_the_setting_accepts_is_one_duckdb_knows() -> None:
+    # Every file of the zone database on this machine: ZoneInfo opens them all.
+    names = {"localtime", "posixrules"} | {
+        str((Path(folder) / file).relative_to(root))
+        for root in zoneinfo.TZPATH
+        for folder, _, files in os.walk(root)
+        for file in files
+    }
+    accepted = set()
+    for name in names:
+        with contextlib.suppress(SettingsError):
+            accepted.add(validate_timezone(name))
+    with duckdb.connect() as con:
+        known = {name for (name,) in con.execute("SELECT name FROM pg_timezone_names()").fetchall()}
+
+    assert "Asia/Kolkata" in accepted and "UTC" in accepted
+    assert accepted <= known, sorted(accepted - known)[:10]
 
 
 def test_loading_the_definitions_with_a_bad_setting_fails_naming_it(tmp_path: Path) -> None:
