@@ -176,6 +176,28 @@ def test_rows_moved_into_a_refreshed_month_are_counted_there_and_nowhere_else(
     }
 
 
+def test_rows_moved_in_by_a_merge_whose_checks_fail_stay_counted_once(pipeline: Pipeline) -> None:
+    older, newer, other = MONTHS
+    for month in MONTHS:
+        pipeline.materialize(month)
+    assert pipeline.sim.move_rows(5, older, newer)
+    pipeline.sim.hard_delete(60, newer)  # 4 % of the month: its merge holds the deletions
+
+    blocked = pipeline.materialize(newer, raise_on_error=False)
+    assert not blocked.success  # deletions_within_limit failed: no outcome step of this run ran
+    pipeline.materialize(other)  # the next run, of any month, rebuilds the months due
+
+    # The held deletions are still live in d23.logs, so count from it, not from the source;
+    # before, the older month was rebuilt without the moved rows and the newer one never
+    # counted them: 5 attempts fewer than d23.logs.
+    ((live_attempts,),) = pipeline.query(
+        "SELECT count(*) FROM d23.logs WHERE _deleted_at IS NULL AND is_active"
+    )
+    ((kpi_attempts,),) = pipeline.query("SELECT sum(attempts) FROM d23.outcome_kpis_monthly")
+    assert kpi_attempts == live_attempts
+    assert pipeline.query("SELECT count(*) FROM d23.mix_rebuilds_due") == [(0,)]
+
+
 class MovesARowDuringARead(ExportHookSimulator):
     """Once armed: at the first export request ``when`` accepts, one row moves to ``to``."""
 

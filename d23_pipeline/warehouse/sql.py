@@ -252,6 +252,11 @@ MIX_REBUILDS_DUE_FROM_ROWS = _RECORD_MIX_REBUILDS_DUE.format(
 MIX_REBUILDS_DUE_FROM_REJECTS = _RECORD_MIX_REBUILDS_DUE.format(
     source="snapshot_rejects AS r", changed=_SEEN_SINCE_DELETED
 )
+# The merging month is due too when a row moved out of another: if its own outcome steps do not
+# run (a blocking check failed), the next rebuild of the month the row left still counts it here.
+MIX_REBUILDS_DUE_FOR_PARTITION = """
+INSERT INTO d23.mix_rebuilds_due SELECT CAST($partition AS DATE), unnest($mix_tables)
+"""
 # A table's months due, except those still due for the table it is built from.
 MIX_REBUILDS_DUE = """
 SELECT DISTINCT month FROM d23.mix_rebuilds_due

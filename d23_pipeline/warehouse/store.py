@@ -217,10 +217,13 @@ def merge_snapshot(
             conflicting = fetch_row(con, sql.QUARANTINE_CONFLICTING_VERSIONS, windowed)[0]
         identified_rejects = fetch_row(con, sql.ANY_IDENTIFIED_REJECT)[0]
         due = {**params, "mix_tables": list(sql.MIX_TABLES)}
+        other_months_due = 0
         if moved_in or restored:
-            execute(con, sql.MIX_REBUILDS_DUE_FROM_ROWS, due)
+            other_months_due += fetch_row(con, sql.MIX_REBUILDS_DUE_FROM_ROWS, due)[0]
         if identified_rejects:
-            execute(con, sql.MIX_REBUILDS_DUE_FROM_REJECTS, due)
+            other_months_due += fetch_row(con, sql.MIX_REBUILDS_DUE_FROM_REJECTS, due)[0]
+        if other_months_due:
+            execute(con, sql.MIX_REBUILDS_DUE_FOR_PARTITION, due)
         execute(con, sql.MERGE_SNAPSHOT, params)
         live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
         # Most reads prove nothing gone; the two anti-joins over the month would still cost
