@@ -1,5 +1,5 @@
 """DuckLake on a PostgreSQL catalog (D23_WAREHOUSE=ducklake): its settings, its secret, and two
-writers of different months plus a reader at the same time, without a lock."""
+writers of different months taking turns while a reader reads, without a lock file."""
 
 import contextlib
 import multiprocessing
@@ -137,15 +137,17 @@ def test_a_catalog_that_refuses_the_reconnect_after_the_attach_shows_no_password
                 (role,),
             )
     shown = []
-    for _ in range(3):
+    # A reader's session reconnects through DuckDB's driver; a writer's first opens its own
+    # session for the writers' turn.
+    for read_only in (True, False, True):
         try:
-            with warehouse.connect() as con:
-                con.execute("INSERT INTO d23.t VALUES (2)")
+            with warehouse.connect(read_only=read_only) as con:
                 con.execute("SELECT count(*) FROM d23.t").fetchall()
-        except duckdb.Error as exc:
+        except (duckdb.Error, WarehouseConnectionError) as exc:
             shown.append("".join(traceback.format_exception(exc)))
 
     assert len(shown) == 3 and all("password authentication failed" in s for s in shown), shown
+    assert "writers' turn" in shown[1] and "writers' turn" not in shown[0] + shown[2]
     assert not [s for s in shown if password in s or key_password in s], shown
 
 
@@ -181,7 +183,7 @@ def commit_paused_in(thread_name: str, monkeypatch: pytest.MonkeyPatch) -> Itera
         release.set()
 
 
-def test_two_months_merged_at_once_both_land_and_a_reader_never_waits(
+def test_two_months_merged_at_once_take_turns_and_a_reader_never_waits(
     lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
@@ -193,41 +195,75 @@ def test_two_months_merged_at_once_both_land_and_a_reader_never_waits(
     retries: list[str] = []
     errors: list[BaseException] = []
 
-    def merge_april() -> None:
+    def merge(months: Months, rows: list[dict], partition: str) -> None:
         try:
             retry_on_conflict(
-                lambda: april.merge([row("a1", updated_at=LATER), row("a2")]),
-                on_retry=retries.append,
+                lambda: months.merge(rows, partition=partition), on_retry=retries.append
             )
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
+    april_rows = [row("a1", updated_at=LATER), row("a2")]
+    may_rows = [row("m1", updated_at=LATER), row("m2")]
     with commit_paused_in("april", monkeypatch) as (paused, release):
-        writer = threading.Thread(target=merge_april, name="april")
-        writer.start()
+        april_writer = threading.Thread(
+            target=merge, args=(april, april_rows, "2026-04-01"), name="april"
+        )
+        april_writer.start()
         assert paused.wait(60), "april's merge never reached its commit"
-        # April's transaction is open: May's writer and a reader go ahead without waiting.
-        may.merge([row("m1", updated_at=LATER), row("m2")], partition="2026-05-01")
+        # April's transaction is open and holds the writers' turn: May's writer waits for it,
+        # a reader goes ahead.
+        may_writer = threading.Thread(target=merge, args=(may, may_rows, "2026-05-01"), name="may")
+        may_writer.start()
         seen = may.logs()
         monkeypatch.setenv("D23_WAREHOUSE", "ducklake")
         monkeypatch.setenv("D23_WAREHOUSE_DSN", lake.dsn)
         monkeypatch.setenv("D23_DUCKLAKE_DATA_PATH", str(lake.data_path))
         tables = load_outcome_tables()
+        may_waited = may_writer.is_alive()
         release.set()
-        writer.join(120)
+        april_writer.join(120)
+        may_writer.join(120)
 
     assert not errors
-    # The reader saw April as last committed and May's new rows.
-    assert sorted(seen) == ["a1", "m1", "m2"]
-    assert seen["a1"]["updated_at"] < seen["m1"]["updated_at"]
+    # The reader saw the last committed state: neither open merge.
+    assert sorted(seen) == ["a1", "m1"]
     assert list(tables.kpis_monthly.columns)[:2] == ["month", "attempts"]
-    # April committed second, conflicted with May's commit and ran again on top of it.
-    assert len(retries) >= 1 and "another writer committed first" in retries[0]
+    # Each merge ran once: May's waited for its turn instead of committing first and making
+    # April's run again (without turns, April conflicted here and its merge ran twice).
+    assert may_waited and retries == []
     logs = april.logs()
     assert sorted(logs) == ["a1", "a2", "m1", "m2"]
     assert {logs[i]["_partition"] for i in ("a1", "a2")} == {"2026-04-01"}
     assert {logs[i]["_partition"] for i in ("m1", "m2")} == {"2026-05-01"}
-    assert all(logs[i]["updated_at"] == seen["m1"]["updated_at"] for i in ("a1", "m1"))
+    assert all(logs[i]["updated_at"] == logs["m1"]["updated_at"] for i in ("a1", "m1"))
+    with warehouse.connect(read_only=True) as con:
+        assert con.execute("SELECT merges FROM d23.last_merge").fetchone() == (4,)
+
+
+def test_a_writer_waits_for_the_turn_no_longer_than_its_lock_timeout(lake: Lake) -> None:
+    holder = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    impatient = DuckLakeWarehouse(lake.dsn, str(lake.data_path), lock_timeout_s=0.5)
+    outcome: list[BaseException] = []
+
+    def write() -> None:  # another thread: a PostgreSQL session of its own, as another host
+        try:
+            with impatient.connect():
+                pass
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    with holder.connect():
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(60)
+        with impatient.connect(read_only=True) as con:  # a reader still never waits
+            con.execute("SELECT count(*) FROM d23.logs").fetchall()
+
+    assert len(outcome) == 1 and isinstance(outcome[0], store.WarehouseBusyError)
+    assert "held the writers' turn for more than 0.5 s" in str(outcome[0])
+    with impatient.connect():  # the turn is free again once its holder closed
+        pass
 
 
 @contextmanager
@@ -235,8 +271,9 @@ def commits_held_until_both_staged(
     monkeypatch: pytest.MonkeyPatch, where: object = store
 ) -> Iterator[None]:
     """Each thread's first transaction (of module ``where``) waits before its COMMIT until the
-    other's has staged everything too, as two runs' steps overlap with the warehouse pool
-    raised; a transaction run again after a conflict commits at once."""
+    other's has staged everything too, as two writers that take no turns can (an older version
+    of this pipeline, another tool); a transaction run again after a conflict commits at once."""
+    monkeypatch.setattr(DuckLakeWarehouse, "_writer_turn", lambda self: contextlib.nullcontext())
     both_staged = threading.Barrier(2, timeout=60)
     held: set[str] = set()
     real = store.transaction

@@ -28,4 +28,4 @@ def open_warehouse(
         raise SettingsError("D23_WAREHOUSE_DSN is not set: the DuckLake catalog's PostgreSQL DSN")
     if not ducklake_data_path:
         raise SettingsError("D23_DUCKLAKE_DATA_PATH is not set: the DuckLake's data folder")
-    return DuckLakeWarehouse(dsn, ducklake_data_path)
+    return DuckLakeWarehouse(dsn, ducklake_data_path, lock_timeout_s=lock_timeout_s)

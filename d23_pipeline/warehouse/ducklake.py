@@ -2,12 +2,19 @@
 PostgreSQL, queried by DuckDB with the same SQL as the embedded file (``sql.py``).
 
 Every process opens its own in-memory DuckDB and attaches the lake; there is no file lock.
-Readers see the last committed snapshot while writers write. Writers are optimistic: of two
-transactions open at once, the one that commits second fails with a conflict when one of them
-deleted or updated rows of a table the other also wrote to, and :func:`retry_on_conflict` runs
-it again from the start, on the other's result. Two that only insert both commit; so that two
-months' first merges (which only insert) cannot both store a row that moved between their
-reads, every merge also updates the one row of ``d23.last_merge`` (``sql.RECORD_MERGE``).
+Readers see the last committed snapshot while writers write. Writers take turns: a write session
+holds the catalog's writer turn, a PostgreSQL advisory lock, so the writers of every process and
+host queue for it as the embedded file's writers queue for its lock. Without turns, DuckLake's
+optimistic writers would run a whole merge and lose it at commit to any writer that committed
+meanwhile, so a long merge could lose to a stream of short ones until its retries ran out.
+
+Turns are the rule; conflicts stay the safety net for a writer that takes none (an older
+version of this pipeline, another tool): of two transactions open at once, the one that commits
+second fails with a conflict when one of them deleted or updated rows of a table the other also
+wrote to, and :func:`retry_on_conflict` runs it again from the start, on the other's result. Two
+that only insert both commit; so that two months' first merges (which only insert) cannot both
+store a row that moved between their reads, every merge also updates the one row of
+``d23.last_merge`` (``sql.RECORD_MERGE``).
 
 Extensions come from the ``duckdb-extension-*`` packages pinned with DuckDB and are loaded from
 their files; DuckDB's automatic download and loading of extensions is switched off.
@@ -21,7 +28,9 @@ temporary DuckDB secret; errors raised in a session are also passed through :fun
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import random
 import re
 import threading
@@ -29,11 +38,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 
+from d23_pipeline.settings import LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import ducklake_sql, sql
+from d23_pipeline.warehouse.store import WarehouseBusyError
+
+log = logging.getLogger("d23_pipeline.warehouse")
 
 T = TypeVar("T")
 
@@ -136,15 +149,19 @@ def retry_on_conflict(
 # they happen once. Each session is a cursor of its own: own transaction, own temp tables.
 _LAKES: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
 _LAKES_LOCK = threading.Lock()
+# The catalogs whose writer turn this thread holds: a write session nested in another shares its
+# turn (a second PostgreSQL session would wait for it for ever).
+_TURNS_HELD = threading.local()
 
 
 class DuckLakeWarehouse:
     """DuckLake with its catalog in the PostgreSQL database ``dsn`` and data under ``data_path``."""
 
-    def __init__(self, dsn: str, data_path: str) -> None:
+    def __init__(self, dsn: str, data_path: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self._dsn = dsn
         self._split = split_password(dsn)
         self.data_path = data_path
+        self.lock_timeout_s = lock_timeout_s
 
     def __repr__(self) -> str:  # the DSN holds a password
         return f"DuckLakeWarehouse(dsn=***, data_path={self.data_path!r})"
@@ -152,17 +169,72 @@ class DuckLakeWarehouse:
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A session on the lake; closed whatever happens. Readers and writers alike see the
-        last committed snapshot; ``read_only`` is accepted for the embedded file's sake."""
-        con = self._lake().cursor()
+        last committed snapshot; a writer (not ``read_only``) waits for the writers' turn."""
+        with contextlib.nullcontext() if read_only else self._writer_turn():
+            con = self._lake().cursor()
+            try:
+                con.execute(ducklake_sql.USE_CATALOG)
+                con.execute(sql.SESSION_SETUP)
+                yield con
+            except BaseException as exc:  # a DuckDB error, or one that holds one in its chain
+                self._hide_secrets(exc)
+                raise
+            finally:
+                con.close()
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Hold the catalog's writer turn, waiting up to ``lock_timeout_s`` for it."""
+        held: set[str] = _TURNS_HELD.__dict__.setdefault("lakes", set())
+        if self._dsn in held:
+            yield
+            return
+        import psycopg2  # as in split_password: only DuckLake needs libpq
+
+        conninfo, password = self._checked_split()
+        failure: str | None = None
         try:
-            con.execute(ducklake_sql.USE_CATALOG)
-            con.execute(sql.SESSION_SETUP)
-            yield con
-        except BaseException as exc:  # a DuckDB error, or one that holds one in its chain
-            self._hide_secrets(exc)
-            raise
+            session = psycopg2.connect(conninfo, password=password)
+        except psycopg2.Error as exc:
+            failure = self._redact(str(exc)).strip()
+        if failure is not None:  # raised here, not above: the new error would keep libpq's
+            raise WarehouseConnectionError(
+                f"cannot take the writers' turn on the DuckLake catalog named by "
+                f"D23_WAREHOUSE_DSN: {failure}"
+            ) from None
+        try:
+            session.autocommit = True
+            self._wait_for_turn(session)
+            held.add(self._dsn)
+            try:
+                yield
+            finally:
+                held.discard(self._dsn)
         finally:
-            con.close()
+            session.close()  # ends the PostgreSQL session, and the turn with it
+
+    def _wait_for_turn(self, session: Any) -> None:
+        import psycopg2.errors
+
+        key = {"key": ducklake_sql.WRITER_TURN_KEY}
+        with session.cursor() as cursor:
+            cursor.execute(ducklake_sql.TRY_WRITER_TURN, key)
+            if cursor.fetchone()[0]:
+                return
+            log.warning(
+                "another writer of this DuckLake holds the writers' turn; waiting up to %g s",
+                self.lock_timeout_s,
+            )
+            patience = f"{max(1, round(self.lock_timeout_s * 1000))}ms"
+            cursor.execute(ducklake_sql.SET_TURN_PATIENCE, {"patience": patience})
+            try:
+                cursor.execute(ducklake_sql.WAIT_WRITER_TURN, key)
+            except psycopg2.errors.LockNotAvailable:
+                raise WarehouseBusyError(
+                    f"another writer of the DuckLake held the writers' turn for more than "
+                    f"{self.lock_timeout_s:g} s (a merge or rebuild of another run or host); "
+                    "re-run when it is done"
+                ) from None
 
     def _lake(self) -> duckdb.DuckDBPyConnection:
         """This process's DuckDB with the lake attached and schema ``d23`` created if missing."""
@@ -187,13 +259,16 @@ class DuckLakeWarehouse:
             _LAKES[key] = lake
             return lake
 
-    def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _checked_split(self) -> tuple[str, str | None]:
         if self._split is None:
             raise WarehouseConnectionError(
                 "D23_WAREHOUSE_DSN is not a PostgreSQL connection string: key=value pairs "
                 "(host=... port=5432 dbname=... user=... password=...) or a postgresql:// URI"
             )
-        conninfo, password = self._split
+        return self._split
+
+    def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        conninfo, password = self._checked_split()
         if password is not None:
             con.execute(ducklake_sql.CREATE_CATALOG_SECRET, [password])
         statement = ducklake_sql.attach(

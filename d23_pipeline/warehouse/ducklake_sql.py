@@ -19,6 +19,14 @@ CATALOG_SECRET = f"{CATALOG}_catalog_password"
 CREATE_CATALOG_SECRET = f"CREATE TEMPORARY SECRET {CATALOG_SECRET} (TYPE postgres, PASSWORD ?)"
 
 
+# Run on a PostgreSQL session of the catalog's own (psycopg2), not through DuckDB: the session
+# holds the writers' turn until it closes, which a crashed process's session does too.
+WRITER_TURN_KEY = 0x64_32_33_74_75_72_6E  # "d23turn"; advisory locks are per database
+TRY_WRITER_TURN = "SELECT pg_try_advisory_lock(%(key)s)"
+SET_TURN_PATIENCE = "SELECT set_config('lock_timeout', %(patience)s, false)"
+WAIT_WRITER_TURN = "SELECT pg_advisory_lock(%(key)s)"
+
+
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
