@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -147,14 +148,16 @@ def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
         )
     # User info would travel as credentials and show up wherever the URL is printed; a fragment
     # would swallow every path appended to the root.
-    if parts.path not in ("", "/") or parts.query or "#" in value or "@" in parts.netloc:
+    if parts.path not in ("", "/") or "?" in value or "#" in value or "@" in parts.netloc:
         raise SettingsError(
             f"{name} must be the host root only, without a path, query, fragment or user info"
         )
     try:
-        parts.port  # noqa: B018 - parsing the port is the check
+        port = parts.port
     except ValueError:
-        raise SettingsError(f"{name} has an invalid port") from None
+        port = 0
+    if port == 0:
+        raise SettingsError(f"{name} has an invalid port")
     return value.rstrip("/")
 
 
@@ -214,14 +217,17 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
     return backend, data_path if "://" in data_path else str(Path(data_path).resolve())
 
 
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number (got {raw!r})") from None
+    # int() would also take other scripts' digits and underscores: '１０', '1_000'.
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        raise SettingsError(f"{name} must be a whole number (got {raw!r})")
+    value = int(raw)
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high} (got {value})")
     return value

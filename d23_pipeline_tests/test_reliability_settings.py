@@ -28,6 +28,9 @@ LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
     ("name", "value"),
     [
         ("D23_START_MONTH", "2026-13"),
+        ("D23_START_MONTH", "\uff12\uff10\uff12\uff16-01"),  # full-width digits
+        ("D23_PAGE_LIMIT", "\uff11\uff10"),
+        ("D23_PAGE_LIMIT", "1_000"),
         ("D23_START_MONTH", "May 2026"),
         ("D23_START_MONTH", "0202-01"),
         ("D23_PAGE_LIMIT", "lots"),
@@ -135,6 +138,9 @@ def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> Non
         ({"api_url": "https://h.example#top", **LOGIN}, "D23_API_URL"),
         ({"api_url": "https://user:pw@h.example", **LOGIN}, "D23_API_URL"),
         ({"api_url": "http://127.0.0.1:99999", **LOGIN}, "D23_API_URL"),
+        # An empty query: the paths appended to it became its query, and login failed with 404.
+        ({"api_url": "http://127.0.0.1:8000?", **LOGIN}, "D23_API_URL"),
+        ({"api_url": "https://h.example:0", **LOGIN}, "D23_API_URL"),
     ],
     ids=[
         "no-url",
@@ -149,6 +155,8 @@ def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> Non
         "url-with-fragment",
         "url-with-user-info",
         "url-with-bad-port",
+        "url-with-empty-query",
+        "url-with-port-0",
     ],
 )
 def test_missing_or_malformed_connection_setting_fails_naming_it(fields: dict, name: str) -> None:
