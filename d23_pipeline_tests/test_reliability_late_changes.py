@@ -373,7 +373,8 @@ def test_a_deletion_waits_while_another_slice_cannot_be_proven_complete_again(
         assert pipeline.query("SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (gone,)) == [
             (None,)
         ]
-        assert "could not be proven complete again" in caplog.text
+        assert "the second read of the month" in caplog.text
+        assert "was not proven complete" in caplog.text
         assert "none is marked deleted by this read" in caplog.text
 
         sim.armed = sim.confirming = False
@@ -455,8 +456,117 @@ def test_a_read_resumed_after_a_deletion_reads_its_finished_slices_again(
     result = two_months.materialize(NEWER)
 
     assert "not resuming the read begun at" in caplog.text
-    assert result.asset_materializations_for_node("d23__raw_logs")[0].metadata[
-        "slices_resumed"
-    ].value == 0
+    assert (
+        result.asset_materializations_for_node("d23__raw_logs")[0].metadata["slices_resumed"].value
+        == 0
+    )
     assert _state(two_months, moved) == (NEWER, False)
     assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])
+
+
+def _deleted(pipeline: Pipeline, public_id: str) -> list[tuple[str, bool]]:
+    return [
+        (partition[:7], deleted_at is not None)
+        for partition, deleted_at in pipeline.query(
+            "SELECT _partition, _deleted_at FROM d23.logs WHERE public_id = ?", (public_id,)
+        )
+    ]
+
+
+@pytest.mark.parametrize("order", [(OLDER, NEWER), (NEWER, OLDER)], ids=["own-first", "other"])
+def test_a_row_deleted_after_another_month_quarantined_it_is_deleted_whichever_is_read_first(
+    two_months: Pipeline, order: tuple[str, str]
+) -> None:
+    pipeline, sim = two_months, two_months.sim
+    moved = sim.rows(*month_window(OLDER))[0]["public_id"]
+    sim.move_row(moved, datetime.fromisoformat(f"{NEWER}-10T12:00:00+00:00"))
+    sim.corrupt_row(moved, "wrong_type", is_active="yes")
+    pipeline.materialize(NEWER)  # quarantined there; still stored, live, in the older month
+    assert _deleted(pipeline, moved) == [(OLDER, False)]
+    sim.hard_delete_row(moved)
+
+    for month in order:
+        pipeline.materialize(month)
+
+    # Read first, the older month used to spare the row for the newer month's reject of it,
+    # which the newer month's read then dropped: live for good, though gone from the source.
+    assert _deleted(pipeline, moved) == [(OLDER, True)]
+    assert pipeline.live_rows((OLDER, NEWER)) == pipeline.expected_rows((OLDER, NEWER))
+
+
+def test_a_row_moved_into_a_month_whose_merge_waited_is_live_there(two_months: Pipeline) -> None:
+    pipeline, sim = two_months, two_months.sim
+    moved = sim.rows(*month_window(OLDER))[0]["public_id"]
+    sim.move_row(moved, datetime.fromisoformat(f"{NEWER}-10T12:00:00+00:00"))
+    pipeline.materialize(NEWER, selection="d23/raw_logs")  # read; its merge waits (pool, crash)
+    pipeline.materialize(OLDER)  # proves the row gone from the older month: marked deleted
+    assert _deleted(pipeline, moved) == [(OLDER, True)]
+
+    pipeline.materialize(NEWER, selection="d23/logs*")
+
+    # The newer month's read served it, and no read of that month proved it gone.
+    assert _deleted(pipeline, moved) == [(NEWER, False)]
+    assert pipeline.live_rows((OLDER, NEWER)) == pipeline.expected_rows((OLDER, NEWER))
+
+
+class SwapsRowsInASlice(ExportHookSimulator):
+    """Once armed, at the first page after the first of slice ``since``: ``mover`` moves to the
+    slice's start (behind the cursor) and ``leaver``, served already, is deleted, so the slice's
+    count does not change."""
+
+    armed = False
+    swapped = False
+
+    def __init__(self, since: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.since = since
+        self.mover = self.leaver = ""
+        self._lock = threading.Lock()
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        with self._lock:
+            if (
+                self.armed
+                and not self.swapped
+                and "cursor" in query
+                and "includeTotal" not in query
+                and query.get("since") == self.since
+            ):
+                self.move_row(self.mover, datetime.fromisoformat(self.since))
+                self.hard_delete_row(self.leaver)
+                self.swapped = True
+        return path, None
+
+
+def test_a_row_moved_behind_a_cursor_as_another_left_its_slice_is_not_deleted(
+    tmp_path: Path,
+) -> None:
+    month = MOVED_MONTH
+    config = SimulatorConfig(months=(month,), rows_per_month=300, tie_share=0.0)
+    sim = SwapsRowsInASlice(f"{month}-05T00:00:00.000Z", config)
+    on_day = {
+        day: [
+            r["public_id"]
+            for r in sim.rows(*month_window(month))
+            if r["communicated_at"].startswith(f"{month}-{day}")
+        ]
+        for day in ("05", "20")
+    }
+    sim.leaver, sim.mover = on_day["05"][0], on_day["20"][0]
+    with serve(sim) as url:
+        pipeline = Pipeline(
+            sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
+        )
+        pipeline.materialize(month)
+        sim.armed = True
+
+        pipeline.materialize(month)
+
+        assert sim.swapped
+        # The slice served its unchanged count, so its read was verified; the row that moved
+        # in behind its cursor was gone from its instant, and used to be marked deleted.
+        assert _deleted(pipeline, sim.mover) == [(month, False)]
+        # The next read finds it where it moved, and proves the other gone.
+        pipeline.materialize(month)
+        assert _deleted(pipeline, sim.leaver) == [(month, True)]
+        assert pipeline.live_rows([month]) == pipeline.expected_rows([month])

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
@@ -253,6 +254,37 @@ class ExportsClient:
         if anonymous or self.fetch_total(window).exact_total != served:
             return None
         return ids
+
+    def find_served(self, window: Window, wanted: Collection[str]) -> set[str] | None:
+        """Of ``wanted``, the ids a read of ``window`` serves (valid rows and rejects), read as
+        :meth:`iter_slices` reads; ``None`` unless it finds them all or every slice served
+        exactly its count after its walk. That is stricter than a verified slice: a slice that
+        grew while it was walked may have taken one of them in behind the cursor. A bad row
+        without a usable ``public_id`` also gives ``None``: it may be any of them. Memory holds
+        ``wanted``, not the ids served."""
+        wanted = set(wanted)
+        found: set[str] = set()
+        if not wanted:
+            return found
+        values = pa.array(sorted(wanted), pa.string())
+        events = self.iter_slices(window)
+        try:
+            for event in events:
+                if isinstance(event, SliceDone) and event.proof.total_after != event.proof.served:
+                    return None
+                if not isinstance(event, SlicePage):
+                    continue  # a restarted read's pages were served all the same
+                if any(not r.public_id for r in event.rejects):
+                    return None
+                ids = event.batch.column("public_id")
+                found.update(pc.filter(ids, pc.is_in(ids, value_set=values)).to_pylist())
+                found.update(r.public_id for r in event.rejects if r.public_id in wanted)
+                if found == wanted:
+                    return found
+        finally:
+            if isinstance(events, Generator):
+                events.close()  # stops the workers when the answer came early
+        return found
 
     def iter_window(self, window: Window) -> Iterator[SlicePage]:
         """Every row of ``window`` exactly once, page by page, narrowing on 504."""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from d23_pipeline.client import ExportsClient, SliceDone, SliceEvent, Window
 from d23_pipeline.landing.snapshot import (
-    SliceRecord,
     Snapshot,
     SnapshotStore,
+    StaleReject,
     rejects_path,
     rows_path,
 )
@@ -20,8 +21,8 @@ from d23_pipeline.warehouse.store import (
     WarehouseBackend,
     anonymous_rejects,
     deletion_candidates,
-    files_serving_an_id_twice,
     last_deletion,
+    rejects_elsewhere,
 )
 
 log = logging.getLogger("d23_pipeline.landing")
@@ -53,9 +54,10 @@ def read_month(
     candidates: each is looked up again at its own instant (:meth:`ExportsClient.confirm_absent`)
     and only those proven gone are recorded as absent, the one input a merge deletes from.
     Gone from its instant is not gone from the month, though: a row can have moved into a slice
-    read earlier (or by an earlier run), so before anything counts as absent every slice must
-    still be proven complete (:func:`_not_moved`), and no bad row without a usable
-    ``public_id`` may have been served anywhere in the month: it may be one of those rows.
+    read earlier (or by an earlier run), so before anything counts as absent a second read of the
+    month must not find it (:func:`_not_moved`), no bad row without a usable ``public_id`` may
+    have been served anywhere in the month (it may be one of those rows), and no other month may
+    still serve it as a bad row (:func:`_not_rejected_elsewhere`).
     ``progress`` hears of every finished slice.
     """
     month = Window(slices[0].since, slices[-1].until)
@@ -77,7 +79,7 @@ def read_month(
         landed = writer.slices
         row_files = [rows_path(writer.directory, s.window) for s in landed]
         reject_files = [rejects_path(writer.directory, s.window) for s in landed]
-        anonymous, twice = 0, set()
+        anonymous = 0
         with warehouse.connect(read_only=True) as con:
             candidates = deletion_candidates(
                 con,
@@ -88,7 +90,6 @@ def read_month(
             )
             if candidates:
                 anonymous = anonymous_rejects(con, reject_files)
-                twice = files_serving_an_id_twice(con, row_files, reject_files)
         absent = client.confirm_absent(candidates)
         if absent and anonymous:
             log.warning(
@@ -100,14 +101,14 @@ def read_month(
                 anonymous,
             )
             absent = set()
+        stale_rejects: list[StaleReject] = []
         if absent:
-            served_twice = {
-                r.window
-                for r, f, g in zip(landed, row_files, reject_files, strict=True)
-                if f in twice or g in twice
-            }
-            absent = _not_moved(client, landed, served_twice, absent, partition)
-        snapshot = writer.complete(client.stats.as_dict(), absent=absent)
+            absent = _not_moved(client, month, absent, partition)
+        if absent:
+            absent, stale_rejects = _not_rejected_elsewhere(client, warehouse, absent, partition)
+        snapshot = writer.complete(
+            client.stats.as_dict(), absent=absent, stale_rejects=stale_rejects
+        )
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
 
 
@@ -117,55 +118,57 @@ def _deleted_since(warehouse: WarehouseBackend, started_at: datetime) -> bool:
     return last is not None and last >= started_at
 
 
-def _not_moved(
-    client: ExportsClient,
-    landed: Sequence[SliceRecord],
-    served_twice: set[Window],
-    absent: set[str],
-    partition: str,
-) -> set[str]:
-    """Of the rows proven gone from their instants, those no slice of the month holds now.
-
-    A slice whose read served exactly its count, which did not move during the read and is
-    the same now, took no row in, unless a row moved within it as another moved in behind its
-    cursor: its count stays the same, and the row that moved ahead of the cursor is served twice
-    (``served_twice``: slices that served an id the read served elsewhere too). A count that rose by
-    one row and fell by another with no row served twice is the one case this misses. Any other
-    slice (unverified, changed while it was read, so a row may have moved in behind its cursor,
-    changed since, or in ``served_twice``) is walked again, and a row found there lives on. One such
-    walk that is not proven complete leaves nothing provably gone.
+def _not_moved(client: ExportsClient, month: Window, absent: set[str], partition: str) -> set[str]:
+    """Of the rows proven gone from their instants, those a second read of the month does not
+    find: a row may have moved into a slice read earlier, or behind a slice's cursor, while
+    another left that slice, so its count did not change. Read as the first read was, at the
+    same concurrency; one slice of it not proven complete leaves nothing provably gone.
     """
-    left = set(absent)
-    for record in landed:
-        if (
-            record.window not in served_twice
-            and record.verified
-            and record.total_before == record.total_after == record.served
-            and client.fetch_total(record.window).exact_total == record.served
-        ):
-            continue
-        found = client.served_ids(record.window)
-        if found is None:
-            log.warning(
-                "%s: %d rows look deleted, but slice %s could not be proven complete again, so "
-                "one of them may have moved there: none is marked deleted by this read",
-                partition,
-                len(absent),
-                record.window.key,
-            )
-            return set()
-        left -= found
-        if not left:
-            break
-    if len(left) < len(absent):
+    found = client.find_served(month, absent)
+    if found is None:
         log.warning(
-            "%s: %d of %d rows gone from their instants were found in another slice of the "
-            "month (moved while it was read): not deleted",
+            "%s: %d rows look deleted, but the second read of the month, which looks for rows "
+            "that moved within it while it was read, was not proven complete: none is marked "
+            "deleted by this read",
             partition,
-            len(absent) - len(left),
             len(absent),
         )
-    return left
+        return set()
+    if found:
+        log.warning(
+            "%s: %d of %d rows gone from their instants were found in the month again (moved "
+            "while it was read): not deleted",
+            partition,
+            len(found),
+            len(absent),
+        )
+    return absent - found
+
+
+def _not_rejected_elsewhere(
+    client: ExportsClient, warehouse: WarehouseBackend, absent: set[str], partition: str
+) -> tuple[set[str], list[StaleReject]]:
+    """Of the rows proven gone, those no other month still serves as a reject (moved there
+    and broken on the way), and the other months' rejects of them found gone (stale: that
+    month was last read before the row went). Each such reject's slice is read again: its
+    month's last read may be older than the row's deletion."""
+    with warehouse.connect(read_only=True) as con:
+        elsewhere = rejects_elsewhere(con, partition, absent)
+    by_slice: dict[Window, set[str]] = defaultdict(set)
+    for reject in elsewhere:
+        by_slice[reject.slice].add(reject.public_id)
+    spared: set[str] = set()
+    for window, ids in by_slice.items():
+        found = client.find_served(window, ids)
+        spared |= ids if found is None else found
+    if spared:
+        log.warning(
+            "%s: %d rows gone from this month are still served by another month as bad rows "
+            "(moved there and broken on the way, see d23.rejected_rows): not deleted",
+            partition,
+            len(spared),
+        )
+    return absent - spared, [r for r in elsewhere if r.public_id not in spared]
 
 
 def _reporting(

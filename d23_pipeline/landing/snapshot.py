@@ -60,6 +60,37 @@ _ROW_GROUP_ROWS = 16_384
 ABSENT_SCHEMA = pa.schema([("public_id", pa.string())])
 
 
+@dataclass(frozen=True)
+class StaleReject:
+    """Another month's stored reject of a row: its id, month, slice and the read that served it."""
+
+    public_id: str
+    partition: str
+    slice: Window
+    rejected_at: datetime
+
+    def to_manifest(self) -> dict[str, str]:
+        return {
+            "public_id": self.public_id,
+            "partition": self.partition,
+            "since": self.slice.since.isoformat(),
+            "until": self.slice.until.isoformat(),
+            "rejected_at": self.rejected_at.isoformat(),
+        }
+
+    @classmethod
+    def from_manifest(cls, entry: dict[str, str]) -> StaleReject:
+        window = Window(
+            datetime.fromisoformat(entry["since"]), datetime.fromisoformat(entry["until"])
+        )
+        return cls(
+            entry["public_id"],
+            entry["partition"],
+            window,
+            datetime.fromisoformat(entry["rejected_at"]),
+        )
+
+
 class SnapshotBusyError(RuntimeError):
     """Another run holds the month's snapshot folder."""
 
@@ -119,6 +150,8 @@ class Snapshot:
     rejects: int
     completed_at: datetime
     read_stats: dict[str, Any]
+    # Other months' rejects of rows this read proved gone that it found gone there too.
+    stale_rejects: list[StaleReject] = field(default_factory=list)
 
     @property
     def row_files(self) -> list[Path]:
@@ -321,9 +354,15 @@ class SnapshotWriter:
             state.tmp_path.unlink(missing_ok=True)
         self._open.clear()
 
-    def complete(self, read_stats: dict[str, Any], absent: Iterable[str] = ()) -> Snapshot:
+    def complete(
+        self,
+        read_stats: dict[str, Any],
+        absent: Iterable[str] = (),
+        stale_rejects: Sequence[StaleReject] = (),
+    ) -> Snapshot:
         """Mark the snapshot complete, with the public_ids its read proved ``absent`` from the
-        source, and make it the month's current one."""
+        source and the other months' rejects of them it found stale, and make it the month's
+        current one."""
         missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
         if missing:
             raise RuntimeError(
@@ -337,6 +376,7 @@ class SnapshotWriter:
         self._manifest["complete"] = True
         self._manifest["completed_at"] = datetime.now(UTC).isoformat()
         self._manifest["read_stats"] = read_stats
+        self._manifest["stale_rejects"] = [r.to_manifest() for r in stale_rejects]
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
         pointer = self.directory.parent / "CURRENT"
         _write_json_atomically(pointer, {"snapshot": self.directory.name})
@@ -354,7 +394,9 @@ def _rejects_table(window: Window, rejects: Sequence[RejectedRow]) -> pa.Table:
                 "slice_until": window.until,
                 "public_id": r.public_id,
                 "reason": r.reason,
-                "allowlisted_values": json.dumps(r.values, sort_keys=True, default=str),
+                "allowlisted_values": json.dumps(
+                    r.values, sort_keys=True, default=str, allow_nan=False
+                ),
             }
             for r in rejects
         ],
@@ -374,6 +416,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         rejects=sum(s.rejects for s in slices),
         completed_at=datetime.fromisoformat(manifest["completed_at"]),
         read_stats=manifest.get("read_stats", {}),
+        stale_rejects=[StaleReject.from_manifest(e) for e in manifest.get("stale_rejects", [])],
     )
 
 

@@ -189,6 +189,9 @@ SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 # gone serves it again: a snapshot read earlier (its d23/logs step run again on its own) saw the
 # row before it went, which is no evidence that it is back.
 _SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
+# Or when this month's read takes it over (a version at least as new, communicated in this
+# month): only another month's read proved it gone, from that month; none of this one has.
+_TAKEN_OVER = "(s.updated_at >= t.updated_at AND t._partition <> $partition)"
 
 # What the merge is about to do, counted before it changes anything, with the MERGE's own
 # conditions: "updated" counts rows whose updated_at moved forward (an exact tie is rewritten
@@ -198,15 +201,17 @@ MERGE_PREVIEW = f"""
 SELECT
     count(*) FILTER (WHERE t.public_id IS NULL) AS inserted,
     count(*) FILTER (WHERE s.updated_at > t.updated_at) AS updated,
-    count(*) FILTER (WHERE {_SEEN_SINCE_DELETED}) AS restored,
-    count(*) FILTER (WHERE s.updated_at >= t.updated_at AND t._partition <> $partition) AS moved_in
+    count(*) FILTER (
+        WHERE {_SEEN_SINCE_DELETED} OR (t._deleted_at IS NOT NULL AND {_TAKEN_OVER})
+    ) AS restored,
+    count(*) FILTER (WHERE {_TAKEN_OVER}) AS moved_in
 FROM snapshot AS s
 LEFT JOIN d23.logs AS t USING (public_id)
 """
 
 # One UPDATE action (DuckLake's MERGE allows no more): a matched row takes the snapshot's
 # fields only when it is at least as new; either way the read saw it, and it is not deleted
-# unless it was proven gone by a read that finished later than this one.
+# unless it was proven gone by a read that finished later than this one and it stays in its month.
 _NEWER = "s.updated_at >= t.updated_at"
 _TAKE_IF_NEWER = ",\n    ".join(
     f"{name:<18} = CASE WHEN {_NEWER} THEN {new} ELSE t.{name} END"
@@ -222,7 +227,9 @@ ON t.public_id = s.public_id
 WHEN MATCHED THEN UPDATE SET
     {_TAKE_IF_NEWER},
     _last_seen_at      = greatest(t._last_seen_at, $read_at),
-    _deleted_at        = CASE WHEN {_SEEN_SINCE_DELETED} THEN NULL ELSE t._deleted_at END
+    _deleted_at        = CASE
+        WHEN {_SEEN_SINCE_DELETED} OR {_TAKEN_OVER} THEN NULL ELSE t._deleted_at
+    END
 WHEN NOT MATCHED THEN INSERT (
     {_DATA_COLUMNS}, _partition, _first_seen_at, _last_seen_at, _deleted_at
 )
@@ -283,9 +290,10 @@ ANY_ABSENT = "SELECT EXISTS (SELECT 1 FROM snapshot_absent)"
 # Absence is not evidence: a row of this month is marked deleted only when the read proved it
 # gone (its slice verified and a read of its own instant no longer returning it, see
 # ExportsClient.confirm_absent), this snapshot holds it neither as a row nor as a reject, no
-# read that finished later has seen it (a snapshot merged again after newer reads), and the
-# last read of another month did not serve it as a reject (moved there and broken on the way:
-# no valid row takes it over, so it stays stored in this month).
+# read that finished later has seen it (a snapshot merged again after newer reads), and no other
+# month's reject of it is stored that this read did not find stale (moved there and broken on
+# the way: no valid row takes it over, so it stays stored in this month; a reject merged after
+# this read looked is evidence it could not weigh).
 _PROVEN_DELETED = """
 t._partition = $partition
   AND t._deleted_at IS NULL
@@ -296,6 +304,11 @@ t._partition = $partition
   AND NOT EXISTS (
       SELECT 1 FROM d23.rejected_rows AS o
       WHERE o.public_id = t.public_id AND o._partition <> $partition
+        AND NOT EXISTS (
+            SELECT 1 FROM snapshot_stale_rejects AS z
+            WHERE z.public_id = o.public_id AND z._partition = o._partition
+              AND z.rejected_at = o.rejected_at
+        )
   )
 """
 DELETIONS_PROVEN = f"SELECT count(*) FROM d23.logs AS t WHERE {_PROVEN_DELETED}"
@@ -320,24 +333,20 @@ LAST_DELETION = "SELECT max(_deleted_at) FROM d23.logs"
 # deleted, moved within the month and broken on the way (see landing/month.py).
 ANONYMOUS_REJECTS = "SELECT count(*) FROM read_parquet($files) WHERE public_id IS NULL"
 
-# The files of a read that hold a public_id some file of it holds too (or holds twice): a row
-# moved while the month was read, and the counts of the slices it moved in may hide another row
-# that moved the other way unread (see landing/month.py). Ids are compared by their 64-bit hash,
-# which keeps a 1M-row month's table small; a collision only has a slice walked again.
-FILES_SERVING_AN_ID_TWICE = """
-WITH twice AS (
-    SELECT h FROM (
-        SELECT hash(public_id) AS h FROM read_parquet($files)
-        UNION ALL
-        SELECT hash(public_id) FROM read_parquet($reject_files) WHERE public_id IS NOT NULL
-    )
-    GROUP BY h HAVING count(*) > 1
-)
-SELECT DISTINCT filename FROM read_parquet($files, filename = true)
-WHERE hash(public_id) IN (SELECT h FROM twice)
-UNION
-SELECT DISTINCT filename FROM read_parquet($reject_files, filename = true)
-WHERE hash(public_id) IN (SELECT h FROM twice)
+# Other months' rejects of rows this read proved gone from this month: each such row may live
+# on there, moved and broken on the way, unless that month no longer serves it.
+REJECTS_ELSEWHERE = """
+SELECT DISTINCT public_id, _partition, slice_since, slice_until, rejected_at
+FROM d23.rejected_rows
+WHERE _partition <> $partition AND public_id IN (SELECT unnest($ids))
+ORDER BY public_id, _partition
+"""
+# The rejects of REJECTS_ELSEWHERE the read found stale (their slice no longer serves them).
+STAGE_STALE_REJECTS = """
+CREATE OR REPLACE TEMP TABLE snapshot_stale_rejects AS
+SELECT unnest(CAST($ids AS VARCHAR[])) AS public_id,
+       unnest(CAST($partitions AS VARCHAR[])) AS _partition,
+       unnest(CAST($rejected_at AS TIMESTAMPTZ[])) AS rejected_at
 """
 
 # Whether the month holds any live row at all: on a month's first read it does not, and the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import duckdb
 from filelock import FileLock
 
-from d23_pipeline.landing.snapshot import Snapshot
+from d23_pipeline.client import Window
+from d23_pipeline.landing.snapshot import Snapshot, StaleReject
 from d23_pipeline.settings import DEFAULT_MAX_DELETION_SHARE, DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import sql
 
@@ -208,6 +209,16 @@ def merge_snapshot(
             execute(con, sql.STAGE_ABSENT, {"files": [str(snapshot.absent_file)]})
         else:
             execute(con, sql.STAGE_NO_ABSENT)
+        stale = snapshot.stale_rejects
+        execute(
+            con,
+            sql.STAGE_STALE_REJECTS,
+            {
+                "ids": [r.public_id for r in stale],
+                "partitions": [r.partition for r in stale],
+                "rejected_at": [r.rejected_at for r in stale],
+            },
+        )
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
         inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
@@ -374,16 +385,15 @@ def anonymous_rejects(con: duckdb.DuckDBPyConnection, reject_files: Sequence[Pat
     return count
 
 
-def files_serving_an_id_twice(
-    con: duckdb.DuckDBPyConnection, row_files: Sequence[Path], reject_files: Sequence[Path]
-) -> set[Path]:
-    """The files among ``row_files`` and ``reject_files`` holding a ``public_id`` that they
-    hold more than once in all."""
-    if not row_files:
-        return set()
-    params = {"files": [str(f) for f in row_files], "reject_files": [str(f) for f in reject_files]}
-    found = execute(con, sql.FILES_SERVING_AN_ID_TWICE, params).fetchall()
-    return {Path(name) for (name,) in found}
+def rejects_elsewhere(
+    con: duckdb.DuckDBPyConnection, partition: str, ids: Collection[str]
+) -> list[StaleReject]:
+    """The rejects of ``ids`` that months other than ``partition`` hold."""
+    found = execute(con, sql.REJECTS_ELSEWHERE, {"partition": partition, "ids": sorted(ids)})
+    return [
+        StaleReject(public_id, other, Window(since, until), rejected_at)
+        for public_id, other, since, until, rejected_at in found.fetchall()
+    ]
 
 
 def fetch_dicts(
