@@ -164,6 +164,23 @@ def test_months_read_soon_after_their_end_are_maturing() -> None:
     assert dashboard.month_status(june, late_read, datetime(2026, 12, 1, tzinfo=UTC)) == "settled"
 
 
+def test_a_month_read_with_no_rows_shows_when_it_was_read(tmp_path: Path) -> None:
+    # The simulator holds April only: May is read, proven empty, and has no row to stamp.
+    sim = Simulator(SimulatorConfig(months=("2026-04",), rows_per_month=50))
+    before = datetime.now(UTC)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize("2026-05")
+    now = datetime(2026, 8, 1, tzinfo=UTC)
+
+    with Warehouse(pipeline.warehouse_path).connect(read_only=True) as con:
+        data = dashboard.gather(con, load_outcome_classes(), "UTC", now)
+
+    (may,) = [f for f in data.freshness if f.month == date(2026, 5, 1)]
+    assert may.rows == 0 and may.last_read is not None  # it said "never", and "maturing" forever
+    assert may.last_read >= before
+
+
 # -- the figures as plotly.py would have built them --------------------------------------------
 # The dashboard writes Plotly's figure JSON itself (plotly's figure classes cost the run ~22 MB).
 # What plotly.py added to a figure, the grid of make_subplots, the template and the "Blues" scale,

@@ -645,13 +645,22 @@ GROUP BY ALL
 ORDER BY day, communication_type, interaction_source
 """
 
-# When each month was last read: every merge stamps the rows it read with _last_seen_at.
+# When each month was last read, by its last merged read's slice proofs: a month read with no
+# rows left has none in d23.logs to carry the time (_last_seen_at is the fallback).
 MONTHS_LAST_READ = """
+WITH stored AS (
+    SELECT _partition,
+        count(*) FILTER (WHERE _deleted_at IS NULL) AS rows,
+        max(_last_seen_at)                          AS last_seen
+    FROM d23.logs
+    GROUP BY _partition
+), reads AS (
+    SELECT _partition, max(read_at) AS read_at FROM d23.slice_verification GROUP BY _partition
+)
 SELECT _partition AS partition,
-    count(*) FILTER (WHERE _deleted_at IS NULL) AS rows,
-    max(_last_seen_at)                          AS last_read
-FROM d23.logs
-GROUP BY _partition
+    coalesce(stored.rows, 0)                  AS rows,
+    coalesce(reads.read_at, stored.last_seen) AS last_read
+FROM stored FULL OUTER JOIN reads USING (_partition)
 ORDER BY _partition
 """
 REJECTED_ROWS_BY_MONTH = """
