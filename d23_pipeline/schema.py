@@ -7,6 +7,7 @@ Only the nine documented fields ever leave this module. A row that breaks the co
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class ValidationResult:
 
 
 def _describe(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        # Python reads 1e400 as inf, and NaN / Infinity (not JSON, but sent) as themselves.
+        return "NaN" if math.isnan(value) else f"a number beyond a double ({value})"
     return "an empty string" if value == "" else type(value).__name__
 
 
@@ -163,11 +167,18 @@ def _allowlisted(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         return {}
     return {
-        k: v if v is None or isinstance(v, str | bool | int | float) else f"<{_describe(v)}>"
+        k: v if _storable(v) else f"<{_describe(v)}>"
         for k in D23_FIELDS
         if k in raw
         for v in (raw[k],)
     }
+
+
+def _storable(value: Any) -> bool:
+    # Not a non-finite float: the stored values would hold NaN / Infinity, which JSON cannot.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str | bool | int)
 
 
 def _is_canonical(batch: pa.RecordBatch, since: str, until: str) -> bool:

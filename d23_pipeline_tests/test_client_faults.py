@@ -573,3 +573,35 @@ def test_an_error_answer_with_a_body_past_the_limit_keeps_its_meaning() -> None:
     with client(sim, max_body_bytes=2**16) as reader, pytest.raises(LenderMismatchError):
         walk_ids(reader)
     assert len(queries(sim)) == 1
+
+
+def test_a_number_past_a_double_or_nan_costs_its_row_and_is_stored_as_json() -> None:
+    big, nan, kept = row(1, T0), row(2, T0), row(3, T0)
+    body = json.dumps(
+        {
+            "body": {
+                "rows": [{**big, "outcome_option": "BIG"}, {**nan, "is_active": "NAN"}, kept],
+                "pagination": {"nextCursor": None},
+            }
+        }
+    )
+    content = body.replace('"BIG"', "1e400").replace('"NAN"', "NaN").encode()
+    sim = simulator([])
+    sim.script(
+        SimResponse(200, {"Content-Type": "application/json"}, content),
+        when=lambda r: r.kind == "data",
+    )
+    with client(sim) as reader:
+        pages = list(reader.iter_window(DAY))
+
+    assert [r["public_id"] for p in pages for r in p.rows] == [kept["public_id"]]
+    rejects = {r.public_id: r for p in pages for r in p.rejects}
+    assert rejects[big["public_id"]].reason == (
+        "outcome_option is a number beyond a double (inf), expected a string"
+    )
+    assert rejects[nan["public_id"]].reason == "is_active is NaN, expected a boolean"
+    # What d23.rejected_rows stores must stay JSON (NaN and Infinity are not).
+    stored = {k: json.dumps(r.values, allow_nan=False) for k, r in rejects.items()}
+    assert json.loads(stored[big["public_id"]])["outcome_option"] == (
+        "<a number beyond a double (inf)>"
+    )
