@@ -28,6 +28,7 @@ from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_mix_monthly,
 )
 from d23_pipeline.defs.assets.dashboard import outcome_dashboard
+from d23_pipeline.months import month_window
 from d23_pipeline.simulator import BadRows, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse
 
@@ -179,6 +180,31 @@ def test_a_month_read_with_no_rows_shows_when_it_was_read(tmp_path: Path) -> Non
     (may,) = [f for f in data.freshness if f.month == date(2026, 5, 1)]
     assert may.rows == 0 and may.last_read is not None  # it said "never", and "maturing" forever
     assert may.last_read >= before
+
+
+def test_months_counted_with_an_earlier_mapping_are_listed_until_rebuilt(tmp_path: Path) -> None:
+    months = ("2026-04", "2026-05")
+    sim = Simulator(SimulatorConfig(months=months, rows_per_month=200))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        for month in months:
+            pipeline.materialize(month)
+    # The analyst now counts a left message as a contact, and recounts May only.
+    contact = dashboard.OutcomeClass(True, is_rpc=False, is_promise=False, is_refusal=False)
+    classes = {**load_outcome_classes(), "LEFT_MESSAGE": contact}
+    april, may = (date.fromisoformat(f"{m}-01") for m in months)
+    now = datetime(2026, 8, 1, tzinfo=UTC)
+    with Warehouse(pipeline.warehouse_path).connect() as con:
+        rebuild_outcome_mix_monthly(con, may, *month_window(months[1]), classes)
+        listed = dashboard.gather(con, classes, "UTC", now)
+        rebuild_outcome_mix_monthly(con, april, *month_window(months[0]), classes)
+        after = dashboard.gather(con, classes, "UTC", now)
+
+    # The panels count April's left messages as contacts, its stored mix and KPIs did not.
+    assert listed.other_mapping == [{"month": april, "outcome_option": "LEFT_MESSAGE"}]
+    dashboard.write_dashboard(tmp_path / "listed.html", listed)
+    assert "<td>2026-04</td><td>LEFT_MESSAGE</td>" in (tmp_path / "listed.html").read_text()
+    assert after.other_mapping == []
 
 
 # -- the figures as plotly.py would have built them --------------------------------------------

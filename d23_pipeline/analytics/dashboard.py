@@ -83,6 +83,8 @@ class DashboardData:
     rejected: list[dict[str, Any]]
     unmapped: list[dict[str, Any]]
     unverified_slices: list[dict[str, Any]]
+    # Months whose stored mix classes codes otherwise than the current mapping, and those codes.
+    other_mapping: list[dict[str, Any]]
 
     def tile_months(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The KPIs of the latest month that has ended, and of the month before it."""
@@ -142,8 +144,10 @@ def _gather(
     kpis = fetch_dicts(con, sql.OUTCOME_KPIS_ALL)
     weekday_hour: list[dict[str, Any]] = []
     channel_daily: list[dict[str, Any]] = []
+    other_mapping: list[dict[str, Any]] = []
     if kpis:
         load_classes(con, classes)
+        other_mapping = fetch_dicts(con, sql.OTHER_MAPPING_CODES)
         window = {
             "since": month_start(kpis[0]["month"]),
             "until": month_end(kpis[-1]["month"]),
@@ -183,6 +187,7 @@ def _gather(
         rejected=rejected,
         unmapped=unmapped,
         unverified_slices=unverified,
+        other_mapping=other_mapping,
     )
 
 
@@ -616,7 +621,11 @@ def _quality_section(data: DashboardData) -> str:
     ]  # fmt: skip
     rejected = [(r["partition"][:7], r["reason"], r["rows"]) for r in data.rejected]
     unmapped = [(f"{u['month']:%Y-%m}", u["outcome_option"], u["attempts"]) for u in data.unmapped]
-    problems = len(slices) + len(rejected) + len(unmapped)
+    remapped: dict[str, list[str]] = {}
+    for m in data.other_mapping:
+        remapped.setdefault(f"{m['month']:%Y-%m}", []).append(m["outcome_option"])
+    other_mapping = [(month, ", ".join(codes)) for month, codes in remapped.items()]
+    problems = len(slices) + len(rejected) + len(unmapped) + len(other_mapping)
     return (
         "<section id='quality'><h2>Open data-quality problems</h2>"
         f"<p class='summary'>{problems} open problem(s).</p>"
@@ -641,6 +650,12 @@ def _quality_section(data: DashboardData) -> str:
         + "<h3>Unmapped outcome codes</h3><p>Codes the outcome mapping does not classify; add "
         "them to the mapping file (D23_OUTCOME_MAPPING).</p>"
         + _table(("month", "outcome_option", "attempts"), unmapped, "every code is mapped")
+        + "<h3>Months counted with another outcome mapping</h3><p>Their outcome mix, KPIs and "
+        "tiles classify these codes as the mapping did when they were last built; the "
+        "weekday-hour and channel panels count every month with the current mapping. "
+        "Re-materialize d23/outcome_mix_monthly and the assets downstream of it (selection "
+        "'d23/outcome_mix_monthly*') for these months to count them alike.</p>"
+        + _table(("month", "codes classed otherwise"), other_mapping, "every month is current")
         + "</section>"
     )
 

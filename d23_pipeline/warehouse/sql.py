@@ -645,6 +645,20 @@ GROUP BY ALL
 ORDER BY day, communication_type, interaction_source
 """
 
+# Codes each month's stored outcome mix classes otherwise than the mapping loaded now
+# (outcome_classes): months counted with an earlier mapping, not rebuilt since it changed.
+OTHER_MAPPING_CODES = """
+SELECT DISTINCT m.month, m.outcome_option
+FROM d23.outcome_mix_monthly AS m
+LEFT JOIN outcome_classes AS c USING (outcome_option)
+WHERE m.is_mapped <> (c.outcome_option IS NOT NULL)
+   OR m.is_contact <> coalesce(c.is_contact, false)
+   OR m.is_rpc <> coalesce(c.is_rpc, false)
+   OR m.is_promise <> coalesce(c.is_promise, false)
+   OR m.is_refusal <> coalesce(c.is_refusal, false)
+ORDER BY m.month, m.outcome_option
+"""
+
 # When each month was last read, by its last merged read's slice proofs: a month read with no
 # rows left has none in d23.logs to carry the time (_last_seen_at is the fallback).
 MONTHS_LAST_READ = """
