@@ -16,7 +16,8 @@ from harness import BOTH_WAREHOUSES, Pipeline, failure_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d23_pipeline.client import ExportsClient, Window
+from d23_pipeline.client import ExportsClient, Window, WindowTotal
+from d23_pipeline.client.completeness import sum_totals
 from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import month_window
@@ -231,3 +232,14 @@ def test_the_cli_exits_non_zero_naming_the_slices_in_doubt(tmp_path: Path) -> No
     output = doubtful.stdout + doubtful.stderr
     assert "slice(s) not proven complete" in output
     assert "[2026-04-" in output
+
+
+@pytest.mark.parametrize(
+    ("halves", "counted"), [((2**62, 2**62 - 1), 2**63 - 1), ((2**62, 2**62), None)]
+)
+def test_parts_adding_up_past_a_bigint_give_no_count(
+    halves: tuple[int, int], counted: int | None
+) -> None:
+    # Each part passes the page's own check; their sum past BIGINT failed the month's merge.
+    parts = [WindowTotal(total, True, None) for total in halves]
+    assert sum_totals(parts).exact_total == counted

@@ -33,13 +33,21 @@ class WindowTotal:
         return self.total if self.exact and self.total is not None else None
 
 
+# The most rows a count may claim: the warehouse keeps counts as BIGINT (d23.slice_verification).
+MAX_COUNT = 2**63 - 1
+
+
 def sum_totals(totals: Sequence[WindowTotal]) -> WindowTotal:
-    """The count of a window from the counts of parts that tile it."""
+    """The count of a window from the counts of parts that tile it; parts adding up past
+    :data:`MAX_COUNT` give no count (each part was checked on its own)."""
     if not totals:
         return WindowTotal(0, True, None)
     known = [t.total for t in totals if t.total is not None]
+    total = sum(known) if len(known) == len(totals) else None
+    if total is not None and total > MAX_COUNT:
+        return WindowTotal(None, False, "overflow")
     return WindowTotal(
-        sum(known) if len(known) == len(totals) else None,
+        total,
         all(t.exact for t in totals),
         next((t.note for t in totals if t.note), None),
     )

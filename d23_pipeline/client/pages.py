@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 
-from d23_pipeline.client.completeness import WindowTotal
+from d23_pipeline.client.completeness import MAX_COUNT, WindowTotal
 from d23_pipeline.client.retry import Transient, decode_json, request_id_of
 from d23_pipeline.schema import (
     RejectedRow,
@@ -54,10 +54,6 @@ def read_page(response: httpx.Response, since: str, until: str) -> Page:
     return Page(len(raw_rows), rows, result.rejects, result.extra_fields, cursor)
 
 
-# The warehouse keeps counts as BIGINT (d23.slice_verification).
-_MAX_COUNT = 2**63 - 1
-
-
 def read_total(response: httpx.Response) -> WindowTotal:
     """``pagination.total`` of a 200 answer to an ``includeTotal`` request."""
     pagination = _envelope_body(response).get("pagination")
@@ -71,7 +67,7 @@ def read_total(response: httpx.Response) -> WindowTotal:
     if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
         wrong = f"pagination.total is {_json_type(total)}, expected an integer"
         raise _bad_body(response, wrong)
-    if total is not None and not 0 <= total <= _MAX_COUNT:
+    if total is not None and not 0 <= total <= MAX_COUNT:
         raise _bad_body(response, f"pagination.total is {total}, not a count of rows")
     if exact is not None and not isinstance(exact, bool):
         wrong = f"pagination.totalExact is {_json_type(exact)}, expected true or false"
