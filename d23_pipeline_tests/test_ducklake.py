@@ -18,6 +18,7 @@ import duckdb
 import pytest
 from harness import Lake
 from postgres import PostgresServer
+from psycopg2.extensions import parse_dsn
 from test_warehouse_merge import Months, row
 
 from d23_pipeline.analytics import dashboard, outcome_mix
@@ -264,6 +265,54 @@ def test_a_writer_waits_for_the_turn_no_longer_than_its_lock_timeout(lake: Lake)
     assert "held the writers' turn for more than 0.5 s" in str(outcome[0])
     with impatient.connect():  # the turn is free again once its holder closed
         pass
+
+
+def test_the_catalogs_own_timeouts_neither_cut_a_wait_for_the_turn_nor_end_a_turn(
+    lake: Lake, postgres: PostgresServer
+) -> None:
+    # Managed PostgreSQL often sets these per role or database; they apply to new sessions.
+    database = parse_dsn(lake.dsn)["dbname"]
+    with contextlib.closing(postgres.connect("postgres")) as admin:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {database} SET statement_timeout = '1s'")
+            cursor.execute(f"ALTER DATABASE {database} SET idle_session_timeout = '1s'")
+    holder = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    waiter = DuckLakeWarehouse(lake.dsn, str(lake.data_path), lock_timeout_s=2.5)
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with waiter.connect():
+                outcome.append(AssertionError("took the turn its holder still holds"))
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    with holder.connect():
+        time.sleep(1.5)  # the holder's turn session sits idle past idle_session_timeout
+        writer = threading.Thread(target=write)
+        started = time.monotonic()
+        writer.start()
+        writer.join(60)
+        waited = time.monotonic() - started
+
+    assert len(outcome) == 1 and isinstance(outcome[0], store.WarehouseBusyError), outcome
+    assert waited >= 2.5  # not cancelled by statement_timeout after 1 s
+
+
+def test_a_write_session_nested_in_another_shares_its_turn_however_the_dsn_is_spelled(
+    lake: Lake,
+) -> None:
+    params = parse_dsn(lake.dsn)
+    uri = (
+        f"postgresql://{params['user']}:{params['password']}@{params['host']}:{params['port']}"
+        f"/{params['dbname']}"
+    )
+    outer = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    nested = DuckLakeWarehouse(uri, str(lake.data_path), lock_timeout_s=1)
+
+    with outer.connect(), nested.connect() as con:  # waited for itself until the timeout
+        assert con.execute("SELECT 1").fetchone() == (1,)
 
 
 @contextmanager

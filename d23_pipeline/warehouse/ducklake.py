@@ -99,6 +99,21 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
     return conninfo, password
 
 
+def _database_of(conninfo: str) -> str:
+    """The PostgreSQL database ``conninfo`` names, however it is spelled: the writers' turn is
+    one advisory lock per database."""
+    from psycopg2.extensions import parse_dsn
+
+    params = parse_dsn(conninfo)
+    return "|".join(
+        (
+            params.get("host", ""),
+            params.get("port", ""),
+            params.get("dbname", params.get("user", "")),
+        )
+    )
+
+
 def is_conflict(exc: BaseException) -> bool:
     """A commit that lost against another writer's: the transaction may simply run again."""
     return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
@@ -149,8 +164,8 @@ def retry_on_conflict(
 # they happen once. Each session is a cursor of its own: own transaction, own temp tables.
 _LAKES: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
 _LAKES_LOCK = threading.Lock()
-# The catalogs whose writer turn this thread holds: a write session nested in another shares its
-# turn (a second PostgreSQL session would wait for it for ever).
+# The catalog databases whose writer turn this thread holds: a write session nested in another
+# shares its turn (a second PostgreSQL session would wait for it until its lock timeout).
 _TURNS_HELD = threading.local()
 
 
@@ -160,6 +175,7 @@ class DuckLakeWarehouse:
     def __init__(self, dsn: str, data_path: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self._dsn = dsn
         self._split = split_password(dsn)
+        self._database = _database_of(self._split[0]) if self._split else dsn
         self.data_path = data_path
         self.lock_timeout_s = lock_timeout_s
 
@@ -185,8 +201,8 @@ class DuckLakeWarehouse:
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
         """Hold the catalog's writer turn, waiting up to ``lock_timeout_s`` for it."""
-        held: set[str] = _TURNS_HELD.__dict__.setdefault("lakes", set())
-        if self._dsn in held:
+        held: set[str] = _TURNS_HELD.__dict__.setdefault("databases", set())
+        if self._database in held:
             yield
             return
         import psycopg2  # as in split_password: only DuckLake needs libpq
@@ -205,11 +221,11 @@ class DuckLakeWarehouse:
         try:
             session.autocommit = True
             self._wait_for_turn(session)
-            held.add(self._dsn)
+            held.add(self._database)
             try:
                 yield
             finally:
-                held.discard(self._dsn)
+                held.discard(self._database)
         finally:
             session.close()  # ends the PostgreSQL session, and the turn with it
 
@@ -218,6 +234,9 @@ class DuckLakeWarehouse:
 
         key = {"key": ducklake_sql.WRITER_TURN_KEY}
         with session.cursor() as cursor:
+            cursor.execute(ducklake_sql.NO_STATEMENT_TIMEOUT)
+            if session.server_version >= 140000:
+                cursor.execute(ducklake_sql.NO_IDLE_SESSION_TIMEOUT)
             cursor.execute(ducklake_sql.TRY_WRITER_TURN, key)
             if cursor.fetchone()[0]:
                 return

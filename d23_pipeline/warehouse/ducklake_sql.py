@@ -24,6 +24,10 @@ CREATE_CATALOG_SECRET = f"CREATE TEMPORARY SECRET {CATALOG_SECRET} (TYPE postgre
 WRITER_TURN_KEY = 0x64_32_33_74_75_72_6E  # "d23turn"; advisory locks are per database
 TRY_WRITER_TURN = "SELECT pg_try_advisory_lock(%(key)s)"
 SET_TURN_PATIENCE = "SELECT set_config('lock_timeout', %(patience)s, false)"
+# A role's or database's timeouts must not end the turn early: statement_timeout would cancel the
+# wait, idle_session_timeout (PostgreSQL 14+) end the session, and the turn with it, mid-write.
+NO_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', '0', false)"
+NO_IDLE_SESSION_TIMEOUT = "SELECT set_config('idle_session_timeout', '0', false)"
 WAIT_WRITER_TURN = "SELECT pg_advisory_lock(%(key)s)"
 
 
