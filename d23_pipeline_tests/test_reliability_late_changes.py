@@ -570,3 +570,55 @@ def test_a_row_moved_behind_a_cursor_as_another_left_its_slice_is_not_deleted(
         pipeline.materialize(month)
         assert _deleted(pipeline, sim.leaver) == [(month, True)]
         assert pipeline.live_rows([month]) == pipeline.expected_rows([month])
+
+
+class MovesARowTwice(ExportHookSimulator):
+    """Once armed, ``mover`` moves at the start of the walks of two slices: at the ``n``-th
+    walk of the slice starting at ``since``, to ``to``."""
+
+    armed = False
+
+    def __init__(self, moves: list[tuple[str, int, datetime]], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.moves, self.mover = moves, ""
+        self.walks: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        with self._lock:
+            since = query.get("since", "")
+            if self.armed and "cursor" not in query and "includeTotal" not in query:
+                self.walks[since] += 1
+                for start, walk, to in self.moves:
+                    if since == start and self.walks[since] == walk:
+                        self.move_row(self.mover, to)
+        return path, None
+
+
+def test_a_row_moved_twice_into_slices_read_already_is_not_deleted(tmp_path: Path) -> None:
+    month = MOVED_MONTH
+    at = lambda day: datetime.fromisoformat(f"{month}-{day}T00:00:00+00:00")  # noqa: E731
+    moves = [
+        # the first read has walked day 5: it misses the row there, gone from its instant
+        (f"{month}-06T00:00:00.000Z", 1, at("05")),
+        # the second read, looking for it, has walked day 2
+        (f"{month}-04T00:00:00.000Z", 2, at("02")),
+    ]
+    config = SimulatorConfig(months=(month,), rows_per_month=300, tie_share=0.0)
+    sim = MovesARowTwice(moves, config)
+    day_20 = [r for r in sim.rows(*month_window(month)) if r["communicated_at"][8:10] == "20"]
+    sim.mover = day_20[0]["public_id"]
+    with serve(sim) as url:
+        pipeline = Pipeline(
+            sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
+        )
+        pipeline.materialize(month)
+        sim.armed = True
+
+        pipeline.materialize(month)
+
+        assert sim.walks[moves[1][0]] >= 2  # the second read ran
+        # Every slice of both reads served its count; the month's count at the end did not.
+        assert _deleted(pipeline, sim.mover) == [(month, False)]
+        pipeline.materialize(month)
+        assert pipeline.live_rows([month]) == pipeline.expected_rows([month])

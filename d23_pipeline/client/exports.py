@@ -257,21 +257,26 @@ class ExportsClient:
 
     def find_served(self, window: Window, wanted: Collection[str]) -> set[str] | None:
         """Of ``wanted``, the ids a read of ``window`` serves (valid rows and rejects), read as
-        :meth:`iter_slices` reads; ``None`` unless it finds them all or every slice served
-        exactly its count after its walk. That is stricter than a verified slice: a slice that
-        grew while it was walked may have taken one of them in behind the cursor. A bad row
-        without a usable ``public_id`` also gives ``None``: it may be any of them. Memory holds
-        ``wanted``, not the ids served."""
+        :meth:`iter_slices` reads; ``None`` unless it finds them all, or every slice served
+        exactly its count after its walk and the whole window's count at the end is what they
+        served in all. That is stricter than verified slices: a slice that grew while it was
+        walked may have taken one of them in behind the cursor, and one may have moved from a
+        slice not yet walked into one walked already. A bad row without a usable ``public_id``
+        also gives ``None``: it may be any of them. Memory holds ``wanted``, not the ids
+        served."""
         wanted = set(wanted)
         found: set[str] = set()
         if not wanted:
             return found
         values = pa.array(sorted(wanted), pa.string())
+        served = 0
         events = self.iter_slices(window)
         try:
             for event in events:
-                if isinstance(event, SliceDone) and event.proof.total_after != event.proof.served:
-                    return None
+                if isinstance(event, SliceDone):
+                    if event.proof.total_after != event.proof.served:
+                        return None
+                    served += event.proof.served
                 if not isinstance(event, SlicePage):
                     continue  # a restarted read's pages were served all the same
                 if any(not r.public_id for r in event.rejects):
@@ -284,7 +289,7 @@ class ExportsClient:
         finally:
             if isinstance(events, Generator):
                 events.close()  # stops the workers when the answer came early
-        return found
+        return found if self.fetch_total(window).exact_total == served else None
 
     def iter_window(self, window: Window) -> Iterator[SlicePage]:
         """Every row of ``window`` exactly once, page by page, narrowing on 504."""
