@@ -175,7 +175,7 @@ class DuckLakeWarehouse:
     def __init__(self, dsn: str, data_path: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
         self._dsn = dsn
         self._split = split_password(dsn)
-        self._database = _database_of(self._split[0]) if self._split else dsn
+        self._database = _database_of(self._split[0]) if self._split else ""
         self.data_path = data_path
         self.lock_timeout_s = lock_timeout_s
 
