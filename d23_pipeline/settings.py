@@ -38,7 +38,8 @@ class LoginCredentials:
 def fits_a_header(token: str) -> bool:
     """Whether ``token`` can travel in an HTTP header: printable ASCII. Anything else (a
     typographic quote pasted with it) would fail inside httpx, in an error holding the header."""
-    return token.isascii() and token.isprintable()
+    # h11 also refuses a header value that ends in a space, quoting the whole value.
+    return token.isascii() and token.isprintable() and token == token.strip()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
+import httpx
 import pytest
 from api import DAY, T0, TIMEOUT, client, error, login, row, simulator
 
@@ -19,10 +20,12 @@ from d23_pipeline.client import (
     LenderMismatchError,
     ProtocolError,
     RetriesExhaustedError,
+    RetryPolicy,
     WindowTooHeavyError,
 )
+from d23_pipeline.client.retry import _connection_failure
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
-from d23_pipeline.simulator import Drop, SimResponse, Simulator, SimulatorConfig
+from d23_pipeline.simulator import Drop, SimResponse, Simulator, SimulatorConfig, serve
 
 PASSWORD = "PW-SECRET-e1f2"
 # Every token the simulator issues, access or refresh, is a JWT that starts with this header.
@@ -135,3 +138,33 @@ def test_every_token_the_simulator_issues_starts_with_the_header_looked_for() ->
     answer = login(simulator([]))
     assert answer["token"].startswith(TOKEN_HEADER)
     assert answer["refreshToken"].startswith(TOKEN_HEADER)
+
+
+@pytest.mark.parametrize("token", [f"{TOKEN_HEADER}.SECRET ", f" {TOKEN_HEADER}.SECRET"])
+def test_a_login_token_with_a_space_at_an_end_is_refused_before_it_is_sent(
+    token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Over a real socket: h11, which the in-process transport never reaches, refuses such a
+    # header value in an error quoting the whole of it.
+    caplog.set_level(logging.DEBUG)
+    sim = simulator([row(n, T0 + timedelta(minutes=n)) for n in range(3)])
+    sim.script(
+        SimResponse.from_json({"token": token, "lenderPublicId": "0000-uuid"}), times=99, auth=True
+    )
+    config = sim.config
+    credentials = LoginCredentials(config.lender_slug, config.email, config.password)
+    with serve(sim) as url:
+        reader = ExportsClient(
+            url, credentials, retry=RetryPolicy(max_attempts=2), sleep=lambda s: None
+        )
+        with reader, pytest.raises(ProtocolError) as caught:
+            _walk(reader)
+    shown = "\n".join(
+        [str(caught.value), repr(caught.value), *traceback.format_exception(caught.value)]
+    )
+    assert "SECRET" not in shown and "SECRET" not in caplog.text
+
+
+def test_a_request_httpx_refuses_to_send_is_named_without_its_headers() -> None:
+    refused = httpx.LocalProtocolError(f"Illegal header value b'Bearer {TOKEN_HEADER}.SECRET '")
+    assert _connection_failure(refused) == "LocalProtocolError"

@@ -105,6 +105,29 @@ def test_a_dsn_libpq_cannot_read_is_refused_without_quoting_it(tmp_path: Path) -
     assert "first" not in shown and "second" not in shown
 
 
+@pytest.mark.parametrize(
+    ("dsn", "fragment"),
+    [
+        # libpq would read the user as the host and the password up to '/' as the port.
+        ("postgresql://d23:SECRETpw/x@127.0.0.1:5432/d23", "SECRETpw"),
+        # libpq ends the user info at the first '@': the password's tail would be the host.
+        ("postgresql://d23:pw@SECRETtail@127.0.0.1:5432/d23", "SECRETtail"),
+    ],
+)
+@pytest.mark.parametrize("read_only", [False, True], ids=["writer", "reader"])
+def test_a_uri_dsn_with_an_unencoded_password_is_refused_showing_no_part_of_it(
+    tmp_path: Path, dsn: str, fragment: str, read_only: bool
+) -> None:
+    warehouse = DuckLakeWarehouse(dsn, str(tmp_path / "lake"))
+
+    with pytest.raises(WarehouseConnectionError) as raised, warehouse.connect(read_only):
+        pass
+
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "D23_WAREHOUSE_DSN" in shown and "percent-encode" in shown
+    assert fragment not in shown, shown
+
+
 @pytest.mark.parametrize("form", ["key-value", "uri"])
 def test_a_catalog_that_refuses_the_reconnect_after_the_attach_shows_no_password(
     postgres: PostgresServer, tmp_path: Path, form: str

@@ -134,6 +134,8 @@ _USERINFO = re.compile(r"//[^/@\s]*@")
 def _connection_failure(exc: httpx.TransportError) -> str:
     """The error's kind and the socket's or TLS layer's own words (name not resolved, refused,
     certificate), which tell the operator what to fix; never a header, and no URL's userinfo."""
+    if isinstance(exc, httpx.LocalProtocolError):  # our own request refused: it quotes it
+        return type(exc).__name__
     reason = _USERINFO.sub("//***@", str(exc))[:200]
     return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
 

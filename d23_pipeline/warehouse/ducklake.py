@@ -90,6 +90,8 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
     import psycopg2
     from psycopg2.extensions import make_dsn, parse_dsn
 
+    if _misread_uri(dsn):
+        return None
     try:
         params: dict[str, str] = parse_dsn(dsn)
     except psycopg2.ProgrammingError:
@@ -97,6 +99,18 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
     password = params.pop("password", None)
     conninfo: str = make_dsn(**params)
     return conninfo, password
+
+
+def _misread_uri(dsn: str) -> bool:
+    """Whether libpq would read part of a ``postgresql://`` URI's user info as its host, port or
+    database: a password holding '@' or '/' that is not percent-encoded (libpq ends the user info
+    at the first '@', the host at the first '/'), whose pieces its errors would then quote."""
+    scheme, sep, rest = dsn.strip().partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return False
+    head = rest.split("?", 1)[0]
+    userinfo = head.rpartition("@")[0]
+    return "@" in userinfo or "/" in userinfo
 
 
 def _database_of(conninfo: str) -> str:
@@ -282,7 +296,8 @@ class DuckLakeWarehouse:
         if self._split is None:
             raise WarehouseConnectionError(
                 "D23_WAREHOUSE_DSN is not a PostgreSQL connection string: key=value pairs "
-                "(host=... port=5432 dbname=... user=... password=...) or a postgresql:// URI"
+                "(host=... port=5432 dbname=... user=... password=...) or a postgresql:// URI, "
+                "whose user and password percent-encode any '@' or '/' (%40, %2F)"
             )
         return self._split
 
