@@ -572,42 +572,61 @@ def test_a_row_moved_behind_a_cursor_as_another_left_its_slice_is_not_deleted(
         assert pipeline.live_rows([month]) == pipeline.expected_rows([month])
 
 
-class MovesARowTwice(ExportHookSimulator):
-    """Once armed, ``mover`` moves at the start of the walks of two slices: at the ``n``-th
-    walk of the slice starting at ``since``, to ``to``."""
+class MovesRows(ExportHookSimulator):
+    """Once armed, moves rows at the start of slices' walks: at the ``n``-th walk of the slice
+    starting at ``since``, ``public_id`` to ``to``; and the rows of ``at_lookup`` at the first
+    one-instant lookup (ExportsClient.confirm_absent)."""
 
     armed = False
 
-    def __init__(self, moves: list[tuple[str, int, datetime]], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.moves, self.mover = moves, ""
+        self.moves: list[tuple[str, int, str, datetime]] = []
+        self.at_lookup: list[tuple[str, datetime]] = []
         self.walks: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
         with self._lock:
-            since = query.get("since", "")
-            if self.armed and "cursor" not in query and "includeTotal" not in query:
-                self.walks[since] += 1
-                for start, walk, to in self.moves:
-                    if since == start and self.walks[since] == walk:
-                        self.move_row(self.mover, to)
+            if not self.armed or "cursor" in query or "includeTotal" in query:
+                return path, None
+            since = query["since"]
+            if datetime.fromisoformat(query["until"]) - datetime.fromisoformat(since) < _SECOND:
+                for public_id, to in self.at_lookup:
+                    self.move_row(public_id, to)
+                self.at_lookup = []
+                return path, None
+            self.walks[since] += 1
+            for start, walk, public_id, to in self.moves:
+                if since == start and self.walks[since] == walk:
+                    self.move_row(public_id, to)
         return path, None
+
+
+_SECOND = timedelta(seconds=1)
+
+
+def _moves_rows(month: str) -> tuple[MovesRows, Callable[[str], list[str]]]:
+    """A simulator of ``month`` alone and the ids of the rows on each of its days."""
+    sim = MovesRows(SimulatorConfig(months=(month,), rows_per_month=300, tie_share=0.0))
+    rows = sim.rows(*month_window(month))
+    return sim, lambda day: [r["public_id"] for r in rows if r["communicated_at"][8:10] == day]
+
+
+def _at_day(month: str, day: str) -> datetime:
+    return datetime.fromisoformat(f"{month}-{day}T00:00:00+00:00")
 
 
 def test_a_row_moved_twice_into_slices_read_already_is_not_deleted(tmp_path: Path) -> None:
     month = MOVED_MONTH
-    at = lambda day: datetime.fromisoformat(f"{month}-{day}T00:00:00+00:00")  # noqa: E731
-    moves = [
+    sim, on_day = _moves_rows(month)
+    mover = on_day("20")[0]
+    sim.moves = [
         # the first read has walked day 5: it misses the row there, gone from its instant
-        (f"{month}-06T00:00:00.000Z", 1, at("05")),
+        (f"{month}-06T00:00:00.000Z", 1, mover, _at_day(month, "05")),
         # the second read, looking for it, has walked day 2
-        (f"{month}-04T00:00:00.000Z", 2, at("02")),
+        (f"{month}-04T00:00:00.000Z", 2, mover, _at_day(month, "02")),
     ]
-    config = SimulatorConfig(months=(month,), rows_per_month=300, tie_share=0.0)
-    sim = MovesARowTwice(moves, config)
-    day_20 = [r for r in sim.rows(*month_window(month)) if r["communicated_at"][8:10] == "20"]
-    sim.mover = day_20[0]["public_id"]
     with serve(sim) as url:
         pipeline = Pipeline(
             sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
@@ -617,8 +636,80 @@ def test_a_row_moved_twice_into_slices_read_already_is_not_deleted(tmp_path: Pat
 
         pipeline.materialize(month)
 
-        assert sim.walks[moves[1][0]] >= 2  # the second read ran
+        assert sim.walks[f"{month}-04T00:00:00.000Z"] >= 2  # the second read ran
         # Every slice of both reads served its count; the month's count at the end did not.
-        assert _deleted(pipeline, sim.mover) == [(month, False)]
+        assert _deleted(pipeline, mover) == [(month, False)]
         pipeline.materialize(month)
         assert pipeline.live_rows([month]) == pipeline.expected_rows([month])
+
+
+def test_a_row_moved_during_both_reads_as_another_was_served_twice_is_not_deleted(
+    tmp_path: Path,
+) -> None:
+    month = MOVED_MONTH
+    sim, on_day = _moves_rows(month)
+    mover, other = on_day("20")[0], on_day("02")[0]
+    sim.moves = [
+        # the first read has walked day 1: the row moves there and is missed
+        (f"{month}-06T00:00:00.000Z", 1, mover, _at_day(month, "01")),
+        # the second read has walked days 1-5: the row moves from day 25 into day 1 as another
+        # moves from day 2 to day 26, where it is served again; every count stays the same
+        (f"{month}-06T00:00:00.000Z", 2, mover, _at_day(month, "01")),
+        (f"{month}-06T00:00:00.000Z", 2, other, _at_day(month, "26")),
+    ]
+    sim.at_lookup = [(mover, _at_day(month, "25"))]  # while its old instant is looked up
+    with serve(sim) as url:
+        pipeline = Pipeline(
+            sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
+        )
+        pipeline.materialize(month)
+        sim.armed = True
+
+        pipeline.materialize(month)
+
+        assert sim.walks[f"{month}-06T00:00:00.000Z"] >= 2  # the second read ran
+        assert not sim.at_lookup  # the row left its instant while it was looked up
+        assert _deleted(pipeline, mover) == [(month, False)]
+        pipeline.materialize(month)
+        assert pipeline.live_rows([month]) == pipeline.expected_rows([month])
+
+
+def _broken_in(sim: Simulator, public_id: str, month: str, day: str) -> None:
+    sim.move_row(public_id, datetime.fromisoformat(f"{month}-{day}T12:00:00+00:00"))
+    sim.corrupt_row(public_id, "wrong_type", is_active="yes")
+
+
+@pytest.mark.parametrize(
+    ("home", "broken_in"), [(OLDER, NEWER), (NEWER, OLDER)], ids=["to-newer", "to-older"]
+)
+def test_a_broken_row_that_moved_again_within_its_new_month_is_not_deleted(
+    two_months: Pipeline, home: str, broken_in: str
+) -> None:
+    pipeline, sim = two_months, two_months.sim
+    moved = sim.rows(*month_window(home))[0]["public_id"]
+    _broken_in(sim, moved, broken_in, "10")
+    pipeline.materialize(broken_in)  # quarantined in its day-10 slice; still live at home
+    sim.move_row(moved, datetime.fromisoformat(f"{broken_in}-20T12:00:00+00:00"))  # still broken
+
+    for _ in range(2):  # the daily refresh of the row's old month, twice
+        pipeline.materialize(home)
+
+    # Its reject's slice no longer serves it, but its month does: it used to be marked deleted.
+    assert _deleted(pipeline, moved) == [(home, False)]
+
+
+@pytest.mark.parametrize(
+    ("home", "broken_in"), [(OLDER, NEWER), (NEWER, OLDER)], ids=["to-newer", "to-older"]
+)
+def test_a_broken_row_served_by_a_read_whose_merge_waited_is_not_deleted(
+    two_months: Pipeline, home: str, broken_in: str
+) -> None:
+    pipeline, sim = two_months, two_months.sim
+    moved = sim.rows(*month_window(home))[0]["public_id"]
+    _broken_in(sim, moved, broken_in, "10")
+    pipeline.materialize(broken_in, selection="d23/raw_logs")  # read; its merge waits
+    pipeline.materialize(home)  # the row is gone from here; the waiting read served it
+    pipeline.materialize(broken_in, selection="d23/logs*")
+    pipeline.materialize(home)  # the next daily refresh
+
+    assert _deleted(pipeline, moved) == [(home, False)]

@@ -237,6 +237,22 @@ def test_an_older_read_merged_last_keeps_the_newer_reads_rejects_and_proofs(
     assert read_at == READ_AT + timedelta(1)
 
 
+def test_an_older_read_merged_last_deletes_no_row_the_newer_read_served_as_a_reject(
+    months: Months,
+) -> None:
+    # Two hosts read the month; the newer read served b as a bad row, the older proved it gone.
+    months.merge([row("a"), row("b")], read_at=READ_AT)
+    older = months.snapshot([row("a")], absent=("b",), read_at=READ_AT + timedelta(hours=1))
+    newer = months.snapshot([row("a")], rejects=[rejected("b")], read_at=READ_AT + timedelta(2))
+    with months.warehouse.connect() as con:
+        merge_snapshot(con, newer)
+        summary = merge_snapshot(con, older, max_deletion_share=1.0)
+
+    assert (summary.deletions_proven, summary.marked_deleted) == (0, 0)
+    assert months.logs()["b"]["_deleted_at"] is None
+    assert months.logs()["b"]["_last_seen_at"] == READ_AT + timedelta(2)
+
+
 def test_a_row_another_months_last_read_served_as_a_reject_is_not_deleted(
     months: Months,
 ) -> None:

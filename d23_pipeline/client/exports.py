@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections import defaultdict
-from collections.abc import Callable, Collection, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -81,6 +82,18 @@ class SliceDone:
 
 
 SliceEvent = SlicePage | SliceRestart | SliceDone
+
+
+def _any_repeated(hashes: Iterable[array[int]]) -> bool:
+    """Whether any hash occurs twice across ``hashes`` (8 bytes an id, copied once to sort)."""
+    import numpy as np  # only a read that proves a row gone needs it
+
+    parts = [np.frombuffer(h, dtype=np.int64) for h in hashes if h]
+    if not parts:
+        return False
+    merged = np.concatenate(parts)
+    merged.sort()
+    return bool((merged[1:] == merged[:-1]).any())
 
 
 class ExportsClient:
@@ -258,30 +271,36 @@ class ExportsClient:
     def find_served(self, window: Window, wanted: Collection[str]) -> set[str] | None:
         """Of ``wanted``, the ids a read of ``window`` serves (valid rows and rejects), read as
         :meth:`iter_slices` reads; ``None`` unless it finds them all, or every slice served
-        exactly its count after its walk and the whole window's count at the end is what they
-        served in all. That is stricter than verified slices: a slice that grew while it was
-        walked may have taken one of them in behind the cursor, and one may have moved from a
-        slice not yet walked into one walked already. A bad row without a usable ``public_id``
-        also gives ``None``: it may be any of them. Memory holds ``wanted``, not the ids
-        served."""
+        exactly its count after its walk, the whole window's count at the end is what they
+        served in all, and no id was served twice. That is stricter than verified slices: a
+        slice that grew while it was walked may have taken one of them in behind the cursor; one
+        may have moved from a slice not yet walked into one walked already, while another,
+        served twice, moved the other way and kept every count. A bad row without a usable
+        ``public_id`` also gives ``None``: it may be any of them. Memory holds ``wanted`` and
+        8 bytes per id served (its hash: a collision only makes the read unproven)."""
         wanted = set(wanted)
         found: set[str] = set()
         if not wanted:
             return found
         values = pa.array(sorted(wanted), pa.string())
         served = 0
+        hashes: dict[Window, array[int]] = defaultdict(lambda: array("q"))
         events = self.iter_slices(window)
         try:
             for event in events:
+                if isinstance(event, SliceRestart):
+                    hashes.pop(event.slice, None)  # its walk starts over, serving them again
                 if isinstance(event, SliceDone):
                     if event.proof.total_after != event.proof.served:
                         return None
                     served += event.proof.served
                 if not isinstance(event, SlicePage):
-                    continue  # a restarted read's pages were served all the same
+                    continue
                 if any(not r.public_id for r in event.rejects):
                     return None
                 ids = event.batch.column("public_id")
+                hashes[event.slice].extend(map(hash, ids.to_pylist()))
+                hashes[event.slice].extend(hash(r.public_id) for r in event.rejects)
                 found.update(pc.filter(ids, pc.is_in(ids, value_set=values)).to_pylist())
                 found.update(r.public_id for r in event.rejects if r.public_id in wanted)
                 if found == wanted:
@@ -289,7 +308,9 @@ class ExportsClient:
         finally:
             if isinstance(events, Generator):
                 events.close()  # stops the workers when the answer came early
-        return found if self.fetch_total(window).exact_total == served else None
+        if self.fetch_total(window).exact_total != served or _any_repeated(hashes.values()):
+            return None
+        return found
 
     def iter_window(self, window: Window) -> Iterator[SlicePage]:
         """Every row of ``window`` exactly once, page by page, narrowing on 504."""

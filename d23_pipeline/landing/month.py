@@ -17,6 +17,7 @@ from d23_pipeline.landing.snapshot import (
     rejects_path,
     rows_path,
 )
+from d23_pipeline.months import month_window
 from d23_pipeline.warehouse.store import (
     WarehouseBackend,
     anonymous_rejects,
@@ -105,7 +106,9 @@ def read_month(
         if absent:
             absent = _not_moved(client, month, absent, partition)
         if absent:
-            absent, stale_rejects = _not_rejected_elsewhere(client, warehouse, absent, partition)
+            absent, stale_rejects = _not_rejected_elsewhere(
+                client, warehouse, store, absent, partition
+            )
         snapshot = writer.complete(
             client.stats.as_dict(), absent=absent, stale_rejects=stale_rejects
         )
@@ -146,20 +149,27 @@ def _not_moved(client: ExportsClient, month: Window, absent: set[str], partition
 
 
 def _not_rejected_elsewhere(
-    client: ExportsClient, warehouse: WarehouseBackend, absent: set[str], partition: str
+    client: ExportsClient,
+    warehouse: WarehouseBackend,
+    store: SnapshotStore,
+    absent: set[str],
+    partition: str,
 ) -> tuple[set[str], list[StaleReject]]:
     """Of the rows proven gone, those no other month still serves as a reject (moved there
     and broken on the way), and the other months' rejects of them found gone (stale: that
-    month was last read before the row went). Each such reject's slice is read again: its
-    month's last read may be older than the row's deletion."""
+    month was last read before the row went). The rejects are those stored and those of other
+    months' snapshots landed but not merged yet (a read whose merge waits saw them too). Each
+    such reject's whole month is read again: its last read may be older than the row's
+    deletion, and a broken row may have moved within that month since."""
     with warehouse.connect(read_only=True) as con:
-        elsewhere = rejects_elsewhere(con, partition, absent)
-    by_slice: dict[Window, set[str]] = defaultdict(set)
+        elsewhere = set(rejects_elsewhere(con, partition, absent))
+    elsewhere |= set(store.landed_rejects(absent, excluding=partition))
+    by_month: dict[str, set[str]] = defaultdict(set)
     for reject in elsewhere:
-        by_slice[reject.slice].add(reject.public_id)
+        by_month[reject.partition].add(reject.public_id)
     spared: set[str] = set()
-    for window, ids in by_slice.items():
-        found = client.find_served(window, ids)
+    for other, ids in sorted(by_month.items()):
+        found = client.find_served(Window(*month_window(other)), ids)
         spared |= ids if found is None else found
     if spared:
         log.warning(
@@ -168,7 +178,8 @@ def _not_rejected_elsewhere(
             partition,
             len(spared),
         )
-    return absent - spared, [r for r in elsewhere if r.public_id not in spared]
+    stale = [r for r in elsewhere if r.public_id not in spared]
+    return absent - spared, sorted(stale, key=lambda r: (r.public_id, r.partition, r.rejected_at))
 
 
 def _reporting(

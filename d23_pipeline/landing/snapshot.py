@@ -21,13 +21,14 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
@@ -505,6 +506,30 @@ class SnapshotStore:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json_atomically(path, {"milliseconds": width // timedelta(milliseconds=1)})
+
+    def landed_rejects(self, ids: Collection[str], *, excluding: str) -> list[StaleReject]:
+        """The rejects of ``ids`` in every other month's last complete snapshot, merged or not:
+        a read whose merge is still to come served them all the same."""
+        wanted = pa.array(sorted(ids), pa.string())
+        found: list[StaleReject] = []
+        months = sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else []
+        for partition in months:
+            snapshot = None if partition == excluding else self.current(partition)
+            if snapshot is None:
+                continue
+            for path in snapshot.reject_files:
+                table = pq.read_table(path, columns=["slice_since", "slice_until", "public_id"])
+                table = table.filter(pc.is_in(table["public_id"], value_set=wanted))
+                found.extend(
+                    StaleReject(
+                        r["public_id"],
+                        partition,
+                        Window(r["slice_since"], r["slice_until"]),
+                        snapshot.completed_at,
+                    )
+                    for r in table.to_pylist()
+                )
+        return found
 
     def current(self, partition: str) -> Snapshot | None:
         """The month's last complete snapshot, if any."""

@@ -325,6 +325,14 @@ WHERE {_SEEN_SINCE_DELETED}
   AND EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
 """
 
+# A row served as a reject was seen by this read as surely as a valid row: an older read of
+# its month, merged after this one (another host's, on DuckLake), must not prove it gone.
+SEEN_AS_REJECT = """
+UPDATE d23.logs AS t SET _last_seen_at = $read_at
+WHERE t._last_seen_at < $read_at
+  AND EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
+"""
+
 # The last time a read proved a row gone, of any month: one that moved into a slice read before
 # then may be among them (see landing/month.py).
 LAST_DELETION = "SELECT max(_deleted_at) FROM d23.logs"

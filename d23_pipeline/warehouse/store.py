@@ -247,6 +247,7 @@ def merge_snapshot(
         marked_deleted = fetch_row(con, sql.MARK_DELETED, params)[0] if proven and not held else 0
         if identified_rejects:
             restored += fetch_row(con, sql.RESTORE_REJECTED, params)[0]
+            execute(con, sql.SEEN_AS_REJECT, params)
         # A read older than the month's last merged one (another host's, on DuckLake) still
         # adds and updates rows, but the month's rejects and slice proofs stay the newer read's.
         last_read = fetch_row(con, sql.MONTH_LAST_READ, params)[0]
