@@ -4,6 +4,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from harness import Pipeline
 
 from d23_pipeline.client import Window, WindowTotal
@@ -71,8 +72,47 @@ def test_held_deletions_fail_and_say_how_to_confirm() -> None:
     result = checks.deletions_within_limit("2026-04-01", summary, 0.02)
 
     assert not result.passed
-    assert "2026-04-01" in result.description and "30.0%" in result.description
+    assert "2026-04-01" in result.description and "30.00%" in result.description
     assert '"confirm_deletions": true' in result.description
+
+
+@pytest.mark.parametrize(
+    ("live_rows", "proven", "max_share", "shown"),
+    [
+        (
+            10_000,
+            201,
+            0.02,
+            "201 of 10000 live rows (2.01%) gone from the source, more than "
+            "the allowed 2.00% (at most 200 rows)",
+        ),
+        (
+            100,
+            30,
+            0.29,
+            "(30.00%) gone from the source, more than the allowed 29.00% (at most 29 rows)",
+        ),
+    ],
+)
+def test_held_deletions_say_how_many_rows_the_limit_allows(
+    live_rows: int, proven: int, max_share: float, shown: str
+) -> None:
+    summary = MergeSummary(
+        snapshot_rows=live_rows - proven,
+        inserted=0,
+        updated=0,
+        restored=0,
+        moved_in=0,
+        marked_deleted=0,
+        rejects=0,
+        live_rows=live_rows,
+        deletions_proven=proven,
+        deletions_held=True,
+    )
+
+    result = checks.deletions_within_limit("2026-04-01", summary, max_share)
+
+    assert shown in result.description
 
 
 def test_rejects_warn_then_error_above_the_threshold() -> None:

@@ -1,7 +1,10 @@
 """The two instance files of d23_pipeline/deploy differ in their storage only."""
 
+import logging
+import threading
 from importlib import resources
 
+import dagster as dg
 import yaml
 
 DEPLOY = resources.files("d23_pipeline.deploy")
@@ -21,3 +24,28 @@ def test_postgres_credentials_come_from_the_environment() -> None:
     database = load("dagster.postgres.yaml")["storage"]["postgres"]["postgres_db"]
     for field in ("hostname", "port", "db_name", "username", "password"):
         assert set(database[field]) == {"env"}, field
+
+
+def test_the_pipelines_own_log_lines_reach_the_run_log_from_any_thread(tmp_path) -> None:
+    def log_from_a_worker(context: dg.AssetExecutionContext) -> None:
+        # As the client's reader threads and the warehouse log: plain Python loggers.
+        worker = threading.Thread(
+            target=lambda: logging.getLogger("d23_pipeline.client").info("retrying page 7")
+        )
+        worker.start()
+        worker.join()
+        logging.getLogger("d23_pipeline.warehouse").warning("waiting for the warehouse lock")
+
+    logs = dg.asset(name="logs_like_the_pipeline")(log_from_a_worker)
+    overrides = {"python_logs": load("dagster.yaml")["python_logs"]}
+    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
+        result = dg.materialize([logs], instance=instance)
+        messages = {
+            (e.level, e.user_message)
+            for e in instance.all_logs(result.run_id)
+            if e.user_message in ("retrying page 7", "waiting for the warehouse lock")
+        }
+    assert messages == {
+        (logging.INFO, "retrying page 7"),
+        (logging.WARNING, "waiting for the warehouse lock"),
+    }

@@ -6,6 +6,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.jobs import d23_pipeline_job
@@ -220,16 +226,46 @@ def test_sensor_skips_a_partition_whose_run_is_in_flight(instance, status):
     assert json.loads(result.cursor)["skipped_in_flight"] == ["2026-04-01"]
 
 
-def test_sensor_skips_a_partition_whose_failed_run_waits_for_its_retry(instance):
+def _code_location_origin() -> RemoteJobOrigin:
+    """Where a run launched from the UI or the daemon comes from (Dagster's own classes: the
+    run retry daemon re-executes only runs that have one)."""
+    location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="d23_pipeline.definitions"), location_name="d23_pipeline"
+    )
+    return RemoteJobOrigin(
+        RemoteRepositoryOrigin(location, "__repository__"), d23_pipeline_job.name
+    )
+
+
+def add_failed_run_to_retry(
+    instance: dg.DagsterInstance, partition: str, origin: RemoteJobOrigin | None
+) -> None:
     instance.add_run(
         dg.DagsterRun(
             job_name=d23_pipeline_job.name,
             status=dg.DagsterRunStatus.FAILURE,
-            tags={"dagster/partition": "2026-04-01", "dagster/will_retry": "true"},
+            tags={"dagster/partition": partition, "dagster/will_retry": "true"},
+            remote_job_origin=origin,
         )
     )
+
+
+def test_sensor_skips_a_partition_whose_failed_run_waits_for_its_retry(instance):
+    add_failed_run_to_retry(instance, "2026-04-01", _code_location_origin())
     result = tick(make_sensor(Clock(MAY_14)), instance)
     assert [r.partition_key for r in result.run_requests] == ["2026-03-01", "2026-05-01"]
+
+
+def test_sensor_refreshes_a_month_whose_failed_command_line_run_no_daemon_can_retry(instance):
+    # `dagster asset materialize` runs carry the will_retry tag but no code-location origin.
+    add_failed_run_to_retry(instance, "2026-04-01", None)
+    result = tick(make_sensor(Clock(MAY_14)), instance)
+    assert [r.partition_key for r in result.run_requests] == [
+        "2026-03-01",
+        "2026-04-01",
+        "2026-05-01",
+    ]
+    assert json.loads(result.cursor)["skipped_in_flight"] == []
 
 
 def test_sensor_requests_a_partition_whose_last_run_finished(instance):

@@ -192,12 +192,22 @@ def slices_verified(snapshot: Snapshot) -> dg.AssetCheckResult:
     )
 
 
+def _rows_allowed(live_rows: int, max_share: float) -> int:
+    """The most deletions a merge marks unconfirmed: n with n / live_rows <= max_share, compared
+    as the merge compares (max_share * live_rows is 28.999999999999996 for 0.29 of 100)."""
+    allowed = int(max_share * live_rows)
+    while allowed < live_rows and (allowed + 1) / live_rows <= max_share:
+        allowed += 1
+    return allowed
+
+
 def describe_held_deletions(partition: str, summary: MergeSummary, max_share: float) -> str:
     """Why a merge marked nothing deleted, and how an operator lets it."""
     return (
         f"{partition}: the read proved {summary.deletions_proven} of {summary.live_rows} live "
-        f"rows ({summary.deletion_share:.1%}) gone from the source, more than the allowed "
-        f"{max_share:.1%}; none was marked deleted. If the source really lost them, confirm "
+        f"rows ({summary.deletion_share:.2%}) gone from the source, more than the allowed "
+        f"{max_share:.2%} (at most {_rows_allowed(summary.live_rows, max_share)} rows); none was "
+        "marked deleted. If the source really lost them, confirm "
         "once by re-running d23/logs and the assets downstream of it (selection 'd23/logs*') "
         "for this month with run config "
         '{"ops": {"d23__logs": {"config": {"confirm_deletions": true}}}} '

@@ -130,7 +130,8 @@ def build_daily_refresh_sensor(
             filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES)
         )
         # A failed run about to be retried by the daemon is in flight too: its retry reads the
-        # month again.
+        # month again. The daemon retries only runs launched from a code location: one run from
+        # the command line (`dagster asset materialize`) keeps its will_retry tag, never retried.
         failed = context.instance.get_run_records(
             filters=dg.RunsFilter(
                 statuses=[dg.DagsterRunStatus.FAILURE], updated_after=now - RETRY_WINDOW
@@ -138,7 +139,12 @@ def build_daily_refresh_sensor(
         )
         in_flight = [
             *in_flight,
-            *(r for r in failed if r.dagster_run.is_complete_and_waiting_to_retry),
+            *(
+                r
+                for r in failed
+                if r.dagster_run.is_complete_and_waiting_to_retry
+                and r.dagster_run.remote_job_origin is not None
+            ),
         ]
         plan = plan_daily_refresh(
             now=now,
@@ -151,7 +157,9 @@ def build_daily_refresh_sensor(
             },
         )
         for key in plan.skipped_in_flight:
-            context.log.info(f"Skipping {key}: a run for it is already queued or in progress")
+            context.log.info(
+                f"Skipping {key}: a run for it is queued, in progress or about to be retried"
+            )
         if plan.skip_reason:
             return dg.SensorResult(skip_reason=plan.skip_reason, cursor=plan.cursor)
         day = now.astimezone(UTC).date().isoformat()
