@@ -52,6 +52,14 @@ def simulator_start_month(now: datetime) -> str:
 
 def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
     port = int(env.get("D23_SIMULATOR_PORT", SIMULATOR_PORT))
+    url = f"http://127.0.0.1:{port}"
+    if _answers(url):
+        # Every run would read whatever holds the port (a simulator left by an earlier
+        # `make run`, stale data) while ours failed to bind it.
+        raise SystemExit(
+            f"port {port} is already in use by another program ({url} answers): stop it, or set "
+            "D23_SIMULATOR_PORT to a free port"
+        )
     process = subprocess.Popen(
         [
             sys.executable,
@@ -64,16 +72,13 @@ def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
         ],
         env=env,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the API simulator exited with code {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
+        if _answers(url):
             break
-        except httpx.TransportError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     else:
         process.terminate()
         raise SystemExit(f"the API simulator did not answer on {url} within 60 s")
@@ -83,6 +88,14 @@ def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
     # The simulator serves the six months up to now; start the partitions where its data does.
     env.setdefault("D23_START_MONTH", simulator_start_month(datetime.now(UTC)))
     return process
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def _guide(env: dict[str, str]) -> str:

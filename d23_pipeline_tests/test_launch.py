@@ -13,6 +13,7 @@ from processes import clean_env, free_port, make_dagster_home, run_python
 from d23_pipeline.definitions import defs
 from d23_pipeline.launch import _guide, set_pool_limits, simulator_start_month
 from d23_pipeline.settings import read_pool_limits
+from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
 
 
 def test_simulator_start_month_counts_in_utc_whatever_the_local_zone() -> None:
@@ -80,3 +81,20 @@ def test_every_pool_the_assets_use_gets_an_explicit_limit(tmp_path: Path) -> Non
     }
     assert {asset.op.pool for asset in defs.assets} == set(read_pool_limits(env))
     assert read_pool_limits({"D23_WAREHOUSE_POOL_LIMIT": "4"})["d23_warehouse"] == 4
+
+
+def test_make_run_stops_when_another_program_holds_the_simulators_port(tmp_path: Path) -> None:
+    # A simulator left by an earlier `make run`, say: every run would have read it.
+    with serve(Simulator(SimulatorConfig(months=("2026-01",), rows_per_month=1))) as other:
+        port = httpx.URL(other).port
+        env = clean_env(
+            DAGSTER_HOME=str(tmp_path / "dagster_home"),
+            D23_DATA_DIR=str(tmp_path / "data"),
+            D23_SIMULATOR_PORT=str(port),
+        )
+
+        launched = run_python(["-m", "d23_pipeline.launch"], env)
+
+    assert launched.returncode == 1
+    assert f"port {port} is already in use by another program" in launched.stderr
+    assert "D23_SIMULATOR_PORT" in launched.stderr
