@@ -23,7 +23,7 @@ from api import (
     walk_ids,
 )
 
-from d23_pipeline.client import AuthenticationError, SlicePage
+from d23_pipeline.client import AuthenticationError, ExportsApiError, ExportsClient, SlicePage
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
 from d23_pipeline.simulator import SimRequest
 
@@ -155,3 +155,35 @@ def test_concurrent_401s_cause_a_single_refresh() -> None:
     assert ids == ids_in(sim)
     assert (answered(sim, "login"), answered(sim, "refresh")) == (1, 1)
     assert answered(sim, "count", 401) == 4
+
+
+def _not_the_api(status: int) -> httpx.MockTransport:
+    """A host that is not the Exports API (a mistyped or old D23_API_URL): its own error page."""
+    page = "<html><body>Not Found</body></html>"
+    return httpx.MockTransport(lambda request: httpx.Response(status, text=page))
+
+
+@pytest.mark.parametrize("status", [404, 405, 501])
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        LoginCredentials("demo", "analyst@demo.example", "pw"),
+        TokenCredentials("f59eb470-2d38-4c41-a1e1-548f2d437096", "token"),
+    ],
+    ids=["login", "held-token"],
+)
+def test_a_host_that_is_not_the_api_is_named_not_the_credentials_or_the_dataset(
+    status: int, credentials: LoginCredentials | TokenCredentials
+) -> None:
+    with (
+        ExportsClient(
+            "https://wrong-host.example", credentials, transport=_not_the_api(status)
+        ) as c,
+        pytest.raises(ExportsApiError) as caught,
+    ):
+        list(c.iter_window(DAY))
+
+    # Not "refused" (the README's sign of wrong credentials) nor "not enabled" (ask ClearGrid).
+    assert type(caught.value) is ExportsApiError
+    assert "the host at D23_API_URL (wrong-host.example) answered HTTP" in str(caught.value)
+    assert "check that D23_API_URL is the API's host root" in str(caught.value)

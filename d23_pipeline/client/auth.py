@@ -12,8 +12,21 @@ from typing import Any
 from urllib.parse import quote
 
 from d23_pipeline.client.body import BoundedHttp
-from d23_pipeline.client.errors import AuthenticationError, ProtocolError, RetriesExhaustedError
-from d23_pipeline.client.retry import Retrier, Transient, decode_json, request_id_of, transient_for
+from d23_pipeline.client.errors import (
+    AuthenticationError,
+    ExportsApiError,
+    ProtocolError,
+    RetriesExhaustedError,
+)
+from d23_pipeline.client.retry import (
+    Retrier,
+    Transient,
+    decode_json,
+    is_api_error,
+    not_the_api,
+    request_id_of,
+    transient_for,
+)
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.settings import Credentials, LoginCredentials, fits_a_header
 
@@ -95,6 +108,13 @@ class TokenManager:
             failure = transient_for(response)
             if failure is not None:
                 raise failure
+            if response.status_code != 200 and not is_api_error(response):
+                raise ExportsApiError(
+                    not_the_api(response, what),
+                    status=response.status_code,
+                    request_id=request_id_of(response),
+                    path=path,
+                )
             if response.status_code != 200:
                 raise AuthenticationError(
                     f"{what} refused",

@@ -115,6 +115,25 @@ def request_id_of(response: httpx.Response) -> str | None:
     return header
 
 
+def is_api_error(response: httpx.Response) -> bool:
+    """Whether ``response`` carries the Exports API's own error envelope (``"success": false``):
+    a host that is not the API (a mistyped ``D23_API_URL``, a proxy) answers without it."""
+    try:
+        payload = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and payload.get("success") is False
+
+
+def not_the_api(response: httpx.Response, what: str) -> str:
+    """Why ``response`` to ``what`` points at ``D23_API_URL`` rather than at the request."""
+    return (
+        f"{what}: the host at D23_API_URL ({response.request.url.host}) answered HTTP "
+        f"{response.status_code} without the Exports API's error body: check that D23_API_URL "
+        "is the API's host root"
+    )
+
+
 def transient_for(response: httpx.Response) -> Transient | None:
     """A :class:`Transient` for a retryable status (429, 500, 502, 503, 504), else None."""
     if response.status_code not in RETRYABLE_STATUSES:

@@ -19,7 +19,14 @@ from d23_pipeline.client.errors import (
     ExportsApiError,
     LenderMismatchError,
 )
-from d23_pipeline.client.retry import Cancelled, Retrier, request_id_of, transient_for
+from d23_pipeline.client.retry import (
+    Cancelled,
+    Retrier,
+    is_api_error,
+    not_the_api,
+    request_id_of,
+    transient_for,
+)
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
 
@@ -139,6 +146,14 @@ class ExportsSession:
                 status=status,
                 request_id=request_id,
                 path=self.path,
+            )
+        if not is_api_error(response):
+            return ExportsApiError(
+                not_the_api(response, f"{what} of {self.section}/{self.dataset}"),
+                status=status,
+                request_id=request_id,
+                path=self.path,
+                window=window,
             )
         if status == 404:
             return DatasetNotFoundError(
