@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 
 from d23_pipeline.analytics.frames import WarehouseBusyError, load_outcome_tables
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
@@ -128,3 +129,18 @@ def test_a_missing_warehouse_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"no warehouse at {tmp_path}"):
         load_outcome_tables(tmp_path)
     assert not (tmp_path / "warehouse.duckdb").exists()  # reading never creates one
+
+
+def test_an_analyst_without_write_access_to_the_folder_still_reads(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What filelock raises for a user who cannot open warehouse.duckdb.lock for writing (a
+    # read-only share); root, which runs these tests, can always open it, so it is raised here.
+    def refused(self: FileLock, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr(FileLock, "acquire", refused)
+
+    assert len(load_outcome_tables(data_dir).kpis_monthly) == 1
+    with pytest.raises(PermissionError), Warehouse(data_dir / "warehouse.duckdb").connect():
+        pass  # a writer still needs the lock

@@ -106,7 +106,7 @@ class Warehouse:
         """Open the file under the lock; the connection is closed whatever happens."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_s  # one wait in all, for both locks
-        with self._lock:
+        with self._our_lock(read_only):
             if read_only and not self.path.exists():
                 self._create()
             con = self._open(read_only, deadline)
@@ -117,6 +117,23 @@ class Warehouse:
                 yield con
             finally:
                 con.close()
+
+    @contextmanager
+    def _our_lock(self, read_only: bool) -> Iterator[None]:
+        try:
+            self._lock.acquire()
+        except PermissionError:
+            if not read_only:
+                raise
+            # A reader without write access to the folder (an analyst's read-only share) cannot
+            # open the lock file; DuckDB's own lock still keeps it off a file being written, and
+            # _open waits for that.
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _open(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         """Connect, waiting until ``deadline`` for a process that holds DuckDB's own lock without
