@@ -62,6 +62,21 @@ query PartitionKeys($assetKey: AssetKeyInput!) {
     ... on AssetNotFoundError { message }
   }
 }"""
+LOCATION_LOAD_ERRORS = """
+query LocationLoadErrors {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        locationOrLoadError {
+          __typename
+          ... on PythonError { message errorChain { error { message } } }
+        }
+      }
+    }
+  }
+}"""
 RUN_CHECK_EVALUATIONS = """
 query RunCheckEvaluations($runId: ID!, $cursor: String) {
   logsForRun(runId: $runId, afterCursor: $cursor, limit: 1000) {
@@ -146,7 +161,9 @@ def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
     result = graphql(url, PARTITION_KEYS, {"assetKey": {"path": PARTITIONED_ASSET}})
     node = result["assetNodeOrError"]
     if node["__typename"] != "AssetNode":
-        raise BackfillError(f"{node['__typename']}: {node.get('message', node)}")
+        raise BackfillError(
+            _location_load_error(url) or f"{node['__typename']}: {node.get('message', node)}"
+        )
     known = set(node["partitionKeys"])
     missing = [key[:7] for key in partition_keys if key not in known]
     if missing:
@@ -156,6 +173,22 @@ def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
         raise SettingsError(
             f"no partition for {', '.join(missing)}: the deployment at {url} has months {span}"
         )
+
+
+def _location_load_error(url: str) -> str | None:
+    """Why a code location of the deployment failed to load (a bad setting, say), if one did:
+    then it has no D23 assets, and "asset not found" would hide the cause."""
+    workspace = graphql(url, LOCATION_LOAD_ERRORS, {})["workspaceOrError"]
+    for entry in workspace.get("locationEntries", []):
+        error = entry["locationOrLoadError"]
+        if error and error["__typename"] == "PythonError":
+            chain = [error["message"], *(link["error"]["message"] for link in error["errorChain"])]
+            return (
+                f"code location {entry['name']} of the deployment at {url} failed to load: "
+                f"{chain[-1].strip()} (fix it, then reload the location on the UI's Deployment "
+                "page or restart make run)"
+            )
+    return None
 
 
 def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:

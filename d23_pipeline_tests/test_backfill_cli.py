@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from processes import clean_env, free_port, run_python
+from processes import clean_env, free_port, make_dagster_home, run_python, webserver_process
 
 from d23_pipeline import backfill
 from d23_pipeline.backfill import main, month_partitions, month_progress
@@ -318,3 +318,23 @@ def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():
         "2026-08": "running",
         "2026-09": "FAILURE",
     }
+
+
+@pytest.mark.e2e
+def test_a_deployment_whose_code_failed_to_load_is_reported_with_its_load_error(tmp_path):
+    env = clean_env(
+        DAGSTER_HOME=str(make_dagster_home(tmp_path / "dagster_home")),
+        D23_DATA_DIR=str(tmp_path / "data"),
+        D23_START_MONTH="2026-13",
+    )
+    with webserver_process(env, tmp_path / "webserver.log") as server:
+        launched = run_python(
+            ["-m", "d23_pipeline.backfill", "2026-11", "2026-12", "--url", server.url], env
+        )
+
+    assert launched.returncode == 2
+    # Not "AssetNotFoundError: Asset key ["d23", "raw_logs"] not found": the location has none.
+    assert (
+        "failed to load: d23_pipeline.settings.SettingsError: D23_START_MONTH must look like"
+        in (launched.stderr)
+    )
