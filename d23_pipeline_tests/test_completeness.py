@@ -106,7 +106,7 @@ def test_a_source_that_lost_30_percent_is_not_applied_until_confirmed(pipeline: 
     assert not held.success
     check = _checks(held)["deletions_within_limit"]
     assert not check.passed
-    assert "2026-04-01" in check.description and "30.0%" in check.description
+    assert "2026-04-01" in check.description and "30.00%" in check.description
     assert '"confirm_deletions": true' in check.description
     assert _deleted_ids(pipeline) == set()
 
