@@ -6,7 +6,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from d23_pipeline.defs.resources import WarehouseResource
+from d23_pipeline.defs.resources import ExportsApiResource, WarehouseResource
 
 
 @pytest.fixture
@@ -36,3 +36,24 @@ def test_warehouse_connection_is_closed_even_when_the_block_raises(
         raise RuntimeError("the step failed")
     with pytest.raises(duckdb.ConnectionException):
         con.execute("SELECT 1")
+
+
+def test_a_printed_resource_shows_no_secret() -> None:
+    api = ExportsApiResource(
+        api_url="http://127.0.0.1:1",
+        lender="l",
+        email="e",
+        password="PW-SECRET",
+        token="TOK-SECRET",
+    )
+    warehouse = WarehouseResource(
+        database="w.duckdb",
+        backend="ducklake",
+        dsn="host=h password=DSN-SECRET",
+        ducklake_data_path="/tmp/lake",
+    )
+
+    shown = " ".join([repr(api), str(api), repr(warehouse), str(warehouse)])
+
+    assert "SECRET" not in shown
+    assert (api.password, warehouse.dsn) == ("PW-SECRET", "host=h password=DSN-SECRET")

@@ -47,9 +47,12 @@ class ExportsApiResource(dg.ConfigurableResource):
     api_url: str | None = Field(default=None, description="D23_API_URL: host root")
     lender: str | None = Field(default=None, description="D23_LENDER: lender slug (login)")
     email: str | None = Field(default=None, description="D23_EMAIL (login)")
-    password: str | None = Field(default=None, description="D23_PASSWORD (login)")
+    # repr=False: a resource printed (a debugger, a log line) shows no secret.
+    password: str | None = Field(default=None, description="D23_PASSWORD (login)", repr=False)
     lender_public_id: str | None = Field(default=None, description="D23_LENDER_PUBLIC_ID")
-    token: str | None = Field(default=None, description="D23_TOKEN: a bearer token already held")
+    token: str | None = Field(
+        default=None, description="D23_TOKEN: a bearer token already held", repr=False
+    )
     page_limit: int = Field(
         default=DEFAULT_PAGE_LIMIT, description="D23_PAGE_LIMIT: rows asked per page"
     )
@@ -111,7 +114,9 @@ class WarehouseResource(dg.ConfigurableResource):
     database: str = Field(description="Path of the DuckDB file ($D23_DATA_DIR/warehouse.duckdb)")
     backend: str = Field(default="duckdb", description="D23_WAREHOUSE: duckdb or ducklake")
     dsn: str | None = Field(
-        default=None, description="D23_WAREHOUSE_DSN: the DuckLake catalog's PostgreSQL DSN"
+        default=None,
+        description="D23_WAREHOUSE_DSN: the DuckLake catalog's PostgreSQL DSN",
+        repr=False,  # it holds the catalog's password
     )
     ducklake_data_path: str | None = Field(
         default=None, description="D23_DUCKLAKE_DATA_PATH: where DuckLake writes its Parquet files"
