@@ -25,7 +25,7 @@ from api import (
 
 from d23_pipeline.client import AuthenticationError, ExportsApiError, ExportsClient, SlicePage
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
-from d23_pipeline.simulator import SimRequest
+from d23_pipeline.simulator import SimRequest, SimResponse
 
 
 def test_login_gives_the_lender_id_and_a_bearer_token_for_data_calls() -> None:
@@ -187,3 +187,26 @@ def test_a_host_that_is_not_the_api_is_named_not_the_credentials_or_the_dataset(
     assert type(caught.value) is ExportsApiError
     assert "the host at D23_API_URL (wrong-host.example) answered HTTP" in str(caught.value)
     assert "check that D23_API_URL is the API's host root" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        SimResponse(401, {}, b""),
+        SimResponse.gateway_page(401),
+        SimResponse.from_json({"message": "Unauthorized"}, 401),  # a gateway's own JSON
+    ],
+    ids=["empty", "html", "gateway-json"],
+)
+def test_a_refresh_refused_without_the_apis_error_body_falls_back_to_a_fresh_login(
+    refusal: SimResponse,
+) -> None:
+    sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
+    with client(sim) as reader:
+        pages = reader.iter_window(DAY)
+        first = next(pages)
+        sim.expire_tokens()
+        sim.script(refusal, auth=True, when=lambda request: request.kind == "refresh")
+        ids = [row["public_id"] for page in [first, *pages] for row in page.rows]
+
+    assert ids == ids_in(sim)

@@ -36,6 +36,7 @@ from d23_pipeline.warehouse.ducklake import (
     WarehouseConnectionError,
     redact,
     retry_on_conflict,
+    split_password,
 )
 
 LATER = "2026-04-03T00:00:00.000Z"
@@ -112,6 +113,10 @@ def test_a_dsn_libpq_cannot_read_is_refused_without_quoting_it(tmp_path: Path) -
         ("postgresql://d23:SECRETpw/x@127.0.0.1:5432/d23", "SECRETpw"),
         # libpq ends the user info at the first '@': the password's tail would be the host.
         ("postgresql://d23:pw@SECRETtail@127.0.0.1:5432/d23", "SECRETtail"),
+        # A '?' in the password does not end the user info for libpq.
+        ("postgresql://d23:pw?x@SECRETtail@127.0.0.1:5432/d23", "SECRETtail"),
+        # A password's digits up to '/' would be the port, its rest part of the database name.
+        ("postgresql://d23:4242/SECRETtail@127.0.0.1/d23", "4242"),
     ],
 )
 @pytest.mark.parametrize("read_only", [False, True], ids=["writer", "reader"])
@@ -126,6 +131,19 @@ def test_a_uri_dsn_with_an_unencoded_password_is_refused_showing_no_part_of_it(
     shown = "".join(traceback.format_exception(raised.value))
     assert "D23_WAREHOUSE_DSN" in shown and "percent-encode" in shown
     assert fragment not in shown, shown
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://d23:p%40ss%2Fword@127.0.0.1:5432/d23",  # encoded, as the README says
+        "postgresql://d23@%2Fvar%2Frun%2Fpostgresql/d23",  # a unix socket
+        "postgresql://d23:pw@[::1]:5432/d23?application_name=a@b",
+        "postgresql://d23:pw@h1:5432,h2:5433/d23",
+    ],
+)
+def test_uri_dsns_libpq_reads_as_written_are_accepted(dsn: str) -> None:
+    assert split_password(dsn) is not None
 
 
 @pytest.mark.parametrize("form", ["key-value", "uri"])

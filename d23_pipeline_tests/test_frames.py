@@ -1,5 +1,6 @@
 """The notebook loader: the KPI and mix tables as DataFrames, and a clear word when it must wait."""
 
+import errno
 import subprocess
 import sys
 from datetime import UTC, date, datetime
@@ -131,16 +132,24 @@ def test_a_missing_warehouse_says_where_it_looked(tmp_path: Path) -> None:
     assert not (tmp_path / "warehouse.duckdb").exists()  # reading never creates one
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),  # a folder without write access
+        OSError(errno.EROFS, "Read-only file system"),  # a read-only mount
+    ],
+    ids=["no-write-access", "read-only-mount"],
+)
 def test_an_analyst_without_write_access_to_the_folder_still_reads(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, refusal: OSError
 ) -> None:
-    # What filelock raises for a user who cannot open warehouse.duckdb.lock for writing (a
-    # read-only share); root, which runs these tests, can always open it, so it is raised here.
+    # What filelock raises when warehouse.duckdb.lock cannot be opened for writing; root, which
+    # runs these tests, can always open it, so it is raised here.
     def refused(self: FileLock, *args: object, **kwargs: object) -> None:
-        raise PermissionError(13, "Permission denied", self.lock_file)
+        raise refusal
 
     monkeypatch.setattr(FileLock, "acquire", refused)
 
     assert len(load_outcome_tables(data_dir).kpis_monthly) == 1
-    with pytest.raises(PermissionError), Warehouse(data_dir / "warehouse.duckdb").connect():
+    with pytest.raises(OSError), Warehouse(data_dir / "warehouse.duckdb").connect():
         pass  # a writer still needs the lock

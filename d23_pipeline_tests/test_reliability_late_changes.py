@@ -3,6 +3,7 @@ its lookback makes the months it covers exact again, and a month outside it stay
 is backfilled."""
 
 import logging
+import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,7 @@ from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.sensors import plan_daily_refresh
 from d23_pipeline.kpis import KPI_NAMES
+from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
 
@@ -713,3 +715,21 @@ def test_a_broken_row_served_by_a_read_whose_merge_waited_is_not_deleted(
     pipeline.materialize(home)  # the next daily refresh
 
     assert _deleted(pipeline, moved) == [(home, False)]
+
+
+def test_a_deletion_waits_while_another_months_landed_snapshot_cannot_be_read(
+    two_months: Pipeline,
+) -> None:
+    pipeline, sim = two_months, two_months.sim
+    gone = sim.rows(*month_window(OLDER))[0]["public_id"]
+    sim.hard_delete_row(gone)
+    store = SnapshotStore(pipeline.data_dir / "raw" / "d23")
+    shutil.rmtree(store.current(f"{NEWER}-01").directory)  # disk freed by hand, say
+
+    pipeline.materialize(OLDER)
+
+    # That snapshot may have held the row as a bad row of its month: nothing is proven gone.
+    assert _deleted(pipeline, gone) == [(OLDER, False)]
+    pipeline.materialize(NEWER)  # a new snapshot of that month
+    pipeline.materialize(OLDER)
+    assert _deleted(pipeline, gone) == [(OLDER, True)]

@@ -1,6 +1,7 @@
 """Raw snapshots on disk: resuming, replacing, and refusing to call a partial month complete."""
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,8 +10,14 @@ import pytest
 from harness import d23_row
 
 from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
-from d23_pipeline.landing.snapshot import SnapshotBusyError, SnapshotStore
-from d23_pipeline.schema import rows_to_batch
+from d23_pipeline.landing import snapshot as snapshot_module
+from d23_pipeline.landing.snapshot import (
+    Snapshot,
+    SnapshotBusyError,
+    SnapshotStore,
+    UnreadableSnapshot,
+)
+from d23_pipeline.schema import RejectedRow, rows_to_batch
 
 APRIL = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 4, tzinfo=UTC))
 SLICES = APRIL.split(timedelta(days=1))
@@ -149,3 +156,52 @@ def test_partial_snapshot_is_never_marked_complete(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="missing 2 slice"):
             writer.complete({})
     assert store.current("2026-04-01") is None
+
+
+def _land_april_with_a_reject(store: SnapshotStore, run_id: str, public_id: str) -> Snapshot:
+    with store.begin("2026-04-01", SLICES, run_id) as writer:
+        for window in SLICES:
+            rejects = (
+                [RejectedRow("is_active is str", public_id, {})] if window == SLICES[0] else []
+            )
+            writer.write_page(SlicePage(window, rows_to_batch([_row(window.key, window)]), rejects))
+            served = 1 + len(rejects)
+            proof = SliceProof(
+                served=served, total_before=served, total_after=served, verified=True
+            )
+            writer.finish_slice(
+                SliceDone(window, rows=1, rejects=len(rejects), pages=1, proof=proof)
+            )
+        return writer.complete({}, absent=())
+
+
+def test_another_months_landed_rejects_are_found_while_its_next_read_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SnapshotStore(tmp_path)
+    _land_april_with_a_reject(store, "run-1", "moved-and-broken")
+    (tmp_path / "not-a-month").mkdir()  # an operator's folder beside the months'
+    read_table = pq.read_table
+
+    def april_completes_meanwhile(path: Path, *args: object, **kwargs: object) -> object:
+        # April's next read completes now: CURRENT moves on and the old snapshot is removed.
+        monkeypatch.setattr(snapshot_module.pq, "read_table", read_table)
+        _land_april_with_a_reject(SnapshotStore(tmp_path), "run-2", "moved-and-broken")
+        return read_table(path, *args, **kwargs)
+
+    monkeypatch.setattr(snapshot_module.pq, "read_table", april_completes_meanwhile)
+
+    found = store.landed_rejects({"moved-and-broken", "other"}, excluding="2026-05-01")
+
+    assert [(r.public_id, r.partition, r.slice) for r in found] == [
+        ("moved-and-broken", "2026-04-01", SLICES[0])
+    ]
+    assert found[0].rejected_at == store.current("2026-04-01").completed_at
+
+
+def test_another_months_snapshot_missing_on_disk_is_reported_not_ignored(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    shutil.rmtree(_land_april_with_a_reject(store, "run-1", "moved-and-broken").directory)
+
+    with pytest.raises(UnreadableSnapshot, match="2026-04-01"):
+        store.landed_rejects({"moved-and-broken"}, excluding="2026-05-01")

@@ -16,7 +16,6 @@ from d23_pipeline.client.errors import (
     AuthenticationError,
     ExportsApiError,
     ProtocolError,
-    RetriesExhaustedError,
 )
 from d23_pipeline.client.retry import (
     Retrier,
@@ -31,6 +30,8 @@ from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.settings import Credentials, LoginCredentials, fits_a_header
 
 log = logging.getLogger("d23_pipeline.client")
+
+_ABOUT_CREDENTIALS = frozenset({400, 401, 403})
 
 
 class TokenManager:
@@ -87,7 +88,7 @@ class TokenManager:
                 try:
                     self._refresh(credentials)
                     return
-                except (AuthenticationError, ProtocolError, RetriesExhaustedError) as exc:
+                except ExportsApiError as exc:  # whatever it was, a fresh login may work
                     log.info("token refresh failed (%s); logging in again", type(exc).__name__)
             self._login(credentials)
 
@@ -108,7 +109,10 @@ class TokenManager:
             failure = transient_for(response)
             if failure is not None:
                 raise failure
-            if response.status_code != 200 and not is_api_error(response):
+            # 400, 401 and 403 are answers about the credentials whatever their body (a
+            # gateway's 401 has none of the API's); others without its envelope are not the API's.
+            status = response.status_code
+            if status != 200 and status not in _ABOUT_CREDENTIALS and not is_api_error(response):
                 raise ExportsApiError(
                     not_the_api(response, what),
                     status=response.status_code,

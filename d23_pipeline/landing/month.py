@@ -14,6 +14,7 @@ from d23_pipeline.landing.snapshot import (
     Snapshot,
     SnapshotStore,
     StaleReject,
+    UnreadableSnapshot,
     rejects_path,
     rows_path,
 )
@@ -163,7 +164,17 @@ def _not_rejected_elsewhere(
     deletion, and a broken row may have moved within that month since."""
     with warehouse.connect(read_only=True) as con:
         elsewhere = set(rejects_elsewhere(con, partition, absent))
-    elsewhere |= set(store.landed_rejects(absent, excluding=partition))
+    try:
+        elsewhere |= set(store.landed_rejects(absent, excluding=partition))
+    except UnreadableSnapshot as exc:
+        log.warning(
+            "%s: %d rows look deleted, but another month's landed snapshot cannot be read (%s) "
+            "and may hold them as bad rows: none is marked deleted by this read",
+            partition,
+            len(absent),
+            exc,
+        )
+        return set(), []
     by_month: dict[str, set[str]] = defaultdict(set)
     for reject in elsewhere:
         by_month[reject.partition].add(reject.public_id)

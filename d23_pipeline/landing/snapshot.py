@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Collection, Iterable, Sequence
@@ -421,6 +422,14 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
     )
 
 
+class UnreadableSnapshot(RuntimeError):
+    """A month's last complete snapshot is missing or damaged on disk."""
+
+
+# The monthly partitions' keys, which name the months' folders.
+_PARTITION_KEY = re.compile(r"\d{4}-\d{2}-01")
+
+
 class SnapshotStore:
     """Raw D23 snapshots of every month under one root folder."""
 
@@ -509,26 +518,44 @@ class SnapshotStore:
 
     def landed_rejects(self, ids: Collection[str], *, excluding: str) -> list[StaleReject]:
         """The rejects of ``ids`` in every other month's last complete snapshot, merged or not:
-        a read whose merge is still to come served them all the same."""
+        a read whose merge is still to come served them all the same. Raises
+        :class:`UnreadableSnapshot` if a month's snapshot cannot be read: it may hold them."""
         wanted = pa.array(sorted(ids), pa.string())
-        found: list[StaleReject] = []
         months = sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else []
+        found: list[StaleReject] = []
         for partition in months:
-            snapshot = None if partition == excluding else self.current(partition)
-            if snapshot is None:
-                continue
-            for path in snapshot.reject_files:
-                table = pq.read_table(path, columns=["slice_since", "slice_until", "public_id"])
-                table = table.filter(pc.is_in(table["public_id"], value_set=wanted))
-                found.extend(
-                    StaleReject(
-                        r["public_id"],
-                        partition,
-                        Window(r["slice_since"], r["slice_until"]),
-                        snapshot.completed_at,
-                    )
-                    for r in table.to_pylist()
+            if partition != excluding and _PARTITION_KEY.fullmatch(partition):
+                found.extend(self._rejects_in_current(partition, wanted))
+        return found
+
+    def _rejects_in_current(self, partition: str, wanted: pa.Array) -> list[StaleReject]:
+        failure: Exception | None = None
+        # Twice: the month's next read may just have completed, replacing CURRENT and removing
+        # the snapshot it replaced.
+        for _ in range(2):
+            try:
+                return self._rejects_in(self.current(partition), wanted)
+            except (OSError, ValueError, KeyError) as exc:
+                failure = exc
+        raise UnreadableSnapshot(f"{partition}: {type(failure).__name__}: {failure}")
+
+    @staticmethod
+    def _rejects_in(snapshot: Snapshot | None, wanted: pa.Array) -> list[StaleReject]:
+        if snapshot is None:
+            return []
+        found: list[StaleReject] = []
+        for path in snapshot.reject_files:
+            table = pq.read_table(path, columns=["slice_since", "slice_until", "public_id"])
+            table = table.filter(pc.is_in(table["public_id"], value_set=wanted))
+            found.extend(
+                StaleReject(
+                    r["public_id"],
+                    snapshot.partition,
+                    Window(r["slice_since"], r["slice_until"]),
+                    snapshot.completed_at,
                 )
+                for r in table.to_pylist()
+            )
         return found
 
     def current(self, partition: str) -> Snapshot | None:

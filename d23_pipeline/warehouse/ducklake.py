@@ -54,6 +54,8 @@ T = TypeVar("T")
 EXTENSIONS = ("postgres_scanner", "ducklake")
 CONFLICT_ATTEMPTS = 30
 _CONFLICT_DELAY_S = (0.05, 3.0)  # first and longest wait between attempts
+# libpq's port: a number, or a list of them for several hosts.
+_PORTS = re.compile(r"[\d,]*")
 _PASSWORDS = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)", re.I)
 
 
@@ -90,27 +92,28 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
     import psycopg2
     from psycopg2.extensions import make_dsn, parse_dsn
 
-    if _misread_uri(dsn):
-        return None
     try:
         params: dict[str, str] = parse_dsn(dsn)
     except psycopg2.ProgrammingError:
         return None  # libpq's message quotes the DSN around the fault, the password perhaps
+    if "://" in dsn and _misread_uri(params):
+        return None
     password = params.pop("password", None)
     conninfo: str = make_dsn(**params)
     return conninfo, password
 
 
-def _misread_uri(dsn: str) -> bool:
-    """Whether libpq would read part of a ``postgresql://`` URI's user info as its host, port or
-    database: a password holding '@' or '/' that is not percent-encoded (libpq ends the user info
-    at the first '@', the host at the first '/'), whose pieces its errors would then quote."""
-    scheme, sep, rest = dsn.strip().partition("://")
-    if not sep or scheme.lower() not in ("postgresql", "postgres"):
-        return False
-    head = rest.split("?", 1)[0]
-    userinfo = head.rpartition("@")[0]
-    return "@" in userinfo or "/" in userinfo
+def _misread_uri(params: dict[str, str]) -> bool:
+    """Whether libpq read part of a ``postgresql://`` URI's password as its host, port or
+    database: one holding an unencoded '@' or '/' (libpq ends the user info at the first '@' and
+    the host at the first '/'), whose pieces its errors would then quote. A database name that
+    holds an '@' is refused too, encoded or not: libpq decodes it, and 'user:1234/x@host/db' puts
+    a password's piece in the port and the rest in the database name."""
+    return (
+        "@" in params.get("host", "")
+        or "@" in params.get("dbname", "")
+        or not _PORTS.fullmatch(params.get("port", ""))
+    )
 
 
 def _database_of(conninfo: str) -> str:

@@ -7,6 +7,7 @@ short a time as the work needs; downloads never hold it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import time
@@ -32,6 +33,8 @@ from d23_pipeline.warehouse import sql
 DUCKDB_THREADS = 1
 _PARAM = re.compile(r"\$([a-z_]+)")
 log = logging.getLogger("d23_pipeline.warehouse")
+
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def execute(
@@ -122,18 +125,20 @@ class Warehouse:
     def _our_lock(self, read_only: bool) -> Iterator[None]:
         try:
             self._lock.acquire()
-        except PermissionError:
-            if not read_only:
+        except OSError as exc:
+            # A reader that cannot open the lock file for writing (an analyst's read-only share
+            # or mount) reads without it: DuckDB's own lock still keeps it off a file being
+            # written, and _open waits for that.
+            if not read_only or exc.errno not in _NOT_WRITABLE:
                 raise
-            # A reader without write access to the folder (an analyst's read-only share) cannot
-            # open the lock file; DuckDB's own lock still keeps it off a file being written, and
-            # _open waits for that.
-            yield
-            return
+            locked = False
+        else:
+            locked = True
         try:
             yield
         finally:
-            self._lock.release()
+            if locked:
+                self._lock.release()
 
     def _open(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         """Connect, waiting until ``deadline`` for a process that holds DuckDB's own lock without
