@@ -125,8 +125,9 @@ def test_a_refused_connection_is_retried_then_a_clear_error() -> None:
         pytest.raises(RetriesExhaustedError, match="connection") as caught,
     ):
         walk_ids(reader)
-    # The socket's own words say what to fix (refused here; name not resolved, a certificate).
-    assert "ConnectError: [Errno 111] Connection refused" in str(caught.value)
+    # The socket's own words and the host say what to fix (refused here; name not resolved, a
+    # certificate).
+    assert "ConnectError: [Errno 111] Connection refused [host 127.0.0.1]" in str(caught.value)
     assert reader.stats.as_dict()["retries"] == {"connection": 2}
 
 

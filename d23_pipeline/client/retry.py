@@ -156,7 +156,12 @@ def _connection_failure(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.LocalProtocolError):  # our own request refused: it quotes it
         return type(exc).__name__
     reason = _USERINFO.sub("//***@", str(exc))[:200]
-    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    failure = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    try:
+        host = exc.request.url.host  # a mistyped D23_API_URL shows here; settings refuse userinfo
+    except RuntimeError:  # an error raised without its request
+        return failure
+    return f"{failure} [host {host}]"
 
 
 class OversizedInt:
