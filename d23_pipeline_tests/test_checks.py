@@ -55,21 +55,24 @@ def test_a_slice_short_of_its_counts_fails_naming_the_window_and_counts() -> Non
         assert result.metadata["slices_verified"].value == 1
 
 
-def test_held_deletions_fail_and_say_how_to_confirm() -> None:
-    summary = MergeSummary(
-        snapshot_rows=2100,
+def _held(live_rows: int, proven: int) -> MergeSummary:
+    """A merge that proved ``proven`` of ``live_rows`` gone and held them all."""
+    return MergeSummary(
+        snapshot_rows=live_rows - proven,
         inserted=0,
         updated=0,
         restored=0,
         moved_in=0,
         marked_deleted=0,
         rejects=0,
-        live_rows=3000,
-        deletions_proven=900,
+        live_rows=live_rows,
+        deletions_proven=proven,
         deletions_held=True,
     )
 
-    result = checks.deletions_within_limit("2026-04-01", summary, 0.02)
+
+def test_held_deletions_fail_and_say_how_to_confirm() -> None:
+    result = checks.deletions_within_limit("2026-04-01", _held(3000, 900), 0.02)
 
     assert not result.passed
     assert "2026-04-01" in result.description and "30.00%" in result.description
@@ -97,20 +100,7 @@ def test_held_deletions_fail_and_say_how_to_confirm() -> None:
 def test_held_deletions_say_how_many_rows_the_limit_allows(
     live_rows: int, proven: int, max_share: float, shown: str
 ) -> None:
-    summary = MergeSummary(
-        snapshot_rows=live_rows - proven,
-        inserted=0,
-        updated=0,
-        restored=0,
-        moved_in=0,
-        marked_deleted=0,
-        rejects=0,
-        live_rows=live_rows,
-        deletions_proven=proven,
-        deletions_held=True,
-    )
-
-    result = checks.deletions_within_limit("2026-04-01", summary, max_share)
+    result = checks.deletions_within_limit("2026-04-01", _held(live_rows, proven), max_share)
 
     assert shown in result.description
 

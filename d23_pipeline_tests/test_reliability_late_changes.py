@@ -7,6 +7,7 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -540,6 +541,23 @@ class SwapsRowsInASlice(ExportHookSimulator):
         return path, None
 
 
+@contextmanager
+def _read_again_while_rows_move(
+    sim: "SwapsRowsInASlice | MovesRows", tmp_path: Path
+) -> Iterator[Pipeline]:
+    """The month of ``sim`` read once quietly, then again with its moves armed, slice by slice
+    in order (3-row pages, one request at a time)."""
+    (month,) = sim.config.months
+    with serve(sim) as url:
+        pipeline = Pipeline(
+            sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
+        )
+        pipeline.materialize(month)
+        sim.armed = True
+        pipeline.materialize(month)
+        yield pipeline
+
+
 def test_a_row_moved_behind_a_cursor_as_another_left_its_slice_is_not_deleted(
     tmp_path: Path,
 ) -> None:
@@ -555,15 +573,7 @@ def test_a_row_moved_behind_a_cursor_as_another_left_its_slice_is_not_deleted(
         for day in ("05", "20")
     }
     sim.leaver, sim.mover = on_day["05"][0], on_day["20"][0]
-    with serve(sim) as url:
-        pipeline = Pipeline(
-            sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
-        )
-        pipeline.materialize(month)
-        sim.armed = True
-
-        pipeline.materialize(month)
-
+    with _read_again_while_rows_move(sim, tmp_path) as pipeline:
         assert sim.swapped
         # The slice served its unchanged count, so its read was verified; the row that moved
         # in behind its cursor was gone from its instant, and used to be marked deleted.
@@ -629,15 +639,7 @@ def test_a_row_moved_twice_into_slices_read_already_is_not_deleted(tmp_path: Pat
         # the second read, looking for it, has walked day 2
         (f"{month}-04T00:00:00.000Z", 2, mover, _at_day(month, "02")),
     ]
-    with serve(sim) as url:
-        pipeline = Pipeline(
-            sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
-        )
-        pipeline.materialize(month)
-        sim.armed = True
-
-        pipeline.materialize(month)
-
+    with _read_again_while_rows_move(sim, tmp_path) as pipeline:
         assert sim.walks[f"{month}-04T00:00:00.000Z"] >= 2  # the second read ran
         # Every slice of both reads served its count; the month's count at the end did not.
         assert _deleted(pipeline, mover) == [(month, False)]
@@ -660,15 +662,7 @@ def test_a_row_moved_during_both_reads_as_another_was_served_twice_is_not_delete
         (f"{month}-06T00:00:00.000Z", 2, other, _at_day(month, "26")),
     ]
     sim.at_lookup = [(mover, _at_day(month, "25"))]  # while its old instant is looked up
-    with serve(sim) as url:
-        pipeline = Pipeline(
-            sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
-        )
-        pipeline.materialize(month)
-        sim.armed = True
-
-        pipeline.materialize(month)
-
+    with _read_again_while_rows_move(sim, tmp_path) as pipeline:
         assert sim.walks[f"{month}-06T00:00:00.000Z"] >= 2  # the second read ran
         assert not sim.at_lookup  # the row left its instant while it was looked up
         assert _deleted(pipeline, mover) == [(month, False)]

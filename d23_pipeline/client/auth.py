@@ -115,14 +115,14 @@ class TokenManager:
             if status != 200 and status not in _ABOUT_CREDENTIALS and not is_api_error(response):
                 raise ExportsApiError(
                     not_the_api(response, what),
-                    status=response.status_code,
+                    status=status,
                     request_id=request_id_of(response),
                     path=path,
                 )
-            if response.status_code != 200:
+            if status != 200:
                 raise AuthenticationError(
                     f"{what} refused",
-                    status=response.status_code,
+                    status=status,
                     request_id=request_id_of(response),
                     path=path,
                 )
