@@ -259,7 +259,8 @@ BERLIN_ROWS = [
 ]
 
 
-def test_weekday_hour_rates_follow_the_lender_clock_across_dst(tmp_path: Path) -> None:
+def _berlin_march(tmp_path: Path) -> dashboard.DashboardData:
+    """The dashboard's data for BERLIN_ROWS, March's KPIs built, read in Europe/Berlin."""
     warehouse = Warehouse(tmp_path / "warehouse.duckdb")
     classes = load_outcome_classes()
     with warehouse.connect() as con:
@@ -273,7 +274,11 @@ def test_weekday_hour_rates_follow_the_lender_clock_across_dst(tmp_path: Path) -
         march = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
         rebuild_outcome_mix_monthly(con, date(2026, 3, 1), *march, classes)
         rebuild_outcome_kpis_monthly(con, date(2026, 3, 1))
-        data = dashboard.gather(con, classes, "Europe/Berlin", datetime(2026, 12, 1, tzinfo=UTC))
+        return dashboard.gather(con, classes, "Europe/Berlin", datetime(2026, 12, 1, tzinfo=UTC))
+
+
+def test_weekday_hour_rates_follow_the_lender_clock_across_dst(tmp_path: Path) -> None:
+    data = _berlin_march(tmp_path)
 
     cells = {(r["weekday"], r["hour"]): (r["attempts"], r["contacts"], r["rpcs"])
              for r in data.weekday_hour}  # fmt: skip
@@ -288,6 +293,19 @@ def test_weekday_hour_rates_follow_the_lender_clock_across_dst(tmp_path: Path) -
     rpc = dashboard.weekday_hour_matrix(data.weekday_hour, "rpcs")
     assert rpc[6][3] == 50.0 and rpc[6][2] is None and rpc[5][13] == 100.0
     # Days are the lender's days too: the last row counts on Wednesday 1 April.
-    assert {(str(r["day"]), r["attempts"]) for r in data.channel_daily} == {
-        ("2026-03-28", 1), ("2026-03-29", 4), ("2026-04-01", 1)
+    days = {str(r["day"]): r["attempts"] for r in data.channel_daily}
+    assert {day: n for day, n in days.items() if n} == {
+        "2026-03-28": 1, "2026-03-29": 4, "2026-04-01": 1
     }  # fmt: skip
+
+
+def test_channel_lines_drop_to_zero_on_days_without_attempts(tmp_path: Path) -> None:
+    data = _berlin_march(tmp_path)
+
+    # March in UTC runs from 1 March 01:00 to 1 April 02:00 in Berlin: 32 local days, each on
+    # the line, so a day without attempts shows 0 rather than a line across it.
+    trace = dashboard.channel_daily_chart(data.channel_daily)["data"][0]
+    assert [str(day) for day in trace["x"]] == [f"2026-03-{d:02d}" for d in range(1, 32)] + [
+        "2026-04-01"
+    ]
+    assert trace["y"][29] == 0 and trace["y"][27] == 1  # 30 March none, 28 March one

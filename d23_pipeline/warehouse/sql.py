@@ -639,17 +639,39 @@ FROM ({_CLASSIFIED_LOGS})
 GROUP BY ALL
 ORDER BY weekday, hour
 """
+# Every local day of the window for every channel seen in it, 0 on a day without attempts: a
+# line drawn through only the days that have some would join their neighbours across the gap.
 CHANNEL_DAILY = f"""
+WITH counted AS (
+    SELECT
+        CAST(timezone($timezone, communicated_at) AS DATE) AS day,
+        communication_type,
+        interaction_source,
+        count(*)                           AS attempts,
+        count(*) FILTER (WHERE is_contact) AS contacts,
+        count(*) FILTER (WHERE is_rpc)     AS rpcs,
+        count(*) FILTER (WHERE is_promise) AS promises
+    FROM ({_CLASSIFIED_LOGS})
+    GROUP BY ALL
+), days AS (
+    SELECT CAST(unnest(generate_series(
+        CAST(timezone($timezone, CAST($since AS TIMESTAMPTZ)) AS DATE),
+        CAST(timezone($timezone, CAST($until AS TIMESTAMPTZ) - INTERVAL 1 MICROSECOND) AS DATE),
+        INTERVAL 1 DAY
+    )) AS DATE) AS day
+), channels AS (
+    SELECT DISTINCT communication_type, interaction_source FROM counted
+)
 SELECT
-    CAST(timezone($timezone, communicated_at) AS DATE) AS day,
+    day,
     communication_type,
     interaction_source,
-    count(*)                           AS attempts,
-    count(*) FILTER (WHERE is_contact) AS contacts,
-    count(*) FILTER (WHERE is_rpc)     AS rpcs,
-    count(*) FILTER (WHERE is_promise) AS promises
-FROM ({_CLASSIFIED_LOGS})
-GROUP BY ALL
+    coalesce(attempts, 0) AS attempts,
+    coalesce(contacts, 0) AS contacts,
+    coalesce(rpcs, 0)     AS rpcs,
+    coalesce(promises, 0) AS promises
+FROM days CROSS JOIN channels
+LEFT JOIN counted USING (day, communication_type, interaction_source)
 ORDER BY day, communication_type, interaction_source
 """
 
