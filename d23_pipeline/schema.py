@@ -302,12 +302,14 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
     rejects: list[RejectedRow] = []
     extra: set[str] = set()
     for raw in raw_rows:
-        if isinstance(raw, RepeatedKeys):
+        # Which value of a repeated contract field the API meant is unknown; a repeated field
+        # outside the contract is dropped like any extra field.
+        if isinstance(raw, RepeatedKeys) and raw.repeated & _ALLOWED:
             public_id = None if "public_id" in raw.repeated else raw.get("public_id")
             usable = isinstance(public_id, str) and public_id and is_text(public_id)
             rejects.append(
                 RejectedRow(
-                    f"the row names {', '.join(sorted(raw.repeated))} more than once",
+                    f"the row names {', '.join(sorted(raw.repeated & _ALLOWED))} more than once",
                     public_id if usable else None,
                     _allowlisted(raw),
                     len(rows),

@@ -44,6 +44,7 @@ from d23_pipeline.client import (
     WindowTooHeavyError,
     retry,
 )
+from d23_pipeline.client.pages import Page
 from d23_pipeline.schema import parse_timestamp
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import DROP, SimRequest, SimResponse, Simulator, serve
@@ -470,14 +471,8 @@ def test_a_cursor_that_is_not_utf8_is_a_clear_error() -> None:
         walk_ids(reader)
 
 
-def test_a_row_naming_a_key_twice_is_quarantined_not_read_as_its_last_value() -> None:
-    good, twice, two_ids = row(1, T0), row(2, T0), row(3, T0)
-    # JSON parsers keep a repeated key's last value; which one the API meant is unknown.
-    rows = [
-        json.dumps(good),
-        json.dumps(twice)[:-1] + ', "is_ptp_broken": true}',
-        json.dumps(two_ids)[:-1] + ', "public_id": "someone-else"}',
-    ]
+def _read_rows_as_served(rows: list[str]) -> list[Page]:
+    """The pages a walk reads from one last page holding ``rows``, JSON text as given."""
     body = '{"body": {"rows": [' + ", ".join(rows) + '], "pagination": {"nextCursor": null}}}'
     sim = simulator([])
     sim.script(
@@ -485,13 +480,52 @@ def test_a_row_naming_a_key_twice_is_quarantined_not_read_as_its_last_value() ->
         when=lambda r: r.kind == "data",
     )
     with client(sim) as reader:
-        pages = list(reader.iter_window(DAY))
+        return list(reader.iter_window(DAY))
+
+
+def test_a_row_naming_a_key_twice_is_quarantined_not_read_as_its_last_value() -> None:
+    good, twice, two_ids = row(1, T0), row(2, T0), row(3, T0)
+    # JSON parsers keep a repeated key's last value; which one the API meant is unknown.
+    pages = _read_rows_as_served(
+        [
+            json.dumps(good),
+            json.dumps(twice)[:-1] + ', "is_ptp_broken": true}',
+            json.dumps(two_ids)[:-1] + ', "public_id": "someone-else"}',
+        ]
+    )
 
     assert [r["public_id"] for p in pages for r in p.rows] == [good["public_id"]]
     assert [(r.public_id, r.reason) for p in pages for r in p.rejects] == [
         (twice["public_id"], "the row names is_ptp_broken more than once"),
         (None, "the row names public_id more than once"),
     ]
+
+
+def test_a_key_named_twice_after_another_bad_row_is_still_quarantined() -> None:
+    # Arrow's reader stops at the page's first problem, the wrong type, before it meets the
+    # repeated key: the row-by-row decoder must look for repeated keys on every page.
+    wrong_type, twice = row(1, T0) | {"outcome_option": 7}, row(2, T0)
+    pages = _read_rows_as_served(
+        [json.dumps(wrong_type), json.dumps(twice)[:-1] + ', "outcome_option": "REFUSED"}']
+    )
+
+    assert [r for p in pages for r in p.rows] == []
+    assert [(r.public_id, r.reason) for p in pages for r in p.rejects][1] == (
+        twice["public_id"],
+        "the row names outcome_option more than once",
+    )
+
+
+def test_a_key_outside_the_contract_named_twice_is_dropped_and_its_row_kept() -> None:
+    # Its value is never stored, so which one the API meant does not matter; a name that is no
+    # text (a cut emoji) must not reach a reason either, which the rejects' Parquet cannot hold.
+    kept = row(1, T0)
+    pages = _read_rows_as_served(
+        [json.dumps(kept)[:-1] + ', "notes": "a", "notes": "b", "n\\ud83d": 1, "n\\ud83d": 2}']
+    )
+
+    assert [r["public_id"] for p in pages for r in p.rows] == [kept["public_id"]]
+    assert [r for p in pages for r in p.rejects] == []
 
 
 def test_a_page_whose_compressed_body_is_corrupt_is_retried() -> None:

@@ -39,16 +39,16 @@ class Page:
 def read_page(response: httpx.Response, since: str, until: str) -> Page:
     """The page of a 200 answer for ``[since, until)``, every row validated."""
     # Most pages are clean and not the last: Arrow reads those straight from the bytes. Every
-    # other page takes the row-by-row path, which rejects with reasons.
-    hook = None
+    # other page takes the row-by-row path, which rejects with reasons. That path always looks
+    # for repeated keys: Arrow stops at a page's first problem, which may come before one.
     try:
         clean = read_canonical_page(response.content, since, until)
     except RepeatedKeysError:
-        clean, hook = None, note_repeated_keys
+        clean = None
     if clean is not None:
         batch, next_cursor = clean
         return Page(batch.num_rows, batch, [], set(), next_cursor)
-    raw_rows, cursor = _rows_and_cursor(response, hook)
+    raw_rows, cursor = _rows_and_cursor(response)
     result = validate_rows(raw_rows, since, until)
     rows = result.batch if result.batch is not None else rows_to_batch(result.rows)
     return Page(len(raw_rows), rows, result.rejects, result.extra_fields, cursor)
@@ -95,10 +95,8 @@ def _bad_body(response: httpx.Response, detail: str) -> Transient:
     )
 
 
-def _rows_and_cursor(
-    response: httpx.Response, hook: PairsHook | None = None
-) -> tuple[list[Any], str | None]:
-    body = _envelope_body(response, hook)
+def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
+    body = _envelope_body(response, note_repeated_keys)
     rows = body.get("rows")
     if not isinstance(rows, list):
         raise _bad_body(response, "no body.rows list")
