@@ -201,7 +201,7 @@ def test_an_unmapped_share_over_the_threshold_is_an_error() -> None:
 def test_every_check_of_a_monthly_asset_has_the_monthly_partitions() -> None:
     specs = [spec for asset in defs.assets for spec in asset.check_specs]
 
-    assert len(specs) == 11
+    assert len(specs) == 12
     assert all(spec.partitions_def == monthly_partitions for spec in specs)
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from d23_pipeline.client import ExportsClient, Window, WindowTotal
 from d23_pipeline.client.completeness import sum_totals
+from d23_pipeline.definitions import defs
 from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import month_window
@@ -109,12 +110,20 @@ def test_a_source_that_lost_30_percent_is_not_applied_until_confirmed(pipeline: 
     assert "2026-04-01" in check.description and "30.00%" in check.description
     assert '"confirm_deletions": true' in check.description
     assert _deleted_ids(pipeline) == set()
+    # The analyst's page lists the month's deletions held, once it is rebuilt.
+    assert pipeline.query("SELECT rows, held FROM d23.deletions_pending") == [(len(lost), True)]
+    dg.materialize(
+        list(defs.assets), selection="d23/outcome_dashboard", resources=pipeline.resources()
+    )
+    assert "held until d23/logs runs with confirm_deletions" in pipeline.dashboard_path.read_text()
 
     assert "selection 'd23/logs*'" in check.description
     confirmed = pipeline.materialize(MONTH, selection="d23/logs*", run_config=CONFIRM)
 
     assert confirmed.success
     assert _deleted_ids(pipeline) == lost
+    assert pipeline.query("SELECT count(*) FROM d23.deletions_pending") == [(0,)]
+    assert "every deletion is applied" in pipeline.dashboard_path.read_text()
     assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
     # The month's numbers follow the confirmed deletions.
     attempts = sum(r["is_active"] for r in pipeline.sim.valid_rows(*month_window(MONTH)))

@@ -207,6 +207,21 @@ def test_months_counted_with_an_earlier_mapping_are_listed_until_rebuilt(tmp_pat
     assert after.other_mapping == []
 
 
+def test_the_dashboard_assets_problem_count_is_the_pages(tmp_path: Path) -> None:
+    sim = Simulator(SimulatorConfig(months=("2026-04",), rows_per_month=50))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize("2026-04")
+    with Warehouse(pipeline.warehouse_path).connect() as con:  # as if counted with another mapping
+        con.execute("UPDATE d23.outcome_mix_monthly SET is_contact = NOT is_contact")
+
+    result = dg.materialize([outcome_dashboard], resources=pipeline.resources())
+
+    (materialization,) = result.asset_materializations_for_node("d23__outcome_dashboard")
+    assert materialization.metadata["open_data_quality_problems"].value == 1
+    assert "<p class='summary'>1 open problem(s).</p>" in pipeline.dashboard_path.read_text()
+
+
 # -- the figures as plotly.py would have built them --------------------------------------------
 # The dashboard writes Plotly's figure JSON itself (plotly's figure classes cost the run ~22 MB).
 # What plotly.py added to a figure, the grid of make_subplots, the template and the "Blues" scale,

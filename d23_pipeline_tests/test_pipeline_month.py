@@ -171,6 +171,7 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
     assert raw["pages"] == served.data_pages
     assert served.by_kind["count"] == 2 * 30  # each slice counted before and after its walk
     assert (raw["slices_verified"], raw["slice_rereads"], raw["deletion_candidates"]) == (30, 0, 0)
+    assert raw["deletions_unproven"] == logs["deletions_unproven"] == 0
     assert raw["empty_pages"] == served.empty_pages > 0
     assert raw["retries_by_cause"] == {}
     assert raw["api_total"] == expected + raw["rejected_rows"]
@@ -187,6 +188,7 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
         ("logs", "only_allowlisted_columns"): True,
         ("logs", "slices_verified"): True,
         ("logs", "deletions_within_limit"): True,
+        ("logs", "deletions_proven"): True,
         ("outcome_mix_monthly", "unmapped_outcome_codes"): True,
         ("outcome_mix_daily", "rates_within_0_and_1"): True,
         ("outcome_kpis_monthly", "rates_within_0_and_1"): True,

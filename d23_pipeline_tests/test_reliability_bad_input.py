@@ -1,7 +1,6 @@
 """Bad input: broken rows are quarantined with their reason, PII lands nowhere, and a broken API
 answer ends the run with one clear error and the warehouse as it was."""
 
-import logging
 import shutil
 import sqlite3
 import zlib
@@ -11,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import duckdb
 import httpx
 import orjson
@@ -260,15 +260,15 @@ def test_a_row_served_without_its_public_id_keeps_its_last_good_version(
 
     small_month.materialize(MONTH, raise_on_error=False)
 
-    assert small_month.query(
-        "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (victim,)
-    ) == [(None,)]
+    assert small_month.query("SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (victim,)) == [
+        (None,)
+    ]
     (rejects,) = small_month.query("SELECT count(*) FROM d23.rejected_rows WHERE public_id IS NULL")
     assert rejects == (1,)
 
 
 def test_a_row_moved_within_its_month_and_served_without_its_public_id_is_not_deleted(
-    small_month: Pipeline, caplog: pytest.LogCaptureFixture
+    small_month: Pipeline,
 ) -> None:
     # The row leaves its instant (so a lookup there proves it gone) for another day's slice,
     # which does not change while it is read, and comes back without a usable public_id: the
@@ -279,11 +279,57 @@ def test_a_row_moved_within_its_month_and_served_without_its_public_id_is_not_de
     small_month.sim.move_row(victim["public_id"], moved_to)
     small_month.sim.corrupt_row(victim["public_id"], "missing_public_id", public_id="")
 
-    with caplog.at_level(logging.WARNING, logger="d23_pipeline.landing"):
-        small_month.materialize(MONTH, raise_on_error=False)
+    small_month.materialize(MONTH, raise_on_error=False)
 
     assert small_month.query(
         "SELECT _deleted_at FROM d23.logs WHERE public_id = ?", (victim["public_id"],)
     ) == [(None,)]
-    assert "bad rows without a usable public_id" in caplog.text
-    assert "none is marked deleted by this read" in caplog.text
+
+
+def test_deletions_a_read_cannot_prove_are_reported_until_a_read_proves_them(
+    small_month: Pipeline,
+) -> None:
+    # One bad row without a public_id holds every deletion of its month (any of the rows gone
+    # may be it): the rows really deleted stay live and counted, and every place an analyst or
+    # operator looks says so, until a read without such a row proves them gone.
+    small_month.materialize(MONTH)
+    rows = small_month.sim.valid_rows()
+    deleted = {r["public_id"] for r in rows[20:24]}
+    for public_id in deleted:
+        small_month.sim.hard_delete_row(public_id)
+    broken = rows[10]["public_id"]
+    small_month.sim.corrupt_row(broken, "missing_public_id", public_id="")
+
+    held = small_month.materialize(MONTH, raise_on_error=False)
+
+    live = {
+        pid
+        for (pid,) in small_month.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NULL")
+    }
+    assert deleted <= live
+    (check,) = [e for e in held.get_asset_check_evaluations() if e.check_name == "deletions_proven"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description.startswith(f"{MONTH}-01: 4 rows look deleted at the source, but ")
+    assert "without a usable public_id" in check.description
+    assert (
+        held.asset_materializations_for_node("d23__logs")[0].metadata["deletions_unproven"].value
+        == 4
+    )
+    ((pending, reason),) = small_month.query("SELECT rows, reason FROM d23.deletions_pending")
+    assert pending == 4 and reason.startswith("not proven: the read served 1 bad rows")
+    page = small_month.dashboard_path.read_text()
+    assert "Deletions not applied" in page and reason in page
+
+    small_month.sim.hard_delete_row(broken)  # the bad row gone, the read proves again
+    proven = small_month.materialize(MONTH, raise_on_error=False)
+
+    live = {
+        pid
+        for (pid,) in small_month.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NULL")
+    }
+    assert not (deleted | {broken}) & live
+    assert [
+        e.passed for e in proven.get_asset_check_evaluations() if e.check_name == "deletions_proven"
+    ] == [True]
+    assert small_month.query("SELECT count(*) FROM d23.deletions_pending") == [(0,)]
+    assert "every deletion is applied" in small_month.dashboard_path.read_text()

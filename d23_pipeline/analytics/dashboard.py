@@ -85,6 +85,20 @@ class DashboardData:
     unverified_slices: list[dict[str, Any]]
     # Months whose stored mix classes codes otherwise than the current mapping, and those codes.
     other_mapping: list[dict[str, Any]]
+    # Months whose last read left rows that look deleted unmarked (not proven, or held).
+    deletions_pending: list[dict[str, Any]]
+
+    def problem_count(self) -> int:
+        """The open data-quality problems the page lists: unverified slices, each month's
+        reasons for rejects, unmapped codes, months counted with another mapping, and months
+        with deletions not applied."""
+        return (
+            len(self.unverified_slices)
+            + len(self.rejected)
+            + len(self.unmapped)
+            + len({m["month"] for m in self.other_mapping})
+            + len(self.deletions_pending)
+        )
 
     def tile_months(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The KPIs of the latest month that has ended, and of the month before it."""
@@ -188,6 +202,7 @@ def _gather(
         unmapped=unmapped,
         unverified_slices=unverified,
         other_mapping=other_mapping,
+        deletions_pending=fetch_dicts(con, sql.DELETIONS_PENDING_ALL),
     )
 
 
@@ -625,10 +640,13 @@ def _quality_section(data: DashboardData) -> str:
     for m in data.other_mapping:
         remapped.setdefault(f"{m['month']:%Y-%m}", []).append(m["outcome_option"])
     other_mapping = [(month, ", ".join(codes)) for month, codes in remapped.items()]
-    problems = len(slices) + len(rejected) + len(unmapped) + len(other_mapping)
+    pending = [
+        (p["partition"][:7], f"{p['rows']:,}", p["reason"], _local(p["read_at"], data.timezone))
+        for p in data.deletions_pending
+    ]
     return (
         "<section id='quality'><h2>Open data-quality problems</h2>"
-        f"<p class='summary'>{problems} open problem(s).</p>"
+        f"<p class='summary'>{data.problem_count()} open problem(s).</p>"
         "<h3>Unverified slices</h3><p>Slices whose rows served could not be proven complete "
         "against the API's exact counts before and after the read (times in UTC).</p>"
         + _table(
@@ -656,6 +674,10 @@ def _quality_section(data: DashboardData) -> str:
         "Re-materialize d23/outcome_mix_monthly and the assets downstream of it (selection "
         "'d23/outcome_mix_monthly*') for these months to count them alike.</p>"
         + _table(("month", "codes classed otherwise"), other_mapping, "every month is current")
+        + "<h3>Deletions not applied</h3><p>Rows the month's last read found gone from the "
+        "source but did not mark deleted: they are still counted in its KPIs until a read "
+        "proves them gone, or an operator confirms deletions held above the allowed share.</p>"
+        + _table(("month", "rows", "why", "read at"), pending, "every deletion is applied")
         + "</section>"
     )
 

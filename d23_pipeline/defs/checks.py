@@ -91,6 +91,16 @@ DELETIONS_WITHIN_LIMIT = dg.AssetCheckSpec(
         "an operator confirmed the deletions for this run."
     ),
 )
+DELETIONS_PROVEN = dg.AssetCheckSpec(
+    "deletions_proven",
+    asset=LOGS,
+    partitions_def=monthly_partitions,
+    description=(
+        "WARN when the read found rows gone from the source that it could not prove gone from "
+        "the month: none is marked deleted, and they stay live, counted in the KPIs, until a "
+        "read proves them gone."
+    ),
+)
 UNMAPPED_OUTCOMES = dg.AssetCheckSpec(
     "unmapped_outcome_codes",
     asset=OUTCOME_MIX_MONTHLY,
@@ -212,6 +222,25 @@ def describe_held_deletions(partition: str, summary: MergeSummary, max_share: fl
         "for this month with run config "
         '{"ops": {"d23__logs": {"config": {"confirm_deletions": true}}}} '
         "(the UI's launchpad, or --config-json with dagster asset materialize)."
+    )
+
+
+def deletions_proven(snapshot: Snapshot) -> dg.AssetCheckResult:
+    """Whether every row the read found gone from its instant was proven gone or found again."""
+    unproven = snapshot.unproven
+    rows = 0 if unproven is None else unproven.rows
+    return _result(
+        DELETIONS_PROVEN,
+        passed=not rows,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"{snapshot.partition}: {rows} rows look deleted at the source, but {unproven.reason}: "
+            "none was marked deleted; they stay live, and counted in the KPIs, until a read "
+            "proves them gone"
+            if unproven is not None and rows
+            else None
+        ),
+        metadata={"unproven_deletions": rows},
     )
 
 

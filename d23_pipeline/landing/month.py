@@ -14,6 +14,7 @@ from d23_pipeline.landing.snapshot import (
     Snapshot,
     SnapshotStore,
     StaleReject,
+    UnprovenDeletions,
     UnreadableSnapshot,
     rejects_path,
     rows_path,
@@ -38,6 +39,10 @@ class MonthRead:
     slices_resumed: int
     deletion_candidates: int
     proven_absent: int
+
+
+class _Unprovable(Exception):
+    """Why the rows a read found gone from their instants cannot be proven gone by it."""
 
 
 def read_month(
@@ -93,25 +98,32 @@ def read_month(
             if candidates:
                 anonymous = anonymous_rejects(con, reject_files)
         absent = client.confirm_absent(candidates)
-        if absent and anonymous:
+        stale_rejects: list[StaleReject] = []
+        unproven: UnprovenDeletions | None = None
+        try:
+            if absent and anonymous:
+                raise _Unprovable(
+                    f"the read served {anonymous} bad rows without a usable public_id, and any "
+                    "of them may be one of those rows, moved and broken (see d23.rejected_rows)"
+                )
+            if absent:
+                absent = _not_moved(client, month, absent, partition)
+            if absent:
+                absent, stale_rejects = _not_rejected_elsewhere(
+                    client, warehouse, store, absent, partition
+                )
+        except _Unprovable as exc:
+            unproven = UnprovenDeletions(len(absent), str(exc))
             log.warning(
-                "%s: %d rows look deleted, but the read served %d bad rows without a usable "
-                "public_id, and any of them may be one of those rows, moved and broken: none is "
-                "marked deleted by this read (see d23.rejected_rows)",
+                "%s: %d rows look deleted, but %s: none is marked deleted by this read; they "
+                "stay live, and counted, until a read proves them gone",
                 partition,
-                len(absent),
-                anonymous,
+                unproven.rows,
+                unproven.reason,
             )
             absent = set()
-        stale_rejects: list[StaleReject] = []
-        if absent:
-            absent = _not_moved(client, month, absent, partition)
-        if absent:
-            absent, stale_rejects = _not_rejected_elsewhere(
-                client, warehouse, store, absent, partition
-            )
         snapshot = writer.complete(
-            client.stats.as_dict(), absent=absent, stale_rejects=stale_rejects
+            client.stats.as_dict(), absent=absent, stale_rejects=stale_rejects, unproven=unproven
         )
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
 
@@ -130,14 +142,10 @@ def _not_moved(client: ExportsClient, month: Window, absent: set[str], partition
     """
     found = client.find_served(month, absent)
     if found is None:
-        log.warning(
-            "%s: %d rows look deleted, but the second read of the month, which looks for rows "
-            "that moved within it while it was read, was not proven complete: none is marked "
-            "deleted by this read",
-            partition,
-            len(absent),
+        raise _Unprovable(
+            "the second read of the month, which looks for rows that moved within it while it "
+            "was read, was not proven complete"
         )
-        return set()
     if found:
         log.warning(
             "%s: %d of %d rows gone from their instants were found in the month again (moved "
@@ -167,14 +175,9 @@ def _not_rejected_elsewhere(
     try:
         elsewhere |= set(store.landed_rejects(absent, excluding=partition))
     except UnreadableSnapshot as exc:
-        log.warning(
-            "%s: %d rows look deleted, but another month's landed snapshot cannot be read (%s) "
-            "and may hold them as bad rows: none is marked deleted by this read",
-            partition,
-            len(absent),
-            exc,
-        )
-        return set(), []
+        raise _Unprovable(
+            f"another month's landed snapshot cannot be read ({exc}) and may hold them as bad rows"
+        ) from None
     by_month: dict[str, set[str]] = defaultdict(set)
     for reject in elsewhere:
         by_month[reject.partition].add(reject.public_id)

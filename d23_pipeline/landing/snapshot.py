@@ -93,6 +93,15 @@ class StaleReject:
         )
 
 
+@dataclass(frozen=True)
+class UnprovenDeletions:
+    """Rows a read found gone from their instants but could not prove gone from the month, and
+    why: they stay live until a read proves it."""
+
+    rows: int
+    reason: str
+
+
 class SnapshotBusyError(RuntimeError):
     """Another run holds the month's snapshot folder."""
 
@@ -154,6 +163,7 @@ class Snapshot:
     read_stats: dict[str, Any]
     # Other months' rejects of rows this read proved gone that it found gone there too.
     stale_rejects: list[StaleReject] = field(default_factory=list)
+    unproven: UnprovenDeletions | None = None
 
     @property
     def row_files(self) -> list[Path]:
@@ -361,10 +371,11 @@ class SnapshotWriter:
         read_stats: dict[str, Any],
         absent: Iterable[str] = (),
         stale_rejects: Sequence[StaleReject] = (),
+        unproven: UnprovenDeletions | None = None,
     ) -> Snapshot:
         """Mark the snapshot complete, with the public_ids its read proved ``absent`` from the
-        source and the other months' rejects of them it found stale, and make it the month's
-        current one."""
+        source, the other months' rejects of them it found stale and the deletions it could not
+        prove, and make it the month's current one."""
         missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
         if missing:
             raise RuntimeError(
@@ -379,6 +390,7 @@ class SnapshotWriter:
         self._manifest["completed_at"] = datetime.now(UTC).isoformat()
         self._manifest["read_stats"] = read_stats
         self._manifest["stale_rejects"] = [r.to_manifest() for r in stale_rejects]
+        self._manifest["unproven_deletions"] = None if unproven is None else vars(unproven)
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
         pointer = self.directory.parent / "CURRENT"
         _write_json_atomically(pointer, {"snapshot": self.directory.name})
@@ -410,6 +422,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
     manifest = json.loads((directory / "manifest.json").read_text())
     entries = manifest["slices"]
     slices = [SliceRecord.from_manifest(key, entries[key]) for key in sorted(entries)]
+    unproven = manifest.get("unproven_deletions")
     return Snapshot(
         partition=partition,
         directory=directory,
@@ -419,6 +432,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         completed_at=datetime.fromisoformat(manifest["completed_at"]),
         read_stats=manifest.get("read_stats", {}),
         stale_rejects=[StaleReject.from_manifest(e) for e in manifest.get("stale_rejects", [])],
+        unproven=None if unproven is None else UnprovenDeletions(**unproven),
     )
 
 

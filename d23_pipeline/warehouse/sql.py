@@ -68,6 +68,17 @@ CREATE TABLE IF NOT EXISTS d23.slice_verification (
     read_at      TIMESTAMPTZ NOT NULL
 );
 
+-- Rows of each month that look deleted at the source but are not marked deleted, as the month's
+-- last merged read left them: not proven gone by that read (and why), or proven gone but held
+-- back above the allowed share until an operator confirms. Replaced per month by every merge.
+CREATE TABLE IF NOT EXISTS d23.deletions_pending (
+    _partition VARCHAR     NOT NULL,
+    rows       BIGINT      NOT NULL,
+    held       BOOLEAN     NOT NULL,
+    reason     VARCHAR     NOT NULL,
+    read_at    TIMESTAMPTZ NOT NULL
+);
+
 -- The one row every month's merge updates (RECORD_MERGE), so that on DuckLake any two merges
 -- open at once conflict: DuckLake lets two transactions that only insert into a table both
 -- commit, and two months' first merges insert every row, so a row that moved from one month to
@@ -389,6 +400,11 @@ INSERT_SLICE_VERIFICATION = """
 INSERT INTO d23.slice_verification
 SELECT $partition, unnest($since), unnest($until), unnest($served), unnest($total_before),
        unnest($total_after), unnest($verified), unnest($reads), $read_at
+"""
+
+DELETE_DELETIONS_PENDING = "DELETE FROM d23.deletions_pending WHERE _partition = $partition"
+INSERT_DELETIONS_PENDING = """
+INSERT INTO d23.deletions_pending VALUES ($partition, $rows, $held, $reason, $read_at)
 """
 
 DELETE_REJECTS = "DELETE FROM d23.rejected_rows WHERE _partition = $partition"
@@ -719,6 +735,11 @@ FROM d23.outcome_mix_monthly
 WHERE NOT is_mapped
 GROUP BY ALL
 ORDER BY month, attempts DESC, outcome_option
+"""
+DELETIONS_PENDING_ALL = """
+SELECT _partition AS partition, rows, held, reason, read_at
+FROM d23.deletions_pending
+ORDER BY _partition
 """
 UNVERIFIED_SLICES = """
 SELECT _partition AS partition, slice_since, slice_until, served, total_before, total_after,

@@ -293,6 +293,10 @@ def merge_snapshot(
             execute(con, sql.DELETE_REJECTS, params)
             rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
             execute(con, sql.DELETE_SLICE_VERIFICATION, params)
+            execute(con, sql.DELETE_DELETIONS_PENDING, params)
+            pending = _pending_deletions(snapshot, proven if held else 0)
+            if pending is not None:
+                execute(con, sql.INSERT_DELETIONS_PENDING, {**params, **pending})
             execute(
                 con,
                 sql.INSERT_SLICE_VERIFICATION,
@@ -328,6 +332,21 @@ def merge_snapshot(
     )
 
 
+def _pending_deletions(snapshot: Snapshot, held: int) -> dict[str, object] | None:
+    """The month's rows that look deleted but are not marked so after this merge: the ``held``
+    proven deletions, or those its read could not prove (a read either proves or holds)."""
+    if held:
+        reason = (
+            "proven gone, but more than the allowed share of the month's live rows "
+            "(D23_MAX_DELETION_SHARE): held until d23/logs runs with confirm_deletions"
+        )
+        return {"rows": held, "held": True, "reason": reason}
+    unproven = snapshot.unproven
+    if unproven is None or not unproven.rows:
+        return None
+    return {"rows": unproven.rows, "held": False, "reason": f"not proven: {unproven.reason}"}
+
+
 def merge_within_memory_limit(
     warehouse: WarehouseBackend,
     snapshot: Snapshot,
@@ -341,6 +360,7 @@ def merge_within_memory_limit(
     transaction has rolled back and the month is merged again without the limit, as before the
     limit existed, rather than failing the run.
     """
+
     def merge(con: duckdb.DuckDBPyConnection) -> MergeSummary:
         return merge_snapshot(
             con,

@@ -47,9 +47,7 @@ def outcome_dashboard(
         "path": dg.MetadataValue.path(str(path)),
         "open": dg.MetadataValue.url(path.as_uri()),
         "months": [f"{k['month']:%Y-%m}" for k in data.kpis],
-        "open_data_quality_problems": (
-            len(data.unverified_slices) + len(data.rejected) + len(data.unmapped)
-        ),
+        "open_data_quality_problems": data.problem_count(),
     }
     if latest is not None:
         metadata["tiles_month"] = f"{latest['month']:%Y-%m}"

@@ -28,6 +28,7 @@ class LogsMergeConfig(dg.Config):
         checks.ONLY_ALLOWLISTED_COLUMNS,
         checks.SLICES_VERIFIED,
         checks.DELETIONS_WITHIN_LIMIT,
+        checks.DELETIONS_PROVEN,
     ],
     description=(
         "Table d23.logs: every D23 row once per public_id, latest updated_at winning. Each month's "
@@ -73,6 +74,7 @@ def logs(
             checks.only_allowlisted_columns(con),
             checks.slices_verified(snapshot),
             checks.deletions_within_limit(partition, summary, warehouse.max_deletion_share),
+            checks.deletions_proven(snapshot),
         ]
     if snapshot.unverified:
         context.log.error(checks.describe_unverified(snapshot))
@@ -94,6 +96,7 @@ def logs(
             "marked_deleted": summary.marked_deleted,
             "deletions_proven": summary.deletions_proven,
             "deletions_held": summary.deletions_held,
+            "deletions_unproven": 0 if snapshot.unproven is None else snapshot.unproven.rows,
             "rejected_rows": summary.rejects,
             "preview": dg.MetadataValue.md(markdown_table(preview)),
         },
