@@ -324,3 +324,6 @@ def test_channel_lines_drop_to_zero_on_days_without_attempts(tmp_path: Path) -> 
         "2026-04-01"
     ]
     assert trace["y"][29] == 0 and trace["y"][27] == 1  # 30 March none, 28 March one
+    # The page says why its first and last day of a month hold fewer hours.
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+    assert "months are UTC months" in (tmp_path / "page.html").read_text()

@@ -516,7 +516,12 @@ def _page(data: DashboardData) -> tuple[str, str]:
     header = (
         "<header><h1>D23 outcome dashboard</h1>"
         f"<p>Months {html.escape(span)}. Generated {_local(data.generated_at, data.timezone)}; "
-        f"times of day and days are in {html.escape(data.timezone)} (D23_REPORT_TIMEZONE).</p>"
+        f"times of day and days are in {html.escape(data.timezone)} (D23_REPORT_TIMEZONE)"
+        + (
+            "; months are UTC months, as the warehouse partitions them, so a month's first and "
+            "last local day can be partial"
+        ) * (data.timezone != "UTC")
+        + ".</p>"
         "</header>"
     )
     if not data.kpis:

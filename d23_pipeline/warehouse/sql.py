@@ -415,7 +415,11 @@ FROM snapshot_rejects
 """
 
 
-LOGS_ROW_COUNT = "SELECT count(*) FROM d23.logs"
+# Live rows, as every other count shows them, and those kept marked deleted.
+LOGS_ROW_COUNT = """
+SELECT count(*) FILTER (WHERE _deleted_at IS NULL), count(*) FILTER (WHERE _deleted_at IS NOT NULL)
+FROM d23.logs
+"""
 LOGS_PARTITION_ROW_COUNT = (
     "SELECT count(*) FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL"
 )

@@ -65,7 +65,7 @@ def logs(
         on_retry=context.log.warning,
     )
     with warehouse.get_connection() as con:
-        total_rows = fetch_row(con, sql.LOGS_ROW_COUNT)[0]
+        live_rows, deleted_rows = fetch_row(con, sql.LOGS_ROW_COUNT)
         month_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, {"partition": partition})[0]
         preview = fetch_dicts(con, sql.LOGS_PREVIEW, {"partition": partition, "limit": 10})
         schema = schema_from_table(con, "logs")
@@ -84,7 +84,8 @@ def logs(
         )
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": total_rows,
+            "dagster/row_count": live_rows,
+            "table_rows_marked_deleted": deleted_rows,
             "dagster/partition_row_count": month_rows,
             "dagster/column_schema": schema,
             "dagster/table_name": "d23.logs",
