@@ -471,6 +471,16 @@ def test_a_cursor_that_is_not_utf8_is_a_clear_error() -> None:
         walk_ids(reader)
 
 
+def test_a_page_naming_its_cursor_twice_is_a_clear_error_not_the_end_of_the_data() -> None:
+    # json keeps the last value: null, which would end the walk with rows still to come.
+    sim = paged(range(10))
+    page = '{"body": {"rows": [], "pagination": {"nextCursor": "abc", "nextCursor": null}}}'
+    sim.script(SimResponse(200, {"Content-Type": "application/json"}, page.encode()), times=99)
+    named = "body.pagination names 'nextCursor' more than once"
+    with client(sim) as reader, pytest.raises(ProtocolError, match=named):
+        walk_ids(reader)
+
+
 def _read_rows_as_served(rows: list[str]) -> list[Page]:
     """The pages a walk reads from one last page holding ``rows``, JSON text as given."""
     body = '{"body": {"rows": [' + ", ".join(rows) + '], "pagination": {"nextCursor": null}}}'

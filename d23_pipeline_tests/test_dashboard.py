@@ -207,6 +207,22 @@ def test_months_counted_with_an_earlier_mapping_are_listed_until_rebuilt(tmp_pat
     assert after.other_mapping == []
 
 
+def test_the_channel_panel_draws_the_days_of_loaded_months_up_to_now_only() -> None:
+    # January and March loaded, February not (a backfill failed), today 12 March: neither
+    # February nor the rest of March is a day with 0 attempts.
+    days = dashboard.local_days(
+        [date(2026, 1, 1), date(2026, 3, 1)], "UTC", datetime(2026, 3, 12, 9, tzinfo=UTC)
+    )
+
+    assert days[0] == date(2026, 1, 1) and days[30] == date(2026, 1, 31)
+    assert days[31:] == [date(2026, 3, d) for d in range(1, 13)]
+    # In New York, UTC March runs from 28 February 19:00 to 31 March 20:00 local.
+    new_york = dashboard.local_days(
+        [date(2026, 3, 1)], "America/New_York", datetime(2027, 1, 1, tzinfo=UTC)
+    )
+    assert (new_york[0], new_york[-1], len(new_york)) == (date(2026, 2, 28), date(2026, 3, 31), 32)
+
+
 def test_the_dashboard_assets_problem_count_is_the_pages(tmp_path: Path) -> None:
     sim = Simulator(SimulatorConfig(months=("2026-04",), rows_per_month=50))
     with serve(sim) as url:

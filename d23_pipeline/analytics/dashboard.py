@@ -136,6 +136,24 @@ def month_status(month: date, last_read: datetime | None, now: datetime) -> str:
     return "settled"
 
 
+def local_days(months: Sequence[date], timezone: str, now: datetime) -> list[date]:
+    """The days in ``timezone`` that the UTC ``months`` cover, up to ``now``: the days the
+    channel panel draws, 0 where nothing was logged (a month not loaded, or days still to come,
+    are not drawn at all)."""
+    zone = ZoneInfo(timezone)
+    days: set[date] = set()
+    for month in months:
+        start, end = month_start(month), min(month_end(month), now)
+        if start >= end:
+            continue
+        day = start.astimezone(zone).date()
+        last = (end - timedelta(microseconds=1)).astimezone(zone).date()
+        while day <= last:
+            days.add(day)
+            day += timedelta(days=1)
+    return sorted(days)
+
+
 def gather(
     con: duckdb.DuckDBPyConnection,
     classes: Mapping[str, OutcomeClass],
@@ -168,7 +186,8 @@ def _gather(
             "timezone": timezone,
         }
         weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR, window)
-        channel_daily = fetch_dicts(con, sql.CHANNEL_DAILY, window)
+        days = local_days([k["month"] for k in kpis], timezone, now)
+        channel_daily = fetch_dicts(con, sql.CHANNEL_DAILY, {**window, "days": days})
     reads = {r["partition"]: r for r in fetch_dicts(con, sql.MONTHS_LAST_READ)}
     rejected = fetch_dicts(con, sql.REJECTED_ROWS_BY_MONTH)
     unmapped = fetch_dicts(con, sql.UNMAPPED_CODES_ALL)
@@ -509,6 +528,12 @@ def _chart(name: str, fig: Figure) -> str:
 # --- the page ---------------------------------------------------------------------------------
 
 
+def _offset_ever(timezone: str) -> bool:
+    """Whether ``timezone``'s days ever differ from UTC's (Etc/UTC and GMT never do)."""
+    zone = ZoneInfo(timezone)
+    return any(datetime(2026, m, 1, tzinfo=zone).utcoffset() for m in (1, 7))
+
+
 def _page(data: DashboardData) -> tuple[str, str]:
     """The page around Plotly's JavaScript: the HTML before the bundle's text and after it."""
     first, last = (data.kpis[0]["month"], data.kpis[-1]["month"]) if data.kpis else (None, None)
@@ -520,7 +545,8 @@ def _page(data: DashboardData) -> tuple[str, str]:
         + (
             "; months are UTC months, as the warehouse partitions them, so a month's first and "
             "last local day can be partial"
-        ) * (data.timezone != "UTC")
+        )
+        * _offset_ever(data.timezone)
         + ".</p>"
         "</header>"
     )

@@ -14,6 +14,7 @@ from d23_pipeline.client.completeness import MAX_COUNT, WindowTotal
 from d23_pipeline.client.retry import Transient, decode_json, request_id_of
 from d23_pipeline.schema import (
     RejectedRow,
+    RepeatedKeys,
     RepeatedKeysError,
     is_text,
     note_repeated_keys,
@@ -104,6 +105,10 @@ def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
     if not isinstance(pagination, dict) or "nextCursor" not in pagination:
         # A missing cursor must not be read as "no more pages": that would truncate silently.
         raise _bad_body(response, "no body.pagination.nextCursor")
+    for name, part in (("body", body), ("body.pagination", pagination)):
+        if isinstance(part, RepeatedKeys):  # which rows, or which cursor, is unknown
+            names = ", ".join(ascii(k) for k in sorted(part.repeated))
+            raise _bad_body(response, f"{name} names {names} more than once")
     cursor = pagination["nextCursor"]
     if cursor is not None and not (isinstance(cursor, str) and cursor):
         raise _bad_body(response, "nextCursor is neither a cursor string nor null")

@@ -227,20 +227,21 @@ def describe_held_deletions(partition: str, summary: MergeSummary, max_share: fl
 
 def deletions_proven(snapshot: Snapshot) -> dg.AssetCheckResult:
     """Whether every row the read found gone from its instant was proven gone or found again."""
-    unproven = snapshot.unproven
-    rows = 0 if unproven is None else unproven.rows
+    parts = [
+        f"{u.rows} rows look deleted at the source (e.g. {', '.join(u.examples)}), but {u.reason}"
+        for u in snapshot.unproven
+    ]
     return _result(
         DELETIONS_PROVEN,
-        passed=not rows,
+        passed=not parts,
         severity=dg.AssetCheckSeverity.WARN,
         description=(
-            f"{snapshot.partition}: {rows} rows look deleted at the source, but {unproven.reason}: "
-            "none was marked deleted; they stay live, and counted in the KPIs, until a read "
-            "proves them gone"
-            if unproven is not None and rows
+            f"{snapshot.partition}: {'; '.join(parts)}. None of them was marked deleted; they "
+            "stay live, and counted in the KPIs, until a read proves them gone"
+            if parts
             else None
         ),
-        metadata={"unproven_deletions": rows},
+        metadata={"unproven_deletions": snapshot.unproven_rows},
     )
 
 

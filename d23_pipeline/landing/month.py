@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,7 +14,6 @@ from d23_pipeline.landing.snapshot import (
     Snapshot,
     SnapshotStore,
     StaleReject,
-    UnprovenDeletions,
     UnreadableSnapshot,
     rejects_path,
     rows_path,
@@ -99,7 +98,7 @@ def read_month(
                 anonymous = anonymous_rejects(con, reject_files)
         absent = client.confirm_absent(candidates)
         stale_rejects: list[StaleReject] = []
-        unproven: UnprovenDeletions | None = None
+        unproven: dict[str, str] = {}
         try:
             if absent and anonymous:
                 raise _Unprovable(
@@ -109,19 +108,19 @@ def read_month(
             if absent:
                 absent = _not_moved(client, month, absent, partition)
             if absent:
-                absent, stale_rejects = _not_rejected_elsewhere(
+                absent, stale_rejects, unproven = _not_rejected_elsewhere(
                     client, warehouse, store, absent, partition
                 )
         except _Unprovable as exc:
-            unproven = UnprovenDeletions(len(absent), str(exc))
+            unproven, absent = dict.fromkeys(absent, str(exc)), set()
+        for reason, rows in Counter(unproven.values()).items():
             log.warning(
-                "%s: %d rows look deleted, but %s: none is marked deleted by this read; they "
+                "%s: %d rows look deleted, but %s: this read marks none of them deleted; they "
                 "stay live, and counted, until a read proves them gone",
                 partition,
-                unproven.rows,
-                unproven.reason,
+                rows,
+                reason,
             )
-            absent = set()
         snapshot = writer.complete(
             client.stats.as_dict(), absent=absent, stale_rejects=stale_rejects, unproven=unproven
         )
@@ -163,13 +162,14 @@ def _not_rejected_elsewhere(
     store: SnapshotStore,
     absent: set[str],
     partition: str,
-) -> tuple[set[str], list[StaleReject]]:
+) -> tuple[set[str], list[StaleReject], dict[str, str]]:
     """Of the rows proven gone, those no other month still serves as a reject (moved there
-    and broken on the way), and the other months' rejects of them found gone (stale: that
-    month was last read before the row went). The rejects are those stored and those of other
-    months' snapshots landed but not merged yet (a read whose merge waits saw them too). Each
-    such reject's whole month is read again: its last read may be older than the row's
-    deletion, and a broken row may have moved within that month since."""
+    and broken on the way), the other months' rejects of them found gone (stale: that month
+    was last read before the row went), and those whose other month could not be read again
+    completely (unproven, with why). The rejects are those stored and those of other months'
+    snapshots landed but not merged yet (a read whose merge waits saw them too). Each such
+    reject's whole month is read again: its last read may be older than the row's deletion, and
+    a broken row may have moved within that month since."""
     with warehouse.connect(read_only=True) as con:
         elsewhere = set(rejects_elsewhere(con, partition, absent))
     try:
@@ -182,9 +182,17 @@ def _not_rejected_elsewhere(
     for reject in elsewhere:
         by_month[reject.partition].add(reject.public_id)
     spared: set[str] = set()
+    unproven: dict[str, str] = {}
     for other, ids in sorted(by_month.items()):
         found = client.find_served(Window(*month_window(other)), ids)
-        spared |= ids if found is None else found
+        if found is None:
+            why = (
+                f"{other[:7]} held them as bad rows, and its read again to see whether it still "
+                "serves them was not proven complete"
+            )
+            unproven.update(dict.fromkeys(ids, why))
+        else:
+            spared |= found
     if spared:
         log.warning(
             "%s: %d rows gone from this month are still served by another month as bad rows "
@@ -192,8 +200,10 @@ def _not_rejected_elsewhere(
             partition,
             len(spared),
         )
-    stale = [r for r in elsewhere if r.public_id not in spared]
-    return absent - spared, sorted(stale, key=lambda r: (r.public_id, r.partition, r.rejected_at))
+    kept = spared | set(unproven)
+    stale = [r for r in elsewhere if r.public_id not in kept]
+    stale.sort(key=lambda r: (r.public_id, r.partition, r.rejected_at))
+    return absent - kept, stale, unproven
 
 
 def _reporting(

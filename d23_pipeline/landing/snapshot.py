@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +60,7 @@ _ROW_GROUP_ROWS = 16_384
 
 
 ABSENT_SCHEMA = pa.schema([("public_id", pa.string())])
+UNPROVEN_SCHEMA = pa.schema([("public_id", pa.string()), ("reason", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,12 @@ class StaleReject:
 
 @dataclass(frozen=True)
 class UnprovenDeletions:
-    """Rows a read found gone from their instants but could not prove gone from the month, and
-    why: they stay live until a read proves it."""
+    """How many rows a read found gone from their instants but could not prove gone from the
+    month for one ``reason``, and a few of their ids: they stay live until a read proves it."""
 
     rows: int
     reason: str
+    examples: list[str]
 
 
 class SnapshotBusyError(RuntimeError):
@@ -163,7 +165,8 @@ class Snapshot:
     read_stats: dict[str, Any]
     # Other months' rejects of rows this read proved gone that it found gone there too.
     stale_rejects: list[StaleReject] = field(default_factory=list)
-    unproven: UnprovenDeletions | None = None
+    # The deletions this read could not prove, one entry per reason (ids in unproven_file).
+    unproven: list[UnprovenDeletions] = field(default_factory=list)
 
     @property
     def row_files(self) -> list[Path]:
@@ -177,6 +180,15 @@ class Snapshot:
     def absent_file(self) -> Path:
         """Rows this read proved gone from the source; the only rows a merge may mark deleted."""
         return self.directory / "absent.parquet"
+
+    @property
+    def unproven_file(self) -> Path:
+        """Rows this read found gone but could not prove gone, with why: never marked deleted."""
+        return self.directory / "unproven.parquet"
+
+    @property
+    def unproven_rows(self) -> int:
+        return sum(u.rows for u in self.unproven)
 
     @property
     def unverified(self) -> list[SliceRecord]:
@@ -371,11 +383,11 @@ class SnapshotWriter:
         read_stats: dict[str, Any],
         absent: Iterable[str] = (),
         stale_rejects: Sequence[StaleReject] = (),
-        unproven: UnprovenDeletions | None = None,
+        unproven: Mapping[str, str] | None = None,
     ) -> Snapshot:
         """Mark the snapshot complete, with the public_ids its read proved ``absent`` from the
-        source, the other months' rejects of them it found stale and the deletions it could not
-        prove, and make it the month's current one."""
+        source, the other months' rejects of them it found stale and the rows it found gone but
+        could not prove (``unproven``: public_id -> why), and make it the month's current one."""
         missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
         if missing:
             raise RuntimeError(
@@ -390,7 +402,19 @@ class SnapshotWriter:
         self._manifest["completed_at"] = datetime.now(UTC).isoformat()
         self._manifest["read_stats"] = read_stats
         self._manifest["stale_rejects"] = [r.to_manifest() for r in stale_rejects]
-        self._manifest["unproven_deletions"] = None if unproven is None else vars(unproven)
+        unproven = unproven or {}
+        ids = sorted(unproven)
+        pq.write_table(
+            pa.table({"public_id": ids, "reason": [unproven[i] for i in ids]}, UNPROVEN_SCHEMA),
+            self.directory / "unproven.parquet",
+        )
+        by_reason: dict[str, list[str]] = {}
+        for public_id in ids:
+            by_reason.setdefault(unproven[public_id], []).append(public_id)
+        self._manifest["unproven_deletions"] = [
+            {"rows": len(group), "reason": reason, "examples": group[:5]}
+            for reason, group in sorted(by_reason.items())
+        ]
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
         pointer = self.directory.parent / "CURRENT"
         _write_json_atomically(pointer, {"snapshot": self.directory.name})
@@ -422,7 +446,6 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
     manifest = json.loads((directory / "manifest.json").read_text())
     entries = manifest["slices"]
     slices = [SliceRecord.from_manifest(key, entries[key]) for key in sorted(entries)]
-    unproven = manifest.get("unproven_deletions")
     return Snapshot(
         partition=partition,
         directory=directory,
@@ -432,7 +455,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         completed_at=datetime.fromisoformat(manifest["completed_at"]),
         read_stats=manifest.get("read_stats", {}),
         stale_rejects=[StaleReject.from_manifest(e) for e in manifest.get("stale_rejects", [])],
-        unproven=None if unproven is None else UnprovenDeletions(**unproven),
+        unproven=[UnprovenDeletions(**u) for u in manifest.get("unproven_deletions") or []],
     )
 
 

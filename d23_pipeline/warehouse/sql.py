@@ -68,12 +68,14 @@ CREATE TABLE IF NOT EXISTS d23.slice_verification (
     read_at      TIMESTAMPTZ NOT NULL
 );
 
--- Rows of each month that look deleted at the source but are not marked deleted, as the month's
--- last merged read left them: not proven gone by that read (and why), or proven gone but held
--- back above the allowed share until an operator confirms. Replaced per month by every merge.
+-- Rows of each month that look deleted at the source but were not marked deleted by the month's
+-- last merged read: not proven gone by that read (and why), or proven gone but held back above
+-- the allowed share until an operator confirms. Replaced per month by every merge; only those
+-- still live in their month count (DELETIONS_PENDING_ALL): an older read merged later, or a
+-- row's move, may have settled some since.
 CREATE TABLE IF NOT EXISTS d23.deletions_pending (
     _partition VARCHAR     NOT NULL,
-    rows       BIGINT      NOT NULL,
+    public_id  VARCHAR     NOT NULL,
     held       BOOLEAN     NOT NULL,
     reason     VARCHAR     NOT NULL,
     read_at    TIMESTAMPTZ NOT NULL
@@ -403,8 +405,13 @@ SELECT $partition, unnest($since), unnest($until), unnest($served), unnest($tota
 """
 
 DELETE_DELETIONS_PENDING = "DELETE FROM d23.deletions_pending WHERE _partition = $partition"
-INSERT_DELETIONS_PENDING = """
-INSERT INTO d23.deletions_pending VALUES ($partition, $rows, $held, $reason, $read_at)
+INSERT_UNPROVEN_PENDING = """
+INSERT INTO d23.deletions_pending
+SELECT $partition, public_id, false, 'not proven: ' || reason, $read_at FROM read_parquet($files)
+"""
+INSERT_HELD_PENDING = f"""
+INSERT INTO d23.deletions_pending
+SELECT $partition, t.public_id, true, $reason, $read_at FROM d23.logs AS t WHERE {_PROVEN_DELETED}
 """
 
 DELETE_REJECTS = "DELETE FROM d23.rejected_rows WHERE _partition = $partition"
@@ -659,7 +666,7 @@ FROM ({_CLASSIFIED_LOGS})
 GROUP BY ALL
 ORDER BY weekday, hour
 """
-# Every local day of the window for every channel seen in it, 0 on a day without attempts: a
+# Every local day in $days for every channel seen in the window, 0 on a day without attempts: a
 # line drawn through only the days that have some would join their neighbours across the gap.
 CHANNEL_DAILY = f"""
 WITH counted AS (
@@ -674,11 +681,7 @@ WITH counted AS (
     FROM ({_CLASSIFIED_LOGS})
     GROUP BY ALL
 ), days AS (
-    SELECT CAST(unnest(generate_series(
-        CAST(timezone($timezone, CAST($since AS TIMESTAMPTZ)) AS DATE),
-        CAST(timezone($timezone, CAST($until AS TIMESTAMPTZ) - INTERVAL 1 MICROSECOND) AS DATE),
-        INTERVAL 1 DAY
-    )) AS DATE) AS day
+    SELECT CAST(unnest($days) AS DATE) AS day
 ), channels AS (
     SELECT DISTINCT communication_type, interaction_source FROM counted
 )
@@ -741,9 +744,12 @@ GROUP BY ALL
 ORDER BY month, attempts DESC, outcome_option
 """
 DELETIONS_PENDING_ALL = """
-SELECT _partition AS partition, rows, held, reason, read_at
-FROM d23.deletions_pending
-ORDER BY _partition
+SELECT p._partition AS partition, p.reason, count(*) AS rows, max(p.read_at) AS read_at
+FROM d23.deletions_pending AS p
+JOIN d23.logs AS l
+  ON l.public_id = p.public_id AND l._partition = p._partition AND l._deleted_at IS NULL
+GROUP BY ALL
+ORDER BY partition, reason
 """
 UNVERIFIED_SLICES = """
 SELECT _partition AS partition, slice_since, slice_until, served, total_before, total_after,

@@ -33,6 +33,10 @@ from d23_pipeline.warehouse import sql
 DUCKDB_THREADS = 1
 _PARAM = re.compile(r"\$([a-z_]+)")
 log = logging.getLogger("d23_pipeline.warehouse")
+HELD_REASON = (
+    "proven gone, but more than the allowed share of the month's live rows "
+    "(D23_MAX_DELETION_SHARE): held until d23/logs runs with confirm_deletions"
+)
 
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
@@ -213,7 +217,8 @@ def merge_snapshot(
     Latest ``updated_at`` wins; rows of this month that the snapshot's read proved gone get
     ``_deleted_at``, unless they exceed ``max_deletion_share`` of the month's live rows and
     ``confirm_deletions`` is false (then none is marked and ``deletions_held`` says so). The
-    month's rejected rows and slice proofs are replaced. On any error nothing changes.
+    month's rejected rows, slice proofs and pending deletions (held, or not proven by the read)
+    are replaced. On any error nothing changes.
     """
     partition, read_at = snapshot.partition, snapshot.completed_at
     params = {
@@ -294,22 +299,11 @@ def merge_snapshot(
             rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
             execute(con, sql.DELETE_SLICE_VERIFICATION, params)
             execute(con, sql.DELETE_DELETIONS_PENDING, params)
-            pending = _pending_deletions(snapshot, proven if held else 0)
-            if pending is not None:
-                execute(con, sql.INSERT_DELETIONS_PENDING, {**params, **pending})
-            execute(
-                con,
-                sql.INSERT_SLICE_VERIFICATION,
-                {
-                    **params,
-                    **windows,
-                    "served": [s.served for s in slices],
-                    "total_before": [s.total_before for s in slices],
-                    "total_after": [s.total_after for s in slices],
-                    "verified": [s.verified for s in slices],
-                    "reads": [s.reads for s in slices],
-                },
-            )
+            if held:
+                execute(con, sql.INSERT_HELD_PENDING, {**params, "reason": HELD_REASON})
+            if snapshot.unproven_rows:
+                files = {"files": [str(snapshot.unproven_file)]}
+                execute(con, sql.INSERT_UNPROVEN_PENDING, {**params, **files})
         # DuckLake: makes this merge conflict with any other one open at once (see sql.py).
         # Last, not first: with it ahead of the MERGE, a 1M-row month's merge on the DuckDB
         # file peaked at 413-414 MB in 2 of 3 runs, against 395-407 MB in 4 runs with it last.
@@ -330,21 +324,6 @@ def merge_snapshot(
         deletions_proven=proven,
         deletions_held=held,
     )
-
-
-def _pending_deletions(snapshot: Snapshot, held: int) -> dict[str, object] | None:
-    """The month's rows that look deleted but are not marked so after this merge: the ``held``
-    proven deletions, or those its read could not prove (a read either proves or holds)."""
-    if held:
-        reason = (
-            "proven gone, but more than the allowed share of the month's live rows "
-            "(D23_MAX_DELETION_SHARE): held until d23/logs runs with confirm_deletions"
-        )
-        return {"rows": held, "held": True, "reason": reason}
-    unproven = snapshot.unproven
-    if unproven is None or not unproven.rows:
-        return None
-    return {"rows": unproven.rows, "held": False, "reason": f"not proven: {unproven.reason}"}
 
 
 def merge_within_memory_limit(

@@ -97,7 +97,7 @@ def logs(
             "marked_deleted": summary.marked_deleted,
             "deletions_proven": summary.deletions_proven,
             "deletions_held": summary.deletions_held,
-            "deletions_unproven": 0 if snapshot.unproven is None else snapshot.unproven.rows,
+            "deletions_unproven": snapshot.unproven_rows,
             "rejected_rows": summary.rejects,
             "preview": dg.MetadataValue.md(markdown_table(preview)),
         },

@@ -71,7 +71,7 @@ def raw_logs(
             "slice_rereads": stats["slice_rereads"],
             "deletion_candidates": read.deletion_candidates,
             "proven_absent": read.proven_absent,
-            "deletions_unproven": 0 if snapshot.unproven is None else snapshot.unproven.rows,
+            "deletions_unproven": snapshot.unproven_rows,
             "requests": stats["requests"],
             "pages": stats["pages"],
             "empty_pages": stats["empty_pages"],
