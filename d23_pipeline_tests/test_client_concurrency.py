@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from datetime import timedelta
 
 import pytest
 from api import DAY, T0, client, error, ids_in, queries, rows_at, simulator
+from harness import ExportHookSimulator
 
 from d23_pipeline.client import LenderMismatchError, SliceDone, SlicePage, Window
-from d23_pipeline.simulator import Simulator
+from d23_pipeline.simulator import Faults, SimResponse, Simulator, SimulatorConfig
 
 THREE_DAYS = Window(T0, T0 + timedelta(days=3))
 SIX_HOURS = timedelta(hours=6)
@@ -118,3 +121,42 @@ def test_events_of_slices_interleave_and_each_slice_ends_once() -> None:
     first_done = next(i for i, e in enumerate(events) if isinstance(e, SliceDone))
     assert len(set(order[: first_done + 1])) > 1  # concurrency really happened
     assert Counter(isinstance(e, SliceDone) for e in events)[True] == 12
+
+
+class SharedRateLimit(ExportHookSimulator):
+    """At most ``per_window`` export requests per window, counted over the client's requests as
+    a real limiter counts them: every one refused is told to come back at the next window."""
+
+    def __init__(self, rows: list[dict], *, per_window: int, window_s: float) -> None:
+        faults = Faults(page_size=lambda limit: 12)
+        super().__init__(SimulatorConfig(faults=faults), rows=rows, log_requests=True)
+        self.per_window, self.window_s = per_window, window_s
+        self.refused = 0
+        self._budget = threading.Lock()
+        self._window, self._used = -1, 0
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        with self._budget:
+            now = time.monotonic()
+            window = math.floor(now / self.window_s)
+            if window != self._window:
+                self._window, self._used = window, 0
+            if self._used < self.per_window:
+                self._used += 1
+                return path, None
+            self.refused += 1
+            wait = (window + 1) * self.window_s - now
+        return path, error(429, "req-429", **{"Retry-After": f"{wait:.3f}"})
+
+
+def test_a_rate_limit_shared_by_every_request_is_waited_out_not_failed() -> None:
+    # Five walkers against two requests per quarter second: every refused request is paced by
+    # its Retry-After, which then holds the others too; none of it counts as a failed attempt.
+    one_day = Window(T0, T0 + timedelta(days=1))
+    sim = SharedRateLimit(rows_at(range(0, 86_400_000, 1_200_000)), per_window=2, window_s=0.25)
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS, sleep=time.sleep) as reader:
+        events = list(reader.iter_slices(one_day))
+
+    ids = [r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows]
+    assert sorted(ids) == sorted(ids_in(sim, one_day)) and len(ids) == 72
+    assert sim.refused > 0

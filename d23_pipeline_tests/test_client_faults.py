@@ -83,7 +83,8 @@ def test_retry_after_seconds_is_honoured() -> None:
     sim.script(error(503, **{"Retry-After": "2"}))
     with client(sim, sleep=slept.append) as reader:
         assert walk_ids(reader) == ids_in(sim)
-    assert slept == [7.0, 2.0]
+    # Up to a tenth more, so that requests held together do not all come back at one instant.
+    assert len(slept) == 2 and 7.0 <= slept[0] <= 7.7 and 2.0 <= slept[1] <= 2.2
 
 
 def test_retry_after_http_date_is_honoured() -> None:
@@ -93,7 +94,7 @@ def test_retry_after_http_date_is_honoured() -> None:
     sim.script(error(503, **{"Retry-After": when}))
     with client(sim, sleep=slept.append) as reader:
         assert walk_ids(reader) == ids_in(sim)
-    assert len(slept) == 1 and 25 < slept[0] <= 30
+    assert len(slept) == 1 and 25 < slept[0] <= 33
 
 
 def test_backoff_without_retry_after_stays_within_policy() -> None:

@@ -3,9 +3,12 @@
 Policy (documented choice): a transient failure is retried up to ``max_attempts`` attempts in all.
 Without ``Retry-After`` the pause before retry *n* is uniform in ``[0, min(max_delay_s,
 base_delay_s * 2**(n-1))]`` ("full jitter", so concurrent workers do not retry in lock-step). A
-``Retry-After`` (seconds or HTTP-date) is honoured exactly: the server knows when it will take
-requests again, and retrying earlier only earns another 429. ``max_total_wait_s`` bounds the sum of
-pauses for one request; a pause that would exceed it ends the retries at once with a clear error.
+``Retry-After`` (seconds or HTTP-date) is honoured, plus up to a tenth more so that the waiting
+requests do not all come back at one instant, and it holds every request of the client, not only
+the one it answered: a rate limit is the client's, and workers that kept sending would only earn
+more 429s. A 429 with a positive ``Retry-After`` is the API pacing the client, not a failure: it
+does not count against ``max_attempts``. ``max_total_wait_s`` bounds the sum of pauses for one
+request; a pause that would exceed it ends the retries at once with a clear error.
 """
 
 from __future__ import annotations
@@ -212,7 +215,8 @@ def decode_json(
 
 
 class Retrier:
-    """Runs one logical request under a :class:`RetryPolicy`, counting retries by cause."""
+    """Runs one logical request under a :class:`RetryPolicy`, counting retries by cause; shared by
+    every request of one client, so that a ``Retry-After`` holds them all."""
 
     def __init__(
         self, policy: RetryPolicy, stats: ClientStats, sleep: Callable[[float], None]
@@ -220,6 +224,12 @@ class Retrier:
         self.policy = policy
         self._stats = stats
         self._sleep = sleep
+        self._lock = threading.Lock()
+        self._not_before = 0.0  # on _now()'s clock: no request goes out before it
+        self._slept_injected = 0.0  # an injected sleep (tests) moves the clock as a real one would
+
+    def _now(self) -> float:
+        return time.monotonic() + self._slept_injected
 
     def pause(self, seconds: float, cancel: threading.Event | None) -> None:
         """Sleep, or raise :class:`Cancelled` if the walk was cancelled meanwhile."""
@@ -230,8 +240,22 @@ class Retrier:
                 raise Cancelled
             return
         self._sleep(seconds)
+        if self._sleep is not time.sleep:
+            with self._lock:
+                self._slept_injected += seconds
         if cancel is not None and cancel.is_set():
             raise Cancelled
+
+    def _hold_all(self, seconds: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, self._now() + seconds)
+
+    def _wait_turn(self, cancel: threading.Event | None) -> None:
+        """Wait out the ``Retry-After`` any request of this client was given."""
+        with self._lock:
+            remaining = self._not_before - self._now()
+        if remaining > 0:
+            self.pause(remaining, cancel)
 
     def call(
         self,
@@ -245,10 +269,12 @@ class Retrier:
         """Return ``attempt()``, retrying :class:`Transient` failures, timeouts and drops."""
         waited = 0.0
         number = 0
+        counted = 0  # the attempts that count against max_attempts: not those paced by a 429
         while True:
             number += 1
             if cancel is not None and cancel.is_set():
                 raise Cancelled
+            self._wait_turn(cancel)
             try:
                 return attempt()
             except httpx.TimeoutException as exc:
@@ -259,13 +285,14 @@ class Retrier:
                 failure = Transient("bad_body", detail=type(exc).__name__)
             except Transient as exc:
                 failure = exc
-            if number >= self.policy.max_attempts:
+            paced = failure.status == 429 and bool(failure.retry_after)
+            counted += not paced
+            if counted >= self.policy.max_attempts:
                 raise self._give_up(failure, f"{what} failed after {number} attempts", path, window)
-            delay = (
-                failure.retry_after
-                if failure.retry_after is not None
-                else self.policy.backoff(number)
-            )
+            if failure.retry_after is not None:
+                delay = failure.retry_after * random.uniform(1.0, 1.1)
+            else:
+                delay = self.policy.backoff(number)
             if waited + delay > self.policy.max_total_wait_s:
                 raise self._give_up(
                     failure,
@@ -276,15 +303,19 @@ class Retrier:
                 )
             self._stats.retry(failure.cause)
             log.info(
-                "retrying %s (%s, requestId %s) in %.2fs, attempt %d/%d",
+                "retrying %s (%s, requestId %s) in %.2fs: attempt %d, %d of %d failures allowed",
                 what,
                 failure.describe(),
                 failure.request_id,
                 delay,
                 number + 1,
-                self.policy.max_attempts,
+                counted,
+                self.policy.max_attempts - 1,
             )
-            self.pause(delay, cancel)
+            if failure.retry_after is not None:
+                self._hold_all(delay)  # waited out at the top, by every request of the client
+            else:
+                self.pause(delay, cancel)
             waited += delay
 
     @staticmethod
