@@ -378,7 +378,7 @@ def test_a_deletion_waits_while_another_slice_cannot_be_proven_complete_again(
         ]
         assert "the second read of the month" in caplog.text
         assert "was not proven complete" in caplog.text
-        assert "none is marked deleted by this read" in caplog.text
+        assert "this read marks none of them deleted" in caplog.text
 
         sim.armed = sim.confirming = False
         pipeline.materialize(MOVED_MONTH)

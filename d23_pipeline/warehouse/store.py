@@ -298,6 +298,19 @@ def merge_snapshot(
             execute(con, sql.DELETE_REJECTS, params)
             rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
             execute(con, sql.DELETE_SLICE_VERIFICATION, params)
+            execute(
+                con,
+                sql.INSERT_SLICE_VERIFICATION,
+                {
+                    **params,
+                    **windows,
+                    "served": [s.served for s in slices],
+                    "total_before": [s.total_before for s in slices],
+                    "total_after": [s.total_after for s in slices],
+                    "verified": [s.verified for s in slices],
+                    "reads": [s.reads for s in slices],
+                },
+            )
             execute(con, sql.DELETE_DELETIONS_PENDING, params)
             if held:
                 execute(con, sql.INSERT_HELD_PENDING, {**params, "reason": HELD_REASON})
@@ -339,7 +352,6 @@ def merge_within_memory_limit(
     transaction has rolled back and the month is merged again without the limit, as before the
     limit existed, rather than failing the run.
     """
-
     def merge(con: duckdb.DuckDBPyConnection) -> MergeSummary:
         return merge_snapshot(
             con,
