@@ -2,6 +2,7 @@
 answer ends the run with one clear error and the warehouse as it was."""
 
 import json
+import re
 import shutil
 import sqlite3
 import zlib
@@ -322,6 +323,9 @@ def test_deletions_a_read_cannot_prove_are_reported_until_a_read_proves_them(
     }
     page = small_month.dashboard_path.read_text()
     assert "Deletions not applied" in page and "not proven: the read served 1 bad rows" in page
+    # The month's freshness row says its KPIs still count them.
+    assert "<th>deletions not applied</th>" in page
+    assert re.search(r"<tr><td>2026-04</td>(<td>[^<]*</td>){6}<td>4</td></tr>", page)
 
     small_month.sim.hard_delete_row(broken)  # the bad row gone, the read proves again
     proven = small_month.materialize(MONTH, raise_on_error=False)

@@ -65,6 +65,9 @@ class MonthFreshness:
     rejected_rows: int
     unmapped_attempts: int
     unverified_slices: int
+    # Rows found gone that its last read did not mark deleted (not proven, or held): still
+    # counted in its KPIs.
+    deletions_not_applied: int
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ def _gather(
     rejected = fetch_dicts(con, sql.REJECTED_ROWS_BY_MONTH)
     unmapped = fetch_dicts(con, sql.UNMAPPED_CODES_ALL)
     unverified = fetch_dicts(con, sql.UNVERIFIED_SLICES)
+    pending = fetch_dicts(con, sql.DELETIONS_PENDING_ALL)
     freshness = []
     for k in kpis:
         partition = k["month"].isoformat()
@@ -205,6 +209,9 @@ def _gather(
                 rejected_rows=sum(r["rows"] for r in rejected if r["partition"] == partition),
                 unmapped_attempts=k["unmapped_attempts"],
                 unverified_slices=sum(1 for s in unverified if s["partition"] == partition),
+                deletions_not_applied=sum(
+                    r["rows"] for r in pending if r["partition"] == partition
+                ),
             )
         )
     return DashboardData(
@@ -221,7 +228,7 @@ def _gather(
         unmapped=unmapped,
         unverified_slices=unverified,
         other_mapping=other_mapping,
-        deletions_pending=fetch_dicts(con, sql.DELETIONS_PENDING_ALL),
+        deletions_pending=pending,
     )
 
 
@@ -645,11 +652,12 @@ _STATUS_TEXT = {
 def _freshness_section(data: DashboardData) -> str:
     rows = [
         (f"{f.month:%Y-%m}", f"{f.rows:,}", _local(f.last_read, data.timezone),
-         _STATUS_TEXT[f.status], f.unverified_slices, f.rejected_rows, f.unmapped_attempts)
+         _STATUS_TEXT[f.status], f.unverified_slices, f.rejected_rows, f.unmapped_attempts,
+         f.deletions_not_applied)
         for f in data.freshness
     ]  # fmt: skip
     headers = ("month", "rows in d23.logs", "last read", "state", "unverified slices",
-               "rejected rows", "unmapped attempts")  # fmt: skip
+               "rejected rows", "unmapped attempts", "deletions not applied")  # fmt: skip
     return (
         "<section id='freshness'><h2>Data freshness</h2>"
         + _table(headers, rows, "no months")
