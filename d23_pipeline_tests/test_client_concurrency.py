@@ -145,15 +145,15 @@ class SharedRateLimit(ExportHookSimulator):
                 self._used += 1
                 return path, None
             self.refused += 1
-            wait = (window + 1) * self.window_s - now
-        return path, error(429, "req-429", **{"Retry-After": f"{wait:.3f}"})
+            wait = math.ceil((window + 1) * self.window_s - now)  # whole seconds, as HTTP says
+        return path, error(429, "req-429", **{"Retry-After": str(wait)})
 
 
 def test_a_rate_limit_shared_by_every_request_is_waited_out_not_failed() -> None:
-    # Five walkers against two requests per quarter second: every refused request is paced by
-    # its Retry-After, which then holds the others too; none of it counts as a failed attempt.
+    # Five walkers against two requests a second: every refused request is paced by its
+    # Retry-After, which then holds the others too; none of it counts as a failed attempt.
     one_day = Window(T0, T0 + timedelta(days=1))
-    sim = SharedRateLimit(rows_at(range(0, 86_400_000, 1_200_000)), per_window=2, window_s=0.25)
+    sim = SharedRateLimit(rows_at(range(0, 86_400_000, 1_200_000)), per_window=2, window_s=1.0)
     with client(sim, max_concurrency=4, slice_size=SIX_HOURS, sleep=time.sleep) as reader:
         events = list(reader.iter_slices(one_day))
 

@@ -6,8 +6,10 @@ import dataclasses
 import gzip
 import itertools
 import json
+import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -45,6 +47,8 @@ from d23_pipeline.client import (
     retry,
 )
 from d23_pipeline.client.pages import Page
+from d23_pipeline.client.retry import Retrier, Transient
+from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.schema import parse_timestamp
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import DROP, SimRequest, SimResponse, Simulator, serve
@@ -191,6 +195,61 @@ def test_a_persistent_500_exhausts_retries_naming_request_id_and_window() -> Non
     assert "req-500" in message and "HTTP 500" in message and str(DAY) in message
     assert caught.value.window == DAY
     assert len(queries(sim)) == 1 + 4  # first page, then max_attempts tries of the second
+
+
+def _fails_once_with(failure: Transient, sent: list[float]) -> Callable[[], str]:
+    """An attempt that records when it is sent, failing with ``failure`` the first time."""
+    failures = [failure]
+
+    def attempt() -> str:
+        sent.append(time.monotonic())
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    return attempt
+
+
+def test_a_retry_after_holds_the_clients_other_requests_but_not_its_logins() -> None:
+    retrier = Retrier(RetryPolicy(max_attempts=2), ClientStats(100), time.sleep)
+    limited: list[float] = []
+    rate_limit = Transient("429", status=429, retry_after=1.0)
+    first = threading.Thread(
+        target=retrier.call,
+        args=(_fails_once_with(rate_limit, limited),),
+        kwargs={"what": "a page", "path": "/d23"},
+    )
+    start = time.monotonic()
+    first.start()
+    while not limited:  # the 429 is answered; its Retry-After holds the client from now
+        time.sleep(0.001)
+    time.sleep(0.05)
+    login: list[float] = []
+    retrier.call(lambda: login.append(time.monotonic()), what="a login", path="/auth", held=False)
+    page: list[float] = []
+    retrier.call(lambda: page.append(time.monotonic()), what="another page", path="/d23")
+    first.join()
+
+    assert login[0] - start < 0.9  # a login runs under the token lock: never held
+    assert 1.0 <= page[0] - start <= 1.2 and 1.0 <= limited[1] - start <= 1.2
+
+
+def test_a_retry_after_under_a_second_counts_as_a_failed_attempt() -> None:
+    # Not pacing (HTTP's delay is whole seconds): a server answering "retry after 10 ms" for
+    # ever must still end the run, after max_attempts.
+    sim = paged(range(4))
+    sim.script(error(429, **{"Retry-After": "0.01"}), times=99)
+    with client(sim) as reader, pytest.raises(RetriesExhaustedError, match="after 4 attempts"):
+        walk_ids(reader)
+
+
+def test_a_retry_after_as_long_as_the_wait_budget_is_waited_out() -> None:
+    slept: list[float] = []
+    sim = paged(range(4))
+    sim.script(error(429, **{"Retry-After": "300"}))
+    with client(sim, sleep=slept.append, retry=RetryPolicy(max_total_wait_s=300)) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+    assert len(slept) == 1 and 300 <= slept[0] <= 330
 
 
 def test_a_retry_after_beyond_the_wait_budget_fails_at_once() -> None:

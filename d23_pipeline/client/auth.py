@@ -131,7 +131,8 @@ class TokenManager:
                 raise Transient("bad_body", status=200, detail="answer is not a JSON object")
             return answer
 
-        return self._retrier.call(attempt, what=what, path=path)
+        # Not held by a data request's Retry-After: this runs under the token lock.
+        return self._retrier.call(attempt, what=what, path=path, held=False)
 
     def _login(self, credentials: LoginCredentials) -> None:
         path = self._auth_path(credentials, "login")

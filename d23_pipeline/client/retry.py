@@ -3,12 +3,15 @@
 Policy (documented choice): a transient failure is retried up to ``max_attempts`` attempts in all.
 Without ``Retry-After`` the pause before retry *n* is uniform in ``[0, min(max_delay_s,
 base_delay_s * 2**(n-1))]`` ("full jitter", so concurrent workers do not retry in lock-step). A
-``Retry-After`` (seconds or HTTP-date) is honoured, plus up to a tenth more so that the waiting
-requests do not all come back at one instant, and it holds every request of the client, not only
-the one it answered: a rate limit is the client's, and workers that kept sending would only earn
-more 429s. A 429 with a positive ``Retry-After`` is the API pacing the client, not a failure: it
-does not count against ``max_attempts``. ``max_total_wait_s`` bounds the sum of pauses for one
-request; a pause that would exceed it ends the retries at once with a clear error.
+``Retry-After`` (seconds or HTTP-date) is honoured, and it holds every data request of the client,
+not only the one it answered: a rate limit is the client's, and workers that kept sending would
+only earn more 429s. Each held request then waits up to a tenth more, drawn on its own, so they do
+not all come back at one instant. A 429 with a ``Retry-After`` of a second or more is the API
+pacing the client, not a failure: it does not count against ``max_attempts`` (unless that is 1,
+no retries). ``max_total_wait_s`` bounds the sum of pauses for one request, time held by another
+request's ``Retry-After`` included; a pause that would exceed it ends the retries at once with a
+clear error. Logins and token refreshes are not held: they run under the token lock, which every
+worker waits on, and must not sit out a hold there.
 """
 
 from __future__ import annotations
@@ -250,12 +253,18 @@ class Retrier:
         with self._lock:
             self._not_before = max(self._not_before, self._now() + seconds)
 
-    def _wait_turn(self, cancel: threading.Event | None) -> None:
-        """Wait out the ``Retry-After`` any request of this client was given."""
-        with self._lock:
-            remaining = self._not_before - self._now()
-        if remaining > 0:
-            self.pause(remaining, cancel)
+    def _wait_turn(self, cancel: threading.Event | None) -> float:
+        """Wait out the ``Retry-After`` any request of this client was given, plus this
+        request's own jitter, checking again for one given meanwhile; how long it waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                remaining = self._not_before - self._now()
+            if remaining <= 0:
+                return waited
+            pause = remaining * random.uniform(1.0, 1.1)
+            self.pause(pause, cancel)
+            waited += pause
 
     def call(
         self,
@@ -265,8 +274,10 @@ class Retrier:
         path: str,
         window: Window | None = None,
         cancel: threading.Event | None = None,
+        held: bool = True,
     ) -> T:
-        """Return ``attempt()``, retrying :class:`Transient` failures, timeouts and drops."""
+        """Return ``attempt()``, retrying :class:`Transient` failures, timeouts and drops;
+        ``held``: wait out the client's ``Retry-After`` first (see the module docstring)."""
         waited = 0.0
         number = 0
         counted = 0  # the attempts that count against max_attempts: not those paced by a 429
@@ -274,7 +285,8 @@ class Retrier:
             number += 1
             if cancel is not None and cancel.is_set():
                 raise Cancelled
-            self._wait_turn(cancel)
+            if held:
+                waited += self._wait_turn(cancel)
             try:
                 return attempt()
             except httpx.TimeoutException as exc:
@@ -285,14 +297,17 @@ class Retrier:
                 failure = Transient("bad_body", detail=type(exc).__name__)
             except Transient as exc:
                 failure = exc
-            paced = failure.status == 429 and bool(failure.retry_after)
+            retry_after = failure.retry_after
+            paced = (
+                failure.status == 429
+                and retry_after is not None
+                and retry_after >= 1.0
+                and self.policy.max_attempts > 1
+            )
             counted += not paced
             if counted >= self.policy.max_attempts:
                 raise self._give_up(failure, f"{what} failed after {number} attempts", path, window)
-            if failure.retry_after is not None:
-                delay = failure.retry_after * random.uniform(1.0, 1.1)
-            else:
-                delay = self.policy.backoff(number)
+            delay = retry_after if retry_after is not None else self.policy.backoff(number)
             if waited + delay > self.policy.max_total_wait_s:
                 raise self._give_up(
                     failure,
@@ -312,11 +327,14 @@ class Retrier:
                 counted,
                 self.policy.max_attempts - 1,
             )
-            if failure.retry_after is not None:
-                self._hold_all(delay)  # waited out at the top, by every request of the client
-            else:
+            if retry_after is None:
                 self.pause(delay, cancel)
-            waited += delay
+                waited += delay
+                continue
+            self._hold_all(delay)
+            if not held:  # not waited out at the top: wait for it here, without the jitter
+                self.pause(delay, cancel)
+                waited += delay
 
     @staticmethod
     def _give_up(
