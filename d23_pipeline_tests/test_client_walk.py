@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import Counter
+from collections.abc import Collection
 from datetime import timedelta
 
 import pyarrow as pa
@@ -25,12 +26,24 @@ HOUR = timedelta(hours=1)
 class Source:
     """Rows served in ``(communicated_at, public_id)`` order, in pages of the given sizes (an
     empty page stands for one that scanned only other tenants' rows). The cursor carries the
-    last key served and, like the real one, moves on with every page."""
+    last key served and, like the real one, moves on with every page. A page that reaches the
+    end of an instant in ``ends`` ends the walk there, rows left or not (a parent batch's end)."""
 
-    def __init__(self, rows: list[dict], page_sizes: itertools.cycle) -> None:
+    def __init__(
+        self, rows: list[dict], page_sizes: itertools.cycle, ends: Collection[str] = ()
+    ) -> None:
         self.rows = sorted(rows, key=lambda r: (r["communicated_at"], r["public_id"]))
         self.page_sizes = page_sizes
         self.pages = itertools.count()
+        self.ends = frozenset(ends)
+
+    def _ended(self, stamps: list[str], size: int) -> int | None:
+        """How many of the window's items (communicated at ``stamps``) a page of ``size`` serves
+        when it ends the walk early at an instant in :attr:`ends`."""
+        for n, (at, following) in enumerate(itertools.pairwise(stamps[: size + 1]), 1):
+            if at in self.ends and following != at:
+                return n
+        return None
 
     def page(self, request: PageRequest) -> tuple[list[dict], str | None]:
         since, until = request.part.since_text, request.part.until_text
@@ -39,6 +52,8 @@ class Source:
             at, public_id, _ = request.cursor.split("|")
             window = [r for r in window if (r["communicated_at"], r["public_id"]) > (at, public_id)]
         size = min(next(self.page_sizes), request.limit)
+        if (ended := self._ended([r["communicated_at"] for r in window], size)) is not None:
+            return window[:ended], None
         served, rest = window[:size], window[size:]
         if not rest:
             return served, None
@@ -65,9 +80,18 @@ def drive(walk: WindowWalk, source: Source, timeouts: itertools.cycle) -> list[s
     raise AssertionError("the walk did not end")
 
 
-def walk_of(window: Window, *, limit: int = 8, min_window: timedelta = MINUTE, hint=None):
+def walk_of(
+    window: Window,
+    *,
+    limit: int = 8,
+    min_window: timedelta = MINUTE,
+    hint=None,
+    read_on: bool = False,
+):
     hint = hint or WidthHint(min_window)
-    return WindowWalk(window, limit=limit, min_limit=1, min_window=min_window, hint=hint)
+    return WindowWalk(
+        window, limit=limit, min_limit=1, min_window=min_window, hint=hint, read_on=read_on
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -87,6 +111,19 @@ def test_every_row_is_handed_over_once_whatever_the_pages_and_timeouts(
     handed = drive(walk_of(DAY), Source(rows, itertools.cycle(sizes)), script)
 
     assert Counter(handed) == Counter(r["public_id"] for r in rows)
+
+
+def test_a_read_again_walks_on_past_an_end_the_api_puts_at_one_point_in_its_data() -> None:
+    rows = rows_at([0, 10, 10, 20, 30])
+    # Every walk that reaches the end of 00:00:00.010 ends there, whatever its page size.
+    ends = {rows[2]["communicated_at"]}
+    first = drive(walk_of(DAY), Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
+    assert first == [pid(0), pid(1), pid(2)]
+
+    again = walk_of(DAY, read_on=True)
+    handed = drive(again, Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
+
+    assert handed == [r["public_id"] for r in rows]
 
 
 def test_a_timeout_on_a_wide_window_splits_what_is_left_without_a_pause() -> None:
@@ -190,10 +227,13 @@ class SourceWithRejects(Source):
     row), served as rejects with their place on the page, as the client's page reader gives
     them."""
 
-    def __init__(self, items: list[tuple[str, str, dict | str]], page_sizes) -> None:
+    def __init__(
+        self, items: list[tuple[str, str, dict | str]], page_sizes, ends: Collection[str] = ()
+    ) -> None:
         self.rows = sorted(items, key=lambda item: item[:2])
         self.page_sizes = page_sizes
         self.pages = itertools.count()
+        self.ends = frozenset(ends)
 
     def serve(self, request: PageRequest) -> tuple[pa.RecordBatch, list[RejectedRow], str | None]:
         since, until = request.part.since_text, request.part.until_text
@@ -202,6 +242,8 @@ class SourceWithRejects(Source):
             at, key, _ = request.cursor.split("|")
             window = [item for item in window if item[:2] > (at, key)]
         size = min(next(self.page_sizes), request.limit)
+        if (ended := self._ended([item[0] for item in window], size)) is not None:
+            window, size = window[:ended], ended
         served, rest = window[:size], window[size:]
         rows: list[dict] = []
         rejects = []
@@ -242,13 +284,15 @@ def _reject_id(reject: RejectedRow) -> tuple:
         ),
         max_size=50,
     ),
+    ends=st.lists(st.integers(0, 39), max_size=4),
 )
-def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_and_cuts(
+def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_cuts_and_ends(
     items: list[tuple[int, str]],
     span_ms: int,
     limit: int,
     sizes: list[int],
     steps: list[tuple[int, str, float]],
+    ends: list[int],
 ) -> None:
     served, offset = [], 0
     for n, (gap, kind) in enumerate(items):
@@ -256,10 +300,16 @@ def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_an
         if offset < span_ms:
             at = T0 + timedelta(milliseconds=offset)
             served.append((format_timestamp(at), pid(n), row(n, at) if kind == "row" else kind))
-    source = SourceWithRejects(served, itertools.cycle(sizes))
+    # A read again walks on past the API's early ends (after the instants of the items drawn),
+    # from the last row handed over: so ends at instants holding a row (a reject has no instant
+    # to go on from).
+    with_rows = {at for at, _, data in served if isinstance(data, dict)}
+    end_stamps = {served[n % len(served)][0] for n in ends if served} & with_rows
+    source = SourceWithRejects(served, itertools.cycle(sizes), end_stamps)
     # Narrow windows reach the narrowest width, where a 504 lowers the page limit instead.
     hint = WidthHint(MS)
-    walks = [walk_of(Window(T0, T0 + span_ms * MS), limit=limit, min_window=MS, hint=hint)]
+    window = Window(T0, T0 + span_ms * MS)
+    walks = [walk_of(window, limit=limit, min_window=MS, hint=hint, read_on=bool(ends))]
     ids, rejects = [], Counter()
     for pick, action, share in itertools.chain(steps, itertools.repeat((0, "page", 0.0))):
         alive = [walk for walk in walks if walk.next_request() is not None]

@@ -154,6 +154,28 @@ def test_a_few_real_deletions_in_verified_slices_are_marked(pipeline: Pipeline) 
     assert logs["table_rows_marked_deleted"].value == 5
 
 
+def test_an_api_that_ends_every_walk_at_the_same_points_lands_the_month_and_its_deletions(
+    pipeline: Pipeline,
+) -> None:
+    # Every walk that reaches the end of about one instant in 15 stops there, whatever its page
+    # size, as where a parent batch ends: each day's first read is short, and a read again from
+    # the day's start stopped at the same point, three reads running.
+    _fault(pipeline, batch_end_every=15, seed=5)
+    assert pipeline.materialize(MONTH, page_limit=10).success
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    gone = set(pipeline.sim.hard_delete(5, month=MONTH))
+
+    result = pipeline.materialize(MONTH, page_limit=10)
+
+    assert result.success
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    assert _deleted_ids(pipeline) == gone
+    assert _unverified_slices(pipeline) == 0
+    # Days with an end were read twice: the read again walked on past every end at once.
+    (reads,) = pipeline.query("SELECT max(reads) FROM d23.slice_verification")
+    assert reads[0] == 2
+
+
 @st.composite
 def _read_faults(draw: st.DrawFn) -> Faults:
     return dataclasses.replace(

@@ -19,6 +19,11 @@ backoff and then smaller pages; the page limit comes back for the next part.
 Between pages, the rest of the window from some instant on can be given away to another walk
 (:meth:`WindowWalk.cut`); the part in progress then resumes from its edge in the narrower window,
 the same re-read as after a 504.
+
+An API may end every walk that reaches some point in its data (where a parent batch ends, say),
+whatever the page size; a read again from the slice's start would stop there again. So a walk
+that reads a slice again (``read_on``) does not take a part's end at its word: it reads on from
+the edge, the same re-read again, until a part ends without handing over a new row.
 """
 
 from __future__ import annotations
@@ -145,8 +150,10 @@ class WindowWalk:
         min_window: timedelta,
         hint: WidthHint,
         path: str | None = None,
+        read_on: bool = False,
     ) -> None:
         self._limit = self._default_limit = limit
+        self._read_on = read_on
         self._min_limit = min_limit
         self._min_window = min_window
         self._hint = hint
@@ -235,6 +242,7 @@ class WindowWalk:
             min_window=self._min_window,
             hint=self._hint,
             path=self._path,
+            read_on=self._read_on,
         )
 
     def page_served(
@@ -291,7 +299,10 @@ class WindowWalk:
         self._strikes = 0
         if next_cursor is None:
             self._limit = self._default_limit
-            self._start_next_part()
+            if self._read_on and self._handed_over_new(part):
+                self._read_on_past_end(part)
+            else:
+                self._start_next_part()
         elif next_cursor in self._seen_cursors:
             raise CursorLoopError(
                 f"the API returned a nextCursor already seen in this walk, after "
@@ -314,12 +325,7 @@ class WindowWalk:
             pieces = self._hint.split(remaining)
             if len(pieces) < 2:
                 pieces = list(remaining.halves())
-            again, edge_rows = self._budget_to_read_again()
-            self._pending.extend(
-                _Part(piece, frozenset(), again, edge_rows) for piece in reversed(pieces[1:])
-            )
-            self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows))
-            self._start_next_part()
+            self._read_again_in(pieces)
             return Narrowing(split=True, limit=self._limit, pause_strikes=0)
         if self._strikes == 1:
             return Narrowing(split=False, limit=self._limit, pause_strikes=1)
@@ -335,6 +341,30 @@ class WindowWalk:
             path=self._path,
             window=remaining,
         )
+
+    def _read_again_in(self, pieces: list[Window]) -> None:
+        """Read what is left of the part again, from its edge, as ``pieces`` that tile it."""
+        again, edge_rows = self._budget_to_read_again()
+        self._pending.extend(
+            _Part(piece, frozenset(), again, edge_rows) for piece in reversed(pieces[1:])
+        )
+        self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows))
+        self._start_next_part()
+
+    def _handed_over_new(self, part: _Part) -> bool:
+        """Whether ``part`` handed over a row (its edge moved on from where it started)."""
+        return self._edge > part.window.since_text or len(self._edge_ids) > len(part.skip)
+
+    def _read_on_past_end(self, part: _Part) -> None:
+        # The edge's instant on its own first (an end inside it leaves rows there), then the
+        # rest from the next millisecond: a walk that starts past the point where the API ended
+        # it does not meet that point again.
+        edge = parse_timestamp(self._edge)
+        following = edge + _MS
+        if following < part.window.until:
+            self._read_again_in([Window(edge, following), Window(following, part.window.until)])
+        else:
+            self._read_again_in([Window(edge, part.window.until)])
 
     def _restart_part(self, remaining: Window) -> None:
         # The part starts again from the resume point (at a smaller page after 504s, or in a

@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         help="share of page requests that end the walk early (nextCursor null, rows left)",
     )
     p.add_argument(
+        "--batch-end-every",
+        type=int,
+        default=0,
+        help="about one instant in this many ends every walk that reaches it (0: none)",
+    )
+    p.add_argument(
         "--grow-per-page", type=int, default=0, help="rows added to the month per page served"
     )
     p.add_argument(
@@ -100,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         drop_rate=args.drop_rate,
         max_window_for_504=max_window,
         truncate_rate=args.truncate_rate,
+        batch_end_every=args.batch_end_every,
         grow_per_page=args.grow_per_page,
         delete_per_page=args.delete_per_page,
         seed=args.seed,

@@ -594,7 +594,8 @@ class Simulator:
                 self._churn(month_of(since))
             if self._faults.page_size is not None:
                 scan = min(limit, max(0, self._faults.page_size(limit)))
-        page = self._data.page(since, until, after, scan, descending)
+        ends_after = None if counting else self._batch_ends()
+        page = self._data.page(since, until, after, scan, descending, ends_after)
         if page.at_end or (not counting and self._ends_early(query)):
             next_cursor = None
         elif page.last_key is None:
@@ -645,6 +646,17 @@ class Simulator:
             self._data.add_late_rows(faults.grow_per_page, month)
         if faults.delete_per_page:
             self._data.hard_delete(faults.delete_per_page, month)
+
+    def _batch_ends(self) -> Callable[[int], bool] | None:
+        every, seed = self._faults.batch_end_every, self._faults.seed
+        if every <= 0:
+            return None
+
+        def ends_after(ms: int) -> bool:
+            draw = hashlib.blake2b(repr((seed, ms)).encode(), digest_size=8).digest()
+            return int.from_bytes(draw, "big") % every == 0
+
+        return ends_after
 
     def _ends_early(self, query: Mapping[str, str]) -> bool:
         rate = self._faults.truncate_rate

@@ -404,8 +404,11 @@ class Collection:
         after: tuple[int, int] | None,
         limit: int,
         descending: bool,
+        ends_after: Callable[[int], bool] | None = None,
     ) -> Page:
-        """Scan up to ``limit`` entries of the window past ``after``; return this lender's rows."""
+        """Scan up to ``limit`` entries of the window past ``after``; return this lender's rows.
+        An ascending scan that reaches the end of an instant ``ends_after`` names, holding a row
+        of this lender, stops there and ends the walk, although the window has rows left."""
         with self._lock:
             entries = self._entries
             lo, hi = self._bounds(since, until)
@@ -422,14 +425,31 @@ class Collection:
                 at_end = first == lo
             else:
                 last = min(hi, lo + limit)
-                scanned = entries[lo:last]
                 at_end = last == hi
+                if ends_after is not None and (end := self._batch_end(lo, last, hi, ends_after)):
+                    last, at_end = end, True
+                scanned = entries[lo:last]
             overrides = self._overrides
             picked = [
                 (e, overrides.get((e >> _DATA_BITS) & _OID_MASK)) for e in scanned if e & _MINE
             ]
         rows = [_render(e, o) for e, o in picked]
         return Page(rows, entry_key(scanned[-1]) if scanned else None, at_end)
+
+    def _batch_end(
+        self, lo: int, last: int, hi: int, ends_after: Callable[[int], bool]
+    ) -> int | None:
+        """Where the scan of ``entries[lo:last]`` ends early (the index past the end of the
+        first instant that ends walks), if before the window's end ``hi``."""
+        entries = self._entries
+        shift = _DATA_BITS + _KEY_BITS
+        for index in range(lo, min(last, hi - 1)):
+            ms = entries[index] >> shift
+            if entries[index + 1] >> shift == ms or not ends_after(ms):
+                continue
+            if any(e & _MINE for e in entries[bisect_left(entries, key_bound(ms)) : index + 1]):
+                return index + 1
+        return None
 
     def count(self, since: int | None, until: int | None) -> int:
         """This lender's rows in a window."""
