@@ -11,10 +11,11 @@ from datetime import timedelta
 import pyarrow as pa
 import pytest
 from api import DAY, T0, pid, row, rows_at
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError
+from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError, WindowTotal
+from d23_pipeline.client.completeness import CountedWindows
 from d23_pipeline.client.walk import PageRequest, WidthHint, WindowWalk
 from d23_pipeline.schema import RejectedRow, format_timestamp, rows_to_batch
 
@@ -86,7 +87,7 @@ def walk_of(
     limit: int = 8,
     min_window: timedelta = MINUTE,
     hint=None,
-    read_on: bool = False,
+    read_on: CountedWindows | None = None,
 ):
     hint = hint or WidthHint(min_window)
     return WindowWalk(
@@ -120,10 +121,49 @@ def test_a_read_again_walks_on_past_an_end_the_api_puts_at_one_point_in_its_data
     first = drive(walk_of(DAY), Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
     assert first == [pid(0), pid(1), pid(2)]
 
-    again = walk_of(DAY, read_on=True)
+    again = walk_of(DAY, read_on=_counted(DAY, len(rows)))
     handed = drive(again, Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
 
     assert handed == [r["public_id"] for r in rows]
+
+
+def test_rows_logged_while_a_window_is_read_again_do_not_keep_it_reading_on() -> None:
+    rows = rows_at([0, 10, 20])
+    source = Source(rows, itertools.cycle([2]))
+    walk = walk_of(DAY, read_on=_counted(DAY, len(rows)))
+    requests = 0
+    while (request := walk.next_request()) is not None and requests < 100:
+        requests += 1
+        served, cursor = source.page(request)
+        # The tenant logs a row "now", after every row served so far, with every page.
+        source.rows.append(row(100 + requests, T0 + timedelta(seconds=requests)))
+        walk.page_served(rows_to_batch(served), [], cursor)
+
+    # Two pages hand over the three rows counted; the walk ends there, rows left or not.
+    assert requests == 2
+
+
+def test_a_read_again_that_gets_every_row_counted_costs_no_request_more() -> None:
+    # One row an hour, a learned width of 6 h: the read's walks, and its counts, are in four.
+    rows = rows_at(range(0, 24 * 3_600_000, 3_600_000))
+    pieces = DAY.split(6 * HOUR)
+    counted = CountedWindows([(piece, WindowTotal(6, True, None)) for piece in pieces])
+
+    def requests(read_on: CountedWindows | None) -> list[PageRequest]:
+        source, asked = Source(rows, itertools.cycle([4])), []
+        walk = walk_of(DAY, hint=WidthHint(MINUTE, ceiling=6 * HOUR), read_on=read_on)
+        while (request := walk.next_request()) is not None:
+            asked.append(request)
+            served, cursor = source.page(request)
+            walk.page_served(rows_to_batch(served), [], cursor)
+        return asked
+
+    assert requests(counted) == requests(None)
+
+
+def _counted(window: Window, rows: int) -> CountedWindows:
+    """What a read again knows before its walk: ``rows`` counted exactly in ``window``."""
+    return CountedWindows([(window, WindowTotal(rows, True, None))])
 
 
 def test_a_timeout_on_a_wide_window_splits_what_is_left_without_a_pause() -> None:
@@ -285,6 +325,18 @@ def _reject_id(reject: RejectedRow) -> tuple:
         max_size=50,
     ),
     ends=st.lists(st.integers(0, 39), max_size=4),
+    read_again=st.booleans(),
+)
+# A re-read from an instant serves the rows handed over there again (skipped), then ends early
+# after a reject: it handed over no new row, yet the rest of the window is still to come.
+@example(
+    items=[(0, "row"), (0, "row"), (0, "row"), (0, "null"), (1, "null")],
+    span_ms=4,
+    limit=3,
+    sizes=[3],
+    steps=[(0, "page", 0.0), (0, "timeout", 0.0)],
+    ends=[0],
+    read_again=False,
 )
 def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_cuts_and_ends(
     items: list[tuple[int, str]],
@@ -293,6 +345,7 @@ def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_cu
     sizes: list[int],
     steps: list[tuple[int, str, float]],
     ends: list[int],
+    read_again: bool,
 ) -> None:
     served, offset = [], 0
     for n, (gap, kind) in enumerate(items):
@@ -309,7 +362,9 @@ def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_cu
     # Narrow windows reach the narrowest width, where a 504 lowers the page limit instead.
     hint = WidthHint(MS)
     window = Window(T0, T0 + span_ms * MS)
-    walks = [walk_of(window, limit=limit, min_window=MS, hint=hint, read_on=bool(ends))]
+    # A read again knows the window's count (rows and rejects alike) from before its walk.
+    read_on = _counted(window, len(served)) if ends or read_again else None
+    walks = [walk_of(window, limit=limit, min_window=MS, hint=hint, read_on=read_on)]
     ids, rejects = [], Counter()
     for pick, action, share in itertools.chain(steps, itertools.repeat((0, "page", 0.0))):
         alive = [walk for walk in walks if walk.next_request() is not None]

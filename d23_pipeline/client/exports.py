@@ -25,7 +25,13 @@ import pyarrow.compute as pc
 
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
-from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
+from d23_pipeline.client.completeness import (
+    CountedWindows,
+    SliceProof,
+    WindowTotal,
+    judge,
+    sum_totals,
+)
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
 from d23_pipeline.client.retry import Retrier, RetryPolicy
@@ -380,8 +386,10 @@ class ExportsClient:
     ) -> Part:
         read = SliceRead(piece, number, limit, self.count_parts(piece, cancel))
         # A read short of the counts may have met an end the API puts at one point in its data,
-        # whatever the page size: the next reads walk on past every end (two requests a part).
-        return schedule.begin(read, self._window_walk(piece, limit, read_on=number > 1))
+        # whatever the page size: the next reads walk on past an end while the counts say rows
+        # are left after it (about two requests per end).
+        read_on = CountedWindows(read.before) if number > 1 else None
+        return schedule.begin(read, self._window_walk(piece, limit, read_on=read_on))
 
     def _prove(
         self,
@@ -415,7 +423,9 @@ class ExportsClient:
     ) -> Iterator[SlicePage]:
         return self._pages(self._window_walk(window, limit), window, cancel)
 
-    def _window_walk(self, window: Window, limit: int, *, read_on: bool = False) -> WindowWalk:
+    def _window_walk(
+        self, window: Window, limit: int, *, read_on: CountedWindows | None = None
+    ) -> WindowWalk:
         return WindowWalk(
             window,
             limit=limit,

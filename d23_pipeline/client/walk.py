@@ -22,8 +22,11 @@ the same re-read as after a 504.
 
 An API may end every walk that reaches some point in its data (where a parent batch ends, say),
 whatever the page size; a read again from the slice's start would stop there again. So a walk
-that reads a slice again (``read_on``) does not take a part's end at its word: it reads on from
-the edge, the same re-read again, until a part ends without handing over a new row.
+that reads a slice again (``read_on``) does not take a part's end at its word while the exact
+counts taken before the read say rows are left after it: it reads on from the edge, the same
+re-read again, as long as each part ends having handed over a row or reject not handed over
+before. It stops once the read has handed over as many as were counted there, so rows written
+while the window is read (the current day's, at "now") do not keep it reading.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from datetime import datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from d23_pipeline.client.completeness import CountedWindows
 from d23_pipeline.client.errors import CursorLoopError, WindowTooHeavyError
 from d23_pipeline.client.windows import Window
 from d23_pipeline.schema import RejectedRow, parse_timestamp
@@ -150,7 +154,7 @@ class WindowWalk:
         min_window: timedelta,
         hint: WidthHint,
         path: str | None = None,
-        read_on: bool = False,
+        read_on: CountedWindows | None = None,
     ) -> None:
         self._limit = self._default_limit = limit
         self._read_on = read_on
@@ -196,6 +200,7 @@ class WindowWalk:
             self._cursor: str | None = None
             self._seen_cursors: set[str] = set()
             self._strikes = 0
+            self._handed_in_part = False  # a row or reject: what a read-on must make
 
     def next_request(self) -> PageRequest | None:
         """The page to fetch next, or ``None`` once the window is done."""
@@ -297,9 +302,12 @@ class WindowWalk:
             self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
             self._at_edge += _count(column, edge)
         self._strikes = 0
+        self._handed_in_part = self._handed_in_part or batch.num_rows > 0 or bool(fresh)
+        if self._read_on is not None:
+            self._read_on.handed_over(batch.column("communicated_at"), len(fresh))
         if next_cursor is None:
             self._limit = self._default_limit
-            if self._read_on and self._handed_over_new(part):
+            if self._rows_left_after_end(part):
                 self._read_on_past_end(part)
             else:
                 self._start_next_part()
@@ -351,9 +359,14 @@ class WindowWalk:
         self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows))
         self._start_next_part()
 
-    def _handed_over_new(self, part: _Part) -> bool:
-        """Whether ``part`` handed over a row (its edge moved on from where it started)."""
-        return self._edge > part.window.since_text or len(self._edge_ids) > len(part.skip)
+    def _rows_left_after_end(self, part: _Part) -> bool:
+        """Whether to read on past the end of ``part``'s walk: it handed over a row or reject
+        not handed over before, and the counts say rows are left from the edge on."""
+        return (
+            self._read_on is not None
+            and self._handed_in_part
+            and self._read_on.rows_left(Window(parse_timestamp(self._edge), part.window.until))
+        )
 
     def _read_on_past_end(self, part: _Part) -> None:
         # The edge's instant on its own first (an end inside it leaves rows there), then the
