@@ -8,7 +8,7 @@ drives it and never downloads a browser.
 import re
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,34 @@ def test_a_month_read_with_no_rows_shows_when_it_was_read(tmp_path: Path) -> Non
     (may,) = [f for f in data.freshness if f.month == date(2026, 5, 1)]
     assert may.rows == 0 and may.last_read is not None  # it said "never", and "maturing" forever
     assert may.last_read >= before
+
+
+def test_tiles_show_the_latest_month_with_attempts_and_the_change_between_the_rates_shown(
+    tmp_path: Path,
+) -> None:
+    # The simulator holds March and April: May is read and has no attempts.
+    sim = Simulator(SimulatorConfig(months=("2026-03", "2026-04"), rows_per_month=50))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        for month in ("2026-03", "2026-04", "2026-05"):
+            pipeline.materialize(month)
+    now = datetime(2026, 8, 1, tzinfo=UTC)
+    with Warehouse(pipeline.warehouse_path).connect(read_only=True) as con:
+        data = dashboard.gather(con, load_outcome_classes(), "UTC", now)
+    march, april, may = data.kpis
+    assert may["attempts"] == 0  # its rates are n/a: the tiles showed nothing but "n/a"
+    # Rates a hair apart on either side of a rounding step: both are shown as 35.2%.
+    april = {**april, "contact_rate": 0.35249}
+    march = {**march, "contact_rate": 0.35151}
+
+    dashboard.write_dashboard(tmp_path / "page.html", replace(data, kpis=[march, april, may]))
+
+    html = (tmp_path / "page.html").read_text()
+    assert "<h2>KPIs, Apr 2026</h2>" in html and "(May 2026: no attempts)" in html
+    tile = re.search(r'data-kpi="contact_rate">(.*?)</div></div>', html)
+    assert tile is not None
+    assert '<div class="value">35.2%</div>' in tile[1]
+    assert '<div class="delta">+0.0 pp (was 35.2%)' in tile[1]
 
 
 def test_months_counted_with_an_earlier_mapping_are_listed_until_rebuilt(tmp_path: Path) -> None:

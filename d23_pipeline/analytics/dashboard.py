@@ -104,13 +104,18 @@ class DashboardData:
         )
 
     def tile_months(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """The KPIs of the latest month that has ended, and of the month before it."""
-        ended = [k for k in self.kpis if month_end(k["month"]) <= self.generated_at]
+        """The KPIs of the latest month that has ended with attempts (a month without any has
+        no rate to show), and of the month before it."""
+        ended = [k for k in self.ended_months() if k["attempts"]]
         if not ended:
             return None, None
         latest = ended[-1]
         before = [k for k in ended if k["month"] == previous_month(latest["month"])]
         return latest, before[0] if before else None
+
+    def ended_months(self) -> list[dict[str, Any]]:
+        """The KPIs of the months that have ended, oldest first."""
+        return [k for k in self.kpis if month_end(k["month"]) <= self.generated_at]
 
 
 def month_start(month: date) -> datetime:
@@ -241,9 +246,10 @@ def percent(rate: float | None) -> str:
 
 
 def _points(rate: float | None, before: float | None) -> str:
+    # From the two rates as shown: from the exact ones, 35.2% against 35.2% could read +0.1 pp.
     if rate is None or before is None:
         return "no comparison"
-    return f"{(rate - before) * 100:+.1f} pp"
+    return f"{round(rate * 100, 1) - round(before * 100, 1):+.1f} pp"
 
 
 def _month_label(month: date) -> str:
@@ -601,8 +607,13 @@ def _page(data: DashboardData) -> tuple[str, str]:
 def _tiles_section(data: DashboardData) -> str:
     latest, before = data.tile_months()
     if latest is None:
-        return "<section id='kpis'><h2>KPIs</h2><p>No month has ended yet.</p></section>"
+        return (
+            "<section id='kpis'><h2>KPIs</h2><p>No month with attempts has ended yet.</p>"
+            "</section>"
+        )
     compared = f"change against {_month_label(before['month'])}" if before else "no month before it"
+    empty = [k["month"] for k in data.ended_months() if k["month"] > latest["month"]]
+    since = f" ({', '.join(map(_month_label, empty))}: no attempts)" if empty else ""
     tiles = []
     for name, label in KPI_LABELS.items():
         old = before[name] if before else None
@@ -616,7 +627,8 @@ def _tiles_section(data: DashboardData) -> str:
     caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
     return (
         f"<section id='kpis'><h2>KPIs, {_month_label(latest['month'])}</h2>"
-        f"<p>The latest month that has ended ({latest['attempts']:,} attempts), {compared}; "
+        f"<p>The latest month that has ended with attempts ({latest['attempts']:,}){since}, "
+        f"{compared}; "
         f"pp = percentage points.{caveat}</p>"
         f"<div class='tiles'>{''.join(tiles)}</div></section>"
     )
