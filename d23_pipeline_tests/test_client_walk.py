@@ -14,9 +14,8 @@ from api import DAY, T0, pid, row, rows_at
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError, WindowTotal
-from d23_pipeline.client.completeness import CountedWindows
-from d23_pipeline.client.walk import PageRequest, WidthHint, WindowWalk
+from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError
+from d23_pipeline.client.walk import PageRequest, ReadOn, WidthHint, WindowWalk
 from d23_pipeline.schema import RejectedRow, format_timestamp, rows_to_batch
 
 MINUTE = timedelta(minutes=1)
@@ -87,7 +86,7 @@ def walk_of(
     limit: int = 8,
     min_window: timedelta = MINUTE,
     hint=None,
-    read_on: CountedWindows | None = None,
+    read_on: ReadOn | None = None,
 ):
     hint = hint or WidthHint(min_window)
     return WindowWalk(
@@ -121,7 +120,7 @@ def test_a_read_again_walks_on_past_an_end_the_api_puts_at_one_point_in_its_data
     first = drive(walk_of(DAY), Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
     assert first == [pid(0), pid(1), pid(2)]
 
-    again = walk_of(DAY, read_on=_counted(DAY, len(rows)))
+    again = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
     handed = drive(again, Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
 
     assert handed == [r["public_id"] for r in rows]
@@ -129,41 +128,63 @@ def test_a_read_again_walks_on_past_an_end_the_api_puts_at_one_point_in_its_data
 
 def test_rows_logged_while_a_window_is_read_again_do_not_keep_it_reading_on() -> None:
     rows = rows_at([0, 10, 20])
-    source = Source(rows, itertools.cycle([2]))
-    walk = walk_of(DAY, read_on=_counted(DAY, len(rows)))
+    # Every walk ends after 00:00:00.010; the read began at 00:00:00.500.
+    source = Source(rows, itertools.cycle([2]), {rows[1]["communicated_at"]})
+    walk = walk_of(DAY, read_on=ReadOn(T0 + timedelta(milliseconds=500), len(rows)))
+    handed: list[str] = []
     requests = 0
     while (request := walk.next_request()) is not None and requests < 100:
         requests += 1
         served, cursor = source.page(request)
         # The tenant logs a row "now", after every row served so far, with every page.
         source.rows.append(row(100 + requests, T0 + timedelta(seconds=requests)))
+        batch, _ = walk.page_served(rows_to_batch(served), [], cursor)
+        handed += batch.column("public_id").to_pylist()
+
+    # It reads on past the end at 00:00:00.010 (its instant, then the rest: two pages, ending
+    # at a row logged since the read began), and stops there.
+    assert requests == 4
+    assert handed[:3] == [pid(0), pid(1), pid(2)]
+
+
+def test_rows_logged_behind_the_edge_keep_a_read_again_reading_on_only_once_per_row_counted():
+    # Every walk ends after each instant; each page, the tenant logs a row just past the last
+    # one, as if logged late: 3 rows counted, so it reads on past 3 ends and no more.
+    rows = rows_at([0, 10, 20])
+    ends = {format_timestamp(T0 + n * MS) for n in range(0, 10_000, 10)}
+    source = Source(rows, itertools.cycle([8]), ends)
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
+    requests = 0
+    while (request := walk.next_request()) is not None and requests < 100:
+        requests += 1
+        served, cursor = source.page(request)
         walk.page_served(rows_to_batch(served), [], cursor)
+        source.rows.append(row(100 + requests, T0 + (30 + 10 * requests) * MS))
 
-    # Two pages hand over the three rows counted; the walk ends there, rows left or not.
-    assert requests == 2
-
-
-def test_a_read_again_that_gets_every_row_counted_costs_no_request_more() -> None:
-    # One row an hour, a learned width of 6 h: the read's walks, and its counts, are in four.
-    rows = rows_at(range(0, 24 * 3_600_000, 3_600_000))
-    pieces = DAY.split(6 * HOUR)
-    counted = CountedWindows([(piece, WindowTotal(6, True, None)) for piece in pieces])
-
-    def requests(read_on: CountedWindows | None) -> list[PageRequest]:
-        source, asked = Source(rows, itertools.cycle([4])), []
-        walk = walk_of(DAY, hint=WidthHint(MINUTE, ceiling=6 * HOUR), read_on=read_on)
-        while (request := walk.next_request()) is not None:
-            asked.append(request)
-            served, cursor = source.page(request)
-            walk.page_served(rows_to_batch(served), [], cursor)
-        return asked
-
-    assert requests(counted) == requests(None)
+    assert requests < 100
+    assert requests == 1 + 3 * 2  # the walk, then three read-ons of two requests
 
 
-def _counted(window: Window, rows: int) -> CountedWindows:
-    """What a read again knows before its walk: ``rows`` counted exactly in ``window``."""
-    return CountedWindows([(window, WindowTotal(rows, True, None))])
+def test_a_row_that_moves_past_an_end_while_read_again_does_not_stop_the_reading_on() -> None:
+    # The rows before 12:00 and after it were counted apart (a capped count halved); row 1 moves
+    # from the first half into the second while the window is read, before the end at 12:00:00.010.
+    moves_to = format_timestamp(T0 + 12 * HOUR + 5 * MS)
+    rows = rows_at([0, 1000]) + rows_at([0, 10, 20], start=T0 + 12 * HOUR)
+    rows = [{**r, "public_id": pid(n)} for n, r in enumerate(rows)]
+    source = Source(rows, itertools.cycle([1]), {format_timestamp(T0 + 12 * HOUR + 10 * MS)})
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
+    handed: list[str] = []
+    while (request := walk.next_request()) is not None:
+        served, cursor = source.page(request)
+        if len(handed) == 1:
+            moved = next(r for r in source.rows if r["public_id"] == pid(1))
+            moved["communicated_at"] = moves_to
+            source.rows.sort(key=lambda r: (r["communicated_at"], r["public_id"]))
+        batch, _ = walk.page_served(rows_to_batch(served), [], cursor)
+        handed += batch.column("public_id").to_pylist()
+
+    # Row 1 twice, as it was and as it is now: the snapshot keeps the newer version.
+    assert sorted(set(handed)) == [pid(n) for n in range(5)]
 
 
 def test_a_timeout_on_a_wide_window_splits_what_is_left_without_a_pause() -> None:
@@ -362,8 +383,8 @@ def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_cu
     # Narrow windows reach the narrowest width, where a 504 lowers the page limit instead.
     hint = WidthHint(MS)
     window = Window(T0, T0 + span_ms * MS)
-    # A read again knows the window's count (rows and rejects alike) from before its walk.
-    read_on = _counted(window, len(served)) if ends or read_again else None
+    # A read again that began after every row of the window was logged, and counted them all.
+    read_on = ReadOn(window.until, len(served)) if ends or read_again else None
     walks = [walk_of(window, limit=limit, min_window=MS, hint=hint, read_on=read_on)]
     ids, rejects = [], Counter()
     for pick, action, share in itertools.chain(steps, itertools.repeat((0, "page", 0.0))):

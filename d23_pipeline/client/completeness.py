@@ -15,14 +15,8 @@ slice unverified: its rows may add and update, never delete.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from d23_pipeline.client.windows import Window
 
 
 @dataclass(frozen=True)
@@ -88,47 +82,3 @@ def judge(served: int, before: WindowTotal, after: WindowTotal, reads: int = 1) 
     )
     return SliceProof(served, low, high, verified, reads)
 
-
-class CountedWindows:
-    """The exact counts of a read's windows, taken before its walk, against the rows its walks
-    have handed over so far: where rows may still be left to read. Shared by the parts of one
-    read, from their threads."""
-
-    def __init__(self, counts: Sequence[tuple[Window, WindowTotal]]) -> None:
-        self._lock = threading.Lock()
-        self._counts = [(window, total.exact_total) for window, total in counts]
-        self._handed = [0] * len(self._counts)
-        self._rejects = 0
-
-    def handed_over(self, stamps: pa.Array, rejects: int) -> None:
-        """Count rows handed over, by their ``communicated_at`` (the API's text form), and
-        ``rejects`` (which have no usable instant)."""
-        with self._lock:
-            self._rejects += rejects
-        if not len(stamps):
-            return
-        first, last = pc.min_max(stamps).values()
-        for index, (window, _) in enumerate(self._counts):
-            since, until = window.since_text, window.until_text
-            if first.as_py() >= until or last.as_py() < since:
-                continue
-            inside = pc.and_(pc.greater_equal(stamps, since), pc.less(stamps, until))
-            with self._lock:
-                self._handed[index] += pc.sum(inside).as_py() or 0
-
-    def rows_left(self, stretch: Window) -> bool:
-        """Whether a window overlapping ``stretch`` was counted exactly, before the walk, above
-        the rows handed over in it, and the read has handed over fewer rows and rejects than
-        were counted in all. A reject is not placed in a window, so one there leaves it short:
-        reading on costs requests then, never rows, and each read-on must hand over something
-        new, so the read's total bounds them. A window without an exact count has nothing to
-        read on against (and its read proves nothing)."""
-        with self._lock:
-            counted = sum(total for _, total in self._counts if total is not None)
-            if sum(self._handed) + self._rejects >= counted:
-                return False
-            return any(
-                total is not None and handed < total
-                for (window, total), handed in zip(self._counts, self._handed, strict=True)
-                if window.since < stretch.until and stretch.since < window.until
-            )

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from typing import Any
 
@@ -25,20 +25,14 @@ import pyarrow.compute as pc
 
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
-from d23_pipeline.client.completeness import (
-    CountedWindows,
-    SliceProof,
-    WindowTotal,
-    judge,
-    sum_totals,
-)
+from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
 from d23_pipeline.client.retry import Retrier, RetryPolicy
 from d23_pipeline.client.session import ExportsSession, GatewayTimeout
 from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedule
 from d23_pipeline.client.stats import ClientStats
-from d23_pipeline.client.walk import WidthHint, WindowWalk
+from d23_pipeline.client.walk import ReadOn, WidthHint, WindowWalk
 from d23_pipeline.client.windows import Window
 from d23_pipeline.schema import RejectedRow
 from d23_pipeline.settings import Credentials
@@ -384,11 +378,13 @@ class ExportsClient:
         limit: int,
         cancel: threading.Event,
     ) -> Part:
+        began = datetime.now(UTC)
         read = SliceRead(piece, number, limit, self.count_parts(piece, cancel))
         # A read short of the counts may have met an end the API puts at one point in its data,
-        # whatever the page size: the next reads walk on past an end while the counts say rows
-        # are left after it (about two requests per end).
-        read_on = CountedWindows(read.before) if number > 1 else None
+        # whatever the page size: the next reads walk on past its walks' ends (two requests a
+        # part). Without an exact count the read proves nothing, and reading on has no bound.
+        counted = read.total_before.exact_total
+        read_on = ReadOn(began, counted) if number > 1 and counted is not None else None
         return schedule.begin(read, self._window_walk(piece, limit, read_on=read_on))
 
     def _prove(
@@ -409,7 +405,7 @@ class ExportsClient:
             return
         self.stats.add("slice_rereads")
         log.warning(
-            "slice %s not proven complete (%s); reading it again, on past every walk's end",
+            "slice %s not proven complete (%s); reading it again, on past its walks' ends",
             read.slice,
             proof.reason,
         )
@@ -424,7 +420,7 @@ class ExportsClient:
         return self._pages(self._window_walk(window, limit), window, cancel)
 
     def _window_walk(
-        self, window: Window, limit: int, *, read_on: CountedWindows | None = None
+        self, window: Window, limit: int, *, read_on: ReadOn | None = None
     ) -> WindowWalk:
         return WindowWalk(
             window,

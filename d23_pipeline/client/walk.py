@@ -22,11 +22,12 @@ the same re-read as after a 504.
 
 An API may end every walk that reaches some point in its data (where a parent batch ends, say),
 whatever the page size; a read again from the slice's start would stop there again. So a walk
-that reads a slice again (``read_on``) does not take a part's end at its word while the exact
-counts taken before the read say rows are left after it: it reads on from the edge, the same
-re-read again, as long as each part ends having handed over a row or reject not handed over
-before. It stops once the read has handed over as many as were counted there, so rows written
-while the window is read (the current day's, at "now") do not keep it reading.
+that reads a slice again does not take a part's end at its word (:class:`ReadOn`): it reads on
+from the edge, the same re-read again, as long as each part ends having handed over a row or
+reject not handed over before, and its edge is before the instant the read began: rows logged
+while the window is read (the current day's, at "now") are not the read's to find, and do not
+keep it reading. (The counts taken before the read cannot say where rows are left: a row that
+moved, or was logged, while the window was read fills the count of another stretch.)
 """
 
 from __future__ import annotations
@@ -34,16 +35,15 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from d23_pipeline.client.completeness import CountedWindows
 from d23_pipeline.client.errors import CursorLoopError, WindowTooHeavyError
 from d23_pipeline.client.windows import Window
-from d23_pipeline.schema import RejectedRow, parse_timestamp
+from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
 
 _MS = timedelta(milliseconds=1)
 
@@ -76,6 +76,17 @@ class WidthHint:
                 if self._ceiling is None or narrower < self._ceiling:
                     self._ceiling = narrower
             self._failed.append(width)
+
+
+@dataclass(frozen=True)
+class ReadOn:
+    """How a read again reads on past its walk's ends: only from edges before the instant it
+    ``began`` at, and at most ``ends`` times (the rows counted before it: each end walked past
+    hands one of them over, so only rows logged behind the edge while it reads could take more).
+    """
+
+    began: datetime
+    ends: int
 
 
 @dataclass(frozen=True)
@@ -154,10 +165,12 @@ class WindowWalk:
         min_window: timedelta,
         hint: WidthHint,
         path: str | None = None,
-        read_on: CountedWindows | None = None,
+        read_on: ReadOn | None = None,
     ) -> None:
         self._limit = self._default_limit = limit
         self._read_on = read_on
+        self._read_on_before = None if read_on is None else format_timestamp(read_on.began)
+        self._ends_left = 0 if read_on is None else read_on.ends
         self._min_limit = min_limit
         self._min_window = min_window
         self._hint = hint
@@ -247,7 +260,8 @@ class WindowWalk:
             min_window=self._min_window,
             hint=self._hint,
             path=self._path,
-            read_on=self._read_on,
+            # What is left of the budget, each: the two walks' ends are apart.
+            read_on=None if self._read_on is None else replace(self._read_on, ends=self._ends_left),
         )
 
     def page_served(
@@ -303,11 +317,9 @@ class WindowWalk:
             self._at_edge += _count(column, edge)
         self._strikes = 0
         self._handed_in_part = self._handed_in_part or batch.num_rows > 0 or bool(fresh)
-        if self._read_on is not None:
-            self._read_on.handed_over(batch.column("communicated_at"), len(fresh))
         if next_cursor is None:
             self._limit = self._default_limit
-            if self._rows_left_after_end(part):
+            if self._reads_on_past_end():
                 self._read_on_past_end(part)
             else:
                 self._start_next_part()
@@ -359,16 +371,18 @@ class WindowWalk:
         self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows))
         self._start_next_part()
 
-    def _rows_left_after_end(self, part: _Part) -> bool:
-        """Whether to read on past the end of ``part``'s walk: it handed over a row or reject
-        not handed over before, and the counts say rows are left from the edge on."""
+    def _reads_on_past_end(self) -> bool:
+        """Whether to read on past the end of the part's walk: it handed over a row or reject
+        not handed over before, and its edge is before the instant the read began."""
         return (
-            self._read_on is not None
+            self._read_on_before is not None
+            and self._ends_left > 0
             and self._handed_in_part
-            and self._read_on.rows_left(Window(parse_timestamp(self._edge), part.window.until))
+            and self._edge < self._read_on_before
         )
 
     def _read_on_past_end(self, part: _Part) -> None:
+        self._ends_left -= 1
         # The edge's instant on its own first (an end inside it leaves rows there), then the
         # rest from the next millisecond: a walk that starts past the point where the API ended
         # it does not meet that point again.
