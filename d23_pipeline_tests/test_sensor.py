@@ -14,6 +14,7 @@ from dagster._core.remote_origin import (
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from d23_pipeline.definitions import defs
+from d23_pipeline.defs import keys
 from d23_pipeline.defs.jobs import d23_pipeline_job
 from d23_pipeline.defs.sensors import (
     IN_FLIGHT_STATUSES,
@@ -224,6 +225,42 @@ def test_sensor_skips_a_partition_whose_run_is_in_flight(instance, status):
     result = tick(make_sensor(Clock(MAY_14)), instance)
     assert [r.partition_key for r in result.run_requests] == ["2026-03-01", "2026-05-01"]
     assert json.loads(result.cursor)["skipped_in_flight"] == ["2026-04-01"]
+
+
+def test_sensor_skips_a_partition_the_ui_or_a_backfill_is_reading(instance):
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": "2026-04-01"},
+            asset_selection=frozenset({keys.RAW_LOGS, keys.LOGS}),
+        )
+    )
+    result = tick(make_sensor(Clock(MAY_14)), instance)
+    assert [r.partition_key for r in result.run_requests] == ["2026-03-01", "2026-05-01"]
+
+
+def test_sensor_refreshes_a_month_another_projects_run_of_the_same_partition_holds(instance):
+    # An instance shared with another project that has monthly partitions of its own.
+    for job_name, selection in [
+        ("other_project_job", None),
+        ("__ASSET_JOB", frozenset({dg.AssetKey(["other", "raw_orders"])})),
+        ("__ASSET_JOB", frozenset({keys.OUTCOME_MIX_MONTHLY})),  # ours, but reads no month
+    ]:
+        instance.add_run(
+            dg.DagsterRun(
+                job_name=job_name,
+                status=dg.DagsterRunStatus.STARTED,
+                tags={"dagster/partition": "2026-04-01"},
+                asset_selection=selection,
+            )
+        )
+    result = tick(make_sensor(Clock(MAY_14)), instance)
+    assert [r.partition_key for r in result.run_requests] == [
+        "2026-03-01",
+        "2026-04-01",
+        "2026-05-01",
+    ]
 
 
 def _code_location_origin() -> RemoteJobOrigin:

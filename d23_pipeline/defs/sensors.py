@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from d23_pipeline.defs import keys
 from d23_pipeline.months import months_up_to
 
 # Statuses of a run that has not finished yet: a partition with such a run is not requested again.
@@ -103,6 +104,14 @@ def plan_daily_refresh(
     return RefreshPlan(keys, skipped, new_cursor, skip_reason)
 
 
+def reads_a_month(run: dg.DagsterRun, job_name: str) -> bool:
+    """Whether ``run`` reads a month of D23: a run of the job named ``job_name``, or one whose
+    assets include the raw asset (the UI's, a backfill's). On an instance shared with other
+    projects, their runs of their own monthly partitions hold no month of ours back."""
+    selection = run.asset_selection
+    return run.job_name == job_name or (selection is not None and keys.RAW_LOGS in selection)
+
+
 def build_daily_refresh_sensor(
     job_name: str,
     partitions_def: dg.PartitionsDefinition,
@@ -153,7 +162,9 @@ def build_daily_refresh_sensor(
             lookback_months=lookback_months,
             existing_partitions=set(partitions_def.get_partition_keys(current_time=now)),
             in_flight_partitions={
-                record.dagster_run.tags.get("dagster/partition") for record in in_flight
+                record.dagster_run.tags.get("dagster/partition")
+                for record in in_flight
+                if reads_a_month(record.dagster_run, job_name)
             },
         )
         for key in plan.skipped_in_flight:
