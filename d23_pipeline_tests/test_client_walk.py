@@ -161,8 +161,32 @@ def test_rows_logged_behind_the_edge_keep_a_read_again_reading_on_only_once_per_
         walk.page_served(rows_to_batch(served), [], cursor)
         source.rows.append(row(100 + requests, T0 + (30 + 10 * requests) * MS))
 
-    assert requests < 100
     assert requests == 1 + 3 * 2  # the walk, then three read-ons of two requests
+    # It stopped with an end it would have read on past: the read proves nothing.
+    assert walk.read_on_ran_out
+
+
+def test_a_timeout_after_the_last_row_of_a_part_read_again_keeps_it_reading_on() -> None:
+    rows = rows_at([0, 10, 20])
+    at_zero = rows[0]["communicated_at"]
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
+    # The first page hands over the row at 00:00:00.000 and stops inside that instant (other
+    # tenants' rows); the page after it times out, and the walk goes on from 00:00 in halves.
+    walk.page_served(rows_to_batch(rows[:1]), [], f"{at_zero}|mid|0")
+    walk.gateway_timeout()
+    handed: list[str] = []
+    while (request := walk.next_request()) is not None:
+        if request.part.since_text <= at_zero and request.cursor is None:
+            # Every walk that starts at or before that instant ends after it.
+            served = [r for r in rows if r["communicated_at"] == at_zero]
+        else:
+            served = [r for r in rows if request.part.since_text <= r["communicated_at"]]
+            served = [r for r in served if r["communicated_at"] < request.part.until_text]
+        batch, _ = walk.page_served(rows_to_batch(served), [], None)
+        handed += batch.column("public_id").to_pylist()
+
+    assert handed == [pid(1), pid(2)]
+    assert not walk.read_on_ran_out
 
 
 def test_a_row_that_moves_past_an_end_while_read_again_does_not_stop_the_reading_on() -> None:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from d23_pipeline.client import ExportsClient, Window, WindowTotal
-from d23_pipeline.client.completeness import sum_totals
+from d23_pipeline.client.completeness import judge, sum_totals
 from d23_pipeline.definitions import defs
 from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import SnapshotStore
@@ -270,6 +270,17 @@ def test_the_cli_exits_non_zero_naming_the_slices_in_doubt(tmp_path: Path) -> No
     output = doubtful.stdout + doubtful.stderr
     assert "slice(s) not proven complete" in output
     assert "[2026-04-" in output
+
+
+def test_a_read_whose_walks_could_not_read_on_past_every_end_is_not_proven_complete() -> None:
+    # Rows logged late behind its edge can fill the count in place of rows after an end.
+    counted = WindowTotal(4, True, None)
+
+    proof = judge(4, counted, counted, 2, read_on_ran_out=True)
+
+    assert not proof.verified
+    assert proof.reason == "the API ended its walks early more often than the slice has rows"
+    assert judge(4, counted, counted, 2).verified
 
 
 @pytest.mark.parametrize(

@@ -203,11 +203,17 @@ def test_tiles_show_the_latest_month_with_attempts_and_the_change_between_the_ra
     dashboard.write_dashboard(tmp_path / "page.html", replace(data, kpis=[march, april, may]))
 
     html = (tmp_path / "page.html").read_text()
-    assert "<h2>KPIs, Apr 2026</h2>" in html and "(May 2026: no attempts)" in html
+    assert "<h2>KPIs, Apr 2026</h2>" in html
+    assert f"({april['attempts']:,}; May 2026 had none), change against Mar 2026" in html
     tile = re.search(r'data-kpi="contact_rate">(.*?)</div></div>', html)
     assert tile is not None
     assert '<div class="value">35.2%</div>' in tile[1]
     assert '<div class="delta">+0.0 pp (was 35.2%)' in tile[1]
+    # With March empty too, April has nothing to compare against, and says why.
+    dashboard.write_dashboard(
+        tmp_path / "page.html", replace(data, kpis=[{**march, "attempts": 0}, april, may])
+    )
+    assert "no attempts in Mar 2026 to compare against" in (tmp_path / "page.html").read_text()
 
 
 def test_months_counted_with_an_earlier_mapping_are_listed_until_rebuilt(tmp_path: Path) -> None:

@@ -611,9 +611,16 @@ def _tiles_section(data: DashboardData) -> str:
             "<section id='kpis'><h2>KPIs</h2><p>No month with attempts has ended yet.</p>"
             "</section>"
         )
-    compared = f"change against {_month_label(before['month'])}" if before else "no month before it"
-    empty = [k["month"] for k in data.ended_months() if k["month"] > latest["month"]]
-    since = f" ({', '.join(map(_month_label, empty))}: no attempts)" if empty else ""
+    ended = data.ended_months()
+    previous = previous_month(latest["month"])
+    if before is not None:
+        compared = f"change against {_month_label(before['month'])}"
+    elif any(k["month"] == previous for k in ended):
+        compared = f"no attempts in {_month_label(previous)} to compare against"
+    else:
+        compared = "no month before it"
+    empty = [_month_label(k["month"]) for k in ended if k["month"] > latest["month"]]
+    since = f"; {', '.join(empty)} had none" if empty else ""
     tiles = []
     for name, label in KPI_LABELS.items():
         old = before[name] if before else None
@@ -627,7 +634,7 @@ def _tiles_section(data: DashboardData) -> str:
     caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
     return (
         f"<section id='kpis'><h2>KPIs, {_month_label(latest['month'])}</h2>"
-        f"<p>The latest month that has ended with attempts ({latest['attempts']:,}){since}, "
+        f"<p>The latest month that has ended with attempts ({latest['attempts']:,}{since}), "
         f"{compared}; "
         f"pp = percentage points.{caveat}</p>"
         f"<div class='tiles'>{''.join(tiles)}</div></section>"

@@ -62,11 +62,15 @@ class SliceProof:
     total_after: int | None
     verified: bool
     reads: int = 1
+    # A walk of the read ended early more often than it could read on past (see walk.py).
+    read_on_ran_out: bool = False
 
     @property
     def reason(self) -> str:
         """Why the slice is (not) verified, for run logs and check metadata."""
         before, after = self.total_before, self.total_after
+        if self.read_on_ran_out:
+            return "the API ended its walks early more often than the slice has rows"
         if before is None or after is None:
             return "the API gave no exact count for the slice"
         if self.verified:
@@ -74,11 +78,22 @@ class SliceProof:
         return f"served {self.served} against exact counts {before} before and {after} after"
 
 
-def judge(served: int, before: WindowTotal, after: WindowTotal, reads: int = 1) -> SliceProof:
-    """Verify one read of a slice: ``served`` rows (valid and rejected) between two counts."""
+def judge(
+    served: int,
+    before: WindowTotal,
+    after: WindowTotal,
+    reads: int = 1,
+    *,
+    read_on_ran_out: bool = False,
+) -> SliceProof:
+    """Verify one read of a slice: ``served`` rows (valid and rejected) between two counts, by
+    walks that read on past every early end they met (``read_on_ran_out`` if one did not)."""
     low, high = before.exact_total, after.exact_total
     verified = (
-        low is not None and high is not None and min(low, high) <= served <= max(low, high)
+        not read_on_ran_out
+        and low is not None
+        and high is not None
+        and min(low, high) <= served <= max(low, high)
     )
-    return SliceProof(served, low, high, verified, reads)
+    return SliceProof(served, low, high, verified, reads, read_on_ran_out)
 

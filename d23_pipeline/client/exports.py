@@ -46,6 +46,10 @@ _MS = timedelta(milliseconds=1)
 # slot it freed, so the API sees ``max_concurrency`` requests at all times. A second spare
 # measured no better and holds one more slice open (benchmarks/README.md, 0b).
 _SPARE_WALKS = 1
+# Rows are stamped on the API's clock, the instant a read again began on ours: an API clock up
+# to this far ahead does not stop a read again short of rows it had when it began. Rows logged
+# in that minute may keep it reading on, never more often than the slice has rows.
+_API_CLOCK_AHEAD = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -378,7 +382,7 @@ class ExportsClient:
         limit: int,
         cancel: threading.Event,
     ) -> Part:
-        began = datetime.now(UTC)
+        began = datetime.now(UTC) + _API_CLOCK_AHEAD
         read = SliceRead(piece, number, limit, self.count_parts(piece, cancel))
         # A read short of the counts may have met an end the API puts at one point in its data,
         # whatever the page size: the next reads walk on past its walks' ends (two requests a
@@ -398,8 +402,21 @@ class ExportsClient:
         proven complete and reads are left."""
         schedule.ask_ahead()
         after = [self.count(part, cancel) for part, _ in read.before]
-        proof = judge(read.rows + read.rejects, read.total_before, sum_totals(after), read.number)
+        proof = judge(
+            read.rows + read.rejects,
+            read.total_before,
+            sum_totals(after),
+            read.number,
+            read_on_ran_out=read.read_on_ran_out,
+        )
         if proof.verified or read.number == self._slice_reads:
+            if not proof.verified:
+                log.warning(
+                    "slice %s not proven complete after %d reads (%s)",
+                    read.slice,
+                    read.number,
+                    proof.reason,
+                )
             deliver(SliceDone(read.slice, read.rows, read.rejects, read.pages, proof))
             schedule.read_done()
             return

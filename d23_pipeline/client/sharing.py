@@ -62,6 +62,8 @@ class SliceRead:
     parts: int = 0  # parts handed out and not finished
     # A part stopped before the end of its walk (an error, a cancel): nothing proves the read.
     broken: bool = False
+    # A part's walk ended early more often than it could read on past: nor do the counts.
+    read_on_ran_out: bool = False
 
     @cached_property
     def total_before(self) -> WindowTotal:
@@ -217,6 +219,7 @@ class SliceSchedule:
             part.rest = None
             part.read.parts -= 1
             part.read.broken = part.read.broken or not walked
+            part.read.read_on_ran_out = part.read.read_on_ran_out or part.walk.read_on_ran_out
             last = part.read.parts == 0 and not part.read.broken
             self._changed.notify_all()
         if ask is not None:

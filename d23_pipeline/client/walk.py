@@ -25,9 +25,11 @@ whatever the page size; a read again from the slice's start would stop there aga
 that reads a slice again does not take a part's end at its word (:class:`ReadOn`): it reads on
 from the edge, the same re-read again, as long as each part ends having handed over a row or
 reject not handed over before, and its edge is before the instant the read began: rows logged
-while the window is read (the current day's, at "now") are not the read's to find, and do not
-keep it reading. (The counts taken before the read cannot say where rows are left: a row that
-moved, or was logged, while the window was read fills the count of another stretch.)
+"now" while the current day is read are not the read's to find. (The counts taken before the
+read cannot say where rows are left: a row that moved, or was logged, while the window was read
+fills the count of another stretch.) A walk reads on at most as many times as rows were counted
+before the read; one that would read on further says so (:attr:`WindowWalk.read_on_ran_out`),
+since rows logged late behind its edge may have taken the place of rows it did not reach.
 """
 
 from __future__ import annotations
@@ -81,9 +83,8 @@ class WidthHint:
 @dataclass(frozen=True)
 class ReadOn:
     """How a read again reads on past its walk's ends: only from edges before the instant it
-    ``began`` at, and at most ``ends`` times (the rows counted before it: each end walked past
-    hands one of them over, so only rows logged behind the edge while it reads could take more).
-    """
+    ``began`` at (on the API's clock), and at most ``ends`` times a walk (the rows counted before
+    the read: an end walked past before that instant is past a row it had then)."""
 
     began: datetime
     ends: int
@@ -171,6 +172,7 @@ class WindowWalk:
         self._read_on = read_on
         self._read_on_before = None if read_on is None else format_timestamp(read_on.began)
         self._ends_left = 0 if read_on is None else read_on.ends
+        self.read_on_ran_out = False  # it would have read on past one more end
         self._min_limit = min_limit
         self._min_window = min_window
         self._hint = hint
@@ -345,7 +347,11 @@ class WindowWalk:
             pieces = self._hint.split(remaining)
             if len(pieces) < 2:
                 pieces = list(remaining.halves())
+            # The first piece goes on with the part from its edge: what the part handed over
+            # still asks for reading on past its end, wherever the part was cut.
+            handed = self._handed_in_part
             self._read_again_in(pieces)
+            self._handed_in_part = handed
             return Narrowing(split=True, limit=self._limit, pause_strikes=0)
         if self._strikes == 1:
             return Narrowing(split=False, limit=self._limit, pause_strikes=1)
@@ -373,13 +379,16 @@ class WindowWalk:
 
     def _reads_on_past_end(self) -> bool:
         """Whether to read on past the end of the part's walk: it handed over a row or reject
-        not handed over before, and its edge is before the instant the read began."""
-        return (
+        not handed over before, its edge is before the instant the read began, and the walk has
+        read-ons left."""
+        wanted = (
             self._read_on_before is not None
-            and self._ends_left > 0
             and self._handed_in_part
             and self._edge < self._read_on_before
         )
+        if wanted and self._ends_left <= 0:
+            self.read_on_ran_out = True
+        return wanted and self._ends_left > 0
 
     def _read_on_past_end(self, part: _Part) -> None:
         self._ends_left -= 1
