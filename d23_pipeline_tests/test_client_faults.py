@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import itertools
 import json
+import socket
 import threading
 import time
 import zlib
@@ -137,6 +139,39 @@ def test_a_refused_connection_is_retried_then_a_clear_error() -> None:
     # certificate).
     assert "ConnectError: [Errno 111] Connection refused [host 127.0.0.1]" in str(caught.value)
     assert reader.stats.as_dict()["retries"] == {"connection": 2}
+
+
+@contextmanager
+def unanswered_port() -> Iterator[str]:
+    """A URL on 127.0.0.1 whose connects hang, as at a host that drops them: its listener never
+    accepts, and its backlog is full."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        with contextlib.ExitStack() as fillers:
+            for _ in range(3):
+                filler = fillers.enter_context(socket.socket())
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(address)
+            yield f"http://127.0.0.1:{address[1]}"
+
+
+def test_a_host_that_never_answers_the_connect_fails_at_the_connect_timeout() -> None:
+    credentials = LoginCredentials("demo", "analyst@demo.example", "any")
+    started = time.monotonic()
+    with (
+        unanswered_port() as url,
+        ExportsClient(
+            url, credentials, sleep=lambda s: None, retry=RetryPolicy(2), connect_timeout=0.2
+        ) as reader,
+        pytest.raises(RetriesExhaustedError, match="timeout") as caught,
+    ):
+        walk_ids(reader)
+    # Not the minute a page may take, twice: a wrong address is known in seconds.
+    assert time.monotonic() - started < 30
+    assert "ConnectTimeout" in str(caught.value) and "[host 127.0.0.1]" in str(caught.value)
 
 
 def test_a_connection_failure_quoting_a_url_shows_no_userinfo() -> None:

@@ -119,6 +119,7 @@ class ExportsClient:
         slice_reads: int = 3,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
         timeout: float = 60.0,
+        connect_timeout: float = 10.0,
         max_body_bytes: int = MAX_BODY_BYTES,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -150,7 +151,9 @@ class ExportsClient:
         self._http = BoundedHttp(
             httpx.Client(
                 transport=transport,
-                timeout=timeout,
+                # A host that drops our SYNs (a wrong address, a firewall) is known in seconds; a
+                # page may take a minute.
+                timeout=httpx.Timeout(timeout, connect=connect_timeout),
                 limits=httpx.Limits(
                     max_connections=connections, max_keepalive_connections=connections
                 ),

@@ -290,7 +290,7 @@ class Retrier:
             try:
                 return attempt()
             except httpx.TimeoutException as exc:
-                failure = Transient("timeout", detail=type(exc).__name__)
+                failure = Transient("timeout", detail=_connection_failure(exc))
             except httpx.TransportError as exc:
                 failure = Transient("connection", detail=_connection_failure(exc))
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot undo
