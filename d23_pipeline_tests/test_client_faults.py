@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import random
 import socket
 import threading
 import time
@@ -295,6 +296,51 @@ def test_time_held_by_another_requests_retry_after_counts_toward_the_wait_budget
         # Held ~1 s by the other request, then told to wait 1 s more: past its 1.5 s.
         retrier.call(_fails_once_with(RATE_LIMITED, sent), what="another page", path="/d23")
     assert len(sent) == 1
+
+
+def test_a_hold_given_while_a_request_waits_out_another_holds_it_to_the_later_end() -> None:
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:  # meanwhile another request is told Retry-After: 5
+            retrier._hold_all(5.0)
+
+    retrier = Retrier(RetryPolicy(), ClientStats(100), sleep)
+    retrier.call(_fails_once_with(RATE_LIMITED, []), what="a page", path="/d23")
+
+    # Its own second (and jitter); then, the hold checked again, what is left of the 5 s.
+    first, rest = slept
+    assert 1.0 <= first <= 1.1
+    assert first + rest >= 4.99
+
+
+def test_requests_held_by_one_retry_after_come_back_each_at_its_own_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(retry, "random", random.Random(4))
+    slept: list[float] = []
+    both_waiting = threading.Barrier(2)
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        both_waiting.wait(timeout=5)
+
+    retrier = Retrier(RetryPolicy(), ClientStats(100), sleep)
+    limited = threading.Thread(
+        target=retrier.call,
+        args=(_fails_once_with(RATE_LIMITED, []),),
+        kwargs={"what": "a page", "path": "/d23"},
+    )
+    limited.start()
+    while not slept:  # the 429's Retry-After: 1 holds the client, and that request waits
+        time.sleep(0.001)
+    retrier.call(lambda: "ok", what="another page", path="/d23")
+    limited.join()
+
+    # Each waits the hold and up to a tenth more, drawn on its own: not one instant for all.
+    assert all(0.9 <= pause <= 1.1 for pause in slept)
+    assert abs(slept[0] - slept[1]) >= 0.01
 
 
 def test_a_retry_after_under_a_second_counts_as_a_failed_attempt() -> None:
