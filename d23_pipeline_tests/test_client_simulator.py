@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from typing import Any
 
 import pytest
+from api import pid
+from api import row as d23_row
 
 from d23_pipeline.client import (
     DatasetNotFoundError,
@@ -17,11 +21,13 @@ from d23_pipeline.client import (
     Window,
     WindowTotal,
 )
+from d23_pipeline.client.completeness import SliceProof
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import (
     FAKE_PII_MARKERS,
     BadRows,
     Faults,
+    SimResponse,
     Simulator,
     SimulatorConfig,
     serve,
@@ -160,3 +166,80 @@ def test_a_month_too_heavy_to_count_at_once_is_counted_in_halves() -> None:
 
     assert total == WindowTotal(len(sim.rows(JANUARY.since, JANUARY.until)), True, None)
     assert client.stats.count_splits > 0
+
+
+class EndingApi(Simulator):
+    """Ends every walk after the row ``end_after`` (a point in its data, whatever the page
+    size) or, without one, the first walk of all after two rows; its clock, in its answers'
+    Date and in the rows it logs, is ``ahead`` of ours; with ``logging``, the tenant logs a row
+    'now' with every data page (one moved in from rows two days back)."""
+
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        end_after: str | None = None,
+        ahead: timedelta = timedelta(0),
+        logging: bool = False,
+    ) -> None:
+        self.end_after, self.ahead, self.logging = end_after, ahead, logging
+        self.data_pages = 0
+        long_ago = datetime.now(UTC) - timedelta(days=2)
+        moved = [d23_row(10_000 + n, long_ago + n * timedelta(seconds=1)) for n in range(2_000)]
+        super().__init__(SimulatorConfig(), rows=rows + moved if logging else rows)
+
+    def handle(self, method: str, path: str, query: Any, headers: Any, body: bytes) -> Any:
+        page = "/exports/" in path and query.get("includeTotal") != "true"
+        if page:
+            self.data_pages += 1
+            if self.logging:
+                self.move_row(pid(10_000 + self.data_pages), datetime.now(UTC) + self.ahead)
+        answer = super().handle(method, path, query, headers, body)
+        answer.headers["Date"] = formatdate(time.time() + self.ahead.total_seconds(), usegmt=True)
+        if not page or answer.status != 200:
+            return answer
+        payload = answer.json()
+        end = self._end([r["public_id"] for r in payload["body"]["rows"]])
+        if end is None or end == len(payload["body"]["rows"]):
+            return answer
+        payload["body"]["rows"] = payload["body"]["rows"][:end]
+        payload["body"]["pagination"]["nextCursor"] = None
+        return SimResponse.from_json(payload)
+
+    def _end(self, ids: list[str]) -> int | None:
+        """How many of a page's rows it serves before it ends the walk, if it ends it there."""
+        if self.end_after is None:
+            return min(2, len(ids)) if self.data_pages == 1 else None
+        return ids.index(self.end_after) + 1 if self.end_after in ids else None
+
+
+def _read_again(sim: Simulator, window: Window) -> SliceProof:
+    """The proof of ``window`` read as one slice, whose first read the API ends early."""
+    with client_for(sim, slice_size=window.duration, max_concurrency=1) as client:
+        events = list(client.iter_slices(window))
+    return [e for e in events if isinstance(e, SliceDone)][-1].proof
+
+
+def test_a_read_again_of_today_while_the_tenant_logs_rows_is_proven_complete() -> None:
+    now = datetime.now(UTC)
+    counted = [d23_row(n, now - timedelta(minutes=50) + n * timedelta(seconds=1)) for n in range(5)]
+    sim = EndingApi(counted, logging=True)
+
+    proof = _read_again(sim, Window(now - timedelta(hours=1), now + timedelta(hours=1)))
+
+    # The rows logged since its count keep it reading on until the second after the API's Date
+    # on that count, without using up the read-ons of the 5 rows counted.
+    assert proof.reads == 2 and proof.verified, proof.reason
+    assert proof.served == proof.total_after
+
+
+def test_a_read_again_reads_on_to_rows_an_api_clock_ahead_of_ours_holds() -> None:
+    now = datetime.now(UTC)
+    rows = [d23_row(0, now - timedelta(minutes=10)), d23_row(1, now + timedelta(seconds=70))]
+    rows.append(d23_row(2, now + timedelta(seconds=110)))  # logged 'now' on the API's clock
+    sim = EndingApi(rows, end_after=pid(1), ahead=timedelta(minutes=2))
+
+    proof = _read_again(sim, Window(now - timedelta(hours=1), now + timedelta(hours=1)))
+
+    assert proof.reads == 2 and proof.verified, proof.reason
+    assert proof.served == 3

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import Collection
-from datetime import timedelta
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -120,26 +120,35 @@ def test_a_read_again_walks_on_past_an_end_the_api_puts_at_one_point_in_its_data
     first = drive(walk_of(DAY), Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
     assert first == [pid(0), pid(1), pid(2)]
 
-    again = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
+    again = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows), DAY.until))
     handed = drive(again, Source(rows, itertools.cycle([2]), ends), itertools.repeat(False))
 
     assert handed == [r["public_id"] for r in rows]
+
+
+def read_while_logged(
+    walk: WindowWalk, source: Source, logged_at: Callable[[int], datetime]
+) -> tuple[list[str], int]:
+    """Run the walk while the tenant logs a row at ``logged_at(n)`` with its n-th page: the ids
+    handed over, and the requests made (at most 1,000)."""
+    handed: list[str] = []
+    requests = 0
+    while (request := walk.next_request()) is not None and requests < 1_000:
+        requests += 1
+        served, cursor = source.page(request)
+        source.rows.append(row(100 + requests, logged_at(requests)))
+        batch, _ = walk.page_served(rows_to_batch(served), [], cursor)
+        handed += batch.column("public_id").to_pylist()
+    return handed, requests
 
 
 def test_rows_logged_while_a_window_is_read_again_do_not_keep_it_reading_on() -> None:
     rows = rows_at([0, 10, 20])
     # Every walk ends after 00:00:00.010; the read began at 00:00:00.500.
     source = Source(rows, itertools.cycle([2]), {rows[1]["communicated_at"]})
-    walk = walk_of(DAY, read_on=ReadOn(T0 + timedelta(milliseconds=500), len(rows)))
-    handed: list[str] = []
-    requests = 0
-    while (request := walk.next_request()) is not None and requests < 100:
-        requests += 1
-        served, cursor = source.page(request)
-        # The tenant logs a row "now", after every row served so far, with every page.
-        source.rows.append(row(100 + requests, T0 + timedelta(seconds=requests)))
-        batch, _ = walk.page_served(rows_to_batch(served), [], cursor)
-        handed += batch.column("public_id").to_pylist()
+    walk = walk_of(DAY, read_on=ReadOn(T0 + 500 * MS, len(rows), T0 + 500 * MS))
+    # The tenant logs a row "now", after every row served so far, with every page.
+    handed, requests = read_while_logged(walk, source, lambda n: T0 + timedelta(seconds=n))
 
     # It reads on past the end at 00:00:00.010 (its instant, then the rest: two pages, ending
     # at a row logged since the read began), and stops there.
@@ -153,23 +162,33 @@ def test_rows_logged_behind_the_edge_keep_a_read_again_reading_on_only_once_per_
     rows = rows_at([0, 10, 20])
     ends = {format_timestamp(T0 + n * MS) for n in range(0, 10_000, 10)}
     source = Source(rows, itertools.cycle([8]), ends)
-    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
-    requests = 0
-    while (request := walk.next_request()) is not None and requests < 100:
-        requests += 1
-        served, cursor = source.page(request)
-        walk.page_served(rows_to_batch(served), [], cursor)
-        source.rows.append(row(100 + requests, T0 + (30 + 10 * requests) * MS))
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows), DAY.until))
+    _, requests = read_while_logged(walk, source, lambda n: T0 + (30 + 10 * n) * MS)
 
     assert requests == 1 + 3 * 2  # the walk, then three read-ons of two requests
     # It stopped with an end it would have read on past: the read proves nothing.
     assert walk.read_on_ran_out
 
 
+def test_rows_logged_since_the_count_keep_a_read_again_reading_on_up_to_its_start_only():
+    # As above, but counted at 00:00:00.030 and begun at 00:00:00.200: the rows logged from
+    # 00:00:00.040 on were logged since the count, and only the instant it began stops them.
+    rows = rows_at([0, 10, 20])
+    ends = {format_timestamp(T0 + n * MS) for n in range(0, 10_000, 10)}
+    source = Source(rows, itertools.cycle([8]), ends)
+    walk = walk_of(DAY, read_on=ReadOn(T0 + 200 * MS, len(rows), T0 + 30 * MS))
+    handed, requests = read_while_logged(walk, source, lambda n: T0 + (30 + 10 * n) * MS)
+
+    assert not walk.read_on_ran_out  # those rows do not use up the 3 read-ons of the counted
+    stamps = sorted(r["communicated_at"] for r in source.rows if r["public_id"] in handed)
+    assert stamps[-1] == format_timestamp(T0 + 200 * MS)  # the first row it did not read on past
+    assert requests < 100
+
+
 def test_a_timeout_after_the_last_row_of_a_part_read_again_keeps_it_reading_on() -> None:
     rows = rows_at([0, 10, 20])
     at_zero = rows[0]["communicated_at"]
-    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows), DAY.until))
     # The first page hands over the row at 00:00:00.000 and stops inside that instant (other
     # tenants' rows); the page after it times out, and the walk goes on from 00:00 in halves.
     walk.page_served(rows_to_batch(rows[:1]), [], f"{at_zero}|mid|0")
@@ -196,7 +215,7 @@ def test_a_row_that_moves_past_an_end_while_read_again_does_not_stop_the_reading
     rows = rows_at([0, 1000]) + rows_at([0, 10, 20], start=T0 + 12 * HOUR)
     rows = [{**r, "public_id": pid(n)} for n, r in enumerate(rows)]
     source = Source(rows, itertools.cycle([1]), {format_timestamp(T0 + 12 * HOUR + 10 * MS)})
-    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows)))
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, len(rows), DAY.until))
     handed: list[str] = []
     while (request := walk.next_request()) is not None:
         served, cursor = source.page(request)
@@ -408,7 +427,7 @@ def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_cu
     hint = WidthHint(MS)
     window = Window(T0, T0 + span_ms * MS)
     # A read again that began after every row of the window was logged, and counted them all.
-    read_on = ReadOn(window.until, len(served)) if ends or read_again else None
+    read_on = ReadOn(window.until, len(served), window.until) if ends or read_again else None
     walks = [walk_of(window, limit=limit, min_window=MS, hint=hint, read_on=read_on)]
     ids, rejects = [], Counter()
     for pick, action, share in itertools.chain(steps, itertools.repeat((0, "page", 0.0))):

@@ -16,7 +16,8 @@ slice unverified: its rows may add and update, never delete.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class WindowTotal:
     total: int | None
     exact: bool
     note: str | None
+    # The API's clock when it counted, to the second (its answer's Date header), if it said;
+    # not part of what the count is.
+    counted_at: datetime | None = field(default=None, compare=False)
 
     @property
     def exact_total(self) -> int | None:
@@ -46,10 +50,12 @@ def sum_totals(totals: Sequence[WindowTotal]) -> WindowTotal:
     total = sum(known) if len(known) == len(totals) else None
     if total is not None and total > MAX_COUNT:
         return WindowTotal(None, False, "overflow")
+    stamps = [t.counted_at for t in totals]
     return WindowTotal(
         total,
         all(t.exact for t in totals),
         next((t.note for t in totals if t.note), None),
+        None if None in stamps else max(s for s in stamps if s is not None),
     )
 
 

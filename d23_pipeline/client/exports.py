@@ -46,10 +46,12 @@ _MS = timedelta(milliseconds=1)
 # slot it freed, so the API sees ``max_concurrency`` requests at all times. A second spare
 # measured no better and holds one more slice open (benchmarks/README.md, 0b).
 _SPARE_WALKS = 1
-# Rows are stamped on the API's clock, the instant a read again began on ours: an API clock up
-# to this far ahead does not stop a read again short of rows it had when it began. Rows logged
-# in that minute may keep it reading on, never more often than the slice has rows.
+# Rows are stamped on the API's clock. Its answers' Date says what time it is there (to the
+# second); an API that sends none is taken to be up to this far ahead of ours, so that a read
+# again does not stop short of rows it had when the read began. Rows logged meanwhile may keep
+# the read reading on: for a second with a Date, for up to this long without.
 _API_CLOCK_AHEAD = timedelta(minutes=1)
+_SECOND = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,19 @@ def _any_repeated(hashes: Iterable[array[int]]) -> bool:
     merged = np.concatenate(parts)
     merged.sort()
     return bool((merged[1:] == merged[:-1]).any())
+
+
+def _read_on(before: WindowTotal, asked_at: datetime) -> ReadOn | None:
+    """How a read again whose counts, asked for at ``asked_at`` on our clock, came back as
+    ``before`` reads on past its walks' ends: from before the second after the API's Date on
+    them, or a minute after ours without one. Not at all without an exact count: such a read
+    proves nothing, and reading on would have no bound."""
+    counted = before.exact_total
+    if counted is None:
+        return None
+    if before.counted_at is None:
+        return ReadOn(asked_at + _API_CLOCK_AHEAD, counted, asked_at)
+    return ReadOn(before.counted_at + _SECOND, counted, before.counted_at)
 
 
 class ExportsClient:
@@ -385,13 +400,12 @@ class ExportsClient:
         limit: int,
         cancel: threading.Event,
     ) -> Part:
-        began = datetime.now(UTC) + _API_CLOCK_AHEAD
+        asked_at = datetime.now(UTC)
         read = SliceRead(piece, number, limit, self.count_parts(piece, cancel))
         # A read short of the counts may have met an end the API puts at one point in its data,
         # whatever the page size: the next reads walk on past its walks' ends (two requests a
-        # part). Without an exact count the read proves nothing, and reading on has no bound.
-        counted = read.total_before.exact_total
-        read_on = ReadOn(began, counted) if number > 1 and counted is not None else None
+        # part).
+        read_on = _read_on(read.total_before, asked_at) if number > 1 else None
         return schedule.begin(read, self._window_walk(piece, limit, read_on=read_on))
 
     def _prove(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -73,7 +75,18 @@ def read_total(response: httpx.Response) -> WindowTotal:
     if exact is not None and not isinstance(exact, bool):
         wrong = f"pagination.totalExact is {_json_type(exact)}, expected true or false"
         raise _bad_body(response, wrong)
-    return WindowTotal(total, exact is True, note if isinstance(note, str) else None)
+    note = note if isinstance(note, str) else None
+    return WindowTotal(total, exact is True, note, _server_time(response))
+
+
+def _server_time(response: httpx.Response) -> datetime | None:
+    """The answer's ``Date`` header (RFC 9110: an origin server with a clock sends one), or
+    ``None`` without a valid one."""
+    try:
+        stamp = parsedate_to_datetime(response.headers.get("date", ""))
+    except (TypeError, ValueError):
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
 def _json_type(value: Any) -> str:

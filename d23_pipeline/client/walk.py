@@ -27,9 +27,11 @@ from the edge, the same re-read again, as long as each part ends having handed o
 reject not handed over before, and its edge is before the instant the read began: rows logged
 "now" while the current day is read are not the read's to find. (The counts taken before the
 read cannot say where rows are left: a row that moved, or was logged, while the window was read
-fills the count of another stretch.) A walk reads on at most as many times as rows were counted
-before the read; one that would read on further says so (:attr:`WindowWalk.read_on_ran_out`),
-since rows logged late behind its edge may have taken the place of rows it did not reach.
+fills the count of another stretch.) From edges before the counts were taken, a walk reads on
+at most as many times as rows were counted; one that would read on further says so
+(:attr:`WindowWalk.read_on_ran_out`), since rows logged late behind its edge may have taken the
+place of rows it did not reach. Past that instant, every row it reads on to was logged since
+the count, which says nothing of them.
 """
 
 from __future__ import annotations
@@ -83,11 +85,14 @@ class WidthHint:
 @dataclass(frozen=True)
 class ReadOn:
     """How a read again reads on past its walk's ends: only from edges before the instant it
-    ``began`` at (on the API's clock), and at most ``ends`` times a walk (the rows counted before
-    the read: an end walked past before that instant is past a row it had then)."""
+    ``began`` at (on the API's clock), and from edges before the instant its counts were taken
+    (``counted_at``, where every row walked past was counted or logged late) at most ``ends``
+    times a walk, the rows counted. Past ``counted_at`` it chases rows logged since the count,
+    which ``began`` bounds."""
 
     began: datetime
     ends: int
+    counted_at: datetime
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,7 @@ class WindowWalk:
         self._limit = self._default_limit = limit
         self._read_on = read_on
         self._read_on_before = None if read_on is None else format_timestamp(read_on.began)
+        self._counted_before = None if read_on is None else format_timestamp(read_on.counted_at)
         self._ends_left = 0 if read_on is None else read_on.ends
         self.read_on_ran_out = False  # it would have read on past one more end
         self._min_limit = min_limit
@@ -379,19 +385,23 @@ class WindowWalk:
 
     def _reads_on_past_end(self) -> bool:
         """Whether to read on past the end of the part's walk: it handed over a row or reject
-        not handed over before, its edge is before the instant the read began, and the walk has
-        read-ons left."""
-        wanted = (
+        not handed over before, its edge is before the instant the read began, and, where its
+        edge is before the counts, the walk has read-ons left (taking one)."""
+        if not (
             self._read_on_before is not None
             and self._handed_in_part
             and self._edge < self._read_on_before
-        )
-        if wanted and self._ends_left <= 0:
+        ):
+            return False
+        if self._counted_before is not None and self._edge >= self._counted_before:
+            return True  # past rows logged since the count: the count does not bound them
+        if self._ends_left <= 0:
             self.read_on_ran_out = True
-        return wanted and self._ends_left > 0
+            return False
+        self._ends_left -= 1
+        return True
 
     def _read_on_past_end(self, part: _Part) -> None:
-        self._ends_left -= 1
         # The edge's instant on its own first (an end inside it leaves rows there), then the
         # rest from the next millisecond: a walk that starts past the point where the API ended
         # it does not meet that point again.

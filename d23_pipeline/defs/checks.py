@@ -171,10 +171,7 @@ def _proof_metadata(snapshot: Snapshot) -> dict[str, object]:
 
 def describe_unverified(snapshot: Snapshot) -> str:
     """One line naming the unverified slices with their counts, for logs and check results."""
-    parts = [
-        f"{s.window} served {s.served}, counts {s.total_before} before / {s.total_after} after"
-        for s in snapshot.unverified
-    ]
+    parts = [f"{s.window}: {s.proof.reason}" for s in snapshot.unverified]
     return (
         f"{snapshot.partition}: {len(parts)} slice(s) not proven complete after up to "
         f"{max(s.reads for s in snapshot.unverified)} reads, so no row in them was marked "

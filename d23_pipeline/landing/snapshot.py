@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
+from d23_pipeline.client.completeness import SliceProof
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
 from d23_pipeline.settings import RESUME_MAX_AGE
 
@@ -122,6 +123,19 @@ class SliceRecord:
     total_after: int | None
     verified: bool
     reads: int
+    read_on_ran_out: bool = False
+
+    @property
+    def proof(self) -> SliceProof:
+        """The slice's proof as the client judged it, for its reason."""
+        return SliceProof(
+            self.served,
+            self.total_before,
+            self.total_after,
+            self.verified,
+            self.reads,
+            self.read_on_ran_out,
+        )
 
     @classmethod
     def from_manifest(cls, key: str, entry: dict[str, Any]) -> SliceRecord:
@@ -137,6 +151,7 @@ class SliceRecord:
             total_after=entry.get("total_after"),
             verified=entry.get("verified", False),
             reads=entry.get("reads", 1),
+            read_on_ran_out=entry.get("read_on_ran_out", False),
         )
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -149,6 +164,7 @@ class SliceRecord:
             "total_after": self.total_after,
             "verified": self.verified,
             "reads": self.reads,
+            "read_on_ran_out": self.read_on_ran_out,
         }
 
 
@@ -352,6 +368,7 @@ class SnapshotWriter:
             proof.total_after,
             proof.verified,
             proof.reads,
+            proof.read_on_ran_out,
         )
         self._manifest["slices"][done.slice.key] = record.manifest_entry()
         _write_json_atomically(self.directory / "manifest.json", self._manifest)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
@@ -700,7 +701,9 @@ def in_process(handle: Handler) -> httpx.MockTransport:
             raise httpx.RemoteProtocolError(
                 "Server disconnected without sending a response.", request=request
             )
-        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+        # The socket serving's http.server sends a Date too: the API's clock, to the second.
+        headers = {"Date": formatdate(usegmt=True), **answer.headers}
+        return httpx.Response(answer.status, headers=headers, content=answer.body)
 
     return httpx.MockTransport(handler)
 
