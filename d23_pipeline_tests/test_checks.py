@@ -51,7 +51,9 @@ def test_a_slice_short_of_its_counts_fails_naming_the_window_and_counts() -> Non
         assert not result.passed
         assert result.severity == dg.AssetCheckSeverity.ERROR
         assert "[2026-04-02T00:00:00.000Z, 2026-04-03T00:00:00.000Z)" in result.description
-        assert "served 90 against exact counts 100 before and 100 after" in result.description
+        assert "fewer rows than the counts (served 90; exact counts 100 before, 100 after)" in (
+            result.description
+        )
         assert result.metadata["slices_verified"].value == 1
 
 
@@ -60,13 +62,15 @@ def test_a_slice_whose_walks_ran_out_of_read_ons_fails_saying_so() -> None:
     proof = judge(
         5, WindowTotal(5, True, None), WindowTotal(5, True, None), 3, read_on_ran_out=True
     )
-    landed = SliceRecord(DAY_2, 5, 0, 1, 5, 5, 5, proof.verified, 3, proof.read_on_ran_out)
-    ran_out = SliceRecord.from_manifest(DAY_2.key, landed.manifest_entry())  # as merged
+    ran_out = SliceRecord(DAY_2, 5, 0, 1, 5, 5, 5, proof.verified, 3)
 
     result = checks.slices_verified(_snapshot(_slice(DAY_1, 100, 100, 100), ran_out))
 
     assert not result.passed
-    assert "ended its walks early more often than the slice has rows" in result.description
+    assert (
+        "the API ended its walks early more often than the slice has rows "
+        "(served 5; exact counts 5 before, 5 after)"
+    ) in result.description
 
 
 def _held(live_rows: int, proven: int) -> MergeSummary:

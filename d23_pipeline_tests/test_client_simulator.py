@@ -171,8 +171,9 @@ def test_a_month_too_heavy_to_count_at_once_is_counted_in_halves() -> None:
 class EndingApi(Simulator):
     """Ends every walk after the row ``end_after`` (a point in its data, whatever the page
     size) or, without one, the first walk of all after two rows; its clock, in its answers'
-    Date and in the rows it logs, is ``ahead`` of ours; with ``logging``, the tenant logs a row
-    'now' with every data page (one moved in from rows two days back)."""
+    Date and in the rows it logs, is ``ahead`` of ours, its Date alone ``date_behind`` that;
+    the tenant logs a row 'now' with each of its first ``logging`` data pages (one moved in
+    from rows two days back)."""
 
     def __init__(
         self,
@@ -180,22 +181,25 @@ class EndingApi(Simulator):
         *,
         end_after: str | None = None,
         ahead: timedelta = timedelta(0),
-        logging: bool = False,
+        date_behind: timedelta = timedelta(0),
+        logging: int = 0,
     ) -> None:
         self.end_after, self.ahead, self.logging = end_after, ahead, logging
+        self.date_behind = date_behind
         self.data_pages = 0
         long_ago = datetime.now(UTC) - timedelta(days=2)
-        moved = [d23_row(10_000 + n, long_ago + n * timedelta(seconds=1)) for n in range(2_000)]
-        super().__init__(SimulatorConfig(), rows=rows + moved if logging else rows)
+        moved = [d23_row(10_000 + n, long_ago + n * timedelta(seconds=1)) for n in range(logging)]
+        super().__init__(SimulatorConfig(), rows=rows + moved)
 
     def handle(self, method: str, path: str, query: Any, headers: Any, body: bytes) -> Any:
         page = "/exports/" in path and query.get("includeTotal") != "true"
         if page:
             self.data_pages += 1
-            if self.logging:
-                self.move_row(pid(10_000 + self.data_pages), datetime.now(UTC) + self.ahead)
+            if self.data_pages <= self.logging:
+                self.move_row(pid(10_000 + self.data_pages - 1), datetime.now(UTC) + self.ahead)
         answer = super().handle(method, path, query, headers, body)
-        answer.headers["Date"] = formatdate(time.time() + self.ahead.total_seconds(), usegmt=True)
+        date = self.ahead - self.date_behind
+        answer.headers["Date"] = formatdate(time.time() + date.total_seconds(), usegmt=True)
         if not page or answer.status != 200:
             return answer
         payload = answer.json()
@@ -223,14 +227,33 @@ def _read_again(sim: Simulator, window: Window) -> SliceProof:
 def test_a_read_again_of_today_while_the_tenant_logs_rows_is_proven_complete() -> None:
     now = datetime.now(UTC)
     counted = [d23_row(n, now - timedelta(minutes=50) + n * timedelta(seconds=1)) for n in range(5)]
-    sim = EndingApi(counted, logging=True)
+    sim = EndingApi(counted, logging=100)
 
     proof = _read_again(sim, Window(now - timedelta(hours=1), now + timedelta(hours=1)))
 
-    # The rows logged since its count keep it reading on until the second after the API's Date
-    # on that count, without using up the read-ons of the 5 rows counted.
+    # The rows logged since its count keep it reading on, without using up the read-ons of the
+    # 5 rows counted.
     assert proof.reads == 2 and proof.verified, proof.reason
     assert proof.served == proof.total_after
+
+
+@pytest.mark.parametrize(
+    "date_behind",
+    [timedelta(seconds=5), timedelta(days=365 * 56)],
+    ids=["a gateway's clock 5 s behind", "a broken gateway's 1970"],
+)
+def test_a_read_again_reads_on_to_rows_logged_before_its_count_whatever_the_date_says(
+    date_behind: timedelta,
+) -> None:
+    now = datetime.now(UTC)
+    rows = [d23_row(0, now - timedelta(minutes=10)), d23_row(1, now - timedelta(seconds=2))]
+    rows.append(d23_row(2, now - timedelta(seconds=1)))
+    sim = EndingApi(rows, end_after=pid(1), date_behind=date_behind)
+
+    proof = _read_again(sim, Window(now - timedelta(hours=1), now + timedelta(hours=1)))
+
+    assert proof.reads == 2 and proof.verified, proof.reason
+    assert proof.served == 3
 
 
 def test_a_read_again_reads_on_to_rows_an_api_clock_ahead_of_ours_holds() -> None:

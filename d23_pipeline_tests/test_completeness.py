@@ -279,8 +279,29 @@ def test_a_read_whose_walks_could_not_read_on_past_every_end_is_not_proven_compl
     proof = judge(4, counted, counted, 2, read_on_ran_out=True)
 
     assert not proof.verified
-    assert proof.reason == "the API ended its walks early more often than the slice has rows"
+    assert proof.reason == (
+        "the API ended its walks early more often than the slice has rows "
+        "(served 4; exact counts 4 before, 4 after)"
+    )
     assert judge(4, counted, counted, 2).verified
+
+
+@pytest.mark.parametrize(
+    ("served", "before", "after", "why"),
+    [
+        (90, 100, 100, "fewer rows than the counts (served 90; exact counts 100 before, 100"),
+        (7, None, 7, "no exact count before the walk (served 7; exact counts none before, 7"),
+        (4, 5, None, "no exact count after the walk (served 4; exact counts 5 before, none after)"),
+        (3, None, None, "no exact count before or after the walk (served 3; exact counts none"),
+        (6, 5, 5, "more rows than the counts (served 6; exact counts 5 before, 5 after)"),
+    ],
+)
+def test_an_unverified_slice_says_why_with_what_it_served_against_its_counts(
+    served: int, before: int | None, after: int | None, why: str
+) -> None:
+    proof = judge(served, WindowTotal(before, True, None), WindowTotal(after, True, None))
+
+    assert not proof.verified and why in proof.reason
 
 
 @pytest.mark.parametrize(

@@ -73,15 +73,27 @@ class SliceProof:
 
     @property
     def reason(self) -> str:
-        """Why the slice is (not) verified, for run logs and check metadata."""
+        """Why the slice is (not) verified, with what it served against its counts, for run
+        logs and check descriptions."""
+        before, after = ("none" if n is None else n for n in (self.total_before, self.total_after))
+        return f"{self._why()} (served {self.served}; exact counts {before} before, {after} after)"
+
+    def _why(self) -> str:
         before, after = self.total_before, self.total_after
-        if self.read_on_ran_out:
-            return "the API ended its walks early more often than the slice has rows"
         if before is None or after is None:
-            return "the API gave no exact count for the slice"
+            when = {(True, True): "before or after", (True, False): "before"}.get(
+                (before is None, after is None), "after"
+            )
+            return f"the API gave no exact count {when} the walk"
+        if self.served < min(before, after):
+            return "fewer rows than the counts"
+        if self.served > max(before, after):
+            return "more rows than the counts"
         if self.verified:
             return "served equals the count" if before == after else "changed while read"
-        return f"served {self.served} against exact counts {before} before and {after} after"
+        # Between two exact counts, judge leaves a read unverified only for this (which a
+        # manifest or d23.slice_verification does not hold as such).
+        return "the API ended its walks early more often than the slice has rows"
 
 
 def judge(

@@ -46,12 +46,15 @@ _MS = timedelta(milliseconds=1)
 # slot it freed, so the API sees ``max_concurrency`` requests at all times. A second spare
 # measured no better and holds one more slice open (benchmarks/README.md, 0b).
 _SPARE_WALKS = 1
-# Rows are stamped on the API's clock. Its answers' Date says what time it is there (to the
-# second); an API that sends none is taken to be up to this far ahead of ours, so that a read
-# again does not stop short of rows it had when the read began. Rows logged meanwhile may keep
-# the read reading on: for a second with a Date, for up to this long without.
+# Rows are stamped on the API's clock, and a read again must not stop short of rows it had
+# when the read began. Its answers' Date says what time it is there, give or take this slack (a
+# server's Date may be a second old, a gateway's clock a few seconds behind the one stamping
+# rows); rows logged meanwhile may keep the read reading on for that long. A Date further than
+# _DATE_BELIEVED_WITHIN from ours is more likely a broken gateway's than the API's clock; such
+# an API, or one that sends no Date, is taken to be up to _API_CLOCK_AHEAD ahead of ours.
+_DATE_SLACK = timedelta(seconds=10)
+_DATE_BELIEVED_WITHIN = timedelta(minutes=5)
 _API_CLOCK_AHEAD = timedelta(minutes=1)
-_SECOND = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -104,15 +107,15 @@ def _any_repeated(hashes: Iterable[array[int]]) -> bool:
 
 def _read_on(before: WindowTotal, asked_at: datetime) -> ReadOn | None:
     """How a read again whose counts, asked for at ``asked_at`` on our clock, came back as
-    ``before`` reads on past its walks' ends: from before the second after the API's Date on
-    them, or a minute after ours without one. Not at all without an exact count: such a read
-    proves nothing, and reading on would have no bound."""
+    ``before`` reads on past its walks' ends (see the slack above). Not at all without an exact
+    count: such a read proves nothing, and reading on would have no bound."""
     counted = before.exact_total
     if counted is None:
         return None
-    if before.counted_at is None:
+    counted_at = before.counted_at
+    if counted_at is None or abs(counted_at - asked_at) > _DATE_BELIEVED_WITHIN:
         return ReadOn(asked_at + _API_CLOCK_AHEAD, counted, asked_at)
-    return ReadOn(before.counted_at + _SECOND, counted, before.counted_at)
+    return ReadOn(counted_at + _DATE_SLACK, counted, counted_at)
 
 
 class ExportsClient:

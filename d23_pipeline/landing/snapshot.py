@@ -123,18 +123,12 @@ class SliceRecord:
     total_after: int | None
     verified: bool
     reads: int
-    read_on_ran_out: bool = False
 
     @property
     def proof(self) -> SliceProof:
         """The slice's proof as the client judged it, for its reason."""
         return SliceProof(
-            self.served,
-            self.total_before,
-            self.total_after,
-            self.verified,
-            self.reads,
-            self.read_on_ran_out,
+            self.served, self.total_before, self.total_after, self.verified, self.reads
         )
 
     @classmethod
@@ -151,7 +145,6 @@ class SliceRecord:
             total_after=entry.get("total_after"),
             verified=entry.get("verified", False),
             reads=entry.get("reads", 1),
-            read_on_ran_out=entry.get("read_on_ran_out", False),
         )
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -164,7 +157,6 @@ class SliceRecord:
             "total_after": self.total_after,
             "verified": self.verified,
             "reads": self.reads,
-            "read_on_ran_out": self.read_on_ran_out,
         }
 
 
@@ -368,7 +360,6 @@ class SnapshotWriter:
             proof.total_after,
             proof.verified,
             proof.reads,
-            proof.read_on_ran_out,
         )
         self._manifest["slices"][done.slice.key] = record.manifest_entry()
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
