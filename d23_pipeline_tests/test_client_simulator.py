@@ -34,6 +34,7 @@ from d23_pipeline.simulator import (
 )
 
 JANUARY = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
+MS = timedelta(milliseconds=1)
 BAD = BadRows(missing_public_id=2, bad_timestamp=4, wrong_type=3, extra_pii=3)
 
 
@@ -239,15 +240,15 @@ def test_a_read_again_of_today_while_the_tenant_logs_rows_is_proven_complete() -
 
 @pytest.mark.parametrize(
     "date_behind",
-    [timedelta(seconds=5), timedelta(days=365 * 56)],
-    ids=["a gateway's clock 5 s behind", "a broken gateway's 1970"],
+    [timedelta(seconds=5), timedelta(seconds=11), timedelta(minutes=4), timedelta(days=365 * 56)],
+    ids=["5 s behind", "11 s behind", "4 minutes behind", "a broken gateway's 1970"],
 )
 def test_a_read_again_reads_on_to_rows_logged_before_its_count_whatever_the_date_says(
     date_behind: timedelta,
 ) -> None:
     now = datetime.now(UTC)
-    rows = [d23_row(0, now - timedelta(minutes=10)), d23_row(1, now - timedelta(seconds=2))]
-    rows.append(d23_row(2, now - timedelta(seconds=1)))
+    rows = [d23_row(0, now - timedelta(minutes=10)), d23_row(1, now - 200 * MS)]
+    rows.append(d23_row(2, now - 100 * MS))  # logged just before the count
     sim = EndingApi(rows, end_after=pid(1), date_behind=date_behind)
 
     proof = _read_again(sim, Window(now - timedelta(hours=1), now + timedelta(hours=1)))

@@ -49,9 +49,10 @@ _SPARE_WALKS = 1
 # Rows are stamped on the API's clock, and a read again must not stop short of rows it had
 # when the read began. Its answers' Date says what time it is there, give or take this slack (a
 # server's Date may be a second old, a gateway's clock a few seconds behind the one stamping
-# rows); rows logged meanwhile may keep the read reading on for that long. A Date further than
-# _DATE_BELIEVED_WITHIN from ours is more likely a broken gateway's than the API's clock; such
-# an API, or one that sends no Date, is taken to be up to _API_CLOCK_AHEAD ahead of ours.
+# rows), and our own clock is a floor (a Date further behind); rows logged meanwhile may keep
+# the read reading on until then. A Date further than _DATE_BELIEVED_WITHIN from ours is more
+# likely a broken gateway's than the API's clock; such an API, or one that sends no Date, is
+# taken to be up to _API_CLOCK_AHEAD ahead of ours.
 _DATE_SLACK = timedelta(seconds=10)
 _DATE_BELIEVED_WITHIN = timedelta(minutes=5)
 _API_CLOCK_AHEAD = timedelta(minutes=1)
@@ -105,17 +106,18 @@ def _any_repeated(hashes: Iterable[array[int]]) -> bool:
     return bool((merged[1:] == merged[:-1]).any())
 
 
-def _read_on(before: WindowTotal, asked_at: datetime) -> ReadOn | None:
+def _read_on(before: WindowTotal, asked_at: datetime, answered_at: datetime) -> ReadOn | None:
     """How a read again whose counts, asked for at ``asked_at`` on our clock, came back as
-    ``before`` reads on past its walks' ends (see the slack above). Not at all without an exact
-    count: such a read proves nothing, and reading on would have no bound."""
+    ``before`` at ``answered_at`` reads on past its walks' ends (see the slack above). Not at
+    all without an exact count: such a read proves nothing, and reading on would have no
+    bound."""
     counted = before.exact_total
     if counted is None:
         return None
     counted_at = before.counted_at
-    if counted_at is None or abs(counted_at - asked_at) > _DATE_BELIEVED_WITHIN:
-        return ReadOn(asked_at + _API_CLOCK_AHEAD, counted, asked_at)
-    return ReadOn(counted_at + _DATE_SLACK, counted, counted_at)
+    if counted_at is None or abs(counted_at - answered_at) > _DATE_BELIEVED_WITHIN:
+        return ReadOn(answered_at + _API_CLOCK_AHEAD, counted, asked_at)
+    return ReadOn(max(counted_at, answered_at) + _DATE_SLACK, counted, counted_at)
 
 
 class ExportsClient:
@@ -408,7 +410,8 @@ class ExportsClient:
         # A read short of the counts may have met an end the API puts at one point in its data,
         # whatever the page size: the next reads walk on past its walks' ends (two requests a
         # part).
-        read_on = _read_on(read.total_before, asked_at) if number > 1 else None
+        answered_at = datetime.now(UTC)
+        read_on = _read_on(read.total_before, asked_at, answered_at) if number > 1 else None
         return schedule.begin(read, self._window_walk(piece, limit, read_on=read_on))
 
     def _prove(

@@ -30,8 +30,8 @@ read cannot say where rows are left: a row that moved, or was logged, while the 
 fills the count of another stretch.) From edges before the counts were taken, a walk reads on
 at most as many times as rows were counted; one that would read on further says so
 (:attr:`WindowWalk.read_on_ran_out`), since rows logged late behind its edge may have taken the
-place of rows it did not reach. Past that instant, every row it reads on to was logged since
-the count, which says nothing of them.
+place of rows it did not reach. Past that instant, rows it reads on to may have been logged
+since the count, which does not bound them; the instant the read began does.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class ReadOn:
     """How a read again reads on past its walk's ends: only from edges before the instant it
     ``began`` at (on the API's clock), and from edges before the instant its counts were taken
     (``counted_at``, where every row walked past was counted or logged late) at most ``ends``
-    times a walk, the rows counted. Past ``counted_at`` it chases rows logged since the count,
-    which ``began`` bounds."""
+    times a walk, the rows counted. Past ``counted_at`` the rows it reads on to may have been
+    logged since the count, and only ``began`` bounds them."""
 
     began: datetime
     ends: int
