@@ -394,7 +394,7 @@ class WindowWalk:
         ):
             return False
         if self._counted_before is not None and self._edge >= self._counted_before:
-            return True  # past rows logged since the count: the count does not bound them
+            return True  # past the count's instant: the count does not bound what is there
         if self._ends_left <= 0:
             self.read_on_ran_out = True
             return False
