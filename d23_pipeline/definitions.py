@@ -20,6 +20,7 @@ from d23_pipeline.defs.assets.raw_logs import raw_logs
 from d23_pipeline.defs.jobs import d23_pipeline_job
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
+from d23_pipeline.defs.pools import pool_watchdog
 from d23_pipeline.defs.resources import (
     DashboardResource,
     ExportsApiResource,
@@ -63,7 +64,8 @@ defs = dg.Definitions(
             monthly_partitions,
             options.refresh_hour_utc,
             options.refresh_lookback_months,
-        )
+        ),
+        pool_watchdog,
     ],
     resources={
         "exports_api": ExportsApiResource(
