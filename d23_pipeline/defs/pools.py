@@ -27,6 +27,6 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     storage = context.instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return dg.SkipReason("the instance's storage keeps no pool slots")
-    freed = [pool for pool in POOLS if storage.has_unassigned_slots(pool)]
-    storage.assign_pending_steps(freed)
-    return dg.SkipReason(f"free slots in: {', '.join(freed) or 'none'}")
+    free = [pool for pool in POOLS if storage.has_unassigned_slots(pool)]
+    storage.assign_pending_steps(free)
+    return dg.SkipReason(f"a slot free in: {', '.join(free) or 'no pool'} (to its longest waiter)")
