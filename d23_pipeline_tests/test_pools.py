@@ -1,6 +1,16 @@
-"""The pool watchdog sensor, evaluated directly on a real instance's pool tables."""
+"""Pool slots: the watchdog sensor, and the shipped instance's freeing of a dead run's slots,
+both tried directly on a real instance's pool tables."""
+
+import logging
+from datetime import timedelta
+from importlib import resources
+from types import SimpleNamespace
 
 import dagster as dg
+import pytest
+import yaml
+from dagster._daemon.monitoring import concurrency as slot_monitoring
+from dagster._time import get_current_datetime
 
 from d23_pipeline.defs.pools import pool_watchdog
 
@@ -27,3 +37,35 @@ def test_a_step_left_waiting_while_the_slot_is_free_gets_it_and_only_one() -> No
         # The one slot goes to the step waiting longest; the other still waits its turn.
         assert _assigned(instance, "month-b")
         assert not _assigned(instance, "month-c")
+
+
+@pytest.mark.parametrize("instance_file", ["dagster.yaml", "dagster.postgres.yaml"])
+def test_the_warehouse_slot_of_a_run_force_terminated_mid_merge_goes_to_the_next_month(
+    monkeypatch, instance_file
+) -> None:
+    shipped = yaml.safe_load((resources.files("d23_pipeline.deploy") / instance_file).read_text())
+    overrides = {"run_monitoring": shipped["run_monitoring"]}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(POOL, 1)
+        dead = instance.add_run(
+            dg.DagsterRun(job_name="d23_month", status=dg.DagsterRunStatus.STARTED)
+        )
+        storage.claim_concurrency_slot(POOL, dead.run_id, "d23__logs")
+        storage.add_pending_step(POOL, "month-b", "d23__logs")
+        # Force termination marks the run ended; its process, killed, never frees the slot.
+        instance.report_run_canceled(dead)
+        assert not _assigned(instance, "month-b")
+
+        def monitoring_daemon_tick(seconds_after_the_end: int) -> None:
+            later = get_current_datetime() + timedelta(seconds=seconds_after_the_end)
+            monkeypatch.setattr(slot_monitoring, "get_current_datetime", lambda: later)
+            context = SimpleNamespace(instance=instance)
+            list(slot_monitoring.execute_concurrency_slots_iteration(context, logging.getLogger()))
+
+        # Not at once: a force-terminated run's process may still be finishing its write.
+        monitoring_daemon_tick(30)
+        assert not _assigned(instance, "month-b")
+        monitoring_daemon_tick(61)
+        assert _assigned(instance, "month-b")
+        assert dead.run_id not in storage.get_concurrency_info(POOL).active_run_ids
