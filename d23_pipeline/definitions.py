@@ -17,7 +17,8 @@ from d23_pipeline.defs.assets.outcome_mix import (
     outcome_mix_monthly,
 )
 from d23_pipeline.defs.assets.raw_logs import raw_logs
-from d23_pipeline.defs.jobs import d23_pipeline_job
+from d23_pipeline.defs.dashboard_refresh import dashboard_after_blocked_run
+from d23_pipeline.defs.jobs import d23_dashboard_job, d23_pipeline_job
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.pools import pool_watchdog
@@ -54,7 +55,7 @@ outcome_assets = dg.map_asset_specs(
 
 defs = dg.Definitions(
     assets=[raw_logs, logs, *outcome_assets, outcome_dashboard],
-    jobs=[d23_pipeline_job],
+    jobs=[d23_pipeline_job, d23_dashboard_job],
     # One process per run, steps in it one after another (they depend on each other anyway): a
     # subprocess per step costs seconds of imports while holding its pool slot.
     executor=dg.in_process_executor,
@@ -66,6 +67,7 @@ defs = dg.Definitions(
             options.refresh_lookback_months,
         ),
         pool_watchdog,
+        dashboard_after_blocked_run,
     ],
     resources={
         "exports_api": ExportsApiResource(

@@ -2,7 +2,7 @@
 both tried directly on a real instance's pool tables."""
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from types import SimpleNamespace
 
@@ -10,7 +10,6 @@ import dagster as dg
 import pytest
 import yaml
 from dagster._daemon.monitoring import concurrency as slot_monitoring
-from dagster._time import get_current_datetime
 
 from d23_pipeline.defs.pools import pool_watchdog
 
@@ -58,7 +57,7 @@ def test_the_warehouse_slot_of_a_run_force_terminated_mid_merge_goes_to_the_next
         assert not _assigned(instance, "month-b")
 
         def monitoring_daemon_tick(seconds_after_the_end: int) -> None:
-            later = get_current_datetime() + timedelta(seconds=seconds_after_the_end)
+            later = datetime.now(UTC) + timedelta(seconds=seconds_after_the_end)
             monkeypatch.setattr(slot_monitoring, "get_current_datetime", lambda: later)
             context = SimpleNamespace(instance=instance)
             list(slot_monitoring.execute_concurrency_slots_iteration(context, logging.getLogger()))
