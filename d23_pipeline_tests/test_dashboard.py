@@ -216,7 +216,9 @@ def test_tiles_show_the_latest_month_with_attempts_and_the_change_between_the_ra
     assert "no attempts in Mar 2026 to compare against" in (tmp_path / "page.html").read_text()
 
 
-def test_months_counted_with_an_earlier_mapping_are_listed_until_rebuilt(tmp_path: Path) -> None:
+def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_listed_until_rebuilt(
+    tmp_path: Path,
+) -> None:
     months = ("2026-04", "2026-05")
     sim = Simulator(SimulatorConfig(months=months, rows_per_month=200))
     with serve(sim) as url:
@@ -232,13 +234,22 @@ def test_months_counted_with_an_earlier_mapping_are_listed_until_rebuilt(tmp_pat
         rebuild_outcome_mix_monthly(con, may, *month_window(months[1]), classes)
         listed = dashboard.gather(con, classes, "UTC", now)
         rebuild_outcome_mix_monthly(con, april, *month_window(months[0]), classes)
+        for month in (april, may):
+            rebuild_outcome_kpis_monthly(con, month)
         after = dashboard.gather(con, classes, "UTC", now)
 
     # The panels count April's left messages as contacts, its stored mix and KPIs did not.
     assert listed.other_mapping == [{"month": april, "outcome_option": "LEFT_MESSAGE"}]
+    # May's mix counts them as contacts now, its KPIs (the tiles, the trend) not yet.
+    assert listed.kpis_behind_mix == [may]
     dashboard.write_dashboard(tmp_path / "listed.html", listed)
-    assert "<td>2026-04</td><td>LEFT_MESSAGE</td>" in (tmp_path / "listed.html").read_text()
-    assert after.other_mapping == []
+    page = (tmp_path / "listed.html").read_text()
+    assert "<td>2026-04</td><td>LEFT_MESSAGE</td>" in page
+    start = page.index("<h3>KPIs older than their outcome mix</h3>")
+    section = page[start : page.index("<h3>", start + 1)]
+    assert "<tbody><tr><td>2026-05</td></tr></tbody>" in section
+    assert listed.problem_count() == 2
+    assert (after.other_mapping, after.kpis_behind_mix, after.problem_count()) == ([], [], 0)
 
 
 def test_the_channel_panel_draws_the_days_of_loaded_months_up_to_now_only() -> None:
@@ -262,14 +273,15 @@ def test_the_dashboard_assets_problem_count_is_the_pages(tmp_path: Path) -> None
     with serve(sim) as url:
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
         pipeline.materialize("2026-04")
-    with Warehouse(pipeline.warehouse_path).connect() as con:  # as if counted with another mapping
+    # The mix as if counted with another mapping, the KPIs left as they were: two problems.
+    with Warehouse(pipeline.warehouse_path).connect() as con:
         con.execute("UPDATE d23.outcome_mix_monthly SET is_contact = NOT is_contact")
 
     result = dg.materialize([outcome_dashboard], resources=pipeline.resources())
 
     (materialization,) = result.asset_materializations_for_node("d23__outcome_dashboard")
-    assert materialization.metadata["open_data_quality_problems"].value == 1
-    assert "<p class='summary'>1 open problem(s).</p>" in pipeline.dashboard_path.read_text()
+    assert materialization.metadata["open_data_quality_problems"].value == 2
+    assert "<p class='summary'>2 open problem(s).</p>" in pipeline.dashboard_path.read_text()
 
 
 # -- the figures as plotly.py would have built them --------------------------------------------

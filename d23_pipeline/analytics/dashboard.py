@@ -90,16 +90,19 @@ class DashboardData:
     other_mapping: list[dict[str, Any]]
     # Months whose last read left rows that look deleted unmarked (not proven, or held).
     deletions_pending: list[dict[str, Any]]
+    # Months whose stored KPIs (tiles, trend) differ from their stored outcome mix (the panels).
+    kpis_behind_mix: list[date]
 
     def problem_count(self) -> int:
         """The open data-quality problems the page lists: unverified slices, each month's
-        reasons for rejects, unmapped codes, months counted with another mapping, and months
-        with deletions not applied."""
+        reasons for rejects, unmapped codes, months counted with another mapping, months
+        whose KPIs lag their outcome mix, and months with deletions not applied."""
         return (
             len(self.unverified_slices)
             + len(self.rejected)
             + len(self.unmapped)
             + len({m["month"] for m in self.other_mapping})
+            + len(self.kpis_behind_mix)
             + len(self.deletions_pending)
         )
 
@@ -234,6 +237,7 @@ def _gather(
         unverified_slices=unverified,
         other_mapping=other_mapping,
         deletions_pending=pending,
+        kpis_behind_mix=[r["month"] for r in fetch_dicts(con, sql.KPIS_BEHIND_MIX)],
     )
 
 
@@ -698,6 +702,7 @@ def _quality_section(data: DashboardData) -> str:
     for m in data.other_mapping:
         remapped.setdefault(f"{m['month']:%Y-%m}", []).append(m["outcome_option"])
     other_mapping = [(month, ", ".join(codes)) for month, codes in remapped.items()]
+    kpis_behind = [(f"{month:%Y-%m}",) for month in data.kpis_behind_mix]
     pending = [
         (p["partition"][:7], f"{p['rows']:,}", p["reason"], _local(p["read_at"], data.timezone))
         for p in data.deletions_pending
@@ -732,6 +737,11 @@ def _quality_section(data: DashboardData) -> str:
         "Re-materialize d23/outcome_mix_monthly and the assets downstream of it (selection "
         "'d23/outcome_mix_monthly*') for these months to count them alike.</p>"
         + _table(("month", "codes classed otherwise"), other_mapping, "every month is current")
+        + "<h3>KPIs older than their outcome mix</h3><p>The tiles and the trend show these "
+        "months' d23/outcome_kpis_monthly as last built; their outcome mix was rebuilt since "
+        "(another mapping, a later read), and the other panels count from it. Re-materialize "
+        "d23/outcome_kpis_monthly for these months.</p>"
+        + _table(("month",), kpis_behind, "every month's KPIs follow its outcome mix")
         + "<h3>Deletions not applied</h3><p>Rows the month's last read found gone from the "
         "source but did not mark deleted: they are still counted in its KPIs until a read "
         "proves them gone, or an operator confirms deletions held above the allowed share.</p>"

@@ -624,6 +624,21 @@ SELECT
 # --- dashboard and notebooks -------------------------------------------------------------------
 
 OUTCOME_KPIS_ALL = "SELECT * FROM d23.outcome_kpis_monthly ORDER BY month"
+# Months whose stored KPIs are not what their stored outcome mix gives: the mix was rebuilt (with
+# another mapping, after a merge) and the month's KPIs, which the tiles and the trend show, not.
+_KPIS_FROM_MIX = _kpi_select(
+    key="month", source="SELECT * FROM d23.outcome_mix_monthly", group_by="GROUP BY month"
+)
+_KPI_COUNTS = (
+    "attempts", "contacts", "rpcs", "promises", "refusals", "broken_promises", "unmapped_attempts"
+)  # fmt: skip
+KPIS_BEHIND_MIX = f"""
+SELECT k.month
+FROM d23.outcome_kpis_monthly AS k
+LEFT JOIN ({_KPIS_FROM_MIX}) AS m USING (month)
+WHERE {" OR ".join(f"k.{count} <> coalesce(m.{count}, 0)" for count in _KPI_COUNTS)}
+ORDER BY k.month
+"""
 OUTCOME_MIX_ALL = """
 SELECT * FROM d23.outcome_mix_monthly
 ORDER BY month, communication_type, interaction_source, outcome_option
