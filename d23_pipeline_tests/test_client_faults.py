@@ -175,8 +175,9 @@ def test_a_host_that_never_answers_the_connect_fails_at_the_connect_timeout() ->
     assert "ConnectTimeout" in str(caught.value) and "[host 127.0.0.1]" in str(caught.value)
 
 
-def test_a_connection_failure_quoting_a_url_shows_no_userinfo() -> None:
-    error = httpx.ProxyError("cannot reach http://proxy-user:hunter2@proxy.internal:3128/")
+@pytest.mark.parametrize("password", ["hunter2", "hunter@2"])
+def test_a_connection_failure_quoting_a_url_shows_no_userinfo(password: str) -> None:
+    error = httpx.ProxyError(f"cannot reach http://proxy-user:{password}@proxy.internal:3128/")
 
     assert retry._connection_failure(error) == (
         "ProxyError: cannot reach http://***@proxy.internal:3128/"

@@ -23,7 +23,11 @@ from d23_pipeline.client import (
     RetryPolicy,
     WindowTooHeavyError,
 )
-from d23_pipeline.client.retry import _connection_failure
+from d23_pipeline.client.retry import (
+    WITHHELD_REQUEST_ID,
+    _connection_failure,
+    shown_request_id,
+)
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
 from d23_pipeline.simulator import Drop, SimResponse, Simulator, SimulatorConfig, serve
 
@@ -105,7 +109,18 @@ SCENARIOS: list[tuple[str, Callable[[Simulator], None], type[ExportsApiError]]] 
     ("504 at floor", _with(_heavy, min_window=timedelta(hours=12)), WindowTooHeavyError),
     ("cursor loop", _with(_scripted(_LOOP_PAGE)), CursorLoopError),
     ("teapot", _with(lambda sim: sim.script(error(418))), ExportsApiError),
-]
+    # Servers echoing what they were sent into the request id that errors and logs show.
+    ("login refused, requestId = the password",
+     _with(_scripted(error(401, f"req-{PASSWORD}"), auth=True)), AuthenticationError),
+    ("login 503s, requestId = part of the password",
+     _with(_scripted(error(503, f"r-{PASSWORD[3:11]}"), auth=True)), RetriesExhaustedError),
+    ("401 forever, X-Request-Id = the token",
+     _with(_scripted(SimResponse(401, {"X-Request-Id": f"gw-{TOKEN_HEADER}"}))),
+     AuthenticationError),
+    ("500s, X-Request-Id = the token, no body",
+     _with(_scripted(SimResponse(500, {"X-Request-Id": f"{TOKEN_HEADER}.x"}))),
+     RetriesExhaustedError),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -168,3 +183,17 @@ def test_a_login_token_with_a_space_at_an_end_is_refused_before_it_is_sent(
 def test_a_request_httpx_refuses_to_send_is_named_without_its_headers() -> None:
     refused = httpx.LocalProtocolError(f"Illegal header value b'Bearer {TOKEN_HEADER}.SECRET '")
     assert _connection_failure(refused) == "LocalProtocolError"
+
+
+def test_a_request_id_is_shown_printable_and_cut_and_withheld_when_it_echoes_a_credential() -> None:
+    request = httpx.Request(
+        "POST", "http://127.0.0.1/api/v1/auth/login", json={"password": PASSWORD}
+    )
+    answer = httpx.Response(401, request=request)
+
+    forged = "req-1\n2026-12-03 INFO d23_pipeline.client: all good" + "x" * 200
+    shown = shown_request_id(forged, answer)
+    assert shown == forged.replace("\n", "?")[:100] + "..."  # no forged log line, 100 kept
+    assert shown_request_id(f"id-{PASSWORD[-8:]}", answer) == WITHHELD_REQUEST_ID
+    assert shown_request_id(f"id-{PASSWORD[-7:]}", answer) == f"id-{PASSWORD[-7:]}"
+    assert shown_request_id("req-7f3a", httpx.Response(500)) == "req-7f3a"  # no request known

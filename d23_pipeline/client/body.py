@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from d23_pipeline.client.retry import Transient
+from d23_pipeline.client.retry import Transient, shown_request_id
 
 # A full page (1,000 rows of ~300 bytes) is ~0.3 MB: 32 MiB leaves room for rows 100x wider.
 MAX_BODY_BYTES = 32 * 2**20
@@ -55,9 +55,7 @@ class BoundedHttp:
             for name, value in response.headers.multi_items()
             if name not in _ENCODED_BODY_HEADERS
         ]
-        return httpx.Response(
-            response.status_code, headers=headers, content=body, request=request
-        )
+        return httpx.Response(response.status_code, headers=headers, content=body, request=request)
 
     def _read(self, response: httpx.Response) -> bytes:
         chunks: list[bytes] = []
@@ -71,7 +69,7 @@ class BoundedHttp:
                 raise Transient(
                     "bad_body",
                     status=response.status_code,
-                    request_id=response.headers.get("x-request-id"),
+                    request_id=shown_request_id(response.headers.get("x-request-id"), response),
                     detail=f"a body longer than {self._max_bytes:,} bytes (decoded); "
                     "stopped reading it",
                 )

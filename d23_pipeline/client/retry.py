@@ -109,16 +109,50 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def request_id_of(response: httpx.Response) -> str | None:
-    """The ``requestId`` of an error envelope, or an ``X-Request-Id`` header, if any."""
+    """The ``requestId`` of an error envelope, or an ``X-Request-Id`` header, if any, as
+    :func:`shown_request_id` lets errors and logs show it."""
     try:
         payload = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         payload = None
     request_id = payload.get("requestId") if isinstance(payload, dict) else None
-    if isinstance(request_id, str):
-        return request_id
-    header: str | None = response.headers.get("x-request-id")  # httpx types it as Any
-    return header
+    if not isinstance(request_id, str):
+        request_id = response.headers.get("x-request-id")
+    return shown_request_id(request_id, response)
+
+
+# The id is the server's text, shown in errors and the run log: a server (or a gateway) that
+# echoes what it was sent there must not carry a credential into them, even in part.
+_REQUEST_ID_MAX_CHARS = 100
+_ECHO_CHARS = 8
+WITHHELD_REQUEST_ID = "(withheld: it repeats a credential the request carried)"
+
+
+def shown_request_id(request_id: str | None, response: httpx.Response) -> str | None:
+    """``request_id`` withheld if it holds 8 characters in a row (or the whole) of a credential
+    ``response``'s request carried: its bearer token, or a string its JSON body sent (password,
+    refresh token); else printable and at most 100 characters."""
+    if request_id is None:
+        return None
+    for secret in _credentials_sent(response):
+        width = min(len(secret), _ECHO_CHARS)
+        if any(secret[i : i + width] in request_id for i in range(len(secret) - width + 1)):
+            return WITHHELD_REQUEST_ID
+    shown = "".join(c if c.isprintable() else "?" for c in request_id[:_REQUEST_ID_MAX_CHARS])
+    return shown + ("..." if len(request_id) > _REQUEST_ID_MAX_CHARS else "")
+
+
+def _credentials_sent(response: httpx.Response) -> list[str]:
+    try:
+        request = response.request
+        body = orjson.loads(request.content) if request.content else None
+    except (RuntimeError, orjson.JSONDecodeError):  # a response built without its request
+        return []
+    _, _, token = request.headers.get("authorization", "").partition(" ")
+    sent = [token]
+    if isinstance(body, dict):
+        sent += [value for value in body.values() if isinstance(value, str)]
+    return [secret for secret in sent if secret]
 
 
 def is_api_error(response: httpx.Response) -> bool:
@@ -153,7 +187,7 @@ def transient_for(response: httpx.Response) -> Transient | None:
 
 
 # user:password@ in a URL (a proxy's, say) that a socket or TLS error might quote.
-_USERINFO = re.compile(r"//[^/@\s]*@")
+_USERINFO = re.compile(r"//[^/\s]*@")  # up to the last @: a password may hold one
 
 
 def _connection_failure(exc: httpx.TransportError) -> str:
