@@ -9,7 +9,7 @@ from d23_pipeline.defs.dashboard_refresh import dashboard_after_blocked_run
 from d23_pipeline.defs.jobs import d23_dashboard_job
 
 MONTH = "2026-04"
-HELD = "<h3>Deletions not applied</h3>"
+CONFIRM = {"ops": {"d23__logs": {"config": {"confirm_deletions": True}}}}
 
 
 def _on_failure(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult):
@@ -22,20 +22,26 @@ def _on_failure(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult)
     return dashboard_after_blocked_run(context)
 
 
-def _held_section(pipeline: Pipeline) -> str:
+def _listed(pipeline: Pipeline, heading: str) -> bool:
     page = pipeline.dashboard_path.read_text()
-    return page[page.index(HELD) : page.index("</section>", page.index(HELD))]
+    start = page.index(f"<h3>{heading}</h3>")
+    section = page[start : page.index("<h3>", start + 1) if "<h3>" in page[start + 1 :] else None]
+    return f"<td>{MONTH}</td>" in section
 
 
-def test_deletions_held_by_a_blocked_run_reach_the_dashboard_through_the_run_it_requests(
+HELD, MIX_BEHIND = "Deletions not applied", "Outcome mix older than d23.logs"
+
+
+def test_a_blocked_months_held_deletions_and_unmixed_rows_reach_the_dashboard_until_confirmed(
     pipeline: Pipeline,
 ) -> None:
     with dg.instance_for_test() as instance:
         pipeline.materialize(MONTH, instance=instance)
         pipeline.sim.hard_delete(60, MONTH)  # 4 % of the month: its merge holds the deletions
+        pipeline.sim.add_late_rows(5, MONTH)  # merged, but the month's outcome steps never run
         blocked = pipeline.materialize(MONTH, raise_on_error=False, instance=instance)
         assert not blocked.success  # deletions_within_limit: the dashboard step was skipped
-        assert "every deletion is applied" in _held_section(pipeline)
+        assert not _listed(pipeline, HELD) and not _listed(pipeline, MIX_BEHIND)
 
         request = _on_failure(instance, blocked)
         assert isinstance(request, dg.RunRequest)
@@ -44,9 +50,12 @@ def test_deletions_held_by_a_blocked_run_reach_the_dashboard_through_the_run_it_
         rebuilt = defs.resolve_job_def(d23_dashboard_job.name).execute_in_process(
             instance=instance, resources=pipeline.resources()
         )
+        assert rebuilt.success
+        assert _listed(pipeline, HELD) and _listed(pipeline, MIX_BEHIND)
 
-    assert rebuilt.success
-    assert "<td>2026-04</td><td>60</td>" in _held_section(pipeline)
+    pipeline.materialize(MONTH, selection="d23/logs*", run_config=CONFIRM)
+
+    assert not _listed(pipeline, HELD) and not _listed(pipeline, MIX_BEHIND)
 
 
 def test_a_failed_run_that_merged_nothing_requests_no_dashboard(pipeline: Pipeline) -> None:

@@ -92,17 +92,21 @@ class DashboardData:
     deletions_pending: list[dict[str, Any]]
     # Months whose stored KPIs (tiles, trend) differ from their stored outcome mix (the panels).
     kpis_behind_mix: list[date]
+    # Months whose stored outcome mix no longer counts d23.logs as it is (merged since).
+    mix_behind_logs: list[date]
 
     def problem_count(self) -> int:
         """The open data-quality problems the page lists: unverified slices, each month's
         reasons for rejects, unmapped codes, months counted with another mapping, months
-        whose KPIs lag their outcome mix, and months with deletions not applied."""
+        whose outcome mix lags d23.logs or whose KPIs lag their outcome mix, and months with
+        deletions not applied."""
         return (
             len(self.unverified_slices)
             + len(self.rejected)
             + len(self.unmapped)
             + len({m["month"] for m in self.other_mapping})
             + len(self.kpis_behind_mix)
+            + len(self.mix_behind_logs)
             + len(self.deletions_pending)
         )
 
@@ -238,6 +242,7 @@ def _gather(
         other_mapping=other_mapping,
         deletions_pending=pending,
         kpis_behind_mix=[r["month"] for r in fetch_dicts(con, sql.KPIS_BEHIND_MIX)],
+        mix_behind_logs=[r["month"] for r in fetch_dicts(con, sql.MIX_BEHIND_LOGS)],
     )
 
 
@@ -703,6 +708,7 @@ def _quality_section(data: DashboardData) -> str:
         remapped.setdefault(f"{m['month']:%Y-%m}", []).append(m["outcome_option"])
     other_mapping = [(month, ", ".join(codes)) for month, codes in remapped.items()]
     kpis_behind = [(f"{month:%Y-%m}",) for month in data.kpis_behind_mix]
+    mix_behind = [(f"{month:%Y-%m}",) for month in data.mix_behind_logs]
     pending = [
         (p["partition"][:7], f"{p['rows']:,}", p["reason"], _local(p["read_at"], data.timezone))
         for p in data.deletions_pending
@@ -737,6 +743,13 @@ def _quality_section(data: DashboardData) -> str:
         "Re-materialize d23/outcome_mix_monthly and the assets downstream of it (selection "
         "'d23/outcome_mix_monthly*') for these months to count them alike.</p>"
         + _table(("month", "codes classed otherwise"), other_mapping, "every month is current")
+        + "<h3>Outcome mix older than d23.logs</h3><p>A merge changed these months' rows "
+        "since their outcome mix, KPIs and panels were built (a blocking check stopped the run, "
+        "or an outcome step failed): the page shows them as they were. They follow when the "
+        "month's outcome steps run again: after fixing what the failed check or step says, "
+        "re-materialize d23/outcome_mix_monthly and the assets downstream of it for the "
+        "month.</p>"
+        + _table(("month",), mix_behind, "every month's outcome mix counts d23.logs as it is")
         + "<h3>KPIs older than their outcome mix</h3><p>The tiles and the trend show these "
         "months' d23/outcome_kpis_monthly as last built; their outcome mix was rebuilt since "
         "(another mapping, a later read), and the other panels count from it. Re-materialize "
