@@ -214,6 +214,16 @@ def test_an_unmapped_share_over_the_threshold_is_an_error() -> None:
 
     assert (over.passed, over.severity) == (False, dg.AssetCheckSeverity.ERROR)
     assert over.metadata["unmapped_share_percent"].value == 3.0
+    # What the UI's check list and `backfill --wait` show: the figures and what to do.
+    assert over.description.startswith("3 of the month's 100 attempts (3.00%) have outcome codes")
+    assert "D23_OUTCOME_MAPPING" in over.description
+
+
+def test_every_failed_check_says_why_in_its_description() -> None:
+    failed = checks._result(checks.KPI_RATES_IN_RANGE, passed=False, metadata={"bad": ["x 1.5"]})
+
+    assert failed.description == (f"{checks.KPI_RATES_IN_RANGE.description} Found bad: ['x 1.5'].")
+    assert checks._result(checks.KPI_RATES_IN_RANGE, passed=True).description is None
 
 
 def test_every_check_of_a_monthly_asset_has_the_monthly_partitions() -> None:

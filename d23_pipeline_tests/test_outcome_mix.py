@@ -145,6 +145,9 @@ def test_unmapped_codes_are_counted_and_reported_never_dropped(warehouse: Wareho
         ).fetchall()
     assert not result.passed
     assert result.metadata["unmapped_codes"].data == {"MYSTERY_CODE": 1}
+    assert result.description.startswith(
+        "codes the outcome mapping does not classify, with their attempts: MYSTERY_CODE 1;"
+    )
     assert mystery == (1, False)
 
 
@@ -203,6 +206,12 @@ def test_daily_trend_adds_up_to_the_month(warehouse: Warehouse) -> None:
     ("text", "problem"),
     [
         ("promise: PTP\n", "must be a list"),
+        (
+            "promise: [PTP, 12, null]\n",
+            r"promise lists 12, None, not codes: a code is text \(quote a number",
+        ),
+        ("", "lists no code: every attempt would count as unmapped"),
+        ("promise: []\nrefusal:\n", "lists no code"),
         ("promises: [PTP]\n", "keys among"),
         ("promise: [PTP]\nno_contact: [PTP]\n", "both contact and no_contact"),
         (

@@ -53,9 +53,18 @@ def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
     members: dict[str, set[str]] = {}
     for name in CLASSES:
         codes = document.get(name) or []
-        if not isinstance(codes, list) or not all(isinstance(c, str) and c for c in codes):
+        if not isinstance(codes, list):
             raise OutcomeMappingError(f"outcome mapping {path}: {name} must be a list of codes")
+        if not_codes := [c for c in codes if not (isinstance(c, str) and c)]:
+            raise OutcomeMappingError(
+                f"outcome mapping {path}: {name} lists {', '.join(map(repr, not_codes[:5]))}, "
+                "not codes: a code is text (quote a number, '12'), never empty"
+            )
         members[name] = set(codes)
+    if not any(members.values()):
+        raise OutcomeMappingError(
+            f"outcome mapping {path} lists no code: every attempt would count as unmapped"
+        )
     if conflict := members["no_contact"] & set().union(*(members[c] for c in CLASSES[:4])):
         raise OutcomeMappingError(
             f"outcome mapping {path}: {sorted(conflict)} listed as both contact and no_contact"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -138,7 +138,13 @@ DAILY_RATES_IN_RANGE = dg.AssetCheckSpec(
 )
 
 
-def _result(spec: dg.AssetCheckSpec, **kwargs: object) -> dg.AssetCheckResult:
+def _result(spec: dg.AssetCheckSpec, **kwargs: Any) -> dg.AssetCheckResult:
+    # A failure always says why in its description, which the UI's check list and the
+    # backfill command's --wait show (not the metadata): what was found, when nothing better.
+    if not kwargs.get("passed") and not kwargs.get("description"):
+        metadata = kwargs.get("metadata", {})
+        found = "; ".join(f"{name}: {str(value)[:200]}" for name, value in metadata.items())
+        kwargs["description"] = f"{spec.description} Found {found}." if found else spec.description
     return dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, **kwargs)
 
 
@@ -306,10 +312,19 @@ def unmapped_outcome_codes(con: duckdb.DuckDBPyConnection, month: object) -> dg.
     from d23_pipeline.warehouse.store import execute
 
     unmapped = execute(con, sql.UNMAPPED_OUTCOMES, {"month": month}).fetchall()
+    codes = ", ".join(f"{code} {n:,}" for code, n in unmapped[:10])
+    more = f" and {len(unmapped) - 10} more" if len(unmapped) > 10 else ""
     return _result(
         UNMAPPED_OUTCOMES,
         passed=not unmapped,
         severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"codes the outcome mapping does not classify, with their attempts: {codes}{more}; "
+            "counted as attempts only. Add them to the mapping file (D23_OUTCOME_MAPPING) and "
+            "re-materialize the month"
+            if unmapped
+            else None
+        ),
         metadata={"unmapped_codes": {code: int(n) for code, n in unmapped}},
     )
 
@@ -374,10 +389,20 @@ def kpi_attempts_match_mix(con: duckdb.DuckDBPyConnection, month: object) -> dg.
 
 def kpi_unmapped_share(attempts: int, unmapped_attempts: int) -> dg.AssetCheckResult:
     share = unmapped_attempts / attempts if attempts else 0.0
+    passed = share <= UNMAPPED_ERROR_SHARE
     return _result(
         KPI_UNMAPPED_SHARE,
-        passed=share <= UNMAPPED_ERROR_SHARE,
+        passed=passed,
         severity=dg.AssetCheckSeverity.ERROR,
+        description=None
+        if passed
+        else (
+            f"{unmapped_attempts:,} of the month's {attempts:,} attempts ({share:.2%}) have "
+            f"outcome codes the mapping does not classify, more than {UNMAPPED_ERROR_SHARE:.0%}: "
+            "its contact, RPC, PTP and refusal rates undercount. The codes are in the "
+            "unmapped_outcome_codes check of d23/outcome_mix_monthly; add them to the mapping "
+            "file (D23_OUTCOME_MAPPING) and re-materialize the month"
+        ),
         metadata={
             "unmapped_attempts": unmapped_attempts,
             "unmapped_share_percent": round(share * 100, 2),
