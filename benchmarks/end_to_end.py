@@ -150,6 +150,12 @@ def materialize(
         (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
     )
     args = [str(BIN / "dagster"), "asset", "materialize", "-m", module, "--select", "*"]
+    # The phases are cut at the step events, which Dagster prints at DEBUG; the instance file's
+    # python_logs (INFO) holds them back unless the console logger is asked for them.
+    args += [
+        "--config-json",
+        json.dumps({"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}),
+    ]
     if module == "d23_pipeline.definitions":
         args += ["--partition", PARTITION]
     env = _env(api_url, scratch / "data", home)

@@ -18,10 +18,8 @@ from pathlib import Path
 import httpx
 
 from d23_pipeline.months import months_up_to
-from d23_pipeline.settings import SettingsError, load_options, read_pool_limits
+from d23_pipeline.settings import SettingsError, load_options, read_local_ports, read_pool_limits
 
-SIMULATOR_PORT = 8023
-UI_PORT = 3000
 SIMULATOR_MONTHS = 6
 DEMO_CREDENTIALS = {
     "D23_LENDER": "demo",
@@ -50,8 +48,7 @@ def simulator_start_month(now: datetime) -> str:
     return months_up_to(now.astimezone(UTC), SIMULATOR_MONTHS)[0]
 
 
-def _start_simulator(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    port = int(env.get("D23_SIMULATOR_PORT", SIMULATOR_PORT))
+def _start_simulator(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     url = f"http://127.0.0.1:{port}"
     if _answers(url):
         # Every run would read whatever holds the port (a simulator left by an earlier
@@ -98,7 +95,7 @@ def _answers(url: str) -> bool:
     return True
 
 
-def _guide(env: dict[str, str]) -> str:
+def _guide(env: dict[str, str], ui_port: int = 3000) -> str:
     """Where the dashboard is and a backfill command for the months the partitions have."""
     try:
         options = load_options(env)
@@ -106,9 +103,10 @@ def _guide(env: dict[str, str]) -> str:
         raise SystemExit(f"error: {exc}") from None
     first = options.start_month
     last = months_up_to(datetime.now(UTC).date(), 1)[0]
+    url = "" if ui_port == 3000 else f" --url http://127.0.0.1:{ui_port}"  # the command's default
     backfill = (
         f"Backfill months {first} to {last}: "
-        f".venv/bin/python -m d23_pipeline.backfill {first} {last}"
+        f".venv/bin/python -m d23_pipeline.backfill {first} {last}{url}"
         if first <= last  # YYYY-MM strings sort as months do
         else f"No month to backfill yet: D23_START_MONTH ({first}) is after this month ({last})"
     )
@@ -141,25 +139,31 @@ def main() -> None:
     # with a handler here, Ctrl-C stops us and every process started below sees SIGINT again.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     env = dict(os.environ)
+    try:
+        ui_port, simulator_port = read_local_ports(env)
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None
     home = _prepare_dagster_home(env)
     simulator = None
     if not env.get("D23_API_URL", "").strip():
-        simulator = _start_simulator(env)
+        simulator = _start_simulator(env, simulator_port)
         print(f"Bundled API simulator on {env['D23_API_URL']} (set D23_API_URL for a real API)")
     # From here on the simulator stops with us, also when a bad setting stops us before the UI
     # starts: left running, it would hold its port against the next `make run`.
     try:
         set_pool_limits(env)
-        print(f"Dagster home: {home}; UI on http://127.0.0.1:{UI_PORT}")
-        print(_guide(env))
-        _serve_ui(env)
+        print(f"Dagster home: {home}; UI on http://127.0.0.1:{ui_port}")
+        print(_guide(env, ui_port))
+        _serve_ui(env, ui_port)
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None
     finally:
         if simulator is not None:
             simulator.terminate()
             simulator.wait(timeout=10)
 
 
-def _serve_ui(env: dict[str, str]) -> None:
+def _serve_ui(env: dict[str, str], port: int) -> None:
     """Run `dg dev` until it stops, passing Ctrl-C and a supervisor's SIGTERM on to it."""
     bindir = str(Path(sys.executable).parent)
     # `dg dev` loads the code location pyproject.toml's [tool.dg] names, under the same location
@@ -167,7 +171,7 @@ def _serve_ui(env: dict[str, str]) -> None:
     # below, and whatever it leaves behind (a code server it restarted while shutting down) is
     # ended with the group.
     ui = subprocess.Popen(
-        [shutil.which("dg", path=bindir) or "dg", "dev", "-h", "127.0.0.1", "-p", str(UI_PORT)],
+        [shutil.which("dg", path=bindir) or "dg", "dev", "-h", "127.0.0.1", "-p", str(port)],
         env=env,
         start_new_session=True,
     )

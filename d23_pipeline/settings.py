@@ -243,6 +243,12 @@ def read_pool_limits(env: Mapping[str, str]) -> dict[str, int]:
     }
 
 
+def read_local_ports(env: Mapping[str, str]) -> tuple[int, int]:
+    """``make run``'s loopback ports: the UI's (``D23_UI_PORT``, default 3000) and the bundled
+    simulator's (``D23_SIMULATOR_PORT``, default 8023)."""
+    return _int(env, "D23_UI_PORT", 3000, 1, 65535), _int(env, "D23_SIMULATOR_PORT", 8023, 1, 65535)
+
+
 def _share(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -277,6 +283,19 @@ def read_credentials(env: Mapping[str, str]) -> Credentials:
     return LoginCredentials(login["D23_LENDER"], login["D23_EMAIL"], password)
 
 
+def read_data_dir(env: Mapping[str, str]) -> Path:
+    """``D23_DATA_DIR`` (default ``data``), refused if it, or the nearest part of it that
+    exists, is not a folder: the runs would create theirs in it only after the API was read."""
+    value = env.get("D23_DATA_DIR", "").strip() or "data"
+    path = Path(value)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SettingsError(
+            f"D23_DATA_DIR points to {value!r}, but {str(existing)!r} is not a folder"
+        )
+    return path
+
+
 def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     """Read and validate the non-secret ``D23_*`` settings."""
     env = os.environ if env is None else env
@@ -285,7 +304,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     if mapping and not Path(mapping).is_file():
         raise SettingsError(f"D23_OUTCOME_MAPPING points to {mapping!r}, which is not a file")
     return PipelineOptions(
-        data_dir=Path(env.get("D23_DATA_DIR", "").strip() or "data"),
+        data_dir=read_data_dir(env),
         start_month=validate_month(env.get("D23_START_MONTH", "").strip() or DEFAULT_START_MONTH),
         page_limit=_int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, 1, 1000),
         max_concurrency=_int(env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, 1, 32),

@@ -56,6 +56,16 @@ def test_one_call_returns_the_kpi_mix_and_daily_tables(data_dir: Path) -> None:
     assert tables.mix_daily["attempts"].tolist() == [2, 3]
 
 
+def test_a_notebook_reads_whatever_settings_only_the_pipeline_uses_say(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("D23_PAGE_LIMIT", "D23_START_MONTH", "D23_REPORT_TIMEZONE", "D23_OUTCOME_MAPPING"):
+        monkeypatch.setenv(name, "not valid here")
+    monkeypatch.setenv("D23_DATA_DIR", str(data_dir))
+
+    assert load_outcome_tables().kpis_monthly["attempts"].tolist() == [5]
+
+
 def test_a_run_holding_the_warehouse_gives_a_clear_error_not_a_hang(data_dir: Path) -> None:
     # A pipeline step in another process, holding the lock while it writes.
     holder = subprocess.Popen(

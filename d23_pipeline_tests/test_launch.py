@@ -35,6 +35,12 @@ def test_the_backfill_hint_covers_exactly_the_partitions_and_the_dashboard_path_
     assert guide.endswith(str(tmp_path.resolve() / "reports" / "outcome_dashboard.html"))
 
 
+def test_a_ui_on_another_port_gets_a_backfill_command_that_reaches_it(tmp_path: Path) -> None:
+    guide = _guide({"D23_START_MONTH": "2026-07", "D23_DATA_DIR": str(tmp_path)}, ui_port=3300)
+
+    assert " --url http://127.0.0.1:3300\n" in guide
+
+
 def test_a_start_month_after_this_month_gets_no_backfill_command(tmp_path: Path) -> None:
     guide = _guide({"D23_START_MONTH": "2999-01", "D23_DATA_DIR": str(tmp_path)})
 
@@ -63,6 +69,27 @@ def test_a_bad_setting_stops_make_run_and_the_simulator_it_started(tmp_path: Pat
     assert "Bundled API simulator" in launched.stdout  # it had been started
     with pytest.raises(httpx.TransportError):  # and is gone: the next `make run` gets its port
         httpx.get(f"http://127.0.0.1:{port}", timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("D23_UI_PORT", "http"), ("D23_SIMULATOR_PORT", "70000"), ("D23_API_POOL_LIMIT", "0")],
+)
+def test_a_bad_port_or_pool_limit_stops_make_run_with_one_line_naming_it(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    settings = {
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "D23_DATA_DIR": str(tmp_path / "data"),
+        "D23_SIMULATOR_PORT": str(free_port()),
+    }
+    env = clean_env(**{**settings, name: value})
+
+    launched = run_python(["-m", "d23_pipeline.launch"], env)
+
+    assert launched.returncode == 1
+    assert launched.stderr.strip().splitlines()[-1].startswith(f"error: {name} must be")
+    assert "Traceback" not in launched.stderr
 
 
 def test_every_pool_the_assets_use_gets_an_explicit_limit(tmp_path: Path) -> None:

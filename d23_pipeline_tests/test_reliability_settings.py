@@ -49,6 +49,8 @@ LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
         ("D23_REPORT_TIMEZONE", "posixrules"),
         ("D23_REPORT_TIMEZONE", "posix/Asia/Kolkata"),
         ("D23_REPORT_TIMEZONE", "right/UTC"),
+        ("D23_DATA_DIR", __file__),  # a file, not a folder
+        ("D23_DATA_DIR", f"{__file__}/data"),
     ],
 )
 def test_malformed_option_fails_at_load_naming_it(name: str, value: str) -> None:

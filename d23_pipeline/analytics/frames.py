@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import Timeout
 
-from d23_pipeline.settings import load_options
+from d23_pipeline.settings import read_data_dir, validate_warehouse
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
 from d23_pipeline.warehouse.store import (
@@ -60,10 +60,13 @@ def load_outcome_tables(
 ) -> OutcomeTables:
     """Read the KPI and mix tables of the warehouse in ``data_dir`` (default: ``D23_DATA_DIR``),
     or of the DuckLake that ``D23_WAREHOUSE=ducklake`` names."""
-    options = load_options()
-    if options.warehouse == "ducklake" and options.ducklake_data_path:
-        return _read(DuckLakeWarehouse(os.environ["D23_WAREHOUSE_DSN"], options.ducklake_data_path))
-    path = Path(data_dir if data_dir is not None else options.data_dir) / "warehouse.duckdb"
+    # Only the settings that say where the warehouse is: a notebook need not hold the run's.
+    warehouse, ducklake_data_path = validate_warehouse(os.environ)
+    if warehouse == "ducklake" and ducklake_data_path:
+        return _read(DuckLakeWarehouse(os.environ["D23_WAREHOUSE_DSN"], ducklake_data_path))
+    path = (
+        Path(data_dir if data_dir is not None else read_data_dir(os.environ)) / "warehouse.duckdb"
+    )
     if not path.is_file():
         raise FileNotFoundError(
             f"no warehouse at {path}: materialize a month first, or pass the D23_DATA_DIR in use"
