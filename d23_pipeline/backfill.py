@@ -94,6 +94,15 @@ query RunCheckEvaluations($runId: ID!, $cursor: String) {
     ... on PythonError { message }
   }
 }"""
+DAEMON_HEALTH = """
+query DaemonHealth {
+  instance { daemonHealth { daemonStatus(daemonType: "BACKFILL") { healthy } } }
+}"""
+NO_DAEMON = (
+    "warning: no Dagster daemon runs backfills for this webserver's instance (none has reported "
+    "in lately), so no month of this backfill starts until one does: `make run` starts one, or "
+    "run `dagster-daemon run -w workspace.yaml` with the webserver's DAGSTER_HOME"
+)
 # Every monthly D23 asset shares one partitioning; this one stands for all of them.
 PARTITIONED_ASSET = ["d23", "raw_logs"]
 ASSET_KEYS = """
@@ -115,6 +124,8 @@ class LostTrackError(RuntimeError):
 
 
 POLL_S = 5.0
+# How often --wait asks again whether a daemon runs, while it waits.
+DAEMON_CHECK_S = 60.0
 # How long --wait keeps polling a webserver that does not answer (a restart, a proxy's 502)
 # before it gives up on following the backfill, which goes on regardless.
 POLL_PATIENCE_S = 300.0
@@ -283,13 +294,32 @@ def report_failed_checks(url: str, runs: Sequence[dict[str, Any]]) -> bool:
     return errors
 
 
+def daemon_runs_backfills(url: str) -> bool | None:
+    """Whether a daemon runs the instance's backfills; None if the webserver does not say."""
+    try:
+        status = graphql(url, DAEMON_HEALTH, {})["instance"]["daemonHealth"]["daemonStatus"]
+    except (BackfillError, KeyError, TypeError):
+        return None
+    return None if status.get("healthy") is None else bool(status["healthy"])
+
+
+def warn_without_daemon(url: str) -> None:
+    """Say so on stderr when no daemon runs backfills: the backfill would wait in silence."""
+    if daemon_runs_backfills(url) is False:
+        print(NO_DAEMON, file=sys.stderr, flush=True)
+
+
 def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]:
     """Poll until the backfill ends, printing each month whose standing changes; the ended
     backfill's status and runs. A webserver that stops answering is polled again for
     ``POLL_PATIENCE_S``, then :class:`LostTrackError`."""
     shown: dict[str, str] = {}
     silent_since: float | None = None
+    daemon_checked = time.monotonic()
     while True:
+        if time.monotonic() - daemon_checked > DAEMON_CHECK_S:
+            warn_without_daemon(url)
+            daemon_checked = time.monotonic()
         try:
             backfill = backfill_status(url, backfill_id)
         except WebserverUnreachable as exc:
@@ -339,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"Backfill {backfill_id}: {len(keys)} months, {keys[0]} to {keys[-1]}")
     print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions", flush=True)
+    warn_without_daemon(args.url)
     if not args.wait:
         return 0
     try:

@@ -64,6 +64,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
     status_gone = False  # the backfill's status answered with Dagster's BackfillNotFoundError
     backfill_status = "COMPLETED_SUCCESS"
     check_failures = 0  # requests for check evaluations answered with a proxy's 502 first
+    daemon_healthy: bool | None = True  # the instance's daemon, as its heartbeats say
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -71,6 +72,10 @@ class FakeWebserver(BaseHTTPRequestHandler):
             status = 200
             body = {"data": {"assetNodeOrError": {
                 "__typename": "AssetNode", "partitionKeys": self.partitions}}}  # fmt: skip
+        elif request["query"].lstrip().startswith("query DaemonHealth"):
+            status = 200
+            body = {"data": {"instance": {"daemonHealth": {
+                "daemonStatus": {"healthy": self.daemon_healthy}}}}}  # fmt: skip
         elif request["query"].lstrip().startswith("query AssetKeys"):
             status = 200
             body = {"data": {"assetNodes": [{"assetKey": {"path": p}} for p in self.assets]}}
@@ -238,6 +243,38 @@ def ended_backfill(webserver: str) -> Iterator[str]:
     FakeWebserver.status_failures = FakeWebserver.check_failures = 0
     FakeWebserver.status_gone = False
     FakeWebserver.backfill_status = "COMPLETED_SUCCESS"
+    FakeWebserver.daemon_healthy = True
+
+
+@pytest.mark.parametrize(("healthy", "warned"), [(False, True), (True, False), (None, False)])
+def test_a_launch_says_so_when_no_daemon_would_start_the_months(
+    ended_backfill, capsys, healthy, warned
+):
+    FakeWebserver.daemon_healthy = healthy
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 0
+
+    assert ("no Dagster daemon runs backfills" in capsys.readouterr().err) is warned
+    assert len(FakeWebserver.launches) == 1
+
+
+def test_wait_keeps_saying_so_while_no_daemon_runs(ended_backfill, capsys, monkeypatch):
+    FakeWebserver.daemon_healthy = False
+    FakeWebserver.backfill_status = "REQUESTED"
+    pauses = []
+
+    def pause(_seconds: float) -> None:  # the backfill ends at the third poll's pause
+        pauses.append(_seconds)
+        if len(pauses) == 3:
+            FakeWebserver.backfill_status = "COMPLETED_SUCCESS"
+
+    monkeypatch.setattr(backfill, "DAEMON_CHECK_S", 0.0)
+    monkeypatch.setattr(backfill.time, "sleep", pause)
+
+    main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"])
+
+    # At the launch, then before each of the four polls (the check is due at every one here).
+    assert capsys.readouterr().err.count("no Dagster daemon runs backfills") == 1 + 4
 
 
 def test_wait_lists_the_checks_that_failed_and_fails_on_an_error_one(ended_backfill, capsys):
