@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import time
 from datetime import timedelta
 
 import httpx
@@ -23,7 +24,13 @@ from api import (
     walk_ids,
 )
 
-from d23_pipeline.client import AuthenticationError, ExportsApiError, ExportsClient, SlicePage
+from d23_pipeline.client import (
+    AuthenticationError,
+    ExportsApiError,
+    ExportsClient,
+    RetriesExhaustedError,
+    SlicePage,
+)
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
 from d23_pipeline.simulator import SimRequest, SimResponse
 
@@ -110,6 +117,23 @@ def test_login_survives_a_transient_failure() -> None:
     with client(sim) as reader:
         assert walk_ids(reader) == ids_in(sim)
         assert reader.stats.as_dict()["retries"] == {"503": 1}
+
+
+def test_a_login_that_failed_is_not_tried_again_by_each_worker_that_waited_for_it() -> None:
+    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim.script(error(503), times=99, auth=True)
+    # Real pauses between the login's attempts: the other workers queue for the token meanwhile.
+    with (
+        client(sim, max_concurrency=4, slice_size=timedelta(hours=6), sleep=_pause) as reader,
+        pytest.raises(RetriesExhaustedError, match="login for lender 'demo' failed after 4"),
+    ):
+        list(reader.iter_slices(DAY))
+
+    assert answered(sim, "login", 503) == 4  # one round of retries, not one per worker
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(0.05)
 
 
 def test_a_held_token_is_sent_as_is() -> None:

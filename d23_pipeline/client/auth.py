@@ -55,6 +55,7 @@ class TokenManager:
         self._token: str | None = None
         self._refresh_token: str | None = None
         self._lender_public_id: str | None = None
+        self._login_failure: ExportsApiError | None = None
         if not isinstance(credentials, LoginCredentials):
             self._token = credentials.token
             self._lender_public_id = credentials.lender_public_id
@@ -135,6 +136,17 @@ class TokenManager:
         return self._retrier.call(attempt, what=what, path=path, held=False)
 
     def _login(self, credentials: LoginCredentials) -> None:
+        # A login that failed after its retries fails the read. The other workers, waiting on
+        # the lock meanwhile, get the same failure: each would otherwise retry from the start.
+        if self._login_failure is not None:
+            raise self._login_failure
+        try:
+            self._log_in(credentials)
+        except ExportsApiError as exc:
+            self._login_failure = exc
+            raise
+
+    def _log_in(self, credentials: LoginCredentials) -> None:
         path = self._auth_path(credentials, "login")
         answer = self._post(
             path,
