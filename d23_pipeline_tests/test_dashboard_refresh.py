@@ -2,8 +2,10 @@
 the failed run, then the run it requests."""
 
 import dagster as dg
+import pytest
 from harness import Pipeline
 
+from d23_pipeline.analytics import outcome_mix
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.dashboard_refresh import dashboard_after_blocked_run
 from d23_pipeline.defs.jobs import d23_dashboard_job
@@ -30,6 +32,7 @@ def _listed(pipeline: Pipeline, heading: str) -> bool:
 
 
 HELD, MIX_BEHIND = "Deletions not applied", "Outcome mix older than d23.logs"
+KPIS_BEHIND = "KPIs older than their outcome mix"
 
 
 def test_a_blocked_months_held_deletions_and_unmixed_rows_reach_the_dashboard_until_confirmed(
@@ -66,3 +69,30 @@ def test_a_failed_run_that_merged_nothing_requests_no_dashboard(pipeline: Pipeli
         assert not failed.success
 
         assert isinstance(_on_failure(instance, failed), dg.SkipReason)
+
+
+@pytest.mark.parametrize(
+    ("failing_step", "listed_as"),
+    [
+        ("rebuild_outcome_mix_monthly", "Outcome mix older than d23.logs"),
+        ("rebuild_outcome_kpis_monthly", "KPIs older than their outcome mix"),
+    ],
+)
+def test_a_months_first_run_that_stopped_before_its_numbers_is_listed_until_they_are_built(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, failing_step: str, listed_as: str
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the step failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(outcome_mix, failing_step, fail)
+        assert not pipeline.materialize(MONTH, raise_on_error=False).success
+    rebuilt = defs.resolve_job_def(d23_dashboard_job.name).execute_in_process(
+        resources=pipeline.resources()
+    )
+    assert rebuilt.success
+    assert _listed(pipeline, listed_as)
+
+    pipeline.materialize(MONTH)
+
+    assert not _listed(pipeline, MIX_BEHIND) and not _listed(pipeline, KPIS_BEHIND)

@@ -573,7 +573,11 @@ def _page(data: DashboardData) -> tuple[str, str]:
         "</header>"
     )
     if not data.kpis:
-        body = "<p>No month has been materialized yet: materialize a month in Dagster.</p>"
+        # A first month whose run stopped before its KPIs still has the problems that stopped it.
+        body = (
+            "<p>No month's KPIs have been built yet: materialize a month in Dagster.</p>"
+            + _quality_section(data)
+        )
     else:
         body = "".join(
             [
@@ -744,15 +748,16 @@ def _quality_section(data: DashboardData) -> str:
         "'d23/outcome_mix_monthly*') for these months to count them alike.</p>"
         + _table(("month", "codes classed otherwise"), other_mapping, "every month is current")
         + "<h3>Outcome mix older than d23.logs</h3><p>A merge changed these months' rows "
-        "since their outcome mix, KPIs and panels were built (a blocking check stopped the run, "
-        "or an outcome step failed): the page shows them as they were. They follow when the "
-        "month's outcome steps run again: after fixing what the failed check or step says, "
+        "since their outcome mix, KPIs and panels were built, or before they were ever built (a "
+        "blocking check stopped the run, or an outcome step failed): the page shows them as they "
+        "were, or not at all. They follow when the month's outcome steps run again: after fixing "
+        "what the failed check or step says, "
         "re-materialize d23/outcome_mix_monthly and the assets downstream of it for the "
         "month.</p>"
         + _table(("month",), mix_behind, "every month's outcome mix counts d23.logs as it is")
         + "<h3>KPIs older than their outcome mix</h3><p>The tiles and the trend show these "
-        "months' d23/outcome_kpis_monthly as last built; their outcome mix was rebuilt since "
-        "(another mapping, a later read), and the other panels count from it. Re-materialize "
+        "months' d23/outcome_kpis_monthly as last built, if ever; their outcome mix was rebuilt "
+        "since (another mapping, a later read), and the other panels count from it. Re-materialize "
         "d23/outcome_kpis_monthly for these months.</p>"
         + _table(("month",), kpis_behind, "every month's KPIs follow its outcome mix")
         + "<h3>Deletions not applied</h3><p>Rows the month's last read found gone from the "

@@ -125,13 +125,14 @@ def request_id_of(response: httpx.Response) -> str | None:
 # echoes what it was sent there must not carry a credential into them, even in part.
 _REQUEST_ID_MAX_CHARS = 100
 _ECHO_CHARS = 8
+_SHORTEST_ECHO = 4
 WITHHELD_REQUEST_ID = "(withheld: it repeats a credential the request carried)"
 
 
 def shown_request_id(request_id: str | None, response: httpx.Response) -> str | None:
-    """``request_id`` withheld if it holds 8 characters in a row (or the whole) of a credential
-    ``response``'s request carried: its bearer token, or a string its JSON body sent (password,
-    refresh token); else printable and at most 100 characters."""
+    """``request_id`` withheld if it holds 8 characters in a row (or the whole, from 4) of a
+    credential ``response``'s request carried: its bearer token, or a string its JSON body sent
+    (password, refresh token); else printable and at most 100 characters."""
     if request_id is None:
         return None
     for secret in _credentials_sent(response):
@@ -152,7 +153,8 @@ def _credentials_sent(response: httpx.Response) -> list[str]:
     sent = [token]
     if isinstance(body, dict):
         sent += [value for value in body.values() if isinstance(value, str)]
-    return [secret for secret in sent if secret]
+    # Shorter than 4 characters, a credential turns up in ids by chance ('7' in most hex ids).
+    return [secret for secret in sent if len(secret) >= _SHORTEST_ECHO]
 
 
 def is_api_error(response: httpx.Response) -> bool:

@@ -625,7 +625,8 @@ SELECT
 
 OUTCOME_KPIS_ALL = "SELECT * FROM d23.outcome_kpis_monthly ORDER BY month"
 # Months whose stored KPIs are not what their stored outcome mix gives: the mix was rebuilt (with
-# another mapping, after a merge) and the month's KPIs, which the tiles and the trend show, not.
+# another mapping, after a merge) and the month's KPIs, which the tiles and the trend show, not;
+# or the month has a mix and no KPIs yet (its KPI step failed or was stopped).
 _KPIS_FROM_MIX = _kpi_select(
     key="month", source="SELECT * FROM d23.outcome_mix_monthly", group_by="GROUP BY month"
 )
@@ -633,16 +634,17 @@ _KPI_COUNTS = (
     "attempts", "contacts", "rpcs", "promises", "refusals", "broken_promises", "unmapped_attempts"
 )  # fmt: skip
 KPIS_BEHIND_MIX = f"""
-SELECT k.month
+SELECT month
 FROM d23.outcome_kpis_monthly AS k
-LEFT JOIN ({_KPIS_FROM_MIX}) AS m USING (month)
-WHERE {" OR ".join(f"k.{count} <> coalesce(m.{count}, 0)" for count in _KPI_COUNTS)}
-ORDER BY k.month
+FULL JOIN ({_KPIS_FROM_MIX}) AS m USING (month)
+WHERE {" OR ".join(f"coalesce(k.{c}, 0) <> coalesce(m.{c}, 0)" for c in _KPI_COUNTS)}
+ORDER BY month
 """
-# Months built whose outcome mix no longer counts d23.logs as it is: a merge changed their rows
-# and their outcome steps have not run since (a blocking check stopped the run, a step failed, a
-# merge of another month moved rows). Attempts per code and channel, and broken promises of the
-# codes the mix counts as promises, whatever the mapping.
+# Months read or built whose outcome mix does not count d23.logs as it is: a merge changed their
+# rows and their outcome steps have not run since (a blocking check stopped the run, a step
+# failed, a merge of another month moved rows), or never ran (the month's first run stopped so).
+# Attempts per code and channel, and broken promises of the codes the mix counts as promises,
+# whatever the mapping.
 MIX_BEHIND_LOGS = """
 WITH live AS (
     SELECT CAST(date_trunc('month', communicated_at) AS DATE) AS month,
@@ -660,7 +662,10 @@ FULL JOIN live AS l
     AND m.communication_type = l.communication_type
     AND m.interaction_source = l.interaction_source
     AND m.outcome_option = l.outcome_option
-WHERE coalesce(m.month, l.month) IN (SELECT month FROM d23.outcome_kpis_monthly)
+WHERE coalesce(m.month, l.month) IN (
+        SELECT month FROM d23.outcome_kpis_monthly
+        UNION SELECT DISTINCT CAST(_partition AS DATE) FROM d23.logs
+    )
   AND (coalesce(m.attempts, 0) <> coalesce(l.attempts, 0)
        OR (m.is_promise AND m.broken_promises <> l.broken))
 ORDER BY month
