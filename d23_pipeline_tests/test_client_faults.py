@@ -47,6 +47,7 @@ from d23_pipeline.client import (
     ProtocolError,
     RetriesExhaustedError,
     RetryPolicy,
+    SliceDone,
     Window,
     WindowTooHeavyError,
     retry,
@@ -55,7 +56,7 @@ from d23_pipeline.client.pages import Page
 from d23_pipeline.client.retry import Retrier, Transient
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.schema import parse_timestamp
-from d23_pipeline.settings import LoginCredentials
+from d23_pipeline.settings import LoginCredentials, TokenCredentials
 from d23_pipeline.simulator import DROP, SimRequest, SimResponse, Simulator, serve
 
 
@@ -413,6 +414,57 @@ def test_a_504_on_a_wide_window_reads_the_rest_in_halves_without_a_pause() -> No
     assert pauses == []
     resumed = queries(sim)[2]
     assert "cursor" not in resumed and resumed["until"] < queries(sim)[1]["until"]
+
+
+class _Trickle(httpx.SyncByteStream):
+    """A body that arrives a byte at a time, each well inside the read timeout."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        for byte in b'{"body": {"rows": [], "pagination": {"nextCursor": null}}}':
+            time.sleep(0.05)
+            yield bytes([byte])
+
+
+def test_a_body_trickling_in_past_the_timeout_is_a_read_timeout_not_a_wait_without_end() -> None:
+    trickling = httpx.MockTransport(lambda request: httpx.Response(200, stream=_Trickle()))
+    credentials = TokenCredentials("00000000-0000-4000-8000-000000000000", "token")
+    with (
+        ExportsClient(
+            "http://127.0.0.1:1",
+            credentials,
+            timeout=0.5,  # per wait for bytes, and for the whole body
+            transport=trickling,
+            retry=RetryPolicy(max_attempts=2),
+            sleep=lambda seconds: None,
+        ) as reader,
+        pytest.raises(RetriesExhaustedError) as caught,
+    ):
+        list(reader.iter_window(DAY))
+
+    # Two attempts of ~0.5 s each, not the ~3 s a whole trickled body takes.
+    assert "ReadTimeout: the answer's body took longer than 0.5 s to arrive" in str(caught.value)
+    assert reader.stats.as_dict()["retries"] == {"timeout": 1}
+
+
+@pytest.mark.parametrize(("after_walk_504s", "reads"), [(0, 1), (2, 1), (3, 2)])
+def test_a_504_on_the_count_after_a_walk_is_asked_again_before_the_slice_is_read_again(
+    after_walk_504s: int, reads: int
+) -> None:
+    sim = simulator(rows_at(range(0, 86_400_000, 86_400)))  # 1,000 rows in the day
+    counts = itertools.count()
+    # The slice's count before its walk answers; those after it time out at the gateway.
+    sim.script(
+        GATEWAY_TIMEOUT,
+        times=after_walk_504s,
+        when=lambda r: r.kind == "count" and next(counts) >= 1,
+    )
+    with client(sim, page_limit=200, slice_size=timedelta(days=1)) as reader:
+        (done,) = [e for e in reader.iter_slices(DAY) if isinstance(e, SliceDone)]
+
+    # Counted exactly before, the day is countable: up to three counts after the walk, then
+    # the slice is read again, in full.
+    assert (done.proof.reads, done.proof.verified) == (reads, True)
+    assert done.rows == 1_000
 
 
 def test_a_single_504_at_the_narrowest_window_is_retried_as_is() -> None:

@@ -5,10 +5,16 @@ answer, so its body is cut at ``max_bytes`` and handled as before.
 
 httpx decodes gzip one received chunk at a time, so the most held is ``max_bytes`` plus one
 decoded chunk (httpcore reads 64 KiB; gzip expands at most ~1,032x).
+
+httpx's read timeout bounds each wait for bytes, not the whole body: a gateway that trickles a
+byte now and then would hold a walk (or the login, under the token lock) for as long as it
+trickles. A body must therefore arrive whole within ``body_deadline_s`` of its headers, or the
+answer is a read timeout, retried like any other.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -26,11 +32,14 @@ class BoundedHttp:
     """GET and POST through one ``httpx.Client``, each answer's body read to at most
     ``max_bytes`` decoded bytes."""
 
-    def __init__(self, http: httpx.Client, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, http: httpx.Client, max_bytes: int = MAX_BODY_BYTES, body_deadline_s: float = 60.0
+    ) -> None:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1 (got {max_bytes})")
         self._http = http
         self._max_bytes = max_bytes
+        self._body_deadline_s = body_deadline_s
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         """``httpx.Client.get``, bounded."""
@@ -60,7 +69,13 @@ class BoundedHttp:
     def _read(self, response: httpx.Response) -> bytes:
         chunks: list[bytes] = []
         size = 0
+        deadline = time.monotonic() + self._body_deadline_s
         for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    f"the answer's body took longer than {self._body_deadline_s:g} s to arrive",
+                    request=response.request,
+                )
             size += len(chunk)
             if size > self._max_bytes:
                 if not response.is_success:

@@ -56,6 +56,8 @@ _SPARE_WALKS = 1
 _DATE_SLACK = timedelta(seconds=10)
 _DATE_BELIEVED_WITHIN = timedelta(minutes=5)
 _API_CLOCK_AHEAD = timedelta(minutes=1)
+# Counts of a walked part, at most, when a 504 answers one the API counted exactly before.
+AFTER_WALK_COUNTS = 3
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,7 @@ class ExportsClient:
                 ),
             ),
             max_body_bytes,
+            body_deadline_s=timeout,
         )
         self._retrier = Retrier(retry, self.stats, sleep)
         base_url = base_url.rstrip("/")
@@ -254,6 +257,19 @@ class ExportsClient:
             self.stats.retry("504")
             self._widths.failed(window.duration)
             return WindowTotal(None, False, "timeout")
+
+    def _count_after_walk(
+        self, part: Window, before: WindowTotal, cancel: threading.Event | None
+    ) -> WindowTotal:
+        """The count of a walked part. One the API counted exactly before its walk is countable
+        at its width: a 504 (or the API's count timeout) there is a hiccup, and it is counted
+        again, up to ``AFTER_WALK_COUNTS`` times in all, rather than read again in full."""
+        tries = AFTER_WALK_COUNTS if before.exact_total is not None else 1
+        for _ in range(tries - 1):
+            total = self.count(part, cancel)
+            if total.note != "timeout":
+                return total
+        return self.count(part, cancel)
 
     def confirm_absent(self, candidates: Sequence[tuple[str, datetime]]) -> set[str]:
         """Of ``(public_id, communicated_at)`` pairs, those a proven-complete read of their
@@ -424,7 +440,7 @@ class ExportsClient:
         """Judge a read whose parts are all walked; schedule the slice's next read if it is not
         proven complete and reads are left."""
         schedule.ask_ahead()
-        after = [self.count(part, cancel) for part, _ in read.before]
+        after = [self._count_after_walk(part, before, cancel) for part, before in read.before]
         proof = judge(
             read.rows + read.rejects,
             read.total_before,
