@@ -75,6 +75,26 @@ def test_truncated_walks_above_the_total_cap_mark_no_live_row_deleted(pipeline: 
     assert _unverified_slices(pipeline) == 0
 
 
+def test_a_month_whose_counts_time_out_on_wide_windows_is_proven_in_parts_and_deletes_exactly(
+    pipeline: Pipeline,
+) -> None:
+    # The API gives up counting any window wider than 6 hours (documented: total null,
+    # totalNote "timeout"): each day slice is counted in four parts, before and after its walk.
+    _fault(pipeline, max_window_for_count=timedelta(hours=6))
+    landed = pipeline.materialize(MONTH)
+    assert landed.success
+    (read,) = landed.asset_materializations_for_node("d23__raw_logs")
+    assert read.metadata["count_splits"].value == 90  # 30 days, each day into 2 then 4 parts
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    assert _unverified_slices(pipeline) == 0
+    gone = set(pipeline.sim.hard_delete(5, month=MONTH))
+
+    assert pipeline.materialize(MONTH).success
+
+    assert _deleted_ids(pipeline) == gone
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+
+
 def test_a_month_that_grows_and_loses_rows_while_truncated_marks_no_live_row_deleted(
     pipeline: Pipeline,
 ) -> None:

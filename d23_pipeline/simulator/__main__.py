@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         help="answer 504 to windows wider than this, or unbounded (default: never)",
     )
     p.add_argument(
+        "--max-count-window-hours",
+        type=float,
+        default=None,
+        help="answer counts of windows wider than this with totalNote timeout (default: never)",
+    )
+    p.add_argument(
         "--truncate-rate",
         type=float,
         default=0.0,
@@ -105,6 +111,11 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         retry_after_s=args.retry_after_s,
         drop_rate=args.drop_rate,
         max_window_for_504=max_window,
+        max_window_for_count=(
+            None
+            if args.max_count_window_hours is None
+            else timedelta(hours=args.max_count_window_hours)
+        ),
         truncate_rate=args.truncate_rate,
         batch_end_every=args.batch_end_every,
         grow_per_page=args.grow_per_page,

@@ -670,6 +670,9 @@ class Simulator:
     def _total(self, since: int | None, until: int | None) -> dict[str, Any]:
         if since is None or until is None:
             return {"total": None, "totalExact": False, "totalNote": "window_required"}
+        slow = self._faults.max_window_for_count
+        if slow is not None and until - since > slow.total_seconds() * 1000:
+            return {"total": None, "totalExact": False, "totalNote": "timeout"}
         count = self._data.count(since, until)
         cap = self.config.total_cap
         if count > cap:

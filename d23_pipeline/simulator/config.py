@@ -22,6 +22,9 @@ class Faults:
     max_window_for_504: timedelta | None = None
     # The gateway's other advice, "lower the limit": pages asking more rows than this get 504.
     max_limit_for_504: int | None = None
+    # A slow count (documented): counts of windows wider than this answer `total: null`,
+    # `totalNote: "timeout"`, as the API does for a count it gives up on.
+    max_window_for_count: timedelta | None = None
     # Entries the next page scans, given the limit it asks (capped at that limit): short and
     # empty pages on demand. A page that scans nothing still moves its cursor on, as a page of
     # other tenants' rows does; with only this lender's rows the scan is the page's row count.
