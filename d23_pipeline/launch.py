@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
+import yaml
 
 from d23_pipeline.months import months_up_to
 from d23_pipeline.settings import SettingsError, load_options, read_local_ports, read_pool_limits
@@ -37,9 +38,28 @@ def _prepare_dagster_home(env: dict[str, str]) -> Path:
     if not config.exists():
         config.write_text(template)
     elif config.read_text() != template:
-        # An edited instance config (Postgres, other limits) is kept, never overwritten.
-        print(f"Using {config} as is: it differs from d23_pipeline/deploy/dagster.yaml")
+        # An edited instance config (Postgres, other limits) is kept, never overwritten; a home
+        # made by an older version lacks the settings added since, which are named.
+        missing = missing_settings(yaml.safe_load(template), yaml.safe_load(config.read_text()))
+        print(
+            f"Using {config} as is: it differs from d23_pipeline/deploy/dagster.yaml"
+            + (f", and lacks {', '.join(missing)}: copy them from there" if missing else "")
+        )
     return home
+
+
+def missing_settings(shipped: object, kept: object, prefix: str = "") -> list[str]:
+    """The settings (dotted paths) of the shipped instance file that ``kept`` does not have."""
+    if not isinstance(shipped, dict):
+        return []
+    kept = kept if isinstance(kept, dict) else {}
+    missing: list[str] = []
+    for key, value in shipped.items():
+        if key not in kept:
+            missing.append(f"{prefix}{key}")
+        else:
+            missing += missing_settings(value, kept[key], f"{prefix}{key}.")
+    return missing
 
 
 def simulator_start_month(now: datetime) -> str:

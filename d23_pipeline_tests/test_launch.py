@@ -2,6 +2,7 @@
 
 import os
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -11,7 +12,12 @@ import pytest
 from processes import clean_env, free_port, make_dagster_home, run_python
 
 from d23_pipeline.definitions import defs
-from d23_pipeline.launch import _guide, set_pool_limits, simulator_start_month
+from d23_pipeline.launch import (
+    _guide,
+    _prepare_dagster_home,
+    set_pool_limits,
+    simulator_start_month,
+)
 from d23_pipeline.settings import read_pool_limits
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
 
@@ -39,6 +45,31 @@ def test_a_ui_on_another_port_gets_a_backfill_command_that_reaches_it(tmp_path: 
     guide = _guide({"D23_START_MONTH": "2026-07", "D23_DATA_DIR": str(tmp_path)}, ui_port=3300)
 
     assert " --url http://127.0.0.1:3300\n" in guide
+
+
+def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "dagster_home"
+    shipped = (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
+    older = shipped.replace("  free_slots_after_run_end_seconds: 60\n", "")
+    older = older[: older.index("python_logs:")]  # and before python_logs, too
+    make_dagster_home(home, config=older)
+
+    _prepare_dagster_home({"DAGSTER_HOME": str(home)})
+
+    assert (home / "dagster.yaml").read_text() == older  # never overwritten
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith(
+            "and lacks run_monitoring.free_slots_after_run_end_seconds, python_logs, telemetry: "
+            "copy them from there"
+        )
+    )
+    make_dagster_home(home)
+    _prepare_dagster_home({"DAGSTER_HOME": str(home)})
+    assert capsys.readouterr().out == ""
 
 
 def test_a_start_month_after_this_month_gets_no_backfill_command(tmp_path: Path) -> None:
