@@ -40,7 +40,11 @@ def _prepare_dagster_home(env: dict[str, str]) -> Path:
     elif config.read_text() != template:
         # An edited instance config (Postgres, other limits) is kept, never overwritten; a home
         # made by an older version lacks the settings added since, which are named.
-        missing = missing_settings(yaml.safe_load(template), yaml.safe_load(config.read_text()))
+        try:
+            kept = yaml.safe_load(config.read_text())
+        except yaml.YAMLError:  # Dagster names what is wrong in it when it loads the instance
+            kept = None
+        missing = missing_settings(yaml.safe_load(template), kept) if kept is not None else []
         print(
             f"Using {config} as is: it differs from d23_pipeline/deploy/dagster.yaml"
             + (f", and lacks {', '.join(missing)}: copy them from there" if missing else "")

@@ -70,6 +70,11 @@ def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_n
     make_dagster_home(home)
     _prepare_dagster_home({"DAGSTER_HOME": str(home)})
     assert capsys.readouterr().out == ""
+    make_dagster_home(home, config="run_monitoring: [unclosed\n")  # Dagster's to report
+    _prepare_dagster_home({"DAGSTER_HOME": str(home)})
+    assert (
+        capsys.readouterr().out.strip().endswith("it differs from d23_pipeline/deploy/dagster.yaml")
+    )
 
 
 def test_a_start_month_after_this_month_gets_no_backfill_command(tmp_path: Path) -> None:
