@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from d23_pipeline.backfill import DEFAULT_URL
 from d23_pipeline.months import months_up_to
 from d23_pipeline.settings import SettingsError, load_options, read_local_ports, read_pool_limits
 
@@ -127,7 +128,8 @@ def _guide(env: dict[str, str], ui_port: int = 3000) -> str:
         raise SystemExit(f"error: {exc}") from None
     first = options.start_month
     last = months_up_to(datetime.now(UTC).date(), 1)[0]
-    url = "" if ui_port == 3000 else f" --url http://127.0.0.1:{ui_port}"  # the command's default
+    ui = f"http://127.0.0.1:{ui_port}"
+    url = "" if ui == DEFAULT_URL else f" --url {ui}"
     backfill = (
         f"Backfill months {first} to {last}: "
         f".venv/bin/python -m d23_pipeline.backfill {first} {last}{url}"

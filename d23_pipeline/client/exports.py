@@ -265,11 +265,11 @@ class ExportsClient:
         at its width: a 504 (or the API's count timeout) there is a hiccup, and it is counted
         again, up to ``AFTER_WALK_COUNTS`` times in all, rather than read again in full."""
         tries = AFTER_WALK_COUNTS if before.exact_total is not None else 1
-        for _ in range(tries - 1):
+        for _ in range(tries):
             total = self.count(part, cancel)
             if total.note != "timeout":
-                return total
-        return self.count(part, cancel)
+                break
+        return total
 
     def confirm_absent(self, candidates: Sequence[tuple[str, datetime]]) -> set[str]:
         """Of ``(public_id, communicated_at)`` pairs, those a proven-complete read of their

@@ -9,15 +9,13 @@ COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
 # The counts and rates of the two KPI tables (see _kpi_select); the rates are d23_pipeline.kpis'.
-_KPI_COLUMNS = """
-    attempts             BIGINT NOT NULL,
-    contacts             BIGINT NOT NULL,
-    rpcs                 BIGINT NOT NULL,
-    promises             BIGINT NOT NULL,
-    refusals             BIGINT NOT NULL,
-    broken_promises      BIGINT NOT NULL,
-    unmapped_attempts    BIGINT NOT NULL,
-""" + ",\n".join(f"    {kpi.name:<20} DOUBLE" for kpi in KPIS)
+_KPI_COUNTS = (
+    "attempts", "contacts", "rpcs", "promises", "refusals", "broken_promises", "unmapped_attempts"
+)  # fmt: skip
+_KPI_COLUMNS = ",\n".join(
+    [f"    {count:<20} BIGINT NOT NULL" for count in _KPI_COUNTS]
+    + [f"    {kpi.name:<20} DOUBLE" for kpi in KPIS]
+)
 _KPI_RATES = ",\n    ".join(
     f"{kpi.numerator.column} / nullif({kpi.denominator.column}, 0) AS {kpi.name}" for kpi in KPIS
 )
@@ -508,7 +506,7 @@ def _kpi_select(key: str, source: str, group_by: str) -> str:
     """Counts and rates over rows shaped like outcome_mix_monthly (attempts, broken_promises and
     the class flags), so every rate is computed the same way for the monthly and the daily views."""
     return f"""
-SELECT {key}, attempts, contacts, rpcs, promises, refusals, broken_promises, unmapped_attempts,
+SELECT {key}, {", ".join(_KPI_COUNTS)},
     {_KPI_RATES}
 FROM (
     SELECT {key},
@@ -630,9 +628,6 @@ OUTCOME_KPIS_ALL = "SELECT * FROM d23.outcome_kpis_monthly ORDER BY month"
 _KPIS_FROM_MIX = _kpi_select(
     key="month", source="SELECT * FROM d23.outcome_mix_monthly", group_by="GROUP BY month"
 )
-_KPI_COUNTS = (
-    "attempts", "contacts", "rpcs", "promises", "refusals", "broken_promises", "unmapped_attempts"
-)  # fmt: skip
 KPIS_BEHIND_MIX = f"""
 SELECT month
 FROM d23.outcome_kpis_monthly AS k
