@@ -8,6 +8,7 @@ small sizes, to check the benchmarks themselves still work.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from dataclasses import dataclass
 
@@ -172,10 +173,16 @@ SECTIONS = {
 def main() -> None:
     """Run the selected benchmarks and print their tables."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--quick", action="store_true", help="small sizes, about 3 minutes")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
     parser.add_argument("--dlt-runs", type=int, help="dlt runs (full size: 5, ~3 min each)")
     args = parser.parse_args()
+    if {"throughput", "end_to_end"} & set(args.only) and importlib.util.find_spec("dlt") is None:
+        parser.error(
+            "throughput and end_to_end compare with dlt, which is not installed: `make bench` "
+            "installs it (the bench extra), or run "
+            "`.venv/bin/pip install -c constraints.txt -e '.[dev,bench]'` once"
+        )
     sizes = QUICK if args.quick else FULL
     if args.dlt_runs is not None:
         sizes = Sizes(**{**sizes.__dict__, "dlt_runs": args.dlt_runs})
