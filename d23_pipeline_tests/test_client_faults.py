@@ -212,13 +212,20 @@ def test_a_body_that_stays_invalid_is_a_protocol_error_with_the_request_id() -> 
         # Past the warehouse's BIGINT, it failed the month's merge with DuckDB's cast error.
         ({"total": 2**63, "totalExact": True}, "total is 9223372036854775808, not a count"),
         ({"total": -1, "totalExact": True}, "pagination.total is -1, not a count of rows"),
+        # Missing parts of a count: the same search, every slice then unproven.
+        ({"totalExact": True}, "no pagination.total in the answer to includeTotal"),
+        ({"total": 7, "totalNote": None}, "no pagination.totalExact beside a count"),
+        (None, "no body.pagination object in the answer to includeTotal"),
     ],
 )
-def test_a_count_of_the_wrong_type_or_past_a_bigint_is_a_clear_error_not_a_search_for_one(
-    pagination: dict, named: str
+def test_a_count_missing_of_the_wrong_type_or_past_a_bigint_is_a_clear_error_not_a_search_for_one(
+    pagination: dict | None, named: str
 ) -> None:
     sim = paged(range(7))
-    answer = {"body": {"rows": [], "pagination": {"nextCursor": None, **pagination}}}
+    body: dict = {"rows": []}
+    if pagination is not None:
+        body["pagination"] = {"nextCursor": None, **pagination}
+    answer = {"body": body}
     sim.script(SimResponse.from_json(answer), times=99, when=lambda r: r.kind == "count")
     with client(sim) as reader, pytest.raises(ProtocolError, match=named):
         reader.fetch_total(DAY)

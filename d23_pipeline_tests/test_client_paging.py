@@ -125,7 +125,6 @@ def test_fetch_total_reads_total_exactness_and_note() -> None:
     [
         {"total": 100000, "totalExact": False, "totalNote": "capped"},
         {"total": None, "totalNote": "timeout"},
-        {"nextCursor": None},
     ],
 )
 def test_a_count_that_is_not_exact_is_split_until_its_parts_are(

@@ -59,19 +59,24 @@ def read_page(response: httpx.Response, since: str, until: str) -> Page:
 
 def read_total(response: httpx.Response) -> WindowTotal:
     """``pagination.total`` of a 200 answer to an ``includeTotal`` request."""
+    # A count missing or of the wrong type is a broken answer, not "the API could not count"
+    # (`total: null`): read as the latter, it would narrow the window to its minimum looking for
+    # an exact count, and then fail the month's proof.
     pagination = _envelope_body(response).get("pagination")
     if not isinstance(pagination, dict):
-        return WindowTotal(None, False, None)
-    total = pagination.get("total")
+        raise _bad_body(response, "no body.pagination object in the answer to includeTotal")
+    if "total" not in pagination:
+        raise _bad_body(response, "no pagination.total in the answer to includeTotal")
+    total = pagination["total"]
     exact = pagination.get("totalExact")
     note = pagination.get("totalNote")
-    # A count of the wrong type is a broken answer, not "the API could not count": read as
-    # the latter, it would narrow the window to its minimum looking for an exact count.
     if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
         wrong = f"pagination.total is {_json_type(total)}, expected an integer"
         raise _bad_body(response, wrong)
     if total is not None and not 0 <= total <= MAX_COUNT:
         raise _bad_body(response, f"pagination.total is {total}, not a count of rows")
+    if total is not None and exact is None:  # only a count of null may come without it
+        raise _bad_body(response, "no pagination.totalExact beside a count")
     if exact is not None and not isinstance(exact, bool):
         wrong = f"pagination.totalExact is {_json_type(exact)}, expected true or false"
         raise _bad_body(response, wrong)
