@@ -61,7 +61,7 @@ class MisbehavingSimulator(ExportHookSimulator):
             return path.replace("/S4/D23", "/S4/D99"), None
         if self.mode == "non_json":
             return path, SimResponse(200, {"Content-Type": "text/html"}, b"<html>down</html>")
-        if self.mode == "no_rows":
+        if self.mode == "no_rows" and query.get("includeTotal") != "true":  # pages, not counts
             envelope = {"code": 200, "body": {"pagination": {"nextCursor": None, "limit": 200}}}
             return path, SimResponse(
                 200, {"Content-Type": "application/json"}, orjson.dumps(envelope)
