@@ -54,6 +54,13 @@ _PAGE_PARSE = pj.ParseOptions(explicit_schema=_PAGE_SCHEMA, unexpected_field_beh
 
 # The API's own format; anything else ISO-8601 with an offset is accepted and rewritten to it.
 _CANONICAL_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+# The longest text a contract field may hold. The contract names ids and codes of a controlled
+# vocabulary, not free text: a value far past this is not D23 data (a note in the wrong field, a
+# broken serializer), and an unbounded one broke the month's chart and bloated metadata.
+MAX_TEXT_LENGTH = 256
+# Unicode's control characters (C0, DEL, C1): no id holds one, and a key with a newline or a NUL
+# in it cannot be quoted, looked up or shown as the same key everywhere.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def format_timestamp(value: datetime) -> str:
@@ -126,21 +133,40 @@ def is_text(value: str) -> bool:
     return True
 
 
+def _text_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the string field ``name``, or None if it can."""
+    if not isinstance(value, str) or (name == "public_id" and not value):
+        expected = "a non-empty string" if name == "public_id" else "a string"
+        return f"{name} is {_describe(value)}, expected {expected}"
+    if not is_text(value):
+        return (
+            f"{name} is not valid Unicode text (it holds a lone surrogate, or bytes that are "
+            "not UTF-8)"
+        )
+    if len(value) > MAX_TEXT_LENGTH:
+        return f"{name} is {len(value):,} characters long, more than the {MAX_TEXT_LENGTH} allowed"
+    if name == "public_id":
+        if value.isspace():
+            return "public_id is only whitespace, expected an id"
+        if control := _CONTROL.search(value):
+            return f"public_id holds the control character U+{ord(control.group()):04X}"
+    return None
+
+
+def _usable_id(raw: Any) -> str | None:
+    """The row's public_id, for its reject, when it is one a good row could have."""
+    public_id = raw.get("public_id")
+    return public_id if _text_problem("public_id", public_id) is None else None
+
+
 def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for name in STRING_FIELDS:
         if name not in raw:
             raise ValueError(f"missing field {name}")
-        value = raw[name]
-        if not isinstance(value, str) or (name == "public_id" and not value):
-            expected = "a non-empty string" if name == "public_id" else "a string"
-            raise ValueError(f"{name} is {_describe(value)}, expected {expected}")
-        if not is_text(value):
-            raise ValueError(
-                f"{name} is not valid Unicode text (it holds a lone surrogate, or bytes that are "
-                "not UTF-8)"
-            )
-        row[name] = value
+        if problem := _text_problem(name, raw[name]):
+            raise ValueError(problem)
+        row[name] = raw[name]
     for name in BOOL_FIELDS:
         if name not in raw:
             raise ValueError(f"missing field {name}")
@@ -166,12 +192,17 @@ def _allowlisted(raw: Any) -> dict[str, Any]:
     # number): only what a contract field can hold is kept, the rest by its kind alone.
     if not isinstance(raw, dict):
         return {}
-    return {
-        k: v if _storable(v) else f"<{_describe(v)}>"
-        for k in D23_FIELDS
-        if k in raw
-        for v in (raw[k],)
-    }
+    return {k: _kept(raw[k]) for k in D23_FIELDS if k in raw}
+
+
+def _kept(value: Any) -> Any:
+    """A rejected row's value as stored: itself, its first characters past the longest a field
+    may hold (and its length), or only its kind."""
+    if not _storable(value):
+        return f"<{_describe(value)}>"
+    if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+        return f"{value[:MAX_TEXT_LENGTH]}... ({len(value):,} characters)"
+    return value
 
 
 def _storable(value: Any) -> bool:
@@ -185,12 +216,23 @@ def _is_canonical(batch: pa.RecordBatch, since: str, until: str) -> bool:
     """Whether every row of a nine-field batch is a canonical contract row inside the window."""
     if not batch.num_rows or any(column.null_count for column in batch.columns):
         return False
-    if not pc.all(pc.greater(pc.utf8_length(batch.column("public_id")), 0)).as_py():
-        return False
     try:
         # Arrow's JSON reader passes bytes that are not UTF-8 through; Parquet and DuckDB don't.
         batch.validate(full=True)
     except pa.ArrowInvalid:
+        return False
+    # Ids of printable ASCII and not blank, every text within its length: anything else
+    # (a non-ASCII id included) is for the row-by-row rules to decide.
+    ids = batch.column("public_id")
+    if (
+        not pc.all(pc.ascii_is_printable(ids)).as_py()
+        or pc.any(pc.utf8_is_space(ids)).as_py()
+        or pc.min(pc.binary_length(ids)).as_py() == 0
+        or any(
+            pc.max(pc.binary_length(batch.column(name))).as_py() > MAX_TEXT_LENGTH
+            for name in STRING_FIELDS
+        )
+    ):
         return False
     for name in TIMESTAMP_FIELDS:
         column = batch.column(name)
@@ -305,12 +347,10 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
         # Which value of a repeated contract field the API meant is unknown; a repeated field
         # outside the contract is dropped like any extra field.
         if isinstance(raw, RepeatedKeys) and raw.repeated & _ALLOWED:
-            public_id = None if "public_id" in raw.repeated else raw.get("public_id")
-            usable = isinstance(public_id, str) and public_id and is_text(public_id)
             rejects.append(
                 RejectedRow(
                     f"the row names {', '.join(sorted(raw.repeated & _ALLOWED))} more than once",
-                    public_id if usable else None,
+                    None if "public_id" in raw.repeated else _usable_id(raw),
                     _allowlisted(raw),
                     len(rows),
                 )
@@ -318,9 +358,7 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
             continue
         if not isinstance(raw, dict):
             rejects.append(
-                RejectedRow(
-                    f"row is {type(raw).__name__}, expected an object", None, {}, len(rows)
-                )
+                RejectedRow(f"row is {type(raw).__name__}, expected an object", None, {}, len(rows))
             )
             continue
         if len(raw) != len(D23_FIELDS) or not _ALLOWED.issuperset(raw):
@@ -328,14 +366,5 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
         try:
             rows.append(_check_row(raw, since, until))
         except ValueError as exc:
-            public_id = raw.get("public_id")
-            usable = isinstance(public_id, str) and public_id and is_text(public_id)
-            rejects.append(
-                RejectedRow(
-                    str(exc),
-                    public_id if usable else None,
-                    _allowlisted(raw),
-                    len(rows),
-                )
-            )
+            rejects.append(RejectedRow(str(exc), _usable_id(raw), _allowlisted(raw), len(rows)))
     return ValidationResult(rows, rejects, extra)

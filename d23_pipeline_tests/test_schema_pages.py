@@ -50,6 +50,15 @@ def test_clean_page_keeps_every_row_and_matches_its_arrow_batch() -> None:
         ({"communicated_at": "2026-02-28T23:59:59.999Z"}, "outside the requested window"),
         ({"public_id": ""}, "public_id is an empty string"),
         ({"public_id": None}, "public_id is NoneType"),
+        # A blank id collapsed two rows into one key; control characters and unbounded texts
+        # are no D23 id or code (a 1 MB code broke the month's chart).
+        ({"public_id": " "}, "public_id is only whitespace"),
+        ({"public_id": "\u3000\t"}, "public_id is only whitespace"),
+        ({"public_id": "id\nforged"}, "public_id holds the control character U+000A"),
+        ({"public_id": "id\x00"}, "public_id holds the control character U+0000"),
+        ({"public_id": "x" * 257}, "public_id is 257 characters long, more than the 256"),
+        ({"outcome_option": "é" * 257}, "outcome_option is 257 characters long"),
+        ({"communication_type": "C" * 1_000_000}, "is 1,000,000 characters long"),
         ({"is_active": 1}, "is_active is int"),
         ({"is_ptp_broken": "false"}, "is_ptp_broken is str"),
         ({"outcome_option": 7}, "outcome_option is int"),
@@ -65,6 +74,31 @@ def test_one_bad_value_is_rejected_and_the_rest_of_the_page_kept(
     assert [r["public_id"] for r in result.rows] == [f"{n:024x}" for n in range(20) if n != 7]
     assert len(result.rejects) == 1 and reason in result.rejects[0].reason
     assert result.batch is None
+
+
+def test_texts_at_the_limit_and_ids_of_any_printable_characters_are_kept() -> None:
+    odd_ids = ["x" * 256, " padded ", "ünïcode-id", "a-b_c:d/e"]
+    rows = [row(n, public_id=odd) for n, odd in enumerate(odd_ids)]
+    rows.append(row(9, outcome_option="ö" * 256))
+    result = validate_rows(rows, SINCE, UNTIL)
+    assert result.rejects == []
+    assert [r["public_id"] for r in result.rows] == [*odd_ids, f"{9:024x}"]
+    # Printable ASCII within the limit takes the columnar path, to the same rows.
+    ascii_rows = [
+        row(1, public_id="x" * 256),
+        row(2, public_id=" a b "),
+        row(3, outcome_option="O" * 256),
+    ]
+    read = read_canonical_page(envelope(ascii_rows), SINCE, UNTIL)
+    assert read is not None and read[0].to_pylist() == validate_rows(ascii_rows, SINCE, UNTIL).rows
+
+
+def test_a_rejected_text_past_the_limit_is_kept_cut_with_its_length() -> None:
+    rows = [row(1, outcome_option="N" * 5000, public_id="p" * 300)]
+    (reject,) = validate_rows(rows, SINCE, UNTIL).rejects
+    assert reject.public_id is None  # no good row can have it
+    assert reject.values["outcome_option"] == "N" * 256 + "... (5,000 characters)"
+    assert reject.values["public_id"] == "p" * 256 + "... (300 characters)"
 
 
 def test_non_canonical_timestamps_and_extra_fields_still_come_out_canonical() -> None:
@@ -113,6 +147,10 @@ def test_clean_page_read_from_bytes_equals_the_row_by_row_result() -> None:
         ([row(1), row(2, updated_at="yesterday")], "next"),
         ([row(1), row(2, communicated_at="2026-04-01T00:00:00.000Z")], "next"),  # outside
         ([row(1), 5], "next"),
+        ([row(1), row(2, public_id="  ")], "next"),
+        ([row(1), row(2, public_id="a\tb")], "next"),
+        ([row(1), row(2, public_id="x" * 257)], "next"),
+        ([row(1), row(2, interaction_source="A" * 257)], "next"),
     ],
 )
 def test_any_page_that_is_not_plainly_clean_goes_to_the_row_by_row_rules(
