@@ -1,10 +1,13 @@
 """Outcome mix and KPIs on a small hand-made month, checked against numbers worked out by hand."""
 
+import base64
+import struct
 from datetime import date, datetime
 from pathlib import Path
 
 import pytest
 
+from d23_pipeline.analytics import charts
 from d23_pipeline.analytics.outcome_classes import (
     OutcomeMappingError,
     default_mapping_path,
@@ -228,3 +231,12 @@ def test_malformed_mapping_is_refused_with_the_reason(
 
     with pytest.raises(OutcomeMappingError, match=problem):
         load_outcome_classes(mapping)
+
+
+def test_the_mix_chart_of_a_month_of_many_long_codes_stays_a_small_image() -> None:
+    # Before: one bar per code, each label whole; 1,000 codes drew an image 31,590 pixels tall.
+    labels = [f"{n:03d}" + "X" * 253 for n in range(1000)]
+    image = charts.bar_chart(labels, list(range(1000, 0, -1)), "Outcome mix")
+    png = base64.b64decode(image.split("base64,", 1)[1].rstrip(")"))
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+    assert width < 1200 and height < 1200, (width, height)

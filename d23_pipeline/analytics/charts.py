@@ -31,8 +31,24 @@ def _markdown_image(fig: Figure, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{encoded})"
 
 
+# Bars drawn at the most, the rest summed into one; and the longest label shown whole. A month
+# of thousands of codes, or of one code thousands of characters long, made an image too large to
+# draw (or to hold in the event log).
+MAX_BARS = 30
+MAX_LABEL = 48
+
+
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> str:
-    """A horizontal bar chart, largest at the top, as a markdown image."""
+    """A horizontal bar chart, largest first at the top, as a markdown image: the first
+    :data:`MAX_BARS` - 1 bars and the rest summed into one."""
+    labels = [
+        label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 1] + "…" for label in labels
+    ]
+    values = list(values)
+    if len(labels) > MAX_BARS:
+        rest = len(labels) - (MAX_BARS - 1)
+        labels = [*labels[: MAX_BARS - 1], f"{rest:,} others"]
+        values = [*values[: MAX_BARS - 1], sum(values[MAX_BARS - 1 :])]
     fig, ax = _pyplot().subplots(figsize=(7, 0.35 * max(len(labels), 3) + 1))
     bars = ax.barh(list(reversed(labels)), list(reversed(values)), color="#3b6ea8")
     total = sum(values) or 1
