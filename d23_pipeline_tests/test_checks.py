@@ -83,6 +83,7 @@ def _held(live_rows: int, proven: int) -> MergeSummary:
         moved_in=0,
         marked_deleted=0,
         rejects=0,
+        conflicting_versions=0,
         live_rows=live_rows,
         deletions_proven=proven,
         deletions_held=True,
@@ -229,7 +230,7 @@ def test_every_failed_check_says_why_in_its_description() -> None:
 def test_every_check_of_a_monthly_asset_has_the_monthly_partitions() -> None:
     specs = [spec for asset in defs.assets for spec in asset.check_specs]
 
-    assert len(specs) == 12
+    assert len(specs) == 13
     assert all(spec.partitions_def == monthly_partitions for spec in specs)
 
 

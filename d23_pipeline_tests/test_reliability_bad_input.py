@@ -271,6 +271,38 @@ def test_a_row_served_without_its_public_id_keeps_its_last_good_version(
     assert rejects == (1,)
 
 
+def test_an_id_served_in_two_versions_under_one_updated_at_fails_a_warn_check_on_d23_logs(
+    small_month: Pipeline,
+) -> None:
+    # Before, only the run log said so: the merge quarantined the version, d23/raw_logs'
+    # rejected_rows check (the read's own rejects) passed with 0, and no check of d23/logs failed.
+    kept, second = small_month.sim.valid_rows()[10:12]
+    other = "PTP" if kept["outcome_option"] != "PTP" else "RPC"
+    small_month.sim.corrupt_row(  # a valid row: "extra_pii" is the simulator's kind for those
+        second["public_id"],
+        "extra_pii",
+        public_id=kept["public_id"],
+        updated_at=kept["updated_at"],
+        outcome_option=other,
+    )
+
+    result = small_month.materialize(MONTH, raise_on_error=False)
+
+    assert result.success, failure_messages(result)
+    (conflict,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "conflicting_versions"
+    ]
+    assert not conflict.passed and conflict.severity == dg.AssetCheckSeverity.WARN
+    assert conflict.metadata["conflicting_versions"].value == 1
+    assert "quarantined in d23.rejected_rows: 1 " in str(conflict.description)
+    ((quarantined,),) = small_month.query(
+        "SELECT count(*) FROM d23.rejected_rows "
+        "WHERE public_id = ? AND reason LIKE 'served again%'",
+        (kept["public_id"],),
+    )
+    assert quarantined == 1
+
+
 def test_a_row_moved_within_its_month_and_served_without_its_public_id_is_not_deleted(
     small_month: Pipeline,
 ) -> None:

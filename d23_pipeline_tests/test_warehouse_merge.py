@@ -145,7 +145,7 @@ def test_exact_tie_goes_to_the_row_read_last_and_the_other_version_is_quarantine
     assert (public_id, since.day) == ("a", 1)
     assert reason.startswith("served again by this read with the same updated_at")
     assert json.loads(values) == row("a", outcome_option="RPC")
-    assert summary.rejects == 1
+    assert (summary.rejects, summary.conflicting_versions) == (1, 1)
 
 
 def test_a_stale_read_never_overwrites_a_newer_row(months: Months) -> None:

@@ -91,6 +91,16 @@ DELETIONS_WITHIN_LIMIT = dg.AssetCheckSpec(
         "an operator confirmed the deletions for this run."
     ),
 )
+CONFLICTING_VERSIONS = dg.AssetCheckSpec(
+    "conflicting_versions",
+    asset=LOGS,
+    partitions_def=monthly_partitions,
+    description=(
+        "WARN when the read served a public_id more than once with the same updated_at and "
+        "other values: the version read last is kept, the others are quarantined in "
+        "d23.rejected_rows (the read's own rejects are d23/raw_logs' rejected_rows check)."
+    ),
+)
 DELETIONS_PROVEN = dg.AssetCheckSpec(
     "deletions_proven",
     asset=LOGS,
@@ -245,6 +255,24 @@ def deletions_proven(snapshot: Snapshot) -> dg.AssetCheckResult:
             else None
         ),
         metadata={"unproven_deletions": snapshot.unproven_rows},
+    )
+
+
+def conflicting_versions(partition: str, summary: MergeSummary) -> dg.AssetCheckResult:
+    conflicting = summary.conflicting_versions
+    return _result(
+        CONFLICTING_VERSIONS,
+        passed=not conflicting,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(
+            f"{partition}: the read served ids again under an updated_at it had served them "
+            f"with, holding other values; quarantined in d23.rejected_rows: {conflicting:,} "
+            "(the version read last is kept). The API holds two versions of those rows under "
+            "one timestamp"
+            if conflicting
+            else None
+        ),
+        metadata={"conflicting_versions": conflicting},
     )
 
 

@@ -195,6 +195,8 @@ class MergeSummary:
     moved_in: int
     marked_deleted: int
     rejects: int
+    # Versions of an id served again with its updated_at and other values: rejects of the merge.
+    conflicting_versions: int
     live_rows: int
     deletions_proven: int
     deletions_held: bool
@@ -333,6 +335,7 @@ def merge_snapshot(
         moved_in=moved_in,
         marked_deleted=marked_deleted,
         rejects=rejects,
+        conflicting_versions=conflicting,
         live_rows=live_rows,
         deletions_proven=proven,
         deletions_held=held,

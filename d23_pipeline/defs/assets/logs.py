@@ -29,6 +29,7 @@ class LogsMergeConfig(dg.Config):
         checks.SLICES_VERIFIED,
         checks.DELETIONS_WITHIN_LIMIT,
         checks.DELETIONS_PROVEN,
+        checks.CONFLICTING_VERSIONS,
     ],
     description=(
         "Table d23.logs: every D23 row once per public_id, latest updated_at winning. Each month's "
@@ -75,6 +76,7 @@ def logs(
             checks.slices_verified(snapshot),
             checks.deletions_within_limit(partition, summary, warehouse.max_deletion_share),
             checks.deletions_proven(snapshot),
+            checks.conflicting_versions(partition, summary),
         ]
     if snapshot.unverified:
         context.log.error(checks.describe_unverified(snapshot))
@@ -99,6 +101,7 @@ def logs(
             "deletions_held": summary.deletions_held,
             "deletions_unproven": snapshot.unproven_rows,
             "rejected_rows": summary.rejects,
+            "conflicting_versions": summary.conflicting_versions,
             "preview": dg.MetadataValue.md(markdown_table(preview)),
         },
         check_results=check_results,
