@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from d23_pipeline.client import CursorLoopError, ProtocolError, Window, WindowTotal
+from d23_pipeline.client.stats import FURTHER_NAMES, WITHHELD_NAME, ClientStats
 from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.simulator import SimResponse
 
@@ -111,6 +112,24 @@ def test_each_bad_row_kind_is_rejected_with_its_reason_and_no_pii() -> None:
     assert "+971" not in repr(result) and "+971" not in repr(stats)
     assert stats["extra_fields"] == {"notes": 1, "phone": 1}
     assert (stats["rows"], stats["rejects"]) == (2, 6)
+
+
+def test_extra_field_names_are_reported_only_when_shaped_like_a_name_and_only_the_first_20() -> (
+    None
+):
+    # A name is stored in the run's metadata and the snapshot's manifest: one that is data (a
+    # number, a note) must not be, nor any number of per-row names.
+    stats = ClientStats(page_limit=500)
+    stats.page(2, 2, 0, {"notes", "call back on +971500000000", "x" * 100_000})
+    stats.page(2, 2, 0, {f"field_{n:02d}" for n in range(25)})
+    stats.page(2, 2, 0, {"notes", "field_30"})
+
+    reported = stats.as_dict()["extra_fields"]
+    assert reported[WITHHELD_NAME] == 1 and reported[FURTHER_NAMES] == 2
+    listed = sorted(set(reported) - {WITHHELD_NAME, FURTHER_NAMES})
+    assert listed == [*(f"field_{n:02d}" for n in range(19)), "notes"]
+    assert reported["notes"] == 2
+    assert "+971" not in repr(reported) and "xxxx" not in repr(reported)
 
 
 def test_fetch_total_reads_total_exactness_and_note() -> None:

@@ -27,6 +27,7 @@ from harness import (
     warehouse_digest,
 )
 
+from d23_pipeline.client.stats import WITHHELD_NAME
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import (
     FAKE_PII_MARKERS,
@@ -214,6 +215,25 @@ def test_pii_nested_in_a_contract_field_reaches_no_table_and_no_file(
     )
     assert orjson.loads(values)["outcome_option"] == "<dict>"
     assert files_containing(small_month.data_dir, [marker]) == {}
+
+
+def test_pii_in_an_extra_field_name_reaches_no_file_and_not_the_event_log(
+    small_month: Pipeline, tmp_path: Path
+) -> None:
+    # Only names are ever reported, never values; here the name is the data.
+    name = f"{FAKE_PII_MARKERS[0]} call back on {FAKE_PII_MARKERS[1]}99"
+    victim = small_month.sim.rows()[10]["public_id"]
+    small_month.sim.corrupt_row(victim, "extra_pii", **{name: True})
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = small_month.materialize(MONTH, instance=instance)
+        events = repr(instance.all_logs(result.run_id))
+
+    assert FAKE_PII_MARKERS[0] not in events
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    assert raw.metadata["ignored_extra_fields"].value == {WITHHELD_NAME: 1}
+    assert files_containing(tmp_path, FAKE_PII_MARKERS[:2]) == {}
+    assert small_month.live_rows([MONTH]) == small_month.expected_rows([MONTH])
 
 
 @pytest.mark.parametrize("page_limit", [3, 500], ids=["within a walk", "on its last page"])

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
+
+# Names of fields outside the allowlist are reported (run metadata, the snapshot's manifest) so
+# that an operator sees the API's schema change, but a name can carry data too (an API keying a
+# value by a phone number or a note). Only names shaped like a field name are shown, and only
+# the first few: the others are counted under a placeholder.
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_EXTRA_FIELD_NAMES = 20
+WITHHELD_NAME = "<withheld: not shaped like a field name>"
+FURTHER_NAMES = f"<further names past the first {MAX_EXTRA_FIELD_NAMES}, withheld>"
 
 
 class ClientStats:
@@ -52,7 +62,18 @@ class ClientStats:
             self.empty_pages += raw_rows == 0
             self.rows += rows
             self.rejects += rejects
-            self.extra_fields.update(extra_fields)
+            names: set[str] = set()
+            for name in sorted(extra_fields):
+                names.add(self._reported_name(name, names))
+            self.extra_fields.update(names)
+
+    def _reported_name(self, name: str, this_page: set[str]) -> str:
+        if not _FIELD_NAME.fullmatch(name):
+            return WITHHELD_NAME
+        listed = (self.extra_fields.keys() | this_page) - {WITHHELD_NAME, FURTHER_NAMES}
+        if name not in listed and len(listed) >= MAX_EXTRA_FIELD_NAMES:
+            return FURTHER_NAMES
+        return name
 
     def as_dict(self) -> dict[str, Any]:
         """A snapshot as plain ints and dicts (``extra_fields``: name -> pages it appeared on)."""
