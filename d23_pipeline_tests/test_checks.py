@@ -84,6 +84,7 @@ def _held(live_rows: int, proven: int) -> MergeSummary:
         marked_deleted=0,
         rejects=0,
         conflicting_versions=0,
+        older_versions=0,
         live_rows=live_rows,
         deletions_proven=proven,
         deletions_held=True,

@@ -29,6 +29,7 @@ from harness import (
 
 from d23_pipeline.client.stats import WITHHELD_NAME
 from d23_pipeline.months import month_window
+from d23_pipeline.schema import format_timestamp
 from d23_pipeline.simulator import (
     FAKE_PII_MARKERS,
     BadRows,
@@ -215,6 +216,36 @@ def test_pii_nested_in_a_contract_field_reaches_no_table_and_no_file(
     )
     assert orjson.loads(values)["outcome_option"] == "<dict>"
     assert files_containing(small_month.data_dir, [marker]) == {}
+
+
+def test_a_version_served_under_an_older_updated_at_is_kept_out_and_warned_of(
+    small_month: Pipeline,
+) -> None:
+    # The source's updated_at went back (a restore, a slow clock). Latest updated_at wins, so
+    # the stored version stays; before, the month then differed from the source in silence.
+    small_month.materialize(MONTH)
+    victim = small_month.sim.valid_rows()[10]
+    earlier = datetime.fromisoformat(victim["updated_at"]) - timedelta(minutes=1)
+    other = "PTP" if victim["outcome_option"] != "PTP" else "RPC"
+    small_month.sim.corrupt_row(  # a valid row: "extra_pii" is the simulator's kind for those
+        victim["public_id"],
+        "extra_pii",
+        outcome_option=other,
+        updated_at=format_timestamp(earlier),
+    )
+
+    result = small_month.materialize(MONTH, raise_on_error=False)
+
+    assert result.success, failure_messages(result)
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "conflicting_versions"
+    ]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["older_versions_served"].value == 1
+    assert "older than the stored version's: 1;" in str(check.description)
+    assert small_month.query(
+        "SELECT outcome_option FROM d23.logs WHERE public_id = ?", (victim["public_id"],)
+    ) == [(victim["outcome_option"],)]
 
 
 def test_pii_in_an_extra_field_name_reaches_no_file_and_not_the_event_log(

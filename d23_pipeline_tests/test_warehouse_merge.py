@@ -157,6 +157,20 @@ def test_a_stale_read_never_overwrites_a_newer_row(months: Months) -> None:
     assert summary.updated == 0
 
 
+def test_an_older_version_served_after_the_stored_one_was_read_is_counted(months: Months) -> None:
+    # The source's updated_at went back: the stored version stays (latest updated_at wins),
+    # and the merge says so. A read that finished before the stored version's is only stale.
+    months.merge([row("a", "2026-04-05T00:00:00.000Z", is_ptp_broken=True), row("b")])
+    older = [row("a", "2026-04-02T00:00:00.000Z", is_ptp_broken=False), row("b")]
+
+    stale = months.merge(older, read_at=READ_AT)
+    newer = months.merge(older)
+    alike = months.merge([row("a", "2026-04-02T00:00:00.000Z", is_ptp_broken=True), row("b")])
+
+    assert months.logs()["a"]["is_ptp_broken"] is True
+    assert [m.older_versions for m in (stale, newer, alike)] == [0, 1, 0]
+
+
 def test_later_update_wins_and_keeps_first_seen(months: Months) -> None:
     months.merge([row("a")])
     first_seen = months.logs()["a"]["_first_seen_at"]

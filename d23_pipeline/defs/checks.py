@@ -96,9 +96,10 @@ CONFLICTING_VERSIONS = dg.AssetCheckSpec(
     asset=LOGS,
     partitions_def=monthly_partitions,
     description=(
-        "WARN when the read served a public_id more than once with the same updated_at and "
-        "other values: the version read last is kept, the others are quarantined in "
-        "d23.rejected_rows (the read's own rejects are d23/raw_logs' rejected_rows check)."
+        "WARN when the read served versions the merge cannot take: a public_id more than once "
+        "with the same updated_at and other values (the version read last is kept, the others "
+        "are quarantined in d23.rejected_rows), or with other values under an updated_at older "
+        "than the stored version's (the stored version is kept)."
     ),
 )
 DELETIONS_PROVEN = dg.AssetCheckSpec(
@@ -259,20 +260,31 @@ def deletions_proven(snapshot: Snapshot) -> dg.AssetCheckResult:
 
 
 def conflicting_versions(partition: str, summary: MergeSummary) -> dg.AssetCheckResult:
-    conflicting = summary.conflicting_versions
+    found = []
+    if summary.conflicting_versions:
+        found.append(
+            "the read served ids again under an updated_at it had served them with, holding "
+            "other values; quarantined in d23.rejected_rows: "
+            f"{summary.conflicting_versions:,} (the version read last is kept)"
+        )
+    if summary.older_versions:
+        found.append(
+            "rows were served with other values under an updated_at older than the stored "
+            f"version's: {summary.older_versions:,}; the stored versions are kept (latest "
+            "updated_at wins): if the source's updated_at went back, those rows differ from it "
+            "until it gives them a newer one"
+        )
     return _result(
         CONFLICTING_VERSIONS,
-        passed=not conflicting,
+        passed=not found,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            f"{partition}: the read served ids again under an updated_at it had served them "
-            f"with, holding other values; quarantined in d23.rejected_rows: {conflicting:,} "
-            "(the version read last is kept). The API holds two versions of those rows under "
-            "one timestamp"
-            if conflicting
-            else None
-        ),
-        metadata={"conflicting_versions": conflicting},
+        description=f"{partition}: {'; '.join(found)}. Report the ids to the API team"
+        if found
+        else None,
+        metadata={
+            "conflicting_versions": summary.conflicting_versions,
+            "older_versions_served": summary.older_versions,
+        },
     )
 
 

@@ -204,10 +204,19 @@ _SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
 # month): only another month's read proved it gone, from that month; none of this one has.
 _TAKEN_OVER = "(s.updated_at >= t.updated_at AND t._partition <> $partition)"
 
+# A version the MERGE does not take although no read seen since has vouched for the stored one:
+# other values under an updated_at older than the stored version's, served by a read that
+# finished after every read that served the row. The source's updated_at went back (a restore,
+# a writer's slow clock); latest-updated_at-wins keeps the stored version, so it is counted.
+_OTHER_VALUES = " OR ".join(
+    f"s.{f} <> t.{f}" for f in D23_FIELDS if f not in ("public_id", "updated_at")
+)
+_OLDER_VERSION = f"s.updated_at < t.updated_at AND t._last_seen_at < $read_at AND ({_OTHER_VALUES})"
+
 # What the merge is about to do, counted before it changes anything, with the MERGE's own
 # conditions: "updated" counts rows whose updated_at moved forward (an exact tie is rewritten
 # by the MERGE but changes nothing worth counting), "moved_in" rows the MERGE takes over from
-# another month.
+# another month, "older_versions" those of _OLDER_VERSION.
 MERGE_PREVIEW = f"""
 SELECT
     count(*) FILTER (WHERE t.public_id IS NULL) AS inserted,
@@ -215,7 +224,8 @@ SELECT
     count(*) FILTER (
         WHERE {_SEEN_SINCE_DELETED} OR (t._deleted_at IS NOT NULL AND {_TAKEN_OVER})
     ) AS restored,
-    count(*) FILTER (WHERE {_TAKEN_OVER}) AS moved_in
+    count(*) FILTER (WHERE {_TAKEN_OVER}) AS moved_in,
+    count(*) FILTER (WHERE {_OLDER_VERSION}) AS older_versions
 FROM snapshot AS s
 LEFT JOIN d23.logs AS t USING (public_id)
 """

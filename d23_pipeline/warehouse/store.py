@@ -197,6 +197,9 @@ class MergeSummary:
     rejects: int
     # Versions of an id served again with its updated_at and other values: rejects of the merge.
     conflicting_versions: int
+    # Versions served with other values under an updated_at older than the stored one's, by a
+    # read newer than every read that served the row (see sql._OLDER_VERSION): not taken.
+    older_versions: int
     live_rows: int
     deletions_proven: int
     deletions_held: bool
@@ -249,7 +252,7 @@ def merge_snapshot(
             },
         )
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
-        inserted, updated, restored, moved_in = fetch_row(con, sql.MERGE_PREVIEW, params)
+        inserted, updated, restored, moved_in, older = fetch_row(con, sql.MERGE_PREVIEW, params)
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
         conflicting = 0
         if has_duplicates:
@@ -287,6 +290,13 @@ def merge_snapshot(
                 "values; the version read last is kept, the others are rejects of this read",
                 partition,
                 conflicting,
+            )
+        if older:
+            log.warning(
+                "%s: %d rows were served with other values under an updated_at older than the "
+                "stored version's; the stored versions are kept (latest updated_at wins)",
+                partition,
+                older,
             )
         if last_read is not None and last_read > read_at:
             log.warning(
@@ -336,6 +346,7 @@ def merge_snapshot(
         marked_deleted=marked_deleted,
         rejects=rejects,
         conflicting_versions=conflicting,
+        older_versions=older,
         live_rows=live_rows,
         deletions_proven=proven,
         deletions_held=held,

@@ -102,6 +102,7 @@ def logs(
             "deletions_unproven": snapshot.unproven_rows,
             "rejected_rows": summary.rejects,
             "conflicting_versions": summary.conflicting_versions,
+            "older_versions_served": summary.older_versions,
             "preview": dg.MetadataValue.md(markdown_table(preview)),
         },
         check_results=check_results,
