@@ -218,6 +218,16 @@ def test_pii_nested_in_a_contract_field_reaches_no_table_and_no_file(
     assert files_containing(small_month.data_dir, [marker]) == {}
 
 
+def _conflicting_versions_warning(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    """The run succeeded and its check conflicting_versions warned: that evaluation."""
+    assert result.success, failure_messages(result)
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "conflicting_versions"
+    ]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    return check
+
+
 def test_a_version_served_under_an_older_updated_at_is_kept_out_and_warned_of(
     small_month: Pipeline,
 ) -> None:
@@ -236,11 +246,7 @@ def test_a_version_served_under_an_older_updated_at_is_kept_out_and_warned_of(
 
     result = small_month.materialize(MONTH, raise_on_error=False)
 
-    assert result.success, failure_messages(result)
-    (check,) = [
-        e for e in result.get_asset_check_evaluations() if e.check_name == "conflicting_versions"
-    ]
-    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    check = _conflicting_versions_warning(result)
     assert check.metadata["older_versions_served"].value == 1
     assert "older than the stored version's: 1;" in str(check.description)
     assert small_month.query(
@@ -339,11 +345,7 @@ def test_an_id_served_in_two_versions_under_one_updated_at_fails_a_warn_check_on
 
     result = small_month.materialize(MONTH, raise_on_error=False)
 
-    assert result.success, failure_messages(result)
-    (conflict,) = [
-        e for e in result.get_asset_check_evaluations() if e.check_name == "conflicting_versions"
-    ]
-    assert not conflict.passed and conflict.severity == dg.AssetCheckSeverity.WARN
+    conflict = _conflicting_versions_warning(result)
     assert conflict.metadata["conflicting_versions"].value == 1
     assert "quarantined in d23.rejected_rows: 1 " in str(conflict.description)
     ((quarantined,),) = small_month.query(
