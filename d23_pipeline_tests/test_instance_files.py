@@ -20,6 +20,32 @@ def test_postgres_instance_keeps_the_embedded_queue_pools_retries_and_monitoring
     assert {k: v for k, v in production.items() if k != "storage"} == embedded
 
 
+def _comments_by_setting(name: str) -> dict[str, str]:
+    """The comment block right above each top-level setting of an instance file."""
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in (DEPLOY / name).read_text().splitlines():
+        if line.startswith("#"):
+            above.append(line)
+        elif not line:  # a blank line ends a block that belongs to no setting (the file's head)
+            above = []
+        elif not line[0].isspace():
+            comments[line.split(":")[0]] = "\n".join(above)
+            above = []
+    return comments
+
+
+def test_the_settings_both_files_share_are_explained_alike() -> None:
+    # An operator reads one of them: the Postgres file's retry comment had gone stale.
+    embedded, production = (
+        _comments_by_setting("dagster.yaml"),
+        _comments_by_setting("dagster.postgres.yaml"),
+    )
+    shared = (embedded.keys() & production.keys()) - {"storage"}
+    assert shared >= {"concurrency", "run_retries", "run_monitoring", "python_logs"}
+    assert {k: embedded[k] for k in shared} == {k: production[k] for k in shared}
+
+
 def test_postgres_credentials_come_from_the_environment() -> None:
     database = load("dagster.postgres.yaml")["storage"]["postgres"]["postgres_db"]
     for field in ("hostname", "port", "db_name", "username", "password"):
