@@ -85,6 +85,7 @@ def _held(live_rows: int, proven: int) -> MergeSummary:
         rejects=0,
         conflicting_versions=0,
         older_versions=0,
+        older_version_examples=[],
         live_rows=live_rows,
         deletions_proven=proven,
         deletions_held=True,

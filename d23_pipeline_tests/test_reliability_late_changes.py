@@ -456,6 +456,28 @@ def test_a_resumed_read_brings_back_no_row_deleted_after_its_slices_were_read(
     assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])
 
 
+def test_a_resumed_read_serving_a_row_from_before_it_moved_draws_no_conflict_warning(
+    two_months: Pipeline,
+) -> None:
+    # Review's case: the resumed slice saw the row before it moved to the older month (and
+    # got a newer updated_at there); the source's updated_at never went back.
+    moved = two_months.sim.rows(*month_window(NEWER))[0]["public_id"]
+    _interrupted_read(two_months, NEWER)  # its first day's slice holds the row
+    two_months.sim.move_row(moved, datetime.fromisoformat(f"{OLDER}-05T10:00:00+00:00"))
+    two_months.materialize(OLDER)
+
+    result = two_months.materialize(NEWER)
+
+    assert (
+        result.asset_materializations_for_node("d23__raw_logs")[0].metadata["slices_resumed"].value
+    )
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "conflicting_versions"
+    ]
+    assert check.passed, check.description
+    assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])
+
+
 def test_a_read_resumed_after_a_deletion_reads_its_finished_slices_again(
     two_months: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:

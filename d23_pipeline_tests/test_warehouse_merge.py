@@ -32,7 +32,7 @@ from d23_pipeline.warehouse.store import (
 
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
-SNAPSHOT_OPTIONS = ("rejects", "absent", "partition", "verified", "read_at")
+SNAPSHOT_OPTIONS = ("rejects", "absent", "partition", "verified", "read_at", "started_at")
 
 
 def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes) -> dict:
@@ -64,9 +64,11 @@ class Months:
         partition: str = PARTITION,
         verified: bool = True,
         read_at: datetime | None = None,
+        started_at: datetime | None = None,
     ) -> Snapshot:
         """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone; read an
-        hour after the one before unless ``read_at`` says when."""
+        hour after the one before unless ``read_at`` says when (begun then too, unless
+        ``started_at`` says when)."""
         self.count += 1
         self.read_at = read_at or READ_AT + timedelta(hours=self.count)
         directory = self.dir / f"snapshot-{self.count}"
@@ -98,6 +100,7 @@ class Months:
             rejects=len(rejects),
             completed_at=self.read_at,
             read_stats={},
+            started_at=started_at,
         )
 
     def logs(self) -> dict[str, dict]:
@@ -148,6 +151,19 @@ def test_exact_tie_goes_to_the_row_read_last_and_the_other_version_is_quarantine
     assert (summary.rejects, summary.conflicting_versions) == (1, 1)
 
 
+def test_a_stale_reads_conflicting_versions_are_not_reported_as_quarantined(
+    months: Months,
+) -> None:
+    # The month's rejects stay the newer read's, so these are stored nowhere.
+    months.merge([row("b")])
+
+    stale = months.merge(
+        [row("a", outcome_option="RPC")], [row("a", outcome_option="PTP")], read_at=READ_AT
+    )
+
+    assert (stale.conflicting_versions, stale.rejects) == (0, 0)
+
+
 def test_a_stale_read_never_overwrites_a_newer_row(months: Months) -> None:
     months.merge([row("a", "2026-04-05T00:00:00.000Z", is_ptp_broken=True)])
 
@@ -164,11 +180,15 @@ def test_an_older_version_served_after_the_stored_one_was_read_is_counted(months
     older = [row("a", "2026-04-02T00:00:00.000Z", is_ptp_broken=False), row("b")]
 
     stale = months.merge(older, read_at=READ_AT)
+    # Finished after the stored version's read but begun before it (a resumed read, or two
+    # reads at once): its slice may have seen the source before that version was written.
+    resumed = months.merge(older, started_at=READ_AT)
     newer = months.merge(older)
     alike = months.merge([row("a", "2026-04-02T00:00:00.000Z", is_ptp_broken=True), row("b")])
 
     assert months.logs()["a"]["is_ptp_broken"] is True
-    assert [m.older_versions for m in (stale, newer, alike)] == [0, 1, 0]
+    assert [m.older_versions for m in (stale, resumed, newer, alike)] == [0, 0, 1, 0]
+    assert newer.older_version_examples == ["a"]
 
 
 def test_later_update_wins_and_keeps_first_seen(months: Months) -> None:

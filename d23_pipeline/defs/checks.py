@@ -270,20 +270,22 @@ def conflicting_versions(partition: str, summary: MergeSummary) -> dg.AssetCheck
     if summary.older_versions:
         found.append(
             "rows were served with other values under an updated_at older than the stored "
-            f"version's: {summary.older_versions:,}; the stored versions are kept (latest "
-            "updated_at wins): if the source's updated_at went back, those rows differ from it "
-            "until it gives them a newer one"
+            f"version's: {summary.older_versions:,} (e.g. "
+            f"{', '.join(summary.older_version_examples)}); the stored versions are kept "
+            "(latest updated_at wins), so those rows differ from the source until it gives them "
+            "a newer updated_at"
         )
     return _result(
         CONFLICTING_VERSIONS,
         passed=not found,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{partition}: {'; '.join(found)}. Report the ids to the API team"
+        description=f"{partition}: {'; '.join(found)}. Report those ids to the API team"
         if found
         else None,
         metadata={
             "conflicting_versions": summary.conflicting_versions,
             "older_versions_served": summary.older_versions,
+            "older_version_examples": summary.older_version_examples,
         },
     )
 

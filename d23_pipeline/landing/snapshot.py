@@ -175,6 +175,8 @@ class Snapshot:
     stale_rejects: list[StaleReject] = field(default_factory=list)
     # The deletions this read could not prove, one entry per reason (ids in unproven_file).
     unproven: list[UnprovenDeletions] = field(default_factory=list)
+    # When its first slice was read (a resumed read: the interrupted one's); None: completed_at.
+    started_at: datetime | None = None
 
     @property
     def row_files(self) -> list[Path]:
@@ -464,6 +466,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         read_stats=manifest.get("read_stats", {}),
         stale_rejects=[StaleReject.from_manifest(e) for e in manifest.get("stale_rejects", [])],
         unproven=[UnprovenDeletions(**u) for u in manifest.get("unproven_deletions") or []],
+        started_at=datetime.fromisoformat(manifest["started_at"]),
     )
 
 

@@ -205,13 +205,24 @@ _SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
 _TAKEN_OVER = "(s.updated_at >= t.updated_at AND t._partition <> $partition)"
 
 # A version the MERGE does not take although no read seen since has vouched for the stored one:
-# other values under an updated_at older than the stored version's, served by a read that
-# finished after every read that served the row. The source's updated_at went back (a restore,
-# a writer's slow clock); latest-updated_at-wins keeps the stored version, so it is counted.
+# other values under an updated_at older than the stored version's, served by a read that began
+# after every read that served the row had finished (so it saw the source later, resumed slices
+# included). The source's updated_at went back (a restore, a writer's slow clock);
+# latest-updated_at-wins keeps the stored version, so it is counted.
 _OTHER_VALUES = " OR ".join(
     f"s.{f} <> t.{f}" for f in D23_FIELDS if f not in ("public_id", "updated_at")
 )
-_OLDER_VERSION = f"s.updated_at < t.updated_at AND t._last_seen_at < $read_at AND ({_OTHER_VALUES})"
+_OLDER_VERSION = (
+    f"s.updated_at < t.updated_at AND t._last_seen_at < $started_at AND ({_OTHER_VALUES})"
+)
+
+OLDER_VERSION_EXAMPLES = f"""
+SELECT s.public_id
+FROM snapshot AS s JOIN d23.logs AS t USING (public_id)
+WHERE {_OLDER_VERSION}
+ORDER BY s.public_id
+LIMIT 5
+"""
 
 # What the merge is about to do, counted before it changes anything, with the MERGE's own
 # conditions: "updated" counts rows whose updated_at moved forward (an exact tie is rewritten

@@ -198,8 +198,9 @@ class MergeSummary:
     # Versions of an id served again with its updated_at and other values: rejects of the merge.
     conflicting_versions: int
     # Versions served with other values under an updated_at older than the stored one's, by a
-    # read newer than every read that served the row (see sql._OLDER_VERSION): not taken.
+    # read begun after every read that served the row (see sql._OLDER_VERSION): not taken.
     older_versions: int
+    older_version_examples: list[str]
     live_rows: int
     deletions_proven: int
     deletions_held: bool
@@ -252,7 +253,14 @@ def merge_snapshot(
             },
         )
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
-        inserted, updated, restored, moved_in, older = fetch_row(con, sql.MERGE_PREVIEW, params)
+        started_at = snapshot.started_at or read_at
+        preview = {**params, "started_at": started_at}
+        inserted, updated, restored, moved_in, older = fetch_row(con, sql.MERGE_PREVIEW, preview)
+        older_examples = (
+            [r[0] for r in execute(con, sql.OLDER_VERSION_EXAMPLES, preview).fetchall()]
+            if older
+            else []
+        )
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
         conflicting = 0
         if has_duplicates:
@@ -294,11 +302,14 @@ def merge_snapshot(
         if older:
             log.warning(
                 "%s: %d rows were served with other values under an updated_at older than the "
-                "stored version's; the stored versions are kept (latest updated_at wins)",
+                "stored version's (e.g. %s); the stored versions are kept (latest updated_at "
+                "wins)",
                 partition,
                 older,
+                ", ".join(older_examples),
             )
-        if last_read is not None and last_read > read_at:
+        stale_read = last_read is not None and last_read > read_at
+        if stale_read:
             log.warning(
                 "%s: this read (finished %s) is older than the one merged last (%s): its rows "
                 "are merged; d23.rejected_rows and d23.slice_verification keep the newer read's",
@@ -345,8 +356,10 @@ def merge_snapshot(
         moved_in=moved_in,
         marked_deleted=marked_deleted,
         rejects=rejects,
-        conflicting_versions=conflicting,
+        # A stale read's rejects are not the month's (the newer read's stay): none quarantined.
+        conflicting_versions=0 if stale_read else conflicting,
         older_versions=older,
+        older_version_examples=older_examples,
         live_rows=live_rows,
         deletions_proven=proven,
         deletions_held=held,
