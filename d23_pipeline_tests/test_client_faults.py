@@ -214,7 +214,8 @@ def test_a_body_that_stays_invalid_is_a_protocol_error_with_the_request_id() -> 
         ({"total": -1, "totalExact": True}, "pagination.total is -1, not a count of rows"),
         # Missing parts of a count: the same search, every slice then unproven.
         ({"totalExact": True}, "no pagination.total in the answer to includeTotal"),
-        ({"total": 7, "totalNote": None}, "no pagination.totalExact beside a count"),
+        ({"total": 7, "totalNote": None}, "totalExact is missing or null beside a count"),
+        ({"total": 7, "totalExact": None}, "totalExact is missing or null beside a count"),
         (None, "no body.pagination object in the answer to includeTotal"),
     ],
 )

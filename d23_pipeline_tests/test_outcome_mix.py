@@ -240,3 +240,13 @@ def test_the_mix_chart_of_a_month_of_many_long_codes_stays_a_small_image() -> No
     png = base64.b64decode(image.split("base64,", 1)[1].rstrip(")"))
     width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
     assert width < 1200 and height < 1200, (width, height)
+
+
+def test_codes_cut_to_the_same_label_keep_a_bar_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Placed by label, the second bar was drawn under the first (review: 40 hidden under 50).
+    drawn = []
+    monkeypatch.setattr(charts, "_markdown_image", lambda fig, alt: drawn.append(fig) or "")
+    charts.bar_chart(["CALLBACK_" + "X" * 50 + "_A", "CALLBACK_" + "X" * 50 + "_B"], [50, 40], "t")
+    (axes,) = drawn[0].axes
+    assert sorted({bar.get_y() for bar in axes.patches}) == [-0.4, 0.6]
+    assert [bar.get_width() for bar in axes.patches] == [40, 50]

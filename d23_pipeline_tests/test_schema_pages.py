@@ -83,14 +83,17 @@ def test_texts_at_the_limit_and_ids_of_any_printable_characters_are_kept() -> No
     result = validate_rows(rows, SINCE, UNTIL)
     assert result.rejects == []
     assert [r["public_id"] for r in result.rows] == [*odd_ids, f"{9:024x}"]
-    # Printable ASCII within the limit takes the columnar path, to the same rows.
+    # Printable ASCII within the limit takes the columnar path, to the rows the row-by-row
+    # rules keep (a row that is not an object forces those rules on the rest of its page).
     ascii_rows = [
         row(1, public_id="x" * 256),
         row(2, public_id=" a b "),
         row(3, outcome_option="O" * 256),
     ]
     read = read_canonical_page(envelope(ascii_rows), SINCE, UNTIL)
-    assert read is not None and read[0].to_pylist() == validate_rows(ascii_rows, SINCE, UNTIL).rows
+    by_row = validate_rows([*ascii_rows, "not a row"], SINCE, UNTIL)
+    assert by_row.batch is None and len(by_row.rejects) == 1
+    assert read is not None and read[0].to_pylist() == by_row.rows
 
 
 def test_a_rejected_text_past_the_limit_is_kept_cut_with_its_length() -> None:

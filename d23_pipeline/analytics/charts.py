@@ -50,7 +50,9 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> str
         labels = [*labels[: MAX_BARS - 1], f"{rest:,} others"]
         values = [*values[: MAX_BARS - 1], sum(values[MAX_BARS - 1 :])]
     fig, ax = _pyplot().subplots(figsize=(7, 0.35 * max(len(labels), 3) + 1))
-    bars = ax.barh(list(reversed(labels)), list(reversed(values)), color="#3b6ea8")
+    # Positions, not the labels, place the bars: two codes cut to the same label keep two bars.
+    bars = ax.barh(range(len(labels)), list(reversed(values)), color="#3b6ea8")
+    ax.set_yticks(range(len(labels)), list(reversed(labels)))
     total = sum(values) or 1
     ax.bar_label(bars, labels=[f" {v:,} ({v / total:.0%})" for v in reversed(values)], fontsize=8)
     ax.margins(x=0.2)

@@ -76,7 +76,7 @@ def read_total(response: httpx.Response) -> WindowTotal:
     if total is not None and not 0 <= total <= MAX_COUNT:
         raise _bad_body(response, f"pagination.total is {total}, not a count of rows")
     if total is not None and exact is None:  # only a count of null may come without it
-        raise _bad_body(response, "no pagination.totalExact beside a count")
+        raise _bad_body(response, "pagination.totalExact is missing or null beside a count")
     if exact is not None and not isinstance(exact, bool):
         wrong = f"pagination.totalExact is {_json_type(exact)}, expected true or false"
         raise _bad_body(response, wrong)
