@@ -147,6 +147,12 @@ def test_daily_refresh_makes_lookback_months_exact_and_leaves_older_ones_stale(
         if e.check_name == "conflicting_versions"
     ]  # fmt: skip
     assert len(conflicts) == 3 and all(e.passed for e in conflicts)
+    # The row count the UI plots per partition is the month's, not the table's at merge time.
+    counts = [
+        run.asset_materializations_for_node("d23__logs")[0].metadata["dagster/row_count"].value
+        for run in runs
+    ]
+    assert counts == [len(pipeline.expected_rows([m])) for m in [*COVERED, OLD]]
     assert _mix_in_warehouse(pipeline, OLD) == _expected_mix(sim, OLD)
     assert _kpis_in_warehouse(pipeline, OLD) == pytest.approx(_expected_kpis(sim, OLD))
     assert pipeline.query(sql.MIX_BEHIND_LOGS) == []
