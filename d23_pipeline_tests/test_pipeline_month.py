@@ -202,6 +202,7 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
         "SELECT rpc_rate FROM d23.outcome_kpis_monthly WHERE month = '2026-04-01'"
     )[0]
     assert kpis["rpc_rate (%)"] == round(rpc_rate * 100, 1)
+    assert kpis["month"] == "2026-04"  # the asset's page shows the last run's month's KPIs
     assert "| rpc_rate | " + f"{rpc_rate * 100:.1f}%" in kpis["kpis"]
 
 

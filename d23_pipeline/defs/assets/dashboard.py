@@ -44,8 +44,8 @@ def outcome_dashboard(
     dashboard.write_dashboard(path, data)
     latest, _ = data.tile_months()
     metadata: dict[str, object] = {
+        # No file:// link: browsers refuse to open one from the UI's http:// page.
         "path": dg.MetadataValue.path(str(path)),
-        "open": dg.MetadataValue.url(path.as_uri()),
         "months": [f"{k['month']:%Y-%m}" for k in data.kpis],
         "open_data_quality_problems": data.problem_count(),
     }

@@ -133,6 +133,8 @@ def outcome_kpis_monthly(
             "dagster/partition_row_count": 1,
             "dagster/column_schema": schema,
             "dagster/table_name": "d23.outcome_kpis_monthly",
+            # The asset's page shows the last run's entries: say whose they are.
+            "month": f"{month:%Y-%m}",
             # Percentages with one decimal, as analysts quote them (numbers, so the UI plots
             # them across materializations).
             **{f"{name} (%)": _percent(kpis[name]) for name in KPI_NAMES},
