@@ -30,12 +30,18 @@ def test_a_step_left_waiting_while_the_slot_is_free_gets_it_and_only_one() -> No
         storage.add_pending_step(POOL, "month-c", "d23__logs", should_assign=False)
         assert not _assigned(instance, "month-b")
 
-        pool_watchdog(dg.build_sensor_context(instance=instance))
-        pool_watchdog(dg.build_sensor_context(instance=instance))
+        first = pool_watchdog(dg.build_sensor_context(instance=instance))
+        second = pool_watchdog(dg.build_sensor_context(instance=instance))
 
         # The one slot goes to the step waiting longest; the other still waits its turn.
         assert _assigned(instance, "month-b")
         assert not _assigned(instance, "month-c")
+        # Its tick history says what it did (it said "a slot free in" every 15 s, idle or not).
+        assert (
+            first.skip_message
+            == f"gave a free slot to the step waiting longest in: {POOL} (2 waiting)"
+        )
+        assert second.skip_message == "no step waits while a pool slot is free"
 
 
 @pytest.mark.parametrize("instance_file", ["dagster.yaml", "dagster.postgres.yaml"])

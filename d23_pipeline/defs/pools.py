@@ -28,5 +28,12 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     if not storage.supports_global_concurrency_limits:
         return dg.SkipReason("the instance's storage keeps no pool slots")
     free = [pool for pool in POOLS if storage.has_unassigned_slots(pool)]
-    storage.assign_pending_steps(free)
-    return dg.SkipReason(f"a slot free in: {', '.join(free) or 'no pool'} (to its longest waiter)")
+    waiting = {pool: storage.get_concurrency_info(pool).pending_step_count for pool in free}
+    handed = [pool for pool, steps in waiting.items() if steps]
+    if not handed:
+        return dg.SkipReason("no step waits while a pool slot is free")
+    storage.assign_pending_steps(handed)
+    return dg.SkipReason(
+        "gave a free slot to the step waiting longest in: "
+        + ", ".join(f"{pool} ({waiting[pool]} waiting)" for pool in handed)
+    )
