@@ -249,7 +249,7 @@ def test_a_version_served_under_an_older_updated_at_is_kept_out_and_warned_of(
     check = _conflicting_versions_warning(result)
     assert check.metadata["older_versions_served"].value == 1
     assert f"stored version's: 1 (e.g. {victim['public_id']});" in str(check.description)
-    assert check.metadata["older_version_examples"].value == [victim["public_id"]]
+    assert check.metadata["older_version_examples"].value == victim["public_id"]
     assert small_month.query(
         "SELECT outcome_option FROM d23.logs WHERE public_id = ?", (victim["public_id"],)
     ) == [(victim["outcome_option"],)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -159,6 +160,11 @@ def _result(spec: dg.AssetCheckSpec, **kwargs: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(asset_key=spec.asset_key, check_name=spec.name, **kwargs)
 
 
+def _listed(items: Iterable[object]) -> str:
+    """Items as one line of text, or "none": an empty JSON list sat behind the UI's [Show JSON]."""
+    return ", ".join(map(str, items)) or "none"
+
+
 def slice_table(slices: list[SliceRecord], limit: int = 40) -> str:
     """Slices as a markdown table: which day of the month, what it served against its counts."""
     rows = [
@@ -285,7 +291,7 @@ def conflicting_versions(partition: str, summary: MergeSummary) -> dg.AssetCheck
         metadata={
             "conflicting_versions": summary.conflicting_versions,
             "older_versions_served": summary.older_versions,
-            "older_version_examples": summary.older_version_examples,
+            "older_version_examples": _listed(summary.older_version_examples),
         },
     )
 
@@ -331,7 +337,7 @@ def public_id_unique(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
     return _result(
         PUBLIC_ID_UNIQUE,
         passed=not duplicates,
-        metadata={"duplicated_public_ids": [d[0] for d in duplicates]},
+        metadata={"duplicated_public_ids": _listed(d[0] for d in duplicates)},
     )
 
 
@@ -345,7 +351,9 @@ def only_allowlisted_columns(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckRes
         if name not in D23_FIELDS and not name.startswith("_")
     ]
     return _result(
-        ONLY_ALLOWLISTED_COLUMNS, passed=not unexpected, metadata={"unexpected_columns": unexpected}
+        ONLY_ALLOWLISTED_COLUMNS,
+        passed=not unexpected,
+        metadata={"unexpected_columns": _listed(unexpected)},
     )
 
 
@@ -367,7 +375,7 @@ def unmapped_outcome_codes(con: duckdb.DuckDBPyConnection, month: object) -> dg.
             if unmapped
             else None
         ),
-        metadata={"unmapped_codes": {code: int(n) for code, n in unmapped}},
+        metadata={"unmapped_codes": _listed(f"{code} ({n:,} attempts)" for code, n in unmapped)},
     )
 
 
@@ -380,7 +388,7 @@ def _rates_in_range(
     return _result(
         spec,
         passed=not bad,
-        metadata={"rates_out_of_range": [" ".join(map(str, row)) for row in bad]},
+        metadata={"rates_out_of_range": _listed(" ".join(map(str, row)) for row in bad)},
     )
 
 
