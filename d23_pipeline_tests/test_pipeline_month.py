@@ -177,6 +177,15 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
     assert raw["api_total"] == expected + raw["rejected_rows"]
     assert logs["dagster/partition_row_count"] == expected
     assert "public_id" in [c.name for c in logs["dagster/column_schema"].columns]
+    # Every column an analyst sees on an asset's page says what it holds.
+    for step in (
+        "d23__logs",
+        "d23__outcome_mix_monthly",
+        "d23__outcome_kpis_monthly",
+        "d23__outcome_mix_daily",
+    ):
+        columns = _metadata(result, step)["dagster/column_schema"].columns
+        assert [c.name for c in columns if not c.description] == [], step
     assert "| public_id |" in logs["preview"]
     checks = {
         (e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()

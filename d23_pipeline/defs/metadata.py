@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from d23_pipeline.kpis import KPIS
+
 # Imported by the asset modules when the definitions load: Arrow and DuckDB only where a step
 # builds metadata from them.
 if TYPE_CHECKING:
@@ -18,12 +20,55 @@ def schema_from_arrow(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(field.name, str(field.type)) for field in schema])
 
 
+# What each column of d23.logs and the outcome tables holds, shown with the column schema on
+# each asset's page; a name means the same in every table it appears in.
+COLUMN_DESCRIPTIONS = {
+    "public_id": "The log entry's stable id at the source; the key rows are merged on.",
+    "communication_type": "Channel of the contact attempt, e.g. CALL, WHATSAPP, SMS.",
+    "interaction_source": "Who logged the attempt, e.g. AGENT, IVR, BORROWER.",
+    "outcome_option": "Outcome code the agent logged, e.g. PTP, RPC, NO_ANSWER.",
+    "is_active": "False: the entry was deactivated at the source (then not an attempt).",
+    "is_ptp_broken": "The promise to pay tied to this entry was broken.",
+    "communicated_at": "When the contact happened (UTC); its month is the row's month.",
+    "created_at": "When the entry was created at the source (UTC).",
+    "updated_at": "When the entry last changed at the source (UTC); the latest version wins.",
+    "_partition": "The month (partition key) whose read last took this row.",
+    "_first_seen_at": "When the read that first landed this row finished.",
+    "_last_seen_at": "When the latest read that served this row finished.",
+    "_deleted_at": "When a read proved the row gone from the source; empty while it is live.",
+    "month": "The month (its first day), by communicated_at in UTC.",
+    "day": "The day, by communicated_at in UTC.",
+    "is_mapped": "The outcome mapping classifies this code (else: an attempt and nothing more).",
+    "is_contact": "The outcome mapping counts this code as a contact.",
+    "is_rpc": "The outcome mapping counts this code as a right-party contact.",
+    "is_promise": "The outcome mapping counts this code as a promise to pay.",
+    "is_refusal": "The outcome mapping counts this code as a refusal.",
+    "attempts": "Attempts: entries active and not deleted at the source.",
+    "broken_promises": "Attempts counted as promises whose promise was broken.",
+    "unmapped_attempts": "Attempts whose code the outcome mapping does not classify.",
+    **{
+        count.column: f"Attempts counted as {count.description}."
+        for kpi in KPIS
+        for count in (kpi.numerator, kpi.denominator)
+        if count.column not in ("attempts", "broken_promises")
+    },
+    **{
+        kpi.name: f"{kpi.label}: {kpi.numerator.column} / {kpi.denominator.column}, a share "
+        f"from 0 to 1 (the UI's metadata shows it in %); empty without {kpi.denominator.column}."
+        for kpi in KPIS
+    },
+}
+
+
 def schema_from_table(con: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:
-    """The column schema of ``d23.<table>`` as DuckDB reports it."""
+    """The column schema of ``d23.<table>`` as DuckDB reports it, each column described."""
     from d23_pipeline.warehouse.store import table_columns
 
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, kind) for name, kind in table_columns(con, table)]
+        columns=[
+            dg.TableColumn(name, kind, description=COLUMN_DESCRIPTIONS.get(name))
+            for name, kind in table_columns(con, table)
+        ]
     )
 
 
