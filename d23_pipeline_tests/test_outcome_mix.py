@@ -147,7 +147,7 @@ def test_unmapped_codes_are_counted_and_reported_never_dropped(warehouse: Wareho
             "WHERE outcome_option = 'MYSTERY_CODE'"
         ).fetchall()
     assert not result.passed
-    assert result.metadata["unmapped_codes"].value == "MYSTERY_CODE (1 attempts)"
+    assert result.metadata["unmapped_codes"].value == "MYSTERY_CODE: 1"
     assert result.description.startswith(
         "codes the outcome mapping does not classify, with their attempts: MYSTERY_CODE 1;"
     )

@@ -375,7 +375,7 @@ def unmapped_outcome_codes(con: duckdb.DuckDBPyConnection, month: object) -> dg.
             if unmapped
             else None
         ),
-        metadata={"unmapped_codes": _listed(f"{code} ({n:,} attempts)" for code, n in unmapped)},
+        metadata={"unmapped_codes": _listed(f"{code}: {n:,}" for code, n in unmapped)},
     )
 
 
