@@ -204,11 +204,11 @@ _SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
 # month): only another month's read proved it gone, from that month; none of this one has.
 _TAKEN_OVER = "(s.updated_at >= t.updated_at AND t._partition <> $partition)"
 
-# A version the MERGE does not take although no read seen since has vouched for the stored one:
-# other values under an updated_at older than the stored version's, served by a read that began
-# after every read that served the row had finished (so it saw the source later, resumed slices
-# included). The source's updated_at went back (a restore, a writer's slow clock);
-# latest-updated_at-wins keeps the stored version, so it is counted.
+# Versions the MERGE does not take, counted so that someone hears of them: other values under an
+# updated_at older than the stored version's, served by a read that began after every read that
+# served the row had finished (it saw the source later; a resumed read began with its first
+# slice). The source's updated_at went back (a restore, a writer's slow clock), and
+# latest-updated_at-wins keeps the stored version.
 _OTHER_VALUES = " OR ".join(
     f"s.{f} <> t.{f}" for f in D23_FIELDS if f not in ("public_id", "updated_at")
 )
