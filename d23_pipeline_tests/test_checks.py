@@ -176,7 +176,7 @@ def test_kpi_rates_outside_0_and_1_fail_naming_the_rate(tmp_path: Path) -> None:
     assert april.passed and april.metadata["rates_out_of_range"].value == "none"
     assert not may.passed
     assert may.metadata["rates_out_of_range"].value == (
-        "2026-05-01 contact_rate 1.2, 2026-05-01 rpc_rate 1.2"
+        "2026-05-01 contact_rate 1.2; 2026-05-01 rpc_rate 1.2"
     )
 
 

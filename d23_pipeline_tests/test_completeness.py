@@ -167,10 +167,11 @@ def test_a_few_real_deletions_in_verified_slices_are_marked(pipeline: Pipeline) 
     }
     assert (raw["deletion_candidates"], raw["proven_absent"]) == (5, 5)
     assert _deleted_ids(pipeline) == gone
-    # The table's row count is its live rows, as the month's is; the deleted ones are apart.
+    # Row counts are of live rows (one month here, so the table's is the month's); the deleted
+    # ones are apart.
     logs = result.asset_materializations_for_node("d23__logs")[0].metadata
     live = len(pipeline.expected_rows([MONTH]))
-    assert logs["dagster/row_count"].value == logs["dagster/partition_row_count"].value == live
+    assert logs["dagster/row_count"].value == logs["table_live_rows"].value == live
     assert logs["table_rows_marked_deleted"].value == 5
 
 

@@ -161,8 +161,9 @@ def _result(spec: dg.AssetCheckSpec, **kwargs: Any) -> dg.AssetCheckResult:
 
 
 def _listed(items: Iterable[object]) -> str:
-    """Items as one line of text, or "none": an empty JSON list sat behind the UI's [Show JSON]."""
-    return ", ".join(map(str, items)) or "none"
+    """Items as one line of text, or "none": an empty JSON list sat behind the UI's [Show JSON].
+    Separated by "; ", which no count's thousands separator is mistaken for."""
+    return "; ".join(map(str, items)) or "none"
 
 
 def slice_table(slices: list[SliceRecord], limit: int = 40) -> str:

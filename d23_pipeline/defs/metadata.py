@@ -26,7 +26,7 @@ COLUMN_DESCRIPTIONS = {
     "public_id": "The log entry's stable id at the source; the key rows are merged on.",
     "communication_type": "Channel of the contact attempt, e.g. CALL, WHATSAPP, SMS.",
     "interaction_source": "Who logged the attempt, e.g. AGENT, IVR, BORROWER.",
-    "outcome_option": "Outcome code the agent logged, e.g. PTP, RPC, NO_ANSWER.",
+    "outcome_option": "Outcome code logged for the attempt, e.g. PTP, RPC, NO_ANSWER.",
     "is_active": "False: the entry was deactivated at the source (then not an attempt).",
     "is_ptp_broken": "The promise to pay tied to this entry was broken.",
     "communicated_at": "When the contact happened (UTC); its month is the row's month.",
@@ -35,15 +35,18 @@ COLUMN_DESCRIPTIONS = {
     "_partition": "The month (partition key) whose read last took this row.",
     "_first_seen_at": "When the read that first landed this row finished.",
     "_last_seen_at": "When the latest read that served this row finished.",
-    "_deleted_at": "When a read proved the row gone from the source; empty while it is live.",
+    "_deleted_at": "When a read proved the row gone from the source; empty until one does.",
     "month": "The month (its first day), by communicated_at in UTC.",
     "day": "The day, by communicated_at in UTC.",
-    "is_mapped": "The outcome mapping classifies this code (else: an attempt and nothing more).",
-    "is_contact": "The outcome mapping counts this code as a contact.",
-    "is_rpc": "The outcome mapping counts this code as a right-party contact.",
-    "is_promise": "The outcome mapping counts this code as a promise to pay.",
-    "is_refusal": "The outcome mapping counts this code as a refusal.",
-    "attempts": "Attempts: entries active and not deleted at the source.",
+    "is_mapped": "The month's outcome mapping classifies this code (else: an attempt only).",
+    "is_contact": "The month's outcome mapping counts this code as a contact.",
+    "is_rpc": "The month's outcome mapping counts this code as a right-party contact.",
+    "is_promise": "The month's outcome mapping counts this code as a promise to pay.",
+    "is_refusal": "The month's outcome mapping counts this code as a refusal.",
+    "attempts": (
+        "Attempts of the row's month, day or group: entries active in d23.logs and not marked "
+        "deleted (a row gone at the source counts until a read proves it gone)."
+    ),
     "broken_promises": "Attempts counted as promises whose promise was broken.",
     "unmapped_attempts": "Attempts whose code the outcome mapping does not classify.",
     **{
@@ -54,7 +57,7 @@ COLUMN_DESCRIPTIONS = {
     },
     **{
         kpi.name: f"{kpi.label}: {kpi.numerator.column} / {kpi.denominator.column}, a share "
-        f"from 0 to 1 (the UI's metadata shows it in %); empty without {kpi.denominator.column}."
+        f"from 0 to 1, not a percentage; empty without {kpi.denominator.column}."
         for kpi in KPIS
     },
 }

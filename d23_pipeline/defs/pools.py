@@ -28,6 +28,8 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     if not storage.supports_global_concurrency_limits:
         return dg.SkipReason("the instance's storage keeps no pool slots")
     free = [pool for pool in POOLS if storage.has_unassigned_slots(pool)]
+    if not free:
+        return dg.SkipReason("no pool slot is free")
     waiting = {pool: storage.get_concurrency_info(pool).pending_step_count for pool in free}
     handed = [pool for pool, steps in waiting.items() if steps]
     if not handed:
@@ -35,5 +37,5 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     storage.assign_pending_steps(handed)
     return dg.SkipReason(
         "gave a free slot to the step waiting longest in: "
-        + ", ".join(f"{pool} ({waiting[pool]} waiting)" for pool in handed)
+        + ", ".join(f"{pool} ({waiting[pool]} were waiting)" for pool in handed)
     )
