@@ -242,11 +242,29 @@ def test_the_mix_chart_of_a_month_of_many_long_codes_stays_a_small_image() -> No
     assert width < 1200 and height < 1200, (width, height)
 
 
-def test_codes_cut_to_the_same_label_keep_a_bar_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Placed by label, the second bar was drawn under the first (review: 40 hidden under 50).
+def _drawn_axes(monkeypatch: pytest.MonkeyPatch, labels: list[str], values: list[int]):
+    """The axes ``charts.bar_chart`` draws for ``labels`` and ``values``, before it is a PNG."""
     drawn = []
     monkeypatch.setattr(charts, "_markdown_image", lambda fig, alt: drawn.append(fig) or "")
-    charts.bar_chart(["CALLBACK_" + "X" * 50 + "_A", "CALLBACK_" + "X" * 50 + "_B"], [50, 40], "t")
+    charts.bar_chart(labels, values, "t")
     (axes,) = drawn[0].axes
+    return axes
+
+
+def test_a_month_of_many_codes_draws_the_largest_and_one_bar_for_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = list(range(1000, 0, -1))
+    axes = _drawn_axes(monkeypatch, [f"CODE_{n}" for n in range(1000)], values)
+    widths = [bar.get_width() for bar in reversed(axes.patches)]  # top first
+    assert widths == [*values[:29], sum(values[29:])]
+    assert axes.get_yticklabels()[0].get_text() == "971 others"
+
+
+def test_codes_cut_to_the_same_label_keep_a_bar_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Placed by label, the second bar was drawn under the first (review: 40 hidden under 50).
+    axes = _drawn_axes(
+        monkeypatch, ["CALLBACK_" + "X" * 50 + "_A", "CALLBACK_" + "X" * 50 + "_B"], [50, 40]
+    )
     assert sorted({bar.get_y() for bar in axes.patches}) == [-0.4, 0.6]
     assert [bar.get_width() for bar in axes.patches] == [40, 50]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from d23_pipeline.kpis import KPIS
+from d23_pipeline.kpis import CONTACTS, KPIS, PROMISES, REFUSALS, RPCS
 
 # Imported by the asset modules when the definitions load: Arrow and DuckDB only where a step
 # builds metadata from them.
@@ -51,9 +51,7 @@ COLUMN_DESCRIPTIONS = {
     "unmapped_attempts": "Attempts whose code the outcome mapping does not classify.",
     **{
         count.column: f"Attempts counted as {count.description}."
-        for kpi in KPIS
-        for count in (kpi.numerator, kpi.denominator)
-        if count.column not in ("attempts", "broken_promises")
+        for count in (CONTACTS, RPCS, PROMISES, REFUSALS)
     },
     **{
         kpi.name: f"{kpi.label}: {kpi.numerator.column} / {kpi.denominator.column}, a share "
