@@ -33,6 +33,10 @@ class Kpi:
     denominator: Count
 
 
+# A month's share rises for weeks after it ends, as its promises come due and break.
+BROKEN_PROMISE_SHARE = Kpi(
+    "broken_promise_share", "Broken-promise share", BROKEN_PROMISES, PROMISES
+)
 # In the KPI tables' column order.
 KPIS = (
     Kpi("contact_rate", "Contact rate", CONTACTS, ATTEMPTS),
@@ -40,7 +44,7 @@ KPIS = (
     Kpi("ptp_per_rpc", "PTP per RPC", PROMISES, RPCS),
     Kpi("ptp_per_attempt", "PTP per attempt", PROMISES, ATTEMPTS),
     Kpi("refusal_rate", "Refusal rate", REFUSALS, RPCS),
-    Kpi("broken_promise_share", "Broken-promise share", BROKEN_PROMISES, PROMISES),
+    BROKEN_PROMISE_SHARE,
 )
 KPI_NAMES = tuple(kpi.name for kpi in KPIS)
 

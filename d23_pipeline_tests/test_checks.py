@@ -231,7 +231,7 @@ def test_every_failed_check_says_why_in_its_description() -> None:
 def test_every_check_of_a_monthly_asset_has_the_monthly_partitions() -> None:
     specs = [spec for asset in defs.assets for spec in asset.check_specs]
 
-    assert len(specs) == 13
+    assert len(specs) == 14
     assert all(spec.partitions_def == monthly_partitions for spec in specs)
 
 

@@ -216,6 +216,42 @@ def test_tiles_show_the_latest_month_with_attempts_and_the_change_between_the_ra
     assert "no attempts in Mar 2026 to compare against" in (tmp_path / "page.html").read_text()
 
 
+def test_a_maturing_months_broken_promise_share_is_not_compared_and_a_partial_month_not_drawn(
+    tmp_path: Path,
+) -> None:
+    sim = Simulator(SimulatorConfig(months=("2026-03", "2026-04", "2026-05"), rows_per_month=80))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        for month in ("2026-03", "2026-04", "2026-05"):
+            pipeline.materialize(month)
+    with Warehouse(pipeline.warehouse_path).connect(read_only=True) as con:
+        data = dashboard.gather(
+            con, load_outcome_classes(), "UTC", datetime(2026, 9, 1, tzinfo=UTC)
+        )
+    march, april, may = data.kpis
+    assert march["broken_promises"] and april["broken_promises"]
+    # April read a week after it ended, May still running: as on May 20th.
+    status = {date(2026, 4, 1): "maturing", date(2026, 5, 1): "partial"}
+    freshness = [replace(f, status=status.get(f.month, "settled")) for f in data.freshness]
+    data = replace(data, freshness=freshness, generated_at=datetime(2026, 5, 20, tzinfo=UTC))
+
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+
+    html = (tmp_path / "page.html").read_text()
+    assert "<h2>KPIs, Apr 2026</h2>" in html
+    broken = re.search(r'data-kpi="broken_promise_share">(.*?)</div></div>', html)
+    assert broken is not None
+    was = dashboard.percent(march["broken_promise_share"])
+    assert f'<div class="delta">not compared: Apr 2026 still maturing (was {was})' in broken[1]
+    contact = re.search(r'data-kpi="contact_rate">(.*?)</div></div>', html)
+    assert contact is not None and " pp (was " in contact[1]  # the other rates still compare
+    trend = dashboard.kpi_trend_chart(data.kpis, data.months_in("partial"))
+    lines = {t["name"]: t["y"] for t in trend["data"]}
+    assert lines["Broken-promise share"][2] is None  # May's share: days, not weeks, to break
+    assert lines["Broken-promise share"][1] == april["broken_promise_share"] * 100
+    assert lines["Contact rate"][2] == may["contact_rate"] * 100
+
+
 def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_listed_until_rebuilt(
     tmp_path: Path,
 ) -> None:

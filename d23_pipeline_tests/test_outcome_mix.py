@@ -5,6 +5,7 @@ import struct
 from datetime import date, datetime
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from d23_pipeline.analytics import charts
@@ -15,6 +16,7 @@ from d23_pipeline.analytics.outcome_classes import (
     mapping_version,
 )
 from d23_pipeline.analytics.outcome_mix import (
+    load_classes,
     rebuild_months_due,
     rebuild_outcome_kpis_monthly,
     rebuild_outcome_mix_daily,
@@ -152,6 +154,26 @@ def test_unmapped_codes_are_counted_and_reported_never_dropped(warehouse: Wareho
         "codes the outcome mapping does not classify, with their attempts: MYSTERY_CODE 1;"
     )
     assert mystery == (1, False)
+
+
+def test_broken_flags_on_codes_not_classed_as_promises_are_reported(warehouse: Warehouse) -> None:
+    # p2 is a broken promise; an RPC and an unknown code flagged broken are not counted as
+    # broken promises, and say so. A deleted row and next month's are not April's attempts.
+    with warehouse.connect() as con:
+        load_classes(con, load_outcome_classes())
+        clean = checks.broken_flags_on_promises_only(con, *APRIL)
+        con.execute(
+            "UPDATE d23.logs SET is_ptp_broken = true WHERE public_id IN ('r1', 'm1', 'n2', 'b1')"
+        )
+        flagged = checks.broken_flags_on_promises_only(con, *APRIL)
+
+    assert clean.passed and clean.metadata["broken_flags_outside_promises"].value == "none"
+    assert not flagged.passed and flagged.severity == dg.AssetCheckSeverity.WARN
+    assert flagged.metadata["broken_flags_outside_promises"].value == "MYSTERY_CODE: 1; RPC: 1"
+    assert flagged.description.startswith(
+        "attempts flagged is_ptp_broken under codes not classed as a promise: MYSTERY_CODE 1, "
+        "RPC 1; the broken-promise share does not count them."
+    )
 
 
 def test_a_user_mapping_overrides_the_shipped_one(warehouse: Warehouse, tmp_path: Path) -> None:

@@ -200,6 +200,7 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
         ("logs", "deletions_proven"): True,
         ("logs", "conflicting_versions"): True,
         ("outcome_mix_monthly", "unmapped_outcome_codes"): True,
+        ("outcome_mix_monthly", "broken_flags_on_promises_only"): True,
         ("outcome_mix_daily", "rates_within_0_and_1"): True,
         ("outcome_kpis_monthly", "rates_within_0_and_1"): True,
         ("outcome_kpis_monthly", "attempts_equal_outcome_mix"): True,

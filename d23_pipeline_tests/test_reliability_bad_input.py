@@ -388,7 +388,10 @@ def test_deletions_a_read_cannot_prove_are_reported_until_a_read_proves_them(
     # operator looks says so, until a read without such a row proves them gone.
     small_month.materialize(MONTH)
     rows = small_month.sim.valid_rows()
-    deleted = {r["public_id"] for r in rows[20:24]}
+    # Three active rows and one deactivated, which no KPI counts as an attempt.
+    inactive = next(r["public_id"] for r in rows if not r["is_active"])
+    deleted = {r["public_id"] for r in rows[20:] if r["is_active"]}
+    deleted = set(sorted(deleted)[:3]) | {inactive}
     for public_id in deleted:
         small_month.sim.hard_delete_row(public_id)
     broken = rows[10]["public_id"]
@@ -409,6 +412,8 @@ def test_deletions_a_read_cannot_prove_are_reported_until_a_read_proves_them(
     }
     page = small_month.dashboard_path.read_text()
     assert "Deletions not applied" in page and "not proven: the read served 1 bad rows" in page
+    # Four rows not applied, three of them counted as attempts.
+    assert re.search(r"<tr><td>2026-04</td><td>4</td><td>3</td><td>not proven: ", page)
     # The month's freshness row says its KPIs still count them.
     assert "<th>deletions not applied</th>" in page
     assert re.search(r"<tr><td>2026-04</td>(<td>[^<]*</td>){6}<td>4</td></tr>", page)

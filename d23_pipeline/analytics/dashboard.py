@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
@@ -26,7 +26,7 @@ import duckdb
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.analytics.outcome_mix import load_classes
-from d23_pipeline.kpis import KPI_NAMES, KPIS
+from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS
 from d23_pipeline.months import month_index, month_name
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import fetch_dicts, transaction
@@ -65,8 +65,8 @@ class MonthFreshness:
     rejected_rows: int
     unmapped_attempts: int
     unverified_slices: int
-    # Rows found gone that its last read did not mark deleted (not proven, or held): still
-    # counted in its KPIs.
+    # Rows found gone that its last read did not mark deleted (not proven, or held): the active
+    # ones still counted as attempts.
     deletions_not_applied: int
 
 
@@ -119,6 +119,10 @@ class DashboardData:
         latest = ended[-1]
         before = [k for k in ended if k["month"] == previous_month(latest["month"])]
         return latest, before[0] if before else None
+
+    def months_in(self, *statuses: str) -> set[date]:
+        """The months whose freshness is one of ``statuses``."""
+        return {f.month for f in self.freshness if f.status in statuses}
 
     def ended_months(self) -> list[dict[str, Any]]:
         """The KPIs of the months that have ended, oldest first."""
@@ -378,13 +382,16 @@ def _subplots(
     return {"data": [], "layout": layout}
 
 
-def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]]) -> Figure:
+def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date] = ()) -> Figure:
+    """One line per KPI over the months; the broken-promise share skips the ``partial`` months,
+    whose promises have had days, not weeks, to break."""
     months = [_month_label(k["month"]) for k in kpis]
+    skipped = {BROKEN_PROMISE_SHARE.name: partial}
     traces = [
         {
             "type": "scatter",
             "x": months,
-            "y": [_pct(k[name]) for k in kpis],
+            "y": [None if k["month"] in skipped.get(name, ()) else _pct(k[name]) for k in kpis],
             "name": label,
             "mode": "lines+markers",
             "hovertemplate": "%{x}: %{y:.1f}%<extra>" + label + "</extra>",
@@ -584,7 +591,7 @@ def _page(data: DashboardData) -> tuple[str, str]:
                 _tiles_section(data),
                 "<section id='trends'><h2>KPI trends</h2>",
                 _caveats(data),
-                _chart("kpi-trend", kpi_trend_chart(data.kpis)),
+                _chart("kpi-trend", kpi_trend_chart(data.kpis, data.months_in("partial"))),
                 "<h3>By communication_type</h3>",
                 _chart(
                     "kpi-by-channel", kpi_split_chart(data.kpis_by_channel, "communication_type")
@@ -634,16 +641,23 @@ def _tiles_section(data: DashboardData) -> str:
         compared = "no month before it"
     empty = [_month_label(k["month"]) for k in ended if k["month"] > latest["month"]]
     since = f"; {', '.join(empty)} had none" if empty else ""
+    # A month's broken-promise share rises for weeks after it ends: against a month with more of
+    # them settled, a maturing month's share would read as an improvement.
+    unsettled = data.months_in("partial", "maturing")
+    young = [m["month"] for m in (latest, before) if m and m["month"] in unsettled]
     tiles = []
     for name, label in KPI_LABELS.items():
         old = before[name] if before else None
         was = f" (was {percent(old)})" if before else ""
+        change = _points(latest[name], old)
+        if name == BROKEN_PROMISE_SHARE.name and before and young:
+            change = f"not compared: {' and '.join(map(_month_label, young))} still maturing"
         tiles.append(
             f'<div class="tile" data-kpi="{name}"><div class="label">{label}</div>'
             f'<div class="value">{percent(latest[name])}</div>'
-            f'<div class="delta">{_points(latest[name], old)}{was}</div></div>'
+            f'<div class="delta">{change}{was}</div></div>'
         )
-    maturing = any(f.month == latest["month"] and f.status == "maturing" for f in data.freshness)
+    maturing = latest["month"] in data.months_in("maturing")
     caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
     return (
         f"<section id='kpis'><h2>KPIs, {_month_label(latest['month'])}</h2>"
@@ -714,9 +728,10 @@ def _quality_section(data: DashboardData) -> str:
     kpis_behind = [(f"{month:%Y-%m}",) for month in data.kpis_behind_mix]
     mix_behind = [(f"{month:%Y-%m}",) for month in data.mix_behind_logs]
     pending = [
-        (p["partition"][:7], f"{p['rows']:,}", p["reason"], _local(p["read_at"], data.timezone))
+        (p["partition"][:7], f"{p['rows']:,}", f"{p['attempts']:,}", p["reason"],
+         _local(p["read_at"], data.timezone))
         for p in data.deletions_pending
-    ]
+    ]  # fmt: skip
     return (
         "<section id='quality'><h2>Open data-quality problems</h2>"
         f"<p class='summary'>{data.problem_count()} open problem(s).</p>"
@@ -761,9 +776,14 @@ def _quality_section(data: DashboardData) -> str:
         "d23/outcome_kpis_monthly for these months.</p>"
         + _table(("month",), kpis_behind, "every month's KPIs follow its outcome mix")
         + "<h3>Deletions not applied</h3><p>Rows the month's last read found gone from the "
-        "source but did not mark deleted: they are still counted in its KPIs until a read "
-        "proves them gone, or an operator confirms deletions held above the allowed share.</p>"
-        + _table(("month", "rows", "why", "read at"), pending, "every deletion is applied")
+        "source but did not mark deleted: those active are still counted as attempts in its "
+        "KPIs until a read proves them gone, or an operator confirms deletions held above the "
+        "allowed share.</p>"
+        + _table(
+            ("month", "rows", "of them counted as attempts", "why", "read at"),
+            pending,
+            "every deletion is applied",
+        )
         + "</section>"
     )
 

@@ -21,6 +21,8 @@ from d23_pipeline.defs.partitions import monthly_partitions
 # The specs load with the definitions (the assets declare them); the checks that query the
 # warehouse import it (DuckDB, and Arrow through the field contract) only when they run.
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import duckdb
 
     from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
@@ -109,8 +111,8 @@ DELETIONS_PROVEN = dg.AssetCheckSpec(
     partitions_def=monthly_partitions,
     description=(
         "WARN when the read found rows gone from the source that it could not prove gone from "
-        "the month: none is marked deleted, and they stay live, counted in the KPIs, until a "
-        "read proves them gone."
+        "the month: none is marked deleted, and they stay live (the active ones counted as "
+        "attempts in the KPIs) until a read proves them gone."
     ),
 )
 UNMAPPED_OUTCOMES = dg.AssetCheckSpec(
@@ -118,6 +120,16 @@ UNMAPPED_OUTCOMES = dg.AssetCheckSpec(
     asset=OUTCOME_MIX_MONTHLY,
     partitions_def=monthly_partitions,
     description="WARN when the month holds outcome codes the mapping file does not classify.",
+)
+
+BROKEN_FLAGS_OUTSIDE_PROMISES = dg.AssetCheckSpec(
+    "broken_flags_on_promises_only",
+    asset=OUTCOME_MIX_MONTHLY,
+    partitions_def=monthly_partitions,
+    description=(
+        "WARN when attempts flagged is_ptp_broken carry codes the mapping does not class as a "
+        "promise: the broken-promise share does not count them."
+    ),
 )
 
 KPI_RATES_IN_RANGE = dg.AssetCheckSpec(
@@ -139,7 +151,7 @@ KPI_UNMAPPED_SHARE = dg.AssetCheckSpec(
     description=(
         "ERROR when more than "
         f"{UNMAPPED_ERROR_SHARE:.0%} of the month's attempts have outcome codes the mapping does "
-        "not classify: the rates then undercount contacts, RPCs and promises."
+        "not classify: contacts, RPCs and promises are then undercounted."
     ),
 )
 DAILY_RATES_IN_RANGE = dg.AssetCheckSpec(
@@ -258,7 +270,8 @@ def deletions_proven(snapshot: Snapshot) -> dg.AssetCheckResult:
         severity=dg.AssetCheckSeverity.WARN,
         description=(
             f"{snapshot.partition}: {'; '.join(parts)}. None of them was marked deleted; they "
-            "stay live, and counted in the KPIs, until a read proves them gone"
+            "stay live (the active ones counted as attempts in the KPIs) until a read proves "
+            "them gone"
             if parts
             else None
         ),
@@ -360,23 +373,58 @@ def only_allowlisted_columns(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckRes
 
 def unmapped_outcome_codes(con: duckdb.DuckDBPyConnection, month: object) -> dg.AssetCheckResult:
     from d23_pipeline.warehouse import sql
+
+    return _codes_warning(
+        UNMAPPED_OUTCOMES,
+        con,
+        sql.UNMAPPED_OUTCOMES,
+        {"month": month},
+        found="codes the outcome mapping does not classify, with their attempts",
+        advice="counted as attempts only. Add them to the mapping file (D23_OUTCOME_MAPPING) "
+        "and re-materialize the month",
+        metadata_key="unmapped_codes",
+    )
+
+
+def broken_flags_on_promises_only(
+    con: duckdb.DuckDBPyConnection, since: datetime, until: datetime
+) -> dg.AssetCheckResult:
+    from d23_pipeline.warehouse import sql
+
+    return _codes_warning(
+        BROKEN_FLAGS_OUTSIDE_PROMISES,
+        con,
+        sql.BROKEN_FLAGS_OUTSIDE_PROMISES,
+        {"since": since, "until": until},
+        found="attempts flagged is_ptp_broken under codes not classed as a promise",
+        advice="the broken-promise share does not count them. If a code is a promise, class it "
+        "so in the mapping file (D23_OUTCOME_MAPPING) and re-materialize the month",
+        metadata_key="broken_flags_outside_promises",
+    )
+
+
+def _codes_warning(
+    spec: dg.AssetCheckSpec,
+    con: duckdb.DuckDBPyConnection,
+    statement: str,
+    params: dict[str, Any],
+    *,
+    found: str,
+    advice: str,
+    metadata_key: str,
+) -> dg.AssetCheckResult:
+    """WARN naming the codes ``statement`` finds, with their attempts (ten in the text)."""
     from d23_pipeline.warehouse.store import execute
 
-    unmapped = execute(con, sql.UNMAPPED_OUTCOMES, {"month": month}).fetchall()
-    codes = ", ".join(f"{code} {n:,}" for code, n in unmapped[:10])
-    more = f" and {len(unmapped) - 10} more" if len(unmapped) > 10 else ""
+    rows = execute(con, statement, params).fetchall()
+    codes = ", ".join(f"{code} {n:,}" for code, n in rows[:10])
+    more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
     return _result(
-        UNMAPPED_OUTCOMES,
-        passed=not unmapped,
+        spec,
+        passed=not rows,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            f"codes the outcome mapping does not classify, with their attempts: {codes}{more}; "
-            "counted as attempts only. Add them to the mapping file (D23_OUTCOME_MAPPING) and "
-            "re-materialize the month"
-            if unmapped
-            else None
-        ),
-        metadata={"unmapped_codes": _listed(f"{code}: {n:,}" for code, n in unmapped)},
+        description=f"{found}: {codes}{more}; {advice}" if rows else None,
+        metadata={metadata_key: _listed(f"{code}: {n:,}" for code, n in rows)},
     )
 
 
@@ -450,7 +498,9 @@ def kpi_unmapped_share(attempts: int, unmapped_attempts: int) -> dg.AssetCheckRe
         else (
             f"{unmapped_attempts:,} of the month's {attempts:,} attempts ({share:.2%}) have "
             f"outcome codes the mapping does not classify, more than {UNMAPPED_ERROR_SHARE:.0%}: "
-            "its contact, RPC, PTP and refusal rates undercount. The codes are in the "
+            "its contact rate, RPC rate and PTP per attempt undercount, and the rates over RPCs "
+            "or promises (PTP per RPC, refusal rate, broken-promise share) may be off either "
+            "way. The codes are in the "
             "unmapped_outcome_codes check of d23/outcome_mix_monthly; add them to the mapping "
             "file (D23_OUTCOME_MAPPING) and re-materialize the month"
         ),

@@ -604,6 +604,15 @@ WHERE month = CAST($month AS DATE) AND NOT is_mapped
 GROUP BY outcome_option
 ORDER BY attempts DESC, outcome_option
 """
+# The attempts the outcome mix counts, flagged broken under a code not classed as a promise:
+# the broken-promise share leaves them out (needs the session's outcome_classes).
+BROKEN_FLAGS_OUTSIDE_PROMISES = f"""
+SELECT outcome_option, count(*) AS attempts
+FROM ({_CLASSIFIED_LOGS})
+WHERE is_ptp_broken AND NOT is_promise
+GROUP BY outcome_option
+ORDER BY attempts DESC, outcome_option
+"""
 
 # --- KPI checks --------------------------------------------------------------------------------
 
@@ -806,7 +815,8 @@ GROUP BY ALL
 ORDER BY month, attempts DESC, outcome_option
 """
 DELETIONS_PENDING_ALL = """
-SELECT p._partition AS partition, p.reason, count(*) AS rows, max(p.read_at) AS read_at
+SELECT p._partition AS partition, p.reason, count(*) AS rows,
+    count(*) FILTER (WHERE l.is_active) AS attempts, max(p.read_at) AS read_at
 FROM d23.deletions_pending AS p
 JOIN d23.logs AS l
   ON l.public_id = p.public_id AND l._partition = p._partition AND l._deleted_at IS NULL

@@ -39,7 +39,7 @@ def _month(context: dg.AssetExecutionContext):
 @dg.asset(
     key=keys.OUTCOME_MIX_MONTHLY,
     deps=[keys.LOGS],
-    check_specs=[checks.UNMAPPED_OUTCOMES],
+    check_specs=[checks.UNMAPPED_OUTCOMES, checks.BROKEN_FLAGS_OUTSIDE_PROMISES],
     description=(
         "Table d23.outcome_mix_monthly: attempts per month x communication_type x "
         "interaction_source x outcome_option, with each code's outcome class.\n" + KPI_DEFINITIONS
@@ -71,7 +71,10 @@ def outcome_mix_monthly(
         mix = fetch_dicts(con, sql.OUTCOME_MIX_FOR_MONTH, {"month": month})
         by_outcome = fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
         schema = schema_from_table(con, "outcome_mix_monthly")
-        check = checks.unmapped_outcome_codes(con, month)
+        check_results = [
+            checks.unmapped_outcome_codes(con, month),
+            checks.broken_flags_on_promises_only(con, window.start, window.end),
+        ]
     # No chart of an empty month: drawing nothing would still load matplotlib (~30 MB).
     chart = (
         charts.bar_chart(
@@ -92,7 +95,7 @@ def outcome_mix_monthly(
             "preview": dg.MetadataValue.md(markdown_table(mix[:25])),
             **_rebuilt_too(context, also),
         },
-        check_results=[check],
+        check_results=check_results,
     )
 
 
