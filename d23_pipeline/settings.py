@@ -138,7 +138,12 @@ def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
     trailing slash."""
     # Values from env files often carry a trailing newline, which would end up inside every URL.
     value = value.strip()
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # brackets read as an IPv6 host, quoted in urlsplit's message
+        raise SettingsError(
+            f"{name} is not a valid URL (brackets must hold an IPv6 host)"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(
             f"{name} must be an http(s) URL such as https://stage-v3-api.cleargrid.ai"

@@ -24,7 +24,7 @@ from d23_pipeline.client import (
     WindowTooHeavyError,
 )
 from d23_pipeline.client.retry import (
-    WITHHELD_REQUEST_ID,
+    WITHHELD,
     _connection_failure,
     shown_request_id,
 )
@@ -35,6 +35,7 @@ PASSWORD = "PW-SECRET-e1f2"
 # Every token the simulator issues, access or refresh, is a JWT that starts with this header.
 TOKEN_HEADER = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
 HELD = "HELD-SECRET-9a8b"
+LENDER_ID = "3f1c9a52-7b4e-4d0a-9c61-2e8f5b7d4a10"
 SECRETS = (PASSWORD, TOKEN_HEADER, HELD, "SECRET")
 
 
@@ -89,9 +90,20 @@ def _scripted(answer: SimResponse | Drop, auth: bool = False) -> Callable[[Simul
 
 
 _LOOP_PAGE = SimResponse.from_json({"body": {"rows": [], "pagination": {"nextCursor": "c"}}})
+# Answers whose own words echo what the request carried: a key named more than once, a content
+# type, a lender id.
+_ECHOED_KEY = SimResponse(
+    200,
+    {"Content-Type": "application/json"},
+    b'{"body": {"rows": [], "pagination": {"nextCursor": null}, '
+    + f'"{TOKEN_HEADER}": 1, "{TOKEN_HEADER}": 2'.encode()
+    + b"}}",
+)
+_ECHOED_CONTENT_TYPE = SimResponse(200, {"Content-Type": f"text/x-echo Bearer {TOKEN_HEADER}"})
+_ECHOED_LENDER_ID = SimResponse.from_json({"token": "tok-abcdef", "lenderPublicId": PASSWORD})
 # A login answer whose token no HTTP header can carry (httpx's error would hold the header).
 _UNSENDABLE_TOKEN = SimResponse.from_json(
-    {"token": f"{TOKEN_HEADER}.SECRET\u2019", "lenderPublicId": "0000-uuid"}
+    {"token": f"{TOKEN_HEADER}.SECRET\u2019", "lenderPublicId": LENDER_ID}
 )
 
 SCENARIOS: list[tuple[str, Callable[[Simulator], None], type[ExportsApiError]]] = [
@@ -117,6 +129,10 @@ SCENARIOS: list[tuple[str, Callable[[Simulator], None], type[ExportsApiError]]] 
     ("401 forever, X-Request-Id = the token",
      _with(_scripted(SimResponse(401, {"X-Request-Id": f"gw-{TOKEN_HEADER}"}))),
      AuthenticationError),
+    ("a key named twice = the token", _with(_scripted(_ECHOED_KEY)), ProtocolError),
+    ("Content-Type = the token", _with(_scripted(_ECHOED_CONTENT_TYPE)), ProtocolError),
+    ("login answer, lenderPublicId = the password",
+     _with(_scripted(_ECHOED_LENDER_ID, auth=True)), ProtocolError),
     ("500s, X-Request-Id = the token, no body",
      _with(_scripted(SimResponse(500, {"X-Request-Id": f"{TOKEN_HEADER}.x"}))),
      RetriesExhaustedError),
@@ -164,7 +180,7 @@ def test_a_login_token_with_a_space_at_an_end_is_refused_before_it_is_sent(
     caplog.set_level(logging.DEBUG)
     sim = simulator([row(n, T0 + timedelta(minutes=n)) for n in range(3)])
     sim.script(
-        SimResponse.from_json({"token": token, "lenderPublicId": "0000-uuid"}), times=99, auth=True
+        SimResponse.from_json({"token": token, "lenderPublicId": LENDER_ID}), times=99, auth=True
     )
     config = sim.config
     credentials = LoginCredentials(config.lender_slug, config.email, config.password)
@@ -178,6 +194,64 @@ def test_a_login_token_with_a_space_at_an_end_is_refused_before_it_is_sent(
         [str(caught.value), repr(caught.value), *traceback.format_exception(caught.value)]
     )
     assert "SECRET" not in shown and "SECRET" not in caplog.text
+
+
+def test_a_malformed_answer_quoting_the_token_is_reported_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Over a real socket: h11 refuses a header line without a colon in an error quoting it.
+    # httpcore's own DEBUG trace quotes it too; no instance file or run turns that on.
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="d23_pipeline")
+    sim = simulator([row(n, T0 + timedelta(minutes=n)) for n in range(3)])
+    sim.script(SimResponse(502, {"X-Upstream Request": f"Authorization: Bearer {HELD}"}), times=99)
+    with serve(sim) as url:
+        reader = ExportsClient(
+            url,
+            TokenCredentials(sim.lender_public_id, HELD),
+            retry=RetryPolicy(max_attempts=2),
+            sleep=lambda s: None,
+        )
+        with reader, pytest.raises(RetriesExhaustedError) as caught:
+            _walk(reader)
+    shown = "\n".join(
+        [str(caught.value), repr(caught.value), *traceback.format_exception(caught.value)]
+    )
+    assert "RemoteProtocolError" in shown  # what went wrong is still said
+    assert HELD not in shown and HELD not in caplog.text
+
+
+def test_an_answer_naming_many_keys_twice_gives_a_short_error() -> None:
+    keys = ", ".join(
+        f'"{name}": 1, "{name}": 2' for name in (f"k{n:03}" + "x" * 2_000 for n in range(500))
+    )
+    body = b'{"body": {"rows": [], "pagination": {"nextCursor": null}, ' + keys.encode() + b"}}"
+    sim = simulator([])
+    sim.script(SimResponse(200, {"Content-Type": "application/json"}, body), times=99)
+
+    with client(sim) as reader, pytest.raises(ProtocolError) as caught:
+        _walk(reader)
+
+    assert len(str(caught.value)) < 1_000
+    assert "names 'k000xxxxxx" in str(caught.value) and "and 495 more" in str(caught.value)
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["export", "login"])
+def test_a_redirect_is_not_followed_so_no_credential_goes_to_another_host(auth: bool) -> None:
+    sim = simulator([row(n, T0 + timedelta(minutes=n)) for n in range(3)])
+    elsewhere = "https://elsewhere.test/collect"
+    sim.script(SimResponse(307, {"Location": elsewhere}), times=99, auth=auth)
+    inner, hosts = sim.transport(), []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        return inner.handle_request(request)
+
+    with pytest.raises(ExportsApiError):
+        with client(sim, transport=httpx.MockTransport(recording)) as reader:
+            _walk(reader)
+
+    assert hosts and set(hosts) == {"api.test"}
 
 
 def test_a_request_httpx_refuses_to_send_is_named_without_its_headers() -> None:
@@ -194,7 +268,7 @@ def test_a_request_id_is_shown_printable_and_cut_and_withheld_when_it_echoes_a_c
     forged = "req-1\n2026-12-03 INFO d23_pipeline.client: all good" + "x" * 200
     shown = shown_request_id(forged, answer)
     assert shown == forged.replace("\n", "?")[:100] + "..."  # no forged log line, 100 kept
-    assert shown_request_id(f"id-{PASSWORD[-8:]}", answer) == WITHHELD_REQUEST_ID
+    assert shown_request_id(f"id-{PASSWORD[-8:]}", answer) == WITHHELD
     assert shown_request_id(f"id-{PASSWORD[-7:]}", answer) == f"id-{PASSWORD[-7:]}"
     assert shown_request_id("req-7f3a", httpx.Response(500)) == "req-7f3a"  # no request known
     # A credential of a few characters is in ids by chance, not by echo.

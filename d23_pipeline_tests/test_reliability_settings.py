@@ -143,6 +143,9 @@ def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> Non
         # An empty query: the paths appended to it became its query, and login failed with 404.
         ({"api_url": "http://127.0.0.1:8000?", **LOGIN}, "D23_API_URL"),
         ({"api_url": "https://h.example:0", **LOGIN}, "D23_API_URL"),
+        # Brackets are an IPv6 host to urlsplit, which quotes what is between them.
+        ({"api_url": "https://d23:Pw[SECRET-part]x@h.example", **LOGIN}, "D23_API_URL"),
+        ({"api_url": "https://[SECRET-part]", **LOGIN}, "D23_API_URL"),
     ],
     ids=[
         "no-url",
@@ -159,11 +162,14 @@ def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> Non
         "url-with-bad-port",
         "url-with-empty-query",
         "url-with-port-0",
+        "url-with-brackets-in-user-info",
+        "url-with-a-bracketed-host",
     ],
 )
 def test_missing_or_malformed_connection_setting_fails_naming_it(fields: dict, name: str) -> None:
-    with pytest.raises(SettingsError, match=name):
+    with pytest.raises(SettingsError, match=name) as caught:
         ExportsApiResource(**fields).connection()
+    assert "SECRET" not in str(caught.value)
 
 
 def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_token() -> None:

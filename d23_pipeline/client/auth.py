@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -162,6 +163,8 @@ class TokenManager:
             raise ProtocolError("the login answer has no token or lenderPublicId", path=path)
         if not fits_a_header(token):
             raise ProtocolError("the login answer's token is not printable ASCII", path=path)
+        if not _is_uuid(lender_id):  # it goes into every path and log line: not quoted here
+            raise ProtocolError("the login answer's lenderPublicId is not a UUID", path=path)
         self._token = token
         self._refresh_token = refresh if isinstance(refresh, str) and refresh else None
         self._lender_public_id = lender_id
@@ -182,3 +185,11 @@ class TokenManager:
         self._generation += 1
         self._stats.add("token_refreshes")
         log.info("refreshed the API token after a 401")
+
+
+def _is_uuid(value: str) -> bool:
+    """The contract's ``lenderPublicId``: a UUID in its usual 36-character form."""
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False

@@ -175,6 +175,9 @@ class ExportsClient:
                 transport=transport,
                 # A host that drops our SYNs (a wrong address, a firewall) is known in seconds; a
                 # page may take a minute.
+                # httpx's default, pinned: a redirect to another host would take the token
+                # (or, at login, the password) with it.
+                follow_redirects=False,
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
                 limits=httpx.Limits(
                     max_connections=connections, max_keepalive_connections=connections

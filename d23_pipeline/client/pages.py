@@ -13,7 +13,13 @@ import httpx
 import pyarrow as pa
 
 from d23_pipeline.client.completeness import MAX_COUNT, WindowTotal
-from d23_pipeline.client.retry import Transient, decode_json, request_id_of
+from d23_pipeline.client.retry import (
+    Transient,
+    decode_json,
+    request_id_of,
+    request_of,
+    shown_server_text,
+)
 from d23_pipeline.schema import (
     RejectedRow,
     RepeatedKeys,
@@ -26,6 +32,10 @@ from d23_pipeline.schema import (
 )
 
 PairsHook = Callable[[list[tuple[str, Any]]], Any]
+# A body naming keys more than once is reported with the first few, each cut: the names are the
+# server's text, and 500 keys of 2 KB had made a 1 MB error, logged again on every retry.
+_KEYS_NAMED = 5
+_KEY_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -125,8 +135,11 @@ def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
         raise _bad_body(response, "no body.pagination.nextCursor")
     for name, part in (("body", body), ("body.pagination", pagination)):
         if isinstance(part, RepeatedKeys):  # which rows, or which cursor, is unknown
-            names = ", ".join(ascii(k) for k in sorted(part.repeated))
-            raise _bad_body(response, f"{name} names {names} more than once")
+            repeated = sorted(part.repeated)
+            names = ", ".join(ascii(k)[:_KEY_CHARS] for k in repeated[:_KEYS_NAMED])
+            more = f" and {len(repeated) - _KEYS_NAMED} more" * (len(repeated) > _KEYS_NAMED)
+            shown = shown_server_text(names, request_of(response), _KEYS_NAMED * (_KEY_CHARS + 2))
+            raise _bad_body(response, f"{name} names {shown}{more} more than once")
     cursor = pagination["nextCursor"]
     if cursor is not None and not (isinstance(cursor, str) and cursor):
         raise _bad_body(response, "nextCursor is neither a cursor string nor null")

@@ -121,33 +121,48 @@ def request_id_of(response: httpx.Response) -> str | None:
     return shown_request_id(request_id, response)
 
 
-# The id is the server's text, shown in errors and the run log: a server (or a gateway) that
-# echoes what it was sent there must not carry a credential into them, even in part.
+# The server's own text (a request id, a key or content type it sent, a protocol error quoting
+# its bytes) is shown in errors and the run log: a server (or a gateway) that echoes what it was
+# sent there must not carry a credential into them, even in part, nor flood them.
 _REQUEST_ID_MAX_CHARS = 100
 _ECHO_CHARS = 8
 _SHORTEST_ECHO = 4
-WITHHELD_REQUEST_ID = "(withheld: it repeats a credential the request carried)"
+WITHHELD = "(withheld: it repeats a credential the request carried)"
 
 
 def shown_request_id(request_id: str | None, response: httpx.Response) -> str | None:
-    """``request_id`` withheld if it holds 8 characters in a row (or the whole, from 4) of a
-    credential ``response``'s request carried: its bearer token, or a string its JSON body sent
-    (password, refresh token); else printable and at most 100 characters."""
+    """``request_id`` as :func:`shown_server_text` shows it, at most 100 characters."""
     if request_id is None:
         return None
-    for secret in _credentials_sent(response):
+    return shown_server_text(request_id, request_of(response), _REQUEST_ID_MAX_CHARS)
+
+
+def shown_server_text(text: str, request: httpx.Request | None, max_chars: int) -> str:
+    """``text`` withheld if it holds 8 characters in a row (or the whole, from 4) of a credential
+    ``request`` carried: its bearer token, or a string its JSON body sent (password, refresh
+    token); else printable and at most ``max_chars`` characters."""
+    for secret in _credentials_sent(request):
         width = min(len(secret), _ECHO_CHARS)
-        if any(secret[i : i + width] in request_id for i in range(len(secret) - width + 1)):
-            return WITHHELD_REQUEST_ID
-    shown = "".join(c if c.isprintable() else "?" for c in request_id[:_REQUEST_ID_MAX_CHARS])
-    return shown + ("..." if len(request_id) > _REQUEST_ID_MAX_CHARS else "")
+        if any(secret[i : i + width] in text for i in range(len(secret) - width + 1)):
+            return WITHHELD
+    shown = "".join(c if c.isprintable() else "?" for c in text[:max_chars])
+    return shown + ("..." if len(text) > max_chars else "")
 
 
-def _credentials_sent(response: httpx.Response) -> list[str]:
+def request_of(response: httpx.Response) -> httpx.Request | None:
+    """The request ``response`` answered, if it was built with one."""
     try:
-        request = response.request
+        return response.request
+    except RuntimeError:  # a response built without its request
+        return None
+
+
+def _credentials_sent(request: httpx.Request | None) -> list[str]:
+    if request is None:
+        return []
+    try:
         body = orjson.loads(request.content) if request.content else None
-    except (RuntimeError, orjson.JSONDecodeError):  # a response built without its request
+    except orjson.JSONDecodeError:
         return []
     _, _, token = request.headers.get("authorization", "").partition(" ")
     sent = [token]
@@ -194,16 +209,18 @@ _USERINFO = re.compile(r"//[^/\s]*@")  # up to the last @: a password may hold o
 
 def _connection_failure(exc: httpx.TransportError) -> str:
     """The error's kind and the socket's or TLS layer's own words (name not resolved, refused,
-    certificate), which tell the operator what to fix; never a header, and no URL's userinfo."""
+    certificate), which tell the operator what to fix; never a header, and no URL's userinfo.
+    A protocol error quotes the server's bytes: shown only as :func:`shown_server_text` allows."""
     if isinstance(exc, httpx.LocalProtocolError):  # our own request refused: it quotes it
         return type(exc).__name__
-    reason = _USERINFO.sub("//***@", str(exc))[:200]
-    failure = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
     try:
-        host = exc.request.url.host  # a mistyped D23_API_URL shows here; settings refuse userinfo
+        request: httpx.Request | None = exc.request
     except RuntimeError:  # an error raised without its request
-        return failure
-    return f"{failure} [host {host}]"
+        request = None
+    reason = shown_server_text(_USERINFO.sub("//***@", str(exc)), request, 200)
+    failure = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    # A mistyped D23_API_URL shows here; settings refuse userinfo.
+    return failure if request is None else f"{failure} [host {request.url.host}]"
 
 
 class OversizedInt:
@@ -243,7 +260,8 @@ def decode_json(
         text = content.decode(json.detect_encoding(content), "surrogateescape")  # a BOM, UTF-16
         return json.loads(text, parse_int=_parse_int, object_pairs_hook=object_pairs_hook)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
-        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        content_type = response.headers.get("content-type", "no content type").split(";")[0]
+        kind = shown_server_text(content_type, request_of(response), 64)
         raise Transient(
             "bad_body",
             status=response.status_code,
