@@ -66,7 +66,9 @@ def test_a_notebook_reads_whatever_settings_only_the_pipeline_uses_say(
     assert load_outcome_tables().kpis_monthly["attempts"].tolist() == [5]
 
 
-def test_a_run_holding_the_warehouse_gives_a_clear_error_not_a_hang(data_dir: Path) -> None:
+def test_a_run_holding_the_warehouse_gives_a_clear_error_not_a_hang(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # A pipeline step in another process, holding the lock while it writes.
     holder = subprocess.Popen(
         [sys.executable, "-c",
@@ -81,6 +83,12 @@ def test_a_run_holding_the_warehouse_gives_a_clear_error_not_a_hang(data_dir: Pa
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(WarehouseBusyError, match="being written by a pipeline run"):
             load_outcome_tables(data_dir, wait_s=0.5)
+        # A run's writing step behind it waits, says so, and fails with the same error.
+        busy = "being written by a pipeline run .* for more than 0.5 s"
+        step = Warehouse(data_dir / "warehouse.duckdb", lock_timeout_s=0.5)
+        with pytest.raises(WarehouseBusyError, match=busy), step.connect():
+            pass
+        assert "held by another process of the pipeline" in caplog.text
     finally:
         holder.kill()
         holder.wait()

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from filelock import Timeout
 
 from d23_pipeline.settings import read_data_dir, validate_warehouse
 from d23_pipeline.warehouse import sql
@@ -30,6 +29,9 @@ from d23_pipeline.warehouse.store import (
     WarehouseBusyError,
     transaction,
 )
+
+# What a notebook imports: the loader, and the error it raises while a run writes.
+__all__ = ["DEFAULT_WAIT_S", "OutcomeTables", "WarehouseBusyError", "load_outcome_tables"]
 
 # A run holds the warehouse for seconds per step; a notebook should say so rather than hang.
 DEFAULT_WAIT_S = 10.0
@@ -71,10 +73,4 @@ def load_outcome_tables(
         raise FileNotFoundError(
             f"no warehouse at {path}: materialize a month first, or pass the D23_DATA_DIR in use"
         )
-    try:
-        return _read(Warehouse(path, lock_timeout_s=wait_s))
-    except Timeout:
-        raise WarehouseBusyError(
-            f"{path} is being written by a pipeline run (it held {path.name}.lock for more than "
-            f"{wait_s:g} s); try again when the run's warehouse steps have finished"
-        ) from None
+    return _read(Warehouse(path, lock_timeout_s=wait_s))

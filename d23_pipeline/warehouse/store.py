@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import Snapshot, StaleReject
@@ -128,7 +128,7 @@ class Warehouse:
     @contextmanager
     def _our_lock(self, read_only: bool) -> Iterator[None]:
         try:
-            self._lock.acquire()
+            self._acquire_our_lock()
         except OSError as exc:
             # A reader that cannot open the lock file for writing (an analyst's read-only share
             # or mount) reads without it: DuckDB's own lock still keeps it off a file being
@@ -143,6 +143,27 @@ class Warehouse:
         finally:
             if locked:
                 self._lock.release()
+
+    def _acquire_our_lock(self) -> None:
+        """Take the pipeline's own lock, saying so when another run's step holds it."""
+        try:
+            self._lock.acquire(timeout=0)
+            return
+        except Timeout:
+            log.warning(
+                "%s is held by another process of the pipeline (a run's warehouse step); "
+                "waiting up to %g s for it to finish",
+                self.path,
+                self.lock_timeout_s,
+            )
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise WarehouseBusyError(
+                f"{self.path} is being written by a pipeline run (it held {self.path.name}.lock "
+                f"for more than {self.lock_timeout_s:g} s); try again when the run's warehouse "
+                "steps have finished"
+            ) from None
 
     def _open(self, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
         """Connect, waiting until ``deadline`` for a process that holds DuckDB's own lock without
