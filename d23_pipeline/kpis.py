@@ -21,6 +21,8 @@ RPCS = Count("rpcs", "right-party contacts")
 PROMISES = Count("promises", "promises to pay")
 REFUSALS = Count("refusals", "refusals")
 BROKEN_PROMISES = Count("broken_promises", "promises with `is_ptp_broken`")
+# In the KPI tables' column order.
+COUNTS = (ATTEMPTS, CONTACTS, RPCS, PROMISES, REFUSALS, BROKEN_PROMISES)
 
 
 @dataclass(frozen=True)

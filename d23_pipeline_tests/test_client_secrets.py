@@ -247,9 +247,9 @@ def test_a_redirect_is_not_followed_so_no_credential_goes_to_another_host(auth: 
         hosts.append(request.url.host)
         return inner.handle_request(request)
 
-    with pytest.raises(ExportsApiError):
-        with client(sim, transport=httpx.MockTransport(recording)) as reader:
-            _walk(reader)
+    reader = client(sim, transport=httpx.MockTransport(recording))
+    with pytest.raises(ExportsApiError), reader:
+        _walk(reader)
 
     assert hosts and set(hosts) == {"api.test"}
 

@@ -151,7 +151,8 @@ KPI_UNMAPPED_SHARE = dg.AssetCheckSpec(
     description=(
         "ERROR when more than "
         f"{UNMAPPED_ERROR_SHARE:.0%} of the month's attempts have outcome codes the mapping does "
-        "not classify: contacts, RPCs and promises are then undercounted."
+        "not classify: its contact rate, RPC rate and PTP per attempt then undercount, and the "
+        "rates over RPCs or promises may be off either way."
     ),
 )
 DAILY_RATES_IN_RANGE = dg.AssetCheckSpec(
@@ -473,8 +474,8 @@ def kpi_attempts_match_mix(con: duckdb.DuckDBPyConnection, month: object) -> dg.
         KPI_ATTEMPTS_MATCH_MIX,
         passed=kpi_attempts == mix_attempts or rebuild_due,
         description=(
-            "the month's KPIs are due for a rebuild from its rebuilt outcome mix (rows of it "
-            "moved to another month); that month's KPI step does it"
+            "the month's KPIs are due for a rebuild from its rebuilt outcome mix (a merge of "
+            "another month changed its rows); that month's KPI step does it"
             if rebuild_due and kpi_attempts != mix_attempts
             else None
         ),

@@ -1,6 +1,6 @@
 """Every SQL statement the pipeline runs, in one place. Values always travel as parameters."""
 
-from d23_pipeline.kpis import KPIS
+from d23_pipeline.kpis import COUNTS, KPI_NAMES, KPIS
 from d23_pipeline.schema import BOOL_FIELDS, D23_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
 
 SESSION_SETUP = "SET TimeZone = 'UTC'"
@@ -9,9 +9,7 @@ COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
 
 # The counts and rates of the two KPI tables (see _kpi_select); the rates are d23_pipeline.kpis'.
-_KPI_COUNTS = (
-    "attempts", "contacts", "rpcs", "promises", "refusals", "broken_promises", "unmapped_attempts"
-)  # fmt: skip
+_KPI_COUNTS = (*(count.column for count in COUNTS), "unmapped_attempts")
 _KPI_COLUMNS = ",\n".join(
     [f"    {count:<20} BIGINT NOT NULL" for count in _KPI_COUNTS]
     + [f"    {kpi.name:<20} DOUBLE" for kpi in KPIS]
@@ -624,7 +622,7 @@ def _rates_out_of_range(key: str, rows: str) -> str:
 SELECT {key}, name, rate
 FROM (
     UNPIVOT ({rows})
-    ON contact_rate, rpc_rate, ptp_per_rpc, ptp_per_attempt, refusal_rate, broken_promise_share
+    ON {", ".join(KPI_NAMES)}
     INTO NAME name VALUE rate
 )
 WHERE rate < 0 OR rate > 1

@@ -150,12 +150,14 @@ def outcome_kpis_monthly(
 
 
 def _rebuilt_too(context: dg.AssetExecutionContext, months: list) -> dict[str, str]:
-    """Metadata (and a log line) for other months rebuilt because this run's merge changed
-    their rows: rows whose communicated_at moved into this month, or that came back there."""
+    """Metadata (and a log line) for other months rebuilt because a merge, this run's or an
+    earlier one whose outcome steps did not run, changed their rows (d23.mix_rebuilds_due)."""
     if not months:
         return {}
     names = ", ".join(f"{m:%Y-%m}" for m in months)
-    context.log.info(f"also rebuilt {names}: this month's merge changed rows counted there")
+    context.log.info(
+        f"also rebuilt {names}: a merge changed rows counted there (d23.mix_rebuilds_due)"
+    )
     return {"months_rebuilt_too": names}
 
 
