@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -74,16 +72,6 @@ class Timing:
     def __str__(self) -> str:
         spread = f"{min(self.runs):.2f}-{max(self.runs):.2f}"
         return f"median {self.median:.2f} s over {len(self.runs)} runs ({spread})"
-
-
-def timed(run: Callable[[], object], repeats: int) -> Timing:
-    """Wall time of ``run()`` ``repeats`` times."""
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        runs.append(time.perf_counter() - started)
-    return Timing(runs)
 
 
 def machine() -> str:

@@ -33,14 +33,18 @@ from d23_pipeline.client.session import ExportsSession, GatewayTimeout
 from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedule
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.walk import ReadOn, WidthHint, WindowWalk
-from d23_pipeline.client.windows import Window
+from d23_pipeline.client.windows import ONE_MS, Window
 from d23_pipeline.schema import RejectedRow
-from d23_pipeline.settings import Credentials
+from d23_pipeline.settings import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PAGE_LIMIT,
+    DEFAULT_SLICE_HOURS,
+    Credentials,
+)
 
 log = logging.getLogger("d23_pipeline.client")
 
 _MAX_API_LIMIT = 1000
-_MS = timedelta(milliseconds=1)
 # Slices are walked by one more worker than there are requests in flight: while a worker parses
 # its page and hands it over (~3-10 ms a page, more on a busy machine), the spare one takes the
 # slot it freed, so the API sees ``max_concurrency`` requests at all times. A second spare
@@ -132,9 +136,9 @@ class ExportsClient:
         base_url: str,
         credentials: Credentials,
         *,
-        page_limit: int = 500,
-        max_concurrency: int = 4,
-        slice_size: timedelta = timedelta(days=1),
+        page_limit: int = DEFAULT_PAGE_LIMIT,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        slice_size: timedelta = timedelta(hours=DEFAULT_SLICE_HOURS),
         min_window: timedelta = timedelta(minutes=15),
         max_window: timedelta | None = None,
         min_page_limit: int = 50,
@@ -157,7 +161,7 @@ class ExportsClient:
             )
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1 (got {max_concurrency})")
-        if min_window < _MS or slice_size < min_window:
+        if min_window < ONE_MS or slice_size < min_window:
             raise ValueError("need 1 ms <= min_window <= slice_size")
         if slice_reads < 1:
             raise ValueError(f"slice_reads must be at least 1 (got {slice_reads})")
@@ -290,7 +294,7 @@ class ExportsClient:
             return set()
 
         def absent_at(instant: datetime, ids: set[str]) -> set[str]:
-            served = self.served_ids(Window(instant, instant + _MS))
+            served = self.served_ids(Window(instant, instant + ONE_MS))
             return set() if served is None else ids - served
 
         workers = min(self._max_concurrency, len(by_instant))

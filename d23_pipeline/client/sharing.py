@@ -27,7 +27,7 @@ from functools import cached_property
 
 from d23_pipeline.client.completeness import WindowTotal, sum_totals
 from d23_pipeline.client.walk import WindowWalk
-from d23_pipeline.client.windows import Window
+from d23_pipeline.client.windows import ONE_MS, Window
 
 # A walk is split only if it has at least this many pages left: the two halves each end in a
 # part page, so with fewer the split would not shorten the end of the walk. (At 4, workers at
@@ -35,8 +35,6 @@ from d23_pipeline.client.windows import Window
 MIN_PAGES_TO_SPLIT = 2
 # How often a waiting worker looks at the cancel flag.
 _POLL_S = 0.05
-_MS = timedelta(milliseconds=1)
-
 
 @dataclass(frozen=True)
 class ReadAgain:
@@ -250,7 +248,7 @@ class SliceSchedule:
         # it would keep the asker from the walk with the most pages left after it.
         read = part.read
         expected = read.total_before.exact_total
-        if part.rest is None or part.rest.duration < 2 * _MS or expected is None:
+        if part.rest is None or part.rest.duration < 2 * ONE_MS or expected is None:
             return 0.0
         rests = sum(
             (p.rest.duration for p in self._parts if p.read is read and p.rest is not None),

@@ -46,10 +46,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from d23_pipeline.client.errors import CursorLoopError, WindowTooHeavyError
-from d23_pipeline.client.windows import Window
+from d23_pipeline.client.windows import ONE_MS, Window
 from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
-
-_MS = timedelta(milliseconds=1)
 
 
 class WidthHint:
@@ -76,7 +74,7 @@ class WidthHint:
         ceiling to half of it, so one passing hiccup does not narrow a whole month."""
         with self._lock:
             if any(seen >= width for seen in self._failed):
-                narrower = max(self._min_window, (width // 2 // _MS) * _MS)
+                narrower = max(self._min_window, (width // 2 // ONE_MS) * ONE_MS)
                 if self._ceiling is None or narrower < self._ceiling:
                     self._ceiling = narrower
             self._failed.append(width)
@@ -406,7 +404,7 @@ class WindowWalk:
         # rest from the next millisecond: a walk that starts past the point where the API ended
         # it does not meet that point again.
         edge = parse_timestamp(self._edge)
-        following = edge + _MS
+        following = edge + ONE_MS
         if following < part.window.until:
             self._read_again_in([Window(edge, following), Window(following, part.window.until)])
         else:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from d23_pipeline.schema import format_timestamp
 
-_MS = timedelta(milliseconds=1)
+ONE_MS = timedelta(milliseconds=1)
 
 
 def _ceil_ms(value: datetime) -> datetime:
@@ -64,7 +64,7 @@ class Window:
 
     def split(self, size: timedelta) -> list[Window]:
         """Consecutive slices of ``size`` covering the window; the last one may be shorter."""
-        if size < _MS:
+        if size < ONE_MS:
             raise ValueError(f"slice size must be at least 1 ms (got {size})")
         slices = []
         start = self.since
@@ -76,9 +76,9 @@ class Window:
 
     def halves(self) -> tuple[Window, Window]:
         """Two windows meeting at the (millisecond-aligned) midpoint."""
-        if self.duration < 2 * _MS:
+        if self.duration < 2 * ONE_MS:
             raise ValueError(f"window {self} is too short to halve")
-        middle = self.since + (self.duration // 2 // _MS) * _MS
+        middle = self.since + (self.duration // 2 // ONE_MS) * ONE_MS
         return Window(self.since, middle), Window(middle, self.until)
 
     def __str__(self) -> str:
