@@ -42,13 +42,13 @@ def _replace(
     params: Mapping[str, Any],
     mix_table: str,
     month: date,
-) -> int:
+) -> None:
     due = {"mix_table": mix_table, "month": month, "built_from": _BUILT_FROM.get(mix_table, "")}
 
-    def replace() -> int:
+    def replace() -> None:
         with transaction(con):
             execute(con, delete, params)
-            written = int(fetch_row(con, insert, params)[0])
+            execute(con, insert, params)
             execute(con, sql.MIX_REBUILD_DONE, due)
             # On DuckLake: conflicts with any other rebuild open at once (see sql.py).
             if fetch_row(con, sql.RECORD_MIX_REBUILD)[0] < 1:
@@ -56,9 +56,8 @@ def _replace(
                     "d23.mix_rebuilds has lost its row: insert one (see CREATE_SCHEMA in "
                     "d23_pipeline/warehouse/sql.py)"
                 )
-            return written
 
-    return retry_on_conflict(replace)
+    retry_on_conflict(replace)
 
 
 def rebuild_months_due(
@@ -81,11 +80,11 @@ def rebuild_outcome_mix_monthly(
     since: datetime,
     until: datetime,
     classes: Mapping[str, OutcomeClass],
-) -> int:
-    """Replace ``month`` in ``d23.outcome_mix_monthly``; returns the rows written."""
+) -> None:
+    """Replace ``month`` in ``d23.outcome_mix_monthly``."""
     load_classes(con, classes)
     params = {"month": month, "since": since, "until": until}
-    return _replace(
+    _replace(
         con,
         sql.DELETE_OUTCOME_MIX_MONTHLY,
         sql.INSERT_OUTCOME_MIX_MONTHLY,
@@ -95,10 +94,10 @@ def rebuild_outcome_mix_monthly(
     )
 
 
-def rebuild_outcome_kpis_monthly(con: duckdb.DuckDBPyConnection, month: date) -> int:
+def rebuild_outcome_kpis_monthly(con: duckdb.DuckDBPyConnection, month: date) -> None:
     """Replace ``month`` in ``d23.outcome_kpis_monthly`` from the month's outcome mix."""
     params = {"month": month}
-    return _replace(
+    _replace(
         con,
         sql.DELETE_OUTCOME_KPIS_MONTHLY,
         sql.INSERT_OUTCOME_KPIS_MONTHLY,
@@ -113,11 +112,11 @@ def rebuild_outcome_mix_daily(
     since: datetime,
     until: datetime,
     classes: Mapping[str, OutcomeClass],
-) -> int:
+) -> None:
     """Replace the days of ``[since, until)`` in ``d23.outcome_mix_daily``."""
     load_classes(con, classes)
     params = {"since": since, "until": until}
-    return _replace(
+    _replace(
         con,
         sql.DELETE_OUTCOME_MIX_DAILY,
         sql.INSERT_OUTCOME_MIX_DAILY,
