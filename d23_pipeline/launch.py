@@ -130,14 +130,9 @@ def _guide(env: dict[str, str], ui_port: int = 3000) -> str:
     last = months_up_to(datetime.now(UTC).date(), 1)[0]
     ui = f"http://127.0.0.1:{ui_port}"
     url = "" if ui == DEFAULT_URL else f" --url {ui}"
-    backfill = (
-        f"Backfill months {first} to {last}: "
-        f".venv/bin/python -m d23_pipeline.backfill {first} {last}{url}"
-        if first <= last  # YYYY-MM strings sort as months do
-        else f"No month to backfill yet: D23_START_MONTH ({first}) is after this month ({last})"
-    )
     return (
-        f"{backfill}\n"
+        f"Backfill months {first} to {last}: "
+        f".venv/bin/python -m d23_pipeline.backfill {first} {last}{url}\n"
         f"Dashboard (rebuilt by every run; open it in a browser): "
         f"{options.dashboard_path.resolve()}"
     )

@@ -11,12 +11,12 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
-from d23_pipeline.months import is_month
+from d23_pipeline.months import is_month, month_index, month_of
 
 
 class SettingsError(ValueError):
@@ -184,6 +184,18 @@ def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
     return value
 
 
+def _start_month(env: Mapping[str, str]) -> str:
+    month = validate_month(env.get("D23_START_MONTH", "").strip() or DEFAULT_START_MONTH)
+    # Dagster would still offer a month that has not begun as the one partition (a month
+    # later, none), and a read of it lands an empty month as complete.
+    current = month_of(datetime.now(UTC))
+    if month_index(month) > month_index(current):
+        raise SettingsError(
+            f"D23_START_MONTH {month} has not begun: use a month up to the current one ({current})"
+        )
+    return month
+
+
 def validate_timezone(value: str, name: str = "D23_REPORT_TIMEZONE") -> str:
     """An IANA time zone name such as ``Europe/Berlin``."""
     # The zone database's names, not any file ZoneInfo opens: 'localtime', 'posixrules',
@@ -223,16 +235,19 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
     return backend, data_path if "://" in data_path else str(Path(data_path).resolve())
 
 
-_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+# ASCII digits only: int() and float() would also take other scripts' digits and underscores
+# ('１０', '1_000', '1_0e-1' is 1.0). At most 9 digits: a longer one is a typo, and int()
+# refuses past 4,300 in an error that names no setting.
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,9}")
+_DECIMAL = re.compile(r"[+]?([0-9]{1,9}(\.[0-9]{0,9})?|\.[0-9]{1,9})([eE][+-]?[0-9]{1,3})?")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    # int() would also take other scripts' digits and underscores: '１０', '1_000'.
     if not _WHOLE_NUMBER.fullmatch(raw):
-        raise SettingsError(f"{name} must be a whole number (got {raw!r})")
+        raise SettingsError(f"{name} must be a whole number (got {raw[:40]!r})")
     value = int(raw)
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high} (got {value})")
@@ -258,10 +273,9 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number between 0 and 1 (got {raw!r})") from None
+    if not _DECIMAL.fullmatch(raw):
+        raise SettingsError(f"{name} must be a number between 0 and 1 (got {raw[:40]!r})")
+    value = float(raw)
     if not 0.0 <= value <= 1.0:
         raise SettingsError(f"{name} must be between 0 and 1 (got {value})")
     return value
@@ -310,7 +324,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         raise SettingsError(f"D23_OUTCOME_MAPPING points to {mapping!r}, which is not a file")
     return PipelineOptions(
         data_dir=read_data_dir(env),
-        start_month=validate_month(env.get("D23_START_MONTH", "").strip() or DEFAULT_START_MONTH),
+        start_month=_start_month(env),
         page_limit=_int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, 1, 1000),
         max_concurrency=_int(env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, 1, 32),
         slice_hours=_int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, 1, 24 * 31),

@@ -368,7 +368,16 @@ def test_a_retry_after_as_long_as_the_wait_budget_is_waited_out() -> None:
     sim.script(error(429, **{"Retry-After": "300"}))
     with client(sim, sleep=slept.append, retry=RetryPolicy(max_total_wait_s=300)) as reader:
         assert walk_ids(reader) == ids_in(sim)
-    assert len(slept) == 1 and 300 <= slept[0] <= 330
+    assert slept == [300]  # the budget bounds the jitter too: it had waited up to 330 s
+
+
+def test_a_retry_after_within_the_wait_budget_is_waited_out_with_jitter_up_to_the_budget() -> None:
+    slept: list[float] = []
+    sim = paged(range(4))
+    sim.script(error(429, **{"Retry-After": "280"}))
+    with client(sim, sleep=slept.append, retry=RetryPolicy(max_total_wait_s=300)) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+    assert len(slept) == 1 and 280 <= slept[0] <= 300
 
 
 def test_a_retry_after_beyond_the_wait_budget_fails_at_once() -> None:

@@ -77,11 +77,9 @@ def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_n
     )
 
 
-def test_a_start_month_after_this_month_gets_no_backfill_command(tmp_path: Path) -> None:
-    guide = _guide({"D23_START_MONTH": "2999-01", "D23_DATA_DIR": str(tmp_path)})
-
-    assert "d23_pipeline.backfill" not in guide
-    assert "No month to backfill yet: D23_START_MONTH (2999-01) is after this month" in guide
+def test_a_start_month_after_this_month_stops_make_run_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="D23_START_MONTH 2999-01 has not begun"):
+        _guide({"D23_START_MONTH": "2999-01", "D23_DATA_DIR": str(tmp_path)})
 
 
 def test_a_bad_setting_stops_make_run_naming_it() -> None:

@@ -4,6 +4,7 @@ plain ``http://`` is refused for any host but loopback."""
 import contextlib
 import os
 import zoneinfo
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -12,6 +13,7 @@ from harness import Pipeline, failure_messages
 from processes import clean_env, run_python
 
 from d23_pipeline.defs.resources import ExportsApiResource
+from d23_pipeline.months import month_index, month_name, month_of
 from d23_pipeline.settings import (
     LoginCredentials,
     SettingsError,
@@ -22,6 +24,8 @@ from d23_pipeline.settings import (
 )
 
 LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
+CURRENT_MONTH = month_of(datetime.now(UTC))
+NEXT_MONTH = month_name(month_index(CURRENT_MONTH) + 1)
 
 
 @pytest.mark.parametrize(
@@ -51,11 +55,29 @@ LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
         ("D23_REPORT_TIMEZONE", "right/UTC"),
         ("D23_DATA_DIR", __file__),  # a file, not a folder
         ("D23_DATA_DIR", f"{__file__}/data"),
+        ("D23_PAGE_LIMIT", "1" * 5000),  # past what int() converts: its error named nothing
+        ("D23_MAX_DELETION_SHARE", "1_0e-1"),  # float() read 1.0: every deletion let through
+        ("D23_MAX_DELETION_SHARE", "\uff10.\uff15"),  # full-width digits
+        ("D23_MAX_DELETION_SHARE", "nan"),
+        ("D23_MAX_DELETION_SHARE", "1.5"),
+        ("D23_START_MONTH", NEXT_MONTH),  # Dagster offered it as a partition, read as empty
     ],
 )
 def test_malformed_option_fails_at_load_naming_it(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=name):
+    with pytest.raises(SettingsError, match=name) as caught:
         load_options({name: value})
+    assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("value", "share"), [("0.05", 0.05), ("5e-2", 0.05), (".5", 0.5), ("+1", 1.0), ("0", 0.0)]
+)
+def test_a_deletion_share_written_as_a_decimal_is_read(value: str, share: float) -> None:
+    assert load_options({"D23_MAX_DELETION_SHARE": value}).max_deletion_share == share
+
+
+def test_the_current_month_is_a_start_month() -> None:
+    assert load_options({"D23_START_MONTH": CURRENT_MONTH}).start_month == CURRENT_MONTH
 
 
 def test_every_report_timezone_the_setting_accepts_is_one_duckdb_knows() -> None:

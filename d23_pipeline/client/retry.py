@@ -307,16 +307,17 @@ class Retrier:
         with self._lock:
             self._not_before = max(self._not_before, self._now() + seconds)
 
-    def _wait_turn(self, cancel: threading.Event | None) -> float:
+    def _wait_turn(self, cancel: threading.Event | None, budget: float) -> float:
         """Wait out the ``Retry-After`` any request of this client was given, plus this
-        request's own jitter, checking again for one given meanwhile; how long it waited."""
+        request's own jitter (none past ``budget``, the seconds this request may still wait),
+        checking again for one given meanwhile; how long it waited."""
         waited = 0.0
         while True:
             with self._lock:
                 remaining = self._not_before - self._now()
             if remaining <= 0:
                 return waited
-            pause = remaining * random.uniform(1.0, 1.1)
+            pause = min(remaining * random.uniform(1.0, 1.1), max(remaining, budget - waited))
             self.pause(pause, cancel)
             waited += pause
 
@@ -340,7 +341,7 @@ class Retrier:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             if held:
-                waited += self._wait_turn(cancel)
+                waited += self._wait_turn(cancel, self.policy.max_total_wait_s - waited)
             try:
                 return attempt()
             except httpx.TimeoutException as exc:
