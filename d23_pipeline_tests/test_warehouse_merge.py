@@ -215,6 +215,22 @@ def test_row_a_reread_proved_gone_is_marked_deleted_then_restored(months: Months
     assert months.logs()["b"]["_deleted_at"] is None
 
 
+def test_a_deletion_share_is_of_the_rows_the_month_had_not_of_those_it_gains(
+    months: Months,
+) -> None:
+    kept = [row(f"k{n:03}") for n in range(97)]
+    months.merge(kept + [row("x1"), row("x2"), row("x3")])
+    late = [row(f"late{n:02}") for n in range(50)]
+
+    # 3 of the 100 rows it had: 3 %, over 2 %, however many late rows the read also brings
+    # (3 of the 150 it has after the merge would be 2 %, and let them through).
+    held = months.merge(kept + late, absent=("x1", "x2", "x3"), max_deletion_share=0.02)
+
+    assert held.deletions_held and held.marked_deleted == 0
+    assert (held.live_rows, round(held.deletion_share, 4)) == (100, 0.03)
+    assert all(months.logs()[x]["_deleted_at"] is None for x in ("x1", "x2", "x3"))
+
+
 def rejected(public_id: str) -> dict:
     return {
         "slice_since": datetime(2026, 4, 1, tzinfo=UTC),
