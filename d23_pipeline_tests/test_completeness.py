@@ -334,3 +334,12 @@ def test_parts_adding_up_past_a_bigint_give_no_count(
     # Each part passes the page's own check; their sum past BIGINT failed the month's merge.
     parts = [WindowTotal(total, True, None) for total in halves]
     assert sum_totals(parts).exact_total == counted
+
+
+def test_a_window_counted_in_parts_is_exact_only_if_every_part_is() -> None:
+    # One part the API only estimated (a capped count): the sum proves nothing, so nothing in
+    # the slice may be deleted on it.
+    total = sum_totals([WindowTotal(40, True, None), WindowTotal(10_000, False, "capped")])
+
+    assert (total.total, total.exact, total.exact_total) == (10_040, False, None)
+    assert not judge(10_040, total, total).verified

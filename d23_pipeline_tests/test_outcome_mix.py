@@ -6,6 +6,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from d23_pipeline.analytics import charts
@@ -31,6 +32,7 @@ from d23_pipeline.defs.assets.outcome_mix import (
 )
 from d23_pipeline.defs.options import options
 from d23_pipeline.months import month_window
+from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import Warehouse, fetch_dicts
 
 APRIL = month_window("2026-04")
@@ -50,17 +52,29 @@ FIXTURE = [
 ]
 
 
+def _insert(
+    con: duckdb.DuckDBPyConnection,
+    public_id: str,
+    outcome: str,
+    at: datetime,
+    active: bool = True,
+    broken: bool = False,
+    deleted: bool = False,
+) -> None:
+    con.execute(
+        "INSERT INTO d23.logs VALUES (?, 'CALL', 'AGENT', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [public_id, outcome, active, broken, at, at, at, f"{at:%Y-%m}-01", at, at,
+         at if deleted else None],
+    )  # fmt: skip
+
+
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Warehouse:
     warehouse = Warehouse(tmp_path / "warehouse.duckdb")
     with warehouse.connect() as con:
         for public_id, outcome, active, broken, day, deleted in FIXTURE:
             at = datetime.fromisoformat(f"{day}T09:30:00+00:00")
-            con.execute(
-                "INSERT INTO d23.logs VALUES (?, 'CALL', 'AGENT', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [public_id, outcome, active, broken, at, at, at, f"{day[:7]}-01", at, at,
-                 at if deleted else None],
-            )  # fmt: skip
+            _insert(con, public_id, outcome, at, active, broken, deleted)
     return warehouse
 
 
@@ -166,7 +180,11 @@ def test_broken_flags_on_codes_not_classed_as_promises_are_reported(warehouse: W
             "UPDATE d23.logs SET is_ptp_broken = true WHERE public_id IN ('r1', 'm1', 'n2', 'b1')"
         )
         flagged = checks.broken_flags_on_promises_only(con, *APRIL)
+        rebuild_outcome_mix_monthly(con, date(2026, 4, 1), *APRIL, load_outcome_classes())
+        rebuild_outcome_kpis_monthly(con, date(2026, 4, 1))
+        (broken,) = con.execute("SELECT broken_promises FROM d23.outcome_kpis_monthly").fetchone()
 
+    assert broken == 1  # p2's: the flags on RPC and MYSTERY_CODE are no broken promise
     assert clean.passed and clean.metadata["broken_flags_outside_promises"].value == "none"
     assert not flagged.passed and flagged.severity == dg.AssetCheckSeverity.WARN
     assert flagged.metadata["broken_flags_outside_promises"].value == "MYSTERY_CODE: 1; RPC: 1"
@@ -174,6 +192,26 @@ def test_broken_flags_on_codes_not_classed_as_promises_are_reported(warehouse: W
         "attempts flagged is_ptp_broken under codes not classed as a promise: MYSTERY_CODE 1, "
         "RPC 1; the broken-promise share does not count them."
     )
+
+
+def test_a_month_whose_broken_flags_changed_since_its_mix_is_behind_the_logs(
+    warehouse: Warehouse,
+) -> None:
+    _kpis(warehouse)  # April's mix; May's is not built, so May is behind throughout
+    with warehouse.connect() as con:
+        before = fetch_dicts(con, sql.MIX_BEHIND_LOGS)
+        con.execute("UPDATE d23.logs SET is_ptp_broken = true WHERE public_id = 'p1'")
+        after = fetch_dicts(con, sql.MIX_BEHIND_LOGS)
+
+    may, april = {"month": date(2026, 5, 1)}, {"month": date(2026, 4, 1)}
+    assert (before, after) == ([may], [april, may])  # same attempts, one more broken promise
+
+
+def test_the_rows_a_month_shows_as_stored_are_those_not_deleted(warehouse: Warehouse) -> None:
+    with warehouse.connect(read_only=True) as con:
+        months = {r["partition"]: r["rows"] for r in fetch_dicts(con, sql.MONTHS_LAST_READ)}
+
+    assert months == {"2026-04-01": 8, "2026-05-01": 1}  # April's nine, n2 deleted
 
 
 def test_a_user_mapping_overrides_the_shipped_one(warehouse: Warehouse, tmp_path: Path) -> None:
@@ -225,6 +263,20 @@ def test_daily_trend_adds_up_to_the_month(warehouse: Warehouse) -> None:
     assert days[0]["ptp_per_attempt"] == pytest.approx(2 / 3)
     for name in ("attempts", "contacts", "rpcs", "promises", "refusals", "broken_promises"):
         assert sum(d[name] for d in days) == monthly[name]
+
+
+def test_a_row_at_a_months_first_instant_counts_in_that_month_only(warehouse: Warehouse) -> None:
+    may = month_window("2026-05")
+    with warehouse.connect() as con:
+        _insert(con, "e1", "BUSY", may[0])
+        classes = load_outcome_classes()
+        rebuild_outcome_mix_daily(con, *may, classes)
+        rebuild_outcome_mix_daily(con, *APRIL, classes)  # April's days, not May 1st
+        days = fetch_dicts(con, "SELECT day, attempts FROM d23.outcome_mix_daily ORDER BY day")
+    monthly = _kpis(warehouse)
+
+    assert monthly["attempts"] == 7  # April's seven, without e1
+    assert days[-1] == {"day": date(2026, 5, 1), "attempts": 2}  # b1 and e1
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,15 @@ def row(n: int, **changes: Any) -> dict[str, Any]:
     return base | changes
 
 
+def test_a_rejected_row_keeps_only_the_allowlisted_fields() -> None:
+    bad = row(1, updated_at="yesterday") | {"phone": "+1-555-0100", "notes": "PII-NOTE"}
+
+    (reject,) = validate_rows([bad], SINCE, UNTIL).rejects
+
+    assert set(reject.values) == set(D23_FIELDS)
+    assert "PII-NOTE" not in str(reject) and "555-0100" not in str(reject)
+
+
 def test_clean_page_keeps_every_row_and_matches_its_arrow_batch() -> None:
     rows = [row(n) for n in range(50)]
     result = validate_rows(rows, SINCE, UNTIL)

@@ -16,6 +16,7 @@ from d23_pipeline.landing.snapshot import (
     REJECT_SCHEMA,
     SliceRecord,
     Snapshot,
+    StaleReject,
     rejects_path,
     rows_path,
 )
@@ -32,7 +33,9 @@ from d23_pipeline.warehouse.store import (
 
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
-SNAPSHOT_OPTIONS = ("rejects", "absent", "partition", "verified", "read_at", "started_at")
+SNAPSHOT_OPTIONS = (
+    "rejects", "absent", "partition", "verified", "read_at", "started_at", "stale_rejects"
+)  # fmt: skip
 
 
 def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes) -> dict:
@@ -65,6 +68,7 @@ class Months:
         verified: bool = True,
         read_at: datetime | None = None,
         started_at: datetime | None = None,
+        stale_rejects: list[StaleReject] = (),
     ) -> Snapshot:
         """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone; read an
         hour after the one before unless ``read_at`` says when (begun then too, unless
@@ -101,6 +105,7 @@ class Months:
             completed_at=self.read_at,
             read_stats={},
             started_at=started_at,
+            stale_rejects=list(stale_rejects),
         )
 
     def logs(self) -> dict[str, dict]:
@@ -148,6 +153,21 @@ def test_exact_tie_goes_to_the_row_read_last_and_the_other_version_is_quarantine
     assert (public_id, since.day) == ("a", 1)
     assert reason.startswith("served again by this read with the same updated_at")
     assert json.loads(values) == row("a", outcome_option="RPC")
+    assert (summary.rejects, summary.conflicting_versions) == (1, 1)
+
+
+def test_a_conflicting_version_at_a_slices_first_instant_is_quarantined_in_that_slice_once(
+    months: Months,
+) -> None:
+    midnight = "2026-04-02T00:00:00.000Z"  # day 1's end, day 2's start
+    summary = months.merge(
+        [row("a")],
+        [d23_row("d", midnight, outcome_option="RPC"), d23_row("d", midnight)],
+    )
+
+    with months.warehouse.connect(read_only=True) as con:
+        rejects = con.execute("SELECT public_id, slice_since FROM d23.rejected_rows").fetchall()
+    assert [(public_id, since.day) for public_id, since in rejects] == [("d", 2)]
     assert (summary.rejects, summary.conflicting_versions) == (1, 1)
 
 
@@ -229,6 +249,48 @@ def test_a_deletion_share_is_of_the_rows_the_month_had_not_of_those_it_gains(
     assert held.deletions_held and held.marked_deleted == 0
     assert (held.live_rows, round(held.deletion_share, 4)) == (100, 0.03)
     assert all(months.logs()[x]["_deleted_at"] is None for x in ("x1", "x2", "x3"))
+
+
+def test_a_reject_of_the_same_month_by_an_earlier_read_does_not_hold_its_deletion(
+    months: Months,
+) -> None:
+    # Only another month's reject says a row may live on there; the month's own earlier reject
+    # is replaced by this read, which found the row gone.
+    months.merge([row("a"), row("r")])
+    months.merge([row("a")], rejects=[rejected("r")])
+
+    gone = months.merge([row("a")], absent=("r",), max_deletion_share=1.0)
+
+    assert gone.marked_deleted == 1
+    assert months.logs()["r"]["_deleted_at"] == months.read_at
+
+
+@pytest.mark.parametrize("stale_read", ["first", "second"])
+def test_only_the_other_months_rejects_a_read_weighed_let_it_prove_a_row_gone(
+    months: Months, stale_read: str
+) -> None:
+    # r, stored in March, was served as a reject by May's reads at 1 h and 2 h. March's read
+    # (3 h) found r gone from March and May's reject at 1 h stale: it may delete r only if the
+    # reject May holds now is the one it weighed.
+    march, may = "2026-03-01", "2026-05-01"
+    at = {n: READ_AT + timedelta(hours=n) for n in range(4)}
+    months.merge([row("a"), row("r")], partition=march, read_at=at[0])
+    months.merge([row("b")], rejects=[rejected("r")], partition=may, read_at=at[1])
+    months.merge([row("b")], rejects=[rejected("r")], partition=may, read_at=at[2])
+    weighed = at[1] if stale_read == "first" else at[2]
+    window = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC))
+
+    summary = months.merge(
+        [row("a")],
+        absent=("r",),
+        partition=march,
+        read_at=at[3],
+        stale_rejects=[StaleReject("r", may, window, weighed)],
+        max_deletion_share=1.0,
+    )
+
+    deleted = months.logs()["r"]["_deleted_at"] is not None
+    assert (summary.marked_deleted, deleted) == ((0, False) if weighed == at[1] else (1, True))
 
 
 def rejected(public_id: str) -> dict:
