@@ -466,6 +466,34 @@ def test_row_that_moved_month_follows_its_newest_read(months: Months) -> None:
     assert logs["a"]["_deleted_at"] is None
 
 
+def test_a_version_served_under_the_same_updated_at_by_a_later_read_is_kept(
+    months: Months,
+) -> None:
+    # The source changed the row without moving updated_at (its contract says it moves): as
+    # within one read, the version read last is kept.
+    months.merge([row("a", outcome_option="PTP")])
+    months.merge([row("a", outcome_option="NO_ANSWER")])
+
+    assert months.logs()["a"]["outcome_option"] == "NO_ANSWER"
+
+
+def test_a_row_moved_without_a_new_updated_at_is_taken_over_by_its_new_month(
+    months: Months,
+) -> None:
+    months.merge([row("a"), row("b")])
+    moved = row("a", communicated_at="2026-05-01T09:00:00.000Z")  # same updated_at
+    may = months.snapshot([moved], partition="2026-05-01")
+    # April's next read proves a gone from April; May's read, before it, merges after it.
+    months.merge([row("b")], absent=("a",), max_deletion_share=1.0)
+
+    with months.warehouse.connect() as con:
+        summary = merge_snapshot(con, may)
+
+    logs = months.logs()
+    assert summary.restored == 1
+    assert (logs["a"]["_partition"], logs["a"]["_deleted_at"]) == ("2026-05-01", None)
+
+
 def test_a_row_missing_from_a_reread_without_proof_is_not_deleted(months: Months) -> None:
     months.merge([row("a"), row("b")])
 
