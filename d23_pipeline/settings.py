@@ -140,9 +140,10 @@ def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
     value = value.strip()
     try:
         parts = urlsplit(value)
-    except ValueError:  # brackets read as an IPv6 host, quoted in urlsplit's message
+    except ValueError:  # urlsplit's message quotes the host part, password and all
         raise SettingsError(
-            f"{name} is not a valid URL (brackets must hold an IPv6 host)"
+            f"{name} is not a valid URL (check brackets, which must hold an IPv6 address, and "
+            "unusual characters in the host)"
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(

@@ -23,6 +23,7 @@ from d23_pipeline.client import (
     RetryPolicy,
     WindowTooHeavyError,
 )
+from d23_pipeline.client.auth import _is_uuid
 from d23_pipeline.client.retry import (
     WITHHELD,
     _connection_failure,
@@ -252,6 +253,41 @@ def test_a_redirect_is_not_followed_so_no_credential_goes_to_another_host(auth: 
         _walk(reader)
 
     assert hosts and set(hosts) == {"api.test"}
+
+
+def test_a_tls_error_naming_a_host_that_shares_the_email_domain_is_shown() -> None:
+    # The login's email is no secret: its domain is often the API host's, which TLS names.
+    login = httpx.Request(
+        "POST",
+        "https://stage-v3-api.cleargrid.ai/admin/auth/demo/login",
+        json={"email": "analyst@cleargrid.ai", "password": PASSWORD},
+    )
+    reason = "[SSL: CERTIFICATE_VERIFY_FAILED] not valid for 'stage-v3-api.cleargrid.ai'"
+
+    shown = _connection_failure(httpx.ConnectError(reason, request=login))
+
+    assert shown == f"ConnectError: {reason} [host stage-v3-api.cleargrid.ai]"
+    echoed = httpx.ConnectError(f"refused {PASSWORD}", request=login)
+    assert (
+        _connection_failure(echoed) == f"ConnectError: {WITHHELD} [host stage-v3-api.cleargrid.ai]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("lender_id", "accepted"),
+    [
+        (LENDER_ID, True),
+        (LENDER_ID.upper(), True),
+        (LENDER_ID.replace("-", ""), True),
+        ("{" + LENDER_ID + "}", True),
+        (PASSWORD, False),
+        (f"{LENDER_ID}\n2026-12-03 INFO forged", False),
+    ],
+)
+def test_a_login_answers_lender_id_is_taken_in_any_form_of_a_uuid_only(
+    lender_id: str, accepted: bool
+) -> None:
+    assert _is_uuid(lender_id) is accepted
 
 
 def test_a_request_httpx_refuses_to_send_is_named_without_its_headers() -> None:

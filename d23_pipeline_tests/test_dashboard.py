@@ -219,17 +219,18 @@ def test_tiles_show_the_latest_month_with_attempts_and_the_change_between_the_ra
 def test_a_maturing_months_broken_promise_share_is_not_compared_and_a_partial_month_not_drawn(
     tmp_path: Path,
 ) -> None:
-    sim = Simulator(SimulatorConfig(months=("2026-03", "2026-04", "2026-05"), rows_per_month=80))
+    months = ("2026-02", "2026-03", "2026-04", "2026-05")
+    sim = Simulator(SimulatorConfig(months=months, rows_per_month=80))
     with serve(sim) as url:
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
-        for month in ("2026-03", "2026-04", "2026-05"):
+        for month in months:
             pipeline.materialize(month)
     with Warehouse(pipeline.warehouse_path).connect(read_only=True) as con:
         data = dashboard.gather(
             con, load_outcome_classes(), "UTC", datetime(2026, 9, 1, tzinfo=UTC)
         )
-    march, april, may = data.kpis
-    assert march["broken_promises"] and april["broken_promises"]
+    february, march, april, may = data.kpis
+    assert february["broken_promises"] and march["broken_promises"] and april["broken_promises"]
     # April read a week after it ended, May still running: as on May 20th.
     status = {date(2026, 4, 1): "maturing", date(2026, 5, 1): "partial"}
     freshness = [replace(f, status=status.get(f.month, "settled")) for f in data.freshness]
@@ -241,15 +242,30 @@ def test_a_maturing_months_broken_promise_share_is_not_compared_and_a_partial_mo
     assert "<h2>KPIs, Apr 2026</h2>" in html
     broken = re.search(r'data-kpi="broken_promise_share">(.*?)</div></div>', html)
     assert broken is not None
-    was = dashboard.percent(march["broken_promise_share"])
-    assert f'<div class="delta">not compared: Apr 2026 still maturing (was {was})' in broken[1]
+    # The latest comparison no promise still to break can move: March against February.
+    share = dashboard.BROKEN_PROMISE_SHARE.name
+    points = round(march[share] * 100, 1) - round(february[share] * 100, 1)
+    settled = f"Mar 2026 {dashboard.percent(march[share])}, {points:+.1f} pp against Feb 2026"
+    assert broken[1].endswith(
+        f'<div class="delta">not compared: Apr 2026 still maturing; last settled: {settled}'
+    )
     contact = re.search(r'data-kpi="contact_rate">(.*?)</div></div>', html)
     assert contact is not None and " pp (was " in contact[1]  # the other rates still compare
-    trend = dashboard.kpi_trend_chart(data.kpis, data.months_in("partial"))
+    partial = data.months_in("partial")
+    trend = dashboard.kpi_trend_chart(data.kpis, partial)
     lines = {t["name"]: t["y"] for t in trend["data"]}
-    assert lines["Broken-promise share"][2] is None  # May's share: days, not weeks, to break
-    assert lines["Broken-promise share"][1] == april["broken_promise_share"] * 100
-    assert lines["Contact rate"][2] == may["contact_rate"] * 100
+    assert lines["Broken-promise share"][3] is None  # May's share: days, not weeks, to break
+    assert lines["Broken-promise share"][2] == april[share] * 100
+    assert lines["Contact rate"][3] == may["contact_rate"] * 100
+    split = dashboard.kpi_split_chart(data.kpis_by_channel, "communication_type", partial)
+    panels = {(t["name"], t["yaxis"]): t for t in split["data"]}
+    broken_axis = f"y{list(dashboard.KPI_LABELS).index(share) + 1}"
+    assert all(  # the same in every channel's panel
+        t["y"][t["x"].index("May 2026")] is None
+        for (_, axis), t in panels.items()
+        if axis == broken_axis and "May 2026" in t["x"]
+    )
+    assert any("May 2026" in t["x"] for (_, axis), t in panels.items() if axis == broken_axis)
 
 
 def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_listed_until_rebuilt(

@@ -382,16 +382,21 @@ def _subplots(
     return {"data": [], "layout": layout}
 
 
+def _points_of(rows: Sequence[Mapping[str, Any]], kpi: str, partial: Collection[date]) -> list:
+    """``kpi`` of each row in percent; the broken-promise share none for the ``partial``
+    months, whose promises have had days, not weeks, to break."""
+    skipped = partial if kpi == BROKEN_PROMISE_SHARE.name else ()
+    return [None if r["month"] in skipped else _pct(r[kpi]) for r in rows]
+
+
 def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date] = ()) -> Figure:
-    """One line per KPI over the months; the broken-promise share skips the ``partial`` months,
-    whose promises have had days, not weeks, to break."""
+    """One line per KPI over the months (see :func:`_points_of` for ``partial``)."""
     months = [_month_label(k["month"]) for k in kpis]
-    skipped = {BROKEN_PROMISE_SHARE.name: partial}
     traces = [
         {
             "type": "scatter",
             "x": months,
-            "y": [None if k["month"] in skipped.get(name, ()) else _pct(k[name]) for k in kpis],
+            "y": _points_of(kpis, name, partial),
             "name": label,
             "mode": "lines+markers",
             "hovertemplate": "%{x}: %{y:.1f}%<extra>" + label + "</extra>",
@@ -401,8 +406,11 @@ def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date]
     return _layout({"data": traces, "layout": {}}, 420, "% (see definitions)")
 
 
-def kpi_split_chart(rows: Sequence[Mapping[str, Any]], dimension: str) -> Figure:
-    """One panel per KPI, one line per value of ``dimension`` over the months."""
+def kpi_split_chart(
+    rows: Sequence[Mapping[str, Any]], dimension: str, partial: Collection[date] = ()
+) -> Figure:
+    """One panel per KPI, one line per value of ``dimension`` over the months (see
+    :func:`_points_of` for ``partial``)."""
     fig = _subplots(2, 3, list(KPI_LABELS.values()))
     values = sorted({r[dimension] for r in rows})
     for i, value in enumerate(values):
@@ -414,7 +422,7 @@ def kpi_split_chart(rows: Sequence[Mapping[str, Any]], dimension: str) -> Figure
                 {
                     "type": "scatter",
                     "x": [_month_label(r["month"]) for r in mine],
-                    "y": [_pct(r[name]) for r in mine],
+                    "y": _points_of(mine, name, partial),
                     "name": value,
                     "legendgroup": value,
                     "showlegend": j == 0,
@@ -579,6 +587,7 @@ def _page(data: DashboardData) -> tuple[str, str]:
         + ".</p>"
         "</header>"
     )
+    partial = data.months_in("partial")
     if not data.kpis:
         # A first month whose run stopped before its KPIs still has the problems that stopped it.
         body = (
@@ -591,13 +600,17 @@ def _page(data: DashboardData) -> tuple[str, str]:
                 _tiles_section(data),
                 "<section id='trends'><h2>KPI trends</h2>",
                 _caveats(data),
-                _chart("kpi-trend", kpi_trend_chart(data.kpis, data.months_in("partial"))),
+                _chart("kpi-trend", kpi_trend_chart(data.kpis, partial)),
                 "<h3>By communication_type</h3>",
                 _chart(
-                    "kpi-by-channel", kpi_split_chart(data.kpis_by_channel, "communication_type")
+                    "kpi-by-channel",
+                    kpi_split_chart(data.kpis_by_channel, "communication_type", partial),
                 ),
                 "<h3>By interaction_source</h3>",
-                _chart("kpi-by-source", kpi_split_chart(data.kpis_by_source, "interaction_source")),
+                _chart(
+                    "kpi-by-source",
+                    kpi_split_chart(data.kpis_by_source, "interaction_source", partial),
+                ),
                 _definitions(),
                 "</section><section id='mix'><h2>Outcome mix</h2>"
                 "<p>Each code's share of the month's attempts; the class in brackets is what the "
@@ -648,14 +661,16 @@ def _tiles_section(data: DashboardData) -> str:
     tiles = []
     for name, label in KPI_LABELS.items():
         old = before[name] if before else None
-        was = f" (was {percent(old)})" if before else ""
-        change = _points(latest[name], old)
+        change = _points(latest[name], old) + (f" (was {percent(old)})" if before else "")
         if name == BROKEN_PROMISE_SHARE.name and before and young:
-            change = f"not compared: {' and '.join(map(_month_label, young))} still maturing"
+            change = (
+                f"not compared: {' and '.join(map(_month_label, young))} still maturing"
+                + _last_settled_change(data, name)
+            )
         tiles.append(
             f'<div class="tile" data-kpi="{name}"><div class="label">{label}</div>'
             f'<div class="value">{percent(latest[name])}</div>'
-            f'<div class="delta">{change}{was}</div></div>'
+            f'<div class="delta">{change}</div></div>'
         )
     maturing = latest["month"] in data.months_in("maturing")
     caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
@@ -666,6 +681,23 @@ def _tiles_section(data: DashboardData) -> str:
         f"pp = percentage points.{caveat}</p>"
         f"<div class='tiles'>{''.join(tiles)}</div></section>"
     )
+
+
+def _last_settled_change(data: DashboardData, name: str) -> str:
+    """``name`` of the latest settled month with attempts, and its change against the month
+    before it: the latest comparison that promises still to break cannot move."""
+    settled = data.months_in("settled")
+    months = [k for k in data.ended_months() if k["attempts"] and k["month"] in settled]
+    if not months:
+        return ""
+    last = months[-1]
+    before = [k for k in months if k["month"] == previous_month(last["month"])]
+    change = (
+        f", {_points(last[name], before[0][name])} against {_month_label(before[0]['month'])}"
+        if before
+        else ""
+    )
+    return f"; last settled: {_month_label(last['month'])} {percent(last[name])}{change}"
 
 
 def _caveats(data: DashboardData) -> str:

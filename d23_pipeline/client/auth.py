@@ -188,8 +188,10 @@ class TokenManager:
 
 
 def _is_uuid(value: str) -> bool:
-    """The contract's ``lenderPublicId``: a UUID in its usual 36-character form."""
+    """The contract's ``lenderPublicId``: a UUID in any form Python reads (hex digits, with or
+    without hyphens or braces), which holds nothing a path or log line needs escaped from."""
     try:
-        return str(uuid.UUID(value)) == value.lower()
+        uuid.UUID(value)
     except ValueError:
         return False
+    return True

@@ -128,6 +128,7 @@ _REQUEST_ID_MAX_CHARS = 100
 _ECHO_CHARS = 8
 _SHORTEST_ECHO = 4
 WITHHELD = "(withheld: it repeats a credential the request carried)"
+_SECRET_BODY_FIELDS = ("password", "refreshToken")
 
 
 def shown_request_id(request_id: str | None, response: httpx.Response) -> str | None:
@@ -139,8 +140,8 @@ def shown_request_id(request_id: str | None, response: httpx.Response) -> str | 
 
 def shown_server_text(text: str, request: httpx.Request | None, max_chars: int) -> str:
     """``text`` withheld if it holds 8 characters in a row (or the whole, from 4) of a credential
-    ``request`` carried: its bearer token, or a string its JSON body sent (password, refresh
-    token); else printable and at most ``max_chars`` characters."""
+    ``request`` carried: its bearer token, or the password or refresh token its JSON body sent;
+    else printable and at most ``max_chars`` characters."""
     for secret in _credentials_sent(request):
         width = min(len(secret), _ECHO_CHARS)
         if any(secret[i : i + width] in text for i in range(len(secret) - width + 1)):
@@ -166,8 +167,9 @@ def _credentials_sent(request: httpx.Request | None) -> list[str]:
         return []
     _, _, token = request.headers.get("authorization", "").partition(" ")
     sent = [token]
+    # Not the login's email: its domain is often the API host's, which a TLS error names.
     if isinstance(body, dict):
-        sent += [value for value in body.values() if isinstance(value, str)]
+        sent += [body[k] for k in _SECRET_BODY_FIELDS if isinstance(body.get(k), str)]
     # Shorter than 4 characters, a credential turns up in ids by chance ('7' in most hex ids).
     return [secret for secret in sent if len(secret) >= _SHORTEST_ECHO]
 

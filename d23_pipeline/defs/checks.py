@@ -325,7 +325,7 @@ def deletions_within_limit(
         metadata={
             "deletions_proven": summary.deletions_proven,
             "marked_deleted": summary.marked_deleted,
-            "live_rows": summary.live_rows,
+            "live_rows_before_merge": summary.live_rows,
             "deletion_share": dg.MetadataValue.float(round(summary.deletion_share, 6)),
             "max_deletion_share": dg.MetadataValue.float(max_share),
         },
