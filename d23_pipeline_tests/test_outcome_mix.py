@@ -1,8 +1,9 @@
 """Outcome mix and KPIs on a small hand-made month, checked against numbers worked out by hand."""
 
 import base64
+import random
 import struct
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +32,7 @@ from d23_pipeline.defs.assets.outcome_mix import (
     outcome_mix_monthly,
 )
 from d23_pipeline.defs.options import options
+from d23_pipeline.kpis import KPI_NAMES
 from d23_pipeline.months import month_window
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import Warehouse, fetch_dicts
@@ -314,6 +316,17 @@ def test_the_mix_chart_of_a_month_of_many_long_codes_stays_a_small_image() -> No
     png = base64.b64decode(image.split("base64,", 1)[1].rstrip(")"))
     width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
     assert width < 1200 and height < 1200, (width, height)
+
+
+def test_a_months_daily_rate_chart_is_a_small_image_in_the_event_log() -> None:
+    # Stored in the event log by every run: 121 KB of PNG for 31 days of six rates as drawn.
+    days = [date(2026, 10, 1) + timedelta(days=n) for n in range(31)]
+    noise = random.Random(23)  # rates that move day by day, as a month's do
+    rates = {name: [noise.random() for _ in days] for name in KPI_NAMES}
+    image = charts.rate_chart(days, rates, "Daily rates")
+    png = base64.b64decode(image.split("base64,", 1)[1].rstrip(")"))
+
+    assert png.startswith(b"\x89PNG") and len(png) < 60_000, len(png)
 
 
 def _drawn_axes(monkeypatch: pytest.MonkeyPatch, labels: list[str], values: list[int]):

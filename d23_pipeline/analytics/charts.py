@@ -23,10 +23,19 @@ def _pyplot() -> Any:
 
 
 def _markdown_image(fig: Figure, alt: str) -> str:
+    from PIL import Image  # matplotlib's own dependency
+
     plt = _pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    # Every run stores its charts in the event log: a palette of 256 colours looks the same
+    # and takes a third of the bytes (a month's daily rates: 121 KB as drawn, 45 KB).
+    drawn.seek(0)
+    with Image.open(drawn) as image:
+        palette = image.convert("RGB").quantize(colors=256)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return f"![{alt}](data:image/png;base64,{encoded})"
 
