@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -375,3 +376,77 @@ def test_a_deployment_whose_code_failed_to_load_is_reported_with_its_load_error(
         "failed to load: d23_pipeline.settings.SettingsError: D23_START_MONTH must look like"
         in (launched.stderr)
     )
+
+
+@pytest.mark.parametrize("unfinished", ["FAILING", "CANCELING"])
+def test_wait_follows_a_backfill_still_failing_or_canceling_to_its_end(
+    ended_backfill: str, unfinished: str, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    FakeWebserver.backfill_status = unfinished
+    polls = []
+
+    def pause(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 2:
+            FakeWebserver.backfill_status = "CANCELED"
+
+    monkeypatch.setattr(backfill.time, "sleep", pause)
+    main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"])
+
+    assert "finished: CANCELED" in capsys.readouterr().out and len(polls) >= 2
+
+
+def test_a_backfill_completed_with_failures_exits_non_zero(ended_backfill: str) -> None:
+    FakeWebserver.backfill_status = "COMPLETED_FAILED"
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []  # no failed check to blame: the status
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 1
+
+
+def test_a_month_retried_after_a_failure_is_running() -> None:
+    runs = [_run("2026-07-01", "FAILURE"), _run("2026-07-01", "STARTED")]
+    assert month_progress(runs) == {"2026-07": "running"}
+
+
+def test_wait_prints_a_month_once_per_change_and_counts_only_months_done(
+    ended_backfill: str, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    FakeWebserver.backfill_status = "REQUESTED"
+    FakeWebserver.backfill_runs = [
+        _run("2026-07-01", "SUCCESS") | {"creationTime": 1.0},
+        _run("2026-08-01", "STARTED") | {"creationTime": 1.0},
+    ]
+    FakeWebserver.run_checks = {"2026-07-01-SUCCESS": [], "2026-08-01-STARTED": []}
+    polls = []
+
+    def pause(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 3:
+            FakeWebserver.backfill_status = "FAILED"
+
+    monkeypatch.setattr(backfill.time, "sleep", pause)
+    main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"])
+
+    out = capsys.readouterr().out
+    assert out.count("2026-07: SUCCESS") == 1
+    assert "2026-08: running (1/2 months done)" in out
+
+
+def test_two_short_outages_with_an_answer_between_do_not_end_the_wait(
+    ended_backfill: str, monkeypatch
+) -> None:
+    FakeWebserver.backfill_status = "REQUESTED"
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
+    monkeypatch.setattr(backfill, "POLL_PATIENCE_S", 0.3)
+    real_sleep, polls = time.sleep, []
+
+    def pause(seconds: float) -> None:
+        polls.append(seconds)
+        real_sleep(0.2)
+        if len(polls) in (1, 3):  # each outage alone is shorter than the patience, not both
+            FakeWebserver.status_failures = 1
+        if len(polls) == 5:
+            FakeWebserver.backfill_status = "COMPLETED_SUCCESS"
+
+    monkeypatch.setattr(backfill.time, "sleep", pause)
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -419,3 +420,15 @@ def test_one_walk_more_than_requests_in_flight_and_never_more_in_flight() -> Non
     assert sum(isinstance(e, SliceDone) for e in events) == 31
     assert transport.most == 3
     assert len(transport.senders) == 4
+
+
+def test_a_shared_slice_is_in_doubt_if_any_part_ran_out_of_read_ons() -> None:
+    day = Window(datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC))
+    schedule = SliceSchedule([day], 100)
+    read = SliceRead(day, 1, 100, before=[])
+    first = schedule.begin(read, SimpleNamespace(rest=None, read_on_ran_out=True))
+    second = schedule._add(read, SimpleNamespace(rest=None, read_on_ran_out=False))
+
+    assert first.close(walked=True) is False
+    assert second.close(walked=True) is True  # the last part closes the slice
+    assert read.read_on_ran_out

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from d23_pipeline.landing.snapshot import (
     Snapshot,
     SnapshotBusyError,
     SnapshotStore,
+    SnapshotWriter,
     UnreadableSnapshot,
+    rows_path,
 )
 from d23_pipeline.schema import RejectedRow, rows_to_batch
 
@@ -205,3 +208,40 @@ def test_another_months_snapshot_missing_on_disk_is_reported_not_ignored(tmp_pat
 
     with pytest.raises(UnreadableSnapshot, match="2026-04-01"):
         store.landed_rejects({"moved-and-broken"}, excluding="2026-05-01")
+
+
+def _interrupted(store: SnapshotStore, slices: list[Window], landed: int) -> SnapshotWriter:
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", slices, "run-1") as first:
+        for window in slices[:landed]:
+            _land(first, window)
+        raise RuntimeError("the run dies")
+    return first
+
+
+def test_a_read_with_another_slice_plan_starts_afresh(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    first = _interrupted(store, SLICES, 1)
+
+    with store.begin("2026-04-01", [APRIL], "run-2") as second:  # D23_SLICE_HOURS changed
+        assert second.directory != first.directory and second.finished == set()
+
+
+def test_a_finished_slice_whose_file_holds_other_counts_is_read_again(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    first = _interrupted(store, SLICES, 2)
+    # Readable, but not what the manifest says it holds: its rows would be lost unverified.
+    pq.write_table(rows_to_batch([]).schema.empty_table(), rows_path(first.directory, SLICES[1]))
+
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.finished == {SLICES[0]}
+
+
+def test_starting_a_read_over_restarts_its_clock(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    _interrupted(store, SLICES, 1)
+
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        before = second.started_at
+        time.sleep(0.01)
+        second.start_over()
+        assert second.started_at > before
