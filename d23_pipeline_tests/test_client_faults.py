@@ -889,3 +889,34 @@ def test_a_number_past_a_double_or_nan_costs_its_row_and_is_stored_as_json() -> 
     assert json.loads(stored[big["public_id"]])["outcome_option"] == (
         "<a number beyond a double (inf)>"
     )
+
+
+def test_a_retry_after_of_one_second_is_pacing_not_a_failed_attempt() -> None:
+    sim = paged(range(4))
+    sim.script(error(429, **{"Retry-After": "1"}), times=5)  # more than max_attempts (4)
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+
+
+def test_no_retries_means_none_even_for_a_paced_429() -> None:
+    sim = paged(range(4))
+    sim.script(error(429, **{"Retry-After": "2"}))
+    with (
+        client(sim, retry=RetryPolicy(max_attempts=1)) as reader,
+        pytest.raises(RetriesExhaustedError),
+    ):
+        walk_ids(reader)
+
+
+def test_a_login_answered_429_waits_its_retry_after_before_logging_in_again() -> None:
+    sim = paged(range(4))
+    sim.script(error(429, **{"Retry-After": "5"}), auth=True)
+    slept: list[tuple[float, int]] = []  # each pause, with the logins answered before it
+
+    def pause(seconds: float) -> None:
+        slept.append((seconds, sim.stats.by_kind["login"]))
+
+    with client(sim, sleep=pause) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+    ((seconds, logins),) = slept
+    assert 5 <= seconds <= 5.5 and logins == 1  # the second login came after the pause

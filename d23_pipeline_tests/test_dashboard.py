@@ -5,6 +5,7 @@ is the one the pipeline writes. Chromium is Debian's (``make test`` installs it)
 drives it and never downloads a browser.
 """
 
+import dataclasses
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -441,3 +442,22 @@ def test_channel_lines_drop_to_zero_on_days_without_attempts(tmp_path: Path) -> 
     # The page says why its first and last day of a month hold fewer hours.
     dashboard.write_dashboard(tmp_path / "page.html", data)
     assert "months are UTC months" in (tmp_path / "page.html").read_text()
+
+
+def _data(**fields: Any) -> dashboard.DashboardData:
+    """A page's data with nothing in it but ``fields``, generated in June 2026."""
+    empty: dict[str, Any] = {f.name: [] for f in dataclasses.fields(dashboard.DashboardData)}
+    return dashboard.DashboardData(
+        **empty | {"generated_at": datetime(2026, 6, 10, tzinfo=UTC), "timezone": "UTC"} | fields
+    )
+
+
+def test_deletions_not_applied_count_as_an_open_problem() -> None:
+    pending = {"partition": "2026-05-01", "reason": "held", "rows": 9, "attempts": 9}
+    assert _data(deletions_pending=[pending]).problem_count() == 1
+
+
+def test_the_tiles_compare_only_against_the_month_just_before() -> None:
+    march, may = ({"month": date(2026, m, 1), "attempts": 10} for m in (3, 5))
+    # April has no KPI row: May is compared with nothing, not with March.
+    assert _data(kpis=[march, may]).tile_months() == (may, None)

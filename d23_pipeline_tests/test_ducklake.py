@@ -30,6 +30,7 @@ from d23_pipeline.analytics.outcome_mix import (
 )
 from d23_pipeline.months import month_window
 from d23_pipeline.settings import SettingsError, load_options
+from d23_pipeline.warehouse import ducklake as ducklake_module
 from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.ducklake import (
     DuckLakeWarehouse,
@@ -533,3 +534,27 @@ def test_the_dashboard_shows_one_committed_state_while_a_merge_commits(
     by_hour = sum(r["attempts"] for r in data.weekday_hour)
     by_channel = sum(r["attempts"] for r in data.channel_daily)
     assert (by_hour, by_channel, data.freshness[0].rows) == (3, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("failure", "calls"),
+    [
+        # Another writer won every time: its conflict, after every attempt, not a bare assert.
+        (duckdb.TransactionException("Transaction conflict: cannot commit"), 3),
+        # Not a conflict: running the transaction again cannot help.
+        (duckdb.ConstraintException("Duplicate key violates primary key constraint"), 1),
+    ],
+)
+def test_a_transaction_is_run_again_only_while_it_loses_to_another_writer(
+    failure: duckdb.Error, calls: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ducklake_module, "_CONFLICT_DELAY_S", (0.0, 0.0))
+    attempts = []
+
+    def work() -> None:
+        attempts.append(1)
+        raise failure
+
+    with pytest.raises(type(failure)):
+        retry_on_conflict(work, attempts=3)
+    assert len(attempts) == calls

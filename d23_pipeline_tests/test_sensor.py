@@ -287,6 +287,31 @@ def add_failed_run_to_retry(
     )
 
 
+def test_a_run_failed_for_good_does_not_hold_its_month(instance):
+    instance.add_run(
+        dg.DagsterRun(
+            job_name=d23_pipeline_job.name,
+            status=dg.DagsterRunStatus.FAILURE,
+            tags={"dagster/partition": "2026-04-01", "dagster/will_retry": "false"},
+            remote_job_origin=_code_location_origin(),
+        )
+    )
+    result = tick(make_sensor(Clock(MAY_14)), instance)
+    assert [r.partition_key for r in result.run_requests] == [
+        "2026-03-01", "2026-04-01", "2026-05-01"
+    ]  # fmt: skip
+
+
+def test_a_retry_that_never_came_holds_its_month_for_an_hour_only(instance):
+    # The run's record is stamped by the real clock; the tick comes two hours after it.
+    later = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    later = later if later.hour >= HOUR else later.replace(hour=HOUR)
+    month = f"{later:%Y-%m}-01"
+    add_failed_run_to_retry(instance, month, _code_location_origin())
+    result = tick(make_sensor(Clock(later)), instance)
+    assert month in [r.partition_key for r in result.run_requests]
+
+
 def test_sensor_skips_a_partition_whose_failed_run_waits_for_its_retry(instance):
     add_failed_run_to_retry(instance, "2026-04-01", _code_location_origin())
     result = tick(make_sensor(Clock(MAY_14)), instance)
