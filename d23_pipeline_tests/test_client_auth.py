@@ -6,6 +6,7 @@ import itertools
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -31,8 +32,9 @@ from d23_pipeline.client import (
     RetriesExhaustedError,
     SlicePage,
 )
+from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
-from d23_pipeline.simulator import SimRequest, SimResponse
+from d23_pipeline.simulator import SimRequest, SimResponse, Simulator
 
 
 def test_login_gives_the_lender_id_and_a_bearer_token_for_data_calls() -> None:
@@ -55,29 +57,49 @@ def test_login_gives_the_lender_id_and_a_bearer_token_for_data_calls() -> None:
     assert data.headers["authorization"] == f"Bearer {answer.json()['token']}"
 
 
-def test_token_expiry_mid_walk_refreshes_once_and_keeps_every_row() -> None:
-    sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
+def _walk_past_expired_tokens(
+    sim: Simulator, then: Callable[[], object] = lambda: None
+) -> tuple[list[str], ClientStats]:
+    """The ids a walk of DAY returns, and its stats, when after its first page the tokens
+    expire and ``then`` runs."""
     with client(sim) as reader:
         pages = reader.iter_window(DAY)
         first = next(pages)
         sim.expire_tokens()
-        ids = [r["public_id"] for page in [first, *pages] for r in page.rows]
-        assert reader.stats.token_refreshes == 1
-    assert ids == ids_in(sim)
+        then()
+        return [r["public_id"] for page in [first, *pages] for r in page.rows], reader.stats
+
+
+def test_token_expiry_mid_walk_refreshes_once_and_keeps_every_row() -> None:
+    sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
+    ids, stats = _walk_past_expired_tokens(sim)
+    assert ids == ids_in(sim) and stats.token_refreshes == 1
     assert (answered(sim, "login"), answered(sim, "refresh")) == (1, 1)
 
 
 def test_a_failed_refresh_falls_back_to_a_fresh_login() -> None:
     sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
-    with client(sim) as reader:
-        pages = reader.iter_window(DAY)
-        first = next(pages)
-        sim.expire_tokens()
-        sim.revoke_refresh_tokens()
-        ids = [r["public_id"] for page in [first, *pages] for r in page.rows]
-    assert ids == ids_in(sim)
+    assert _walk_past_expired_tokens(sim, sim.revoke_refresh_tokens)[0] == ids_in(sim)
     assert (answered(sim, "login"), answered(sim, "refresh")) == (2, 0)
     assert answered(sim, "refresh", 401) == 1
+
+
+def test_a_refreshed_token_no_header_can_carry_falls_back_to_a_fresh_login() -> None:
+    sim = simulator(rows_at(range(9)), page_size=lambda limit: 2)
+    unsendable = SimResponse.from_json({"token": "refreshed\u2019"})
+
+    def answer_unsendable() -> None:
+        sim.script(unsendable, auth=True, when=lambda request: request.kind == "refresh")
+
+    assert _walk_past_expired_tokens(sim, answer_unsendable)[0] == ids_in(sim)
+    assert answered(sim, "login") == 2
+
+
+def test_a_gateways_403_at_login_says_the_login_was_refused() -> None:
+    sim = simulator(rows_at(range(3)))
+    sim.script(SimResponse.gateway_page(403), auth=True)
+    with client(sim) as reader, pytest.raises(AuthenticationError, match="refused"):
+        reader.lender_public_id  # noqa: B018 - the property logs in
 
 
 def test_a_refused_relogin_is_an_authentication_error() -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from api import DAY, T0, client, ids_in, pid, queries, row, rows_at, simulator, walk_ids
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from d23_pipeline.client import CursorLoopError, ProtocolError, Window, WindowTotal
+from d23_pipeline.client.pages import read_total
 from d23_pipeline.client.stats import FURTHER_NAMES, WITHHELD_NAME, ClientStats
 from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.simulator import SimResponse
@@ -83,6 +86,15 @@ def test_missing_next_cursor_is_a_protocol_error_not_the_end() -> None:
         walk_ids(reader)
 
 
+def test_an_empty_next_cursor_is_a_broken_page_not_a_cursor() -> None:
+    sim = simulator(rows_at(range(5)), page_size=lambda limit: 2)
+    broken = {"rows": rows_at(range(2)), "pagination": {"nextCursor": ""}}
+    sim.script(SimResponse.from_json({"body": broken}))
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)  # read again, not walked on with cursor=""
+        assert reader.stats.retries["bad_body"] == 1
+
+
 def test_each_bad_row_kind_is_rejected_with_its_reason_and_no_pii() -> None:
     bad = [
         row(1, T0, public_id=None),
@@ -114,6 +126,29 @@ def test_each_bad_row_kind_is_rejected_with_its_reason_and_no_pii() -> None:
     assert (stats["rows"], stats["rejects"]) == (2, 6)
 
 
+def test_a_field_the_api_adds_to_every_row_is_reported_and_not_kept() -> None:
+    # An API that adds a field adds it to every row: the columnar fast path must not take it.
+    rows = [row(n, T0 + timedelta(milliseconds=n), phone="+971500000000") for n in range(3)]
+    sim = simulator([])
+    sim.script(SimResponse.from_json({"body": {"rows": rows, "pagination": {"nextCursor": "x"}}}))
+    with client(sim) as reader:
+        first = next(reader.iter_window(DAY))
+        stats = reader.stats.as_dict()
+    assert first.batch.schema.names == list(D23_FIELDS)
+    assert all(tuple(r) == D23_FIELDS for r in first.rows)
+    assert stats["extra_fields"] == {"phone": 1}
+
+
+def test_a_page_of_only_rejected_rows_is_not_counted_as_empty() -> None:
+    bad = [row(n, T0 + timedelta(milliseconds=n), is_active="yes") for n in range(2)]
+    sim = simulator([])
+    sim.script(SimResponse.from_json({"body": {"rows": bad, "pagination": {"nextCursor": None}}}))
+    with client(sim) as reader:
+        list(reader.iter_window(DAY))
+        stats = reader.stats.as_dict()
+    assert (stats["pages"], stats["empty_pages"], stats["rejects"]) == (1, 0, 2)
+
+
 def test_extra_field_names_are_reported_only_when_shaped_like_a_name_and_only_the_first_20() -> (
     None
 ):
@@ -137,6 +172,18 @@ def test_fetch_total_reads_total_exactness_and_note() -> None:
     with client(sim) as reader:
         assert reader.fetch_total(DAY) == WindowTotal(7, True, None)
     assert queries(sim)[0]["includeTotal"] == "true"
+
+
+def test_a_date_header_in_the_unknown_zone_form_is_read_as_utc() -> None:
+    # RFC 5322's "-0000" parses to a naive datetime; compared with an aware one it raised.
+    body = {"rows": [], "pagination": {"nextCursor": None, "total": 5, "totalExact": True}}
+    response = httpx.Response(
+        200,
+        headers={"date": "Wed, 02 Dec 2026 10:00:00 -0000", "content-type": "application/json"},
+        content=orjson.dumps({"body": body}),
+        request=httpx.Request("GET", "https://api.test/"),
+    )
+    assert read_total(response).counted_at == datetime(2026, 12, 2, 10, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

@@ -87,13 +87,18 @@ def test_a_bad_setting_stops_make_run_naming_it() -> None:
         _guide({"D23_REPORT_TIMEZONE": "Atlantis/Capital"})
 
 
-def test_a_bad_setting_stops_make_run_and_the_simulator_it_started(tmp_path: Path) -> None:
+# `D23_API_URL=` left blank in an env file means no real API, as much as leaving it out does.
+@pytest.mark.parametrize("api_url", [{}, {"D23_API_URL": " "}], ids=["unset", "blank"])
+def test_a_bad_setting_stops_make_run_and_the_simulator_it_started(
+    tmp_path: Path, api_url: dict[str, str]
+) -> None:
     port = free_port()
     env = clean_env(
         DAGSTER_HOME=str(tmp_path / "dagster_home"),
         D23_DATA_DIR=str(tmp_path / "data"),
         D23_SIMULATOR_PORT=str(port),
         D23_PAGE_LIMIT="0",
+        **api_url,
     )
 
     launched = run_python(["-m", "d23_pipeline.launch"], env)

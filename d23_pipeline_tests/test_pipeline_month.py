@@ -68,9 +68,13 @@ def test_source_changes_land_when_the_month_is_read_again(pipeline: Pipeline) ->
     moved = sim.move_rows(3, from_month="2026-04", to_month="2026-03")
     assert all(len(ids) >= 3 for ids in (broken, deactivated, deleted, late, moved))
 
-    for month in ("2026-04", "2026-03"):
-        pipeline.materialize(month)
+    april = pipeline.materialize("2026-04")
+    march = pipeline.materialize("2026-03")
 
+    # April, read first, no longer holds the moved rows; March takes them over.
+    gone = _metadata(april, "d23__logs")
+    assert (gone["marked_deleted"], gone["deletions_held"]) == (len(deleted) + len(moved), False)
+    assert _metadata(march, "d23__logs")["moved_from_other_month"] == len(moved)
     assert pipeline.live_rows(["2026-03", "2026-04"]) == pipeline.expected_rows(
         ["2026-03", "2026-04"]
     )
@@ -82,6 +86,20 @@ def test_source_changes_land_when_the_month_is_read_again(pipeline: Pipeline) ->
         "SELECT count(*) FROM d23.logs WHERE public_id IN (SELECT unnest(?))", (moved,)
     )
     assert moved_copies == (len(moved),)
+
+
+@BOTH_WAREHOUSES
+def test_a_row_marked_deleted_that_the_api_serves_again_is_restored(pipeline: Pipeline) -> None:
+    pipeline.materialize("2026-04")
+    ((victim,),) = pipeline.query("SELECT min(public_id) FROM d23.logs")
+    with pipeline.warehouse().connect() as con:
+        con.execute("UPDATE d23.logs SET _deleted_at = now() WHERE public_id = ?", [victim])
+
+    result = pipeline.materialize("2026-04")
+
+    merged = _metadata(result, "d23__logs")
+    assert (merged["restored"], merged["inserted"], merged["marked_deleted"]) == (1, 0, 0)
+    assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
 
 
 def test_moved_row_read_in_the_new_month_first_is_neither_lost_nor_doubled(

@@ -78,6 +78,7 @@ class Loaded:
     sim: MisbehavingSimulator
     api_url: str
     data_dir: Path
+    result: dg.ExecuteInProcessResult
 
     def copy(self, tmp_path: Path) -> Pipeline:
         shutil.copytree(self.data_dir, tmp_path / "data")
@@ -89,8 +90,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     sim = MisbehavingSimulator(SimulatorConfig(months=(MONTH,), rows_per_month=1500, bad_rows=BAD))
     with serve(sim) as url:
         data_dir = tmp_path_factory.mktemp("loaded") / "data"
-        Pipeline(sim=sim, api_url=url, data_dir=data_dir).materialize(MONTH)
-        yield Loaded(sim, url, data_dir)
+        result = Pipeline(sim=sim, api_url=url, data_dir=data_dir).materialize(MONTH)
+        yield Loaded(sim, url, data_dir, result)
 
 
 def test_each_bad_row_kind_is_quarantined_with_its_reason(loaded: Loaded, tmp_path: Path) -> None:
@@ -111,6 +112,11 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(loaded: Loaded, tmp_pa
         "bad_timestamp": BAD.bad_timestamp,
         "wrong_type": BAD.wrong_type,
     }
+    # The run's page says so too, on both steps.
+    quarantined = BAD.missing_public_id + BAD.bad_timestamp + BAD.wrong_type
+    for step in ("d23__raw_logs", "d23__logs"):
+        (event,) = loaded.result.asset_materializations_for_node(step)
+        assert event.metadata["rejected_rows"].value == quarantined, step
     assert all("public_id" in reason for reason in by_kind["missing_public_id"])
     assert all("ISO-8601 timestamp" in reason for reason in by_kind["bad_timestamp"])
     assert all(" expected a " in reason for reason in by_kind["wrong_type"])

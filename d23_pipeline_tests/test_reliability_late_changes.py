@@ -204,6 +204,8 @@ def test_rows_moved_in_by_a_merge_whose_checks_fail_stay_counted_once(pipeline: 
 
     blocked = pipeline.materialize(newer, raise_on_error=False)
     assert not blocked.success  # deletions_within_limit failed: no outcome step of this run ran
+    (held,) = blocked.asset_materializations_for_node("d23__logs")
+    assert held.metadata["deletions_held"].value and held.metadata["marked_deleted"].value == 0
     pipeline.materialize(other)  # the next run, of any month, rebuilds the months due
 
     # The held deletions are still live in d23.logs, so count from it, not from the source;

@@ -156,6 +156,7 @@ def test_clean_page_read_from_bytes_equals_the_row_by_row_result() -> None:
         ([row(1), row(2, public_id=7)], "next"),
         ([row(1), {k: v for k, v in row(2).items() if k != "outcome_option"}], "next"),
         ([row(1), row(2, notes="call back at +44 20 7946 0000")], "next"),  # an extra field
+        ([row(1, notes="a"), row(2, notes="b")], "next"),  # a field the API added to all rows
         ([row(1), row(2, updated_at="yesterday")], "next"),
         ([row(1), row(2, communicated_at="2026-04-01T00:00:00.000Z")], "next"),  # outside
         ([row(1), 5], "next"),
