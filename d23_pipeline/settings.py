@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,16 @@ def fits_a_header(token: str) -> bool:
     return token.isascii() and token.isprintable() and token == token.strip()
 
 
+def is_uuid(value: str) -> bool:
+    """The contract's ``lenderPublicId``: a UUID in any form Python reads (hex digits, with or
+    without hyphens or braces), which holds nothing a path or log line needs escaped from."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class TokenCredentials:
     """A bearer token already held for one lender."""
@@ -50,6 +61,11 @@ class TokenCredentials:
     token: str
 
     def __post_init__(self) -> None:
+        if not is_uuid(self.lender_public_id):  # it goes into every path and log line
+            raise SettingsError(
+                "D23_LENDER_PUBLIC_ID must be the lender's public id, a UUID "
+                f"(got {self.lender_public_id[:40]!r})"
+            )
         if not fits_a_header(self.token):
             raise SettingsError(
                 "D23_TOKEN holds a character an HTTP header cannot carry (only printable ASCII "

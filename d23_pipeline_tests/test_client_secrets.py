@@ -23,13 +23,12 @@ from d23_pipeline.client import (
     RetryPolicy,
     WindowTooHeavyError,
 )
-from d23_pipeline.client.auth import _is_uuid
 from d23_pipeline.client.retry import (
     WITHHELD,
     _connection_failure,
     shown_request_id,
 )
-from d23_pipeline.settings import LoginCredentials, TokenCredentials
+from d23_pipeline.settings import LoginCredentials, TokenCredentials, is_uuid
 from d23_pipeline.simulator import Drop, SimResponse, Simulator, SimulatorConfig, serve
 
 PASSWORD = "PW-SECRET-e1f2"
@@ -287,7 +286,7 @@ def test_a_tls_error_naming_a_host_that_shares_the_email_domain_is_shown() -> No
 def test_a_login_answers_lender_id_is_taken_in_any_form_of_a_uuid_only(
     lender_id: str, accepted: bool
 ) -> None:
-    assert _is_uuid(lender_id) is accepted
+    assert is_uuid(lender_id) is accepted
 
 
 def test_a_request_httpx_refuses_to_send_is_named_without_its_headers() -> None:

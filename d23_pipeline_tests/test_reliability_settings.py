@@ -24,6 +24,7 @@ from d23_pipeline.settings import (
 )
 
 LOGIN = {"lender": "demo", "email": "analyst@demo.example", "password": "pw"}
+LENDER_ID = "f59eb470-2d38-4c41-a1e1-548f2d437096"
 CURRENT_MONTH = month_of(datetime.now(UTC))
 NEXT_MONTH = month_name(month_index(CURRENT_MONTH) + 1)
 
@@ -158,7 +159,12 @@ def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> Non
         ({"api_url": "https://h.example", "lender": "demo", "password": "pw"}, "D23_EMAIL"),
         ({"api_url": "https://h.example", "lender": "demo", "email": "a@b"}, "D23_PASSWORD"),
         ({"api_url": "https://h.example", "token": "t0k"}, "D23_LENDER_PUBLIC_ID"),
-        ({"api_url": "https://h.example", "lender_public_id": "0000-uuid"}, "D23_TOKEN"),
+        ({"api_url": "https://h.example", "lender_public_id": LENDER_ID}, "D23_TOKEN"),
+        # It goes into every path: "demo/../admin" would have read another one.
+        (
+            {"api_url": "https://h.example", "lender_public_id": "demo/../admin", "token": "t"},
+            "D23_LENDER_PUBLIC_ID",
+        ),
         ({"api_url": "ftp://h.example", **LOGIN}, "D23_API_URL"),
         ({"api_url": "stage-v3-api.cleargrid.ai", **LOGIN}, "D23_API_URL"),
         ({"api_url": "https://h.example/admin/v3", **LOGIN}, "D23_API_URL"),
@@ -179,6 +185,7 @@ def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> Non
         "no-password",
         "token-without-lender-id",
         "lender-id-without-token",
+        "lender-id-not-a-uuid",
         "ftp-url",
         "url-without-scheme",
         "url-with-path",
@@ -201,7 +208,7 @@ def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_tok
     # A typographic quote pasted with the token: httpx would fail encoding the header, in an
     # error whose arguments hold the whole header.
     token = "eyJ-held-SECRET-token\u2019"
-    fields = {"api_url": "https://h.example", "lender_public_id": "0000-uuid", "token": token}
+    fields = {"api_url": "https://h.example", "lender_public_id": LENDER_ID, "token": token}
 
     with pytest.raises(SettingsError, match="D23_TOKEN") as caught:
         ExportsApiResource(**fields).connection()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +27,7 @@ from d23_pipeline.client.retry import (
     transient_for,
 )
 from d23_pipeline.client.stats import ClientStats
-from d23_pipeline.settings import Credentials, LoginCredentials, fits_a_header
+from d23_pipeline.settings import Credentials, LoginCredentials, fits_a_header, is_uuid
 
 log = logging.getLogger("d23_pipeline.client")
 
@@ -163,7 +162,7 @@ class TokenManager:
             raise ProtocolError("the login answer has no token or lenderPublicId", path=path)
         if not fits_a_header(token):
             raise ProtocolError("the login answer's token is not printable ASCII", path=path)
-        if not _is_uuid(lender_id):  # it goes into every path and log line: not quoted here
+        if not is_uuid(lender_id):  # it goes into every path and log line: not quoted here
             raise ProtocolError("the login answer's lenderPublicId is not a UUID", path=path)
         self._token = token
         self._refresh_token = refresh if isinstance(refresh, str) and refresh else None
@@ -185,13 +184,3 @@ class TokenManager:
         self._generation += 1
         self._stats.add("token_refreshes")
         log.info("refreshed the API token after a 401")
-
-
-def _is_uuid(value: str) -> bool:
-    """The contract's ``lenderPublicId``: a UUID in any form Python reads (hex digits, with or
-    without hyphens or braces), which holds nothing a path or log line needs escaped from."""
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
