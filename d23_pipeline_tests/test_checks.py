@@ -130,9 +130,17 @@ def test_rejects_warn_then_error_above_the_threshold() -> None:
     assert checks.rejected_rows(1000, 0).passed
     few = checks.rejected_rows(1000, 5)
     many = checks.rejected_rows(1000, 50)
+    # The share is of the rows served, rejects included: 10 of 1,000 is 1 %, the limit.
+    at_limit = checks.rejected_rows(990, 10)
+    past_limit = checks.rejected_rows(989, 11)
 
     assert (few.passed, few.severity) == (False, dg.AssetCheckSeverity.WARN)
     assert (many.passed, many.severity) == (False, dg.AssetCheckSeverity.ERROR)
+    assert (at_limit.severity, at_limit.metadata["rejected_share"].value) == (
+        dg.AssetCheckSeverity.WARN,
+        0.01,
+    )
+    assert past_limit.severity == dg.AssetCheckSeverity.ERROR
 
 
 def test_duplicate_public_ids_and_foreign_columns_are_caught(tmp_path: Path) -> None:
@@ -170,14 +178,33 @@ def test_kpi_rates_outside_0_and_1_fail_naming_the_rate(tmp_path: Path) -> None:
     with Warehouse(tmp_path / "warehouse.duckdb").connect() as con:
         _kpi_row(con, "2026-04-01", attempts=10, rpcs=4)
         _kpi_row(con, "2026-05-01", attempts=10, rpcs=12)  # more RPCs than attempts
+        _kpi_row(con, "2026-06-01", attempts=10, rpcs=10)  # every attempt an RPC: a rate of 1
 
         april = checks.kpi_rates_in_range(con, date(2026, 4, 1))
         may = checks.kpi_rates_in_range(con, date(2026, 5, 1))
+        june = checks.kpi_rates_in_range(con, date(2026, 6, 1))
 
     assert april.passed and april.metadata["rates_out_of_range"].value == "none"
+    assert june.passed, june.description
     assert not may.passed
     assert may.metadata["rates_out_of_range"].value == (
         "2026-05-01 contact_rate 1.2; 2026-05-01 rpc_rate 1.2"
+    )
+
+
+def test_the_unmapped_codes_warning_names_ten_codes_and_counts_the_rest(tmp_path: Path) -> None:
+    with Warehouse(tmp_path / "warehouse.duckdb").connect() as con:
+        for n in range(12):
+            con.execute(
+                "INSERT INTO d23.outcome_mix_monthly VALUES ('2026-04-01', 'CALL', 'AGENT', ?, "
+                "false, false, false, false, false, ?, 0)",
+                [f"CODE_{n:02d}", 100 - n],
+            )
+        result = checks.unmapped_outcome_codes(con, date(2026, 4, 1))
+
+    named = ", ".join(f"CODE_{n:02d} {100 - n}" for n in range(10))
+    assert result.description.startswith(
+        f"codes the outcome mapping does not classify, with their attempts: {named} and 2 more;"
     )
 
 
@@ -227,6 +254,21 @@ def test_every_failed_check_says_why_in_its_description() -> None:
 
     assert failed.description == (f"{checks.KPI_RATES_IN_RANGE.description} Found bad: ['x 1.5'].")
     assert checks._result(checks.KPI_RATES_IN_RANGE, passed=True).description is None
+
+
+def test_only_the_checks_that_guard_the_merge_block_the_steps_after_it() -> None:
+    specs = [spec for asset in defs.assets for spec in asset.check_specs]
+
+    blocking = {(spec.asset_key.to_user_string(), spec.name) for spec in specs if spec.blocking}
+
+    # Rejected rows (an ERROR over 1 %) wait in d23.rejected_rows: the month's good rows still
+    # merge and count.
+    assert blocking == {
+        ("d23/logs", "public_id_unique"),
+        ("d23/logs", "only_allowlisted_columns"),
+        ("d23/logs", "slices_verified"),
+        ("d23/logs", "deletions_within_limit"),
+    }
 
 
 def test_every_check_of_a_monthly_asset_has_the_monthly_partitions() -> None:

@@ -9,6 +9,7 @@ from d23_pipeline.analytics import outcome_mix
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.dashboard_refresh import dashboard_after_blocked_run
 from d23_pipeline.defs.jobs import d23_dashboard_job
+from d23_pipeline.warehouse import store
 
 MONTH = "2026-04"
 CONFIRM = {"ops": {"d23__logs": {"config": {"confirm_deletions": True}}}}
@@ -61,14 +62,24 @@ def test_a_blocked_months_held_deletions_and_unmixed_rows_reach_the_dashboard_un
     assert not _listed(pipeline, HELD) and not _listed(pipeline, MIX_BEHIND)
 
 
-def test_a_failed_run_that_merged_nothing_requests_no_dashboard(pipeline: Pipeline) -> None:
+def _merge_fails(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("the merge failed")
+
+
+@pytest.mark.parametrize("failing", ["login", "merge after the read landed"])
+def test_a_failed_run_that_merged_nothing_requests_no_dashboard(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    overrides = {"password": "not-the-password"} if failing == "login" else {}
+    if failing != "login":
+        monkeypatch.setattr(store, "merge_within_memory_limit", _merge_fails)
     with dg.instance_for_test() as instance:
-        failed = pipeline.materialize(
-            MONTH, raise_on_error=False, instance=instance, password="not-the-password"
-        )
+        failed = pipeline.materialize(MONTH, raise_on_error=False, instance=instance, **overrides)
         assert not failed.success
 
-        assert isinstance(_on_failure(instance, failed), dg.SkipReason)
+        answer = _on_failure(instance, failed)
+
+    assert isinstance(answer, dg.SkipReason) and "merged nothing" in answer.skip_message
 
 
 @pytest.mark.parametrize(

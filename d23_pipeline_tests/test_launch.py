@@ -11,6 +11,7 @@ import httpx
 import pytest
 from processes import clean_env, free_port, make_dagster_home, run_python
 
+from d23_pipeline import launch
 from d23_pipeline.definitions import defs
 from d23_pipeline.launch import (
     _guide,
@@ -45,6 +46,29 @@ def test_a_ui_on_another_port_gets_a_backfill_command_that_reaches_it(tmp_path: 
     guide = _guide({"D23_START_MONTH": "2026-07", "D23_DATA_DIR": str(tmp_path)}, ui_port=3300)
 
     assert " --url http://127.0.0.1:3300\n" in guide
+
+
+def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_reaches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [n for n in os.environ if n.startswith(("D23_", "DAGSTER_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("D23_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("D23_API_URL", "http://127.0.0.1:9")  # a real API: no simulator
+    monkeypatch.setenv("D23_START_MONTH", "2026-01")
+    monkeypatch.setenv("D23_UI_PORT", "3300")
+    served = []
+    monkeypatch.setattr(launch, "set_pool_limits", lambda env: None)
+    monkeypatch.setattr(launch, "_serve_ui", lambda env, port: served.append(port))
+
+    launch.main()
+
+    out = capsys.readouterr().out
+    assert served == [3300]
+    assert "; UI on http://127.0.0.1:3300\n" in out
+    current = f"{datetime.now(UTC):%Y-%m}"
+    assert f"d23_pipeline.backfill 2026-01 {current} --url http://127.0.0.1:3300\n" in out
 
 
 def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_named(

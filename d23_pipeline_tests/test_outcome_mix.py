@@ -1,10 +1,13 @@
 """Outcome mix and KPIs on a small hand-made month, checked against numbers worked out by hand."""
 
 import base64
+import math
 import random
 import struct
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -102,6 +105,20 @@ def test_monthly_kpis_equal_hand_computed_values(warehouse: Warehouse) -> None:
     assert kpis["ptp_per_attempt"] == pytest.approx(2 / 7)
     assert kpis["refusal_rate"] == pytest.approx(1 / 4)
     assert kpis["broken_promise_share"] == pytest.approx(1 / 2)
+
+
+def test_a_rebuild_whose_bookkeeping_row_is_gone_fails_naming_it_and_changes_nothing(
+    warehouse: Warehouse,
+) -> None:
+    before = _kpis(warehouse)
+    with warehouse.connect() as con:
+        _insert(con, "p4", "PTP", APRIL[0] + timedelta(hours=10))
+        con.execute("DELETE FROM d23.mix_rebuilds")  # without it, DuckLake rebuilds never conflict
+        with pytest.raises(RuntimeError, match=r"d23.mix_rebuilds has lost its row"):
+            rebuild_outcome_mix_monthly(con, date(2026, 4, 1), *APRIL, load_outcome_classes())
+        (attempts,) = con.execute("SELECT sum(attempts) FROM d23.outcome_mix_monthly").fetchone()
+
+    assert attempts == before["attempts"]  # the month's mix as it was, without p4
 
 
 def test_rebuilding_a_month_replaces_it(warehouse: Warehouse) -> None:
@@ -255,6 +272,8 @@ def test_month_without_attempts_has_zero_counts_and_no_rates(tmp_path: Path) -> 
 
 
 def test_daily_trend_adds_up_to_the_month(warehouse: Warehouse) -> None:
+    with warehouse.connect() as con:  # a broken flag on an RPC is no broken promise, daily too
+        con.execute("UPDATE d23.logs SET is_ptp_broken = true WHERE public_id = 'r1'")
     monthly = _kpis(warehouse)
     with warehouse.connect() as con:
         rebuild_outcome_mix_daily(con, *APRIL, load_outcome_classes())
@@ -294,6 +313,11 @@ def test_a_row_at_a_months_first_instant_counts_in_that_month_only(warehouse: Wa
         ("promises: [PTP]\n", "keys among"),
         ("promise: [PTP]\nno_contact: [PTP]\n", "both contact and no_contact"),
         (
+            "contact: [WRONG_NUMBER]\nno_contact: [NO_ANSWER, WRONG_NUMBER]\n",
+            r"\['WRONG_NUMBER'\] listed as both contact and no_contact",
+        ),
+        ("promise: [PTP, '']\n", "promise lists '', not codes"),
+        (
             "promise: [PTP, MAYBE]\nrefusal: [REFUSED_TO_PAY, MAYBE]\n",
             r"\['MAYBE'\] listed as both promise and refusal",
         ),
@@ -331,11 +355,40 @@ def test_a_months_daily_rate_chart_is_a_small_image_in_the_event_log() -> None:
 
 def _drawn_axes(monkeypatch: pytest.MonkeyPatch, labels: list[str], values: list[int]):
     """The axes ``charts.bar_chart`` draws for ``labels`` and ``values``, before it is a PNG."""
+    return _axes_of(monkeypatch, lambda: charts.bar_chart(labels, values, "t"))
+
+
+def _axes_of(monkeypatch: pytest.MonkeyPatch, draw: Callable[[], str]) -> Any:
+    """The axes of the figure ``draw`` makes, before it is a PNG."""
     drawn = []
     monkeypatch.setattr(charts, "_markdown_image", lambda fig, alt: drawn.append(fig) or "")
-    charts.bar_chart(labels, values, "t")
+    draw()
     (axes,) = drawn[0].axes
     return axes
+
+
+def test_each_outcome_bar_is_labelled_with_its_attempts_and_share_of_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    axes = _drawn_axes(monkeypatch, ["PTP", "RPC", "NO_ANSWER"], [50, 30, 20])
+
+    labelled = {
+        bar.get_width(): text.get_text() for bar, text in zip(axes.patches, axes.texts, strict=True)
+    }
+    assert labelled == {50: " 50 (50%)", 30: " 30 (30%)", 20: " 20 (20%)"}
+
+
+def test_daily_rates_are_drawn_in_percent_with_a_gap_on_a_day_without_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    days = [date(2026, 4, 1), date(2026, 4, 2), date(2026, 4, 3)]
+    rates = {"contact_rate": [0.5, None, 0.25]}
+    axes = _axes_of(monkeypatch, lambda: charts.rate_chart(days, rates, "t"))
+
+    (line,) = axes.lines
+    first, missing, last = line.get_ydata()
+    assert (first, last) == (50, 25)
+    assert math.isnan(missing)  # not 0 %: nothing was attempted that day
 
 
 def test_a_month_of_many_codes_draws_the_largest_and_one_bar_for_the_rest(

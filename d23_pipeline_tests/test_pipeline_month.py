@@ -122,6 +122,16 @@ def test_moved_row_read_in_the_new_month_first_is_neither_lost_nor_doubled(
     assert live_moved == [("2026-05-01",)] * len(moved)
 
 
+def test_the_slice_hours_setting_sets_how_many_slices_a_month_is_read_in(
+    pipeline: Pipeline,
+) -> None:
+    result = pipeline.materialize("2026-04", selection="d23/raw_logs", slice_hours=120)
+
+    raw = _metadata(result, "d23__raw_logs")
+    assert raw["slices"] == 6  # April's 30 days in slices of 5
+    assert raw["dagster/row_count"] == len(pipeline.expected_rows(["2026-04"]))
+
+
 def test_interrupted_month_resumes_from_finished_slices(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:

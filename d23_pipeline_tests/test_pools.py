@@ -16,31 +16,37 @@ from d23_pipeline.defs.pools import pool_watchdog
 POOL = "d23_warehouse"
 
 
-def _assigned(instance: dg.DagsterInstance, run_id: str) -> bool:
-    claim = instance.event_log_storage.check_concurrency_claim(POOL, run_id, "d23__logs")
+def _assigned(
+    instance: dg.DagsterInstance, run_id: str, pool: str = POOL, step: str = "d23__logs"
+) -> bool:
+    claim = instance.event_log_storage.check_concurrency_claim(pool, run_id, step)
     return claim.is_assigned
 
 
-def test_a_step_left_waiting_while_the_slot_is_free_gets_it_and_only_one() -> None:
+# Each pool the assets use: a read left waiting on d23_api stalls as a merge would.
+@pytest.mark.parametrize(("pool", "step"), [(POOL, "d23__logs"), ("d23_api", "d23__raw_logs")])
+def test_a_step_left_waiting_while_the_slot_is_free_gets_it_and_only_one(
+    pool: str, step: str
+) -> None:
     with dg.instance_for_test() as instance:
         storage = instance.event_log_storage
-        storage.set_concurrency_slots(POOL, 1)
+        storage.set_concurrency_slots(pool, 1)
         idle = pool_watchdog(dg.build_sensor_context(instance=instance))
         # What the race leaves: a step registered as waiting, unassigned, with the slot free.
-        storage.add_pending_step(POOL, "month-b", "d23__logs", should_assign=False)
-        storage.add_pending_step(POOL, "month-c", "d23__logs", should_assign=False)
-        assert not _assigned(instance, "month-b")
+        storage.add_pending_step(pool, "month-b", step, should_assign=False)
+        storage.add_pending_step(pool, "month-c", step, should_assign=False)
+        assert not _assigned(instance, "month-b", pool, step)
 
         first = pool_watchdog(dg.build_sensor_context(instance=instance))
         second = pool_watchdog(dg.build_sensor_context(instance=instance))
 
         # The one slot goes to the step waiting longest; the other still waits its turn.
-        assert _assigned(instance, "month-b")
-        assert not _assigned(instance, "month-c")
+        assert _assigned(instance, "month-b", pool, step)
+        assert not _assigned(instance, "month-c", pool, step)
         # Its tick history says what it did (it said "a slot free in" every 15 s, idle or not).
         assert (
             first.skip_message
-            == f"gave a free slot to the step waiting longest in: {POOL} (2 were waiting)"
+            == f"gave a free slot to the step waiting longest in: {pool} (2 were waiting)"
         )
         assert second.skip_message == "no pool slot is free"  # month-c waits its turn
         assert idle.skip_message == "no step waits while a pool slot is free"

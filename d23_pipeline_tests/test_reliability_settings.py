@@ -39,6 +39,7 @@ NEXT_MONTH = month_name(month_index(CURRENT_MONTH) + 1)
         ("D23_START_MONTH", "May 2026"),
         ("D23_START_MONTH", "0202-01"),
         ("D23_START_MONTH", "1969-12"),  # before Dagster's first partition time
+        ("D23_START_MONTH", "2026-00"),  # would be read as 2025-12
         ("D23_PAGE_LIMIT", "lots"),
         ("D23_PAGE_LIMIT", "0"),
         ("D23_PAGE_LIMIT", "5000"),

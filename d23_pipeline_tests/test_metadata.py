@@ -1,0 +1,28 @@
+"""What an asset's page in the Dagster UI shows: column descriptions and markdown previews."""
+
+from pathlib import Path
+
+from d23_pipeline.defs.metadata import markdown_table, schema_from_table
+from d23_pipeline.warehouse.store import Warehouse
+
+
+def test_each_rate_column_says_which_count_it_divides_by_which(tmp_path: Path) -> None:
+    with Warehouse(tmp_path / "warehouse.duckdb").connect() as con:
+        schema = schema_from_table(con, "outcome_kpis_monthly")
+    described = {column.name: column.description for column in schema.columns}
+
+    assert described["refusal_rate"] == (
+        "Refusal rate: refusals / rpcs, a share from 0 to 1, not a percentage; empty without rpcs."
+    )
+    assert described["ptp_per_attempt"].startswith("PTP per attempt: promises / attempts,")
+
+
+def test_a_preview_table_has_a_separator_per_column_escapes_pipes_and_leaves_none_empty() -> None:
+    # One separator cell short and the UI renders no table; a bare | in a code splits its cell.
+    table = markdown_table([{"outcome_option": "PTP|PARTIAL", "attempts": 3, "_deleted_at": None}])
+
+    assert table.splitlines() == [
+        "| outcome_option | attempts | _deleted_at |",
+        "|---|---|---|",
+        "| PTP\\|PARTIAL | 3 |  |",
+    ]
