@@ -13,11 +13,14 @@ from harness import d23_row
 from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
 from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.landing.snapshot import (
+    REJECT_SCHEMA,
+    SliceRecord,
     Snapshot,
     SnapshotBusyError,
     SnapshotStore,
     SnapshotWriter,
     UnreadableSnapshot,
+    rejects_path,
     rows_path,
 )
 from d23_pipeline.schema import RejectedRow, rows_to_batch
@@ -245,3 +248,28 @@ def test_starting_a_read_over_restarts_its_clock(tmp_path: Path) -> None:
         time.sleep(0.01)
         second.start_over()
         assert second.started_at > before
+
+
+def test_a_finished_slice_whose_rejects_file_holds_other_counts_is_read_again(
+    tmp_path: Path,
+) -> None:
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+        bad = RejectedRow("is_active is not a boolean", "broken", {})
+        first.write_page(SlicePage(SLICES[0], rows_to_batch([_row("a", SLICES[0])]), [bad]))
+        proof = SliceProof(served=2, total_before=2, total_after=2, verified=True)
+        first.finish_slice(SliceDone(SLICES[0], rows=1, rejects=1, pages=1, proof=proof))
+        raise RuntimeError("the run dies")
+    # Readable, but without the bad row the manifest counts: it would be lost unquarantined.
+    pq.write_table(REJECT_SCHEMA.empty_table(), rejects_path(first.directory, SLICES[0]))
+
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.finished == set()
+
+
+def test_a_slice_landed_before_reads_were_counted_is_not_proven_complete() -> None:
+    # A manifest written before slices recorded their proof: its rows and rejects were served.
+    record = SliceRecord.from_manifest(SLICES[0].key, {"rows": 2, "rejects": 1, "pages": 1})
+
+    assert (record.verified, record.served, record.reads) == (False, 3, 1)
+    assert (record.total_before, record.total_after) == (None, None)

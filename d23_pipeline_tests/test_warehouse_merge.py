@@ -1,6 +1,7 @@
 """The month merge into d23.logs, on hand-made snapshots: who wins, what is deleted, what stays."""
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import (
     ABSENT_SCHEMA,
     REJECT_SCHEMA,
+    UNPROVEN_SCHEMA,
     SliceRecord,
     Snapshot,
     StaleReject,
+    UnprovenDeletions,
     rejects_path,
     rows_path,
 )
@@ -27,8 +30,11 @@ from d23_pipeline.warehouse.store import (
     MergeSummary,
     Warehouse,
     WarehouseBackend,
+    deletion_candidates,
+    last_deletion,
     merge_snapshot,
     merge_within_memory_limit,
+    rejects_elsewhere,
 )
 
 PARTITION = "2026-04-01"
@@ -472,9 +478,11 @@ def test_a_version_served_under_the_same_updated_at_by_a_later_read_is_kept(
     # The source changed the row without moving updated_at (its contract says it moves): as
     # within one read, the version read last is kept.
     months.merge([row("a", outcome_option="PTP")])
-    months.merge([row("a", outcome_option="NO_ANSWER")])
+    summary = months.merge([row("a", outcome_option="NO_ANSWER")])
 
     assert months.logs()["a"]["outcome_option"] == "NO_ANSWER"
+    # Not an older version served: that would fail the conflicting_versions check for no fault.
+    assert (summary.older_versions, summary.older_version_examples) == (0, [])
 
 
 def test_a_row_moved_without_a_new_updated_at_is_taken_over_by_its_new_month(
@@ -645,3 +653,149 @@ def test_a_snapshot_landed_before_reads_were_proven_deletes_nothing(months: Mont
 
     assert (summary.deletions_proven, summary.marked_deleted) == (0, 0)
     assert months.logs()["b"]["_deleted_at"] is None
+
+
+# Within one file the version served later is the later answer; the other is quarantined.
+def test_two_versions_under_one_updated_at_in_one_slice_keep_the_one_served_later(
+    months: Months,
+) -> None:
+    summary = months.merge([row("a", outcome_option="RPC"), row("a", outcome_option="PTP")])
+
+    assert months.logs()["a"]["outcome_option"] == "PTP"
+    with months.warehouse.connect(read_only=True) as con:
+        ((values,),) = con.execute("SELECT allowlisted_values FROM d23.rejected_rows").fetchall()
+    assert json.loads(values)["outcome_option"] == "RPC"
+    assert (summary.inserted, summary.conflicting_versions) == (1, 1)
+
+
+def test_a_live_row_moved_into_another_month_counts_as_moved_not_restored(
+    months: Months,
+) -> None:
+    months.merge([row("a")])
+    moved = row("a", "2026-04-10T00:00:00.000Z", communicated_at="2026-05-01T09:00:00.000Z")
+
+    summary = months.merge([moved], partition="2026-05-01")
+
+    assert (summary.moved_in, summary.restored) == (1, 0)
+
+
+def test_a_row_moved_without_a_new_updated_at_makes_its_old_months_mix_due(
+    months: Months,
+) -> None:
+    # April's outcome mix still counts a; unless it is rebuilt, a counts in April and in May.
+    months.merge([row("a"), row("b")])
+    moved = row("a", communicated_at="2026-05-01T09:00:00.000Z")  # same updated_at
+
+    summary = months.merge([moved], partition="2026-05-01")
+
+    assert summary.moved_in == 1
+    with months.warehouse.connect(read_only=True) as con:
+        due = con.execute("SELECT DISTINCT CAST(month AS VARCHAR) FROM d23.mix_rebuilds_due")
+        assert sorted(m for (m,) in due.fetchall()) == [PARTITION, "2026-05-01"]
+
+
+def test_an_older_proof_merged_after_a_newer_one_neither_recounts_nor_redates_the_deletion(
+    months: Months,
+) -> None:
+    months.merge([row("a"), row("b")], read_at=READ_AT)
+    older = months.snapshot([row("a")], absent=("b",), read_at=READ_AT + timedelta(hours=1))
+    months.merge(
+        [row("a")], absent=("b",), read_at=READ_AT + timedelta(hours=2), max_deletion_share=1.0
+    )
+
+    with months.warehouse.connect() as con:
+        summary = merge_snapshot(con, older, max_deletion_share=1.0)
+
+    assert (summary.deletions_proven, summary.marked_deleted) == (0, 0)
+    assert months.logs()["b"]["_deleted_at"] == READ_AT + timedelta(hours=2)
+
+
+# Set back, it would let a read older than the one that last saw the row delete it.
+def test_a_reject_served_by_an_older_read_does_not_set_back_when_the_row_was_last_seen(
+    months: Months,
+) -> None:
+    months.merge([row("a"), row("b")], read_at=READ_AT + timedelta(hours=2))
+
+    months.merge([], rejects=[rejected("b")], partition="2026-05-01", read_at=READ_AT)
+
+    assert months.logs()["b"]["_last_seen_at"] == READ_AT + timedelta(hours=2)
+
+
+def test_a_deletion_share_is_of_the_months_live_rows_not_of_those_already_deleted(
+    months: Months,
+) -> None:
+    months.merge([row(f"r{i:03}") for i in range(100)])
+    kept = [row(f"r{i:03}") for i in range(50, 100)]
+    months.merge(kept, absent=tuple(f"r{i:03}" for i in range(50)), max_deletion_share=1.0)
+
+    # 2 gone of the 50 rows still live: 4 %, over 2 %, however many were deleted before.
+    held = months.merge(kept[2:], absent=("r050", "r051"), max_deletion_share=0.02)
+
+    assert (held.live_rows, held.deletions_held, held.marked_deleted) == (50, True, 0)
+    assert months.logs()["r050"]["_deleted_at"] is None
+
+
+# Left out, a row logged at midnight and deleted at the source would stay live for good.
+def test_a_row_at_a_verified_slices_first_instant_is_a_deletion_candidate(
+    months: Months,
+) -> None:
+    midnight = "2026-04-02T00:00:00.000Z"  # day 2's first instant
+    months.merge([row("a")], [d23_row("m", midnight), d23_row("n", "2026-04-02T10:00:00.000Z")])
+    reread = months.snapshot([row("a")], [])  # m and n no longer served
+    day2 = reread.slices[1].window
+
+    with months.warehouse.connect(read_only=True) as con:
+        candidates = deletion_candidates(
+            con,
+            reread.row_files,
+            reread.reject_files,
+            partition=PARTITION,
+            verified=[(day2.since, day2.until)],
+        )
+
+    assert [public_id for public_id, _ in candidates] == ["m", "n"]
+
+
+def test_deletions_pending_tell_held_rows_from_rows_not_proven(months: Months) -> None:
+    months.merge([row(f"r{i}") for i in range(10)])
+    snapshot = months.snapshot([row(f"r{i}") for i in range(2, 8)], absent=("r0", "r1"))
+    why = "the second read of the month was not proven complete"
+    pq.write_table(
+        pa.table({"public_id": ["r8", "r9"], "reason": [why, why]}, UNPROVEN_SCHEMA),
+        snapshot.unproven_file,
+    )
+    snapshot = replace(snapshot, unproven=[UnprovenDeletions(2, why, ["r8", "r9"])])
+
+    with months.warehouse.connect() as con:
+        summary = merge_snapshot(con, snapshot, max_deletion_share=0.1)
+        pending = con.execute(
+            "SELECT public_id, held FROM d23.deletions_pending ORDER BY public_id"
+        ).fetchall()
+
+    assert summary.deletions_held
+    assert pending == [("r0", True), ("r1", True), ("r8", False), ("r9", False)]
+
+
+# A read begun between two deletions must not be resumed: the later one may have removed a
+# row that moved into a slice it had finished.
+def test_the_last_deletion_a_resume_weighs_is_the_latest_one(months: Months) -> None:
+    months.merge([row("a"), row("b"), row("c")])
+    months.merge([row("a"), row("c")], absent=("b",), max_deletion_share=1.0)
+    months.merge([row("a")], absent=("c",), max_deletion_share=1.0)
+
+    with months.warehouse.connect(read_only=True) as con:
+        assert last_deletion(con) == months.read_at == months.logs()["c"]["_deleted_at"]
+
+
+# On DuckLake another host's month may be known only by its stored rejects (its raw folder is
+# not this host's).
+def test_another_months_stored_reject_of_a_row_is_found_and_the_months_own_is_not(
+    months: Months,
+) -> None:
+    months.merge([row("a")], rejects=[rejected("r")], partition="2026-05-01")
+    months.merge([row("b")], rejects=[rejected("r"), rejected("s")])
+
+    with months.warehouse.connect(read_only=True) as con:
+        found = rejects_elsewhere(con, PARTITION, {"r", "s"})
+
+    assert [(r.public_id, r.partition) for r in found] == [("r", "2026-05-01")]
