@@ -511,3 +511,150 @@ def test_a_repeated_cursor_stops_the_walk() -> None:
 
     with pytest.raises(CursorLoopError, match="already seen"):
         walk.page_served(rows_to_batch(rows_at([1])), [], "same")
+
+
+def _with_id(n: int, rows_before: int) -> RejectedRow:
+    """Row ``n`` served broken (the same broken value as any other), with its public_id."""
+    return RejectedRow("outcome_option is int", pid(n), {"outcome_option": 7}, rows_before)
+
+
+def test_a_remembered_width_below_the_narrowest_window_asks_for_the_narrowest() -> None:
+    # A read remembered 1 min; the narrowest window is now 1 h (D23 settings changed).
+    hint = WidthHint(HOUR, ceiling=MINUTE)
+
+    request = walk_of(DAY, min_window=HOUR, hint=hint).next_request()
+
+    assert hint.ceiling == HOUR
+    assert request is not None and request.part == Window(T0, T0 + HOUR)
+
+
+def test_a_late_timeout_of_a_wider_window_does_not_widen_the_width_learned() -> None:
+    hint = WidthHint(MS)
+    for width in (DAY.duration, DAY.duration, 6 * HOUR, 6 * HOUR):
+        hint.failed(width)
+    assert hint.ceiling == 3 * HOUR
+    # A request for a whole day sent before the width was learned times out only now.
+    hint.failed(DAY.duration)
+
+    assert hint.ceiling == 3 * HOUR
+
+
+def test_a_re_read_drops_no_reject_with_another_public_id_alike_one_handed_over() -> None:
+    walk = walk_of(DAY, limit=2)
+    # Row 1 at 01:00, then row 7 broken; the page ends there.
+    _, fresh = walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_with_id(7, 1)], "c1")
+    assert fresh == [_with_id(7, 1)]
+    walk.gateway_timeout()  # read again from 01:00
+    # Meanwhile row 7 was deleted, and row 8, broken alike, now lies where it did.
+    rows = rows_to_batch([row(1, T0 + HOUR), row(2, T0 + 2 * HOUR)])
+
+    _, fresh = walk.page_served(rows, [_with_id(8, 1)], None)
+
+    assert fresh == [_with_id(8, 1)]
+
+
+def test_a_reject_after_ties_spread_over_pages_is_not_handed_over_again_by_a_re_read() -> None:
+    tie = T0 + HOUR
+    walk = walk_of(DAY, limit=2)
+    walk.page_served(rows_to_batch([row(1, tie), row(2, tie)]), [], "c1")
+    # A third row at 01:00 on the next page, then a null row; the page ends there.
+    _, fresh = walk.page_served(rows_to_batch([row(3, tie)]), [_null_row(1)], "c2")
+    assert fresh == [_null_row(1)]
+    walk.gateway_timeout()  # read again from 01:00, skipping rows 1-3 there
+
+    rows = rows_to_batch([row(1, tie), row(2, tie), row(3, tie), row(4, T0 + 2 * HOUR)])
+    batch, fresh = walk.page_served(rows, [_null_row(3)], None)
+
+    assert batch.column("public_id").to_pylist() == [pid(4)]
+    assert fresh == []  # the same null row, served again after the three rows
+
+
+def test_a_re_read_narrowed_again_drops_no_new_reject_in_its_later_pieces() -> None:
+    walk = walk_of(DAY, limit=2)
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_null_row(1)], "c1")  # null at 01:30
+    walk.gateway_timeout()  # read again from 01:00: [01:00, 12:30) and [12:30, 24:00)
+    walk.gateway_timeout()  # and its first piece again, narrower
+    rows = rows_to_batch([row(1, T0 + HOUR), row(2, T0 + 2 * HOUR)])
+    _, fresh = walk.page_served(rows, [_null_row(1)], None)  # the null at 01:30, again
+    assert fresh == []
+    while (request := walk.next_request()) is not None and request.part.since < T0 + 12 * HOUR:
+        walk.page_served(rows_to_batch([]), [], None)
+    assert request is not None and request.part.since == T0 + 12.5 * HOUR
+
+    # A new null row at 12:45, before row 3.
+    _, fresh = walk.page_served(rows_to_batch([row(3, T0 + 13 * HOUR)]), [_null_row(0)], None)
+
+    assert fresh == [_null_row(0)]
+
+
+def test_a_part_read_again_that_handed_over_only_a_new_reject_before_its_end_reads_on() -> None:
+    at = T0 + HOUR
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, 3, DAY.until))
+    walk.page_served(rows_to_batch([row(1, at), row(2, at)]), [], None)  # ended inside 01:00
+    request = walk.next_request()
+    assert request is not None and request.part == Window(at, at + MS)  # read on: 01:00 alone
+    # The two rows again (skipped), then a null row new to the walk; it ends there again.
+    _, fresh = walk.page_served(rows_to_batch([row(1, at), row(2, at)]), [_null_row(2)], None)
+    assert fresh == [_null_row(2)]
+
+    request = walk.next_request()
+
+    assert request is not None and request.part == Window(at, at + MS)  # on again: rows may follow
+    assert not walk.read_on_ran_out
+
+
+def test_an_end_at_the_instant_of_the_count_is_read_on_past_without_the_count_budget() -> None:
+    # Rows of the count's own millisecond may have been logged after it: no budget bounds them.
+    counted_at = T0 + 10 * MS
+    walk = walk_of(DAY, read_on=ReadOn(T0 + 200 * MS, 0, counted_at))
+
+    walk.page_served(rows_to_batch([row(1, T0), row(2, counted_at)]), [], None)
+
+    request = walk.next_request()
+    assert request is not None and request.part == Window(counted_at, counted_at + MS)
+    assert not walk.read_on_ran_out
+
+
+def test_a_walk_given_away_by_a_cut_reads_on_only_as_often_as_the_budget_left() -> None:
+    walk = walk_of(DAY, read_on=ReadOn(DAY.until, 1, DAY.until))
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [], None)  # an end: reads on (1 of 1)
+    given = walk.cut(T0 + 12 * HOUR)
+    assert given is not None
+
+    given.page_served(rows_to_batch([row(2, T0 + 13 * HOUR)]), [], None)  # another end
+
+    # No read-on is left for it: the read says so, rather than read on past one more end.
+    assert given.next_request() is None
+    assert given.read_on_ran_out
+
+
+def test_a_reject_served_again_just_before_the_new_edge_is_not_handed_over_by_the_next_re_read():
+    walk = walk_of(DAY, limit=2)
+    # Row 1 at 01:00, then row 7 broken (its instant, 02:00, unknown to the walk); it ends there.
+    walk.page_served(rows_to_batch([row(1, T0 + HOUR)]), [_with_id(7, 1)], "c1")
+    walk.gateway_timeout()  # read again from 01:00
+    rows = rows_to_batch([row(1, T0 + HOUR), row(2, T0 + 2 * HOUR)])
+    _, fresh = walk.page_served(rows, [_with_id(7, 1)], "c2")  # row 7 again, then row 2
+    assert fresh == []
+    walk.gateway_timeout()  # read again from 02:00, where row 7 lies before row 2
+
+    rows = rows_to_batch([row(2, T0 + 2 * HOUR), row(3, T0 + 3 * HOUR)])
+    _, fresh = walk.page_served(rows, [_with_id(7, 0)], None)
+
+    assert fresh == []
+
+
+def test_a_second_re_read_hands_over_the_null_row_next_to_one_served_again() -> None:
+    at = T0 + HOUR
+    walk = walk_of(DAY, limit=2)
+    walk.page_served(rows_to_batch([row(1, at)]), [_null_row(1)], "c1")  # row 1, a null; ends
+    walk.gateway_timeout()  # read again from 01:00
+    _, fresh = walk.page_served(rows_to_batch([row(1, at)]), [_null_row(1)], "c2")  # the same
+    assert fresh == []
+    walk.gateway_timeout()  # read again from 01:00 once more
+
+    # The same null row, then another right after it (two alike), then row 2.
+    rows = rows_to_batch([row(1, at), row(2, T0 + 2 * HOUR)])
+    _, fresh = walk.page_served(rows, [_null_row(1), _null_row(1)], None)
+
+    assert fresh == [_null_row(1)]
