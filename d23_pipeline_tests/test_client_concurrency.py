@@ -6,7 +6,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 import pytest
@@ -14,6 +14,7 @@ from api import DAY, T0, client, error, ids_in, queries, rows_at, simulator
 from harness import ExportHookSimulator
 
 from d23_pipeline.client import LenderMismatchError, SliceDone, SlicePage, Window
+from d23_pipeline.client.fanout import fan_out
 from d23_pipeline.simulator import Faults, SimResponse, Simulator, SimulatorConfig
 
 THREE_DAYS = Window(T0, T0 + timedelta(days=3))
@@ -160,3 +161,34 @@ def test_a_rate_limit_shared_by_every_request_is_waited_out_not_failed() -> None
     ids = [r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows]
     assert sorted(ids) == sorted(ids_in(sim, one_day)) and len(ids) == 72
     assert sim.refused > 0
+
+
+def test_a_worker_error_raised_while_the_consumer_is_behind_still_reaches_it() -> None:
+    # The worker fails with the event queue full (a slow consumer: Parquet writing, say). Its
+    # error must wait for room rather than be dropped: the consumer would wait for ever.
+    failed = threading.Event()
+
+    def work(item: int, cancel: threading.Event, deliver: Callable[[object], None]) -> None:
+        for n in range(3):  # the first is taken; two fill the queue of one worker
+            deliver(n)
+        failed.set()
+        raise RuntimeError("the API refused the lender")
+
+    items = iter([1])
+    stream = fan_out(lambda cancel: next(items, None), work, workers=1, name="test-fan-out")
+    assert next(stream) == 0
+    assert failed.wait(5)
+    time.sleep(0.2)  # the error meets a full queue
+    outcome: list[object] = []
+
+    def consume() -> None:
+        try:
+            outcome.append(list(stream))
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(10)
+
+    assert outcome and isinstance(outcome[0], RuntimeError), outcome
