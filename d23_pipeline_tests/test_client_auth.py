@@ -256,3 +256,20 @@ def test_a_refresh_refused_without_the_apis_error_body_falls_back_to_a_fresh_log
         ids = [row["public_id"] for page in [first, *pages] for row in page.rows]
 
     assert ids == ids_in(sim)
+
+
+def test_a_401_that_outlasts_the_refresh_is_sent_again_with_the_fresh_logins_token() -> None:
+    sim = simulator(rows_at(range(3)))
+    sim.script(error(401), times=2)
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+    assert (answered(sim, "login"), answered(sim, "refresh")) == (2, 1)
+
+
+def test_the_requests_count_includes_requests_answered_401() -> None:
+    sim = simulator(rows_at(range(3)))
+    sim.script(error(401))
+    with client(sim) as reader:
+        walk_ids(reader)
+        assert reader.stats.as_dict()["requests"] == sim.stats.requests
+    assert answered(sim, "data", 401) == 1

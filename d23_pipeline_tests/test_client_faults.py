@@ -52,6 +52,7 @@ from d23_pipeline.client import (
     WindowTooHeavyError,
     retry,
 )
+from d23_pipeline.client.body import BoundedHttp
 from d23_pipeline.client.pages import Page
 from d23_pipeline.client.retry import Retrier, Transient
 from d23_pipeline.client.stats import ClientStats
@@ -398,6 +399,7 @@ def test_403_is_a_lender_mismatch_without_retry() -> None:
     with client(sim) as reader, pytest.raises(LenderMismatchError) as caught:
         walk_ids(reader)
     assert sim.lender_public_id in str(caught.value) and "req-403" in str(caught.value)
+    assert "check that D23_LENDER_PUBLIC_ID and the token" in str(caught.value)
     assert len(queries(sim)) == 1
 
 
@@ -920,3 +922,83 @@ def test_a_login_answered_429_waits_its_retry_after_before_logging_in_again() ->
         assert walk_ids(reader) == ids_in(sim)
     ((seconds, logins),) = slept
     assert 5 <= seconds <= 5.5 and logins == 1  # the second login came after the pause
+
+
+class _Chunks(httpx.SyncByteStream):
+    """A body of ``count`` chunks of ``size`` bytes that records how many it sent and whether
+    it was closed (its connection handed back)."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size, self.count = size, count
+        self.sent = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(self.count):
+            self.sent += 1
+            yield b"x" * self.size
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_gateways_403_without_the_apis_body_is_a_lender_mismatch_without_retry() -> None:
+    sim = simulator(rows_at(range(3)))
+    sim.script(SimResponse.gateway_page(403), times=99)
+    with client(sim) as reader, pytest.raises(LenderMismatchError):
+        walk_ids(reader)
+    assert len(queries(sim)) == 1
+
+
+def test_an_unexpected_answer_names_the_export_path() -> None:
+    sim = simulator(rows_at(range(3)))
+    sim.script(error(418))
+    with client(sim) as reader, pytest.raises(ExportsApiError) as caught:
+        walk_ids(reader)
+    path = f"/admin/v3/lenders/{sim.lender_public_id}/exports/S4/D23"
+    assert f"(path {path}, window {DAY}, HTTP 418" in str(caught.value)
+
+
+def test_an_error_answers_body_is_cut_at_exactly_the_limit() -> None:
+    body = _Chunks(size=64, count=4)
+    http = BoundedHttp(
+        httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(403, stream=body))),
+        max_bytes=100,
+    )
+    try:
+        answer = http.get("https://api.test/")
+    finally:
+        http.close()
+    assert (answer.status_code, answer.content) == (403, b"x" * 100)
+
+
+@pytest.mark.parametrize("status", [200, 403])
+def test_an_answer_past_the_limit_is_read_no_further_and_its_connection_handed_back(
+    status: int,
+) -> None:
+    sim = simulator([])
+    bodies: list[_Chunks] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if "/exports/" not in request.url.path:
+            return sim.transport().handle_request(request)
+        bodies.append(_Chunks(size=2**10, count=1024))
+        return httpx.Response(status, stream=bodies[-1])
+
+    reader = client(sim, transport=httpx.MockTransport(handle), max_body_bytes=4 * 2**10)
+    expected = ProtocolError if status == 200 else LenderMismatchError
+    with reader, pytest.raises(expected):
+        walk_ids(reader)
+    assert bodies and all(b.sent == 5 and b.closed for b in bodies)
+
+
+def test_the_final_page_limit_is_the_smallest_any_walk_used() -> None:
+    offsets = [(n // 3) * (86_400_000 // 11) for n in range(30)]
+    sim = simulator(rows_at(offsets), max_limit_for_504=100)
+    with client(sim, page_limit=400, min_page_limit=50, min_window=timedelta(days=1)) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        sim.faults = dataclasses.replace(sim.faults, max_limit_for_504=200)
+        assert walk_ids(reader) == ids_in(sim)
+        stats = reader.stats.as_dict()
+    assert (stats["limit_reductions"], stats["final_page_limit"]) == (3, 100)
+    assert [p["limit"] for p in queries(sim)][-2:] == ["400", "200"]

@@ -247,3 +247,9 @@ def test_any_page_size_and_tie_pattern_returns_each_row_once(
     three_days = Window(T0, T0 + timedelta(days=3))
     with client(sim, page_limit=limit, min_page_limit=1) as reader:
         assert walk_ids(reader, three_days) == ids_in(sim, three_days)
+
+
+def test_an_extra_field_name_of_64_characters_is_shown_and_one_of_65_is_withheld() -> None:
+    stats = ClientStats(page_limit=500)
+    stats.page(1, 1, 0, {"a" * 64, "b" * 65})
+    assert stats.as_dict()["extra_fields"] == {"a" * 64: 1, WITHHELD_NAME: 1}

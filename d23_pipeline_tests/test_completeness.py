@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import BOTH_WAREHOUSES, Pipeline, failure_messages
+from harness import BOTH_WAREHOUSES, ExportHookSimulator, Pipeline, failure_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,8 +23,9 @@ from d23_pipeline.definitions import defs
 from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import month_window
+from d23_pipeline.schema import parse_timestamp
 from d23_pipeline.settings import LoginCredentials
-from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig, serve
+from d23_pipeline.simulator import Faults, SimResponse, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
 
 MONTH = "2026-04"
@@ -343,3 +345,40 @@ def test_a_window_counted_in_parts_is_exact_only_if_every_part_is() -> None:
 
     assert (total.total, total.exact, total.exact_total) == (10_040, False, None)
     assert not judge(10_040, total, total).verified
+
+
+class _CountGivesUpAt(ExportHookSimulator):
+    """The simulator, except that a count of any window holding ``instant`` gives up
+    (``total: null``, ``totalNote: "timeout"``), however narrow the window."""
+
+    instant = datetime(2026, 4, 3, 10, 7, tzinfo=UTC)
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if query.get("includeTotal") == "true" and (
+            parse_timestamp(query["since"]) <= self.instant < parse_timestamp(query["until"])
+        ):
+            pagination = {"nextCursor": None, "total": None, "totalExact": False}
+            body = {"rows": [], "pagination": {**pagination, "totalNote": "timeout"}}
+            return path, SimResponse.from_json({"body": body})
+        return path, None
+
+
+def test_a_read_with_a_slice_it_cannot_count_reports_it_unverified_and_no_api_total(
+    tmp_path: Path,
+) -> None:
+    sim = _CountGivesUpAt(SimulatorConfig(months=("2026-04",), rows_per_month=1500))
+    with serve(sim) as url, dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        result = pipeline.materialize(
+            "2026-04", selection="d23/raw_logs", raise_on_error=False, instance=instance
+        )
+        errors = [e.user_message for e in instance.all_logs(result.run_id) if e.level == 40]
+
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    metadata = {key: value.value for key, value in raw.metadata.items()}
+    assert (metadata["slices"], metadata["slices_verified"]) == (30, 29)
+    assert metadata["api_total"] is None
+    unverified = "| 2026-04-03T00:00:00.000Z | 2026-04-04T00:00:00.000Z | "
+    assert unverified in metadata["unverified_slices"]
+    assert metadata["count_splits"] > 0 and metadata["window_splits"] == 0
+    assert any("1 slice(s) not proven complete" in message for message in errors), errors
