@@ -413,6 +413,9 @@ def test_deletions_a_read_cannot_prove_are_reported_until_a_read_proves_them(
     assert all(public_id in check.description for public_id in deleted)
     logs = held.asset_materializations_for_node("d23__logs")[0].metadata
     assert logs["deletions_unproven"].value == 4
+    raw = held.asset_materializations_for_node("d23__raw_logs")[0].metadata
+    # The four and the broken row's old id look gone; none is proven.
+    assert (raw["deletion_candidates"].value, raw["proven_absent"].value) == (5, 0)
     assert set(small_month.query("SELECT public_id FROM d23.deletions_pending")) == {
         (public_id,) for public_id in deleted
     }
