@@ -35,6 +35,7 @@ from d23_pipeline.defs.assets.outcome_mix import (
     outcome_mix_monthly,
 )
 from d23_pipeline.defs.options import options
+from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
 from d23_pipeline.kpis import KPI_NAMES
 from d23_pipeline.months import month_window
 from d23_pipeline.warehouse import sql
@@ -408,3 +409,32 @@ def test_codes_cut_to_the_same_label_keep_a_bar_each(monkeypatch: pytest.MonkeyP
     )
     assert sorted({bar.get_y() for bar in axes.patches}) == [-0.4, 0.6]
     assert [bar.get_width() for bar in axes.patches] == [40, 50]
+
+
+def test_the_outcome_steps_check_the_whole_month_and_chart_each_daily_rate(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with warehouse.connect() as con:  # a broken flag on a code that is no promise, on 2 April
+        con.execute("UPDATE d23.logs SET is_ptp_broken = true WHERE public_id = 'n1'")
+    drawn: list[list[str]] = []
+
+    def rate_chart(days: list, series: dict, title: str) -> str:
+        drawn.append(list(series))
+        return "chart"
+
+    monkeypatch.setattr(charts, "rate_chart", rate_chart)
+    result = dg.materialize(
+        [outcome_mix_monthly, outcome_mix_daily],
+        resources={
+            "warehouse": WarehouseResource(database=str(warehouse.path)),
+            "outcome_mapping": OutcomeMappingResource(),
+        },
+        partition_key="2026-04-01",
+    )
+
+    (check,) = [
+        e for e in result.get_asset_check_evaluations()
+        if e.check_name == "broken_flags_on_promises_only"
+    ]  # fmt: skip
+    assert not check.passed
+    assert drawn == [["contact_rate", "rpc_rate", "ptp_per_attempt"]]

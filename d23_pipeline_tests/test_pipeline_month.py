@@ -2,13 +2,19 @@
 
 import dataclasses
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from harness import BOTH_WAREHOUSES, Pipeline
 
+from d23_pipeline.analytics import dashboard
+from d23_pipeline.definitions import defs
+from d23_pipeline.defs.resources import DashboardResource
 from d23_pipeline.landing import snapshot as snapshot_module
-from d23_pipeline.simulator import SimStats
+from d23_pipeline.months import month_window
+from d23_pipeline.schema import format_timestamp
+from d23_pipeline.simulator import SimStats, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse import sql, store
 
 
@@ -279,3 +285,63 @@ def _window_widths(stats: SimStats) -> list[timedelta]:
         for logged in stats.log
         if logged.request.kind in ("data", "count")
     ]
+
+
+def test_the_second_months_assets_report_that_months_numbers(tmp_path: Path) -> None:
+    sim = Simulator(SimulatorConfig(months=("2026-04", "2026-05"), rows_per_month=200))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize("2026-04")
+        page = DashboardResource(path=str(pipeline.dashboard_path), timezone="Europe/Berlin")
+        result = dg.materialize(
+            list(defs.assets),
+            resources={**pipeline.resources(), "dashboard_file": page},
+            partition_key="2026-05-01",
+        )
+        berlin = pipeline.dashboard_path.read_text()
+        # 4 % of May gone (held: above 2 %), and a row served under an older updated_at.
+        sim.hard_delete(8, "2026-05")
+        victim = sim.valid_rows(*month_window("2026-05"))[10]
+        earlier = datetime.fromisoformat(victim["updated_at"]) - timedelta(minutes=1)
+        other = "PTP" if victim["outcome_option"] != "PTP" else "RPC"
+        sim.corrupt_row(
+            victim["public_id"],
+            "extra_pii",
+            outcome_option=other,
+            updated_at=format_timestamp(earlier),
+        )
+        held = pipeline.materialize("2026-05", raise_on_error=False)
+        june = pipeline.materialize("2026-06")  # read, and no attempts: the tiles stay on May
+
+    ((may_rows, all_rows),) = pipeline.query(
+        "SELECT count(*) FILTER (WHERE _partition = '2026-05-01'), count(*) FROM d23.logs "
+        "WHERE _deleted_at IS NULL"
+    )
+    logs = _metadata(result, "d23__logs")
+    assert logs["dagster/row_count"] == logs["dagster/partition_row_count"] == may_rows
+    assert logs["table_live_rows"] == all_rows > may_rows
+    ((mix_rows, mix_attempts),) = pipeline.query(
+        "SELECT count(*), sum(attempts) FROM d23.outcome_mix_monthly WHERE month = '2026-05-01'"
+    )
+    mix = _metadata(result, "d23__outcome_mix_monthly")
+    assert (mix["dagster/partition_row_count"], mix["attempts"]) == (mix_rows, mix_attempts)
+    ((attempts, contacts, contact_rate),) = pipeline.query(
+        "SELECT attempts, contacts, contact_rate FROM d23.outcome_kpis_monthly "
+        "WHERE month = '2026-05-01'"
+    )
+    kpis = _metadata(result, "d23__outcome_kpis_monthly")
+    assert kpis["attempts"] == attempts == mix_attempts
+    rate, table = f"{contact_rate * 100:.1f}%", kpis["kpis"]
+    assert f"| contact_rate | {rate} | {contacts:,} contacts | {attempts:,} attempts |" in table
+    shown = _metadata(result, "d23__outcome_dashboard")
+    assert shown["months"] == ["2026-04", "2026-05"]
+    assert shown["tiles_month"] == "2026-05"
+    assert shown["contact_rate"] == dashboard.percent(contact_rate)
+    assert "times of day and days are in Europe/Berlin" in berlin
+    merged = _metadata(held, "d23__logs")
+    assert (merged["deletions_proven"], merged["marked_deleted"], merged["deletions_held"]) == (
+        8, 0, True
+    )  # fmt: skip
+    assert (merged["older_versions_served"], merged["conflicting_versions"]) == (1, 0)
+    shown = _metadata(june, "d23__outcome_dashboard")
+    assert (shown["months"][-1], shown["tiles_month"]) == ("2026-06", "2026-05")

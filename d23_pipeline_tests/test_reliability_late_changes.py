@@ -195,6 +195,23 @@ def test_rows_moved_into_a_refreshed_month_are_counted_there_and_nowhere_else(
     }
 
 
+def test_every_other_month_a_merge_changed_is_named_as_rebuilt_too(tmp_path: Path) -> None:
+    months = ("2026-03", "2026-04", "2026-05")
+    sim = Simulator(SimulatorConfig(months=months, rows_per_month=100))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        for month in months:
+            pipeline.materialize(month)
+        for older in months[:2]:
+            assert sim.move_rows(2, older, months[2])
+
+        result = pipeline.materialize(months[2])
+
+    for step in ("d23__outcome_mix_monthly", "d23__outcome_kpis_monthly", "d23__outcome_mix_daily"):
+        (event,) = result.asset_materializations_for_node(step)
+        assert event.metadata["months_rebuilt_too"].value == "2026-03, 2026-04", step
+
+
 def test_rows_moved_in_by_a_merge_whose_checks_fail_stay_counted_once(pipeline: Pipeline) -> None:
     older, newer, other = MONTHS
     for month in MONTHS:

@@ -1,0 +1,319 @@
+"""The dashboard's numbers on a small hand-built warehouse whose counts all differ: each count
+under its own heading, each month in every panel, each problem listed and counted."""
+
+import dataclasses
+import html
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from d23_pipeline.analytics import dashboard
+from d23_pipeline.analytics.outcome_classes import load_outcome_classes
+from d23_pipeline.analytics.outcome_mix import (
+    rebuild_outcome_kpis_monthly,
+    rebuild_outcome_mix_monthly,
+)
+from d23_pipeline.months import month_window
+from d23_pipeline.warehouse.store import Warehouse
+
+APRIL, MAY = date(2026, 4, 1), date(2026, 5, 1)
+# (public_id, month, day, communication_type, interaction_source, outcome, is_active)
+ROWS = [
+    ("a1", APRIL, 2, "CALL", "AGENT", "PTP", True),
+    ("a2", APRIL, 3, "CALL", "AGENT", "WRONG_NUMBER", True),
+    ("a3", APRIL, 3, "SMS", "IVR", "MYSTERY_CODE", True),
+    ("m1", MAY, 4, "CALL", "AGENT", "RPC", True),
+    ("m2", MAY, 5, "CALL", "AGENT", "NO_ANSWER", True),
+    ("m3", MAY, 5, "SMS", "IVR", "NO_ANSWER", False),  # deactivated: no attempt, still a row
+    ("m4", MAY, 6, "SMS", "IVR", "MYSTERY_CODE", True),
+    ("m5", MAY, 7, "SMS", "IVR", "MYSTERY_CODE", True),
+    ("m6", MAY, 7, "SMS", "IVR", "MYSTERY_CODE", True),
+]
+READ_AT = datetime(2026, 7, 15, 22, 30, tzinfo=UTC)  # 16 July 00:30 in Berlin: both settle
+AFTER = datetime(2026, 8, 1, tzinfo=UTC)  # both months ended
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    """April and May built, and May's read left problems: one slice unverified, three rows
+    rejected, two rows found gone but not marked deleted (one of them deactivated)."""
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+    classes = load_outcome_classes()
+    with warehouse.connect() as con:
+        for public_id, month, day, channel, source, outcome, active in ROWS:
+            at = datetime(month.year, month.month, day, 10, tzinfo=UTC)
+            con.execute(
+                "INSERT INTO d23.logs VALUES (?, ?, ?, ?, ?, false, ?, ?, ?, ?, ?, ?, NULL)",
+                [public_id, channel, source, outcome, active, at, at, at, f"{month}", at, at],
+            )
+        for month in (APRIL, MAY):
+            rebuild_outcome_mix_monthly(con, month, *month_window(f"{month:%Y-%m}"), classes)
+            rebuild_outcome_kpis_monthly(con, month)
+        con.execute(
+            "INSERT INTO d23.slice_verification VALUES "
+            "('2026-04-01', '2026-04-01', '2026-04-02', 3, 3, 3, true, 1, ?), "
+            "('2026-05-01', '2026-05-01', '2026-05-02', 5, 5, 5, true, 1, ?), "
+            "('2026-05-01', '2026-05-02', '2026-05-03', 4, 6, 6, false, 2, ?)",
+            [READ_AT, READ_AT, READ_AT],
+        )
+        for i, reason in enumerate(["bad timestamp"] * 2 + ["bad outcome"]):
+            con.execute(
+                "INSERT INTO d23.rejected_rows VALUES ('2026-05-01', '2026-05-01', "
+                "'2026-05-02', ?, ?, '{}', ?)",
+                [f"x{i}", reason, READ_AT],
+            )
+        con.execute(
+            "INSERT INTO d23.deletions_pending VALUES ('2026-05-01', 'm2', false, 'unproven', ?), "
+            "('2026-05-01', 'm3', false, 'unproven', ?)",
+            [READ_AT, READ_AT],
+        )
+    return warehouse
+
+
+def _gather(warehouse: Warehouse, now: datetime = AFTER, timezone: str = "UTC"):
+    with warehouse.connect(read_only=True) as con:
+        return dashboard.gather(con, load_outcome_classes(), timezone, now)
+
+
+def _page(tmp_path: Path, data: dashboard.DashboardData) -> str:
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+    return (tmp_path / "page.html").read_text()
+
+
+def _table(page: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the first table after ``heading``, each as {column header: cell text}."""
+    table = page[page.index(heading) :]
+    table = table[: table.index("</table>")]
+    headers = [html.unescape(h) for h in re.findall(r"<th>(.*?)</th>", table)]
+    return [
+        dict(zip(headers, map(html.unescape, re.findall(r"<td>(.*?)</td>", row)), strict=True))
+        for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
+    ]
+
+
+def _figure(page: str, name: str) -> list[dict[str, Any]]:
+    """The traces of chart ``name`` as the page hands them to Plotly."""
+    start = page.index(f'Plotly.newPlot("chart-{name}", ') + len(f'Plotly.newPlot("chart-{name}", ')
+    traces, _ = json.JSONDecoder().raw_decode(page, start)
+    return traces
+
+
+def _on_20_may(data: dashboard.DashboardData) -> dashboard.DashboardData:
+    """``data`` as on 20 May: April ended and read in its first days (maturing), May runs."""
+    status = {APRIL: "maturing", MAY: "partial"}
+    freshness = [dataclasses.replace(f, status=status[f.month]) for f in data.freshness]
+    return dataclasses.replace(data, freshness=freshness)
+
+
+def _data(**fields: Any) -> dashboard.DashboardData:
+    """A page's data with nothing in it but ``fields``, generated in June 2026."""
+    empty: dict[str, Any] = {f.name: [] for f in dataclasses.fields(dashboard.DashboardData)}
+    return dashboard.DashboardData(
+        **empty | {"generated_at": datetime(2026, 6, 10, tzinfo=UTC), "timezone": "UTC"} | fields
+    )
+
+
+# -- freshness: each month's own counts, under their own headings ------------------------------
+
+
+def test_the_freshness_of_each_month_counts_its_own_rows_and_problems(warehouse: Warehouse) -> None:
+    data = _gather(warehouse)
+
+    counts = {
+        f.month: (f.rows, f.unverified_slices, f.rejected_rows, f.unmapped_attempts,
+                  f.deletions_not_applied)
+        for f in data.freshness
+    }  # fmt: skip
+    # Rows in d23.logs include May's deactivated one; both of May's unmarked rows are counted,
+    # the deactivated one too.
+    assert counts == {APRIL: (3, 0, 0, 1, 0), MAY: (6, 1, 3, 3, 2)}
+
+
+def test_the_freshness_table_shows_each_count_under_its_heading(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    page = _page(tmp_path, _gather(warehouse))
+
+    may = _table(page, "<h2>Data freshness</h2>")[1]
+    assert may == {
+        "month": "2026-05",
+        "rows in d23.logs": "6",
+        "last read": "2026-07-15 22:30",
+        "state": "settled",
+        "unverified slices": "1",
+        "rejected rows": "3",
+        "unmapped attempts": "3",
+        "deletions not applied": "2",
+    }
+
+
+def test_deletions_not_applied_show_rows_attempts_and_the_local_read_time(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    page = _page(tmp_path, _gather(warehouse, timezone="Europe/Berlin"))
+
+    assert _table(page, "<h3>Deletions not applied</h3>") == [
+        {
+            "month": "2026-05",
+            "rows": "2",
+            "of them counted as attempts": "1",
+            "why": "unproven",
+            "read at": "2026-07-16 00:30",
+        }
+    ]
+
+
+def test_every_reason_for_rejects_is_listed_with_its_rows(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    page = _page(tmp_path, _gather(warehouse))
+
+    assert _table(page, "<h3>Rejected rows</h3>") == [
+        {"month": "2026-05", "reason": "bad timestamp", "rows": "2"},
+        {"month": "2026-05", "reason": "bad outcome", "rows": "1"},
+    ]
+
+
+# -- the panels: every month shown, each number in its own panel -------------------------------
+
+
+def test_the_weekday_hour_and_channel_panels_count_every_month_shown(warehouse: Warehouse) -> None:
+    data = _gather(warehouse)
+
+    # Eight attempts: April's three and May's five active rows.
+    assert sum(r["attempts"] for r in data.weekday_hour) == 8
+    assert sum(r["attempts"] for r in data.channel_daily) == 8
+    days = sorted({r["day"] for r in data.channel_daily})
+    assert (days[0], days[-1], len(days)) == (APRIL, date(2026, 5, 31), 61)
+
+
+def test_the_pages_trend_leaves_out_only_the_partial_months_broken_promise_share(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    data = _on_20_may(_gather(warehouse, now=datetime(2026, 5, 20, tzinfo=UTC)))
+    assert data.months_in("maturing") == {APRIL} and data.months_in("partial") == {MAY}
+
+    trend = {t["name"]: t["y"] for t in _figure(_page(tmp_path, data), "kpi-trend")}
+
+    assert trend["Broken-promise share"] == [0.0, None]  # April's one promise is not broken
+    assert trend["Contact rate"] == [pytest.approx(200 / 3), 20.0]
+
+
+def test_the_trends_say_which_months_are_maturing_or_partial(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    page = _page(tmp_path, _on_20_may(_gather(warehouse, now=datetime(2026, 5, 20, tzinfo=UTC))))
+
+    caveats = page[page.index("<h2>KPI trends</h2>") :].split("</p>")[0]
+    assert "Apr 2026 is maturing: read less than 30 days after it ended" in caveats
+    assert "May 2026 is partial: the month is still running." in caveats
+    states = {r["month"]: r["state"] for r in _table(page, "<h2>Data freshness</h2>")}
+    assert states["2026-05"] == "partial: the month is still running"
+
+
+def test_the_split_panels_draw_one_line_per_channel_and_source_with_its_own_rates(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    data = _gather(warehouse)
+    page = _page(tmp_path, data)
+
+    for chart, dimension in (("kpi-by-channel", "communication_type"),
+                             ("kpi-by-source", "interaction_source")):  # fmt: skip
+        rows = data.kpis_by_channel if chart == "kpi-by-channel" else data.kpis_by_source
+        traces = _figure(page, chart)
+        lines = {(t["name"], t["hovertemplate"].split("<extra>")[1]): t for t in traces}
+        assert {name for name, _ in lines} == {r[dimension] for r in rows}
+        for r in rows:
+            line = lines[(r[dimension], "Contact rate</extra>")]
+            month = line["x"].index(f"{r['month']:%b %Y}")
+            assert line["y"][month] == dashboard._pct(r["contact_rate"])
+        if chart == "kpi-by-channel":
+            sms = lines[("SMS", "Contact rate</extra>")]
+            assert (sms["x"], sms["y"]) == (["Apr 2026", "May 2026"], [0.0, 0.0])  # no contact
+
+
+def test_the_header_names_the_first_and_last_month_shown(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    assert "<p>Months Apr 2026 to May 2026. Generated" in _page(tmp_path, _gather(warehouse))
+
+
+def test_each_outcome_mix_bar_is_the_codes_percentage_named_and_shaded_by_class() -> None:
+    shares = [
+        {"month": APRIL, "outcome_option": code, "outcome_class": cls, "attempts": n,
+         "share": n / 8}
+        for code, cls, n in (("BUSY", "no_contact", 2), ("NO_ANSWER", "no_contact", 4),
+                             ("PTP", "promise", 1), ("ODD", "unmapped", 1))
+    ]  # fmt: skip
+
+    bars = {t["name"]: t for t in dashboard.outcome_mix_chart(shares)["data"]}
+
+    assert list(bars) == ["PTP (promise)", "BUSY (no_contact)", "NO_ANSWER (no_contact)",
+                          "ODD (unmapped)"]  # fmt: skip
+    assert bars["NO_ANSWER (no_contact)"]["y"] == [50.0]
+    assert bars["NO_ANSWER (no_contact)"]["customdata"] == [4]
+    no_contact = dashboard.CLASS_COLOURS["no_contact"]
+    assert bars["BUSY (no_contact)"]["marker"]["color"] == no_contact[0]
+    assert bars["NO_ANSWER (no_contact)"]["marker"]["color"] == no_contact[1]
+
+
+def test_the_weekday_hour_panels_draw_the_contact_and_the_rpc_rate(warehouse: Warehouse) -> None:
+    rows = _gather(warehouse).weekday_hour
+
+    contact, rpc = dashboard.weekday_hour_chart(rows, "UTC")["data"]
+
+    assert contact["z"] == dashboard.weekday_hour_matrix(rows, "contacts")
+    assert rpc["z"] == dashboard.weekday_hour_matrix(rows, "rpcs")
+    assert contact["z"] != rpc["z"]  # the wrong number is a contact, not an RPC
+
+
+def test_each_channel_panel_draws_its_own_measure(warehouse: Warehouse) -> None:
+    rows = _gather(warehouse).channel_daily
+
+    traces = dashboard.channel_daily_chart(rows)["data"]
+
+    call = [r for r in rows if r["communication_type"] == "CALL"]
+    panels = {t["yaxis"]: t["y"] for t in traces if t["name"] == "CALL / AGENT"}
+    measures = {"y": "attempts", "y2": "contacts", "y3": "rpcs", "y4": "promises"}
+    assert panels == {axis: [r[m] for r in call] for axis, m in measures.items()}
+    assert (sum(panels["y2"]), sum(panels["y3"])) == (3, 2)  # the wrong number: a contact only
+
+
+# -- month states, problem count --------------------------------------------------------------
+
+
+def test_a_month_ends_at_its_last_instant_and_settles_with_a_read_30_days_after() -> None:
+    june, end = date(2026, 6, 1), datetime(2026, 7, 1, tzinfo=UTC)
+    later = datetime(2026, 12, 1, tzinfo=UTC)
+
+    assert dashboard.month_status(june, None, end - timedelta(microseconds=1)) == "partial"
+    assert dashboard.month_status(june, None, end) == "maturing"
+    days_30 = end + timedelta(days=30)
+    assert dashboard.month_status(june, days_30 - timedelta(microseconds=1), later) == "maturing"
+    assert dashboard.month_status(june, days_30, later) == "settled"
+
+
+def test_the_problem_count_counts_every_listed_problem(tmp_path: Path) -> None:
+    at = datetime(2026, 5, 3, tzinfo=UTC)
+    data = _data(
+        unverified_slices=[{"partition": "2026-05-01", "slice_since": at, "slice_until": at,
+                            "served": 1, "total_before": 2, "total_after": 2, "reads": 2,
+                            "read_at": at}],
+        rejected=[{"partition": "2026-05-01", "reason": r, "rows": 1} for r in ("a", "b")],
+        unmapped=[{"month": MAY, "outcome_option": "ODD", "attempts": 1}],
+        other_mapping=[{"month": MAY, "outcome_option": c} for c in ("BUSY", "LEFT_MESSAGE")],
+        kpis_behind_mix=[APRIL],
+        mix_behind_logs=[MAY],
+        deletions_pending=[{"partition": "2026-05-01", "reason": "held", "rows": 1,
+                            "attempts": 1, "read_at": at}],
+    )  # fmt: skip
+
+    assert data.problem_count() == 8  # the two codes of one month are one problem
+    page = _page(tmp_path, data)
+    assert "<p class='summary'>8 open problem(s).</p>" in page
+    # Every code of a month whose mapping changed, not only the first.
+    assert "<td>2026-05</td><td>BUSY, LEFT_MESSAGE</td>" in page
