@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from postgres import PostgresServer
 
+from d23_pipeline.client import SliceDone
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import (
     DashboardResource,
@@ -27,6 +28,7 @@ from d23_pipeline.defs.resources import (
     OutcomeMappingResource,
     WarehouseResource,
 )
+from d23_pipeline.landing.snapshot import SnapshotWriter
 from d23_pipeline.months import month_window
 from d23_pipeline.schema import D23_FIELDS, format_timestamp
 from d23_pipeline.simulator import SimResponse, Simulator
@@ -174,6 +176,23 @@ class Pipeline:
             raise_on_error=raise_on_error,
             instance=instance,
         )
+
+    def materialize_crashing(self, month: str, after_slices: int) -> dg.ExecuteInProcessResult:
+        """Materialize ``month`` with the run dying right after its ``after_slices``-th slice
+        is landed and in the manifest, as a killed run would; a later run resumes from there."""
+        finished = 0
+        finish = SnapshotWriter.finish_slice
+
+        def finish_then_crash(writer: SnapshotWriter, done: SliceDone) -> None:
+            nonlocal finished
+            finish(writer, done)
+            finished += 1
+            if finished == after_slices:
+                raise RuntimeError("simulated crash mid-month")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SnapshotWriter, "finish_slice", finish_then_crash)
+            return self.materialize(month, raise_on_error=False)
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
         if self.lake is not None:  # readers need no lock: they read the last committed state

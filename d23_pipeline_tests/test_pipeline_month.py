@@ -11,7 +11,6 @@ from harness import BOTH_WAREHOUSES, Pipeline
 from d23_pipeline.analytics import dashboard
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import DashboardResource
-from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.months import month_window
 from d23_pipeline.schema import format_timestamp
 from d23_pipeline.simulator import SimStats, Simulator, SimulatorConfig, serve
@@ -138,22 +137,8 @@ def test_the_slice_hours_setting_sets_how_many_slices_a_month_is_read_in(
     assert raw["dagster/row_count"] == len(pipeline.expected_rows(["2026-04"]))
 
 
-def test_interrupted_month_resumes_from_finished_slices(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    finished = []
-    real_finish = snapshot_module.SnapshotWriter.finish_slice
-
-    def crash_after_ten_slices(self, done):
-        real_finish(self, done)
-        finished.append(done.slice)
-        if len(finished) == 10:
-            raise RuntimeError("simulated crash mid-month")
-
-    monkeypatch.setattr(snapshot_module.SnapshotWriter, "finish_slice", crash_after_ten_slices)
-    crashed = pipeline.materialize("2026-04", raise_on_error=False)
-    assert not crashed.success
-    monkeypatch.undo()
+def test_interrupted_month_resumes_from_finished_slices(pipeline: Pipeline) -> None:
+    assert not pipeline.materialize_crashing("2026-04", after_slices=10).success
 
     pipeline.sim.reset_stats()
     resumed = pipeline.materialize("2026-04")

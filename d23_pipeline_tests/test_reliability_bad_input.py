@@ -127,6 +127,25 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(loaded: Loaded, tmp_pa
     assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
 
 
+def test_a_resumed_read_reports_and_quarantines_the_rejects_of_the_slices_it_kept(
+    loaded: Loaded, tmp_path: Path
+) -> None:
+    # The run that resumes reads only the slices the crashed one had not finished: the month's
+    # rejects are those of both runs.
+    pipeline = Pipeline(sim=loaded.sim, api_url=loaded.api_url, data_dir=tmp_path / "data")
+    assert not pipeline.materialize_crashing(MONTH, after_slices=10).success
+
+    resumed = pipeline.materialize(MONTH)
+
+    (raw,) = resumed.asset_materializations_for_node("d23__raw_logs")
+    quarantined = BAD.missing_public_id + BAD.bad_timestamp + BAD.wrong_type
+    assert (raw.metadata["slices_resumed"].value, raw.metadata["rejected_rows"].value) == (
+        10,
+        quarantined,
+    )
+    assert pipeline.query("SELECT count(*) FROM d23.rejected_rows") == [(quarantined,)]
+
+
 def test_pii_reaches_no_table_and_no_file(loaded: Loaded) -> None:
     served = repr(loaded.sim.rows())
     assert all(marker in served for marker in FAKE_PII_MARKERS)  # the source does send PII
