@@ -135,3 +135,26 @@ def test_a_slice_read_again_is_walked_with_smaller_pages() -> None:
     # The second read is a different walk (and reads on past its ends): pages of 75, not 100.
     assert limits[0] == "100" and set(limits[1:]) == {"75"}
     assert sum(isinstance(e, SliceRestart) for e in events) == 1
+
+
+def test_find_served_proves_nothing_when_a_row_served_broken_is_served_again_elsewhere() -> None:
+    # Row 3, served broken at 03:00, moves to 07:30 while the window is read and is served
+    # there again, valid; every count still adds up. Any id served twice may hide one served
+    # nowhere (another row that moved the other way), so nothing is proven.
+    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim.corrupt_row(pid(3), "wrong_type", is_active="yes")
+    second = DAY.split(SIX_HOURS)[1]
+    moved_in = sorted(
+        [row(n, T0 + n * timedelta(hours=1)) for n in range(6, 12)]
+        + [row(3, T0 + timedelta(hours=7, minutes=30))],
+        key=lambda r: r["communicated_at"],
+    )
+    page = {"body": {"rows": moved_in, "pagination": {"nextCursor": None}}}
+    sim.script(
+        SimResponse.from_json(page),
+        when=lambda r: r.kind == "data" and r.query["since"] == second.since_text,
+    )
+    sim.script(_count_answer(7), times=2, when=_counts_of(second, 1, 2))
+    sim.script(_count_answer(25), times=9, when=_counts_of(DAY, *range(1, 10)))
+    with client(sim, slice_size=SIX_HOURS) as reader:
+        assert reader.find_served(DAY, {pid(99)}) is None
