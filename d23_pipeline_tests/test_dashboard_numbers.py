@@ -267,9 +267,17 @@ def test_the_weekday_hour_panels_draw_the_contact_and_the_rpc_rate(warehouse: Wa
 
     contact, rpc = dashboard.weekday_hour_chart(rows, "UTC")["data"]
 
-    assert contact["z"] == dashboard.weekday_hour_matrix(rows, "contacts")
-    assert rpc["z"] == dashboard.weekday_hour_matrix(rows, "rpcs")
-    assert contact["z"] != rpc["z"]  # the wrong number is a contact, not an RPC
+    # Every attempt at 10:00 UTC. Mon: an RPC; Tue: no answer; Wed: an unmapped code; Thu: a
+    # promise and two unmapped; Fri: a wrong number (a contact, not an RPC) and an unmapped.
+    drawn = {day: (contact["z"][day - 1][10], rpc["z"][day - 1][10]) for day in (1, 2, 3, 4, 5)}
+    assert drawn == {
+        1: (100.0, 100.0),
+        2: (0.0, 0.0),
+        3: (0.0, 0.0),
+        4: (pytest.approx(100 / 3), pytest.approx(100 / 3)),
+        5: (50.0, 0.0),
+    }
+    assert all(v is None for row in contact["z"] for h, v in enumerate(row) if h != 10)
 
 
 def test_each_channel_panel_draws_its_own_measure(warehouse: Warehouse) -> None:

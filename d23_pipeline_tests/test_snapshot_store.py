@@ -254,17 +254,21 @@ def test_a_finished_slice_whose_rejects_file_holds_other_counts_is_read_again(
     tmp_path: Path,
 ) -> None:
     store = SnapshotStore(tmp_path)
-    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+    with (
+        pytest.raises(RuntimeError, match="the run dies"),
+        store.begin("2026-04-01", SLICES, "run-1") as first,
+    ):
+        _land(first, SLICES[0])
         bad = RejectedRow("is_active is not a boolean", "broken", {})
-        first.write_page(SlicePage(SLICES[0], rows_to_batch([_row("a", SLICES[0])]), [bad]))
+        first.write_page(SlicePage(SLICES[1], rows_to_batch([_row("a", SLICES[1])]), [bad]))
         proof = SliceProof(served=2, total_before=2, total_after=2, verified=True)
-        first.finish_slice(SliceDone(SLICES[0], rows=1, rejects=1, pages=1, proof=proof))
+        first.finish_slice(SliceDone(SLICES[1], rows=1, rejects=1, pages=1, proof=proof))
         raise RuntimeError("the run dies")
     # Readable, but without the bad row the manifest counts: it would be lost unquarantined.
-    pq.write_table(REJECT_SCHEMA.empty_table(), rejects_path(first.directory, SLICES[0]))
+    pq.write_table(REJECT_SCHEMA.empty_table(), rejects_path(first.directory, SLICES[1]))
 
     with store.begin("2026-04-01", SLICES, "run-2") as second:
-        assert second.finished == set()
+        assert second.finished == {SLICES[0]}
 
 
 def test_a_slice_landed_before_reads_were_counted_is_not_proven_complete() -> None:
