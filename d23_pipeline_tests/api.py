@@ -8,8 +8,9 @@ scripted answers from ``Simulator.script`` and what the client sent from its req
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,14 @@ import httpx
 from d23_pipeline.client import ExportsClient, RetryPolicy, Window
 from d23_pipeline.schema import format_timestamp
 from d23_pipeline.settings import Credentials, LoginCredentials
-from d23_pipeline.simulator import Drop, Faults, SimResponse, Simulator, SimulatorConfig
+from d23_pipeline.simulator import (
+    Drop,
+    Faults,
+    SimRequest,
+    SimResponse,
+    Simulator,
+    SimulatorConfig,
+)
 
 BASE_URL = "https://api.test"
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -125,6 +133,27 @@ def queries(sim: Simulator) -> list[dict[str, str]]:
 def answered(sim: Simulator, kind: str, status: int = 200) -> int:
     """How many ``kind`` requests (``"login"``, ``"refresh"``, ...) were answered ``status``."""
     return sum(1 for e in sim.stats.log if e.request.kind == kind and e.status == status)
+
+
+def count_answer(total: int | None, note: str | None = None) -> SimResponse:
+    """The answer to a count (``includeTotal``): exact with a ``total``, else given up."""
+    counted = {"total": total, "totalExact": total is not None, "totalNote": note}
+    return SimResponse.from_json({"body": {"rows": [], "pagination": counted}})
+
+
+def counts_of(window: Window, *nths: int) -> Callable[[SimRequest], bool]:
+    """Whether a request is one of the ``nths`` counts of exactly ``window`` (1 the first)."""
+    seen = itertools.count(1)
+
+    def when(request: SimRequest) -> bool:
+        query = request.query
+        return (
+            request.kind == "count"
+            and (query["since"], query["until"]) == (window.since_text, window.until_text)
+            and next(seen) in nths
+        )
+
+    return when
 
 
 def error(status: int, request_id: str = "req-1", **headers: str) -> SimResponse:

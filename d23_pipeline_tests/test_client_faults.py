@@ -22,6 +22,7 @@ import httpx
 import orjson
 import pytest
 from api import (
+    BASE_URL,
     DAY,
     GATEWAY_TIMEOUT,
     T0,
@@ -966,7 +967,7 @@ def test_an_error_answers_body_is_cut_at_exactly_the_limit() -> None:
         max_bytes=100,
     )
     try:
-        answer = http.get("https://api.test/")
+        answer = http.get(BASE_URL)
     finally:
         http.close()
     assert (answer.status_code, answer.content) == (403, b"x" * 100)

@@ -9,11 +9,24 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from api import DAY, T0, client, ids_in, pid, queries, row, rows_at, simulator, walk_ids
+from api import (
+    DAY,
+    T0,
+    client,
+    count_answer,
+    counts_of,
+    ids_in,
+    pid,
+    queries,
+    row,
+    rows_at,
+    simulator,
+    walk_ids,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d23_pipeline.client import CursorLoopError, ProtocolError, Window, WindowTotal
+from d23_pipeline.client import CursorLoopError, ProtocolError, SliceRestart, Window, WindowTotal
 from d23_pipeline.client.pages import read_total
 from d23_pipeline.client.stats import FURTHER_NAMES, WITHHELD_NAME, ClientStats
 from d23_pipeline.schema import D23_FIELDS
@@ -253,3 +266,15 @@ def test_an_extra_field_name_of_64_characters_is_shown_and_one_of_65_is_withheld
     stats = ClientStats(page_limit=500)
     stats.page(1, 1, 0, {"a" * 64, "b" * 65})
     assert stats.as_dict()["extra_fields"] == {"a" * 64: 1, WITHHELD_NAME: 1}
+
+
+def test_a_slice_read_again_is_walked_with_smaller_pages() -> None:
+    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim.script(count_answer(25), times=2, when=counts_of(DAY, 1, 2))  # 24 rows: read again
+    with client(sim, slice_size=DAY.duration, page_limit=100, min_page_limit=50) as reader:
+        events = list(reader.iter_slices(DAY))
+
+    limits = [q["limit"] for q in queries(sim) if "includeTotal" not in q]
+    # The second read is a different walk (and reads on past its ends): pages of 75, not 100.
+    assert limits[0] == "100" and set(limits[1:]) == {"75"}
+    assert sum(isinstance(e, SliceRestart) for e in events) == 1

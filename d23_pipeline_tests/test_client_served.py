@@ -3,19 +3,15 @@ find_served prove a row gone only from a walk whose counts it served exactly, re
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
 from datetime import timedelta
 
-from api import DAY, T0, client, pid, queries, row, rows_at, simulator
+from api import DAY, T0, client, count_answer, counts_of, pid, row, rows_at, simulator
 
-from d23_pipeline.client import SliceRestart
-from d23_pipeline.client.windows import Window
-from d23_pipeline.simulator import SimRequest, SimResponse, Simulator
-
-MS = timedelta(milliseconds=1)
+from d23_pipeline.client.windows import ONE_MS, Window
+from d23_pipeline.simulator import SimResponse, Simulator
 
 SIX_HOURS = timedelta(hours=6)
+HOURLY = range(0, 86_400_000, 3_600_000)  # a row at every hour of DAY, in ms
 
 
 def _tied_pair(sim_fault: str | None = None, **fields: object) -> Simulator:
@@ -30,7 +26,7 @@ def test_an_instant_serving_a_bad_row_without_its_public_id_proves_no_row_gone()
     sim = _tied_pair("missing_public_id", public_id="")
     with client(sim) as reader:
         # Row 1 is still there, served without its id: it may be the row asked about.
-        assert reader.served_ids(Window(T0, T0 + MS)) is None
+        assert reader.served_ids(Window(T0, T0 + ONE_MS)) is None
         assert reader.confirm_absent([(pid(1), T0)]) == set()
 
 
@@ -56,92 +52,55 @@ def test_a_walk_of_an_instant_ended_short_of_its_count_confirms_nothing_absent()
 
 def test_a_lookup_not_proven_complete_confirms_none_of_its_candidates() -> None:
     sim = _tied_pair()
-    inexact = {"total": None, "totalExact": False, "totalNote": "timeout"}
-    sim.script(
-        SimResponse.from_json({"body": {"rows": [], "pagination": inexact}}),
-        times=99,
-        when=lambda r: r.kind == "count",
-    )
+    sim.script(count_answer(None, "timeout"), times=99, when=lambda r: r.kind == "count")
     with client(sim) as reader:
         assert reader.confirm_absent([(pid(99), T0)]) == set()
 
 
 def test_find_served_proves_a_row_absent_from_a_window_read_in_slices() -> None:
-    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim = simulator(rows_at(HOURLY))
     with client(sim, slice_size=SIX_HOURS, max_concurrency=2) as reader:
         assert reader.find_served(DAY, {pid(99)}) == set()
         assert reader.find_served(DAY, {pid(3), pid(99)}) == {pid(3)}
 
 
 def test_find_served_proves_nothing_of_a_window_serving_a_bad_row_without_its_public_id() -> None:
-    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim = simulator(rows_at(HOURLY))
     sim.corrupt_row(pid(5), "missing_public_id", public_id="")
     with client(sim, slice_size=SIX_HOURS) as reader:
         assert reader.find_served(DAY, {pid(99)}) is None
 
 
 def test_find_served_finds_a_row_served_broken() -> None:
-    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim = simulator(rows_at(HOURLY))
     sim.corrupt_row(pid(5), "wrong_type", is_active="yes")
     with client(sim, slice_size=SIX_HOURS) as reader:
         assert reader.find_served(DAY, {pid(5), pid(99)}) == {pid(5)}
 
 
-def _count_answer(total: int) -> SimResponse:
-    counted = {"total": total, "totalExact": True, "totalNote": None}
-    return SimResponse.from_json({"body": {"rows": [], "pagination": counted}})
-
-
-def _counts_of(window: Window, *nths: int) -> Callable[[SimRequest], bool]:
-    """Whether a request is one of the ``nths`` counts of exactly ``window`` (1 the first)."""
-    seen = itertools.count(1)
-
-    def when(request: SimRequest) -> bool:
-        query = request.query
-        return (
-            request.kind == "count"
-            and (query["since"], query["until"]) == (window.since_text, window.until_text)
-            and next(seen) in nths
-        )
-
-    return when
-
-
 def test_find_served_proves_a_window_whose_slice_was_read_twice() -> None:
-    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim = simulator(rows_at(HOURLY))
     first = DAY.split(SIX_HOURS)[0]
     # 6 rows, counted 9 before and after the first read's walk: the slice is read again.
-    sim.script(_count_answer(9), times=2, when=_counts_of(first, 1, 2))
+    sim.script(count_answer(9), times=2, when=counts_of(first, 1, 2))
     with client(sim, slice_size=SIX_HOURS) as reader:
         assert reader.find_served(DAY, {pid(99)}) == set()
         assert reader.stats.slice_rereads == 1
 
 
 def test_find_served_proves_nothing_when_a_slice_served_short_of_its_count_after_its_walk() -> None:
-    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim = simulator(rows_at(HOURLY))
     first = DAY.split(SIX_HOURS)[0]
-    sim.script(_count_answer(7), when=_counts_of(first, 2))  # 6 served, 7 counted after
+    sim.script(count_answer(7), when=counts_of(first, 2))  # 6 served, 7 counted after
     with client(sim, slice_size=SIX_HOURS, slice_reads=1) as reader:
         assert reader.find_served(DAY, {pid(99)}) is None
-
-
-def test_a_slice_read_again_is_walked_with_smaller_pages() -> None:
-    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
-    sim.script(_count_answer(25), times=2, when=_counts_of(DAY, 1, 2))  # 24 rows: read again
-    with client(sim, slice_size=DAY.duration, page_limit=100, min_page_limit=50) as reader:
-        events = list(reader.iter_slices(DAY))
-
-    limits = [q["limit"] for q in queries(sim) if "includeTotal" not in q]
-    # The second read is a different walk (and reads on past its ends): pages of 75, not 100.
-    assert limits[0] == "100" and set(limits[1:]) == {"75"}
-    assert sum(isinstance(e, SliceRestart) for e in events) == 1
 
 
 def test_find_served_proves_nothing_when_a_row_served_broken_is_served_again_elsewhere() -> None:
     # Row 3, served broken at 03:00, moves to 07:30 while the window is read and is served
     # there again, valid; every count still adds up. Any id served twice may hide one served
     # nowhere (another row that moved the other way), so nothing is proven.
-    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim = simulator(rows_at(HOURLY))
     sim.corrupt_row(pid(3), "wrong_type", is_active="yes")
     second = DAY.split(SIX_HOURS)[1]
     moved_in = sorted(
@@ -154,7 +113,7 @@ def test_find_served_proves_nothing_when_a_row_served_broken_is_served_again_els
         SimResponse.from_json(page),
         when=lambda r: r.kind == "data" and r.query["since"] == second.since_text,
     )
-    sim.script(_count_answer(7), times=2, when=_counts_of(second, 1, 2))
-    sim.script(_count_answer(25), times=9, when=_counts_of(DAY, *range(1, 10)))
+    sim.script(count_answer(7), times=2, when=counts_of(second, 1, 2))
+    sim.script(count_answer(25), times=9, when=counts_of(DAY, *range(1, 10)))
     with client(sim, slice_size=SIX_HOURS) as reader:
         assert reader.find_served(DAY, {pid(99)}) is None

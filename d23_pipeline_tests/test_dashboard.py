@@ -457,6 +457,29 @@ def test_deletions_not_applied_count_as_an_open_problem() -> None:
     assert _data(deletions_pending=[pending]).problem_count() == 1
 
 
+def test_the_problem_count_counts_every_listed_problem(tmp_path: Path) -> None:
+    at, april, may = datetime(2026, 5, 3, tzinfo=UTC), date(2026, 4, 1), date(2026, 5, 1)
+    data = _data(
+        unverified_slices=[{"partition": "2026-05-01", "slice_since": at, "slice_until": at,
+                            "served": 1, "total_before": 2, "total_after": 2, "reads": 2,
+                            "read_at": at}],
+        rejected=[{"partition": "2026-05-01", "reason": r, "rows": 1} for r in ("a", "b")],
+        unmapped=[{"month": may, "outcome_option": "ODD", "attempts": 1}],
+        other_mapping=[{"month": may, "outcome_option": c} for c in ("BUSY", "LEFT_MESSAGE")],
+        kpis_behind_mix=[april],
+        mix_behind_logs=[may],
+        deletions_pending=[{"partition": "2026-05-01", "reason": "held", "rows": 1,
+                            "attempts": 1, "read_at": at}],
+    )  # fmt: skip
+
+    assert data.problem_count() == 8  # the two codes of one month are one problem
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+    page = (tmp_path / "page.html").read_text()
+    assert "<p class='summary'>8 open problem(s).</p>" in page
+    # Every code of a month whose mapping changed, not only the first.
+    assert "<td>2026-05</td><td>BUSY, LEFT_MESSAGE</td>" in page
+
+
 def test_the_tiles_compare_only_against_the_month_just_before() -> None:
     march, may = ({"month": date(2026, m, 1), "attempts": 10} for m in (3, 5))
     # April has no KPI row: May is compared with nothing, not with March.

@@ -109,14 +109,6 @@ def _on_20_may(data: dashboard.DashboardData) -> dashboard.DashboardData:
     return dataclasses.replace(data, freshness=freshness)
 
 
-def _data(**fields: Any) -> dashboard.DashboardData:
-    """A page's data with nothing in it but ``fields``, generated in June 2026."""
-    empty: dict[str, Any] = {f.name: [] for f in dataclasses.fields(dashboard.DashboardData)}
-    return dashboard.DashboardData(
-        **empty | {"generated_at": datetime(2026, 6, 10, tzinfo=UTC), "timezone": "UTC"} | fields
-    )
-
-
 # -- freshness: each month's own counts, under their own headings ------------------------------
 
 
@@ -304,25 +296,3 @@ def test_a_month_ends_at_its_last_instant_and_settles_with_a_read_30_days_after(
     days_30 = end + timedelta(days=30)
     assert dashboard.month_status(june, days_30 - timedelta(microseconds=1), later) == "maturing"
     assert dashboard.month_status(june, days_30, later) == "settled"
-
-
-def test_the_problem_count_counts_every_listed_problem(tmp_path: Path) -> None:
-    at = datetime(2026, 5, 3, tzinfo=UTC)
-    data = _data(
-        unverified_slices=[{"partition": "2026-05-01", "slice_since": at, "slice_until": at,
-                            "served": 1, "total_before": 2, "total_after": 2, "reads": 2,
-                            "read_at": at}],
-        rejected=[{"partition": "2026-05-01", "reason": r, "rows": 1} for r in ("a", "b")],
-        unmapped=[{"month": MAY, "outcome_option": "ODD", "attempts": 1}],
-        other_mapping=[{"month": MAY, "outcome_option": c} for c in ("BUSY", "LEFT_MESSAGE")],
-        kpis_behind_mix=[APRIL],
-        mix_behind_logs=[MAY],
-        deletions_pending=[{"partition": "2026-05-01", "reason": "held", "rows": 1,
-                            "attempts": 1, "read_at": at}],
-    )  # fmt: skip
-
-    assert data.problem_count() == 8  # the two codes of one month are one problem
-    page = _page(tmp_path, data)
-    assert "<p class='summary'>8 open problem(s).</p>" in page
-    # Every code of a month whose mapping changed, not only the first.
-    assert "<td>2026-05</td><td>BUSY, LEFT_MESSAGE</td>" in page

@@ -41,6 +41,7 @@ from d23_pipeline.simulator import (
 
 MONTH = "2026-04"
 BAD = BadRows(missing_public_id=3, bad_timestamp=4, wrong_type=3, extra_pii=5)
+QUARANTINED = BAD.missing_public_id + BAD.bad_timestamp + BAD.wrong_type  # extra_pii rows are kept
 FAST_RETRIES = {"retry_base_delay_s": 0.001}
 
 
@@ -113,10 +114,9 @@ def test_each_bad_row_kind_is_quarantined_with_its_reason(loaded: Loaded, tmp_pa
         "wrong_type": BAD.wrong_type,
     }
     # The run's page says so too, on both steps.
-    quarantined = BAD.missing_public_id + BAD.bad_timestamp + BAD.wrong_type
     for step in ("d23__raw_logs", "d23__logs"):
         (event,) = loaded.result.asset_materializations_for_node(step)
-        assert event.metadata["rejected_rows"].value == quarantined, step
+        assert event.metadata["rejected_rows"].value == QUARANTINED, step
     assert all("public_id" in reason for reason in by_kind["missing_public_id"])
     assert all("ISO-8601 timestamp" in reason for reason in by_kind["bad_timestamp"])
     assert all(" expected a " in reason for reason in by_kind["wrong_type"])
@@ -138,12 +138,11 @@ def test_a_resumed_read_reports_and_quarantines_the_rejects_of_the_slices_it_kep
     resumed = pipeline.materialize(MONTH)
 
     (raw,) = resumed.asset_materializations_for_node("d23__raw_logs")
-    quarantined = BAD.missing_public_id + BAD.bad_timestamp + BAD.wrong_type
     assert (raw.metadata["slices_resumed"].value, raw.metadata["rejected_rows"].value) == (
         10,
-        quarantined,
+        QUARANTINED,
     )
-    assert pipeline.query("SELECT count(*) FROM d23.rejected_rows") == [(quarantined,)]
+    assert pipeline.query("SELECT count(*) FROM d23.rejected_rows") == [(QUARANTINED,)]
 
 
 def test_pii_reaches_no_table_and_no_file(loaded: Loaded) -> None:

@@ -485,11 +485,16 @@ def test_a_version_served_under_the_same_updated_at_by_a_later_read_is_kept(
     assert (summary.older_versions, summary.older_version_examples) == (0, [])
 
 
+def _a_moved_to_may_under_the_same_updated_at(months: Months) -> dict:
+    """Rows a and b merged into April; a's version after it moved to May, updated_at unchanged."""
+    months.merge([row("a"), row("b")])
+    return row("a", communicated_at="2026-05-01T09:00:00.000Z")
+
+
 def test_a_row_moved_without_a_new_updated_at_is_taken_over_by_its_new_month(
     months: Months,
 ) -> None:
-    months.merge([row("a"), row("b")])
-    moved = row("a", communicated_at="2026-05-01T09:00:00.000Z")  # same updated_at
+    moved = _a_moved_to_may_under_the_same_updated_at(months)
     may = months.snapshot([moved], partition="2026-05-01")
     # April's next read proves a gone from April; May's read, before it, merges after it.
     months.merge([row("b")], absent=("a",), max_deletion_share=1.0)
@@ -683,8 +688,7 @@ def test_a_row_moved_without_a_new_updated_at_makes_its_old_months_mix_due(
     months: Months,
 ) -> None:
     # April's outcome mix still counts a; unless it is rebuilt, a counts in April and in May.
-    months.merge([row("a"), row("b")])
-    moved = row("a", communicated_at="2026-05-01T09:00:00.000Z")  # same updated_at
+    moved = _a_moved_to_may_under_the_same_updated_at(months)
 
     summary = months.merge([moved], partition="2026-05-01")
 
