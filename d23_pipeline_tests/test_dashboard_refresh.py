@@ -1,8 +1,11 @@
 """The dashboard after a run that stopped before it: the sensor evaluated directly on the failed
-run, the run it requests, and the months the page then lists as lagging until they are built."""
+run and as the daemon ticks it, the run it requests, and the months the page then lists as
+lagging until they are built."""
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.sensor_definition import SensorEvaluationContext, SensorExecutionData
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin
 from harness import Pipeline
 
 from d23_pipeline.analytics import outcome_mix
@@ -60,6 +63,33 @@ def test_a_blocked_months_held_deletions_and_unmixed_rows_reach_the_dashboard_un
     pipeline.materialize(MONTH, selection="d23/logs*", run_config=CONFIRM)
 
     assert not _listed(pipeline, HELD) and not _listed(pipeline, MIX_BEHIND)
+
+
+def _daemon_tick(instance: dg.DagsterInstance, cursor: str | None) -> SensorExecutionData:
+    """One tick as the daemon evaluates it: in the code location workspace.yaml names."""
+    context = SensorEvaluationContext(
+        instance_ref=None,
+        instance=instance,
+        cursor=cursor,
+        repository_name="__repository__",
+        sensor_name=dashboard_after_blocked_run.name,
+        code_location_origin=RegisteredCodeLocationOrigin("d23_pipeline.definitions"),
+    )
+    return dashboard_after_blocked_run.evaluate_tick(context)
+
+
+def test_a_blocked_run_from_the_command_line_requests_the_dashboard(pipeline: Pipeline) -> None:
+    # `dagster asset materialize` runs carry no code location: the sensor must still see them.
+    with dg.instance_for_test() as instance:
+        started = _daemon_tick(instance, cursor=None)
+        pipeline.materialize(MONTH, instance=instance)
+        pipeline.sim.hard_delete(60, MONTH)
+        blocked = pipeline.materialize(MONTH, raise_on_error=False, instance=instance)
+        assert not blocked.success and blocked.dagster_run.remote_job_origin is None
+
+        tick = _daemon_tick(instance, started.cursor)
+
+    assert [r.run_key for r in tick.run_requests] == [f"dashboard-after:{blocked.run_id}"]
 
 
 def _merge_fails(*args: object, **kwargs: object) -> None:

@@ -26,6 +26,10 @@ def _materialized(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]
     request_job=d23_dashboard_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
+    # Runs of `dagster asset materialize` carry no code location, so a sensor watching only its
+    # own location never sees them. Runs of other projects sharing the instance are skipped below:
+    # they materialize no d23/logs.
+    monitor_all_code_locations=True,
     description=(
         "After a failed run that merged a month into d23.logs but did not rebuild the dashboard "
         "(a blocking check held its outcome steps): rebuild the dashboard alone, so its open "
