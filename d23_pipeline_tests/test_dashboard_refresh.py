@@ -4,7 +4,6 @@ lagging until they are built."""
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.sensor_definition import SensorEvaluationContext, SensorExecutionData
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin
 from harness import Pipeline
 
@@ -65,9 +64,9 @@ def test_a_blocked_months_held_deletions_and_unmixed_rows_reach_the_dashboard_un
     assert not _listed(pipeline, HELD) and not _listed(pipeline, MIX_BEHIND)
 
 
-def _daemon_tick(instance: dg.DagsterInstance, cursor: str | None) -> SensorExecutionData:
+def _daemon_tick(instance: dg.DagsterInstance, cursor: str | None):
     """One tick as the daemon evaluates it: in the code location workspace.yaml names."""
-    context = SensorEvaluationContext(
+    context = dg.SensorEvaluationContext(
         instance_ref=None,
         instance=instance,
         cursor=cursor,
