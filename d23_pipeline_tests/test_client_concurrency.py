@@ -10,11 +10,12 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 import pytest
-from api import DAY, T0, client, error, ids_in, queries, rows_at, simulator
+from api import DAY, T0, answered, client, error, ids_in, queries, rows_at, simulator
 from harness import ExportHookSimulator
 
 from d23_pipeline.client import LenderMismatchError, SliceDone, SlicePage, Window
 from d23_pipeline.client.fanout import fan_out
+from d23_pipeline.client.retry import Cancelled
 from d23_pipeline.simulator import Faults, SimResponse, Simulator, SimulatorConfig
 
 THREE_DAYS = Window(T0, T0 + timedelta(days=3))
@@ -195,3 +196,65 @@ def test_a_worker_error_raised_while_the_consumer_is_behind_still_reaches_it() -
     consumer.join(10)
 
     assert outcome and isinstance(outcome[0], RuntimeError), outcome
+
+
+class HoldsTheFirstRequest(ExportHookSimulator):
+    """Holds the first export request in flight (``held`` set) until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(SimulatorConfig(), rows=[], log_requests=True)
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if not self.held.is_set():
+            self.held.set()
+            self.release.wait(30)
+        return path, None
+
+
+class WatchedSlots(threading.BoundedSemaphore):
+    """A client's request slots, telling (``waited``) when a request waited for one in vain."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.waited = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        taken = super().acquire(blocking, timeout)
+        if not taken:
+            self.waited.set()
+        return taken
+
+
+def test_a_request_cancelled_while_it_waits_for_a_slot_is_not_sent_when_the_slot_frees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = HoldsTheFirstRequest()
+    cancel, outcome = threading.Event(), []
+
+    def count_until_cancelled() -> None:
+        try:
+            outcome.append(reader.count(DAY, cancel))
+        except Cancelled as exc:
+            outcome.append(exc)
+
+    with client(sim, max_concurrency=1) as reader:
+        slots = WatchedSlots(1)
+        monkeypatch.setattr(reader._session, "_slots", slots)
+        holder = threading.Thread(target=reader.count, args=(DAY,), daemon=True)
+        waiter = threading.Thread(target=count_until_cancelled, daemon=True)
+        holder.start()
+        try:
+            assert sim.held.wait(10)  # the one slot is taken until the test releases it
+            waiter.start()
+            assert slots.waited.wait(10)  # the second count waits for the slot
+            cancel.set()
+            waiter.join(10)  # it stops waiting (sent, it would wait for the slot for ever)
+        finally:
+            sim.release.set()
+            holder.join(10)
+            if waiter.ident is not None:
+                waiter.join(10)
+
+    assert [type(o) for o in outcome] == [Cancelled]
+    assert answered(sim, "count") == 1  # the holder's only

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from api import count_answer
-from harness import BOTH_WAREHOUSES, ExportHookSimulator, Pipeline, failure_messages
+from harness import BOTH_WAREHOUSES, ExportHookSimulator, Pipeline, d23_row, failure_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -381,3 +381,42 @@ def test_a_read_with_a_slice_it_cannot_count_reports_it_unverified_and_no_api_to
     assert unverified in metadata["unverified_slices"]
     assert metadata["count_splits"] > 0 and metadata["window_splits"] == 0
     assert any("1 slice(s) not proven complete" in message for message in errors), errors
+
+
+class _MovesRowsInAtFirstPage(ExportHookSimulator):
+    """The simulator, except that at the first page of the slice starting at ``since`` (its
+    counts before the walk taken), the rows ``moved`` move to 20:00 that day, ahead of the walk."""
+
+    since = "2026-04-10T00:00:00.000Z"
+    moved = ("00000000000000000000000a", "00000000000000000000000b")
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if (
+            query.get("since") == self.since
+            and "includeTotal" not in query
+            and "cursor" not in query
+        ):
+            for n, public_id in enumerate(self.moved):
+                self.move_row(public_id, datetime(2026, 4, 10, 20, 0, n, tzinfo=UTC))
+        return path, None
+
+
+def test_api_total_is_the_count_after_the_walk_which_includes_rows_written_while_it_ran(
+    tmp_path: Path,
+) -> None:
+    # 10 April holds 3 rows when counted before its walk; 2 rows of May move in ahead of the
+    # walk, which serves all 5, as the count after it says.
+    april = [d23_row(f"{n:024x}", f"2026-04-10T0{n}:00:00.000Z") for n in (1, 2, 3)]
+    may = [
+        d23_row(public_id, "2026-05-02T10:00:00.000Z")
+        for public_id in _MovesRowsInAtFirstPage.moved
+    ]
+    sim = _MovesRowsInAtFirstPage(rows=april + may)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        result = pipeline.materialize(MONTH, selection="d23/raw_logs")
+
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    metadata = {key: value.value for key, value in raw.metadata.items()}
+    assert (metadata["api_total"], metadata["dagster/row_count"]) == (5, 5)
+    assert metadata["slices_verified"] == 30

@@ -1,7 +1,8 @@
 """``make run``'s choices: its first month, what it prints, the pool limits it sets."""
 
 import os
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,6 +13,7 @@ import pytest
 from processes import clean_env, free_port, make_dagster_home, run_python
 
 from d23_pipeline import launch
+from d23_pipeline.client import ExportsClient, Window
 from d23_pipeline.definitions import defs
 from d23_pipeline.launch import (
     _guide,
@@ -19,7 +21,8 @@ from d23_pipeline.launch import (
     set_pool_limits,
     simulator_start_month,
 )
-from d23_pipeline.settings import read_pool_limits
+from d23_pipeline.months import month_window
+from d23_pipeline.settings import LoginCredentials, read_pool_limits
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
 
 
@@ -48,23 +51,40 @@ def test_a_ui_on_another_port_gets_a_backfill_command_that_reaches_it(tmp_path: 
     assert " --url http://127.0.0.1:3300\n" in guide
 
 
-def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_reaches_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def _make_run(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    serve_ui: Callable[[dict[str, str], int], None],
+    **settings: str,
 ) -> None:
+    """``make run`` (launch.main) with ``settings`` its only D23_* ones, no pool limits set and
+    ``serve_ui`` called with the environment and port `dg dev` would have been given."""
     for name in [n for n in os.environ if n.startswith(("D23_", "DAGSTER_"))]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("D23_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("D23_API_URL", "http://127.0.0.1:9")  # a real API: no simulator
-    monkeypatch.setenv("D23_START_MONTH", "2026-01")
-    monkeypatch.setenv("D23_UI_PORT", "3300")
-    served = []
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(launch, "set_pool_limits", lambda env: None)
-    monkeypatch.setattr(launch, "_serve_ui", lambda env, port: served.append(port))
+    monkeypatch.setattr(launch, "_serve_ui", serve_ui)
     monkeypatch.setattr(launch.signal, "signal", lambda *handler: None)  # pytest's own stays
+    launch.main()
+
+
+def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_reaches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = []
 
     before = f"{datetime.now(UTC):%Y-%m}"
-    launch.main()
+    _make_run(
+        monkeypatch,
+        tmp_path,
+        lambda env, port: served.append(port),
+        D23_API_URL="http://127.0.0.1:9",  # a real API: no simulator
+        D23_START_MONTH="2026-01",
+        D23_UI_PORT="3300",
+    )
     after = f"{datetime.now(UTC):%Y-%m}"  # a month may end while it runs
 
     out = capsys.readouterr().out
@@ -74,6 +94,47 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
         f"d23_pipeline.backfill 2026-01 {current} --url http://127.0.0.1:3300\n" in out
         for current in (before, after)
     )
+
+
+def test_make_run_keeps_the_start_month_a_user_set_when_it_starts_the_simulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start_months = []
+
+    _make_run(
+        monkeypatch,
+        tmp_path,
+        lambda env, port: start_months.append(env["D23_START_MONTH"]),
+        D23_SIMULATOR_PORT=str(free_port()),
+        D23_START_MONTH="2025-01",
+        D23_UI_PORT="3300",
+    )
+
+    out = capsys.readouterr().out
+    assert "Bundled API simulator on http://127.0.0.1:" in out
+    assert start_months == ["2025-01"]
+    assert "d23_pipeline.backfill 2025-01 " in out
+
+
+def test_the_simulator_make_run_starts_serves_rows_from_the_first_partition_on_not_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = []
+
+    def count_rows(env: dict[str, str], port: int) -> None:
+        start, end = month_window(env["D23_START_MONTH"])
+        credentials = LoginCredentials(env["D23_LENDER"], env["D23_EMAIL"], env["D23_PASSWORD"])
+        with ExportsClient(env["D23_API_URL"], credentials) as client:
+            for window in (Window(start - timedelta(days=31), start), Window(start, end)):
+                counted.append(client.count(window).exact_total)
+
+    _make_run(
+        monkeypatch, tmp_path, count_rows, D23_SIMULATOR_PORT=str(free_port()), D23_UI_PORT="3300"
+    )
+
+    # The 31 days before the first partition: nothing; its month: all of the simulator's 2,000
+    # rows a month (a month before the current one is served whole).
+    assert counted == [0, 2000]
 
 
 def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_named(

@@ -411,6 +411,17 @@ def test_codes_cut_to_the_same_label_keep_a_bar_each(monkeypatch: pytest.MonkeyP
     assert [bar.get_width() for bar in axes.patches] == [40, 50]
 
 
+def test_a_code_label_is_shown_whole_up_to_48_characters_and_cut_to_48_past_that(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = "NO_ANSWER_" + "X" * 37 + "Z"  # 48 characters: its last one, Z, stays
+    longer = "CALLBACK_" + "X" * 37 + "ABC"  # 49: 47 of them (up to A) and an ellipsis
+    axes = _drawn_axes(monkeypatch, [whole, longer], [50, 40])
+
+    shown = [label.get_text() for label in reversed(axes.get_yticklabels())]  # top first
+    assert shown == [whole, "CALLBACK_" + "X" * 37 + "A…"]
+
+
 def test_the_outcome_steps_check_the_whole_month_and_chart_each_daily_rate(
     warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:

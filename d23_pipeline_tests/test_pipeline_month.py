@@ -6,7 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import BOTH_WAREHOUSES, Pipeline
+from api import GATEWAY_TIMEOUT
+from harness import BOTH_WAREHOUSES, Pipeline, d23_row
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import DashboardResource
@@ -260,6 +261,23 @@ def test_the_window_width_learned_from_504s_starts_the_months_next_read(
     workers = pipeline.max_concurrency + 1
     assert 2 <= pipeline.sim.stats.by_status[504] <= workers + 1
     assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
+
+
+def test_a_read_that_lowered_its_page_limit_reports_the_lowest_limit_it_used(
+    tmp_path: Path,
+) -> None:
+    # 201 rows in the last quarter hour of 10 April: the first page (200 rows) ends 15 minutes
+    # before its slice does, too narrow to split, so two 504s on the next page halve the page
+    # limit there (200 -> 100).
+    rows = [d23_row(f"{n:024x}", f"2026-04-10T23:45:00.{n:03d}Z") for n in range(201)]
+    sim = Simulator(rows=rows)
+    sim.script(GATEWAY_TIMEOUT, times=2, when=lambda r: r.kind == "data" and "cursor" in r.query)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=200)
+        result = pipeline.materialize("2026-04", selection="d23/raw_logs", retry_base_delay_s=0.001)
+
+    raw = _metadata(result, "d23__raw_logs")
+    assert (raw["final_page_limit"], raw["dagster/row_count"]) == (100, 201)
 
 
 def _window_widths(stats: SimStats) -> list[timedelta]:
