@@ -258,3 +258,44 @@ def test_a_request_cancelled_while_it_waits_for_a_slot_is_not_sent_when_the_slot
 
     assert [type(o) for o in outcome] == [Cancelled]
     assert answered(sim, "count") == 1  # the holder's only
+
+
+class CancelledAsTheSlotFrees(threading.BoundedSemaphore):
+    """Request slots whose second taker is cancelled while it waits, and the slot freed within
+    the same poll: it gets the slot with its cancel flag already set."""
+
+    def __init__(self, value: int, cancel: threading.Event, sim: HoldsTheFirstRequest) -> None:
+        super().__init__(value)
+        self.cancel, self.sim, self.calls = cancel, sim, 0
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        self.calls += 1
+        if self.calls == 2:
+            self.cancel.set()
+            self.sim.release.set()
+            return super().acquire(True, 10)
+        return super().acquire(blocking, timeout)
+
+
+def test_a_request_cancelled_in_the_poll_its_slot_frees_in_is_not_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = HoldsTheFirstRequest()
+    cancel, outcome = threading.Event(), []
+
+    with client(sim, max_concurrency=1) as reader:
+        monkeypatch.setattr(reader._session, "_slots", CancelledAsTheSlotFrees(1, cancel, sim))
+        holder = threading.Thread(target=reader.count, args=(DAY,), daemon=True)
+        holder.start()
+        try:
+            assert sim.held.wait(10)
+            try:
+                outcome.append(reader.count(DAY, cancel))
+            except Cancelled as exc:
+                outcome.append(exc)
+        finally:
+            sim.release.set()
+            holder.join(10)
+
+    assert [type(o) for o in outcome] == [Cancelled]
+    assert answered(sim, "count") == 1  # the holder's only

@@ -135,6 +135,10 @@ class ExportsSession:
         while not self._slots.acquire(timeout=_SLOT_POLL_S):
             if cancel is not None and cancel.is_set():
                 raise Cancelled
+        # Cancelled while it waited, the slot freed within the same poll: send nothing.
+        if cancel is not None and cancel.is_set():
+            self._slots.release()
+            raise Cancelled
 
     def _refusal(self, response: httpx.Response, what: str, window: Window) -> ExportsApiError:
         status, request_id = response.status_code, request_id_of(response)
