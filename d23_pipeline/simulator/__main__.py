@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             f"D23 simulator: lender slug {config.lender_slug!r}, email {config.email}, "
             "password: the --password value (default: the built-in demo password); "
             f"lenderPublicId {sim.lender_public_id}; months {', '.join(config.months)}, "
-            f"{config.rows_per_month} rows each. Ctrl-C to stop.",
+            f"{config.rows_per_month} rows a month (the current month: those logged so far). "
+            "Ctrl-C to stop.",
             flush=True,
         )
         while not stop.wait(0.5):

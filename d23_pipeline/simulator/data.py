@@ -311,8 +311,9 @@ class Collection:
         self._counter = (self._counter + 1) & 0xFFFFFF
         return ((created_ms // 1000) << 64) | (machine << 24) | self._counter
 
-    def _random_row(self, rng: random.Random, comm: int, cap: int | None) -> int:
-        """A packed lender row communicated at ``comm``; timestamps are cut at ``cap``."""
+    def _random_row(self, rng: random.Random, comm: int, cap: int | None) -> int | None:
+        """A packed lender row communicated at ``comm``; ``None`` if it is logged after ``cap``,
+        else its update is cut at ``cap``."""
         r = rng.random
         ctype = bisect(_TYPE_CUM, r())
         source = bisect(_SOURCE_CUM[ctype], r())
@@ -338,22 +339,25 @@ class Collection:
             updated = created + 1000 + int(r() * _DAY)
         else:
             updated = created
-        if cap is not None:
-            created = min(created, cap)
-            updated = min(updated, cap)
-        data = _pack(ctype, source, outcome, active, broken, created, updated)
+        # Drawn in full even when not logged yet, so that the rows before it keep their draws
+        # and ids whatever ``cap`` is.
         oid = self._next_oid(created, self._machines[int(r() * 4)])
-        return _entry(comm, oid, data)
+        if cap is not None:
+            if created > cap:
+                return None
+            updated = min(updated, cap)
+        return _entry(comm, oid, _pack(ctype, source, outcome, active, broken, created, updated))
 
     def _generate_month(self, config: SimulatorConfig, month: str) -> None:
         # One RNG per month: a month's data does not depend on which other months are configured.
         rng = random.Random(f"d23:{config.seed}:{month}")
-        start, end, capped = self._month_span(month)
+        # The month in progress is drawn whole and holds the rows logged so far: the same rows,
+        # under the same ids, whenever the simulator starts (a restarted `make run` must not
+        # look like a month whose rows were all deleted and replaced).
+        start, end = month_bounds(month)
         span = end - start
-        cap = end if capped else None
-        # The month in progress holds only its days so far, at the month's usual rate.
-        full_span = month_bounds(month)[1] - start
-        n = round(config.rows_per_month * span / full_span)
+        cap = self._now if start < self._now < end else None
+        n = config.rows_per_month
         r = rng.random
 
         comms: list[int] = []
@@ -362,12 +366,13 @@ class Collection:
             size = min(rng.randint(2, 50), n_ties - len(comms))
             comms.extend([start + int(r() * span)] * size)
         comms.extend(start + int(r() * span) for _ in range(n - n_ties))
-        mine = [self._random_row(rng, comm, cap) for comm in comms]
+        drawn = [self._random_row(rng, comm, cap) for comm in comms]
 
         patches = _bad_row_patches(config.bad_rows)
         for index, patch in zip(rng.sample(range(n), min(len(patches), n)), patches, strict=False):
-            self._overrides[entry_key(mine[index])[1]] = patch
-        self._entries.extend(mine)
+            if (row := drawn[index]) is not None:
+                self._overrides[entry_key(row)[1]] = patch
+        self._entries.extend(row for row in drawn if row is not None)
 
         # Other tenants' rows: half scattered (short pages), half in dense clusters whose runs
         # of foreign entries produce empty pages with a non-null cursor.
@@ -375,10 +380,10 @@ class Collection:
         n_other = round(n * share / (1 - share))
         scattered = n_other // 2
         other_machines = self._machines[4:]
+        others = []
         for _ in range(scattered):
             comm = start + int(r() * span)
-            oid = self._next_oid(comm, other_machines[0])
-            self._entries.append(_entry(comm, oid, 0))
+            others.append(_entry(comm, self._next_oid(comm, other_machines[0]), 0))
         left = n_other - scattered
         while left > 0:
             size = min(rng.randint(20, 600), left)
@@ -386,8 +391,8 @@ class Collection:
             comm = start + int(r() * max(span - size * 20, 1))
             for _ in range(size):
                 comm = min(comm + rng.randint(0, 20), end - 1)
-                oid = self._next_oid(comm, other_machines[1])
-                self._entries.append(_entry(comm, oid, 0))
+                others.append(_entry(comm, self._next_oid(comm, other_machines[1]), 0))
+        self._entries.extend(e for e in others if cap is None or entry_key(e)[0] < cap)
 
     # -- reads ------------------------------------------------------------------------------
 
