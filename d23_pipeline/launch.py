@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import yaml
 
@@ -28,6 +29,52 @@ DEMO_CREDENTIALS = {
     "D23_EMAIL": "analyst@demo.example",
     "D23_PASSWORD": "demo-password",
 }
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the runs a stopped ``make run`` left "in progress"; their run ids.
+
+    Runs are processes of the code server `dg dev` starts, and Ctrl-C or a reboot ends them
+    with it; Dagster's default run launcher cannot see that, so they stay STARTED, hold their
+    months and the run queue's slots, until run monitoring ends them after 6 h. A run counts
+    as left behind when the process that started executing it is gone (a run of `dagster
+    asset materialize` still going is left alone). Failed, they are retried as any failed run
+    is, and resume from their finished slices. Only on an instance whose runs are stored on
+    this machine (SQLite): on a shared PostgreSQL one, runs of other hosts have other pids.
+    """
+    if instance.get_ref().run_storage_data.class_name != "SqliteRunStorage":
+        return []
+    failed = []
+    for record in instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    ):
+        run = record.dagster_run
+        started = instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1
+        ).records
+        event = started[0].event_log_entry.dagster_event if started else None
+        pid = event.pid if event is not None else None
+        if pid is None or not _process_is_gone(pid):
+            continue
+        instance.report_run_failed(
+            run,
+            message=(
+                f"the run's process (pid {pid}) is gone: a `make run` stopped while it ran "
+                "(Ctrl-C, a reboot); marked failed by the next `make run`, so that it is retried"
+            ),
+        )
+        failed.append(run.run_id)
+    return failed
 
 
 def _prepare_dagster_home(env: dict[str, str]) -> Path:
@@ -172,6 +219,13 @@ def main() -> None:
     # From here on the simulator stops with us, also when a bad setting stops us before the UI
     # starts: left running, it would hold its port against the next `make run`.
     try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            left = fail_runs_left_in_progress(instance)
+        if left:
+            print(
+                f"Marked failed {len(left)} run(s) a stopped `make run` left in progress "
+                f"(retried as failed runs are): {', '.join(left)}"
+            )
         set_pool_limits(env)
         print(f"Dagster home: {home}; UI on http://127.0.0.1:{ui_port}")
         print(_guide(env, ui_port))

@@ -1,6 +1,9 @@
 """``make run``'s choices: its first month, what it prints, the pool limits it sets."""
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -18,6 +21,7 @@ from d23_pipeline.definitions import defs
 from d23_pipeline.launch import (
     _guide,
     _prepare_dagster_home,
+    fail_runs_left_in_progress,
     set_pool_limits,
     simulator_start_month,
 )
@@ -135,6 +139,45 @@ def test_the_simulator_make_run_starts_serves_rows_from_the_first_partition_on_n
     # The 31 days before the first partition: nothing; its month: all of the simulator's 2,000
     # rows a month (a month before the current one is served whole).
     assert counted == [0, 2000]
+
+
+A_RUN_THAT_READS = """import sys, time, dagster as dg
+
+@dg.asset
+def reading() -> None:
+    open(sys.argv[2], "w").close()
+    time.sleep(600)
+
+with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
+    dg.materialize([reading], instance=instance)
+"""
+
+
+def test_make_run_fails_a_run_whose_process_is_gone_so_it_is_retried_and_leaves_a_live_one(
+    tmp_path: Path,
+) -> None:
+    home, reading = make_dagster_home(tmp_path / "dagster_home"), tmp_path / "reading"
+    run = subprocess.Popen([sys.executable, "-c", A_RUN_THAT_READS, str(home), str(reading)])
+    try:
+        deadline = time.monotonic() + 60
+        while not reading.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reading.exists(), "the run never started its step"
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            (record,) = instance.get_run_records()
+
+            assert fail_runs_left_in_progress(instance) == []  # still going: left alone
+
+            run.kill()  # as a stopped `make run` ends its code server's runs
+            run.wait(10)
+            assert fail_runs_left_in_progress(instance) == [record.dagster_run.run_id]
+            after = instance.get_run_by_id(record.dagster_run.run_id)
+    finally:
+        run.kill()
+        run.wait(10)
+
+    assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
+    assert after.tags.get("dagster/will_retry") == "true"
 
 
 def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_named(
