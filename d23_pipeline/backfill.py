@@ -88,6 +88,10 @@ query RunCheckEvaluations($runId: ID!, $cursor: String) {
         ... on AssetCheckEvaluationEvent {
           evaluation { checkName success severity description assetKey { path } }
         }
+        ... on ExecutionStepFailureEvent {
+          stepKey
+          error { message errorChain { error { message } } }
+        }
       }
     }
     ... on RunNotFoundError { message }
@@ -261,36 +265,58 @@ def deciding_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return deciding
 
 
-def check_evaluations(url: str, run_id: str) -> list[dict[str, Any]]:
-    """The asset check evaluations of run ``run_id``: checkName, success, severity,
-    description, assetKey."""
-    evaluations: list[dict[str, Any]] = []
+def _run_events(url: str, run_id: str) -> list[dict[str, Any]]:
+    """Run ``run_id``'s check evaluations (``evaluation``) and step failures (``stepKey``,
+    ``error``); its other events come back empty."""
+    found: list[dict[str, Any]] = []
     cursor = None
     while True:
         result = graphql(url, RUN_CHECK_EVALUATIONS, {"runId": run_id, "cursor": cursor})
         events = result["logsForRun"]
         if events["__typename"] != "EventConnection":
             raise BackfillError(f"{events['__typename']}: {events.get('message', events)}")
-        evaluations += [e["evaluation"] for e in events["events"] if "evaluation" in e]
+        found += [e for e in events["events"] if e]
         if not events["hasMore"]:
-            return evaluations
+            return found
         cursor = events["cursor"]
 
 
-def report_failed_checks(url: str, runs: Sequence[dict[str, Any]]) -> bool:
-    """Print every check that failed in each month's deciding run; whether one was an ERROR."""
+def check_evaluations(url: str, run_id: str) -> list[dict[str, Any]]:
+    """The asset check evaluations of run ``run_id``: checkName, success, severity,
+    description, assetKey."""
+    return [e["evaluation"] for e in _run_events(url, run_id) if "evaluation" in e]
+
+
+def _first_line(text: str | None) -> str:
+    return next(iter((text or "").splitlines()), "")
+
+
+def _root_cause(error: dict[str, Any]) -> str:
+    """The first line of the deepest error a step failure chains (the pipeline's own, not
+    Dagster's "Error occurred while executing op")."""
+    chain = [link["error"] for link in error.get("errorChain") or []]
+    return _first_line((chain[-1] if chain else error)["message"])
+
+
+def report_failures(url: str, runs: Sequence[dict[str, Any]]) -> bool:
+    """Print every check that failed in each month's deciding run, and why each step of a
+    failed one failed; whether a check was an ERROR."""
     errors = False
     for month, run in deciding_runs(runs).items():
-        failed = [e for e in check_evaluations(url, run["runId"]) if not e["success"]]
-        for evaluation in failed:
+        events = _run_events(url, run["runId"])
+        for evaluation in (e["evaluation"] for e in events if "evaluation" in e):
+            if evaluation["success"]:
+                continue
             errors = errors or evaluation["severity"] == "ERROR"
             asset = "/".join(evaluation["assetKey"]["path"])
-            why = (evaluation["description"] or "").splitlines()[:1]
+            why = _first_line(evaluation["description"])
             print(
                 f"  {month}: check {asset} {evaluation['checkName']} failed "
-                f"({evaluation['severity']}){': ' + why[0][:300] if why else ''}",
+                f"({evaluation['severity']}){': ' + why if why else ''}",
                 flush=True,
             )
+        for failure in (e for e in events if "stepKey" in e):
+            print(f"  {month}: step {failure['stepKey']} failed: {_root_cause(failure['error'])}")
     return errors
 
 
@@ -307,6 +333,11 @@ def warn_without_daemon(url: str) -> None:
     """Say so on stderr when no daemon runs backfills: the backfill would wait in silence."""
     if daemon_runs_backfills(url) is False:
         print(NO_DAEMON, file=sys.stderr, flush=True)
+
+
+def backfill_page(url: str, backfill_id: str) -> str:
+    """The backfill's page in the Dagster UI, its months' standing shown."""
+    return f"{url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions"
 
 
 def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]:
@@ -328,7 +359,7 @@ def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]
                 raise LostTrackError(
                     f"stopped following backfill {backfill_id} after {POLL_PATIENCE_S:g} s "
                     f"without an answer ({exc}); it goes on in Dagster: follow it at "
-                    f"{url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions"
+                    f"{backfill_page(url, backfill_id)}"
                 ) from None
             print(f"  (no answer from the webserver, trying again: {exc})", file=sys.stderr)
             time.sleep(POLL_S)
@@ -355,9 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait",
         action="store_true",
-        help="wait until the backfill finishes, then list the checks that failed; exit 0 only "
-        "if every month succeeded and no ERROR check failed, 3 if the webserver stopped "
-        "answering meanwhile",
+        help="wait until the backfill finishes, then list the checks and steps that failed; "
+        "exit 0 only if every month succeeded and no ERROR check failed, 3 if the webserver "
+        "stopped answering meanwhile, 130 on Ctrl-C (the backfill goes on)",
     )
     args = parser.parse_args(argv)
     try:
@@ -368,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Backfill {backfill_id}: {len(keys)} months, {keys[0]} to {keys[-1]}")
-    print(f"Follow it at {args.url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions", flush=True)
+    print(f"Follow it at {backfill_page(args.url, backfill_id)}", flush=True)
     warn_without_daemon(args.url)
     if not args.wait:
         return 0
@@ -377,12 +408,19 @@ def main(argv: list[str] | None = None) -> int:
     except (LostTrackError, BackfillError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print(
+            f"\nStopped following backfill {backfill_id}; it goes on in Dagster: follow it at "
+            f"{backfill_page(args.url, backfill_id)}",
+            file=sys.stderr,
+        )
+        return 130
     print(f"Backfill {backfill_id} finished: {backfill['status']}", flush=True)
     succeeded = backfill["status"] == "COMPLETED_SUCCESS"
     try:
-        check_errors = report_failed_checks(args.url, backfill["runs"])
+        check_errors = report_failures(args.url, backfill["runs"])
     except BackfillError as exc:
-        print(f"error: could not list the checks that failed: {exc}", file=sys.stderr)
+        print(f"error: could not list the checks and steps that failed: {exc}", file=sys.stderr)
         return 3 if succeeded else 1
     return 0 if succeeded and not check_errors else 1
 

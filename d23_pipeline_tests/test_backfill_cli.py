@@ -289,6 +289,53 @@ def test_wait_lists_the_checks_that_failed_and_fails_on_an_error_one(ended_backf
     assert "slices_verified" not in out
 
 
+def test_wait_says_why_each_step_of_a_failed_month_failed(ended_backfill, capsys):
+    FakeWebserver.backfill_status = "COMPLETED_FAILED"
+    FakeWebserver.backfill_runs = [_run("2026-07-01", "FAILURE") | {"creationTime": 1.0}]
+    refused = "AuthenticationError: login for lender 'demo' refused (HTTP 401, request id r-1)"
+    FakeWebserver.run_checks = {"2026-07-01-FAILURE": [{
+        "stepKey": "d23__raw_logs",
+        "error": {
+            "message": 'DagsterExecutionStepExecutionError: Error occurred while executing op '
+            '"d23__raw_logs":\n',
+            "errorChain": [{"error": {"message": f"{refused}\n  File ...\n"}}],
+        },
+    }]}  # fmt: skip
+
+    assert main(["2026-07", "2026-07", "--url", ended_backfill, "--wait"]) == 1
+
+    assert f"  2026-07: step d23__raw_logs failed: {refused}\n" in capsys.readouterr().out
+
+
+def test_wait_shows_a_failed_checks_first_line_whole(ended_backfill, capsys):
+    # The deletion check's first line ends with the run config that confirms the deletions.
+    why = "x" * 400 + ' {"confirm_deletions": true}'
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = [
+        _evaluation("d23/logs", "deletions_within_limit", False, "ERROR", f"{why}\nmore")
+    ]
+
+    main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"])
+
+    assert f"deletions_within_limit failed (ERROR): {why}\n" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_waiting_says_the_backfill_goes_on_and_where(
+    ended_backfill, capsys, monkeypatch
+):
+    FakeWebserver.backfill_status = "REQUESTED"
+
+    def interrupted(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backfill.time, "sleep", interrupted)
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 130
+
+    err = capsys.readouterr().err
+    assert "Stopped following backfill bf1; it goes on in Dagster" in err
+    assert f"{ended_backfill}/runs/b/bf1?tab=partitions" in err
+
+
 def test_wait_exits_0_when_only_warnings_failed(ended_backfill, capsys):
     FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
 
@@ -339,7 +386,7 @@ def test_checks_that_cannot_be_listed_leave_a_failed_backfill_failed(
     FakeWebserver.check_failures = 1
 
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == code
-    assert "could not list the checks that failed" in capsys.readouterr().err
+    assert "could not list the checks and steps that failed" in capsys.readouterr().err
 
 
 def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():
