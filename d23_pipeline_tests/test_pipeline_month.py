@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from api import GATEWAY_TIMEOUT
-from harness import BOTH_WAREHOUSES, Pipeline, d23_row
+from harness import BOTH_WAREHOUSES, Pipeline, d23_row, failure_messages
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import DashboardResource
@@ -348,3 +348,21 @@ def test_the_second_months_assets_report_that_months_numbers(tmp_path: Path) -> 
     assert (merged["older_versions_served"], merged["conflicting_versions"]) == (1, 0)
     shown = _metadata(june, "d23__outcome_dashboard")
     assert (shown["months"][-1], shown["tiles_month"]) == ("2026-06", "2026-05")
+
+
+def test_a_data_dir_read_from_one_source_refuses_a_read_of_another(pipeline: Pipeline) -> None:
+    # make run's demo, then a real lender (or staging, then production) on the same folder.
+    pipeline.materialize("2026-04")
+    before = pipeline.live_rows(["2026-04"])
+    other = Simulator(SimulatorConfig(seed=7, months=("2026-04",), rows_per_month=300))
+    with serve(other) as url:
+        stranger = dataclasses.replace(pipeline, sim=other, api_url=url)
+        result = stranger.materialize("2026-04", raise_on_error=False)
+
+    assert not result.success
+    assert (
+        f"D23_DATA_DIR holds lender {pipeline.sim.lender_public_id}'s data read from 127.0.0.1; "
+        f"this run reads lender {other.lender_public_id} from 127.0.0.1"
+    ) in failure_messages(result)["d23__raw_logs"]
+    assert other.stats.by_kind["data"] == other.stats.by_kind["count"] == 0
+    assert pipeline.live_rows(["2026-04"]) == before

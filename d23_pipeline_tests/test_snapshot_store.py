@@ -19,6 +19,7 @@ from d23_pipeline.landing.snapshot import (
     SnapshotBusyError,
     SnapshotStore,
     SnapshotWriter,
+    SourceMismatchError,
     UnreadableSnapshot,
     rejects_path,
     rows_path,
@@ -277,3 +278,23 @@ def test_a_slice_landed_before_reads_were_counted_is_not_proven_complete() -> No
 
     assert (record.verified, record.served, record.reads) == (False, 3, 1)
     assert (record.total_before, record.total_after) == (None, None)
+
+
+LENDER = "f59eb470-2d38-4c41-a1e1-548f2d437096"
+
+
+def test_snapshots_of_staging_refuse_a_read_of_production_for_the_same_lender(
+    tmp_path: Path,
+) -> None:
+    store = SnapshotStore(tmp_path / "raw" / "d23")
+    store.claim_source("stage-v3-api.cleargrid.ai", LENDER)
+    store.claim_source("stage-v3-api.cleargrid.ai", LENDER)  # the same source again: fine
+
+    with pytest.raises(
+        SourceMismatchError,
+        match="read from stage-v3-api.cleargrid.ai; this run "
+        f"reads lender {LENDER} from v3-api.cleargrid.ai",
+    ):
+        store.claim_source("v3-api.cleargrid.ai", LENDER)
+    with pytest.raises(SourceMismatchError, match="this run reads lender 0b5e"):
+        store.claim_source("stage-v3-api.cleargrid.ai", "0b5e" + LENDER[4:])

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pyarrow as pa
@@ -192,6 +193,7 @@ class ExportsClient:
         )
         self._retrier = Retrier(retry, self.stats, sleep)
         base_url = base_url.rstrip("/")
+        self._base_url = base_url
         self._auth = TokenManager(credentials, self._http, base_url, self._retrier, self.stats)
         self._session = ExportsSession(
             self._http,
@@ -208,6 +210,11 @@ class ExportsClient:
     def lender_public_id(self) -> str:
         """The lender's UUID; logs in first when using login credentials."""
         return self._auth.lender_public_id
+
+    @property
+    def api_host(self) -> str:
+        """The API's host name (no scheme, no port)."""
+        return urlsplit(self._base_url).hostname or ""
 
     @property
     def max_window(self) -> timedelta | None:

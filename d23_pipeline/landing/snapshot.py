@@ -105,6 +105,10 @@ class UnprovenDeletions:
     examples: list[str]
 
 
+class SourceMismatchError(RuntimeError):
+    """The data folder holds another API host's or lender's data than the run reads."""
+
+
 class SnapshotBusyError(RuntimeError):
     """Another run holds the month's snapshot folder."""
 
@@ -554,6 +558,27 @@ class SnapshotStore:
         if not path.is_file():
             return None
         return 2 * timedelta(milliseconds=json.loads(path.read_text())["milliseconds"])
+
+    def claim_source(self, api_host: str, lender_public_id: str) -> None:
+        """Record at the first read which API host and lender these snapshots (and the embedded
+        warehouse beside them) mirror, and refuse a read of another with
+        :class:`SourceMismatchError`: the demo's or staging's rows are not production's, and a
+        read of another source would find every one of them gone."""
+        claimed = {"api_host": api_host, "lender_public_id": lender_public_id}
+        path = self.root / "source.json"
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(path, claimed)
+            return
+        held = json.loads(path.read_text())
+        if held != claimed:
+            raise SourceMismatchError(
+                f"D23_DATA_DIR holds lender {held.get('lender_public_id')}'s data read from "
+                f"{held.get('api_host')}; this run reads lender {lender_public_id} from "
+                f"{api_host}. One warehouse mirrors one source (another's rows would all look "
+                "deleted): give this source its own D23_DATA_DIR (and DAGSTER_HOME), or point "
+                f"D23_API_URL and the credentials back at {held.get('api_host')} ({path})"
+            )
 
     def remember_max_window(self, partition: str, width: timedelta | None) -> None:
         """Keep the widest window a read of the month learned the gateway answers."""

@@ -41,6 +41,7 @@ def raw_logs(
     slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
     store, partition = landing_zone.store(), context.partition_key
     with exports_api.client(max_window=store.max_window(partition)) as client:
+        store.claim_source(client.api_host, client.lender_public_id)
         read = read_month(
             client,
             store,
