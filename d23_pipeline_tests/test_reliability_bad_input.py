@@ -195,7 +195,8 @@ def _expired_token(pipeline: Pipeline) -> dict[str, Any]:
         ("non_json", None, "kept answering with an invalid body: not valid JSON"),
         ("no_rows", None, "invalid body: no body.rows list"),
         ("unknown_dataset", None, "dataset S4/D23 is unknown or not enabled for this lender"),
-        ("normal", _wrong_lender, "is not the token's lender: check that D23_LENDER_PUBLIC_ID"),
+        # The folder holds the token's lender: refused before the API's 403 could say so.
+        ("normal", _wrong_lender, "this run reads lender 00000000-0000-4000-8000-000000000000"),
         ("normal", _expired_token, "a held token cannot be refreshed: supply a fresh D23_TOKEN"),
     ],
     ids=["non-json-page", "no-rows", "unknown-dataset", "wrong-lender", "expired-token"],
