@@ -151,8 +151,9 @@ class Warehouse:
             return
         except Timeout:
             log.warning(
-                "%s is held by another process of the pipeline (a run's warehouse step); "
-                "waiting up to %g s for it to finish",
+                "%s is held by another process of the pipeline (a step of another run, reading "
+                "or writing, or a notebook's load_outcome_tables); waiting up to %g s for it to "
+                "finish",
                 self.path,
                 self.lock_timeout_s,
             )
