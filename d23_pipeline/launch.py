@@ -21,7 +21,13 @@ import yaml
 
 from d23_pipeline.backfill import DEFAULT_URL
 from d23_pipeline.months import months_up_to
-from d23_pipeline.settings import SettingsError, load_options, read_local_ports, read_pool_limits
+from d23_pipeline.settings import (
+    SettingsError,
+    load_api_connection,
+    load_options,
+    read_local_ports,
+    read_pool_limits,
+)
 
 SIMULATOR_MONTHS = 6
 DEMO_CREDENTIALS = {
@@ -219,6 +225,8 @@ def main() -> None:
     # From here on the simulator stops with us, also when a bad setting stops us before the UI
     # starts: left running, it would hold its port against the next `make run`.
     try:
+        # Every run would fail at its first step without them: say so before the UI starts.
+        load_api_connection(env)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             left = fail_runs_left_in_progress(instance)
         if left:

@@ -86,6 +86,9 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
         tmp_path,
         lambda env, port: served.append(port),
         D23_API_URL="http://127.0.0.1:9",  # a real API: no simulator
+        D23_LENDER="lender",
+        D23_EMAIL="analyst@lender.example",
+        D23_PASSWORD="a-password",
         D23_START_MONTH="2026-01",
         D23_UI_PORT="3300",
     )
@@ -98,6 +101,23 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
         f"d23_pipeline.backfill 2026-01 {current} --url http://127.0.0.1:3300\n" in out
         for current in (before, after)
     )
+
+
+def test_make_run_with_a_real_api_and_no_credentials_stops_before_the_ui_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = []
+
+    with pytest.raises(SystemExit, match="error: D23_LENDER is not set: configure D23_LENDER"):
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, port: served.append(port),
+            D23_API_URL="https://stage-v3-api.cleargrid.ai",
+            D23_START_MONTH="2026-01",
+        )
+
+    assert served == []
 
 
 def test_make_run_keeps_the_start_month_a_user_set_when_it_starts_the_simulator(
