@@ -258,15 +258,20 @@ def test_a_maturing_months_broken_promise_share_is_not_compared_and_a_partial_mo
     assert lines["Broken-promise share"][3] is None  # May's share: days, not weeks, to break
     assert lines["Broken-promise share"][2] == april[share] * 100
     assert lines["Contact rate"][3] == may["contact_rate"] * 100
+    # May runs: named so and drawn hollow, not read as a month's change.
+    assert trend["data"][0]["x"] == ["Feb 2026", "Mar 2026", "Apr 2026", "May 2026 (so far)"]
+    assert trend["data"][0]["marker"]["symbol"] == ["circle"] * 3 + ["circle-open"]
     split = dashboard.kpi_split_chart(data.kpis_by_channel, "communication_type", partial)
     panels = {(t["name"], t["yaxis"]): t for t in split["data"]}
     broken_axis = f"y{list(dashboard.KPI_LABELS).index(share) + 1}"
     assert all(  # the same in every channel's panel
-        t["y"][t["x"].index("May 2026")] is None
+        t["y"][t["x"].index("May 2026 (so far)")] is None
         for (_, axis), t in panels.items()
-        if axis == broken_axis and "May 2026" in t["x"]
+        if axis == broken_axis and "May 2026 (so far)" in t["x"]
     )
-    assert any("May 2026" in t["x"] for (_, axis), t in panels.items() if axis == broken_axis)
+    assert any(
+        "May 2026 (so far)" in t["x"] for (_, axis), t in panels.items() if axis == broken_axis
+    )
 
 
 def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_listed_until_rebuilt(

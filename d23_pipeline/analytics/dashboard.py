@@ -389,13 +389,23 @@ def _points_of(rows: Sequence[Mapping[str, Any]], kpi: str, partial: Collection[
     return [None if r["month"] in skipped else _pct(r[kpi]) for r in rows]
 
 
+def _months_of(rows: Sequence[Mapping[str, Any]], partial: Collection[date]) -> dict[str, Any]:
+    """The x values and markers of a trend: the running month named "so far" and drawn
+    hollow, so that its few days do not read as a month's change."""
+    return {
+        "x": [_month_label(r["month"]) + " (so far)" * (r["month"] in partial) for r in rows],
+        "marker": {
+            "symbol": ["circle-open" if r["month"] in partial else "circle" for r in rows]
+        },
+    }
+
+
 def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date] = ()) -> Figure:
     """One line per KPI over the months (see :func:`_points_of` for ``partial``)."""
-    months = [_month_label(k["month"]) for k in kpis]
     traces = [
         {
             "type": "scatter",
-            "x": months,
+            **_months_of(kpis, partial),
             "y": _points_of(kpis, name, partial),
             "name": label,
             "mode": "lines+markers",
@@ -421,7 +431,7 @@ def kpi_split_chart(
             fig["data"].append(
                 {
                     "type": "scatter",
-                    "x": [_month_label(r["month"]) for r in mine],
+                    **_months_of(mine, partial),
                     "y": _points_of(mine, name, partial),
                     "name": value,
                     "legendgroup": value,
