@@ -22,10 +22,12 @@ from d23_pipeline.settings import SettingsError, validate_month
 DEFAULT_URL = "http://127.0.0.1:3000"
 UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
 # How a month stands, from the statuses of its runs (a retried month has several): any success
-# makes it done, any run still going makes it running, otherwise its last word is a failure.
+# makes it done, any run going makes it running, one waiting for a slot queued, otherwise its
+# last word is a failure.
 _MONTH_STANDING = (
     ("SUCCESS", {"SUCCESS"}),
-    ("running", {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}),
+    ("running", {"STARTING", "STARTED", "CANCELING"}),
+    ("queued", {"QUEUED", "NOT_STARTED"}),
     ("FAILURE", {"FAILURE"}),
     ("CANCELED", {"CANCELED"}),
 )
@@ -244,8 +246,8 @@ def _month_of(run: dict[str, Any]) -> str | None:
 
 
 def month_progress(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Each month's standing (``SUCCESS``, ``running``, ``FAILURE``, ``CANCELED``) from the
-    backfill's runs; months whose runs have not been created yet are absent."""
+    """Each month's standing (``SUCCESS``, ``running``, ``queued``, ``FAILURE``, ``CANCELED``)
+    from the backfill's runs; months whose runs have not been created yet are absent."""
     statuses: dict[str, set[str]] = {}
     for run in runs:
         if month := _month_of(run):
@@ -398,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, BackfillError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"Backfill {backfill_id}: {len(keys)} months, {keys[0]} to {keys[-1]}")
+    months = f"{len(keys)} month{'s' * (len(keys) != 1)}"
+    print(f"Backfill {backfill_id}: {months}, {keys[0]} to {keys[-1]}")
     print(f"Follow it at {backfill_page(args.url, backfill_id)}", flush=True)
     warn_without_daemon(args.url)
     if not args.wait:

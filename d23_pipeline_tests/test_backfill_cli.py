@@ -304,7 +304,9 @@ def test_wait_says_why_each_step_of_a_failed_month_failed(ended_backfill, capsys
 
     assert main(["2026-07", "2026-07", "--url", ended_backfill, "--wait"]) == 1
 
-    assert f"  2026-07: step d23__raw_logs failed: {refused}\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Backfill bf1: 1 month, 2026-07-01 to 2026-07-01\n" in out
+    assert f"  2026-07: step d23__raw_logs failed: {refused}\n" in out
 
 
 def test_wait_shows_a_failed_checks_first_line_whole(ended_backfill, capsys):
@@ -395,6 +397,9 @@ def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():
         _run("2026-07-01", "SUCCESS"),  # the daemon's retry
         _run("2026-08-01", "STARTED"),
         _run("2026-09-01", "FAILURE"),
+        _run("2026-10-01", "QUEUED"),  # waiting for one of the queue's run slots
+        _run("2026-11-01", "FAILURE"),
+        _run("2026-11-01", "QUEUED"),  # its retry, waiting
         {"runId": "dashboard", "status": "QUEUED", "tags": []},
     ]
 
@@ -402,6 +407,8 @@ def test_wait_reports_each_months_standing_a_retried_success_counting_as_done():
         "2026-07": "SUCCESS",
         "2026-08": "running",
         "2026-09": "FAILURE",
+        "2026-10": "queued",
+        "2026-11": "queued",
     }
 
 
