@@ -158,8 +158,13 @@ def _start_simulator(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         process.terminate()
         raise SystemExit(f"the API simulator did not answer on {url} within 60 s")
     env["D23_API_URL"] = url
-    for name, value in DEMO_CREDENTIALS.items():
-        env.setdefault(name, value)
+    # The simulator knows its demo user only: credentials left in the environment for a real
+    # API would make every run's login fail.
+    demo = {**DEMO_CREDENTIALS, "D23_LENDER_PUBLIC_ID": "", "D23_TOKEN": ""}
+    replaced = sorted(name for name, value in demo.items() if env.get(name, value) != value)
+    if replaced:
+        print(f"Not used with the bundled simulator (it has its demo user): {', '.join(replaced)}")
+    env.update(demo)
     # The simulator serves the six months up to now; start the partitions where its data does.
     env.setdefault("D23_START_MONTH", simulator_start_month(datetime.now(UTC)))
     return process

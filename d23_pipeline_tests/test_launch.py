@@ -26,7 +26,7 @@ from d23_pipeline.launch import (
     simulator_start_month,
 )
 from d23_pipeline.months import month_window
-from d23_pipeline.settings import LoginCredentials, read_pool_limits
+from d23_pipeline.settings import LoginCredentials, read_credentials, read_pool_limits
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
 
 
@@ -118,6 +118,33 @@ def test_make_run_with_a_real_api_and_no_credentials_stops_before_the_ui_naming_
         )
 
     assert served == []
+
+
+def test_make_run_logs_in_to_its_simulator_as_the_demo_user_whatever_credentials_are_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logged_in = []
+
+    def log_in(env: dict[str, str], port: int) -> None:
+        with ExportsClient(env["D23_API_URL"], read_credentials(env)) as client:
+            logged_in.append(client.lender_public_id)
+
+    _make_run(
+        monkeypatch,
+        tmp_path,
+        log_in,
+        D23_SIMULATOR_PORT=str(free_port()),
+        D23_UI_PORT="3300",
+        D23_PASSWORD="a-real-lenders-password",  # left from a real API's settings
+        D23_TOKEN="a-real-lenders-token",
+    )
+
+    assert logged_in == [Simulator(SimulatorConfig()).lender_public_id]
+    out = capsys.readouterr().out
+    assert (
+        "Not used with the bundled simulator (it has its demo user): D23_PASSWORD, D23_TOKEN" in out
+    )
+    assert "a-real-lenders" not in out
 
 
 def test_make_run_keeps_the_start_month_a_user_set_when_it_starts_the_simulator(
