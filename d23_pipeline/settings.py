@@ -195,7 +195,9 @@ def _is_loopback(host: str) -> bool:
 
 def validate_month(value: str, name: str = "D23_START_MONTH") -> str:
     if not is_month(value):
-        raise SettingsError(f"{name} must look like YYYY-MM (got {value!r})")
+        raise SettingsError(
+            f"{name} must be a month, YYYY-MM with MM from 01 to 12 (got {value!r})"
+        )
     if not 1970 <= int(value[:4]) <= 2999:  # Dagster's partitions are Unix timestamps
         raise SettingsError(f"{name} must be a month from 1970 to 2999 (got {value!r})")
     return value

@@ -250,3 +250,12 @@ def test_a_run_with_a_missing_setting_fails_at_start_without_calling_the_api(
     assert list(failures) == ["d23__raw_logs"]
     assert "D23_PASSWORD is not set" in failures["d23__raw_logs"]
     assert pipeline.sim.stats.requests == 0
+
+
+def test_a_thirteenth_month_is_refused_saying_what_a_month_is() -> None:
+    with pytest.raises(
+        SettingsError,
+        match=r"D23_START_MONTH must be a month, YYYY-MM with MM "
+        r"from 01 to 12 \(got '2025-13'\)",
+    ):
+        load_options({"D23_START_MONTH": "2025-13"})
