@@ -427,7 +427,7 @@ def test_a_deployment_whose_code_failed_to_load_is_reported_with_its_load_error(
     assert launched.returncode == 2
     # Not "AssetNotFoundError: Asset key ["d23", "raw_logs"] not found": the location has none.
     assert (
-        "failed to load: d23_pipeline.settings.SettingsError: D23_START_MONTH must look like"
+        "failed to load: d23_pipeline.settings.SettingsError: D23_START_MONTH must be a month"
         in (launched.stderr)
     )
 
