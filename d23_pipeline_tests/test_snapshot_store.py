@@ -287,14 +287,19 @@ def test_snapshots_of_staging_refuse_a_read_of_production_for_the_same_lender(
     tmp_path: Path,
 ) -> None:
     store = SnapshotStore(tmp_path / "raw" / "d23")
-    store.claim_source("stage-v3-api.cleargrid.ai", LENDER)
-    store.claim_source("stage-v3-api.cleargrid.ai", LENDER)  # the same source again: fine
+    store.check_source("v3-api.cleargrid.ai", LENDER)  # nothing recorded yet: any source
+    store.record_source("stage-v3-api.cleargrid.ai", LENDER)
+    store.check_source("stage-v3-api.cleargrid.ai", LENDER)  # the same source again: fine
+    store.check_source("stage-v3-api.cleargrid.ai", "{" + LENDER.upper() + "}")  # one lender
 
     with pytest.raises(
         SourceMismatchError,
         match="read from stage-v3-api.cleargrid.ai; this run "
         f"reads lender {LENDER} from v3-api.cleargrid.ai",
     ):
-        store.claim_source("v3-api.cleargrid.ai", LENDER)
+        store.check_source("v3-api.cleargrid.ai", LENDER)
     with pytest.raises(SourceMismatchError, match="this run reads lender 0b5e"):
-        store.claim_source("stage-v3-api.cleargrid.ai", "0b5e" + LENDER[4:])
+        store.check_source("stage-v3-api.cleargrid.ai", "0b5e" + LENDER[4:])
+    store.record_source("v3-api.cleargrid.ai", LENDER)  # the first source stays recorded
+    with pytest.raises(SourceMismatchError):
+        store.check_source("v3-api.cleargrid.ai", LENDER)

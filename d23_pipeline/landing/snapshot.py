@@ -109,6 +109,11 @@ class SourceMismatchError(RuntimeError):
     """The data folder holds another API host's or lender's data than the run reads."""
 
 
+def _source(api_host: str, lender_public_id: str) -> dict[str, str]:
+    # One lender's id in any form uuid.UUID reads (braces, upper case) is one lender.
+    return {"api_host": api_host, "lender_public_id": str(uuid.UUID(lender_public_id))}
+
+
 class SnapshotBusyError(RuntimeError):
     """Another run holds the month's snapshot folder."""
 
@@ -559,26 +564,33 @@ class SnapshotStore:
             return None
         return 2 * timedelta(milliseconds=json.loads(path.read_text())["milliseconds"])
 
-    def claim_source(self, api_host: str, lender_public_id: str) -> None:
-        """Record at the first read which API host and lender these snapshots (and the embedded
-        warehouse beside them) mirror, and refuse a read of another with
-        :class:`SourceMismatchError`: the demo's or staging's rows are not production's, and a
-        read of another source would find every one of them gone."""
-        claimed = {"api_host": api_host, "lender_public_id": lender_public_id}
-        path = self.root / "source.json"
-        if not path.is_file():
-            self.root.mkdir(parents=True, exist_ok=True)
-            _write_json_atomically(path, claimed)
-            return
-        held = json.loads(path.read_text())
-        if held != claimed:
+    def check_source(self, api_host: str, lender_public_id: str) -> None:
+        """Refuse, with :class:`SourceMismatchError`, a read of another API host or lender than
+        the one these snapshots (and the embedded warehouse beside them) mirror: the demo's or
+        staging's rows are not production's, and a read of another source would find every one
+        of them gone. The source is recorded by :meth:`record_source` after a first read."""
+        held = self._source()
+        claimed = _source(api_host, lender_public_id)
+        if held is not None and held != claimed:
             raise SourceMismatchError(
                 f"D23_DATA_DIR holds lender {held.get('lender_public_id')}'s data read from "
-                f"{held.get('api_host')}; this run reads lender {lender_public_id} from "
-                f"{api_host}. One warehouse mirrors one source (another's rows would all look "
-                "deleted): give this source its own D23_DATA_DIR (and DAGSTER_HOME), or point "
-                f"D23_API_URL and the credentials back at {held.get('api_host')} ({path})"
+                f"{held.get('api_host')}; this run reads lender {claimed['lender_public_id']} "
+                f"from {api_host}. One warehouse mirrors one source (another's rows would all "
+                "look deleted): give this source its own D23_DATA_DIR (and DAGSTER_HOME), or "
+                f"point D23_API_URL and the credentials back at {held.get('api_host')} "
+                f"({self.root / 'source.json'})"
             )
+
+    def record_source(self, api_host: str, lender_public_id: str) -> None:
+        """Record the source of a read the API answered (a mistyped lender id or host, refused
+        by the API, must not become the folder's source)."""
+        if self._source() is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _write_json_atomically(self.root / "source.json", _source(api_host, lender_public_id))
+
+    def _source(self) -> dict[str, str] | None:
+        path = self.root / "source.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def remember_max_window(self, partition: str, width: timedelta | None) -> None:
         """Keep the widest window a read of the month learned the gateway answers."""

@@ -41,7 +41,7 @@ def raw_logs(
     slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
     store, partition = landing_zone.store(), context.partition_key
     with exports_api.client(max_window=store.max_window(partition)) as client:
-        store.claim_source(client.api_host, client.lender_public_id)
+        store.check_source(client.api_host, client.lender_public_id)
         read = read_month(
             client,
             store,
@@ -51,6 +51,7 @@ def raw_logs(
             run_id=context.run.run_id,
             progress=context.log.info,
         )
+        store.record_source(client.api_host, client.lender_public_id)
         learned = client.max_window
         store.remember_max_window(partition, learned)
     snapshot = read.snapshot
