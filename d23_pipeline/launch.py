@@ -58,7 +58,9 @@ def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
     is, and resume from their finished slices. Only on an instance whose runs are stored on
     this machine (SQLite): on a shared PostgreSQL one, runs of other hosts have other pids.
     """
-    if instance.get_ref().run_storage_data.class_name != "SqliteRunStorage":
+    # By the class's name: `storage: sqlite:` in dagster.yaml leaves the instance ref's
+    # run_storage_data empty, and Dagster's storage classes are not public.
+    if type(instance.run_storage).__name__ != "SqliteRunStorage":
         return []
     failed = []
     for record in instance.get_run_records(

@@ -250,6 +250,7 @@ def test_a_request_cancelled_while_it_waits_for_a_slot_is_not_sent_when_the_slot
             assert slots.waited.wait(10)  # the second count waits for the slot
             cancel.set()
             waiter.join(10)  # it stops waiting (sent, it would wait for the slot for ever)
+            assert not waiter.is_alive()
         finally:
             sim.release.set()
             holder.join(10)

@@ -103,6 +103,44 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
     )
 
 
+def test_make_run_says_which_runs_it_marked_failed_before_the_ui_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    homes = []
+
+    def left_behind(instance: dg.DagsterInstance) -> list[str]:
+        homes.append(instance.root_directory)
+        return ["run-a", "run-b"]
+
+    monkeypatch.setattr(launch, "fail_runs_left_in_progress", left_behind)
+    _make_run(
+        monkeypatch,
+        tmp_path,
+        lambda env, port: print("UI started"),
+        D23_SIMULATOR_PORT=str(free_port()),
+        D23_UI_PORT="3300",
+    )
+
+    assert homes == [str(tmp_path / "dagster_home")]
+    out = capsys.readouterr().out
+    marked = "Marked failed 2 run(s) a stopped `make run` left in progress"
+    assert marked in out and "run-a, run-b" in out
+    assert out.index(marked) < out.index("UI started")
+
+
+def test_the_sweep_reads_an_instance_whose_sqlite_folder_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `base_dir: {env: ...}` leaves the instance ref without run_storage_data: the sweep crashed.
+    monkeypatch.setenv("D23_TEST_STORAGE", str(tmp_path / "storage"))
+    home = make_dagster_home(
+        tmp_path / "dagster_home",
+        config="storage:\n  sqlite:\n    base_dir:\n      env: D23_TEST_STORAGE\n",
+    )
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert fail_runs_left_in_progress(instance) == []
+
+
 def test_make_run_with_a_real_api_and_no_credentials_stops_before_the_ui_naming_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

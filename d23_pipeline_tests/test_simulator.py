@@ -453,6 +453,18 @@ def test_a_simulator_started_later_in_the_month_serves_the_same_rows_and_more():
         assert again["updated_at"] >= r["updated_at"]  # a promise broken since, at most
 
 
+def test_a_simulator_started_in_the_next_month_serves_the_months_it_shares_under_the_same_ids():
+    def june_and_may(months: tuple[str, ...], now: datetime) -> set[str]:
+        config = SimulatorConfig(months=months, rows_per_month=500)
+        data = Collection(config, to_ms(now))
+        return set(ids(data.rows(*month_bounds("2026-05")) + data.rows(*month_bounds("2026-06"))))
+
+    in_june = june_and_may(("2026-04", "2026-05", "2026-06"), datetime(2026, 6, 30, tzinfo=UTC))
+    in_july = june_and_may(("2026-05", "2026-06", "2026-07"), datetime(2026, 7, 1, tzinfo=UTC))
+
+    assert in_june and in_june <= in_july
+
+
 def test_promises_break_only_once_they_are_old_enough():
     now = datetime(2026, 6, 4, tzinfo=UTC)
     data = Collection(

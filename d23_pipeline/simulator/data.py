@@ -351,6 +351,9 @@ class Collection:
     def _generate_month(self, config: SimulatorConfig, month: str) -> None:
         # One RNG per month: a month's data does not depend on which other months are configured.
         rng = random.Random(f"d23:{config.seed}:{month}")
+        # Its own id counter too: a month's ids do not depend on the months before it, which
+        # change when make run is started in a new month.
+        self._counter = random.Random(f"d23:{config.seed}:{month}:ids").getrandbits(24)
         # The month in progress is drawn whole and holds the rows logged so far: the same rows,
         # under the same ids, whenever the simulator starts (a restarted `make run` must not
         # look like a month whose rows were all deleted and replaced).
