@@ -94,6 +94,7 @@ query RunCheckEvaluations($runId: ID!, $cursor: String) {
           stepKey
           error { message errorChain { error { message } } }
         }
+        ... on RunFailureEvent { runFailure: message }
       }
     }
     ... on RunNotFoundError { message }
@@ -268,8 +269,8 @@ def deciding_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def _run_events(url: str, run_id: str) -> list[dict[str, Any]]:
-    """Run ``run_id``'s check evaluations (``evaluation``) and step failures (``stepKey``,
-    ``error``); its other events come back empty."""
+    """Run ``run_id``'s check evaluations (``evaluation``), step failures (``stepKey``,
+    ``error``) and run failure (``runFailure``); its other events come back empty."""
     found: list[dict[str, Any]] = []
     cursor = None
     while True:
@@ -317,8 +318,12 @@ def report_failures(url: str, runs: Sequence[dict[str, Any]]) -> bool:
                 f"({evaluation['severity']}){': ' + why if why else ''}",
                 flush=True,
             )
-        for failure in (e for e in events if "stepKey" in e):
+        steps = [e for e in events if "stepKey" in e]
+        for failure in steps:
             print(f"  {month}: step {failure['stepKey']} failed: {_root_cause(failure['error'])}")
+        if not steps:  # ended from outside its steps: by make run's sweep, run monitoring, ...
+            for failure in (e for e in events if "runFailure" in e):
+                print(f"  {month}: run failed: {_first_line(failure['runFailure'])}")
     return errors
 
 

@@ -309,6 +309,17 @@ def test_wait_says_why_each_step_of_a_failed_month_failed(ended_backfill, capsys
     assert f"  2026-07: step d23__raw_logs failed: {refused}\n" in out
 
 
+def test_wait_says_why_a_month_failed_outside_its_steps(ended_backfill, capsys):
+    FakeWebserver.backfill_status = "COMPLETED_FAILED"
+    FakeWebserver.backfill_runs = [_run("2026-07-01", "FAILURE") | {"creationTime": 1.0}]
+    swept = "the run's process (pid 41) is gone: a `make run` stopped while it ran"
+    FakeWebserver.run_checks = {"2026-07-01-FAILURE": [{"runFailure": f"{swept}\nmore"}]}
+
+    assert main(["2026-07", "2026-07", "--url", ended_backfill, "--wait"]) == 1
+
+    assert f"  2026-07: run failed: {swept}\n" in capsys.readouterr().out
+
+
 def test_wait_shows_a_failed_checks_first_line_whole(ended_backfill, capsys):
     # The deletion check's first line ends with the run config that confirms the deletions.
     why = "x" * 400 + ' {"confirm_deletions": true}'
