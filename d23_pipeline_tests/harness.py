@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+import httpx
 import pyarrow.parquet as pq
 import pytest
 from postgres import PostgresServer
@@ -176,6 +177,15 @@ class Pipeline:
             raise_on_error=raise_on_error,
             instance=instance,
         )
+
+    def login_token(self) -> str:
+        """A bearer token of the simulator's lender, as a user holding D23_TOKEN has one."""
+        config = self.sim.config
+        answer = httpx.post(
+            f"{self.api_url}/admin/auth/{config.lender_slug}/login",
+            json={"email": config.email, "password": config.password},
+        )
+        return answer.json()["token"]
 
     def materialize_crashing(self, month: str, after_slices: int) -> dg.ExecuteInProcessResult:
         """Materialize ``month`` with the run dying right after its ``after_slices``-th slice

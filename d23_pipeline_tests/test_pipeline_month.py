@@ -5,7 +5,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 from api import GATEWAY_TIMEOUT
 from harness import BOTH_WAREHOUSES, Pipeline, d23_row, failure_messages
@@ -371,11 +370,7 @@ def test_a_data_dir_read_from_one_source_refuses_a_read_of_another(pipeline: Pip
 
 def test_a_read_the_api_refused_makes_no_source_of_the_folder(pipeline: Pipeline) -> None:
     # A mistyped D23_LENDER_PUBLIC_ID with a token: the API's 403, then the id mended.
-    answer = httpx.post(
-        f"{pipeline.api_url}/admin/auth/{pipeline.sim.config.lender_slug}/login",
-        json={"email": pipeline.sim.config.email, "password": pipeline.sim.config.password},
-    )
-    token = {"token": answer.json()["token"], "password": None, "email": None, "lender": None}
+    token = {"token": pipeline.login_token(), "password": None, "email": None, "lender": None}
     mistyped = "00000000-0000-4000-8000-000000000000"
 
     refused = pipeline.materialize(

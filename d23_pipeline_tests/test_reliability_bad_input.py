@@ -14,7 +14,6 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-import httpx
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -169,22 +168,13 @@ def test_the_file_scan_sees_through_compression(tmp_path: Path) -> None:
     assert set(hits) >= {"rows.parquet", "warehouse.duckdb", "runs.db"}
 
 
-def _login_token(pipeline: Pipeline) -> str:
-    config = pipeline.sim.config
-    answer = httpx.post(
-        f"{pipeline.api_url}/admin/auth/{config.lender_slug}/login",
-        json={"email": config.email, "password": config.password},
-    )
-    return answer.json()["token"]
-
-
 def _wrong_lender(pipeline: Pipeline) -> dict[str, Any]:
     other = "00000000-0000-4000-8000-000000000000"
-    return {"lender_public_id": other, "token": _login_token(pipeline)}
+    return {"lender_public_id": other, "token": pipeline.login_token()}
 
 
 def _expired_token(pipeline: Pipeline) -> dict[str, Any]:
-    token = _login_token(pipeline)
+    token = pipeline.login_token()
     pipeline.sim.expire_tokens()
     return {"lender_public_id": pipeline.sim.lender_public_id, "token": token}
 

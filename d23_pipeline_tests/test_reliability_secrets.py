@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import pytest
 from harness import ExportHookSimulator, Pipeline, failure_messages, files_containing
 
@@ -66,15 +65,6 @@ def _every_log_line_to_stderr() -> Iterator[None]:
         root.setLevel(previous)
 
 
-def _login_token(pipeline: Pipeline) -> str:
-    config = pipeline.sim.config
-    answer = httpx.post(
-        f"{pipeline.api_url}/admin/auth/{config.lender_slug}/login",
-        json={"email": config.email, "password": PASSWORD},
-    )
-    return answer.json()["token"]
-
-
 def test_no_trace_of_password_or_token_after_runs_that_pass_and_fail(
     secret_pipeline: Pipeline,
     tmp_path: Path,
@@ -103,7 +93,7 @@ def test_no_trace_of_password_or_token_after_runs_that_pass_and_fail(
         monkeypatch.setenv("D23_PASSWORD", PASSWORD)
         assert run(**login).success
         pipeline.sim.expire_every = None
-        token = _login_token(pipeline)
+        token = pipeline.login_token()
         monkeypatch.setenv("D23_TOKEN", token)
         assert run(**held_token).success
         pipeline.sim.expire_tokens()

@@ -569,7 +569,7 @@ class SnapshotStore:
         the one these snapshots (and the embedded warehouse beside them) mirror: the demo's or
         staging's rows are not production's, and a read of another source would find every one
         of them gone. The source is recorded by :meth:`record_source` after a first read."""
-        held = self._source()
+        held = self._recorded_source()
         claimed = _source(api_host, lender_public_id)
         if held is not None and held != claimed:
             raise SourceMismatchError(
@@ -584,11 +584,11 @@ class SnapshotStore:
     def record_source(self, api_host: str, lender_public_id: str) -> None:
         """Record the source of a read the API answered (a mistyped lender id or host, refused
         by the API, must not become the folder's source)."""
-        if self._source() is None:
+        if self._recorded_source() is None:
             self.root.mkdir(parents=True, exist_ok=True)
             _write_json_atomically(self.root / "source.json", _source(api_host, lender_public_id))
 
-    def _source(self) -> dict[str, str] | None:
+    def _recorded_source(self) -> dict[str, str] | None:
         path = self.root / "source.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
