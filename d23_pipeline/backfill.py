@@ -110,6 +110,16 @@ NO_DAEMON = (
     "in lately), so no month of this backfill starts until one does: `make run` starts one, or "
     "run `dagster-daemon run -w workspace.yaml` with the webserver's DAGSTER_HOME"
 )
+RUNNING_BACKFILLS = """
+query RunningBackfills {
+  partitionBackfillsOrError(status: REQUESTED, limit: 1000) {
+    __typename
+    ... on PartitionBackfills {
+      results { id partitionNames partitionSetName assetSelection { path } }
+    }
+    ... on PythonError { message }
+  }
+}"""
 # Every monthly D23 asset shares one partitioning; this one stands for all of them.
 PARTITIONED_ASSET = ["d23", "raw_logs"]
 ASSET_KEYS = """
@@ -185,9 +195,7 @@ def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
     known = set(node["partitionKeys"])
     missing = [key[:7] for key in partition_keys if key not in known]
     if missing:
-        span = (
-            f"{min(known)[:7]} to {max(known)[:7]}" if known else "none (check D23_START_MONTH)"
-        )
+        span = f"{min(known)[:7]} to {max(known)[:7]}" if known else "none (check D23_START_MONTH)"
         raise SettingsError(
             f"no partition for {', '.join(missing)}: the deployment at {url} has months {span}"
         )
@@ -209,15 +217,73 @@ def _location_load_error(url: str) -> str | None:
     return None
 
 
-def launch_backfill(url: str, partition_keys: Sequence[str]) -> str:
-    """Launch an asset backfill of every D23 asset the deployment has for ``partition_keys``;
-    return its id."""
-    from d23_pipeline.defs.keys import RETRY_WHOLE_RUN_TAGS  # imports dagster: only here
-
+def d23_asset_paths(url: str) -> list[list[str]]:
+    """The key paths of the D23 assets the deployment at ``url`` has."""
     # The deployment's own assets, not this process's definitions: loading those would be slow
     # and would need the run's settings (D23_WAREHOUSE_DSN, say) just to queue a backfill.
     nodes = graphql(url, ASSET_KEYS, {})["assetNodes"]
-    paths = [node["assetKey"]["path"] for node in nodes if node["assetKey"]["path"][0] == "d23"]
+    return [node["assetKey"]["path"] for node in nodes if node["assetKey"]["path"][0] == "d23"]
+
+
+def running_backfills(url: str, partition_keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The deployment's D23 backfills still launching runs (``REQUESTED``) for any of
+    ``partition_keys``: their id, partitionNames and assetSelection."""
+    result = graphql(url, RUNNING_BACKFILLS, {})["partitionBackfillsOrError"]
+    if result["__typename"] != "PartitionBackfills":
+        raise BackfillError(f"{result['__typename']}: {result.get('message', result)}")
+    wanted = set(partition_keys)
+    return [
+        backfill
+        for backfill in result["results"]
+        if _targets_d23(backfill) and wanted & set(backfill["partitionNames"] or ())
+    ]
+
+
+def _targets_d23(backfill: dict[str, Any]) -> bool:
+    """Whether a backfill materializes D23 assets: an asset backfill selecting one, or a backfill
+    of a D23 job (which names its partition set, not its assets)."""
+    assets = backfill["assetSelection"] or []
+    return any(key["path"][0] == "d23" for key in assets) or (
+        backfill["partitionSetName"] or ""
+    ).startswith("d23_")
+
+
+def same_backfill(
+    running: Sequence[dict[str, Any]], partition_keys: Sequence[str], paths: Sequence[list[str]]
+) -> dict[str, Any] | None:
+    """The running backfill that does what launching ``partition_keys`` of ``paths`` would:
+    the same months, every one of those assets."""
+    for backfill in running:
+        selected = [key["path"] for key in backfill["assetSelection"] or []]
+        if set(backfill["partitionNames"]) == set(partition_keys) and all(
+            path in selected for path in paths
+        ):
+            return backfill
+    return None
+
+
+def overlap_error(
+    url: str, running: Sequence[dict[str, Any]], partition_keys: Sequence[str]
+) -> str:
+    """Why a backfill is not launched beside ``running``, and what to do instead."""
+    wanted = set(partition_keys)
+    which = "; ".join(
+        f"backfill {backfill['id']} is running "
+        + ", ".join(sorted(key[:7] for key in wanted & set(backfill["partitionNames"])))
+        + f" (follow or cancel it at {backfill_page(url, backfill['id'])})"
+        for backfill in running
+    )
+    return (
+        f"not launched: {which}. Two runs of a month at once do not share its read: the later "
+        "one stops while the other reads, and is retried. Wait for it or cancel it, then launch "
+        "again, or launch anyway with --anyway"
+    )
+
+
+def launch_backfill(url: str, partition_keys: Sequence[str], paths: Sequence[list[str]]) -> str:
+    """Launch an asset backfill of the assets ``paths`` for ``partition_keys``; return its id."""
+    from d23_pipeline.defs.keys import RETRY_WHOLE_RUN_TAGS  # imports dagster: only here
+
     tags = {"dagster/from_ui": "true", **RETRY_WHOLE_RUN_TAGS}
     params = {
         "tags": [{"key": key, "value": value} for key, value in tags.items()],
@@ -397,16 +463,33 @@ def main(argv: list[str] | None = None) -> int:
         "exit 0 only if every month succeeded and no ERROR check failed, 3 if the webserver "
         "stopped answering meanwhile, 130 on Ctrl-C (the backfill goes on)",
     )
+    parser.add_argument(
+        "--anyway",
+        action="store_true",
+        help="launch even when a running backfill has some of these months (each such month is "
+        "then run twice, and the later run stops while the other reads it)",
+    )
     args = parser.parse_args(argv)
     try:
         keys = month_partitions(args.first, args.last)
         check_partitions(args.url, keys)
-        backfill_id = launch_backfill(args.url, keys)
+        paths = d23_asset_paths(args.url)
+        running = [] if args.anyway else running_backfills(args.url, keys)
+        following = same_backfill(running, keys, paths)
+        if running and following is None:
+            raise BackfillError(overlap_error(args.url, running, keys))
+        backfill_id = following["id"] if following else launch_backfill(args.url, keys, paths)
     except (SettingsError, BackfillError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     months = f"{len(keys)} month{'s' * (len(keys) != 1)}"
-    print(f"Backfill {backfill_id}: {months}, {keys[0]} to {keys[-1]}")
+    if following:
+        print(
+            f"Backfill {backfill_id} of the same {months} is already running: not launched again "
+            "(--anyway launches another)"
+        )
+    else:
+        print(f"Backfill {backfill_id}: {months}, {keys[0]} to {keys[-1]}")
     print(f"Follow it at {backfill_page(args.url, backfill_id)}", flush=True)
     warn_without_daemon(args.url)
     if not args.wait:

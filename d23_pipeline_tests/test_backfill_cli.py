@@ -66,6 +66,8 @@ class FakeWebserver(BaseHTTPRequestHandler):
     backfill_status = "COMPLETED_SUCCESS"
     check_failures = 0  # requests for check evaluations answered with a proxy's 502 first
     daemon_healthy: bool | None = True  # the instance's daemon, as its heartbeats say
+    running: list[dict] = []  # backfills the instance has still launching runs (REQUESTED)
+    followed: list[str] = []  # the backfills whose status was asked for
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -80,6 +82,10 @@ class FakeWebserver(BaseHTTPRequestHandler):
         elif request["query"].lstrip().startswith("query AssetKeys"):
             status = 200
             body = {"data": {"assetNodes": [{"assetKey": {"path": p}} for p in self.assets]}}
+        elif request["query"].lstrip().startswith("query RunningBackfills"):
+            status = 200
+            body = {"data": {"partitionBackfillsOrError": {
+                "__typename": "PartitionBackfills", "results": self.running}}}  # fmt: skip
         elif request["query"].lstrip().startswith("query BackfillStatus") and (
             FakeWebserver.status_failures > 0
         ):
@@ -90,6 +96,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
             body = {"data": {"partitionBackfillOrError": {
                 "__typename": "BackfillNotFoundError", "message": "no backfill bf1"}}}  # fmt: skip
         elif request["query"].lstrip().startswith("query BackfillStatus"):
+            self.followed.append(request["variables"]["id"])
             status = 200
             body = {"data": {"partitionBackfillOrError": {"__typename": "PartitionBackfill",
                 "status": self.backfill_status, "runs": self.backfill_runs}}}  # fmt: skip
@@ -126,7 +133,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def webserver() -> Iterator[str]:
-    FakeWebserver.launches = []
+    FakeWebserver.launches, FakeWebserver.running, FakeWebserver.followed = [], [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebserver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -245,6 +252,64 @@ def ended_backfill(webserver: str) -> Iterator[str]:
     FakeWebserver.status_gone = False
     FakeWebserver.backfill_status = "COMPLETED_SUCCESS"
     FakeWebserver.daemon_healthy = True
+
+
+def _running(
+    backfill_id: str, months: range, assets: list[list[str]] | None, job: str = ""
+) -> dict:
+    """A backfill still running, as the instance lists it: an asset backfill of ``assets``, or
+    (``assets`` None) a backfill of the job ``job``."""
+    return {"id": backfill_id, "partitionNames": [f"2026-{m:02d}-01" for m in months],
+        "partitionSetName": f"{job}_partition_set" if job else None,
+        "assetSelection": None if assets is None else [{"path": p} for p in assets]}  # fmt: skip
+
+
+def test_the_same_months_again_follow_the_backfill_already_running(ended_backfill, capsys):
+    FakeWebserver.running = [_running("bf0", range(7, 9), [["d23", "logs"], ["d23", "raw_logs"]])]
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
+
+    out = capsys.readouterr().out
+    assert "Backfill bf0 of the same 2 months is already running: not launched again" in out
+    assert FakeWebserver.launches == []
+    assert set(FakeWebserver.followed) == {"bf0"}
+
+
+@pytest.mark.parametrize(
+    ("running", "shown"),
+    [
+        (_running("bf0", range(8, 11), [["d23", "raw_logs"], ["d23", "logs"]]), "2026-08"),
+        # The same months from the asset graph with only the raw asset picked: not what this does.
+        (_running("bf0", range(7, 9), [["d23", "raw_logs"]]), "2026-07, 2026-08"),
+        (_running("bf0", range(1, 13), None, job="d23_pipeline_job"), "2026-07, 2026-08"),
+    ],
+)
+def test_months_a_running_backfill_has_are_not_launched_again_unless_asked(
+    ended_backfill, capsys, running, shown
+):
+    FakeWebserver.running = [running]
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 2
+
+    err = capsys.readouterr().err
+    assert f"not launched: backfill bf0 is running {shown} (follow or cancel it at " in err
+    assert f"{ended_backfill}/runs/b/bf0?tab=partitions" in err and "--anyway" in err
+    assert FakeWebserver.launches == []
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--anyway"]) == 0
+    assert len(FakeWebserver.launches) == 1
+
+
+def test_running_backfills_of_other_months_or_other_assets_do_not_hold_a_launch(ended_backfill):
+    FakeWebserver.running = [
+        _running("bf0", range(9, 13), [["d23", "raw_logs"], ["d23", "logs"]]),
+        _running("bf9", range(7, 9), [["other", "table"]]),
+        _running("bf8", range(7, 9), None, job="other_job"),
+    ]
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 0
+    assert len(FakeWebserver.launches) == 1
 
 
 @pytest.mark.parametrize(("healthy", "warned"), [(False, True), (True, False), (None, False)])

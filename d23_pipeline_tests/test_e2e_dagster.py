@@ -198,16 +198,29 @@ def deployment(
 def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: Deployment) -> None:
     # The README's command: the same launchPartitionBackfill request as the asset graph's dialog.
     first, last = SIM.months[0], SIM.months[-1]
-    command = [sys.executable, "-m", "d23_pipeline.backfill", first, last, "--wait"]
-    finished = subprocess.run(
-        [*command, "--url", deployment.web.url],
+    command = [sys.executable, "-m", "d23_pipeline.backfill", first, last, "--url"]
+    with subprocess.Popen(
+        [*command, deployment.web.url, "--wait"],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=200,
-    )
+    ) as waiting:
+        assert waiting.stdout is not None
+        launched = waiting.stdout.readline()
+        backfill_id = launched.split()[1].rstrip(":")
+        # The same command again while it runs (a terminal closed, a second operator) follows
+        # that backfill: a second one would run each month twice at once.
+        again = subprocess.run(
+            [*command, deployment.web.url], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        out, err = waiting.communicate(timeout=200)
+    finished = subprocess.CompletedProcess(waiting.args, waiting.returncode, launched + out, err)
     assert finished.returncode == 0, f"{finished.stdout}{finished.stderr}{deployment.diagnostics()}"
-    backfill_id = finished.stdout.split()[1].rstrip(":")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(
+        f"Backfill {backfill_id} of the same {len(PARTITIONS)} months is already running"
+    ), again.stdout
 
     backfill = backfill_status(deployment.web.url, backfill_id)
     assert backfill["status"] == "COMPLETED_SUCCESS"
