@@ -165,6 +165,7 @@ class Pipeline:
         selection: str | None = None,
         run_config: Mapping[str, Any] | None = None,
         instance: dg.DagsterInstance | None = None,
+        tags: Mapping[str, str] | None = None,
         **api_overrides: Any,
     ) -> dg.ExecuteInProcessResult:
         """Materialize the D23 assets (all, or ``selection``) for one month, in process."""
@@ -176,6 +177,7 @@ class Pipeline:
             run_config=run_config,
             raise_on_error=raise_on_error,
             instance=instance,
+            tags=tags,
         )
 
     def login_token(self) -> str:

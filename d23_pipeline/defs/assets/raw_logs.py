@@ -8,6 +8,7 @@ from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_arrow
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource, WarehouseResource
+from d23_pipeline.defs.run_retries import retried_only_when_it_can_help
 
 
 @dg.asset(
@@ -38,22 +39,23 @@ def raw_logs(
     from d23_pipeline.schema import ARROW_SCHEMA
 
     time_window = context.partition_time_window
-    slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
-    store, partition = landing_zone.store(), context.partition_key
-    with exports_api.client(max_window=store.max_window(partition)) as client:
-        store.check_source(client.api_host, client.lender_public_id)
-        read = read_month(
-            client,
-            store,
-            warehouse.warehouse(),
-            partition=partition,
-            slices=slices,
-            run_id=context.run.run_id,
-            progress=context.log.info,
-        )
-        store.record_source(client.api_host, client.lender_public_id)
-        learned = client.max_window
-        store.remember_max_window(partition, learned)
+    with retried_only_when_it_can_help(context):
+        slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
+        store, partition = landing_zone.store(), context.partition_key
+        with exports_api.client(max_window=store.max_window(partition)) as client:
+            store.check_source(client.api_host, client.lender_public_id)
+            read = read_month(
+                client,
+                store,
+                warehouse.warehouse(),
+                partition=partition,
+                slices=slices,
+                run_id=context.run.run_id,
+                progress=context.log.info,
+            )
+            store.record_source(client.api_host, client.lender_public_id)
+            learned = client.max_window
+            store.remember_max_window(partition, learned)
     snapshot = read.snapshot
     stats = snapshot.read_stats
     if snapshot.unverified:

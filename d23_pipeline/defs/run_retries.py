@@ -1,0 +1,58 @@
+"""A month whose read fails in a way no retry mends is not retried by the daemon.
+
+The instance retries every failed run up to twice (``run_retries`` in ``deploy/dagster.yaml``): a
+flaky API's month gets read again. A refused login, a token of another lender, a dataset not
+enabled, a data folder of another source or a bad setting fail every retry the same way, a minute
+later each. Dagster decides from the run's tags, read when the run fails, so such a failure sets
+the run's ``dagster/max_retries`` to 0 first, keeping the value it replaced in
+:data:`RETRIES_STOPPED_TAG`. A re-execution of that run (after the setting is fixed) inherits
+both tags; it puts the value back at its start, so that its own flaky failures are retried again.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+
+MAX_RETRIES_TAG = "dagster/max_retries"
+RETRIES_STOPPED_TAG = "d23/retries_stopped"
+
+
+def unmendable_by_retry() -> tuple[type[Exception], ...]:
+    """The errors a new run would meet again until someone changes a setting or an account."""
+    # Imported when a step runs: the client brings httpx and Arrow (see test_code_health).
+    from d23_pipeline.client.errors import (
+        AuthenticationError,
+        DatasetNotFoundError,
+        LenderMismatchError,
+    )
+    from d23_pipeline.landing.snapshot import SourceMismatchError
+    from d23_pipeline.settings import SettingsError
+
+    return (
+        AuthenticationError,
+        LenderMismatchError,
+        DatasetNotFoundError,
+        SourceMismatchError,
+        SettingsError,
+    )
+
+
+@contextmanager
+def retried_only_when_it_can_help(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """Run the block; if it fails in a way no retry mends, the run is not retried."""
+    instance, run = context.instance, context.run
+    stopped_at = run.tags.get(RETRIES_STOPPED_TAG)
+    allowed = stopped_at or run.tags.get(MAX_RETRIES_TAG) or str(instance.run_retries_max_retries)
+    if stopped_at:  # inherited from the run this one re-executes
+        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: stopped_at, RETRIES_STOPPED_TAG: ""})
+    try:
+        yield
+    except unmendable_by_retry() as exc:
+        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0", RETRIES_STOPPED_TAG: allowed})
+        context.log.error(
+            f"Not retried: {type(exc).__name__} fails every new run the same way until it is "
+            "fixed (see the error below). Fix it, then re-execute this run or launch the month "
+            "again."
+        )
+        raise
