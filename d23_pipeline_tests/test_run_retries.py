@@ -38,11 +38,16 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield i
 
 
-def _failed_run_tags(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance) -> dict:
+def _failed_run(
+    pipeline: Pipeline, instance: dg.DagsterInstance, tags: dict | None = None, **api: object
+) -> tuple[dg.ExecuteInProcessResult, dict[str, str]]:
+    """Materialize the month with ``tags`` and resource settings ``api``; it must fail. The
+    result, and the run's tags once it failed."""
+    result = pipeline.materialize(MONTH, raise_on_error=False, instance=instance, tags=tags, **api)
     assert not result.success
     run = instance.get_run_by_id(result.run_id)
     assert run is not None
-    return dict(run.tags)
+    return result, dict(run.tags)
 
 
 def _unreachable_api() -> dict:
@@ -68,9 +73,8 @@ def test_a_month_failing_on_its_settings_is_not_retried(
     if "lender_public_id" in wrong:
         wrong["token"] = pipeline.login_token()
 
-    result = pipeline.materialize(MONTH, raise_on_error=False, instance=instance, **wrong)
+    result, tags = _failed_run(pipeline, instance, **wrong)
 
-    tags = _failed_run_tags(result, instance)
     assert tags["dagster/will_retry"] == "false"
     assert tags[MAX_RETRIES_TAG] == "0" and tags[RETRIES_STOPPED_TAG] == "2"
     logs = [e.message for e in result.all_events if e.event_type_value == "ENGINE_EVENT"] + [
@@ -82,11 +86,8 @@ def test_a_month_failing_on_its_settings_is_not_retried(
 def test_a_month_failing_on_a_flaky_api_is_retried(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
-    result = pipeline.materialize(
-        MONTH, raise_on_error=False, instance=instance, **_unreachable_api()
-    )
+    _, tags = _failed_run(pipeline, instance, **_unreachable_api())
 
-    tags = _failed_run_tags(result, instance)
     assert tags["dagster/will_retry"] == "true"
     assert MAX_RETRIES_TAG not in tags and RETRIES_STOPPED_TAG not in tags
 
@@ -94,15 +95,8 @@ def test_a_month_failing_on_a_flaky_api_is_retried(
 def test_a_re_execution_of_a_stopped_run_gets_its_retries_back(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
-    result = pipeline.materialize(
-        MONTH,
-        raise_on_error=False,
-        instance=instance,
-        tags=INHERITED_FROM_A_STOPPED_RUN,
-        **_unreachable_api(),
-    )
+    _, tags = _failed_run(pipeline, instance, INHERITED_FROM_A_STOPPED_RUN, **_unreachable_api())
 
-    tags = _failed_run_tags(result, instance)
     assert tags["dagster/will_retry"] == "true"
     assert tags[MAX_RETRIES_TAG] == "2" and tags[RETRIES_STOPPED_TAG] == ""
 
@@ -110,30 +104,18 @@ def test_a_re_execution_of_a_stopped_run_gets_its_retries_back(
 def test_a_stopped_run_keeps_a_users_own_retry_count_for_its_re_execution(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
-    result = pipeline.materialize(
-        MONTH,
-        raise_on_error=False,
-        instance=instance,
-        tags={MAX_RETRIES_TAG: "5"},
-        password="not-the-password",
-    )
+    _, tags = _failed_run(pipeline, instance, {MAX_RETRIES_TAG: "5"}, password="not-the-password")
 
-    tags = _failed_run_tags(result, instance)
     assert tags["dagster/will_retry"] == "false" and tags[RETRIES_STOPPED_TAG] == "5"
 
 
 def test_a_re_execution_that_fails_on_its_settings_again_is_not_retried_either(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
-    result = pipeline.materialize(
-        MONTH,
-        raise_on_error=False,
-        instance=instance,
-        tags=INHERITED_FROM_A_STOPPED_RUN,
-        password="not-the-password",
+    _, tags = _failed_run(
+        pipeline, instance, INHERITED_FROM_A_STOPPED_RUN, password="not-the-password"
     )
 
-    tags = _failed_run_tags(result, instance)
     assert tags["dagster/will_retry"] == "false"
     assert tags[MAX_RETRIES_TAG] == "0" and tags[RETRIES_STOPPED_TAG] == "2"
 
@@ -145,10 +127,10 @@ def test_a_month_read_from_another_source_than_its_folders_is_not_retried(
     # The same simulator under another host name: another source to the folder (SourceMismatch).
     elsewhere = pipeline.api_url.replace("127.0.0.1", "localhost")
 
-    result = pipeline.materialize(MONTH, raise_on_error=False, instance=instance, api_url=elsewhere)
+    result, tags = _failed_run(pipeline, instance, api_url=elsewhere)
 
     assert "SourceMismatchError" in str(result.get_step_failure_events()[0].step_failure_data.error)
-    assert _failed_run_tags(result, instance)["dagster/will_retry"] == "false"
+    assert tags["dagster/will_retry"] == "false"
 
 
 @pytest.mark.e2e
