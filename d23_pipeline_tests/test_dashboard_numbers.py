@@ -224,6 +224,14 @@ def test_the_split_panels_draw_one_line_per_channel_and_source_with_its_own_rate
             month = line["x"].index(f"{r['month']:%b %Y}")
             rate = r["contact_rate"]  # drawn in percent
             assert line["y"][month] == (None if rate is None else pytest.approx(rate * 100))
+            # A small group's rate, hovered, says how few attempts it comes from.
+            assert line["customdata"][month] == [r["contacts"], r["attempts"]]
+            assert line["hovertemplate"].endswith(
+                "(%{customdata[0]:,} of %{customdata[1]:,} attempts)<extra>Contact rate</extra>"
+            )
+            refusals = lines[(r[dimension], "Refusal rate</extra>")]
+            assert refusals["customdata"][month] == [r["refusals"], r["rpcs"]]
+            assert "of %{customdata[1]:,} right-party contacts)" in refusals["hovertemplate"]
         if chart == "kpi-by-channel":
             sms = lines[("SMS", "Contact rate</extra>")]
             assert (sms["x"], sms["y"]) == (["Apr 2026", "May 2026"], [0.0, 0.0])  # no contact

@@ -34,6 +34,7 @@ from d23_pipeline.warehouse.store import fetch_dicts, transaction
 KPI_LABELS = {kpi.name: kpi.label for kpi in KPIS}
 # Each KPI as numerator / denominator, in the KPI tables' count columns.
 KPI_FRACTIONS = {kpi.name: (kpi.numerator.column, kpi.denominator.column) for kpi in KPIS}
+KPI_BY_NAME = {kpi.name: kpi for kpi in KPIS}
 
 # A promise breaks weeks after it is logged (the simulator: within two weeks). A month read less
 # than this long after its end may still see its broken-promise share rise on the next read.
@@ -400,6 +401,19 @@ def _months_of(rows: Sequence[Mapping[str, Any]], partial: Collection[date]) -> 
     }
 
 
+def _counts_of(rows: Sequence[Mapping[str, Any]], kpi: str) -> list[list[int]]:
+    """Each point's numerator and denominator, for its hover (:func:`_counts_hover`)."""
+    numerator, denominator = KPI_FRACTIONS[kpi]
+    return [[r[numerator], r[denominator]] for r in rows]
+
+
+def _counts_hover(kpi: str) -> str:
+    """What a point's hover shows after its rate: the counts it is made of, e.g. ``(12 of 40
+    right-party contacts)``. A small group's rate moves by whole points with one attempt."""
+    counted = KPI_BY_NAME[kpi].denominator.description
+    return f" (%{{customdata[0]:,}} of %{{customdata[1]:,}} {counted})"
+
+
 def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date] = ()) -> Figure:
     """One line per KPI over the months (see :func:`_points_of` for ``partial``)."""
     traces = [
@@ -407,9 +421,10 @@ def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date]
             "type": "scatter",
             **_months_of(kpis, partial),
             "y": _points_of(kpis, name, partial),
+            "customdata": _counts_of(kpis, name),
             "name": label,
             "mode": "lines+markers",
-            "hovertemplate": "%{x}: %{y:.1f}%<extra>" + label + "</extra>",
+            "hovertemplate": f"%{{x}}: %{{y:.1f}}%{_counts_hover(name)}<extra>{label}</extra>",
         }
         for name, label in KPI_LABELS.items()
     ]
@@ -433,12 +448,15 @@ def kpi_split_chart(
                     "type": "scatter",
                     **_months_of(mine, partial),
                     "y": _points_of(mine, name, partial),
+                    "customdata": _counts_of(mine, name),
                     "name": value,
                     "legendgroup": value,
                     "showlegend": j == 0,
                     "line": {"color": colour},
                     "mode": "lines+markers",
-                    "hovertemplate": f"{value}, %{{x}}: %{{y:.1f}}%<extra>{label}</extra>",
+                    "hovertemplate": (
+                        f"{value}, %{{x}}: %{{y:.1f}}%{_counts_hover(name)}<extra>{label}</extra>"
+                    ),
                     "xaxis": f"x{cell}",
                     "yaxis": f"y{cell}",
                 }
