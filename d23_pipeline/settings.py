@@ -82,6 +82,11 @@ DEFAULT_START_MONTH = "2026-01"
 DEFAULT_PAGE_LIMIT = 500
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_SLICE_HOURS = 24
+# The values each of these takes, from its D23_* variable or from a run's resource config (the
+# launchpad's): (lowest, highest).
+PAGE_LIMIT_RANGE = (1, 1000)
+MAX_CONCURRENCY_RANGE = (1, 32)
+SLICE_HOURS_RANGE = (1, 24 * 31)
 # A merge that would mark more than this share of a month's live rows deleted marks none until
 # an operator confirms: a source losing that much at once is more often a fault than the truth.
 DEFAULT_MAX_DELETION_SHARE = 0.02
@@ -344,9 +349,11 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     return PipelineOptions(
         data_dir=read_data_dir(env),
         start_month=_start_month(env),
-        page_limit=_int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, 1, 1000),
-        max_concurrency=_int(env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, 1, 32),
-        slice_hours=_int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, 1, 24 * 31),
+        page_limit=_int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, *PAGE_LIMIT_RANGE),
+        max_concurrency=_int(
+            env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, *MAX_CONCURRENCY_RANGE
+        ),
+        slice_hours=_int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, *SLICE_HOURS_RANGE),
         refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
         # At least 1: with none, the rows a month gets after its last refresh (on its last day,
         # after D23_REFRESH_HOUR_UTC) would never be read.

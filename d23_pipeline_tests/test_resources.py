@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from harness import MONTHS, Pipeline
 
 from d23_pipeline.defs.resources import ExportsApiResource, WarehouseResource
 
@@ -57,3 +58,33 @@ def test_a_printed_resource_shows_no_secret() -> None:
 
     assert "SECRET" not in shown
     assert (api.password, warehouse.dsn) == ("PW-SECRET", "host=h password=DSN-SECRET")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("page_limit", 0, "greater than or equal to 1"),
+        ("page_limit", 1001, "less than or equal to 1000"),
+        ("max_concurrency", 33, "less than or equal to 32"),
+        ("slice_hours", 0, "greater than or equal to 1"),
+        ("retry_max_attempts", 0, "greater than or equal to 1"),
+    ],
+)
+def test_a_runs_config_out_of_a_settings_range_fails_naming_the_field(
+    pipeline: Pipeline, field: str, value: int, says: str
+) -> None:
+    # What the launchpad sends when someone edits the resource's config there.
+    config = {"resources": {"exports_api": {"config": {field: value}}}}
+
+    result = pipeline.materialize(MONTHS[0], raise_on_error=False, run_config=config)
+
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
+    error = str(failure.event_specific_data.error)
+    assert f"ExportsApiResource\n{field}\n" in error and says in error
+    assert not pipeline.warehouse_path.exists()
+
+
+def test_a_deletion_share_above_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_deletion_share"):
+        WarehouseResource(database=str(tmp_path / "w.duckdb"), max_deletion_share=1.5)

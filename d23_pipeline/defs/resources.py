@@ -26,7 +26,10 @@ from d23_pipeline.settings import (
     DEFAULT_RETRY_MAX_ATTEMPTS,
     DEFAULT_SLICE_HOURS,
     LOCK_TIMEOUT_S,
+    MAX_CONCURRENCY_RANGE,
+    PAGE_LIMIT_RANGE,
     RESUME_MAX_AGE,
+    SLICE_HOURS_RANGE,
     ApiConnection,
     load_api_connection,
     validate_timezone,
@@ -53,20 +56,34 @@ class ExportsApiResource(dg.ConfigurableResource):
     token: str | None = Field(
         default=None, description="D23_TOKEN: a bearer token already held", repr=False
     )
+    # Bounded as their D23_* variables are: a run's config (the launchpad's) may set them too.
     page_limit: int = Field(
-        default=DEFAULT_PAGE_LIMIT, description="D23_PAGE_LIMIT: rows asked per page"
+        default=DEFAULT_PAGE_LIMIT,
+        ge=PAGE_LIMIT_RANGE[0],
+        le=PAGE_LIMIT_RANGE[1],
+        description="D23_PAGE_LIMIT: rows asked per page",
     )
     max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY, description="D23_MAX_CONCURRENCY: requests in flight"
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=MAX_CONCURRENCY_RANGE[0],
+        le=MAX_CONCURRENCY_RANGE[1],
+        description="D23_MAX_CONCURRENCY: requests in flight",
     )
     slice_hours: int = Field(
-        default=DEFAULT_SLICE_HOURS, description="D23_SLICE_HOURS: width of one slice"
+        default=DEFAULT_SLICE_HOURS,
+        ge=SLICE_HOURS_RANGE[0],
+        le=SLICE_HOURS_RANGE[1],
+        description="D23_SLICE_HOURS: width of one slice",
     )
     retry_base_delay_s: float = Field(
-        default=DEFAULT_RETRY_BASE_DELAY_S, description="Backoff before the first retry (doubles)"
+        default=DEFAULT_RETRY_BASE_DELAY_S,
+        ge=0,
+        description="Backoff before the first retry (doubles)",
     )
     retry_max_attempts: int = Field(
-        default=DEFAULT_RETRY_MAX_ATTEMPTS, description="Attempts per request, first one included"
+        default=DEFAULT_RETRY_MAX_ATTEMPTS,
+        ge=1,
+        description="Attempts per request, first one included",
     )
 
     @property
@@ -122,10 +139,12 @@ class WarehouseResource(dg.ConfigurableResource):
         default=None, description="D23_DUCKLAKE_DATA_PATH: where DuckLake writes its Parquet files"
     )
     lock_timeout_s: float = Field(
-        default=LOCK_TIMEOUT_S, description="How long to wait for the lock"
+        default=LOCK_TIMEOUT_S, ge=0, description="How long to wait for the lock"
     )
     max_deletion_share: float = Field(
         default=DEFAULT_MAX_DELETION_SHARE,
+        ge=0,
+        le=1,
         description=(
             "D23_MAX_DELETION_SHARE: a merge that would mark more of a month's live rows "
             "deleted marks none until confirmed"
@@ -164,6 +183,7 @@ class LandingZoneResource(dg.ConfigurableResource):
     raw_dir: str
     resume_max_age_hours: int = Field(
         default=RESUME_MAX_AGE // timedelta(hours=1),
+        ge=0,
         description="An unfinished snapshot older than this is read again, not resumed",
     )
 
