@@ -257,9 +257,20 @@ def test_each_outcome_mix_bar_is_the_codes_percentage_named_and_shaded_by_class(
                           "ODD (unmapped)"]  # fmt: skip
     assert bars["NO_ANSWER (no_contact)"]["y"] == [50.0]
     assert bars["NO_ANSWER (no_contact)"]["customdata"] == [4]
-    no_contact = dashboard.CLASS_COLOURS["no_contact"]
-    assert bars["BUSY (no_contact)"]["marker"]["color"] == no_contact[0]
-    assert bars["NO_ANSWER (no_contact)"]["marker"]["color"] == no_contact[1]
+    darkest, lightest = dashboard.CLASS_COLOURS["no_contact"]
+    assert bars["BUSY (no_contact)"]["marker"]["color"] == darkest
+    assert bars["NO_ANSWER (no_contact)"]["marker"]["color"] == lightest
+
+
+def test_every_code_of_a_class_gets_its_own_shade_however_many_it_has() -> None:
+    codes = [f"CODE_{i}" for i in range(7)]  # more than any palette the mix chart had
+    shares = [{"month": APRIL, "outcome_option": code, "outcome_class": "right_party_contact",
+               "attempts": 1, "share": 1 / 7} for code in codes]  # fmt: skip
+
+    colours = [t["marker"]["color"] for t in dashboard.outcome_mix_chart(shares)["data"]]
+
+    assert len(set(colours)) == 7
+    assert colours[0] == dashboard.CLASS_COLOURS["right_party_contact"][0]
 
 
 def test_the_weekday_hour_panels_draw_the_contact_and_the_rpc_rate(warehouse: Warehouse) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -41,14 +42,15 @@ KPI_BY_NAME = {kpi.name: kpi for kpi in KPIS}
 PROMISE_MATURITY = timedelta(days=30)
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # ISO weekdays 1..7
-# One hue per outcome class, so a code's class reads off its colour in the stacked mix.
+# One hue per outcome class, darkest and lightest shade, so a code's class reads off its colour
+# in the stacked mix; a class's codes get shades evenly spaced between the two, each its own.
 CLASS_COLOURS = {
-    "promise": ("#1b7837", "#5aae61", "#a6dba0"),
-    "right_party_contact": ("#2166ac", "#4393c3", "#92c5de"),
-    "refusal": ("#b2182b", "#d6604d", "#f4a582"),
-    "contact": ("#e08214", "#fdb863", "#fee0b6"),
-    "no_contact": ("#4d4d4d", "#878787", "#bababa", "#e0e0e0", "#666666", "#a0a0a0"),
-    "unmapped": ("#762a83", "#9970ab", "#c2a5cf"),
+    "promise": ("#1b7837", "#a6dba0"),
+    "right_party_contact": ("#2166ac", "#92c5de"),
+    "refusal": ("#b2182b", "#f4a582"),
+    "contact": ("#e08214", "#fee0b6"),
+    "no_contact": ("#4d4d4d", "#e0e0e0"),
+    "unmapped": ("#762a83", "#c2a5cf"),
 }
 LINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                 "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
@@ -469,14 +471,14 @@ def outcome_mix_chart(shares: Sequence[Mapping[str, Any]]) -> Figure:
     codes: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in shares:
         codes.setdefault((r["outcome_class"], r["outcome_option"]), []).append(r)
+    per_class = Counter(outcome_class for outcome_class, _ in codes)
     traces = []
-    seen: dict[str, int] = {}
+    seen: Counter[str] = Counter()
     for (outcome_class, code), rows in sorted(
         codes.items(), key=lambda item: _class_order(item[0])
     ):
-        palette = CLASS_COLOURS.get(outcome_class, CLASS_COLOURS["unmapped"])
-        shade = palette[seen.get(outcome_class, 0) % len(palette)]
-        seen[outcome_class] = seen.get(outcome_class, 0) + 1
+        shade = class_shade(outcome_class, seen[outcome_class], per_class[outcome_class])
+        seen[outcome_class] += 1
         traces.append(
             {
                 "type": "bar",
@@ -492,6 +494,18 @@ def outcome_mix_chart(shares: Sequence[Mapping[str, Any]]) -> Figure:
         )
     fig = {"data": traces, "layout": {"barmode": "stack"}}
     return _layout(fig, 480, "% of the month's attempts")
+
+
+def class_shade(outcome_class: str, index: int, count: int) -> str:
+    """The colour of a class's ``index``-th code of ``count``: from its darkest shade (the
+    first) to its lightest (the last)."""
+    dark, light = CLASS_COLOURS.get(outcome_class, CLASS_COLOURS["unmapped"])
+    share = index / (count - 1) if count > 1 else 0.0
+    channels = (
+        round(int(dark[i : i + 2], 16) * (1 - share) + int(light[i : i + 2], 16) * share)
+        for i in (1, 3, 5)
+    )
+    return "#" + "".join(f"{channel:02x}" for channel in channels)
 
 
 def _class_order(key: tuple[str, str]) -> tuple[int, str]:
