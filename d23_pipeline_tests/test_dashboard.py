@@ -489,3 +489,33 @@ def test_the_tiles_compare_only_against_the_month_just_before() -> None:
     march, may = ({"month": date(2026, m, 1), "attempts": 10} for m in (3, 5))
     # April has no KPI row: May is compared with nothing, not with March.
     assert _data(kpis=[march, may]).tile_months() == (may, None)
+
+
+def test_a_month_never_loaded_between_two_loaded_is_named_and_left_a_gap(tmp_path: Path) -> None:
+    months = ("2026-09", "2026-10", "2026-11")
+    sim = Simulator(SimulatorConfig(months=months, rows_per_month=150))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        for month in (months[0], months[2]):  # October never read
+            pipeline.materialize(month)
+    with Warehouse(pipeline.warehouse_path).connect(read_only=True) as con:
+        data = dashboard.gather(
+            con, load_outcome_classes(), "UTC", datetime(2026, 12, 20, tzinfo=UTC)
+        )
+    october = date(2026, 10, 1)
+
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+
+    page = (tmp_path / "page.html").read_text()
+    assert "<p>Months Sep 2026 to Nov 2026 (Oct 2026 not loaded)." in page
+    assert "not compared: Oct 2026 is not loaded" in page  # the tiles show November
+    assert data.months_in("not loaded") == {october} and data.problem_count() == 1
+    assert "<td>2026-10</td><td>0</td><td>never</td><td>not loaded: " in page
+    # The trends break at October instead of joining September to November.
+    trend = dashboard.kpi_trend_chart(data.kpis)["data"][0]
+    assert trend["x"] == ["Sep 2026", "Oct 2026", "Nov 2026"] and trend["y"][1] is None
+    for line in dashboard.kpi_split_chart(data.kpis_by_channel, "communication_type")["data"]:
+        assert line["x"][1] == "Oct 2026" and line["y"][1] is None
+    for line in dashboard.channel_daily_chart(data.channel_daily)["data"]:
+        gap = line["x"].index(date(2026, 10, 1))
+        assert line["y"][gap] is None and line["x"][gap + 1] == date(2026, 11, 1)

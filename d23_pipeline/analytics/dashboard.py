@@ -64,7 +64,7 @@ class MonthFreshness:
     month: date
     rows: int
     last_read: datetime | None
-    status: str  # "partial", "maturing" or "settled"
+    status: str  # "partial", "maturing", "settled" or "not loaded"
     rejected_rows: int
     unmapped_attempts: int
     unverified_slices: int
@@ -101,8 +101,8 @@ class DashboardData:
     def problem_count(self) -> int:
         """The open data-quality problems the page lists: unverified slices, each month's
         reasons for rejects, unmapped codes, months counted with another mapping, months
-        whose outcome mix lags d23.logs or whose KPIs lag their outcome mix, and months with
-        deletions not applied."""
+        whose outcome mix lags d23.logs or whose KPIs lag their outcome mix, months with
+        deletions not applied, and months not loaded."""
         return (
             len(self.unverified_slices)
             + len(self.rejected)
@@ -111,6 +111,7 @@ class DashboardData:
             + len(self.kpis_behind_mix)
             + len(self.mix_behind_logs)
             + len(self.deletions_pending)
+            + len(self.months_in("not loaded"))
         )
 
     def tile_months(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -156,6 +157,21 @@ def month_status(month: date, last_read: datetime | None, now: datetime) -> str:
     if last_read is None or last_read < month_end(month) + PROMISE_MATURITY:
         return "maturing"
     return "settled"
+
+
+def calendar_months(first: date, last: date) -> list[date]:
+    """Every month from ``first`` to ``last``, both included."""
+    count = month_index(last.isoformat()) - month_index(first.isoformat()) + 1
+    return [_shift(first, i) for i in range(count)]
+
+
+def not_loaded(kpis: Sequence[Mapping[str, Any]]) -> list[date]:
+    """The months between the first and the last with KPIs that have none: never read (or read
+    by a run that stopped before its KPIs). The page names them; left out silently, the trends
+    would join the months on either side as if they were next to each other. (Months after the
+    last are not counted: the month just begun waits for its first refresh.)"""
+    loaded = {k["month"] for k in kpis}
+    return [m for m in _all_months(kpis) if m not in loaded]
 
 
 def local_days(months: Sequence[date], timezone: str, now: datetime) -> list[date]:
@@ -215,7 +231,9 @@ def _gather(
     unmapped = fetch_dicts(con, sql.UNMAPPED_CODES_ALL)
     unverified = fetch_dicts(con, sql.UNVERIFIED_SLICES)
     pending = fetch_dicts(con, sql.DELETIONS_PENDING_ALL)
-    freshness = []
+    freshness = [
+        MonthFreshness(month, 0, None, "not loaded", 0, 0, 0, 0) for month in not_loaded(kpis)
+    ]
     for k in kpis:
         partition = k["month"].isoformat()
         read = reads.get(partition, {})
@@ -242,7 +260,7 @@ def _gather(
         outcome_shares=fetch_dicts(con, sql.OUTCOME_SHARES_BY_MONTH),
         weekday_hour=weekday_hour,
         channel_daily=channel_daily,
-        freshness=freshness,
+        freshness=sorted(freshness, key=lambda f: f.month),
         rejected=rejected,
         unmapped=unmapped,
         unverified_slices=unverified,
@@ -392,6 +410,22 @@ def _points_of(rows: Sequence[Mapping[str, Any]], kpi: str, partial: Collection[
     return [None if r["month"] in skipped else _pct(r[kpi]) for r in rows]
 
 
+def _with_gaps(
+    rows: Sequence[Mapping[str, Any]], months: Sequence[date]
+) -> list[Mapping[str, Any]]:
+    """``rows`` (one per month) with an empty row for each of ``months`` they lack: the line
+    breaks there instead of joining the months on either side."""
+    by_month = {r["month"]: r for r in rows}
+    empty = dict.fromkeys(rows[0], None) if rows else {}
+    return [by_month.get(month, {**empty, "month": month}) for month in months]
+
+
+def _all_months(rows: Sequence[Mapping[str, Any]]) -> list[date]:
+    """Every calendar month from the first of ``rows`` to the last."""
+    months = sorted({r["month"] for r in rows})
+    return calendar_months(months[0], months[-1]) if months else []
+
+
 def _months_of(rows: Sequence[Mapping[str, Any]], partial: Collection[date]) -> dict[str, Any]:
     """The x values and markers of a trend: the running month named "so far" and drawn
     hollow, so that its few days do not read as a month's change."""
@@ -417,7 +451,9 @@ def _counts_hover(kpi: str) -> str:
 
 
 def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date] = ()) -> Figure:
-    """One line per KPI over the months (see :func:`_points_of` for ``partial``)."""
+    """One line per KPI over the months (see :func:`_points_of` for ``partial``), broken at
+    months without KPIs."""
+    kpis = _with_gaps(kpis, _all_months(kpis))
     traces = [
         {
             "type": "scatter",
@@ -437,11 +473,13 @@ def kpi_split_chart(
     rows: Sequence[Mapping[str, Any]], dimension: str, partial: Collection[date] = ()
 ) -> Figure:
     """One panel per KPI, one line per value of ``dimension`` over the months (see
-    :func:`_points_of` for ``partial``)."""
+    :func:`_points_of` for ``partial``), broken at months without its attempts."""
     fig = _subplots(2, 3, list(KPI_LABELS.values()))
     values = sorted({r[dimension] for r in rows})
+    months = _all_months(rows)
     for i, value in enumerate(values):
-        mine = [r for r in rows if r[dimension] == value]
+        # A month the value had no attempts in is a gap in its line, as a month not loaded is.
+        mine = _with_gaps([r for r in rows if r[dimension] == value], months)
         colour = LINE_COLOURS[i % len(LINE_COLOURS)]
         for j, (name, label) in enumerate(KPI_LABELS.items()):
             cell = _cell(j // 3 + 1, j % 3 + 1, 3)
@@ -556,13 +594,26 @@ def weekday_hour_chart(rows: Sequence[Mapping[str, Any]], timezone: str) -> Figu
     return _layout(fig, 560)
 
 
+def _days_with_gaps(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``rows`` (one per day, in order) with an empty day after each that the next does not
+    follow: the days of a month not loaded are left out, and the line breaks there."""
+    days: list[Mapping[str, Any]] = []
+    for r in rows:
+        if days and r["day"] - days[-1]["day"] > timedelta(days=1):
+            days.append({"day": days[-1]["day"] + timedelta(days=1)})
+        days.append(r)
+    return days
+
+
 def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> Figure:
     measures = (("attempts", "Attempts"), ("contacts", "Contacts"), ("rpcs", "RPCs"),
                 ("promises", "Promises to pay"))  # fmt: skip
     fig = _subplots(4, 1, [m[1] for m in measures], shared_xaxes=True)
     pairs = sorted({(r["communication_type"], r["interaction_source"]) for r in rows})
     for i, pair in enumerate(pairs):
-        mine = [r for r in rows if (r["communication_type"], r["interaction_source"]) == pair]
+        mine = _days_with_gaps(
+            [r for r in rows if (r["communication_type"], r["interaction_source"]) == pair]
+        )
         name = " / ".join(pair)
         for j, (measure, label) in enumerate(measures):
             cell = _cell(j + 1, 1, 1)
@@ -570,7 +621,7 @@ def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> Figure:
                 {
                     "type": "scatter",
                     "x": [r["day"] for r in mine],
-                    "y": [r[measure] for r in mine],
+                    "y": [r.get(measure) for r in mine],
                     "name": name,
                     "legendgroup": name,
                     "showlegend": j == 0,
@@ -617,6 +668,9 @@ def _page(data: DashboardData) -> tuple[str, str]:
     """The page around Plotly's JavaScript: the HTML before the bundle's text and after it."""
     first, last = (data.kpis[0]["month"], data.kpis[-1]["month"]) if data.kpis else (None, None)
     span = f"{_month_label(first)} to {_month_label(last)}" if first else "no months yet"
+    missing = sorted(data.months_in("not loaded"))
+    if missing:
+        span += f" ({', '.join(map(_month_label, missing))} not loaded)"
     header = (
         "<header><h1>D23 outcome dashboard</h1>"
         f"<p>Months {html.escape(span)}. Generated {_local(data.generated_at, data.timezone)}; "
@@ -692,6 +746,8 @@ def _tiles_section(data: DashboardData) -> str:
         compared = f"change against {_month_label(before['month'])}"
     elif any(k["month"] == previous for k in ended):
         compared = f"no attempts in {_month_label(previous)} to compare against"
+    elif previous in data.months_in("not loaded"):
+        compared = f"not compared: {_month_label(previous)} is not loaded"
     else:
         compared = "no month before it"
     empty = [_month_label(k["month"]) for k in ended if k["month"] > latest["month"]]
@@ -766,6 +822,7 @@ _STATUS_TEXT = {
     "maturing": "maturing: read less than "
     f"{PROMISE_MATURITY.days} days after it ended; its broken-promise share may still rise",
     "settled": "settled",
+    "not loaded": "not loaded: no KPIs; materialize or backfill it",
 }
 
 
@@ -857,6 +914,14 @@ def _quality_section(data: DashboardData) -> str:
             ("month", "rows", "of them counted as attempts", "why", "read at"),
             pending,
             "every deletion is applied",
+        )
+        + "<h3>Months not loaded</h3><p>Months between the first and the last shown without "
+        "KPIs: never read, or their last run stopped before its KPIs. The trends leave a gap "
+        "there. Materialize them, or backfill the range.</p>"
+        + _table(
+            ("month",),
+            [(f"{month:%Y-%m}",) for month in sorted(data.months_in("not loaded"))],
+            "every month between the first and the last shown is loaded",
         )
         + "</section>"
     )
