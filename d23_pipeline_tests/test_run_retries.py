@@ -1,12 +1,14 @@
 """A month that fails in a way no retry mends is not retried by the daemon; a flaky one is.
 
 Dagster's instance decides when a run fails (``dagster/will_retry``, which the retry daemon
-obeys), from the run's tags at that moment: these runs fail in process on an instance with the
-shipped retry settings, and the test reads what the daemon would.
+obeys), from the run's tags at that moment: these runs fail in process on an instance with run
+retries on (3, not the shipped 2, so that its count is told apart from an inherited one), and the
+tests read what the daemon would; the last test runs the daemon itself.
 """
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -24,7 +26,7 @@ from processes import (
 from d23_pipeline.backfill import backfill_status
 from d23_pipeline.defs.run_retries import MAX_RETRIES_TAG, RETRIES_STOPPED_TAG
 from d23_pipeline.launch import set_pool_limits
-from d23_pipeline.simulator import SimulatorConfig
+from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
 
 MONTH = MONTHS[0]
 # A re-execution of a run carries that run's tags, but for those Dagster drops
@@ -34,7 +36,7 @@ INHERITED_FROM_A_STOPPED_RUN = {MAX_RETRIES_TAG: "0", RETRIES_STOPPED_TAG: "2"}
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 2}}) as i:
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 3}}) as i:
         yield i
 
 
@@ -76,7 +78,7 @@ def test_a_month_failing_on_its_settings_is_not_retried(
     result, tags = _failed_run(pipeline, instance, **wrong)
 
     assert tags["dagster/will_retry"] == "false"
-    assert tags[MAX_RETRIES_TAG] == "0" and tags[RETRIES_STOPPED_TAG] == "2"
+    assert tags[MAX_RETRIES_TAG] == "0" and tags[RETRIES_STOPPED_TAG] == "3"  # the instance's
     logs = [e.message for e in result.all_events if e.event_type_value == "ENGINE_EVENT"] + [
         record.user_message for record in instance.all_logs(result.run_id)
     ]
@@ -118,6 +120,43 @@ def test_a_re_execution_that_fails_on_its_settings_again_is_not_retried_either(
 
     assert tags["dagster/will_retry"] == "false"
     assert tags[MAX_RETRIES_TAG] == "0" and tags[RETRIES_STOPPED_TAG] == "2"
+
+
+def test_a_re_execution_keeps_a_retry_count_its_launcher_set(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    tags = {**INHERITED_FROM_A_STOPPED_RUN, MAX_RETRIES_TAG: "5"}
+
+    _, after = _failed_run(pipeline, instance, tags, password="not-the-password")
+
+    assert after[RETRIES_STOPPED_TAG] == "5"  # what a re-execution of it gets back
+
+
+def test_nothing_is_tagged_on_an_instance_that_retries_no_run(pipeline: Pipeline) -> None:
+    with dg.instance_for_test() as without_retries:
+        _, tags = _failed_run(pipeline, without_retries, password="not-the-password")
+
+    assert MAX_RETRIES_TAG not in tags and RETRIES_STOPPED_TAG not in tags
+
+
+class DatasetNotEnabled(Simulator):
+    """The simulator answering every D23 export as it answers a dataset not enabled (404)."""
+
+    def handle(self, method: str, path: str, *args: Any) -> SimResponse | object:
+        return super().handle(method, path.replace("/D23", "/D24"), *args)
+
+
+def test_a_month_of_a_dataset_not_enabled_is_not_retried(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    sim = DatasetNotEnabled(SimulatorConfig(months=(MONTH,), rows_per_month=10))
+    with serve(sim) as url:
+        result, tags = _failed_run(Pipeline(sim, url, tmp_path / "data"), instance)
+
+    assert "DatasetNotFoundError" in str(
+        result.get_step_failure_events()[0].step_failure_data.error
+    )
+    assert tags["dagster/will_retry"] == "false"
 
 
 def test_a_month_read_from_another_source_than_its_folders_is_not_retried(

@@ -1,12 +1,16 @@
 """A month whose read fails in a way no retry mends is not retried by the daemon.
 
-The instance retries every failed run up to twice (``run_retries`` in ``deploy/dagster.yaml``): a
-flaky API's month gets read again. A refused login, a token of another lender, a dataset not
-enabled, a data folder of another source or a bad setting fail every retry the same way, a minute
-later each. Dagster decides from the run's tags, read when the run fails, so such a failure sets
-the run's ``dagster/max_retries`` to 0 first, keeping the value it replaced in
-:data:`RETRIES_STOPPED_TAG`. A re-execution of that run (after the setting is fixed) inherits
-both tags; it puts the value back at its start, so that its own flaky failures are retried again.
+The shipped instance retries every failed run up to twice (``run_retries`` in
+``deploy/dagster.yaml``): a flaky API's month gets read again. A refused login, a token of
+another lender, a dataset not enabled, a data folder of another source or a bad API setting fail
+every retry the same way, a minute later each. With run retries on, Dagster decides from the
+run's tags, read when the run fails, so such a failure sets the run's ``dagster/max_retries`` to
+0 first, keeping the value it replaced in :data:`RETRIES_STOPPED_TAG`.
+
+A re-execution of that run (after the setting is fixed) inherits both tags; its
+``d23/raw_logs`` puts the value back, so that its own flaky failures are retried again, counted
+as Dagster counts any re-execution's: against the runs of its group before it. A re-execution of
+later steps only keeps 0 (no retries): launching the month again starts a new group.
 """
 
 from collections.abc import Iterator
@@ -42,10 +46,14 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
 def retried_only_when_it_can_help(context: dg.AssetExecutionContext) -> Iterator[None]:
     """Run the block; if it fails in a way no retry mends, the run is not retried."""
     instance, run = context.instance, context.run
-    stopped_at = run.tags.get(RETRIES_STOPPED_TAG)
-    allowed = stopped_at or run.tags.get(MAX_RETRIES_TAG) or str(instance.run_retries_max_retries)
-    if stopped_at:  # inherited from the run this one re-executes
-        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: stopped_at, RETRIES_STOPPED_TAG: ""})
+    if not instance.run_retries_enabled:  # nothing would retry it anyway
+        yield
+        return
+    # Inherited from the run this one re-executes, unless its launcher set a count of its own.
+    inherited = run.tags.get(RETRIES_STOPPED_TAG) if run.tags.get(MAX_RETRIES_TAG) == "0" else None
+    if inherited:
+        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: inherited, RETRIES_STOPPED_TAG: ""})
+    allowed = inherited or run.tags.get(MAX_RETRIES_TAG) or str(instance.run_retries_max_retries)
     try:
         yield
     except unmendable_by_retry() as exc:
