@@ -110,15 +110,19 @@ NO_DAEMON = (
     "in lately), so no month of this backfill starts until one does: `make run` starts one, or "
     "run `dagster-daemon run -w workspace.yaml` with the webserver's DAGSTER_HOME"
 )
+# Backfills whose runs may still be going: launching runs (REQUESTED), or ending them.
 RUNNING_BACKFILLS = """
 query RunningBackfills {
-  partitionBackfillsOrError(status: REQUESTED, limit: 1000) {
-    __typename
-    ... on PartitionBackfills {
-      results { id partitionNames partitionSetName assetSelection { path } }
-    }
-    ... on PythonError { message }
+  requested: partitionBackfillsOrError(status: REQUESTED, limit: 1000) { ...Listed }
+  canceling: partitionBackfillsOrError(status: CANCELING, limit: 1000) { ...Listed }
+  failing: partitionBackfillsOrError(status: FAILING, limit: 1000) { ...Listed }
+}
+fragment Listed on PartitionBackfillsOrError {
+  __typename
+  ... on PartitionBackfills {
+    results { id status partitionNames partitionSetName assetSelection { path } }
   }
+  ... on PythonError { message }
 }"""
 # Every monthly D23 asset shares one partitioning; this one stands for all of them.
 PARTITIONED_ASSET = ["d23", "raw_logs"]
@@ -226,22 +230,29 @@ def d23_asset_paths(url: str) -> list[list[str]]:
 
 
 def running_backfills(url: str, partition_keys: Sequence[str]) -> list[dict[str, Any]]:
-    """The deployment's D23 backfills still launching runs (``REQUESTED``) for any of
-    ``partition_keys``: their id, partitionNames and assetSelection."""
-    result = graphql(url, RUNNING_BACKFILLS, {})["partitionBackfillsOrError"]
-    if result["__typename"] != "PartitionBackfills":
-        raise BackfillError(f"{result['__typename']}: {result.get('message', result)}")
+    """The deployment's D23 backfills whose runs may still be going (launching them, canceling
+    or failing) for any of ``partition_keys``, or for months Dagster cannot list (``null``
+    partitionNames: the assets' partitions differ, or the definitions changed): their id,
+    status, partitionNames and assetSelection."""
+    data = graphql(url, RUNNING_BACKFILLS, {})
+    found = []
+    for listed in data.values():
+        if listed["__typename"] != "PartitionBackfills":
+            raise BackfillError(f"{listed['__typename']}: {listed.get('message', listed)}")
+        found += listed["results"]
     wanted = set(partition_keys)
     return [
         backfill
-        for backfill in result["results"]
-        if _targets_d23(backfill) and wanted & set(backfill["partitionNames"] or ())
+        for backfill in found
+        if _targets_d23(backfill)
+        and (backfill["partitionNames"] is None or wanted & set(backfill["partitionNames"]))
     ]
 
 
 def _targets_d23(backfill: dict[str, Any]) -> bool:
     """Whether a backfill materializes D23 assets: an asset backfill selecting one, or a backfill
-    of a D23 job (which names its partition set, not its assets)."""
+    of a D23 job (which names its partition set, not its assets; every D23 job's name starts
+    with ``d23_``)."""
     assets = backfill["assetSelection"] or []
     return any(key["path"][0] == "d23" for key in assets) or (
         backfill["partitionSetName"] or ""
@@ -251,12 +262,14 @@ def _targets_d23(backfill: dict[str, Any]) -> bool:
 def same_backfill(
     running: Sequence[dict[str, Any]], partition_keys: Sequence[str], paths: Sequence[list[str]]
 ) -> dict[str, Any] | None:
-    """The running backfill that does what launching ``partition_keys`` of ``paths`` would:
-    the same months, every one of those assets."""
+    """The backfill still launching runs that does what launching ``partition_keys`` of
+    ``paths`` would: the same months, every one of those assets."""
     for backfill in running:
         selected = [key["path"] for key in backfill["assetSelection"] or []]
-        if set(backfill["partitionNames"]) == set(partition_keys) and all(
-            path in selected for path in paths
+        if (
+            backfill["status"] == "REQUESTED"
+            and set(backfill["partitionNames"] or ()) == set(partition_keys)
+            and all(path in selected for path in paths)
         ):
             return backfill
     return None
@@ -267,10 +280,15 @@ def overlap_error(
 ) -> str:
     """Why a backfill is not launched beside ``running``, and what to do instead."""
     wanted = set(partition_keys)
+
+    def shared(backfill: dict[str, Any]) -> str:
+        if backfill["partitionNames"] is None:
+            return "months Dagster cannot list"
+        return ", ".join(sorted(key[:7] for key in wanted & set(backfill["partitionNames"])))
+
     which = "; ".join(
-        f"backfill {backfill['id']} is running "
-        + ", ".join(sorted(key[:7] for key in wanted & set(backfill["partitionNames"])))
-        + f" (follow or cancel it at {backfill_page(url, backfill['id'])})"
+        f"backfill {backfill['id']} ({_STATUS_WORDS.get(backfill['status'], 'running')}) has "
+        f"{shared(backfill)} (follow or cancel it at {backfill_page(url, backfill['id'])})"
         for backfill in running
     )
     return (
@@ -278,6 +296,9 @@ def overlap_error(
         "one stops while the other reads, and is retried. Wait for it or cancel it, then launch "
         "again, or launch anyway with --anyway"
     )
+
+
+_STATUS_WORDS = {"CANCELING": "being canceled", "FAILING": "failing, its runs ending"}
 
 
 def launch_backfill(url: str, partition_keys: Sequence[str], paths: Sequence[list[str]]) -> str:

@@ -66,7 +66,8 @@ class FakeWebserver(BaseHTTPRequestHandler):
     backfill_status = "COMPLETED_SUCCESS"
     check_failures = 0  # requests for check evaluations answered with a proxy's 502 first
     daemon_healthy: bool | None = True  # the instance's daemon, as its heartbeats say
-    running: list[dict] = []  # backfills the instance has still launching runs (REQUESTED)
+    running: list[dict] = []  # backfills whose runs may still go (REQUESTED, CANCELING, FAILING)
+    listing_error = False  # one of those lists answered with a PythonError
     followed: list[str] = []  # the backfills whose status was asked for
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
@@ -84,8 +85,11 @@ class FakeWebserver(BaseHTTPRequestHandler):
             body = {"data": {"assetNodes": [{"assetKey": {"path": p}} for p in self.assets]}}
         elif request["query"].lstrip().startswith("query RunningBackfills"):
             status = 200
-            body = {"data": {"partitionBackfillsOrError": {
-                "__typename": "PartitionBackfills", "results": self.running}}}  # fmt: skip
+            body = {"data": {alias: {"__typename": "PartitionBackfills",
+                "results": [b for b in self.running if b["status"] == alias.upper()]}
+                for alias in ("requested", "canceling", "failing")}}  # fmt: skip
+            if self.listing_error:
+                body["data"]["failing"] = {"__typename": "PythonError", "message": "boom"}
         elif request["query"].lstrip().startswith("query BackfillStatus") and (
             FakeWebserver.status_failures > 0
         ):
@@ -134,6 +138,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
 @pytest.fixture
 def webserver() -> Iterator[str]:
     FakeWebserver.launches, FakeWebserver.running, FakeWebserver.followed = [], [], []
+    FakeWebserver.listing_error = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebserver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -255,17 +260,26 @@ def ended_backfill(webserver: str) -> Iterator[str]:
 
 
 def _running(
-    backfill_id: str, months: range, assets: list[list[str]] | None, job: str = ""
+    backfill_id: str,
+    months: range | None,
+    assets: list[list[str]] | None,
+    job: str = "",
+    status: str = "REQUESTED",
 ) -> dict:
-    """A backfill still running, as the instance lists it: an asset backfill of ``assets``, or
-    (``assets`` None) a backfill of the job ``job``."""
-    return {"id": backfill_id, "partitionNames": [f"2026-{m:02d}-01" for m in months],
+    """A backfill whose runs may still go, as the instance lists it: an asset backfill of
+    ``assets``, or (``assets`` None) a backfill of the job ``job``; ``months`` None: months
+    Dagster cannot list."""
+    names = None if months is None else [f"2026-{m:02d}-01" for m in months]
+    return {"id": backfill_id, "status": status, "partitionNames": names,
         "partitionSetName": f"{job}_partition_set" if job else None,
         "assetSelection": None if assets is None else [{"path": p} for p in assets]}  # fmt: skip
 
 
+D23_ASSETS = [["d23", "raw_logs"], ["d23", "logs"]]
+
+
 def test_the_same_months_again_follow_the_backfill_already_running(ended_backfill, capsys):
-    FakeWebserver.running = [_running("bf0", range(7, 9), [["d23", "logs"], ["d23", "raw_logs"]])]
+    FakeWebserver.running = [_running("bf0", range(7, 9), D23_ASSETS[::-1])]
     FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
 
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
@@ -279,10 +293,25 @@ def test_the_same_months_again_follow_the_backfill_already_running(ended_backfil
 @pytest.mark.parametrize(
     ("running", "shown"),
     [
-        (_running("bf0", range(8, 11), [["d23", "raw_logs"], ["d23", "logs"]]), "2026-08"),
+        (_running("bf0", range(8, 11), D23_ASSETS), "(running) has 2026-08"),
+        # More months than asked for: following it would wait for those too.
+        (_running("bf0", range(6, 10), D23_ASSETS), "(running) has 2026-07, 2026-08"),
         # The same months from the asset graph with only the raw asset picked: not what this does.
-        (_running("bf0", range(7, 9), [["d23", "raw_logs"]]), "2026-07, 2026-08"),
-        (_running("bf0", range(1, 13), None, job="d23_pipeline_job"), "2026-07, 2026-08"),
+        (_running("bf0", range(7, 9), [["d23", "raw_logs"]]), "(running) has 2026-07, 2026-08"),
+        (
+            _running("bf0", range(1, 13), None, job="d23_pipeline_job"),
+            "(running) has 2026-07, 2026-08",
+        ),
+        (_running("bf0", None, D23_ASSETS), "(running) has months Dagster cannot list"),
+        # The same months, but being canceled: its runs still go, and it will launch no more.
+        (
+            _running("bf0", range(7, 9), D23_ASSETS, status="CANCELING"),
+            "(being canceled) has 2026-07, 2026-08",
+        ),
+        (
+            _running("bf0", range(8, 9), D23_ASSETS, status="FAILING"),
+            "(failing, its runs ending) has 2026-08",
+        ),
     ],
 )
 def test_months_a_running_backfill_has_are_not_launched_again_unless_asked(
@@ -293,7 +322,7 @@ def test_months_a_running_backfill_has_are_not_launched_again_unless_asked(
     assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 2
 
     err = capsys.readouterr().err
-    assert f"not launched: backfill bf0 is running {shown} (follow or cancel it at " in err
+    assert f"not launched: backfill bf0 {shown} (follow or cancel it at " in err
     assert f"{ended_backfill}/runs/b/bf0?tab=partitions" in err and "--anyway" in err
     assert FakeWebserver.launches == []
 
@@ -301,9 +330,17 @@ def test_months_a_running_backfill_has_are_not_launched_again_unless_asked(
     assert len(FakeWebserver.launches) == 1
 
 
+def test_a_backfill_list_the_webserver_cannot_give_launches_nothing(ended_backfill, capsys):
+    FakeWebserver.listing_error = True
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 2
+
+    assert "PythonError: boom" in capsys.readouterr().err and FakeWebserver.launches == []
+
+
 def test_running_backfills_of_other_months_or_other_assets_do_not_hold_a_launch(ended_backfill):
     FakeWebserver.running = [
-        _running("bf0", range(9, 13), [["d23", "raw_logs"], ["d23", "logs"]]),
+        _running("bf0", range(9, 13), D23_ASSETS),
         _running("bf9", range(7, 9), [["other", "table"]]),
         _running("bf8", range(7, 9), None, job="other_job"),
     ]
