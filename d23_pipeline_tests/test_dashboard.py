@@ -258,6 +258,9 @@ def test_a_maturing_months_broken_promise_share_is_not_compared_and_a_partial_mo
     assert lines["Broken-promise share"][3] is None  # May's share: days, not weeks, to break
     assert lines["Broken-promise share"][2] == april[share] * 100
     assert lines["Contact rate"][3] == may["contact_rate"] * 100
+    contact = next(t for t in trend["data"] if t["name"] == "Contact rate")
+    assert contact["customdata"][3] == [may["contacts"], may["attempts"]]
+    assert "(%{customdata[0]:,} of %{customdata[1]:,} attempts)" in contact["hovertemplate"]
     # May runs: named so and drawn hollow, not read as a month's change.
     assert trend["data"][0]["x"] == ["Feb 2026", "Mar 2026", "Apr 2026", "May 2026 (so far)"]
     assert trend["data"][0]["marker"]["symbol"] == ["circle"] * 3 + ["circle-open"]

@@ -7,7 +7,8 @@ import duckdb
 import pytest
 from harness import MONTHS, Pipeline
 
-from d23_pipeline.defs.resources import ExportsApiResource, WarehouseResource
+from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource, WarehouseResource
+from d23_pipeline.settings import SettingsError, load_options
 
 
 @pytest.fixture
@@ -85,6 +86,44 @@ def test_a_runs_config_out_of_a_settings_range_fails_naming_the_field(
     assert not pipeline.warehouse_path.exists()
 
 
-def test_a_deletion_share_above_one_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="max_deletion_share"):
-        WarehouseResource(database=str(tmp_path / "w.duckdb"), max_deletion_share=1.5)
+@pytest.mark.parametrize(
+    ("variable", "field", "low", "high"),
+    [
+        ("D23_PAGE_LIMIT", "page_limit", 1, 1000),
+        ("D23_MAX_CONCURRENCY", "max_concurrency", 1, 32),
+        ("D23_SLICE_HOURS", "slice_hours", 1, 744),
+    ],
+)
+def test_a_resource_field_takes_exactly_what_its_variable_takes(
+    variable: str, field: str, low: int, high: int
+) -> None:
+    for value in (low, high):
+        load_options({variable: str(value)})
+        ExportsApiResource(**{field: value})
+    for value in (low - 1, high + 1):
+        with pytest.raises(SettingsError, match=variable):
+            load_options({variable: str(value)})
+        with pytest.raises(ValueError, match=field):
+            ExportsApiResource(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("resource", "field", "value"),
+    [
+        (ExportsApiResource, "retry_base_delay_s", -0.1),
+        (ExportsApiResource, "retry_max_attempts", 0),
+        (WarehouseResource, "lock_timeout_s", -1.0),
+        (WarehouseResource, "max_deletion_share", -0.01),
+        (WarehouseResource, "max_deletion_share", 1.01),
+        (LandingZoneResource, "resume_max_age_hours", -1),
+    ],
+)
+def test_a_resource_setting_no_run_can_work_with_is_refused(
+    tmp_path: Path, resource: type, field: str, value: float
+) -> None:
+    required = {
+        WarehouseResource: {"database": str(tmp_path / "w.duckdb")},
+        LandingZoneResource: {"raw_dir": str(tmp_path)},
+    }.get(resource, {})
+    with pytest.raises(ValueError, match=field):
+        resource(**required, **{field: value})
