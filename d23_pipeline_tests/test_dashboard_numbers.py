@@ -134,7 +134,7 @@ def test_the_freshness_table_shows_each_count_under_its_heading(
     assert may == {
         "month": "2026-05",
         "rows in d23.logs": "6",
-        "last read": "2026-07-15 22:30",
+        "last read (UTC)": "2026-07-15 22:30",
         "state": "settled",
         "unverified slices": "1",
         "rejected rows": "3",
@@ -154,7 +154,7 @@ def test_deletions_not_applied_show_rows_attempts_and_the_local_read_time(
             "rows": "2",
             "of them counted as attempts": "1",
             "why": "unproven",
-            "read at": "2026-07-16 00:30",
+            "read at (Europe/Berlin)": "2026-07-16 00:30",
         }
     ]
 
@@ -195,6 +195,36 @@ def test_the_pages_trend_leaves_out_only_the_partial_months_broken_promise_share
     assert trend["Contact rate"] == [pytest.approx(200 / 3), 20.0]
 
 
+def test_a_maturing_months_broken_promise_share_is_drawn_hollow_and_says_it_may_rise(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    data = _on_20_may(_gather(warehouse, now=datetime(2026, 5, 20, tzinfo=UTC)))
+    page = _page(tmp_path, data)
+
+    for chart in ("kpi-trend", "kpi-by-channel", "kpi-by-source"):
+        for line in _figure(page, chart):
+            april = line["x"].index("Apr 2026")
+            broken = line["hovertemplate"].endswith("<extra>Broken-promise share</extra>")
+            assert line["marker"]["symbol"][april] == ("circle-open" if broken else "circle")
+            assert line["text"][april] == (", maturing: may still rise" if broken else "")
+            assert "%{text}<extra>" in line["hovertemplate"]
+
+
+def test_the_daily_panel_says_its_last_day_is_still_running(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    on_20_may = _gather(warehouse, now=datetime(2026, 5, 20, 12, tzinfo=UTC))
+    read = {f.month: f.last_read for f in on_20_may.freshness}[MAY]
+    assert read is not None
+
+    running = _page(tmp_path, on_20_may)
+    ended = _page(tmp_path, _gather(warehouse))
+
+    note = "The last day, 20 May 2026, is still running: counted up to its read at"
+    assert f"{note} {read:%Y-%m-%d %H:%M}." in running
+    assert "is still running: counted up to" not in ended
+
+
 def test_the_trends_say_which_months_are_maturing_or_partial(
     warehouse: Warehouse, tmp_path: Path
 ) -> None:
@@ -227,7 +257,8 @@ def test_the_split_panels_draw_one_line_per_channel_and_source_with_its_own_rate
             # A small group's rate, hovered, says how few attempts it comes from.
             assert line["customdata"][month] == [r["contacts"], r["attempts"]]
             assert line["hovertemplate"].endswith(
-                "(%{customdata[0]:,} of %{customdata[1]:,} attempts)<extra>Contact rate</extra>"
+                "(%{customdata[0]:,} of %{customdata[1]:,} attempts)%{text}"
+                "<extra>Contact rate</extra>"
             )
             refusals = lines[(r[dimension], "Refusal rate</extra>")]
             assert refusals["customdata"][month] == [r["refusals"], r["rpcs"]]

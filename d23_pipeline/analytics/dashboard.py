@@ -426,15 +426,28 @@ def _all_months(rows: Sequence[Mapping[str, Any]]) -> list[date]:
     return calendar_months(months[0], months[-1]) if months else []
 
 
-def _months_of(rows: Sequence[Mapping[str, Any]], partial: Collection[date]) -> dict[str, Any]:
+def _months_of(
+    rows: Sequence[Mapping[str, Any]], partial: Collection[date], rising: Collection[date] = ()
+) -> dict[str, Any]:
     """The x values and markers of a trend: the running month named "so far" and drawn
-    hollow, so that its few days do not read as a month's change."""
+    hollow, so that its few days do not read as a month's change; the ``rising`` months (a
+    maturing month's broken-promise share) drawn hollow too, their hover saying why."""
     return {
         "x": [_month_label(r["month"]) + " (so far)" * (r["month"] in partial) for r in rows],
         "marker": {
-            "symbol": ["circle-open" if r["month"] in partial else "circle" for r in rows]
+            "symbol": [
+                "circle-open" if r["month"] in partial or r["month"] in rising else "circle"
+                for r in rows
+            ]
         },
+        "text": [", maturing: may still rise" if r["month"] in rising else "" for r in rows],
     }
+
+
+def _rising(kpi: str, maturing: Collection[date]) -> Collection[date]:
+    """The months whose ``kpi`` may still rise: the maturing ones, for the broken-promise
+    share (promises still to come due); none for the other KPIs."""
+    return maturing if kpi == BROKEN_PROMISE_SHARE.name else ()
 
 
 def _counts_of(rows: Sequence[Mapping[str, Any]], kpi: str) -> list[list[int]]:
@@ -450,19 +463,25 @@ def _counts_hover(kpi: str) -> str:
     return f" (%{{customdata[0]:,}} of %{{customdata[1]:,}} {counted})"
 
 
-def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date] = ()) -> Figure:
-    """One line per KPI over the months (see :func:`_points_of` for ``partial``), broken at
-    months without KPIs."""
+def kpi_trend_chart(
+    kpis: Sequence[Mapping[str, Any]],
+    partial: Collection[date] = (),
+    maturing: Collection[date] = (),
+) -> Figure:
+    """One line per KPI over the months (see :func:`_points_of` for ``partial``,
+    :func:`_months_of` for ``maturing``), broken at months without KPIs."""
     kpis = _with_gaps(kpis, _all_months(kpis))
     traces = [
         {
             "type": "scatter",
-            **_months_of(kpis, partial),
+            **_months_of(kpis, partial, _rising(name, maturing)),
             "y": _points_of(kpis, name, partial),
             "customdata": _counts_of(kpis, name),
             "name": label,
             "mode": "lines+markers",
-            "hovertemplate": f"%{{x}}: %{{y:.1f}}%{_counts_hover(name)}<extra>{label}</extra>",
+            "hovertemplate": (
+                f"%{{x}}: %{{y:.1f}}%{_counts_hover(name)}%{{text}}<extra>{label}</extra>"
+            ),
         }
         for name, label in KPI_LABELS.items()
     ]
@@ -470,10 +489,14 @@ def kpi_trend_chart(kpis: Sequence[Mapping[str, Any]], partial: Collection[date]
 
 
 def kpi_split_chart(
-    rows: Sequence[Mapping[str, Any]], dimension: str, partial: Collection[date] = ()
+    rows: Sequence[Mapping[str, Any]],
+    dimension: str,
+    partial: Collection[date] = (),
+    maturing: Collection[date] = (),
 ) -> Figure:
     """One panel per KPI, one line per value of ``dimension`` over the months (see
-    :func:`_points_of` for ``partial``), broken at months without its attempts."""
+    :func:`_points_of` for ``partial``, :func:`_months_of` for ``maturing``), broken at months
+    without its attempts."""
     fig = _subplots(2, 3, list(KPI_LABELS.values()))
     values = sorted({r[dimension] for r in rows})
     months = _all_months(rows)
@@ -486,7 +509,7 @@ def kpi_split_chart(
             fig["data"].append(
                 {
                     "type": "scatter",
-                    **_months_of(mine, partial),
+                    **_months_of(mine, partial, _rising(name, maturing)),
                     "y": _points_of(mine, name, partial),
                     "customdata": _counts_of(mine, name),
                     "name": value,
@@ -495,7 +518,8 @@ def kpi_split_chart(
                     "line": {"color": colour},
                     "mode": "lines+markers",
                     "hovertemplate": (
-                        f"{value}, %{{x}}: %{{y:.1f}}%{_counts_hover(name)}<extra>{label}</extra>"
+                        f"{value}, %{{x}}: %{{y:.1f}}%{_counts_hover(name)}%{{text}}"
+                        f"<extra>{label}</extra>"
                     ),
                     "xaxis": f"x{cell}",
                     "yaxis": f"y{cell}",
@@ -683,7 +707,7 @@ def _page(data: DashboardData) -> tuple[str, str]:
         + ".</p>"
         "</header>"
     )
-    partial = data.months_in("partial")
+    partial, maturing = data.months_in("partial"), data.months_in("maturing")
     if not data.kpis:
         # A first month whose run stopped before its KPIs still has the problems that stopped it.
         body = (
@@ -696,30 +720,31 @@ def _page(data: DashboardData) -> tuple[str, str]:
                 _tiles_section(data),
                 "<section id='trends'><h2>KPI trends</h2>",
                 _caveats(data),
-                _chart("kpi-trend", kpi_trend_chart(data.kpis, partial)),
+                _chart("kpi-trend", kpi_trend_chart(data.kpis, partial, maturing)),
                 "<h3>By communication_type</h3>",
                 _chart(
                     "kpi-by-channel",
-                    kpi_split_chart(data.kpis_by_channel, "communication_type", partial),
+                    kpi_split_chart(data.kpis_by_channel, "communication_type", partial, maturing),
                 ),
                 "<h3>By interaction_source</h3>",
                 _chart(
                     "kpi-by-source",
-                    kpi_split_chart(data.kpis_by_source, "interaction_source", partial),
+                    kpi_split_chart(data.kpis_by_source, "interaction_source", partial, maturing),
                 ),
                 _definitions(),
                 "</section><section id='mix'><h2>Outcome mix</h2>"
                 "<p>Each code's share of the month's attempts; the class in brackets is what the "
                 "outcome mapping counts it as (a promise is also an RPC and a contact).</p>",
                 _chart("outcome-mix", outcome_mix_chart(data.outcome_shares)),
-                "</section><section id='when'><h2>When agents reach people</h2>"
+                "</section><section id='when'><h2>When people are reached</h2>"
                 f"<p>Contact and RPC rate by weekday and hour of day in "
-                f"{html.escape(data.timezone)}, over all months shown.</p>",
+                f"{html.escape(data.timezone)}, over all months shown and every channel and "
+                "source: attempts the borrower started, IVR's and field visits included.</p>",
                 _chart("weekday-hour", weekday_hour_chart(data.weekday_hour, data.timezone)),
                 "</section><section id='channels'><h2>Channel productivity</h2>"
                 "<p>Attempts, contacts, RPCs and promises per channel and source per day. D23 "
                 "carries no agent or account identifier: per-agent benchmarking and per-account "
-                "cohorts need other datasets.</p>",
+                f"cohorts need other datasets.{_running_day(data)}</p>",
                 _chart("channel-daily", channel_daily_chart(data.channel_daily)),
                 "</section>",
                 _freshness_section(data),
@@ -731,6 +756,20 @@ def _page(data: DashboardData) -> tuple[str, str]:
         f'<title>D23 outcome dashboard</title><style>{_CSS}</style><script type="text/javascript">',
         f"</script></head><body>{header}{body}</body></html>",
     )
+
+
+def _running_day(data: DashboardData) -> str:
+    """A note that the daily panel's last day is today, counted up to its month's last read:
+    its drop is the day not being over."""
+    days = [r["day"] for r in data.channel_daily]
+    zone = ZoneInfo(data.timezone)
+    today = data.generated_at.astimezone(zone).date()
+    if not days or max(days) != today:
+        return ""
+    utc = data.generated_at.astimezone(UTC)
+    month = [f for f in data.freshness if f.month == date(utc.year, utc.month, 1)]
+    read = _local(month[0].last_read, data.timezone) if month else "never"
+    return f" The last day, {today:%d %b %Y}, is still running: counted up to its read at {read}."
 
 
 def _tiles_section(data: DashboardData) -> str:
@@ -833,8 +872,9 @@ def _freshness_section(data: DashboardData) -> str:
          f.deletions_not_applied)
         for f in data.freshness
     ]  # fmt: skip
-    headers = ("month", "rows in d23.logs", "last read", "state", "unverified slices",
-               "rejected rows", "unmapped attempts", "deletions not applied")  # fmt: skip
+    headers = ("month", "rows in d23.logs", f"last read ({data.timezone})", "state",
+               "unverified slices", "rejected rows", "unmapped attempts",
+               "deletions not applied")  # fmt: skip
     return (
         "<section id='freshness'><h2>Data freshness</h2>"
         + _table(headers, rows, "no months")
@@ -877,7 +917,7 @@ def _quality_section(data: DashboardData) -> str:
                 "total before",
                 "total after",
                 "reads",
-                "read at",
+                f"read at ({data.timezone})",
             ),
             slices,
             "every slice read is verified",
@@ -911,7 +951,7 @@ def _quality_section(data: DashboardData) -> str:
         "KPIs until a read proves them gone, or an operator confirms deletions held above the "
         "allowed share.</p>"
         + _table(
-            ("month", "rows", "of them counted as attempts", "why", "read at"),
+            ("month", "rows", "of them counted as attempts", "why", f"read at ({data.timezone})"),
             pending,
             "every deletion is applied",
         )
