@@ -287,6 +287,8 @@ def test_each_outcome_mix_bar_is_the_codes_percentage_named_and_shaded_by_class(
     assert list(bars) == ["PTP (promise)", "BUSY (no_contact)", "NO_ANSWER (no_contact)",
                           "ODD (unmapped)"]  # fmt: skip
     assert bars["NO_ANSWER (no_contact)"]["y"] == [50.0]
+    running = dashboard.outcome_mix_chart(shares, partial={APRIL})["data"][0]
+    assert running["x"] == ["Apr 2026 (so far)"]
     assert bars["NO_ANSWER (no_contact)"]["customdata"] == [4]
     darkest, lightest = dashboard.CLASS_COLOURS["no_contact"]
     assert bars["BUSY (no_contact)"]["marker"]["color"] == darkest

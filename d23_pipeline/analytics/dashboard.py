@@ -290,6 +290,11 @@ def _month_label(month: date) -> str:
     return f"{month:%b %Y}"
 
 
+def _chart_month(month: date, partial: Collection[date]) -> str:
+    """A month on a chart's axis, the running (``partial``) one named "so far"."""
+    return _month_label(month) + " (so far)" * (month in partial)
+
+
 def _pct(rate: float | None) -> float | None:
     return None if rate is None else rate * 100
 
@@ -433,7 +438,7 @@ def _months_of(
     hollow, so that its few days do not read as a month's change; the ``rising`` months (a
     maturing month's broken-promise share) drawn hollow too, their hover saying why."""
     return {
-        "x": [_month_label(r["month"]) + " (so far)" * (r["month"] in partial) for r in rows],
+        "x": [_chart_month(r["month"], partial) for r in rows],
         "marker": {
             "symbol": [
                 "circle-open" if r["month"] in partial or r["month"] in rising else "circle"
@@ -528,8 +533,11 @@ def kpi_split_chart(
     return _layout(fig, 560, "%")
 
 
-def outcome_mix_chart(shares: Sequence[Mapping[str, Any]]) -> Figure:
-    """Each code's share of the month's attempts, stacked to 100 %, coloured by its class."""
+def outcome_mix_chart(
+    shares: Sequence[Mapping[str, Any]], partial: Collection[date] = ()
+) -> Figure:
+    """Each code's share of the month's attempts, stacked to 100 %, coloured by its class; the
+    ``partial`` (running) month named "so far", as in the trends."""
     codes: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in shares:
         codes.setdefault((r["outcome_class"], r["outcome_option"]), []).append(r)
@@ -544,7 +552,7 @@ def outcome_mix_chart(shares: Sequence[Mapping[str, Any]]) -> Figure:
         traces.append(
             {
                 "type": "bar",
-                "x": [_month_label(r["month"]) for r in rows],
+                "x": [_chart_month(r["month"], partial) for r in rows],
                 "y": [r["share"] * 100 for r in rows],
                 "customdata": [r["attempts"] for r in rows],
                 "name": f"{code} ({outcome_class})",
@@ -735,7 +743,7 @@ def _page(data: DashboardData) -> tuple[str, str]:
                 "</section><section id='mix'><h2>Outcome mix</h2>"
                 "<p>Each code's share of the month's attempts; the class in brackets is what the "
                 "outcome mapping counts it as (a promise is also an RPC and a contact).</p>",
-                _chart("outcome-mix", outcome_mix_chart(data.outcome_shares)),
+                _chart("outcome-mix", outcome_mix_chart(data.outcome_shares, partial)),
                 "</section><section id='when'><h2>When people are reached</h2>"
                 f"<p>Contact and RPC rate by weekday and hour of day in "
                 f"{html.escape(data.timezone)}, over all months shown and every channel and "
