@@ -522,3 +522,19 @@ def test_a_month_never_loaded_between_two_loaded_is_named_and_left_a_gap(tmp_pat
     for line in dashboard.channel_daily_chart(data.channel_daily)["data"]:
         gap = line["x"].index(date(2026, 10, 1))
         assert line["y"][gap] is None and line["x"][gap + 1] == date(2026, 11, 1)
+
+
+def test_the_kpi_assets_metadata_says_a_running_months_rates_are_not_final(
+    tmp_path: Path,
+) -> None:
+    month = f"{datetime.now(UTC):%Y-%m}"
+    sim = Simulator(SimulatorConfig(months=(month,), rows_per_month=100))
+    with serve(sim) as url:
+        result = Pipeline(sim, url, tmp_path / "data").materialize(month)
+
+    (kpis,) = [
+        m.materialization.metadata
+        for m in result.get_asset_materialization_events()
+        if m.materialization.asset_key.path[-1] == "outcome_kpis_monthly"
+    ]
+    assert kpis["month_state"].value == "partial: the month is still running"

@@ -233,6 +233,8 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
     )[0]
     assert kpis["rpc_rate (%)"] == round(rpc_rate * 100, 1)
     assert kpis["month"] == "2026-04"  # the asset's page shows the last run's month's KPIs
+    # Read months after it ended: its promises have had time to break, its rates are final.
+    assert kpis["month_state"] == "settled"
     assert "| rpc_rate | " + f"{rpc_rate * 100:.1f}%" in kpis["kpis"]
 
 

@@ -159,6 +159,11 @@ def month_status(month: date, last_read: datetime | None, now: datetime) -> str:
     return "settled"
 
 
+def month_state(month: date, last_read: datetime | None, now: datetime) -> str:
+    """:func:`month_status` in the page's words, e.g. ``partial: the month is still running``."""
+    return _STATUS_TEXT[month_status(month, last_read, now)]
+
+
 def calendar_months(first: date, last: date) -> list[date]:
     """Every month from ``first`` to ``last``, both included."""
     count = month_index(last.isoformat()) - month_index(first.isoformat()) + 1

@@ -1,5 +1,7 @@
 """Outcome-mix analytics over ``d23.logs``: the monthly mix, its KPIs, and a daily trend."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 
 from d23_pipeline.analytics import charts
@@ -114,9 +116,10 @@ def outcome_kpis_monthly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Recompute the month's KPIs from its outcome mix."""
+    from d23_pipeline.analytics.dashboard import month_state
     from d23_pipeline.analytics.outcome_mix import rebuild_months_due, rebuild_outcome_kpis_monthly
     from d23_pipeline.warehouse import sql
-    from d23_pipeline.warehouse.store import fetch_dicts
+    from d23_pipeline.warehouse.store import fetch_dicts, fetch_row
 
     month = _month(context)
     with warehouse.get_connection() as con:
@@ -126,6 +129,7 @@ def outcome_kpis_monthly(
         )
         (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
         schema = schema_from_table(con, "outcome_kpis_monthly")
+        (last_read,) = fetch_row(con, sql.MONTH_LAST_READ, {"partition": month.isoformat()})
         check_results = [
             checks.kpi_rates_in_range(con, month),
             checks.kpi_attempts_match_mix(con, month),
@@ -138,6 +142,8 @@ def outcome_kpis_monthly(
             "dagster/table_name": "d23.outcome_kpis_monthly",
             # The asset's page shows the last run's entries: say whose they are.
             "month": f"{month:%Y-%m}",
+            # A running or maturing month's rates are not final: the dashboard's words for it.
+            "month_state": month_state(month, last_read, datetime.now(UTC)),
             # Percentages with one decimal, as analysts quote them (numbers, so the UI plots
             # them across materializations).
             **{f"{name} (%)": _percent(kpis[name]) for name in KPI_NAMES},
