@@ -10,9 +10,10 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import plotly.graph_objects as go
@@ -290,7 +291,7 @@ def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_lis
     contact = dashboard.OutcomeClass(True, is_rpc=False, is_promise=False, is_refusal=False)
     classes = {**load_outcome_classes(), "LEFT_MESSAGE": contact}
     april, may = (date.fromisoformat(f"{m}-01") for m in months)
-    now = datetime(2026, 8, 1, tzinfo=UTC)
+    now = datetime(2026, 6, 10, tzinfo=UTC)  # May the last month ended: none missing
     with Warehouse(pipeline.warehouse_path).connect() as con:
         rebuild_outcome_mix_monthly(con, may, *month_window(months[1]), classes)
         listed = dashboard.gather(con, classes, "UTC", now)
@@ -330,10 +331,12 @@ def test_the_channel_panel_draws_the_days_of_loaded_months_up_to_now_only() -> N
 
 
 def test_the_dashboard_assets_problem_count_is_the_pages(tmp_path: Path) -> None:
-    sim = Simulator(SimulatorConfig(months=("2026-04",), rows_per_month=50))
+    # The month that ended last (the asset runs on today's clock): no month missing after it.
+    month = f"{datetime.now(UTC).replace(day=1) - timedelta(days=1):%Y-%m}"
+    sim = Simulator(SimulatorConfig(months=(month,), rows_per_month=50))
     with serve(sim) as url:
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
-        pipeline.materialize("2026-04")
+        pipeline.materialize(month)
     # The mix as if counted with another mapping, the KPIs left as they were: two problems.
     with Warehouse(pipeline.warehouse_path).connect() as con:
         con.execute("UPDATE d23.outcome_mix_monthly SET is_contact = NOT is_contact")
@@ -494,26 +497,36 @@ def test_the_tiles_compare_only_against_the_month_just_before() -> None:
     assert _data(kpis=[march, may]).tile_months() == (may, None)
 
 
-def test_a_month_never_loaded_between_two_loaded_is_named_and_left_a_gap(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def october_missing(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """September and November materialized; October never read."""
     months = ("2026-09", "2026-10", "2026-11")
     sim = Simulator(SimulatorConfig(months=months, rows_per_month=150))
     with serve(sim) as url:
-        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
-        for month in (months[0], months[2]):  # October never read
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path_factory.mktemp("gap"))
+        for month in (months[0], months[2]):
             pipeline.materialize(month)
+    return pipeline
+
+
+def _gathered(pipeline: Pipeline, now: datetime, timezone: str = "UTC") -> dashboard.DashboardData:
     with Warehouse(pipeline.warehouse_path).connect(read_only=True) as con:
-        data = dashboard.gather(
-            con, load_outcome_classes(), "UTC", datetime(2026, 12, 20, tzinfo=UTC)
-        )
+        return dashboard.gather(con, load_outcome_classes(), timezone, now)
+
+
+def test_a_month_never_loaded_between_two_loaded_is_named_and_left_a_gap(
+    october_missing: Pipeline, tmp_path: Path
+) -> None:
+    data = _gathered(october_missing, datetime(2026, 12, 20, tzinfo=UTC))
     october = date(2026, 10, 1)
 
     dashboard.write_dashboard(tmp_path / "page.html", data)
 
     page = (tmp_path / "page.html").read_text()
-    assert "<p>Months Sep 2026 to Nov 2026 (Oct 2026 not loaded)." in page
-    assert "not compared: Oct 2026 is not loaded" in page  # the tiles show November
-    assert data.months_in("not loaded") == {october} and data.problem_count() == 1
-    assert "<td>2026-10</td><td>0</td><td>never</td><td>not loaded: " in page
+    assert "<p>Months Sep 2026 to Nov 2026 (no KPIs for Oct 2026)." in page
+    assert "not compared: Oct 2026 has no KPIs" in page  # the tiles show November
+    assert data.months_in("no KPIs") == {october} and data.problem_count() == 1
+    assert "<td>2026-10</td><td>0</td><td>never</td><td>no KPIs: never read, or its last" in page
     # The trends break at October instead of joining September to November.
     trend = dashboard.kpi_trend_chart(data.kpis)["data"][0]
     assert trend["x"] == ["Sep 2026", "Oct 2026", "Nov 2026"] and trend["y"][1] is None
@@ -522,6 +535,68 @@ def test_a_month_never_loaded_between_two_loaded_is_named_and_left_a_gap(tmp_pat
     for line in dashboard.channel_daily_chart(data.channel_daily)["data"]:
         gap = line["x"].index(date(2026, 10, 1))
         assert line["y"][gap] is None and line["x"][gap + 1] == date(2026, 11, 1)
+    mix = dashboard.outcome_mix_chart(data.outcome_shares)["layout"]["xaxis"]
+    assert mix["categoryarray"] == ["Sep 2026", "Oct 2026", "Nov 2026"]  # an empty slot
+
+
+def test_an_ended_month_missing_after_the_last_loaded_is_named_too(
+    october_missing: Pipeline, tmp_path: Path
+) -> None:
+    # December has ended and was never read; January, just begun, waits for its refresh.
+    data = _gathered(october_missing, datetime(2027, 1, 10, tzinfo=UTC))
+
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+
+    page = (tmp_path / "page.html").read_text()
+    assert "<p>Months Sep 2026 to Nov 2026 (no KPIs for Oct 2026, Dec 2026)." in page
+    assert [f"{f.month:%Y-%m}" for f in data.freshness] == [
+        "2026-09", "2026-10", "2026-11", "2026-12"
+    ]  # fmt: skip
+    assert data.problem_count() == 2
+
+
+def test_the_running_day_note_cites_the_read_of_the_month_the_local_day_is_in(
+    october_missing: Pipeline, tmp_path: Path
+) -> None:
+    # 03:30 UTC on 1 December is still 30 November in Los Angeles: November's day, November's
+    # read, December not loaded.
+    data = _gathered(
+        october_missing, datetime(2026, 12, 1, 3, 30, tzinfo=UTC), "America/Los_Angeles"
+    )
+    (november,) = [f.last_read for f in data.freshness if f.month == date(2026, 11, 1)]
+    assert november is not None
+
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+
+    read = f"{november.astimezone(ZoneInfo('America/Los_Angeles')):%Y-%m-%d %H:%M}"
+    assert (
+        f"The last day, 30 Nov 2026, is still running: counted up to its read at {read}."
+        in (tmp_path / "page.html").read_text()
+    )
+
+
+def test_a_month_read_by_a_run_that_stopped_before_its_kpis_shows_its_read(
+    tmp_path: Path,
+) -> None:
+    months = ("2026-09", "2026-10", "2026-11")
+    sim = Simulator(SimulatorConfig(months=months, rows_per_month=150))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        for month in (months[0], months[2]):
+            pipeline.materialize(month)
+        for step in ("d23/raw_logs", "d23/logs", "d23/outcome_mix_monthly"):
+            pipeline.materialize(months[1], selection=step)
+    data = _gathered(pipeline, datetime(2026, 12, 10, tzinfo=UTC))
+
+    (october,) = [f for f in data.freshness if f.month == date(2026, 10, 1)]
+    assert (october.status, october.rows > 0, october.last_read is not None) == (
+        "no KPIs", True, True
+    )  # fmt: skip
+    # Listed twice (no KPIs; KPIs behind their outcome mix), one problem.
+    assert data.kpis_behind_mix == [date(2026, 10, 1)] and data.problem_count() == 1
+    # The daily panel counts its days from d23.logs, as the weekday-hour panel does.
+    days = {r["day"] for r in data.channel_daily}
+    assert date(2026, 10, 15) in days
 
 
 def test_the_kpi_assets_metadata_says_a_running_months_rates_are_not_final(

@@ -34,7 +34,7 @@ ROWS = [
     ("m6", MAY, 7, "SMS", "IVR", "MYSTERY_CODE", True),
 ]
 READ_AT = datetime(2026, 7, 15, 22, 30, tzinfo=UTC)  # 16 July 00:30 in Berlin: both settle
-AFTER = datetime(2026, 8, 1, tzinfo=UTC)  # both months ended
+AFTER = datetime(2026, 6, 10, tzinfo=UTC)  # both months ended, May the last to
 
 
 @pytest.fixture

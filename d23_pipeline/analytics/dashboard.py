@@ -64,7 +64,7 @@ class MonthFreshness:
     month: date
     rows: int
     last_read: datetime | None
-    status: str  # "partial", "maturing", "settled" or "not loaded"
+    status: str  # "partial", "maturing", "settled" or "no KPIs"
     rejected_rows: int
     unmapped_attempts: int
     unverified_slices: int
@@ -102,7 +102,8 @@ class DashboardData:
         """The open data-quality problems the page lists: unverified slices, each month's
         reasons for rejects, unmapped codes, months counted with another mapping, months
         whose outcome mix lags d23.logs or whose KPIs lag their outcome mix, months with
-        deletions not applied, and months not loaded."""
+        deletions not applied, and months without KPIs (those whose outcome mix the KPIs lag
+        are counted once)."""
         return (
             len(self.unverified_slices)
             + len(self.rejected)
@@ -111,7 +112,7 @@ class DashboardData:
             + len(self.kpis_behind_mix)
             + len(self.mix_behind_logs)
             + len(self.deletions_pending)
-            + len(self.months_in("not loaded"))
+            + len(self.months_in("no KPIs") - set(self.kpis_behind_mix))
         )
 
     def tile_months(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -170,13 +171,19 @@ def calendar_months(first: date, last: date) -> list[date]:
     return [_shift(first, i) for i in range(count)]
 
 
-def not_loaded(kpis: Sequence[Mapping[str, Any]]) -> list[date]:
-    """The months between the first and the last with KPIs that have none: never read (or read
-    by a run that stopped before its KPIs). The page names them; left out silently, the trends
-    would join the months on either side as if they were next to each other. (Months after the
-    last are not counted: the month just begun waits for its first refresh.)"""
+def not_loaded(kpis: Sequence[Mapping[str, Any]], now: datetime) -> list[date]:
+    """The months from the first with KPIs to the last that has ended (or the last with KPIs)
+    that have none: never read, or read by a run that stopped before its KPIs. The page names
+    them; left out silently, the trends would join the months on either side as if they were
+    next to each other, and a month missing at the end would leave the one before it looking
+    like the latest. The month just begun is not counted: it waits for its first refresh."""
+    if not kpis:
+        return []
+    utc = now.astimezone(UTC)
+    last_ended = previous_month(date(utc.year, utc.month, 1))
     loaded = {k["month"] for k in kpis}
-    return [m for m in _all_months(kpis) if m not in loaded]
+    return [m for m in calendar_months(kpis[0]["month"], max(kpis[-1]["month"], last_ended))
+            if m not in loaded]  # fmt: skip
 
 
 def local_days(months: Sequence[date], timezone: str, now: datetime) -> list[date]:
@@ -217,6 +224,7 @@ def _gather(
     now: datetime,
 ) -> DashboardData:
     kpis = fetch_dicts(con, sql.OUTCOME_KPIS_ALL)
+    reads = {r["partition"]: r for r in fetch_dicts(con, sql.MONTHS_LAST_READ)}
     weekday_hour: list[dict[str, Any]] = []
     channel_daily: list[dict[str, Any]] = []
     other_mapping: list[dict[str, Any]] = []
@@ -229,27 +237,34 @@ def _gather(
             "timezone": timezone,
         }
         weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR, window)
-        days = local_days([k["month"] for k in kpis], timezone, now)
+        # The months d23.logs holds, as the weekday-hour panel counts them: a month read by a
+        # run that stopped before its KPIs included.
+        held = {k["month"] for k in kpis} | {date.fromisoformat(p) for p in reads}
+        days = local_days(
+            [m for m in held if kpis[0]["month"] <= m <= kpis[-1]["month"]], timezone, now
+        )
         channel_daily = fetch_dicts(con, sql.CHANNEL_DAILY, {**window, "days": days})
-    reads = {r["partition"]: r for r in fetch_dicts(con, sql.MONTHS_LAST_READ)}
     rejected = fetch_dicts(con, sql.REJECTED_ROWS_BY_MONTH)
     unmapped = fetch_dicts(con, sql.UNMAPPED_CODES_ALL)
     unverified = fetch_dicts(con, sql.UNVERIFIED_SLICES)
     pending = fetch_dicts(con, sql.DELETIONS_PENDING_ALL)
-    freshness = [
-        MonthFreshness(month, 0, None, "not loaded", 0, 0, 0, 0) for month in not_loaded(kpis)
-    ]
-    for k in kpis:
-        partition = k["month"].isoformat()
+    freshness = []
+    kpis_of = {k["month"]: k for k in kpis}
+    for month in sorted([*kpis_of, *not_loaded(kpis, now)]):
+        partition = month.isoformat()
         read = reads.get(partition, {})
         freshness.append(
             MonthFreshness(
-                month=k["month"],
+                month=month,
                 rows=read.get("rows", 0),
                 last_read=read.get("last_read"),
-                status=month_status(k["month"], read.get("last_read"), now),
+                status=(
+                    month_status(month, read.get("last_read"), now)
+                    if month in kpis_of
+                    else "no KPIs"
+                ),
                 rejected_rows=sum(r["rows"] for r in rejected if r["partition"] == partition),
-                unmapped_attempts=k["unmapped_attempts"],
+                unmapped_attempts=kpis_of[month]["unmapped_attempts"] if month in kpis_of else 0,
                 unverified_slices=sum(1 for s in unverified if s["partition"] == partition),
                 deletions_not_applied=sum(
                     r["rows"] for r in pending if r["partition"] == partition
@@ -265,7 +280,7 @@ def _gather(
         outcome_shares=fetch_dicts(con, sql.OUTCOME_SHARES_BY_MONTH),
         weekday_hour=weekday_hour,
         channel_daily=channel_daily,
-        freshness=sorted(freshness, key=lambda f: f.month),
+        freshness=freshness,
         rejected=rejected,
         unmapped=unmapped,
         unverified_slices=unverified,
@@ -511,7 +526,7 @@ def kpi_split_chart(
     values = sorted({r[dimension] for r in rows})
     months = _all_months(rows)
     for i, value in enumerate(values):
-        # A month the value had no attempts in is a gap in its line, as a month not loaded is.
+        # A month the value had no attempts in is a gap in its line, as one without KPIs is.
         mine = _with_gaps([r for r in rows if r[dimension] == value], months)
         colour = LINE_COLOURS[i % len(LINE_COLOURS)]
         for j, (name, label) in enumerate(KPI_LABELS.items()):
@@ -542,7 +557,8 @@ def outcome_mix_chart(
     shares: Sequence[Mapping[str, Any]], partial: Collection[date] = ()
 ) -> Figure:
     """Each code's share of the month's attempts, stacked to 100 %, coloured by its class; the
-    ``partial`` (running) month named "so far", as in the trends."""
+    ``partial`` (running) month named "so far", as in the trends, and a month without a mix
+    between two with one left an empty slot."""
     codes: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in shares:
         codes.setdefault((r["outcome_class"], r["outcome_option"]), []).append(r)
@@ -567,7 +583,14 @@ def outcome_mix_chart(
                 "(%{customdata} attempts)<extra></extra>",
             }
         )
-    fig = {"data": traces, "layout": {"barmode": "stack"}}
+    slots = [_chart_month(month, partial) for month in _all_months(shares)]
+    fig = {
+        "data": traces,
+        "layout": {
+            "barmode": "stack",
+            "xaxis": {"type": "category", "categoryorder": "array", "categoryarray": slots},
+        },
+    }
     return _layout(fig, 480, "% of the month's attempts")
 
 
@@ -705,9 +728,9 @@ def _page(data: DashboardData) -> tuple[str, str]:
     """The page around Plotly's JavaScript: the HTML before the bundle's text and after it."""
     first, last = (data.kpis[0]["month"], data.kpis[-1]["month"]) if data.kpis else (None, None)
     span = f"{_month_label(first)} to {_month_label(last)}" if first else "no months yet"
-    missing = sorted(data.months_in("not loaded"))
+    missing = sorted(data.months_in("no KPIs"))
     if missing:
-        span += f" ({', '.join(map(_month_label, missing))} not loaded)"
+        span += f" (no KPIs for {', '.join(map(_month_label, missing))})"
     header = (
         "<header><h1>D23 outcome dashboard</h1>"
         f"<p>Months {html.escape(span)}. Generated {_local(data.generated_at, data.timezone)}; "
@@ -752,7 +775,8 @@ def _page(data: DashboardData) -> tuple[str, str]:
                 "</section><section id='when'><h2>When people are reached</h2>"
                 f"<p>Contact and RPC rate by weekday and hour of day in "
                 f"{html.escape(data.timezone)}, over all months shown and every channel and "
-                "source: attempts the borrower started, IVR's and field visits included.</p>",
+                "source: attempts the borrower started, IVR attempts and field visits "
+                "included.</p>",
                 _chart("weekday-hour", weekday_hour_chart(data.weekday_hour, data.timezone)),
                 "</section><section id='channels'><h2>Channel productivity</h2>"
                 "<p>Attempts, contacts, RPCs and promises per channel and source per day. D23 "
@@ -772,17 +796,28 @@ def _page(data: DashboardData) -> tuple[str, str]:
 
 
 def _running_day(data: DashboardData) -> str:
-    """A note that the daily panel's last day is today, counted up to its month's last read:
-    its drop is the day not being over."""
+    """A note that the daily panel's last day is today, counted up to the last read of the UTC
+    month(s) it falls in: its drop is the day not being over."""
     days = [r["day"] for r in data.channel_daily]
     zone = ZoneInfo(data.timezone)
     today = data.generated_at.astimezone(zone).date()
     if not days or max(days) != today:
         return ""
-    utc = data.generated_at.astimezone(UTC)
-    month = [f for f in data.freshness if f.month == date(utc.year, utc.month, 1)]
-    read = _local(month[0].last_read, data.timezone) if month else "never"
-    return f" The last day, {today:%d %b %Y}, is still running: counted up to its read at {read}."
+    start = datetime.combine(today, datetime.min.time(), zone).astimezone(UTC)
+    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), zone).astimezone(UTC)
+    months = {date(start.year, start.month, 1), date(end.year, end.month, 1)}
+    reads = [
+        (f.month, f.last_read) for f in data.freshness if f.month in months and f.last_read
+    ]
+    if len(reads) == 1:
+        counted = f"its read at {_local(reads[0][1], data.timezone)}"
+    else:
+        counted = "the reads of " + " and ".join(
+            f"{_month_label(month)} at {_local(read, data.timezone)}" for month, read in reads
+        )
+    return (
+        f" The last day, {today.day} {today:%b %Y}, is still running: counted up to {counted}."
+    )
 
 
 def _tiles_section(data: DashboardData) -> str:
@@ -798,8 +833,8 @@ def _tiles_section(data: DashboardData) -> str:
         compared = f"change against {_month_label(before['month'])}"
     elif any(k["month"] == previous for k in ended):
         compared = f"no attempts in {_month_label(previous)} to compare against"
-    elif previous in data.months_in("not loaded"):
-        compared = f"not compared: {_month_label(previous)} is not loaded"
+    elif previous in data.months_in("no KPIs"):
+        compared = f"not compared: {_month_label(previous)} has no KPIs"
     else:
         compared = "no month before it"
     empty = [_month_label(k["month"]) for k in ended if k["month"] > latest["month"]]
@@ -874,7 +909,8 @@ _STATUS_TEXT = {
     "maturing": "maturing: read less than "
     f"{PROMISE_MATURITY.days} days after it ended; its broken-promise share may still rise",
     "settled": "settled",
-    "not loaded": "not loaded: no KPIs; materialize or backfill it",
+    "no KPIs": "no KPIs: never read, or its last run stopped before them; materialize or "
+    "backfill it",
 }
 
 
@@ -968,13 +1004,14 @@ def _quality_section(data: DashboardData) -> str:
             pending,
             "every deletion is applied",
         )
-        + "<h3>Months not loaded</h3><p>Months between the first and the last shown without "
-        "KPIs: never read, or their last run stopped before its KPIs. The trends leave a gap "
-        "there. Materialize them, or backfill the range.</p>"
+        + "<h3>Months without KPIs</h3><p>Months from the first shown to the last that has "
+        "ended without KPIs: never read, or their last run stopped before its KPIs (then "
+        "the weekday-hour and daily panels, which count d23.logs, include what it merged). The "
+        "trends leave a gap there. Materialize them, or backfill the range.</p>"
         + _table(
             ("month",),
-            [(f"{month:%Y-%m}",) for month in sorted(data.months_in("not loaded"))],
-            "every month between the first and the last shown is loaded",
+            [(f"{month:%Y-%m}",) for month in sorted(data.months_in("no KPIs"))],
+            "every month from the first shown to the last that has ended has KPIs",
         )
         + "</section>"
     )
