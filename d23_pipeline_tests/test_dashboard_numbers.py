@@ -134,6 +134,7 @@ def test_the_freshness_table_shows_each_count_under_its_heading(
     assert may == {
         "month": "2026-05",
         "rows in d23.logs": "6",
+        "attempts (active rows)": "5",  # the deactivated row is no attempt
         "last read (UTC)": "2026-07-15 22:30",
         "state": "settled",
         "unverified slices": "1",

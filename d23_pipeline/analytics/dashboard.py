@@ -63,6 +63,8 @@ class MonthFreshness:
 
     month: date
     rows: int
+    # Its KPIs' attempts: the active rows (rows counts the deactivated ones too); 0 without KPIs.
+    attempts: int
     last_read: datetime | None
     status: str  # "partial", "maturing", "settled" or "no KPIs"
     rejected_rows: int
@@ -257,6 +259,7 @@ def _gather(
             MonthFreshness(
                 month=month,
                 rows=read.get("rows", 0),
+                attempts=kpis_of[month]["attempts"] if month in kpis_of else 0,
                 last_read=read.get("last_read"),
                 status=(
                     month_status(month, read.get("last_read"), now)
@@ -916,14 +919,14 @@ _STATUS_TEXT = {
 
 def _freshness_section(data: DashboardData) -> str:
     rows = [
-        (f"{f.month:%Y-%m}", f"{f.rows:,}", _local(f.last_read, data.timezone),
+        (f"{f.month:%Y-%m}", f"{f.rows:,}", f"{f.attempts:,}", _local(f.last_read, data.timezone),
          _STATUS_TEXT[f.status], f.unverified_slices, f.rejected_rows, f.unmapped_attempts,
          f.deletions_not_applied)
         for f in data.freshness
     ]  # fmt: skip
-    headers = ("month", "rows in d23.logs", f"last read ({data.timezone})", "state",
-               "unverified slices", "rejected rows", "unmapped attempts",
-               "deletions not applied")  # fmt: skip
+    headers = ("month", "rows in d23.logs", "attempts (active rows)",
+               f"last read ({data.timezone})", "state", "unverified slices", "rejected rows",
+               "unmapped attempts", "deletions not applied")  # fmt: skip
     return (
         "<section id='freshness'><h2>Data freshness</h2>"
         + _table(headers, rows, "no months")
