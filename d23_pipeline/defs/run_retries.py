@@ -60,7 +60,7 @@ def retried_only_when_it_can_help(context: dg.AssetExecutionContext) -> Iterator
         instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0", RETRIES_STOPPED_TAG: allowed})
         context.log.error(
             f"Not retried: {type(exc).__name__} fails every new run the same way until it is "
-            "fixed (see the error below). Fix it, then re-execute this run or launch the month "
-            "again."
+            "fixed (see the error below). Fix it, then launch the month again (a backfill or "
+            "the job: a new run gets all its retries)."
         )
         raise
