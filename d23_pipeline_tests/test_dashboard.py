@@ -207,7 +207,11 @@ def test_tiles_show_the_latest_month_with_attempts_and_the_change_between_the_ra
 
     html = (tmp_path / "page.html").read_text()
     assert "<h2>KPIs, Apr 2026</h2>" in html
-    assert f"({april['attempts']:,}; May 2026 had none), change against Mar 2026" in html
+    # June and July, ended and never read, are named: April is not the latest month there is.
+    assert (
+        f"({april['attempts']:,}; May 2026 had none; Jun 2026, Jul 2026 without KPIs), change "
+        "against Mar 2026"
+    ) in html
     tile = re.search(r'data-kpi="contact_rate">(.*?)</div></div>', html)
     assert tile is not None
     assert '<div class="value">35.2%</div>' in tile[1]
@@ -527,7 +531,8 @@ def test_a_month_never_loaded_between_two_loaded_is_named_and_left_a_gap(
     assert "<p>Months Sep 2026 to Nov 2026 (no KPIs for Oct 2026)." in page
     assert "not compared: Oct 2026 has no KPIs" in page  # the tiles show November
     assert data.months_in("no KPIs") == {october} and data.problem_count() == 1
-    assert "<td>2026-10</td><td>0</td><td>0</td><td>never</td><td>no KPIs: never read, or" in page
+    assert "<td>2026-10</td><td>0</td><td>0</td><td>never</td><td>without KPIs: not read" in page
+    assert "Oct 2026 is without KPIs: not read" in page  # the trends' caveats
     # The trends break at October instead of joining September to November.
     trend = dashboard.kpi_trend_chart(data.kpis)["data"][0]
     assert trend["x"] == ["Sep 2026", "Oct 2026", "Nov 2026"] and trend["y"][1] is None
@@ -598,6 +603,11 @@ def test_a_month_read_by_a_run_that_stopped_before_its_kpis_shows_its_read(
     # The daily panel counts its days from d23.logs, as the weekday-hour panel does.
     days = {r["day"] for r in data.channel_daily}
     assert date(2026, 10, 15) in days
+    # The split panels and the mix show the trend's months: October has a mix, but nothing says
+    # whether its rates are final, so it is a gap there as in the trend.
+    for line in dashboard.kpi_split_chart(data.kpis_by_source, "interaction_source")["data"]:
+        assert line["x"][1] == "Oct 2026" and line["y"][1] is None
+    assert {r["month"] for r in data.outcome_shares} == {date(2026, 9, 1), date(2026, 11, 1)}
 
 
 def test_the_kpi_assets_metadata_says_a_running_months_rates_are_not_final(

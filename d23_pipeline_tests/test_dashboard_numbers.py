@@ -311,6 +311,8 @@ def test_the_weekday_hour_panels_draw_the_contact_and_the_rpc_rate(warehouse: Wa
     rows = _gather(warehouse).weekday_hour
 
     contact, rpc = dashboard.weekday_hour_chart(rows, "UTC")["data"]
+    # One colour scale for both panels, from 0 to 100 %: the palest cell is none, not the least.
+    assert (contact["zmin"], contact["zmax"], rpc["zmin"], rpc["zmax"]) == (0, 100, 0, 100)
 
     # Every attempt at 10:00 UTC. Mon: an RPC; Tue: no answer; Wed: an unmapped code; Thu: a
     # promise and two unmapped; Fri: a wrong number (a contact, not an RPC) and an unmapped.

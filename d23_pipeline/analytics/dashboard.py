@@ -278,9 +278,11 @@ def _gather(
         generated_at=now,
         timezone=timezone,
         kpis=kpis,
-        kpis_by_channel=fetch_dicts(con, sql.OUTCOME_KPIS_BY_CHANNEL),
-        kpis_by_source=fetch_dicts(con, sql.OUTCOME_KPIS_BY_SOURCE),
-        outcome_shares=fetch_dicts(con, sql.OUTCOME_SHARES_BY_MONTH),
+        # The panels of the outcome mix show the months the trend does: a month whose run
+        # stopped before its KPIs has a mix, but no partial or maturing state to draw it with.
+        kpis_by_channel=_of_months(fetch_dicts(con, sql.OUTCOME_KPIS_BY_CHANNEL), kpis_of),
+        kpis_by_source=_of_months(fetch_dicts(con, sql.OUTCOME_KPIS_BY_SOURCE), kpis_of),
+        outcome_shares=_of_months(fetch_dicts(con, sql.OUTCOME_SHARES_BY_MONTH), kpis_of),
         weekday_hour=weekday_hour,
         channel_daily=channel_daily,
         freshness=freshness,
@@ -292,6 +294,10 @@ def _gather(
         kpis_behind_mix=[r["month"] for r in fetch_dicts(con, sql.KPIS_BEHIND_MIX)],
         mix_behind_logs=[r["month"] for r in fetch_dicts(con, sql.MIX_BEHIND_LOGS)],
     )
+
+
+def _of_months(rows: list[dict[str, Any]], months: Collection[date]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["month"] in months]
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -583,7 +589,7 @@ def outcome_mix_chart(
                 "legendgroup": outcome_class,
                 "marker": {"color": shade},
                 "hovertemplate": f"{code} ({outcome_class}), %{{x}}: %{{y:.1f}}% "
-                "(%{customdata} attempts)<extra></extra>",
+                "(%{customdata:,} attempts)<extra></extra>",
             }
         )
     slots = [_chart_month(month, partial) for month in _all_months(shares)]
@@ -642,6 +648,7 @@ def weekday_hour_chart(rows: Sequence[Mapping[str, Any]], timezone: str) -> Figu
                 "customdata": attempts,
                 "colorscale": [[k / (len(BLUES) - 1), colour] for k, colour in enumerate(BLUES)],
                 "zmin": 0,
+                "zmax": 100,  # both panels on one scale, its palest cell 0 %
                 "colorbar": {"title": {"text": "%"}, "len": 0.4, "y": 0.8 - i * 0.6},
                 "hovertemplate": f"%{{y}} %{{x}}:00: {label} %{{z:.1f}}% "
                 "of %{customdata} attempts<extra></extra>",
@@ -842,6 +849,9 @@ def _tiles_section(data: DashboardData) -> str:
         compared = "no month before it"
     empty = [_month_label(k["month"]) for k in ended if k["month"] > latest["month"]]
     since = f"; {', '.join(empty)} had none" if empty else ""
+    later = sorted(m for m in data.months_in("no KPIs") if m > latest["month"])
+    if later:
+        since += f"; {', '.join(map(_month_label, later))} without KPIs"
     # A month's broken-promise share rises for weeks after it ends: against a month with more of
     # them settled, a maturing month's share would read as an improvement.
     unsettled = data.months_in("partial", "maturing")
@@ -912,8 +922,8 @@ _STATUS_TEXT = {
     "maturing": "maturing: read less than "
     f"{PROMISE_MATURITY.days} days after it ended; its broken-promise share may still rise",
     "settled": "settled",
-    "no KPIs": "no KPIs: never read, or its last run stopped before them; materialize or "
-    "backfill it",
+    "no KPIs": "without KPIs: not read, or its last read's run stopped before them (see its "
+    "last read); materialize or backfill it",
 }
 
 
