@@ -581,6 +581,26 @@ def test_the_running_day_note_cites_the_read_of_the_month_the_local_day_is_in(
     )
 
 
+def test_days_only_partly_counted_are_marked_in_the_daily_panel(october_missing: Pipeline) -> None:
+    after = datetime(2026, 12, 20, tzinfo=UTC)
+    # Los Angeles' days at the UTC months' edges reach into August, October (never read) and
+    # December (not shown): only part of each is counted.
+    los_angeles = _gathered(october_missing, after, "America/Los_Angeles")
+    edges = {date(2026, 8, 31), date(2026, 9, 30), date(2026, 10, 31), date(2026, 11, 30)}
+    assert {r["day"] for r in los_angeles.channel_daily if r["partial"]} == edges
+    assert not any(r["partial"] for r in _gathered(october_missing, after).channel_daily)
+    # In UTC only today is, while November runs.
+    running = _gathered(october_missing, datetime(2026, 11, 20, 12, tzinfo=UTC))
+    assert {r["day"] for r in running.channel_daily if r["partial"]} == {date(2026, 11, 20)}
+
+    line = dashboard.channel_daily_chart(los_angeles.channel_daily)["data"][0]
+    marked = [day for day, size in zip(line["x"], line["marker"]["size"], strict=True) if size]
+    assert set(marked) == edges
+    sep_30 = line["x"].index(date(2026, 9, 30))
+    assert line["text"][sep_30] == " (only part of this day is counted)"
+    assert line["hovertemplate"].endswith("%{text}<extra></extra>")
+
+
 def test_a_month_read_by_a_run_that_stopped_before_its_kpis_shows_its_read(
     tmp_path: Path,
 ) -> None:

@@ -16,7 +16,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -206,6 +206,34 @@ def local_days(months: Sequence[date], timezone: str, now: datetime) -> list[dat
     return sorted(days)
 
 
+def partial_days(
+    days: Sequence[date], months: Collection[date], timezone: str, now: datetime
+) -> set[date]:
+    """The ``days`` (in ``timezone``) only partly counted: still running at ``now``, or reaching
+    into a UTC month not among ``months`` (not loaded, or before or after the months shown: a
+    month's first or last local day away from UTC)."""
+    zone = ZoneInfo(timezone)
+    return {
+        day
+        for day in days
+        if _utc_span(day, zone)[1] > now or not _utc_months(day, zone) <= set(months)
+    }
+
+
+def _utc_span(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The UTC instants a local day runs from and to."""
+    start = datetime.combine(day, time.min, zone).astimezone(UTC)
+    end = datetime.combine(day + timedelta(days=1), time.min, zone).astimezone(UTC)
+    return start, end
+
+
+def _utc_months(day: date, zone: ZoneInfo) -> set[date]:
+    """The UTC months a local day falls in (two for a month's edge day away from UTC)."""
+    start, end = _utc_span(day, zone)
+    last = end - timedelta(microseconds=1)
+    return {date(start.year, start.month, 1), date(last.year, last.month, 1)}
+
+
 def gather(
     con: duckdb.DuckDBPyConnection,
     classes: Mapping[str, OutcomeClass],
@@ -242,10 +270,13 @@ def _gather(
         # The months d23.logs holds, as the weekday-hour panel counts them: a month read by a
         # run that stopped before its KPIs included.
         held = {k["month"] for k in kpis} | {date.fromisoformat(p) for p in reads}
-        days = local_days(
-            [m for m in held if kpis[0]["month"] <= m <= kpis[-1]["month"]], timezone, now
-        )
-        channel_daily = fetch_dicts(con, sql.CHANNEL_DAILY, {**window, "days": days})
+        shown = [m for m in held if kpis[0]["month"] <= m <= kpis[-1]["month"]]
+        days = local_days(shown, timezone, now)
+        partial = partial_days(days, shown, timezone, now)
+        channel_daily = [
+            {**r, "partial": r["day"] in partial}
+            for r in fetch_dicts(con, sql.CHANNEL_DAILY, {**window, "days": days})
+        ]
     rejected = fetch_dicts(con, sql.REJECTED_ROWS_BY_MONTH)
     unmapped = fetch_dicts(con, sql.UNMAPPED_CODES_ALL)
     unverified = fetch_dicts(con, sql.UNVERIFIED_SLICES)
@@ -692,11 +723,22 @@ def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> Figure:
                     "type": "scatter",
                     "x": [r["day"] for r in mine],
                     "y": [r.get(measure) for r in mine],
+                    # A day only partly counted (today, a month's edge day away from UTC) is
+                    # marked, so that its drop does not read as a slow day.
+                    "mode": "lines+markers",
+                    "marker": {
+                        "symbol": "circle-open",
+                        "size": [7 if r.get("partial") else 0 for r in mine],
+                    },
+                    "text": [" (only part of this day is counted)" * bool(r.get("partial"))
+                             for r in mine],  # fmt: skip
                     "name": name,
                     "legendgroup": name,
                     "showlegend": j == 0,
                     "line": {"color": LINE_COLOURS[i % len(LINE_COLOURS)], "width": 1.5},
-                    "hovertemplate": f"{name}, %{{x}}: %{{y}} {label.lower()}<extra></extra>",
+                    "hovertemplate": (
+                        f"{name}, %{{x}}: %{{y}} {label.lower()}%{{text}}<extra></extra>"
+                    ),
                     "xaxis": f"x{cell}",
                     "yaxis": f"y{cell}",
                 }
@@ -813,9 +855,7 @@ def _running_day(data: DashboardData) -> str:
     today = data.generated_at.astimezone(zone).date()
     if not days or max(days) != today:
         return ""
-    start = datetime.combine(today, datetime.min.time(), zone).astimezone(UTC)
-    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), zone).astimezone(UTC)
-    months = {date(start.year, start.month, 1), date(end.year, end.month, 1)}
+    months = _utc_months(today, zone)
     reads = [
         (f.month, f.last_read) for f in data.freshness if f.month in months and f.last_read
     ]
