@@ -434,7 +434,7 @@ def test_deletions_a_read_cannot_prove_are_reported_until_a_read_proves_them(
     assert re.search(r"<tr><td>2026-04</td><td>4</td><td>3</td><td>not proven: ", page)
     # The month's freshness row says its KPIs still count them.
     assert "<th>deletions not applied</th>" in page
-    assert re.search(r"<tr><td>2026-04</td>(<td>[^<]*</td>){6}<td>4</td></tr>", page)
+    assert re.search(r"<tr><td>2026-04</td>(<td>[^<]*</td>){7}<td>4</td></tr>", page)
 
     small_month.sim.hard_delete_row(broken)  # the bad row gone, the read proves again
     proven = small_month.materialize(MONTH, raise_on_error=False)
