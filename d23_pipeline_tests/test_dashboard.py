@@ -581,6 +581,21 @@ def test_the_running_day_note_cites_the_read_of_the_month_the_local_day_is_in(
     )
 
 
+def test_the_running_day_note_without_a_recorded_read_says_only_that_it_runs(
+    october_missing: Pipeline, tmp_path: Path
+) -> None:
+    running = _gathered(october_missing, datetime(2026, 11, 20, 12, tzinfo=UTC))
+    unread = [
+        replace(f, last_read=None) for f in running.freshness
+    ]  # loaded before reads were kept
+
+    dashboard.write_dashboard(tmp_path / "page.html", replace(running, freshness=unread))
+
+    assert (
+        "The last day, 20 Nov 2026, is still running.</p>" in (tmp_path / "page.html").read_text()
+    )
+
+
 def test_days_only_partly_counted_are_marked_in_the_daily_panel(october_missing: Pipeline) -> None:
     after = datetime(2026, 12, 20, tzinfo=UTC)
     # Los Angeles' days at the UTC months' edges reach into August, October (never read) and

@@ -859,15 +859,16 @@ def _running_day(data: DashboardData) -> str:
     reads = [
         (f.month, f.last_read) for f in data.freshness if f.month in months and f.last_read
     ]
+    running = f" The last day, {today.day} {today:%b %Y}, is still running"
+    if not reads:  # a month loaded before reads were recorded
+        return f"{running}."
     if len(reads) == 1:
         counted = f"its read at {_local(reads[0][1], data.timezone)}"
     else:
         counted = "the reads of " + " and ".join(
             f"{_month_label(month)} at {_local(read, data.timezone)}" for month, read in reads
         )
-    return (
-        f" The last day, {today.day} {today:%b %Y}, is still running: counted up to {counted}."
-    )
+    return f"{running}: counted up to {counted}."
 
 
 def _tiles_section(data: DashboardData) -> str:
