@@ -291,6 +291,7 @@ def test_each_outcome_mix_bar_is_the_codes_percentage_named_and_shaded_by_class(
     running = dashboard.outcome_mix_chart(shares, partial={APRIL})["data"][0]
     assert running["x"] == ["Apr 2026 (so far)"]
     assert bars["NO_ANSWER (no_contact)"]["customdata"] == [4]
+    assert "(%{customdata:,} attempts)" in bars["NO_ANSWER (no_contact)"]["hovertemplate"]
     darkest, lightest = dashboard.CLASS_COLOURS["no_contact"]
     assert bars["BUSY (no_contact)"]["marker"]["color"] == darkest
     assert bars["NO_ANSWER (no_contact)"]["marker"]["color"] == lightest
