@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from d23_pipeline.months import month_index, month_name
+from d23_pipeline.months import months_between
 from d23_pipeline.settings import SettingsError, validate_month
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -154,11 +154,10 @@ POLL_PATIENCE_S = 300.0
 
 def month_partitions(first: str, last: str) -> list[str]:
     """Partition keys of the months ``first`` to ``last`` (``YYYY-MM``), both included."""
-    start = month_index(validate_month(first, "FIRST"))
-    end = month_index(validate_month(last, "LAST"))
-    if end < start:
+    months = months_between(validate_month(first, "FIRST"), validate_month(last, "LAST"))
+    if not months:
         raise SettingsError(f"LAST ({last}) is before FIRST ({first})")
-    return [f"{month_name(i)}-01" for i in range(start, end + 1)]
+    return [f"{month}-01" for month in months]
 
 
 def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +225,12 @@ def d23_asset_paths(url: str) -> list[list[str]]:
     # The deployment's own assets, not this process's definitions: loading those would be slow
     # and would need the run's settings (D23_WAREHOUSE_DSN, say) just to queue a backfill.
     nodes = graphql(url, ASSET_KEYS, {})["assetNodes"]
-    return [node["assetKey"]["path"] for node in nodes if node["assetKey"]["path"][0] == "d23"]
+    return [node["assetKey"]["path"] for node in nodes if _is_d23(node["assetKey"]["path"])]
+
+
+def _is_d23(path: Sequence[str]) -> bool:
+    """Whether an asset key's path is one of this project's (``d23/...``)."""
+    return path[0] == "d23"
 
 
 def running_backfills(url: str, partition_keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -254,7 +258,7 @@ def _targets_d23(backfill: dict[str, Any]) -> bool:
     of a D23 job (which names its partition set, not its assets; every D23 job's name starts
     with ``d23_``)."""
     assets = backfill["assetSelection"] or []
-    return any(key["path"][0] == "d23" for key in assets) or (
+    return any(_is_d23(key["path"]) for key in assets) or (
         backfill["partitionSetName"] or ""
     ).startswith("d23_")
 

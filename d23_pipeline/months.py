@@ -25,6 +25,12 @@ def month_name(index: int) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
+def months_between(first: str, last: str) -> list[str]:
+    """The ``YYYY-MM`` months from ``first`` to ``last`` (months or partition keys), both
+    included; none if ``last`` is before ``first``."""
+    return [month_name(i) for i in range(month_index(first), month_index(last) + 1)]
+
+
 def months_up_to(day: date, count: int) -> list[str]:
     """The ``count`` months up to and including ``day``'s month, oldest first."""
     last = day.year * 12 + day.month - 1

@@ -28,7 +28,7 @@ import duckdb
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.analytics.outcome_mix import load_classes
 from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS
-from d23_pipeline.months import month_index, month_name
+from d23_pipeline.months import month_index, month_name, months_between
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import fetch_dicts, transaction
 
@@ -169,8 +169,7 @@ def month_state(month: date, last_read: datetime | None, now: datetime) -> str:
 
 def calendar_months(first: date, last: date) -> list[date]:
     """Every month from ``first`` to ``last``, both included."""
-    count = month_index(last.isoformat()) - month_index(first.isoformat()) + 1
-    return [_shift(first, i) for i in range(count)]
+    return [date.fromisoformat(f"{m}-01") for m in months_between(str(first), str(last))]
 
 
 def not_loaded(kpis: Sequence[Mapping[str, Any]], now: datetime) -> list[date]:
@@ -528,6 +527,26 @@ def _counts_hover(kpi: str) -> str:
     return f" (%{{customdata[0]:,}} of %{{customdata[1]:,}} {counted})"
 
 
+def _kpi_line(
+    rows: Sequence[Mapping[str, Any]],
+    kpi: str,
+    partial: Collection[date],
+    maturing: Collection[date],
+    hover_prefix: str = "",
+) -> dict[str, Any]:
+    """One KPI's line over ``rows`` (one per month): its points, markers and hover, which names
+    the KPI and the counts behind each rate."""
+    return {
+        "type": "scatter",
+        **_months_of(rows, partial, _rising(kpi, maturing)),
+        "y": _points_of(rows, kpi, partial),
+        "customdata": _counts_of(rows, kpi),
+        "mode": "lines+markers",
+        "hovertemplate": f"{hover_prefix}%{{x}}: %{{y:.1f}}%{_counts_hover(kpi)}%{{text}}"
+        f"<extra>{KPI_LABELS[kpi]}</extra>",
+    }
+
+
 def kpi_trend_chart(
     kpis: Sequence[Mapping[str, Any]],
     partial: Collection[date] = (),
@@ -537,17 +556,7 @@ def kpi_trend_chart(
     :func:`_months_of` for ``maturing``), broken at months without KPIs."""
     kpis = _with_gaps(kpis, _all_months(kpis))
     traces = [
-        {
-            "type": "scatter",
-            **_months_of(kpis, partial, _rising(name, maturing)),
-            "y": _points_of(kpis, name, partial),
-            "customdata": _counts_of(kpis, name),
-            "name": label,
-            "mode": "lines+markers",
-            "hovertemplate": (
-                f"%{{x}}: %{{y:.1f}}%{_counts_hover(name)}%{{text}}<extra>{label}</extra>"
-            ),
-        }
+        {**_kpi_line(kpis, name, partial, maturing), "name": label}
         for name, label in KPI_LABELS.items()
     ]
     return _layout({"data": traces, "layout": {}}, 420, "% (see definitions)")
@@ -569,23 +578,15 @@ def kpi_split_chart(
         # A month the value had no attempts in is a gap in its line, as one without KPIs is.
         mine = _with_gaps([r for r in rows if r[dimension] == value], months)
         colour = LINE_COLOURS[i % len(LINE_COLOURS)]
-        for j, (name, label) in enumerate(KPI_LABELS.items()):
+        for j, name in enumerate(KPI_LABELS):
             cell = _cell(j // 3 + 1, j % 3 + 1, 3)
             fig["data"].append(
                 {
-                    "type": "scatter",
-                    **_months_of(mine, partial, _rising(name, maturing)),
-                    "y": _points_of(mine, name, partial),
-                    "customdata": _counts_of(mine, name),
+                    **_kpi_line(mine, name, partial, maturing, f"{value}, "),
                     "name": value,
                     "legendgroup": value,
                     "showlegend": j == 0,
                     "line": {"color": colour},
-                    "mode": "lines+markers",
-                    "hovertemplate": (
-                        f"{value}, %{{x}}: %{{y:.1f}}%{_counts_hover(name)}%{{text}}"
-                        f"<extra>{label}</extra>"
-                    ),
                     "xaxis": f"x{cell}",
                     "yaxis": f"y{cell}",
                 }
