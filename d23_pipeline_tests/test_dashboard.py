@@ -7,7 +7,6 @@ drives it and never downloads a browser.
 
 import dataclasses
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -19,8 +18,8 @@ import dagster as dg
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
+from browser import chromium_page
 from harness import Pipeline
-from playwright.sync_api import sync_playwright
 from plotly.subplots import make_subplots
 
 from d23_pipeline.analytics import dashboard
@@ -84,45 +83,34 @@ def page(materialized: Pipeline) -> Page:
 
 
 def _open(path: Path) -> Page:
-    chromium = shutil.which("chromium")
-    assert chromium, "no chromium on PATH: `make browser` installs Debian's (make test does)"
     console_errors: list[str] = []
     requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            # Root in CI and containers: Chromium's sandbox needs user namespaces it may not have.
-            args=["--no-sandbox"],
+    with chromium_page() as page:
+        page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+        page.on("pageerror", lambda e: console_errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        # Anything but the file itself is refused, so a CDN script would fail loudly too.
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_() if route.request.url.startswith("file:") else route.abort()
+            ),
         )
-        try:
-            page = browser.new_page()
-            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
-            page.on("pageerror", lambda e: console_errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            # Anything but the file itself is refused, so a CDN script would fail loudly too.
-            page.route(
-                "**/*",
-                lambda route: (
-                    route.continue_() if route.request.url.startswith("file:") else route.abort()
-                ),
-            )
-            page.goto(path.as_uri())
-            page.wait_for_function(
-                "[...document.querySelectorAll('.chart .js-plotly-plot')]"
-                ".every(g => g._fullLayout && g.querySelector('.main-svg'))",
-                timeout=30_000,
-            )
-            charts = page.evaluate(
-                "Object.fromEntries([...document.querySelectorAll('.chart')].map(c => "
-                "[c.dataset.chart, c.querySelector('.js-plotly-plot')._fullData.length]))"
-            )
-            tiles = page.evaluate(
-                "Object.fromEntries([...document.querySelectorAll('.tile')].map(t => "
-                "[t.dataset.kpi, t.querySelector('.value').innerText]))"
-            )
-            text = page.inner_text("body")
-        finally:
-            browser.close()
+        page.goto(path.as_uri())
+        page.wait_for_function(
+            "[...document.querySelectorAll('.chart .js-plotly-plot')]"
+            ".every(g => g._fullLayout && g.querySelector('.main-svg'))",
+            timeout=30_000,
+        )
+        charts = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('.chart')].map(c => "
+            "[c.dataset.chart, c.querySelector('.js-plotly-plot')._fullData.length]))"
+        )
+        tiles = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('.tile')].map(t => "
+            "[t.dataset.kpi, t.querySelector('.value').innerText]))"
+        )
+        text = page.inner_text("body")
     return Page(tiles, charts, text, console_errors, requests)
 
 

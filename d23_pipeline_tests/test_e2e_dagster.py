@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from browser import chromium_page
 from harness import Pipeline
 from postgres import PostgresServer
 from processes import (
@@ -251,6 +252,31 @@ def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: De
     assert deployment.pipeline.live_rows(SIM.months) == deployment.pipeline.expected_rows(
         SIM.months
     )
+
+
+def test_the_outcome_charts_show_on_their_assets_pages(deployment: Deployment) -> None:
+    # SVG data URIs in markdown metadata: Dagster's sanitizer must let them through and the
+    # browser draw them, on the page an analyst opens after the backfill (before the refresh
+    # below makes the current month, which has no rows and so no chart, the latest).
+    drawn = {}
+    for asset, entry, title in [
+        ("outcome_mix_monthly", "outcome_mix", "Outcome mix"),
+        ("outcome_mix_daily", "trend", "Daily outcome rates"),
+    ]:
+        with chromium_page() as page:
+            # Dagster's first-visit invitation to its community covers the page.
+            page.add_locator_handler(
+                page.get_by_text("Join the Dagster community"),
+                lambda page=page: page.get_by_role("button", name="Skip").click(),
+            )
+            page.goto(f"{deployment.web.url}/assets/d23/{asset}")
+            row = page.locator("tr", has=page.get_by_text(entry, exact=True))
+            row.get_by_text("[Show Markdown]").click()
+            drawn[asset] = page.locator(f"img[alt^='{title}, ']").evaluate(
+                "i => i.decode().then(() => [i.naturalWidth, i.naturalHeight])"
+            )
+    # At the size each chart sets: an SVG without one is drawn 300 x 150.
+    assert drawn["outcome_mix_monthly"][0] == 760 and drawn["outcome_mix_daily"] == [800, 380]
 
 
 # Three runs, one after another at the warehouse, each starting Dagster, on CI's 2 cores shared

@@ -1,13 +1,7 @@
 """Outcome mix and KPIs on a small hand-made month, checked against numbers worked out by hand."""
 
-import base64
-import math
-import random
-import struct
-from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import duckdb
@@ -36,7 +30,6 @@ from d23_pipeline.defs.assets.outcome_mix import (
 )
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
-from d23_pipeline.kpis import KPI_NAMES
 from d23_pipeline.months import month_window
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import Warehouse, fetch_dicts
@@ -332,94 +325,6 @@ def test_malformed_mapping_is_refused_with_the_reason(
 
     with pytest.raises(OutcomeMappingError, match=problem):
         load_outcome_classes(mapping)
-
-
-def test_the_mix_chart_of_a_month_of_many_long_codes_stays_a_small_image() -> None:
-    # Before: one bar per code, each label whole; 1,000 codes drew an image 31,590 pixels tall.
-    labels = [f"{n:03d}" + "X" * 253 for n in range(1000)]
-    image = charts.bar_chart(labels, list(range(1000, 0, -1)), "Outcome mix")
-    png = base64.b64decode(image.split("base64,", 1)[1].rstrip(")"))
-    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
-    assert width < 1200 and height < 1200, (width, height)
-
-
-def test_a_months_daily_rate_chart_is_a_small_image_in_the_event_log() -> None:
-    # Stored in the event log by every run: 121 KB of PNG for 31 days of six rates as drawn.
-    days = [date(2026, 10, 1) + timedelta(days=n) for n in range(31)]
-    noise = random.Random(23)  # rates that move day by day, as a month's do
-    rates = {name: [noise.random() for _ in days] for name in KPI_NAMES}
-    image = charts.rate_chart(days, rates, "Daily rates")
-    png = base64.b64decode(image.split("base64,", 1)[1].rstrip(")"))
-
-    assert png.startswith(b"\x89PNG") and len(png) < 60_000, len(png)
-
-
-def _drawn_axes(monkeypatch: pytest.MonkeyPatch, labels: list[str], values: list[int]):
-    """The axes ``charts.bar_chart`` draws for ``labels`` and ``values``, before it is a PNG."""
-    return _axes_of(monkeypatch, lambda: charts.bar_chart(labels, values, "t"))
-
-
-def _axes_of(monkeypatch: pytest.MonkeyPatch, draw: Callable[[], str]) -> Any:
-    """The axes of the figure ``draw`` makes, before it is a PNG."""
-    drawn = []
-    monkeypatch.setattr(charts, "_markdown_image", lambda fig, alt: drawn.append(fig) or "")
-    draw()
-    (axes,) = drawn[0].axes
-    return axes
-
-
-def test_each_outcome_bar_is_labelled_with_its_attempts_and_share_of_all(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    axes = _drawn_axes(monkeypatch, ["PTP", "RPC", "NO_ANSWER"], [50, 30, 20])
-
-    labelled = {
-        bar.get_width(): text.get_text() for bar, text in zip(axes.patches, axes.texts, strict=True)
-    }
-    assert labelled == {50: " 50 (50%)", 30: " 30 (30%)", 20: " 20 (20%)"}
-
-
-def test_daily_rates_are_drawn_in_percent_with_a_gap_on_a_day_without_attempts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    days = [date(2026, 4, 1), date(2026, 4, 2), date(2026, 4, 3)]
-    rates = {"contact_rate": [0.5, None, 0.25]}
-    axes = _axes_of(monkeypatch, lambda: charts.rate_chart(days, rates, "t"))
-
-    (line,) = axes.lines
-    first, missing, last = line.get_ydata()
-    assert (first, last) == (50, 25)
-    assert math.isnan(missing)  # not 0 %: nothing was attempted that day
-
-
-def test_a_month_of_many_codes_draws_the_largest_and_one_bar_for_the_rest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    values = list(range(1000, 0, -1))
-    axes = _drawn_axes(monkeypatch, [f"CODE_{n}" for n in range(1000)], values)
-    widths = [bar.get_width() for bar in reversed(axes.patches)]  # top first
-    assert widths == [*values[:29], sum(values[29:])]
-    assert axes.get_yticklabels()[0].get_text() == "971 others"
-
-
-def test_codes_cut_to_the_same_label_keep_a_bar_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Placed by label, the second bar was drawn under the first (review: 40 hidden under 50).
-    axes = _drawn_axes(
-        monkeypatch, ["CALLBACK_" + "X" * 50 + "_A", "CALLBACK_" + "X" * 50 + "_B"], [50, 40]
-    )
-    assert sorted({bar.get_y() for bar in axes.patches}) == [-0.4, 0.6]
-    assert [bar.get_width() for bar in axes.patches] == [40, 50]
-
-
-def test_a_code_label_is_shown_whole_up_to_48_characters_and_cut_to_48_past_that(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    whole = "NO_ANSWER_" + "X" * 37 + "Z"  # 48 characters: its last one, Z, stays
-    longer = "CALLBACK_" + "X" * 37 + "ABC"  # 49: 47 of them (up to A) and an ellipsis
-    axes = _drawn_axes(monkeypatch, [whole, longer], [50, 40])
-
-    shown = [label.get_text() for label in reversed(axes.get_yticklabels())]  # top first
-    assert shown == [whole, "CALLBACK_" + "X" * 37 + "A…"]
 
 
 def test_the_outcome_steps_check_the_whole_month_and_chart_each_daily_rate(

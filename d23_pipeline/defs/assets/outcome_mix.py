@@ -12,7 +12,7 @@ from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResourc
 from d23_pipeline.kpis import KPI_NAMES, kpi_table
 
 # The steps import the warehouse code (DuckDB, Arrow) when they run, not when the definitions
-# load; charts.py imports matplotlib only when it draws.
+# load; charts.py imports pygal only when it draws.
 
 KPI_DEFINITIONS = f"""
 Attempts are active (is_active) log entries still present at the source (no _deleted_at).
@@ -77,7 +77,7 @@ def outcome_mix_monthly(
             checks.unmapped_outcome_codes(con, month),
             checks.broken_flags_on_promises_only(con, window.start, window.end),
         ]
-    # No chart of an empty month: drawing nothing would still load matplotlib (~30 MB).
+    # No chart of an empty month: a chart of no bars says nothing the table does not.
     chart = (
         charts.bar_chart(
             [f"{r['outcome_option']} ({r['outcome_class']})" for r in by_outcome],
