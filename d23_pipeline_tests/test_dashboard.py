@@ -433,6 +433,67 @@ def test_weekday_hour_rates_follow_the_lender_clock_across_dst(tmp_path: Path) -
     }  # fmt: skip
 
 
+# (zone, UTC month, instants where a quarter-hour count would misplace rows): the panels count
+# rows per UTC quarter hour and place each quarter in local time (sql.ATTEMPTS_BY_LOCAL_HOUR).
+EDGE_ZONES = [
+    # Offset changes at 00:01 local, inside a quarter hour: spring forward, then back a day.
+    ("America/St_Johns", "2010-03", ["2010-03-14T03:30:30", "2010-03-14T03:31:30"]),
+    ("America/St_Johns", "2010-11", ["2010-11-07T02:30:30", "2010-11-07T02:31:30"]),
+    # Half-hour DST (+11 to +10:30) and a quarter-hour offset (+5:45).
+    ("Australia/Lord_Howe", "2026-04", ["2026-04-04T14:59:59.999", "2026-04-04T15:00:00"]),
+    ("Asia/Kathmandu", "2026-05", ["2026-05-01T00:14:59.999", "2026-05-01T00:15:00"]),
+    # An offset of -0:44:30: a local hour begins inside a quarter hour.
+    ("Africa/Monrovia", "1971-01", ["1971-01-01T00:44:00", "1971-01-01T00:44:45"]),
+    # Before 1970 the epoch counts down: a day must round down, not towards 1970.
+    ("UTC", "1969-12", ["1969-12-31T23:59:59.999", "1969-12-01T00:00:00"]),
+]
+
+
+@pytest.mark.parametrize(("zone", "month", "edges"), EDGE_ZONES)
+def test_each_attempt_counts_in_its_own_local_hour_and_day_in_any_zone(
+    tmp_path: Path, zone: str, month: str, edges: list[str]
+) -> None:
+    since, until = month_window(month)
+    edge_stamps = [datetime.fromisoformat(edge + "+00:00") for edge in edges]
+    codes = ["PTP", "WRONG_NUMBER", "NO_ANSWER"]
+    classes = load_outcome_classes()
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+    with warehouse.connect() as con:
+        # Every 7 min 13.7 s through the month, and the edges: every quarter hour holds rows.
+        con.execute(
+            "CREATE TEMP TABLE stamps AS SELECT stamp FROM ("
+            "  SELECT $since + i * INTERVAL 433700 MILLISECOND AS stamp FROM range(6200) AS r(i)"
+            "  UNION ALL SELECT unnest($edges)"
+            ") WHERE stamp < $until",
+            {"since": since, "until": until, "edges": edge_stamps},
+        )
+        con.execute(
+            "INSERT INTO d23.logs SELECT 'id' || row_number() OVER (), 'CALL', 'AGENT', "
+            "$codes[1 + row_number() OVER () % 3], true, false, stamp, stamp, stamp, $partition, "
+            "stamp, stamp, NULL "
+            "FROM stamps",
+            {"codes": codes, "partition": f"{month}-01"},
+        )
+        stamps = con.execute("SELECT communicated_at, outcome_option FROM d23.logs").fetchall()
+        rebuild_outcome_mix_monthly(con, since.date(), since, until, classes)
+        rebuild_outcome_kpis_monthly(con, since.date())
+        data = dashboard.gather(con, classes, zone, datetime(2026, 12, 1, tzinfo=UTC))
+
+    hours: dict[tuple[int, int], tuple[int, int]] = {}  # (weekday, hour): (attempts, contacts)
+    days: dict[date, int] = {}
+    for at, code in stamps:
+        local = at.astimezone(ZoneInfo(zone))
+        attempts, contacts = hours.get((local.isoweekday(), local.hour), (0, 0))
+        contact = classes[code].is_contact
+        hours[(local.isoweekday(), local.hour)] = (attempts + 1, contacts + contact)
+        days[local.date()] = days.get(local.date(), 0) + 1
+    assert {(r["weekday"], r["hour"]): (r["attempts"], r["contacts"])
+            for r in data.weekday_hour} == hours  # fmt: skip
+    assert {r["day"]: r["attempts"] for r in data.channel_daily if r["attempts"]} == days
+    # The month's edges count in it, and its mix counts d23.logs as it is.
+    assert data.mix_behind_logs == []
+
+
 def test_channel_lines_drop_to_zero_on_days_without_attempts(tmp_path: Path) -> None:
     data = _berlin_march(tmp_path)
 

@@ -30,7 +30,7 @@ from d23_pipeline.analytics.outcome_mix import load_classes
 from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS
 from d23_pipeline.months import month_index, month_name, months_between
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import fetch_dicts, transaction
+from d23_pipeline.warehouse.store import execute, fetch_dicts, transaction
 
 KPI_LABELS = {kpi.name: kpi.label for kpi in KPIS}
 # Each KPI as numerator / denominator, in the KPI tables' count columns.
@@ -265,7 +265,8 @@ def _gather(
             "until": month_end(kpis[-1]["month"]),
             "timezone": timezone,
         }
-        weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR, window)
+        execute(con, sql.ATTEMPTS_BY_LOCAL_HOUR, window)
+        weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR)
         # The months d23.logs holds, as the weekday-hour panel counts them: a month read by a
         # run that stopped before its KPIs included.
         held = {k["month"] for k in kpis} | {date.fromisoformat(p) for p in reads}
@@ -274,7 +275,7 @@ def _gather(
         partial = partial_days(days, shown, timezone, now)
         channel_daily = [
             {**r, "partial": r["day"] in partial}
-            for r in fetch_dicts(con, sql.CHANNEL_DAILY, {**window, "days": days})
+            for r in fetch_dicts(con, sql.CHANNEL_DAILY, {"days": days})
         ]
     rejected = fetch_dicts(con, sql.REJECTED_ROWS_BY_MONTH)
     unmapped = fetch_dicts(con, sql.UNMAPPED_CODES_ALL)
