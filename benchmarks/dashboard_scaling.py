@@ -22,7 +22,7 @@ from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
-from benchmarks.end_to_end import BIN, Run, _env, _measured
+from benchmarks.end_to_end import BIN, REPO, Run, _env, _measured
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_kpis_monthly,
@@ -86,7 +86,8 @@ def dashboard_run(data_dir: Path, code: Path | None, timezone: str) -> Run:
         args = [str(BIN / "dagster"), "asset", "materialize", "-m", "d23_pipeline.definitions"]
         args += ["--select", "d23/outcome_dashboard", "--config-json"]
         args += [json.dumps({"loggers": {"console": {"config": {"log_level": "DEBUG"}}}})]
-        return _measured(0, args, env)
+        # Dagster puts the working directory first on sys.path for -m: the code's own.
+        return _measured(0, args, env, cwd=code or REPO)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

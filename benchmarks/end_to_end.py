@@ -170,7 +170,7 @@ def materialize(
     return run
 
 
-def _measured(rows: int, args: list[str], env: dict[str, str]) -> Run:
+def _measured(rows: int, args: list[str], env: dict[str, str], cwd: Path = REPO) -> Run:
     samples: list[tuple[float, float]] = []
     events: list[tuple[float, str, str, float]] = []
     log_tail: list[str] = []
@@ -178,7 +178,7 @@ def _measured(rows: int, args: list[str], env: dict[str, str]) -> Run:
     process = subprocess.Popen(
         args,
         env=env,
-        cwd=REPO,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

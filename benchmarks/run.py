@@ -12,7 +12,15 @@ import importlib.util
 import time
 from dataclasses import dataclass
 
-from benchmarks import busy_month, end_to_end, latency, memory, merge_scaling, throughput
+from benchmarks import (
+    busy_month,
+    dashboard_scaling,
+    end_to_end,
+    latency,
+    memory,
+    merge_scaling,
+    throughput,
+)
 from benchmarks.common import machine
 
 
@@ -31,16 +39,18 @@ class Sizes:
     e2e_big_runs: int
     e2e_dlt_runs: int
     busy_rows: int
+    dashboard_rows: tuple[int, ...]
 
 
 FULL = Sizes(
     1_000_000, 5, 5, 100_000, (1_000_000, 5_000_000), 20_000_000, 3,
-    (0, 200_000, 1_000_000), 3, (5_000_000,), 1, 3, 5_000_000,
+    (0, 200_000, 1_000_000), 3, (5_000_000,), 1, 3, 5_000_000, (1_200_000, 6_000_000),
 )  # fmt: skip
 QUICK = Sizes(
-    50_000, 2, 1, 20_000, (20_000, 100_000), 500_000, 2, (0, 20_000), 1, (), 1, 1, 20_000
+    50_000, 2, 1, 20_000, (20_000, 100_000), 500_000, 2, (0, 20_000), 1, (), 1, 1, 20_000,
+    (240_000,),
 )  # fmt: skip
-NAMES = ("throughput", "latency", "memory", "merge", "end_to_end", "busy_month")
+NAMES = ("throughput", "latency", "memory", "merge", "end_to_end", "busy_month", "dashboard")
 
 
 def _throughput(sizes: Sizes) -> list[str]:
@@ -160,6 +170,15 @@ def _busy_month(sizes: Sizes) -> list[str]:
     return busy_month.table_in_subprocess(sizes.busy_rows)
 
 
+def _dashboard(sizes: Sizes) -> list[str]:
+    rows = list(sizes.dashboard_rows)
+    return [
+        "### The dashboard's run on warehouses of 24 months (`dashboard_scaling.py`)",
+        "",
+        *dashboard_scaling.markdown(dashboard_scaling.bench(rows, sizes.e2e_runs)),
+    ]
+
+
 SECTIONS = {
     "throughput": _throughput,
     "latency": _latency,
@@ -167,6 +186,7 @@ SECTIONS = {
     "merge": _merge,
     "end_to_end": _end_to_end,
     "busy_month": _busy_month,
+    "dashboard": _dashboard,
 }
 
 

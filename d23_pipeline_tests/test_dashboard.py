@@ -434,7 +434,7 @@ def test_weekday_hour_rates_follow_the_lender_clock_across_dst(tmp_path: Path) -
 
 
 # (zone, UTC month, instants where a quarter-hour count would misplace rows): the panels count
-# rows per UTC quarter hour and place each quarter in local time (sql.ATTEMPTS_BY_LOCAL_HOUR).
+# rows per UTC quarter hour and place each quarter in local time (sql.ATTEMPTS_BY_LOCAL_TIME).
 EDGE_ZONES = [
     # Offset changes at 00:01 local, inside a quarter hour: spring forward, then back a day.
     ("America/St_Johns", "2010-03", ["2010-03-14T03:30:30", "2010-03-14T03:31:30"]),

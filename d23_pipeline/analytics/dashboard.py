@@ -265,7 +265,7 @@ def _gather(
             "until": month_end(kpis[-1]["month"]),
             "timezone": timezone,
         }
-        execute(con, sql.ATTEMPTS_BY_LOCAL_HOUR, window)
+        execute(con, sql.ATTEMPTS_BY_LOCAL_TIME, window)
         weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR)
         # The months d23.logs holds, as the weekday-hour panel counts them: a month read by a
         # run that stopped before its KPIs included.

@@ -732,18 +732,19 @@ GROUP BY month, outcome_option, outcome_class
 ORDER BY month, outcome_class, outcome_option
 """
 
-# The window's attempts (see _CLASSIFIED_LOGS) per hour of local wall-clock time ($timezone),
-# channel and source, with their contacts, right-party contacts and promises: what the
-# weekday-hour and daily channel panels count, as the session's temp table
-# attempts_by_local_hour. Each UTC quarter hour of the window, not each row, is placed in local
-# time, and rows take their quarter's local hour: ICU's conversion per row was most of the
-# dashboard's CPU (0.9 s for both panels on 2M rows; this 0.1 s). Every offset since 1980 is
-# whole quarter hours, so a quarter falls whole into one local hour, unless the zone's offset
-# changes within it (St. John's changed at 00:01 until 2011) or an older offset is not whole
-# quarter hours (Monrovia's -0:44:30 until 1972): such a quarter's rows are placed one by one.
+# The window's attempts (see _CLASSIFIED_LOGS) in the lender's wall-clock time ($timezone),
+# with their contacts, right-party contacts and promises, as the session's temp table
+# attempts_by_local_time: per local day, channel and source (the daily channel panel; weekday
+# and hour NULL) and per ISO weekday (1 = Monday) and hour (the weekday-hour panel; day, channel
+# and source NULL). Each UTC quarter hour of the window, not each row, is placed in local time,
+# and rows take their quarter's local hour: ICU's conversion per row was most of the dashboard's
+# CPU (0.9 s for both panels on 2M rows; this 0.1 s). Every offset since 1980 is whole quarter
+# hours, so a quarter falls whole into one local hour, unless the zone's offset changes within
+# it (St. John's changed at 00:01 until 2011) or an older offset is not whole quarter hours
+# (Monrovia's -0:44:30 until 1972): such a quarter's rows are placed one by one.
 _QUARTER = "CAST(fdiv(epoch_ms({}), 900000) AS BIGINT)"  # quarter hours since 1970, rounded down
-ATTEMPTS_BY_LOCAL_HOUR = f"""
-CREATE OR REPLACE TEMP TABLE attempts_by_local_hour AS
+ATTEMPTS_BY_LOCAL_TIME = f"""
+CREATE OR REPLACE TEMP TABLE attempts_by_local_time AS
 WITH placed AS (
     SELECT
         quarter,
@@ -757,48 +758,42 @@ WITH placed AS (
     FROM placed
     WHERE local_last - local_start = utc_last - utc_start
       AND date_trunc('hour', local_start) = date_trunc('hour', local_last)
+), placed_rows AS (
+    SELECT
+        -- COALESCE converts only the rows of quarters not whole.
+        coalesce(whole.local_hour, date_trunc('hour', timezone($timezone, communicated_at)))
+            AS local_hour,
+        communication_type, interaction_source, is_contact, is_rpc, is_promise
+    FROM ({_CLASSIFIED_LOGS})
+    LEFT JOIN whole ON whole.quarter = {_QUARTER.format("communicated_at")}
 )
 SELECT
-    -- COALESCE converts only the rows of quarters not whole.
-    coalesce(whole.local_hour, date_trunc('hour', timezone($timezone, communicated_at)))
-                                       AS local_hour,
+    CAST(local_hour AS DATE)           AS day,
     communication_type,
     interaction_source,
+    isodow(local_hour)                 AS weekday,
+    hour(local_hour)                   AS hour,
     count(*)                           AS attempts,
     count(*) FILTER (WHERE is_contact) AS contacts,
     count(*) FILTER (WHERE is_rpc)     AS rpcs,
     count(*) FILTER (WHERE is_promise) AS promises
-FROM ({_CLASSIFIED_LOGS})
-LEFT JOIN whole ON whole.quarter = {_QUARTER.format("communicated_at")}
-GROUP BY ALL
+FROM placed_rows
+GROUP BY GROUPING SETS ((day, communication_type, interaction_source), (weekday, hour))
 """
-# ISO weekday (1 = Monday) and hour of day in the lender's zone (needs attempts_by_local_hour).
 CONTACT_BY_WEEKDAY_HOUR = """
-SELECT
-    isodow(local_hour)              AS weekday,
-    hour(local_hour)                AS hour,
-    CAST(sum(attempts) AS BIGINT)   AS attempts,
-    CAST(sum(contacts) AS BIGINT)   AS contacts,
-    CAST(sum(rpcs) AS BIGINT)       AS rpcs
-FROM attempts_by_local_hour
-GROUP BY ALL
+SELECT weekday, hour, attempts, contacts, rpcs
+FROM attempts_by_local_time
+WHERE weekday IS NOT NULL
 ORDER BY weekday, hour
 """
 # Every local day in $days for every channel seen in the window, 0 on a day without attempts: a
 # line drawn through only the days that have some would join their neighbours across the gap
-# (needs attempts_by_local_hour).
+# (needs attempts_by_local_time).
 CHANNEL_DAILY = """
 WITH counted AS (
-    SELECT
-        CAST(local_hour AS DATE)      AS day,
-        communication_type,
-        interaction_source,
-        CAST(sum(attempts) AS BIGINT) AS attempts,
-        CAST(sum(contacts) AS BIGINT) AS contacts,
-        CAST(sum(rpcs) AS BIGINT)     AS rpcs,
-        CAST(sum(promises) AS BIGINT) AS promises
-    FROM attempts_by_local_hour
-    GROUP BY ALL
+    SELECT day, communication_type, interaction_source, attempts, contacts, rpcs, promises
+    FROM attempts_by_local_time
+    WHERE day IS NOT NULL
 ), days AS (
     SELECT CAST(unnest($days) AS DATE) AS day
 ), channels AS (
