@@ -27,8 +27,9 @@ _RATE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 
 def _config(colours: Sequence[str], **options: object) -> dict[str, object]:
     """pygal's options for a chart drawn in ``colours``: ``options`` and those every chart
-    shares, a fixed size (an ``<img>`` of an SVG without one is drawn 300 px wide), no script
-    and no reference to anything outside the image."""
+    shares, a fixed size (an ``<img>`` of an SVG without one is drawn 300 px wide) and no
+    reference to anything outside the image (pygal's tooltip script; the config it writes
+    inline never runs in an ``<img>``)."""
     from pygal.style import Style
 
     style = Style(
