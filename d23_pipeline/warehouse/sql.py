@@ -738,7 +738,7 @@ ORDER BY month, outcome_class, outcome_option
 # and hour NULL) and per ISO weekday (1 = Monday) and hour (the weekday-hour panel; day, channel
 # and source NULL). Each UTC quarter hour of the window, not each row, is placed in local time,
 # and rows take their quarter's local hour: ICU's conversion per row was most of the dashboard's
-# CPU (0.9 s for both panels on 2M rows; this 0.1 s). Every offset since 1980 is whole quarter
+# CPU (0.9 s for both panels on 2M rows; this 0.15 s). Every offset since 1980 is whole quarter
 # hours, so a quarter falls whole into one local hour, unless the zone's offset changes within
 # it (St. John's changed at 00:01 until 2011) or an older offset is not whole quarter hours
 # (Monrovia's -0:44:30 until 1972): such a quarter's rows are placed one by one.
