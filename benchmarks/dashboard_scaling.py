@@ -19,10 +19,9 @@ import shutil
 import statistics
 import tempfile
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 
-from benchmarks.end_to_end import BIN, REPO, Run, _env, _measured
+from benchmarks.end_to_end import REPO, Run, cli_env, dagster_home, materialize_args, measured_run
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_kpis_monthly,
@@ -73,23 +72,18 @@ def fill(data_dir: Path, rows: int) -> None:
 
 def dashboard_run(data_dir: Path, code: Path | None, timezone: str) -> Run:
     """One ``dagster asset materialize`` of the dashboard alone on ``data_dir``, measured."""
-    home = Path(tempfile.mkdtemp(prefix="d23-bench-dash-home-"))
+    scratch = Path(tempfile.mkdtemp(prefix="d23-bench-dash-home-"))
     try:
-        (home / "dagster.yaml").write_text(
-            (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
-        )
         # The API is never called: the step reads the warehouse only.
-        env = _env("http://127.0.0.1:9", data_dir, home)
+        env = cli_env("http://127.0.0.1:9", data_dir, dagster_home(scratch / "dagster_home"))
         env["D23_REPORT_TIMEZONE"] = timezone
         if code is not None:
             env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")])
-        args = [str(BIN / "dagster"), "asset", "materialize", "-m", "d23_pipeline.definitions"]
-        args += ["--select", "d23/outcome_dashboard", "--config-json"]
-        args += [json.dumps({"loggers": {"console": {"config": {"log_level": "DEBUG"}}}})]
+        args = materialize_args("d23_pipeline.definitions", "d23/outcome_dashboard", None)
         # Dagster puts the working directory first on sys.path for -m: the code's own.
-        return _measured(0, args, env, cwd=code or REPO)
+        return measured_run(0, args, env, cwd=code or REPO)
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def bench(

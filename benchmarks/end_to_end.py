@@ -120,17 +120,39 @@ class Run:
     phases: list[Phase] = field(default_factory=list)
 
 
-def _env(api_url: str, data_dir: Path, dagster_home: Path) -> dict[str, str]:
+def cli_env(api_url: str, data_dir: Path, home: Path) -> dict[str, str]:
+    """The environment of a CLI run against ``api_url`` with that data dir and Dagster home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("D23_", "DAGSTER_"))}
     env.update(
         LOGIN,
         D23_API_URL=api_url,
         D23_DATA_DIR=str(data_dir),
         D23_START_MONTH=MONTH,
-        DAGSTER_HOME=str(dagster_home),
+        DAGSTER_HOME=str(home),
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def dagster_home(path: Path) -> Path:
+    """A fresh Dagster home at ``path`` with the instance file `make run` uses."""
+    path.mkdir()
+    (path / "dagster.yaml").write_text(
+        (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
+    )
+    return path
+
+
+def materialize_args(module: str, select: str, partition: str | None) -> list[str]:
+    """``dagster asset materialize`` of ``select`` in ``module`` (of ``partition``, if given)."""
+    args = [str(BIN / "dagster"), "asset", "materialize", "-m", module, "--select", select]
+    # The phases are cut at the step events, which Dagster prints at DEBUG; the instance file's
+    # python_logs (INFO) holds them back unless the console logger is asked for them.
+    args += [
+        "--config-json",
+        json.dumps({"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}),
+    ]
+    return args if partition is None else [*args, "--partition", partition]
 
 
 def materialize(
@@ -144,25 +166,14 @@ def materialize(
     home and measure the last (with 2: a month read again, as the daily refresh does);
     ``check(data_dir)``, if given, runs on the data dir before it is removed."""
     scratch = Path(tempfile.mkdtemp(prefix="d23-bench-e2e-"))
-    home = scratch / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(
-        (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
-    )
-    args = [str(BIN / "dagster"), "asset", "materialize", "-m", module, "--select", "*"]
-    # The phases are cut at the step events, which Dagster prints at DEBUG; the instance file's
-    # python_logs (INFO) holds them back unless the console logger is asked for them.
-    args += [
-        "--config-json",
-        json.dumps({"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}),
-    ]
-    if module == "d23_pipeline.definitions":
-        args += ["--partition", PARTITION]
-    env = _env(api_url, scratch / "data", home)
+    home = dagster_home(scratch / "dagster_home")
+    partition = PARTITION if module == "d23_pipeline.definitions" else None
+    args = materialize_args(module, "*", partition)
+    env = cli_env(api_url, scratch / "data", home)
     try:
         for _ in range(times - 1):
-            _measured(rows, args, env)
-        run = _measured(rows, args, env)
+            measured_run(rows, args, env)
+        run = measured_run(rows, args, env)
         if check is not None:
             check(scratch / "data")
     finally:
@@ -170,7 +181,7 @@ def materialize(
     return run
 
 
-def _measured(rows: int, args: list[str], env: dict[str, str], cwd: Path = REPO) -> Run:
+def measured_run(rows: int, args: list[str], env: dict[str, str], cwd: Path = REPO) -> Run:
     samples: list[tuple[float, float]] = []
     events: list[tuple[float, str, str, float]] = []
     log_tail: list[str] = []
@@ -264,7 +275,7 @@ def import_cost(runs: int) -> dict[str, float]:
         json.loads(
             subprocess.run(
                 [sys.executable, "-c", _IMPORT_PROBE],
-                env=_env("http://127.0.0.1:9", Path(tempfile.gettempdir()), REPO),
+                env=cli_env("http://127.0.0.1:9", Path(tempfile.gettempdir()), REPO),
                 cwd=REPO,
                 check=True,
                 capture_output=True,
@@ -283,7 +294,7 @@ def dlt_run(rows: int, api_url: str) -> Run:
         started = time.monotonic()
         process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.end_to_end", "--dlt-child", api_url, str(rows)],
-            env=_env(api_url, scratch, scratch),
+            env=cli_env(api_url, scratch, scratch),
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
