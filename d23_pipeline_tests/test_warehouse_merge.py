@@ -24,7 +24,7 @@ from d23_pipeline.landing.snapshot import (
     rows_path,
 )
 from d23_pipeline.schema import ARROW_SCHEMA
-from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
 from d23_pipeline.warehouse.store import (
     MergeSummary,
@@ -36,6 +36,7 @@ from d23_pipeline.warehouse.store import (
     merge_within_memory_limit,
     rejects_elsewhere,
 )
+from d23_pipeline.warehouse.store import execute as store_execute
 
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
@@ -227,6 +228,59 @@ def test_later_update_wins_and_keeps_first_seen(months: Months) -> None:
     assert logs["a"]["is_active"] is False
     assert logs["a"]["_first_seen_at"] == first_seen
     assert summary.updated == 1
+
+
+def _statements_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements ``merge_snapshot`` runs from now on, in order."""
+    run: list[str] = []
+
+    def execute(con: duckdb.DuckDBPyConnection, statement: str, params=None):
+        run.append(statement)
+        return store_execute(con, statement, params)
+
+    monkeypatch.setattr(store, "execute", execute)
+    return run
+
+
+def test_a_months_first_read_inserts_its_rows_and_a_read_again_merges(
+    months: Months, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _statements_run(monkeypatch)
+    first = months.merge([row("a"), row("b")])
+    first_read_at = months.read_at
+    inserted_without_a_merge = sql.INSERT_NEW_SNAPSHOT in run and sql.MERGE_SNAPSHOT not in run
+    run.clear()
+
+    again = months.merge([row("a", "2026-04-20T00:00:00.000Z", is_active=False), row("c")])
+
+    logs = months.logs()
+    assert inserted_without_a_merge
+    assert sql.MERGE_SNAPSHOT in run and sql.INSERT_NEW_SNAPSHOT not in run
+    assert (first.inserted, again.inserted, again.updated) == (2, 1, 1)
+    assert sorted(logs) == ["a", "b", "c"]
+    assert (logs["a"]["is_active"], logs["a"]["_first_seen_at"]) == (False, first_read_at)
+    assert logs["b"]["_last_seen_at"] == first_read_at  # not served again
+    assert (logs["b"]["_partition"], logs["b"]["_deleted_at"]) == (PARTITION, None)
+
+
+def test_a_first_read_holding_one_row_the_warehouse_has_merges_it_and_inserts_the_rest(
+    months: Months, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One row already stored (here under another month) is enough to need the MERGE: inserted
+    alone, it would be in d23.logs twice."""
+    months.merge([row("a")])
+    run = _statements_run(monkeypatch)
+    moved = row("a", "2026-04-10T00:00:00.000Z", communicated_at="2026-05-01T09:00:00.000Z")
+    new = [row(f"n{i}", communicated_at="2026-05-01T10:00:00.000Z") for i in range(3)]
+
+    summary = months.merge([moved, *new], partition="2026-05-01")
+
+    with months.warehouse.connect(read_only=True) as con:
+        ids = con.execute("SELECT count(*), count(DISTINCT public_id) FROM d23.logs").fetchone()
+    assert ids == (4, 4)
+    assert months.logs()["a"]["_partition"] == "2026-05-01"
+    assert (summary.inserted, summary.moved_in) == (3, 1)
+    assert sql.MERGE_SNAPSHOT in run
 
 
 def test_row_a_reread_proved_gone_is_marked_deleted_then_restored(months: Months) -> None:
