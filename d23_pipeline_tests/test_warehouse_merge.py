@@ -246,21 +246,37 @@ def test_a_months_first_read_inserts_its_rows_and_a_read_again_merges(
     months: Months, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = _statements_run(monkeypatch)
-    first = months.merge([row("a"), row("b")])
-    first_read_at = months.read_at
+    first = months.merge([row("a"), row("b"), row("d")])
+    first_read_at, stored_b = months.read_at, months.logs()["b"]
     inserted_without_a_merge = sql.INSERT_NEW_SNAPSHOT in run and sql.MERGE_SNAPSHOT not in run
     run.clear()
 
-    again = months.merge([row("a", "2026-04-20T00:00:00.000Z", is_active=False), row("c")])
+    changed = row("a", "2026-04-20T00:00:00.000Z", is_active=False)
+    again = months.merge([changed, row("b"), row("c")])
 
     logs = months.logs()
     assert inserted_without_a_merge
     assert sql.MERGE_SNAPSHOT in run and sql.INSERT_NEW_SNAPSHOT not in run
-    assert (first.inserted, again.inserted, again.updated) == (2, 1, 1)
-    assert sorted(logs) == ["a", "b", "c"]
+    assert (first.inserted, again.inserted, again.updated) == (3, 1, 1)
+    assert sorted(logs) == ["a", "b", "c", "d"]
     assert (logs["a"]["is_active"], logs["a"]["_first_seen_at"]) == (False, first_read_at)
-    assert logs["b"]["_last_seen_at"] == first_read_at  # not served again
-    assert (logs["b"]["_partition"], logs["b"]["_deleted_at"]) == (PARTITION, None)
+    # Served again as stored: the MERGE leaves it out, and it is still seen by this read.
+    assert logs["b"] == stored_b | {"_last_seen_at": months.read_at}
+    assert logs["d"]["_last_seen_at"] == first_read_at  # not served again
+
+
+def test_a_read_older_than_the_last_merged_one_does_not_set_back_when_a_row_was_seen(
+    months: Months,
+) -> None:
+    months.merge([row("a"), row("b")])
+    months.merge([row("a"), row("b")])
+    seen = months.read_at
+
+    months.merge([row("a"), row("b", "2026-04-05T00:00:00.000Z")], read_at=READ_AT)
+
+    logs = months.logs()
+    assert logs["a"]["_last_seen_at"] == logs["b"]["_last_seen_at"] == seen
+    assert logs["b"]["updated_at"] == datetime(2026, 4, 5, tzinfo=UTC)  # yet newer data lands
 
 
 def test_a_first_read_holding_one_row_the_warehouse_has_merges_it_and_inserts_the_rest(

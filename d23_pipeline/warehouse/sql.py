@@ -246,26 +246,41 @@ _NEW_ROW_VALUES = (
 )
 
 # One UPDATE action (DuckLake's MERGE allows no more): a matched row takes the snapshot's
-# fields only when it is at least as new; either way the read saw it, and it is not deleted
-# unless it was proven gone by a read that finished later than this one and it stays in its month.
+# fields only when it is at least as new, and it is not deleted unless it was proven gone by a
+# read that finished later than this one and it stays in its month. Either way the read saw it
+# (_last_seen_at, below).
 _NEWER = "s.updated_at >= t.updated_at"
-_TAKE_IF_NEWER = ",\n    ".join(
-    f"{name:<18} = CASE WHEN {_NEWER} THEN {new} ELSE t.{name} END"
-    for name, new in [
-        *((f, f"s.{f}") for f in D23_FIELDS if f != "public_id"),
-        ("_partition", "$partition"),
-    ]
+_MATCHED_CHANGES = [
+    *(
+        (name, f"CASE WHEN {_NEWER} THEN {new} ELSE t.{name} END")
+        for name, new in [
+            *((f, f"s.{f}") for f in D23_FIELDS if f != "public_id"),
+            ("_partition", "$partition"),
+        ]
+    ),
+    (
+        "_deleted_at",
+        f"CASE WHEN {_SEEN_SINCE_DELETED} OR {_TAKEN_OVER} THEN NULL ELSE t._deleted_at END",
+    ),
+]
+# A read again serves most rows as stored, and for those the update would change only
+# _last_seen_at: rewriting every column of all of them took a 1M-row re-read's MERGE 7.3 s of
+# CPU, against 0.3 s for that one column (SEEN_AS_ROW). So the MERGE takes only the rows that
+# are new or change something else.
+_CHANGES_MORE = "\n       OR ".join(
+    f"t.{name} IS DISTINCT FROM ({new})" for name, new in _MATCHED_CHANGES
 )
+_SET_MATCHED_CHANGES = ",\n    ".join(f"{name:<18} = {new}" for name, new in _MATCHED_CHANGES)
 MERGE_SNAPSHOT = f"""
 MERGE INTO d23.logs AS t
-USING snapshot AS s
+USING (
+    SELECT s.* FROM snapshot AS s LEFT JOIN d23.logs AS t USING (public_id)
+    WHERE t.public_id IS NULL OR {_CHANGES_MORE}
+) AS s
 ON t.public_id = s.public_id
 WHEN MATCHED THEN UPDATE SET
-    {_TAKE_IF_NEWER},
-    _last_seen_at      = greatest(t._last_seen_at, $read_at),
-    _deleted_at        = CASE
-        WHEN {_SEEN_SINCE_DELETED} OR {_TAKEN_OVER} THEN NULL ELSE t._deleted_at
-    END
+    {_SET_MATCHED_CHANGES},
+    _last_seen_at      = greatest(t._last_seen_at, $read_at)
 WHEN NOT MATCHED THEN INSERT ({_NEW_ROW_COLUMNS})
 VALUES ({_NEW_ROW_VALUES})
 """
@@ -368,6 +383,13 @@ SEEN_AS_REJECT = """
 UPDATE d23.logs AS t SET _last_seen_at = $read_at
 WHERE t._last_seen_at < $read_at
   AND EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
+"""
+# The rows MERGE_SNAPSHOT leaves out (those it took have theirs already). A join rather than
+# EXISTS: on a 1M-row re-read 0.28 s against 0.79 s.
+SEEN_AS_ROW = """
+UPDATE d23.logs AS t SET _last_seen_at = $read_at
+FROM snapshot AS s
+WHERE t.public_id = s.public_id AND t._last_seen_at < $read_at
 """
 
 # The last time a read proved a row gone, of any month: one that moved into a slice read before

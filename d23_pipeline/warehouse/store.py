@@ -303,8 +303,11 @@ def merge_snapshot(
         # (3 gone of 100, with 50 late rows, is not 2 %).
         live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
         # Every row new to d23.logs: an insert does all the MERGE would, at half its cost.
-        merge = sql.INSERT_NEW_SNAPSHOT if inserted == snapshot_rows else sql.MERGE_SNAPSHOT
-        execute(con, merge, params)
+        if inserted == snapshot_rows:
+            execute(con, sql.INSERT_NEW_SNAPSHOT, params)
+        else:
+            execute(con, sql.MERGE_SNAPSHOT, params)
+            execute(con, sql.SEEN_AS_ROW, params)
         # Most reads prove nothing gone; the two anti-joins over the month would still cost
         # ~20 % of a 1M-row month's merge (1.2 of 6.3 s) and build a hash table of its ids.
         proven = 0
