@@ -36,7 +36,6 @@ from d23_pipeline.warehouse.store import (
     merge_within_memory_limit,
     rejects_elsewhere,
 )
-from d23_pipeline.warehouse.store import execute as store_execute
 
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
@@ -233,10 +232,11 @@ def test_later_update_wins_and_keeps_first_seen(months: Months) -> None:
 def _statements_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The statements ``merge_snapshot`` runs from now on, in order."""
     run: list[str] = []
+    original = store.execute
 
     def execute(con: duckdb.DuckDBPyConnection, statement: str, params=None):
         run.append(statement)
-        return store_execute(con, statement, params)
+        return original(con, statement, params)
 
     monkeypatch.setattr(store, "execute", execute)
     return run
