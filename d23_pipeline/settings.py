@@ -103,10 +103,10 @@ LOCK_TIMEOUT_S = 900.0
 # DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
 # then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
 # stays flat in the month's size (at some speed: see benchmarks/README.md). Not everything
-# spills: measured in process on today's merge, a 5M-row month's first read fits 32 MB but its
-# read again runs out of memory at 48 MB (a 1M-row month's fits), and both fit 96 MB; what a
-# merge needs grows slowly with the month, so merge_within_memory_limit falls back to no limit
-# rather than fail.
+# spills: measured in process on the merge of benchmarks/README.md's twentieth session, a
+# 5M-row month's first read fits 32 MB but its read again runs out of memory at 48 MB (a
+# 1M-row month's fits), and both fit 96 MB; what a merge needs grows slowly with the month, so
+# merge_within_memory_limit falls back to no limit rather than fail.
 DEFAULT_MEMORY_LIMIT = "96MB"
 # An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
 RESUME_MAX_AGE = timedelta(hours=24)

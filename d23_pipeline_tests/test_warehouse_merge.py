@@ -795,6 +795,16 @@ def test_a_reject_served_by_an_older_read_does_not_set_back_when_the_row_was_las
     assert months.logs()["b"]["_last_seen_at"] == READ_AT + timedelta(hours=2)
 
 
+def test_a_read_serving_one_id_as_two_rejects_marks_it_seen(months: Months) -> None:
+    """The id joins the read's rejects twice: the update must take it once, not fail."""
+    months.merge([row("a"), row("b")], read_at=READ_AT)
+
+    later = READ_AT + timedelta(hours=3)
+    months.merge([], rejects=[rejected("b"), rejected("b")], partition="2026-05-01", read_at=later)
+
+    assert months.logs()["b"]["_last_seen_at"] == later
+
+
 def test_a_deletion_share_is_of_the_months_live_rows_not_of_those_already_deleted(
     months: Months,
 ) -> None:

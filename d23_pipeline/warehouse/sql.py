@@ -380,18 +380,15 @@ WHERE {_SEEN_SINCE_DELETED}
 
 # A row served as a reject was seen by this read as surely as a valid row: an older read of
 # its month, merged after this one (another host's, on DuckLake), must not prove it gone.
-SEEN_AS_REJECT = """
+# A join, not EXISTS: 0.28 s against 0.79 s for the rows of a 1M-row re-read.
+_SEEN_IN = """
 UPDATE d23.logs AS t SET _last_seen_at = $read_at
-WHERE t._last_seen_at < $read_at
-  AND EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = t.public_id)
-"""
-# The rows MERGE_SNAPSHOT leaves out (those it took have theirs already). A join rather than
-# EXISTS: on a 1M-row re-read 0.28 s against 0.79 s.
-SEEN_AS_ROW = """
-UPDATE d23.logs AS t SET _last_seen_at = $read_at
-FROM snapshot AS s
+FROM {served} AS s
 WHERE t.public_id = s.public_id AND t._last_seen_at < $read_at
 """
+SEEN_AS_REJECT = _SEEN_IN.format(served="snapshot_rejects")
+# The rows MERGE_SNAPSHOT leaves out (those it took have theirs already).
+SEEN_AS_ROW = _SEEN_IN.format(served="snapshot")
 
 # The last time a read proved a row gone, of any month: one that moved into a slice read before
 # then may be among them (see landing/month.py).
