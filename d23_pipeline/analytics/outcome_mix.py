@@ -24,11 +24,15 @@ from d23_pipeline.warehouse.store import execute, fetch_row, transaction
 def load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeClass]) -> None:
     """The mapping as the session's temp table ``outcome_classes``, which the SQL joins."""
     con.execute(sql.CREATE_OUTCOME_CLASSES)
-    rows = [
-        (code, c.is_contact, c.is_rpc, c.is_promise, c.is_refusal) for code, c in classes.items()
-    ]
-    if rows:
-        con.executemany(sql.INSERT_OUTCOME_CLASS, rows)
+    if classes:
+        columns = {
+            "codes": list(classes),
+            **{
+                flag: [getattr(c, flag) for c in classes.values()]
+                for flag in ("is_contact", "is_rpc", "is_promise", "is_refusal")
+            },
+        }
+        execute(con, sql.INSERT_OUTCOME_CLASSES, columns)
 
 
 # The table each mix table is built from, rather than from d23.logs.

@@ -509,7 +509,11 @@ CREATE OR REPLACE TEMP TABLE outcome_classes (
     is_refusal     BOOLEAN NOT NULL
 )
 """
-INSERT_OUTCOME_CLASS = "INSERT INTO outcome_classes VALUES (?, ?, ?, ?, ?)"
+INSERT_OUTCOME_CLASSES = """
+INSERT INTO outcome_classes
+SELECT unnest($codes), unnest($is_contact), unnest($is_rpc), unnest($is_promise),
+       unnest($is_refusal)
+"""
 
 # Attempts are the entries an analyst would count: active and still present at the source.
 _CLASSIFIED_LOGS = """

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import Snapshot, StaleReject
+from d23_pipeline.pandas_probes import pandas_probes_refused
 from d23_pipeline.settings import DEFAULT_MAX_DELETION_SHARE, DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import sql
 
@@ -46,7 +47,8 @@ def execute(
 ) -> duckdb.DuckDBPyConnection:
     """Run one statement, passing only the named parameters it uses."""
     wanted = set(_PARAM.findall(statement))
-    return con.execute(statement, {k: v for k, v in (params or {}).items() if k in wanted})
+    with pandas_probes_refused():
+        return con.execute(statement, {k: v for k, v in (params or {}).items() if k in wanted})
 
 
 def fetch_row(

@@ -1,0 +1,156 @@
+"""pandas stays out of a run's process: DuckDB's and pyarrow's probes for pandas objects are
+refused, and code that imports pandas itself still gets it (see d23_pipeline/pandas_probes.py).
+
+Each check runs in a fresh interpreter: this one has imported pandas already.
+"""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from d23_pipeline.simulator import SimulatorConfig
+from d23_pipeline_tests.processes import (
+    REPO,
+    clean_env,
+    dagster_cli,
+    pipeline_env,
+    run_python,
+    simulator_process,
+)
+
+
+def _run(script: str) -> list[str]:
+    """The lines ``script`` prints, run from the repository root in a fresh interpreter."""
+    result = run_python(["-c", textwrap.dedent(script)], clean_env(PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_a_statement_with_bound_parameters_does_not_import_pandas() -> None:
+    printed = _run(
+        """
+        import sys
+        from datetime import UTC, datetime
+        import duckdb
+        from d23_pipeline.warehouse.store import execute
+        con = duckdb.connect()
+        row = execute(
+            con,
+            "SELECT $n + 1, $s || '!', $t + INTERVAL 1 DAY, len($l)",
+            {"n": 1, "s": "a", "t": datetime(2026, 1, 31, tzinfo=UTC), "l": ["x", "y"]},
+        ).fetchone()
+        print(row[0], row[1], row[2].date(), row[3], "pandas" in sys.modules)
+        """
+    )
+    assert printed == ["2", "a!", "2026-02-01", "2", "False"]
+
+
+def test_arrows_conversions_on_a_reader_thread_do_not_import_pandas() -> None:
+    printed = _run(
+        """
+        import sys
+        from concurrent.futures import ThreadPoolExecutor
+        import pyarrow as pa
+        import d23_pipeline.schema
+        with ThreadPoolExecutor(1) as pool:
+            table = pool.submit(pa.Table.from_pylist, [{"id": "a"}, {"id": "b"}]).result()
+        print(table.num_rows, "pandas" in sys.modules)
+        """
+    )
+    assert printed == ["2", "False"]
+
+
+def test_code_that_imports_pandas_itself_gets_it_and_duckdb_and_arrow_then_use_it() -> None:
+    printed = _run(
+        """
+        import duckdb
+        from d23_pipeline.warehouse.store import execute
+        import d23_pipeline.schema
+        con = duckdb.connect()
+        execute(con, "SELECT $n", {"n": 1})
+        import pandas as pd
+        frame = execute(con, "SELECT $t AS t", {"t": pd.Timestamp("2026-03-01")}).df()
+        nat = execute(con, "SELECT $t IS NULL", {"t": pd.NaT}).fetchone()[0]
+        import pyarrow as pa
+        print(type(frame).__name__, frame["t"].iloc[0].month, nat, pa.table(frame).num_rows)
+        """
+    )
+    assert printed == ["DataFrame", "3", "True", "1"]
+
+
+def test_a_thread_refusing_pandas_leaves_it_to_the_other_threads() -> None:
+    printed = _run(
+        """
+        import threading
+        from d23_pipeline.pandas_probes import pandas_probes_refused
+        inside, done = threading.Event(), threading.Event()
+        def refuse():
+            with pandas_probes_refused():
+                inside.set()
+                done.wait(30)
+                try:
+                    import pandas  # this thread refuses it, until imported elsewhere
+                    print("refused-thread-imported")
+                except ImportError:
+                    print("refused-thread-refused")
+        worker = threading.Thread(target=refuse)
+        worker.start()
+        inside.wait(30)
+        import pandas
+        print("other-thread-imported", pandas.__name__)
+        done.set()
+        worker.join()
+        """
+    )
+    # Imported by the main thread, pandas is in sys.modules: the refusing thread finds it too.
+    assert printed == ["other-thread-imported", "pandas", "refused-thread-imported"]
+
+
+def test_a_refusing_thread_cannot_import_pandas_while_no_one_has() -> None:
+    printed = _run(
+        """
+        import sys
+        from d23_pipeline.pandas_probes import pandas_probes_refused
+        with pandas_probes_refused():
+            try:
+                import pandas
+            except ModuleNotFoundError as exc:
+                print(exc.name)
+        import pandas
+        print(pandas.__name__, "pandas" in sys.modules)
+        """
+    )
+    assert printed == ["pandas", "pandas", "True"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_month_materialized_through_the_cli_never_imports_pandas(tmp_path: Path) -> None:
+    sim = SimulatorConfig(months=("2026-05",), rows_per_month=300)
+    with simulator_process(sim, tmp_path / "simulator.log") as url:
+        env = pipeline_env(api_url=url, sim=sim, data_dir=tmp_path / "data")
+        # Python's own import log (python -X importtime), on stderr: one line per module.
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
+        result = dagster_cli(
+            [
+                "asset", "materialize", "-m", "d23_pipeline.definitions",
+                "--select", "*", "--partition", "2026-05-01",
+            ],
+            env,
+        )  # fmt: skip
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    # The run really ran every step: landing, merge, outcome mix and dashboard.
+    assert {
+        "d23_pipeline.landing.snapshot",
+        "d23_pipeline.warehouse.store",
+        "d23_pipeline.analytics.outcome_mix",
+        "d23_pipeline.analytics.dashboard",
+    } <= imported
+    assert "RUN_SUCCESS" in result.stderr
+    # A refused import is logged too, as `pandas` alone; a real one brings hundreds of modules.
+    assert not {m for m in imported if m.startswith("pandas.")}
