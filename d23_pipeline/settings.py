@@ -102,12 +102,12 @@ WAREHOUSE_BACKENDS = ("duckdb", "ducklake")
 LOCK_TIMEOUT_S = 900.0
 # DuckDB's own default lets one query take 80 % of the machine's RAM: merging a 5M-row month
 # then held 800 MB. Past this limit DuckDB spills to the temp directory instead, so a run's peak
-# stays flat in the month's size (at some speed: see benchmarks/README.md). Not everything
-# spills: measured in process on the merge of benchmarks/README.md's twentieth session, a
-# 5M-row month's first read fits 32 MB but its read again runs out of memory at 48 MB (a
-# 1M-row month's fits), and both fit 96 MB; what a merge needs grows slowly with the month, so
-# merge_within_memory_limit falls back to no limit rather than fail.
-DEFAULT_MEMORY_LIMIT = "96MB"
+# stays flat in the month's size (at some speed: see benchmarks/README.md). 48 MB holds every
+# step of a month's first read at 5M rows (it is inserted) and of a 1M-row month's read again;
+# 96 MB held 40-50 MB more at 1M and 5M rows. Not everything spills: a 5M-row month's read
+# again runs out of memory within 48 MB in the merge's join of the month with d23.logs, so
+# merge_within_memory_limit merges again within twice the limit, then without one.
+DEFAULT_MEMORY_LIMIT = "48MB"
 # An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
 RESUME_MAX_AGE = timedelta(hours=24)
 # The client's retries of one request (RetryPolicy): attempts, the first one included, and the

@@ -1,6 +1,7 @@
 """The month merge into d23.logs, on hand-made snapshots: who wins, what is deleted, what stays."""
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -369,7 +370,7 @@ def test_only_the_other_months_rejects_a_read_weighed_let_it_prove_a_row_gone(
     assert (summary.marked_deleted, deleted) == ((0, False) if weighed == at[1] else (1, True))
 
 
-def rejected(public_id: str) -> dict:
+def rejected(public_id: str | None) -> dict:
     return {
         "slice_since": datetime(2026, 4, 1, tzinfo=UTC),
         "slice_until": datetime(2026, 4, 2, tzinfo=UTC),
@@ -705,17 +706,29 @@ def test_without_its_temp_directory_the_same_merge_runs_out_of_memory(tmp_path: 
         con.close()
 
 
-def test_a_merge_that_needs_more_than_the_limit_runs_again_without_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+# This month runs out of memory within 8, 16 and 20 MB, even spilling, and needs ~32 MB.
+@pytest.mark.parametrize(
+    ("limit", "retries"),
+    [("20MB", ["within 40MB"]), ("8MB", ["within 16MB", "without a limit"])],
+)
+def test_a_merge_out_of_memory_runs_again_within_twice_the_limit_then_without_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, limit: str, retries: list[str]
 ) -> None:
-    # too small for this month even spilling
-    months = Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb", memory_limit="16MB"))
+    months = Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb", memory_limit=limit))
     snapshot = _big_month(months)
 
     summary = merge_within_memory_limit(months.warehouse, snapshot)
 
     assert (summary.inserted, len(months.logs())) == (400_000, 400_000)
-    assert "ran out of memory" in caplog.text and "without the limit" in caplog.text
+    assert re.findall(r"merging it again (within \S+|without a limit)", caplog.text) == retries
+
+
+@pytest.mark.parametrize(
+    ("limit", "doubled"),
+    [("48MB", "96MB"), ("1.5GB", "3GB"), ("512 MiB", "1024MiB"), ("80%", None), ("lots", None)],
+)
+def test_a_memory_limit_doubles_in_its_own_unit(limit: str, doubled: str | None) -> None:
+    assert store._doubled(limit) == doubled
 
 
 def test_a_snapshot_landed_before_reads_were_proven_deletes_nothing(months: Months) -> None:
@@ -819,6 +832,19 @@ def test_a_deletion_share_is_of_the_months_live_rows_not_of_those_already_delete
     assert months.logs()["r050"]["_deleted_at"] is None
 
 
+def _candidates(months: Months, reread: Snapshot, verified: Window) -> list[str]:
+    """The ids ``reread`` must prove gone, of those communicated within ``verified``."""
+    with months.warehouse.connect(read_only=True) as con:
+        candidates = deletion_candidates(
+            con,
+            reread.row_files,
+            reread.reject_files,
+            partition=PARTITION,
+            verified=[(verified.since, verified.until)],
+        )
+    return [public_id for public_id, _ in candidates]
+
+
 # Left out, a row logged at midnight and deleted at the source would stay live for good.
 def test_a_row_at_a_verified_slices_first_instant_is_a_deletion_candidate(
     months: Months,
@@ -826,18 +852,16 @@ def test_a_row_at_a_verified_slices_first_instant_is_a_deletion_candidate(
     midnight = "2026-04-02T00:00:00.000Z"  # day 2's first instant
     months.merge([row("a")], [d23_row("m", midnight), d23_row("n", "2026-04-02T10:00:00.000Z")])
     reread = months.snapshot([row("a")], [])  # m and n no longer served
-    day2 = reread.slices[1].window
 
-    with months.warehouse.connect(read_only=True) as con:
-        candidates = deletion_candidates(
-            con,
-            reread.row_files,
-            reread.reject_files,
-            partition=PARTITION,
-            verified=[(day2.since, day2.until)],
-        )
+    assert _candidates(months, reread, reread.slices[1].window) == ["m", "n"]
 
-    assert [public_id for public_id, _ in candidates] == ["m", "n"]
+
+def test_a_row_the_read_served_only_as_a_reject_is_no_deletion_candidate(months: Months) -> None:
+    months.merge([row("a"), row("b"), row("c")])
+    # b comes back broken, c not at all; a reject without a usable id rules out no row.
+    reread = months.snapshot([row("a")], rejects=[rejected("b"), rejected(None)])
+
+    assert _candidates(months, reread, reread.slices[0].window) == ["c"]
 
 
 def test_deletions_pending_tell_held_rows_from_rows_not_proven(months: Months) -> None:

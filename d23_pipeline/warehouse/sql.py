@@ -423,20 +423,18 @@ SELECT EXISTS (SELECT 1 FROM d23.logs WHERE _partition = $partition AND _deleted
 
 # The rows a re-read must prove gone before they may be marked deleted: live rows of the month
 # whose communicated_at lies in a verified slice and which the read (valid rows or rejects,
-# anywhere in the month) did not return.
+# anywhere in the month) did not return. ANTI JOINs, not NOT EXISTS: DuckDB plans those as mark
+# joins that do not spill, and on a 5M-row month they ran out of memory within 48 MB; these fit
+# it, in half the time (2.1 s against 4.2 s at 96 MB, benchmarks/README.md).
 DELETION_CANDIDATES = """
 SELECT t.public_id, t.communicated_at
 FROM d23.logs AS t
 JOIN (SELECT unnest($verified_since) AS since, unnest($verified_until) AS until) AS v
   ON t.communicated_at >= v.since AND t.communicated_at < v.until
+ANTI JOIN read_parquet($files) AS s ON s.public_id = t.public_id
+ANTI JOIN read_parquet($reject_files) AS r ON r.public_id = t.public_id
 WHERE t._partition = $partition
   AND t._deleted_at IS NULL
-  AND NOT EXISTS (
-      SELECT 1 FROM read_parquet($files) AS s WHERE s.public_id = t.public_id
-  )
-  AND NOT EXISTS (
-      SELECT 1 FROM read_parquet($reject_files) AS r WHERE r.public_id = t.public_id
-  )
 ORDER BY t.communicated_at, t.public_id
 """
 

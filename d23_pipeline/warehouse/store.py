@@ -33,6 +33,7 @@ from d23_pipeline.warehouse import sql
 # See benchmarks/README.md.
 DUCKDB_THREADS = 1
 _PARAM = re.compile(r"\$([a-z_]+)")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", re.IGNORECASE)
 log = logging.getLogger("d23_pipeline.warehouse")
 HELD_REASON = (
     "proven gone, but more than the allowed share of the month's live rows "
@@ -40,6 +41,12 @@ HELD_REASON = (
 )
 
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _doubled(memory_limit: str) -> str | None:
+    """Twice a DuckDB size ("48MB" -> "96MB"); None for anything else (a percentage)."""
+    size = _SIZE.fullmatch(memory_limit.strip())
+    return f"{float(size[1]) * 2:g}{size[2]}" if size else None
 
 
 def execute(
@@ -103,6 +110,10 @@ class Warehouse:
         }
         if memory_limit is not None:
             self._config["memory_limit"] = memory_limit
+
+    def with_memory_limit(self, memory_limit: str | None) -> Warehouse:
+        """The same file and lock wait, with another DuckDB memory limit (None: DuckDB's own)."""
+        return Warehouse(self.path, self.lock_timeout_s, memory_limit=memory_limit)
 
     @property
     def temp_directory(self) -> Path:
@@ -409,33 +420,42 @@ def merge_within_memory_limit(
     """:func:`merge_snapshot` on its own connection, within the warehouse's memory limit.
 
     Not all of a merge spills (see ``DEFAULT_MEMORY_LIMIT``): if DuckDB runs out of memory, the
-    transaction has rolled back and the month is merged again without the limit, as before the
-    limit existed, rather than failing the run.
+    transaction has rolled back and the month is merged again within twice the limit, then
+    without one (as before the limit existed), rather than failing the run.
     """
-    def merge(con: duckdb.DuckDBPyConnection) -> MergeSummary:
-        return merge_snapshot(
-            con,
-            snapshot,
-            max_deletion_share=max_deletion_share,
-            confirm_deletions=confirm_deletions,
-        )
 
-    try:
-        with warehouse.connect() as con:
-            return merge(con)
-    except duckdb.OutOfMemoryException as exc:
-        if not isinstance(warehouse, Warehouse) or warehouse.memory_limit is None:
-            raise
-        log.warning(
-            "merging %s within DuckDB's memory_limit %s ran out of memory (%s); merging it "
-            "again without the limit",
-            snapshot.partition,
-            warehouse.memory_limit,
-            str(exc).splitlines()[0],
-        )
-    unbounded = Warehouse(warehouse.path, warehouse.lock_timeout_s, memory_limit=None)
-    with unbounded.connect() as con:
-        return merge(con)
+    def merge(within: WarehouseBackend) -> MergeSummary:
+        with within.connect() as con:
+            return merge_snapshot(
+                con,
+                snapshot,
+                max_deletion_share=max_deletion_share,
+                confirm_deletions=confirm_deletions,
+            )
+
+    if not isinstance(warehouse, Warehouse) or warehouse.memory_limit is None:
+        return merge(warehouse)
+    limits: list[str | None] = [warehouse.memory_limit]
+    doubled = _doubled(warehouse.memory_limit)
+    if doubled:
+        limits.append(doubled)
+    limits.append(None)
+    for attempt, limit in enumerate(limits):
+        try:
+            return merge(warehouse.with_memory_limit(limit))
+        except duckdb.OutOfMemoryException as exc:
+            if limit is None:
+                raise
+            retry = limits[attempt + 1]
+            log.warning(
+                "merging %s within DuckDB's memory_limit %s ran out of memory (%s); merging it "
+                "again %s",
+                snapshot.partition,
+                limit,
+                str(exc).splitlines()[0],
+                f"within {retry}" if retry else "without a limit",
+            )
+    raise AssertionError("unreachable: the merge without a limit returns or raises")
 
 
 def deletion_candidates(
