@@ -8,9 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from d23_pipeline.simulator import SimulatorConfig
-from d23_pipeline_tests.processes import (
+from processes import (
     REPO,
     clean_env,
     dagster_cli,
@@ -18,6 +16,8 @@ from d23_pipeline_tests.processes import (
     run_python,
     simulator_process,
 )
+
+from d23_pipeline.simulator import SimulatorConfig
 
 
 def _run(script: str) -> list[str]:
