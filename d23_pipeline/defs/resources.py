@@ -155,7 +155,8 @@ class WarehouseResource(dg.ConfigurableResource):
         default=DEFAULT_MEMORY_LIMIT,
         description=(
             "DuckDB's memory_limit for every connection to the embedded file; beyond it DuckDB "
-            "spills to warehouse.duckdb.tmp beside the file"
+            "spills to warehouse.duckdb.tmp beside the file, and a merge that still runs out of "
+            "memory runs again within twice the limit, then without one"
         ),
     )
 
