@@ -1,4 +1,4 @@
-"""Keeps pandas out of the pipeline's processes: DuckDB and pyarrow import it only to probe.
+"""Keeps pandas out of the pipeline's runs: DuckDB and pyarrow import it only to probe.
 
 Both libraries import pandas on their own, only to ask whether a value is a pandas object:
 DuckDB for every bound query parameter (it compares the value with ``pandas.NaT``:
@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
 from types import ModuleType
+
+import pyarrow as pa
 
 _refusing = threading.local()
 
@@ -47,3 +49,15 @@ def pandas_probes_refused() -> Iterator[None]:
         yield
     finally:
         _refusing.on = before
+
+
+def answer_pyarrows_pandas_probe() -> None:
+    """Have pyarrow settle, unless it already has, that this process has no pandas.
+
+    pyarrow keeps its answer for the process, and with "no" it no longer recognises pandas
+    objects it is handed (a nullable Series fails to convert). So only a month's landing asks,
+    in the run that lands it; a notebook that imports the pipeline's modules keeps pyarrow's
+    pandas conversions, and a process that imported pandas first keeps them anyway.
+    """
+    with pandas_probes_refused():
+        pa.array([])

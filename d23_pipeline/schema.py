@@ -18,13 +18,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from d23_pipeline.pandas_probes import pandas_probes_refused
-
-# pyarrow asks once per process, on its first conversion of Python values, whether pandas is
-# installed (see pandas_probes): asked here, the answer is no, whichever thread converts first.
-with pandas_probes_refused():
-    pa.array([])
-
 # The one statement of the contract: each field once, by kind, in the API's (and storage) order.
 STRING_FIELDS = ("public_id", "communication_type", "interaction_source", "outcome_option")
 BOOL_FIELDS = ("is_active", "is_ptp_broken")

@@ -46,13 +46,14 @@ def test_a_statement_with_bound_parameters_does_not_import_pandas() -> None:
     assert printed == ["2", "a!", "2026-02-01", "2", "False"]
 
 
-def test_arrows_conversions_on_a_reader_thread_do_not_import_pandas() -> None:
+def test_after_the_landings_answer_arrows_conversions_on_a_thread_do_not_import_pandas() -> None:
     printed = _run(
         """
         import sys
         from concurrent.futures import ThreadPoolExecutor
         import pyarrow as pa
-        import d23_pipeline.schema
+        from d23_pipeline.pandas_probes import answer_pyarrows_pandas_probe
+        answer_pyarrows_pandas_probe()
         with ThreadPoolExecutor(1) as pool:
             table = pool.submit(pa.Table.from_pylist, [{"id": "a"}, {"id": "b"}]).result()
         print(table.num_rows, "pandas" in sys.modules)
@@ -61,12 +62,25 @@ def test_arrows_conversions_on_a_reader_thread_do_not_import_pandas() -> None:
     assert printed == ["2", "False"]
 
 
+def test_a_notebook_importing_the_pipelines_modules_keeps_arrows_pandas_conversions() -> None:
+    printed = _run(
+        """
+        import d23_pipeline.client, d23_pipeline.landing.month, d23_pipeline.warehouse.store
+        import pandas as pd
+        import pyarrow as pa
+        print(pa.array(pd.Series([1, None], dtype="Int64")).null_count)
+        """
+    )
+    assert printed == ["1"]
+
+
 def test_code_that_imports_pandas_itself_gets_it_and_duckdb_and_arrow_then_use_it() -> None:
     printed = _run(
         """
         import duckdb
+        from d23_pipeline.pandas_probes import answer_pyarrows_pandas_probe
         from d23_pipeline.warehouse.store import execute
-        import d23_pipeline.schema
+        answer_pyarrows_pandas_probe()
         con = duckdb.connect()
         execute(con, "SELECT $n", {"n": 1})
         import pandas as pd

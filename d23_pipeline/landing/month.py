@@ -19,6 +19,7 @@ from d23_pipeline.landing.snapshot import (
     rows_path,
 )
 from d23_pipeline.months import month_window
+from d23_pipeline.pandas_probes import answer_pyarrows_pandas_probe
 from d23_pipeline.warehouse.store import (
     WarehouseBackend,
     anonymous_rejects,
@@ -66,6 +67,7 @@ def read_month(
     still serve it as a bad row (:func:`_not_rejected_elsewhere`).
     ``progress`` hears of every finished slice.
     """
+    answer_pyarrows_pandas_probe()  # before the reader threads convert their first page
     month = Window(slices[0].since, slices[-1].until)
     with store.begin(partition, slices, run_id) as writer:
         finished = writer.finished
