@@ -725,7 +725,14 @@ def test_a_merge_out_of_memory_runs_again_within_twice_the_limit_then_without_on
 
 @pytest.mark.parametrize(
     ("limit", "doubled"),
-    [("48MB", "96MB"), ("1.5GB", "3GB"), ("512 MiB", "1024MiB"), ("80%", None), ("lots", None)],
+    [
+        ("48MB", "96MB"),
+        ("1.5GB", "3GB"),
+        ("512 MiB", "1024MiB"),
+        ("1000000KB", "2000000KB"),
+        ("80%", None),
+        ("lots", None),
+    ],
 )
 def test_a_memory_limit_doubles_in_its_own_unit(limit: str, doubled: str | None) -> None:
     assert store._doubled(limit) == doubled

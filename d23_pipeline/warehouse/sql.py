@@ -423,9 +423,10 @@ SELECT EXISTS (SELECT 1 FROM d23.logs WHERE _partition = $partition AND _deleted
 
 # The rows a re-read must prove gone before they may be marked deleted: live rows of the month
 # whose communicated_at lies in a verified slice and which the read (valid rows or rejects,
-# anywhere in the month) did not return. ANTI JOINs, not NOT EXISTS: DuckDB plans those as mark
-# joins that do not spill, and on a 5M-row month they ran out of memory within 48 MB; these fit
-# it, in half the time (2.1 s against 4.2 s at 96 MB, benchmarks/README.md).
+# anywhere in the month) did not return. ANTI JOINs, not NOT EXISTS: DuckDB decorrelates those
+# into delim joins (the month's ids gathered, joined with the files, anti-joined back), which ran
+# out of memory within 48 MB on a 5M-row month; one hash join per list of files fits it, in half
+# the time (2.1 s against 4.2 s at 96 MB, benchmarks/README.md).
 DELETION_CANDIDATES = """
 SELECT t.public_id, t.communicated_at
 FROM d23.logs AS t

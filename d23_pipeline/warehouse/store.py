@@ -46,7 +46,10 @@ _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 def _doubled(memory_limit: str) -> str | None:
     """Twice a DuckDB size ("48MB" -> "96MB"); None for anything else (a percentage)."""
     size = _SIZE.fullmatch(memory_limit.strip())
-    return f"{float(size[1]) * 2:g}{size[2]}" if size else None
+    if size is None:
+        return None
+    twice = float(size[1]) * 2
+    return f"{int(twice) if twice.is_integer() else twice}{size[2]}"
 
 
 def execute(
