@@ -38,7 +38,7 @@ def test_a_statement_with_bound_parameters_does_not_import_pandas() -> None:
         row = execute(
             con,
             "SELECT $n + 1, $s || '!', $t + INTERVAL 1 DAY, len($l)",
-            {"n": 1, "s": "a", "t": datetime(2026, 1, 31, tzinfo=UTC), "l": ["x", "y"]},
+            {"n": 1, "s": "a", "t": datetime(2026, 1, 31, 12, tzinfo=UTC), "l": ["x", "y"]},
         ).fetchone()
         print(row[0], row[1], row[2].date(), row[3], "pandas" in sys.modules)
         """
