@@ -714,12 +714,17 @@ def test_without_its_temp_directory_the_same_merge_runs_out_of_memory(tmp_path: 
 def test_a_merge_out_of_memory_runs_again_within_twice_the_limit_then_without_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, limit: str, retries: list[str]
 ) -> None:
-    months = Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb", memory_limit=limit))
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb", memory_limit=limit)
+    months = Months(tmp_path, warehouse)
     snapshot = _big_month(months)
 
-    summary = merge_within_memory_limit(months.warehouse, snapshot)
+    summary = merge_within_memory_limit(warehouse, snapshot)
 
     assert (summary.inserted, len(months.logs())) == (400_000, 400_000)
+    # Nothing of an attempt that ran out of memory stayed (months.logs() is keyed by id).
+    with warehouse.with_memory_limit(None).connect(read_only=True) as con:
+        stored = con.execute("SELECT count(*), count(DISTINCT public_id) FROM d23.logs").fetchone()
+    assert stored == (400_000, 400_000)
     assert re.findall(r"merging it again (within \S+|without a limit)", caplog.text) == retries
 
 

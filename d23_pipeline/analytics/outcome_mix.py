@@ -9,6 +9,7 @@ rows it changed (:func:`rebuild_months_due`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from datetime import date, datetime
 from typing import Any
 
@@ -25,14 +26,10 @@ def load_classes(con: duckdb.DuckDBPyConnection, classes: Mapping[str, OutcomeCl
     """The mapping as the session's temp table ``outcome_classes``, which the SQL joins."""
     con.execute(sql.CREATE_OUTCOME_CLASSES)
     if classes:
-        columns = {
-            "codes": list(classes),
-            **{
-                flag: [getattr(c, flag) for c in classes.values()]
-                for flag in ("is_contact", "is_rpc", "is_promise", "is_refusal")
-            },
+        flags = {
+            f.name: [getattr(c, f.name) for c in classes.values()] for f in fields(OutcomeClass)
         }
-        execute(con, sql.INSERT_OUTCOME_CLASSES, columns)
+        execute(con, sql.INSERT_OUTCOME_CLASSES, {"codes": list(classes), **flags})
 
 
 # The table each mix table is built from, rather than from d23.logs.

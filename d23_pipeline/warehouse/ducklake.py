@@ -42,10 +42,9 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from d23_pipeline.pandas_probes import pandas_probes_refused
 from d23_pipeline.settings import LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import ducklake_sql, sql
-from d23_pipeline.warehouse.store import WarehouseBusyError
+from d23_pipeline.warehouse.store import WarehouseBusyError, execute
 
 log = logging.getLogger("d23_pipeline.warehouse")
 
@@ -308,8 +307,7 @@ class DuckLakeWarehouse:
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         conninfo, password = self._checked_split()
         if password is not None:
-            with pandas_probes_refused():
-                con.execute(ducklake_sql.CREATE_CATALOG_SECRET, [password])
+            execute(con, ducklake_sql.CREATE_CATALOG_SECRET, {"password": password})
         statement = ducklake_sql.attach(
             conninfo, self.data_path, password_secret=password is not None
         )

@@ -16,7 +16,9 @@ USE_CATALOG = f"USE {CATALOG}"
 # disk). duckdb_secrets() shows it as "redacted"; DuckDB's postgres driver passes it to libpq
 # apart from the connection string, so its errors cannot print it.
 CATALOG_SECRET = f"{CATALOG}_catalog_password"
-CREATE_CATALOG_SECRET = f"CREATE TEMPORARY SECRET {CATALOG_SECRET} (TYPE postgres, PASSWORD ?)"
+CREATE_CATALOG_SECRET = (
+    f"CREATE TEMPORARY SECRET {CATALOG_SECRET} (TYPE postgres, PASSWORD $password)"
+)
 
 
 # Run on a PostgreSQL session of the catalog's own (psycopg2), not through DuckDB: the session

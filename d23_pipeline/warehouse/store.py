@@ -438,18 +438,13 @@ def merge_within_memory_limit(
 
     if not isinstance(warehouse, Warehouse) or warehouse.memory_limit is None:
         return merge(warehouse)
-    limits: list[str | None] = [warehouse.memory_limit]
-    doubled = _doubled(warehouse.memory_limit)
-    if doubled:
-        limits.append(doubled)
-    limits.append(None)
-    for attempt, limit in enumerate(limits):
+    bounded = [warehouse.memory_limit]
+    if doubled := _doubled(warehouse.memory_limit):
+        bounded.append(doubled)
+    for limit, retry in zip(bounded, [*bounded[1:], None], strict=True):
         try:
             return merge(warehouse.with_memory_limit(limit))
         except duckdb.OutOfMemoryException as exc:
-            if limit is None:
-                raise
-            retry = limits[attempt + 1]
             log.warning(
                 "merging %s within DuckDB's memory_limit %s ran out of memory (%s); merging it "
                 "again %s",
@@ -458,7 +453,7 @@ def merge_within_memory_limit(
                 str(exc).splitlines()[0],
                 f"within {retry}" if retry else "without a limit",
             )
-    raise AssertionError("unreachable: the merge without a limit returns or raises")
+    return merge(warehouse.with_memory_limit(None))
 
 
 def deletion_candidates(
