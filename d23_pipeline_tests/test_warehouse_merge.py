@@ -52,9 +52,10 @@ def row(public_id: str, updated_at: str = "2026-04-02T00:00:00.000Z", **changes)
 class Months:
     """Writes snapshots of day slices and merges them, as the logs asset does."""
 
-    def __init__(self, tmp_path: Path, warehouse: WarehouseBackend) -> None:
+    def __init__(self, tmp_path: Path, warehouse: WarehouseBackend, part_rows: int | None = None):
         self.dir = tmp_path
         self.warehouse = warehouse
+        self.part_rows = part_rows
         self.count = 0
         self.read_at = READ_AT
 
@@ -62,7 +63,12 @@ class Months:
         """Merge ``slices`` (one file each); ``options`` as :meth:`snapshot` and merge_snapshot
         take them."""
         snapshot_options = {k: options.pop(k) for k in SNAPSHOT_OPTIONS if k in options}
-        snapshot = self.snapshot(*slices, **snapshot_options)
+        return self.merge_snapshot(self.snapshot(*slices, **snapshot_options), **options)
+
+    def merge_snapshot(self, snapshot: Snapshot, **options: object) -> MergeSummary:
+        """Merge a snapshot :meth:`snapshot` wrote; ``options`` as merge_snapshot takes them."""
+        if self.part_rows is not None:
+            options.setdefault("part_rows", self.part_rows)
         with self.warehouse.connect() as con:
             return merge_snapshot(con, snapshot, **options)
 
@@ -122,11 +128,14 @@ class Months:
             return {r[0]: dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
 
 
-@pytest.fixture(params=["duckdb", "ducklake"])
+@pytest.fixture(params=["duckdb", "duckdb-in-parts", "ducklake"])
 def months(tmp_path: Path, request: pytest.FixtureRequest) -> Months:
-    """Every merge rule holds on both warehouse backends."""
+    """Every merge rule holds on both warehouse backends, and when the snapshot is joined
+    with d23.logs in parts (here of one row each, so that every other id is a part's bound)."""
     if request.param == "duckdb":
         return Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb"))
+    if request.param == "duckdb-in-parts":
+        return Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb"), part_rows=1)
     lake = Lake.create(request.getfixturevalue("postgres"), tmp_path / "lake")
     return Months(tmp_path, DuckLakeWarehouse(lake.dsn, str(lake.data_path)))
 
@@ -388,8 +397,7 @@ def test_a_snapshot_merged_again_after_a_newer_read_brings_no_deleted_row_back(
     months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
     before = months.logs()["b"]
 
-    with months.warehouse.connect() as con:
-        summary = merge_snapshot(con, older)
+    summary = months.merge_snapshot(older)
 
     b = months.logs()["b"]
     assert summary.restored == 0
@@ -402,8 +410,7 @@ def test_a_snapshot_merged_again_deletes_no_row_a_newer_read_saw(months: Months)
     proved_gone = months.snapshot([row("a")], absent=("b",))
     months.merge([row("a"), row("b")])
 
-    with months.warehouse.connect() as con:
-        summary = merge_snapshot(con, proved_gone, max_deletion_share=1.0)
+    summary = months.merge_snapshot(proved_gone, max_deletion_share=1.0)
 
     assert summary.marked_deleted == 0
     assert months.logs()["b"]["_deleted_at"] is None
@@ -415,9 +422,8 @@ def test_an_older_read_merged_last_keeps_the_newer_reads_rejects_and_proofs(
     # Two hosts read the month (DuckLake, raw folders not shared); the older read merges last.
     older = months.snapshot([row("a"), row("b")], read_at=READ_AT)
     newer = months.snapshot([row("a")], rejects=[rejected("b")], read_at=READ_AT + timedelta(1))
-    with months.warehouse.connect() as con:
-        merge_snapshot(con, newer)
-        summary = merge_snapshot(con, older)
+    months.merge_snapshot(newer)
+    summary = months.merge_snapshot(older)
 
     assert summary.rejects == 0
     with months.warehouse.connect(read_only=True) as con:
@@ -433,9 +439,8 @@ def test_an_older_read_merged_last_deletes_no_row_the_newer_read_served_as_a_rej
     months.merge([row("a"), row("b")], read_at=READ_AT)
     older = months.snapshot([row("a")], absent=("b",), read_at=READ_AT + timedelta(hours=1))
     newer = months.snapshot([row("a")], rejects=[rejected("b")], read_at=READ_AT + timedelta(2))
-    with months.warehouse.connect() as con:
-        merge_snapshot(con, newer)
-        summary = merge_snapshot(con, older, max_deletion_share=1.0)
+    months.merge_snapshot(newer)
+    summary = months.merge_snapshot(older, max_deletion_share=1.0)
 
     assert (summary.deletions_proven, summary.marked_deleted) == (0, 0)
     assert months.logs()["b"]["_deleted_at"] is None
@@ -484,8 +489,7 @@ def test_a_reject_read_before_a_deletion_brings_no_row_back(months: Months) -> N
     earlier = months.snapshot([], rejects=[rejected("b")], partition="2026-05-01")
     months.merge([row("a")], absent=("b",), max_deletion_share=1.0)
 
-    with months.warehouse.connect() as con:
-        summary = merge_snapshot(con, earlier)
+    summary = months.merge_snapshot(earlier)
 
     assert summary.restored == 0
     assert months.logs()["b"]["_deleted_at"] is not None
@@ -570,8 +574,7 @@ def test_a_row_moved_without_a_new_updated_at_is_taken_over_by_its_new_month(
     # April's next read proves a gone from April; May's read, before it, merges after it.
     months.merge([row("b")], absent=("a",), max_deletion_share=1.0)
 
-    with months.warehouse.connect() as con:
-        summary = merge_snapshot(con, may)
+    summary = months.merge_snapshot(may)
 
     logs = months.logs()
     assert summary.restored == 1
@@ -692,6 +695,45 @@ def test_a_month_larger_than_the_memory_limit_merges_by_spilling(tmp_path: Path)
     assert (again.inserted, again.updated) == (0, 0)
 
 
+def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    months = Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb"), part_rows=2_500)
+    first = months.snapshot([])
+    _write_rows(first.row_files[0], range(10_000), "2026-04-02T00:00:00.000Z", "PTP")
+    months.merge_snapshot(first)
+    again = months.snapshot([])
+    _write_rows(again.row_files[0], range(10_000), "2026-04-03T00:00:00.000Z", "RPC")
+    previews: list[dict] = []
+    original = store.execute
+
+    def execute(con: duckdb.DuckDBPyConnection, statement: str, params=None):
+        if statement == sql.MERGE_PREVIEW:
+            previews.append(params)
+        return original(con, statement, params)
+
+    monkeypatch.setattr(store, "execute", execute)
+    summary = months.merge_snapshot(again)
+
+    ids = [f"{i:024x}" for i in range(10_000)]
+    per_part = [
+        sum(
+            (p["low"] is None or i >= p["low"]) and (p["high"] is None or i < p["high"])
+            for i in ids
+        )
+        for p in previews
+    ]
+    assert len(per_part) == 4 and all(2_000 <= n <= 3_000 for n in per_part), per_part
+    assert sum(per_part) == 10_000
+    assert (summary.inserted, summary.updated) == (0, 10_000)
+    with months.warehouse.connect(read_only=True) as con:
+        stored = con.execute(
+            "SELECT count(*), count(DISTINCT public_id), max(_last_seen_at) = min(_last_seen_at),"
+            " count(*) FILTER (WHERE outcome_option = 'RPC') FROM d23.logs"
+        ).fetchone()
+    assert stored == (10_000, 10_000, True, 10_000)
+
+
 def test_without_its_temp_directory_the_same_merge_runs_out_of_memory(tmp_path: Path) -> None:
     """What the temp directory is for: the merge above does not fit 64 MB on its own."""
     snapshot = _big_month(Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb")))
@@ -748,8 +790,7 @@ def test_a_snapshot_landed_before_reads_were_proven_deletes_nothing(months: Mont
     older = months.snapshot([row("a")], absent=("b",))
     older.absent_file.unlink()  # snapshots landed before this change have no absent.parquet
 
-    with months.warehouse.connect() as con:
-        summary = merge_snapshot(con, older, max_deletion_share=1.0)
+    summary = months.merge_snapshot(older, max_deletion_share=1.0)
 
     assert (summary.deletions_proven, summary.marked_deleted) == (0, 0)
     assert months.logs()["b"]["_deleted_at"] is None
@@ -802,8 +843,7 @@ def test_an_older_proof_merged_after_a_newer_one_neither_recounts_nor_redates_th
         [row("a")], absent=("b",), read_at=READ_AT + timedelta(hours=2), max_deletion_share=1.0
     )
 
-    with months.warehouse.connect() as con:
-        summary = merge_snapshot(con, older, max_deletion_share=1.0)
+    summary = months.merge_snapshot(older, max_deletion_share=1.0)
 
     assert (summary.deletions_proven, summary.marked_deleted) == (0, 0)
     assert months.logs()["b"]["_deleted_at"] == READ_AT + timedelta(hours=2)
@@ -886,8 +926,8 @@ def test_deletions_pending_tell_held_rows_from_rows_not_proven(months: Months) -
     )
     snapshot = replace(snapshot, unproven=[UnprovenDeletions(2, why, ["r8", "r9"])])
 
-    with months.warehouse.connect() as con:
-        summary = merge_snapshot(con, snapshot, max_deletion_share=0.1)
+    summary = months.merge_snapshot(snapshot, max_deletion_share=0.1)
+    with months.warehouse.connect(read_only=True) as con:
         pending = con.execute(
             "SELECT public_id, held FROM d23.deletions_pending ORDER BY public_id"
         ).fetchall()

@@ -194,6 +194,26 @@ WHERE s.rank > 1 AND s.updated_at = s.kept.updated_at AND s.version <> s.kept
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
+# A large month's snapshot is joined with d23.logs one range of public_id at a time, [$low,
+# $high) (NULL: unbounded), each statement below restricting both sides: a whole 5M-row
+# re-read's join did not fit DuckDB's default memory limit, its parts do, for the same CPU
+# (benchmarks/README.md). The cut points: quantiles of a sample of the snapshot's ids.
+MERGE_PART_BOUNDS = """
+SELECT quantile_disc(public_id, $fractions)
+FROM (SELECT public_id FROM snapshot USING SAMPLE reservoir(100000 ROWS) REPEATABLE (1))
+"""
+
+
+def _in_part(alias: str) -> str:
+    return (
+        f"({alias}.public_id >= $low OR $low IS NULL) "
+        f"AND ({alias}.public_id < $high OR $high IS NULL)"
+    )
+
+
+_SNAPSHOT_PART = f"(SELECT * FROM snapshot AS s WHERE {_in_part('s')}) AS s"
+_LOGS_PART = f"(SELECT * FROM d23.logs AS t WHERE {_in_part('t')}) AS t"
+
 # A row marked deleted comes back only when a read that finished after the one that proved it
 # gone serves it again: a snapshot read earlier (its d23/logs step run again on its own) saw the
 # row before it went, which is no evidence that it is back.
@@ -216,7 +236,7 @@ _OLDER_VERSION = (
 
 OLDER_VERSION_EXAMPLES = f"""
 SELECT s.public_id
-FROM snapshot AS s JOIN d23.logs AS t USING (public_id)
+FROM {_SNAPSHOT_PART} JOIN {_LOGS_PART} USING (public_id)
 WHERE {_OLDER_VERSION}
 ORDER BY s.public_id
 LIMIT 5
@@ -235,8 +255,8 @@ SELECT
     ) AS restored,
     count(*) FILTER (WHERE {_TAKEN_OVER}) AS moved_in,
     count(*) FILTER (WHERE {_OLDER_VERSION}) AS older_versions
-FROM snapshot AS s
-LEFT JOIN d23.logs AS t USING (public_id)
+FROM {_SNAPSHOT_PART}
+LEFT JOIN {_LOGS_PART} USING (public_id)
 """
 
 # What a row new to d23.logs is stored as, by MERGE_SNAPSHOT and INSERT_NEW_SNAPSHOT.
@@ -275,7 +295,7 @@ _SET_MATCHED_CHANGES = ",\n    ".join(f"{name:<18} = {new}" for name, new in _MA
 MERGE_SNAPSHOT = f"""
 MERGE INTO d23.logs AS t
 USING (
-    SELECT s.* FROM snapshot AS s LEFT JOIN d23.logs AS t USING (public_id)
+    SELECT s.* FROM {_SNAPSHOT_PART} LEFT JOIN {_LOGS_PART} USING (public_id)
     WHERE t.public_id IS NULL OR {_CHANGES_MORE}
 ) AS s
 ON t.public_id = s.public_id
@@ -303,14 +323,16 @@ MIX_TABLES = ("outcome_mix_monthly", "outcome_kpis_monthly", "outcome_mix_daily"
 _RECORD_MIX_REBUILDS_DUE = """
 INSERT INTO d23.mix_rebuilds_due
 SELECT DISTINCT CAST(t._partition AS DATE), unnest($mix_tables)
-FROM {source} JOIN d23.logs AS t USING (public_id)
+FROM {source} JOIN {logs} USING (public_id)
 WHERE t._partition <> $partition AND ({changed})
 """
 MIX_REBUILDS_DUE_FROM_ROWS = _RECORD_MIX_REBUILDS_DUE.format(
-    source="snapshot AS s", changed=f"s.updated_at >= t.updated_at OR {_SEEN_SINCE_DELETED}"
+    source=_SNAPSHOT_PART,
+    logs=_LOGS_PART,
+    changed=f"s.updated_at >= t.updated_at OR {_SEEN_SINCE_DELETED}",
 )
 MIX_REBUILDS_DUE_FROM_REJECTS = _RECORD_MIX_REBUILDS_DUE.format(
-    source="snapshot_rejects AS r", changed=_SEEN_SINCE_DELETED
+    source="snapshot_rejects AS r", logs="d23.logs AS t", changed=_SEEN_SINCE_DELETED
 )
 # The merging month is due too when a row moved out of another: if its own outcome steps do not
 # run (a blocking check failed), the next rebuild of the month the row left still counts it here.
@@ -383,12 +405,12 @@ WHERE {_SEEN_SINCE_DELETED}
 # A join, not EXISTS: 0.28 s against 0.79 s for the rows of a 1M-row re-read.
 _SEEN_IN = """
 UPDATE d23.logs AS t SET _last_seen_at = $read_at
-FROM {served} AS s
-WHERE t.public_id = s.public_id AND t._last_seen_at < $read_at
+FROM {served}
+WHERE t.public_id = s.public_id AND t._last_seen_at < $read_at{in_part}
 """
-SEEN_AS_REJECT = _SEEN_IN.format(served="snapshot_rejects")
+SEEN_AS_REJECT = _SEEN_IN.format(served="snapshot_rejects AS s", in_part="")
 # The rows MERGE_SNAPSHOT leaves out (those it took have theirs already).
-SEEN_AS_ROW = _SEEN_IN.format(served="snapshot")
+SEEN_AS_ROW = _SEEN_IN.format(served=_SNAPSHOT_PART, in_part=f" AND {_in_part('t')}")
 
 # The last time a read proved a row gone, of any month: one that moved into a slice read before
 # then may be among them (see landing/month.py).

@@ -32,6 +32,9 @@ from d23_pipeline.warehouse import sql
 # threads and 273 MB with one, and used less CPU (22 s against 35 s; the wall time is longer).
 # See benchmarks/README.md.
 DUCKDB_THREADS = 1
+# The most snapshot rows the merge joins with d23.logs at once (see sql.MERGE_PART_BOUNDS): a
+# 1M-row re-read fits DEFAULT_MEMORY_LIMIT whole, a 5M-row one did not.
+MERGE_PART_ROWS = 1_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", re.IGNORECASE)
 log = logging.getLogger("d23_pipeline.warehouse")
@@ -256,6 +259,7 @@ def merge_snapshot(
     *,
     max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
     confirm_deletions: bool = False,
+    part_rows: int = MERGE_PART_ROWS,
 ) -> MergeSummary:
     """Upsert one month's complete snapshot into ``d23.logs`` in a single transaction.
 
@@ -264,7 +268,8 @@ def merge_snapshot(
     the merge) and
     ``confirm_deletions`` is false (then none is marked and ``deletions_held`` says so). The
     month's rejected rows, slice proofs and pending deletions (held, or not proven by the read)
-    are replaced. On any error nothing changes.
+    are replaced. On any error nothing changes. The snapshot is joined with ``d23.logs`` in
+    parts of about ``part_rows`` rows, by ranges of ``public_id``.
     """
     partition, read_at = snapshot.partition, snapshot.completed_at
     params = {
@@ -293,14 +298,21 @@ def merge_snapshot(
             },
         )
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
+        parts = _id_ranges(con, snapshot_rows, part_rows)
         started_at = snapshot.started_at or read_at
         preview = {**params, "started_at": started_at}
-        inserted, updated, restored, moved_in, older = fetch_row(con, sql.MERGE_PREVIEW, preview)
-        older_examples = (
-            [r[0] for r in execute(con, sql.OLDER_VERSION_EXAMPLES, preview).fetchall()]
-            if older
-            else []
+        inserted, updated, restored, moved_in, older = (
+            sum(counts)
+            for counts in zip(
+                *(fetch_row(con, sql.MERGE_PREVIEW, {**preview, **part}) for part in parts),
+                strict=True,
+            )
         )
+        older_examples = sorted(
+            found
+            for part in (parts if older else [])
+            for (found,) in execute(con, sql.OLDER_VERSION_EXAMPLES, {**preview, **part}).fetchall()
+        )[:5]
         execute(con, sql.STAGE_REJECTS, {"files": [str(f) for f in snapshot.reject_files]})
         conflicting = 0
         if has_duplicates:
@@ -310,7 +322,9 @@ def merge_snapshot(
         due = {**params, "mix_tables": list(sql.MIX_TABLES)}
         other_months_due = 0
         if moved_in or restored:
-            other_months_due += fetch_row(con, sql.MIX_REBUILDS_DUE_FROM_ROWS, due)[0]
+            other_months_due += sum(
+                fetch_row(con, sql.MIX_REBUILDS_DUE_FROM_ROWS, {**due, **part})[0] for part in parts
+            )
         if identified_rejects:
             other_months_due += fetch_row(con, sql.MIX_REBUILDS_DUE_FROM_REJECTS, due)[0]
         if other_months_due:
@@ -322,8 +336,9 @@ def merge_snapshot(
         if inserted == snapshot_rows:
             execute(con, sql.INSERT_NEW_SNAPSHOT, params)
         else:
-            execute(con, sql.MERGE_SNAPSHOT, params)
-            execute(con, sql.SEEN_AS_ROW, params)
+            for part in parts:
+                execute(con, sql.MERGE_SNAPSHOT, {**params, **part})
+                execute(con, sql.SEEN_AS_ROW, {**params, **part})
         # Most reads prove nothing gone; the two anti-joins over the month would still cost
         # ~20 % of a 1M-row month's merge (1.2 of 6.3 s) and build a hash table of its ids.
         proven = 0
@@ -411,6 +426,22 @@ def merge_snapshot(
         deletions_proven=proven,
         deletions_held=held,
     )
+
+
+def _id_ranges(
+    con: duckdb.DuckDBPyConnection, snapshot_rows: int, part_rows: int
+) -> list[dict[str, str | None]]:
+    """``low``/``high`` bounds of public_id cutting the staged snapshot into parts of about
+    ``part_rows`` rows; the first and last part are open-ended."""
+    parts = -(-snapshot_rows // part_rows)
+    bounds: list[str] = []
+    if parts > 1:
+        fractions = [i / parts for i in range(1, parts)]
+        bounds = sorted(set(fetch_row(con, sql.MERGE_PART_BOUNDS, {"fractions": fractions})[0]))
+    return [
+        {"low": low, "high": high}
+        for low, high in zip([None, *bounds], [*bounds, None], strict=True)
+    ]
 
 
 def merge_within_memory_limit(
