@@ -161,6 +161,8 @@ def test_clean_page_read_from_bytes_equals_the_row_by_row_result() -> None:
         ([row(1), row(2, communicated_at="2026-04-01T00:00:00.000Z")], "next"),  # outside
         ([row(1), 5], "next"),
         ([row(1), row(2, public_id="  ")], "next"),
+        ([row(1), row(2, public_id="")], "next"),
+        ([row(1), row(2, public_id="ünïcode-id")], "next"),  # valid, but for the row rules
         ([row(1), row(2, public_id="a\tb")], "next"),
         ([row(1), row(2, public_id="x" * 257)], "next"),
         ([row(1), row(2, interaction_source="A" * 257)], "next"),

@@ -701,7 +701,6 @@ def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_on
     months = Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb"), part_rows=2_500)
     first = months.snapshot([])
     _write_rows(first.row_files[0], range(10_000), "2026-04-02T00:00:00.000Z", "PTP")
-    months.merge_snapshot(first)
     again = months.snapshot([])
     _write_rows(again.row_files[0], range(10_000), "2026-04-03T00:00:00.000Z", "RPC")
     previews: list[dict] = []
@@ -713,6 +712,9 @@ def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_on
         return original(con, statement, params)
 
     monkeypatch.setattr(store, "execute", execute)
+    months.merge_snapshot(first)
+    first_read_parts = len(previews)
+    previews.clear()
     summary = months.merge_snapshot(again)
 
     ids = [f"{i:024x}" for i in range(10_000)]
@@ -723,6 +725,7 @@ def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_on
         )
         for p in previews
     ]
+    assert first_read_parts == 1  # the month held no rows: nothing to match, joined whole
     assert len(per_part) == 4 and all(2_000 <= n <= 3_000 for n in per_part), per_part
     assert sum(per_part) == 10_000
     assert (summary.inserted, summary.updated) == (0, 10_000)
