@@ -32,8 +32,8 @@ from d23_pipeline.warehouse import sql
 # threads and 273 MB with one, and used less CPU (22 s against 35 s; the wall time is longer).
 # See benchmarks/README.md.
 DUCKDB_THREADS = 1
-# The most snapshot rows the merge joins with d23.logs at once (see sql.MERGE_PART_BOUNDS): a
-# 1M-row re-read fits DEFAULT_MEMORY_LIMIT whole, a 5M-row one did not.
+# About as many rows of a month read again as the merge joins with d23.logs at once (see
+# sql.MERGE_PART_BOUNDS): a 1M-row re-read fits DEFAULT_MEMORY_LIMIT whole, a 5M-row one did not.
 MERGE_PART_ROWS = 1_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", re.IGNORECASE)
@@ -268,8 +268,9 @@ def merge_snapshot(
     the merge) and
     ``confirm_deletions`` is false (then none is marked and ``deletions_held`` says so). The
     month's rejected rows, slice proofs and pending deletions (held, or not proven by the read)
-    are replaced. On any error nothing changes. The snapshot is joined with ``d23.logs`` in
-    parts of about ``part_rows`` of the month's live rows, by ranges of ``public_id``.
+    are replaced. On any error nothing changes. The snapshot is joined with ``d23.logs`` by
+    ranges of ``public_id``, in as many parts as ``part_rows`` goes into the smaller of its rows
+    and the month's live rows (rounded up).
     """
     partition, read_at = snapshot.partition, snapshot.completed_at
     params = {
