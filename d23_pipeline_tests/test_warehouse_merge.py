@@ -720,7 +720,9 @@ def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_on
     ids = [f"{i:024x}" for i in range(10_000)]
     per_part = [
         sum(
-            (p["low"] is None or i >= p["low"]) and (p["high"] is None or i < p["high"])
+            (p["low"] is None or i >= p["low"])
+            and (p["high"] is None or i < p["high"])
+            and (p["last"] is None or i <= p["last"])
             for i in ids
         )
         for p in previews
@@ -728,6 +730,8 @@ def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_on
     assert first_read_parts == 1  # the month held no rows: nothing to match, joined whole
     assert len(per_part) == 4 and all(2_000 <= n <= 3_000 for n in per_part), per_part
     assert sum(per_part) == 10_000
+    # No part reaches past the snapshot's ids into those of other months.
+    assert previews[0]["low"] == ids[0] and {p["last"] for p in previews} == {ids[-1]}
     assert (summary.inserted, summary.updated) == (0, 10_000)
     with months.warehouse.connect(read_only=True) as con:
         stored = con.execute(

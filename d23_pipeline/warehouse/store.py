@@ -434,16 +434,17 @@ def merge_snapshot(
 def _id_ranges(
     con: duckdb.DuckDBPyConnection, rows: int, part_rows: int
 ) -> list[dict[str, str | None]]:
-    """``low``/``high`` bounds of public_id cutting the staged snapshot into ``rows /
-    part_rows`` parts (rounded up) of about equal size; the first and last are open-ended."""
+    """Bounds of public_id (``low`` <= id < ``high``, id <= ``last``) cutting the staged snapshot
+    into ``rows / part_rows`` parts (rounded up) of about equal size; one part is unbounded."""
     parts = -(-rows // part_rows)
-    bounds: list[str] = []
-    if parts > 1:
-        fractions = [i / parts for i in range(1, parts)]
-        bounds = sorted(set(fetch_row(con, sql.MERGE_PART_BOUNDS, {"fractions": fractions})[0]))
+    if parts <= 1:
+        return [{"low": None, "high": None, "last": None}]
+    fractions = [i / parts for i in range(1, parts)]
+    first, last, cuts = fetch_row(con, sql.MERGE_PART_BOUNDS, {"fractions": fractions})
+    bounds = sorted(set(cuts))
     return [
-        {"low": low, "high": high}
-        for low, high in zip([None, *bounds], [*bounds, None], strict=True)
+        {"low": low, "high": high, "last": last}
+        for low, high in zip([first, *bounds], [*bounds, None], strict=True)
     ]
 
 
