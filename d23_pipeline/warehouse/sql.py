@@ -194,21 +194,19 @@ WHERE s.rank > 1 AND s.updated_at = s.kept.updated_at AND s.version <> s.kept
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
-# A month read again with many rows is joined with d23.logs one range of public_id at a time,
-# [$low, $high), none past the snapshot's last id $last (NULL: unbounded): the statements that
-# join the two restrict both sides with _SNAPSHOT_PART and _LOGS_PART. A 5M-row re-read's whole
-# join did not fit DuckDB's default memory limit; its parts do, for the same CPU
-# (benchmarks/README.md). The first part starts at the snapshot's first id and the last ends
-# at its last, so that no part joins other months' rows (ids are time-ordered, and DuckDB skips
-# row groups outside a range). The cut points between are quantiles of a sample of the
-# snapshot's ids: of 10,000, as a sample of 100,000 stayed in DuckDB's memory, 14 MB of it,
-# through the merge of a 5M-row month.
-MERGE_PART_BOUNDS = """
-SELECT min(public_id), max(public_id), (
-    SELECT quantile_disc(public_id, $fractions)
-    FROM (SELECT public_id FROM snapshot USING SAMPLE reservoir(10000 ROWS) REPEATABLE (1))
-)
-FROM snapshot
+# The snapshot is joined with d23.logs one range of public_id at a time, [$low, $high) and
+# none past $last (NULL: unbounded): the statements that join the two restrict both sides with
+# _SNAPSHOT_PART and _LOGS_PART. The parts span the snapshot's ids from its first to its last,
+# so that no part joins the rows of other months (ids are time-ordered, and DuckDB skips row
+# groups outside a range). A month of many rows is cut into several parts: a 5M-row month's
+# whole join did not fit DuckDB's default memory limit, read again or read for the first time
+# beside other months; its parts do (benchmarks/README.md).
+SNAPSHOT_ID_SPAN = "SELECT min(public_id), max(public_id) FROM snapshot"
+# The cut points: quantiles of a sample of the snapshot's ids, of 10,000, as a sample of
+# 100,000 stayed in DuckDB's memory, 14 MB of it, through the merge of a 5M-row month.
+MERGE_PART_CUTS = """
+SELECT quantile_disc(public_id, $fractions)
+FROM (SELECT public_id FROM snapshot USING SAMPLE reservoir(10000 ROWS) REPEATABLE (1))
 """
 
 

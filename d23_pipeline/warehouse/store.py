@@ -32,8 +32,9 @@ from d23_pipeline.warehouse import sql
 # threads and 273 MB with one, and used less CPU (22 s against 35 s; the wall time is longer).
 # See benchmarks/README.md.
 DUCKDB_THREADS = 1
-# About as many rows of a month read again as the merge joins with d23.logs at once (see
-# sql.MERGE_PART_BOUNDS): a 1M-row re-read fits DEFAULT_MEMORY_LIMIT whole, a 5M-row one did not.
+# About as many snapshot rows as the merge joins with d23.logs at once (see sql.SNAPSHOT_ID_SPAN):
+# a 1M-row month fits DEFAULT_MEMORY_LIMIT whole; a 5M-row one did not, read again or read for
+# the first time into a warehouse holding other months.
 MERGE_PART_ROWS = 1_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", re.IGNORECASE)
@@ -269,8 +270,7 @@ def merge_snapshot(
     ``confirm_deletions`` is false (then none is marked and ``deletions_held`` says so). The
     month's rejected rows, slice proofs and pending deletions (held, or not proven by the read)
     are replaced. On any error nothing changes. The snapshot is joined with ``d23.logs`` by
-    ranges of ``public_id``, in as many parts as ``part_rows`` goes into the smaller of its rows
-    and the month's live rows (rounded up).
+    ranges of ``public_id``, in parts of about ``part_rows`` rows.
     """
     partition, read_at = snapshot.partition, snapshot.completed_at
     params = {
@@ -299,12 +299,7 @@ def merge_snapshot(
             },
         )
         snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
-        # Before the merge: a share of the rows the month had, not of those the read also adds
-        # (3 gone of 100, with 50 late rows, is not 2 %).
-        live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
-        # The join's memory grows with the rows it matches, so a month's first read (all new,
-        # as a rule) is joined whole: in 5 parts its 5M rows took 1.1 s more CPU and 5 MB more.
-        parts = _id_ranges(con, min(snapshot_rows, live_rows), part_rows)
+        parts = _id_ranges(con, snapshot_rows, part_rows)
         started_at = snapshot.started_at or read_at
         preview = {**params, "started_at": started_at}
         inserted, updated, restored, moved_in, older = (
@@ -335,6 +330,9 @@ def merge_snapshot(
             other_months_due += fetch_row(con, sql.MIX_REBUILDS_DUE_FROM_REJECTS, due)[0]
         if other_months_due:
             execute(con, sql.MIX_REBUILDS_DUE_FOR_PARTITION, due)
+        # Before the merge: a share of the rows the month had, not of those the read also adds
+        # (3 gone of 100, with 50 late rows, is not 2 %).
+        live_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, params)[0]
         # Every row new to d23.logs: an insert does all the MERGE would, at half its cost.
         if inserted == snapshot_rows:
             execute(con, sql.INSERT_NEW_SNAPSHOT, params)
@@ -435,13 +433,13 @@ def _id_ranges(
     con: duckdb.DuckDBPyConnection, rows: int, part_rows: int
 ) -> list[dict[str, str | None]]:
     """Bounds of public_id (``low`` <= id < ``high``, id <= ``last``) cutting the staged snapshot
-    into ``rows / part_rows`` parts (rounded up) of about equal size; one part is unbounded."""
+    into ``rows / part_rows`` parts (rounded up) of about equal size."""
+    first, last = fetch_row(con, sql.SNAPSHOT_ID_SPAN)
     parts = -(-rows // part_rows)
-    if parts <= 1:
-        return [{"low": None, "high": None, "last": None}]
-    fractions = [i / parts for i in range(1, parts)]
-    first, last, cuts = fetch_row(con, sql.MERGE_PART_BOUNDS, {"fractions": fractions})
-    bounds = sorted(set(cuts))
+    bounds: list[str] = []
+    if parts > 1:
+        fractions = [i / parts for i in range(1, parts)]
+        bounds = sorted(set(fetch_row(con, sql.MERGE_PART_CUTS, {"fractions": fractions})[0]))
     return [
         {"low": low, "high": high, "last": last}
         for low, high in zip([first, *bounds], [*bounds, None], strict=True)
