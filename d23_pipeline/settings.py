@@ -105,9 +105,9 @@ LOCK_TIMEOUT_S = 900.0
 # stays flat in the month's size (at some speed: see benchmarks/README.md). 48 MB holds every
 # step of a month's first read at 5M rows (it is inserted) and of a 1M-row month's read again;
 # 96 MB held ~50 MB more at 1M and 5M rows. Not everything spills: the merge's join of a
-# 5M-row month read again with d23.logs ran out of memory within 48 MB whole, so it is joined
-# in parts of ~1M rows (store.MERGE_PART_ROWS); a merge that still runs out is merged again
-# within twice the limit, then without one (merge_within_memory_limit).
+# 5M-row month with d23.logs ran out of memory within 48 MB whole, so it is joined in parts of
+# ~1M rows (store.MERGE_PART_ROWS); a merge that still runs out is merged again within twice
+# the limit, then without one (merge_within_memory_limit).
 DEFAULT_MEMORY_LIMIT = "48MB"
 # An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
 RESUME_MAX_AGE = timedelta(hours=24)
