@@ -131,7 +131,7 @@ class Months:
 @pytest.fixture(params=["duckdb", "duckdb-in-parts", "ducklake"])
 def months(tmp_path: Path, request: pytest.FixtureRequest) -> Months:
     """Every merge rule holds on both warehouse backends, and when the snapshot is joined
-    with d23.logs in parts (here of one row each, so that every other id is a part's bound)."""
+    with d23.logs in parts (here of about one row each: most ids are a part's bound)."""
     if request.param == "duckdb":
         return Months(tmp_path, Warehouse(tmp_path / "warehouse.duckdb"))
     if request.param == "duckdb-in-parts":
