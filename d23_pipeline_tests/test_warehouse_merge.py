@@ -239,13 +239,13 @@ def test_later_update_wins_and_keeps_first_seen(months: Months) -> None:
     assert summary.updated == 1
 
 
-def _statements_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The statements ``merge_snapshot`` runs from now on, in order."""
-    run: list[str] = []
+def _statements_run(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict | None]]:
+    """The statements ``merge_snapshot`` runs from now on, in order, with their parameters."""
+    run: list[tuple[str, dict | None]] = []
     original = store.execute
 
     def execute(con: duckdb.DuckDBPyConnection, statement: str, params=None):
-        run.append(statement)
+        run.append((statement, params))
         return original(con, statement, params)
 
     monkeypatch.setattr(store, "execute", execute)
@@ -258,15 +258,16 @@ def test_a_months_first_read_inserts_its_rows_and_a_read_again_merges(
     run = _statements_run(monkeypatch)
     first = months.merge([row("a"), row("b"), row("d")])
     first_read_at, stored_b = months.read_at, months.logs()["b"]
-    inserted_without_a_merge = sql.INSERT_NEW_SNAPSHOT in run and sql.MERGE_SNAPSHOT not in run
+    first_ran = {statement for statement, _ in run}
     run.clear()
 
     changed = row("a", "2026-04-20T00:00:00.000Z", is_active=False)
     again = months.merge([changed, row("b"), row("c")])
 
     logs = months.logs()
-    assert inserted_without_a_merge
-    assert sql.MERGE_SNAPSHOT in run and sql.INSERT_NEW_SNAPSHOT not in run
+    again_ran = {statement for statement, _ in run}
+    assert sql.INSERT_NEW_SNAPSHOT in first_ran and sql.MERGE_SNAPSHOT not in first_ran
+    assert sql.MERGE_SNAPSHOT in again_ran and sql.INSERT_NEW_SNAPSHOT not in again_ran
     assert (first.inserted, again.inserted, again.updated) == (3, 1, 1)
     assert sorted(logs) == ["a", "b", "c", "d"]
     assert (logs["a"]["is_active"], logs["a"]["_first_seen_at"]) == (False, first_read_at)
@@ -306,7 +307,7 @@ def test_a_first_read_holding_one_row_the_warehouse_has_merges_it_and_inserts_th
     assert ids == (4, 4)
     assert months.logs()["a"]["_partition"] == "2026-05-01"
     assert (summary.inserted, summary.moved_in) == (3, 1)
-    assert sql.MERGE_SNAPSHOT in run
+    assert sql.MERGE_SNAPSHOT in {statement for statement, _ in run}
 
 
 def test_row_a_reread_proved_gone_is_marked_deleted_then_restored(months: Months) -> None:
@@ -703,27 +704,15 @@ def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_on
     _write_rows(first.row_files[0], range(10_000), "2026-04-02T00:00:00.000Z", "PTP")
     again = months.snapshot([])
     _write_rows(again.row_files[0], range(10_000), "2026-04-03T00:00:00.000Z", "RPC")
-    previews: list[dict] = []
-    original = store.execute
-
-    def execute(con: duckdb.DuckDBPyConnection, statement: str, params=None):
-        if statement == sql.MERGE_PREVIEW:
-            previews.append(params)
-        return original(con, statement, params)
-
-    monkeypatch.setattr(store, "execute", execute)
     months.merge_snapshot(first)
-    previews.clear()
+    run = _statements_run(monkeypatch)
     summary = months.merge_snapshot(again)
+
+    previews = [params for statement, params in run if statement == sql.MERGE_PREVIEW]
 
     ids = [f"{i:024x}" for i in range(10_000)]
     per_part = [
-        sum(
-            (p["low"] is None or i >= p["low"])
-            and (p["high"] is None or i < p["high"])
-            and (p["last"] is None or i <= p["last"])
-            for i in ids
-        )
+        sum(p["low"] <= i <= p["last"] and (p["high"] is None or i < p["high"]) for i in ids)
         for p in previews
     ]
     assert len(per_part) == 4 and all(2_000 <= n <= 3_000 for n in per_part), per_part

@@ -194,13 +194,14 @@ WHERE s.rank > 1 AND s.updated_at = s.kept.updated_at AND s.version <> s.kept
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
-# The snapshot is joined with d23.logs one range of public_id at a time, [$low, $high) and
-# none past $last (NULL: unbounded): the statements that join the two restrict both sides with
-# _SNAPSHOT_PART and _LOGS_PART. The parts span the snapshot's ids from its first to its last,
-# so that no part joins the rows of other months (ids are time-ordered, and DuckDB skips row
-# groups outside a range). A month of many rows is cut into several parts: a 5M-row month's
-# whole join did not fit DuckDB's default memory limit, read again or read for the first time
-# beside other months; its parts do (benchmarks/README.md).
+# The snapshot is joined with d23.logs one range of public_id at a time: from $low, below
+# $high (NULL in the last part) and up to $last, the snapshot's last id. The statements that
+# join the two restrict both sides with _SNAPSHOT_PART and _LOGS_PART. The parts span the
+# snapshot's ids from its first ($low of the first part) to its last, so that no part joins the
+# rows of other months (ids are time-ordered, and DuckDB skips row groups outside a range; an
+# empty snapshot has no first id, and nothing to join). A month of many rows is cut into
+# several parts: a 5M-row month's whole join did not fit DuckDB's default memory limit, read
+# again or read for the first time beside other months; its parts do (benchmarks/README.md).
 SNAPSHOT_ID_SPAN = "SELECT min(public_id), max(public_id) FROM snapshot"
 # The cut points: quantiles of a sample of the snapshot's ids, of 10,000, as a sample of
 # 100,000 stayed in DuckDB's memory, 14 MB of it, through the merge of a 5M-row month.
@@ -212,9 +213,7 @@ FROM (SELECT public_id FROM snapshot USING SAMPLE reservoir(10000 ROWS) REPEATAB
 
 def _in_part(alias: str) -> str:
     return (
-        f"({alias}.public_id >= $low OR $low IS NULL) "
-        f"AND ({alias}.public_id < $high OR $high IS NULL) "
-        f"AND ({alias}.public_id <= $last OR $last IS NULL)"
+        f"{alias}.public_id BETWEEN $low AND $last AND ({alias}.public_id < $high OR $high IS NULL)"
     )
 
 

@@ -432,7 +432,7 @@ def merge_snapshot(
 def _id_ranges(
     con: duckdb.DuckDBPyConnection, rows: int, part_rows: int
 ) -> list[dict[str, str | None]]:
-    """Bounds of public_id (``low`` <= id < ``high``, id <= ``last``) cutting the staged snapshot
+    """Bounds of public_id (``low`` <= id <= ``last``, id < ``high``) cutting the staged snapshot
     into ``rows / part_rows`` parts (rounded up) of about equal size."""
     first, last = fetch_row(con, sql.SNAPSHOT_ID_SPAN)
     parts = -(-rows // part_rows)
