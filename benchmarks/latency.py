@@ -90,7 +90,5 @@ def bench_gateway(
                 "504s": runs[0][1]["retries"].get("504", 0),
             }
     results["request_ratio"] = results["learning"]["requests"] / results["knowing"]["requests"]
-    results["wall_ratio"] = (
-        results["learning"]["wall"].median / results["knowing"]["wall"].median
-    )
+    results["wall_ratio"] = results["learning"]["wall"].median / results["knowing"]["wall"].median
     return results

@@ -79,8 +79,7 @@ def _throughput(sizes: Sizes) -> list[str]:
 
 def _latency(sizes: Sizes) -> list[str]:
     lines = [
-        f"### 2. Latency-bound month over loopback ({sizes.latency_rows:,} rows, "
-        "100 ms/request)",
+        f"### 2. Latency-bound month over loopback ({sizes.latency_rows:,} rows, 100 ms/request)",
         "",
         "| C | requests (pages + counts) | wall time | ideal requests x 0.1 s / C | ratio |",
         "|---|---|---|---|---|",

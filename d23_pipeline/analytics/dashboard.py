@@ -732,8 +732,9 @@ def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> Figure:
                         "symbol": "circle-open",
                         "size": [7 if r.get("partial") else 0 for r in mine],
                     },
-                    "text": [" (only part of this day is counted)" * bool(r.get("partial"))
-                             for r in mine],  # fmt: skip
+                    "text": [
+                        " (only part of this day is counted)" * bool(r.get("partial")) for r in mine
+                    ],
                     "name": name,
                     "legendgroup": name,
                     "showlegend": j == 0,
@@ -858,9 +859,7 @@ def _running_day(data: DashboardData) -> str:
     if not days or max(days) != today:
         return ""
     months = _utc_months(today, zone)
-    reads = [
-        (f.month, f.last_read) for f in data.freshness if f.month in months and f.last_read
-    ]
+    reads = [(f.month, f.last_read) for f in data.freshness if f.month in months and f.last_read]
     running = f" The last day, {today.day} {today:%b %Y}, is still running"
     if not reads:  # a month loaded before reads were recorded
         return f"{running}."
@@ -877,8 +876,7 @@ def _tiles_section(data: DashboardData) -> str:
     latest, before = data.tile_months()
     if latest is None:
         return (
-            "<section id='kpis'><h2>KPIs</h2><p>No month with attempts has ended yet.</p>"
-            "</section>"
+            "<section id='kpis'><h2>KPIs</h2><p>No month with attempts has ended yet.</p></section>"
         )
     ended = data.ended_months()
     previous = previous_month(latest["month"])

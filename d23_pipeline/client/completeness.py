@@ -114,4 +114,3 @@ def judge(
         and min(low, high) <= served <= max(low, high)
     )
     return SliceProof(served, low, high, verified, reads, read_on_ran_out)
-

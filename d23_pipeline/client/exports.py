@@ -264,9 +264,7 @@ class ExportsClient:
             "includeTotal": "true",
         }
         try:
-            return self._session.get(
-                params, read_total, what="total", window=window, cancel=cancel
-            )
+            return self._session.get(params, read_total, what="total", window=window, cancel=cancel)
         except GatewayTimeout:
             self.stats.retry("504")
             self._widths.failed(window.duration)

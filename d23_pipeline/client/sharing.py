@@ -36,6 +36,7 @@ MIN_PAGES_TO_SPLIT = 2
 # How often a waiting worker looks at the cancel flag.
 _POLL_S = 0.05
 
+
 @dataclass(frozen=True)
 class ReadAgain:
     """A slice whose read was not proven complete, to be read again: as which read, and with

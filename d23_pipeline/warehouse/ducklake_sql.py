@@ -51,4 +51,3 @@ def attach(conninfo: str, data_path: str, *, password_secret: bool) -> str:
     if password_secret:
         options += f", META_SECRET {_literal(CATALOG_SECRET)}"
     return f"ATTACH {_literal('ducklake:postgres:' + conninfo)} AS {CATALOG} ({options})"
-
