@@ -723,6 +723,51 @@ def test_a_page_naming_its_cursor_twice_is_a_clear_error_not_the_end_of_the_data
         walk_ids(reader)
 
 
+def test_a_page_naming_its_body_twice_is_a_clear_error_not_the_last_bodys_rows() -> None:
+    # json keeps the last body: the first one's rows, a bad one among them, went unseen.
+    sim = paged(range(10))
+    first = json.dumps({"rows": [row(1, T0), {**row(2, T0), "is_active": "yes"}],
+                        "pagination": {"nextCursor": "abc"}})  # fmt: skip
+    last = json.dumps({"rows": [row(3, T0)], "pagination": {"nextCursor": None}})
+    page = f'{{"code": 200, "body": {first}, "body": {last}}}'
+    sim.script(SimResponse(200, {"Content-Type": "application/json"}, page.encode()), times=99)
+    with client(sim) as reader, pytest.raises(ProtocolError) as caught:
+        walk_ids(reader)
+    assert "the answer names 'body' more than once" in str(caught.value)
+
+
+@pytest.mark.parametrize(("key", "again"), [("total", "3"), ("totalExact", "false")])
+def test_a_count_naming_its_total_twice_is_a_clear_error_not_its_last_value(
+    key: str, again: str
+) -> None:
+    sim = paged(range(7))
+    pagination = '"nextCursor": null, "total": 7, "totalExact": true, ' + f'"{key}": {again}'
+    count = '{"body": {"rows": [], "pagination": {' + pagination + "}}}"
+    sim.script(
+        SimResponse(200, {"Content-Type": "application/json"}, count.encode()),
+        times=99,
+        when=lambda r: r.kind == "count",
+    )
+    named = f"body.pagination names '{key}' more than once"
+    with client(sim) as reader, pytest.raises(ProtocolError, match=named):
+        reader.fetch_total(DAY)
+
+
+def test_a_count_naming_another_key_twice_is_read() -> None:
+    sim = paged(range(7))
+    count = (
+        '{"code": 200, "message": "a", "message": "b", "body": {"rows": [], "rows": [], '
+        '"pagination": {"nextCursor": "x", "nextCursor": null, "total": 7, "totalExact": true}}}'
+    )
+    sim.script(
+        SimResponse(200, {"Content-Type": "application/json"}, count.encode()),
+        times=99,
+        when=lambda r: r.kind == "count",
+    )
+    with client(sim) as reader:
+        assert reader.fetch_total(DAY).exact_total == 7
+
+
 def _read_rows_as_served(rows: list[str]) -> list[Page]:
     """The pages a walk reads from one last page holding ``rows``, JSON text as given."""
     body = '{"body": {"rows": [' + ", ".join(rows) + '], "pagination": {"nextCursor": null}}}'

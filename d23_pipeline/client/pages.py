@@ -3,7 +3,7 @@ missing cursor or rows list is an error to retry, never "end of data"."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -31,11 +31,12 @@ from d23_pipeline.schema import (
     validate_rows,
 )
 
-PairsHook = Callable[[list[tuple[str, Any]]], Any]
 # A body naming keys more than once is reported with the first few, each cut: the names are the
 # server's text, and 500 keys of 2 KB had made a 1 MB error, logged again on every retry.
 _KEYS_NAMED = 5
 _KEY_CHARS = 64
+# What a count is read from; another key named twice in a count's answer changes nothing.
+_COUNT_KEYS = ("total", "totalExact", "totalNote")
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,12 @@ def read_total(response: httpx.Response) -> WindowTotal:
     # A count missing or of the wrong type is a broken answer, not "the API could not count"
     # (`total: null`): read as the latter, it would narrow the window to its minimum looking for
     # an exact count, and then fail the month's proof.
-    pagination = _envelope_body(response).get("pagination")
+    body = _envelope_body(response)
+    _refuse_repeated_keys(response, "body", body, ("pagination",))
+    pagination = body.get("pagination")
     if not isinstance(pagination, dict):
         raise _bad_body(response, "no body.pagination object in the answer to includeTotal")
+    _refuse_repeated_keys(response, "body.pagination", pagination, _COUNT_KEYS)
     if "total" not in pagination:
         raise _bad_body(response, "no pagination.total in the answer to includeTotal")
     total = pagination["total"]
@@ -110,12 +114,31 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _envelope_body(response: httpx.Response, hook: PairsHook | None = None) -> dict[str, Any]:
-    envelope = decode_json(response, hook)
+def _envelope_body(response: httpx.Response) -> dict[str, Any]:
+    # Every object is decoded noting repeated keys: a parser keeps a key's last value, so an
+    # answer naming "body" twice would lose the first body's rows (bad ones unquarantined) and a
+    # count naming "total" twice would be read as its last, unseen.
+    envelope = decode_json(response, note_repeated_keys)
+    _refuse_repeated_keys(response, "the answer", envelope, ("body",))
     body = envelope.get("body") if isinstance(envelope, dict) else None
     if not isinstance(body, dict):
         raise _bad_body(response, "no body object in the envelope")
     return body
+
+
+def _refuse_repeated_keys(
+    response: httpx.Response, name: str, part: object, keys: Collection[str] | None = None
+) -> None:
+    """A ``bad_body`` if ``part`` names any of ``keys`` (any key, if None) more than once."""
+    if not isinstance(part, RepeatedKeys):
+        return
+    repeated = sorted(part.repeated if keys is None else part.repeated & set(keys))
+    if not repeated:
+        return
+    names = ", ".join(ascii(k)[:_KEY_CHARS] for k in repeated[:_KEYS_NAMED])
+    more = f" and {len(repeated) - _KEYS_NAMED} more" * (len(repeated) > _KEYS_NAMED)
+    shown = shown_server_text(names, request_of(response), _KEYS_NAMED * (_KEY_CHARS + 2))
+    raise _bad_body(response, f"{name} names {shown}{more} more than once")
 
 
 def _bad_body(response: httpx.Response, detail: str) -> Transient:
@@ -125,7 +148,7 @@ def _bad_body(response: httpx.Response, detail: str) -> Transient:
 
 
 def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
-    body = _envelope_body(response, note_repeated_keys)
+    body = _envelope_body(response)
     rows = body.get("rows")
     if not isinstance(rows, list):
         raise _bad_body(response, "no body.rows list")
@@ -133,13 +156,9 @@ def _rows_and_cursor(response: httpx.Response) -> tuple[list[Any], str | None]:
     if not isinstance(pagination, dict) or "nextCursor" not in pagination:
         # A missing cursor must not be read as "no more pages": that would truncate silently.
         raise _bad_body(response, "no body.pagination.nextCursor")
-    for name, part in (("body", body), ("body.pagination", pagination)):
-        if isinstance(part, RepeatedKeys):  # which rows, or which cursor, is unknown
-            repeated = sorted(part.repeated)
-            names = ", ".join(ascii(k)[:_KEY_CHARS] for k in repeated[:_KEYS_NAMED])
-            more = f" and {len(repeated) - _KEYS_NAMED} more" * (len(repeated) > _KEYS_NAMED)
-            shown = shown_server_text(names, request_of(response), _KEYS_NAMED * (_KEY_CHARS + 2))
-            raise _bad_body(response, f"{name} names {shown}{more} more than once")
+    # Which rows, or which cursor, is unknown.
+    _refuse_repeated_keys(response, "body", body)
+    _refuse_repeated_keys(response, "body.pagination", pagination)
     cursor = pagination["nextCursor"]
     if cursor is not None and not (isinstance(cursor, str) and cursor):
         raise _bad_body(response, "nextCursor is neither a cursor string nor null")
