@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from d23_pipeline.settings import is_text
+
 # The one statement of the contract: each field once, by kind, in the API's (and storage) order.
 STRING_FIELDS = ("public_id", "communication_type", "interaction_source", "outcome_option")
 BOOL_FIELDS = ("is_active", "is_ptp_broken")
@@ -121,17 +123,6 @@ def _canonical_ts(value: Any, name: str) -> str:
         return format_timestamp(parsed)
     except OverflowError:  # year 1 at +01:00 has no UTC instant in datetime's range
         raise ValueError(f"{name} is outside the range of UTC timestamps: {value[:40]!r}") from None
-
-
-def is_text(value: str) -> bool:
-    """Whether ``value`` is Unicode text that UTF-8 can hold."""
-    # JSON may escape half of a surrogate pair (what JavaScript emits for a cut emoji); Python
-    # reads it, but it is no Unicode character, and UTF-8 (Arrow, Parquet, DuckDB) cannot hold it.
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _text_problem(name: str, value: Any) -> str | None:

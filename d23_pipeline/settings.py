@@ -36,6 +36,18 @@ class LoginCredentials:
         return f"LoginCredentials(lender={self.lender!r}, email={self.email!r}, password=***)"
 
 
+def is_text(value: str) -> bool:
+    """Whether ``value`` is Unicode text that UTF-8 can hold."""
+    # JSON may escape half of a surrogate pair (what JavaScript emits for a cut emoji), and an
+    # environment variable's byte that is not UTF-8 reaches Python as one: no Unicode character,
+    # which UTF-8 (Arrow, Parquet, DuckDB, an HTTP body, libpq) cannot hold.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def fits_a_header(token: str) -> bool:
     """Whether ``token`` can travel in an HTTP header: printable ASCII. Anything else (a
     typographic quote pasted with it) would fail inside httpx, in an error holding the header."""
@@ -246,6 +258,7 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
         raise SettingsError(f"D23_WAREHOUSE must be duckdb or ducklake (got {backend!r})")
     if backend == "duckdb":
         return backend, None
+    _refuse_bytes_not_text(env, "D23_WAREHOUSE_DSN")
     if not env.get("D23_WAREHOUSE_DSN", "").strip():
         raise SettingsError(
             "D23_WAREHOUSE_DSN is not set: D23_WAREHOUSE=ducklake needs the PostgreSQL "
@@ -307,8 +320,29 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_CREDENTIAL_VARIABLES = (
+    "D23_LENDER",
+    "D23_EMAIL",
+    "D23_PASSWORD",
+    "D23_LENDER_PUBLIC_ID",
+    "D23_TOKEN",
+)
+
+
+def _refuse_bytes_not_text(env: Mapping[str, str], name: str) -> None:
+    # Sent as it is, such a value fails in the JSON or libpq encoder, in an error that quotes
+    # the login body or the DSN around it, password included.
+    if not is_text(env.get(name, "")):
+        raise SettingsError(
+            f"{name} holds bytes that are not UTF-8 text (a file saved in another encoding?); "
+            "its value is not shown"
+        )
+
+
 def read_credentials(env: Mapping[str, str]) -> Credentials:
     """Pick the login flow or the held-token flow, refusing a half-configured mix."""
+    for name in _CREDENTIAL_VARIABLES:
+        _refuse_bytes_not_text(env, name)
     login = {n: env.get(n, "").strip() for n in ("D23_LENDER", "D23_EMAIL", "D23_PASSWORD")}
     # A password may begin or end with a space: sent as given but for the line break a secret
     # mounted from a file ends with; only a blank one is missing.

@@ -3,6 +3,7 @@ writers of different months taking turns while a reader reads, without a lock fi
 
 import contextlib
 import multiprocessing
+import os
 import secrets
 import threading
 import time
@@ -105,6 +106,27 @@ def test_a_dsn_libpq_cannot_read_is_refused_without_quoting_it(tmp_path: Path) -
 
     shown = "".join(traceback.format_exception(raised.value))
     assert "first" not in shown and "second" not in shown
+
+
+def test_a_dsn_holding_bytes_that_are_not_utf8_is_refused_without_quoting_it(
+    tmp_path: Path,
+) -> None:
+    # A Latin-1 env file: libpq's encoder failed on the byte in an error holding the whole DSN.
+    dsn = os.fsdecode(b"host=h dbname=d23 password=Gr\xfcn-SECRET")
+    lake = str(tmp_path / "lake")
+    env = {"D23_WAREHOUSE": "ducklake", "D23_WAREHOUSE_DSN": dsn, "D23_DUCKLAKE_DATA_PATH": lake}
+
+    with pytest.raises(SettingsError, match="D23_WAREHOUSE_DSN holds bytes") as refused:
+        load_options(env)
+    with (
+        pytest.raises(WarehouseConnectionError, match="D23_WAREHOUSE_DSN") as raised,
+        DuckLakeWarehouse(dsn, lake).connect(),
+    ):
+        pass
+
+    shown = [f"{e!s} {e!r}" for e in (refused.value, raised.value)]
+    shown.append("".join(traceback.format_exception(raised.value)))
+    assert "SECRET" not in " ".join(shown)
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,25 @@ def test_a_password_is_sent_as_given_spaces_included_its_line_break_not() -> Non
 
 
 @pytest.mark.parametrize(
+    "name", ["D23_LENDER", "D23_EMAIL", "D23_PASSWORD", "D23_LENDER_PUBLIC_ID", "D23_TOKEN"]
+)
+def test_a_credential_holding_bytes_that_are_not_utf8_fails_naming_it_not_its_value(
+    name: str,
+) -> None:
+    # A Latin-1 env file: the byte reaches Python as a lone surrogate, and the login's JSON
+    # encoder failed on it in an error holding the whole body, password included.
+    held = {"D23_LENDER_PUBLIC_ID": LENDER_ID, "D23_TOKEN": "t0k-SECRET"}
+    login = {"D23_LENDER": "demo", "D23_EMAIL": "a@demo.example", "D23_PASSWORD": "pw-SECRET"}
+    env = {"D23_API_URL": "https://api.example", **(held if name in held else login)}
+    env[name] = os.fsdecode(b"Gr\xfcn-SECRET")
+
+    with pytest.raises(SettingsError, match=f"{name} holds bytes that are not UTF-8") as caught:
+        load_api_connection(env)
+
+    assert "SECRET" not in f"{caught.value!s} {caught.value!r}"
+
+
+@pytest.mark.parametrize(
     ("fields", "name"),
     [
         ({"api_url": None, **LOGIN}, "D23_API_URL"),

@@ -24,12 +24,12 @@ from d23_pipeline.schema import (
     RejectedRow,
     RepeatedKeys,
     RepeatedKeysError,
-    is_text,
     note_repeated_keys,
     read_canonical_page,
     rows_to_batch,
     validate_rows,
 )
+from d23_pipeline.settings import is_text
 
 # A body naming keys more than once is reported with the first few, each cut: the names are the
 # server's text, and 500 keys of 2 KB had made a 1 MB error, logged again on every retry.

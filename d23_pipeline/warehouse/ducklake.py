@@ -94,8 +94,10 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
 
     try:
         params: dict[str, str] = parse_dsn(dsn)
-    except psycopg2.ProgrammingError:
-        return None  # libpq's message quotes the DSN around the fault, the password perhaps
+    # libpq's message quotes the DSN around the fault, the password perhaps; the encoder's
+    # (a byte that is not UTF-8, if the settings' check was bypassed) holds the whole DSN.
+    except (psycopg2.ProgrammingError, UnicodeEncodeError):
+        return None
     if "://" in dsn and _misread_uri(params):
         return None
     password = params.pop("password", None)
