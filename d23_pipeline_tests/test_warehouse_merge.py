@@ -561,6 +561,20 @@ def test_a_version_served_under_the_same_updated_at_by_a_later_read_is_kept(
     assert (summary.older_versions, summary.older_version_examples) == (0, [])
 
 
+def test_an_older_read_merged_after_a_newer_one_keeps_the_newer_reads_version_of_a_tie(
+    months: Months,
+) -> None:
+    # Its month's d23/logs step run again on its own merges the older read last.
+    older = months.snapshot([row("a", outcome_option="PTP"), row("b")])
+    newer = months.snapshot([row("a", outcome_option="NO_ANSWER"), row("b")])
+    months.merge_snapshot(newer)
+
+    summary = months.merge_snapshot(older)
+
+    assert months.logs()["a"]["outcome_option"] == "NO_ANSWER"
+    assert (summary.updated, summary.older_versions) == (0, 0)
+
+
 def _a_moved_to_may_under_the_same_updated_at(months: Months) -> dict:
     """Rows a and b merged into April; a's version after it moved to May, updated_at unchanged."""
     months.merge([row("a"), row("b")])
@@ -580,6 +594,24 @@ def test_a_row_moved_without_a_new_updated_at_is_taken_over_by_its_new_month(
     logs = months.logs()
     assert summary.restored == 1
     assert (logs["a"]["_partition"], logs["a"]["_deleted_at"]) == ("2026-05-01", None)
+
+
+def test_an_older_read_of_its_old_month_merged_last_does_not_take_a_moved_row_back(
+    months: Months,
+) -> None:
+    # Else a later read of April, which no longer serves a, could prove it gone from April
+    # while the source holds it in May.
+    april = months.snapshot([row("a"), row("b")])
+    may = months.snapshot(
+        [row("a", communicated_at="2026-05-01T09:00:00.000Z")], partition="2026-05-01"
+    )
+    months.merge_snapshot(april)
+    months.merge_snapshot(may)
+
+    summary = months.merge_snapshot(april)
+
+    assert months.logs()["a"]["_partition"] == "2026-05-01"
+    assert summary.moved_in == 0
 
 
 def test_a_row_missing_from_a_reread_without_proof_is_not_deleted(months: Months) -> None:

@@ -220,13 +220,21 @@ def _in_part(alias: str) -> str:
 _SNAPSHOT_PART = f"(SELECT * FROM snapshot AS s WHERE {_in_part('s')}) AS s"
 _LOGS_PART = f"(SELECT * FROM d23.logs AS t WHERE {_in_part('t')}) AS t"
 
+# A version at least as new as the stored one: a later updated_at, or the same one served by a
+# read no older than the last that saw the stored row. The source may change a row without
+# moving updated_at; the version read last is kept even when an older read is merged after a
+# newer one (its month's d23/logs step run again on its own, another host's merge).
+_NEWER = (
+    "(s.updated_at > t.updated_at OR (s.updated_at = t.updated_at AND t._last_seen_at <= $read_at))"
+)
+
 # A row marked deleted comes back only when a read that finished after the one that proved it
 # gone serves it again: a snapshot read earlier (its d23/logs step run again on its own) saw the
 # row before it went, which is no evidence that it is back.
 _SEEN_SINCE_DELETED = "t._deleted_at < $read_at"
 # Or when this month's read takes it over (a version at least as new, communicated in this
 # month): only another month's read proved it gone, from that month; none of this one has.
-_TAKEN_OVER = "(s.updated_at >= t.updated_at AND t._partition <> $partition)"
+_TAKEN_OVER = f"({_NEWER} AND t._partition <> $partition)"
 
 # Versions the MERGE does not take, counted so that someone hears of them: other values under an
 # updated_at older than the stored version's, served by a read that began after every read that
@@ -275,7 +283,6 @@ _NEW_ROW_VALUES = (
 # fields only when it is at least as new, and it is not deleted unless it was proven gone by a
 # read that finished later than this one and it stays in its month. Either way the read saw it
 # (_last_seen_at, below).
-_NEWER = "s.updated_at >= t.updated_at"
 _MATCHED_CHANGES = [
     *(
         (name, f"CASE WHEN {_NEWER} THEN {new} ELSE t.{name} END")
@@ -335,7 +342,7 @@ WHERE t._partition <> $partition AND ({changed})
 MIX_REBUILDS_DUE_FROM_ROWS = _RECORD_MIX_REBUILDS_DUE.format(
     source=_SNAPSHOT_PART,
     logs=_LOGS_PART,
-    changed=f"s.updated_at >= t.updated_at OR {_SEEN_SINCE_DELETED}",
+    changed=f"{_NEWER} OR {_SEEN_SINCE_DELETED}",
 )
 MIX_REBUILDS_DUE_FROM_REJECTS = _RECORD_MIX_REBUILDS_DUE.format(
     source="snapshot_rejects AS r", logs="d23.logs AS t", changed=_SEEN_SINCE_DELETED
