@@ -503,25 +503,30 @@ def test_a_resumed_read_serving_a_row_from_before_it_moved_draws_no_conflict_war
     assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])
 
 
+@pytest.mark.parametrize("merged", ["before", "after"])
 def test_a_read_resumed_after_a_deletion_reads_its_finished_slices_again(
-    two_months: Pipeline, caplog: pytest.LogCaptureFixture
+    two_months: Pipeline, caplog: pytest.LogCaptureFixture, merged: str
 ) -> None:
     _interrupted_read(two_months, NEWER)
     moved = two_months.sim.rows(*month_window(OLDER))[0]["public_id"]
-    # Into a slice the interrupted run finished; its old month's refresh no longer finds it.
+    # Into a slice the interrupted run finished; its old month's refresh no longer finds it and
+    # proves it gone. Its merge marks the row deleted before the resumed read, or after it (the
+    # refresh landed, its merge still to come): either way the reused slice would not serve it.
     two_months.sim.move_row(moved, datetime.fromisoformat(f"{NEWER}-01T10:00:00+00:00"))
-    two_months.materialize(OLDER)
-    assert _state(two_months, moved) == (OLDER, True)
+    old = two_months.materialize(OLDER, selection="d23/raw_logs" if merged == "after" else None)
+    assert old.asset_materializations_for_node("d23__raw_logs")[0].metadata["proven_absent"].value
 
     result = two_months.materialize(NEWER)
+    if merged == "after":
+        two_months.materialize(OLDER, selection="d23/logs*")
 
+    assert _state(two_months, moved) == (NEWER, False)
+    assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])
     assert "not resuming the read begun at" in caplog.text
     assert (
         result.asset_materializations_for_node("d23__raw_logs")[0].metadata["slices_resumed"].value
         == 0
     )
-    assert _state(two_months, moved) == (NEWER, False)
-    assert two_months.live_rows([OLDER, NEWER]) == two_months.expected_rows([OLDER, NEWER])
 
 
 def _deleted(pipeline: Pipeline, public_id: str) -> list[tuple[str, bool]]:

@@ -212,6 +212,29 @@ def test_another_months_snapshot_missing_on_disk_is_reported_not_ignored(tmp_pat
 
     with pytest.raises(UnreadableSnapshot, match="2026-04-01"):
         store.landed_rejects({"moved-and-broken"}, excluding="2026-05-01")
+    with pytest.raises(UnreadableSnapshot, match="2026-04-01"):
+        store.proved_gone_since(datetime.now(UTC), excluding="2026-05-01")
+
+
+def test_another_months_snapshot_that_proved_rows_gone_since_an_instant_is_found(
+    tmp_path: Path,
+) -> None:
+    store = SnapshotStore(tmp_path)
+    with store.begin("2026-04-01", SLICES, "run-1") as writer:
+        for window in SLICES:
+            _land(writer, window)
+        april = writer.complete({}, absent={"gone"})
+    with store.begin("2026-03-01", SLICES, "run-1") as writer:  # proved nothing gone
+        for window in SLICES:
+            _land(writer, window)
+        writer.complete({}, absent=())
+    at = april.completed_at
+
+    assert store.proved_gone_since(at, excluding="2026-05-01")
+    assert not store.proved_gone_since(at + timedelta(microseconds=1), excluding="2026-05-01")
+    assert not store.proved_gone_since(at, excluding="2026-04-01")
+    april.absent_file.unlink()  # landed before reads were proven
+    assert not store.proved_gone_since(at, excluding="2026-05-01")
 
 
 def _interrupted(store: SnapshotStore, slices: list[Window], landed: int) -> SnapshotWriter:

@@ -71,7 +71,7 @@ def read_month(
     month = Window(slices[0].since, slices[-1].until)
     with store.begin(partition, slices, run_id) as writer:
         finished = writer.finished
-        if finished and _deleted_since(warehouse, writer.started_at):
+        if finished and _deleted_since(warehouse, store, writer.started_at, partition):
             log.warning(
                 "%s: not resuming the read begun at %s: since then a read proved rows gone, and "
                 "one may have moved into a slice it finished; reading every slice again",
@@ -129,10 +129,19 @@ def read_month(
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
 
 
-def _deleted_since(warehouse: WarehouseBackend, started_at: datetime) -> bool:
+def _deleted_since(
+    warehouse: WarehouseBackend, store: SnapshotStore, started_at: datetime, partition: str
+) -> bool:
+    """Whether a read proved rows gone since ``started_at``: merged, or landed by another
+    month's read whose merge is still to come (it marks them deleted after this read resumes)."""
     with warehouse.connect(read_only=True) as con:
         last = last_deletion(con)
-    return last is not None and last >= started_at
+    if last is not None and last >= started_at:
+        return True
+    try:
+        return store.proved_gone_since(started_at, excluding=partition)
+    except UnreadableSnapshot:
+        return True  # it may have; reading every slice again is always safe
 
 
 def _not_moved(client: ExportsClient, month: Window, absent: set[str], partition: str) -> set[str]:

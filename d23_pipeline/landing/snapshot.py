@@ -22,11 +22,11 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -487,6 +487,14 @@ class UnreadableSnapshot(RuntimeError):
 # The monthly partitions' keys, which name the months' folders.
 _PARTITION_KEY = re.compile(r"\d{4}-\d{2}-01")
 
+T = TypeVar("T")
+
+
+def _proved_gone_since(snapshot: Snapshot, since: datetime) -> bool:
+    # A snapshot landed before reads were proven has no absent file: it proved nothing gone.
+    path = snapshot.absent_file
+    return snapshot.completed_at >= since and path.is_file() and pq.read_metadata(path).num_rows > 0
+
 
 class SnapshotStore:
     """Raw D23 snapshots of every month under one root folder."""
@@ -607,20 +615,31 @@ class SnapshotStore:
         a read whose merge is still to come served them all the same. Raises
         :class:`UnreadableSnapshot` if a month's snapshot cannot be read: it may hold them."""
         wanted = pa.array(sorted(ids), pa.string())
-        months = sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else []
         found: list[StaleReject] = []
-        for partition in months:
-            if partition != excluding and _PARTITION_KEY.fullmatch(partition):
-                found.extend(self._rejects_in_current(partition, wanted))
+        for partition in self._other_months(excluding):
+            found.extend(self._in_current(partition, lambda s: self._rejects_in(s, wanted)))
         return found
 
-    def _rejects_in_current(self, partition: str, wanted: pa.Array) -> list[StaleReject]:
+    def proved_gone_since(self, since: datetime, *, excluding: str) -> bool:
+        """Whether another month's last complete snapshot, completed at ``since`` or later,
+        proved rows gone, merged or not: a read whose merge is still to come proved them all the
+        same. Raises :class:`UnreadableSnapshot` if a month's snapshot cannot be read."""
+        return any(
+            self._in_current(partition, lambda s: s is not None and _proved_gone_since(s, since))
+            for partition in self._other_months(excluding)
+        )
+
+    def _other_months(self, excluding: str) -> list[str]:
+        months = sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else []
+        return [m for m in months if m != excluding and _PARTITION_KEY.fullmatch(m)]
+
+    def _in_current(self, partition: str, read: Callable[[Snapshot | None], T]) -> T:
         failure: Exception | None = None
         # Twice: the month's next read may just have completed, replacing CURRENT and removing
         # the snapshot it replaced.
         for _ in range(2):
             try:
-                return self._rejects_in(self.current(partition), wanted)
+                return read(self.current(partition))
             except (OSError, ValueError, KeyError) as exc:
                 failure = exc
         raise UnreadableSnapshot(f"{partition}: {type(failure).__name__}: {failure}")
