@@ -26,35 +26,38 @@ def test_an_instant_serving_a_bad_row_without_its_public_id_proves_no_row_gone()
     sim = _tied_pair("missing_public_id", public_id="")
     with client(sim) as reader:
         # Row 1 is still there, served without its id: it may be the row asked about.
-        assert reader.served_ids(Window(T0, T0 + ONE_MS)) is None
-        assert reader.confirm_absent([(pid(1), T0)]) == set()
+        assert reader.served_ids(Window(T0, T0 + ONE_MS)) == ({pid(0)}, True)
+        assert reader.confirm_absent([(pid(1), T0)]) == (set(), set())
 
 
 def test_a_row_served_broken_at_its_instant_is_not_confirmed_absent() -> None:
     sim = _tied_pair("wrong_type", is_active="yes")
     with client(sim) as reader:
-        assert reader.confirm_absent([(pid(1), T0)]) == set()
+        assert reader.confirm_absent([(pid(1), T0)]) == (set(), set())
 
 
 def test_a_row_gone_from_an_instant_that_also_serves_a_bad_row_is_confirmed_absent() -> None:
     sim = _tied_pair("wrong_type", is_active="yes")
     with client(sim) as reader:
-        assert reader.confirm_absent([(pid(99), T0), (pid(0), T0)]) == {pid(99)}
+        assert reader.confirm_absent([(pid(99), T0), (pid(0), T0)]) == ({pid(99)}, set())
 
 
-def test_a_walk_of_an_instant_ended_short_of_its_count_confirms_nothing_absent() -> None:
+def test_a_walk_of_an_instant_ended_short_of_its_count_holds_its_candidates_unproven() -> None:
     sim = _tied_pair()
     short = {"rows": [row(0, T0)], "pagination": {"nextCursor": None}}  # row 1 left out
     sim.script(SimResponse.from_json({"body": short}), when=lambda r: r.kind == "data")
     with client(sim) as reader:
-        assert reader.confirm_absent([(pid(1), T0)]) == set()
+        assert reader.confirm_absent([(pid(1), T0)]) == (set(), {pid(1)})
 
 
-def test_a_lookup_not_proven_complete_confirms_none_of_its_candidates() -> None:
+def test_a_lookup_not_proven_complete_holds_its_candidates_unproven() -> None:
     sim = _tied_pair()
     sim.script(count_answer(None, "timeout"), times=99, when=lambda r: r.kind == "count")
     with client(sim) as reader:
-        assert reader.confirm_absent([(pid(99), T0)]) == set()
+        assert reader.confirm_absent([(pid(99), T0), (pid(98), T0 + SIX_HOURS)]) == (
+            set(),
+            {pid(99), pid(98)},
+        )
 
 
 def test_find_served_proves_a_row_absent_from_a_window_read_in_slices() -> None:

@@ -486,6 +486,52 @@ def test_a_row_gone_whose_other_months_reject_cannot_be_read_again_is_reported_u
     assert pipeline.query("SELECT public_id, held FROM d23.deletions_pending") == [(moved, False)]
 
 
+def test_a_row_gone_whose_instant_cannot_be_read_again_completely_is_reported_unproven(
+    tmp_path: Path,
+) -> None:
+    # The API ends the read again of the row's own instant (one millisecond, shared with
+    # another row) early: a "via" dataset may. Nothing proves the row gone, and that is said.
+    sim = Simulator(SimulatorConfig(months=(MONTH,), rows_per_month=200, tie_share=0.5))
+    rows = sim.valid_rows(*month_window(MONTH))
+    instant = next(
+        r["communicated_at"]
+        for r in rows
+        if sum(s["communicated_at"] == r["communicated_at"] for s in rows) > 1
+    )
+    gone = next(r["public_id"] for r in rows if r["communicated_at"] == instant)
+    one_ms = datetime.fromisoformat(instant) + timedelta(milliseconds=1)
+    early_end = {"body": {"rows": [], "pagination": {"nextCursor": None}}}
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize(MONTH)
+        sim.hard_delete_row(gone)
+        sim.script(
+            SimResponse.from_json(early_end),
+            times=99,
+            when=lambda r: (
+                r.kind == "data"
+                and r.query.get("since") == instant
+                and datetime.fromisoformat(r.query["until"]) == one_ms
+            ),
+        )
+
+        result = pipeline.materialize(MONTH, raise_on_error=False)
+
+    assert gone in _live_ids(pipeline)
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "deletions_proven"
+    ]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert f"1 rows look deleted at the source (e.g. {gone}), but the read again of their own" in (
+        check.description
+    )
+    assert (
+        result.asset_materializations_for_node("d23__logs")[0].metadata["deletions_unproven"].value
+        == 1
+    )
+    assert pipeline.query("SELECT public_id, held FROM d23.deletions_pending") == [(gone, False)]
+
+
 def test_a_pending_deletion_an_older_read_applies_later_is_no_longer_listed(
     small_month: Pipeline,
 ) -> None:

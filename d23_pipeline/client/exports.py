@@ -283,34 +283,43 @@ class ExportsClient:
                 break
         return total
 
-    def confirm_absent(self, candidates: Sequence[tuple[str, datetime]]) -> set[str]:
+    def confirm_absent(
+        self, candidates: Sequence[tuple[str, datetime]]
+    ) -> tuple[set[str], set[str]]:
         """Of ``(public_id, communicated_at)`` pairs, those a proven-complete read of their
-        instant no longer returns: the evidence a deletion needs.
+        instant no longer returns (the evidence a deletion needs), and those whose instant's
+        read was not proven complete (they look gone, but nothing says so).
 
         Each distinct instant is read as its own one-millisecond window and counted after the
         walk; an instant whose walk served fewer rows than the exact count proves nothing, so
-        its candidates are kept. Nor does one that served a bad row without a usable
-        ``public_id``: that row may be any candidate's new version.
+        its candidates are kept, as unproven. One that served a bad row without a usable
+        ``public_id`` proves nothing either, but there none looks gone: that row may be any
+        candidate's new version.
         """
         by_instant: dict[datetime, set[str]] = defaultdict(set)
         for public_id, communicated_at in candidates:
             by_instant[communicated_at].add(public_id)
         if not by_instant:
-            return set()
+            return set(), set()
 
-        def absent_at(instant: datetime, ids: set[str]) -> set[str]:
+        def read_again(instant: datetime, ids: set[str]) -> tuple[set[str], set[str]]:
             served = self.served_ids(Window(instant, instant + ONE_MS))
-            return set() if served is None else ids - served
+            if served is None:
+                return set(), ids
+            found, anonymous = served
+            # A bad row there without a usable public_id may be any of them: none looks gone.
+            return (set() if anonymous else ids - found), set()
 
         workers = min(self._max_concurrency, len(by_instant))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-confirm") as pool:
-            found = pool.map(lambda item: absent_at(*item), by_instant.items())
-            return set().union(*found)
+            answers = list(pool.map(lambda item: read_again(*item), by_instant.items()))
+        absent: set[str] = set().union(*(gone for gone, _ in answers))
+        return absent, set().union(*(held for _, held in answers))
 
-    def served_ids(self, window: Window) -> set[str] | None:
-        """The ids a walk of ``window`` serves (valid rows and rejects), or ``None`` unless the
-        walk is proven complete by the window's exact count after it. A bad row without a usable
-        ``public_id`` also gives ``None``: it may be any row's new version."""
+    def served_ids(self, window: Window) -> tuple[set[str], bool] | None:
+        """The ids a walk of ``window`` serves (valid rows and rejects) and whether it also
+        served a bad row without a usable ``public_id`` (which may be any row's new version), or
+        ``None`` unless the walk is proven complete by the window's exact count after it."""
         ids: set[str] = set()
         served = 0
         anonymous = False
@@ -319,9 +328,9 @@ class ExportsClient:
             ids.update(r.public_id for r in page.rejects if r.public_id)
             anonymous = anonymous or any(not r.public_id for r in page.rejects)
             served += page.batch.num_rows + len(page.rejects)
-        if anonymous or self.fetch_total(window).exact_total != served:
+        if self.fetch_total(window).exact_total != served:
             return None
-        return ids
+        return ids, anonymous
 
     def find_served(self, window: Window, wanted: Collection[str]) -> set[str] | None:
         """Of ``wanted``, the ids a read of ``window`` serves (valid rows and rejects), read as

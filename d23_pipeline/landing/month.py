@@ -98,9 +98,9 @@ def read_month(
             )
             if candidates:
                 anonymous = anonymous_rejects(con, reject_files)
-        absent = client.confirm_absent(candidates)
+        absent, held = client.confirm_absent(candidates)
         stale_rejects: list[StaleReject] = []
-        unproven: dict[str, str] = {}
+        unproven = dict.fromkeys(held, _INSTANT_NOT_PROVEN)
         try:
             if absent and anonymous:
                 raise _Unprovable(
@@ -110,11 +110,13 @@ def read_month(
             if absent:
                 absent = _not_moved(client, month, absent, partition)
             if absent:
-                absent, stale_rejects, unproven = _not_rejected_elsewhere(
+                absent, stale_rejects, elsewhere = _not_rejected_elsewhere(
                     client, warehouse, store, absent, partition
                 )
+                unproven.update(elsewhere)
         except _Unprovable as exc:
-            unproven, absent = dict.fromkeys(absent, str(exc)), set()
+            unproven.update(dict.fromkeys(absent, str(exc)))
+            absent = set()
         for reason, rows in Counter(unproven.values()).items():
             log.warning(
                 "%s: %d rows look deleted, but %s: this read marks none of them deleted; they "
@@ -127,6 +129,12 @@ def read_month(
             client.stats.as_dict(), absent=absent, stale_rejects=stale_rejects, unproven=unproven
         )
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
+
+
+_INSTANT_NOT_PROVEN = (
+    "the read again of their own instant was not proven complete (it served fewer rows than "
+    "its exact count, or a bad row without a usable public_id)"
+)
 
 
 def _deleted_since(
