@@ -350,12 +350,19 @@ def month_progress(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
     }
 
 
-def deciding_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per month, the run whose outcome stands: its latest success, else its latest run."""
+# How the report names a backfill's one run without a partition, the dashboard's.
+DASHBOARD = "dashboard"
+
+
+def deciding_runs(
+    runs: Sequence[dict[str, Any]], *, dashboard: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Per month (and, with ``dashboard``, for the dashboard's run), the run whose outcome
+    stands: its latest success, else its latest run."""
     deciding: dict[str, dict[str, Any]] = {}
     for run in sorted(runs, key=lambda r: (r["status"] == "SUCCESS", r["creationTime"])):
-        if month := _month_of(run):
-            deciding[month] = run
+        if label := _month_of(run) or (DASHBOARD if dashboard else None):
+            deciding[label] = run
     return deciding
 
 
@@ -394,9 +401,9 @@ def _root_cause(error: dict[str, Any]) -> str:
 
 def report_failures(url: str, runs: Sequence[dict[str, Any]]) -> bool:
     """Print every check that failed in each month's deciding run, and why each step of a
-    failed one failed; whether a check was an ERROR."""
+    failed one failed, the dashboard's run's too; whether a check was an ERROR."""
     errors = False
-    for month, run in deciding_runs(runs).items():
+    for month, run in deciding_runs(runs, dashboard=True).items():
         events = _run_events(url, run["runId"])
         for evaluation in (e["evaluation"] for e in events if "evaluation" in e):
             if evaluation["success"]:

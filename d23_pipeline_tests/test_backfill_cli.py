@@ -422,6 +422,27 @@ def test_wait_says_why_a_month_failed_outside_its_steps(ended_backfill, capsys):
     assert f"  2026-07: run failed: {swept}\n" in capsys.readouterr().out
 
 
+def test_wait_says_why_the_backfills_dashboard_run_failed(ended_backfill, capsys):
+    # Every month succeeded; the dashboard's run, which has no partition, did not.
+    FakeWebserver.backfill_status = "COMPLETED_FAILED"
+    dashboard = {"runId": "dashboard-FAILURE", "status": "FAILURE", "tags": []}
+    FakeWebserver.backfill_runs = [
+        _run("2026-07-01", "SUCCESS") | {"creationTime": 1.0},
+        dashboard | {"creationTime": 2.0},
+    ]
+    busy = "WarehouseBusyError: another process held the warehouse for 900 s"
+    FakeWebserver.run_checks = {
+        "2026-07-01-SUCCESS": [],
+        "dashboard-FAILURE": [
+            {"stepKey": "d23__outcome_dashboard", "error": {"message": f"{busy}\n"}}
+        ],
+    }
+
+    assert main(["2026-07", "2026-07", "--url", ended_backfill, "--wait"]) == 1
+
+    assert f"  dashboard: step d23__outcome_dashboard failed: {busy}\n" in (capsys.readouterr().out)
+
+
 def test_wait_shows_a_failed_checks_first_line_whole(ended_backfill, capsys):
     # The deletion check's first line ends with the run config that confirms the deletions.
     why = "x" * 400 + ' {"confirm_deletions": true}'
