@@ -17,7 +17,10 @@ from d23_pipeline.defs.assets.outcome_mix import (
     outcome_mix_monthly,
 )
 from d23_pipeline.defs.assets.raw_logs import raw_logs
-from d23_pipeline.defs.dashboard_refresh import dashboard_after_blocked_run
+from d23_pipeline.defs.dashboard_refresh import (
+    dashboard_after_blocked_run,
+    dashboard_behind_the_warehouse,
+)
 from d23_pipeline.defs.jobs import d23_dashboard_job, d23_pipeline_job
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
@@ -68,6 +71,7 @@ defs = dg.Definitions(
         ),
         pool_watchdog,
         dashboard_after_blocked_run,
+        dashboard_behind_the_warehouse,
     ],
     resources={
         "exports_api": ExportsApiResource(

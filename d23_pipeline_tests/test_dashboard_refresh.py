@@ -9,7 +9,11 @@ from harness import Pipeline
 
 from d23_pipeline.analytics import outcome_mix
 from d23_pipeline.definitions import defs
-from d23_pipeline.defs.dashboard_refresh import dashboard_after_blocked_run
+from d23_pipeline.defs import dashboard_refresh, keys
+from d23_pipeline.defs.dashboard_refresh import (
+    dashboard_after_blocked_run,
+    dashboard_behind_the_warehouse,
+)
 from d23_pipeline.defs.jobs import d23_dashboard_job
 from d23_pipeline.warehouse import store
 
@@ -133,3 +137,32 @@ def test_a_months_first_run_that_stopped_before_its_numbers_is_listed_until_they
     pipeline.materialize(MONTH)
 
     assert not _listed(pipeline, MIX_BEHIND) and not _listed(pipeline, KPIS_BEHIND)
+
+
+def test_a_merge_no_run_built_the_dashboard_after_requests_it_once_nothing_else_will(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def tick() -> dg.RunRequest | dg.SkipReason:
+        return dashboard_behind_the_warehouse(dg.build_sensor_context(instance=instance))
+
+    with dg.instance_for_test() as instance:
+        assert "no month has been merged" in tick().skip_message
+        # A backfill's month whose dashboard run Dagster skipped (another month failed).
+        pipeline.materialize(MONTH, selection="*d23/logs", instance=instance)
+        (merge,) = instance.fetch_materializations(keys.LOGS, limit=1).records
+        assert "recent" in tick().skip_message  # its backfill may still build it
+        monkeypatch.setattr(dashboard_refresh, "SETTLED_S", 0.0)  # as if SETTLED_S had passed
+        running = dg.DagsterRun(job_name="another_job", status=dg.DagsterRunStatus.STARTED)
+        instance.add_run(running)
+        assert "in flight" in tick().skip_message
+        instance.report_run_failed(running)
+
+        request = tick()
+
+        assert isinstance(request, dg.RunRequest)
+        assert request.run_key == f"dashboard-behind:{merge.storage_id}"
+        rebuilt = defs.resolve_job_def(d23_dashboard_job.name).execute_in_process(
+            instance=instance, resources=pipeline.resources()
+        )
+        assert rebuilt.success and pipeline.dashboard_path.is_file()
+        assert "built after the last merge" in tick().skip_message

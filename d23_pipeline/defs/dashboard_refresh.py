@@ -1,12 +1,19 @@
-"""``d23_dashboard_after_blocked_run``: rebuilds the dashboard after a run that changed the
-warehouse but stopped before the dashboard.
+"""Rebuilding the dashboard after work that changed the warehouse but stopped before it.
 
-A blocking check of ``d23/logs`` (deletions above the allowed share, slices not proven complete)
-fails the run after the month was merged, and Dagster skips every step after it, the dashboard
-too. The page would then go on saying "every deletion is applied" or "every slice read is
-verified" until some other run rebuilt it, just when the analyst needs to see why a month's
-numbers did not move.
+``d23_dashboard_after_blocked_run``: a blocking check of ``d23/logs`` (deletions above the
+allowed share, slices not proven complete) fails the run after the month was merged, and Dagster
+skips every step after it, the dashboard too. The page would then go on saying "every deletion
+is applied" or "every slice read is verified" until some other run rebuilt it, just when the
+analyst needs to see why a month's numbers did not move.
+
+``d23_dashboard_behind_the_warehouse``: whatever else left the page older than the last merge.
+A backfill's months run without the (unpartitioned) dashboard, which gets one run after them, and
+Dagster skips that run when any month failed or the backfill was canceled: one month failing for
+good left the page without every month the backfill did merge (on a fresh install, without any
+page). A run canceled after its merge, or one that materialized ``d23/logs`` alone, does too.
 """
+
+import time
 
 import dagster as dg
 
@@ -47,3 +54,45 @@ def dashboard_after_blocked_run(
     if keys.OUTCOME_DASHBOARD in materialized:
         return dg.SkipReason(f"run {run_id} rebuilt the dashboard itself")
     return dg.RunRequest(run_key=f"dashboard-after:{run_id}")
+
+
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+# Until a merge is this old, its own run or backfill may still rebuild the dashboard: the
+# backfill daemon submits a backfill's dashboard run within an iteration (~30 s) of its last month.
+SETTLED_S = 120.0
+
+
+@dg.sensor(
+    name="d23_dashboard_behind_the_warehouse",
+    job=d23_dashboard_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "When d23.logs was merged after the dashboard was last built and no run is left that "
+        "would build it (a backfill with a failed month, a canceled run): rebuild the dashboard "
+        "alone, once per merge."
+    ),
+)
+def dashboard_behind_the_warehouse(
+    context: dg.SensorEvaluationContext,
+) -> dg.RunRequest | dg.SkipReason:
+    """One dashboard run per latest merge the dashboard is older than, once nothing else will."""
+    instance = context.instance
+    merges = instance.fetch_materializations(keys.LOGS, limit=1).records
+    if not merges:
+        return dg.SkipReason("no month has been merged yet")
+    merged = merges[0]
+    built = instance.fetch_materializations(keys.OUTCOME_DASHBOARD, limit=1).records
+    if built and built[0].timestamp >= merged.timestamp:
+        return dg.SkipReason("the dashboard was built after the last merge")
+    if time.time() - merged.timestamp < SETTLED_S:
+        return dg.SkipReason("the last merge is recent: its run or backfill may still build it")
+    if instance.get_runs_count(dg.RunsFilter(statuses=_IN_FLIGHT)):
+        return dg.SkipReason("a run is in flight: it, or the backfill it is part of, may build it")
+    return dg.RunRequest(run_key=f"dashboard-behind:{merged.storage_id}")
