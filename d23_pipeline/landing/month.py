@@ -133,7 +133,7 @@ def read_month(
 
 _INSTANT_NOT_PROVEN = (
     "the read again of their own instant was not proven complete (it served fewer rows than "
-    "its exact count, or a bad row without a usable public_id)"
+    "the instant's exact count after it)"
 )
 
 
