@@ -2,6 +2,9 @@
 run and as the daemon ticks it, the run it requests, and the months the page then lists as
 lagging until they are built."""
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import dagster as dg
 import pytest
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin
@@ -15,6 +18,7 @@ from d23_pipeline.defs.dashboard_refresh import (
     dashboard_behind_the_warehouse,
 )
 from d23_pipeline.defs.jobs import d23_dashboard_job
+from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse import store
 
 MONTH = "2026-04"
@@ -66,6 +70,29 @@ def test_a_blocked_months_held_deletions_and_unmixed_rows_reach_the_dashboard_un
     pipeline.materialize(MONTH, selection="d23/logs*", run_config=CONFIRM)
 
     assert not _listed(pipeline, HELD) and not _listed(pipeline, MIX_BEHIND)
+
+
+def test_rows_moved_between_days_of_a_blocked_month_list_its_daily_mix_as_behind(
+    tmp_path: Path,
+) -> None:
+    # The month's mix per code and channel does not change; its daily table does.
+    sim = Simulator(SimulatorConfig(months=(MONTH,), rows_per_month=1500, seed=5))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize(MONTH)
+        sim.hard_delete(40, MONTH)  # 2.7 % of the month: its merge holds them and blocks
+        second = datetime(2026, 4, 2, tzinfo=UTC)
+        moved = [r for r in sim.rows(second, second + timedelta(days=1)) if r["is_active"]][:6]
+        for row in moved:
+            sim.move_row(row["public_id"], datetime(2026, 4, 20, 12, tzinfo=UTC))
+        assert not pipeline.materialize(MONTH, raise_on_error=False).success
+
+        rebuilt = defs.resolve_job_def(d23_dashboard_job.name).execute_in_process(
+            resources=pipeline.resources()
+        )
+
+    assert rebuilt.success
+    assert _listed(pipeline, MIX_BEHIND)
 
 
 def _daemon_tick(instance: dg.DagsterInstance, cursor: str | None):

@@ -732,7 +732,7 @@ ORDER BY month
 # rows and their outcome steps have not run since (a blocking check stopped the run, a step
 # failed, a merge of another month moved rows), or never ran (the month's first run stopped so).
 # Attempts per code and channel, and broken promises of the codes the mix counts as promises,
-# whatever the mapping.
+# whatever the mapping; and the daily table's attempts per UTC day.
 MIX_BEHIND_LOGS = """
 WITH by_day AS (
     -- UTC days first, counted from the epoch: DuckDB's month of a TIMESTAMPTZ goes through ICU
@@ -751,20 +751,33 @@ WITH by_day AS (
         sum(broken)   AS broken
     FROM by_day
     GROUP BY ALL
+), live_days AS (
+    SELECT DATE '1970-01-01' + CAST(day AS INTEGER) AS day, sum(attempts) AS attempts
+    FROM by_day
+    GROUP BY ALL
+), behind AS (
+    SELECT coalesce(m.month, l.month) AS month
+    FROM d23.outcome_mix_monthly AS m
+    FULL JOIN live AS l
+        ON  m.month = l.month
+        AND m.communication_type = l.communication_type
+        AND m.interaction_source = l.interaction_source
+        AND m.outcome_option = l.outcome_option
+    WHERE coalesce(m.attempts, 0) <> coalesce(l.attempts, 0)
+       OR (m.is_promise AND m.broken_promises <> l.broken)
+    -- The daily table too: rows moved between days of one month leave the month's mix as it was.
+    UNION ALL
+    SELECT CAST(date_trunc('month', coalesce(d.day, l.day)) AS DATE)
+    FROM d23.outcome_mix_daily AS d
+    FULL JOIN live_days AS l USING (day)
+    WHERE coalesce(d.attempts, 0) <> coalesce(l.attempts, 0)
 )
-SELECT DISTINCT coalesce(m.month, l.month) AS month
-FROM d23.outcome_mix_monthly AS m
-FULL JOIN live AS l
-    ON  m.month = l.month
-    AND m.communication_type = l.communication_type
-    AND m.interaction_source = l.interaction_source
-    AND m.outcome_option = l.outcome_option
-WHERE coalesce(m.month, l.month) IN (
-        SELECT month FROM d23.outcome_kpis_monthly
-        UNION SELECT DISTINCT CAST(_partition AS DATE) FROM d23.logs
-    )
-  AND (coalesce(m.attempts, 0) <> coalesce(l.attempts, 0)
-       OR (m.is_promise AND m.broken_promises <> l.broken))
+SELECT DISTINCT month
+FROM behind
+WHERE month IN (
+    SELECT month FROM d23.outcome_kpis_monthly
+    UNION SELECT DISTINCT CAST(_partition AS DATE) FROM d23.logs
+)
 ORDER BY month
 """
 OUTCOME_MIX_ALL = """
