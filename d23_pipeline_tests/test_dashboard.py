@@ -26,6 +26,7 @@ from d23_pipeline.analytics import dashboard
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_kpis_monthly,
+    rebuild_outcome_mix_daily,
     rebuild_outcome_mix_monthly,
 )
 from d23_pipeline.defs.assets.dashboard import outcome_dashboard
@@ -476,6 +477,7 @@ def test_each_attempt_counts_in_its_own_local_hour_and_day_in_any_zone(
         )
         stamps = con.execute("SELECT communicated_at, outcome_option FROM d23.logs").fetchall()
         rebuild_outcome_mix_monthly(con, since.date(), since, until, classes)
+        rebuild_outcome_mix_daily(con, since, until, classes)
         rebuild_outcome_kpis_monthly(con, since.date())
         data = dashboard.gather(con, classes, zone, datetime(2026, 12, 1, tzinfo=UTC))
 
@@ -674,7 +676,12 @@ def test_a_month_read_by_a_run_that_stopped_before_its_kpis_shows_its_read(
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
         for month in (months[0], months[2]):
             pipeline.materialize(month)
-        for step in ("d23/raw_logs", "d23/logs", "d23/outcome_mix_monthly"):
+        for step in (
+            "d23/raw_logs",
+            "d23/logs",
+            "d23/outcome_mix_monthly",
+            "d23/outcome_mix_daily",
+        ):
             pipeline.materialize(months[1], selection=step)
     data = _gathered(pipeline, datetime(2026, 12, 10, tzinfo=UTC))
 
