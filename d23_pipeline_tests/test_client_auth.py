@@ -273,3 +273,47 @@ def test_the_requests_count_includes_requests_answered_401() -> None:
         walk_ids(reader)
         assert reader.stats.as_dict()["requests"] == sim.stats.requests
     assert answered(sim, "data", 401) == 1
+
+
+def test_a_request_waiting_for_a_slot_while_the_token_is_replaced_sends_the_new_one() -> None:
+    # Read before the wait, the old token earned a 401 and used up one of the request's recoveries.
+    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    inner = sim.transport()
+    first_sent, release_first, waiting = threading.Event(), threading.Event(), threading.Event()
+    sent: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if "/exports/" in request.url.path:
+            sent.append(request.headers["authorization"])
+            if len(sent) == 1:  # holds the only slot until the token is replaced
+                first_sent.set()
+                release_first.wait(10)
+        return inner.handle_request(request)
+
+    with client(sim, max_concurrency=1, transport=httpx.MockTransport(handle)) as reader:
+        reader.lender_public_id  # noqa: B018 - the property logs in
+        session, auth = reader._session, reader._auth
+        take_slot = session._take_slot
+
+        def take_slot_noted(cancel: threading.Event | None) -> None:
+            waiting.set()
+            take_slot(cancel)
+
+        first = threading.Thread(target=reader.count, args=(DAY,))
+        first.start()
+        assert first_sent.wait(10)
+        session._take_slot = take_slot_noted  # type: ignore[method-assign]
+        second = threading.Thread(target=reader.count, args=(DAY,))
+        second.start()
+        assert waiting.wait(10)
+        _, generation = auth.current()
+        sim.expire_tokens()
+        auth.recover(generation)  # another worker's 401 replaced the token meanwhile
+        replaced = f"Bearer {auth.current()[0]}"
+        release_first.set()
+        first.join(10)
+        second.join(10)
+
+    # The first request went out before the refresh, the rest after it.
+    assert [header == replaced for header in sent] == [False, True, True]
+    assert answered(sim, "count", 401) == 1

@@ -119,6 +119,19 @@ def test_backoff_without_retry_after_stays_within_policy() -> None:
     assert len(slept) == 3 and all(0 <= s <= cap for s, cap in zip(slept, [1, 2, 3], strict=True))
 
 
+@pytest.mark.parametrize("retry_after", ["0", "-1", "Fri, 01 May 2026 11:00:00 GMT"])
+def test_a_retry_after_of_no_time_backs_off_as_the_policy_says(retry_after: str) -> None:
+    # Waited out as given, six attempts of a short 503 outage went out within milliseconds.
+    slept: list[float] = []
+    sim = paged(range(4))
+    sim.script(error(503, **{"Retry-After": retry_after}), times=3)
+    policy = RetryPolicy(max_attempts=4, base_delay_s=1.0, max_delay_s=3.0)
+    with client(sim, sleep=slept.append, retry=policy) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+    assert len(slept) == 3 and all(0 <= s <= cap for s, cap in zip(slept, [1, 2, 3], strict=True))
+    assert sum(slept) > 0
+
+
 def test_timeouts_and_dropped_connections_are_retried_to_the_exact_rows() -> None:
     sim = paged(range(10))
     sim.script(TIMEOUT, when=has_cursor)

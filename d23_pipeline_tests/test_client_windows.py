@@ -72,7 +72,10 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     now = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Fri, 01 May 2026 12:00:30 GMT", now) == 30.0
-    assert parse_retry_after("Fri, 01 May 2026 11:00:00 GMT", now) == 0.0
+    # No delay to wait: the policy's backoff applies.
+    assert parse_retry_after("Fri, 01 May 2026 11:00:00 GMT", now) is None
+    assert parse_retry_after("0") is None and parse_retry_after("-1") is None
+    assert parse_retry_after("nan") is None and parse_retry_after("-inf") is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
 

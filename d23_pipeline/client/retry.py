@@ -105,7 +105,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds) if seconds == seconds else None  # NaN is not a delay
+    # Nor is a NaN, nor one of 0 or less (a date in the past: a server clock behind ours):
+    # waited out as given, every attempt of a 503 outage went out within milliseconds.
+    return seconds if seconds > 0 else None
 
 
 def request_id_of(response: httpx.Response) -> str | None:

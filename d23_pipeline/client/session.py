@@ -106,9 +106,11 @@ class ExportsSession:
         self, params: dict[str, str], what: str, window: Window, cancel: threading.Event | None
     ) -> httpx.Response:
         for recovery in range(3):
-            token, generation = self._auth.current()
+            # The token as it is once this request may go: read before waiting for a slot, it
+            # may have been replaced meanwhile, and its 401 would use up a recovery.
             self._take_slot(cancel)
             try:
+                token, generation = self._auth.current()
                 response = self._http.get(
                     self._base_url + self.path,
                     params=params,
