@@ -30,6 +30,7 @@ from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_mix_monthly,
 )
 from d23_pipeline.defs.assets.dashboard import outcome_dashboard
+from d23_pipeline.kpis import shown_percent
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import BadRows, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse
@@ -130,7 +131,7 @@ def test_kpi_tiles_show_the_warehouse_values_of_the_latest_ended_month(
     latest = dict(zip(names, rows[-1], strict=True))
 
     assert latest["month"] == date(2026, 6, 1)
-    assert page.tiles == {name: f"{latest[name] * 100:.1f}%" for name in dashboard.KPI_LABELS}
+    assert page.tiles == {name: dashboard.percent(latest[name]) for name in dashboard.KPI_LABELS}
     assert "KPIs, Jun 2026" in page.text
     assert "change against May 2026" in page.text
 
@@ -240,8 +241,8 @@ def test_a_maturing_months_broken_promise_share_is_not_compared_and_a_partial_mo
     assert broken is not None
     # The latest comparison no promise still to break can move: March against February.
     share = dashboard.BROKEN_PROMISE_SHARE.name
-    points = round(march[share] * 100, 1) - round(february[share] * 100, 1)
-    settled = f"Mar 2026 {dashboard.percent(march[share])}, {points:+.1f} pp against Feb 2026"
+    points = shown_percent(march[share]) - shown_percent(february[share])
+    settled = f"Mar 2026 {dashboard.percent(march[share])}, {points:+} pp against Feb 2026"
     assert broken[1].endswith(
         f'<div class="delta">not compared: Apr 2026 still maturing; last settled: {settled}'
     )
@@ -715,3 +716,11 @@ def test_the_kpi_assets_metadata_says_a_running_months_rates_are_not_final(
         if m.materialization.asset_key.path[-1] == "outcome_kpis_monthly"
     ]
     assert kpis["month_state"].value == "partial: the month is still running"
+
+
+def test_a_rate_on_an_exact_tie_reads_the_same_on_its_tile_as_in_its_hover() -> None:
+    # Plotly's ".1f" hovers round an exact tie up (JavaScript's toFixed); so do tiles and deltas.
+    assert dashboard.percent(1 / 16) == "6.3%"  # 6.25 %: Python's own rounding gave 6.2
+    assert dashboard.percent(3 / 16) == "18.8%" and dashboard.percent(0.352) == "35.2%"
+    assert dashboard._points(1 / 16, 0.06) == "+0.3 pp"
+    assert dashboard._points(0.06, 1 / 16) == "-0.3 pp" and dashboard._points(0.5, 0.5) == "+0.0 pp"

@@ -212,6 +212,7 @@ def test_a_month_whose_broken_flags_changed_since_its_mix_is_behind_the_logs(
 ) -> None:
     _kpis(warehouse)  # April's mix; May's is not built, so May is behind throughout
     with warehouse.connect() as con:
+        rebuild_outcome_mix_daily(con, *APRIL, load_outcome_classes())
         before = fetch_dicts(con, sql.MIX_BEHIND_LOGS)
         con.execute("UPDATE d23.logs SET is_ptp_broken = true WHERE public_id = 'p1'")
         after = fetch_dicts(con, sql.MIX_BEHIND_LOGS)

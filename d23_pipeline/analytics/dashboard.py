@@ -27,7 +27,7 @@ import duckdb
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass
 from d23_pipeline.analytics.outcome_mix import load_classes
-from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS
+from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS, shown_percent
 from d23_pipeline.months import month_index, month_name, months_between
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import execute, fetch_dicts, transaction
@@ -336,14 +336,14 @@ def _of_months(rows: list[dict[str, Any]], months: Collection[date]) -> list[dic
 
 def percent(rate: float | None) -> str:
     """A rate as the page shows it: a percentage with one decimal."""
-    return "n/a" if rate is None else f"{rate * 100:.1f}%"
+    return "n/a" if rate is None else f"{shown_percent(rate)}%"
 
 
 def _points(rate: float | None, before: float | None) -> str:
     # From the two rates as shown: from the exact ones, 35.2% against 35.2% could read +0.1 pp.
     if rate is None or before is None:
         return "no comparison"
-    return f"{round(rate * 100, 1) - round(before * 100, 1):+.1f} pp"
+    return f"{shown_percent(rate) - shown_percent(before):+} pp"
 
 
 def _month_label(month: date) -> str:

@@ -9,7 +9,7 @@ from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
-from d23_pipeline.kpis import KPI_NAMES, kpi_table
+from d23_pipeline.kpis import KPI_NAMES, kpi_table, shown_percent
 
 # The steps import the warehouse code (DuckDB, Arrow) when they run, not when the definitions
 # load; charts.py imports pygal only when it draws.
@@ -168,7 +168,7 @@ def _rebuilt_too(context: dg.AssetExecutionContext, months: list) -> dict[str, s
 
 
 def _percent(rate: float | None) -> float | None:
-    return None if rate is None else round(rate * 100, 1)
+    return None if rate is None else float(shown_percent(rate))
 
 
 def _kpi_table(kpis: dict) -> str:
