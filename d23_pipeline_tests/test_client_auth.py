@@ -317,3 +317,38 @@ def test_a_request_waiting_for_a_slot_while_the_token_is_replaced_sends_the_new_
     # The first request went out before the refresh, the rest after it.
     assert [header == replaced for header in sent] == [False, True, True]
     assert answered(sim, "count", 401) == 1
+
+
+def test_a_read_closed_while_the_token_refresh_waits_stops_its_workers_and_sends_nothing_more() -> (
+    None
+):
+    # The refresh waits out a Retry-After under the token lock: closed, the read's workers
+    # went on for its whole wait (and then logged in again, password and all).
+    sim = simulator(rows_at(range(0, 86_400_000, 60_000)), page_size=lambda limit: 10)
+    refresh_tried = threading.Event()
+
+    def refresh(request: SimRequest) -> bool:
+        if request.kind != "refresh":
+            return False
+        refresh_tried.set()
+        return True
+
+    sim.script(
+        error(503, "req-refresh", **{"Retry-After": "60"}), times=99, auth=True, when=refresh
+    )
+    with client(sim, max_concurrency=4, slice_size=timedelta(hours=3), sleep=time.sleep) as reader:
+        events = reader.iter_slices(DAY)
+        for seen, _ in enumerate(events):
+            if seen == 5:
+                sim.expire_tokens()
+            if seen == 6:
+                break
+        assert refresh_tried.wait(10)  # and now waits out its Retry-After
+        closed_at = len(sim.stats.log)
+        events.close()
+        workers = [t for t in threading.enumerate() if t.name.startswith("d23-client")]
+        for worker in workers:
+            worker.join(10)
+
+        assert not any(worker.is_alive() for worker in workers)
+        assert [e.request.kind for e in sim.stats.log[closed_at:]] == []

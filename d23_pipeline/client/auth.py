@@ -73,8 +73,15 @@ class TokenManager:
         with self._lock:
             return self._ensure_token(), self._generation
 
-    def recover(self, stale_generation: int, *, relogin: bool = False) -> None:
-        """Replace a token the API answered 401 to: refresh it, else log in again."""
+    def recover(
+        self,
+        stale_generation: int,
+        *,
+        relogin: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Replace a token the API answered 401 to: refresh it, else log in again; a read
+        cancelled meanwhile (``cancel``) stops its retries, and the other workers' wait."""
         with self._lock:
             if stale_generation != self._generation:
                 return  # another thread already replaced it
@@ -87,11 +94,11 @@ class TokenManager:
                 )
             if self._refresh_token and not relogin:
                 try:
-                    self._refresh(credentials)
+                    self._refresh(credentials, cancel)
                     return
                 except ExportsApiError as exc:  # whatever it was, a fresh login may work
                     log.info("token refresh failed (%s); logging in again", type(exc).__name__)
-            self._login(credentials)
+            self._login(credentials, cancel)
 
     def _ensure_token(self) -> str:
         if self._token is None:
@@ -103,7 +110,9 @@ class TokenManager:
     def _auth_path(self, credentials: LoginCredentials, action: str) -> str:
         return f"/admin/auth/{quote(credentials.lender, safe='')}/{action}"
 
-    def _post(self, path: str, payload: dict[str, str], what: str) -> dict[str, Any]:
+    def _post(
+        self, path: str, payload: dict[str, str], what: str, cancel: threading.Event | None
+    ) -> dict[str, Any]:
         def attempt() -> dict[str, Any]:
             response = self._http.post(self._base_url + path, json=payload)
             self._stats.add("requests")
@@ -133,25 +142,26 @@ class TokenManager:
             return answer
 
         # Not held by a data request's Retry-After: this runs under the token lock.
-        return self._retrier.call(attempt, what=what, path=path, held=False)
+        return self._retrier.call(attempt, what=what, path=path, held=False, cancel=cancel)
 
-    def _login(self, credentials: LoginCredentials) -> None:
+    def _login(self, credentials: LoginCredentials, cancel: threading.Event | None = None) -> None:
         # A login that failed after its retries fails the read. The other workers, waiting on
         # the lock meanwhile, get the same failure: each would otherwise retry from the start.
         if self._login_failure is not None:
             raise self._login_failure
         try:
-            self._log_in(credentials)
+            self._log_in(credentials, cancel)
         except ExportsApiError as exc:
             self._login_failure = exc
             raise
 
-    def _log_in(self, credentials: LoginCredentials) -> None:
+    def _log_in(self, credentials: LoginCredentials, cancel: threading.Event | None) -> None:
         path = self._auth_path(credentials, "login")
         answer = self._post(
             path,
             {"email": credentials.email, "password": credentials.password},
             f"login for lender {credentials.lender!r}",
+            cancel,
         )
         token, refresh, lender_id = (
             answer.get("token"),
@@ -171,10 +181,10 @@ class TokenManager:
         self._stats.add("logins")
         log.info("logged in as lender %s (%s)", credentials.lender, lender_id)
 
-    def _refresh(self, credentials: LoginCredentials) -> None:
+    def _refresh(self, credentials: LoginCredentials, cancel: threading.Event | None) -> None:
         assert self._refresh_token is not None
         path = self._auth_path(credentials, "refresh-token")
-        answer = self._post(path, {"refreshToken": self._refresh_token}, "token refresh")
+        answer = self._post(path, {"refreshToken": self._refresh_token}, "token refresh", cancel)
         token = answer.get("token")
         if not (isinstance(token, str) and token):
             raise ProtocolError("the refresh answer has no token", path=path)

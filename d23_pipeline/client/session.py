@@ -123,7 +123,7 @@ class ExportsSession:
                 return response
             if recovery < 2:
                 log.info("401 on %s; replacing the token", what)
-                self._auth.recover(generation, relogin=recovery == 1)
+                self._auth.recover(generation, relogin=recovery == 1, cancel=cancel)
         raise AuthenticationError(
             "the API still answers 401 after a token refresh and a fresh login "
             "(is the lender inactive?)",
