@@ -91,7 +91,8 @@ class Cancelled(Exception):
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), else None."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None without
+    one, or without a delay in it (the policy's backoff applies)."""
     if not value:
         return None
     value = value.strip()
@@ -105,8 +106,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    # Nor is a NaN, nor one of 0 or less (a date in the past: a server clock behind ours):
-    # waited out as given, every attempt of a 503 outage went out within milliseconds.
+    # No delay: a NaN, or 0 or less (a date in the past, from a server clock behind ours), which
+    # waited out as given sent every attempt of a 503 outage within milliseconds.
     return seconds if seconds > 0 else None
 
 
