@@ -19,6 +19,7 @@ import dagster as dg
 
 from d23_pipeline.defs import keys
 from d23_pipeline.defs.jobs import d23_dashboard_job
+from d23_pipeline.defs.sensors import IN_FLIGHT_STATUSES
 
 
 def _materialized(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]:
@@ -56,13 +57,6 @@ def dashboard_after_blocked_run(
     return dg.RunRequest(run_key=f"dashboard-after:{run_id}")
 
 
-_IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 # Until a merge is this old, its own run or backfill may still rebuild the dashboard: the
 # backfill daemon submits a backfill's dashboard run within an iteration (~30 s) of its last month.
 SETTLED_S = 120.0
@@ -93,6 +87,6 @@ def dashboard_behind_the_warehouse(
         return dg.SkipReason("the dashboard was built after the last merge")
     if time.time() - merged.timestamp < SETTLED_S:
         return dg.SkipReason("the last merge is recent: its run or backfill may still build it")
-    if instance.get_runs_count(dg.RunsFilter(statuses=_IN_FLIGHT)):
+    if instance.get_runs_count(dg.RunsFilter(statuses=IN_FLIGHT_STATUSES)):
         return dg.SkipReason("a run is in flight: it, or the backfill it is part of, may build it")
     return dg.RunRequest(run_key=f"dashboard-behind:{merged.storage_id}")
