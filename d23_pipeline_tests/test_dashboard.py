@@ -312,17 +312,42 @@ def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_lis
 def test_the_channel_panel_draws_the_days_of_loaded_months_up_to_now_only() -> None:
     # January and March loaded, February not (a backfill failed), today 12 March: neither
     # February nor the rest of March is a day with 0 attempts.
+    now = datetime(2026, 3, 12, 9, tzinfo=UTC)
     days = dashboard.local_days(
-        [date(2026, 1, 1), date(2026, 3, 1)], "UTC", datetime(2026, 3, 12, 9, tzinfo=UTC)
+        dashboard.counted_until([date(2026, 1, 1), date(2026, 3, 1)], now, {}), "UTC"
     )
 
     assert days[0] == date(2026, 1, 1) and days[30] == date(2026, 1, 31)
     assert days[31:] == [date(2026, 3, d) for d in range(1, 13)]
     # In New York, UTC March runs from 28 February 19:00 to 31 March 20:00 local.
-    new_york = dashboard.local_days(
-        [date(2026, 3, 1)], "America/New_York", datetime(2027, 1, 1, tzinfo=UTC)
-    )
+    new_york = dashboard.local_days({date(2026, 3, 1): datetime(2027, 1, 1, tzinfo=UTC)},
+                                    "America/New_York")  # fmt: skip
     assert (new_york[0], new_york[-1], len(new_york)) == (date(2026, 2, 28), date(2026, 3, 31), 32)
+
+
+def test_the_channel_panel_stops_at_a_months_last_read_and_marks_that_day_partial() -> None:
+    # July last read on 17 July 03:10, its refreshes failed since; today 20 July. The days
+    # after that read are unknown, not days with 0 attempts, and the 17th is counted in part.
+    july, june = date(2026, 7, 1), date(2026, 6, 1)
+    read = datetime(2026, 7, 17, 3, 10, tzinfo=UTC)
+    until = dashboard.counted_until([july], datetime(2026, 7, 20, 12, tzinfo=UTC), {july: read})
+
+    days = dashboard.local_days(until, "UTC")
+
+    assert days == [date(2026, 7, d) for d in range(1, 18)]
+    assert dashboard.partial_days(days, until, "UTC") == {date(2026, 7, 17)}
+    # June read a day after it ended: whole in Kolkata but for its first day, which reaches
+    # into May (not shown); its last local day reaches into July, read since.
+    until = {june: datetime(2026, 7, 2, tzinfo=UTC), july: read}
+    kolkata = dashboard.local_days(until, "Asia/Kolkata")
+    assert dashboard.partial_days(kolkata, until, "Asia/Kolkata") == {
+        date(2026, 6, 1),
+        date(2026, 7, 17),
+    }
+    cut_june = {june: datetime(2026, 6, 28, 3, 10, tzinfo=UTC), july: read}
+    assert dashboard.partial_days(
+        dashboard.local_days(cut_june, "UTC"), cut_june, "UTC"
+    ) == {date(2026, 6, 28), date(2026, 7, 17)}
 
 
 def test_the_dashboard_assets_problem_count_is_the_pages(tmp_path: Path) -> None:

@@ -226,6 +226,35 @@ def test_the_daily_panel_says_its_last_day_is_still_running(
     assert "is still running: counted up to" not in ended
 
 
+def test_a_month_last_read_before_it_ended_is_not_shown_as_ended(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    # May's last read came on 7 May (its later refreshes failed, or the daemon was down); on
+    # 10 June its last weeks are missing: May is no finished month to headline or compare.
+    with warehouse.connect() as con:
+        con.execute("UPDATE d23.slice_verification SET read_at = ? WHERE _partition = '2026-05-01'",
+                    [datetime(2026, 5, 7, 12, tzinfo=UTC)])  # fmt: skip
+    data = _gather(warehouse)
+    page = _page(tmp_path, data)
+
+    assert {f.month: f.status for f in data.freshness}[MAY] == "unfinished"
+    assert data.tile_months()[0]["month"] == APRIL
+    tiles = page[page.index("<section id='kpis'>") :].split("</p>")[0]
+    assert "<h2>KPIs, Apr 2026</h2>" in tiles
+    assert "May 2026 last read before it ended" in tiles
+    states = {r["month"]: r["state"] for r in _table(page, "<h2>Data freshness</h2>")}
+    assert states["2026-05"].startswith("unfinished: last read before it ended")
+    # The daily panel ends on 7 May, that day drawn as counted in part, and says so.
+    days = [r["day"] for r in data.channel_daily]
+    assert max(days) == date(2026, 5, 7)
+    assert {r["day"] for r in data.channel_daily if r["partial"]} == {date(2026, 5, 7)}
+    note = "The days after 7 May 2026 are not read yet: that day is counted up to its read at"
+    assert f"{note} 2026-05-07 12:00." in page
+    # The trend draws May hollow, as a month counted so far.
+    for line in _figure(page, "kpi-trend"):
+        assert line["marker"]["symbol"][line["x"].index("May 2026 (so far)")] == "circle-open"
+
+
 def test_the_trends_say_which_months_are_maturing_or_partial(
     warehouse: Warehouse, tmp_path: Path
 ) -> None:
@@ -349,6 +378,10 @@ def test_a_month_ends_at_its_last_instant_and_settles_with_a_read_30_days_after(
 
     assert dashboard.month_status(june, None, end - timedelta(microseconds=1)) == "partial"
     assert dashboard.month_status(june, None, end) == "maturing"
+    # Read on its last day, and not since: its last hours are missing.
+    last_day = end - timedelta(hours=21)
+    assert dashboard.month_status(june, last_day, later) == "unfinished"
+    assert dashboard.month_status(june, end, later) == "maturing"
     days_30 = end + timedelta(days=30)
     assert dashboard.month_status(june, days_30 - timedelta(microseconds=1), later) == "maturing"
     assert dashboard.month_status(june, days_30, later) == "settled"

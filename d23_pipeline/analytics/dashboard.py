@@ -132,8 +132,13 @@ class DashboardData:
         return {f.month for f in self.freshness if f.status in statuses}
 
     def ended_months(self) -> list[dict[str, Any]]:
-        """The KPIs of the months that have ended, oldest first."""
-        return [k for k in self.kpis if month_end(k["month"]) <= self.generated_at]
+        """The KPIs of the months that have ended and been read since, oldest first."""
+        unfinished = self.months_in("unfinished")
+        return [
+            k
+            for k in self.kpis
+            if month_end(k["month"]) <= self.generated_at and k["month"] not in unfinished
+        ]
 
 
 def month_start(month: date) -> datetime:
@@ -153,10 +158,13 @@ def _shift(month: date, months: int) -> date:
 
 
 def month_status(month: date, last_read: datetime | None, now: datetime) -> str:
-    """``partial`` while the month runs, ``maturing`` until a read long enough after its end
-    has seen its promises break, ``settled`` after that."""
+    """``partial`` while the month runs, ``unfinished`` once it has ended if its last read came
+    before its end (its last days are missing), ``maturing`` until a read long enough after its
+    end has seen its promises break, ``settled`` after that."""
     if now < month_end(month):
         return "partial"
+    if last_read is not None and last_read < month_end(month):
+        return "unfinished"
     if last_read is None or last_read < month_end(month) + PROMISE_MATURITY:
         return "maturing"
     return "settled"
@@ -187,14 +195,23 @@ def not_loaded(kpis: Sequence[Mapping[str, Any]], now: datetime) -> list[date]:
             if m not in loaded]  # fmt: skip
 
 
-def local_days(months: Sequence[date], timezone: str, now: datetime) -> list[date]:
-    """The days in ``timezone`` that the UTC ``months`` cover, up to ``now``: the days the
-    channel panel draws, 0 where nothing was logged (a month not loaded, or days still to come,
-    are not drawn at all)."""
+def counted_until(
+    months: Collection[date], now: datetime, last_reads: Mapping[date, datetime | None]
+) -> dict[date, datetime]:
+    """How far each of ``months`` is counted: up to its last read, or ``now`` (a month loaded
+    before reads were recorded)."""
+    return {m: min(now, last_reads.get(m) or now) for m in months}
+
+
+def local_days(until: Mapping[date, datetime], timezone: str) -> list[date]:
+    """The days in ``timezone`` that the UTC months of ``until`` cover, each month up to its
+    instant there (:func:`counted_until`): the days the channel panel draws, 0 where nothing was
+    logged (a month not loaded, and days not read yet or still to come, are not drawn at
+    all)."""
     zone = ZoneInfo(timezone)
     days: set[date] = set()
-    for month in months:
-        start, end = month_start(month), min(month_end(month), now)
+    for month, counted in until.items():
+        start, end = month_start(month), min(month_end(month), counted)
         if start >= end:
             continue
         day = start.astimezone(zone).date()
@@ -205,18 +222,22 @@ def local_days(months: Sequence[date], timezone: str, now: datetime) -> list[dat
     return sorted(days)
 
 
-def partial_days(
-    days: Sequence[date], months: Collection[date], timezone: str, now: datetime
-) -> set[date]:
-    """The ``days`` (in ``timezone``) only partly counted: still running at ``now``, or reaching
-    into a UTC month not among ``months`` (not loaded, or before or after the months shown: a
-    month's first or last local day away from UTC)."""
+def partial_days(days: Sequence[date], until: Mapping[date, datetime], timezone: str) -> set[date]:
+    """The ``days`` (in ``timezone``) only partly counted: running past the instant a UTC month
+    they fall in is counted up to (:func:`counted_until`: today, or a day the month's last read
+    came in), or reaching into a UTC month not in ``until`` (not loaded, or before or after the
+    months shown: a month's first or last local day away from UTC)."""
     zone = ZoneInfo(timezone)
-    return {
-        day
-        for day in days
-        if _utc_span(day, zone)[1] > now or not _utc_months(day, zone) <= set(months)
-    }
+    return {day for day in days if _counted_short(day, zone, until)}
+
+
+def _counted_short(day: date, zone: ZoneInfo, until: Mapping[date, datetime]) -> bool:
+    """Whether part of the local ``day`` lies past what its UTC months are counted up to."""
+    end = _utc_span(day, zone)[1]
+    return any(
+        month not in until or until[month] < min(end, month_end(month))
+        for month in _utc_months(day, zone)
+    )
 
 
 def _utc_span(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -271,8 +292,10 @@ def _gather(
         # run that stopped before its KPIs included.
         held = {k["month"] for k in kpis} | {date.fromisoformat(p) for p in reads}
         shown = [m for m in held if kpis[0]["month"] <= m <= kpis[-1]["month"]]
-        days = local_days(shown, timezone, now)
-        partial = partial_days(days, shown, timezone, now)
+        last_reads = {date.fromisoformat(p): r["last_read"] for p, r in reads.items()}
+        until = counted_until(shown, now, last_reads)
+        days = local_days(until, timezone)
+        partial = partial_days(days, until, timezone)
         channel_daily = [
             {**r, "partial": r["day"] in partial}
             for r in fetch_dicts(con, sql.CHANNEL_DAILY, {"days": days})
@@ -798,7 +821,7 @@ def _page(data: DashboardData) -> tuple[str, str]:
         + ".</p>"
         "</header>"
     )
-    partial, maturing = data.months_in("partial"), data.months_in("maturing")
+    partial, maturing = data.months_in("partial", "unfinished"), data.months_in("maturing")
     if not data.kpis:
         # A first month whose run stopped before its KPIs still has the problems that stopped it.
         body = (
@@ -851,32 +874,52 @@ def _page(data: DashboardData) -> tuple[str, str]:
 
 
 def _running_day(data: DashboardData) -> str:
-    """A note that the daily panel's last day is today, counted up to the last read of the UTC
-    month(s) it falls in: its drop is the day not being over."""
+    """A note on the daily panel's last day when it is only partly counted: today, counted up
+    to the last read of the UTC month(s) it falls in (its drop is the day not being over), or
+    an earlier day in which a month's last read came (the days after it are not read yet)."""
     days = [r["day"] for r in data.channel_daily]
-    zone = ZoneInfo(data.timezone)
-    today = data.generated_at.astimezone(zone).date()
-    if not days or max(days) != today:
+    if not days:
         return ""
-    months = _utc_months(today, zone)
+    zone = ZoneInfo(data.timezone)
+    today, last = data.generated_at.astimezone(zone).date(), max(days)
+    months = _utc_months(last, zone)
     reads = [(f.month, f.last_read) for f in data.freshness if f.month in months and f.last_read]
+    if last != today:
+        end = _utc_span(last, zone)[1]
+        reads = [(m, read) for m, read in reads if read < min(end, month_end(m))]
+        if not reads:
+            return ""
+        return (
+            f" The days after {last.day} {last:%b %Y} are not read yet: that day is counted up "
+            f"to {_reads_text(reads, data.timezone)}."
+        )
     running = f" The last day, {today.day} {today:%b %Y}, is still running"
     if not reads:  # a month loaded before reads were recorded
         return f"{running}."
+    return f"{running}: counted up to {_reads_text(reads, data.timezone)}."
+
+
+def _reads_text(reads: Sequence[tuple[date, datetime]], timezone: str) -> str:
+    """``its read at ...``, or with two months ``the reads of May 2026 at ... and ...``."""
     if len(reads) == 1:
-        counted = f"its read at {_local(reads[0][1], data.timezone)}"
-    else:
-        counted = "the reads of " + " and ".join(
-            f"{_month_label(month)} at {_local(read, data.timezone)}" for month, read in reads
-        )
-    return f"{running}: counted up to {counted}."
+        return f"its read at {_local(reads[0][1], timezone)}"
+    return "the reads of " + " and ".join(
+        f"{_month_label(month)} at {_local(read, timezone)}" for month, read in reads
+    )
 
 
 def _tiles_section(data: DashboardData) -> str:
     latest, before = data.tile_months()
+    unfinished = data.months_in("unfinished")
     if latest is None:
+        unread = (
+            f" {', '.join(map(_month_label, sorted(unfinished)))} ended after its last read."
+            if unfinished
+            else ""
+        )
         return (
-            "<section id='kpis'><h2>KPIs</h2><p>No month with attempts has ended yet.</p></section>"
+            "<section id='kpis'><h2>KPIs</h2>"
+            f"<p>No month with attempts has ended and been read since yet.{unread}</p></section>"
         )
     ended = data.ended_months()
     previous = previous_month(latest["month"])
@@ -886,6 +929,8 @@ def _tiles_section(data: DashboardData) -> str:
         compared = f"no attempts in {_month_label(previous)} to compare against"
     elif previous in data.months_in("no KPIs"):
         compared = f"not compared: {_month_label(previous)} has no KPIs"
+    elif previous in unfinished:
+        compared = f"not compared: {_month_label(previous)} was last read before it ended"
     else:
         compared = "no month before it"
     empty = [_month_label(k["month"]) for k in ended if k["month"] > latest["month"]]
@@ -893,9 +938,12 @@ def _tiles_section(data: DashboardData) -> str:
     later = sorted(m for m in data.months_in("no KPIs") if m > latest["month"])
     if later:
         since += f"; {', '.join(map(_month_label, later))} without KPIs"
+    cut = sorted(m for m in unfinished if m > latest["month"])
+    if cut:
+        since += f"; {', '.join(map(_month_label, cut))} last read before it ended"
     # A month's broken-promise share rises for weeks after it ends: against a month with more of
     # them settled, a maturing month's share would read as an improvement.
-    unsettled = data.months_in("partial", "maturing")
+    unsettled = data.months_in("partial", "unfinished", "maturing")
     young = [m["month"] for m in (latest, before) if m and m["month"] in unsettled]
     tiles = []
     for name, label in KPI_LABELS.items():
@@ -960,6 +1008,8 @@ def _definitions() -> str:
 
 _STATUS_TEXT = {
     "partial": "partial: the month is still running",
+    "unfinished": "unfinished: last read before it ended, so its last days are missing; the "
+    "daily refresh reads it again after its end (or backfill it)",
     "maturing": "maturing: read less than "
     f"{PROMISE_MATURITY.days} days after it ended; its broken-promise share may still rise",
     "settled": "settled",
