@@ -93,6 +93,7 @@ def test_plan_requests_the_current_month_and_the_lookback_oldest_first():
         "date": "2026-05-14",
         "requested": ["2026-03-01", "2026-04-01", "2026-05-01"],
         "skipped_in_flight": [],
+        "after": None,
     }
 
 
@@ -153,6 +154,35 @@ def test_plan_uses_the_utc_day_and_month_whatever_the_clock_zone():
     assert json.loads(result.cursor)["date"] == "2026-06-01"
 
 
+def test_plan_catches_up_a_month_that_ended_while_no_refresh_ran():
+    # Refreshed last on 28 June (June not over), the daemon down until 2 August: June is older
+    # than the lookback now, and no refresh has read it since it ended.
+    june_28 = plan(datetime(2026, 6, 28, HOUR, tzinfo=UTC), lookback_months=1)
+    august_2 = plan(datetime(2026, 8, 2, HOUR, tzinfo=UTC), june_28.cursor, lookback_months=1)
+
+    assert august_2.partition_keys == ["2026-06-01", "2026-07-01", "2026-08-01"]
+    assert august_2.caught_up == ["2026-06-01"]
+    # Held by a run in flight at the first tick, it is still requested later that day.
+    held = plan(datetime(2026, 8, 2, HOUR, tzinfo=UTC), june_28.cursor, lookback_months=1,
+                in_flight_partitions={"2026-06-01"})  # fmt: skip
+    later = plan(datetime(2026, 8, 2, HOUR + 1, tzinfo=UTC), held.cursor, lookback_months=1)
+    assert (held.partition_keys, later.partition_keys) == (["2026-07-01", "2026-08-01"],
+                                                           ["2026-06-01"])  # fmt: skip
+    again = plan(datetime(2026, 8, 2, HOUR + 2, tzinfo=UTC), later.cursor, lookback_months=1)
+    assert again.partition_keys == []
+
+
+def test_plan_catches_up_nothing_after_a_refresh_that_ran_after_the_months_end():
+    # Refreshed on 1 July (June read after its end), then down until 2 August.
+    july_1 = plan(datetime(2026, 7, 1, HOUR, tzinfo=UTC), lookback_months=1)
+    august_2 = plan(datetime(2026, 8, 2, HOUR, tzinfo=UTC), july_1.cursor, lookback_months=1)
+    assert august_2.partition_keys == ["2026-07-01", "2026-08-01"]
+    assert august_2.caught_up == []
+    # The daily case, and the first tick of a new install: nothing to catch up.
+    next_day = plan(MAY_14 + timedelta(days=1), plan(MAY_14).cursor)
+    assert (next_day.caught_up, plan(MAY_14).caught_up) == ([], [])
+
+
 def test_plan_treats_an_unreadable_cursor_as_none():
     assert plan(MAY_14, cursor="not json").partition_keys != []
     assert plan(MAY_14, cursor='["2026-05-14"]').partition_keys != []
@@ -203,6 +233,23 @@ def test_sensor_second_tick_same_day_requests_nothing_and_next_day_again(instanc
     third = tick(sensor, instance, second.cursor)
     assert [r.run_key for r in third.run_requests] == [
         run_key("2026-05-15", key) for key in ("2026-03-01", "2026-04-01", "2026-05-01")
+    ]
+
+
+def test_sensor_after_days_down_also_refreshes_the_month_that_ended_meanwhile(instance):
+    clock = Clock(datetime(2026, 5, 28, HOUR, tzinfo=UTC))
+    sensor = make_sensor(clock)
+    may_28 = tick(sensor, instance)
+    clock.now = datetime(2026, 8, 2, HOUR, tzinfo=UTC)
+
+    august_2 = tick(sensor, instance, may_28.cursor)
+
+    # Lookback 2 reads June and July; May ended on 1 June, after its last refresh.
+    assert [r.partition_key for r in august_2.run_requests] == [
+        "2026-05-01",
+        "2026-06-01",
+        "2026-07-01",
+        "2026-08-01",
     ]
 
 

@@ -7,13 +7,13 @@ months only pick such changes up through a backfill.
 
 import json
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
 from d23_pipeline.defs import keys
-from d23_pipeline.months import months_up_to
+from d23_pipeline.months import month_end, months_between, months_up_to
 
 # Statuses of a run that has not finished yet: a partition with such a run is not requested again.
 # A canceling run may still be writing, and a suspended one will resume. MANAGED is left out:
@@ -41,6 +41,10 @@ class RefreshPlan:
     skipped_in_flight: list[str]
     cursor: str | None
     skip_reason: str | None
+    # Months older than the lookback that ended after the last refresh before today: no
+    # refresh has read them since their end (the daemon was down), so their last days are
+    # missing. Requested with the day's months.
+    caught_up: list[str] = field(default_factory=list)
 
 
 def refresh_partitions(now: datetime, lookback_months: int, existing: Collection[str]) -> list[str]:
@@ -55,18 +59,47 @@ def run_key(day: str, partition_key: str) -> str:
     return f"d23-daily-refresh:{day}:{partition_key}"
 
 
-def _requested_on(cursor: str | None, day: str) -> list[str] | None:
-    """The partitions the cursor says were requested on ``day``; ``None`` if it is of another
-    day. A cursor edited by hand in the UI must not stop the refresh for good: unreadable means
-    none."""
+def _read_cursor(cursor: str | None, day: str) -> tuple[list[str] | None, str | None]:
+    """The partitions the cursor says were requested on ``day`` (``None`` if it is of another
+    day), and the last day before ``day`` with a refresh (``None`` if unknown). A cursor edited
+    by hand in the UI must not stop the refresh for good: unreadable means none."""
     try:
         value = json.loads(cursor) if cursor else None
     except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("date") != day:
-        return None
+        return None, None
+    if not isinstance(value, dict):
+        return None, None
+    last = value.get("date")
+    if last != day:
+        return None, last if isinstance(last, str) and _is_day(last) and last < day else None
     requested = value.get("requested")
-    return [k for k in requested if isinstance(k, str)] if isinstance(requested, list) else []
+    after = value.get("after")
+    return (
+        [k for k in requested if isinstance(k, str)] if isinstance(requested, list) else [],
+        after if isinstance(after, str) and _is_day(after) and after < day else None,
+    )
+
+
+def _is_day(value: str) -> bool:
+    try:
+        return date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False
+
+
+def missed_months(
+    previous_day: str | None, wanted: list[str], existing: Collection[str]
+) -> list[str]:
+    """The partitions before ``wanted`` (the day's months, oldest first) that ended after the
+    refresh of ``previous_day``: none read after its end since, when no refresh ran between."""
+    if previous_day is None or not wanted:
+        return []
+    ended_after = [
+        f"{month}-01"
+        for month in months_between(previous_day[:7], wanted[0])
+        if month_end(month).date().isoformat() > previous_day
+    ]
+    return [k for k in ended_after if k in existing and k not in wanted]
 
 
 def plan_daily_refresh(
@@ -83,8 +116,10 @@ def plan_daily_refresh(
     today = now.date().isoformat()
     if now.hour < refresh_hour_utc:
         return RefreshPlan([], [], cursor, f"Waiting for {refresh_hour_utc:02d}:00 UTC")
-    requested = _requested_on(cursor, today)
+    requested, previous_day = _read_cursor(cursor, today)
     wanted = refresh_partitions(now, lookback_months, existing_partitions)
+    caught_up = missed_months(previous_day, wanted, existing_partitions)
+    wanted = caught_up + wanted
     # A month skipped because a run of it was in flight is requested at a later tick of the
     # same day, once that run has ended: the day's read must still happen after the hour.
     left = [k for k in wanted if k not in (requested or [])]
@@ -93,7 +128,9 @@ def plan_daily_refresh(
     keys = [k for k in left if k not in in_flight_partitions]
     skipped = [k for k in left if k in in_flight_partitions]
     done = [k for k in wanted if k in (requested or []) or k in keys]
-    new_cursor = json.dumps({"date": today, "requested": done, "skipped_in_flight": skipped})
+    new_cursor = json.dumps(
+        {"date": today, "requested": done, "skipped_in_flight": skipped, "after": previous_day}
+    )
     skip_reason = None
     if not keys:
         skip_reason = f"Nothing to refresh for {today} yet: " + (
@@ -101,7 +138,7 @@ def plan_daily_refresh(
             if skipped
             else "no partitions"
         )
-    return RefreshPlan(keys, skipped, new_cursor, skip_reason)
+    return RefreshPlan(keys, skipped, new_cursor, skip_reason, caught_up)
 
 
 def reads_a_month(run: dg.DagsterRun, job_name: str) -> bool:
@@ -129,7 +166,8 @@ def build_daily_refresh_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Daily at {refresh_hour_utc:02d}:00 UTC: one run each for the current month and the "
-            f"{lookback_months} before it (late promise breaks, deactivations, deletions). "
+            f"{lookback_months} before it (late promise breaks, deactivations, deletions), "
+            "and any older month that ended after the last refresh (the daemon was down). "
             "Older months need a backfill."
         ),
     )
@@ -167,6 +205,14 @@ def build_daily_refresh_sensor(
                 if reads_a_month(record.dagster_run, job_name)
             },
         )
+        if plan.caught_up:
+            context.log.warning(
+                f"Also refreshing {', '.join(plan.caught_up)}: "
+                + ("they" if len(plan.caught_up) > 1 else "it")
+                + " ended after the last daily refresh, and no refresh has read "
+                + ("them" if len(plan.caught_up) > 1 else "it")
+                + " since (was the daemon down?)"
+            )
         for key in plan.skipped_in_flight:
             context.log.info(
                 f"Skipping {key}: a run for it is queued, in progress or about to be retried"
