@@ -345,9 +345,10 @@ def test_the_channel_panel_stops_at_a_months_last_read_and_marks_that_day_partia
         date(2026, 7, 17),
     }
     cut_june = {june: datetime(2026, 6, 28, 3, 10, tzinfo=UTC), july: read}
-    assert dashboard.partial_days(
-        dashboard.local_days(cut_june, "UTC"), cut_june, "UTC"
-    ) == {date(2026, 6, 28), date(2026, 7, 17)}
+    assert dashboard.partial_days(dashboard.local_days(cut_june, "UTC"), cut_june, "UTC") == {
+        date(2026, 6, 28),
+        date(2026, 7, 17),
+    }
 
 
 def test_the_dashboard_assets_problem_count_is_the_pages(tmp_path: Path) -> None:
