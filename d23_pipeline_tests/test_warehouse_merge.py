@@ -385,7 +385,7 @@ def rejected(public_id: str | None) -> dict:
         "slice_since": datetime(2026, 4, 1, tzinfo=UTC),
         "slice_until": datetime(2026, 4, 2, tzinfo=UTC),
         "public_id": public_id,
-        "reason": "updated_at is not an ISO-8601 timestamp with offset: 'yesterday'",
+        "reason": "updated_at is not an ISO-8601 timestamp with offset",
         "allowlisted_values": f'{{"public_id": "{public_id}"}}',
     }
 
