@@ -6,6 +6,7 @@ drives it and never downloads a browser.
 """
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -536,6 +537,24 @@ def test_channel_lines_drop_to_zero_on_days_without_attempts(tmp_path: Path) -> 
     # The page says why its first and last day of a month hold fewer hours.
     dashboard.write_dashboard(tmp_path / "page.html", data)
     assert "months are UTC months" in (tmp_path / "page.html").read_text()
+
+
+def test_writing_the_page_removes_the_files_of_writes_killed_midway(tmp_path: Path) -> None:
+    page = tmp_path / "page.html"
+    killed, running = tmp_path / ".page.html.k1lled.tmp", tmp_path / ".page.html.runn1ng.tmp"
+    other = tmp_path / ".other.html.k1lled.tmp"
+    for leftover in (killed, running, other):
+        leftover.write_text("half a page")
+    hours_ago = datetime.now(UTC).timestamp() - dashboard.ABANDONED_WRITE_S - 60
+    for old in (killed, other):
+        os.utime(old, (hours_ago, hours_ago))
+
+    dashboard.write_dashboard(page, _data())
+
+    assert page.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [page.name, running.name, other.name]
+    )
 
 
 def _data(**fields: Any) -> dashboard.DashboardData:

@@ -7,6 +7,7 @@ share, with no server and no CDN.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import json
@@ -409,6 +410,8 @@ BLUES = ("rgb(247,251,255)", "rgb(222,235,247)", "rgb(198,219,239)", "rgb(158,20
          "rgb(107,174,214)", "rgb(66,146,198)", "rgb(33,113,181)", "rgb(8,81,156)",
          "rgb(8,48,107)")  # fmt: skip
 _CONFIG = {"displaylogo": False, "responsive": True}
+# A temporary file of the page older than this is a write that was killed; a write takes seconds.
+ABANDONED_WRITE_S = 3600
 
 
 def _plotly_file(*parts: str) -> Traversable:
@@ -1137,11 +1140,21 @@ th { background: #f4f4f4; }
 """
 
 
+def _remove_abandoned_writes(path: Path) -> None:
+    """Delete the temporary files of writes of ``path`` killed midway (kill -9, out of memory):
+    nothing else removes them, a page's size each. One this old is no write in progress."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if datetime.now(UTC).timestamp() - stale.stat().st_mtime > ABANDONED_WRITE_S:
+                stale.unlink()
+
+
 def write_dashboard(path: Path, data: DashboardData) -> None:
     """Write the page, Plotly's JavaScript inlined in its head, replacing the file in one step so
     a browser or a file share never sees half a page."""
     before, after = _page(data)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_writes(path)
     # A name of its own, so two runs writing at once never share a half-written file.
     handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
