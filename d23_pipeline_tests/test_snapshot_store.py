@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from harness import d23_row
@@ -13,6 +14,7 @@ from harness import d23_row
 from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
 from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.landing.snapshot import (
+    ABSENT_SCHEMA,
     REJECT_SCHEMA,
     SliceRecord,
     Snapshot,
@@ -233,8 +235,38 @@ def test_another_months_snapshot_that_proved_rows_gone_since_an_instant_is_found
     assert store.proved_gone_since(at, excluding="2026-05-01")
     assert not store.proved_gone_since(at + timedelta(microseconds=1), excluding="2026-05-01")
     assert not store.proved_gone_since(at, excluding="2026-04-01")
-    april.absent_file.unlink()  # landed before reads were proven
+    _as_landed_before_reads_were_proven(april)
     assert not store.proved_gone_since(at, excluding="2026-05-01")
+
+
+def _as_landed_before_reads_were_proven(snapshot: Snapshot) -> None:
+    """No absent file, and no count of it in the manifest."""
+    snapshot.absent_file.unlink()
+    manifest = json.loads((snapshot.directory / "manifest.json").read_text())
+    del manifest["absent_rows"]
+    (snapshot.directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage", ["removed", "emptied"])
+def test_a_snapshot_whose_proven_deletions_file_is_lost_is_refused_not_merged_without_them(
+    tmp_path: Path, damage: str
+) -> None:
+    # Without absent.parquet the merge proved nothing gone: the rows this read proved gone stayed
+    # live, every check green.
+    store = SnapshotStore(tmp_path)
+    with store.begin("2026-04-01", SLICES, "run-1") as writer:
+        for window in SLICES:
+            _land(writer, window)
+        april = writer.complete({}, absent={"gone-1", "gone-2"})
+    if damage == "removed":
+        april.absent_file.unlink()
+    else:
+        pq.write_table(pa.table({"public_id": ["gone-1"]}, ABSENT_SCHEMA), april.absent_file)
+
+    with pytest.raises(ValueError, match="absent.parquet.*read the month again"):
+        store.current("2026-04-01")
+    with pytest.raises(UnreadableSnapshot):
+        store.proved_gone_since(april.completed_at, excluding="2026-05-01")
 
 
 def _interrupted(store: SnapshotStore, slices: list[Window], landed: int) -> SnapshotWriter:

@@ -186,6 +186,8 @@ class Snapshot:
     unproven: list[UnprovenDeletions] = field(default_factory=list)
     # When its first slice was read (a resumed read: the interrupted one's); None: completed_at.
     started_at: datetime | None = None
+    # Rows its read proved gone (in absent_file); None: landed before the count was recorded.
+    absent_rows: int | None = None
 
     @property
     def row_files(self) -> list[Path]:
@@ -254,6 +256,12 @@ def _intact_slices(directory: Path, entries: dict[str, Any]) -> dict[str, Any]:
         else:
             log.warning("slice %s of %s is damaged on disk; reading it again", key, directory)
     return intact
+
+
+def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -414,17 +422,20 @@ class SnapshotWriter:
                 f"snapshot of {self.partition} is missing {len(missing)} slice(s), "
                 f"e.g. {min(missing)}; refusing to mark it complete"
             )
-        pq.write_table(
-            pa.table({"public_id": sorted(set(absent))}, ABSENT_SCHEMA),
-            self.directory / "absent.parquet",
+        absent_ids = sorted(set(absent))
+        _write_parquet_atomically(
+            pa.table({"public_id": absent_ids}, ABSENT_SCHEMA), self.directory / "absent.parquet"
         )
+        # Checked when the snapshot is loaded: without its absent file a merge would prove
+        # nothing gone, the rows this read proved gone left live in silence.
+        self._manifest["absent_rows"] = len(absent_ids)
         self._manifest["complete"] = True
         self._manifest["completed_at"] = datetime.now(UTC).isoformat()
         self._manifest["read_stats"] = read_stats
         self._manifest["stale_rejects"] = [r.to_manifest() for r in stale_rejects]
         unproven = unproven or {}
         ids = sorted(unproven)
-        pq.write_table(
+        _write_parquet_atomically(
             pa.table({"public_id": ids, "reason": [unproven[i] for i in ids]}, UNPROVEN_SCHEMA),
             self.directory / "unproven.parquet",
         )
@@ -466,6 +477,9 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
     manifest = json.loads((directory / "manifest.json").read_text())
     entries = manifest["slices"]
     slices = [SliceRecord.from_manifest(key, entries[key]) for key in sorted(entries)]
+    absent_rows = manifest.get("absent_rows")
+    if absent_rows is not None:
+        _check_absent_file(directory / "absent.parquet", absent_rows)
     return Snapshot(
         partition=partition,
         directory=directory,
@@ -477,7 +491,24 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         stale_rejects=[StaleReject.from_manifest(e) for e in manifest.get("stale_rejects", [])],
         unproven=[UnprovenDeletions(**u) for u in manifest.get("unproven_deletions") or []],
         started_at=datetime.fromisoformat(manifest["started_at"]),
+        absent_rows=absent_rows,
     )
+
+
+def _check_absent_file(path: Path, rows: int) -> None:
+    """Raise ``ValueError`` unless ``path`` holds the ``rows`` its read proved gone."""
+    try:
+        found = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ValueError(
+            f"{path} (the {rows:,} rows its read proved gone) is missing or damaged "
+            f"({type(exc).__name__}); read the month again"
+        ) from exc
+    if found != rows:
+        raise ValueError(
+            f"{path} holds {found:,} rows, not the {rows:,} its read proved gone; "
+            "read the month again"
+        )
 
 
 class UnreadableSnapshot(RuntimeError):
