@@ -527,6 +527,33 @@ def test_rejects_of_a_month_are_replaced_not_appended(months: Months) -> None:
         assert con.execute("SELECT count(*) FROM d23.rejected_rows").fetchone() == (1,)
 
 
+def test_a_read_not_proven_complete_keeps_the_earlier_rejects_it_did_not_serve_again(
+    months: Months,
+) -> None:
+    def reject(public_id: str | None) -> dict:
+        return {
+            "slice_since": datetime(2026, 4, 1, tzinfo=UTC),
+            "slice_until": datetime(2026, 4, 2, tzinfo=UTC),
+            "public_id": public_id,
+            "reason": "updated_at is not an ISO-8601 timestamp with offset",
+            "allowlisted_values": json.dumps({"public_id": public_id}),
+        }
+
+    def rejected() -> list[str]:
+        with months.warehouse.connect(read_only=True) as con:
+            ids = con.execute("SELECT public_id FROM d23.rejected_rows").fetchall()
+        return sorted(r[0] or "" for r in ids)
+
+    months.merge([row("a")], rejects=[reject("x"), reject("y"), reject(None), reject("z")])
+    # The API ended the walk early: "x" and the row without an id (still broken at the source)
+    # were not served; "y" was, fixed; "z" was, still broken.
+    months.merge([row("a"), row("y")], rejects=[reject("z")], verified=False)
+    assert rejected() == ["", "x", "z"]
+    # A read proven complete replaces them all.
+    months.merge([row("a"), row("y")], rejects=[reject("z")])
+    assert rejected() == ["z"]
+
+
 def test_other_months_are_untouched_by_a_months_deletions(months: Months) -> None:
     months.merge([row("may", communicated_at="2026-05-03T00:00:00.000Z")], partition="2026-05-01")
 

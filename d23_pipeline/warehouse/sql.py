@@ -492,7 +492,27 @@ INSERT INTO d23.deletions_pending
 SELECT $partition, t.public_id, true, $reason, $read_at FROM d23.logs AS t WHERE {_PROVEN_DELETED}
 """
 
-DELETE_REJECTS = "DELETE FROM d23.rejected_rows WHERE _partition = $partition"
+# A read replaces the month's rejects, but a slice it could not prove complete may have missed
+# some that are still broken at the source (absence is not evidence): the earlier rejects in such
+# a slice stay, unless this read served the row again, valid or rejected alike.
+DELETE_REJECTS = """
+DELETE FROM d23.rejected_rows AS o
+WHERE o._partition = $partition
+  AND (
+      NOT EXISTS (
+          SELECT 1
+          FROM (SELECT unnest($unverified_since) AS since, unnest($unverified_until) AS until) AS u
+          WHERE o.slice_since < u.until AND u.since < o.slice_until
+      )
+      OR EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = o.public_id)
+      OR EXISTS (
+          SELECT 1 FROM snapshot_rejects AS r
+          WHERE r.public_id IS NOT DISTINCT FROM o.public_id
+            AND r.reason = o.reason
+            AND r.allowlisted_values = o.allowlisted_values
+      )
+  )
+"""
 INSERT_REJECTS = """
 INSERT INTO d23.rejected_rows
 SELECT $partition, slice_since, slice_until, public_id, reason, allowlisted_values, $read_at

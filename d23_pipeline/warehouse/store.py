@@ -381,7 +381,16 @@ def merge_snapshot(
                 last_read.isoformat(),
             )
         else:
-            execute(con, sql.DELETE_REJECTS, params)
+            unverified = snapshot.unverified
+            execute(
+                con,
+                sql.DELETE_REJECTS,
+                {
+                    "partition": partition,
+                    "unverified_since": [s.window.since for s in unverified],
+                    "unverified_until": [s.window.until for s in unverified],
+                },
+            )
             rejects = fetch_row(con, sql.INSERT_REJECTS, params)[0]
             execute(con, sql.DELETE_SLICE_VERIFICATION, params)
             execute(
