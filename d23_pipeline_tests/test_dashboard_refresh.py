@@ -12,7 +12,7 @@ from harness import Pipeline
 
 from d23_pipeline.analytics import outcome_mix
 from d23_pipeline.definitions import defs
-from d23_pipeline.defs import dashboard_refresh, keys
+from d23_pipeline.defs import checks, dashboard_refresh, keys
 from d23_pipeline.defs.dashboard_refresh import (
     dashboard_after_blocked_run,
     dashboard_behind_the_warehouse,
@@ -140,6 +140,29 @@ def test_a_failed_run_that_merged_nothing_requests_no_dashboard(
         answer = _on_failure(instance, failed)
 
     assert isinstance(answer, dg.SkipReason) and "merged nothing" in answer.skip_message
+
+
+def test_a_run_that_failed_after_its_merge_committed_gets_the_dashboard_rebuilt(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The merge committed, then the step failed before its materialization (here: the warehouse
+    # held by another process for the counts after it): d23.logs changed all the same.
+    def busy(*args: object, **kwargs: object) -> None:
+        raise store.WarehouseBusyError("held by another process")
+
+    with dg.instance_for_test() as instance:
+        with monkeypatch.context() as patched:
+            patched.setattr(checks, "public_id_unique", busy)
+            failed = pipeline.materialize(MONTH, raise_on_error=False, instance=instance)
+        assert not failed.success
+        assert not instance.fetch_materializations(keys.LOGS, limit=1).records
+
+        after_failure = _on_failure(instance, failed)
+        monkeypatch.setattr(dashboard_refresh, "SETTLED_S", 0.0)
+        behind = dashboard_behind_the_warehouse(dg.build_sensor_context(instance=instance))
+
+    assert isinstance(after_failure, dg.RunRequest)
+    assert isinstance(behind, dg.RunRequest)
 
 
 @pytest.mark.parametrize(

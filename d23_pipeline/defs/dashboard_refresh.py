@@ -22,8 +22,11 @@ from d23_pipeline.defs.jobs import d23_dashboard_job
 from d23_pipeline.defs.sensors import IN_FLIGHT_STATUSES
 
 
-def _materialized(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]:
-    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+def _recorded(
+    instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType
+) -> set[dg.AssetKey]:
+    """The assets the run recorded an event of ``event_type`` of."""
+    events = instance.all_logs(run_id, of_type=event_type)
     return {
         e.dagster_event.asset_key for e in events if e.dagster_event and e.dagster_event.asset_key
     }
@@ -49,8 +52,10 @@ def dashboard_after_blocked_run(
 ) -> dg.RunRequest | dg.SkipReason:
     """One dashboard run per failed run that merged a month and left the dashboard behind."""
     run_id = context.dagster_run.run_id
-    materialized = _materialized(context.instance, run_id)
-    if keys.LOGS not in materialized:
+    materialized = _recorded(context.instance, run_id, dg.DagsterEventType.ASSET_MATERIALIZATION)
+    # d23/logs observes its merge as it commits: a step that failed after it merged all the same.
+    observed = _recorded(context.instance, run_id, dg.DagsterEventType.ASSET_OBSERVATION)
+    if keys.LOGS not in materialized | observed:
         return dg.SkipReason(f"run {run_id} merged nothing: the dashboard is as current as before")
     if keys.OUTCOME_DASHBOARD in materialized:
         return dg.SkipReason(f"run {run_id} rebuilt the dashboard itself")
@@ -78,10 +83,14 @@ def dashboard_behind_the_warehouse(
 ) -> dg.RunRequest | dg.SkipReason:
     """One dashboard run per latest merge the dashboard is older than, once nothing else will."""
     instance = context.instance
-    merges = instance.fetch_materializations(keys.LOGS, limit=1).records
+    # A merge is observed as it commits, and materialized if its step then succeeds.
+    merges = [
+        *instance.fetch_materializations(keys.LOGS, limit=1).records,
+        *instance.fetch_observations(keys.LOGS, limit=1).records,
+    ]
     if not merges:
         return dg.SkipReason("no month has been merged yet")
-    merged = merges[0]
+    merged = max(merges, key=lambda record: record.storage_id)
     built = instance.fetch_materializations(keys.OUTCOME_DASHBOARD, limit=1).records
     if built and built[0].timestamp >= merged.timestamp:
         return dg.SkipReason("the dashboard was built after the last merge")

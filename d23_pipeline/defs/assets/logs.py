@@ -65,6 +65,16 @@ def logs(
         ),
         on_retry=context.log.warning,
     )
+    # Recorded the moment the merge commits: a step that fails after it (the warehouse busy for
+    # the counts below, the process killed) has no materialization, and the dashboard's sensors
+    # would take the month for unchanged.
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=keys.LOGS,
+            partition=partition,
+            metadata={"merged": True, "snapshot_rows": summary.snapshot_rows},
+        )
+    )
     with warehouse.get_connection() as con:
         live_rows, deleted_rows = fetch_row(con, sql.LOGS_ROW_COUNT)
         month_rows = fetch_row(con, sql.LOGS_PARTITION_ROW_COUNT, {"partition": partition})[0]
