@@ -16,6 +16,7 @@ import pytest
 from harness import BOTH_WAREHOUSES, MONTHS, ExportHookSimulator, Pipeline
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
+from d23_pipeline.client.exports import ExportsClient
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.sensors import plan_daily_refresh
 from d23_pipeline.kpis import KPI_NAMES
@@ -23,6 +24,7 @@ from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.store import merge_within_memory_limit
 
 # A tick at 04:00 UTC late in the last month, with one month of lookback: MONTHS[0] is outside.
 NOW = datetime(2026, 5, 28, 4, 0, tzinfo=UTC)
@@ -789,3 +791,45 @@ def test_a_deletion_waits_while_another_months_landed_snapshot_cannot_be_read(
     pipeline.materialize(NEWER)  # a new snapshot of that month
     pipeline.materialize(OLDER)
     assert _deleted(pipeline, gone) == [(OLDER, True)]
+
+
+def test_a_row_merged_by_another_run_after_a_read_looked_for_rows_gone_is_listed_not_dropped(
+    tmp_path: Path,
+) -> None:
+    # Run A lands late rows; one is then deleted at the source. Run B reads the month, and A's
+    # merge lands between B's look for rows gone and B's end: B never weighed A's rows.
+    month = "2026-04"
+    sim = Simulator(SimulatorConfig(months=(month,), rows_per_month=600))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim, url, tmp_path / "data")
+        pipeline.materialize(month)
+        late = sim.add_late_rows(3, month)
+        pipeline.materialize(month, selection="d23/raw_logs")
+        store = SnapshotStore(pipeline.data_dir / "raw" / "d23")
+        snapshot_a = store.current(f"{month}-01")
+        sim.hard_delete_row(late[0])
+        confirm = ExportsClient.confirm_absent
+
+        def a_merges_meanwhile(client: ExportsClient, candidates: Any) -> Any:
+            merge_within_memory_limit(pipeline.warehouse(), snapshot_a)
+            return confirm(client, candidates)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ExportsClient, "confirm_absent", a_merges_meanwhile)
+            pipeline.materialize(month, selection="d23/raw_logs")
+        b = pipeline.materialize(month, selection="d23/logs*")
+
+        pending = pipeline.query("SELECT public_id, reason FROM d23.deletions_pending")
+        (check,) = [
+            e for e in b.get_asset_check_evaluations() if e.check_name == "deletions_proven"
+        ]
+        # The row stays live (absence is not evidence), but is listed, and the WARN check says so.
+        assert [p[0] for p in pending] == [late[0]]
+        assert pending[0][1].startswith("not weighed: another read of the month merged them")
+        assert not check.passed and "two runs of the month at once" in check.description
+        # The month's next read proves it gone and clears the list.
+        pipeline.materialize(month)
+        assert pipeline.query("SELECT count(*) FROM d23.deletions_pending") == [(0,)]
+        assert pipeline.query(
+            "SELECT _deleted_at IS NOT NULL FROM d23.logs WHERE public_id = ?", (late[0],)
+        ) == [(True,)]

@@ -259,12 +259,18 @@ def describe_held_deletions(partition: str, summary: MergeSummary, max_share: fl
     )
 
 
-def deletions_proven(snapshot: Snapshot) -> dg.AssetCheckResult:
-    """Whether every row the read found gone from its instant was proven gone or found again."""
+def deletions_proven(snapshot: Snapshot, summary: MergeSummary) -> dg.AssetCheckResult:
+    """Whether every row the read found gone from its instant was proven gone or found again,
+    and every live row of its verified slices was weighed by it."""
     parts = [
         f"{u.rows} rows look deleted at the source (e.g. {', '.join(u.examples)}), but {u.reason}"
         for u in snapshot.unproven
     ]
+    if summary.not_weighed:
+        parts.append(
+            f"{summary.not_weighed} rows were merged by another read of the month after this "
+            "one looked for rows gone (two runs of the month at once), so it could not weigh them"
+        )
     return _result(
         DELETIONS_PROVEN,
         passed=not parts,
@@ -276,7 +282,7 @@ def deletions_proven(snapshot: Snapshot) -> dg.AssetCheckResult:
             if parts
             else None
         ),
-        metadata={"unproven_deletions": snapshot.unproven_rows},
+        metadata={"unproven_deletions": snapshot.unproven_rows + summary.not_weighed},
     )
 
 

@@ -25,6 +25,7 @@ from d23_pipeline.warehouse.store import (
     anonymous_rejects,
     deletion_candidates,
     last_deletion,
+    last_merged_read,
     rejects_elsewhere,
 )
 
@@ -89,6 +90,9 @@ def read_month(
         reject_files = [rejects_path(writer.directory, s.window) for s in landed]
         anonymous = 0
         with warehouse.connect(read_only=True) as con:
+            # First: a read merged between the two is then not missed (see
+            # Snapshot.weighed_until), only weighed twice.
+            weighed_until = last_merged_read(con, partition)
             candidates = deletion_candidates(
                 con,
                 row_files,
@@ -126,7 +130,11 @@ def read_month(
                 reason,
             )
         snapshot = writer.complete(
-            client.stats.as_dict(), absent=absent, stale_rejects=stale_rejects, unproven=unproven
+            client.stats.as_dict(),
+            absent=absent,
+            stale_rejects=stale_rejects,
+            unproven=unproven,
+            weighed_until=weighed_until,
         )
     return MonthRead(snapshot, len(finished), len(candidates), len(absent))
 

@@ -188,6 +188,10 @@ class Snapshot:
     started_at: datetime | None = None
     # Rows its read proved gone (in absent_file); None: landed before the count was recorded.
     absent_rows: int | None = None
+    # The last merged read of the month when this read took its deletion candidates (datetime
+    # .min: none yet): rows seen by a read merged after it were not weighed by this one. None:
+    # landed before this was recorded.
+    weighed_until: datetime | None = None
 
     @property
     def row_files(self) -> list[Path]:
@@ -256,6 +260,9 @@ def _intact_slices(directory: Path, entries: dict[str, Any]) -> dict[str, Any]:
         else:
             log.warning("slice %s of %s is damaged on disk; reading it again", key, directory)
     return intact
+
+
+_NO_MERGED_READ = datetime.min.replace(tzinfo=UTC)
 
 
 def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
@@ -412,10 +419,13 @@ class SnapshotWriter:
         absent: Iterable[str] = (),
         stale_rejects: Sequence[StaleReject] = (),
         unproven: Mapping[str, str] | None = None,
+        weighed_until: datetime | None = None,
     ) -> Snapshot:
         """Mark the snapshot complete, with the public_ids its read proved ``absent`` from the
         source, the other months' rejects of them it found stale and the rows it found gone but
-        could not prove (``unproven``: public_id -> why), and make it the month's current one."""
+        could not prove (``unproven``: public_id -> why), and the month's last merged read when
+        it took its deletion candidates (``weighed_until``; None: none), and make it the month's
+        current one."""
         missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
         if missing:
             raise RuntimeError(
@@ -429,6 +439,7 @@ class SnapshotWriter:
         # Checked when the snapshot is loaded: without its absent file a merge would prove
         # nothing gone, the rows this read proved gone left live in silence.
         self._manifest["absent_rows"] = len(absent_ids)
+        self._manifest["weighed_until"] = (weighed_until or _NO_MERGED_READ).isoformat()
         self._manifest["complete"] = True
         self._manifest["completed_at"] = datetime.now(UTC).isoformat()
         self._manifest["read_stats"] = read_stats
@@ -492,6 +503,11 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
         unproven=[UnprovenDeletions(**u) for u in manifest.get("unproven_deletions") or []],
         started_at=datetime.fromisoformat(manifest["started_at"]),
         absent_rows=absent_rows,
+        weighed_until=(
+            datetime.fromisoformat(manifest["weighed_until"])
+            if "weighed_until" in manifest
+            else None
+        ),
     )
 
 

@@ -476,6 +476,28 @@ ORDER BY t.communicated_at, t.public_id
 
 MONTH_LAST_READ = "SELECT max(read_at) FROM d23.slice_verification WHERE _partition = $partition"
 DELETE_SLICE_VERIFICATION = "DELETE FROM d23.slice_verification WHERE _partition = $partition"
+# Live rows of the month in a verified slice that this read neither served nor weighed: seen
+# last by a read of the month merged after this one took its deletion candidates (two runs of
+# the month at once), too late for this read to prove them gone or there. Not deleted (absence
+# is not evidence): listed as deletions not proven, for the month's next read to settle.
+INSERT_NOT_WEIGHED_PENDING = """
+INSERT INTO d23.deletions_pending
+SELECT $partition, t.public_id, false, $reason, $read_at
+FROM d23.logs AS t
+WHERE t._partition = $partition
+  AND t._deleted_at IS NULL
+  AND t._last_seen_at > $weighed_until
+  AND t._last_seen_at < $read_at
+  AND EXISTS (
+      SELECT 1
+      FROM (SELECT unnest($verified_since) AS since, unnest($verified_until) AS until) AS v
+      WHERE t.communicated_at >= v.since AND t.communicated_at < v.until
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM d23.deletions_pending AS p
+      WHERE p._partition = $partition AND p.public_id = t.public_id
+  )
+"""
 INSERT_SLICE_VERIFICATION = """
 INSERT INTO d23.slice_verification
 SELECT $partition, unnest($since), unnest($until), unnest($served), unnest($total_before),

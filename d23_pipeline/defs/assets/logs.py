@@ -85,7 +85,7 @@ def logs(
             checks.only_allowlisted_columns(con),
             checks.slices_verified(snapshot),
             checks.deletions_within_limit(partition, summary, warehouse.max_deletion_share),
-            checks.deletions_proven(snapshot),
+            checks.deletions_proven(snapshot, summary),
             checks.conflicting_versions(partition, summary),
         ]
     if snapshot.unverified:
@@ -112,7 +112,7 @@ def logs(
             "marked_deleted": summary.marked_deleted,
             "deletions_proven": summary.deletions_proven,
             "deletions_held": summary.deletions_held,
-            "deletions_unproven": snapshot.unproven_rows,
+            "deletions_unproven": snapshot.unproven_rows + summary.not_weighed,
             "rejected_rows": summary.rejects,
             "conflicting_versions": summary.conflicting_versions,
             "older_versions_served": summary.older_versions,
