@@ -4,9 +4,11 @@ unless ``D23_API_URL`` points at a real Exports API."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,6 +174,33 @@ def _start_simulator(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+def _refuse_a_taken_ui_port(port: int, simulator_port: int | None) -> None:
+    """Stop before anything starts when `dg dev` could not serve the UI on ``port``: it would
+    fail while its daemon ran on without a UI, and the backfill command printed would reach
+    whatever holds the port."""
+    if port == simulator_port:
+        raise SystemExit(
+            f"D23_UI_PORT and D23_SIMULATOR_PORT are both {port}: the UI and the bundled "
+            "simulator need a port each; set one of them to another free port"
+        )
+    # A bind, not a request: a program holding the port need not answer HTTP. SO_REUSEADDR as
+    # the webserver sets it, so that a connection of an earlier UI closing down does not count.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SystemExit(
+                    f"D23_UI_PORT {port} is already in use by another program: stop it, or set "
+                    "D23_UI_PORT to a free port"
+                ) from None
+            raise SystemExit(
+                f"D23_UI_PORT {port} cannot be listened on ({exc.strerror}): set D23_UI_PORT to "
+                "another port"
+            ) from None
+
+
 def _answers(url: str) -> bool:
     try:
         httpx.get(url, timeout=1)
@@ -224,9 +253,11 @@ def main() -> None:
         ui_port, simulator_port = read_local_ports(env)
     except SettingsError as exc:
         raise SystemExit(f"error: {exc}") from None
+    uses_simulator = not env.get("D23_API_URL", "").strip()
+    _refuse_a_taken_ui_port(ui_port, simulator_port if uses_simulator else None)
     home = _prepare_dagster_home(env)
     simulator = None
-    if not env.get("D23_API_URL", "").strip():
+    if uses_simulator:
         simulator = _start_simulator(env, simulator_port)
         print(f"Bundled API simulator on {env['D23_API_URL']} (set D23_API_URL for a real API)")
     # From here on the simulator stops with us, also when a bad setting stops us before the UI
