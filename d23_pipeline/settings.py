@@ -293,6 +293,18 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def read_api_limits(env: Mapping[str, str]) -> dict[str, int]:
+    """``D23_PAGE_LIMIT``, ``D23_MAX_CONCURRENCY`` and ``D23_SLICE_HOURS``, by the name of the
+    resource field each sets."""
+    return {
+        "page_limit": _int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, *PAGE_LIMIT_RANGE),
+        "max_concurrency": _int(
+            env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, *MAX_CONCURRENCY_RANGE
+        ),
+        "slice_hours": _int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, *SLICE_HOURS_RANGE),
+    }
+
+
 def read_pool_limits(env: Mapping[str, str]) -> dict[str, int]:
     """Each Dagster pool's limit: months downloading at once (``d23_api``), and warehouse steps
     at once (``d23_warehouse``: one, as the DuckDB file has one writer; a DuckLake takes more)."""
@@ -385,11 +397,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     return PipelineOptions(
         data_dir=read_data_dir(env),
         start_month=_start_month(env),
-        page_limit=_int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, *PAGE_LIMIT_RANGE),
-        max_concurrency=_int(
-            env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, *MAX_CONCURRENCY_RANGE
-        ),
-        slice_hours=_int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, *SLICE_HOURS_RANGE),
+        **read_api_limits(env),
         refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
         # At least 1: with none, the rows a month gets after its last refresh (on its last day,
         # after D23_REFRESH_HOUR_UTC) would never be read.
