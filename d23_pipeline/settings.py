@@ -360,6 +360,19 @@ def read_credentials(env: Mapping[str, str]) -> Credentials:
     # mounted from a file ends with; only a blank one is missing.
     password = env.get("D23_PASSWORD", "").rstrip("\r\n") if login["D23_PASSWORD"] else ""
     token = {n: env.get(n, "").strip() for n in ("D23_LENDER_PUBLIC_ID", "D23_TOKEN")}
+    # Either flow alone: with both set, one would be used silently and a failure of it would
+    # point at the variables of the other.
+    if any(login.values()) and token["D23_TOKEN"]:
+        raise SettingsError(
+            "both a token (D23_LENDER_PUBLIC_ID, D23_TOKEN) and login credentials (D23_LENDER, "
+            "D23_EMAIL, D23_PASSWORD) are set: unset one group"
+        )
+    if any(login.values()) and token["D23_LENDER_PUBLIC_ID"]:
+        raise SettingsError(
+            "D23_LENDER_PUBLIC_ID is set beside login credentials (D23_LENDER, D23_EMAIL, "
+            "D23_PASSWORD), which take the lender public id from the login answer: unset it to "
+            "log in, or supply D23_TOKEN (and unset those) to use a token already held"
+        )
     if any(token.values()):
         missing = [n for n, v in token.items() if not v]
         if missing:

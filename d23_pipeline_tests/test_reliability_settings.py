@@ -19,6 +19,7 @@ from d23_pipeline.settings import (
     SettingsError,
     load_api_connection,
     load_options,
+    read_credentials,
     read_pool_limits,
     validate_timezone,
 )
@@ -222,6 +223,36 @@ def test_missing_or_malformed_connection_setting_fails_naming_it(fields: dict, n
     with pytest.raises(SettingsError, match=name) as caught:
         ExportsApiResource(**fields).connection()
     assert "SECRET" not in str(caught.value)
+
+
+LOGIN_ENV = {"D23_LENDER": "demo", "D23_EMAIL": "a@b.example", "D23_PASSWORD": "pw-SECRET"}
+
+
+@pytest.mark.parametrize("login", [LOGIN_ENV, {"D23_EMAIL": "a@b.example"}], ids=["all", "one"])
+def test_a_token_and_login_credentials_together_are_refused_naming_both_groups(
+    login: dict[str, str],
+) -> None:
+    env = {**login, "D23_LENDER_PUBLIC_ID": LENDER_ID, "D23_TOKEN": "tok-SECRET"}
+
+    with pytest.raises(SettingsError) as caught:
+        read_credentials(env)
+
+    assert str(caught.value) == (
+        "both a token (D23_LENDER_PUBLIC_ID, D23_TOKEN) and login credentials (D23_LENDER, "
+        "D23_EMAIL, D23_PASSWORD) are set: unset one group"
+    )
+
+
+def test_a_lender_public_id_beside_login_credentials_says_to_unset_it_or_supply_a_token() -> None:
+    env = {**LOGIN_ENV, "D23_LENDER_PUBLIC_ID": LENDER_ID}
+
+    with pytest.raises(SettingsError) as caught:
+        read_credentials(env)
+
+    message = str(caught.value)
+    assert message.startswith("D23_LENDER_PUBLIC_ID is set beside login credentials")
+    assert "unset it to log in, or supply D23_TOKEN" in message
+    assert "SECRET" not in message and LENDER_ID not in message
 
 
 def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_token() -> None:
