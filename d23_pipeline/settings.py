@@ -257,6 +257,20 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
     if backend not in WAREHOUSE_BACKENDS:
         raise SettingsError(f"D23_WAREHOUSE must be duckdb or ducklake (got {backend!r})")
     if backend == "duckdb":
+        # Left from a DuckLake setup (or D23_WAREHOUSE mistyped away), they would be ignored:
+        # every host would write a DuckDB file of its own while its operator expected one lake.
+        lake_only = [
+            name
+            for name in ("D23_WAREHOUSE_DSN", "D23_DUCKLAKE_DATA_PATH")
+            if env.get(name, "").strip()
+        ]
+        if lake_only:
+            raise SettingsError(
+                f"{' and '.join(lake_only)} {'are' if len(lake_only) > 1 else 'is'} set, but "
+                "D23_WAREHOUSE is duckdb (or unset), which does not use "
+                f"{'them' if len(lake_only) > 1 else 'it'}: set D23_WAREHOUSE=ducklake, or "
+                f"unset {' and '.join(lake_only)}"
+            )
         return backend, None
     _refuse_bytes_not_text(env, "D23_WAREHOUSE_DSN")
     if not env.get("D23_WAREHOUSE_DSN", "").strip():
