@@ -88,7 +88,8 @@ def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
 
 
 def _prepare_dagster_home(env: dict[str, str]) -> Path:
-    home = Path(env.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))).resolve()
+    # Blank, as an env file leaves it, is unset: Path("") is the current folder.
+    home = Path(env.get("DAGSTER_HOME", "").strip() or Path.cwd() / ".dagster_home").resolve()
     env["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"

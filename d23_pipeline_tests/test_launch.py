@@ -341,6 +341,20 @@ def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_n
     )
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_dagster_home_is_the_default_not_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": blank}
+
+    home = _prepare_dagster_home(env)
+
+    assert home == tmp_path / ".dagster_home"
+    assert env["DAGSTER_HOME"] == str(home)
+    assert (home / "dagster.yaml").is_file() and not (tmp_path / "dagster.yaml").exists()
+
+
 def test_a_start_month_after_this_month_stops_make_run_naming_it(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="D23_START_MONTH 2999-01 has not begun"):
         _guide({"D23_START_MONTH": "2999-01", "D23_DATA_DIR": str(tmp_path)})
