@@ -5,6 +5,7 @@ import contextlib
 import os
 import zoneinfo
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 import duckdb
@@ -300,6 +301,30 @@ def test_a_run_with_a_missing_setting_fails_at_start_without_calling_the_api(
     assert list(failures) == ["d23__raw_logs"]
     assert "D23_PASSWORD is not set" in failures["d23__raw_logs"]
     assert pipeline.sim.stats.requests == 0
+
+
+def test_a_path_setting_starting_with_a_tilde_is_under_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As an env file or a quoted value passes it: no shell expanded it.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_bytes(
+        resources.files("d23_pipeline.analytics").joinpath("outcome_classes.yaml").read_bytes()
+    )
+    env = {
+        "D23_DATA_DIR": "~/d23",
+        "D23_OUTCOME_MAPPING": "~/mapping.yaml",
+        "D23_WAREHOUSE": "ducklake",
+        "D23_WAREHOUSE_DSN": "host=db dbname=d23",
+        "D23_DUCKLAKE_DATA_PATH": "~/lake",
+    }
+
+    options = load_options(env)
+
+    assert options.data_dir == tmp_path / "d23"
+    assert options.outcome_mapping == mapping
+    assert options.ducklake_data_path == str(tmp_path / "lake")
 
 
 def test_a_thirteenth_month_is_refused_saying_what_a_month_is() -> None:
