@@ -21,6 +21,7 @@ import dagster as dg
 import httpx
 import yaml
 
+from d23_pipeline.analytics.outcome_classes import check_mapping_setting
 from d23_pipeline.backfill import DEFAULT_URL
 from d23_pipeline.months import months_up_to
 from d23_pipeline.settings import (
@@ -30,6 +31,7 @@ from d23_pipeline.settings import (
     read_local_ports,
     read_pool_limits,
 )
+from d23_pipeline.warehouse.ducklake import NOT_A_DSN, split_password
 
 SIMULATOR_MONTHS = 6
 DEMO_CREDENTIALS = {
@@ -228,6 +230,16 @@ def _guide(env: dict[str, str], ui_port: int = 3000) -> str:
     )
 
 
+def check_before_the_ui(env: Mapping[str, str]) -> None:
+    """Raise SettingsError for a setting the UI would only reveal later: an outcome mapping file
+    the outcome-mix steps refuse (the code location would not load) or a DuckLake DSN libpq
+    cannot read (every run's warehouse step would fail)."""
+    options = load_options(env)
+    check_mapping_setting(options.outcome_mapping)
+    if options.warehouse == "ducklake" and split_password(env["D23_WAREHOUSE_DSN"]) is None:
+        raise SettingsError(NOT_A_DSN)
+
+
 def set_pool_limits(env: Mapping[str, str]) -> None:
     """Write every pool's limit into the instance of ``env``'s DAGSTER_HOME.
 
@@ -266,6 +278,7 @@ def main() -> None:
     try:
         # Every run would fail at its first step without them: say so before the UI starts.
         load_api_connection(env)
+        check_before_the_ui(env)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             left = fail_runs_left_in_progress(instance)
         if left:

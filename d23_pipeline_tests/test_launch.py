@@ -204,6 +204,60 @@ def test_make_run_with_a_real_api_and_no_credentials_stops_before_the_ui_naming_
     assert served == []
 
 
+A_REAL_API = {
+    "D23_API_URL": "http://127.0.0.1:9",  # no simulator
+    "D23_LENDER": "lender",
+    "D23_EMAIL": "analyst@lender.example",
+    "D23_PASSWORD": "a-password",
+}
+
+
+def test_make_run_with_a_mapping_file_the_code_location_refuses_stops_before_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = []
+    mapping = tmp_path / "outcome_classes.yaml"
+    mapping.write_text("promise: PTP\n")  # a code, not a list of codes
+
+    with pytest.raises(SystemExit) as stopped:
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, port: served.append(port),
+            **A_REAL_API,
+            D23_OUTCOME_MAPPING=str(mapping),
+        )
+
+    # What loading the definitions (dg check defs, the UI's code location) says.
+    message = str(stopped.value)
+    assert message.startswith("error: D23_OUTCOME_MAPPING: ")
+    assert "promise must be a list of codes" in message
+    assert served == []
+
+
+def test_make_run_with_a_ducklake_dsn_libpq_cannot_read_stops_before_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = []
+
+    with pytest.raises(SystemExit) as stopped:
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, port: served.append(port),
+            **A_REAL_API,
+            D23_WAREHOUSE="ducklake",
+            # An unencoded '/' in the password: libpq would read its start as the port.
+            D23_WAREHOUSE_DSN="postgresql://d23:SECRETpw/x@127.0.0.1:5432/d23",
+            D23_DUCKLAKE_DATA_PATH=str(tmp_path / "lake"),
+        )
+
+    message = str(stopped.value)
+    assert message.startswith("error: D23_WAREHOUSE_DSN is not a PostgreSQL connection string")
+    assert "percent-encode" in message and "SECRET" not in message
+    assert served == []
+
+
 def test_make_run_logs_in_to_its_simulator_as_the_demo_user_whatever_credentials_are_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
