@@ -83,6 +83,13 @@ class TokenCredentials:
                 "D23_TOKEN holds a character an HTTP header cannot carry (only printable ASCII "
                 "can): copy the token again"
             )
+        # Copied with the header's scheme, it would be sent as "Bearer Bearer ..." and its 401
+        # blamed on an expired token.
+        if self.token[:7].lower() == "bearer ":
+            raise SettingsError(
+                "D23_TOKEN starts with 'Bearer ': paste the token without that prefix (the "
+                "client adds it)"
+            )
 
     def __repr__(self) -> str:
         return f"TokenCredentials(lender_public_id={self.lender_public_id!r}, token=***)"

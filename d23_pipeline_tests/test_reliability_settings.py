@@ -268,6 +268,19 @@ def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_tok
     assert "SECRET" not in f"{caught.value!s} {caught.value!r}"
 
 
+@pytest.mark.parametrize("prefix", ["Bearer ", "bearer ", "BEARER  "])
+def test_a_token_pasted_with_its_bearer_prefix_is_refused_saying_to_drop_it(prefix: str) -> None:
+    fields = {"api_url": "https://h.example", "lender_public_id": LENDER_ID}
+
+    with pytest.raises(SettingsError) as caught:
+        ExportsApiResource(**fields, token=f"{prefix}eyJ-held-SECRET-token").connection()
+
+    assert str(caught.value) == (
+        "D23_TOKEN starts with 'Bearer ': paste the token without that prefix (the client adds it)"
+    )
+    assert "SECRET" not in repr(caught.value)
+
+
 @pytest.mark.parametrize(
     "url",
     ["http://stage-v3-api.cleargrid.ai", "http://10.0.0.5:8023", "http://localhost.evil.example"],
