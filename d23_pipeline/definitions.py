@@ -4,11 +4,7 @@ import os
 
 import dagster as dg
 
-from d23_pipeline.analytics.outcome_classes import (
-    OutcomeMappingError,
-    load_outcome_classes,
-    mapping_version,
-)
+from d23_pipeline.analytics.outcome_classes import check_mapping_setting, mapping_version
 from d23_pipeline.defs.assets.dashboard import outcome_dashboard
 from d23_pipeline.defs.assets.logs import logs
 from d23_pipeline.defs.assets.outcome_mix import (
@@ -33,7 +29,6 @@ from d23_pipeline.defs.resources import (
     WarehouseResource,
 )
 from d23_pipeline.defs.sensors import build_daily_refresh_sensor
-from d23_pipeline.settings import SettingsError
 
 
 def _env(name: str) -> dg.EnvVar | None:
@@ -44,10 +39,7 @@ def _env(name: str) -> dg.EnvVar | None:
 
 # A mapping file the outcome-mix steps would refuse fails here, when the definitions load
 # (dg check defs, a code location reload), not in every run after its download.
-try:
-    load_outcome_classes(options.outcome_mapping)
-except OutcomeMappingError as exc:
-    raise SettingsError(f"D23_OUTCOME_MAPPING: {exc}") from None
+check_mapping_setting(options.outcome_mapping)
 # The outcome-mix counts change with the outcome mapping, so its digest is their code version:
 # a new mapping marks every month stale. Set here, from the same setting the resource gets.
 _mapping_version = mapping_version(options.outcome_mapping)

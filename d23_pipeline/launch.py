@@ -4,9 +4,11 @@ unless ``D23_API_URL`` points at a real Exports API."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ import dagster as dg
 import httpx
 import yaml
 
+from d23_pipeline.analytics.outcome_classes import check_mapping_setting
 from d23_pipeline.backfill import DEFAULT_URL
 from d23_pipeline.months import months_up_to
 from d23_pipeline.settings import (
@@ -28,6 +31,7 @@ from d23_pipeline.settings import (
     read_local_ports,
     read_pool_limits,
 )
+from d23_pipeline.warehouse.ducklake import NOT_A_DSN, split_password
 
 SIMULATOR_MONTHS = 6
 DEMO_CREDENTIALS = {
@@ -86,7 +90,8 @@ def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
 
 
 def _prepare_dagster_home(env: dict[str, str]) -> Path:
-    home = Path(env.setdefault("DAGSTER_HOME", str(Path.cwd() / ".dagster_home"))).resolve()
+    # Blank, as an env file leaves it, is unset: Path("") is the current folder.
+    home = Path(env.get("DAGSTER_HOME", "").strip() or Path.cwd() / ".dagster_home").resolve()
     env["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -172,6 +177,33 @@ def _start_simulator(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+def _refuse_a_taken_ui_port(port: int, simulator_port: int | None) -> None:
+    """Stop before anything starts when `dg dev` could not serve the UI on ``port``: it would
+    fail while its daemon ran on without a UI, and the backfill command printed would reach
+    whatever holds the port."""
+    if port == simulator_port:
+        raise SystemExit(
+            f"D23_UI_PORT and D23_SIMULATOR_PORT are both {port}: the UI and the bundled "
+            "simulator need a port each; set one of them to another free port"
+        )
+    # A bind, not a request: a program holding the port need not answer HTTP. SO_REUSEADDR as
+    # the webserver sets it, so that a connection of an earlier UI closing down does not count.
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SystemExit(
+                    f"D23_UI_PORT {port} is already in use by another program: stop it, or set "
+                    "D23_UI_PORT to a free port"
+                ) from None
+            raise SystemExit(
+                f"D23_UI_PORT {port} cannot be listened on ({exc.strerror}): set D23_UI_PORT to "
+                "another port"
+            ) from None
+
+
 def _answers(url: str) -> bool:
     try:
         httpx.get(url, timeout=1)
@@ -196,6 +228,16 @@ def _guide(env: dict[str, str], ui_port: int = 3000) -> str:
         f"Dashboard (rebuilt by every run; open it in a browser): "
         f"{options.dashboard_path.resolve()}"
     )
+
+
+def check_before_the_ui(env: Mapping[str, str]) -> None:
+    """Raise SettingsError for a setting the UI would only reveal later: an outcome mapping file
+    the outcome-mix steps refuse (the code location would not load) or a DuckLake DSN libpq
+    cannot read (every run's warehouse step would fail)."""
+    options = load_options(env)
+    check_mapping_setting(options.outcome_mapping)
+    if options.warehouse == "ducklake" and split_password(env["D23_WAREHOUSE_DSN"]) is None:
+        raise SettingsError(NOT_A_DSN)
 
 
 def set_pool_limits(env: Mapping[str, str]) -> None:
@@ -224,9 +266,11 @@ def main() -> None:
         ui_port, simulator_port = read_local_ports(env)
     except SettingsError as exc:
         raise SystemExit(f"error: {exc}") from None
+    uses_simulator = not env.get("D23_API_URL", "").strip()
+    _refuse_a_taken_ui_port(ui_port, simulator_port if uses_simulator else None)
     home = _prepare_dagster_home(env)
     simulator = None
-    if not env.get("D23_API_URL", "").strip():
+    if uses_simulator:
         simulator = _start_simulator(env, simulator_port)
         print(f"Bundled API simulator on {env['D23_API_URL']} (set D23_API_URL for a real API)")
     # From here on the simulator stops with us, also when a bad setting stops us before the UI
@@ -234,6 +278,7 @@ def main() -> None:
     try:
         # Every run would fail at its first step without them: say so before the UI starts.
         load_api_connection(env)
+        check_before_the_ui(env)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             left = fail_runs_left_in_progress(instance)
         if left:

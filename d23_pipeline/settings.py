@@ -83,6 +83,13 @@ class TokenCredentials:
                 "D23_TOKEN holds a character an HTTP header cannot carry (only printable ASCII "
                 "can): copy the token again"
             )
+        # Copied with the header's scheme, it would be sent as "Bearer Bearer ..." and its 401
+        # blamed on an expired token.
+        if self.token[:7].lower() == "bearer ":
+            raise SettingsError(
+                "D23_TOKEN starts with 'Bearer ': paste the token without that prefix (the "
+                "client adds it)"
+            )
 
     def __repr__(self) -> str:
         return f"TokenCredentials(lender_public_id={self.lender_public_id!r}, token=***)"
@@ -257,6 +264,20 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
     if backend not in WAREHOUSE_BACKENDS:
         raise SettingsError(f"D23_WAREHOUSE must be duckdb or ducklake (got {backend!r})")
     if backend == "duckdb":
+        # Left from a DuckLake setup (or D23_WAREHOUSE mistyped away), they would be ignored:
+        # every host would write a DuckDB file of its own while its operator expected one lake.
+        lake_only = [
+            name
+            for name in ("D23_WAREHOUSE_DSN", "D23_DUCKLAKE_DATA_PATH")
+            if env.get(name, "").strip()
+        ]
+        if lake_only:
+            raise SettingsError(
+                f"{' and '.join(lake_only)} {'are' if len(lake_only) > 1 else 'is'} set, but "
+                "D23_WAREHOUSE is duckdb (or unset), which does not use "
+                f"{'them' if len(lake_only) > 1 else 'it'}: set D23_WAREHOUSE=ducklake, or "
+                f"unset {' and '.join(lake_only)}"
+            )
         return backend, None
     _refuse_bytes_not_text(env, "D23_WAREHOUSE_DSN")
     if not env.get("D23_WAREHOUSE_DSN", "").strip():
@@ -271,7 +292,7 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
             "D23_DUCKLAKE_DATA_PATH is not set: D23_WAREHOUSE=ducklake needs the folder its "
             "Parquet files go to, the same for every process"
         )
-    return backend, data_path if "://" in data_path else str(Path(data_path).resolve())
+    return backend, data_path if "://" in data_path else str(local_path(data_path).resolve())
 
 
 # ASCII digits only: int() and float() would also take other scripts' digits and underscores
@@ -291,6 +312,18 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high} (got {value})")
     return value
+
+
+def read_api_limits(env: Mapping[str, str]) -> dict[str, int]:
+    """``D23_PAGE_LIMIT``, ``D23_MAX_CONCURRENCY`` and ``D23_SLICE_HOURS``, by the name of the
+    resource field each sets."""
+    return {
+        "page_limit": _int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, *PAGE_LIMIT_RANGE),
+        "max_concurrency": _int(
+            env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, *MAX_CONCURRENCY_RANGE
+        ),
+        "slice_hours": _int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, *SLICE_HOURS_RANGE),
+    }
 
 
 def read_pool_limits(env: Mapping[str, str]) -> dict[str, int]:
@@ -348,6 +381,19 @@ def read_credentials(env: Mapping[str, str]) -> Credentials:
     # mounted from a file ends with; only a blank one is missing.
     password = env.get("D23_PASSWORD", "").rstrip("\r\n") if login["D23_PASSWORD"] else ""
     token = {n: env.get(n, "").strip() for n in ("D23_LENDER_PUBLIC_ID", "D23_TOKEN")}
+    # Either flow alone: with both set, one would be used silently and a failure of it would
+    # point at the variables of the other.
+    if any(login.values()) and token["D23_TOKEN"]:
+        raise SettingsError(
+            "both a token (D23_LENDER_PUBLIC_ID, D23_TOKEN) and login credentials (D23_LENDER, "
+            "D23_EMAIL, D23_PASSWORD) are set: unset one group"
+        )
+    if any(login.values()) and token["D23_LENDER_PUBLIC_ID"]:
+        raise SettingsError(
+            "D23_LENDER_PUBLIC_ID is set beside login credentials (D23_LENDER, D23_EMAIL, "
+            "D23_PASSWORD), which take the lender public id from the login answer: unset it to "
+            "log in, or supply D23_TOKEN (and unset those) to use a token already held"
+        )
     if any(token.values()):
         missing = [n for n, v in token.items() if not v]
         if missing:
@@ -362,11 +408,17 @@ def read_credentials(env: Mapping[str, str]) -> Credentials:
     return LoginCredentials(login["D23_LENDER"], login["D23_EMAIL"], password)
 
 
+def local_path(value: str) -> Path:
+    """A path setting, a leading ``~`` expanded: an env file, a quoted value or a supervisor
+    pass it on unexpanded, and it would make a folder named ``~``."""
+    return Path(value).expanduser()
+
+
 def read_data_dir(env: Mapping[str, str]) -> Path:
     """``D23_DATA_DIR`` (default ``data``), refused if it, or the nearest part of it that
     exists, is not a folder: the runs would create theirs in it only after the API was read."""
     value = env.get("D23_DATA_DIR", "").strip() or "data"
-    path = Path(value)
+    path = local_path(value)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise SettingsError(
@@ -380,22 +432,18 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     env = os.environ if env is None else env
     mapping = env.get("D23_OUTCOME_MAPPING", "").strip()
     warehouse, ducklake_data_path = validate_warehouse(env)
-    if mapping and not Path(mapping).is_file():
+    if mapping and not local_path(mapping).is_file():
         raise SettingsError(f"D23_OUTCOME_MAPPING points to {mapping!r}, which is not a file")
     return PipelineOptions(
         data_dir=read_data_dir(env),
         start_month=_start_month(env),
-        page_limit=_int(env, "D23_PAGE_LIMIT", DEFAULT_PAGE_LIMIT, *PAGE_LIMIT_RANGE),
-        max_concurrency=_int(
-            env, "D23_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY, *MAX_CONCURRENCY_RANGE
-        ),
-        slice_hours=_int(env, "D23_SLICE_HOURS", DEFAULT_SLICE_HOURS, *SLICE_HOURS_RANGE),
+        **read_api_limits(env),
         refresh_hour_utc=_int(env, "D23_REFRESH_HOUR_UTC", 3, 0, 23),
         # At least 1: with none, the rows a month gets after its last refresh (on its last day,
         # after D23_REFRESH_HOUR_UTC) would never be read.
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 1, 24),
         # Absolute: a run's process may start in another folder than the code server's.
-        outcome_mapping=Path(mapping).resolve() if mapping else None,
+        outcome_mapping=local_path(mapping).resolve() if mapping else None,
         max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
         report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
         warehouse=warehouse,

@@ -120,11 +120,15 @@ class Pipeline:
         return self.data_dir / "reports" / "outcome_dashboard.html"
 
     def resources(self, **api_overrides: Any) -> dict[str, Any]:
-        api = {
-            "api_url": self.api_url,
+        # A held token replaces the login: the settings refuse both at once.
+        login = {
             "lender": self.sim.config.lender_slug,
             "email": self.sim.config.email,
             "password": self.sim.config.password,
+        }
+        api = {
+            "api_url": self.api_url,
+            **({} if api_overrides.get("token") else login),
             "page_limit": self.page_limit,
             "max_concurrency": self.max_concurrency,
             "slice_hours": self.slice_hours,

@@ -29,6 +29,7 @@ from d23_pipeline.client import (
     AuthenticationError,
     ExportsApiError,
     ExportsClient,
+    NotTheApiError,
     RetriesExhaustedError,
     SlicePage,
 )
@@ -229,8 +230,9 @@ def test_a_host_that_is_not_the_api_is_named_not_the_credentials_or_the_dataset(
     ):
         list(c.iter_window(DAY))
 
-    # Not "refused" (the README's sign of wrong credentials) nor "not enabled" (ask ClearGrid).
-    assert type(caught.value) is ExportsApiError
+    # Not "refused" (the README's sign of wrong credentials) nor "not enabled" (ask ClearGrid),
+    # and a class of its own, which run retries leave alone.
+    assert type(caught.value) is NotTheApiError
     assert "the host at D23_API_URL (wrong-host.example) answered HTTP" in str(caught.value)
     assert "check that D23_API_URL is the API's host root" in str(caught.value)
 

@@ -58,6 +58,26 @@ def test_warehouse_settings_fail_naming_the_variable(env: dict[str, str], name: 
         load_options(env)
 
 
+@pytest.mark.parametrize("warehouse", [{}, {"D23_WAREHOUSE": "duckdb"}], ids=["unset", "duckdb"])
+def test_lake_settings_without_d23_warehouse_ducklake_are_refused_not_ignored(
+    warehouse: dict[str, str],
+) -> None:
+    lake = {"D23_WAREHOUSE_DSN": "host=db password=s3cret dbname=d23"}
+
+    with pytest.raises(SettingsError) as refused:
+        load_options({**warehouse, **lake})
+    with pytest.raises(SettingsError) as both:
+        load_options({**warehouse, **lake, "D23_DUCKLAKE_DATA_PATH": "/lake"})
+
+    assert str(refused.value) == (
+        "D23_WAREHOUSE_DSN is set, but D23_WAREHOUSE is duckdb (or unset), which does not use "
+        "it: set D23_WAREHOUSE=ducklake, or unset D23_WAREHOUSE_DSN"
+    )
+    assert str(both.value).startswith("D23_WAREHOUSE_DSN and D23_DUCKLAKE_DATA_PATH are set")
+    assert str(both.value).endswith("unset D23_WAREHOUSE_DSN and D23_DUCKLAKE_DATA_PATH")
+    assert "s3cret" not in f"{refused.value} {both.value}"
+
+
 def test_ducklake_settings_keep_the_dsn_out_of_the_options(tmp_path: Path) -> None:
     options = load_options(
         {

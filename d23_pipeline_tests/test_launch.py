@@ -1,6 +1,7 @@
 """``make run``'s choices: its first month, what it prints, the pool limits it sets."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -67,7 +68,7 @@ def _make_run(
         monkeypatch.delenv(name)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("D23_DATA_DIR", str(tmp_path / "data"))
-    for name, value in settings.items():
+    for name, value in {"D23_UI_PORT": str(free_port()), **settings}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(launch, "set_pool_limits", lambda env: None)
     monkeypatch.setattr(launch, "_serve_ui", serve_ui)
@@ -101,6 +102,51 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
         f"d23_pipeline.backfill 2026-01 {current} --url http://127.0.0.1:3300\n" in out
         for current in (before, after)
     )
+
+
+def test_make_run_stops_before_starting_anything_when_another_program_holds_the_ui_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served = []
+
+    # A program that does not answer HTTP holds it as much as an earlier UI does.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(SystemExit) as stopped:
+            _make_run(
+                monkeypatch,
+                tmp_path,
+                lambda env, ui_port: served.append(ui_port),
+                D23_SIMULATOR_PORT=str(free_port()),
+                D23_UI_PORT=str(port),
+            )
+
+    assert str(stopped.value) == (
+        f"D23_UI_PORT {port} is already in use by another program: stop it, or set D23_UI_PORT "
+        "to a free port"
+    )
+    assert served == []
+    assert "Bundled API simulator" not in capsys.readouterr().out
+    assert not (tmp_path / "dagster_home").exists()
+
+
+def test_make_run_stops_when_the_ui_and_the_simulator_are_given_one_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = str(free_port())
+
+    with pytest.raises(SystemExit, match=f"D23_UI_PORT and D23_SIMULATOR_PORT are both {port}:"):
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, ui_port: None,
+            D23_SIMULATOR_PORT=port,
+            D23_UI_PORT=port,
+        )
+
+    assert "Bundled API simulator" not in capsys.readouterr().out
 
 
 def test_make_run_says_which_runs_it_marked_failed_before_the_ui_starts(
@@ -155,6 +201,60 @@ def test_make_run_with_a_real_api_and_no_credentials_stops_before_the_ui_naming_
             D23_START_MONTH="2026-01",
         )
 
+    assert served == []
+
+
+A_REAL_API = {
+    "D23_API_URL": "http://127.0.0.1:9",  # no simulator
+    "D23_LENDER": "lender",
+    "D23_EMAIL": "analyst@lender.example",
+    "D23_PASSWORD": "a-password",
+}
+
+
+def test_make_run_with_a_mapping_file_the_code_location_refuses_stops_before_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = []
+    mapping = tmp_path / "outcome_classes.yaml"
+    mapping.write_text("promise: PTP\n")  # a code, not a list of codes
+
+    with pytest.raises(SystemExit) as stopped:
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, port: served.append(port),
+            **A_REAL_API,
+            D23_OUTCOME_MAPPING=str(mapping),
+        )
+
+    # What loading the definitions (dg check defs, the UI's code location) says.
+    message = str(stopped.value)
+    assert message.startswith("error: D23_OUTCOME_MAPPING: ")
+    assert "promise must be a list of codes" in message
+    assert served == []
+
+
+def test_make_run_with_a_ducklake_dsn_libpq_cannot_read_stops_before_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = []
+
+    with pytest.raises(SystemExit) as stopped:
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, port: served.append(port),
+            **A_REAL_API,
+            D23_WAREHOUSE="ducklake",
+            # An unencoded '/' in the password: libpq would read its start as the port.
+            D23_WAREHOUSE_DSN="postgresql://d23:SECRETpw/x@127.0.0.1:5432/d23",
+            D23_DUCKLAKE_DATA_PATH=str(tmp_path / "lake"),
+        )
+
+    message = str(stopped.value)
+    assert message.startswith("error: D23_WAREHOUSE_DSN is not a PostgreSQL connection string")
+    assert "percent-encode" in message and "SECRET" not in message
     assert served == []
 
 
@@ -295,6 +395,20 @@ def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_n
     )
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_dagster_home_is_the_default_not_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": blank}
+
+    home = _prepare_dagster_home(env)
+
+    assert home == tmp_path / ".dagster_home"
+    assert env["DAGSTER_HOME"] == str(home)
+    assert (home / "dagster.yaml").is_file() and not (tmp_path / "dagster.yaml").exists()
+
+
 def test_a_start_month_after_this_month_stops_make_run_naming_it(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="D23_START_MONTH 2999-01 has not begun"):
         _guide({"D23_START_MONTH": "2999-01", "D23_DATA_DIR": str(tmp_path)})
@@ -315,6 +429,7 @@ def test_a_bad_setting_stops_make_run_and_the_simulator_it_started(
         DAGSTER_HOME=str(tmp_path / "dagster_home"),
         D23_DATA_DIR=str(tmp_path / "data"),
         D23_SIMULATOR_PORT=str(port),
+        D23_UI_PORT=str(free_port()),
         D23_PAGE_LIMIT="0",
         **api_url,
     )
@@ -339,6 +454,7 @@ def test_a_bad_port_or_pool_limit_stops_make_run_with_one_line_naming_it(
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "D23_DATA_DIR": str(tmp_path / "data"),
         "D23_SIMULATOR_PORT": str(free_port()),
+        "D23_UI_PORT": str(free_port()),
     }
     env = clean_env(**{**settings, name: value})
 
@@ -375,6 +491,7 @@ def test_make_run_stops_when_another_program_holds_the_simulators_port(tmp_path:
             DAGSTER_HOME=str(tmp_path / "dagster_home"),
             D23_DATA_DIR=str(tmp_path / "data"),
             D23_SIMULATOR_PORT=str(port),
+            D23_UI_PORT=str(free_port()),
         )
 
         launched = run_python(["-m", "d23_pipeline.launch"], env)

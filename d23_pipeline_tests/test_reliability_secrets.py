@@ -76,9 +76,10 @@ def test_no_trace_of_password_or_token_after_runs_that_pass_and_fail(
     home.mkdir()
     instance = dg.DagsterInstance.local_temp(str(home))
     monkeypatch.setenv("D23_LENDER_PUBLIC_ID", pipeline.sim.lender_public_id)
-    # A token from the token run's env must not mix into the login runs, and the reverse.
-    login = {**SECRETS_FROM_ENV, "token": None, "lender_public_id": None}
-    held_token = {**SECRETS_FROM_ENV, "password": None}
+    # A token from the token run's env must not mix into the login runs, and the reverse: blank,
+    # not None, which the resource reads from the environment.
+    login = {**SECRETS_FROM_ENV, "token": "", "lender_public_id": ""}
+    held_token = {**SECRETS_FROM_ENV, "password": ""}
 
     def run(**api: object) -> dg.ExecuteInProcessResult:
         return dg.materialize(

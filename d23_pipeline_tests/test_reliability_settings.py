@@ -5,6 +5,7 @@ import contextlib
 import os
 import zoneinfo
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 import duckdb
@@ -19,6 +20,7 @@ from d23_pipeline.settings import (
     SettingsError,
     load_api_connection,
     load_options,
+    read_credentials,
     read_pool_limits,
     validate_timezone,
 )
@@ -224,6 +226,36 @@ def test_missing_or_malformed_connection_setting_fails_naming_it(fields: dict, n
     assert "SECRET" not in str(caught.value)
 
 
+LOGIN_ENV = {"D23_LENDER": "demo", "D23_EMAIL": "a@b.example", "D23_PASSWORD": "pw-SECRET"}
+
+
+@pytest.mark.parametrize("login", [LOGIN_ENV, {"D23_EMAIL": "a@b.example"}], ids=["all", "one"])
+def test_a_token_and_login_credentials_together_are_refused_naming_both_groups(
+    login: dict[str, str],
+) -> None:
+    env = {**login, "D23_LENDER_PUBLIC_ID": LENDER_ID, "D23_TOKEN": "tok-SECRET"}
+
+    with pytest.raises(SettingsError) as caught:
+        read_credentials(env)
+
+    assert str(caught.value) == (
+        "both a token (D23_LENDER_PUBLIC_ID, D23_TOKEN) and login credentials (D23_LENDER, "
+        "D23_EMAIL, D23_PASSWORD) are set: unset one group"
+    )
+
+
+def test_a_lender_public_id_beside_login_credentials_says_to_unset_it_or_supply_a_token() -> None:
+    env = {**LOGIN_ENV, "D23_LENDER_PUBLIC_ID": LENDER_ID}
+
+    with pytest.raises(SettingsError) as caught:
+        read_credentials(env)
+
+    message = str(caught.value)
+    assert message.startswith("D23_LENDER_PUBLIC_ID is set beside login credentials")
+    assert "unset it to log in, or supply D23_TOKEN" in message
+    assert "SECRET" not in message and LENDER_ID not in message
+
+
 def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_token() -> None:
     # A typographic quote pasted with the token: httpx would fail encoding the header, in an
     # error whose arguments hold the whole header.
@@ -234,6 +266,19 @@ def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_tok
         ExportsApiResource(**fields).connection()
 
     assert "SECRET" not in f"{caught.value!s} {caught.value!r}"
+
+
+@pytest.mark.parametrize("prefix", ["Bearer ", "bearer ", "BEARER  "])
+def test_a_token_pasted_with_its_bearer_prefix_is_refused_saying_to_drop_it(prefix: str) -> None:
+    fields = {"api_url": "https://h.example", "lender_public_id": LENDER_ID}
+
+    with pytest.raises(SettingsError) as caught:
+        ExportsApiResource(**fields, token=f"{prefix}eyJ-held-SECRET-token").connection()
+
+    assert str(caught.value) == (
+        "D23_TOKEN starts with 'Bearer ': paste the token without that prefix (the client adds it)"
+    )
+    assert "SECRET" not in repr(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -269,6 +314,30 @@ def test_a_run_with_a_missing_setting_fails_at_start_without_calling_the_api(
     assert list(failures) == ["d23__raw_logs"]
     assert "D23_PASSWORD is not set" in failures["d23__raw_logs"]
     assert pipeline.sim.stats.requests == 0
+
+
+def test_a_path_setting_starting_with_a_tilde_is_under_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As an env file or a quoted value passes it: no shell expanded it.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_bytes(
+        resources.files("d23_pipeline.analytics").joinpath("outcome_classes.yaml").read_bytes()
+    )
+    env = {
+        "D23_DATA_DIR": "~/d23",
+        "D23_OUTCOME_MAPPING": "~/mapping.yaml",
+        "D23_WAREHOUSE": "ducklake",
+        "D23_WAREHOUSE_DSN": "host=db dbname=d23",
+        "D23_DUCKLAKE_DATA_PATH": "~/lake",
+    }
+
+    options = load_options(env)
+
+    assert options.data_dir == tmp_path / "d23"
+    assert options.outcome_mapping == mapping
+    assert options.ducklake_data_path == str(tmp_path / "lake")
 
 
 def test_a_thirteenth_month_is_refused_saying_what_a_month_is() -> None:

@@ -127,3 +127,39 @@ def test_a_resource_setting_no_run_can_work_with_is_refused(
     }.get(resource, {})
     with pytest.raises(ValueError, match=field):
         resource(**required, **{field: value})
+
+
+def test_a_runs_config_of_one_field_keeps_the_other_settings_from_the_environment(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The resource as the definitions build it from the environment; the run config is what
+    # the launchpad sends when someone changes one field. Dagster replaces the whole config the
+    # definitions gave with it, so the URL, the credentials and the slice width arrive unset.
+    settings = {
+        "D23_API_URL": pipeline.api_url,
+        "D23_LENDER": pipeline.sim.config.lender_slug,
+        "D23_EMAIL": pipeline.sim.config.email,
+        "D23_PASSWORD": pipeline.sim.config.password,
+        "D23_PAGE_LIMIT": "500",
+        "D23_SLICE_HOURS": "12",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    as_defined = {
+        "api_url": dg.EnvVar("D23_API_URL"),
+        "lender": dg.EnvVar("D23_LENDER"),
+        "email": dg.EnvVar("D23_EMAIL"),
+        "password": dg.EnvVar("D23_PASSWORD"),
+        "page_limit": 500,
+        "slice_hours": 12,
+    }
+    config = {"resources": {"exports_api": {"config": {"page_limit": 200}}}}
+
+    result = pipeline.materialize(
+        MONTHS[0], selection="d23/raw_logs", run_config=config, **as_defined
+    )
+
+    metadata = result.asset_materializations_for_node("d23__raw_logs")[0].metadata
+    assert metadata["final_page_limit"].value == 200  # the run's own
+    assert metadata["slices"].value == 31 * 2  # D23_SLICE_HOURS's 12 hours, not the default 24
+    assert metadata["dagster/row_count"].value == 1500

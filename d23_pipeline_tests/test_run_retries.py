@@ -159,6 +159,28 @@ def test_a_month_of_a_dataset_not_enabled_is_not_retried(
     assert tags["dagster/will_retry"] == "false"
 
 
+class NotTheApi(Simulator):
+    """The simulator behind a proxy that answers every D23 export with its own 404 page: the
+    login reaches the API, the exports another host."""
+
+    def handle(self, method: str, path: str, *args: Any) -> SimResponse | object:
+        if "/D23" in path:
+            return SimResponse.gateway_page(404)
+        return super().handle(method, path, *args)
+
+
+def test_a_month_whose_host_is_not_the_api_is_not_retried(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    sim = NotTheApi(SimulatorConfig(months=(MONTH,), rows_per_month=10))
+    with serve(sim) as url:
+        result, tags = _failed_run(Pipeline(sim, url, tmp_path / "data"), instance)
+
+    error = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "NotTheApiError" in error and "check that D23_API_URL is the API's host root" in error
+    assert tags["dagster/will_retry"] == "false"
+
+
 def test_a_month_read_from_another_source_than_its_folders_is_not_retried(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from d23_pipeline.settings import SettingsError
+
 CLASSES = ("promise", "refusal", "right_party_contact", "contact", "no_contact")
 
 
@@ -86,3 +88,12 @@ def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
         )
         for code in contact | members["no_contact"]
     }
+
+
+def check_mapping_setting(path: Path | None) -> None:
+    """Raise SettingsError naming ``D23_OUTCOME_MAPPING`` if the outcome-mix steps would refuse
+    the mapping file ``path`` (None: the shipped one)."""
+    try:
+        load_outcome_classes(path)
+    except OutcomeMappingError as exc:
+        raise SettingsError(f"D23_OUTCOME_MAPPING: {exc}") from None

@@ -15,6 +15,7 @@ from d23_pipeline.client.body import BoundedHttp
 from d23_pipeline.client.errors import (
     AuthenticationError,
     ExportsApiError,
+    NotTheApiError,
     ProtocolError,
 )
 from d23_pipeline.client.retry import (
@@ -123,7 +124,7 @@ class TokenManager:
             # gateway's 401 has none of the API's); others without its envelope are not the API's.
             status = response.status_code
             if status != 200 and status not in _ABOUT_CREDENTIALS and not is_api_error(response):
-                raise ExportsApiError(
+                raise NotTheApiError(
                     not_the_api(response, what),
                     status=status,
                     request_id=request_id_of(response),

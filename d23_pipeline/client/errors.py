@@ -52,6 +52,11 @@ class DatasetNotFoundError(ExportsApiError):
     """404: the section/dataset is unknown or not enabled for this lender."""
 
 
+class NotTheApiError(ExportsApiError):
+    """An answer without the Exports API's error body: ``D23_API_URL`` names another host (a
+    typo, an old host, a proxy's page), which a later request would reach again."""
+
+
 class RetriesExhaustedError(ExportsApiError):
     """A transient failure (429, 5xx, timeout, dropped connection) outlasted the retry budget."""
 

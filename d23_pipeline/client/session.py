@@ -18,6 +18,7 @@ from d23_pipeline.client.errors import (
     DatasetNotFoundError,
     ExportsApiError,
     LenderMismatchError,
+    NotTheApiError,
 )
 from d23_pipeline.client.retry import (
     Cancelled,
@@ -154,7 +155,7 @@ class ExportsSession:
                 path=self.path,
             )
         if not is_api_error(response):
-            return ExportsApiError(
+            return NotTheApiError(
                 not_the_api(response, f"{what} of {self.section}/{self.dataset}"),
                 status=status,
                 request_id=request_id,

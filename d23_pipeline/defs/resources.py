@@ -7,6 +7,7 @@ Arrow or httpx. Each method imports what it builds when a step calls it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -18,13 +19,10 @@ from pydantic import Field
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.settings import (
-    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DELETION_SHARE,
     DEFAULT_MEMORY_LIMIT,
-    DEFAULT_PAGE_LIMIT,
     DEFAULT_RETRY_BASE_DELAY_S,
     DEFAULT_RETRY_MAX_ATTEMPTS,
-    DEFAULT_SLICE_HOURS,
     LOCK_TIMEOUT_S,
     MAX_CONCURRENCY_RANGE,
     PAGE_LIMIT_RANGE,
@@ -32,6 +30,7 @@ from d23_pipeline.settings import (
     SLICE_HOURS_RANGE,
     ApiConnection,
     load_api_connection,
+    read_api_limits,
     validate_timezone,
 )
 
@@ -45,7 +44,12 @@ if TYPE_CHECKING:
 
 
 class ExportsApiResource(dg.ConfigurableResource):
-    """The ClearGrid Exports API. Secrets arrive through ``dg.EnvVar`` and are never shown."""
+    """The ClearGrid Exports API. Secrets arrive through ``dg.EnvVar`` and are never shown.
+
+    A field left unset is read from its ``D23_*`` variable when a run uses it: a run's resource
+    config (the launchpad's) replaces the whole config the definitions gave, not just the fields
+    it names, so without that one changed field would drop the URL and credentials.
+    """
 
     api_url: str | None = Field(default=None, description="D23_API_URL: host root")
     lender: str | None = Field(default=None, description="D23_LENDER: lender slug (login)")
@@ -57,20 +61,20 @@ class ExportsApiResource(dg.ConfigurableResource):
         default=None, description="D23_TOKEN: a bearer token already held", repr=False
     )
     # Bounded as their D23_* variables are: a run's config (the launchpad's) may set them too.
-    page_limit: int = Field(
-        default=DEFAULT_PAGE_LIMIT,
+    page_limit: int | None = Field(
+        default=None,
         ge=PAGE_LIMIT_RANGE[0],
         le=PAGE_LIMIT_RANGE[1],
         description="D23_PAGE_LIMIT: rows asked per page",
     )
-    max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY,
+    max_concurrency: int | None = Field(
+        default=None,
         ge=MAX_CONCURRENCY_RANGE[0],
         le=MAX_CONCURRENCY_RANGE[1],
         description="D23_MAX_CONCURRENCY: requests in flight",
     )
-    slice_hours: int = Field(
-        default=DEFAULT_SLICE_HOURS,
+    slice_hours: int | None = Field(
+        default=None,
         ge=SLICE_HOURS_RANGE[0],
         le=SLICE_HOURS_RANGE[1],
         description="D23_SLICE_HOURS: width of one slice",
@@ -86,20 +90,35 @@ class ExportsApiResource(dg.ConfigurableResource):
         description="Attempts per request, first one included",
     )
 
+    def limits(self) -> dict[str, int]:
+        """``page_limit``, ``max_concurrency`` and ``slice_hours``, those unset from their
+        variables; a malformed variable raises SettingsError naming it."""
+        given = {
+            "page_limit": self.page_limit,
+            "max_concurrency": self.max_concurrency,
+            "slice_hours": self.slice_hours,
+        }
+        from_env = read_api_limits(os.environ)
+        return {name: from_env[name] if value is None else value for name, value in given.items()}
+
     @property
     def slice_size(self) -> timedelta:
-        return timedelta(hours=self.slice_hours)
+        return timedelta(hours=self.limits()["slice_hours"])
 
     def connection(self) -> ApiConnection:
         """Validate the settings; a problem raises SettingsError naming the D23_* variable."""
+        given = {
+            "D23_API_URL": self.api_url,
+            "D23_LENDER": self.lender,
+            "D23_EMAIL": self.email,
+            "D23_PASSWORD": self.password,
+            "D23_LENDER_PUBLIC_ID": self.lender_public_id,
+            "D23_TOKEN": self.token,
+        }
         return load_api_connection(
             {
-                "D23_API_URL": self.api_url or "",
-                "D23_LENDER": self.lender or "",
-                "D23_EMAIL": self.email or "",
-                "D23_PASSWORD": self.password or "",
-                "D23_LENDER_PUBLIC_ID": self.lender_public_id or "",
-                "D23_TOKEN": self.token or "",
+                name: os.environ.get(name, "") if value is None else value
+                for name, value in given.items()
             }
         )
 
@@ -108,12 +127,12 @@ class ExportsApiResource(dg.ConfigurableResource):
         """A client; ``max_window``: the widest window worth asking for (learned earlier)."""
         from d23_pipeline.client import ExportsClient, RetryPolicy
 
-        connection = self.connection()
+        connection, limits = self.connection(), self.limits()
         with ExportsClient(
             connection.api_url,
             connection.credentials,
-            page_limit=self.page_limit,
-            max_concurrency=self.max_concurrency,
+            page_limit=limits["page_limit"],
+            max_concurrency=limits["max_concurrency"],
             slice_size=self.slice_size,
             max_window=max_window,
             retry=RetryPolicy(

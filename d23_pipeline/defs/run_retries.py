@@ -2,10 +2,11 @@
 
 The shipped instance retries every failed run up to twice (``run_retries`` in
 ``deploy/dagster.yaml``): a flaky API's month gets read again. A refused login, a token of
-another lender, a dataset not enabled, a data folder of another source or a bad API setting fail
-every retry the same way, a minute later each. With run retries on, Dagster decides from the
-run's tags, read when the run fails, so such a failure sets the run's ``dagster/max_retries`` to
-0 first, keeping the value it replaced in :data:`RETRIES_STOPPED_TAG`.
+another lender, a dataset not enabled, a host that is not the API, a data folder of another
+source or a bad API setting fail every retry the same way, a minute later each. With run retries
+on, Dagster decides from the run's tags, read when the run fails, so such a failure sets the
+run's ``dagster/max_retries`` to 0 first, keeping the value it replaced in
+:data:`RETRIES_STOPPED_TAG`.
 
 A re-execution of that run (after the setting is fixed) inherits both tags; its
 ``d23/raw_logs`` puts the value back, so that its own flaky failures are retried again, counted
@@ -29,6 +30,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
         AuthenticationError,
         DatasetNotFoundError,
         LenderMismatchError,
+        NotTheApiError,
     )
     from d23_pipeline.landing.snapshot import SourceMismatchError
     from d23_pipeline.settings import SettingsError
@@ -37,6 +39,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
         AuthenticationError,
         LenderMismatchError,
         DatasetNotFoundError,
+        NotTheApiError,
         SourceMismatchError,
         SettingsError,
     )

@@ -59,6 +59,13 @@ _PORTS = re.compile(r"[\d,]*")
 _PASSWORDS = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)([^@\s]*)(@)", re.I)
 
 
+NOT_A_DSN = (
+    "D23_WAREHOUSE_DSN is not a PostgreSQL connection string: key=value pairs "
+    "(host=... port=5432 dbname=... user=... password=...) or a postgresql:// URI, "
+    "whose user and password percent-encode any '@' or '/' (%40, %2F)"
+)
+
+
 class WarehouseConnectionError(RuntimeError):
     """The DuckLake catalog could not be opened; the message never holds the DSN's password."""
 
@@ -299,11 +306,7 @@ class DuckLakeWarehouse:
 
     def _checked_split(self) -> tuple[str, str | None]:
         if self._split is None:
-            raise WarehouseConnectionError(
-                "D23_WAREHOUSE_DSN is not a PostgreSQL connection string: key=value pairs "
-                "(host=... port=5432 dbname=... user=... password=...) or a postgresql:// URI, "
-                "whose user and password percent-encode any '@' or '/' (%40, %2F)"
-            )
+            raise WarehouseConnectionError(NOT_A_DSN)
         return self._split
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
