@@ -208,6 +208,22 @@ def test_the_unmapped_codes_warning_names_ten_codes_and_counts_the_rest(tmp_path
     )
 
 
+def test_an_empty_or_padded_code_is_named_so_it_can_be_told_from_a_blank_or_its_neighbour(
+    tmp_path: Path,
+) -> None:
+    with Warehouse(tmp_path / "warehouse.duckdb").connect() as con:
+        for code, attempts in (("", 11), ("PTP ", 3), ("P\x00TP", 2), ("LEFT_MESSAGE", 1)):
+            con.execute(
+                "INSERT INTO d23.outcome_mix_monthly VALUES ('2026-04-01', 'CALL', 'AGENT', ?, "
+                "false, false, false, false, false, ?, 0)",
+                [code, attempts],
+            )
+        result = checks.unmapped_outcome_codes(con, date(2026, 4, 1))
+
+    assert '"" 11, "PTP " 3, "P\\u0000TP" 2, LEFT_MESSAGE 1;' in result.description
+    assert result.metadata["unmapped_codes"].value.startswith('"": 11')
+
+
 def test_kpi_attempts_must_equal_the_sum_of_the_outcome_mix(tmp_path: Path) -> None:
     with Warehouse(tmp_path / "warehouse.duckdb").connect() as con:
         _kpi_row(con, "2026-04-01", attempts=10, rpcs=4)

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from d23_pipeline.analytics.outcome_classes import OutcomeClass
+from d23_pipeline.analytics.outcome_classes import OutcomeClass, shown_code
 from d23_pipeline.analytics.outcome_mix import load_classes
 from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS, shown_percent
 from d23_pipeline.months import month_index, month_name, months_between
@@ -1047,7 +1047,10 @@ def _quality_section(data: DashboardData) -> str:
         for s in data.unverified_slices
     ]  # fmt: skip
     rejected = [(r["partition"][:7], r["reason"], r["rows"]) for r in data.rejected]
-    unmapped = [(f"{u['month']:%Y-%m}", u["outcome_option"], u["attempts"]) for u in data.unmapped]
+    unmapped = [
+        (f"{u['month']:%Y-%m}", shown_code(u["outcome_option"]), u["attempts"])
+        for u in data.unmapped
+    ]
     remapped: dict[str, list[str]] = {}
     for m in data.other_mapping:
         remapped.setdefault(f"{m['month']:%Y-%m}", []).append(m["outcome_option"])

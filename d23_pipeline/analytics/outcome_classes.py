@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,15 @@ class OutcomeClass:
     is_rpc: bool
     is_promise: bool
     is_refusal: bool
+
+
+def shown_code(code: str) -> str:
+    """``code`` as reports show it: as is when it reads unambiguously, else quoted as JSON (an
+    empty code, one padded with spaces, one holding control characters), so that ``"PTP "``
+    does not read as PTP and an empty code is not a blank."""
+    if code and code == code.strip() and code.isprintable():
+        return code
+    return json.dumps(code, ensure_ascii=False)
 
 
 def default_mapping_path() -> Path:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from d23_pipeline.analytics.outcome_classes import shown_code
 from d23_pipeline.defs.keys import (
     LOGS,
     OUTCOME_KPIS_MONTHLY,
@@ -423,7 +424,7 @@ def _codes_warning(
     """WARN naming the codes ``statement`` finds, with their attempts (ten in the text)."""
     from d23_pipeline.warehouse.store import execute
 
-    rows = execute(con, statement, params).fetchall()
+    rows = [(shown_code(code), n) for code, n in execute(con, statement, params).fetchall()]
     codes = ", ".join(f"{code} {n:,}" for code, n in rows[:10])
     more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
     return _result(
