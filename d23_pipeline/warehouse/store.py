@@ -360,7 +360,7 @@ def merge_snapshot(
             execute(con, sql.SEEN_AS_REJECT, params)
         # A read older than the month's last merged one (another host's, on DuckLake) still
         # adds and updates rows, but the month's rejects and slice proofs stay the newer read's.
-        last_read = last_merged_read(con, partition)
+        last_read = fetch_row(con, sql.MONTH_LAST_READ, params)[0]
         rejects = 0
         if conflicting:
             log.warning(
