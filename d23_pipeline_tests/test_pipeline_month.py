@@ -10,7 +10,7 @@ from api import GATEWAY_TIMEOUT
 from harness import BOTH_WAREHOUSES, Pipeline, d23_row, failure_messages
 
 from d23_pipeline.definitions import defs
-from d23_pipeline.defs.resources import DashboardResource
+from d23_pipeline.defs.resources import DashboardResource, WarehouseResource
 from d23_pipeline.months import month_window
 from d23_pipeline.schema import format_timestamp
 from d23_pipeline.simulator import SimStats, Simulator, SimulatorConfig, serve
@@ -91,6 +91,26 @@ def test_source_changes_land_when_the_month_is_read_again(pipeline: Pipeline) ->
         "SELECT count(*) FROM d23.logs WHERE public_id IN (SELECT unnest(?))", (moved,)
     )
     assert moved_copies == (len(moved),)
+
+
+def test_the_allowed_deletion_share_set_for_the_warehouse_is_the_one_the_merge_applies(
+    pipeline: Pipeline,
+) -> None:
+    # 30 % of the month gone: above the default 2 %, within the 50 % this lender allows.
+    pipeline.materialize("2026-04")
+    (rows,) = pipeline.query("SELECT count(*) FROM d23.logs")
+    gone = set(pipeline.sim.hard_delete(rows[0] * 3 // 10, "2026-04"))
+    warehouse = WarehouseResource(database=str(pipeline.warehouse_path), max_deletion_share=0.5)
+
+    result = dg.materialize(
+        list(defs.assets),
+        resources={**pipeline.resources(), "warehouse": warehouse},
+        partition_key="2026-04-01",
+    )
+
+    assert result.success
+    deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
+    assert {r[0] for r in deleted} == gone
 
 
 @BOTH_WAREHOUSES

@@ -959,6 +959,8 @@ def test_a_row_at_a_verified_slices_first_instant_is_a_deletion_candidate(
     reread = months.snapshot([row("a")], [])  # m and n no longer served
 
     assert _candidates(months, reread, reread.slices[1].window) == ["m", "n"]
+    # Day 1's verified slice ends where day 2 begins: m is no row of it.
+    assert _candidates(months, reread, reread.slices[0].window) == []
 
 
 def test_a_row_the_read_served_only_as_a_reject_is_no_deletion_candidate(months: Months) -> None:
