@@ -316,7 +316,12 @@ def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deplo
         assert tags[REFRESH_DATE_TAG] == today
         assert tags["dagster/retry_strategy"] == "ALL_STEPS"  # the job's tag, on its runs
 
-    assert cursor == {"date": today, "requested": refreshed, "skipped_in_flight": []}
+    assert cursor == {
+        "date": today,
+        "requested": refreshed,
+        "skipped_in_flight": [],
+        "after": None,  # the first refresh: no day before it to catch up from
+    }
     requested = [key for tick in state["ticks"] for key in tick["runKeys"]]
     assert sorted(requested) == sorted(run_key(today, p) for p in refreshed)
     months = recent_months(4, datetime.fromisoformat(today))
