@@ -292,7 +292,9 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
             "D23_DUCKLAKE_DATA_PATH is not set: D23_WAREHOUSE=ducklake needs the folder its "
             "Parquet files go to, the same for every process"
         )
-    return backend, data_path if "://" in data_path else str(local_path(data_path).resolve())
+    return backend, data_path if "://" in data_path else str(
+        local_path("D23_DUCKLAKE_DATA_PATH", data_path).resolve()
+    )
 
 
 # ASCII digits only: int() and float() would also take other scripts' digits and underscores
@@ -408,17 +410,23 @@ def read_credentials(env: Mapping[str, str]) -> Credentials:
     return LoginCredentials(login["D23_LENDER"], login["D23_EMAIL"], password)
 
 
-def local_path(value: str) -> Path:
-    """A path setting, a leading ``~`` expanded: an env file, a quoted value or a supervisor
-    pass it on unexpanded, and it would make a folder named ``~``."""
-    return Path(value).expanduser()
+def local_path(name: str, value: str) -> Path:
+    """The path setting ``name``, a leading ``~`` expanded: an env file, a quoted value or a
+    supervisor pass it on unexpanded, and it would make a folder named ``~``."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # ~someone, and no such user
+        raise SettingsError(
+            f"{name} starts with {value.split('/', 1)[0]!r}, a home folder this machine does not "
+            "know: write the path out in full"
+        ) from None
 
 
 def read_data_dir(env: Mapping[str, str]) -> Path:
     """``D23_DATA_DIR`` (default ``data``), refused if it, or the nearest part of it that
     exists, is not a folder: the runs would create theirs in it only after the API was read."""
     value = env.get("D23_DATA_DIR", "").strip() or "data"
-    path = local_path(value)
+    path = local_path("D23_DATA_DIR", value)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise SettingsError(
@@ -432,7 +440,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
     env = os.environ if env is None else env
     mapping = env.get("D23_OUTCOME_MAPPING", "").strip()
     warehouse, ducklake_data_path = validate_warehouse(env)
-    if mapping and not local_path(mapping).is_file():
+    if mapping and not local_path("D23_OUTCOME_MAPPING", mapping).is_file():
         raise SettingsError(f"D23_OUTCOME_MAPPING points to {mapping!r}, which is not a file")
     return PipelineOptions(
         data_dir=read_data_dir(env),
@@ -443,7 +451,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         # after D23_REFRESH_HOUR_UTC) would never be read.
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 1, 24),
         # Absolute: a run's process may start in another folder than the code server's.
-        outcome_mapping=local_path(mapping).resolve() if mapping else None,
+        outcome_mapping=local_path("D23_OUTCOME_MAPPING", mapping).resolve() if mapping else None,
         max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
         report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
         warehouse=warehouse,

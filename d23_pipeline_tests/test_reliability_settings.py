@@ -340,6 +340,14 @@ def test_a_path_setting_starting_with_a_tilde_is_under_the_home_folder(
     assert options.ducklake_data_path == str(tmp_path / "lake")
 
 
+@pytest.mark.parametrize("name", ["D23_DATA_DIR", "D23_OUTCOME_MAPPING"])
+def test_a_path_under_the_home_folder_of_an_unknown_user_is_refused_naming_its_variable(
+    name: str,
+) -> None:
+    with pytest.raises(SettingsError, match=f"{name} starts with '~nobody-d23-xyz'"):
+        load_options({name: "~nobody-d23-xyz/d23"})
+
+
 def test_a_thirteenth_month_is_refused_saying_what_a_month_is() -> None:
     with pytest.raises(
         SettingsError,

@@ -93,7 +93,7 @@ def test_plan_requests_the_current_month_and_the_lookback_oldest_first():
         "date": "2026-05-14",
         "requested": ["2026-03-01", "2026-04-01", "2026-05-01"],
         "skipped_in_flight": [],
-        "after": None,
+        "previous_refresh": None,
     }
 
 

@@ -41,7 +41,8 @@ from d23_pipeline.warehouse.store import (
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
 SNAPSHOT_OPTIONS = (
-    "rejects", "absent", "partition", "verified", "read_at", "started_at", "stale_rejects"
+    "rejects", "absent", "partition", "verified", "read_at", "started_at", "stale_rejects",
+    "weighed_until",
 )  # fmt: skip
 
 
@@ -82,6 +83,7 @@ class Months:
         read_at: datetime | None = None,
         started_at: datetime | None = None,
         stale_rejects: list[StaleReject] = (),
+        weighed_until: datetime | None = None,
     ) -> Snapshot:
         """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone; read an
         hour after the one before unless ``read_at`` says when (begun then too, unless
@@ -119,6 +121,7 @@ class Months:
             read_stats={},
             started_at=started_at,
             stale_rejects=list(stale_rejects),
+            weighed_until=weighed_until,
         )
 
     def logs(self) -> dict[str, dict]:
@@ -530,28 +533,37 @@ def test_rejects_of_a_month_are_replaced_not_appended(months: Months) -> None:
 def test_a_read_not_proven_complete_keeps_the_earlier_rejects_it_did_not_serve_again(
     months: Months,
 ) -> None:
-    def reject(public_id: str | None) -> dict:
-        return {
-            "slice_since": datetime(2026, 4, 1, tzinfo=UTC),
-            "slice_until": datetime(2026, 4, 2, tzinfo=UTC),
-            "public_id": public_id,
-            "reason": "updated_at is not an ISO-8601 timestamp with offset",
-            "allowlisted_values": json.dumps({"public_id": public_id}),
-        }
-
-    def rejected() -> list[str]:
+    def stored() -> list[tuple[str, str]]:
         with months.warehouse.connect(read_only=True) as con:
-            ids = con.execute("SELECT public_id FROM d23.rejected_rows").fetchall()
-        return sorted(r[0] or "" for r in ids)
+            ids = con.execute("SELECT public_id, reason FROM d23.rejected_rows").fetchall()
+        return sorted((public_id or "", reason) for public_id, reason in ids)
 
-    months.merge([row("a")], rejects=[reject("x"), reject("y"), reject(None), reject("z")])
+    first = [rejected("x"), rejected("y"), rejected(None), rejected("z")]
+    months.merge([row("a")], rejects=first)
     # The API ended the walk early: "x" and the row without an id (still broken at the source)
-    # were not served; "y" was, fixed; "z" was, still broken.
-    months.merge([row("a"), row("y")], rejects=[reject("z")], verified=False)
-    assert rejected() == ["", "x", "z"]
+    # were not served; "y" was, fixed; "z" was, still broken, now for another reason.
+    z_again = rejected("z") | {"reason": "outcome_option is int, expected a string"}
+    months.merge([row("a"), row("y")], rejects=[z_again], verified=False)
+    reason = rejected("x")["reason"]
+    assert stored() == [("", reason), ("x", reason), ("z", z_again["reason"])]
     # A read proven complete replaces them all.
-    months.merge([row("a"), row("y")], rejects=[reject("z")])
-    assert rejected() == ["z"]
+    months.merge([row("a"), row("y")], rejects=[z_again])
+    assert stored() == [("z", z_again["reason"])]
+
+
+def test_a_row_only_another_months_read_saw_is_no_row_of_a_read_merged_meanwhile(
+    months: Months,
+) -> None:
+    # May's read served April's r as a reject (moved and broken): that marks r seen, but no
+    # other read of April merged while April's next read ran.
+    months.merge([row("a"), row("r")])
+    april_read = months.read_at
+    months.merge([row("m", communicated_at="2026-05-03T00:00:00.000Z")],
+                 rejects=[rejected("r")], partition="2026-05-01")  # fmt: skip
+
+    summary = months.merge([row("a")], weighed_until=april_read)
+
+    assert summary.not_weighed == 0
 
 
 def test_other_months_are_untouched_by_a_months_deletions(months: Months) -> None:

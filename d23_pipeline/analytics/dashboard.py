@@ -67,7 +67,7 @@ class MonthFreshness:
     # Its KPIs' attempts: the active rows (rows counts the deactivated ones too); 0 without KPIs.
     attempts: int
     last_read: datetime | None
-    status: str  # "partial", "maturing", "settled" or "no KPIs"
+    status: str  # "partial", "unfinished", "maturing", "settled" or "no KPIs"
     rejected_rows: int
     unmapped_attempts: int
     unverified_slices: int
@@ -916,7 +916,12 @@ def _tiles_section(data: DashboardData) -> str:
     unfinished = data.months_in("unfinished")
     if latest is None:
         unread = (
-            f" {', '.join(map(_month_label, sorted(unfinished)))} ended after its last read."
+            f" {', '.join(map(_month_label, sorted(unfinished)))} "
+            + (
+                "ended after their last reads."
+                if len(unfinished) > 1
+                else "ended after its last read."
+            )
             if unfinished
             else ""
         )
@@ -943,10 +948,11 @@ def _tiles_section(data: DashboardData) -> str:
         since += f"; {', '.join(map(_month_label, later))} without KPIs"
     cut = sorted(m for m in unfinished if m > latest["month"])
     if cut:
-        since += f"; {', '.join(map(_month_label, cut))} last read before it ended"
+        since += f"; {', '.join(map(_month_label, cut))} last read before "
+        since += "they ended" if len(cut) > 1 else "it ended"
     # A month's broken-promise share rises for weeks after it ends: against a month with more of
     # them settled, a maturing month's share would read as an improvement.
-    unsettled = data.months_in("partial", "unfinished", "maturing")
+    unsettled = data.months_in("partial", "maturing")
     young = [m["month"] for m in (latest, before) if m and m["month"] in unsettled]
     tiles = []
     for name, label in KPI_LABELS.items():
@@ -1053,7 +1059,7 @@ def _quality_section(data: DashboardData) -> str:
     ]
     remapped: dict[str, list[str]] = {}
     for m in data.other_mapping:
-        remapped.setdefault(f"{m['month']:%Y-%m}", []).append(m["outcome_option"])
+        remapped.setdefault(f"{m['month']:%Y-%m}", []).append(shown_code(m["outcome_option"]))
     other_mapping = [(month, ", ".join(codes)) for month, codes in remapped.items()]
     kpis_behind = [(f"{month:%Y-%m}",) for month in data.kpis_behind_mix]
     mix_behind = [(f"{month:%Y-%m}",) for month in data.mix_behind_logs]

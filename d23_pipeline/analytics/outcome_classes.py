@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,12 +27,21 @@ class OutcomeClass:
 
 
 def shown_code(code: str) -> str:
-    """``code`` as reports show it: as is when it reads unambiguously, else quoted as JSON (an
-    empty code, one padded with spaces, one holding control characters), so that ``"PTP "``
-    does not read as PTP and an empty code is not a blank."""
+    """``code`` as reports show it: as is when it reads unambiguously, else quoted, each
+    character that does not print escaped (an empty code, one padded with spaces, one holding
+    control, zero-width or bidi characters), so that ``"PTP "`` does not read as PTP and an
+    empty code is not a blank."""
     if code and code == code.strip() and code.isprintable():
         return code
-    return json.dumps(code, ensure_ascii=False)
+    return '"' + "".join(map(_shown_char, code)) + '"'
+
+
+def _shown_char(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
 
 
 def default_mapping_path() -> Path:

@@ -73,10 +73,10 @@ def _read_cursor(cursor: str | None, day: str) -> tuple[list[str] | None, str | 
     if last != day:
         return None, last if isinstance(last, str) and _is_day(last) and last < day else None
     requested = value.get("requested")
-    after = value.get("after")
+    previous = value.get("previous_refresh")
     return (
         [k for k in requested if isinstance(k, str)] if isinstance(requested, list) else [],
-        after if isinstance(after, str) and _is_day(after) and after < day else None,
+        previous if isinstance(previous, str) and _is_day(previous) and previous < day else None,
     )
 
 
@@ -129,7 +129,12 @@ def plan_daily_refresh(
     skipped = [k for k in left if k in in_flight_partitions]
     done = [k for k in wanted if k in (requested or []) or k in keys]
     new_cursor = json.dumps(
-        {"date": today, "requested": done, "skipped_in_flight": skipped, "after": previous_day}
+        {
+            "date": today,
+            "requested": done,
+            "skipped_in_flight": skipped,
+            "previous_refresh": previous_day,
+        }
     )
     skip_reason = None
     if not keys:
@@ -205,12 +210,13 @@ def build_daily_refresh_sensor(
                 if reads_a_month(record.dagster_run, job_name)
             },
         )
-        if plan.caught_up:
+        caught_up = [key for key in plan.caught_up if key in plan.partition_keys]
+        if caught_up:
             context.log.warning(
-                f"Also refreshing {', '.join(plan.caught_up)}: "
-                + ("they" if len(plan.caught_up) > 1 else "it")
+                f"Also refreshing {', '.join(caught_up)}: "
+                + ("they" if len(caught_up) > 1 else "it")
                 + " ended after the last daily refresh, and no refresh has read "
-                + ("them" if len(plan.caught_up) > 1 else "it")
+                + ("them" if len(caught_up) > 1 else "it")
                 + " since (was the daemon down?)"
             )
         for key in plan.skipped_in_flight:

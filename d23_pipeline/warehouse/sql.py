@@ -527,9 +527,11 @@ WHERE o._partition = $partition
           WHERE o.slice_since < u.until AND u.since < o.slice_until
       )
       OR EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = o.public_id)
-      OR EXISTS (
+      OR EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = o.public_id)
+      -- A bad row without an id is only known by what it held.
+      OR o.public_id IS NULL AND EXISTS (
           SELECT 1 FROM snapshot_rejects AS r
-          WHERE r.public_id IS NOT DISTINCT FROM o.public_id
+          WHERE r.public_id IS NULL
             AND r.reason = o.reason
             AND r.allowlisted_values = o.allowlisted_values
       )

@@ -273,10 +273,11 @@ def merge_snapshot(
 
     Latest ``updated_at`` wins; rows of this month that the snapshot's read proved gone get
     ``_deleted_at``, unless they exceed ``max_deletion_share`` of the month's live rows (before
-    the merge) and
-    ``confirm_deletions`` is false (then none is marked and ``deletions_held`` says so). The
-    month's rejected rows, slice proofs and pending deletions (held, or not proven by the read)
-    are replaced. On any error nothing changes. The snapshot is joined with ``d23.logs`` by
+    the merge) and ``confirm_deletions`` is false (then none is marked and ``deletions_held``
+    says so). The month's slice proofs and pending deletions (held, not proven by the read, or
+    not weighed by it: merged by another read of the month meanwhile) are replaced, and its
+    rejected rows but for those of slices the read could not prove complete that it did not
+    serve again. On any error nothing changes. The snapshot is joined with ``d23.logs`` by
     ranges of ``public_id``, in parts of about ``part_rows`` rows.
     """
     partition, read_at = snapshot.partition, snapshot.completed_at
@@ -420,14 +421,17 @@ def merge_snapshot(
             if snapshot.unproven_rows:
                 files = {"files": [str(snapshot.unproven_file)]}
                 execute(con, sql.INSERT_UNPROVEN_PENDING, {**params, **files})
-            if snapshot.weighed_until is not None:
+            # Only a read of this month merged since can have: another month's read also
+            # marks rows of this one seen (served there as rejects, see sql.SEEN_AS_REJECT).
+            weighed_until = snapshot.weighed_until
+            if weighed_until is not None and last_read is not None and last_read > weighed_until:
                 verified = [s.window for s in slices if s.verified]
                 not_weighed = fetch_row(
                     con,
                     sql.INSERT_NOT_WEIGHED_PENDING,
                     {
                         **params,
-                        "weighed_until": snapshot.weighed_until,
+                        "weighed_until": weighed_until,
                         "verified_since": [w.since for w in verified],
                         "verified_until": [w.until for w in verified],
                         "reason": NOT_WEIGHED_REASON,

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from d23_pipeline.analytics import charts
+from d23_pipeline.analytics.outcome_classes import shown_code
 from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
@@ -71,7 +72,10 @@ def outcome_mix_monthly(
             ),
         )
         mix = fetch_dicts(con, sql.OUTCOME_MIX_FOR_MONTH, {"month": month})
-        by_outcome = fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
+        by_outcome = [
+            {**r, "outcome_option": shown_code(r["outcome_option"])}
+            for r in fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
+        ]
         schema = schema_from_table(con, "outcome_mix_monthly")
         check_results = [
             checks.unmapped_outcome_codes(con, month),
