@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
@@ -433,6 +434,18 @@ def read_data_dir(env: Mapping[str, str]) -> Path:
             f"D23_DATA_DIR points to {value!r}, but {str(existing)!r} is not a folder"
         )
     return path
+
+
+def read_warehouse_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The warehouse resource's fields as the ``D23_*`` variables set them, by field name."""
+    backend, ducklake_data_path = validate_warehouse(env)
+    return {
+        "database": str((read_data_dir(env) / "warehouse.duckdb").resolve()),
+        "backend": backend,
+        "dsn": env.get("D23_WAREHOUSE_DSN", "").strip() or None,
+        "ducklake_data_path": ducklake_data_path,
+        "max_deletion_share": _share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
+    }
 
 
 def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:

@@ -163,3 +163,21 @@ def test_a_runs_config_of_one_field_keeps_the_other_settings_from_the_environmen
     assert metadata["final_page_limit"].value == 200  # the run's own
     assert metadata["slices"].value == 31 * 2  # D23_SLICE_HOURS's 12 hours, not the default 24
     assert metadata["dagster/row_count"].value == 1500
+
+
+def test_a_runs_warehouse_config_of_one_field_keeps_the_warehouse_of_the_environment(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The launchpad's "max_deletion_share: 0.5" alone: the run must write the warehouse the
+    # environment names, not lose it (nor, on DuckLake, its catalog).
+    monkeypatch.setenv("D23_DATA_DIR", str(pipeline.data_dir))
+    pipeline.materialize(MONTHS[0])
+    (rows,) = pipeline.query("SELECT count(*) FROM d23.logs")
+    gone = set(pipeline.sim.hard_delete(rows[0] * 3 // 10, MONTHS[0]))
+    config = {"resources": {"warehouse": {"config": {"max_deletion_share": 0.5}}}}
+
+    result = pipeline.materialize(MONTHS[0], run_config=config)
+
+    assert result.success
+    deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
+    assert {r[0] for r in deleted} == gone

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.settings import (
-    DEFAULT_MAX_DELETION_SHARE,
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_RETRY_BASE_DELAY_S,
     DEFAULT_RETRY_MAX_ATTEMPTS,
@@ -31,6 +30,7 @@ from d23_pipeline.settings import (
     ApiConnection,
     load_api_connection,
     read_api_limits,
+    read_warehouse_settings,
     validate_timezone,
 )
 
@@ -145,10 +145,17 @@ class ExportsApiResource(dg.ConfigurableResource):
 class WarehouseResource(dg.ConfigurableResource):
     """The warehouse: the embedded DuckDB file, whose connections are serialised across processes
     by a file lock, or DuckLake on a PostgreSQL catalog; connections are closed even when the
-    block raises."""
+    block raises.
 
-    database: str = Field(description="Path of the DuckDB file ($D23_DATA_DIR/warehouse.duckdb)")
-    backend: str = Field(default="duckdb", description="D23_WAREHOUSE: duckdb or ducklake")
+    A field left unset is read from its ``D23_*`` variable, as :class:`ExportsApiResource`'s
+    are: a run's resource config of ``max_deletion_share`` alone must not drop the DuckLake
+    catalog and write to a DuckDB file instead.
+    """
+
+    database: str | None = Field(
+        default=None, description="Path of the DuckDB file ($D23_DATA_DIR/warehouse.duckdb)"
+    )
+    backend: str | None = Field(default=None, description="D23_WAREHOUSE: duckdb or ducklake")
     dsn: str | None = Field(
         default=None,
         description="D23_WAREHOUSE_DSN: the DuckLake catalog's PostgreSQL DSN",
@@ -160,8 +167,8 @@ class WarehouseResource(dg.ConfigurableResource):
     lock_timeout_s: float = Field(
         default=LOCK_TIMEOUT_S, ge=0, description="How long to wait for the lock"
     )
-    max_deletion_share: float = Field(
-        default=DEFAULT_MAX_DELETION_SHARE,
+    max_deletion_share: float | None = Field(
+        default=None,
         ge=0,
         le=1,
         description=(
@@ -179,14 +186,35 @@ class WarehouseResource(dg.ConfigurableResource):
         ),
     )
 
+    def settings(self) -> dict[str, Any]:
+        """``database``, ``backend``, ``dsn``, ``ducklake_data_path`` and
+        ``max_deletion_share``, those unset from their variables."""
+        given = {
+            "database": self.database,
+            "backend": self.backend,
+            "dsn": self.dsn,
+            "ducklake_data_path": self.ducklake_data_path,
+            "max_deletion_share": self.max_deletion_share,
+        }
+        if None not in given.values():
+            return given
+        from_env = read_warehouse_settings(os.environ)
+        return {name: from_env[name] if value is None else value for name, value in given.items()}
+
+    def allowed_deletion_share(self) -> float:
+        """The share of a month's live rows a merge may mark deleted without confirmation."""
+        share: float = self.settings()["max_deletion_share"]
+        return share
+
     def warehouse(self) -> WarehouseBackend:
         from d23_pipeline.warehouse.backend import open_warehouse
 
+        settings = self.settings()
         return open_warehouse(
-            self.backend,
-            database=Path(self.database),
-            dsn=self.dsn,
-            ducklake_data_path=self.ducklake_data_path,
+            settings["backend"],
+            database=Path(settings["database"]),
+            dsn=settings["dsn"],
+            ducklake_data_path=settings["ducklake_data_path"],
             lock_timeout_s=self.lock_timeout_s,
             memory_limit=self.memory_limit,
         )

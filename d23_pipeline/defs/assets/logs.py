@@ -60,7 +60,7 @@ def logs(
         lambda: merge_within_memory_limit(
             warehouse.warehouse(),
             snapshot,
-            max_deletion_share=warehouse.max_deletion_share,
+            max_deletion_share=warehouse.allowed_deletion_share(),
             confirm_deletions=config.confirm_deletions,
         ),
         on_retry=context.log.warning,
@@ -84,7 +84,7 @@ def logs(
             checks.public_id_unique(con),
             checks.only_allowlisted_columns(con),
             checks.slices_verified(snapshot),
-            checks.deletions_within_limit(partition, summary, warehouse.max_deletion_share),
+            checks.deletions_within_limit(partition, summary, warehouse.allowed_deletion_share()),
             checks.deletions_proven(snapshot, summary),
             checks.conflicting_versions(partition, summary),
         ]
@@ -92,7 +92,7 @@ def logs(
         context.log.error(checks.describe_unverified(snapshot))
     if summary.deletions_held:
         context.log.error(
-            checks.describe_held_deletions(partition, summary, warehouse.max_deletion_share)
+            checks.describe_held_deletions(partition, summary, warehouse.allowed_deletion_share())
         )
     return dg.MaterializeResult(
         metadata={
