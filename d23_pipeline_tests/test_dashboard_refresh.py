@@ -165,6 +165,27 @@ def test_a_run_that_failed_after_its_merge_committed_gets_the_dashboard_rebuilt(
     assert isinstance(behind, dg.RunRequest)
 
 
+def test_a_failed_run_that_rebuilt_the_dashboard_itself_requests_no_other(
+    pipeline: Pipeline,
+) -> None:
+    # A run failed after its dashboard step (a later step of another asset, a terminate).
+    with dg.instance_for_test() as instance:
+        built = pipeline.materialize(MONTH, instance=instance)
+        instance.report_run_failed(built.dagster_run)
+        (failure,) = instance.all_logs(built.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        context = dg.build_run_status_sensor_context(
+            sensor_name="d23_dashboard_after_blocked_run",
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(built.run_id),
+            dagster_event=failure.dagster_event,
+        ).for_run_failure()
+
+        answer = dashboard_after_blocked_run(context)
+
+    assert isinstance(answer, dg.SkipReason)
+    assert "rebuilt the dashboard itself" in answer.skip_message
+
+
 @pytest.mark.parametrize(
     ("failing_step", "listed_as"),
     [("rebuild_outcome_mix_monthly", MIX_BEHIND), ("rebuild_outcome_kpis_monthly", KPIS_BEHIND)],
