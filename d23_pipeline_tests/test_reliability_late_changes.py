@@ -23,7 +23,7 @@ from d23_pipeline.kpis import KPI_NAMES
 from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
-from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.store import merge_within_memory_limit
 
 # A tick at 04:00 UTC late in the last month, with one month of lookback: MONTHS[0] is outside.
@@ -833,3 +833,34 @@ def test_a_row_merged_by_another_run_after_a_read_looked_for_rows_gone_is_listed
         assert pipeline.query(
             "SELECT _deleted_at IS NOT NULL FROM d23.logs WHERE public_id = ?", (late[0],)
         ) == [(True,)]
+
+
+def test_a_merge_whose_snapshot_another_runs_read_replaced_merges_the_newer_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run B's read of the month completes while run A's d23/logs is about to merge A's
+    # snapshot, and removes its files: A's step merges B's newer snapshot instead of failing.
+    month = "2026-04"
+    sim = Simulator(SimulatorConfig(months=(month,), rows_per_month=600))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim, url, tmp_path / "data")
+        pipeline.materialize(month)
+        gone = set(sim.hard_delete(2, month))
+        pipeline.materialize(month, selection="d23/raw_logs")  # run A's read
+        merge = store.merge_within_memory_limit
+        merged: list[datetime] = []
+
+        def b_reads_first(warehouse: Any, snapshot: Any, **options: Any) -> Any:
+            if not merged:
+                pipeline.materialize(month, selection="d23/raw_logs")  # run B's read
+            merged.append(snapshot.completed_at)
+            return merge(warehouse, snapshot, **options)
+
+        monkeypatch.setattr(store, "merge_within_memory_limit", b_reads_first)
+        result = pipeline.materialize(month, selection="d23/logs*")
+
+        assert result.success
+        assert len(merged) == 2 and merged[1] > merged[0]  # A's failed, then B's
+        deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
+        assert {r[0] for r in deleted} == gone
+        assert pipeline.live_rows([month]) == pipeline.expected_rows([month])

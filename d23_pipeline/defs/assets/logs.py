@@ -1,11 +1,17 @@
 """``d23/logs``: the deduplicated warehouse table, one row per ``public_id``."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
+
+if TYPE_CHECKING:
+    from d23_pipeline.landing.snapshot import Snapshot
+    from d23_pipeline.warehouse.store import MergeSummary
 
 
 class LogsMergeConfig(dg.Config):
@@ -50,21 +56,40 @@ def logs(
     from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
 
     partition = context.partition_key
-    snapshot = landing_zone.store().current(partition)
+    store = landing_zone.store()
+    snapshot = store.current(partition)
     if snapshot is None:
         raise dg.Failure(
             f"No complete raw snapshot for {partition}: materialize d23/raw_logs for it first."
         )
-    # DuckLake: a writer of another month that committed first makes this one run again.
-    summary = retry_on_conflict(
-        lambda: merge_within_memory_limit(
-            warehouse.warehouse(),
-            snapshot,
-            max_deletion_share=warehouse.allowed_deletion_share(),
-            confirm_deletions=config.confirm_deletions,
-        ),
-        on_retry=context.log.warning,
-    )
+
+    def merge(snapshot: "Snapshot") -> "MergeSummary":
+        # DuckLake: a writer of another month that committed first makes this one run again.
+        return retry_on_conflict(
+            lambda: merge_within_memory_limit(
+                warehouse.warehouse(),
+                snapshot,
+                max_deletion_share=warehouse.allowed_deletion_share(),
+                confirm_deletions=config.confirm_deletions,
+            ),
+            on_retry=context.log.warning,
+        )
+
+    try:
+        summary = merge(snapshot)
+    except Exception:
+        # Another run's read of the month completed meanwhile and removed this snapshot's files
+        # (the merge rolled back): its newer snapshot is the one to merge.
+        newer = store.current(partition)
+        if newer is None or newer.directory == snapshot.directory:
+            raise
+        context.log.warning(
+            f"{partition}: another run's read of the month replaced the snapshot this step was "
+            f"merging (read {snapshot.completed_at.isoformat()}); merging its newer one (read "
+            f"{newer.completed_at.isoformat()})"
+        )
+        snapshot = newer
+        summary = merge(snapshot)
     # Recorded the moment the merge commits: a step that fails after it (the warehouse busy for
     # the counts below, the process killed) has no materialization, and the dashboard's sensors
     # would take the month for unchanged.
