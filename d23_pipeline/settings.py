@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
@@ -436,16 +435,14 @@ def read_data_dir(env: Mapping[str, str]) -> Path:
     return path
 
 
-def read_warehouse_settings(env: Mapping[str, str]) -> dict[str, Any]:
-    """The warehouse resource's fields as the ``D23_*`` variables set them, by field name."""
-    backend, ducklake_data_path = validate_warehouse(env)
-    return {
-        "database": str((read_data_dir(env) / "warehouse.duckdb").resolve()),
-        "backend": backend,
-        "dsn": env.get("D23_WAREHOUSE_DSN", "").strip() or None,
-        "ducklake_data_path": ducklake_data_path,
-        "max_deletion_share": _share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
-    }
+def read_warehouse_database(env: Mapping[str, str]) -> str:
+    """The embedded DuckDB file's path as ``D23_DATA_DIR`` sets it."""
+    return str((read_data_dir(env) / "warehouse.duckdb").resolve())
+
+
+def read_max_deletion_share(env: Mapping[str, str]) -> float:
+    """``D23_MAX_DELETION_SHARE``."""
+    return _share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE)
 
 
 def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
@@ -465,7 +462,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         refresh_lookback_months=_int(env, "D23_REFRESH_LOOKBACK_MONTHS", 2, 1, 24),
         # Absolute: a run's process may start in another folder than the code server's.
         outcome_mapping=local_path("D23_OUTCOME_MAPPING", mapping).resolve() if mapping else None,
-        max_deletion_share=_share(env, "D23_MAX_DELETION_SHARE", DEFAULT_MAX_DELETION_SHARE),
+        max_deletion_share=read_max_deletion_share(env),
         report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
         warehouse=warehouse,
         ducklake_data_path=ducklake_data_path,

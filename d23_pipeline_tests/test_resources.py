@@ -181,3 +181,20 @@ def test_a_runs_warehouse_config_of_one_field_keeps_the_warehouse_of_the_environ
     assert result.success
     deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
     assert {r[0] for r in deleted} == gone
+
+
+def test_a_warehouse_resource_given_every_field_reads_no_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Variables meant for another warehouse, or malformed: none of them is this resource's.
+    monkeypatch.setenv("D23_WAREHOUSE", "ducklake")
+    monkeypatch.setenv("D23_WAREHOUSE_DSN", "host=elsewhere")
+    monkeypatch.setenv("D23_MAX_DELETION_SHARE", "abc")
+    monkeypatch.setenv("D23_DATA_DIR", "/etc/passwd")
+    resource = WarehouseResource(
+        database=str(tmp_path / "w.duckdb"), backend="duckdb", max_deletion_share=0.5
+    )
+
+    with resource.get_connection() as con:
+        assert con.execute("SELECT 1").fetchone() == (1,)
+    assert resource.allowed_deletion_share() == 0.5

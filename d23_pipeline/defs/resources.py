@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
@@ -30,8 +30,10 @@ from d23_pipeline.settings import (
     ApiConnection,
     load_api_connection,
     read_api_limits,
-    read_warehouse_settings,
+    read_max_deletion_share,
+    read_warehouse_database,
     validate_timezone,
+    validate_warehouse,
 )
 
 if TYPE_CHECKING:
@@ -186,35 +188,30 @@ class WarehouseResource(dg.ConfigurableResource):
         ),
     )
 
-    def settings(self) -> dict[str, Any]:
-        """``database``, ``backend``, ``dsn``, ``ducklake_data_path`` and
-        ``max_deletion_share``, those unset from their variables."""
-        given = {
-            "database": self.database,
-            "backend": self.backend,
-            "dsn": self.dsn,
-            "ducklake_data_path": self.ducklake_data_path,
-            "max_deletion_share": self.max_deletion_share,
-        }
-        if None not in given.values():
-            return given
-        from_env = read_warehouse_settings(os.environ)
-        return {name: from_env[name] if value is None else value for name, value in given.items()}
-
     def allowed_deletion_share(self) -> float:
         """The share of a month's live rows a merge may mark deleted without confirmation."""
-        share: float = self.settings()["max_deletion_share"]
-        return share
+        if self.max_deletion_share is not None:
+            return self.max_deletion_share
+        return read_max_deletion_share(os.environ)
 
     def warehouse(self) -> WarehouseBackend:
         from d23_pipeline.warehouse.backend import open_warehouse
 
-        settings = self.settings()
+        # Only the fields left unset are read, each from its own variable; the DuckLake ones
+        # only for a DuckLake warehouse.
+        env = os.environ
+        backend, data_path = self.backend, self.ducklake_data_path
+        if backend is None or (backend == "ducklake" and data_path is None):
+            from_env, env_data_path = validate_warehouse(env)
+            backend, data_path = backend or from_env, data_path or env_data_path
+        dsn = self.dsn
+        if dsn is None and backend == "ducklake":
+            dsn = env.get("D23_WAREHOUSE_DSN", "").strip() or None
         return open_warehouse(
-            settings["backend"],
-            database=Path(settings["database"]),
-            dsn=settings["dsn"],
-            ducklake_data_path=settings["ducklake_data_path"],
+            backend,
+            database=Path(self.database or read_warehouse_database(env)),
+            dsn=dsn,
+            ducklake_data_path=data_path,
             lock_timeout_s=self.lock_timeout_s,
             memory_limit=self.memory_limit,
         )

@@ -77,15 +77,17 @@ def logs(
 
     try:
         summary = merge(snapshot)
-    except Exception:
+    except Exception as exc:
         # Another run's read of the month completed meanwhile and removed this snapshot's files
-        # (the merge rolled back): its newer snapshot is the one to merge.
-        newer = store.current(partition)
+        # (the merge rolled back): its newer snapshot is the one to merge. Any other failure is
+        # the step's.
+        newer = None if snapshot.directory.exists() else store.current(partition)
         if newer is None or newer.directory == snapshot.directory:
             raise
         context.log.warning(
             f"{partition}: another run's read of the month replaced the snapshot this step was "
-            f"merging (read {snapshot.completed_at.isoformat()}); merging its newer one (read "
+            f"merging (read {snapshot.completed_at.isoformat()}; the merge stopped with "
+            f"{type(exc).__name__}: {exc}); merging its newer one (read "
             f"{newer.completed_at.isoformat()})"
         )
         snapshot = newer
