@@ -566,23 +566,6 @@ def test_a_row_only_another_months_read_saw_is_no_row_of_a_read_merged_meanwhile
     assert summary.not_weighed == 0
 
 
-def test_a_row_only_an_older_read_merged_last_saw_is_listed_as_not_weighed(
-    months: Months,
-) -> None:
-    # Two hosts: A read L, L was then deleted at the source, B read the month without it and
-    # merged first. A's merge brings L back, and B, which proved rows gone, never weighed it.
-    months.merge([row("a")])
-    older = months.snapshot([row("a"), row("late")], read_at=READ_AT + timedelta(hours=5))
-    months.merge([row("a")], read_at=READ_AT + timedelta(hours=6))
-
-    summary = months.merge_snapshot(older)
-
-    assert summary.not_weighed == 1
-    with months.warehouse.connect(read_only=True) as con:
-        pending = con.execute("SELECT public_id, reason FROM d23.deletions_pending").fetchall()
-    assert [p[0] for p in pending] == ["late"] and pending[0][1].startswith("not weighed")
-
-
 def test_other_months_are_untouched_by_a_months_deletions(months: Months) -> None:
     months.merge([row("may", communicated_at="2026-05-03T00:00:00.000Z")], partition="2026-05-01")
 

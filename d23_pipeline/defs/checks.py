@@ -269,9 +269,8 @@ def deletions_proven(snapshot: Snapshot, summary: MergeSummary) -> dg.AssetCheck
     ]
     if summary.not_weighed:
         parts.append(
-            f"{summary.not_weighed} rows were not weighed by a read that looked for rows gone: "
-            "another read of the month merged them after it looked, or before it although read "
-            "earlier (two runs of the month at once)"
+            f"{summary.not_weighed} rows were merged by another read of the month after this "
+            "one looked for rows gone (two runs of the month at once), so it could not weigh them"
         )
     return _result(
         DELETIONS_PROVEN,

@@ -476,26 +476,6 @@ ORDER BY t.communicated_at, t.public_id
 
 MONTH_LAST_READ = "SELECT max(read_at) FROM d23.slice_verification WHERE _partition = $partition"
 DELETE_SLICE_VERIFICATION = "DELETE FROM d23.slice_verification WHERE _partition = $partition"
-# An older read merged after a newer one (two hosts on DuckLake): the live rows it alone saw,
-# in the newer read's verified slices, that read did not serve (a row it served was seen later
-# than this read) and so could not weigh. Listed as not weighed, as below.
-INSERT_OLDER_READS_NOT_WEIGHED_PENDING = """
-INSERT INTO d23.deletions_pending
-SELECT $partition, t.public_id, false, $reason, $read_at
-FROM d23.logs AS t
-WHERE t._partition = $partition
-  AND t._deleted_at IS NULL
-  AND t._last_seen_at = $read_at
-  AND EXISTS (
-      SELECT 1 FROM d23.slice_verification AS v
-      WHERE v._partition = $partition AND v.verified
-        AND t.communicated_at >= v.slice_since AND t.communicated_at < v.slice_until
-  )
-  AND NOT EXISTS (
-      SELECT 1 FROM d23.deletions_pending AS p
-      WHERE p._partition = $partition AND p.public_id = t.public_id
-  )
-"""
 # Live rows of the month in a verified slice that this read neither served nor weighed: seen
 # last by a read of the month merged after this one took its deletion candidates (two runs of
 # the month at once), too late for this read to prove them gone or there. Not deleted (absence
