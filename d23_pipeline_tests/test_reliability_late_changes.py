@@ -793,20 +793,28 @@ def test_a_deletion_waits_while_another_months_landed_snapshot_cannot_be_read(
     assert _deleted(pipeline, gone) == [(OLDER, True)]
 
 
+@contextmanager
+def _one_month_read(tmp_path: Path, month: str) -> Iterator[Pipeline]:
+    """A pipeline whose simulator serves ``month`` alone, that month materialized once."""
+    sim = Simulator(SimulatorConfig(months=(month,), rows_per_month=600))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim, url, tmp_path / "data")
+        pipeline.materialize(month)
+        yield pipeline
+
+
 def test_a_row_merged_by_another_run_after_a_read_looked_for_rows_gone_is_listed_not_dropped(
     tmp_path: Path,
 ) -> None:
     # Run A lands late rows; one is then deleted at the source. Run B reads the month, and A's
     # merge lands between B's look for rows gone and B's end: B never weighed A's rows.
     month = "2026-04"
-    sim = Simulator(SimulatorConfig(months=(month,), rows_per_month=600))
-    with serve(sim) as url:
-        pipeline = Pipeline(sim, url, tmp_path / "data")
-        pipeline.materialize(month)
+    with _one_month_read(tmp_path, month) as pipeline:
+        sim = pipeline.sim
         late = sim.add_late_rows(3, month)
         pipeline.materialize(month, selection="d23/raw_logs")
-        store = SnapshotStore(pipeline.data_dir / "raw" / "d23")
-        snapshot_a = store.current(f"{month}-01")
+        snapshots = SnapshotStore(pipeline.data_dir / "raw" / "d23")
+        snapshot_a = snapshots.current(f"{month}-01")
         sim.hard_delete_row(late[0])
         confirm = ExportsClient.confirm_absent
 
@@ -841,11 +849,8 @@ def test_a_merge_whose_snapshot_another_runs_read_replaced_merges_the_newer_one(
     # Run B's read of the month completes while run A's d23/logs is about to merge A's
     # snapshot, and removes its files: A's step merges B's newer snapshot instead of failing.
     month = "2026-04"
-    sim = Simulator(SimulatorConfig(months=(month,), rows_per_month=600))
-    with serve(sim) as url:
-        pipeline = Pipeline(sim, url, tmp_path / "data")
-        pipeline.materialize(month)
-        gone = set(sim.hard_delete(2, month))
+    with _one_month_read(tmp_path, month) as pipeline:
+        gone = set(pipeline.sim.hard_delete(2, month))
         pipeline.materialize(month, selection="d23/raw_logs")  # run A's read
         merge = store.merge_within_memory_limit
         merged: list[datetime] = []
