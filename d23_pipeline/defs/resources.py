@@ -135,7 +135,7 @@ class ExportsApiResource(dg.ConfigurableResource):
             connection.credentials,
             page_limit=limits["page_limit"],
             max_concurrency=limits["max_concurrency"],
-            slice_size=self.slice_size,
+            slice_size=timedelta(hours=limits["slice_hours"]),
             max_window=max_window,
             retry=RetryPolicy(
                 max_attempts=self.retry_max_attempts, base_delay_s=self.retry_base_delay_s

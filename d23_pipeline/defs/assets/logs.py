@@ -56,6 +56,7 @@ def logs(
     from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
 
     partition = context.partition_key
+    max_share = warehouse.allowed_deletion_share()  # read once: it may come from a variable
     store = landing_zone.store()
     snapshot = store.current(partition)
     if snapshot is None:
@@ -69,7 +70,7 @@ def logs(
             lambda: merge_within_memory_limit(
                 warehouse.warehouse(),
                 snapshot,
-                max_deletion_share=warehouse.allowed_deletion_share(),
+                max_deletion_share=max_share,
                 confirm_deletions=config.confirm_deletions,
             ),
             on_retry=context.log.warning,
@@ -111,16 +112,14 @@ def logs(
             checks.public_id_unique(con),
             checks.only_allowlisted_columns(con),
             checks.slices_verified(snapshot),
-            checks.deletions_within_limit(partition, summary, warehouse.allowed_deletion_share()),
+            checks.deletions_within_limit(partition, summary, max_share),
             checks.deletions_proven(snapshot, summary),
             checks.conflicting_versions(partition, summary),
         ]
     if snapshot.unverified:
         context.log.error(checks.describe_unverified(snapshot))
     if summary.deletions_held:
-        context.log.error(
-            checks.describe_held_deletions(partition, summary, warehouse.allowed_deletion_share())
-        )
+        context.log.error(checks.describe_held_deletions(partition, summary, max_share))
     return dg.MaterializeResult(
         metadata={
             # The month's, as d23/raw_logs' count is: the UI plots it per partition, where the
