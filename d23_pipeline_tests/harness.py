@@ -196,18 +196,7 @@ class Pipeline:
     def materialize_crashing(self, month: str, after_slices: int) -> dg.ExecuteInProcessResult:
         """Materialize ``month`` with the run dying right after its ``after_slices``-th slice
         is landed and in the manifest, as a killed run would; a later run resumes from there."""
-        finished = 0
-        finish = SnapshotWriter.finish_slice
-
-        def finish_then_crash(writer: SnapshotWriter, done: SliceDone) -> None:
-            nonlocal finished
-            finish(writer, done)
-            finished += 1
-            if finished == after_slices:
-                raise RuntimeError("simulated crash mid-month")
-
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(SnapshotWriter, "finish_slice", finish_then_crash)
+        with crashing_after(after_slices):
             return self.materialize(month, raise_on_error=False)
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -242,6 +231,29 @@ class Pipeline:
         for month in months:
             rows |= {canonical(r) for r in self.sim.valid_rows(*month_window(month))}
         return rows
+
+
+class SimulatedCrash(RuntimeError):
+    """A read stopped midway, as a killed run is."""
+
+
+@contextlib.contextmanager
+def crashing_after(slices: int) -> Iterator[None]:
+    """Reads within raise :class:`SimulatedCrash` right after their ``slices``-th slice is
+    landed and in the manifest (counted across reads); a later read resumes from there."""
+    finished = 0
+    finish = SnapshotWriter.finish_slice
+
+    def finish_then_crash(writer: SnapshotWriter, done: SliceDone) -> None:
+        nonlocal finished
+        finish(writer, done)
+        finished += 1
+        if finished == slices:
+            raise SimulatedCrash("simulated crash mid-month")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SnapshotWriter, "finish_slice", finish_then_crash)
+        yield
 
 
 def warehouse_digest(path: Path) -> str:

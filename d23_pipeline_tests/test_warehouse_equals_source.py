@@ -1,0 +1,304 @@
+"""Any history of source changes and reads, faulty, interrupted or clean: no read marks a row
+deleted that its month still serves, no row is stored twice, and a clean read makes the month
+in the warehouse equal the source."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import api
+import pytest
+from harness import SimulatedCrash, canonical, crashing_after, warehouse_digest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+
+from d23_pipeline.client import RetriesExhaustedError, Window
+from d23_pipeline.landing.month import MonthRead, read_month
+from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
+from d23_pipeline.months import month_window
+from d23_pipeline.schema import D23_FIELDS
+from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig
+from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
+
+MONTHS = ("2026-03", "2026-04")
+SLICE = timedelta(days=4)
+
+_faults = st.builds(
+    Faults,
+    truncate_rate=st.sampled_from([0.0, 0.3]),
+    batch_end_every=st.sampled_from([0, 7]),
+    grow_per_page=st.integers(0, 1),
+    delete_per_page=st.integers(0, 1),
+    error_5xx_rate=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 1000),
+)
+
+
+class WarehouseAgainstSource(RuleBasedStateMachine):
+    """Two months of a simulator's rows, changed at will and read in any order."""
+
+    @initialize(
+        page_limit=st.sampled_from([7, 25]),
+        total_cap=st.sampled_from([9, 100_000]),
+        tie_share=st.sampled_from([0.0, 0.5]),
+    )
+    def start(self, page_limit: int, total_cap: int, tie_share: float) -> None:
+        config = SimulatorConfig(
+            months=MONTHS, rows_per_month=40, total_cap=total_cap, tie_share=tie_share
+        )
+        self.sim = Simulator(config)
+        self.folder = tempfile.TemporaryDirectory()
+        root = Path(self.folder.name)
+        self.store = SnapshotStore(root / "raw")
+        self.warehouse = Warehouse(root / "w.duckdb")
+        self.client = api.client(
+            self.sim, page_limit=page_limit, slice_size=SLICE, min_window=timedelta(hours=1)
+        )
+        self.runs = 0
+        self.held_when_read: dict[Path, set[str]] = {}
+        self.broken: set[str] = set()
+
+    def teardown(self) -> None:
+        if hasattr(self, "client"):
+            self.client.close()
+            self.folder.cleanup()
+
+    # -- the source changes --------------------------------------------------------------
+
+    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
+    def break_promises(self, month: str, n: int) -> None:
+        self.sim.break_promises(n, month)
+
+    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
+    def deactivate(self, month: str, n: int) -> None:
+        self.sim.deactivate(n, month)
+
+    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
+    def hard_delete(self, month: str, n: int) -> None:
+        self.sim.hard_delete(n, month)
+
+    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
+    def log_late_rows(self, month: str, n: int) -> None:
+        self.sim.add_late_rows(n, month)
+
+    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
+    def move_to_the_other_month(self, month: str, n: int) -> None:
+        (other,) = set(MONTHS) - {month}
+        self.sim.move_rows(n, month, other)
+
+    @rule(month=st.sampled_from(MONTHS), pick=st.integers(0, 10**6), at=st.floats(0, 1))
+    def move_within_its_month(self, month: str, pick: int, at: float) -> None:
+        self._move_a_row(month, pick, month, at)
+
+    @rule(month=st.sampled_from(MONTHS), pick=st.integers(0, 10**6), without_id=st.booleans())
+    def break_a_row(self, month: str, pick: int, without_id: bool) -> None:
+        """The source starts serving a row against the contract: a wrong type, or no id."""
+        rows = self.sim.valid_rows(*month_window(month))
+        if rows:
+            public_id = rows[pick % len(rows)]["public_id"]
+            if without_id:
+                self.sim.corrupt_row(public_id, "missing_public_id", public_id="")
+            else:
+                self.sim.corrupt_row(public_id, "wrong_type", is_active="yes")
+            self.broken.add(public_id)
+
+    @rule(pick=st.integers(0, 10**6))
+    def delete_a_broken_row(self, pick: int) -> None:
+        if self.broken:
+            public_id = sorted(self.broken)[pick % len(self.broken)]
+            self.sim.hard_delete_row(public_id)
+            self.broken.discard(public_id)
+
+    # -- reads and merges, as runs' d23/raw_logs and d23/logs steps do them ------------------
+
+    @rule(month=st.sampled_from(MONTHS))
+    def read_cleanly(self, month: str) -> None:
+        read = self._land(month, Faults())
+        self._merge(read.snapshot)
+        if not read.slices_resumed:
+            self._assert_equals_the_source(month)
+
+    @rule(month=st.sampled_from(MONTHS), faults=_faults)
+    def read_through_faults(self, month: str, faults: Faults) -> None:
+        before = warehouse_digest(self.warehouse.path)
+        try:
+            read = self._land(month, faults)
+        except RetriesExhaustedError:  # the run fails; its retry finishes the job
+            assert warehouse_digest(self.warehouse.path) == before
+        else:
+            self._merge(read.snapshot)
+
+    @rule(month=st.sampled_from(MONTHS), after_slices=st.integers(1, 6))
+    def read_interrupted(self, month: str, after_slices: int) -> None:
+        with crashing_after(after_slices), contextlib.suppress(SimulatedCrash):
+            self._merge(self._land(month, Faults()).snapshot)
+
+    @rule(
+        month=st.sampled_from(MONTHS),
+        after_slices=st.integers(1, 7),
+        to_month=st.sampled_from(MONTHS),
+        pick=st.integers(0, 10**6),
+        at=st.floats(0, 1),
+    )
+    def read_while_a_row_moves(
+        self, month: str, after_slices: int, to_month: str, pick: int, at: float
+    ) -> None:
+        """A row's communicated_at changes while its month is read: into a slice read already,
+        say, where this read does not see it."""
+        finished = 0
+
+        def move_once(message: str) -> None:
+            nonlocal finished
+            finished += 1
+            if finished == after_slices:
+                self._move_a_row(month, pick, to_month, at)
+
+        self._merge(self._land(month, Faults(), progress=move_once).snapshot)
+
+    @rule(month=st.sampled_from(MONTHS))
+    def land_only(self, month: str) -> None:
+        """A run whose merge step has not run yet."""
+        self._land(month, Faults())
+
+    @rule(month=st.sampled_from(MONTHS))
+    def merge_the_latest_landed(self, month: str) -> None:
+        """A run's d23/logs step: it merges the month's latest complete snapshot."""
+        snapshot = self.store.current(f"{month}-01")
+        if snapshot is not None:
+            self._merge(snapshot)
+
+    @rule(month=st.sampled_from(MONTHS), after_looking=st.booleans())
+    def read_while_another_run_merges(self, month: str, after_looking: bool) -> None:
+        """Another run's d23/logs step of the month commits while this run reads it: while
+        it lands slices, or after it looked for rows gone."""
+        if after_looking:
+            confirm = self.client.confirm_absent
+
+            def merge_then_confirm(*args: Any, **kwargs: Any) -> Any:
+                self.merge_the_latest_landed(month)
+                return confirm(*args, **kwargs)
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(self.client, "confirm_absent", merge_then_confirm)
+                read = self._land(month, Faults())
+        else:
+            merged = False
+
+            def merge_once(message: str) -> None:
+                nonlocal merged
+                if not merged:
+                    merged = True
+                    self.merge_the_latest_landed(month)
+
+            read = self._land(month, Faults(), progress=merge_once)
+        self._merge(read.snapshot)
+
+    # -- what must hold ------------------------------------------------------------------
+
+    def _move_a_row(self, month: str, pick: int, to_month: str, at: float) -> None:
+        rows = self.sim.valid_rows(*month_window(month))
+        if rows:
+            since, until = month_window(to_month)
+            self.sim.move_row(rows[pick % len(rows)]["public_id"], since + (until - since) * at)
+
+    def _land(
+        self, month: str, faults: Faults, progress: Callable[[str], None] = lambda message: None
+    ) -> MonthRead:
+        """Read ``month`` through ``faults`` into a complete snapshot, and note which rows the
+        source held in the month when it finished."""
+        self.sim.faults = dataclasses.replace(faults)
+        self.runs += 1
+        try:
+            read = read_month(
+                self.client,
+                self.store,
+                self.warehouse,
+                partition=f"{month}-01",
+                slices=Window(*month_window(month)).split(SLICE),
+                run_id=f"run-{self.runs}",
+                progress=progress,
+            )
+        finally:
+            self.sim.faults = Faults()
+        self.held_when_read[read.snapshot.directory] = {
+            row["public_id"] for row in self.sim.rows(*month_window(month))
+        }
+        return read
+
+    def _merge(self, snapshot: Snapshot) -> None:
+        """Merge ``snapshot``: no row its month held when the read finished is marked deleted."""
+        with self.warehouse.connect() as con:
+            merge_snapshot(con, snapshot, max_deletion_share=1.0)
+        month = snapshot.partition[:7]
+        deleted = self._ids(month, "_deleted_at IS NOT NULL")
+        assert deleted & self.held_when_read[snapshot.directory] == set()
+
+    def _assert_equals_the_source(self, month: str) -> None:
+        """The month as a clean read leaves it: every valid row as the source serves it; a row
+        the source broke keeps its last good version and is quarantined; a row gone from the
+        month is deleted, unless the read could not prove it gone, and then it is listed in
+        d23.deletions_pending or lies in a slice the read could not prove complete (an instant
+        holding more rows than the API counts, say), which fails the run."""
+        served = self.sim.rows(*month_window(month))
+        source = self._source(month)
+        stored = {row for row in self._stored(month) if row[0] not in self.broken}
+        assert source <= stored
+        unproven = self._ids(
+            month, "public_id IN (SELECT public_id FROM d23.deletions_pending)"
+        ) | self._ids(
+            month,
+            "EXISTS (SELECT 1 FROM d23.slice_verification v WHERE NOT v.verified "
+            "AND communicated_at >= v.slice_since AND communicated_at < v.slice_until)",
+        )
+        assert {row[0] for row in stored - source} <= unproven
+        quarantined = {
+            r[0]
+            for r in self._query(
+                "SELECT public_id FROM d23.rejected_rows WHERE slice_since >= ? "
+                "AND slice_until <= ?",
+                month,
+            )
+        }
+        assert {row["public_id"] for row in served if row["public_id"] in self.broken} <= (
+            quarantined
+        )
+
+    def _stored(self, month: str) -> set[tuple]:
+        columns = ", ".join(D23_FIELDS)
+        rows = self._query(
+            f"SELECT {columns} FROM d23.logs WHERE _deleted_at IS NULL "
+            "AND communicated_at >= ? AND communicated_at < ?",
+            month,
+        )
+        return {canonical(dict(zip(D23_FIELDS, r, strict=True))) for r in rows}
+
+    def _source(self, month: str) -> set[tuple]:
+        return {canonical(r) for r in self.sim.valid_rows(*month_window(month))}
+
+    def _ids(self, month: str, condition: str) -> set[str]:
+        rows = self._query(
+            f"SELECT public_id FROM d23.logs WHERE {condition} "
+            "AND communicated_at >= ? AND communicated_at < ?",
+            month,
+        )
+        return {r[0] for r in rows}
+
+    def _query(self, statement: str, month: str) -> list[tuple]:
+        with self.warehouse.connect(read_only=True) as con:
+            return con.execute(statement, list(month_window(month))).fetchall()
+
+
+WarehouseAgainstSource.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_the_warehouse_equals_the_source_after_any_history = WarehouseAgainstSource.TestCase
