@@ -22,24 +22,25 @@ def _tied_pair(sim_fault: str | None = None, **fields: object) -> Simulator:
     return sim
 
 
-def test_an_instant_serving_a_bad_row_without_its_public_id_proves_no_row_gone() -> None:
+def test_an_instant_serving_a_bad_row_without_its_public_id_holds_its_candidates_unproven() -> None:
     sim = _tied_pair("missing_public_id", public_id="")
     with client(sim) as reader:
         # Row 1 is still there, served without its id: it may be the row asked about.
         assert reader.served_ids(Window(T0, T0 + ONE_MS)) == ({pid(0)}, True)
-        assert reader.confirm_absent([(pid(1), T0)]) == (set(), set())
+        # Held as unproven, not dropped: it looks gone, and the read must say so.
+        assert reader.confirm_absent([(pid(1), T0), (pid(0), T0)]) == (set(), set(), {pid(1)})
 
 
 def test_a_row_served_broken_at_its_instant_is_not_confirmed_absent() -> None:
     sim = _tied_pair("wrong_type", is_active="yes")
     with client(sim) as reader:
-        assert reader.confirm_absent([(pid(1), T0)]) == (set(), set())
+        assert reader.confirm_absent([(pid(1), T0)]) == (set(), set(), set())
 
 
 def test_a_row_gone_from_an_instant_that_also_serves_a_bad_row_is_confirmed_absent() -> None:
     sim = _tied_pair("wrong_type", is_active="yes")
     with client(sim) as reader:
-        assert reader.confirm_absent([(pid(99), T0), (pid(0), T0)]) == ({pid(99)}, set())
+        assert reader.confirm_absent([(pid(99), T0), (pid(0), T0)]) == ({pid(99)}, set(), set())
 
 
 def test_a_walk_of_an_instant_ended_short_of_its_count_holds_its_candidates_unproven() -> None:
@@ -47,7 +48,7 @@ def test_a_walk_of_an_instant_ended_short_of_its_count_holds_its_candidates_unpr
     short = {"rows": [row(0, T0)], "pagination": {"nextCursor": None}}  # row 1 left out
     sim.script(SimResponse.from_json({"body": short}), when=lambda r: r.kind == "data")
     with client(sim) as reader:
-        assert reader.confirm_absent([(pid(1), T0)]) == (set(), {pid(1)})
+        assert reader.confirm_absent([(pid(1), T0)]) == (set(), {pid(1)}, set())
 
 
 def test_a_lookup_not_proven_complete_holds_its_candidates_unproven() -> None:
@@ -57,6 +58,7 @@ def test_a_lookup_not_proven_complete_holds_its_candidates_unproven() -> None:
         assert reader.confirm_absent([(pid(99), T0), (pid(98), T0 + SIX_HOURS)]) == (
             set(),
             {pid(99), pid(98)},
+            set(),
         )
 
 

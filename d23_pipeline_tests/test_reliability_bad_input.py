@@ -344,6 +344,31 @@ def test_a_row_served_without_its_public_id_keeps_its_last_good_version(
     assert rejects == (1,)
 
 
+def test_rows_gone_from_an_instant_serving_a_row_without_its_public_id_are_listed_unproven(
+    small_month: Pipeline,
+) -> None:
+    # Before, the read again of that instant dropped them from both "gone" and "not proven":
+    # they stayed live, but no pending list, check or dashboard said a deletion was held.
+    small_month.materialize(MONTH)
+    by_instant: dict[str, list[str]] = {}
+    for row in small_month.sim.valid_rows():
+        by_instant.setdefault(row["communicated_at"], []).append(row["public_id"])
+    broken, deleted = next(ids for ids in by_instant.values() if len(ids) >= 2)[:2]
+    small_month.sim.corrupt_row(broken, "missing_public_id", public_id="")
+    small_month.sim.hard_delete_row(deleted)
+
+    result = small_month.materialize(MONTH, raise_on_error=False)
+
+    assert deleted in _live_ids(small_month)
+    pending = dict(small_month.query("SELECT public_id, reason FROM d23.deletions_pending"))
+    assert set(pending) == {broken, deleted}
+    assert "own instant served a bad row without a usable public_id" in pending[deleted]
+    (check,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "deletions_proven"
+    ]
+    assert check.description.startswith(f"{MONTH}-01: 2 rows look deleted at the source")
+
+
 def test_an_id_served_in_two_versions_under_one_updated_at_fails_a_warn_check_on_d23_logs(
     small_month: Pipeline,
 ) -> None:
@@ -417,24 +442,28 @@ def test_deletions_a_read_cannot_prove_are_reported_until_a_read_proves_them(
     assert deleted <= _live_ids(small_month)
     (check,) = [e for e in held.get_asset_check_evaluations() if e.check_name == "deletions_proven"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    assert check.description.startswith(f"{MONTH}-01: 4 rows look deleted at the source (e.g. ")
+    assert "4 rows look deleted at the source (e.g. " in check.description
     assert "), but the read served 1 bad rows without a usable public_id" in check.description
     assert all(public_id in check.description for public_id in deleted)
+    # The broken row's old id looks gone too, and its own instant serves the bad row.
+    assert (
+        f"1 rows look deleted at the source (e.g. {broken}), but the read again of their own "
+        "instant served a bad row without a usable public_id"
+    ) in check.description
     logs = held.asset_materializations_for_node("d23__logs")[0].metadata
-    assert logs["deletions_unproven"].value == 4
+    assert logs["deletions_unproven"].value == 5
     raw = held.asset_materializations_for_node("d23__raw_logs")[0].metadata
-    # The four and the broken row's old id look gone; none is proven.
     assert (raw["deletion_candidates"].value, raw["proven_absent"].value) == (5, 0)
     assert set(small_month.query("SELECT public_id FROM d23.deletions_pending")) == {
-        (public_id,) for public_id in deleted
+        (public_id,) for public_id in deleted | {broken}
     }
     page = small_month.dashboard_path.read_text()
     assert "Deletions not applied" in page and "not proven: the read served 1 bad rows" in page
     # Four rows not applied, three of them counted as attempts.
     assert re.search(r"<tr><td>2026-04</td><td>4</td><td>3</td><td>not proven: ", page)
-    # The month's freshness row says its KPIs still count them.
+    # The month's freshness row says its KPIs still count them, the broken row's old id too.
     assert "<th>deletions not applied</th>" in page
-    assert re.search(r"<tr><td>2026-04</td>(<td>[^<]*</td>){7}<td>4</td></tr>", page)
+    assert re.search(r"<tr><td>2026-04</td>(<td>[^<]*</td>){7}<td>5</td></tr>", page)
 
     small_month.sim.hard_delete_row(broken)  # the bad row gone, the read proves again
     proven = small_month.materialize(MONTH, raise_on_error=False)
@@ -549,11 +578,15 @@ def test_a_pending_deletion_an_older_read_applies_later_is_no_longer_listed(
     small_month.sim.corrupt_row(rows[10]["public_id"], "missing_public_id", public_id="")
     small_month.materialize(MONTH, selection="d23/raw_logs")
     small_month.materialize(MONTH, selection="d23/logs", raise_on_error=False)
-    assert len(small_month.query("SELECT * FROM d23.deletions_pending")) == 2
+    # The two, and the broken row, whose own instant serves the bad row.
+    assert len(small_month.query("SELECT * FROM d23.deletions_pending")) == 3
 
     shutil.copytree(kept, older.directory)  # the older read, as the other host landed it
     (older.directory.parent / "CURRENT").write_text(json.dumps({"snapshot": older.directory.name}))
     small_month.materialize(MONTH, selection="d23/logs*", raise_on_error=False)
 
     assert not deleted & _live_ids(small_month)
-    assert "every deletion is applied" in small_month.dashboard_path.read_text()
+    # Only the broken row is left not applied: the older read saw it, the newer one could not
+    # prove it gone.
+    page = small_month.dashboard_path.read_text()
+    assert re.search(r"<tr><td>2026-04</td>(<td>[^<]*</td>){7}<td>1</td></tr>", page)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import api
+import httpx
 import pytest
 from harness import SimulatedCrash, canonical, crashing_after, warehouse_digest
 from hypothesis import HealthCheck, settings
@@ -48,8 +49,11 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         page_limit=st.sampled_from([7, 25]),
         total_cap=st.sampled_from([9, 100_000]),
         tie_share=st.sampled_from([0.0, 0.5]),
+        max_concurrency=st.sampled_from([1, 4]),
     )
-    def start(self, page_limit: int, total_cap: int, tie_share: float) -> None:
+    def start(
+        self, page_limit: int, total_cap: int, tie_share: float, max_concurrency: int
+    ) -> None:
         config = SimulatorConfig(
             months=MONTHS, rows_per_month=40, total_cap=total_cap, tie_share=tie_share
         )
@@ -58,12 +62,25 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         root = Path(self.folder.name)
         self.store = SnapshotStore(root / "raw")
         self.warehouse = Warehouse(root / "w.duckdb")
+        served = api.checked_transport(self.sim)
+        self.before_request: Callable[[httpx.Request], None] = lambda request: None
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            self.before_request(request)
+            return served.handle_request(request)
+
         self.client = api.client(
-            self.sim, page_limit=page_limit, slice_size=SLICE, min_window=timedelta(hours=1)
+            self.sim,
+            page_limit=page_limit,
+            slice_size=SLICE,
+            min_window=timedelta(hours=1),
+            max_concurrency=max_concurrency,
+            transport=httpx.MockTransport(handle),
         )
         self.runs = 0
         self.held_when_read: dict[Path, set[str]] = {}
-        self.broken: set[str] = set()
+        # Rows the source serves broken, and their months (they move no more).
+        self.broken: dict[str, str] = {}
 
     def teardown(self) -> None:
         if hasattr(self, "client"):
@@ -97,24 +114,33 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
     def move_within_its_month(self, month: str, pick: int, at: float) -> None:
         self._move_a_row(month, pick, month, at)
 
-    @rule(month=st.sampled_from(MONTHS), pick=st.integers(0, 10**6), without_id=st.booleans())
-    def break_a_row(self, month: str, pick: int, without_id: bool) -> None:
-        """The source starts serving a row against the contract: a wrong type, or no id."""
+    @rule(
+        month=st.sampled_from(MONTHS),
+        pick=st.integers(0, 10**6),
+        without_id=st.booleans(),
+        moved_to=st.none() | st.floats(0, 1),
+    )
+    def break_a_row(self, month: str, pick: int, without_id: bool, moved_to: float | None) -> None:
+        """The source starts serving a row against the contract (a wrong type, or no id), in
+        the same change moving it within its month, maybe."""
         rows = self.sim.valid_rows(*month_window(month))
         if rows:
             public_id = rows[pick % len(rows)]["public_id"]
+            if moved_to is not None:
+                since, until = month_window(month)
+                self.sim.move_row(public_id, since + (until - since) * moved_to)
             if without_id:
                 self.sim.corrupt_row(public_id, "missing_public_id", public_id="")
             else:
                 self.sim.corrupt_row(public_id, "wrong_type", is_active="yes")
-            self.broken.add(public_id)
+            self.broken[public_id] = month
 
     @rule(pick=st.integers(0, 10**6))
     def delete_a_broken_row(self, pick: int) -> None:
         if self.broken:
             public_id = sorted(self.broken)[pick % len(self.broken)]
             self.sim.hard_delete_row(public_id)
-            self.broken.discard(public_id)
+            del self.broken[public_id]
 
     # -- reads and merges, as runs' d23/raw_logs and d23/logs steps do them ------------------
 
@@ -142,25 +168,31 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
 
     @rule(
         month=st.sampled_from(MONTHS),
-        after_slices=st.integers(1, 7),
+        after_pages=st.integers(1, 30),
         to_month=st.sampled_from(MONTHS),
         pick=st.integers(0, 10**6),
         at=st.floats(0, 1),
     )
     def read_while_a_row_moves(
-        self, month: str, after_slices: int, to_month: str, pick: int, at: float
+        self, month: str, after_pages: int, to_month: str, pick: int, at: float
     ) -> None:
         """A row's communicated_at changes while its month is read: into a slice read already,
         say, where this read does not see it."""
-        finished = 0
+        pages = 0
 
-        def move_once(message: str) -> None:
-            nonlocal finished
-            finished += 1
-            if finished == after_slices:
-                self._move_a_row(month, pick, to_month, at)
+        def move_once(request: httpx.Request) -> None:
+            nonlocal pages
+            if "/exports/" in request.url.path and "includeTotal" not in request.url.params:
+                pages += 1
+                if pages == after_pages:
+                    self._move_a_row(month, pick, to_month, at)
 
-        self._merge(self._land(month, Faults(), progress=move_once).snapshot)
+        self.before_request = move_once
+        try:
+            read = self._land(month, Faults())
+        finally:
+            self.before_request = lambda request: None
+        self._merge(read.snapshot)
 
     @rule(month=st.sampled_from(MONTHS))
     def land_only(self, month: str) -> None:
@@ -227,8 +259,9 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
             )
         finally:
             self.sim.faults = Faults()
-        self.held_when_read[read.snapshot.directory] = {
-            row["public_id"] for row in self.sim.rows(*month_window(month))
+        served = {row["public_id"] for row in self.sim.rows(*month_window(month))}
+        self.held_when_read[read.snapshot.directory] = served | {
+            public_id for public_id, where in self.broken.items() if where == month
         }
         return read
 

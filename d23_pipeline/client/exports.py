@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
@@ -125,6 +125,14 @@ def _read_on(before: WindowTotal, asked_at: datetime, answered_at: datetime) -> 
     if counted_at is None or abs(counted_at - answered_at) > _DATE_BELIEVED_WITHIN:
         return ReadOn(answered_at + _API_CLOCK_AHEAD, counted, asked_at)
     return ReadOn(max(counted_at, answered_at) + _DATE_SLACK, counted, counted_at)
+
+
+class InstantLookups(NamedTuple):
+    """What reading deletion candidates' own instants again showed (ids in each)."""
+
+    gone: set[str]  # a walk of the instant proven complete no longer serves them
+    not_proven: set[str]  # the instant's walk served fewer rows than its exact count
+    beside_anonymous: set[str]  # the instant served a bad row without a usable public_id
 
 
 class ExportsClient:
@@ -283,38 +291,35 @@ class ExportsClient:
                 break
         return total
 
-    def confirm_absent(
-        self, candidates: Sequence[tuple[str, datetime]]
-    ) -> tuple[set[str], set[str]]:
+    def confirm_absent(self, candidates: Sequence[tuple[str, datetime]]) -> InstantLookups:
         """Of ``(public_id, communicated_at)`` pairs, those a proven-complete read of their
-        instant no longer returns (the evidence a deletion needs), and those whose instant's
-        read was not proven complete (they look gone, but nothing says so).
+        instant no longer returns (the evidence a deletion needs), and those that look gone but
+        whose instant's read proves nothing.
 
         Each distinct instant is read as its own one-millisecond window and counted after the
         walk; an instant whose walk served fewer rows than the exact count proves nothing, so
         its candidates are kept, as unproven. One that served a bad row without a usable
-        ``public_id`` proves nothing either, but there none looks gone: that row may be any
-        candidate's new version.
+        ``public_id`` proves nothing either: that row may be any candidate's new version.
         """
         by_instant: dict[datetime, set[str]] = defaultdict(set)
         for public_id, communicated_at in candidates:
             by_instant[communicated_at].add(public_id)
         if not by_instant:
-            return set(), set()
+            return InstantLookups(set(), set(), set())
 
-        def read_again(instant: datetime, ids: set[str]) -> tuple[set[str], set[str]]:
+        def read_again(instant: datetime, ids: set[str]) -> InstantLookups:
             served = self.served_ids(Window(instant, instant + ONE_MS))
             if served is None:
-                return set(), ids
+                return InstantLookups(set(), ids, set())
             found, anonymous = served
-            # A bad row there without a usable public_id may be any of them: none looks gone.
-            return (set() if anonymous else ids - found), set()
+            if anonymous:
+                return InstantLookups(set(), set(), ids - found)
+            return InstantLookups(ids - found, set(), set())
 
         workers = min(self._max_concurrency, len(by_instant))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-confirm") as pool:
             answers = list(pool.map(lambda item: read_again(*item), by_instant.items()))
-        absent: set[str] = set().union(*(gone for gone, _ in answers))
-        return absent, set().union(*(held for _, held in answers))
+        return InstantLookups(*(set().union(*column) for column in zip(*answers, strict=True)))
 
     def served_ids(self, window: Window) -> tuple[set[str], bool] | None:
         """The ids a walk of ``window`` serves (valid rows and rejects) and whether it also

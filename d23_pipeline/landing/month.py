@@ -102,9 +102,12 @@ def read_month(
             )
             if candidates:
                 anonymous = anonymous_rejects(con, reject_files)
-        absent, held = client.confirm_absent(candidates)
+        lookups = client.confirm_absent(candidates)
+        absent = lookups.gone
         stale_rejects: list[StaleReject] = []
-        unproven = dict.fromkeys(held, _INSTANT_NOT_PROVEN)
+        unproven = dict.fromkeys(lookups.not_proven, _INSTANT_NOT_PROVEN) | dict.fromkeys(
+            lookups.beside_anonymous, _INSTANT_SERVED_ANONYMOUS
+        )
         try:
             if absent and anonymous:
                 raise _Unprovable(
@@ -142,6 +145,10 @@ def read_month(
 _INSTANT_NOT_PROVEN = (
     "the read again of their own instant was not proven complete (it served fewer rows than "
     "the instant's exact count after it)"
+)
+_INSTANT_SERVED_ANONYMOUS = (
+    "the read again of their own instant served a bad row without a usable public_id, and any "
+    "of them may be that row, broken (see d23.rejected_rows)"
 )
 
 
