@@ -94,21 +94,14 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
 
     # -- the source changes --------------------------------------------------------------
 
-    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
-    def break_promises(self, month: str, n: int) -> None:
-        self.sim.break_promises(n, month)
-
-    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
-    def deactivate(self, month: str, n: int) -> None:
-        self.sim.deactivate(n, month)
-
-    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
-    def hard_delete(self, month: str, n: int) -> None:
-        self.sim.hard_delete(n, month)
-
-    @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
-    def log_late_rows(self, month: str, n: int) -> None:
-        self.sim.add_late_rows(n, month)
+    @rule(
+        change=st.sampled_from(["break_promises", "deactivate", "hard_delete", "add_late_rows"]),
+        month=st.sampled_from(MONTHS),
+        n=st.integers(1, 3),
+    )
+    def change_rows(self, change: str, month: str, n: int) -> None:
+        """Promises broken, rows deactivated or deleted outright, or rows logged late."""
+        getattr(self.sim, change)(n, month)
 
     @rule(month=st.sampled_from(MONTHS), n=st.integers(1, 3))
     def move_to_the_other_month(self, month: str, n: int) -> None:
