@@ -271,10 +271,12 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         return read
 
     def _merge(self, snapshot: Snapshot) -> None:
-        """Merge ``snapshot``: no row its month held when the read finished is marked deleted."""
+        """Merge ``snapshot``: no row is stored twice (DuckLake has no key to refuse it), and
+        no row its month held when the read finished is marked deleted."""
         retry_on_conflict(
             lambda: merge_within_memory_limit(self.warehouse, snapshot, max_deletion_share=1.0)
         )
+        assert self._query("SELECT count(*) - count(DISTINCT public_id) FROM d23.logs") == [(0,)]
         month = snapshot.partition[:7]
         deleted = self._ids(month, "_deleted_at IS NOT NULL")
         assert deleted & self.held_when_read[snapshot.directory] == set()
