@@ -32,6 +32,8 @@ from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend, merge_with
 
 MONTHS = ("2026-03", "2026-04")
 SLICE = timedelta(days=4)
+# Where in a month a row moves to, as a share of it; 1.0 would be the next month's first instant.
+_WITHIN = st.floats(0, 1, exclude_max=True)
 
 _faults = st.builds(
     Faults,
@@ -115,7 +117,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         (other,) = set(MONTHS) - {month}
         self.sim.move_rows(n, month, other)
 
-    @rule(month=st.sampled_from(MONTHS), pick=st.integers(0, 10**6), at=st.floats(0, 1))
+    @rule(month=st.sampled_from(MONTHS), pick=st.integers(0, 10**6), at=_WITHIN)
     def move_within_its_month(self, month: str, pick: int, at: float) -> None:
         self._move_a_row(month, pick, month, at)
 
@@ -123,7 +125,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         month=st.sampled_from(MONTHS),
         pick=st.integers(0, 10**6),
         without_id=st.booleans(),
-        moved_to=st.none() | st.floats(0, 1),
+        moved_to=st.none() | _WITHIN,
     )
     def break_a_row(self, month: str, pick: int, without_id: bool, moved_to: float | None) -> None:
         """The source starts serving a row against the contract (a wrong type, or no id), in
