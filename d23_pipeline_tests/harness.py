@@ -7,7 +7,7 @@ import hashlib
 import sqlite3
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -213,24 +213,28 @@ class Pipeline:
 
     def live_rows(self, months: Sequence[str] = MONTHS) -> set[tuple]:
         """d23.logs rows not marked deleted, with communicated_at in ``months``."""
-        columns = ", ".join(D23_FIELDS)
-        rows = set()
-        for month in months:
-            since, until = month_window(month)
-            result = self.query(
-                f"SELECT {columns} FROM d23.logs WHERE _deleted_at IS NULL "
-                "AND communicated_at >= ? AND communicated_at < ?",
-                (since, until),
-            )
-            rows |= {canonical(dict(zip(D23_FIELDS, r, strict=True))) for r in result}
-        return rows
+        return set().union(*(stored_rows(self.query, month) for month in months))
 
     def expected_rows(self, months: Sequence[str] = MONTHS) -> set[tuple]:
         """What the source holds now for ``months``: the rows a correct warehouse must equal."""
-        rows = set()
-        for month in months:
-            rows |= {canonical(r) for r in self.sim.valid_rows(*month_window(month))}
-        return rows
+        return set().union(*(source_rows(self.sim, month) for month in months))
+
+
+def stored_rows(query: Callable[[str, Sequence[Any]], list[tuple]], month: str) -> set[tuple]:
+    """d23.logs rows not marked deleted with communicated_at in ``month``, as :func:`canonical`
+    tuples; ``query`` runs a statement with its parameters on the warehouse."""
+    columns = ", ".join(D23_FIELDS)
+    result = query(
+        f"SELECT {columns} FROM d23.logs WHERE _deleted_at IS NULL "
+        "AND communicated_at >= ? AND communicated_at < ?",
+        month_window(month),
+    )
+    return {canonical(dict(zip(D23_FIELDS, r, strict=True))) for r in result}
+
+
+def source_rows(sim: Simulator, month: str) -> set[tuple]:
+    """What the source holds now for ``month``: the rows a correct warehouse must equal."""
+    return {canonical(r) for r in sim.valid_rows(*month_window(month))}
 
 
 class SimulatedCrash(RuntimeError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import api
 import httpx
 import pytest
-from harness import Lake, SimulatedCrash, canonical, crashing_after
+from harness import Lake, SimulatedCrash, crashing_after, source_rows, stored_rows
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
@@ -25,7 +25,6 @@ from d23_pipeline.client import RetriesExhaustedError, Window
 from d23_pipeline.landing.month import MonthRead, read_month
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
 from d23_pipeline.months import month_window
-from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse, retry_on_conflict
 from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend, merge_within_memory_limit
@@ -290,8 +289,8 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         d23.deletions_pending or lies in a slice the read could not prove complete (an instant
         holding more rows than the API counts, say), which fails the run."""
         served = self.sim.rows(*month_window(month))
-        source = self._source(month)
-        stored = {row for row in self._stored(month) if row[0] not in self.broken}
+        source = source_rows(self.sim, month)
+        stored = {row for row in stored_rows(self._query, month) if row[0] not in self.broken}
         assert source <= stored
         unproven = self._ids(
             month, "public_id IN (SELECT public_id FROM d23.deletions_pending)"
@@ -313,18 +312,6 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
             quarantined
         )
 
-    def _stored(self, month: str) -> set[tuple]:
-        columns = ", ".join(D23_FIELDS)
-        rows = self._query(
-            f"SELECT {columns} FROM d23.logs WHERE _deleted_at IS NULL "
-            "AND communicated_at >= ? AND communicated_at < ?",
-            month,
-        )
-        return {canonical(dict(zip(D23_FIELDS, r, strict=True))) for r in rows}
-
-    def _source(self, month: str) -> set[tuple]:
-        return {canonical(r) for r in self.sim.valid_rows(*month_window(month))}
-
     def _ids(self, month: str, condition: str) -> set[str]:
         rows = self._query(
             f"SELECT public_id FROM d23.logs WHERE {condition} "
@@ -333,10 +320,12 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         )
         return {r[0] for r in rows}
 
-    def _query(self, statement: str, month: str | None = None) -> list[tuple]:
-        """``statement`` on the warehouse, with ``month``'s bounds as its parameters."""
+    def _query(self, statement: str, params: Sequence[Any] | str = ()) -> list[tuple]:
+        """``statement`` on the warehouse, with ``params`` (a month: its bounds)."""
+        if isinstance(params, str):
+            params = month_window(params)
         with self.warehouse.connect(read_only=True) as con:
-            return con.execute(statement, list(month_window(month)) if month else []).fetchall()
+            return con.execute(statement, list(params)).fetchall()
 
 
 WarehouseAgainstSource.TestCase.settings = settings(
