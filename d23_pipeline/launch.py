@@ -28,6 +28,7 @@ from d23_pipeline.settings import (
     SettingsError,
     load_api_connection,
     load_options,
+    local_path,
     read_local_ports,
     read_pool_limits,
 )
@@ -91,7 +92,8 @@ def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
 
 def _prepare_dagster_home(env: dict[str, str]) -> Path:
     # Blank, as an env file leaves it, is unset: Path("") is the current folder.
-    home = Path(env.get("DAGSTER_HOME", "").strip() or Path.cwd() / ".dagster_home").resolve()
+    value = env.get("DAGSTER_HOME", "").strip()
+    home = (local_path("DAGSTER_HOME", value) if value else Path.cwd() / ".dagster_home").resolve()
     env["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -268,7 +270,10 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     uses_simulator = not env.get("D23_API_URL", "").strip()
     _refuse_a_taken_ui_port(ui_port, simulator_port if uses_simulator else None)
-    home = _prepare_dagster_home(env)
+    try:
+        home = _prepare_dagster_home(env)
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None
     simulator = None
     if uses_simulator:
         simulator = _start_simulator(env, simulator_port)

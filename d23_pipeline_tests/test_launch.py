@@ -27,7 +27,12 @@ from d23_pipeline.launch import (
     simulator_start_month,
 )
 from d23_pipeline.months import month_window
-from d23_pipeline.settings import LoginCredentials, read_credentials, read_pool_limits
+from d23_pipeline.settings import (
+    LoginCredentials,
+    SettingsError,
+    read_credentials,
+    read_pool_limits,
+)
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
 
 
@@ -407,6 +412,26 @@ def test_a_blank_dagster_home_is_the_default_not_the_current_folder(
     assert home == tmp_path / ".dagster_home"
     assert env["DAGSTER_HOME"] == str(home)
     assert (home / "dagster.yaml").is_file() and not (tmp_path / "dagster.yaml").exists()
+
+
+def test_a_dagster_home_given_with_a_tilde_is_made_in_the_home_folder_not_a_folder_named_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As an env file or a quoted export passes it on: the shell never expanded it.
+    monkeypatch.setenv("HOME", str(tmp_path / "someone"))
+    monkeypatch.chdir(tmp_path)
+    env = {"DAGSTER_HOME": "~/d23_home"}
+
+    home = _prepare_dagster_home(env)
+
+    assert home == tmp_path / "someone" / "d23_home"
+    assert env["DAGSTER_HOME"] == str(home)
+    assert (home / "dagster.yaml").is_file() and not (tmp_path / "~").exists()
+
+
+def test_a_dagster_home_in_the_home_folder_of_an_unknown_user_is_refused_naming_it() -> None:
+    with pytest.raises(SettingsError, match="DAGSTER_HOME starts with '~no_such_user_d23'"):
+        _prepare_dagster_home({"DAGSTER_HOME": "~no_such_user_d23/home"})
 
 
 def test_a_start_month_after_this_month_stops_make_run_naming_it(tmp_path: Path) -> None:
