@@ -1,6 +1,6 @@
 """Outcome mix and KPIs on a small hand-made month, checked against numbers worked out by hand."""
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -239,6 +239,28 @@ def test_a_user_mapping_overrides_the_shipped_one(warehouse: Warehouse, tmp_path
     assert kpis["unmapped_attempts"] == 3  # RPC, REFUSED_TO_PAY and WRONG_NUMBER now unmapped
 
 
+def test_an_empty_outcome_code_is_unmapped_until_the_mapping_names_it_quoted(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    with warehouse.connect() as con:
+        _insert(con, "e1", "", datetime(2026, 4, 3, 9, 30, tzinfo=UTC))
+    mapping = tmp_path / "classes.yaml"
+    mapping.write_text(
+        "promise: [PTP]\nrefusal: [REFUSED_TO_PAY]\nright_party_contact: [RPC]\n"
+        "contact: [WRONG_NUMBER]\nno_contact: [NO_ANSWER, '']\n"
+    )
+
+    shipped = _kpis(warehouse)
+    with warehouse.connect(read_only=True) as con:
+        unmapped = checks.unmapped_outcome_codes(con, date(2026, 4, 1))
+    named = _kpis(warehouse, mapping)
+
+    assert shipped["unmapped_attempts"] == 2  # MYSTERY_CODE and the empty code
+    assert unmapped.metadata["unmapped_codes"].value == '"": 1; MYSTERY_CODE: 1'
+    assert (named["unmapped_attempts"], named["attempts"]) == (1, 8)
+    assert named["contacts"] == shipped["contacts"]  # classed as no contact
+
+
 def test_mapping_version_changes_with_the_mapping_content_only(tmp_path: Path) -> None:
     shipped = default_mapping_path().read_text()
     copy, edited = tmp_path / "copy.yaml", tmp_path / "edited.yaml"
@@ -311,7 +333,10 @@ def test_a_row_at_a_months_first_instant_counts_in_that_month_only(warehouse: Wa
             "contact: [WRONG_NUMBER]\nno_contact: [NO_ANSWER, WRONG_NUMBER]\n",
             r"\['WRONG_NUMBER'\] listed as both contact and no_contact",
         ),
-        ("promise: [PTP, '']\n", "promise lists '', not codes"),
+        (
+            "no_contact:\n  - NO_ANSWER\n  -\n",
+            r"no_contact lists None, not codes: .* empty code is ''",
+        ),
         (
             "promise: [PTP, MAYBE]\nrefusal: [REFUSED_TO_PAY, MAYBE]\n",
             r"\['MAYBE'\] listed as both promise and refusal",

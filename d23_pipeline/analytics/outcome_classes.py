@@ -75,10 +75,11 @@ def load_outcome_classes(path: Path | None = None) -> dict[str, OutcomeClass]:
         codes = document.get(name) or []
         if not isinstance(codes, list):
             raise OutcomeMappingError(f"outcome mapping {path}: {name} must be a list of codes")
-        if not_codes := [c for c in codes if not (isinstance(c, str) and c)]:
+        # A bare `-` is YAML's null, a slip; an agent's empty outcome is named as quoted ''.
+        if not_codes := [c for c in codes if not isinstance(c, str)]:
             raise OutcomeMappingError(
                 f"outcome mapping {path}: {name} lists {', '.join(map(repr, not_codes[:5]))}, "
-                "not codes: a code is text (quote a number, '12'), never empty"
+                "not codes: a code is text (quote a number, '12'; an empty code is '')"
             )
         members[name] = set(codes)
     if not any(members.values()):
