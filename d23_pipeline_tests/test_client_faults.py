@@ -49,6 +49,7 @@ from d23_pipeline.client import (
     RetriesExhaustedError,
     RetryPolicy,
     SliceDone,
+    SlicePage,
     Window,
     WindowTooHeavyError,
     retry,
@@ -251,13 +252,61 @@ def test_a_count_missing_of_the_wrong_type_or_past_a_bigint_is_a_clear_error_not
 
 def test_a_persistent_500_exhausts_retries_naming_request_id_and_window() -> None:
     sim = paged(range(10))
-    sim.script(error(500, "req-500"), times=99, when=has_cursor)
+    sim.script(error(500, "req-500"), times=99)
     with client(sim) as reader, pytest.raises(RetriesExhaustedError) as caught:
         walk_ids(reader)
     message = str(caught.value)
     assert "req-500" in message and "HTTP 500" in message and str(DAY) in message
     assert caught.value.window == DAY
-    assert len(queries(sim)) == 1 + 4  # first page, then max_attempts tries of the second
+    assert len(queries(sim)) == 4  # max_attempts tries of the first page, which has no cursor
+
+
+def test_a_cursor_the_api_stops_taking_is_dropped_and_the_walk_reads_on_from_its_last_row() -> None:
+    # Pages of 3 through runs of 5 tied rows: the walk reads on from inside a tie.
+    sim = paged([t for t in (0, 10, 20, 30) for _ in range(5)], size=3)
+    refused: list[str] = []
+
+    def expired(request: SimRequest) -> bool:
+        # The cursor of the third page is refused from then on, as an expired one is.
+        if has_cursor(request) and not refused and len(queries(sim)) == 2:
+            refused.append(request.query["cursor"])
+        return request.query.get("cursor") in refused
+
+    sim.script(error(500), times=99, when=expired)
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        assert reader.stats.cursor_restarts == 1
+    # Pages 0-1 handed over the 5 rows at 0.000 and 1 at 0.010; 2-5 were the refused cursor's
+    # four tries; 6 reads on from 0.010 without it, skipping the row handed over there.
+    asked = queries(sim)
+    assert [q.get("cursor") for q in asked[2:6]] == refused * 4
+    assert "cursor" not in asked[6] and asked[6]["since"] == "2026-05-01T00:00:00.010Z"
+
+
+def test_a_500_on_every_cursor_drops_the_cursor_once_then_fails_naming_the_rest() -> None:
+    sim = paged(range(10))
+    sim.script(error(500, "req-500"), times=99, when=has_cursor)
+    with client(sim) as reader, pytest.raises(RetriesExhaustedError) as caught:
+        walk_ids(reader)
+    # First page, four tries of the second; from its last row (at 0.002) without a cursor,
+    # then four tries of that walk's first cursor: no cursor came through, so it gives up.
+    assert len(queries(sim)) == 1 + 4 + 1 + 4
+    assert reader.stats.cursor_restarts == 1
+    rest = Window(T0 + timedelta(milliseconds=2), DAY.until)
+    assert caught.value.window == rest and str(rest) in str(caught.value)
+
+
+def test_cursors_that_expire_every_few_pages_still_give_every_row_once() -> None:
+    # Each walk's cursors serve two pages; 1,000 rows in pages of 3, with ties, over 4 walks.
+    offsets = [(n // 4) * 300_000 for n in range(1_000)]
+    sim = simulator(rows_at(offsets), page_size=lambda limit: 3, cursor_pages=2)
+    with client(sim, max_concurrency=4, slice_size=timedelta(hours=6)) as reader:
+        events = list(reader.iter_slices(DAY))
+        restarts = reader.stats.cursor_restarts
+    ids = [r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows]
+    assert sorted(ids) == sorted(ids_in(sim)) and len(set(ids)) == len(ids) == 1_000
+    assert all(e.proof.verified and e.proof.reads == 1 for e in events if isinstance(e, SliceDone))
+    assert restarts >= 1_000 // 3 // 3 - 4  # about one a walk for every third page
 
 
 def _fails_once_with(failure: Transient, sent: list[float]) -> Callable[[], str]:

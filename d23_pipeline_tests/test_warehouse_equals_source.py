@@ -41,6 +41,7 @@ _faults = st.builds(
     grow_per_page=st.integers(0, 1),
     delete_per_page=st.integers(0, 1),
     error_5xx_rate=st.sampled_from([0.0, 0.1]),
+    cursor_pages=st.sampled_from([0, 2]),
     seed=st.integers(0, 1000),
 )
 

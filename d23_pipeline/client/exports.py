@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
+from d23_pipeline.client.errors import RetriesExhaustedError
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
 from d23_pipeline.client.retry import Retrier, RetryPolicy
@@ -552,6 +553,17 @@ class ExportsClient:
                 if narrowing.pause_strikes:
                     pause = self._retrier.policy.backoff(narrowing.pause_strikes)
                     self._retrier.pause(pause, cancel)
+                continue
+            except RetriesExhaustedError as exc:
+                if exc.status != 500 or not walk.cursor_refused():
+                    raise
+                self.stats.add("cursor_restarts")
+                log.warning(
+                    "the API kept answering 500 to a page of %s asked with a cursor, as it does "
+                    "to an expired or corrupt one; reading on from the last row handed over, "
+                    "without it",
+                    request.part,
+                )
                 continue
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)

@@ -33,6 +33,7 @@ class ClientStats:
         self.slice_rereads = 0
         self.shared_parts = 0
         self.limit_reductions = 0
+        self.cursor_restarts = 0
         self.final_page_limit = page_limit
         self.token_refreshes = 0
         self.logins = 0
@@ -90,6 +91,7 @@ class ClientStats:
                 "slice_rereads": self.slice_rereads,
                 "shared_parts": self.shared_parts,
                 "limit_reductions": self.limit_reductions,
+                "cursor_restarts": self.cursor_restarts,
                 "final_page_limit": self.final_page_limit,
                 "token_refreshes": self.token_refreshes,
                 "logins": self.logins,

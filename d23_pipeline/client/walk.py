@@ -220,6 +220,8 @@ class WindowWalk:
             self._seen_cursors: set[str] = set()
             self._strikes = 0
             self._handed_in_part = False  # a row or reject: what a read-on must make
+            # Read on from the edge after a refused cursor, and no page came on a cursor since.
+            self._cursor_dropped = False
 
     def next_request(self) -> PageRequest | None:
         """The page to fetch next, or ``None`` once the window is done."""
@@ -276,6 +278,7 @@ class WindowWalk:
         """Take in the page answering :meth:`next_request`; returns its rows and rejects not
         handed over before (a re-read after a 504 starts inside the last instant read)."""
         part = self._require_part()
+        self._cursor_dropped = self._cursor_dropped and self._cursor is None
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
         # As Python strings only where rejects need placing: a clean page makes no object per row.
         stamps: list[str] = column.to_pylist() if rejects else []
@@ -371,6 +374,19 @@ class WindowWalk:
             path=self._path,
             window=remaining,
         )
+
+    def cursor_refused(self) -> bool:
+        """The API kept failing the request from :meth:`next_request` with a 500, the answer to
+        a corrupt cursor (documented), and to one that expired. Read the part on from its edge
+        without the cursor, the same re-read as after a 504; whether it does: not for a request
+        without a cursor, nor twice before a page came through on a cursor again (the fault is
+        then not the cursor's)."""
+        part = self._require_part()
+        if self._cursor is None or self._cursor_dropped:
+            return False
+        self._restart_part(Window(parse_timestamp(self._edge), part.window.until))
+        self._cursor_dropped = True
+        return True
 
     def _read_again_in(self, pieces: list[Window]) -> None:
         """Read what is left of the part again, from its edge, as ``pieces`` that tile it."""

@@ -184,23 +184,30 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def encode_cursor(key: tuple[int, int] | None, empty_pages: int = 0) -> str:
+def encode_cursor(
+    key: tuple[int, int] | None, empty_pages: int = 0, served: int | None = None
+) -> str:
     """Opaque cursor resuming after the boundary key ``(communicated_ms, object_id)`` (None: at
     the window's start). ``empty_pages`` counts the pages in a row that scanned nothing there
-    (the page-size hook's), so that each of them still hands out a new cursor."""
+    (the page-size hook's), so that each of them still hands out a new cursor; ``served``, the
+    pages its walk has served, where cursors expire."""
     payload: dict[str, Any] = {}
     if key is not None:
         payload.update(t=format_ms(key[0]), id=f"{key[1]:024x}")
     if empty_pages:
         payload["e"] = empty_pages
+    if served is not None:
+        payload["n"] = served
     return _b64(orjson.dumps(payload))
 
 
-def decode_cursor(cursor: str) -> tuple[tuple[int, int] | None, int]:
-    """Inverse of :func:`encode_cursor`: ``(key, empty_pages)``; ValueError on anything else."""
+def decode_cursor(cursor: str) -> tuple[tuple[int, int] | None, int, int]:
+    """Inverse of :func:`encode_cursor`: ``(key, empty_pages, served)``; ValueError on anything
+    else."""
     try:
         raw = orjson.loads(_unb64(cursor))
         empty_pages = raw.get("e", 0)
+        served = raw.get("n", 0)
         key = None
         if "t" in raw or "id" in raw or not empty_pages:
             key = (to_ms(datetime.fromisoformat(raw["t"])), int(raw["id"], 16))
@@ -215,9 +222,11 @@ def decode_cursor(cursor: str) -> tuple[tuple[int, int] | None, int]:
         raise ValueError(f"corrupt cursor: {exc}") from None
     if not isinstance(empty_pages, int) or empty_pages < 0:
         raise ValueError("corrupt cursor: bad page count")
+    if not isinstance(served, int) or served < 0:
+        raise ValueError("corrupt cursor: bad page number")
     if key is not None and (key[0] < 0 or not 0 <= key[1] < _OID_LIMIT):
         raise ValueError("corrupt cursor: key out of range")
-    return key, empty_pages
+    return key, empty_pages, served
 
 
 def _parse_ts(value: str | None) -> int | None:
@@ -580,12 +589,15 @@ class Simulator:
             return SimResponse.gateway_page(504, "Gateway Time-out")
 
         descending = query.get("sort", "asc").lower() == "desc"
-        after, empty_pages = None, 0
+        after, empty_pages, served = None, 0, 0
         if query.get("cursor"):
             try:
-                after, empty_pages = decode_cursor(query["cursor"])
+                after, empty_pages, served = decode_cursor(query["cursor"])
             except ValueError:
                 return SimResponse.error(500, "Internal server error", request_id)
+        lifetime = self._faults.cursor_pages
+        if lifetime and served >= lifetime:
+            return SimResponse.error(500, "Internal server error", request_id)
 
         started = time.monotonic()
         counting = _is_count(query)
@@ -601,9 +613,9 @@ class Simulator:
             next_cursor = None
         elif page.last_key is None:
             # A page that scanned nothing stays where it was, but with a cursor of its own.
-            next_cursor = encode_cursor(after, empty_pages + 1)
+            next_cursor = encode_cursor(after, empty_pages + 1, served + 1 if lifetime else None)
         else:
-            next_cursor = encode_cursor(page.last_key)
+            next_cursor = encode_cursor(page.last_key, served=served + 1 if lifetime else None)
         pagination: dict[str, Any] = {"nextCursor": next_cursor, "limit": limit}
         if counting:
             pagination.update(self._total(since, until))

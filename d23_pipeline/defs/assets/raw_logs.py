@@ -84,6 +84,7 @@ def raw_logs(
             "max_window_minutes": None if learned is None else learned / timedelta(minutes=1),
             "count_splits": stats["count_splits"],
             "final_page_limit": stats["final_page_limit"],
+            "cursor_restarts": stats["cursor_restarts"],
             "ignored_extra_fields": dg.MetadataValue.json(stats["extra_fields"]),
             "api_total": None if None in after else sum(after),
             "preview": dg.MetadataValue.md(markdown_table(snapshot.preview(10))),
