@@ -62,6 +62,8 @@ from d23_pipeline.schema import parse_timestamp
 from d23_pipeline.settings import LoginCredentials, TokenCredentials
 from d23_pipeline.simulator import DROP, SimRequest, SimResponse, Simulator, serve
 
+GATEWAY_502 = SimResponse.gateway_page(502)
+
 
 def paged(offsets: list[int] | range, size: int = 3) -> Simulator:
     return simulator(rows_at(offsets), page_size=lambda limit: size)
@@ -294,6 +296,34 @@ def test_a_500_on_every_cursor_drops_the_cursor_once_then_fails_naming_the_rest(
     assert reader.stats.cursor_restarts == 1
     rest = Window(T0 + timedelta(milliseconds=2), DAY.until)
     assert caught.value.window == rest and str(rest) in str(caught.value)
+
+
+def test_an_expired_cursor_whose_last_try_met_a_passing_502_is_still_dropped() -> None:
+    sim = paged(range(10))
+    tries = itertools.count(1)
+    sim.script(error(500), times=3, when=has_cursor)  # the second page's cursor has expired
+    sim.script(GATEWAY_502, when=lambda request: has_cursor(request) and next(tries) == 1)
+
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        assert reader.stats.cursor_restarts == 1
+    assert [q.get("cursor") is None for q in queries(sim)[:6]] == [True] + [False] * 4 + [True]
+
+
+def test_cursors_that_expire_before_a_walk_gets_past_its_tied_rows_fail_it_not_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 7 rows at one instant, pages of 3, cursors good for 2 pages: a walk from the instant
+    # without a cursor skips 6 rows handed over already, and its cursor expires before row 7.
+    sim = simulator(rows_at([0] * 7 + [5, 6, 7]), page_size=lambda limit: 3, cursor_pages=2)
+    with client(sim) as reader, pytest.raises(RetriesExhaustedError) as caught:
+        walk_ids(reader)
+
+    assert caught.value.window == DAY and caught.value.status == 500
+    assert reader.stats.cursor_restarts == 1
+    # Pages 1-2, four tries of page 3; from the instant: 2 pages, four tries of the third.
+    assert len(queries(sim)) == 2 + 4 + 2 + 4
+    assert "faster than the walk gets on" in caplog.text
 
 
 def test_cursors_that_expire_every_few_pages_still_give_every_row_once() -> None:

@@ -58,11 +58,20 @@ class NotTheApiError(ExportsApiError):
 
 
 class RetriesExhaustedError(ExportsApiError):
-    """A transient failure (429, 5xx, timeout, dropped connection) outlasted the retry budget."""
+    """A transient failure (429, 5xx, timeout, dropped connection) outlasted the retry budget;
+    ``status`` is the last attempt's, ``statuses`` every attempt's that got an answer."""
 
-    def __init__(self, message: str, *, cause: str, **context: Unpack[ErrorContext]) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: str,
+        statuses: frozenset[int] = frozenset(),
+        **context: Unpack[ErrorContext],
+    ) -> None:
         super().__init__(f"{message}; last failure: {cause}", **context)
         self.cause = cause
+        self.statuses = statuses
 
 
 class WindowTooHeavyError(ExportsApiError):

@@ -555,13 +555,23 @@ class ExportsClient:
                     self._retrier.pause(pause, cancel)
                 continue
             except RetriesExhaustedError as exc:
-                if exc.status != 500 or not walk.cursor_refused():
+                # Any attempt's 500: the last may have met a passing 502 or a dropped connection.
+                if 500 not in exc.statuses or request.cursor is None:
+                    raise
+                if not walk.cursor_refused():
+                    log.error(
+                        "a page of %s asked with a cursor ran out of retries, answered 500, "
+                        "before the walk got past the rows where it last read on without a "
+                        "refused cursor: the API refuses its cursors (expired or corrupt) "
+                        "faster than the walk gets on",
+                        request.part,
+                    )
                     raise
                 self.stats.add("cursor_restarts")
                 log.warning(
-                    "the API kept answering 500 to a page of %s asked with a cursor, as it does "
-                    "to an expired or corrupt one; reading on from the last row handed over, "
-                    "without it",
+                    "a page of %s asked with a cursor ran out of retries, answered 500 (the "
+                    "API's answer to an expired or corrupt cursor); reading on from the last row "
+                    "handed over, without the cursor",
                     request.part,
                 )
                 continue

@@ -341,6 +341,7 @@ class Retrier:
         waited = 0.0
         number = 0
         counted = 0  # the attempts that count against max_attempts: not those paced by a 429
+        statuses: set[int] = set()
         while True:
             number += 1
             if cancel is not None and cancel.is_set():
@@ -357,6 +358,8 @@ class Retrier:
                 failure = Transient("bad_body", detail=type(exc).__name__)
             except Transient as exc:
                 failure = exc
+            if failure.status is not None:
+                statuses.add(failure.status)
             retry_after = failure.retry_after
             paced = (
                 failure.status == 429
@@ -366,7 +369,9 @@ class Retrier:
             )
             counted += not paced
             if counted >= self.policy.max_attempts:
-                raise self._give_up(failure, f"{what} failed after {number} attempts", path, window)
+                raise self._give_up(
+                    failure, f"{what} failed after {number} attempts", path, window, statuses
+                )
             delay = retry_after if retry_after is not None else self.policy.backoff(number)
             if waited + delay > self.policy.max_total_wait_s:
                 raise self._give_up(
@@ -375,6 +380,7 @@ class Retrier:
                     f"exceed the {self.policy.max_total_wait_s:.0f}s retry budget",
                     path,
                     window,
+                    statuses,
                 )
             self._stats.retry(failure.cause)
             log.info(
@@ -398,7 +404,7 @@ class Retrier:
 
     @staticmethod
     def _give_up(
-        failure: Transient, message: str, path: str, window: Window | None
+        failure: Transient, message: str, path: str, window: Window | None, statuses: set[int]
     ) -> ProtocolError | RetriesExhaustedError:
         context: ErrorContext = {
             "status": failure.status,
@@ -411,4 +417,6 @@ class Retrier:
                 f"{message}: the API kept answering with an invalid body: {failure.detail}",
                 **context,
             )
-        return RetriesExhaustedError(message, cause=failure.describe(), **context)
+        return RetriesExhaustedError(
+            message, cause=failure.describe(), statuses=frozenset(statuses), **context
+        )

@@ -190,6 +190,10 @@ class WindowWalk:
         # Rows at the edge's instant met so far, in order, skipped ones included.
         self._at_edge = 0
         self._part: _Part | None = None
+        # Where the walk last read on without a refused cursor (the edge and its rows), and
+        # whether a page came on a cursor since.
+        self._dropped_at: tuple[str, int] | None = None
+        self._cursor_served = False
         self._start_next_part()
 
     def _start_next_part(self) -> None:
@@ -220,8 +224,6 @@ class WindowWalk:
             self._seen_cursors: set[str] = set()
             self._strikes = 0
             self._handed_in_part = False  # a row or reject: what a read-on must make
-            # Read on from the edge after a refused cursor, and no page came on a cursor since.
-            self._cursor_dropped = False
 
     def next_request(self) -> PageRequest | None:
         """The page to fetch next, or ``None`` once the window is done."""
@@ -278,7 +280,7 @@ class WindowWalk:
         """Take in the page answering :meth:`next_request`; returns its rows and rejects not
         handed over before (a re-read after a 504 starts inside the last instant read)."""
         part = self._require_part()
-        self._cursor_dropped = self._cursor_dropped and self._cursor is None
+        self._cursor_served = self._cursor_served or self._cursor is not None
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
         # As Python strings only where rejects need placing: a clean page makes no object per row.
         stamps: list[str] = column.to_pylist() if rejects else []
@@ -379,13 +381,19 @@ class WindowWalk:
         """The API kept failing the request from :meth:`next_request` with a 500, the answer to
         a corrupt cursor (documented), and to one that expired. Read the part on from its edge
         without the cursor, the same re-read as after a 504; whether it does: not for a request
-        without a cursor, nor twice before a page came through on a cursor again (the fault is
-        then not the cursor's)."""
+        without a cursor, nor again before a page came through on a cursor and the walk handed
+        over a row past the point where it last did so. Otherwise an API refusing every cursor
+        would have the walk crawl a page per retry budget, and cursors that expire before a walk
+        gets past a stretch of ties or empty pages would have it read that stretch for ever."""
         part = self._require_part()
-        if self._cursor is None or self._cursor_dropped:
+        position = (self._edge, len(self._edge_ids))
+        if self._cursor is None or (
+            self._dropped_at is not None
+            and (not self._cursor_served or position <= self._dropped_at)
+        ):
             return False
         self._restart_part(Window(parse_timestamp(self._edge), part.window.until))
-        self._cursor_dropped = True
+        self._dropped_at, self._cursor_served = position, False
         return True
 
     def _read_again_in(self, pieces: list[Window]) -> None:
