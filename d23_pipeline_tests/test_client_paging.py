@@ -26,7 +26,15 @@ from api import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d23_pipeline.client import CursorLoopError, ProtocolError, SliceRestart, Window, WindowTotal
+from d23_pipeline.client import (
+    CursorLoopError,
+    ProtocolError,
+    SliceDone,
+    SlicePage,
+    SliceRestart,
+    Window,
+    WindowTotal,
+)
 from d23_pipeline.client.pages import read_total
 from d23_pipeline.client.stats import FURTHER_NAMES, WITHHELD_NAME, ClientStats
 from d23_pipeline.schema import D23_FIELDS
@@ -266,6 +274,39 @@ def test_an_extra_field_name_of_64_characters_is_shown_and_one_of_65_is_withheld
     stats = ClientStats(page_limit=500)
     stats.page(1, 1, 0, {"a" * 64, "b" * 65})
     assert stats.as_dict()["extra_fields"] == {"a" * 64: 1, WITHHELD_NAME: 1}
+
+
+def test_a_first_read_whose_counts_moved_is_read_again_on_past_its_walks_ends() -> None:
+    # Ten rows an hour apart, pages of 3. While the day is read a row is logged late at 04:30,
+    # ahead of the walk, and the API ends the walk early after 08:00: 10 rows served between
+    # counts of 10 and 11, yet the row at 09:00 was not handed over.
+    late = row(10, T0 + timedelta(days=2))
+    sim = simulator(
+        [row(n, T0 + timedelta(hours=n)) for n in range(10)] + [late], page_size=cycle(3)
+    )
+    pages = itertools.count(1)
+    serve = sim.handle
+
+    def handle(method: str, path: str, query: Any, headers: Any, body: bytes) -> Any:
+        page = next(pages) if "/exports/" in path and "includeTotal" not in query else None
+        if page == 2:
+            sim.move_row(late["public_id"], T0 + timedelta(hours=4.5))
+        answer = serve(method, path, query, headers, body)
+        if page == 4:  # r8's page: the API ends the walk there, r9 left
+            payload = orjson.loads(answer.body)
+            payload["body"]["pagination"]["nextCursor"] = None
+            answer.body = orjson.dumps(payload)
+        return answer
+
+    sim.handle = handle  # type: ignore[method-assign]
+    with client(sim, slice_size=timedelta(days=1)) as reader:
+        events = list(reader.iter_slices(DAY))
+
+    served = {r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows}
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert served == set(ids_in(sim))
+    assert sum(isinstance(e, SliceRestart) for e in events) == 1
+    assert done.proof.verified and done.proof.reads == 2
 
 
 def test_a_slice_read_again_is_walked_with_smaller_pages() -> None:

@@ -310,6 +310,15 @@ def test_a_read_whose_walks_could_not_read_on_past_every_end_is_not_proven_compl
     assert judge(4, counted, counted, 2).verified
 
 
+def test_a_first_read_whose_counts_moved_says_it_is_read_again_to_be_proven() -> None:
+    moved = judge(10, WindowTotal(10, True, None), WindowTotal(11, True, None))
+
+    assert not moved.verified
+    assert moved.reason.startswith("changed while read, by a first read, which does not walk on")
+    assert judge(10, WindowTotal(10, True, None), WindowTotal(11, True, None), 2).verified
+    assert judge(10, WindowTotal(10, True, None), WindowTotal(10, True, None)).verified
+
+
 @pytest.mark.parametrize(
     ("served", "before", "after", "why"),
     [

@@ -91,6 +91,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         )
         self.runs = 0
         self.held_when_read: dict[Path, set[str]] = {}
+        self.unchanged_while_read: dict[Path, set[tuple]] = {}
         # Rows the source serves broken, and their months (they move no more).
         self.broken: dict[str, str] = {}
         for month in MONTHS if loaded else ():
@@ -167,6 +168,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
             assert self._query("SELECT * FROM d23.logs ORDER BY public_id") == before
         else:
             self._merge(read.snapshot)
+            self._assert_rows_unchanged_while_read_are_stored(read)
 
     @rule(month=st.sampled_from(MONTHS), after_slices=st.integers(1, 6))
     def read_interrupted(self, month: str, after_slices: int) -> None:
@@ -254,6 +256,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         source held in the month when it finished."""
         self.sim.faults = dataclasses.replace(faults)
         self.runs += 1
+        at_start = source_rows(self.sim, month)
         try:
             read = read_month(
                 self.client,
@@ -266,6 +269,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
             )
         finally:
             self.sim.faults = Faults()
+        self.unchanged_while_read[read.snapshot.directory] = at_start & source_rows(self.sim, month)
         served = {row["public_id"] for row in self.sim.rows(*month_window(month))}
         self.held_when_read[read.snapshot.directory] = served | {
             public_id for public_id, where in self.broken.items() if where == month
@@ -282,6 +286,17 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         month = snapshot.partition[:7]
         deleted = self._ids(month, "_deleted_at IS NOT NULL")
         assert deleted & self.held_when_read[snapshot.directory] == set()
+
+    def _assert_rows_unchanged_while_read_are_stored(self, read: MonthRead) -> None:
+        """After a read that proved every slice complete, merged at once: every row the month
+        held, unchanged, from the read's start to its end, is stored as the source holds it,
+        whatever else changed meanwhile (a row logged or deleted while a walk went on must not
+        stand in, in a slice's count, for one an early end left unread)."""
+        if read.slices_resumed or read.snapshot.unverified:
+            return
+        month = read.snapshot.partition[:7]
+        unchanged = self.unchanged_while_read[read.snapshot.directory]
+        assert unchanged <= stored_rows(self._query, month)
 
     def _assert_equals_the_source(self, month: str) -> None:
         """The month as a clean read leaves it: every valid row as the source serves it; a row
