@@ -313,8 +313,9 @@ def test_an_expired_cursor_whose_last_try_met_a_passing_502_is_still_dropped() -
 def test_cursors_that_expire_before_a_walk_gets_past_its_tied_rows_fail_it_not_loop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # 7 rows at one instant, pages of 3, cursors good for 2 pages: a walk from the instant
-    # without a cursor skips 6 rows handed over already, and its cursor expires before row 7.
+    # 7 rows at one instant, pages of 3, a walk's cursor expiring after its 2nd page: a walk
+    # from the instant without a cursor skips 6 rows handed over already, and its cursor
+    # expires before row 7.
     sim = simulator(rows_at([0] * 7 + [5, 6, 7]), page_size=lambda limit: 3, cursor_pages=2)
     with client(sim) as reader, pytest.raises(RetriesExhaustedError) as caught:
         walk_ids(reader)
@@ -327,7 +328,8 @@ def test_cursors_that_expire_before_a_walk_gets_past_its_tied_rows_fail_it_not_l
 
 
 def test_cursors_that_expire_every_few_pages_still_give_every_row_once() -> None:
-    # Each walk's cursors serve two pages; 1,000 rows in pages of 3, with ties, over 4 walks.
+    # Each walk gets two pages before its cursor expires; 1,000 rows in pages of 3, with ties,
+    # over 4 walks.
     offsets = [(n // 4) * 300_000 for n in range(1_000)]
     sim = simulator(rows_at(offsets), page_size=lambda limit: 3, cursor_pages=2)
     with client(sim, max_concurrency=4, slice_size=timedelta(hours=6)) as reader:
@@ -336,7 +338,8 @@ def test_cursors_that_expire_every_few_pages_still_give_every_row_once() -> None
     ids = [r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows]
     assert sorted(ids) == sorted(ids_in(sim)) and len(set(ids)) == len(ids) == 1_000
     assert all(e.proof.verified and e.proof.reads == 1 for e in events if isinstance(e, SliceDone))
-    assert restarts >= 1_000 // 3 // 3 - 4  # about one a walk for every third page
+    # A walk loses its cursor every second page, less where a cut starts a fresh walk.
+    assert restarts >= 1_000 // 3 // 3 - 4
 
 
 def _fails_once_with(failure: Transient, sent: list[float]) -> Callable[[], str]:

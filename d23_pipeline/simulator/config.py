@@ -40,9 +40,9 @@ class Faults:
     # that changes while it is read, as the current month does every day.
     grow_per_page: int = 0
     delete_per_page: int = 0
-    # Cursors that expire, as an API's server-side cursors may: a walk's cursors serve this
-    # many pages after its first (a page asked without a cursor); the next cursor is answered
-    # 500, as a corrupt one is (documented). 0 for never.
+    # Cursors that expire, as an API's server-side cursors may: a walk gets this many pages,
+    # its first (asked without a cursor) included; the cursor the last of them hands out is
+    # answered 500, as a corrupt one is (documented). 0 for never.
     cursor_pages: int = 0
     seed: int = 0
 
