@@ -65,7 +65,8 @@ def read_month(
     read earlier (or by an earlier run), so before anything counts as absent a second read of the
     month must not find it (:func:`_not_moved`), no bad row without a usable ``public_id`` may
     have been served anywhere in the month (it may be one of those rows), and no other month may
-    still serve it as a bad row (:func:`_not_rejected_elsewhere`).
+    still serve it as a bad row carrying its id (:func:`_not_rejected_elsewhere`; other months'
+    bad rows without one are not weighed, or one would hold every month's deletions).
     ``progress`` hears of every finished slice.
     """
     answer_pyarrows_pandas_probe()  # before the reader threads convert their first page
