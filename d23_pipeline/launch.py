@@ -174,8 +174,10 @@ def _start_simulator(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     if replaced:
         print(f"Not used with the bundled simulator (it has its demo user): {', '.join(replaced)}")
     env.update(demo)
-    # The simulator serves the six months up to now; start the partitions where its data does.
-    env.setdefault("D23_START_MONTH", simulator_start_month(datetime.now(UTC)))
+    # The simulator serves the six months up to now; start the partitions where its data does
+    # (unless a start month is set: blank, as an env file leaves it, is unset).
+    if not env.get("D23_START_MONTH", "").strip():
+        env["D23_START_MONTH"] = simulator_start_month(datetime.now(UTC))
     return process
 
 

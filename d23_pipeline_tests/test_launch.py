@@ -310,6 +310,25 @@ def test_make_run_keeps_the_start_month_a_user_set_when_it_starts_the_simulator(
     assert "d23_pipeline.backfill 2025-01 " in out
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_start_month_is_unset_so_make_run_starts_where_its_simulator_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], blank: str
+) -> None:
+    start_months = []
+
+    _make_run(
+        monkeypatch,
+        tmp_path,
+        lambda env, port: start_months.append(env["D23_START_MONTH"]),
+        D23_SIMULATOR_PORT=str(free_port()),
+        D23_START_MONTH=blank,
+    )
+
+    first = simulator_start_month(datetime.now(UTC))
+    assert start_months == [first]
+    assert f"d23_pipeline.backfill {first} " in capsys.readouterr().out
+
+
 def test_the_simulator_make_run_starts_serves_rows_from_the_first_partition_on_not_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
