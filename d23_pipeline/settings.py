@@ -435,6 +435,11 @@ def read_data_dir(env: Mapping[str, str]) -> Path:
     return path
 
 
+def read_report_timezone(env: Mapping[str, str]) -> str:
+    """``D23_REPORT_TIMEZONE`` (default UTC)."""
+    return validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC")
+
+
 def read_warehouse_database(env: Mapping[str, str]) -> str:
     """The embedded DuckDB file's path as ``D23_DATA_DIR`` sets it."""
     return str((read_data_dir(env) / "warehouse.duckdb").resolve())
@@ -463,7 +468,7 @@ def load_options(env: Mapping[str, str] | None = None) -> PipelineOptions:
         # Absolute: a run's process may start in another folder than the code server's.
         outcome_mapping=local_path("D23_OUTCOME_MAPPING", mapping).resolve() if mapping else None,
         max_deletion_share=read_max_deletion_share(env),
-        report_timezone=validate_timezone(env.get("D23_REPORT_TIMEZONE", "").strip() or "UTC"),
+        report_timezone=read_report_timezone(env),
         warehouse=warehouse,
         ducklake_data_path=ducklake_data_path,
     )

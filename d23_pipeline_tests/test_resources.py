@@ -1,12 +1,14 @@
 """The Dagster resources' own contracts, apart from the assets that use them."""
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
 import pytest
 from harness import MONTHS, Pipeline
 
+from d23_pipeline.analytics import dashboard
 from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource, WarehouseResource
 from d23_pipeline.settings import SettingsError, load_options
 
@@ -181,6 +183,35 @@ def test_a_runs_warehouse_config_of_one_field_keeps_the_warehouse_of_the_environ
     assert result.success
     deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
     assert {r[0] for r in deleted} == gone
+
+
+def test_a_runs_dashboard_or_landing_config_of_one_field_keeps_the_others_from_the_environment(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The launchpad's dashboard path alone drew the dashboard in UTC, and its landing age
+    # alone failed the run's config for want of the raw folder.
+    monkeypatch.setenv("D23_DATA_DIR", str(pipeline.data_dir))
+    monkeypatch.setenv("D23_REPORT_TIMEZONE", "Asia/Kolkata")
+    drawn_in = []
+    gather = dashboard.gather
+
+    def gather_noting_the_zone(con: duckdb.DuckDBPyConnection, *args: Any) -> Any:
+        drawn_in.append(args[1])
+        return gather(con, *args)
+
+    monkeypatch.setattr(dashboard, "gather", gather_noting_the_zone)
+    elsewhere = tmp_path / "elsewhere.html"
+    config = {
+        "resources": {
+            "dashboard_file": {"config": {"path": str(elsewhere)}},
+            "landing_zone": {"config": {"resume_max_age_hours": 48}},
+        }
+    }
+
+    result = pipeline.materialize(MONTHS[0], run_config=config)
+
+    assert result.success and drawn_in == ["Asia/Kolkata"] and elsewhere.is_file()
+    assert (pipeline.data_dir / "raw" / "d23" / f"{MONTHS[0]}-01").is_dir()
 
 
 def test_a_warehouse_resource_given_every_field_reads_no_variable(

@@ -30,7 +30,9 @@ from d23_pipeline.settings import (
     ApiConnection,
     load_api_connection,
     read_api_limits,
+    read_data_dir,
     read_max_deletion_share,
+    read_report_timezone,
     read_warehouse_database,
     validate_timezone,
     validate_warehouse,
@@ -225,7 +227,10 @@ class WarehouseResource(dg.ConfigurableResource):
 class LandingZoneResource(dg.ConfigurableResource):
     """Where raw monthly snapshots are written (``$D23_DATA_DIR/raw``)."""
 
-    raw_dir: str
+    # Unset, read when a step runs: a run config naming only some fields keeps the others.
+    raw_dir: str | None = Field(
+        default=None, description="The raw snapshots' folder ($D23_DATA_DIR/raw when unset)"
+    )
     resume_max_age_hours: int = Field(
         default=RESUME_MAX_AGE // timedelta(hours=1),
         ge=0,
@@ -235,7 +240,8 @@ class LandingZoneResource(dg.ConfigurableResource):
     def store(self) -> SnapshotStore:
         from d23_pipeline.landing.snapshot import SnapshotStore
 
-        return SnapshotStore(Path(self.raw_dir) / "d23", timedelta(hours=self.resume_max_age_hours))
+        raw_dir = Path(self.raw_dir) if self.raw_dir else read_data_dir(os.environ) / "raw"
+        return SnapshotStore(raw_dir.resolve() / "d23", timedelta(hours=self.resume_max_age_hours))
 
 
 class OutcomeMappingResource(dg.ConfigurableResource):
@@ -252,9 +258,23 @@ class OutcomeMappingResource(dg.ConfigurableResource):
 class DashboardResource(dg.ConfigurableResource):
     """Where the outcome dashboard is written, and the time zone its times of day are in."""
 
-    path: str = Field(description="The HTML file ($D23_DATA_DIR/reports/outcome_dashboard.html)")
-    timezone: str = Field(default="UTC", description="D23_REPORT_TIMEZONE: an IANA time zone")
+    # Unset, read when a step runs: a run config naming only some fields keeps the others.
+    path: str | None = Field(
+        default=None,
+        description="The HTML file ($D23_DATA_DIR/reports/outcome_dashboard.html when unset)",
+    )
+    timezone: str | None = Field(
+        default=None, description="An IANA time zone ($D23_REPORT_TIMEZONE, else UTC, when unset)"
+    )
 
     def zone(self) -> str:
         """The time zone, validated; a bad name raises SettingsError naming the variable."""
-        return validate_timezone(self.timezone)
+        if self.timezone:
+            return validate_timezone(self.timezone)
+        return read_report_timezone(os.environ)
+
+    def file(self) -> Path:
+        """Where the dashboard is written."""
+        if self.path:
+            return Path(self.path).resolve()
+        return (read_data_dir(os.environ) / "reports" / "outcome_dashboard.html").resolve()

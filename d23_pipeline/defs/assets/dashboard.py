@@ -6,7 +6,6 @@ in the warehouse, so one run of any month (the UI, a backfill, the daily refresh
 """
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
@@ -40,7 +39,7 @@ def outcome_dashboard(
     timezone = dashboard_file.zone()
     with warehouse.get_connection() as con:
         data = dashboard.gather(con, outcome_mapping.classes(), timezone, datetime.now(UTC))
-    path = Path(dashboard_file.path).resolve()
+    path = dashboard_file.file()
     dashboard.write_dashboard(path, data)
     latest, _ = data.tile_months()
     metadata: dict[str, object] = {
