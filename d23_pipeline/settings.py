@@ -128,6 +128,10 @@ LOCK_TIMEOUT_S = 900.0
 # ~1M rows (store.MERGE_PART_ROWS); a merge that still runs out is merged again within twice
 # the limit, then without one (merge_within_memory_limit).
 DEFAULT_MEMORY_LIMIT = "48MB"
+# A size as DuckDB's memory_limit reads one: 1000^i (KB..TB) or 1024^i (KiB..TiB) bytes.
+MEMORY_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", re.IGNORECASE)
+# Below it DuckDB cannot hold a block to read a month's files into (8 MB ran out of memory).
+MIN_MEMORY_LIMIT_BYTES = 16 * 10**6
 # An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
 RESUME_MAX_AGE = timedelta(hours=24)
 # The client's retries of one request (RetryPolicy): attempts, the first one included, and the
@@ -433,6 +437,21 @@ def read_data_dir(env: Mapping[str, str]) -> Path:
             f"D23_DATA_DIR points to {value!r}, but {str(existing)!r} is not a folder"
         )
     return path
+
+
+def validate_memory_limit(value: str) -> str:
+    """A memory limit DuckDB reads (``48MB``, ``1.5GB``, ``512MiB``) of at least 16 MB; else a
+    ValueError naming the forms, before a run downloads a month only to fail at its merge."""
+    size = MEMORY_SIZE.fullmatch(value.strip())
+    if size is None:
+        raise ValueError(
+            f"{value!r} is not a size DuckDB reads: a number and KB, MB, GB or TB (powers of "
+            "1000) or KiB, MiB, GiB or TiB (powers of 1024), such as 48MB"
+        )
+    number, prefix, binary = float(size[1]), size[2].upper(), size[3]
+    if number * (1024 if binary else 1000) ** ("KMGT".index(prefix) + 1) < MIN_MEMORY_LIMIT_BYTES:
+        raise ValueError(f"{value!r} is below 16MB, too little for DuckDB to read a month")
+    return value
 
 
 def read_report_timezone(env: Mapping[str, str]) -> str:

@@ -89,6 +89,35 @@ def test_a_runs_config_out_of_a_settings_range_fails_naming_the_field(
 
 
 @pytest.mark.parametrize(
+    ("memory_limit", "says"),
+    [("2 gigs", "is not a size DuckDB reads"), ("80%", "such as 48MB"), ("8MB", "below 16MB")],
+)
+def test_a_runs_memory_limit_duckdb_cannot_take_fails_before_the_api_is_read(
+    pipeline: Pipeline, memory_limit: str, says: str
+) -> None:
+    # DuckDB itself refused it only when the landing step opened the warehouse, after the
+    # month was downloaded, and the run was retried.
+    config = {"resources": {"warehouse": {"config": {"memory_limit": memory_limit}}}}
+
+    result = pipeline.materialize(MONTHS[0], raise_on_error=False, run_config=config)
+
+    (failure,) = [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
+    error = str(failure.event_specific_data.error)
+    assert "WarehouseResource\nmemory_limit\n" in error and says in error
+    assert pipeline.sim.stats.snapshot()["by_kind"].get("data", 0) == 0
+
+
+@pytest.mark.parametrize("memory_limit", ["48MB", "1.5GB", "512MiB", "96 mb"])
+def test_a_memory_limit_in_any_form_duckdb_reads_is_taken(
+    tmp_path: Path, memory_limit: str
+) -> None:
+    resource = WarehouseResource(database=str(tmp_path / "w.duckdb"), memory_limit=memory_limit)
+
+    with resource.get_connection() as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone() is not None
+
+
+@pytest.mark.parametrize(
     ("variable", "field", "low", "high"),
     [
         ("D23_PAGE_LIMIT", "page_limit", 1, 1000),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.settings import (
@@ -34,6 +34,7 @@ from d23_pipeline.settings import (
     read_max_deletion_share,
     read_report_timezone,
     read_warehouse_database,
+    validate_memory_limit,
     validate_timezone,
     validate_warehouse,
 )
@@ -189,6 +190,11 @@ class WarehouseResource(dg.ConfigurableResource):
             "memory runs again within twice the limit, then without one"
         ),
     )
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _a_size_duckdb_reads(cls, value: str) -> str:
+        return validate_memory_limit(value)
 
     def allowed_deletion_share(self) -> float:
         """The share of a month's live rows a merge may mark deleted without confirmation."""

@@ -24,7 +24,12 @@ from filelock import FileLock, Timeout
 from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import Snapshot, StaleReject
 from d23_pipeline.pandas_probes import pandas_probes_refused
-from d23_pipeline.settings import DEFAULT_MAX_DELETION_SHARE, DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S
+from d23_pipeline.settings import (
+    DEFAULT_MAX_DELETION_SHARE,
+    DEFAULT_MEMORY_LIMIT,
+    LOCK_TIMEOUT_S,
+    MEMORY_SIZE,
+)
 from d23_pipeline.warehouse import sql
 
 # DuckDB's memory beyond DEFAULT_MEMORY_LIMIT (what it does not track: per-thread hash tables,
@@ -37,7 +42,6 @@ DUCKDB_THREADS = 1
 # the first time into a warehouse holding other months.
 MERGE_PART_ROWS = 1_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", re.IGNORECASE)
 log = logging.getLogger("d23_pipeline.warehouse")
 HELD_REASON = (
     "proven gone, but more than the allowed share of the month's live rows "
@@ -52,12 +56,12 @@ _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def _doubled(memory_limit: str) -> str | None:
-    """Twice a DuckDB size ("48MB" -> "96MB"); None for anything else (a percentage)."""
-    size = _SIZE.fullmatch(memory_limit.strip())
+    """Twice a DuckDB size ("48MB" -> "96MB"); None for anything else."""
+    size = MEMORY_SIZE.fullmatch(memory_limit.strip())
     if size is None:
         return None
     twice = float(size[1]) * 2
-    return f"{int(twice) if twice.is_integer() else twice}{size[2]}"
+    return f"{int(twice) if twice.is_integer() else twice}{size[2]}{size[3]}B"
 
 
 def execute(
