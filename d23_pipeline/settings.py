@@ -436,6 +436,10 @@ def read_data_dir(env: Mapping[str, str]) -> Path:
         raise SettingsError(
             f"D23_DATA_DIR points to {value!r}, but {str(existing)!r} is not a folder"
         )
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(
+            f"D23_DATA_DIR points to {value!r}, but this user cannot write in {str(existing)!r}"
+        )
     return path
 
 

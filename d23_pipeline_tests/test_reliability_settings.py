@@ -13,8 +13,10 @@ import pytest
 from harness import Pipeline, failure_messages
 from processes import clean_env, run_python
 
+from d23_pipeline.client import Window
 from d23_pipeline.defs.resources import ExportsApiResource
-from d23_pipeline.months import month_index, month_name, month_of
+from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.months import month_index, month_name, month_of, month_window
 from d23_pipeline.settings import (
     LoginCredentials,
     SettingsError,
@@ -74,6 +76,29 @@ def test_malformed_option_fails_at_load_naming_it(name: str, value: str) -> None
     with pytest.raises(SettingsError, match=name) as caught:
         load_options({name: value})
     assert len(str(caught.value)) < 300
+
+
+def test_a_data_dir_this_user_cannot_write_in_fails_at_load_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A service user without rights on /srv/...; the tests run as root, whom no mode stops.
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != tmp_path and access(path, mode)
+    )
+
+    with pytest.raises(SettingsError, match=r"D23_DATA_DIR .* cannot write in"):
+        load_options({"D23_DATA_DIR": str(tmp_path / "d23" / "data")})
+
+
+def test_a_raw_folder_that_cannot_be_made_stops_the_read_naming_the_setting() -> None:
+    # /proc takes no new folder, whoever asks: a path that passed every check at load time.
+    store = SnapshotStore(Path("/proc/d23/raw"))
+
+    with pytest.raises(
+        SettingsError, match=r"cannot make the raw snapshots' folder .*D23_DATA_DIR"
+    ):
+        store.begin("2026-03-01", [Window(*month_window("2026-03"))], "run-1")
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from filelock import FileLock, Timeout
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
 from d23_pipeline.client.completeness import SliceProof
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
-from d23_pipeline.settings import RESUME_MAX_AGE
+from d23_pipeline.settings import RESUME_MAX_AGE, SettingsError
 
 log = logging.getLogger("d23_pipeline.landing")
 
@@ -558,7 +558,13 @@ class SnapshotStore:
         a new one. Use the writer as a context manager: it holds the month until the block ends.
         """
         month_dir = self._month_dir(partition)
-        month_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            month_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # no retry of the run mends it
+            raise SettingsError(
+                f"cannot make the raw snapshots' folder {month_dir} ({exc.strerror}): set "
+                "D23_DATA_DIR (or landing_zone's raw_dir) to a folder this user can write"
+            ) from None
         lock = FileLock(str(month_dir / ".reading.lock"))
         try:
             lock.acquire(timeout=0)
