@@ -195,6 +195,10 @@ def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
         raise SettingsError(
             f"{name} must be an http(s) URL such as https://stage-v3-api.cleargrid.ai"
         )
+    if not value.isprintable():
+        raise SettingsError(f"{name} holds a character that does not print (a tab, say): retype it")
+    if not _is_idna(parts.hostname):
+        raise SettingsError(f"{name} has a host name that is not valid IDNA ({parts.hostname})")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise SettingsError(
             f"{name} uses plain http:// for a non-loopback host ({parts.hostname}); use https://"
@@ -212,6 +216,20 @@ def validate_api_url(value: str, name: str = "D23_API_URL") -> str:
     if port == 0:
         raise SettingsError(f"{name} has an invalid port")
     return value.rstrip("/")
+
+
+def _is_idna(host: str) -> bool:
+    # The check the HTTP client makes of a host's punycode (xn--) labels, or of a host written
+    # in other scripts, when a run first uses it.
+    if host.isascii() and "xn--" not in host:
+        return True
+    import idna  # httpx's own IDNA library, on every run's path anyway
+
+    try:
+        idna.decode(host) if host.isascii() else idna.encode(host)
+    except (idna.IDNAError, UnicodeError):
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

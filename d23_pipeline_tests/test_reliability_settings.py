@@ -3,6 +3,7 @@ plain ``http://`` is refused for any host but loopback."""
 
 import contextlib
 import os
+import re
 import zoneinfo
 from datetime import UTC, datetime
 from importlib import resources
@@ -316,6 +317,21 @@ def test_plain_http_to_a_non_loopback_host_is_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("https://stage\t-v3-api.cleargrid.ai", "a character that does not print"),
+        ("https://xn--stage-api.cleargrid.ai", "not valid IDNA (xn--stage-api.cleargrid.ai)"),
+    ],
+)
+def test_an_api_url_the_http_client_would_refuse_is_refused_naming_d23_api_url(
+    url: str, says: str
+) -> None:
+    # Both passed, and failed every run in the client with an error that named no setting.
+    with pytest.raises(SettingsError, match=f"D23_API_URL .*{re.escape(says)}"):
+        ExportsApiResource(api_url=url, **LOGIN).connection()
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://stage-v3-api.cleargrid.ai",
@@ -323,6 +339,8 @@ def test_plain_http_to_a_non_loopback_host_is_refused(url: str) -> None:
         "http://localhost:8023/",
         "http://[::1]:8023",
         "https://stage-v3-api.cleargrid.ai\n",
+        "https://bücher.example",
+        "https://xn--bcher-kva.example",
     ],
 )
 def test_https_anywhere_and_http_on_loopback_are_accepted(url: str) -> None:
