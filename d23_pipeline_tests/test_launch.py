@@ -290,8 +290,9 @@ def test_make_run_logs_in_to_its_simulator_as_the_demo_user_whatever_credentials
     assert "a-real-lenders" not in out
 
 
-def test_make_run_keeps_the_start_month_a_user_set_when_it_starts_the_simulator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("given", ["2025-01", "", " "])  # blank, as an env file leaves it
+def test_make_run_starts_the_partitions_at_a_start_month_set_else_where_its_simulator_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: str
 ) -> None:
     start_months = []
 
@@ -300,33 +301,14 @@ def test_make_run_keeps_the_start_month_a_user_set_when_it_starts_the_simulator(
         tmp_path,
         lambda env, port: start_months.append(env["D23_START_MONTH"]),
         D23_SIMULATOR_PORT=str(free_port()),
-        D23_START_MONTH="2025-01",
-        D23_UI_PORT="3300",
+        D23_START_MONTH=given,
     )
 
+    first = given.strip() or simulator_start_month(datetime.now(UTC))
     out = capsys.readouterr().out
     assert "Bundled API simulator on http://127.0.0.1:" in out
-    assert start_months == ["2025-01"]
-    assert "d23_pipeline.backfill 2025-01 " in out
-
-
-@pytest.mark.parametrize("blank", ["", " "])
-def test_a_blank_start_month_is_unset_so_make_run_starts_where_its_simulator_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], blank: str
-) -> None:
-    start_months = []
-
-    _make_run(
-        monkeypatch,
-        tmp_path,
-        lambda env, port: start_months.append(env["D23_START_MONTH"]),
-        D23_SIMULATOR_PORT=str(free_port()),
-        D23_START_MONTH=blank,
-    )
-
-    first = simulator_start_month(datetime.now(UTC))
     assert start_months == [first]
-    assert f"d23_pipeline.backfill {first} " in capsys.readouterr().out
+    assert f"d23_pipeline.backfill {first} " in out
 
 
 def test_the_simulator_make_run_starts_serves_rows_from_the_first_partition_on_not_before(
