@@ -658,6 +658,33 @@ def test_an_ended_month_missing_after_the_last_loaded_is_named_too(
     assert data.problem_count() == 2
 
 
+def test_the_last_month_read_without_kpis_is_in_the_panels_that_count_d23_logs(
+    tmp_path: Path,
+) -> None:
+    # November read and merged, its outcome steps not run (a blocking check stopped the run):
+    # the page says the weekday-hour and daily panels include what it merged. They ended at
+    # the last month with KPIs, October.
+    months = ("2026-10", "2026-11")
+    sim = Simulator(SimulatorConfig(months=months, rows_per_month=150))
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize(months[0])
+        pipeline.materialize(months[1], selection="+d23/logs")  # and d23/raw_logs
+    (attempts,) = pipeline.query(
+        "SELECT count(*) FROM d23.logs WHERE is_active AND _deleted_at IS NULL "
+        "AND _partition = '2026-11-01'"
+    )
+
+    data = _gathered(pipeline, datetime(2026, 12, 5, tzinfo=UTC))
+
+    assert data.months_in("no KPIs") == {date(2026, 11, 1)}
+    november = [r for r in data.channel_daily if r["day"].month == 11]
+    assert len({r["day"] for r in november}) == 30
+    assert sum(r["attempts"] for r in november) == attempts[0] > 0
+    total = sum(k["attempts"] for k in data.kpis) + attempts[0]
+    assert sum(r["attempts"] for r in data.weekday_hour) == total
+
+
 def test_the_running_day_note_cites_the_read_of_the_month_the_local_day_is_in(
     october_missing: Pipeline, tmp_path: Path
 ) -> None:

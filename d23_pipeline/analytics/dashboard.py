@@ -282,17 +282,16 @@ def _gather(
     if kpis:
         load_classes(con, classes)
         other_mapping = fetch_dicts(con, sql.OTHER_MAPPING_CODES)
+        # The months d23.logs holds: a month read by a run that stopped before its KPIs too,
+        # also one after the last month with KPIs (the panels count d23.logs, not the KPIs).
+        shown = sorted({k["month"] for k in kpis} | {date.fromisoformat(p) for p in reads})
         window = {
-            "since": month_start(kpis[0]["month"]),
-            "until": month_end(kpis[-1]["month"]),
+            "since": month_start(shown[0]),
+            "until": month_end(shown[-1]),
             "timezone": timezone,
         }
         execute(con, sql.ATTEMPTS_BY_LOCAL_TIME, window)
         weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR)
-        # The months d23.logs holds, as the weekday-hour panel counts them: a month read by a
-        # run that stopped before its KPIs included.
-        held = {k["month"] for k in kpis} | {date.fromisoformat(p) for p in reads}
-        shown = [m for m in held if kpis[0]["month"] <= m <= kpis[-1]["month"]]
         last_reads = {date.fromisoformat(p): r["last_read"] for p, r in reads.items()}
         until = counted_until(shown, now, last_reads)
         days = local_days(until, timezone)
