@@ -294,10 +294,15 @@ def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_lis
         rebuild_outcome_mix_monthly(con, april, *month_window(months[0]), classes)
         for month in (april, may):
             rebuild_outcome_kpis_monthly(con, month)
+        monthly_only = dashboard.gather(con, classes, "UTC", now)
+        for month in months:
+            rebuild_outcome_mix_daily(con, *month_window(month), classes)
         after = dashboard.gather(con, classes, "UTC", now)
 
-    # The panels count April's left messages as contacts, its stored mix and KPIs did not.
+    # The panels count April's left messages as contacts, its stored mix and KPIs did not,
+    # and neither month's daily table does.
     assert listed.other_mapping == [{"month": april, "outcome_option": "LEFT_MESSAGE"}]
+    assert listed.mix_behind_logs == [april, may]
     # May's mix counts them as contacts now, its KPIs (the tiles, the trend) not yet.
     assert listed.kpis_behind_mix == [may]
     dashboard.write_dashboard(tmp_path / "listed.html", listed)
@@ -306,8 +311,17 @@ def test_months_counted_with_an_earlier_mapping_or_kpis_behind_their_mix_are_lis
     start = page.index("<h3>KPIs older than their outcome mix</h3>")
     section = page[start : page.index("<h3>", start + 1)]
     assert "<tbody><tr><td>2026-05</td></tr></tbody>" in section
-    assert listed.problem_count() == 2
-    assert (after.other_mapping, after.kpis_behind_mix, after.problem_count()) == ([], [], 0)
+    assert listed.problem_count() == 4
+    # The monthly mix and KPIs rebuilt (the selection 'd23/outcome_mix_monthly*'), the daily
+    # table not: its months stay listed, the page naming the selection that rebuilds it too.
+    assert (monthly_only.other_mapping, monthly_only.kpis_behind_mix) == ([], [])
+    assert monthly_only.mix_behind_logs == [april, may]
+    dashboard.write_dashboard(tmp_path / "monthly_only.html", monthly_only)
+    page = (tmp_path / "monthly_only.html").read_text()
+    assert "still counts with an earlier outcome mapping" in page
+    assert "'d23/outcome_mix_monthly*,d23/outcome_mix_daily*'" in page
+    assert (after.other_mapping, after.kpis_behind_mix, after.mix_behind_logs) == ([], [], [])
+    assert after.problem_count() == 0
 
 
 def test_the_channel_panel_draws_the_days_of_loaded_months_up_to_now_only() -> None:

@@ -279,6 +279,7 @@ def _gather(
     weekday_hour: list[dict[str, Any]] = []
     channel_daily: list[dict[str, Any]] = []
     other_mapping: list[dict[str, Any]] = []
+    daily_otherwise: list[date] = []
     if kpis:
         load_classes(con, classes)
         other_mapping = fetch_dicts(con, sql.OTHER_MAPPING_CODES)
@@ -292,6 +293,8 @@ def _gather(
         }
         execute(con, sql.ATTEMPTS_BY_LOCAL_TIME, window)
         weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR)
+        daily = {"since": window["since"], "until": window["until"]}
+        daily_otherwise = [r["month"] for r in fetch_dicts(con, sql.DAILY_COUNTED_OTHERWISE, daily)]
         last_reads = {date.fromisoformat(p): r["last_read"] for p, r in reads.items()}
         until = counted_until(shown, now, last_reads)
         days = local_days(until, timezone)
@@ -346,8 +349,14 @@ def _gather(
         other_mapping=other_mapping,
         deletions_pending=pending,
         kpis_behind_mix=[r["month"] for r in fetch_dicts(con, sql.KPIS_BEHIND_MIX)],
-        mix_behind_logs=[r["month"] for r in fetch_dicts(con, sql.MIX_BEHIND_LOGS)],
+        mix_behind_logs=sorted(
+            {r["month"] for r in fetch_dicts(con, sql.MIX_BEHIND_LOGS)} | set(daily_otherwise)
+        ),
     )
+
+
+# The outcome steps of a month, as `dagster asset materialize --select` takes them.
+_REBUILD_SELECTION = "'d23/outcome_mix_monthly*,d23/outcome_mix_daily*'"
 
 
 def _of_months(rows: list[dict[str, Any]], months: Collection[date]) -> list[dict[str, Any]]:
@@ -1094,16 +1103,18 @@ def _quality_section(data: DashboardData) -> str:
         + "<h3>Months counted with another outcome mapping</h3><p>Their outcome mix, KPIs and "
         "tiles classify these codes as the mapping did when they were last built; the "
         "weekday-hour and channel panels count every month with the current mapping. "
-        "Re-materialize d23/outcome_mix_monthly and the assets downstream of it (selection "
-        "'d23/outcome_mix_monthly*') for these months to count them alike.</p>"
+        "Re-materialize d23/outcome_mix_monthly, d23/outcome_mix_daily and the assets "
+        f"downstream of them (selection {_REBUILD_SELECTION}) for these months to count them "
+        "alike.</p>"
         + _table(("month", "codes classed otherwise"), other_mapping, "every month is current")
         + "<h3>Outcome mix older than d23.logs</h3><p>A merge changed these months' rows "
         "since their outcome mix, KPIs and panels were built, or before they were ever built (a "
-        "blocking check stopped the run, or an outcome step failed): the page shows them as they "
-        "were, or not at all. They follow when the month's outcome steps run again: after fixing "
-        "what the failed check or step says, "
-        "re-materialize d23/outcome_mix_monthly and the assets downstream of it for the "
-        "month.</p>"
+        "blocking check stopped the run, or an outcome step failed), or their daily table "
+        "(d23.outcome_mix_daily) still counts with an earlier outcome mapping: the page shows "
+        "them as they were, or not at all. They follow when the month's outcome steps run "
+        "again: after fixing what the failed check or step says, re-materialize "
+        "d23/outcome_mix_monthly, d23/outcome_mix_daily and the assets downstream of them "
+        f"(selection {_REBUILD_SELECTION}) for the month.</p>"
         + _table(("month",), mix_behind, "every month's outcome mix counts d23.logs as it is")
         + "<h3>KPIs older than their outcome mix</h3><p>The tiles and the trend show these "
         "months' d23/outcome_kpis_monthly as last built, if ever; their outcome mix was rebuilt "

@@ -665,7 +665,7 @@ DELETE_OUTCOME_MIX_DAILY = """
 DELETE FROM d23.outcome_mix_daily
 WHERE day >= CAST(timezone('UTC', $since) AS DATE) AND day < CAST(timezone('UTC', $until) AS DATE)
 """
-INSERT_OUTCOME_MIX_DAILY = "INSERT INTO d23.outcome_mix_daily " + _kpi_select(
+_OUTCOME_MIX_DAILY_FROM_LOGS = _kpi_select(
     key="day",
     source=f"""
         SELECT CAST(timezone('UTC', communicated_at) AS DATE) AS day, is_mapped, is_contact,
@@ -674,6 +674,23 @@ INSERT_OUTCOME_MIX_DAILY = "INSERT INTO d23.outcome_mix_daily " + _kpi_select(
         FROM ({_CLASSIFIED_LOGS})""",
     group_by="GROUP BY day",
 )
+INSERT_OUTCOME_MIX_DAILY = "INSERT INTO d23.outcome_mix_daily " + _OUTCOME_MIX_DAILY_FROM_LOGS
+
+# Months between $since and $until whose daily table counts otherwise than its rebuild now
+# would, with the mapping loaded now (outcome_classes): built with an earlier mapping (its
+# asset is not downstream of the monthly mix that a mapping change has rebuilt), or before a
+# merge changed a row's code or broken flag on a day whose attempts stayed the same.
+DAILY_COUNTED_OTHERWISE = f"""
+SELECT DISTINCT CAST(date_trunc('month', day) AS DATE) AS month
+FROM (
+    SELECT day, {", ".join(_KPI_COUNTS)} FROM d23.outcome_mix_daily
+    WHERE day >= CAST(timezone('UTC', $since) AS DATE)
+      AND day < CAST(timezone('UTC', $until) AS DATE)
+    EXCEPT
+    SELECT day, {", ".join(_KPI_COUNTS)} FROM ({_OUTCOME_MIX_DAILY_FROM_LOGS})
+)
+ORDER BY month
+"""
 
 OUTCOME_MIX_FOR_MONTH = """
 SELECT communication_type, interaction_source, outcome_option, attempts, broken_promises
