@@ -2,6 +2,7 @@
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -351,6 +352,34 @@ def test_malformed_mapping_is_refused_with_the_reason(
 
     with pytest.raises(OutcomeMappingError, match=problem):
         load_outcome_classes(mapping)
+
+
+def test_the_daily_chart_leaves_a_gap_on_a_day_without_attempts(
+    warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # April's attempts fall on the 1st, the 2nd and now the 5th: the 3rd and 4th have none.
+    with warehouse.connect() as con:
+        _insert(con, "r5", "RPC", datetime(2026, 4, 5, 9, 30, tzinfo=UTC))
+    drawn: dict[str, Any] = {}
+
+    def rate_chart(days: list, series: dict, title: str) -> str:
+        drawn.update(days=days, series=series)
+        return "chart"
+
+    monkeypatch.setattr(charts, "rate_chart", rate_chart)
+    dg.materialize(
+        [outcome_mix_daily],
+        resources={
+            "warehouse": WarehouseResource(database=str(warehouse.path)),
+            "outcome_mapping": OutcomeMappingResource(),
+        },
+        partition_key="2026-04-01",
+    )
+
+    assert drawn["days"] == [date(2026, 4, d) for d in range(1, 6)]
+    contact = drawn["series"]["contact_rate"]
+    assert contact[2] is None and contact[3] is None  # a gap, not a line from the 2nd to the 5th
+    assert contact[4] == 1.0 and None not in contact[:2]
 
 
 def test_the_outcome_steps_check_the_whole_month_and_chart_each_daily_rate(

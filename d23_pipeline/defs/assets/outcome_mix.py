@@ -1,6 +1,6 @@
 """Outcome-mix analytics over ``d23.logs``: the monthly mix, its KPIs, and a daily trend."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -230,10 +230,16 @@ def outcome_mix_daily(
         **_rebuilt_too(context, also),
     }
     if days:
+        # Every day from the month's first to its last counted, so that a day without attempts
+        # is a gap in the lines, not a join of the days on either side.
+        by_day = {d["day"]: d for d in days}
+        first = window.start.date()
+        shown = [first + timedelta(days=n) for n in range((max(by_day) - first).days + 1)]
+        rates = ("contact_rate", "rpc_rate", "ptp_per_attempt")
         metadata["trend"] = dg.MetadataValue.md(
             charts.rate_chart(
-                [d["day"] for d in days],
-                {k: [d[k] for d in days] for k in ("contact_rate", "rpc_rate", "ptp_per_attempt")},
+                shown,
+                {k: [by_day[day][k] if day in by_day else None for day in shown] for k in rates},
                 f"Daily outcome rates, {window.start:%B %Y}",
             )
         )
