@@ -5,6 +5,9 @@ import contextlib
 import multiprocessing
 import os
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -19,6 +22,7 @@ import duckdb
 import pytest
 from harness import Lake
 from postgres import PostgresServer
+from processes import clean_env
 from psycopg2.extensions import parse_dsn
 from test_warehouse_merge import Months, row
 
@@ -367,6 +371,80 @@ def test_a_writer_waits_for_the_turn_no_longer_than_its_lock_timeout(lake: Lake)
     assert "held the writers' turn for more than 0.5 s" in str(outcome[0])
     with impatient.connect():  # the turn is free again once its holder closed
         pass
+
+
+_WAIT_FOR_THE_TURN = """
+import os, time
+from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
+lake = DuckLakeWarehouse(os.environ["LAKE_DSN"], os.environ["LAKE_PATH"], lock_timeout_s=60)
+try:
+    with lake.connect():
+        print("took the turn")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def _waiting_for_the_turn(postgres: PostgresServer) -> int:
+    with contextlib.closing(postgres.connect("postgres")) as admin, admin.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        waiting: int = cursor.fetchone()[0]
+    return waiting
+
+
+def test_a_writer_waiting_for_the_turn_stops_at_once_on_sigint(
+    lake: Lake, postgres: PostgresServer
+) -> None:
+    # Dagster's Terminate, and Ctrl-C, send SIGINT: libpq's wait held it off until the turn
+    # came or the lock timeout ran out (15 minutes), the run left "Canceling" meanwhile.
+    holder = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    env = clean_env(LAKE_DSN=lake.dsn, LAKE_PATH=str(lake.data_path))
+    with holder.connect():
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", _WAIT_FOR_THE_TURN], env=env, stdout=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 60
+        while _waiting_for_the_turn(postgres) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        waiter.send_signal(signal.SIGINT)
+        out, _ = waiter.communicate(timeout=60)
+        stopped = time.monotonic() - signalled
+
+    assert out.strip() == "interrupted" and stopped < 5
+    assert _waiting_for_the_turn(postgres) == 0  # its wait was cancelled at the server too
+
+
+def test_the_turns_session_asks_the_server_to_end_it_after_a_minute_of_network_silence(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer whose host dies sends no close: the server kept its session, and the turn, for
+    # the OS's keepalive time (about 2 h 11 min), every other writer failing after 15 minutes.
+    import psycopg2
+
+    sessions: list[Any] = []
+    connect = psycopg2.connect
+
+    def connect_noting(*args: Any, **kwargs: Any) -> Any:
+        sessions.append(connect(*args, **kwargs))
+        return sessions[-1]
+
+    monkeypatch.setattr(psycopg2, "connect", connect_noting)
+
+    with DuckLakeWarehouse(lake.dsn, str(lake.data_path)).connect(), sessions[0].cursor() as cursor:
+        settings = {}
+        for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count"):
+            cursor.execute(f"SHOW {name}")
+            settings[name] = cursor.fetchone()[0]
+        cursor.execute("SHOW tcp_user_timeout")
+        user_timeout = cursor.fetchone()[0]
+
+    assert settings == {
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+    }
+    assert user_timeout == "60000"  # ms
 
 
 def test_the_catalogs_own_timeouts_neither_cut_a_wait_for_the_turn_nor_end_a_turn(

@@ -190,8 +190,36 @@ def retry_on_conflict(
 # they happen once. Each session is a cursor of its own: own transaction, own temp tables.
 _LAKES: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
 _LAKES_LOCK = threading.Lock()
+
+
 # The catalog databases whose writer turn this thread holds: a write session nested in another
 # shares its turn (a second PostgreSQL session would wait for it until its lock timeout).
+def _interruptible(session: Any, query: Callable[[], object]) -> None:
+    """Run ``query``, a blocking statement on ``session``, in a thread of its own: libpq's wait
+    holds off Python's signal handlers, so Dagster's Terminate and Ctrl-C (SIGINT) would wait
+    for the turn too. This thread takes the signal; the statement is cancelled, its exception
+    raised here."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            query()
+        except BaseException as exc:  # raised in the caller's thread below
+            failed.append(exc)
+
+    waiter = threading.Thread(target=run, name="d23-writer-turn", daemon=True)
+    waiter.start()
+    try:
+        while waiter.is_alive():
+            waiter.join(0.2)
+    except BaseException:
+        session.cancel()
+        waiter.join()
+        raise
+    if failed:
+        raise failed[0]
+
+
 _TURNS_HELD = threading.local()
 
 
@@ -263,6 +291,9 @@ class DuckLakeWarehouse:
             cursor.execute(ducklake_sql.NO_STATEMENT_TIMEOUT)
             if session.server_version >= 140000:
                 cursor.execute(ducklake_sql.NO_IDLE_SESSION_TIMEOUT)
+            cursor.execute(ducklake_sql.TURN_KEEPALIVES)
+            if session.server_version >= 120000:
+                cursor.execute(ducklake_sql.TURN_USER_TIMEOUT)
             cursor.execute(ducklake_sql.TRY_WRITER_TURN, key)
             if cursor.fetchone()[0]:
                 return
@@ -273,7 +304,7 @@ class DuckLakeWarehouse:
             patience = f"{max(1, round(self.lock_timeout_s * 1000))}ms"
             cursor.execute(ducklake_sql.SET_TURN_PATIENCE, {"patience": patience})
             try:
-                cursor.execute(ducklake_sql.WAIT_WRITER_TURN, key)
+                _interruptible(session, lambda: cursor.execute(ducklake_sql.WAIT_WRITER_TURN, key))
             except psycopg2.errors.LockNotAvailable:
                 raise WarehouseBusyError(
                     f"another writer of the DuckLake held the writers' turn for more than "

@@ -30,6 +30,16 @@ SET_TURN_PATIENCE = "SELECT set_config('lock_timeout', %(patience)s, false)"
 # wait, idle_session_timeout (PostgreSQL 14+) end the session, and the turn with it, mid-write.
 NO_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', '0', false)"
 NO_IDLE_SESSION_TIMEOUT = "SELECT set_config('idle_session_timeout', '0', false)"
+# A writer whose host dies or drops off the network sends no close: without these the server
+# keeps its session, and the turn, until the OS's TCP keepalive gives up (about 2 h 11 min by
+# default). With them, about a minute of silence ends it. Ignored over a Unix socket.
+TURN_KEEPALIVES = (
+    "SELECT set_config('tcp_keepalives_idle', '30', false), "
+    "set_config('tcp_keepalives_interval', '10', false), "
+    "set_config('tcp_keepalives_count', '3', false)"
+)
+# And data it sent that goes unacknowledged for a minute (PostgreSQL 12+).
+TURN_USER_TIMEOUT = "SELECT set_config('tcp_user_timeout', '60000', false)"
 WAIT_WRITER_TURN = "SELECT pg_advisory_lock(%(key)s)"
 
 
