@@ -132,6 +132,9 @@ DEFAULT_MEMORY_LIMIT = "48MB"
 MEMORY_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)B", re.IGNORECASE)
 # Below it DuckDB cannot hold a block to read a month's files into (8 MB ran out of memory).
 MIN_MEMORY_LIMIT_BYTES = 16 * 10**6
+# Where in D23_DATA_DIR the raw snapshots and the dashboard go.
+RAW_FOLDER = "raw"
+DASHBOARD_FILE = Path("reports") / "outcome_dashboard.html"
 # An unfinished snapshot older than this is read again rather than resumed: its slices are stale.
 RESUME_MAX_AGE = timedelta(hours=24)
 # The client's retries of one request (RetryPolicy): attempts, the first one included, and the
@@ -164,11 +167,11 @@ class PipelineOptions:
 
     @property
     def raw_dir(self) -> Path:
-        return self.data_dir / "raw"
+        return self.data_dir / RAW_FOLDER
 
     @property
     def dashboard_path(self) -> Path:
-        return self.data_dir / "reports" / "outcome_dashboard.html"
+        return self.data_dir / DASHBOARD_FILE
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,10 @@ def _is_idna(host: str) -> bool:
     import idna  # httpx's own IDNA library, on every run's path anyway
 
     try:
-        idna.decode(host) if host.isascii() else idna.encode(host)
+        if host.isascii():
+            idna.decode(host)
+        else:
+            idna.encode(host)
     except (idna.IDNAError, UnicodeError):
         return False
     return True

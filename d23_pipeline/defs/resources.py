@@ -19,12 +19,14 @@ from pydantic import Field, field_validator
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
 from d23_pipeline.settings import (
+    DASHBOARD_FILE,
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_RETRY_BASE_DELAY_S,
     DEFAULT_RETRY_MAX_ATTEMPTS,
     LOCK_TIMEOUT_S,
     MAX_CONCURRENCY_RANGE,
     PAGE_LIMIT_RANGE,
+    RAW_FOLDER,
     RESUME_MAX_AGE,
     SLICE_HOURS_RANGE,
     ApiConnection,
@@ -246,7 +248,7 @@ class LandingZoneResource(dg.ConfigurableResource):
     def store(self) -> SnapshotStore:
         from d23_pipeline.landing.snapshot import SnapshotStore
 
-        raw_dir = Path(self.raw_dir) if self.raw_dir else read_data_dir(os.environ) / "raw"
+        raw_dir = Path(self.raw_dir) if self.raw_dir else read_data_dir(os.environ) / RAW_FOLDER
         return SnapshotStore(raw_dir.resolve() / "d23", timedelta(hours=self.resume_max_age_hours))
 
 
@@ -283,4 +285,4 @@ class DashboardResource(dg.ConfigurableResource):
         """Where the dashboard is written."""
         if self.path:
             return Path(self.path).resolve()
-        return (read_data_dir(os.environ) / "reports" / "outcome_dashboard.html").resolve()
+        return (read_data_dir(os.environ) / DASHBOARD_FILE).resolve()

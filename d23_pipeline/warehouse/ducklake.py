@@ -190,10 +190,11 @@ def retry_on_conflict(
 # they happen once. Each session is a cursor of its own: own transaction, own temp tables.
 _LAKES: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
 _LAKES_LOCK = threading.Lock()
-
-
 # The catalog databases whose writer turn this thread holds: a write session nested in another
 # shares its turn (a second PostgreSQL session would wait for it until its lock timeout).
+_TURNS_HELD = threading.local()
+
+
 def _interruptible(session: Any, query: Callable[[], object]) -> None:
     """Run ``query``, a blocking statement on ``session``, in a thread of its own: libpq's wait
     holds off Python's signal handlers, so Dagster's Terminate and Ctrl-C (SIGINT) would wait
@@ -218,9 +219,6 @@ def _interruptible(session: Any, query: Callable[[], object]) -> None:
         raise
     if failed:
         raise failed[0]
-
-
-_TURNS_HELD = threading.local()
 
 
 class DuckLakeWarehouse:
