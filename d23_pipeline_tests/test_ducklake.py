@@ -373,10 +373,24 @@ def test_a_writer_waits_for_the_turn_no_longer_than_its_lock_timeout(lake: Lake)
         pass
 
 
+# A writer that waits for the turn, its wait's statement sent ``LATE_S`` seconds after the wait
+# began (a signal can come in between), saying when it waits and how it ended.
 _WAIT_FOR_THE_TURN = """
-import os, time
-from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
-lake = DuckLakeWarehouse(os.environ["LAKE_DSN"], os.environ["LAKE_PATH"], lock_timeout_s=60)
+import os, sys, time
+from d23_pipeline.warehouse import ducklake
+interruptible = ducklake._interruptible
+
+def late(session, query):
+    def wait():
+        print("waiting", flush=True)
+        time.sleep(float(os.environ["LATE_S"]))
+        query()
+    interruptible(session, wait)
+
+ducklake._interruptible = late
+lake = ducklake.DuckLakeWarehouse(
+    os.environ["LAKE_DSN"], os.environ["LAKE_PATH"], lock_timeout_s=30
+)
 try:
     with lake.connect():
         print("took the turn")
@@ -385,34 +399,46 @@ except KeyboardInterrupt:
 """
 
 
-def _waiting_for_the_turn(postgres: PostgresServer) -> int:
+def _waiting_for_the_turn(postgres: PostgresServer, lake: Lake) -> int:
+    """How many sessions wait for an advisory lock on ``lake``'s catalog database."""
     with contextlib.closing(postgres.connect("postgres")) as admin, admin.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = %s",
+            (parse_dsn(lake.dsn)["dbname"],),
+        )
         waiting: int = cursor.fetchone()[0]
     return waiting
 
 
+@pytest.mark.parametrize(
+    ("late_s", "signalled_when"),
+    [(0, "its wait is at the server"), (1, "its wait's statement has not reached the server")],
+)
 def test_a_writer_waiting_for_the_turn_stops_at_once_on_sigint(
-    lake: Lake, postgres: PostgresServer
+    lake: Lake, postgres: PostgresServer, late_s: int, signalled_when: str
 ) -> None:
     # Dagster's Terminate, and Ctrl-C, send SIGINT: libpq's wait held it off until the turn
-    # came or the lock timeout ran out (15 minutes), the run left "Canceling" meanwhile.
+    # came or the lock timeout ran out (15 minutes), the run left "Canceling" meanwhile. And a
+    # cancel that reaches the server before the statement cancels nothing.
     holder = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
-    env = clean_env(LAKE_DSN=lake.dsn, LAKE_PATH=str(lake.data_path))
+    env = clean_env(LAKE_DSN=lake.dsn, LAKE_PATH=str(lake.data_path), LATE_S=str(late_s))
     with holder.connect():
         waiter = subprocess.Popen(
             [sys.executable, "-c", _WAIT_FOR_THE_TURN], env=env, stdout=subprocess.PIPE, text=True
         )
+        assert waiter.stdout is not None and waiter.stdout.readline() == "waiting\n"
         deadline = time.monotonic() + 60
-        while _waiting_for_the_turn(postgres) == 0 and time.monotonic() < deadline:
+        while late_s == 0 and _waiting_for_the_turn(postgres, lake) == 0:
+            assert time.monotonic() < deadline
             time.sleep(0.1)
         signalled = time.monotonic()
         waiter.send_signal(signal.SIGINT)
         out, _ = waiter.communicate(timeout=60)
         stopped = time.monotonic() - signalled
 
-    assert out.strip() == "interrupted" and stopped < 5
-    assert _waiting_for_the_turn(postgres) == 0  # its wait was cancelled at the server too
+    assert out.strip() == "interrupted" and stopped < late_s + 5, signalled_when
+    assert _waiting_for_the_turn(postgres, lake) == 0  # its wait was cancelled at the server too
 
 
 def test_the_turns_session_asks_the_server_to_end_it_after_a_minute_of_network_silence(

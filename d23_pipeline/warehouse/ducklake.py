@@ -201,21 +201,28 @@ def _interruptible(session: Any, query: Callable[[], object]) -> None:
     for the turn too. This thread takes the signal; the statement is cancelled, its exception
     raised here."""
     failed: list[BaseException] = []
+    # Not Thread.join: a join the signal interrupts leaves is_alive() False (Python 3.11), and
+    # the session, closed while its statement still waits, would wait with it.
+    done = threading.Event()
 
     def run() -> None:
         try:
             query()
         except BaseException as exc:  # raised in the caller's thread below
             failed.append(exc)
+        finally:
+            done.set()
 
-    waiter = threading.Thread(target=run, name="d23-writer-turn", daemon=True)
-    waiter.start()
+    threading.Thread(target=run, name="d23-writer-turn", daemon=True).start()
     try:
-        while waiter.is_alive():
-            waiter.join(0.2)
+        while not done.wait(0.2):
+            pass
     except BaseException:
-        session.cancel()
-        waiter.join()
+        # Again until it ends: a cancel that reaches the server before the statement does
+        # cancels nothing.
+        while not done.is_set():
+            session.cancel()
+            done.wait(0.2)
         raise
     if failed:
         raise failed[0]
