@@ -376,8 +376,10 @@ def test_a_writer_waits_for_the_turn_no_longer_than_its_lock_timeout(lake: Lake)
 # A writer that waits for the turn, its wait's statement sent ``LATE_S`` seconds after the wait
 # began (a signal can come in between), saying when it waits and how it ended.
 _WAIT_FOR_THE_TURN = """
-import os, sys, time
+import os, signal, sys, time
 from d23_pipeline.warehouse import ducklake
+# As a Dagster run worker has it: pytest-xdist's workers ignore SIGINT, and children inherit that.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 interruptible = ducklake._interruptible
 
 def late(session, query):
