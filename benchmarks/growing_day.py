@@ -35,9 +35,9 @@ _NEXT = "2026-04"  # where the rows logged into the last day come from
 class _GrowingLastDay(ExportHookSimulator):
     """Moves one row of the next month into ``MONTH``'s last day on every page request."""
 
-    growing = False
-
-    def start(self) -> None:
+    def __init__(self, config: SimulatorConfig, *, growing: bool) -> None:
+        super().__init__(config)
+        self.growing = growing
         self._reserve: Iterator[str] = iter(
             [r["public_id"] for r in self.valid_rows(*month_window(_NEXT))]
         )
@@ -63,9 +63,7 @@ def bench(rows: int, runs: int) -> dict[bool, list[int]]:
     for _ in range(runs):
         for growing in (False, True):
             config = SimulatorConfig(months=(MONTH, _NEXT), rows_per_month=rows)
-            sim = _GrowingLastDay(config)
-            sim.start()
-            sim.growing = growing
+            sim = _GrowingLastDay(config, growing=growing)
             with serve(sim) as url, tempfile.TemporaryDirectory() as scratch:
                 pipeline = Pipeline(sim=sim, api_url=url, data_dir=Path(scratch) / "data")
                 results[growing].append(_land(pipeline, sim))
