@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -160,6 +161,34 @@ def month_partitions(first: str, last: str) -> list[str]:
     return [f"{month}-01" for month in months]
 
 
+def webserver_url(value: str) -> str:
+    """``--url``: an http(s) address with a host, and no query or fragment (the paths this tool
+    appends would land inside them, and a token there would be printed with every link)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is no number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError("--url must be http(s)://HOST[:PORT][/PATH]")
+    if parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(
+            "--url must hold no query or fragment ('?' or '#'); a proxy's credentials go in it "
+            "as http(s)://USER:PASSWORD@HOST"
+        )
+    return value
+
+
+def shown_url(url: str) -> str:
+    """``url`` as printed: without the user and password a proxy in front of Dagster may take."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _webserver(url: str) -> str:
+    return f"Dagster webserver at {shown_url(url)}"
+
+
 def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
     """POST one GraphQL document to the webserver at ``url``; its ``data``, or BackfillError."""
     try:
@@ -169,7 +198,7 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
             timeout=60,
         )
     except httpx.HTTPError as exc:
-        raise WebserverUnreachable(f"Dagster webserver at {url} did not answer: {exc}") from exc
+        raise WebserverUnreachable(f"{_webserver(url)} did not answer: {exc}") from exc
     # The webserver answers a failed request with a 500 whose body says why (GraphQL errors,
     # or data holding a PythonError that the caller reports): show that, not the status.
     try:
@@ -178,12 +207,10 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
         body = {}
     if body.get("errors"):
         reasons = "; ".join(str(e.get("message", e)) for e in body["errors"])
-        raise BackfillError(f"Dagster webserver at {url} refused the request: {reasons}")
+        raise BackfillError(f"{_webserver(url)} refused the request: {reasons}")
     if not body.get("data"):
         error = WebserverUnreachable if response.status_code >= 500 and not body else BackfillError
-        raise error(
-            f"Dagster webserver at {url} answered {response.status_code}: {response.text[:500]}"
-        )
+        raise error(f"{_webserver(url)} answered {response.status_code}: {response.text[:500]}")
     return body["data"]
 
 
@@ -200,7 +227,8 @@ def check_partitions(url: str, partition_keys: Sequence[str]) -> None:
     if missing:
         span = f"{min(known)[:7]} to {max(known)[:7]}" if known else "none (check D23_START_MONTH)"
         raise SettingsError(
-            f"no partition for {', '.join(missing)}: the deployment at {url} has months {span}"
+            f"no partition for {', '.join(missing)}: the deployment at {shown_url(url)} has "
+            f"months {span}"
         )
 
 
@@ -213,9 +241,9 @@ def _location_load_error(url: str) -> str | None:
         if error and error["__typename"] == "PythonError":
             chain = [error["message"], *(link["error"]["message"] for link in error["errorChain"])]
             return (
-                f"code location {entry['name']} of the deployment at {url} failed to load: "
-                f"{chain[-1].strip()} (fix it, then reload the location on the UI's Deployment "
-                "page or restart make run)"
+                f"code location {entry['name']} of the deployment at {shown_url(url)} failed to "
+                f"load: {chain[-1].strip()} (fix it, then reload the location on the UI's "
+                "Deployment page or restart make run)"
             )
     return None
 
@@ -442,7 +470,7 @@ def warn_without_daemon(url: str) -> None:
 
 def backfill_page(url: str, backfill_id: str) -> str:
     """The backfill's page in the Dagster UI, its months' standing shown."""
-    return f"{url.rstrip('/')}/runs/b/{backfill_id}?tab=partitions"
+    return f"{shown_url(url).rstrip('/')}/runs/b/{backfill_id}?tab=partitions"
 
 
 def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]:
@@ -486,7 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("first", metavar="FIRST", help="first month, YYYY-MM")
     parser.add_argument("last", metavar="LAST", help="last month, YYYY-MM (included)")
     parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"Dagster webserver (default {DEFAULT_URL})"
+        "--url",
+        type=webserver_url,
+        default=DEFAULT_URL,
+        help=f"Dagster webserver (default {DEFAULT_URL}); never printed with its user or password",
     )
     parser.add_argument(
         "--wait",

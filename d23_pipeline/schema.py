@@ -328,6 +328,14 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
     rejects: list[RejectedRow] = []
     extra: set[str] = set()
     for raw in raw_rows:
+        if not isinstance(raw, dict):
+            rejects.append(
+                RejectedRow(f"row is {type(raw).__name__}, expected an object", None, {}, len(rows))
+            )
+            continue
+        # Named even on a row rejected below: the first rows to carry a new field may be those.
+        if len(raw) != len(D23_FIELDS) or not _ALLOWED.issuperset(raw):
+            extra.update(k for k in raw if k not in _ALLOWED)
         # Which value of a repeated contract field the API meant is unknown; a repeated field
         # outside the contract is dropped like any extra field.
         if isinstance(raw, RepeatedKeys) and raw.repeated & _ALLOWED:
@@ -340,13 +348,6 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
                 )
             )
             continue
-        if not isinstance(raw, dict):
-            rejects.append(
-                RejectedRow(f"row is {type(raw).__name__}, expected an object", None, {}, len(rows))
-            )
-            continue
-        if len(raw) != len(D23_FIELDS) or not _ALLOWED.issuperset(raw):
-            extra.update(k for k in raw if k not in _ALLOWED)
         try:
             rows.append(_check_row(raw, since, until))
         except ValueError as exc:

@@ -65,6 +65,17 @@ def is_uuid(value: str) -> bool:
     return True
 
 
+_UUID_CHARACTERS = re.compile(r"[0-9A-Fa-f{}-]*")
+
+
+def _shown_if_uuid_typo(value: str) -> str:
+    # Handed over together, the id and the token are easily pasted the wrong way round: a
+    # value that is no mistyped UUID may be the token, so only its length is shown.
+    if _UUID_CHARACTERS.fullmatch(value):
+        return repr(value[:40])
+    return f"{len(value)} characters that are not all hex digits and hyphens, not shown: the token?"
+
+
 @dataclass(frozen=True)
 class TokenCredentials:
     """A bearer token already held for one lender."""
@@ -76,7 +87,7 @@ class TokenCredentials:
         if not is_uuid(self.lender_public_id):  # it goes into every path and log line
             raise SettingsError(
                 "D23_LENDER_PUBLIC_ID must be the lender's public id, a UUID "
-                f"(got {self.lender_public_id[:40]!r})"
+                f"(got {_shown_if_uuid_typo(self.lender_public_id)})"
             )
         if not fits_a_header(self.token):
             raise SettingsError(

@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -48,6 +49,25 @@ def test_cli_reports_a_webserver_that_is_not_running(capsys):
     assert f"Dagster webserver at {url} did not answer" in capsys.readouterr().err
 
 
+def test_a_webserver_not_running_is_named_without_the_proxy_password_in_its_url(capsys):
+    url = f"http://admin:SECRET-pw@127.0.0.1:{free_port()}"
+    assert main(["2026-05", "2026-06", "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert f"Dagster webserver at {url.replace('admin:SECRET-pw@', '')} did not answer" in err
+    assert "SECRET" not in err
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:3000/?token=SECRET", "http://127.0.0.1:3000/#SECRET", "SECRET:3000"]
+)
+def test_a_url_this_tool_cannot_append_paths_to_is_refused_without_printing_it(capsys, url):
+    with pytest.raises(SystemExit) as exited:
+        main(["2026-05", "2026-06", "--url", url])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--url must" in err and "SECRET" not in err
+
+
 class FakeWebserver(BaseHTTPRequestHandler):
     """Dagster's GraphQL endpoint as the backfill command sees it: the months it has, a launch
     it refuses with a 500 and its own message (or accepts), and an ended backfill's runs with
@@ -69,9 +89,11 @@ class FakeWebserver(BaseHTTPRequestHandler):
     running: list[dict] = []  # backfills whose runs may still go (REQUESTED, CANCELING, FAILING)
     listing_error = False  # one of those lists answered with a PythonError
     followed: list[str] = []  # the backfills whose status was asked for
+    authorizations: list[str | None] = []  # each request's Authorization header
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.authorizations.append(self.headers.get("Authorization"))
         if request["query"].lstrip().startswith("query PartitionKeys"):
             status = 200
             body = {"data": {"assetNodeOrError": {
@@ -138,6 +160,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
 @pytest.fixture
 def webserver() -> Iterator[str]:
     FakeWebserver.launches, FakeWebserver.running, FakeWebserver.followed = [], [], []
+    FakeWebserver.authorizations = []
     FakeWebserver.listing_error = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebserver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -276,6 +299,18 @@ def _running(
 
 
 D23_ASSETS = [["d23", "raw_logs"], ["d23", "logs"]]
+
+
+def test_a_launch_links_to_the_backfill_without_the_proxy_password_and_sends_it(
+    ended_backfill, capsys
+):
+    address = ended_backfill.removeprefix("http://")
+
+    assert main(["2026-07", "2026-08", "--url", f"http://admin:SECRET-pw@{address}"]) == 0
+
+    out = capsys.readouterr().out
+    assert f"Follow it at http://{address}/runs/b/" in out and "SECRET" not in out
+    assert FakeWebserver.authorizations[-1] == "Basic " + b64encode(b"admin:SECRET-pw").decode()
 
 
 def test_the_same_months_again_follow_the_backfill_already_running(ended_backfill, capsys):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
@@ -309,3 +311,25 @@ def test_a_request_id_is_shown_printable_and_cut_and_withheld_when_it_echoes_a_c
     # A credential of a few characters is in ids by chance, not by echo.
     short = httpx.Response(401, request=httpx.Request("POST", request.url, json={"password": "7"}))
     assert shown_request_id("req-7f3a", short) == "req-7f3a"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        lambda pw: json.dumps({"password": pw}),  # JSON, non-ASCII escaped
+        lambda pw: json.dumps({"password": pw}, ensure_ascii=False),  # JSON, '"' and '\\' escaped
+        lambda pw: quote(pw, safe=""),  # percent-encoded
+        lambda pw: quote_plus(pw),  # form-encoded
+    ],
+    ids=["json-ascii", "json", "percent", "form"],
+)
+def test_a_request_id_echoing_a_credential_escaped_or_encoded_is_withheld(
+    echo: Callable[[str], str],
+) -> None:
+    # No 8 characters in a row survive any of the echoes unchanged.
+    password = 'ab"cdéfg\\hijklm"n/+'
+    request = httpx.Request(
+        "POST", "http://127.0.0.1/api/v1/auth/login", json={"password": password}
+    )
+    answer = httpx.Response(401, request=request)
+    assert shown_request_id(f"waf-{echo(password)}", answer) == WITHHELD

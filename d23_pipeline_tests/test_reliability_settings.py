@@ -294,6 +294,25 @@ def test_a_token_no_http_header_can_carry_fails_naming_d23_token_and_not_the_tok
     assert "SECRET" not in f"{caught.value!s} {caught.value!r}"
 
 
+def test_a_token_pasted_as_the_lender_public_id_is_refused_without_quoting_it() -> None:
+    token = "sk_live_SECRET_4f9a1c2e8b7d6a5f3e2d1c0b"  # under 40 characters: all of it
+    fields = {"api_url": "https://h.example", "lender_public_id": token, "token": LENDER_ID}
+
+    with pytest.raises(SettingsError, match="D23_LENDER_PUBLIC_ID must be") as caught:
+        ExportsApiResource(**fields).connection()
+
+    assert "SECRET" not in f"{caught.value!s} {caught.value!r}"
+    assert f"{len(token)} characters" in str(caught.value)
+
+
+def test_a_mistyped_lender_public_id_is_quoted_to_show_the_typo() -> None:
+    typo = LENDER_ID[:-1]
+    fields = {"api_url": "https://h.example", "lender_public_id": typo, "token": "t0ken"}
+
+    with pytest.raises(SettingsError, match=f"got '{typo}'"):
+        ExportsApiResource(**fields).connection()
+
+
 @pytest.mark.parametrize("prefix", ["Bearer ", "bearer ", "BEARER  "])
 def test_a_token_pasted_with_its_bearer_prefix_is_refused_saying_to_drop_it(prefix: str) -> None:
     fields = {"api_url": "https://h.example", "lender_public_id": LENDER_ID}

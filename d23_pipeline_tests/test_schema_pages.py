@@ -207,3 +207,13 @@ def test_an_object_with_a_repeated_key_in_a_field_is_described_as_an_object() ->
     rejects = validate_rows([row(0) | {"outcome_option": nested}], SINCE, UNTIL).rejects
 
     assert rejects[0].reason == "outcome_option is dict, expected a string"
+
+
+def test_a_new_field_is_reported_when_it_first_comes_on_a_row_naming_a_field_twice() -> None:
+    pairs = [*row(0).items(), ("outcome_option", "RPC"), ("borrower_phone", "+1-555-0100")]
+
+    result = validate_rows([note_repeated_keys(pairs)], SINCE, UNTIL)
+
+    assert [r.reason for r in result.rejects] == ["the row names outcome_option more than once"]
+    assert result.extra_fields == {"borrower_phone"}
+    assert "555-0100" not in str(result.rejects)

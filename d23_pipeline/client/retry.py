@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 import httpx
 import orjson
@@ -146,9 +147,10 @@ def shown_server_text(text: str, request: httpx.Request | None, max_chars: int) 
     ``request`` carried: its bearer token, or the password or refresh token its JSON body sent;
     else printable and at most ``max_chars`` characters."""
     for secret in _credentials_sent(request):
-        width = min(len(secret), _ECHO_CHARS)
-        if any(secret[i : i + width] in text for i in range(len(secret) - width + 1)):
-            return WITHHELD
+        for form in _echoed_forms(secret):
+            width = min(len(form), _ECHO_CHARS)
+            if any(form[i : i + width] in text for i in range(len(form) - width + 1)):
+                return WITHHELD
     shown = "".join(c if c.isprintable() else "?" for c in text[:max_chars])
     return shown + ("..." if len(text) > max_chars else "")
 
@@ -159,6 +161,18 @@ def request_of(response: httpx.Response) -> httpx.Request | None:
         return response.request
     except RuntimeError:  # a response built without its request
         return None
+
+
+def _echoed_forms(secret: str) -> set[str]:
+    # A gateway that quotes the request back may JSON-escape it (non-ASCII as \uXXXX or not)
+    # or percent-encode it: the credential is as readable in those forms as in its own.
+    return {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+    }
 
 
 def _credentials_sent(request: httpx.Request | None) -> list[str]:
