@@ -56,6 +56,27 @@ def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) ->
         assert second.finished == {SLICES[0]}
 
 
+def test_a_slice_still_open_when_the_interrupted_read_began_is_read_again_on_resume(
+    tmp_path: Path,
+) -> None:
+    # The month's last day read at 22:00, the read interrupted, resumed after midnight.
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    closed = Window(hour - timedelta(days=2), hour - timedelta(days=1))
+    still_open = Window(closed.until, hour + timedelta(hours=1))
+    store = SnapshotStore(tmp_path)
+    with (
+        pytest.raises(RuntimeError),
+        store.begin("2026-12-01", [closed, still_open], "r1") as first,
+    ):
+        _land(first, closed)
+        _land(first, still_open)
+        raise RuntimeError("the run dies before its last slice")
+
+    with store.begin("2026-12-01", [closed, still_open], "run-2") as second:
+        assert second.directory == first.directory
+        assert second.finished == {closed}
+
+
 def test_a_finished_slice_damaged_on_disk_is_read_again_on_resume(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:

@@ -243,6 +243,15 @@ def rejects_path(directory: Path, window: Window) -> Path:
     return directory / f"{window.key}.rejects.parquet"
 
 
+def _closed_when_read(entries: dict[str, Any], started_at: datetime) -> dict[str, Any]:
+    """The finished slices whose window had ended when the interrupted read began. One still
+    open then (the month's last day, read before midnight) is read again: reused, it would make
+    a read completed after the month ended look like one that saw all of the month."""
+    return {
+        key: entry for key, entry in entries.items() if Window.from_key(key).until <= started_at
+    }
+
+
 def _intact_slices(directory: Path, entries: dict[str, Any]) -> dict[str, Any]:
     """The manifest's finished slices whose two files are readable Parquet holding the counts
     it recorded; any other (a disk full, a crash before the file reached the disk) is read again
@@ -578,7 +587,10 @@ class SnapshotStore:
         if unfinished is not None:
             directory, manifest = unfinished
             manifest["run_ids"].append(run_id)
-            manifest["slices"] = _intact_slices(directory, manifest["slices"])
+            manifest["slices"] = _closed_when_read(
+                _intact_slices(directory, manifest["slices"]),
+                datetime.fromisoformat(manifest["started_at"]),
+            )
         else:
             directory = month_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
             directory.mkdir()
