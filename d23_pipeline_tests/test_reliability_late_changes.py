@@ -210,8 +210,19 @@ def test_every_other_month_a_merge_changed_is_named_as_rebuilt_too(tmp_path: Pat
         result = pipeline.materialize(months[2])
 
     for step in ("d23__outcome_mix_monthly", "d23__outcome_kpis_monthly", "d23__outcome_mix_daily"):
-        (event,) = result.asset_materializations_for_node(step)
-        assert event.metadata["months_rebuilt_too"].value == "2026-03, 2026-04", step
+        events = {e.partition: e for e in result.asset_materializations_for_node(step)}
+        assert sorted(events) == ["2026-03-01", "2026-04-01", "2026-05-01"], step
+        assert events["2026-05-01"].metadata["months_rebuilt_too"].value == "2026-03, 2026-04"
+        # Each month rebuilt has its page's numbers recorded anew, as its own run would.
+        for older in months[:2]:
+            assert "the run of 2026-05" in events[f"{older}-01"].metadata["rebuilt_by"].value
+    for older in months[:2]:
+        shown = {
+            e.partition: e.metadata
+            for e in result.asset_materializations_for_node("d23__outcome_kpis_monthly")
+        }[f"{older}-01"]
+        assert shown["attempts"].value == _expected_kpis(sim, older)["attempts"]
+        assert shown["month"].value == older
 
 
 def test_rows_moved_in_by_a_merge_whose_checks_fail_stay_counted_once(pipeline: Pipeline) -> None:

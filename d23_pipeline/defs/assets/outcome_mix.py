@@ -1,6 +1,7 @@
 """Outcome-mix analytics over ``d23.logs``: the monthly mix, its KPIs, and a daily trend."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -11,6 +12,9 @@ from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
 from d23_pipeline.kpis import KPI_NAMES, kpi_table, shown_percent
+
+if TYPE_CHECKING:
+    import duckdb
 
 # The steps import the warehouse code (DuckDB, Arrow) when they run, not when the definitions
 # load; charts.py imports pygal only when it draws.
@@ -56,8 +60,6 @@ def outcome_mix_monthly(
 ) -> dg.MaterializeResult:
     """Rebuild the month's outcome mix from d23.logs."""
     from d23_pipeline.analytics.outcome_mix import rebuild_months_due, rebuild_outcome_mix_monthly
-    from d23_pipeline.warehouse import sql
-    from d23_pipeline.warehouse.store import fetch_dicts
 
     window = context.partition_time_window
     month = _month(context)
@@ -71,16 +73,26 @@ def outcome_mix_monthly(
                 con, other, since, until, classes
             ),
         )
-        mix = fetch_dicts(con, sql.OUTCOME_MIX_FOR_MONTH, {"month": month})
-        by_outcome = [
-            {**r, "outcome_option": shown_code(r["outcome_option"])}
-            for r in fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
-        ]
-        schema = schema_from_table(con, "outcome_mix_monthly")
+        metadata = {m: _outcome_mix_metadata(con, m) for m in [month, *also]}
         check_results = [
             checks.unmapped_outcome_codes(con, month),
             checks.broken_flags_on_promises_only(con, window.start, window.end),
         ]
+    return dg.MaterializeResult(
+        metadata={**metadata[month], **_rebuilt_too(context, metadata)},
+        check_results=check_results,
+    )
+
+
+def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict[str, Any]:
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import fetch_dicts
+
+    mix = fetch_dicts(con, sql.OUTCOME_MIX_FOR_MONTH, {"month": month})
+    by_outcome = [
+        {**r, "outcome_option": shown_code(r["outcome_option"])}
+        for r in fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
+    ]
     # No chart of an empty month: a chart of no bars says nothing the table does not.
     chart = (
         charts.bar_chart(
@@ -91,18 +103,14 @@ def outcome_mix_monthly(
         if by_outcome
         else ""
     )
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/partition_row_count": len(mix),
-            "dagster/column_schema": schema,
-            "dagster/table_name": "d23.outcome_mix_monthly",
-            "attempts": sum(r["attempts"] for r in mix),
-            "outcome_mix": dg.MetadataValue.md(markdown_table(by_outcome) + "\n\n" + chart),
-            "preview": dg.MetadataValue.md(markdown_table(mix[:25])),
-            **_rebuilt_too(context, also),
-        },
-        check_results=check_results,
-    )
+    return {
+        "dagster/partition_row_count": len(mix),
+        "dagster/column_schema": schema_from_table(con, "outcome_mix_monthly"),
+        "dagster/table_name": "d23.outcome_mix_monthly",
+        "attempts": sum(r["attempts"] for r in mix),
+        "outcome_mix": dg.MetadataValue.md(markdown_table(by_outcome) + "\n\n" + chart),
+        "preview": dg.MetadataValue.md(markdown_table(mix[:25])),
+    }
 
 
 @dg.asset(
@@ -120,10 +128,9 @@ def outcome_kpis_monthly(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Recompute the month's KPIs from its outcome mix."""
-    from d23_pipeline.analytics.dashboard import month_state
     from d23_pipeline.analytics.outcome_mix import rebuild_months_due, rebuild_outcome_kpis_monthly
     from d23_pipeline.warehouse import sql
-    from d23_pipeline.warehouse.store import fetch_dicts, fetch_row
+    from d23_pipeline.warehouse.store import fetch_dicts
 
     month = _month(context)
     with warehouse.get_connection() as con:
@@ -131,43 +138,68 @@ def outcome_kpis_monthly(
         also = rebuild_months_due(
             con, "outcome_kpis_monthly", lambda other, *_: rebuild_outcome_kpis_monthly(con, other)
         )
+        metadata = {m: _outcome_kpis_metadata(con, m) for m in [month, *also]}
         (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
-        schema = schema_from_table(con, "outcome_kpis_monthly")
-        (last_read,) = fetch_row(con, sql.MONTH_LAST_READ, {"partition": month.isoformat()})
         check_results = [
             checks.kpi_rates_in_range(con, month),
             checks.kpi_attempts_match_mix(con, month),
             checks.kpi_unmapped_share(kpis["attempts"], kpis["unmapped_attempts"]),
         ]
     return dg.MaterializeResult(
-        metadata={
-            "dagster/partition_row_count": 1,
-            "dagster/column_schema": schema,
-            "dagster/table_name": "d23.outcome_kpis_monthly",
-            # The asset's page shows the last run's entries: say whose they are.
-            "month": f"{month:%Y-%m}",
-            # A running or maturing month's rates are not final: the dashboard's words for it.
-            "month_state": month_state(month, last_read, datetime.now(UTC)),
-            # Percentages with one decimal, as analysts quote them (numbers, so the UI plots
-            # them across materializations).
-            **{f"{name} (%)": _percent(kpis[name]) for name in KPI_NAMES},
-            "attempts": int(kpis["attempts"]),
-            "kpis": dg.MetadataValue.md(_kpi_table(kpis)),
-            **_rebuilt_too(context, also),
-        },
+        metadata={**metadata[month], **_rebuilt_too(context, metadata)},
         check_results=check_results,
     )
 
 
-def _rebuilt_too(context: dg.AssetExecutionContext, months: list) -> dict[str, str]:
-    """Metadata (and a log line) for other months rebuilt because a merge, this run's or an
-    earlier one whose outcome steps did not run, changed their rows (d23.mix_rebuilds_due)."""
-    if not months:
+def _outcome_kpis_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict[str, Any]:
+    from d23_pipeline.analytics.dashboard import month_state
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import fetch_dicts, fetch_row
+
+    (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
+    (last_read,) = fetch_row(con, sql.MONTH_LAST_READ, {"partition": month.isoformat()})
+    return {
+        "dagster/partition_row_count": 1,
+        "dagster/column_schema": schema_from_table(con, "outcome_kpis_monthly"),
+        "dagster/table_name": "d23.outcome_kpis_monthly",
+        # The asset's page shows the last run's entries: say whose they are.
+        "month": f"{month:%Y-%m}",
+        # A running or maturing month's rates are not final: the dashboard's words for it.
+        "month_state": month_state(month, last_read, datetime.now(UTC)),
+        # Percentages with one decimal, as analysts quote them (numbers, so the UI plots
+        # them across materializations).
+        **{f"{name} (%)": _percent(kpis[name]) for name in KPI_NAMES},
+        "attempts": int(kpis["attempts"]),
+        "kpis": dg.MetadataValue.md(_kpi_table(kpis)),
+    }
+
+
+def _rebuilt_too(
+    context: dg.AssetExecutionContext, metadata: dict[date, dict[str, Any]]
+) -> dict[str, str]:
+    """For other months rebuilt because a merge, this run's or an earlier one whose outcome steps
+    did not run, changed their rows (d23.mix_rebuilds_due): a materialization of each (so its
+    page does not go on showing the numbers it had before), a log line, and metadata naming
+    them. ``metadata`` is each month's, this run's first."""
+    this_month, *others = metadata
+    if not others:
         return {}
-    names = ", ".join(f"{m:%Y-%m}" for m in months)
+    names = ", ".join(f"{m:%Y-%m}" for m in others)
     context.log.info(
         f"also rebuilt {names}: a merge changed rows counted there (d23.mix_rebuilds_due)"
     )
+    for month in others:
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=month.isoformat(),
+                metadata={
+                    **metadata[month],
+                    "rebuilt_by": f"the run of {this_month:%Y-%m}: a merge changed rows counted "
+                    "in this month",
+                },
+            )
+        )
     return {"months_rebuilt_too": names}
 
 
@@ -206,8 +238,6 @@ def outcome_mix_daily(
 ) -> dg.MaterializeResult:
     """Rebuild the daily trend for the month's days."""
     from d23_pipeline.analytics.outcome_mix import rebuild_months_due, rebuild_outcome_mix_daily
-    from d23_pipeline.warehouse import sql
-    from d23_pipeline.warehouse.store import fetch_dicts
 
     window = context.partition_time_window
     classes = outcome_mapping.classes()
@@ -218,29 +248,37 @@ def outcome_mix_daily(
             "outcome_mix_daily",
             lambda _, since, until: rebuild_outcome_mix_daily(con, since, until, classes),
         )
-        days = fetch_dicts(
-            con, sql.OUTCOME_MIX_DAILY_FOR_WINDOW, {"since": window.start, "until": window.end}
-        )
-        schema = schema_from_table(con, "outcome_mix_daily")
+        metadata = {m: _outcome_mix_daily_metadata(con, m) for m in [_month(context), *also]}
         check = checks.daily_rates_in_range(con, window.start, window.end)
-    metadata = {
+    return dg.MaterializeResult(
+        metadata={**metadata[_month(context)], **_rebuilt_too(context, metadata)},
+        check_results=[check],
+    )
+
+
+def _outcome_mix_daily_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict[str, Any]:
+    from d23_pipeline.months import month_window
+    from d23_pipeline.warehouse import sql
+    from d23_pipeline.warehouse.store import fetch_dicts
+
+    since, until = month_window(f"{month:%Y-%m}")
+    days = fetch_dicts(con, sql.OUTCOME_MIX_DAILY_FOR_WINDOW, {"since": since, "until": until})
+    metadata: dict[str, Any] = {
         "dagster/partition_row_count": len(days),
-        "dagster/column_schema": schema,
+        "dagster/column_schema": schema_from_table(con, "outcome_mix_daily"),
         "dagster/table_name": "d23.outcome_mix_daily",
-        **_rebuilt_too(context, also),
     }
     if days:
         # Every day from the month's first to its last counted, so that a day without attempts
         # is a gap in the lines, not a join of the days on either side.
         by_day = {d["day"]: d for d in days}
-        first = window.start.date()
-        shown = [first + timedelta(days=n) for n in range((max(by_day) - first).days + 1)]
+        shown = [month + timedelta(days=n) for n in range((max(by_day) - month).days + 1)]
         rates = ("contact_rate", "rpc_rate", "ptp_per_attempt")
         metadata["trend"] = dg.MetadataValue.md(
             charts.rate_chart(
                 shown,
                 {k: [by_day[day][k] if day in by_day else None for day in shown] for k in rates},
-                f"Daily outcome rates, {window.start:%B %Y}",
+                f"Daily outcome rates, {month:%B %Y}",
             )
         )
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    return metadata
