@@ -18,8 +18,8 @@ import time
 import dagster as dg
 
 from d23_pipeline.defs import keys
-from d23_pipeline.defs.jobs import d23_dashboard_job
-from d23_pipeline.defs.sensors import IN_FLIGHT_STATUSES
+from d23_pipeline.defs.jobs import d23_dashboard_job, d23_pipeline_job
+from d23_pipeline.defs.sensors import IN_FLIGHT_STATUSES, reads_a_month
 
 
 def _recorded(
@@ -62,6 +62,17 @@ def dashboard_after_blocked_run(
     return dg.RunRequest(run_key=f"dashboard-after:{run_id}")
 
 
+def _may_build_dashboard(run: dg.DagsterRun) -> bool:
+    """A run of a D23 month (its backfill builds the dashboard after it) or of the dashboard; on
+    an instance shared with other projects, their runs do not hold the page back."""
+    selection = run.asset_selection
+    return (
+        reads_a_month(run, d23_pipeline_job.name)
+        or run.job_name == d23_dashboard_job.name
+        or (selection is not None and keys.OUTCOME_DASHBOARD in selection)
+    )
+
+
 # Until a merge is this old, its own run or backfill may still rebuild the dashboard: the
 # backfill daemon submits a backfill's dashboard run within an iteration (~30 s) of its last month.
 SETTLED_S = 120.0
@@ -96,6 +107,9 @@ def dashboard_behind_the_warehouse(
         return dg.SkipReason("the dashboard was built after the last merge")
     if time.time() - merged.timestamp < SETTLED_S:
         return dg.SkipReason("the last merge is recent: its run or backfill may still build it")
-    if instance.get_runs_count(dg.RunsFilter(statuses=IN_FLIGHT_STATUSES)):
-        return dg.SkipReason("a run is in flight: it, or the backfill it is part of, may build it")
+    in_flight = instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT_STATUSES))
+    if any(_may_build_dashboard(run) for run in in_flight):
+        return dg.SkipReason(
+            "a D23 run is in flight: it, or the backfill it is part of, may build it"
+        )
     return dg.RunRequest(run_key=f"dashboard-behind:{merged.storage_id}")
