@@ -2,15 +2,19 @@
 run and as the daemon ticks it, the run it requests, and the months the page then lists as
 lagging until they are built."""
 
+import re
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin
+from filelock import FileLock
 from harness import Pipeline
 
-from d23_pipeline.analytics import outcome_mix
+from d23_pipeline.analytics import dashboard, outcome_mix
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs import checks, dashboard_refresh, keys
 from d23_pipeline.defs.dashboard_refresh import (
@@ -246,3 +250,49 @@ def test_a_merge_no_run_built_the_dashboard_after_requests_it_once_nothing_else_
         )
         assert rebuilt.success and pipeline.dashboard_path.is_file()
         assert "built after the last merge" in tick().skip_message
+
+
+def test_a_page_read_before_another_runs_merge_is_not_written_after_that_runs_page(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs the warehouse pool does not serialise (two `dagster asset materialize`, DuckLake
+    # with several writers): a dashboard run after March's has read the warehouse and is writing
+    # its page when April's first read merges and reaches its own dashboard step.
+    march, april = "2026-03", "2026-04"
+    pipeline.materialize(march)
+    march_writing, march_may_write, april_at_page = (threading.Event() for _ in range(3))
+    write_page, page_lock = dashboard.write_dashboard, dashboard.page_lock
+
+    def write_march_page_slowly(path: Path, data: dashboard.DashboardData) -> None:
+        if threading.current_thread().name == march:
+            march_writing.set()
+            assert march_may_write.wait(60)
+        write_page(path, data)
+
+    def note_april_at_page(path: Path) -> FileLock:
+        if threading.current_thread().name == april:
+            april_at_page.set()
+        return page_lock(path)
+
+    monkeypatch.setattr(dashboard, "write_dashboard", write_march_page_slowly)
+    monkeypatch.setattr(dashboard, "page_lock", note_april_at_page)
+    dashboard_alone = defs.resolve_job_def(d23_dashboard_job.name)
+    runs = {
+        march: threading.Thread(
+            target=dashboard_alone.execute_in_process,
+            kwargs={"resources": pipeline.resources()},
+            name=march,
+        ),
+        april: threading.Thread(target=pipeline.materialize, args=(april,), name=april),
+    }
+    runs[march].start()
+    assert march_writing.wait(60)
+    runs[april].start()
+    while not april_at_page.is_set() and runs[april].is_alive():
+        time.sleep(0.05)
+    march_may_write.set()
+    for run in runs.values():
+        run.join(120)
+
+    april_row = re.search(r"<tr><td>2026-04</td>(.*?)</tr>", pipeline.dashboard_path.read_text())
+    assert april_row is not None and "never" not in april_row.group(1)

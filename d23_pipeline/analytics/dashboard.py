@@ -25,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import duckdb
+from filelock import FileLock
 
 from d23_pipeline.analytics.outcome_classes import OutcomeClass, shown_code
 from d23_pipeline.analytics.outcome_mix import load_classes
@@ -1166,6 +1167,15 @@ def _remove_abandoned_writes(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if datetime.now(UTC).timestamp() - stale.stat().st_mtime > ABANDONED_WRITE_S:
                 stale.unlink()
+
+
+def page_lock(path: Path) -> FileLock:
+    """The lock a run holds from reading the warehouse for the page at ``path`` to replacing it:
+    two runs not serialised by the warehouse pool (two ``dagster asset materialize``, DuckLake
+    with several writers) would otherwise let the one that read earlier write last, a page
+    without the other's month that no later merge is due to mend."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.parent / f".{path.name}.lock"))
 
 
 def write_dashboard(path: Path, data: DashboardData) -> None:

@@ -37,10 +37,11 @@ def outcome_dashboard(
     from d23_pipeline.analytics import dashboard
 
     timezone = dashboard_file.zone()
-    with warehouse.get_connection() as con:
-        data = dashboard.gather(con, outcome_mapping.classes(), timezone, datetime.now(UTC))
     path = dashboard_file.file()
-    dashboard.write_dashboard(path, data)
+    with dashboard.page_lock(path):
+        with warehouse.get_connection() as con:
+            data = dashboard.gather(con, outcome_mapping.classes(), timezone, datetime.now(UTC))
+        dashboard.write_dashboard(path, data)
     latest, _ = data.tile_months()
     metadata: dict[str, object] = {
         # No file:// link: browsers refuse to open one from the UI's http:// page.
