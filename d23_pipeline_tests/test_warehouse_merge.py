@@ -1026,3 +1026,32 @@ def test_another_months_stored_reject_of_a_row_is_found_and_the_months_own_is_no
         found = rejects_elsewhere(con, PARTITION, {"r", "s"})
 
     assert [(r.public_id, r.partition) for r in found] == [("r", "2026-05-01")]
+
+
+def test_a_warehouse_an_older_version_made_is_refused_naming_the_table_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    # d23.deletions_pending as an earlier version made it: a count of rows, not their ids.
+    with Warehouse(path).connect() as con:
+        con.execute("DROP TABLE d23.deletions_pending")
+        con.execute(
+            "CREATE TABLE d23.deletions_pending (_partition VARCHAR NOT NULL, rows BIGINT "
+            "NOT NULL, held BOOLEAN NOT NULL, reason VARCHAR NOT NULL, read_at TIMESTAMPTZ "
+            "NOT NULL)"
+        )
+        con.execute("INSERT INTO d23.deletions_pending VALUES ('2026-04-01', 7, true, 'x', now())")
+
+    for read_only in (False, True):
+        with (
+            pytest.raises(
+                store.WarehouseSchemaError, match=r"d23\.deletions_pending in "
+            ) as caught,
+            Warehouse(path).connect(read_only=read_only),
+        ):
+            pass
+        assert str(path) in str(caught.value) and "rows BIGINT" in str(caught.value)
+
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT rows FROM d23.deletions_pending").fetchall() == [(7,)]
+    con.close()

@@ -44,7 +44,7 @@ import duckdb
 
 from d23_pipeline.settings import LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import ducklake_sql, sql
-from d23_pipeline.warehouse.store import WarehouseBusyError, execute
+from d23_pipeline.warehouse.store import WarehouseBusyError, check_schema, execute
 
 log = logging.getLogger("d23_pipeline.warehouse")
 
@@ -333,6 +333,7 @@ class DuckLakeWarehouse:
                 self._attach(lake)
                 lake.execute(ducklake_sql.USE_CATALOG)
                 retry_on_conflict(lambda: lake.execute(sql.CREATE_SCHEMA))
+                check_schema(lake, "the DuckLake")
             except BaseException as exc:
                 lake.close()
                 self._hide_secrets(exc)

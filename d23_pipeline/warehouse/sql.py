@@ -569,6 +569,14 @@ ORDER BY copies DESC, public_id
 LIMIT 20
 """
 
+# Every d23 table's columns, held against those CREATE_SCHEMA makes (store.check_schema).
+D23_COLUMNS = """
+SELECT table_name, column_name, data_type
+FROM information_schema.columns
+WHERE table_schema = 'd23'
+ORDER BY table_name, ordinal_position
+"""
+
 TABLE_COLUMNS = """
 SELECT column_name, data_type
 FROM information_schema.columns

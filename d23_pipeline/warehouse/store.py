@@ -8,6 +8,7 @@ short a time as the work needs; downloads never hold it.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import re
 import time
@@ -99,6 +100,45 @@ class WarehouseBusyError(RuntimeError):
     """Another process holds the warehouse longer than a connection may wait for it."""
 
 
+class WarehouseSchemaError(RuntimeError):
+    """A ``d23`` table has other columns than this version makes: another version made it."""
+
+
+@functools.cache
+def _columns_made() -> dict[str, list[tuple[str, str]]]:
+    con = duckdb.connect()
+    try:
+        con.execute(sql.CREATE_SCHEMA)
+        return _d23_columns(con)
+    finally:
+        con.close()
+
+
+def _d23_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str]]]:
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for table, column, data_type in execute(con, sql.D23_COLUMNS, {}).fetchall():
+        tables.setdefault(table, []).append((column, data_type))
+    return tables
+
+
+def check_schema(con: duckdb.DuckDBPyConnection, warehouse: str) -> None:
+    """Refuse a warehouse whose ``d23`` tables another version of this product made (CREATE
+    TABLE IF NOT EXISTS keeps a table of another shape), naming the table and its columns,
+    before any statement reads or writes them by position or name."""
+    found = _d23_columns(con)
+    for table, made in _columns_made().items():
+        held = found.get(table)
+        if held is not None and held != made:
+            shown = ", ".join(f"{name} {data_type}" for name, data_type in held)
+            expected = ", ".join(f"{name} {data_type}" for name, data_type in made)
+            raise WarehouseSchemaError(
+                f"d23.{table} in {warehouse} has columns ({shown}); this version of d23-pipeline "
+                f"makes it with ({expected}). Another version made this warehouse, and nothing "
+                "was changed in it. Run the version that made it, or move the warehouse aside "
+                "and backfill the months to build it again from the source."
+            )
+
+
 def _held_by_another_process(exc: duckdb.IOException) -> bool:
     # DuckDB's own file lock: "Could not set lock on file ...: Conflicting lock is held in ..."
     return "conflicting lock" in str(exc).lower()
@@ -149,6 +189,7 @@ class Warehouse:
                 con.execute(sql.SESSION_SETUP)
                 if not read_only:
                     con.execute(sql.CREATE_SCHEMA)
+                check_schema(con, str(self.path))
                 yield con
             finally:
                 con.close()
