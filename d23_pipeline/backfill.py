@@ -394,7 +394,7 @@ def deciding_runs(
     return deciding
 
 
-def _run_events(url: str, run_id: str) -> list[dict[str, Any]]:
+def run_events(url: str, run_id: str) -> list[dict[str, Any]]:
     """Run ``run_id``'s check evaluations (``evaluation``), step failures (``stepKey``,
     ``error``) and run failure (``runFailure``); its other events come back empty."""
     found: list[dict[str, Any]] = []
@@ -408,12 +408,6 @@ def _run_events(url: str, run_id: str) -> list[dict[str, Any]]:
         if not events["hasMore"]:
             return found
         cursor = events["cursor"]
-
-
-def check_evaluations(url: str, run_id: str) -> list[dict[str, Any]]:
-    """The asset check evaluations of run ``run_id``: checkName, success, severity,
-    description, assetKey."""
-    return [e["evaluation"] for e in _run_events(url, run_id) if "evaluation" in e]
 
 
 def _first_line(text: str | None) -> str:
@@ -432,7 +426,7 @@ def report_failures(url: str, runs: Sequence[dict[str, Any]]) -> bool:
     failed one failed, the dashboard's run's too; whether a check was an ERROR."""
     errors = False
     for month, run in deciding_runs(runs, dashboard=True).items():
-        events = _run_events(url, run["runId"])
+        events = run_events(url, run["runId"])
         for evaluation in (e["evaluation"] for e in events if "evaluation" in e):
             if evaluation["success"]:
                 continue

@@ -1,5 +1,6 @@
-"""``make run``: Dagster UI and daemon on an embedded DuckDB, against the bundled simulator
-unless ``D23_API_URL`` points at a real Exports API."""
+"""``make run``: Dagster UI and daemon on the warehouse ``D23_WAREHOUSE`` names (the embedded
+DuckDB file by default), against the bundled simulator unless ``D23_API_URL`` points at a real
+Exports API."""
 
 from __future__ import annotations
 

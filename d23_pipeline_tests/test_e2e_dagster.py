@@ -32,7 +32,7 @@ from processes import (
     webserver_process,
 )
 
-from d23_pipeline.backfill import backfill_status, check_evaluations, deciding_runs
+from d23_pipeline.backfill import backfill_status, deciding_runs, run_events
 from d23_pipeline.defs import keys
 from d23_pipeline.defs.sensors import REFRESH_DATE_TAG, TRIGGER_TAG, run_key
 from d23_pipeline.launch import set_pool_limits
@@ -241,8 +241,9 @@ def test_backfill_from_the_command_line_lands_every_month_exactly(deployment: De
     assert " failed (" not in finished.stdout
     for run in deciding_runs(runs).values():
         evaluations = {
-            e["checkName"]: e["success"]
-            for e in check_evaluations(deployment.web.url, run["runId"])
+            e["evaluation"]["checkName"]: e["evaluation"]["success"]
+            for e in run_events(deployment.web.url, run["runId"])
+            if "evaluation" in e
         }
         assert evaluations["slices_verified"] is True
         assert evaluations["rows_match_api_total"] is True

@@ -6,11 +6,13 @@ walk early). Exact totals of small windows, counted before and after the walk, a
 cross-check the API offers. A slice is *verified* when what it served is consistent with them:
 
 - equal to a count that did not move during the walk, or
-- for a window that changed while it was read, between the two counts (rows written ahead of
-  the cursor are served, rows deleted ahead of it are not, so a complete walk lands in between).
+- on a read again (which walks on past the API's early ends), for a window that changed while
+  it was read, between the two counts (rows written ahead of the cursor are served, rows deleted
+  ahead of it are not, so a complete walk lands in between).
 
-Anything else (fewer rows than both counts, a count the API would not give exactly) leaves the
-slice unverified: its rows may add and update, never delete.
+Anything else (a first read whose counts moved, a read whose walks ran out of read-ons, fewer
+rows than both counts, a count the API would not give exactly) leaves the slice unverified: its
+rows may add and update, never delete.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ class ExportsApiResource(dg.ConfigurableResource):
     retry_base_delay_s: float = Field(
         default=DEFAULT_RETRY_BASE_DELAY_S,
         ge=0,
-        description="Backoff before the first retry (doubles)",
+        description="Ceiling of the jittered pause before the first retry (doubles per retry, "
+        "up to 30 s)",
     )
     retry_max_attempts: int = Field(
         default=DEFAULT_RETRY_MAX_ATTEMPTS,

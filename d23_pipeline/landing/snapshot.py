@@ -184,7 +184,8 @@ class Snapshot:
     stale_rejects: list[StaleReject] = field(default_factory=list)
     # The deletions this read could not prove, one entry per reason (ids in unproven_file).
     unproven: list[UnprovenDeletions] = field(default_factory=list)
-    # When its first slice was read (a resumed read: the interrupted one's); None: completed_at.
+    # When its first slice was read (a resumed read: the interrupted one's); every manifest
+    # records it. None (a snapshot built in memory, as tests do): taken as completed_at.
     started_at: datetime | None = None
     # Rows its read proved gone (in absent_file); None: landed before the count was recorded.
     absent_rows: int | None = None

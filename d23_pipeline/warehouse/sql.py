@@ -125,10 +125,10 @@ CREATE TABLE IF NOT EXISTS d23.mix_rebuilds_due (
 
 _DATA_COLUMNS = ", ".join(D23_FIELDS)
 
-# Every merge's first write: on DuckLake, of two merges open at once the one that commits second
-# then always conflicts (both replaced this row) and runs again on the other's result, even when
-# neither changed a row of d23.logs that the other did. On the DuckDB file, where merges take
-# turns under the file lock, it only counts them.
+# Every merge's last write (see store.merge_snapshot): on DuckLake, of two merges open at once
+# the one that commits second then always conflicts (both replaced this row) and runs again on
+# the other's result, even when neither changed a row of d23.logs that the other did. On the
+# DuckDB file, where merges take turns under the file lock, it only counts them.
 RECORD_MERGE = """
 UPDATE d23.last_merge SET merges = merges + 1, _partition = $partition, read_at = $read_at
 """
@@ -200,8 +200,9 @@ SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 # snapshot's ids from its first ($low of the first part) to its last, so that no part joins the
 # rows of other months (ids are time-ordered, and DuckDB skips row groups outside a range; an
 # empty snapshot has no first id, and nothing to join). A month of many rows is cut into
-# several parts: a 5M-row month's whole join did not fit DuckDB's default memory limit, read
-# again or read for the first time beside other months; its parts do (benchmarks/README.md).
+# several parts: a 5M-row month's whole join did not fit the warehouse's default memory limit
+# (settings.DEFAULT_MEMORY_LIMIT), read again or read for the first time beside other months;
+# its parts do (benchmarks/README.md).
 SNAPSHOT_ID_SPAN = "SELECT min(public_id), max(public_id) FROM snapshot"
 # The cut points: quantiles of a sample of the snapshot's ids, of 10,000, as a sample of
 # 100,000 stayed in DuckDB's memory, 14 MB of it, through the merge of a 5M-row month.

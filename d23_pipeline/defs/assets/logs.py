@@ -39,8 +39,9 @@ class LogsMergeConfig(dg.Config):
     ],
     description=(
         "Table d23.logs: every D23 row once per public_id, latest updated_at winning. Each month's "
-        "raw snapshot is merged in one transaction; a row gets _deleted_at only when a verified "
-        "re-read of its day no longer returns it."
+        "raw snapshot is merged in one transaction; a row gets _deleted_at only when a read proven "
+        "complete for its slice no longer returns it, a read of its own instant confirms it, and "
+        "a second read of the month does not find it moved."
     ),
 )
 def logs(
