@@ -32,8 +32,10 @@ from d23_pipeline.settings import (
     local_path,
     read_local_ports,
     read_pool_limits,
+    read_warehouse_database,
 )
 from d23_pipeline.warehouse.ducklake import NOT_A_DSN, split_password
+from d23_pipeline.warehouse.store import Warehouse
 
 SIMULATOR_MONTHS = 6
 DEMO_CREDENTIALS = {
@@ -237,12 +239,14 @@ def _guide(env: dict[str, str], ui_port: int = 3000) -> str:
 
 def check_before_the_ui(env: Mapping[str, str]) -> None:
     """Raise SettingsError for a setting the UI would only reveal later: an outcome mapping file
-    the outcome-mix steps refuse (the code location would not load) or a DuckLake DSN libpq
-    cannot read (every run's warehouse step would fail)."""
+    the outcome-mix steps refuse (the code location would not load), a DuckLake DSN libpq
+    cannot read or a warehouse file this user cannot write (every run would fail)."""
     options = load_options(env)
     check_mapping_setting(options.outcome_mapping)
     if options.warehouse == "ducklake" and split_password(env["D23_WAREHOUSE_DSN"]) is None:
         raise SettingsError(NOT_A_DSN)
+    if options.warehouse == "duckdb":
+        Warehouse(Path(read_warehouse_database(env))).check_usable()
 
 
 def set_pool_limits(env: Mapping[str, str]) -> None:

@@ -332,7 +332,7 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
             "Parquet files go to, the same for every process"
         )
     return backend, data_path if "://" in data_path else str(
-        local_path("D23_DUCKLAKE_DATA_PATH", data_path).resolve()
+        writable_folder("D23_DUCKLAKE_DATA_PATH", data_path).resolve()
     )
 
 
@@ -462,18 +462,21 @@ def local_path(name: str, value: str) -> Path:
 
 
 def read_data_dir(env: Mapping[str, str]) -> Path:
-    """``D23_DATA_DIR`` (default ``data``), refused if it, or the nearest part of it that
-    exists, is not a folder: the runs would create theirs in it only after the API was read."""
-    value = env.get("D23_DATA_DIR", "").strip() or "data"
-    path = local_path("D23_DATA_DIR", value)
+    """``D23_DATA_DIR`` (default ``data``), as :func:`writable_folder` checks it."""
+    return writable_folder("D23_DATA_DIR", env.get("D23_DATA_DIR", "").strip() or "data")
+
+
+def writable_folder(name: str, value: str) -> Path:
+    """The folder setting ``name``, refused if it, or the nearest part of it that exists, is not
+    a folder this user can write in: the runs would create theirs in it only after the API was
+    read (and DuckLake records its data path in the catalog at the first run)."""
+    path = local_path(name, value)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise SettingsError(
-            f"D23_DATA_DIR points to {value!r}, but {str(existing)!r} is not a folder"
-        )
+        raise SettingsError(f"{name} points to {value!r}, but {str(existing)!r} is not a folder")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise SettingsError(
-            f"D23_DATA_DIR points to {value!r}, but this user cannot write in {str(existing)!r}"
+            f"{name} points to {value!r}, but this user cannot write in {str(existing)!r}"
         )
     return path
 

@@ -263,6 +263,33 @@ def test_make_run_with_a_ducklake_dsn_libpq_cannot_read_stops_before_the_ui(
     assert served == []
 
 
+def test_make_run_with_a_warehouse_file_this_user_cannot_write_stops_before_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = []
+    warehouse = tmp_path / "data" / "warehouse.duckdb"
+    warehouse.parent.mkdir()
+    warehouse.touch()
+    # A file another user made, or a read-only share; the tests run as root, whom no mode stops.
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != warehouse and access(p, mode))
+
+    with pytest.raises(SystemExit) as stopped:
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, port: served.append(port),
+            **A_REAL_API,
+            D23_DATA_DIR=str(warehouse.parent),
+        )
+
+    assert str(stopped.value) == (
+        f"error: this user cannot write {warehouse}: make it writable, or set D23_DATA_DIR to a "
+        "folder this user can write"
+    )
+    assert served == []
+
+
 def test_make_run_logs_in_to_its_simulator_as_the_demo_user_whatever_credentials_are_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

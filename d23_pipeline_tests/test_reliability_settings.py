@@ -402,6 +402,19 @@ def test_a_path_setting_starting_with_a_tilde_is_under_the_home_folder(
     assert options.ducklake_data_path == str(tmp_path / "lake")
 
 
+def test_a_ducklake_data_path_that_is_a_file_fails_at_load_naming_it(tmp_path: Path) -> None:
+    # Recorded in the catalog by the first run, a mistyped data path would outlive its fix.
+    env = {
+        "D23_WAREHOUSE": "ducklake",
+        "D23_WAREHOUSE_DSN": "host=db dbname=d23",
+        "D23_DUCKLAKE_DATA_PATH": str(tmp_path / "lake.txt"),
+    }
+    (tmp_path / "lake.txt").write_text("not a folder")
+
+    with pytest.raises(SettingsError, match=r"D23_DUCKLAKE_DATA_PATH points to .* not a folder"):
+        load_options(env)
+
+
 @pytest.mark.parametrize("name", ["D23_DATA_DIR", "D23_OUTCOME_MAPPING"])
 def test_a_path_under_the_home_folder_of_an_unknown_user_is_refused_naming_its_variable(
     name: str,

@@ -6,13 +6,16 @@ retries on (3, not the shipped 2, so that its count is told apart from an inheri
 tests read what the daemon would; the last test runs the daemon itself.
 """
 
+import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
-from harness import MONTHS, Pipeline
+from harness import MONTHS, Lake, Pipeline, failure_messages
+from postgres import PostgresServer
 from processes import (
     daemon_process,
     free_port,
@@ -222,3 +225,39 @@ def test_a_backfill_month_with_a_refused_login_fails_once_under_the_daemon(tmp_p
     assert "AuthenticationError: login for lender" in waited.stdout
     # The shipped instance retries failed runs twice: this month's one run was not retried.
     assert [run["status"] for run in runs] == ["FAILURE"]
+
+
+def test_a_warehouse_file_this_user_cannot_write_fails_the_month_before_its_download(
+    pipeline: Pipeline, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pipeline.warehouse().connect():
+        pass  # the file exists, made by an earlier run
+    # A read-only file or share; the tests run as root, whom no mode stops.
+    access = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode: Path(path) != pipeline.warehouse_path and access(path, mode),
+    )
+
+    result, tags = _failed_run(pipeline, instance)
+
+    assert f"cannot write {pipeline.warehouse_path}" in failure_messages(result)["d23__raw_logs"]
+    assert pipeline.sim.stats.snapshot()["rows_served"] == 0  # nothing downloaded in vain
+    assert tags["dagster/will_retry"] == "false"
+
+
+def test_a_ducklake_catalog_refusing_the_login_fails_the_month_before_its_download(
+    postgres: PostgresServer, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    sim = Simulator(SimulatorConfig(months=(MONTH,), rows_per_month=10))
+    lake = Lake.create(postgres, tmp_path / "lake")
+    wrong = replace(lake, dsn=lake.dsn.replace(postgres.password, "not-the-password"))
+    with serve(sim) as url:
+        result, tags = _failed_run(Pipeline(sim, url, tmp_path / "data", lake=wrong), instance)
+
+    message = failure_messages(result)["d23__raw_logs"]
+    assert "WarehouseSettingsError" in message and "authentication failed" in message
+    assert "not-the-password" not in message
+    assert sim.stats.snapshot()["rows_served"] == 0
+    assert tags["dagster/will_retry"] == "false"

@@ -34,6 +34,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
     )
     from d23_pipeline.landing.snapshot import SourceMismatchError
     from d23_pipeline.settings import SettingsError
+    from d23_pipeline.warehouse.ducklake import WarehouseSettingsError
 
     return (
         AuthenticationError,
@@ -42,6 +43,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
         NotTheApiError,
         SourceMismatchError,
         SettingsError,
+        WarehouseSettingsError,
     )
 
 

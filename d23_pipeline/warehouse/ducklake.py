@@ -70,6 +70,30 @@ class WarehouseConnectionError(RuntimeError):
     """The DuckLake catalog could not be opened; the message never holds the DSN's password."""
 
 
+class WarehouseSettingsError(WarehouseConnectionError):
+    """The catalog refused what the settings name (a DSN libpq cannot read, a login, a database
+    or data path other than the catalog's): unlike a server that is down, no retry mends it."""
+
+
+# libpq's and DuckLake's words for a refusal of the settings, not of the network.
+_REFUSED_SETTINGS = (
+    "authentication failed",
+    "no password supplied",
+    "does not exist",
+    "invalid connection option",
+    "invalid integer value",
+    "DATA_PATH parameter",
+)
+# Without it libpq waits on a host that drops packets until TCP gives up, minutes later.
+CATALOG_CONNECT_TIMEOUT_S = "15"
+
+
+def _connection_error(action: str, failure: str) -> WarehouseConnectionError:
+    refused = any(words in failure for words in _REFUSED_SETTINGS)
+    error = WarehouseSettingsError if refused else WarehouseConnectionError
+    return error(f"cannot {action} named by D23_WAREHOUSE_DSN: {failure}")
+
+
 def extension_path(name: str) -> Path:
     """The extension file that ``duckdb-extension-<name>`` ships for the installed DuckDB."""
     package = importlib.import_module(f"duckdb_extension_{name}")
@@ -108,6 +132,7 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
     if "://" in dsn and _misread_uri(params):
         return None
     password = params.pop("password", None)
+    params.setdefault("connect_timeout", CATALOG_CONNECT_TIMEOUT_S)
     conninfo: str = make_dsn(**params)
     return conninfo, password
 
@@ -273,9 +298,8 @@ class DuckLakeWarehouse:
         except psycopg2.Error as exc:
             failure = self._redact(str(exc)).strip()
         if failure is not None:  # raised here, not above: the new error would keep libpq's
-            raise WarehouseConnectionError(
-                f"cannot take the writers' turn on the DuckLake catalog named by "
-                f"D23_WAREHOUSE_DSN: {failure}"
+            raise _connection_error(
+                "take the writers' turn on the DuckLake catalog", failure
             ) from None
         try:
             session.autocommit = True
@@ -341,9 +365,14 @@ class DuckLakeWarehouse:
             _LAKES[key] = lake
             return lake
 
+    def check_usable(self) -> None:
+        """Open the catalog (once per process): a DSN, login, database or data path it refuses
+        is raised before a run reads the API, not after."""
+        self._lake()
+
     def _checked_split(self) -> tuple[str, str | None]:
         if self._split is None:
-            raise WarehouseConnectionError(NOT_A_DSN)
+            raise WarehouseSettingsError(NOT_A_DSN)
         return self._split
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -364,9 +393,7 @@ class DuckLakeWarehouse:
             # its text, as __context__ (``from None`` only hides that from tracebacks).
             failure = self._redact(str(exc))
         if failure is not None:
-            raise WarehouseConnectionError(
-                f"cannot open the DuckLake catalog named by D23_WAREHOUSE_DSN: {failure}"
-            ) from None
+            raise _connection_error("open the DuckLake catalog", failure) from None
 
     def _redact(self, message: str) -> str:
         """``message`` without the DSN, the connection string DuckDB was given, or a password."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import re
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from d23_pipeline.settings import (
     DEFAULT_MEMORY_LIMIT,
     LOCK_TIMEOUT_S,
     MEMORY_SIZE,
+    SettingsError,
 )
 from d23_pipeline.warehouse import sql
 
@@ -261,6 +263,17 @@ class Warehouse:
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
 
+    def check_usable(self) -> None:
+        """Raise SettingsError if this user cannot write the file (or make it), before a run
+        downloads a month only to fail at its merge; a retry would fail the same way."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        for target in (self.path, lock) if self.path.exists() else (self.path.parent,):
+            if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+                raise SettingsError(
+                    f"this user cannot write {target}: make it writable, or set D23_DATA_DIR to "
+                    "a folder this user can write"
+                )
+
     def _create(self) -> None:
         con = duckdb.connect(str(self.path), config=self._config)
         try:
@@ -275,6 +288,9 @@ class WarehouseBackend(Protocol):
     def connect(
         self, read_only: bool = False
     ) -> AbstractContextManager[duckdb.DuckDBPyConnection]: ...
+
+    def check_usable(self) -> None:
+        """Raise if a run could not write here, naming what to fix, before it reads the API."""
 
 
 @dataclass(frozen=True)

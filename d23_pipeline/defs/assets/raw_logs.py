@@ -40,6 +40,9 @@ def raw_logs(
 
     time_window = context.partition_time_window
     with retried_only_when_it_can_help(context):
+        # A warehouse this run could not merge into fails it now, not after a month's download.
+        backend = warehouse.warehouse()
+        backend.check_usable()
         slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
         store, partition = landing_zone.store(), context.partition_key
         with exports_api.client(max_window=store.max_window(partition)) as client:
@@ -47,7 +50,7 @@ def raw_logs(
             read = read_month(
                 client,
                 store,
-                warehouse.warehouse(),
+                backend,
                 partition=partition,
                 slices=slices,
                 run_id=context.run.run_id,
