@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +28,13 @@ from api import (
 )
 
 from d23_pipeline.client import (
+    ApiHostError,
     AuthenticationError,
     ExportsApiError,
     ExportsClient,
     NotTheApiError,
     RetriesExhaustedError,
+    RetryPolicy,
     SlicePage,
 )
 from d23_pipeline.client.stats import ClientStats
@@ -235,6 +239,81 @@ def test_a_host_that_is_not_the_api_is_named_not_the_credentials_or_the_dataset(
     assert type(caught.value) is NotTheApiError
     assert "the host at D23_API_URL (wrong-host.example) answered HTTP" in str(caught.value)
     assert "check that D23_API_URL is the API's host root" in str(caught.value)
+
+
+def test_a_web_apps_host_answering_the_login_with_a_page_is_named_at_once() -> None:
+    # A single-page web app answers every path with its index page, 200.
+    requests = []
+
+    def web_app(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, html="<!doctype html><html><div id=app></div></html>")
+
+    credentials = LoginCredentials("demo", "analyst@demo.example", "pw")
+    with (
+        ExportsClient(
+            "https://app.example", credentials, transport=httpx.MockTransport(web_app)
+        ) as c,
+        pytest.raises(NotTheApiError, match=r"answered HTTP 200 with an HTML page: check that"),
+    ):
+        list(c.iter_window(DAY))
+    assert len(requests) == 1  # not retried: a page is no flaky answer of the API
+
+
+def _failing_to_connect(cause: OSError) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    tried: list[httpx.Request] = []
+
+    def connect(request: httpx.Request) -> httpx.Response:
+        tried.append(request)
+        raise httpx.ConnectError(str(cause), request=request) from cause
+
+    return httpx.MockTransport(connect), tried
+
+
+@pytest.mark.parametrize(
+    ("cause", "named"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "does not exist"),
+        (
+            ssl.SSLCertVerificationError(
+                1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+            ),
+            "presented a certificate this machine does not trust",
+        ),
+    ],
+    ids=["no-such-name", "untrusted-certificate"],
+)
+def test_a_host_name_that_does_not_exist_or_is_not_trusted_fails_at_once_naming_the_setting(
+    cause: OSError, named: str
+) -> None:
+    transport, tried = _failing_to_connect(cause)
+    credentials = LoginCredentials("demo", "analyst@demo.example", "pw")
+    with (
+        ExportsClient("https://typo.example", credentials, transport=transport) as c,
+        pytest.raises(ApiHostError, match=named) as caught,
+    ):
+        list(c.iter_window(DAY))
+    assert "D23_API_URL" in str(caught.value) and "typo.example" in str(caught.value)
+    assert len(tried) == 1
+
+
+def test_a_host_name_dns_cannot_look_up_now_is_retried() -> None:
+    transport, tried = _failing_to_connect(
+        socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    )
+    credentials = LoginCredentials("demo", "analyst@demo.example", "pw")
+    with (
+        ExportsClient(
+            "https://api.example",
+            credentials,
+            transport=transport,
+            retry=RetryPolicy(max_attempts=3),
+            sleep=lambda seconds: None,
+        ) as c,
+        pytest.raises(RetriesExhaustedError),
+    ):
+        list(c.iter_window(DAY))
+    assert len(tried) == 3
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from d23_pipeline.client.completeness import SliceProof, WindowTotal
 from d23_pipeline.client.errors import (
+    ApiHostError,
     AuthenticationError,
     CursorLoopError,
     DatasetNotFoundError,
@@ -24,6 +25,7 @@ from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
 
 __all__ = [
+    "ApiHostError",
     "AuthenticationError",
     "ClientStats",
     "CursorLoopError",

@@ -23,6 +23,7 @@ from d23_pipeline.client.retry import (
     Transient,
     decode_json,
     is_api_error,
+    is_html,
     not_the_api,
     request_id_of,
     transient_for,
@@ -137,6 +138,10 @@ class TokenManager:
                     request_id=request_id_of(response),
                     path=path,
                 )
+            # The first answer of a read: a page here is a web app's host, not a maintenance
+            # page (those come as 503s, retried above).
+            if is_html(response):
+                raise NotTheApiError(not_the_api(response, what), status=status, path=path)
             answer = decode_json(response)
             if not isinstance(answer, dict):
                 raise Transient("bad_body", status=200, detail="answer is not a JSON object")

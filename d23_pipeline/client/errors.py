@@ -57,6 +57,11 @@ class NotTheApiError(ExportsApiError):
     typo, an old host, a proxy's page), which a later request would reach again."""
 
 
+class ApiHostError(ExportsApiError):
+    """``D23_API_URL``'s host cannot be the API as named: DNS says its name does not exist, or
+    its certificate is not one this machine trusts. A retry meets the same answer."""
+
+
 class RetriesExhaustedError(ExportsApiError):
     """A transient failure (429, 5xx, timeout, dropped connection) outlasted the retry budget;
     ``status`` is the last attempt's, ``statuses`` every attempt's that got an answer."""

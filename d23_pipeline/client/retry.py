@@ -20,6 +20,8 @@ import json
 import logging
 import random
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,12 @@ from urllib.parse import quote, quote_plus
 import httpx
 import orjson
 
-from d23_pipeline.client.errors import ErrorContext, ProtocolError, RetriesExhaustedError
+from d23_pipeline.client.errors import (
+    ApiHostError,
+    ErrorContext,
+    ProtocolError,
+    RetriesExhaustedError,
+)
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
 from d23_pipeline.settings import DEFAULT_RETRY_BASE_DELAY_S, DEFAULT_RETRY_MAX_ATTEMPTS
@@ -203,11 +210,17 @@ def is_api_error(response: httpx.Response) -> bool:
 
 def not_the_api(response: httpx.Response, what: str) -> str:
     """Why ``response`` to ``what`` points at ``D23_API_URL`` rather than at the request."""
+    answered = "an HTML page" if is_html(response) else "no Exports API error body"
     return (
         f"{what}: the host at D23_API_URL ({response.request.url.host}) answered HTTP "
-        f"{response.status_code} without the Exports API's error body: check that D23_API_URL "
-        "is the API's host root"
+        f"{response.status_code} with {answered}: check that D23_API_URL is the API's host root"
     )
+
+
+def is_html(response: httpx.Response) -> bool:
+    """Whether ``response`` is a web page: a web app's host answers any path with one."""
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.lower().startswith("text/html")
 
 
 def transient_for(response: httpx.Response) -> Transient | None:
@@ -240,6 +253,29 @@ def _connection_failure(exc: httpx.TransportError) -> str:
     failure = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
     # A mistyped D23_API_URL shows here; settings refuse userinfo.
     return failure if request is None else f"{failure} [host {request.url.host}]"
+
+
+def _host_named_wrong(exc: httpx.TransportError) -> str | None:
+    """Why ``D23_API_URL``'s host cannot be the API whatever a retry does: a name DNS says does
+    not exist (not one it could not look up now), a certificate this machine does not trust."""
+    try:
+        host = exc.request.url.host
+    except RuntimeError:  # an error raised without its request
+        return None
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = getattr(cause, "verify_message", None) or str(cause)  # set by ssl's checks
+            return (
+                f"the host at D23_API_URL ({host}) presented a certificate this machine does not "
+                f"trust ({reason}): check D23_API_URL, or the machine's CA certificates"
+            )
+        if isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_NONAME:
+            return f"the host name in D23_API_URL ({host}) does not exist: check D23_API_URL"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class OversizedInt:
@@ -367,6 +403,9 @@ class Retrier:
             except httpx.TimeoutException as exc:
                 failure = Transient("timeout", detail=_connection_failure(exc))
             except httpx.TransportError as exc:
+                named_wrong = _host_named_wrong(exc)
+                if named_wrong is not None:
+                    raise ApiHostError(f"{what}: {named_wrong}", path=path, window=window) from None
                 failure = Transient("connection", detail=_connection_failure(exc))
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot undo
                 failure = Transient("bad_body", detail=type(exc).__name__)

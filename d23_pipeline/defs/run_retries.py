@@ -27,6 +27,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
     """The errors a new run would meet again until someone changes a setting or an account."""
     # Imported when a step runs: the client brings httpx and Arrow (see test_code_health).
     from d23_pipeline.client.errors import (
+        ApiHostError,
         AuthenticationError,
         DatasetNotFoundError,
         LenderMismatchError,
@@ -37,6 +38,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
     from d23_pipeline.warehouse.ducklake import WarehouseSettingsError
 
     return (
+        ApiHostError,
         AuthenticationError,
         LenderMismatchError,
         DatasetNotFoundError,
