@@ -208,6 +208,10 @@ def test_a_months_first_run_that_stopped_before_its_numbers_is_listed_until_they
     )
     assert rebuilt.success
     assert _listed(pipeline, listed_as)
+    # No month has KPIs yet, but this one was merged: the page says so, and what it holds.
+    page = pipeline.dashboard_path.read_text()
+    assert "no months yet" not in page and "(no KPIs for Apr 2026)" in page
+    assert re.search(rf"<tr><td>{MONTH}</td><td>[1-9][0-9,]*</td>", page)
 
     pipeline.materialize(MONTH)
 

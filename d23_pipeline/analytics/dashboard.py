@@ -310,7 +310,9 @@ def _gather(
     pending = fetch_dicts(con, sql.DELETIONS_PENDING_ALL)
     freshness = []
     kpis_of = {k["month"]: k for k in kpis}
-    for month in sorted([*kpis_of, *not_loaded(kpis, now)]):
+    # A month merged by a run that stopped before its KPIs is listed whatever the other months.
+    read_months = {date.fromisoformat(p) for p in reads}
+    for month in sorted({*kpis_of, *not_loaded(kpis, now), *read_months}):
         partition = month.isoformat()
         read = reads.get(partition, {})
         freshness.append(
@@ -816,8 +818,8 @@ def _offset_ever(timezone: str) -> bool:
 
 def _page(data: DashboardData) -> tuple[str, str]:
     """The page around Plotly's JavaScript: the HTML before the bundle's text and after it."""
-    first, last = (data.kpis[0]["month"], data.kpis[-1]["month"]) if data.kpis else (None, None)
-    span = f"{_month_label(first)} to {_month_label(last)}" if first else "no months yet"
+    months = [f.month for f in data.freshness]
+    span = f"{_month_label(months[0])} to {_month_label(months[-1])}" if months else "no months yet"
     missing = sorted(data.months_in("no KPIs"))
     if missing:
         span += f" (no KPIs for {', '.join(map(_month_label, missing))})"
@@ -834,11 +836,14 @@ def _page(data: DashboardData) -> tuple[str, str]:
         "</header>"
     )
     partial, maturing = data.months_in("partial", "unfinished"), data.months_in("maturing")
-    if not data.kpis:
-        # A first month whose run stopped before its KPIs still has the problems that stopped it.
+    if not data.kpis and not data.freshness:
+        body = "<p>No month has been read yet: materialize a month in Dagster.</p>"
+    elif not data.kpis:
+        # A first month whose run stopped before its KPIs: what it merged, and what stopped it.
         body = (
-            "<p>No month's KPIs have been built yet: materialize a month in Dagster.</p>"
-            + _quality_section(data)
+            "<p>No month's KPIs have been built yet: the runs of the months below stopped "
+            "before them (the problems listed say why). Materialize those months again once "
+            "that is mended.</p>" + _freshness_section(data) + _quality_section(data)
         )
     else:
         body = "".join(
