@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import httpx
@@ -24,12 +25,15 @@ import yaml
 
 from d23_pipeline.analytics.outcome_classes import check_mapping_setting
 from d23_pipeline.backfill import DEFAULT_URL
+from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import months_up_to
 from d23_pipeline.settings import (
+    RAW_FOLDER,
     SettingsError,
     load_api_connection,
     load_options,
     local_path,
+    read_data_dir,
     read_local_ports,
     read_pool_limits,
     read_warehouse_database,
@@ -249,6 +253,11 @@ def check_before_the_ui(env: Mapping[str, str]) -> None:
         Warehouse(Path(read_warehouse_database(env))).check_usable()
 
 
+def raw_snapshots(env: Mapping[str, str]) -> SnapshotStore:
+    """The raw snapshots of ``env``'s data folder, as the landing zone resource finds them."""
+    return SnapshotStore(read_data_dir(env).resolve() / RAW_FOLDER / "d23")
+
+
 def set_pool_limits(env: Mapping[str, str]) -> None:
     """Write every pool's limit into the instance of ``env``'s DAGSTER_HOME.
 
@@ -289,8 +298,9 @@ def main() -> None:
     # starts: left running, it would hold its port against the next `make run`.
     try:
         # Every run would fail at its first step without them: say so before the UI starts.
-        load_api_connection(env)
+        connection = load_api_connection(env)
         check_before_the_ui(env)
+        raw_snapshots(env).check_host(urlsplit(connection.api_url).hostname or "")
         with dg.DagsterInstance.from_config(str(home)) as instance:
             left = fail_runs_left_in_progress(instance)
         if left:

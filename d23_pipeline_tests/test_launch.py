@@ -19,6 +19,7 @@ from processes import clean_env, free_port, make_dagster_home, run_python
 from d23_pipeline import launch
 from d23_pipeline.client import ExportsClient, Window
 from d23_pipeline.definitions import defs
+from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.launch import (
     _guide,
     _prepare_dagster_home,
@@ -287,6 +288,29 @@ def test_make_run_with_a_warehouse_file_this_user_cannot_write_stops_before_the_
         f"error: this user cannot write {warehouse}: make it writable, or set D23_DATA_DIR to a "
         "folder this user can write"
     )
+    assert served == []
+
+
+def test_make_run_against_another_api_than_its_data_folder_mirrors_stops_before_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = []
+    # The demo's first read recorded its source (the simulator on 127.0.0.1) in the folder.
+    SnapshotStore(tmp_path / "data" / "raw" / "d23").record_source(
+        "127.0.0.1", "f59eb470-2d38-4c41-a1e1-548f2d437096"
+    )
+
+    with pytest.raises(SystemExit) as stopped:
+        _make_run(
+            monkeypatch,
+            tmp_path,
+            lambda env, port: served.append(port),
+            **{**A_REAL_API, "D23_API_URL": "https://stage-v3-api.cleargrid.ai"},
+        )
+
+    message = str(stopped.value)
+    assert message.startswith("error: D23_DATA_DIR holds lender f59eb470")
+    assert "read from 127.0.0.1; this run reads from stage-v3-api.cleargrid.ai" in message
     assert served == []
 
 

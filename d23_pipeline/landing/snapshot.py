@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -105,7 +105,7 @@ class UnprovenDeletions:
     examples: list[str]
 
 
-class SourceMismatchError(RuntimeError):
+class SourceMismatchError(SettingsError):
     """The data folder holds another API host's or lender's data than the run reads."""
 
 
@@ -647,14 +647,23 @@ class SnapshotStore:
         held = self._recorded_source()
         claimed = _source(api_host, lender_public_id)
         if held is not None and held != claimed:
-            raise SourceMismatchError(
-                f"D23_DATA_DIR holds lender {held.get('lender_public_id')}'s data read from "
-                f"{held.get('api_host')}; this run reads lender {claimed['lender_public_id']} "
-                f"from {api_host}. One warehouse mirrors one source (another's rows would all "
-                "look deleted): give this source its own D23_DATA_DIR (and DAGSTER_HOME), or "
-                f"point D23_API_URL and the credentials back at {held.get('api_host')} "
-                f"({self.root / 'source.json'})"
-            )
+            self._refuse(held, f"lender {claimed['lender_public_id']} from {api_host}")
+
+    def check_host(self, api_host: str) -> None:
+        """:meth:`check_source` for the API host alone, before a login names the lender: run
+        by ``make run``, so that a data folder of another source stops it before the UI."""
+        held = self._recorded_source()
+        if held is not None and held.get("api_host") != api_host:
+            self._refuse(held, f"from {api_host}")
+
+    def _refuse(self, held: dict[str, str], reads: str) -> NoReturn:
+        raise SourceMismatchError(
+            f"D23_DATA_DIR holds lender {held.get('lender_public_id')}'s data read from "
+            f"{held.get('api_host')}; this run reads {reads}. One warehouse mirrors one source "
+            "(another's rows would all look deleted): give this source its own D23_DATA_DIR "
+            f"(and DAGSTER_HOME), or point D23_API_URL and the credentials back at "
+            f"{held.get('api_host')} ({self.root / 'source.json'})"
+        )
 
     def record_source(self, api_host: str, lender_public_id: str) -> None:
         """Record the source of a read the API answered (a mistyped lender id or host, refused
