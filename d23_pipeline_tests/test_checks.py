@@ -54,6 +54,11 @@ def test_a_slice_short_of_its_counts_fails_naming_the_window_and_counts() -> Non
         assert "fewer rows than the counts (served 90; exact counts 100 before, 100 after)" in (
             result.description
         )
+        # What to do, in the one line `backfill --wait` and the run page show.
+        assert "\n" not in result.description
+        assert result.description.endswith(
+            "if it persists, lower D23_SLICE_HOURS and report these windows to the API team."
+        )
         assert result.metadata["slices_verified"].value == 1
 
 

@@ -213,7 +213,9 @@ def describe_unverified(snapshot: Snapshot) -> str:
     return (
         f"{snapshot.partition}: {len(parts)} slice(s) not proven complete after up to "
         f"{max(s.reads for s in snapshot.unverified)} reads, so no row in them was marked "
-        f"deleted: {'; '.join(parts[:5])}{' ...' if len(parts) > 5 else ''}"
+        f"deleted: {'; '.join(parts[:5])}{' ...' if len(parts) > 5 else ''}. The daily refresh "
+        "and run retries read the month again; if it persists, lower D23_SLICE_HOURS and report "
+        "these windows to the API team."
     )
 
 
