@@ -115,7 +115,10 @@ def test_a_refused_relogin_is_an_authentication_error() -> None:
         sim.expire_tokens()
         sim.revoke_refresh_tokens()
         sim.set_password("changed")
-        with pytest.raises(AuthenticationError, match="login for lender 'demo' refused"):
+        with pytest.raises(
+            AuthenticationError,
+            match="login for lender 'demo' refused: check D23_LENDER, D23_EMAIL and D23_PASSWORD",
+        ):
             list(pages)
 
 

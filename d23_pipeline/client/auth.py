@@ -113,7 +113,12 @@ class TokenManager:
         return f"/admin/auth/{quote(credentials.lender, safe='')}/{action}"
 
     def _post(
-        self, path: str, payload: dict[str, str], what: str, cancel: threading.Event | None
+        self,
+        path: str,
+        payload: dict[str, str],
+        what: str,
+        cancel: threading.Event | None,
+        refused_hint: str = "",
     ) -> dict[str, Any]:
         def attempt() -> dict[str, Any]:
             response = self._http.post(self._base_url + path, json=payload)
@@ -133,7 +138,7 @@ class TokenManager:
                 )
             if status != 200:
                 raise AuthenticationError(
-                    f"{what} refused",
+                    f"{what} refused{refused_hint}",
                     status=status,
                     request_id=request_id_of(response),
                     path=path,
@@ -168,6 +173,7 @@ class TokenManager:
             {"email": credentials.email, "password": credentials.password},
             f"login for lender {credentials.lender!r}",
             cancel,
+            refused_hint=": check D23_LENDER, D23_EMAIL and D23_PASSWORD",
         )
         token, refresh, lender_id = (
             answer.get("token"),

@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
     p = argparse.ArgumentParser(prog="python -m d23_pipeline.simulator", description=__doc__)
     p.add_argument("--port", type=int, default=8023, help="0 picks a free port (default 8023)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help="the same seed serves the same rows"
+    )
     months = p.add_mutually_exclusive_group()
     months.add_argument(
         "--months", type=_months, help="comma-separated YYYY-MM list, e.g. 2026-01,2026-02"
@@ -41,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     months.add_argument(
         "--months-back", type=int, default=6, help="the N months up to the current one (default 6)"
     )
-    p.add_argument("--rows-per-month", type=int, default=defaults.rows_per_month)
+    p.add_argument(
+        "--rows-per-month",
+        type=int,
+        default=defaults.rows_per_month,
+        help=f"rows logged in each month (default {defaults.rows_per_month})",
+    )
     p.add_argument("--lender-slug", default=defaults.lender_slug)
     p.add_argument("--email", default=defaults.email)
     p.add_argument("--password", default=defaults.password)
@@ -52,10 +59,27 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.total_cap,
         help="counts above this are answered as capped, not exact",
     )
-    p.add_argument("--error-5xx-rate", type=float, default=0.0)
-    p.add_argument("--rate-429", type=float, default=0.0)
-    p.add_argument("--retry-after-s", type=float, default=Faults.retry_after_s)
-    p.add_argument("--drop-rate", type=float, default=0.0)
+    p.add_argument(
+        "--error-5xx-rate",
+        type=float,
+        default=0.0,
+        help="share of page and count requests answered 500, 502 or 503 (0 to 1)",
+    )
+    p.add_argument(
+        "--rate-429", type=float, default=0.0, help="share of page and count requests answered 429"
+    )
+    p.add_argument(
+        "--retry-after-s",
+        type=float,
+        default=Faults.retry_after_s,
+        help=f"the Retry-After a 429 carries, in seconds (default {Faults.retry_after_s:g})",
+    )
+    p.add_argument(
+        "--drop-rate",
+        type=float,
+        default=0.0,
+        help="share of page and count requests whose connection closes without an answer",
+    )
     p.add_argument(
         "--latency-ms",
         type=float,
