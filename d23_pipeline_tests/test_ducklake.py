@@ -193,6 +193,14 @@ def test_uri_dsns_libpq_reads_as_written_are_accepted(dsn: str) -> None:
     assert split_password(dsn) is not None
 
 
+def test_a_catalog_connection_gives_up_within_15_s_unless_the_dsn_says_otherwise() -> None:
+    # A host that drops packets would otherwise hold a run until TCP gives up, minutes later.
+    conninfo, _ = split_password("postgresql://d23:pw@db.internal/d23") or ("", None)
+    assert parse_dsn(conninfo)["connect_timeout"] == "15"
+    conninfo, _ = split_password("host=db dbname=d23 connect_timeout=3") or ("", None)
+    assert parse_dsn(conninfo)["connect_timeout"] == "3"
+
+
 @pytest.mark.parametrize("form", ["key-value", "uri"])
 def test_a_catalog_that_refuses_the_reconnect_after_the_attach_shows_no_password(
     postgres: PostgresServer, tmp_path: Path, form: str
