@@ -69,7 +69,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def format_timestamp(value: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SS.sssZ`` in UTC: the only form the API is sent, and the stored form."""
     value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # Not strftime's %Y: glibc writes year 999 as '999', not '0999'.
+    return (
+        f"{value:%Y}".zfill(4)
+        + value.strftime("-%m-%dT%H:%M:%S.")
+        + (f"{value.microsecond // 1000:03d}Z")
+    )
 
 
 def parse_timestamp(value: str) -> datetime:

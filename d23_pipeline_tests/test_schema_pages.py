@@ -118,9 +118,11 @@ def test_non_canonical_timestamps_and_extra_fields_still_come_out_canonical() ->
     rows[1] = row(1, created_at="2026-03-01T11:00:00+02:00")
     rows[2] = {**row(2), "notes": "PII-NOTE call me"}
     rows[3] = {name: row(3)[name] for name in reversed(D23_FIELDS)}
+    rows[4] = row(4, created_at="0999-01-01T00:00:00+01:00")  # a year of three digits in UTC
     result = validate_rows(rows, SINCE, UNTIL)
     assert result.rejects == [] and result.extra_fields == {"notes"}
     assert result.rows[1]["created_at"] == "2026-03-01T09:00:00.000Z"
+    assert result.rows[4]["created_at"] == "0998-12-31T23:00:00.000Z"
     assert all(tuple(r) == D23_FIELDS for r in result.rows)
     assert [r["public_id"] for r in result.rows] == [f"{n:024x}" for n in range(5)]
 
