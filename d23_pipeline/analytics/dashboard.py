@@ -818,7 +818,8 @@ def _offset_ever(timezone: str) -> bool:
 
 def _page(data: DashboardData) -> tuple[str, str]:
     """The page around Plotly's JavaScript: the HTML before the bundle's text and after it."""
-    months = [f.month for f in data.freshness]
+    # The months with KPIs, else (a first month whose run stopped before them) the months read.
+    months = [k["month"] for k in data.kpis] or [f.month for f in data.freshness]
     span = f"{_month_label(months[0])} to {_month_label(months[-1])}" if months else "no months yet"
     missing = sorted(data.months_in("no KPIs"))
     if missing:
@@ -837,7 +838,10 @@ def _page(data: DashboardData) -> tuple[str, str]:
     )
     partial, maturing = data.months_in("partial", "unfinished"), data.months_in("maturing")
     if not data.kpis and not data.freshness:
-        body = "<p>No month has been read yet: materialize a month in Dagster.</p>"
+        body = (
+            "<p>No month has been read yet: materialize a month in Dagster.</p>"
+            + _quality_section(data)
+        )
     elif not data.kpis:
         # A first month whose run stopped before its KPIs: what it merged, and what stopped it.
         body = (
@@ -1137,9 +1141,9 @@ def _quality_section(data: DashboardData) -> str:
             "every deletion is applied",
         )
         + "<h3>Months without KPIs</h3><p>Months from the first shown to the last that has "
-        "ended without KPIs: never read, or their last run stopped before its KPIs (then "
-        "the weekday-hour and daily panels, which count d23.logs, include what it merged). The "
-        "trends leave a gap there. Materialize them, or backfill the range.</p>"
+        "ended, and any month read, without KPIs: never read, or their last run stopped before "
+        "its KPIs (then the weekday-hour and daily panels, which count d23.logs, include what it "
+        "merged). The trends leave a gap there. Materialize them, or backfill the range.</p>"
         + _table(
             ("month",),
             [(f"{month:%Y-%m}",) for month in sorted(data.months_in("no KPIs"))],
