@@ -300,3 +300,35 @@ def test_a_page_read_before_another_runs_merge_is_not_written_after_that_runs_pa
 
     april_row = re.search(r"<tr><td>2026-04</td>(.*?)</tr>", pipeline.dashboard_path.read_text())
     assert april_row is not None and "never" not in april_row.group(1)
+
+
+def test_a_page_that_read_the_warehouse_before_a_merge_is_rebuilt_though_written_after_it(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    march, april = "2026-03", "2026-04"
+    page_read, may_write = threading.Event(), threading.Event()
+    write_page = dashboard.write_dashboard
+
+    def write_after_the_merge(path: Path, data: dashboard.DashboardData) -> None:
+        page_read.set()
+        assert may_write.wait(60)
+        write_page(path, data)
+
+    with dg.instance_for_test() as instance:
+        pipeline.materialize(march, instance=instance)
+        monkeypatch.setattr(dashboard, "write_dashboard", write_after_the_merge)
+        dashboard_run = threading.Thread(
+            target=defs.resolve_job_def(d23_dashboard_job.name).execute_in_process,
+            kwargs={"instance": instance, "resources": pipeline.resources()},
+        )
+        dashboard_run.start()
+        assert page_read.wait(60)
+        # A backfill's month: merged, its dashboard left to the run after the months.
+        pipeline.materialize(april, selection="*d23/logs", instance=instance)
+        may_write.set()
+        dashboard_run.join(120)
+        monkeypatch.setattr(dashboard_refresh, "SETTLED_S", 0.0)
+
+        request = dashboard_behind_the_warehouse(dg.build_sensor_context(instance=instance))
+
+    assert isinstance(request, dg.RunRequest)

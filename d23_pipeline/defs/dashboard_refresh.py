@@ -73,6 +73,20 @@ def _may_build_dashboard(run: dg.DagsterRun) -> bool:
     )
 
 
+# The dashboard's metadata entry: the storage id of the last merge event it could have read.
+MERGES_READ = "merges_read_through"
+
+
+def last_merge(instance: dg.DagsterInstance) -> dg.EventLogRecord | None:
+    """The latest merge of any month: observed as it commits, materialized if its step then
+    succeeds."""
+    merges = [
+        *instance.fetch_materializations(keys.LOGS, limit=1).records,
+        *instance.fetch_observations(keys.LOGS, limit=1).records,
+    ]
+    return max(merges, key=lambda record: record.storage_id, default=None)
+
+
 # Until a merge is this old, its own run or backfill may still rebuild the dashboard: the
 # backfill daemon submits a backfill's dashboard run within an iteration (~30 s) of its last month.
 SETTLED_S = 120.0
@@ -94,16 +108,14 @@ def dashboard_behind_the_warehouse(
 ) -> dg.RunRequest | dg.SkipReason:
     """One dashboard run per latest merge the dashboard is older than, once nothing else will."""
     instance = context.instance
-    # A merge is observed as it commits, and materialized if its step then succeeds.
-    merges = [
-        *instance.fetch_materializations(keys.LOGS, limit=1).records,
-        *instance.fetch_observations(keys.LOGS, limit=1).records,
-    ]
-    if not merges:
+    merged = last_merge(instance)
+    if merged is None:
         return dg.SkipReason("no month has been merged yet")
-    merged = max(merges, key=lambda record: record.storage_id)
     built = instance.fetch_materializations(keys.OUTCOME_DASHBOARD, limit=1).records
-    if built and built[0].timestamp >= merged.timestamp:
+    # What the page read, not when it was written: a page that read the warehouse before a
+    # merge and was written after it does not show that merge.
+    read_through = built[0].asset_materialization.metadata.get(MERGES_READ) if built else None
+    if read_through is not None and read_through.value >= merged.storage_id:
         return dg.SkipReason("the dashboard was built after the last merge")
     if time.time() - merged.timestamp < SETTLED_S:
         return dg.SkipReason("the last merge is recent: its run or backfill may still build it")

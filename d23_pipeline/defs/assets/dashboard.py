@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from d23_pipeline.defs import keys
+from d23_pipeline.defs.dashboard_refresh import MERGES_READ, last_merge
 from d23_pipeline.defs.resources import DashboardResource, OutcomeMappingResource, WarehouseResource
 
 
@@ -28,6 +29,7 @@ from d23_pipeline.defs.resources import DashboardResource, OutcomeMappingResourc
     ),
 )
 def outcome_dashboard(
+    context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     outcome_mapping: OutcomeMappingResource,
     dashboard_file: DashboardResource,
@@ -39,6 +41,8 @@ def outcome_dashboard(
     timezone = dashboard_file.zone()
     path = dashboard_file.file()
     with dashboard.page_lock(path):
+        # Before the warehouse is read: every merge up to this event committed before it.
+        merged = last_merge(context.instance)
         with warehouse.get_connection() as con:
             data = dashboard.gather(con, outcome_mapping.classes(), timezone, datetime.now(UTC))
         dashboard.write_dashboard(path, data)
@@ -48,6 +52,7 @@ def outcome_dashboard(
         "path": dg.MetadataValue.path(str(path)),
         "months": [f"{k['month']:%Y-%m}" for k in data.kpis],
         "open_data_quality_problems": data.problem_count(),
+        MERGES_READ: 0 if merged is None else merged.storage_id,
     }
     if latest is not None:
         metadata["tiles_month"] = f"{latest['month']:%Y-%m}"
