@@ -261,3 +261,17 @@ def test_a_ducklake_catalog_refusing_the_login_fails_the_month_before_its_downlo
     assert "not-the-password" not in message
     assert sim.stats.snapshot()["rows_served"] == 0
     assert tags["dagster/will_retry"] == "false"
+
+
+def test_a_warehouse_another_version_made_fails_the_month_unretried(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    with pipeline.warehouse().connect() as con:
+        con.execute("ALTER TABLE d23.deletions_pending RENAME COLUMN public_id TO id")
+
+    result, tags = _failed_run(pipeline, instance)
+
+    assert "d23.deletions_pending in " in str(
+        result.get_step_failure_events()[0].step_failure_data.error
+    )
+    assert tags["dagster/will_retry"] == "false"

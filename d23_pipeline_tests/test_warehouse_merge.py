@@ -1,6 +1,7 @@
 """The month merge into d23.logs, on hand-made snapshots: who wins, what is deleted, what stays."""
 
 import json
+import os
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from d23_pipeline.landing.snapshot import (
     rows_path,
 )
 from d23_pipeline.schema import ARROW_SCHEMA
+from d23_pipeline.settings import SettingsError
 from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse
 from d23_pipeline.warehouse.store import (
@@ -1041,6 +1043,7 @@ def test_a_warehouse_an_older_version_made_is_refused_naming_the_table_and_left_
             "NOT NULL)"
         )
         con.execute("INSERT INTO d23.deletions_pending VALUES ('2026-04-01', 7, true, 'x', now())")
+        con.execute("DROP TABLE d23.mix_rebuilds_due")  # a table that version did not have
 
     for read_only in (False, True):
         with (
@@ -1054,4 +1057,21 @@ def test_a_warehouse_an_older_version_made_is_refused_naming_the_table_and_left_
 
     con = duckdb.connect(str(path), read_only=True)
     assert con.execute("SELECT rows FROM d23.deletions_pending").fetchall() == [(7,)]
+    tables = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    assert ("mix_rebuilds_due",) not in tables  # nothing made in it either
     con.close()
+
+
+def test_a_warehouse_whose_folder_this_user_cannot_write_is_refused_before_a_run_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "data" / "warehouse.duckdb"
+    with Warehouse(path).connect():
+        pass
+    # The file is writable, its folder not: DuckDB could not make its write-ahead log there.
+    # (The tests run as root, whom no mode stops.)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != path.parent and access(p, mode))
+
+    with pytest.raises(SettingsError, match=f"this user cannot write {path.parent}: "):
+        Warehouse(path).check_usable()

@@ -36,6 +36,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
     from d23_pipeline.landing.snapshot import SourceMismatchError
     from d23_pipeline.settings import SettingsError
     from d23_pipeline.warehouse.ducklake import WarehouseSettingsError
+    from d23_pipeline.warehouse.store import WarehouseSchemaError
 
     return (
         ApiHostError,
@@ -46,6 +47,7 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
         SourceMismatchError,
         SettingsError,
         WarehouseSettingsError,
+        WarehouseSchemaError,
     )
 
 

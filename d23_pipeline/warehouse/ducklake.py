@@ -356,8 +356,9 @@ class DuckLakeWarehouse:
                     lake.execute(ducklake_sql.load_extension(extension_path(name)))
                 self._attach(lake)
                 lake.execute(ducklake_sql.USE_CATALOG)
-                retry_on_conflict(lambda: lake.execute(sql.CREATE_SCHEMA))
+                # Before CREATE_SCHEMA: another version's lake is left as it was.
                 check_schema(lake, "the DuckLake")
+                retry_on_conflict(lambda: lake.execute(sql.CREATE_SCHEMA))
             except BaseException as exc:
                 lake.close()
                 self._hide_secrets(exc)

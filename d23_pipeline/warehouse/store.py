@@ -189,9 +189,10 @@ class Warehouse:
             con = self._open(read_only, deadline)
             try:
                 con.execute(sql.SESSION_SETUP)
+                # Before CREATE_SCHEMA: another version's warehouse is left as it was.
+                check_schema(con, str(self.path))
                 if not read_only:
                     con.execute(sql.CREATE_SCHEMA)
-                check_schema(con, str(self.path))
                 yield con
             finally:
                 con.close()
@@ -267,8 +268,11 @@ class Warehouse:
         """Raise SettingsError if this user cannot write the file (or make it), before a run
         downloads a month only to fail at its merge; a retry would fail the same way."""
         lock = self.path.with_name(self.path.name + ".lock")
-        for target in (self.path, lock) if self.path.exists() else (self.path.parent,):
-            if target.exists() and not os.access(target, os.R_OK | os.W_OK):
+        # The folder too: DuckDB makes its write-ahead log and spill folder beside the file.
+        needed = [(self.path.parent, os.W_OK | os.X_OK)]
+        needed += [(f, os.R_OK | os.W_OK) for f in (self.path, lock) if f.exists()]
+        for target, mode in needed:
+            if target.exists() and not os.access(target, mode):
                 raise SettingsError(
                     f"this user cannot write {target}: make it writable, or set D23_DATA_DIR to "
                     "a folder this user can write"
