@@ -165,9 +165,10 @@ def webserver_url(value: str) -> str:
     """``--url``: an http(s) address with a host, and no query or fragment (the paths this tool
     appends would land inside them, and a token there would be printed with every link)."""
     try:
+        httpx.URL(value)  # what the requests are given: urlsplit drops a tab or a line break
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a port that is no number
-    except ValueError:
+    except (ValueError, httpx.InvalidURL):  # UnicodeError (a host IDNA refuses) is a ValueError
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError("--url must be http(s)://HOST[:PORT][/PATH]")

@@ -58,7 +58,13 @@ def test_a_webserver_not_running_is_named_without_the_proxy_password_in_its_url(
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:3000/?token=SECRET", "http://127.0.0.1:3000/#SECRET", "SECRET:3000"]
+    "url",
+    [
+        "http://127.0.0.1:3000/?token=SECRET",
+        "http://127.0.0.1:3000/#SECRET",
+        "SECRET:3000",
+        "http://admin:SECRET@127.0.0.1:3000/\n",  # a line break pasted with it
+    ],
 )
 def test_a_url_this_tool_cannot_append_paths_to_is_refused_without_printing_it(capsys, url):
     with pytest.raises(SystemExit) as exited:

@@ -300,6 +300,31 @@ def test_a_host_name_that_does_not_exist_or_is_not_trusted_fails_at_once_naming_
     assert len(tried) == 1
 
 
+def test_a_name_that_does_not_exist_behind_a_proxy_is_not_blamed_on_the_api_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The name that failed may be the proxy's own (HTTPS_PROXY mistyped), not D23_API_URL's.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    transport, tried = _failing_to_connect(
+        socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    )
+    credentials = LoginCredentials("demo", "analyst@demo.example", "pw")
+    with (
+        ExportsClient(
+            "https://api.example",
+            credentials,
+            transport=transport,
+            retry=RetryPolicy(max_attempts=2),
+            sleep=lambda seconds: None,
+        ) as c,
+        pytest.raises(RetriesExhaustedError),
+    ):
+        list(c.iter_window(DAY))
+    assert len(tried) == 2
+
+
 def test_a_host_name_dns_cannot_look_up_now_is_retried() -> None:
     transport, tried = _failing_to_connect(
         socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")

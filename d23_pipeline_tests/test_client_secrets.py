@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import traceback
@@ -313,21 +314,27 @@ def test_a_request_id_is_shown_printable_and_cut_and_withheld_when_it_echoes_a_c
     assert shown_request_id("req-7f3a", short) == "req-7f3a"
 
 
+# No 8 characters in a row of each password survive its echo unchanged.
+QUOTED = 'ab"cdéfg\\hijklm"n/+'
+SLASHED = "ab/cdefg/hijklm/n"
+HTML = "ab&cdefg<hijklm>n"
+
+
 @pytest.mark.parametrize(
-    "echo",
+    ("password", "echo"),
     [
-        lambda pw: json.dumps({"password": pw}),  # JSON, non-ASCII escaped
-        lambda pw: json.dumps({"password": pw}, ensure_ascii=False),  # JSON, '"' and '\\' escaped
-        lambda pw: quote(pw, safe=""),  # percent-encoded
-        lambda pw: quote_plus(pw),  # form-encoded
+        (QUOTED, lambda pw: json.dumps({"password": pw})),  # JSON, non-ASCII escaped
+        (QUOTED, lambda pw: json.dumps({"password": pw}, ensure_ascii=False)),  # '"', '\\'
+        (SLASHED, lambda pw: json.dumps(pw).replace("/", "\\/")),  # JSON, '/' as '\\/'
+        (HTML, html.escape),
+        (QUOTED, lambda pw: quote(pw, safe="")),  # percent-encoded
+        (QUOTED, quote_plus),  # form-encoded
     ],
-    ids=["json-ascii", "json", "percent", "form"],
+    ids=["json-ascii", "json", "json-slash", "html", "percent", "form"],
 )
 def test_a_request_id_echoing_a_credential_escaped_or_encoded_is_withheld(
-    echo: Callable[[str], str],
+    password: str, echo: Callable[[str], str]
 ) -> None:
-    # No 8 characters in a row survive any of the echoes unchanged.
-    password = 'ab"cdéfg\\hijklm"n/+'
     request = httpx.Request(
         "POST", "http://127.0.0.1/api/v1/auth/login", json={"password": password}
     )

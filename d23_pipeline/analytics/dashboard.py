@@ -31,6 +31,7 @@ from d23_pipeline.analytics.outcome_classes import OutcomeClass, shown_code
 from d23_pipeline.analytics.outcome_mix import load_classes
 from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS, shown_percent
 from d23_pipeline.months import month_index, month_name, months_between
+from d23_pipeline.settings import LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import execute, fetch_dicts, transaction
 
@@ -1184,7 +1185,8 @@ def page_lock(path: Path) -> FileLock:
     with several writers) would otherwise let the one that read earlier write last, a page
     without the other's month that no later merge is due to mend."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path.parent / f".{path.name}.lock"))
+    # As long as a warehouse connection waits: a run stuck holding it fails the next one's step.
+    return FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S)
 
 
 def write_dashboard(path: Path, data: DashboardData) -> None:

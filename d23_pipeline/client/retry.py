@@ -16,6 +16,7 @@ worker waits on, and must not sit out a hold there.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -171,12 +173,16 @@ def request_of(response: httpx.Response) -> httpx.Request | None:
 
 
 def _echoed_forms(secret: str) -> set[str]:
-    # A gateway that quotes the request back may JSON-escape it (non-ASCII as \uXXXX or not)
-    # or percent-encode it: the credential is as readable in those forms as in its own.
+    # A gateway that quotes the request back may JSON-escape it (non-ASCII as \uXXXX or not,
+    # '/' as '\/' or not), HTML-escape it or percent-encode it: the credential is as readable
+    # in those forms as in its own.
+    escaped = json.dumps(secret)[1:-1]
     return {
         secret,
-        json.dumps(secret)[1:-1],
+        escaped,
+        escaped.replace("/", "\\/"),
         json.dumps(secret, ensure_ascii=False)[1:-1],
+        html.escape(secret),
         quote(secret, safe=""),
         quote_plus(secret, safe=""),
     }
@@ -259,9 +265,12 @@ def _host_named_wrong(exc: httpx.TransportError) -> str | None:
     """Why ``D23_API_URL``'s host cannot be the API whatever a retry does: a name DNS says does
     not exist (not one it could not look up now), a certificate this machine does not trust."""
     try:
-        host = exc.request.url.host
+        url = exc.request.url
     except RuntimeError:  # an error raised without its request
         return None
+    if _through_a_proxy(url):  # the name or certificate may be the proxy's, not the API's
+        return None
+    host = url.host
     cause: BaseException | None = exc
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:
@@ -276,6 +285,17 @@ def _host_named_wrong(exc: httpx.TransportError) -> str | None:
             return f"the host name in D23_API_URL ({host}) does not exist: check D23_API_URL"
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def _through_a_proxy(url: httpx.URL) -> bool:
+    """Whether httpx sends a request for ``url`` through a proxy the environment names
+    (``HTTPS_PROXY``, ``ALL_PROXY``, ... unless ``NO_PROXY`` exempts the host)."""
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    # In urllib.request since Python 2, not in its type stubs.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    return not bypass(url.host, proxies)
 
 
 class OversizedInt:
