@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import httpx
+import orjson
 import pytest
-from api import count_answer
+from api import DAY, T0, checked_transport, client, count_answer, pid, row, rows_at, simulator
 from harness import BOTH_WAREHOUSES, ExportHookSimulator, Pipeline, d23_row, failure_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d23_pipeline.client import ExportsClient, Window, WindowTotal
+from d23_pipeline.client import ExportsClient, SliceDone, SlicePage, Window, WindowTotal
 from d23_pipeline.client.completeness import judge, sum_totals
 from d23_pipeline.definitions import defs
 from d23_pipeline.landing.month import read_month
@@ -317,6 +319,44 @@ def test_a_first_read_whose_counts_moved_says_it_is_read_again_to_be_proven() ->
     assert moved.reason.startswith("changed while read, by a first read, which does not walk on")
     assert judge(10, WindowTotal(10, True, None), WindowTotal(11, True, None), 2).verified
     assert judge(10, WindowTotal(10, True, None), WindowTotal(10, True, None)).verified
+    # Equal counts, but it served a row changed since the count: as many may have left.
+    masked = judge(
+        10, WindowTotal(10, True, None), WindowTotal(10, True, None), changed_meanwhile=True
+    )
+    assert not masked.verified
+    assert masked.reason.startswith("changed while read, by a first read, which does not walk on")
+
+
+def test_a_first_read_whose_equal_counts_hide_a_row_come_and_a_row_gone_is_read_again() -> None:
+    # Ten rows in the day, one the next day. The walk's second page ends it early, before the
+    # tenth row, while the next day's row moves into the day ahead of the cursor and a row the
+    # first page served is deleted: 10 served, 10 counted before and after, one row unread.
+    rows = [*rows_at(n * 60_000 for n in range(10)), row(10, T0 + timedelta(days=1, hours=1))]
+    sim = simulator(rows, page_size=lambda limit: 5)
+    answer = checked_transport(sim)
+    pages = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal pages
+        page = "/exports/" in request.url.path and "includeTotal" not in request.url.params
+        pages += page
+        if not (page and pages == 2):
+            return answer.handle_request(request)
+        sim.move_row(pid(10), T0 + timedelta(minutes=5, seconds=30))
+        sim.hard_delete_row(pid(0))
+        response = answer.handle_request(request)
+        response.read()
+        ended = orjson.loads(response.content)
+        ended["body"]["pagination"]["nextCursor"] = None
+        return httpx.Response(200, headers=response.headers, content=orjson.dumps(ended))
+
+    with client(sim, page_limit=5, transport=httpx.MockTransport(handle)) as reader:
+        events = list(reader.iter_slices(DAY))
+
+    served = {r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows}
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert pid(9) in served  # the row the early end left unread, found by the read again
+    assert done.proof.verified and done.proof.reads == 2
 
 
 @pytest.mark.parametrize(

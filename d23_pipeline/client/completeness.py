@@ -93,7 +93,7 @@ class SliceProof:
             return "more rows than the counts"
         if self.verified:
             return "served equals the count" if before == after else "changed while read"
-        if before != after and self.reads == 1 and not self.read_on_ran_out:
+        if self.reads == 1 and not self.read_on_ran_out:
             return (
                 "changed while read, by a first read, which does not walk on past the API's "
                 "early ends: a row logged or deleted meanwhile may stand in for one left unread"
@@ -110,9 +110,11 @@ def judge(
     reads: int = 1,
     *,
     read_on_ran_out: bool = False,
+    changed_meanwhile: bool = False,
 ) -> SliceProof:
     """Verify one read of a slice: ``served`` rows (valid and rejected) between two counts, by
-    walks that read on past every early end they met (``read_on_ran_out`` if one did not)."""
+    walks that read on past every early end they met (``read_on_ran_out`` if one did not);
+    ``changed_meanwhile``: it served a row changed since its count was taken."""
     low, high = before.exact_total, after.exact_total
     verified = (
         not read_on_ran_out
@@ -121,6 +123,8 @@ def judge(
         and min(low, high) <= served <= max(low, high)
         # Rows logged or deleted while a walk goes on can make up for rows an early end left
         # unread; only a read whose walks read on past their ends (a read again) rules it out.
-        and (low == high or reads > 1)
+        # Equal counts do not show it: as many rows may have come into the window as left it,
+        # and one that came in and was served has changed since the count.
+        and ((low == high and not changed_meanwhile) or reads > 1)
     )
     return SliceProof(served, low, high, verified, reads, read_on_ran_out)

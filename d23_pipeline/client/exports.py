@@ -7,6 +7,7 @@ slice against the API's counts, and ``fanout`` runs slices side by side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -36,7 +37,7 @@ from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedul
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.walk import ReadOn, WidthHint, WindowWalk
 from d23_pipeline.client.windows import ONE_MS, Window
-from d23_pipeline.schema import RejectedRow
+from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
 from d23_pipeline.settings import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_PAGE_LIMIT,
@@ -112,6 +113,28 @@ def _any_repeated(hashes: Iterable[array[int]]) -> bool:
     merged = np.concatenate(parts)
     merged.sort()
     return bool((merged[1:] == merged[:-1]).any())
+
+
+def _changed_since(counts: Sequence[WindowTotal], asked_at: datetime) -> str:
+    """The instant (canonical text, on the API's clock) after which a served row's
+    ``updated_at`` says it changed after the slice was counted: the first count's Date less the
+    slack, or, without Dates we believe, our clock less the most we believe the API's behind."""
+    stamps = [total.counted_at for total in counts]
+    if not stamps or any(s is None or abs(s - asked_at) > _DATE_BELIEVED_WITHIN for s in stamps):
+        return format_timestamp(asked_at - _DATE_BELIEVED_WITHIN)
+    return format_timestamp(min(s for s in stamps if s is not None) - _DATE_SLACK)
+
+
+def _latest_update(batch: pa.RecordBatch, rejects: Sequence[RejectedRow]) -> str:
+    """The latest ``updated_at`` of a page's rows (canonical text), "" for none; a reject's
+    only if it reads as a timestamp."""
+    latest = [pc.max(batch.column("updated_at")).as_py() or ""] if batch.num_rows else []
+    for reject in rejects:
+        updated_at = reject.values.get("updated_at")
+        with contextlib.suppress(ValueError, OverflowError):  # not a time, or before year 1
+            if isinstance(updated_at, str):
+                latest.append(format_timestamp(parse_timestamp(updated_at)))
+    return max(latest, default="")
 
 
 def _read_on(before: WindowTotal, asked_at: datetime, answered_at: datetime) -> ReadOn | None:
@@ -450,6 +473,7 @@ class ExportsClient:
     ) -> Part:
         asked_at = datetime.now(UTC)
         read = SliceRead(piece, number, limit, self.count_parts(piece, cancel))
+        read.changed_since = _changed_since([total for _, total in read.before], asked_at)
         # A read short of the counts may have met an end the API puts at one point in its data,
         # whatever the page size: the next reads walk on past its walks' ends (two requests a
         # part).
@@ -474,6 +498,7 @@ class ExportsClient:
             sum_totals(after),
             read.number,
             read_on_ran_out=read.read_on_ran_out,
+            changed_meanwhile=read.latest_update >= read.changed_since,
         )
         if proof.verified or read.number == self._slice_reads:
             if not proof.verified:
@@ -578,5 +603,5 @@ class ExportsClient:
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             if part is not None:
-                part.served(batch.num_rows, len(rejects))
+                part.served(batch.num_rows, len(rejects), _latest_update(batch, rejects))
             yield SlicePage(slice_, batch, rejects)

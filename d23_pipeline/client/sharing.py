@@ -63,6 +63,10 @@ class SliceRead:
     broken: bool = False
     # A part's walk ended early more often than it could read on past: nor do the counts.
     read_on_ran_out: bool = False
+    # The latest updated_at among the rows served (canonical text sorts as time does), and the
+    # instant after which one says the row changed after the slice was counted.
+    latest_update: str = ""
+    changed_since: str = "9999"
 
     @cached_property
     def total_before(self) -> WindowTotal:
@@ -103,9 +107,9 @@ class Part:
         left if a free worker asked for it and it is still worth splitting."""
         self._schedule.hand_over(self)
 
-    def served(self, rows: int, rejects: int) -> None:
-        """Count a page of the part handed to the caller."""
-        self._schedule.served(self, rows, rejects)
+    def served(self, rows: int, rejects: int, latest_update: str) -> None:
+        """Count a page of the part handed to the caller, its rows' latest ``updated_at``."""
+        self._schedule.served(self, rows, rejects, latest_update)
 
     def close(self, walked: bool) -> bool:
         """The owner is done with the part, ``walked`` to its end or stopped: decline a pending
@@ -200,11 +204,12 @@ class SliceSchedule:
                 part.rest = part.walk.rest
         ask.answer(share)
 
-    def served(self, part: Part, rows: int, rejects: int) -> None:
+    def served(self, part: Part, rows: int, rejects: int, latest_update: str) -> None:
         with self._changed:
             read = part.read
             read.rows += rows
             read.rejects += rejects
+            read.latest_update = max(read.latest_update, latest_update)
             read.pages += 1
             self._rows += rows + rejects
             self._pages += 1
