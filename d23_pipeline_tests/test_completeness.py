@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 
 from d23_pipeline.client import ExportsClient, SliceDone, SlicePage, Window, WindowTotal
 from d23_pipeline.client.completeness import judge, sum_totals
+from d23_pipeline.client.exports import served_a_change
 from d23_pipeline.definitions import defs
 from d23_pipeline.landing.month import read_month
 from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.months import month_window
-from d23_pipeline.schema import parse_timestamp
+from d23_pipeline.schema import RejectedRow, parse_timestamp, rows_to_batch
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import Faults, SimResponse, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
@@ -357,6 +358,34 @@ def test_a_first_read_whose_equal_counts_hide_a_row_come_and_a_row_gone_is_read_
     (done,) = [e for e in events if isinstance(e, SliceDone)]
     assert pid(9) in served  # the row the early end left unread, found by the read again
     assert done.proof.verified and done.proof.reads == 2
+
+
+SINCE = "2026-12-05T10:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("updated_at", "reject_updated_at", "changed"),
+    [
+        ("2026-12-05T09:59:59.999Z", None, False),  # before the count
+        ("2026-12-05T10:00:00.000Z", None, True),  # at it or after
+        ("2030-01-01T00:00:00.000Z", None, False),  # stamped in the future: every run else
+        (None, "2026-12-05T10:59:59+01:00", False),  # a reject from before, in its own offset
+        (None, "2026-12-05T12:00:00+01:00", True),
+        (None, "not-a-date", True),  # no time to tell by: it may have come in
+        (None, 12345, True),
+    ],
+)
+def test_a_page_served_a_change_when_a_row_or_reject_changed_after_the_count(
+    updated_at: str | None, reject_updated_at: object, changed: bool
+) -> None:
+    rows = [] if updated_at is None else [row(1, T0) | {"updated_at": updated_at}]
+    rejects = (
+        []
+        if reject_updated_at is None
+        else [RejectedRow("bad", pid(2), {"updated_at": reject_updated_at})]
+    )
+
+    assert served_a_change(rows_to_batch(rows), rejects, SINCE) is changed
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ slice against the API's counts, and ``fanout`` runs slices side by side.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -125,16 +124,25 @@ def _changed_since(counts: Sequence[WindowTotal], asked_at: datetime) -> str:
     return format_timestamp(min(s for s in stamps if s is not None) - _DATE_SLACK)
 
 
-def _latest_update(batch: pa.RecordBatch, rejects: Sequence[RejectedRow]) -> str:
-    """The latest ``updated_at`` of a page's rows (canonical text), "" for none; a reject's
-    only if it reads as a timestamp."""
-    latest = [pc.max(batch.column("updated_at")).as_py() or ""] if batch.num_rows else []
+def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since: str) -> bool:
+    """Whether a page served a row changed at ``since`` (canonical text) or later: not later than
+    the API's clock can be now (a row stamped in the future would send its slice to a second
+    read on every run), and a reject whose ``updated_at`` is no time may have changed."""
+    until = format_timestamp(datetime.now(UTC) + _API_CLOCK_AHEAD)
+    if batch.num_rows:
+        updated_at = batch.column("updated_at")
+        recent = pc.and_(pc.greater_equal(updated_at, since), pc.less_equal(updated_at, until))
+        if pc.any(recent).as_py():
+            return True
     for reject in rejects:
-        updated_at = reject.values.get("updated_at")
-        with contextlib.suppress(ValueError, OverflowError):  # not a time, or before year 1
-            if isinstance(updated_at, str):
-                latest.append(format_timestamp(parse_timestamp(updated_at)))
-    return max(latest, default="")
+        value = reject.values.get("updated_at")
+        try:
+            stamped = format_timestamp(parse_timestamp(value)) if isinstance(value, str) else ""
+        except (ValueError, OverflowError):  # no time, or before the year 1
+            stamped = ""
+        if not stamped or since <= stamped <= until:
+            return True
+    return False
 
 
 def _read_on(before: WindowTotal, asked_at: datetime, answered_at: datetime) -> ReadOn | None:
@@ -498,7 +506,7 @@ class ExportsClient:
             sum_totals(after),
             read.number,
             read_on_ran_out=read.read_on_ran_out,
-            changed_meanwhile=read.latest_update >= read.changed_since,
+            changed_meanwhile=read.changed,
         )
         if proof.verified or read.number == self._slice_reads:
             if not proof.verified:
@@ -603,5 +611,6 @@ class ExportsClient:
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             if part is not None:
-                part.served(batch.num_rows, len(rejects), _latest_update(batch, rejects))
+                changed = served_a_change(batch, rejects, part.read.changed_since)
+                part.served(batch.num_rows, len(rejects), changed)
             yield SlicePage(slice_, batch, rejects)

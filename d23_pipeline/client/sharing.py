@@ -63,9 +63,9 @@ class SliceRead:
     broken: bool = False
     # A part's walk ended early more often than it could read on past: nor do the counts.
     read_on_ran_out: bool = False
-    # The latest updated_at among the rows served (canonical text sorts as time does), and the
-    # instant after which one says the row changed after the slice was counted.
-    latest_update: str = ""
+    # Whether it served a row changed after the slice was counted: one whose updated_at
+    # (canonical text, which sorts as time does) is ``changed_since`` or later.
+    changed: bool = False
     changed_since: str = "9999"
 
     @cached_property
@@ -107,9 +107,10 @@ class Part:
         left if a free worker asked for it and it is still worth splitting."""
         self._schedule.hand_over(self)
 
-    def served(self, rows: int, rejects: int, latest_update: str) -> None:
-        """Count a page of the part handed to the caller, its rows' latest ``updated_at``."""
-        self._schedule.served(self, rows, rejects, latest_update)
+    def served(self, rows: int, rejects: int, changed: bool) -> None:
+        """Count a page of the part handed to the caller (``changed``: it served a row changed
+        since the count)."""
+        self._schedule.served(self, rows, rejects, changed)
 
     def close(self, walked: bool) -> bool:
         """The owner is done with the part, ``walked`` to its end or stopped: decline a pending
@@ -204,12 +205,12 @@ class SliceSchedule:
                 part.rest = part.walk.rest
         ask.answer(share)
 
-    def served(self, part: Part, rows: int, rejects: int, latest_update: str) -> None:
+    def served(self, part: Part, rows: int, rejects: int, changed: bool) -> None:
         with self._changed:
             read = part.read
             read.rows += rows
             read.rejects += rejects
-            read.latest_update = max(read.latest_update, latest_update)
+            read.changed = read.changed or changed
             read.pages += 1
             self._rows += rows + rejects
             self._pages += 1
