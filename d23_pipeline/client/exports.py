@@ -126,8 +126,9 @@ def _changed_since(counts: Sequence[WindowTotal], asked_at: datetime) -> str:
 
 def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since: str) -> bool:
     """Whether a page served a row changed at ``since`` (canonical text) or later: not later than
-    the API's clock can be now (a row stamped in the future would send its slice to a second
-    read on every run), and a reject whose ``updated_at`` is no time may have changed."""
+    the API's clock can be now. A row stamped in the future, or a reject whose ``updated_at`` is
+    no time (the same bad row served on every read), would send its slice to a second read on
+    every run."""
     until = format_timestamp(datetime.now(UTC) + _API_CLOCK_AHEAD)
     if batch.num_rows:
         updated_at = batch.column("updated_at")
@@ -140,7 +141,7 @@ def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since
             stamped = format_timestamp(parse_timestamp(value)) if isinstance(value, str) else ""
         except (ValueError, OverflowError):  # no time, or before the year 1
             stamped = ""
-        if not stamped or since <= stamped <= until:
+        if stamped and since <= stamped <= until:
             return True
     return False
 
