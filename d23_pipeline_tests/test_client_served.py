@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
+import orjson
 from api import DAY, T0, client, count_answer, counts_of, pid, row, rows_at, simulator
 
 from d23_pipeline.client.windows import ONE_MS, Window
@@ -49,6 +51,43 @@ def test_a_walk_of_an_instant_ended_short_of_its_count_holds_its_candidates_unpr
     sim.script(SimResponse.from_json({"body": short}), when=lambda r: r.kind == "data")
     with client(sim) as reader:
         assert reader.confirm_absent([(pid(1), T0)]) == (set(), {pid(1)}, set())
+
+
+def test_a_bad_row_served_twice_by_an_instants_walk_counts_once_against_its_count() -> None:
+    # Rows 1, 2 (bad), 3 and 4 at one instant, two a page. The second page's cursor is refused
+    # (500s) and row 1 deleted meanwhile: the walk reads on from the instant, where the bad row
+    # now has no row before it, and serves it again. Row 0 then moves in behind the cursor, and
+    # the last page ends the walk without row 4: 4 counted, 4 served if the bad row counted
+    # twice, and row 4 would be proven gone.
+    sim = simulator([row(0, T0 + SIX_HOURS), *rows_at([0] * 5)[1:]], page_size=lambda n: 2)
+    sim.corrupt_row(pid(2), "wrong_type", is_active="yes")
+    transport = sim.transport()
+    pages = refused = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal pages, refused
+        if "includeTotal" in request.url.params or "/exports/" not in request.url.path:
+            return transport.handle_request(request)
+        if request.url.params.get("cursor") and pages == 1 and refused < 4:
+            refused += 1
+            if refused == 1:
+                sim.hard_delete_row(pid(1))
+            return httpx.Response(500, json={"message": "Internal server error"})
+        pages += 1
+        response = transport.handle_request(request)
+        if pages == 2:
+            sim.move_row(pid(0), T0)
+        if pages != 3:
+            return response
+        response.read()
+        ended = orjson.loads(response.content)
+        ended["body"]["rows"] = [r for r in ended["body"]["rows"] if r["public_id"] != pid(4)]
+        ended["body"]["pagination"]["nextCursor"] = None
+        return httpx.Response(200, headers=response.headers, content=orjson.dumps(ended))
+
+    with client(sim, page_limit=2, transport=httpx.MockTransport(handle)) as reader:
+        assert reader.confirm_absent([(pid(4), T0)]) == (set(), {pid(4)}, set())
+    assert refused == 4 and pages == 3  # the history above happened
 
 
 def test_a_lookup_not_proven_complete_holds_its_candidates_unproven() -> None:

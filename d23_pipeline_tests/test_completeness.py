@@ -20,7 +20,14 @@ from harness import BOTH_WAREHOUSES, ExportHookSimulator, Pipeline, d23_row, fai
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d23_pipeline.client import ExportsClient, SliceDone, SlicePage, Window, WindowTotal
+from d23_pipeline.client import (
+    ExportsClient,
+    SliceDone,
+    SlicePage,
+    SliceRestart,
+    Window,
+    WindowTotal,
+)
 from d23_pipeline.client.completeness import judge, sum_totals
 from d23_pipeline.client.exports import served_a_change
 from d23_pipeline.definitions import defs
@@ -354,6 +361,48 @@ def test_a_first_read_whose_equal_counts_hide_a_row_come_and_a_row_gone_is_read_
     with client(sim, page_limit=5, transport=httpx.MockTransport(handle)) as reader:
         events = list(reader.iter_slices(DAY))
 
+    served = {r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows}
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert pid(9) in served  # the row the early end left unread, found by the read again
+    assert done.proof.verified and done.proof.reads == 2
+
+
+def test_a_reject_served_again_after_a_504_counts_once_in_what_its_read_served() -> None:
+    # Rows 2, 3 (bad) and 4 share one instant, where the first page ends. The second page's 504
+    # sends the walk back to that instant, and row 2 is deleted meanwhile: the bad row now has
+    # no row before it there and is served again. A row moves in behind the cursor and the
+    # last page ends the walk before row 9: 10 counted before and after, and 10 served if the
+    # bad row counted twice.
+    minutes = [0, 1, 2, 2, 2, 5, 6, 7, 8, 9]
+    rows = [*rows_at(m * 60_000 for m in minutes), row(10, T0 + timedelta(days=1, hours=1))]
+    sim = simulator(rows, page_size=lambda limit: 5)
+    sim.corrupt_row(pid(3), "wrong_type", is_active="yes")
+    answer = checked_transport(sim)
+    pages = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal pages
+        page = "/exports/" in request.url.path and "includeTotal" not in request.url.params
+        pages += page
+        if page and pages == 2:
+            sim.hard_delete_row(pid(2))
+            sim.move_row(pid(10), T0 + timedelta(minutes=1, seconds=30))
+            return httpx.Response(504)
+        response = answer.handle_request(request)
+        if not (page and pages == 4):
+            return response
+        response.read()
+        ended = orjson.loads(response.content)
+        ended["body"]["rows"] = [r for r in ended["body"]["rows"] if r["public_id"] != pid(9)]
+        ended["body"]["pagination"]["nextCursor"] = None
+        return httpx.Response(200, headers=response.headers, content=orjson.dumps(ended))
+
+    with client(sim, page_limit=5, transport=httpx.MockTransport(handle)) as reader:
+        events = list(reader.iter_slices(DAY))
+
+    restart = next((i for i, e in enumerate(events) if isinstance(e, SliceRestart)), len(events))
+    first_read = [e for e in events[:restart] if isinstance(e, SlicePage)]
+    assert [r.public_id for e in first_read for r in e.rejects] == [pid(3)]  # quarantined once
     served = {r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows}
     (done,) = [e for e in events if isinstance(e, SliceDone)]
     assert pid(9) in served  # the row the early end left unread, found by the read again

@@ -359,16 +359,17 @@ class ExportsClient:
         served a bad row without a usable ``public_id`` (which may be any row's new version), or
         ``None`` unless the walk is proven complete by the window's exact count after it."""
         ids: set[str] = set()
-        served = 0
-        anonymous = False
+        # A bad row a re-read from the instant placed anew and served again counts once.
+        reject_ids: set[str] = set()
+        rows = anonymous = 0
         for page in self._walk(window, None, self._page_limit):
             ids.update(page.batch.column("public_id").to_pylist())
-            ids.update(r.public_id for r in page.rejects if r.public_id)
-            anonymous = anonymous or any(not r.public_id for r in page.rejects)
-            served += page.batch.num_rows + len(page.rejects)
-        if self.fetch_total(window).exact_total != served:
+            reject_ids.update(r.public_id for r in page.rejects if r.public_id)
+            anonymous += sum(not r.public_id for r in page.rejects)
+            rows += page.batch.num_rows
+        if self.fetch_total(window).exact_total != rows + len(reject_ids) + anonymous:
             return None
-        return ids, anonymous
+        return ids | reject_ids, anonymous > 0
 
     def find_served(self, window: Window, wanted: Collection[str]) -> set[str] | None:
         """Of ``wanted``, the ids a read of ``window`` serves (valid rows and rejects), read as
@@ -502,7 +503,7 @@ class ExportsClient:
         schedule.ask_ahead()
         after = [self._count_after_walk(part, before, cancel) for part, before in read.before]
         proof = judge(
-            read.rows + read.rejects,
+            read.served,
             read.total_before,
             sum_totals(after),
             read.number,
@@ -610,8 +611,8 @@ class ExportsClient:
                 )
                 continue
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
-            self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             if part is not None:
                 changed = served_a_change(batch, rejects, part.read.changed_since)
-                part.served(batch.num_rows, len(rejects), changed)
+                rejects = part.served(batch.num_rows, rejects, changed)
+            self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             yield SlicePage(slice_, batch, rejects)

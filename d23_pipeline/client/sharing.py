@@ -21,13 +21,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 
 from d23_pipeline.client.completeness import WindowTotal, sum_totals
 from d23_pipeline.client.walk import WindowWalk
 from d23_pipeline.client.windows import ONE_MS, Window
+from d23_pipeline.schema import RejectedRow
 
 # A walk is split only if it has at least this many pages left: the two halves each end in a
 # part page, so with fewer the split would not shorten the end of the walk. (At 4, workers at
@@ -56,7 +57,11 @@ class SliceRead:
     limit: int
     before: list[tuple[Window, WindowTotal]]
     rows: int = 0
-    rejects: int = 0
+    rejects: int = 0  # handed over
+    # Rejects whose public_id the read had handed over already. A 504's re-read can place a
+    # bad row anew and serve it again (walk.py): it is the same source row, so it counts once in
+    # what the read served, and a version alike is not handed over again.
+    repeated_rejects: int = 0
     pages: int = 0
     parts: int = 0  # parts handed out and not finished
     # A part stopped before the end of its walk (an error, a cancel): nothing proves the read.
@@ -67,11 +72,36 @@ class SliceRead:
     # (canonical text, which sorts as time does) is ``changed_since`` or later.
     changed: bool = False
     changed_since: str = "9999"
+    _reject_ids: set[str] = field(default_factory=set)
+    _reject_versions: set[tuple[str, str, str]] = field(default_factory=set)
 
     @cached_property
     def total_before(self) -> WindowTotal:
         """The slice's count before its walk, from the counts of its parts."""
         return sum_totals([total for _, total in self.before])
+
+    @property
+    def served(self) -> int:
+        """The rows and rejects it served, a bad row served twice counted once."""
+        return self.rows + self.rejects - self.repeated_rejects
+
+    def hand_over(self, rejects: Sequence[RejectedRow]) -> list[RejectedRow]:
+        """Of a page's rejects, those to hand over: not a version already handed over. One
+        without a usable public_id is known by nothing else, and the walk already told it from
+        one served again."""
+        handed = []
+        for reject in rejects:
+            if reject.public_id:
+                version = (reject.public_id, reject.reason, repr(sorted(reject.values.items())))
+                if version in self._reject_versions:
+                    self.repeated_rejects += 1
+                    continue
+                self._reject_versions.add(version)
+                if reject.public_id in self._reject_ids:
+                    self.repeated_rejects += 1
+                self._reject_ids.add(reject.public_id)
+            handed.append(reject)
+        return handed
 
 
 class _Ask:
@@ -107,10 +137,10 @@ class Part:
         left if a free worker asked for it and it is still worth splitting."""
         self._schedule.hand_over(self)
 
-    def served(self, rows: int, rejects: int, changed: bool) -> None:
-        """Count a page of the part handed to the caller (``changed``: it served a row changed
-        since the count)."""
-        self._schedule.served(self, rows, rejects, changed)
+    def served(self, rows: int, rejects: Sequence[RejectedRow], changed: bool) -> list[RejectedRow]:
+        """Count a page of the part (``changed``: it served a row changed since the count);
+        returns its rejects to hand to the caller."""
+        return self._schedule.served(self, rows, rejects, changed)
 
     def close(self, walked: bool) -> bool:
         """The owner is done with the part, ``walked`` to its end or stopped: decline a pending
@@ -205,17 +235,21 @@ class SliceSchedule:
                 part.rest = part.walk.rest
         ask.answer(share)
 
-    def served(self, part: Part, rows: int, rejects: int, changed: bool) -> None:
+    def served(
+        self, part: Part, rows: int, rejects: Sequence[RejectedRow], changed: bool
+    ) -> list[RejectedRow]:
         with self._changed:
             read = part.read
+            handed = read.hand_over(rejects)
             read.rows += rows
-            read.rejects += rejects
+            read.rejects += len(handed)
             read.changed = read.changed or changed
             read.pages += 1
-            self._rows += rows + rejects
+            self._rows += rows + len(handed)
             self._pages += 1
             part.rest = part.walk.rest
             self._changed.notify_all()
+            return handed
 
     def close(self, part: Part, walked: bool) -> bool:
         with self._changed:
