@@ -121,9 +121,15 @@ def test_a_walk_is_not_cut_while_a_reject_it_handed_over_may_lie_past_its_edge()
     assert walk.cut(T0 + 12 * HOUR) is not None
 
 
+# No row these reads serve changed after their count.
+_NOTHING_CHANGED = "9999-12-31T23:59:59.999Z"
+
+
 def _read(schedule: SliceSchedule, piece: Window, total: int | None, limit: int = 10) -> Part:
     count = WindowTotal(total, total is not None, None if total is not None else "capped")
-    return schedule.begin(SliceRead(piece, 1, limit, [(piece, count)]), walk_of(piece, limit=limit))
+    return schedule.begin(
+        SliceRead(piece, 1, limit, [(piece, count)], _NOTHING_CHANGED), walk_of(piece, limit=limit)
+    )
 
 
 def _taking(schedule: SliceSchedule) -> tuple[threading.Thread, list[Any]]:
@@ -425,7 +431,7 @@ def test_one_walk_more_than_requests_in_flight_and_never_more_in_flight() -> Non
 def test_a_shared_slice_is_in_doubt_if_any_part_ran_out_of_read_ons() -> None:
     day = Window(datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC))
     schedule = SliceSchedule([day], 100)
-    read = SliceRead(day, 1, 100, before=[])
+    read = SliceRead(day, 1, 100, before=[], changed_since=_NOTHING_CHANGED)
     first = schedule.begin(read, SimpleNamespace(rest=None, read_on_ran_out=True))
     second = schedule._add(read, SimpleNamespace(rest=None, read_on_ran_out=False))
 

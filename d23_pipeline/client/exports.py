@@ -482,8 +482,9 @@ class ExportsClient:
         cancel: threading.Event,
     ) -> Part:
         asked_at = datetime.now(UTC)
-        read = SliceRead(piece, number, limit, self.count_parts(piece, cancel))
-        read.changed_since = _changed_since([total for _, total in read.before], asked_at)
+        before = self.count_parts(piece, cancel)
+        changed_since = _changed_since([total for _, total in before], asked_at)
+        read = SliceRead(piece, number, limit, before, changed_since)
         # A read short of the counts may have met an end the API puts at one point in its data,
         # whatever the page size: the next reads walk on past its walks' ends (two requests a
         # part).

@@ -56,6 +56,9 @@ class SliceRead:
     number: int
     limit: int
     before: list[tuple[Window, WindowTotal]]
+    # A row whose updated_at (canonical text, which sorts as time does) is this or later changed
+    # after the slice was counted.
+    changed_since: str
     rows: int = 0
     rejects: int = 0  # handed over
     # Rejects whose public_id the read had handed over already. A 504's re-read can place a
@@ -68,10 +71,8 @@ class SliceRead:
     broken: bool = False
     # A part's walk ended early more often than it could read on past: nor do the counts.
     read_on_ran_out: bool = False
-    # Whether it served a row changed after the slice was counted: one whose updated_at
-    # (canonical text, which sorts as time does) is ``changed_since`` or later.
+    # Whether it served a row changed after the slice was counted.
     changed: bool = False
-    changed_since: str = "9999"
     _reject_ids: set[str] = field(default_factory=set)
     _reject_versions: set[tuple[str, str, str]] = field(default_factory=set)
 
