@@ -732,3 +732,25 @@ def test_a_transaction_is_run_again_only_while_it_loses_to_another_writer(
     with pytest.raises(type(failure)):
         retry_on_conflict(work, attempts=3)
     assert len(attempts) == calls
+
+
+def test_a_lake_an_older_version_made_is_refused_naming_the_table_and_left_as_it_was(
+    lake: Lake, postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DuckLakeWarehouse(lake.dsn, str(lake.data_path)).connect() as con:
+        con.execute("ALTER TABLE d23.deletions_pending ADD COLUMN rows BIGINT")
+        con.execute("DROP TABLE d23.mix_rebuilds_due")  # a table that version did not have
+
+    for read_only in (False, True):
+        monkeypatch.setattr(ducklake_module, "_LAKES", {})  # the lake as a new process finds it
+        with (
+            pytest.raises(store.WarehouseSchemaError, match=r"d23\.deletions_pending in the Duck"),
+            DuckLakeWarehouse(lake.dsn, str(lake.data_path)).connect(read_only=read_only),
+        ):
+            pass
+
+    catalog = postgres.connect(parse_dsn(lake.dsn)["dbname"])
+    with contextlib.closing(catalog), catalog.cursor() as cursor:
+        cursor.execute("SELECT table_name FROM ducklake_table WHERE end_snapshot IS NULL")
+        tables = {name for (name,) in cursor.fetchall()}
+    assert "deletions_pending" in tables and "mix_rebuilds_due" not in tables  # nothing made
