@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 
 from d23_pipeline.client import ExportsClient, RetryPolicy, Window
 from d23_pipeline.schema import format_timestamp
@@ -100,6 +101,21 @@ def checked_transport(sim: Simulator) -> httpx.MockTransport:
         return transport.handle_request(request)
 
     return httpx.MockTransport(handle)
+
+
+def is_page(request: httpx.Request) -> bool:
+    """Whether ``request`` asks for a page of an export, not for its count."""
+    return "/exports/" in request.url.path and "includeTotal" not in request.url.params
+
+
+def ending_the_walk(page: httpx.Response, *, without: str | None = None) -> httpx.Response:
+    """``page`` as an API that ends the walk there answers: no ``nextCursor``, and without the
+    row ``without`` if given."""
+    page.read()
+    payload = orjson.loads(page.content)
+    payload["body"]["rows"] = [r for r in payload["body"]["rows"] if r["public_id"] != without]
+    payload["body"]["pagination"]["nextCursor"] = None
+    return httpx.Response(200, headers=page.headers, content=orjson.dumps(payload))
 
 
 def login(sim: Simulator) -> dict[str, Any]:

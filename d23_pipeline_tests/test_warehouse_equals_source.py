@@ -191,7 +191,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
 
         def move_once(request: httpx.Request) -> None:
             nonlocal pages
-            if "/exports/" in request.url.path and "includeTotal" not in request.url.params:
+            if api.is_page(request):
                 pages += 1
                 if pages == after_pages:
                     self._move_a_row(month, -1 - latest, to_month, at)
