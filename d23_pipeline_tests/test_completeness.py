@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import httpx
+import pyarrow.parquet as pq
 import pytest
 from api import (
     DAY,
@@ -41,9 +43,10 @@ from d23_pipeline.client import (
 )
 from d23_pipeline.client.completeness import judge, sum_totals
 from d23_pipeline.client.exports import served_a_change
+from d23_pipeline.client.windows import ONE_MS
 from d23_pipeline.definitions import defs
-from d23_pipeline.landing.month import read_month
-from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.landing.month import MonthRead, read_month
+from d23_pipeline.landing.snapshot import SnapshotStore, rows_path
 from d23_pipeline.months import month_window
 from d23_pipeline.schema import RejectedRow, parse_timestamp, rows_to_batch
 from d23_pipeline.settings import LoginCredentials
@@ -408,6 +411,59 @@ def test_a_reject_served_again_after_a_504_counts_once_in_what_its_read_served()
     (done,) = [e for e in events if isinstance(e, SliceDone)]
     assert pid(9) in served  # the row the early end left unread, found by the read again
     assert done.proof.verified and done.proof.reads == 2
+
+
+@pytest.mark.parametrize("ends", ["after its walk", "while the read weighs a deletion"])
+def test_a_slice_that_ends_while_its_month_is_read_is_read_again_after_its_end(
+    ends: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two hour slices, the second ending 3 s from now. Once the second is proven complete (or
+    # while the read looks up a row gone from the first), a row is logged in its last
+    # millisecond, and the read runs on past the slice's end: a read that finished after a
+    # window ended must have read it after it ended.
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    slices = Window(end - timedelta(hours=2), end).split(timedelta(hours=1))
+    gone = row(3, end - timedelta(minutes=100))
+    rows = [row(0, end - timedelta(minutes=90)), row(1, end - timedelta(minutes=30)), gone]
+    sim = simulator([*rows, row(2, end + timedelta(days=1))])
+    store, warehouse = SnapshotStore(tmp_path / "raw"), Warehouse(tmp_path / "w.duckdb")
+
+    def read(run_id: str, transport: httpx.MockTransport) -> MonthRead:
+        with client(sim, slice_size=timedelta(hours=1), transport=transport) as reader:
+            return read_month(
+                reader, store, warehouse, partition="2026-12-01", slices=slices, run_id=run_id
+            )
+
+    first = read("first", checked_transport(sim))
+    with warehouse.connect() as con:
+        merge_snapshot(con, first.snapshot, max_deletion_share=1)
+    sim.hard_delete_row(pid(3))
+    answer = checked_transport(sim)
+    met = 0
+
+    def is_trigger(request: httpx.Request) -> bool:
+        if ends == "after its walk":  # the second slice's count after its walk
+            return not is_page(request) and request.url.params["since"] == slices[1].since_text
+        return request.url.params["since"] == gone["communicated_at"]  # its instant's read
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal met
+        response = answer.handle_request(request)
+        if "/exports/" in request.url.path and is_trigger(request):
+            met += 1
+            if met == (2 if ends == "after its walk" else 1):
+                assert datetime.now(UTC) < end, "the slice was read after it ended: no history"
+                sim.move_row(pid(2), end - ONE_MS)
+                time.sleep((end - datetime.now(UTC)).total_seconds() + 0.05)
+        return response
+
+    second = read("second", httpx.MockTransport(handle))
+
+    landed = pq.read_table(rows_path(second.snapshot.directory, slices[1])).column("public_id")
+    assert pid(2) in landed.to_pylist()
+    assert second.snapshot.completed_at >= end
+    assert "1 slices ended while this read ran" in caplog.text
+    assert second.proven_absent == 1  # the deletion weighed again, with the slice read again
 
 
 SINCE = "2026-12-05T10:00:00.000Z"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from d23_pipeline.client import ExportsClient, SliceDone, SliceEvent, Window
 from d23_pipeline.landing.snapshot import (
     Snapshot,
     SnapshotStore,
+    SnapshotWriter,
     StaleReject,
     UnreadableSnapshot,
     rejects_path,
@@ -84,63 +85,128 @@ def read_month(
             finished = set()
         if finished:
             log.info("resuming %s: %d/%d slices done", partition, len(finished), len(slices))
-        events = client.iter_slices(month, skip=finished)
-        writer.land(_reporting(events, client, partition, len(slices), len(finished), progress))
-        landed = writer.slices
-        row_files = [rows_path(writer.directory, s.window) for s in landed]
-        reject_files = [rejects_path(writer.directory, s.window) for s in landed]
-        anonymous = 0
-        with warehouse.connect(read_only=True) as con:
-            # First: a read merged between the two is then not missed (see
-            # Snapshot.weighed_until), only weighed twice.
-            weighed_until = last_merged_read(con, partition)
-            candidates = deletion_candidates(
-                con,
-                row_files,
-                reject_files,
-                partition=partition,
-                verified=[(s.window.since, s.window.until) for s in landed if s.verified],
-            )
-            if candidates:
-                anonymous = anonymous_rejects(con, reject_files)
-        lookups = client.confirm_absent(candidates)
-        absent = lookups.gone
-        stale_rejects: list[StaleReject] = []
-        unproven = dict.fromkeys(lookups.not_proven, _INSTANT_NOT_PROVEN) | dict.fromkeys(
-            lookups.beside_anonymous, _INSTANT_SERVED_ANONYMOUS
-        )
-        try:
-            if absent and anonymous:
-                raise _Unprovable(
-                    f"the read served {anonymous} bad rows without a usable public_id, and any "
-                    "of them may be one of those rows, moved and broken (see d23.rejected_rows)"
+        todo = [s for s in slices if s not in finished]
+        # When each slice this run read was read from (its read began then or later). Resumed
+        # slices had ended when the interrupted read began (SnapshotStore.begin).
+        read_from: dict[Window, datetime] = {}
+        while True:
+            if todo:
+                began = datetime.now(UTC)
+                events = client.iter_slices(month, skip=set(slices) - set(todo))
+                done_before = len(slices) - len(todo)
+                writer.land(
+                    _reporting(events, client, partition, len(slices), done_before, progress)
                 )
-            if absent:
-                absent = _not_moved(client, month, absent, partition)
-            if absent:
-                absent, stale_rejects, elsewhere = _not_rejected_elsewhere(
-                    client, warehouse, store, absent, partition
-                )
-                unproven.update(elsewhere)
-        except _Unprovable as exc:
-            unproven.update(dict.fromkeys(absent, str(exc)))
-            absent = set()
-        for reason, rows in Counter(unproven.values()).items():
-            log.warning(
-                "%s: %d rows look deleted, but %s: this read marks none of them deleted; they "
-                "stay live, and counted, until a read proves them gone",
-                partition,
-                rows,
-                reason,
-            )
+                read_from.update(dict.fromkeys(todo, began))
+                todo = _ended_since_read(read_from, datetime.now(UTC), partition)
+                if todo:
+                    continue
+            deletions = _weigh_deletions(client, warehouse, store, writer, month, partition)
+            # The read counts as finished now: checked first, every slice that has ended by
+            # then was read after it ended, so a month read across its end is not taken for
+            # one read after it (the rows logged in its last minutes missing).
+            completed_at = datetime.now(UTC)
+            todo = _ended_since_read(read_from, completed_at, partition)
+            if not todo:
+                break
         snapshot = writer.complete(
             client.stats.as_dict(),
-            absent=absent,
-            stale_rejects=stale_rejects,
-            unproven=unproven,
-            weighed_until=weighed_until,
+            absent=deletions.absent,
+            stale_rejects=deletions.stale_rejects,
+            unproven=deletions.unproven,
+            weighed_until=deletions.weighed_until,
+            completed_at=completed_at,
         )
-    return MonthRead(snapshot, len(finished), len(candidates), len(absent))
+    return MonthRead(snapshot, len(finished), deletions.candidates, len(deletions.absent))
+
+
+def _ended_since_read(
+    read_from: Mapping[Window, datetime], now: datetime, partition: str
+) -> list[Window]:
+    """The slices whose window had not ended when they were read and has ended by ``now``:
+    rows logged in them after their walk would be missing. They are read again."""
+    ended = [s for s, began in read_from.items() if began < s.until <= now]
+    if ended:
+        log.warning(
+            "%s: %d slices ended while this read ran (%s%s); reading them again, so that rows "
+            "logged in them after their walk are not missed",
+            partition,
+            len(ended),
+            ended[0],
+            ", ..." if len(ended) > 1 else "",
+        )
+    return ended
+
+
+@dataclass(frozen=True)
+class _Deletions:
+    """What a read proved gone and what it could not prove, for its snapshot."""
+
+    candidates: int
+    absent: set[str]
+    stale_rejects: list[StaleReject]
+    unproven: dict[str, str]
+    weighed_until: datetime | None
+
+
+def _weigh_deletions(
+    client: ExportsClient,
+    warehouse: WarehouseBackend,
+    store: SnapshotStore,
+    writer: SnapshotWriter,
+    month: Window,
+    partition: str,
+) -> _Deletions:
+    """The rows the warehouse holds for the landed slices that the read did not return, and
+    which of them it proves gone (see :func:`read_month`)."""
+    landed = writer.slices
+    row_files = [rows_path(writer.directory, s.window) for s in landed]
+    reject_files = [rejects_path(writer.directory, s.window) for s in landed]
+    anonymous = 0
+    with warehouse.connect(read_only=True) as con:
+        # First: a read merged between the two is then not missed (see
+        # Snapshot.weighed_until), only weighed twice.
+        weighed_until = last_merged_read(con, partition)
+        candidates = deletion_candidates(
+            con,
+            row_files,
+            reject_files,
+            partition=partition,
+            verified=[(s.window.since, s.window.until) for s in landed if s.verified],
+        )
+        if candidates:
+            anonymous = anonymous_rejects(con, reject_files)
+    lookups = client.confirm_absent(candidates)
+    absent = lookups.gone
+    stale_rejects: list[StaleReject] = []
+    unproven = dict.fromkeys(lookups.not_proven, _INSTANT_NOT_PROVEN) | dict.fromkeys(
+        lookups.beside_anonymous, _INSTANT_SERVED_ANONYMOUS
+    )
+    try:
+        if absent and anonymous:
+            raise _Unprovable(
+                f"the read served {anonymous} bad rows without a usable public_id, and any "
+                "of them may be one of those rows, moved and broken (see d23.rejected_rows)"
+            )
+        if absent:
+            absent = _not_moved(client, month, absent, partition)
+        if absent:
+            absent, stale_rejects, elsewhere = _not_rejected_elsewhere(
+                client, warehouse, store, absent, partition
+            )
+            unproven.update(elsewhere)
+    except _Unprovable as exc:
+        unproven.update(dict.fromkeys(absent, str(exc)))
+        absent = set()
+    for reason, rows in Counter(unproven.values()).items():
+        log.warning(
+            "%s: %d rows look deleted, but %s: this read marks none of them deleted; they "
+            "stay live, and counted, until a read proves them gone",
+            partition,
+            rows,
+            reason,
+        )
+    return _Deletions(len(candidates), absent, stale_rejects, unproven, weighed_until)
 
 
 _INSTANT_NOT_PROVEN = (

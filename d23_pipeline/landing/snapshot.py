@@ -430,12 +430,13 @@ class SnapshotWriter:
         stale_rejects: Sequence[StaleReject] = (),
         unproven: Mapping[str, str] | None = None,
         weighed_until: datetime | None = None,
+        completed_at: datetime | None = None,
     ) -> Snapshot:
         """Mark the snapshot complete, with the public_ids its read proved ``absent`` from the
         source, the other months' rejects of them it found stale and the rows it found gone but
         could not prove (``unproven``: public_id -> why), and the month's last merged read when
         it took its deletion candidates (``weighed_until``; None: none), and make it the month's
-        current one."""
+        current one. ``completed_at``: when the read counts as finished (None: now)."""
         missing = set(self._manifest["slice_keys"]) - set(self._manifest["slices"])
         if missing:
             raise RuntimeError(
@@ -451,7 +452,7 @@ class SnapshotWriter:
         self._manifest["absent_rows"] = len(absent_ids)
         self._manifest["weighed_until"] = (weighed_until or _NO_MERGED_READ).isoformat()
         self._manifest["complete"] = True
-        self._manifest["completed_at"] = datetime.now(UTC).isoformat()
+        self._manifest["completed_at"] = (completed_at or datetime.now(UTC)).isoformat()
         self._manifest["read_stats"] = read_stats
         self._manifest["stale_rejects"] = [r.to_manifest() for r in stale_rejects]
         unproven = unproven or {}
