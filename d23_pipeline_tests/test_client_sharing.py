@@ -438,3 +438,18 @@ def test_a_shared_slice_is_in_doubt_if_any_part_ran_out_of_read_ons() -> None:
     assert first.close(walked=True) is False
     assert second.close(walked=True) is True  # the last part closes the slice
     assert read.read_on_ran_out
+
+
+def test_a_read_hands_each_bad_row_version_over_once_and_counts_each_id_once() -> None:
+    read = SliceRead(DAY, 1, 100, before=[], changed_since=_NOTHING_CHANGED)
+    bad = RejectedRow("wrong type", "a", {"is_active": "yes"})
+    mended_badly = RejectedRow("wrong type", "a", {"is_active": "no"})
+    anonymous = RejectedRow("no public_id", None, {"outcome_option": "PTP"})
+
+    handed = [read.hand_over([bad, anonymous]), read.hand_over([bad, mended_badly, anonymous])]
+    read.rows, read.rejects = 3, sum(map(len, handed))
+
+    # The same version served again is handed over once; a new version of it is handed over
+    # but is the same source row; two bad rows without an id are two rows.
+    assert handed == [[bad, anonymous], [mended_badly, anonymous]]
+    assert read.served == 3 + 3  # the rows, a once, and the two bad rows without an id

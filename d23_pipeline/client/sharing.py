@@ -95,7 +95,6 @@ class SliceRead:
             if reject.public_id:
                 version = (reject.public_id, reject.reason, repr(sorted(reject.values.items())))
                 if version in self._reject_versions:
-                    self.repeated_rejects += 1
                     continue
                 self._reject_versions.add(version)
                 if reject.public_id in self._reject_ids:
