@@ -413,6 +413,45 @@ def test_a_reject_served_again_after_a_504_counts_once_in_what_its_read_served()
     assert done.proof.verified and done.proof.reads == 2
 
 
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [("wrong_type", {"is_active": "yes"}), ("bad_timestamp", {"updated_at": "not-a-date"})],
+)
+def test_a_row_served_again_broken_after_a_504_counts_once_in_what_its_read_served(
+    kind: str, fields: dict[str, object]
+) -> None:
+    # Rows 1, 2 and 3 share an instant, inside which the first page ends. The second page's 504
+    # sends the walk back to that instant, and row 2 breaks in place meanwhile: served again,
+    # as a bad row. The walk then ends before row 9: 10 counted before and after, and 10
+    # served if row 2 counted twice.
+    tied = T0 + timedelta(minutes=2)
+    rows = [row(0, T0), *(row(n, tied) for n in (1, 2, 3))]
+    rows += [row(n, T0 + timedelta(minutes=n + 1)) for n in range(4, 10)]
+    sim = simulator(rows, page_size=lambda limit: 3)
+    answer = checked_transport(sim)
+    pages = ended = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal pages, ended
+        page = is_page(request)
+        pages += page
+        if page and pages == 2:
+            sim.corrupt_row(pid(2), kind, **fields)  # type: ignore[arg-type]
+            return httpx.Response(504)
+        response = answer.handle_request(request)
+        if page and not ended and pid(9) in response.read().decode():
+            ended += 1
+            return ending_the_walk(response, without=pid(9))
+        return response
+
+    with client(sim, page_limit=3, transport=httpx.MockTransport(handle)) as reader:
+        events = list(reader.iter_slices(DAY))
+
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert not (done.proof.verified and done.proof.reads == 1)
+    assert pid(9) in {r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows}
+
+
 @pytest.mark.parametrize("ends", ["after its walk", "while the read weighs a deletion"])
 def test_a_slice_that_ends_while_its_month_is_read_is_read_again_after_its_end(
     ends: str, tmp_path: Path, caplog: pytest.LogCaptureFixture

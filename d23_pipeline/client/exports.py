@@ -358,18 +358,17 @@ class ExportsClient:
         """The ids a walk of ``window`` serves (valid rows and rejects) and whether it also
         served a bad row without a usable ``public_id`` (which may be any row's new version), or
         ``None`` unless the walk is proven complete by the window's exact count after it."""
+        # Each id counts once against the count: a row served again after a re-read from the
+        # instant (placed anew, or broken since it was served valid) is one row.
         ids: set[str] = set()
-        # A bad row a re-read from the instant placed anew and served again counts once.
-        reject_ids: set[str] = set()
-        rows = anonymous = 0
+        anonymous = 0
         for page in self._walk(window, None, self._page_limit):
             ids.update(page.batch.column("public_id").to_pylist())
-            reject_ids.update(r.public_id for r in page.rejects if r.public_id)
+            ids.update(r.public_id for r in page.rejects if r.public_id)
             anonymous += sum(not r.public_id for r in page.rejects)
-            rows += page.batch.num_rows
-        if self.fetch_total(window).exact_total != rows + len(reject_ids) + anonymous:
+        if self.fetch_total(window).exact_total != len(ids) + anonymous:
             return None
-        return ids | reject_ids, anonymous > 0
+        return ids, anonymous > 0
 
     def find_served(self, window: Window, wanted: Collection[str]) -> set[str] | None:
         """Of ``wanted``, the ids a read of ``window`` serves (valid rows and rejects), read as
