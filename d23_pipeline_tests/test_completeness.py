@@ -413,6 +413,41 @@ def test_a_reject_served_again_after_a_504_counts_once_in_what_its_read_served()
     assert done.proof.verified and done.proof.reads == 2
 
 
+def test_a_read_again_gets_past_an_early_end_inside_an_instant_of_more_ties_than_a_page() -> None:
+    # Rows 5, 6 and 7 share an instant, and the API ends every walk on a page whose last row
+    # is 6. Pages of 2: reading on from that instant, a page holds only the two rows it skips,
+    # and ends again. Meanwhile a row moves in ahead of the cursor, and the counts (4 before,
+    # 5 after) would take the 4 rows served for all there is.
+    at = [T0 + timedelta(minutes=m) for m in (5, 5, 5, 7)]
+    rows = [*(row(n, t) for n, t in zip((5, 6, 7, 8), at, strict=True))]
+    sim = simulator([*rows, row(50, T0 + timedelta(days=1, hours=3))])
+    answer = checked_transport(sim)
+    counts = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal counts
+        response = answer.handle_request(request)
+        if "includeTotal" in request.url.params and request.url.params["since"] == DAY.since_text:
+            counts += 1
+            if counts == 3:  # the second read's count before its walk
+                sim.move_row(pid(50), T0 + timedelta(minutes=7, seconds=30))
+        elif is_page(request):
+            response.read()
+            ids = [r["public_id"] for r in response.json()["body"]["rows"]]
+            if ids and ids[-1] == pid(6):
+                return ending_the_walk(response)
+        return response
+
+    with client(sim, page_limit=2, max_concurrency=1, transport=httpx.MockTransport(handle)) as r:
+        events = list(r.iter_slices(DAY))
+
+    restarts = [i for i, e in enumerate(events) if isinstance(e, SliceRestart)]
+    last_read = events[restarts[-1] if restarts else 0 :]
+    served = {r["public_id"] for e in last_read if isinstance(e, SlicePage) for r in e.rows}
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert pid(7) in served and done.proof.verified
+
+
 @pytest.mark.parametrize(
     ("kind", "fields"),
     [("wrong_type", {"is_active": "yes"}), ("bad_timestamp", {"updated_at": "not-a-date"})],

@@ -34,7 +34,7 @@ from d23_pipeline.client.retry import Retrier, RetryPolicy
 from d23_pipeline.client.session import ExportsSession, GatewayTimeout
 from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedule
 from d23_pipeline.client.stats import ClientStats
-from d23_pipeline.client.walk import ReadOn, WidthHint, WindowWalk
+from d23_pipeline.client.walk import MAX_PAGE_LIMIT, ReadOn, WidthHint, WindowWalk
 from d23_pipeline.client.windows import ONE_MS, Window
 from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
 from d23_pipeline.settings import (
@@ -46,7 +46,6 @@ from d23_pipeline.settings import (
 
 log = logging.getLogger("d23_pipeline.client")
 
-_MAX_API_LIMIT = 1000
 # Slices are walked by one more worker than there are requests in flight: while a worker parses
 # its page and hands it over (~3-10 ms a page, more on a busy machine), the spare one takes the
 # slot it freed, so the API sees ``max_concurrency`` requests at all times. A second spare
@@ -196,10 +195,10 @@ class ExportsClient:
     ) -> None:
         # A page limit configured below the floor is its own floor (D23_PAGE_LIMIT may be 1).
         min_page_limit = min(min_page_limit, page_limit)
-        if not 1 <= min_page_limit <= page_limit <= _MAX_API_LIMIT:
+        if not 1 <= min_page_limit <= page_limit <= MAX_PAGE_LIMIT:
             raise ValueError(
                 f"need 1 <= min_page_limit ({min_page_limit}) <= page_limit ({page_limit}) "
-                f"<= {_MAX_API_LIMIT}"
+                f"<= {MAX_PAGE_LIMIT}"
             )
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1 (got {max_concurrency})")

@@ -49,6 +49,9 @@ from d23_pipeline.client.errors import CursorLoopError, WindowTooHeavyError
 from d23_pipeline.client.windows import ONE_MS, Window
 from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
 
+# The largest page the API serves (documented: 1-1000, clamped).
+MAX_PAGE_LIMIT = 1000
+
 
 class WidthHint:
     """The widest window worth asking for, learned from 504s and shared by a client's walks."""
@@ -206,6 +209,11 @@ class WindowWalk:
                 _Part(piece, frozenset(), again, edge_rows) for piece in reversed(rest)
             )
             self._part = _Part(first, self._part.skip, again, edge_rows)
+            # A re-read from the edge's instant is served the rows it skips first. With a page
+            # of them and no more, an API that ends the walk on that page (as it did, maybe, on
+            # the same request before) would leave what follows them at that instant unread.
+            if len(self._part.skip) >= self._limit:
+                self._limit = min(MAX_PAGE_LIMIT, len(self._part.skip) + self._default_limit)
             # Of what was handed over, only what this part may be served again lies past its
             # start: all of it when it starts at the edge, else what came after the edge's rows.
             self._past_edge = Counter()
