@@ -544,27 +544,25 @@ SINCE = "2026-12-05T10:00:00.000Z"
 
 
 @pytest.mark.parametrize(
-    ("updated_at", "reject_updated_at", "changed"),
+    ("updated_at", "reject", "changed"),
     [
         ("2026-12-05T09:59:59.999Z", None, False),  # before the count
         ("2026-12-05T10:00:00.000Z", None, True),  # at it or after
         ("2030-01-01T00:00:00.000Z", None, False),  # stamped in the future: every run else
-        (None, "2026-12-05T10:59:59+01:00", False),  # a reject from before, in its own offset
-        (None, "2026-12-05T12:00:00+01:00", True),
-        # No time to tell by: the same bad row is served on every read.
-        (None, "not-a-date", False),
-        (None, 12345, False),
+        (None, {"updated_at": "2026-12-05T10:59:59+01:00"}, False),  # before, in its offset
+        (None, {"updated_at": "2026-12-05T12:00:00+01:00"}, True),
+        # No updated_at to tell by: logged since the count, or the same bad row served on
+        # every read?
+        (None, {"updated_at": "not-a-date", "created_at": "2026-12-05T10:00:01Z"}, True),
+        (None, {"updated_at": 12345, "created_at": "2026-12-05T09:00:00Z"}, False),
+        (None, {"updated_at": "not-a-date"}, False),
     ],
 )
 def test_a_page_served_a_change_when_a_row_or_reject_changed_after_the_count(
-    updated_at: str | None, reject_updated_at: object, changed: bool
+    updated_at: str | None, reject: dict[str, object] | None, changed: bool
 ) -> None:
     rows = [] if updated_at is None else [row(1, T0) | {"updated_at": updated_at}]
-    rejects = (
-        []
-        if reject_updated_at is None
-        else [RejectedRow("bad", pid(2), {"updated_at": reject_updated_at})]
-    )
+    rejects = [] if reject is None else [RejectedRow("bad", pid(2), reject)]
 
     assert served_a_change(rows_to_batch(rows), rejects, SINCE) is changed
 

@@ -125,9 +125,9 @@ def _changed_since(counts: Sequence[WindowTotal], asked_at: datetime) -> str:
 
 def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since: str) -> bool:
     """Whether a page served a row changed at ``since`` (canonical text) or later: not later than
-    the API's clock can be now. A row stamped in the future, or a reject whose ``updated_at`` is
-    no time (the same bad row served on every read), would send its slice to a second read on
-    every run."""
+    the API's clock can be now. A row stamped in the future would send its slice to a second
+    read on every run. So would a reject whose ``updated_at`` is no time (the same bad row
+    served on every read): its ``created_at`` tells whether it was logged since."""
     until = format_timestamp(datetime.now(UTC) + _API_CLOCK_AHEAD)
     if batch.num_rows:
         updated_at = batch.column("updated_at")
@@ -135,14 +135,20 @@ def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since
         if pc.any(recent).as_py():
             return True
     for reject in rejects:
-        value = reject.values.get("updated_at")
-        try:
-            stamped = format_timestamp(parse_timestamp(value)) if isinstance(value, str) else ""
-        except (ValueError, OverflowError):  # no time, or before the year 1
-            stamped = ""
+        stamped = _canonical(reject.values.get("updated_at")) or _canonical(
+            reject.values.get("created_at")
+        )
         if stamped and since <= stamped <= until:
             return True
     return False
+
+
+def _canonical(value: object) -> str:
+    """``value`` as canonical timestamp text, or "" when it is no time (or before the year 1)."""
+    try:
+        return format_timestamp(parse_timestamp(value)) if isinstance(value, str) else ""
+    except (ValueError, OverflowError):
+        return ""
 
 
 def _read_on(before: WindowTotal, asked_at: datetime, answered_at: datetime) -> ReadOn | None:
