@@ -73,8 +73,9 @@ def test_a_slice_whose_walks_ran_out_of_read_ons_fails_saying_so() -> None:
 
     assert not result.passed
     assert (
-        "the API ended its walks early more often than the slice has rows "
-        "(served 5; exact counts 5 before, 5 after)"
+        "the API ended its walks early where they could not read on past: more often "
+        "than the slice has rows, or inside an instant, before rows no request for it "
+        "reaches (served 5; exact counts 5 before, 5 after)"
     ) in result.description
 
 

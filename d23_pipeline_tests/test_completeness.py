@@ -328,8 +328,9 @@ def test_a_read_whose_walks_could_not_read_on_past_every_end_is_not_proven_compl
 
     assert not proof.verified
     assert proof.reason == (
-        "the API ended its walks early more often than the slice has rows "
-        "(served 4; exact counts 4 before, 4 after)"
+        "the API ended its walks early where they could not read on past: more often "
+        "than the slice has rows, or inside an instant, before rows no request for it "
+        "reaches (served 4; exact counts 4 before, 4 after)"
     )
     assert judge(4, counted, counted, 2).verified
 
@@ -413,11 +414,16 @@ def test_a_reject_served_again_after_a_504_counts_once_in_what_its_read_served()
     assert done.proof.verified and done.proof.reads == 2
 
 
-def test_a_read_again_gets_past_an_early_end_inside_an_instant_of_more_ties_than_a_page() -> None:
-    # Rows 5, 6 and 7 share an instant, and the API ends every walk on a page whose last row
-    # is 6. Pages of 2: reading on from that instant, a page holds only the two rows it skips,
-    # and ends again. Meanwhile a row moves in ahead of the cursor, and the counts (4 before,
-    # 5 after) would take the 4 rows served for all there is.
+@pytest.mark.parametrize(
+    "api_ends", ["walks on a page whose last row is 6", "every page after row 6"]
+)
+def test_a_read_again_gets_past_an_early_end_inside_an_instant_or_is_not_proven(
+    api_ends: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Rows 5, 6 and 7 share an instant; pages of 2. Reading on from that instant, a page holds
+    # the two rows it skips first, and ended there again. Cut after row 6 whatever the page
+    # size, row 7 is out of reach of any request. Meanwhile a row moves in ahead of the cursor,
+    # and the counts (4 before, 5 after) would take the 4 rows served for all there is.
     at = [T0 + timedelta(minutes=m) for m in (5, 5, 5, 7)]
     rows = [*(row(n, t) for n, t in zip((5, 6, 7, 8), at, strict=True))]
     sim = simulator([*rows, row(50, T0 + timedelta(days=1, hours=3))])
@@ -434,8 +440,8 @@ def test_a_read_again_gets_past_an_early_end_inside_an_instant_of_more_ties_than
         elif is_page(request):
             response.read()
             ids = [r["public_id"] for r in response.json()["body"]["rows"]]
-            if ids and ids[-1] == pid(6):
-                return ending_the_walk(response)
+            if pid(6) in ids and (api_ends == "every page after row 6" or ids[-1] == pid(6)):
+                return ending_the_walk(response, without=pid(7))
         return response
 
     with client(sim, page_limit=2, max_concurrency=1, transport=httpx.MockTransport(handle)) as r:
@@ -445,7 +451,11 @@ def test_a_read_again_gets_past_an_early_end_inside_an_instant_of_more_ties_than
     last_read = events[restarts[-1] if restarts else 0 :]
     served = {r["public_id"] for e in last_read if isinstance(e, SlicePage) for r in e.rows}
     (done,) = [e for e in events if isinstance(e, SliceDone)]
-    assert pid(7) in served and done.proof.verified
+    if api_ends == "every page after row 6":
+        assert pid(7) not in served and not done.proof.verified
+        assert "ends walks inside that instant" in caplog.text
+    else:
+        assert pid(7) in served and done.proof.verified
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,8 @@ class SliceProof:
     total_after: int | None
     verified: bool
     reads: int = 1
-    # A walk of the read ended early more often than it could read on past (see walk.py).
+    # A walk of the read met an end it could not read on past: more of them than the slice has
+    # rows, or one inside an instant (see walk.py).
     read_on_ran_out: bool = False
 
     @property
@@ -100,7 +101,10 @@ class SliceProof:
             )
         # Between two exact counts, judge leaves a read unverified only for this (which a
         # manifest or d23.slice_verification does not hold as such).
-        return "the API ended its walks early more often than the slice has rows"
+        return (
+            "the API ended its walks early where they could not read on past: more often than "
+            "the slice has rows, or inside an instant, before rows no request for it reaches"
+        )
 
 
 def judge(

@@ -34,7 +34,13 @@ from d23_pipeline.client.retry import Retrier, RetryPolicy
 from d23_pipeline.client.session import ExportsSession, GatewayTimeout
 from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedule
 from d23_pipeline.client.stats import ClientStats
-from d23_pipeline.client.walk import MAX_PAGE_LIMIT, ReadOn, WidthHint, WindowWalk
+from d23_pipeline.client.walk import (
+    MAX_PAGE_LIMIT,
+    InstantCheck,
+    ReadOn,
+    WidthHint,
+    WindowWalk,
+)
 from d23_pipeline.client.windows import ONE_MS, Window
 from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
 from d23_pipeline.settings import (
@@ -537,6 +543,25 @@ class ExportsClient:
         limit = max(self._min_page_limit, read.limit * 3 // 4)
         schedule.read_again(ReadAgain(read.slice, read.number + 1, limit))
 
+    def _count_instant_read_on(
+        self, walk: WindowWalk, instant: InstantCheck, cancel: threading.Event | None
+    ) -> None:
+        """Count the instant a walk read on to and got nothing new from: rows there beyond what
+        it served were left unread by an end inside the instant, which no request for it gets
+        past, so the walk is not proven complete."""
+        counted = self.count(instant.window, cancel).exact_total
+        if counted is not None and counted <= instant.served:
+            return
+        walk.read_on_ran_out = True
+        log.warning(
+            "reading on from %s, the API served %d rows there and ended the walk, but counts "
+            "%s: it ends walks inside that instant, before rows no request for it reaches; the "
+            "slice is not proven complete",
+            instant.window.since_text,
+            instant.served,
+            "no exact number" if counted is None else counted,
+        )
+
     def _walk(
         self, window: Window, cancel: threading.Event | None, limit: int
     ) -> Iterator[SlicePage]:
@@ -616,6 +641,8 @@ class ExportsClient:
                 )
                 continue
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
+            if (instant := walk.take_instant_check()) is not None:
+                self._count_instant_read_on(walk, instant, cancel)
             if part is not None:
                 changed = served_a_change(batch, rejects, part.read.changed_since)
                 rejects = part.served(batch.num_rows, rejects, changed)

@@ -127,6 +127,16 @@ class Narrowing:
     pause_strikes: int
 
 
+@dataclass(frozen=True)
+class InstantCheck:
+    """A read-on of one instant that ended having handed over nothing new: ``served`` rows and
+    rejects there, skipped ones included. More rows counted there were left unread by an end the
+    walk cannot read past (any request for the instant starts before it)."""
+
+    window: Window
+    served: int
+
+
 @dataclass
 class _Part:
     window: Window
@@ -137,6 +147,8 @@ class _Part:
     # how many rows at the edge's instant had been handed over (see ``_PastEdge``).
     again: Counter[_PastEdge] | None = None
     edge_rows: int = 0
+    # A read-on of the edge's instant alone (see InstantCheck).
+    instant: bool = False
 
 
 # A reject handed over, and how many rows at the edge's instant come before it in the API's
@@ -179,7 +191,10 @@ class WindowWalk:
         self._read_on_before = None if read_on is None else format_timestamp(read_on.began)
         self._counted_before = None if read_on is None else format_timestamp(read_on.counted_at)
         self._ends_left = 0 if read_on is None else read_on.ends
-        self.read_on_ran_out = False  # it would have read on past one more end
+        # It met an end it could not read on past: one more than its budget, or one inside an
+        # instant (InstantCheck, set by its caller).
+        self.read_on_ran_out = False
+        self._instant_check: InstantCheck | None = None
         self._min_limit = min_limit
         self._min_window = min_window
         self._hint = hint
@@ -208,7 +223,7 @@ class WindowWalk:
             self._pending.extend(
                 _Part(piece, frozenset(), again, edge_rows) for piece in reversed(rest)
             )
-            self._part = _Part(first, self._part.skip, again, edge_rows)
+            self._part = _Part(first, self._part.skip, again, edge_rows, self._part.instant)
             # A re-read from the edge's instant is served the rows it skips first. With a page
             # of them and no more, an API that ends the walk on that page (as it did, maybe, on
             # the same request before) would leave what follows them at that instant unread.
@@ -232,6 +247,7 @@ class WindowWalk:
             self._seen_cursors: set[str] = set()
             self._strikes = 0
             self._handed_in_part = False  # a row or reject: what a read-on must make
+            self._instant_served = 0
 
     def next_request(self) -> PageRequest | None:
         """The page to fetch next, or ``None`` once the window is done."""
@@ -290,6 +306,8 @@ class WindowWalk:
         part = self._require_part()
         self._cursor_served = self._cursor_served or self._cursor is not None
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
+        if part.instant:
+            self._instant_served += len(column) + len(rejects)
         # As Python strings only where rejects need placing: a clean page makes no object per row.
         stamps: list[str] = column.to_pylist() if rejects else []
         first_new = 0  # the page's first row not handed over before
@@ -343,6 +361,8 @@ class WindowWalk:
             if self._reads_on_past_end():
                 self._read_on_past_end(part)
             else:
+                if part.instant and not self._handed_in_part:
+                    self._instant_check = InstantCheck(part.window, self._instant_served)
                 self._start_next_part()
         elif next_cursor in self._seen_cursors:
             raise CursorLoopError(
@@ -406,14 +426,21 @@ class WindowWalk:
         self._dropped_at, self._cursor_served = position, False
         return True
 
-    def _read_again_in(self, pieces: list[Window]) -> None:
-        """Read what is left of the part again, from its edge, as ``pieces`` that tile it."""
+    def _read_again_in(self, pieces: list[Window], *, instant: bool = False) -> None:
+        """Read what is left of the part again, from its edge, as ``pieces`` that tile it
+        (``instant``: the first is the edge's instant alone, read on to)."""
         again, edge_rows = self._budget_to_read_again()
         self._pending.extend(
             _Part(piece, frozenset(), again, edge_rows) for piece in reversed(pieces[1:])
         )
-        self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows))
+        self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows, instant))
         self._start_next_part()
+
+    def take_instant_check(self) -> InstantCheck | None:
+        """The read-on of an instant that just ended with nothing new, once: its caller counts
+        the instant and sets :attr:`read_on_ran_out` if more rows are there."""
+        check, self._instant_check = self._instant_check, None
+        return check
 
     def _reads_on_past_end(self) -> bool:
         """Whether to read on past the end of the part's walk: it handed over a row or reject
@@ -440,17 +467,19 @@ class WindowWalk:
         edge = parse_timestamp(self._edge)
         following = edge + ONE_MS
         if following < part.window.until:
-            self._read_again_in([Window(edge, following), Window(following, part.window.until)])
+            pieces = [Window(edge, following), Window(following, part.window.until)]
         else:
-            self._read_again_in([Window(edge, part.window.until)])
+            pieces = [Window(edge, part.window.until)]
+        self._read_again_in(pieces, instant=True)
 
     def _restart_part(self, remaining: Window) -> None:
         # The part starts again from the resume point (at a smaller page after 504s, or in a
         # narrower window after a cut), keeping the strikes.
         strikes, edge_ids = self._strikes, frozenset(self._edge_ids)
         again, edge_rows = self._budget_to_read_again()
-        self._part = _Part(remaining, edge_ids, again, edge_rows)
+        self._part = _Part(remaining, edge_ids, again, edge_rows, self._require_part().instant)
         self._at_edge = 0
+        self._instant_served = 0  # the instant is served again from its start
         self._edge = remaining.since_text
         self._edge_ids = set(edge_ids)
         self._cursor = None
