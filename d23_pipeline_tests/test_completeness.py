@@ -453,9 +453,36 @@ def test_a_read_again_gets_past_an_early_end_inside_an_instant_or_is_not_proven(
     (done,) = [e for e in events if isinstance(e, SliceDone)]
     if api_ends == "every page after row 6":
         assert pid(7) not in served and not done.proof.verified
-        assert "ends walks inside that instant" in caplog.text
+        assert "ends walks before rows this read cannot reach" in caplog.text
     else:
         assert pid(7) in served and done.proof.verified
+
+
+def test_a_read_again_whose_read_on_ends_before_a_row_it_cannot_reach_is_not_proven() -> None:
+    # The API ends every walk just before row 2, on whatever page would serve it (an empty one
+    # once the walk reads on past row 1). While the second read walks, row 3 moves in ahead of
+    # its cursor: counted 2 before and 3 after, it serves 2 (rows 1 and 3).
+    rows = [row(1, T0 + timedelta(minutes=5)), row(2, T0 + timedelta(minutes=11))]
+    sim = simulator([*rows, row(3, T0 + timedelta(days=1, hours=3))])
+    answer = checked_transport(sim)
+    counts = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal counts
+        response = answer.handle_request(request)
+        if "includeTotal" in request.url.params and request.url.params["since"] == DAY.since_text:
+            counts += 1
+            if counts == 3:  # the second read's count before its walk
+                sim.move_row(pid(3), T0 + timedelta(minutes=3))
+        elif is_page(request) and pid(2) in response.read().decode():
+            return ending_the_walk(response, without=pid(2))
+        return response
+
+    with client(sim, page_limit=5, max_concurrency=1, transport=httpx.MockTransport(handle)) as r:
+        events = list(r.iter_slices(DAY))
+
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert not done.proof.verified
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedul
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.walk import (
     MAX_PAGE_LIMIT,
-    InstantCheck,
+    EndCheck,
     ReadOn,
     WidthHint,
     WindowWalk,
@@ -543,22 +543,21 @@ class ExportsClient:
         limit = max(self._min_page_limit, read.limit * 3 // 4)
         schedule.read_again(ReadAgain(read.slice, read.number + 1, limit))
 
-    def _count_instant_read_on(
-        self, walk: WindowWalk, instant: InstantCheck, cancel: threading.Event | None
+    def _count_after_end(
+        self, walk: WindowWalk, ended: EndCheck, cancel: threading.Event | None
     ) -> None:
-        """Count the instant a walk read on to and got nothing new from: rows there beyond what
-        it served were left unread by an end inside the instant, which no request for it gets
-        past, so the walk is not proven complete."""
-        counted = self.count(instant.window, cancel).exact_total
-        if counted is not None and counted <= instant.served:
+        """Count what a part of a read again ended in having handed over nothing new, so not
+        read on past: rows there beyond what it served were left unread by an end it cannot
+        read past, so the walk is not proven complete."""
+        counted = self.count(ended.window, cancel).exact_total
+        if counted is not None and counted <= ended.served:
             return
         walk.read_on_ran_out = True
         log.warning(
-            "reading on from %s, the API served %d rows there and ended the walk, but counts "
-            "%s: it ends walks inside that instant, before rows no request for it reaches; the "
-            "slice is not proven complete",
-            instant.window.since_text,
-            instant.served,
+            "a walk of %s ended having served %d rows there, and the API counts %s: it ends "
+            "walks before rows this read cannot reach; the slice is not proven complete",
+            ended.window,
+            ended.served,
             "no exact number" if counted is None else counted,
         )
 
@@ -641,8 +640,8 @@ class ExportsClient:
                 )
                 continue
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
-            if (instant := walk.take_instant_check()) is not None:
-                self._count_instant_read_on(walk, instant, cancel)
+            if (ended := walk.take_end_check()) is not None:
+                self._count_after_end(walk, ended, cancel)
             if part is not None:
                 changed = served_a_change(batch, rejects, part.read.changed_since)
                 rejects = part.served(batch.num_rows, rejects, changed)

@@ -128,10 +128,12 @@ class Narrowing:
 
 
 @dataclass(frozen=True)
-class InstantCheck:
-    """A read-on of one instant that ended having handed over nothing new: ``served`` rows and
-    rejects there, skipped ones included. More rows counted there were left unread by an end the
-    walk cannot read past (any request for the instant starts before it)."""
+class EndCheck:
+    """A part of a read again that ended having handed over nothing new, so is not read on
+    past: ``served`` rows and rejects in ``window``, skipped ones included. More rows counted
+    there were left unread by an end it cannot read past: inside an instant (any request for it
+    starts before that point), or on a page that served nothing new. ``window`` ends where the
+    slice was counted, or is the edge's instant alone: rows logged since are not the read's."""
 
     window: Window
     served: int
@@ -147,7 +149,7 @@ class _Part:
     # how many rows at the edge's instant had been handed over (see ``_PastEdge``).
     again: Counter[_PastEdge] | None = None
     edge_rows: int = 0
-    # A read-on of the edge's instant alone (see InstantCheck).
+    # A read-on of the edge's instant alone (see EndCheck).
     instant: bool = False
 
 
@@ -191,10 +193,10 @@ class WindowWalk:
         self._read_on_before = None if read_on is None else format_timestamp(read_on.began)
         self._counted_before = None if read_on is None else format_timestamp(read_on.counted_at)
         self._ends_left = 0 if read_on is None else read_on.ends
-        # It met an end it could not read on past: one more than its budget, or one inside an
-        # instant (InstantCheck, set by its caller).
+        # It met an end it could not read on past: one more than its budget, or one that left
+        # rows unread (EndCheck, set by its caller).
         self.read_on_ran_out = False
-        self._instant_check: InstantCheck | None = None
+        self._end_check: EndCheck | None = None
         self._min_limit = min_limit
         self._min_window = min_window
         self._hint = hint
@@ -247,7 +249,7 @@ class WindowWalk:
             self._seen_cursors: set[str] = set()
             self._strikes = 0
             self._handed_in_part = False  # a row or reject: what a read-on must make
-            self._instant_served = 0
+            self._served_in_part = 0  # in the window an EndCheck counts
 
     def next_request(self) -> PageRequest | None:
         """The page to fetch next, or ``None`` once the window is done."""
@@ -306,8 +308,12 @@ class WindowWalk:
         part = self._require_part()
         self._cursor_served = self._cursor_served or self._cursor is not None
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
-        if part.instant:
-            self._instant_served += len(column) + len(rejects)
+        if self._read_on is not None:
+            if part.instant or self._counted_before is None:
+                before_count = len(column)
+            else:
+                before_count = pc.sum(pc.less(column, self._counted_before)).as_py() or 0
+            self._served_in_part += before_count + len(rejects)
         # As Python strings only where rejects need placing: a clean page makes no object per row.
         stamps: list[str] = column.to_pylist() if rejects else []
         first_new = 0  # the page's first row not handed over before
@@ -361,8 +367,8 @@ class WindowWalk:
             if self._reads_on_past_end():
                 self._read_on_past_end(part)
             else:
-                if part.instant and not self._handed_in_part:
-                    self._instant_check = InstantCheck(part.window, self._instant_served)
+                if self._read_on is not None and not self._handed_in_part:
+                    self._end_check = self._end_check_of(part)
                 self._start_next_part()
         elif next_cursor in self._seen_cursors:
             raise CursorLoopError(
@@ -436,11 +442,21 @@ class WindowWalk:
         self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows, instant))
         self._start_next_part()
 
-    def take_instant_check(self) -> InstantCheck | None:
-        """The read-on of an instant that just ended with nothing new, once: its caller counts
-        the instant and sets :attr:`read_on_ran_out` if more rows are there."""
-        check, self._instant_check = self._instant_check, None
+    def take_end_check(self) -> EndCheck | None:
+        """The part that just ended with nothing new, once: its caller counts its window and
+        sets :attr:`read_on_ran_out` if more rows are there."""
+        check, self._end_check = self._end_check, None
         return check
+
+    def _end_check_of(self, part: _Part) -> EndCheck | None:
+        if part.instant or self._counted_before is None:
+            return EndCheck(part.window, self._served_in_part)
+        counted_at = parse_timestamp(self._counted_before)
+        if counted_at <= part.window.since:
+            return None
+        return EndCheck(
+            Window(part.window.since, min(part.window.until, counted_at)), self._served_in_part
+        )
 
     def _reads_on_past_end(self) -> bool:
         """Whether to read on past the end of the part's walk: it handed over a row or reject
@@ -479,7 +495,7 @@ class WindowWalk:
         again, edge_rows = self._budget_to_read_again()
         self._part = _Part(remaining, edge_ids, again, edge_rows, self._require_part().instant)
         self._at_edge = 0
-        self._instant_served = 0  # the instant is served again from its start
+        self._served_in_part = 0  # the part is served again from its edge
         self._edge = remaining.since_text
         self._edge_ids = set(edge_ids)
         self._cursor = None
