@@ -95,6 +95,9 @@ class RejectedRow:
     # How many valid rows of its page come before it: where it lies in the API's order, which a
     # walk needs to tell a reject served again after a 504 from a new one alike.
     rows_before: int | None = field(default=None, compare=False)
+    # Handed over valid by the same read before (a walk's re-read served it again, broken since):
+    # quarantined, but the same source row as the one counted.
+    served_valid: bool = field(default=False, compare=False)
 
 
 @dataclass

@@ -639,6 +639,19 @@ def test_mid_walk_504_rereads_only_the_rest_without_duplicates_or_gaps() -> None
     assert resumed["since"] == "2026-05-01T00:00:00.010Z"
 
 
+def test_a_re_read_after_a_504_inside_more_ties_than_a_page_asks_no_larger_page() -> None:
+    # 250 rows at one instant, pages of 200, a gateway that times out on pages of over 300 rows
+    # and once on the second page: the re-read from that instant keeps the page size, so the
+    # 504 is not taken, again and again, for a window too wide.
+    rows = [row(n, T0 + timedelta(hours=1)) for n in range(250)]
+    sim = simulator(rows, max_limit_for_504=300)
+    sim.script(GATEWAY_TIMEOUT, when=lambda r: r.kind == "data" and len(queries(sim)) == 1)
+    with client(sim, page_limit=200) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        assert reader.stats.window_splits == 1 and reader.max_window is None
+    assert max(int(q["limit"]) for q in queries(sim)) == 200
+
+
 def test_mid_walk_504s_that_force_splits_still_give_each_row_once() -> None:
     sim = paged(spread(90), size=5)
     hour = timedelta(hours=1)

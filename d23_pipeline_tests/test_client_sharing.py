@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pytest
 from api import DAY, T0, client, error, row, rows_at, simulator
 from hypothesis import given, settings
@@ -445,11 +446,20 @@ def test_a_read_hands_each_bad_row_version_over_once_and_counts_each_id_once() -
     bad = RejectedRow("wrong type", "a", {"is_active": "yes"})
     mended_badly = RejectedRow("wrong type", "a", {"is_active": "no"})
     anonymous = RejectedRow("no public_id", None, {"outcome_option": "PTP"})
+    broken_since = RejectedRow("wrong type", "b", {"is_active": "yes"}, served_valid=True)
+    pages = [
+        (["b", "c"], [bad, anonymous]),
+        (["a", "d"], [bad, mended_badly, anonymous, broken_since]),  # a: mended since
+    ]
 
-    handed = [read.hand_over([bad, anonymous]), read.hand_over([bad, mended_badly, anonymous])]
-    read.rows, read.rejects = 3, sum(map(len, handed))
+    handed = []
+    for ids, rejects in pages:
+        handed.append(read.hand_over(pa.array(ids, pa.string()), rejects))
+        read.rows += len(ids)
+    read.rejects = sum(map(len, handed))
 
-    # The same version served again is handed over once; a new version of it is handed over
-    # but is the same source row; two bad rows without an id are two rows.
-    assert handed == [[bad, anonymous], [mended_badly, anonymous]]
-    assert read.served == 3 + 3  # the rows, a once, and the two bad rows without an id
+    # The same version served again is handed over once; another version of it, and a row
+    # handed over valid and served again broken, are handed over but are the same source rows;
+    # two bad rows without an id are two rows.
+    assert handed == [[bad, anonymous], [mended_badly, anonymous, broken_since]]
+    assert read.served == len("abcd") + 2  # and the two bad rows without an id

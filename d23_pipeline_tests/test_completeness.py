@@ -486,20 +486,21 @@ def test_a_read_again_whose_read_on_ends_before_a_row_it_cannot_reach_is_not_pro
 
 
 @pytest.mark.parametrize(
-    ("kind", "fields"),
-    [("wrong_type", {"is_active": "yes"}), ("bad_timestamp", {"updated_at": "not-a-date"})],
+    "history", ["breaks: a wrong type", "breaks: an updated_at that is no time", "is mended"]
 )
-def test_a_row_served_again_broken_after_a_504_counts_once_in_what_its_read_served(
-    kind: str, fields: dict[str, object]
+def test_a_row_served_again_after_a_504_valid_or_broken_counts_once_in_what_its_read_served(
+    history: str,
 ) -> None:
     # Rows 1, 2 and 3 share an instant, inside which the first page ends. The second page's 504
-    # sends the walk back to that instant, and row 2 breaks in place meanwhile: served again,
-    # as a bad row. The walk then ends before row 9: 10 counted before and after, and 10
-    # served if row 2 counted twice.
+    # sends the walk back to that instant, and row 2 breaks in place meanwhile (or, bad from
+    # the start, is mended): served again, the other way. The walk then ends before row 9: 10
+    # counted before and after, and 10 served if row 2 counted twice.
     tied = T0 + timedelta(minutes=2)
     rows = [row(0, T0), *(row(n, tied) for n in (1, 2, 3))]
     rows += [row(n, T0 + timedelta(minutes=n + 1)) for n in range(4, 10)]
     sim = simulator(rows, page_size=lambda limit: 3)
+    if history == "is mended":
+        sim.corrupt_row(pid(2), "wrong_type", is_active="yes")
     answer = checked_transport(sim)
     pages = ended = 0
 
@@ -508,7 +509,12 @@ def test_a_row_served_again_broken_after_a_504_counts_once_in_what_its_read_serv
         page = is_page(request)
         pages += page
         if page and pages == 2:
-            sim.corrupt_row(pid(2), kind, **fields)  # type: ignore[arg-type]
+            if history == "is mended":
+                sim.mend_row(pid(2))
+            elif history == "breaks: a wrong type":
+                sim.corrupt_row(pid(2), "wrong_type", is_active="yes")
+            else:
+                sim.corrupt_row(pid(2), "bad_timestamp", updated_at="not-a-date")
             return httpx.Response(504)
         response = answer.handle_request(request)
         if page and not ended and pid(9) in response.read().decode():
@@ -522,6 +528,35 @@ def test_a_row_served_again_broken_after_a_504_counts_once_in_what_its_read_serv
     (done,) = [e for e in events if isinstance(e, SliceDone)]
     assert not (done.proof.verified and done.proof.reads == 1)
     assert pid(9) in {r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows}
+
+
+def test_a_row_that_moves_and_breaks_after_it_was_handed_over_lands_as_a_reject() -> None:
+    # Row 2, handed over valid where the first page ends (an instant it shares with row 1),
+    # moves 10 s on and breaks; the second page's 504 sends the walk back to that instant, and
+    # the re-read serves it broken right after the rows it skips.
+    tied = T0 + timedelta(minutes=2)
+    rows = [row(0, T0), row(1, tied), row(2, tied)]
+    rows += [row(n, T0 + timedelta(minutes=n)) for n in range(3, 10)]
+    sim = simulator(rows)
+    answer = checked_transport(sim)
+    pages = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal pages
+        pages += is_page(request)
+        if is_page(request) and pages == 2:
+            sim.move_row(pid(2), tied + timedelta(seconds=10))
+            sim.corrupt_row(pid(2), "wrong_type", is_active="yes")
+            return httpx.Response(504)
+        return answer.handle_request(request)
+
+    with client(sim, page_limit=3, max_concurrency=1, transport=httpx.MockTransport(handle)) as r:
+        events = list(r.iter_slices(DAY))
+
+    restarts = [i for i, e in enumerate(events) if isinstance(e, SliceRestart)]
+    last_read = [e for e in events[restarts[-1] if restarts else 0 :] if isinstance(e, SlicePage)]
+    assert pid(2) in {r.public_id for e in last_read for r in e.rejects}  # quarantined
+    assert pid(2) not in {r["public_id"] for e in last_read for r in e.rows}  # not its old self
 
 
 @pytest.mark.parametrize("ends", ["after its walk", "while the read weighs a deletion"])

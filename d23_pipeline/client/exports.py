@@ -644,6 +644,6 @@ class ExportsClient:
                 self._count_after_end(walk, ended, cancel)
             if part is not None:
                 changed = served_a_change(batch, rejects, part.read.changed_since)
-                rejects = part.served(batch.num_rows, rejects, changed)
+                rejects = part.served(batch, rejects, changed)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             yield SlicePage(slice_, batch, rejects)

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from d23_pipeline.client.completeness import WindowTotal, sum_totals
 from d23_pipeline.client.walk import WindowWalk
 from d23_pipeline.client.windows import ONE_MS, Window
@@ -61,10 +64,12 @@ class SliceRead:
     changed_since: str
     rows: int = 0
     rejects: int = 0  # handed over
-    # Rejects whose public_id the read had handed over already. A 504's re-read can place a
-    # bad row anew and serve it again (walk.py): it is the same source row, so it counts once in
-    # what the read served, and a version alike is not handed over again.
-    repeated_rejects: int = 0
+    # Rows and rejects whose public_id the read had handed over already, the one way or the
+    # other. A 504's re-read can place a bad row anew, or serve again broken a row it handed
+    # over valid, or valid a bad row it handed over, mended since (walk.py): the same source
+    # row, counted once in what the read served; a bad row's version alike is not handed over
+    # again.
+    repeated: int = 0
     pages: int = 0
     parts: int = 0  # parts handed out and not finished
     # A part stopped before the end of its walk (an error, a cancel): nothing proves the read.
@@ -84,12 +89,15 @@ class SliceRead:
     @property
     def served(self) -> int:
         """The rows and rejects it served, a bad row served twice counted once."""
-        return self.rows + self.rejects - self.repeated_rejects
+        return self.rows + self.rejects - self.repeated
 
-    def hand_over(self, rejects: Sequence[RejectedRow]) -> list[RejectedRow]:
-        """Of a page's rejects, those to hand over: not a version already handed over. One
-        without a usable public_id is known by nothing else, and the walk already told it from
-        one served again."""
+    def hand_over(self, ids: pa.Array, rejects: Sequence[RejectedRow]) -> list[RejectedRow]:
+        """Note a page's valid rows (their ``ids``) and rejects; returns the rejects to hand
+        over: not a version already handed over. One without a usable public_id is known by
+        nothing else, and the walk already told it from one served again."""
+        if self._reject_ids and len(ids):
+            handed_as_rejects = pa.array(list(self._reject_ids), pa.string())
+            self.repeated += pc.sum(pc.is_in(ids, value_set=handed_as_rejects)).as_py() or 0
         handed = []
         for reject in rejects:
             if reject.public_id:
@@ -97,8 +105,8 @@ class SliceRead:
                 if version in self._reject_versions:
                     continue
                 self._reject_versions.add(version)
-                if reject.public_id in self._reject_ids:
-                    self.repeated_rejects += 1
+                if reject.public_id in self._reject_ids or reject.served_valid:
+                    self.repeated += 1
                 self._reject_ids.add(reject.public_id)
             handed.append(reject)
         return handed
@@ -137,10 +145,12 @@ class Part:
         left if a free worker asked for it and it is still worth splitting."""
         self._schedule.hand_over(self)
 
-    def served(self, rows: int, rejects: Sequence[RejectedRow], changed: bool) -> list[RejectedRow]:
+    def served(
+        self, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], changed: bool
+    ) -> list[RejectedRow]:
         """Count a page of the part (``changed``: it served a row changed since the count);
         returns its rejects to hand to the caller."""
-        return self._schedule.served(self, rows, rejects, changed)
+        return self._schedule.served(self, batch, rejects, changed)
 
     def close(self, walked: bool) -> bool:
         """The owner is done with the part, ``walked`` to its end or stopped: decline a pending
@@ -236,11 +246,12 @@ class SliceSchedule:
         ask.answer(share)
 
     def served(
-        self, part: Part, rows: int, rejects: Sequence[RejectedRow], changed: bool
+        self, part: Part, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], changed: bool
     ) -> list[RejectedRow]:
+        rows = batch.num_rows
         with self._changed:
             read = part.read
-            handed = read.hand_over(rejects)
+            handed = read.hand_over(batch.column("public_id"), rejects)
             read.rows += rows
             read.rejects += len(handed)
             read.changed = read.changed or changed

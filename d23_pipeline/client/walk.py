@@ -226,10 +226,11 @@ class WindowWalk:
                 _Part(piece, frozenset(), again, edge_rows) for piece in reversed(rest)
             )
             self._part = _Part(first, self._part.skip, again, edge_rows, self._part.instant)
-            # A re-read from the edge's instant is served the rows it skips first. With a page
-            # of them and no more, an API that ends the walk on that page (as it did, maybe, on
-            # the same request before) would leave what follows them at that instant unread.
-            if len(self._part.skip) >= self._limit:
+            # A read-on of the edge's instant is served the rows it skips first. With a page of
+            # them and no more, an API that ends the walk on that page (as it did, maybe, on the
+            # same request before) would leave what follows them at that instant unread. Not
+            # after a 504 or a cut: a larger page than the one that timed out would time out.
+            if self._part.instant and len(self._part.skip) >= self._limit:
                 self._limit = min(MAX_PAGE_LIMIT, len(self._part.skip) + self._default_limit)
             # Of what was handed over, only what this part may be served again lies past its
             # start: all of it when it starts at the edge, else what came after the edge's rows.
@@ -341,8 +342,10 @@ class WindowWalk:
             key = (_reject_key(reject), rows)
             if position <= first_new and served_again[key] > 0:
                 served_again[key] -= 1
-            elif position <= first_new and reject.public_id in part.skip:
-                pass  # handed over valid at the edge's instant, and broken since: the same row
+            elif reject.public_id in part.skip:
+                # Handed over valid at the edge's instant, broken since (and maybe moved): the
+                # same row, which the quarantine hears of but the read's total does not count.
+                fresh.append(replace(reject, served_valid=True))
             else:
                 fresh.append(reject)
         if first_new < len(column):

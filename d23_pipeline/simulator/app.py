@@ -428,6 +428,11 @@ class Simulator:
         ``kind`` (a :class:`BadRows` field), which ``valid_rows`` then treats as generated ones."""
         self._data.corrupt(public_id, kind, fields)
 
+    def mend_row(self, public_id: str) -> None:
+        """Serve the row ``public_id``, made bad by :meth:`corrupt_row`, valid again from now
+        on, its ``updated_at`` unchanged (an API that mends a row in place without saying so)."""
+        self._data.mend(public_id)
+
     def expire_tokens(self) -> None:
         """Invalidate every access token issued so far (refresh tokens still work)."""
         self._auth.expire_tokens()

@@ -499,6 +499,12 @@ class Collection:
                 raise KeyError(public_id)
             self._overrides[oid] = (kind, dict(fields))
 
+    def mend(self, public_id: str) -> None:
+        """Serve ``public_id`` valid again, as it was before :meth:`corrupt` (its updated_at
+        unchanged)."""
+        with self._lock:
+            del self._overrides[int(public_id, 16)]
+
     def bad_row_kinds(self) -> dict[str, str]:
         """``public_id`` (as generated, even if not served) -> bad-row kind."""
         with self._lock:
