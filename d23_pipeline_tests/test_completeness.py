@@ -45,6 +45,7 @@ from d23_pipeline.client.completeness import judge, sum_totals
 from d23_pipeline.client.exports import served_a_change
 from d23_pipeline.client.windows import ONE_MS
 from d23_pipeline.definitions import defs
+from d23_pipeline.landing import month as month_module
 from d23_pipeline.landing.month import MonthRead, read_month
 from d23_pipeline.landing.snapshot import SnapshotStore, rows_path
 from d23_pipeline.months import month_window
@@ -561,12 +562,14 @@ def test_a_row_that_moves_and_breaks_after_it_was_handed_over_lands_as_a_reject(
 
 @pytest.mark.parametrize("ends", ["after its walk", "while the read weighs a deletion"])
 def test_a_slice_that_ends_while_its_month_is_read_is_read_again_after_its_end(
-    ends: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ends: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two hour slices, the second ending 3 s from now. Once the second is proven complete (or
     # while the read looks up a row gone from the first), a row is logged in its last
     # millisecond, and the read runs on past the slice's end: a read that finished after a
-    # window ended must have read it after it ended.
+    # window ended must have read it after it ended, on the API's clock too (CLOCK_SLACK, 1 s
+    # here, after its end on ours).
+    monkeypatch.setattr(month_module, "CLOCK_SLACK", timedelta(seconds=1))
     end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     slices = Window(end - timedelta(hours=2), end).split(timedelta(hours=1))
     gone = row(3, end - timedelta(minutes=100))
@@ -586,6 +589,7 @@ def test_a_slice_that_ends_while_its_month_is_read_is_read_again_after_its_end(
     sim.hard_delete_row(pid(3))
     answer = checked_transport(sim)
     met = 0
+    pages_of_the_second: list[datetime] = []
 
     def is_trigger(request: httpx.Request) -> bool:
         if ends == "after its walk":  # the second slice's count after its walk
@@ -594,6 +598,8 @@ def test_a_slice_that_ends_while_its_month_is_read_is_read_again_after_its_end(
 
     def handle(request: httpx.Request) -> httpx.Response:
         nonlocal met
+        if is_page(request) and request.url.params["since"] == slices[1].since_text:
+            pages_of_the_second.append(datetime.now(UTC))
         response = answer.handle_request(request)
         if "/exports/" in request.url.path and is_trigger(request):
             met += 1
@@ -608,6 +614,8 @@ def test_a_slice_that_ends_while_its_month_is_read_is_read_again_after_its_end(
     landed = pq.read_table(rows_path(second.snapshot.directory, slices[1])).column("public_id")
     assert pid(2) in landed.to_pylist()
     assert second.snapshot.completed_at >= end
+    assert pages_of_the_second[-1] >= end + timedelta(seconds=1)  # read again once surely ended
+    assert caplog.text.count("slices ended while this read ran") == 1  # waited, read once
     assert "1 slices ended while this read ran" in caplog.text
     assert second.proven_absent == 1  # the deletion weighed again, with the slice read again
 

@@ -14,6 +14,7 @@ from d23_pipeline.client.errors import (
     WindowTooHeavyError,
 )
 from d23_pipeline.client.exports import (
+    CLOCK_SLACK,
     ExportsClient,
     SliceDone,
     SliceEvent,
@@ -25,6 +26,7 @@ from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
 
 __all__ = [
+    "CLOCK_SLACK",
     "ApiHostError",
     "AuthenticationError",
     "ClientStats",

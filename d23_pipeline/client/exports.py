@@ -64,7 +64,7 @@ _SPARE_WALKS = 1
 # the read reading on until then. A Date further than _DATE_BELIEVED_WITHIN from ours is more
 # likely a broken gateway's than the API's clock; such an API, or one that sends no Date, is
 # taken to be up to _API_CLOCK_AHEAD ahead of ours.
-_DATE_SLACK = timedelta(seconds=10)
+CLOCK_SLACK = timedelta(seconds=10)
 _DATE_BELIEVED_WITHIN = timedelta(minutes=5)
 _API_CLOCK_AHEAD = timedelta(minutes=1)
 # Counts of a walked part, at most, when a 504 answers one the API counted exactly before.
@@ -126,7 +126,7 @@ def _changed_since(counts: Sequence[WindowTotal], asked_at: datetime) -> str:
     stamps = [total.counted_at for total in counts]
     if not stamps or any(s is None or abs(s - asked_at) > _DATE_BELIEVED_WITHIN for s in stamps):
         return format_timestamp(asked_at - _DATE_BELIEVED_WITHIN)
-    return format_timestamp(min(s for s in stamps if s is not None) - _DATE_SLACK)
+    return format_timestamp(min(s for s in stamps if s is not None) - CLOCK_SLACK)
 
 
 def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since: str) -> bool:
@@ -168,7 +168,7 @@ def _read_on(before: WindowTotal, asked_at: datetime, answered_at: datetime) -> 
     counted_at = before.counted_at
     if counted_at is None or abs(counted_at - answered_at) > _DATE_BELIEVED_WITHIN:
         return ReadOn(answered_at + _API_CLOCK_AHEAD, counted, asked_at)
-    return ReadOn(max(counted_at, answered_at) + _DATE_SLACK, counted, counted_at)
+    return ReadOn(max(counted_at, answered_at) + CLOCK_SLACK, counted, counted_at)
 
 
 class InstantLookups(NamedTuple):

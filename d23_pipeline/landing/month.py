@@ -7,9 +7,9 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from d23_pipeline.client import ExportsClient, SliceDone, SliceEvent, Window
+from d23_pipeline.client import CLOCK_SLACK, ExportsClient, SliceDone, SliceEvent, Window
 from d23_pipeline.landing.snapshot import (
     Snapshot,
     SnapshotStore,
@@ -91,6 +91,8 @@ def read_month(
         read_from: dict[Window, datetime] = {}
         while True:
             if todo:
+                if read_from:  # slices read again: once surely ended on the API's clock too
+                    _wait_until_ended(todo)
                 began = datetime.now(UTC)
                 events = client.iter_slices(month, skip=set(slices) - set(todo))
                 done_before = len(slices) - len(todo)
@@ -123,9 +125,12 @@ def read_month(
 def _ended_since_read(
     read_from: Mapping[Window, datetime], now: datetime, partition: str
 ) -> list[Window]:
-    """The slices whose window had not ended when they were read and has ended by ``now``:
-    rows logged in them after their walk would be missing. They are read again."""
-    ended = [s for s, began in read_from.items() if began < s.until <= now]
+    """The slices whose window had not surely ended when they were read (the API's clock may
+    be behind ours by CLOCK_SLACK) and has ended by ``now``: rows logged in them after their
+    walk would be missing. They are read again."""
+    ended = [
+        s for s, began in read_from.items() if began < s.until + CLOCK_SLACK and s.until <= now
+    ]
     if ended:
         log.warning(
             "%s: %d slices ended while this read ran (%s%s); reading them again, so that rows "
@@ -136,6 +141,14 @@ def _ended_since_read(
             ", ..." if len(ended) > 1 else "",
         )
     return ended
+
+
+def _wait_until_ended(slices: Sequence[Window]) -> None:
+    """Wait until ``slices`` have surely ended on the API's clock too (CLOCK_SLACK after their
+    end on ours): at most that long, once per slice a read runs across the end of."""
+    left = max(s.until for s in slices) + CLOCK_SLACK - datetime.now(UTC)
+    if left > timedelta(0):
+        time.sleep(left.total_seconds())
 
 
 @dataclass(frozen=True)
