@@ -74,7 +74,7 @@ class SliceRead:
     parts: int = 0  # parts handed out and not finished
     # A part stopped before the end of its walk (an error, a cancel): nothing proves the read.
     broken: bool = False
-    # A part's walk ended early more often than it could read on past: nor do the counts.
+    # A part's walk met an end it could not read on past (walk.py): nor do the counts prove it.
     read_on_ran_out: bool = False
     # Whether it served a row changed after the slice was counted.
     changed: bool = False
@@ -88,7 +88,7 @@ class SliceRead:
 
     @property
     def served(self) -> int:
-        """The rows and rejects it served, a bad row served twice counted once."""
+        """The rows and rejects it served, a row served twice by it (see ``repeated``) once."""
         return self.rows + self.rejects - self.repeated
 
     def hand_over(self, ids: pa.Array, rejects: Sequence[RejectedRow]) -> list[RejectedRow]:
