@@ -658,3 +658,15 @@ def test_a_second_re_read_hands_over_the_null_row_next_to_one_served_again() -> 
     _, fresh = walk.page_served(rows, [_null_row(1), _null_row(1)], None)
 
     assert fresh == [_null_row(1)]
+
+
+def test_timeouts_at_the_narrowest_width_teach_no_ceiling() -> None:
+    hint = WidthHint(MINUTE)
+    hint.failed(6 * HOUR)
+    for _ in range(3):
+        hint.failed(MS)  # an instant's count timing out: nothing to learn of wider windows
+        hint.failed(MINUTE)
+    assert hint.ceiling is None
+
+    hint.failed(6 * HOUR)
+    assert hint.ceiling == 3 * HOUR

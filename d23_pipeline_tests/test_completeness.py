@@ -49,7 +49,7 @@ from d23_pipeline.landing import month as month_module
 from d23_pipeline.landing.month import MonthRead, read_month
 from d23_pipeline.landing.snapshot import SnapshotStore, rows_path
 from d23_pipeline.months import month_window
-from d23_pipeline.schema import RejectedRow, parse_timestamp, rows_to_batch
+from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp, rows_to_batch
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import Faults, SimResponse, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
@@ -484,6 +484,49 @@ def test_a_read_again_whose_read_on_ends_before_a_row_it_cannot_reach_is_not_pro
 
     (done,) = [e for e in events if isinstance(e, SliceDone)]
     assert not done.proof.verified
+
+
+@pytest.mark.parametrize("hiccup", [None, "a 504 on a count of what a part ended in"])
+@pytest.mark.parametrize("instant_page", ["served", "empty, ending the walk"])
+def test_a_complete_read_again_is_verified_whatever_its_end_counts_meet(
+    hiccup: str | None, instant_page: str
+) -> None:
+    # A row logged while the first read walks (5 counted before, 6 after) sends the day to a
+    # read again, which reads on past each end and counts what it ended in. A 504 on such a
+    # count is a hiccup, and an instant's read-on that ends before serving the row handed over
+    # there has not missed it.
+    last = T0 + timedelta(minutes=30)
+    rows = [row(n, T0 + timedelta(minutes=n)) for n in range(1, 6)]
+    sim = simulator([*rows, row(50, T0 + timedelta(days=1, hours=3))])
+    answer = checked_transport(sim)
+    day_counts = timeouts = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal day_counts, timeouts
+        params = request.url.params
+        whole_day = (params.get("since"), params.get("until")) == (DAY.since_text, DAY.until_text)
+        if "includeTotal" in params and not whole_day and hiccup and not timeouts:
+            timeouts += 1
+            return httpx.Response(504)
+        at_last = params.get("since") == format_timestamp(last) and "cursor" not in params
+        if is_page(request) and at_last and instant_page != "served":
+            return ending_the_walk(answer.handle_request(request), without=pid(50))
+        response = answer.handle_request(request)
+        if "includeTotal" in params and whole_day:
+            day_counts += 1
+            if day_counts == 1:
+                sim.move_row(pid(50), last)
+        return response
+
+    with client(
+        sim, page_limit=3, max_concurrency=1, slice_reads=2, transport=httpx.MockTransport(handle)
+    ) as reader:
+        events = list(reader.iter_slices(DAY))
+        assert reader.max_window is None  # nor did the hiccup narrow later windows
+
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert done.proof.verified and done.proof.reads == 2
+    assert not hiccup or timeouts == 1
 
 
 @pytest.mark.parametrize(

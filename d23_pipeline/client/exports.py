@@ -548,8 +548,13 @@ class ExportsClient:
     ) -> None:
         """Count what a part of a read again ended in having handed over nothing new, so not
         read on past: rows there beyond what it served were left unread by an end it cannot
-        read past, so the walk is not proven complete."""
-        counted = self.count(ended.window, cancel).exact_total
+        read past, so the walk is not proven complete. A 504 or a count timeout there is a
+        hiccup: counted again, up to ``AFTER_WALK_COUNTS`` times in all."""
+        for _ in range(AFTER_WALK_COUNTS):
+            total = self.count(ended.window, cancel)
+            if total.note != "timeout":
+                break
+        counted = total.exact_total
         if counted is not None and counted <= ended.served:
             return
         walk.read_on_ran_out = True

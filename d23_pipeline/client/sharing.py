@@ -26,7 +26,6 @@ from datetime import timedelta
 from functools import cached_property
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from d23_pipeline.client.completeness import WindowTotal, sum_totals
 from d23_pipeline.client.walk import WindowWalk
@@ -95,9 +94,8 @@ class SliceRead:
         """Note a page's valid rows (their ``ids``) and rejects; returns the rejects to hand
         over: not a version already handed over. One without a usable public_id is known by
         nothing else, and the walk already told it from one served again."""
-        if self._reject_ids and len(ids):
-            handed_as_rejects = pa.array(list(self._reject_ids), pa.string())
-            self.repeated += pc.sum(pc.is_in(ids, value_set=handed_as_rejects)).as_py() or 0
+        if self._reject_ids:  # each page against the set: linear in the rows, however many
+            self.repeated += sum(i in self._reject_ids for i in ids.to_pylist())
         handed = []
         for reject in rejects:
             if reject.public_id:

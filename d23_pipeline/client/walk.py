@@ -74,7 +74,11 @@ class WidthHint:
 
     def failed(self, width: timedelta) -> None:
         """A window of ``width`` timed out; a second timeout at that width or wider lowers the
-        ceiling to half of it, so one passing hiccup does not narrow a whole month."""
+        ceiling to half of it, so one passing hiccup does not narrow a whole month. One at the
+        narrowest width or below (an instant's count, say) says nothing of wider windows: the
+        ceiling would fall to the narrowest at once."""
+        if width <= self._min_window:
+            return
         with self._lock:
             if any(seen >= width for seen in self._failed):
                 narrower = max(self._min_window, (width // 2 // ONE_MS) * ONE_MS)
@@ -452,7 +456,11 @@ class WindowWalk:
         return check
 
     def _end_check_of(self, part: _Part) -> EndCheck | None:
-        if part.instant or self._counted_before is None:
+        if part.instant:
+            # The rows handed over at the instant before are there, served again or not (a
+            # page may end the walk before serving any).
+            return EndCheck(part.window, max(self._served_in_part, len(part.skip)))
+        if self._counted_before is None:
             return EndCheck(part.window, self._served_in_part)
         counted_at = parse_timestamp(self._counted_before)
         if counted_at <= part.window.since:
