@@ -31,7 +31,10 @@ fills the count of another stretch.) From edges before the counts were taken, a 
 at most as many times as rows were counted; one that would read on further says so
 (:attr:`WindowWalk.read_on_ran_out`), since rows logged late behind its edge may have taken the
 place of rows it did not reach. Past that instant, rows it reads on to may have been logged
-since the count, which does not bound them; the instant the read began does.
+since the count, which does not bound them; the instant the read began does. A part of a read
+again that ends having handed over nothing new is not read on past; its caller counts what it
+ended in (:class:`EndCheck`): rows there that it did not serve lie past an end no request of
+this read gets over (inside an instant, or before a page that served nothing).
 """
 
 from __future__ import annotations
