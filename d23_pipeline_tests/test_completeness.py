@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -415,6 +415,23 @@ def test_a_reject_served_again_after_a_504_counts_once_in_what_its_read_served()
     assert done.proof.verified and done.proof.reads == 2
 
 
+def _when_the_day_is_counted(nth: int, then: Callable[[], None]) -> Callable[[httpx.Request], None]:
+    """A hook to call with every request: it runs ``then`` as the day is counted for the
+    ``nth`` time (1: the first read's count before its walk; 3: the second read's)."""
+    counted = 0
+
+    def hook(request: httpx.Request) -> None:
+        nonlocal counted
+        params = request.url.params
+        whole_day = (params.get("since"), params.get("until")) == (DAY.since_text, DAY.until_text)
+        if "includeTotal" in params and whole_day:
+            counted += 1
+            if counted == nth:
+                then()
+
+    return hook
+
+
 @pytest.mark.parametrize(
     "api_ends", ["walks on a page whose last row is 6", "every page after row 6"]
 )
@@ -429,16 +446,14 @@ def test_a_read_again_gets_past_an_early_end_inside_an_instant_or_is_not_proven(
     rows = [*(row(n, t) for n, t in zip((5, 6, 7, 8), at, strict=True))]
     sim = simulator([*rows, row(50, T0 + timedelta(days=1, hours=3))])
     answer = checked_transport(sim)
-    counts = 0
+    moved_in = _when_the_day_is_counted(
+        3, lambda: sim.move_row(pid(50), T0 + timedelta(minutes=7, seconds=30))
+    )
 
     def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal counts
         response = answer.handle_request(request)
-        if "includeTotal" in request.url.params and request.url.params["since"] == DAY.since_text:
-            counts += 1
-            if counts == 3:  # the second read's count before its walk
-                sim.move_row(pid(50), T0 + timedelta(minutes=7, seconds=30))
-        elif is_page(request):
+        moved_in(request)
+        if is_page(request):
             response.read()
             ids = [r["public_id"] for r in response.json()["body"]["rows"]]
             if pid(6) in ids and (api_ends == "every page after row 6" or ids[-1] == pid(6)):
@@ -466,16 +481,12 @@ def test_a_read_again_whose_read_on_ends_before_a_row_it_cannot_reach_is_not_pro
     rows = [row(1, T0 + timedelta(minutes=5)), row(2, T0 + timedelta(minutes=11))]
     sim = simulator([*rows, row(3, T0 + timedelta(days=1, hours=3))])
     answer = checked_transport(sim)
-    counts = 0
+    moved_in = _when_the_day_is_counted(3, lambda: sim.move_row(pid(3), T0 + timedelta(minutes=3)))
 
     def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal counts
         response = answer.handle_request(request)
-        if "includeTotal" in request.url.params and request.url.params["since"] == DAY.since_text:
-            counts += 1
-            if counts == 3:  # the second read's count before its walk
-                sim.move_row(pid(3), T0 + timedelta(minutes=3))
-        elif is_page(request) and pid(2) in response.read().decode():
+        moved_in(request)
+        if is_page(request) and pid(2) in response.read().decode():
             return ending_the_walk(response, without=pid(2))
         return response
 
@@ -499,10 +510,11 @@ def test_a_complete_read_again_is_verified_whatever_its_end_counts_meet(
     rows = [row(n, T0 + timedelta(minutes=n)) for n in range(1, 6)]
     sim = simulator([*rows, row(50, T0 + timedelta(days=1, hours=3))])
     answer = checked_transport(sim)
-    day_counts = timeouts = 0
+    logged = _when_the_day_is_counted(1, lambda: sim.move_row(pid(50), last))
+    timeouts = 0
 
     def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal day_counts, timeouts
+        nonlocal timeouts
         params = request.url.params
         whole_day = (params.get("since"), params.get("until")) == (DAY.since_text, DAY.until_text)
         if "includeTotal" in params and not whole_day and hiccup and not timeouts:
@@ -512,10 +524,7 @@ def test_a_complete_read_again_is_verified_whatever_its_end_counts_meet(
         if is_page(request) and at_last and instant_page != "served":
             return ending_the_walk(answer.handle_request(request), without=pid(50))
         response = answer.handle_request(request)
-        if "includeTotal" in params and whole_day:
-            day_counts += 1
-            if day_counts == 1:
-                sim.move_row(pid(50), last)
+        logged(request)
         return response
 
     with client(
