@@ -616,13 +616,13 @@ def test_a_row_that_moves_and_breaks_after_it_was_handed_over_lands_as_a_reject(
 def test_a_slice_that_ends_while_its_month_is_read_is_read_again_after_its_end(
     ends: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two hour slices, the second ending 3 s from now. Once the second is proven complete (or
-    # while the read looks up a row gone from the first), a row is logged in its last
-    # millisecond, and the read runs on past the slice's end: a read that finished after a
-    # window ended must have read it after it ended, on the API's clock too (CLOCK_SLACK, 1 s
-    # here, after its end on ours).
+    # Two hour slices, the second ending 6 s from now (time for a first read on a busy
+    # machine). Once the second is proven complete (or while the read looks up a row gone from
+    # the first), a row is logged in its last millisecond, and the read runs on past the
+    # slice's end: a read that finished after a window ended must have read it after it ended,
+    # on the API's clock too (CLOCK_SLACK, 1 s here, after its end on ours).
     monkeypatch.setattr(month_module, "CLOCK_SLACK", timedelta(seconds=1))
-    end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
     slices = Window(end - timedelta(hours=2), end).split(timedelta(hours=1))
     gone = row(3, end - timedelta(minutes=100))
     rows = [row(0, end - timedelta(minutes=90)), row(1, end - timedelta(minutes=30)), gone]
