@@ -133,6 +133,15 @@ def _canonical_ts(value: Any, name: str) -> str:
         raise ValueError(f"{name} is outside the range of UTC timestamps") from None
 
 
+def canonical_timestamp(value: Any) -> str | None:
+    """``value`` as the canonical UTC text rows are stored with, or None when it is no
+    timestamp (a bad row's field, say)."""
+    try:
+        return _canonical_ts(value, "value")
+    except (ValueError, OverflowError):
+        return None
+
+
 def _text_problem(name: str, value: Any) -> str | None:
     """Why ``value`` cannot be the string field ``name``, or None if it can."""
     if not isinstance(value, str) or (name == "public_id" and not value):

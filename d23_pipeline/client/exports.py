@@ -42,7 +42,11 @@ from d23_pipeline.client.walk import (
     WindowWalk,
 )
 from d23_pipeline.client.windows import ONE_MS, Window
-from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
+from d23_pipeline.schema import (
+    RejectedRow,
+    canonical_timestamp,
+    format_timestamp,
+)
 from d23_pipeline.settings import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_PAGE_LIMIT,
@@ -141,20 +145,12 @@ def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since
         if pc.any(recent).as_py():
             return True
     for reject in rejects:
-        stamped = _canonical(reject.values.get("updated_at")) or _canonical(
+        stamped = canonical_timestamp(reject.values.get("updated_at")) or canonical_timestamp(
             reject.values.get("created_at")
         )
         if stamped and since <= stamped <= until:
             return True
     return False
-
-
-def _canonical(value: object) -> str:
-    """``value`` as canonical timestamp text, or "" when it is no time (or before the year 1)."""
-    try:
-        return format_timestamp(parse_timestamp(value)) if isinstance(value, str) else ""
-    except (ValueError, OverflowError):
-        return ""
 
 
 def _read_on(before: WindowTotal, asked_at: datetime, answered_at: datetime) -> ReadOn | None:
@@ -329,8 +325,15 @@ class ExportsClient:
         at its width: a 504 (or the API's count timeout) there is a hiccup, and it is counted
         again, up to ``AFTER_WALK_COUNTS`` times in all, rather than read again in full."""
         tries = AFTER_WALK_COUNTS if before.exact_total is not None else 1
+        return self._count_through_timeouts(part, cancel, tries)
+
+    def _count_through_timeouts(
+        self, window: Window, cancel: threading.Event | None, tries: int = AFTER_WALK_COUNTS
+    ) -> WindowTotal:
+        """``window``'s count, asked again after a 504 or the API's count timeout (a hiccup),
+        up to ``tries`` times in all."""
         for _ in range(tries):
-            total = self.count(part, cancel)
+            total = self.count(window, cancel)
             if total.note != "timeout":
                 break
         return total
@@ -550,11 +553,7 @@ class ExportsClient:
         read on past: rows there beyond what it served were left unread by an end it cannot
         read past, so the walk is not proven complete. A 504 or a count timeout there is a
         hiccup: counted again, up to ``AFTER_WALK_COUNTS`` times in all."""
-        for _ in range(AFTER_WALK_COUNTS):
-            total = self.count(ended.window, cancel)
-            if total.note != "timeout":
-                break
-        counted = total.exact_total
+        counted = self._count_through_timeouts(ended.window, cancel).exact_total
         if counted is not None and counted <= ended.served:
             return
         walk.read_on_ran_out = True
