@@ -96,6 +96,7 @@ query RunCheckEvaluations($runId: ID!, $cursor: String) {
           error { message errorChain { error { message } } }
         }
         ... on RunFailureEvent { runFailure: message }
+        ... on RunCanceledEvent { runCanceled: message }
       }
     }
     ... on RunNotFoundError { message }
@@ -422,11 +423,13 @@ def _root_cause(error: dict[str, Any]) -> str:
     return _first_line((chain[-1] if chain else error)["message"])
 
 
-def report_failures(url: str, runs: Sequence[dict[str, Any]]) -> bool:
-    """Print every check that failed in each month's deciding run, and why each step of a
-    failed one failed, the dashboard's run's too; whether a check was an ERROR."""
+def report_failures(url: str, runs: Sequence[dict[str, Any]], months: Sequence[str]) -> bool:
+    """Print every check that failed in each month's deciding run, why each step of a failed
+    one failed (the dashboard's run's too), why a run ended outside its steps, and each of
+    ``months`` (``YYYY-MM``) the backfill ended without running; whether a check was an ERROR."""
     errors = False
-    for month, run in deciding_runs(runs, dashboard=True).items():
+    deciding = deciding_runs(runs, dashboard=True)
+    for month, run in deciding.items():
         events = run_events(url, run["runId"])
         for evaluation in (e["evaluation"] for e in events if "evaluation" in e):
             if evaluation["success"]:
@@ -442,9 +445,18 @@ def report_failures(url: str, runs: Sequence[dict[str, Any]]) -> bool:
         steps = [e for e in events if "stepKey" in e]
         for failure in steps:
             print(f"  {month}: step {failure['stepKey']} failed: {_root_cause(failure['error'])}")
-        if not steps:  # ended from outside its steps: by make run's sweep, run monitoring, ...
-            for failure in (e for e in events if "runFailure" in e):
-                print(f"  {month}: run failed: {_first_line(failure['runFailure'])}")
+        # A run's failure message repeats its steps'; one that ended outside them (make run's
+        # sweep, run monitoring) and a cancel, which its interrupted step does not name, are said.
+        for event in events:
+            if "runFailure" in event and not steps:
+                print(f"  {month}: run failed: {_first_line(event['runFailure'])}")
+            if "runCanceled" in event:
+                print(f"  {month}: run canceled: {_first_line(event['runCanceled'])}")
+        if run["status"] == "CANCELED" and not any("runCanceled" in e for e in events):
+            print(f"  {month}: run canceled")
+    for month in months:
+        if month not in deciding:
+            print(f"  {month}: not run: the backfill ended before launching its run")
     return errors
 
 
@@ -567,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Backfill {backfill_id} finished: {backfill['status']}", flush=True)
     succeeded = backfill["status"] == "COMPLETED_SUCCESS"
     try:
-        check_errors = report_failures(args.url, backfill["runs"])
+        check_errors = report_failures(args.url, backfill["runs"], [key[:7] for key in keys])
     except BackfillError as exc:
         print(f"error: could not list the checks and steps that failed: {exc}", file=sys.stderr)
         return 3 if succeeded else 1

@@ -463,6 +463,36 @@ def test_wait_says_why_a_month_failed_outside_its_steps(ended_backfill, capsys):
     assert f"  2026-07: run failed: {swept}\n" in capsys.readouterr().out
 
 
+def test_wait_says_a_month_was_canceled_and_which_step_it_interrupted(ended_backfill, capsys):
+    FakeWebserver.backfill_status = "CANCELED"
+    FakeWebserver.backfill_runs = [_run("2026-07-01", "CANCELED") | {"creationTime": 1.0}]
+    interrupted = "DagsterExecutionInterruptedError: Execution was interrupted"
+    FakeWebserver.run_checks = {"2026-07-01-CANCELED": [
+        {"stepKey": "d23__logs", "error": {"message": f"{interrupted}\n"}},
+        {"runCanceled": 'Execution of run for "__ASSET_JOB" canceled.'},
+    ]}  # fmt: skip
+
+    assert main(["2026-07", "2026-07", "--url", ended_backfill, "--wait"]) == 1
+
+    out = capsys.readouterr().out
+    assert f"  2026-07: step d23__logs failed: {interrupted}\n" in out
+    assert '  2026-07: run canceled: Execution of run for "__ASSET_JOB" canceled.\n' in out
+
+
+def test_wait_names_the_months_a_canceled_backfill_never_ran(ended_backfill, capsys):
+    # Canceled while its first month ran: the second month's run was never created, and the
+    # first was canceled while queued, with no event of its own.
+    FakeWebserver.backfill_status = "CANCELED"
+    FakeWebserver.backfill_runs = [_run("2026-07-01", "CANCELED") | {"creationTime": 1.0}]
+    FakeWebserver.run_checks = {"2026-07-01-CANCELED": []}
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 1
+
+    out = capsys.readouterr().out
+    assert "  2026-07: run canceled\n" in out
+    assert "  2026-08: not run: the backfill ended before launching its run\n" in out
+
+
 def test_wait_says_why_the_backfills_dashboard_run_failed(ended_backfill, capsys):
     # Every month succeeded; the dashboard's run, which has no partition, did not.
     FakeWebserver.backfill_status = "COMPLETED_FAILED"
