@@ -138,12 +138,14 @@ def outcome_kpis_monthly(
         also = rebuild_months_due(
             con, "outcome_kpis_monthly", lambda other, *_: rebuild_outcome_kpis_monthly(con, other)
         )
-        metadata = {m: _outcome_kpis_metadata(con, m) for m in [month, *also]}
-        (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
+        kpis = {
+            m: fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": m})[0] for m in [month, *also]
+        }
+        metadata = {m: _outcome_kpis_metadata(con, m, row) for m, row in kpis.items()}
         check_results = [
             checks.kpi_rates_in_range(con, month),
             checks.kpi_attempts_match_mix(con, month),
-            checks.kpi_unmapped_share(kpis["attempts"], kpis["unmapped_attempts"]),
+            checks.kpi_unmapped_share(kpis[month]["attempts"], kpis[month]["unmapped_attempts"]),
         ]
     return dg.MaterializeResult(
         metadata={**metadata[month], **_rebuilt_too(context, metadata)},
@@ -151,12 +153,14 @@ def outcome_kpis_monthly(
     )
 
 
-def _outcome_kpis_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict[str, Any]:
+def _outcome_kpis_metadata(
+    con: "duckdb.DuckDBPyConnection", month: date, kpis: dict[str, Any]
+) -> dict[str, Any]:
+    """The month's page entries, ``kpis`` its row of d23.outcome_kpis_monthly."""
     from d23_pipeline.analytics.dashboard import month_state
     from d23_pipeline.warehouse import sql
-    from d23_pipeline.warehouse.store import fetch_dicts, fetch_row
+    from d23_pipeline.warehouse.store import fetch_row
 
-    (kpis,) = fetch_dicts(con, sql.OUTCOME_KPIS_FOR_MONTH, {"month": month})
     (last_read,) = fetch_row(con, sql.MONTH_LAST_READ, {"partition": month.isoformat()})
     return {
         "dagster/partition_row_count": 1,
