@@ -497,6 +497,43 @@ def test_a_read_again_whose_read_on_ends_before_a_row_it_cannot_reach_is_not_pro
     assert not done.proof.verified
 
 
+def test_a_bad_row_logged_after_the_count_does_not_stand_in_for_a_row_an_end_left_unread() -> None:
+    # Today's window. The API ends every walk just before row 2, on whatever page would serve
+    # it. Once the second read has counted the window (2 rows), a bad row is logged in it: the
+    # read serves row 1 and the bad row, 2 of the 2 counted, and its read-on past the end
+    # serves nothing new. The bad row was logged after the count; row 2 was never served.
+    now = datetime.now(UTC).replace(microsecond=0)
+    window = Window(now - timedelta(hours=1), now + timedelta(hours=1))
+    rows = [row(1, now - timedelta(minutes=50)), row(2, now - timedelta(minutes=40))]
+    sim = simulator([*rows, row(3, now + timedelta(days=5))])
+    sim.corrupt_row(pid(3), "wrong_type", is_active="yes")
+    answer = checked_transport(sim)
+    counts = 0
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal counts
+        response = answer.handle_request(request)
+        if not is_page(request) and request.url.params.get("since") == window.since_text:
+            counts += 1
+            if counts == 3:
+                sim.move_row(pid(3), datetime.now(UTC) + timedelta(seconds=30))
+        if is_page(request) and pid(2) in response.read().decode():
+            return ending_the_walk(response, without=pid(2))
+        return response
+
+    with client(sim, page_limit=5, max_concurrency=1, transport=httpx.MockTransport(handle)) as r:
+        events = list(r.iter_slices(window))
+
+    restarts = [i for i, e in enumerate(events) if isinstance(e, SliceRestart)]
+    second = events[restarts[0] : restarts[1] if len(restarts) > 1 else None]
+    assert pid(3) in {r.public_id for e in second if isinstance(e, SlicePage) for r in e.rejects}
+    assert pid(2) not in {
+        r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows
+    }
+    (done,) = [e for e in events if isinstance(e, SliceDone)]
+    assert not done.proof.verified
+
+
 @pytest.mark.parametrize("hiccup", [None, "a 504 on a count of what a part ended in"])
 @pytest.mark.parametrize("instant_page", ["served", "empty, ending the walk"])
 def test_a_complete_read_again_is_verified_whatever_its_end_counts_meet(

@@ -50,7 +50,12 @@ import pyarrow.compute as pc
 
 from d23_pipeline.client.errors import CursorLoopError, WindowTooHeavyError
 from d23_pipeline.client.windows import ONE_MS, Window
-from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
+from d23_pipeline.schema import (
+    RejectedRow,
+    canonical_timestamp,
+    format_timestamp,
+    parse_timestamp,
+)
 
 # The largest page the API serves (documented: 1-1000, clamped).
 MAX_PAGE_LIMIT = 1000
@@ -169,6 +174,13 @@ _PastEdge = tuple[object, int]
 def _position(reject: RejectedRow) -> int:
     # A reject whose place on its page is not known is taken to lie before every row.
     return reject.rows_before if reject.rows_before is not None else 0
+
+
+def _logged_before(reject: RejectedRow, instant: str) -> bool:
+    """Whether a reject lies before ``instant`` (canonical text), as the rows counted there do.
+    One whose ``communicated_at`` is no time cannot be placed, and is taken to lie there."""
+    stamp = canonical_timestamp(reject.values.get("communicated_at"))
+    return stamp is None or stamp < instant
 
 
 def _count(column: pa.Array, value: str) -> int:
@@ -318,10 +330,12 @@ class WindowWalk:
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
         if self._read_on is not None:
             if part.instant or self._counted_before is None:
-                before_count = len(column)
+                before_count = len(column) + len(rejects)
             else:
-                before_count = pc.sum(pc.less(column, self._counted_before)).as_py() or 0
-            self._served_in_part += before_count + len(rejects)
+                before_count = (pc.sum(pc.less(column, self._counted_before)).as_py() or 0) + sum(
+                    _logged_before(reject, self._counted_before) for reject in rejects
+                )
+            self._served_in_part += before_count
         # As Python strings only where rejects need placing: a clean page makes no object per row.
         stamps: list[str] = column.to_pylist() if rejects else []
         first_new = 0  # the page's first row not handed over before
