@@ -142,10 +142,13 @@ class Narrowing:
 @dataclass(frozen=True)
 class EndCheck:
     """A part of a read again that ended having handed over nothing new, so is not read on
-    past: ``served`` rows and rejects in ``window``, skipped ones included. More rows counted
-    there were left unread by an end it cannot read past: inside an instant (any request for it
-    starts before that point), or on a page that served nothing new. ``window`` ends where the
-    slice was counted, or is the edge's instant alone: rows logged since are not the read's."""
+    past: ``served`` rows and rejects in ``window``, skipped ones served again included. More
+    rows counted there were left unread by an end it cannot read past: inside an instant (any
+    request for it starts before that point), or on a page that served nothing new. ``window``
+    is the edge's instant alone, or ends at the instant the read began: rows logged since are
+    not the read's. Not where the slice was counted: that ``Date`` is to the second, maybe a
+    gateway's a little behind, and a row logged between it and the read's start would be left
+    out of the count and the served alike, for a row served and gone since to stand in for."""
 
     window: Window
     served: int
@@ -329,11 +332,11 @@ class WindowWalk:
         self._cursor_served = self._cursor_served or self._cursor is not None
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
         if self._read_on is not None:
-            if part.instant or self._counted_before is None:
+            if part.instant or self._read_on_before is None:
                 before_count = len(column) + len(rejects)
             else:
-                before_count = (pc.sum(pc.less(column, self._counted_before)).as_py() or 0) + sum(
-                    _logged_before(reject, self._counted_before) for reject in rejects
+                before_count = (pc.sum(pc.less(column, self._read_on_before)).as_py() or 0) + sum(
+                    _logged_before(reject, self._read_on_before) for reject in rejects
                 )
             self._served_in_part += before_count
         # As Python strings only where rejects need placing: a clean page makes no object per row.
@@ -473,17 +476,15 @@ class WindowWalk:
         return check
 
     def _end_check_of(self, part: _Part) -> EndCheck | None:
-        if part.instant:
-            # The rows handed over at the instant before are there, served again or not (a
-            # page may end the walk before serving any).
-            return EndCheck(part.window, max(self._served_in_part, len(part.skip)))
-        if self._counted_before is None:
+        # Only the rows served again count: one handed over at the instant before and not
+        # served again may have gone since, and would stand in for a row the end left unread.
+        if part.instant or self._read_on_before is None:
             return EndCheck(part.window, self._served_in_part)
-        counted_at = parse_timestamp(self._counted_before)
-        if counted_at <= part.window.since:
+        began = parse_timestamp(self._read_on_before)
+        if began <= part.window.since:
             return None
         return EndCheck(
-            Window(part.window.since, min(part.window.until, counted_at)), self._served_in_part
+            Window(part.window.since, min(part.window.until, began)), self._served_in_part
         )
 
     def _reads_on_past_end(self) -> bool:
