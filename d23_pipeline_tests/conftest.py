@@ -1,5 +1,6 @@
 """Shared fixtures: the simulator on loopback and a pipeline wired to it in a temporary folder."""
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,14 @@ from harness import MONTHS, Lake, Pipeline
 from postgres import PostgresServer, postgres_cluster
 
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A background job of a non-interactive shell starts with SIGINT ignored, and Dagster, done
+    # with a step in the main thread, gives SIGTERM whatever SIGINT has: every process a test
+    # starts after that would ignore SIGTERM, and each compute-log tail would hold its step 30 s.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -317,9 +317,13 @@ def test_a_page_that_read_the_warehouse_before_a_merge_is_rebuilt_though_written
     with dg.instance_for_test() as instance:
         pipeline.materialize(march, instance=instance)
         monkeypatch.setattr(dashboard, "write_dashboard", write_after_the_merge)
+        built: list[dg.ExecuteInProcessResult] = []
         dashboard_run = threading.Thread(
-            target=defs.resolve_job_def(d23_dashboard_job.name).execute_in_process,
-            kwargs={"instance": instance, "resources": pipeline.resources()},
+            target=lambda: built.append(
+                defs.resolve_job_def(d23_dashboard_job.name).execute_in_process(
+                    instance=instance, resources=pipeline.resources()
+                )
+            )
         )
         dashboard_run.start()
         assert page_read.wait(60)
@@ -327,6 +331,7 @@ def test_a_page_that_read_the_warehouse_before_a_merge_is_rebuilt_though_written
         pipeline.materialize(april, selection="*d23/logs", instance=instance)
         may_write.set()
         dashboard_run.join(120)
+        assert [result.success for result in built] == [True]
         monkeypatch.setattr(dashboard_refresh, "SETTLED_S", 0.0)
 
         request = dashboard_behind_the_warehouse(dg.build_sensor_context(instance=instance))
