@@ -64,6 +64,27 @@ def test_a_walk_of_an_instant_ended_short_of_its_count_holds_its_candidates_unpr
         assert reader.confirm_absent([(pid(1), T0)]) == (set(), {pid(1)}, set())
 
 
+def test_a_row_served_and_deleted_before_the_count_does_not_stand_in_for_one_never_reached() -> (
+    None
+):
+    # Rows 0, 1 and 2 at one instant; the API ends every walk just before row 2. Row 1 is
+    # deleted once served: counted after the walk alone, 2 rows for the 2 served.
+    sim = simulator(rows_at([0, 0, 0]))
+    transport = sim.transport()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        response = transport.handle_request(request)
+        if not is_page(request):
+            return response
+        if pid(1) in response.read().decode():
+            sim.hard_delete_row(pid(1))
+        return ending_the_walk(response, without=pid(2))
+
+    with client(sim, transport=httpx.MockTransport(handle)) as reader:
+        assert reader.confirm_absent([(pid(2), T0)]) == (set(), {pid(2)}, set())
+    assert pid(2) in {r["public_id"] for r in sim.rows(T0, T0 + ONE_MS)}
+
+
 def test_a_bad_row_served_twice_by_an_instants_walk_counts_once_against_its_count() -> None:
     # Rows 1, 2 (bad), 3 and 4 at one instant, two a page. The second page's cursor is refused
     # (500s) and row 1 deleted meanwhile: the walk reads on from the instant, where the bad row

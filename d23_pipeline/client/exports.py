@@ -343,9 +343,9 @@ class ExportsClient:
         instant no longer returns (the evidence a deletion needs), and those that look gone but
         whose instant's read proves nothing.
 
-        Each distinct instant is read as its own one-millisecond window and counted after the
-        walk; an instant whose walk served fewer rows than the exact count proves nothing, so
-        its candidates are kept, as unproven. One that served a bad row without a usable
+        Each distinct instant is read as its own one-millisecond window and counted before and
+        after the walk; an instant whose walk did not serve its exact count, the same both
+        times, proves nothing, so its candidates are kept, as unproven. One that served a bad row without a usable
         ``public_id`` proves nothing either: that row may be any candidate's new version.
         """
         by_instant: dict[datetime, set[str]] = defaultdict(set)
@@ -371,7 +371,13 @@ class ExportsClient:
     def served_ids(self, window: Window) -> tuple[set[str], bool] | None:
         """The ids a walk of ``window`` serves (valid rows and rejects) and whether it also
         served a bad row without a usable ``public_id`` (which may be any row's new version), or
-        ``None`` unless the walk is proven complete by the window's exact count after it."""
+        ``None`` unless the walk is proven complete: it served the window's exact count, the
+        same before the walk and after it."""
+        # Counted after the walk alone, a row served and deleted before that count would stand
+        # in for one the walk never reached, and that one would be proven gone.
+        before = self.fetch_total(window).exact_total
+        if before is None:
+            return None
         # Each id counts once against the count: a row served again after a re-read from the
         # instant (placed anew, or broken since it was served valid) is one row.
         ids: set[str] = set()
@@ -380,7 +386,7 @@ class ExportsClient:
             ids.update(page.batch.column("public_id").to_pylist())
             ids.update(r.public_id for r in page.rejects if r.public_id)
             anonymous += sum(not r.public_id for r in page.rejects)
-        if self.fetch_total(window).exact_total != len(ids) + anonymous:
+        if not before == self.fetch_total(window).exact_total == len(ids) + anonymous:
             return None
         return ids, anonymous > 0
 
