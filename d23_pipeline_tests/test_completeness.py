@@ -576,29 +576,33 @@ def test_a_complete_read_again_is_verified_whatever_its_end_counts_meet(
     assert not hiccup or timeouts == 1
 
 
-def test_a_row_handed_over_at_an_instant_and_gone_since_does_not_stand_in_for_one_left_unread() -> (
-    None
-):
+@pytest.mark.parametrize("deleted", ["before its read-on", "once its read-on served it"])
+def test_a_row_handed_over_at_an_instant_and_gone_since_does_not_stand_in_for_one_left_unread(
+    deleted: str,
+) -> None:
     # Rows 1, 2 and 3 share an instant, and the API ends every walk just before row 3. The read
-    # again hands over rows 1 and 2 and reads on at their instant; before it does, row 1 is
-    # deleted. The instant serves row 2 and ends before row 3: 2 counted there, 2 handed over,
-    # and one of them is gone.
+    # again hands over rows 1 and 2 and reads on at their instant, which ends before row 3
+    # again; row 1 is deleted before that read-on, or once it served row 1 again. Counted after
+    # the read-on alone, the instant holds 2 rows, and 2 were handed over (or served again).
     instant = T0 + timedelta(minutes=30, milliseconds=123)
     sim = simulator([row(n, instant) for n in (1, 2, 3)])
     answer = checked_transport(sim)
-    counts, deleted = 0, False
+    counts, gone = 0, False
 
     def handle(request: httpx.Request) -> httpx.Response:
-        nonlocal counts, deleted
+        nonlocal counts, gone
         params = request.url.params
         if not is_page(request):
             counts += 1  # 1, 2: the first read's counts; 3: the read again's
             return answer.handle_request(request)
-        at_instant = params["since"] == format_timestamp(instant) and "cursor" not in params
-        if counts >= 3 and at_instant and not deleted:
+        read_on = counts >= 3 and params["since"] == format_timestamp(instant)
+        if read_on and not gone and deleted == "before its read-on":
             sim.hard_delete_row(pid(1))
-            deleted = True
+            gone = True
         response = answer.handle_request(request)
+        if read_on and not gone and pid(1) in response.read().decode():
+            sim.hard_delete_row(pid(1))
+            gone = True
         if pid(3) in response.read().decode():
             return ending_the_walk(response, without=pid(3))
         return response
@@ -606,7 +610,7 @@ def test_a_row_handed_over_at_an_instant_and_gone_since_does_not_stand_in_for_on
     with client(sim, page_limit=5, max_concurrency=1, transport=httpx.MockTransport(handle)) as r:
         events = list(r.iter_slices(DAY))
 
-    assert deleted
+    assert gone
     assert pid(3) not in {
         r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows
     }

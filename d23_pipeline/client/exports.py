@@ -345,8 +345,9 @@ class ExportsClient:
 
         Each distinct instant is read as its own one-millisecond window and counted before and
         after the walk; an instant whose walk did not serve its exact count, the same both
-        times, proves nothing, so its candidates are kept, as unproven. One that served a bad row without a usable
-        ``public_id`` proves nothing either: that row may be any candidate's new version.
+        times, proves nothing, so its candidates are kept, as unproven. One that served a bad
+        row without a usable ``public_id`` proves nothing either: that row may be any
+        candidate's new version.
         """
         by_instant: dict[datetime, set[str]] = defaultdict(set)
         for public_id, communicated_at in candidates:
@@ -560,15 +561,16 @@ class ExportsClient:
         read past, so the walk is not proven complete. A 504 or a count timeout there is a
         hiccup: counted again, up to ``AFTER_WALK_COUNTS`` times in all."""
         counted = self._count_through_timeouts(ended.window, cancel).exact_total
-        if counted is not None and counted <= ended.served:
+        if not ended.left_rows_unread(counted):
             return
         walk.read_on_ran_out = True
         log.warning(
-            "a walk of %s ended having served %d rows there, and the API counts %s: it ends "
+            "a walk of %s ended having served %d rows there, and the API counts %s%s: it ends "
             "walks before rows this read cannot reach; the slice is not proven complete",
             ended.window,
             ended.served,
             "no exact number" if counted is None else counted,
+            "" if ended.counted_before is None else f" ({ended.counted_before} before the walk)",
         )
 
     def _walk(
@@ -603,6 +605,8 @@ class ExportsClient:
         while True:
             if part is not None:
                 part.between_pages()
+            if (due := walk.count_due()) is not None:
+                walk.counted(self._count_through_timeouts(due, cancel).exact_total)
             request = walk.next_request()
             if request is None:
                 return

@@ -148,10 +148,18 @@ class EndCheck:
     is the edge's instant alone, or ends at the instant the read began: rows logged since are
     not the read's. Not where the slice was counted: that ``Date`` is to the second, maybe a
     gateway's a little behind, and a row logged between it and the read's start would be left
-    out of the count and the served alike, for a row served and gone since to stand in for."""
+    out of the count and the served alike, for a row served and gone since to stand in for.
+    An instant's read-on was counted before its walk too (``counted_before``): a row there
+    throughout is in both counts, so one served and gone by the count after does not hide it."""
 
     window: Window
     served: int
+    counted_before: int | None = None
+
+    def left_rows_unread(self, counted_after: int | None) -> bool:
+        """Whether the window's exact count after the walk (``None``: not exact), or the one
+        before it, holds more rows than the part served."""
+        return counted_after is None or max(counted_after, self.counted_before or 0) > self.served
 
 
 @dataclass
@@ -273,6 +281,9 @@ class WindowWalk:
             self._strikes = 0
             self._handed_in_part = False  # a row or reject: what a read-on must make
             self._served_in_part = 0  # in the window an EndCheck counts
+            # An instant's read-on is counted before its first page (count_due).
+            self._count_due = self._part.instant
+            self._instant_count: int | None = None
 
     def next_request(self) -> PageRequest | None:
         """The page to fetch next, or ``None`` once the window is done."""
@@ -469,6 +480,22 @@ class WindowWalk:
         self._pending.append(_Part(pieces[0], frozenset(self._edge_ids), again, edge_rows, instant))
         self._start_next_part()
 
+    def count_due(self) -> Window | None:
+        """The window to count before the next page, once: an instant's, before its read-on
+        walks it. Its caller passes the exact count to :meth:`counted`."""
+        if self._part is None or not self._count_due:
+            return None
+        self._count_due = False
+        return self._part.window
+
+    def counted(self, total: int | None) -> None:
+        """The exact count of the window :meth:`count_due` gave, or ``None``: without one, the
+        read-on proves nothing (any row served and gone by the count after could stand in for
+        one it left unread)."""
+        self._instant_count = total
+        if total is None:
+            self.read_on_ran_out = True
+
     def take_end_check(self) -> EndCheck | None:
         """The part that just ended with nothing new, once: its caller counts its window and
         sets :attr:`read_on_ran_out` if more rows are there."""
@@ -478,7 +505,9 @@ class WindowWalk:
     def _end_check_of(self, part: _Part) -> EndCheck | None:
         # Only the rows served again count: one handed over at the instant before and not
         # served again may have gone since, and would stand in for a row the end left unread.
-        if part.instant or self._read_on_before is None:
+        if part.instant:
+            return EndCheck(part.window, self._served_in_part, self._instant_count)
+        if self._read_on_before is None:
             return EndCheck(part.window, self._served_in_part)
         began = parse_timestamp(self._read_on_before)
         if began <= part.window.since:
