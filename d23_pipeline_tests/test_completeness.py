@@ -42,7 +42,7 @@ from d23_pipeline.client import (
     WindowTotal,
 )
 from d23_pipeline.client.completeness import judge, sum_totals
-from d23_pipeline.client.exports import served_a_change
+from d23_pipeline.client.exports import AFTER_WALK_COUNTS, served_a_change
 from d23_pipeline.client.windows import ONE_MS
 from d23_pipeline.definitions import defs
 from d23_pipeline.landing import month as month_module
@@ -534,31 +534,51 @@ def test_a_bad_row_logged_after_the_count_does_not_stand_in_for_a_row_an_end_lef
     assert not done.proof.verified
 
 
-@pytest.mark.parametrize("hiccup", [None, "a 504 on a count of what a part ended in"])
 @pytest.mark.parametrize(
-    ("instant_page", "verified"), [("served", True), ("empty, ending the walk", False)]
+    ("instant_page", "hiccup", "verified"),
+    [
+        ("served", None, True),
+        ("served", "a 504 on the count before an instant's read-on", True),
+        ("served", "a 504 on a count of what a part ended in", True),
+        ("served", "504s on every count before an instant's read-on", False),
+        ("empty, ending the walk", None, False),
+    ],
 )
-def test_a_read_again_is_verified_through_hiccups_on_its_end_counts_not_past_an_unserved_instant(
-    hiccup: str | None, instant_page: str, verified: bool
+def test_a_read_again_is_verified_through_hiccups_on_its_counts_not_past_an_unserved_instant(
+    instant_page: str, hiccup: str | None, verified: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A row logged while the first read walks (5 counted before, 6 after) sends the day to a
-    # read again, which reads on past each end and counts what it ended in. A 504 on such a
-    # count is a hiccup. An instant's read-on that ends before serving the row handed over
-    # there proves nothing: that row may have gone since, and stand in for one after it.
+    # read again, which reads on past each end: the instant of the last row handed over,
+    # counted before and after, then the rest, counted after. A 504 on such a count is a
+    # hiccup; a count that never comes proves nothing. An instant's read-on that ends before
+    # serving the row handed over there proves nothing: that row may have gone since, and
+    # stand in for one after it.
     last = T0 + timedelta(minutes=30)
     rows = [row(n, T0 + timedelta(minutes=n)) for n in range(1, 6)]
     sim = simulator([*rows, row(50, T0 + timedelta(days=1, hours=3))])
     answer = checked_transport(sim)
     logged = _when_the_day_is_counted(1, lambda: sim.move_row(pid(50), last))
+    counted: list[str] = []  # the since of each count of less than the day
     timeouts = 0
+
+    def times_out(since: str) -> bool:
+        nth = counted.count(since)  # the instant is counted before its read-on first
+        if since == format_timestamp(last):
+            if hiccup == "504s on every count before an instant's read-on":
+                return nth <= AFTER_WALK_COUNTS
+            return hiccup == "a 504 on the count before an instant's read-on" and nth == 1
+        at_rest = since == format_timestamp(last + ONE_MS)
+        return at_rest and hiccup == "a 504 on a count of what a part ended in" and nth == 1
 
     def handle(request: httpx.Request) -> httpx.Response:
         nonlocal timeouts
         params = request.url.params
         whole_day = (params.get("since"), params.get("until")) == (DAY.since_text, DAY.until_text)
-        if "includeTotal" in params and not whole_day and hiccup and not timeouts:
-            timeouts += 1
-            return httpx.Response(504)
+        if "includeTotal" in params and not whole_day:
+            counted.append(params["since"])
+            if times_out(counted[-1]):
+                timeouts += 1
+                return httpx.Response(504)
         at_last = params.get("since") == format_timestamp(last) and "cursor" not in params
         if is_page(request) and at_last and instant_page != "served":
             return ending_the_walk(answer.handle_request(request), without=pid(50))
@@ -575,7 +595,10 @@ def test_a_read_again_is_verified_through_hiccups_on_its_end_counts_not_past_an_
     (done,) = [e for e in events if isinstance(e, SliceDone)]
     assert done.proof.reads == 2
     assert done.proof.verified is verified
-    assert not hiccup or timeouts == 1
+    never = hiccup == "504s on every count before an instant's read-on"
+    assert timeouts == (AFTER_WALK_COUNTS if never else 0 if hiccup is None else 1)
+    no_count = f"the API gave no exact count of {Window(last, last + ONE_MS)} before reading on"
+    assert (no_count in caplog.text) is never
 
 
 @pytest.mark.parametrize("deleted", ["before its read-on", "once its read-on served it"])

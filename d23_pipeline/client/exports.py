@@ -606,7 +606,14 @@ class ExportsClient:
             if part is not None:
                 part.between_pages()
             if (due := walk.count_due()) is not None:
-                walk.counted(self._count_through_timeouts(due, cancel).exact_total)
+                before = self._count_through_timeouts(due, cancel).exact_total
+                if before is None:
+                    log.warning(
+                        "the API gave no exact count of %s before reading on at that instant: "
+                        "the slice is not proven complete",
+                        due,
+                    )
+                walk.counted(before)
             request = walk.next_request()
             if request is None:
                 return
