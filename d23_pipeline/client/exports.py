@@ -573,6 +573,21 @@ class ExportsClient:
             "" if ended.counted_before is None else f" ({ended.counted_before} before the walk)",
         )
 
+    def _count_before_read_on(
+        self, walk: WindowWalk, instant: Window, cancel: threading.Event | None
+    ) -> None:
+        """Count the instant a read again reads on at, before it does, for its end check; a
+        504 or a count timeout is a hiccup, as after a walk. Without an exact count the read-on
+        proves nothing."""
+        before = self._count_through_timeouts(instant, cancel).exact_total
+        if before is None:
+            log.warning(
+                "the API gave no exact count of %s before reading on at that instant: the "
+                "slice is not proven complete",
+                instant,
+            )
+        walk.counted(before)
+
     def _walk(
         self, window: Window, cancel: threading.Event | None, limit: int
     ) -> Iterator[SlicePage]:
@@ -606,14 +621,7 @@ class ExportsClient:
             if part is not None:
                 part.between_pages()
             if (due := walk.count_due()) is not None:
-                before = self._count_through_timeouts(due, cancel).exact_total
-                if before is None:
-                    log.warning(
-                        "the API gave no exact count of %s before reading on at that instant: "
-                        "the slice is not proven complete",
-                        due,
-                    )
-                walk.counted(before)
+                self._count_before_read_on(walk, due, cancel)
             request = walk.next_request()
             if request is None:
                 return

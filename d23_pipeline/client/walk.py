@@ -34,7 +34,8 @@ place of rows it did not reach. Past that instant, rows it reads on to may have 
 since the count, which does not bound them; the instant the read began does. A part of a read
 again that ends having handed over nothing new is not read on past; its caller counts what it
 ended in (:class:`EndCheck`): rows there that it did not serve lie past an end no request of
-this read gets over (inside an instant, or before a page that served nothing).
+this read gets over (inside an instant, or before a page that served nothing). An instant it
+reads on at is counted before that read-on too (:meth:`WindowWalk.count_due`).
 """
 
 from __future__ import annotations
