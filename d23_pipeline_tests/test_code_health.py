@@ -35,6 +35,9 @@ PRIVATE_IMPORTS_ALLOWED = {
     "d23_pipeline_tests/test_dashboard_refresh.py: dagster._core.remote_origin",
     "d23_pipeline_tests/test_sensor.py: dagster._core.remote_origin",
     "d23_pipeline_tests/test_sensor.py: dagster._core.types.loadable_target_origin",
+    # The end-to-end tests' daemon with a shorter backfill loop: the interval is a constant there.
+    "d23_pipeline_tests/quick_daemon.py: dagster._daemon.cli",
+    "d23_pipeline_tests/quick_daemon.py: dagster._daemon.controller",
 }
 
 
