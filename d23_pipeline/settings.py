@@ -331,9 +331,65 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
             "D23_DUCKLAKE_DATA_PATH is not set: D23_WAREHOUSE=ducklake needs the folder its "
             "Parquet files go to, the same for every process"
         )
-    return backend, data_path if "://" in data_path else str(
-        writable_folder("D23_DUCKLAKE_DATA_PATH", data_path).resolve()
+    if "://" in data_path:
+        object_store(data_path, env)
+        return backend, data_path
+    return backend, str(writable_folder("D23_DUCKLAKE_DATA_PATH", data_path).resolve())
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """Where an ``s3://`` data path's bucket is served: AWS S3 (``endpoint`` None) or an
+    S3-compatible store (MinIO, Cloudflare R2, ...) at ``endpoint``, ``host[:port]``. Credentials
+    are not here: DuckDB's aws extension reads them from the AWS SDK's own chain."""
+
+    bucket: str
+    endpoint: str | None = None
+    use_ssl: bool = True
+    region: str | None = None
+
+
+def object_store(data_path: str, env: Mapping[str, str]) -> ObjectStore:
+    """The object store of DuckLake's ``data_path`` (a URL), endpoint and region from the AWS
+    SDK's variables (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_REGION`` or
+    ``AWS_DEFAULT_REGION``); a URL or endpoint this cannot use is a :class:`SettingsError`."""
+    scheme, _, rest = data_path.partition("://")
+    if scheme.lower() != "s3":
+        raise SettingsError(
+            "D23_DUCKLAKE_DATA_PATH must be a local folder or an s3:// URL, on AWS S3 or a store "
+            f"with its API such as MinIO (got a {scheme}:// URL)"
+        )
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        raise SettingsError(
+            f"D23_DUCKLAKE_DATA_PATH {data_path!r} names no bucket: s3://<bucket>/<folder>"
+        )
+    region = (env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "")).strip() or None
+    name = (
+        "AWS_ENDPOINT_URL_S3" if env.get("AWS_ENDPOINT_URL_S3", "").strip() else "AWS_ENDPOINT_URL"
     )
+    endpoint = env.get(name, "").strip()
+    if not endpoint:
+        return ObjectStore(bucket, region=region)
+    url = urlsplit(endpoint)
+    if url.username is not None or url.password is not None:
+        # Not shown: what precedes the '@' may be a key.
+        raise SettingsError(
+            f"{name} holds a user or key before '@': give the address alone, and the keys as "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/"):
+        raise SettingsError(
+            f"{name} must be the store's address, http(s)://host[:port] (got {endpoint!r})"
+        )
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    try:
+        port = url.port
+    except ValueError:
+        raise SettingsError(f"{name} has a port that is not a number (got {endpoint!r})") from None
+    if port is not None:
+        host = f"{host}:{port}"
+    return ObjectStore(bucket, endpoint=host, use_ssl=url.scheme == "https", region=region)
 
 
 # ASCII digits only: int() and float() would also take other scripts' digits and underscores

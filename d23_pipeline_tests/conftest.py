@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from harness import MONTHS, Lake, Pipeline
+from object_store import S3Server, s3_server
 from postgres import PostgresServer, postgres_cluster
 
 from d23_pipeline.simulator import Simulator, SimulatorConfig, serve
@@ -29,13 +30,28 @@ def pipeline(
     simulator: Simulator, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Pipeline]:
     """On the embedded DuckDB file, or on a fresh DuckLake when parametrized with "ducklake"
-    (harness.BOTH_WAREHOUSES)."""
+    (harness.BOTH_WAREHOUSES), or "ducklake-s3" for one whose data path is an S3 bucket."""
     data_dir = tmp_path / "data"
     lake = None
-    if getattr(request, "param", "duckdb") == "ducklake":
+    warehouse = getattr(request, "param", "duckdb")
+    if warehouse == "ducklake":
         lake = Lake.create(request.getfixturevalue("postgres"), data_dir / "lake")
+    elif warehouse == "ducklake-s3":
+        s3: S3Server = request.getfixturevalue("s3")
+        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        data_path = f"s3://{s3.new_bucket()}/lake"
+        lake = Lake.create(request.getfixturevalue("postgres"), data_path)
     with serve(simulator) as url:
         yield Pipeline(sim=simulator, api_url=url, data_dir=data_dir, lake=lake)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """One S3 server on 127.0.0.1 for the whole run; each lake gets a bucket of its own."""
+    with s3_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

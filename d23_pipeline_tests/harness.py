@@ -40,6 +40,10 @@ MONTHS = ("2026-03", "2026-04", "2026-05")
 # The tests that prove the warehouse exact run once per backend: the embedded DuckDB file and
 # DuckLake on the session's throwaway PostgreSQL (the `pipeline` fixture reads the parameter).
 BOTH_WAREHOUSES = pytest.mark.parametrize("pipeline", ["duckdb", "ducklake"], indirect=True)
+# And a DuckLake whose data path is an S3 bucket (conftest's s3 server).
+ALL_WAREHOUSES = pytest.mark.parametrize(
+    "pipeline", ["duckdb", "ducklake", "ducklake-s3"], indirect=True
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,10 @@ class Lake:
     """A fresh DuckLake: its own catalog database on the test PostgreSQL and a data folder."""
 
     dsn: str
-    data_path: Path
+    data_path: Path | str  # a folder, or an s3:// URL
 
     @classmethod
-    def create(cls, server: PostgresServer, data_path: Path) -> Lake:
+    def create(cls, server: PostgresServer, data_path: Path | str) -> Lake:
         database = f"lake_{uuid.uuid4().hex[:12]}"
         with contextlib.closing(server.connect("postgres")) as conn:
             conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from api import GATEWAY_TIMEOUT
-from harness import BOTH_WAREHOUSES, Pipeline, d23_row, failure_messages
+from harness import ALL_WAREHOUSES, BOTH_WAREHOUSES, Pipeline, d23_row, failure_messages
 
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import DashboardResource, WarehouseResource
@@ -61,7 +61,7 @@ def test_logs_columns_have_proper_types(pipeline: Pipeline) -> None:
     assert {"_partition", "_first_seen_at", "_last_seen_at", "_deleted_at"} <= set(types)
 
 
-@BOTH_WAREHOUSES
+@ALL_WAREHOUSES
 def test_source_changes_land_when_the_month_is_read_again(pipeline: Pipeline) -> None:
     for month in ("2026-03", "2026-04"):
         pipeline.materialize(month)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import random
 import re
 import threading
@@ -42,7 +43,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from d23_pipeline.settings import LOCK_TIMEOUT_S
+from d23_pipeline.settings import LOCK_TIMEOUT_S, ObjectStore, object_store
 from d23_pipeline.warehouse import ducklake_sql, sql
 from d23_pipeline.warehouse.store import WarehouseBusyError, check_schema, execute
 
@@ -52,6 +53,8 @@ T = TypeVar("T")
 
 # The catalog's driver first: attaching a DuckLake on PostgreSQL needs postgres_scanner loaded.
 EXTENSIONS = ("postgres_scanner", "ducklake")
+# And for a data path on object storage: S3's protocol, and the AWS SDK's credential chain.
+STORAGE_EXTENSIONS = ("httpfs", "aws")
 CONFLICT_ATTEMPTS = 30
 _CONFLICT_DELAY_S = (0.05, 3.0)  # first and longest wait between attempts
 # libpq's port: a number, or a list of them for several hosts.
@@ -352,8 +355,11 @@ class DuckLakeWarehouse:
                 config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
             )
             try:
-                for name in EXTENSIONS:
+                store = self._object_store()
+                for name in (*STORAGE_EXTENSIONS, *EXTENSIONS) if store else EXTENSIONS:
                     lake.execute(ducklake_sql.load_extension(extension_path(name)))
+                if store:
+                    self._open_storage(lake, store)
                 self._attach(lake)
                 lake.execute(ducklake_sql.USE_CATALOG)
                 # Before CREATE_SCHEMA: another version's lake is left as it was.
@@ -370,6 +376,44 @@ class DuckLakeWarehouse:
         """Open the catalog (once per process): a DSN, login, database or data path it refuses
         is raised before a run reads the API, not after."""
         self._lake()
+
+    def _object_store(self) -> ObjectStore | None:
+        """The data path's object store, or None for a folder on this machine."""
+        return object_store(self.data_path, os.environ) if "://" in self.data_path else None
+
+    def _open_storage(self, con: duckdb.DuckDBPyConnection, store: ObjectStore) -> None:
+        """Give ``con`` the bucket's credentials and check it can list the data path."""
+        options: dict[str, Any] = {"scope": f"s3://{store.bucket}"}
+        if store.region:
+            options["region"] = store.region
+        if store.endpoint:
+            # An S3-compatible store: path-style URLs, which every one of them serves.
+            options.update(endpoint=store.endpoint, url_style="path", use_ssl=store.use_ssl)
+        failure = None
+        try:
+            execute(con, ducklake_sql.create_storage_secret(list(options)), options)
+        except duckdb.Error as exc:
+            failure = str(exc).strip()
+        if failure is not None:
+            if "Secret Validation Failure" in failure:
+                raise WarehouseSettingsError(
+                    f"no AWS credentials for the bucket of D23_DUCKLAKE_DATA_PATH "
+                    f"({self.data_path}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
+                    "AWS_SESSION_TOKEN for temporary keys) or AWS_PROFILE, or run with an IAM role"
+                )
+            raise WarehouseConnectionError(f"cannot use D23_DUCKLAKE_DATA_PATH: {failure}")
+        pattern = self.data_path.rstrip("/") + "/*"
+        error: type[WarehouseConnectionError] = WarehouseConnectionError
+        try:
+            execute(con, ducklake_sql.LIST_DATA_PATH, {"pattern": pattern})
+        except duckdb.Error as exc:
+            failure = str(exc).split("\n\nLINE ", 1)[0].strip()
+            # An answer of the store (no such bucket, a refused key) is the settings' to mend;
+            # no answer (the store is down or unreachable) may mend itself.
+            if isinstance(exc, duckdb.HTTPException):
+                error = WarehouseSettingsError
+        if failure is not None:
+            raise error(f"cannot list D23_DUCKLAKE_DATA_PATH ({self.data_path}): {failure}")
 
     def _checked_split(self) -> tuple[str, str | None]:
         if self._split is None:

@@ -6,6 +6,7 @@ postgres driver prints it in every error it raises when it (re)connects, so the 
 into a temporary secret, as a bound parameter, and the ``ATTACH`` names that secret.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 # The catalog's name in the session; ``USE`` makes ``d23.logs`` resolve to it.
@@ -19,6 +20,24 @@ CATALOG_SECRET = f"{CATALOG}_catalog_password"
 CREATE_CATALOG_SECRET = (
     f"CREATE TEMPORARY SECRET {CATALOG_SECRET} (TYPE postgres, PASSWORD $password)"
 )
+
+# An s3:// data path's credentials: the AWS SDK's own chain (its variables, profile files, the
+# instance's or pod's role), read inside DuckDB's aws extension, so that no key passes through
+# this process's Python objects or messages; TEMPORARY and shown "redacted", as the catalog's.
+# Scoped to the data path's bucket: other s3:// paths in a session get no credentials of ours.
+STORAGE_SECRET = f"{CATALOG}_storage"
+# Lists the data path (a missing bucket, a refused key or endpoint fails here, before a run reads
+# the API, not at its first write).
+LIST_DATA_PATH = "SELECT count(*) FROM glob($pattern)"
+
+
+def create_storage_secret(options: Sequence[str]) -> str:
+    """The temporary S3 secret of the lake's bucket; each of ``options`` (``scope``,
+    ``endpoint``, ``region``, ``url_style``, ``use_ssl``) is bound as the parameter of its name."""
+    settings = "".join(f", {option.upper()} ${option}" for option in options)
+    return (
+        f"CREATE TEMPORARY SECRET {STORAGE_SECRET} (TYPE s3, PROVIDER credential_chain{settings})"
+    )
 
 
 # Run on a PostgreSQL session of the catalog's own (psycopg2), not through DuckDB: the session

@@ -1,0 +1,173 @@
+"""A DuckLake whose data path is an S3 bucket (moto's server on 127.0.0.1): its files are in the
+bucket, another process on another folder reads the same rows, and a bucket or credentials the
+run cannot use fail it before it reads the API, naming the setting."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import Lake, Pipeline, failure_messages
+from object_store import SECRET_KEY, S3Server
+from postgres import PostgresServer
+from processes import free_port
+
+from d23_pipeline.settings import SettingsError, load_options, object_store
+from d23_pipeline.simulator import Simulator, serve
+from d23_pipeline.warehouse.ducklake import (
+    DuckLakeWarehouse,
+    WarehouseConnectionError,
+    WarehouseSettingsError,
+)
+
+MONTH = "2026-04"
+# Another host: a process of its own, with nothing of this one's but the settings.
+COUNT_ELSEWHERE = (
+    "import sys; from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse\n"
+    "with DuckLakeWarehouse(sys.argv[1], sys.argv[2]).connect(read_only=True) as con:\n"
+    "    print(con.execute('SELECT count(*) FROM d23.logs WHERE _deleted_at IS NULL')"
+    ".fetchone()[0])"
+)
+
+
+@pytest.mark.parametrize("pipeline", ["ducklake-s3"], indirect=True)
+def test_a_lake_on_object_storage_keeps_its_files_in_the_bucket_for_every_host(
+    pipeline: Pipeline, s3: S3Server, tmp_path: Path
+) -> None:
+    assert pipeline.lake is not None
+    data_path = str(pipeline.lake.data_path)
+    bucket, folder = data_path.removeprefix("s3://").split("/", 1)
+
+    pipeline.materialize(MONTH)
+
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    files = [key for key in s3.keys(bucket) if key.startswith(f"{folder}/")]
+    assert any(key.endswith(".parquet") for key in files), files
+    # This machine keeps its raw snapshots and the dashboard, not the lake's files.
+    local = [p for p in pipeline.data_dir.rglob("*.parquet") if "raw" not in p.parts]
+    assert local == []
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", COUNT_ELSEWHERE, pipeline.lake.dsn, data_path],
+        cwd=tmp_path,
+        env={**os.environ, "D23_DATA_DIR": str(tmp_path / "other-host")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(elsewhere.stdout) == len(pipeline.expected_rows([MONTH]))
+
+
+def test_a_lake_on_a_bucket_that_does_not_exist_fails_the_run_before_it_reads_the_api(
+    postgres: PostgresServer,
+    s3: S3Server,
+    simulator: Simulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    lake = Lake.create(postgres, "s3://no-such-bucket/lake")
+    with serve(simulator) as url:
+        pipeline = Pipeline(sim=simulator, api_url=url, data_dir=tmp_path / "data", lake=lake)
+        result = pipeline.materialize(MONTH, raise_on_error=False)
+
+    failures = failure_messages(result)
+    assert list(failures) == ["d23__raw_logs"]
+    assert "D23_DUCKLAKE_DATA_PATH (s3://no-such-bucket/lake)" in failures["d23__raw_logs"]
+    assert "NoSuchBucket" in failures["d23__raw_logs"]
+    assert simulator.stats.requests == 0
+    # A settings error: the run is not retried (defs/run_retries.py).
+    with pytest.raises(WarehouseSettingsError):
+        DuckLakeWarehouse(lake.dsn, str(lake.data_path)).check_usable()
+
+
+def test_a_store_that_does_not_answer_is_a_connection_error_a_retry_may_mend(
+    postgres: PostgresServer, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    lake = Lake.create(postgres, "s3://lake/d23")
+
+    with pytest.raises(WarehouseConnectionError) as raised:
+        DuckLakeWarehouse(lake.dsn, str(lake.data_path)).check_usable()
+
+    assert not isinstance(raised.value, WarehouseSettingsError)
+    assert "cannot list D23_DUCKLAKE_DATA_PATH (s3://lake/d23)" in str(raised.value)
+
+
+def test_a_lake_on_object_storage_without_credentials_names_what_to_set(
+    postgres: PostgresServer, s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws of this machine's
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # nor an instance's role
+    lake = Lake.create(postgres, f"s3://{s3.new_bucket()}/lake")
+
+    with pytest.raises(WarehouseSettingsError) as refused:
+        DuckLakeWarehouse(lake.dsn, str(lake.data_path)).check_usable()
+
+    assert "no AWS credentials for the bucket of D23_DUCKLAKE_DATA_PATH" in str(refused.value)
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in str(refused.value)
+
+
+@pytest.mark.parametrize("pipeline", ["ducklake-s3"], indirect=True)
+def test_the_storage_secret_key_is_nowhere_in_what_a_run_records(pipeline: Pipeline) -> None:
+    result = pipeline.materialize(MONTH)
+
+    recorded = "".join(str(event) for event in result.all_events)
+    assert SECRET_KEY not in recorded
+    assert SECRET_KEY not in repr(pipeline.warehouse_resource().warehouse())
+
+
+LAKE = {"D23_WAREHOUSE": "ducklake", "D23_WAREHOUSE_DSN": "host=db dbname=d23"}
+
+
+@pytest.mark.parametrize(
+    ("path", "env", "message"),
+    [
+        ("gs://lake/d23", {}, "a local folder or an s3:// URL"),
+        ("s3:///d23", {}, "names no bucket"),
+        ("s3://lake/d23", {"AWS_ENDPOINT_URL": "minio:9000"}, "AWS_ENDPOINT_URL must be"),
+        ("s3://lake/d23", {"AWS_ENDPOINT_URL": "http://minio/bucket"}, "http(s)://host[:port]"),
+        ("s3://lake/d23", {"AWS_ENDPOINT_URL_S3": "http://minio:x"}, "not a number"),
+    ],
+    ids=["another-scheme", "no-bucket", "no-scheme", "a-path", "a-bad-port"],
+)
+def test_an_object_storage_setting_the_lake_cannot_use_is_refused_naming_it(
+    path: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_options({**LAKE, "D23_DUCKLAKE_DATA_PATH": path, **env})
+
+
+def test_an_endpoint_holding_a_key_is_refused_without_showing_it() -> None:
+    endpoint = f"http://someone:{SECRET_KEY}@minio:9000"
+
+    with pytest.raises(SettingsError) as refused:
+        object_store("s3://lake/d23", {"AWS_ENDPOINT_URL": endpoint})
+
+    assert SECRET_KEY not in str(refused.value)
+    assert "AWS_SECRET_ACCESS_KEY" in str(refused.value)
+
+
+def test_the_s3_endpoint_is_the_one_the_aws_sdk_would_use() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "https://everything.example",
+        "AWS_ENDPOINT_URL_S3": "http://10.0.0.5:9000/",
+        "AWS_DEFAULT_REGION": "eu-central-1",
+    }
+
+    store = object_store("s3://lake/d23", env)
+
+    assert (store.bucket, store.endpoint, store.use_ssl, store.region) == (
+        "lake",
+        "10.0.0.5:9000",
+        False,
+        "eu-central-1",
+    )
+    assert object_store("s3://lake", {}).endpoint is None
