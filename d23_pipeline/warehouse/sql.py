@@ -28,6 +28,16 @@ _LOGS_FIELD_COLUMNS = ",\n    ".join(
     f"{name:<18} {_SQL_TYPES[name]:<11} NOT NULL" for name in D23_FIELDS
 )
 
+# The folder (D23_DATA_DIR/raw) whose raw snapshots the runs of this warehouse land in and weigh
+# (landing/home.py): at most one row. Also made on its own: a warehouse made before it has none.
+CREATE_LANDING_HOME = """
+CREATE TABLE IF NOT EXISTS d23.landing_home (
+    data_dir_id VARCHAR     NOT NULL,
+    raw_dir     VARCHAR     NOT NULL,
+    host        VARCHAR     NOT NULL,
+    claimed_at  TIMESTAMPTZ NOT NULL
+)"""
+
 CREATE_SCHEMA = f"""
 CREATE SCHEMA IF NOT EXISTS d23;
 
@@ -86,6 +96,8 @@ CREATE TABLE IF NOT EXISTS d23.last_merge AS
 SELECT CAST(0 AS BIGINT)         AS merges,
        CAST(NULL AS VARCHAR)     AS _partition,
        CAST(NULL AS TIMESTAMPTZ) AS read_at;
+
+{CREATE_LANDING_HOME};
 
 -- The same for the outcome-mix tables: every rebuild updates this row (RECORD_MIX_REBUILD), so
 -- that two rebuilds of a month that has no rows there yet do not both insert it.
@@ -1036,3 +1048,9 @@ FROM d23.slice_verification
 WHERE NOT verified
 ORDER BY partition, slice_since
 """
+
+LANDING_HOME = "SELECT data_dir_id, raw_dir, host, claimed_at FROM d23.landing_home"
+FORGET_LANDING_HOME = "DELETE FROM d23.landing_home"
+CLAIM_LANDING_HOME = (
+    "INSERT INTO d23.landing_home VALUES ($data_dir_id, $raw_dir, $host, current_timestamp)"
+)

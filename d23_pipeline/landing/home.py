@@ -1,0 +1,105 @@
+"""The one ``D23_DATA_DIR`` whose raw snapshots a warehouse's runs land in.
+
+A read weighs what other months' reads landed there and have not merged yet: the bad rows they
+served and the rows they proved gone (``landing/month.py``). A run landing in another folder, on
+another host of a shared DuckLake, cannot see those, and could mark a live row deleted or resume
+a read it should start over. So the first run to land records its folder in the warehouse
+(``d23.landing_home``), and a run from any other folder is refused before it reads the API,
+until an operator moves the home on purpose (``D23_TAKE_OVER_LANDING``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import uuid
+from pathlib import Path
+
+import duckdb
+
+from d23_pipeline.settings import SettingsError
+from d23_pipeline.warehouse import sql
+from d23_pipeline.warehouse.store import WarehouseBackend, execute, transaction
+
+log = logging.getLogger("d23_pipeline.landing")
+
+# In the raw snapshots' folder: a copy of the folder (or the disk moved elsewhere) stays itself.
+ID_FILE = "landing_id.json"
+TAKE_OVER_VARIABLE = "D23_TAKE_OVER_LANDING"
+
+
+class LandingHomeError(SettingsError):
+    """This run's ``D23_DATA_DIR`` is not the one the warehouse's runs land in."""
+
+
+def data_dir_id(raw_dir: Path) -> str:
+    """The lasting id of the raw snapshots' folder ``raw_dir``, made on first use."""
+    path = raw_dir / ID_FILE
+    if not path.is_file():
+        made = raw_dir / f".{ID_FILE}.{uuid.uuid4().hex}"
+        try:
+            raw_dir.mkdir(parents=True, exist_ok=True)
+            made.write_text(json.dumps({"id": uuid.uuid4().hex}))
+            # Two runs starting at once: the first link wins, and both read its id.
+            path.hardlink_to(made)
+        except FileExistsError:
+            pass
+        except OSError as exc:  # no retry of the run mends it
+            raise SettingsError(
+                f"cannot write in the raw snapshots' folder {raw_dir} ({exc.strerror}): set "
+                "D23_DATA_DIR (or landing_zone's raw_dir) to a folder this user can write"
+            ) from None
+        finally:
+            made.unlink(missing_ok=True)
+    return str(json.loads(path.read_text())["id"])
+
+
+def claim_landing_home(warehouse: WarehouseBackend, raw_dir: Path, take_over: str | None) -> None:
+    """Make sure ``raw_dir`` (``$D23_DATA_DIR/raw``) is where the warehouse's runs land: record
+    it if no run landed yet, or if ``take_over`` names the recorded home's id; otherwise raise
+    :class:`LandingHomeError`."""
+    mine = data_dir_id(raw_dir)
+    try:
+        with warehouse.connect(read_only=True) as con:
+            home = execute(con, sql.LANDING_HOME).fetchone()
+        if home is not None and home[0] == mine:
+            return
+    except duckdb.CatalogException:  # a warehouse made before the table: claimed below
+        pass
+    with warehouse.connect() as con:  # the writers' turn: two first runs claim one at a time
+        execute(con, sql.CREATE_LANDING_HOME)
+        home = execute(con, sql.LANDING_HOME).fetchone()
+        if home is not None and home[0] == mine:
+            return
+        if home is not None and home[0] != take_over:
+            raise LandingHomeError(
+                f"this warehouse's runs land their raw snapshots in {home[1]} on host {home[2]} "
+                f"(since {home[3]:%Y-%m-%d %H:%M} UTC); this run's folder is {raw_dir} on host "
+                f"{socket.gethostname()}, so it read nothing. A read weighs the snapshots other "
+                "months' reads landed there and have not merged yet, which it cannot see from "
+                "here, and could mark live rows deleted. Run the pipeline with that folder "
+                "(D23_DATA_DIR); or, if it is gone for good, run once with "
+                f"{TAKE_OVER_VARIABLE}={home[0]} to land here from now on (and read the months "
+                "it held unmerged again)"
+            )
+        with transaction(con):
+            execute(con, sql.FORGET_LANDING_HOME)
+            execute(
+                con,
+                sql.CLAIM_LANDING_HOME,
+                {
+                    "data_dir_id": mine,
+                    "raw_dir": str(raw_dir),
+                    "host": socket.gethostname(),
+                },
+            )
+    if home is not None:
+        log.warning(
+            "took the landing over from %s on host %s (%s=%s): runs land in %s now",
+            home[1],
+            home[2],
+            TAKE_OVER_VARIABLE,
+            take_over,
+            raw_dir,
+        )

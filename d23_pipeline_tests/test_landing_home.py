@@ -1,0 +1,87 @@
+"""One folder of raw snapshots per warehouse: a run landing in another (another host on a shared
+DuckLake) could not weigh what was landed there and not merged, so it is refused before it
+reads the API, until an operator moves the landing on purpose."""
+
+from pathlib import Path
+
+import pytest
+from harness import BOTH_WAREHOUSES, Pipeline, failure_messages
+
+from d23_pipeline.landing.home import ID_FILE, TAKE_OVER_VARIABLE, data_dir_id
+
+MONTH = "2026-04"
+
+
+def _raw(pipeline: Pipeline) -> Path:
+    """The folder the pipeline's runs land D23's snapshots in."""
+    return pipeline.resources()["landing_zone"].store().root
+
+
+def _elsewhere(pipeline: Pipeline, tmp_path: Path) -> Pipeline:
+    """The same warehouse, landing in another D23_DATA_DIR (for the file, the same file)."""
+    other = Pipeline(pipeline.sim, pipeline.api_url, tmp_path / "elsewhere", lake=pipeline.lake)
+    if pipeline.lake is None:
+        other.data_dir.mkdir()
+        (other.data_dir / "warehouse.duckdb").symlink_to(pipeline.warehouse_path)
+    return other
+
+
+@BOTH_WAREHOUSES
+def test_a_run_landing_in_another_folder_is_refused_before_it_reads_the_api(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline.materialize(MONTH)
+    stored = pipeline.live_rows([MONTH])
+    requests = pipeline.sim.stats.requests
+    elsewhere = _elsewhere(pipeline, tmp_path)
+
+    result = elsewhere.materialize("2026-03", raise_on_error=False)
+
+    failure = failure_messages(result)["d23__raw_logs"]
+    assert f"land their raw snapshots in {_raw(pipeline)} on host" in failure
+    assert f"this run's folder is {_raw(elsewhere)} on host" in failure
+    assert f"{TAKE_OVER_VARIABLE}={data_dir_id(_raw(pipeline))}" in failure
+    assert pipeline.sim.stats.requests == requests
+    assert pipeline.live_rows([MONTH, "2026-03"]) == stored
+    # The home's own runs go on.
+    pipeline.materialize("2026-03")
+
+
+@BOTH_WAREHOUSES
+def test_the_landing_moves_only_to_a_run_that_names_the_homes_id(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.materialize(MONTH)
+    elsewhere = _elsewhere(pipeline, tmp_path)
+    monkeypatch.setenv(TAKE_OVER_VARIABLE, "not-the-home")
+    assert not elsewhere.materialize(MONTH, raise_on_error=False).success
+
+    monkeypatch.setenv(TAKE_OVER_VARIABLE, data_dir_id(_raw(pipeline)))
+    elsewhere.materialize(MONTH)
+
+    assert elsewhere.live_rows([MONTH]) == elsewhere.expected_rows([MONTH])
+    # The old home is now the other folder; the variable left set moves nothing back.
+    assert not pipeline.materialize(MONTH, raise_on_error=False).success
+    elsewhere.materialize(MONTH)
+
+
+def test_a_folder_keeps_its_id_and_two_folders_differ(tmp_path: Path) -> None:
+    first = data_dir_id(tmp_path / "a" / "raw")
+
+    assert data_dir_id(tmp_path / "a" / "raw") == first
+    assert data_dir_id(tmp_path / "b" / "raw") != first
+    assert sorted(p.name for p in (tmp_path / "a" / "raw").iterdir()) == [ID_FILE]
+
+
+@BOTH_WAREHOUSES
+def test_a_warehouse_made_before_the_landing_home_was_recorded_takes_its_first_run(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.materialize(MONTH)
+    with pipeline.warehouse_resource().get_connection() as con:
+        con.execute("DROP TABLE d23.landing_home")
+
+    pipeline.materialize(MONTH)
+
+    (home,) = pipeline.query("SELECT raw_dir FROM d23.landing_home")
+    assert home == (str(_raw(pipeline)),)
