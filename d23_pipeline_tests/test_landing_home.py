@@ -2,6 +2,7 @@
 DuckLake) could not weigh what was landed there and not merged, so it is refused before it
 reads the API, until an operator moves the landing on purpose."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,37 @@ def test_the_landing_moves_only_to_a_run_that_names_the_homes_id(
     # The old home is now the other folder; the variable left set moves nothing back.
     assert not pipeline.materialize(MONTH, raise_on_error=False).success
     elsewhere.materialize(MONTH)
+
+
+@BOTH_WAREHOUSES
+def test_of_two_folders_that_landed_before_any_merge_the_first_to_merge_is_the_home(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline.materialize(MONTH, selection="d23/raw_logs")
+    elsewhere = _elsewhere(pipeline, tmp_path)
+    elsewhere.materialize(MONTH)
+
+    # The merge of the first folder's landed read, run on its own as after a failed merge.
+    result = pipeline.materialize(MONTH, selection="d23/logs", raise_on_error=False)
+
+    failure = failure_messages(result)["d23__logs"]
+    assert f"land their raw snapshots in {_raw(elsewhere)} on host" in failure
+    (home,) = pipeline.query("SELECT raw_dir FROM d23.landing_home")
+    assert home == (str(_raw(elsewhere)),)
+
+
+@BOTH_WAREHOUSES
+def test_a_copy_of_the_landing_folder_elsewhere_is_not_the_home(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline.materialize(MONTH)
+    copy = _elsewhere(pipeline, tmp_path)
+    shutil.copytree(_raw(pipeline), _raw(copy))  # a restored backup, a cloned volume
+
+    result = copy.materialize(MONTH, raise_on_error=False)
+
+    assert data_dir_id(_raw(copy)) == data_dir_id(_raw(pipeline))
+    assert "land their raw snapshots in" in failure_messages(result)["d23__raw_logs"]
 
 
 def test_a_folder_keeps_its_id_and_two_folders_differ(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ import json
 import logging
 import socket
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -55,45 +57,66 @@ def data_dir_id(raw_dir: Path) -> str:
     return str(json.loads(path.read_text())["id"])
 
 
-def claim_landing_home(warehouse: WarehouseBackend, raw_dir: Path, take_over: str | None) -> None:
-    """Make sure ``raw_dir`` (``$D23_DATA_DIR/raw``) is where the warehouse's runs land: record
-    it if no run landed yet, or if ``take_over`` names the recorded home's id; otherwise raise
-    :class:`LandingHomeError`."""
-    mine = data_dir_id(raw_dir)
+def requested_take_over(env: Mapping[str, str]) -> str | None:
+    """The home id ``D23_TAKE_OVER_LANDING`` names, if set."""
+    return env.get(TAKE_OVER_VARIABLE, "").strip() or None
+
+
+def _is_home(home: tuple[Any, ...] | None, mine: str, raw_dir: Path) -> bool:
+    # The path too: a copy of the folder elsewhere (a restored backup, a cloned volume) keeps
+    # the id, and its unmerged snapshots part ways with the original's from its first run.
+    return home is not None and (home[0], home[1]) == (mine, str(raw_dir))
+
+
+def _refusal(home: tuple[Any, ...], raw_dir: Path) -> LandingHomeError:
+    return LandingHomeError(
+        f"this warehouse's runs land their raw snapshots in {home[1]} on host {home[2]} "
+        f"(since {home[3]:%Y-%m-%d %H:%M} UTC); this run's folder is {raw_dir} on host "
+        f"{socket.gethostname()}, so it stopped before reading or merging. A read weighs the "
+        "snapshots other months' reads landed there and have not merged yet, which it cannot "
+        "see from here, and could mark live rows deleted. Run the pipeline with that folder "
+        "(D23_DATA_DIR); or, if it is gone for good, run once with "
+        f"{TAKE_OVER_VARIABLE}={home[0]} to land here from now on (and read the months it held "
+        "unmerged again)"
+    )
+
+
+def check_landing_home(warehouse: WarehouseBackend, raw_dir: Path, take_over: str | None) -> None:
+    """Raise :class:`LandingHomeError` if the warehouse's runs land elsewhere than ``raw_dir``
+    and ``take_over`` does not name that home; record nothing (a read that then fails leaves the
+    warehouse as it was: the merge records the home, :func:`claim_landing_home`)."""
+    if not warehouse.exists():
+        return
+    raw_dir, mine = raw_dir.resolve(), data_dir_id(raw_dir)
     try:
         with warehouse.connect(read_only=True) as con:
             home = execute(con, sql.LANDING_HOME).fetchone()
-        if home is not None and home[0] == mine:
-            return
-    except duckdb.CatalogException:  # a warehouse made before the table: claimed below
-        pass
-    with warehouse.connect() as con:  # the writers' turn: two first runs claim one at a time
-        execute(con, sql.CREATE_LANDING_HOME)
-        home = execute(con, sql.LANDING_HOME).fetchone()
-        if home is not None and home[0] == mine:
-            return
-        if home is not None and home[0] != take_over:
-            raise LandingHomeError(
-                f"this warehouse's runs land their raw snapshots in {home[1]} on host {home[2]} "
-                f"(since {home[3]:%Y-%m-%d %H:%M} UTC); this run's folder is {raw_dir} on host "
-                f"{socket.gethostname()}, so it read nothing. A read weighs the snapshots other "
-                "months' reads landed there and have not merged yet, which it cannot see from "
-                "here, and could mark live rows deleted. Run the pipeline with that folder "
-                "(D23_DATA_DIR); or, if it is gone for good, run once with "
-                f"{TAKE_OVER_VARIABLE}={home[0]} to land here from now on (and read the months "
-                "it held unmerged again)"
-            )
-        with transaction(con):
-            execute(con, sql.FORGET_LANDING_HOME)
-            execute(
-                con,
-                sql.CLAIM_LANDING_HOME,
-                {
-                    "data_dir_id": mine,
-                    "raw_dir": str(raw_dir),
-                    "host": socket.gethostname(),
-                },
-            )
+    except duckdb.CatalogException:  # a warehouse made before the table: no home yet
+        return
+    if home is not None and not _is_home(home, mine, raw_dir) and home[0] != take_over:
+        raise _refusal(home, raw_dir)
+
+
+def claim_landing_home(
+    con: duckdb.DuckDBPyConnection, raw_dir: Path, take_over: str | None
+) -> None:
+    """On a write session ``con``: record ``raw_dir`` as where the warehouse's runs land if no
+    run did yet, or if ``take_over`` names the recorded home's id; pass if it is the home;
+    otherwise raise :class:`LandingHomeError`."""
+    raw_dir, mine = raw_dir.resolve(), data_dir_id(raw_dir)
+    execute(con, sql.CREATE_LANDING_HOME)
+    home = execute(con, sql.LANDING_HOME).fetchone()
+    if _is_home(home, mine, raw_dir):
+        return
+    if home is not None and home[0] != take_over:
+        raise _refusal(home, raw_dir)
+    with transaction(con):
+        execute(con, sql.FORGET_LANDING_HOME)
+        execute(
+            con,
+            sql.CLAIM_LANDING_HOME,
+            {"data_dir_id": mine, "raw_dir": str(raw_dir), "host": socket.gethostname()},
+        )
     if home is not None:
         log.warning(
             "took the landing over from %s on host %s (%s=%s): runs land in %s now",

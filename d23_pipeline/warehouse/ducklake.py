@@ -377,6 +377,10 @@ class DuckLakeWarehouse:
         is raised before a run reads the API, not after."""
         self._lake()
 
+    def exists(self) -> bool:
+        """A lake is made by its first session; its catalog database exists before that."""
+        return True
+
     def _object_store(self) -> ObjectStore | None:
         """The data path's object store, or None for a folder on this machine."""
         return object_store(self.data_path, os.environ) if "://" in self.data_path else None

@@ -29,7 +29,8 @@ _LOGS_FIELD_COLUMNS = ",\n    ".join(
 )
 
 # The folder (D23_DATA_DIR/raw) whose raw snapshots the runs of this warehouse land in and weigh
-# (landing/home.py): at most one row. Also made on its own: a warehouse made before it has none.
+# (landing/home.py): at most one row. Made by the first merge that records one, not with the
+# schema: a lake's read-only users (the analysts' loader) make the schema too, and cannot write.
 CREATE_LANDING_HOME = """
 CREATE TABLE IF NOT EXISTS d23.landing_home (
     data_dir_id VARCHAR     NOT NULL,
@@ -96,8 +97,6 @@ CREATE TABLE IF NOT EXISTS d23.last_merge AS
 SELECT CAST(0 AS BIGINT)         AS merges,
        CAST(NULL AS VARCHAR)     AS _partition,
        CAST(NULL AS TIMESTAMPTZ) AS read_at;
-
-{CREATE_LANDING_HOME};
 
 -- The same for the outcome-mix tables: every rebuild updates this row (RECORD_MIX_REBUILD), so
 -- that two rebuilds of a month that has no rows there yet do not both insert it.

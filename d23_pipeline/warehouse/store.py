@@ -278,6 +278,10 @@ class Warehouse:
                     "a folder this user can write"
                 )
 
+    def exists(self) -> bool:
+        """Whether the file was made."""
+        return self.path.exists()
+
     def _create(self) -> None:
         con = duckdb.connect(str(self.path), config=self._config)
         try:
@@ -295,6 +299,9 @@ class WarehouseBackend(Protocol):
 
     def check_usable(self) -> None:
         """Raise if a run could not write here, naming what to fix, before it reads the API."""
+
+    def exists(self) -> bool:
+        """Whether the warehouse was made: reading one that was not would make it."""
 
 
 @dataclass(frozen=True)

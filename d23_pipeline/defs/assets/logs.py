@@ -1,5 +1,6 @@
 """``d23/logs``: the deduplicated warehouse table, one row per ``public_id``."""
 
+import os
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -8,6 +9,7 @@ from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
+from d23_pipeline.defs.run_retries import retried_only_when_it_can_help
 
 if TYPE_CHECKING:
     from d23_pipeline.landing.snapshot import Snapshot
@@ -52,6 +54,7 @@ def logs(
 ) -> dg.MaterializeResult:
     """Merge the month's latest raw snapshot into d23.logs."""
     # Imported when the step runs, not when the definitions load (DuckDB, Arrow).
+    from d23_pipeline.landing.home import claim_landing_home, requested_take_over
     from d23_pipeline.warehouse import sql
     from d23_pipeline.warehouse.ducklake import retry_on_conflict
     from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
@@ -64,6 +67,11 @@ def logs(
         raise dg.Failure(
             f"No complete raw snapshot for {partition}: materialize d23/raw_logs for it first."
         )
+    # What the read weighed, it weighed in this folder: only the reads of the warehouse's
+    # landing folder may be merged (landing/home.py). The first merge records the folder.
+    with retried_only_when_it_can_help(context), warehouse.warehouse().connect() as con:
+        take_over = requested_take_over(os.environ)
+        retry_on_conflict(lambda: claim_landing_home(con, store.root, take_over))
 
     def merge(snapshot: "Snapshot") -> "MergeSummary":
         # DuckLake: a writer of another month that committed first makes this one run again.

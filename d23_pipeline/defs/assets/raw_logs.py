@@ -36,7 +36,7 @@ def raw_logs(
     # Imported here, not when the definitions load: the client and the landing code bring
     # httpx, Arrow and DuckDB, which only this step needs.
     from d23_pipeline.client import Window
-    from d23_pipeline.landing.home import TAKE_OVER_VARIABLE, claim_landing_home
+    from d23_pipeline.landing.home import check_landing_home, requested_take_over
     from d23_pipeline.landing.month import read_month
     from d23_pipeline.schema import ARROW_SCHEMA
 
@@ -47,8 +47,8 @@ def raw_logs(
         backend.check_usable()
         slices = Window(time_window.start, time_window.end).split(exports_api.slice_size)
         store, partition = landing_zone.store(), context.partition_key
-        take_over = os.environ.get(TAKE_OVER_VARIABLE, "").strip() or None
-        claim_landing_home(backend, store.root, take_over)
+        # Here only checked, so that a read that fails leaves the warehouse as it was.
+        check_landing_home(backend, store.root, requested_take_over(os.environ))
         with exports_api.client(max_window=store.max_window(partition)) as client:
             store.check_source(client.api_host, client.lender_public_id)
             read = read_month(
