@@ -337,6 +337,10 @@ def validate_warehouse(env: Mapping[str, str]) -> tuple[str, str | None]:
     return backend, str(writable_folder("D23_DUCKLAKE_DATA_PATH", data_path).resolve())
 
 
+# S3's rule for a bucket's name (dots allowed, as in older buckets).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 @dataclass(frozen=True)
 class ObjectStore:
     """Where an ``s3://`` data path's bucket is served: AWS S3 (``endpoint`` None) or an
@@ -354,31 +358,39 @@ def object_store(data_path: str, env: Mapping[str, str]) -> ObjectStore:
     SDK's variables (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_REGION`` or
     ``AWS_DEFAULT_REGION``); a URL or endpoint this cannot use is a :class:`SettingsError`."""
     scheme, _, rest = data_path.partition("://")
-    if scheme.lower() != "s3":
+    if scheme != "s3":
+        # DuckDB takes only a lower-case s3:// for the bucket: S3://... would be a local folder,
+        # and the lake's catalog would keep that path for good.
         raise SettingsError(
-            "D23_DUCKLAKE_DATA_PATH must be a local folder or an s3:// URL, on AWS S3 or a store "
-            f"with its API such as MinIO (got a {scheme}:// URL)"
+            "D23_DUCKLAKE_DATA_PATH must be a local folder or an s3:// URL in lower case, on AWS "
+            f"S3 or a store with its API such as MinIO (got a {scheme}:// URL)"
+        )
+    if "@" in rest:  # not shown: what precedes the '@' may be a key
+        raise SettingsError(
+            "D23_DUCKLAKE_DATA_PATH holds an '@': give s3://<bucket>/<folder> alone, and the "
+            "keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
     bucket = rest.split("/", 1)[0]
-    if not bucket:
+    if not _BUCKET.fullmatch(bucket):
         raise SettingsError(
-            f"D23_DUCKLAKE_DATA_PATH {data_path!r} names no bucket: s3://<bucket>/<folder>"
+            f"D23_DUCKLAKE_DATA_PATH {data_path!r} names no S3 bucket (3 to 63 lower-case "
+            "letters, digits, '.' and '-'): s3://<bucket>/<folder>"
         )
-    region = (env.get("AWS_REGION", "") or env.get("AWS_DEFAULT_REGION", "")).strip() or None
+    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
     name = (
         "AWS_ENDPOINT_URL_S3" if env.get("AWS_ENDPOINT_URL_S3", "").strip() else "AWS_ENDPOINT_URL"
     )
     endpoint = env.get(name, "").strip()
     if not endpoint:
-        return ObjectStore(bucket, region=region)
-    url = urlsplit(endpoint)
-    if url.username is not None or url.password is not None:
-        # Not shown: what precedes the '@' may be a key.
+        return ObjectStore(bucket, region=region or None)
+    if "@" in endpoint:  # not shown, as above
         raise SettingsError(
-            f"{name} holds a user or key before '@': give the address alone, and the keys as "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            f"{name} holds an '@': give the store's address alone, http(s)://host[:port], and "
+            "the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
-    if url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/"):
+    url = urlsplit(endpoint)
+    shape = url.path.strip("/") or url.query or url.fragment
+    if url.scheme.lower() not in ("http", "https") or not url.hostname or shape:
         raise SettingsError(
             f"{name} must be the store's address, http(s)://host[:port] (got {endpoint!r})"
         )
@@ -386,10 +398,11 @@ def object_store(data_path: str, env: Mapping[str, str]) -> ObjectStore:
     try:
         port = url.port
     except ValueError:
-        raise SettingsError(f"{name} has a port that is not a number (got {endpoint!r})") from None
+        raise SettingsError(f"{name} has no valid port number (got {endpoint!r})") from None
     if port is not None:
         host = f"{host}:{port}"
-    return ObjectStore(bucket, endpoint=host, use_ssl=url.scheme == "https", region=region)
+    use_ssl = url.scheme.lower() == "https"
+    return ObjectStore(bucket, endpoint=host, use_ssl=use_ssl, region=region or None)
 
 
 # ASCII digits only: int() and float() would also take other scripts' digits and underscores

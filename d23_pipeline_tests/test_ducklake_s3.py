@@ -2,10 +2,12 @@
 bucket, another process on another folder reads the same rows, and a bucket or credentials the
 run cannot use fail it before it reads the API, naming the setting."""
 
+import http.server
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -131,12 +133,26 @@ LAKE = {"D23_WAREHOUSE": "ducklake", "D23_WAREHOUSE_DSN": "host=db dbname=d23"}
     ("path", "env", "message"),
     [
         ("gs://lake/d23", {}, "a local folder or an s3:// URL"),
-        ("s3:///d23", {}, "names no bucket"),
+        ("S3://lake/d23", {}, "s3:// URL in lower case"),
+        ("s3:///d23", {}, "names no S3 bucket"),
+        ("s3://Lake_1/d23", {}, "names no S3 bucket"),
         ("s3://lake/d23", {"AWS_ENDPOINT_URL": "minio:9000"}, "AWS_ENDPOINT_URL must be"),
         ("s3://lake/d23", {"AWS_ENDPOINT_URL": "http://minio/bucket"}, "http(s)://host[:port]"),
-        ("s3://lake/d23", {"AWS_ENDPOINT_URL_S3": "http://minio:x"}, "not a number"),
+        ("s3://lake/d23", {"AWS_ENDPOINT_URL": "http://minio?x=1"}, "http(s)://host[:port]"),
+        ("s3://lake/d23", {"AWS_ENDPOINT_URL_S3": "http://minio:x"}, "no valid port number"),
+        ("s3://lake/d23", {"AWS_ENDPOINT_URL_S3": "http://minio:70000"}, "no valid port number"),
     ],
-    ids=["another-scheme", "no-bucket", "no-scheme", "a-path", "a-bad-port"],
+    ids=[
+        "another-scheme",
+        "upper-case",
+        "no-bucket",
+        "not-a-bucket-name",
+        "no-scheme",
+        "a-path",
+        "a-query",
+        "a-bad-port",
+        "a-port-too-high",
+    ],
 )
 def test_an_object_storage_setting_the_lake_cannot_use_is_refused_naming_it(
     path: str, env: dict[str, str], message: str
@@ -145,11 +161,19 @@ def test_an_object_storage_setting_the_lake_cannot_use_is_refused_naming_it(
         load_options({**LAKE, "D23_DUCKLAKE_DATA_PATH": path, **env})
 
 
-def test_an_endpoint_holding_a_key_is_refused_without_showing_it() -> None:
-    endpoint = f"http://someone:{SECRET_KEY}@minio:9000"
-
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("s3://lake/d23", f"http://someone:{SECRET_KEY}@minio:9000"),
+        ("s3://lake/d23", f"someone:{SECRET_KEY}@minio:9000"),  # no scheme
+        ("s3://lake/d23", f"http:/someone:{SECRET_KEY}@minio"),  # one slash
+        (f"s3://someone:{SECRET_KEY}@lake/d23", ""),
+    ],
+    ids=["endpoint", "endpoint-without-scheme", "endpoint-one-slash", "data-path"],
+)
+def test_a_setting_holding_a_key_is_refused_without_showing_it(path: str, endpoint: str) -> None:
     with pytest.raises(SettingsError) as refused:
-        object_store("s3://lake/d23", {"AWS_ENDPOINT_URL": endpoint})
+        object_store(path, {"AWS_ENDPOINT_URL": endpoint})
 
     assert SECRET_KEY not in str(refused.value)
     assert "AWS_SECRET_ACCESS_KEY" in str(refused.value)
@@ -159,6 +183,7 @@ def test_the_s3_endpoint_is_the_one_the_aws_sdk_would_use() -> None:
     env = {
         "AWS_ENDPOINT_URL": "https://everything.example",
         "AWS_ENDPOINT_URL_S3": "http://10.0.0.5:9000/",
+        "AWS_REGION": " ",  # blank: the next variable's
         "AWS_DEFAULT_REGION": "eu-central-1",
     }
 
@@ -171,3 +196,38 @@ def test_the_s3_endpoint_is_the_one_the_aws_sdk_would_use() -> None:
         "eu-central-1",
     )
     assert object_store("s3://lake", {}).endpoint is None
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [(403, True), (503, False), (500, False), (429, False)],
+    ids=["refused", "unavailable", "server-error", "slow-down"],
+)
+def test_only_a_store_that_refuses_the_settings_is_a_settings_error(
+    postgres: PostgresServer,
+    s3: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    refused: bool,
+) -> None:
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer) as store:
+        threading.Thread(target=store.serve_forever, daemon=True).start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{store.server_port}")
+        lake = Lake.create(postgres, "s3://lake/d23")
+        with pytest.raises(WarehouseConnectionError) as raised:
+            DuckLakeWarehouse(lake.dsn, str(lake.data_path)).check_usable()
+        store.shutdown()
+
+    assert isinstance(raised.value, WarehouseSettingsError) is refused
+    assert f"HTTP {status}" in str(raised.value)

@@ -387,7 +387,9 @@ class DuckLakeWarehouse:
 
     def _open_storage(self, con: duckdb.DuckDBPyConnection, store: ObjectStore) -> None:
         """Give ``con`` the bucket's credentials and check it can list the data path."""
-        options: dict[str, Any] = {"scope": f"s3://{store.bucket}"}
+        # Refreshed by DuckDB when they expire: a role's or a pod's keys last about an hour,
+        # and a process reads a busy month and merges it on one session.
+        options: dict[str, Any] = {"scope": f"s3://{store.bucket}", "refresh": "auto"}
         if store.region:
             options["region"] = store.region
         if store.endpoint:
@@ -412,9 +414,10 @@ class DuckLakeWarehouse:
             execute(con, ducklake_sql.LIST_DATA_PATH, {"pattern": pattern})
         except duckdb.Error as exc:
             failure = str(exc).split("\n\nLINE ", 1)[0].strip()
-            # An answer of the store (no such bucket, a refused key) is the settings' to mend;
-            # no answer (the store is down or unreachable) may mend itself.
-            if isinstance(exc, duckdb.HTTPException):
+            # A refusal of the store (no such bucket, a refused key) is the settings' to mend;
+            # no answer, a 5xx or being told to slow down (429) may mend itself.
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int) and 400 <= status < 500 and status != 429:
                 error = WarehouseSettingsError
         if failure is not None:
             raise error(f"cannot list D23_DUCKLAKE_DATA_PATH ({self.data_path}): {failure}")

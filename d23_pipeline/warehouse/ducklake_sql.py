@@ -33,7 +33,8 @@ LIST_DATA_PATH = "SELECT count(*) FROM glob($pattern)"
 
 def create_storage_secret(options: Sequence[str]) -> str:
     """The temporary S3 secret of the lake's bucket; each of ``options`` (``scope``,
-    ``endpoint``, ``region``, ``url_style``, ``use_ssl``) is bound as the parameter of its name."""
+    ``refresh``, ``endpoint``, ``region``, ``url_style``, ``use_ssl``) is bound as the parameter
+    of its name."""
     settings = "".join(f", {option.upper()} ${option}" for option in options)
     return (
         f"CREATE TEMPORARY SECRET {STORAGE_SECRET} (TYPE s3, PROVIDER credential_chain{settings})"
