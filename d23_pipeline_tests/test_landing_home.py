@@ -117,3 +117,16 @@ def test_a_warehouse_made_before_the_landing_home_was_recorded_takes_its_first_r
 
     (home,) = pipeline.query("SELECT raw_dir FROM d23.landing_home")
     assert home == (str(_raw(pipeline)),)
+
+
+def test_a_data_folder_moved_with_its_embedded_warehouse_lands_on_and_is_the_home(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    pipeline.materialize(MONTH)
+    moved = Pipeline(pipeline.sim, pipeline.api_url, tmp_path / "bigger-disk" / "data")
+    shutil.move(pipeline.data_dir, moved.data_dir)
+
+    moved.materialize(MONTH)
+
+    (home,) = moved.query("SELECT raw_dir FROM d23.landing_home")
+    assert home == (str(_raw(moved)),)

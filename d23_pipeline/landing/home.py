@@ -62,10 +62,16 @@ def requested_take_over(env: Mapping[str, str]) -> str | None:
     return env.get(TAKE_OVER_VARIABLE, "").strip() or None
 
 
-def _is_home(home: tuple[Any, ...] | None, mine: str, raw_dir: Path) -> bool:
-    # The path too: a copy of the folder elsewhere (a restored backup, a cloned volume) keeps
-    # the id, and its unmerged snapshots part ways with the original's from its first run.
-    return home is not None and (home[0], home[1]) == (mine, str(raw_dir))
+def _is_home(
+    home: tuple[Any, ...] | None, mine: str, raw_dir: Path, warehouse: WarehouseBackend
+) -> bool:
+    # And its path, unless the warehouse moves with the folder (the embedded file in
+    # D23_DATA_DIR: a copy of it is a warehouse of its own). Otherwise a copy of the folder
+    # elsewhere (a restored backup, a cloned volume) keeps the id, and its unmerged snapshots
+    # part ways with the original's from its first run.
+    if home is None or home[0] != mine:
+        return False
+    return warehouse.holds(raw_dir) or home[1] == str(raw_dir)
 
 
 def _refusal(home: tuple[Any, ...], raw_dir: Path) -> LandingHomeError:
@@ -93,31 +99,31 @@ def check_landing_home(warehouse: WarehouseBackend, raw_dir: Path, take_over: st
             home = execute(con, sql.LANDING_HOME).fetchone()
     except duckdb.CatalogException:  # a warehouse made before the table: no home yet
         return
-    if home is not None and not _is_home(home, mine, raw_dir) and home[0] != take_over:
+    if home is not None and not _is_home(home, mine, raw_dir, warehouse) and home[0] != take_over:
         raise _refusal(home, raw_dir)
 
 
 def claim_landing_home(
-    con: duckdb.DuckDBPyConnection, raw_dir: Path, take_over: str | None
+    warehouse: WarehouseBackend,
+    con: duckdb.DuckDBPyConnection,
+    raw_dir: Path,
+    take_over: str | None,
 ) -> None:
-    """On a write session ``con``: record ``raw_dir`` as where the warehouse's runs land if no
-    run did yet, or if ``take_over`` names the recorded home's id; pass if it is the home;
-    otherwise raise :class:`LandingHomeError`."""
+    """On a write session ``con`` of ``warehouse``: record ``raw_dir`` as where its runs land
+    if no run did yet, or if ``take_over`` names the recorded home's id, or if the folder moved
+    with the warehouse; pass if it is the home; otherwise raise :class:`LandingHomeError`."""
     raw_dir, mine = raw_dir.resolve(), data_dir_id(raw_dir)
     execute(con, sql.CREATE_LANDING_HOME)
     home = execute(con, sql.LANDING_HOME).fetchone()
-    if _is_home(home, mine, raw_dir):
+    if home is not None and (home[0], home[1]) == (mine, str(raw_dir)):
         return
-    if home is not None and home[0] != take_over:
+    moved = _is_home(home, mine, raw_dir, warehouse)  # with the warehouse: recorded anew
+    if home is not None and not moved and home[0] != take_over:
         raise _refusal(home, raw_dir)
     with transaction(con):
         execute(con, sql.FORGET_LANDING_HOME)
-        execute(
-            con,
-            sql.CLAIM_LANDING_HOME,
-            {"data_dir_id": mine, "raw_dir": str(raw_dir), "host": socket.gethostname()},
-        )
-    if home is not None:
+        execute(con, sql.CLAIM_LANDING_HOME, _claim(mine, raw_dir))
+    if home is not None and not moved:
         log.warning(
             "took the landing over from %s on host %s (%s=%s): runs land in %s now",
             home[1],
@@ -126,3 +132,7 @@ def claim_landing_home(
             take_over,
             raw_dir,
         )
+
+
+def _claim(mine: str, raw_dir: Path) -> dict[str, str]:
+    return {"data_dir_id": mine, "raw_dir": str(raw_dir), "host": socket.gethostname()}

@@ -381,6 +381,10 @@ class DuckLakeWarehouse:
         """A lake is made by its first session; its catalog database exists before that."""
         return True
 
+    def holds(self, folder: Path) -> bool:
+        """Never: every host's folders share the lake."""
+        return False
+
     def _object_store(self) -> ObjectStore | None:
         """The data path's object store, or None for a folder on this machine."""
         return object_store(self.data_path, os.environ) if "://" in self.data_path else None

@@ -282,6 +282,10 @@ class Warehouse:
         """Whether the file was made."""
         return self.path.exists()
 
+    def holds(self, folder: Path) -> bool:
+        """Whether ``folder`` lies in the file's folder (the default: both in D23_DATA_DIR)."""
+        return folder.resolve().is_relative_to(self.path.resolve().parent)
+
     def _create(self) -> None:
         con = duckdb.connect(str(self.path), config=self._config)
         try:
@@ -302,6 +306,9 @@ class WarehouseBackend(Protocol):
 
     def exists(self) -> bool:
         """Whether the warehouse was made: reading one that was not would make it."""
+
+    def holds(self, folder: Path) -> bool:
+        """Whether ``folder`` lies in the warehouse's own folder, so a copy of one copies both."""
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,9 @@ def logs(
         )
     # What the read weighed, it weighed in this folder: only the reads of the warehouse's
     # landing folder may be merged (landing/home.py). The first merge records the folder.
-    with retried_only_when_it_can_help(context), warehouse.warehouse().connect() as con:
-        take_over = requested_take_over(os.environ)
-        retry_on_conflict(lambda: claim_landing_home(con, store.root, take_over))
+    backend, take_over = warehouse.warehouse(), requested_take_over(os.environ)
+    with retried_only_when_it_can_help(context), backend.connect() as con:
+        retry_on_conflict(lambda: claim_landing_home(backend, con, store.root, take_over))
 
     def merge(snapshot: "Snapshot") -> "MergeSummary":
         # DuckLake: a writer of another month that committed first makes this one run again.
