@@ -3,9 +3,10 @@
 A read weighs what other months' reads landed there and have not merged yet: the bad rows they
 served and the rows they proved gone (``landing/month.py``). A run landing in another folder, on
 another host of a shared DuckLake, cannot see those, and could mark a live row deleted or resume
-a read it should start over. So the first run to land records its folder in the warehouse
-(``d23.landing_home``), and a run from any other folder is refused before it reads the API,
-until an operator moves the home on purpose (``D23_TAKE_OVER_LANDING``).
+a read it should start over. So the first merge records its folder in the warehouse
+(``d23.landing_home``), and a run from any other folder is refused, a read before it reads the
+API and a merge before it merges, until an operator moves the home on purpose
+(``D23_TAKE_OVER_LANDING``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from d23_pipeline.warehouse.store import WarehouseBackend, execute, transaction
 
 log = logging.getLogger("d23_pipeline.landing")
 
-# In the raw snapshots' folder: a copy of the folder (or the disk moved elsewhere) stays itself.
+# In the raw snapshots' folder, so it goes where the folder goes: with the folder's path, it
+# tells the home from a copy of it (_is_home).
 ID_FILE = "landing_id.json"
 TAKE_OVER_VARIABLE = "D23_TAKE_OVER_LANDING"
 

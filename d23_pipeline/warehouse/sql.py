@@ -28,8 +28,8 @@ _LOGS_FIELD_COLUMNS = ",\n    ".join(
     f"{name:<18} {_SQL_TYPES[name]:<11} NOT NULL" for name in D23_FIELDS
 )
 
-# The folder (D23_DATA_DIR/raw) whose raw snapshots the runs of this warehouse land in and weigh
-# (landing/home.py): at most one row. Made by the first merge that records one, not with the
+# The folder ($D23_DATA_DIR/raw/d23) whose raw snapshots the runs of this warehouse land in and
+# weigh (landing/home.py): at most one row. Made by the first merge that records one, not with the
 # schema: a lake's read-only users (the analysts' loader) make the schema too, and cannot write.
 CREATE_LANDING_HOME = """
 CREATE TABLE IF NOT EXISTS d23.landing_home (
