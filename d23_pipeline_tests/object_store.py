@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from moto.server import ThreadedMotoServer
 from processes import free_port
 
 # moto takes any key; these only have to reach it, as a store's would.
@@ -32,6 +30,8 @@ class S3Server:
         }
 
     def client(self) -> Any:
+        import boto3  # here, not at collection: every test worker imports conftest
+
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
@@ -54,6 +54,8 @@ class S3Server:
 
 @contextlib.contextmanager
 def s3_server() -> Iterator[S3Server]:
+    from moto.server import ThreadedMotoServer
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -3,6 +3,8 @@ DuckLake) could not weigh what was landed there and not merged, so it is refused
 reads the API, until an operator moves the landing on purpose."""
 
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,19 @@ def test_a_data_folder_moved_with_its_embedded_warehouse_lands_on_and_is_the_hom
 
     (home,) = moved.query("SELECT raw_dir FROM d23.landing_home")
     assert home == (str(_raw(moved)),)
+
+
+def test_runs_starting_at_once_in_a_new_folder_agree_on_its_id(tmp_path: Path) -> None:
+    # A backfill's first runs all make the id at once: the first to link its file wins.
+    raw = tmp_path / "data" / "raw" / "d23"
+    start = threading.Barrier(8)
+
+    def made() -> str:
+        start.wait()
+        return data_dir_id(raw)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda _: made(), range(8)))
+
+    assert len(ids) == 1
+    assert sorted(p.name for p in raw.iterdir()) == [ID_FILE]

@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+from d23_pipeline.landing.snapshot import unwritable_raw_folder
 from d23_pipeline.settings import SettingsError
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import WarehouseBackend, execute, transaction
@@ -49,11 +50,8 @@ def data_dir_id(raw_dir: Path) -> str:
             path.hardlink_to(made)
         except FileExistsError:
             pass
-        except OSError as exc:  # no retry of the run mends it
-            raise SettingsError(
-                f"cannot write in the raw snapshots' folder {raw_dir} ({exc.strerror}): set "
-                "D23_DATA_DIR (or landing_zone's raw_dir) to a folder this user can write"
-            ) from None
+        except OSError as exc:
+            raise unwritable_raw_folder(raw_dir, exc) from None
         finally:
             made.unlink(missing_ok=True)
     return str(json.loads(path.read_text())["id"])

@@ -554,6 +554,14 @@ def _proved_gone_since(snapshot: Snapshot, since: datetime) -> bool:
     return snapshot.completed_at >= since and path.is_file() and pq.read_metadata(path).num_rows > 0
 
 
+def unwritable_raw_folder(folder: Path, exc: OSError) -> SettingsError:
+    """The error of a raw snapshots' folder this user cannot make or write: no retry mends it."""
+    return SettingsError(
+        f"cannot make the raw snapshots' folder {folder} ({exc.strerror}): set D23_DATA_DIR "
+        "(or landing_zone's raw_dir) to a folder this user can write"
+    )
+
+
 class SnapshotStore:
     """Raw D23 snapshots of every month under one root folder."""
 
@@ -571,11 +579,8 @@ class SnapshotStore:
         month_dir = self._month_dir(partition)
         try:
             month_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # no retry of the run mends it
-            raise SettingsError(
-                f"cannot make the raw snapshots' folder {month_dir} ({exc.strerror}): set "
-                "D23_DATA_DIR (or landing_zone's raw_dir) to a folder this user can write"
-            ) from None
+        except OSError as exc:
+            raise unwritable_raw_folder(month_dir, exc) from None
         lock = FileLock(str(month_dir / ".reading.lock"))
         try:
             lock.acquire(timeout=0)

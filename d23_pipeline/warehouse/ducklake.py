@@ -391,8 +391,9 @@ class DuckLakeWarehouse:
 
     def _open_storage(self, con: duckdb.DuckDBPyConnection, store: ObjectStore) -> None:
         """Give ``con`` the bucket's credentials and check it can list the data path."""
-        # Refreshed by DuckDB when they expire: a role's or a pod's keys last about an hour,
-        # and a process reads a busy month and merges it on one session.
+        # REFRESH auto: DuckDB fetches the keys again once they expire (its documentation; not
+        # run here). A role's or a pod's keys last about an hour, and a process reads a busy
+        # month and merges it on one session.
         options: dict[str, Any] = {"scope": f"s3://{store.bucket}", "refresh": "auto"}
         if store.region:
             options["region"] = store.region
