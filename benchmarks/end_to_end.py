@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -162,15 +162,24 @@ def materialize(
     module: str = "d23_pipeline.definitions",
     check: Callable[[Path], None] | None = None,
     times: int = 1,
+    lake_catalog: Callable[[], str] | None = None,
 ) -> Run:
     """Run ``dagster asset materialize`` ``times`` times with one fresh data dir and Dagster
     home and measure the last (with 2: a month read again, as the daily refresh does);
-    ``check(data_dir)``, if given, runs on the data dir before it is removed."""
+    ``check(data_dir)``, if given, runs on the data dir before it is removed. With
+    ``lake_catalog`` (a new catalog database's DSN each call), into a fresh DuckLake whose data
+    path is in the data dir, instead of the embedded DuckDB file."""
     scratch = Path(tempfile.mkdtemp(prefix="d23-bench-e2e-"))
     home = dagster_home(scratch / "dagster_home")
     partition = PARTITION if module == "d23_pipeline.definitions" else None
     args = materialize_args(module, "*", partition)
     env = cli_env(api_url, scratch / "data", home)
+    if lake_catalog is not None:
+        env.update(
+            D23_WAREHOUSE="ducklake",
+            D23_WAREHOUSE_DSN=lake_catalog(),
+            D23_DUCKLAKE_DATA_PATH=str(scratch / "data" / "lake"),
+        )
     try:
         for _ in range(times - 1):
             measured_run(rows, args, env)
@@ -339,11 +348,41 @@ def bench(
     big_runs: int = 1,
     dlt_runs: int = 0,
     reread: bool = False,
+    ducklake: bool = False,
 ) -> dict[str, Any]:
     """Every size in ``sizes`` ``runs`` times (``big`` sizes ``big_runs`` times), each against
     its own simulator; the trivial project and the import cost ``runs`` times; dlt ``dlt_runs``
     times on the same server as the smallest non-empty size; with ``reread``, each non-empty
-    size also read again into the warehouse its first read filled."""
+    size also read again into the warehouse its first read filled. With ``ducklake``, every
+    month into a fresh DuckLake whose catalog is on a throwaway PostgreSQL cluster."""
+    with contextlib.ExitStack() as stack:
+        catalog = stack.enter_context(_lake_catalogs()) if ducklake else None
+        out = _bench(sizes, runs, big, big_runs, dlt_runs, reread, catalog)
+    out["warehouse"] = "ducklake" if ducklake else "duckdb"
+    return out
+
+
+@contextlib.contextmanager
+def _lake_catalogs() -> Iterator[Callable[[], str]]:
+    """New DuckLake catalog databases on a PostgreSQL cluster of the tests' kind (started here,
+    deleted after; it needs the server binaries: ``make postgres-server``). Its CPU is not the
+    run's: the catalog's queries run in the server's processes."""
+    sys.path.insert(0, str(REPO / "d23_pipeline_tests"))
+    from postgres import postgres_cluster  # the tests' helper; psycopg2, no heavy imports
+
+    with postgres_cluster() as server:
+        yield server.new_database
+
+
+def _bench(
+    sizes: Sequence[int],
+    runs: int,
+    big: Sequence[int],
+    big_runs: int,
+    dlt_runs: int,
+    reread: bool,
+    lake_catalog: Callable[[], str] | None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": {}, "dlt": [], "rereads": {}}
     out["trivial"] = [
         asdict(materialize(0, "http://127.0.0.1:9", "benchmarks.trivial_definitions"))
@@ -358,13 +397,14 @@ def bench(
             for run in range(max(repeats, dlt_runs if rows == dlt_rows else 0)):
                 # Interleaved with dlt, so a burst of load on the shared machine hits both.
                 if run < repeats:
-                    measured.append(asdict(materialize(rows, url)))
+                    measured.append(asdict(materialize(rows, url, lake_catalog=lake_catalog)))
                 if rows == dlt_rows and run < dlt_runs:
                     out["dlt"].append(asdict(dlt_run(rows, url)))
             out["runs"][str(rows)] = measured
             if reread and rows:
                 out["rereads"][str(rows)] = [
-                    asdict(materialize(rows, url, times=2)) for _ in range(repeats)
+                    asdict(materialize(rows, url, times=2, lake_catalog=lake_catalog))
+                    for _ in range(repeats)
                 ]
     out["measuring_process_peak_mb"] = _own_peak_mb()
     return out
@@ -432,6 +472,17 @@ def _measured_months(result: dict[str, Any]) -> list[tuple[str, int, list[dict[s
     return first + again
 
 
+def _warehouse_line(result: dict[str, Any]) -> list[str]:
+    if result.get("warehouse") != "ducklake":
+        return []
+    return [
+        "",
+        "**Into a DuckLake**: each run a fresh catalog database on a throwaway PostgreSQL "
+        "cluster on 127.0.0.1 and its data path in the run's D23_DATA_DIR. The catalog's "
+        "queries run in PostgreSQL's processes: their CPU is not in these figures.",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> list[str]:
     """The benchmark's tables."""
     runs = result["runs"]
@@ -443,6 +494,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         "One process per run, fresh D23_DATA_DIR and DAGSTER_HOME, the simulator in its own "
         "process on 127.0.0.1, `D23_PAGE_LIMIT` 500, `D23_MAX_CONCURRENCY` 4. Median (min-max).",
+        *_warehouse_line(result),
         "",
         "| month | peak RSS (MB) | wall (s) | CPU user+sys (s) | CPU per row, net of the empty "
         "month |",
@@ -513,13 +565,24 @@ def main() -> None:
     parser.add_argument(
         "--reread", action="store_true", help="also read each month again (the daily refresh)"
     )
+    parser.add_argument(
+        "--ducklake",
+        action="store_true",
+        help="into a fresh DuckLake (catalog on a throwaway PostgreSQL) instead of the DuckDB file",
+    )
     parser.add_argument("--dlt-child", nargs=2, metavar=("URL", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dlt_child:
         _dlt_child(args.dlt_child[0], int(args.dlt_child[1]))
         return
     result = bench(
-        args.rows, args.runs, args.big_rows, args.big_runs, args.dlt_runs, reread=args.reread
+        args.rows,
+        args.runs,
+        args.big_rows,
+        args.big_runs,
+        args.dlt_runs,
+        reread=args.reread,
+        ducklake=args.ducklake,
     )
     with contextlib.suppress(BrokenPipeError):
         print(json.dumps(result) if args.json else "\n".join(markdown(result)), flush=True)

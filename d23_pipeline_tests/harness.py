@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,16 +54,7 @@ class Lake:
 
     @classmethod
     def create(cls, server: PostgresServer, data_path: Path | str) -> Lake:
-        database = f"lake_{uuid.uuid4().hex[:12]}"
-        with contextlib.closing(server.connect("postgres")) as conn:
-            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-            with conn.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE {database}")
-        dsn = (
-            f"host={server.host} port={server.port} user={server.user} "
-            f"password={server.password} dbname={database}"
-        )
-        return cls(dsn=dsn, data_path=data_path)
+        return cls(dsn=server.new_database(), data_path=data_path)
 
     def env(self) -> dict[str, str]:
         """The settings that point the pipeline at this lake."""

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,19 @@ class PostgresServer:
             "DAGSTER_PG_USERNAME": self.user,
             "DAGSTER_PG_PASSWORD": self.password,
         }
+
+    def new_database(self) -> str:
+        """A fresh, empty database of its own on this cluster (a DuckLake's catalog); its libpq
+        connection string."""
+        database = f"lake_{uuid.uuid4().hex[:12]}"
+        with contextlib.closing(self.connect("postgres")) as conn:
+            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+            with conn.cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE {database}")
+        return (
+            f"host={self.host} port={self.port} user={self.user} "
+            f"password={self.password} dbname={database}"
+        )
 
     def connect(self, database: str | None = None) -> psycopg2.extensions.connection:
         """A new connection over TCP with the password, as Dagster connects."""

@@ -188,9 +188,10 @@ class WarehouseResource(dg.ConfigurableResource):
     memory_limit: str = Field(
         default=DEFAULT_MEMORY_LIMIT,
         description=(
-            "DuckDB's memory_limit for every connection to the embedded file; beyond it DuckDB "
-            "spills to warehouse.duckdb.tmp beside the file, and a merge that still runs out of "
-            "memory runs again within twice the limit, then without one"
+            "DuckDB's memory_limit for every session, on the embedded file or a DuckLake on a "
+            "folder; beyond it DuckDB spills under D23_DATA_DIR (warehouse.duckdb.tmp, "
+            "ducklake.tmp), and a merge that still runs out of memory runs again within twice "
+            "the limit, then without one"
         ),
     )
 

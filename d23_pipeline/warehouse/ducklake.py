@@ -43,9 +43,14 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from d23_pipeline.settings import LOCK_TIMEOUT_S, ObjectStore, object_store
+from d23_pipeline.settings import DEFAULT_MEMORY_LIMIT, LOCK_TIMEOUT_S, ObjectStore, object_store
 from d23_pipeline.warehouse import ducklake_sql, sql
-from d23_pipeline.warehouse.store import WarehouseBusyError, check_schema, execute
+from d23_pipeline.warehouse.store import (
+    DUCKDB_THREADS,
+    WarehouseBusyError,
+    check_schema,
+    execute,
+)
 
 log = logging.getLogger("d23_pipeline.warehouse")
 
@@ -257,17 +262,36 @@ def _interruptible(session: Any, query: Callable[[], object]) -> None:
 
 
 class DuckLakeWarehouse:
-    """DuckLake with its catalog in the PostgreSQL database ``dsn`` and data under ``data_path``."""
+    """DuckLake with its catalog in the PostgreSQL database ``dsn`` and data under ``data_path``.
 
-    def __init__(self, dsn: str, data_path: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+    Its sessions run within DuckDB's ``memory_limit`` on one thread, as the embedded file's do,
+    spilling to ``temp_directory`` (DuckDB's default when None).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        data_path: str,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
+        memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
+        temp_directory: Path | None = None,
+    ) -> None:
         self._dsn = dsn
         self._split = split_password(dsn)
         self._database = _database_of(self._split[0]) if self._split else ""
         self.data_path = data_path
         self.lock_timeout_s = lock_timeout_s
+        self.memory_limit = memory_limit
+        self.temp_directory = temp_directory
 
     def __repr__(self) -> str:  # the DSN holds a password
         return f"DuckLakeWarehouse(dsn=***, data_path={self.data_path!r})"
+
+    def with_memory_limit(self, memory_limit: str | None) -> DuckLakeWarehouse:
+        """The same lake, with another DuckDB memory limit (None: DuckDB's own)."""
+        return DuckLakeWarehouse(
+            self._dsn, self.data_path, self.lock_timeout_s, memory_limit, self.temp_directory
+        )
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -276,6 +300,10 @@ class DuckLakeWarehouse:
         with contextlib.nullcontext() if read_only else self._writer_turn():
             con = self._lake().cursor()
             try:
+                if self.memory_limit is None:
+                    con.execute(ducklake_sql.RESET_MEMORY_LIMIT)
+                else:
+                    execute(con, ducklake_sql.SET_MEMORY_LIMIT, {"limit": self.memory_limit})
                 con.execute(ducklake_sql.USE_CATALOG)
                 con.execute(sql.SESSION_SETUP)
                 yield con
@@ -351,9 +379,17 @@ class DuckLakeWarehouse:
             lake = _LAKES.get(key)
             if lake is not None:
                 return lake
-            lake = duckdb.connect(
-                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-            )
+            config: dict[str, str | bool | int | float | list[str]] = {
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                # Its memory, as the file's: what DuckDB does not track grows with its threads.
+                "threads": DUCKDB_THREADS,
+            }
+            if self.temp_directory is not None:
+                # DuckDB makes the folder itself, but not its parents (a new D23_DATA_DIR).
+                self.temp_directory.parent.mkdir(parents=True, exist_ok=True)
+                config["temp_directory"] = str(self.temp_directory)
+            lake = duckdb.connect(config=config)
             try:
                 store = self._object_store()
                 for name in (*STORAGE_EXTENSIONS, *EXTENSIONS) if store else EXTENSIONS:

@@ -12,6 +12,10 @@ from pathlib import Path
 # The catalog's name in the session; ``USE`` makes ``d23.logs`` resolve to it.
 CATALOG = "d23_lake"
 USE_CATALOG = f"USE {CATALOG}"
+# A process's lake is one DuckDB instance, whose memory limit is global: each session sets the
+# limit of the warehouse it was opened for (store.merge_within_memory_limit raises it).
+SET_MEMORY_LIMIT = "SET memory_limit = $limit"
+RESET_MEMORY_LIMIT = "RESET memory_limit"
 
 # The catalog's password, in this process's in-memory DuckDB only (TEMPORARY: never written to
 # disk). duckdb_secrets() shows it as "redacted"; DuckDB's postgres driver passes it to libpq

@@ -310,6 +310,13 @@ class WarehouseBackend(Protocol):
     def holds(self, folder: Path) -> bool:
         """Whether ``folder`` lies in the warehouse's own folder, so a copy of one copies both."""
 
+    @property
+    def memory_limit(self) -> str | None:
+        """DuckDB's memory limit of its sessions (None: DuckDB's own)."""
+
+    def with_memory_limit(self, memory_limit: str | None) -> WarehouseBackend:
+        """The same warehouse, its sessions within another memory limit."""
+
 
 @dataclass(frozen=True)
 class MergeSummary:
@@ -591,7 +598,7 @@ def merge_within_memory_limit(
                 confirm_deletions=confirm_deletions,
             )
 
-    if not isinstance(warehouse, Warehouse) or warehouse.memory_limit is None:
+    if warehouse.memory_limit is None:
         return merge(warehouse)
     bounded = [warehouse.memory_limit]
     if doubled := _doubled(warehouse.memory_limit):
