@@ -70,11 +70,19 @@ def test_each_outcome_bar_is_labelled_with_its_attempts_and_share_of_all() -> No
     bars = _bars(charts.bar_chart(["PTP", "RPC", "NO_ANSWER"], [50, 30, 20], "t"))
 
     assert [(code, label) for code, _, label in bars] == [
-        ("PTP", f"{NBSP}50 (50%)"),
-        ("RPC", f"{NBSP}30 (30%)"),
-        ("NO_ANSWER", f"{NBSP}20 (20%)"),
+        ("PTP", f"{NBSP}50 (50.0%)"),
+        ("RPC", f"{NBSP}30 (30.0%)"),
+        ("NO_ANSWER", f"{NBSP}20 (20.0%)"),
     ]
     assert _shares([width for _, width, _ in bars], 100) == [50, 30, 20]
+
+
+def test_a_bars_share_on_an_exact_tie_reads_as_on_the_dashboard() -> None:
+    # 71.25 % and 28.75 %: rounded half up, as the tiles and hovers; was "71%" and "29%" (and
+    # 1 of 8 read "12%", Python's half-to-even).
+    bars = _bars(charts.bar_chart(["PTP", "RPC"], [57, 23], "t"))
+
+    assert [label for _, _, label in bars] == [f"{NBSP}57 (71.3%)", f"{NBSP}23 (28.8%)"]
 
 
 def test_a_month_of_many_codes_draws_the_largest_and_one_bar_for_the_rest() -> None:
@@ -91,7 +99,7 @@ def test_codes_cut_to_the_same_label_keep_a_bar_each() -> None:
     codes = ["CALLBACK_" + "X" * 50 + "_A", "CALLBACK_" + "X" * 50 + "_B"]
     bars = _bars(charts.bar_chart(codes, [50, 40], "t"))
 
-    assert [label for _, _, label in bars] == [f"{NBSP}50 (56%)", f"{NBSP}40 (44%)"]
+    assert [label for _, _, label in bars] == [f"{NBSP}50 (55.6%)", f"{NBSP}40 (44.4%)"]
     assert _shares([width for _, width, _ in bars], 90) == [50, 40]
 
 

@@ -253,8 +253,8 @@ def test_a_maturing_months_broken_promise_share_is_not_compared_and_a_partial_mo
     trend = dashboard.kpi_trend_chart(data.kpis, partial)
     lines = {t["name"]: t["y"] for t in trend["data"]}
     assert lines["Broken-promise share"][3] is None  # May's share: days, not weeks, to break
-    assert lines["Broken-promise share"][2] == april[share] * 100
-    assert lines["Contact rate"][3] == may["contact_rate"] * 100
+    assert lines["Broken-promise share"][2] == float(shown_percent(april[share]))
+    assert lines["Contact rate"][3] == float(shown_percent(may["contact_rate"]))
     contact = next(t for t in trend["data"] if t["name"] == "Contact rate")
     assert contact["customdata"][3] == [may["contacts"], may["attempts"]]
     assert "(%{customdata[0]:,} of %{customdata[1]:,} attempts)" in contact["hovertemplate"]
@@ -808,5 +808,9 @@ def test_a_rate_on_an_exact_tie_reads_the_same_on_its_tile_as_in_its_hover() -> 
     # Plotly's ".1f" hovers round an exact tie up (JavaScript's toFixed); so do tiles and deltas.
     assert dashboard.percent(1 / 16) == "6.3%"  # 6.25 %: Python's own rounding gave 6.2
     assert dashboard.percent(3 / 16) == "18.8%" and dashboard.percent(0.352) == "35.2%"
+    # 28.75 % and 51.25 % exactly, though 0.2875 * 100 is 28.749999999999996: read 28.7 and 51.2.
+    assert dashboard.percent(23 / 80) == "28.8%" and dashboard.percent(41 / 80) == "51.3%"
+    # What a hover formats with ".1f" (the trends' points, the mix's bars, the heatmap's cells).
+    assert dashboard._pct(23 / 80) == 28.8 and f"{dashboard._pct(41 / 80):.1f}" == "51.3"
     assert dashboard._points(1 / 16, 0.06) == "+0.3 pp"
     assert dashboard._points(0.06, 1 / 16) == "-0.3 pp" and dashboard._points(0.5, 0.5) == "+0.0 pp"

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
+from d23_pipeline.kpis import shown_percent
+
 if TYPE_CHECKING:
     from pygal.graph.graph import Graph
 
@@ -87,7 +89,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str) -> str
             show_legend=False,
             print_values=True,
             print_values_position="top",
-            formatter=lambda v: f"\N{NO-BREAK SPACE}{v:,} ({v / total:.0%})",
+            formatter=lambda v: f"\N{NO-BREAK SPACE}{v:,} ({shown_percent(v / total)}%)",
             x_title="attempts",
             margin_right=90,  # room for the longest bar's label
             # Each bar's label starts at its end rather than straddling it.

@@ -106,9 +106,9 @@ class DashboardData:
     def problem_count(self) -> int:
         """The open data-quality problems the page lists: unverified slices, each month's
         reasons for rejects, unmapped codes, months counted with another mapping, months
-        whose outcome mix lags d23.logs or whose KPIs lag their outcome mix, months with
-        deletions not applied, and months without KPIs (those whose outcome mix the KPIs lag
-        are counted once)."""
+        whose outcome mix lags d23.logs or whose KPIs lag their outcome mix, each month's
+        reasons for deletions not applied, and months without KPIs (those whose outcome mix
+        the KPIs lag are counted once)."""
         return (
             len(self.unverified_slices)
             + len(self.rejected)
@@ -392,7 +392,8 @@ def _chart_month(month: date, partial: Collection[date]) -> str:
 
 
 def _pct(rate: float | None) -> float | None:
-    return None if rate is None else rate * 100
+    """``rate`` in percent as the page shows it: a hover's ``.1f`` of it is the tile's digit."""
+    return None if rate is None else float(shown_percent(rate))
 
 
 def _local(moment: datetime | None, timezone: str) -> str:
@@ -654,7 +655,7 @@ def outcome_mix_chart(
             {
                 "type": "bar",
                 "x": [_chart_month(r["month"], partial) for r in rows],
-                "y": [r["share"] * 100 for r in rows],
+                "y": [_pct(r["share"]) for r in rows],
                 "customdata": [r["attempts"] for r in rows],
                 "name": f"{code} ({outcome_class})",
                 "legendgroup": outcome_class,
@@ -699,7 +700,7 @@ def weekday_hour_matrix(
     matrix: list[list[float | None]] = [[None] * 24 for _ in WEEKDAYS]
     for r in rows:
         if r["attempts"]:
-            matrix[r["weekday"] - 1][r["hour"]] = r[numerator] / r["attempts"] * 100
+            matrix[r["weekday"] - 1][r["hour"]] = _pct(r[numerator] / r["attempts"])
     return matrix
 
 
