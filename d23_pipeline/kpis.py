@@ -66,5 +66,6 @@ def shown_percent(rate: float) -> Decimal:
     its charts' hovers (plotly's ``.1f``, JavaScript's ``toFixed``: an exact tie rounds up) and
     the assets' metadata. Python's own rounding sends a tie to the even digit: 1 of 16 read
     6.2 % on a tile and 6.3 % in the hover beside it. From the float's shortest decimal, not its
-    binary value: 23 of 80 is 28.75 % exactly, but ``0.2875 * 100`` is 28.749999999999996."""
-    return (Decimal(repr(rate)) * 100).quantize(Decimal("0.1"), ROUND_HALF_UP)
+    binary value: 23 of 80 is 28.75 % exactly, but ``0.2875 * 100`` is 28.749999999999996.
+    (``float`` first: numpy's and Decimal's reprs name their type.)"""
+    return (Decimal(repr(float(rate))) * 100).quantize(Decimal("0.1"), ROUND_HALF_UP)

@@ -11,11 +11,13 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
@@ -812,5 +814,7 @@ def test_a_rate_on_an_exact_tie_reads_the_same_on_its_tile_as_in_its_hover() -> 
     assert dashboard.percent(23 / 80) == "28.8%" and dashboard.percent(41 / 80) == "51.3%"
     # What a hover formats with ".1f" (the trends' points, the mix's bars, the heatmap's cells).
     assert dashboard._pct(23 / 80) == 28.8 and f"{dashboard._pct(41 / 80):.1f}" == "51.3"
+    # A rate that comes as numpy's or Decimal's (whose reprs name their type) rounds the same.
+    assert shown_percent(np.float64(23 / 80)) == shown_percent(Decimal("0.2875")) == Decimal("28.8")
     assert dashboard._points(1 / 16, 0.06) == "+0.3 pp"
     assert dashboard._points(0.06, 1 / 16) == "-0.3 pp" and dashboard._points(0.5, 0.5) == "+0.0 pp"
