@@ -355,8 +355,7 @@ def bench(
     times on the same server as the smallest non-empty size; with ``reread``, each non-empty
     size also read again into the warehouse its first read filled. With ``ducklake``, every
     month into a fresh DuckLake whose catalog is on a throwaway PostgreSQL cluster."""
-    with contextlib.ExitStack() as stack:
-        catalog = stack.enter_context(_lake_catalogs()) if ducklake else None
+    with _lake_catalogs() if ducklake else contextlib.nullcontext() as catalog:
         out = _bench(sizes, runs, big, big_runs, dlt_runs, reread, catalog)
     out["warehouse"] = "ducklake" if ducklake else "duckdb"
     return out

@@ -32,9 +32,7 @@ def open_warehouse(
         dsn,
         ducklake_data_path,
         lock_timeout_s=lock_timeout_s,
-        # Not on object storage: DuckDB's httpfs reads a bucket's Parquet in blocks larger than
-        # the default limit (an outcome step failed allocating 76.5 MiB within 48 MB).
-        memory_limit=None if "://" in ducklake_data_path else memory_limit,
+        memory_limit=memory_limit,
         # On this machine whatever the data path: where DuckDB spills a session's work.
         temp_directory=database.with_name("ducklake.tmp"),
     )

@@ -265,7 +265,8 @@ class DuckLakeWarehouse:
     """DuckLake with its catalog in the PostgreSQL database ``dsn`` and data under ``data_path``.
 
     Its sessions run within DuckDB's ``memory_limit`` on one thread, as the embedded file's do,
-    spilling to ``temp_directory`` (DuckDB's default when None).
+    spilling to ``temp_directory`` (DuckDB's default when None); on object storage, within
+    DuckDB's own limit.
     """
 
     def __init__(
@@ -281,7 +282,9 @@ class DuckLakeWarehouse:
         self._database = _database_of(self._split[0]) if self._split else ""
         self.data_path = data_path
         self.lock_timeout_s = lock_timeout_s
-        self.memory_limit = memory_limit
+        # DuckDB's httpfs reads a bucket's Parquet in blocks larger than the default limit (an
+        # outcome step failed allocating 76.5 MiB within 48 MB).
+        self.memory_limit = None if self._on_object_storage else memory_limit
         self.temp_directory = temp_directory
 
     def __repr__(self) -> str:  # the DSN holds a password
@@ -421,9 +424,13 @@ class DuckLakeWarehouse:
         """Never: every host's folders share the lake."""
         return False
 
+    @property
+    def _on_object_storage(self) -> bool:
+        return "://" in self.data_path
+
     def _object_store(self) -> ObjectStore | None:
         """The data path's object store, or None for a folder on this machine."""
-        return object_store(self.data_path, os.environ) if "://" in self.data_path else None
+        return object_store(self.data_path, os.environ) if self._on_object_storage else None
 
     def _open_storage(self, con: duckdb.DuckDBPyConnection, store: ObjectStore) -> None:
         """Give ``con`` the bucket's credentials and check it can list the data path."""
