@@ -47,9 +47,14 @@ outcome_assets = dg.map_asset_specs(
     lambda spec: spec.replace_attributes(code_version=_mapping_version),
     [outcome_mix_monthly, outcome_kpis_monthly, outcome_mix_daily],
 )
+# The warehouse's tables show the store a setting chose (D23_WAREHOUSE: "duckdb" or "ducklake",
+# each a kind the UI has an icon for), not the one the assets are declared with.
+warehouse_assets = dg.map_asset_specs(
+    lambda spec: spec.replace_attributes(kinds={options.warehouse}), [logs, *outcome_assets]
+)
 
 defs = dg.Definitions(
-    assets=[raw_logs, logs, *outcome_assets, outcome_dashboard],
+    assets=[raw_logs, *warehouse_assets, outcome_dashboard],
     jobs=[d23_pipeline_job, d23_dashboard_job],
     # One process per run, steps in it one after another (they depend on each other anyway): a
     # subprocess per step costs seconds of imports while holding its pool slot.

@@ -1,6 +1,7 @@
 """DuckLake on a PostgreSQL catalog (D23_WAREHOUSE=ducklake): its settings, its secret, and two
 writers of different months taking turns while a reader reads, without a lock file."""
 
+import ast
 import contextlib
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ import duckdb
 import pytest
 from harness import Lake
 from postgres import PostgresServer
-from processes import clean_env
+from processes import clean_env, run_python
 from psycopg2.extensions import parse_dsn
 from test_warehouse_merge import Months, row
 
@@ -93,6 +94,31 @@ def test_ducklake_settings_keep_the_dsn_out_of_the_options(tmp_path: Path) -> No
     assert (options.warehouse, options.ducklake_data_path) == ("ducklake", str(tmp_path / "lake"))
     assert "s3cret" not in repr(options)
     assert load_options({}).warehouse == "duckdb"
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb", "ducklake"])
+def test_the_warehouse_tables_show_the_store_the_setting_chose(
+    tmp_path: Path, warehouse: str
+) -> None:
+    # The UI's kind icon: a lake's tables are not in a DuckDB file.
+    lake = {"D23_WAREHOUSE_DSN": "dbname=d23", "D23_DUCKLAKE_DATA_PATH": str(tmp_path / "lake")}
+    probe = (
+        "from d23_pipeline.definitions import defs; graph = defs.resolve_asset_graph(); "
+        "print({'/'.join(k.path): sorted(graph.get(k).kinds) for k in graph.get_all_asset_keys()})"
+    )
+    env = clean_env(D23_DATA_DIR=str(tmp_path / "data"), D23_WAREHOUSE=warehouse)
+
+    loaded = run_python(["-c", probe], env | (lake if warehouse == "ducklake" else {}))
+
+    assert loaded.returncode == 0, loaded.stderr
+    assert ast.literal_eval(loaded.stdout.strip().splitlines()[-1]) == {
+        "d23/raw_logs": ["parquet", "python"],
+        "d23/logs": [warehouse],
+        "d23/outcome_mix_monthly": [warehouse],
+        "d23/outcome_kpis_monthly": [warehouse],
+        "d23/outcome_mix_daily": [warehouse],
+        "d23/outcome_dashboard": ["html"],
+    }
 
 
 @pytest.mark.parametrize(
