@@ -217,7 +217,7 @@ def measured_run(rows: int, args: list[str], env: dict[str, str], cwd: Path = RE
     def read_log() -> None:
         assert process.stderr is not None
         for line in process.stderr:
-            log_tail[:] = [*log_tail[-30:], line.rstrip()]
+            log_tail[:] = [*log_tail[-200:], line.rstrip()]
             if match := _STEP_EVENT.search(line):
                 cpu = _cpu_s(process.pid)
                 events.append((time.monotonic(), match[1], match[2], cpu or 0.0))

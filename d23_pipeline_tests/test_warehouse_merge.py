@@ -778,6 +778,21 @@ def test_duckdb_memory_is_bounded_to_one_thread_and_spills_under_the_data_dir(
 
 
 @pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
+def test_a_session_without_a_limit_is_not_held_to_the_last_limit_set(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    # The out-of-memory ladder's last step. A lake's sessions share one DuckDB instance, whose
+    # RESET memory_limit left its buffer pool within the limit set before.
+    warehouse = _bounded(tmp_path, request, backend, "48MB")
+    needs_more = "SELECT len(list(range)) FROM range(10_000_000)"  # 80 MB that cannot spill
+    with warehouse.connect() as con, pytest.raises(duckdb.OutOfMemoryException):
+        con.execute(needs_more)
+
+    with warehouse.with_memory_limit(None).connect() as con:
+        assert con.execute(needs_more).fetchone() == (10_000_000,)
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
 def test_a_month_larger_than_the_memory_limit_merges_by_spilling(
     tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:
@@ -794,6 +809,60 @@ def test_a_month_larger_than_the_memory_limit_merges_by_spilling(
     assert (first.snapshot_rows, first.inserted) == (400_000, 400_000)
     assert outcomes == {"PTP": 350_000, "RPC": 50_000}  # the later update won every duplicate
     assert (again.inserted, again.updated) == (0, 0)
+
+
+def test_a_lakes_month_is_written_in_small_files_and_read_again_in_parts(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What bounds DuckLake's memory outside DuckDB's limit on a read again: a few rows per
+    # data file and per UPDATE (ducklake_sql.SET_TARGET_FILE_SIZE).
+    warehouse = _bounded(tmp_path, request, "ducklake", "48MB")
+    monkeypatch.setattr(DuckLakeWarehouse, "merge_part_rows", 50_000)
+    months = Months(tmp_path, warehouse)
+    first, again = months.snapshot([]), months.snapshot([])
+    _write_rows(first.row_files[0], range(200_000), "2026-04-02T00:00:00.000Z", "PTP")
+    _write_rows(again.row_files[0], range(200_000), "2026-04-03T00:00:00.000Z", "RPC")
+    merge_within_memory_limit(warehouse, first)
+    run = _statements_run(monkeypatch)
+
+    summary = merge_within_memory_limit(warehouse, again)
+
+    assert (summary.inserted, summary.updated) == (0, 200_000)
+    assert sum(statement == sql.MERGE_SNAPSHOT for statement, _ in run) == 4
+    with warehouse.connect(read_only=True) as con:
+        stored = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE outcome_option = 'RPC') FROM d23.logs"
+        ).fetchone()
+        files = [
+            f
+            for (f,) in con.execute(
+                "SELECT data_file FROM ducklake_list_files('d23_lake', 'logs', schema => 'd23')"
+            ).fetchall()
+        ]
+        groups = con.execute(
+            "SELECT max(row_group_num_rows), sum(row_group_num_rows) FROM ("
+            " SELECT DISTINCT file_name, row_group_id, row_group_num_rows"
+            " FROM parquet_metadata($files))",
+            {"files": files},
+        ).fetchone()
+    assert stored == (200_000, 200_000)
+    # Row groups of about 20,000 rows (the writer cuts them between its vectors), not 122,880.
+    assert len(files) > 1 and groups[0] < 25_000 and groups[1] == 200_000, (files, groups)
+
+
+def test_only_a_lakes_merge_sessions_keep_the_sides_of_a_join_as_written(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # DuckDB's setting is global to the process's lake: each session sets it or resets it.
+    warehouse = _bounded(tmp_path, request, "ducklake", "48MB")
+    disabled = "SELECT current_setting('disabled_optimizers')"
+
+    with warehouse.for_merge().with_memory_limit("96MB").connect() as con:
+        merging = con.execute(disabled).fetchone()[0]
+    with warehouse.connect(read_only=True) as con:
+        reading = con.execute(disabled).fetchone()[0]
+
+    assert (merging, reading) == ("build_side_probe_side", "")
 
 
 def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_one(

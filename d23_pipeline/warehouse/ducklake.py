@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +51,7 @@ from d23_pipeline.warehouse.store import (
     WarehouseBusyError,
     check_schema,
     execute,
+    fetch_row,
 )
 
 log = logging.getLogger("d23_pipeline.warehouse")
@@ -61,6 +63,12 @@ EXTENSIONS = ("postgres_scanner", "ducklake")
 # And for a data path on object storage: S3's protocol, and the AWS SDK's credential chain.
 STORAGE_EXTENSIONS = ("httpfs", "aws")
 CONFLICT_ATTEMPTS = 30
+# How a lake writes (see ducklake_sql.SET_TARGET_FILE_SIZE): a 1M-row month read again grew the
+# process by about 165 MB as one UPDATE into one file, and by 61 MB, as much as on a DuckDB
+# file, in parts of 250,000 rows into 1 MB files of 20,000-row groups (benchmarks/README.md).
+LAKE_MERGE_PART_ROWS = 250_000
+LAKE_TARGET_FILE_SIZE = "1MB"
+LAKE_ROW_GROUP_ROWS = 20_000
 _CONFLICT_DELAY_S = (0.05, 3.0)  # first and longest wait between attempts
 # libpq's port: a number, or a list of them for several hosts.
 _PORTS = re.compile(r"[\d,]*")
@@ -218,10 +226,21 @@ def retry_on_conflict(
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class _Lake:
+    """A process's DuckDB with the lake attached, and the memory limit DuckDB gave it: a session
+    without a limit sets that one, since ``RESET memory_limit`` shows it again but leaves DuckDB's
+    buffer pool within the last limit set (DuckDB 1.5.5: the out-of-memory ladder's last step
+    merged within twice the limit, and a 5M-row month read again failed)."""
+
+    instance: duckdb.DuckDBPyConnection
+    own_memory_limit: str
+
+
 # One in-memory DuckDB per process and lake, shared by every session on it: loading the two
 # extensions (DuckDB checks their signatures) and attaching the catalog cost about a second, so
 # they happen once. Each session is a cursor of its own: own transaction, own temp tables.
-_LAKES: dict[tuple[str, str], duckdb.DuckDBPyConnection] = {}
+_LAKES: dict[tuple[str, str], _Lake] = {}
 _LAKES_LOCK = threading.Lock()
 # The catalog databases whose writer turn this thread holds: a write session nested in another
 # shares its turn (a second PostgreSQL session would wait for it until its lock timeout).
@@ -266,8 +285,10 @@ class DuckLakeWarehouse:
 
     Its sessions run within DuckDB's ``memory_limit`` on one thread, as the embedded file's do,
     spilling to ``temp_directory`` (DuckDB's default when None); on object storage, within
-    DuckDB's own limit.
+    DuckDB's own limit. Those of :meth:`for_merge` are tuned for a merge's updates.
     """
+
+    merge_part_rows = LAKE_MERGE_PART_ROWS
 
     def __init__(
         self,
@@ -276,6 +297,7 @@ class DuckLakeWarehouse:
         lock_timeout_s: float = LOCK_TIMEOUT_S,
         memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
         temp_directory: Path | None = None,
+        merging: bool = False,
     ) -> None:
         self._dsn = dsn
         self._split = split_password(dsn)
@@ -286,6 +308,7 @@ class DuckLakeWarehouse:
         # outcome step failed allocating 76.5 MiB within 48 MB).
         self.memory_limit = None if self._on_object_storage else memory_limit
         self.temp_directory = temp_directory
+        self.merging = merging
 
     def __repr__(self) -> str:  # the DSN holds a password
         return f"DuckLakeWarehouse(dsn=***, data_path={self.data_path!r})"
@@ -293,7 +316,23 @@ class DuckLakeWarehouse:
     def with_memory_limit(self, memory_limit: str | None) -> DuckLakeWarehouse:
         """The same lake, with another DuckDB memory limit (None: DuckDB's own)."""
         return DuckLakeWarehouse(
-            self._dsn, self.data_path, self.lock_timeout_s, memory_limit, self.temp_directory
+            self._dsn,
+            self.data_path,
+            self.lock_timeout_s,
+            memory_limit,
+            self.temp_directory,
+            self.merging,
+        )
+
+    def for_merge(self) -> DuckLakeWarehouse:
+        """The same lake, its sessions planning joins as a merge's updates need."""
+        return DuckLakeWarehouse(
+            self._dsn,
+            self.data_path,
+            self.lock_timeout_s,
+            self.memory_limit,
+            self.temp_directory,
+            merging=True,
         )
 
     @contextmanager
@@ -301,12 +340,16 @@ class DuckLakeWarehouse:
         """A session on the lake; closed whatever happens. Readers and writers alike see the
         last committed snapshot; a writer (not ``read_only``) waits for the writers' turn."""
         with contextlib.nullcontext() if read_only else self._writer_turn():
-            con = self._lake().cursor()
+            lake = self._lake()
+            con = lake.instance.cursor()
             try:
-                if self.memory_limit is None:
-                    con.execute(ducklake_sql.RESET_MEMORY_LIMIT)
-                else:
-                    execute(con, ducklake_sql.SET_MEMORY_LIMIT, {"limit": self.memory_limit})
+                limit = self.memory_limit or lake.own_memory_limit
+                execute(con, ducklake_sql.SET_MEMORY_LIMIT, {"limit": limit})
+                con.execute(
+                    ducklake_sql.SET_MERGE_OPTIMIZERS
+                    if self.merging
+                    else ducklake_sql.RESET_OPTIMIZERS
+                )
                 con.execute(ducklake_sql.USE_CATALOG)
                 con.execute(sql.SESSION_SETUP)
                 yield con
@@ -375,13 +418,13 @@ class DuckLakeWarehouse:
                     "re-run when it is done"
                 ) from None
 
-    def _lake(self) -> duckdb.DuckDBPyConnection:
+    def _lake(self) -> _Lake:
         """This process's DuckDB with the lake attached and schema ``d23`` created if missing."""
         key = (self._dsn, self.data_path)
         with _LAKES_LOCK:
-            lake = _LAKES.get(key)
-            if lake is not None:
-                return lake
+            opened = _LAKES.get(key)
+            if opened is not None:
+                return opened
             config: dict[str, str | bool | int | float | list[str]] = {
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
@@ -393,6 +436,7 @@ class DuckLakeWarehouse:
                 self.temp_directory.parent.mkdir(parents=True, exist_ok=True)
                 config["temp_directory"] = str(self.temp_directory)
             lake = duckdb.connect(config=config)
+            own_memory_limit = str(fetch_row(lake, ducklake_sql.MEMORY_LIMIT)[0])
             try:
                 store = self._object_store()
                 for name in (*STORAGE_EXTENSIONS, *EXTENSIONS) if store else EXTENSIONS:
@@ -404,12 +448,24 @@ class DuckLakeWarehouse:
                 # Before CREATE_SCHEMA: another version's lake is left as it was.
                 check_schema(lake, "the DuckLake")
                 retry_on_conflict(lambda: lake.execute(sql.CREATE_SCHEMA))
+                self._set_file_layout(lake)
             except BaseException as exc:
                 lake.close()
                 self._hide_secrets(exc)
                 raise
-            _LAKES[key] = lake
-            return lake
+            _LAKES[key] = _Lake(lake, own_memory_limit)
+            return _LAKES[key]
+
+    @staticmethod
+    def _set_file_layout(lake: duckdb.DuckDBPyConnection) -> None:
+        execute(lake, ducklake_sql.SET_TARGET_FILE_SIZE, {"size": LAKE_TARGET_FILE_SIZE})
+        rows = execute(lake, ducklake_sql.ROW_GROUP_ROWS, {"catalog": ducklake_sql.CATALOG})
+        if rows.fetchone() != (str(LAKE_ROW_GROUP_ROWS),):  # a write to the catalog: only once
+            retry_on_conflict(
+                lambda: execute(
+                    lake, ducklake_sql.SET_ROW_GROUP_ROWS, {"rows": LAKE_ROW_GROUP_ROWS}
+                )
+            )
 
     def check_usable(self) -> None:
         """Open the catalog (once per process): a DSN, login, database or data path it refuses

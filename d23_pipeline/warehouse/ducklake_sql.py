@@ -13,9 +13,29 @@ from pathlib import Path
 CATALOG = "d23_lake"
 USE_CATALOG = f"USE {CATALOG}"
 # A process's lake is one DuckDB instance, whose memory limit is global: each session sets the
-# limit of the warehouse it was opened for (store.merge_within_memory_limit raises it).
+# limit of the warehouse it was opened for (store.merge_within_memory_limit raises it), or the
+# instance's own, read when it opened.
+MEMORY_LIMIT = "SELECT current_setting('memory_limit')"
 SET_MEMORY_LIMIT = "SET memory_limit = $limit"
-RESET_MEMORY_LIMIT = "RESET memory_limit"
+
+# A DuckLake UPDATE holds about 100 bytes per row it changes outside DuckDB's memory limit: the
+# statement's set of rows matched, and each data file's deleted rows (sorted, then copied again
+# for every later statement of the transaction that deletes from the file). So a lake's month
+# read again is merged in parts of rows (ducklake.LAKE_MERGE_PART_ROWS) into small files, and
+# each part's Parquet writer buffers small row groups. A session setting: the lake's own
+# target_file_size (for other tools' compaction) is left alone.
+SET_TARGET_FILE_SIZE = "SET ducklake_target_file_size = $size"
+ROW_GROUP_ROWS = (
+    "SELECT value FROM ducklake_options($catalog) "
+    "WHERE option_name = 'parquet_row_group_size' AND scope = 'GLOBAL'"
+)
+SET_ROW_GROUP_ROWS = f"CALL {CATALOG}.set_option('parquet_row_group_size', $rows)"
+# And without the swap of a join's sides by its inputs' estimated sizes: a DuckLake UPDATE reads
+# every column of d23.logs, and the filter on _last_seen_at has DuckDB guess that side small and
+# build its hash table from it (555 MB for 2M rows, against 92 MB from the snapshot's ids).
+# Global, as the memory limit: set for a merge's session, reset for any other.
+SET_MERGE_OPTIMIZERS = "SET disabled_optimizers = 'build_side_probe_side'"
+RESET_OPTIMIZERS = "RESET disabled_optimizers"
 
 # The catalog's password, in this process's in-memory DuckDB only (TEMPORARY: never written to
 # disk). duckdb_secrets() shows it as "redacted"; DuckDB's postgres driver passes it to libpq

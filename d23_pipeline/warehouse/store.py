@@ -42,7 +42,8 @@ from d23_pipeline.warehouse import sql
 DUCKDB_THREADS = 1
 # About as many snapshot rows as the merge joins with d23.logs at once (see sql.SNAPSHOT_ID_SPAN):
 # a 1M-row month fits DEFAULT_MEMORY_LIMIT whole; a 5M-row one did not, read again or read for
-# the first time into a warehouse holding other months.
+# the first time into a warehouse holding other months. A DuckLake's parts are smaller
+# (ducklake.LAKE_MERGE_PART_ROWS).
 MERGE_PART_ROWS = 1_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
 log = logging.getLogger("d23_pipeline.warehouse")
@@ -149,6 +150,8 @@ def _held_by_another_process(exc: duckdb.IOException) -> bool:
 class Warehouse:
     """The DuckDB file under ``D23_DATA_DIR`` and the lock that serialises access to it."""
 
+    merge_part_rows = MERGE_PART_ROWS
+
     def __init__(
         self,
         path: Path,
@@ -171,6 +174,10 @@ class Warehouse:
     def with_memory_limit(self, memory_limit: str | None) -> Warehouse:
         """The same file and lock wait, with another DuckDB memory limit (None: DuckDB's own)."""
         return Warehouse(self.path, self.lock_timeout_s, memory_limit=memory_limit)
+
+    def for_merge(self) -> Warehouse:
+        """The file's sessions need nothing of their own to merge."""
+        return self
 
     @property
     def temp_directory(self) -> Path:
@@ -316,6 +323,13 @@ class WarehouseBackend(Protocol):
 
     def with_memory_limit(self, memory_limit: str | None) -> WarehouseBackend:
         """The same warehouse, its sessions within another memory limit."""
+
+    @property
+    def merge_part_rows(self) -> int:
+        """About how many of a month's rows each statement of its merge writes."""
+
+    def for_merge(self) -> WarehouseBackend:
+        """The same warehouse, its sessions tuned for :func:`merge_snapshot`."""
 
 
 @dataclass(frozen=True)
@@ -590,12 +604,13 @@ def merge_within_memory_limit(
     """
 
     def merge(within: WarehouseBackend) -> MergeSummary:
-        with within.connect() as con:
+        with within.for_merge().connect() as con:
             return merge_snapshot(
                 con,
                 snapshot,
                 max_deletion_share=max_deletion_share,
                 confirm_deletions=confirm_deletions,
+                part_rows=within.merge_part_rows,
             )
 
     if warehouse.memory_limit is None:
