@@ -285,7 +285,7 @@ class DuckLakeWarehouse:
 
     Its sessions run within DuckDB's ``memory_limit`` on one thread, as the embedded file's do,
     spilling to ``temp_directory`` (DuckDB's default when None); on object storage, within
-    DuckDB's own limit. Those of :meth:`for_merge` are tuned for a merge's updates.
+    DuckDB's own limit.
     """
 
     merge_part_rows = LAKE_MERGE_PART_ROWS
@@ -297,7 +297,6 @@ class DuckLakeWarehouse:
         lock_timeout_s: float = LOCK_TIMEOUT_S,
         memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
         temp_directory: Path | None = None,
-        merging: bool = False,
     ) -> None:
         self._dsn = dsn
         self._split = split_password(dsn)
@@ -308,7 +307,6 @@ class DuckLakeWarehouse:
         # outcome step failed allocating 76.5 MiB within 48 MB).
         self.memory_limit = None if self._on_object_storage else memory_limit
         self.temp_directory = temp_directory
-        self.merging = merging
 
     def __repr__(self) -> str:  # the DSN holds a password
         return f"DuckLakeWarehouse(dsn=***, data_path={self.data_path!r})"
@@ -316,23 +314,7 @@ class DuckLakeWarehouse:
     def with_memory_limit(self, memory_limit: str | None) -> DuckLakeWarehouse:
         """The same lake, with another DuckDB memory limit (None: DuckDB's own)."""
         return DuckLakeWarehouse(
-            self._dsn,
-            self.data_path,
-            self.lock_timeout_s,
-            memory_limit,
-            self.temp_directory,
-            self.merging,
-        )
-
-    def for_merge(self) -> DuckLakeWarehouse:
-        """The same lake, its sessions planning joins as a merge's updates need."""
-        return DuckLakeWarehouse(
-            self._dsn,
-            self.data_path,
-            self.lock_timeout_s,
-            self.memory_limit,
-            self.temp_directory,
-            merging=True,
+            self._dsn, self.data_path, self.lock_timeout_s, memory_limit, self.temp_directory
         )
 
     @contextmanager
@@ -345,11 +327,6 @@ class DuckLakeWarehouse:
             try:
                 limit = self.memory_limit or lake.own_memory_limit
                 execute(con, ducklake_sql.SET_MEMORY_LIMIT, {"limit": limit})
-                con.execute(
-                    ducklake_sql.SET_MERGE_OPTIMIZERS
-                    if self.merging
-                    else ducklake_sql.RESET_OPTIMIZERS
-                )
                 con.execute(ducklake_sql.USE_CATALOG)
                 con.execute(sql.SESSION_SETUP)
                 yield con

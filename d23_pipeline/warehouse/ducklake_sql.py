@@ -30,12 +30,6 @@ ROW_GROUP_ROWS = (
     "WHERE option_name = 'parquet_row_group_size' AND scope = 'GLOBAL'"
 )
 SET_ROW_GROUP_ROWS = f"CALL {CATALOG}.set_option('parquet_row_group_size', $rows)"
-# And without the swap of a join's sides by its inputs' estimated sizes: a DuckLake UPDATE reads
-# every column of d23.logs, and the filter on _last_seen_at has DuckDB guess that side small and
-# build its hash table from it (555 MB for 2M rows, against 92 MB from the snapshot's ids).
-# Global, as the memory limit: set for a merge's session, reset for any other.
-SET_MERGE_OPTIMIZERS = "SET disabled_optimizers = 'build_side_probe_side'"
-RESET_OPTIMIZERS = "RESET disabled_optimizers"
 
 # The catalog's password, in this process's in-memory DuckDB only (TEMPORARY: never written to
 # disk). duckdb_secrets() shows it as "redacted"; DuckDB's postgres driver passes it to libpq

@@ -434,6 +434,9 @@ FROM {served}
 WHERE t.public_id = s.public_id AND t._last_seen_at < $read_at{in_part}
 """
 SEEN_AS_REJECT = _SEEN_IN.format(served="snapshot_rejects AS s", in_part="")
+# DuckDB's setting is global to its instance (store.join_sides_as_written).
+KEEP_JOIN_SIDES = "SET disabled_optimizers = 'build_side_probe_side'"
+RESET_JOIN_SIDES = "RESET disabled_optimizers"
 # The rows MERGE_SNAPSHOT leaves out (those it took have theirs already).
 SEEN_AS_ROW = _SEEN_IN.format(served=_SNAPSHOT_PART, in_part=f" AND {_in_part('t')}")
 
