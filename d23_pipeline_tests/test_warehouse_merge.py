@@ -875,6 +875,37 @@ def test_only_the_read_agains_seen_update_keeps_the_sides_of_its_join_as_written
     assert after == ""
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
+def test_a_read_again_out_of_memory_in_its_seen_update_is_merged_again_within_more(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    backend: str,
+) -> None:
+    warehouse = _bounded(tmp_path, request, backend, "48MB")
+    months = Months(tmp_path, warehouse)
+    first = months.snapshot([row("a"), row("b")])
+    again = months.snapshot([row("a", "2026-04-20T00:00:00.000Z"), row("b")])
+    merge_within_memory_limit(warehouse, first)
+    original, failed = store.execute, []
+
+    def execute(con: duckdb.DuckDBPyConnection, statement: str, params=None):
+        if statement == sql.SEEN_AS_ROW and not failed:  # a real one: it aborts the transaction
+            failed.append(statement)
+            con.execute("SELECT len(list(range)) FROM range(10_000_000)")
+        return original(con, statement, params)
+
+    monkeypatch.setattr(store, "execute", execute)
+    summary = merge_within_memory_limit(warehouse, again)
+
+    assert failed and "merging it again within 96MB" in caplog.text
+    assert (summary.inserted, summary.updated) == (0, 1)
+    with warehouse.connect(read_only=True) as con:
+        planning = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
+    assert planning == ""
+
+
 def test_a_large_read_again_is_merged_in_parts_of_about_part_rows_each_row_in_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,9 @@
 from d23_pipeline.kpis import COUNTS, KPI_NAMES, KPIS
 from d23_pipeline.schema import BOOL_FIELDS, D23_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
 
-SESSION_SETUP = "SET TimeZone = 'UTC'"
+# Every session's: UTC, and DuckDB's default planning (a lake's sessions share one DuckDB instance,
+# whose settings are global, and a merge that failed in store.join_sides_as_written left it set).
+SESSION_SETUP = "SET TimeZone = 'UTC'; RESET disabled_optimizers"
 BEGIN = "BEGIN TRANSACTION"
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"

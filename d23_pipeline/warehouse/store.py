@@ -591,12 +591,13 @@ def join_sides_as_written(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     small and build from it. On a DuckLake, whose UPDATE reads every column, that table took
     555 MB for a 2M-row month (92 MB from the snapshot's ids). Not for the MERGE, whose sides are
     the other way round: a 5M-row read again ran out of 48 MB there with it.
+
+    Reset after the statements, not if they fail: the transaction has aborted, and DuckDB takes
+    no SET in it (the error would hide theirs). Every session resets it (sql.SESSION_SETUP).
     """
     execute(con, sql.KEEP_JOIN_SIDES)
-    try:
-        yield
-    finally:
-        execute(con, sql.RESET_JOIN_SIDES)
+    yield
+    execute(con, sql.RESET_JOIN_SIDES)
 
 
 def merge_within_memory_limit(
