@@ -46,6 +46,7 @@ RUN_TIMEOUT_S = 1800
 SAMPLE_EVERY_S = 0.02
 _CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 _STEP_EVENT = re.compile(r" - (\S+) - (STEP_START|STEP_SUCCESS|STEP_FAILURE) - ")
+_MERGED_AGAIN = re.compile(r"merging it again (within \S+|without a limit)")
 STARTUP, DAGSTER = "start-up", "dagster (between and after steps)"
 
 # Reads the import cost in a fresh interpreter: the interpreter alone, + dagster, + the project,
@@ -119,6 +120,9 @@ class Run:
     wall_s: float
     cpu_s: float
     phases: list[Phase] = field(default_factory=list)
+    # The out-of-memory ladder's steps the merge took (store.merge_within_memory_limit): a peak
+    # reached without DuckDB's limit is not the bounded merge's.
+    merged_again: list[str] = field(default_factory=list)
 
 
 def cli_env(api_url: str, data_dir: Path, home: Path) -> dict[str, str]:
@@ -195,6 +199,7 @@ def measured_run(rows: int, args: list[str], env: dict[str, str], cwd: Path = RE
     samples: list[tuple[float, float]] = []
     events: list[tuple[float, str, str, float]] = []
     log_tail: list[str] = []
+    merged_again: list[str] = []
     started = time.monotonic()
     process = subprocess.Popen(
         args,
@@ -218,6 +223,8 @@ def measured_run(rows: int, args: list[str], env: dict[str, str], cwd: Path = RE
         assert process.stderr is not None
         for line in process.stderr:
             log_tail[:] = [*log_tail[-200:], line.rstrip()]
+            if again := _MERGED_AGAIN.search(line):
+                merged_again.append(again[1])
             if match := _STEP_EVENT.search(line):
                 cpu = _cpu_s(process.pid)
                 events.append((time.monotonic(), match[1], match[2], cpu or 0.0))
@@ -241,6 +248,7 @@ def measured_run(rows: int, args: list[str], env: dict[str, str], cwd: Path = RE
         wall_s=ended - started,
         cpu_s=cpu,
         phases=_phases(started, ended, cpu, events, samples),
+        merged_again=merged_again,
     )
 
 
@@ -545,7 +553,15 @@ def markdown(result: dict[str, Any]) -> list[str]:
             for p in phases.values()
         ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    retried = [
+        f"{label}: {', '.join(run['merged_again'])}"
+        for label, _, measured in _measured_months(result)
+        for run in measured
+        if run.get("merged_again")
+    ]
     lines += [
+        "",
+        "Merges run again after running out of memory: " + ("; ".join(retried) or "none") + ".",
         "",
         f"(Measuring process peak: {result['measuring_process_peak_mb']:.0f} MB, the most a "
         "child's ru_maxrss can inherit from it.)",
