@@ -65,7 +65,8 @@ STORAGE_EXTENSIONS = ("httpfs", "aws")
 CONFLICT_ATTEMPTS = 30
 # How a lake writes (see ducklake_sql.SET_TARGET_FILE_SIZE): a 1M-row month read again grew the
 # process by about 165 MB as one UPDATE into one file, and by 61 MB, as much as on a DuckDB
-# file, in parts of 250,000 rows into 1 MB files of 20,000-row groups (benchmarks/README.md).
+# file, in parts of 250,000 rows into 1 MB files of 20,000-row groups, with the join of
+# store.join_sides_as_written (benchmarks/README.md).
 LAKE_MERGE_PART_ROWS = 250_000
 LAKE_TARGET_FILE_SIZE = "1MB"
 LAKE_ROW_GROUP_ROWS = 20_000
