@@ -63,12 +63,8 @@ EXTENSIONS = ("postgres_scanner", "ducklake")
 # And for a data path on object storage: S3's protocol, and the AWS SDK's credential chain.
 STORAGE_EXTENSIONS = ("httpfs", "aws")
 CONFLICT_ATTEMPTS = 30
-# How a lake writes (see ducklake_sql.SET_TARGET_FILE_SIZE): a 1M-row month read again grew the
-# process by about 165 MB as one UPDATE into one file, and by 61 MB, as much as on a DuckDB
-# file, in parts of 250,000 rows into 1 MB files of 20,000-row groups, with the join of
-# store.join_sides_as_written. A 5M-row month read again still ran out of 48 MB in parts of
-# 250,000 rows (merged within 96 MB, 419 MB); in parts of 100,000 it fits (359 MB, and 4.7 s of
-# CPU for the 1M-row month's merge, against 4.9 s). benchmarks/README.md.
+# How a lake writes, why: ducklake_sql.SET_TARGET_FILE_SIZE. Parts of 250,000 rows still ran a
+# 5M-row month read again out of 48 MB; in parts of 100,000 it fits (benchmarks/README.md).
 LAKE_MERGE_PART_ROWS = 100_000
 LAKE_TARGET_FILE_SIZE = "1MB"
 LAKE_ROW_GROUP_ROWS = 20_000
@@ -416,8 +412,8 @@ class DuckLakeWarehouse:
                 self.temp_directory.parent.mkdir(parents=True, exist_ok=True)
                 config["temp_directory"] = str(self.temp_directory)
             lake = duckdb.connect(config=config)
-            own_memory_limit = str(fetch_row(lake, ducklake_sql.MEMORY_LIMIT)[0])
             try:
+                own_memory_limit = str(fetch_row(lake, ducklake_sql.MEMORY_LIMIT)[0])
                 store = self._object_store()
                 for name in (*STORAGE_EXTENSIONS, *EXTENSIONS) if store else EXTENSIONS:
                     lake.execute(ducklake_sql.load_extension(extension_path(name)))

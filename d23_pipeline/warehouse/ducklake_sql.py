@@ -22,8 +22,10 @@ SET_MEMORY_LIMIT = "SET memory_limit = $limit"
 # statement's set of rows matched, and each data file's deleted rows (sorted, then copied again
 # for every later statement of the transaction that deletes from the file). So a lake's month
 # read again is merged in parts of rows (ducklake.LAKE_MERGE_PART_ROWS) into small files, and
-# each part's Parquet writer buffers small row groups. A session setting: the lake's own
-# target_file_size (for other tools' compaction) is left alone.
+# each part's Parquet writer buffers small row groups: with store.join_sides_as_written, a
+# standalone 1M-row update grew the process by 61 MB, as on a DuckDB file, against 165 MB as
+# one UPDATE into one file. A session setting: the lake's own target_file_size (for other tools'
+# compaction) is left alone.
 SET_TARGET_FILE_SIZE = "SET ducklake_target_file_size = $size"
 ROW_GROUP_ROWS = (
     "SELECT value FROM ducklake_options($catalog) "
