@@ -6,11 +6,18 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import BOTH_WAREHOUSES, Pipeline, failure_messages
 
-from d23_pipeline.landing.home import ID_FILE, TAKE_OVER_VARIABLE, data_dir_id
+from d23_pipeline.landing.home import (
+    ID_FILE,
+    TAKE_OVER_VARIABLE,
+    claim_landing_home,
+    data_dir_id,
+)
+from d23_pipeline.warehouse import store
 
 MONTH = "2026-04"
 
@@ -81,6 +88,34 @@ def test_of_two_folders_that_landed_before_any_merge_the_first_to_merge_is_the_h
 
     failure = failure_messages(result)["d23__logs"]
     assert f"land their raw snapshots in {_raw(elsewhere)} on host" in failure
+    (home,) = pipeline.query("SELECT raw_dir FROM d23.landing_home")
+    assert home == (str(_raw(elsewhere)),)
+
+
+@BOTH_WAREHOUSES
+def test_a_take_over_between_the_merges_claim_and_its_merge_stops_the_merge(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator on another host takes the landing over while this step runs: its claim
+    # session has ended and its merge's has not begun.
+    pipeline.materialize(MONTH)
+    pipeline.materialize("2026-03", selection="d23/raw_logs")
+    stored = pipeline.live_rows([MONTH, "2026-03"])
+    elsewhere = _elsewhere(pipeline, tmp_path)
+    merge = store.merge_within_memory_limit
+
+    def taken_over_first(*args: Any, **kwargs: Any) -> store.MergeSummary:
+        with elsewhere.warehouse().connect() as con:
+            take_over = data_dir_id(_raw(pipeline))
+            claim_landing_home(elsewhere.warehouse(), con, _raw(elsewhere), take_over)
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(store, "merge_within_memory_limit", taken_over_first)
+    result = pipeline.materialize("2026-03", selection="d23/logs", raise_on_error=False)
+
+    failure = failure_messages(result)["d23__logs"]
+    assert f"land their raw snapshots in {_raw(elsewhere)} on host" in failure
+    assert pipeline.live_rows([MONTH, "2026-03"]) == stored
     (home,) = pipeline.query("SELECT raw_dir FROM d23.landing_home")
     assert home == (str(_raw(elsewhere)),)
 

@@ -24,7 +24,7 @@ import duckdb
 from d23_pipeline.landing.snapshot import unwritable_raw_folder
 from d23_pipeline.settings import SettingsError
 from d23_pipeline.warehouse import sql
-from d23_pipeline.warehouse.store import WarehouseBackend, execute, transaction
+from d23_pipeline.warehouse.store import MergeGuard, WarehouseBackend, execute, transaction
 
 log = logging.getLogger("d23_pipeline.landing")
 
@@ -132,6 +132,28 @@ def claim_landing_home(
             take_over,
             raw_dir,
         )
+
+
+def still_the_home(raw_dir: Path) -> MergeGuard:
+    """A guard for the merge's own transaction (``merge_snapshot``): raise
+    :class:`LandingHomeError` unless the warehouse's recorded home is ``raw_dir``, as
+    :func:`claim_landing_home` left it."""
+    raw_dir, mine = raw_dir.resolve(), data_dir_id(raw_dir)
+
+    # The claim's session has ended by the time the merge's begins, and another folder's
+    # take-over may commit in between. The merge's session holds the writers' turn (the file's
+    # lock), so a take-over now commits before this check or after the merge.
+    def check(con: duckdb.DuckDBPyConnection) -> None:
+        home = execute(con, sql.LANDING_HOME).fetchone()
+        if home is None:
+            raise LandingHomeError(
+                f"d23.landing_home no longer records {raw_dir}, claimed by this step as where "
+                "the warehouse's runs land, so the merge stopped with nothing changed; re-run it"
+            )
+        if (home[0], home[1]) != (mine, str(raw_dir)):
+            raise _refusal(home, raw_dir)
+
+    return check
 
 
 def _claim(mine: str, raw_dir: Path) -> dict[str, str]:

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +51,9 @@ HELD_REASON = (
     "proven gone, but more than the allowed share of the month's live rows "
     "(D23_MAX_DELETION_SHARE): held until d23/logs runs with confirm_deletions"
 )
+# Run first inside a merge's transaction, on its session: one that raises stops the merge with
+# nothing changed (landing/home.py's still_the_home).
+MergeGuard = Callable[[duckdb.DuckDBPyConnection], None]
 NOT_WEIGHED_REASON = (
     "not weighed: another read of the month merged them after this read looked for rows gone "
     "(two runs of the month at once); the month's next read settles them"
@@ -361,6 +364,7 @@ def merge_snapshot(
     max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
     confirm_deletions: bool = False,
     part_rows: int = MERGE_PART_ROWS,
+    guard: MergeGuard | None = None,
 ) -> MergeSummary:
     """Upsert one month's complete snapshot into ``d23.logs`` in a single transaction.
 
@@ -370,8 +374,8 @@ def merge_snapshot(
     says so). The month's slice proofs and pending deletions (held, not proven by the read, or
     not weighed by it: merged by another read of the month meanwhile) are replaced, and its
     rejected rows but for those of slices the read could not prove complete that it did not
-    serve again. On any error nothing changes. The snapshot is joined with ``d23.logs`` by
-    ranges of ``public_id``, in parts of about ``part_rows`` rows.
+    serve again. On any error nothing changes, ``guard``'s first. The snapshot is joined with
+    ``d23.logs`` by ranges of ``public_id``, in parts of about ``part_rows`` rows.
     """
     partition, read_at = snapshot.partition, snapshot.completed_at
     params = {
@@ -382,6 +386,8 @@ def merge_snapshot(
     slices = snapshot.slices
     windows = {"since": [s.window.since for s in slices], "until": [s.window.until for s in slices]}
     with transaction(con):
+        if guard is not None:
+            guard(con)
         has_duplicates = fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, params)[0]
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
@@ -606,6 +612,7 @@ def merge_within_memory_limit(
     *,
     max_deletion_share: float = DEFAULT_MAX_DELETION_SHARE,
     confirm_deletions: bool = False,
+    guard: MergeGuard | None = None,
 ) -> MergeSummary:
     """:func:`merge_snapshot` on its own connection, within the warehouse's memory limit.
 
@@ -622,6 +629,7 @@ def merge_within_memory_limit(
                 max_deletion_share=max_deletion_share,
                 confirm_deletions=confirm_deletions,
                 part_rows=within.merge_part_rows,
+                guard=guard,
             )
 
     if warehouse.memory_limit is None:

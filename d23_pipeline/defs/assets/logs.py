@@ -54,7 +54,11 @@ def logs(
 ) -> dg.MaterializeResult:
     """Merge the month's latest raw snapshot into d23.logs."""
     # Imported when the step runs, not when the definitions load (DuckDB, Arrow).
-    from d23_pipeline.landing.home import claim_landing_home, requested_take_over
+    from d23_pipeline.landing.home import (
+        claim_landing_home,
+        requested_take_over,
+        still_the_home,
+    )
     from d23_pipeline.warehouse import sql
     from d23_pipeline.warehouse.ducklake import retry_on_conflict
     from d23_pipeline.warehouse.store import fetch_dicts, fetch_row, merge_within_memory_limit
@@ -68,22 +72,26 @@ def logs(
             f"No complete raw snapshot for {partition}: materialize d23/raw_logs for it first."
         )
     # What the read weighed, it weighed in this folder: only the reads of the warehouse's
-    # landing folder may be merged (landing/home.py). The first merge records the folder.
+    # landing folder may be merged (landing/home.py). The first merge records the folder, and
+    # each merge checks it again in its own transaction.
     backend, take_over = warehouse.warehouse(), requested_take_over(os.environ)
     with retried_only_when_it_can_help(context), backend.connect() as con:
         retry_on_conflict(lambda: claim_landing_home(backend, con, store.root, take_over))
+    guard = still_the_home(store.root)
 
     def merge(snapshot: "Snapshot") -> "MergeSummary":
         # DuckLake: a writer of another month that committed first makes this one run again.
-        return retry_on_conflict(
-            lambda: merge_within_memory_limit(
-                warehouse.warehouse(),
-                snapshot,
-                max_deletion_share=max_share,
-                confirm_deletions=config.confirm_deletions,
-            ),
-            on_retry=context.log.warning,
-        )
+        with retried_only_when_it_can_help(context):  # the guard's refusal
+            return retry_on_conflict(
+                lambda: merge_within_memory_limit(
+                    warehouse.warehouse(),
+                    snapshot,
+                    max_deletion_share=max_share,
+                    confirm_deletions=config.confirm_deletions,
+                    guard=guard,
+                ),
+                on_retry=context.log.warning,
+            )
 
     try:
         summary = merge(snapshot)
