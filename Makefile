@@ -38,11 +38,13 @@ browser:
 	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 ## The whole test suite, end-to-end tests included; mypy checks the files pyproject.toml names.
+## Three workers on two cores: about a quarter of the suite waits on processes it started (the
+## daemon, the webserver, subprocess runs), so a third fills the cores (benchmarks/README.md).
 test: $(STAMP) postgres-server browser
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/dg check defs
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 3 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check d23_pipeline d23_pipeline_tests benchmarks
