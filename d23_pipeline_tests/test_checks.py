@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from harness import Pipeline
+from harness import BOTH_WAREHOUSES, Pipeline
 
 from d23_pipeline.client import Window, WindowTotal
 from d23_pipeline.client.completeness import judge
@@ -14,7 +14,7 @@ from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource
 from d23_pipeline.landing.snapshot import SliceRecord, Snapshot
-from d23_pipeline.warehouse.store import MergeSummary, Warehouse
+from d23_pipeline.warehouse.store import MergeSummary, Warehouse, duplicate_public_ids
 
 DAY_1 = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC))
 DAY_2 = Window(datetime(2026, 4, 2, tzinfo=UTC), datetime(2026, 4, 3, tzinfo=UTC))
@@ -169,6 +169,45 @@ def test_duplicate_public_ids_and_foreign_columns_are_caught(tmp_path: Path) -> 
     assert duplicates.metadata["duplicated_public_ids"].value == "dup"
     assert not columns.passed
     assert columns.metadata["unexpected_columns"].value == "phone"
+
+
+# A d23.logs row: ``public_id`` is the SQL expression of its id, over ``i`` of ``range``.
+_LOGS_ROWS = """
+INSERT INTO d23.logs SELECT {public_id}, 'CALL', 'AGENT', 'PTP', true, false, now(), now(), now(),
+    '2026-04-01', now(), now(), NULL FROM range($rows) t(i)
+"""
+
+
+@BOTH_WAREHOUSES
+def test_the_uniqueness_check_finds_duplicates_in_every_range_of_ids_it_counts_apart(
+    pipeline: Pipeline,
+) -> None:
+    copies = {"0a": 2, "3c": 3, "77": 2, "ff": 4}  # spread from the first id to the last
+    with pipeline.warehouse().connect() as con:
+        con.execute(_LOGS_ROWS.format(public_id="printf('%02x', i)"), {"rows": 256})
+        for public_id, n in copies.items():
+            con.execute(_LOGS_ROWS.format(public_id=f"'{public_id}'"), {"rows": n - 1})
+        in_parts = duplicate_public_ids(con, part_rows=30)
+        whole = duplicate_public_ids(con, part_rows=1_000)
+
+    assert in_parts == whole == [("ff", 4), ("3c", 3), ("0a", 2), ("77", 2)]
+
+
+def test_the_uniqueness_check_of_a_warehouse_too_big_to_count_at_once_fits_its_memory(
+    tmp_path: Path,
+) -> None:
+    # 8M ids counted at once ran out of the default memory limit (6M fitted), after the merge
+    # had committed. Random-looking ids, as no range of them can skip the table's row groups.
+    warehouse = Warehouse(tmp_path / "warehouse.duckdb")
+    with warehouse.connect() as con:
+        public_id = "printf('%08x%016x', hash(i) >> 32, i)"
+        con.execute(_LOGS_ROWS.format(public_id=public_id), {"rows": 8_000_000})
+        con.execute(_LOGS_ROWS.format(public_id="'00000000000000000000000a'"), {"rows": 2})
+
+        duplicates = checks.public_id_unique(con)
+
+    assert not duplicates.passed
+    assert duplicates.metadata["duplicated_public_ids"].value == "00000000000000000000000a"
 
 
 def _kpi_row(con, month: str, attempts: int, rpcs: int, unmapped: int = 0) -> None:

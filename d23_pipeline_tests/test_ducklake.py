@@ -622,7 +622,7 @@ def test_two_first_merges_racing_on_a_row_that_moved_months_leave_one_copy(
 
     assert not errors
     with warehouse.connect(read_only=True) as con:
-        duplicates = con.execute(sql.DUPLICATE_PUBLIC_IDS).fetchall()
+        duplicates = store.duplicate_public_ids(con)
     assert duplicates == []
     logs = april.logs()
     assert sorted(logs) == ["a1", "m1", "moved"]

@@ -354,10 +354,9 @@ def rejected_rows(rows: int, rejects: int) -> dg.AssetCheckResult:
 
 
 def public_id_unique(con: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
-    from d23_pipeline.warehouse import sql
-    from d23_pipeline.warehouse.store import execute
+    from d23_pipeline.warehouse.store import duplicate_public_ids
 
-    duplicates = execute(con, sql.DUPLICATE_PUBLIC_IDS).fetchall()
+    duplicates = duplicate_public_ids(con)
     return _result(
         PUBLIC_ID_UNIQUE,
         passed=not duplicates,

@@ -217,12 +217,18 @@ SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 # (settings.DEFAULT_MEMORY_LIMIT), read again or read for the first time beside other months;
 # its parts do (benchmarks/README.md).
 SNAPSHOT_ID_SPAN = "SELECT min(public_id), max(public_id) FROM snapshot"
-# The cut points: quantiles of a sample of the snapshot's ids, of 10,000, as a sample of
-# 100,000 stayed in DuckDB's memory, 14 MB of it, through the merge of a 5M-row month.
-MERGE_PART_CUTS = """
+
+
+def _part_cuts(table: str) -> str:
+    # Quantiles of a sample of the table's ids, of 10,000, as a sample of 100,000 stayed in
+    # DuckDB's memory, 14 MB of it, through the merge of a 5M-row month.
+    return f"""
 SELECT quantile_disc(public_id, $fractions)
-FROM (SELECT public_id FROM snapshot USING SAMPLE reservoir(10000 ROWS) REPEATABLE (1))
+FROM (SELECT public_id FROM {table} USING SAMPLE reservoir(10000 ROWS) REPEATABLE (1))
 """
+
+
+MERGE_PART_CUTS = _part_cuts("snapshot")
 
 
 def _in_part(alias: str) -> str:
@@ -577,9 +583,15 @@ ORDER BY communicated_at, public_id
 LIMIT $limit
 """
 
-DUPLICATE_PUBLIC_IDS = """
+# The ids d23.logs holds more than once, one range of them at a time (store.duplicate_public_ids,
+# with the merge's parts): DuckDB's GROUP BY public_id over a whole d23.logs of 8M rows ran out
+# of the default 48 MB, after the merge had committed (6M fitted; in process, one thread).
+LOGS_ID_SPAN = "SELECT min(public_id), max(public_id) FROM d23.logs"
+LOGS_PART_CUTS = _part_cuts("d23.logs")
+DUPLICATE_PUBLIC_IDS = f"""
 SELECT public_id, count(*) AS copies
-FROM d23.logs
+FROM d23.logs AS t
+WHERE {_in_part("t")}
 GROUP BY public_id
 HAVING count(*) > 1
 ORDER BY copies DESC, public_id

@@ -45,6 +45,9 @@ DUCKDB_THREADS = 1
 # the first time into a warehouse holding other months. A DuckLake's parts are smaller
 # (ducklake.LAKE_MERGE_PART_ROWS).
 MERGE_PART_ROWS = 1_000_000
+# Rows of d23.logs per range of ids its uniqueness check counts at once (sql.DUPLICATE_PUBLIC_IDS):
+# a third of what ran out of DEFAULT_MEMORY_LIMIT.
+CHECK_PART_ROWS = 2_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
 log = logging.getLogger("d23_pipeline.warehouse")
 HELD_REASON = (
@@ -573,16 +576,22 @@ def merge_snapshot(
 
 
 def _id_ranges(
-    con: duckdb.DuckDBPyConnection, rows: int, part_rows: int
+    con: duckdb.DuckDBPyConnection,
+    rows: int,
+    part_rows: int,
+    *,
+    span: str = sql.SNAPSHOT_ID_SPAN,
+    cuts: str = sql.MERGE_PART_CUTS,
 ) -> list[dict[str, str | None]]:
     """Bounds of public_id (``low`` <= id <= ``last``, id < ``high``) cutting the staged snapshot
-    into ``rows / part_rows`` parts (rounded up) of about equal size."""
-    first, last = fetch_row(con, sql.SNAPSHOT_ID_SPAN)
+    (or the table of ``span`` and ``cuts``) into ``rows / part_rows`` parts (rounded up) of
+    about equal size."""
+    first, last = fetch_row(con, span)
     parts = -(-rows // part_rows)
     bounds: list[str] = []
     if parts > 1:
         fractions = [i / parts for i in range(1, parts)]
-        bounds = sorted(set(fetch_row(con, sql.MERGE_PART_CUTS, {"fractions": fractions})[0]))
+        bounds = sorted(set(fetch_row(con, cuts, {"fractions": fractions})[0]))
     return [
         {"low": low, "high": high, "last": last}
         for low, high in zip([first, *bounds], [*bounds, None], strict=True)
@@ -650,6 +659,21 @@ def merge_within_memory_limit(
                 f"within {retry}" if retry else "without a limit",
             )
     return merge(warehouse.with_memory_limit(None))
+
+
+def duplicate_public_ids(
+    con: duckdb.DuckDBPyConnection, part_rows: int = CHECK_PART_ROWS
+) -> list[tuple[str, int]]:
+    """Up to 20 public_ids ``d23.logs`` holds more than once, with their copies, most first;
+    counted one range of ids of about ``part_rows`` rows at a time."""
+    rows = sum(fetch_row(con, sql.LOGS_ROW_COUNT))
+    ranges = _id_ranges(con, rows, part_rows, span=sql.LOGS_ID_SPAN, cuts=sql.LOGS_PART_CUTS)
+    found = [
+        (public_id, copies)
+        for part in ranges
+        for public_id, copies in execute(con, sql.DUPLICATE_PUBLIC_IDS, part).fetchall()
+    ]
+    return sorted(found, key=lambda found: (-found[1], found[0]))[:20]
 
 
 def deletion_candidates(
