@@ -26,6 +26,7 @@ from d23_pipeline.landing.month import MonthRead, read_month
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import Faults, Simulator, SimulatorConfig
+from d23_pipeline.warehouse import store
 from d23_pipeline.warehouse.ducklake import DuckLakeWarehouse, retry_on_conflict
 from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend, merge_within_memory_limit
 
@@ -57,12 +58,21 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         tie_share=st.sampled_from([0.0, 0.5]),
         max_concurrency=st.sampled_from([1, 4]),
         loaded=st.booleans(),
+        part_rows=st.sampled_from([7, store.LOGS_PART_ROWS]),
     )
     def start(
-        self, page_limit: int, total_cap: int, tie_share: float, max_concurrency: int, loaded: bool
+        self,
+        page_limit: int,
+        total_cap: int,
+        tie_share: float,
+        max_concurrency: int,
+        loaded: bool,
+        part_rows: int,
     ) -> None:
         """A simulator and a data folder; with ``loaded``, both months read into the warehouse
-        already (what most histories worth trying start from)."""
+        already (what most histories worth trying start from). A month of more than
+        ``part_rows`` rows is merged, and weighed for rows gone, one range of its ids at a
+        time."""
         config = SimulatorConfig(
             months=MONTHS, rows_per_month=40, total_cap=total_cap, tie_share=tie_share
         )
@@ -74,6 +84,9 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         if self.lake_server is not None:
             lake = Lake.create(self.lake_server, root / "lake")
             self.warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+        self.parts = pytest.MonkeyPatch()
+        self.parts.setattr(store, "LOGS_PART_ROWS", part_rows)
+        self.parts.setattr(type(self.warehouse), "merge_part_rows", part_rows)
         served = api.checked_transport(self.sim)
         self.before_request: Callable[[httpx.Request], None] = lambda request: None
 
@@ -98,6 +111,8 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
             self.read_cleanly(month)
 
     def teardown(self) -> None:
+        if hasattr(self, "parts"):
+            self.parts.undo()
         if hasattr(self, "client"):
             self.client.close()
             self.folder.cleanup()

@@ -1111,6 +1111,24 @@ def _candidates(months: Months, reread: Snapshot, verified: Window) -> list[str]
     return [public_id for public_id, _ in candidates]
 
 
+def test_a_months_deletion_candidates_are_the_same_weighed_one_range_of_ids_at_a_time(
+    months: Months, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Communicated later as their ids run lower: candidates come in time order, not by range.
+    stored = [d23_row(f"r{i:02}", f"2026-04-{28 - i % 28:02}T10:00:00.000Z") for i in range(40)]
+    months.merge(stored)
+    # Gone from the read: ids from the first to the last; one served only as a reject.
+    served = [r for r in stored if r["public_id"] not in {"r00", "r13", "r14", "r27", "r39"}]
+    reread = months.snapshot(served, rejects=[rejected("r27")])
+    month = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC))
+    whole = _candidates(months, reread, month)
+
+    monkeypatch.setattr(store, "LOGS_PART_ROWS", 6)
+    in_ranges = _candidates(months, reread, month)
+
+    assert in_ranges == whole == ["r14", "r13", "r39", "r00"]
+
+
 # Left out, a row logged at midnight and deleted at the source would stay live for good.
 def test_a_row_at_a_verified_slices_first_instant_is_a_deletion_candidate(
     months: Months,

@@ -475,26 +475,32 @@ SELECT unnest(CAST($ids AS VARCHAR[])) AS public_id,
 # Whether the month holds any live row at all: on a month's first read it does not, and the
 # candidates query below would still build its anti-join over every id the read landed (~75 MB
 # for a 1M-row month).
-MONTH_HAS_LIVE_ROWS = """
-SELECT EXISTS (SELECT 1 FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL)
-"""
+_MONTH_LIVE_IDS = (
+    "(SELECT public_id FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL)"
+)
+MONTH_LIVE_ROWS = f"SELECT count(*) FROM {_MONTH_LIVE_IDS}"
+MONTH_LIVE_ID_SPAN = f"SELECT min(public_id), max(public_id) FROM {_MONTH_LIVE_IDS}"
+MONTH_LIVE_PART_CUTS = _part_cuts(_MONTH_LIVE_IDS)
 
 # The rows a re-read must prove gone before they may be marked deleted: live rows of the month
 # whose communicated_at lies in a verified slice and which the read (valid rows or rejects,
 # anywhere in the month) did not return. ANTI JOINs, not NOT EXISTS: DuckDB decorrelates those
 # into delim joins (the month's ids gathered, joined with the files, anti-joined back), which ran
 # out of memory within 48 MB on a 5M-row month; one hash join per list of files fits it, in half
-# the time (2.1 s against 4.2 s at 96 MB, benchmarks/README.md).
-DELETION_CANDIDATES = """
+# the time (2.1 s against 4.2 s at 96 MB, benchmarks/README.md). One range of the month's ids at
+# a time (store.deletion_candidates, with the merge's parts): a 10M-row month read again ran out
+# of 48 MB in one.
+DELETION_CANDIDATES = f"""
 SELECT t.public_id, t.communicated_at
-FROM d23.logs AS t
+FROM {_LOGS_PART}
 JOIN (SELECT unnest($verified_since) AS since, unnest($verified_until) AS until) AS v
   ON t.communicated_at >= v.since AND t.communicated_at < v.until
-ANTI JOIN read_parquet($files) AS s ON s.public_id = t.public_id
-ANTI JOIN read_parquet($reject_files) AS r ON r.public_id = t.public_id
+ANTI JOIN (SELECT public_id FROM read_parquet($files) AS s WHERE {_in_part("s")}) AS s
+  ON s.public_id = t.public_id
+ANTI JOIN (SELECT public_id FROM read_parquet($reject_files) AS r WHERE {_in_part("r")}) AS r
+  ON r.public_id = t.public_id
 WHERE t._partition = $partition
   AND t._deleted_at IS NULL
-ORDER BY t.communicated_at, t.public_id
 """
 
 MONTH_LAST_READ = "SELECT max(read_at) FROM d23.slice_verification WHERE _partition = $partition"

@@ -45,9 +45,10 @@ DUCKDB_THREADS = 1
 # the first time into a warehouse holding other months. A DuckLake's parts are smaller
 # (ducklake.LAKE_MERGE_PART_ROWS).
 MERGE_PART_ROWS = 1_000_000
-# Rows of d23.logs per range of ids its uniqueness check counts at once (sql.DUPLICATE_PUBLIC_IDS):
-# a third of what ran out of DEFAULT_MEMORY_LIMIT.
-CHECK_PART_ROWS = 2_000_000
+# Rows of d23.logs per range of ids that its uniqueness check (sql.DUPLICATE_PUBLIC_IDS) and a
+# read's deletion candidates (sql.DELETION_CANDIDATES) hash at once: DuckDB's GROUP BY public_id
+# over 8M rows ran out of DEFAULT_MEMORY_LIMIT (6M fitted), in process.
+LOGS_PART_ROWS = 2_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
 log = logging.getLogger("d23_pipeline.warehouse")
 HELD_REASON = (
@@ -582,16 +583,17 @@ def _id_ranges(
     *,
     span: str = sql.SNAPSHOT_ID_SPAN,
     cuts: str = sql.MERGE_PART_CUTS,
+    params: Mapping[str, Any] | None = None,
 ) -> list[dict[str, str | None]]:
     """Bounds of public_id (``low`` <= id <= ``last``, id < ``high``) cutting the staged snapshot
-    (or the table of ``span`` and ``cuts``) into ``rows / part_rows`` parts (rounded up) of
-    about equal size."""
-    first, last = fetch_row(con, span)
+    (or the ids of ``span`` and ``cuts``, with ``params``) into ``rows / part_rows`` parts
+    (rounded up) of about equal size."""
+    first, last = fetch_row(con, span, params)
     parts = -(-rows // part_rows)
     bounds: list[str] = []
     if parts > 1:
         fractions = [i / parts for i in range(1, parts)]
-        bounds = sorted(set(fetch_row(con, cuts, {"fractions": fractions})[0]))
+        bounds = sorted(set(fetch_row(con, cuts, {**(params or {}), "fractions": fractions})[0]))
     return [
         {"low": low, "high": high, "last": last}
         for low, high in zip([first, *bounds], [*bounds, None], strict=True)
@@ -662,7 +664,7 @@ def merge_within_memory_limit(
 
 
 def duplicate_public_ids(
-    con: duckdb.DuckDBPyConnection, part_rows: int = CHECK_PART_ROWS
+    con: duckdb.DuckDBPyConnection, part_rows: int = LOGS_PART_ROWS
 ) -> list[tuple[str, int]]:
     """Up to 20 public_ids ``d23.logs`` holds more than once, with their copies, most first;
     counted one range of ids of about ``part_rows`` rows at a time."""
@@ -688,19 +690,33 @@ def deletion_candidates(
     files do not hold: what that read must prove gone before any may be marked deleted."""
     if not verified or not snapshot_files:
         return []
-    if not fetch_row(con, sql.MONTH_HAS_LIVE_ROWS, {"partition": partition})[0]:
+    month = {"partition": partition}
+    rows = fetch_row(con, sql.MONTH_LIVE_ROWS, month)[0]
+    if not rows:
         return []
-    return execute(
+    params = {
+        **month,
+        "files": [str(f) for f in snapshot_files],
+        "reject_files": [str(f) for f in reject_files],
+        "verified_since": [since for since, _ in verified],
+        "verified_until": [until for _, until in verified],
+    }
+    parts = _id_ranges(
         con,
-        sql.DELETION_CANDIDATES,
-        {
-            "partition": partition,
-            "files": [str(f) for f in snapshot_files],
-            "reject_files": [str(f) for f in reject_files],
-            "verified_since": [since for since, _ in verified],
-            "verified_until": [until for _, until in verified],
-        },
-    ).fetchall()
+        rows,
+        LOGS_PART_ROWS,
+        span=sql.MONTH_LIVE_ID_SPAN,
+        cuts=sql.MONTH_LIVE_PART_CUTS,
+        params=month,
+    )
+    found = [
+        (public_id, communicated_at)
+        for part in parts
+        for public_id, communicated_at in execute(
+            con, sql.DELETION_CANDIDATES, {**params, **part}
+        ).fetchall()
+    ]
+    return sorted(found, key=lambda found: (found[1], found[0]))
 
 
 def last_merged_read(con: duckdb.DuckDBPyConnection, partition: str) -> datetime | None:
