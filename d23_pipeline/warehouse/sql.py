@@ -472,9 +472,9 @@ SELECT unnest(CAST($ids AS VARCHAR[])) AS public_id,
        unnest(CAST($rejected_at AS TIMESTAMPTZ[])) AS rejected_at
 """
 
-# Whether the month holds any live row at all: on a month's first read it does not, and the
-# candidates query below would still build its anti-join over every id the read landed (~75 MB
-# for a 1M-row month).
+# The month's live rows: none on its first read, when the candidates query below would still
+# build its anti-join over every id the read landed (~75 MB for a 1M-row month); otherwise how
+# many ranges of ids that query takes.
 _MONTH_LIVE_IDS = (
     "(SELECT public_id FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL)"
 )

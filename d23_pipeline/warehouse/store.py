@@ -675,7 +675,7 @@ def duplicate_public_ids(
         for part in ranges
         for public_id, copies in execute(con, sql.DUPLICATE_PUBLIC_IDS, part).fetchall()
     ]
-    return sorted(found, key=lambda found: (-found[1], found[0]))[:20]
+    return sorted(found, key=lambda duplicate: (-duplicate[1], duplicate[0]))[:20]
 
 
 def deletion_candidates(
@@ -716,7 +716,7 @@ def deletion_candidates(
             con, sql.DELETION_CANDIDATES, {**params, **part}
         ).fetchall()
     ]
-    return sorted(found, key=lambda found: (found[1], found[0]))
+    return sorted(found, key=lambda candidate: (candidate[1], candidate[0]))
 
 
 def last_merged_read(con: duckdb.DuckDBPyConnection, partition: str) -> datetime | None:
