@@ -1111,6 +1111,26 @@ def _candidates(months: Months, reread: Snapshot, verified: Window) -> list[str]
     return [public_id for public_id, _ in candidates]
 
 
+def test_an_id_a_read_served_twice_is_found_in_whichever_range_of_ids_it_falls(
+    months: Months, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "LOGS_PART_ROWS", 3)
+    unique = [row(f"r{i:02}") for i in range(20)]
+    later = "2026-04-03T00:00:00.000Z"
+
+    def served_twice(*slices: list[dict]) -> bool:
+        snapshot = months.snapshot(*slices)
+        files = {"files": [str(f) for f in snapshot.row_files]}
+        with months.warehouse.connect(read_only=True) as con:
+            return store.snapshot_has_duplicates(con, snapshot.rows, files)
+
+    assert not served_twice(unique)
+    assert all(served_twice(unique, [row(twice, later)]) for twice in ("r00", "r09", "r19"))
+    months.merge(unique, [row("r19", later)])
+    assert len(months.logs()) == 20
+    assert months.logs()["r19"]["updated_at"] == datetime(2026, 4, 3, tzinfo=UTC)
+
+
 def test_a_months_deletion_candidates_are_the_same_weighed_one_range_of_ids_at_a_time(
     months: Months, monkeypatch: pytest.MonkeyPatch
 ) -> None:

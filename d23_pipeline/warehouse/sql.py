@@ -155,9 +155,6 @@ SELECT
     CAST(updated_at AS TIMESTAMPTZ)      AS updated_at
 FROM read_parquet($files, filename = true, file_row_number = true)
 """
-# Usually every public_id is read once; the dedupe below (a sort per id) is then pure cost, and
-# counting distinct ids first is several times cheaper.
-SNAPSHOT_HAS_DUPLICATES = "SELECT count(*) <> count(DISTINCT public_id) FROM read_parquet($files)"
 # The latest updated_at wins; an exact tie goes to the row read last (later slice file, later
 # position), so the outcome never depends on hash order.
 STAGE_SNAPSHOT = (
@@ -238,6 +235,16 @@ def _in_part(alias: str) -> str:
 
 
 _SNAPSHOT_PART = f"(SELECT * FROM snapshot AS s WHERE {_in_part('s')}) AS s"
+
+# Usually every public_id is read once; the dedupe of STAGE_SNAPSHOT (a sort per id) is then pure
+# cost, and counting distinct ids first is several times cheaper. One range of the read's ids at
+# a time (store.snapshot_has_duplicates): counted at once, 10M ids ran out of 48 MB.
+_SNAPSHOT_FILE_IDS = "(SELECT public_id FROM read_parquet($files))"
+SNAPSHOT_FILES_ID_SPAN = f"SELECT min(public_id), max(public_id) FROM {_SNAPSHOT_FILE_IDS}"
+SNAPSHOT_FILES_PART_CUTS = _part_cuts(_SNAPSHOT_FILE_IDS)
+SNAPSHOT_HAS_DUPLICATES = f"""
+SELECT count(*) <> count(DISTINCT public_id) FROM read_parquet($files) AS s WHERE {_in_part("s")}
+"""
 _LOGS_PART = f"(SELECT * FROM d23.logs AS t WHERE {_in_part('t')}) AS t"
 
 # A version at least as new as the stored one: a later updated_at, or the same one served by a

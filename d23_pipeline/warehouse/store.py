@@ -45,9 +45,10 @@ DUCKDB_THREADS = 1
 # the first time into a warehouse holding other months. A DuckLake's parts are smaller
 # (ducklake.LAKE_MERGE_PART_ROWS).
 MERGE_PART_ROWS = 1_000_000
-# Rows of d23.logs per range of ids that its uniqueness check (sql.DUPLICATE_PUBLIC_IDS) and a
-# read's deletion candidates (sql.DELETION_CANDIDATES) hash at once: DuckDB's GROUP BY public_id
-# over 8M rows ran out of DEFAULT_MEMORY_LIMIT (6M fitted), in process.
+# Rows per range of ids that d23.logs' uniqueness check (sql.DUPLICATE_PUBLIC_IDS), a read's
+# deletion candidates (sql.DELETION_CANDIDATES) and the merge's duplicate test
+# (sql.SNAPSHOT_HAS_DUPLICATES) hash at once: DuckDB's GROUP BY public_id over 8M rows ran out of
+# DEFAULT_MEMORY_LIMIT (6M fitted), in process.
 LOGS_PART_ROWS = 2_000_000
 _PARAM = re.compile(r"\$([a-z_]+)")
 log = logging.getLogger("d23_pipeline.warehouse")
@@ -392,7 +393,7 @@ def merge_snapshot(
     with transaction(con):
         if guard is not None:
             guard(con)
-        has_duplicates = fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, params)[0]
+        has_duplicates = snapshot_has_duplicates(con, snapshot.rows, params)
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
         if snapshot.absent_file.is_file():
@@ -574,6 +575,22 @@ def merge_snapshot(
         deletions_held=held,
         not_weighed=not_weighed,
     )
+
+
+def snapshot_has_duplicates(
+    con: duckdb.DuckDBPyConnection, rows: int, params: Mapping[str, Any]
+) -> bool:
+    """Whether the read's row files (``params["files"]``, about ``rows`` rows) hold an id more
+    than once; counted one range of ids of about ``LOGS_PART_ROWS`` rows at a time."""
+    ranges = _id_ranges(
+        con,
+        rows,
+        LOGS_PART_ROWS,
+        span=sql.SNAPSHOT_FILES_ID_SPAN,
+        cuts=sql.SNAPSHOT_FILES_PART_CUTS,
+        params=params,
+    )
+    return any(fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, {**params, **p})[0] for p in ranges)
 
 
 def _id_ranges(
