@@ -236,6 +236,8 @@ def _in_part(alias: str) -> str:
 
 _SNAPSHOT_PART = f"(SELECT * FROM snapshot AS s WHERE {_in_part('s')}) AS s"
 
+_LOGS_PART = f"(SELECT * FROM d23.logs AS t WHERE {_in_part('t')}) AS t"
+
 # Usually every public_id is read once; the dedupe of STAGE_SNAPSHOT (a sort per id) is then pure
 # cost, and counting distinct ids first is several times cheaper. One range of the read's ids at
 # a time (store.snapshot_has_duplicates): counted at once, 10M ids ran out of 48 MB.
@@ -245,7 +247,6 @@ SNAPSHOT_FILES_PART_CUTS = _part_cuts(_SNAPSHOT_FILE_IDS)
 SNAPSHOT_HAS_DUPLICATES = f"""
 SELECT count(*) <> count(DISTINCT public_id) FROM read_parquet($files) AS s WHERE {_in_part("s")}
 """
-_LOGS_PART = f"(SELECT * FROM d23.logs AS t WHERE {_in_part('t')}) AS t"
 
 # A version at least as new as the stored one: a later updated_at, or the same one served by a
 # read no older than the last that saw the stored row. The source may change a row without
