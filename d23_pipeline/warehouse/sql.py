@@ -1,5 +1,7 @@
 """Every SQL statement the pipeline runs, in one place. Values always travel as parameters."""
 
+from typing import NamedTuple
+
 from d23_pipeline.kpis import COUNTS, KPI_NAMES, KPIS
 from d23_pipeline.schema import BOOL_FIELDS, D23_FIELDS, STRING_FIELDS, TIMESTAMP_FIELDS
 
@@ -204,6 +206,26 @@ WHERE s.rank > 1 AND s.updated_at = s.kept.updated_at AND s.version <> s.kept
 
 SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 
+
+class IdSet(NamedTuple):
+    """The statements that cut a set of ids into ranges (store._id_ranges): its first and last
+    id, and quantiles of a sample of 10,000 of them ($fractions), as a sample of 100,000 stayed in
+    DuckDB's memory, 14 MB of it, through the merge of a 5M-row month."""
+
+    span: str
+    cuts: str
+
+
+def _id_set(ids: str) -> IdSet:
+    return IdSet(
+        span=f"SELECT min(public_id), max(public_id) FROM {ids}",
+        cuts=f"""
+SELECT quantile_disc(public_id, $fractions)
+FROM (SELECT public_id FROM {ids} USING SAMPLE reservoir(10000 ROWS) REPEATABLE (1))
+""",
+    )
+
+
 # The snapshot is joined with d23.logs one range of public_id at a time: from $low, below
 # $high (NULL in the last part) and up to $last, the snapshot's last id. The statements that
 # join the two restrict both sides with _SNAPSHOT_PART and _LOGS_PART. The parts span the
@@ -213,19 +235,7 @@ SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
 # several parts: a 5M-row month's whole join did not fit the warehouse's default memory limit
 # (settings.DEFAULT_MEMORY_LIMIT), read again or read for the first time beside other months;
 # its parts do (benchmarks/README.md).
-SNAPSHOT_ID_SPAN = "SELECT min(public_id), max(public_id) FROM snapshot"
-
-
-def _part_cuts(table: str) -> str:
-    # Quantiles of a sample of the table's ids, of 10,000, as a sample of 100,000 stayed in
-    # DuckDB's memory, 14 MB of it, through the merge of a 5M-row month.
-    return f"""
-SELECT quantile_disc(public_id, $fractions)
-FROM (SELECT public_id FROM {table} USING SAMPLE reservoir(10000 ROWS) REPEATABLE (1))
-"""
-
-
-MERGE_PART_CUTS = _part_cuts("snapshot")
+SNAPSHOT_IDS = _id_set("snapshot")
 
 
 def _in_part(alias: str) -> str:
@@ -241,9 +251,7 @@ _LOGS_PART = f"(SELECT * FROM d23.logs AS t WHERE {_in_part('t')}) AS t"
 # Usually every public_id is read once; the dedupe of STAGE_SNAPSHOT (a sort per id) is then pure
 # cost, and counting distinct ids first is several times cheaper. One range of the read's ids at
 # a time (store.snapshot_has_duplicates): counted at once, 10M ids ran out of 48 MB.
-_SNAPSHOT_FILE_IDS = "(SELECT public_id FROM read_parquet($files))"
-SNAPSHOT_FILES_ID_SPAN = f"SELECT min(public_id), max(public_id) FROM {_SNAPSHOT_FILE_IDS}"
-SNAPSHOT_FILES_PART_CUTS = _part_cuts(_SNAPSHOT_FILE_IDS)
+SNAPSHOT_FILE_IDS = _id_set("(SELECT public_id FROM read_parquet($files))")
 SNAPSHOT_HAS_DUPLICATES = f"""
 SELECT count(*) <> count(DISTINCT public_id) FROM read_parquet($files) AS s WHERE {_in_part("s")}
 """
@@ -483,12 +491,11 @@ SELECT unnest(CAST($ids AS VARCHAR[])) AS public_id,
 # The month's live rows: none on its first read, when the candidates query below would still
 # build its anti-join over every id the read landed (~75 MB for a 1M-row month); otherwise how
 # many ranges of ids that query takes.
-_MONTH_LIVE_IDS = (
+_MONTH_LIVE_PUBLIC_IDS = (
     "(SELECT public_id FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL)"
 )
-MONTH_LIVE_ROWS = f"SELECT count(*) FROM {_MONTH_LIVE_IDS}"
-MONTH_LIVE_ID_SPAN = f"SELECT min(public_id), max(public_id) FROM {_MONTH_LIVE_IDS}"
-MONTH_LIVE_PART_CUTS = _part_cuts(_MONTH_LIVE_IDS)
+MONTH_LIVE_ROWS = f"SELECT count(*) FROM {_MONTH_LIVE_PUBLIC_IDS}"
+MONTH_LIVE_IDS = _id_set(_MONTH_LIVE_PUBLIC_IDS)
 
 # The rows a re-read must prove gone before they may be marked deleted: live rows of the month
 # whose communicated_at lies in a verified slice and which the read (valid rows or rejects,
@@ -600,8 +607,7 @@ LIMIT $limit
 # The ids d23.logs holds more than once, one range of them at a time (store.duplicate_public_ids,
 # with the merge's parts): DuckDB's GROUP BY public_id over a whole d23.logs of 8M rows ran out
 # of the default 48 MB, after the merge had committed (6M fitted; in process, one thread).
-LOGS_ID_SPAN = "SELECT min(public_id), max(public_id) FROM d23.logs"
-LOGS_PART_CUTS = _part_cuts("d23.logs")
+LOGS_IDS = _id_set("d23.logs")
 DUPLICATE_PUBLIC_IDS = f"""
 SELECT public_id, count(*) AS copies
 FROM d23.logs AS t

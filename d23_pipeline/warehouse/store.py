@@ -40,7 +40,7 @@ from d23_pipeline.warehouse import sql
 # threads and 273 MB with one, and used less CPU (22 s against 35 s; the wall time is longer).
 # See benchmarks/README.md.
 DUCKDB_THREADS = 1
-# About as many snapshot rows as the merge joins with d23.logs at once (see sql.SNAPSHOT_ID_SPAN):
+# About as many snapshot rows as the merge joins with d23.logs at once (see sql.SNAPSHOT_IDS):
 # a 1M-row month fits DEFAULT_MEMORY_LIMIT whole; a 5M-row one did not, read again or read for
 # the first time into a warehouse holding other months. A DuckLake's parts are smaller
 # (ducklake.LAKE_MERGE_PART_ROWS).
@@ -586,8 +586,7 @@ def snapshot_has_duplicates(
         con,
         rows,
         LOGS_PART_ROWS,
-        span=sql.SNAPSHOT_FILES_ID_SPAN,
-        cuts=sql.SNAPSHOT_FILES_PART_CUTS,
+        ids=sql.SNAPSHOT_FILE_IDS,
         params=params,
     )
     return any(fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, {**params, **p})[0] for p in ranges)
@@ -598,19 +597,20 @@ def _id_ranges(
     rows: int,
     part_rows: int,
     *,
-    span: str = sql.SNAPSHOT_ID_SPAN,
-    cuts: str = sql.MERGE_PART_CUTS,
+    ids: sql.IdSet = sql.SNAPSHOT_IDS,
     params: Mapping[str, Any] | None = None,
 ) -> list[dict[str, str | None]]:
     """Bounds of public_id (``low`` <= id <= ``last``, id < ``high``) cutting the staged snapshot
-    (or the ids of ``span`` and ``cuts``, with ``params``) into ``rows / part_rows`` parts
-    (rounded up) of about equal size."""
-    first, last = fetch_row(con, span, params)
+    (or ``ids``, with ``params``) into ``rows / part_rows`` parts (rounded up) of about equal
+    size."""
+    first, last = fetch_row(con, ids.span, params)
     parts = -(-rows // part_rows)
     bounds: list[str] = []
     if parts > 1:
         fractions = [i / parts for i in range(1, parts)]
-        bounds = sorted(set(fetch_row(con, cuts, {**(params or {}), "fractions": fractions})[0]))
+        bounds = sorted(
+            set(fetch_row(con, ids.cuts, {**(params or {}), "fractions": fractions})[0])
+        )
     return [
         {"low": low, "high": high, "last": last}
         for low, high in zip([first, *bounds], [*bounds, None], strict=True)
@@ -686,7 +686,7 @@ def duplicate_public_ids(
     """Up to 20 public_ids ``d23.logs`` holds more than once, with their copies, most first;
     counted one range of ids of about ``part_rows`` rows at a time."""
     rows = sum(fetch_row(con, sql.LOGS_ROW_COUNT))
-    ranges = _id_ranges(con, rows, part_rows, span=sql.LOGS_ID_SPAN, cuts=sql.LOGS_PART_CUTS)
+    ranges = _id_ranges(con, rows, part_rows, ids=sql.LOGS_IDS)
     found = [
         (public_id, copies)
         for part in ranges
@@ -722,8 +722,7 @@ def deletion_candidates(
         con,
         rows,
         LOGS_PART_ROWS,
-        span=sql.MONTH_LIVE_ID_SPAN,
-        cuts=sql.MONTH_LIVE_PART_CUTS,
+        ids=sql.MONTH_LIVE_IDS,
         params=month,
     )
     found = [
