@@ -681,12 +681,12 @@ def merge_within_memory_limit(
 
 
 def duplicate_public_ids(
-    con: duckdb.DuckDBPyConnection, part_rows: int = LOGS_PART_ROWS
+    con: duckdb.DuckDBPyConnection, part_rows: int | None = None
 ) -> list[tuple[str, int]]:
     """Up to 20 public_ids ``d23.logs`` holds more than once, with their copies, most first;
-    counted one range of ids of about ``part_rows`` rows at a time."""
+    counted one range of ids of about ``part_rows`` (``LOGS_PART_ROWS``) rows at a time."""
     rows = sum(fetch_row(con, sql.LOGS_ROW_COUNT))
-    ranges = _id_ranges(con, rows, part_rows, ids=sql.LOGS_IDS)
+    ranges = _id_ranges(con, rows, part_rows or LOGS_PART_ROWS, ids=sql.LOGS_IDS)
     found = [
         (public_id, copies)
         for part in ranges
