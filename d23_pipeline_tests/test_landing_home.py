@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 from harness import BOTH_WAREHOUSES, Pipeline, failure_messages
 
@@ -34,6 +35,24 @@ def _elsewhere(pipeline: Pipeline, tmp_path: Path) -> Pipeline:
         other.data_dir.mkdir()
         (other.data_dir / "warehouse.duckdb").symlink_to(pipeline.warehouse_path)
     return other
+
+
+def _taken_over_before_the_merge(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Pipeline:
+    """Another folder, which takes the landing over once ``d23/logs`` has claimed it and
+    before its merge begins (an operator on another host, while the step runs)."""
+    elsewhere = _elsewhere(pipeline, tmp_path)
+    merge = store.merge_within_memory_limit
+
+    def taken_over_first(*args: Any, **kwargs: Any) -> store.MergeSummary:
+        with elsewhere.warehouse().connect() as con:
+            take_over = data_dir_id(_raw(pipeline))
+            claim_landing_home(elsewhere.warehouse(), con, _raw(elsewhere), take_over)
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(store, "merge_within_memory_limit", taken_over_first)
+    return elsewhere
 
 
 @BOTH_WAREHOUSES
@@ -101,16 +120,8 @@ def test_a_take_over_between_the_merges_claim_and_its_merge_stops_the_merge(
     pipeline.materialize(MONTH)
     pipeline.materialize("2026-03", selection="d23/raw_logs")
     stored = pipeline.live_rows([MONTH, "2026-03"])
-    elsewhere = _elsewhere(pipeline, tmp_path)
-    merge = store.merge_within_memory_limit
+    elsewhere = _taken_over_before_the_merge(pipeline, tmp_path, monkeypatch)
 
-    def taken_over_first(*args: Any, **kwargs: Any) -> store.MergeSummary:
-        with elsewhere.warehouse().connect() as con:
-            take_over = data_dir_id(_raw(pipeline))
-            claim_landing_home(elsewhere.warehouse(), con, _raw(elsewhere), take_over)
-        return merge(*args, **kwargs)
-
-    monkeypatch.setattr(store, "merge_within_memory_limit", taken_over_first)
     result = pipeline.materialize("2026-03", selection="d23/logs", raise_on_error=False)
 
     failure = failure_messages(result)["d23__logs"]
@@ -118,6 +129,25 @@ def test_a_take_over_between_the_merges_claim_and_its_merge_stops_the_merge(
     assert pipeline.live_rows([MONTH, "2026-03"]) == stored
     (home,) = pipeline.query("SELECT raw_dir FROM d23.landing_home")
     assert home == (str(_raw(elsewhere)),)
+
+
+def test_a_merge_refused_after_a_take_over_is_not_retried(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A retry would be refused the same way: the landing is the other folder's now.
+    pipeline.materialize(MONTH)
+    pipeline.materialize("2026-03", selection="d23/raw_logs")
+    _taken_over_before_the_merge(pipeline, tmp_path, monkeypatch)
+    retrying = {"run_retries": {"enabled": True, "max_retries": 3}}
+
+    with dg.instance_for_test(overrides=retrying) as instance:
+        result = pipeline.materialize(
+            "2026-03", selection="d23/logs", raise_on_error=False, instance=instance
+        )
+        run = instance.get_run_by_id(result.run_id)
+
+    assert "LandingHomeError" in failure_messages(result)["d23__logs"]
+    assert run is not None and run.tags["dagster/will_retry"] == "false"
 
 
 @BOTH_WAREHOUSES
