@@ -22,8 +22,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # `make test` hands whole files to its workers (pytest-xdist, --dist loadfile) in the order they
 # are collected, and alphabetical order left some of the longest for last, each run by one worker
-# while the others had finished. The longest files (summed test time, `--junitxml`, 1,243 tests)
-# are collected first, longest first; the rest, and the tests within each file, keep their order.
+# while the others had finished. The files whose tests took 30 s or more in all (`--junitxml`,
+# 1,243 tests) are collected first, longest first; the rest, and the tests within each file, keep
+# their order.
 LONGEST_FILES_FIRST = (
     "test_reliability_late_changes.py",
     "test_warehouse_merge.py",
@@ -37,6 +38,16 @@ LONGEST_FILES_FIRST = (
     "test_run_retries.py",
     "test_ducklake.py",
     "test_dashboard.py",
+    "test_launch.py",
+    "test_concurrent_writers.py",
+    "test_backfill_cli.py",
+    "test_ducklake_s3.py",
+    "test_e2e_blocked_run.py",
+    "test_reliability_crash.py",
+    "test_reliability_chaos.py",
+    "test_checks.py",
+    "test_reliability_secrets.py",
+    "test_reliability_settings.py",
 )
 
 
