@@ -1122,7 +1122,7 @@ def test_an_id_a_read_served_twice_is_found_in_whichever_range_of_ids_it_falls(
         snapshot = months.snapshot(*slices)
         files = {"files": [str(f) for f in snapshot.row_files]}
         with months.warehouse.connect(read_only=True) as con:
-            return store.snapshot_has_duplicates(con, snapshot.rows, files)
+            return store.snapshot_has_duplicates(con, files)
 
     assert not served_twice(unique)
     assert all(served_twice(unique, [row(twice, later)]) for twice in ("r00", "r09", "r19"))

@@ -204,13 +204,11 @@ JOIN (SELECT unnest($since) AS since, unnest($until) AS until) AS v
 WHERE s.rank > 1 AND s.updated_at = s.kept.updated_at AND s.version <> s.kept
 """
 
-SNAPSHOT_ROWS = "SELECT count(*) FROM snapshot"
-
 
 class IdSet(NamedTuple):
-    """The statements that cut a set of ids into ranges (store._id_ranges): its first and last
-    id, and quantiles of a sample of 10,000 of them ($fractions), as a sample of 100,000 stayed in
-    DuckDB's memory, 14 MB of it, through the merge of a 5M-row month."""
+    """The statements that cut a set of ids into ranges (store._id_ranges): its size and its first
+    and last id, and quantiles of a sample of 10,000 of them ($fractions), as a sample of 100,000
+    stayed in DuckDB's memory, 14 MB of it, through the merge of a 5M-row month."""
 
     span: str
     cuts: str
@@ -218,7 +216,7 @@ class IdSet(NamedTuple):
 
 def _id_set(ids: str) -> IdSet:
     return IdSet(
-        span=f"SELECT min(public_id), max(public_id) FROM {ids}",
+        span=f"SELECT count(*), min(public_id), max(public_id) FROM {ids}",
         cuts=f"""
 SELECT quantile_disc(public_id, $fractions)
 FROM (SELECT public_id FROM {ids} USING SAMPLE reservoir(10000 ROWS) REPEATABLE (1))
@@ -491,11 +489,9 @@ SELECT unnest(CAST($ids AS VARCHAR[])) AS public_id,
 # The month's live rows: none on its first read, when the candidates query below would still
 # build its anti-join over every id the read landed (~75 MB for a 1M-row month); otherwise how
 # many ranges of ids that query takes.
-_MONTH_LIVE_PUBLIC_IDS = (
+MONTH_LIVE_IDS = _id_set(
     "(SELECT public_id FROM d23.logs WHERE _partition = $partition AND _deleted_at IS NULL)"
 )
-MONTH_LIVE_ROWS = f"SELECT count(*) FROM {_MONTH_LIVE_PUBLIC_IDS}"
-MONTH_LIVE_IDS = _id_set(_MONTH_LIVE_PUBLIC_IDS)
 
 # The rows a re-read must prove gone before they may be marked deleted: live rows of the month
 # whose communicated_at lies in a verified slice and which the read (valid rows or rejects,

@@ -393,7 +393,7 @@ def merge_snapshot(
     with transaction(con):
         if guard is not None:
             guard(con)
-        has_duplicates = snapshot_has_duplicates(con, snapshot.rows, params)
+        has_duplicates = snapshot_has_duplicates(con, params)
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
         if snapshot.absent_file.is_file():
@@ -410,8 +410,7 @@ def merge_snapshot(
                 "rejected_at": [r.rejected_at for r in stale],
             },
         )
-        snapshot_rows = fetch_row(con, sql.SNAPSHOT_ROWS)[0]
-        parts = _id_ranges(con, snapshot_rows, part_rows)
+        snapshot_rows, parts = _id_ranges(con, part_rows)
         started_at = snapshot.started_at or read_at
         preview = {**params, "started_at": started_at}
         inserted, updated, restored, moved_in, older = (
@@ -577,33 +576,24 @@ def merge_snapshot(
     )
 
 
-def snapshot_has_duplicates(
-    con: duckdb.DuckDBPyConnection, rows: int, params: Mapping[str, Any]
-) -> bool:
-    """Whether the read's row files (``params["files"]``, about ``rows`` rows) hold an id more
-    than once; counted one range of ids of about ``LOGS_PART_ROWS`` rows at a time."""
-    ranges = _id_ranges(
-        con,
-        rows,
-        LOGS_PART_ROWS,
-        ids=sql.SNAPSHOT_FILE_IDS,
-        params=params,
-    )
+def snapshot_has_duplicates(con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> bool:
+    """Whether the read's row files (``params["files"]``) hold an id more than once; counted one
+    range of ids of about ``LOGS_PART_ROWS`` rows at a time."""
+    _, ranges = _id_ranges(con, LOGS_PART_ROWS, ids=sql.SNAPSHOT_FILE_IDS, params=params)
     return any(fetch_row(con, sql.SNAPSHOT_HAS_DUPLICATES, {**params, **p})[0] for p in ranges)
 
 
 def _id_ranges(
     con: duckdb.DuckDBPyConnection,
-    rows: int,
     part_rows: int,
     *,
     ids: sql.IdSet = sql.SNAPSHOT_IDS,
     params: Mapping[str, Any] | None = None,
-) -> list[dict[str, str | None]]:
-    """Bounds of public_id (``low`` <= id <= ``last``, id < ``high``) cutting the staged snapshot
-    (or ``ids``, with ``params``) into ``rows / part_rows`` parts (rounded up) of about equal
-    size."""
-    first, last = fetch_row(con, ids.span, params)
+) -> tuple[int, list[dict[str, str | None]]]:
+    """The rows of the staged snapshot (or of ``ids``, with ``params``), and bounds of public_id
+    (``low`` <= id <= ``last``, id < ``high``) cutting them into ``rows / part_rows`` parts
+    (rounded up, at least one) of about equal size."""
+    rows, first, last = fetch_row(con, ids.span, params)
     parts = -(-rows // part_rows)
     bounds: list[str] = []
     if parts > 1:
@@ -611,7 +601,7 @@ def _id_ranges(
         bounds = sorted(
             set(fetch_row(con, ids.cuts, {**(params or {}), "fractions": fractions})[0])
         )
-    return [
+    return rows, [
         {"low": low, "high": high, "last": last}
         for low, high in zip([first, *bounds], [*bounds, None], strict=True)
     ]
@@ -685,8 +675,7 @@ def duplicate_public_ids(
 ) -> list[tuple[str, int]]:
     """Up to 20 public_ids ``d23.logs`` holds more than once, with their copies, most first;
     counted one range of ids of about ``part_rows`` (``LOGS_PART_ROWS``) rows at a time."""
-    rows = sum(fetch_row(con, sql.LOGS_ROW_COUNT))
-    ranges = _id_ranges(con, rows, part_rows or LOGS_PART_ROWS, ids=sql.LOGS_IDS)
+    _, ranges = _id_ranges(con, part_rows or LOGS_PART_ROWS, ids=sql.LOGS_IDS)
     found = [
         (public_id, copies)
         for part in ranges
@@ -708,8 +697,8 @@ def deletion_candidates(
     if not verified or not snapshot_files:
         return []
     month = {"partition": partition}
-    rows = fetch_row(con, sql.MONTH_LIVE_ROWS, month)[0]
-    if not rows:
+    live_rows, parts = _id_ranges(con, LOGS_PART_ROWS, ids=sql.MONTH_LIVE_IDS, params=month)
+    if not live_rows:
         return []
     params = {
         **month,
@@ -718,13 +707,6 @@ def deletion_candidates(
         "verified_since": [since for since, _ in verified],
         "verified_until": [until for _, until in verified],
     }
-    parts = _id_ranges(
-        con,
-        rows,
-        LOGS_PART_ROWS,
-        ids=sql.MONTH_LIVE_IDS,
-        params=month,
-    )
     found = [
         (public_id, communicated_at)
         for part in parts
