@@ -59,7 +59,7 @@ from d23_pipeline.client.pages import Page
 from d23_pipeline.client.retry import Retrier, Transient
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.schema import parse_timestamp
-from d23_pipeline.settings import LoginCredentials, TokenCredentials
+from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import DROP, SimRequest, SimResponse, Simulator, serve
 
 GATEWAY_502 = SimResponse.gateway_page(502)
@@ -531,33 +531,48 @@ def test_a_504_on_a_wide_window_reads_the_rest_in_halves_without_a_pause() -> No
     assert "cursor" not in resumed and resumed["until"] < queries(sim)[1]["until"]
 
 
-class _Trickle(httpx.SyncByteStream):
-    """A body that arrives a byte at a time, each well inside the read timeout."""
-
-    def __iter__(self) -> Iterator[bytes]:
-        for byte in b'{"body": {"rows": [], "pagination": {"nextCursor": null}}}':
-            time.sleep(0.05)
-            yield bytes([byte])
+# An empty page, a byte every 10 ms: ~2 s in all, each byte well inside the 0.5 s read timeout.
+_TRICKLED_PAGE = dataclasses.replace(
+    SimResponse.from_json({"body": {"rows": [], "pagination": {"nextCursor": None}}}),
+    trickle_s=0.01,
+)
 
 
 def test_a_body_trickling_in_past_the_timeout_is_a_read_timeout_not_a_wait_without_end() -> None:
-    trickling = httpx.MockTransport(lambda request: httpx.Response(200, stream=_Trickle()))
-    credentials = TokenCredentials("00000000-0000-4000-8000-000000000000", "token")
+    sim = simulator([])
+    sim.script(_TRICKLED_PAGE, times=2)  # in process: the headers at once, the body trickled
     with (
+        client(sim, timeout=0.5, retry=RetryPolicy(max_attempts=2)) as reader,
+        pytest.raises(RetriesExhaustedError) as caught,
+    ):
+        list(reader.iter_window(DAY))
+
+    # Two attempts of ~0.5 s each, not the ~2 s a whole trickled body takes.
+    assert "ReadTimeout: the answer's body took longer than 0.5 s to arrive" in str(caught.value)
+    assert reader.stats.as_dict()["retries"] == {"timeout": 1}
+
+
+@pytest.mark.parametrize("kind", ["data", "login"])
+def test_headers_trickling_in_past_the_timeout_are_a_read_timeout_not_a_wait_without_end(
+    kind: str,
+) -> None:
+    sim = simulator([])
+    # Over a socket the status line and headers trickle too: 4 s of them, then the body.
+    padded = dataclasses.replace(
+        _TRICKLED_PAGE, headers={**_TRICKLED_PAGE.headers, "X-Pad": "x" * 400}
+    )
+    sim.script(padded, times=2, when=lambda request: request.kind == kind, auth=kind == "login")
+    credentials = LoginCredentials(sim.config.lender_slug, sim.config.email, sim.config.password)
+    with (
+        serve(sim) as url,
         ExportsClient(
-            "http://127.0.0.1:1",
-            credentials,
-            timeout=0.5,  # per wait for bytes, and for the whole body
-            transport=trickling,
-            retry=RetryPolicy(max_attempts=2),
-            sleep=lambda seconds: None,
+            url, credentials, timeout=0.5, retry=RetryPolicy(max_attempts=2), sleep=lambda s: None
         ) as reader,
         pytest.raises(RetriesExhaustedError) as caught,
     ):
         list(reader.iter_window(DAY))
 
-    # Two attempts of ~0.5 s each, not the ~3 s a whole trickled body takes.
-    assert "ReadTimeout: the answer's body took longer than 0.5 s to arrive" in str(caught.value)
+    assert "ReadTimeout: the answer's headers took longer than 0.5 s to arrive" in str(caught.value)
     assert reader.stats.as_dict()["retries"] == {"timeout": 1}
 
 

@@ -237,7 +237,7 @@ class ExportsClient:
                 ),
             ),
             max_body_bytes,
-            body_deadline_s=timeout,
+            deadline_s=timeout,
         )
         self._retrier = Retrier(retry, self.stats, sleep)
         base_url = base_url.rstrip("/")

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import formatdate
@@ -47,6 +47,10 @@ class SimResponse:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # Sent a byte at a time, this many seconds apart: a gateway that keeps a connection busy
+    # without ever quite answering. Over the socket the status line and headers trickle too;
+    # in process only the body can.
+    trickle_s: float = 0.0
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -723,9 +727,28 @@ def in_process(handle: Handler) -> httpx.MockTransport:
             )
         # The socket serving's http.server sends a Date too: the API's clock, to the second.
         headers = {"Date": formatdate(usegmt=True), **answer.headers}
+        if answer.trickle_s:
+            body = _Trickled(answer.body, answer.trickle_s)
+            return httpx.Response(answer.status, headers=headers, stream=body)
         return httpx.Response(answer.status, headers=headers, content=answer.body)
 
     return httpx.MockTransport(handler)
+
+
+def trickled(data: bytes, every_s: float) -> Iterator[bytes]:
+    """``data`` a byte at a time, each ``every_s`` seconds after the last (see ``trickle_s``)."""
+    for byte in data:
+        time.sleep(every_s)
+        yield bytes([byte])
+
+
+class _Trickled(httpx.SyncByteStream):
+    def __init__(self, body: bytes, every_s: float) -> None:
+        self._body = body
+        self._every_s = every_s
+
+    def __iter__(self) -> Iterator[bytes]:
+        return trickled(self._body, self._every_s)
 
 
 def _is_count(query: Mapping[str, str]) -> bool:

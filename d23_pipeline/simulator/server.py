@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from d23_pipeline.simulator.app import Drop, Simulator
+from d23_pipeline.simulator.app import Drop, Simulator, trickled
 
 
 class _Server(ThreadingHTTPServer):
@@ -50,6 +50,22 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
 
+class _Trickling:
+    """A connection's writer that sends a byte at a time, ``every_s`` apart."""
+
+    def __init__(self, out: Any, every_s: float) -> None:
+        self._out = out
+        self._every_s = every_s
+
+    def write(self, data: bytes) -> int:
+        for byte in trickled(data, self._every_s):
+            self._out.write(byte)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
 def _handler_for(sim: Simulator) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like the real gateway
@@ -72,12 +88,18 @@ def _handler_for(sim: Simulator) -> type[BaseHTTPRequestHandler]:
                 time.sleep(answer.after_s)
                 self.close_connection = True
                 return
-            self.send_response(answer.status)
-            for name, value in answer.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer.body)))
-            self.end_headers()
-            self.wfile.write(answer.body)
+            out = self.wfile
+            if answer.trickle_s:
+                self.wfile = _Trickling(out, answer.trickle_s)
+            try:
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+            finally:
+                self.wfile = out  # the connection's next answer is its own
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
