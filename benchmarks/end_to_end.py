@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -195,7 +197,33 @@ def materialize(
     return run
 
 
+def libraries_read_from_disk() -> None:
+    """Drop the installed packages' shared objects from the page cache (the pages no process
+    maps), so that the next run reads them from disk.
+
+    A process's RSS counts the library pages it maps, and how many a fault maps depends on how
+    the page cache holds the file: one pip has just written is held in large folios, each
+    mapped whole (DuckDB's 27 MB mapped became 47 MB after `pip install --force-reinstall`).
+    Read back from disk, every run starts alike, as after a reboot or in a container started
+    from its image.
+    """
+    for path in _installed_shared_objects():
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+@functools.cache
+def _installed_shared_objects() -> tuple[Path, ...]:
+    roots = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    return tuple(path for root in roots for path in Path(root).rglob("*.so*"))
+
+
 def measured_run(rows: int, args: list[str], env: dict[str, str], cwd: Path = REPO) -> Run:
+    libraries_read_from_disk()
     samples: list[tuple[float, float]] = []
     events: list[tuple[float, str, str, float]] = []
     log_tail: list[str] = []
@@ -289,25 +317,25 @@ def _phases(
 def import_cost(runs: int) -> dict[str, float]:
     """Medians over ``runs`` fresh interpreters of the import time and peak RSS of the
     definitions (and of ``import dagster`` alone, which they include)."""
-    results = [
-        json.loads(
-            subprocess.run(
-                [sys.executable, "-c", _IMPORT_PROBE],
-                env=cli_env("http://127.0.0.1:9", Path(tempfile.gettempdir()), REPO),
-                cwd=REPO,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
+    results = []
+    for _ in range(runs):
+        libraries_read_from_disk()
+        probe = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE],
+            env=cli_env("http://127.0.0.1:9", Path(tempfile.gettempdir()), REPO),
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
         )
-        for _ in range(runs)
-    ]
+        results.append(json.loads(probe.stdout))
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
 def dlt_run(rows: int, api_url: str) -> Run:
     """dlt ``rest_api`` reading the same simulator into DuckDB, in its own measured process."""
     scratch = Path(tempfile.mkdtemp(prefix="d23-bench-e2e-dlt-"))
+    libraries_read_from_disk()
     try:
         started = time.monotonic()
         process = subprocess.Popen(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import client_for, land_month
+from benchmarks.end_to_end import libraries_read_from_disk
 from benchmarks.simulator_process import simulator
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import SimulatorConfig
@@ -63,6 +64,7 @@ def bench(rows: int) -> dict[str, Any]:
     """Run :func:`child` in a new interpreter, so nothing earlier inflates the peak, against a
     simulator of the month in another."""
     with simulator(rows, MONTH) as api_url:
+        libraries_read_from_disk()
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.memory", api_url, str(rows)],
             check=True,
