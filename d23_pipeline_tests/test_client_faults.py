@@ -9,6 +9,7 @@ import itertools
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from functools import partial
 
+import httpcore
 import httpx
 import orjson
 import pytest
@@ -54,7 +56,7 @@ from d23_pipeline.client import (
     WindowTooHeavyError,
     retry,
 )
-from d23_pipeline.client.body import BoundedHttp
+from d23_pipeline.client.body import BoundedHttp, _arriving_within, _DeadlineStream
 from d23_pipeline.client.pages import Page
 from d23_pipeline.client.retry import Retrier, Transient
 from d23_pipeline.client.stats import ClientStats
@@ -531,10 +533,11 @@ def test_a_504_on_a_wide_window_reads_the_rest_in_halves_without_a_pause() -> No
     assert "cursor" not in resumed and resumed["until"] < queries(sim)[1]["until"]
 
 
-# An empty page, a byte every 10 ms: ~2 s in all, each byte well inside the 0.5 s read timeout.
+# An empty page (53 bytes), a byte every 40 ms: ~2 s in all, each byte well inside the 0.5 s
+# read timeout.
 _TRICKLED_PAGE = dataclasses.replace(
     SimResponse.from_json({"body": {"rows": [], "pagination": {"nextCursor": None}}}),
-    trickle_s=0.01,
+    trickle_s=0.04,
 )
 
 
@@ -557,11 +560,11 @@ def test_headers_trickling_in_past_the_timeout_are_a_read_timeout_not_a_wait_wit
     kind: str,
 ) -> None:
     sim = simulator([])
-    # Over a socket the status line and headers trickle too: 4 s of them, then the body.
-    padded = dataclasses.replace(
-        _TRICKLED_PAGE, headers={**_TRICKLED_PAGE.headers, "X-Pad": "x" * 400}
+    # Over a socket the status line and headers trickle too: ~6 s of them (about 150 bytes),
+    # then the body.
+    sim.script(
+        _TRICKLED_PAGE, times=2, when=lambda request: request.kind == kind, auth=kind == "login"
     )
-    sim.script(padded, times=2, when=lambda request: request.kind == kind, auth=kind == "login")
     credentials = LoginCredentials(sim.config.lender_slug, sim.config.email, sim.config.password)
     with (
         serve(sim) as url,
@@ -574,6 +577,34 @@ def test_headers_trickling_in_past_the_timeout_are_a_read_timeout_not_a_wait_wit
 
     assert "ReadTimeout: the answer's headers took longer than 0.5 s to arrive" in str(caught.value)
     assert reader.stats.as_dict()["retries"] == {"timeout": 1}
+
+
+class _Answering(httpcore.NetworkStream):
+    """A connection whose every read returns a byte at once."""
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return b"x"
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _Answering()
+
+
+def test_an_https_proxys_tunnel_does_not_count_against_the_answers_headers() -> None:
+    connection = _DeadlineStream(_Answering())
+    with _arriving_within(0.05, "headers"):
+        connection.read(1)  # the proxy's answer to CONNECT: the clock starts
+        time.sleep(0.1)
+        tunnel = connection.start_tls(ssl.create_default_context(), "api.test")
+        # The tunnel is open; this answer's clock starts at its first wait, not at the CONNECT.
+        assert tunnel.read(1) == b"x"
+        time.sleep(0.1)
+        with pytest.raises(httpcore.ReadTimeout, match="headers took longer than 0.05 s"):
+            tunnel.read(1)
 
 
 @pytest.mark.parametrize(("after_walk_504s", "reads"), [(0, 1), (2, 1), (3, 2)])

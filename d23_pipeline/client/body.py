@@ -109,6 +109,11 @@ class _Deadline:
         self._seconds = seconds
         self._at: float | None = None
 
+    def restart(self) -> None:
+        """Start the clock again at the next wait (an HTTPS proxy's tunnel is open: what was
+        read so far was its answer to CONNECT, not this answer)."""
+        self._at = None
+
     def left(self) -> float:
         """Seconds left; the first call starts the clock."""
         now = time.monotonic()
@@ -164,7 +169,11 @@ class _DeadlineStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+        tls = _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+        deadline: _Deadline | None = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.restart()
+        return tls
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)

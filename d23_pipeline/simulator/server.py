@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import sys
 import threading
@@ -50,14 +51,14 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
 
-class _Trickling:
+class _Trickling(io.BufferedIOBase):
     """A connection's writer that sends a byte at a time, ``every_s`` apart."""
 
-    def __init__(self, out: Any, every_s: float) -> None:
+    def __init__(self, out: io.BufferedIOBase, every_s: float) -> None:
         self._out = out
         self._every_s = every_s
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes) -> int:  # type: ignore[override]
         for byte in trickled(data, self._every_s):
             self._out.write(byte)
         return len(data)
