@@ -585,12 +585,7 @@ class _Answering(httpcore.NetworkStream):
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return b"x"
 
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
+    def start_tls(self, *args: object, **kwargs: object) -> httpcore.NetworkStream:
         return _Answering()
 
 
