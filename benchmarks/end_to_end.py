@@ -219,7 +219,9 @@ def libraries_read_from_disk() -> None:
 @functools.cache
 def _installed_shared_objects() -> tuple[Path, ...]:
     roots = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
-    return tuple(path for root in roots for path in Path(root).rglob("*.so*"))
+    # DuckDB's extensions (DuckLake, PostgreSQL, httpfs) are shared objects too.
+    patterns = ("*.so*", "*.duckdb_extension")
+    return tuple(path for root in roots for glob in patterns for path in Path(root).rglob(glob))
 
 
 def measured_run(rows: int, args: list[str], env: dict[str, str], cwd: Path = REPO) -> Run:
