@@ -530,7 +530,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"### End to end: `dagster asset materialize --select '*' --partition {PARTITION}`",
         "",
         "One process per run, fresh D23_DATA_DIR and DAGSTER_HOME, the simulator in its own "
-        "process on 127.0.0.1, `D23_PAGE_LIMIT` 500, `D23_MAX_CONCURRENCY` 4. Median (min-max).",
+        "process on 127.0.0.1, `D23_PAGE_LIMIT` 500, `D23_MAX_CONCURRENCY` 4, the installed "
+        "libraries read from disk by each run (not held in the page cache as pip wrote them). "
+        "Median (min-max).",
         *_warehouse_line(result),
         "",
         "| month | peak RSS (MB) | wall (s) | CPU user+sys (s) | CPU per row, net of the empty "
