@@ -78,7 +78,8 @@ class BoundedHttp:
     def _read(self, response: httpx.Response, deadline: _Deadline) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        # Between chunks too: a transport without sockets (in process) bypasses _DeadlineStream.
+        # The body's clock starts with the headers in hand, and is looked at between chunks
+        # too: a transport without sockets (in process) bypasses _DeadlineStream.
         deadline.left()
         for chunk in response.iter_bytes():
             if deadline.left() <= 0:
