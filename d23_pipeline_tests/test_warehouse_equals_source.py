@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,8 +32,18 @@ from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend, merge_with
 
 MONTHS = ("2026-03", "2026-04")
 SLICE = timedelta(days=4)
+ONE_MS = timedelta(milliseconds=1)
 # Where in a month a row moves to, as a share of it; 1.0 would be the next month's first instant.
 _WITHIN = st.floats(0, 1, exclude_max=True)
+
+
+def _instant_in(month: str, share: float) -> datetime:
+    """The millisecond ``share`` of the way into ``month``: inside it for any share below 1
+    (a timedelta times 0.9999999999999999 rounds to the whole month, the next one's first
+    instant)."""
+    since, until = month_window(month)
+    return since + timedelta(milliseconds=int((until - since) / ONE_MS * share))
+
 
 _faults = st.builds(
     Faults,
@@ -150,8 +160,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
         if rows:
             public_id = rows[pick % len(rows)]["public_id"]
             if moved_to is not None:
-                since, until = month_window(month)
-                self.sim.move_row(public_id, since + (until - since) * moved_to)
+                self.sim.move_row(public_id, _instant_in(month, moved_to))
             if without_id:
                 self.sim.corrupt_row(public_id, "missing_public_id", public_id="")
             else:
@@ -261,8 +270,7 @@ class WarehouseAgainstSource(RuleBasedStateMachine):
     def _move_a_row(self, month: str, pick: int, to_month: str, at: float) -> None:
         rows = self.sim.valid_rows(*month_window(month))
         if rows:
-            since, until = month_window(to_month)
-            self.sim.move_row(rows[pick % len(rows)]["public_id"], since + (until - since) * at)
+            self.sim.move_row(rows[pick % len(rows)]["public_id"], _instant_in(to_month, at))
 
     def _land(
         self, month: str, faults: Faults, progress: Callable[[str], None] = lambda message: None
@@ -384,3 +392,20 @@ def test_the_lake_equals_the_source_after_any_history(postgres: PostgresServer) 
                 suppress_health_check=[HealthCheck.too_slow],
             ),
         )
+
+
+def test_a_row_broken_at_its_months_last_millisecond_is_not_marked_deleted() -> None:
+    """A history the state machine found: a row broken and moved, in one change, to the last
+    millisecond its month's window holds is one of the month's rejects, not a row gone."""
+    machine = WarehouseAgainstSource()
+    try:
+        machine.start(
+            page_limit=7, total_cap=9, tie_share=0.0, max_concurrency=1, loaded=False, part_rows=7
+        )
+        machine.read_cleanly("2026-04")
+        machine.break_a_row("2026-04", pick=0, without_id=False, moved_to=0.9999999999999999)
+        moved = next(iter(machine.broken))
+        assert machine.sim.rows(*month_window("2026-04"))[-1]["public_id"] == moved
+        machine.read_cleanly("2026-04")  # its merge asserts that no row the month held is deleted
+    finally:
+        machine.teardown()
