@@ -123,9 +123,14 @@ class _Deadline:
         return self._at - now
 
 
-# The deadline of the answer this thread is reading: httpx's sync client reads each answer on
-# the thread that sent the request.
-_current = threading.local()
+class _ThisThread(threading.local):
+    """The deadline of the answer this thread is reading: httpx's sync client reads each answer
+    on the thread that sent the request."""
+
+    deadline: _Deadline | None = None
+
+
+_current = _ThisThread()
 
 
 @contextmanager
@@ -145,7 +150,7 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        deadline: _Deadline | None = getattr(_current, "deadline", None)
+        deadline = _current.deadline
         if deadline is None:
             return self._stream.read(max_bytes, timeout)
         left = deadline.left()
@@ -171,9 +176,8 @@ class _DeadlineStream(httpcore.NetworkStream):
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
         tls = _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
-        deadline: _Deadline | None = getattr(_current, "deadline", None)
-        if deadline is not None:
-            deadline.restart()
+        if _current.deadline is not None:
+            _current.deadline.restart()
         return tls
 
     def get_extra_info(self, info: str) -> Any:

@@ -728,8 +728,8 @@ def in_process(handle: Handler) -> httpx.MockTransport:
         # The socket serving's http.server sends a Date too: the API's clock, to the second.
         headers = {"Date": formatdate(usegmt=True), **answer.headers}
         if answer.trickle_s:
-            body = _Trickled(answer.body, answer.trickle_s)
-            return httpx.Response(answer.status, headers=headers, stream=body)
+            trickle = trickled(answer.body, answer.trickle_s)
+            return httpx.Response(answer.status, headers=headers, content=trickle)
         return httpx.Response(answer.status, headers=headers, content=answer.body)
 
     return httpx.MockTransport(handler)
@@ -740,15 +740,6 @@ def trickled(data: bytes, every_s: float) -> Iterator[bytes]:
     for byte in data:
         time.sleep(every_s)
         yield bytes([byte])
-
-
-class _Trickled(httpx.SyncByteStream):
-    def __init__(self, body: bytes, every_s: float) -> None:
-        self._body = body
-        self._every_s = every_s
-
-    def __iter__(self) -> Iterator[bytes]:
-        return trickled(self._body, self._every_s)
 
 
 def _is_count(query: Mapping[str, str]) -> bool:
