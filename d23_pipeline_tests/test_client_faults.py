@@ -602,6 +602,37 @@ def test_an_https_proxys_tunnel_does_not_count_against_the_answers_headers() -> 
             tunnel.read(1)
 
 
+def test_one_threads_deadline_never_bounds_another_threads_read() -> None:
+    # The reader threads share one client; each answer's deadline must stay on its own thread.
+    # Events order the steps, so no step depends on how fast the machine is.
+    slow, fast = _DeadlineStream(_Answering()), _DeadlineStream(_Answering())
+    slow_expired, fast_done = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def read_slowly() -> None:
+        with _arriving_within(0.05, "headers"):
+            slow.read(1)  # the clock starts
+            time.sleep(0.1)
+            slow_expired.set()
+            fast_done.wait(10)
+            try:
+                slow.read(1)
+            except httpcore.ReadTimeout as timeout:
+                outcome["slow"] = str(timeout)
+
+    with _arriving_within(60, "body"):
+        fast.read(1)
+        reader = threading.Thread(target=read_slowly)
+        reader.start()
+        assert slow_expired.wait(10)
+        # The other thread's answer is past its deadline; this one has 60 s.
+        assert fast.read(1) == b"x"
+    fast_done.set()  # this thread's answer is done, the other's deadline still stands
+    reader.join(10)
+
+    assert outcome == {"slow": "the answer's headers took longer than 0.05 s to arrive"}
+
+
 @pytest.mark.parametrize(("after_walk_504s", "reads"), [(0, 1), (2, 1), (3, 2)])
 def test_a_504_on_the_count_after_a_walk_is_asked_again_before_the_slice_is_read_again(
     after_walk_504s: int, reads: int
