@@ -34,6 +34,7 @@ from d23_pipeline.client import (
     SliceRestart,
     Window,
     WindowTotal,
+    walk,
 )
 from d23_pipeline.client.pages import read_total
 from d23_pipeline.client.stats import FURTHER_NAMES, WITHHELD_NAME, ClientStats
@@ -97,6 +98,38 @@ def test_repeated_next_cursor_fails_loudly_instead_of_looping() -> None:
     sim.script(SimResponse.from_json({"body": page}), times=10)
     with client(sim) as reader, pytest.raises(CursorLoopError, match="already seen"):
         walk_ids(reader)
+
+
+# The walk's own tests take the bound itself; over HTTP a lower one keeps these quick.
+_IN_PLACE = 50
+
+
+def test_ever_new_cursors_on_empty_pages_fail_loudly_instead_of_looping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(walk, "MAX_PAGES_IN_PLACE", _IN_PLACE)
+    # No page reaches a row, until one far past the bound does (so a walk without it ends).
+    pages = itertools.count(1)
+    sim = simulator(
+        rows_at(range(5)), page_size=lambda limit: 0 if next(pages) < 10 * _IN_PLACE else limit
+    )
+    with (
+        client(sim) as reader,
+        pytest.raises(CursorLoopError, match=f"{_IN_PLACE} pages in a row") as caught,
+    ):
+        walk_ids(reader)
+    assert "empty pages" in str(caught.value)
+    assert len(queries(sim)) == _IN_PLACE
+
+
+def test_a_stretch_of_empty_pages_just_short_of_the_bound_is_read_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(walk, "MAX_PAGES_IN_PLACE", _IN_PLACE)
+    scans = itertools.chain([0] * (_IN_PLACE - 1), itertools.repeat(2))
+    sim = simulator(rows_at(range(5)), page_size=lambda limit: next(scans))
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)
 
 
 def test_missing_next_cursor_is_a_protocol_error_not_the_end() -> None:

@@ -15,7 +15,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from d23_pipeline.client import CursorLoopError, Window, WindowTooHeavyError
-from d23_pipeline.client.walk import PageRequest, ReadOn, WidthHint, WindowWalk
+from d23_pipeline.client.walk import (
+    MAX_PAGES_IN_PLACE,
+    PageRequest,
+    ReadOn,
+    WidthHint,
+    WindowWalk,
+)
 from d23_pipeline.schema import RejectedRow, format_timestamp, rows_to_batch
 
 MINUTE = timedelta(minutes=1)
@@ -511,6 +517,26 @@ def test_a_repeated_cursor_stops_the_walk() -> None:
 
     with pytest.raises(CursorLoopError, match="already seen"):
         walk.page_served(rows_to_batch(rows_at([1])), [], "same")
+
+
+@pytest.mark.parametrize("in_place", ["empty", "served again", "broken"])
+def test_pages_on_new_cursors_that_move_the_walk_no_further_stop_it_at_the_bound(
+    in_place: str,
+) -> None:
+    walk = walk_of(DAY)
+    cursors = (f"cursor-{n}" for n in itertools.count())
+    broken = [RejectedRow("outcome_option is int", "", {"outcome_option": 7}, 0)]
+    batch = rows_to_batch(rows_at([0, 1]) if in_place == "served again" else [])
+    rejects = broken if in_place == "broken" else []
+    walk.page_served(rows_to_batch(rows_at([0, 1])), [], next(cursors))
+    for _ in range(MAX_PAGES_IN_PLACE - 1):
+        walk.page_served(batch, rejects, next(cursors))
+    walk.page_served(rows_to_batch(rows_at([2])), [], next(cursors))  # on again: a new count
+    for _ in range(MAX_PAGES_IN_PLACE - 1):
+        walk.page_served(batch, rejects, next(cursors))
+
+    with pytest.raises(CursorLoopError, match=f"{MAX_PAGES_IN_PLACE} pages in a row"):
+        walk.page_served(batch, rejects, next(cursors))
 
 
 def _with_id(n: int, rows_before: int) -> RejectedRow:

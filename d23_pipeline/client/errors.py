@@ -84,7 +84,8 @@ class WindowTooHeavyError(ExportsApiError):
 
 
 class CursorLoopError(ExportsApiError):
-    """The API handed back a ``nextCursor`` already seen in the same walk."""
+    """The API handed back a ``nextCursor`` already seen in the same walk, or new ones on page
+    after page that moved the walk no further (``walk.MAX_PAGES_IN_PLACE``)."""
 
 
 class ProtocolError(ExportsApiError):

@@ -61,6 +61,13 @@ from d23_pipeline.schema import (
 # The largest page the API serves (documented: 1-1000, clamped).
 MAX_PAGE_LIMIT = 1000
 
+# Pages in a row, each on a new cursor, that may move a walk no further (empty, or serving only
+# broken rows or rows it handed over) before it takes the API to be looping. An empty page is no
+# fault (a page of a "via" dataset may scan only other tenants' entries), but this many at the
+# default limit of 500 is half a million entries between two of the lender's rows in one slice:
+# longer than a real read meets, far shorter than the hours ever-new cursors would hold a run.
+MAX_PAGES_IN_PLACE = 1000
+
 
 class WidthHint:
     """The widest window worth asking for, learned from 504s and shared by a client's walks."""
@@ -279,6 +286,7 @@ class WindowWalk:
             self._edge_ids = set(self._part.skip)
             self._cursor: str | None = None
             self._seen_cursors: set[str] = set()
+            self._pages_in_place = 0
             self._strikes = 0
             self._handed_in_part = False  # a row or reject: what a read-on must make
             self._served_in_part = 0  # in the window an EndCheck counts
@@ -342,6 +350,7 @@ class WindowWalk:
         handed over before (a re-read after a 504 starts inside the last instant read)."""
         part = self._require_part()
         self._cursor_served = self._cursor_served or self._cursor is not None
+        was_at = (self._edge, len(self._edge_ids))
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
         if self._read_on is not None:
             if part.instant or self._read_on_before is None:
@@ -400,6 +409,8 @@ class WindowWalk:
             self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
             self._at_edge += _count(column, edge)
         self._strikes = 0
+        moved = (self._edge, len(self._edge_ids)) != was_at
+        self._pages_in_place = 0 if moved else self._pages_in_place + 1
         self._handed_in_part = self._handed_in_part or batch.num_rows > 0 or bool(fresh)
         if next_cursor is None:
             self._limit = self._default_limit
@@ -413,6 +424,14 @@ class WindowWalk:
             raise CursorLoopError(
                 f"the API returned a nextCursor already seen in this walk, after "
                 f"{len(self._seen_cursors) + 1} pages; stopping rather than loop or skip",
+                window=part.window,
+                path=self._path,
+            )
+        elif self._pages_in_place >= MAX_PAGES_IN_PLACE:
+            raise CursorLoopError(
+                f"the API served {self._pages_in_place} pages in a row, each on a new nextCursor, "
+                "without a valid row past those handed over (empty pages, broken rows, or rows "
+                "served again); stopping rather than loop for ever",
                 window=part.window,
                 path=self._path,
             )
