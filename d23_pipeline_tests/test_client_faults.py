@@ -93,7 +93,17 @@ def test_transient_statuses_mid_walk_are_retried_to_the_exact_rows(status: int) 
         assert reader.stats.as_dict()["retries"] == {str(status): 2}
 
 
-def test_retry_after_seconds_is_honoured() -> None:
+@pytest.mark.parametrize("status", [507, 520, 522, 524])
+def test_a_gateways_own_error_page_mid_walk_is_retried_not_taken_for_a_wrong_host(
+    status: int,
+) -> None:
+    # A CDN in front of the API answers with its own page, not the API's error body.
+    sim = paged(range(10))
+    sim.script(SimResponse.gateway_page(status, "origin error"), times=2, when=has_cursor)
+    with client(sim) as reader:
+        assert walk_ids(reader) == ids_in(sim)
+        assert reader.stats.as_dict()["retries"] == {str(status): 2}
+
     slept: list[float] = []
     sim = paged(range(4))
     sim.script(error(429, **{"Retry-After": "7"}))

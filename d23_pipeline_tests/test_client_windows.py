@@ -89,9 +89,12 @@ def test_backoff_is_full_jitter_capped_at_max_delay() -> None:
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(429, 1), (500, 1), (502, 1), (503, 1), (504, 1), (400, 0), (401, 0), (403, 0), (404, 0)],
+    [
+        *((status, 1) for status in (429, 500, 502, 503, 504, 507, 520, 522, 524, 530, 599)),
+        *((status, 0) for status in (400, 401, 403, 404, 501, 505, 506, 510, 511)),
+    ],
 )
-def test_only_documented_transient_statuses_are_retryable(status: int, retryable: int) -> None:
+def test_429_and_the_5xx_a_retry_can_mend_are_retryable(status: int, retryable: int) -> None:
     response = httpx.Response(status, json={"requestId": "abc"}, headers={"Retry-After": "2"})
     failure = transient_for(response)
     assert (failure is not None) == bool(retryable)

@@ -312,7 +312,8 @@ class ExportsClient:
             "includeTotal": "true",
         }
         try:
-            return self._session.get(params, read_total, what="total", window=window, cancel=cancel)
+            what = f"total of {self._session.section}/{self._session.dataset}"
+            return self._session.get(params, read_total, what=what, window=window, cancel=cancel)
         except GatewayTimeout:
             self.stats.retry("504")
             self._widths.failed(window.duration)

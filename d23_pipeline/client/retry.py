@@ -50,7 +50,14 @@ log = logging.getLogger("d23_pipeline.client")
 
 T = TypeVar("T")
 
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Of the 5xx, those that say this host can never serve the request; any other is a server's or a
+# gateway's failure (a CDN's 520-530 too), worth another try.
+_NEVER_SERVED_5XX = frozenset({501, 505, 506, 510, 511})
+
+
+def _retryable(status: int) -> bool:
+    """429, and a 5xx other than 501, 505, 506, 510 and 511."""
+    return status == 429 or (500 <= status <= 599 and status not in _NEVER_SERVED_5XX)
 
 
 @dataclass(frozen=True)
@@ -230,8 +237,8 @@ def is_html(response: httpx.Response) -> bool:
 
 
 def transient_for(response: httpx.Response) -> Transient | None:
-    """A :class:`Transient` for a retryable status (429, 500, 502, 503, 504), else None."""
-    if response.status_code not in RETRYABLE_STATUSES:
+    """A :class:`Transient` for a retryable status (:func:`_retryable`), else None."""
+    if not _retryable(response.status_code):
         return None
     return Transient(
         str(response.status_code),

@@ -156,7 +156,7 @@ class ExportsSession:
             )
         if not is_api_error(response):
             return NotTheApiError(
-                not_the_api(response, f"{what} of {self.section}/{self.dataset}"),
+                not_the_api(response, what),
                 status=status,
                 request_id=request_id,
                 path=self.path,
