@@ -75,3 +75,17 @@ def test_the_pipelines_own_log_lines_reach_the_run_log_from_any_thread(tmp_path)
         (logging.INFO, "retrying page 7"),
         (logging.WARNING, "waiting for the warehouse lock"),
     }
+
+
+def test_the_shipped_instance_queues_retries_and_ends_runs_as_the_readme_says() -> None:
+    # README: at most 4 runs at once, one run per month at a time, a failed month retried twice,
+    # a run still going after 6 h ended. Read as Dagster reads them, so a misspelt key fails too.
+    with dg.instance_for_test(overrides=load("dagster.yaml")) as instance:
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and queue.max_concurrent_runs == 4
+        assert queue.tag_concurrency_limits == [
+            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        ]
+        assert (instance.run_retries_enabled, instance.run_retries_max_retries) == (True, 2)
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_runtime_seconds == 6 * 3600

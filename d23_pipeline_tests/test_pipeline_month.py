@@ -46,6 +46,21 @@ def test_rematerializing_a_month_changes_nothing(pipeline: Pipeline) -> None:
     assert (merged["inserted"], merged["updated"], merged["marked_deleted"]) == (0, 0, 0)
 
 
+def test_merging_a_month_never_landed_fails_naming_the_step_to_run_first(
+    pipeline: Pipeline,
+) -> None:
+    pipeline.materialize("2026-03")
+    before = pipeline.query("SELECT * FROM d23.logs ORDER BY public_id")
+
+    result = pipeline.materialize("2026-04", selection="d23/logs", raise_on_error=False)
+
+    assert (
+        "No complete raw snapshot for 2026-04-01: materialize d23/raw_logs for it first."
+        in (failure_messages(result)["d23__logs"])
+    )
+    assert pipeline.query("SELECT * FROM d23.logs ORDER BY public_id") == before
+
+
 @BOTH_WAREHOUSES
 def test_logs_columns_have_proper_types(pipeline: Pipeline) -> None:
     pipeline.materialize("2026-04")

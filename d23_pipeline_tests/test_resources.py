@@ -5,6 +5,7 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+import httpx
 import pytest
 from harness import MONTHS, Pipeline
 
@@ -258,3 +259,22 @@ def test_a_warehouse_resource_given_every_field_reads_no_variable(
     with resource.get_connection() as con:
         assert con.execute("SELECT 1").fetchone() == (1,)
     assert resource.allowed_deletion_share() == 0.5
+
+
+def test_the_api_client_retries_and_waits_as_the_readme_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # README: 6 attempts, at most 300 s of pauses a request, a connection open within 10 s, an
+    # answer's headers and then its body within 60 s each.
+    for name, value in {
+        "D23_LENDER": "demo",
+        "D23_EMAIL": "a@b.example",
+        "D23_PASSWORD": "pw",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with ExportsApiResource(api_url="http://127.0.0.1:9").client() as client:
+        policy = client._retrier.policy
+        http = client._http
+        assert (policy.max_attempts, policy.max_total_wait_s) == (6, 300.0)
+        assert http._http.timeout == httpx.Timeout(60.0, connect=10.0)
+        assert http._deadline_s == 60.0

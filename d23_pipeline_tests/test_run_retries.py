@@ -7,6 +7,7 @@ tests read what the daemon would; the last test runs the daemon itself.
 """
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -181,6 +182,24 @@ def test_a_month_whose_host_is_not_the_api_is_not_retried(
 
     error = str(result.get_step_failure_events()[0].step_failure_data.error)
     assert "NotTheApiError" in error and "check that D23_API_URL is the API's host root" in error
+    assert tags["dagster/will_retry"] == "false"
+
+
+def test_a_month_whose_api_host_name_does_not_exist_is_not_retried(
+    pipeline: Pipeline, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookup = socket.getaddrinfo
+
+    def no_such_name(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "d23-typo.test":  # the answer DNS gives a mistyped name, without asking it
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    result, tags = _failed_run(pipeline, instance, api_url="https://d23-typo.test")
+
+    error = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert "ApiHostError" in error and "(d23-typo.test) does not exist" in error
     assert tags["dagster/will_retry"] == "false"
 
 
