@@ -182,6 +182,13 @@ def test_a_source_that_lost_30_percent_is_not_applied_until_confirmed(pipeline: 
         "SELECT attempts FROM d23.outcome_kpis_monthly WHERE month = ?", (f"{MONTH}-01",)
     ) == [(attempts,)]
 
+    # The confirmation was that run's alone: the month's next large loss is held again.
+    pipeline.sim.hard_delete(round(live * 0.3), month=MONTH)
+    held_again = pipeline.materialize(MONTH, raise_on_error=False)
+
+    assert not _checks(held_again)["deletions_within_limit"].passed
+    assert _deleted_ids(pipeline) == lost
+
 
 @BOTH_WAREHOUSES
 def test_a_few_real_deletions_in_verified_slices_are_marked(pipeline: Pipeline) -> None:

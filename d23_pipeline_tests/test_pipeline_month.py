@@ -1,6 +1,7 @@
 """A month through the whole pipeline against the simulator: exact, idempotent, change-aware."""
 
 import dataclasses
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -44,6 +45,24 @@ def test_rematerializing_a_month_changes_nothing(pipeline: Pipeline) -> None:
     assert after == before
     merged = _metadata(result, "d23__logs")
     assert (merged["inserted"], merged["updated"], merged["marked_deleted"]) == (0, 0, 0)
+
+
+def test_a_month_whose_cursors_expire_lands_exactly_and_its_run_says_so(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every walk's cursor is refused (500, the API's answer to an expired one) after 3 pages,
+    # enough to get past the month's densest stretch of other lenders' entries.
+    pipeline.sim.faults = dataclasses.replace(pipeline.sim.faults, cursor_pages=3)
+    with caplog.at_level(logging.WARNING, logger="d23_pipeline"):
+        result = pipeline.materialize(
+            "2026-04", page_limit=100, retry_max_attempts=2, retry_base_delay_s=0.001
+        )
+
+    assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
+    restarts = _metadata(result, "d23__raw_logs")["cursor_restarts"]
+    assert restarts > 0
+    warned = [r for r in caplog.records if "without the cursor" in r.getMessage()]
+    assert len(warned) == restarts
 
 
 def test_merging_a_month_never_landed_fails_naming_the_step_to_run_first(
