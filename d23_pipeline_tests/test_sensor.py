@@ -236,13 +236,15 @@ def test_sensor_second_tick_same_day_requests_nothing_and_next_day_again(instanc
     ]
 
 
-def test_sensor_after_days_down_also_refreshes_the_month_that_ended_meanwhile(instance):
+def test_sensor_after_days_down_also_refreshes_the_month_that_ended_meanwhile(instance, capsys):
     clock = Clock(datetime(2026, 5, 28, HOUR, tzinfo=UTC))
     sensor = make_sensor(clock)
     may_28 = tick(sensor, instance)
     clock.now = datetime(2026, 8, 2, HOUR, tzinfo=UTC)
 
+    capsys.readouterr()
     august_2 = tick(sensor, instance, may_28.cursor)
+    logged = capsys.readouterr().err
 
     # Lookback 2 reads June and July; May ended on 1 June, after its last refresh.
     assert [r.partition_key for r in august_2.run_requests] == [
@@ -251,6 +253,11 @@ def test_sensor_after_days_down_also_refreshes_the_month_that_ended_meanwhile(in
         "2026-07-01",
         "2026-08-01",
     ]
+    # The tick's log says why an older month is read, and that the daemon may have been down.
+    assert (
+        "WARNING - Also refreshing 2026-05-01: it ended after the last daily refresh, and no "
+        "refresh has read it since (was the daemon down?)"
+    ) in logged
 
 
 def test_in_flight_statuses_are_every_status_of_an_unfinished_run():
