@@ -339,6 +339,16 @@ def test_cursors_that_expire_before_a_walk_gets_past_its_tied_rows_fail_it_not_l
     assert "faster than the walk gets on" in caplog.text
 
 
+def test_a_larger_page_limit_outruns_cursors_that_expire_before_the_tied_rows() -> None:
+    # The README's remedy for the failure above: a larger D23_PAGE_LIMIT gets each page further.
+    rows = rows_at([0] * 7 + [5, 6, 7])
+    small, large = simulator(rows, cursor_pages=2), simulator(rows, cursor_pages=2)
+    with client(small, page_limit=3) as reader, pytest.raises(RetriesExhaustedError):
+        walk_ids(reader)
+    with client(large, page_limit=8) as reader:
+        assert walk_ids(reader) == ids_in(large)
+
+
 def test_cursors_that_expire_every_few_pages_still_give_every_row_once() -> None:
     # Each walk gets two pages before its cursor expires; 1,000 rows in pages of 3, with ties,
     # over 4 walks.
