@@ -104,6 +104,8 @@ def test_a_gateways_own_error_page_mid_walk_is_retried_not_taken_for_a_wrong_hos
         assert walk_ids(reader) == ids_in(sim)
         assert reader.stats.as_dict()["retries"] == {str(status): 2}
 
+
+def test_retry_after_seconds_is_honoured() -> None:
     slept: list[float] = []
     sim = paged(range(4))
     sim.script(error(429, **{"Retry-After": "7"}))

@@ -539,6 +539,31 @@ def test_pages_on_new_cursors_that_move_the_walk_no_further_stop_it_at_the_bound
         walk.page_served(batch, rejects, next(cursors))
 
 
+@pytest.mark.parametrize("restart", ["refused cursor", "cut", "two 504s"])
+def test_a_stretch_read_again_from_the_edge_counts_its_pages_once(restart: str) -> None:
+    # Part of a stretch of empty pages, then a re-read from the edge: the stretch's pages are
+    # counted again from the start, not on top of those read before the restart.
+    narrow = restart == "two 504s"
+    walk = walk_of(Window(T0, T0 + MINUTE) if narrow else DAY, min_window=MINUTE)
+    cursors = (f"cursor-{n}" for n in itertools.count())
+    walk.page_served(rows_to_batch(rows_at([0, 1])), [], next(cursors))
+    for _ in range(MAX_PAGES_IN_PLACE // 2):
+        walk.page_served(rows_to_batch([]), [], next(cursors))
+    if restart == "refused cursor":
+        assert walk.cursor_refused()
+    elif restart == "cut":
+        assert walk.cut(T0 + HOUR) is not None
+    else:
+        walk.gateway_timeout()
+        walk.gateway_timeout()
+    assert walk.next_request().cursor is None  # read again from the edge
+    for _ in range(MAX_PAGES_IN_PLACE - 1):
+        walk.page_served(rows_to_batch([]), [], next(cursors))
+
+    walk.page_served(rows_to_batch(rows_at([5])), [], None)  # the stretch's end
+    assert walk.next_request() is None
+
+
 def _with_id(n: int, rows_before: int) -> RejectedRow:
     """Row ``n`` served broken (the same broken value as any other), with its public_id."""
     return RejectedRow("outcome_option is int", pid(n), {"outcome_option": 7}, rows_before)

@@ -578,6 +578,7 @@ class WindowWalk:
         self._edge_ids = set(edge_ids)
         self._cursor = None
         self._seen_cursors = set()
+        self._pages_in_place = 0  # the pages read again from the edge would count twice
         self._strikes = strikes
 
     def _budget_to_read_again(self) -> tuple[Counter[_PastEdge], int]:
