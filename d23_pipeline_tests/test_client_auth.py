@@ -141,12 +141,15 @@ def test_wrong_password_is_an_authentication_error() -> None:
     assert "HTTP 401" in str(caught.value) and request_id in str(caught.value)
 
 
-def test_login_survives_a_transient_failure() -> None:
+@pytest.mark.parametrize(
+    ("status", "answer"), [(503, error(503)), (522, SimResponse.gateway_page(522, "origin error"))]
+)
+def test_login_survives_a_transient_failure(status: int, answer: SimResponse) -> None:
     sim = simulator(rows_at(range(3)))
-    sim.script(error(503), auth=True)
+    sim.script(answer, auth=True)
     with client(sim) as reader:
         assert walk_ids(reader) == ids_in(sim)
-        assert reader.stats.as_dict()["retries"] == {"503": 1}
+        assert reader.stats.as_dict()["retries"] == {str(status): 1}
 
 
 def test_a_login_that_failed_is_not_tried_again_by_each_worker_that_waited_for_it() -> None:

@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 from postgres import PostgresServer
 
 from d23_pipeline.client import RetriesExhaustedError, Window
+from d23_pipeline.client.windows import ONE_MS
 from d23_pipeline.landing.month import MonthRead, read_month
 from d23_pipeline.landing.snapshot import Snapshot, SnapshotStore
 from d23_pipeline.months import month_window
@@ -32,7 +33,6 @@ from d23_pipeline.warehouse.store import Warehouse, WarehouseBackend, merge_with
 
 MONTHS = ("2026-03", "2026-04")
 SLICE = timedelta(days=4)
-ONE_MS = timedelta(milliseconds=1)
 # Where in a month a row moves to, as a share of it; 1.0 would be the next month's first instant.
 _WITHIN = st.floats(0, 1, exclude_max=True)
 

@@ -350,7 +350,7 @@ class WindowWalk:
         handed over before (a re-read after a 504 starts inside the last instant read)."""
         part = self._require_part()
         self._cursor_served = self._cursor_served or self._cursor is not None
-        was_at = (self._edge, len(self._edge_ids))
+        was_at = self._position
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
         if self._read_on is not None:
             if part.instant or self._read_on_before is None:
@@ -409,8 +409,7 @@ class WindowWalk:
             self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
             self._at_edge += _count(column, edge)
         self._strikes = 0
-        moved = (self._edge, len(self._edge_ids)) != was_at
-        self._pages_in_place = 0 if moved else self._pages_in_place + 1
+        self._pages_in_place = 0 if self._position != was_at else self._pages_in_place + 1
         self._handed_in_part = self._handed_in_part or batch.num_rows > 0 or bool(fresh)
         if next_cursor is None:
             self._limit = self._default_limit
@@ -480,7 +479,7 @@ class WindowWalk:
         would have the walk crawl a page per retry budget, and cursors that expire before a walk
         gets past a stretch of ties or empty pages would have it read that stretch for ever."""
         part = self._require_part()
-        position = (self._edge, len(self._edge_ids))
+        position = self._position
         if self._cursor is None or (
             self._dropped_at is not None
             and (not self._cursor_served or position <= self._dropped_at)
@@ -592,6 +591,11 @@ class WindowWalk:
                 if pending.again is current:
                     pending.again, pending.edge_rows = again, edge_rows
         return again, edge_rows
+
+    @property
+    def _position(self) -> tuple[str, int]:
+        """How far the walk has handed over: the edge's instant, and its rows handed over."""
+        return self._edge, len(self._edge_ids)
 
     def _require_part(self) -> _Part:
         if self._part is None:
