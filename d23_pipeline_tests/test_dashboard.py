@@ -50,6 +50,8 @@ UNVERIFIED = ("2026-05-01", "2026-05-07 00:00:00+00", "2026-05-08 00:00:00+00", 
 class Page:
     tiles: dict[str, str]
     charts: dict[str, int]
+    legends: dict[str, list[str]]
+    hostile_hover: str  # the outcome-mix hover of the bar of HOSTILE_CODE, as drawn
     text: str
     console_errors: list[str]
     requests: list[str]
@@ -76,9 +78,10 @@ def page(materialized: Pipeline) -> Page:
             "(?, ?, ?, ?, ?, ?, false, 2, now()), (?, ?, ?, 40, 40, 40, true, 1, now())",
             [*UNVERIFIED, *UNVERIFIED[:3]],
         )
-        # An outcome code from the API is data, never markup: it must show as text.
+        # An outcome code from the API is data, never markup: it must show as text. Its
+        # channel, padded, is another channel than CALL and must not read as a second CALL.
         con.execute(
-            "INSERT INTO d23.outcome_mix_monthly VALUES ('2026-04-01', 'CALL', 'AGENT', ?, "
+            "INSERT INTO d23.outcome_mix_monthly VALUES ('2026-04-01', 'CALL ', 'AGENT', ?, "
             "false, false, false, false, false, 3, 0)",
             [HOSTILE_CODE],
         )
@@ -115,8 +118,23 @@ def _open(path: Path) -> Page:
             "Object.fromEntries([...document.querySelectorAll('.tile')].map(t => "
             "[t.dataset.kpi, t.querySelector('.value').innerText]))"
         )
+        legends = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('.chart')].map(c => "
+            "[c.dataset.chart, [...c.querySelectorAll('.legendtext')].map(t => t.textContent)]))"
+        )
+        hostile_hover = page.evaluate(
+            """code => {
+                const g = document.querySelector('#chart-outcome-mix');
+                const i = g._fullData.findIndex(t => t.name.startsWith(code));
+                if (i < 0) return '';
+                Plotly.Fx.hover(g, [{curveNumber: i, pointNumber: 0}]);
+                return g.querySelector('.hoverlayer').textContent;
+            }""",
+            # The trace's name as the page hands it to plotly: in entities.
+            dashboard.chart_label(HOSTILE_CODE),
+        )
         text = page.inner_text("body")
-    return Page(tiles, charts, text, console_errors, requests)
+    return Page(tiles, charts, legends, hostile_hover, text, console_errors, requests)
 
 
 def test_the_page_renders_offline_without_errors(page: Page) -> None:
@@ -124,6 +142,13 @@ def test_the_page_renders_offline_without_errors(page: Page) -> None:
     assert [u for u in page.requests if not u.startswith("file:")] == []
     assert set(page.charts) == CHARTS
     assert all(traces > 0 for traces in page.charts.values()), page.charts
+
+
+def test_channels_and_codes_from_the_api_are_drawn_as_typed_and_told_apart(page: Page) -> None:
+    assert "CALL" in page.legends["kpi-by-channel"]
+    assert '"CALL "' in page.legends["kpi-by-channel"]  # not a second "CALL"
+    assert f"{HOSTILE_CODE} (unmapped)" in page.legends["outcome-mix"]
+    assert page.hostile_hover.startswith(f"{HOSTILE_CODE} (unmapped), Apr 2026: ")
 
 
 def test_kpi_tiles_show_the_warehouse_values_of_the_latest_ended_month(

@@ -134,7 +134,7 @@ def test_the_freshness_table_shows_each_count_under_its_heading(
     may = _table(page, "<h2>Data freshness</h2>")[1]
     assert may == {
         "month": "2026-05",
-        "rows in d23.logs": "6",
+        "live rows in d23.logs": "6",
         "attempts (active rows)": "5",  # the deactivated row is no attempt
         "last read (UTC)": "2026-07-15 22:30",
         "state": "settled",
@@ -143,6 +143,20 @@ def test_the_freshness_table_shows_each_count_under_its_heading(
         "unmapped attempts": "3",
         "deletions not applied": "2",
     }
+
+
+def test_the_freshness_table_counts_the_rows_not_marked_deleted(
+    warehouse: Warehouse, tmp_path: Path
+) -> None:
+    with warehouse.connect() as con:
+        con.execute(
+            "UPDATE d23.logs SET _deleted_at = now() WHERE public_id = "
+            "(SELECT min(public_id) FROM d23.logs WHERE _partition = '2026-05-01')"
+        )
+
+    may = _table(_page(tmp_path, _gather(warehouse)), "<h2>Data freshness</h2>")[1]
+
+    assert may["live rows in d23.logs"] == "5"  # of the 6 it holds
 
 
 def test_deletions_not_applied_show_rows_attempts_and_the_local_read_time(

@@ -409,3 +409,25 @@ def test_the_outcome_steps_check_the_whole_month_and_chart_each_daily_rate(
     ]  # fmt: skip
     assert not check.passed
     assert drawn == [["contact_rate", "rpc_rate", "ptp_per_attempt"]]
+
+
+def test_the_mix_preview_tells_apart_groups_that_differ_only_in_spaces(
+    warehouse: Warehouse,
+) -> None:
+    with warehouse.connect() as con:  # "PTP " padded: another code than PTP, and unmapped
+        _insert(con, "s1", "PTP ", datetime(2026, 4, 3, 9, 30, tzinfo=UTC))
+        con.execute("UPDATE d23.logs SET communication_type = 'CALL ' WHERE public_id = 's1'")
+
+    result = dg.materialize(
+        [outcome_mix_monthly],
+        resources={
+            "warehouse": WarehouseResource(database=str(warehouse.path)),
+            "outcome_mapping": OutcomeMappingResource(),
+        },
+        partition_key="2026-04-01",
+    )
+
+    (materialization,) = result.asset_materializations_for_node("d23__outcome_mix_monthly")
+    preview = materialization.metadata["preview"].value
+    assert '| "CALL " | AGENT | "PTP " | 1 | 0 |' in preview
+    assert "| CALL | AGENT | PTP | 2 | 1 |" in preview  # p1, p2: the unpadded group as is

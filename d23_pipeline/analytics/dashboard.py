@@ -587,6 +587,18 @@ def _kpi_line(
     }
 
 
+# A hover names its line by the trace's name, never by text from the API pasted into the
+# template, where "%{...}" would be read as a placeholder.
+_TRACE_NAME = "%{fullData.name}"
+
+
+def chart_label(value: str) -> str:
+    """A channel, source or outcome code from the API as a chart's legend and hover show it:
+    quoted where it would not read unambiguously (:func:`shown_code`: ``"CALL "`` is not a
+    second CALL), and what plotly would read as markup in entities, so it shows as typed."""
+    return html.escape(shown_code(value), quote=False)
+
+
 def kpi_trend_chart(
     kpis: Sequence[Mapping[str, Any]],
     partial: Collection[date] = (),
@@ -622,8 +634,8 @@ def kpi_split_chart(
             cell = _cell(j // 3 + 1, j % 3 + 1, 3)
             fig["data"].append(
                 {
-                    **_kpi_line(mine, name, partial, maturing, f"{value}, "),
-                    "name": value,
+                    **_kpi_line(mine, name, partial, maturing, f"{_TRACE_NAME}, "),
+                    "name": chart_label(value),
                     "legendgroup": value,
                     "showlegend": j == 0,
                     "line": {"color": colour},
@@ -657,10 +669,10 @@ def outcome_mix_chart(
                 "x": [_chart_month(r["month"], partial) for r in rows],
                 "y": [_pct(r["share"]) for r in rows],
                 "customdata": [r["attempts"] for r in rows],
-                "name": f"{code} ({outcome_class})",
+                "name": f"{chart_label(code)} ({outcome_class})",
                 "legendgroup": outcome_class,
                 "marker": {"color": shade},
-                "hovertemplate": f"{code} ({outcome_class}), %{{x}}: %{{y:.1f}}% "
+                "hovertemplate": f"{_TRACE_NAME}, %{{x}}: %{{y:.1f}}% "
                 "(%{customdata:,} attempts)<extra></extra>",
             }
         )
@@ -756,7 +768,7 @@ def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> Figure:
         mine = _days_with_gaps(
             [r for r in rows if (r["communication_type"], r["interaction_source"]) == pair]
         )
-        name = " / ".join(pair)
+        name = " / ".join(map(chart_label, pair))
         for j, (measure, label) in enumerate(measures):
             cell = _cell(j + 1, 1, 1)
             fig["data"].append(
@@ -779,7 +791,7 @@ def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> Figure:
                     "showlegend": j == 0,
                     "line": {"color": LINE_COLOURS[i % len(LINE_COLOURS)], "width": 1.5},
                     "hovertemplate": (
-                        f"{name}, %{{x}}: %{{y}} {label.lower()}%{{text}}<extra></extra>"
+                        f"{_TRACE_NAME}, %{{x}}: %{{y}} {label.lower()}%{{text}}<extra></extra>"
                     ),
                     "xaxis": f"x{cell}",
                     "yaxis": f"y{cell}",
@@ -1054,7 +1066,7 @@ def _freshness_section(data: DashboardData) -> str:
          f.deletions_not_applied)
         for f in data.freshness
     ]  # fmt: skip
-    headers = ("month", "rows in d23.logs", "attempts (active rows)",
+    headers = ("month", "live rows in d23.logs", "attempts (active rows)",
                f"last read ({data.timezone})", "state", "unverified slices", "rejected rows",
                "unmapped attempts", "deletions not applied")  # fmt: skip
     return (

@@ -84,6 +84,9 @@ def outcome_mix_monthly(
     )
 
 
+_GROUPED_BY = ("communication_type", "interaction_source", "outcome_option")
+
+
 def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict[str, Any]:
     from d23_pipeline.warehouse import sql
     from d23_pipeline.warehouse.store import fetch_dicts
@@ -93,6 +96,8 @@ def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict
         {**r, "outcome_option": shown_code(r["outcome_option"])}
         for r in fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
     ]
+    # Its groups as the API sent them: "CALL " is a group of its own, not a second CALL.
+    preview = [{**r, **{k: shown_code(r[k]) for k in _GROUPED_BY}} for r in mix[:25]]
     # No chart of an empty month: a chart of no bars says nothing the table does not.
     chart = (
         charts.bar_chart(
@@ -109,7 +114,7 @@ def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict
         "dagster/table_name": "d23.outcome_mix_monthly",
         "attempts": sum(r["attempts"] for r in mix),
         "outcome_mix": dg.MetadataValue.md(markdown_table(by_outcome) + "\n\n" + chart),
-        "preview": dg.MetadataValue.md(markdown_table(mix[:25])),
+        "preview": dg.MetadataValue.md(markdown_table(preview)),
     }
 
 
