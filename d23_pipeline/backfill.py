@@ -152,6 +152,8 @@ DAEMON_CHECK_S = 60.0
 # How long --wait keeps polling a webserver that does not answer (a restart, a proxy's 502)
 # before it gives up on following the backfill, which goes on regardless.
 POLL_PATIENCE_S = 300.0
+# How often a silent webserver is mentioned again while it is polled.
+SILENCE_REPORT_S = 60.0
 
 
 def month_partitions(first: str, last: str) -> list[str]:
@@ -486,6 +488,7 @@ def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]
     ``POLL_PATIENCE_S``, then :class:`LostTrackError`."""
     shown: dict[str, str] = {}
     silent_since: float | None = None
+    said_silent_at = -SILENCE_REPORT_S
     daemon_checked = time.monotonic()
     while True:
         if time.monotonic() - daemon_checked > DAEMON_CHECK_S:
@@ -501,23 +504,36 @@ def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]
                     f"without an answer ({exc}); it goes on in Dagster: follow it at "
                     f"{backfill_page(url, backfill_id)}"
                 ) from None
-            print(f"  (no answer from the webserver, trying again: {exc})", file=sys.stderr)
+            # Said when the silence starts, then once a minute: not a line a poll.
+            if time.monotonic() >= said_silent_at + SILENCE_REPORT_S:
+                print(f"  (no answer from the webserver, trying again: {exc})", file=sys.stderr)
+                said_silent_at = time.monotonic()
             time.sleep(POLL_S)
             continue
-        silent_since = None
-        progress = month_progress(backfill["runs"])
-        done = sum(standing == "SUCCESS" for standing in progress.values())
-        for month, standing in progress.items():
+        silent_since, said_silent_at = None, -SILENCE_REPORT_S
+        # Counted line by line: months that ended in one poll each add theirs in turn.
+        for month, standing in month_progress(backfill["runs"]).items():
             if shown.get(month) != standing:
+                shown[month] = standing
+                done = sum(seen == "SUCCESS" for seen in shown.values())
                 print(f"  {month}: {standing} ({done}/{months} months done)", flush=True)
-        shown = progress
         if backfill["status"] not in UNFINISHED:
             return backfill
         time.sleep(POLL_S)
 
 
+# The module's docstring after its usage line, without its reST markup.
+_HELP = (__doc__ or "").split(": ", 1)[-1].replace("``", "")
+_HELP = _HELP[:1].upper() + _HELP[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d23_pipeline.backfill", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m d23_pipeline.backfill",
+        description=_HELP,
+        epilog="Exits 2, launching nothing, when the months, the URL or the webserver's answer "
+        "do not allow the backfill (the error says why).",
+    )
     parser.add_argument("first", metavar="FIRST", help="first month, YYYY-MM")
     parser.add_argument("last", metavar="LAST", help="last month, YYYY-MM (included)")
     parser.add_argument(

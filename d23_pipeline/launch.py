@@ -102,12 +102,18 @@ def _prepare_dagster_home(env: dict[str, str]) -> Path:
     value = env.get("DAGSTER_HOME", "").strip()
     home = (local_path("DAGSTER_HOME", value) if value else Path.cwd() / ".dagster_home").resolve()
     env["DAGSTER_HOME"] = str(home)
-    home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     template = (resources.files("d23_pipeline.deploy") / "dagster.yaml").read_text()
-    if not config.exists():
-        config.write_text(template)
-    elif config.read_text() != template:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not config.exists():
+            config.write_text(template)
+    except OSError as exc:
+        raise SettingsError(
+            f"DAGSTER_HOME is {str(home)!r}, but this user cannot make it or its dagster.yaml "
+            f"there ({exc.strerror}): set DAGSTER_HOME to a folder this user can write"
+        ) from None
+    if config.read_text() != template:
         # An edited instance config (Postgres, other limits) is kept, never overwritten; a home
         # made by an older version lacks the settings added since, which are named.
         try:
@@ -144,13 +150,6 @@ def simulator_start_month(now: datetime) -> str:
 
 def _start_simulator(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     url = f"http://127.0.0.1:{port}"
-    if _answers(url):
-        # Every run would read whatever holds the port (a simulator left by an earlier
-        # `make run`, stale data) while ours failed to bind it.
-        raise SystemExit(
-            f"port {port} is already in use by another program ({url} answers): stop it, or set "
-            "D23_SIMULATOR_PORT to a free port"
-        )
     process = subprocess.Popen(
         [
             sys.executable,
@@ -188,17 +187,25 @@ def _start_simulator(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return process
 
 
-def _refuse_a_taken_ui_port(port: int, simulator_port: int | None) -> None:
-    """Stop before anything starts when `dg dev` could not serve the UI on ``port``: it would
+def _refuse_taken_ports(port: int, simulator_port: int | None) -> None:
+    """Stop before anything starts when `dg dev` could not serve the UI on ``port`` (it would
     fail while its daemon ran on without a UI, and the backfill command printed would reach
-    whatever holds the port."""
+    whatever holds the port), or the bundled simulator could not serve on ``simulator_port``
+    (every run would read whatever holds it: a simulator an earlier `make run` left, stale)."""
     if port == simulator_port:
         raise SystemExit(
             f"D23_UI_PORT and D23_SIMULATOR_PORT are both {port}: the UI and the bundled "
             "simulator need a port each; set one of them to another free port"
         )
+    _refuse_a_taken_port("D23_UI_PORT", port)
+    if simulator_port is not None:
+        _refuse_a_taken_port("D23_SIMULATOR_PORT", simulator_port)
+
+
+def _refuse_a_taken_port(setting: str, port: int) -> None:
+    """Stop, naming ``setting``, when ``port`` on 127.0.0.1 cannot be listened on."""
     # A bind, not a request: a program holding the port need not answer HTTP. SO_REUSEADDR as
-    # the webserver sets it, so that a connection of an earlier UI closing down does not count.
+    # the servers set it, so that a connection of an earlier one closing down does not count.
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -206,11 +213,11 @@ def _refuse_a_taken_ui_port(port: int, simulator_port: int | None) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise SystemExit(
-                    f"D23_UI_PORT {port} is already in use by another program: stop it, or set "
-                    "D23_UI_PORT to a free port"
+                    f"{setting} {port} is already in use by another program: stop it, or set "
+                    f"{setting} to a free port"
                 ) from None
             raise SystemExit(
-                f"D23_UI_PORT {port} cannot be listened on ({exc.strerror}): set D23_UI_PORT to "
+                f"{setting} {port} cannot be listened on ({exc.strerror}): set {setting} to "
                 "another port"
             ) from None
 
@@ -285,7 +292,7 @@ def main() -> None:
     except SettingsError as exc:
         raise SystemExit(f"error: {exc}") from None
     uses_simulator = not env.get("D23_API_URL", "").strip()
-    _refuse_a_taken_ui_port(ui_port, simulator_port if uses_simulator else None)
+    _refuse_taken_ports(ui_port, simulator_port if uses_simulator else None)
     try:
         home = _prepare_dagster_home(env)
     except SettingsError as exc:

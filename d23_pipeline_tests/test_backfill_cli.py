@@ -564,7 +564,20 @@ def test_wait_follows_a_backfill_through_a_webserver_that_stops_answering_for_a_
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
     captured = capsys.readouterr()
     assert "finished: COMPLETED_SUCCESS" in captured.out
-    assert captured.err.count("no answer from the webserver, trying again") == 3
+    # Said once, not once a poll: the three failed polls came within a minute.
+    assert captured.err.count("no answer from the webserver, trying again") == 1
+
+
+def test_a_webserver_silent_for_longer_is_mentioned_again_once_a_report_interval(
+    ended_backfill, capsys, monkeypatch
+):
+    monkeypatch.setattr(backfill, "POLL_S", 0.01)
+    monkeypatch.setattr(backfill, "SILENCE_REPORT_S", 0.0)  # every poll is an interval apart
+    FakeWebserver.status_failures = 3
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
+    assert capsys.readouterr().err.count("no answer from the webserver, trying again") == 3
 
 
 def test_wait_gives_up_following_with_its_own_exit_code_and_says_the_backfill_goes_on(
@@ -695,6 +708,17 @@ def test_wait_prints_a_month_once_per_change_and_counts_only_months_done(
     assert "2026-08: running (1/2 months done)" in out
 
 
+def test_months_that_end_in_one_poll_are_counted_in_turn(
+    ended_backfill: str, capsys: pytest.CaptureFixture
+) -> None:
+    FakeWebserver.run_checks = {"2026-07-01-SUCCESS": [], "2026-08-01-SUCCESS": []}
+
+    main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"])  # both done at the first poll
+
+    out = capsys.readouterr().out
+    assert "2026-07: SUCCESS (1/2 months done)\n  2026-08: SUCCESS (2/2 months done)" in out
+
+
 def test_two_short_outages_with_an_answer_between_do_not_end_the_wait(
     ended_backfill: str, monkeypatch
 ) -> None:
@@ -713,3 +737,15 @@ def test_two_short_outages_with_an_answer_between_do_not_end_the_wait(
 
     monkeypatch.setattr(backfill.time, "sleep", pause)
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
+
+
+def test_help_reads_as_text_and_names_every_exit_code(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+
+    out = " ".join(capsys.readouterr().out.split())
+    assert stopped.value.code == 0
+    assert out.count("Backfill a range of months from the command line.") == 1
+    assert "``" not in out  # the docstring's markup
+    assert "exit 0 only if" in out and ", 3 if" in out and "130 on Ctrl-C" in out
+    assert "Exits 2, launching nothing," in out

@@ -82,11 +82,21 @@ def _make_run(
     launch.main()
 
 
+def _stops_before_the_ui(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **settings: str) -> str:
+    """What ``make run`` with ``settings`` stops with, having started no UI."""
+
+    def no_ui(env: dict[str, str], port: int) -> None:
+        pytest.fail(f"the UI was started on port {port}")
+
+    with pytest.raises(SystemExit) as stopped:
+        _make_run(monkeypatch, tmp_path, no_ui, **settings)
+    return str(stopped.value)
+
+
 def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_reaches_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     served = []
-
     before = f"{datetime.now(UTC):%Y-%m}"
     _make_run(
         monkeypatch,
@@ -110,30 +120,26 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
     )
 
 
-def test_make_run_stops_before_starting_anything_when_another_program_holds_the_ui_port(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("setting", ["D23_UI_PORT", "D23_SIMULATOR_PORT"])
+def test_make_run_stops_before_starting_anything_when_another_program_holds_its_port(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    setting: str,
 ) -> None:
-    served = []
-
-    # A program that does not answer HTTP holds it as much as an earlier UI does.
+    # A program that does not answer HTTP holds it as much as an earlier UI or simulator does
+    # (the simulator would fail to bind it, with a traceback).
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        with pytest.raises(SystemExit) as stopped:
-            _make_run(
-                monkeypatch,
-                tmp_path,
-                lambda env, ui_port: served.append(ui_port),
-                D23_SIMULATOR_PORT=str(free_port()),
-                D23_UI_PORT=str(port),
-            )
+        ports = {"D23_UI_PORT": str(free_port()), "D23_SIMULATOR_PORT": str(free_port())}
+        message = _stops_before_the_ui(monkeypatch, tmp_path, **{**ports, setting: str(port)})
 
-    assert str(stopped.value) == (
-        f"D23_UI_PORT {port} is already in use by another program: stop it, or set D23_UI_PORT "
+    assert message == (
+        f"{setting} {port} is already in use by another program: stop it, or set {setting} "
         "to a free port"
     )
-    assert served == []
     assert "Bundled API simulator" not in capsys.readouterr().out
     assert not (tmp_path / "dagster_home").exists()
 
@@ -196,18 +202,14 @@ def test_the_sweep_reads_an_instance_whose_sqlite_folder_comes_from_the_environm
 def test_make_run_with_a_real_api_and_no_credentials_stops_before_the_ui_naming_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    served = []
+    message = _stops_before_the_ui(
+        monkeypatch,
+        tmp_path,
+        D23_API_URL="https://stage-v3-api.cleargrid.ai",
+        D23_START_MONTH="2026-01",
+    )
 
-    with pytest.raises(SystemExit, match="error: D23_LENDER is not set: configure D23_LENDER"):
-        _make_run(
-            monkeypatch,
-            tmp_path,
-            lambda env, port: served.append(port),
-            D23_API_URL="https://stage-v3-api.cleargrid.ai",
-            D23_START_MONTH="2026-01",
-        )
-
-    assert served == []
+    assert message.startswith("error: D23_LENDER is not set: configure D23_LENDER")
 
 
 A_REAL_API = {
@@ -221,53 +223,41 @@ A_REAL_API = {
 def test_make_run_with_a_mapping_file_the_code_location_refuses_stops_before_the_ui(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    served = []
     mapping = tmp_path / "outcome_classes.yaml"
     mapping.write_text("promise: PTP\n")  # a code, not a list of codes
 
-    with pytest.raises(SystemExit) as stopped:
-        _make_run(
-            monkeypatch,
-            tmp_path,
-            lambda env, port: served.append(port),
-            **A_REAL_API,
-            D23_OUTCOME_MAPPING=str(mapping),
-        )
+    message = _stops_before_the_ui(
+        monkeypatch,
+        tmp_path,
+        **A_REAL_API,
+        D23_OUTCOME_MAPPING=str(mapping),
+    )
 
     # What loading the definitions (dg check defs, the UI's code location) says.
-    message = str(stopped.value)
     assert message.startswith("error: D23_OUTCOME_MAPPING: ")
     assert "promise must be a list of codes" in message
-    assert served == []
 
 
 def test_make_run_with_a_ducklake_dsn_libpq_cannot_read_stops_before_the_ui(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    served = []
+    message = _stops_before_the_ui(
+        monkeypatch,
+        tmp_path,
+        **A_REAL_API,
+        D23_WAREHOUSE="ducklake",
+        # An unencoded '/' in the password: libpq would read its start as the port.
+        D23_WAREHOUSE_DSN="postgresql://d23:SECRETpw/x@127.0.0.1:5432/d23",
+        D23_DUCKLAKE_DATA_PATH=str(tmp_path / "lake"),
+    )
 
-    with pytest.raises(SystemExit) as stopped:
-        _make_run(
-            monkeypatch,
-            tmp_path,
-            lambda env, port: served.append(port),
-            **A_REAL_API,
-            D23_WAREHOUSE="ducklake",
-            # An unencoded '/' in the password: libpq would read its start as the port.
-            D23_WAREHOUSE_DSN="postgresql://d23:SECRETpw/x@127.0.0.1:5432/d23",
-            D23_DUCKLAKE_DATA_PATH=str(tmp_path / "lake"),
-        )
-
-    message = str(stopped.value)
     assert message.startswith("error: D23_WAREHOUSE_DSN is not a PostgreSQL connection string")
     assert "percent-encode" in message and "SECRET" not in message
-    assert served == []
 
 
 def test_make_run_with_a_warehouse_file_this_user_cannot_write_stops_before_the_ui(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    served = []
     warehouse = tmp_path / "data" / "warehouse.duckdb"
     warehouse.parent.mkdir()
     warehouse.touch()
@@ -275,43 +265,35 @@ def test_make_run_with_a_warehouse_file_this_user_cannot_write_stops_before_the_
     access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != warehouse and access(p, mode))
 
-    with pytest.raises(SystemExit) as stopped:
-        _make_run(
-            monkeypatch,
-            tmp_path,
-            lambda env, port: served.append(port),
-            **A_REAL_API,
-            D23_DATA_DIR=str(warehouse.parent),
-        )
+    message = _stops_before_the_ui(
+        monkeypatch,
+        tmp_path,
+        **A_REAL_API,
+        D23_DATA_DIR=str(warehouse.parent),
+    )
 
-    assert str(stopped.value) == (
+    assert message == (
         f"error: this user cannot write {warehouse}: make it writable, or set D23_DATA_DIR to a "
         "folder this user can write"
     )
-    assert served == []
 
 
 def test_make_run_against_another_api_than_its_data_folder_mirrors_stops_before_the_ui(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    served = []
     # The demo's first read recorded its source (the simulator on 127.0.0.1) in the folder.
     SnapshotStore(tmp_path / "data" / "raw" / "d23").record_source(
         "127.0.0.1", "f59eb470-2d38-4c41-a1e1-548f2d437096"
     )
 
-    with pytest.raises(SystemExit) as stopped:
-        _make_run(
-            monkeypatch,
-            tmp_path,
-            lambda env, port: served.append(port),
-            **{**A_REAL_API, "D23_API_URL": "https://stage-v3-api.cleargrid.ai"},
-        )
+    message = _stops_before_the_ui(
+        monkeypatch,
+        tmp_path,
+        **{**A_REAL_API, "D23_API_URL": "https://stage-v3-api.cleargrid.ai"},
+    )
 
-    message = str(stopped.value)
     assert message.startswith("error: D23_DATA_DIR holds lender f59eb470")
     assert "read from 127.0.0.1; this run reads from stage-v3-api.cleargrid.ai" in message
-    assert served == []
 
 
 def test_make_run_logs_in_to_its_simulator_as_the_demo_user_whatever_credentials_are_set(
@@ -574,5 +556,31 @@ def test_make_run_stops_when_another_program_holds_the_simulators_port(tmp_path:
         launched = run_python(["-m", "d23_pipeline.launch"], env)
 
     assert launched.returncode == 1
-    assert f"port {port} is already in use by another program" in launched.stderr
-    assert "D23_SIMULATOR_PORT" in launched.stderr
+    assert f"D23_SIMULATOR_PORT {port} is already in use by another program" in launched.stderr
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc"])
+def test_a_dagster_home_that_cannot_be_made_stops_make_run_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    home = tmp_path / "dagster_home" if where == "a file" else Path("/proc/d23_dagster_home")
+    if where == "a file":
+        home.write_text("not a folder")
+
+    message = _stops_before_the_ui(monkeypatch, tmp_path, DAGSTER_HOME=str(home))
+
+    assert message.startswith(f"error: DAGSTER_HOME is '{home}', but this user cannot ")
+    assert message.endswith("set DAGSTER_HOME to a folder this user can write")
+
+
+def test_a_data_folder_nothing_can_be_made_in_stops_make_run_before_the_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = _stops_before_the_ui(
+        monkeypatch,
+        tmp_path,
+        **A_REAL_API,
+        D23_DATA_DIR="/proc/d23_data",  # root passes access() there; nothing can be made
+    )
+
+    assert "/proc" in message and "cannot write" in message

@@ -32,6 +32,7 @@ from d23_pipeline.simulator import (
     SimulatorConfig,
     serve,
 )
+from d23_pipeline.simulator.__main__ import _parser, config_from_args
 from d23_pipeline.simulator.data import Collection, month_bounds, to_ms
 
 JAN = month_window("2026-01")
@@ -721,6 +722,30 @@ def test_cli_prints_its_url_first_and_answers_logins():
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_the_cli_sets_the_faults_and_bad_rows_the_readme_reproduces_with_it():
+    args = _parser().parse_args(
+        ["--months", "2026-01", "--rows-per-month", "40", "--missing-public-id", "1",
+         "--bad-timestamp", "2", "--wrong-type", "1", "--extra-pii", "1", "--cursor-pages", "2",
+         "--page-size", "7", "--burst-429", "2", "--max-limit-504", "100"]
+    )  # fmt: skip
+
+    sim = Simulator(config_from_args(args))
+
+    assert Counter(sim.bad_row_kinds().values()) == {
+        "missing_public_id": 1, "bad_timestamp": 2, "wrong_type": 1, "extra_pii": 1
+    }  # fmt: skip
+    faults = sim.faults
+    assert (faults.cursor_pages, faults.burst_429, faults.max_limit_for_504) == (2, 2, 100)
+    assert faults.page_size is not None
+    assert (faults.page_size(500), faults.page_size(5)) == (7, 5)  # never past the limit
+    api = Api(sim)
+    assert [api.get(**JAN_Q, limit=10).status_code for _ in range(3)] == [429, 429, 200]
+    cursor = api.page(**JAN_Q, limit=10)["pagination"]["nextCursor"]
+    cursor = api.page(**JAN_Q, limit=10, cursor=cursor)["pagination"]["nextCursor"]
+    assert api.get(**JAN_Q, limit=10, cursor=cursor).status_code == 500  # a walk gets 2 pages
+    assert api.get(**JAN_Q, limit=101).status_code == 504
 
 
 def test_serve_shuts_down_on_exit(sim: Simulator):

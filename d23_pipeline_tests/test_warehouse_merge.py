@@ -1,11 +1,13 @@
 """The month merge into d23.logs, on hand-made snapshots: who wins, what is deleted, what stays."""
 
+import errno
 import json
-import os
 import re
+import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -1255,8 +1257,23 @@ def test_a_warehouse_whose_folder_this_user_cannot_write_is_refused_before_a_run
         pass
     # The file is writable, its folder not: DuckDB could not make its write-ahead log there.
     # (The tests run as root, whom no mode stops.)
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != path.parent and access(p, mode))
+    made = tempfile.TemporaryFile
 
-    with pytest.raises(SettingsError, match=f"this user cannot write {path.parent}: "):
+    def refused_in_the_folder(*args: Any, **kwargs: Any) -> Any:
+        if Path(kwargs["dir"]) == path.parent:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused_in_the_folder)
+
+    with pytest.raises(
+        SettingsError, match=f"this user cannot write {path.parent} \\(Permission denied\\): "
+    ):
         Warehouse(path).check_usable()
+
+
+@pytest.mark.parametrize("folder", ["/proc/d23_no_such_folder", "/sys/d23_no_such_folder"])
+def test_a_warehouse_folder_nothing_can_be_made_in_is_refused_whoever_runs(folder: str) -> None:
+    # Root passes every access() check, in /proc and /sys too: only making the folder tells.
+    with pytest.raises(SettingsError, match=f"this user cannot write {folder} \\("):
+        Warehouse(Path(folder) / "warehouse.duckdb").check_usable()

@@ -6,6 +6,7 @@ The first line printed is the base URL (useful with ``--port 0``).
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from d23_pipeline.months import is_month, months_up_to
 from d23_pipeline.simulator.app import Simulator
-from d23_pipeline.simulator.config import Faults, SimulatorConfig
+from d23_pipeline.simulator.config import BadRows, Faults, SimulatorConfig
 from d23_pipeline.simulator.server import serve
 
 
@@ -119,6 +120,40 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="rows hard-deleted from the month per page served",
     )
+    p.add_argument(
+        "--burst-429",
+        type=int,
+        default=0,
+        help="the next N page and count requests answered 429 (default 0)",
+    )
+    p.add_argument(
+        "--max-limit-504",
+        type=int,
+        default=None,
+        help="answer 504 to pages asking more rows than this (default: never)",
+    )
+    p.add_argument(
+        "--page-size",
+        type=int,
+        default=None,
+        help="entries each page scans, at most its limit: short pages, or empty ones with 0 "
+        "(default: the limit)",
+    )
+    p.add_argument(
+        "--cursor-pages",
+        type=int,
+        default=0,
+        help="cursors expire: a walk gets this many pages, then its cursor is answered 500 "
+        "(0: never)",
+    )
+    bad = p.add_argument_group("bad rows, per month (as the contract breaks them)")
+    for kind, help_text in (
+        ("missing-public-id", "rows without a public_id"),
+        ("bad-timestamp", "rows whose timestamp is not ISO-8601 with an offset"),
+        ("wrong-type", "rows with a field of the wrong type"),
+        ("extra-pii", "valid rows carrying a field outside the D23 allowlist"),
+    ):
+        bad.add_argument(f"--{kind}", type=int, default=0, metavar="N", help=help_text)
     return p
 
 
@@ -144,7 +179,17 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         batch_end_every=args.batch_end_every,
         grow_per_page=args.grow_per_page,
         delete_per_page=args.delete_per_page,
+        burst_429=args.burst_429,
+        max_limit_for_504=args.max_limit_504,
+        page_size=None if args.page_size is None else functools.partial(min, args.page_size),
+        cursor_pages=args.cursor_pages,
         seed=args.seed,
+    )
+    bad_rows = BadRows(
+        missing_public_id=args.missing_public_id,
+        bad_timestamp=args.bad_timestamp,
+        wrong_type=args.wrong_type,
+        extra_pii=args.extra_pii,
     )
     return SimulatorConfig(
         seed=args.seed,
@@ -155,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         password=args.password,
         token_ttl_s=args.token_ttl_s,
         total_cap=args.total_cap,
+        bad_rows=bad_rows,
         faults=faults,
     )
 

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -280,10 +281,18 @@ class Warehouse:
         downloads a month only to fail at its merge; a retry would fail the same way."""
         lock = self.path.with_name(self.path.name + ".lock")
         # The folder too: DuckDB makes its write-ahead log and spill folder beside the file.
-        needed = [(self.path.parent, os.W_OK | os.X_OK)]
-        needed += [(f, os.R_OK | os.W_OK) for f in (self.path, lock) if f.exists()]
-        for target, mode in needed:
-            if target.exists() and not os.access(target, mode):
+        # Made and a file tried in it: root passes every access() check, also where nothing
+        # can be made (/proc, /sys).
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.path.parent).close()
+        except OSError as exc:
+            raise SettingsError(
+                f"this user cannot write {self.path.parent} ({exc.strerror}): make it writable, "
+                "or set D23_DATA_DIR to a folder this user can write"
+            ) from None
+        for target in (self.path, lock):
+            if target.exists() and not os.access(target, os.R_OK | os.W_OK):
                 raise SettingsError(
                     f"this user cannot write {target}: make it writable, or set D23_DATA_DIR to "
                     "a folder this user can write"
