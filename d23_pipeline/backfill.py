@@ -146,6 +146,8 @@ class LostTrackError(RuntimeError):
     """The webserver stopped answering while a launched backfill went on."""
 
 
+# Said when the webserver does not answer before anything is launched.
+NOT_RUNNING_HINT = " (is `make run` running? --url names a webserver elsewhere)"
 POLL_S = 5.0
 # How often --wait asks again whether a daemon runs, while it waits.
 DAEMON_CHECK_S = 60.0
@@ -566,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
             raise BackfillError(overlap_error(args.url, running, keys))
         backfill_id = following["id"] if following else launch_backfill(args.url, keys, paths)
     except (SettingsError, BackfillError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = NOT_RUNNING_HINT if isinstance(exc, WebserverUnreachable) else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     months = f"{len(keys)} month{'s' * (len(keys) != 1)}"
     if following:

@@ -46,7 +46,9 @@ def test_cli_reports_a_bad_range_without_a_traceback(capsys):
 def test_cli_reports_a_webserver_that_is_not_running(capsys):
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["2026-05", "2026-06", "--url", url]) == 2
-    assert f"Dagster webserver at {url} did not answer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Dagster webserver at {url} did not answer" in err
+    assert err.rstrip().endswith("(is `make run` running? --url names a webserver elsewhere)")
 
 
 def test_a_webserver_not_running_is_named_without_the_proxy_password_in_its_url(capsys):
