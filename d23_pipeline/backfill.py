@@ -139,14 +139,23 @@ class BackfillError(RuntimeError):
 
 
 class WebserverUnreachable(BackfillError):
-    """No answer, or a 5xx that is not Dagster's own (a proxy's, a restarting webserver's)."""
+    """No answer, or a 5xx that is not Dagster's own (a proxy's, a restarting webserver's);
+    ``sent``: the request reached the webserver (or a proxy) first, so it may have acted on it."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class LaunchAnswerLost(BackfillError):
+    """The launch request reached the webserver, but its answer did not come back."""
 
 
 class LostTrackError(RuntimeError):
     """The webserver stopped answering while a launched backfill went on."""
 
 
-# Said when the webserver does not answer before anything is launched.
+# Said when nothing took the connection: no webserver, or the wrong address.
 NOT_RUNNING_HINT = " (is `make run` running? --url names a webserver elsewhere)"
 POLL_S = 5.0
 # How often --wait asks again whether a daemon runs, while it waits.
@@ -204,7 +213,8 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
             timeout=60,
         )
     except httpx.HTTPError as exc:
-        raise WebserverUnreachable(f"{_webserver(url)} did not answer: {exc}") from exc
+        sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        raise WebserverUnreachable(f"{_webserver(url)} did not answer: {exc}", sent=sent) from exc
     # The webserver answers a failed request with a 500 whose body says why (GraphQL errors,
     # or data holding a PythonError that the caller reports): show that, not the status.
     try:
@@ -215,8 +225,10 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
         reasons = "; ".join(str(e.get("message", e)) for e in body["errors"])
         raise BackfillError(f"{_webserver(url)} refused the request: {reasons}")
     if not body.get("data"):
-        error = WebserverUnreachable if response.status_code >= 500 and not body else BackfillError
-        raise error(f"{_webserver(url)} answered {response.status_code}: {response.text[:500]}")
+        message = f"{_webserver(url)} answered {response.status_code}: {response.text[:500]}"
+        if response.status_code >= 500 and not body:
+            raise WebserverUnreachable(message, sent=True)
+        raise BackfillError(message)
     return body["data"]
 
 
@@ -350,7 +362,16 @@ def launch_backfill(url: str, partition_keys: Sequence[str], paths: Sequence[lis
         "partitionNames": list(partition_keys),
         "fromFailure": False,
     }
-    data = graphql(url, LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})
+    try:
+        data = graphql(url, LAUNCH_PARTITION_BACKFILL, {"backfillParams": params})
+    except WebserverUnreachable as exc:
+        if not exc.sent:
+            raise
+        # Launched again, the same months could run twice.
+        raise LaunchAnswerLost(
+            f"{exc}; the launch request reached it, so the backfill may have been launched: look "
+            f"at {shown_url(url).rstrip('/')}/runs/b before launching again"
+        ) from exc
     result = data["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
         raise BackfillError(f"{result['__typename']}: {result.get('message', result)}")
@@ -490,7 +511,7 @@ def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]
     ``POLL_PATIENCE_S``, then :class:`LostTrackError`."""
     shown: dict[str, str] = {}
     silent_since: float | None = None
-    said_silent_at = -SILENCE_REPORT_S
+    said_silent_at: float | None = None  # when this outage was last mentioned
     daemon_checked = time.monotonic()
     while True:
         if time.monotonic() - daemon_checked > DAEMON_CHECK_S:
@@ -507,12 +528,12 @@ def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]
                     f"{backfill_page(url, backfill_id)}"
                 ) from None
             # Said when the silence starts, then once a minute: not a line a poll.
-            if time.monotonic() >= said_silent_at + SILENCE_REPORT_S:
+            if said_silent_at is None or time.monotonic() >= said_silent_at + SILENCE_REPORT_S:
                 print(f"  (no answer from the webserver, trying again: {exc})", file=sys.stderr)
                 said_silent_at = time.monotonic()
             time.sleep(POLL_S)
             continue
-        silent_since, said_silent_at = None, -SILENCE_REPORT_S
+        silent_since = said_silent_at = None
         # Counted line by line: months that ended in one poll each add theirs in turn.
         for month, standing in month_progress(backfill["runs"]).items():
             if shown.get(month) != standing:
@@ -524,9 +545,11 @@ def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]
         time.sleep(POLL_S)
 
 
-# The module's docstring after its usage line, without its reST markup.
-_HELP = (__doc__ or "").split(": ", 1)[-1].replace("``", "")
-_HELP = _HELP[:1].upper() + _HELP[1:]
+_HELP = (
+    "Backfill a range of months from the command line. It asks the running Dagster webserver "
+    "for exactly what the asset graph's Materialize dialog launches: an asset backfill of every "
+    "D23 asset, one run per month, each retried on its own by the daemon."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m d23_pipeline.backfill",
         description=_HELP,
         epilog="Exits 2, launching nothing, when the months, the URL or the webserver's answer "
-        "do not allow the backfill (the error says why).",
+        "do not allow the backfill (the error says why), and 3 when the webserver took the "
+        "launch request but its answer was lost (the backfill may run: the error says where to "
+        "look).",
     )
     parser.add_argument("first", metavar="FIRST", help="first month, YYYY-MM")
     parser.add_argument("last", metavar="LAST", help="last month, YYYY-MM (included)")
@@ -567,9 +592,12 @@ def main(argv: list[str] | None = None) -> int:
         if running and following is None:
             raise BackfillError(overlap_error(args.url, running, keys))
         backfill_id = following["id"] if following else launch_backfill(args.url, keys, paths)
+    except LaunchAnswerLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except (SettingsError, BackfillError) as exc:
-        hint = NOT_RUNNING_HINT if isinstance(exc, WebserverUnreachable) else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
+        unreachable = isinstance(exc, WebserverUnreachable) and not exc.sent
+        print(f"error: {exc}{NOT_RUNNING_HINT if unreachable else ''}", file=sys.stderr)
         return 2
     months = f"{len(keys)} month{'s' * (len(keys) != 1)}"
     if following:

@@ -25,7 +25,7 @@ import yaml
 
 from d23_pipeline.analytics.outcome_classes import check_mapping_setting
 from d23_pipeline.backfill import DEFAULT_URL
-from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.landing.snapshot import SnapshotStore, unwritable_raw_folder
 from d23_pipeline.months import months_up_to
 from d23_pipeline.settings import (
     RAW_FOLDER,
@@ -37,6 +37,7 @@ from d23_pipeline.settings import (
     read_local_ports,
     read_pool_limits,
     read_warehouse_database,
+    refused_folder,
 )
 from d23_pipeline.warehouse.ducklake import NOT_A_DSN, split_password
 from d23_pipeline.warehouse.store import Warehouse
@@ -108,16 +109,17 @@ def _prepare_dagster_home(env: dict[str, str]) -> Path:
         home.mkdir(parents=True, exist_ok=True)
         if not config.exists():
             config.write_text(template)
+        kept_text = config.read_text()
     except OSError as exc:
         raise SettingsError(
-            f"DAGSTER_HOME is {str(home)!r}, but this user cannot make it or its dagster.yaml "
-            f"there ({exc.strerror}): set DAGSTER_HOME to a folder this user can write"
+            f"DAGSTER_HOME is {str(home)!r}, but this user cannot make it, or make or read its "
+            f"dagster.yaml ({exc.strerror}): set DAGSTER_HOME to a folder this user can write"
         ) from None
-    if config.read_text() != template:
+    if kept_text != template:
         # An edited instance config (Postgres, other limits) is kept, never overwritten; a home
         # made by an older version lacks the settings added since, which are named.
         try:
-            kept = yaml.safe_load(config.read_text())
+            kept = yaml.safe_load(kept_text)
         except yaml.YAMLError:  # Dagster names what is wrong in it when it loads the instance
             kept = None
         missing = missing_settings(yaml.safe_load(template), kept) if kept is not None else []
@@ -251,11 +253,15 @@ def _guide(env: dict[str, str], ui_port: int = 3000) -> str:
 def check_before_the_ui(env: Mapping[str, str]) -> None:
     """Raise SettingsError for a setting the UI would only reveal later: an outcome mapping file
     the outcome-mix steps refuse (the code location would not load), a DuckLake DSN libpq
-    cannot read or a warehouse file this user cannot write (every run would fail)."""
+    cannot read, or a raw snapshots' folder or warehouse file this user cannot write (every run
+    would fail)."""
     options = load_options(env)
     check_mapping_setting(options.outcome_mapping)
     if options.warehouse == "ducklake" and split_password(env["D23_WAREHOUSE_DSN"]) is None:
         raise SettingsError(NOT_A_DSN)
+    raw = raw_snapshots(env).root
+    if (refused := refused_folder(raw)) is not None:
+        raise unwritable_raw_folder(raw, refused)
     if options.warehouse == "duckdb":
         Warehouse(Path(read_warehouse_database(env))).check_usable()
 

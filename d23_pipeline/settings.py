@@ -6,9 +6,11 @@ deployment fails at load or at run start instead of half-way through a backfill.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -548,6 +550,26 @@ def writable_folder(name: str, value: str) -> Path:
             f"{name} points to {value!r}, but this user cannot write in {str(existing)!r}"
         )
     return path
+
+
+# What a folder's permissions, mount or path refuse: a setting to change, not a fault to retry.
+_FOLDER_REFUSALS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST}
+)
+
+
+def refused_folder(folder: Path) -> OSError | None:
+    """Why this user cannot make ``folder`` and write a file in it, or None. Tried, not asked:
+    root passes every access() check, also where nothing can be made (/proc, /sys). Any other
+    error (a full disk, too many open files) is raised: no setting mends it, a retry may."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        if exc.errno in _FOLDER_REFUSALS:
+            return exc
+        raise
+    return None
 
 
 def validate_memory_limit(value: str) -> str:

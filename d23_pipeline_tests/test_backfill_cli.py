@@ -51,6 +51,19 @@ def test_cli_reports_a_webserver_that_is_not_running(capsys):
     assert err.rstrip().endswith("(is `make run` running? --url names a webserver elsewhere)")
 
 
+def test_a_launch_whose_answer_is_lost_says_it_may_have_launched_and_exits_3(
+    webserver: str, capsys: pytest.CaptureFixture
+) -> None:
+    FakeWebserver.accept = FakeWebserver.launch_answer_lost = True
+
+    assert main(["2026-07", "2026-08", "--url", webserver]) == 3
+
+    err = capsys.readouterr().err
+    assert len(FakeWebserver.launches) == 1
+    assert "the backfill may have been launched: look at" in err and "/runs/b before" in err
+    assert "is `make run` running?" not in err  # it answered
+
+
 def test_a_webserver_not_running_is_named_without_the_proxy_password_in_its_url(capsys):
     url = f"http://admin:SECRET-pw@127.0.0.1:{free_port()}"
     assert main(["2026-05", "2026-06", "--url", url]) == 2
@@ -87,6 +100,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
     launches: list[dict] = []
     refusal: dict = {}
     accept = False
+    launch_answer_lost = False
     backfill_runs: list[dict] = []
     run_checks: dict[str, list[dict]] = {}
     status_failures = 0  # polls of the backfill's status answered with a proxy's 502 first
@@ -146,6 +160,9 @@ class FakeWebserver(BaseHTTPRequestHandler):
             body = {"data": {"logsForRun": {"__typename": "EventConnection",
                 "events": events[at : at + 1], "cursor": str(at + 1),
                 "hasMore": at + 1 < len(events)}}}  # fmt: skip
+        elif self.accept and self.launch_answer_lost:
+            self.launches.append(request["variables"])
+            status, body = 502, {}  # launched, and the proxy's answer is all that comes back
         elif self.accept:
             self.launches.append(request["variables"])
             status = 200
@@ -170,6 +187,7 @@ def webserver() -> Iterator[str]:
     FakeWebserver.launches, FakeWebserver.running, FakeWebserver.followed = [], [], []
     FakeWebserver.authorizations = []
     FakeWebserver.listing_error = False
+    FakeWebserver.accept = FakeWebserver.launch_answer_lost = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebserver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -721,8 +739,8 @@ def test_months_that_end_in_one_poll_are_counted_in_turn(
     assert "2026-07: SUCCESS (1/2 months done)\n  2026-08: SUCCESS (2/2 months done)" in out
 
 
-def test_two_short_outages_with_an_answer_between_do_not_end_the_wait(
-    ended_backfill: str, monkeypatch
+def test_two_short_outages_with_an_answer_between_do_not_end_the_wait_and_are_each_mentioned(
+    ended_backfill: str, monkeypatch, capsys: pytest.CaptureFixture
 ) -> None:
     FakeWebserver.backfill_status = "REQUESTED"
     FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
@@ -739,6 +757,8 @@ def test_two_short_outages_with_an_answer_between_do_not_end_the_wait(
 
     monkeypatch.setattr(backfill.time, "sleep", pause)
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
+    # Both within a minute, but an answer came between: a new outage is said again.
+    assert capsys.readouterr().err.count("no answer from the webserver, trying again") == 2
 
 
 def test_help_reads_as_text_and_names_every_exit_code(capsys: pytest.CaptureFixture) -> None:

@@ -772,7 +772,7 @@ def test_504_that_persists_at_the_floor_names_the_window() -> None:
     assert window is not None and window.duration == timedelta(hours=6)
     assert str(window) in str(caught.value) and "504" in str(caught.value)
     # The one setting that can still help, with the value it must go below.
-    assert "even at page limit 50 " in str(caught.value)
+    assert "even at page limit 50, the fewest rows a page the client" in str(caught.value)
     assert "set D23_PAGE_LIMIT below 50 " in str(caught.value)
 
 

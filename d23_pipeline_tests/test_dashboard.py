@@ -44,6 +44,11 @@ CHARTS = {"kpi-trend", "kpi-by-channel", "kpi-by-source", "outcome-mix", "weekda
 # A slice the merge could not prove complete (inserted by hand: the merge fills this table).
 HOSTILE_CODE = "<img src=x onerror=console.error('injected')>"
 UNVERIFIED = ("2026-05-01", "2026-05-07 00:00:00+00", "2026-05-08 00:00:00+00", 41, 45, 45)
+# The traces hovered, by the start of their names as the page hands them to plotly.
+HOVERED = {
+    "outcome-mix": dashboard.chart_label(HOSTILE_CODE),
+    "kpi-by-channel": dashboard.chart_label("CALL "),
+}
 
 
 @dataclass
@@ -51,7 +56,7 @@ class Page:
     tiles: dict[str, str]
     charts: dict[str, int]
     legends: dict[str, list[str]]
-    hostile_hover: str  # the outcome-mix hover of the bar of HOSTILE_CODE, as drawn
+    hovers: dict[str, str]  # per chart, the drawn hover of the first point of HOVERED's trace
     text: str
     console_errors: list[str]
     requests: list[str]
@@ -122,19 +127,18 @@ def _open(path: Path) -> Page:
             "Object.fromEntries([...document.querySelectorAll('.chart')].map(c => "
             "[c.dataset.chart, [...c.querySelectorAll('.legendtext')].map(t => t.textContent)]))"
         )
-        hostile_hover = page.evaluate(
-            """code => {
-                const g = document.querySelector('#chart-outcome-mix');
-                const i = g._fullData.findIndex(t => t.name.startsWith(code));
-                if (i < 0) return '';
+        hovers = page.evaluate(
+            """hovered => Object.fromEntries(Object.entries(hovered).map(([chart, name]) => {
+                const g = document.querySelector('#chart-' + chart);
+                const i = g._fullData.findIndex(t => t.name.startsWith(name));
+                if (i < 0) return [chart, ''];
                 Plotly.Fx.hover(g, [{curveNumber: i, pointNumber: 0}]);
-                return g.querySelector('.hoverlayer').textContent;
-            }""",
-            # The trace's name as the page hands it to plotly: in entities.
-            dashboard.chart_label(HOSTILE_CODE),
+                return [chart, g.querySelector('.hoverlayer').textContent];
+            }))""",
+            HOVERED,
         )
         text = page.inner_text("body")
-    return Page(tiles, charts, legends, hostile_hover, text, console_errors, requests)
+    return Page(tiles, charts, legends, hovers, text, console_errors, requests)
 
 
 def test_the_page_renders_offline_without_errors(page: Page) -> None:
@@ -148,7 +152,8 @@ def test_channels_and_codes_from_the_api_are_drawn_as_typed_and_told_apart(page:
     assert "CALL" in page.legends["kpi-by-channel"]
     assert '"CALL "' in page.legends["kpi-by-channel"]  # not a second "CALL"
     assert f"{HOSTILE_CODE} (unmapped)" in page.legends["outcome-mix"]
-    assert page.hostile_hover.startswith(f"{HOSTILE_CODE} (unmapped), Apr 2026: ")
+    assert page.hovers["outcome-mix"].startswith(f"{HOSTILE_CODE} (unmapped), Apr 2026: ")
+    assert '"CALL ", Apr 2026: ' in page.hovers["kpi-by-channel"]  # after the KPI's name
 
 
 def test_kpi_tiles_show_the_warehouse_values_of_the_latest_ended_month(

@@ -341,6 +341,46 @@ def test_each_outcome_mix_bar_is_the_codes_percentage_named_and_shaded_by_class(
     assert bars["NO_ANSWER (no_contact)"]["marker"]["color"] == lightest
 
 
+def test_names_from_the_api_read_one_way_only_and_are_never_read_as_a_hover_template(
+    warehouse: Warehouse,
+) -> None:
+    renamed = {"m1": ("A / B", "C"), "m2": ("A", "B / C"), "m4": ("X %{y}", "AGENT")}
+    with warehouse.connect() as con:
+        for public_id, (channel, source) in renamed.items():
+            con.execute(
+                "UPDATE d23.logs SET communication_type = ?, interaction_source = ? "
+                "WHERE public_id = ?",
+                [channel, source, public_id],
+            )
+        rebuild_outcome_mix_monthly(con, MAY, *month_window("2026-05"), load_outcome_classes())
+        rebuild_outcome_kpis_monthly(con, MAY)
+    data = _gather(warehouse)
+
+    daily = dashboard.channel_daily_chart(data.channel_daily)["data"]
+    split = dashboard.kpi_split_chart(data.kpis_by_channel, "communication_type")["data"]
+
+    groups = {t["name"]: t["legendgroup"] for t in daily}
+    # One pair joined by " / " is not taken for another, in its name or its legend group.
+    assert {'"A / B" / C', 'A / "B / C"', "X %{y} / AGENT"} <= set(groups)
+    assert groups['"A / B" / C'] != groups['A / "B / C"']
+    assert {"X %{y}", "A / B"} <= {t["name"] for t in split}  # alone, it reads one way
+    for trace in [*daily, *split]:
+        assert trace["hovertemplate"].startswith("%{fullData.name}, ")
+        assert "X %{y}" not in trace["hovertemplate"] and "A / B" not in trace["hovertemplate"]
+
+
+def test_a_code_holding_quotes_is_not_taken_for_another_code_quoted() -> None:
+    shares = [
+        {"month": APRIL, "outcome_option": code, "outcome_class": "unmapped", "attempts": 1,
+         "share": 0.5}
+        for code in ('"PTP "', "PTP ")
+    ]  # fmt: skip
+
+    names = [t["name"] for t in dashboard.outcome_mix_chart(shares)["data"]]
+
+    assert sorted(names) == ['"PTP " (unmapped)', '"\\"PTP \\"" (unmapped)']
+
+
 def test_every_code_of_a_class_gets_its_own_shade_however_many_it_has() -> None:
     codes = [f"CODE_{i}" for i in range(7)]  # more than any palette the mix chart had
     shares = [{"month": APRIL, "outcome_option": code, "outcome_class": "right_party_contact",

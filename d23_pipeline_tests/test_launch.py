@@ -97,6 +97,7 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     served = []
+    port = free_port()  # not the default 3000, and free
     before = f"{datetime.now(UTC):%Y-%m}"
     _make_run(
         monkeypatch,
@@ -107,15 +108,15 @@ def test_make_run_names_the_ui_port_it_serves_on_and_a_backfill_command_that_rea
         D23_EMAIL="analyst@lender.example",
         D23_PASSWORD="a-password",
         D23_START_MONTH="2026-01",
-        D23_UI_PORT="3300",
+        D23_UI_PORT=str(port),
     )
     after = f"{datetime.now(UTC):%Y-%m}"  # a month may end while it runs
 
     out = capsys.readouterr().out
-    assert served == [3300]
-    assert "; UI on http://127.0.0.1:3300\n" in out
+    assert served == [port]
+    assert f"; UI on http://127.0.0.1:{port}\n" in out
     assert any(
-        f"d23_pipeline.backfill 2026-01 {current} --url http://127.0.0.1:3300\n" in out
+        f"d23_pipeline.backfill 2026-01 {current} --url http://127.0.0.1:{port}\n" in out
         for current in (before, after)
     )
 
@@ -176,7 +177,6 @@ def test_make_run_says_which_runs_it_marked_failed_before_the_ui_starts(
         tmp_path,
         lambda env, port: print("UI started"),
         D23_SIMULATOR_PORT=str(free_port()),
-        D23_UI_PORT="3300",
     )
 
     assert homes == [str(tmp_path / "dagster_home")]
@@ -310,7 +310,6 @@ def test_make_run_logs_in_to_its_simulator_as_the_demo_user_whatever_credentials
         tmp_path,
         log_in,
         D23_SIMULATOR_PORT=str(free_port()),
-        D23_UI_PORT="3300",
         D23_PASSWORD="a-real-lenders-password",  # left from a real API's settings
         D23_TOKEN="a-real-lenders-token",
     )
@@ -356,9 +355,7 @@ def test_the_simulator_make_run_starts_serves_rows_from_the_first_partition_on_n
             for window in (Window(start - timedelta(days=31), start), Window(start, end)):
                 counted.append(client.count(window).exact_total)
 
-    _make_run(
-        monkeypatch, tmp_path, count_rows, D23_SIMULATOR_PORT=str(free_port()), D23_UI_PORT="3300"
-    )
+    _make_run(monkeypatch, tmp_path, count_rows, D23_SIMULATOR_PORT=str(free_port()))
 
     # The 31 days before the first partition: nothing; its month: all of the simulator's 2,000
     # rows a month (a month before the current one is served whole).
@@ -573,14 +570,34 @@ def test_a_dagster_home_that_cannot_be_made_stops_make_run_naming_it(
     assert message.endswith("set DAGSTER_HOME to a folder this user can write")
 
 
+@pytest.mark.parametrize("warehouse", ["duckdb", "ducklake"])
 def test_a_data_folder_nothing_can_be_made_in_stops_make_run_before_the_ui(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warehouse: str
 ) -> None:
+    # A lake's runs land their raw snapshots in D23_DATA_DIR too.
+    lake = {
+        "D23_WAREHOUSE_DSN": "postgresql://d23@127.0.0.1:9/d23",
+        "D23_DUCKLAKE_DATA_PATH": str(tmp_path / "lake"),
+    }
     message = _stops_before_the_ui(
         monkeypatch,
         tmp_path,
         **A_REAL_API,
+        D23_WAREHOUSE=warehouse,
+        **(lake if warehouse == "ducklake" else {}),
         D23_DATA_DIR="/proc/d23_data",  # root passes access() there; nothing can be made
     )
 
-    assert "/proc" in message and "cannot write" in message
+    assert message.startswith("error: cannot make the raw snapshots' folder /proc/d23_data/raw/d23")
+
+
+def test_a_dagster_yaml_that_cannot_be_read_stops_make_run_naming_dagster_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster_home"
+    (home / "dagster.yaml").mkdir(parents=True)  # a folder where the file should be
+
+    message = _stops_before_the_ui(monkeypatch, tmp_path, DAGSTER_HOME=str(home))
+
+    assert message.startswith(f"error: DAGSTER_HOME is '{home}', but this user cannot make it, ")
+    assert "(Is a directory)" in message

@@ -724,7 +724,7 @@ def test_cli_prints_its_url_first_and_answers_logins():
         assert proc.wait(timeout=10) == 0
 
 
-def test_the_cli_sets_the_faults_and_bad_rows_the_readme_reproduces_with_it():
+def test_the_cli_sets_every_fault_and_bad_row_kind_it_offers():
     args = _parser().parse_args(
         ["--months", "2026-01", "--rows-per-month", "40", "--missing-public-id", "1",
          "--bad-timestamp", "2", "--wrong-type", "1", "--extra-pii", "1", "--cursor-pages", "2",
@@ -746,6 +746,17 @@ def test_the_cli_sets_the_faults_and_bad_rows_the_readme_reproduces_with_it():
     cursor = api.page(**JAN_Q, limit=10, cursor=cursor)["pagination"]["nextCursor"]
     assert api.get(**JAN_Q, limit=10, cursor=cursor).status_code == 500  # a walk gets 2 pages
     assert api.get(**JAN_Q, limit=101).status_code == 504
+
+
+@pytest.mark.parametrize(
+    "flag", ["--cursor-pages", "--page-size", "--max-limit-504", "--wrong-type"]
+)
+def test_the_cli_refuses_a_negative_count(flag: str, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as stopped:
+        _parser().parse_args([flag, "-1"])
+
+    assert stopped.value.code == 2
+    assert "expected a count of 0 or more, got '-1'" in capsys.readouterr().err
 
 
 def test_serve_shuts_down_on_exit(sim: Simulator):

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import re
 import tempfile
 from dataclasses import replace
@@ -1267,13 +1268,30 @@ def test_a_warehouse_whose_folder_this_user_cannot_write_is_refused_before_a_run
     monkeypatch.setattr(tempfile, "TemporaryFile", refused_in_the_folder)
 
     with pytest.raises(
-        SettingsError, match=f"this user cannot write {path.parent} \\(Permission denied\\): "
+        SettingsError,
+        match=f"this user cannot make or write {path.parent} \\(Permission denied\\): ",
     ):
         Warehouse(path).check_usable()
+
+
+@pytest.mark.parametrize("fault", [errno.ENOSPC, errno.EMFILE, errno.EIO])
+def test_a_passing_fault_of_the_warehouse_disk_is_not_taken_for_a_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: int
+) -> None:
+    # A full disk or too many open files: not the folder's fault, and a run retried may pass,
+    # so not a SettingsError (which turns a month's run retries off).
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(fault, os.strerror(fault))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", failing)
+
+    with pytest.raises(OSError) as raised:
+        Warehouse(tmp_path / "data" / "warehouse.duckdb").check_usable()
+    assert not isinstance(raised.value, SettingsError) and raised.value.errno == fault
 
 
 @pytest.mark.parametrize("folder", ["/proc/d23_no_such_folder", "/sys/d23_no_such_folder"])
 def test_a_warehouse_folder_nothing_can_be_made_in_is_refused_whoever_runs(folder: str) -> None:
     # Root passes every access() check, in /proc and /sys too: only making the folder tells.
-    with pytest.raises(SettingsError, match=f"this user cannot write {folder} \\("):
+    with pytest.raises(SettingsError, match=f"this user cannot make or write {folder} \\("):
         Warehouse(Path(folder) / "warehouse.duckdb").check_usable()

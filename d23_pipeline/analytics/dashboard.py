@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 from filelock import FileLock
 
-from d23_pipeline.analytics.outcome_classes import OutcomeClass, shown_code
+from d23_pipeline.analytics.outcome_classes import OutcomeClass, quoted, shown_code
 from d23_pipeline.analytics.outcome_mix import load_classes
 from d23_pipeline.kpis import BROKEN_PROMISE_SHARE, KPI_NAMES, KPIS, shown_percent
 from d23_pipeline.months import month_index, month_name, months_between
@@ -592,11 +592,15 @@ def _kpi_line(
 _TRACE_NAME = "%{fullData.name}"
 
 
-def chart_label(value: str) -> str:
+def chart_label(value: str, joined_by: str | None = None) -> str:
     """A channel, source or outcome code from the API as a chart's legend and hover show it:
     quoted where it would not read unambiguously (:func:`shown_code`: ``"CALL "`` is not a
-    second CALL), and what plotly would read as markup in entities, so it shows as typed."""
-    return html.escape(shown_code(value), quote=False)
+    second CALL; with ``joined_by``, also where it holds that, so that a pair joined by it reads
+    one way only), and what plotly would read as markup in entities, so it shows as typed."""
+    shown = shown_code(value)
+    if joined_by is not None and shown == value and joined_by in value:
+        shown = quoted(value)
+    return html.escape(shown, quote=False)
 
 
 def kpi_trend_chart(
@@ -768,7 +772,7 @@ def channel_daily_chart(rows: Sequence[Mapping[str, Any]]) -> Figure:
         mine = _days_with_gaps(
             [r for r in rows if (r["communication_type"], r["interaction_source"]) == pair]
         )
-        name = " / ".join(map(chart_label, pair))
+        name = " / ".join(chart_label(part, joined_by=" / ") for part in pair)
         for j, (measure, label) in enumerate(measures):
             cell = _cell(j + 1, 1, 1)
             fig["data"].append(

@@ -27,12 +27,17 @@ class OutcomeClass:
 
 
 def shown_code(code: str) -> str:
-    """``code`` as reports show it: as is when it reads unambiguously, else quoted, each
-    character that does not print escaped (an empty code, one padded with spaces, one holding
-    control, zero-width or bidi characters), so that ``"PTP "`` does not read as PTP and an
-    empty code is not a blank."""
-    if code and code == code.strip() and code.isprintable():
+    """``code`` as reports show it: as is when it reads unambiguously, else :func:`quoted` (an
+    empty code, one padded with spaces, one holding control, zero-width or bidi characters, or
+    a quote), so that ``"PTP "`` does not read as PTP, an empty code is not a blank, and a code
+    that holds quotes is not taken for another one quoted."""
+    if code and code == code.strip() and code.isprintable() and '"' not in code:
         return code
+    return quoted(code)
+
+
+def quoted(code: str) -> str:
+    """``code`` in quotes, each quote, backslash and character that does not print escaped."""
     return '"' + "".join(map(_shown_char, code)) + '"'
 
 

@@ -462,10 +462,9 @@ class WindowWalk:
             self._restart_part(remaining)
             return Narrowing(split=False, limit=self._limit, pause_strikes=self._strikes)
         raise WindowTooHeavyError(
-            f"the API kept timing out (504) even at page limit {self._limit} and the minimum "
-            f"window of {self._min_window}; set D23_PAGE_LIMIT below {self._limit} (the "
-            "lowest limit the client falls back to is 50, or D23_PAGE_LIMIT when lower) or ask "
-            "the API team",
+            f"the API kept timing out (504) even at page limit {self._limit}, the fewest rows a "
+            f"page the client falls back to, and the minimum window of {self._min_window}; set "
+            f"D23_PAGE_LIMIT below {self._limit} or ask the API team",
             status=504,
             request_id=request_id,
             path=self._path,

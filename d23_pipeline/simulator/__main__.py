@@ -30,6 +30,13 @@ def _months(value: str) -> tuple[str, ...]:
     return months
 
 
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a count of 0 or more, got {value!r}")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     defaults = SimulatorConfig()
     p = argparse.ArgumentParser(prog="python -m d23_pipeline.simulator", description=__doc__)
@@ -122,26 +129,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--burst-429",
-        type=int,
+        type=_count,
         default=0,
         help="the next N page and count requests answered 429 (default 0)",
     )
     p.add_argument(
         "--max-limit-504",
-        type=int,
+        type=_count,
         default=None,
         help="answer 504 to pages asking more rows than this (default: never)",
     )
     p.add_argument(
         "--page-size",
-        type=int,
+        type=_count,
         default=None,
         help="entries each page scans, at most its limit: short pages, or empty ones with 0 "
         "(default: the limit)",
     )
     p.add_argument(
         "--cursor-pages",
-        type=int,
+        type=_count,
         default=0,
         help="cursors expire: a walk gets this many pages, then its cursor is answered 500 "
         "(0: never)",
@@ -153,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         ("wrong-type", "rows with a field of the wrong type"),
         ("extra-pii", "valid rows carrying a field outside the D23 allowlist"),
     ):
-        bad.add_argument(f"--{kind}", type=int, default=0, metavar="N", help=help_text)
+        bad.add_argument(f"--{kind}", type=_count, default=0, metavar="N", help=help_text)
     return p
 
 

@@ -12,7 +12,6 @@ import functools
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -33,6 +32,7 @@ from d23_pipeline.settings import (
     LOCK_TIMEOUT_S,
     MEMORY_SIZE,
     SettingsError,
+    refused_folder,
 )
 from d23_pipeline.warehouse import sql
 
@@ -281,16 +281,11 @@ class Warehouse:
         downloads a month only to fail at its merge; a retry would fail the same way."""
         lock = self.path.with_name(self.path.name + ".lock")
         # The folder too: DuckDB makes its write-ahead log and spill folder beside the file.
-        # Made and a file tried in it: root passes every access() check, also where nothing
-        # can be made (/proc, /sys).
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=self.path.parent).close()
-        except OSError as exc:
+        if (refused := refused_folder(self.path.parent)) is not None:
             raise SettingsError(
-                f"this user cannot write {self.path.parent} ({exc.strerror}): make it writable, "
-                "or set D23_DATA_DIR to a folder this user can write"
-            ) from None
+                f"this user cannot make or write {self.path.parent} ({refused.strerror}): set "
+                "D23_DATA_DIR to a folder this user can write"
+            )
         for target in (self.path, lock):
             if target.exists() and not os.access(target, os.R_OK | os.W_OK):
                 raise SettingsError(

@@ -84,7 +84,10 @@ def outcome_mix_monthly(
     )
 
 
-_GROUPED_BY = ("communication_type", "interaction_source", "outcome_option")
+def _as_shown(rows: list[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:
+    """``rows`` with the API's text in ``columns`` as reports show it: "CALL " is a group of
+    its own, not a second CALL (:func:`shown_code`)."""
+    return [{**r, **{c: shown_code(r[c]) for c in columns}} for r in rows]
 
 
 def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict[str, Any]:
@@ -92,12 +95,10 @@ def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict
     from d23_pipeline.warehouse.store import fetch_dicts
 
     mix = fetch_dicts(con, sql.OUTCOME_MIX_FOR_MONTH, {"month": month})
-    by_outcome = [
-        {**r, "outcome_option": shown_code(r["outcome_option"])}
-        for r in fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month})
-    ]
-    # Its groups as the API sent them: "CALL " is a group of its own, not a second CALL.
-    preview = [{**r, **{k: shown_code(r[k]) for k in _GROUPED_BY}} for r in mix[:25]]
+    by_outcome = _as_shown(
+        fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month}), "outcome_option"
+    )
+    preview = _as_shown(mix[:25], "communication_type", "interaction_source", "outcome_option")
     # No chart of an empty month: a chart of no bars says nothing the table does not.
     chart = (
         charts.bar_chart(
