@@ -502,7 +502,8 @@ def warn_without_daemon(url: str) -> None:
 
 def backfill_page(url: str, backfill_id: str) -> str:
     """The backfill's page in the Dagster UI, its months' standing shown."""
-    return f"{shown_url(url).rstrip('/')}/runs/b/{backfill_id}?tab=partitions"
+    # No tab named: Dagster 1.13's page has no "partitions" tab, and shows nothing for it.
+    return f"{shown_url(url).rstrip('/')}/runs/b/{backfill_id}"
 
 
 def wait_for_backfill(url: str, backfill_id: str, months: int) -> dict[str, Any]:
@@ -606,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             "(--anyway launches another)"
         )
     else:
-        print(f"Backfill {backfill_id}: {months}, {keys[0]} to {keys[-1]}")
+        print(f"Backfill {backfill_id}: {months}, {keys[0][:7]} to {keys[-1][:7]}")
     print(f"Follow it at {backfill_page(args.url, backfill_id)}", flush=True)
     warn_without_daemon(args.url)
     if not args.wait:

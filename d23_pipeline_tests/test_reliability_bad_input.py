@@ -94,6 +94,27 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
         yield Loaded(sim, url, data_dir, result)
 
 
+def test_the_rejected_rows_check_says_what_broke_and_names_a_few_rows(
+    loaded: Loaded, tmp_path: Path
+) -> None:
+    stored = loaded.copy(tmp_path).query(
+        "SELECT reason, count(*), list(public_id) FROM d23.rejected_rows GROUP BY reason"
+    )
+    (check,) = [
+        c for c in loaded.result.get_asset_check_evaluations() if c.check_name == "rejected_rows"
+    ]
+
+    table = check.metadata["rejects_by_reason"].value
+    assert sum(rows for _, rows, _ in stored) == QUARANTINED
+    for reason, rows, ids in stored:
+        # One line per reason: its rows, and up to three of its ids (a row without one, none).
+        (line,) = [line for line in table.splitlines() if line.startswith(f"| {reason} |")]
+        assert f"| {reason} | {rows} | " in line
+        examples = line.split(" | ")[2].rstrip(" |")
+        shown = [] if examples == "(no public_id)" else examples.split(", ")
+        assert len(shown) == min(3, len([i for i in ids if i])) and set(shown) <= set(ids)
+
+
 def test_each_bad_row_kind_is_quarantined_with_its_reason(loaded: Loaded, tmp_path: Path) -> None:
     pipeline = loaded.copy(tmp_path)
     kinds = loaded.sim.bad_row_kinds()

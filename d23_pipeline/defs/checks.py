@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -341,10 +341,16 @@ def deletions_within_limit(
     )
 
 
-def rejected_rows(rows: int, rejects: int) -> dg.AssetCheckResult:
+def rejected_rows(
+    rows: int, rejects: int, by_reason: Sequence[Mapping[str, Any]] = ()
+) -> dg.AssetCheckResult:
+    """Fails, WARN or ERROR by their share, when the read quarantined rows; ``by_reason``: per
+    reason, the rows and a few ids, so the check says what broke without a query."""
     served = rows + rejects
     share = rejects / served if served else 0.0
-    metadata = {"rejected_rows": rejects, "rejected_share": round(share, 6)}
+    metadata: dict[str, Any] = {"rejected_rows": rejects, "rejected_share": round(share, 6)}
+    if by_reason:
+        metadata["rejects_by_reason"] = dg.MetadataValue.md(markdown_table(by_reason))
     if not rejects:
         return _result(REJECTED_ROWS, passed=True, metadata=metadata)
     severity = (

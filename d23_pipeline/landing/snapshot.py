@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -220,6 +221,22 @@ class Snapshot:
     def unverified(self) -> list[SliceRecord]:
         """Slices whose read is not proven complete: they may add and update, never delete."""
         return [s for s in self.slices if not s.verified]
+
+    def rejects_by_reason(self, examples: int = 3) -> list[dict[str, Any]]:
+        """Per reason, how many rows the read quarantined and the first ``examples`` ids."""
+        rows: Counter[str] = Counter()
+        ids: dict[str, list[str]] = {}
+        for path in self.reject_files:
+            rejects = pq.read_table(path, columns=["reason", "public_id"]).to_pydict()
+            for reason, public_id in zip(rejects["reason"], rejects["public_id"], strict=True):
+                rows[reason] += 1
+                some = ids.setdefault(reason, [])
+                if public_id and len(some) < examples:
+                    some.append(public_id)
+        return [
+            {"reason": reason, "rows": n, "examples": ", ".join(ids[reason]) or "(no public_id)"}
+            for reason, n in rows.most_common()
+        ]
 
     def preview(self, limit: int) -> list[dict[str, Any]]:
         """The first ``limit`` rows of the snapshot, in slice order."""

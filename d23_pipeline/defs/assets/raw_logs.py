@@ -98,6 +98,10 @@ def raw_logs(
         },
         check_results=[
             checks.rows_match_api_total(snapshot),
-            checks.rejected_rows(snapshot.rows, snapshot.rejects),
+            checks.rejected_rows(
+                snapshot.rows,
+                snapshot.rejects,
+                snapshot.rejects_by_reason() if snapshot.rejects else (),
+            ),
         ],
     )
