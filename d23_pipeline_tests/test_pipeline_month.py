@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,6 +36,28 @@ def test_materialized_month_equals_the_source_exactly(pipeline: Pipeline) -> Non
 
 
 @BOTH_WAREHOUSES
+def test_each_finished_slice_is_logged_on_the_run_page_with_the_time_left(
+    pipeline: Pipeline,
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    since, until = month_window("2026-04")
+    slices = (until - since) // timedelta(hours=pipeline.slice_hours)
+
+    result = pipeline.materialize("2026-04", instance=instance)
+
+    lines = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if " slices read (" in entry.user_message
+    ]
+    # One line a slice, as it finishes, named by its month, counting up to all of them.
+    done = sorted(int(line.split("/")[0].removeprefix("2026-04: ")) for line in lines)
+    assert done == list(range(1, slices + 1))
+    assert all(line.startswith("2026-04: ") for line in lines)
+    assert all(re.search(r"\d+ rows, \d+ pages, \d+ retries so far; about \d+ s left$", line)
+               for line in lines)  # fmt: skip
+
+
 def test_rematerializing_a_month_changes_nothing(pipeline: Pipeline) -> None:
     pipeline.materialize("2026-04")
     before = pipeline.query("SELECT * EXCLUDE (_last_seen_at) FROM d23.logs ORDER BY public_id")

@@ -337,7 +337,7 @@ def _reporting(
             stats = client.stats.as_dict()
             per_slice = (time.monotonic() - started) / (done - resumed)
             progress(
-                f"{partition}: {done}/{total} slices read ({event.slice} "
+                f"{partition[:7]}: {done}/{total} slices read ({event.slice} "
                 f"{'verified' if event.proof.verified else 'NOT verified'}); "
                 f"{stats['rows']} rows, {stats['pages']} pages, "
                 f"{sum(stats['retries'].values())} retries so far; "
