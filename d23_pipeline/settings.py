@@ -421,9 +421,15 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not _WHOLE_NUMBER.fullmatch(raw):
         raise SettingsError(f"{name} must be a whole number (got {raw[:40]!r})")
     value = int(raw)
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low} and {high} (got {value})")
+    check_between(name, value, low, high)
     return value
+
+
+def check_between(name: str, value: float, low: float, high: float | None = None) -> None:
+    """A SettingsError naming ``name`` unless ``low <= value <= high`` (no ``high``: no ceiling)."""
+    if not (low <= value and (high is None or value <= high)):  # written so that NaN fails
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise SettingsError(f"{name} must be {bound} (got {value})")
 
 
 def read_api_limits(env: Mapping[str, str]) -> dict[str, int]:
@@ -460,8 +466,7 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     if not _DECIMAL.fullmatch(raw):
         raise SettingsError(f"{name} must be a number between 0 and 1 (got {raw[:40]!r})")
     value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise SettingsError(f"{name} must be between 0 and 1 (got {value})")
+    check_between(name, value, 0, 1)
     return value
 
 
@@ -572,18 +577,20 @@ def refused_folder(folder: Path) -> OSError | None:
     return None
 
 
-def validate_memory_limit(value: str) -> str:
+def validate_memory_limit(value: str, name: str) -> str:
     """A memory limit DuckDB reads (``48MB``, ``1.5GB``, ``512MiB``) of at least 16 MB; else a
-    ValueError naming the forms, before a run downloads a month only to fail at its merge."""
+    SettingsError naming the forms, before a run downloads a month only to fail at its merge."""
     size = MEMORY_SIZE.fullmatch(value.strip())
     if size is None:
-        raise ValueError(
-            f"{value!r} is not a size DuckDB reads: a number and KB, MB, GB or TB (powers of "
-            "1000) or KiB, MiB, GiB or TiB (powers of 1024), such as 48MB"
+        raise SettingsError(
+            f"{name} {value!r} is not a size DuckDB reads: a number and KB, MB, GB or TB (powers "
+            "of 1000) or KiB, MiB, GiB or TiB (powers of 1024), such as 48MB"
         )
     number, prefix, binary = float(size[1]), size[2].upper(), size[3]
     if number * (1024 if binary else 1000) ** ("KMGT".index(prefix) + 1) < MIN_MEMORY_LIMIT_BYTES:
-        raise ValueError(f"{value!r} is below 16MB, too little for DuckDB to read a month")
+        raise SettingsError(
+            f"{name} {value!r} is below 16MB, too little for DuckDB to read a month"
+        )
     return value
 
 

@@ -67,11 +67,12 @@ def test_a_printed_resource_shows_no_secret() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("page_limit", 0, "greater than or equal to 1"),
-        ("page_limit", 1001, "less than or equal to 1000"),
-        ("max_concurrency", 33, "less than or equal to 32"),
-        ("slice_hours", 0, "greater than or equal to 1"),
-        ("retry_max_attempts", 0, "greater than or equal to 1"),
+        ("page_limit", 0, "page_limit must be between 1 and 1000 (got 0)"),
+        ("page_limit", 1001, "page_limit must be between 1 and 1000 (got 1001)"),
+        ("max_concurrency", 33, "max_concurrency must be between 1 and 32 (got 33)"),
+        ("slice_hours", 0, "slice_hours must be between 1 and 744 (got 0)"),
+        ("retry_max_attempts", 0, "retry_max_attempts must be at least 1 (got 0)"),
+        ("retry_base_delay_s", -0.5, "retry_base_delay_s must be at least 0 (got -0.5)"),
     ],
 )
 def test_a_runs_config_out_of_a_settings_range_fails_naming_the_field(
@@ -84,9 +85,28 @@ def test_a_runs_config_out_of_a_settings_range_fails_naming_the_field(
 
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
-    error = str(failure.event_specific_data.error)
-    assert f"ExportsApiResource\n{field}\n" in error and says in error
+    assert f"SettingsError: ExportsApiResource.{says}" in str(failure.event_specific_data.error)
+    assert pipeline.sim.stats.snapshot()["by_kind"].get("data", 0) == 0
     assert not pipeline.warehouse_path.exists()
+
+
+@pytest.mark.parametrize(
+    ("resource", "field", "value", "says"),
+    [
+        ("warehouse", "max_deletion_share", 1.5, "between 0 and 1 (got 1.5)"),
+        ("landing_zone", "resume_max_age_hours", -1, "at least 0 (got -1)"),
+    ],
+)
+def test_each_resources_ranges_are_held_when_a_run_starts(
+    pipeline: Pipeline, resource: str, field: str, value: float, says: str
+) -> None:
+    config = {"resources": {resource: {"config": {field: value}}}}
+
+    result = pipeline.materialize(MONTHS[0], raise_on_error=False, run_config=config)
+
+    (failure,) = [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
+    assert f".{field} must be {says}" in str(failure.event_specific_data.error)
+    assert pipeline.sim.stats.snapshot()["by_kind"].get("data", 0) == 0
 
 
 @pytest.mark.parametrize(
@@ -104,7 +124,7 @@ def test_a_runs_memory_limit_duckdb_cannot_take_fails_before_the_api_is_read(
 
     (failure,) = [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
     error = str(failure.event_specific_data.error)
-    assert "WarehouseResource\nmemory_limit\n" in error and says in error
+    assert "SettingsError: WarehouseResource.memory_limit " in error and says in error
     assert pipeline.sim.stats.snapshot()["by_kind"].get("data", 0) == 0
 
 
@@ -135,8 +155,8 @@ def test_a_resource_field_takes_exactly_what_its_variable_takes(
     for value in (low - 1, high + 1):
         with pytest.raises(SettingsError, match=variable):
             load_options({variable: str(value)})
-        with pytest.raises(ValueError, match=field):
-            ExportsApiResource(**{field: value})
+        with pytest.raises(SettingsError, match=rf"ExportsApiResource\.{field} must be"):
+            ExportsApiResource(**{field: value}).check()
 
 
 @pytest.mark.parametrize(
@@ -147,6 +167,7 @@ def test_a_resource_field_takes_exactly_what_its_variable_takes(
         (WarehouseResource, "lock_timeout_s", -1.0),
         (WarehouseResource, "max_deletion_share", -0.01),
         (WarehouseResource, "max_deletion_share", 1.01),
+        (WarehouseResource, "max_deletion_share", float("nan")),
         (LandingZoneResource, "resume_max_age_hours", -1),
     ],
 )
@@ -157,8 +178,8 @@ def test_a_resource_setting_no_run_can_work_with_is_refused(
         WarehouseResource: {"database": str(tmp_path / "w.duckdb")},
         LandingZoneResource: {"raw_dir": str(tmp_path)},
     }.get(resource, {})
-    with pytest.raises(ValueError, match=field):
-        resource(**required, **{field: value})
+    with pytest.raises(SettingsError, match=rf"{resource.__name__}\.{field} must be"):
+        resource(**required, **{field: value}).check()
 
 
 def test_a_runs_config_of_one_field_keeps_the_other_settings_from_the_environment(

@@ -89,6 +89,48 @@ def test_a_month_failing_on_its_settings_is_not_retried(
     assert any(m.startswith("Not retried: ") for m in logs)
 
 
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"exports_api": {"config": {"page_limit": 5000}}},
+        {"warehouse": {"config": {"memory_limit": "8MB"}}},
+        {"landing_zone": {"config": {"resume_max_age_hours": -1}}},
+    ],
+)
+def test_a_run_config_out_of_range_is_not_retried(
+    pipeline: Pipeline, instance: dg.DagsterInstance, resources: dict
+) -> None:
+    # What the launchpad sends: Dagster builds the resources from it before any step runs.
+    result = pipeline.materialize(
+        MONTH, raise_on_error=False, instance=instance, run_config={"resources": resources}
+    )
+
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+    assert run.tags["dagster/will_retry"] == "false"
+    assert run.tags[MAX_RETRIES_TAG] == "0" and run.tags[RETRIES_STOPPED_TAG] == "3"
+    logs = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any(m.startswith("Not retried: SettingsError") for m in logs)
+
+
+def test_a_re_execution_whose_run_config_is_out_of_range_keeps_the_count_it_inherited(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    config = {"resources": {"exports_api": {"config": {"max_concurrency": 64}}}}
+
+    result = pipeline.materialize(
+        MONTH,
+        raise_on_error=False,
+        instance=instance,
+        run_config=config,
+        tags=INHERITED_FROM_A_STOPPED_RUN,
+    )
+
+    run = instance.get_run_by_id(result.run_id)
+    assert run is not None and run.tags["dagster/will_retry"] == "false"
+    assert run.tags[MAX_RETRIES_TAG] == "0" and run.tags[RETRIES_STOPPED_TAG] == "2"
+
+
 def test_a_month_failing_on_a_flaky_api_is_retried(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:

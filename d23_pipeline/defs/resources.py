@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import dagster as dg
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
+from d23_pipeline.defs.run_retries import not_retried_when_its_config_is_refused
 from d23_pipeline.settings import (
     DASHBOARD_FILE,
     DEFAULT_MEMORY_LIMIT,
@@ -30,6 +31,7 @@ from d23_pipeline.settings import (
     RESUME_MAX_AGE,
     SLICE_HOURS_RANGE,
     ApiConnection,
+    check_between,
     load_api_connection,
     read_api_limits,
     read_data_dir,
@@ -50,7 +52,30 @@ if TYPE_CHECKING:
     from d23_pipeline.warehouse.store import WarehouseBackend
 
 
-class ExportsApiResource(dg.ConfigurableResource):
+class _CheckedWhenARunStarts(dg.ConfigurableResource):
+    """A resource whose fields are checked when a run starts: :attr:`field_ranges`, and any
+    more checks a subclass's :meth:`check` adds.
+
+    Not pydantic's ``ge``/``le``: a value those refuse fails while Dagster builds the resource
+    from the run's config (the launchpad's), before any code of ours runs, and the run was
+    retried twice to fail the same way. Refused here, the run is not retried.
+    """
+
+    field_ranges: ClassVar[dict[str, tuple[float, float | None]]] = {}
+
+    def check(self) -> None:
+        """A SettingsError naming the first field out of its range."""
+        for field, (low, high) in self.field_ranges.items():
+            value = getattr(self, field)
+            if value is not None:
+                check_between(f"{type(self).__name__}.{field}", value, low, high)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        with not_retried_when_its_config_is_refused(context):
+            self.check()
+
+
+class ExportsApiResource(_CheckedWhenARunStarts):
     """The ClearGrid Exports API. Secrets arrive through ``dg.EnvVar`` and are never shown.
 
     A field left unset is read from its ``D23_*`` variable when a run uses it: a run's resource
@@ -67,36 +92,31 @@ class ExportsApiResource(dg.ConfigurableResource):
     token: str | None = Field(
         default=None, description="D23_TOKEN: a bearer token already held", repr=False
     )
-    # Bounded as their D23_* variables are: a run's config (the launchpad's) may set them too.
     page_limit: int | None = Field(
-        default=None,
-        ge=PAGE_LIMIT_RANGE[0],
-        le=PAGE_LIMIT_RANGE[1],
-        description="D23_PAGE_LIMIT: rows asked per page",
+        default=None, description="D23_PAGE_LIMIT: rows asked per page (1-1000)"
     )
     max_concurrency: int | None = Field(
-        default=None,
-        ge=MAX_CONCURRENCY_RANGE[0],
-        le=MAX_CONCURRENCY_RANGE[1],
-        description="D23_MAX_CONCURRENCY: requests in flight",
+        default=None, description="D23_MAX_CONCURRENCY: requests in flight (1-32)"
     )
     slice_hours: int | None = Field(
-        default=None,
-        ge=SLICE_HOURS_RANGE[0],
-        le=SLICE_HOURS_RANGE[1],
-        description="D23_SLICE_HOURS: width of one slice",
+        default=None, description="D23_SLICE_HOURS: width of one slice (1-744)"
     )
     retry_base_delay_s: float = Field(
         default=DEFAULT_RETRY_BASE_DELAY_S,
-        ge=0,
         description="Ceiling of the jittered pause before the first retry (doubles per retry, "
         "up to 30 s)",
     )
     retry_max_attempts: int = Field(
-        default=DEFAULT_RETRY_MAX_ATTEMPTS,
-        ge=1,
-        description="Attempts per request, first one included",
+        default=DEFAULT_RETRY_MAX_ATTEMPTS, description="Attempts per request, first one included"
     )
+    # Bounded as their D23_* variables are: a run's config (the launchpad's) may set them too.
+    field_ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
+        "page_limit": PAGE_LIMIT_RANGE,
+        "max_concurrency": MAX_CONCURRENCY_RANGE,
+        "slice_hours": SLICE_HOURS_RANGE,
+        "retry_base_delay_s": (0, None),
+        "retry_max_attempts": (1, None),
+    }
 
     def limits(self) -> dict[str, int]:
         """``page_limit``, ``max_concurrency`` and ``slice_hours``, those unset from their
@@ -150,7 +170,7 @@ class ExportsApiResource(dg.ConfigurableResource):
             yield client
 
 
-class WarehouseResource(dg.ConfigurableResource):
+class WarehouseResource(_CheckedWhenARunStarts):
     """The warehouse: the embedded DuckDB file, whose connections are serialised across processes
     by a file lock, or DuckLake on a PostgreSQL catalog; connections are closed even when the
     block raises.
@@ -173,18 +193,15 @@ class WarehouseResource(dg.ConfigurableResource):
         default=None, description="D23_DUCKLAKE_DATA_PATH: where DuckLake writes its Parquet files"
     )
     lock_timeout_s: float = Field(
-        default=LOCK_TIMEOUT_S, ge=0, description="How long to wait for the lock"
+        default=LOCK_TIMEOUT_S, description="How long to wait for the lock"
     )
     max_deletion_share: float | None = Field(
         default=None,
-        ge=0,
-        le=1,
         description=(
             "D23_MAX_DELETION_SHARE: a merge that would mark more of a month's live rows "
-            "deleted marks none until confirmed"
+            "deleted marks none until confirmed (0-1)"
         ),
     )
-
     memory_limit: str = Field(
         default=DEFAULT_MEMORY_LIMIT,
         description=(
@@ -195,10 +212,16 @@ class WarehouseResource(dg.ConfigurableResource):
         ),
     )
 
-    @field_validator("memory_limit")
-    @classmethod
-    def _a_size_duckdb_reads(cls, value: str) -> str:
-        return validate_memory_limit(value)
+    field_ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
+        "lock_timeout_s": (0, None),
+        "max_deletion_share": (0, 1),
+    }
+
+    def check(self) -> None:
+        """The ranges, and a memory limit DuckDB takes, checked before a month is downloaded:
+        DuckDB itself would refuse it only when the merge opens the warehouse."""
+        super().check()
+        validate_memory_limit(self.memory_limit, "WarehouseResource.memory_limit")
 
     def allowed_deletion_share(self) -> float:
         """The share of a month's live rows a merge may mark deleted without confirmation."""
@@ -234,7 +257,7 @@ class WarehouseResource(dg.ConfigurableResource):
             yield con
 
 
-class LandingZoneResource(dg.ConfigurableResource):
+class LandingZoneResource(_CheckedWhenARunStarts):
     """Where raw monthly snapshots are written (``$D23_DATA_DIR/raw``)."""
 
     # Unset, read when a step runs: a run config naming only some fields keeps the others.
@@ -243,9 +266,11 @@ class LandingZoneResource(dg.ConfigurableResource):
     )
     resume_max_age_hours: int = Field(
         default=RESUME_MAX_AGE // timedelta(hours=1),
-        ge=0,
         description="An unfinished snapshot older than this is read again, not resumed",
     )
+    field_ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
+        "resume_max_age_hours": (0, None)
+    }
 
     def store(self) -> SnapshotStore:
         from d23_pipeline.landing.snapshot import SnapshotStore

@@ -3,10 +3,10 @@
 The shipped instance retries every failed run up to twice (``run_retries`` in
 ``deploy/dagster.yaml``): a flaky API's month gets read again. A refused login, a token of
 another lender, a dataset not enabled, a host that is not the API, a data folder of another
-source or a bad API setting fail every retry the same way, a minute later each. With run retries
-on, Dagster decides from the run's tags, read when the run fails, so such a failure sets the
-run's ``dagster/max_retries`` to 0 first, keeping the value it replaced in
-:data:`RETRIES_STOPPED_TAG`.
+source or a bad setting (a ``D23_*`` variable, or a run's resource config out of range) fail
+every retry the same way, a minute later each. With run retries on, Dagster decides from the
+run's tags, read when the run fails, so such a failure sets the run's ``dagster/max_retries`` to
+0 first, keeping the value it replaced in :data:`RETRIES_STOPPED_TAG`.
 
 A re-execution of that run (after the setting is fixed) inherits both tags; its
 ``d23/raw_logs`` puts the value back, so that its own flaky failures are retried again, counted
@@ -51,6 +51,32 @@ def unmendable_by_retry() -> tuple[type[Exception], ...]:
     )
 
 
+def _allowed(instance: dg.DagsterInstance, run: dg.DagsterRun, inherited: str | None) -> str:
+    """The retry count a re-execution of this run gets back once the setting is fixed."""
+    return inherited or run.tags.get(MAX_RETRIES_TAG) or str(instance.run_retries_max_retries)
+
+
+def _inherited(run: dg.DagsterRun) -> str | None:
+    """The count a stopped run kept, if this run re-executes it (and its launcher set none)."""
+    return run.tags.get(RETRIES_STOPPED_TAG) if run.tags.get(MAX_RETRIES_TAG) == "0" else None
+
+
+@contextmanager
+def _stopped_on_unmendable(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, log: dg.DagsterLogManager, allowed: str
+) -> Iterator[None]:
+    try:
+        yield
+    except unmendable_by_retry() as exc:
+        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0", RETRIES_STOPPED_TAG: allowed})
+        log.error(
+            f"Not retried: {type(exc).__name__} fails every new run the same way until it is "
+            "fixed (see the error below). Fix it, then launch the month again (a backfill or "
+            "the job: a new run gets all its retries)."
+        )
+        raise
+
+
 @contextmanager
 def retried_only_when_it_can_help(context: dg.AssetExecutionContext) -> Iterator[None]:
     """Run the block; if it fails in a way no retry mends, the run is not retried."""
@@ -58,18 +84,20 @@ def retried_only_when_it_can_help(context: dg.AssetExecutionContext) -> Iterator
     if not instance.run_retries_enabled:  # nothing would retry it anyway
         yield
         return
-    # Inherited from the run this one re-executes, unless its launcher set a count of its own.
-    inherited = run.tags.get(RETRIES_STOPPED_TAG) if run.tags.get(MAX_RETRIES_TAG) == "0" else None
+    inherited = _inherited(run)
     if inherited:
         instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: inherited, RETRIES_STOPPED_TAG: ""})
-    allowed = inherited or run.tags.get(MAX_RETRIES_TAG) or str(instance.run_retries_max_retries)
-    try:
+    with _stopped_on_unmendable(instance, run, context.log, _allowed(instance, run, inherited)):
         yield
-    except unmendable_by_retry() as exc:
-        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0", RETRIES_STOPPED_TAG: allowed})
-        context.log.error(
-            f"Not retried: {type(exc).__name__} fails every new run the same way until it is "
-            "fixed (see the error below). Fix it, then launch the month again (a backfill or "
-            "the job: a new run gets all its retries)."
-        )
-        raise
+
+
+@contextmanager
+def not_retried_when_its_config_is_refused(context: dg.InitResourceContext) -> Iterator[None]:
+    """The same, for a resource's setup: a run config out of range fails before any step."""
+    instance, run, log = context.instance, context.dagster_run, context.log
+    if instance is None or run is None or log is None or not instance.run_retries_enabled:
+        yield  # built outside a run, or nothing would retry it
+        return
+    # A stopped run's count is put back by d23/raw_logs, once the settings pass.
+    with _stopped_on_unmendable(instance, run, log, _allowed(instance, run, _inherited(run))):
+        yield
