@@ -4,8 +4,10 @@ The SQL that computes the rates (``warehouse/sql.py``), the outcome-mix assets' 
 the README's KPI table (checked by a test) all come from :data:`KPIS`.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,13 @@ def shown_percent(rate: float) -> Decimal:
     binary value: 23 of 80 is 28.75 % exactly, but ``0.2875 * 100`` is 28.749999999999996.
     (``float`` first: numpy's and Decimal's reprs name their type.)"""
     return (Decimal(repr(float(rate))) * 100).quantize(Decimal("0.1"), ROUND_HALF_UP)
+
+
+def percent_metadata(rates: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each KPI of ``rates`` (a row of the KPI table) as the assets' metadata gives it:
+    ``<name> (%)``, rounded as :func:`shown_percent`, a number so that the UI plots it across
+    materializations (None where the rate has no denominator)."""
+    return {
+        f"{name} (%)": None if rates[name] is None else float(shown_percent(rates[name]))
+        for name in KPI_NAMES
+    }

@@ -431,3 +431,4 @@ def test_the_mix_preview_tells_apart_groups_that_differ_only_in_spaces(
     preview = materialization.metadata["preview"].value
     assert '| "CALL " | AGENT | "PTP " | 1 | 0 |' in preview
     assert "| CALL | AGENT | PTP | 2 | 1 |" in preview  # p1, p2: the unpadded group as is
+    assert "more rows" not in preview  # all of the month's rows are shown

@@ -407,6 +407,8 @@ def test_the_second_months_assets_report_that_months_numbers(tmp_path: Path) -> 
     )
     mix = _metadata(result, "d23__outcome_mix_monthly")
     assert (mix["dagster/partition_row_count"], mix["attempts"]) == (mix_rows, mix_attempts)
+    assert mix["preview"].count("\n| ") == 25  # rows; the header is the first line
+    assert mix["preview"].endswith(f"_{mix_rows - 25:,} more rows in d23.outcome_mix_monthly_")
     ((attempts, contacts, contact_rate),) = pipeline.query(
         "SELECT attempts, contacts, contact_rate FROM d23.outcome_kpis_monthly "
         "WHERE month = '2026-05-01'"
@@ -418,7 +420,7 @@ def test_the_second_months_assets_report_that_months_numbers(tmp_path: Path) -> 
     shown = _metadata(result, "d23__outcome_dashboard")
     assert shown["months"] == ["2026-04", "2026-05"]
     assert shown["tiles_month"] == "2026-05"
-    assert shown["contact_rate"] == rate
+    assert shown["contact_rate (%)"] == kpis["contact_rate (%)"] == round(contact_rate * 100, 1)
     assert "times of day and days are in Europe/Berlin" in berlin
     merged = _metadata(held, "d23__logs")
     assert (merged["deletions_proven"], merged["marked_deleted"], merged["deletions_held"]) == (

@@ -12,6 +12,7 @@ import dagster as dg
 from d23_pipeline.defs import keys
 from d23_pipeline.defs.dashboard_refresh import MERGES_READ, last_merge
 from d23_pipeline.defs.resources import DashboardResource, OutcomeMappingResource, WarehouseResource
+from d23_pipeline.kpis import percent_metadata
 
 
 @dg.asset(
@@ -56,5 +57,5 @@ def outcome_dashboard(
     }
     if latest is not None:
         metadata["tiles_month"] = f"{latest['month']:%Y-%m}"
-        metadata.update({name: dashboard.percent(latest[name]) for name in dashboard.KPI_LABELS})
+        metadata.update(percent_metadata(latest))
     return dg.MaterializeResult(metadata=metadata)

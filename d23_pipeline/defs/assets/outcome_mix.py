@@ -11,7 +11,7 @@ from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import OutcomeMappingResource, WarehouseResource
-from d23_pipeline.kpis import KPI_NAMES, kpi_table, shown_percent
+from d23_pipeline.kpis import kpi_table, percent_metadata
 
 if TYPE_CHECKING:
     import duckdb
@@ -99,6 +99,11 @@ def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict
         fetch_dicts(con, sql.OUTCOME_MIX_BY_OUTCOME, {"month": month}), "outcome_option"
     )
     preview = _as_shown(mix[:25], "communication_type", "interaction_source", "outcome_option")
+    rest = (
+        f"\n\n_{len(mix) - len(preview):,} more rows in d23.outcome_mix_monthly_"
+        if len(mix) > len(preview)
+        else ""
+    )
     # No chart of an empty month: a chart of no bars says nothing the table does not.
     chart = (
         charts.bar_chart(
@@ -115,7 +120,7 @@ def _outcome_mix_metadata(con: "duckdb.DuckDBPyConnection", month: date) -> dict
         "dagster/table_name": "d23.outcome_mix_monthly",
         "attempts": sum(r["attempts"] for r in mix),
         "outcome_mix": dg.MetadataValue.md(markdown_table(by_outcome) + "\n\n" + chart),
-        "preview": dg.MetadataValue.md(markdown_table(preview)),
+        "preview": dg.MetadataValue.md(markdown_table(preview) + rest),
     }
 
 
@@ -176,9 +181,7 @@ def _outcome_kpis_metadata(
         "month": f"{month:%Y-%m}",
         # A running or maturing month's rates are not final: the dashboard's words for it.
         "month_state": month_state(month, last_read, datetime.now(UTC)),
-        # Percentages with one decimal, as analysts quote them (numbers, so the UI plots
-        # them across materializations).
-        **{f"{name} (%)": _percent(kpis[name]) for name in KPI_NAMES},
+        **percent_metadata(kpis),
         "attempts": int(kpis["attempts"]),
         "kpis": dg.MetadataValue.md(_kpi_table(kpis)),
     }
@@ -211,10 +214,6 @@ def _rebuilt_too(
             )
         )
     return {"months_rebuilt_too": names}
-
-
-def _percent(rate: float | None) -> float | None:
-    return None if rate is None else float(shown_percent(rate))
 
 
 def _kpi_table(kpis: dict) -> str:
