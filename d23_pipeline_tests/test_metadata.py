@@ -1,5 +1,6 @@
 """What an asset's page in the Dagster UI shows: column descriptions and markdown previews."""
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
@@ -26,3 +27,15 @@ def test_a_preview_table_has_a_separator_per_column_escapes_pipes_and_leaves_non
         "|---|---|---|",
         "| PTP\\|PARTIAL | 3 |  |",
     ]
+
+
+def test_a_preview_shows_times_as_the_api_writes_them() -> None:
+    berlin = timezone(timedelta(hours=1))  # a session's time zone must not show through
+    row = {
+        "communicated_at": datetime(2026, 4, 3, 10, 30, 5, 120000, tzinfo=berlin),
+        "created_at": datetime(2026, 4, 3, 9, 30, tzinfo=UTC),
+    }
+
+    assert markdown_table([row]).splitlines()[-1] == (
+        "| 2026-04-03T09:30:05.120Z | 2026-04-03T09:30:00.000Z |"
+    )

@@ -284,6 +284,9 @@ def test_materialization_reports_counts_schema_and_read_statistics(pipeline: Pip
         columns = _metadata(result, step)["dagster/column_schema"].columns
         assert [c.name for c in columns if not c.description] == [], step
     assert "| public_id |" in logs["preview"]
+    # Times as the API writes them, not as Python prints a datetime.
+    assert re.search(r"\| 2026-04-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \|", logs["preview"])
+    assert "+00:00" not in logs["preview"] + raw["preview"]
     checks = {
         (e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -86,4 +87,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], empty: str = "_no rows_") 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        # Imported here: schema brings Arrow, which the definitions do not load.
+        from d23_pipeline.schema import format_timestamp
+
+        return format_timestamp(value)  # as the API writes it, so a row reads as its JSON did
     return "" if value is None else str(value).replace("|", "\\|")
