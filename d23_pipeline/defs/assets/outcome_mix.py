@@ -19,16 +19,16 @@ if TYPE_CHECKING:
 # The steps import the warehouse code (DuckDB, Arrow) when they run, not when the definitions
 # load; charts.py imports pygal only when it draws.
 
-KPI_DEFINITIONS = f"""
+ATTEMPTS_AND_CLASSES = """
 Attempts are active (is_active) log entries still present at the source (no _deleted_at).
 Outcome classes come from the outcome mapping file (a promise and a refusal are right-party
 contacts, and a right-party contact is a contact).
-
-{kpi_table()}
-
-broken_promise_share of recent months is low until their promises mature: a promise breaks
-weeks after it is logged, and promise dates live in D24, which is not yet enabled.
 """
+PROMISES_MATURE = """
+Broken promises (and broken_promise_share) of recent months are few until their promises mature:
+a promise breaks weeks after it is logged, and promise dates live in D24, not yet enabled.
+"""
+KPI_DEFINITIONS = f"{ATTEMPTS_AND_CLASSES}\n{kpi_table()}\n{PROMISES_MATURE}"
 
 _COMMON = dict(
     partitions_def=monthly_partitions,
@@ -49,7 +49,9 @@ def _month(context: dg.AssetExecutionContext):
     check_specs=[checks.UNMAPPED_OUTCOMES, checks.BROKEN_FLAGS_OUTSIDE_PROMISES],
     description=(
         "Table d23.outcome_mix_monthly: attempts per month x communication_type x "
-        "interaction_source x outcome_option, with each code's outcome class.\n" + KPI_DEFINITIONS
+        "interaction_source x outcome_option, with each code's outcome class.\n"
+        + ATTEMPTS_AND_CLASSES
+        + PROMISES_MATURE
     ),
     **_COMMON,
 )
