@@ -151,7 +151,7 @@ def test_a_resource_field_takes_exactly_what_its_variable_takes(
 ) -> None:
     for value in (low, high):
         load_options({variable: str(value)})
-        ExportsApiResource(**{field: value})
+        ExportsApiResource(**{field: value}).check()
     for value in (low - 1, high + 1):
         with pytest.raises(SettingsError, match=variable):
             load_options({variable: str(value)})

@@ -109,7 +109,7 @@ class ExportsApiResource(_CheckedWhenARunStarts):
     retry_max_attempts: int = Field(
         default=DEFAULT_RETRY_MAX_ATTEMPTS, description="Attempts per request, first one included"
     )
-    # Bounded as their D23_* variables are: a run's config (the launchpad's) may set them too.
+    # The first three bounded as their D23_* variables are: a run's config may set them too.
     field_ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
         "page_limit": PAGE_LIMIT_RANGE,
         "max_concurrency": MAX_CONCURRENCY_RANGE,
