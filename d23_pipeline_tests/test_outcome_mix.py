@@ -432,14 +432,3 @@ def test_the_mix_preview_tells_apart_groups_that_differ_only_in_spaces(
     assert '| "CALL " | AGENT | "PTP " | 1 | 0 |' in preview
     assert "| CALL | AGENT | PTP | 2 | 1 |" in preview  # p1, p2: the unpadded group as is
     assert "more rows" not in preview  # all of the month's rows are shown
-
-
-def test_each_outcome_asset_describes_what_its_table_holds() -> None:
-    def described(key: dg.AssetKey) -> str:
-        return defs.get_assets_def(key).descriptions_by_key[key] or ""
-
-    mix = described(outcome_mix_monthly.key)
-    # The mix holds attempts and broken promises per group, no rates: no KPI table.
-    assert "Attempts are active" in mix and "Broken promises" in mix and "| KPI |" not in mix
-    for kpis in (outcome_kpis_monthly.key, outcome_mix_daily.key):
-        assert "| `refusal_rate` | refusals | right-party contacts |" in described(kpis)
