@@ -946,6 +946,106 @@ class _MovesRowsInAtFirstPage(ExportHookSimulator):
         return path, None
 
 
+class _MovesARowBackWhenItsDayIsRead(ExportHookSimulator):
+    """The simulator, except that once ``armed``, at the first page of 28 April (its count
+    before the walk taken), the row ``moved`` moves back to 2 April, a slice read before."""
+
+    moved = "0000000000000000000000aa"
+    moved_to = datetime(2026, 4, 2, 9, 0, tzinfo=UTC)
+    armed = False
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if (
+            self.armed
+            and query.get("since") == "2026-04-28T00:00:00.000Z"
+            and "includeTotal" not in query
+            and "cursor" not in query
+        ):
+            self.armed = False
+            self.move_row(self.moved, self.moved_to)
+        return path, None
+
+
+@pytest.mark.parametrize("stored_before", [False, True], ids=["first read", "read again"])
+def test_a_row_moved_back_into_a_slice_read_earlier_lands_with_the_same_read(
+    tmp_path: Path, stored_before: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every slice passes its own counts: 2 April was read before the move, 28 April after it.
+    # Only counting the finished slices again at the end shows that 2 April gained a row.
+    days = (2, 5, 10, 20, 28)
+    rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
+    rows.append(d23_row(_MovesARowBackWhenItsDayIsRead.moved, "2026-04-28T12:00:00.000Z"))
+    sim = _MovesARowBackWhenItsDayIsRead(rows=rows)
+    with serve(sim) as url:
+        # One request at a time: the slices are read in order, 2 April long before 28 April.
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1)
+        if stored_before:
+            pipeline.materialize(MONTH)
+        sim.armed = True
+        with caplog.at_level("WARNING", logger="d23_pipeline.landing"):
+            result = pipeline.materialize(MONTH)
+
+    assert not sim.armed  # the row did move during the read
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    ((communicated_at,),) = pipeline.query(
+        "SELECT communicated_at FROM d23.logs WHERE public_id = ? AND _deleted_at IS NULL",
+        (_MovesARowBackWhenItsDayIsRead.moved,),
+    )
+    assert communicated_at == _MovesARowBackWhenItsDayIsRead.moved_to
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    assert raw.metadata["slices_changed_after_read"].value == 1
+    assert raw.metadata["slices_verified"].value == 30
+    assert any(
+        "1 slices' counts moved after they were read ([2026-04-02" in m
+        and m.endswith("reading them again")
+        for m in caplog.messages
+    )
+
+
+class _MovesARowInAtEveryRecount(ExportHookSimulator):
+    """The simulator, except that each time the whole month is counted (as only the count of
+    the finished slices at the end of a read does), one more row moves from May to 2 April."""
+
+    waiting = ["0000000000000000000000b1", "0000000000000000000000b2", "0000000000000000000000b3"]
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        whole_month = (query.get("since"), query.get("until")) == (
+            "2026-04-01T00:00:00.000Z",
+            "2026-05-01T00:00:00.000Z",
+        )
+        if whole_month and "includeTotal" in query and self.waiting:
+            public_id = self.waiting.pop(0)
+            self.move_row(public_id, datetime(2026, 4, 2, 9, 0, int(public_id[-1]), tzinfo=UTC))
+        return path, None
+
+
+def test_a_month_still_changing_after_its_reads_again_is_left_to_its_next_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The end-of-read count, read again, counted again ...: bounded at RECOUNTS counts, the
+    # last of which only says what it leaves for the month's next read.
+    days = (2, 10, 20)
+    rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
+    rows += [d23_row(i, "2026-05-03T10:00:00.000Z") for i in _MovesARowInAtEveryRecount.waiting]
+    sim = _MovesARowInAtEveryRecount(rows=rows)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        with caplog.at_level("WARNING", logger="d23_pipeline.landing"):
+            result = pipeline.materialize(MONTH)
+        stored = {pid for pid, *_ in pipeline.live_rows([MONTH])}
+        assert month_module.RECOUNTS == 3 and not sim.waiting  # three counts, three moves
+        assert {"0000000000000000000000b1", "0000000000000000000000b2"} <= stored
+        assert "0000000000000000000000b3" not in stored
+        (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+        assert raw.metadata["slices_changed_after_read"].value == 3
+        assert sum("reading them again" in m for m in caplog.messages) == 2
+        assert sum("left as read" in m for m in caplog.messages) == 1
+
+        pipeline.materialize(MONTH)  # the month's next read
+
+        assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+
+
 def test_api_total_is_the_count_after_the_walk_which_includes_rows_written_while_it_ran(
     tmp_path: Path,
 ) -> None:

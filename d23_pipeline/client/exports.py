@@ -12,11 +12,20 @@ import threading
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
+from itertools import pairwise
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -221,6 +230,9 @@ class ExportsClient:
         self._min_window = min_window
         self._slice_reads = slice_reads
         self._widths = WidthHint(min_window, max_window)
+        # The parts each slice's last read was counted in, for counting it again at the end of
+        # the month's read without finding them anew (changed_since_counted).
+        self._counted_in: dict[Window, list[Window]] = {}
         self.stats = ClientStats(page_limit)
         connections = max_concurrency + 1
         self._http = BoundedHttp(
@@ -338,6 +350,45 @@ class ExportsClient:
             if total.note != "timeout":
                 break
         return total
+
+    def changed_since_counted(self, counted: Mapping[Window, int]) -> list[Window]:
+        """Of windows with the exact count each had (after its read), those whose exact count
+        has moved since: a row that moved into one of them after its read is missing from that
+        read, though it never left the month. One the API no longer counts exactly is left as
+        read (a count timeout is no change).
+
+        Their span is counted first, in one request, and each window (in parts, as after its
+        walk) only if that count moved or is not exact, ``max_concurrency`` at a time. A change
+        that another undoes within the span (a row moving into a window read earlier while
+        another row of the span is deleted) is not found this way: the month's next read
+        finds it.
+        """
+        windows = sorted(counted, key=lambda w: w.since)
+        if not windows:
+            return []
+        span = Window(windows[0].since, windows[-1].until)
+        ceiling = self._widths.ceiling  # a span wider than what the gateway answers would 504
+        if (
+            all(a.until == b.since for a, b in pairwise(windows))
+            and (ceiling is None or span.duration <= ceiling)
+            and self.count(span).exact_total == sum(counted.values())
+        ):
+            return []
+
+        def count_now(window: Window) -> int | None:
+            parts = self._counted_in.get(window)  # a slice read by this client: its parts
+            if parts is None:
+                return self.fetch_total(window).exact_total
+            return sum_totals([self.count(part) for part in parts]).exact_total
+
+        workers = min(self._max_concurrency, len(windows))
+        with ThreadPoolExecutor(workers, thread_name_prefix="d23-recount") as pool:
+            now = list(pool.map(count_now, windows))
+        changed = [
+            w for w, total in zip(windows, now, strict=True) if total not in (None, counted[w])
+        ]
+        self.stats.add("slices_changed_after_read", len(changed))
+        return changed
 
     def confirm_absent(self, candidates: Sequence[tuple[str, datetime]]) -> InstantLookups:
         """Of ``(public_id, communicated_at)`` pairs, those a proven-complete read of their
@@ -504,6 +555,7 @@ class ExportsClient:
     ) -> Part:
         asked_at = datetime.now(UTC)
         before = self.count_parts(piece, cancel)
+        self._counted_in[piece] = [part for part, _ in before]
         changed_since = _changed_since([total for _, total in before], asked_at)
         read = SliceRead(piece, number, limit, before, changed_since)
         # A read short of the counts may have met an end the API puts at one point in its data,

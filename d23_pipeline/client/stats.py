@@ -31,6 +31,7 @@ class ClientStats:
         self.window_splits = 0
         self.count_splits = 0
         self.slice_rereads = 0
+        self.slices_changed_after_read = 0
         self.shared_parts = 0
         self.limit_reductions = 0
         self.cursor_restarts = 0
@@ -89,6 +90,7 @@ class ClientStats:
                 "window_splits": self.window_splits,
                 "count_splits": self.count_splits,
                 "slice_rereads": self.slice_rereads,
+                "slices_changed_after_read": self.slices_changed_after_read,
                 "shared_parts": self.shared_parts,
                 "limit_reductions": self.limit_reductions,
                 "cursor_restarts": self.cursor_restarts,

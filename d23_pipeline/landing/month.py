@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from d23_pipeline.client import CLOCK_SLACK, ExportsClient, SliceDone, SliceEvent, Window
 from d23_pipeline.landing.snapshot import (
+    SliceRecord,
     Snapshot,
     SnapshotStore,
     SnapshotWriter,
@@ -89,6 +90,7 @@ def read_month(
         # When each slice this run read was read from (its read began then or later). Resumed
         # slices had ended when the interrupted read began (SnapshotStore.begin).
         read_from: dict[Window, datetime] = {}
+        recounts_left = RECOUNTS
         while True:
             if todo:
                 if read_from:  # slices read again: once surely ended on the API's clock too
@@ -102,6 +104,11 @@ def read_month(
                 read_from.update(dict.fromkeys(todo, began))
                 todo = _ended_since_read(read_from, datetime.now(UTC), partition)
                 if todo:
+                    continue
+            if recounts_left:
+                recounts_left -= 1
+                todo = _changed_since_read(client, writer.slices, partition, recounts_left > 0)
+                if todo and recounts_left:
                     continue
             deletions = _weigh_deletions(client, warehouse, store, writer, month, partition)
             # The read counts as finished now: checked first, every slice that has ended by
@@ -141,6 +148,40 @@ def _ended_since_read(
             ", ..." if len(ended) > 1 else "",
         )
     return ended
+
+
+# Counts of the month's finished slices once all are read: up to this many, each but the last
+# followed by a read again of the slices whose counts moved.
+RECOUNTS = 3
+
+
+def _changed_since_read(
+    client: ExportsClient, landed: Sequence[SliceRecord], partition: str, read_again: bool
+) -> list[Window]:
+    """The finished slices, ended by now, whose exact count has moved since their read (or
+    their resumed read): a row moved into one of them from a slice read later is in neither
+    read. They are read again if ``read_again``; else the month's next read picks them up."""
+    now = datetime.now(UTC)
+    counted = {
+        s.window: s.total_after
+        for s in landed
+        if s.total_after is not None and s.window.until + CLOCK_SLACK <= now
+    }
+    changed = client.changed_since_counted(counted)
+    if changed:
+        log.warning(
+            "%s: %d slices' counts moved after they were read (%s%s), as when a row moves "
+            "into one from a slice read later; %s",
+            partition,
+            len(changed),
+            changed[0],
+            ", ..." if len(changed) > 1 else "",
+            "reading them again"
+            if read_again
+            else "still moving after being read again, so left as read: rows that moved into "
+            "them meanwhile land with the month's next read",
+        )
+    return changed
 
 
 def _wait_until_ended(slices: Sequence[Window]) -> None:
