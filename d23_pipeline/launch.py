@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -60,6 +60,16 @@ def _process_is_gone(pid: int) -> bool:
     return False
 
 
+# On a shared instance a run's process may be on another host: the operator decides.
+MAYBE_LEFT_IN_PROGRESS = (
+    "{count} run(s) are in progress with no process of theirs on this host: {ids}. If a "
+    "stopped `make run` here left them, terminate them in the UI (the run's page, Terminate, "
+    "then force), and their months can run again; runs of another host sharing this instance "
+    "are still running there (runs on a PostgreSQL instance are not marked failed "
+    "automatically)."
+)
+
+
 def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
     """Mark failed the runs a stopped ``make run`` left "in progress"; their run ids.
 
@@ -69,24 +79,13 @@ def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
     as left behind when the process that started executing it is gone (a run of `dagster
     asset materialize` still going is left alone). Failed, they are retried as any failed run
     is, and resume from their finished slices. Only on an instance whose runs are stored on
-    this machine (SQLite): on a shared PostgreSQL one, runs of other hosts have other pids.
+    this machine (SQLite): on a shared PostgreSQL one, runs of other hosts have other pids
+    (:func:`runs_maybe_left_in_progress` lists them instead).
     """
-    # By the class's name: `storage: sqlite:` in dagster.yaml leaves the instance ref's
-    # run_storage_data empty, and Dagster's storage classes are not public.
-    if type(instance.run_storage).__name__ != "SqliteRunStorage":
+    if not _runs_stored_here(instance):
         return []
     failed = []
-    for record in instance.get_run_records(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
-    ):
-        run = record.dagster_run
-        started = instance.get_records_for_run(
-            run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1
-        ).records
-        event = started[0].event_log_entry.dagster_event if started else None
-        pid = event.pid if event is not None else None
-        if pid is None or not _process_is_gone(pid):
-            continue
+    for run, pid in _started_runs_without_their_process(instance):
         instance.report_run_failed(
             run,
             message=(
@@ -96,6 +95,36 @@ def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
         )
         failed.append(run.run_id)
     return failed
+
+
+def runs_maybe_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
+    """On an instance whose runs are stored elsewhere (PostgreSQL), the STARTED runs whose
+    process is not running on this host: a stopped ``make run``'s, or another host's."""
+    if _runs_stored_here(instance):
+        return []
+    return [run.run_id for run, _ in _started_runs_without_their_process(instance)]
+
+
+def _runs_stored_here(instance: dg.DagsterInstance) -> bool:
+    # By the class's name: `storage: sqlite:` in dagster.yaml leaves the instance ref's
+    # run_storage_data empty, and Dagster's storage classes are not public.
+    return type(instance.run_storage).__name__ == "SqliteRunStorage"
+
+
+def _started_runs_without_their_process(
+    instance: dg.DagsterInstance,
+) -> Iterator[tuple[dg.DagsterRun, int]]:
+    for record in instance.get_run_records(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+    ):
+        run = record.dagster_run
+        started = instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1
+        ).records
+        event = started[0].event_log_entry.dagster_event if started else None
+        pid = event.pid if event is not None else None
+        if pid is not None and _process_is_gone(pid):
+            yield run, pid
 
 
 def _prepare_dagster_home(env: dict[str, str]) -> Path:
@@ -316,11 +345,14 @@ def main() -> None:
         raw_snapshots(env).check_host(urlsplit(connection.api_url).hostname or "")
         with dg.DagsterInstance.from_config(str(home)) as instance:
             left = fail_runs_left_in_progress(instance)
+            maybe_left = runs_maybe_left_in_progress(instance)
         if left:
             print(
                 f"Marked failed {len(left)} run(s) a stopped `make run` left in progress "
                 f"(retried as failed runs are): {', '.join(left)}"
             )
+        if maybe_left:
+            print(MAYBE_LEFT_IN_PROGRESS.format(count=len(maybe_left), ids=", ".join(maybe_left)))
         set_pool_limits(env)
         print(f"Dagster home: {home}; UI on http://127.0.0.1:{ui_port}")
         print(_guide(env, ui_port))

@@ -41,6 +41,7 @@ from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.ducklake import (
     DuckLakeWarehouse,
     WarehouseConnectionError,
+    WarehouseSettingsError,
     redact,
     retry_on_conflict,
     split_password,
@@ -142,6 +143,46 @@ def test_a_refused_catalog_names_the_setting_never_the_password(
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
     # Not even hidden: DuckDB's own error, which quotes the DSN, is not kept as the context.
     assert raised.value.__context__ is None
+
+
+def test_a_catalog_user_who_cannot_create_tables_is_a_setting_to_fix_not_retried(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    # PostgreSQL 15 lets only a database's owner create tables in its schema public.
+    role, password = f"d23_ro_{uuid.uuid4().hex[:8]}", f"Ro-{secrets.token_hex(8)}"
+    with contextlib.closing(postgres.connect("postgres")) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+    dsn = parse_dsn(postgres.new_database()) | {"user": role, "password": password}
+    warehouse = DuckLakeWarehouse(" ".join(f"{k}={v}" for k, v in dsn.items()), str(tmp_path))
+
+    with pytest.raises(WarehouseSettingsError) as raised, warehouse.connect():
+        pass
+
+    message = str(raised.value)
+    assert "permission denied for schema public" in message
+    assert "make it the database's owner, or grant it CREATE on schema public" in message
+    assert password not in message
+
+
+def test_a_data_path_other_than_the_catalogs_names_the_setting_and_no_override(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    lake = Lake.create(postgres, tmp_path / "lake")
+    with DuckLakeWarehouse(lake.dsn, str(lake.data_path)).connect():
+        pass  # the first connection records the data path
+
+    with (
+        pytest.raises(WarehouseSettingsError) as raised,
+        DuckLakeWarehouse(lake.dsn, str(tmp_path / "elsewhere")).connect(),
+    ):
+        pass
+
+    message = str(raised.value)
+    assert "does not match existing data path in the catalog" in message
+    assert "D23_DUCKLAKE_DATA_PATH must name the data path this catalog recorded" in message
+    assert "OVERRIDE_DATA_PATH" not in message
 
 
 def test_a_dsn_libpq_cannot_read_is_refused_without_quoting_it(tmp_path: Path) -> None:

@@ -98,7 +98,23 @@ _REFUSED_SETTINGS = (
     "invalid connection option",
     "invalid integer value",
     "DATA_PATH parameter",
+    "permission denied",
 )
+# What to do about some of them, said after the catalog's words.
+_WHAT_TO_DO = {
+    "permission denied": (
+        "the DSN's user must be able to create DuckLake's tables in that database at the "
+        "first connection: make it the database's owner, or grant it CREATE on schema public"
+    ),
+    "DATA_PATH parameter": (
+        "D23_DUCKLAKE_DATA_PATH must name the data path this catalog recorded at its first "
+        "connection; to move the data, see the README (A warehouse several processes write at "
+        "once)"
+    ),
+}
+# DuckLake's advice for a data path that differs: an ATTACH option the pipeline does not set,
+# which would point the catalog at files that are not its own.
+_OVERRIDE_ADVICE = "You can override the DATA_PATH by setting OVERRIDE_DATA_PATH to True."
 # Without it libpq waits on a host that drops packets until TCP gives up, minutes later.
 CATALOG_CONNECT_TIMEOUT_S = "15"
 
@@ -106,7 +122,9 @@ CATALOG_CONNECT_TIMEOUT_S = "15"
 def _connection_error(action: str, failure: str) -> WarehouseConnectionError:
     refused = any(words in failure for words in _REFUSED_SETTINGS)
     error = WarehouseSettingsError if refused else WarehouseConnectionError
-    return error(f"cannot {action} named by D23_WAREHOUSE_DSN: {failure}")
+    failure = failure.replace(_OVERRIDE_ADVICE, "").strip()
+    advice = "".join(f"; {todo}" for words, todo in _WHAT_TO_DO.items() if words in failure)
+    return error(f"cannot {action} named by D23_WAREHOUSE_DSN: {failure}{advice}")
 
 
 def extension_path(name: str) -> Path:
