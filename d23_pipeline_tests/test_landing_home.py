@@ -83,7 +83,10 @@ def test_the_landing_moves_only_to_a_run_that_names_the_homes_id(
     pipeline.materialize(MONTH)
     elsewhere = _elsewhere(pipeline, tmp_path)
     monkeypatch.setenv(TAKE_OVER_VARIABLE, "not-the-home")
-    assert not elsewhere.materialize(MONTH, raise_on_error=False).success
+    refused = elsewhere.materialize(MONTH, raise_on_error=False)
+    assert not refused.success
+    (message,) = failure_messages(refused).values()
+    assert f"({TAKE_OVER_VARIABLE} is set, to 'not-the-home', which is not that id" in message
 
     monkeypatch.setenv(TAKE_OVER_VARIABLE, data_dir_id(_raw(pipeline)))
     elsewhere.materialize(MONTH)

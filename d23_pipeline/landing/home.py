@@ -74,7 +74,16 @@ def _is_home(
     return warehouse.holds(raw_dir) or home[1] == str(raw_dir)
 
 
-def _refusal(home: tuple[Any, ...], raw_dir: Path) -> LandingHomeError:
+def _refusal(
+    home: tuple[Any, ...], raw_dir: Path, take_over: str | None = None
+) -> LandingHomeError:
+    # A take-over id mistyped (or of an older home) would otherwise go unmentioned.
+    ignored = (
+        f" ({TAKE_OVER_VARIABLE} is set, to {take_over[:64]!r}, which is not that id: it moved "
+        "nothing)"
+        if take_over
+        else ""
+    )
     return LandingHomeError(
         f"this warehouse's runs land their raw snapshots in {home[1]} on host {home[2]} "
         f"(since {home[3]:%Y-%m-%d %H:%M} UTC); this run's folder is {raw_dir} on host "
@@ -83,7 +92,7 @@ def _refusal(home: tuple[Any, ...], raw_dir: Path) -> LandingHomeError:
         "see from here, and could mark live rows deleted. Run the pipeline with that folder "
         "(D23_DATA_DIR); or, if it is gone for good, run once with "
         f"{TAKE_OVER_VARIABLE}={home[0]} to land here from now on (and read the months it held "
-        "unmerged again)"
+        f"unmerged again){ignored}"
     )
 
 
@@ -100,7 +109,7 @@ def check_landing_home(warehouse: WarehouseBackend, raw_dir: Path, take_over: st
     except duckdb.CatalogException:  # a warehouse made before the table: no home yet
         return
     if home is not None and not _is_home(home, mine, raw_dir, warehouse) and home[0] != take_over:
-        raise _refusal(home, raw_dir)
+        raise _refusal(home, raw_dir, take_over)
 
 
 def claim_landing_home(
@@ -119,7 +128,7 @@ def claim_landing_home(
         return
     moved = _is_home(home, mine, raw_dir, warehouse)  # with the warehouse: recorded anew
     if home is not None and not moved and home[0] != take_over:
-        raise _refusal(home, raw_dir)
+        raise _refusal(home, raw_dir, take_over)
     with transaction(con):
         execute(con, sql.FORGET_LANDING_HOME)
         execute(con, sql.CLAIM_LANDING_HOME, _claim(mine, raw_dir))
