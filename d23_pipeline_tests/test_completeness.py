@@ -1002,6 +1002,88 @@ def test_a_row_moved_back_into_a_slice_read_earlier_lands_with_the_same_read(
     )
 
 
+class _MovesInBehindTheCursorOfAReadAgain(ExportHookSimulator):
+    """At 2 April's first page a row there leaves the month ahead of the walk (its counts
+    differ: read again); at the second page of that read again, a row of 28 April (not read
+    yet) moves to 2 April 00:30, behind the cursor."""
+
+    out, mover = "0000000000000000000000a2", "0000000000000000000000b1"
+    first_pages = 0
+    moved = False
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if query.get("since") == "2026-04-02T00:00:00.000Z" and "includeTotal" not in query:
+            if "cursor" not in query:
+                self.first_pages += 1
+                if self.first_pages == 1:
+                    self.move_row(self.out, datetime(2026, 5, 5, 10, tzinfo=UTC))
+            elif self.first_pages == 2 and not self.moved:
+                self.moved = True
+                self.move_row(self.mover, datetime(2026, 4, 2, 0, 30, tzinfo=UTC))
+        return path, None
+
+
+def test_a_row_moved_in_behind_the_cursor_of_a_read_verified_between_its_counts_lands(
+    tmp_path: Path,
+) -> None:
+    # The read again of 2 April served 3 rows between its counts 3 and 4: verified, and its
+    # count now is its count after. Compared with what it served, it is read again.
+    rows = [
+        d23_row("0000000000000000000000a1", "2026-04-02T10:00:00.000Z"),
+        d23_row(_MovesInBehindTheCursorOfAReadAgain.out, "2026-04-02T12:00:00.000Z"),
+        d23_row("0000000000000000000000a3", "2026-04-02T14:00:00.000Z"),
+        d23_row("0000000000000000000000a4", "2026-04-02T16:00:00.000Z"),
+        d23_row("0000000000000000000000c1", "2026-04-10T10:00:00.000Z"),
+        d23_row(_MovesInBehindTheCursorOfAReadAgain.mover, "2026-04-28T12:00:00.000Z"),
+    ]
+    sim = _MovesInBehindTheCursorOfAReadAgain(rows=rows)
+    with serve(sim) as url:
+        pipeline = Pipeline(
+            sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1, page_limit=1
+        )
+        result = pipeline.materialize(MONTH)
+
+    assert sim.moved
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    assert raw.metadata["slices_changed_after_read"].value == 1
+
+
+class _MovesBackThen504sItsRecount(_MovesARowBackWhenItsDayIsRead):
+    """As its parent, and then the next count of 2 April (the end-of-read count) meets one
+    passing 504."""
+
+    armed = True
+    answered_504 = False
+
+    def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
+        if (
+            not self.armed
+            and not self.answered_504
+            and query.get("since") == "2026-04-02T00:00:00.000Z"
+            and "includeTotal" in query
+        ):
+            self.answered_504 = True
+            return path, SimResponse.gateway_page(504, "Gateway Time-out")
+        return super().on_export(path, query)
+
+
+def test_a_504_on_the_end_of_read_count_is_asked_again_not_taken_for_no_change(
+    tmp_path: Path,
+) -> None:
+    rows = [
+        d23_row("0000000000000000000000a1", "2026-04-02T10:00:00.000Z"),
+        d23_row(_MovesBackThen504sItsRecount.moved, "2026-04-28T12:00:00.000Z"),
+    ]
+    sim = _MovesBackThen504sItsRecount(rows=rows)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1)
+        pipeline.materialize(MONTH)
+
+    assert sim.answered_504
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+
+
 class _MovesARowInAtEveryRecount(ExportHookSimulator):
     """The simulator, except that each time the whole month is counted (as only the count of
     the finished slices at the end of a read does), one more row moves from May to 2 April."""

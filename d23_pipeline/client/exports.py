@@ -314,8 +314,11 @@ class ExportsClient:
         self.stats.add("count_splits")
         return [part for half in window.halves() for part in self.count_parts(half, cancel)]
 
-    def count(self, window: Window, cancel: threading.Event | None = None) -> WindowTotal:
-        """One ``includeTotal`` request; a gateway timeout is an inexact answer, not an error."""
+    def count(
+        self, window: Window, cancel: threading.Event | None = None, *, learn: bool = True
+    ) -> WindowTotal:
+        """One ``includeTotal`` request; a gateway timeout is an inexact answer, not an error,
+        and (``learn``) a strike against windows of that width."""
         params = {
             "since": window.since_text,
             "until": window.until_text,
@@ -328,7 +331,8 @@ class ExportsClient:
             return self._session.get(params, read_total, what=what, window=window, cancel=cancel)
         except GatewayTimeout:
             self.stats.retry("504")
-            self._widths.failed(window.duration)
+            if learn:
+                self._widths.failed(window.duration)
             return WindowTotal(None, False, "timeout")
 
     def _count_after_walk(
@@ -358,10 +362,10 @@ class ExportsClient:
         read (a count timeout is no change).
 
         Their span is counted first, in one request, and each window (in parts, as after its
-        walk) only if that count moved or is not exact, ``max_concurrency`` at a time. A change
-        that another undoes within the span (a row moving into a window read earlier while
-        another row of the span is deleted) is not found this way: the month's next read
-        finds it.
+        walk) only if that count moved or is not exact, ``max_concurrency`` at a time. Changes
+        that cancel out in the span are not found this way: a row moving into a window read
+        earlier while another row of the span is deleted, or moves on from a window read to one
+        not read yet; the month's next read finds them.
         """
         windows = sorted(counted, key=lambda w: w.since)
         if not windows:
@@ -371,7 +375,8 @@ class ExportsClient:
         if (
             all(a.until == b.since for a, b in pairwise(windows))
             and (ceiling is None or span.duration <= ceiling)
-            and self.count(span).exact_total == sum(counted.values())
+            # A month-wide 504 says nothing of the widths the walks use: not learned from.
+            and self.count(span, learn=False).exact_total == sum(counted.values())
         ):
             return []
 
@@ -379,7 +384,8 @@ class ExportsClient:
             parts = self._counted_in.get(window)  # a slice read by this client: its parts
             if parts is None:
                 return self.fetch_total(window).exact_total
-            return sum_totals([self.count(part) for part in parts]).exact_total
+            # A 504 or the API's count timeout there is a hiccup, as after a walk.
+            return sum_totals([self._count_through_timeouts(p, None) for p in parts]).exact_total
 
         workers = min(self._max_concurrency, len(windows))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-recount") as pool:

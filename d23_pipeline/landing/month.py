@@ -158,14 +158,19 @@ RECOUNTS = 3
 def _changed_since_read(
     client: ExportsClient, landed: Sequence[SliceRecord], partition: str, read_again: bool
 ) -> list[Window]:
-    """The finished slices, ended by now, whose exact count has moved since their read (or
+    """The verified slices, ended by now, whose exact count has moved since their read (or
     their resumed read): a row moved into one of them from a slice read later is in neither
-    read. They are read again if ``read_again``; else the month's next read picks them up."""
+    read. They are read again if ``read_again``; else the month's next read picks them up.
+    (An unverified slice already adds and updates only, and served short of its count.)"""
     now = datetime.now(UTC)
+    # What each verified slice served, or its count after, if lower: a slice verified between
+    # its counts, on a read again, served fewer than its count after when a row moved in behind
+    # its cursor, so its count now equals the count after but not what it served. (A count
+    # after below what it served is a row deleted since, for the month's next read to prove.)
     counted = {
-        s.window: s.total_after
+        s.window: min(s.served, s.total_after)
         for s in landed
-        if s.total_after is not None and s.window.until + CLOCK_SLACK <= now
+        if s.verified and s.total_after is not None and s.window.until + CLOCK_SLACK <= now
     }
     changed = client.changed_since_counted(counted)
     if changed:
@@ -178,8 +183,8 @@ def _changed_since_read(
             ", ..." if len(changed) > 1 else "",
             "reading them again"
             if read_again
-            else "still moving after being read again, so left as read: rows that moved into "
-            "them meanwhile land with the month's next read",
+            else "this was the read's last count of them, so they are left as read: rows that "
+            "moved into them land with the month's next read",
         )
     return changed
 
