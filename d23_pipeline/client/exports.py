@@ -356,13 +356,13 @@ class ExportsClient:
         return total
 
     def changed_since_counted(self, counted: Mapping[Window, int]) -> list[Window]:
-        """Of windows with the exact count each had (after its read), those whose exact count
-        has moved since: a row that moved into one of them after its read is missing from that
-        read, though it never left the month. One the API no longer counts exactly is left as
-        read (a count timeout is no change).
+        """Of windows with the rows each held at its read (what the read served, as the landing
+        gives it), those whose exact count now differs: a row that moved into one of them after
+        its read is missing from that read, though it never left the month. One the API no
+        longer counts exactly is left as read (a count timeout is no change).
 
         Their span is counted first, in one request, and each window (in parts, as after its
-        walk) only if that count moved or is not exact, ``max_concurrency`` at a time. Changes
+        walk) only if that count differs or is not exact, ``max_concurrency`` at a time. Changes
         that cancel out in the span are not found this way: a row moving into a window read
         earlier while another row of the span is deleted, or moves on from a window read to one
         not read yet; the month's next read finds them.
