@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import httpx
@@ -1002,6 +1003,49 @@ def test_a_row_moved_back_into_a_slice_read_earlier_lands_with_the_same_read(
     )
 
 
+def test_a_row_moved_back_while_the_gateway_answers_no_wide_window_lands(tmp_path: Path) -> None:
+    # The gateway 504s windows wider than 6 h: the month's span is not counted at all, and each
+    # slice is counted again in the parts its read learned to count it in.
+    days = (2, 5, 10, 20, 28)
+    rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
+    rows.append(d23_row(_MovesARowBackWhenItsDayIsRead.moved, "2026-04-28T12:00:00.000Z"))
+    sim = _MovesARowBackWhenItsDayIsRead(rows=rows)
+    sim.faults = dataclasses.replace(Faults(), max_window_for_504=timedelta(hours=6))
+    sim.armed = True
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1)
+        result = pipeline.materialize(MONTH)
+
+    assert not sim.armed and sim.stats.snapshot()["by_status"].get(504, 0) > 0
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    assert raw.metadata["slices_changed_after_read"].value == 1
+
+
+def test_a_row_moved_into_a_slice_an_interrupted_read_finished_lands_with_its_resume(
+    tmp_path: Path,
+) -> None:
+    # The resumed read reuses 2 April, finished before the row moved there: counted again at
+    # the end, it has gained the row, and is read again.
+    mover = "0000000000000000000000d1"
+    rows = [
+        d23_row("0000000000000000000000d0", "2026-04-02T10:00:00.000Z"),
+        d23_row("0000000000000000000000d2", "2026-04-10T10:00:00.000Z"),
+        d23_row(mover, "2026-04-28T12:00:00.000Z"),
+    ]
+    sim = ExportHookSimulator(rows=rows)
+    with serve(sim) as url:
+        pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1)
+        pipeline.materialize_crashing(MONTH, after_slices=5)
+        sim.move_row(mover, datetime(2026, 4, 2, 9, tzinfo=UTC))
+        result = pipeline.materialize(MONTH)
+
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    assert raw.metadata["slices_resumed"].value >= 2
+    assert raw.metadata["slices_changed_after_read"].value == 1
+    assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+
+
 class _MovesInBehindTheCursorOfAReadAgain(ExportHookSimulator):
     """At 2 April's first page a row there leaves the month ahead of the walk (its counts
     differ: read again); at the second page of that read again, a row of 28 April (not read
@@ -1088,7 +1132,11 @@ class _MovesARowInAtEveryRecount(ExportHookSimulator):
     """The simulator, except that each time the whole month is counted (as only the count of
     the finished slices at the end of a read does), one more row moves from May to 2 April."""
 
-    waiting = ["0000000000000000000000b1", "0000000000000000000000b2", "0000000000000000000000b3"]
+    movers = ("0000000000000000000000b1", "0000000000000000000000b2", "0000000000000000000000b3")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waiting = list(self.movers)  # this simulator's own: the class's stays whole
 
     def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
         whole_month = (query.get("since"), query.get("until")) == (
@@ -1108,7 +1156,7 @@ def test_a_month_still_changing_after_its_reads_again_is_left_to_its_next_read(
     # last of which only says what it leaves for the month's next read.
     days = (2, 10, 20)
     rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
-    rows += [d23_row(i, "2026-05-03T10:00:00.000Z") for i in _MovesARowInAtEveryRecount.waiting]
+    rows += [d23_row(i, "2026-05-03T10:00:00.000Z") for i in _MovesARowInAtEveryRecount.movers]
     sim = _MovesARowInAtEveryRecount(rows=rows)
     with serve(sim) as url:
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
