@@ -107,8 +107,9 @@ def read_month(
                     continue
             if recounts_left:
                 recounts_left -= 1
-                todo = _changed_since_read(client, writer.slices, partition, recounts_left > 0)
-                if todo and recounts_left:
+                changed = _changed_since_read(client, writer.slices, partition, recounts_left > 0)
+                if changed and recounts_left:
+                    todo = changed
                     continue
             deletions = _weigh_deletions(client, warehouse, store, writer, month, partition)
             # The read counts as finished now: checked first, every slice that has ended by
