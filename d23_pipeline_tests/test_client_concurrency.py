@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from api import DAY, T0, answered, client, error, ids_in, queries, rows_at, simulator
@@ -54,6 +54,39 @@ def test_every_row_arrives_once_and_each_slice_ends_with_one_done() -> None:
     wait_for_no_client_threads()
 
 
+def test_the_end_of_read_count_is_asked_after_every_page_and_serves_the_read_s_end() -> None:
+    sim = hourly_api()
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
+        done = [e for e in reader.iter_slices(THREE_DAYS) if isinstance(e, SliceDone)]
+        asked = len(queries(sim))
+        assert reader.changed_since_counted({d.slice: d.proof.served for d in done}) == []
+        assert len(queries(sim)) == asked  # the count asked as the last walk ended
+        # Given once: a second end of the read is counted anew.
+        assert reader.changed_since_counted({d.slice: d.proof.served for d in done}) == []
+        assert len(queries(sim)) == asked + 1
+
+    answered_in_order = queries(sim)[:asked]
+    whole = [
+        i
+        for i, q in enumerate(answered_in_order)
+        if (q["since"], q["until"]) == (THREE_DAYS.since_text, THREE_DAYS.until_text)
+    ]
+    pages = [i for i, q in enumerate(answered_in_order) if "includeTotal" not in q]
+    assert len(whole) == 1 and whole[0] > max(pages)
+
+
+def test_a_window_still_open_is_not_counted_at_its_end() -> None:
+    # The end of a read counts only slices surely ended: this count would serve nothing.
+    now = datetime.now(UTC).replace(microsecond=0)
+    open_window = Window(now - 2 * SIX_HOURS, now + timedelta(hours=1))
+    sim = hourly_api()
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
+        list(reader.iter_slices(open_window))
+
+    spans = {(q["since"], q["until"]) for q in queries(sim)}
+    assert (open_window.since_text, open_window.until_text) not in spans
+
+
 def test_skipped_slices_are_not_fetched() -> None:
     sim = hourly_api()
     slices = THREE_DAYS.split(SIX_HOURS)
@@ -61,12 +94,17 @@ def test_skipped_slices_are_not_fetched() -> None:
     with client(sim, max_concurrency=3, slice_size=SIX_HOURS) as reader:
         events = list(reader.iter_slices(THREE_DAYS, skip=finished))
     assert {e.slice for e in events} == set(slices[1::2])
-    # Every request lies inside a slice read (a slice shared at the end is asked for in parts).
+    # Every request lies inside a slice read (a slice shared at the end is asked for in parts),
+    # but one: the count of the whole window once every walk has ended, for the end of the read.
     read = slices[1::2]
-    assert all(
-        any(s.since_text <= p["since"] and p["until"] <= s.until_text for s in read)
+    outside = [
+        p
         for p in queries(sim)
-    )
+        if not any(s.since_text <= p["since"] and p["until"] <= s.until_text for s in read)
+    ]
+    assert [(p["since"], p["until"], p.get("includeTotal")) for p in outside] == [
+        (THREE_DAYS.since_text, THREE_DAYS.until_text, "true")
+    ]
     assert {s.since_text for s in read} <= {p["since"] for p in queries(sim)}
 
 

@@ -152,7 +152,7 @@ def _wait_for(condition: Any) -> None:
 
 def test_slices_are_taken_in_time_order_then_the_walk_with_most_pages_left_is_shared() -> None:
     first, second = DAY.halves()
-    schedule = SliceSchedule([first, second], page_limit=10)
+    schedule = SliceSchedule(Window(first.since, second.until), [first, second], page_limit=10)
     cancel = threading.Event()
     assert [schedule.take(cancel), schedule.take(cancel)] == [first, second]
     small = _read(schedule, first, total=MIN_PAGES_TO_SPLIT * 10)
@@ -173,7 +173,7 @@ def test_slices_are_taken_in_time_order_then_the_walk_with_most_pages_left_is_sh
 
 
 def test_a_worker_that_asks_ahead_takes_its_share_as_soon_as_it_is_free() -> None:
-    schedule = SliceSchedule([DAY], page_limit=10)
+    schedule = SliceSchedule(DAY, [DAY], page_limit=10)
     cancel = threading.Event()
     schedule.take(cancel)
     owner = _read(schedule, DAY, total=200)
@@ -194,7 +194,7 @@ def test_a_worker_that_asks_ahead_takes_its_share_as_soon_as_it_is_free() -> Non
 
 def test_a_slice_to_read_again_goes_to_a_free_worker_while_its_judge_walks_its_share() -> None:
     first, second = DAY.halves()
-    schedule = SliceSchedule([first, second], page_limit=10)
+    schedule = SliceSchedule(Window(first.since, second.until), [first, second], page_limit=10)
     cancel = threading.Event()
     schedule.take(cancel), schedule.take(cancel)
     owner = _read(schedule, second, total=200)
@@ -220,10 +220,57 @@ def test_a_slice_to_read_again_goes_to_a_free_worker_while_its_judge_walks_its_s
     assert schedule.take(cancel) == again
 
 
+def test_the_window_is_counted_once_when_its_last_walk_ends() -> None:
+    first, second = DAY.halves()
+    schedule = SliceSchedule(DAY, [first, second], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel), schedule.take(cancel)
+    walks = [_read(schedule, first, total=10), _read(schedule, second, total=10)]
+
+    assert walks[0].close(walked=True)
+    assert schedule.claim_window_count() is None  # `second` is still walked
+    assert walks[1].close(walked=True)
+    claim = schedule.claim_window_count()
+    assert claim is not None
+    assert schedule.claim_window_count() is None  # one count for the window
+    schedule.window_counted(claim, WindowTotal(20, True, None))
+    assert schedule.window_total == WindowTotal(20, True, None)
+
+
+def test_a_slice_taken_and_still_counted_before_its_walk_keeps_the_window_uncounted() -> None:
+    first, second = DAY.halves()
+    schedule = SliceSchedule(DAY, [first, second], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel), schedule.take(cancel)  # `second`: its counts before are in flight
+    assert _read(schedule, first, total=10).close(walked=True)
+
+    assert schedule.claim_window_count() is None
+
+
+def test_a_window_count_asked_before_a_slice_is_read_again_is_not_the_read_s_end() -> None:
+    schedule = SliceSchedule(DAY, [DAY], page_limit=10)
+    cancel = threading.Event()
+    schedule.take(cancel)
+    assert _read(schedule, DAY, total=10).close(walked=True)
+    stale = schedule.claim_window_count()
+    assert stale is not None
+    schedule.read_again(ReadAgain(DAY, 2, 7))  # its counts after did not prove it
+    schedule.window_counted(stale, WindowTotal(10, True, None))  # answered meanwhile
+
+    assert schedule.window_total is None
+    assert schedule.claim_window_count() is None  # the read again is still to walk
+    assert schedule.take(cancel) == ReadAgain(DAY, 2, 7)
+    assert _read(schedule, DAY, total=11, limit=7).close(walked=True)
+    claim = schedule.claim_window_count()
+    assert claim is not None
+    schedule.window_counted(claim, WindowTotal(11, True, None))
+    assert schedule.window_total == WindowTotal(11, True, None)
+
+
 def test_a_read_with_a_part_that_stopped_early_is_proven_by_none_of_its_parts() -> None:
     # The part that fails closes first; its share's owner closes last, before the failure has
     # stopped the other workers: it must not judge (and so deliver) a read with a hole in it.
-    schedule = SliceSchedule([DAY], page_limit=10)
+    schedule = SliceSchedule(DAY, [DAY], page_limit=10)
     cancel = threading.Event()
     schedule.take(cancel)
     owner = _read(schedule, DAY, total=200)
@@ -277,7 +324,7 @@ def test_a_slice_whose_shared_part_failed_is_not_delivered_as_done(
 
 def test_no_walk_is_shared_without_enough_pages_left_or_an_exact_count() -> None:
     first, second = DAY.halves()
-    schedule = SliceSchedule([first, second], page_limit=10)
+    schedule = SliceSchedule(Window(first.since, second.until), [first, second], page_limit=10)
     cancel = threading.Event()
     schedule.take(cancel), schedule.take(cancel)
     parts = [_read(schedule, first, total=10), _read(schedule, second, total=None)]
@@ -426,12 +473,14 @@ def test_one_walk_more_than_requests_in_flight_and_never_more_in_flight() -> Non
 
     assert sum(isinstance(e, SliceDone) for e in events) == 31
     assert transport.most == 3
-    assert len(transport.senders) == 4
+    walkers = {name for name in transport.senders if name.startswith("d23-client-")}
+    assert len(walkers) == 4  # and the one that counts the month once every walk has ended
+    assert transport.senders - walkers == {"d23-window-count_0"}
 
 
 def test_a_shared_slice_is_in_doubt_if_any_part_ran_out_of_read_ons() -> None:
     day = Window(datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC))
-    schedule = SliceSchedule([day], 100)
+    schedule = SliceSchedule(day, [day], 100)
     read = SliceRead(day, 1, 100, before=[], changed_since=_NOTHING_CHANGED)
     first = schedule.begin(read, SimpleNamespace(rest=None, read_on_ran_out=True))
     second = schedule._add(read, SimpleNamespace(rest=None, read_on_ran_out=False))

@@ -1130,7 +1130,10 @@ def test_a_504_on_the_end_of_read_count_is_asked_again_not_taken_for_no_change(
 
 class _MovesARowInAtEveryRecount(ExportHookSimulator):
     """The simulator, except that each time the whole month is counted (as only the count of
-    the finished slices at the end of a read does), one more row moves from May to 2 April."""
+    the finished slices at the end of a read does), one more row moves from May into April: the
+    first to the 2nd, the next to the 3rd, the last to the 4th. Each into a day of its own: that
+    count is asked beside the counts after the last walks, so a row moved into the day being read
+    again could be found by that day's own count and read with it."""
 
     movers = ("0000000000000000000000b1", "0000000000000000000000b2", "0000000000000000000000b3")
 
@@ -1145,7 +1148,8 @@ class _MovesARowInAtEveryRecount(ExportHookSimulator):
         )
         if whole_month and "includeTotal" in query and self.waiting:
             public_id = self.waiting.pop(0)
-            self.move_row(public_id, datetime(2026, 4, 2, 9, 0, int(public_id[-1]), tzinfo=UTC))
+            day = 1 + int(public_id[-1])
+            self.move_row(public_id, datetime(2026, 4, day, 9, 0, tzinfo=UTC))
         return path, None
 
 

@@ -233,6 +233,7 @@ class ExportsClient:
         # The parts each slice's last read was counted in, for counting it again at the end of
         # the month's read without finding them anew (changed_since_counted).
         self._counted_in: dict[Window, list[Window]] = {}
+        self._schedule: SliceSchedule | None = None  # of the last iter_slices
         self.stats = ClientStats(page_limit)
         connections = max_concurrency + 1
         self._http = BoundedHttp(
@@ -355,14 +356,35 @@ class ExportsClient:
                 break
         return total
 
+    def _countable_at_once(self, window: Window) -> bool:
+        ceiling = self._widths.ceiling  # a window wider than what the gateway answers would 504
+        return ceiling is None or window.duration <= ceiling
+
+    def _count_window(self, window: Window, cancel: threading.Event) -> WindowTotal | None:
+        # A window-wide 504 says nothing of the widths the walks use: not learned from. An error
+        # leaves the count to whoever needs it, asked then.
+        try:
+            return self.count(window, cancel, learn=False)
+        except RetriesExhaustedError as exc:
+            log.info("counting %s once its walks ended failed (%s); counted later", window, exc)
+            return None
+
+    def _counted_after_walks(self, window: Window) -> WindowTotal | None:
+        """``window``'s count asked once every walk of the last :meth:`iter_slices` of it had
+        ended, unless a slice was read again since; given once."""
+        schedule, self._schedule = self._schedule, None
+        return schedule.window_total if schedule is not None and schedule.window == window else None
+
     def changed_since_counted(self, counted: Mapping[Window, int]) -> list[Window]:
         """Of windows with the rows each held at its read (what the read served, as the landing
         gives it), those whose exact count now differs: a row that moved into one of them after
         its read is missing from that read, though it never left the month. One the API no
         longer counts exactly is left as read (a count timeout is no change).
 
-        Their span is counted first, in one request, and each window (in parts, as after its
-        walk) only if that count differs or is not exact, ``max_concurrency`` at a time. Changes
+        Their span is counted first, in one request (or taken from :meth:`iter_slices`, which
+        counts its window as its last walk ends, if it was of the span and no slice was read
+        again since), and each window (in parts, as after its walk) only if that count differs
+        or is not exact, ``max_concurrency`` at a time. Changes
         that cancel out in the span are not found this way: a row moving into a window read
         earlier while another row of the span is deleted, or moves on from a window read to one
         not read yet; the month's next read finds them.
@@ -371,14 +393,10 @@ class ExportsClient:
         if not windows:
             return []
         span = Window(windows[0].since, windows[-1].until)
-        ceiling = self._widths.ceiling  # a span wider than what the gateway answers would 504
-        if (
-            all(a.until == b.since for a, b in pairwise(windows))
-            and (ceiling is None or span.duration <= ceiling)
-            # A month-wide 504 says nothing of the widths the walks use: not learned from.
-            and self.count(span, learn=False).exact_total == sum(counted.values())
-        ):
-            return []
+        if all(a.until == b.since for a, b in pairwise(windows)) and self._countable_at_once(span):
+            total = self._counted_after_walks(span) or self.count(span, learn=False)
+            if total.exact_total == sum(counted.values()):
+                return []
 
         def count_now(window: Window) -> int | None:
             parts = self._counted_in.get(window)  # a slice read by this client: its parts
@@ -489,7 +507,10 @@ class ExportsClient:
         finally:
             if isinstance(events, Generator):
                 events.close()  # stops the workers when the answer came early
-        if self.fetch_total(window).exact_total != served or _any_repeated(hashes.values()):
+        total = self._counted_after_walks(window)
+        if total is None or total.exact_total is None:
+            total = self.fetch_total(window)
+        if total.exact_total != served or _any_repeated(hashes.values()):
             return None
         return found
 
@@ -507,15 +528,18 @@ class ExportsClient:
         At the end of the window a slice's walk may be shared out in parts among workers that
         have no slice left (:mod:`~d23_pipeline.client.sharing`): pages of one part arrive in
         order, parts of one slice interleave. Every page of a slice's read is followed by
-        exactly one :class:`SliceDone` carrying the last read's proof. The first worker error
+        exactly one :class:`SliceDone` carrying the last read's proof. Once no walk is left, the
+        whole ended ``window`` is counted, beside the last counts after walks, for the end of
+        the read (:meth:`changed_since_counted`, :meth:`find_served`). The first worker error
         stops the other workers and is raised here; closing the generator early stops the
         workers too.
         """
         done = set(skip)
         todo = [piece for piece in window.split(self._slice_size) if piece not in done]
+        self._schedule = None
         if not todo:
             return iter(())
-        schedule = SliceSchedule(todo, self._page_limit)
+        schedule = self._schedule = SliceSchedule(window, todo, self._page_limit)
         return fan_out(
             schedule.take,
             partial(self._read, schedule),
@@ -581,15 +605,29 @@ class ExportsClient:
         """Judge a read whose parts are all walked; schedule the slice's next read if it is not
         proven complete and reads are left."""
         schedule.ask_ahead()
-        after = [self._count_after_walk(part, before, cancel) for part, before in read.before]
-        proof = judge(
-            read.served,
-            read.total_before,
-            sum_totals(after),
-            read.number,
-            read_on_ran_out=read.read_on_ran_out,
-            changed_meanwhile=read.changed,
-        )
+        # Whatever its counts after, a read short of its count before, or that served a row
+        # changed since, is read again if reads are left: no end of the read in sight yet.
+        kindest = WindowTotal(read.served, True, None)
+        ends = read.number == self._slice_reads or self._judge(read, kindest).verified
+        window = schedule.window
+        # An end of a read counts only slices surely ended: a window still open (the month a
+        # daily refresh reads) would be counted for nothing; a window of one slice is counted by
+        # its counts after.
+        ended = window.until + CLOCK_SLACK <= datetime.now(UTC)
+        claim = None
+        if ends and ended and read.slice != window and self._countable_at_once(window):
+            claim = schedule.claim_window_count()
+        if claim is None:
+            after = [self._count_after_walk(part, b, cancel) for part, b in read.before]
+        else:
+            # The end-of-read count (changed_since_counted) is asked now, every walk ended,
+            # beside these counts: at the end of a read nothing else overlaps its latency.
+            with ThreadPoolExecutor(1, thread_name_prefix="d23-window-count") as pool:
+                window_total = pool.submit(self._count_window, window, cancel)
+                after = [self._count_after_walk(part, b, cancel) for part, b in read.before]
+            if (total := window_total.result()) is not None:
+                schedule.window_counted(claim, total)
+        proof = self._judge(read, sum_totals(after))
         if proof.verified or read.number == self._slice_reads:
             if not proof.verified:
                 log.warning(
@@ -611,6 +649,16 @@ class ExportsClient:
         # Smaller pages fall on other boundaries, so the re-read is a different walk.
         limit = max(self._min_page_limit, read.limit * 3 // 4)
         schedule.read_again(ReadAgain(read.slice, read.number + 1, limit))
+
+    def _judge(self, read: SliceRead, after: WindowTotal) -> SliceProof:
+        return judge(
+            read.served,
+            read.total_before,
+            after,
+            read.number,
+            read_on_ran_out=read.read_on_ran_out,
+            changed_meanwhile=read.changed,
+        )
 
     def _count_after_end(
         self, walk: WindowWalk, ended: EndCheck, cancel: threading.Event | None

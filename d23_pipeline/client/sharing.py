@@ -161,12 +161,18 @@ class SliceSchedule:
     """The slices left to read and the parts being walked, shared by the workers of one
     :meth:`~d23_pipeline.client.ExportsClient.iter_slices`."""
 
-    def __init__(self, slices: Sequence[Window], page_limit: int) -> None:
+    def __init__(self, window: Window, slices: Sequence[Window], page_limit: int) -> None:
+        self.window = window
         self._todo: deque[Window | ReadAgain] = deque(slices)
         self._page_limit = page_limit
         self._changed = threading.Condition()
         self._parts: set[Part] = set()
         self._open_reads = 0  # slices taken and not done
+        self._walking = 0  # slices taken whose parts have not all closed
+        # The window's count once every walk has ended, by the read again it was asked after.
+        self._reads_again = 0
+        self._window_claimed: int | None = None
+        self._window_total: tuple[int, WindowTotal] | None = None
         self._rows = 0  # served, of every slice, for slices without pages yet
         self._pages = 0
         self._asked_ahead = threading.local()
@@ -182,6 +188,7 @@ class SliceSchedule:
                 with self._changed:
                     if self._todo:
                         self._open_reads += 1
+                        self._walking += 1
                         return self._todo.popleft()
                     ask = self._ask()
                     if ask is None:
@@ -225,7 +232,32 @@ class SliceSchedule:
         with self._changed:
             self._todo.appendleft(again)
             self._open_reads -= 1
+            self._reads_again += 1
             self._changed.notify_all()
+
+    def claim_window_count(self) -> int | None:
+        """Once every slice is walked (only counts after walks left), a claim for the one
+        worker to count the whole window, while those counts are in flight: an end-of-read
+        count that waits for none of them. ``None`` while walks are left or to come, or once
+        claimed since the last read again."""
+        with self._changed:
+            if self._todo or self._walking or self._window_claimed == self._reads_again:
+                return None
+            self._window_claimed = self._reads_again
+            return self._window_claimed
+
+    def window_counted(self, claim: int, total: WindowTotal) -> None:
+        with self._changed:
+            self._window_total = (claim, total)
+
+    @property
+    def window_total(self) -> WindowTotal | None:
+        """The window's count asked after every walk had ended, unless a slice was read again
+        since (its walk came after the count)."""
+        with self._changed:
+            if self._window_total is None or self._window_total[0] != self._reads_again:
+                return None
+            return self._window_total[1]
 
     def hand_over(self, part: Part) -> None:
         with self._changed:
@@ -266,6 +298,8 @@ class SliceSchedule:
             self._parts.discard(part)
             part.rest = None
             part.read.parts -= 1
+            if not part.read.parts:
+                self._walking -= 1
             part.read.broken = part.read.broken or not walked
             part.read.read_on_ran_out = part.read.read_on_ran_out or part.walk.read_on_ran_out
             last = part.read.parts == 0 and not part.read.broken
