@@ -286,6 +286,26 @@ def test_no_row_that_exists_at_the_end_of_a_read_is_ever_marked_deleted(
     assert deleted & existing == set()
 
 
+def test_a_month_read_before_any_merge_weighs_nothing_and_makes_no_warehouse(
+    tmp_path: Path,
+) -> None:
+    sim = Simulator(SimulatorConfig(months=(MONTH,), rows_per_month=50))
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    with _client(sim, page_limit=20) as client:
+        read = read_month(
+            client,
+            SnapshotStore(tmp_path / "raw"),
+            warehouse,
+            partition=MONTH,
+            slices=Window(*month_window(MONTH)).split(timedelta(days=2)),
+            run_id="first",
+        )
+
+    assert not warehouse.exists()  # the merge makes it
+    assert (read.deletion_candidates, read.proven_absent) == (0, 0)
+    assert sum(s.served for s in read.snapshot.slices) == 50
+
+
 def _client(sim: Simulator, page_limit: int) -> ExportsClient:
     config = sim.config
     return ExportsClient(

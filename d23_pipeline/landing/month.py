@@ -219,6 +219,8 @@ def _weigh_deletions(
 ) -> _Deletions:
     """The rows the warehouse holds for the landed slices that the read did not return, and
     which of them it proves gone (see :func:`read_month`)."""
+    if not warehouse.exists():  # nothing merged yet, so nothing to miss; made by the merge
+        return _Deletions(0, set(), [], {}, None)
     landed = writer.slices
     row_files = [rows_path(writer.directory, s.window) for s in landed]
     reject_files = [rejects_path(writer.directory, s.window) for s in landed]
