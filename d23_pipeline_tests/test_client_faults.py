@@ -700,6 +700,28 @@ def test_repeated_504_at_the_narrowest_window_lowers_the_page_limit() -> None:
     assert [p["limit"] for p in queries(sim)] == ["400", "400", "200", "100"]
 
 
+def test_a_gateway_refusing_large_pages_is_learned_once_not_met_by_every_part() -> None:
+    # 504 to any page of more than 200 rows, whatever its window: the walks narrow the window
+    # first (the API's advice), find it is the page, and every walk asks 125 rows from then on,
+    # at full width. Before, each part of each slice met 504s at 500 and 250 rows, with pauses.
+    week = Window(T0, T0 + timedelta(days=7))
+    offsets = range(0, 7 * 86_400_000, 300_000)  # a row every 5 minutes: 2,016 rows
+    sim = simulator(rows_at(offsets), max_limit_for_504=200)
+    pauses: list[float] = []
+    with client(sim, page_limit=500, max_concurrency=2, sleep=pauses.append) as reader:
+        pages = [e for e in reader.iter_slices(week) if isinstance(e, SlicePage)]
+        stats = reader.stats.as_dict()
+    ids = [r["public_id"] for page in pages for r in page.rows]
+    assert sorted(ids) == sorted(ids_in(sim, week))
+    # Learning costs a handful of 504s and a few seconds of backing off; a week of parts asked
+    # at 500 rows first met a few hundred 504s and an hour of pauses.
+    assert stats["retries"]["504"] <= 30, stats
+    assert sum(pauses) < 60, sum(pauses)
+    late = [q for q in queries(sim)[len(queries(sim)) // 2 :] if "includeTotal" not in q]
+    assert {q["limit"] for q in late} == {"125"}
+    assert reader.max_window is None  # the widths that failed at 500 rows are forgotten
+
+
 def test_504s_on_wide_windows_narrow_them_and_later_parts_start_at_the_learned_width() -> None:
     six_hours = timedelta(hours=6)
     sim = simulator(rows_at(spread(60)), page_size=lambda limit: 4, max_window_for_504=six_hours)

@@ -308,8 +308,8 @@ def test_a_cut_keeps_what_a_later_piece_of_a_re_read_may_be_served_again() -> No
     walk = walk_of(DAY, limit=3, min_window=MS, hint=hint)
     at_two = [row(1, T0 + 2 * HOUR), row(2, T0 + 2 * HOUR)]
     walk.page_served(rows_to_batch(at_two), [_null_row(0)], "c1")  # a null at 01:00 first
-    hint.failed(2 * HOUR)  # another walk of the client learned a ceiling of 1 h
-    hint.failed(2 * HOUR)
+    hint.failed(2 * HOUR, 500)  # another walk of the client learned a ceiling of 1 h
+    hint.failed(2 * HOUR, 500)
     walk.gateway_timeout()  # [02:00, 24:00) read again from 02:00, in pieces of 1 h
     walk.page_served(rows_to_batch(at_two), [], None)  # both skipped
     assert walk.cut(T0 + 4.5 * HOUR) is not None  # trims the piece [04:00, 05:00)
@@ -442,8 +442,8 @@ def test_every_row_and_every_reject_is_handed_over_once_whatever_the_timeouts_cu
             break
         walk = alive[pick % len(alive)]
         if action == "learn":  # another walk of the client learned a width
-            hint.failed(share * span_ms * MS + MS)
-            hint.failed(share * span_ms * MS + MS)
+            hint.failed(share * span_ms * MS + MS, 500)
+            hint.failed(share * span_ms * MS + MS, 500)
             continue
         if action == "cut":
             rest = walk.rest
@@ -582,10 +582,10 @@ def test_a_remembered_width_below_the_narrowest_window_asks_for_the_narrowest() 
 def test_a_late_timeout_of_a_wider_window_does_not_widen_the_width_learned() -> None:
     hint = WidthHint(MS)
     for width in (DAY.duration, DAY.duration, 6 * HOUR, 6 * HOUR):
-        hint.failed(width)
+        hint.failed(width, 500)
     assert hint.ceiling == 3 * HOUR
     # A request for a whole day sent before the width was learned times out only now.
-    hint.failed(DAY.duration)
+    hint.failed(DAY.duration, 500)
 
     assert hint.ceiling == 3 * HOUR
 
@@ -713,11 +713,39 @@ def test_a_second_re_read_hands_over_the_null_row_next_to_one_served_again() -> 
 
 def test_timeouts_at_the_narrowest_width_teach_no_ceiling() -> None:
     hint = WidthHint(MINUTE)
-    hint.failed(6 * HOUR)
+    hint.failed(6 * HOUR, 500)
     for _ in range(3):
-        hint.failed(MS)  # an instant's count timing out: nothing to learn of wider windows
-        hint.failed(MINUTE)
+        hint.failed(MS, 500)  # an instant's count timing out: nothing to learn of wider windows
+        hint.failed(MINUTE, 500)
     assert hint.ceiling is None
 
-    hint.failed(6 * HOUR)
+    hint.failed(6 * HOUR, 500)
     assert hint.ceiling == 3 * HOUR
+
+
+def test_a_lower_page_that_came_through_twice_is_every_walk_s_and_its_504s_not_the_widths() -> None:
+    hint = WidthHint(MINUTE)
+    for _ in range(2):
+        hint.failed(DAY.duration, 500)  # pages of 500 rows: the walks narrow the window
+        hint.failed(6 * HOUR, 500)
+    hint.failed(12 * HOUR, 1)  # a count (one row) timed out twice at 12 h or more: the window's
+    hint.failed(12 * HOUR, 1)
+    assert hint.ceiling == 3 * HOUR
+
+    hint.limit_worked(125)  # one walk's page of 125 rows came through: maybe a passing hiccup
+    assert (hint.page_limit, hint.ceiling) == (None, 3 * HOUR)
+
+    hint.limit_worked(125)
+    assert hint.page_limit == 125
+    assert hint.ceiling == 6 * HOUR  # only the counts' 504s still speak of the width
+    hint.limit_worked(250)  # a larger page never raises it again
+    assert hint.page_limit == 125
+
+
+def test_walks_begun_after_a_page_limit_was_learned_ask_it() -> None:
+    hint = WidthHint(MINUTE)
+    hint.limit_worked(125), hint.limit_worked(125)
+    walk = walk_of(DAY, limit=500, hint=hint)
+
+    request = walk.next_request()
+    assert request is not None and (request.limit, request.part) == (125, DAY)

@@ -333,7 +333,7 @@ class ExportsClient:
         except GatewayTimeout:
             self.stats.retry("504")
             if learn:
-                self._widths.failed(window.duration)
+                self._widths.failed(window.duration, 1)
             return WindowTotal(None, False, "timeout")
 
     def _count_after_walk(

@@ -70,37 +70,80 @@ MAX_PAGES_IN_PLACE = 1000
 
 
 class WidthHint:
-    """The widest window worth asking for, learned from 504s and shared by a client's walks."""
+    """The widest window, and the largest page, worth asking for, learned from 504s and shared
+    by a client's walks.
+
+    A gateway may time out on wide windows, on large pages, or both (the API's advice: narrow
+    the window, lower the limit). A walk narrows the window first, then lowers the limit at the
+    narrowest; once lowering it has let pages through twice, the 504s at larger pages were the
+    page's, not the window's: every walk asks that page, and the widths that failed at larger
+    pages are forgotten (else a gateway refusing large pages would narrow a month to its
+    narrowest windows, each asked first at the page that fails).
+    """
 
     def __init__(self, min_window: timedelta, ceiling: timedelta | None = None) -> None:
         self._lock = threading.Lock()
         self._min_window = min_window
-        self._ceiling = None if ceiling is None else max(ceiling, min_window)
-        self._failed: list[timedelta] = []
+        self._configured = None if ceiling is None else max(ceiling, min_window)
+        self._ceiling = self._configured
+        self._failed: list[tuple[timedelta, int]] = []  # width, page limit
+        self._page_limit: int | None = None
+        self._limits_worked: list[int] = []
 
     @property
     def ceiling(self) -> timedelta | None:
         """``None`` until a width has failed twice."""
         return self._ceiling
 
+    @property
+    def page_limit(self) -> int | None:
+        """The largest page worth asking for; ``None`` until a lowered limit let pages through
+        twice."""
+        return self._page_limit
+
     def split(self, window: Window) -> list[Window]:
         """``window`` in parts no wider than the ceiling."""
         ceiling = self._ceiling
         return [window] if ceiling is None else window.split(ceiling)
 
-    def failed(self, width: timedelta) -> None:
-        """A window of ``width`` timed out; a second timeout at that width or wider lowers the
-        ceiling to half of it, so one passing hiccup does not narrow a whole month. One at the
-        narrowest width or below (an instant's count, say) says nothing of wider windows: the
-        ceiling would fall to the narrowest at once."""
+    def failed(self, width: timedelta, limit: int) -> None:
+        """A window of ``width`` timed out asking pages of ``limit`` rows (1 for a count); a
+        second timeout at that width or wider lowers the ceiling to half of it, so one passing
+        hiccup does not narrow a whole month. One at the narrowest width or below (an instant's
+        count, say) says nothing of wider windows: the ceiling would fall to the narrowest at
+        once."""
         if width <= self._min_window:
             return
         with self._lock:
-            if any(seen >= width for seen in self._failed):
-                narrower = max(self._min_window, (width // 2 // ONE_MS) * ONE_MS)
-                if self._ceiling is None or narrower < self._ceiling:
-                    self._ceiling = narrower
-            self._failed.append(width)
+            self._ceiling = self._narrowed(self._ceiling, self._failed, width)
+            self._failed.append((width, limit))
+
+    def limit_worked(self, limit: int) -> None:
+        """A page of ``limit`` rows came through where the same window had timed out at larger
+        pages, at the narrowest width; the second time, at this limit or below, it becomes the
+        page every walk asks (see the class)."""
+        with self._lock:
+            if any(seen <= limit for seen in self._limits_worked) and (
+                self._page_limit is None or limit < self._page_limit
+            ):
+                self._page_limit = limit
+                self._failed = [(w, at) for w, at in self._failed if at <= limit]
+                self._ceiling = self._narrowest(self._failed)
+            self._limits_worked.append(limit)
+
+    def _narrowest(self, failed: list[tuple[timedelta, int]]) -> timedelta | None:
+        ceiling = self._configured
+        for n, (width, _) in enumerate(failed):
+            ceiling = self._narrowed(ceiling, failed[:n], width)
+        return ceiling
+
+    def _narrowed(
+        self, ceiling: timedelta | None, before: list[tuple[timedelta, int]], width: timedelta
+    ) -> timedelta | None:
+        if not any(seen >= width for seen, _ in before):
+            return ceiling
+        narrower = max(self._min_window, (width // 2 // ONE_MS) * ONE_MS)
+        return narrower if ceiling is None or narrower < ceiling else ceiling
 
 
 @dataclass(frozen=True)
@@ -226,7 +269,12 @@ class WindowWalk:
         path: str | None = None,
         read_on: ReadOn | None = None,
     ) -> None:
-        self._limit = self._default_limit = limit
+        self._default_limit = limit
+        self._min_limit = min_limit
+        self._hint = hint
+        self._limit = self._part_limit()
+        # The limit was lowered after 504s at the narrowest width, and no page came since.
+        self._lowered = False
         self._read_on = read_on
         self._read_on_before = None if read_on is None else format_timestamp(read_on.began)
         self._counted_before = None if read_on is None else format_timestamp(read_on.counted_at)
@@ -235,9 +283,7 @@ class WindowWalk:
         # rows unread (EndCheck, set by its caller).
         self.read_on_ran_out = False
         self._end_check: EndCheck | None = None
-        self._min_limit = min_limit
         self._min_window = min_window
-        self._hint = hint
         self._path = path
         self._pending = [_Part(part, frozenset()) for part in reversed(hint.split(window))]
         self._until = window.until
@@ -253,6 +299,15 @@ class WindowWalk:
         self._dropped_at: tuple[str, int] | None = None
         self._cursor_served = False
         self._start_next_part()
+
+    def _part_limit(self) -> int:
+        """The page a part starts at: the walk's, or the one the gateway was found to take."""
+        learned = self._hint.page_limit
+        return (
+            self._default_limit
+            if learned is None
+            else max(self._min_limit, min(self._default_limit, learned))
+        )
 
     def _start_next_part(self) -> None:
         self._part = self._pending.pop() if self._pending else None
@@ -409,10 +464,13 @@ class WindowWalk:
             self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
             self._at_edge += _count(column, edge)
         self._strikes = 0
+        if self._lowered:
+            self._lowered = False
+            self._hint.limit_worked(self._limit)
         self._pages_in_place = 0 if self._position != was_at else self._pages_in_place + 1
         self._handed_in_part = self._handed_in_part or batch.num_rows > 0 or bool(fresh)
         if next_cursor is None:
-            self._limit = self._default_limit
+            self._limit = self._part_limit()
             if self._reads_on_past_end():
                 self._read_on_past_end(part)
             else:
@@ -445,7 +503,7 @@ class WindowWalk:
         remaining = Window(parse_timestamp(self._edge), part.window.until)
         self._strikes += 1
         if remaining.duration >= 2 * self._min_window:
-            self._hint.failed(part.window.duration)
+            self._hint.failed(part.window.duration, self._limit)
             pieces = self._hint.split(remaining)
             if len(pieces) < 2:
                 pieces = list(remaining.halves())
@@ -459,6 +517,7 @@ class WindowWalk:
             return Narrowing(split=False, limit=self._limit, pause_strikes=1)
         if self._limit > self._min_limit:
             self._limit = max(self._min_limit, self._limit // 2)
+            self._lowered = True
             self._restart_part(remaining)
             return Narrowing(split=False, limit=self._limit, pause_strikes=self._strikes)
         raise WindowTooHeavyError(
