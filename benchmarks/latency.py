@@ -79,11 +79,36 @@ def bench_gateway(
     """A gateway answering 504 to windows wider than ``max_window_hours``: requests and wall
     time of the client learning the width, and of one told a working width up front."""
     known = timedelta(hours=24 / -(-24 // max_window_hours))  # the widest whole part of a day
-    results: dict[str, Any] = {"rows": rows, "max_window_hours": max_window_hours}
     extra = ("--max-window-504-hours", str(max_window_hours))
-    with simulator(rows, MONTH, "--latency-ms", str(latency_s * 1000), *extra) as url:
-        for name, max_window in (("learning", None), ("knowing", known)):
-            runs = [_land(url, concurrency, 500, max_window=max_window) for _ in range(repeats)]
+    sides = {"learning": {"page_limit": 500}, "knowing": {"page_limit": 500, "max_window": known}}
+    results = _learning_and_knowing(rows, latency_s, extra, sides, concurrency, repeats)
+    return {"max_window_hours": max_window_hours, **results}
+
+
+def bench_page_gateway(
+    rows: int, latency_s: float, max_limit: int, concurrency: int, repeats: int
+) -> dict[str, Any]:
+    """A gateway answering 504 to pages of more than ``max_limit`` rows, at any width: the
+    client asking 500 and learning the page that works (pauses included), and one told
+    ``max_limit``."""
+    extra = ("--max-limit-504", str(max_limit))
+    sides = {"learning": {"page_limit": 500}, "knowing": {"page_limit": max_limit}}
+    results = _learning_and_knowing(rows, latency_s, extra, sides, concurrency, repeats)
+    return {"max_limit": max_limit, **results}
+
+
+def _learning_and_knowing(
+    rows: int,
+    latency_s: float,
+    faults: tuple[str, ...],
+    sides: dict[str, dict[str, Any]],
+    concurrency: int,
+    repeats: int,
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"rows": rows}
+    with simulator(rows, MONTH, "--latency-ms", str(latency_s * 1000), *faults) as url:
+        for name, options in sides.items():
+            runs = [_land(url, concurrency, **options) for _ in range(repeats)]
             results[name] = {
                 "wall": Timing([wall for wall, _ in runs]),
                 "requests": _data_requests(runs[0][1]),

@@ -91,6 +91,7 @@ def _latency(sizes: Sizes) -> list[str]:
             f"| **{r['ratio']:.2f}** |"
         )
     g = latency.bench_gateway(2_500, 0.05, 7.2, 4, sizes.runs)
+    large_pages = latency.bench_page_gateway(2_500, 0.05, 200, 4, sizes.runs)
     lines += [
         "",
         "Target: ratio <= 1.10 at C=4 and C=8.",
@@ -108,6 +109,21 @@ def _latency(sizes: Sizes) -> list[str]:
         "",
         f"Learning / knowing: **{g['request_ratio']:.2f}x** requests, "
         f"**{g['wall_ratio']:.2f}x** wall time (target <= 1.2x requests).",
+        "",
+        f"#### 504s on pages of more than {large_pages['max_limit']} rows, at any width "
+        f"({large_pages['rows']:,} rows, 50 ms/request, C=4)",
+        "",
+        "| client | requests | of them 504 | wall time (pauses included) |",
+        "|---|---|---|---|",
+    ]
+    told = {"learning": "asking 500 rows", "knowing": f"told {large_pages['max_limit']}"}
+    for name, client in told.items():
+        side = large_pages[name]
+        lines.append(f"| {client} | {side['requests']} | {side['504s']} | {side['wall']} |")
+    lines += [
+        "",
+        f"Learning / knowing: **{large_pages['request_ratio']:.2f}x** requests, "
+        f"**{large_pages['wall_ratio']:.2f}x** wall time.",
     ]
     return lines
 
