@@ -451,6 +451,7 @@ def test_a_read_closed_while_the_token_refresh_waits_stops_its_workers_and_sends
     sim.script(
         error(503, "req-refresh", **{"Retry-After": "60"}), times=99, auth=True, when=refresh
     )
+    earlier = set(threading.enumerate())  # another test's, in this process, are not this read's
     with client(sim, max_concurrency=4, slice_size=timedelta(hours=3), sleep=time.sleep) as reader:
         events = reader.iter_slices(DAY)
         for seen, _ in enumerate(events):
@@ -463,7 +464,9 @@ def test_a_read_closed_while_the_token_refresh_waits_stops_its_workers_and_sends
         # others wait for the token, sending nothing.
         closed_at = _quiet_log_length(sim)
         events.close()
-        workers = [t for t in threading.enumerate() if t.name.startswith("d23-client")]
+        workers = [
+            t for t in threading.enumerate() if t.name.startswith("d23-client") and t not in earlier
+        ]
         for worker in workers:
             worker.join(10)
 
