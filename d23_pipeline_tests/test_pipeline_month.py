@@ -347,6 +347,22 @@ def test_the_window_width_learned_from_504s_starts_the_months_next_read(
     assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
 
 
+def test_the_page_size_learned_from_504s_starts_the_months_next_read(pipeline: Pipeline) -> None:
+    # The gateway refuses pages of more than 100 rows, at any width; the pipeline asks 200.
+    pipeline.sim.faults = dataclasses.replace(pipeline.sim.faults, max_limit_for_504=100)
+    first = pipeline.materialize("2026-04", retry_base_delay_s=0.001)
+    assert pipeline.sim.stats.by_status[504] > 0
+    pipeline.sim.stats = SimStats(keep_log=True)
+    second = pipeline.materialize("2026-04", retry_base_delay_s=0.001)
+
+    learned = [_metadata(run, "d23__raw_logs")["learned_page_limit"] for run in (first, second)]
+    assert learned == [100, 100]
+    assert pipeline.sim.stats.by_status.get(504, 0) == 0  # the second read asks 100 from the start
+    limits = {e.request.query["limit"] for e in pipeline.sim.stats.log if e.request.kind == "data"}
+    assert limits == {"100"}
+    assert pipeline.live_rows(["2026-04"]) == pipeline.expected_rows(["2026-04"])
+
+
 def test_a_read_that_lowered_its_page_limit_reports_the_lowest_limit_it_used(
     tmp_path: Path,
 ) -> None:

@@ -15,6 +15,7 @@ from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, 
 from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.landing.snapshot import (
     ABSENT_SCHEMA,
+    PAGE_LIMIT_KEPT,
     REJECT_SCHEMA,
     SliceRecord,
     Snapshot,
@@ -379,3 +380,25 @@ def test_snapshots_of_staging_refuse_a_read_of_production_for_the_same_lender(
     store.record_source("v3-api.cleargrid.ai", LENDER)  # the first source stays recorded
     with pytest.raises(SourceMismatchError):
         store.check_source("v3-api.cleargrid.ai", LENDER)
+
+
+def test_a_learned_page_size_starts_later_reads_for_a_week_from_when_it_was_learned(
+    tmp_path: Path,
+) -> None:
+    store, month = SnapshotStore(tmp_path), "2026-04-01"
+    store.remember_page_limit(month, 125)
+    assert store.learned_page_limit(month) == 125
+    (kept,) = tmp_path.rglob("page_limit.json")
+    learned_at = json.loads(kept.read_text())["learned_at"]
+
+    store.remember_page_limit(month, 125)  # a read that started at it and learned nothing new
+    assert json.loads(kept.read_text())["learned_at"] == learned_at  # the week runs on
+
+    over_a_week_ago = datetime.now(UTC) - PAGE_LIMIT_KEPT - timedelta(minutes=1)
+    kept.write_text(json.dumps({"rows": 125, "learned_at": over_a_week_ago.isoformat()}))
+    assert store.learned_page_limit(month) is None  # the gateway may take larger pages again
+
+    store.remember_page_limit(month, 125)  # a read then learned it again: kept a week more
+    assert store.learned_page_limit(month) == 125
+    store.remember_page_limit(month, None)  # a read that met no such 504
+    assert store.learned_page_limit(month) is None

@@ -199,6 +199,7 @@ class ExportsClient:
         slice_size: timedelta = timedelta(hours=DEFAULT_SLICE_HOURS),
         min_window: timedelta = timedelta(minutes=15),
         max_window: timedelta | None = None,
+        learned_page_limit: int | None = None,
         min_page_limit: int = 50,
         slice_reads: int = 3,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
@@ -229,7 +230,7 @@ class ExportsClient:
         self._slice_size = slice_size
         self._min_window = min_window
         self._slice_reads = slice_reads
-        self._widths = WidthHint(min_window, max_window)
+        self._widths = WidthHint(min_window, max_window, learned_page_limit)
         # The parts each slice's last read was counted in, for counting it again at the end of
         # the month's read without finding them anew (changed_since_counted).
         self._counted_in: dict[Window, list[Window]] = {}
@@ -282,6 +283,12 @@ class ExportsClient:
         """The widest window the gateway answers, as learned from 504s (``None``: no limit
         seen). Give it to the next client reading the same data as ``max_window``."""
         return self._widths.ceiling
+
+    @property
+    def learned_page_limit(self) -> int | None:
+        """The largest page the gateway answers, as learned from 504s that smaller pages cured
+        (``None``: none seen). Give it to the next client reading the same data."""
+        return self._widths.page_limit
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

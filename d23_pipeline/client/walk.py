@@ -81,13 +81,15 @@ class WidthHint:
     narrowest windows, each asked first at the page that fails).
     """
 
-    def __init__(self, min_window: timedelta, ceiling: timedelta | None = None) -> None:
+    def __init__(
+        self, min_window: timedelta, ceiling: timedelta | None = None, page_limit: int | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self._min_window = min_window
         self._configured = None if ceiling is None else max(ceiling, min_window)
         self._ceiling = self._configured
         self._failed: list[tuple[timedelta, int]] = []  # width, page limit
-        self._page_limit: int | None = None
+        self._page_limit = page_limit
         self._limits_worked: list[int] = []
 
     @property
@@ -98,7 +100,7 @@ class WidthHint:
     @property
     def page_limit(self) -> int | None:
         """The largest page worth asking for; ``None`` until a lowered limit let pages through
-        twice."""
+        twice (or a read before learned one)."""
         return self._page_limit
 
     def split(self, window: Window) -> list[Window]:

@@ -151,8 +151,11 @@ class ExportsApiResource(_CheckedWhenARunStarts):
         )
 
     @contextmanager
-    def client(self, max_window: timedelta | None = None) -> Iterator[ExportsClient]:
-        """A client; ``max_window``: the widest window worth asking for (learned earlier)."""
+    def client(
+        self, max_window: timedelta | None = None, learned_page_limit: int | None = None
+    ) -> Iterator[ExportsClient]:
+        """A client; ``max_window``, ``learned_page_limit``: the widest window and the largest
+        page worth asking for (learned earlier)."""
         from d23_pipeline.client import ExportsClient, RetryPolicy
 
         connection, limits = self.connection(), self.limits()
@@ -163,6 +166,7 @@ class ExportsApiResource(_CheckedWhenARunStarts):
             max_concurrency=limits["max_concurrency"],
             slice_size=timedelta(hours=limits["slice_hours"]),
             max_window=max_window,
+            learned_page_limit=learned_page_limit,
             retry=RetryPolicy(
                 max_attempts=self.retry_max_attempts, base_delay_s=self.retry_base_delay_s
             ),

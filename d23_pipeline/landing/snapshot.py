@@ -298,6 +298,14 @@ def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# How long a page size learned from a gateway's 504s starts the month's later reads.
+PAGE_LIMIT_KEPT = timedelta(days=7)
+
+
+def _expired(learned: tuple[int, datetime]) -> bool:
+    return datetime.now(UTC) - learned[1] > PAGE_LIMIT_KEPT
+
+
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as file:
@@ -707,6 +715,36 @@ class SnapshotStore:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json_atomically(path, {"milliseconds": width // timedelta(milliseconds=1)})
+
+    def learned_page_limit(self, partition: str) -> int | None:
+        """The page size to start the month's next read at: the largest the gateway answered
+        last time it refused larger ones, for :data:`PAGE_LIMIT_KEPT` after it was learned. A
+        read at it sees no 504 that would say the gateway takes larger pages again, so it is
+        forgotten then, and learned again (a dozen 504s) if the gateway still refuses them."""
+        kept = self._learned_page_limit(partition)
+        return None if kept is None or _expired(kept) else kept[0]
+
+    def remember_page_limit(self, partition: str, rows: int | None) -> None:
+        """Keep the page size a read of the month learned (see :meth:`learned_page_limit`),
+        with when it was learned: a read that started at it and learned nothing new keeps the
+        first date."""
+        path = self._month_dir(partition) / "page_limit.json"
+        if rows is None:
+            path.unlink(missing_ok=True)
+            return
+        kept = self._learned_page_limit(partition)
+        if kept is not None and kept[0] == rows and not _expired(kept):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        learned = {"rows": rows, "learned_at": datetime.now(UTC).isoformat()}
+        _write_json_atomically(path, learned)
+
+    def _learned_page_limit(self, partition: str) -> tuple[int, datetime] | None:
+        path = self._month_dir(partition) / "page_limit.json"
+        if not path.is_file():
+            return None
+        learned = json.loads(path.read_text())
+        return int(learned["rows"]), datetime.fromisoformat(learned["learned_at"])
 
     def landed_rejects(self, ids: Collection[str], *, excluding: str) -> list[StaleReject]:
         """The rejects of ``ids`` in every other month's last complete snapshot, merged or not:

@@ -49,7 +49,10 @@ def raw_logs(
         store, partition = landing_zone.store(), context.partition_key
         # Here only checked, so that a read that fails leaves the warehouse as it was.
         check_landing_home(backend, store.root, requested_take_over(os.environ))
-        with exports_api.client(max_window=store.max_window(partition)) as client:
+        with exports_api.client(
+            max_window=store.max_window(partition),
+            learned_page_limit=store.learned_page_limit(partition),
+        ) as client:
             store.check_source(client.api_host, client.lender_public_id)
             read = read_month(
                 client,
@@ -63,6 +66,8 @@ def raw_logs(
             store.record_source(client.api_host, client.lender_public_id)
             learned = client.max_window
             store.remember_max_window(partition, learned)
+            learned_page = client.learned_page_limit
+            store.remember_page_limit(partition, learned_page)
     snapshot = read.snapshot
     stats = snapshot.read_stats
     if snapshot.unverified:
@@ -92,6 +97,7 @@ def raw_logs(
             "max_window_minutes": None if learned is None else learned / timedelta(minutes=1),
             "count_splits": stats["count_splits"],
             "final_page_limit": stats["final_page_limit"],
+            "learned_page_limit": learned_page,
             "cursor_restarts": stats["cursor_restarts"],
             "ignored_extra_fields": dg.MetadataValue.json(stats["extra_fields"]),
             "api_total": None if None in after else sum(after),
