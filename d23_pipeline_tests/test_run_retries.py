@@ -95,6 +95,8 @@ def test_a_month_failing_on_its_settings_is_not_retried(
         {"exports_api": {"config": {"page_limit": 5000}}},
         {"warehouse": {"config": {"memory_limit": "8MB"}}},
         {"landing_zone": {"config": {"resume_max_age_hours": -1}}},
+        {"dashboard_file": {"config": {"timezone": "Europe/Atlantis"}}},
+        {"outcome_mapping": {"config": {"mapping_path": "/nowhere/outcome_classes.yaml"}}},
     ],
 )
 def test_a_run_config_out_of_range_is_not_retried(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import dagster as dg
 from pydantic import Field
 
-from d23_pipeline.analytics.outcome_classes import load_outcome_classes
+from d23_pipeline.analytics.outcome_classes import check_mapping_setting, load_outcome_classes
 from d23_pipeline.defs.run_retries import not_retried_when_its_config_is_refused
 from d23_pipeline.settings import (
     DASHBOARD_FILE,
@@ -283,18 +283,23 @@ class LandingZoneResource(_CheckedWhenARunStarts):
         return SnapshotStore(raw_dir.resolve() / "d23", timedelta(hours=self.resume_max_age_hours))
 
 
-class OutcomeMappingResource(dg.ConfigurableResource):
+class OutcomeMappingResource(_CheckedWhenARunStarts):
     """Which outcome codes count as contact, RPC, promise and refusal."""
 
     mapping_path: str | None = Field(
         default=None, description="D23_OUTCOME_MAPPING; the shipped mapping when unset"
     )
 
+    def check(self) -> None:
+        """A mapping file the outcome steps would refuse (a run config's) fails the run as it
+        starts, not retried, rather than its outcome steps after the month's download."""
+        check_mapping_setting(Path(self.mapping_path) if self.mapping_path else None)
+
     def classes(self) -> dict[str, OutcomeClass]:
         return load_outcome_classes(Path(self.mapping_path) if self.mapping_path else None)
 
 
-class DashboardResource(dg.ConfigurableResource):
+class DashboardResource(_CheckedWhenARunStarts):
     """Where the outcome dashboard is written, and the time zone its times of day are in."""
 
     # Unset, read when a step runs: a run config naming only some fields keeps the others.
@@ -305,6 +310,10 @@ class DashboardResource(dg.ConfigurableResource):
     timezone: str | None = Field(
         default=None, description="An IANA time zone ($D23_REPORT_TIMEZONE, else UTC, when unset)"
     )
+
+    def check(self) -> None:
+        """A time zone the dashboard would refuse fails the run as it starts, not retried."""
+        self.zone()
 
     def zone(self) -> str:
         """The time zone, validated; a bad name raises SettingsError naming the variable."""
