@@ -330,6 +330,8 @@ def main() -> None:
     _refuse_taken_ports(ui_port, simulator_port if uses_simulator else None)
     try:
         home = _prepare_dagster_home(env)
+        # Settings no API is needed for: refused before a simulator is started for nothing.
+        check_before_the_ui(env)
     except SettingsError as exc:
         raise SystemExit(f"error: {exc}") from None
     simulator = None
@@ -341,7 +343,6 @@ def main() -> None:
     try:
         # Every run would fail at its first step without them: say so before the UI starts.
         connection = load_api_connection(env)
-        check_before_the_ui(env)
         raw_snapshots(env).check_host(urlsplit(connection.api_url).hostname or "")
         with dg.DagsterInstance.from_config(str(home)) as instance:
             left = fail_runs_left_in_progress(instance)

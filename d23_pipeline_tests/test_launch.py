@@ -521,23 +521,59 @@ def test_a_bad_setting_stops_make_run_naming_it() -> None:
 def test_a_bad_setting_stops_make_run_and_the_simulator_it_started(
     tmp_path: Path, api_url: dict[str, str]
 ) -> None:
+    # A data folder read from another API: found only once the simulator's address is known.
+    SnapshotStore(tmp_path / "data" / "raw" / "d23").record_source(
+        "stage-v3-api.cleargrid.ai", "f59eb470-2d38-4c41-a1e1-548f2d437096"
+    )
     port = free_port()
     env = clean_env(
         DAGSTER_HOME=str(tmp_path / "dagster_home"),
         D23_DATA_DIR=str(tmp_path / "data"),
         D23_SIMULATOR_PORT=str(port),
         D23_UI_PORT=str(free_port()),
-        D23_PAGE_LIMIT="0",
         **api_url,
     )
 
     launched = run_python(["-m", "d23_pipeline.launch"], env)
 
     assert launched.returncode == 1
-    assert "D23_PAGE_LIMIT" in launched.stderr
+    assert "D23_DATA_DIR holds lender f59eb470" in launched.stderr
     assert "Bundled API simulator" in launched.stdout  # it had been started
     with pytest.raises(httpx.ConnectError):  # and is gone: the next `make run` gets its port
         httpx.get(f"http://127.0.0.1:{port}", timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"D23_PAGE_LIMIT": "0"}, "D23_PAGE_LIMIT must be between 1 and 1000 (got 0)"),
+        (
+            {
+                "D23_WAREHOUSE": "ducklake",
+                "D23_WAREHOUSE_DSN": "postgresql://d23:SECRETpw/x@127.0.0.1:5432/d23",
+                "D23_DUCKLAKE_DATA_PATH": "/tmp/d23-lake-never-made",
+            },
+            "D23_WAREHOUSE_DSN is not a PostgreSQL connection string",
+        ),
+    ],
+    ids=["page-limit", "dsn"],
+)
+def test_a_setting_no_api_is_needed_for_stops_make_run_before_it_starts_the_simulator(
+    tmp_path: Path, setting: dict[str, str], named: str
+) -> None:
+    env = clean_env(
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        D23_DATA_DIR=str(tmp_path / "data"),
+        D23_SIMULATOR_PORT=str(free_port()),
+        D23_UI_PORT=str(free_port()),
+        **setting,
+    )
+
+    launched = run_python(["-m", "d23_pipeline.launch"], env)
+
+    assert launched.returncode == 1
+    assert named in launched.stderr and "SECRET" not in launched.stderr
+    assert "Bundled API simulator" not in launched.stdout
 
 
 @pytest.mark.parametrize(
