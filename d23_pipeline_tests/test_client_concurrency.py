@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -9,8 +10,20 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
-from api import DAY, T0, answered, client, error, ids_in, queries, rows_at, simulator
+from api import (
+    DAY,
+    T0,
+    answered,
+    checked_transport,
+    client,
+    error,
+    ids_in,
+    queries,
+    rows_at,
+    simulator,
+)
 from harness import ExportHookSimulator
 
 from d23_pipeline.client import LenderMismatchError, SliceDone, SlicePage, Window
@@ -73,6 +86,48 @@ def test_the_end_of_read_count_is_asked_after_every_page_and_serves_the_read_s_e
     ]
     pages = [i for i, q in enumerate(answered_in_order) if "includeTotal" not in q]
     assert len(whole) == 1 and whole[0] > max(pages)
+
+
+def test_a_read_closed_while_its_end_of_read_count_waits_stops_at_once() -> None:
+    # The window's count is asked beside the last counts after walks; an answer that takes long
+    # (up to the 60 s timeout) must hold neither the closed read nor the interpreter's exit.
+    half_day = Window(T0, T0 + 2 * SIX_HOURS)
+    sim = simulator(rows_at([3_600_000, 25_200_000]))  # a row in each of its two slices
+    asked, answer, slices_counted = threading.Event(), threading.Event(), threading.Event()
+    answers = checked_transport(sim)
+    slice_counts = itertools.count(1)
+
+    def holding_the_window_count(request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        whole = (params.get("since"), params.get("until")) == (
+            half_day.since_text,
+            half_day.until_text,
+        )
+        if "includeTotal" in params and whole:
+            asked.set()
+            answer.wait(10)
+        response = answers.handle_request(request)
+        # Each slice's counts before and after its walk: the last answered, its worker waits.
+        if "includeTotal" in params and not whole and next(slice_counts) == 4:
+            slices_counted.set()
+        return response
+
+    earlier = set(threading.enumerate())  # another test's, in this process, are not this read's
+    transport = httpx.MockTransport(holding_the_window_count)
+    try:
+        with client(sim, max_concurrency=2, slice_size=SIX_HOURS, transport=transport) as reader:
+            events = reader.iter_slices(half_day)
+            next(events)  # then the read goes on, its four events within the queue's room
+            assert asked.wait(10) and slices_counted.wait(10)  # a worker waits for the count
+            started = time.monotonic()
+            events.close()
+            assert time.monotonic() - started < 2
+            ours = [t for t in threading.enumerate() if t not in earlier]
+            assert not [t for t in ours if t.name.startswith("d23-client-") and t.is_alive()]
+            (counting,) = [t for t in ours if t.name == "d23-window-count"]
+            assert counting.daemon
+    finally:
+        answer.set()
 
 
 def test_a_window_still_open_is_not_counted_at_its_end() -> None:

@@ -352,3 +352,13 @@ def test_a_slice_read_again_is_walked_with_smaller_pages() -> None:
     # The second read is a different walk (and reads on past its ends): pages of 75, not 100.
     assert limits[0] == "100" and set(limits[1:]) == {"75"}
     assert sum(isinstance(e, SliceRestart) for e in events) == 1
+
+
+def test_a_slice_read_again_asks_smaller_pages_than_a_page_limit_learned_from_504s() -> None:
+    sim = simulator(rows_at(range(0, 86_400_000, 3_600_000)))
+    sim.script(count_answer(25), times=2, when=counts_of(DAY, 1, 2))  # 24 rows: read again
+    with client(sim, slice_size=DAY.duration, page_limit=500, learned_page_limit=100) as reader:
+        list(reader.iter_slices(DAY))
+
+    limits = [q["limit"] for q in queries(sim) if "includeTotal" not in q]
+    assert limits[0] == "100" and set(limits[1:]) == {"75"}  # not 375, learned down to 100

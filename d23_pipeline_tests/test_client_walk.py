@@ -732,20 +732,54 @@ def test_a_lower_page_that_came_through_twice_is_every_walk_s_and_its_504s_not_t
     hint.failed(12 * HOUR, 1)
     assert hint.ceiling == 3 * HOUR
 
-    hint.limit_worked(125)  # one walk's page of 125 rows came through: maybe a passing hiccup
+    hint.limit_worked(125, 250)  # one walk's page of 125 rows came through: maybe a passing hiccup
     assert (hint.page_limit, hint.ceiling) == (None, 3 * HOUR)
 
-    hint.limit_worked(125)
+    hint.limit_worked(125, 250)
     assert hint.page_limit == 125
     assert hint.ceiling == 6 * HOUR  # only the counts' 504s still speak of the width
-    hint.limit_worked(250)  # a larger page never raises it again
+    hint.limit_worked(250, 500)  # a larger page never raises it again
     assert hint.page_limit == 125
 
 
 def test_walks_begun_after_a_page_limit_was_learned_ask_it() -> None:
     hint = WidthHint(MINUTE)
-    hint.limit_worked(125), hint.limit_worked(125)
+    hint.limit_worked(125, 250), hint.limit_worked(125, 250)
     walk = walk_of(DAY, limit=500, hint=hint)
 
     request = walk.next_request()
     assert request is not None and (request.limit, request.part) == (125, DAY)
+
+
+@pytest.mark.parametrize("came_before", [True, False], ids=["before", "between"])
+def test_504s_at_a_page_size_that_came_through_in_the_run_teach_no_page_limit(
+    came_before: bool,
+) -> None:
+    hint = WidthHint(MINUTE)
+    if came_before:
+        hint.page_came(500)  # any walk's page of 500 rows: the gateway takes them
+    hint.limit_worked(250, 500)  # a walk's two 504s at 500 rows, then 250 came through
+    if not came_before:
+        hint.page_came(500)
+    hint.limit_worked(250, 500)  # a second such hiccup
+
+    assert hint.page_limit is None
+
+
+def test_pages_of_the_size_that_worked_say_nothing_against_the_504s() -> None:
+    hint = WidthHint(MINUTE)
+    hint.page_came(250)
+    hint.limit_worked(250, 500)
+    hint.page_came(250)
+    hint.limit_worked(250, 500)
+
+    assert hint.page_limit == 250
+
+
+def test_a_learned_page_limit_keeps_larger_pages_504s_from_narrowing_the_windows() -> None:
+    hint = WidthHint(MINUTE, page_limit=125)
+    for _ in range(3):  # a walk split before the page was learned, still asking 500 rows
+        hint.failed(6 * HOUR, 500)
+    assert hint.ceiling is None
+    hint.failed(6 * HOUR, 125), hint.failed(6 * HOUR, 125)  # the window's own 504s still count
+    assert hint.ceiling == 3 * HOUR

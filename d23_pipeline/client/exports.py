@@ -36,10 +36,10 @@ import pyarrow.compute as pc
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
-from d23_pipeline.client.errors import RetriesExhaustedError
+from d23_pipeline.client.errors import ExportsApiError, RetriesExhaustedError
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
-from d23_pipeline.client.retry import Retrier, RetryPolicy
+from d23_pipeline.client.retry import Cancelled, Retrier, RetryPolicy
 from d23_pipeline.client.session import ExportsSession, GatewayTimeout
 from d23_pipeline.client.sharing import Part, ReadAgain, SliceRead, SliceSchedule
 from d23_pipeline.client.stats import ClientStats
@@ -82,6 +82,8 @@ _DATE_BELIEVED_WITHIN = timedelta(minutes=5)
 _API_CLOCK_AHEAD = timedelta(minutes=1)
 # Counts of a walked part, at most, when a 504 answers one the API counted exactly before.
 AFTER_WALK_COUNTS = 3
+# How often a worker waiting for another thread looks at the cancel flag.
+_CANCEL_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -369,11 +371,11 @@ class ExportsClient:
 
     def _count_window(self, window: Window, cancel: threading.Event) -> WindowTotal | None:
         # A window-wide 504 says nothing of the widths the walks use: not learned from. An error
-        # leaves the count to whoever needs it, asked then.
+        # leaves the count to whoever needs it, asked then (and raised there if it persists).
         try:
             return self.count(window, cancel, learn=False)
-        except RetriesExhaustedError as exc:
-            log.info("counting %s once its walks ended failed (%s); counted later", window, exc)
+        except (ExportsApiError, Cancelled) as exc:
+            log.info("counting %s once its walks ended failed (%r); counted later", window, exc)
             return None
 
     def _counted_after_walks(self, window: Window) -> WindowTotal | None:
@@ -628,12 +630,23 @@ class ExportsClient:
             after = [self._count_after_walk(part, b, cancel) for part, b in read.before]
         else:
             # The end-of-read count (changed_since_counted) is asked now, every walk ended,
-            # beside these counts: at the end of a read nothing else overlaps its latency.
-            with ThreadPoolExecutor(1, thread_name_prefix="d23-window-count") as pool:
-                window_total = pool.submit(self._count_window, window, cancel)
-                after = [self._count_after_walk(part, b, cancel) for part, b in read.before]
-            if (total := window_total.result()) is not None:
-                schedule.window_counted(claim, total)
+            # beside these counts: at the end of a read nothing else overlaps its latency. A
+            # daemon, as the workers are: a read closed meanwhile does not wait for its answer,
+            # nor does the interpreter's exit.
+            counted: list[WindowTotal | None] = []
+            counting = threading.Thread(
+                target=lambda: counted.append(self._count_window(window, cancel)),
+                name="d23-window-count",
+                daemon=True,
+            )
+            counting.start()
+            after = [self._count_after_walk(part, b, cancel) for part, b in read.before]
+            while counting.is_alive():
+                counting.join(_CANCEL_POLL_S)
+                if cancel.is_set():
+                    raise Cancelled
+            if counted and counted[0] is not None:
+                schedule.window_counted(claim, counted[0])
         proof = self._judge(read, sum_totals(after))
         if proof.verified or read.number == self._slice_reads:
             if not proof.verified:
@@ -653,8 +666,10 @@ class ExportsClient:
             proof.reason,
         )
         deliver(SliceRestart(read.slice))
-        # Smaller pages fall on other boundaries, so the re-read is a different walk.
-        limit = max(self._min_page_limit, read.limit * 3 // 4)
+        # Smaller pages fall on other boundaries, so the re-read is a different walk: smaller
+        # than the pages it asked, which a page learned from 504s may have made smaller.
+        asked = min(read.limit, self._widths.page_limit or read.limit)
+        limit = max(self._min_page_limit, asked * 3 // 4)
         schedule.read_again(ReadAgain(read.slice, read.number + 1, limit))
 
     def _judge(self, read: SliceRead, after: WindowTotal) -> SliceProof:

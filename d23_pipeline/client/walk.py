@@ -75,10 +75,12 @@ class WidthHint:
 
     A gateway may time out on wide windows, on large pages, or both (the API's advice: narrow
     the window, lower the limit). A walk narrows the window first, then lowers the limit at the
-    narrowest; once lowering it has let pages through twice, the 504s at larger pages were the
-    page's, not the window's: every walk asks that page, and the widths that failed at larger
-    pages are forgotten (else a gateway refusing large pages would narrow a month to its
-    narrowest windows, each asked first at the page that fails).
+    narrowest; once lowering it has let pages through twice, where no page as large as the
+    ones that failed ever came through in the run (else they were passing hiccups, on a gateway
+    that takes such pages), the 504s at larger pages were the page's, not the window's: every
+    walk asks that page, and
+    the widths that failed at larger pages are forgotten (else a gateway refusing large pages
+    would narrow a month to its narrowest windows, each asked first at the page that fails).
     """
 
     def __init__(
@@ -90,7 +92,8 @@ class WidthHint:
         self._ceiling = self._configured
         self._failed: list[tuple[timedelta, int]] = []  # width, page limit
         self._page_limit = page_limit
-        self._limits_worked: list[int] = []
+        self._limits_worked: list[tuple[int, int]] = []  # the page that worked, the one that failed
+        self._largest_came = 0  # the largest page asked that came through
 
     @property
     def ceiling(self) -> timedelta | None:
@@ -114,24 +117,36 @@ class WidthHint:
         hiccup does not narrow a whole month. One at the narrowest width or below (an instant's
         count, say) says nothing of wider windows: the ceiling would fall to the narrowest at
         once."""
-        if width <= self._min_window:
-            return
+        learned = self._page_limit
+        if width <= self._min_window or (learned is not None and limit > learned):
+            return  # the page's fault, known: a walk that asked it before it was learned
         with self._lock:
             self._ceiling = self._narrowed(self._ceiling, self._failed, width)
             self._failed.append((width, limit))
 
-    def limit_worked(self, limit: int) -> None:
-        """A page of ``limit`` rows came through where the same window had timed out at larger
-        pages, at the narrowest width; the second time, at this limit or below, it becomes the
-        page every walk asks (see the class)."""
+    def limit_worked(self, limit: int, failed_at: int) -> None:
+        """A page of ``limit`` rows came through where the same window had timed out at pages
+        of ``failed_at``, at the narrowest width; the second time, at this limit or below, it
+        becomes the page every walk asks (see the class)."""
         with self._lock:
-            if any(seen <= limit for seen in self._limits_worked) and (
+            self._largest_came = max(self._largest_came, limit)
+            if failed_at <= self._largest_came:
+                return  # such pages came through: a hiccup
+            if any(worked <= limit for worked, failed in self._limits_worked) and (
                 self._page_limit is None or limit < self._page_limit
             ):
                 self._page_limit = limit
                 self._failed = [(w, at) for w, at in self._failed if at <= limit]
                 self._ceiling = self._narrowest(self._failed)
-            self._limits_worked.append(limit)
+            self._limits_worked.append((limit, failed_at))
+
+    def page_came(self, limit: int) -> None:
+        """A page asked at ``limit`` rows came through: 504s at pages that large or smaller are
+        no gateway's limit on pages (hiccups), and do not count towards learning one."""
+        if limit > self._largest_came:
+            with self._lock:
+                self._largest_came = max(self._largest_came, limit)
+                self._limits_worked = [(w, f) for w, f in self._limits_worked if f > limit]
 
     def _narrowest(self, failed: list[tuple[timedelta, int]]) -> timedelta | None:
         ceiling = self._configured
@@ -275,8 +290,8 @@ class WindowWalk:
         self._min_limit = min_limit
         self._hint = hint
         self._limit = self._part_limit()
-        # The limit was lowered after 504s at the narrowest width, and no page came since.
-        self._lowered = False
+        # The limit it was lowered from after 504s at the narrowest width, until a page came.
+        self._lowered_from: int | None = None
         self._read_on = read_on
         self._read_on_before = None if read_on is None else format_timestamp(read_on.began)
         self._counted_before = None if read_on is None else format_timestamp(read_on.counted_at)
@@ -314,7 +329,9 @@ class WindowWalk:
     def _start_next_part(self) -> None:
         self._part = self._pending.pop() if self._pending else None
         if self._part is not None:
-            # A part queued before the width was learned starts at the learned width.
+            # A part queued before the width (or the page) was learned starts at it.
+            if self._hint.page_limit is not None:
+                self._limit = min(self._limit, self._part_limit())
             first, *rest = self._hint.split(self._part.window)
             again, edge_rows = self._part.again, self._part.edge_rows
             self._pending.extend(
@@ -326,7 +343,7 @@ class WindowWalk:
             # same request before) would leave what follows them at that instant unread. Not
             # after a 504 or a cut: a larger page than the one that timed out would time out.
             if self._part.instant and len(self._part.skip) >= self._limit:
-                self._limit = min(MAX_PAGE_LIMIT, len(self._part.skip) + self._default_limit)
+                self._limit = min(MAX_PAGE_LIMIT, len(self._part.skip) + self._part_limit())
             # Of what was handed over, only what this part may be served again lies past its
             # start: all of it when it starts at the edge, else what came after the edge's rows.
             self._past_edge = Counter()
@@ -466,9 +483,11 @@ class WindowWalk:
             self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
             self._at_edge += _count(column, edge)
         self._strikes = 0
-        if self._lowered:
-            self._lowered = False
-            self._hint.limit_worked(self._limit)
+        if self._lowered_from is not None:
+            self._hint.limit_worked(self._limit, self._lowered_from)
+            self._lowered_from = None
+        else:
+            self._hint.page_came(self._limit)
         self._pages_in_place = 0 if self._position != was_at else self._pages_in_place + 1
         self._handed_in_part = self._handed_in_part or batch.num_rows > 0 or bool(fresh)
         if next_cursor is None:
@@ -518,8 +537,8 @@ class WindowWalk:
         if self._strikes == 1:
             return Narrowing(split=False, limit=self._limit, pause_strikes=1)
         if self._limit > self._min_limit:
+            self._lowered_from = self._limit
             self._limit = max(self._min_limit, self._limit // 2)
-            self._lowered = True
             self._restart_part(remaining)
             return Narrowing(split=False, limit=self._limit, pause_strikes=self._strikes)
         raise WindowTooHeavyError(
