@@ -722,6 +722,34 @@ def test_a_gateway_refusing_large_pages_is_learned_once_not_met_by_every_part() 
     assert reader.max_window is None  # the widths that failed at 500 rows are forgotten
 
 
+def test_passing_504s_at_the_narrowest_width_teach_no_page_limit() -> None:
+    # A gateway that takes pages of 500 rows, with two passing double 504s late in two days
+    # (where the window is too narrow to split): each lowers that walk's page and comes through,
+    # but pages of 500 came through in the run, so later days still ask 500 rows.
+    week = Window(T0, T0 + timedelta(days=7))
+    # A day: 500 rows until 23:36 (the first page), then 400 in its last quarter hour.
+    day_ms, late_ms = 86_400_000, 23 * 3_600_000 + 2_700_000
+    one_day = [*range(0, 500 * 169_920, 169_920), *range(late_ms, late_ms + 800_000, 2_000)]
+    sim = simulator(rows_at(sorted(d * day_ms + at for d in range(7) for at in one_day)))
+    for day in (0, 1):
+        since = Window(T0 + timedelta(days=day), T0 + timedelta(days=day + 1)).since_text
+
+        def late_page(request: SimRequest, since: str = since) -> bool:
+            query = request.query
+            return request.kind == "data" and "cursor" in query and query["since"] == since
+
+        sim.script(GATEWAY_TIMEOUT, times=2, when=late_page)
+    with client(sim, page_limit=500, max_concurrency=1) as reader:
+        pages = [e for e in reader.iter_slices(week) if isinstance(e, SlicePage)]
+        learned = reader.learned_page_limit
+
+    assert sorted(r["public_id"] for p in pages for r in p.rows) == sorted(ids_in(sim, week))
+    assert sim.stats.by_status[504] == 4 and learned is None
+    later = Window(T0 + timedelta(days=3), week.until).since_text
+    asked = {q["limit"] for q in queries(sim) if "includeTotal" not in q and q["since"] >= later}
+    assert asked == {"500"}
+
+
 def test_504s_on_wide_windows_narrow_them_and_later_parts_start_at_the_learned_width() -> None:
     six_hours = timedelta(hours=6)
     sim = simulator(rows_at(spread(60)), page_size=lambda limit: 4, max_window_for_504=six_hours)
