@@ -75,12 +75,12 @@ class WidthHint:
 
     A gateway may time out on wide windows, on large pages, or both (the API's advice: narrow
     the window, lower the limit). A walk narrows the window first, then lowers the limit at the
-    narrowest; once lowering it has let pages through twice, where no page as large as the
-    ones that failed ever came through in the run (else they were passing hiccups, on a gateway
+    narrowest. Once lowering it has let pages through twice, in a run where no page as large
+    as the ones that failed ever came through (else they were passing hiccups, on a gateway
     that takes such pages), the 504s at larger pages were the page's, not the window's: every
-    walk asks that page, and
-    the widths that failed at larger pages are forgotten (else a gateway refusing large pages
-    would narrow a month to its narrowest windows, each asked first at the page that fails).
+    walk asks that page, and the widths that failed at larger pages are forgotten (else a
+    gateway refusing large pages would narrow a month to its narrowest windows, each asked
+    first at the page that fails).
     """
 
     def __init__(
@@ -132,7 +132,7 @@ class WidthHint:
             self._largest_came = max(self._largest_came, limit)
             if failed_at <= self._largest_came:
                 return  # such pages came through: a hiccup
-            if any(worked <= limit for worked, failed in self._limits_worked) and (
+            if any(worked <= limit for worked, _ in self._limits_worked) and (
                 self._page_limit is None or limit < self._page_limit
             ):
                 self._page_limit = limit
