@@ -48,8 +48,37 @@ def test_a_step_left_waiting_while_the_slot_is_free_gets_it_and_only_one(
             first.skip_message
             == f"gave a free slot to the step waiting longest in: {pool} (2 were waiting)"
         )
-        assert second.skip_message == "no pool slot is free"  # month-c waits its turn
-        assert idle.skip_message == "no step waits while a pool slot is free"
+        # month-c waits its turn, behind month-b (no run stored under that id in this test).
+        assert second.skip_message == (
+            f"no pool slot is free: {pool} (1 waiting) held by run month-b ({step}, deleted: "
+            "its slot is freed within about 3 minutes of the run's end)"
+        )
+        assert idle.skip_message == "no step waits for a pool slot"
+
+
+def test_a_month_left_waiting_is_told_which_run_holds_the_slot_and_whether_it_ended() -> None:
+    # A run worker killed as its step got the one slot: the run has ended, the slot is held
+    # until Dagster frees a finished run's slots; the merge waiting behind it names that run.
+    with dg.instance_for_test() as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(POOL, 1)
+        killed = instance.add_run(
+            dg.DagsterRun(job_name="d23_month", status=dg.DagsterRunStatus.STARTED)
+        )
+        storage.claim_concurrency_slot(POOL, killed.run_id, "d23__logs")
+        storage.add_pending_step(POOL, "month-b", "d23__logs")
+        while_running = pool_watchdog(dg.build_sensor_context(instance=instance))
+        instance.report_run_failed(killed)
+
+        ended = pool_watchdog(dg.build_sensor_context(instance=instance))
+
+    assert while_running.skip_message == (
+        f"no pool slot is free: {POOL} (1 waiting) held by run {killed.run_id} (d23__logs, STARTED)"
+    )
+    assert ended.skip_message == (
+        f"no pool slot is free: {POOL} (1 waiting) held by run {killed.run_id} (d23__logs, "
+        "FAILURE: its slot is freed within about 3 minutes of the run's end)"
+    )
 
 
 @pytest.mark.parametrize("instance_file", ["dagster.yaml", "dagster.postgres.yaml"])

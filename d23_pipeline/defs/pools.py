@@ -27,15 +27,39 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     storage = context.instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return dg.SkipReason("the instance's storage keeps no pool slots")
-    free = [pool for pool in POOLS if storage.has_unassigned_slots(pool)]
-    if not free:
-        return dg.SkipReason("no pool slot is free")
-    waiting = {pool: storage.get_concurrency_info(pool).pending_step_count for pool in free}
-    handed = [pool for pool, steps in waiting.items() if steps]
+    pools = {pool: storage.get_concurrency_info(pool) for pool in POOLS}
+    waiting = {pool: info for pool, info in pools.items() if info.pending_step_count}
+    if not waiting:
+        return dg.SkipReason("no step waits for a pool slot")
+    handed = [pool for pool in waiting if storage.has_unassigned_slots(pool)]
     if not handed:
-        return dg.SkipReason("no step waits while a pool slot is free")
+        # Said, not just "none free": a run killed as its step got the slot holds it until
+        # Dagster frees a finished run's slots, and the tick history is where one looks.
+        return dg.SkipReason(
+            "no pool slot is free: " + "; ".join(_held(context.instance, pool) for pool in waiting)
+        )
     storage.assign_pending_steps(handed)
     return dg.SkipReason(
         "gave a free slot to the step waiting longest in: "
-        + ", ".join(f"{pool} ({waiting[pool]} were waiting)" for pool in handed)
+        + ", ".join(f"{pool} ({waiting[pool].pending_step_count} were waiting)" for pool in handed)
     )
+
+
+def _held(instance: dg.DagsterInstance, pool: str) -> str:
+    """Who holds ``pool``'s slots: each run's id, step and status."""
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    holders = {slot.run_id: slot.step_key for slot in info.claimed_slots}
+    # A step assigned a slot holds it before its run worker claims it.
+    holders |= {
+        step.run_id: step.step_key for step in info.pending_steps if step.assigned_timestamp
+    }
+    said = []
+    for run_id, step in sorted(holders.items()):
+        run = instance.get_run_by_id(run_id)
+        status = run.status.value if run is not None else "deleted"
+        ended = run is None or run.is_finished
+        said.append(
+            f"run {run_id} ({step}, {status}"
+            + (": its slot is freed within about 3 minutes of the run's end)" if ended else ")")
+        )
+    return f"{pool} ({info.pending_step_count} waiting) held by " + (", ".join(said) or "no run")
