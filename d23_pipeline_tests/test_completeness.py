@@ -1173,31 +1173,49 @@ class _MovesARowInAtEveryRecount(ExportHookSimulator):
         return path, None
 
 
-def test_a_month_still_changing_after_its_reads_again_is_left_to_its_next_read(
+def test_a_month_still_changing_after_its_reads_again_is_left_unverified_to_its_next_read(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The end-of-read count, read again, counted again ...: bounded at RECOUNTS counts, the
-    # last of which only says what it leaves for the month's next read.
-    days = (2, 10, 20)
+    # last of which leaves the slice it found moved as read, and says it proves nothing.
+    days = (2, 4, 10, 20)
     rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
     rows += [d23_row(i, "2026-05-03T10:00:00.000Z") for i in _MovesARowInAtEveryRecount.movers]
     sim = _MovesARowInAtEveryRecount(rows=rows)
+    sim.waiting = []  # a first read with nothing moving: every row stored
     with serve(sim) as url:
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data")
+        pipeline.materialize(MONTH)
+        sim.waiting = list(_MovesARowInAtEveryRecount.movers)
+        # Gone from the source since: 4 April's row, in the slice the last count finds moved.
+        sim.hard_delete_row(f"{2:024x}")
         with caplog.at_level("WARNING", logger="d23_pipeline.landing"):
-            result = pipeline.materialize(MONTH)
+            # Deletions confirmed: only the proof holds the row back, not the share's limit.
+            result = pipeline.materialize(MONTH, raise_on_error=False, run_config=CONFIRM)
         stored = {pid for pid, *_ in pipeline.live_rows([MONTH])}
+        # The slice left as read proves nothing: no row of it is marked deleted, not even one
+        # the source no longer holds.
+        assert _deleted_ids(pipeline) == set() and f"{2:024x}" in stored
         assert month_module.RECOUNTS == 3 and not sim.waiting  # three counts, three moves
         assert {"0000000000000000000000b1", "0000000000000000000000b2"} <= stored
         assert "0000000000000000000000b3" not in stored
         (raw,) = result.asset_materializations_for_node("d23__raw_logs")
         assert raw.metadata["slices_changed_after_read"].value == 3
         assert sum("reading them again" in m for m in caplog.messages) == 2
-        assert sum("left as read" in m for m in caplog.messages) == 1
+        assert sum("left as read, unverified" in m for m in caplog.messages) == 1
+        # The run says so and fails, to be read again.
+        assert not result.success
+        check = _checks(result)["slices_verified"]
+        assert not check.passed
+        assert "[2026-04-04T00:00:00.000Z" in check.description
+        assert "its count moved after it was read" in check.description
+        assert _unverified_slices(pipeline) == 1
 
-        pipeline.materialize(MONTH)  # the month's next read
+        pipeline.materialize(MONTH, run_config=CONFIRM)  # the month's next read
 
         assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
+        assert _deleted_ids(pipeline) == {f"{2:024x}"}
+        assert _unverified_slices(pipeline) == 0
 
 
 def test_api_total_is_the_count_after_the_walk_which_includes_rows_written_while_it_ran(

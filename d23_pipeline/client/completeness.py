@@ -73,6 +73,9 @@ class SliceProof:
     # A walk of the read met an end it could not read on past: more of them than the slice has
     # rows, or one inside an instant (see walk.py).
     read_on_ran_out: bool = False
+    # Its count moved after its last read, at the read's last count of the month (see
+    # landing/month.py): rows moved in since are in no read, so it proves nothing.
+    moved_after_read: bool = False
 
     @property
     def reason(self) -> str:
@@ -82,6 +85,12 @@ class SliceProof:
         return f"{self._why()} (served {self.served}; exact counts {before} before, {after} after)"
 
     def _why(self) -> str:
+        if self.moved_after_read:
+            return (
+                "its count moved after it was read, at the read's last count of the month (a "
+                "row moved in from a slice read later, or out); left as read for the month's "
+                "next read"
+            )
         before, after = self.total_before, self.total_after
         if before is None or after is None:
             when = {(True, True): "before or after", (True, False): "before"}.get(

@@ -133,12 +133,18 @@ class SliceRecord:
     total_after: int | None
     verified: bool
     reads: int
+    moved_after_read: bool = False
 
     @property
     def proof(self) -> SliceProof:
         """The slice's proof as the client judged it, for its reason."""
         return SliceProof(
-            self.served, self.total_before, self.total_after, self.verified, self.reads
+            self.served,
+            self.total_before,
+            self.total_after,
+            self.verified,
+            self.reads,
+            moved_after_read=self.moved_after_read,
         )
 
     @classmethod
@@ -155,6 +161,7 @@ class SliceRecord:
             total_after=entry.get("total_after"),
             verified=entry.get("verified", False),
             reads=entry.get("reads", 1),
+            moved_after_read=entry.get("moved_after_read", False),
         )
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -167,6 +174,7 @@ class SliceRecord:
             "total_after": self.total_after,
             "verified": self.verified,
             "reads": self.reads,
+            "moved_after_read": self.moved_after_read,
         }
 
 
@@ -420,6 +428,14 @@ class SnapshotWriter:
             proof.reads,
         )
         self._manifest["slices"][done.slice.key] = record.manifest_entry()
+        _write_json_atomically(self.directory / "manifest.json", self._manifest)
+
+    def moved_after_read(self, windows: Collection[Window]) -> None:
+        """Record ``windows`` as not proven complete: their counts moved after their last read.
+        Their rows still add and update; none of them is weighed for deletion."""
+        entries = self._manifest["slices"]
+        for window in windows:
+            entries[window.key] |= {"verified": False, "moved_after_read": True}
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
 
     def land(self, events: Iterable[SliceEvent]) -> None:
