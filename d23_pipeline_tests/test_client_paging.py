@@ -36,8 +36,14 @@ from d23_pipeline.client import (
     WindowTotal,
     walk,
 )
+from d23_pipeline.client.credentials import HeldCredentials
 from d23_pipeline.client.pages import read_total
-from d23_pipeline.client.stats import FURTHER_NAMES, WITHHELD_NAME, ClientStats
+from d23_pipeline.client.stats import (
+    FURTHER_NAMES,
+    WITHHELD_CREDENTIAL,
+    WITHHELD_NAME,
+    ClientStats,
+)
 from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.simulator import SimResponse
 
@@ -301,6 +307,15 @@ def test_any_page_size_and_tie_pattern_returns_each_row_once(
     three_days = Window(T0, T0 + timedelta(days=3))
     with client(sim, page_limit=limit, min_page_limit=1) as reader:
         assert walk_ids(reader, three_days) == ids_in(sim, three_days)
+
+
+def test_an_extra_field_named_by_a_credential_the_client_holds_is_not_reported() -> None:
+    # An API keying a value by the password (or a token) would put it in the run's metadata.
+    held = HeldCredentials()
+    held.hold("ZqSECRETpw7781")
+    stats = ClientStats(page_limit=500, credentials=held)
+    stats.page(1, 1, 0, {"ZqSECRETpw7781", "x_ZqSECRET", "notes"})
+    assert stats.as_dict()["extra_fields"] == {WITHHELD_CREDENTIAL: 1, "notes": 1}
 
 
 def test_an_extra_field_name_of_64_characters_is_shown_and_one_of_65_is_withheld() -> None:

@@ -139,6 +139,14 @@ SCENARIOS: list[tuple[str, Callable[[Simulator], None], type[ExportsApiError]]] 
     ("500s, X-Request-Id = the token, no body",
      _with(_scripted(SimResponse(500, {"X-Request-Id": f"{TOKEN_HEADER}.x"}))),
      RetriesExhaustedError),
+    # A data request carries only the token; the API may still echo the password there.
+    ("500s to data requests, requestId = the password",
+     _with(_scripted(error(500, f"req-{PASSWORD}"))), RetriesExhaustedError),
+    ("400 to a data request, requestId = the password",
+     _with(_scripted(error(400, f"req-{PASSWORD}"))), ExportsApiError),
+    ("Content-Type of a data answer = the password",
+     _with(_scripted(SimResponse(200, {"Content-Type": f"text/x-echo {PASSWORD}"}))),
+     ProtocolError),
 ]  # fmt: skip
 
 

@@ -58,7 +58,10 @@ class TokenManager:
         self._refresh_token: str | None = None
         self._lender_public_id: str | None = None
         self._login_failure: ExportsApiError | None = None
-        if not isinstance(credentials, LoginCredentials):
+        if isinstance(credentials, LoginCredentials):
+            http.credentials.hold(credentials.password)
+        else:
+            http.credentials.hold(credentials.token)
             self._token = credentials.token
             self._lender_public_id = credentials.lender_public_id
 
@@ -188,6 +191,7 @@ class TokenManager:
             raise ProtocolError("the login answer's lenderPublicId is not a UUID", path=path)
         self._token = token
         self._refresh_token = refresh if isinstance(refresh, str) and refresh else None
+        self._http.credentials.hold(token, self._refresh_token)
         self._lender_public_id = lender_id
         self._generation += 1
         self._stats.add("logins")
@@ -203,6 +207,7 @@ class TokenManager:
         if not fits_a_header(token):
             raise ProtocolError("the refresh answer's token is not printable ASCII", path=path)
         self._token = token
+        self._http.credentials.hold(token)
         self._generation += 1
         self._stats.add("token_refreshes")
         log.info("refreshed the API token after a 401")

@@ -25,6 +25,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from d23_pipeline.client.credentials import REQUEST_EXTENSION, HeldCredentials
 from d23_pipeline.client.retry import Transient, shown_request_id
 
 # A full page (1,000 rows of ~300 bytes) is ~0.3 MB: 32 MiB leaves room for rows 100x wider.
@@ -39,7 +40,11 @@ class BoundedHttp:
     ``max_bytes`` decoded bytes, its headers and its body each within ``deadline_s``."""
 
     def __init__(
-        self, http: httpx.Client, max_bytes: int = MAX_BODY_BYTES, deadline_s: float = 60.0
+        self,
+        http: httpx.Client,
+        max_bytes: int = MAX_BODY_BYTES,
+        deadline_s: float = 60.0,
+        credentials: HeldCredentials | None = None,
     ) -> None:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1 (got {max_bytes})")
@@ -47,14 +52,20 @@ class BoundedHttp:
         self._http = http
         self._max_bytes = max_bytes
         self._deadline_s = deadline_s
+        # Every request carries them, for what its answer shows to be screened against.
+        self.credentials = credentials if credentials is not None else HeldCredentials()
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         """``httpx.Client.get``, bounded."""
-        return self._send(self._http.build_request("GET", url, **kwargs))
+        return self._send(self._request("GET", url, **kwargs))
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         """``httpx.Client.post``, bounded."""
-        return self._send(self._http.build_request("POST", url, **kwargs))
+        return self._send(self._request("POST", url, **kwargs))
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Request:
+        extensions = {REQUEST_EXTENSION: self.credentials}
+        return self._http.build_request(method, url, extensions=extensions, **kwargs)
 
     def close(self) -> None:
         """Close the connection pool."""

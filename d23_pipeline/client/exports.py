@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
+from d23_pipeline.client.credentials import HeldCredentials
 from d23_pipeline.client.errors import ExportsApiError, RetriesExhaustedError
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
@@ -237,7 +238,8 @@ class ExportsClient:
         # the month's read without finding them anew (changed_since_counted).
         self._counted_in: dict[Window, list[Window]] = {}
         self._schedule: SliceSchedule | None = None  # of the last iter_slices
-        self.stats = ClientStats(page_limit)
+        credentials_held = HeldCredentials()
+        self.stats = ClientStats(page_limit, credentials_held)
         connections = max_concurrency + 1
         self._http = BoundedHttp(
             httpx.Client(
@@ -254,6 +256,7 @@ class ExportsClient:
             ),
             max_body_bytes,
             deadline_s=timeout,
+            credentials=credentials_held,
         )
         self._retrier = Retrier(retry, self.stats, sleep)
         base_url = base_url.rstrip("/")

@@ -16,7 +16,6 @@ worker waits on, and must not sit out a hold there.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import random
@@ -31,11 +30,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import quote, quote_plus
 
 import httpx
 import orjson
 
+from d23_pipeline.client.credentials import (
+    REQUEST_EXTENSION,
+    SHORTEST_CREDENTIAL,
+    repeats_a_credential,
+)
 from d23_pipeline.client.errors import (
     ApiHostError,
     ErrorContext,
@@ -142,12 +145,10 @@ def request_id_of(response: httpx.Response) -> str | None:
 
 
 # The server's own text (a request id, a key or content type it sent, a protocol error quoting
-# its bytes) is shown in errors and the run log: a server (or a gateway) that echoes what it was
-# sent there must not carry a credential into them, even in part, nor flood them.
+# its bytes) is shown in errors and the run log: a server (or a gateway) that echoes a credential
+# there must not carry it into them, even in part, nor flood them.
 _REQUEST_ID_MAX_CHARS = 100
-_ECHO_CHARS = 8
-_SHORTEST_ECHO = 4
-WITHHELD = "(withheld: it repeats a credential the request carried)"
+WITHHELD = "(withheld: it repeats a credential this client holds)"
 _SECRET_BODY_FIELDS = ("password", "refreshToken")
 
 
@@ -159,14 +160,11 @@ def shown_request_id(request_id: str | None, response: httpx.Response) -> str | 
 
 
 def shown_server_text(text: str, request: httpx.Request | None, max_chars: int) -> str:
-    """``text`` withheld if it holds 8 characters in a row (or the whole, from 4) of a credential
-    ``request`` carried: its bearer token, or the password or refresh token its JSON body sent;
-    else printable and at most ``max_chars`` characters."""
-    for secret in _credentials_sent(request):
-        for form in _echoed_forms(secret):
-            width = min(len(form), _ECHO_CHARS)
-            if any(form[i : i + width] in text for i in range(len(form) - width + 1)):
-                return WITHHELD
+    """``text`` withheld if it repeats a credential (see :mod:`.credentials`) that ``request``
+    carried (its bearer token, or the password or refresh token its JSON body sent) or that
+    its client holds; else printable and at most ``max_chars`` characters."""
+    if repeats_a_credential(text, _credentials_of(request)):
+        return WITHHELD
     shown = "".join(c if c.isprintable() else "?" for c in text[:max_chars])
     return shown + ("..." if len(text) > max_chars else "")
 
@@ -179,36 +177,20 @@ def request_of(response: httpx.Response) -> httpx.Request | None:
         return None
 
 
-def _echoed_forms(secret: str) -> set[str]:
-    # A gateway that quotes the request back may JSON-escape it (non-ASCII as \uXXXX or not,
-    # '/' as '\/' or not), HTML-escape it or percent-encode it: the credential is as readable
-    # in those forms as in its own.
-    escaped = json.dumps(secret)[1:-1]
-    return {
-        secret,
-        escaped,
-        escaped.replace("/", "\\/"),
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        html.escape(secret),
-        quote(secret, safe=""),
-        quote_plus(secret, safe=""),
-    }
-
-
-def _credentials_sent(request: httpx.Request | None) -> list[str]:
+def _credentials_of(request: httpx.Request | None) -> list[str]:
     if request is None:
         return []
+    held = list(request.extensions.get(REQUEST_EXTENSION, ()))
     try:
         body = orjson.loads(request.content) if request.content else None
     except orjson.JSONDecodeError:
-        return []
+        body = None
     _, _, token = request.headers.get("authorization", "").partition(" ")
     sent = [token]
     # Not the login's email: its domain is often the API host's, which a TLS error names.
     if isinstance(body, dict):
         sent += [body[k] for k in _SECRET_BODY_FIELDS if isinstance(body.get(k), str)]
-    # Shorter than 4 characters, a credential turns up in ids by chance ('7' in most hex ids).
-    return [secret for secret in sent if len(secret) >= _SHORTEST_ECHO]
+    return held + [secret for secret in sent if len(secret) >= SHORTEST_CREDENTIAL]
 
 
 def is_api_error(response: httpx.Response) -> bool:

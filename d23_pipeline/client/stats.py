@@ -8,21 +8,26 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from d23_pipeline.client.credentials import repeats_a_credential
+
 # Names of fields outside the allowlist are reported (run metadata, the snapshot's manifest) so
 # that an operator sees the API's schema change, but a name can carry data too (an API keying a
-# value by a phone number or a note). Only names shaped like a field name are shown, and only
-# the first few: the others are counted under a placeholder.
+# value by a phone number or a note, or by a credential). Only names shaped like a field name
+# that repeat no credential are shown, and only the first few: the others are counted under a
+# placeholder.
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_EXTRA_FIELD_NAMES = 20
 WITHHELD_NAME = "<withheld: not shaped like a field name>"
+WITHHELD_CREDENTIAL = "<withheld: it repeats a credential this client holds>"
 FURTHER_NAMES = f"<further names past the first {MAX_EXTRA_FIELD_NAMES}, withheld>"
 
 
 class ClientStats:
     """Counters shared by all worker threads of one client."""
 
-    def __init__(self, page_limit: int) -> None:
+    def __init__(self, page_limit: int, credentials: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
+        self._credentials = credentials
         self.requests = 0
         self.pages = 0
         self.empty_pages = 0
@@ -72,7 +77,13 @@ class ClientStats:
     def _reported_name(self, name: str, this_page: set[str]) -> str:
         if not _FIELD_NAME.fullmatch(name):
             return WITHHELD_NAME
-        listed = (self.extra_fields.keys() | this_page) - {WITHHELD_NAME, FURTHER_NAMES}
+        if repeats_a_credential(name, self._credentials):
+            return WITHHELD_CREDENTIAL
+        listed = (self.extra_fields.keys() | this_page) - {
+            WITHHELD_NAME,
+            WITHHELD_CREDENTIAL,
+            FURTHER_NAMES,
+        }
         if name not in listed and len(listed) >= MAX_EXTRA_FIELD_NAMES:
             return FURTHER_NAMES
         return name
