@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from base64 import b64encode
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from d23_pipeline.credentials import repeats_a_credential
 from d23_pipeline.months import months_between
 from d23_pipeline.settings import SettingsError, validate_month
 
@@ -204,6 +206,21 @@ def _webserver(url: str) -> str:
     return f"Dagster webserver at {shown_url(url)}"
 
 
+PROXY_CREDENTIALS_WITHHELD = "(withheld: it repeats the proxy credentials in --url)"
+
+
+def _screened(text: str, url: str) -> str:
+    """``text`` a server sent (or an error quoting its bytes), withheld if it repeats the proxy
+    credentials in ``url``: a proxy that refuses them may echo them back, its Authorization
+    header (``Basic`` and their base64) included."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return text
+    user, password = unquote(parts.username or ""), unquote(parts.password)
+    basic = b64encode(f"{user}:{password}".encode()).decode()
+    return PROXY_CREDENTIALS_WITHHELD if repeats_a_credential(text, [password, basic]) else text
+
+
 def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
     """POST one GraphQL document to the webserver at ``url``; its ``data``, or BackfillError."""
     try:
@@ -214,7 +231,9 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
         )
     except httpx.HTTPError as exc:
         sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-        raise WebserverUnreachable(f"{_webserver(url)} did not answer: {exc}", sent=sent) from exc
+        raise WebserverUnreachable(
+            f"{_webserver(url)} did not answer: {_screened(str(exc), url)}", sent=sent
+        ) from None
     # The webserver answers a failed request with a 500 whose body says why (GraphQL errors,
     # or data holding a PythonError that the caller reports): show that, not the status.
     try:
@@ -223,9 +242,10 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
         body = {}
     if body.get("errors"):
         reasons = "; ".join(str(e.get("message", e)) for e in body["errors"])
-        raise BackfillError(f"{_webserver(url)} refused the request: {reasons}")
+        raise BackfillError(f"{_webserver(url)} refused the request: {_screened(reasons, url)}")
     if not body.get("data"):
-        message = f"{_webserver(url)} answered {response.status_code}: {response.text[:500]}"
+        answer = _screened(response.text[:500], url)
+        message = f"{_webserver(url)} answered {response.status_code}: {answer}"
         if response.status_code >= 500 and not body:
             raise WebserverUnreachable(message, sent=True)
         raise BackfillError(message)

@@ -72,6 +72,42 @@ def test_a_webserver_not_running_is_named_without_the_proxy_password_in_its_url(
     assert "SECRET" not in err
 
 
+class _ProxyEchoingCredentials(BaseHTTPRequestHandler):
+    """A proxy in front of Dagster that refuses the credentials it was sent, quoting its
+    Authorization header back: in a 401 page, or as a GraphQL error."""
+
+    answer = "401 page"
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        sent = self.headers.get("Authorization", "")
+        if self.answer == "401 page":
+            status, payload = 401, f"<html>credentials {sent} rejected</html>".encode()
+        else:
+            status, payload = 200, json.dumps({"errors": [{"message": f"bad auth {sent}"}]})
+            payload = payload.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("answer", ["401 page", "GraphQL error"])
+def test_a_proxy_echoing_the_credentials_of_the_url_does_not_get_them_printed(capsys, answer):
+    _ProxyEchoingCredentials.answer = answer
+    with ThreadingHTTPServer(("127.0.0.1", 0), _ProxyEchoingCredentials) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        url = f"http://admin:SECRET-pw@127.0.0.1:{proxy.server_address[1]}"
+        assert main(["2026-05", "2026-06", "--url", url]) == 2
+        proxy.shutdown()
+
+    err = capsys.readouterr().err
+    assert backfill.PROXY_CREDENTIALS_WITHHELD in err
+    assert "SECRET" not in err and b64encode(b"admin:SECRET-pw").decode() not in err
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -36,7 +36,6 @@ from d23_pipeline.client import (
     WindowTotal,
     walk,
 )
-from d23_pipeline.client.credentials import HeldCredentials
 from d23_pipeline.client.pages import read_total
 from d23_pipeline.client.stats import (
     FURTHER_NAMES,
@@ -44,6 +43,7 @@ from d23_pipeline.client.stats import (
     WITHHELD_NAME,
     ClientStats,
 )
+from d23_pipeline.credentials import HeldCredentials
 from d23_pipeline.schema import D23_FIELDS
 from d23_pipeline.simulator import SimResponse
 

@@ -25,8 +25,8 @@ from typing import Any
 import httpcore
 import httpx
 
-from d23_pipeline.client.credentials import REQUEST_EXTENSION, HeldCredentials
 from d23_pipeline.client.retry import Transient, shown_request_id
+from d23_pipeline.credentials import REQUEST_EXTENSION, HeldCredentials
 
 # A full page (1,000 rows of ~300 bytes) is ~0.3 MB: 32 MiB leaves room for rows 100x wider.
 MAX_BODY_BYTES = 32 * 2**20

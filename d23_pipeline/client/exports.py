@@ -36,7 +36,6 @@ import pyarrow.compute as pc
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
-from d23_pipeline.client.credentials import HeldCredentials
 from d23_pipeline.client.errors import ExportsApiError, RetriesExhaustedError
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.pages import read_page, read_total
@@ -52,6 +51,7 @@ from d23_pipeline.client.walk import (
     WindowWalk,
 )
 from d23_pipeline.client.windows import ONE_MS, Window
+from d23_pipeline.credentials import HeldCredentials
 from d23_pipeline.schema import (
     RejectedRow,
     canonical_timestamp,

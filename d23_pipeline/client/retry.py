@@ -34,11 +34,6 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from d23_pipeline.client.credentials import (
-    REQUEST_EXTENSION,
-    SHORTEST_CREDENTIAL,
-    repeats_a_credential,
-)
 from d23_pipeline.client.errors import (
     ApiHostError,
     ErrorContext,
@@ -47,6 +42,11 @@ from d23_pipeline.client.errors import (
 )
 from d23_pipeline.client.stats import ClientStats
 from d23_pipeline.client.windows import Window
+from d23_pipeline.credentials import (
+    REQUEST_EXTENSION,
+    SHORTEST_CREDENTIAL,
+    repeats_a_credential,
+)
 from d23_pipeline.settings import DEFAULT_RETRY_BASE_DELAY_S, DEFAULT_RETRY_MAX_ATTEMPTS
 
 log = logging.getLogger("d23_pipeline.client")

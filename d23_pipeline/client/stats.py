@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from d23_pipeline.client.credentials import repeats_a_credential
+from d23_pipeline.credentials import repeats_a_credential
 
 # Names of fields outside the allowlist are reported (run metadata, the snapshot's manifest) so
 # that an operator sees the API's schema change, but a name can carry data too (an API keying a

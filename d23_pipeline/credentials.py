@@ -1,4 +1,4 @@
-"""The credentials one client holds, and whether text a server sent repeats one of them.
+"""The credentials a client holds, and whether text a server sent repeats one of them.
 
 A server (or a gateway) may echo what it was sent, or what it knows, in a request id, a header,
 a protocol error quoting its bytes, or an extra field's name; those are shown in errors, the run
