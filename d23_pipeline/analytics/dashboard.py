@@ -243,6 +243,42 @@ def _counted_short(day: date, zone: ZoneInfo, until: Mapping[date, datetime]) ->
     )
 
 
+# Offsets are probed this often, and a change found between two probes is bisected to the
+# second: no zone changes its offset twice within 6 hours (changes are months apart).
+_OFFSET_PROBE_S = 6 * 3600
+
+
+def utc_offset_spans(timezone: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """Spans tiling ``[since, until)``, each of one UTC offset of ``timezone`` (in seconds), as
+    zoneinfo gives them: ``utc_from``, ``utc_until``, ``offset_s``."""
+    zone = ZoneInfo(timezone)
+
+    def offset_at(second: int) -> int:
+        offset = datetime.fromtimestamp(second, UTC).astimezone(zone).utcoffset()
+        return int(offset.total_seconds()) if offset is not None else 0
+
+    first, end = int(since.timestamp()), int(until.timestamp())
+    changes = [first]
+    probes = [*range(first, end, _OFFSET_PROBE_S), end - 1]
+    for before, after in zip(probes, probes[1:], strict=False):
+        was = offset_at(before)
+        if was != offset_at(after):
+            old, new = before, after  # the change is at ``new`` or earlier, after ``old``
+            while new - old > 1:
+                middle = (old + new) // 2
+                old, new = (middle, new) if offset_at(middle) == was else (old, middle)
+            changes.append(new)
+    edges = [*changes, end]
+    return [
+        {
+            "utc_from": datetime.fromtimestamp(start, UTC),
+            "utc_until": datetime.fromtimestamp(stop, UTC),
+            "offset_s": offset_at(start),
+        }
+        for start, stop in zip(edges, edges[1:], strict=False)
+    ]
+
+
 def _utc_span(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """The UTC instants a local day runs from and to."""
     start = datetime.combine(day, time.min, zone).astimezone(UTC)
@@ -293,6 +329,9 @@ def _gather(
             "until": month_end(shown[-1]),
             "timezone": timezone,
         }
+        execute(con, sql.CREATE_LOCAL_OFFSETS)
+        for span in utc_offset_spans(timezone, window["since"], window["until"]):
+            execute(con, sql.INSERT_LOCAL_OFFSET, span)
         execute(con, sql.ATTEMPTS_BY_LOCAL_TIME, window)
         weekday_hour = fetch_dicts(con, sql.CONTACT_BY_WEEKDAY_HOUR)
         daily = {"since": window["since"], "until": window["until"]}

@@ -939,40 +939,36 @@ GROUP BY month, outcome_option, outcome_class
 ORDER BY month, outcome_class, outcome_option
 """
 
-# The window's attempts (see _CLASSIFIED_LOGS) in the lender's wall-clock time ($timezone),
-# with their contacts, right-party contacts and promises, as the session's temp table
+# The lender's time zone's UTC offsets over the dashboard's window (needed by
+# ATTEMPTS_BY_LOCAL_TIME), one row per span of one offset, tiling the window, as Python's
+# zoneinfo gives them (dashboard.utc_offset_spans): the IANA database the rest of the page uses.
+# DuckDB's own conversion (ICU) places a few zones' changes elsewhere: Europe/Chisinau's an hour
+# late in 2026, so an hour of attempts went to the wrong local hour twice a year.
+CREATE_LOCAL_OFFSETS = """
+CREATE OR REPLACE TEMP TABLE local_offsets (
+    utc_from  TIMESTAMPTZ NOT NULL,
+    utc_until TIMESTAMPTZ NOT NULL,
+    offset_s  BIGINT      NOT NULL
+)
+"""
+INSERT_LOCAL_OFFSET = "INSERT INTO local_offsets VALUES ($utc_from, $utc_until, $offset_s)"
+# The window's attempts (see _CLASSIFIED_LOGS) in the lender's wall-clock time, with their
+# contacts, right-party contacts and promises, as the session's temp table
 # attempts_by_local_time: per local day, channel and source (the daily channel panel; weekday
 # and hour NULL) and per ISO weekday (1 = Monday) and hour (the weekday-hour panel; day, channel
-# and source NULL). Each UTC quarter hour of the window, not each row, is placed in local time,
-# and rows take their quarter's local hour: ICU's conversion per row was most of the dashboard's
-# CPU (0.9 s for both panels on 2M rows; this 0.15 s). Every offset since 1980 is whole quarter
-# hours, so a quarter falls whole into one local hour, unless the zone's offset changes within
-# it (St. John's changed at 00:01 until 2011) or an older offset is not whole quarter hours
-# (Monrovia's -0:44:30 until 1972): such a quarter's rows are placed one by one.
-_QUARTER = "CAST(fdiv(epoch_ms({}), 900000) AS BIGINT)"  # quarter hours since 1970, rounded down
+# and source NULL). Each row takes its span's offset (local_offsets tiles the window the rows
+# are taken from, so each row is in one span): arithmetic, where ICU's conversion per row was
+# most of the dashboard's CPU.
 ATTEMPTS_BY_LOCAL_TIME = f"""
 CREATE OR REPLACE TEMP TABLE attempts_by_local_time AS
-WITH placed AS (
+WITH placed_rows AS (
     SELECT
-        quarter,
-        make_timestamptz(quarter * 900000000)           AS utc_start,
-        make_timestamptz((quarter + 1) * 900000000 - 1) AS utc_last,  -- its last microsecond
-        timezone($timezone, utc_start)                  AS local_start,
-        timezone($timezone, utc_last)                   AS local_last
-    FROM range({_QUARTER.format("$since")}, {_QUARTER.format("$until")}) AS r(quarter)
-), whole AS (
-    SELECT quarter, date_trunc('hour', local_start) AS local_hour
-    FROM placed
-    WHERE local_last - local_start = utc_last - utc_start
-      AND date_trunc('hour', local_start) = date_trunc('hour', local_last)
-), placed_rows AS (
-    SELECT
-        -- COALESCE converts only the rows of quarters not whole.
-        coalesce(whole.local_hour, date_trunc('hour', timezone($timezone, communicated_at)))
+        date_trunc('hour', make_timestamp(epoch_us(l.communicated_at) + o.offset_s * 1000000))
             AS local_hour,
-        communication_type, interaction_source, is_contact, is_rpc, is_promise
-    FROM ({_CLASSIFIED_LOGS})
-    LEFT JOIN whole ON whole.quarter = {_QUARTER.format("communicated_at")}
+        l.communication_type, l.interaction_source, l.is_contact, l.is_rpc, l.is_promise
+    FROM ({_CLASSIFIED_LOGS}) AS l
+    JOIN local_offsets AS o
+      ON l.communicated_at >= o.utc_from AND l.communicated_at < o.utc_until
 )
 SELECT
     CAST(local_hour AS DATE)           AS day,
