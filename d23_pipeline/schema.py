@@ -169,28 +169,37 @@ def _usable_id(raw: Any) -> str | None:
 
 
 def _check_row(raw: dict[str, Any], since: str, until: str) -> dict[str, Any]:
+    """The row's nine fields, or a ValueError naming every problem it has (one fixed should not
+    reveal the next only at the source's next read)."""
     row: dict[str, Any] = {}
-    for name in STRING_FIELDS:
+    problems: list[str] = []
+    for name in D23_FIELDS:
         if name not in raw:
-            raise ValueError(f"missing field {name}")
-        if problem := _text_problem(name, raw[name]):
-            raise ValueError(problem)
-        row[name] = raw[name]
-    for name in BOOL_FIELDS:
-        if name not in raw:
-            raise ValueError(f"missing field {name}")
-        value = raw[name]
+            problems.append(f"missing field {name}")
+            continue
+        try:
+            row[name] = _checked_field(name, raw[name])
+        except ValueError as exc:
+            problems.append(str(exc))
+    # Canonical strings of one fixed width compare in time order.
+    at = row.get("communicated_at")
+    if at is not None and not since <= at < until:
+        problems.append("communicated_at is outside the requested window")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return row
+
+
+def _checked_field(name: str, value: Any) -> Any:
+    if name in TIMESTAMP_FIELDS:
+        return _canonical_ts(value, name)
+    if name in BOOL_FIELDS:
         if not isinstance(value, bool):
             raise ValueError(f"{name} is {_describe(value)}, expected a boolean")
-        row[name] = value
-    for name in TIMESTAMP_FIELDS:
-        if name not in raw:
-            raise ValueError(f"missing field {name}")
-        row[name] = _canonical_ts(raw[name], name)
-    # Canonical strings of one fixed width compare in time order.
-    if not since <= row["communicated_at"] < until:
-        raise ValueError("communicated_at is outside the requested window")
-    return row
+        return value
+    if problem := _text_problem(name, value):
+        raise ValueError(problem)
+    return value
 
 
 def _allowlisted(raw: Any) -> dict[str, Any]:
