@@ -690,7 +690,7 @@ class SnapshotStore:
         """Refuse, with :class:`SourceMismatchError`, a read of another API host or lender than
         the one these snapshots (and the embedded warehouse beside them) mirror: the demo's or
         staging's rows are not production's, and a read of another source would find every one
-        of them gone. The source is recorded by :meth:`record_source` after a first read."""
+        of them gone. The source is recorded by :meth:`record_source` as a first read begins."""
         held = self._recorded_source()
         claimed = _source(api_host, lender_public_id)
         if held is not None and held != claimed:
