@@ -18,6 +18,7 @@ from d23_pipeline.defs.dashboard_refresh import (
     dashboard_behind_the_warehouse,
 )
 from d23_pipeline.defs.jobs import d23_dashboard_job, d23_pipeline_job
+from d23_pipeline.defs.lost_runs import lost_run_watchdog
 from d23_pipeline.defs.options import options
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.pools import pool_watchdog
@@ -67,6 +68,7 @@ defs = dg.Definitions(
             options.refresh_lookback_months,
         ),
         pool_watchdog,
+        lost_run_watchdog,
         dashboard_after_blocked_run,
         dashboard_behind_the_warehouse,
     ],

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -25,6 +25,7 @@ import yaml
 
 from d23_pipeline.analytics.outcome_classes import check_mapping_setting
 from d23_pipeline.backfill import DEFAULT_URL
+from d23_pipeline.defs.lost_runs import fail_runs_whose_process_is_gone, runs_maybe_left_in_progress
 from d23_pipeline.landing.snapshot import SnapshotStore, unwritable_raw_folder
 from d23_pipeline.months import months_up_to
 from d23_pipeline.settings import (
@@ -50,16 +51,6 @@ DEMO_CREDENTIALS = {
 }
 
 
-def _process_is_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process: alive
-        return False
-    return False
-
-
 # On a shared instance a run's process may be on another host: the operator decides.
 MAYBE_LEFT_IN_PROGRESS = (
     "{count} run(s) are in progress with no process of theirs on this host: {ids}. If a "
@@ -68,63 +59,6 @@ MAYBE_LEFT_IN_PROGRESS = (
     "are still running there (runs on a PostgreSQL instance are not marked failed "
     "automatically)."
 )
-
-
-def fail_runs_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
-    """Mark failed the runs a stopped ``make run`` left "in progress"; their run ids.
-
-    Runs are processes of the code server `dg dev` starts, and Ctrl-C or a reboot ends them
-    with it; Dagster's default run launcher cannot see that, so they stay STARTED, hold their
-    months and the run queue's slots, until run monitoring ends them after 6 h. A run counts
-    as left behind when the process that started executing it is gone (a run of `dagster
-    asset materialize` still going is left alone). Failed, they are retried as any failed run
-    is, and resume from their finished slices. Only on an instance whose runs are stored on
-    this machine (SQLite): on a shared PostgreSQL one, runs of other hosts have other pids
-    (:func:`runs_maybe_left_in_progress` lists them instead).
-    """
-    if not _runs_stored_here(instance):
-        return []
-    failed = []
-    for run, pid in _started_runs_without_their_process(instance):
-        instance.report_run_failed(
-            run,
-            message=(
-                f"the run's process (pid {pid}) is gone: a `make run` stopped while it ran "
-                "(Ctrl-C, a reboot); marked failed by the next `make run`, so that it is retried"
-            ),
-        )
-        failed.append(run.run_id)
-    return failed
-
-
-def runs_maybe_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
-    """On an instance whose runs are stored elsewhere (PostgreSQL), the STARTED runs whose
-    process is not running on this host: a stopped ``make run``'s, or another host's."""
-    if _runs_stored_here(instance):
-        return []
-    return [run.run_id for run, _ in _started_runs_without_their_process(instance)]
-
-
-def _runs_stored_here(instance: dg.DagsterInstance) -> bool:
-    # By the class's name: `storage: sqlite:` in dagster.yaml leaves the instance ref's
-    # run_storage_data empty, and Dagster's storage classes are not public.
-    return type(instance.run_storage).__name__ == "SqliteRunStorage"
-
-
-def _started_runs_without_their_process(
-    instance: dg.DagsterInstance,
-) -> Iterator[tuple[dg.DagsterRun, int]]:
-    for record in instance.get_run_records(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
-    ):
-        run = record.dagster_run
-        started = instance.get_records_for_run(
-            run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1
-        ).records
-        event = started[0].event_log_entry.dagster_event if started else None
-        pid = event.pid if event is not None else None
-        if pid is not None and _process_is_gone(pid):
-            yield run, pid
 
 
 def _prepare_dagster_home(env: dict[str, str]) -> Path:
@@ -345,7 +279,7 @@ def main() -> None:
         connection = load_api_connection(env)
         raw_snapshots(env).check_host(urlsplit(connection.api_url).hostname or "")
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            left = fail_runs_left_in_progress(instance)
+            left = fail_runs_whose_process_is_gone(instance, "the next `make run`")
             maybe_left = runs_maybe_left_in_progress(instance)
         if left:
             print(

@@ -2,11 +2,7 @@
 
 import os
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -15,7 +11,6 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import httpx
 import pytest
-from postgres import PostgresServer
 from processes import clean_env, free_port, make_dagster_home, run_python
 
 from d23_pipeline import launch
@@ -25,8 +20,6 @@ from d23_pipeline.landing.snapshot import SnapshotStore
 from d23_pipeline.launch import (
     _guide,
     _prepare_dagster_home,
-    fail_runs_left_in_progress,
-    runs_maybe_left_in_progress,
     set_pool_limits,
     simulator_start_month,
 )
@@ -170,11 +163,11 @@ def test_make_run_says_which_runs_it_marked_failed_before_the_ui_starts(
 ) -> None:
     homes = []
 
-    def left_behind(instance: dg.DagsterInstance) -> list[str]:
+    def left_behind(instance: dg.DagsterInstance, noticed_by: str) -> list[str]:
         homes.append(instance.root_directory)
         return ["run-a", "run-b"]
 
-    monkeypatch.setattr(launch, "fail_runs_left_in_progress", left_behind)
+    monkeypatch.setattr(launch, "fail_runs_whose_process_is_gone", left_behind)
     # What it says instead on an instance shared with other hosts (PostgreSQL).
     monkeypatch.setattr(launch, "runs_maybe_left_in_progress", lambda instance: ["run-c"])
     _make_run(
@@ -191,19 +184,6 @@ def test_make_run_says_which_runs_it_marked_failed_before_the_ui_starts(
     assert out.index(marked) < out.index("UI started")
     named = "1 run(s) are in progress with no process of theirs on this host: run-c. If a stopped"
     assert named in out and "Terminate, then force" in out
-
-
-def test_the_sweep_reads_an_instance_whose_sqlite_folder_comes_from_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # `base_dir: {env: ...}` leaves the instance ref without run_storage_data: the sweep crashed.
-    monkeypatch.setenv("D23_TEST_STORAGE", str(tmp_path / "storage"))
-    home = make_dagster_home(
-        tmp_path / "dagster_home",
-        config="storage:\n  sqlite:\n    base_dir:\n      env: D23_TEST_STORAGE\n",
-    )
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert fail_runs_left_in_progress(instance) == []
 
 
 def test_make_run_with_a_real_api_and_no_credentials_stops_before_the_ui_naming_them(
@@ -367,79 +347,6 @@ def test_the_simulator_make_run_starts_serves_rows_from_the_first_partition_on_n
     # The 31 days before the first partition: nothing; its month: all of the simulator's 2,000
     # rows a month (a month before the current one is served whole).
     assert counted == [0, 2000]
-
-
-A_RUN_THAT_READS = """import sys, time, dagster as dg
-
-@dg.asset
-def reading() -> None:
-    open(sys.argv[2], "w").close()
-    time.sleep(600)
-
-with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
-    dg.materialize([reading], instance=instance)
-"""
-
-
-@contextmanager
-def _a_run_in_its_step(home: Path, tmp_path: Path) -> Iterator[subprocess.Popen]:
-    """A run of ``home``'s instance in a process of its own, once it is inside its step."""
-    reading = tmp_path / "reading"
-    run = subprocess.Popen([sys.executable, "-c", A_RUN_THAT_READS, str(home), str(reading)])
-    try:
-        deadline = time.monotonic() + 60
-        while not reading.exists() and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert reading.exists(), "the run never started its step"
-        yield run
-    finally:
-        run.kill()
-        run.wait(10)
-
-
-def test_make_run_fails_a_run_whose_process_is_gone_so_it_is_retried_and_leaves_a_live_one(
-    tmp_path: Path,
-) -> None:
-    home = make_dagster_home(tmp_path / "dagster_home")
-    with (
-        _a_run_in_its_step(home, tmp_path) as run,
-        dg.DagsterInstance.from_config(str(home)) as instance,
-    ):
-        (record,) = instance.get_run_records()
-
-        assert fail_runs_left_in_progress(instance) == []  # still going: left alone
-
-        run.kill()  # as a stopped `make run` ends its code server's runs
-        run.wait(10)
-        assert fail_runs_left_in_progress(instance) == [record.dagster_run.run_id]
-        after = instance.get_run_by_id(record.dagster_run.run_id)
-
-    assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
-    assert after.tags.get("dagster/will_retry") == "true"
-
-
-def test_on_a_postgres_instance_make_run_names_a_run_without_its_process_and_fails_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: PostgresServer
-) -> None:
-    # Runs of other hosts sharing the instance have pids of theirs: gone here proves nothing.
-    database = postgres.new_database().rsplit("dbname=", 1)[1]
-    for name, value in {**postgres.dagster_env(), "DAGSTER_PG_DB": database}.items():
-        monkeypatch.setenv(name, value)
-    home = make_dagster_home(tmp_path / "dagster_home", template="dagster.postgres.yaml")
-    with (
-        _a_run_in_its_step(home, tmp_path) as run,
-        dg.DagsterInstance.from_config(str(home)) as instance,
-    ):
-        run.kill()
-        run.wait(10)
-        (record,) = instance.get_run_records()
-        run_id = record.dagster_run.run_id
-
-        assert fail_runs_left_in_progress(instance) == []
-        assert runs_maybe_left_in_progress(instance) == [run_id]
-        after = instance.get_run_by_id(run_id)
-
-    assert after is not None and after.status == dg.DagsterRunStatus.STARTED
 
 
 def test_a_dagster_home_from_an_older_version_is_kept_and_its_missing_settings_named(
