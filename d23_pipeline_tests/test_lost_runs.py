@@ -33,8 +33,12 @@ with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
 
 
 @contextmanager
-def _a_run_in_its_step(home: Path, tmp_path: Path) -> Iterator[subprocess.Popen]:
-    """A run of ``home``'s instance in a process of its own, once it is inside its step."""
+def _a_run_in_its_step(
+    tmp_path: Path, template: str = "dagster.yaml"
+) -> Iterator[tuple[subprocess.Popen, dg.DagsterInstance, str]]:
+    """A run of a fresh instance (``template``) in a process of its own, once it is inside its
+    step: the process, the instance and the run's id."""
+    home = make_dagster_home(tmp_path / "dagster_home", template=template)
     reading = tmp_path / "reading"
     run = subprocess.Popen([sys.executable, "-c", A_RUN_THAT_READS, str(home), str(reading)])
     try:
@@ -42,29 +46,28 @@ def _a_run_in_its_step(home: Path, tmp_path: Path) -> Iterator[subprocess.Popen]
         while not reading.exists() and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert reading.exists(), "the run never started its step"
-        yield run
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            (record,) = instance.get_run_records()
+            yield run, instance, record.dagster_run.run_id
     finally:
-        run.kill()
-        run.wait(10)
+        _kill(run)
+
+
+def _kill(run: subprocess.Popen) -> None:
+    run.kill()
+    run.wait(10)
 
 
 def test_a_run_whose_process_is_gone_is_failed_so_it_is_retried_and_a_live_one_left(
     tmp_path: Path,
 ) -> None:
-    home = make_dagster_home(tmp_path / "dagster_home")
-    with (
-        _a_run_in_its_step(home, tmp_path) as run,
-        dg.DagsterInstance.from_config(str(home)) as instance,
-    ):
-        (record,) = instance.get_run_records()
-
+    with _a_run_in_its_step(tmp_path) as (run, instance, run_id):
         # Still going: left alone.
         assert fail_runs_whose_process_is_gone(instance, "make run") == []
 
-        run.kill()  # as a stopped `make run` ends its code server's runs
-        run.wait(10)
-        assert fail_runs_whose_process_is_gone(instance, "make run") == [record.dagster_run.run_id]
-        after = instance.get_run_by_id(record.dagster_run.run_id)
+        _kill(run)  # as a stopped `make run` ends its code server's runs
+        assert fail_runs_whose_process_is_gone(instance, "make run") == [run_id]
+        after = instance.get_run_by_id(run_id)
 
     assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
     assert after.tags.get("dagster/will_retry") == "true"
@@ -77,15 +80,8 @@ def test_on_a_postgres_instance_make_run_names_a_run_without_its_process_and_fai
     database = postgres.new_database().rsplit("dbname=", 1)[1]
     for name, value in {**postgres.dagster_env(), "DAGSTER_PG_DB": database}.items():
         monkeypatch.setenv(name, value)
-    home = make_dagster_home(tmp_path / "dagster_home", template="dagster.postgres.yaml")
-    with (
-        _a_run_in_its_step(home, tmp_path) as run,
-        dg.DagsterInstance.from_config(str(home)) as instance,
-    ):
-        run.kill()
-        run.wait(10)
-        (record,) = instance.get_run_records()
-        run_id = record.dagster_run.run_id
+    with _a_run_in_its_step(tmp_path, "dagster.postgres.yaml") as (run, instance, run_id):
+        _kill(run)
 
         assert fail_runs_whose_process_is_gone(instance, "make run") == []
         assert runs_maybe_left_in_progress(instance) == [run_id]
@@ -107,32 +103,20 @@ def test_the_sweep_reads_an_instance_whose_sqlite_folder_comes_from_the_environm
         assert fail_runs_whose_process_is_gone(instance, "make run") == []
 
 
-def test_the_sensor_fails_a_killed_cli_run_so_its_pool_slot_goes_to_the_next_month(
-    tmp_path: Path,
-) -> None:
-    # A `dagster asset materialize` run killed as it held d23_warehouse's one slot: no code
-    # server reports it, and every other month's merge would wait 6 h for run monitoring.
-    home = make_dagster_home(tmp_path / "dagster_home")
-    with (
-        _a_run_in_its_step(home, tmp_path) as run,
-        dg.DagsterInstance.from_config(str(home)) as instance,
-    ):
-        (record,) = instance.get_run_records()
-        killed = record.dagster_run.run_id
-        storage = instance.event_log_storage
-        storage.set_concurrency_slots("d23_warehouse", 1)
-        storage.claim_concurrency_slot("d23_warehouse", killed, "d23__logs")
+def test_the_sensor_fails_a_killed_cli_run_so_it_ends_and_is_retried(tmp_path: Path) -> None:
+    # A `dagster asset materialize` run killed alone: no code server reports it, and its month
+    # and any pool slot it held would wait 6 h for run monitoring. Ended, its slots are freed
+    # by run monitoring (dagster.yaml; test_pools tries that part).
+    with _a_run_in_its_step(tmp_path) as (run, instance, run_id):
         while_alive = lost_run_watchdog(dg.build_sensor_context(instance=instance))
-        run.kill()
-        run.wait(10)
+        _kill(run)
 
         tick = lost_run_watchdog(dg.build_sensor_context(instance=instance))
-        after = instance.get_run_by_id(killed)
+        after = instance.get_run_by_id(run_id)
 
     assert while_alive.skip_message == "every run in progress has its process"
-    assert tick.skip_message == f"marked failed, their process gone: {killed}"
+    assert tick.skip_message == f"marked failed, their process gone: {run_id}"
     assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
-    # Ended, its slot is freed by run monitoring (dagster.yaml; test_pools tries that part).
     assert after.tags.get("dagster/will_retry") == "true"
 
 
@@ -140,22 +124,18 @@ def test_a_run_that_ends_as_its_process_is_found_gone_keeps_its_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Listed as STARTED, then its process exits having stored its end: not failed over it.
-    home = make_dagster_home(tmp_path / "dagster_home")
-    with (
-        _a_run_in_its_step(home, tmp_path) as run,
-        dg.DagsterInstance.from_config(str(home)) as instance,
-    ):
-        (record,) = instance.get_run_records()
+    with _a_run_in_its_step(tmp_path) as (run, instance, run_id):
 
         def ends_then_exits(pid: int) -> bool:
-            instance.report_run_canceled(record.dagster_run)  # an end the run stored itself
-            run.kill()
-            run.wait(10)
+            run_before = instance.get_run_by_id(run_id)
+            assert run_before is not None
+            instance.report_run_canceled(run_before)  # an end the run stored itself
+            _kill(run)
             return True
 
         monkeypatch.setattr(lost_runs, "_process_is_gone", ends_then_exits)
         failed = fail_runs_whose_process_is_gone(instance, "a test")
-        after = instance.get_run_by_id(record.dagster_run.run_id)
+        after = instance.get_run_by_id(run_id)
 
     assert failed == []
     assert after is not None and after.status == dg.DagsterRunStatus.CANCELED

@@ -56,17 +56,23 @@ def test_a_step_left_waiting_while_the_slot_is_free_gets_it_and_only_one(
         assert idle.skip_message == "no step waits for a pool slot"
 
 
+def _a_run_holding_the_slot_and_month_b_waiting(instance: dg.DagsterInstance) -> dg.DagsterRun:
+    """A STARTED run holding d23_warehouse's one slot in its merge, month-b's merge waiting."""
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots(POOL, 1)
+    holder = instance.add_run(
+        dg.DagsterRun(job_name="d23_month", status=dg.DagsterRunStatus.STARTED)
+    )
+    storage.claim_concurrency_slot(POOL, holder.run_id, "d23__logs")
+    storage.add_pending_step(POOL, "month-b", "d23__logs")
+    return holder
+
+
 def test_a_month_left_waiting_is_told_which_run_holds_the_slot_and_whether_it_ended() -> None:
     # A run worker killed as its step got the one slot: the run has ended, the slot is held
     # until Dagster frees a finished run's slots; the merge waiting behind it names that run.
     with dg.instance_for_test() as instance:
-        storage = instance.event_log_storage
-        storage.set_concurrency_slots(POOL, 1)
-        killed = instance.add_run(
-            dg.DagsterRun(job_name="d23_month", status=dg.DagsterRunStatus.STARTED)
-        )
-        storage.claim_concurrency_slot(POOL, killed.run_id, "d23__logs")
-        storage.add_pending_step(POOL, "month-b", "d23__logs")
+        killed = _a_run_holding_the_slot_and_month_b_waiting(instance)
         while_running = pool_watchdog(dg.build_sensor_context(instance=instance))
         instance.report_run_failed(killed)
 
@@ -89,12 +95,7 @@ def test_the_warehouse_slot_of_a_run_force_terminated_mid_merge_goes_to_the_next
     overrides = {"run_monitoring": shipped["run_monitoring"]}
     with dg.instance_for_test(overrides=overrides) as instance:
         storage = instance.event_log_storage
-        storage.set_concurrency_slots(POOL, 1)
-        dead = instance.add_run(
-            dg.DagsterRun(job_name="d23_month", status=dg.DagsterRunStatus.STARTED)
-        )
-        storage.claim_concurrency_slot(POOL, dead.run_id, "d23__logs")
-        storage.add_pending_step(POOL, "month-b", "d23__logs")
+        dead = _a_run_holding_the_slot_and_month_b_waiting(instance)
         # Force termination marks the run ended; its process, killed, never frees the slot.
         instance.report_run_canceled(dead)
         assert not _assigned(instance, "month-b")
