@@ -470,6 +470,19 @@ def test_a_data_dir_read_from_one_source_refuses_a_read_of_another(pipeline: Pip
     assert pipeline.live_rows(["2026-04"]) == before
 
 
+def test_a_first_read_killed_midway_is_not_resumed_from_another_source(pipeline: Pipeline) -> None:
+    # The folder's first read dies with 10 slices landed; the operator then points D23_API_URL
+    # at another host (staging to production): those slices are not that source's rows, and
+    # equal counts would have kept them.
+    assert not pipeline.materialize_crashing("2026-04", after_slices=10).success
+    elsewhere = pipeline.api_url.replace("127.0.0.1", "localhost")
+
+    result = pipeline.materialize("2026-04", selection="d23/raw_logs", api_url=elsewhere)
+
+    (raw,) = result.asset_materializations_for_node("d23__raw_logs")
+    assert raw.metadata["slices_resumed"].value == 0
+
+
 def test_a_read_the_api_refused_makes_no_source_of_the_folder(pipeline: Pipeline) -> None:
     # A mistyped D23_LENDER_PUBLIC_ID with a token: the API's 403, then the id mended.
     token = {"token": pipeline.login_token(), "password": None, "email": None, "lender": None}

@@ -247,21 +247,6 @@ def test_a_month_whose_api_host_name_does_not_exist_is_not_retried(
     assert tags["dagster/will_retry"] == "false"
 
 
-def test_a_first_read_killed_midway_is_not_resumed_from_another_source(
-    pipeline: Pipeline, instance: dg.DagsterInstance
-) -> None:
-    # The folder's first read dies with 10 slices landed; the operator then points D23_API_URL
-    # at another host (staging to production): those slices are not that source's rows.
-    assert not pipeline.materialize_crashing(MONTH, after_slices=10).success
-    elsewhere = pipeline.api_url.replace("127.0.0.1", "localhost")
-
-    result, tags = _failed_run(pipeline, instance, api_url=elsewhere)
-
-    assert "SourceMismatchError" in str(result.get_step_failure_events()[0].step_failure_data.error)
-    assert tags["dagster/will_retry"] == "false"
-    assert not pipeline.warehouse_path.exists()  # nothing of either source merged
-
-
 def test_a_month_read_from_another_source_than_its_folders_is_not_retried(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:

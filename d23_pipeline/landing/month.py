@@ -73,7 +73,8 @@ def read_month(
     """
     answer_pyarrows_pandas_probe()  # before the reader threads convert their first page
     month = Window(slices[0].since, slices[-1].until)
-    with store.begin(partition, slices, run_id) as writer:
+    source = (client.api_host, client.lender_public_id)
+    with store.begin(partition, slices, run_id, source) as writer:
         finished = writer.finished
         if finished and _deleted_since(warehouse, store, writer.started_at, partition):
             log.warning(

@@ -613,9 +613,16 @@ class SnapshotStore:
     def _month_dir(self, partition: str) -> Path:
         return self.root / partition
 
-    def begin(self, partition: str, slices: Sequence[Window], run_id: str) -> SnapshotWriter:
-        """Resume the month's unfinished snapshot if a recent one read the same slices, else start
-        a new one. Use the writer as a context manager: it holds the month until the block ends.
+    def begin(
+        self,
+        partition: str,
+        slices: Sequence[Window],
+        run_id: str,
+        source: tuple[str, str] | None = None,
+    ) -> SnapshotWriter:
+        """Resume the month's unfinished snapshot if a recent one read the same slices from the
+        same ``source`` (API host, lender id), else start a new one. Use the writer as a context
+        manager: it holds the month until the block ends.
         """
         month_dir = self._month_dir(partition)
         try:
@@ -631,7 +638,10 @@ class SnapshotStore:
                 "its unfinished snapshot (run it again once that run has finished)"
             ) from None
         slice_keys = [w.key for w in slices]
-        unfinished = self._resumable(month_dir, slice_keys)
+        # A killed first read's slices are another source's if the settings changed since (the
+        # folder's source.json is written only once a read completes): never resumed.
+        read_from = None if source is None else _source(*source)
+        unfinished = self._resumable(month_dir, slice_keys, read_from)
         if unfinished is not None:
             directory, manifest = unfinished
             manifest["run_ids"].append(run_id)
@@ -639,6 +649,12 @@ class SnapshotStore:
                 _intact_slices(directory, manifest["slices"]),
                 datetime.fromisoformat(manifest["started_at"]),
             )
+            # Known incomplete: its count moved after its read (SnapshotWriter.moved_after_read).
+            manifest["slices"] = {
+                key: entry
+                for key, entry in manifest["slices"].items()
+                if not entry.get("moved_after_read")
+            }
         else:
             directory = month_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
             directory.mkdir()
@@ -648,13 +664,14 @@ class SnapshotStore:
                 "started_at": datetime.now(UTC).isoformat(),
                 "run_ids": [run_id],
                 "complete": False,
+                "source": read_from,
                 "slices": {},
             }
         _write_json_atomically(directory / "manifest.json", manifest)
         return SnapshotWriter(directory, partition, manifest, lock)
 
     def _resumable(
-        self, month_dir: Path, slice_keys: list[str]
+        self, month_dir: Path, slice_keys: list[str], source: dict[str, str] | None
     ) -> tuple[Path, dict[str, Any]] | None:
         # Slices older than resume_max_age would mix stale rows into a fresh read.
         newest: tuple[datetime, Path, dict[str, Any]] | None = None
@@ -671,6 +688,7 @@ class SnapshotStore:
             if (
                 manifest["complete"]
                 or manifest["slice_keys"] != slice_keys
+                or manifest.get("source") != source
                 or datetime.now(UTC) - started > self.resume_max_age
             ):
                 continue
@@ -690,7 +708,7 @@ class SnapshotStore:
         """Refuse, with :class:`SourceMismatchError`, a read of another API host or lender than
         the one these snapshots (and the embedded warehouse beside them) mirror: the demo's or
         staging's rows are not production's, and a read of another source would find every one
-        of them gone. The source is recorded by :meth:`record_source` as a first read begins."""
+        of them gone. The source is recorded by :meth:`record_source` after a first read."""
         held = self._recorded_source()
         claimed = _source(api_host, lender_public_id)
         if held is not None and held != claimed:

@@ -54,10 +54,6 @@ def raw_logs(
             learned_page_limit=store.learned_page_limit(partition),
         ) as client:
             store.check_source(client.api_host, client.lender_public_id)
-            # Recorded before the read, once the API has answered the login: the month's
-            # finished slices are this source's, and a killed read must not be resumed from
-            # another (a staging host with production's counts would keep its rows).
-            store.record_source(client.api_host, client.lender_public_id)
             read = read_month(
                 client,
                 store,
@@ -67,6 +63,7 @@ def raw_logs(
                 run_id=context.run.run_id,
                 progress=context.log.info,
             )
+            store.record_source(client.api_host, client.lender_public_id)
             learned = client.max_window
             store.remember_max_window(partition, learned)
             learned_page = client.learned_page_limit
