@@ -57,6 +57,33 @@ def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) ->
         assert second.finished == {SLICES[0]}
 
 
+def test_a_read_is_resumed_only_from_its_own_api_host_and_lender(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    staging = ("stage-v3-api.cleargrid.ai", "3f1c9a52-7b4e-4d0a-9c61-2e8f5b7d4a10")
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "r1", staging) as first:
+        _land(first, SLICES[0])
+        raise RuntimeError("the run dies after its first slice")
+
+    production = ("v3-api.cleargrid.ai", staging[1])
+    with store.begin("2026-04-01", SLICES, "r2", production) as other:
+        assert other.directory != first.directory and other.finished == set()
+    same = (staging[0], "{" + staging[1].upper() + "}")  # one lender, however written
+    with store.begin("2026-04-01", SLICES, "r3", same) as again:
+        assert again.directory == first.directory and again.finished == {SLICES[0]}
+
+
+def test_a_slice_the_last_count_found_moved_is_read_again_on_resume(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+        _land(first, SLICES[0])
+        _land(first, SLICES[1])
+        first.moved_after_read([SLICES[1]])
+        raise RuntimeError("the run dies weighing its deletions")
+
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.finished == {SLICES[0]}
+
+
 def test_a_slice_still_open_when_the_interrupted_read_began_is_read_again_on_resume(
     tmp_path: Path,
 ) -> None:
