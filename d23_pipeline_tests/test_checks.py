@@ -62,6 +62,23 @@ def test_a_slice_short_of_its_counts_fails_naming_the_window_and_counts() -> Non
         assert result.metadata["slices_verified"].value == 1
 
 
+def test_a_slice_whose_count_moved_after_its_read_only_warns_unless_another_is_refuted() -> None:
+    # Served its counts; at the read's last count of the month, its count had moved.
+    moved = SliceRecord(DAY_2, 5, 0, 1, 5, 5, 5, False, 1, moved_after_read=True)
+
+    warned = checks.slices_verified(_snapshot(_slice(DAY_1, 100, 100, 100), moved))
+    failed = checks.slices_verified(_snapshot(_slice(DAY_1, 90, 100, 100), moved))
+
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
+    assert "its count moved after it was read" in warned.description
+    assert "The month's next read (the daily refresh's, or a backfill's) lands what moved" in (
+        warned.description
+    )
+    assert checks.rows_match_api_total(_snapshot(moved)).passed  # it served its counts
+    assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
+    assert "lower D23_SLICE_HOURS" in failed.description
+
+
 def test_a_slice_whose_walks_ran_out_of_read_ons_fails_saying_so() -> None:
     # Its counts alone would pass it: the reason must say why it did not.
     proof = judge(

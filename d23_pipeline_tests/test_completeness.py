@@ -1191,7 +1191,7 @@ def test_a_month_still_changing_after_its_reads_again_is_left_unverified_to_its_
         sim.hard_delete_row(f"{2:024x}")
         with caplog.at_level("WARNING", logger="d23_pipeline.landing"):
             # Deletions confirmed: only the proof holds the row back, not the share's limit.
-            result = pipeline.materialize(MONTH, raise_on_error=False, run_config=CONFIRM)
+            result = pipeline.materialize(MONTH, run_config=CONFIRM)
         stored = {pid for pid, *_ in pipeline.live_rows([MONTH])}
         # The slice left as read proves nothing: no row of it is marked deleted, not even one
         # the source no longer holds.
@@ -1203,10 +1203,12 @@ def test_a_month_still_changing_after_its_reads_again_is_left_unverified_to_its_
         assert raw.metadata["slices_changed_after_read"].value == 3
         assert sum("reading them again" in m for m in caplog.messages) == 2
         assert sum("left as read, unverified" in m for m in caplog.messages) == 1
-        # The run says so and fails, to be read again.
-        assert not result.success
+        # The run says so: a warning, not a failure (read again at once, such a month would
+        # most likely move again, and fail every time); the outcome steps ran.
+        assert result.success
         check = _checks(result)["slices_verified"]
-        assert not check.passed
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+        assert _checks(result)["rows_match_api_total"].passed
         assert "[2026-04-04T00:00:00.000Z" in check.description
         assert "its count moved after it was read" in check.description
         assert _unverified_slices(pipeline) == 1

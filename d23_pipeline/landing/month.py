@@ -188,8 +188,8 @@ def _changed_since_read(
             "reading them again"
             if read_again
             else "this was the read's last count of them, so they are left as read, unverified "
-            "(they delete nothing, and d23/logs' slices_verified check fails the run, so that it "
-            "is read again): rows that moved into them land with the month's next read",
+            "(they delete nothing, and d23/logs' slices_verified check warns): rows that moved "
+            "into them land with the month's next read",
         )
     return changed
 

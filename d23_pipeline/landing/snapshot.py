@@ -230,6 +230,14 @@ class Snapshot:
         """Slices whose read is not proven complete: they may add and update, never delete."""
         return [s for s in self.slices if not s.verified]
 
+    @property
+    def refuted(self) -> list[SliceRecord]:
+        """Unverified slices whose read its own counts did not prove: the API ended a walk early
+        or could not count. Not those whose count only moved after the read
+        (:meth:`SnapshotWriter.moved_after_read`), as rows still coming into days already
+        read do: they served their counts, and the month's next read lands what moved."""
+        return [s for s in self.unverified if not s.moved_after_read]
+
     def rejects_by_reason(self, examples: int = 3) -> list[dict[str, Any]]:
         """Per reason, how many rows the read quarantined and the first ``examples`` ids."""
         rows: Counter[str] = Counter()

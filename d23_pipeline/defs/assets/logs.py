@@ -134,7 +134,8 @@ def logs(
             checks.conflicting_versions(partition, summary),
         ]
     if snapshot.unverified:
-        context.log.error(checks.describe_unverified(snapshot))
+        said = context.log.error if snapshot.refuted else context.log.warning
+        said(checks.describe_unverified(snapshot))
     if summary.deletions_held:
         context.log.error(checks.describe_held_deletions(partition, summary, max_share))
     return dg.MaterializeResult(

@@ -71,7 +71,8 @@ def raw_logs(
     snapshot = read.snapshot
     stats = snapshot.read_stats
     if snapshot.unverified:
-        context.log.error(checks.describe_unverified(snapshot))
+        said = context.log.error if snapshot.refuted else context.log.warning
+        said(checks.describe_unverified(snapshot))
     after = [s.total_after for s in snapshot.slices]
     return dg.MaterializeResult(
         metadata={
