@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from d23_pipeline.credentials import repeats_a_credential
+from d23_pipeline.credentials import SHORTEST_CREDENTIAL, repeats_a_credential
 from d23_pipeline.months import months_between
 from d23_pipeline.settings import SettingsError, validate_month
 
@@ -209,20 +209,20 @@ def _webserver(url: str) -> str:
 PROXY_CREDENTIALS_WITHHELD = "(withheld: it repeats the proxy credentials in --url)"
 
 
-def _screened(text: str, url: str) -> str:
-    """``text`` a server sent (or an error quoting its bytes), withheld if it repeats the proxy
-    credentials in ``url``: a proxy that refuses them may echo them back, its Authorization
-    header (``Basic`` and their base64) included."""
+def _proxy_credentials(url: str) -> list[str]:
+    """The proxy credentials in ``url`` as a proxy refusing them may echo them back: the
+    password, and the Authorization header's base64 of user and password."""
     parts = urlsplit(url)
     if parts.password is None:
-        return text
+        return []
     user, password = unquote(parts.username or ""), unquote(parts.password)
     basic = b64encode(f"{user}:{password}".encode()).decode()
-    return PROXY_CREDENTIALS_WITHHELD if repeats_a_credential(text, [password, basic]) else text
+    return [c for c in (password, basic) if len(c) >= SHORTEST_CREDENTIAL]
 
 
 def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
     """POST one GraphQL document to the webserver at ``url``; its ``data``, or BackfillError."""
+    credentials = _proxy_credentials(url)
     try:
         response = httpx.post(
             f"{url.rstrip('/')}/graphql",
@@ -231,9 +231,16 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
         )
     except httpx.HTTPError as exc:
         sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        said = PROXY_CREDENTIALS_WITHHELD if repeats_a_credential(str(exc), credentials) else exc
+        raise WebserverUnreachable(f"{_webserver(url)} did not answer: {said}", sent=sent) from None
+    # Nothing of an answer that quotes them is shown, wherever in it they are (an error, a
+    # page, a name in its data); Dagster's webserver never does, a proxy refusing them may.
+    if repeats_a_credential(response.text, credentials):
         raise WebserverUnreachable(
-            f"{_webserver(url)} did not answer: {_screened(str(exc), url)}", sent=sent
-        ) from None
+            f"{_webserver(url)} answered {response.status_code} with text that repeats the "
+            f"proxy credentials in --url: {PROXY_CREDENTIALS_WITHHELD}",
+            sent=True,
+        )
     # The webserver answers a failed request with a 500 whose body says why (GraphQL errors,
     # or data holding a PythonError that the caller reports): show that, not the status.
     try:
@@ -242,10 +249,9 @@ def graphql(url: str, document: str, variables: dict[str, Any]) -> dict[str, Any
         body = {}
     if body.get("errors"):
         reasons = "; ".join(str(e.get("message", e)) for e in body["errors"])
-        raise BackfillError(f"{_webserver(url)} refused the request: {_screened(reasons, url)}")
+        raise BackfillError(f"{_webserver(url)} refused the request: {reasons}")
     if not body.get("data"):
-        answer = _screened(response.text[:500], url)
-        message = f"{_webserver(url)} answered {response.status_code}: {answer}"
+        message = f"{_webserver(url)} answered {response.status_code}: {response.text[:500]}"
         if response.status_code >= 500 and not body:
             raise WebserverUnreachable(message, sent=True)
         raise BackfillError(message)

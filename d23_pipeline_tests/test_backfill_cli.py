@@ -82,9 +82,12 @@ class _ProxyEchoingCredentials(BaseHTTPRequestHandler):
         sent = self.headers.get("Authorization", "")
         if self.answer == "401 page":
             status, payload = 401, f"<html>credentials {sent} rejected</html>".encode()
-        else:
+        elif self.answer == "GraphQL error":
             status, payload = 200, json.dumps({"errors": [{"message": f"bad auth {sent}"}]})
             payload = payload.encode()
+        else:  # in the data, as the name of something it did not find
+            missing = {"__typename": "AssetNotFoundError", "message": f"no asset {sent}"}
+            status, payload = 200, json.dumps({"data": {"assetNodeOrError": missing}}).encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -94,7 +97,7 @@ class _ProxyEchoingCredentials(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("answer", ["401 page", "GraphQL error"])
+@pytest.mark.parametrize("answer", ["401 page", "GraphQL error", "GraphQL data"])
 def test_a_proxy_echoing_the_credentials_of_the_url_does_not_get_them_printed(capsys, answer):
     _ProxyEchoingCredentials.answer = answer
     with ThreadingHTTPServer(("127.0.0.1", 0), _ProxyEchoingCredentials) as proxy:
@@ -106,6 +109,13 @@ def test_a_proxy_echoing_the_credentials_of_the_url_does_not_get_them_printed(ca
     err = capsys.readouterr().err
     assert backfill.PROXY_CREDENTIALS_WITHHELD in err
     assert "SECRET" not in err and b64encode(b"admin:SECRET-pw").decode() not in err
+
+
+def test_a_url_whose_proxy_password_is_empty_withholds_nothing_for_it(capsys) -> None:
+    # No password to withhold: "Connection refused" is not taken for an echo of it.
+    assert main(["2026-05", "2026-06", "--url", f"http://apikey:@127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert "did not answer" in err and backfill.PROXY_CREDENTIALS_WITHHELD not in err
 
 
 @pytest.mark.parametrize(
