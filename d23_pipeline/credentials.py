@@ -58,8 +58,9 @@ def repeats_a_credential(text: str, credentials: Iterable[str]) -> bool:
     return False
 
 
-# Cached: a gateway answering 504 to every wide window has each of its request ids screened.
-@functools.lru_cache(maxsize=64)
+# Cached: a gateway answering 504 to every wide window has each of its request ids screened. A
+# client holds a credential more for each token refresh: room for a long run's.
+@functools.lru_cache(maxsize=1024)
 def _echoes(credential: str) -> tuple[frozenset[str], frozenset[str]]:
     """The 8-character runs of ``credential``'s echoed forms, and its forms shorter than 8."""
     runs: set[str] = set()
@@ -74,8 +75,9 @@ def _echoes(credential: str) -> tuple[frozenset[str], frozenset[str]]:
 
 def _echoed_forms(secret: str) -> set[str]:
     # A gateway that quotes the request back may JSON-escape it (non-ASCII as \uXXXX or not,
-    # '/' as '\/' or not), HTML-escape it or percent-encode it: the credential is as readable
-    # in those forms as in its own.
+    # '/' as '\/' or not), HTML-escape it or percent-encode it, and Python shows text and bytes
+    # it quotes escaped (ascii(): non-ASCII as \xfc; a protocol error's bytes as UTF-8, \xc3\xbc):
+    # the credential is as readable in those forms as in its own.
     escaped = json.dumps(secret)[1:-1]
     return {
         secret,
@@ -85,4 +87,6 @@ def _echoed_forms(secret: str) -> set[str]:
         escape(secret),
         quote(secret, safe=""),
         quote_plus(secret, safe=""),
+        ascii(secret)[1:-1],
+        repr(secret.encode())[2:-1],
     }

@@ -326,6 +326,7 @@ def test_a_request_id_is_shown_printable_and_cut_and_withheld_when_it_echoes_a_c
 QUOTED = 'ab"cdéfg\\hijklm"n/+'
 SLASHED = "ab/cdefg/hijklm/n"
 HTML = "ab&cdefg<hijklm>n"
+NON_ASCII = "Grün-Käse-Öl1"  # each 8 characters in a row hold one
 
 
 @pytest.mark.parametrize(
@@ -337,8 +338,10 @@ HTML = "ab&cdefg<hijklm>n"
         (HTML, html.escape),
         (QUOTED, lambda pw: quote(pw, safe="")),  # percent-encoded
         (QUOTED, quote_plus),  # form-encoded
+        (NON_ASCII, ascii),  # as Python quotes text: \xfc
+        (NON_ASCII, lambda pw: str(bytearray(pw.encode()))),  # a protocol error's bytes: \xc3\xbc
     ],
-    ids=["json-ascii", "json", "json-slash", "html", "percent", "form"],
+    ids=["json-ascii", "json", "json-slash", "html", "percent", "form", "python", "bytes"],
 )
 def test_a_request_id_echoing_a_credential_escaped_or_encoded_is_withheld(
     password: str, echo: Callable[[str], str]
