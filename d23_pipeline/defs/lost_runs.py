@@ -25,7 +25,10 @@ def fail_runs_whose_process_is_gone(instance: dg.DagsterInstance, noticed_by: st
     still going is left alone, a run that ended meanwhile too). Failed, they are retried as
     any failed run is, and resume from their finished slices. Only on an instance whose runs
     are stored on this machine (SQLite): on a shared PostgreSQL one, runs of other hosts have
-    other pids (:func:`runs_maybe_left_in_progress` lists them instead).
+    other pids (:func:`runs_maybe_left_in_progress` lists them instead). A SQLite instance's
+    runs are taken to be this machine's processes in this process's pid namespace, as
+    ``make run``'s are: a SQLite DAGSTER_HOME shared with containers or other machines (which
+    the README does not set up) would have live runs failed here.
     """
     if not _runs_stored_here(instance):
         return []

@@ -48,13 +48,11 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
 def _held(instance: dg.DagsterInstance, pool: str) -> str:
     """Who holds ``pool``'s slots: each run's id, step and status."""
     info = instance.event_log_storage.get_concurrency_info(pool)
-    holders = {slot.run_id: slot.step_key for slot in info.claimed_slots}
+    holders = {(slot.run_id, slot.step_key) for slot in info.claimed_slots}
     # A step assigned a slot holds it before its run worker claims it.
-    holders |= {
-        step.run_id: step.step_key for step in info.pending_steps if step.assigned_timestamp
-    }
+    holders |= {(s.run_id, s.step_key) for s in info.pending_steps if s.assigned_timestamp}
     said = []
-    for run_id, step in sorted(holders.items()):
+    for run_id, step in sorted(holders):
         run = instance.get_run_by_id(run_id)
         status = run.status.value if run is not None else "deleted"
         ended = run is None or run.is_finished
