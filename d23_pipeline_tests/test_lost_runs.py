@@ -103,7 +103,9 @@ def test_the_sweep_reads_an_instance_whose_sqlite_folder_comes_from_the_environm
         assert fail_runs_whose_process_is_gone(instance, "make run") == []
 
 
-def test_the_sensor_fails_a_killed_cli_run_so_it_ends_and_is_retried(tmp_path: Path) -> None:
+def test_the_sensor_fails_a_killed_cli_run_so_it_ends_saying_to_run_it_again(
+    tmp_path: Path,
+) -> None:
     # A `dagster asset materialize` run killed alone: no code server reports it, and its month
     # and any pool slot it held would wait 6 h for run monitoring. Ended, its slots are freed
     # by run monitoring (dagster.yaml; test_pools tries that part).
@@ -113,11 +115,17 @@ def test_the_sensor_fails_a_killed_cli_run_so_it_ends_and_is_retried(tmp_path: P
 
         tick = lost_run_watchdog(dg.build_sensor_context(instance=instance))
         after = instance.get_run_by_id(run_id)
+        (failure,) = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+        ).records
 
     assert while_alive.skip_message == "every run in progress has its process"
     assert tick.skip_message == f"marked failed, their process gone: {run_id}"
     assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
-    assert after.tags.get("dagster/will_retry") == "true"
+    # Not launched through a code location: Dagster cannot re-execute it, and the run says so.
+    assert "run it again (a run of `dagster asset materialize` is not retried)" in (
+        failure.event_log_entry.message
+    )
 
 
 def test_a_run_that_ends_as_its_process_is_found_gone_keeps_its_end(

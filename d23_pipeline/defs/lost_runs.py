@@ -22,13 +22,14 @@ def fail_runs_whose_process_is_gone(instance: dg.DagsterInstance, noticed_by: st
     """Mark failed every STARTED run whose process is gone; their run ids.
 
     A run counts as gone when the process that started executing it no longer exists (a run
-    still going is left alone, a run that ended meanwhile too). Failed, they are retried as
-    any failed run is, and resume from their finished slices. Only on an instance whose runs
-    are stored on this machine (SQLite): on a shared PostgreSQL one, runs of other hosts have
-    other pids (:func:`runs_maybe_left_in_progress` lists them instead). A SQLite instance's
-    runs are taken to be this machine's processes in this process's pid namespace, as
-    ``make run``'s are: a SQLite DAGSTER_HOME shared with containers or other machines (which
-    the README does not set up) would have live runs failed here.
+    still going is left alone, a run that ended meanwhile too). Failed, those launched through
+    the code location are retried as any failed run is, and resume from their finished
+    slices. Only on an instance whose runs are stored on this machine (SQLite): on a shared
+    PostgreSQL one, runs of other hosts have other pids (:func:`runs_maybe_left_in_progress`
+    lists them instead). A SQLite instance's runs are taken to be this machine's processes in
+    this process's pid namespace, as ``make run``'s are: a SQLite DAGSTER_HOME shared with
+    containers or other machines (which the README does not set up) would have live runs
+    failed here.
     """
     if not _runs_stored_here(instance):
         return []
@@ -39,12 +40,20 @@ def fail_runs_whose_process_is_gone(instance: dg.DagsterInstance, noticed_by: st
         now = instance.get_run_by_id(run.run_id)
         if now is None or now.status != dg.DagsterRunStatus.STARTED:
             continue
+        # Dagster re-executes only runs launched through a code location (the UI, a backfill,
+        # a sensor), not those of `dagster asset materialize`.
+        then = (
+            "it is retried"
+            if now.remote_job_origin is not None
+            else "run it again (a run of `dagster asset materialize` is not retried); it resumes "
+            "from its finished slices"
+        )
         instance.report_run_failed(
             now,
             message=(
                 f"the run's process (pid {pid}) is gone: it was killed (out of memory, kill -9, "
                 f"a stopped `make run`, a reboot); marked failed by {noticed_by}, so that its "
-                "month and pool slots are freed and it is retried"
+                f"month and pool slots are freed; {then}"
             ),
         )
         failed.append(run.run_id)
