@@ -212,6 +212,7 @@ def describe_unverified(snapshot: Snapshot) -> str:
     """One line naming the unverified slices with their counts, for logs and check results."""
     unverified = snapshot.unverified
     parts = [f"{s.window}: {s.proof.reason}" for s in unverified]
+    reads = max(s.reads for s in unverified)
     advice = (
         "The daily refresh and run retries read the month again; if it persists, lower "
         "D23_SLICE_HOURS and report these windows to the API team."
@@ -221,8 +222,8 @@ def describe_unverified(snapshot: Snapshot) -> str:
         "read, and a read at a quieter hour proves them."
     )
     return (
-        f"{snapshot.partition}: {len(parts)} slice(s) not proven complete after up to "
-        f"{max(s.reads for s in unverified)} reads, so no row in them was marked "
+        f"{snapshot.partition}: {len(parts)} slice(s) not proven complete after "
+        f"{f'up to {reads} reads' if reads > 1 else 'one read'}, so no row in them was marked "
         f"deleted: {'; '.join(parts[:5])}{' ...' if len(parts) > 5 else ''}. {advice}"
     )
 
