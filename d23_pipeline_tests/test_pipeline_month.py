@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import re
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -468,6 +469,17 @@ def test_a_data_dir_read_from_one_source_refuses_a_read_of_another(pipeline: Pip
     ) in failure_messages(result)["d23__raw_logs"]
     assert other.stats.by_kind["data"] == other.stats.by_kind["count"] == 0
     assert pipeline.live_rows(["2026-04"]) == before
+
+
+def test_a_landing_that_fails_midway_leaves_no_reader_thread_running(pipeline: Pipeline) -> None:
+    # Its workers stop with the step, not once the failed step's traceback lets the read go
+    # (five of them were left waiting to hand on pages, in every test after such a failure).
+    before = set(threading.enumerate())
+
+    assert not pipeline.materialize_crashing("2026-04", after_slices=5).success
+
+    left = [t for t in threading.enumerate() if t.name.startswith("d23-") and t not in before]
+    assert left == []
 
 
 def test_a_first_read_killed_midway_is_not_resumed_from_another_source(pipeline: Pipeline) -> None:

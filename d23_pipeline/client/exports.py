@@ -530,7 +530,9 @@ class ExportsClient:
         """Every row of ``window`` exactly once, page by page, narrowing on 504."""
         return self._walk(window, None, self._page_limit)
 
-    def iter_slices(self, window: Window, *, skip: Collection[Window] = ()) -> Iterator[SliceEvent]:
+    def iter_slices(
+        self, window: Window, *, skip: Collection[Window] = ()
+    ) -> Generator[SliceEvent, None, None]:
         """Walk the ``slice_size`` slices of ``window`` concurrently, except those in ``skip``,
         on ``max_concurrency`` + 1 workers (one more than requests in flight).
 
@@ -544,13 +546,14 @@ class ExportsClient:
         whole ended ``window`` is counted, beside the last counts after walks, for the end of
         the read (:meth:`changed_since_counted`, :meth:`find_served`). The first worker error
         stops the other workers and is raised here; closing the generator early stops the
-        workers too.
+        workers too (a consumer that fails must close it: otherwise they wait until it is
+        collected).
         """
         done = set(skip)
         todo = [piece for piece in window.split(self._slice_size) if piece not in done]
         self._schedule = None
         if not todo:
-            return iter(())
+            return _no_events()
         schedule = self._schedule = SliceSchedule(window, todo, self._page_limit)
         return fan_out(
             schedule.take,
@@ -808,3 +811,7 @@ class ExportsClient:
                 rejects = part.served(batch, rejects, changed)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             yield SlicePage(slice_, batch, rejects)
+
+
+def _no_events() -> Generator[SliceEvent, None, None]:
+    yield from ()

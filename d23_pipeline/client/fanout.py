@@ -6,7 +6,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,7 +35,7 @@ def fan_out(
     *,
     workers: int,
     name: str,
-) -> Iterator[Event]:
+) -> Generator[Event, None, None]:
     """Run ``work(item, cancel, deliver)`` on ``workers`` threads for every item ``take(cancel)``
     gives them, until it gives ``None``, and yield what they ``deliver``, in the order delivered.
 

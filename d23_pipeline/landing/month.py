@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -97,11 +98,15 @@ def read_month(
                 if read_from:  # slices read again: once surely ended on the API's clock too
                     _wait_until_ended(todo)
                 began = datetime.now(UTC)
-                events = client.iter_slices(month, skip=set(slices) - set(todo))
                 done_before = len(slices) - len(todo)
-                writer.land(
-                    _reporting(events, client, partition, len(slices), done_before, progress)
-                )
+                # Closed however the landing ends: its workers stop now, not once a failed
+                # step's traceback lets the generator go.
+                with contextlib.closing(
+                    client.iter_slices(month, skip=set(slices) - set(todo))
+                ) as events:
+                    writer.land(
+                        _reporting(events, client, partition, len(slices), done_before, progress)
+                    )
                 read_from.update(dict.fromkeys(todo, began))
                 todo = _ended_since_read(read_from, datetime.now(UTC), partition)
                 if todo:
