@@ -7,6 +7,7 @@ slice against the API's counts, and ``fanout`` runs slices side by side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -496,8 +497,7 @@ class ExportsClient:
         values = pa.array(sorted(wanted), pa.string())
         served = 0
         hashes: dict[Window, array[int]] = defaultdict(lambda: array("q"))
-        events = self.iter_slices(window)
-        try:
+        with contextlib.closing(self.iter_slices(window)) as events:  # the answer may come early
             for event in events:
                 if isinstance(event, SliceRestart):
                     hashes.pop(event.slice, None)  # its walk starts over, serving them again
@@ -516,9 +516,6 @@ class ExportsClient:
                 found.update(r.public_id for r in event.rejects if r.public_id in wanted)
                 if found == wanted:
                     return found
-        finally:
-            if isinstance(events, Generator):
-                events.close()  # stops the workers when the answer came early
         total = self._counted_after_walks(window)
         if total is None or total.exact_total is None:
             total = self.fetch_total(window)

@@ -1,5 +1,5 @@
 """Runs whose process is gone: marked failed, so that their month, queue place and pool slots
-are freed and they are retried.
+are freed and, if launched through the code location, they are retried.
 
 Dagster's default run launcher cannot see a run's process die unless the code server that
 launched it is alive to report it. A run of ``dagster asset materialize`` killed alone (out of
@@ -74,7 +74,8 @@ def runs_maybe_left_in_progress(instance: dg.DagsterInstance) -> list[str]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Every minute: a run whose process was killed (out of memory, kill -9) is marked "
-        "failed, so that its month and pool slots are freed and it is retried."
+        "failed, so that its month and pool slots are freed (and, launched from the UI, a "
+        "backfill or a sensor, it is retried)."
     ),
 )
 def lost_run_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:

@@ -8,6 +8,10 @@ With d23_warehouse's one slot and nothing else running, a month read in full nev
 backfill's last month waited 3 minutes, until the next test's runs came by).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import dagster as dg
 
 from d23_pipeline.settings import read_pool_limits
@@ -36,7 +40,8 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         # Said, not just "none free": a run killed as its step got the slot holds it until
         # Dagster frees a finished run's slots, and the tick history is where one looks.
         return dg.SkipReason(
-            "no pool slot is free: " + "; ".join(_held(context.instance, pool) for pool in waiting)
+            "no pool slot is free: "
+            + "; ".join(_held(context.instance, info) for info in waiting.values())
         )
     storage.assign_pending_steps(handed)
     return dg.SkipReason(
@@ -45,9 +50,9 @@ def pool_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     )
 
 
-def _held(instance: dg.DagsterInstance, pool: str) -> str:
-    """Who holds ``pool``'s slots: each run's id, step and status."""
-    info = instance.event_log_storage.get_concurrency_info(pool)
+def _held(instance: dg.DagsterInstance, info: Any) -> str:
+    """Who holds the slots of ``info``'s pool (the storage's ``get_concurrency_info``, a type
+    Dagster does not export): each run's id, step and status."""
     holders = {(slot.run_id, slot.step_key) for slot in info.claimed_slots}
     # A step assigned a slot holds it before its run worker claims it.
     holders |= {(s.run_id, s.step_key) for s in info.pending_steps if s.assigned_timestamp}
@@ -60,4 +65,6 @@ def _held(instance: dg.DagsterInstance, pool: str) -> str:
             f"run {run_id} ({step}, {status}"
             + (": its slot is freed within about 3 minutes of the run's end)" if ended else ")")
         )
-    return f"{pool} ({info.pending_step_count} waiting) held by " + (", ".join(said) or "no run")
+    return f"{info.concurrency_key} ({info.pending_step_count} waiting) held by " + (
+        ", ".join(said) or "no run"
+    )
