@@ -364,18 +364,17 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
             extra.update(k for k in raw if k not in _ALLOWED)
         # Which value of a repeated contract field the API meant is unknown; a repeated field
         # outside the contract is dropped like any extra field.
-        if isinstance(raw, RepeatedKeys) and raw.repeated & _ALLOWED:
-            rejects.append(
-                RejectedRow(
-                    f"the row names {', '.join(sorted(raw.repeated & _ALLOWED))} more than once",
-                    None if "public_id" in raw.repeated else _usable_id(raw),
-                    _allowlisted(raw),
-                    len(rows),
-                )
-            )
-            continue
+        repeated = raw.repeated & _ALLOWED if isinstance(raw, RepeatedKeys) else frozenset()
+        problems = [f"the row names {', '.join(sorted(repeated))} more than once"] * bool(repeated)
         try:
-            rows.append(_check_row(raw, since, until))
+            row = _check_row(raw, since, until)
         except ValueError as exc:
-            rejects.append(RejectedRow(str(exc), _usable_id(raw), _allowlisted(raw), len(rows)))
+            problems.append(str(exc))
+        if problems:
+            public_id = None if "public_id" in repeated else _usable_id(raw)
+            rejects.append(
+                RejectedRow("; ".join(problems), public_id, _allowlisted(raw), len(rows))
+            )
+        else:
+            rows.append(row)
     return ValidationResult(rows, rejects, extra)

@@ -219,3 +219,26 @@ def test_a_new_field_is_reported_when_it_first_comes_on_a_row_naming_a_field_twi
     assert [r.reason for r in result.rejects] == ["the row names outcome_option more than once"]
     assert result.extra_fields == {"borrower_phone"}
     assert "555-0100" not in str(result.rejects)
+
+
+def test_a_row_with_several_problems_is_rejected_naming_each() -> None:
+    broken = {k: v for k, v in row(0).items() if k != "interaction_source"}
+    broken |= {"is_active": "yes", "communicated_at": "2026-04-02T00:00:00.000Z"}
+
+    rejects = validate_rows([broken], SINCE, UNTIL).rejects
+
+    assert rejects[0].reason == (
+        "missing field interaction_source; is_active is str, expected a boolean; "
+        "communicated_at is outside the requested window"
+    )
+
+
+def test_a_row_naming_a_field_twice_is_rejected_naming_its_other_problems_too() -> None:
+    pairs = [*row(0, is_active="yes").items(), ("outcome_option", "RPC")]
+
+    rejects = validate_rows([note_repeated_keys(pairs)], SINCE, UNTIL).rejects
+
+    assert rejects[0].reason == (
+        "the row names outcome_option more than once; is_active is str, expected a boolean"
+    )
+    assert rejects[0].public_id == row(0)["public_id"]
