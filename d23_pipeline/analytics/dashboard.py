@@ -1147,7 +1147,10 @@ def _quality_section(data: DashboardData) -> str:
         "<section id='quality'><h2>Open data-quality problems</h2>"
         f"<p class='summary'>{data.problem_count()} open problem(s).</p>"
         "<h3>Unverified slices</h3><p>Slices whose rows served could not be proven complete "
-        "against the API's exact counts before and after the read (times in UTC).</p>"
+        "against the API's exact counts before and after the read (times in UTC). Where "
+        "served equals both counts, rows changed in the slice while or after it was read, or "
+        "the API ended its walks early; <code>d23/logs</code>' check "
+        "<code>slices_verified</code> names each slice's reason for the month's last read.</p>"
         + _table(
             (
                 "month",
