@@ -945,6 +945,7 @@ def test_a_read_with_a_slice_it_cannot_count_reports_it_unverified_and_no_api_to
     assert metadata["api_total"] is None
     unverified = "| 2026-04-03T00:00:00.000Z | 2026-04-04T00:00:00.000Z | "
     assert unverified in metadata["unverified_slices"]
+    assert "| the API gave no exact count" in metadata["unverified_slices"]
     assert metadata["count_splits"] > 0 and metadata["window_splits"] == 0
     assert any("1 slice(s) not proven complete" in message for message in errors), errors
 

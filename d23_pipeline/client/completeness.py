@@ -82,9 +82,11 @@ class SliceProof:
         """Why the slice is (not) verified, with what it served against its counts, for run
         logs and check descriptions."""
         before, after = ("none" if n is None else n for n in (self.total_before, self.total_after))
-        return f"{self._why()} (served {self.served}; exact counts {before} before, {after} after)"
+        return f"{self.why} (served {self.served}; exact counts {before} before, {after} after)"
 
-    def _why(self) -> str:
+    @property
+    def why(self) -> str:
+        """Why the slice is (not) verified, in words alone."""
         if self.moved_after_read:
             return (
                 "its count moved after it was read, at the read's last count of the month (a "

@@ -182,7 +182,8 @@ def _listed(items: Iterable[object]) -> str:
 
 
 def slice_table(slices: list[SliceRecord], limit: int = 40) -> str:
-    """Slices as a markdown table: which day of the month, what it served against its counts."""
+    """Slices as a markdown table: which day of the month, what it served against its counts,
+    and why that does (not) prove it complete."""
     rows = [
         {
             "since": s.window.since_text,
@@ -192,6 +193,7 @@ def slice_table(slices: list[SliceRecord], limit: int = 40) -> str:
             "count_after": s.total_after,
             "reads": s.reads,
             "verified": s.verified,
+            "why": s.proof.why,
         }
         for s in slices[:limit]
     ]
