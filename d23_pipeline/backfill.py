@@ -124,7 +124,7 @@ query RunningBackfills {
 fragment Listed on PartitionBackfillsOrError {
   __typename
   ... on PartitionBackfills {
-    results { id status partitionNames partitionSetName assetSelection { path } }
+    results { id status partitionNames partitionSetName assetSelection { path } tags { key value } }
   }
   ... on PythonError { message }
 }"""
@@ -339,20 +339,40 @@ def same_backfill(
     running: Sequence[dict[str, Any]], partition_keys: Sequence[str], paths: Sequence[list[str]]
 ) -> dict[str, Any] | None:
     """The backfill still launching runs that does what launching ``partition_keys`` of
-    ``paths`` would: the same months, every one of those assets."""
+    ``paths`` would: the same months, every one of those assets, a failed month retried whole."""
     for backfill in running:
-        selected = [key["path"] for key in backfill["assetSelection"] or []]
-        if (
-            backfill["status"] == "REQUESTED"
-            and set(backfill["partitionNames"] or ()) == set(partition_keys)
-            and all(path in selected for path in paths)
+        if _same_months_and_assets(backfill, partition_keys, paths) and _retries_whole_months(
+            backfill
         ):
             return backfill
     return None
 
 
+def _same_months_and_assets(
+    backfill: dict[str, Any], partition_keys: Sequence[str], paths: Sequence[list[str]]
+) -> bool:
+    selected = [key["path"] for key in backfill["assetSelection"] or []]
+    return (
+        backfill["status"] == "REQUESTED"
+        and set(backfill["partitionNames"] or ()) == set(partition_keys)
+        and all(path in selected for path in paths)
+    )
+
+
+def _retries_whole_months(backfill: dict[str, Any]) -> bool:
+    """Whether a failed month of the backfill is retried read included, as this command's are
+    (one launched from the asset graph's dialog retries only the failed steps)."""
+    from d23_pipeline.defs.keys import RETRY_WHOLE_RUN_TAGS  # imports dagster: only here
+
+    tags = {tag["key"]: tag["value"] for tag in backfill.get("tags") or ()}
+    return RETRY_WHOLE_RUN_TAGS.items() <= tags.items()
+
+
 def overlap_error(
-    url: str, running: Sequence[dict[str, Any]], partition_keys: Sequence[str]
+    url: str,
+    running: Sequence[dict[str, Any]],
+    partition_keys: Sequence[str],
+    paths: Sequence[list[str]],
 ) -> str:
     """Why a backfill is not launched beside ``running``, and what to do instead."""
     wanted = set(partition_keys)
@@ -362,15 +382,20 @@ def overlap_error(
             return "months Dagster cannot list"
         return ", ".join(sorted(key[:7] for key in wanted & set(backfill["partitionNames"])))
 
+    def standing(backfill: dict[str, Any]) -> str:
+        if _same_months_and_assets(backfill, partition_keys, paths):
+            # Followed, a month of it that fails on an unverified slice would stay failed.
+            return "running, but a failed month of it is retried from its failed step only"
+        return _STATUS_WORDS.get(backfill["status"], "running")
+
     which = "; ".join(
-        f"backfill {backfill['id']} ({_STATUS_WORDS.get(backfill['status'], 'running')}) has "
-        f"{shared(backfill)} (follow or cancel it at {backfill_page(url, backfill['id'])})"
+        f"backfill {backfill['id']} ({standing(backfill)}) has {shared(backfill)} (follow or "
+        f"cancel it at {backfill_page(url, backfill['id'])})"
         for backfill in running
     )
     return (
-        f"not launched: {which}. Two runs of a month at once do not share its read: the later "
-        "one stops while the other reads, and is retried. Wait for it or cancel it, then launch "
-        "again, or launch anyway with --anyway"
+        f"not launched: {which}. A month in two backfills is read twice, one run after the "
+        "other. Wait for it or cancel it, then launch again, or launch anyway with --anyway"
     )
 
 
@@ -607,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         "--anyway",
         action="store_true",
         help="launch even when a running backfill has some of these months (each such month is "
-        "then run twice, and the later run stops while the other reads it)",
+        "then read twice, one run after the other)",
     )
     args = parser.parse_args(argv)
     try:
@@ -617,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         running = [] if args.anyway else running_backfills(args.url, keys)
         following = same_backfill(running, keys, paths)
         if running and following is None:
-            raise BackfillError(overlap_error(args.url, running, keys))
+            raise BackfillError(overlap_error(args.url, running, keys, paths))
         backfill_id = following["id"] if following else launch_backfill(args.url, keys, paths)
     except LaunchAnswerLost as exc:
         print(f"error: {exc}", file=sys.stderr)

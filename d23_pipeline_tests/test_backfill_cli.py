@@ -12,6 +12,7 @@ from processes import clean_env, free_port, make_dagster_home, run_python, webse
 
 from d23_pipeline import backfill
 from d23_pipeline.backfill import main, month_partitions, month_progress
+from d23_pipeline.defs.keys import RETRY_WHOLE_RUN_TAGS
 from d23_pipeline.settings import SettingsError
 
 
@@ -354,20 +355,27 @@ def ended_backfill(webserver: str) -> Iterator[str]:
     FakeWebserver.daemon_healthy = True
 
 
+# The tags of a backfill this command launched, and of one the asset graph's dialog launched.
+LAUNCHED_HERE = {"dagster/from_ui": "true", **RETRY_WHOLE_RUN_TAGS}
+LAUNCHED_FROM_THE_DIALOG = {"dagster/from_ui": "true"}
+
+
 def _running(
     backfill_id: str,
     months: range | None,
     assets: list[list[str]] | None,
     job: str = "",
     status: str = "REQUESTED",
+    tags: dict[str, str] = LAUNCHED_HERE,
 ) -> dict:
     """A backfill whose runs may still go, as the instance lists it: an asset backfill of
     ``assets``, or (``assets`` None) a backfill of the job ``job``; ``months`` None: months
-    Dagster cannot list."""
+    Dagster cannot list. ``tags``: by default, those this command launches with."""
     names = None if months is None else [f"2026-{m:02d}-01" for m in months]
     return {"id": backfill_id, "status": status, "partitionNames": names,
         "partitionSetName": f"{job}_partition_set" if job else None,
-        "assetSelection": None if assets is None else [{"path": p} for p in assets]}  # fmt: skip
+        "assetSelection": None if assets is None else [{"path": p} for p in assets],
+        "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
 
 
 D23_ASSETS = [["d23", "raw_logs"], ["d23", "logs"]]
@@ -411,6 +419,13 @@ def test_the_same_months_again_follow_the_backfill_already_running(ended_backfil
             "(running) has 2026-07, 2026-08",
         ),
         (_running("bf0", None, D23_ASSETS), "(running) has months Dagster cannot list"),
+        # The same months from the asset graph's dialog: followed, a month of it failing on an
+        # unverified slice would be retried from d23/logs only, and stay failed.
+        (
+            _running("bf0", range(7, 9), D23_ASSETS, tags=LAUNCHED_FROM_THE_DIALOG),
+            "(running, but a failed month of it is retried from its failed step only) has "
+            "2026-07, 2026-08",
+        ),
         # The same months, but being canceled: its runs still go, and it will launch no more.
         (
             _running("bf0", range(7, 9), D23_ASSETS, status="CANCELING"),
