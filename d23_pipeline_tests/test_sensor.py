@@ -94,6 +94,7 @@ def test_plan_requests_the_current_month_and_the_lookback_oldest_first():
         "requested": ["2026-03-01", "2026-04-01", "2026-05-01"],
         "skipped_in_flight": [],
         "previous_refresh": None,
+        "carried_over": [],
     }
 
 
@@ -170,6 +171,51 @@ def test_plan_catches_up_a_month_that_ended_while_no_refresh_ran():
                                                            ["2026-06-01"])  # fmt: skip
     again = plan(datetime(2026, 8, 2, HOUR + 2, tzinfo=UTC), later.cursor, lookback_months=1)
     assert again.partition_keys == []
+
+
+def test_plan_requests_next_day_a_month_held_in_flight_past_the_day_it_left_the_lookback():
+    # On 31 May March is the oldest month of the lookback; a run of it goes on past midnight.
+    may_31 = datetime(2026, 5, 31, HOUR, tzinfo=UTC)
+    held = plan(may_31, in_flight_partitions={"2026-03-01"})
+    held_at_midnight = {"2026-03-01"}
+    still_held = plan(
+        may_31 + timedelta(hours=20), held.cursor, in_flight_partitions=held_at_midnight
+    )
+    june_1 = plan(may_31 + timedelta(days=1), still_held.cursor)
+
+    assert "requested once that run ends" in still_held.skip_reason
+    assert june_1.partition_keys == ["2026-03-01", "2026-04-01", "2026-05-01", "2026-06-01"]
+    assert june_1.carried_over == ["2026-03-01"]
+    later = plan(may_31 + timedelta(days=1, hours=1), june_1.cursor)
+    assert later.partition_keys == []
+    assert plan(may_31 + timedelta(days=2), later.cursor).carried_over == []
+
+
+def test_plan_carries_a_held_month_over_until_its_run_has_ended():
+    may_31 = datetime(2026, 5, 31, HOUR, tzinfo=UTC)
+    held = plan(may_31, in_flight_partitions={"2026-03-01"})
+    june_1 = plan(may_31 + timedelta(days=1), held.cursor, in_flight_partitions={"2026-03-01"})
+    june_1_later = plan(may_31 + timedelta(days=1, hours=2), june_1.cursor)
+    june_2 = plan(may_31 + timedelta(days=2), june_1.cursor)
+
+    assert june_1.partition_keys == ["2026-04-01", "2026-05-01", "2026-06-01"]
+    assert june_1.skipped_in_flight == ["2026-03-01"]
+    assert june_1_later.partition_keys == ["2026-03-01"]
+    assert june_2.partition_keys == ["2026-03-01", "2026-04-01", "2026-05-01", "2026-06-01"]
+
+
+def test_plan_requests_next_day_a_caught_up_month_held_in_flight_all_day():
+    # Refreshed last on 15 March, the daemon down until 5 June: March is caught up, but a run of
+    # it is in flight all of 5 June.
+    march_15 = plan(datetime(2026, 3, 15, HOUR, tzinfo=UTC))
+    june_5 = datetime(2026, 6, 5, HOUR, tzinfo=UTC)
+    held = plan(june_5, march_15.cursor, in_flight_partitions={"2026-03-01"})
+    end_of_day = plan(june_5 + timedelta(hours=20), held.cursor,
+                      in_flight_partitions={"2026-03-01"})  # fmt: skip
+    june_6 = plan(june_5 + timedelta(days=1), end_of_day.cursor)
+
+    assert held.partition_keys == ["2026-04-01", "2026-05-01", "2026-06-01"]
+    assert june_6.partition_keys == ["2026-03-01", "2026-04-01", "2026-05-01", "2026-06-01"]
 
 
 def test_plan_catches_up_nothing_after_a_refresh_that_ran_after_the_months_end():
@@ -257,6 +303,31 @@ def test_sensor_after_days_down_also_refreshes_the_month_that_ended_meanwhile(in
     assert (
         "WARNING - Also refreshing 2026-05-01: it ended after the last daily refresh, and no "
         "refresh has read it since (was the daemon down?)"
+    ) in logged
+
+
+def test_sensor_next_day_refreshes_a_month_whose_run_held_it_past_midnight(instance, capsys):
+    clock = Clock(datetime(2026, 5, 31, HOUR, tzinfo=UTC))
+    sensor = make_sensor(clock)
+    add_run(instance, "2026-03-01", dg.DagsterRunStatus.STARTED)
+    may_31 = tick(sensor, instance)
+    for run in instance.get_runs():
+        instance.report_run_failed(run)
+    clock.now = datetime(2026, 6, 1, HOUR, tzinfo=UTC)
+
+    capsys.readouterr()
+    june_1 = tick(sensor, instance, may_31.cursor)
+    logged = capsys.readouterr().err
+
+    assert [r.partition_key for r in june_1.run_requests] == [
+        "2026-03-01",
+        "2026-04-01",
+        "2026-05-01",
+        "2026-06-01",
+    ]
+    assert (
+        "WARNING - Also refreshing 2026-03-01: an earlier day's refresh skipped it while a run "
+        "of it was in flight, and that run went on past the day's end"
     ) in logged
 
 

@@ -45,6 +45,19 @@ class RefreshPlan:
     # refresh has read them since their end (the daemon was down), so their last days are
     # missing. Requested with the day's months.
     caught_up: list[str] = field(default_factory=list)
+    # Months an earlier day's refresh still owed at its end (a run of them in flight until
+    # midnight) that are not among today's months: requested today instead.
+    carried_over: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """What the cursor says: the partitions requested today (``None``: it is of another day),
+    the last day before today with a refresh, and the months that day's refresh still owed."""
+
+    requested: list[str] | None = None
+    previous_day: str | None = None
+    owed: list[str] = field(default_factory=list)
 
 
 def refresh_partitions(now: datetime, lookback_months: int, existing: Collection[str]) -> list[str]:
@@ -59,25 +72,33 @@ def run_key(day: str, partition_key: str) -> str:
     return f"d23-daily-refresh:{day}:{partition_key}"
 
 
-def _read_cursor(cursor: str | None, day: str) -> tuple[list[str] | None, str | None]:
-    """The partitions the cursor says were requested on ``day`` (``None`` if it is of another
-    day), and the last day before ``day`` with a refresh (``None`` if unknown). A cursor edited
-    by hand in the UI must not stop the refresh for good: unreadable means none."""
+def _read_cursor(cursor: str | None, day: str) -> _Cursor:
+    """The cursor as of ``day``. A cursor edited by hand in the UI must not stop the refresh for
+    good: unreadable means none."""
     try:
         value = json.loads(cursor) if cursor else None
     except ValueError:
-        return None, None
+        return _Cursor()
     if not isinstance(value, dict):
-        return None, None
+        return _Cursor()
     last = value.get("date")
     if last != day:
-        return None, last if isinstance(last, str) and _is_day(last) and last < day else None
-    requested = value.get("requested")
+        if not (isinstance(last, str) and _is_day(last) and last < day):
+            return _Cursor()
+        # Skipped at the day's last tick: wanted that day and never requested.
+        return _Cursor(previous_day=last, owed=_keys(value.get("skipped_in_flight")))
     previous = value.get("previous_refresh")
-    return (
-        [k for k in requested if isinstance(k, str)] if isinstance(requested, list) else [],
-        previous if isinstance(previous, str) and _is_day(previous) and previous < day else None,
+    return _Cursor(
+        requested=_keys(value.get("requested")),
+        previous_day=(
+            previous if isinstance(previous, str) and _is_day(previous) and previous < day else None
+        ),
+        owed=_keys(value.get("carried_over")),
     )
+
+
+def _keys(value: object) -> list[str]:
+    return [k for k in value if isinstance(k, str)] if isinstance(value, list) else []
 
 
 def _is_day(value: str) -> bool:
@@ -116,10 +137,14 @@ def plan_daily_refresh(
     today = now.date().isoformat()
     if now.hour < refresh_hour_utc:
         return RefreshPlan([], [], cursor, f"Waiting for {refresh_hour_utc:02d}:00 UTC")
-    requested, previous_day = _read_cursor(cursor, today)
+    read = _read_cursor(cursor, today)
+    requested = read.requested
     wanted = refresh_partitions(now, lookback_months, existing_partitions)
-    caught_up = missed_months(previous_day, wanted, existing_partitions)
-    wanted = caught_up + wanted
+    caught_up = missed_months(read.previous_day, wanted, existing_partitions)
+    carried_over = sorted(
+        {k for k in read.owed if k in existing_partitions and k not in caught_up + wanted}
+    )
+    wanted = sorted(carried_over + caught_up) + wanted
     # A month skipped because a run of it was in flight is requested at a later tick of the
     # same day, once that run has ended: the day's read must still happen after the hour.
     left = [k for k in wanted if k not in (requested or [])]
@@ -133,17 +158,19 @@ def plan_daily_refresh(
             "date": today,
             "requested": done,
             "skipped_in_flight": skipped,
-            "previous_refresh": previous_day,
+            "previous_refresh": read.previous_day,
+            "carried_over": carried_over,
         }
     )
     skip_reason = None
     if not keys:
         skip_reason = f"Nothing to refresh for {today} yet: " + (
-            f"already queued or running: {', '.join(skipped)}; requested once that run ends"
+            f"already queued or running: {', '.join(skipped)}; requested once that run ends "
+            "(today, or at the next day's refresh)"
             if skipped
             else "no partitions"
         )
-    return RefreshPlan(keys, skipped, new_cursor, skip_reason, caught_up)
+    return RefreshPlan(keys, skipped, new_cursor, skip_reason, caught_up, carried_over)
 
 
 def reads_a_month(run: dg.DagsterRun, job_name: str) -> bool:
@@ -218,6 +245,15 @@ def build_daily_refresh_sensor(
                 + " ended after the last daily refresh, and no refresh has read "
                 + ("them" if len(caught_up) > 1 else "it")
                 + " since (was the daemon down?)"
+            )
+        carried_over = [key for key in plan.carried_over if key in plan.partition_keys]
+        if carried_over:
+            context.log.warning(
+                f"Also refreshing {', '.join(carried_over)}: an earlier day's refresh skipped "
+                + ("them" if len(carried_over) > 1 else "it")
+                + " while a run of "
+                + ("each" if len(carried_over) > 1 else "it")
+                + " was in flight, and that run went on past the day's end"
             )
         for key in plan.skipped_in_flight:
             context.log.info(
