@@ -557,6 +557,21 @@ def test_a_read_not_proven_complete_keeps_the_earlier_rejects_it_did_not_serve_a
     assert stored() == [("z", z_again["reason"])]
 
 
+def test_a_reject_without_an_id_served_again_under_a_reworded_reason_is_stored_once(
+    months: Months,
+) -> None:
+    # Stored by a version that named only a row's first problem; this version names them all.
+    no_id = rejected(None) | {"reason": "missing field public_id"}
+    months.merge([row("a")], rejects=[no_id])
+    reworded = no_id | {"reason": "missing field public_id; is_active is str, expected a boolean"}
+
+    months.merge([row("a")], rejects=[reworded], verified=False)
+
+    with months.warehouse.connect(read_only=True) as con:
+        stored = con.execute("SELECT reason FROM d23.rejected_rows").fetchall()
+    assert stored == [(reworded["reason"],)]
+
+
 def test_a_row_only_another_months_read_saw_is_no_row_of_a_read_merged_meanwhile(
     months: Months,
 ) -> None:

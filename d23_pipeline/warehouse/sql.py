@@ -568,12 +568,11 @@ WHERE o._partition = $partition
       )
       OR EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = o.public_id)
       OR EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = o.public_id)
-      -- A bad row without an id is only known by what it held.
+      -- A bad row without an id is only known by what it held: not by its reason, whose
+      -- wording another version of this product may have changed.
       OR o.public_id IS NULL AND EXISTS (
           SELECT 1 FROM snapshot_rejects AS r
-          WHERE r.public_id IS NULL
-            AND r.reason = o.reason
-            AND r.allowlisted_values = o.allowlisted_values
+          WHERE r.public_id IS NULL AND r.allowlisted_values = o.allowlisted_values
       )
   )
 """
