@@ -282,23 +282,24 @@ def test_sensor_second_tick_same_day_requests_nothing_and_next_day_again(instanc
     ]
 
 
+def tick_at(sensor, instance, capsys, clock: Clock, now: datetime, cursor: str | None):
+    """The partitions a tick at ``now`` requests, and what it logged."""
+    clock.now = now
+    capsys.readouterr()
+    result = tick(sensor, instance, cursor)
+    return [r.partition_key for r in result.run_requests], capsys.readouterr().err
+
+
 def test_sensor_after_days_down_also_refreshes_the_month_that_ended_meanwhile(instance, capsys):
     clock = Clock(datetime(2026, 5, 28, HOUR, tzinfo=UTC))
     sensor = make_sensor(clock)
     may_28 = tick(sensor, instance)
-    clock.now = datetime(2026, 8, 2, HOUR, tzinfo=UTC)
 
-    capsys.readouterr()
-    august_2 = tick(sensor, instance, may_28.cursor)
-    logged = capsys.readouterr().err
+    august_2 = datetime(2026, 8, 2, HOUR, tzinfo=UTC)
+    requested, logged = tick_at(sensor, instance, capsys, clock, august_2, may_28.cursor)
 
     # Lookback 2 reads June and July; May ended on 1 June, after its last refresh.
-    assert [r.partition_key for r in august_2.run_requests] == [
-        "2026-05-01",
-        "2026-06-01",
-        "2026-07-01",
-        "2026-08-01",
-    ]
+    assert requested == ["2026-05-01", "2026-06-01", "2026-07-01", "2026-08-01"]
     # The tick's log says why an older month is read, and that the daemon may have been down.
     assert (
         "WARNING - Also refreshing 2026-05-01: it ended after the last daily refresh, and no "
@@ -313,18 +314,11 @@ def test_sensor_next_day_refreshes_a_month_whose_run_held_it_past_midnight(insta
     may_31 = tick(sensor, instance)
     for run in instance.get_runs():
         instance.report_run_failed(run)
-    clock.now = datetime(2026, 6, 1, HOUR, tzinfo=UTC)
 
-    capsys.readouterr()
-    june_1 = tick(sensor, instance, may_31.cursor)
-    logged = capsys.readouterr().err
+    june_1 = datetime(2026, 6, 1, HOUR, tzinfo=UTC)
+    requested, logged = tick_at(sensor, instance, capsys, clock, june_1, may_31.cursor)
 
-    assert [r.partition_key for r in june_1.run_requests] == [
-        "2026-03-01",
-        "2026-04-01",
-        "2026-05-01",
-        "2026-06-01",
-    ]
+    assert requested == ["2026-03-01", "2026-04-01", "2026-05-01", "2026-06-01"]
     assert (
         "WARNING - Also refreshing 2026-03-01: an earlier day's refresh skipped it while a run "
         "of it was in flight, and that run went on past the day's end"

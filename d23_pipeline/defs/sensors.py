@@ -173,6 +173,22 @@ def plan_daily_refresh(
     return RefreshPlan(keys, skipped, new_cursor, skip_reason, caught_up, carried_over)
 
 
+# Why a month older than the lookback is read, said of "it" or "them".
+CAUGHT_UP = (
+    "{they} ended after the last daily refresh, and no refresh has read {them} since (was the "
+    "daemon down?)"
+)
+CARRIED_OVER = (
+    "an earlier day's refresh skipped {them} while a run of {each} was in flight, and that run "
+    "went on past the day's end"
+)
+
+
+def _also_refreshing(months: list[str], why: str) -> str:
+    pronouns = {word: word if len(months) > 1 else "it" for word in ("they", "them", "each")}
+    return f"Also refreshing {', '.join(months)}: " + why.format(**pronouns)
+
+
 def reads_a_month(run: dg.DagsterRun, job_name: str) -> bool:
     """Whether ``run`` reads a month of D23: a run of the job named ``job_name``, or one whose
     assets include the raw asset (the UI's, a backfill's). On an instance shared with other
@@ -237,24 +253,10 @@ def build_daily_refresh_sensor(
                 if reads_a_month(record.dagster_run, job_name)
             },
         )
-        caught_up = [key for key in plan.caught_up if key in plan.partition_keys]
-        if caught_up:
-            context.log.warning(
-                f"Also refreshing {', '.join(caught_up)}: "
-                + ("they" if len(caught_up) > 1 else "it")
-                + " ended after the last daily refresh, and no refresh has read "
-                + ("them" if len(caught_up) > 1 else "it")
-                + " since (was the daemon down?)"
-            )
-        carried_over = [key for key in plan.carried_over if key in plan.partition_keys]
-        if carried_over:
-            context.log.warning(
-                f"Also refreshing {', '.join(carried_over)}: an earlier day's refresh skipped "
-                + ("them" if len(carried_over) > 1 else "it")
-                + " while a run of "
-                + ("each" if len(carried_over) > 1 else "it")
-                + " was in flight, and that run went on past the day's end"
-            )
+        for months, why in ((plan.caught_up, CAUGHT_UP), (plan.carried_over, CARRIED_OVER)):
+            requested = [key for key in months if key in plan.partition_keys]
+            if requested:
+                context.log.warning(_also_refreshing(requested, why))
         for key in plan.skipped_in_flight:
             context.log.info(
                 f"Skipping {key}: a run for it is queued, in progress or about to be retried"
