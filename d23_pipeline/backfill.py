@@ -9,10 +9,11 @@ the daemon does not retry runs of a finished backfill.)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from base64 import b64encode
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -20,7 +21,7 @@ import httpx
 
 from d23_pipeline.credentials import SHORTEST_CREDENTIAL, repeats_a_credential
 from d23_pipeline.months import months_between
-from d23_pipeline.settings import SettingsError, validate_month
+from d23_pipeline.settings import SettingsError, read_local_ports, validate_month
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
@@ -175,6 +176,11 @@ def month_partitions(first: str, last: str) -> list[str]:
     if not months:
         raise SettingsError(f"LAST ({last}) is before FIRST ({first})")
     return [f"{month}-01" for month in months]
+
+
+def local_url(env: Mapping[str, str]) -> str:
+    """The webserver ``make run`` starts with ``env``: on 127.0.0.1, at ``D23_UI_PORT``."""
+    return f"http://127.0.0.1:{read_local_ports(env)[0]}"
 
 
 def webserver_url(value: str) -> str:
@@ -618,8 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--url",
         type=webserver_url,
-        default=DEFAULT_URL,
-        help=f"Dagster webserver (default {DEFAULT_URL}); never printed with its user or password",
+        help=f"Dagster webserver (default {DEFAULT_URL}, or make run's D23_UI_PORT on 127.0.0.1 "
+        "when set); never printed with its user or password",
     )
     parser.add_argument(
         "--wait",
@@ -636,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        args.url = args.url or local_url(os.environ)
         keys = month_partitions(args.first, args.last)
         check_partitions(args.url, keys)
         paths = d23_asset_paths(args.url)

@@ -52,6 +52,25 @@ def test_cli_reports_a_webserver_that_is_not_running(capsys):
     assert err.rstrip().endswith("(is `make run` running? --url names a webserver elsewhere)")
 
 
+def test_without_url_it_asks_the_webserver_on_make_runs_ui_port(
+    ended_backfill, monkeypatch, capsys
+):
+    monkeypatch.setenv("D23_UI_PORT", ended_backfill.rsplit(":", 1)[1])
+
+    assert main(["2026-07", "2026-08"]) == 0
+
+    assert len(FakeWebserver.launches) == 1
+    assert f"Follow it at {ended_backfill}/runs/b/" in capsys.readouterr().out
+
+
+def test_a_ui_port_out_of_range_is_named(monkeypatch, capsys):
+    monkeypatch.setenv("D23_UI_PORT", "70000")
+
+    assert main(["2026-07", "2026-08"]) == 2
+
+    assert "D23_UI_PORT must be" in capsys.readouterr().err
+
+
 def test_a_launch_whose_answer_is_lost_says_it_may_have_launched_and_exits_3(
     webserver: str, capsys: pytest.CaptureFixture
 ) -> None:
