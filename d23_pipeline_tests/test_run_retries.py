@@ -142,6 +142,20 @@ def test_a_month_failing_on_a_flaky_api_is_retried(
     assert MAX_RETRIES_TAG not in tags and RETRIES_STOPPED_TAG not in tags
 
 
+def test_a_month_whose_read_proves_too_many_rows_gone_is_not_retried(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    pipeline.materialize(MONTH, instance=instance)
+    pipeline.sim.hard_delete(round(len(pipeline.expected_rows([MONTH])) * 0.3), month=MONTH)
+
+    result, tags = _failed_run(pipeline, instance)
+
+    assert tags["dagster/will_retry"] == "false"
+    assert tags[MAX_RETRIES_TAG] == "0" and tags[RETRIES_STOPPED_TAG] == "3"
+    logged = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any(m.startswith("Not retried: the read proved more rows gone") for m in logged)
+
+
 def test_a_re_execution_of_a_stopped_run_gets_its_retries_back(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:

@@ -6,7 +6,8 @@ another lender, a dataset not enabled, a host that is not the API, a data folder
 source or a bad setting (a ``D23_*`` variable, or a run's resource config out of range) fail
 every retry the same way, a minute later each. With run retries on, Dagster decides from the
 run's tags, read when the run fails, so such a failure sets the run's ``dagster/max_retries`` to
-0 first, keeping the value it replaced in :data:`RETRIES_STOPPED_TAG`.
+0 first, keeping the value it replaced in :data:`RETRIES_STOPPED_TAG`. So does a read that
+proved more rows gone than allowed (:func:`not_retried`): only a person's confirmation lands it.
 
 A re-execution of that run (after the setting is fixed) inherits both tags; its
 ``d23/raw_logs`` puts the value back, so that its own flaky failures are retried again, counted
@@ -61,6 +62,17 @@ def _inherited(run: dg.DagsterRun) -> str | None:
     return run.tags.get(RETRIES_STOPPED_TAG) if run.tags.get(MAX_RETRIES_TAG) == "0" else None
 
 
+def _stop(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    log: dg.DagsterLogManager,
+    allowed: str,
+    why: str,
+) -> None:
+    instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0", RETRIES_STOPPED_TAG: allowed})
+    log.error(f"Not retried: {why}")
+
+
 @contextmanager
 def _stopped_on_unmendable(
     instance: dg.DagsterInstance, run: dg.DagsterRun, log: dg.DagsterLogManager, allowed: str
@@ -68,13 +80,24 @@ def _stopped_on_unmendable(
     try:
         yield
     except unmendable_by_retry() as exc:
-        instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0", RETRIES_STOPPED_TAG: allowed})
-        log.error(
-            f"Not retried: {type(exc).__name__} fails every new run the same way until it is "
-            "fixed (see the error below). Fix it, then launch the month again (a backfill or "
-            "the job: a new run gets all its retries)."
+        _stop(
+            instance,
+            run,
+            log,
+            allowed,
+            f"{type(exc).__name__} fails every new run the same way until it is fixed (see the "
+            "error below). Fix it, then launch the month again (a backfill or the job: a new run "
+            "gets all its retries).",
         )
         raise
+
+
+def not_retried(context: dg.AssetExecutionContext, why: str) -> None:
+    """Keep the run from being retried when it fails: ``why`` needs a person, not another read
+    (a retry would read the whole month from the API again to fail the same way)."""
+    instance, run = context.instance, context.run
+    if instance.run_retries_enabled:
+        _stop(instance, run, context.log, _allowed(instance, run, _inherited(run)), why)
 
 
 @contextmanager
