@@ -502,7 +502,14 @@ def _root_cause(error: dict[str, Any]) -> str:
     """The first line of the deepest error a step failure chains (the pipeline's own, not
     Dagster's "Error occurred while executing op")."""
     chain = [link["error"] for link in error.get("errorChain") or []]
-    return _first_line((chain[-1] if chain else error)["message"])
+    message = (chain[-1] if chain else error)["message"] or ""
+    first = _first_line(message)
+    if first.endswith(":"):
+        # Dagster's failed blocking checks: "1 blocking asset check failed with ERROR
+        # severity:", then a line per asset naming them.
+        named = [line.strip() for line in message.splitlines()[1:] if line.strip()]
+        return " ".join([first, "; ".join(named)]).rstrip()
+    return first
 
 
 def report_failures(url: str, runs: Sequence[dict[str, Any]], months: Sequence[str]) -> bool:

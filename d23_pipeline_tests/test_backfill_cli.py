@@ -615,6 +615,25 @@ def test_wait_says_why_the_backfills_dashboard_run_failed(ended_backfill, capsys
     assert f"  dashboard: step d23__outcome_dashboard failed: {busy}\n" in (capsys.readouterr().out)
 
 
+def test_wait_names_the_checks_that_failed_a_step(ended_backfill, capsys):
+    FakeWebserver.backfill_status = "COMPLETED_FAILED"
+    FakeWebserver.backfill_runs = [_run("2026-07-01", "FAILURE") | {"creationTime": 1.0}]
+    failed = (
+        "DagsterAssetCheckFailedError: 2 blocking asset checks failed with ERROR severity:\n"
+        "d23/logs: slices_verified,deletions_within_limit\n"
+    )
+    FakeWebserver.run_checks = {
+        "2026-07-01-FAILURE": [{"stepKey": "d23__logs", "error": {"message": failed}}]
+    }
+
+    assert main(["2026-07", "2026-07", "--url", ended_backfill, "--wait"]) == 1
+
+    assert (
+        "  2026-07: step d23__logs failed: DagsterAssetCheckFailedError: 2 blocking asset checks "
+        "failed with ERROR severity: d23/logs: slices_verified,deletions_within_limit\n"
+    ) in capsys.readouterr().out
+
+
 def test_wait_shows_a_failed_checks_first_line_whole(ended_backfill, capsys):
     # The deletion check's first line ends with the run config that confirms the deletions.
     why = "x" * 400 + ' {"confirm_deletions": true}'
