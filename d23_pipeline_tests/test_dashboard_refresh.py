@@ -39,6 +39,13 @@ def _on_failure(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult)
     return dashboard_after_blocked_run(context)
 
 
+def _behind(pipeline: Pipeline, instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
+    """A tick of d23_dashboard_behind_the_warehouse, with the pipeline's dashboard page."""
+    page = pipeline.resources()["dashboard_file"]
+    context = dg.build_sensor_context(instance=instance, resources={"dashboard_file": page})
+    return dashboard_behind_the_warehouse(context)
+
+
 def _listed(pipeline: Pipeline, heading: str) -> bool:
     page = pipeline.dashboard_path.read_text()
     start = page.index(f"<h3>{heading}</h3>")
@@ -163,7 +170,7 @@ def test_a_run_that_failed_after_its_merge_committed_gets_the_dashboard_rebuilt(
 
         after_failure = _on_failure(instance, failed)
         monkeypatch.setattr(dashboard_refresh, "SETTLED_S", 0.0)
-        behind = dashboard_behind_the_warehouse(dg.build_sensor_context(instance=instance))
+        behind = _behind(pipeline, instance)
 
     assert isinstance(after_failure, dg.RunRequest)
     assert isinstance(behind, dg.RunRequest)
@@ -222,7 +229,7 @@ def test_a_merge_no_run_built_the_dashboard_after_requests_it_once_nothing_else_
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def tick() -> dg.RunRequest | dg.SkipReason:
-        return dashboard_behind_the_warehouse(dg.build_sensor_context(instance=instance))
+        return _behind(pipeline, instance)
 
     with dg.instance_for_test() as instance:
         assert "no month has been merged" in tick().skip_message
@@ -254,6 +261,15 @@ def test_a_merge_no_run_built_the_dashboard_after_requests_it_once_nothing_else_
         )
         assert rebuilt.success and pipeline.dashboard_path.is_file()
         assert "built after the last merge" in tick().skip_message
+        # A page written elsewhere (run config) leaves the product's page as it was.
+        pipeline.materialize(MONTH, selection="*d23/logs", instance=instance)
+        other_page = {"path": str(pipeline.data_dir / "other.html")}
+        elsewhere = {"resources": {"dashboard_file": {"config": other_page}}}
+        defs.resolve_job_def(d23_dashboard_job.name).execute_in_process(
+            instance=instance, resources=pipeline.resources(), run_config=elsewhere
+        )
+        assert (pipeline.data_dir / "other.html").is_file()
+        assert isinstance(tick(), dg.RunRequest)
 
 
 def test_a_page_read_before_another_runs_merge_is_not_written_after_that_runs_page(
@@ -334,6 +350,6 @@ def test_a_page_that_read_the_warehouse_before_a_merge_is_rebuilt_though_written
         assert [result.success for result in built] == [True]
         monkeypatch.setattr(dashboard_refresh, "SETTLED_S", 0.0)
 
-        request = dashboard_behind_the_warehouse(dg.build_sensor_context(instance=instance))
+        request = _behind(pipeline, instance)
 
     assert isinstance(request, dg.RunRequest)

@@ -19,6 +19,7 @@ import dagster as dg
 
 from d23_pipeline.defs import keys
 from d23_pipeline.defs.jobs import d23_dashboard_job, d23_pipeline_job
+from d23_pipeline.defs.resources import DashboardResource
 from d23_pipeline.defs.sensors import IN_FLIGHT_STATUSES, reads_a_month
 
 
@@ -87,6 +88,21 @@ def last_merge(instance: dg.DagsterInstance) -> dg.EventLogRecord | None:
     return max(merges, key=lambda record: record.storage_id, default=None)
 
 
+# How many of the dashboard's latest builds are looked through for one of the product's page.
+BUILDS_LOOKED_AT = 20
+
+
+def _last_built_at(instance: dg.DagsterInstance, page: str) -> dg.EventLogRecord | None:
+    """The dashboard's latest build written to ``page``: a run given another path (run config)
+    leaves the product's page as it was."""
+    builds = instance.fetch_materializations(keys.OUTCOME_DASHBOARD, limit=BUILDS_LOOKED_AT)
+    for record in builds.records:
+        path = record.asset_materialization.metadata.get("path")
+        if path is not None and path.value == page:
+            return record
+    return None
+
+
 # Until a merge is this old, its own run or backfill may still rebuild the dashboard: the
 # backfill daemon submits a backfill's dashboard run within an iteration (~30 s) of its last month.
 SETTLED_S = 120.0
@@ -104,17 +120,17 @@ SETTLED_S = 120.0
     ),
 )
 def dashboard_behind_the_warehouse(
-    context: dg.SensorEvaluationContext,
+    context: dg.SensorEvaluationContext, dashboard_file: DashboardResource
 ) -> dg.RunRequest | dg.SkipReason:
     """One dashboard run per latest merge the dashboard is older than, once nothing else will."""
     instance = context.instance
     merged = last_merge(instance)
     if merged is None:
         return dg.SkipReason("no month has been merged yet")
-    built = instance.fetch_materializations(keys.OUTCOME_DASHBOARD, limit=1).records
+    built = _last_built_at(instance, str(dashboard_file.file()))
     # What the page read, not when it was written: a page that read the warehouse before a
     # merge and was written after it does not show that merge.
-    read_through = built[0].asset_materialization.metadata.get(MERGES_READ) if built else None
+    read_through = built.asset_materialization.metadata.get(MERGES_READ) if built else None
     if read_through is not None and read_through.value >= merged.storage_id:
         return dg.SkipReason("the dashboard was built after the last merge")
     if time.time() - merged.timestamp < SETTLED_S:
