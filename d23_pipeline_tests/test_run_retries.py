@@ -28,6 +28,8 @@ from processes import (
 )
 
 from d23_pipeline.backfill import backfill_status
+from d23_pipeline.definitions import defs
+from d23_pipeline.defs.jobs import d23_dashboard_job
 from d23_pipeline.defs.run_retries import MAX_RETRIES_TAG, RETRIES_STOPPED_TAG
 from d23_pipeline.launch import set_pool_limits
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
@@ -113,6 +115,26 @@ def test_a_run_config_out_of_range_is_not_retried(
     assert run.tags[MAX_RETRIES_TAG] == "0" and run.tags[RETRIES_STOPPED_TAG] == "3"
     logs = [record.user_message for record in instance.all_logs(result.run_id)]
     assert any(m.startswith("Not retried: SettingsError") for m in logs)
+
+
+def test_the_dashboard_jobs_bad_time_zone_names_its_field_and_the_run_not_a_month(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    run_config = {"resources": {"dashboard_file": {"config": {"timezone": "IST"}}}}
+
+    result = defs.resolve_job_def(d23_dashboard_job.name).execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        resources=pipeline.resources(),
+        raise_on_error=False,
+    )
+
+    records = instance.all_logs(result.run_id)
+    logs = [record.user_message for record in records]
+    errors = [str(r.dagster_event.event_specific_data) for r in records if r.dagster_event]
+    assert any("DashboardResource.timezone must be an IANA time zone" in e for e in errors)
+    (stopped,) = [m for m in logs if m.startswith("Not retried: ")]
+    assert "launch the run again" in stopped and "month" not in stopped
 
 
 def test_a_re_execution_whose_run_config_is_out_of_range_keeps_the_count_it_inherited(

@@ -316,9 +316,9 @@ class DashboardResource(_CheckedWhenARunStarts):
         self.zone()
 
     def zone(self) -> str:
-        """The time zone, validated; a bad name raises SettingsError naming the variable."""
+        """The time zone, validated; a bad name raises SettingsError naming the field."""
         if self.timezone:
-            return validate_timezone(self.timezone)
+            return validate_timezone(self.timezone, f"{type(self).__name__}.timezone")
         return read_report_timezone(os.environ)
 
     def file(self) -> Path:

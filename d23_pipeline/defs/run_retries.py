@@ -80,14 +80,18 @@ def _stopped_on_unmendable(
     try:
         yield
     except unmendable_by_retry() as exc:
+        again = (
+            "the month again (a backfill or the job: a new run gets all its retries)"
+            if run.tags.get("dagster/partition")
+            else "the run again (a new run gets all its retries)"
+        )
         _stop(
             instance,
             run,
             log,
             allowed,
             f"{type(exc).__name__} fails every new run the same way until it is fixed (see the "
-            "error below). Fix it, then launch the month again (a backfill or the job: a new run "
-            "gets all its retries).",
+            f"error below). Fix it, then launch {again}.",
         )
         raise
 
