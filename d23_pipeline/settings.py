@@ -367,10 +367,13 @@ def object_store(data_path: str, env: Mapping[str, str]) -> ObjectStore:
             "D23_DUCKLAKE_DATA_PATH must be a local folder or an s3:// URL in lower case, on AWS "
             f"S3 or a store with its API such as MinIO (got a {scheme}:// URL)"
         )
-    if "@" in rest:  # not shown: what precedes the '@' may be a key
+    # Not shown: what precedes an '@' may be a key, and DuckDB takes a query's s3_* parameters
+    # (s3_secret_access_key=...) as the store's keys.
+    if held := next((c for c in "@?#" if c in rest), None):
         raise SettingsError(
-            "D23_DUCKLAKE_DATA_PATH holds an '@': give s3://<bucket>/<folder> alone, and the "
-            "keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            f"D23_DUCKLAKE_DATA_PATH holds {'an' if held == '@' else 'a'} {held!r}: give "
+            "s3://<bucket>/<folder> alone, and the keys as AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY"
         )
     bucket = rest.split("/", 1)[0]
     if not _BUCKET.fullmatch(bucket):
@@ -385,10 +388,11 @@ def object_store(data_path: str, env: Mapping[str, str]) -> ObjectStore:
     endpoint = env.get(name, "").strip()
     if not endpoint:
         return ObjectStore(bucket, region=region or None)
-    if "@" in endpoint:  # not shown, as above
+    if held := next((c for c in "@?#" if c in endpoint), None):  # not shown, as above
         raise SettingsError(
-            f"{name} holds an '@': give the store's address alone, http(s)://host[:port], and "
-            "the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            f"{name} holds {'an' if held == '@' else 'a'} {held!r}: give the store's address "
+            "alone, http(s)://host[:port], and the keys as AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY"
         )
     url = urlsplit(endpoint)
     shape = url.path.strip("/") or url.query or url.fragment

@@ -168,8 +168,22 @@ def test_an_object_storage_setting_the_lake_cannot_use_is_refused_naming_it(
         ("s3://lake/d23", f"someone:{SECRET_KEY}@minio:9000"),  # no scheme
         ("s3://lake/d23", f"http:/someone:{SECRET_KEY}@minio"),  # one slash
         (f"s3://someone:{SECRET_KEY}@lake/d23", ""),
+        # DuckDB reads s3_* query parameters of the path as the store's keys.
+        (f"s3://lake/d23?s3_access_key_id=AKIA1&s3_secret_access_key={SECRET_KEY}", ""),
+        (f"s3://lake_?s3_secret_access_key={SECRET_KEY}", ""),  # not a bucket name either
+        (f"s3://lake/d23#{SECRET_KEY}", ""),
+        ("s3://lake/d23", f"http://minio:9000?s3_secret_access_key={SECRET_KEY}"),
     ],
-    ids=["endpoint", "endpoint-without-scheme", "endpoint-one-slash", "data-path"],
+    ids=[
+        "endpoint",
+        "endpoint-without-scheme",
+        "endpoint-one-slash",
+        "data-path",
+        "data-path-query",
+        "data-path-query-bad-bucket",
+        "data-path-fragment",
+        "endpoint-query",
+    ],
 )
 def test_a_setting_holding_a_key_is_refused_without_showing_it(path: str, endpoint: str) -> None:
     with pytest.raises(SettingsError) as refused:
