@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import duckdb
 import pytest
@@ -34,6 +35,7 @@ from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_kpis_monthly,
     rebuild_outcome_mix_monthly,
 )
+from d23_pipeline.defs.resources import WarehouseResource
 from d23_pipeline.months import month_window
 from d23_pipeline.settings import SettingsError, load_options
 from d23_pipeline.warehouse import ducklake as ducklake_module
@@ -164,6 +166,65 @@ def test_a_catalog_user_who_cannot_create_tables_is_a_setting_to_fix_not_retried
     assert "permission denied for schema public" in message
     assert "make it the database's owner, or grant it CREATE on schema public" in message
     assert password not in message
+
+
+@pytest.mark.parametrize(
+    ("role_options", "revoke_connect", "said", "advice"),
+    [
+        ("NOLOGIN", False, "is not permitted to log in", ""),
+        ("LOGIN", True, "permission denied for database", "grant the DSN's user CONNECT"),
+    ],
+    ids=["a-role-that-cannot-log-in", "no-connect-on-the-database"],
+)
+def test_a_catalog_login_a_retry_cannot_mend_is_a_setting_to_fix(
+    postgres: PostgresServer,
+    tmp_path: Path,
+    role_options: str,
+    revoke_connect: bool,
+    said: str,
+    advice: str,
+) -> None:
+    role, password = f"d23_no_{uuid.uuid4().hex[:8]}", f"No-{secrets.token_hex(8)}"
+    dsn = parse_dsn(postgres.new_database()) | {"user": role, "password": password}
+    with contextlib.closing(postgres.connect("postgres")) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE ROLE {role} {role_options} PASSWORD %s", (password,))
+            if revoke_connect:
+                cursor.execute(f"REVOKE CONNECT ON DATABASE {dsn['dbname']} FROM PUBLIC")
+    warehouse = DuckLakeWarehouse(" ".join(f"{k}={v}" for k, v in dsn.items()), str(tmp_path))
+
+    with pytest.raises(WarehouseSettingsError) as raised, warehouse.connect():
+        pass
+
+    message = str(raised.value)
+    assert said in message and advice in message
+    assert "grant it CREATE on schema public" not in message and password not in message
+
+
+def test_a_dsn_read_from_a_secrets_file_with_its_newline_opens_the_lake(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    lake = Lake.create(postgres, tmp_path / "lake")
+    parts = parse_dsn(lake.dsn)
+    # A URL's database name would keep the newline (key=value text ignores it).
+    url = (
+        f"postgresql://{parts['user']}:{quote(parts['password'], safe='')}@{parts['host']}:"
+        f"{parts['port']}/{parts['dbname']}\n"
+    )
+    resource = WarehouseResource(
+        backend="ducklake", dsn=url, ducklake_data_path=str(lake.data_path)
+    )
+
+    with resource.get_connection() as con:
+        assert con.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_dsn_with_an_sslmode_libpq_does_not_know_is_a_setting_to_fix(tmp_path: Path) -> None:
+    warehouse = DuckLakeWarehouse("host=127.0.0.1 sslmode=requir dbname=d23", str(tmp_path))
+
+    with pytest.raises(WarehouseSettingsError, match="D23_WAREHOUSE_DSN"), warehouse.connect():
+        pass
 
 
 def test_a_data_path_other_than_the_catalogs_names_the_setting_and_no_override(

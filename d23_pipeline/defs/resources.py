@@ -245,7 +245,10 @@ class WarehouseResource(_CheckedWhenARunStarts):
             backend, data_path = backend or from_env, data_path or env_data_path
         dsn = self.dsn
         if dsn is None and backend == "ducklake":
-            dsn = env.get("D23_WAREHOUSE_DSN", "").strip() or None
+            dsn = env.get("D23_WAREHOUSE_DSN")
+        # One read from a secrets file often ends in a newline, which libpq keeps in its last
+        # value (a database "d23\n" that does not exist).
+        dsn = (dsn or "").strip() or None
         return open_warehouse(
             backend,
             database=Path(self.database or read_warehouse_database(env)),

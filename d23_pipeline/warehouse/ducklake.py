@@ -99,12 +99,20 @@ _REFUSED_SETTINGS = (
     "invalid integer value",
     "DATA_PATH parameter",
     "permission denied",
+    "is not permitted to log in",
+    "no pg_hba.conf entry",
+    "invalid sslmode value",
+    "could not translate host name",
 )
 # What to do about some of them, said after the catalog's words.
 _WHAT_TO_DO = {
-    "permission denied": (
+    "permission denied for schema": (
         "the DSN's user must be able to create DuckLake's tables in that database at the "
         "first connection: make it the database's owner, or grant it CREATE on schema public"
+    ),
+    "permission denied for database": (
+        "grant the DSN's user CONNECT on that database (GRANT CONNECT ON DATABASE <database> "
+        "TO <user>)"
     ),
     "DATA_PATH parameter": (
         "D23_DUCKLAKE_DATA_PATH must name the data path this catalog recorded at its first "
