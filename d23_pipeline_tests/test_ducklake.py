@@ -321,12 +321,17 @@ def test_uri_dsns_libpq_reads_as_written_are_accepted(dsn: str) -> None:
     assert split_password(dsn) is not None
 
 
-def test_a_catalog_connection_gives_up_within_15_s_unless_the_dsn_says_otherwise() -> None:
-    # A host that drops packets would otherwise hold a run until TCP gives up, minutes later.
+def test_a_catalog_connection_gives_up_on_a_silent_host_unless_the_dsn_says_otherwise() -> None:
+    # A host that drops packets would otherwise hold a run until TCP gives up, minutes (to
+    # connect) or hours (mid-merge) later. The lake tests connect with these options.
     conninfo, _ = split_password("postgresql://d23:pw@db.internal/d23") or ("", None)
-    assert parse_dsn(conninfo)["connect_timeout"] == "15"
-    conninfo, _ = split_password("host=db dbname=d23 connect_timeout=3") or ("", None)
+    options = parse_dsn(conninfo)
+    assert options["connect_timeout"] == "15"
+    assert (options["keepalives"], options["keepalives_idle"]) == ("1", "30")
+    assert options["tcp_user_timeout"] == "60000"
+    conninfo, _ = split_password("host=db dbname=d23 connect_timeout=3 keepalives=0") or ("", "")
     assert parse_dsn(conninfo)["connect_timeout"] == "3"
+    assert parse_dsn(conninfo)["keepalives"] == "0"
 
 
 @pytest.mark.parametrize("form", ["key-value", "uri"])

@@ -123,8 +123,17 @@ _WHAT_TO_DO = {
 # DuckLake's advice for a data path that differs: an ATTACH option the pipeline does not set,
 # which would point the catalog at files that are not its own.
 _OVERRIDE_ADVICE = "You can override the DATA_PATH by setting OVERRIDE_DATA_PATH to True."
-# Without it libpq waits on a host that drops packets until TCP gives up, minutes later.
-CATALOG_CONNECT_TIMEOUT_S = "15"
+# What every catalog connection gets unless the DSN says otherwise. Without them libpq waits on
+# a host that drops packets until TCP gives up: minutes to connect, and mid-merge the system's
+# 2 h 11 min of keepalive, the pool slot held; with them about 15 s and two minutes.
+CATALOG_LIBPQ_DEFAULTS = {
+    "connect_timeout": "15",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
 
 
 def _connection_error(action: str, failure: str) -> WarehouseConnectionError:
@@ -173,7 +182,8 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
     if "://" in dsn and _misread_uri(params):
         return None
     password = params.pop("password", None)
-    params.setdefault("connect_timeout", CATALOG_CONNECT_TIMEOUT_S)
+    for option, value in CATALOG_LIBPQ_DEFAULTS.items():
+        params.setdefault(option, value)
     conninfo: str = make_dsn(**params)
     return conninfo, password
 
