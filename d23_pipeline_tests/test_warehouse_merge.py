@@ -572,6 +572,24 @@ def test_a_reject_without_an_id_served_again_under_a_reworded_reason_is_stored_o
     assert stored == [(reworded["reason"],)]
 
 
+def test_a_reject_holding_no_field_is_kept_when_a_read_not_proven_complete_serves_another(
+    months: Months,
+) -> None:
+    # Both store their values as '{}': only the reason tells a list from a string.
+    a_list = rejected(None) | {
+        "reason": "row is list, expected an object",
+        "allowlisted_values": "{}",
+    }
+    a_string = a_list | {"reason": "row is str, expected an object"}
+    months.merge([row("a")], rejects=[a_list])
+
+    months.merge([row("a")], rejects=[a_string], verified=False)
+
+    with months.warehouse.connect(read_only=True) as con:
+        stored = con.execute("SELECT reason FROM d23.rejected_rows ORDER BY reason").fetchall()
+    assert stored == [(a_list["reason"],), (a_string["reason"],)]
+
+
 def test_a_row_only_another_months_read_saw_is_no_row_of_a_read_merged_meanwhile(
     months: Months,
 ) -> None:

@@ -569,10 +569,13 @@ WHERE o._partition = $partition
       OR EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = o.public_id)
       OR EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = o.public_id)
       -- A bad row without an id is only known by what it held: not by its reason, whose
-      -- wording another version of this product may have changed.
+      -- wording another version of this product may have changed, unless it held no contract
+      -- field at all (a list, a string: '{}'), when the reason is all that tells it apart.
       OR o.public_id IS NULL AND EXISTS (
           SELECT 1 FROM snapshot_rejects AS r
-          WHERE r.public_id IS NULL AND r.allowlisted_values = o.allowlisted_values
+          WHERE r.public_id IS NULL
+            AND r.allowlisted_values = o.allowlisted_values
+            AND (o.allowlisted_values <> '{}' OR r.reason = o.reason)
       )
   )
 """
