@@ -21,7 +21,7 @@ import httpx
 
 from d23_pipeline.credentials import SHORTEST_CREDENTIAL, repeats_a_credential
 from d23_pipeline.months import months_between
-from d23_pipeline.settings import SettingsError, read_local_ports, validate_month
+from d23_pipeline.settings import SettingsError, read_ui_port, validate_month
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
@@ -180,7 +180,7 @@ def month_partitions(first: str, last: str) -> list[str]:
 
 def local_url(env: Mapping[str, str]) -> str:
     """The webserver ``make run`` starts with ``env``: on 127.0.0.1, at ``D23_UI_PORT``."""
-    return f"http://127.0.0.1:{read_local_ports(env)[0]}"
+    return f"http://127.0.0.1:{read_ui_port(env)}"
 
 
 def webserver_url(value: str) -> str:
@@ -504,9 +504,8 @@ def _root_cause(error: dict[str, Any]) -> str:
     chain = [link["error"] for link in error.get("errorChain") or []]
     message = (chain[-1] if chain else error)["message"] or ""
     first = _first_line(message)
-    if first.endswith(":"):
-        # Dagster's failed blocking checks: "1 blocking asset check failed with ERROR
-        # severity:", then a line per asset naming them.
+    if first.endswith("failed with ERROR severity:"):
+        # Dagster's failed blocking checks: a line per asset naming them follows.
         named = [line.strip() for line in message.splitlines()[1:] if line.strip()]
         return " ".join([first, "; ".join(named)]).rstrip()
     return first

@@ -458,9 +458,14 @@ def read_pool_limits(env: Mapping[str, str]) -> dict[str, int]:
 
 
 def read_local_ports(env: Mapping[str, str]) -> tuple[int, int]:
-    """``make run``'s loopback ports: the UI's (``D23_UI_PORT``, default 3000) and the bundled
+    """``make run``'s loopback ports: the UI's (:func:`read_ui_port`) and the bundled
     simulator's (``D23_SIMULATOR_PORT``, default 8023)."""
-    return _int(env, "D23_UI_PORT", 3000, 1, 65535), _int(env, "D23_SIMULATOR_PORT", 8023, 1, 65535)
+    return read_ui_port(env), _int(env, "D23_SIMULATOR_PORT", 8023, 1, 65535)
+
+
+def read_ui_port(env: Mapping[str, str]) -> int:
+    """The port of ``make run``'s Dagster UI on 127.0.0.1 (``D23_UI_PORT``, default 3000)."""
+    return _int(env, "D23_UI_PORT", 3000, 1, 65535)
 
 
 def _share(env: Mapping[str, str], name: str, default: float) -> float:

@@ -71,6 +71,13 @@ def test_a_ui_port_out_of_range_is_named(monkeypatch, capsys):
     assert "D23_UI_PORT must be" in capsys.readouterr().err
 
 
+def test_the_simulators_port_is_not_the_backfill_commands_business(ended_backfill, monkeypatch):
+    monkeypatch.setenv("D23_UI_PORT", ended_backfill.rsplit(":", 1)[1])
+    monkeypatch.setenv("D23_SIMULATOR_PORT", "abc")
+
+    assert main(["2026-07", "2026-08"]) == 0
+
+
 def test_a_launch_whose_answer_is_lost_says_it_may_have_launched_and_exits_3(
     webserver: str, capsys: pytest.CaptureFixture
 ) -> None:

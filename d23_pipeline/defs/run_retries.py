@@ -6,8 +6,9 @@ another lender, a dataset not enabled, a host that is not the API, a data folder
 source or a bad setting (a ``D23_*`` variable, or a run's resource config out of range) fail
 every retry the same way, a minute later each. With run retries on, Dagster decides from the
 run's tags, read when the run fails, so such a failure sets the run's ``dagster/max_retries`` to
-0 first, keeping the value it replaced in :data:`RETRIES_STOPPED_TAG`. So does a read that
-proved more rows gone than allowed (:func:`not_retried`): only a person's confirmation lands it.
+0 first, keeping the value it replaced in :data:`RETRIES_STOPPED_TAG`. So does a retry whose
+read proved more rows gone than allowed again (:func:`not_retried`): a person's confirmation
+lands it.
 
 A re-execution of that run (after the setting is fixed) inherits both tags; its
 ``d23/raw_logs`` puts the value back, so that its own flaky failures are retried again, counted
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 import dagster as dg
 
 MAX_RETRIES_TAG = "dagster/max_retries"
+# Set by Dagster on a retry of a run: 1 on the first.
+RETRY_NUMBER_TAG = "dagster/retry_number"
 RETRIES_STOPPED_TAG = "d23/retries_stopped"
 
 

@@ -9,7 +9,11 @@ from d23_pipeline.defs import checks, keys
 from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
-from d23_pipeline.defs.run_retries import not_retried, retried_only_when_it_can_help
+from d23_pipeline.defs.run_retries import (
+    RETRY_NUMBER_TAG,
+    not_retried,
+    retried_only_when_it_can_help,
+)
 
 if TYPE_CHECKING:
     from d23_pipeline.landing.snapshot import Snapshot
@@ -138,13 +142,15 @@ def logs(
         said(checks.describe_unverified(snapshot))
     if summary.deletions_held:
         context.log.error(checks.describe_held_deletions(partition, summary, max_share))
-        if not snapshot.refuted:  # else a new read may yet verify a slice: retried
+        # A first run is retried: the rows may have moved to a month whose read merges later
+        # (a backfill's), and a new read of a slice its counts did not prove may verify it. A
+        # retry that holds them again stops there: another would read the whole month again.
+        if context.run.tags.get(RETRY_NUMBER_TAG) and not snapshot.refuted:
             not_retried(
                 context,
-                "the read proved more rows gone than D23_MAX_DELETION_SHARE allows, and a new "
-                "read of the same source holds them back the same way. Confirm the deletions as "
-                "the check deletions_within_limit says, or launch the month again once the "
-                "source has them back.",
+                "the read proved more rows gone than D23_MAX_DELETION_SHARE allows, again after "
+                "a retry. Confirm the deletions as the check deletions_within_limit says, or "
+                "launch the month again once the source has them back.",
             )
     return dg.MaterializeResult(
         metadata={
