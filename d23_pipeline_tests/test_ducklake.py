@@ -202,6 +202,31 @@ def test_a_catalog_login_a_retry_cannot_mend_is_a_setting_to_fix(
     assert "grant it CREATE on schema public" not in message and password not in message
 
 
+def test_a_catalog_lost_during_a_commit_is_named_and_retried_not_a_bare_driver_error(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    lake = Lake.create(postgres, tmp_path / "lake")
+    database = parse_dsn(lake.dsn)["dbname"]
+    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+
+    with pytest.raises(WarehouseConnectionError) as raised, warehouse.connect() as con:
+        con.execute(sql.BEGIN)
+        con.execute("UPDATE d23.last_merge SET merges = merges + 1")
+        # The catalog's server ends every session of the lake (a restart, a failover).
+        postgres.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+        con.execute(sql.COMMIT)
+
+    message = str(raised.value)
+    assert not isinstance(raised.value, WarehouseSettingsError)  # retried
+    assert "lost the DuckLake catalog named by D23_WAREHOUSE_DSN" in message
+    assert "launch the month again once it is back" in message
+    assert postgres.password not in message
+
+
 def test_a_dsn_read_from_a_secrets_file_with_its_newline_opens_the_lake(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:
@@ -512,6 +537,37 @@ def test_a_writer_waits_for_the_turn_no_longer_than_its_lock_timeout(lake: Lake)
     assert "held the writers' turn for more than 0.5 s" in str(outcome[0])
     with impatient.connect():  # the turn is free again once its holder closed
         pass
+
+
+def test_a_writer_waiting_for_the_turn_when_the_catalog_goes_says_it_was_lost(
+    lake: Lake, postgres: PostgresServer
+) -> None:
+    holder = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    waiting = DuckLakeWarehouse(lake.dsn, str(lake.data_path), lock_timeout_s=60)
+    outcome: list[BaseException] = []
+
+    def write() -> None:  # another thread: a PostgreSQL session of its own, as another host
+        try:
+            with waiting.connect():
+                pass
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    with holder.connect():
+        writer = threading.Thread(target=write)
+        writer.start()
+        waits = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        deadline = time.monotonic() + 30
+        while postgres.query(waits) == [(0,)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The server ends the waiting session (a failover, an administrator).
+        postgres.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        )
+        writer.join(60)
+
+    assert len(outcome) == 1 and type(outcome[0]) is WarehouseConnectionError, outcome
+    assert "lost the DuckLake catalog named by D23_WAREHOUSE_DSN" in str(outcome[0])
 
 
 # A writer that waits for the turn, its wait's statement sent ``LATE_S`` seconds after the wait

@@ -144,6 +144,34 @@ def _connection_error(action: str, failure: str) -> WarehouseConnectionError:
     return error(f"cannot {action} named by D23_WAREHOUSE_DSN: {failure}{advice}")
 
 
+# libpq's and DuckDB's words for a catalog that went away during a session.
+_CATALOG_LOST = (
+    'Failed to execute query "ROLLBACK"',  # a COMMIT whose connection was gone
+    "Unable to connect to Postgres",
+    "server closed the connection",
+    "could not receive data from server",
+    "could not send data to server",
+    "terminating connection",
+    "no connection to the server",
+    "SSL SYSCALL error",
+)
+
+
+def _lost_the_catalog(failure: str) -> bool:
+    return any(words in failure for words in _CATALOG_LOST)
+
+
+def _lost_catalog_error(failure: str) -> WarehouseConnectionError:
+    """What a step says when the catalog went away under it; ``failure`` already redacted."""
+    first = next(iter(failure.strip().splitlines()), "")
+    return WarehouseConnectionError(
+        "lost the DuckLake catalog named by D23_WAREHOUSE_DSN during the step (it stopped, "
+        f"restarted or went off the network: {first}). A merge's transaction commits whole or "
+        "not at all, and the month's next merge is exact either way: the run is retried, and "
+        "if the catalog stays away, launch the month again once it is back"
+    )
+
+
 def extension_path(name: str) -> Path:
     """The extension file that ``duckdb-extension-<name>`` ships for the installed DuckDB."""
     package = importlib.import_module(f"duckdb_extension_{name}")
@@ -367,6 +395,8 @@ class DuckLakeWarehouse:
                 yield con
             except BaseException as exc:  # a DuckDB error, or one that holds one in its chain
                 self._hide_secrets(exc)
+                if isinstance(exc, duckdb.Error) and _lost_the_catalog(str(exc)):
+                    raise _lost_catalog_error(str(exc)) from exc
                 raise
             finally:
                 con.close()
@@ -429,6 +459,11 @@ class DuckLakeWarehouse:
                     f"{self.lock_timeout_s:g} s (a merge or rebuild of another run or host); "
                     "re-run when it is done"
                 ) from None
+            # After LockNotAvailable, which is one too.
+            except psycopg2.OperationalError as exc:
+                if not _lost_the_catalog(str(exc)):
+                    raise
+                raise _lost_catalog_error(self._redact(str(exc))) from None
 
     def _lake(self) -> _Lake:
         """This process's DuckDB with the lake attached and schema ``d23`` created if missing."""
