@@ -75,9 +75,12 @@ _PASSWORDS = re.compile(r"(password\s*=\s*)('[^']*'|\S+)|(://[^:/@\s]*:)([^@\s]*
 
 
 NOT_A_DSN = (
-    "D23_WAREHOUSE_DSN is not a PostgreSQL connection string: key=value pairs "
-    "(host=... port=5432 dbname=... user=... password=...) or a postgresql:// URI, "
-    "whose user and password percent-encode any '@' or '/' (%40, %2F)"
+    "D23_WAREHOUSE_DSN is not a PostgreSQL connection string libpq can read (not shown: it "
+    "holds the password): key=value pairs (host=... port=5432 dbname=... user=... "
+    "password=...) with options as libpq spells them (sslmode, not sslmod) and a value "
+    "holding spaces, quotes or backslashes in single quotes, \\' and \\\\ escaped; or a "
+    "postgresql:// URI whose user and password percent-encode every character but letters, "
+    "digits and '-._~' (%40 for '@', %2F for '/', %25 for '%', %23 for '#')"
 )
 
 
