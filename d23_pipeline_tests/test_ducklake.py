@@ -514,22 +514,29 @@ def test_two_months_merged_at_once_take_turns_and_a_reader_never_waits(
         assert con.execute("SELECT merges FROM d23.last_merge").fetchone() == (4,)
 
 
+def _writing(warehouse: DuckLakeWarehouse, outcome: list[BaseException]) -> threading.Thread:
+    """A writer's session of ``warehouse`` in another thread (a PostgreSQL session of its own,
+    as another host's), started; what it raised goes to ``outcome``."""
+
+    def write() -> None:
+        try:
+            with warehouse.connect():
+                pass
+        except BaseException as exc:  # reported by the caller's assertions
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    return writer
+
+
 def test_a_writer_waits_for_the_turn_no_longer_than_its_lock_timeout(lake: Lake) -> None:
     holder = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
     impatient = DuckLakeWarehouse(lake.dsn, str(lake.data_path), lock_timeout_s=0.5)
     outcome: list[BaseException] = []
 
-    def write() -> None:  # another thread: a PostgreSQL session of its own, as another host
-        try:
-            with impatient.connect():
-                pass
-        except BaseException as exc:  # reported by the assertion below
-            outcome.append(exc)
-
     with holder.connect():
-        writer = threading.Thread(target=write)
-        writer.start()
-        writer.join(60)
+        _writing(impatient, outcome).join(60)
         with impatient.connect(read_only=True) as con:  # a reader still never waits
             con.execute("SELECT count(*) FROM d23.logs").fetchall()
 
@@ -546,16 +553,8 @@ def test_a_writer_waiting_for_the_turn_when_the_catalog_goes_says_it_was_lost(
     waiting = DuckLakeWarehouse(lake.dsn, str(lake.data_path), lock_timeout_s=60)
     outcome: list[BaseException] = []
 
-    def write() -> None:  # another thread: a PostgreSQL session of its own, as another host
-        try:
-            with waiting.connect():
-                pass
-        except BaseException as exc:  # reported by the assertion below
-            outcome.append(exc)
-
     with holder.connect():
-        writer = threading.Thread(target=write)
-        writer.start()
+        writer = _writing(waiting, outcome)
         waits = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
         deadline = time.monotonic() + 30
         while postgres.query(waits) == [(0,)] and time.monotonic() < deadline:
