@@ -322,6 +322,7 @@ def test_daily_refresh_sensor_requests_one_keyed_run_per_month(deployment: Deplo
         "requested": refreshed,
         "skipped_in_flight": [],
         "previous_refresh": None,  # the first refresh: no day before it to catch up from
+        "carried_over": [],
     }
     requested = [key for tick in state["ticks"] for key in tick["runKeys"]]
     assert sorted(requested) == sorted(run_key(today, p) for p in refreshed)
