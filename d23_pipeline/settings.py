@@ -368,8 +368,8 @@ def object_store(data_path: str, env: Mapping[str, str]) -> ObjectStore:
             f"S3 or a store with its API such as MinIO (got a {scheme}:// URL)"
         )
     # Not shown: what precedes an '@' may be a key, and DuckDB takes a query's s3_* parameters
-    # (s3_secret_access_key=...) as the store's keys.
-    if held := next((c for c in "@?#" if c in rest), None):
+    # (s3_secret_access_key=...) as the store's keys. A '#' is a key's character here.
+    if held := next((c for c in "@?" if c in rest), None):
         raise SettingsError(
             f"D23_DUCKLAKE_DATA_PATH holds {'an' if held == '@' else 'a'} {held!r}: give "
             "s3://<bucket>/<folder> alone, and the keys as AWS_ACCESS_KEY_ID and "

@@ -223,7 +223,7 @@ def test_a_catalog_lost_during_a_commit_is_named_and_retried_not_a_bare_driver_e
     message = str(raised.value)
     assert not isinstance(raised.value, WarehouseSettingsError)  # retried
     assert "lost the DuckLake catalog named by D23_WAREHOUSE_DSN" in message
-    assert "launch the month again once it is back" in message
+    assert "launch it again once it is back" in message
     assert postgres.password not in message
 
 
@@ -243,6 +243,49 @@ def test_a_dsn_read_from_a_secrets_file_with_its_newline_opens_the_lake(
 
     with resource.get_connection() as con:
         assert con.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_login_the_catalog_refuses_during_a_session_is_a_setting_not_a_lost_catalog(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    role, password = f"d23_lk_{uuid.uuid4().hex[:8]}", f"Lk-{secrets.token_hex(8)}"
+    dsn = parse_dsn(postgres.new_database())
+
+    def as_superuser(statement: str, params: tuple = ()) -> None:
+        with contextlib.closing(postgres.connect("postgres")) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(statement, params)
+
+    as_superuser(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+    as_superuser(f"ALTER DATABASE {dsn['dbname']} OWNER TO {role}")
+    conninfo = " ".join(f"{k}={v}" for k, v in (dsn | {"user": role, "password": password}).items())
+    warehouse = DuckLakeWarehouse(conninfo, str(tmp_path / "lake"))
+    with warehouse.connect():
+        pass  # attached: the process keeps the lake
+    as_superuser(f"ALTER ROLE {role} NOLOGIN")
+    as_superuser(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+    )
+
+    with pytest.raises(WarehouseSettingsError) as raised, warehouse.connect(read_only=True) as con:
+        con.execute("SELECT count(*) FROM d23.logs").fetchall()
+
+    assert "is not permitted to log in" in str(raised.value)
+    assert "lost the DuckLake catalog" not in str(raised.value)
+
+
+def test_a_host_name_that_does_not_exist_is_a_setting_a_dns_outage_is_retried() -> None:
+    unknown = 'could not translate host name "db.invalid" to address: Name or service not known'
+    outage = 'could not translate host name "db" to address: Temporary failure in name resolution'
+
+    assert type(ducklake_module._connection_error("open", unknown)) is WarehouseSettingsError
+    assert type(ducklake_module._connection_error("open", outage)) is WarehouseConnectionError
+
+
+def test_a_pg_service_keeps_its_own_connection_options() -> None:
+    conninfo, _ = split_password("service=lake dbname=d23") or ("", None)
+    assert "keepalives" not in parse_dsn(conninfo)
 
 
 def test_a_dsn_with_an_sslmode_libpq_does_not_know_is_a_setting_to_fix(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from processes import (
 from d23_pipeline.backfill import backfill_status
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.jobs import d23_dashboard_job
-from d23_pipeline.defs.run_retries import MAX_RETRIES_TAG, RETRIES_STOPPED_TAG, RETRY_NUMBER_TAG
+from d23_pipeline.defs.run_retries import DELETIONS_HELD_TAG, MAX_RETRIES_TAG, RETRIES_STOPPED_TAG
 from d23_pipeline.launch import set_pool_limits
 from d23_pipeline.simulator import SimResponse, Simulator, SimulatorConfig, serve
 
@@ -170,12 +170,15 @@ def test_a_month_whose_read_proves_too_many_rows_gone_is_retried_once_not_twice(
     pipeline.materialize(MONTH, instance=instance)
     pipeline.sim.hard_delete(round(len(pipeline.expected_rows([MONTH])) * 0.3), month=MONTH)
 
-    # The first run: the rows may have moved to a month merged later, so it is retried.
+    # The first run: the rows may have moved to a month merged later, so it is retried. So is
+    # a retry of a run that failed for another reason (a flaky API's) that holds them first.
     _, first = _failed_run(pipeline, instance)
-    # Its retry (Dagster tags it so) holds them again: another read would hold them too.
-    retry, tags = _failed_run(pipeline, instance, {RETRY_NUMBER_TAG: "1"})
+    _, after_a_flaky_run = _failed_run(pipeline, instance, {"dagster/retry_number": "1"})
+    # The retry of a run that held them (it inherits the run's tags) holds them again.
+    retry, tags = _failed_run(pipeline, instance, {DELETIONS_HELD_TAG: first[DELETIONS_HELD_TAG]})
 
-    assert first["dagster/will_retry"] == "true"
+    assert first["dagster/will_retry"] == "true" and first[DELETIONS_HELD_TAG] == "true"
+    assert after_a_flaky_run["dagster/will_retry"] == "true"
     assert tags["dagster/will_retry"] == "false"
     assert tags[MAX_RETRIES_TAG] == "0" and tags[RETRIES_STOPPED_TAG] == "3"
     logged = [record.user_message for record in instance.all_logs(retry.run_id)]

@@ -22,8 +22,9 @@ from contextlib import contextmanager
 import dagster as dg
 
 MAX_RETRIES_TAG = "dagster/max_retries"
-# Set by Dagster on a retry of a run: 1 on the first.
-RETRY_NUMBER_TAG = "dagster/retry_number"
+# Set on a run whose merge held deletions above the allowed share; its automatic retry inherits
+# it (Dagster copies the run's tags), and is not retried again if it holds them too.
+DELETIONS_HELD_TAG = "d23/deletions_held"
 RETRIES_STOPPED_TAG = "d23/retries_stopped"
 
 

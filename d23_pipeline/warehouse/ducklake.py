@@ -105,7 +105,7 @@ _REFUSED_SETTINGS = (
     "is not permitted to log in",
     "no pg_hba.conf entry",
     "invalid sslmode value",
-    "could not translate host name",
+    "Name or service not known",  # a host name that does not exist (a DNS outage retries)
 )
 # What to do about some of them, said after the catalog's words.
 _WHAT_TO_DO = {
@@ -140,17 +140,18 @@ CATALOG_LIBPQ_DEFAULTS = {
 
 
 def _connection_error(action: str, failure: str) -> WarehouseConnectionError:
-    refused = any(words in failure for words in _REFUSED_SETTINGS)
-    error = WarehouseSettingsError if refused else WarehouseConnectionError
+    error = WarehouseSettingsError if _refused_settings(failure) else WarehouseConnectionError
     failure = failure.replace(_OVERRIDE_ADVICE, "").strip()
     advice = "".join(f"; {todo}" for words, todo in _WHAT_TO_DO.items() if words in failure)
     return error(f"cannot {action} named by D23_WAREHOUSE_DSN: {failure}{advice}")
 
 
+# DuckDB's words when a session's new connection to the catalog fails.
+_CONNECTING = "Unable to connect to Postgres"
 # libpq's and DuckDB's words for a catalog that went away during a session.
 _CATALOG_LOST = (
     'Failed to execute query "ROLLBACK"',  # a COMMIT whose connection was gone
-    "Unable to connect to Postgres",
+    _CONNECTING,
     "server closed the connection",
     "could not receive data from server",
     "could not send data to server",
@@ -164,14 +165,18 @@ def _lost_the_catalog(failure: str) -> bool:
     return any(words in failure for words in _CATALOG_LOST)
 
 
+def _refused_settings(failure: str) -> bool:
+    return any(words in failure for words in _REFUSED_SETTINGS)
+
+
 def _lost_catalog_error(failure: str) -> WarehouseConnectionError:
     """What a step says when the catalog went away under it; ``failure`` already redacted."""
     first = next(iter(failure.strip().splitlines()), "")
     return WarehouseConnectionError(
         "lost the DuckLake catalog named by D23_WAREHOUSE_DSN during the step (it stopped, "
-        f"restarted or went off the network: {first}). A merge's transaction commits whole or "
-        "not at all, and the month's next merge is exact either way: the run is retried, and "
-        "if the catalog stays away, launch the month again once it is back"
+        f"restarted or went off the network: {first}). A transaction open then (a merge's "
+        "too) commits whole or not at all, and the month's next merge is exact either way: the "
+        "run is retried, and if the catalog stays away, launch it again once it is back"
     )
 
 
@@ -213,8 +218,9 @@ def split_password(dsn: str) -> tuple[str, str | None] | None:
     if "://" in dsn and _misread_uri(params):
         return None
     password = params.pop("password", None)
-    for option, value in CATALOG_LIBPQ_DEFAULTS.items():
-        params.setdefault(option, value)
+    if "service" not in params:  # a pg_service.conf service's own options stand
+        for option, value in CATALOG_LIBPQ_DEFAULTS.items():
+            params.setdefault(option, value)
     conninfo: str = make_dsn(**params)
     return conninfo, password
 
@@ -398,8 +404,14 @@ class DuckLakeWarehouse:
                 yield con
             except BaseException as exc:  # a DuckDB error, or one that holds one in its chain
                 self._hide_secrets(exc)
-                if isinstance(exc, duckdb.Error) and _lost_the_catalog(str(exc)):
-                    raise _lost_catalog_error(str(exc)) from exc
+                if isinstance(exc, duckdb.IOException | duckdb.TransactionException):
+                    failure = str(exc)
+                    # The catalog refused a new connection of this session (a changed password,
+                    # a role no longer allowed in): a setting to fix, as at the first one.
+                    if _CONNECTING in failure and _refused_settings(failure):
+                        raise _connection_error("open the DuckLake catalog", failure) from exc
+                    if _lost_the_catalog(failure):
+                        raise _lost_catalog_error(failure) from exc
                 raise
             finally:
                 con.close()
@@ -435,6 +447,16 @@ class DuckLakeWarehouse:
             session.close()  # ends the PostgreSQL session, and the turn with it
 
     def _wait_for_turn(self, session: Any) -> None:
+        import psycopg2
+
+        try:
+            self._take_turn(session)
+        except psycopg2.OperationalError as exc:  # not LockNotAvailable: WarehouseBusyError
+            if not _lost_the_catalog(str(exc)):
+                raise
+            raise _lost_catalog_error(self._redact(str(exc))) from None
+
+    def _take_turn(self, session: Any) -> None:
         import psycopg2.errors
 
         key = {"key": ducklake_sql.WRITER_TURN_KEY}
@@ -462,11 +484,6 @@ class DuckLakeWarehouse:
                     f"{self.lock_timeout_s:g} s (a merge or rebuild of another run or host); "
                     "re-run when it is done"
                 ) from None
-            # After LockNotAvailable, which is one too.
-            except psycopg2.OperationalError as exc:
-                if not _lost_the_catalog(str(exc)):
-                    raise
-                raise _lost_catalog_error(self._redact(str(exc))) from None
 
     def _lake(self) -> _Lake:
         """This process's DuckDB with the lake attached and schema ``d23`` created if missing."""

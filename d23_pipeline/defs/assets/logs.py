@@ -10,7 +10,7 @@ from d23_pipeline.defs.metadata import markdown_table, schema_from_table
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 from d23_pipeline.defs.run_retries import (
-    RETRY_NUMBER_TAG,
+    DELETIONS_HELD_TAG,
     not_retried,
     retried_only_when_it_can_help,
 )
@@ -143,15 +143,18 @@ def logs(
     if summary.deletions_held:
         context.log.error(checks.describe_held_deletions(partition, summary, max_share))
         # A first run is retried: the rows may have moved to a month whose read merges later
-        # (a backfill's), and a new read of a slice its counts did not prove may verify it. A
-        # retry that holds them again stops there: another would read the whole month again.
-        if context.run.tags.get(RETRY_NUMBER_TAG) and not snapshot.refuted:
+        # (a backfill's), and a new read of a slice its counts did not prove may verify it. Its
+        # retry, which inherits the run's tags, stops there if it holds them again: another
+        # would read the whole month again.
+        if context.run.tags.get(DELETIONS_HELD_TAG) and not snapshot.refuted:
             not_retried(
                 context,
                 "the read proved more rows gone than D23_MAX_DELETION_SHARE allows, again after "
                 "a retry. Confirm the deletions as the check deletions_within_limit says, or "
                 "launch the month again once the source has them back.",
             )
+        else:
+            context.instance.add_run_tags(context.run.run_id, {DELETIONS_HELD_TAG: "true"})
     return dg.MaterializeResult(
         metadata={
             # The month's, as d23/raw_logs' count is: the UI plots it per partition, where the
