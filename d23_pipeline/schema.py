@@ -365,7 +365,9 @@ def validate_rows(raw_rows: Iterable[Any], since: str, until: str) -> Validation
         # Which value of a repeated contract field the API meant is unknown; a repeated field
         # outside the contract is dropped like any extra field.
         repeated = raw.repeated & _ALLOWED if isinstance(raw, RepeatedKeys) else frozenset()
-        problems = [f"the row names {', '.join(sorted(repeated))} more than once"] * bool(repeated)
+        problems = []
+        if repeated:
+            problems.append(f"the row names {', '.join(sorted(repeated))} more than once")
         try:
             row = _check_row(raw, since, until)
         except ValueError as exc:

@@ -243,12 +243,15 @@ class WarehouseResource(_CheckedWhenARunStarts):
         if backend is None or (backend == "ducklake" and data_path is None):
             from_env, env_data_path = validate_warehouse(env)
             backend, data_path = backend or from_env, data_path or env_data_path
-        dsn = self.dsn
-        if dsn is None and backend == "ducklake":
+        if self.dsn is not None:
+            # One read from a secrets file often ends in a newline, which libpq keeps in its
+            # last value (a database "d23\n" that does not exist); a space may end an escaped
+            # password.
+            dsn = self.dsn.strip("\r\n") or None
+        elif backend == "ducklake":
             dsn = env.get("D23_WAREHOUSE_DSN", "").strip() or None
-        # One read from a secrets file often ends in a newline, which libpq keeps in its last
-        # value (a database "d23\n" that does not exist); a space may end an escaped password.
-        dsn = (dsn.strip("\r\n") or None) if dsn else dsn
+        else:
+            dsn = None
         return open_warehouse(
             backend,
             database=Path(self.database or read_warehouse_database(env)),
