@@ -572,6 +572,26 @@ def test_a_reject_without_an_id_served_again_under_a_reworded_reason_is_stored_o
     assert stored == [(reworded["reason"],)]
 
 
+def test_alike_rejects_without_an_id_are_kept_as_many_as_a_read_not_proven_complete_missed(
+    months: Months,
+) -> None:
+    # Two bad rows that held the same values and no id: only their number tells them apart.
+    alike = rejected(None) | {"allowlisted_values": '{"outcome_option": "PTP"}'}
+
+    def stored() -> int:
+        with months.warehouse.connect(read_only=True) as con:
+            return con.execute("SELECT count(*) FROM d23.rejected_rows").fetchone()[0]
+
+    months.merge([row("a")], rejects=[alike, alike])
+    months.merge([row("a")], rejects=[alike], verified=False)
+    assert stored() == 2
+    months.merge([row("a")], rejects=[alike, alike, alike], verified=False)
+    assert stored() == 3
+    # A read proven complete is the count.
+    months.merge([row("a")], rejects=[alike])
+    assert stored() == 1
+
+
 def test_a_reject_holding_no_field_is_kept_when_a_read_not_proven_complete_serves_another(
     months: Months,
 ) -> None:

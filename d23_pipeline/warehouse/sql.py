@@ -557,25 +557,49 @@ SELECT $partition, t.public_id, true, $reason, $read_at FROM d23.logs AS t WHERE
 # A read replaces the month's rejects, but a slice it could not prove complete may have missed
 # some that are still broken at the source (absence is not evidence): the earlier rejects in such
 # a slice stay, unless this read served the row again, valid or rejected alike.
-DELETE_REJECTS = """
+# An earlier reject in a slice this read proved complete goes; in one it did not, only if this
+# read served it again.
+_IN_UNVERIFIED_SLICE = """EXISTS (
+          SELECT 1
+          FROM (SELECT unnest($unverified_since) AS since, unnest($unverified_until) AS until) AS u
+          WHERE {alias}.slice_since < u.until AND u.since < {alias}.slice_until
+      )"""
+DELETE_REJECTS = f"""
 DELETE FROM d23.rejected_rows AS o
 WHERE o._partition = $partition
   AND (
-      NOT EXISTS (
-          SELECT 1
-          FROM (SELECT unnest($unverified_since) AS since, unnest($unverified_until) AS until) AS u
-          WHERE o.slice_since < u.until AND u.since < o.slice_until
-      )
+      NOT {_IN_UNVERIFIED_SLICE.format(alias="o")}
       OR EXISTS (SELECT 1 FROM snapshot AS s WHERE s.public_id = o.public_id)
       OR EXISTS (SELECT 1 FROM snapshot_rejects AS r WHERE r.public_id = o.public_id)
-      -- A bad row without an id is only known by what it held: not by its reason, whose
-      -- wording another version of this product may have changed, unless it held no contract
-      -- field at all (a list, a string: '{}'), when the reason is all that tells it apart.
-      OR o.public_id IS NULL AND EXISTS (
-          SELECT 1 FROM snapshot_rejects AS r
-          WHERE r.public_id IS NULL
-            AND r.allowlisted_values = o.allowlisted_values
-            AND (o.allowlisted_values <> '{}' OR r.reason = o.reason)
+      -- A bad row without an id is only known by what it held: not by its reason, whose wording
+      -- another version of this product may have changed, unless it held no contract field at
+      -- all (a list, a string: '{{}}'), when the reason is all that tells it apart. Rows alike in
+      -- that are told apart by their number: as many earlier copies go as this read served, so
+      -- that a read not proven complete that served one of two keeps the other.
+      OR o.rowid IN (
+          SELECT e.rowid
+          FROM (
+              SELECT
+                  rowid,
+                  allowlisted_values,
+                  reason,
+                  row_number() OVER (
+                      PARTITION BY allowlisted_values,
+                                   CASE WHEN allowlisted_values = '{{}}' THEN reason END
+                      ORDER BY rowid
+                  ) AS copy
+              FROM d23.rejected_rows AS e
+              WHERE _partition = $partition
+                AND public_id IS NULL
+                AND {_IN_UNVERIFIED_SLICE.format(alias="e")}
+          ) AS e
+          WHERE e.copy <= (
+              SELECT count(*)
+              FROM snapshot_rejects AS r
+              WHERE r.public_id IS NULL
+                AND r.allowlisted_values = e.allowlisted_values
+                AND (e.allowlisted_values <> '{{}}' OR r.reason = e.reason)
+          )
       )
   )
 """
