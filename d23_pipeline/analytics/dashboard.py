@@ -392,8 +392,11 @@ def _gather(
         other_mapping=other_mapping,
         deletions_pending=pending,
         kpis_behind_mix=[r["month"] for r in fetch_dicts(con, sql.KPIS_BEHIND_MIX)],
+        # A month whose monthly mix counts with an earlier mapping is listed as such, its daily
+        # table with it: the rebuild that section names rebuilds both.
         mix_behind_logs=sorted(
-            {r["month"] for r in fetch_dicts(con, sql.MIX_BEHIND_LOGS)} | set(daily_otherwise)
+            {r["month"] for r in fetch_dicts(con, sql.MIX_BEHIND_LOGS)}
+            | (set(daily_otherwise) - {m["month"] for m in other_mapping})
         ),
     )
 
@@ -1171,8 +1174,9 @@ def _quality_section(data: DashboardData) -> str:
         + "<h3>Unmapped outcome codes</h3><p>Codes the outcome mapping does not classify; add "
         "them to the mapping file (D23_OUTCOME_MAPPING).</p>"
         + _table(("month", "outcome_option", "attempts"), unmapped, "every code is mapped")
-        + "<h3>Months counted with another outcome mapping</h3><p>Their outcome mix, KPIs and "
-        "tiles classify these codes as the mapping did when they were last built; the "
+        + "<h3>Months counted with another outcome mapping</h3><p>Their outcome mix (monthly "
+        "and daily), KPIs and tiles classify these codes as the mapping did when they were last "
+        "built; the "
         "weekday-hour and channel panels count every month with the current mapping. "
         "Re-materialize d23/outcome_mix_monthly, d23/outcome_mix_daily and the assets "
         f"downstream of them (selection {_REBUILD_SELECTION}) for these months to count them "
