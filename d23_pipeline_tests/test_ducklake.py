@@ -275,6 +275,37 @@ def test_a_login_the_catalog_refuses_during_a_session_is_a_setting_not_a_lost_ca
     assert "lost the DuckLake catalog" not in str(raised.value)
 
 
+def test_a_catalog_that_turns_sessions_away_during_a_read_is_named_as_lost_and_retried(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    lake = Lake.create(postgres, tmp_path / "lake")
+    database = parse_dsn(lake.dsn)["dbname"]
+    warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
+    with warehouse.connect():
+        pass  # attached: the process keeps the lake
+    # The catalog's database goes away (maintenance) and every session of it is ended.
+    with contextlib.closing(postgres.connect("postgres")) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+
+    with (
+        pytest.raises(WarehouseConnectionError) as raised,
+        warehouse.connect(read_only=True) as con,
+    ):
+        con.execute("SELECT count(*) FROM d23.logs").fetchall()
+
+    message = str(raised.value)
+    assert not isinstance(raised.value, WarehouseSettingsError)  # retried
+    assert "lost the DuckLake catalog named by D23_WAREHOUSE_DSN" in message
+    assert "is not currently accepting connections" in message
+    assert postgres.password not in message
+
+
 def test_a_host_name_that_does_not_exist_is_a_setting_a_dns_outage_is_retried() -> None:
     unknown = 'could not translate host name "db.invalid" to address: Name or service not known'
     outage = 'could not translate host name "db" to address: Temporary failure in name resolution'
