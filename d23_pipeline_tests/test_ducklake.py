@@ -275,28 +275,35 @@ def test_a_login_the_catalog_refuses_during_a_session_is_a_setting_not_a_lost_ca
     assert "lost the DuckLake catalog" not in str(raised.value)
 
 
-def test_a_catalog_that_turns_sessions_away_during_a_read_is_named_as_lost_and_retried(
-    postgres: PostgresServer, tmp_path: Path
+@pytest.mark.parametrize("when", ["as a session opens", "during a read"])
+def test_a_catalog_that_turns_sessions_away_is_named_as_lost_and_retried(
+    postgres: PostgresServer, tmp_path: Path, when: str
 ) -> None:
     lake = Lake.create(postgres, tmp_path / "lake")
     database = parse_dsn(lake.dsn)["dbname"]
     warehouse = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
     with warehouse.connect():
         pass  # attached: the process keeps the lake
-    # The catalog's database goes away (maintenance) and every session of it is ended.
-    with contextlib.closing(postgres.connect("postgres")) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (database,),
-            )
 
+    def go_away() -> None:
+        """The catalog's database goes away (maintenance): every session of it is ended."""
+        with contextlib.closing(postgres.connect("postgres")) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (database,),
+                )
+
+    if when == "as a session opens":
+        go_away()
     with (
         pytest.raises(WarehouseConnectionError) as raised,
         warehouse.connect(read_only=True) as con,
     ):
+        if when == "during a read":
+            go_away()
         con.execute("SELECT count(*) FROM d23.logs").fetchall()
 
     message = str(raised.value)

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,8 +48,8 @@ from d23_pipeline.warehouse.store import (
 PARTITION = "2026-04-01"
 READ_AT = datetime(2026, 5, 2, tzinfo=UTC)
 SNAPSHOT_OPTIONS = (
-    "rejects", "absent", "partition", "verified", "read_at", "started_at", "stale_rejects",
-    "weighed_until",
+    "rejects", "absent", "partition", "verified", "unverified_days", "read_at", "started_at",
+    "stale_rejects", "weighed_until",
 )  # fmt: skip
 
 
@@ -86,12 +87,14 @@ class Months:
         absent: tuple[str, ...] = (),
         partition: str = PARTITION,
         verified: bool = True,
+        unverified_days: Collection[int] = (),
         read_at: datetime | None = None,
         started_at: datetime | None = None,
         stale_rejects: list[StaleReject] = (),
         weighed_until: datetime | None = None,
     ) -> Snapshot:
-        """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone; read an
+        """A snapshot of ``slices`` (one file each) whose read proved ``absent`` gone, every
+        slice verified unless ``verified`` is false or its day is in ``unverified_days``; read an
         hour after the one before unless ``read_at`` says when (begun then too, unless
         ``started_at`` says when)."""
         self.count += 1
@@ -111,7 +114,15 @@ class Months:
             served = len(rows) + len(slice_rejects)
             records.append(
                 SliceRecord(
-                    window, len(rows), len(slice_rejects), 1, served, served, served, verified, 1
+                    window,
+                    len(rows),
+                    len(slice_rejects),
+                    1,
+                    served,
+                    served,
+                    served,
+                    verified and day not in unverified_days,
+                    1,
                 )
             )
         pq.write_table(
@@ -590,6 +601,29 @@ def test_alike_rejects_without_an_id_are_kept_as_many_as_a_read_not_proven_compl
     # A read proven complete is the count.
     months.merge([row("a")], rejects=[alike])
     assert stored() == 1
+
+
+def test_alike_rejects_without_an_id_are_matched_in_their_own_slice_only(
+    months: Months,
+) -> None:
+    def alike(day: int) -> dict:
+        since = datetime(2026, 4, day, tzinfo=UTC)
+        window = {"slice_since": since, "slice_until": since + timedelta(days=1)}
+        return rejected(None) | {"allowlisted_values": '{"outcome_option": "PTP"}'} | window
+
+    def days_stored() -> list[int]:
+        with months.warehouse.connect(read_only=True) as con:
+            stamps = con.execute("SELECT slice_since FROM d23.rejected_rows").fetchall()
+        return sorted(since.day for (since,) in stamps)
+
+    # Stored day 2's copy first: the copy served again is day 1's, whatever was stored first.
+    months.merge([row("a")], [row("b")], rejects=[alike(2), alike(1)])
+    months.merge([row("a")], [row("b")], rejects=[alike(1)], unverified_days={1, 2})
+    assert days_stored() == [1, 2]
+    # Day 1 proven complete serves its copy again; day 2, not proven, served none: its copy
+    # stays, not taken by day 1's.
+    months.merge([row("a")], [row("b")], rejects=[alike(1)], unverified_days={2})
+    assert days_stored() == [1, 2]
 
 
 def test_a_reject_holding_no_field_is_kept_when_a_read_not_proven_complete_serves_another(

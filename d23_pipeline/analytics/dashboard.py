@@ -1174,9 +1174,8 @@ def _quality_section(data: DashboardData) -> str:
         + "<h3>Unmapped outcome codes</h3><p>Codes the outcome mapping does not classify; add "
         "them to the mapping file (D23_OUTCOME_MAPPING).</p>"
         + _table(("month", "outcome_option", "attempts"), unmapped, "every code is mapped")
-        + "<h3>Months counted with another outcome mapping</h3><p>Their outcome mix (monthly "
-        "and daily), KPIs and tiles classify these codes as the mapping did when they were last "
-        "built; the "
+        + "<h3>Months counted with another outcome mapping</h3><p>Their outcome mix, KPIs and "
+        "tiles classify these codes as the mapping did when they were last built; the "
         "weekday-hour and channel panels count every month with the current mapping. "
         "Re-materialize d23/outcome_mix_monthly, d23/outcome_mix_daily and the assets "
         f"downstream of them (selection {_REBUILD_SELECTION}) for these months to count them "

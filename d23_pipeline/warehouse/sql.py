@@ -574,17 +574,21 @@ WHERE o._partition = $partition
       -- A bad row without an id is only known by what it held: not by its reason, whose wording
       -- another version of this product may have changed, unless it held no contract field at
       -- all (a list, a string: '{{}}'), when the reason is all that tells it apart. Rows alike in
-      -- that are told apart by their number: as many earlier copies go as this read served, so
-      -- that a read not proven complete that served one of two keeps the other.
+      -- that are told apart by their slice and their number: of the earlier copies in a slice,
+      -- as many go as this read served in slices overlapping it, so that a read not proven
+      -- complete that served one of two keeps the other, and a copy served in another slice
+      -- takes none.
       OR o.rowid IN (
           SELECT e.rowid
           FROM (
               SELECT
                   rowid,
+                  slice_since,
+                  slice_until,
                   allowlisted_values,
                   reason,
                   row_number() OVER (
-                      PARTITION BY allowlisted_values,
+                      PARTITION BY slice_since, slice_until, allowlisted_values,
                                    CASE WHEN allowlisted_values = '{{}}' THEN reason END
                       ORDER BY rowid
                   ) AS copy
@@ -599,6 +603,7 @@ WHERE o._partition = $partition
               WHERE r.public_id IS NULL
                 AND r.allowlisted_values = e.allowlisted_values
                 AND (e.allowlisted_values <> '{{}}' OR r.reason = e.reason)
+                AND r.slice_since < e.slice_until AND e.slice_since < r.slice_until
           )
       )
   )
