@@ -69,10 +69,7 @@ class PostgresServer:
         """A fresh, empty database of its own on this cluster (a DuckLake's catalog); its libpq
         connection string."""
         database = f"lake_{uuid.uuid4().hex[:12]}"
-        with contextlib.closing(self.connect("postgres")) as conn:
-            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-            with conn.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE {database}")
+        self.administer(f"CREATE DATABASE {database}")
         return (
             f"host={self.host} port={self.port} user={self.user} "
             f"password={self.password} dbname={database}"
@@ -87,6 +84,14 @@ class PostgresServer:
             password=self.password,
             dbname=database or self.database,
         )
+
+    def administer(self, statement: str, params: Sequence[object] = ()) -> None:
+        """Run one statement (``%s`` placeholders) as the superuser, outside a transaction, as
+        CREATE DATABASE must be."""
+        with contextlib.closing(self.connect("postgres")) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(statement, params)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """Rows of one statement (``%s`` placeholders) in the Dagster database."""
@@ -157,10 +162,7 @@ def postgres_cluster() -> Iterator[PostgresServer]:
         )
         _run([pg_ctl, "--pgdata", str(data), "--log", str(log), "-o", options, "-w", "start"], log)
         server = PostgresServer(port=port, password=password, folder=folder)
-        with contextlib.closing(server.connect("postgres")) as conn:
-            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-            with conn.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE {DATABASE}")
+        server.administer(f"CREATE DATABASE {DATABASE}")
         yield server
         _run([pg_ctl, "--pgdata", str(data), "-m", "fast", "-w", "stop"], log)
     finally:

@@ -152,10 +152,7 @@ def test_a_catalog_user_who_cannot_create_tables_is_a_setting_to_fix_not_retried
 ) -> None:
     # PostgreSQL 15 lets only a database's owner create tables in its schema public.
     role, password = f"d23_ro_{uuid.uuid4().hex[:8]}", f"Ro-{secrets.token_hex(8)}"
-    with contextlib.closing(postgres.connect("postgres")) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+    postgres.administer(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
     dsn = parse_dsn(postgres.new_database()) | {"user": role, "password": password}
     warehouse = DuckLakeWarehouse(" ".join(f"{k}={v}" for k, v in dsn.items()), str(tmp_path))
 
@@ -186,12 +183,9 @@ def test_a_catalog_login_a_retry_cannot_mend_is_a_setting_to_fix(
 ) -> None:
     role, password = f"d23_no_{uuid.uuid4().hex[:8]}", f"No-{secrets.token_hex(8)}"
     dsn = parse_dsn(postgres.new_database()) | {"user": role, "password": password}
-    with contextlib.closing(postgres.connect("postgres")) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f"CREATE ROLE {role} {role_options} PASSWORD %s", (password,))
-            if revoke_connect:
-                cursor.execute(f"REVOKE CONNECT ON DATABASE {dsn['dbname']} FROM PUBLIC")
+    postgres.administer(f"CREATE ROLE {role} {role_options} PASSWORD %s", (password,))
+    if revoke_connect:
+        postgres.administer(f"REVOKE CONNECT ON DATABASE {dsn['dbname']} FROM PUBLIC")
     warehouse = DuckLakeWarehouse(" ".join(f"{k}={v}" for k, v in dsn.items()), str(tmp_path))
 
     with pytest.raises(WarehouseSettingsError) as raised, warehouse.connect():
@@ -251,20 +245,14 @@ def test_a_login_the_catalog_refuses_during_a_session_is_a_setting_not_a_lost_ca
     role, password = f"d23_lk_{uuid.uuid4().hex[:8]}", f"Lk-{secrets.token_hex(8)}"
     dsn = parse_dsn(postgres.new_database())
 
-    def as_superuser(statement: str, params: tuple = ()) -> None:
-        with contextlib.closing(postgres.connect("postgres")) as conn:
-            conn.autocommit = True
-            with conn.cursor() as cursor:
-                cursor.execute(statement, params)
-
-    as_superuser(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
-    as_superuser(f"ALTER DATABASE {dsn['dbname']} OWNER TO {role}")
+    postgres.administer(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+    postgres.administer(f"ALTER DATABASE {dsn['dbname']} OWNER TO {role}")
     conninfo = " ".join(f"{k}={v}" for k, v in (dsn | {"user": role, "password": password}).items())
     warehouse = DuckLakeWarehouse(conninfo, str(tmp_path / "lake"))
     with warehouse.connect():
         pass  # attached: the process keeps the lake
-    as_superuser(f"ALTER ROLE {role} NOLOGIN")
-    as_superuser(
+    postgres.administer(f"ALTER ROLE {role} NOLOGIN")
+    postgres.administer(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
     )
 
@@ -287,14 +275,11 @@ def test_a_catalog_that_turns_sessions_away_is_named_as_lost_and_retried(
 
     def go_away() -> None:
         """The catalog's database goes away (maintenance): every session of it is ended."""
-        with contextlib.closing(postgres.connect("postgres")) as conn:
-            conn.autocommit = True
-            with conn.cursor() as cursor:
-                cursor.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
-                cursor.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (database,),
-                )
+        postgres.administer(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        postgres.administer(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
 
     if when == "as a session opens":
         go_away()
@@ -450,11 +435,8 @@ def test_a_catalog_that_refuses_the_reconnect_after_the_attach_shows_no_password
     (for a client key; unused here) stays in it, and is cut out of the error instead."""
     role, password = f"lake_{uuid.uuid4().hex[:12]}", f"pw-{secrets.token_urlsafe(12)}"
     key_password = f"key-{secrets.token_urlsafe(12)}"
-    with contextlib.closing(postgres.connect("postgres")) as admin:
-        admin.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
-            cursor.execute(f"CREATE DATABASE {role} OWNER {role}")
+    postgres.administer(f"CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
+    postgres.administer(f"CREATE DATABASE {role} OWNER {role}")
     dsn = {
         "key-value": f"host={postgres.host} port={postgres.port} user={role} "
         f"password={password} dbname={role} sslpassword={key_password}",
@@ -464,14 +446,10 @@ def test_a_catalog_that_refuses_the_reconnect_after_the_attach_shows_no_password
     with warehouse.connect() as con:
         con.execute("CREATE TABLE d23.t AS SELECT 1 AS x")
 
-    with contextlib.closing(postgres.connect("postgres")) as admin:
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(f"ALTER ROLE {role} PASSWORD 'rotated-elsewhere'")
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (role,),
-            )
+    postgres.administer(f"ALTER ROLE {role} PASSWORD 'rotated-elsewhere'")
+    postgres.administer(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+    )
     shown = []
     # A reader's session reconnects through DuckDB's driver; a writer's first opens its own
     # session for the writers' turn.
@@ -757,11 +735,8 @@ def test_the_catalogs_own_timeouts_neither_cut_a_wait_for_the_turn_nor_end_a_tur
 ) -> None:
     # Managed PostgreSQL often sets these per role or database; they apply to new sessions.
     database = parse_dsn(lake.dsn)["dbname"]
-    with contextlib.closing(postgres.connect("postgres")) as admin:
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(f"ALTER DATABASE {database} SET statement_timeout = '1s'")
-            cursor.execute(f"ALTER DATABASE {database} SET idle_session_timeout = '1s'")
+    postgres.administer(f"ALTER DATABASE {database} SET statement_timeout = '1s'")
+    postgres.administer(f"ALTER DATABASE {database} SET idle_session_timeout = '1s'")
     holder = DuckLakeWarehouse(lake.dsn, str(lake.data_path))
     waiter = DuckLakeWarehouse(lake.dsn, str(lake.data_path), lock_timeout_s=2.5)
     outcome: list[BaseException] = []
