@@ -619,6 +619,32 @@ def test_deletions_not_applied_count_as_an_open_problem() -> None:
     assert _data(deletions_pending=[pending]).problem_count() == 1
 
 
+def test_a_months_doubts_are_the_open_problems_that_touch_its_counts() -> None:
+    at, april, may = datetime(2026, 5, 3, tzinfo=UTC), date(2026, 4, 1), date(2026, 5, 1)
+    data = _data(
+        unverified_slices=[{"partition": "2026-05-01", "slice_since": at, "slice_until": at,
+                            "served": 1, "total_before": 2, "total_after": 2, "reads": 2,
+                            "read_at": at}],
+        deletions_pending=[{"partition": "2026-05-01", "reason": r, "rows": 3, "attempts": 2,
+                            "read_at": at} for r in ("held", "not proven")],
+        other_mapping=[{"month": may, "outcome_option": "BUSY"}],
+        mix_behind_logs=[may],
+        kpis_behind_mix=[may],
+        # April's rejects and unmapped codes are left out of, or counted in, its KPIs by design.
+        rejected=[{"partition": "2026-04-01", "reason": "bad", "rows": 1}],
+        unmapped=[{"month": april, "outcome_option": "ODD", "attempts": 1}],
+    )  # fmt: skip
+
+    assert data.doubts_about(may) == [
+        "4 attempt(s) found gone at the source still counted",
+        "1 slice(s) not proven complete",
+        "counted with another outcome mapping",
+        "outcome mix older than d23.logs",
+        "KPIs older than their outcome mix",
+    ]
+    assert data.doubts_about(april) == []
+
+
 def test_the_problem_count_counts_every_listed_problem(tmp_path: Path) -> None:
     at, april, may = datetime(2026, 5, 3, tzinfo=UTC), date(2026, 4, 1), date(2026, 5, 1)
     data = _data(

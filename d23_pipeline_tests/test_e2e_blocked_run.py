@@ -1,6 +1,7 @@
 """A month a blocking check stops, in the product as it runs (simulator, webserver, daemon): the
 daemon's d23_dashboard_after_blocked_run rebuilds the dashboard, which lists what held it."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ def test_a_month_held_by_a_large_deletion_shows_on_the_dashboard_without_another
         wait_for("the simulator", lambda: "http" in (tmp_path / "sim-200.log").read_text(), 60)
         pipeline.materialize(MONTH)
     assert "every deletion is applied" in pipeline.dashboard_path.read_text()
+    assert "may not count the source" not in pipeline.dashboard_path.read_text()
 
     # Not waiting for the backfill: its month fails at the check, and is retried twice.
     with (
@@ -94,3 +96,7 @@ def test_a_month_held_by_a_large_deletion_shows_on_the_dashboard_without_another
     page = pipeline.dashboard_path.read_text()
     held = page[page.index("<h3>Deletions not applied</h3>") :]
     assert f"<td>{MONTH}</td>" in held[: held.index("</section>")]
+    # The tiles, the figures an analyst quotes, say so too, not only the problems at the foot.
+    tiles = page[page.index("<section id='kpis'>") : page.index("<section id='trends'>")]
+    assert "<h2>KPIs, Jun 2026</h2>" in tiles
+    assert re.search(r"may not count the source .*Jun 2026: \d+ attempt\(s\) found gone", tiles)

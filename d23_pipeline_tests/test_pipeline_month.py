@@ -442,6 +442,7 @@ def test_the_second_months_assets_report_that_months_numbers(tmp_path: Path) -> 
     shown = _metadata(result, "d23__outcome_dashboard")
     assert shown["months"] == ["2026-04", "2026-05"]
     assert shown["tiles_month"] == "2026-05"
+    assert shown["tiles_month_doubts"] == "no open problem touches its counts"
     assert shown["contact_rate (%)"] == kpis["contact_rate (%)"] == round(contact_rate * 100, 1)
     assert "times of day and days are in Europe/Berlin" in berlin
     merged = _metadata(held, "d23__logs")
@@ -451,6 +452,10 @@ def test_the_second_months_assets_report_that_months_numbers(tmp_path: Path) -> 
     assert (merged["older_versions_served"], merged["conflicting_versions"]) == (1, 0)
     shown = _metadata(june, "d23__outcome_dashboard")
     assert (shown["months"][-1], shown["tiles_month"]) == ("2026-06", "2026-05")
+    # May still counts the rows its read found gone and held.
+    assert re.fullmatch(
+        r"\d+ attempt\(s\) found gone at the source still counted", shown["tiles_month_doubts"]
+    )
 
 
 def test_a_data_dir_read_from_one_source_refuses_a_read_of_another(pipeline: Pipeline) -> None:

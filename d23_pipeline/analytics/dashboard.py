@@ -120,6 +120,26 @@ class DashboardData:
             + len(self.months_in("no KPIs") - set(self.kpis_behind_mix))
         )
 
+    def doubts_about(self, month: date) -> list[str]:
+        """Why ``month``'s KPIs may not count the source as it is: its open data-quality
+        problems that touch its counts (not its rejects or unmapped codes, which the KPIs
+        leave out or count as attempts by design); empty if there is none."""
+        partition = month.isoformat()
+        gone = sum(p["attempts"] for p in self.deletions_pending if p["partition"] == partition)
+        unverified = sum(1 for s in self.unverified_slices if s["partition"] == partition)
+        reasons = []
+        if gone:
+            reasons.append(f"{gone:,} attempt(s) found gone at the source still counted")
+        if unverified:
+            reasons.append(f"{unverified} slice(s) not proven complete")
+        if any(m["month"] == month for m in self.other_mapping):
+            reasons.append("counted with another outcome mapping")
+        if month in self.mix_behind_logs:
+            reasons.append("outcome mix older than d23.logs")
+        if month in self.kpis_behind_mix:
+            reasons.append("KPIs older than their outcome mix")
+        return reasons
+
     def tile_months(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The KPIs of the latest month that has ended with attempts (a month without any has
         no rate to show), and of the month before it."""
@@ -1048,11 +1068,25 @@ def _tiles_section(data: DashboardData) -> str:
         )
     maturing = latest["month"] in data.months_in("maturing")
     caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
+    # The tiles are what an analyst quotes: a month known to differ from the source says so
+    # here, not only in the problems listed at the foot of the page.
+    off = [
+        f"{_month_label(m['month'])}: {'; '.join(reasons)}"
+        for m in (latest, before)
+        if m is not None and (reasons := data.doubts_about(m["month"]))
+    ]
+    warning = (
+        "<p class='off'>These figures may not count the source as it is yet (see Open "
+        "data-quality problems): "
+        f"{html.escape('. '.join(off))}.</p>"
+        if off
+        else ""
+    )
     return (
         f"<section id='kpis'><h2>KPIs, {_month_label(latest['month'])}</h2>"
         f"<p>The latest month that has ended with attempts ({latest['attempts']:,}{since}), "
         f"{compared}; "
-        f"pp = percentage points.{caveat}</p>"
+        f"pp = percentage points.{caveat}</p>{warning}"
         f"<div class='tiles'>{''.join(tiles)}</div></section>"
     )
 
@@ -1230,6 +1264,7 @@ table { border-collapse: collapse; font-size: 14px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; }
 th { background: #f4f4f4; }
 .ok { color: #1b7837; }
+.off { color: #b35806; font-weight: 600; }
 """
 
 

@@ -58,4 +58,7 @@ def outcome_dashboard(
     if latest is not None:
         metadata["tiles_month"] = f"{latest['month']:%Y-%m}"
         metadata.update(percent_metadata(latest))
+        metadata["tiles_month_doubts"] = (
+            "; ".join(data.doubts_about(latest["month"])) or "no open problem touches its counts"
+        )
     return dg.MaterializeResult(metadata=metadata)
