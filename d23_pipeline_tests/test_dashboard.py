@@ -239,6 +239,13 @@ def test_tiles_show_the_latest_month_with_attempts_and_the_change_between_the_ra
     assert tile is not None
     assert '<div class="value">35.2%</div>' in tile[1]
     assert '<div class="delta">+0.0 pp (was 35.2%)' in tile[1]
+    assert (
+        f'<div class="of">{april["contacts"]:,} of {april["attempts"]:,} attempts</div>' in tile[1]
+    )
+    # A refusal rate is of right-party contacts, not of attempts: the tile says so.
+    refusals = re.search(r'data-kpi="refusal_rate">(.*?)</div></div>', html)
+    assert refusals is not None
+    assert f"{april['refusals']:,} of {april['rpcs']:,} right-party contacts" in refusals[1]
     # With March empty too, April has nothing to compare against, and says why.
     dashboard.write_dashboard(
         tmp_path / "page.html", replace(data, kpis=[{**march, "attempts": 0}, april, may])

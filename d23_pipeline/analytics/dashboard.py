@@ -1064,6 +1064,7 @@ def _tiles_section(data: DashboardData) -> str:
         tiles.append(
             f'<div class="tile" data-kpi="{name}"><div class="label">{label}</div>'
             f'<div class="value">{percent(latest[name])}</div>'
+            f'<div class="of">{_of_what(latest, name)}</div>'
             f'<div class="delta">{change}</div></div>'
         )
     maturing = latest["month"] in data.months_in("maturing")
@@ -1089,6 +1090,14 @@ def _tiles_section(data: DashboardData) -> str:
         f"pp = percentage points.{caveat}</p>{warning}"
         f"<div class='tiles'>{''.join(tiles)}</div></section>"
     )
+
+
+def _of_what(kpis: dict[str, Any], name: str) -> str:
+    """A tile's rate as its counts, naming the denominator: a refusal rate is of right-party
+    contacts, not of attempts."""
+    kpi = KPI_BY_NAME[name]
+    counts = f"{kpis[kpi.numerator.column]:,} of {kpis[kpi.denominator.column]:,}"
+    return f"{counts} {html.escape(kpi.denominator.description)}"
 
 
 def _last_settled_change(data: DashboardData, name: str) -> str:
@@ -1259,7 +1268,7 @@ h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4
 .tile { border: 1px solid #ddd; border-radius: 6px; padding: 12px; }
 .tile .label { color: #555; font-size: 14px; }
 .tile .value { font-size: 28px; font-weight: 600; }
-.tile .delta { color: #555; font-size: 13px; }
+.tile .of, .tile .delta { color: #555; font-size: 13px; }
 table { border-collapse: collapse; font-size: 14px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; }
 th { background: #f4f4f4; }
