@@ -121,6 +121,13 @@ def _slice_window(key: str) -> tuple[datetime, datetime]:
     return window.since, window.until
 
 
+def _finished_slices(month_dir: Path) -> set[tuple[datetime, datetime]]:
+    """The windows of the slices the month's one manifest records as finished (none yet if
+    there is no manifest)."""
+    manifests = [json.loads(p.read_text()) for p in month_dir.glob("*/manifest.json")]
+    return {_slice_window(key) for manifest in manifests for key in manifest["slices"]}
+
+
 def _raw_logs_metadata(result: dg.ExecuteInProcessResult) -> dict:
     (event,) = result.asset_materializations_for_node("d23__raw_logs")
     return {k: v.value for k, v in event.metadata.items()}
@@ -134,18 +141,20 @@ def test_kill_during_download_then_rerun_reads_only_unfinished_slices(tmp_path: 
         before = warehouse_digest(pipeline.warehouse_path)
         try:
             with _worker(pipeline) as worker:
-                # Every slice worker is stuck on a held page: the run is mid-download.
+                # Every slice worker is stuck on a held page: the run is mid-download. The
+                # slices finished before are in the manifest once the landing has written them,
+                # which on a loaded machine may come after the workers are held.
                 _wait_for(
-                    lambda: sim.held >= CONCURRENCY,
+                    lambda: sim.held >= CONCURRENCY and bool(_finished_slices(month_dir)),
                     worker,
-                    "the download was held",
+                    "the download was held after a slice had finished",
                     _worker_log(pipeline),
                 )
                 _kill_9(worker)
         finally:
             sim.release()
         (killed,) = [json.loads(p.read_text()) for p in month_dir.glob("*/manifest.json")]
-        finished = {_slice_window(key) for key in killed["slices"]}
+        finished = _finished_slices(month_dir)
         assert not killed["complete"] and not (month_dir / "CURRENT").exists()
         assert 0 < len(finished) < len(killed["slice_keys"])
         assert warehouse_digest(pipeline.warehouse_path) == before
