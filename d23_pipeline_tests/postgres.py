@@ -85,9 +85,9 @@ class PostgresServer:
             dbname=database or self.database,
         )
 
-    def administer(self, statement: str, params: Sequence[object] = ()) -> None:
-        """Run one statement (``%s`` placeholders) as the superuser, outside a transaction, as
-        CREATE DATABASE must be."""
+    def administer(self, statement: str, params: Sequence[object] | None = None) -> None:
+        """Run one statement as the superuser, outside a transaction, as CREATE DATABASE must
+        be; with ``params``, its ``%s`` placeholders take them (without, a ``%`` is itself)."""
         with contextlib.closing(self.connect("postgres")) as conn:
             conn.autocommit = True
             with conn.cursor() as cursor:

@@ -33,7 +33,7 @@ from d23_pipeline.analytics.outcome_mix import (
     rebuild_outcome_mix_monthly,
 )
 from d23_pipeline.defs.assets.dashboard import outcome_dashboard
-from d23_pipeline.kpis import shown_percent
+from d23_pipeline.kpis import COUNTS, KPI_NAMES, shown_percent
 from d23_pipeline.months import month_window
 from d23_pipeline.simulator import BadRows, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse
@@ -643,13 +643,43 @@ def test_a_months_doubts_are_the_open_problems_that_touch_its_counts() -> None:
     )  # fmt: skip
 
     assert data.doubts_about(may) == [
-        "4 attempt(s) found gone at the source still counted",
-        "1 slice(s) not proven complete",
+        "4 attempts counted that its last read did not find (deletions not applied)",
+        "1 slice not proven complete",
         "counted with another outcome mapping",
         "outcome mix older than d23.logs",
         "KPIs older than their outcome mix",
     ]
     assert data.doubts_about(april) == []
+
+
+def test_the_tiles_name_the_doubts_of_every_month_they_quote(tmp_path: Path) -> None:
+    # April and May maturing: the broken-promise tile quotes March against February instead.
+    months = [date(2026, m, 1) for m in (2, 3, 4, 5)]
+    counts = {c.column: 10 for c in COUNTS} | {"unmapped_attempts": 0}
+    kpis = [{"month": m, **counts, **dict.fromkeys(KPI_NAMES, 0.5)} for m in months]
+    freshness = [
+        dashboard.MonthFreshness(m, 10, 10, None, status, 0, 0, 0, 0)
+        for m, status in zip(months, ("settled", "settled", "maturing", "maturing"), strict=True)
+    ]
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    data = _data(
+        kpis=kpis,
+        freshness=freshness,
+        deletions_pending=[
+            {"partition": "2026-03-01", "reason": "held", "rows": 1, "attempts": 1, "read_at": at}
+        ],
+        mix_behind_logs=[date(2026, 2, 1)],
+    )
+
+    dashboard.write_dashboard(tmp_path / "page.html", data)
+
+    page = (tmp_path / "page.html").read_text()
+    assert "last settled: Mar 2026 50.0%, +0.0 pp against Feb 2026" in page
+    assert (
+        "may not count the source as it is yet (see Open data-quality problems): Mar 2026: 1 "
+        "attempt counted that its last read did not find (deletions not applied). Feb 2026: "
+        "outcome mix older than d23.logs.</p>"
+    ) in page
 
 
 def test_the_problem_count_counts_every_listed_problem(tmp_path: Path) -> None:

@@ -129,9 +129,12 @@ class DashboardData:
         unverified = sum(1 for s in self.unverified_slices if s["partition"] == partition)
         reasons = []
         if gone:
-            reasons.append(f"{gone:,} attempt(s) found gone at the source still counted")
+            reasons.append(
+                f"{_counted(gone, 'attempt')} counted that its last read did not find "
+                "(deletions not applied)"
+            )
         if unverified:
-            reasons.append(f"{unverified} slice(s) not proven complete")
+            reasons.append(f"{_counted(unverified, 'slice')} not proven complete")
         if any(m["month"] == month for m in self.other_mapping):
             reasons.append("counted with another outcome mapping")
         if month in self.mix_behind_logs:
@@ -442,6 +445,10 @@ def _points(rate: float | None, before: float | None) -> str:
     if rate is None or before is None:
         return "no comparison"
     return f"{shown_percent(rate) - shown_percent(before):+} pp"
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def _month_label(month: date) -> str:
@@ -1071,10 +1078,13 @@ def _tiles_section(data: DashboardData) -> str:
     caveat = " Its promises are still maturing: the broken-promise share may rise." * maturing
     # The tiles are what an analyst quotes: a month known to differ from the source says so
     # here, not only in the problems listed at the foot of the page.
+    quoted = {m["month"] for m in (latest, before) if m is not None}
+    if before and young:  # the broken-promise tile quotes the last settled months instead
+        quoted |= {m["month"] for m in _last_settled(data)}
     off = [
-        f"{_month_label(m['month'])}: {'; '.join(reasons)}"
-        for m in (latest, before)
-        if m is not None and (reasons := data.doubts_about(m["month"]))
+        f"{_month_label(month)}: {'; '.join(reasons)}"
+        for month in sorted(quoted, reverse=True)
+        if (reasons := data.doubts_about(month))
     ]
     warning = (
         "<p class='off'>These figures may not count the source as it is yet (see Open "
@@ -1100,15 +1110,24 @@ def _of_what(kpis: dict[str, Any], name: str) -> str:
     return f"{counts} {html.escape(kpi.denominator.description)}"
 
 
-def _last_settled_change(data: DashboardData, name: str) -> str:
-    """``name`` of the latest settled month with attempts, and its change against the month
-    before it: the latest comparison that promises still to break cannot move."""
+def _last_settled(data: DashboardData) -> list[dict[str, Any]]:
+    """The KPIs of the latest settled month with attempts, and of the month before it if that
+    is settled with attempts too: the latest comparison that promises still to break cannot
+    move."""
     settled = data.months_in("settled")
     months = [k for k in data.ended_months() if k["attempts"] and k["month"] in settled]
     if not months:
-        return ""
+        return []
     last = months[-1]
-    before = [k for k in months if k["month"] == previous_month(last["month"])]
+    return [last, *(k for k in months if k["month"] == previous_month(last["month"]))]
+
+
+def _last_settled_change(data: DashboardData, name: str) -> str:
+    """``name`` of the latest settled month with attempts, and its change against the month
+    before it."""
+    last, *before = _last_settled(data) or [None]
+    if last is None:
+        return ""
     change = (
         f", {_points(last[name], before[0][name])} against {_month_label(before[0]['month'])}"
         if before
