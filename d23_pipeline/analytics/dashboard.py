@@ -1125,9 +1125,10 @@ def _last_settled(data: DashboardData) -> list[dict[str, Any]]:
 def _last_settled_change(data: DashboardData, name: str) -> str:
     """``name`` of the latest settled month with attempts, and its change against the month
     before it."""
-    last, *before = _last_settled(data) or [None]
-    if last is None:
+    settled = _last_settled(data)
+    if not settled:
         return ""
+    last, *before = settled
     change = (
         f", {_points(last[name], before[0][name])} against {_month_label(before[0]['month'])}"
         if before

@@ -557,8 +557,6 @@ SELECT $partition, t.public_id, true, $reason, $read_at FROM d23.logs AS t WHERE
 # A read replaces the month's rejects, but a slice it could not prove complete may have missed
 # some that are still broken at the source (absence is not evidence): the earlier rejects in such
 # a slice stay, unless this read served the row again, valid or rejected alike.
-# An earlier reject in a slice this read proved complete goes; in one it did not, only if this
-# read served it again.
 _IN_UNVERIFIED_SLICE = """EXISTS (
           SELECT 1
           FROM (SELECT unnest($unverified_since) AS since, unnest($unverified_until) AS until) AS u
