@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from d23_pipeline.settings import is_text
+from d23_pipeline.settings import PAGE_LIMIT_RANGE, is_text
 
 # The one statement of the contract: each field once, by kind, in the API's (and storage) order.
 STRING_FIELDS = ("public_id", "communication_type", "interaction_source", "outcome_option")
@@ -64,6 +64,14 @@ MAX_TEXT_LENGTH = 256
 # Unicode's control characters (C0, DEL, C1): no id holds one, and a key with a newline or a NUL
 # in it cannot be quoted, looked up or shown as the same key everywhere.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A timestamp's date, in any of ISO-8601's forms (calendar, ordinal, week; basic or extended),
+# and what may follow it: ISO's T, or RFC 3339's t or space.
+_DATE_CHARACTERS = "0123456789W-"
+_DATE_TIME_SEPARATORS = frozenset("Tt ")
+# The most brackets a page of plain rows holds: one object per row (PAGE_LIMIT_RANGE), the
+# envelope's three and the rows list, with room for ids that hold a bracket.
+_MAX_PLAIN_PAGE_BRACKETS = PAGE_LIMIT_RANGE[1] + 64
+_ALL_BUT_BRACKETS = bytes(set(range(256)) - set(b"[{"))
 
 
 def format_timestamp(value: datetime) -> str:
@@ -79,6 +87,13 @@ def format_timestamp(value: datetime) -> str:
 
 def parse_timestamp(value: str) -> datetime:
     """Parse an ISO-8601 timestamp that carries an offset; raise ValueError otherwise."""
+    # datetime.fromisoformat (3.11) stops reading at a NUL, and takes any one character between
+    # the date and the time: "...00.000Z\x00junk" or "2026-03-05é10:00Z" would pass as times.
+    if _CONTROL.search(value):
+        raise ValueError("timestamp holds a control character")
+    date_ends = len(value) - len(value.lstrip(_DATE_CHARACTERS))
+    if date_ends < len(value) and value[date_ends] not in _DATE_TIME_SEPARATORS:
+        raise ValueError("timestamp has no 'T' between its date and its time")
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")
@@ -311,6 +326,11 @@ def read_canonical_page(
     the GIL, so concurrent slices really overlap. A page naming some key twice in one object
     raises :class:`RepeatedKeysError`: the usual decoder would keep the last value unseen.
     """
+    # Arrow's reader recurses once per level of nesting and overflows its stack (a segfault, not
+    # an exception) some 9,000 levels down: a body with more brackets than a page of plain rows
+    # is the strict parser's, which refuses one nested past its depth.
+    if len(content.translate(None, _ALL_BUT_BRACKETS)) > _MAX_PLAIN_PAGE_BRACKETS:
+        return None
     try:
         table = pj.read_json(
             pa.BufferReader(content),

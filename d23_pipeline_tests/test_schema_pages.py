@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from harness import d23_row
 
+from d23_pipeline.client.pages import Page, read_page
+from d23_pipeline.client.retry import Transient
 from d23_pipeline.schema import D23_FIELDS, note_repeated_keys, read_canonical_page, validate_rows
+from d23_pipeline.settings import PAGE_LIMIT_RANGE
 
 SINCE, UNTIL = "2026-03-01T00:00:00.000Z", "2026-04-01T00:00:00.000Z"
 
@@ -179,6 +183,55 @@ def test_any_page_that_is_not_plainly_clean_goes_to_the_row_by_row_rules(
 @pytest.mark.parametrize("content", [b"<html>504 Gateway Time-out</html>", b'{"body": {}}', b""])
 def test_malformed_bodies_are_left_to_the_strict_parser(content: bytes) -> None:
     assert read_canonical_page(content, SINCE, UNTIL) is None
+
+
+def _read(content: bytes) -> Page:
+    request = httpx.Request("GET", "http://127.0.0.1/d23")
+    return read_page(httpx.Response(200, content=content, request=request), SINCE, UNTIL)
+
+
+def test_a_full_page_of_the_largest_limit_is_still_read_by_arrow() -> None:
+    rows = [row(n) for n in range(PAGE_LIMIT_RANGE[1])]
+
+    assert read_canonical_page(envelope(rows), SINCE, UNTIL) is not None
+
+
+@pytest.mark.parametrize("cursor", ["next", None])
+@pytest.mark.parametrize(
+    "oddity",
+    [
+        # Arrow's reader overflowed its stack on this (a segfault: the run's process died).
+        b"[" * 20_000 + b"]" * 20_000,
+        b"[" * 1_500 + b"]" * 1_500,  # deeper than Python's parser goes: not read either way
+    ],
+    ids=["nested-20000-deep", "nested-1500-deep"],
+)
+def test_a_body_nested_deeper_than_any_page_is_a_bad_body_whichever_page_it_is(
+    oddity: bytes, cursor: str | None
+) -> None:
+    content = envelope([row(n) for n in range(3)], cursor).replace(
+        b"{", b'{"x":' + oddity + b",", 1
+    )
+
+    with pytest.raises(Transient) as raised:
+        _read(content)
+
+    assert raised.value.cause == "bad_body"
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["2026-03-05T10:00:00.000Z\x00junk", "2026-03-05\u00e910:00:00.000Z", "2026-03-05510:00:00Z"],
+    ids=["nul-and-junk", "accented-separator", "digit-separator"],
+)
+def test_a_timestamp_python_would_read_past_its_date_separator_or_a_nul_is_rejected(
+    stamp: str,
+) -> None:
+    page = _read(envelope([row(1), row(2, updated_at=stamp)]))
+
+    assert page.batch.num_rows == 1
+    (reject,) = page.rejects
+    assert reject.reason == "updated_at is not an ISO-8601 timestamp with offset"
 
 
 def test_a_reject_reason_names_the_problem_not_the_value() -> None:
