@@ -76,8 +76,20 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("Fri, 01 May 2026 11:00:00 GMT", now) is None
     assert parse_retry_after("0") is None and parse_retry_after("-1") is None
     assert parse_retry_after("nan") is None and parse_retry_after("-inf") is None
+    assert parse_retry_after("inf") is None  # no finite delay: it printed "waiting infs"
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_a_retry_after_date_counts_from_the_answers_own_date_not_our_clock() -> None:
+    # The server's clock is ten minutes ahead of ours: it asks for five seconds.
+    headers = {
+        "Retry-After": "Fri, 01 May 2026 12:10:05 GMT",
+        "Date": "Fri, 01 May 2026 12:10:00 GMT",
+    }
+    failure = transient_for(httpx.Response(429, headers=headers))
+
+    assert failure is not None and failure.retry_after == 5.0
 
 
 def test_backoff_is_full_jitter_capped_at_max_delay() -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -18,6 +16,7 @@ from d23_pipeline.client.retry import (
     decode_json,
     request_id_of,
     request_of,
+    server_time,
     shown_server_text,
 )
 from d23_pipeline.schema import (
@@ -95,17 +94,7 @@ def read_total(response: httpx.Response) -> WindowTotal:
         wrong = f"pagination.totalExact is {_json_type(exact)}, expected true or false"
         raise _bad_body(response, wrong)
     note = note if isinstance(note, str) else None
-    return WindowTotal(total, exact is True, note, _server_time(response))
-
-
-def _server_time(response: httpx.Response) -> datetime | None:
-    """The answer's ``Date`` header (RFC 9110: an origin server with a clock sends one), or
-    ``None`` without a valid one."""
-    try:
-        stamp = parsedate_to_datetime(response.headers.get("date", ""))
-    except (TypeError, ValueError):
-        return None
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    return WindowTotal(total, exact is True, note, server_time(response))
 
 
 def _json_type(value: Any) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
 import socket
@@ -110,9 +111,20 @@ class Cancelled(Exception):
     """The consumer went away; a worker stops where it is."""
 
 
+def server_time(response: httpx.Response) -> datetime | None:
+    """The answer's ``Date`` header (RFC 9110: an origin server with a clock sends one), or
+    ``None`` without a valid one."""
+    try:
+        stamp = parsedate_to_datetime(response.headers.get("date", ""))
+    except (TypeError, ValueError):
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None without
-    one, or without a delay in it (the policy's backoff applies)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds, or an HTTP-date counted
+    from ``now``: the answer's own ``Date``, so that a server clock off ours asks what it
+    means); None without one, or without a delay in it (the policy's backoff applies)."""
     if not value:
         return None
     value = value.strip()
@@ -126,9 +138,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    # No delay: a NaN, or 0 or less (a date in the past, from a server clock behind ours), which
-    # waited out as given sent every attempt of a 503 outage within milliseconds.
-    return seconds if seconds > 0 else None
+    # No delay: a NaN or an infinity, or 0 or less (a date in the past), which waited out as
+    # given sent every attempt of a 503 outage within milliseconds.
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def request_id_of(response: httpx.Response) -> str | None:
@@ -226,7 +238,7 @@ def transient_for(response: httpx.Response) -> Transient | None:
         str(response.status_code),
         status=response.status_code,
         request_id=request_id_of(response),
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=parse_retry_after(response.headers.get("retry-after"), server_time(response)),
     )
 
 
@@ -438,8 +450,9 @@ class Retrier:
             if waited + delay > self.policy.max_total_wait_s:
                 raise self._give_up(
                     failure,
-                    f"{what} failed after {number} attempts: waiting {delay:.1f}s more would "
-                    f"exceed the {self.policy.max_total_wait_s:.0f}s retry budget",
+                    f"{what} failed after {number} attempts: waiting {delay:.1f}s more"
+                    + " (the API's Retry-After)" * (retry_after is not None)
+                    + f" would exceed the {self.policy.max_total_wait_s:.0f}s retry budget",
                     path,
                     window,
                     statuses,
