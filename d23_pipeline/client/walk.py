@@ -544,7 +544,9 @@ class WindowWalk:
         raise WindowTooHeavyError(
             f"the API kept timing out (504) even at page limit {self._limit}, the fewest rows a "
             f"page the client falls back to, and the minimum window of {self._min_window}; set "
-            f"D23_PAGE_LIMIT below {self._limit} or ask the API team",
+            f"D23_PAGE_LIMIT below {self._limit} or ask the API team. If every request timed "
+            "out, counts of the narrowest windows too, the API or its gateway was down: launch "
+            "the run again once it answers",
             status=504,
             request_id=request_id,
             path=self._path,
