@@ -64,10 +64,11 @@ MAX_TEXT_LENGTH = 256
 # Unicode's control characters (C0, DEL, C1): no id holds one, and a key with a newline or a NUL
 # in it cannot be quoted, looked up or shown as the same key everywhere.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# A timestamp's date, in any of ISO-8601's forms (calendar, ordinal, week; basic or extended),
-# and what may follow it: ISO's T, or RFC 3339's t or space.
-_DATE_CHARACTERS = "0123456789W-"
-_DATE_TIME_SEPARATORS = frozenset("Tt ")
+# A timestamp's date, in the forms fromisoformat reads (calendar or week, extended or basic),
+# then ISO's T, or RFC 3339's t or space, before the time.
+_ISO_DATE_THEN_TIME = re.compile(
+    r"(?:\d{4}-\d\d-\d\d|\d{8}|\d{4}-W\d\d(?:-\d)?|\d{4}W\d\d\d?)(?:[Tt ]|$)"
+)
 # The most brackets a page of plain rows holds: one object per row (PAGE_LIMIT_RANGE), the
 # envelope's three and the rows list, with room for ids that hold a bracket.
 _MAX_PLAIN_PAGE_BRACKETS = PAGE_LIMIT_RANGE[1] + 64
@@ -91,9 +92,8 @@ def parse_timestamp(value: str) -> datetime:
     # the date and the time: "...00.000Z\x00junk" or "2026-03-05é10:00Z" would pass as times.
     if _CONTROL.search(value):
         raise ValueError("timestamp holds a control character")
-    date_ends = len(value) - len(value.lstrip(_DATE_CHARACTERS))
-    if date_ends < len(value) and value[date_ends] not in _DATE_TIME_SEPARATORS:
-        raise ValueError("timestamp has no 'T' between its date and its time")
+    if not _ISO_DATE_THEN_TIME.match(value):
+        raise ValueError("not an ISO-8601 date, then T and a time")
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")

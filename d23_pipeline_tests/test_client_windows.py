@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -82,14 +83,22 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 
 
 def test_a_retry_after_date_counts_from_the_answers_own_date_not_our_clock() -> None:
-    # The server's clock is ten minutes ahead of ours: it asks for five seconds.
-    headers = {
-        "Retry-After": "Fri, 01 May 2026 12:10:05 GMT",
-        "Date": "Fri, 01 May 2026 12:10:00 GMT",
-    }
-    failure = transient_for(httpx.Response(429, headers=headers))
+    def retry_after(server_clock: datetime, retry_at: datetime) -> float | None:
+        headers = {
+            "Date": format_datetime(server_clock, usegmt=True),
+            "Retry-After": format_datetime(retry_at, usegmt=True),
+        }
+        failure = transient_for(httpx.Response(429, headers=headers))
+        assert failure is not None
+        return failure.retry_after
 
-    assert failure is not None and failure.retry_after == 5.0
+    ours = datetime.now(UTC).replace(microsecond=0)
+    # The server's clock is ten minutes ahead of ours, or behind: it asks for five seconds.
+    for server in (ours + timedelta(minutes=10), ours - timedelta(minutes=10)):
+        assert retry_after(server, server + timedelta(seconds=5)) == 5.0
+    # A clock never set (1970) is no clock: the date is counted from ours, as without a Date.
+    wait = retry_after(datetime(1970, 1, 1, tzinfo=UTC), ours + timedelta(seconds=30))
+    assert wait is not None and 25 <= wait <= 30
 
 
 def test_backoff_is_full_jitter_capped_at_max_delay() -> None:

@@ -190,6 +190,17 @@ def _read(content: bytes) -> Page:
     return read_page(httpx.Response(200, content=content, request=request), SINCE, UNTIL)
 
 
+@pytest.mark.parametrize(
+    "stamp",
+    ["2026-03-05 10:00:00+00:00", "2026-03-05t10:00Z", "20260305T100000Z", "2026-W10-4T10:00Z"],
+)
+def test_other_iso_8601_forms_of_a_time_are_kept_in_the_canonical_form(stamp: str) -> None:
+    page = _read(envelope([row(1), row(2, updated_at=stamp)]))
+
+    assert page.rejects == [] and page.batch.num_rows == 2
+    assert page.batch.column("updated_at")[1].as_py() == "2026-03-05T10:00:00.000Z"
+
+
 def test_a_full_page_of_the_largest_limit_is_still_read_by_arrow() -> None:
     rows = [row(n) for n in range(PAGE_LIMIT_RANGE[1])]
 
@@ -221,8 +232,14 @@ def test_a_body_nested_deeper_than_any_page_is_a_bad_body_whichever_page_it_is(
 
 @pytest.mark.parametrize(
     "stamp",
-    ["2026-03-05T10:00:00.000Z\x00junk", "2026-03-05\u00e910:00:00.000Z", "2026-03-05510:00:00Z"],
-    ids=["nul-and-junk", "accented-separator", "digit-separator"],
+    [
+        "2026-03-05T10:00:00.000Z\x00junk",
+        "2026-03-05\u00e910:00:00.000Z",
+        "2026-03-05510:00:00Z",
+        "2026-03-05510-05",  # nothing but digits and dashes: a digit taken as the separator
+        "2026W104-00W-23",
+    ],
+    ids=["nul-and-junk", "accented-separator", "digit-separator", "digit-then-offset", "week"],
 )
 def test_a_timestamp_python_would_read_past_its_date_separator_or_a_nul_is_rejected(
     stamp: str,

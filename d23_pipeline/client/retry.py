@@ -28,7 +28,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -119,6 +119,15 @@ def server_time(response: httpx.Response) -> datetime | None:
     except (TypeError, ValueError):
         return None
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _clock_of(response: httpx.Response) -> datetime | None:
+    """The answer's ``Date``, unless it is a day or more off ours (a server clock never set):
+    then ``None``, and ours counts."""
+    stamp = server_time(response)
+    if stamp is None or abs(stamp - datetime.now(UTC)) >= timedelta(days=1):
+        return None
+    return stamp
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -238,7 +247,7 @@ def transient_for(response: httpx.Response) -> Transient | None:
         str(response.status_code),
         status=response.status_code,
         request_id=request_id_of(response),
-        retry_after=parse_retry_after(response.headers.get("retry-after"), server_time(response)),
+        retry_after=parse_retry_after(response.headers.get("retry-after"), _clock_of(response)),
     )
 
 
