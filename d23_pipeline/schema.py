@@ -67,7 +67,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A timestamp's date, in the forms fromisoformat reads (calendar or week, extended or basic),
 # then ISO's T, or RFC 3339's t or space, before the time.
 _ISO_DATE_THEN_TIME = re.compile(
-    r"(?:\d{4}-\d\d-\d\d|\d{8}|\d{4}-W\d\d(?:-\d)?|\d{4}W\d\d\d?)(?:[Tt ]|$)"
+    r"(?:\d{4}-\d\d-\d\d|\d{8}|\d{4}-W\d\d(?:-\d)?|\d{4}W\d\d\d?)(?:[Tt ]|$)", re.ASCII
 )
 # The most brackets a page of plain rows holds: one object per row (PAGE_LIMIT_RANGE), the
 # envelope's three and the rows list, with room for ids that hold a bracket.
