@@ -207,6 +207,18 @@ def test_a_full_page_of_the_largest_limit_is_still_read_by_arrow() -> None:
     assert read_canonical_page(envelope(rows), SINCE, UNTIL) is not None
 
 
+def test_a_page_just_past_the_bracket_limit_lands_whole_through_the_strict_parser() -> None:
+    # Printable ids may hold brackets: enough of them and the page is not Arrow's, yet lands.
+    rows = [row(n, public_id=f"id[{n}]" if n < 60 else f"{n:024x}") for n in range(1_000)]
+    content = envelope(rows)
+    assert content.count(b"[") + content.count(b"{") == PAGE_LIMIT_RANGE[1] + 65
+
+    assert read_canonical_page(content, SINCE, UNTIL) is None
+    page = _read(content)
+    assert page.rejects == [] and page.batch.num_rows == 1_000
+    assert page.batch.column("public_id")[59].as_py() == "id[59]"
+
+
 @pytest.mark.parametrize("cursor", ["next", None])
 @pytest.mark.parametrize(
     "oddity",

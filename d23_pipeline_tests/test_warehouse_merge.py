@@ -583,47 +583,48 @@ def test_a_reject_without_an_id_served_again_under_a_reworded_reason_is_stored_o
     assert stored == [(reworded["reason"],)]
 
 
+def _alike_without_id(day: int = 1) -> dict:
+    """A bad row without an id, in the day's slice, holding what every such row here holds:
+    only its slice and its number tell it from another."""
+    since = datetime(2026, 4, day, tzinfo=UTC)
+    window = {"slice_since": since, "slice_until": since + timedelta(days=1)}
+    return rejected(None) | {"allowlisted_values": '{"outcome_option": "PTP"}'} | window
+
+
+def _reject_days(months: Months) -> list[int]:
+    """The day of each stored reject's slice."""
+    with months.warehouse.connect(read_only=True) as con:
+        stamps = con.execute("SELECT slice_since FROM d23.rejected_rows").fetchall()
+    return sorted(since.day for (since,) in stamps)
+
+
 def test_alike_rejects_without_an_id_are_kept_as_many_as_a_read_not_proven_complete_missed(
     months: Months,
 ) -> None:
-    # Two bad rows that held the same values and no id: only their number tells them apart.
-    alike = rejected(None) | {"allowlisted_values": '{"outcome_option": "PTP"}'}
-
-    def stored() -> int:
-        with months.warehouse.connect(read_only=True) as con:
-            return con.execute("SELECT count(*) FROM d23.rejected_rows").fetchone()[0]
+    alike = _alike_without_id()
 
     months.merge([row("a")], rejects=[alike, alike])
     months.merge([row("a")], rejects=[alike], verified=False)
-    assert stored() == 2
+    assert len(_reject_days(months)) == 2
     months.merge([row("a")], rejects=[alike, alike, alike], verified=False)
-    assert stored() == 3
+    assert len(_reject_days(months)) == 3
     # A read proven complete is the count.
     months.merge([row("a")], rejects=[alike])
-    assert stored() == 1
+    assert len(_reject_days(months)) == 1
 
 
 def test_alike_rejects_without_an_id_are_matched_in_their_own_slice_only(
     months: Months,
 ) -> None:
-    def alike(day: int) -> dict:
-        since = datetime(2026, 4, day, tzinfo=UTC)
-        window = {"slice_since": since, "slice_until": since + timedelta(days=1)}
-        return rejected(None) | {"allowlisted_values": '{"outcome_option": "PTP"}'} | window
-
-    def days_stored() -> list[int]:
-        with months.warehouse.connect(read_only=True) as con:
-            stamps = con.execute("SELECT slice_since FROM d23.rejected_rows").fetchall()
-        return sorted(since.day for (since,) in stamps)
-
+    alike = _alike_without_id
     # Stored day 2's copy first: the copy served again is day 1's, whatever was stored first.
     months.merge([row("a")], [row("b")], rejects=[alike(2), alike(1)])
     months.merge([row("a")], [row("b")], rejects=[alike(1)], unverified_days={1, 2})
-    assert days_stored() == [1, 2]
+    assert _reject_days(months) == [1, 2]
     # Day 1 proven complete serves its copy again; day 2, not proven, served none: its copy
     # stays, not taken by day 1's.
     months.merge([row("a")], [row("b")], rejects=[alike(1)], unverified_days={2})
-    assert days_stored() == [1, 2]
+    assert _reject_days(months) == [1, 2]
 
 
 def test_a_reject_holding_no_field_is_kept_when_a_read_not_proven_complete_serves_another(
