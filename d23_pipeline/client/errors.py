@@ -83,6 +83,11 @@ class WindowTooHeavyError(ExportsApiError):
     """504 persisted at the smallest page limit and the smallest window."""
 
 
+class GatewayDownError(ExportsApiError):
+    """Every export request timed out at the gateway (504), the narrowest windows included,
+    for longer than a request's retry budget: the API or its gateway is down."""
+
+
 class CursorLoopError(ExportsApiError):
     """The API handed back a ``nextCursor`` already seen in the same walk, or new ones on page
     after page that moved the walk no further (``walk.MAX_PAGES_IN_PLACE``)."""

@@ -39,6 +39,7 @@ from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
 from d23_pipeline.client.errors import ExportsApiError, RetriesExhaustedError
 from d23_pipeline.client.fanout import Deliver, fan_out
+from d23_pipeline.client.outage import OutageWatch
 from d23_pipeline.client.pages import read_page, read_total
 from d23_pipeline.client.retry import Cancelled, Retrier, RetryPolicy
 from d23_pipeline.client.session import ExportsSession, GatewayTimeout
@@ -260,6 +261,7 @@ class ExportsClient:
             credentials=credentials_held,
         )
         self._retrier = Retrier(retry, self.stats, sleep)
+        self._outage = OutageWatch(retry.max_total_wait_s, self._retrier.now)
         base_url = base_url.rstrip("/")
         self._base_url = base_url
         self._auth = TokenManager(credentials, self._http, base_url, self._retrier, self.stats)
@@ -342,12 +344,23 @@ class ExportsClient:
         }
         try:
             what = f"total of {self._session.section}/{self._session.dataset}"
-            return self._session.get(params, read_total, what=what, window=window, cancel=cancel)
-        except GatewayTimeout:
+            total = self._session.get(params, read_total, what=what, window=window, cancel=cancel)
+        except GatewayTimeout as exc:
             self.stats.retry("504")
             if learn:
                 self._widths.failed(window.duration, 1)
+            # count_parts halves no window narrower than this
+            narrowest = window.duration < 2 * self._min_window
+            self._outage.timed_out(
+                "count",
+                window,
+                narrowest=narrowest,
+                path=self._session.path,
+                request_id=exc.request_id,
+            )
             return WindowTotal(None, False, "timeout")
+        self._outage.answered()
+        return total
 
     def _count_after_walk(
         self, part: Window, before: WindowTotal, cancel: threading.Event | None
@@ -769,6 +782,13 @@ class ExportsClient:
             except GatewayTimeout as exc:
                 narrowing = walk.gateway_timeout(exc.request_id)
                 self.stats.retry("504")
+                self._outage.timed_out(
+                    "page",
+                    request.part,
+                    narrowest=not narrowing.split,
+                    path=session.path,
+                    request_id=exc.request_id,
+                )
                 if narrowing.split:
                     self.stats.add("window_splits")
                     log.info("504 on %s; reading it in narrower parts", request.part)
@@ -800,6 +820,7 @@ class ExportsClient:
                     request.part,
                 )
                 continue
+            self._outage.answered()
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
             if (ended := walk.take_end_check()) is not None:
                 self._count_after_end(walk, ended, cancel)

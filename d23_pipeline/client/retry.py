@@ -367,10 +367,11 @@ class Retrier:
         self._stats = stats
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._not_before = 0.0  # on _now()'s clock: no request goes out before it
+        self._not_before = 0.0  # on now()'s clock: no request goes out before it
         self._slept_injected = 0.0  # an injected sleep (tests) moves the clock as a real one would
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """Seconds on a monotonic clock that an injected sleep (tests) moves too."""
         return time.monotonic() + self._slept_injected
 
     def pause(self, seconds: float, cancel: threading.Event | None) -> None:
@@ -390,7 +391,7 @@ class Retrier:
 
     def _hold_all(self, seconds: float) -> None:
         with self._lock:
-            self._not_before = max(self._not_before, self._now() + seconds)
+            self._not_before = max(self._not_before, self.now() + seconds)
 
     def _wait_turn(self, cancel: threading.Event | None, budget: float) -> float:
         """Wait out the ``Retry-After`` any request of this client was given, plus this
@@ -399,7 +400,7 @@ class Retrier:
         waited = 0.0
         while True:
             with self._lock:
-                remaining = self._not_before - self._now()
+                remaining = self._not_before - self.now()
             if remaining <= 0:
                 return waited
             pause = min(remaining * random.uniform(1.0, 1.1), max(remaining, budget - waited))
