@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from datetime import timedelta
 
-import httpx
 import pytest
-from api import GATEWAY_TIMEOUT, T0, checked_transport, client, ids_in, rows_at, simulator
+from api import T0, client, ids_in, rows_at, simulator
 
 from d23_pipeline.client import GatewayDownError, RetryPolicy, SlicePage, Window
 from d23_pipeline.client.outage import OutageWatch
@@ -30,22 +28,16 @@ class Clock:
         return self.now
 
 
-def slow_504s(sim: Simulator, delay_s: float) -> httpx.MockTransport:
-    """``sim``'s transport, its 504s answered after ``delay_s`` (a gateway's own timeout)."""
-    transport = checked_transport(sim)
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        answer = transport.handle_request(request)
-        if answer.status_code == 504:
-            time.sleep(delay_s)
-        return answer
-
-    return httpx.MockTransport(handle)
+def slow_gateway(max_window: timedelta) -> Simulator:
+    """A week of rows behind a gateway that answers 504, after 50 ms, to any window wider than
+    ``max_window``."""
+    rows = rows_at(range(0, 7 * 86_400_000, 600_000))
+    return simulator(rows, max_window_for_504=max_window, gateway_timeout_s=0.05)
 
 
-def read_ids(sim: Simulator, transport: httpx.MockTransport, patience_s: float) -> list[str]:
+def read_ids(sim: Simulator, patience_s: float) -> list[str]:
     retry = RetryPolicy(max_attempts=4, max_total_wait_s=patience_s)
-    with client(sim, transport=transport, retry=retry, max_concurrency=4) as reader:
+    with client(sim, retry=retry, max_concurrency=4) as reader:
         events = reader.iter_slices(WEEK)
         return [r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows]
 
@@ -53,10 +45,9 @@ def read_ids(sim: Simulator, transport: httpx.MockTransport, patience_s: float) 
 def test_a_gateway_answering_only_504s_stops_the_read_once_the_retry_budget_is_spent() -> None:
     # Before, each slice's count was narrowed to 22.5-minute parts and each walk backed off at
     # the narrowest width: ~450 slow 504s for a month, an hour at a real gateway's 30 s.
-    sim = simulator(rows_at(range(0, 7 * 86_400_000, 600_000)))
-    sim.script(GATEWAY_TIMEOUT, times=10**6)  # every export request: the API is down
+    sim = slow_gateway(timedelta(0))  # every window: the API is down
     with pytest.raises(GatewayDownError) as caught:
-        read_ids(sim, slow_504s(sim, 0.05), patience_s=1.0)
+        read_ids(sim, patience_s=1.0)
     message = str(caught.value)
     assert "the API or its gateway is down" in message and "HTTP 504" in message
     assert re.search(
@@ -68,10 +59,8 @@ def test_a_gateway_answering_only_504s_stops_the_read_once_the_retry_budget_is_s
 def test_slow_504s_on_wide_windows_alone_are_narrowed_through_however_long() -> None:
     # Every count and page wider than 3 hours times out, and the run of 504s before the first
     # answer (24, 12, 6 hours, on 4 workers at once) outlasts the patience: the read goes on.
-    sim = simulator(
-        rows_at(range(0, 7 * 86_400_000, 600_000)), max_window_for_504=WIDE.duration / 4
-    )
-    ids = read_ids(sim, slow_504s(sim, 0.05), patience_s=0.1)
+    sim = slow_gateway(timedelta(hours=3))
+    ids = read_ids(sim, patience_s=0.1)
     assert sorted(ids) == sorted(ids_in(sim, WEEK))
     assert sim.stats.by_status[504] >= 8
 

@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         help="answer 504 to windows wider than this, or unbounded (default: never)",
     )
     p.add_argument(
+        "--gateway-timeout-ms",
+        type=float,
+        default=0.0,
+        help="time the gateway waits before each of its 504s (default: none)",
+    )
+    p.add_argument(
         "--max-count-window-hours",
         type=float,
         default=None,
@@ -177,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         retry_after_s=args.retry_after_s,
         drop_rate=args.drop_rate,
         max_window_for_504=max_window,
+        gateway_timeout_s=args.gateway_timeout_ms / 1000,
         max_window_for_count=(
             None
             if args.max_count_window_hours is None
@@ -231,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         while not stop.wait(0.5):
             pass
+    answered = ", ".join(f"{status}: {n}" for status, n in sorted(sim.stats.by_status.items()))
+    print(f"D23 simulator stopped; its answers by status: {answered or 'none'}", flush=True)
     return 0
 
 

@@ -595,6 +595,7 @@ class Simulator:
         except ValueError:
             limit = 500
         if self._too_heavy(since, until, limit):
+            time.sleep(self._faults.gateway_timeout_s)
             return SimResponse.gateway_page(504, "Gateway Time-out")
 
         descending = query.get("sort", "asc").lower() == "desc"

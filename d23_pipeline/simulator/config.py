@@ -20,6 +20,8 @@ class Faults:
     burst_429: int = 0
     drop_rate: float = 0.0
     max_window_for_504: timedelta | None = None
+    # How long the gateway waits for the API before it answers 504: its own timeout.
+    gateway_timeout_s: float = 0.0
     # The gateway's other advice, "lower the limit": pages asking more rows than this get 504.
     max_limit_for_504: int | None = None
     # A slow count (documented): counts of windows wider than this answer `total: null`,
