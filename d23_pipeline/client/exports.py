@@ -271,6 +271,7 @@ class ExportsClient:
             self._auth,
             self._retrier,
             self.stats,
+            self._outage,
             section=section,
             dataset=dataset,
             max_in_flight=max_concurrency,
@@ -344,7 +345,7 @@ class ExportsClient:
         }
         try:
             what = f"total of {self._session.section}/{self._session.dataset}"
-            total = self._session.get(params, read_total, what=what, window=window, cancel=cancel)
+            return self._session.get(params, read_total, what=what, window=window, cancel=cancel)
         except GatewayTimeout as exc:
             self.stats.retry("504")
             if learn:
@@ -359,8 +360,6 @@ class ExportsClient:
                 request_id=exc.request_id,
             )
             return WindowTotal(None, False, "timeout")
-        self._outage.answered()
-        return total
 
     def _count_after_walk(
         self, part: Window, before: WindowTotal, cancel: threading.Event | None
@@ -784,8 +783,8 @@ class ExportsClient:
                 self.stats.retry("504")
                 self._outage.timed_out(
                     "page",
-                    request.part,
-                    narrowest=not narrowing.split,
+                    narrowing.rest,
+                    narrowest=not narrowing.split and request.limit <= self._min_page_limit,
                     path=session.path,
                     request_id=exc.request_id,
                 )
@@ -820,7 +819,6 @@ class ExportsClient:
                     request.part,
                 )
                 continue
-            self._outage.answered()
             batch, rejects = walk.page_served(page.batch, page.rejects, page.next_cursor)
             if (ended := walk.take_end_check()) is not None:
                 self._count_after_end(walk, ended, cancel)

@@ -20,6 +20,7 @@ from d23_pipeline.client.errors import (
     LenderMismatchError,
     NotTheApiError,
 )
+from d23_pipeline.client.outage import OutageWatch
 from d23_pipeline.client.retry import (
     Cancelled,
     Retrier,
@@ -58,6 +59,7 @@ class ExportsSession:
         auth: TokenManager,
         retrier: Retrier,
         stats: ClientStats,
+        outage: OutageWatch,
         *,
         section: str,
         dataset: str,
@@ -69,6 +71,7 @@ class ExportsSession:
         self._auth = auth
         self._retrier = retrier
         self._stats = stats
+        self._outage = outage
         self.section = section
         self.dataset = dataset
 
@@ -87,15 +90,19 @@ class ExportsSession:
         window: Window,
         cancel: threading.Event | None,
     ) -> T:
-        """``parse`` of the 200 answer to ``params``; a 504 raises :class:`GatewayTimeout`."""
+        """``parse`` of the 200 answer to ``params``; a 504 raises :class:`GatewayTimeout`, which
+        the caller reports to the client's :class:`OutageWatch`; any answer of the API's own
+        tells the watch the gateway is up."""
 
         def attempt() -> T:
             response = self._send(params, what, window, cancel)
             status = response.status_code
-            if status == 200:
-                return parse(response)
             if status == 504:
                 raise GatewayTimeout(request_id_of(response))
+            if status == 200 or is_api_error(response):
+                self._outage.answered()
+            if status == 200:
+                return parse(response)
             failure = transient_for(response)
             if failure is not None:
                 raise failure

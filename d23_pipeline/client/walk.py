@@ -199,9 +199,10 @@ class PageRequest:
 
 @dataclass(frozen=True)
 class Narrowing:
-    """What a 504 changed: ``split`` the rest of the part, or ``retry`` it (at ``limit``) after a
-    pause for the ``pause_strikes``-th time."""
+    """What a 504 on the ``rest`` of a part (from its edge) changed: ``split`` it, or ``retry``
+    it (at ``limit``) after a pause for the ``pause_strikes``-th time."""
 
+    rest: Window
     split: bool
     limit: int
     pause_strikes: int
@@ -533,14 +534,14 @@ class WindowWalk:
             handed = self._handed_in_part
             self._read_again_in(pieces)
             self._handed_in_part = handed
-            return Narrowing(split=True, limit=self._limit, pause_strikes=0)
+            return Narrowing(remaining, split=True, limit=self._limit, pause_strikes=0)
         if self._strikes == 1:
-            return Narrowing(split=False, limit=self._limit, pause_strikes=1)
+            return Narrowing(remaining, split=False, limit=self._limit, pause_strikes=1)
         if self._limit > self._min_limit:
             self._lowered_from = self._limit
             self._limit = max(self._min_limit, self._limit // 2)
             self._restart_part(remaining)
-            return Narrowing(split=False, limit=self._limit, pause_strikes=self._strikes)
+            return Narrowing(remaining, split=False, limit=self._limit, pause_strikes=self._strikes)
         raise WindowTooHeavyError(
             f"the API kept timing out (504) even at page limit {self._limit}, the fewest rows a "
             f"page the client falls back to, and the minimum window of {self._min_window}; set "
