@@ -30,7 +30,7 @@ from benchmarks.end_to_end import (
 
 ROWS = 2_000
 _ERROR = re.compile(r"(GatewayDownError|WindowTooHeavyError|ExportsApiError)\S*:? ([^\n]{0,160})")
-_WARNING = "no narrower window is left to try"
+_WARNING = "nothing but 504s (gateway timeouts)"
 _SERVED_504 = re.compile(r"\b504: (\d+)")
 
 
