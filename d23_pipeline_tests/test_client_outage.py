@@ -42,12 +42,21 @@ def read_ids(sim: Simulator, patience_s: float) -> list[str]:
         return [r["public_id"] for e in events if isinstance(e, SlicePage) for r in e.rows]
 
 
-def test_a_gateway_answering_only_504s_stops_the_read_once_the_retry_budget_is_spent() -> None:
+def test_a_gateway_answering_only_504s_stops_the_read_once_the_retry_budget_is_spent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Before, each slice's count was narrowed to 22.5-minute parts and each walk backed off at
-    # the narrowest width: ~450 slow 504s for a month, an hour at a real gateway's 30 s.
+    # the narrowest width: ~450 slow 504s for a month, an hour at a real gateway's 30 s, its
+    # log silent.
     sim = slow_gateway(max_window_for_504=timedelta(0))  # every window: the API is down
-    with pytest.raises(GatewayDownError) as caught:
+    with (
+        caplog.at_level(logging.INFO, logger="d23_pipeline.client"),
+        pytest.raises(GatewayDownError) as caught,
+    ):
         read_ids(sim, patience_s=1.0)
+    assert "504 on the count of [2026-05-01T00:00:00.000Z, 2026-05-02T00:00:00.000Z)" in caplog.text
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("nothing but 504s (gateway timeouts) for 0s (")
     message = str(caught.value)
     assert "the API or its gateway is down" in message and "HTTP 504" in message
     assert re.search(

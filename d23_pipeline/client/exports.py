@@ -348,6 +348,7 @@ class ExportsClient:
             return self._session.get(params, read_total, what=what, window=window, cancel=cancel)
         except GatewayTimeout as exc:
             self.stats.retry("504")
+            log.info("504 on the count of %s", window)
             if learn:
                 self._widths.failed(window.duration, 1)
             # count_parts halves no window narrower than this
