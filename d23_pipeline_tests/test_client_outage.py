@@ -10,7 +10,13 @@ from datetime import timedelta
 import pytest
 from api import DAY, GATEWAY_TIMEOUT, T0, client, error, ids_in, rows_at, simulator
 
-from d23_pipeline.client import GatewayDownError, RetryPolicy, SlicePage, Window
+from d23_pipeline.client import (
+    GatewayDownError,
+    RetryPolicy,
+    SlicePage,
+    Window,
+    WindowTooHeavyError,
+)
 from d23_pipeline.client.outage import OutageWatch
 from d23_pipeline.simulator import Simulator
 
@@ -56,15 +62,39 @@ def test_a_gateway_answering_only_504s_stops_the_read_once_the_retry_budget_is_s
         read_ids(sim, patience_s=1.0)
     assert "504 on the count of [2026-05-01T00:00:00.000Z, 2026-05-02T00:00:00.000Z)" in caplog.text
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warning.startswith("nothing but 504s (gateway timeouts) for 0s (")
+    assert warning.startswith("nothing but 504s (gateway timeouts) for ")
+    assert "if the API answers nothing for 1s since, the read stops" in warning
     message = str(caught.value)
     assert "the API or its gateway is down" in message and "HTTP 504" in message
     assert re.search(
-        r"for 1s \(\d+ counts; no page was asked meanwhile\), windows as narrow as "
-        r"0:(22:30|07:30) asked at the smallest page included",
+        r"\(\d+ counts; no page was asked meanwhile\), [01]s of it since one on a request the "
+        r"client asks no narrower \(windows down to 0:(22:30|07:30), at the smallest page\)",
         message,
     )
     assert sim.stats.by_status[504] < 250  # about 80 in the second it waited, 4 at a time
+
+
+def test_a_gateway_going_down_mid_walk_is_named_when_the_walk_gives_up() -> None:
+    # Two requests answered (the day's count, its first page), then nothing but 504s after
+    # 50 ms: the walk narrows its window to 22.5 minutes, then halves its page from 500 to 50,
+    # pausing (the injected sleep moves the client's clock), and gives up.
+    sim = simulator(rows_at(range(0, 86_400_000, 20_000)), gateway_timeout_s=0.05)
+    asked = iter(range(10**6))
+    sim.script(GATEWAY_TIMEOUT, times=10**6, when=lambda r: next(asked) >= 2)
+    retry = RetryPolicy(max_attempts=4, max_total_wait_s=1.0)
+    with client(sim, retry=retry) as reader, pytest.raises(GatewayDownError) as caught:
+        list(reader.iter_window(DAY))
+    assert "a walk giving up at its narrowest window and smallest page" in str(caught.value)
+    assert isinstance(caught.value.__cause__, WindowTooHeavyError)
+
+
+def test_a_walk_giving_up_before_the_patience_is_a_window_too_heavy() -> None:
+    sim = simulator(rows_at(range(0, 86_400_000, 20_000)))
+    asked = iter(range(10**6))
+    sim.script(GATEWAY_TIMEOUT, times=10**6, when=lambda r: next(asked) >= 2)
+    retry = RetryPolicy(max_attempts=4, max_total_wait_s=300.0)
+    with client(sim, retry=retry) as reader, pytest.raises(WindowTooHeavyError):
+        list(reader.iter_window(DAY))
 
 
 @pytest.mark.parametrize(
@@ -87,19 +117,26 @@ def test_slow_504s_until_the_read_asks_narrower_are_narrowed_through_however_lon
     assert sim.stats.by_status[504] >= 8
 
 
-def test_an_answer_of_the_api_s_own_between_504s_shows_its_gateway_is_up() -> None:
-    # Each count of a 15-minute window meets a 504, and the API's own 429 holding the client
-    # 6 s before the retry: more than the 10 s patience since the first 504, never without an
-    # answer for that long.
+@pytest.mark.parametrize(("status", "called_down"), [(429, False), (503, True)])
+def test_a_refusal_of_the_api_s_own_between_504s_shows_its_gateway_is_up_a_5xx_does_not(
+    status: int, called_down: bool
+) -> None:
+    # Each count of a 15-minute window meets the API's own answer holding the client 6 s
+    # (Retry-After), then a 504: 12 s since the first 504, never 10 s without an answer.
     sim = simulator(rows_at(range(10)))
-    for _ in range(3):
-        sim.script(error(429, **{"Retry-After": "6"}))
+    sim.script(GATEWAY_TIMEOUT)
+    for _ in range(2):
+        sim.script(error(status, **{"Retry-After": "6"}))
         sim.script(GATEWAY_TIMEOUT)
     retry = RetryPolicy(max_attempts=4, max_total_wait_s=10.0)
     with client(sim, retry=retry) as reader:
-        reader.count(NARROWEST)  # the first 429, then a 504
-        totals = [reader.count(NARROWEST) for _ in range(2)]
-    assert [t.note for t in totals] == ["timeout", "timeout"]
+        reader.count(NARROWEST)
+        reader.count(NARROWEST)
+        if called_down:
+            with pytest.raises(GatewayDownError):
+                reader.count(NARROWEST)
+        else:
+            assert reader.count(NARROWEST).note == "timeout"
     assert sim.stats.by_status[504] == 3
 
 
@@ -119,17 +156,31 @@ def test_the_window_named_is_what_was_left_of_the_part_not_the_part() -> None:
     assert window.duration < timedelta(minutes=30)
 
 
-def test_the_outage_is_called_only_after_the_patience_since_the_first_504() -> None:
+def test_the_outage_is_called_the_patience_after_the_first_narrowest_504() -> None:
     clock = Clock()
     watch = OutageWatch(300.0, clock)
     watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
-    clock.now = 299.0
+    clock.now = 100.0
     watch.timed_out("count", NARROWEST, narrowest=True, path=PATH, request_id=None)
-    clock.now = 300.0
+    clock.now = 399.0
+    watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id=None)
+    clock.now = 400.0
     with pytest.raises(GatewayDownError) as caught:
         watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id="req-9")
-    assert "for 300s (2 counts, 1 page), windows as narrow as 0:15:00" in str(caught.value)
+    assert "for 400s (2 counts, 2 pages), 300s of it since one" in str(caught.value)
+    assert "(windows down to 0:15:00, at the smallest page)" in str(caught.value)
     assert "requestId req-9" in str(caught.value)
+
+
+def test_one_narrowest_504_after_a_long_run_of_wide_ones_is_no_outage() -> None:
+    # A slow gateway refusing wide windows: minutes of 504s while the read narrows, then one
+    # hiccup at the narrowest width.
+    clock = Clock()
+    watch = OutageWatch(300.0, clock)
+    for minute in range(0, 8):
+        clock.now = minute * 60.0
+        watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
+    watch.timed_out("count", NARROWEST, narrowest=True, path=PATH, request_id=None)
 
 
 def test_any_answer_starts_the_watch_again() -> None:
@@ -140,10 +191,13 @@ def test_any_answer_starts_the_watch_again() -> None:
     watch.answered()
     clock.now = 250.0
     watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id=None)
+    gave_up = WindowTooHeavyError("too heavy", status=504, path=PATH, window=NARROWEST)
     clock.now = 549.0
     watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id=None)
+    assert watch.outage_behind(gave_up) is None
     clock.now = 550.0
-    with pytest.raises(GatewayDownError, match=r"for 300s \(3 pages\)"):
+    assert watch.outage_behind(gave_up) is not None
+    with pytest.raises(GatewayDownError, match=r"for 300s \(3 pages\), 300s of it since one"):
         watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id=None)
 
 
@@ -155,7 +209,7 @@ def test_504s_on_wide_windows_alone_are_never_an_outage() -> None:
         watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
 
 
-def test_a_minute_of_504s_at_the_narrowest_width_warns_once(
+def test_a_minute_of_504s_since_one_at_the_narrowest_width_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Clock()
@@ -164,11 +218,16 @@ def test_a_minute_of_504s_at_the_narrowest_width_warns_once(
         watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
         clock.now = 30.0
         watch.timed_out("count", NARROWEST, narrowest=True, path=PATH, request_id=None)
-        assert caplog.records == []  # a hiccup at the narrowest width is no outage yet
-        clock.now = 60.0
+        clock.now = 89.0
         watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
+        assert caplog.records == []  # a hiccup at the narrowest width is no outage yet
         clock.now = 90.0
+        watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
+        clock.now = 120.0
         watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id=None)
     [warning] = caplog.records
-    assert "nothing but 504s (gateway timeouts) for 60s (3 counts; no page" in warning.message
-    assert "within 300s of the first, the read stops" in warning.message
+    assert warning.message.startswith(
+        "nothing but 504s (gateway timeouts) for 90s (4 counts; no page was asked meanwhile), "
+        "60s of it since one on a request the client asks no narrower"
+    )
+    assert "if the API answers nothing for 300s since, the read stops" in warning.message

@@ -37,7 +37,11 @@ import pyarrow.compute as pc
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
-from d23_pipeline.client.errors import ExportsApiError, RetriesExhaustedError
+from d23_pipeline.client.errors import (
+    ExportsApiError,
+    RetriesExhaustedError,
+    WindowTooHeavyError,
+)
 from d23_pipeline.client.fanout import Deliver, fan_out
 from d23_pipeline.client.outage import OutageWatch
 from d23_pipeline.client.pages import read_page, read_total
@@ -780,15 +784,18 @@ class ExportsClient:
                     cancel=cancel,
                 )
             except GatewayTimeout as exc:
-                narrowing = walk.gateway_timeout(exc.request_id)
                 self.stats.retry("504")
-                self._outage.timed_out(
-                    "page",
-                    narrowing.rest,
-                    narrowest=not narrowing.split and request.limit <= self._min_page_limit,
-                    path=session.path,
-                    request_id=exc.request_id,
-                )
+                try:
+                    narrowing = walk.gateway_timeout(exc.request_id)
+                except WindowTooHeavyError as too_heavy:
+                    # At the narrowest window and the smallest page: a gateway down for the
+                    # patience is named as such, not as a window too heavy.
+                    self._page_timed_out(too_heavy.window or request.part, True, exc.request_id)
+                    if (down := self._outage.outage_behind(too_heavy)) is None:
+                        raise
+                    raise down from too_heavy
+                narrowest = not narrowing.split and request.limit <= self._min_page_limit
+                self._page_timed_out(narrowing.rest, narrowest, exc.request_id)
                 if narrowing.split:
                     self.stats.add("window_splits")
                     log.info("504 on %s; reading it in narrower parts", request.part)
@@ -828,6 +835,11 @@ class ExportsClient:
                 rejects = part.served(batch, rejects, changed)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             yield SlicePage(slice_, batch, rejects)
+
+    def _page_timed_out(self, rest: Window, narrowest: bool, request_id: str | None) -> None:
+        self._outage.timed_out(
+            "page", rest, narrowest=narrowest, path=self._session.path, request_id=request_id
+        )
 
 
 def _no_events() -> Generator[SliceEvent, None, None]:

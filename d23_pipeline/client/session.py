@@ -91,18 +91,21 @@ class ExportsSession:
         cancel: threading.Event | None,
     ) -> T:
         """``parse`` of the 200 answer to ``params``; a 504 raises :class:`GatewayTimeout`, which
-        the caller reports to the client's :class:`OutageWatch`; any answer of the API's own
-        tells the watch the gateway is up."""
+        the caller reports to the client's :class:`OutageWatch`. A page or count read, or a
+        refusal in the API's own error envelope (a 429, a 4xx), tells the watch the gateway is
+        up; the API's own 5xx do not: an API that is down may answer some itself."""
 
         def attempt() -> T:
             response = self._send(params, what, window, cancel)
             status = response.status_code
             if status == 504:
                 raise GatewayTimeout(request_id_of(response))
-            if status == 200 or is_api_error(response):
-                self._outage.answered()
             if status == 200:
-                return parse(response)
+                answer = parse(response)
+                self._outage.answered()
+                return answer
+            if status < 500 and is_api_error(response):
+                self._outage.answered()
             failure = transient_for(response)
             if failure is not None:
                 raise failure
