@@ -172,15 +172,23 @@ def test_the_outage_is_called_the_patience_after_the_first_narrowest_504() -> No
     assert "requestId req-9" in str(caught.value)
 
 
-def test_one_narrowest_504_after_a_long_run_of_wide_ones_is_no_outage() -> None:
-    # A slow gateway refusing wide windows: minutes of 504s while the read narrows, then one
-    # hiccup at the narrowest width.
+def wide_504s_for(minutes: int) -> OutageWatch:
+    """A watch that met a 504 on a wide window every minute for ``minutes``: a slow gateway
+    the read narrows through."""
     clock = Clock()
     watch = OutageWatch(300.0, clock)
-    for minute in range(0, 8):
+    for minute in range(minutes):
         clock.now = minute * 60.0
         watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
-    watch.timed_out("count", NARROWEST, narrowest=True, path=PATH, request_id=None)
+    return watch
+
+
+def test_504s_on_wide_windows_alone_are_never_an_outage() -> None:
+    wide_504s_for(120)
+
+
+def test_one_narrowest_504_after_a_long_run_of_wide_ones_is_no_outage() -> None:
+    wide_504s_for(8).timed_out("count", NARROWEST, narrowest=True, path=PATH, request_id=None)
 
 
 def test_any_answer_starts_the_watch_again() -> None:
@@ -199,14 +207,6 @@ def test_any_answer_starts_the_watch_again() -> None:
     assert watch.outage_behind(gave_up) is not None
     with pytest.raises(GatewayDownError, match=r"for 300s \(3 pages\), 300s of it since one"):
         watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id=None)
-
-
-def test_504s_on_wide_windows_alone_are_never_an_outage() -> None:
-    clock = Clock()
-    watch = OutageWatch(300.0, clock)
-    for minute in range(0, 120):
-        clock.now = minute * 60.0
-        watch.timed_out("count", WIDE, narrowest=False, path=PATH, request_id=None)
 
 
 def test_a_minute_of_504s_since_one_at_the_narrowest_width_warns_once(
