@@ -18,7 +18,8 @@ from d23_pipeline.client import (
     WindowTooHeavyError,
 )
 from d23_pipeline.client.outage import OutageWatch
-from d23_pipeline.simulator import Simulator
+from d23_pipeline.schema import parse_timestamp
+from d23_pipeline.simulator import SimRequest, Simulator
 
 WEEK = Window(T0, T0 + timedelta(days=7))
 NARROWEST = Window(T0, T0 + timedelta(minutes=15))
@@ -63,7 +64,7 @@ def test_a_gateway_answering_only_504s_stops_the_read_once_the_retry_budget_is_s
     assert "504 on the count of [2026-05-01T00:00:00.000Z, 2026-05-02T00:00:00.000Z)" in caplog.text
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith("nothing but 504s (gateway timeouts) for ")
-    assert "if the API answers nothing for 1s since, the read stops" in warning
+    assert "if the API answers nothing for 1s since, the next such request to time out" in warning
     message = str(caught.value)
     assert "the API or its gateway is down" in message and "HTTP 504" in message
     assert re.search(
@@ -95,6 +96,25 @@ def test_a_walk_giving_up_before_the_patience_is_a_window_too_heavy() -> None:
     retry = RetryPolicy(max_attempts=4, max_total_wait_s=300.0)
     with client(sim, retry=retry) as reader, pytest.raises(WindowTooHeavyError):
         list(reader.iter_window(DAY))
+
+
+def test_a_window_too_heavy_for_pages_on_a_gateway_that_is_up_stays_one() -> None:
+    # Every page of [12:00, 12:20) times out, at any size, and nothing else is asked while
+    # the walk narrows and backs off (the injected pauses, past the 1 s patience): only the
+    # count of that window asked once it gives up shows the gateway up.
+    heavy = Window(T0 + timedelta(hours=12), T0 + timedelta(hours=12, minutes=20))
+
+    def in_heavy(request: SimRequest) -> bool:
+        query = request.query
+        asked = Window(parse_timestamp(query["since"]), parse_timestamp(query["until"]))
+        return request.kind == "data" and asked.since < heavy.until and heavy.since < asked.until
+
+    sim = simulator(rows_at(range(0, 86_400_000, 20_000)))
+    sim.script(GATEWAY_TIMEOUT, times=10**6, when=in_heavy)
+    retry = RetryPolicy(max_attempts=4, max_total_wait_s=1.0)
+    with client(sim, retry=retry) as reader, pytest.raises(WindowTooHeavyError) as caught:
+        list(reader.iter_window(DAY))
+    assert caught.value.window is not None and caught.value.window.since >= heavy.since
 
 
 @pytest.mark.parametrize(
@@ -191,6 +211,19 @@ def test_one_narrowest_504_after_a_long_run_of_wide_ones_is_no_outage() -> None:
     wide_504s_for(8).timed_out("count", NARROWEST, narrowest=True, path=PATH, request_id=None)
 
 
+def test_past_the_patience_only_a_504_asked_as_narrow_as_it_goes_stops_the_read() -> None:
+    # A hiccup on a narrowest count, then minutes of a walk's 504s at larger pages before it
+    # finds the size the gateway takes.
+    clock = Clock()
+    watch = OutageWatch(300.0, clock)
+    watch.timed_out("count", NARROWEST, narrowest=True, path=PATH, request_id=None)
+    for minute in range(1, 7):
+        clock.now = minute * 60.0
+        watch.timed_out("page", NARROWEST, narrowest=False, path=PATH, request_id=None)
+    with pytest.raises(GatewayDownError):
+        watch.timed_out("page", NARROWEST, narrowest=True, path=PATH, request_id=None)
+
+
 def test_any_answer_starts_the_watch_again() -> None:
     clock = Clock()
     watch = OutageWatch(300.0, clock)
@@ -230,4 +263,6 @@ def test_a_minute_of_504s_since_one_at_the_narrowest_width_warns_once(
         "nothing but 504s (gateway timeouts) for 90s (4 counts; no page was asked meanwhile), "
         "60s of it since one on a request the client asks no narrower"
     )
-    assert "if the API answers nothing for 300s since, the read stops" in warning.message
+    assert "nothing for 300s since, the next such request to time out stops the read" in (
+        warning.message
+    )

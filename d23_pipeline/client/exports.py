@@ -788,9 +788,11 @@ class ExportsClient:
                 try:
                     narrowing = walk.gateway_timeout(exc.request_id)
                 except WindowTooHeavyError as too_heavy:
-                    # At the narrowest window and the smallest page: a gateway down for the
-                    # patience is named as such, not as a window too heavy.
-                    self._page_timed_out(too_heavy.window or request.part, True, exc.request_id)
+                    rest = too_heavy.window or request.part
+                    self._page_timed_out(rest, True, exc.request_id)
+                    if self._outage.outage_behind(too_heavy) is not None:
+                        # The count's answer starts the watch again; its 504 goes on with it.
+                        self.count(rest, cancel, learn=False)
                     if (down := self._outage.outage_behind(too_heavy)) is None:
                         raise
                     raise down from too_heavy

@@ -5,11 +5,12 @@ once. But a gateway whose API is down answers 504 to everything, after its own t
 30-60 s): each slice's count is then narrowed to its narrowest parts and each walk backed off at
 the narrowest width before the read gives up, about 130 timeouts per four workers, an hour of a
 silent run at 30 s each. So the client watches the 504s of all its requests: once a request
-it can make no narrower (the narrowest window, at the smallest page) has timed out, and nothing
-but 504s has come back since for as long as one request may spend on retries, the read stops,
-naming the outage; so does a walk that gives up at its narrowest after that long of nothing but
-504s. Any answer of the API's own (a page, a count, a 429 in its error envelope) says its
-gateway is up and starts the watch again.
+it can make no narrower (the narrowest window, at the smallest page) has timed out, and another
+does after nothing but 504s has come back for as long as one request may spend on retries, the
+read stops, naming the outage. A walk that gives up at its narrowest after that long of nothing
+but 504s has its window counted once more (one row): a 504 there too is the outage, an answer
+a window too heavy for pages. Any answer of the API's own (a page, a count, a 429 in its error
+envelope) says its gateway is up and starts the watch again.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class OutageWatch:
         self, asked: str, window: Window, *, narrowest: bool, path: str, request_id: str | None
     ) -> None:
         """A ``"count"`` or ``"page"`` of ``window`` got a 504 (``narrowest``: the client asks
-        it no narrower, nor a smaller page); raise :class:`GatewayDownError` once the run of
-        504s says the gateway is down."""
+        it no narrower, nor a smaller page); raise :class:`GatewayDownError` if it is narrowest
+        and the run of 504s since the first narrowest one has lasted the patience."""
         with self._lock:
             now = self._clock()
             if self._since is None:
@@ -81,7 +82,7 @@ class OutageWatch:
             f"{lasted:.0f}s of it since one on a request the client asks no narrower (windows "
             f"down to {narrowest_seen.duration}, at the smallest page)"
         )
-        if lasted >= self._patience_s:
+        if narrowest and lasted >= self._patience_s:
             raise GatewayDownError(
                 f"every export request timed out at the gateway (504) for {run}, {how}: the "
                 f"API or its gateway is down. {_RELAUNCH}",
@@ -90,19 +91,21 @@ class OutageWatch:
                 path=path,
                 window=window,
             )
-        if warn:
+        if warn and lasted < self._patience_s:
             log.warning(
                 "nothing but 504s (gateway timeouts) for %s, %s: if the API answers nothing for "
-                "%.0fs since, the read stops (the API or its gateway is down)",
+                "%.0fs since, the next such request to time out stops the read (the API or its "
+                "gateway is down)",
                 run,
                 how,
                 self._patience_s,
             )
 
     def outage_behind(self, gave_up: WindowTooHeavyError) -> GatewayDownError | None:
-        """What a walk that ``gave_up`` at its narrowest window and smallest page met if nothing
-        but 504s had come back for the patience before: a gateway down, not a window too heavy.
-        Report its last 504 to :meth:`timed_out` first."""
+        """The outage a walk that ``gave_up`` at its narrowest window and smallest page may have
+        met: nothing but 504s for the patience. Report its last 504 to :meth:`timed_out`
+        first; a walk alone cannot tell that from a window too heavy, so ask again after
+        counting its window (one row)."""
         with self._lock:
             now = self._clock()
             if self._since is None or now - self._since < self._patience_s:
