@@ -98,16 +98,20 @@ def test_a_walk_giving_up_before_the_patience_is_a_window_too_heavy() -> None:
         list(reader.iter_window(DAY))
 
 
-def test_a_window_too_heavy_for_pages_on_a_gateway_that_is_up_stays_one() -> None:
-    # Every page of [12:00, 12:20) times out, at any size, and nothing else is asked while
-    # the walk narrows and backs off (the injected pauses, past the 1 s patience): only the
-    # count of that window asked once it gives up shows the gateway up.
+@pytest.mark.parametrize("counts_too", [False, True])
+def test_a_window_too_heavy_for_pages_on_a_gateway_that_is_up_stays_one(counts_too: bool) -> None:
+    # Every page of [12:00, 12:20) times out, at any size (and every count of more than an
+    # instant there), and nothing else is asked while the walk narrows and backs off (the
+    # injected pauses, past the 1 s patience): only the count of an instant there, asked once
+    # it gives up, shows the gateway up.
     heavy = Window(T0 + timedelta(hours=12), T0 + timedelta(hours=12, minutes=20))
+    kinds = ("data", "count") if counts_too else ("data",)
 
     def in_heavy(request: SimRequest) -> bool:
         query = request.query
         asked = Window(parse_timestamp(query["since"]), parse_timestamp(query["until"]))
-        return request.kind == "data" and asked.since < heavy.until and heavy.since < asked.until
+        overlaps = asked.since < heavy.until and heavy.since < asked.until
+        return request.kind in kinds and overlaps and asked.duration > timedelta(milliseconds=1)
 
     sim = simulator(rows_at(range(0, 86_400_000, 20_000)))
     sim.script(GATEWAY_TIMEOUT, times=10**6, when=in_heavy)

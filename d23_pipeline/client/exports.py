@@ -39,6 +39,7 @@ from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
 from d23_pipeline.client.completeness import SliceProof, WindowTotal, judge, sum_totals
 from d23_pipeline.client.errors import (
     ExportsApiError,
+    GatewayDownError,
     RetriesExhaustedError,
     WindowTooHeavyError,
 )
@@ -790,10 +791,7 @@ class ExportsClient:
                 except WindowTooHeavyError as too_heavy:
                     rest = too_heavy.window or request.part
                     self._page_timed_out(rest, True, exc.request_id)
-                    if self._outage.outage_behind(too_heavy) is not None:
-                        # The count's answer starts the watch again; its 504 goes on with it.
-                        self.count(rest, cancel, learn=False)
-                    if (down := self._outage.outage_behind(too_heavy)) is None:
+                    if (down := self._outage_behind(too_heavy, rest, cancel)) is None:
                         raise
                     raise down from too_heavy
                 narrowest = not narrowing.split and request.limit <= self._min_page_limit
@@ -837,6 +835,22 @@ class ExportsClient:
                 rejects = part.served(batch, rejects, changed)
             self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
             yield SlicePage(slice_, batch, rejects)
+
+    def _outage_behind(
+        self, gave_up: WindowTooHeavyError, rest: Window, cancel: threading.Event | None
+    ) -> GatewayDownError | None:
+        """The outage behind a walk that ``gave_up`` at its narrowest on ``rest``, if nothing
+        but 504s came back for the patience and the count of one instant there, which any
+        gateway that is up answers (the window may be too heavy to count), times out too."""
+        if self._outage.outage_behind(gave_up) is None:
+            return None
+        try:
+            self.count(Window(rest.since, rest.since + ONE_MS), cancel, learn=False)
+        except GatewayDownError as down:
+            return down
+        except (ExportsApiError, Cancelled):  # no answer either way: as the walk found it
+            return None
+        return self._outage.outage_behind(gave_up)  # None once the count's answer reset it
 
     def _page_timed_out(self, rest: Window, narrowest: bool, request_id: str | None) -> None:
         self._outage.timed_out(

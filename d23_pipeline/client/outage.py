@@ -8,8 +8,8 @@ silent run at 30 s each. So the client watches the 504s of all its requests: onc
 it can make no narrower (the narrowest window, at the smallest page) has timed out, and another
 does after nothing but 504s has come back for as long as one request may spend on retries, the
 read stops, naming the outage. A walk that gives up at its narrowest after that long of nothing
-but 504s has its window counted once more (one row): a 504 there too is the outage, an answer
-a window too heavy for pages. Any answer of the API's own (a page, a count, a 429 in its error
+but 504s has one instant of its window counted: a 504 there too is the outage, an answer a
+window too heavy for pages. Any answer of the API's own (a page, a count, a 429 in its error
 envelope) says its gateway is up and starts the watch again.
 """
 
@@ -105,7 +105,7 @@ class OutageWatch:
         """The outage a walk that ``gave_up`` at its narrowest window and smallest page may have
         met: nothing but 504s for the patience. Report its last 504 to :meth:`timed_out`
         first; a walk alone cannot tell that from a window too heavy, so ask again after
-        counting its window (one row)."""
+        counting an instant of its window."""
         with self._lock:
             now = self._clock()
             if self._since is None or now - self._since < self._patience_s:
