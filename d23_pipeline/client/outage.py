@@ -3,14 +3,14 @@
 A 504 on a wide window is the gateway's advice to narrow it, and the walks and counts do so at
 once. But a gateway whose API is down answers 504 to everything, after its own timeout (often
 30-60 s): each slice's count is then narrowed to its narrowest parts and each walk backed off at
-the narrowest width before the read gives up: about 440 timeouts, 4 at a time, 55 minutes of
-a silent run at 30 s each (``benchmarks/README.md``). So the client watches the 504s of all its requests: once a request
-it can make no narrower (the narrowest window, at the smallest page) has timed out, and another
-does after nothing but 504s has come back for as long as one request may spend on retries, the
-read stops, naming the outage. A walk that gives up at its narrowest after that long of nothing
-but 504s has one instant of its window counted: a 504 there too is the outage, an answer a
-window too heavy for pages. Any answer of the API's own (a page, a count, a 429 in its error
-envelope) says its gateway is up and starts the watch again.
+the narrowest width before the read gives up: about 440 timeouts, 4 at a time, 55 minutes of a
+silent run at 30 s each (``benchmarks/README.md``). So the client watches the 504s of all its
+requests: once a request it can make no narrower (the narrowest window, at the smallest page)
+has timed out, and another does after nothing but 504s has come back for as long as one request
+may spend on retries, the read stops, naming the outage. A walk that gives up at its narrowest
+after that long of nothing but 504s has one instant of its window counted: a 504 there too is
+the outage, an answer a window too heavy for pages. Any answer of the API's own (a page, a
+count, a 429 in its error envelope) says its gateway is up and starts the watch again.
 """
 
 from __future__ import annotations
