@@ -409,10 +409,8 @@ class ExportsClient:
     def changed_since_counted(self, counted: Mapping[Window, int]) -> list[Window]:
         """Of windows with the rows each held at its read (what the read served, as the landing
         gives it), those whose exact count now differs: a row that moved into one of them after
-        its read is missing from that read, though it never left the month. So are those the
-        API no longer counts exactly (504s, a count timeout, each asked again as after a walk):
-        a read whose end cannot be checked proves nothing, and a row it missed would be taken
-        for deleted.
+        its read is missing from that read, though it never left the month. One the API no
+        longer counts exactly is left as read (a count timeout is no change).
 
         Their span is counted first, in one request (or taken from :meth:`iter_slices`, which
         counts its window as its last walk ends, if it was of the span and no slice was read
@@ -441,7 +439,9 @@ class ExportsClient:
         workers = min(self._max_concurrency, len(windows))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-recount") as pool:
             now = list(pool.map(count_now, windows))
-        changed = [w for w, total in zip(windows, now, strict=True) if total != counted[w]]
+        changed = [
+            w for w, total in zip(windows, now, strict=True) if total not in (None, counted[w])
+        ]
         self.stats.add("slices_changed_after_read", len(changed))
         return changed
 
