@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 from benchmarks.end_to_end import (
-    BIN,
     MONTH,
     PARTITION,
     REPO,
@@ -27,6 +26,7 @@ from benchmarks.end_to_end import (
     dagster_home,
     materialize_args,
 )
+from benchmarks.simulator_process import simulator
 
 ROWS = 2_000
 _ERROR = re.compile(r"(GatewayDownError|WindowTooHeavyError|ExportsApiError)\S*:? ([^\n]{0,160})")
@@ -38,50 +38,34 @@ def run(timeout_s: float) -> dict[str, object]:
     """One materialize of a month whose every export request the gateway answers 504 after
     ``timeout_s`` seconds."""
     scratch = Path(tempfile.mkdtemp(prefix="d23-bench-down-"))
-    simulator = subprocess.Popen(
-        [
-            str(BIN / "python"),
-            "-m",
-            "d23_pipeline.simulator",
-            "--port",
-            "0",
-            "--months",
-            MONTH,
-            "--rows-per-month",
-            str(ROWS),
-            "--max-window-504-hours",
-            "0",
-            "--gateway-timeout-ms",
-            str(timeout_s * 1000),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    down = ("--max-window-504-hours", "0", "--gateway-timeout-ms", str(timeout_s * 1000))
+    said: list[str] = []
+    warned_at = None
+    log: list[str] = []
     try:
-        assert simulator.stdout is not None
-        url = simulator.stdout.readline().strip()
-        env = cli_env(url, scratch / "data", dagster_home(scratch / "dagster_home"))
-        args = materialize_args("d23_pipeline.definitions", "*", PARTITION)
-        started = time.monotonic()
-        warned_at = None
-        log: list[str] = []
-        with subprocess.Popen(
-            args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        ) as process:
-            assert process.stderr is not None
-            for line in process.stderr:
-                log.append(line)
-                if warned_at is None and _WARNING in line:
-                    warned_at = time.monotonic() - started
-            exit_code = process.wait(timeout=RUN_TIMEOUT_S)
-        wall_s = time.monotonic() - started
+        with simulator(ROWS, MONTH, *down, said=said) as url:
+            env = cli_env(url, scratch / "data", dagster_home(scratch / "dagster_home"))
+            args = materialize_args("d23_pipeline.definitions", "*", PARTITION)
+            started = time.monotonic()
+            with subprocess.Popen(
+                args,
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            ) as process:
+                assert process.stderr is not None
+                for line in process.stderr:
+                    log.append(line)
+                    if warned_at is None and _WARNING in line:
+                        warned_at = time.monotonic() - started
+                exit_code = process.wait(timeout=RUN_TIMEOUT_S)
+            wall_s = time.monotonic() - started
     finally:
-        simulator.terminate()
-        served, _ = simulator.communicate(timeout=30)
         shutil.rmtree(scratch, ignore_errors=True)
     error = _ERROR.search("".join(log))
-    answered_504 = _SERVED_504.search(served)
+    answered_504 = _SERVED_504.search("".join(said))
     return {
         "timeout_s": timeout_s,
         "wall_s": wall_s,

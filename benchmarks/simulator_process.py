@@ -13,12 +13,13 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def simulator(rows: int, month: str, *options: str) -> Iterator[str]:
+def simulator(rows: int, month: str, *options: str, said: list[str] | None = None) -> Iterator[str]:
     """``python -m d23_pipeline.simulator`` serving ``rows`` rows of ``month``; yields its URL.
 
     ``options`` are more command-line flags (``--latency-ms 100``, fault knobs). In its own
     process, like the real API: served from a thread of the reader, its page rendering would
-    compete with the reader for the GIL.
+    compete with the reader for the GIL. ``said``, if given, gets what it printed after its
+    URL, once it has stopped (its answers by status).
     """
     process = subprocess.Popen(
         [
@@ -45,4 +46,6 @@ def simulator(rows: int, month: str, *options: str) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        out, _ = process.communicate(timeout=30)
+        if said is not None:
+            said.append(out)

@@ -22,6 +22,7 @@ import httpx
 from d23_pipeline.credentials import SHORTEST_CREDENTIAL, repeats_a_credential
 from d23_pipeline.months import months_between
 from d23_pipeline.settings import SettingsError, read_ui_port, validate_month
+from d23_pipeline.wording import counted
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
@@ -664,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         unreachable = isinstance(exc, WebserverUnreachable) and not exc.sent
         print(f"error: {exc}{NOT_RUNNING_HINT if unreachable else ''}", file=sys.stderr)
         return 2
-    months = f"{len(keys)} month{'s' * (len(keys) != 1)}"
+    months = counted(len(keys), "month")
     if following:
         print(
             f"Backfill {backfill_id} of the same {months} is already running: not launched again "

@@ -34,6 +34,7 @@ from d23_pipeline.months import month_index, month_name, months_between
 from d23_pipeline.settings import LOCK_TIMEOUT_S
 from d23_pipeline.warehouse import sql
 from d23_pipeline.warehouse.store import execute, fetch_dicts, transaction
+from d23_pipeline.wording import counted
 
 KPI_LABELS = {kpi.name: kpi.label for kpi in KPIS}
 # Each KPI as numerator / denominator, in the KPI tables' count columns.
@@ -130,11 +131,11 @@ class DashboardData:
         reasons = []
         if gone:
             reasons.append(
-                f"{_counted(gone, 'attempt')} counted that its last read did not find "
+                f"{counted(gone, 'attempt')} counted that its last read did not find "
                 "(deletions not applied)"
             )
         if unverified:
-            reasons.append(f"{_counted(unverified, 'slice')} not proven complete")
+            reasons.append(f"{counted(unverified, 'slice')} not proven complete")
         if any(m["month"] == month for m in self.other_mapping):
             reasons.append("counted with another outcome mapping")
         if month in self.mix_behind_logs:
@@ -236,8 +237,8 @@ def local_days(until: Mapping[date, datetime], timezone: str) -> list[date]:
     all)."""
     zone = ZoneInfo(timezone)
     days: set[date] = set()
-    for month, counted in until.items():
-        start, end = month_start(month), min(month_end(month), counted)
+    for month, counted_to in until.items():
+        start, end = month_start(month), min(month_end(month), counted_to)
         if start >= end:
             continue
         day = start.astimezone(zone).date()
@@ -445,10 +446,6 @@ def _points(rate: float | None, before: float | None) -> str:
     if rate is None or before is None:
         return "no comparison"
     return f"{shown_percent(rate) - shown_percent(before):+} pp"
-
-
-def _counted(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def _month_label(month: date) -> str:

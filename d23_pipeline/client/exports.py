@@ -331,7 +331,7 @@ class ExportsClient:
         if len(parts) > 1:
             return [counted for part in parts for counted in self.count_parts(part, cancel)]
         total = self.count(window, cancel)
-        if total.exact_total is not None or window.duration < 2 * self._min_window:
+        if total.exact_total is not None or self._counted_whole(window):
             return [(window, total)]
         self.stats.add("count_splits")
         return [part for half in window.halves() for part in self.count_parts(half, cancel)]
@@ -356,16 +356,18 @@ class ExportsClient:
             log.info("504 on the count of %s", window)
             if learn:
                 self._widths.failed(window.duration, 1)
-            # count_parts halves no window narrower than this
-            narrowest = window.duration < 2 * self._min_window
             self._outage.timed_out(
                 "count",
                 window,
-                narrowest=narrowest,
+                narrowest=self._counted_whole(window),
                 path=self._session.path,
                 request_id=exc.request_id,
             )
             return WindowTotal(None, False, "timeout")
+
+    def _counted_whole(self, window: Window) -> bool:
+        """Whether :meth:`count_parts` counts ``window`` in no narrower parts."""
+        return window.duration < 2 * self._min_window
 
     def _count_after_walk(
         self, part: Window, before: WindowTotal, cancel: threading.Event | None

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from d23_pipeline.client.errors import GatewayDownError, WindowTooHeavyError
 from d23_pipeline.client.windows import Window
+from d23_pipeline.wording import counted
 
 log = logging.getLogger("d23_pipeline.client")
 
@@ -29,10 +30,6 @@ log = logging.getLogger("d23_pipeline.client")
 # healthy read has no minute (of 300 s) without an answer once it asks no narrower.
 _WARN_AFTER = 0.2
 _RELAUNCH = "Launch the run again once it answers (finished slices are kept)"
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 class OutageWatch:
@@ -123,7 +120,7 @@ class OutageWatch:
 
     def _run(self, lasted: float) -> str:
         """How long the run of 504s has lasted, and what timed out."""
-        what = ", ".join(_plural(n, kind) for kind, n in self._timeouts.items())
+        what = ", ".join(counted(n, kind) for kind, n in self._timeouts.items())
         if not self._timeouts["page"]:
             what += "; no page was asked meanwhile"
         return f"{lasted:.0f}s ({what})"
