@@ -62,9 +62,22 @@ def test_a_slice_short_of_its_counts_fails_naming_the_window_and_counts() -> Non
         assert result.metadata["slices_verified"].value == 1
 
 
+def test_a_slice_the_api_could_not_count_after_its_read_warns_and_names_the_api() -> None:
+    # Served its counts; at the read's last count of the month, the API gave none exactly.
+    uncounted = SliceRecord(DAY_2, 5, 0, 1, 5, 5, 5, False, 1, left_as_read="uncounted")
+
+    warned = checks.slices_verified(_snapshot(_slice(DAY_1, 100, 100, 100), uncounted))
+
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
+    assert "the API gave no exact count of it at the read's last count" in warned.description
+    assert "counts them again" in warned.description
+    assert "report these windows to the API team" in warned.description
+    assert checks.rows_match_api_total(_snapshot(uncounted)).passed
+
+
 def test_a_slice_whose_count_moved_after_its_read_only_warns_unless_another_is_refuted() -> None:
     # Served its counts; at the read's last count of the month, its count had moved.
-    moved = SliceRecord(DAY_2, 5, 0, 1, 5, 5, 5, False, 1, moved_after_read=True)
+    moved = SliceRecord(DAY_2, 5, 0, 1, 5, 5, 5, False, 1, left_as_read="moved")
 
     warned = checks.slices_verified(_snapshot(_slice(DAY_1, 100, 100, 100), moved))
     failed = checks.slices_verified(_snapshot(_slice(DAY_1, 90, 100, 100), moved))

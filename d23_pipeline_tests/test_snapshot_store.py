@@ -12,6 +12,7 @@ import pytest
 from harness import d23_row
 
 from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
+from d23_pipeline.client.completeness import LeftAsRead
 from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.landing.snapshot import (
     ABSENT_SCHEMA,
@@ -72,16 +73,29 @@ def test_a_read_is_resumed_only_from_its_own_api_host_and_lender(tmp_path: Path)
         assert again.directory == first.directory and again.finished == {SLICES[0]}
 
 
-def test_a_slice_the_last_count_found_moved_is_read_again_on_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("why", ["moved", "uncounted"])
+def test_a_slice_the_last_count_left_as_read_is_read_again_on_resume(
+    tmp_path: Path, why: LeftAsRead
+) -> None:
     store = SnapshotStore(tmp_path)
     with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
         _land(first, SLICES[0])
         _land(first, SLICES[1])
-        first.moved_after_read([SLICES[1]])
+        first.left_as_read([SLICES[1]], why)
         raise RuntimeError("the run dies weighing its deletions")
 
     with store.begin("2026-04-01", SLICES, "run-2") as second:
         assert second.finished == {SLICES[0]}
+
+
+def test_a_slice_an_older_manifest_flagged_as_moved_after_its_read_still_reads_so() -> None:
+    # Manifests from before a slice could be left as read for an uncounted count said so with
+    # a flag: such a slice still proves nothing, and is read again on resume.
+    entry = {"rows": 1, "rejects": 0, "pages": 1, "verified": False, "moved_after_read": True}
+
+    record = SliceRecord.from_manifest(SLICES[1].key, entry)
+
+    assert record.left_as_read == "moved" and "its count moved after" in record.proof.why
 
 
 def test_a_slice_still_open_when_the_interrupted_read_began_is_read_again_on_resume(

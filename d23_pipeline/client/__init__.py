@@ -17,6 +17,7 @@ from d23_pipeline.client.errors import (
 from d23_pipeline.client.exports import (
     CLOCK_SLACK,
     ExportsClient,
+    Recount,
     SliceDone,
     SliceEvent,
     SlicePage,
@@ -39,6 +40,7 @@ __all__ = [
     "LenderMismatchError",
     "NotTheApiError",
     "ProtocolError",
+    "Recount",
     "RetriesExhaustedError",
     "RetryPolicy",
     "SliceDone",

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class WindowTotal:
         """The total when the API vouches for it, else ``None``."""
         return self.total if self.exact and self.total is not None else None
 
+
+# Why a slice verified by its read was left as read, unverified, by the read's last count of
+# the month: its count had moved, or the API gave none exactly.
+LeftAsRead = Literal["moved", "uncounted"]
 
 # The most rows a count may claim: the warehouse keeps counts as BIGINT (d23.slice_verification).
 MAX_COUNT = 2**63 - 1
@@ -73,9 +78,10 @@ class SliceProof:
     # A walk of the read met an end it could not read on past: more of them than the slice has
     # rows, or one inside an instant (see walk.py).
     read_on_ran_out: bool = False
-    # Its count moved after its last read, at the read's last count of the month (see
-    # landing/month.py): rows moved in since are in no read, so it proves nothing.
-    moved_after_read: bool = False
+    # Why the read's last count of the month left it as read (see landing/month.py): its count
+    # had moved since its last read (rows moved in since are in no read), or the API no longer
+    # counted it exactly (whether any did is not known). Either way it proves nothing.
+    left_as_read: LeftAsRead | None = None
 
     @property
     def reason(self) -> str:
@@ -87,11 +93,17 @@ class SliceProof:
     @property
     def why(self) -> str:
         """Why the slice is (not) verified, in words alone."""
-        if self.moved_after_read:
+        if self.left_as_read == "moved":
             return (
                 "its count moved after it was read, at the read's last count of the month (a "
                 "row moved in from a slice read later, or out); left as read for the month's "
                 "next read"
+            )
+        if self.left_as_read == "uncounted":
+            return (
+                "the API gave no exact count of it at the read's last count of the month (a "
+                "row moved in from a slice read later would be missing); left as read for the "
+                "month's next read"
             )
         before, after = self.total_before, self.total_after
         if before is None or after is None:

@@ -194,6 +194,14 @@ class InstantLookups(NamedTuple):
     beside_anonymous: set[str]  # the instant served a bad row without a usable public_id
 
 
+class Recount(NamedTuple):
+    """What counting a read's finished windows again showed (see
+    :meth:`ExportsClient.recount_after_read`)."""
+
+    moved: list[Window]  # its exact count now differs from what its read served
+    uncounted: list[Window]  # the API gave no exact count of it now (timeouts, or an estimate)
+
+
 class ExportsClient:
     """Reads one lender's rows of one dataset (default S4/D23) window by window, with at most
     ``max_concurrency`` export requests (pages and counts) in flight; a token's login or refresh,
@@ -242,7 +250,7 @@ class ExportsClient:
         self._slice_reads = slice_reads
         self._widths = WidthHint(min_window, max_window, learned_page_limit)
         # The parts each slice's last read was counted in, for counting it again at the end of
-        # the month's read without finding them anew (changed_since_counted).
+        # the month's read without finding them anew (recount_after_read).
         self._counted_in: dict[Window, list[Window]] = {}
         self._schedule: SliceSchedule | None = None  # of the last iter_slices
         credentials_held = HeldCredentials()
@@ -408,11 +416,11 @@ class ExportsClient:
         schedule, self._schedule = self._schedule, None
         return schedule.window_total if schedule is not None and schedule.window == window else None
 
-    def changed_since_counted(self, counted: Mapping[Window, int]) -> list[Window]:
+    def recount_after_read(self, counted: Mapping[Window, int]) -> Recount:
         """Of windows with the rows each held at its read (what the read served, as the landing
-        gives it), those whose exact count now differs: a row that moved into one of them after
-        its read is missing from that read, though it never left the month. One the API no
-        longer counts exactly is left as read (a count timeout is no change).
+        gives it), those whose exact count now differs (a row that moved into one of them after
+        its read is missing from that read, though it never left the month), and those the API
+        no longer counts exactly: whether such a row is missing from them is not known.
 
         Their span is counted first, in one request (or taken from :meth:`iter_slices`, which
         counts its window as its last walk ends, if it was of the span and no slice was read
@@ -424,12 +432,12 @@ class ExportsClient:
         """
         windows = sorted(counted, key=lambda w: w.since)
         if not windows:
-            return []
+            return Recount([], [])
         span = Window(windows[0].since, windows[-1].until)
         if all(a.until == b.since for a, b in pairwise(windows)) and self._countable_at_once(span):
             total = self._counted_after_walks(span) or self.count(span, learn=False)
             if total.exact_total == sum(counted.values()):
-                return []
+                return Recount([], [])
 
         def count_now(window: Window) -> int | None:
             parts = self._counted_in.get(window)  # a slice read by this client: its parts
@@ -441,11 +449,13 @@ class ExportsClient:
         workers = min(self._max_concurrency, len(windows))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-recount") as pool:
             now = list(pool.map(count_now, windows))
-        changed = [
-            w for w, total in zip(windows, now, strict=True) if total not in (None, counted[w])
-        ]
-        self.stats.add("slices_changed_after_read", len(changed))
-        return changed
+        recount = Recount(
+            [w for w, total in zip(windows, now, strict=True) if total not in (None, counted[w])],
+            [w for w, total in zip(windows, now, strict=True) if total is None],
+        )
+        self.stats.add("slices_changed_after_read", len(recount.moved))
+        self.stats.add("slices_uncounted_after_read", len(recount.uncounted))
+        return recount
 
     def confirm_absent(self, candidates: Sequence[tuple[str, datetime]]) -> InstantLookups:
         """Of ``(public_id, communicated_at)`` pairs, those a proven-complete read of their
@@ -561,7 +571,7 @@ class ExportsClient:
         order, parts of one slice interleave. Every page of a slice's read is followed by
         exactly one :class:`SliceDone` carrying the last read's proof. Once no walk is left, the
         whole ended ``window`` is counted, beside the last counts after walks, for the end of
-        the read (:meth:`changed_since_counted`, :meth:`find_served`). The first worker error
+        the read (:meth:`recount_after_read`, :meth:`find_served`). The first worker error
         stops the other workers and is raised here; closing the generator early stops the
         workers too (a consumer that fails must close it: otherwise they wait until it is
         collected).
@@ -652,7 +662,7 @@ class ExportsClient:
         if claim is None:
             after = [self._count_after_walk(part, b, cancel) for part, b in read.before]
         else:
-            # The end-of-read count (changed_since_counted) is asked now, every walk ended,
+            # The end-of-read count (recount_after_read) is asked now, every walk ended,
             # beside these counts: at the end of a read nothing else overlaps its latency. A
             # daemon, as the workers are: a read closed meanwhile does not wait for its answer,
             # nor does the interpreter's exit.

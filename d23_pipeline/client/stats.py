@@ -37,6 +37,7 @@ class ClientStats:
         self.count_splits = 0
         self.slice_rereads = 0
         self.slices_changed_after_read = 0
+        self.slices_uncounted_after_read = 0
         self.shared_parts = 0
         self.limit_reductions = 0
         self.cursor_restarts = 0
@@ -102,6 +103,7 @@ class ClientStats:
                 "count_splits": self.count_splits,
                 "slice_rereads": self.slice_rereads,
                 "slices_changed_after_read": self.slices_changed_after_read,
+                "slices_uncounted_after_read": self.slices_uncounted_after_read,
                 "shared_parts": self.shared_parts,
                 "limit_reductions": self.limit_reductions,
                 "cursor_restarts": self.cursor_restarts,

@@ -215,14 +215,23 @@ def describe_unverified(snapshot: Snapshot) -> str:
     unverified = snapshot.unverified
     parts = [f"{s.window}: {s.proof.reason}" for s in unverified]
     reads = max(s.reads for s in unverified)
-    advice = (
-        "The daily refresh and run retries read the month again; if it persists, lower "
-        "D23_SLICE_HOURS and report these windows to the API team."
-        if snapshot.refuted
-        else "The month's next read (the daily refresh's, or a backfill's) lands what moved; "
-        "if every read says so, rows are being logged into days already read as the month is "
-        "read, and a read at a quieter hour proves them."
-    )
+    if snapshot.refuted:
+        advice = (
+            "The daily refresh and run retries read the month again; if it persists, lower "
+            "D23_SLICE_HOURS and report these windows to the API team."
+        )
+    elif any(s.left_as_read == "uncounted" for s in unverified):
+        advice = (
+            "The month's next read (the daily refresh's, or a backfill's) counts them again "
+            "and lands any row that moved; if every read says so, the API's counts time out "
+            "once the month is read: report these windows to the API team."
+        )
+    else:
+        advice = (
+            "The month's next read (the daily refresh's, or a backfill's) lands what moved; "
+            "if every read says so, rows are being logged into days already read as the month "
+            "is read, and a read at a quieter hour proves them."
+        )
     return (
         f"{snapshot.partition}: {len(parts)} slice(s) not proven complete after "
         f"{f'up to {reads} reads' if reads > 1 else 'one read'}, so no row in them was marked "

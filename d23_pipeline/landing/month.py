@@ -10,7 +10,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from d23_pipeline.client import CLOCK_SLACK, ExportsClient, SliceDone, SliceEvent, Window
+from d23_pipeline.client import (
+    CLOCK_SLACK,
+    ExportsClient,
+    Recount,
+    SliceDone,
+    SliceEvent,
+    Window,
+)
 from d23_pipeline.landing.snapshot import (
     SliceRecord,
     Snapshot,
@@ -113,11 +120,12 @@ def read_month(
                     continue
             if recounts_left:
                 recounts_left -= 1
-                changed = _changed_since_read(client, writer.slices, partition, recounts_left > 0)
-                if changed and recounts_left:
-                    todo = changed
+                recount = _recount(client, writer.slices, partition, recounts_left > 0)
+                writer.left_as_read(recount.uncounted, "uncounted")
+                if recount.moved and recounts_left:
+                    todo = recount.moved
                     continue
-                writer.moved_after_read(changed)
+                writer.left_as_read(recount.moved, "moved")
             deletions = _weigh_deletions(client, warehouse, store, writer, month, partition)
             # The read counts as finished now: checked first, every slice that has ended by
             # then was read after it ended, so a month read across its end is not taken for
@@ -163,13 +171,15 @@ def _ended_since_read(
 RECOUNTS = 3
 
 
-def _changed_since_read(
+def _recount(
     client: ExportsClient, landed: Sequence[SliceRecord], partition: str, read_again: bool
-) -> list[Window]:
+) -> Recount:
     """The verified slices, ended by now, whose exact count has moved since their read (or
     their resumed read): a row moved into one of them from a slice read later is in neither
     read. They are read again if ``read_again``; else they are recorded unverified and the
-    month's next read picks them up.
+    month's next read picks them up. And those the API no longer counts exactly: they are
+    recorded unverified at once, not read again, as reading them again on an API whose counts
+    time out would cost up to a read of the month to learn whether a row moved into them.
     (An unverified slice already adds and updates only, and served short of its count.)"""
     now = datetime.now(UTC)
     # What each verified slice served, or its count after, if lower: a slice verified between
@@ -181,22 +191,33 @@ def _changed_since_read(
         for s in landed
         if s.verified and s.total_after is not None and s.window.until + CLOCK_SLACK <= now
     }
-    changed = client.changed_since_counted(counted)
-    if changed:
+    recount = client.recount_after_read(counted)
+    if recount.uncounted:
+        log.warning(
+            "%s: %d slices could not be counted again once the month was read (%s%s): the "
+            "API's count timed out, or was not exact; they are left as read, unverified (they "
+            "delete nothing, and d23/logs' slices_verified check warns): a row that moved into "
+            "one of them during the read lands with the month's next read",
+            partition,
+            len(recount.uncounted),
+            recount.uncounted[0],
+            ", ..." if len(recount.uncounted) > 1 else "",
+        )
+    if recount.moved:
         log.warning(
             "%s: %d slices' counts moved after they were read (%s%s), as when a row moves "
             "into one from a slice read later; %s",
             partition,
-            len(changed),
-            changed[0],
-            ", ..." if len(changed) > 1 else "",
+            len(recount.moved),
+            recount.moved[0],
+            ", ..." if len(recount.moved) > 1 else "",
             "reading them again"
             if read_again
             else "this was the read's last count of them, so they are left as read, unverified "
             "(they delete nothing, and d23/logs' slices_verified check warns): rows that moved "
             "into them land with the month's next read",
         )
-    return changed
+    return recount
 
 
 def _wait_until_ended(slices: Sequence[Window]) -> None:

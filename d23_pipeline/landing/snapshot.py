@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
-from d23_pipeline.client.completeness import SliceProof
+from d23_pipeline.client.completeness import LeftAsRead, SliceProof
 from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
 from d23_pipeline.settings import RESUME_MAX_AGE, SettingsError
 
@@ -133,7 +133,7 @@ class SliceRecord:
     total_after: int | None
     verified: bool
     reads: int
-    moved_after_read: bool = False
+    left_as_read: LeftAsRead | None = None
 
     @property
     def proof(self) -> SliceProof:
@@ -144,7 +144,7 @@ class SliceRecord:
             self.total_after,
             self.verified,
             self.reads,
-            moved_after_read=self.moved_after_read,
+            left_as_read=self.left_as_read,
         )
 
     @classmethod
@@ -161,7 +161,9 @@ class SliceRecord:
             total_after=entry.get("total_after"),
             verified=entry.get("verified", False),
             reads=entry.get("reads", 1),
-            moved_after_read=entry.get("moved_after_read", False),
+            # Before there were two reasons, only a moved count was recorded, as a flag.
+            left_as_read=entry.get("left_as_read")
+            or ("moved" if entry.get("moved_after_read") else None),
         )
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -174,7 +176,7 @@ class SliceRecord:
             "total_after": self.total_after,
             "verified": self.verified,
             "reads": self.reads,
-            "moved_after_read": self.moved_after_read,
+            "left_as_read": self.left_as_read,
         }
 
 
@@ -233,10 +235,11 @@ class Snapshot:
     @property
     def refuted(self) -> list[SliceRecord]:
         """Unverified slices whose read its own counts did not prove: the API ended a walk early
-        or could not count. Not those whose count only moved after the read
-        (:meth:`SnapshotWriter.moved_after_read`), as rows still coming into days already
-        read do: they served their counts, and the month's next read lands what moved."""
-        return [s for s in self.unverified if not s.moved_after_read]
+        or could not count. Not those the read's last count of the month left as read
+        (:meth:`SnapshotWriter.left_as_read`), as rows still coming into days already read
+        do, or that count's timeouts: they served their counts, and the month's next read
+        lands what moved."""
+        return [s for s in self.unverified if s.left_as_read is None]
 
     def rejects_by_reason(self, examples: int = 3) -> list[dict[str, Any]]:
         """Per reason, how many rows the read quarantined and the first ``examples`` ids."""
@@ -438,12 +441,13 @@ class SnapshotWriter:
         self._manifest["slices"][done.slice.key] = record.manifest_entry()
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
 
-    def moved_after_read(self, windows: Collection[Window]) -> None:
-        """Record ``windows`` as not proven complete: their counts moved after their last read.
-        Their rows still add and update; none of them is weighed for deletion."""
+    def left_as_read(self, windows: Collection[Window], why: LeftAsRead) -> None:
+        """Record ``windows`` as not proven complete, for ``why``: their counts moved after
+        their last read, or the API gave none exactly. Their rows still add and update; none of
+        them is weighed for deletion."""
         entries = self._manifest["slices"]
         for window in windows:
-            entries[window.key] |= {"verified": False, "moved_after_read": True}
+            entries[window.key] |= {"verified": False, "left_as_read": why}
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
 
     def land(self, events: Iterable[SliceEvent]) -> None:
@@ -657,11 +661,11 @@ class SnapshotStore:
                 _intact_slices(directory, manifest["slices"]),
                 datetime.fromisoformat(manifest["started_at"]),
             )
-            # Known incomplete: its count moved after its read (SnapshotWriter.moved_after_read).
+            # Not proven complete after its read (SnapshotWriter.left_as_read): read again.
             manifest["slices"] = {
                 key: entry
                 for key, entry in manifest["slices"].items()
-                if not entry.get("moved_after_read")
+                if SliceRecord.from_manifest(key, entry).left_as_read is None
             }
         else:
             directory = month_dir / f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"

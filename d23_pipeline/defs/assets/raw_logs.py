@@ -87,6 +87,7 @@ def raw_logs(
             "unverified_slices": dg.MetadataValue.md(checks.slice_table(snapshot.unverified)),
             "slice_rereads": stats["slice_rereads"],
             "slices_changed_after_read": stats["slices_changed_after_read"],
+            "slices_uncounted_after_read": stats["slices_uncounted_after_read"],
             "deletion_candidates": read.deletion_candidates,
             "proven_absent": read.proven_absent,
             "deletions_unproven": snapshot.unproven_rows,
