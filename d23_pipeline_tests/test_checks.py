@@ -1,5 +1,6 @@
 """Asset checks evaluated directly: what passes, what warns, what blocks."""
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -69,10 +70,16 @@ def test_a_slice_the_api_could_not_count_after_its_read_warns_and_names_the_api(
     warned = checks.slices_verified(_snapshot(_slice(DAY_1, 100, 100, 100), uncounted))
 
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    assert "the API gave no exact count of it at the read's last count" in warned.description
-    assert "counts them again" in warned.description
+    assert (
+        "the API gave no exact count of it when the read, once done, counted" in warned.description
+    )
     assert "report these windows to the API team" in warned.description
+    assert "a read at a quieter hour" not in warned.description  # that is for moved counts
     assert checks.rows_match_api_total(_snapshot(uncounted)).passed
+
+    moved = replace(uncounted, window=DAY_1, left_as_read="moved")
+    both = checks.slices_verified(_snapshot(moved, uncounted)).description
+    assert "a read at a quieter hour" in both and "report these windows to the API" in both
 
 
 def test_a_slice_whose_count_moved_after_its_read_only_warns_unless_another_is_refuted() -> None:

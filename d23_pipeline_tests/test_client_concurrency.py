@@ -121,6 +121,29 @@ def test_windows_the_api_cannot_count_after_the_read_are_uncounted_not_moved_nor
     assert reader.stats.as_dict()["slices_uncounted_after_read"] == len(done)
 
 
+def test_windows_left_out_of_the_recount_split_it_into_spans_each_counted_at_once() -> None:
+    # A slice left out (unverified at an earlier count) must not make every other slice be
+    # counted on its own: one count for each run of adjoining windows.
+    sim = hourly_api()
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
+        done = sorted(
+            (e for e in reader.iter_slices(THREE_DAYS) if isinstance(e, SliceDone)),
+            key=lambda d: d.slice.since,
+        )
+        asked = len(queries(sim))
+        left_out = done[5].slice
+        recount = reader.recount_after_read(
+            {d.slice: d.proof.served for d in done if d.slice != left_out}
+        )
+
+    assert recount == ([], [])
+    spans = [(q["since"], q["until"]) for q in queries(sim)[asked:]]
+    assert spans == [
+        (THREE_DAYS.since_text, left_out.since_text),
+        (left_out.until_text, THREE_DAYS.until_text),
+    ]
+
+
 def test_a_read_closed_while_its_end_of_read_count_waits_stops_at_once() -> None:
     # The window's count is asked beside the last counts after walks; an answer that takes long
     # (up to the 60 s timeout) must hold neither the closed read nor the interpreter's exit.

@@ -1190,16 +1190,27 @@ def test_a_slice_the_end_of_read_count_cannot_count_is_left_as_read_unverified(
         assert raw.metadata["slices_changed_after_read"].value == 0
         assert raw.metadata["slices_verified"].value == 29
         assert any(
-            "1 slices could not be counted again once the month was read ([2026-04-02" in m
+            "1 slice could not be counted again once the month was read ([2026-04-02" in m
             for m in caplog.messages
         )
         check = _checks(result)["slices_verified"]
         assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
         assert "[2026-04-02T00:00:00.000Z" in check.description
-        assert "the API gave no exact count of it at the read's last count" in check.description
+        assert (
+            "the API gave no exact count of it when the read, once done, counted"
+            in check.description
+        )
         assert "report these windows to the API team" in check.description
         assert _checks(result)["rows_match_api_total"].passed  # it served its own counts
         assert _unverified_slices(pipeline) == 1
+        # Left as it was, not deleted: the row's old instant no longer serves it, but 2 April,
+        # which now does, proves nothing.
+        assert raw.metadata["proven_absent"].value == 0 and _deleted_ids(pipeline) == set()
+        ((communicated_at,),) = pipeline.query(
+            "SELECT communicated_at FROM d23.logs WHERE public_id = ?",
+            (_MovesBackThenCannotCountItsDay.moved,),
+        )
+        assert communicated_at == datetime(2026, 4, 28, 12, tzinfo=UTC)
 
         sim.counts_fail = False
         pipeline.materialize(MONTH)  # the month's next read, with the API counting again

@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,14 +89,18 @@ def test_a_slice_the_last_count_left_as_read_is_read_again_on_resume(
         assert second.finished == {SLICES[0]}
 
 
-def test_a_slice_an_older_manifest_flagged_as_moved_after_its_read_still_reads_so() -> None:
+def test_a_slice_left_as_read_reads_so_to_manifests_of_either_form() -> None:
     # Manifests from before a slice could be left as read for an uncounted count said so with
-    # a flag: such a slice still proves nothing, and is read again on resume.
+    # a flag: such a slice still proves nothing. And code from before reads that flag alone:
+    # a slice left as read for either reason must be read again on its resume, not resumed.
     entry = {"rows": 1, "rejects": 0, "pages": 1, "verified": False, "moved_after_read": True}
 
     record = SliceRecord.from_manifest(SLICES[1].key, entry)
 
     assert record.left_as_read == "moved" and "its count moved after" in record.proof.why
+    uncounted = replace(record, left_as_read="uncounted").manifest_entry()
+    assert uncounted["left_as_read"] == "uncounted" and uncounted["moved_after_read"] is True
+    assert replace(record, left_as_read=None).manifest_entry()["moved_after_read"] is False
 
 
 def test_a_slice_still_open_when_the_interrupted_read_began_is_read_again_on_resume(

@@ -1211,8 +1211,9 @@ def _quality_section(data: DashboardData) -> str:
         f"<p class='summary'>{data.problem_count()} open problem(s).</p>"
         "<h3>Unverified slices</h3><p>Slices whose rows served could not be proven complete "
         "against the API's exact counts before and after the read (times in UTC). Where "
-        "served equals both counts, rows changed in the slice while or after it was read, or "
-        "the API ended its walks early; the <code>unverified_slices</code> table of "
+        "served equals both counts, rows changed in the slice while or after it was read, the "
+        "API could not count it again once the month was read, or the API ended its walks "
+        "early; the <code>unverified_slices</code> table of "
         "<code>d23/logs</code>' check <code>slices_verified</code> gives each slice's reason "
         "for the month's last read.</p>"
         + _table(

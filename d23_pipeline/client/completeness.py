@@ -101,9 +101,9 @@ class SliceProof:
             )
         if self.left_as_read == "uncounted":
             return (
-                "the API gave no exact count of it at the read's last count of the month (a "
-                "row moved in from a slice read later would be missing); left as read for the "
-                "month's next read"
+                "the API gave no exact count of it when the read, once done, counted the month "
+                "again (a row that moved into it during the read would be missing); left as "
+                "read for the month's next read"
             )
         before, after = self.total_before, self.total_after
         if before is None or after is None:

@@ -220,18 +220,19 @@ def describe_unverified(snapshot: Snapshot) -> str:
             "The daily refresh and run retries read the month again; if it persists, lower "
             "D23_SLICE_HOURS and report these windows to the API team."
         )
-    elif any(s.left_as_read == "uncounted" for s in unverified):
-        advice = (
-            "The month's next read (the daily refresh's, or a backfill's) counts them again "
-            "and lands any row that moved; if every read says so, the API's counts time out "
-            "once the month is read: report these windows to the API team."
-        )
     else:
-        advice = (
-            "The month's next read (the daily refresh's, or a backfill's) lands what moved; "
-            "if every read says so, rows are being logged into days already read as the month "
-            "is read, and a read at a quieter hour proves them."
-        )
+        why = {s.left_as_read for s in unverified}
+        advice = "The month's next read (the daily refresh's, or a backfill's) lands what moved."
+        if "moved" in why:
+            advice += (
+                " If every read says a count moved, rows are being logged into days already read "
+                "as the month is read, and a read at a quieter hour proves them."
+            )
+        if "uncounted" in why:
+            advice += (
+                " If every read says the API gave no exact count, its counts time out once the "
+                "month is read: report these windows to the API team."
+            )
     return (
         f"{snapshot.partition}: {len(parts)} slice(s) not proven complete after "
         f"{f'up to {reads} reads' if reads > 1 else 'one read'}, so no row in them was marked "
@@ -252,8 +253,10 @@ def rows_match_api_total(snapshot: Snapshot) -> dg.AssetCheckResult:
 
 def slices_verified(snapshot: Snapshot) -> dg.AssetCheckResult:
     """ERROR (the run fails, to be read again) for a slice its counts did not prove; WARN for
-    one whose count moved after its read only: read again at once, it would most likely move
-    again, as rows logged late keep coming, and fail the month every time."""
+    one only the read's count of the month once done left as read (its count had moved, or the
+    API gave none exactly): read again at once, it would most likely move again, as rows logged
+    late keep coming, and fail the month every time; or cost a read of the month on an API
+    whose counts time out."""
     return _result(
         SLICES_VERIFIED,
         passed=not snapshot.unverified,

@@ -38,6 +38,7 @@ from d23_pipeline.warehouse.store import (
     last_merged_read,
     rejects_elsewhere,
 )
+from d23_pipeline.wording import counted
 
 log = logging.getLogger("d23_pipeline.landing")
 
@@ -186,20 +187,20 @@ def _recount(
     # its counts, on a read again, served fewer than its count after when a row moved in behind
     # its cursor, so its count now equals the count after but not what it served. (A count
     # after below what it served is a row deleted since, for the month's next read to prove.)
-    counted = {
+    held = {
         s.window: min(s.served, s.total_after)
         for s in landed
         if s.verified and s.total_after is not None and s.window.until + CLOCK_SLACK <= now
     }
-    recount = client.recount_after_read(counted)
+    recount = client.recount_after_read(held)
     if recount.uncounted:
         log.warning(
-            "%s: %d slices could not be counted again once the month was read (%s%s): the "
-            "API's count timed out, or was not exact; they are left as read, unverified (they "
-            "delete nothing, and d23/logs' slices_verified check warns): a row that moved into "
-            "one of them during the read lands with the month's next read",
+            "%s: %s could not be counted again once the month was read (%s%s): the API's count "
+            "timed out, or was not exact; left as read, unverified (such slices delete nothing, "
+            "and d23/logs' slices_verified check warns): a row that moved into one of them "
+            "during the read lands with the month's next read",
             partition,
-            len(recount.uncounted),
+            counted(len(recount.uncounted), "slice"),
             recount.uncounted[0],
             ", ..." if len(recount.uncounted) > 1 else "",
         )

@@ -24,7 +24,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -177,6 +177,9 @@ class SliceRecord:
             "verified": self.verified,
             "reads": self.reads,
             "left_as_read": self.left_as_read,
+            # What code from before left_as_read reads: such a slice is then read again on
+            # resume, and proves nothing, rather than resumed as refuted.
+            "moved_after_read": self.left_as_read is not None,
         }
 
 
@@ -447,7 +450,8 @@ class SnapshotWriter:
         them is weighed for deletion."""
         entries = self._manifest["slices"]
         for window in windows:
-            entries[window.key] |= {"verified": False, "left_as_read": why}
+            record = SliceRecord.from_manifest(window.key, entries[window.key])
+            entries[window.key] = replace(record, verified=False, left_as_read=why).manifest_entry()
         _write_json_atomically(self.directory / "manifest.json", self._manifest)
 
     def land(self, events: Iterable[SliceEvent]) -> None:
