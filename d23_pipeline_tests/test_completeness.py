@@ -988,16 +988,21 @@ class _MovesARowBackWhenItsDayIsRead(ExportHookSimulator):
         return path, None
 
 
+def _five_days_and_a_mover() -> list[dict[str, Any]]:
+    """A row at 10:00 on five April days, and the row _MovesARowBackWhenItsDayIsRead moves, at
+    12:00 on the last of them."""
+    days = (2, 5, 10, 20, 28)
+    rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
+    return [*rows, d23_row(_MovesARowBackWhenItsDayIsRead.moved, "2026-04-28T12:00:00.000Z")]
+
+
 @pytest.mark.parametrize("stored_before", [False, True], ids=["first read", "read again"])
 def test_a_row_moved_back_into_a_slice_read_earlier_lands_with_the_same_read(
     tmp_path: Path, stored_before: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Every slice passes its own counts: 2 April was read before the move, 28 April after it.
     # Only counting the finished slices again at the end shows that 2 April gained a row.
-    days = (2, 5, 10, 20, 28)
-    rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
-    rows.append(d23_row(_MovesARowBackWhenItsDayIsRead.moved, "2026-04-28T12:00:00.000Z"))
-    sim = _MovesARowBackWhenItsDayIsRead(rows=rows)
+    sim = _MovesARowBackWhenItsDayIsRead(rows=_five_days_and_a_mover())
     with serve(sim) as url:
         # One request at a time: the slices are read in order, 2 April long before 28 April.
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1)
@@ -1027,10 +1032,7 @@ def test_a_row_moved_back_into_a_slice_read_earlier_lands_with_the_same_read(
 def test_a_row_moved_back_while_the_gateway_answers_no_wide_window_lands(tmp_path: Path) -> None:
     # The gateway 504s windows wider than 6 h: the month's span is not counted at all, and each
     # slice is counted again in the parts its read learned to count it in.
-    days = (2, 5, 10, 20, 28)
-    rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
-    rows.append(d23_row(_MovesARowBackWhenItsDayIsRead.moved, "2026-04-28T12:00:00.000Z"))
-    sim = _MovesARowBackWhenItsDayIsRead(rows=rows)
+    sim = _MovesARowBackWhenItsDayIsRead(rows=_five_days_and_a_mover())
     sim.faults = dataclasses.replace(Faults(), max_window_for_504=timedelta(hours=6))
     sim.armed = True
     with serve(sim) as url:
@@ -1173,10 +1175,7 @@ def test_a_slice_the_end_of_read_count_cannot_count_is_left_as_read_unverified(
 ) -> None:
     # The row moved back into 2 April, read before the move; every count of that day now times
     # out, so whether it gained a row is not known: it must not pass as proven complete.
-    days = (2, 5, 10, 20, 28)
-    rows = [d23_row(f"{n:024x}", f"2026-04-{d:02d}T10:00:00.000Z") for n, d in enumerate(days, 1)]
-    rows.append(d23_row(_MovesBackThenCannotCountItsDay.moved, "2026-04-28T12:00:00.000Z"))
-    sim = _MovesBackThenCannotCountItsDay(rows=rows)
+    sim = _MovesBackThenCannotCountItsDay(rows=_five_days_and_a_mover())
     with serve(sim) as url:
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1)
         pipeline.materialize(MONTH)
