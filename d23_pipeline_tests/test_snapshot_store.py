@@ -83,7 +83,15 @@ def test_a_slice_the_last_count_left_as_read_is_read_again_on_resume(
         _land(first, SLICES[0])
         _land(first, SLICES[1])
         first.left_as_read([SLICES[1]], why)
+        entry = json.loads((first.directory / "manifest.json").read_text())["slices"][SLICES[1].key]
         raise RuntimeError("the run dies weighing its deletions")
+
+    # As written, and as code from before left_as_read reads it (a slice to read again).
+    assert (entry["left_as_read"], entry["moved_after_read"], entry["verified"]) == (
+        why,
+        True,
+        False,
+    )
 
     with store.begin("2026-04-01", SLICES, "run-2") as second:
         assert second.finished == {SLICES[0]}

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
+from itertools import pairwise
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -191,18 +192,6 @@ class InstantLookups(NamedTuple):
     gone: set[str]  # a walk of the instant proven complete no longer serves them
     not_proven: set[str]  # the instant's walk served fewer rows than its exact count
     beside_anonymous: set[str]  # the instant served a bad row without a usable public_id
-
-
-def _adjoining_runs(windows: Sequence[Window]) -> list[list[Window]]:
-    """``windows`` (in order) in runs, each window of a run starting where the one before it
-    ends."""
-    runs: list[list[Window]] = []
-    for window in windows:
-        if runs and runs[-1][-1].until == window.since:
-            runs[-1].append(window)
-        else:
-            runs.append([window])
-    return runs
 
 
 class Recount(NamedTuple):
@@ -427,33 +416,37 @@ class ExportsClient:
         schedule, self._schedule = self._schedule, None
         return schedule.window_total if schedule is not None and schedule.window == window else None
 
-    def recount_after_read(self, counted: Mapping[Window, int]) -> Recount:
+    def recount_after_read(
+        self, counted: Mapping[Window, int], beside: Mapping[Window, int] | None = None
+    ) -> Recount:
         """Of windows with the rows each held at its read (what the read served, as the landing
         gives it), those whose exact count now differs (a row that moved into one of them after
         its read is missing from that read, though it never left the month), and those the API
         no longer counts exactly: whether such a row is missing from them is not known.
 
-        The span of each run of adjoining windows is counted first, in one request (or taken
-        from :meth:`iter_slices`, which counts its window as its last walk ends, if it was of
-        the one run's span and no slice was read again since), and each window of a run (in
-        parts, as after its walk) only if that count differs or is not exact,
-        ``max_concurrency`` at a time. (Windows left out, as unverified, split the runs.)
-        Changes that cancel out in a span are not found this way: a row moving into a window
+        ``beside``: the read's other windows, already not proven complete, with what each
+        served. They are neither counted alone nor reported, but join the span: left out, they
+        would split it, and a row moving into one of them would cancel out a row moving from
+        it into a window read earlier.
+
+        The span of all of them is counted first, in one request (or taken from
+        :meth:`iter_slices`, which counts its window as its last walk ends, if it was of the
+        span and no slice was read again since), and each of ``counted`` (in parts, as after
+        its walk) only if that count differs or is not exact, ``max_concurrency`` at a time.
+        Changes that cancel out in the span are not found this way: a row moving into a window
         read earlier while another row of the span is deleted, or moves on from a window read
         to one not read yet; the month's next read finds them.
         """
-        runs = _adjoining_runs(sorted(counted, key=lambda w: w.since))
-        windows: list[Window] = []  # those to count one by one
-        for run in runs:
-            span = Window(run[0].since, run[-1].until)
-            if self._countable_at_once(span):
-                given = self._counted_after_walks(span) if len(runs) == 1 else None
-                total = given or self.count(span, learn=False)
-                if total.exact_total == sum(counted[w] for w in run):
-                    continue
-            windows += run
+        windows = sorted(counted, key=lambda w: w.since)
         if not windows:
             return Recount([], [])
+        held = {**(beside or {}), **counted}
+        spanned = sorted(held, key=lambda w: w.since)
+        span = Window(spanned[0].since, spanned[-1].until)
+        if all(a.until == b.since for a, b in pairwise(spanned)) and self._countable_at_once(span):
+            total = self._counted_after_walks(span) or self.count(span, learn=False)
+            if total.exact_total == sum(held.values()):
+                return Recount([], [])
 
         def count_now(window: Window) -> int | None:
             parts = self._counted_in.get(window)  # a slice read by this client: its parts

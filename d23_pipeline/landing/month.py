@@ -183,16 +183,19 @@ def _recount(
     time out would cost up to a read of the month to learn whether a row moved into them.
     (An unverified slice already adds and updates only, and served short of its count.)"""
     now = datetime.now(UTC)
-    # What each verified slice served, or its count after, if lower: a slice verified between
-    # its counts, on a read again, served fewer than its count after when a row moved in behind
-    # its cursor, so its count now equals the count after but not what it served. (A count
-    # after below what it served is a row deleted since, for the month's next read to prove.)
+    ended = [s for s in landed if s.window.until + CLOCK_SLACK <= now]
+    # What each slice served, or its count after, if lower: a slice verified between its
+    # counts, on a read again, served fewer than its count after when a row moved in behind its
+    # cursor, so its count now equals the count after but not what it served. (A count after
+    # below what it served is a row deleted since, for the month's next read to prove.)
     held = {
-        s.window: min(s.served, s.total_after)
-        for s in landed
-        if s.verified and s.total_after is not None and s.window.until + CLOCK_SLACK <= now
+        s.window: s.served if s.total_after is None else min(s.served, s.total_after) for s in ended
     }
-    recount = client.recount_after_read(held)
+    verified = {s.window for s in ended if s.verified}
+    recount = client.recount_after_read(
+        {w: n for w, n in held.items() if w in verified},
+        beside={w: n for w, n in held.items() if w not in verified},
+    )
     if recount.uncounted:
         log.warning(
             "%s: %s could not be counted again once the month was read (%s%s): the API's count "
