@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from d23_pipeline.client import (
     ExportsClient,
+    Recount,
     SliceDone,
     SlicePage,
     SliceRestart,
@@ -49,7 +50,7 @@ from d23_pipeline.client.windows import ONE_MS
 from d23_pipeline.definitions import defs
 from d23_pipeline.landing import month as month_module
 from d23_pipeline.landing.month import MonthRead, read_month
-from d23_pipeline.landing.snapshot import SnapshotStore, rows_path
+from d23_pipeline.landing.snapshot import SliceRecord, SnapshotStore, rows_path
 from d23_pipeline.months import month_window
 from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp, rows_to_batch
 from d23_pipeline.settings import LoginCredentials
@@ -1216,6 +1217,34 @@ def test_a_slice_the_end_of_read_count_cannot_count_is_left_as_read_unverified(
 
     assert pipeline.live_rows([MONTH]) == pipeline.expected_rows([MONTH])
     assert _unverified_slices(pipeline) == 0
+
+
+class _RecordsTheRecount:
+    """Stands in for the client at the end-of-read count: what it was asked to count."""
+
+    def recount_after_read(
+        self, counted: Mapping[Window, int], beside: Mapping[Window, int] | None = None
+    ) -> Recount:
+        self.asked = (dict(counted), dict(beside or {}))
+        return Recount([], [])
+
+
+def test_the_end_of_read_count_spans_slices_left_as_read_but_not_slices_refuted() -> None:
+    # A slice left as read served its counts: what it held joins the span. One its own counts
+    # did not prove may hold more or fewer rows than its count by as many as moved elsewhere:
+    # kept out of the span, it makes every slice be counted alone.
+    days = Window(*month_window(MONTH)).split(timedelta(days=1))[:4]
+    verified = SliceRecord(days[0], 5, 0, 1, 6, 6, 6, True, 1)
+    left = SliceRecord(days[1], 4, 0, 1, 4, 4, 5, False, 1, left_as_read="uncounted")
+    refuted = SliceRecord(days[2], 3, 0, 1, 3, 4, 4, False, 1)
+    unended = SliceRecord(
+        Window(datetime.now(UTC), datetime.now(UTC) + timedelta(days=1)), 1, 0, 1, 1, 1, 1, True, 1
+    )
+    client = _RecordsTheRecount()
+
+    month_module._recount(client, [verified, left, refuted, unended], MONTH, read_again=True)  # type: ignore[arg-type]
+
+    assert client.asked == ({days[0]: 6}, {days[1]: 4})
 
 
 class _MovesARowInAtEveryRecount(ExportHookSimulator):

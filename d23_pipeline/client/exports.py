@@ -424,10 +424,10 @@ class ExportsClient:
         its read is missing from that read, though it never left the month), and those the API
         no longer counts exactly: whether such a row is missing from them is not known.
 
-        ``beside``: the read's other windows, already not proven complete, with what each
-        served. They are neither counted alone nor reported, but join the span: left out, they
-        would split it, and a row moving into one of them would cancel out a row moving from
-        it into a window read earlier.
+        ``beside``: windows of the read already not proven complete, though each served its
+        counts, with what each held. They are neither counted alone nor reported, but join the
+        span: left out, they would split it, and each window would be counted alone. Any other
+        gap in the span has each window counted alone.
 
         The span of all of them is counted first, in one request (or taken from
         :meth:`iter_slices`, which counts its window as its last walk ends, if it was of the

@@ -183,19 +183,23 @@ def _recount(
     time out would cost up to a read of the month to learn whether a row moved into them.
     (An unverified slice already adds and updates only, and served short of its count.)"""
     now = datetime.now(UTC)
-    ended = [s for s in landed if s.window.until + CLOCK_SLACK <= now]
     # What each slice served, or its count after, if lower: a slice verified between its
     # counts, on a read again, served fewer than its count after when a row moved in behind its
     # cursor, so its count now equals the count after but not what it served. (A count after
     # below what it served is a row deleted since, for the month's next read to prove.)
-    held = {
-        s.window: s.served if s.total_after is None else min(s.served, s.total_after) for s in ended
-    }
-    verified = {s.window for s in ended if s.verified}
-    recount = client.recount_after_read(
-        {w: n for w, n in held.items() if w in verified},
-        beside={w: n for w, n in held.items() if w not in verified},
-    )
+    # Slices an earlier count left as read served their counts too: what they held joins the
+    # span's. A slice its own counts did not prove stays out: what it held may differ from its
+    # count by as much as a row moved in elsewhere, and its gap has each slice counted alone.
+    verified: dict[Window, int] = {}
+    left_as_read: dict[Window, int] = {}
+    for s in landed:
+        if s.total_after is None or s.window.until + CLOCK_SLACK > now:
+            continue
+        if s.verified:
+            verified[s.window] = min(s.served, s.total_after)
+        elif s.left_as_read is not None:
+            left_as_read[s.window] = min(s.served, s.total_after)
+    recount = client.recount_after_read(verified, beside=left_as_read)
     if recount.uncounted:
         log.warning(
             "%s: %s could not be counted again once the month was read (%s%s): the API's count "
