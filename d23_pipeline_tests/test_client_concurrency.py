@@ -121,6 +121,27 @@ def test_windows_the_api_cannot_count_after_the_read_are_uncounted_not_moved_nor
     assert reader.stats.as_dict()["slices_uncounted_after_read"] == len(done)
 
 
+def test_a_slice_beside_the_recount_joins_its_span_at_what_it_held() -> None:
+    # Left as read by an earlier count, a slice is not counted again on its own, but what it
+    # held joins the span's sum: with nothing moved, one count of the span is the whole recount.
+    sim = hourly_api()
+    with client(sim, max_concurrency=4, slice_size=SIX_HOURS) as reader:
+        done = [e for e in reader.iter_slices(THREE_DAYS) if isinstance(e, SliceDone)]
+        held = {d.slice: d.proof.served for d in done}
+        assert reader.recount_after_read(held) == ([], [])  # takes the walks' own count
+        beside = done[4].slice
+        asked = len(queries(sim))
+
+        recount = reader.recount_after_read(
+            {w: n for w, n in held.items() if w != beside}, beside={beside: held[beside]}
+        )
+
+    assert recount == ([], [])
+    assert [(q["since"], q["until"]) for q in queries(sim)[asked:]] == [
+        (THREE_DAYS.since_text, THREE_DAYS.until_text)
+    ]
+
+
 def test_a_row_moved_across_a_slice_left_out_of_the_recount_is_found() -> None:
     # The slice not proven complete joins the span with what it served. Left out of it, a row
     # moving into it would cancel out one moving from it into a slice read earlier.

@@ -1024,7 +1024,7 @@ def test_a_row_moved_back_into_a_slice_read_earlier_lands_with_the_same_read(
     assert raw.metadata["slices_changed_after_read"].value == 1
     assert raw.metadata["slices_verified"].value == 30
     assert any(
-        "1 slices' counts moved after they were read ([2026-04-02" in m
+        "counts moved after the read in 1 slice ([2026-04-02" in m
         and m.endswith("reading them again")
         for m in caplog.messages
     )

@@ -435,7 +435,8 @@ class ExportsClient:
         its walk) only if that count differs or is not exact, ``max_concurrency`` at a time.
         Changes that cancel out in the span are not found this way: a row moving into a window
         read earlier while another row of the span is deleted, or moves on from a window read
-        to one not read yet; the month's next read finds them.
+        to one not read yet; a row moving from one window read into another. The month's next
+        read finds them.
         """
         windows = sorted(counted, key=lambda w: w.since)
         if not windows:

@@ -213,10 +213,10 @@ def _recount(
         )
     if recount.moved:
         log.warning(
-            "%s: %d slices' counts moved after they were read (%s%s), as when a row moves "
-            "into one from a slice read later; %s",
+            "%s: counts moved after the read in %s (%s%s), as when a row moves into one from "
+            "a slice read later; %s",
             partition,
-            len(recount.moved),
+            counted(len(recount.moved), "slice"),
             recount.moved[0],
             ", ..." if len(recount.moved) > 1 else "",
             "reading them again"
