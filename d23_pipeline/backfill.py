@@ -47,6 +47,14 @@ mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
     ... on UnauthorizedError { message }
   }
 }"""
+CANCEL_BACKFILL = """
+mutation CancelBackfill($id: String!) {
+  cancelPartitionBackfill(backfillId: $id) {
+    __typename
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
 BACKFILL_STATUS = """
 query BackfillStatus($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
@@ -126,7 +134,9 @@ query RunningBackfills {
 fragment Listed on PartitionBackfillsOrError {
   __typename
   ... on PartitionBackfills {
-    results { id status partitionNames partitionSetName assetSelection { path } tags { key value } }
+    results {
+      id status timestamp partitionNames partitionSetName assetSelection { path } tags { key value }
+    }
   }
   ... on PythonError { message }
 }"""
@@ -436,6 +446,31 @@ def launch_backfill(url: str, partition_keys: Sequence[str], paths: Sequence[lis
     return result["backfillId"]
 
 
+def launched_before(
+    url: str, backfill_id: str, partition_keys: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The running D23 backfills with any of ``partition_keys`` that the webserver launched
+    before ``backfill_id`` (at the same instant: those of a lower id). Another launch of these
+    months at the same moment passes the look before launching, as this one did: of the two,
+    the one launched later sees the other here."""
+    running = running_backfills(url, partition_keys)
+    ours = next((b for b in running if b["id"] == backfill_id), None)
+    if ours is None:  # already ended, or not listed: nothing to yield to
+        return []
+    return [b for b in running if (b["timestamp"], b["id"]) < (ours["timestamp"], ours["id"])]
+
+
+def cancel_backfill(url: str, backfill_id: str) -> None:
+    """Cancel ``backfill_id``: the daemon launches no more of its runs and stops those going."""
+    result = graphql(url, CANCEL_BACKFILL, {"id": backfill_id})["cancelPartitionBackfill"]
+    if result["__typename"] != "CancelBackfillSuccess":
+        raise BackfillError(
+            f"backfill {backfill_id}, launched beside another with the same months, could not "
+            f"be canceled: {result['__typename']}: {result.get('message', result)}; cancel it "
+            f"at {backfill_page(url, backfill_id)}"
+        )
+
+
 def backfill_status(url: str, backfill_id: str) -> dict[str, Any]:
     """The backfill's ``status`` and its ``runs`` (runId, status, tags) as the webserver reports."""
     result = graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
@@ -658,6 +693,18 @@ def main(argv: list[str] | None = None) -> int:
         if running and following is None:
             raise BackfillError(overlap_error(args.url, running, keys, paths))
         backfill_id = following["id"] if following else launch_backfill(args.url, keys, paths)
+        canceled: str | None = None
+        earlier = [] if following or args.anyway else launched_before(args.url, backfill_id, keys)
+        if earlier:
+            cancel_backfill(args.url, backfill_id)
+            canceled = (
+                f"backfill {backfill_id}, launched at the same moment as another with these "
+                "months, is canceled"
+            )
+            following = same_backfill(earlier, keys, paths)
+            if following is None:
+                raise BackfillError(f"{canceled}; {overlap_error(args.url, earlier, keys, paths)}")
+            backfill_id = following["id"]
     except LaunchAnswerLost as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -669,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     if following:
         print(
             f"Backfill {backfill_id} of the same {months} is already running: not launched again "
-            "(--anyway launches another)"
+            f"(--anyway launches another){f'; {canceled}' if canceled else ''}"
         )
     else:
         print(f"Backfill {backfill_id}: {months}, {keys[0][:7]} to {keys[-1][:7]}")

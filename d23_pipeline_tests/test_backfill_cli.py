@@ -182,6 +182,10 @@ class FakeWebserver(BaseHTTPRequestHandler):
     check_failures = 0  # requests for check evaluations answered with a proxy's 502 first
     daemon_healthy: bool | None = True  # the instance's daemon, as its heartbeats say
     running: list[dict] = []  # backfills whose runs may still go (REQUESTED, CANCELING, FAILING)
+    # Launched by another command at the moment this one launches: listed as running from its
+    # launch on, beside its own (bf1, launched at 2.0).
+    launched_beside: list[dict] = []
+    canceled: list[str] = []
     listing_error = False  # one of those lists answered with a PythonError
     followed: list[str] = []  # the backfills whose status was asked for
     authorizations: list[str | None] = []  # each request's Authorization header
@@ -233,11 +237,24 @@ class FakeWebserver(BaseHTTPRequestHandler):
             body = {"data": {"logsForRun": {"__typename": "EventConnection",
                 "events": events[at : at + 1], "cursor": str(at + 1),
                 "hasMore": at + 1 < len(events)}}}  # fmt: skip
+        elif request["query"].lstrip().startswith("mutation CancelBackfill"):
+            self.canceled.append(request["variables"]["id"])
+            for backfill in self.running:
+                if backfill["id"] == request["variables"]["id"]:
+                    backfill["status"] = "CANCELING"
+            status = 200
+            body = {"data": {"cancelPartitionBackfill": {
+                "__typename": "CancelBackfillSuccess", "backfillId": "bf1"}}}  # fmt: skip
         elif self.accept and self.launch_answer_lost:
             self.launches.append(request["variables"])
             status, body = 502, {}  # launched, and the proxy's answer is all that comes back
         elif self.accept:
             self.launches.append(request["variables"])
+            params = request["variables"]["backfillParams"]
+            self.running += [*self.launched_beside, {"id": "bf1", "status": "REQUESTED",
+                "timestamp": 2.0, "partitionNames": params["partitionNames"],
+                "partitionSetName": None, "assetSelection": params["assetSelection"],
+                "tags": params["tags"]}]  # fmt: skip
             status = 200
             body = {"data": {"launchPartitionBackfill": {
                 "__typename": "LaunchBackfillSuccess", "backfillId": "bf1"}}}  # fmt: skip
@@ -258,6 +275,7 @@ class FakeWebserver(BaseHTTPRequestHandler):
 @pytest.fixture
 def webserver() -> Iterator[str]:
     FakeWebserver.launches, FakeWebserver.running, FakeWebserver.followed = [], [], []
+    FakeWebserver.launched_beside, FakeWebserver.canceled = [], []
     FakeWebserver.authorizations = []
     FakeWebserver.listing_error = False
     FakeWebserver.accept = FakeWebserver.launch_answer_lost = False
@@ -393,12 +411,13 @@ def _running(
     job: str = "",
     status: str = "REQUESTED",
     tags: dict[str, str] = LAUNCHED_HERE,
+    timestamp: float = 1.0,
 ) -> dict:
     """A backfill whose runs may still go, as the instance lists it: an asset backfill of
     ``assets``, or (``assets`` None) a backfill of the job ``job``; ``months`` None: months
     Dagster cannot list. ``tags``: by default, those this command launches with."""
     names = None if months is None else [f"2026-{m:02d}-01" for m in months]
-    return {"id": backfill_id, "status": status, "partitionNames": names,
+    return {"id": backfill_id, "status": status, "timestamp": timestamp, "partitionNames": names,
         "partitionSetName": f"{job}_partition_set" if job else None,
         "assetSelection": None if assets is None else [{"path": p} for p in assets],
         "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
@@ -477,6 +496,45 @@ def test_months_a_running_backfill_has_are_not_launched_again_unless_asked(
 
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--anyway"]) == 0
     assert len(FakeWebserver.launches) == 1
+
+
+def test_a_launch_at_the_same_moment_as_another_of_its_months_cancels_the_later(
+    ended_backfill, capsys
+):
+    # Both looked before launching and saw nothing; the one launched later yields.
+    FakeWebserver.launched_beside = [_running("bf0", range(8, 10), D23_ASSETS, timestamp=1.0)]
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 2
+
+    err = capsys.readouterr().err
+    assert (
+        "backfill bf1, launched at the same moment as another with these months, is canceled; "
+        "not launched: backfill bf0 (running) has 2026-08" in err
+    )
+    assert FakeWebserver.canceled == ["bf1"]
+
+
+def test_a_launch_at_the_same_moment_as_the_same_backfill_follows_the_earlier(
+    ended_backfill, capsys
+):
+    FakeWebserver.launched_beside = [_running("bf0", range(7, 9), D23_ASSETS, timestamp=2.0)]
+    FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
+
+    # Launched at the same instant: the lower id is the earlier.
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
+
+    out = capsys.readouterr().out
+    assert "Backfill bf0 of the same 2 months is already running: not launched again" in out
+    assert "backfill bf1, launched at the same moment as another with these months, is " in out
+    assert FakeWebserver.canceled == ["bf1"] and set(FakeWebserver.followed) == {"bf0"}
+
+
+def test_a_backfill_launched_just_after_this_one_leaves_this_one_running(ended_backfill):
+    FakeWebserver.launched_beside = [_running("bf2", range(7, 9), D23_ASSETS, timestamp=3.0)]
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 0
+
+    assert FakeWebserver.canceled == [] and len(FakeWebserver.launches) == 1
 
 
 def test_a_backfill_list_the_webserver_cannot_give_launches_nothing(ended_backfill, capsys):
