@@ -234,7 +234,8 @@ class Warehouse:
             self._lock.acquire(timeout=0)
             return
         except Timeout:
-            log.warning(
+            # INFO: in a backfill, months' runs take turns at the warehouse as a matter of course.
+            log.info(
                 "%s is held by another process of the pipeline (a step of another run, reading "
                 "or writing, or a notebook's load_outcome_tables); waiting up to %g s for it to "
                 "finish",
