@@ -450,14 +450,14 @@ def launched_before(
     url: str, backfill_id: str, partition_keys: Sequence[str]
 ) -> list[dict[str, Any]]:
     """The running D23 backfills with any of ``partition_keys`` that the webserver launched
-    before ``backfill_id`` (at the same instant: those of a lower id). Another launch of these
-    months at the same moment passes the look before launching, as this one did: of the two,
-    the one launched later sees the other here."""
-    running = running_backfills(url, partition_keys)
-    ours = next((b for b in running if b["id"] == backfill_id), None)
-    if ours is None:  # already ended, or not listed: nothing to yield to
-        return []
-    return [b for b in running if (b["timestamp"], b["id"]) < (ours["timestamp"], ours["id"])]
+    before ``backfill_id`` (at the same instant: those of a lower id), earliest first. Another
+    launch of these months at the same moment passes the look before launching, as this one
+    did: of the two, the one launched later sees the other here."""
+    running = sorted(
+        running_backfills(url, partition_keys), key=lambda b: (b["timestamp"], b["id"])
+    )
+    ours = next((i for i, b in enumerate(running) if b["id"] == backfill_id), None)
+    return [] if ours is None else running[:ours]  # None: already ended, nothing to yield to
 
 
 def cancel_backfill(url: str, backfill_id: str) -> None:
@@ -701,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"backfill {backfill_id}, launched at the same moment as another with these "
                 "months, is canceled"
             )
-            following = same_backfill(earlier, keys, paths)
+            # The earliest is the one no launch beside it cancels.
+            following = same_backfill(earlier[:1], keys, paths)
             if following is None:
                 raise BackfillError(f"{canceled}; {overlap_error(args.url, earlier, keys, paths)}")
             backfill_id = following["id"]

@@ -514,10 +514,14 @@ def test_a_launch_at_the_same_moment_as_another_of_its_months_cancels_the_later(
     assert FakeWebserver.canceled == ["bf1"]
 
 
-def test_a_launch_at_the_same_moment_as_the_same_backfill_follows_the_earlier(
+def test_a_launch_at_the_same_moment_as_the_same_backfill_follows_the_earliest(
     ended_backfill, capsys
 ):
-    FakeWebserver.launched_beside = [_running("bf0", range(7, 9), D23_ASSETS, timestamp=2.0)]
+    # Three at once: bf05 yields to bf0 as this one (bf1) does; bf1 follows bf0, not bf05.
+    FakeWebserver.launched_beside = [
+        _running("bf05", range(7, 9), D23_ASSETS, timestamp=2.0),
+        _running("bf0", range(7, 9), D23_ASSETS, timestamp=2.0),
+    ]
     FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
 
     # Launched at the same instant: the lower id is the earlier.
