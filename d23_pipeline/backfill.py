@@ -127,18 +127,17 @@ NO_DAEMON = (
 # Backfills whose runs may still be going: launching runs (REQUESTED), or ending them.
 RUNNING_BACKFILLS = """
 query RunningBackfills {
-  requested: partitionBackfillsOrError(status: REQUESTED, limit: 1000) { ...Listed }
-  canceling: partitionBackfillsOrError(status: CANCELING, limit: 1000) { ...Listed }
-  failing: partitionBackfillsOrError(status: FAILING, limit: 1000) { ...Listed }
-}
-fragment Listed on PartitionBackfillsOrError {
-  __typename
-  ... on PartitionBackfills {
-    results {
-      id status timestamp partitionNames partitionSetName assetSelection { path } tags { key value }
+  running: partitionBackfillsOrError(
+    filters: {statuses: [REQUESTED, CANCELING, FAILING]}, limit: 1000
+  ) {
+    __typename
+    ... on PartitionBackfills {
+      results {
+        id status partitionNames partitionSetName assetSelection { path } tags { key value }
+      }
     }
+    ... on PythonError { message }
   }
-  ... on PythonError { message }
 }"""
 # Every monthly D23 asset shares one partitioning; this one stands for all of them.
 PARTITIONED_ASSET = ["d23", "raw_logs"]
@@ -146,6 +145,12 @@ ASSET_KEYS = """
 query AssetKeys {
   assetNodes { assetKey { path } }
 }"""
+
+
+# A cancel, asked up to this many times, is looked at this long after: a daemon tick over the
+# backfill that read it before the cancel has written it back by then.
+CANCEL_TRIES = 3
+CANCEL_SETTLE_S = 2.0
 
 
 class BackfillError(RuntimeError):
@@ -322,24 +327,27 @@ def _is_d23(path: Sequence[str]) -> bool:
     return path[0] == "d23"
 
 
-def running_backfills(url: str, partition_keys: Sequence[str]) -> list[dict[str, Any]]:
+def running_backfills(url: str, partition_keys: Sequence[str] | None) -> list[dict[str, Any]]:
     """The deployment's D23 backfills whose runs may still be going (launching them, canceling
-    or failing) for any of ``partition_keys``, or for months Dagster cannot list (``null``
+    or failing), newest first (in the order the instance stored them), for any of
+    ``partition_keys`` (None: for any month), or for months Dagster cannot list (``null``
     partitionNames: the assets' partitions differ, or the definitions changed): their id,
     status, partitionNames and assetSelection."""
-    data = graphql(url, RUNNING_BACKFILLS, {})
-    found = []
-    for listed in data.values():
-        if listed["__typename"] != "PartitionBackfills":
-            raise BackfillError(f"{listed['__typename']}: {listed.get('message', listed)}")
-        found += listed["results"]
-    wanted = set(partition_keys)
+    listed = graphql(url, RUNNING_BACKFILLS, {})["running"]
+    if listed["__typename"] != "PartitionBackfills":
+        raise BackfillError(f"{listed['__typename']}: {listed.get('message', listed)}")
     return [
         backfill
-        for backfill in found
+        for backfill in listed["results"]
         if _targets_d23(backfill)
-        and (backfill["partitionNames"] is None or wanted & set(backfill["partitionNames"]))
+        and (partition_keys is None or _share_months(backfill, partition_keys))
     ]
+
+
+def _share_months(backfill: dict[str, Any], partition_keys: Sequence[str] | None) -> bool:
+    """Whether ``backfill`` may have any of ``partition_keys`` (None: months not known)."""
+    names = backfill["partitionNames"]
+    return names is None or partition_keys is None or bool(set(names) & set(partition_keys))
 
 
 def _targets_d23(backfill: dict[str, Any]) -> bool:
@@ -449,26 +457,45 @@ def launch_backfill(url: str, partition_keys: Sequence[str], paths: Sequence[lis
 def launched_before(
     url: str, backfill_id: str, partition_keys: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """The running D23 backfills with any of ``partition_keys`` that the webserver launched
-    before ``backfill_id`` (at the same instant: those of a lower id), earliest first. Another
-    launch of these months at the same moment passes the look before launching, as this one
-    did: of the two, the one launched later sees the other here."""
-    running = sorted(
-        running_backfills(url, partition_keys), key=lambda b: (b["timestamp"], b["id"])
-    )
+    """The running D23 backfills sharing a month with ``backfill_id`` that the instance stored
+    before it and that go on: the backfills ``backfill_id`` yields to.
+
+    Another launch of these months at the same moment passes the look before launching, as this
+    one did. Each looks again once launched, and yields to those stored before it, which it
+    sees, as the one stored first sees none: of the two, one goes on. Of those stored before,
+    the ones that go on are found as each found them, oldest first: one that shares a month
+    with an older one that goes on has yielded to it.
+    """
+    running = running_backfills(url, None)
     ours = next((i for i, b in enumerate(running) if b["id"] == backfill_id), None)
-    return [] if ours is None else running[:ours]  # None: already ended, nothing to yield to
+    if ours is None:  # already ended: nothing to yield to
+        return []
+    going_on: list[dict[str, Any]] = []
+    for backfill in reversed(running[ours + 1 :]):
+        if not any(_share_months(backfill, b["partitionNames"]) for b in going_on):
+            going_on.append(backfill)
+    return [b for b in going_on if _share_months(b, partition_keys)]
 
 
 def cancel_backfill(url: str, backfill_id: str) -> None:
-    """Cancel ``backfill_id``: the daemon launches no more of its runs and stops those going."""
-    result = graphql(url, CANCEL_BACKFILL, {"id": backfill_id})["cancelPartitionBackfill"]
-    if result["__typename"] != "CancelBackfillSuccess":
-        raise BackfillError(
-            f"backfill {backfill_id}, launched beside another with the same months, could not "
-            f"be canceled: {result['__typename']}: {result.get('message', result)}; cancel it "
-            f"at {backfill_page(url, backfill_id)}"
-        )
+    """Cancel ``backfill_id``: the daemon launches no more of its runs and stops those going.
+    Asked again while it still shows as running: the daemon, in the middle of a tick over it,
+    writes back the copy it read before, undoing the cancel."""
+    for _ in range(CANCEL_TRIES):
+        result = graphql(url, CANCEL_BACKFILL, {"id": backfill_id})["cancelPartitionBackfill"]
+        if result["__typename"] != "CancelBackfillSuccess":
+            raise BackfillError(
+                f"{result['__typename']}: {result.get('message', result)}; cancel it at "
+                f"{backfill_page(url, backfill_id)}"
+            )
+        time.sleep(CANCEL_SETTLE_S)
+        status = {b["id"]: b["status"] for b in running_backfills(url, None)}.get(backfill_id)
+        if status != "REQUESTED":
+            return
+    raise BackfillError(
+        f"it still shows as running after {CANCEL_TRIES} cancels; cancel it at "
+        f"{backfill_page(url, backfill_id)}"
+    )
 
 
 def backfill_status(url: str, backfill_id: str) -> dict[str, Any]:
@@ -657,9 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m d23_pipeline.backfill",
         description=_HELP,
         epilog="Exits 2, launching nothing, when the months, the URL or the webserver's answer "
-        "do not allow the backfill (the error says why), and 3 when the webserver took the "
-        "launch request but its answer was lost (the backfill may run: the error says where to "
-        "look).",
+        "do not allow the backfill (the error says why; one launched at the same moment as "
+        "another of its months is canceled), and 3 when the webserver took the launch request "
+        "but its answer was lost, or the launch could not be told from one at the same moment "
+        "(the backfill may run: the error says where to look).",
     )
     parser.add_argument("first", metavar="FIRST", help="first month, YYYY-MM")
     parser.add_argument("last", metavar="LAST", help="last month, YYYY-MM (included)")
@@ -693,19 +721,6 @@ def main(argv: list[str] | None = None) -> int:
         if running and following is None:
             raise BackfillError(overlap_error(args.url, running, keys, paths))
         backfill_id = following["id"] if following else launch_backfill(args.url, keys, paths)
-        canceled: str | None = None
-        earlier = [] if following or args.anyway else launched_before(args.url, backfill_id, keys)
-        if earlier:
-            cancel_backfill(args.url, backfill_id)
-            canceled = (
-                f"backfill {backfill_id}, launched at the same moment as another with these "
-                "months, is canceled"
-            )
-            # The earliest is the one no launch beside it cancels.
-            following = same_backfill(earlier[:1], keys, paths)
-            if following is None:
-                raise BackfillError(f"{canceled}; {overlap_error(args.url, earlier, keys, paths)}")
-            backfill_id = following["id"]
     except LaunchAnswerLost as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -713,6 +728,31 @@ def main(argv: list[str] | None = None) -> int:
         unreachable = isinstance(exc, WebserverUnreachable) and not exc.sent
         print(f"error: {exc}{NOT_RUNNING_HINT if unreachable else ''}", file=sys.stderr)
         return 2
+    canceled = None
+    if not following and not args.anyway:
+        try:
+            earlier = launched_before(args.url, backfill_id, keys)
+            if earlier:
+                cancel_backfill(args.url, backfill_id)
+        except BackfillError as exc:
+            print(
+                f"error: backfill {backfill_id} is launched, but whether one launched at the same "
+                f"moment shares its months could not be settled: {exc}. Look at "
+                f"{shown_url(args.url).rstrip('/')}/runs/b before launching again",
+                file=sys.stderr,
+            )
+            return 3
+        if earlier:
+            canceled = (
+                f"backfill {backfill_id}, launched at the same moment as another of these months, "
+                "is canceled"
+            )
+            following = same_backfill(earlier, keys, paths)
+            if following is None:
+                error = overlap_error(args.url, earlier, keys, paths)
+                print(f"error: {canceled}: {error}", file=sys.stderr)
+                return 2
+            backfill_id = following["id"]
     months = counted(len(keys), "month")
     if following:
         print(

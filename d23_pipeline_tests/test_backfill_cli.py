@@ -182,10 +182,14 @@ class FakeWebserver(BaseHTTPRequestHandler):
     check_failures = 0  # requests for check evaluations answered with a proxy's 502 first
     daemon_healthy: bool | None = True  # the instance's daemon, as its heartbeats say
     running: list[dict] = []  # backfills whose runs may still go (REQUESTED, CANCELING, FAILING)
-    # Launched by another command at the moment this one launches: listed as running from its
-    # launch on, beside its own (bf1, launched at 2.0).
+    # Launched by other commands at the moment this one launches: stored just before its own
+    # backfill (bf1), or just after it, and listed from its launch on.
     launched_beside: list[dict] = []
+    launched_after: list[dict] = []
     canceled: list[str] = []
+    cancels_lost = 0  # cancels a daemon's tick writes over (the status stays REQUESTED)
+    cancel_refused = False
+    listing_fails_once_launched = False
     listing_error = False  # one of those lists answered with a PythonError
     followed: list[str] = []  # the backfills whose status was asked for
     authorizations: list[str | None] = []  # each request's Authorization header
@@ -206,11 +210,14 @@ class FakeWebserver(BaseHTTPRequestHandler):
             body = {"data": {"assetNodes": [{"assetKey": {"path": p}} for p in self.assets]}}
         elif request["query"].lstrip().startswith("query RunningBackfills"):
             status = 200
-            body = {"data": {alias: {"__typename": "PartitionBackfills",
-                "results": [b for b in self.running if b["status"] == alias.upper()]}
-                for alias in ("requested", "canceling", "failing")}}  # fmt: skip
-            if self.listing_error:
-                body["data"]["failing"] = {"__typename": "PythonError", "message": "boom"}
+            # Newest first, as the instance lists them; self.running is in the order stored.
+            going = [
+                b for b in self.running if b["status"] in ("REQUESTED", "CANCELING", "FAILING")
+            ]
+            body = {"data": {"running": {"__typename": "PartitionBackfills",
+                "results": going[::-1]}}}  # fmt: skip
+            if self.listing_error or (self.listing_fails_once_launched and self.launches):
+                body["data"]["running"] = {"__typename": "PythonError", "message": "boom"}
         elif request["query"].lstrip().startswith("query BackfillStatus") and (
             FakeWebserver.status_failures > 0
         ):
@@ -240,11 +247,13 @@ class FakeWebserver(BaseHTTPRequestHandler):
         elif request["query"].lstrip().startswith("mutation CancelBackfill"):
             self.canceled.append(request["variables"]["id"])
             for backfill in self.running:
-                if backfill["id"] == request["variables"]["id"]:
+                if backfill["id"] == request["variables"]["id"] and not FakeWebserver.cancels_lost:
                     backfill["status"] = "CANCELING"
+            FakeWebserver.cancels_lost = max(0, FakeWebserver.cancels_lost - 1)
             status = 200
-            body = {"data": {"cancelPartitionBackfill": {
-                "__typename": "CancelBackfillSuccess", "backfillId": "bf1"}}}  # fmt: skip
+            answer = ({"__typename": "UnauthorizedError", "message": "nope"} if self.cancel_refused
+                else {"__typename": "CancelBackfillSuccess", "backfillId": "bf1"})  # fmt: skip
+            body = {"data": {"cancelPartitionBackfill": answer}}
         elif self.accept and self.launch_answer_lost:
             self.launches.append(request["variables"])
             status, body = 502, {}  # launched, and the proxy's answer is all that comes back
@@ -252,9 +261,9 @@ class FakeWebserver(BaseHTTPRequestHandler):
             self.launches.append(request["variables"])
             params = request["variables"]["backfillParams"]
             self.running += [*self.launched_beside, {"id": "bf1", "status": "REQUESTED",
-                "timestamp": 2.0, "partitionNames": params["partitionNames"],
-                "partitionSetName": None, "assetSelection": params["assetSelection"],
-                "tags": params["tags"]}]  # fmt: skip
+                "partitionNames": params["partitionNames"], "partitionSetName": None,
+                "assetSelection": params["assetSelection"], "tags": params["tags"]},
+                *self.launched_after]  # fmt: skip
             status = 200
             body = {"data": {"launchPartitionBackfill": {
                 "__typename": "LaunchBackfillSuccess", "backfillId": "bf1"}}}  # fmt: skip
@@ -273,9 +282,12 @@ class FakeWebserver(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webserver() -> Iterator[str]:
+def webserver(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setattr(backfill, "CANCEL_SETTLE_S", 0.0)
     FakeWebserver.launches, FakeWebserver.running, FakeWebserver.followed = [], [], []
-    FakeWebserver.launched_beside, FakeWebserver.canceled = [], []
+    FakeWebserver.launched_beside, FakeWebserver.launched_after, FakeWebserver.canceled = [], [], []
+    FakeWebserver.cancels_lost, FakeWebserver.cancel_refused = 0, False
+    FakeWebserver.listing_fails_once_launched = False
     FakeWebserver.authorizations = []
     FakeWebserver.listing_error = False
     FakeWebserver.accept = FakeWebserver.launch_answer_lost = False
@@ -411,13 +423,12 @@ def _running(
     job: str = "",
     status: str = "REQUESTED",
     tags: dict[str, str] = LAUNCHED_HERE,
-    timestamp: float = 1.0,
 ) -> dict:
     """A backfill whose runs may still go, as the instance lists it: an asset backfill of
     ``assets``, or (``assets`` None) a backfill of the job ``job``; ``months`` None: months
     Dagster cannot list. ``tags``: by default, those this command launches with."""
     names = None if months is None else [f"2026-{m:02d}-01" for m in months]
-    return {"id": backfill_id, "status": status, "timestamp": timestamp, "partitionNames": names,
+    return {"id": backfill_id, "status": status, "partitionNames": names,
         "partitionSetName": f"{job}_partition_set" if job else None,
         "assetSelection": None if assets is None else [{"path": p} for p in assets],
         "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
@@ -501,44 +512,80 @@ def test_months_a_running_backfill_has_are_not_launched_again_unless_asked(
 def test_a_launch_at_the_same_moment_as_another_of_its_months_cancels_the_later(
     ended_backfill, capsys
 ):
-    # Both looked before launching and saw nothing; the one launched later yields.
-    FakeWebserver.launched_beside = [_running("bf0", range(8, 10), D23_ASSETS, timestamp=1.0)]
+    # Both looked before launching and saw nothing; the one stored later yields.
+    FakeWebserver.launched_beside = [_running("bf0", range(8, 10), D23_ASSETS)]
 
     assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 2
 
     err = capsys.readouterr().err
     assert (
-        "backfill bf1, launched at the same moment as another with these months, is canceled; "
-        "not launched: backfill bf0 (running) has 2026-08" in err
+        "error: backfill bf1, launched at the same moment as another of these months, is "
+        "canceled: not launched: backfill bf0 (running) has 2026-08" in err
     )
     assert FakeWebserver.canceled == ["bf1"]
 
 
-def test_a_launch_at_the_same_moment_as_the_same_backfill_follows_the_earliest(
+def test_a_launch_at_the_same_moment_as_the_same_backfill_follows_the_one_going_on(
     ended_backfill, capsys
 ):
-    # Three at once: bf05 yields to bf0 as this one (bf1) does; bf1 follows bf0, not bf05.
+    # Three at once: bf05 yields to bf0, as this one (bf1) does; bf1 follows bf0, not bf05.
     FakeWebserver.launched_beside = [
-        _running("bf05", range(7, 9), D23_ASSETS, timestamp=2.0),
-        _running("bf0", range(7, 9), D23_ASSETS, timestamp=2.0),
+        _running("bf0", range(7, 9), D23_ASSETS),
+        _running("bf05", range(7, 9), D23_ASSETS),
     ]
     FakeWebserver.run_checks["2026-08-01-SUCCESS"] = []
 
-    # Launched at the same instant: the lower id is the earlier.
     assert main(["2026-07", "2026-08", "--url", ended_backfill, "--wait"]) == 0
 
     out = capsys.readouterr().out
     assert "Backfill bf0 of the same 2 months is already running: not launched again" in out
-    assert "backfill bf1, launched at the same moment as another with these months, is " in out
+    assert "backfill bf1, launched at the same moment as another of these months, is " in out
     assert FakeWebserver.canceled == ["bf1"] and set(FakeWebserver.followed) == {"bf0"}
 
 
-def test_a_backfill_launched_just_after_this_one_leaves_this_one_running(ended_backfill):
-    FakeWebserver.launched_beside = [_running("bf2", range(7, 9), D23_ASSETS, timestamp=3.0)]
+def test_a_launch_does_not_yield_to_one_that_yields_itself(ended_backfill):
+    # bf0 has 07-08, bf05 08-09 (yields to bf0), this one 09-10: none of its months is in
+    # a backfill that goes on.
+    FakeWebserver.launched_beside = [
+        _running("bf0", range(7, 9), D23_ASSETS),
+        _running("bf05", range(8, 10), D23_ASSETS),
+    ]
+
+    assert main(["2026-09", "2026-10", "--url", ended_backfill]) == 0
+
+    assert FakeWebserver.canceled == []
+
+
+def test_a_backfill_stored_just_after_this_one_leaves_this_one_running(ended_backfill):
+    FakeWebserver.launched_after = [_running("bf0", range(7, 9), D23_ASSETS)]
 
     assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 0
 
     assert FakeWebserver.canceled == [] and len(FakeWebserver.launches) == 1
+
+
+def test_a_cancel_a_daemon_tick_writes_over_is_asked_again(ended_backfill):
+    FakeWebserver.launched_beside = [_running("bf0", range(8, 10), D23_ASSETS)]
+    FakeWebserver.cancels_lost = 1
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 2
+
+    assert FakeWebserver.canceled == ["bf1", "bf1"]
+
+
+@pytest.mark.parametrize("fault", ["listing", "cancel"])
+def test_a_launch_that_cannot_settle_a_launch_beside_it_says_it_is_launched_and_exits_3(
+    ended_backfill, capsys, fault
+):
+    FakeWebserver.launched_beside = [_running("bf0", range(8, 10), D23_ASSETS)]
+    FakeWebserver.listing_fails_once_launched = fault == "listing"
+    FakeWebserver.cancel_refused = fault == "cancel"
+
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 3
+
+    err = capsys.readouterr().err
+    assert "error: backfill bf1 is launched, but whether one launched at the same moment" in err
+    assert f"Look at {ended_backfill}/runs/b before launching again" in err
 
 
 def test_a_backfill_list_the_webserver_cannot_give_launches_nothing(ended_backfill, capsys):
