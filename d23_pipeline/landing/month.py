@@ -146,6 +146,11 @@ def read_month(
     return MonthRead(snapshot, len(finished), deletions.candidates, len(deletions.absent))
 
 
+def _first_of(windows: Sequence[Window]) -> str:
+    """The first of ``windows``, for a log line, and "..." if there are more."""
+    return f"{windows[0]}{', ...' if len(windows) > 1 else ''}"
+
+
 def _ended_since_read(
     read_from: Mapping[Window, datetime], now: datetime, partition: str
 ) -> list[Window]:
@@ -157,12 +162,11 @@ def _ended_since_read(
     ]
     if ended:
         log.warning(
-            "%s: %d slices ended while this read ran (%s%s); reading them again, so that rows "
+            "%s: %d slices ended while this read ran (%s); reading them again, so that rows "
             "logged in them after their walk are not missed",
             partition,
             len(ended),
-            ended[0],
-            ", ..." if len(ended) > 1 else "",
+            _first_of(ended),
         )
     return ended
 
@@ -202,23 +206,21 @@ def _recount(
     recount = client.recount_after_read(verified, beside=left_as_read)
     if recount.uncounted:
         log.warning(
-            "%s: %s could not be counted again once the month was read (%s%s): the API's count "
+            "%s: %s could not be counted again once the month was read (%s): the API's count "
             "timed out, or was not exact; left as read, unverified (such slices delete nothing, "
             "and d23/logs' slices_verified check warns): a row that moved into one of them "
             "during the read lands with the month's next read",
             partition,
             counted(len(recount.uncounted), "slice"),
-            recount.uncounted[0],
-            ", ..." if len(recount.uncounted) > 1 else "",
+            _first_of(recount.uncounted),
         )
     if recount.moved:
         log.warning(
-            "%s: counts moved after the read in %s (%s%s), as when a row moves into one from "
+            "%s: counts moved after the read in %s (%s), as when a row moves into one from "
             "a slice read later; %s",
             partition,
             counted(len(recount.moved), "slice"),
-            recount.moved[0],
-            ", ..." if len(recount.moved) > 1 else "",
+            _first_of(recount.moved),
             "reading them again"
             if read_again
             else "this was the read's last count of them, so they are left as read, unverified "
