@@ -40,8 +40,9 @@ class WindowTotal:
         return self.total if self.exact and self.total is not None else None
 
 
-# Why a slice verified by its read was left as read, unverified, by the read's last count of
-# the month: its count had moved, or the API gave none exactly.
+# Why a slice verified by its read was left as read, unverified, when the month was counted
+# again once read (see landing/month.py): its count had moved at the last such count, or the
+# API gave none exactly.
 LeftAsRead = Literal["moved", "uncounted"]
 
 # The most rows a count may claim: the warehouse keeps counts as BIGINT (d23.slice_verification).
@@ -78,9 +79,9 @@ class SliceProof:
     # A walk of the read met an end it could not read on past: more of them than the slice has
     # rows, or one inside an instant (see walk.py).
     read_on_ran_out: bool = False
-    # Why the read's last count of the month left it as read (see landing/month.py): its count
-    # had moved since its last read (rows moved in since are in no read), or the API no longer
-    # counted it exactly (whether any did is not known). Either way it proves nothing.
+    # Why the month's count once read left it as read (LeftAsRead): its count had moved since
+    # its last read (rows moved in since are in no read), or the API no longer counted it
+    # exactly (whether any did is not known). Either way it proves nothing.
     left_as_read: LeftAsRead | None = None
 
     @property
