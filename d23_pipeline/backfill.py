@@ -147,6 +147,9 @@ query AssetKeys {
 }"""
 
 
+# On the backfills this command launches to yield, as it does, to one of their months launched at
+# the same moment: one launched from the UI, or with --anyway, goes on whatever else runs.
+YIELDS_TAG = {"d23/yields_at_launch": "true"}
 # A cancel, asked up to this many times, is looked at this long after: a daemon tick over the
 # backfill that read it before the cancel has written it back by then.
 CANCEL_TRIES = 3
@@ -427,11 +430,15 @@ def overlap_error(
 _STATUS_WORDS = {"CANCELING": "being canceled", "FAILING": "failing, its runs ending"}
 
 
-def launch_backfill(url: str, partition_keys: Sequence[str], paths: Sequence[list[str]]) -> str:
-    """Launch an asset backfill of the assets ``paths`` for ``partition_keys``; return its id."""
+def launch_backfill(
+    url: str, partition_keys: Sequence[str], paths: Sequence[list[str]], *, yields: bool
+) -> str:
+    """Launch an asset backfill of the assets ``paths`` for ``partition_keys``; return its id.
+    ``yields``: to a backfill of its months launched at the same moment (:func:`launched_before`),
+    as its tags say."""
     from d23_pipeline.defs.keys import RETRY_WHOLE_RUN_TAGS  # imports dagster: only here
 
-    tags = {"dagster/from_ui": "true", **RETRY_WHOLE_RUN_TAGS}
+    tags = {"dagster/from_ui": "true", **RETRY_WHOLE_RUN_TAGS, **(YIELDS_TAG if yields else {})}
     params = {
         "tags": [{"key": key, "value": value} for key, value in tags.items()],
         "assetSelection": [{"path": path} for path in paths],
@@ -463,8 +470,9 @@ def launched_before(
     Another launch of these months at the same moment passes the look before launching, as this
     one did. Each looks again once launched, and yields to those stored before it, which it
     sees, as the one stored first sees none: of the two, one goes on. Of those stored before,
-    the ones that go on are found as each found them, oldest first: one that shares a month
-    with an older one that goes on has yielded to it.
+    the ones that go on are found as each found them, oldest first: one launched to yield
+    (:data:`YIELDS_TAG`) that shares a month with an older one that goes on has yielded to it;
+    one being canceled or failing launches no more runs.
     """
     running = running_backfills(url, None)
     ours = next((i for i, b in enumerate(running) if b["id"] == backfill_id), None)
@@ -472,7 +480,11 @@ def launched_before(
         return []
     going_on: list[dict[str, Any]] = []
     for backfill in reversed(running[ours + 1 :]):
-        if not any(_share_months(backfill, b["partitionNames"]) for b in going_on):
+        tags = {tag["key"]: tag["value"] for tag in backfill.get("tags") or ()}
+        yielded = YIELDS_TAG.items() <= tags.items() and any(
+            _share_months(backfill, b["partitionNames"]) for b in going_on
+        )
+        if backfill["status"] == "REQUESTED" and not yielded:
             going_on.append(backfill)
     return [b for b in going_on if _share_months(b, partition_keys)]
 
@@ -686,8 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Exits 2, launching nothing, when the months, the URL or the webserver's answer "
         "do not allow the backfill (the error says why; one launched at the same moment as "
         "another of its months is canceled), and 3 when the webserver took the launch request "
-        "but its answer was lost, or the launch could not be told from one at the same moment "
-        "(the backfill may run: the error says where to look).",
+        "but its answer was lost, or the launch could not be told from one at the same moment, "
+        "or yielding to one could not cancel it (the backfill may run: the error says where to "
+        "look).",
     )
     parser.add_argument("first", metavar="FIRST", help="first month, YYYY-MM")
     parser.add_argument("last", metavar="LAST", help="last month, YYYY-MM (included)")
@@ -717,10 +730,15 @@ def main(argv: list[str] | None = None) -> int:
         check_partitions(args.url, keys)
         paths = d23_asset_paths(args.url)
         running = [] if args.anyway else running_backfills(args.url, keys)
-        following = same_backfill(running, keys, paths)
+        # The oldest: a newer one of the same months, launched at the same moment, yields to it.
+        following = same_backfill(running[::-1], keys, paths)
         if running and following is None:
             raise BackfillError(overlap_error(args.url, running, keys, paths))
-        backfill_id = following["id"] if following else launch_backfill(args.url, keys, paths)
+        backfill_id = (
+            following["id"]
+            if following
+            else launch_backfill(args.url, keys, paths, yields=not args.anyway)
+        )
     except LaunchAnswerLost as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -730,15 +748,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     canceled = None
     if not following and not args.anyway:
+        look = f"Look at {shown_url(args.url).rstrip('/')}/runs/b before launching again"
         try:
             earlier = launched_before(args.url, backfill_id, keys)
+        except BackfillError as exc:
+            print(
+                f"error: backfill {backfill_id} is launched, but whether one launched at the same "
+                f"moment shares its months could not be settled: {exc}. {look}",
+                file=sys.stderr,
+            )
+            return 3
+        try:
             if earlier:
                 cancel_backfill(args.url, backfill_id)
         except BackfillError as exc:
             print(
-                f"error: backfill {backfill_id} is launched, but whether one launched at the same "
-                f"moment shares its months could not be settled: {exc}. Look at "
-                f"{shown_url(args.url).rstrip('/')}/runs/b before launching again",
+                f"error: backfill {backfill_id} is launched at the same moment as another of "
+                f"these months ({', '.join(b['id'] for b in earlier)}), and could not be "
+                f"canceled: {exc}. {look}",
                 file=sys.stderr,
             )
             return 3

@@ -413,6 +413,7 @@ def ended_backfill(webserver: str) -> Iterator[str]:
 
 # The tags of a backfill this command launched, and of one the asset graph's dialog launched.
 LAUNCHED_HERE = {"dagster/from_ui": "true", **RETRY_WHOLE_RUN_TAGS}
+LAUNCHED_HERE_TO_YIELD = {**LAUNCHED_HERE, **backfill.YIELDS_TAG}  # without --anyway
 LAUNCHED_FROM_THE_DIALOG = {"dagster/from_ui": "true"}
 
 
@@ -543,17 +544,46 @@ def test_a_launch_at_the_same_moment_as_the_same_backfill_follows_the_one_going_
     assert FakeWebserver.canceled == ["bf1"] and set(FakeWebserver.followed) == {"bf0"}
 
 
-def test_a_launch_does_not_yield_to_one_that_yields_itself(ended_backfill):
-    # bf0 has 07-08, bf05 08-09 (yields to bf0), this one 09-10: none of its months is in
-    # a backfill that goes on.
-    FakeWebserver.launched_beside = [
-        _running("bf0", range(7, 9), D23_ASSETS),
-        _running("bf05", range(8, 10), D23_ASSETS),
+@pytest.mark.parametrize(
+    ("bf05", "yields"),
+    [
+        # Launched by this command, bf05 yields to bf0: none of 09-10 is in one that goes on.
+        (_running("bf05", range(8, 10), D23_ASSETS, tags=LAUNCHED_HERE_TO_YIELD), False),
+        # From the UI, or with --anyway, it goes on beside bf0: this one yields to it.
+        (_running("bf05", range(8, 10), D23_ASSETS, tags=LAUNCHED_FROM_THE_DIALOG), True),
+        (_running("bf05", range(8, 10), D23_ASSETS), True),
+        # Being canceled, or failing, it launches no more runs.
+        (_running("bf05", range(9, 11), D23_ASSETS, status="CANCELING"), False),
+        (_running("bf05", range(9, 11), D23_ASSETS, status="FAILING"), False),
+    ],
+)
+def test_a_launch_yields_only_to_backfills_that_go_on(ended_backfill, bf05, yields):
+    FakeWebserver.launched_beside = [_running("bf0", range(7, 9), D23_ASSETS), bf05]
+
+    assert main(["2026-09", "2026-10", "--url", ended_backfill]) == (2 if yields else 0)
+
+    assert FakeWebserver.canceled == (["bf1"] if yields else [])
+
+
+def test_a_launch_says_it_yields_unless_launched_anyway(ended_backfill):
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 0
+    assert main(["2026-07", "2026-08", "--url", ended_backfill, "--anyway"]) == 0
+
+    tags = [{t["key"]: t["value"] for t in launch["backfillParams"]["tags"]}
+            for launch in FakeWebserver.launches]  # fmt: skip
+    assert [backfill.YIELDS_TAG.items() <= t.items() for t in tags] == [True, False]
+
+
+def test_the_same_months_launched_twice_at_once_are_followed_in_the_oldest(ended_backfill, capsys):
+    # bf05 was launched just after bf0, at the same moment: it is the one that yields.
+    FakeWebserver.running = [
+        _running("bf0", range(7, 9), D23_ASSETS, tags=LAUNCHED_HERE_TO_YIELD),
+        _running("bf05", range(7, 9), D23_ASSETS, tags=LAUNCHED_HERE_TO_YIELD),
     ]
 
-    assert main(["2026-09", "2026-10", "--url", ended_backfill]) == 0
+    assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 0
 
-    assert FakeWebserver.canceled == []
+    assert "Backfill bf0 of the same 2 months is already running" in capsys.readouterr().out
 
 
 def test_a_backfill_stored_just_after_this_one_leaves_this_one_running(ended_backfill):
@@ -584,7 +614,11 @@ def test_a_launch_that_cannot_settle_a_launch_beside_it_says_it_is_launched_and_
     assert main(["2026-07", "2026-08", "--url", ended_backfill]) == 3
 
     err = capsys.readouterr().err
-    assert "error: backfill bf1 is launched, but whether one launched at the same moment" in err
+    assert {
+        "listing": "error: backfill bf1 is launched, but whether one launched at the same moment",
+        "cancel": "error: backfill bf1 is launched at the same moment as another of these months "
+        "(bf0), and could not be canceled: UnauthorizedError: nope",
+    }[fault] in err
     assert f"Look at {ended_backfill}/runs/b before launching again" in err
 
 
