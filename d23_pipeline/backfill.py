@@ -392,8 +392,11 @@ def _retries_whole_months(backfill: dict[str, Any]) -> bool:
     (one launched from the asset graph's dialog retries only the failed steps)."""
     from d23_pipeline.defs.keys import RETRY_WHOLE_RUN_TAGS  # imports dagster: only here
 
-    tags = {tag["key"]: tag["value"] for tag in backfill.get("tags") or ()}
-    return RETRY_WHOLE_RUN_TAGS.items() <= tags.items()
+    return RETRY_WHOLE_RUN_TAGS.items() <= _tags(backfill).items()
+
+
+def _tags(backfill: dict[str, Any]) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in backfill.get("tags") or ()}
 
 
 def overlap_error(
@@ -480,8 +483,7 @@ def launched_before(
         return []
     going_on: list[dict[str, Any]] = []
     for backfill in reversed(running[ours + 1 :]):
-        tags = {tag["key"]: tag["value"] for tag in backfill.get("tags") or ()}
-        yielded = YIELDS_TAG.items() <= tags.items() and any(
+        yielded = YIELDS_TAG.items() <= _tags(backfill).items() and any(
             _share_months(backfill, b["partitionNames"]) for b in going_on
         )
         if backfill["status"] == "REQUESTED" and not yielded:

@@ -448,6 +448,8 @@ class SnapshotWriter:
         """Record ``windows`` as not proven complete, for ``why``: their counts moved after
         their last read, or the API gave none exactly. Their rows still add and update; none of
         them is weighed for deletion."""
+        if not windows:  # asked after every count of the month, most often with none
+            return
         entries = self._manifest["slices"]
         for window in windows:
             record = SliceRecord.from_manifest(window.key, entries[window.key])
