@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from postgres import PostgresServer
 
-from d23_pipeline.client import SliceDone
+from d23_pipeline.client import SliceDone, Window
 from d23_pipeline.definitions import defs
 from d23_pipeline.defs.resources import (
     DashboardResource,
@@ -187,10 +187,13 @@ class Pipeline:
         )
         return answer.json()["token"]
 
-    def materialize_crashing(self, month: str, after_slices: int) -> dg.ExecuteInProcessResult:
+    def materialize_crashing(
+        self, month: str, after_slices: int, *, including: Window | None = None
+    ) -> dg.ExecuteInProcessResult:
         """Materialize ``month`` with the run dying right after its ``after_slices``-th slice
-        is landed and in the manifest, as a killed run would; a later run resumes from there."""
-        with crashing_after(after_slices):
+        (or the first after it once ``including`` is) is landed and in the manifest, as a killed
+        run would; a later run resumes from there."""
+        with crashing_after(after_slices, including=including):
             return self.materialize(month, raise_on_error=False)
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -236,17 +239,20 @@ class SimulatedCrash(RuntimeError):
 
 
 @contextlib.contextmanager
-def crashing_after(slices: int) -> Iterator[None]:
+def crashing_after(slices: int, *, including: Window | None = None) -> Iterator[None]:
     """Reads within raise :class:`SimulatedCrash` right after their ``slices``-th slice is
-    landed and in the manifest (counted across reads); a later read resumes from there."""
+    landed and in the manifest (counted across reads), or the first after it once the slice
+    ``including`` is; a later read resumes from there."""
     finished = 0
+    waiting_for = including
     finish = SnapshotWriter.finish_slice
 
     def finish_then_crash(writer: SnapshotWriter, done: SliceDone) -> None:
-        nonlocal finished
+        nonlocal finished, waiting_for
         finish(writer, done)
         finished += 1
-        if finished == slices:
+        waiting_for = None if done.slice == waiting_for else waiting_for
+        if finished >= slices and waiting_for is None:
             raise SimulatedCrash("simulated crash mid-month")
 
     with pytest.MonkeyPatch.context() as patch:

@@ -22,7 +22,8 @@ from d23_pipeline.client.walk import (
     WidthHint,
     WindowWalk,
 )
-from d23_pipeline.schema import RejectedRow, format_timestamp, rows_to_batch
+from d23_pipeline.schema import RejectedRow, format_timestamp
+from d23_pipeline.schema_arrow import rows_to_batch
 
 MINUTE = timedelta(minutes=1)
 MS = timedelta(milliseconds=1)

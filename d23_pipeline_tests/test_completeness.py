@@ -52,7 +52,8 @@ from d23_pipeline.landing import month as month_module
 from d23_pipeline.landing.month import MonthRead, read_month
 from d23_pipeline.landing.snapshot import SliceRecord, SnapshotStore, rows_path
 from d23_pipeline.months import month_window
-from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp, rows_to_batch
+from d23_pipeline.schema import RejectedRow, format_timestamp, parse_timestamp
+from d23_pipeline.schema_arrow import rows_to_batch
 from d23_pipeline.settings import LoginCredentials
 from d23_pipeline.simulator import Faults, SimResponse, Simulator, SimulatorConfig, serve
 from d23_pipeline.warehouse.store import Warehouse, merge_snapshot
@@ -1060,7 +1061,10 @@ def test_a_row_moved_into_a_slice_an_interrupted_read_finished_lands_with_its_re
     sim = ExportHookSimulator(rows=rows)
     with serve(sim) as url:
         pipeline = Pipeline(sim=sim, api_url=url, data_dir=tmp_path / "data", max_concurrency=1)
-        pipeline.materialize_crashing(MONTH, after_slices=5)
+        # Whichever slices the other worker finished meanwhile (2 April is read again: its row
+        # changed since its count).
+        april_2 = Window(datetime(2026, 4, 2, tzinfo=UTC), datetime(2026, 4, 3, tzinfo=UTC))
+        pipeline.materialize_crashing(MONTH, after_slices=5, including=april_2)
         sim.move_row(mover, datetime(2026, 4, 2, 9, tzinfo=UTC))
         result = pipeline.materialize(MONTH)
 
@@ -1072,16 +1076,20 @@ def test_a_row_moved_into_a_slice_an_interrupted_read_finished_lands_with_its_re
 
 class _MovesInBehindTheCursorOfAReadAgain(ExportHookSimulator):
     """At 2 April's first page a row there leaves the month ahead of the walk (its counts
-    differ: read again); at the second page of that read again, a row of 28 April (not read
-    yet) moves to 2 April 00:30, behind the cursor."""
+    differ: read again); at the next page of 2 April after that read again's first (asked
+    with its cursor, or by a part of its walk shared out to the other worker), a row of May
+    (not read: one of a later April slice may have been read already, and a row moving
+    between two slices read keeps the month's count) moves to 2 April 00:30, behind the
+    cursor."""
 
     out, mover = "0000000000000000000000a2", "0000000000000000000000b1"
     first_pages = 0
     moved = False
 
     def on_export(self, path: str, query: Mapping[str, str]) -> tuple[str, SimResponse | None]:
-        if query.get("since") == "2026-04-02T00:00:00.000Z" and "includeTotal" not in query:
-            if "cursor" not in query:
+        since = query.get("since", "")
+        if since.startswith("2026-04-02T") and "includeTotal" not in query:
+            if since == "2026-04-02T00:00:00.000Z" and "cursor" not in query:
                 self.first_pages += 1
                 if self.first_pages == 1:
                     self.move_row(self.out, datetime(2026, 5, 5, 10, tzinfo=UTC))
@@ -1102,7 +1110,7 @@ def test_a_row_moved_in_behind_the_cursor_of_a_read_verified_between_its_counts_
         d23_row("0000000000000000000000a3", "2026-04-02T14:00:00.000Z"),
         d23_row("0000000000000000000000a4", "2026-04-02T16:00:00.000Z"),
         d23_row("0000000000000000000000c1", "2026-04-10T10:00:00.000Z"),
-        d23_row(_MovesInBehindTheCursorOfAReadAgain.mover, "2026-04-28T12:00:00.000Z"),
+        d23_row(_MovesInBehindTheCursorOfAReadAgain.mover, "2026-05-28T12:00:00.000Z"),
     ]
     sim = _MovesInBehindTheCursorOfAReadAgain(rows=rows)
     with serve(sim) as url:

@@ -3,7 +3,10 @@
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from d23_pipeline.defs.metadata import markdown_table, schema_from_table
+import pyarrow.parquet as pq
+
+from d23_pipeline.defs.metadata import markdown_table, raw_snapshot_schema, schema_from_table
+from d23_pipeline.landing.snapshot import EMPTY_FILES
 from d23_pipeline.warehouse.store import Warehouse
 
 
@@ -16,6 +19,15 @@ def test_each_rate_column_says_which_count_it_divides_by_which(tmp_path: Path) -
         "Refusal rate: refusals / rpcs, a share from 0 to 1, not a percentage; empty without rpcs."
     )
     assert described["ptp_per_attempt"].startswith("PTP per attempt: promises / attempts,")
+
+
+def test_the_raw_snapshots_column_schema_is_its_parquet_files_schema() -> None:
+    # Shown on d23/raw_logs' page, stated without pyarrow: the columns a slice's file holds.
+    written = pq.read_schema(EMPTY_FILES / "rows.parquet")
+
+    shown = [(column.name, column.type) for column in raw_snapshot_schema().columns]
+
+    assert shown == [(field.name, str(field.type)) for field in written]
 
 
 def test_a_preview_table_has_a_separator_per_column_escapes_pipes_and_leaves_none_empty() -> None:

@@ -46,20 +46,29 @@ def test_a_statement_with_bound_parameters_does_not_import_pandas() -> None:
     assert printed == ["2", "a!", "2026-02-01", "2", "False"]
 
 
-def test_after_the_landings_answer_arrows_conversions_on_a_thread_do_not_import_pandas() -> None:
+@pytest.mark.parametrize(("carried", "pandas_imported"), [(True, "False"), (False, "True")])
+def test_the_refusal_holds_in_the_threads_the_client_starts_for_the_landing(
+    carried: bool, pandas_imported: str
+) -> None:
+    # pyarrow's first conversion of Python values probes for pandas, on whichever thread it is;
+    # the client's reader threads carry the landing's refusal (in_callers_context).
     printed = _run(
-        """
-        import sys
-        from concurrent.futures import ThreadPoolExecutor
+        f"""
+        import sys, threading
         import pyarrow as pa
-        from d23_pipeline.pandas_probes import answer_pyarrows_pandas_probe
-        answer_pyarrows_pandas_probe()
-        with ThreadPoolExecutor(1) as pool:
-            table = pool.submit(pa.Table.from_pylist, [{"id": "a"}, {"id": "b"}]).result()
-        print(table.num_rows, "pandas" in sys.modules)
+        from d23_pipeline.client.fanout import in_callers_context
+        from d23_pipeline.pandas_probes import pandas_probes_refused
+        tables = []
+        def convert():
+            tables.append(pa.Table.from_pylist([{{"id": "a"}}, {{"id": "b"}}]))
+        with pandas_probes_refused():
+            worker = threading.Thread(target=in_callers_context(convert) if {carried} else convert)
+            worker.start()
+            worker.join()
+        print(tables[0].num_rows, "pandas" in sys.modules)
         """
     )
-    assert printed == ["2", "False"]
+    assert printed == ["2", pandas_imported]
 
 
 def test_a_notebook_importing_the_pipelines_modules_keeps_arrows_pandas_conversions() -> None:
@@ -78,15 +87,16 @@ def test_code_that_imports_pandas_itself_gets_it_and_duckdb_and_arrow_then_use_i
     printed = _run(
         """
         import duckdb
-        from d23_pipeline.pandas_probes import answer_pyarrows_pandas_probe
+        import pyarrow as pa
+        from d23_pipeline.pandas_probes import pandas_probes_refused
         from d23_pipeline.warehouse.store import execute
-        answer_pyarrows_pandas_probe()
+        with pandas_probes_refused():
+            pa.array([])  # pyarrow's probe, answered as a landing answers it
         con = duckdb.connect()
         execute(con, "SELECT $n", {"n": 1})
         import pandas as pd
         frame = execute(con, "SELECT $t AS t", {"t": pd.Timestamp("2026-03-01")}).df()
         nat = execute(con, "SELECT $t IS NULL", {"t": pd.NaT}).fetchone()[0]
-        import pyarrow as pa
         print(type(frame).__name__, frame["t"].iloc[0].month, nat, pa.table(frame).num_rows)
         """
     )

@@ -171,6 +171,34 @@ def test_the_allowed_deletion_share_set_for_the_warehouse_is_the_one_the_merge_a
     assert {r[0] for r in deleted} == gone
 
 
+def test_a_month_whose_every_row_is_gone_at_the_source_has_them_all_marked_deleted(
+    pipeline: Pipeline,
+) -> None:
+    # Its read serves no row: each slice's files are the empty ones copied (d23_pipeline/landing/
+    # empty_files), and the read still weighs every stored row of the month against them.
+    pipeline.materialize("2026-04")
+    gone = set(pipeline.sim.hard_delete(10**6, "2026-04"))
+    assert gone and pipeline.expected_rows(["2026-04"]) == set()
+    warehouse = WarehouseResource(database=str(pipeline.warehouse_path), max_deletion_share=1.0)
+
+    result = dg.materialize(
+        list(defs.assets),
+        resources={**pipeline.resources(), "warehouse": warehouse},
+        partition_key="2026-04-01",
+    )
+
+    assert result.success
+    read = _metadata(result, "d23__raw_logs")
+    assert (read["dagster/row_count"], read["rejected_rows"], read["proven_absent"]) == (
+        0,
+        0,
+        len(gone),
+    )
+    deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
+    assert {r[0] for r in deleted} == gone
+    assert pipeline.live_rows(["2026-04"]) == set()
+
+
 @BOTH_WAREHOUSES
 def test_a_row_marked_deleted_that_the_api_serves_again_is_restored(pipeline: Pipeline) -> None:
     read_and_merge = "key:d23/raw_logs or key:d23/logs"

@@ -16,7 +16,8 @@ from harness import d23_row
 
 from d23_pipeline.client.pages import Page, read_page
 from d23_pipeline.client.retry import Transient
-from d23_pipeline.schema import D23_FIELDS, note_repeated_keys, read_canonical_page, validate_rows
+from d23_pipeline.schema import D23_FIELDS, note_repeated_keys, serves_no_rows, validate_rows
+from d23_pipeline.schema_arrow import read_canonical_page
 from d23_pipeline.settings import PAGE_LIMIT_RANGE
 
 SINCE, UNTIL = "2026-03-01T00:00:00.000Z", "2026-04-01T00:00:00.000Z"
@@ -199,6 +200,35 @@ def test_other_iso_8601_forms_of_a_time_are_kept_in_the_canonical_form(stamp: st
 
     assert page.rejects == [] and page.batch.num_rows == 2
     assert page.batch.column("updated_at")[1].as_py() == "2026-03-05T10:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"body": {"rows": [], "pagination": {"nextCursor": null}}}', b'{"body":{"rows" :[\n]}}'],
+    ids=["empty", "spaced-no-cursor"],
+)
+def test_a_page_saying_it_has_no_rows_is_read_whole_by_the_strict_parser(content: bytes) -> None:
+    # Not Arrow's to read (so pyarrow is not loaded for it): a missing cursor is still an error.
+    assert serves_no_rows(content)
+    if b"nextCursor" in content:
+        page = _read(content)
+        assert (page.batch, page.rejects, page.next_cursor) == (None, [], None)
+    else:
+        with pytest.raises(Transient) as raised:
+            _read(content)
+        assert raised.value.detail == "no body.pagination.nextCursor"
+
+
+def test_rows_beside_an_empty_list_named_rows_elsewhere_all_land() -> None:
+    # The strict parser's page, then: a meta key of that name only costs the columnar read.
+    rows = [row(n) for n in range(20)]
+    content = envelope(rows).replace(b'"errors":[]', b'"errors":[],"meta":{"rows":[]}')
+    assert serves_no_rows(content)
+
+    page = _read(content)
+
+    assert page.rejects == [] and page.batch is not None
+    assert page.batch.to_pylist() == validate_rows(rows, SINCE, UNTIL).rows
 
 
 def test_a_full_page_of_the_largest_limit_is_still_read_by_arrow() -> None:

@@ -14,11 +14,8 @@ from harness import d23_row
 
 from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
 from d23_pipeline.client.completeness import LeftAsRead
-from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.landing.snapshot import (
-    ABSENT_SCHEMA,
     PAGE_LIMIT_KEPT,
-    REJECT_SCHEMA,
     SliceRecord,
     Snapshot,
     SnapshotBusyError,
@@ -29,7 +26,8 @@ from d23_pipeline.landing.snapshot import (
     rejects_path,
     rows_path,
 )
-from d23_pipeline.schema import RejectedRow, rows_to_batch
+from d23_pipeline.schema import RejectedRow
+from d23_pipeline.schema_arrow import ABSENT_SCHEMA, REJECT_SCHEMA, rows_to_batch
 
 APRIL = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 4, tzinfo=UTC))
 SLICES = APRIL.split(timedelta(days=1))
@@ -270,11 +268,11 @@ def test_another_months_landed_rejects_are_found_while_its_next_read_completes(
 
     def april_completes_meanwhile(path: Path, *args: object, **kwargs: object) -> object:
         # April's next read completes now: CURRENT moves on and the old snapshot is removed.
-        monkeypatch.setattr(snapshot_module.pq, "read_table", read_table)
+        monkeypatch.setattr(pq, "read_table", read_table)
         _land_april_with_a_reject(SnapshotStore(tmp_path), "run-2", "moved-and-broken")
         return read_table(path, *args, **kwargs)
 
-    monkeypatch.setattr(snapshot_module.pq, "read_table", april_completes_meanwhile)
+    monkeypatch.setattr(pq, "read_table", april_completes_meanwhile)
 
     found = store.landed_rejects({"moved-and-broken", "other"}, excluding="2026-05-01")
 

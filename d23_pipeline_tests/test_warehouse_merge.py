@@ -19,9 +19,6 @@ from harness import Lake, d23_row
 
 from d23_pipeline.client import Window
 from d23_pipeline.landing.snapshot import (
-    ABSENT_SCHEMA,
-    REJECT_SCHEMA,
-    UNPROVEN_SCHEMA,
     SliceRecord,
     Snapshot,
     StaleReject,
@@ -29,7 +26,7 @@ from d23_pipeline.landing.snapshot import (
     rejects_path,
     rows_path,
 )
-from d23_pipeline.schema import ARROW_SCHEMA
+from d23_pipeline.schema_arrow import ABSENT_SCHEMA, ARROW_SCHEMA, REJECT_SCHEMA, UNPROVEN_SCHEMA
 from d23_pipeline.settings import SettingsError
 from d23_pipeline.warehouse import sql, store
 from d23_pipeline.warehouse.backend import open_warehouse

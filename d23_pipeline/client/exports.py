@@ -27,12 +27,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property, partial
 from itertools import pairwise
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from d23_pipeline.client.auth import TokenManager
 from d23_pipeline.client.body import MAX_BODY_BYTES, BoundedHttp
@@ -43,7 +41,7 @@ from d23_pipeline.client.errors import (
     RetriesExhaustedError,
     WindowTooHeavyError,
 )
-from d23_pipeline.client.fanout import Deliver, fan_out
+from d23_pipeline.client.fanout import Deliver, fan_out, in_callers_context
 from d23_pipeline.client.outage import OutageWatch
 from d23_pipeline.client.pages import read_page, read_total
 from d23_pipeline.client.retry import Cancelled, Retrier, RetryPolicy
@@ -94,9 +92,14 @@ AFTER_WALK_COUNTS = 3
 _CANCEL_POLL_S = 0.05
 
 
+if TYPE_CHECKING:  # loaded by the first page with a row or reject (d23_pipeline/schema_arrow.py)
+    import pyarrow as pa
+
+
 @dataclass(frozen=True)
 class SlicePage:
-    """One API page of ``slice``: its valid rows (the nine fields, as Arrow) and its rejects."""
+    """One API page of ``slice``: its valid rows (the nine fields, as Arrow) and its rejects. A
+    page that served neither is no event (an empty month loads no Arrow)."""
 
     slice: Window
     batch: pa.RecordBatch
@@ -152,13 +155,17 @@ def _changed_since(counts: Sequence[WindowTotal], asked_at: datetime) -> str:
     return format_timestamp(min(s for s in stamps if s is not None) - CLOCK_SLACK)
 
 
-def served_a_change(batch: pa.RecordBatch, rejects: Sequence[RejectedRow], since: str) -> bool:
+def served_a_change(
+    batch: pa.RecordBatch | None, rejects: Sequence[RejectedRow], since: str
+) -> bool:
     """Whether a page served a row changed at ``since`` (canonical text) or later: not later than
     the API's clock can be now. A row stamped in the future would send its slice to a second
     read on every run. So would a reject whose ``updated_at`` is no time (the same bad row
     served on every read): its ``created_at`` tells whether it was logged since."""
     until = format_timestamp(datetime.now(UTC) + _API_CLOCK_AHEAD)
-    if batch.num_rows:
+    if batch is not None and batch.num_rows:
+        import pyarrow.compute as pc
+
         updated_at = batch.column("updated_at")
         recent = pc.and_(pc.greater_equal(updated_at, since), pc.less_equal(updated_at, until))
         if pc.any(recent).as_py():
@@ -458,7 +465,7 @@ class ExportsClient:
 
         workers = min(self._max_concurrency, len(windows))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-recount") as pool:
-            now = list(pool.map(count_now, windows))
+            now = list(pool.map(in_callers_context(count_now), windows))
         recount = Recount(
             [w for w, total in zip(windows, now, strict=True) if total not in (None, counted[w])],
             [w for w, total in zip(windows, now, strict=True) if total is None],
@@ -495,7 +502,8 @@ class ExportsClient:
 
         workers = min(self._max_concurrency, len(by_instant))
         with ThreadPoolExecutor(workers, thread_name_prefix="d23-confirm") as pool:
-            answers = list(pool.map(lambda item: read_again(*item), by_instant.items()))
+            read = in_callers_context(read_again)
+            answers = list(pool.map(read, by_instant.keys(), by_instant.values()))
         return InstantLookups(*(set().union(*column) for column in zip(*answers, strict=True)))
 
     def served_ids(self, window: Window) -> tuple[set[str], bool] | None:
@@ -534,6 +542,9 @@ class ExportsClient:
         found: set[str] = set()
         if not wanted:
             return found
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         values = pa.array(sorted(wanted), pa.string())
         served = 0
         hashes: dict[Window, array[int]] = defaultdict(lambda: array("q"))
@@ -677,8 +688,12 @@ class ExportsClient:
             # daemon, as the workers are: a read closed meanwhile does not wait for its answer,
             # nor does the interpreter's exit.
             counted: list[WindowTotal | None] = []
+
+            def count() -> None:
+                counted.append(self._count_window(window, cancel))
+
             counting = threading.Thread(
-                target=lambda: counted.append(self._count_window(window, cancel)),
+                target=in_callers_context(count),
                 name="d23-window-count",
                 daemon=True,
             )
@@ -855,8 +870,10 @@ class ExportsClient:
             if part is not None:
                 changed = served_a_change(batch, rejects, part.read.changed_since)
                 rejects = part.served(batch, rejects, changed)
-            self.stats.page(page.served_rows, batch.num_rows, len(rejects), page.extra_fields)
-            yield SlicePage(slice_, batch, rejects)
+            rows = 0 if batch is None else batch.num_rows
+            self.stats.page(page.served_rows, rows, len(rejects), page.extra_fields)
+            if batch is not None:
+                yield SlicePage(slice_, batch, rejects)
 
     def _outage_behind(
         self, gave_up: WindowTooHeavyError, rest: Window, cancel: threading.Event | None

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import queue
 import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from d23_pipeline.client.retry import Cancelled
 
 Item = TypeVar("Item")
 Event = TypeVar("Event")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Seconds a closing consumer waits for workers; a worker still inside a request exits by itself
 # (daemon thread) as soon as that request returns, because it sees the cancel flag.
@@ -27,6 +30,19 @@ class _Failed:
 
 
 Deliver = Callable[[object], None]
+
+
+def in_callers_context(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn``, to run on another thread in a copy of the calling thread's context variables (a
+    new thread starts with none): what the caller set holds for its work in the client's threads
+    too, as the landing's refusal of pandas to its libraries' probes does
+    (d23_pipeline/pandas_probes.py)."""
+    context = contextvars.copy_context()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return context.copy().run(fn, *args, **kwargs)  # one copy a call: threads run at once
+
+    return run
 
 
 def fan_out(
@@ -71,7 +87,7 @@ def fan_out(
             deliver(outcome, final=True)
 
     threads = [
-        threading.Thread(target=worker, name=f"{name}-{number}", daemon=True)
+        threading.Thread(target=in_callers_context(worker), name=f"{name}-{number}", daemon=True)
         for number in range(workers)
     ]
     for thread in threads:

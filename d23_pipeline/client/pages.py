@@ -3,12 +3,12 @@ missing cursor or rows list is an error to retry, never "end of data"."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pyarrow as pa
 
 from d23_pipeline.client.completeness import MAX_COUNT, WindowTotal
 from d23_pipeline.client.retry import (
@@ -24,11 +24,13 @@ from d23_pipeline.schema import (
     RepeatedKeys,
     RepeatedKeysError,
     note_repeated_keys,
-    read_canonical_page,
-    rows_to_batch,
+    serves_no_rows,
     validate_rows,
 )
 from d23_pipeline.settings import is_text
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # A body naming keys more than once is reported with the first few, each cut: the names are the
 # server's text, and 500 keys of 2 KB had made a 1 MB error, logged again on every retry.
@@ -43,7 +45,8 @@ class Page:
     """One page as served: rows as received, the valid ones as Arrow, rejects, the cursor."""
 
     served_rows: int
-    batch: pa.RecordBatch
+    # None: no valid row. pyarrow is loaded for the first page with one, not for empty pages.
+    batch: pa.RecordBatch | None
     rejects: list[RejectedRow]
     extra_fields: set[str]
     next_cursor: str | None
@@ -54,16 +57,22 @@ def read_page(response: httpx.Response, since: str, until: str) -> Page:
     # Most pages are clean and not the last: Arrow reads those straight from the bytes. Every
     # other page takes the row-by-row path, which rejects with reasons. That path always looks
     # for repeated keys: Arrow stops at a page's first problem, which may come before one.
-    try:
-        clean = read_canonical_page(response.content, since, until)
-    except RepeatedKeysError:
-        clean = None
+    clean = None
+    if not serves_no_rows(response.content):
+        from d23_pipeline.schema_arrow import read_canonical_page
+
+        with contextlib.suppress(RepeatedKeysError):
+            clean = read_canonical_page(response.content, since, until)
     if clean is not None:
         batch, next_cursor = clean
         return Page(batch.num_rows, batch, [], set(), next_cursor)
     raw_rows, cursor = _rows_and_cursor(response)
     result = validate_rows(raw_rows, since, until)
-    rows = result.batch if result.batch is not None else rows_to_batch(result.rows)
+    rows = result.batch
+    if rows is None and result.rows:
+        from d23_pipeline.schema_arrow import rows_to_batch
+
+        rows = rows_to_batch(result.rows)
     return Page(len(raw_rows), rows, result.rejects, result.extra_fields, cursor)
 
 

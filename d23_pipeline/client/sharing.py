@@ -24,13 +24,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from d23_pipeline.client.completeness import WindowTotal, sum_totals
 from d23_pipeline.client.walk import WindowWalk
 from d23_pipeline.client.windows import ONE_MS, Window
 from d23_pipeline.schema import RejectedRow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # A walk is split only if it has at least this many pages left: the two halves each end in a
 # part page, so with fewer the split would not shorten the end of the walk. (At 4, workers at
@@ -90,11 +92,13 @@ class SliceRead:
         """The rows and rejects it served, a row served twice by it (see ``repeated``) once."""
         return self.rows + self.rejects - self.repeated
 
-    def hand_over(self, ids: pa.Array, rejects: Sequence[RejectedRow]) -> list[RejectedRow]:
-        """Note a page's valid rows (their ``ids``) and rejects; returns the rejects to hand
-        over: not a version already handed over. One without a usable public_id is known by
-        nothing else, and the walk already told it from one served again."""
-        if self._reject_ids:  # each page against the set: linear in the rows, however many
+    def hand_over(self, ids: pa.Array | None, rejects: Sequence[RejectedRow]) -> list[RejectedRow]:
+        """Note a page's valid rows (their ``ids``; None: none) and rejects; returns the rejects
+        to hand over: not a version already handed over. One without a usable public_id is known
+        by nothing else, and the walk already told it from one served again."""
+        if (
+            self._reject_ids and ids is not None
+        ):  # each page against the set: linear in the rows, however many
             self.repeated += sum(i in self._reject_ids for i in ids.to_pylist())
         handed = []
         for reject in rejects:
@@ -144,10 +148,10 @@ class Part:
         self._schedule.hand_over(self)
 
     def served(
-        self, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], changed: bool
+        self, batch: pa.RecordBatch | None, rejects: Sequence[RejectedRow], changed: bool
     ) -> list[RejectedRow]:
-        """Count a page of the part (``changed``: it served a row changed since the count);
-        returns its rejects to hand to the caller."""
+        """Count a page of the part (``batch`` None: no valid row; ``changed``: it served a row
+        changed since the count); returns its rejects to hand to the caller."""
         return self._schedule.served(self, batch, rejects, changed)
 
     def close(self, walked: bool) -> bool:
@@ -276,12 +280,16 @@ class SliceSchedule:
         ask.answer(share)
 
     def served(
-        self, part: Part, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], changed: bool
+        self,
+        part: Part,
+        batch: pa.RecordBatch | None,
+        rejects: Sequence[RejectedRow],
+        changed: bool,
     ) -> list[RejectedRow]:
-        rows = batch.num_rows
+        rows, ids = (0, None) if batch is None else (batch.num_rows, batch.column("public_id"))
         with self._changed:
             read = part.read
-            handed = read.hand_over(batch.column("public_id"), rejects)
+            handed = read.hand_over(ids, rejects)
             read.rows += rows
             read.rejects += len(handed)
             read.changed = read.changed or changed

@@ -45,9 +45,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING
 
 from d23_pipeline.client.errors import CursorLoopError, WindowTooHeavyError
 from d23_pipeline.client.windows import ONE_MS, Window
@@ -57,6 +55,9 @@ from d23_pipeline.schema import (
     format_timestamp,
     parse_timestamp,
 )
+
+if TYPE_CHECKING:  # loaded by the first page with a row or reject (d23_pipeline/schema_arrow.py)
+    import pyarrow as pa
 
 # The largest page the API serves (documented: 1-1000, clamped).
 MAX_PAGE_LIMIT = 1000
@@ -264,6 +265,8 @@ def _logged_before(reject: RejectedRow, instant: str) -> bool:
 
 
 def _count(column: pa.Array, value: str) -> int:
+    import pyarrow.compute as pc
+
     return pc.sum(pc.equal(column, value)).as_py() or 0
 
 
@@ -419,13 +422,66 @@ class WindowWalk:
         )
 
     def page_served(
-        self, batch: pa.RecordBatch, rejects: Sequence[RejectedRow], next_cursor: str | None
-    ) -> tuple[pa.RecordBatch, list[RejectedRow]]:
-        """Take in the page answering :meth:`next_request`; returns its rows and rejects not
-        handed over before (a re-read after a 504 starts inside the last instant read)."""
+        self, batch: pa.RecordBatch | None, rejects: Sequence[RejectedRow], next_cursor: str | None
+    ) -> tuple[pa.RecordBatch | None, list[RejectedRow]]:
+        """Take in the page answering :meth:`next_request` (``batch`` None: no valid row);
+        returns its rows and rejects not handed over before (a re-read after a 504 starts inside
+        the last instant read), and None for the rows of a page that served nothing."""
         part = self._require_part()
         self._cursor_served = self._cursor_served or self._cursor is not None
         was_at = self._position
+        fresh: list[RejectedRow] = []
+        if batch is not None or rejects:  # an empty page hands nothing over: no Arrow for it
+            if batch is None:
+                from d23_pipeline.schema_arrow import rows_to_batch
+
+                batch = rows_to_batch([])
+            batch, fresh = self._hand_over(part, batch, rejects)
+        self._strikes = 0
+        if self._lowered_from is not None:
+            self._hint.limit_worked(self._limit, self._lowered_from)
+            self._lowered_from = None
+        else:
+            self._hint.page_came(self._limit)
+        self._pages_in_place = 0 if self._position != was_at else self._pages_in_place + 1
+        self._handed_in_part = (
+            self._handed_in_part or (batch is not None and batch.num_rows > 0) or bool(fresh)
+        )
+        if next_cursor is None:
+            self._limit = self._part_limit()
+            if self._reads_on_past_end():
+                self._read_on_past_end(part)
+            else:
+                if self._read_on is not None and not self._handed_in_part:
+                    self._end_check = self._end_check_of(part)
+                self._start_next_part()
+        elif next_cursor in self._seen_cursors:
+            raise CursorLoopError(
+                f"the API returned a nextCursor already seen in this walk, after "
+                f"{len(self._seen_cursors) + 1} pages; stopping rather than loop or skip",
+                window=part.window,
+                path=self._path,
+            )
+        elif self._pages_in_place >= MAX_PAGES_IN_PLACE:
+            raise CursorLoopError(
+                f"the API served {self._pages_in_place} pages in a row, each on a new nextCursor, "
+                "without a valid row past those handed over (empty pages, broken rows, or rows "
+                "served again); stopping rather than loop for ever",
+                window=part.window,
+                path=self._path,
+            )
+        else:
+            self._seen_cursors.add(next_cursor)
+            self._cursor = next_cursor
+        return batch, fresh
+
+    def _hand_over(
+        self, part: _Part, batch: pa.RecordBatch, rejects: Sequence[RejectedRow]
+    ) -> tuple[pa.RecordBatch, list[RejectedRow]]:
+        """The page's rows and rejects not handed over before; moves the edge over its rows."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         column = batch.column("communicated_at")  # in the API's order, skipped rows included
         if self._read_on is not None:
             if part.instant or self._read_on_before is None:
@@ -483,40 +539,6 @@ class WindowWalk:
         else:
             self._past_edge.update(self._keys_past_edge(fresh, stamps, self._at_edge))
             self._at_edge += _count(column, edge)
-        self._strikes = 0
-        if self._lowered_from is not None:
-            self._hint.limit_worked(self._limit, self._lowered_from)
-            self._lowered_from = None
-        else:
-            self._hint.page_came(self._limit)
-        self._pages_in_place = 0 if self._position != was_at else self._pages_in_place + 1
-        self._handed_in_part = self._handed_in_part or batch.num_rows > 0 or bool(fresh)
-        if next_cursor is None:
-            self._limit = self._part_limit()
-            if self._reads_on_past_end():
-                self._read_on_past_end(part)
-            else:
-                if self._read_on is not None and not self._handed_in_part:
-                    self._end_check = self._end_check_of(part)
-                self._start_next_part()
-        elif next_cursor in self._seen_cursors:
-            raise CursorLoopError(
-                f"the API returned a nextCursor already seen in this walk, after "
-                f"{len(self._seen_cursors) + 1} pages; stopping rather than loop or skip",
-                window=part.window,
-                path=self._path,
-            )
-        elif self._pages_in_place >= MAX_PAGES_IN_PLACE:
-            raise CursorLoopError(
-                f"the API served {self._pages_in_place} pages in a row, each on a new nextCursor, "
-                "without a valid row past those handed over (empty pages, broken rows, or rows "
-                "served again); stopping rather than loop for ever",
-                window=part.window,
-                path=self._path,
-            )
-        else:
-            self._seen_cursors.add(next_cursor)
-            self._cursor = next_cursor
         return batch, fresh
 
     def gateway_timeout(self, request_id: str | None = None) -> Narrowing:
@@ -709,6 +731,8 @@ class WindowWalk:
 
     def _advance_edge(self, batch: pa.RecordBatch) -> bool:
         """Move the edge over the page's valid rows; whether it moved to a later instant."""
+        import pyarrow.compute as pc
+
         stamps = batch.column("communicated_at")
         latest = pc.max(stamps).as_py()
         if latest is None or latest < self._edge:

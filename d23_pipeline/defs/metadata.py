@@ -10,15 +10,10 @@ import dagster as dg
 
 from d23_pipeline.kpis import CONTACTS, KPIS, PROMISES, REFUSALS, RPCS
 
-# Imported by the asset modules when the definitions load: Arrow and DuckDB only where a step
-# builds metadata from them.
+# Imported by the asset modules when the definitions load: DuckDB only where a step builds
+# metadata from it.
 if TYPE_CHECKING:
     import duckdb
-    import pyarrow as pa
-
-
-def schema_from_arrow(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(field.name, str(field.type)) for field in schema])
 
 
 # What each column of d23.logs and the outcome tables holds, shown with the column schema on
@@ -62,6 +57,18 @@ COLUMN_DESCRIPTIONS = {
 }
 
 
+def raw_snapshot_schema() -> dg.TableSchema:
+    """The columns of a raw snapshot's rows: the nine D23 fields, as its Parquet files hold
+    them (``d23_pipeline.schema_arrow.ARROW_SCHEMA``: its timestamps are text)."""
+    from d23_pipeline.schema import BOOL_FIELDS, D23_FIELDS  # a step's, not the definitions'
+
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, "bool" if name in BOOL_FIELDS else "string") for name in D23_FIELDS
+        ]
+    )
+
+
 def schema_from_table(con: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:
     """The column schema of ``d23.<table>`` as DuckDB reports it, each column described."""
     from d23_pipeline.warehouse.store import table_columns
@@ -88,8 +95,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, datetime) and value.tzinfo is not None:
-        # Imported here: schema brings Arrow, which the definitions do not load.
-        from d23_pipeline.schema import format_timestamp
+        from d23_pipeline.schema import format_timestamp  # a step's, not the definitions'
 
         return format_timestamp(value)  # as the API writes it, so a row reads as its JSON did
     return "" if value is None else str(value).replace("|", "\\|")

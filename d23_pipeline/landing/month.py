@@ -29,7 +29,7 @@ from d23_pipeline.landing.snapshot import (
     rows_path,
 )
 from d23_pipeline.months import month_window
-from d23_pipeline.pandas_probes import answer_pyarrows_pandas_probe
+from d23_pipeline.pandas_probes import pandas_probes_refused
 from d23_pipeline.warehouse.store import (
     WarehouseBackend,
     anonymous_rejects,
@@ -57,6 +57,8 @@ class _Unprovable(Exception):
     """Why the rows a read found gone from their instants cannot be proven gone by it."""
 
 
+# Its reader threads too: pyarrow's first conversion of Python values, if any, is in one of them.
+@pandas_probes_refused()
 def read_month(
     client: ExportsClient,
     store: SnapshotStore,
@@ -80,7 +82,6 @@ def read_month(
     bad rows without one are not weighed, or one would hold every month's deletions).
     ``progress`` hears of every finished slice.
     """
-    answer_pyarrows_pandas_probe()  # before the reader threads convert their first page
     month = Window(slices[0].since, slices[-1].until)
     source = (client.api_host, client.lender_public_id)
     with store.begin(partition, slices, run_id, source) as writer:

@@ -27,29 +27,23 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
 from d23_pipeline.client.completeness import LeftAsRead, SliceProof
-from d23_pipeline.schema import ARROW_SCHEMA, RejectedRow, rows_to_batch
+from d23_pipeline.schema import RejectedRow
 from d23_pipeline.settings import RESUME_MAX_AGE, SettingsError
+
+# pyarrow is imported where a file of rows, rejects or ids is written or read: a month with none
+# is landed and merged without it (d23_pipeline/schema_arrow.py).
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 log = logging.getLogger("d23_pipeline.landing")
 
-REJECT_SCHEMA = pa.schema(
-    [
-        ("slice_since", pa.timestamp("ms", tz="UTC")),
-        ("slice_until", pa.timestamp("ms", tz="UTC")),
-        ("public_id", pa.string()),
-        ("reason", pa.string()),
-        ("allowlisted_values", pa.string()),
-    ]
-)
 # Only the vocabulary columns repeat; dictionary-encoding the unique ids and timestamps doubled
 # the cost of writing a slice and made the file larger.
 _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_option"]
@@ -59,10 +53,10 @@ _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_opti
 # slices filled their buffers and a 1M-row month's (32,000 rows a day) did not, so the peak still
 # grew with the month.
 _ROW_GROUP_ROWS = 16_384
-
-
-ABSENT_SCHEMA = pa.schema([("public_id", pa.string())])
-UNPROVEN_SCHEMA = pa.schema([("public_id", pa.string()), ("reason", pa.string())])
+# The empty file of each kind (rows, rejects, absent, unproven), as pyarrow writes it: copied
+# for a slice or read without any, so such a month never loads pyarrow. Tested against the
+# schemas in d23_pipeline_tests/test_snapshot_store.py, which says how to write them again.
+EMPTY_FILES = Path(__file__).with_name("empty_files")
 
 
 @dataclass(frozen=True)
@@ -248,7 +242,12 @@ class Snapshot:
         """Per reason, how many rows the read quarantined and the first ``examples`` ids."""
         rows: Counter[str] = Counter()
         ids: dict[str, list[str]] = {}
-        for path in self.reject_files:
+        import pyarrow.parquet as pq
+
+        for s in self.slices:
+            if not s.rejects:
+                continue
+            path = rejects_path(self.directory, s.window)
             rejects = pq.read_table(path, columns=["reason", "public_id"]).to_pydict()
             for reason, public_id in zip(rejects["reason"], rejects["public_id"], strict=True):
                 rows[reason] += 1
@@ -263,11 +262,15 @@ class Snapshot:
     def preview(self, limit: int) -> list[dict[str, Any]]:
         """The first ``limit`` rows of the snapshot, in slice order."""
         rows: list[dict[str, Any]] = []
-        for path in self.row_files:
+        for s in self.slices:
             if len(rows) >= limit:
                 break
+            if not s.rows:
+                continue
+            import pyarrow.parquet as pq
+
             # One small batch, not the slice: a 5M-row month's slice file is ~160,000 rows.
-            with pq.ParquetFile(path) as file:
+            with pq.ParquetFile(rows_path(self.directory, s.window)) as file:
                 first = next(file.iter_batches(batch_size=limit - len(rows)), None)
             rows += [] if first is None else first.to_pylist()
         return rows
@@ -296,6 +299,9 @@ def _intact_slices(directory: Path, entries: dict[str, Any]) -> dict[str, Any]:
     """The manifest's finished slices whose two files are readable Parquet holding the counts
     it recorded; any other (a disk full, a crash before the file reached the disk) is read again
     rather than failing every merge of the month."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     intact = {}
     for key, entry in entries.items():
         window = Window.from_key(key)
@@ -315,9 +321,33 @@ _NO_MERGED_READ = datetime.min.replace(tzinfo=UTC)
 
 
 def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def _copy_empty_atomically(kind: str, path: Path) -> None:
+    """The empty file of ``kind`` (see ``EMPTY_FILES``) at ``path``."""
+    tmp = path.with_suffix(".tmp")
+    shutil.copyfile(EMPTY_FILES / f"{kind}.parquet", tmp)
+    os.replace(tmp, path)
+
+
+def _write_ids_atomically(kind: str, columns: dict[str, list[str]], directory: Path) -> None:
+    """``columns``, ``public_id`` first, as the snapshot's ``kind`` file: "absent" (the ids its
+    read proved gone) or "unproven" (those it could not prove, with why)."""
+    path = directory / f"{kind}.parquet"
+    if not columns["public_id"]:
+        _copy_empty_atomically(kind, path)
+        return
+    import pyarrow as pa
+
+    from d23_pipeline.schema_arrow import ABSENT_SCHEMA, UNPROVEN_SCHEMA
+
+    schema = ABSENT_SCHEMA if kind == "absent" else UNPROVEN_SCHEMA
+    _write_parquet_atomically(pa.table(columns, schema), path)
 
 
 # How long a page size learned from a gateway's 504s starts the month's later reads.
@@ -348,6 +378,10 @@ class _OpenSlice:
 
     def flush(self) -> None:
         if self.buffer:
+            import pyarrow as pa
+
+            from d23_pipeline.schema_arrow import ARROW_SCHEMA
+
             self.writer.write_table(pa.Table.from_batches(self.buffer, ARROW_SCHEMA))
             self.buffer, self.buffered = [], 0
 
@@ -363,6 +397,7 @@ class SnapshotWriter:
         self._manifest = manifest
         self._lock = lock
         self._open: dict[Window, _OpenSlice] = {}
+        self._wrote_pages = False  # so Arrow has memory to hand back
 
     def __enter__(self) -> SnapshotWriter:
         return self
@@ -397,8 +432,13 @@ class SnapshotWriter:
         return [SliceRecord.from_manifest(key, entries[key]) for key in sorted(entries)]
 
     def write_page(self, page: SlicePage) -> None:
+        self._wrote_pages = True
         state = self._open.get(page.slice)
         if state is None:
+            import pyarrow.parquet as pq
+
+            from d23_pipeline.schema_arrow import ARROW_SCHEMA
+
             tmp = self.directory / f"{page.slice.key}.parquet.partial"
             writer = pq.ParquetWriter(tmp, ARROW_SCHEMA, use_dictionary=_DICTIONARY_COLUMNS)
             state = _OpenSlice(writer, tmp)
@@ -420,15 +460,18 @@ class SnapshotWriter:
     def finish_slice(self, done: SliceDone) -> None:
         """Make the slice's files final and record it in the manifest."""
         state = self._open.pop(done.slice, None)
-        if state is None:  # a slice without any page event still gets its (empty) file
-            self.write_page(SlicePage(done.slice, rows_to_batch([]), []))
-            state = self._open.pop(done.slice)
-        state.flush()
-        state.writer.close()
-        pq.write_table(
-            _rejects_table(done.slice, state.rejects), rejects_path(self.directory, done.slice)
+        rows_file, rejects_file = (
+            rows_path(self.directory, done.slice),
+            rejects_path(self.directory, done.slice),
         )
-        os.replace(state.tmp_path, rows_path(self.directory, done.slice))
+        if state is None:  # no page served a row or reject: its files are the empty ones
+            _copy_empty_atomically("rejects", rejects_file)
+            _copy_empty_atomically("rows", rows_file)
+        else:
+            state.flush()
+            state.writer.close()
+            _write_parquet_atomically(_rejects_table(done.slice, state.rejects), rejects_file)
+            os.replace(state.tmp_path, rows_file)
         proof = done.proof
         record = SliceRecord(
             done.slice,
@@ -473,7 +516,10 @@ class SnapshotWriter:
         # Hand what the month's pages freed back to the OS (malloc_trim for the system allocator,
         # see d23_pipeline/__init__.py) before DuckDB's deletion check and merge run in this
         # process: a 1M-row re-read's landing step peaked 17 MB lower than with it done after.
-        pa.default_memory_pool().release_unused()
+        if self._wrote_pages:
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()
 
     def abandon(self) -> None:
         """Close unfinished slices' writers; their partial files are ignored on resume."""
@@ -503,9 +549,7 @@ class SnapshotWriter:
                 f"e.g. {min(missing)}; refusing to mark it complete"
             )
         absent_ids = sorted(set(absent))
-        _write_parquet_atomically(
-            pa.table({"public_id": absent_ids}, ABSENT_SCHEMA), self.directory / "absent.parquet"
-        )
+        _write_ids_atomically("absent", {"public_id": absent_ids}, self.directory)
         # Checked when the snapshot is loaded: without its absent file a merge would prove
         # nothing gone, the rows this read proved gone left live in silence.
         self._manifest["absent_rows"] = len(absent_ids)
@@ -516,10 +560,8 @@ class SnapshotWriter:
         self._manifest["stale_rejects"] = [r.to_manifest() for r in stale_rejects]
         unproven = unproven or {}
         ids = sorted(unproven)
-        _write_parquet_atomically(
-            pa.table({"public_id": ids, "reason": [unproven[i] for i in ids]}, UNPROVEN_SCHEMA),
-            self.directory / "unproven.parquet",
-        )
+        reasons = [unproven[i] for i in ids]
+        _write_ids_atomically("unproven", {"public_id": ids, "reason": reasons}, self.directory)
         by_reason: dict[str, list[str]] = {}
         for public_id in ids:
             by_reason.setdefault(unproven[public_id], []).append(public_id)
@@ -537,6 +579,10 @@ class SnapshotWriter:
 
 
 def _rejects_table(window: Window, rejects: Sequence[RejectedRow]) -> pa.Table:
+    import pyarrow as pa
+
+    from d23_pipeline.schema_arrow import REJECT_SCHEMA
+
     return pa.Table.from_pylist(
         [
             {
@@ -559,7 +605,7 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
     entries = manifest["slices"]
     slices = [SliceRecord.from_manifest(key, entries[key]) for key in sorted(entries)]
     absent_rows = manifest.get("absent_rows")
-    if absent_rows is not None:
+    if absent_rows:  # a read that proved none gone: its merge reads no absent file
         _check_absent_file(directory / "absent.parquet", absent_rows)
     return Snapshot(
         partition=partition,
@@ -583,6 +629,9 @@ def _load_snapshot(partition: str, directory: Path) -> Snapshot:
 
 def _check_absent_file(path: Path, rows: int) -> None:
     """Raise ``ValueError`` unless ``path`` holds the ``rows`` its read proved gone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         found = pq.read_metadata(path).num_rows
     except (OSError, pa.ArrowInvalid) as exc:
@@ -608,9 +657,16 @@ T = TypeVar("T")
 
 
 def _proved_gone_since(snapshot: Snapshot, since: datetime) -> bool:
-    # A snapshot landed before reads were proven has no absent file: it proved nothing gone.
+    if snapshot.completed_at < since:
+        return False
+    if snapshot.absent_rows is not None:
+        return snapshot.absent_rows > 0
+    # Landed before the count was recorded; before reads were proven, with no absent file: it
+    # proved nothing gone.
+    import pyarrow.parquet as pq
+
     path = snapshot.absent_file
-    return snapshot.completed_at >= since and path.is_file() and pq.read_metadata(path).num_rows > 0
+    return path.is_file() and pq.read_metadata(path).num_rows > 0
 
 
 def unwritable_raw_folder(folder: Path, exc: OSError) -> SettingsError:
@@ -806,6 +862,8 @@ class SnapshotStore:
         """The rejects of ``ids`` in every other month's last complete snapshot, merged or not:
         a read whose merge is still to come served them all the same. Raises
         :class:`UnreadableSnapshot` if a month's snapshot cannot be read: it may hold them."""
+        import pyarrow as pa
+
         wanted = pa.array(sorted(ids), pa.string())
         found: list[StaleReject] = []
         for partition in self._other_months(excluding):
@@ -840,6 +898,9 @@ class SnapshotStore:
     def _rejects_in(snapshot: Snapshot | None, wanted: pa.Array) -> list[StaleReject]:
         if snapshot is None:
             return []
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
         found: list[StaleReject] = []
         for path in snapshot.reject_files:
             table = pq.read_table(path, columns=["slice_since", "slice_until", "public_id"])

@@ -401,7 +401,9 @@ def merge_snapshot(
         has_duplicates = snapshot_has_duplicates(con, params)
         stage = sql.STAGE_SNAPSHOT if has_duplicates else sql.STAGE_UNIQUE_SNAPSHOT
         execute(con, stage, params)
-        if snapshot.absent_file.is_file():
+        # A read that proved none gone (absent_rows 0) has nothing to read there; one landed
+        # before reads were proven has no file.
+        if snapshot.absent_rows != 0 and snapshot.absent_file.is_file():
             execute(con, sql.STAGE_ABSENT, {"files": [str(snapshot.absent_file)]})
         else:
             execute(con, sql.STAGE_NO_ABSENT)

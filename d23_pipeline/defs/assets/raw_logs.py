@@ -6,7 +6,7 @@ from datetime import timedelta
 import dagster as dg
 
 from d23_pipeline.defs import checks, keys
-from d23_pipeline.defs.metadata import markdown_table, schema_from_arrow
+from d23_pipeline.defs.metadata import markdown_table, raw_snapshot_schema
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.resources import ExportsApiResource, LandingZoneResource, WarehouseResource
 from d23_pipeline.defs.run_retries import retried_only_when_it_can_help
@@ -38,7 +38,6 @@ def raw_logs(
     from d23_pipeline.client import Window
     from d23_pipeline.landing.home import check_landing_home, requested_take_over
     from d23_pipeline.landing.month import read_month
-    from d23_pipeline.schema import ARROW_SCHEMA
 
     time_window = context.partition_time_window
     with retried_only_when_it_can_help(context):
@@ -78,7 +77,7 @@ def raw_logs(
         metadata={
             "dagster/row_count": snapshot.rows,
             "dagster/partition_row_count": snapshot.rows,
-            "dagster/column_schema": schema_from_arrow(ARROW_SCHEMA),
+            "dagster/column_schema": raw_snapshot_schema(),
             "snapshot": dg.MetadataValue.path(str(snapshot.directory)),
             "rejected_rows": snapshot.rejects,
             "slices": len(slices),
