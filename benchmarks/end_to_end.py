@@ -76,6 +76,8 @@ out["duckdb_mb"] = hwm()
 from d23_pipeline.warehouse.store import execute
 execute(con, "SELECT $n", {"n": 1}).fetchall()
 out["bound_mb"] = hwm()
+import d23_pipeline.schema_arrow, pyarrow.parquet
+out["arrow_mb"] = hwm()
 print(json.dumps(out))
 """
 
@@ -565,13 +567,15 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"`import dagster` {imports['dagster_s']:.2f} s, {imports['dagster_mb']:.0f} MB; then "
         f"`import d23_pipeline.definitions` +{imports['definitions_s']:.2f} s, "
         f"{imports['definitions_mb']:.0f} MB peak. The libraries the steps load when they run, "
-        f"then: the client and landing (pyarrow, numpy, httpx) "
+        f"then: the client and landing (httpx) "
         f"+{imports['landing_mb'] - imports['definitions_mb']:.0f} MB, "
         f"DuckDB and a connection +{imports['duckdb_mb'] - imports['landing_mb']:.0f} MB, a "
         f"bound parameter (pandas refused to DuckDB's probe: d23_pipeline/pandas_probes.py) "
         f"+{imports['bound_mb'] - imports['duckdb_mb']:.0f} MB: "
-        f"+{imports['bound_mb'] - imports['definitions_mb']:.0f} MB on top of the start-up "
-        "before the first row.",
+        f"+{imports['bound_mb'] - imports['definitions_mb']:.0f} MB on top of the start-up, "
+        f"all an empty month loads; pyarrow and numpy, for the first page with a row or reject "
+        f"(d23_pipeline/schema_arrow.py), +{imports['arrow_mb'] - imports['bound_mb']:.0f} MB "
+        "more.",
         "",
         "Per phase (medians; peak of VmRSS sampled every 20 ms; CPU from /proc, 10 ms ticks):",
         "",

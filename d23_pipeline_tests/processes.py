@@ -174,6 +174,35 @@ def dagster_cli(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Compl
     return result
 
 
+# A module each step of the pipeline imports when it runs: landing, merge, outcome mix, dashboard.
+STEP_MODULES = {
+    "d23_pipeline.landing.snapshot",
+    "d23_pipeline.warehouse.store",
+    "d23_pipeline.analytics.outcome_mix",
+    "d23_pipeline.analytics.dashboard",
+}
+
+
+def materialize_logging_imports(
+    sim: SimulatorConfig, partition: str, scratch: Path
+) -> tuple[set[str], str]:
+    """``dagster asset materialize --select '*'`` of ``partition`` (``YYYY-MM-01``) against a
+    simulator of ``sim``, data under ``scratch / "data"``: the modules the run's process
+    imported (Python's own log, ``PYTHONPROFILEIMPORTTIME``; a refused import is logged too, by
+    its name alone), and its stderr."""
+    with simulator_process(sim, scratch / "simulator.log") as url:
+        env = pipeline_env(api_url=url, sim=sim, data_dir=scratch / "data")
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
+        args = ["asset", "materialize", "-m", "d23_pipeline.definitions", "--select", "*"]
+        result = dagster_cli([*args, "--partition", partition], env)
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    return imported, result.stderr
+
+
 @dataclass
 class Webserver:
     """A running ``dagster-webserver`` and its GraphQL endpoint."""

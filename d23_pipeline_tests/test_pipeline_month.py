@@ -158,17 +158,27 @@ def test_the_allowed_deletion_share_set_for_the_warehouse_is_the_one_the_merge_a
     pipeline.materialize("2026-04")
     (rows,) = pipeline.query("SELECT count(*) FROM d23.logs")
     gone = set(pipeline.sim.hard_delete(rows[0] * 3 // 10, "2026-04"))
-    warehouse = WarehouseResource(database=str(pipeline.warehouse_path), max_deletion_share=0.5)
 
-    result = dg.materialize(
+    result = _materialize_april_deleting_up_to(pipeline, 0.5)
+
+    assert result.success
+    assert _marked_deleted(pipeline) == gone
+
+
+def _materialize_april_deleting_up_to(
+    pipeline: Pipeline, share: float
+) -> dg.ExecuteInProcessResult:
+    warehouse = WarehouseResource(database=str(pipeline.warehouse_path), max_deletion_share=share)
+    return dg.materialize(
         list(defs.assets),
         resources={**pipeline.resources(), "warehouse": warehouse},
         partition_key="2026-04-01",
     )
 
-    assert result.success
+
+def _marked_deleted(pipeline: Pipeline) -> set[str]:
     deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
-    assert {r[0] for r in deleted} == gone
+    return {public_id for (public_id,) in deleted}
 
 
 def test_a_month_whose_every_row_is_gone_at_the_source_has_them_all_marked_deleted(
@@ -179,13 +189,8 @@ def test_a_month_whose_every_row_is_gone_at_the_source_has_them_all_marked_delet
     pipeline.materialize("2026-04")
     gone = set(pipeline.sim.hard_delete(10**6, "2026-04"))
     assert gone and pipeline.expected_rows(["2026-04"]) == set()
-    warehouse = WarehouseResource(database=str(pipeline.warehouse_path), max_deletion_share=1.0)
 
-    result = dg.materialize(
-        list(defs.assets),
-        resources={**pipeline.resources(), "warehouse": warehouse},
-        partition_key="2026-04-01",
-    )
+    result = _materialize_april_deleting_up_to(pipeline, 1.0)
 
     assert result.success
     read = _metadata(result, "d23__raw_logs")
@@ -194,8 +199,7 @@ def test_a_month_whose_every_row_is_gone_at_the_source_has_them_all_marked_delet
         0,
         len(gone),
     )
-    deleted = pipeline.query("SELECT public_id FROM d23.logs WHERE _deleted_at IS NOT NULL")
-    assert {r[0] for r in deleted} == gone
+    assert _marked_deleted(pipeline) == gone
     assert pipeline.live_rows(["2026-04"]) == set()
 
 
