@@ -31,7 +31,8 @@ _CANONICAL_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 # broken serializer), and an unbounded one broke the month's chart and bloated metadata.
 MAX_TEXT_LENGTH = 256
 # A page whose rows list is empty: no row for Arrow's reader to read, so pyarrow is not loaded
-# for it. A match elsewhere in a page (a key of that name in other data) costs only the fast path.
+# for it. Another key of that name first (in other data) decides either way only whether
+# Arrow's reader is tried; the strict parser reads what it leaves.
 _NO_ROWS = re.compile(rb'"rows"\s*:\s*\[\s*\]')
 # Unicode's control characters (C0, DEL, C1): no id holds one, and a key with a newline or a NUL
 # in it cannot be quoted, looked up or shown as the same key everywhere.
@@ -233,8 +234,9 @@ def note_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def serves_no_rows(content: bytes) -> bool:
-    """Whether a page's body says ``"rows": []``: then no row is Arrow's to read."""
-    return _NO_ROWS.search(content) is not None
+    """Whether a page's first ``"rows"`` key holds ``[]``: then no row is Arrow's to read."""
+    at = content.find(b'"rows"')  # not a search of the whole page for the pattern: ~50x slower
+    return at >= 0 and _NO_ROWS.match(content, at) is not None
 
 
 def _conforming_batch(raw_rows: list[Any], since: str, until: str) -> pa.RecordBatch | None:

@@ -5,6 +5,7 @@ Each check runs in a fresh interpreter: this one has imported pandas already.
 """
 
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,10 @@ from processes import (
     run_python,
 )
 
+from d23_pipeline.client import SliceDone, SlicePage, SliceProof, Window
+from d23_pipeline.landing.snapshot import SnapshotStore
+from d23_pipeline.schema import RejectedRow
+from d23_pipeline.schema_arrow import rows_to_batch
 from d23_pipeline.simulator import SimulatorConfig
 
 
@@ -68,6 +73,29 @@ def test_the_refusal_holds_in_the_threads_the_client_starts_for_the_landing(
         """
     )
     assert printed == ["2", pandas_imported]
+
+
+def test_reading_a_landed_months_rejects_does_not_import_pandas(tmp_path: Path) -> None:
+    # d23/raw_logs reads them after its landing, which may have converted nothing (a read
+    # resumed whole): pyarrow's probe is then still to be asked.
+    april = Window(datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC))
+    store = SnapshotStore(tmp_path)
+    with store.begin("2026-04-01", [april], "run-1") as writer:
+        writer.write_page(SlicePage(april, rows_to_batch([]), [RejectedRow("bad", "r1")]))
+        proof = SliceProof(served=1, total_before=1, total_after=1, verified=True)
+        writer.finish_slice(SliceDone(april, rows=0, rejects=1, pages=1, proof=proof))
+        writer.complete({})
+
+    printed = _run(
+        f"""
+        import sys
+        from pathlib import Path
+        from d23_pipeline.landing.snapshot import SnapshotStore
+        snapshot = SnapshotStore(Path({str(tmp_path)!r})).current("2026-04-01")
+        print(snapshot.rejects_by_reason()[0]["rows"], "pandas" in sys.modules)
+        """
+    )
+    assert printed == ["1", "False"]
 
 
 def test_a_notebook_importing_the_pipelines_modules_keeps_arrows_pandas_conversions() -> None:

@@ -16,6 +16,7 @@ import pytest
 from harness import BOTH_WAREHOUSES, MONTHS, ExportHookSimulator, Pipeline
 
 from d23_pipeline.analytics.outcome_classes import load_outcome_classes
+from d23_pipeline.client import exports as exports_module
 from d23_pipeline.client.exports import ExportsClient
 from d23_pipeline.defs.partitions import monthly_partitions
 from d23_pipeline.defs.sensors import plan_daily_refresh
@@ -622,9 +623,11 @@ def _read_again_while_rows_move(
     sim: "SwapsRowsInASlice | MovesRows", tmp_path: Path
 ) -> Iterator[Pipeline]:
     """The month of ``sim`` read once quietly, then again with its moves armed, slice by slice
-    in order (3-row pages, one request at a time)."""
+    in order (3-row pages, one request at a time, on one worker: with a spare, the next slice's
+    walk may start before the one a move waits for)."""
     (month,) = sim.config.months
-    with serve(sim) as url:
+    with serve(sim) as url, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exports_module, "_SPARE_WALKS", 0)
         pipeline = Pipeline(
             sim=sim, api_url=url, data_dir=tmp_path / "data", page_limit=3, max_concurrency=1
         )

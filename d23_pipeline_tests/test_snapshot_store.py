@@ -14,6 +14,7 @@ from harness import d23_row
 
 from d23_pipeline.client import SliceDone, SlicePage, SliceProof, SliceRestart, Window
 from d23_pipeline.client.completeness import LeftAsRead
+from d23_pipeline.landing import snapshot as snapshot_module
 from d23_pipeline.landing.snapshot import (
     PAGE_LIMIT_KEPT,
     SliceRecord,
@@ -142,6 +143,37 @@ def test_a_finished_slice_damaged_on_disk_is_read_again_on_resume(tmp_path: Path
 
     with store.begin("2026-04-01", SLICES, "run-2") as second:
         assert second.finished == {SLICES[0]}
+
+
+def _finish_empty(writer, window: Window) -> None:
+    proof = SliceProof(served=0, total_before=0, total_after=0, verified=True)
+    writer.finish_slice(SliceDone(window, rows=0, rejects=0, pages=1, proof=proof))
+
+
+def test_finished_slices_without_rows_resume_without_reading_parquet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their files are the shipped empty ones, compared byte for byte: a resumed empty month
+    # loads no pyarrow. One of them cut short is read again, as any damaged slice is.
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
+        _finish_empty(first, SLICES[0])
+        _finish_empty(first, SLICES[1])
+        raise RuntimeError("the run dies after two empty slices")
+    cut = first.directory / f"{SLICES[1].key}.rejects.parquet"
+    cut.write_bytes(cut.read_bytes()[:100])
+
+    read_with_pyarrow: list[Window] = []
+    counts_on_disk = snapshot_module._counts_on_disk
+
+    def counted(directory: Path, window: Window) -> tuple[int, int]:
+        read_with_pyarrow.append(window)
+        return counts_on_disk(directory, window)
+
+    monkeypatch.setattr(snapshot_module, "_counts_on_disk", counted)
+    with store.begin("2026-04-01", SLICES, "run-2") as second:
+        assert second.finished == {SLICES[0]}
+    assert read_with_pyarrow == [SLICES[1]]
 
 
 def test_a_damaged_manifest_starts_the_read_over(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from d23_pipeline.client import SliceDone, SliceEvent, SlicePage, SliceRestart, Window
 from d23_pipeline.client.completeness import LeftAsRead, SliceProof
+from d23_pipeline.pandas_probes import pandas_probes_refused
 from d23_pipeline.schema import RejectedRow
 from d23_pipeline.settings import RESUME_MAX_AGE, SettingsError
 
@@ -55,7 +56,7 @@ _DICTIONARY_COLUMNS = ["communication_type", "interaction_source", "outcome_opti
 _ROW_GROUP_ROWS = 16_384
 # The empty file of each kind (rows, rejects, absent, unproven), as pyarrow writes it: copied
 # for a slice or read without any, so such a month never loads pyarrow. Tested against the
-# schemas in d23_pipeline_tests/test_snapshot_store.py, which says how to write them again.
+# schemas in d23_pipeline_tests/test_empty_month.py, which says how to write them again.
 EMPTY_FILES = Path(__file__).with_name("empty_files")
 
 
@@ -240,15 +241,17 @@ class Snapshot:
 
     def rejects_by_reason(self, examples: int = 3) -> list[dict[str, Any]]:
         """Per reason, how many rows the read quarantined and the first ``examples`` ids."""
-        rows: Counter[str] = Counter()
-        ids: dict[str, list[str]] = {}
         import pyarrow.parquet as pq
 
+        rows: Counter[str] = Counter()
+        ids: dict[str, list[str]] = {}
         for s in self.slices:
             if not s.rejects:
                 continue
             path = rejects_path(self.directory, s.window)
-            rejects = pq.read_table(path, columns=["reason", "public_id"]).to_pydict()
+            # read_table asks pyarrow's pandas probe, which a read resumed whole has not settled
+            with pandas_probes_refused():
+                rejects = pq.read_table(path, columns=["reason", "public_id"]).to_pydict()
             for reason, public_id in zip(rejects["reason"], rejects["public_id"], strict=True):
                 rows[reason] += 1
                 some = ids.setdefault(reason, [])
@@ -299,22 +302,44 @@ def _intact_slices(directory: Path, entries: dict[str, Any]) -> dict[str, Any]:
     """The manifest's finished slices whose two files are readable Parquet holding the counts
     it recorded; any other (a disk full, a crash before the file reached the disk) is read again
     rather than failing every merge of the month."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     intact = {}
     for key, entry in entries.items():
         window = Window.from_key(key)
-        try:
-            rows = pq.read_metadata(rows_path(directory, window)).num_rows
-            rejects = pq.read_metadata(rejects_path(directory, window)).num_rows
-        except (OSError, pa.ArrowInvalid):
-            rows = rejects = -1
-        if (rows, rejects) == (entry["rows"], entry["rejects"]):
+        recorded = (entry["rows"], entry["rejects"])
+        if recorded == (0, 0) and _empty_copies(directory, window):  # checked without pyarrow
+            rows = rejects = 0
+        else:
+            rows, rejects = _counts_on_disk(directory, window)
+        if (rows, rejects) == recorded:
             intact[key] = entry
         else:
             log.warning("slice %s of %s is damaged on disk; reading it again", key, directory)
     return intact
+
+
+def _empty_copies(directory: Path, window: Window) -> bool:
+    """Whether a slice's two files are the empty files, as copied for a slice without rows."""
+    return all(
+        path.is_file() and path.read_bytes() == (EMPTY_FILES / f"{kind}.parquet").read_bytes()
+        for kind, path in [
+            ("rows", rows_path(directory, window)),
+            ("rejects", rejects_path(directory, window)),
+        ]
+    )
+
+
+def _counts_on_disk(directory: Path, window: Window) -> tuple[int, int]:
+    """The rows and rejects a slice's files hold; -1, -1 if either is missing or damaged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return (
+            pq.read_metadata(rows_path(directory, window)).num_rows,
+            pq.read_metadata(rejects_path(directory, window)).num_rows,
+        )
+    except (OSError, pa.ArrowInvalid):
+        return -1, -1
 
 
 _NO_MERGED_READ = datetime.min.replace(tzinfo=UTC)
