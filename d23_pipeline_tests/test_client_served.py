@@ -3,6 +3,7 @@ find_served prove a row gone only from a walk whose counts it served exactly, re
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from datetime import timedelta
 
 import httpx
@@ -187,3 +188,24 @@ def test_find_served_proves_nothing_when_a_row_served_broken_is_served_again_els
     sim.script(count_answer(25), times=9, when=counts_of(DAY, *range(1, 10)))
     with client(sim, slice_size=SIX_HOURS) as reader:
         assert reader.find_served(DAY, {pid(99)}) is None
+
+
+def test_the_instants_confirmed_absent_are_read_in_the_callers_context() -> None:
+    # On the client's own threads, as its slices are: the landing's refusal of pandas to
+    # pyarrow's probe (d23_pipeline/pandas_probes.py) holds there too.
+    caller: ContextVar[str] = ContextVar("caller", default="a new thread's")
+    caller.set("the landing's")
+    seen: list[str] = []
+    with client(_tied_pair()) as reader:
+        served_ids = reader.served_ids
+
+        def looked_up(window: Window) -> tuple[set[str], bool] | None:
+            seen.append(caller.get())
+            return served_ids(window)
+
+        reader.served_ids = looked_up  # type: ignore[method-assign]
+        assert reader.confirm_absent([(pid(99), T0), (pid(98), T0 + timedelta(hours=12))])[0] == {
+            pid(99),
+            pid(98),
+        }
+    assert seen == ["the landing's"] * 2
