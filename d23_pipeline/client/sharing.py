@@ -96,9 +96,8 @@ class SliceRead:
         """Note a page's valid rows (their ``ids``; None: none) and rejects; returns the rejects
         to hand over: not a version already handed over. One without a usable public_id is known
         by nothing else, and the walk already told it from one served again."""
-        if (
-            self._reject_ids and ids is not None
-        ):  # each page against the set: linear in the rows, however many
+        # Each page against the set: linear in the rows, however many.
+        if self._reject_ids and ids is not None:
             self.repeated += sum(i in self._reject_ids for i in ids.to_pylist())
         handed = []
         for reject in rejects:

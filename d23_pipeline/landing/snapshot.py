@@ -422,7 +422,7 @@ class SnapshotWriter:
         self._manifest = manifest
         self._lock = lock
         self._open: dict[Window, _OpenSlice] = {}
-        self._wrote_pages = False  # so Arrow has memory to hand back
+        self._wrote_pages = False  # a page came: Arrow ran, and may have memory to hand back
 
     def __enter__(self) -> SnapshotWriter:
         return self
