@@ -342,8 +342,7 @@ def running_backfills(url: str, partition_keys: Sequence[str] | None) -> list[di
     return [
         backfill
         for backfill in listed["results"]
-        if _targets_d23(backfill)
-        and (partition_keys is None or _share_months(backfill, partition_keys))
+        if _targets_d23(backfill) and _share_months(backfill, partition_keys)
     ]
 
 
@@ -760,18 +759,17 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 3
-        try:
-            if earlier:
-                cancel_backfill(args.url, backfill_id)
-        except BackfillError as exc:
-            print(
-                f"error: backfill {backfill_id} is launched at the same moment as another of "
-                f"these months ({', '.join(b['id'] for b in earlier)}), and could not be "
-                f"canceled: {exc}. {look}",
-                file=sys.stderr,
-            )
-            return 3
         if earlier:
+            try:
+                cancel_backfill(args.url, backfill_id)
+            except BackfillError as exc:
+                print(
+                    f"error: backfill {backfill_id} is launched at the same moment as another of "
+                    f"these months ({', '.join(b['id'] for b in earlier)}), and could not be "
+                    f"canceled: {exc}. {look}",
+                    file=sys.stderr,
+                )
+                return 3
             canceled = (
                 f"backfill {backfill_id}, launched at the same moment as another of these months, "
                 "is canceled"

@@ -38,12 +38,14 @@ def _row(public_id: str, window: Window) -> dict:
     return d23_row(public_id, window.since_text, outcome_option="RPC")
 
 
-def _land(writer, window: Window, verified: bool = True) -> None:
-    writer.write_page(SlicePage(window, rows_to_batch([_row(window.key, window)]), []))
+def _land(writer, window: Window, verified: bool = True, rows: int = 1) -> None:
+    """A slice of ``rows`` rows (0 or 1) landed: a page event for a row, none for no row."""
+    if rows:
+        writer.write_page(SlicePage(window, rows_to_batch([_row(window.key, window)]), []))
     proof = SliceProof(
-        served=1, total_before=1, total_after=1 if verified else 2, verified=verified
+        served=rows, total_before=rows, total_after=rows + (not verified), verified=verified
     )
-    writer.finish_slice(SliceDone(window, rows=1, rejects=0, pages=1, proof=proof))
+    writer.finish_slice(SliceDone(window, rows=rows, rejects=0, pages=1, proof=proof))
 
 
 def test_unfinished_snapshot_resumes_with_its_finished_slices(tmp_path: Path) -> None:
@@ -145,11 +147,6 @@ def test_a_finished_slice_damaged_on_disk_is_read_again_on_resume(tmp_path: Path
         assert second.finished == {SLICES[0]}
 
 
-def _finish_empty(writer, window: Window) -> None:
-    proof = SliceProof(served=0, total_before=0, total_after=0, verified=True)
-    writer.finish_slice(SliceDone(window, rows=0, rejects=0, pages=1, proof=proof))
-
-
 def test_finished_slices_without_rows_resume_without_reading_parquet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -157,8 +154,8 @@ def test_finished_slices_without_rows_resume_without_reading_parquet(
     # loads no pyarrow. One of them cut short is read again, as any damaged slice is.
     store = SnapshotStore(tmp_path)
     with pytest.raises(RuntimeError), store.begin("2026-04-01", SLICES, "run-1") as first:
-        _finish_empty(first, SLICES[0])
-        _finish_empty(first, SLICES[1])
+        _land(first, SLICES[0], rows=0)
+        _land(first, SLICES[1], rows=0)
         raise RuntimeError("the run dies after two empty slices")
     cut = first.directory / f"{SLICES[1].key}.rejects.parquet"
     cut.write_bytes(cut.read_bytes()[:100])

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -264,14 +265,15 @@ class Snapshot:
 
     def preview(self, limit: int) -> list[dict[str, Any]]:
         """The first ``limit`` rows of the snapshot, in slice order."""
+        with_rows = [s for s in self.slices if s.rows]
+        if not with_rows:  # an empty month's slices: nothing for pyarrow to read
+            return []
+        import pyarrow.parquet as pq
+
         rows: list[dict[str, Any]] = []
-        for s in self.slices:
+        for s in with_rows:
             if len(rows) >= limit:
                 break
-            if not s.rows:
-                continue
-            import pyarrow.parquet as pq
-
             # One small batch, not the slice: a 5M-row month's slice file is ~160,000 rows.
             with pq.ParquetFile(rows_path(self.directory, s.window)) as file:
                 first = next(file.iter_batches(batch_size=limit - len(rows)), None)
@@ -320,12 +322,18 @@ def _intact_slices(directory: Path, entries: dict[str, Any]) -> dict[str, Any]:
 def _empty_copies(directory: Path, window: Window) -> bool:
     """Whether a slice's two files are the empty files, as copied for a slice without rows."""
     return all(
-        path.is_file() and path.read_bytes() == (EMPTY_FILES / f"{kind}.parquet").read_bytes()
+        path.is_file() and path.read_bytes() == _empty_file(kind)
         for kind, path in [
             ("rows", rows_path(directory, window)),
             ("rejects", rejects_path(directory, window)),
         ]
     )
+
+
+@cache
+def _empty_file(kind: str) -> bytes:
+    """The bytes of the empty file of ``kind``, read once: a resume compares every empty slice's."""
+    return (EMPTY_FILES / f"{kind}.parquet").read_bytes()
 
 
 def _counts_on_disk(directory: Path, window: Window) -> tuple[int, int]:
@@ -485,10 +493,8 @@ class SnapshotWriter:
     def finish_slice(self, done: SliceDone) -> None:
         """Make the slice's files final and record it in the manifest."""
         state = self._open.pop(done.slice, None)
-        rows_file, rejects_file = (
-            rows_path(self.directory, done.slice),
-            rejects_path(self.directory, done.slice),
-        )
+        rows_file = rows_path(self.directory, done.slice)
+        rejects_file = rejects_path(self.directory, done.slice)
         if state is None:  # no page served a row or reject: its files are the empty ones
             _copy_empty_atomically("rejects", rejects_file)
             _copy_empty_atomically("rows", rows_file)
